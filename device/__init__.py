@@ -1,0 +1,1 @@
+"""Haven kiosk runtime (device side)."""

@@ -1,0 +1,35 @@
+"""``haven-kiosk``: the kiosk runtime and its maintenance commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from protocol import WIRE_VERSION, __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="haven-kiosk",
+        description="Haven Kiosk runtime: check-ins, local store and sync.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"haven-kiosk {__version__} (wire protocol {WIRE_VERSION})",
+    )
+    parser.add_subparsers(dest="command", metavar="COMMAND")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Haven hub and technician tool (host side)."""

@@ -1,0 +1,9 @@
+"""Haven Kiosk wire protocol and algorithms.
+
+Pure Python, sans-I/O: nothing in this package opens a socket, a file or a
+serial port, reads a clock or starts a thread. Callers pass bytes and the
+current time in, and get events and bytes out. See SPEC.md.
+"""
+
+WIRE_VERSION = 1
+__version__ = "0.1.0"
