@@ -113,7 +113,7 @@ def decode(data: bytes, *, max_size: int = strict_cbor.DEFAULT_MAX_SIZE) -> Mess
 
 
 def _validate(msg: Message, spec: MessageSpec, error: type[Exception]) -> None:
-    for key, (fname, ftype) in spec.required.items():
+    for key, (fname, _) in spec.required.items():
         if key not in msg.fields:
             raise error(f"{spec.name}: missing field {fname} ({key})", "missing-field")
     for key, (fname, ftype) in {**spec.required, **spec.optional}.items():

@@ -103,9 +103,8 @@ def check(
             if arg not in tags:
                 raise RemoteProtocolError(f"CBOR tag {arg} is not accepted", "tag")
             owed = 1
-        elif major == _MT_SIMPLE:
-            if info < 24 and arg not in _SIMPLE_OK or info == 24:
-                raise RemoteProtocolError(f"CBOR simple value {arg} is not accepted", "simple")
+        elif major == _MT_SIMPLE and (info < 24 and arg not in _SIMPLE_OK or info == 24):
+            raise RemoteProtocolError(f"CBOR simple value {arg} is not accepted", "simple")
         if owed:
             # Every item takes at least one byte: a count the rest cannot hold is a lie.
             if owed > n - pos:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -45,9 +46,7 @@ def test_round_trip_every_way(feeder, crc):
     wire = b"".join(encode_frame(p, crc=crc) for p in PAYLOADS)
     decoder = FrameDecoder(max_payload=1024, crc=crc)
     got = feeder(decoder, wire)
-    # An empty payload without a CRC is indistinguishable from padding.
-    want = [p for p in PAYLOADS if crc or p]
-    assert got == want
+    assert got == PAYLOADS
     assert decoder.stats.dropped == 0
     assert decoder.buffered == 0
 
@@ -124,10 +123,8 @@ def test_cobs_round_trip(data):
 
 @given(st.binary(max_size=300))
 def test_cobs_decode_never_crashes(data):
-    try:
+    with contextlib.suppress(ValueError):
         cobs.decode(data)
-    except ValueError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
