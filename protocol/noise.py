@@ -1,0 +1,520 @@
+"""Noise handshakes (NN, XX, IK) and per-frame AEAD for a lossy link.
+
+Theory of operation
+-------------------
+This is the Noise Protocol Framework, revision 34 (noiseprotocol.org/noise.html),
+implemented by the book for ``Noise_{NN,XX,IK}_25519_ChaChaPoly_{SHA256,BLAKE2s}``
+with the primitives of the ``cryptography`` package: X25519 (section 12.1),
+ChaCha20-Poly1305 with the nonce ``4 zero bytes || n as 8 bytes little-endian``
+(section 12.3), SHA-256 or BLAKE2s (sections 12.4, 12.5). The cacophony test
+vectors in ``vectors/noise.json`` pin every byte.
+
+* Section 4.3: ``HMAC-HASH`` is RFC 2104 HMAC over the chosen hash, and
+  ``HKDF(ck, ikm, n)`` is Noise's own construction: ``temp = HMAC(ck, ikm)``,
+  ``out1 = HMAC(temp, 0x01)``, ``out2 = HMAC(temp, out1 || 0x02)``.
+* Section 5.1, ``CipherState``: a key ``k`` and a counter ``n``; with no key,
+  encryption is the identity. Nonce 2**64-1 is reserved.
+* Section 5.2, ``SymmetricState``: the chaining key ``ck``, the handshake hash
+  ``h``, ``MixKey``, ``MixHash``, ``EncryptAndHash``, ``DecryptAndHash`` and
+  ``Split``.
+* Section 5.3, ``HandshakeState`` (here ``Handshake``): the prologue and the
+  pre-message keys are hashed first, then each message pattern's tokens
+  (``e s ee es se ss``) are processed in order. A failed decryption fails the
+  handshake for good; the object then refuses every call.
+* Section 7.4 and 7.5, the patterns::
+
+      NN:  -> e                XX:  -> e                IK:  <- s
+           <- e, ee                 <- e, ee, s, es          ...
+                                    -> s, se                 -> e, es, s, ss
+                                                             <- e, ee, se
+
+  XX authenticates both static keys without either side knowing the other's;
+  IK is what an enrolled kiosk uses (it knows the hub's key: one round trip,
+  and its own identity travels encrypted); NN is encrypted but anonymous.
+* Section 6, the prologue: both sides hash it before anything else, so a
+  version or capability offer placed there and altered on the way makes the
+  first authenticated message fail. A downgrade breaks the handshake.
+
+Transport: Noise assumes in-order delivery with implicit nonces. Our frames
+ride a lossy, reordering radio *below* the ARQ, so we follow section 11.4,
+"Out-of-order transport messages": each frame carries its nonce explicitly,
+and the recipient "must track the received nonce values for which decryption
+was successful and reject any message which repeats such a nonce value".
+``FrameSealer`` takes the next value of a per-transmission counter (never the
+ARQ sequence number: a retransmission is a new transmission with a new nonce).
+``FrameOpener`` keeps a sliding replay window (``replay.py``) and updates it
+only after the tag verified. A frame costs ``TAG_SIZE`` (16) bytes of tag plus
+however many nonce bytes the framing sends; the nonce is the AEAD nonce, so it
+is authenticated without repeating it in the header, and a truncated nonce can
+be expanded with ``FrameOpener.expand_nonce``. There is no rekey (section
+11.3): a session runs a fresh handshake long before 2**64-1 frames.
+
+Sessions and resume: ``handshake_hash`` is the section 11.2 channel binding,
+unique to this handshake and equal on both sides, so it names the session
+(e.g. the first 16 bytes as a session id). It is *not* secret: it hashes only
+values that crossed the wire in the clear or are public. A resume sends the old
+session's name inside a fresh handshake's authenticated channel; with static
+keys, the hub also checks that ``remote_static`` matches the old session's.
+With NN, anyone can name a session, so an anonymous resume needs a random
+secret that the session sent inside the old encrypted channel.
+
+Sans-I/O: nothing here reads a clock or a socket. Ephemeral keys come from
+``X25519PrivateKey.generate()`` unless injected (test vectors inject them).
+"""
+
+from __future__ import annotations
+
+import hmac as _consttime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _hmac
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .replay import DEFAULT_WINDOW, ReplayWindow
+
+DHLEN: Final = 32  #: X25519 public keys and shared secrets
+HASHLEN: Final = 32  #: SHA-256 and BLAKE2s digests
+KEY_SIZE: Final = 32  #: ChaCha20-Poly1305 keys
+TAG_SIZE: Final = 16  #: Poly1305 tag: the per-frame overhead besides the nonce
+MAX_MESSAGE: Final = 65535  #: Noise section 3: the largest handshake message
+MAX_NONCE: Final = 2**64 - 2  #: the last usable nonce; 2**64-1 is reserved (section 5.1)
+
+_HASHES: Final[dict[str, Callable[[], hashes.HashAlgorithm]]] = {
+    "SHA256": hashes.SHA256,
+    "BLAKE2s": lambda: hashes.BLAKE2s(32),
+}
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    pre_initiator: tuple[str, ...]
+    pre_responder: tuple[str, ...]
+    messages: tuple[tuple[str, ...], ...]  # even index: initiator writes
+
+
+PATTERNS: Final[dict[str, _Pattern]] = {
+    "NN": _Pattern((), (), (("e",), ("e", "ee"))),
+    "XX": _Pattern((), (), (("e",), ("e", "ee", "s", "es"), ("s", "se"))),
+    "IK": _Pattern((), ("s",), (("e", "es", "s", "ss"), ("e", "ee", "se"))),
+}
+
+
+# -- Section 4: hash functions and HKDF ---------------------------------------
+
+
+def _hash(name: str, data: bytes) -> bytes:
+    h = hashes.Hash(_HASHES[name]())
+    h.update(data)
+    return h.finalize()
+
+
+def _hmac_hash(name: str, key: bytes, data: bytes) -> bytes:
+    m = _hmac.HMAC(key, _HASHES[name]())
+    m.update(data)
+    return m.finalize()
+
+
+def hkdf(name: str, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    """Noise section 4.3 ``HKDF(chaining_key, ikm, 2)`` (not RFC 5869's API)."""
+    temp_key = _hmac_hash(name, chaining_key, ikm)
+    out1 = _hmac_hash(name, temp_key, b"\x01")
+    out2 = _hmac_hash(name, temp_key, out1 + b"\x02")
+    return out1, out2
+
+
+def _chacha_nonce(n: int) -> bytes:
+    return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
+
+
+def _public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+# -- Section 5.1: CipherState --------------------------------------------------
+
+
+class CipherState:
+    """A key and an in-order counter nonce: what the handshake itself uses."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._aead: ChaCha20Poly1305 | None = None
+        self.n = 0
+        if key is not None:
+            self.initialize_key(key)
+
+    def initialize_key(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise LocalProtocolError("a cipher key is 32 bytes", "config")
+        self._aead = ChaCha20Poly1305(key)
+        self.n = 0
+
+    @property
+    def has_key(self) -> bool:
+        return self._aead is not None
+
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            return plaintext
+        if self.n > MAX_NONCE:
+            raise LocalProtocolError("nonce space exhausted", "nonce-exhausted")
+        out = self._aead.encrypt(_chacha_nonce(self.n), plaintext, ad)
+        self.n += 1
+        return out
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        """Raises ``RemoteProtocolError(code="auth")``; ``n`` moves only on success."""
+        if self._aead is None:
+            return ciphertext
+        if self.n > MAX_NONCE:
+            raise LocalProtocolError("nonce space exhausted", "nonce-exhausted")
+        try:
+            out = self._aead.decrypt(_chacha_nonce(self.n), ciphertext, ad)
+        except InvalidTag:
+            raise RemoteProtocolError("authentication tag did not verify", "auth") from None
+        self.n += 1
+        return out
+
+
+# -- Section 5.2: SymmetricState -----------------------------------------------
+
+
+class SymmetricState:
+    """The chaining key ``ck``, the handshake hash ``h`` and a ``CipherState``."""
+
+    def __init__(self, protocol_name: bytes, hash_name: str) -> None:
+        self.hash_name = hash_name
+        if len(protocol_name) <= HASHLEN:
+            self.h = protocol_name.ljust(HASHLEN, b"\x00")
+        else:
+            self.h = _hash(hash_name, protocol_name)
+        self.ck = self.h
+        self.cipher = CipherState()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, temp_k = hkdf(self.hash_name, self.ck, ikm)
+        self.cipher.initialize_key(temp_k[:KEY_SIZE])
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = _hash(self.hash_name, self.h + data)
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        ciphertext = self.cipher.encrypt_with_ad(self.h, plaintext)
+        self.mix_hash(ciphertext)
+        return ciphertext
+
+    def decrypt_and_hash(self, ciphertext: bytes) -> bytes:
+        plaintext = self.cipher.decrypt_with_ad(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return plaintext
+
+    def split(self) -> tuple[bytes, bytes]:
+        """The two transport keys: initiator-to-responder, responder-to-initiator."""
+        k1, k2 = hkdf(self.hash_name, self.ck, b"")
+        return k1[:KEY_SIZE], k2[:KEY_SIZE]
+
+
+# -- Section 5.3: HandshakeState -----------------------------------------------
+
+_ACTIVE, _COMPLETE, _SPLIT, _ERROR = "active", "complete", "split", "error"
+
+
+class Handshake:
+    """One Noise handshake, sans-I/O: bytes in, bytes out.
+
+    >>> from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    >>> hub_key, kiosk_key = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    >>> kiosk = Handshake("XX", initiator=True, static_key=kiosk_key, prologue=b"v1")
+    >>> hub = Handshake("XX", initiator=False, static_key=hub_key, prologue=b"v1")
+    >>> _ = hub.read_message(kiosk.write_message())
+    >>> _ = kiosk.read_message(hub.write_message())
+    >>> hub.read_message(kiosk.write_message(b"hello"))
+    b'hello'
+    >>> hub.remote_static == kiosk_key.public_key().public_bytes_raw()
+    True
+
+    ``remote_static`` given to an IK initiator is the responder's key it
+    already knows (the pre-message). Given to anyone else, it pins the key the
+    peer must send, and any other key fails the handshake.
+    """
+
+    def __init__(
+        self,
+        pattern: str = "XX",
+        *,
+        initiator: bool,
+        static_key: X25519PrivateKey | None = None,
+        remote_static: bytes | None = None,
+        prologue: bytes = b"",
+        ephemeral_key: X25519PrivateKey | None = None,
+        hash: str = "SHA256",
+    ) -> None:
+        if pattern not in PATTERNS:
+            raise LocalProtocolError(f"unknown pattern {pattern!r}", "config")
+        if hash not in _HASHES:
+            raise LocalProtocolError(f"unknown hash {hash!r}", "config")
+        p = PATTERNS[pattern]
+        self._pattern = p
+        self.initiator = initiator
+        self.protocol_name = f"Noise_{pattern}_25519_ChaChaPoly_{hash}"
+        mine, theirs = (0, 1) if initiator else (1, 0)
+        sends_s = "s" in (p.pre_initiator if initiator else p.pre_responder) or any(
+            "s" in m for m in p.messages[mine::2]
+        )
+        peer_pre_s = "s" in (p.pre_responder if initiator else p.pre_initiator)
+        peer_sends_s = any("s" in m for m in p.messages[theirs::2])
+        if sends_s and static_key is None:
+            raise LocalProtocolError(f"{pattern} needs our static key", "config")
+        if not sends_s and static_key is not None:
+            raise LocalProtocolError(f"{pattern} sends no static key", "config")
+        if peer_pre_s and remote_static is None:
+            raise LocalProtocolError(f"{pattern} needs the peer's static key", "config")
+        if remote_static is not None:
+            if not (peer_pre_s or peer_sends_s):
+                raise LocalProtocolError(f"{pattern} has no remote static key", "config")
+            if len(remote_static) != DHLEN:
+                raise LocalProtocolError("a static public key is 32 bytes", "config")
+        self._s = static_key
+        self._e = ephemeral_key
+        self._rs: bytes | None = bytes(remote_static) if peer_pre_s and remote_static else None
+        self._pinned = bytes(remote_static) if peer_sends_s and remote_static else None
+        self._re: bytes | None = None
+        self._index = 0
+        self._state = _ACTIVE
+        self._keys: tuple[bytes, bytes] | None = None
+        self._ss = SymmetricState(self.protocol_name.encode("ascii"), hash)
+        self._ss.mix_hash(prologue)
+        for side_is_initiator, tokens in ((True, p.pre_initiator), (False, p.pre_responder)):
+            for _token in tokens:  # only "s" pre-messages in these patterns
+                if side_is_initiator == initiator:
+                    assert static_key is not None
+                    self._ss.mix_hash(_public(static_key))
+                else:
+                    assert self._rs is not None
+                    self._ss.mix_hash(self._rs)
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def is_complete(self) -> bool:
+        return self._state in (_COMPLETE, _SPLIT)
+
+    @property
+    def is_my_turn(self) -> bool:
+        """True when the next call must be ``write_message``."""
+        return self._state == _ACTIVE and (self._index % 2 == 0) == self.initiator
+
+    @property
+    def remote_static(self) -> bytes | None:
+        """The peer's static public key, once known (``None`` for NN)."""
+        return self._rs
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """Section 11.2 channel binding: unique per handshake, public, not secret."""
+        if not self.is_complete:
+            raise LocalProtocolError("the handshake is not complete", "state")
+        return self._ss.h
+
+    def _expect(self, writing: bool) -> list[str]:
+        if self._state == _ERROR:
+            raise LocalProtocolError("the handshake has failed", "state")
+        if self._state != _ACTIVE:
+            raise LocalProtocolError("the handshake is already complete", "state")
+        if self.is_my_turn != writing:
+            verb = "write" if writing else "read"
+            raise LocalProtocolError(f"not our turn to {verb} a handshake message", "state")
+        return list(self._pattern.messages[self._index])
+
+    def _advance(self) -> None:
+        self._index += 1
+        if self._index == len(self._pattern.messages):
+            self._keys = self._ss.split()
+            self._state = _COMPLETE
+
+    def _dh(self, token: str) -> bytes:
+        ours, theirs = {
+            "ee": (self._e, self._re),
+            "ss": (self._s, self._rs),
+            "es": (self._e, self._rs) if self.initiator else (self._s, self._re),
+            "se": (self._s, self._re) if self.initiator else (self._e, self._rs),
+        }[token]
+        assert ours is not None and theirs is not None  # guaranteed by the pattern
+        # cryptography raises ValueError for an all-zero result (a low-order point).
+        return ours.exchange(X25519PublicKey.from_public_bytes(theirs))
+
+    # -- messages ------------------------------------------------------------
+
+    def write_message(self, payload: bytes = b"") -> bytes:
+        """The next handshake message, carrying ``payload`` (encrypted once a key exists)."""
+        tokens = self._expect(writing=True)
+        overhead = 32 * tokens.count("e") + (DHLEN + TAG_SIZE) * tokens.count("s") + TAG_SIZE
+        if len(payload) + overhead > MAX_MESSAGE:
+            raise LocalProtocolError("handshake payload too large", "size")
+        out = bytearray()
+        try:
+            for token in tokens:
+                if token == "e":
+                    if self._e is None:
+                        self._e = X25519PrivateKey.generate()
+                    pub = _public(self._e)
+                    out += pub
+                    self._ss.mix_hash(pub)
+                elif token == "s":
+                    assert self._s is not None
+                    out += self._ss.encrypt_and_hash(_public(self._s))
+                else:
+                    self._ss.mix_key(self._dh(token))
+            out += self._ss.encrypt_and_hash(payload)
+        except ValueError:
+            # Only the peer's ephemeral can make a DH fail: it was a low-order point.
+            self._state = _ERROR
+            raise RemoteProtocolError("the peer's key is invalid", "handshake") from None
+        self._advance()
+        return bytes(out)
+
+    def read_message(self, message: bytes) -> bytes:
+        """Process the peer's handshake message and return its payload.
+
+        Any failure raises ``RemoteProtocolError(code="handshake")`` and ends
+        the handshake: it cannot be retried with other bytes.
+        """
+        tokens = self._expect(writing=False)
+        try:
+            payload = self._read(tokens, bytes(message))
+        except (ValueError, InvalidTag) as exc:  # RemoteProtocolError is a ValueError
+            self._state = _ERROR
+            raise RemoteProtocolError(f"handshake failed: {exc}", "handshake") from None
+        self._advance()
+        return payload
+
+    def _read(self, tokens: list[str], msg: bytes) -> bytes:
+        if len(msg) > MAX_MESSAGE:
+            raise RemoteProtocolError("message too long", "handshake")
+        pos = 0
+        for token in tokens:
+            if token in ("e", "s"):
+                size = DHLEN + (TAG_SIZE if token == "s" and self._ss.cipher.has_key else 0)
+                if len(msg) - pos < size:
+                    raise RemoteProtocolError("message truncated", "handshake")
+                chunk, pos = msg[pos : pos + size], pos + size
+                if token == "e":
+                    self._re = chunk
+                    self._ss.mix_hash(chunk)
+                else:
+                    rs = self._ss.decrypt_and_hash(chunk)
+                    if self._pinned is not None and not _consttime.compare_digest(
+                        rs, self._pinned
+                    ):
+                        raise RemoteProtocolError("unexpected static key", "handshake")
+                    self._rs = rs
+            else:
+                self._ss.mix_key(self._dh(token))
+        rest = msg[pos:]
+        if self._ss.cipher.has_key and len(rest) < TAG_SIZE:
+            raise RemoteProtocolError("message truncated", "handshake")
+        return self._ss.decrypt_and_hash(rest)
+
+    # -- transport -----------------------------------------------------------
+
+    def split(self) -> tuple[FrameSealer, FrameOpener]:
+        """``(send, recv)`` for this side. Once only: a second pair would reuse nonces."""
+        if self._state != _COMPLETE or self._keys is None:
+            raise LocalProtocolError("split needs a complete, unsplit handshake", "state")
+        k1, k2 = self._keys
+        self._keys = None
+        self._state = _SPLIT
+        send, recv = (k1, k2) if self.initiator else (k2, k1)
+        return FrameSealer(send), FrameOpener(recv)
+
+
+HandshakeState = Handshake  #: the specification's name
+
+
+# -- Section 11.4: out-of-order transport messages -----------------------------
+
+
+class FrameSealer:
+    """Seals frames with a per-transmission counter nonce (never repeats)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise LocalProtocolError("a cipher key is 32 bytes", "config")
+        self._aead = ChaCha20Poly1305(key)
+        self._next = 0
+
+    @property
+    def next_nonce(self) -> int:
+        """The nonce the next ``seal`` will use (for a header that carries it)."""
+        return self._next
+
+    def seal(self, header: bytes, plaintext: bytes) -> tuple[int, bytes]:
+        """Return ``(nonce, ciphertext || 16-byte tag)``; ``header`` is the AD."""
+        nonce = self._next
+        if nonce > MAX_NONCE:
+            raise LocalProtocolError("nonce space exhausted; handshake again", "nonce-exhausted")
+        sealed = self._aead.encrypt(_chacha_nonce(nonce), plaintext, header)
+        self._next = nonce + 1
+        return nonce, sealed
+
+
+@dataclass
+class OpenerStats:
+    """What a ``FrameOpener`` refused, by reason. Every refused frame is in one count."""
+
+    opened: int = 0  #: frames that authenticated and were fresh
+    bad_tag: int = 0  #: forged or damaged frames (and impossible nonces)
+    replayed: int = 0  #: nonces already accepted
+    too_old: int = 0  #: nonces below the replay window
+
+    @property
+    def refused(self) -> int:
+        return self.bad_tag + self.replayed + self.too_old
+
+
+class FrameOpener:
+    """Opens frames by explicit nonce, with a replay window of ``window`` nonces."""
+
+    def __init__(self, key: bytes, *, window: int = DEFAULT_WINDOW) -> None:
+        if len(key) != KEY_SIZE:
+            raise LocalProtocolError("a cipher key is 32 bytes", "config")
+        self._aead = ChaCha20Poly1305(key)
+        self._window = ReplayWindow(window)
+        self.stats = OpenerStats()
+
+    @property
+    def highest_nonce(self) -> int:
+        """The highest nonce opened so far, or -1."""
+        return self._window.highest
+
+    def expand_nonce(self, truncated: int, bits: int) -> int:
+        """The full nonce for one sent as its low ``bits`` bits (RFC 9000 A.3)."""
+        return self._window.expand(truncated, bits)
+
+    def open(self, nonce: int, header: bytes, ciphertext: bytes) -> bytes:
+        """Return the plaintext, or raise ``RemoteProtocolError`` with code
+        ``"auth"`` (bad tag) or ``"replay"`` (repeated or too old). Nothing but
+        ``stats`` changes unless the frame authenticated and was fresh."""
+        if not 0 <= nonce <= MAX_NONCE:
+            self.stats.bad_tag += 1
+            raise RemoteProtocolError("nonce out of range", "auth")
+        verdict = self._window.verdict(nonce)
+        if verdict == "replayed":
+            self.stats.replayed += 1
+            raise RemoteProtocolError(f"nonce {nonce} replayed", "replay")
+        if verdict == "too-old":
+            self.stats.too_old += 1
+            raise RemoteProtocolError(f"nonce {nonce} is below the replay window", "replay")
+        try:
+            plaintext = self._aead.decrypt(_chacha_nonce(nonce), ciphertext, header)
+        except InvalidTag:
+            self.stats.bad_tag += 1
+            raise RemoteProtocolError("authentication tag did not verify", "auth") from None
+        self._window.accept(nonce)
+        self.stats.opened += 1
+        return plaintext
