@@ -408,9 +408,7 @@ class Handshake:
                     self._ss.mix_hash(chunk)
                 else:
                     rs = self._ss.decrypt_and_hash(chunk)
-                    if self._pinned is not None and not _consttime.compare_digest(
-                        rs, self._pinned
-                    ):
+                    if self._pinned is not None and not _consttime.compare_digest(rs, self._pinned):
                         raise RemoteProtocolError("unexpected static key", "handshake")
                     self._rs = rs
             else:
