@@ -240,7 +240,9 @@ class Handshake:
 
     ``remote_static`` given to an IK initiator is the responder's key it
     already knows (the pre-message). Given to anyone else, it pins the key the
-    peer must send, and any other key fails the handshake.
+    peer must send, and any other key fails the handshake. ``hash`` is
+    ``"SHA256"`` (the default) or ``"BLAKE2s"``. ``ephemeral_key`` is for test
+    vectors only: a reused ephemeral key breaks the handshake's secrecy.
     """
 
     def __init__(
@@ -345,15 +347,17 @@ class Handshake:
             "se": (self._s, self._re) if self.initiator else (self._e, self._rs),
         }[token]
         assert ours is not None and theirs is not None  # guaranteed by the pattern
-        # cryptography raises ValueError for an all-zero result (a low-order point).
-        return ours.exchange(X25519PublicKey.from_public_bytes(theirs))
+        try:
+            return ours.exchange(X25519PublicKey.from_public_bytes(theirs))
+        except ValueError:  # cryptography refuses an all-zero result: a low-order point
+            raise RemoteProtocolError("the peer's key is invalid", "handshake") from None
 
     # -- messages ------------------------------------------------------------
 
     def write_message(self, payload: bytes = b"") -> bytes:
         """The next handshake message, carrying ``payload`` (encrypted once a key exists)."""
         tokens = self._expect(writing=True)
-        overhead = 32 * tokens.count("e") + (DHLEN + TAG_SIZE) * tokens.count("s") + TAG_SIZE
+        overhead = DHLEN * tokens.count("e") + (DHLEN + TAG_SIZE) * tokens.count("s") + TAG_SIZE
         if len(payload) + overhead > MAX_MESSAGE:
             raise LocalProtocolError("handshake payload too large", "size")
         out = bytearray()
@@ -371,10 +375,9 @@ class Handshake:
                 else:
                     self._ss.mix_key(self._dh(token))
             out += self._ss.encrypt_and_hash(payload)
-        except ValueError:
-            # Only the peer's ephemeral can make a DH fail: it was a low-order point.
+        except RemoteProtocolError:  # the peer's ephemeral, met at "ee" or "se"
             self._state = _ERROR
-            raise RemoteProtocolError("the peer's key is invalid", "handshake") from None
+            raise
         self._advance()
         return bytes(out)
 
@@ -387,7 +390,7 @@ class Handshake:
         tokens = self._expect(writing=False)
         try:
             payload = self._read(tokens, bytes(message))
-        except (ValueError, InvalidTag) as exc:  # RemoteProtocolError is a ValueError
+        except RemoteProtocolError as exc:
             self._state = _ERROR
             raise RemoteProtocolError(f"handshake failed: {exc}", "handshake") from None
         self._advance()
