@@ -57,10 +57,14 @@ from dataclasses import dataclass, field
 
 from .errors import LocalProtocolError
 
+
+def _gear_key(value: int) -> bytes:
+    return hashlib.sha256(value.to_bytes(4, "big")).digest()
+
+
 #: The byte substitution table (rule 1 above).
-GEAR: bytes = bytes(
-    sorted(range(256), key=lambda i: hashlib.sha256(i.to_bytes(4, "big")).digest())
-)
+_GEAR_ORDER: list[int] = sorted(range(256), key=_gear_key)
+GEAR: bytes = bytes(_GEAR_ORDER)
 
 #: Order in which fingerprint bits join a mask (rule 5): spread over the three
 #: bytes of the fingerprint, so each mask looks at the widest window.
