@@ -1,0 +1,77 @@
+"""Record ids: keyed hashes of passport numbers, random ids otherwise.
+
+Theory of operation
+-------------------
+Two offline kiosks that register the same person must create the same
+patient record, so a patient's id is derived from the passport number:
+HMAC-SHA256 under the fleet key (shared by every kiosk of a deployment,
+installed at enrolment) of the normalised number, cut to 16 bytes and marked
+as an RFC 9562 version-8 UUID. Without the key, the id reveals nothing and
+cannot be recomputed from a list of numbers. The same construction under a
+different label gives the lookup hash the store indexes by.
+
+Normalising: Unicode NFKC, upper case, and only letters and digits kept, so
+``ab 12-34`` and ``AB1234`` are one person. An issuing country may be given
+as ``CC:NUMBER`` and is then part of the identity.
+
+A patient without documents gets a random version-4 UUID; the caller passes
+the 16 random bytes in (``os.urandom(16)``), keeping this module pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import unicodedata
+import uuid
+
+from ..errors import LocalProtocolError
+
+MIN_KEY_SIZE = 32
+PATIENT_LABEL = b"haven/patient-id/v1\x00"
+LOOKUP_LABEL = b"haven/passport-lookup/v1\x00"
+
+
+def normalise_passport(text: str) -> str:
+    norm = unicodedata.normalize("NFKC", text).upper().strip()
+    country, sep, number = norm.rpartition(":")
+    number = "".join(ch for ch in number if ch.isalnum())
+    country = "".join(ch for ch in country if ch.isalnum())
+    if not 4 <= len(number) <= 20:
+        raise LocalProtocolError("a passport number has 4 to 20 letters and digits",
+                                 "bad-passport")
+    return f"{country}:{number}" if sep and country else number
+
+
+def _check_key(key: bytes) -> None:
+    if len(key) < MIN_KEY_SIZE:
+        raise LocalProtocolError(f"the fleet key must be at least {MIN_KEY_SIZE} bytes",
+                                 "bad-key")
+
+
+def _as_uuid(digest: bytes, version: int) -> uuid.UUID:
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | (version << 4)
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return uuid.UUID(bytes=bytes(raw))
+
+
+def patient_id(fleet_key: bytes, passport: str) -> uuid.UUID:
+    """The patient id every kiosk of the fleet derives for ``passport``."""
+    _check_key(fleet_key)
+    msg = PATIENT_LABEL + normalise_passport(passport).encode()
+    return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8)
+
+
+def passport_lookup(key: bytes, passport: str) -> bytes:
+    """A keyed hash to index a passport number by, without storing it."""
+    _check_key(key)
+    msg = LOOKUP_LABEL + normalise_passport(passport).encode()
+    return hmac.new(key, msg, hashlib.sha256).digest()
+
+
+def random_id(entropy: bytes) -> uuid.UUID:
+    """A version-4 UUID from 16 random bytes."""
+    if len(entropy) != 16:
+        raise LocalProtocolError("a random id needs 16 random bytes")
+    return _as_uuid(entropy, 4)

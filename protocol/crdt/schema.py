@@ -1,0 +1,266 @@
+"""Record types, their fields, lanes and merge policies.
+
+Theory of operation
+-------------------
+Every record has a type; every type has a number (what travels), a name, a
+schema version, an upload lane and a table of fields. A field has a number
+(what travels, below 24 so it costs one CBOR byte), a name (FHIR R4's where
+FHIR has one), a value kind and a merge policy:
+
+* ``lww``: a last-writer-wins register, ordered by the write's dot
+  ``(stamp, node)``;
+* ``add-wins``: an observed-remove set of strings in which an add that a
+  remove had not seen survives it (allergies, conditions).
+
+Lanes (ARCHITECTURE.md "Priority lanes"): 0 prescription; 1 lab_result;
+2 checkin and appointment; 3 note and document metadata; 4 document content;
+5 telemetry. A patient travels in the lane of whatever needs it first, so its
+own lane (2, the check-in's) is only the default.
+
+``held`` types are never merged automatically: concurrent edits put the
+record on hold until a resolution. ``clinical`` types flag a concurrent
+update to a deleted record for review.
+
+Numbers a newer schema added are unknown here; the merge keeps them and
+passes them on (``field_name`` spells them ``#N``, ``type_name`` ``#T``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
+LWW = "lww"
+ADD_WINS = "add-wins"
+
+LANE_PRESCRIPTION = 0
+LANE_LAB_RESULT = 1
+LANE_CHECKIN = 2
+LANE_NOTE = 3
+LANE_DOCUMENT_CONTENT = 4
+LANE_TELEMETRY = 5
+LANES = {
+    0: "prescription",
+    1: "lab_result",
+    2: "checkin/appointment",
+    3: "note/document metadata",
+    4: "document content",
+    5: "telemetry",
+}
+
+KINDS = ("string", "code", "integer", "decimal", "boolean", "date", "datetime", "ref")
+_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$")
+MAX_TEXT = 4096
+MAX_SET = 256
+
+
+class FieldValueError(ProtocolError):
+    """A value does not fit its field."""
+
+    code = "field-value"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    number: int
+    name: str
+    kind: str = "string"
+    policy: str = LWW
+
+    def to_wire(self, value: Any) -> Any:
+        """Check a caller's value and return what travels (``None`` clears a register)."""
+        if self.policy == ADD_WINS:
+            raise LocalProtocolError(f"{self.name} is a set: add or remove elements")
+        if value is None:
+            return None
+        return _to_wire(self.kind, value, self.name)
+
+    def from_wire(self, value: Any) -> Any:
+        if self.kind == "ref" and isinstance(value, bytes) and len(value) == 16:
+            return str(uuid.UUID(bytes=value))
+        return value
+
+    def check_wire(self, value: Any, error: type[ProtocolError] = RemoteProtocolError) -> None:
+        """Refuse a received value that does not fit (element for sets)."""
+        try:
+            if self.policy == ADD_WINS:
+                _element(value, self.name)
+            elif value is not None:
+                wire = _to_wire(self.kind, self.from_wire(value), self.name)
+                if wire != value or type(wire) is not type(value):
+                    raise FieldValueError(f"{self.name}: not in wire form")
+        except ProtocolError as exc:
+            raise error(str(exc), "field-value") from None
+
+    def parse(self, text: str) -> Any:
+        """A value from command-line text."""
+        if self.kind in ("integer",):
+            return _number(text, int, self.name)
+        if self.kind == "decimal":
+            return _number(text, float, self.name) if "." in text or "e" in text.lower() else (
+                _number(text, int, self.name))
+        if self.kind == "boolean":
+            if text.lower() in ("true", "yes", "1"):
+                return True
+            if text.lower() in ("false", "no", "0"):
+                return False
+            raise FieldValueError(f"{self.name}: expected true or false, got {text!r}")
+        return text
+
+
+def _number(text: str, kind: type[int] | type[float], name: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise FieldValueError(f"{name}: expected a number, got {text!r}") from None
+
+
+def _element(value: Any, name: str) -> str:
+    if type(value) is not str or not 0 < len(value) <= MAX_TEXT:
+        raise FieldValueError(f"{name}: set elements are non-empty strings")
+    return value
+
+
+def _to_wire(kind: str, value: Any, name: str) -> Any:
+    if kind in ("string", "code"):
+        if type(value) is not str or len(value) > MAX_TEXT:
+            raise FieldValueError(f"{name}: expected text of at most {MAX_TEXT} characters")
+        return value
+    if kind == "integer":
+        if type(value) is not int or not -(2**63) <= value < 2**64:
+            raise FieldValueError(f"{name}: expected an integer")
+        return value
+    if kind == "decimal":
+        if type(value) not in (int, float) or value != value or value in (
+            float("inf"), float("-inf")):
+            raise FieldValueError(f"{name}: expected a finite number")
+        return value
+    if kind == "boolean":
+        if type(value) is not bool:
+            raise FieldValueError(f"{name}: expected true or false")
+        return value
+    if kind in ("date", "datetime"):
+        pattern = _DATE if kind == "date" else _DATETIME
+        if type(value) is not str or not pattern.match(value):
+            raise FieldValueError(f"{name}: expected an ISO 8601 {kind}, got {value!r}")
+        return value
+    if kind == "ref":
+        try:
+            return uuid.UUID(str(value)).bytes
+        except ValueError:
+            raise FieldValueError(f"{name}: expected a record id (UUID)") from None
+    raise LocalProtocolError(f"unknown field kind {kind}")
+
+
+@dataclass(frozen=True)
+class TypeSpec:
+    number: int
+    name: str
+    version: int
+    lane: int
+    fields: tuple[FieldSpec, ...]
+    held: bool = False
+    clinical: bool = True
+    fhir: str = ""
+    by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
+    by_number: Mapping[int, FieldSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+        object.__setattr__(self, "by_number", {f.number: f for f in self.fields})
+        if len(self.by_name) != len(self.fields) or len(self.by_number) != len(self.fields):
+            raise LocalProtocolError(f"{self.name}: duplicate field")
+        if any(not 0 <= f.number < 24 for f in self.fields):
+            raise LocalProtocolError(f"{self.name}: field numbers are 0-23")
+
+    def field(self, name: str) -> FieldSpec:
+        spec = self.by_name.get(name)
+        if spec is None:
+            raise LocalProtocolError(f"{self.name} has no field {name!r}", "unknown-field")
+        return spec
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "version": self.version,
+            "lane": self.lane,
+            "fhir": self.fhir,
+            "held_on_conflict": self.held,
+            "clinical": self.clinical,
+            "fields": {
+                f.name: {"number": f.number, "kind": f.kind, "policy": f.policy}
+                for f in self.fields
+            },
+        }
+
+
+def _f(number: int, name: str, kind: str = "string", policy: str = LWW) -> FieldSpec:
+    return FieldSpec(number, name, kind, policy)
+
+
+SUBJECT = _f(1, "subject", "ref")
+PATIENT = TypeSpec(1, "patient", 1, LANE_CHECKIN, (
+    _f(1, "name"), _f(2, "birthDate", "date"), _f(3, "gender", "code"),
+    _f(4, "telecom"), _f(5, "address"), _f(6, "communication", "code"),
+    _f(7, "identifier"),
+    _f(8, "allergies", policy=ADD_WINS), _f(9, "conditions", policy=ADD_WINS),
+), fhir="Patient")
+CHECKIN = TypeSpec(2, "checkin", 1, LANE_CHECKIN, (
+    SUBJECT, _f(2, "status", "code"), _f(3, "reasonCode"), _f(4, "periodStart", "datetime"),
+    _f(5, "location"), _f(6, "queueNumber"),
+), clinical=False, fhir="Encounter")
+PRESCRIPTION = TypeSpec(3, "prescription", 1, LANE_PRESCRIPTION, (
+    SUBJECT, _f(2, "status", "code"), _f(3, "medication"), _f(4, "dosageInstruction"),
+    _f(5, "quantity", "decimal"), _f(6, "authoredOn", "datetime"), _f(7, "requester"),
+    _f(8, "note"),
+), held=True, fhir="MedicationRequest")
+LAB_RESULT = TypeSpec(4, "lab_result", 1, LANE_LAB_RESULT, (
+    SUBJECT, _f(2, "status", "code"), _f(3, "code"), _f(4, "value", "decimal"),
+    _f(5, "unit", "code"), _f(6, "effectiveDateTime", "datetime"),
+    _f(7, "interpretation", "code"), _f(8, "note"),
+), fhir="Observation")
+APPOINTMENT = TypeSpec(5, "appointment", 1, LANE_CHECKIN, (
+    SUBJECT, _f(2, "status", "code"), _f(3, "start", "datetime"), _f(4, "end", "datetime"),
+    _f(5, "serviceType"), _f(6, "description"), _f(7, "minutesDuration", "integer"),
+), clinical=False, fhir="Appointment")
+NOTE = TypeSpec(6, "note", 1, LANE_NOTE, (
+    SUBJECT, _f(2, "text"), _f(3, "authorString"), _f(4, "time", "datetime"),
+), fhir="Annotation")
+DOCUMENT = TypeSpec(7, "document", 1, LANE_NOTE, (
+    SUBJECT, _f(2, "status", "code"), _f(3, "title"), _f(4, "contentType", "code"),
+    _f(5, "size", "integer"), _f(6, "hash"), _f(7, "creation", "datetime"),
+), fhir="DocumentReference")
+
+TYPES: dict[int, TypeSpec] = {t.number: t for t in (
+    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT)}
+TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
+
+
+def type_by_name(name: str) -> TypeSpec:
+    spec = TYPES_BY_NAME.get(name)
+    if spec is None:
+        known = ", ".join(sorted(TYPES_BY_NAME))
+        raise LocalProtocolError(f"unknown record type {name!r} (known: {known})", "unknown-type")
+    return spec
+
+
+def type_name(number: int) -> str:
+    spec = TYPES.get(number)
+    return spec.name if spec else f"#{number}"
+
+
+def field_name(type_number: int, number: int) -> str:
+    spec = TYPES.get(type_number)
+    fspec = spec.by_number.get(number) if spec else None
+    return fspec.name if fspec else f"#{number}"
+
+
+def describe() -> dict[str, Any]:
+    """Every type, for ``haven-kiosk schema --json``."""
+    return {t.name: t.describe() for t in TYPES.values()}
