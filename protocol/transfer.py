@@ -1,0 +1,630 @@
+"""Resumable transfer of one object (a file, a document) over a message channel.
+
+Theory of operation
+-------------------
+The sender cuts the object into content-defined chunks (``chunking.py``) and
+describes it by a *manifest*: the object's SHA-256, its size, its name and the
+ordered list of (chunk SHA-256, chunk length). The receiver keeps chunks in a
+store keyed by their hash. A transfer then runs::
+
+    sender                                   receiver
+    xfer-offer    (hash, size, name, count) ->
+    xfer-manifest (start, hashes, lengths)  ->   store.has(hash) per entry
+                                            <- xfer-need (start, count, bitmap)
+    xfer-data     (index, offset, data)     ->   verify SHA-256, store.put
+                   ... more manifest pieces, needs and data, interleaved ...
+                                            <- xfer-done (object hash), once the
+                                               whole object's SHA-256 is checked
+
+Only the chunks the receiver lacks cross the link. A resumed transfer (a new
+sender and receiver over the same store) and a new version of a document the
+receiver has seen both reduce to that: the store already holds most chunks.
+The store makes each ``put`` durable before it returns, so progress is durable
+per chunk; at most the one chunk in flight is lost by an interruption.
+
+Wire formats, chosen to stay compact for large objects (a 1 GiB file at 8 KiB
+chunks has ~130k entries): ``hashes`` is the 32-byte digests concatenated,
+``lengths`` 3-byte big-endian integers concatenated, a need ``bitmap`` has bit
+``j`` (byte ``j // 8``, least significant bit first) set when entry
+``start + j`` is wanted. Every message stays under ``MAX_MESSAGE`` bytes, so a
+manifest travels in pieces of at most ``MANIFEST_PIECE`` entries and a chunk in
+parts of at most ``part_size`` bytes. A hash that repeats within an object is
+asked for, and sent, once.
+
+Both ends are sans-I/O: they take messages (bytes or decoded) and return
+events, and hand out messages to send. The sender pulls chunk data through a
+``read(offset, length)`` callback, one chunk at a time, and yields messages one
+by one from ``next_message()``, so the caller's flow control decides the pace
+and neither side holds more than one chunk of data. Each side's legal
+(state, message) pairs live in one table; any other pair, and any malformed or
+inconsistent message, fails the transfer with a ``TransferFailed`` event and an
+``xfer-abort`` to the peer, never an exception. ``LocalProtocolError`` is
+raised only for misuse of the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from . import messages
+from .chunking import DEFAULT_PARAMS, Chunker, ChunkParams, chunk_id
+from .errors import LocalProtocolError, RemoteProtocolError
+from .messages import Message, MessageSpec, register
+
+HASH_SIZE = 32
+LENGTH_SIZE = 3
+MAX_MESSAGE = 32 * 1024
+#: Room kept for the envelope and the other fields of a message.
+_ENVELOPE = 128
+MANIFEST_PIECE = (MAX_MESSAGE - _ENVELOPE) // (HASH_SIZE + LENGTH_SIZE)
+MAX_PART = MAX_MESSAGE - _ENVELOPE
+DEFAULT_PART_SIZE = 16 * 1024
+MAX_NAME = 255
+
+OFFER = register(MessageSpec(40, "xfer-offer", {
+    1: ("xfer", int), 2: ("object", bytes), 3: ("size", int), 4: ("name", str), 5: ("count", int),
+}))
+MANIFEST = register(MessageSpec(41, "xfer-manifest", {
+    1: ("xfer", int), 2: ("start", int), 3: ("hashes", bytes), 4: ("lengths", bytes),
+}))
+NEED = register(MessageSpec(42, "xfer-need", {
+    1: ("xfer", int), 2: ("start", int), 3: ("count", int), 4: ("bitmap", bytes),
+}))
+DATA = register(MessageSpec(43, "xfer-data", {
+    1: ("xfer", int), 2: ("index", int), 3: ("offset", int), 4: ("data", bytes),
+}))
+DONE = register(MessageSpec(44, "xfer-done", {1: ("xfer", int), 2: ("object", bytes)}))
+ABORT = register(MessageSpec(45, "xfer-abort", {1: ("xfer", int), 2: ("reason", str)},
+                             {3: ("detail", str)}))
+_OURS = {spec.number for spec in (OFFER, MANIFEST, NEED, DATA, DONE, ABORT)}
+
+
+# --- the manifest ------------------------------------------------------------
+
+
+def check_name(name: str) -> None:
+    """Refuse names that are not one plain path component."""
+    raw = name.encode("utf-8", "surrogatepass")
+    if (not 0 < len(raw) <= MAX_NAME or name in (".", "..") or "/" in name or "\\" in name
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
+        raise LocalProtocolError(f"object name {name!r} is not a plain file name", "bad-name")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an object is made of. ``hashes`` and ``lengths`` are the wire forms."""
+
+    object_hash: bytes
+    size: int
+    name: str
+    hashes: bytes
+    lengths: bytes
+
+    @property
+    def count(self) -> int:
+        return len(self.hashes) // HASH_SIZE
+
+    def chunk_hash(self, index: int) -> bytes:
+        return self.hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE]
+
+    def chunk_length(self, index: int) -> int:
+        return int.from_bytes(self.lengths[index * LENGTH_SIZE : (index + 1) * LENGTH_SIZE], "big")
+
+    def entries(self) -> Iterator[tuple[bytes, int]]:
+        for i in range(self.count):
+            yield self.chunk_hash(i), self.chunk_length(i)
+
+    def check(self) -> None:
+        """Raise ``LocalProtocolError`` unless the manifest is self-consistent."""
+        check_name(self.name)
+        if len(self.object_hash) != HASH_SIZE or len(self.hashes) % HASH_SIZE:
+            raise LocalProtocolError("hashes must be 32-byte SHA-256 digests", "manifest")
+        if len(self.lengths) != self.count * LENGTH_SIZE:
+            raise LocalProtocolError("one length per hash", "manifest")
+        lengths = [self.chunk_length(i) for i in range(self.count)]
+        if 0 in lengths or sum(lengths) != self.size:
+            raise LocalProtocolError("chunk lengths do not add up to the size", "manifest")
+
+
+class ManifestBuilder:
+    """Accumulates a manifest chunk by chunk (hashes the object on the way)."""
+
+    def __init__(self) -> None:
+        self._object = hashlib.sha256()
+        self._hashes = bytearray()
+        self._lengths = bytearray()
+        self._size = 0
+
+    def add(self, chunk: bytes) -> bytes:
+        """Record the next chunk; returns its hash."""
+        if not 0 < len(chunk) < 1 << (8 * LENGTH_SIZE):
+            raise LocalProtocolError("a chunk has 1 byte to 16 MiB", "chunk-size")
+        digest = chunk_id(chunk)
+        self._object.update(chunk)
+        self._hashes += digest
+        self._lengths += len(chunk).to_bytes(LENGTH_SIZE, "big")
+        self._size += len(chunk)
+        return digest
+
+    def finish(self, name: str) -> Manifest:
+        manifest = Manifest(self._object.digest(), self._size, name,
+                            bytes(self._hashes), bytes(self._lengths))
+        manifest.check()
+        return manifest
+
+
+def build_manifest(pieces: Iterable[bytes | bytearray | memoryview], name: str,
+                   params: ChunkParams = DEFAULT_PARAMS) -> Manifest:
+    """The manifest of the concatenation of ``pieces`` (streamed, bounded memory)."""
+    chunker = Chunker(params)
+    builder = ManifestBuilder()
+    for piece in pieces:
+        for chunk in chunker.feed(piece):
+            builder.add(chunk)
+    for chunk in chunker.finish():
+        builder.add(chunk)
+    return builder.finish(name)
+
+
+# --- the receiver's store ----------------------------------------------------
+
+
+class ChunkStore(Protocol):
+    """Where a receiver keeps chunks. ``put`` is durable when it returns."""
+
+    def has(self, chunk_hash: bytes) -> bool: ...
+
+    def put(self, chunk_hash: bytes, data: bytes) -> None: ...
+
+    def get(self, chunk_hash: bytes) -> bytes: ...
+
+
+class MemoryStore:
+    """A ``ChunkStore`` in a dict, for tests and small tools."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[bytes, bytes] = {}
+        self.puts = 0
+
+    def has(self, chunk_hash: bytes) -> bool:
+        return chunk_hash in self.chunks
+
+    def put(self, chunk_hash: bytes, data: bytes) -> None:
+        self.puts += 1
+        self.chunks[chunk_hash] = bytes(data)
+
+    def get(self, chunk_hash: bytes) -> bytes:
+        return self.chunks[chunk_hash]
+
+
+# --- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfferReceived:
+    name: str
+    size: int
+    object_hash: bytes
+    count: int
+
+
+@dataclass(frozen=True)
+class ChunkStored:
+    index: int
+    chunk_hash: bytes
+    length: int
+
+
+@dataclass(frozen=True)
+class ChunkRejected:
+    """A chunk's data did not match its hash; it has been asked for again."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransferComplete:
+    """The receiver verified the whole object (on the sender: confirmed by it)."""
+
+    name: str
+    size: int
+    object_hash: bytes
+    verified: bool = True
+
+
+@dataclass(frozen=True)
+class TransferFailed:
+    """The transfer is over without the object. ``remote``: the peer aborted it."""
+
+    reason: str
+    detail: str = ""
+    remote: bool = False
+
+
+Event = OfferReceived | ChunkStored | ChunkRejected | TransferComplete | TransferFailed
+
+
+@dataclass
+class TransferStats:
+    chunks_total: int = 0
+    chunks_reused: int = 0  # receiver: already in the store
+    chunks_moved: int = 0  # chunks sent (sender) or stored (receiver)
+    bytes_moved: int = 0  # chunk payload bytes sent or stored
+    duplicates: int = 0  # data for chunks already stored, ignored
+    rejected: int = 0  # chunks whose data failed their hash
+    ignored: int = 0  # messages after the end of the transfer
+    messages_out: int = 0
+    wire_bytes_out: int = 0
+
+
+# --- shared machinery ----------------------------------------------------------
+
+
+def transfer_id(message: Message) -> int | None:
+    """The transfer a message belongs to, or None if it is not a transfer message."""
+    if message.type not in _OURS:
+        return None
+    xfer = message.fields.get(1)
+    return xfer if type(xfer) is int else None
+
+
+def _uint(msg: Message, name: str) -> int:
+    value = msg.get(name)
+    if type(value) is not int or value < 0:
+        raise RemoteProtocolError(f"{msg.name}: {name} must be an unsigned integer", "bad-field")
+    return value
+
+
+class _Endpoint:
+    """State, table dispatch and failure handling shared by both ends."""
+
+    #: {state: {message name: handler method}}; any other pair is an error.
+    TABLE: ClassVar[dict[str, dict[str, str]]] = {}
+    TERMINAL = ("done", "failed")
+
+    def __init__(self, xfer: int | None) -> None:
+        self.state = "idle"
+        self.xfer = xfer
+        self.stats = TransferStats()
+        self.failure: TransferFailed | None = None
+        self._outbox: list[bytes] = []
+
+    def _send(self, kind: str, /, **values: object) -> None:
+        wire = messages.encode(messages.make(kind, xfer=self.xfer, **values))
+        self.stats.messages_out += 1
+        self.stats.wire_bytes_out += len(wire)
+        self._outbox.append(wire)
+
+    def _fail(self, code: str, detail: str) -> list[Event]:
+        self.state = "failed"
+        self.failure = TransferFailed(code, detail)
+        self._send("xfer-abort", reason=code, detail=detail[:200])
+        return [self.failure]
+
+    def receive(self, message: bytes | Message) -> list[Event]:
+        """Handle one message from the peer; return what happened."""
+        if self.state in self.TERMINAL:
+            self.stats.ignored += 1
+            return []
+        try:
+            msg = message if isinstance(message, Message) else messages.decode(
+                message, max_size=MAX_MESSAGE)
+            handler = self.TABLE[self.state].get(msg.name) if msg.type in _OURS else None
+            if handler is None:
+                raise RemoteProtocolError(
+                    f"{msg.name} is not expected in state {self.state}", "unexpected-message")
+            if self.xfer is not None and _uint(msg, "xfer") != self.xfer:
+                raise RemoteProtocolError("message for another transfer", "xfer-id")
+            events: list[Event] = getattr(self, handler)(msg)
+            return events
+        except RemoteProtocolError as exc:
+            return self._fail(exc.code, str(exc))
+
+    def _on_abort(self, msg: Message) -> list[Event]:
+        self.state = "failed"
+        self.failure = TransferFailed(str(msg.get("reason")), str(msg.get("detail", "")),
+                                      remote=True)
+        return [self.failure]
+
+
+# --- the receiver --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceiverLimits:
+    """What a receiver accepts from a peer (bounds its memory, too)."""
+
+    max_size: int = 1 << 32
+    max_chunks: int = 1 << 18
+    max_chunk: int = 1 << 20
+    max_retries: int = 3
+
+
+class Receiver(_Endpoint):
+    """Receives one object into ``store``. Feed it the sender's messages with
+    ``receive`` and send what ``messages_to_send`` returns."""
+
+    TABLE = {
+        "idle": {"xfer-offer": "_on_offer", "xfer-abort": "_on_abort"},
+        "receiving": {"xfer-manifest": "_on_manifest", "xfer-data": "_on_data",
+                      "xfer-abort": "_on_abort"},
+    }
+
+    def __init__(self, store: ChunkStore, *, limits: ReceiverLimits | None = None) -> None:
+        super().__init__(None)
+        self.store = store
+        self.limits = limits or ReceiverLimits()
+        self.name = ""
+        self.size = 0
+        self.object_hash = b""
+        self._count = 0
+        self._hashes = bytearray()
+        self._lengths = bytearray()
+        self._total = 0  # sum of the lengths received so far
+        self._wanted: dict[bytes, int] = {}  # hash -> first index, not yet stored
+        self._partial = bytearray()
+        self._partial_index = -1
+        self._retries: dict[int, int] = {}
+
+    def messages_to_send(self) -> list[bytes]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest, once all of it has arrived."""
+        if self.state == "idle" or len(self._hashes) < self._count * HASH_SIZE:
+            return None
+        return Manifest(self.object_hash, self.size, self.name,
+                        bytes(self._hashes), bytes(self._lengths))
+
+    @property
+    def _entries(self) -> int:
+        return len(self._hashes) // HASH_SIZE
+
+    def _on_offer(self, msg: Message) -> list[Event]:
+        self.xfer = _uint(msg, "xfer")
+        size, count = _uint(msg, "size"), _uint(msg, "count")
+        name, object_hash = msg.get("name"), msg.get("object")
+        lim = self.limits
+        if len(object_hash) != HASH_SIZE:
+            raise RemoteProtocolError("object hash must be 32 bytes", "bad-field")
+        try:
+            check_name(name)
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(str(exc), exc.code) from None
+        if size > lim.max_size or count > lim.max_chunks:
+            raise RemoteProtocolError(f"offer of {size} bytes in {count} chunks", "too-large")
+        if count > size or count * lim.max_chunk < size:
+            raise RemoteProtocolError(f"{count} chunks cannot hold {size} bytes", "manifest-size")
+        self.name, self.size, self.object_hash, self._count = name, size, object_hash, count
+        self.stats.chunks_total = count
+        self.state = "receiving"
+        events: list[Event] = [OfferReceived(name, size, object_hash, count)]
+        if count == 0:
+            events += self._finish()
+        return events
+
+    def _on_manifest(self, msg: Message) -> list[Event]:
+        start = _uint(msg, "start")
+        hashes, lengths = msg.get("hashes"), msg.get("lengths")
+        k = len(hashes) // HASH_SIZE
+        if start != self._entries:
+            raise RemoteProtocolError(f"manifest piece at {start}, expected {self._entries}",
+                                      "manifest-order")
+        if k == 0 or len(hashes) != k * HASH_SIZE or len(lengths) != k * LENGTH_SIZE:
+            raise RemoteProtocolError("manifest piece is malformed", "manifest-format")
+        if start + k > self._count:
+            raise RemoteProtocolError("manifest has more entries than offered", "manifest-count")
+        bitmap = bytearray((k + 7) // 8)
+        for j in range(k):
+            length = int.from_bytes(lengths[j * LENGTH_SIZE : (j + 1) * LENGTH_SIZE], "big")
+            if not 0 < length <= self.limits.max_chunk:
+                raise RemoteProtocolError(f"chunk length {length}", "chunk-size")
+            self._total += length
+            digest = hashes[j * HASH_SIZE : (j + 1) * HASH_SIZE]
+            first = self._wanted.get(digest)
+            if first is not None:
+                if self._length(first) != length:
+                    raise RemoteProtocolError("one hash, two lengths", "manifest-inconsistent")
+            elif self.store.has(digest):
+                self.stats.chunks_reused += 1
+            else:
+                self._wanted[digest] = start + j
+                bitmap[j >> 3] |= 1 << (j & 7)
+        if self._total > self.size:
+            raise RemoteProtocolError("chunk lengths exceed the size", "manifest-size")
+        self._hashes += hashes
+        self._lengths += lengths
+        if any(bitmap):
+            self._send("xfer-need", start=start, count=k, bitmap=bytes(bitmap))
+        return self._finish() if self._complete() else []
+
+    def _length(self, index: int) -> int:
+        return int.from_bytes(self._lengths[index * LENGTH_SIZE : (index + 1) * LENGTH_SIZE], "big")
+
+    def _complete(self) -> bool:
+        if self._entries < self._count:
+            return False
+        if self._total != self.size:
+            raise RemoteProtocolError("chunk lengths do not add up to the size", "manifest-size")
+        return not self._wanted
+
+    def _on_data(self, msg: Message) -> list[Event]:
+        index, offset, data = _uint(msg, "index"), _uint(msg, "offset"), msg.get("data")
+        if index >= self._entries:
+            raise RemoteProtocolError(f"data for unknown chunk {index}", "unknown-chunk")
+        digest = bytes(self._hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE])
+        length = self._length(index)
+        if not data or offset + len(data) > length:
+            raise RemoteProtocolError(f"data beyond chunk {index}'s length", "chunk-oversized")
+        if digest not in self._wanted:  # stored already: a resend is harmless
+            self.stats.duplicates += 1
+            return []
+        if offset == 0:
+            self._partial = bytearray(data)
+            self._partial_index = index
+        elif index == self._partial_index and offset == len(self._partial):
+            self._partial += data
+        else:
+            raise RemoteProtocolError(f"chunk {index} part at {offset} out of order", "data-order")
+        if len(self._partial) < length:
+            return []
+        chunk = bytes(self._partial)
+        self._partial = bytearray()
+        self._partial_index = -1
+        if chunk_id(chunk) != digest:
+            self.stats.rejected += 1
+            tries = self._retries[index] = self._retries.get(index, 0) + 1
+            if tries > self.limits.max_retries:
+                raise RemoteProtocolError(f"chunk {index} failed its hash {tries} times",
+                                          "chunk-hash")
+            self._send("xfer-need", start=index, count=1, bitmap=b"\x01")
+            return [ChunkRejected(index, "chunk-hash")]
+        self.store.put(digest, chunk)
+        del self._wanted[digest]
+        self.stats.chunks_moved += 1
+        self.stats.bytes_moved += length
+        events: list[Event] = [ChunkStored(index, digest, length)]
+        if self._complete():
+            events += self._finish()
+        return events
+
+    def _finish(self) -> list[Event]:
+        """Every chunk is in the store: check the object's hash, then confirm."""
+        whole = hashlib.sha256()
+        for index in range(self._count):
+            digest = bytes(self._hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE])
+            try:
+                data = self.store.get(digest)
+            except KeyError:
+                return self._fail("store-missing", f"store lost chunk {index}")
+            if len(data) != self._length(index):
+                return self._fail("store-length", f"stored chunk {index} has the wrong length")
+            whole.update(data)
+        if whole.digest() != self.object_hash:
+            return self._fail("object-hash", "the chunks do not make up the offered object")
+        self.state = "done"
+        self._send("xfer-done", object=self.object_hash)
+        return [TransferComplete(self.name, self.size, self.object_hash)]
+
+
+# --- the sender ----------------------------------------------------------------
+
+
+class Sender(_Endpoint):
+    """Sends the object described by ``manifest``; ``read(offset, length)``
+    returns bytes of the object. Call ``next_message`` whenever the channel
+    can take a message, and ``receive`` with the receiver's messages."""
+
+    TABLE = {
+        "offering": {"xfer-need": "_on_need", "xfer-abort": "_on_abort"},
+        "sending": {"xfer-need": "_on_need", "xfer-done": "_on_done", "xfer-abort": "_on_abort"},
+    }
+
+    def __init__(self, manifest: Manifest, read: Callable[[int, int], bytes], *,
+                 xfer: int = 0, part_size: int = DEFAULT_PART_SIZE) -> None:
+        manifest.check()
+        if not 0 < part_size <= MAX_PART:
+            raise LocalProtocolError(f"part_size must be 1..{MAX_PART}", "part-size")
+        if xfer < 0:
+            raise LocalProtocolError("transfer ids are unsigned", "xfer-id")
+        super().__init__(xfer)
+        self.manifest = manifest
+        self.read = read
+        self.part_size = part_size
+        self.state = "offering"
+        self.stats.chunks_total = manifest.count
+        self._offsets = array("Q", [0])
+        for _, length in manifest.entries():
+            self._offsets.append(self._offsets[-1] + length)
+        self._offered = False
+        self._next_piece = 0  # manifest entries sent so far
+        self._need = bytearray(manifest.count)  # 1 where the receiver wants the chunk
+        self._cursor = 0  # no need below this index
+        self._chunk = b""  # the chunk being sent, and where we are in it
+        self._chunk_index = -1
+        self._chunk_offset = 0
+
+    @property
+    def is_done(self) -> bool:
+        return self.state == "done"
+
+    def next_message(self) -> bytes | None:
+        """The next message to send, or None while waiting for the receiver."""
+        if not self._outbox:
+            self._produce()
+        return self._outbox.pop(0) if self._outbox else None
+
+    def _produce(self) -> None:
+        if self.state in self.TERMINAL:
+            return
+        m = self.manifest
+        if not self._offered:
+            self._offered = True
+            self._send("xfer-offer", object=m.object_hash, size=m.size, name=m.name,
+                       count=m.count)
+            if m.count == 0:
+                self.state = "sending"
+            return
+        if self._chunk_index < 0:
+            index = self._need.find(1, self._cursor)
+            if index >= 0:
+                self._load(index)
+        if self._chunk_index >= 0:
+            self._send_part()
+        elif self._next_piece < m.count:
+            start = self._next_piece
+            end = min(m.count, start + MANIFEST_PIECE)
+            self._next_piece = end
+            self._send("xfer-manifest", start=start,
+                       hashes=m.hashes[start * HASH_SIZE : end * HASH_SIZE],
+                       lengths=m.lengths[start * LENGTH_SIZE : end * LENGTH_SIZE])
+            if end == m.count:
+                self.state = "sending"
+
+    def _load(self, index: int) -> None:
+        self._need[index] = 0
+        self._cursor = index + 1
+        offset, length = self._offsets[index], self.manifest.chunk_length(index)
+        data = bytes(self.read(offset, length))
+        if len(data) != length or chunk_id(data) != self.manifest.chunk_hash(index):
+            self._fail("source-changed", f"chunk {index} no longer matches the manifest")
+            return
+        self._chunk, self._chunk_index, self._chunk_offset = data, index, 0
+
+    def _send_part(self) -> None:
+        part = self._chunk[self._chunk_offset : self._chunk_offset + self.part_size]
+        self._send("xfer-data", index=self._chunk_index, offset=self._chunk_offset, data=part)
+        self._chunk_offset += len(part)
+        if self._chunk_offset >= len(self._chunk):
+            self.stats.chunks_moved += 1
+            self.stats.bytes_moved += len(self._chunk)
+            self._chunk, self._chunk_index = b"", -1
+
+    def _on_need(self, msg: Message) -> list[Event]:
+        start, count, bitmap = _uint(msg, "start"), _uint(msg, "count"), msg.get("bitmap")
+        if count == 0 or start + count > self.manifest.count or len(bitmap) != (count + 7) // 8:
+            raise RemoteProtocolError("need outside the manifest", "need-range")
+        bits = int.from_bytes(bitmap, "little")
+        if bits >> count:
+            raise RemoteProtocolError("need bitmap has bits past its count", "need-range")
+        while bits:
+            low = bits & -bits
+            index = start + low.bit_length() - 1
+            self._need[index] = 1
+            self._cursor = min(self._cursor, index)
+            bits ^= low
+        return []
+
+    def _on_done(self, msg: Message) -> list[Event]:
+        m = self.manifest
+        if msg.get("object") != m.object_hash:
+            raise RemoteProtocolError("receiver confirmed another object", "done-mismatch")
+        self.state = "done"
+        return [TransferComplete(m.name, m.size, m.object_hash)]
