@@ -34,6 +34,7 @@ def emulator(mode: str, args: list[str], stats_path: Path,
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.linkemu", mode, *args, "--stats", str(stats_path)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        start_new_session=True,  # Ctrl-C reaches us; we stop it with SIGTERM
     )
     try:
         assert proc.stdout is not None
