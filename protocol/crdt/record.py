@@ -33,9 +33,10 @@ Conflicts are data, derived the same way everywhere:
   ``review`` for clinical ones, ``info`` otherwise;
 * ``update-update`` on a held type (prescription): two or more updates that
   did not see each other hold the record, with every version kept;
-* ``update-update`` on a field of any other type: two or more assignments
-  that did not see each other; the greatest dot wins and the conflict is
-  reported with severity ``info`` until someone assigns the field again.
+* ``update-update`` on a field of any other type: two or more live
+  assignments that did not see each other; the greatest dot wins and the
+  conflict is reported with severity ``info`` until someone who has seen
+  them assigns the field again (a write to another field does not settle it).
 
 Each version is a head's own view of the record (its past, by the same
 rules), named by its dot. A conflict's id hashes the record id, the class,
@@ -221,7 +222,7 @@ class _Graph:
             found.append((DELETE_UPDATE, severity, None, heads))
         if held and len(updates) > 1:
             found.append((UPDATE_UPDATE, HOLD, None, updates))
-        elif len(updates) > 1:
+        elif updates:
             live = self._live(updates)
             for key in sorted({k for i in self._bits(live) for k in self.ops[i].set}):
                 writers = [i for i in self._bits(live) if key in self.ops[i].set]

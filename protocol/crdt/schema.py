@@ -60,8 +60,9 @@ MAX_TEXT = 4096
 MAX_SET = 256
 
 
-class FieldValueError(ProtocolError):
-    """A value does not fit its field."""
+class FieldValueError(LocalProtocolError):
+    """A value does not fit its field (raised for local values; received ones are
+    reported as ``RemoteProtocolError`` with the same code)."""
 
     code = "field-value"
 
