@@ -29,10 +29,12 @@ tests). The definition, exactly (a port must give identical cut points):
    0..255 sorted by the SHA-256 of their 4-byte big-endian encoding.
 2. For the stream ``d[0..n)``, let ``X = sum(GEAR[d[i]] << 8*i)`` (the
    translated bytes read as one little-endian integer) and
-   ``H = X ^ (X << 9) ^ (X << 18) ^ ... ^ (X << 9*31)``: 32 taps, each a byte
-   older and one bit further left than the last.
+   ``H = X ^ (X << 9) ^ (X << 18) ^ ... ^ (X << 9*30)``: 31 taps, each a byte
+   older and one bit further left than the last. (An odd count: with 32,
+   the taps cancel out on runs of one byte value, or of a short pattern, and
+   every position there would be a cut.)
 3. The fingerprint after byte ``i`` is ``f(i) = (H >> (8*i - 16)) & 0xFFFFFF``
-   (bits of ``H`` below 0 are zero). It depends on ``d[i-37..i]`` only.
+   (bits of ``H`` below 0 are zero). It depends on ``d[i-36..i]`` only.
 4. A chunk starting at ``s`` ends after the first ``i`` with
    ``s + min_size - 1 <= i < s + avg_size - 1`` and ``f(i) & mask_s == 0``;
    else the first ``i`` with ``s + avg_size - 1 <= i < s + max_size - 1`` and
@@ -71,7 +73,7 @@ GEAR: bytes = bytes(_GEAR_ORDER)
 BIT_ORDER: tuple[int, ...] = (16, 8, 0, 20, 12, 4, 18, 10, 2, 22, 14, 6,
                               17, 9, 1, 21, 13, 5, 19, 11, 3, 23, 15, 7)
 
-TAPS = 32
+TAPS = 31  # computed below as 32 taps by doubling, minus the 32nd
 TAP_SHIFT = 9
 FP_BYTES = 3
 #: Bytes of history before a position that its fingerprint depends on.
@@ -156,12 +158,12 @@ def _candidates(tx: bytes, mask_s: int, mask_l: int) -> tuple[bytes, bytes]:
     not, so there are three: one in, one out for each mask."""
     n = len(tx) - HISTORY
     h = int.from_bytes(tx, "little")
+    x = h
     shift = TAP_SHIFT
-    taps = 1
-    while taps < TAPS:  # doubling: after each step h holds twice the taps
+    for _ in range(5):  # doubling: after each step h holds twice the taps
         h ^= h << shift
         shift <<= 1
-        taps <<= 1
+    h ^= x << (TAP_SHIFT * TAPS)  # 32 taps less the last one
     # Byte i of z ORs fingerprint byte k (H byte i - 2 + k) under mask byte k.
     out: list[bytes] = []
     for mask in (mask_s, mask_l):

@@ -8,7 +8,7 @@ ordered list of (chunk SHA-256, chunk length). The receiver keeps chunks in a
 store keyed by their hash. A transfer then runs::
 
     sender                                   receiver
-    xfer-offer    (hash, size, name, count) ->
+    xfer-offer    (hash, size, filename, count) ->
     xfer-manifest (start, hashes, lengths)  ->   store.has(hash) per entry
                                             <- xfer-need (start, count, bitmap)
     xfer-data     (index, offset, data)     ->   verify SHA-256, store.put
@@ -66,7 +66,8 @@ DEFAULT_PART_SIZE = 16 * 1024
 MAX_NAME = 255
 
 OFFER = register(MessageSpec(40, "xfer-offer", {
-    1: ("xfer", int), 2: ("object", bytes), 3: ("size", int), 4: ("name", str), 5: ("count", int),
+    1: ("xfer", int), 2: ("object", bytes), 3: ("size", int), 4: ("filename", str),
+    5: ("count", int),
 }))
 MANIFEST = register(MessageSpec(41, "xfer-manifest", {
     1: ("xfer", int), 2: ("start", int), 3: ("hashes", bytes), 4: ("lengths", bytes),
@@ -292,10 +293,12 @@ class _Endpoint:
         self.xfer = xfer
         self.stats = TransferStats()
         self.failure: TransferFailed | None = None
+        self._xfer_hint = 0  # for an abort before we know our transfer id
         self._outbox: list[bytes] = []
 
     def _send(self, kind: str, /, **values: object) -> None:
-        wire = messages.encode(messages.make(kind, xfer=self.xfer, **values))
+        xfer = self.xfer if self.xfer is not None else self._xfer_hint
+        wire = messages.encode(messages.make(kind, xfer=xfer, **values))
         self.stats.messages_out += 1
         self.stats.wire_bytes_out += len(wire)
         self._outbox.append(wire)
@@ -314,6 +317,9 @@ class _Endpoint:
         try:
             msg = message if isinstance(message, Message) else messages.decode(
                 message, max_size=MAX_MESSAGE)
+            hint = transfer_id(msg)
+            if hint is not None and hint >= 0:
+                self._xfer_hint = hint
             handler = self.TABLE[self.state].get(msg.name) if msg.type in _OURS else None
             if handler is None:
                 raise RemoteProtocolError(
@@ -390,7 +396,7 @@ class Receiver(_Endpoint):
     def _on_offer(self, msg: Message) -> list[Event]:
         self.xfer = _uint(msg, "xfer")
         size, count = _uint(msg, "size"), _uint(msg, "count")
-        name, object_hash = msg.get("name"), msg.get("object")
+        name, object_hash = msg.get("filename"), msg.get("object")
         lim = self.limits
         if len(object_hash) != HASH_SIZE:
             raise RemoteProtocolError("object hash must be 32 bytes", "bad-field")
@@ -421,6 +427,8 @@ class Receiver(_Endpoint):
             raise RemoteProtocolError("manifest piece is malformed", "manifest-format")
         if start + k > self._count:
             raise RemoteProtocolError("manifest has more entries than offered", "manifest-count")
+        self._hashes += hashes  # on any error below, the transfer is over anyway
+        self._lengths += lengths
         bitmap = bytearray((k + 7) // 8)
         for j in range(k):
             length = int.from_bytes(lengths[j * LENGTH_SIZE : (j + 1) * LENGTH_SIZE], "big")
@@ -439,8 +447,6 @@ class Receiver(_Endpoint):
                 bitmap[j >> 3] |= 1 << (j & 7)
         if self._total > self.size:
             raise RemoteProtocolError("chunk lengths exceed the size", "manifest-size")
-        self._hashes += hashes
-        self._lengths += lengths
         if any(bitmap):
             self._send("xfer-need", start=start, count=k, bitmap=bytes(bitmap))
         return self._finish() if self._complete() else []
@@ -567,7 +573,7 @@ class Sender(_Endpoint):
         m = self.manifest
         if not self._offered:
             self._offered = True
-            self._send("xfer-offer", object=m.object_hash, size=m.size, name=m.name,
+            self._send("xfer-offer", object=m.object_hash, size=m.size, filename=m.name,
                        count=m.count)
             if m.count == 0:
                 self.state = "sending"
@@ -576,6 +582,8 @@ class Sender(_Endpoint):
             index = self._need.find(1, self._cursor)
             if index >= 0:
                 self._load(index)
+                if self.state == "failed":
+                    return
         if self._chunk_index >= 0:
             self._send_part()
         elif self._next_piece < m.count:
