@@ -21,6 +21,10 @@ sender and receiver over the same store) and a new version of a document the
 receiver has seen both reduce to that: the store already holds most chunks.
 The store makes each ``put`` durable before it returns, so progress is durable
 per chunk; at most the one chunk in flight is lost by an interruption.
+Once every chunk is in, the receiver reads the object back from the store,
+chunk by chunk, to check the object's SHA-256 before it confirms: that pass
+reads the whole object, so a caller with large objects runs ``receive`` off
+its event loop.
 
 Wire formats, chosen to stay compact for large objects (a 1 GiB file at 8 KiB
 chunks has ~130k entries): ``hashes`` is the 32-byte digests concatenated,
