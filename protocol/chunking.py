@@ -48,7 +48,8 @@ not depend on how the input was split into pieces: ``Chunker.feed`` may be
 called with one byte or a gigabyte at a time. Memory stays bounded: a large
 piece is consumed in ``BLOCK``-sized slices, and the chunker holds at most
 ``max_size + BLOCK`` bytes of data plus one byte of fingerprint state for
-each of them, twice (one for each mask).
+each of them, twice (one for each mask). Hashing uses temporary integers of
+at most ``2 * BLOCK`` bytes and, per mask, three cached constants as long.
 """
 
 from __future__ import annotations
