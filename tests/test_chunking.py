@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import messages
+from protocol import messages, transfer
 from protocol.chunking import (
     BIT_ORDER,
     BLOCK,
@@ -310,6 +310,7 @@ def test_vectors_chunking():
 
 
 def test_vectors_transfer_messages():
+    assert transfer.OFFER.number == 40  # importing transfer registers the xfer-* messages
     for item in load_vectors()["transfer_messages"]:
         msg = messages.decode(bytes.fromhex(item["cbor"]))
         assert msg.name == item["name"]
