@@ -1,0 +1,19 @@
+"""The kiosk's local store (SQLite through sqlite-utils): see ``store``."""
+
+from .exc import (
+    BadRequest,
+    CorruptData,
+    KeyFileMissing,
+    KeyFilePermissions,
+    KeyMismatch,
+    NotInitialised,
+    StoreError,
+)
+from .keys import FieldCipher, KeyFile, KeyProvider
+from .store import CheckinResult, MergeReport, Store, init_store
+
+__all__ = [
+    "BadRequest", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile", "KeyFileMissing",
+    "KeyFilePermissions", "KeyMismatch", "KeyProvider", "MergeReport", "NotInitialised",
+    "Store", "StoreError", "init_store",
+]

@@ -1,0 +1,42 @@
+"""The store's exceptions: one root, each leaf also a matching built-in."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Root of every error the kiosk store raises."""
+
+    code = "store-error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class KeyFileMissing(StoreError, FileNotFoundError):
+    code = "key-missing"
+
+
+class KeyFilePermissions(StoreError, PermissionError):
+    code = "key-permissions"
+
+
+class KeyMismatch(StoreError, ValueError):
+    code = "key-mismatch"
+
+
+class CorruptData(StoreError, ValueError):
+    """A ciphertext failed authentication, or stored bytes do not decode."""
+
+    code = "corrupt"
+
+
+class NotInitialised(StoreError, FileNotFoundError):
+    code = "not-initialised"
+
+
+class BadRequest(StoreError, ValueError):
+    """A caller's request the store refuses (unknown type, invalid value, held record...)."""
+
+    code = "bad-request"

@@ -1,0 +1,124 @@
+"""Keys and field encryption at rest.
+
+Theory of operation
+-------------------
+A key provider hands the store one 32-byte master key. The default,
+``KeyFile``, keeps it in a file readable by its owner only and refuses a
+file that group or others could read, with a message that says how to fix
+it. Another provider (a TPM, a secure element, a key typed in at boot) only
+needs a ``key()`` method.
+
+``FieldCipher`` derives purpose keys from the master key with HKDF-SHA256
+and seals each field value separately with AES-256-GCM under a random
+96-bit nonce. The associated data is the record id, the field number and the
+write's dot (stamp and node), so the merge can compare stamps in SQL without
+any plaintext, and a ciphertext moved to another record, field or version
+fails to open. Whole deltas (the write log, the outbox, the quarantine) are
+sealed the same way, bound to their record id and dot.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .exc import CorruptData, KeyFileMissing, KeyFilePermissions, StoreError
+
+KEY_SIZE = 32
+NONCE_SIZE = 12
+
+
+class KeyProvider(Protocol):
+    def key(self) -> bytes: ...
+
+
+def write_secret(path: Path, secret: bytes) -> None:
+    """Create ``path`` owner-only (0600) holding ``secret``; never overwrite."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_secret(path: Path, what: str, size: int | None = KEY_SIZE) -> bytes:
+    """Read an owner-only secret file, refusing one others could read."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise KeyFileMissing(f"{what} {path} is missing") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFilePermissions(
+            f"{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise KeyFilePermissions(f"{what} {path} belongs to another user")
+    data = path.read_bytes()
+    if size is not None and len(data) != size:
+        raise StoreError(f"{what} {path} holds {len(data)} bytes, not {size}", "key-size")
+    return data
+
+
+class KeyFile:
+    """The default provider: a 32-byte key in an owner-only file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def create(self) -> None:
+        write_secret(self.path, os.urandom(KEY_SIZE))
+
+    def key(self) -> bytes:
+        return read_secret(self.path, "store key file")
+
+
+def _derive(master: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=label).derive(master)
+
+
+class FieldCipher:
+    def __init__(self, master: bytes) -> None:
+        if len(master) != KEY_SIZE:
+            raise StoreError("the store key must be 32 bytes", "key-size")
+        self._fields = AESGCM(_derive(master, b"haven/store/field/v1"))
+        self._blobs = AESGCM(_derive(master, b"haven/store/blob/v1"))
+        self.lookup_key = _derive(master, b"haven/store/lookup/v1")
+
+    @staticmethod
+    def _ad(record_id: bytes, field: int, stamp: int, node: int) -> bytes:
+        return record_id + field.to_bytes(2, "big") + stamp.to_bytes(8, "big") + node.to_bytes(
+            4, "big")
+
+    def seal_field(self, record_id: bytes, field: int, stamp: int, node: int,
+                   plain: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._fields.encrypt(nonce, plain, self._ad(record_id, field, stamp, node))
+
+    def open_field(self, record_id: bytes, field: int, stamp: int, node: int,
+                   sealed: bytes) -> bytes:
+        return _open(self._fields, sealed, self._ad(record_id, field, stamp, node))
+
+    def seal_blob(self, label: bytes, plain: bytes) -> bytes:
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + self._blobs.encrypt(nonce, plain, label)
+
+    def open_blob(self, label: bytes, sealed: bytes) -> bytes:
+        return _open(self._blobs, sealed, label)
+
+
+def _open(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes:
+    if len(sealed) < NONCE_SIZE + 16:
+        raise CorruptData("ciphertext is truncated")
+    try:
+        return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], ad)
+    except InvalidTag:
+        raise CorruptData("ciphertext failed authentication (corrupted, or moved)") from None

@@ -1,0 +1,216 @@
+"""Keeping the merged state in step with the write log, in bulk.
+
+Theory of operation
+-------------------
+Every delta lands in ``ops`` (sealed, ``ON CONFLICT DO NOTHING``, so a
+duplicate changes nothing). The merged state then follows one of two paths.
+
+Fast path, in SQL. A put that has seen every current head of its record
+(or starts a new record), changes no set, and meets a record with no delete
+and no conflict in its history, simply becomes the record's only head. Its
+assignments go through one ``executemany`` of::
+
+    INSERT INTO field_values ... ON CONFLICT (rid, field) DO UPDATE ...
+    WHERE (excluded.stamp, excluded.node) > (field_values.stamp, field_values.node)
+
+which is the last-writer-wins register, decided by SQLite on stamps and
+node ids alone, over ciphertexts it cannot read.
+
+Slow path, in Python. Anything else (a delete, a set change, a write that
+had not seen a head, a record already in conflict) rebuilds the record from
+its write log with the reference merge (``protocol.crdt.record``) and
+rewrites its rows. That is where conflicts are found; it is exact, and
+records that need it are few.
+
+Both paths produce the same rows as the reference merge; the tests hold
+them to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlite_utils
+
+from protocol import strict_cbor
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import Delta, decode
+from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
+
+from .exc import CorruptData
+from .keys import FieldCipher
+
+UPSERT_FIELD = """
+INSERT INTO field_values (rid, field, stamp, node, sealed) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (rid, field) DO UPDATE SET
+    stamp = excluded.stamp, node = excluded.node, sealed = excluded.sealed
+WHERE (excluded.stamp, excluded.node) > (field_values.stamp, field_values.node)
+"""
+INSERT_OP = """
+INSERT INTO ops (rid, stamp, node, type, local, sealed) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING
+"""
+FAST_RECORD = """
+INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra)
+VALUES (?, ?, 0, 0, 0, 0, ?, NULL)
+ON CONFLICT (rid) DO UPDATE SET heads = excluded.heads
+"""
+
+
+def op_label(rid: bytes, dot: Dot) -> bytes:
+    return b"op" + rid + dot.to_bytes()
+
+
+def heads_blob(heads: Iterable[Dot]) -> bytes:
+    return strict_cbor.dumps([x for d in sorted(heads) for x in (d.node, d.stamp)])
+
+
+def parse_heads(blob: bytes) -> set[Dot]:
+    flat = strict_cbor.loads(blob)
+    return {Dot(flat[i + 1], flat[i]) for i in range(0, len(flat), 2)}
+
+
+def load_log(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> RecordLog:
+    log = RecordLog(rid)
+    for stamp, node, sealed in db.execute(
+        "SELECT stamp, node, sealed FROM ops WHERE rid = ?", [rid]
+    ).fetchall():
+        data = cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed)
+        try:
+            log.add(decode(data))
+        except ValueError as exc:
+            raise CorruptData(f"stored write does not decode: {exc}") from None
+    return log
+
+
+def insert_op(db: sqlite_utils.Database, cipher: FieldCipher, delta: Delta, data: bytes,
+              local: bool) -> bool:
+    sealed = cipher.seal_blob(op_label(delta.record_id, delta.dot), data)
+    cur = db.execute(INSERT_OP, [delta.record_id, delta.stamp, delta.node, delta.type,
+                                 int(local), sealed])
+    return cur.rowcount == 1
+
+
+def _version_wire(v: Version) -> list[Any]:
+    return [v.dot.node, v.dot.stamp, v.type, v.deleted, v.fields,
+            {k: sorted(s) for k, s in v.sets.items()}]
+
+
+def rewrite(db: sqlite_utils.Database, cipher: FieldCipher, view: RecordView,
+            has_delete: bool) -> None:
+    """Replace a record's merged rows with ``view``."""
+    rid = view.record_id
+    extra = {0: {k: sorted(s) for k, s in view.sets.items()},
+             1: [[c.id, c.cls, c.severity, c.field, [_version_wire(v) for v in c.versions]]
+                 for c in view.conflicts]}
+    db.execute("DELETE FROM field_values WHERE rid = ?", [rid])
+    if not view.deleted:
+        db.conn.executemany(
+            "INSERT INTO field_values (rid, field, stamp, node, sealed) VALUES (?, ?, ?, ?, ?)",
+            [(rid, k, d.stamp, d.node, cipher.seal_field(
+                rid, k, d.stamp, d.node, strict_cbor.dumps(view.fields.get(k))))
+             for k, d in view.field_dots.items()])
+    db.execute("DELETE FROM conflicts WHERE rid = ?", [rid])
+    db.conn.executemany(
+        "INSERT INTO conflicts (id, rid, class, severity, versions) VALUES (?, ?, ?, ?, ?)",
+        [(c.id, rid, c.cls, c.severity, " ".join(v.id for v in c.versions))
+         for c in view.conflicts])
+    db.execute(
+        "INSERT OR REPLACE INTO records (rid, type, deleted, held, n_conflicts, has_delete,"
+        " heads, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [rid, view.type, int(view.deleted), int(view.held), len(view.conflicts),
+         int(has_delete), heads_blob(view.heads),
+         cipher.seal_blob(b"rec" + rid, strict_cbor.dumps(extra))])
+
+
+def refresh(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> RecordView:
+    """Rebuild a record from its write log (the slow path)."""
+    log = load_log(db, cipher, rid)
+    view = log.view()
+    rewrite(db, cipher, view, any(op.is_delete for op in log.ops.values()))
+    return view
+
+
+def read_view(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes, rtype: int,
+              deleted: bool, heads: bytes, extra: bytes | None) -> RecordView:
+    """A record's view from its merged rows (no write log needed)."""
+    fields: dict[int, Any] = {}
+    dots: dict[int, Dot] = {}
+    for field, stamp, node, sealed in db.execute(
+        "SELECT field, stamp, node, sealed FROM field_values WHERE rid = ?", [rid]
+    ).fetchall():
+        dots[field] = Dot(stamp, node)
+        value = strict_cbor.loads(cipher.open_field(rid, field, stamp, node, sealed))
+        if value is not None:
+            fields[field] = value
+    sets: dict[int, frozenset[str]] = {}
+    conflicts: list[Conflict] = []
+    if extra is not None:
+        obj = strict_cbor.loads(cipher.open_blob(b"rec" + rid, extra))
+        sets = {k: frozenset(v) for k, v in obj[0].items()}
+        for cid, cls, severity, field, versions in obj[1]:
+            conflicts.append(Conflict(cid, rid, cls, severity, field, tuple(
+                Version(Dot(stamp, node), vtype, vdel, vfields,
+                        {k: frozenset(e) for k, e in vsets.items()})
+                for node, stamp, vtype, vdel, vfields, vsets in versions)))
+    return RecordView(rid, rtype, deleted, fields, sets, tuple(sorted(parse_heads(heads))),
+                      tuple(conflicts), dots)
+
+
+def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
+                items: list[tuple[Delta, bytes]]) -> tuple[int, int]:
+    """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's transaction."""
+    rids = sorted({d.record_id for d, _ in items})
+    state: dict[bytes, tuple[int, set[Dot], bool]] = {}
+    seen: dict[bytes, set[Dot]] = {rid: set() for rid in rids}
+    for i in range(0, len(rids), 500):
+        chunk = rids[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        for rid, rtype, n_conf, has_delete, heads in db.execute(
+            f"SELECT rid, type, n_conflicts, has_delete, heads FROM records WHERE rid IN ({marks})",
+            chunk,
+        ).fetchall():
+            state[rid] = (rtype, parse_heads(heads), bool(n_conf or has_delete))
+        for rid, stamp, node in db.execute(
+            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})", chunk
+        ).fetchall():
+            seen[rid].add(Dot(stamp, node))
+    slow: set[bytes] = set()
+    fresh: list[tuple[Delta, bytes]] = []
+    duplicates = 0
+    for delta, data in items:
+        rid = delta.record_id
+        if delta.dot in seen[rid]:
+            duplicates += 1
+            continue
+        seen[rid].add(delta.dot)
+        fresh.append((delta, data))
+        if rid in slow:
+            continue
+        current = state.get(rid)
+        if current is None:
+            covers, rtype, messy = True, delta.type, False
+        else:
+            rtype, heads, messy = current
+            covers = all(h in delta.ctx or (h.node == delta.node and h.stamp < delta.stamp)
+                         for h in heads)
+        if (messy or not covers or delta.is_delete or delta.add or delta.remove
+                or rtype != delta.type):
+            slow.add(rid)
+        else:
+            state[rid] = (rtype, {delta.dot}, False)
+    db.conn.executemany(INSERT_OP, [
+        (d.record_id, d.stamp, d.node, d.type, 0,
+         cipher.seal_blob(op_label(d.record_id, d.dot), data)) for d, data in fresh])
+    fast = [d for d, _ in fresh if d.record_id not in slow]
+    db.conn.executemany(UPSERT_FIELD, [
+        (d.record_id, k, d.stamp, d.node,
+         cipher.seal_field(d.record_id, k, d.stamp, d.node, strict_cbor.dumps(v)))
+        for d in fast for k, v in d.set.items()])
+    db.conn.executemany(FAST_RECORD, [
+        (rid, state[rid][0], heads_blob(state[rid][1]))
+        for rid in {d.record_id for d in fast}])
+    for rid in sorted(slow):
+        refresh(db, cipher, rid)
+    return len(fresh), duplicates

@@ -1,0 +1,126 @@
+"""The priority outbox: compact CBOR deltas waiting for the hub, in lanes.
+
+Theory of operation
+-------------------
+Each local write adds one entry in the same transaction as the write
+itself. An entry names the write (record id and dot); the bytes are the
+sealed delta in ``ops``, so nothing is stored twice. Entries go out by lane
+(0 prescriptions first ... 5 telemetry), oldest first within a lane,
+batched up to a byte budget. A patient travels in the lane of whatever needs
+it first: a write that refers to a patient pulls the patient's waiting
+entries up to its own lane.
+
+An entry leaves the outbox only through ``ack``, which the sync engine calls
+after the hub's authenticated acknowledgement of a durable commit. A failed
+send schedules a retry with exponential backoff and jitter
+(``backoff_ms``); an entry the hub rejects goes to quarantine, out of the
+way of every entry behind it, and ``status`` shows it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import Delta
+
+from .keys import FieldCipher
+from .materialise import op_label
+
+BASE_DELAY_MS = 2_000
+MAX_DELAY_MS = 15 * 60 * 1000
+DEFAULT_BATCH_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    lane: int
+    attempts: int
+    data: bytes
+
+
+def backoff_ms(attempts: int, rng: random.Random) -> int:
+    """Delay before retry number ``attempts``: doubling, capped, half of it random."""
+    ceiling = min(MAX_DELAY_MS, BASE_DELAY_MS << min(max(attempts - 1, 0), 20))
+    return ceiling // 2 + rng.randrange(ceiling // 2 + 1)
+
+
+def enqueue(db: sqlite_utils.Database, lane: int, delta: Delta, size: int) -> int:
+    cur = db.execute(
+        "INSERT INTO outbox (lane, rid, stamp, node, size) VALUES (?, ?, ?, ?, ?)",
+        [lane, delta.record_id, delta.stamp, delta.node, size])
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+def promote(db: sqlite_utils.Database, rid: bytes, lane: int) -> None:
+    db.execute("UPDATE outbox SET lane = ? WHERE rid = ? AND lane > ? AND state = 'queued'",
+               [lane, rid, lane])
+
+
+def batch(db: sqlite_utils.Database, cipher: FieldCipher, now_ms: int,
+          max_bytes: int = DEFAULT_BATCH_BYTES, max_entries: int = 1000) -> list[Entry]:
+    """The next entries to send: by lane, then age; at least one if any is due."""
+    out: list[Entry] = []
+    total = 0
+    rows = db.execute(
+        "SELECT o.seq, o.lane, o.attempts, o.size, o.rid, o.stamp, o.node, p.sealed"
+        " FROM outbox o JOIN ops p ON p.rid = o.rid AND p.stamp = o.stamp AND p.node = o.node"
+        " WHERE o.state = 'queued' AND o.next_at <= ? ORDER BY o.lane, o.seq LIMIT ?",
+        [now_ms, max_entries])
+    for seq, lane, attempts, size, rid, stamp, node, sealed in rows.fetchall():
+        if out and total + size > max_bytes:
+            break
+        data = cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed)
+        out.append(Entry(seq, lane, attempts, data))
+        total += size
+    return out
+
+
+def _marks(seqs: list[int]) -> str:
+    return ",".join("?" * len(seqs))
+
+
+def ack(db: sqlite_utils.Database, seqs: Iterable[int]) -> int:
+    seqs = list(seqs)
+    if not seqs:
+        return 0
+    return db.execute(f"DELETE FROM outbox WHERE seq IN ({_marks(seqs)})", seqs).rowcount
+
+
+def retry(db: sqlite_utils.Database, seqs: Iterable[int], now_ms: int,
+          rng: random.Random) -> None:
+    for seq in seqs:
+        row = db.execute("SELECT attempts FROM outbox WHERE seq = ?", [seq]).fetchone()
+        if row is None:
+            continue
+        attempts = row[0] + 1
+        db.execute("UPDATE outbox SET attempts = ?, next_at = ? WHERE seq = ?",
+                   [attempts, now_ms + backoff_ms(attempts, rng), seq])
+
+
+def reject(db: sqlite_utils.Database, seq: int, code: str) -> None:
+    db.execute("UPDATE outbox SET state = 'quarantined', error = ? WHERE seq = ?",
+               [code[:64], seq])
+
+
+def summary(db: sqlite_utils.Database, now_ms: int) -> dict[str, Any]:
+    lanes: dict[str, Any] = {}
+    for lane, n, size, waiting in db.execute(
+        "SELECT lane, COUNT(*), SUM(size), SUM(next_at > ?) FROM outbox"
+        " WHERE state = 'queued' GROUP BY lane ORDER BY lane", [now_ms]
+    ).fetchall():
+        lanes[str(lane)] = {"entries": n, "bytes": size, "waiting_retry": waiting}
+    quarantined = [
+        {"seq": seq, "lane": lane, "attempts": attempts, "error": error}
+        for seq, lane, attempts, error in db.execute(
+            "SELECT seq, lane, attempts, error FROM outbox WHERE state = 'quarantined'"
+            " ORDER BY seq").fetchall()
+    ]
+    return {"lanes": lanes, "quarantined": quarantined}

@@ -1,0 +1,423 @@
+"""The kiosk's store: records, write log, outbox and quarantine in one SQLite file.
+
+Theory of operation
+-------------------
+``init_store`` creates a data directory (owner-only) holding the database,
+the store key (``keys.KeyFile``) and the fleet key that patient ids are
+derived from. ``Store`` opens it. Every method that writes runs as one job
+on the writer thread (``writer.Writer``) inside one ``BEGIN IMMEDIATE``
+transaction: a check-in writes the patient and the check-in, their write
+log entries, merged rows and outbox entries, the queue counter and the
+clock, then commits once (one WAL fsync), and only then returns its queue
+number. Reads use their own connection; WAL lets them run beside the writer.
+
+Local writes are built and checked by ``protocol.crdt.writes`` against the
+record as its write log says it is, so the store and the reference merge
+cannot disagree on what a write means. ``merge`` takes deltas from the hub,
+decodes and checks them, quarantines the bad ones with a reason (one bad
+delta never blocks the rest), and merges the rest in short slices that let
+waiting check-ins go first.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from protocol import strict_cbor
+from protocol.crdt import schema as crdt_schema
+from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, HLC
+from protocol.crdt.delta import Delta, decode, encode
+from protocol.crdt.ids import patient_id, random_id
+from protocol.crdt.record import RecordView, canonical_json
+from protocol.crdt.replica import check_known_fields
+from protocol.crdt.writes import build_delete, build_put, build_resolve
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+from . import outbox
+from . import tables as _tables  # noqa: F401 - registers the migrations
+from .db import atomic, connect, migrate
+from .exc import BadRequest, KeyMismatch, NotInitialised, StoreError
+from .keys import FieldCipher, KeyFile, KeyProvider, read_secret, write_secret
+from .materialise import insert_op, load_log, merge_slice, read_view, rewrite
+from .writer import BULK, URGENT, Writer
+
+DB_NAME = "store.db"
+STORE_KEY = "store.key"
+FLEET_KEY = "fleet.key"
+SLICE = 256
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class CheckinResult:
+    record_id: str
+    patient_id: str
+    queue_number: str
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    applied: int
+    duplicates: int
+    quarantined: int
+
+
+def _fingerprint(key: bytes) -> bytes:
+    return patient_id(key, "FINGERPRINT0").bytes
+
+
+def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | None = None,
+               key_provider: KeyProvider | None = None) -> Store:
+    """Create (or update the site and letter of) a kiosk store in ``data``."""
+    data = Path(data)
+    letter = letter.upper()
+    if len(letter) != 1 or not "A" <= letter <= "Z":
+        raise BadRequest("the kiosk letter is one letter, A to Z")
+    if not site.strip():
+        raise BadRequest("the site name is empty")
+    new_fleet: bytes | None = None
+    if fleet_key_file is not None:
+        try:
+            new_fleet = Path(fleet_key_file).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read fleet key {fleet_key_file}: {exc.strerror}",
+                             "key-missing") from None
+        if len(new_fleet) < 32:
+            raise StoreError(f"fleet key {fleet_key_file} is shorter than 32 bytes", "key-size")
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not (data / DB_NAME).exists():
+        if key_provider is None and not (data / STORE_KEY).exists():
+            KeyFile(data / STORE_KEY).create()
+        if not (data / FLEET_KEY).exists():
+            write_secret(data / FLEET_KEY, new_fleet or os.urandom(32))
+    if not (data / DB_NAME).exists():
+        # Owner-only from the first byte; SQLite gives the WAL the same mode.
+        os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
+    store = Store(data, key_provider, create=True)
+    try:
+        store._configure(site, letter, new_fleet)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+class Store:
+    def __init__(self, data: Path, key_provider: KeyProvider | None = None, *,
+                 create: bool = False) -> None:
+        self.data = Path(data)
+        self.path = self.data / DB_NAME
+        if not create and not self.path.exists():
+            raise NotInitialised(f"no kiosk store in {self.data}; run: haven-kiosk init")
+        provider = key_provider or KeyFile(self.data / STORE_KEY)
+        self.cipher = FieldCipher(provider.key())
+        self.fleet_key = read_secret(self.data / FLEET_KEY, "fleet key file", None)
+        self.hlc = HLC()
+        self.rng = random.Random()
+        self._writer = Writer(self._open_writer)
+        self.reader = connect(self.path)
+        self.node = int(self._meta("node") or 0)
+
+    def _open_writer(self) -> sqlite_utils.Database:
+        db = connect(self.path)
+        migrate(db)
+        with atomic(db):
+            if db.execute("SELECT value FROM meta WHERE key = 'node'").fetchone() is None:
+                node = int.from_bytes(os.urandom(4), "big") | 1
+                db.execute("INSERT INTO meta VALUES ('node', ?)", [str(node)])
+                db.execute("INSERT INTO meta VALUES ('fleet', ?)", [_fingerprint(self.fleet_key)])
+        row = db.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
+        self.hlc = HLC(int(row[0]) if row else 0)
+        return db
+
+    def close(self) -> None:
+        self._writer.close()
+        self.reader.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Meta ---------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> Any:
+        row = self.reader.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _set_meta(db: sqlite_utils.Database, key: str, value: Any) -> None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+
+    def _configure(self, site: str, letter: str, new_fleet: bytes | None) -> None:
+        def job(db: sqlite_utils.Database) -> None:
+            with atomic(db):
+                if new_fleet is not None and new_fleet != self.fleet_key:
+                    patients = db.execute(
+                        "SELECT COUNT(*) FROM records WHERE type = ?",
+                        [crdt_schema.PATIENT.number]).fetchone()[0]
+                    if patients:
+                        raise KeyMismatch(
+                            f"this kiosk already holds {patients} patients under another fleet"
+                            " key; a different key would give the same people new ids")
+                    (self.data / FLEET_KEY).unlink()
+                    write_secret(self.data / FLEET_KEY, new_fleet)
+                    self.fleet_key = new_fleet
+                    self._set_meta(db, "fleet", _fingerprint(new_fleet))
+                self._set_meta(db, "site", site)
+                self._set_meta(db, "letter", letter)
+        self._writer.call(job)
+
+    # Local writes -------------------------------------------------------------------
+
+    def _write(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
+               build: Callable[[RecordView | None, int], Delta]) -> Delta:
+        """One local write inside the caller's transaction: log, merged rows, outbox."""
+        log = load_log(db, self.cipher, rid)
+        view = log.view() if log.ops else None
+        build(view, self.hlc.last + 1)  # refuse before the clock moves
+        delta = build(view, self.hlc.now(now_ms))
+        data = encode(delta)
+        insert_op(db, self.cipher, delta, data, local=True)
+        log.add(delta)
+        rewrite(db, self.cipher, log.view(), any(op.is_delete for op in log.ops.values()))
+        spec = crdt_schema.TYPES.get(delta.type)
+        lane = spec.lane if spec else crdt_schema.LANE_NOTE
+        outbox.enqueue(db, lane, delta, len(data))
+        subject = delta.set.get(1) if spec and "subject" in spec.by_name else None
+        if isinstance(subject, bytes):
+            outbox.promote(db, subject, lane)
+        self._set_meta(db, "hlc", str(self.hlc.last))
+        return delta
+
+    def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
+        def job(db: sqlite_utils.Database) -> Any:
+            with atomic(db):
+                return fn(db)
+        try:
+            return self._writer.call(job, URGENT)
+        except LocalProtocolError as exc:
+            raise BadRequest(str(exc), exc.code) from None
+
+    def checkin(self, *, name: str, passport: str | None = None, birth_year: int | None = None,
+                reason: str | None = None, now_ms: int | None = None) -> CheckinResult:
+        """Register the patient if new and record a check-in; returns after the commit."""
+        now = wall_ms() if now_ms is None else now_ms
+        try:
+            pid = (patient_id(self.fleet_key, passport) if passport
+                   else random_id(os.urandom(16)))
+        except LocalProtocolError as exc:
+            raise BadRequest(str(exc), exc.code) from None
+        values: dict[str, Any] = {"name": name}
+        if birth_year is not None:
+            values["birthDate"] = f"{birth_year:04d}"
+        cid = random_id(os.urandom(16))
+        local = time.localtime(now / 1000)
+        day = time.strftime("%Y-%m-%d", local)
+        started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000)) + "Z"
+
+        def fn(db: sqlite_utils.Database) -> CheckinResult:
+            letter = db.execute("SELECT value FROM meta WHERE key = 'letter'").fetchone()[0]
+            site = db.execute("SELECT value FROM meta WHERE key = 'site'").fetchone()[0]
+            db.execute("INSERT INTO queue_numbers VALUES (?, 1) ON CONFLICT (day) DO UPDATE"
+                       " SET last = last + 1", [day])
+            n = db.execute("SELECT last FROM queue_numbers WHERE day = ?", [day]).fetchone()[0]
+            number = f"{letter}-{n:03d}"
+            prow = db.execute("SELECT 1 FROM records WHERE rid = ?", [pid.bytes]).fetchone()
+            current = self._view(db, pid.bytes) if prow else None
+            changed = {k: v for k, v in values.items()
+                       if current is None or crdt_schema.PATIENT.field(k).to_wire(v)
+                       != current.fields.get(crdt_schema.PATIENT.field(k).number)}
+            if changed or current is None:
+                self._write(db, pid.bytes, now, lambda view, stamp: build_put(
+                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed))
+            checkin_values = {"subject": str(pid), "status": "arrived", "periodStart": started,
+                              "location": site, "queueNumber": number}
+            if reason:
+                checkin_values["reasonCode"] = reason
+            self._write(db, cid.bytes, now, lambda view, stamp: build_put(
+                view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values))
+            return CheckinResult(str(cid), str(pid), number)
+
+        result: CheckinResult = self._run(fn)
+        return result
+
+    def put(self, type_name: str, record_id: str | None = None,
+            values: Mapping[str, Any] | None = None, add: Mapping[str, Iterable[str]] | None = None,
+            remove: Mapping[str, Iterable[str]] | None = None, now_ms: int | None = None) -> str:
+        """Create or update a record; returns its id."""
+        now = wall_ms() if now_ms is None else now_ms
+        try:
+            spec = crdt_schema.type_by_name(type_name)
+            rid = uuid.UUID(record_id) if record_id else random_id(os.urandom(16))
+        except (LocalProtocolError, ValueError) as exc:
+            raise BadRequest(str(exc)) from None
+        self._run(lambda db: self._write(db, rid.bytes, now, lambda view, stamp: build_put(
+            view, rid.bytes, spec, self.node, stamp, values or {}, add or {}, remove or {})))
+        return str(rid)
+
+    def delete(self, record_id: str, now_ms: int | None = None) -> None:
+        now = wall_ms() if now_ms is None else now_ms
+        rid = _parse_id(record_id)
+        self._run(lambda db: self._write(db, rid, now, lambda view, stamp: build_delete(
+            view, rid, self.node, stamp)))
+
+    def resolve(self, conflict_id: str, *, keep: str | None = None,
+                values: Mapping[str, Any] | None = None, now_ms: int | None = None) -> str:
+        """Resolve a conflict (keep a version, or set values); returns the record id."""
+        now = wall_ms() if now_ms is None else now_ms
+        row = self.reader.execute("SELECT rid FROM conflicts WHERE id = ?",
+                                  [conflict_id]).fetchone()
+        if row is None:
+            raise BadRequest(f"no current conflict {conflict_id}", "no-conflict")
+        rid: bytes = row[0]
+        self._run(lambda db: self._write(db, rid, now, lambda view, stamp: build_resolve(
+            _must(view), conflict_id, self.node, stamp, keep=keep, values=values)))
+        return str(uuid.UUID(bytes=rid))
+
+    # Merging deltas from elsewhere ------------------------------------------------------
+
+    def merge(self, deltas: Iterable[bytes], now_ms: int | None = None,
+              slice_size: int = SLICE) -> MergeReport:
+        """Merge deltas (any order, duplicates welcome); bad ones go to quarantine."""
+        now = wall_ms() if now_ms is None else now_ms
+        good: list[tuple[Delta, bytes]] = []
+        bad: list[tuple[str, str, bytes]] = []
+        for data in deltas:
+            try:
+                delta = decode(data)
+                if delta.stamp >> 16 > now + DEFAULT_MAX_AHEAD_MS:
+                    raise RemoteProtocolError("stamp too far ahead of the local clock",
+                                              "clock-ahead")
+                check_known_fields(delta)
+            except RemoteProtocolError as exc:
+                bad.append((exc.code, str(exc), data))
+                continue
+            good.append((delta, data))
+        futures = []
+        for i in range(0, len(good), slice_size):
+            part = good[i:i + slice_size]
+            futures.append(self._writer.submit(functools.partial(self._merge_job, part=part),
+                                               BULK))
+        if bad:
+            futures.append(self._writer.submit(lambda db: self._quarantine(db, bad, now), BULK))
+        applied = duplicates = 0
+        for fut in futures:
+            new, dup = fut.result()
+            applied += new
+            duplicates += dup
+        return MergeReport(applied, duplicates, len(bad))
+
+    def _merge_job(self, db: sqlite_utils.Database, *,
+                   part: list[tuple[Delta, bytes]]) -> tuple[int, int]:
+        with atomic(db):
+            result = merge_slice(db, self.cipher, part)
+            for delta, _ in part:
+                if delta.stamp > self.hlc.last:
+                    self.hlc.last = delta.stamp
+            self._set_meta(db, "hlc", str(self.hlc.last))
+        return result
+
+    def _quarantine(self, db: sqlite_utils.Database, bad: list[tuple[str, str, bytes]],
+                    now: int) -> tuple[int, int]:
+        with atomic(db):
+            for code, reason, data in bad:
+                sealed = self.cipher.seal_blob(b"quarantine", strict_cbor.dumps([reason, data]))
+                db.execute("INSERT INTO quarantine (received_at, code, sealed) VALUES (?, ?, ?)",
+                           [now, code, sealed])
+        return 0, 0
+
+    # Reading ----------------------------------------------------------------------------
+
+    def _view(self, db: sqlite_utils.Database, rid: bytes) -> RecordView | None:
+        row = db.execute("SELECT type, deleted, heads, extra FROM records WHERE rid = ?",
+                         [rid]).fetchone()
+        if row is None:
+            return None
+        return read_view(db, self.cipher, rid, row[0], bool(row[1]), row[2], row[3])
+
+    def view(self, record_id: str) -> RecordView | None:
+        return self._view(self.reader, _parse_id(record_id))
+
+    def views(self) -> list[RecordView]:
+        rows = self.reader.execute("SELECT rid, type, deleted, heads, extra FROM records")
+        return [read_view(self.reader, self.cipher, rid, t, bool(d), h, e)
+                for rid, t, d, h, e in rows.fetchall()]
+
+    def dump(self) -> bytes:
+        """Canonical JSON of every record, decrypted (identical across synced replicas)."""
+        return canonical_json(self.views())
+
+    def status(self, now_ms: int | None = None) -> dict[str, Any]:
+        now = wall_ms() if now_ms is None else now_ms
+        db = self.reader
+        conflicts = [
+            {"id": cid, "record_id": str(uuid.UUID(bytes=rid)), "class": cls,
+             "severity": sev, "versions": versions.split()}
+            for cid, rid, cls, sev, versions in db.execute(
+                "SELECT id, rid, class, severity, versions FROM conflicts ORDER BY id")
+        ]
+        quarantine = [
+            {"id": qid, "received_at": at, "code": code}
+            for qid, at, code in db.execute(
+                "SELECT id, received_at, code FROM quarantine ORDER BY id")
+        ]
+        return {
+            "node": f"{self.node:08x}",
+            "site": self._meta("site"),
+            "letter": self._meta("letter"),
+            "records": db.execute("SELECT COUNT(*) FROM records").fetchone()[0],
+            "held": sum(1 for c in conflicts if c["severity"] == "hold"),
+            "conflicts": conflicts,
+            "outbox": outbox.summary(db, now),
+            "quarantine": quarantine,
+            "last_sync": self._meta("last_sync"),
+        }
+
+    # Outbox -----------------------------------------------------------------------------
+
+    def outbox_batch(self, now_ms: int | None = None,
+                     max_bytes: int = outbox.DEFAULT_BATCH_BYTES) -> list[outbox.Entry]:
+        now = wall_ms() if now_ms is None else now_ms
+        return outbox.batch(self.reader, self.cipher, now, max_bytes)
+
+    def outbox_ack(self, seqs: Iterable[int]) -> int:
+        """Remove entries the hub acknowledged (authenticated, durable) as committed."""
+        seqs = list(seqs)
+        result: int = self._run(lambda db: outbox.ack(db, seqs))
+        return result
+
+    def outbox_retry(self, seqs: Iterable[int], now_ms: int | None = None) -> None:
+        now = wall_ms() if now_ms is None else now_ms
+        seqs = list(seqs)
+        self._run(lambda db: outbox.retry(db, seqs, now, self.rng))
+
+    def outbox_reject(self, seq: int, code: str) -> None:
+        self._run(lambda db: outbox.reject(db, seq, code))
+
+
+def _must(view: RecordView | None) -> RecordView:
+    if view is None:
+        raise LocalProtocolError("no such record", "not-found")
+    return view
+
+
+def _parse_id(text: str) -> bytes:
+    try:
+        return uuid.UUID(text).bytes
+    except ValueError:
+        raise BadRequest(f"not a record id: {text!r}", "bad-id") from None

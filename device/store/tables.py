@@ -1,0 +1,50 @@
+"""The store's tables (migrations registered in code).
+
+``ops`` is the write log, the source of truth: every delta this kiosk holds,
+sealed, keyed by record and dot. ``records``, ``field_values`` and
+``conflicts`` are the merged state, kept up to date write by write (see
+``materialise``). Dots, types and flags are plaintext metadata; every field
+value, set, conflict version and delta is sealed (``keys.FieldCipher``).
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from .db import migration
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    for sql in (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
+        """CREATE TABLE ops (
+            rid BLOB NOT NULL, stamp INTEGER NOT NULL, node INTEGER NOT NULL,
+            type INTEGER NOT NULL, local INTEGER NOT NULL, sealed BLOB NOT NULL,
+            PRIMARY KEY (rid, stamp, node)) WITHOUT ROWID""",
+        """CREATE TABLE records (
+            rid BLOB PRIMARY KEY, type INTEGER NOT NULL, deleted INTEGER NOT NULL,
+            held INTEGER NOT NULL, n_conflicts INTEGER NOT NULL, has_delete INTEGER NOT NULL,
+            heads BLOB NOT NULL, extra BLOB) WITHOUT ROWID""",
+        """CREATE TABLE field_values (
+            rid BLOB NOT NULL, field INTEGER NOT NULL, stamp INTEGER NOT NULL,
+            node INTEGER NOT NULL, sealed BLOB NOT NULL,
+            PRIMARY KEY (rid, field)) WITHOUT ROWID""",
+        """CREATE TABLE conflicts (
+            id TEXT PRIMARY KEY, rid BLOB NOT NULL, class TEXT NOT NULL,
+            severity TEXT NOT NULL, versions TEXT NOT NULL)""",
+        "CREATE INDEX conflicts_rid ON conflicts (rid)",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, lane INTEGER NOT NULL,
+            rid BLOB NOT NULL, stamp INTEGER NOT NULL, node INTEGER NOT NULL,
+            size INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            next_at INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'queued',
+            error TEXT)""",
+        "CREATE INDEX outbox_ready ON outbox (state, lane, seq)",
+        "CREATE INDEX outbox_rid ON outbox (rid)",
+        """CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY, received_at INTEGER NOT NULL, code TEXT NOT NULL,
+            sealed BLOB NOT NULL)""",
+        "CREATE TABLE queue_numbers (day TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+    ):
+        db.execute(sql)
