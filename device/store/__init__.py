@@ -1,5 +1,6 @@
 """The kiosk's local store (SQLite through sqlite-utils): see ``store``."""
 
+from .create import init_store
 from .exc import (
     BadRequest,
     CorruptData,
@@ -10,7 +11,7 @@ from .exc import (
     StoreError,
 )
 from .keys import FieldCipher, KeyFile, KeyProvider
-from .store import CheckinResult, MergeReport, Store, init_store
+from .store import CheckinResult, MergeReport, Store
 
 __all__ = [
     "BadRequest", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile", "KeyFileMissing",

@@ -46,7 +46,7 @@ from protocol.errors import LocalProtocolError, RemoteProtocolError
 from . import outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
 from .db import atomic, connect, migrate
-from .exc import BadRequest, KeyMismatch, NotInitialised, StoreError
+from .exc import BadRequest, KeyMismatch, NotInitialised
 from .keys import FieldCipher, KeyFile, KeyProvider, read_secret, write_secret
 from .materialise import insert_op, load_log, merge_slice, read_view, rewrite
 from .writer import BULK, URGENT, Writer
@@ -75,44 +75,9 @@ class MergeReport:
     quarantined: int
 
 
-def _fingerprint(key: bytes) -> bytes:
+def fingerprint(key: bytes) -> bytes:
+    """What the store remembers of the fleet key: enough to notice a different one."""
     return patient_id(key, "FINGERPRINT0").bytes
-
-
-def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | None = None,
-               key_provider: KeyProvider | None = None) -> Store:
-    """Create (or update the site and letter of) a kiosk store in ``data``."""
-    data = Path(data)
-    letter = letter.upper()
-    if len(letter) != 1 or not "A" <= letter <= "Z":
-        raise BadRequest("the kiosk letter is one letter, A to Z")
-    if not site.strip():
-        raise BadRequest("the site name is empty")
-    new_fleet: bytes | None = None
-    if fleet_key_file is not None:
-        try:
-            new_fleet = Path(fleet_key_file).read_bytes()
-        except OSError as exc:
-            raise StoreError(f"cannot read fleet key {fleet_key_file}: {exc.strerror}",
-                             "key-missing") from None
-        if len(new_fleet) < 32:
-            raise StoreError(f"fleet key {fleet_key_file} is shorter than 32 bytes", "key-size")
-    data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not (data / DB_NAME).exists():
-        if key_provider is None and not (data / STORE_KEY).exists():
-            KeyFile(data / STORE_KEY).create()
-        if not (data / FLEET_KEY).exists():
-            write_secret(data / FLEET_KEY, new_fleet or os.urandom(32))
-    if not (data / DB_NAME).exists():
-        # Owner-only from the first byte; SQLite gives the WAL the same mode.
-        os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
-    store = Store(data, key_provider, create=True)
-    try:
-        store._configure(site, letter, new_fleet)
-    except BaseException:
-        store.close()
-        raise
-    return store
 
 
 class Store:
@@ -138,7 +103,7 @@ class Store:
             if db.execute("SELECT value FROM meta WHERE key = 'node'").fetchone() is None:
                 node = int.from_bytes(os.urandom(4), "big") | 1
                 db.execute("INSERT INTO meta VALUES ('node', ?)", [str(node)])
-                db.execute("INSERT INTO meta VALUES ('fleet', ?)", [_fingerprint(self.fleet_key)])
+                db.execute("INSERT INTO meta VALUES ('fleet', ?)", [fingerprint(self.fleet_key)])
         row = db.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
         self.hlc = HLC(int(row[0]) if row else 0)
         return db
@@ -177,7 +142,7 @@ class Store:
                     (self.data / FLEET_KEY).unlink()
                     write_secret(self.data / FLEET_KEY, new_fleet)
                     self.fleet_key = new_fleet
-                    self._set_meta(db, "fleet", _fingerprint(new_fleet))
+                    self._set_meta(db, "fleet", fingerprint(new_fleet))
                 self._set_meta(db, "site", site)
                 self._set_meta(db, "letter", letter)
         self._writer.call(job)

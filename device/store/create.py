@@ -1,0 +1,54 @@
+"""Creating a kiosk store: the data directory, its keys, and the kiosk's identity.
+
+The directory is owner-only (0700); the database, the store key and the
+fleet key are created owner-only (0600) before anything is written to them.
+The fleet key comes from ``--fleet-key FILE`` (installed at enrolment) or is
+made here for a kiosk that is not enrolled yet. Running ``init`` again
+updates the site and the letter; a different fleet key is refused once the
+kiosk holds patients, whose ids were derived under the old one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .exc import BadRequest, StoreError
+from .keys import KeyFile, KeyProvider, write_secret
+from .store import DB_NAME, FLEET_KEY, STORE_KEY, Store
+
+
+def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | None = None,
+               key_provider: KeyProvider | None = None) -> Store:
+    """Create (or update the site and letter of) a kiosk store in ``data``."""
+    data = Path(data)
+    letter = letter.upper()
+    if len(letter) != 1 or not "A" <= letter <= "Z":
+        raise BadRequest("the kiosk letter is one letter, A to Z")
+    if not site.strip():
+        raise BadRequest("the site name is empty")
+    new_fleet: bytes | None = None
+    if fleet_key_file is not None:
+        try:
+            new_fleet = Path(fleet_key_file).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"cannot read fleet key {fleet_key_file}: {exc.strerror}",
+                             "key-missing") from None
+        if len(new_fleet) < 32:
+            raise StoreError(f"fleet key {fleet_key_file} is shorter than 32 bytes", "key-size")
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not (data / DB_NAME).exists():
+        if key_provider is None and not (data / STORE_KEY).exists():
+            KeyFile(data / STORE_KEY).create()
+        if not (data / FLEET_KEY).exists():
+            write_secret(data / FLEET_KEY, new_fleet or os.urandom(32))
+    if not (data / DB_NAME).exists():
+        # Owner-only from the first byte; SQLite gives the WAL the same mode.
+        os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
+    store = Store(data, key_provider, create=True)
+    try:
+        store._configure(site, letter, new_fleet)
+    except BaseException:
+        store.close()
+        raise
+    return store

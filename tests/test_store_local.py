@@ -1,0 +1,228 @@
+"""The store on its own: transactions, the writer's priorities, keys, at rest, outbox."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from device.store import (
+    BadRequest,
+    CorruptData,
+    KeyFileMissing,
+    KeyFilePermissions,
+    KeyMismatch,
+    NotInitialised,
+    Store,
+    init_store,
+)
+from device.store.outbox import MAX_DELAY_MS, backoff_ms
+from protocol.crdt.replica import Replica
+
+T0 = 1_790_000_000_000
+DAY = 86_400_000
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "kiosk"
+
+
+@pytest.fixture
+def store(data: Path) -> Iterator[Store]:
+    s = init_store(data, "Test Site", "B")
+    yield s
+    s.close()
+
+
+def trace(store: Store) -> list[str]:
+    statements: list[str] = []
+    store._writer.call(lambda db: db.conn.set_trace_callback(statements.append))
+    return statements
+
+
+def test_checkin_is_one_immediate_transaction(store: Store) -> None:
+    statements = trace(store)
+    result = store.checkin(name="Ada", passport="AB123456", birth_year=1815, now_ms=T0)
+    verbs = [s.split()[0].upper() for s in statements if s.strip()]
+    assert verbs.count("BEGIN") == 1 and verbs.count("COMMIT") == 1
+    assert "BEGIN IMMEDIATE" in statements
+    assert result.queue_number == "B-001"
+    lanes = store.status(now_ms=T0)["outbox"]["lanes"]
+    assert lanes == {"2": {"entries": 2, "bytes": lanes["2"]["bytes"], "waiting_retry": 0}}
+
+
+def test_queue_numbers_per_day(store: Store) -> None:
+    numbers = [store.checkin(name=f"P{i}", now_ms=T0 + i).queue_number for i in range(3)]
+    assert numbers == ["B-001", "B-002", "B-003"]
+    assert store.checkin(name="Next", now_ms=T0 + DAY).queue_number == "B-001"
+
+
+def test_same_passport_same_patient_across_kiosks(tmp_path: Path) -> None:
+    key = tmp_path / "fleet.key"
+    key.write_bytes(os.urandom(32))
+    with init_store(tmp_path / "a", "A", "A", key) as a, init_store(tmp_path / "b", "B", "B",
+                                                                    key) as b:
+        ra = a.checkin(name="Ada", passport="ab 123456", now_ms=T0)
+        rb = b.checkin(name="Ada", passport="AB123456", now_ms=T0 + 5)
+        assert ra.patient_id == rb.patient_id
+        a.merge([e.data for e in b.outbox_batch(now_ms=T0 + 9)], now_ms=T0 + 9)
+        b.merge([e.data for e in a.outbox_batch(now_ms=T0 + 9)], now_ms=T0 + 9)
+        assert a.dump() == b.dump()
+        assert sum(v.type == 1 for v in a.views()) == 1
+
+
+def test_a_different_fleet_key_is_refused_once_patients_exist(tmp_path: Path) -> None:
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    k1.write_bytes(os.urandom(32))
+    k2.write_bytes(os.urandom(32))
+    init_store(tmp_path / "d", "S", "A", k2).close()
+    init_store(tmp_path / "d", "S", "A", k1).close()  # no patients yet: accepted
+    with Store(tmp_path / "d") as s:
+        s.checkin(name="Ada", passport="AB123456", now_ms=T0)
+    with pytest.raises(KeyMismatch):
+        init_store(tmp_path / "d", "S", "A", k2)
+    init_store(tmp_path / "d", "Renamed", "C", k1).close()
+
+
+def test_reopen_keeps_state_and_clock(data: Path) -> None:
+    with init_store(data, "S", "A") as s:
+        rid = s.put("note", values={"text": "hello"}, now_ms=T0 + 1000)
+        before = s.dump()
+    with Store(data) as s:
+        assert s.dump() == before
+        s.put("note", rid, {"text": "later"}, now_ms=T0)  # the wall clock went back
+        view = s.view(rid)
+        assert view is not None and view.fields[2] == "later"
+
+
+def test_missing_store_and_keys(tmp_path: Path, data: Path) -> None:
+    with pytest.raises(NotInitialised):
+        Store(tmp_path / "nothing")
+    init_store(data, "S", "A").close()
+    (data / "store.key").chmod(0o644)
+    with pytest.raises(KeyFilePermissions, match="chmod 600"):
+        Store(data)
+    (data / "store.key").unlink()
+    with pytest.raises(KeyFileMissing):
+        Store(data)
+
+
+def test_corrupted_or_moved_ciphertext_is_refused(store: Store, data: Path) -> None:
+    rid = store.put("patient", values={"name": "Ada", "telecom": "555"}, now_ms=T0)
+    raw = uuid.UUID(rid).bytes
+    conn = sqlite3.connect(data / "store.db")
+    rows = conn.execute("SELECT field, sealed FROM field_values WHERE rid = ? ORDER BY field",
+                        [raw]).fetchall()
+    conn.execute("UPDATE field_values SET sealed = ? WHERE rid = ? AND field = ?",
+                 [rows[1][1], raw, rows[0][0]])  # telecom's ciphertext moved into name
+    conn.commit()
+    with pytest.raises(CorruptData):
+        store.dump()
+    flipped = bytearray(rows[0][1])
+    flipped[-1] ^= 1
+    conn.execute("UPDATE field_values SET sealed = ? WHERE rid = ? AND field = ?",
+                 [bytes(flipped), raw, rows[0][0]])
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptData):
+        store.view(rid)
+
+
+def test_nothing_distinctive_at_rest(store: Store, data: Path) -> None:
+    secrets = ["Zebulon Quixotic-Farnsworth", "QX7731904", "Xanthoxylum allergy",
+               "Periwinkle Mansions"]
+    r = store.checkin(name=secrets[0], passport=secrets[1], reason="tremor", now_ms=T0)
+    store.put("patient", r.patient_id, {"address": secrets[3]},
+              add={"allergies": [secrets[2]]}, now_ms=T0 + 1)
+    store.put("note", values={"subject": r.patient_id, "text": secrets[2] + " noted"},
+              now_ms=T0 + 2)
+    store.merge([b"garbage " + secrets[0].encode()], now_ms=T0 + 3)  # quarantined, sealed
+    files = [p for p in data.rglob("*") if p.is_file()]
+    assert any(p.name.endswith("-wal") for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        for s in [*secrets, "QX7731904".lower(), "Zebulon", "Quixotic", "Xanthoxylum"]:
+            assert s.encode() not in blob, f"{s} in {path.name}"
+            assert s.encode("utf-16-le") not in blob
+    assert b"Zebulon" in store.dump()
+
+
+def test_bad_requests_are_clear(store: Store) -> None:
+    with pytest.raises(BadRequest, match="unknown record type"):
+        store.put("spaceship", values={})
+    with pytest.raises(BadRequest, match="birthDate"):
+        store.put("patient", values={"birthDate": "soon"})
+    with pytest.raises(BadRequest, match="no such record"):
+        store.delete(str(uuid.uuid4()))
+    with pytest.raises(BadRequest, match="passport"):
+        store.checkin(name="X", passport="1")
+    assert store.status()["records"] == 0
+
+
+def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
+    rep = Replica(3)
+    deltas = [rep.put(uuid.uuid4().bytes, "note", T0, {"text": str(i)}) for i in range(200)]
+    statements = trace(store)
+    gate = threading.Event()
+    store._writer.submit(lambda db: gate.wait(10))  # hold the writer while work queues up
+    merger = threading.Thread(target=store.merge, args=(deltas,),
+                              kwargs={"now_ms": T0, "slice_size": 20})
+    merger.start()
+    for _ in range(1000):  # bounded wait until every slice is queued
+        if store._writer._jobs.qsize() >= 10:
+            break
+        threading.Event().wait(0.005)
+    assert store._writer._jobs.qsize() >= 10
+    done: list[str] = []
+    checkin = threading.Thread(target=lambda: done.append(
+        store.checkin(name="Ada", now_ms=T0).queue_number))
+    checkin.start()
+    for _ in range(1000):
+        if store._writer._jobs.qsize() >= 11:
+            break
+        threading.Event().wait(0.005)
+    gate.set()
+    checkin.join(10)
+    merger.join(10)
+    assert done == ["B-001"]
+    slices = [i for i, s in enumerate(statements) if "n_conflicts, has_delete, heads" in s]
+    queue = next(i for i, s in enumerate(statements) if "queue_numbers" in s)
+    assert len(slices) == 10
+    assert queue < slices[0]  # the check-in did not wait behind a single slice
+    assert len(store.views()) == 202
+
+
+def test_outbox_ack_retry_reject(store: Store) -> None:
+    rx = store.put("prescription", values={"medication": "m"}, now_ms=T0)
+    store.put("note", values={"text": "n"}, now_ms=T0)
+    store.put("lab_result", values={"code": "glucose", "value": 5.5}, now_ms=T0)
+    batch = store.outbox_batch(now_ms=T0)
+    assert [e.lane for e in batch] == [0, 1, 3]
+    assert len(store.outbox_batch(now_ms=T0, max_bytes=1)) == 1  # always makes progress
+    store.outbox_reject(batch[0].seq, "rejected-by-hub")
+    store.outbox_retry([batch[1].seq], now_ms=T0)
+    after = store.outbox_batch(now_ms=T0)
+    assert [e.seq for e in after] == [batch[2].seq]  # the quarantined one blocks nothing
+    later = store.outbox_batch(now_ms=T0 + MAX_DELAY_MS)
+    assert [e.seq for e in later] == [batch[1].seq, batch[2].seq]
+    assert store.outbox_ack([batch[2].seq]) == 1
+    status = store.status(now_ms=T0)
+    assert status["outbox"]["quarantined"][0]["error"] == "rejected-by-hub"
+    assert status["outbox"]["lanes"]["1"]["waiting_retry"] == 1
+    assert rx
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    rng = random.Random(1)
+    for attempts in range(1, 30):
+        ceiling = min(MAX_DELAY_MS, 2000 << (attempts - 1))
+        delays = {backoff_ms(attempts, rng) for _ in range(20)}
+        assert all(ceiling // 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1
