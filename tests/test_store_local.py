@@ -192,7 +192,7 @@ def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
     checkin.join(10)
     merger.join(10)
     assert done == ["B-001"]
-    slices = [i for i, s in enumerate(statements) if "n_conflicts, has_delete, heads" in s]
+    slices = [i for i, s in enumerate(statements) if "SELECT rid, type, n_conflicts" in s]
     queue = next(i for i, s in enumerate(statements) if "queue_numbers" in s)
     assert len(slices) == 10
     assert queue < slices[0]  # the check-in did not wait behind a single slice
