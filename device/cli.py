@@ -1,11 +1,27 @@
-"""``haven-kiosk``: the kiosk runtime and its maintenance commands."""
+"""``haven-kiosk``: the kiosk runtime and its maintenance commands.
+
+Each command parses its arguments, calls one library function, and turns a
+library error into one clear line on stderr and exit status 1 (2 for usage
+errors, as argparse does). ``dump`` writes the store's canonical JSON as is.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from protocol import WIRE_VERSION, __version__
+from protocol.crdt import schema as crdt_schema
+from protocol.errors import ProtocolError
+
+
+def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", type=Path, required=required, metavar="DIR",
+                   help="the kiosk's data directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,17 +34,176 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"haven-kiosk {__version__} (wire protocol {WIRE_VERSION})",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the store and the kiosk's keys",
+                       description="Create the kiosk's store and keys (or update site/letter).")
+    _data(p)
+    p.add_argument("--site", required=True, help="the site's name")
+    p.add_argument("--letter", default="A", help="the kiosk's queue letter (default A)")
+    p.add_argument("--fleet-key", type=Path, metavar="FILE",
+                   help="the fleet key patient ids derive from (made locally if not given)")
+
+    p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
+                       description="Check a patient in; prints the queue number after commit.")
+    _data(p)
+    p.add_argument("--passport", metavar="ID", help="passport number (omit if none)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--birth-year", type=int, metavar="Y")
+    p.add_argument("--reason", metavar="R")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("put", help="create or update a record",
+                       description="Create or update a record. FIELD=VALUE assigns (empty "
+                       "clears), FIELD+=ELEM and FIELD-=ELEM change a set. Prints the id.")
+    _data(p)
+    p.add_argument("--type", required=True, choices=sorted(crdt_schema.TYPES_BY_NAME))
+    p.add_argument("--id", metavar="UUID", help="the record to update (new if omitted)")
+    p.add_argument("fields", nargs="*", metavar="FIELD=VALUE")
+
+    p = sub.add_parser("delete", help="delete a record", description="Delete a record.")
+    _data(p)
+    p.add_argument("id", metavar="ID")
+
+    p = sub.add_parser("resolve", help="resolve a held conflict",
+                       description="Resolve a conflict by keeping one version or setting values.")
+    _data(p)
+    p.add_argument("conflict", metavar="CONFLICT_ID")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
+    how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
+
+    p = sub.add_parser("dump", help="print the decrypted state as canonical JSON",
+                       description="Print every record as canonical JSON (sorted keys).")
+    _data(p)
+
+    p = sub.add_parser("status", help="outbox, conflicts, quarantine, last sync",
+                       description="Show the outbox per lane, conflicts, quarantine, last sync.")
+    _data(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
+                       description="List each record type with its fields, lane and policies.")
+    _data(p, required=False)
+    p.add_argument("--json", action="store_true")
     return parser
 
 
+def _open(args: argparse.Namespace) -> Any:
+    from device.store import Store
+
+    return Store(args.data)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from device.store import init_store
+
+    with init_store(args.data, args.site, args.letter, args.fleet_key) as store:
+        print(f"kiosk {store.node:08x} ready in {args.data} "
+              f"(site {args.site!r}, letter {args.letter.upper()})")
+    return 0
+
+
+def cmd_checkin(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        r = store.checkin(name=args.name, passport=args.passport, birth_year=args.birth_year,
+                          reason=args.reason)
+    if args.json:
+        print(json.dumps({"record_id": r.record_id, "patient_id": r.patient_id,
+                          "queue_number": r.queue_number}, sort_keys=True))
+    else:
+        print(f"queue number {r.queue_number}\nrecord {r.record_id}\npatient {r.patient_id}")
+    return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        print(store.put_text(args.type, args.id, args.fields))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        store.delete(args.id)
+    print(f"deleted {args.id}")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        print(store.resolve(args.conflict, keep=args.keep, assignments=args.set))
+    return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        data = store.dump()
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        st = store.status()
+    if args.json:
+        print(json.dumps(st, sort_keys=True, indent=1))
+        return 0
+    print(f"kiosk {st['node']}  site {st['site']!r}  letter {st['letter']}  "
+          f"records {st['records']}  last sync {st['last_sync'] or 'never'}")
+    lanes = st["outbox"]["lanes"]
+    print("outbox:" + ("" if lanes else " empty"))
+    for lane, info in sorted(lanes.items()):
+        print(f"  lane {lane} ({crdt_schema.LANES[int(lane)]}): {info['entries']} entries, "
+              f"{info['bytes']} bytes, {info['waiting_retry']} waiting to retry")
+    for q in st["outbox"]["quarantined"]:
+        print(f"  quarantined entry {q['seq']} (lane {q['lane']}): {q['error']}")
+    print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
+    for c in st["conflicts"]:
+        print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']} "
+              f"versions {' '.join(c['versions'])}")
+    print(f"quarantine: {len(st['quarantine'])}")
+    for q in st["quarantine"]:
+        print(f"  {q['id']}: {q['code']}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    desc = crdt_schema.describe()
+    if args.json:
+        print(json.dumps(desc, sort_keys=True, indent=1))
+        return 0
+    for name, t in desc.items():
+        print(f"{name} (FHIR {t['fhir']}, schema v{t['version']}, lane {t['lane']}"
+              f"{', held on conflict' if t['held_on_conflict'] else ''})")
+        for fname, f in t["fields"].items():
+            print(f"  {f['number']:>2} {fname:<18} {f['kind']:<9} {f['policy']}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": cmd_init, "checkin": cmd_checkin, "put": cmd_put, "delete": cmd_delete,
+    "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "schema": cmd_schema,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from device.store import StoreError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return 0
+    try:
+        return COMMANDS[args.command](args)
+    except (StoreError, ProtocolError) as exc:
+        print(f"haven-kiosk {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

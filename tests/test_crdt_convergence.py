@@ -70,7 +70,8 @@ def test_conflicts_exactly_when_concurrent(seed: int, n: int, steps: int) -> Non
             for key in {k for op in ops.values() for k in op.set}:
                 writers = {d for d, op in ops.items() if key in op.set}
                 tops = {d for d in writers if not any(d in fleet.past[w] for w in writers)}
-                assert ((UPDATE_UPDATE, key) in classes) == (len(tops) > 1)
+                values = {repr(ops[d].set[key]) for d in tops}
+                assert ((UPDATE_UPDATE, key) in classes) == (len(values) > 1)
         for c in view.conflicts:
             assert len(c.versions) >= 2
             assert all(v.dot in heads for v in c.versions) or c.field is not None

@@ -235,6 +235,16 @@ class Store:
             view, rid.bytes, spec, self.node, stamp, values or {}, add or {}, remove or {})))
         return str(rid)
 
+    def put_text(self, type_name: str, record_id: str | None, items: list[str],
+                 now_ms: int | None = None) -> str:
+        """``put`` from ``FIELD=VALUE`` / ``FIELD+=ELEM`` / ``FIELD-=ELEM`` text."""
+        try:
+            values, add, remove = crdt_schema.parse_assignments(
+                crdt_schema.type_by_name(type_name), items)
+        except LocalProtocolError as exc:
+            raise BadRequest(str(exc), exc.code) from None
+        return self.put(type_name, record_id, values, add, remove, now_ms)
+
     def delete(self, record_id: str, now_ms: int | None = None) -> None:
         now = wall_ms() if now_ms is None else now_ms
         rid = _parse_id(record_id)
@@ -242,14 +252,25 @@ class Store:
             view, rid, self.node, stamp)))
 
     def resolve(self, conflict_id: str, *, keep: str | None = None,
-                values: Mapping[str, Any] | None = None, now_ms: int | None = None) -> str:
-        """Resolve a conflict (keep a version, or set values); returns the record id."""
+                values: Mapping[str, Any] | None = None, assignments: list[str] | None = None,
+                now_ms: int | None = None) -> str:
+        """Resolve a conflict: keep a version, or set values (or ``FIELD=VALUE`` text).
+
+        Returns the record id."""
         now = wall_ms() if now_ms is None else now_ms
-        row = self.reader.execute("SELECT rid FROM conflicts WHERE id = ?",
-                                  [conflict_id]).fetchone()
+        row = self.reader.execute("SELECT rid, type FROM conflicts JOIN records USING (rid)"
+                                  " WHERE id = ?", [conflict_id]).fetchone()
         if row is None:
             raise BadRequest(f"no current conflict {conflict_id}", "no-conflict")
         rid: bytes = row[0]
+        if assignments is not None:
+            try:
+                spec = crdt_schema.TYPES[row[1]]
+                values, add, remove = crdt_schema.parse_assignments(spec, assignments)
+            except (LocalProtocolError, KeyError) as exc:
+                raise BadRequest(str(exc)) from None
+            if add or remove:
+                raise BadRequest("a resolution sets registers; keep a version to settle sets")
         self._run(lambda db: self._write(db, rid, now, lambda view, stamp: build_resolve(
             _must(view), conflict_id, self.node, stamp, keep=keep, values=values)))
         return str(uuid.UUID(bytes=rid))

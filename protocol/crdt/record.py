@@ -37,6 +37,7 @@ Conflicts are data, derived the same way everywhere:
   assignments that did not see each other; the greatest dot wins and the
   conflict is reported with severity ``info`` until someone who has seen
   them assigns the field again (a write to another field does not settle it).
+  Concurrent assignments of the same value are no conflict.
 
 Each version is a head's own view of the record (its past, by the same
 rules), named by its dot. A conflict's id hashes the record id, the class,
@@ -50,9 +51,10 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .. import strict_cbor
 from .clock import Dot
 from .delta import Delta
 from .schema import ADD_WINS, TYPES, field_name, type_name
@@ -99,6 +101,8 @@ class RecordView:
     sets: dict[int, frozenset[str]]
     heads: tuple[Dot, ...]
     conflicts: tuple[Conflict, ...]
+    #: The write whose value each register holds (``None`` values included).
+    field_dots: dict[int, Dot] = field(default_factory=dict)
 
     @property
     def held(self) -> bool:
@@ -175,12 +179,20 @@ class _Graph:
         return mask & ~cut
 
     def _state(self, live: int) -> tuple[dict[int, Any], dict[int, frozenset[str]]]:
+        fields, sets, _ = self._state_dots(live)
+        return fields, sets
+
+    def _state_dots(
+        self, live: int
+    ) -> tuple[dict[int, Any], dict[int, frozenset[str]], dict[int, Dot]]:
         fields: dict[int, Any] = {}
+        dots: dict[int, Dot] = {}
         adds: dict[int, dict[str, list[int]]] = {}
         removes: dict[int, dict[str, list[int]]] = {}
         for i in self._bits(live):
             op = self.ops[i]
             fields.update(op.set)
+            dots.update((k, op.dot) for k in op.set)
             for key, elems in op.add.items():
                 for e in elems:
                     adds.setdefault(key, {}).setdefault(e, []).append(i)
@@ -196,7 +208,7 @@ class _Graph:
             )
             if present:
                 sets[key] = present
-        return {k: v for k, v in fields.items() if v is not None}, sets
+        return {k: v for k, v in fields.items() if v is not None}, sets, dots
 
     def version(self, i: int) -> Version:
         op = self.ops[i]
@@ -213,7 +225,7 @@ class _Graph:
         clinical = spec.clinical if spec else True
         updates = [h for h in heads if not self.ops[h].is_delete]
         deletes = [h for h in heads if self.ops[h].is_delete]
-        fields, sets = self._state(self._live(updates)) if updates else ({}, {})
+        fields, sets, dots = self._state_dots(self._live(updates)) if updates else ({}, {}, {})
         found: list[tuple[str, str, int | None, list[int]]] = []
         if len({self.ops[h].type for h in heads}) > 1:
             found.append((SCHEMA, HOLD, None, heads))
@@ -227,7 +239,7 @@ class _Graph:
             for key in sorted({k for i in self._bits(live) for k in self.ops[i].set}):
                 writers = [i for i in self._bits(live) if key in self.ops[i].set]
                 tops = [i for i in writers if not any(self.past[j] >> i & 1 for j in writers)]
-                if len(tops) > 1:
+                if len({strict_cbor.dumps(self.ops[i].set[key]) for i in tops}) > 1:
                     found.append((UPDATE_UPDATE, INFO, key, tops))
         conflicts = tuple(sorted(
             (Conflict(
@@ -237,7 +249,7 @@ class _Graph:
             key=lambda c: c.id))
         return RecordView(
             self.rid, top.type, not updates, fields, sets,
-            tuple(self.ops[h].dot for h in heads), conflicts)
+            tuple(self.ops[h].dot for h in heads), conflicts, dots)
 
 
 # Canonical JSON --------------------------------------------------------------------

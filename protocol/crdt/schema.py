@@ -265,3 +265,34 @@ def field_name(type_number: int, number: int) -> str:
 def describe() -> dict[str, Any]:
     """Every type, for ``haven-kiosk schema --json``."""
     return {t.name: t.describe() for t in TYPES.values()}
+
+
+def parse_assignments(
+    spec: TypeSpec, items: list[str]
+) -> tuple[dict[str, Any], dict[str, list[str]], dict[str, list[str]]]:
+    """``FIELD=VALUE`` assigns, ``FIELD+=ELEM`` adds to a set, ``FIELD-=ELEM`` removes.
+
+    An empty value (``FIELD=``) clears a register. Returns (values, add, remove).
+    """
+    values: dict[str, Any] = {}
+    add: dict[str, list[str]] = {}
+    remove: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise LocalProtocolError(f"expected FIELD=VALUE, got {item!r}", "bad-assignment")
+        op = name[-1] if name[-1] in "+-" else ""
+        fspec = spec.field(name[:-1] if op else name)
+        if op:
+            if fspec.policy != ADD_WINS:
+                raise LocalProtocolError(f"{fspec.name} is not a set; use {fspec.name}=VALUE",
+                                         "field-policy")
+            (add if op == "+" else remove).setdefault(fspec.name, []).append(text)
+        elif fspec.policy == ADD_WINS:
+            raise LocalProtocolError(
+                f"{fspec.name} is a set; use {fspec.name}+=ELEMENT or {fspec.name}-=ELEMENT",
+                "field-policy")
+        else:
+            values[fspec.name] = None if text == "" else fspec.parse(text)
+    return values, add, remove
+
