@@ -49,6 +49,7 @@ from .db import atomic, connect, migrate
 from .exc import BadRequest, KeyMismatch, NotInitialised
 from .keys import FieldCipher, KeyFile, KeyProvider, read_secret, write_secret
 from .materialise import insert_op, load_log, merge_slice, read_view, rewrite
+from .report import status_of
 from .writer import BULK, URGENT, Writer
 
 DB_NAME = "store.db"
@@ -349,30 +350,8 @@ class Store:
         return canonical_json(self.views())
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
-        now = wall_ms() if now_ms is None else now_ms
-        db = self.reader
-        conflicts = [
-            {"id": cid, "record_id": str(uuid.UUID(bytes=rid)), "class": cls,
-             "severity": sev, "versions": versions.split()}
-            for cid, rid, cls, sev, versions in db.execute(
-                "SELECT id, rid, class, severity, versions FROM conflicts ORDER BY id")
-        ]
-        quarantine = [
-            {"id": qid, "received_at": at, "code": code}
-            for qid, at, code in db.execute(
-                "SELECT id, received_at, code FROM quarantine ORDER BY id")
-        ]
-        return {
-            "node": f"{self.node:08x}",
-            "site": self._meta("site"),
-            "letter": self._meta("letter"),
-            "records": db.execute("SELECT COUNT(*) FROM records").fetchone()[0],
-            "held": sum(1 for c in conflicts if c["severity"] == "hold"),
-            "conflicts": conflicts,
-            "outbox": outbox.summary(db, now),
-            "quarantine": quarantine,
-            "last_sync": self._meta("last_sync"),
-        }
+        """Outbox per lane, conflicts, quarantine and last sync, as plain data."""
+        return status_of(self.reader, self.node, wall_ms() if now_ms is None else now_ms)
 
     # Outbox -----------------------------------------------------------------------------
 
