@@ -1,0 +1,123 @@
+"""Bytes of the session layer: frame kinds, headers and control messages.
+
+See SPEC.md, "Session". A session frame is the payload of one COBS frame
+(``protocol.framing`` with ``crc=False``); its first byte says what it is:
+
+* ``0x01`` handshake: ``kind step noise-message crc32c`` (the CRC guards the
+  only frames that carry no AEAD tag);
+* ``0x02`` refusal: ``kind close-message crc32c``, sent in the clear before
+  keys exist (for example when no wire version is shared);
+* ``0x10 | lane`` data and ``0x20`` control: ``kind pn16`` then the AEAD
+  ciphertext. The two header bytes are the associated data; the nonce is the
+  full packet number, a per-transmission counter rebuilt from its low 16 bits.
+  Data plaintext is ``varint(offset) bytes``; control plaintext is a run of
+  ``varint(length) message``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import messages, varint
+from .crc32c import crc32c
+from .errors import RemoteProtocolError
+from .messages import Message, MessageSpec
+
+KIND_HANDSHAKE = 0x01
+KIND_REFUSE = 0x02
+KIND_DATA = 0x10  #: low four bits: the lane
+KIND_CONTROL = 0x20
+PN_BITS = 16
+HEADER_SIZE = 3
+TAG_SIZE = 16
+MAX_LANES = 16
+
+# Handshake payloads and control messages (type numbers 20-39).
+HELLO = messages.register(
+    MessageSpec(
+        20,
+        "hello",
+        {1: ("versions", list), 2: ("max_frame", int), 3: ("window", int), 4: ("lanes", int)},
+        {5: ("stream", bool), 6: ("resume", bytes)},
+    )
+)
+WELCOME = messages.register(
+    MessageSpec(
+        21,
+        "welcome",
+        {1: ("version", int), 2: ("max_frame", int), 3: ("window", int), 4: ("lanes", int)},
+    )
+)
+ACK = messages.register(
+    MessageSpec(22, "ack", {1: ("largest", int), 2: ("delay_ms", int), 3: ("lanes", list)})
+)
+RESUME = messages.register(
+    MessageSpec(23, "resume", {1: ("token", bytes), 2: ("positions", list)})
+)
+RESUMED = messages.register(MessageSpec(24, "resumed", {1: ("positions", list)}))
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + crc32c(body).to_bytes(4, "little")
+
+
+def strip_crc(frame: bytes) -> bytes | None:
+    """The frame without its CRC, or ``None`` if the CRC is wrong."""
+    if len(frame) < 5:
+        return None
+    body, tail = frame[:-4], frame[-4:]
+    return body if crc32c(body).to_bytes(4, "little") == tail else None
+
+
+def header(kind: int, pn: int) -> bytes:
+    return bytes((kind,)) + (pn & 0xFFFF).to_bytes(2, "big")
+
+
+def pack_control(msgs: list[Message]) -> bytes:
+    out = bytearray()
+    for msg in msgs:
+        body = messages.encode(msg)
+        out += varint.encode(len(body)) + body
+    return bytes(out)
+
+
+def unpack_control(plaintext: bytes) -> list[Message]:
+    """Every message in a control frame; unknown types are returned too."""
+    out = []
+    pos = 0
+    while pos < len(plaintext):
+        size, pos = varint.decode(plaintext, pos)
+        if size > len(plaintext) - pos:
+            raise RemoteProtocolError("control message overruns its frame", "truncated")
+        out.append(messages.decode(plaintext[pos : pos + size]))
+        pos += size
+    return out
+
+
+def encode_ack_lanes(states: list[tuple[int, int, list[tuple[int, int]]]]) -> list[Any]:
+    """``[[lane, cum, start, end, start, end...], ...]``"""
+    return [[lane, cum, *[x for r in ranges for x in r]] for lane, cum, ranges in states]
+
+
+def decode_ack_lanes(value: list[Any]) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    out = []
+    for entry in value:
+        if (
+            not isinstance(entry, list)
+            or len(entry) < 2
+            or len(entry) % 2
+            or not all(type(x) is int and x >= 0 for x in entry)
+        ):
+            raise RemoteProtocolError("malformed ack lane entry", "bad-ack")
+        lane, cum, *flat = entry
+        ranges = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        if lane >= MAX_LANES or any(not cum < s < e for s, e in ranges):
+            raise RemoteProtocolError("ack ranges out of order", "bad-ack")
+        out.append((lane, cum, ranges))
+    return out
+
+
+def positions(value: list[Any], lanes: int) -> list[int]:
+    if len(value) != lanes or not all(type(x) is int and x >= 0 for x in value):
+        raise RemoteProtocolError("resume positions malformed", "bad-resume")
+    return list(value)
