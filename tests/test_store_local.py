@@ -192,10 +192,10 @@ def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
     checkin.join(10)
     merger.join(10)
     assert done == ["B-001"]
-    slices = [i for i, s in enumerate(statements) if "SELECT rid, type, n_conflicts" in s]
+    transactions = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
     queue = next(i for i, s in enumerate(statements) if "queue_numbers" in s)
-    assert len(slices) == 10
-    assert queue < slices[0]  # the check-in did not wait behind a single slice
+    assert len(transactions) == 11  # the check-in and ten merge slices
+    assert transactions[0] < queue < transactions[1]  # the check-in went first
     assert len(store.views()) == 202
 
 

@@ -10,8 +10,9 @@ from .exc import (
     NotInitialised,
     StoreError,
 )
+from .inbox import MergeReport
 from .keys import FieldCipher, KeyFile, KeyProvider
-from .store import CheckinResult, MergeReport, Store
+from .store import CheckinResult, Store
 
 __all__ = [
     "BadRequest", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile", "KeyFileMissing",

@@ -158,8 +158,20 @@ def read_view(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes, rtype:
                       tuple(conflicts), dots)
 
 
+def persist_fast(db: sqlite_utils.Database, cipher: FieldCipher, delta: Delta, data: bytes,
+                 local: bool) -> None:
+    """A local put on a clean record: the fast path without the slice's bookkeeping."""
+    insert_op(db, cipher, delta, data, local)
+    rid = delta.record_id
+    db.conn.executemany(UPSERT_FIELD, [
+        (rid, k, delta.stamp, delta.node,
+         cipher.seal_field(rid, k, delta.stamp, delta.node, strict_cbor.dumps(v)))
+        for k, v in delta.set.items()])
+    db.execute(FAST_RECORD, [rid, delta.type, heads_blob([delta.dot])])
+
+
 def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
-                items: list[tuple[Delta, bytes]]) -> tuple[int, int]:
+                items: list[tuple[Delta, bytes]], local: bool = False) -> tuple[int, int]:
     """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's transaction."""
     rids = sorted({d.record_id for d, _ in items})
     state: dict[bytes, tuple[int, set[Dot], bool]] = {}
@@ -201,7 +213,7 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
         else:
             state[rid] = (rtype, {delta.dot}, False)
     db.conn.executemany(INSERT_OP, [
-        (d.record_id, d.stamp, d.node, d.type, 0,
+        (d.record_id, d.stamp, d.node, d.type, int(local),
          cipher.seal_blob(op_label(d.record_id, d.dot), data)) for d, data in fresh])
     fast = [d for d, _ in fresh if d.record_id not in slow]
     db.conn.executemany(UPSERT_FIELD, [

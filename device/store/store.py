@@ -21,7 +21,6 @@ waiting check-ins go first.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import time
@@ -33,24 +32,30 @@ from typing import Any
 
 import sqlite_utils
 
-from protocol import strict_cbor
 from protocol.crdt import schema as crdt_schema
-from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, HLC
-from protocol.crdt.delta import Delta, decode, encode
+from protocol.crdt.clock import HLC
+from protocol.crdt.delta import Delta, encode
 from protocol.crdt.ids import patient_id, random_id
 from protocol.crdt.record import RecordView, canonical_json
-from protocol.crdt.replica import check_known_fields
 from protocol.crdt.writes import build_delete, build_put, build_resolve
-from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.errors import LocalProtocolError
 
-from . import outbox
+from . import inbox, outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
 from .db import atomic, connect, migrate
 from .exc import BadRequest, KeyMismatch, NotInitialised
+from .inbox import MergeReport
 from .keys import FieldCipher, KeyFile, KeyProvider, read_secret, write_secret
-from .materialise import insert_op, load_log, merge_slice, read_view, rewrite
+from .materialise import (
+    insert_op,
+    load_log,
+    parse_heads,
+    persist_fast,
+    read_view,
+    rewrite,
+)
 from .report import status_of
-from .writer import BULK, URGENT, Writer
+from .writer import URGENT, Writer
 
 DB_NAME = "store.db"
 STORE_KEY = "store.key"
@@ -67,13 +72,6 @@ class CheckinResult:
     record_id: str
     patient_id: str
     queue_number: str
-
-
-@dataclass(frozen=True)
-class MergeReport:
-    applied: int
-    duplicates: int
-    quarantined: int
 
 
 def fingerprint(key: bytes) -> bytes:
@@ -93,6 +91,7 @@ class Store:
         self.fleet_key = read_secret(self.data / FLEET_KEY, "fleet key file", None)
         self.hlc = HLC()
         self.rng = random.Random()
+        self._letter_site: tuple[str, str] | None = None
         self._writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
@@ -146,21 +145,55 @@ class Store:
                     self._set_meta(db, "fleet", fingerprint(new_fleet))
                 self._set_meta(db, "site", site)
                 self._set_meta(db, "letter", letter)
+                self._letter_site = (letter, site)
         self._writer.call(job)
+
+    def _identity(self, db: sqlite_utils.Database) -> tuple[str, str]:
+        """The kiosk's letter and site (read once per writer; ``init`` changes them)."""
+        if self._letter_site is None:
+            rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN"
+                                   " ('letter', 'site')").fetchall())
+            self._letter_site = (rows["letter"], rows["site"])
+        return self._letter_site
 
     # Local writes -------------------------------------------------------------------
 
     def _write(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
                build: Callable[[RecordView | None, int], Delta]) -> Delta:
-        """One local write inside the caller's transaction: log, merged rows, outbox."""
+        """One local write inside the caller's transaction: log, merged rows, outbox.
+
+        A put that changes no set, on a record with no delete and no conflict,
+        needs only the record's heads: it takes the same SQL path as a merge.
+        Anything else rebuilds the record from its write log."""
+        row = db.execute("SELECT type, n_conflicts, has_delete, heads FROM records"
+                         " WHERE rid = ?", [rid]).fetchone()
+        if row is None or not (row[1] or row[2]):
+            light = None if row is None else RecordView(
+                rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
+            probe = build(light, self.hlc.last + 1)  # refuse before the clock moves
+            if probe.is_delete or probe.add or probe.remove:
+                return self._write_slow(db, rid, now_ms, build)
+            delta = build(light, self.hlc.now(now_ms))
+            data = encode(delta)
+            persist_fast(db, self.cipher, delta, data, local=True)
+            self._enqueue(db, delta, data)
+            return delta
+        return self._write_slow(db, rid, now_ms, build)
+
+    def _write_slow(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
+                    build: Callable[[RecordView | None, int], Delta]) -> Delta:
         log = load_log(db, self.cipher, rid)
         view = log.view() if log.ops else None
-        build(view, self.hlc.last + 1)  # refuse before the clock moves
+        build(view, self.hlc.last + 1)
         delta = build(view, self.hlc.now(now_ms))
         data = encode(delta)
         insert_op(db, self.cipher, delta, data, local=True)
         log.add(delta)
         rewrite(db, self.cipher, log.view(), any(op.is_delete for op in log.ops.values()))
+        self._enqueue(db, delta, data)
+        return delta
+
+    def _enqueue(self, db: sqlite_utils.Database, delta: Delta, data: bytes) -> None:
         spec = crdt_schema.TYPES.get(delta.type)
         lane = spec.lane if spec else crdt_schema.LANE_NOTE
         outbox.enqueue(db, lane, delta, len(data))
@@ -168,7 +201,6 @@ class Store:
         if isinstance(subject, bytes):
             outbox.promote(db, subject, lane)
         self._set_meta(db, "hlc", str(self.hlc.last))
-        return delta
 
     def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
         def job(db: sqlite_utils.Database) -> Any:
@@ -197,11 +229,9 @@ class Store:
         started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000)) + "Z"
 
         def fn(db: sqlite_utils.Database) -> CheckinResult:
-            letter = db.execute("SELECT value FROM meta WHERE key = 'letter'").fetchone()[0]
-            site = db.execute("SELECT value FROM meta WHERE key = 'site'").fetchone()[0]
-            db.execute("INSERT INTO queue_numbers VALUES (?, 1) ON CONFLICT (day) DO UPDATE"
-                       " SET last = last + 1", [day])
-            n = db.execute("SELECT last FROM queue_numbers WHERE day = ?", [day]).fetchone()[0]
+            letter, site = self._identity(db)
+            n = db.execute("INSERT INTO queue_numbers VALUES (?, 1) ON CONFLICT (day) DO UPDATE"
+                           " SET last = last + 1 RETURNING last", [day]).fetchone()[0]
             number = f"{letter}-{n:03d}"
             prow = db.execute("SELECT 1 FROM records WHERE rid = ?", [pid.bytes]).fetchone()
             current = self._view(db, pid.bytes) if prow else None
@@ -281,52 +311,7 @@ class Store:
     def merge(self, deltas: Iterable[bytes], now_ms: int | None = None,
               slice_size: int = SLICE) -> MergeReport:
         """Merge deltas (any order, duplicates welcome); bad ones go to quarantine."""
-        now = wall_ms() if now_ms is None else now_ms
-        good: list[tuple[Delta, bytes]] = []
-        bad: list[tuple[str, str, bytes]] = []
-        for data in deltas:
-            try:
-                delta = decode(data)
-                if delta.stamp >> 16 > now + DEFAULT_MAX_AHEAD_MS:
-                    raise RemoteProtocolError("stamp too far ahead of the local clock",
-                                              "clock-ahead")
-                check_known_fields(delta)
-            except RemoteProtocolError as exc:
-                bad.append((exc.code, str(exc), data))
-                continue
-            good.append((delta, data))
-        futures = []
-        for i in range(0, len(good), slice_size):
-            part = good[i:i + slice_size]
-            futures.append(self._writer.submit(functools.partial(self._merge_job, part=part),
-                                               BULK))
-        if bad:
-            futures.append(self._writer.submit(lambda db: self._quarantine(db, bad, now), BULK))
-        applied = duplicates = 0
-        for fut in futures:
-            new, dup = fut.result()
-            applied += new
-            duplicates += dup
-        return MergeReport(applied, duplicates, len(bad))
-
-    def _merge_job(self, db: sqlite_utils.Database, *,
-                   part: list[tuple[Delta, bytes]]) -> tuple[int, int]:
-        with atomic(db):
-            result = merge_slice(db, self.cipher, part)
-            for delta, _ in part:
-                if delta.stamp > self.hlc.last:
-                    self.hlc.last = delta.stamp
-            self._set_meta(db, "hlc", str(self.hlc.last))
-        return result
-
-    def _quarantine(self, db: sqlite_utils.Database, bad: list[tuple[str, str, bytes]],
-                    now: int) -> tuple[int, int]:
-        with atomic(db):
-            for code, reason, data in bad:
-                sealed = self.cipher.seal_blob(b"quarantine", strict_cbor.dumps([reason, data]))
-                db.execute("INSERT INTO quarantine (received_at, code, sealed) VALUES (?, ?, ?)",
-                           [now, code, sealed])
-        return 0, 0
+        return inbox.merge(self, deltas, wall_ms() if now_ms is None else now_ms, slice_size)
 
     # Reading ----------------------------------------------------------------------------
 
