@@ -55,12 +55,13 @@ from .materialise import (
     rewrite,
 )
 from .report import status_of
-from .writer import URGENT, Writer
+from .writer import BULK, URGENT, Writer
 
 DB_NAME = "store.db"
 STORE_KEY = "store.key"
 FLEET_KEY = "fleet.key"
-SLICE = 256
+SLICE = 32
+CHECKPOINT_EVERY = 64
 
 
 def wall_ms() -> int:
@@ -92,12 +93,14 @@ class Store:
         self.hlc = HLC()
         self.rng = random.Random()
         self._letter_site: tuple[str, str] | None = None
+        self._commits = 0
         self._writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
 
     def _open_writer(self) -> sqlite_utils.Database:
         db = connect(self.path)
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_commit
         migrate(db)
         with atomic(db):
             if db.execute("SELECT value FROM meta WHERE key = 'node'").fetchone() is None:
@@ -202,10 +205,19 @@ class Store:
             outbox.promote(db, subject, lane)
         self._set_meta(db, "hlc", str(self.hlc.last))
 
+    def _after_commit(self, db: sqlite_utils.Database) -> None:
+        """Checkpoint the WAL as background work, never inside a waiting check-in."""
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            self._writer.submit(
+                lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), BULK)
+
     def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
         def job(db: sqlite_utils.Database) -> Any:
             with atomic(db):
-                return fn(db)
+                result = fn(db)
+            self._after_commit(db)
+            return result
         try:
             return self._writer.call(job, URGENT)
         except LocalProtocolError as exc:

@@ -96,6 +96,10 @@ def _key_order(key: int) -> tuple[int, int]:
 def encode(delta: Delta) -> bytes:
     """The deterministic bytes of ``delta``."""
     _check(delta, LocalProtocolError)
+    return _encode(delta)
+
+
+def _encode(delta: Delta) -> bytes:
     pairs: dict[int, Any] = dict(delta.extra)
     pairs.update(delta.set)
     if delta.schema != 1:
@@ -156,7 +160,7 @@ def decode(data: bytes) -> Delta:
         extra=extra,
     )
     _check(delta, DeltaError)
-    if encode(delta) != data:
+    if _encode(delta) != data:
         raise DeltaError("delta is not in deterministic form", "delta-noncanonical")
     return delta
 
