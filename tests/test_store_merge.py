@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device.store import Store, init_store
+from device.store import BadRequest, Store, init_store
 from protocol.crdt.clock import pack
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.replica import Replica
+from protocol.errors import LocalProtocolError
 
 from .crdt_sim import T0, Fleet
 
@@ -114,3 +115,58 @@ def test_bad_deltas_are_quarantined_and_the_rest_merge(store: Store) -> None:
     codes = [q["code"] for q in store.status(now_ms=T0)["quarantine"]]
     assert {"clock-ahead", "field-value"} <= set(codes) and len(codes) == 4
     assert len(store.views()) == 5
+
+
+class StoreReplica:
+    """A store dressed as a ``Replica`` so the fleet simulation can drive it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.node = store.node
+
+    def _last(self) -> bytes:
+        entries = self.store.outbox_batch(now_ms=2**62, max_bytes=2**30)
+        self.store.outbox_ack(e.seq for e in entries)
+        (entry,) = entries
+        return entry.data
+
+    def _call(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            fn(*args, **kwargs)
+        except BadRequest as exc:
+            raise LocalProtocolError(str(exc)) from None
+        return self._last()
+
+    def put(self, rid, tname, wall, values=None, add=None, remove=None):  # type: ignore[no-untyped-def]
+        return self._call(self.store.put, tname, str(uuid.UUID(bytes=rid)), values, add, remove,
+                          now_ms=wall)
+
+    def delete(self, rid, wall):  # type: ignore[no-untyped-def]
+        return self._call(self.store.delete, str(uuid.UUID(bytes=rid)), now_ms=wall)
+
+    def resolve(self, cid, wall, keep=None, values=None):  # type: ignore[no-untyped-def]
+        return self._call(self.store.resolve, cid, keep=keep, values=values, now_ms=wall)
+
+    def receive(self, data: bytes, wall: int) -> None:
+        self.store.merge([data], now_ms=wall)
+
+    def view(self, rid):  # type: ignore[no-untyped-def]
+        return self.store.view(str(uuid.UUID(bytes=rid)))
+
+    def dump(self) -> bytes:
+        return self.store.dump()
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32), st.integers(3, 4), st.integers(5, 50))
+def test_a_store_in_a_fleet_of_reference_replicas(tmp_path_factory: pytest.TempPathFactory,
+                                                   seed: int, n: int, steps: int) -> None:
+    rng = random.Random(seed)
+    fleet = Fleet.make(rng, n)
+    with init_store(tmp_path_factory.mktemp("k") / "d", "Site", "D") as store:
+        fleet.replicas[0] = StoreReplica(store)  # type: ignore[call-overload]
+        for _ in range(steps):
+            fleet.step(rng)
+        fleet.deliver_everything(rng)
+        dumps = {r.dump() for r in fleet.replicas}
+        assert len(dumps) == 1
