@@ -1,11 +1,40 @@
-"""``haven``: the hub and the technician's tool."""
+"""``haven``: the hub and the technician's tool.
+
+A thin shell: each command parses its arguments, calls one library function
+(``host.send.send_files``, ``host.receive.receive_files``, ``host.keys.keygen``)
+and turns a ``HavenError`` into a one-line message and its exit code:
+0 done, 1 transfer failed, 2 bad arguments (missing file, bad port, bad key),
+3 the peer was silent for ``--timeout``, 4 the peer's key was refused.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from protocol import WIRE_VERSION, __version__
+
+from .errors import HavenError, UsageError
+from .link import LinkOptions
+from .progress import Progress
+
+
+def _link_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("port", metavar="PORT",
+                   help="serial port or pyserial URL: /dev/ttyUSB0, /dev/pts/3, "
+                        "socket://host:port, rfc2217://host:port")
+    p.add_argument("--baud", type=int, help="line speed; the session paces itself to it (8N1)")
+    p.add_argument("--tcp", action="store_true",
+                   help="the link is TCP end to end (no retransmission timers); both sides")
+    p.add_argument("--key", type=Path, metavar="FILE",
+                   help="our X25519 private key (haven keygen): authenticated session")
+    p.add_argument("--peer-key", metavar="HEX|FILE",
+                   help="the peer's public key; refuse any other (needs --key)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="give up after S seconds without an authenticated frame (default 120)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,8 +47,62 @@ def build_parser() -> argparse.ArgumentParser:
         action="version",
         version=f"haven {__version__} (wire protocol {WIRE_VERSION})",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    send = sub.add_parser("send", help="send files over a serial port or URL",
+                          description="Send FILEs to a `haven receive` on the other end of "
+                          "PORT. Exits 0 once the receiver has confirmed every file's hash.")
+    _link_arguments(send)
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    recv = sub.add_parser("receive", help="receive files into a directory",
+                          description="Receive the files of one `haven send` session into "
+                          "DIR. Rerun after an interruption: only missing chunks cross.")
+    _link_arguments(recv)
+    recv.add_argument("directory", type=Path, metavar="DIR")
+    keygen = sub.add_parser("keygen", help="create a key file; prints the public key",
+                            description="Write a new X25519 private key to FILE (owner-only) "
+                            "and its public key, in hex, to FILE.pub and stdout.")
+    keygen.add_argument("file", type=Path, metavar="FILE")
     return parser
+
+
+def _options(args: argparse.Namespace) -> LinkOptions:
+    from .keys import load_key, parse_peer_key
+
+    if args.peer_key and not args.key:
+        raise UsageError("--peer-key needs --key (an anonymous side cannot check a key)")
+    if args.baud is not None and args.baud <= 0:
+        raise UsageError("--baud must be positive")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return LinkOptions(
+        baud=args.baud, tcp=args.tcp, timeout=args.timeout,
+        key=load_key(args.key) if args.key else None,
+        peer_key=parse_peer_key(args.peer_key) if args.peer_key else None,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        from .keys import keygen
+
+        print(keygen(args.file))
+        return 0
+    options = _options(args)
+    progress = Progress()
+    try:
+        if args.command == "send":
+            from .send import send_files
+
+            summary = send_files(args.port, args.files, options, progress)
+        else:
+            from .receive import receive_files
+
+            summary = receive_files(args.port, args.directory, options, progress)
+    finally:
+        progress.end()
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return 0
+    try:
+        return _run(args)
+    except HavenError as exc:
+        print(f"haven {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"haven {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""``haven receive``: receive the files of one session into a directory.
+
+Theory of operation
+-------------------
+The ``Runner`` (``link.py``) answers the sender's handshake as the Noise
+responder. Each ``xfer-offer`` starts a ``Receiver`` over the directory's
+``DirStore`` (``transfer_store.py``), which keeps every chunk durable as it
+arrives and already knows the chunks of the files in the directory. Manifest
+pieces are recorded in the store before the ``Receiver`` sees them, so a
+chunk can be written where it belongs. When the ``Receiver`` has checked the
+whole file's SHA-256, the store renames the file into place, and only then
+does its ``xfer-done`` go out: the sender exits 0 only for a file that is on
+disk under its name. The run ends with the sender's ``haven-end`` (or its
+goodbye once every announced file is in). A ``Reset`` drops the transfer in
+progress; the sender offers it again and only missing chunks cross.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from protocol import messages
+from protocol.errors import ProtocolError
+from protocol.session import Closed, Connected, MessageReceived
+from protocol.transfer import (
+    MAX_MESSAGE,
+    ChunkStored,
+    OfferReceived,
+    Receiver,
+    TransferComplete,
+    TransferFailed,
+)
+
+from . import errors
+from .batch import CONTROL_LANE, Summary
+from .link import Link, LinkOptions, Reset, Runner
+from .progress import Progress
+from .transfer_store import STATE_DIR, DirStore
+
+
+class _Run:
+    def __init__(self, runner: Runner, store: DirStore, progress: Progress) -> None:
+        self.runner = runner
+        self.store = store
+        self.progress = progress
+        self.summary = Summary("receive")
+        self.receiver: Receiver | None = None
+        self.announced: int | None = None  # files in the batch
+        self.finished = False
+        self.done_bytes = 0
+
+    def run(self) -> Summary:
+        t0 = time.monotonic()
+        while not self.finished:
+            for event in self.runner.poll():
+                self._on_event(event)
+                if self.finished:
+                    break
+        self.runner.close()
+        stats = self.runner.stats()
+        s = self.summary
+        s.wire_bytes_sent = stats["bytes_sent"]
+        s.wire_bytes_received = stats["bytes_received"]
+        s.retransmitted_bytes = stats["retransmitted_bytes"]
+        s.frames_lost = stats["lost_frames"]
+        s.seconds = round(time.monotonic() - t0, 3)
+        s.resets = self.runner.resets
+        s.peer_key = self.runner.peer_static.hex() if self.runner.peer_static else None
+        return s
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, Connected):
+            peer = event.remote_static
+            self.progress.note("connected" + (f" to {peer.hex()[:16]}…" if peer else ""))
+        elif isinstance(event, Reset):
+            self._retire()
+            self.progress.note(f"link silent ({event.reason}); waiting for the sender")
+        elif isinstance(event, MessageReceived):
+            self._on_message(event.data)
+        elif isinstance(event, Closed):
+            if self.announced is not None and len(self.summary.files) >= self.announced \
+                    and self.receiver is None:
+                self.finished = True
+                return
+            raise errors.TransferFailed(
+                f"the sender closed the session ({event.reason}"
+                + (f": {event.detail}" if event.detail else "") + ") before the end")
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            msg = messages.decode(data, max_size=MAX_MESSAGE)
+        except ProtocolError:
+            return  # an authenticated peer sent garbage: the transfer refuses what follows
+        if msg.name == "haven-batch":
+            self.announced = msg.get("files")
+            return
+        if msg.name == "haven-end":
+            if self.receiver is None:
+                self.finished = True
+            return
+        if msg.name == "xfer-offer":
+            if msg.get("filename") == STATE_DIR:
+                raise errors.TransferFailed(f"the sender offered a file named {STATE_DIR}")
+            self._retire()
+            self.receiver = Receiver(self.store)
+        if self.receiver is None:
+            return
+        if msg.name == "xfer-manifest" and self.receiver.state == "receiving":
+            self.store.add_layout(msg.get("start"), msg.get("hashes"), msg.get("lengths"))
+        for tev in self.receiver.receive(msg):
+            self._on_transfer_event(tev)
+        if self.receiver is not None:
+            for wire in self.receiver.messages_to_send():
+                self.runner.send(CONTROL_LANE, wire)
+
+    def _on_transfer_event(self, tev: object) -> None:
+        assert self.receiver is not None
+        if isinstance(tev, OfferReceived):
+            self.store.begin(tev.object_hash, tev.name, tev.size)
+            self.done_bytes = 0
+            self.progress.update(tev.name, 0, tev.size, force=True)
+        elif isinstance(tev, ChunkStored):
+            self.done_bytes += tev.length
+            self.progress.update(self.receiver.name, self._shown(), self.receiver.size)
+        elif isinstance(tev, TransferComplete):
+            path = self.store.finish()
+            self.progress.update(tev.name, tev.size, tev.size, force=True)
+            self.progress.end()
+            self.summary.files.append({"name": tev.name, "size": tev.size,
+                                       "sha256": tev.object_hash.hex(), "path": str(path)})
+            self.summary.file_bytes += tev.size
+            for wire in self.receiver.messages_to_send():
+                self.runner.send(CONTROL_LANE, wire)
+            self._retire()
+        elif isinstance(tev, TransferFailed):
+            name = self.receiver.name or "the transfer"
+            for wire in self.receiver.messages_to_send():
+                self.runner.send(CONTROL_LANE, wire)
+            self.runner.close(linger=0.5)
+            who = "the sender aborted" if tev.remote else "refused"
+            raise errors.TransferFailed(f"{name}: {who}: {tev.reason}"
+                                        + (f" ({tev.detail})" if tev.detail else ""))
+
+    def _shown(self) -> int:
+        assert self.receiver is not None
+        r = self.receiver.stats
+        if r.chunks_total == 0:
+            return self.done_bytes
+        # chunks already here count as received, by their share of the file
+        reused = self.receiver.size * r.chunks_reused // r.chunks_total
+        return min(self.receiver.size, self.done_bytes + reused)
+
+    def _retire(self) -> None:
+        r = self.receiver
+        if r is not None:
+            self.summary.chunks += r.stats.chunks_total
+            self.summary.chunks_moved += r.stats.chunks_moved
+            self.summary.chunk_bytes_moved += r.stats.bytes_moved
+            self.summary.chunks_reused += r.stats.chunks_reused
+        self.receiver = None
+
+
+def receive_files(port: str, directory: Path, options: LinkOptions,
+                  progress: Progress | None = None) -> Summary:
+    """Receive one session's files from a ``haven send`` on ``port`` into ``directory``."""
+    store = DirStore(directory)
+    try:
+        link = Link(port, options.baud)
+        try:
+            return _Run(Runner(link, options, initiator=False), store,
+                        progress or Progress(enabled=False)).run()
+        finally:
+            link.close()
+    finally:
+        store.close()

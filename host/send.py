@@ -1,0 +1,210 @@
+"""``haven send``: send files over a port, one after another, in one session.
+
+Theory of operation
+-------------------
+Every file is checked and chunked first (``build_manifest`` streams it), so
+a missing file fails before the port is touched and the line never idles
+while we hash. The ``Runner`` (``link.py``) connects as the Noise initiator.
+On each ``Connected`` the batch message goes out and the current file's
+``Sender`` starts over: the receiver answers its manifest with what it lacks,
+so a resumed run, or a new session after a ``Reset``, moves only missing
+chunks. Transfer messages are pulled from the ``Sender`` only while the bulk
+lane has room, so the file is read one chunk at a time. A file counts as sent
+only when its ``xfer-done`` arrives, i.e. after the receiver checked the whole
+file's SHA-256 and renamed it into place. After the last one, ``haven-end``
+tells the receiver the batch is over.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+
+from protocol import messages
+from protocol.errors import LocalProtocolError
+from protocol.session import Closed, Connected, MessageReceived
+from protocol.transfer import (
+    MAX_MESSAGE,
+    Manifest,
+    Sender,
+    TransferComplete,
+    TransferFailed,
+    build_manifest,
+    check_name,
+)
+
+from . import errors
+from .batch import BULK_LANE, CONTROL_LANE, Summary
+from .link import Link, LinkOptions, Reset, Runner
+from .progress import Progress
+
+READ_SIZE = 1 << 20
+LINGER = 3.0  #: seconds to wait for the end of the batch to be acknowledged
+
+
+class _File:
+    def __init__(self, path: Path, progress: Progress) -> None:
+        self.path = path
+        try:
+            check_name(path.name)
+        except LocalProtocolError as exc:
+            raise errors.UsageError(f"{path}: {exc}") from None
+        try:
+            self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise errors.UsageError(f"{path}: no such file") from None
+        except OSError as exc:
+            raise errors.UsageError(f"{path}: {exc.strerror}") from None
+        if not os.path.isfile(path):
+            os.close(self.fd)
+            raise errors.UsageError(f"{path}: not a regular file")
+        progress.note(f"hashing {path.name}")
+        self.manifest: Manifest = build_manifest(self._pieces(), path.name)
+        self.ends = array("Q", [0])  # end offset of each chunk
+        for _, length in self.manifest.entries():
+            self.ends.append(self.ends[-1] + length)
+
+    def _pieces(self) -> Iterator[bytes]:
+        offset = 0
+        while piece := os.pread(self.fd, READ_SIZE, offset):
+            offset += len(piece)
+            yield piece
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+
+def send_files(port: str, paths: list[Path], options: LinkOptions,
+               progress: Progress | None = None) -> Summary:
+    """Send ``paths`` to a ``haven receive`` on ``port``; return the summary."""
+    progress = progress or Progress(enabled=False)
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise errors.UsageError("two files with the same name in one batch")
+    files: list[_File] = []
+    try:
+        for path in paths:
+            files.append(_File(path, progress))
+        link = Link(port, options.baud)
+        try:
+            return _run(Runner(link, options, initiator=True), files, progress)
+        finally:
+            link.close()
+    finally:
+        for f in files:
+            os.close(f.fd)
+
+
+def _run(runner: Runner, files: list[_File], progress: Progress) -> Summary:
+    t0 = time.monotonic()
+    summary = Summary("send", file_bytes=sum(f.manifest.size for f in files),
+                      chunks=sum(f.manifest.count for f in files))
+    index = 0
+    sender: Sender | None = None
+    pending: bytes | None = None
+    done_bytes = 0  # where in the current file the last chunk part sent ends
+
+    def retire(s: Sender | None) -> None:
+        if s is not None:
+            summary.chunks_moved += s.stats.chunks_moved
+            summary.chunk_bytes_moved += s.stats.bytes_moved
+
+    while index < len(files):
+        for event in runner.poll():
+            if isinstance(event, Connected):
+                retire(sender)
+                sender, pending, done_bytes = _start(runner, files, index), None, 0
+                peer = event.remote_static
+                progress.note("connected" + (f" to {peer.hex()[:16]}…" if peer else ""))
+            elif isinstance(event, Reset):
+                retire(sender)
+                sender, pending = None, None
+                progress.note(f"link silent ({event.reason}); reconnecting")
+            elif isinstance(event, MessageReceived) and sender is not None:
+                if event.lane != CONTROL_LANE:
+                    continue
+                current = sender
+                for tev in current.receive(event.data):
+                    if isinstance(tev, TransferFailed):
+                        _flush_abort(runner, current)
+                        raise errors.TransferFailed(
+                            f"{files[index].path.name}: the receiver aborted: {tev.reason}"
+                            + (f" ({tev.detail})" if tev.detail else ""))
+                    if isinstance(tev, TransferComplete):
+                        f = files[index]
+                        progress.update(f.path.name, f.manifest.size, f.manifest.size, force=True)
+                        progress.end()
+                        summary.files.append({"name": f.path.name, "size": f.manifest.size,
+                                              "sha256": f.manifest.object_hash.hex()})
+                        retire(sender)
+                        index += 1
+                        sender = (Sender(files[index].manifest, files[index].read, xfer=index)
+                                  if index < len(files) else None)
+                        pending, done_bytes = None, 0
+            elif isinstance(event, Closed):
+                raise errors.TransferFailed(
+                    f"the receiver closed the session ({event.reason}"
+                    + (f": {event.detail}" if event.detail else "") + ") before the end")
+        if sender is None or index >= len(files):
+            continue
+        while runner.can_send(BULK_LANE, MAX_MESSAGE):
+            if pending is None:
+                pending = sender.next_message()
+                if pending is None:
+                    break
+            runner.send(BULK_LANE, pending)
+            done_bytes = _position(files[index], pending, done_bytes)
+            pending = None
+        if sender.failure is not None:
+            _flush_abort(runner, sender)
+            raise errors.TransferFailed(f"{files[index].path.name}: {sender.failure.reason}: "
+                                        f"{sender.failure.detail}")
+        f = files[index]
+        progress.update(f.path.name, done_bytes, f.manifest.size)
+
+    runner.send(BULK_LANE, messages.encode(messages.make("haven-end", files=len(files))))
+    end = time.monotonic() + LINGER
+    while time.monotonic() < end and not runner.session.all_acked:
+        if any(isinstance(e, Closed | Reset) for e in runner.poll()):
+            break
+    runner.close()
+    return _finish(summary, runner, t0)
+
+
+def _start(runner: Runner, files: list[_File], index: int) -> Sender | None:
+    if index >= len(files):
+        return None
+    batch = messages.make("haven-batch", files=len(files),
+                          bytes=sum(f.manifest.size for f in files))
+    runner.send(BULK_LANE, messages.encode(batch))
+    return Sender(files[index].manifest, files[index].read, xfer=index)
+
+
+def _position(f: _File, wire: bytes, current: int) -> int:
+    msg = messages.decode(wire, max_size=MAX_MESSAGE)
+    if msg.name != "xfer-data":
+        return current
+    index: int = msg.get("index")
+    offset: int = msg.get("offset")
+    return int(f.ends[index]) - f.manifest.chunk_length(index) + offset + len(msg.get("data"))
+
+
+def _flush_abort(runner: Runner, sender: Sender) -> None:
+    while (wire := sender.next_message()) is not None:
+        runner.send(CONTROL_LANE, wire)
+    runner.close(linger=0.5)
+
+
+def _finish(summary: Summary, runner: Runner, t0: float) -> Summary:
+    stats = runner.stats()
+    summary.wire_bytes_sent = stats["bytes_sent"]
+    summary.wire_bytes_received = stats["bytes_received"]
+    summary.retransmitted_bytes = stats["retransmitted_bytes"]
+    summary.frames_lost = stats["lost_frames"]
+    summary.seconds = round(time.monotonic() - t0, 3)
+    summary.resets = runner.resets
+    summary.peer_key = runner.peer_static.hex() if runner.peer_static else None
+    return summary
