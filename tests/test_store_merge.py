@@ -170,3 +170,33 @@ def test_a_store_in_a_fleet_of_reference_replicas(tmp_path_factory: pytest.TempP
         fleet.deliver_everything(rng)
         dumps = {r.dump() for r in fleet.replicas}
         assert len(dumps) == 1
+
+
+def test_version_vectors_send_only_what_is_missing(tmp_path: Path) -> None:
+    with init_store(tmp_path / "a", "A", "A") as a, init_store(tmp_path / "b", "B", "B") as b:
+        for i in range(5):
+            a.put("note", values={"text": f"a{i}"}, now_ms=T0 + i)
+        b.merge(a.deltas_since(b.version_vector()), now_ms=T0 + 10)
+        assert dict(b.version_vector()) == dict(a.version_vector())
+        assert a.deltas_since(b.version_vector()) == []
+        a.put("note", values={"text": "late"}, now_ms=T0 + 20)
+        missing = a.deltas_since(b.version_vector())
+        assert len(missing) == 1
+        b.merge(missing, now_ms=T0 + 21)
+        assert a.dump() == b.dump()
+
+
+def test_newer_schema_passes_through_the_sql_store(store: Store) -> None:
+    rid = uuid.uuid4().bytes
+    newer = [
+        encode(Delta(rid, 1, 9, pack(T0), set={1: "Ada", 2: 1815, 20: "kept"}, schema=2,
+                     extra={-9: "future"})),
+        encode(Delta(uuid.uuid4().bytes, 40, 9, pack(T0, 1), set={3: [1, 2]})),
+        encode(Delta(rid, 1, 9, pack(T0, 2), add={21: ("x",)}, schema=2)),
+    ]
+    ref = Replica(1)
+    for data in newer:
+        ref.receive(data, T0)
+    assert store.merge(newer, now_ms=T0).applied == 3
+    assert store.dump() == ref.dump()
+    assert sorted(store.deltas_since({})) == sorted(newer)  # passed on byte for byte

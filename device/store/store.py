@@ -33,7 +33,7 @@ from typing import Any
 import sqlite_utils
 
 from protocol.crdt import schema as crdt_schema
-from protocol.crdt.clock import HLC
+from protocol.crdt.clock import HLC, Dot, VersionVector
 from protocol.crdt.delta import Delta, encode
 from protocol.crdt.ids import patient_id, random_id
 from protocol.crdt.record import RecordView, canonical_json
@@ -49,6 +49,7 @@ from .keys import FieldCipher, KeyFile, KeyProvider, read_secret, write_secret
 from .materialise import (
     insert_op,
     load_log,
+    op_label,
     parse_heads,
     persist_fast,
     read_view,
@@ -341,6 +342,22 @@ class Store:
         rows = self.reader.execute("SELECT rid, type, deleted, heads, extra FROM records")
         return [read_view(self.reader, self.cipher, rid, t, bool(d), h, e)
                 for rid, t, d, h, e in rows.fetchall()]
+
+    def version_vector(self) -> VersionVector:
+        """node -> greatest stamp held from it (what a sync round starts by comparing)."""
+        return VersionVector(self.reader.execute(
+            "SELECT node, MAX(stamp) FROM ops GROUP BY node").fetchall())
+
+    def deltas_since(self, seen: Mapping[int, int], limit: int = 10_000) -> list[bytes]:
+        """The deltas a peer that has seen ``seen`` lacks, oldest first (at most ``limit``)."""
+        out: list[bytes] = []
+        for rid, stamp, node, sealed in self.reader.execute(
+                "SELECT rid, stamp, node, sealed FROM ops ORDER BY stamp, node"):
+            if stamp > seen.get(node, -1):
+                out.append(self.cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed))
+                if len(out) >= limit:
+                    break
+        return out
 
     def dump(self) -> bytes:
         """Canonical JSON of every record, decrypted (identical across synced replicas)."""
