@@ -13,9 +13,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .exc import BadRequest, StoreError
+import sqlite_utils
+
+from protocol.crdt import schema as crdt_schema
+
+from .db import atomic
+from .exc import BadRequest, KeyMismatch, StoreError
 from .keys import KeyFile, KeyProvider, write_secret
-from .store import DB_NAME, FLEET_KEY, STORE_KEY, Store
+from .store import DB_NAME, FLEET_KEY, STORE_KEY, Store, fingerprint
+
+
+def set_meta(db: sqlite_utils.Database, key: str, value: object) -> None:
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
 
 def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | None = None,
@@ -47,8 +56,30 @@ def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | 
         os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
     store = Store(data, key_provider, create=True)
     try:
-        store._configure(site, letter, new_fleet)
+        configure(store, site, letter, new_fleet)
     except BaseException:
         store.close()
         raise
     return store
+
+
+def configure(store: Store, site: str, letter: str, new_fleet: bytes | None) -> None:
+    """Set the site and letter; install a new fleet key only while no patient exists."""
+    def job(db: sqlite_utils.Database) -> None:
+        with atomic(db):
+            if new_fleet is not None and new_fleet != store.fleet_key:
+                patients = db.execute(
+                    "SELECT COUNT(*) FROM records WHERE type = ?",
+                    [crdt_schema.PATIENT.number]).fetchone()[0]
+                if patients:
+                    raise KeyMismatch(
+                        f"this kiosk already holds {patients} patients under another fleet"
+                        " key; a different key would give the same people new ids")
+                (store.data / FLEET_KEY).unlink()
+                write_secret(store.data / FLEET_KEY, new_fleet)
+                store.fleet_key = new_fleet
+                set_meta(db, "fleet", fingerprint(new_fleet))
+            set_meta(db, "site", site)
+            set_meta(db, "letter", letter)
+            store._letter_site = (letter, site)
+    store._writer.call(job)

@@ -43,9 +43,9 @@ from protocol.errors import LocalProtocolError
 from . import inbox, outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
 from .db import atomic, connect, migrate
-from .exc import BadRequest, KeyMismatch, NotInitialised
+from .exc import BadRequest, NotInitialised
 from .inbox import MergeReport
-from .keys import FieldCipher, KeyFile, KeyProvider, read_secret, write_secret
+from .keys import FieldCipher, KeyFile, KeyProvider, read_secret
 from .materialise import (
     insert_op,
     load_log,
@@ -131,26 +131,6 @@ class Store:
     @staticmethod
     def _set_meta(db: sqlite_utils.Database, key: str, value: Any) -> None:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
-
-    def _configure(self, site: str, letter: str, new_fleet: bytes | None) -> None:
-        def job(db: sqlite_utils.Database) -> None:
-            with atomic(db):
-                if new_fleet is not None and new_fleet != self.fleet_key:
-                    patients = db.execute(
-                        "SELECT COUNT(*) FROM records WHERE type = ?",
-                        [crdt_schema.PATIENT.number]).fetchone()[0]
-                    if patients:
-                        raise KeyMismatch(
-                            f"this kiosk already holds {patients} patients under another fleet"
-                            " key; a different key would give the same people new ids")
-                    (self.data / FLEET_KEY).unlink()
-                    write_secret(self.data / FLEET_KEY, new_fleet)
-                    self.fleet_key = new_fleet
-                    self._set_meta(db, "fleet", fingerprint(new_fleet))
-                self._set_meta(db, "site", site)
-                self._set_meta(db, "letter", letter)
-                self._letter_site = (letter, site)
-        self._writer.call(job)
 
     def _identity(self, db: sqlite_utils.Database) -> tuple[str, str]:
         """The kiosk's letter and site (read once per writer; ``init`` changes them)."""
