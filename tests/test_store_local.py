@@ -226,3 +226,17 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
         delays = {backoff_ms(attempts, rng) for _ in range(20)}
         assert all(ceiling // 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1
+
+
+def test_set_changes_through_the_store(store: Store) -> None:
+    pid = store.put("patient", values={"name": "Ada"}, add={"allergies": ["latex", "nuts"]},
+                    now_ms=T0)
+    store.put("patient", pid, values={"telecom": "1"}, now_ms=T0 + 1)  # clean: SQL path
+    store.put("patient", pid, remove={"allergies": ["latex"]}, now_ms=T0 + 2)
+    view = store.view(pid)
+    assert view is not None and view.sets == {8: frozenset({"nuts"})}
+    assert view.fields == {1: "Ada", 4: "1"}
+    ref = Replica(4)
+    for entry in store.outbox_batch(now_ms=T0 + 3):
+        ref.receive(entry.data, T0 + 3)
+    assert ref.dump() == store.dump()

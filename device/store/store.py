@@ -143,21 +143,22 @@ class Store:
     # Local writes -------------------------------------------------------------------
 
     def _write(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
-               build: Callable[[RecordView | None, int], Delta]) -> Delta:
+               build: Callable[[RecordView | None, int], Delta], light: bool = False) -> Delta:
         """One local write inside the caller's transaction: log, merged rows, outbox.
 
-        A put that changes no set, on a record with no delete and no conflict,
-        needs only the record's heads: it takes the same SQL path as a merge.
-        Anything else rebuilds the record from its write log."""
+        A ``light`` write (a put that assigns registers only) to a record with
+        no delete and no conflict needs nothing but the record's type and heads,
+        and takes the same SQL path as a merge. Anything else rebuilds the
+        record from its write log."""
         row = db.execute("SELECT type, n_conflicts, has_delete, heads FROM records"
                          " WHERE rid = ?", [rid]).fetchone()
-        if row is None or not (row[1] or row[2]):
-            light = None if row is None else RecordView(
+        if light and (row is None or not (row[1] or row[2])):
+            heads = None if row is None else RecordView(
                 rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
-            probe = build(light, self.hlc.last + 1)  # refuse before the clock moves
+            probe = build(heads, self.hlc.last + 1)  # refuse before the clock moves
             if probe.is_delete or probe.add or probe.remove:
-                return self._write_slow(db, rid, now_ms, build)
-            delta = build(light, self.hlc.now(now_ms))
+                raise AssertionError("a light write assigns registers only")
+            delta = build(heads, self.hlc.now(now_ms))
             data = encode(delta)
             persist_fast(db, self.cipher, delta, data, local=True)
             self._enqueue(db, delta, data)
@@ -233,13 +234,14 @@ class Store:
                        != current.fields.get(crdt_schema.PATIENT.field(k).number)}
             if changed or current is None:
                 self._write(db, pid.bytes, now, lambda view, stamp: build_put(
-                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed))
+                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), light=True)
             checkin_values = {"subject": str(pid), "status": "arrived", "periodStart": started,
                               "location": site, "queueNumber": number}
             if reason:
                 checkin_values["reasonCode"] = reason
             self._write(db, cid.bytes, now, lambda view, stamp: build_put(
-                view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values))
+                view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values),
+                light=True)
             return CheckinResult(str(cid), str(pid), number)
 
         result: CheckinResult = self._run(fn)
@@ -256,7 +258,8 @@ class Store:
         except (LocalProtocolError, ValueError) as exc:
             raise BadRequest(str(exc)) from None
         self._run(lambda db: self._write(db, rid.bytes, now, lambda view, stamp: build_put(
-            view, rid.bytes, spec, self.node, stamp, values or {}, add or {}, remove or {})))
+            view, rid.bytes, spec, self.node, stamp, values or {}, add or {}, remove or {}),
+            light=not (add or remove)))
         return str(rid)
 
     def put_text(self, type_name: str, record_id: str | None, items: list[str],
