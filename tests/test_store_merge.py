@@ -200,3 +200,58 @@ def test_newer_schema_passes_through_the_sql_store(store: Store) -> None:
     assert store.merge(newer, now_ms=T0).applied == 3
     assert store.dump() == ref.dump()
     assert sorted(store.deltas_since({})) == sorted(newer)  # passed on byte for byte
+
+
+class Twin:
+    """A store and a reference replica with the same node id, driven in lockstep."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = StoreReplica(store)
+        self.ref = Replica(store.node)
+        self.node = store.node
+
+    def _both(self, name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        results = []
+        for side in (self.store, self.ref):
+            try:
+                results.append(getattr(side, name)(*args, **kwargs))
+            except LocalProtocolError:
+                results.append(LocalProtocolError)
+        assert results[0] == results[1], name  # the same write, byte for byte, or both refuse
+        if results[0] is LocalProtocolError:
+            raise LocalProtocolError("refused by both")
+        return results[0]
+
+    def put(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self._both("put", *args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self._both("delete", *args, **kwargs)
+
+    def resolve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self._both("resolve", *args, **kwargs)
+
+    def receive(self, data: bytes, wall: int) -> None:
+        self.store.receive(data, wall)
+        self.ref.receive(data, wall)
+
+    def view(self, rid):  # type: ignore[no-untyped-def]
+        return self.ref.view(rid)
+
+    def dump(self) -> bytes:
+        assert self.store.dump() == self.ref.dump()
+        return self.ref.dump()
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32), st.integers(5, 50))
+def test_store_writes_are_the_reference_writes(tmp_path_factory: pytest.TempPathFactory,
+                                               seed: int, steps: int) -> None:
+    rng = random.Random(seed)
+    fleet = Fleet.make(rng, 3)
+    with init_store(tmp_path_factory.mktemp("k") / "d", "Site", "E") as store:
+        fleet.replicas[0] = Twin(store)  # type: ignore[call-overload]
+        for _ in range(steps):
+            fleet.step(rng)
+        fleet.deliver_everything(rng)
+        assert len({r.dump() for r in fleet.replicas}) == 1
