@@ -83,8 +83,12 @@ def fingerprint(key: bytes) -> bytes:
 
 class Store:
     def __init__(self, data: Path, key_provider: KeyProvider | None = None, *,
-                 create: bool = False) -> None:
+                 create: bool = False, clock: Callable[[], int] = wall_ms) -> None:
         self.data = Path(data)
+        #: Milliseconds since 1970. The sync engine passes the hub's time here when it
+        #: has it: a Pi has no battery clock, and stamps and the "too far ahead"
+        #: check are only as good as this.
+        self.clock = clock
         self.path = self.data / DB_NAME
         if not create and not self.path.exists():
             raise NotInitialised(f"no kiosk store in {self.data}; run: haven-kiosk init")
@@ -208,7 +212,7 @@ class Store:
     def checkin(self, *, name: str, passport: str | None = None, birth_year: int | None = None,
                 reason: str | None = None, now_ms: int | None = None) -> CheckinResult:
         """Register the patient if new and record a check-in; returns after the commit."""
-        now = wall_ms() if now_ms is None else now_ms
+        now = self.clock() if now_ms is None else now_ms
         try:
             pid = (patient_id(self.fleet_key, passport) if passport
                    else random_id(os.urandom(16)))
@@ -251,7 +255,7 @@ class Store:
             values: Mapping[str, Any] | None = None, add: Mapping[str, Iterable[str]] | None = None,
             remove: Mapping[str, Iterable[str]] | None = None, now_ms: int | None = None) -> str:
         """Create or update a record; returns its id."""
-        now = wall_ms() if now_ms is None else now_ms
+        now = self.clock() if now_ms is None else now_ms
         try:
             spec = crdt_schema.type_by_name(type_name)
             rid = uuid.UUID(record_id) if record_id else random_id(os.urandom(16))
@@ -273,7 +277,7 @@ class Store:
         return self.put(type_name, record_id, values, add, remove, now_ms)
 
     def delete(self, record_id: str, now_ms: int | None = None) -> None:
-        now = wall_ms() if now_ms is None else now_ms
+        now = self.clock() if now_ms is None else now_ms
         rid = _parse_id(record_id)
         self._run(lambda db: self._write(db, rid, now, lambda view, stamp: build_delete(
             view, rid, self.node, stamp)))
@@ -284,7 +288,7 @@ class Store:
         """Resolve a conflict: keep a version, or set values (or ``FIELD=VALUE`` text).
 
         Returns the record id."""
-        now = wall_ms() if now_ms is None else now_ms
+        now = self.clock() if now_ms is None else now_ms
         row = self.reader.execute("SELECT rid, type FROM conflicts JOIN records USING (rid)"
                                   " WHERE id = ?", [conflict_id]).fetchone()
         if row is None:
@@ -307,7 +311,7 @@ class Store:
     def merge(self, deltas: Iterable[bytes], now_ms: int | None = None,
               slice_size: int = SLICE) -> MergeReport:
         """Merge deltas (any order, duplicates welcome); bad ones go to quarantine."""
-        return inbox.merge(self, deltas, wall_ms() if now_ms is None else now_ms, slice_size)
+        return inbox.merge(self, deltas, self.clock() if now_ms is None else now_ms, slice_size)
 
     # Reading ----------------------------------------------------------------------------
 
@@ -348,13 +352,13 @@ class Store:
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
         """Outbox per lane, conflicts, quarantine and last sync, as plain data."""
-        return status_of(self.reader, self.node, wall_ms() if now_ms is None else now_ms)
+        return status_of(self.reader, self.node, self.clock() if now_ms is None else now_ms)
 
     # Outbox -----------------------------------------------------------------------------
 
     def outbox_batch(self, now_ms: int | None = None,
                      max_bytes: int = outbox.DEFAULT_BATCH_BYTES) -> list[outbox.Entry]:
-        now = wall_ms() if now_ms is None else now_ms
+        now = self.clock() if now_ms is None else now_ms
         return outbox.batch(self.reader, self.cipher, now, max_bytes)
 
     def outbox_ack(self, seqs: Iterable[int]) -> int:
@@ -364,7 +368,7 @@ class Store:
         return result
 
     def outbox_retry(self, seqs: Iterable[int], now_ms: int | None = None) -> None:
-        now = wall_ms() if now_ms is None else now_ms
+        now = self.clock() if now_ms is None else now_ms
         seqs = list(seqs)
         self._run(lambda db: outbox.retry(db, seqs, now, self.rng))
 
