@@ -240,3 +240,24 @@ def test_set_changes_through_the_store(store: Store) -> None:
     for entry in store.outbox_batch(now_ms=T0 + 3):
         ref.receive(entry.data, T0 + 3)
     assert ref.dump() == store.dump()
+
+
+def test_atomic_nests_with_savepoints(tmp_path: Path) -> None:
+    from device.store.db import atomic, connect
+
+    db = connect(tmp_path / "x.db")
+    db.execute("CREATE TABLE t (x INTEGER)")
+    with atomic(db):
+        db.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(ZeroDivisionError), atomic(db):
+            db.execute("INSERT INTO t VALUES (2)")
+            raise ZeroDivisionError
+        with atomic(db):
+            db.execute("INSERT INTO t VALUES (3)")
+    assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
+    with pytest.raises(ZeroDivisionError), atomic(db):
+        db.execute("INSERT INTO t VALUES (4)")
+        raise ZeroDivisionError
+    assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
+    assert db.conn.in_transaction is False
+    db.conn.close()

@@ -91,7 +91,6 @@ class FieldCipher:
             raise StoreError("the store key must be 32 bytes", "key-size")
         self._fields = AESGCM(_derive(master, b"haven/store/field/v1"))
         self._blobs = AESGCM(_derive(master, b"haven/store/blob/v1"))
-        self.lookup_key = _derive(master, b"haven/store/lookup/v1")
 
     @staticmethod
     def _ad(record_id: bytes, field: int, stamp: int, node: int) -> bytes:
