@@ -139,6 +139,8 @@ class Direction:
         rate = (self.bytes_written - self.first_write_bytes) / span if span > 0 else None
         out["achieved_rate"] = round(rate, 1) if rate else None
         out["write_span_s"] = round(span, 3)
+        out["first_write_s"] = None if self.first_write is None else round(self.first_write, 3)
+        out["last_write_s"] = round(self.last_write, 3)
         out["max_late_s"] = round(self.max_late, 4)
         if self.faults.outages is not None:
             out["outages"] = self.faults.outages.count
