@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -42,6 +43,7 @@ import signal
 import socket
 import struct
 import sys
+import termios
 import time
 import tty
 from collections.abc import Callable
@@ -75,6 +77,10 @@ class Direction:
         self.last_input = 0.0
         self.eof = False  # the sender closed
         self.overrun = 0
+        # tcflush() by the programs (serial mode): the kernel discarded bytes the
+        # sender wrote before we read them, or bytes we delivered before it read them.
+        self.sender_flushes = 0
+        self.receiver_flushes = 0
         self.bytes_written = 0
         self.first_write: float | None = None
         self.last_write = 0.0
@@ -134,6 +140,8 @@ class Direction:
         out: dict[str, Any] = self.faults.stats.as_dict()
         out.update(self.line.stats.as_dict())
         out["overrun"] = self.overrun
+        out["sender_flushes"] = self.sender_flushes
+        out["receiver_flushes"] = self.receiver_flushes
         out["bytes_written"] = self.bytes_written
         span = self.last_write - (self.first_write or 0.0)
         rate = (self.bytes_written - self.first_write_bytes) / span if span > 0 else None
@@ -323,6 +331,9 @@ def run_serial(args: argparse.Namespace) -> int:
         m, s = os.openpty()
         tty.setraw(s)
         os.set_blocking(m, False)
+        # Packet mode: each read starts with a status byte, which tells us when
+        # the program flushed its queues (tcflush) and the kernel threw bytes away.
+        fcntl.ioctl(m, termios.TIOCPKT, struct.pack("i", 1))
         masters.append(m)
         slaves.append(s)
         paths.append(os.ttyname(s))
@@ -358,8 +369,14 @@ def run_serial(args: argparse.Namespace) -> int:
                 continue
             except OSError:  # EIO: cannot happen while we hold the slave open
                 data = b""
-            if data:
-                dirs[i].on_data(data, emu.now())
+            if data and data[0] != termios.TIOCPKT_DATA:
+                if data[0] & termios.TIOCPKT_FLUSHWRITE:
+                    dirs[i].sender_flushes += 1
+                if data[0] & termios.TIOCPKT_FLUSHREAD:
+                    dirs[1 - i].receiver_flushes += 1
+                continue
+            if len(data) > 1:
+                dirs[i].on_data(data[1:], emu.now())
         now = emu.now()
         for i, d in enumerate(dirs):
             d.pump(now, writer(masters[1 - i]))
