@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import selectors
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +200,45 @@ def test_a_restarted_sender_continues_with_the_receiver_still_running(
     assert s is not None and r is not None
     assert r["resets"] >= 1  # the receiver gave up on the dead session and took the new one
     assert s["chunk_bytes_moved"] < src.stat().st_size
+
+
+def tcp_bridge() -> tuple[int, int]:
+    """Two listening ports on 127.0.0.1; the first client of each is joined to the other's."""
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+
+    def pump() -> None:
+        conns = [s.accept()[0] for s in listeners]
+        sel = selectors.DefaultSelector()
+        for i, c in enumerate(conns):
+            sel.register(c, selectors.EVENT_READ, conns[1 - i])
+        try:
+            while True:
+                for key, _ in sel.select(RUN_TIMEOUT):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        finally:
+            for c in (*conns, *listeners):
+                c.close()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return listeners[0].getsockname()[1], listeners[1].getsockname()[1]
+
+
+def test_tcp_stream_mode(tmp_path: Path) -> None:
+    src = random_file(tmp_path / "big.bin", 256 * 1024, 8)
+    out = tmp_path / "out"
+    out.mkdir()
+    port_r, port_s = tcp_bridge()
+    recv = haven("receive", f"socket://127.0.0.1:{port_r}", out, "--tcp", "--json",
+                 "--timeout", "20")
+    send = haven("send", f"socket://127.0.0.1:{port_s}", src, "--tcp", "--json",
+                 "--timeout", "20")
+    (s_rc, s, s_err), (r_rc, _, r_err) = finish(send), finish(recv)
+    assert (s_rc, r_rc) == (0, 0), (s_err, r_err)
+    assert (out / "big.bin").read_bytes() == src.read_bytes()
+    assert s is not None and s["retransmitted_bytes"] == 0
 
 
 def keys(tmp_path: Path, *names: str) -> dict[str, Path]:
