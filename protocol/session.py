@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class SessionConfig:
     stream: bool = False  #: the link is reliable (TCP): no retransmission timers
     rate: float | None = None  #: line rate in bytes/s, for pacing; None: unpaced
     max_frame: int = 4096  #: largest session frame we accept
+    frame_size: int | None = None  #: fixed data payload size; None: adapt to the line
     min_frame: int = 48
     window: int = 65536  #: per-lane receive window, bytes
     send_buffer: int = 1 << 20  #: per-lane send buffer, bytes
@@ -278,7 +280,7 @@ class Session:
         if self.state == CLOSED:
             return None
         times = [self._last_heard + self.config.dead_timeout]
-        if self.state == HANDSHAKE:
+        if self.state == HANDSHAKE and self._hs_frames or self._resume_msg is not None:
             times.append(self._hs_sent_at + self._hs_rto)
         if self._ack_due is not None:
             times.append(self._ack_due)
@@ -321,6 +323,9 @@ class Session:
         self._line_free_at = now
         self._hs_out = None
         self._resume_request = None
+        self._new_secret: bytes | None = None
+        self._resume_msg: Message | None = None  # sent again until answered
+        self._resumed_msg: Message | None = None  # our answer, for repeats
         self._refused_in_row = 0
         if self.initiator:
             self._hs = self._new_handshake()
@@ -436,9 +441,12 @@ class Session:
                 raise RemoteProtocolError("lanes or stream mode differ", "protocol")
             self._peer_limits(hello.get("max_frame"), hello.get("window"))
             self._resume_request = hello.get("resume")
+            # The welcome is encrypted in every pattern we use (it follows "ee"),
+            # so the secret that later proves a resume is known to the two ends only.
+            self._new_secret = secrets.token_bytes(32)
             welcome = messages.make(
                 "welcome", version=max(common), max_frame=cfg.max_frame, window=cfg.window,
-                lanes=cfg.lanes,
+                lanes=cfg.lanes, secret=self._new_secret,
             )
             self._write_handshake(messages.encode(welcome), now)
         elif step == 1 and self.initiator:
@@ -446,6 +454,7 @@ class Session:
             if welcome.type != w.WELCOME.number or welcome.get("version") not in SUPPORTED_VERSIONS:
                 raise RemoteProtocolError("bad welcome", "protocol")
             self._peer_limits(welcome.get("max_frame"), welcome.get("window"))
+            self._new_secret = welcome.get("secret")
 
     def _peer_limits(self, max_frame: int, window: int) -> None:
         if max_frame < 64:
@@ -456,6 +465,10 @@ class Session:
         self._peer_window = max(1024, min(window, self.config.window))
         self._sizer.max_size = self._peer_frame - self._data_overhead(self._peer_frame)
         self._sizer.cap = min(self._sizer.cap, self._sizer.max_size)
+
+    def _fail_established(self, reason: str, detail: str) -> None:
+        self._control.append(messages.make("close", reason=reason, detail=detail))
+        self._finish(Closed(reason, detail), "fail")
 
     def _refuse(self, reason: str, detail: str) -> None:
         close = messages.encode(messages.make("close", reason=reason, detail=detail[:200]))
@@ -473,12 +486,17 @@ class Session:
             assert self._resume_secret is not None
             token = hmac.new(self._resume_secret, h, hashlib.sha256).digest()
             positions = [lane.cum for lane in self._recv]
-            self._control.append(messages.make("resume", token=token, positions=positions))
+            self._resume_msg = messages.make("resume", token=token, positions=positions)
+            self._control.append(self._resume_msg)
+            self._hs_sent_at = now
             return
         if not self.initiator and self._resume_request:
             return  # wait for the RESUME message and its token
+        if not self._new_secret:
+            self._fail_established("protocol", "the welcome carried no resume secret")
+            return
         self.session_id = h[:16]
-        self._resume_secret = hmac.new(h, b"haven resume", hashlib.sha256).digest()
+        self._resume_secret = self._new_secret
         self._ready = True
         self._events.append(Connected(self.session_id, self.remote_static, False))
 
@@ -599,6 +617,9 @@ class Session:
         self._finish(Closed(msg.get("reason"), msg.get("detail", ""), by_peer=True), "close")
 
     def _on_resume(self, msg: Message, pn: int, now: float) -> None:
+        if self._resumed_msg is not None and not self.initiator:
+            self._control.append(self._resumed_msg)  # our answer was lost
+            return
         if self.initiator or self._ready:
             raise RemoteProtocolError("unexpected resume", "protocol")
         wanted = self._resume_request
@@ -617,13 +638,17 @@ class Session:
         if old.state != CLOSED:
             old._finish(Closed("resumed", "the session moved to a new link"), "close")
         self._resume_lanes(peer_has)
-        self._control.append(messages.make("resumed", positions=[r.cum for r in self._recv]))
+        self._resumed_msg = messages.make("resumed", positions=[r.cum for r in self._recv])
+        self._control.append(self._resumed_msg)
         assert self.session_id is not None
         self._events.append(Connected(self.session_id, self.remote_static, True))
 
     def _on_resumed(self, msg: Message, pn: int, now: float) -> None:
-        if not self.initiator or self._ready:
+        if self.initiator and self._ready:
+            return  # a repeat of an answer we already have
+        if not self.initiator:
             raise RemoteProtocolError("unexpected resumed", "protocol")
+        self._resume_msg = None
         self._resume_lanes(w.positions(msg.get("positions"), self.config.lanes))
         assert self.session_id is not None
         self._events.append(Connected(self.session_id, self.remote_static, True))
@@ -690,6 +715,10 @@ class Session:
             if last is not None:
                 self._queue_handshake(last, now)
                 self._hs_rto = min(self._hs_rto * 2, self.config.max_rto)
+        if self._resume_msg is not None and now >= self._hs_sent_at + self._hs_rto:
+            self._control.append(self._resume_msg)
+            self._hs_sent_at = now
+            self._hs_rto = min(self._hs_rto * 2, self.config.max_rto)
         if self._inflight and not self.config.stream and now >= self._rto_start + self._rtt.rto:
             self.stats.timeouts += 1
             for sent in self._inflight.values():
@@ -750,7 +779,7 @@ class Session:
         cfg = self.config
         if not self._data_allowed():
             return None
-        size = self._sizer.size if not cfg.stream else self._sizer.max_size
+        size = cfg.frame_size or (self._sizer.max_size if cfg.stream else self._sizer.size)
         for index, lane in enumerate(self._send):
             if not lane.has_pending:
                 continue

@@ -46,6 +46,7 @@ WELCOME = messages.register(
         21,
         "welcome",
         {1: ("version", int), 2: ("max_frame", int), 3: ("window", int), 4: ("lanes", int)},
+        {5: ("secret", bytes)},
     )
 )
 ACK = messages.register(

@@ -32,6 +32,9 @@ class Line:
     latency: float = 0.01
     error_rate: float = 0.0
     outages: list[tuple[float, float]] = field(default_factory=list)
+    duplicate: float = 0.0  #: probability that a write arrives twice
+    jitter: float = 0.0  #: extra random delay per write, up to this: reorders writes
+    truncate: float = 0.0  #: probability that a write loses its tail
     seed: int = 1
     bytes_in: int = 0
     corrupted: int = 0
@@ -62,6 +65,10 @@ class Line:
             self.corrupted += 1
             i += 1 + self._gap()
         self._next_error = i - len(buf)
+        if self.truncate and self._rng.random() < self.truncate:
+            cut = self._rng.randrange(len(buf) + 1)
+            self.dropped += len(buf) - cut
+            del buf[cut:]
         pieces: list[tuple[float, bytes]] = []
         # Cut around outages: a byte departing inside one is lost.
         pos = 0
@@ -81,6 +88,11 @@ class Line:
             self.dropped += lost
             pos += before + lost
             t = lost_until + lost * per_byte
+        if self.jitter:
+            pieces = [(at + self._rng.uniform(0, self.jitter), p) for at, p in pieces]
+        if self.duplicate and pieces and self._rng.random() < self.duplicate:
+            at, piece = pieces[-1]
+            pieces.append((at + self._rng.uniform(0, 0.5), piece))
         return pieces
 
     @property

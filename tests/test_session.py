@@ -1,0 +1,76 @@
+"""The session on a simulated clock: handshakes, delivery under faults, lanes."""
+
+from __future__ import annotations
+
+import pytest
+
+from protocol.session import Closed, Connected, MessageReceived
+from tests.session_helpers import Line, make_pair, public, random_messages, transfer
+
+
+@pytest.mark.parametrize("pattern", ["XX", "IK", "NN"])
+def test_handshake_connects_both_ends(pattern):
+    pair = make_pair(pattern)
+    assert pair.sim.run(lambda s: pair.a.is_open and pair.b.is_open, 10)
+    ca, cb = pair.events(0, Connected)[0], pair.events(1, Connected)[0]
+    assert ca.session_id == cb.session_id and not ca.resumed
+    if pattern == "NN":
+        assert ca.remote_static is None and cb.remote_static is None
+    else:
+        assert ca.remote_static == public(pair.b_key)
+        assert cb.remote_static == public(pair.a_key)
+
+
+FAULTS = {
+    "clean": ({}, {}),
+    "1e-4": ({"error_rate": 1e-4}, {"error_rate": 1e-4}),
+    "1e-3": ({"error_rate": 1e-3}, {"error_rate": 1e-3}),
+    "outages-30s": ({"outages": [(2, 32)]}, {"outages": [(3, 20), (40, 45)]}),
+    "dup-reorder": ({"duplicate": 0.2, "jitter": 0.3}, {"duplicate": 0.2, "jitter": 0.3}),
+    "truncation": ({"truncate": 0.05, "error_rate": 3e-4}, {"truncate": 0.05}),
+}
+
+
+@pytest.mark.parametrize("faults", FAULTS)
+@pytest.mark.parametrize("pattern", ["XX", "NN"])
+def test_every_message_once_in_order_under_faults(pattern, faults):
+    ab, ba = FAULTS[faults]
+    pair = make_pair(pattern, Line(seed=3, **ab), Line(seed=4, **ba), rate=11520.0)
+    msgs = [(1, m) for m in random_messages(120, 2000)]
+    assert transfer(pair, msgs, limit=600)
+    assert pair.received == msgs
+    assert pair.b.stats.frames_received > 0
+
+
+def test_error_beyond_the_dead_timeout_closes_cleanly():
+    pair = make_pair("XX", Line(outages=[(1, 1000)]), Line(outages=[(1, 1000)]), rate=11520.0,
+                     dead_timeout=60.0)
+    msgs = [(1, m) for m in random_messages(50, 2000)]
+    assert not transfer(pair, msgs, limit=300)
+    # It gave up only after the configured time without a frame.
+    assert pair.sim.now >= 60.0
+    assert pair.sim.run(lambda s: pair.events(0, Closed) and pair.events(1, Closed), 30)
+    for side in (0, 1):
+        assert [c.reason for c in pair.events(side, Closed)] == ["timeout"]
+
+
+def test_urgent_lane_overtakes_bulk():
+    """Bulk data queued ahead of an urgent message delays it by the window at most."""
+    pair = make_pair("XX", rate=11520.0, max_inflight=8192)
+    assert pair.sim.run(lambda s: pair.a.is_open, 10)
+    bulk = random_messages(60, 4000, seed=2)
+    for data in bulk:
+        pair.a.send_message(3, data)
+    pair.sim.run(lambda s: s.now > 3.0, 10)
+    before = sum(len(e.data) for e in pair.events(1, MessageReceived))
+    pair.a.send_message(0, b"urgent")
+    assert transfer(pair, [], limit=120)
+    order = [data for _, data in pair.received]
+    assert sorted(order) == sorted([*bulk, b"urgent"])
+    after = order.index(b"urgent")
+    overtaken = sum(len(m) for m in order[after + 1 :])
+    passed_by = sum(len(m) for m in order[:after]) - before
+    # Only what was already in flight, plus one frame, went ahead of it...
+    assert passed_by <= 8192 + 4096 + 4000
+    # ...and most of the bulk queued before it arrived after it.
+    assert overtaken > sum(len(m) for m in bulk) / 2
