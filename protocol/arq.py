@@ -206,9 +206,10 @@ class RttEstimator:
 class FrameSizer:
     """Chooses the data payload size from the measured byte error rate.
 
-    Losses are counted per frame with the frame's size, decayed so the
-    estimate follows the line within a few seconds of traffic
-    (``memory_bytes``). A timeout with no acknowledgement halves a cap on the
+    Losses are counted per frame with the frame's size, decayed per frame
+    (``memory_frames``): enough frames to tell 1e-5 from 1e-6 without
+    jumping at every loss, few enough that small frames on a noisy line
+    re-adapt within seconds. A timeout with no acknowledgement halves a cap on the
     size, which a run of acknowledged frames lifts again: that takes care of
     a line so bad that no frame of the current size gets through.
     """
@@ -216,15 +217,16 @@ class FrameSizer:
     min_size: int = 48
     max_size: int = 4096
     overhead: int = 28
-    memory_bytes: float = 32768.0
-    prior_bytes: float = 4096.0
+    memory_frames: float = 40.0
+    prior_bytes: float = 1024.0
     prior_error_rate: float = 1e-6
+    initial_size: int = 1024  #: start here; acknowledged frames lift the cap
 
     def __post_init__(self) -> None:
         self._frames = 0.0
         self._lost = 0.0
         self._bytes = 0.0
-        self.cap = self.max_size
+        self.cap = min(self.max_size, self.initial_size)
         self._choice = self.max_size
         self._choose()
 
@@ -242,7 +244,7 @@ class FrameSizer:
         return min(self._choice, self.cap)
 
     def on_frame(self, wire_size: int, lost: bool) -> None:
-        decay = math.exp(-wire_size / self.memory_bytes)
+        decay = math.exp(-1.0 / self.memory_frames)
         self._frames = self._frames * decay + 1
         self._bytes = self._bytes * decay + wire_size
         self._lost = self._lost * decay + (1 if lost else 0)

@@ -45,6 +45,11 @@ class Line:
         self._free_at = 0.0
         self._next_error = self._gap()
 
+    def set_error_rate(self, error_rate: float) -> None:
+        """Change the line's byte error rate from now on."""
+        self.error_rate = error_rate
+        self._next_error = self._gap()
+
     def _gap(self) -> int:
         if self.error_rate <= 0:
             return 1 << 62
