@@ -48,7 +48,6 @@ import hmac
 import secrets
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -60,89 +59,22 @@ from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .framing import FrameDecoder, encode_frame
 from .messages import Message
 from .noise import FrameOpener, FrameSealer, Handshake
+from .session_types import (
+    CLOSED,
+    HANDSHAKE,
+    OPEN,
+    TRANSITIONS,
+    Closed,
+    Connected,
+    Event,
+    MessageReceived,
+    SessionConfig,
+    SessionStats,
+    _Sent,
+)
 
 PROLOGUE = b"haven-session"
 SUPPORTED_VERSIONS = [WIRE_VERSION]
-
-HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
-TRANSITIONS: dict[str, dict[str, str]] = {
-    HANDSHAKE: {"established": OPEN, "close": CLOSED, "fail": CLOSED},
-    OPEN: {"reconnect": HANDSHAKE, "close": CLOSED, "fail": CLOSED},
-    CLOSED: {},
-}
-
-
-@dataclass
-class SessionConfig:
-    pattern: str = "XX"  #: "XX", "IK" or "NN"
-    stream: bool = False  #: the link is reliable (TCP): no retransmission timers
-    rate: float | None = None  #: line rate in bytes/s, for pacing; None: unpaced
-    max_frame: int = 4096  #: largest session frame we accept
-    frame_size: int | None = None  #: fixed data payload size; None: adapt to the line
-    min_frame: int = 48
-    window: int = 65536  #: per-lane receive window, bytes
-    send_buffer: int = 1 << 20  #: per-lane send buffer, bytes
-    max_inflight: int = 16384  #: unacknowledged bytes, all lanes
-    lanes: int = 4
-    max_message: int = 1 << 20
-    initial_rto: float = 1.0
-    min_rto: float = 0.2
-    max_rto: float = 4.0
-    ack_delay: float = 0.02
-    keepalive: float = 10.0
-    dead_timeout: float = 120.0
-    flood_limit: int = 10000  #: refused frames in a row before we give up
-
-
-@dataclass(frozen=True)
-class Connected:
-    session_id: bytes
-    remote_static: bytes | None
-    resumed: bool
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    lane: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Closed:
-    reason: str
-    detail: str = ""
-    by_peer: bool = False
-
-
-Event = Connected | MessageReceived | Closed
-
-
-@dataclass
-class SessionStats:
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0  #: authenticated frames
-    data_bytes_sent: int = 0  #: lane bytes, first sendings and retransmissions
-    retransmitted_bytes: int = 0
-    lost_frames: int = 0
-    timeouts: int = 0
-    early_frames: int = 0  #: encrypted frames before we had keys
-    bad_handshake: int = 0
-    bad_messages: int = 0
-    unknown_messages: int = 0
-    clamped: int = 0  #: absurd values from the peer, clamped
-    extra: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Sent:
-    lane: int
-    start: int
-    end: int
-    time: float
-    size: int
-
 
 class Session:
     """One end of a session. See the module docstring."""
