@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write a new X25519 private key to FILE (owner-only) "
                             "and its public key, in hex, to FILE.pub and stdout.")
     keygen.add_argument("file", type=Path, metavar="FILE")
+    from .hub.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -82,6 +85,10 @@ def _options(args: argparse.Namespace) -> LinkOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("hub", "review"):
+        from .hub.cli import run
+
+        return run(args)
     if args.command == "keygen":
         from .keys import keygen
 

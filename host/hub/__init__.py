@@ -1,0 +1,1 @@
+"""The hub: kiosks' sync sessions, its store, enrolment and conflict review."""

@@ -1,0 +1,146 @@
+"""``haven hub ...`` and ``haven review ...``: thin shells over ``hub.Hub``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UsageError
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="the hub's data directory")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    hub = sub.add_parser("hub", help="run and administer the hub",
+                         description="The hub: keys, enrolment, sync service, state.")
+    hs = hub.add_subparsers(dest="hub_command", metavar="HUB_COMMAND", required=True)
+    p = hs.add_parser("init", help="create the hub's keys and the fleet key",
+                      description="Create the hub's keys, the fleet's patient-id key, its store.")
+    _data(p)
+    p = hs.add_parser("enroll", help="approve a kiosk's enrolment request",
+                      description="Approve REQUEST (a kiosk's enrolment.req) and write its "
+                      "certificate to CERT.")
+    _data(p)
+    p.add_argument("request", type=Path, metavar="REQUEST")
+    p.add_argument("--out", type=Path, required=True, metavar="CERT")
+    p = hs.add_parser("revoke", help="revoke a kiosk", description="Revoke a kiosk: the hub "
+                      "refuses its sessions from now on.")
+    _data(p)
+    p.add_argument("device", metavar="DEVICE_ID")
+    p = hs.add_parser("serve", help="serve kiosks over TCP and serial links",
+                      description="Serve kiosk sync sessions until interrupted.")
+    _data(p)
+    p.add_argument("--listen", action="append", default=[], metavar="tcp://HOST:PORT")
+    p.add_argument("--serial", action="append", default=[], metavar="URL",
+                   help="a serial port or pyserial URL with a kiosk on the other end")
+    p.add_argument("--baud", type=int, help="serial line speed (pacing)")
+    p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
+                   help="quarantine deltas stamped more than S seconds ahead (default 300)")
+    p = hs.add_parser("dump", help="print the merged state as canonical JSON",
+                      description="Print every record as canonical JSON (the kiosk's format).")
+    _data(p)
+    p = hs.add_parser("status", help="kiosks, backlog, conflicts, quarantine",
+                      description="List the kiosks, when each was last seen, the backlog and "
+                      "the conflicts.")
+    _data(p)
+    p.add_argument("--json", action="store_true")
+
+    review = sub.add_parser("review", help="list and resolve held conflicts",
+                            description="Conflicts the hub holds for review.")
+    rs = review.add_subparsers(dest="review_command", metavar="REVIEW_COMMAND", required=True)
+    p = rs.add_parser("list", help="list conflicts", description="List conflicts with both "
+                      "versions.")
+    _data(p)
+    p.add_argument("--json", action="store_true")
+    p = rs.add_parser("resolve", help="resolve a conflict",
+                      description="Resolve a conflict by keeping a version or setting values; "
+                      "the resolution reaches every kiosk at its next sync.")
+    _data(p)
+    p.add_argument("conflict", metavar="CONFLICT_ID")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep", metavar="VERSION_ID")
+    how.add_argument("--set", nargs="+", metavar="FIELD=VALUE")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .hub import Hub, init_hub
+
+    if args.command == "hub" and args.hub_command == "init":
+        print(f"hub ready in {args.data}; public key {init_hub(args.data)}")
+        return 0
+    if args.command == "hub" and args.hub_command == "serve":
+        from .serve import serve
+
+        return serve(args)
+    with Hub(args.data) as hub:
+        if args.command == "review":
+            return _review(hub, args)
+        cmd = args.hub_command
+        if cmd == "enroll":
+            try:
+                request = args.request.read_bytes()
+            except OSError as exc:
+                raise UsageError(f"cannot read {args.request}: {exc.strerror}") from None
+            cert = hub.enroll(request)
+            args.out.write_bytes(cert)
+            print(f"certificate written to {args.out}")
+        elif cmd == "revoke":
+            hub.revoke(args.device)
+            print(f"kiosk {args.device} revoked")
+        elif cmd == "dump":
+            data = hub.dump()
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        elif cmd == "status":
+            _status(hub, args.json)
+    return 0
+
+
+def _status(hub: object, as_json: bool) -> None:
+    from .hub import Hub
+
+    assert isinstance(hub, Hub)
+    st = hub.status()
+    if as_json:
+        print(json.dumps(st, sort_keys=True, indent=1))
+        return
+    print(f"hub {st['node']}  key {st['public_key']}  deltas {st['deltas']}")
+    print(f"kiosks: {len(st['kiosks'])}")
+    for k in st["kiosks"]:
+        seen = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["last_seen"] / 1000))
+                if k["last_seen"] else "never")
+        print(f"  {k['device']} {k['site']!r} {k['letter']} {k['state']}  last seen {seen}  "
+              f"batches {k['batches']}  backlog {k['backlog']}")
+    print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
+    for c in st["conflicts"]:
+        print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']}")
+    print(f"quarantine: {len(st['quarantine'])}")
+    for q in st["quarantine"]:
+        print(f"  {q['id']}: kiosk {q['device']} batch {q['batch']}: {q['code']}")
+
+
+def _review(hub: object, args: argparse.Namespace) -> int:
+    from .hub import Hub
+
+    assert isinstance(hub, Hub)
+    if args.review_command == "list":
+        conflicts = hub.conflicts()
+        if args.json:
+            print(json.dumps(conflicts, sort_keys=True, indent=1))
+            return 0
+        print(f"{len(conflicts)} conflicts")
+        for c in conflicts:
+            print(f"{c['id']} {c['class']} {c['severity']} record {c['record_id']}"
+                  + (f" field {c['field']}" if c["field"] else ""))
+            for v in c["versions"]:
+                print(f"  version {v['id']}: {json.dumps(v['fields'], sort_keys=True)}")
+        return 0
+    print(hub.resolve(args.conflict, keep=args.keep, assignments=args.set))
+    return 0

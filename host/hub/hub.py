@@ -1,0 +1,201 @@
+"""The hub's data directory: keys, store, enrolment, state and review.
+
+Theory of operation
+-------------------
+``init_hub`` creates an owner-only directory holding the hub's X25519 key
+(its session identity), its Ed25519 key (it signs kiosk certificates), the
+fleet's patient-id key and ``hub.db`` (``store.SqliteHubStore``). ``Hub``
+opens it. Enrolment checks the kiosk's signed request, refuses a letter
+already taken at that site, records the kiosk and issues its certificate
+(``protocol.sync_cert``). The merged state is computed by the reference
+merge (``protocol.crdt.record``) over every delta the hub holds, so
+``dump`` prints the same canonical JSON as a kiosk holding the same deltas.
+A resolution is a delta written by the hub's own node and HLC, pulled by
+every kiosk like any other.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from protocol import sync_cert
+from protocol.crdt.clock import HLC
+from protocol.crdt.delta import decode, encode
+from protocol.crdt.record import RecordLog, RecordView, canonical_json, conflict_json
+from protocol.crdt.schema import TYPES, parse_assignments
+from protocol.crdt.writes import build_resolve
+from protocol.errors import ProtocolError
+
+from ..errors import HavenError, UsageError
+from .store import Device, Op, SqliteHubStore
+
+X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
+APPROVED, REVOKED = "approved", "revoked"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _write_secret(path: Path, secret: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing; run: haven hub init --data {path.parent}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(f"{path} is readable by others (chmod 600 {path})")
+    return path.read_bytes()
+
+
+def init_hub(data: Path) -> str:
+    """Create the hub's keys and store in ``data``; returns its X25519 public key (hex)."""
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if (data / X_KEY).exists():
+        raise UsageError(f"{data} already holds a hub; not overwriting its keys")
+    _write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
+    _write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
+    _write_secret(data / FLEET_KEY, secrets.token_bytes(32))
+    with Hub(data) as hub:
+        hub.store.set_meta("node", int.from_bytes(os.urandom(4), "big") | 1)
+        return hub.x_key.public_key().public_bytes_raw().hex()
+
+
+class Hub:
+    def __init__(self, data: Path) -> None:
+        self.data = Path(data)
+        self.x_key = X25519PrivateKey.from_private_bytes(_read_secret(self.data / X_KEY))
+        self.ed_key = Ed25519PrivateKey.from_private_bytes(_read_secret(self.data / ED_KEY))
+        self.fleet_key = _read_secret(self.data / FLEET_KEY)
+        self.store = SqliteHubStore(self.data / DB)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Hub:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def node(self) -> int:
+        return int(self.store.get_meta("node") or 1)
+
+    @property
+    def x_public(self) -> bytes:
+        return self.x_key.public_key().public_bytes_raw()
+
+    @property
+    def ed_public(self) -> bytes:
+        return self.ed_key.public_key().public_bytes_raw()
+
+    # Enrolment --------------------------------------------------------------------
+
+    def enroll(self, request: bytes, now_ms: int | None = None) -> bytes:
+        """Approve a kiosk's request; returns its certificate."""
+        now = wall_ms() if now_ms is None else now_ms
+        try:
+            req = sync_cert.read_request(request)
+        except ProtocolError as exc:
+            raise UsageError(f"bad enrolment request: {exc}") from None
+        letter = req.letter.upper()
+        for dev in self.store.devices():
+            if dev.device_id == req.device_id or dev.x25519 == req.x25519:
+                if dev.x25519 != req.x25519 or dev.state == REVOKED:
+                    raise HavenError(f"kiosk {req.device_id} is already known with other keys "
+                                     "or revoked; make a new request")
+            elif dev.site == req.site and dev.letter == letter and dev.state == APPROVED:
+                raise HavenError(f"letter {letter} is taken at site {req.site!r} by kiosk "
+                                 f"{dev.device_id}")
+        if self.store.device(req.device_id) is None:
+            self.store.add_device(Device(req.device_id, req.node, req.site, letter, req.x25519,
+                                         req.ed25519, APPROVED, 0, b"\x00" * 32, 0, None), now)
+        serial = int(self.store.get_meta("serial") or 0) + 1
+        self.store.set_meta("serial", serial)
+        self.store.log(req.device_id, "enrolled", f"site {req.site!r} letter {letter}", now)
+        return sync_cert.issue(req, self.ed_key, self.x_public, self.fleet_key, letter, now,
+                               serial)
+
+    def revoke(self, device_id: str, now_ms: int | None = None) -> None:
+        if not self.store.set_state(device_id, REVOKED):
+            raise UsageError(f"no kiosk {device_id}")
+        self.store.log(device_id, "revoked", "revoked by the technician",
+                       wall_ms() if now_ms is None else now_ms)
+
+    # State ------------------------------------------------------------------------
+
+    def views(self) -> list[RecordView]:
+        logs: dict[bytes, RecordLog] = {}
+        for op in self.store.all_ops():
+            log = logs.get(op.rid)
+            if log is None:
+                log = logs[op.rid] = RecordLog(op.rid)
+            log.add(decode(op.data))
+        return [log.view() for log in logs.values()]
+
+    def dump(self) -> bytes:
+        return canonical_json(self.views())
+
+    def conflicts(self) -> list[dict[str, Any]]:
+        out = [conflict_json(c, v.type) for v in self.views() for c in v.conflicts]
+        return sorted(out, key=lambda c: str(c["id"]))
+
+    def resolve(self, conflict_id: str, *, keep: str | None = None,
+                assignments: list[str] | None = None, now_ms: int | None = None) -> str:
+        """The kiosk's ``resolve``, written by the hub's node; returns the record id."""
+        now = wall_ms() if now_ms is None else now_ms
+        view = next((v for v in self.views() if any(c.id == conflict_id for c in v.conflicts)),
+                    None)
+        if view is None:
+            raise UsageError(f"no current conflict {conflict_id}")
+        values = None
+        try:
+            if assignments is not None:
+                values, add, remove = parse_assignments(TYPES[view.type], assignments)
+                if add or remove:
+                    raise UsageError("a resolution sets registers; keep a version to settle sets")
+            hlc = HLC(max(int(self.store.get_meta("hlc") or 0),
+                          max((op.stamp for op in self.store.all_ops()), default=0)))
+            delta = build_resolve(view, conflict_id, self.node, hlc.now(now), keep=keep,
+                                  values=values)
+        except (ProtocolError, KeyError) as exc:
+            raise UsageError(str(exc)) from None
+        self.store.set_meta("hlc", hlc.last)
+        self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
+        self.store.log(None, "resolved", f"conflict {conflict_id}", now)
+        return str(uuid.UUID(bytes=view.record_id))
+
+    def status(self, now_ms: int | None = None) -> dict[str, Any]:
+        head = self.store.head()
+        kiosks = [{"device": d.device_id, "site": d.site, "letter": d.letter, "state": d.state,
+                   "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
+                   "backlog": self._backlog(d, head)} for d in self.store.devices()]
+        conflicts = self.conflicts()
+        return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(), "deltas": head,
+                "kiosks": kiosks, "conflicts": conflicts,
+                "held": sum(1 for c in conflicts if c["severity"] == "hold"),
+                "quarantine": self.store.quarantined(), "log": self.store.events(20)}
+
+    def _backlog(self, dev: Device, head: int) -> int:
+        """Deltas waiting for this kiosk's next pull."""
+        if dev.cursor >= head:
+            return 0
+        return len(self.store.changes_since(dev.cursor, dev.node, 1 << 62)[0])

@@ -1,0 +1,196 @@
+"""``haven hub serve``: many kiosk sessions at once, over TCP and serial links.
+
+Theory of operation
+-------------------
+One thread accepts on each ``--listen`` address and starts one thread per
+connection; one thread runs each ``--serial`` port. Every connection runs
+its own responder ``Session`` (stream mode on TCP, paced and retransmitted
+on serial) and its own ``HubPeer``; they share the store, which serialises
+writes behind its lock. A connection's loop writes what the session wants
+written, waits for input or the session's next deadline, and feeds what it
+read. Whatever a peer sends, the worst outcome is that its session closes:
+an exception in one connection is logged and ends that connection only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import select
+import socket
+import sys
+import threading
+import time
+from urllib.parse import urlsplit
+
+from protocol.session import Session
+from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
+
+from ..errors import HavenError, UsageError
+from .hub import Hub, wall_ms
+from .sync import HubPeer
+
+IDLE_LIMIT = 60.0  #: a TCP session silent this long is dropped
+
+
+def session_config(*, stream: bool, rate: float | None = None) -> SessionConfig:
+    return SessionConfig(stream=stream, rate=rate, keepalive=5.0, dead_timeout=IDLE_LIMIT,
+                         max_message=1 << 20, send_buffer=2 << 20)
+
+
+class Server:
+    def __init__(self, hub: Hub, max_ahead_ms: int) -> None:
+        self.hub = hub
+        self.max_ahead_ms = max_ahead_ms
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.sockets: list[socket.socket] = []
+
+    def peer(self, remote: bytes | None) -> HubPeer:
+        return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms)
+
+    def _start(self, target: object, *args: object) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self.threads.append(t)
+
+    def listen(self, url: str) -> tuple[str, int]:
+        parts = urlsplit(url)
+        if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+            raise UsageError(f"--listen wants tcp://HOST:PORT, not {url!r}")
+        srv = socket.create_server((parts.hostname, parts.port), reuse_port=False)
+        srv.settimeout(0.2)
+        self.sockets.append(srv)
+        self._start(self._accept, srv)
+        host, port = srv.getsockname()[:2]
+        return str(host), int(port)
+
+    def _accept(self, srv: socket.socket) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._start(self._tcp, conn)
+
+    def _tcp(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        session = Session(initiator=False, config=session_config(stream=True),
+                          static_key=self.hub.x_key, now=time.monotonic())
+        peer: HubPeer | None = None
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                out = session.data_to_send(now)
+                if out:
+                    conn.setblocking(True)
+                    conn.sendall(out)
+                    conn.setblocking(False)
+                if session.state == "closed":
+                    return
+                deadline = session.next_deadline()
+                wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - now))
+                ready, _, _ = select.select([conn], [], [], wait)
+                if ready:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    session.receive_data(data, time.monotonic())
+                peer = self._events(session, peer)
+        except OSError:
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _events(self, session: Session, peer: HubPeer | None) -> HubPeer | None:
+        while (event := session.next_event()) is not None:
+            if isinstance(event, Connected):
+                peer = self.peer(event.remote_static)
+            elif isinstance(event, MessageReceived) and peer is not None:
+                try:
+                    replies = peer.on_message(event.data)
+                except Exception as exc:  # noqa: BLE001 - one kiosk must not stop the hub
+                    self.hub.store.log(None, "internal", f"{type(exc).__name__}: {exc}",
+                                       wall_ms())
+                    session.close("internal", "the hub failed on this message")
+                    return peer
+                for lane, data in replies:
+                    session.send_message(lane, data)
+                if peer.close is not None:
+                    session.close(*peer.close)
+                    return peer
+            elif isinstance(event, Closed):
+                return peer
+        return peer
+
+    def serial(self, url: str, baud: int | None) -> None:
+        self._start(self._serial, url, baud)
+
+    def _serial(self, url: str, baud: int | None) -> None:
+        from ..link import Link, LinkOptions, Reset, Runner
+
+        link = Link(url, baud)
+        opts = LinkOptions(baud=baud, key=self.hub.x_key, timeout=1e9, reset_after=IDLE_LIMIT)
+        runner = Runner(link, opts, initiator=False)
+        peer: HubPeer | None = None
+        while not self.stop.is_set():
+            try:
+                events = runner.poll()
+            except HavenError as exc:
+                self.hub.store.log(None, "serial", f"{url}: {exc}", wall_ms())
+                runner = Runner(link, opts, initiator=False)
+                continue
+            for event in events:
+                if isinstance(event, Reset | Closed):
+                    if isinstance(event, Closed):
+                        runner._replace(time.monotonic())
+                    peer = None
+                elif isinstance(event, Connected):
+                    peer = self.peer(event.remote_static)
+                elif isinstance(event, MessageReceived) and peer is not None:
+                    self._serial_message(runner.session, peer, event.data)
+
+    def _serial_message(self, session: Session, peer: HubPeer, data: bytes) -> None:
+        try:
+            replies = peer.on_message(data)
+        except Exception as exc:  # noqa: BLE001
+            self.hub.store.log(None, "internal", f"{type(exc).__name__}: {exc}", wall_ms())
+            session.close("internal", "the hub failed on this message")
+            return
+        for lane, reply in replies:
+            session.send_message(lane, reply)
+        if peer.close is not None:
+            session.close(*peer.close)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+        for t in self.threads:
+            t.join(timeout=1.0)
+
+
+def serve(args: argparse.Namespace) -> int:
+    if not args.listen and not args.serial:
+        raise UsageError("give at least one --listen tcp://HOST:PORT or --serial URL")
+    with Hub(args.data) as hub:
+        server = Server(hub, int(args.max_ahead * 1000))
+        for url in args.listen:
+            host, port = server.listen(url)
+            print(f"listening on tcp://{host}:{port}", flush=True)
+        for url in args.serial:
+            server.serial(url, args.baud)
+            print(f"serving serial {url}", flush=True)
+        print(f"hub {hub.x_public.hex()} ready", flush=True)
+        try:
+            while True:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+        finally:
+            server.shutdown()
+    return 0

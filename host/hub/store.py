@@ -1,0 +1,267 @@
+"""The hub's store: kiosks, their batch chains, every delta, quarantine and a log.
+
+Theory of operation
+-------------------
+``HubStore`` is the narrow interface the sync code uses; ``SqliteHubStore``
+is its SQLite implementation (WAL, ``synchronous=FULL``, one connection
+behind a lock, every write one ``BEGIN IMMEDIATE`` transaction), so a
+PostgreSQL store can follow by implementing the same methods.
+
+``ops`` holds each delta once, keyed by its dot, with ``hseq``, the hub's
+arrival order: a kiosk's pull cursor is an ``hseq``. ``devices`` holds each
+enrolled kiosk's keys, state and checkpoint (last batch sequence and chain
+hash); ``batches`` remembers every committed batch's hash, so a batch sent
+again after a lost ack is recognised by (device, sequence) and acknowledged
+without being applied twice. ``commit_batch`` writes the deltas, the
+quarantined ones, the batch and the new checkpoint in one transaction and
+returns only after it is durable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY, node INTEGER NOT NULL UNIQUE, site TEXT NOT NULL,
+        letter TEXT NOT NULL, x25519 BLOB NOT NULL UNIQUE, ed25519 BLOB NOT NULL,
+        state TEXT NOT NULL, enrolled_at INTEGER NOT NULL, last_seen INTEGER,
+        last_seq INTEGER NOT NULL DEFAULT 0, last_hash BLOB NOT NULL,
+        cursor INTEGER NOT NULL DEFAULT 0, vv TEXT)""",
+    """CREATE TABLE IF NOT EXISTS batches (
+        device_id TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+        received_at INTEGER NOT NULL, deltas INTEGER NOT NULL, quarantined TEXT NOT NULL,
+        PRIMARY KEY (device_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS ops (
+        hseq INTEGER PRIMARY KEY AUTOINCREMENT, rid BLOB NOT NULL, stamp INTEGER NOT NULL,
+        node INTEGER NOT NULL, data BLOB NOT NULL, origin TEXT NOT NULL,
+        UNIQUE (rid, stamp, node))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, seq INTEGER,
+        code TEXT NOT NULL, reason TEXT NOT NULL, data BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS log (
+        id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+)
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    node: int
+    site: str
+    letter: str
+    x25519: bytes
+    ed25519: bytes
+    state: str
+    last_seq: int
+    last_hash: bytes
+    cursor: int
+    last_seen: int | None
+
+
+@dataclass(frozen=True)
+class Op:
+    rid: bytes
+    stamp: int
+    node: int
+    data: bytes
+
+
+class HubStore(Protocol):
+    """What the sync engine and the CLI need from the hub's database."""
+
+    def get_meta(self, key: str) -> Any: ...
+    def set_meta(self, key: str, value: Any) -> None: ...
+    def add_device(self, dev: Device, now: int) -> None: ...
+    def device(self, device_id: str) -> Device | None: ...
+    def devices(self) -> list[Device]: ...
+    def set_state(self, device_id: str, state: str) -> bool: ...
+    def batch_hash(self, device_id: str, seq: int) -> bytes | None: ...
+    def commit_batch(self, device_id: str, seq: int, hash_: bytes, ops: list[Op],
+                     bad: list[tuple[str, str, bytes]], now: int,
+                     quarantined: list[int] | None = None) -> list[int]: ...
+    def batch_quarantined(self, device_id: str, seq: int) -> list[int]: ...
+    def add_local(self, op: Op) -> None: ...
+    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+                      ) -> tuple[list[bytes], int, bool]: ...
+    def head(self) -> int: ...
+    def version_vector(self) -> dict[int, int]: ...
+    def all_ops(self) -> Iterator[Op]: ...
+    def seen(self, device_id: str, now: int, cursor: int | None = None,
+             vv: str | None = None) -> None: ...
+    def log(self, device_id: str | None, code: str, detail: str, now: int) -> None: ...
+    def events(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    def quarantined(self) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class SqliteHubStore:
+    """``HubStore`` on one SQLite file. Thread-safe: one lock around one connection."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=10)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        with self._tx():
+            for sql in SCHEMA:
+                self._db.execute(sql)
+
+    class _Tx:
+        def __init__(self, store: SqliteHubStore) -> None:
+            self.store = store
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.store._lock.acquire()
+            self.store._db.execute("BEGIN IMMEDIATE")
+            return self.store._db
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            try:
+                self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> SqliteHubStore._Tx:
+        return SqliteHubStore._Tx(self)
+
+    def _q(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # Meta and devices -------------------------------------------------------------
+
+    def get_meta(self, key: str) -> Any:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", [key])
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def add_device(self, dev: Device, now: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO devices (device_id, node, site, letter, x25519, ed25519,"
+                       " state, enrolled_at, last_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [dev.device_id, dev.node, dev.site, dev.letter, dev.x25519, dev.ed25519,
+                        dev.state, now, dev.last_hash])
+
+    _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
+            " cursor, last_seen FROM devices")
+
+    def device(self, device_id: str) -> Device | None:
+        rows = self._q(self._DEV + " WHERE device_id = ?", [device_id])
+        return Device(*rows[0]) if rows else None
+
+    def devices(self) -> list[Device]:
+        return [Device(*r) for r in self._q(self._DEV + " ORDER BY site, letter, device_id")]
+
+    def set_state(self, device_id: str, state: str) -> bool:
+        with self._tx() as db:
+            return db.execute("UPDATE devices SET state = ? WHERE device_id = ?",
+                              [state, device_id]).rowcount > 0
+
+    def seen(self, device_id: str, now: int, cursor: int | None = None,
+             vv: str | None = None) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE devices SET last_seen = ?, cursor = COALESCE(?, cursor),"
+                       " vv = COALESCE(?, vv) WHERE device_id = ?", [now, cursor, vv, device_id])
+
+    # Batches and deltas -----------------------------------------------------------
+
+    def batch_hash(self, device_id: str, seq: int) -> bytes | None:
+        rows = self._q("SELECT hash FROM batches WHERE device_id = ? AND seq = ?",
+                       [device_id, seq])
+        return bytes(rows[0][0]) if rows else None
+
+    def commit_batch(self, device_id: str, seq: int, hash_: bytes, ops: list[Op],
+                     bad: list[tuple[str, str, bytes]], now: int,
+                     quarantined: list[int] | None = None) -> list[int]:
+        """Apply one batch durably; returns the hub sequence numbers of new deltas."""
+        new: list[int] = []
+        with self._tx() as db:
+            for op in ops:
+                cur = db.execute("INSERT OR IGNORE INTO ops (rid, stamp, node, data, origin)"
+                                 " VALUES (?, ?, ?, ?, ?)",
+                                 [op.rid, op.stamp, op.node, op.data, device_id])
+                if cur.rowcount and cur.lastrowid is not None:
+                    new.append(cur.lastrowid)
+            for code, reason, data in bad:
+                db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
+                           " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
+            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                       [device_id, seq, hash_, now, len(ops), json.dumps(quarantined or [])])
+            db.execute("UPDATE devices SET last_seq = ?, last_hash = ?, last_seen = ?"
+                       " WHERE device_id = ?", [seq, hash_, now, device_id])
+        return new
+
+    def batch_quarantined(self, device_id: str, seq: int) -> list[int]:
+        rows = self._q("SELECT quarantined FROM batches WHERE device_id = ? AND seq = ?",
+                       [device_id, seq])
+        return list(json.loads(rows[0][0])) if rows else []
+
+    def add_local(self, op: Op) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO ops (rid, stamp, node, data, origin)"
+                       " VALUES (?, ?, ?, ?, 'hub')", [op.rid, op.stamp, op.node, op.data])
+
+    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+                      ) -> tuple[list[bytes], int, bool]:
+        """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``."""
+        out: list[bytes] = []
+        size, last = 0, cursor
+        with self._lock:
+            rows = self._db.execute("SELECT hseq, node, data FROM ops WHERE hseq > ?"
+                                    " ORDER BY hseq", [cursor])
+            for hseq, node, data in rows:
+                if node != exclude_node:
+                    if out and size + len(data) > max_bytes:
+                        return out, last, True
+                    out.append(bytes(data))
+                    size += len(data)
+                last = hseq
+        return out, last, False
+
+    def head(self) -> int:
+        return int(self._q("SELECT COALESCE(MAX(hseq), 0) FROM ops")[0][0])
+
+    def all_ops(self) -> Iterator[Op]:
+        for rid, stamp, node, data in self._q("SELECT rid, stamp, node, data FROM ops"):
+            yield Op(bytes(rid), stamp, node, bytes(data))
+
+    def version_vector(self) -> dict[int, int]:
+        return {n: s for n, s in self._q("SELECT node, MAX(stamp) FROM ops GROUP BY node")}
+
+    # Log and quarantine -----------------------------------------------------------
+
+    def log(self, device_id: str | None, code: str, detail: str, now: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, device_id, code, detail[:500]])
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [{"at": at, "device": dev, "code": code, "detail": detail}
+                for at, dev, code, detail in self._q(
+                    "SELECT at, device_id, code, detail FROM log ORDER BY id DESC LIMIT ?",
+                    [limit])]
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        return [{"id": i, "at": at, "device": dev, "batch": seq, "code": code, "reason": r}
+                for i, at, dev, seq, code, r in self._q(
+                    "SELECT id, at, device_id, seq, code, reason FROM quarantine ORDER BY id")]

@@ -1,0 +1,124 @@
+"""Sync messages (80-99) and the kiosk's hash-chained batches (SPEC.md, "Sync").
+
+Theory of operation
+-------------------
+A sync round runs inside an authenticated session (the kiosk initiates,
+pattern XX; the kiosk pins the hub's key from its certificate, the hub
+checks the kiosk's static key against the certificate and its records).
+
+1. ``sync-hello`` (kiosk): its certificate, version vector, pull cursor and
+   chain position. ``sync-welcome`` (hub): its time, its version vector and
+   its checkpoint of this kiosk's chain (last sequence and hash), so only
+   what is missing crosses. A refused kiosk gets a session ``close`` whose
+   reason says why (``unknown-device``, ``revoked``, ``wrong-certificate``).
+2. ``sync-batch`` (kiosk): sequence ``n``, the previous batch's hash, the
+   zlib-compressed CBOR array of deltas, and the kiosk's Ed25519 signature
+   over the chain head ``(device, n, hash)`` where
+   ``hash = SHA-256("haven-batch" || prev || n || payload)``. The kiosk saves
+   a batch before first sending it, so after a crash it sends the same bytes
+   again. ``sync-ack`` (hub) follows the batch's durable commit and lists the
+   deltas it quarantined; ``sync-reject`` says why a batch was refused.
+3. ``sync-pull`` (kiosk) asks for deltas after a cursor; ``sync-changes``
+   (hub) answers with a compressed batch, the new cursor and whether more
+   remain. The kiosk saves the cursor only after the merge is durable.
+
+Everything here is pure: encoding, decoding, hashing and signing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import strict_cbor
+from .errors import RemoteProtocolError
+from .messages import MessageSpec, register
+
+GENESIS = b"\x00" * 32
+HEAD_LABEL = b"haven-chain-head\x00"
+BATCH_LABEL = b"haven-batch\x00"
+MAX_BATCH_PLAIN = 4 << 20  #: largest decompressed batch (bytes)
+MAX_BATCH_DELTAS = 20_000
+
+HELLO = register(MessageSpec(80, "sync-hello", {
+    1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
+    5: ("hash", bytes)}, {6: ("time", int)}))
+WELCOME = register(MessageSpec(81, "sync-welcome", {
+    1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)}))
+BATCH = register(MessageSpec(82, "sync-batch", {
+    1: ("seq", int), 2: ("prev", bytes), 3: ("payload", bytes), 4: ("sig", bytes)},
+    {5: ("lane", int)}))
+ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int), 2: ("hash", bytes)},
+                           {3: ("quarantined", list)}))
+REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason", str)},
+                              {3: ("detail", str)}))
+PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {2: ("max_bytes", int)}))
+CHANGES = register(MessageSpec(86, "sync-changes", {
+    1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}, {4: ("time", int)}))
+
+
+class BatchError(RemoteProtocolError):
+    code = "bad-batch"
+
+
+def batch_hash(prev: bytes, seq: int, payload: bytes) -> bytes:
+    return hashlib.sha256(BATCH_LABEL + prev + seq.to_bytes(8, "big") + payload).digest()
+
+
+def head_bytes(device: str, seq: int, hash_: bytes) -> bytes:
+    return HEAD_LABEL + device.encode() + b"\x00" + seq.to_bytes(8, "big") + hash_
+
+
+def pack(deltas: list[bytes]) -> bytes:
+    """Deltas as one compressed payload (a CBOR array of byte strings, deflated)."""
+    return zlib.compress(strict_cbor.dumps(deltas), 6)
+
+
+def unpack(payload: bytes) -> list[bytes]:
+    """The deltas of a payload; ``BatchError`` if it is not one, or too large."""
+    try:
+        d = zlib.decompressobj()
+        plain = d.decompress(payload, MAX_BATCH_PLAIN)
+        if d.unconsumed_tail or not d.eof:
+            raise BatchError("batch payload too large or truncated", "batch-size")
+    except zlib.error:
+        raise BatchError("batch payload is not deflate data", "batch-compress") from None
+    obj = strict_cbor.loads(plain, max_size=MAX_BATCH_PLAIN)
+    if (not isinstance(obj, list) or len(obj) > MAX_BATCH_DELTAS
+            or not all(type(x) is bytes for x in obj)):
+        raise BatchError("batch payload is not an array of deltas", "batch-shape")
+    return obj
+
+
+@dataclass(frozen=True)
+class Batch:
+    seq: int
+    prev: bytes
+    payload: bytes
+    sig: bytes
+    lane: int = 0
+
+    @property
+    def hash(self) -> bytes:
+        return batch_hash(self.prev, self.seq, self.payload)
+
+
+def make_batch(key: Ed25519PrivateKey, device: str, seq: int, prev: bytes,
+               deltas: list[bytes], lane: int = 0) -> Batch:
+    payload = pack(deltas)
+    sig = key.sign(head_bytes(device, seq, batch_hash(prev, seq, payload)))
+    return Batch(seq, prev, payload, sig, lane)
+
+
+def verify_batch(batch: Batch, device: str, public: bytes) -> None:
+    """Check the signed chain head; ``BatchError`` (code ``forged``) if it fails."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(
+            batch.sig, head_bytes(device, batch.seq, batch.hash))
+    except (InvalidSignature, ValueError):
+        raise BatchError("the batch's chain head is not signed by this kiosk",
+                         "forged") from None

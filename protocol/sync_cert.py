@@ -1,0 +1,241 @@
+"""Enrolment requests, kiosk certificates and sealing (SPEC.md, "Sync").
+
+Theory of operation
+-------------------
+A kiosk makes an Ed25519 key (it signs its batch chain) and an X25519 key
+(its session identity, and what the fleet key is sealed to). Its enrolment
+request is a deterministic CBOR map of its public keys, node, site and the
+letter it asks for, signed by its own Ed25519 key (proof of possession).
+
+The hub answers with a certificate: ``[body, signature]`` where ``body`` is
+the deterministic CBOR of the certified facts plus the hub's public keys and
+the fleet key sealed to the kiosk, and ``signature`` is the hub's Ed25519
+signature over those raw body bytes (never a re-encoding).
+
+Sealing is HPKE base mode (RFC 9180) with DHKEM(X25519, HKDF-SHA256),
+HKDF-SHA256 and AES-256-GCM. When the installed ``cryptography`` has no
+``hpke`` module the same suite is computed here from its X25519, HKDF and
+AES-GCM primitives, following RFC 9180 sections 4.1, 5.1 and 6.1 (a test
+holds the two to each other). Nothing here reads a clock or a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import strict_cbor
+from .errors import RemoteProtocolError
+
+SEAL_INFO = b"haven/fleet-key/v1"
+REQUEST_LABEL = b"haven/enrolment-request/v1\x00"
+CERT_LABEL = b"haven/certificate/v1\x00"
+MAX_DOC = 4096
+
+
+class CertificateError(RemoteProtocolError):
+    code = "bad-certificate"
+
+
+# HPKE (RFC 9180) -------------------------------------------------------------------
+
+_KEM_ID, _KDF_ID, _AEAD_ID = 0x0020, 0x0001, 0x0002
+_NK, _NN = 32, 12
+
+
+def _extract(salt: bytes, ikm: bytes) -> bytes:
+    return hmac.new(salt or b"\x00" * 32, ikm, hashlib.sha256).digest()
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    out, block, i = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+        i += 1
+    return out[:length]
+
+
+def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
+    return _extract(salt, b"HPKE-v1" + suite + label + ikm)
+
+
+def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, n: int) -> bytes:
+    return _expand(prk, n.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info, n)
+
+
+def _kem_shared(dh: bytes, kem_context: bytes) -> bytes:
+    suite = b"KEM" + _KEM_ID.to_bytes(2, "big")
+    prk = _labeled_extract(suite, b"", b"eae_prk", dh)
+    return _labeled_expand(suite, prk, b"shared_secret", kem_context, 32)
+
+
+def _key_nonce(shared: bytes, info: bytes) -> tuple[bytes, bytes]:
+    suite = b"HPKE" + b"".join(x.to_bytes(2, "big") for x in (_KEM_ID, _KDF_ID, _AEAD_ID))
+    psk_id_hash = _labeled_extract(suite, b"", b"psk_id_hash", b"")
+    info_hash = _labeled_extract(suite, b"", b"info_hash", info)
+    context = b"\x00" + psk_id_hash + info_hash  # mode_base
+    secret = _labeled_extract(suite, shared, b"secret", b"")
+    key = _labeled_expand(suite, secret, b"key", context, _NK)
+    nonce = _labeled_expand(suite, secret, b"base_nonce", context, _NN)
+    return key, nonce
+
+
+def _seal_fallback(plain: bytes, pub: X25519PublicKey, info: bytes) -> bytes:
+    eph = X25519PrivateKey.generate()
+    enc = eph.public_key().public_bytes_raw()
+    dh = eph.exchange(pub)
+    shared = _kem_shared(dh, enc + pub.public_bytes_raw())
+    key, nonce = _key_nonce(shared, info)
+    return enc + AESGCM(key).encrypt(nonce, plain, b"")
+
+
+def _open_fallback(sealed: bytes, priv: X25519PrivateKey, info: bytes) -> bytes:
+    enc, ct = sealed[:32], sealed[32:]
+    dh = priv.exchange(X25519PublicKey.from_public_bytes(enc))
+    shared = _kem_shared(dh, enc + priv.public_key().public_bytes_raw())
+    key, nonce = _key_nonce(shared, info)
+    return AESGCM(key).decrypt(nonce, ct, b"")
+
+
+def seal(plain: bytes, recipient: bytes, info: bytes = SEAL_INFO) -> bytes:
+    """HPKE base-mode single-shot seal to an X25519 public key: ``enc || ciphertext``."""
+    pub = X25519PublicKey.from_public_bytes(recipient)
+    try:
+        from cryptography.hazmat.primitives import hpke
+    except ImportError:
+        return _seal_fallback(plain, pub, info)
+    suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    out: bytes = suite.encrypt(plain, pub, info=info)
+    return out
+
+
+def open_sealed(sealed: bytes, key: X25519PrivateKey, info: bytes = SEAL_INFO) -> bytes:
+    """Open what ``seal`` made; ``CertificateError`` if it was not sealed to ``key``."""
+    if len(sealed) < 32 + 16:
+        raise CertificateError("sealed value too short", "bad-seal")
+    try:
+        try:
+            from cryptography.hazmat.primitives import hpke
+        except ImportError:
+            return _open_fallback(sealed, key, info)
+        suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+        out: bytes = suite.decrypt(sealed, key, info=info)
+        return out
+    except (InvalidTag, ValueError):
+        raise CertificateError("sealed value does not open with this kiosk's key",
+                               "bad-seal") from None
+
+
+# Requests and certificates ---------------------------------------------------------
+
+_REQ_FIELDS = {1: ("node", int), 2: ("site", str), 3: ("letter", str),
+               4: ("x25519", bytes), 5: ("ed25519", bytes)}
+_CERT_FIELDS = {**_REQ_FIELDS, 6: ("hub_x25519", bytes), 7: ("hub_ed25519", bytes),
+                8: ("fleet_sealed", bytes), 9: ("issued_ms", int), 10: ("serial", int)}
+
+
+def _signed(doc: bytes, what: str) -> tuple[bytes, bytes]:
+    obj = strict_cbor.loads(doc, max_size=MAX_DOC)
+    if not (isinstance(obj, list) and len(obj) == 2 and all(type(x) is bytes for x in obj)):
+        raise CertificateError(f"{what} is not [body, signature]")
+    return obj[0], obj[1]
+
+
+def _fields(body: bytes, spec: dict[int, tuple[str, type]], what: str) -> dict[str, Any]:
+    obj = strict_cbor.loads(body, max_size=MAX_DOC)
+    if not isinstance(obj, dict):
+        raise CertificateError(f"{what} body is not a map")
+    out: dict[str, Any] = {}
+    for key, (name, kind) in spec.items():
+        value = obj.get(key)
+        if type(value) is not kind:
+            raise CertificateError(f"{what}: field {name} missing or of the wrong type")
+        out[name] = value
+    for name in ("x25519", "ed25519", "hub_x25519", "hub_ed25519"):
+        if name in out and len(out[name]) != 32:
+            raise CertificateError(f"{what}: {name} is not a 32-byte key")
+    return out
+
+
+def _verify(pub: bytes, sig: bytes, label: bytes, body: bytes, what: str) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, label + body)
+    except (InvalidSignature, ValueError):
+        raise CertificateError(f"{what}: bad signature", "bad-signature") from None
+
+
+def device_id(node: int) -> str:
+    return f"{node:08x}"
+
+
+@dataclass(frozen=True)
+class Request:
+    node: int
+    site: str
+    letter: str
+    x25519: bytes
+    ed25519: bytes
+
+    @property
+    def device_id(self) -> str:
+        return device_id(self.node)
+
+
+def make_request(node: int, site: str, letter: str, x_key: X25519PrivateKey,
+                 ed_key: Ed25519PrivateKey) -> bytes:
+    body = strict_cbor.dumps({1: node, 2: site, 3: letter,
+                              4: x_key.public_key().public_bytes_raw(),
+                              5: ed_key.public_key().public_bytes_raw()})
+    return strict_cbor.dumps([body, ed_key.sign(REQUEST_LABEL + body)])
+
+
+def read_request(doc: bytes) -> Request:
+    body, sig = _signed(doc, "enrolment request")
+    f = _fields(body, _REQ_FIELDS, "enrolment request")
+    _verify(f["ed25519"], sig, REQUEST_LABEL, body, "enrolment request")
+    return Request(**f)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    node: int
+    site: str
+    letter: str
+    x25519: bytes
+    ed25519: bytes
+    hub_x25519: bytes
+    hub_ed25519: bytes
+    fleet_sealed: bytes
+    issued_ms: int
+    serial: int
+    raw: bytes = b""
+
+    @property
+    def device_id(self) -> str:
+        return device_id(self.node)
+
+
+def issue(req: Request, hub_ed: Ed25519PrivateKey, hub_x25519: bytes, fleet_key: bytes,
+          letter: str, issued_ms: int, serial: int) -> bytes:
+    """The certificate for an approved request, signed by the hub."""
+    body = strict_cbor.dumps({
+        1: req.node, 2: req.site, 3: letter, 4: req.x25519, 5: req.ed25519,
+        6: hub_x25519, 7: hub_ed.public_key().public_bytes_raw(),
+        8: seal(fleet_key, req.x25519), 9: issued_ms, 10: serial})
+    return strict_cbor.dumps([body, hub_ed.sign(CERT_LABEL + body)])
+
+
+def read_certificate(doc: bytes, hub_ed25519: bytes | None = None) -> Certificate:
+    """Parse a certificate and check its signature (by ``hub_ed25519``, or the key inside)."""
+    body, sig = _signed(doc, "certificate")
+    f = _fields(body, _CERT_FIELDS, "certificate")
+    _verify(hub_ed25519 or f["hub_ed25519"], sig, CERT_LABEL, body, "certificate")
+    return Certificate(**f, raw=doc)
