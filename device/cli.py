@@ -44,6 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-key", type=Path, metavar="FILE",
                    help="the fleet key patient ids derive from (made locally if not given)")
 
+    p = sub.add_parser("enroll", help="install the certificate the hub issued",
+                       description="Install CERT (from haven hub enroll): the hub's keys, "
+                       "the kiosk's letter and the fleet key.")
+    _data(p)
+    p.add_argument("cert", type=Path, metavar="CERT")
+
+    p = sub.add_parser("sync", help="sync with the hub",
+                       description="Push the outbox to the hub and pull its changes, over "
+                       "the first hub URL that works (tcp://HOST:PORT, a serial device or a "
+                       "pyserial URL). Runs until interrupted, or once with --once.")
+    _data(p)
+    p.add_argument("--hub", action="append", required=True, metavar="URL",
+                   help="a hub URL; repeat to give fallbacks, tried in order")
+    p.add_argument("--once", action="store_true",
+                   help="one round; exit 0 only when everything is acknowledged both ways")
+    p.add_argument("--baud", type=int, help="serial line speed (pacing)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="with --once, give up after S seconds (default 120)")
+    p.add_argument("--interval", type=float, default=10.0, metavar="S",
+                   help="seconds between rounds when idle (default 10)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary per round")
+
     p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
                        description="Check a patient in; prints the queue number after commit.")
     _data(p)
@@ -96,12 +118,36 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from device.enrol import write_request
     from device.store import init_store
 
     with init_store(args.data, args.site, args.letter, args.fleet_key) as store:
+        request = write_request(store)
         print(f"kiosk {store.node:08x} ready in {args.data} "
-              f"(site {args.site!r}, letter {args.letter.upper()})")
+              f"(site {args.site!r}, letter {args.letter.upper()}); "
+              f"enrolment request in {request}")
     return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from device.enrol import install
+
+    try:
+        doc = args.cert.read_bytes()
+    except OSError as exc:
+        print(f"haven-kiosk enroll: cannot read {args.cert}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with _open(args) as store:
+        cert = install(store, doc)
+    print(f"kiosk {cert.device_id} enrolled: site {cert.site!r}, letter {cert.letter}, "
+          f"hub {cert.hub_x25519.hex()}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from device.sync import run_sync
+
+    return run_sync(args)
 
 
 def cmd_checkin(args: argparse.Namespace) -> int:
@@ -183,7 +229,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "init": cmd_init, "checkin": cmd_checkin, "put": cmd_put, "delete": cmd_delete,
+    "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "checkin": cmd_checkin,
+    "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "schema": cmd_schema,
 }
 

@@ -1,0 +1,93 @@
+"""The kiosk's side of enrolment: its own keys, its request, its certificate.
+
+Theory of operation
+-------------------
+``ensure_keys`` creates the kiosk's X25519 key (its session identity, and
+what the fleet key is sealed to) and Ed25519 key (it signs its batch chain)
+as owner-only files in the data directory; the private keys never leave it.
+``write_request`` writes ``enrolment.req``: the public keys, node, site and
+requested letter, signed by the Ed25519 key. ``install`` checks that a
+certificate names this kiosk's keys and node, opens the sealed fleet key,
+installs it with the letter the hub assigned (``device.store.create``
+refuses a new fleet key once patients exist), and keeps the certificate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from protocol import sync_cert
+from protocol.errors import ProtocolError
+
+from .store import Store, StoreError
+from .store.create import configure
+from .store.keys import read_secret, write_secret
+
+X_KEY, ED_KEY = "kiosk_x25519.key", "kiosk_ed25519.key"
+REQUEST, CERT = "enrolment.req", "certificate"
+
+
+class NotEnrolled(StoreError):
+    code = "not-enrolled"
+
+
+def ensure_keys(data: Path) -> tuple[X25519PrivateKey, Ed25519PrivateKey]:
+    if not (data / X_KEY).exists():
+        write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
+    if not (data / ED_KEY).exists():
+        write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
+    return (X25519PrivateKey.from_private_bytes(read_secret(data / X_KEY, "kiosk key")),
+            Ed25519PrivateKey.from_private_bytes(read_secret(data / ED_KEY, "kiosk key")))
+
+
+def write_request(store: Store) -> Path:
+    """Write ``DIR/enrolment.req`` for this kiosk; returns its path."""
+    x_key, ed_key = ensure_keys(store.data)
+    st = store.status()
+    doc = sync_cert.make_request(store.node, st["site"], st["letter"], x_key, ed_key)
+    path = store.data / REQUEST
+    path.write_bytes(doc)
+    return path
+
+
+def install(store: Store, cert_doc: bytes) -> sync_cert.Certificate:
+    """Check and install a certificate from the hub."""
+    x_key, _ = ensure_keys(store.data)
+    try:
+        cert = sync_cert.read_certificate(cert_doc)
+        if cert.x25519 != x_key.public_key().public_bytes_raw() or cert.node != store.node:
+            raise StoreError("this certificate was issued to another kiosk", "wrong-certificate")
+        fleet = sync_cert.open_sealed(cert.fleet_sealed, x_key)
+    except ProtocolError as exc:
+        raise StoreError(f"bad certificate: {exc}", exc.code) from None
+    configure(store, cert.site, cert.letter, fleet)
+    path = store.data / CERT
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(cert_doc)
+    tmp.replace(path)
+    return cert
+
+
+@dataclass(frozen=True)
+class Identity:
+    x_key: X25519PrivateKey
+    ed_key: Ed25519PrivateKey
+    cert: sync_cert.Certificate
+
+
+def load(data: Path) -> Identity:
+    """The kiosk's keys and certificate, or ``NotEnrolled``."""
+    try:
+        doc = (data / CERT).read_bytes()
+    except FileNotFoundError:
+        raise NotEnrolled(f"kiosk in {data} is not enrolled; run: haven-kiosk enroll") from None
+    x_key, ed_key = ensure_keys(data)
+    try:
+        cert = sync_cert.read_certificate(doc)
+    except ProtocolError as exc:
+        raise StoreError(f"bad certificate: {exc}", exc.code) from None
+    return Identity(x_key, ed_key, cert)

@@ -1,0 +1,284 @@
+"""``haven-kiosk sync``: one round, and the loop of rounds with backoff.
+
+Theory of operation
+-------------------
+``Round`` is one sync round over an open session, without I/O: it says
+hello (certificate, version vector, cursor, chain head), takes the hub's
+time and checkpoint from the welcome, then pushes and pulls at once:
+
+* push, one batch in flight: a saved, unacknowledged batch is sent again as
+  it was; otherwise the outbox's next entries (lane order, a byte budget)
+  become batch ``n`` of the chain, saved (``sync_state``) before it is sent.
+  On the hub's ack the entries leave the outbox (those it quarantined are
+  marked so) and the batch is marked acknowledged.
+* pull: ``sync-pull`` from the saved cursor; each page is merged durably
+  (``Store.merge``) before the new cursor is saved.
+
+The round is done when the outbox is empty, nothing is in flight and the
+last page said no more. ``run_round`` drives a round over one URL with a
+time limit; ``run_sync`` tries the URLs in order, and after a failure of all
+of them waits with exponential backoff and jitter (``--once`` gives up at
+``--timeout``). A refusal by the hub (revoked, unknown, wrong certificate)
+ends the run at once with its reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import messages, sync
+from protocol.session import Session
+from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
+
+from .enrol import Identity, load
+from .store import Store, StoreError
+from .sync_link import LinkError, open_link
+from .sync_state import SEAL_LABEL, SyncState
+
+BATCH_BYTES = 48 * 1024
+REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
+            "auth")
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
+
+
+class SyncFailed(Exception):
+    """This round failed; another may succeed."""
+
+
+class SyncRefused(SyncFailed):
+    """The hub refused this kiosk; retrying will not help."""
+
+
+@dataclass
+class Summary:
+    batches: int = 0
+    pushed: int = 0
+    quarantined: int = 0
+    pulled: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    url: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 20))
+    return float(ceiling / 2 + rng.random() * ceiling / 2)
+
+
+class Round:
+    def __init__(self, store: Store, state: SyncState, ident: Identity) -> None:
+        self.store, self.state, self.ident = store, state, ident
+        self.device = ident.cert.device_id
+        self.in_flight: tuple[int, bytes, list[int]] | None = None
+        self.push_done = self.pull_done = False
+        self.welcomed = False
+        self.summary = Summary()
+
+    @property
+    def done(self) -> bool:
+        return self.welcomed and self.push_done and self.pull_done and self.in_flight is None
+
+    def hello(self) -> list[tuple[int, bytes]]:
+        seq, hash_ = self.state.head()
+        msg = messages.make("sync-hello", cert=self.ident.cert.raw,
+                            vv=self.store.version_vector().to_wire(), cursor=self.state.cursor,
+                            seq=seq, hash=hash_, time=wall_ms())
+        return [(0, messages.encode(msg))]
+
+    def on_message(self, data: bytes) -> list[tuple[int, bytes]]:
+        msg = messages.decode(data)
+        if msg.type == sync.WELCOME.number:
+            return self._welcome(msg)
+        if msg.type == sync.ACK.number:
+            return self._ack(msg)
+        if msg.type == sync.REJECT.number:
+            raise SyncFailed(f"the hub refused batch {msg.get('seq')}: {msg.get('reason')} "
+                             f"{msg.get('detail', '')}")
+        if msg.type == sync.CHANGES.number:
+            return self._changes(msg)
+        return []
+
+    def _welcome(self, msg: messages.Message) -> list[tuple[int, bytes]]:
+        self.welcomed = True
+        self.state.set("clock_offset", msg.get("time") - wall_ms())
+        hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
+        seq, _ = self.state.head()
+        if hub_seq > seq:
+            self.state.adopt(hub_seq, hub_hash)  # our checkpoints were lost; the hub's stand
+        elif hub_seq and self.state.batch_hash(hub_seq) not in (None, hub_hash):
+            raise SyncRefused(f"the hub's batch {hub_seq} is not ours: chain forked")
+        pull = messages.make("sync-pull", cursor=self.state.cursor)
+        return [(0, messages.encode(pull)), *self._push()]
+
+    def _push(self) -> list[tuple[int, bytes]]:
+        if self.in_flight is not None:
+            return []
+        pending = self.state.pending()
+        if pending:
+            seq, prev, lane, entries, sealed, sig = pending[0]
+            payload = self.store.cipher.open_blob(SEAL_LABEL, sealed)
+            batch = sync.Batch(seq, prev, payload, sig, lane)
+        else:
+            out = self.store.outbox_batch(self.store.clock(), max_bytes=BATCH_BYTES)
+            if not out:
+                self.push_done = True
+                return []
+            seq, prev = self.state.head()
+            seq += 1
+            lane = min(e.lane for e in out)
+            entries = [e.seq for e in out]
+            batch = sync.make_batch(self.ident.ed_key, self.device, seq, prev,
+                                    [e.data for e in out], lane)
+            self.state.save_batch(seq, prev, batch.hash, lane, entries,
+                                  self.store.cipher.seal_blob(SEAL_LABEL, batch.payload),
+                                  batch.sig)
+        self.in_flight = (batch.seq, batch.hash, entries)
+        msg = messages.make("sync-batch", seq=batch.seq, prev=batch.prev, payload=batch.payload,
+                            sig=batch.sig, lane=batch.lane)
+        return [(min(batch.lane, 3), messages.encode(msg))]
+
+    def _ack(self, msg: messages.Message) -> list[tuple[int, bytes]]:
+        if self.in_flight is None or (msg.get("seq"), msg.get("hash")) != self.in_flight[:2]:
+            return []  # not for the batch in flight: removes nothing
+        seq, _, entries = self.in_flight
+        bad = {entries[i] for i in msg.get("quarantined") or [] if 0 <= i < len(entries)}
+        for entry in sorted(bad):
+            self.store.outbox_reject(entry, "hub-quarantined")
+        self.store.outbox_ack([e for e in entries if e not in bad])
+        self.state.mark_acked(seq)
+        self.in_flight = None
+        self.summary.batches += 1
+        self.summary.pushed += len(entries) - len(bad)
+        self.summary.quarantined += len(bad)
+        return self._push()
+
+    def _changes(self, msg: messages.Message) -> list[tuple[int, bytes]]:
+        deltas = sync.unpack(msg.get("payload"))
+        if deltas:
+            self.store.merge(deltas)
+        self.state.set("cursor", msg.get("cursor"))
+        self.summary.pulled += len(deltas)
+        if msg.get("more"):
+            return [(0, messages.encode(messages.make("sync-pull", cursor=msg.get("cursor"))))]
+        self.pull_done = True
+        return []
+
+
+def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
+              baud: int | None = None, limit: float = 60.0) -> Summary:
+    """One round over ``url``; raises ``SyncFailed`` (or ``SyncRefused``)."""
+    try:
+        link = open_link(url, baud)
+    except LinkError as exc:
+        raise SyncFailed(str(exc)) from None
+    start = time.monotonic()
+    config = SessionConfig(stream=link.stream, rate=baud / 10 if baud and not link.stream
+                           else None, keepalive=5.0, dead_timeout=min(limit, 60.0),
+                           max_message=1 << 20, send_buffer=2 << 20)
+    session = Session(initiator=True, config=config, static_key=ident.x_key,
+                      remote_static=ident.cert.hub_x25519, now=start)
+    rnd = Round(store, state, ident)
+    rnd.summary.url = url
+    try:
+        while not rnd.done:
+            now = time.monotonic()
+            if now - start > limit:
+                raise SyncFailed(f"round over {url} took longer than {limit:g} s")
+            out = session.data_to_send(now)
+            if out:
+                link.write(out)
+            deadline = session.next_deadline()
+            link.wait(0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
+            data = link.read()
+            if data is None:
+                raise SyncFailed(f"the hub at {url} closed the connection")
+            session.receive_data(data, time.monotonic())
+            while (event := session.next_event()) is not None:
+                replies: list[tuple[int, bytes]] = []
+                if isinstance(event, Connected):
+                    replies = rnd.hello()
+                elif isinstance(event, MessageReceived):
+                    replies = rnd.on_message(event.data)
+                elif isinstance(event, Closed):
+                    what = f"{event.reason}: {event.detail}" if event.detail else event.reason
+                    if event.reason in REFUSALS:
+                        raise SyncRefused(f"the hub refused this kiosk ({what})")
+                    raise SyncFailed(f"session closed ({what})")
+                for lane, msg in replies:
+                    session.send_message(lane, msg)
+        session.close("done")
+        link.write(session.data_to_send(time.monotonic()))
+    except LinkError as exc:
+        raise SyncFailed(str(exc)) from None
+    finally:
+        rnd.summary.bytes_sent = session.stats.bytes_sent
+        rnd.summary.bytes_received = session.stats.bytes_received
+        link.close()
+    return rnd.summary
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    ident = load(args.data)
+    state = SyncState(args.data)
+    offset = state.clock_offset
+    store = Store(args.data, clock=lambda: wall_ms() + offset)
+    rng = random.Random()
+    attempt = 0
+    give_up = time.monotonic() + args.timeout
+    try:
+        while True:
+            failures = []
+            for url in args.hub:
+                left = give_up - time.monotonic() if args.once else 60.0
+                if left <= 0:
+                    break
+                try:
+                    summary = run_round(store, state, ident, url, baud=args.baud,
+                                        limit=min(left, 60.0))
+                except SyncRefused as exc:
+                    print(f"haven-kiosk sync: {exc}", file=sys.stderr)
+                    return 4
+                except (SyncFailed, StoreError, ValueError) as exc:
+                    failures.append(f"{url}: {exc}")
+                    continue
+                _report(summary, args.json)
+                attempt = 0
+                if args.once:
+                    return 0
+                break
+            else:
+                attempt += 1
+            if failures:
+                print("haven-kiosk sync: " + "; ".join(failures), file=sys.stderr)
+            wait = backoff(attempt, rng) if attempt else args.interval
+            if args.once:
+                wait = min(wait, give_up - time.monotonic())
+                if wait <= 0:
+                    print("haven-kiosk sync: gave up: not everything was acknowledged",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(wait)
+    finally:
+        store.close()
+        state.close()
+
+
+def _report(s: Summary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: v for k, v in vars(s).items() if k != "extra"}, sort_keys=True),
+              flush=True)
+    else:
+        print(f"synced via {s.url}: {s.batches} batches, {s.pushed} deltas up"
+              f" ({s.quarantined} quarantined), {s.pulled} down, {s.bytes_sent} B sent,"
+              f" {s.bytes_received} B received", flush=True)

@@ -1,0 +1,108 @@
+"""The kiosk's sync checkpoints: its batch chain and its pull cursor, in ``sync.db``.
+
+Theory of operation
+-------------------
+A batch is saved here (sealed with the store's field cipher: no patient data
+in plaintext on disk) with its sequence, hash and the outbox entries it
+carries, and the chain head moves to it, all in one durable transaction,
+before the batch is first sent. So a kiosk that dies after sending sends the
+very same bytes again, and the chain cannot fork. The batch is marked
+acknowledged after the outbox entries left the store; if the kiosk dies in
+between, the batch is sent again and the hub acknowledges it again without
+applying it twice. The pull cursor is saved only after the pulled deltas
+were merged durably. The hub's clock offset is kept too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.sync import GENESIS
+
+DB_NAME = "sync.db"
+SEAL_LABEL = b"haven-sync-batch"
+
+
+@dataclass(frozen=True)
+class SavedBatch:
+    seq: int
+    prev: bytes
+    lane: int
+    entries: list[int]
+    payload: bytes
+    sig: bytes
+
+
+class SyncState:
+    def __init__(self, data: Path) -> None:
+        path = Path(data) / DB_NAME
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+        self.db.execute("""CREATE TABLE IF NOT EXISTS batches (
+            seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL,
+            lane INTEGER NOT NULL, entries TEXT NOT NULL, sealed BLOB, sig BLOB NOT NULL,
+            acked INTEGER NOT NULL DEFAULT 0)""")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get_int(self, key: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return int(row[0]) if row else 0
+
+    def set(self, key: str, value: object) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    @property
+    def cursor(self) -> int:
+        return self.get_int("cursor")
+
+    @property
+    def clock_offset(self) -> int:
+        return self.get_int("clock_offset")
+
+    def head(self) -> tuple[int, bytes]:
+        row = self.db.execute("SELECT seq, hash FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], bytes(row[1])) if row else (0, GENESIS)
+
+    def save_batch(self, seq: int, prev: bytes, hash_: bytes, lane: int, entries: list[int],
+                   sealed: bytes, sig: bytes) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.head() != (seq - 1, prev):
+                raise RuntimeError("the chain moved under this batch")
+            self.db.execute("INSERT INTO batches (seq, prev, hash, lane, entries, sealed, sig)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [seq, prev, hash_, lane, json.dumps(entries), sealed, sig])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def pending(self) -> list[tuple[int, bytes, int, list[int], bytes, bytes]]:
+        """Saved batches not yet acknowledged: (seq, prev, lane, entries, sealed, sig)."""
+        return [(s, bytes(p), lane, json.loads(e), bytes(x), bytes(g))
+                for s, p, lane, e, x, g in self.db.execute(
+                    "SELECT seq, prev, lane, entries, sealed, sig FROM batches"
+                    " WHERE acked = 0 ORDER BY seq")]
+
+    def batch_hash(self, seq: int) -> bytes | None:
+        row = self.db.execute("SELECT hash FROM batches WHERE seq = ?", [seq]).fetchone()
+        return bytes(row[0]) if row else None
+
+    def mark_acked(self, seq: int) -> None:
+        """The hub committed it and its entries left the outbox: drop the payload."""
+        self.db.execute("UPDATE batches SET acked = 1, sealed = NULL WHERE seq = ?", [seq])
+
+    def adopt(self, seq: int, hash_: bytes) -> None:
+        """Restart the chain from the hub's checkpoint (our own record of it was lost)."""
+        self.db.execute("INSERT OR REPLACE INTO batches (seq, prev, hash, lane, entries, sig,"
+                        " acked) VALUES (?, ?, ?, 0, '[]', x'', 1)", [seq, GENESIS, hash_])
