@@ -1,0 +1,92 @@
+"""The hub refuses forged, replayed, tampered and out-of-chain batches, revoked kiosks and
+borrowed certificates, logs each, and keeps serving the other kiosks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device import enrol
+from device.sync import Round, SyncRefused, run_round, wall_ms
+from host.hub.sync import HubPeer
+from protocol import messages, sync
+
+from .test_sync_helpers import Kiosk, served_hub
+
+
+def _peer(hub: object, k: Kiosk) -> HubPeer:
+    from host.hub.hub import Hub
+
+    assert isinstance(hub, Hub)
+    peer = HubPeer(hub.store, hub.ed_public, k.ident.cert.x25519, wall_ms)
+    (_, hello), = Round(k.store, k.state, k.ident).hello()
+    (_, welcome), = peer.on_message(hello)
+    assert messages.decode(welcome).name == "sync-welcome"
+    return peer
+
+
+def _send(peer: HubPeer, b: sync.Batch) -> messages.Message:
+    msg = messages.make("sync-batch", seq=b.seq, prev=b.prev, payload=b.payload, sig=b.sig)
+    (_, reply), = peer.on_message(messages.encode(msg))
+    return messages.decode(reply)
+
+
+def test_bad_batches_are_refused_and_others_keep_syncing(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        evil, good = Kiosk(tmp_path, "e", hub, "E"), Kiosk(tmp_path, "g", hub, "G")
+        evil.store.checkin(name="Eve")
+        deltas = [e.data for e in evil.store.outbox_batch()]
+        peer = _peer(hub, evil)
+        dev = evil.device
+        key = evil.ident.ed_key
+        first = sync.make_batch(key, dev, 1, sync.GENESIS, deltas[:1])
+        # Forged: signed by a key that is not the kiosk's.
+        forged = sync.make_batch(Ed25519PrivateKey.generate(), dev, 1, sync.GENESIS, deltas)
+        assert _send(peer, forged).get("reason") == "forged"
+        # Tampered: a real batch with its payload changed.
+        tampered = sync.Batch(1, sync.GENESIS, sync.pack(deltas), first.sig)
+        assert _send(peer, tampered).get("reason") == "forged"
+        # Out of chain: a gap, and a wrong previous hash.
+        assert _send(peer, sync.make_batch(key, dev, 3, sync.GENESIS, deltas)).get(
+            "reason") == "out-of-chain"
+        assert _send(peer, sync.make_batch(key, dev, 1, b"\x01" * 32, deltas)).get(
+            "reason") == "out-of-chain"
+        assert _send(peer, first).name == "sync-ack"
+        # Replayed: the same batch again is acknowledged and applied once; another batch
+        # under a used sequence number is refused.
+        assert _send(peer, first).name == "sync-ack"
+        assert _send(peer, sync.make_batch(key, dev, 1, sync.GENESIS, deltas[1:])).get(
+            "reason") == "replay"
+        # A delta written by another node inside this kiosk's batch is quarantined.
+        good.store.checkin(name="Gil")
+        foreign = [e.data for e in good.store.outbox_batch()]
+        ack = _send(peer, sync.make_batch(key, dev, 2, first.hash, foreign + deltas[1:]))
+        assert ack.name == "sync-ack" and ack.get("quarantined") == list(range(len(foreign)))
+        assert len(list(hub.store.all_ops())) == len(deltas)
+        codes = {e["code"] for e in hub.store.events()}
+        assert {"forged", "out-of-chain", "replay", "duplicate", "quarantined"} <= codes
+        assert good.sync(url).pushed == len(foreign)
+        evil.close()
+        good.close()
+
+
+def test_revoked_and_borrowed_certificates_are_refused(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        a, b, c = (Kiosk(tmp_path, n, hub, n.upper()) for n in "abc")
+        for k in (a, b, c):
+            k.store.checkin(name="X")
+        hub.revoke(b.device)
+        with pytest.raises(SyncRefused, match="revoked"):
+            b.sync(url)
+        # c presents a's certificate with its own key.
+        borrowed = enrol.Identity(c.ident.x_key, c.ident.ed_key, a.ident.cert)
+        with pytest.raises(SyncRefused, match="wrong-certificate"):
+            run_round(c.store, c.state, borrowed, url, limit=10)
+        assert a.sync(url).pushed == 2
+        assert c.sync(url).pushed == 2
+        codes = [e["code"] for e in hub.store.events()]
+        assert "revoked" in codes and "wrong-certificate" in codes
+        for k in (a, b, c):
+            k.close()
