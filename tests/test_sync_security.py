@@ -90,3 +90,15 @@ def test_revoked_and_borrowed_certificates_are_refused(tmp_path: Path) -> None:
         assert "revoked" in codes and "wrong-certificate" in codes
         for k in (a, b, c):
             k.close()
+
+
+def test_hub_quarantines_deltas_stamped_too_far_ahead(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        k = Kiosk(tmp_path, "k", hub, "A")
+        k.store.put("note", values={}, now_ms=wall_ms() + 3600_000)  # an hour ahead
+        s = k.sync(url)
+        assert (s.pushed, s.quarantined) == (0, 1)
+        assert [q["code"] for q in hub.store.quarantined()] == ["clock-ahead"]
+        assert [q["error"] for q in k.store.status()["outbox"]["quarantined"]] == \
+            ["hub-quarantined"]
+        k.close()
