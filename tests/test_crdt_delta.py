@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.crdt import delta as delta_mod
 from protocol.crdt.clock import Dot, pack
-from protocol.crdt.delta import DELETE, PUT, Delta, decode, encode
+from protocol.crdt.delta import DELETE, PUT, Delta, decode, decode_many, encode
 from protocol.crdt.replica import Replica
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 
@@ -122,3 +125,75 @@ def test_mangled_bytes_are_refused_or_decode_canonically(delta: Delta, data: st.
 
 def test_stamp_layout() -> None:
     assert pack(1, 2) == (1 << 16) | 2
+
+
+def _same(a: Delta | RemoteProtocolError, b: Delta | RemoteProtocolError) -> bool:
+    if isinstance(a, RemoteProtocolError) or isinstance(b, RemoteProtocolError):
+        return (type(a), getattr(a, "code", None), str(a)) == (
+            type(b), getattr(b, "code", None), str(b))
+    return a == b and encode(a) == encode(b)
+
+
+def _decode_or_error(data: bytes) -> Delta | RemoteProtocolError:
+    try:
+        return decode(data)
+    except RemoteProtocolError as exc:
+        return exc
+
+
+_TAGGED = [
+    cbor2.dumps(cbor2.CBORTag(2, b"\x01" + bytes(9))),  # a bignum
+    bytes([0xD9, 0xD9, 0xF7, 0x01]),  # self-describe tag around 1
+    bytes([0xD8, 0x1C, 0x81, 0x01]),  # shareable [1]
+    cbor2.dumps(cbor2.CBORTag(1, 5)),  # epoch time
+    cbor2.dumps(cbor2.CBORTag(99, "x")),  # an unknown tag
+    bytes([0xF7]), bytes([0xF8, 0x20]), bytes([0xF9, 0x3C, 0x00]),  # undefined, simple, 1.0 half
+    bytes([0xFB]) + struct.pack(">d", 1.0),  # 1.0 as a double: not the shortest form
+    bytes([0x5F, 0x41, 0x00, 0xFF]), bytes([0x61, 0xFF]),  # indefinite bytes, bad UTF-8
+    bytes([0xA2, 0x01, 0x01, 0x01, 0x02]),  # duplicate map key
+    bytes([0x81] * 20 + [0x00]),  # deep nesting
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(deltas(), min_size=1, max_size=6), st.data())
+def test_decode_many_answers_as_decode(batch: list[Delta], data: st.DataObject) -> None:
+    items = [encode(d) for d in batch]
+    for i in range(len(items)):
+        how = data.draw(st.sampled_from(["keep", "flip", "cut", "tag", "swap"]))
+        raw = bytearray(items[i])
+        if how == "flip":
+            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        elif how == "cut":
+            del raw[data.draw(st.integers(0, len(raw) - 1)):]
+        elif how == "tag":  # put a tagged or odd item where the last value was
+            obj = cbor2.loads(bytes(raw))
+            raw = bytearray(cbor2.dumps(obj[:-1], canonical=True))
+            raw[0] += 1 if raw[0] < 0x97 else 0
+            raw += data.draw(st.sampled_from(_TAGGED))
+        elif how == "swap" and len(raw) > 6:  # a delta borrowing bytes of the next
+            items[i - 1] = items[i - 1] + bytes(raw[:2])
+            raw = raw[2:]
+        items[i] = bytes(raw)
+    got = decode_many(items)
+    assert len(got) == len(items)
+    for item, answer in zip(items, got, strict=True):
+        assert _same(answer, _decode_or_error(item))
+
+
+def test_decode_many_decodes_valid_deltas_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    rep = Replica(0xABC)
+    rid = uuid.uuid4().bytes
+    items = [rep.put(rid, "patient", 1_790_000_000_000 + i, {"name": f"n{i}"},
+                     add={"allergies": [f"a{i}"]}) for i in range(50)]
+    items.append(rep.delete(rid, 1_790_000_000_100))
+    expected = [decode(d) for d in items]
+    calls: list[bytes] = []
+    monkeypatch.setattr(delta_mod, "decode", lambda d: calls.append(d) or expected[0])
+    assert delta_mod.decode_many(items) == expected
+    assert calls == []  # none needed the one-by-one path
+    bad = [items[0], b"\xff", items[1][:-1], items[2]]
+    monkeypatch.undo()
+    got = decode_many(bad)
+    assert got[0] == expected[0] and got[3] == expected[2]
+    assert isinstance(got[1], RemoteProtocolError) and isinstance(got[2], RemoteProtocolError)

@@ -2,18 +2,24 @@
 
 Theory of operation
 -------------------
-``merge`` cuts the deltas into slices of ``slice_size``; each slice is one
-``BULK`` job on the writer thread and one transaction, so a check-in that
-arrives meanwhile waits for one slice at most. In its slice, every delta is
-decoded and checked (strict CBOR, the delta's shape, a stamp not too far
-ahead of our clock, values that fit the fields this schema knows); one that
-fails goes to quarantine, sealed, with its reason code, and the rest go on.
-Stamps are observed (the clock moves past them) but never rewritten.
+``merge`` cuts the deltas into slices of at most ``slice_size``; each slice
+is one ``BULK`` job on the writer thread. A slice works through its deltas
+in chunks of ``CHUNK``: each chunk is decoded as one batch
+(``delta.decode_many``: strict, with the same answers as one by one) and
+checked (a stamp not too far ahead of our clock, values that fit the fields
+this schema knows); one that fails goes to quarantine, sealed, with its
+reason code, and the rest merge. Chunks share a transaction until the slice
+ends, ``TXN_BUDGET_S`` has passed, or an urgent job (a check-in) is waiting;
+then the transaction commits and waiting check-ins run before the next one.
+So a check-in waits for one chunk and one commit at most, while a merge
+without company commits rarely. Stamps are observed (the clock moves past
+them) but never rewritten.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,8 +27,8 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 
 from protocol import strict_cbor
-from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, wall_of
-from protocol.crdt.delta import Delta, decode
+from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, LOGICAL_BITS, wall_of
+from protocol.crdt.delta import Delta, decode, decode_many
 from protocol.crdt.replica import check_known_fields
 from protocol.errors import RemoteProtocolError
 
@@ -33,6 +39,11 @@ from .writer import BULK
 if TYPE_CHECKING:
     from .store import Store
 
+#: Deltas decoded and merged together; a waiting check-in waits for one chunk at most.
+CHUNK = 64
+#: How long one merge transaction may grow before it commits anyway.
+TXN_BUDGET_S = 0.02
+
 
 @dataclass(frozen=True)
 class MergeReport:
@@ -42,7 +53,7 @@ class MergeReport:
 
 
 def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int) -> MergeReport:
-    # Decoding runs on the writer thread, slice by slice: a second CPU-bound thread
+    # Decoding runs on the writer thread, chunk by chunk: a second CPU-bound thread
     # would make every check-in fight for the interpreter lock.
     items = list(deltas)
     futures = [
@@ -68,25 +79,60 @@ def check(data: bytes, now: int) -> Delta:
     return delta
 
 
-def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
-           now: int) -> tuple[int, int, int]:
+def _checked(part: list[bytes], now: int
+             ) -> tuple[list[tuple[Delta, bytes]], list[tuple[str, str, bytes]]]:
+    """``check`` for each delta of ``part``, decoded as one batch."""
     good: list[tuple[Delta, bytes]] = []
     bad: list[tuple[str, str, bytes]] = []
-    for data in part:
+    limit = (now + DEFAULT_MAX_AHEAD_MS + 1) << LOGICAL_BITS  # first stamp too far ahead
+    for data, got in zip(part, decode_many(part), strict=True):
         try:
-            good.append((check(data, now), data))
+            if isinstance(got, RemoteProtocolError):
+                raise got
+            if got.stamp >= limit:
+                raise RemoteProtocolError("stamp too far ahead of the local clock",
+                                          "clock-ahead")
+            check_known_fields(got)
         except RemoteProtocolError as exc:
             bad.append((exc.code, str(exc), data))
-    with atomic(db):
-        new, dup = merge_slice(db, store.cipher, good)
-        for code, reason, data in bad:
-            sealed = store.cipher.seal_blob(b"quarantine", strict_cbor.dumps([reason, data]))
-            db.execute("INSERT INTO quarantine (received_at, code, sealed) VALUES (?, ?, ?)",
-                       [now, code, sealed])
-        for delta, _ in good:
-            if delta.stamp > store.hlc.last:
-                store.hlc.last = delta.stamp
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)",
-                   [str(store.hlc.last)])
-    store._after_commit(db)
-    return new, dup, len(bad)
+        else:
+            good.append((got, data))
+    return good, bad
+
+
+def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
+           now: int) -> tuple[int, int, int]:
+    writer = store._writer
+    new = dup = quarantined = 0
+    pos = 0
+    while pos < len(part):
+        deadline = time.perf_counter() + TXN_BUDGET_S
+        first = pos
+        with atomic(db):
+            while pos < len(part):
+                chunk = part[pos:pos + CHUNK]
+                pos += len(chunk)
+                good, bad = _checked(chunk, now)
+                n, d = merge_slice(db, store.cipher, good)
+                new += n
+                dup += d
+                quarantined += len(bad)
+                if bad:
+                    sealed = store.cipher.seal_blobs([
+                        (b"quarantine", strict_cbor.dumps([reason, data]))
+                        for _, reason, data in bad])
+                    db.conn.executemany(
+                        "INSERT INTO quarantine (received_at, code, sealed) VALUES (?, ?, ?)",
+                        [(now, code, blob) for (code, _, _), blob in zip(bad, sealed,
+                                                                         strict=True)])
+                if good:
+                    top = max(d.stamp for d, _ in good)
+                    if top > store.hlc.last:
+                        store.hlc.last = top
+                if writer.urgent_waiting() or time.perf_counter() > deadline:
+                    break
+            db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)",
+                            [str(store.hlc.last)])
+        store._after_commit(db, pos - first)
+        writer.run_urgent(db)
+    return new, dup, quarantined

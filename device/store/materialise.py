@@ -28,9 +28,12 @@ them to it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import cbor2
 import sqlite_utils
 
 from protocol import strict_cbor
@@ -58,17 +61,33 @@ ON CONFLICT (rid) DO UPDATE SET heads = excluded.heads
 """
 
 
+_DOT = struct.Struct(">IQ")  # Dot.to_bytes: node, stamp
+_canonical: Callable[[Any], bytes] = functools.partial(cbor2.dumps, canonical=True)
+
+
 def op_label(rid: bytes, dot: Dot) -> bytes:
-    return b"op" + rid + dot.to_bytes()
+    return b"op" + rid + _DOT.pack(dot.node, dot.stamp)
+
+
+def _op_label(rid: bytes, stamp: int, node: int) -> bytes:
+    return b"op" + rid + _DOT.pack(node, stamp)
 
 
 def heads_blob(heads: Iterable[Dot]) -> bytes:
     return strict_cbor.dumps([x for d in sorted(heads) for x in (d.node, d.stamp)])
 
 
+def _one_head(stamp: int, node: int) -> bytes:
+    return _canonical([node, stamp])
+
+
 def parse_heads(blob: bytes) -> set[Dot]:
-    flat = strict_cbor.loads(blob)
-    return {Dot(flat[i + 1], flat[i]) for i in range(0, len(flat), 2)}
+    # Written by this store, never received: cbor2 alone reads it (a damaged blob raises).
+    try:
+        flat = cbor2.loads(blob)
+        return {Dot(flat[i + 1], flat[i]) for i in range(0, len(flat), 2)}
+    except (cbor2.CBORDecodeError, TypeError, IndexError, ValueError) as exc:
+        raise CorruptData(f"stored heads do not decode: {exc}") from None
 
 
 def load_log(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> RecordLog:
@@ -158,45 +177,58 @@ def read_view(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes, rtype:
                       tuple(conflicts), dots)
 
 
-def persist_fast(db: sqlite_utils.Database, cipher: FieldCipher, delta: Delta, data: bytes,
-                 local: bool) -> None:
-    """A local put on a clean record: the fast path without the slice's bookkeeping."""
-    insert_op(db, cipher, delta, data, local)
-    rid = delta.record_id
-    db.conn.executemany(UPSERT_FIELD, [
-        (rid, k, delta.stamp, delta.node,
-         cipher.seal_field(rid, k, delta.stamp, delta.node, strict_cbor.dumps(v)))
-        for k, v in delta.set.items()])
-    db.execute(FAST_RECORD, [rid, delta.type, heads_blob([delta.dot])])
+def persist_fast(db: sqlite_utils.Database, cipher: FieldCipher,
+                 writes: Sequence[tuple[Delta, bytes]], local: bool) -> None:
+    """Puts on clean records that saw every head: the fast path without the slice's
+    bookkeeping (the caller checked). One ``executemany`` per table."""
+    conn = db.conn
+    sealed = cipher.seal_blobs([(_op_label(d.record_id, d.stamp, d.node), data)
+                                for d, data in writes])
+    conn.executemany(INSERT_OP, [
+        (d.record_id, d.stamp, d.node, d.type, int(local), blob)
+        for (d, _), blob in zip(writes, sealed, strict=True)])
+    rows = [(d.record_id, k, d.stamp, d.node, _canonical(v))
+            for d, _ in writes for k, v in d.set.items()]
+    conn.executemany(UPSERT_FIELD, [
+        (rid, k, stamp, node, blob)
+        for (rid, k, stamp, node, _), blob in zip(rows, cipher.seal_fields(rows), strict=True)])
+    conn.executemany(FAST_RECORD, [(d.record_id, d.type, _one_head(d.stamp, d.node))
+                                   for d, _ in writes])
+
+
+_LOOKUP = 400  # record ids per IN (...) query
 
 
 def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
                 items: list[tuple[Delta, bytes]], local: bool = False) -> tuple[int, int]:
     """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's transaction."""
-    rids = sorted({d.record_id for d, _ in items})
-    state: dict[bytes, tuple[int, set[Dot], bool]] = {}
-    seen: dict[bytes, set[Dot]] = {rid: set() for rid in rids}
-    for i in range(0, len(rids), 500):
-        chunk = rids[i:i + 500]
+    conn = db.conn
+    rids = list({d.record_id: None for d, _ in items})
+    state: dict[bytes, tuple[int, Any, bool]] = {}  # heads: a set of dots, or one (stamp, node)
+    seen: dict[bytes, set[tuple[int, int]]] = {rid: set() for rid in rids}
+    for i in range(0, len(rids), _LOOKUP):
+        chunk = rids[i:i + _LOOKUP]
         marks = ",".join("?" * len(chunk))
-        for rid, rtype, n_conf, has_delete, heads in db.execute(
+        for rid, rtype, n_conf, has_delete, heads in conn.execute(
             f"SELECT rid, type, n_conflicts, has_delete, heads FROM records WHERE rid IN ({marks})",
             chunk,
-        ).fetchall():
+        ):
             state[rid] = (rtype, parse_heads(heads), bool(n_conf or has_delete))
-        for rid, stamp, node in db.execute(
+        for rid, stamp, node in conn.execute(
             f"SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})", chunk
-        ).fetchall():
-            seen[rid].add(Dot(stamp, node))
+        ):
+            seen[rid].add((stamp, node))
     slow: set[bytes] = set()
     fresh: list[tuple[Delta, bytes]] = []
     duplicates = 0
     for delta, data in items:
         rid = delta.record_id
-        if delta.dot in seen[rid]:
+        stamp, node = delta.stamp, delta.node
+        dots = seen[rid]
+        if (stamp, node) in dots:
             duplicates += 1
             continue
-        seen[rid].add(delta.dot)
+        dots.add((stamp, node))
         fresh.append((delta, data))
         if rid in slow:
             continue
@@ -205,24 +237,34 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
             covers, rtype, messy = True, delta.type, False
         else:
             rtype, heads, messy = current
-            covers = all(h in delta.ctx or (h.node == delta.node and h.stamp < delta.stamp)
-                         for h in heads)
-        if (messy or not covers or delta.is_delete or delta.add or delta.remove
+            if type(heads) is tuple:  # the one head a fast write left
+                hs, hn = heads
+                covers = hn == node and hs < stamp or (hs, hn) in delta.ctx
+            else:
+                covers = all(h in delta.ctx or (h.node == node and h.stamp < stamp)
+                             for h in heads)
+        if (messy or not covers or delta.kind or delta.add or delta.remove
                 or rtype != delta.type):
             slow.add(rid)
         else:
-            state[rid] = (rtype, {delta.dot}, False)
-    db.conn.executemany(INSERT_OP, [
-        (d.record_id, d.stamp, d.node, d.type, int(local),
-         cipher.seal_blob(op_label(d.record_id, d.dot), data)) for d, data in fresh])
-    fast = [d for d, _ in fresh if d.record_id not in slow]
-    db.conn.executemany(UPSERT_FIELD, [
-        (d.record_id, k, d.stamp, d.node,
-         cipher.seal_field(d.record_id, k, d.stamp, d.node, strict_cbor.dumps(v)))
-        for d in fast for k, v in d.set.items()])
-    db.conn.executemany(FAST_RECORD, [
-        (rid, state[rid][0], heads_blob(state[rid][1]))
-        for rid in {d.record_id for d in fast}])
+            state[rid] = (rtype, (stamp, node), False)
+    sealed = cipher.seal_blobs([(_op_label(d.record_id, d.stamp, d.node), data)
+                                for d, data in fresh])
+    conn.executemany(INSERT_OP, [
+        (d.record_id, d.stamp, d.node, d.type, int(local), blob)
+        for (d, _), blob in zip(fresh, sealed, strict=True)])
+    fast = [d for d, _ in fresh if d.record_id not in slow] if slow else [d for d, _ in fresh]
+    rows = [(d.record_id, k, d.stamp, d.node, _canonical(v))
+            for d in fast for k, v in d.set.items()]
+    conn.executemany(UPSERT_FIELD, [
+        (rid, k, stamp, node, blob)
+        for (rid, k, stamp, node, _), blob in zip(rows, cipher.seal_fields(rows), strict=True)])
+    heads_rows = []
+    for rid in {d.record_id: None for d in fast}:
+        rtype, head, _ = state[rid]
+        assert type(head) is tuple
+        heads_rows.append((rid, rtype, _one_head(head[0], head[1])))
+    conn.executemany(FAST_RECORD, heads_rows)
     for rid in sorted(slow):
         refresh(db, cipher, rid)
     return len(fresh), duplicates

@@ -59,6 +59,13 @@ def enqueue(db: sqlite_utils.Database, lane: int, delta: Delta, size: int) -> in
     return cur.lastrowid
 
 
+def enqueue_many(db: sqlite_utils.Database, entries: Iterable[tuple[int, Delta, int]]) -> None:
+    """``enqueue`` for each (lane, delta, size), in order, in one statement."""
+    db.conn.executemany(
+        "INSERT INTO outbox (lane, rid, stamp, node, size) VALUES (?, ?, ?, ?, ?)",
+        [(lane, d.record_id, d.stamp, d.node, size) for lane, d, size in entries])
+
+
 def promote(db: sqlite_utils.Database, rid: bytes, lane: int) -> None:
     db.execute("UPDATE outbox SET lane = ? WHERE rid = ? AND lane > ? AND state = 'queued'",
                [lane, rid, lane])

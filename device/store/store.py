@@ -61,8 +61,19 @@ from .writer import BULK, URGENT, Writer
 DB_NAME = "store.db"
 STORE_KEY = "store.key"
 FLEET_KEY = "fleet.key"
-SLICE = 32
-CHECKPOINT_EVERY = 64
+#: Most deltas in one merge job; its transactions are also cut short by time and by
+#: waiting check-ins (``inbox``).
+SLICE = 4096
+#: Checkpoint the WAL after about this much written: a local write counts
+#: ``LOCAL_WEIGHT``, a merged delta one. Small, so that each checkpoint is short.
+CHECKPOINT_WEIGHT = 1024
+LOCAL_WEIGHT = 16
+
+
+NEXT_QUEUE_NUMBER = ("INSERT INTO queue_numbers VALUES (?, 1) ON CONFLICT (day) DO UPDATE"
+                     " SET last = last + 1 RETURNING last")
+RECORD_ROWS = ("SELECT rid, type, n_conflicts, has_delete, heads FROM records"
+               " WHERE rid IN (?, ?)")
 
 
 def wall_ms() -> int:
@@ -98,7 +109,7 @@ class Store:
         self.hlc = HLC()
         self.rng = random.Random()
         self._letter_site: tuple[str, str] | None = None
-        self._commits = 0
+        self._written = 0
         self._writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
@@ -164,10 +175,35 @@ class Store:
                 raise AssertionError("a light write assigns registers only")
             delta = build(heads, self.hlc.now(now_ms))
             data = encode(delta)
-            persist_fast(db, self.cipher, delta, data, local=True)
+            persist_fast(db, self.cipher, [(delta, data)], local=True)
             self._enqueue(db, delta, data)
             return delta
         return self._write_slow(db, rid, now_ms, build)
+
+    def _write_light(self, db: sqlite_utils.Database, rid: bytes, row: tuple[Any, ...] | None,
+                     now_ms: int, build: Callable[[RecordView | None, int], Delta],
+                     pending: list[tuple[Delta, bytes]]) -> Delta:
+        """``_write`` for a register-only put whose ``records`` row the caller read.
+
+        A clean record's write is built and stamped now and added to ``pending``
+        (persisted in one go by ``_persist_light``); anything else is written at once."""
+        if row is not None and (row[1] or row[2]):
+            return self._write_slow(db, rid, now_ms, build)
+        heads = None if row is None else RecordView(
+            rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
+        build(heads, self.hlc.last + 1)  # refuse before the clock moves
+        delta = build(heads, self.hlc.now(now_ms))
+        if delta.is_delete or delta.add or delta.remove:
+            raise AssertionError("a light write assigns registers only")
+        pending.append((delta, encode(delta)))
+        return delta
+
+    def _persist_light(self, db: sqlite_utils.Database,
+                       pending: list[tuple[Delta, bytes]]) -> None:
+        persist_fast(db, self.cipher, pending, local=True)
+        outbox.enqueue_many(db, [(self._lane(d), d, len(data)) for d, data in pending])
+        for delta, _ in pending:
+            self._promote_subject(db, delta)
 
     def _write_slow(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
                     build: Callable[[RecordView | None, int], Delta]) -> Delta:
@@ -182,26 +218,38 @@ class Store:
         self._enqueue(db, delta, data)
         return delta
 
-    def _enqueue(self, db: sqlite_utils.Database, delta: Delta, data: bytes) -> None:
+    @staticmethod
+    def _lane(delta: Delta) -> int:
         spec = crdt_schema.TYPES.get(delta.type)
-        lane = spec.lane if spec else crdt_schema.LANE_NOTE
-        outbox.enqueue(db, lane, delta, len(data))
+        return spec.lane if spec else crdt_schema.LANE_NOTE
+
+    @staticmethod
+    def _promote_subject(db: sqlite_utils.Database, delta: Delta) -> None:
+        spec = crdt_schema.TYPES.get(delta.type)
         subject = delta.set.get(1) if spec and "subject" in spec.by_name else None
         if isinstance(subject, bytes):
-            outbox.promote(db, subject, lane)
-        self._set_meta(db, "hlc", str(self.hlc.last))
+            outbox.promote(db, subject, spec.lane if spec else crdt_schema.LANE_NOTE)
 
-    def _after_commit(self, db: sqlite_utils.Database) -> None:
+    def _enqueue(self, db: sqlite_utils.Database, delta: Delta, data: bytes) -> None:
+        outbox.enqueue(db, self._lane(delta), delta, len(data))
+        self._promote_subject(db, delta)
+
+    def _after_commit(self, db: sqlite_utils.Database, merged: int = 0) -> None:
         """Checkpoint the WAL as background work, never inside a waiting check-in."""
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
+        self._written += merged or LOCAL_WEIGHT
+        if self._written >= CHECKPOINT_WEIGHT:
+            self._written = 0
             self._writer.submit(
-                lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), BULK)
+                lambda db: db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), BULK)
 
     def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
         def job(db: sqlite_utils.Database) -> Any:
             with atomic(db):
+                clock = self.hlc.last
                 result = fn(db)
+                if self.hlc.last != clock:
+                    db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)",
+                                    [str(self.hlc.last)])
             self._after_commit(db)
             return result
         try:
@@ -227,25 +275,29 @@ class Store:
         started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000)) + "Z"
 
         def fn(db: sqlite_utils.Database) -> CheckinResult:
+            conn = db.conn
             letter, site = self._identity(db)
-            n = db.execute("INSERT INTO queue_numbers VALUES (?, 1) ON CONFLICT (day) DO UPDATE"
-                           " SET last = last + 1 RETURNING last", [day]).fetchone()[0]
+            n = conn.execute(NEXT_QUEUE_NUMBER, [day]).fetchone()[0]
             number = f"{letter}-{n:03d}"
-            prow = db.execute("SELECT 1 FROM records WHERE rid = ?", [pid.bytes]).fetchone()
+            rows = {row[0]: row[1:] for row in conn.execute(RECORD_ROWS, [pid.bytes, cid.bytes])}
+            prow = rows.get(pid.bytes)
             current = self._view(db, pid.bytes) if prow else None
             changed = {k: v for k, v in values.items()
                        if current is None or crdt_schema.PATIENT.field(k).to_wire(v)
                        != current.fields.get(crdt_schema.PATIENT.field(k).number)}
+            pending: list[tuple[Delta, bytes]] = []
             if changed or current is None:
-                self._write(db, pid.bytes, now, lambda view, stamp: build_put(
-                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), light=True)
+                self._write_light(db, pid.bytes, prow, now, lambda view, stamp: build_put(
+                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), pending)
             checkin_values = {"subject": str(pid), "status": "arrived", "periodStart": started,
                               "location": site, "queueNumber": number}
             if reason:
                 checkin_values["reasonCode"] = reason
-            self._write(db, cid.bytes, now, lambda view, stamp: build_put(
-                view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values),
-                light=True)
+            self._write_light(db, cid.bytes, rows.get(cid.bytes), now,
+                              lambda view, stamp: build_put(
+                                  view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp,
+                                  checkin_values), pending)
+            self._persist_light(db, pending)
             return CheckinResult(str(cid), str(pid), number)
 
         result: CheckinResult = self._run(fn)

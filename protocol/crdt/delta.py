@@ -31,13 +31,25 @@ of the result (so one write has one encoding, and hashing it is safe),
 context dots must be older than the write, and a set element may not be
 both added and removed. Every refusal is a ``RemoteProtocolError`` with a
 short code.
+
+``decode_many`` gives the same answers for a batch, faster: it lets cbor2's
+C decoder read the whole batch as one array in one call, then proves each
+delta canonical by re-encoding it in C and comparing bytes (which also pins
+every delta's boundaries, so a truncated one cannot borrow bytes from the
+next), checks value types and depth, and checks the delta's own rules (key
+order, sorted context and set elements) on the decoded items instead of
+re-encoding it in Python. Anything it is not sure of, and every refusal,
+goes through ``decode`` one by one, so the errors and codes are the same.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import cbor2
 
 from .. import strict_cbor
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -225,6 +237,192 @@ def _check(delta: Delta, error: type[LocalProtocolError] | type[RemoteProtocolEr
     for values in (*delta.add.values(), *delta.remove.values()):
         if not values or list(values) != sorted(set(values)):
             raise error("set elements are sorted and distinct", "delta-set")
+
+
+# Batch decoding ----------------------------------------------------------------------
+
+#: Deltas up to this size take the batch path: each CBOR item is at least one byte, so
+#: none can hold more items than ``strict_cbor``'s cap.
+FAST_MAX_SIZE = min(MAX_DELTA_SIZE, strict_cbor.DEFAULT_MAX_ITEMS)
+_MAX_DEPTH = strict_cbor.DEFAULT_MAX_DEPTH
+_INT_MIN = -(1 << 64)
+_INT_MAX = (1 << 64) - 1
+_SCALAR_TYPES = frozenset({str, bytes, bool, float, type(None)})
+_MAX_HEAD = MAX_TYPE << 1 | 1
+_NEGATIVE_RANK = MAX_FIELD + 1  # negative keys sort after every field number
+_canonical: Callable[[Any], bytes] = functools.partial(cbor2.dumps, canonical=True)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Only what strict CBOR decodes to: no tag made an object, no bignum, depth capped."""
+    t = type(value)
+    if t is int:
+        return bool(_INT_MIN <= value <= _INT_MAX)
+    if t in _SCALAR_TYPES:
+        return True
+    if depth >= _MAX_DEPTH:
+        return False
+    if t is list:
+        return all(_plain(v, depth + 1) for v in value)
+    if t is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _sorted_text(values: Any) -> tuple[str, ...] | None:
+    if type(values) is not list or not values:
+        return None
+    prev = None
+    for v in values:
+        if type(v) is not str or (prev is not None and v <= prev):
+            return None
+        prev = v
+    return tuple(values)
+
+
+def _fast_elements(obj: Any) -> dict[int, tuple[str, ...]] | None:
+    if type(obj) is not dict or not obj:
+        return None
+    out: dict[int, tuple[str, ...]] = {}
+    for key, values in obj.items():
+        elems = _sorted_text(values)
+        if type(key) is not int or not 0 <= key <= MAX_FIELD or elems is None:
+            return None
+        out[key] = elems
+    return out
+
+
+def _fast_ctx(obj: Any, node: int, stamp: int) -> tuple[Dot, ...] | None:
+    if type(obj) is not list or not obj or len(obj) % 2:
+        return None
+    dots = []
+    prev: tuple[int, int] = (0, -1)
+    for i in range(0, len(obj), 2):
+        n, s = obj[i], obj[i + 1]
+        if (type(n) is not int or type(s) is not int or not 0 <= n <= MAX_NODE
+                or not 0 < s < stamp or n == node or (s, n) <= prev):
+            return None
+        prev = (s, n)
+        dots.append(Dot(s, n))
+    return tuple(dots)
+
+
+_new = object.__new__
+
+
+def _fast(obj: Any) -> Delta | None:
+    """The delta ``decode`` would return for these decoded items, or ``None`` if unsure."""
+    if type(obj) is not list:
+        return None
+    n = len(obj)
+    if n < 4 or n % 2:
+        return None
+    head, rid, node, stamp = obj[0], obj[1], obj[2], obj[3]
+    if (type(head) is not int or not 0 <= head <= _MAX_HEAD or type(rid) is not bytes
+            or len(rid) != 16 or type(node) is not int or not 0 <= node <= MAX_NODE
+            or type(stamp) is not int or not 0 < stamp <= MAX_STAMP):
+        return None
+    sets: dict[int, Any] = {}
+    extra: dict[int, Any] = {}
+    add: dict[int, tuple[str, ...]] = {}
+    remove: dict[int, tuple[str, ...]] = {}
+    ctx: tuple[Dot, ...] = ()
+    schema = 1
+    resolves: bytes | None = None
+    last = -1  # keys in ``_key_order``: field numbers ascend, then -1, -2, ...
+    for i in range(4, n, 2):
+        key, value = obj[i], obj[i + 1]
+        if type(key) is not int:
+            return None
+        rank = key if key >= 0 else _NEGATIVE_RANK - 1 - key
+        if rank <= last:
+            return None
+        last = rank
+        if key >= 0:
+            if key > MAX_FIELD or not (type(value) in _SCALAR_TYPES or _plain(value, 1)):
+                return None
+            sets[key] = value
+            continue
+        if key == KEY_SCHEMA:
+            if type(value) is not int or not 2 <= value <= 0xFFFF:
+                return None
+            schema = value
+        elif key == KEY_CTX:
+            found = _fast_ctx(value, node, stamp)
+            if found is None:
+                return None
+            ctx = found
+        elif key in (KEY_ADD, KEY_REMOVE):
+            elems = _fast_elements(value)
+            if elems is None:
+                return None
+            if key == KEY_ADD:
+                add = elems
+            else:
+                remove = elems
+        elif key == KEY_RESOLVES:
+            if type(value) is not bytes or len(value) != CONFLICT_ID_SIZE:
+                return None
+            resolves = value
+        else:
+            if not _plain(value, 1):
+                return None
+            extra[key] = value
+    kind = head & 1
+    if kind == DELETE and (sets or add or remove):
+        return None
+    if (add or remove) and (set(sets) & (set(add) | set(remove))):
+        return None
+    if add and remove:
+        for k in set(add) & set(remove):
+            if set(add[k]) & set(remove[k]):
+                return None
+    delta: Delta = _new(Delta)
+    delta.__dict__.update(
+        record_id=rid, type=head >> 1, node=node, stamp=stamp, kind=kind, set=sets, add=add,
+        remove=remove, ctx=ctx, schema=schema, resolves=resolves, extra=extra)
+    return delta
+
+
+def _array_header(n: int) -> bytes:
+    if n < 24:
+        return bytes([0x80 | n])
+    for info, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * width):
+            return bytes([0x80 | info]) + n.to_bytes(width, "big")
+    raise LocalProtocolError("batch too large")
+
+
+def decode_many(items: Sequence[bytes]) -> list[Delta | RemoteProtocolError]:
+    """``decode`` each item: the delta, or the ``RemoteProtocolError`` it raised."""
+    out: list[Delta | RemoteProtocolError | None] = [None] * len(items)
+    batch = [i for i, data in enumerate(items)
+             if type(data) is bytes and 0 < len(data) <= FAST_MAX_SIZE]
+    objs: Any = None
+    if batch:
+        blob = _array_header(len(batch)) + b"".join([items[i] for i in batch])
+        try:
+            objs = cbor2.loads(blob, allow_indefinite=False, allow_duplicate_keys=False,
+                               max_depth=_MAX_DEPTH + 2)
+        except Exception:  # any refusal: every delta goes through ``decode``
+            objs = None
+    if type(objs) is list and len(objs) == len(batch):
+        try:
+            again: list[bytes | None] = list(map(_canonical, objs))
+        except Exception:
+            again = [None] * len(objs)
+        for j, i in enumerate(batch):
+            if again[j] == items[i]:
+                out[i] = _fast(objs[j])
+    result: list[Delta | RemoteProtocolError] = []
+    for i, got in enumerate(out):
+        if got is None:
+            try:
+                got = decode(items[i])
+            except RemoteProtocolError as exc:
+                got = exc
+        result.append(got)
+    return result
 
 
 def size_of(delta: Delta) -> int:

@@ -23,8 +23,18 @@ from ..errors import LocalProtocolError, RemoteProtocolError
 from .clock import HLC, VersionVector
 from .delta import Delta, decode, encode
 from .record import Conflict, RecordLog, RecordView, canonical_json
-from .schema import ADD_WINS, TYPES, type_by_name
+from .schema import ADD_WINS, MAX_TEXT, TYPES, type_by_name
 from .writes import build_delete, build_put, build_resolve
+
+
+def _plain_text_fields() -> dict[int, frozenset[int]]:
+    return {t.number: frozenset(f.number for f in t.fields
+                                if f.policy != ADD_WINS and f.kind in ("string", "code"))
+            for t in TYPES.values()}
+
+
+#: Per type, the registers holding free text: the common case, checked inline.
+_TEXT_FIELDS = _plain_text_fields()
 
 
 def check_known_fields(delta: Delta) -> None:
@@ -32,7 +42,10 @@ def check_known_fields(delta: Delta) -> None:
     spec = TYPES.get(delta.type)
     if spec is None or delta.schema > spec.version:
         return
+    text = _TEXT_FIELDS[delta.type]
     for key, value in delta.set.items():
+        if key in text and (value is None or type(value) is str and len(value) <= MAX_TEXT):
+            continue
         fspec = spec.by_number.get(key)
         if fspec is None:
             continue
