@@ -29,6 +29,9 @@ takes out bytes to write, and calls again at ``next_deadline()``::
    a window of data. The frame size follows the measured error rate.
    ``SessionConfig(stream=True)`` (for TCP) keeps the framing, the
    authentication, the acknowledgements and resume, and drops the timers.
+   The sending side is ``SessionSender`` (``session_sender.py``), the
+   receiving side ``SessionReceiver`` (``session_receiver.py``); the session
+   seals and opens their frames and carries their acknowledgements.
 4. **Lanes** are served lowest number first at every frame boundary, so an
    urgent message overtakes bulk data within one frame.
 5. **Resume**: ``reconnect()`` starts a fresh handshake (never a saved
@@ -54,11 +57,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import WIRE_VERSION, messages, varint
 from . import session_wire as w
-from .arq import PACKET_THRESHOLD, FrameSizer, RecvLane, RttEstimator, SendLane
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .framing import FrameDecoder, encode_frame
 from .messages import Message
 from .noise import FrameOpener, FrameSealer, Handshake
+from .session_receiver import SessionReceiver
+from .session_sender import SessionSender
 from .session_types import (
     CLOSED,
     HANDSHAKE,
@@ -70,8 +74,11 @@ from .session_types import (
     MessageReceived,
     SessionConfig,
     SessionStats,
-    _Sent,
 )
+
+__all__ = [
+    "Closed", "Connected", "Event", "MessageReceived", "Session", "SessionConfig", "SessionStats",
+]
 
 PROLOGUE = b"haven-session"
 SUPPORTED_VERSIONS = [WIRE_VERSION]
@@ -102,15 +109,8 @@ class Session:
         self._lookup = resume_lookup
         self._resume_secret: bytes | None = None
         self._events: deque[Event] = deque()
-        self._send = [SendLane(cfg.send_buffer) for _ in range(cfg.lanes)]
-        self._recv = [RecvLane(cfg.window) for _ in range(cfg.lanes)]
-        self._assembly = [bytearray() for _ in range(cfg.lanes)]
-        self._sizer = FrameSizer(
-            min_size=cfg.min_frame,
-            max_size=cfg.max_frame - self._data_overhead(cfg.max_frame),
-            overhead=self._data_overhead(cfg.max_frame) + 3,
-        )
-        self._rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
+        self._tx = SessionSender(cfg, self.stats, now)  # send lanes, frames in flight
+        self._rx = SessionReceiver(cfg, self._events)  # receive lanes, acknowledgements
         self._hs_out: bytes | None = None  # a handshake frame to send now
         self._resume_request: bytes | None = None
         self._last_write = float("-inf")
@@ -127,15 +127,15 @@ class Session:
             raise LocalProtocolError(f"no lane {lane}")
         if len(data) > self.config.max_message:
             raise LocalProtocolError("message larger than max_message", "too-large")
-        self._send[lane].write(varint.encode(len(data)) + data)
+        self._tx.lanes[lane].write(varint.encode(len(data)) + data)
 
     def can_send(self, lane: int, size: int) -> bool:
-        return self._send[lane].free >= size + 8
+        return self._tx.lanes[lane].free >= size + 8
 
     @property
     def all_acked(self) -> bool:
         """True when the peer has acknowledged every byte we queued."""
-        return all(lane.all_acked for lane in self._send)
+        return self._tx.all_acked
 
     @property
     def is_open(self) -> bool:
@@ -143,15 +143,15 @@ class Session:
 
     @property
     def frame_size(self) -> int:
-        return self._sizer.size
+        return self._tx.sizer.size
 
     @property
     def error_rate(self) -> float:
-        return self._sizer.error_rate
+        return self._tx.sizer.error_rate
 
     @property
     def srtt(self) -> float | None:
-        return self._rtt.srtt
+        return self._tx.rtt.srtt
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
@@ -214,10 +214,10 @@ class Session:
         times = [self._last_heard + self.config.dead_timeout]
         if self.state == HANDSHAKE and self._hs_frames or self._resume_msg is not None:
             times.append(self._hs_sent_at + self._hs_rto)
-        if self._ack_due is not None:
-            times.append(self._ack_due)
-        if self._inflight and not self.config.stream:
-            times.append(self._rto_start + self._rtt.rto)
+        if self._rx.ack_due is not None:
+            times.append(self._rx.ack_due)
+        if (rto_at := self._tx.deadline) is not None:
+            times.append(rto_at)
         if self.is_open:
             times.append(self._last_eliciting + self.config.keepalive)
             if self.config.rate and (self._data_allowed() or self._control):
@@ -237,18 +237,10 @@ class Session:
         self._hs_seen: dict[int, bytes] = {}  # the peer's frame for each step
         self._hs_sent_at = now
         self._hs_rto = cfg.initial_rto
-        self._peer_frame = cfg.max_frame
-        self._peer_window = cfg.window
+        self._tx.new_link(now)
+        self._rx.new_link()
         self._control: list[Message] = []
-        self._inflight: dict[int, _Sent] = {}
         self._ping_sent: dict[int, float] = {}
-        self._largest_acked = -1
-        self._rtt_sampled = -1
-        self._probing = False
-        self._rto_start = now
-        self._ack_due: float | None = None
-        self._ack_unsent = 0
-        self._largest_rx: tuple[int, float] | None = None
         self._last_heard = now
         self._last_eliciting = now
         self._last_write = float("-inf")
@@ -280,13 +272,10 @@ class Session:
             prologue=PROLOGUE,
         )
 
-    def _data_overhead(self, max_frame: int) -> int:
-        return w.HEADER_SIZE + w.TAG_SIZE + len(varint.encode(1 << 30))
-
     def _horizon(self) -> float:
         # Keep about one frame queued ahead so the line never idles.
         rate = self.config.rate or 1.0
-        return max(0.005, (self._sizer.size + 40) / rate)
+        return max(0.005, (self._tx.sizer.size + 40) / rate)
 
     def _transition(self, trigger: str) -> None:
         new = TRANSITIONS[self.state].get(trigger)
@@ -371,7 +360,7 @@ class Session:
                 return
             if hello.get("lanes") != cfg.lanes or bool(hello.get("stream")) != cfg.stream:
                 raise RemoteProtocolError("lanes or stream mode differ", "protocol")
-            self._peer_limits(hello.get("max_frame"), hello.get("window"))
+            self._tx.peer_limits(hello.get("max_frame"), hello.get("window"))
             self._resume_request = hello.get("resume")
             # The welcome is encrypted in every pattern we use (it follows "ee"),
             # so the secret that later proves a resume is known to the two ends only.
@@ -385,18 +374,8 @@ class Session:
             welcome = messages.decode(payload)
             if welcome.type != w.WELCOME.number or welcome.get("version") not in SUPPORTED_VERSIONS:
                 raise RemoteProtocolError("bad welcome", "protocol")
-            self._peer_limits(welcome.get("max_frame"), welcome.get("window"))
+            self._tx.peer_limits(welcome.get("max_frame"), welcome.get("window"))
             self._new_secret = welcome.get("secret")
-
-    def _peer_limits(self, max_frame: int, window: int) -> None:
-        if max_frame < 64:
-            raise RemoteProtocolError(f"peer max_frame {max_frame} is too small", "protocol")
-        if max_frame > self.config.max_frame or window > self.config.window:
-            self.stats.clamped += 1
-        self._peer_frame = min(max_frame, self.config.max_frame)
-        self._peer_window = max(1024, min(window, self.config.window))
-        self._sizer.max_size = self._peer_frame - self._data_overhead(self._peer_frame)
-        self._sizer.cap = min(self._sizer.cap, self._sizer.max_size)
 
     def _fail_established(self, reason: str, detail: str) -> None:
         self._control.append(messages.make("close", reason=reason, detail=detail))
@@ -413,11 +392,11 @@ class Session:
         self.remote_static = self._hs.remote_static
         h = self._hs.handshake_hash
         self._transition("established")
-        self._rto_start = self._last_eliciting = now
+        self._tx.rto_start = self._last_eliciting = now
         if self.initiator and self.session_id is not None:
             assert self._resume_secret is not None
             token = hmac.new(self._resume_secret, h, hashlib.sha256).digest()
-            positions = [lane.cum for lane in self._recv]
+            positions = self._rx.positions
             self._resume_msg = messages.make("resume", token=token, positions=positions)
             self._control.append(self._resume_msg)
             self._hs_sent_at = now
@@ -464,7 +443,7 @@ class Session:
         if kind == w.KIND_CONTROL:
             self._on_control(pn, plain, now)
         else:
-            self._on_data(kind & 0x0F, pn, plain, now)
+            self._rx.on_data(kind & 0x0F, pn, plain, now, self._ready)
 
     def _refused(self, now: float) -> None:
         self._refused_in_row += 1
@@ -479,45 +458,6 @@ class Session:
             self.stats.bad_handshake += 1
             return
         self._finish(Closed(reason, detail, by_peer=True), "fail")
-
-    def _on_data(self, lane: int, pn: int, plain: bytes, now: float) -> None:
-        if lane >= self.config.lanes:
-            raise RemoteProtocolError(f"data on lane {lane}, which does not exist", "protocol")
-        offset, pos = varint.decode(plain)
-        recv = self._recv[lane]
-        before_ooo = bool(recv.held_ranges)
-        data = recv.on_data(offset, plain[pos:])
-        self._note_eliciting(pn, now, urgent=before_ooo or bool(recv.held_ranges) or not data)
-        if data and self._ready:
-            self._deliver(lane, data)
-        elif data:
-            self._assembly[lane] += data
-
-    def _deliver(self, lane: int, data: bytes) -> None:
-        buf = self._assembly[lane]
-        buf += data
-        pos = 0
-        while pos < len(buf):
-            try:
-                size, start = varint.decode(bytes(buf[pos : pos + 8]))
-            except RemoteProtocolError:
-                break  # the length itself is not complete yet
-            if size > self.config.max_message:
-                raise RemoteProtocolError(f"message of {size} bytes announced", "too-large")
-            if pos + start + size > len(buf):
-                break
-            self._events.append(MessageReceived(lane, bytes(buf[pos + start : pos + start + size])))
-            pos += start + size
-        del buf[:pos]
-
-    def _note_eliciting(self, pn: int, now: float, urgent: bool) -> None:
-        if self._largest_rx is None or pn > self._largest_rx[0]:
-            self._largest_rx = (pn, now)
-        self._ack_unsent += 1
-        if urgent or self._ack_unsent >= 2:
-            self._ack_due = now
-        elif self._ack_due is None:
-            self._ack_due = now + self.config.ack_delay
 
     def _on_control(self, pn: int, plain: bytes, now: float) -> None:
         try:
@@ -542,8 +482,8 @@ class Session:
 
     def _on_pong(self, msg: Message, pn: int, now: float) -> None:
         sent = self._ping_sent.pop(msg.get("nonce"), None)
-        if sent is not None and not self._inflight:
-            self._rtt.sample(now - sent)
+        if sent is not None and not self._tx.inflight:
+            self._tx.rtt.sample(now - sent)
 
     def _on_close(self, msg: Message, pn: int, now: float) -> None:
         self._finish(Closed(msg.get("reason"), msg.get("detail", ""), by_peer=True), "close")
@@ -565,12 +505,13 @@ class Session:
             raise RemoteProtocolError("resume token does not verify", "auth")
         peer_has = w.positions(msg.get("positions"), self.config.lanes)
         # Take over the old session's streams; the old object is finished.
-        self._send, self._recv, self._assembly = old._send, old._recv, old._assembly
+        self._tx.lanes = old._tx.lanes
+        self._rx.lanes, self._rx.assembly = old._rx.lanes, old._rx.assembly
         self.session_id, self._resume_secret = old.session_id, old._resume_secret
         if old.state != CLOSED:
             old._finish(Closed("resumed", "the session moved to a new link"), "close")
         self._resume_lanes(peer_has)
-        self._resumed_msg = messages.make("resumed", positions=[r.cum for r in self._recv])
+        self._resumed_msg = messages.make("resumed", positions=self._rx.positions)
         self._control.append(self._resumed_msg)
         assert self.session_id is not None
         self._events.append(Connected(self.session_id, self.remote_static, True))
@@ -586,44 +527,11 @@ class Session:
         self._events.append(Connected(self.session_id, self.remote_static, True))
 
     def _resume_lanes(self, peer_has: list[int]) -> None:
-        for lane, offset in zip(self._send, peer_has, strict=True):
-            lane.rewind(offset)
-        self._inflight.clear()
+        self._tx.rewind(peer_has)
         self._ready = True
 
     def _on_ack(self, msg: Message, pn: int, now: float) -> None:
-        progress = False
-        for lane, cum, ranges in w.decode_ack_lanes(msg.get("lanes")):
-            if lane < self.config.lanes:
-                self._send[lane].on_ack(cum, ranges)
-        for spn, sent in list(self._inflight.items()):
-            if self._send[sent.lane].is_acked(sent.start, sent.end):
-                del self._inflight[spn]
-                self._sizer.on_frame(sent.size, lost=False)
-                self._largest_acked = max(self._largest_acked, spn)
-                progress = True
-                if spn == msg.get("largest") and spn > self._rtt_sampled:
-                    self._rtt_sampled = spn
-                    self._rtt.sample(now - sent.time - msg.get("delay_ms") / 1000)
-        if progress:
-            self._probing = False
-            self._rto_start = now
-        if not self.config.stream:
-            self._detect_losses(now)
-
-    def _detect_losses(self, now: float) -> None:
-        srtt = self._rtt.srtt or self.config.initial_rto
-        for spn, sent in list(self._inflight.items()):
-            if spn >= self._largest_acked:
-                break
-            if self._largest_acked - spn >= PACKET_THRESHOLD or now - sent.time > 1.125 * srtt:
-                del self._inflight[spn]
-                self._lose(sent)
-                self._sizer.on_frame(sent.size, lost=True)
-
-    def _lose(self, sent: _Sent) -> None:
-        self._send[sent.lane].mark_lost(sent.start, sent.end)
-        self.stats.lost_frames += 1
+        self._tx.on_ack(msg, now)
 
     _CONTROL: dict[int, Callable[[Session, Message, int, float], None]] = {
         messages.PING.number: _on_ping,
@@ -651,15 +559,7 @@ class Session:
             self._control.append(self._resume_msg)
             self._hs_sent_at = now
             self._hs_rto = min(self._hs_rto * 2, self.config.max_rto)
-        if self._inflight and not self.config.stream and now >= self._rto_start + self._rtt.rto:
-            self.stats.timeouts += 1
-            for sent in self._inflight.values():
-                self._lose(sent)
-            self._inflight.clear()
-            self._rtt.on_timeout()
-            self._sizer.on_timeout()
-            self._probing = True
-            self._rto_start = now
+        self._tx.on_timers(now)
         if self.is_open and now - self._last_eliciting >= self.config.keepalive:
             nonce = self._sealer.next_nonce if self._sealer else 0
             self._ping_sent[nonce] = now
@@ -668,16 +568,7 @@ class Session:
 
     def _data_allowed(self) -> bool:
         """True when a data frame could go out as soon as the line is free."""
-        if not self._ready or not any(lane.has_pending for lane in self._send):
-            return False
-        if self.config.stream:
-            return True
-        if self._probing and self._inflight:
-            return False
-        return self._inflight_bytes() < self.config.max_inflight
-
-    def _inflight_bytes(self) -> int:
-        return sum(s.end - s.start for s in self._inflight.values())
+        return self._ready and self._tx.data_allowed()
 
     def _next_frame(self, now: float) -> bytes | None:
         if self._hs_out is not None:
@@ -685,59 +576,25 @@ class Session:
             return frame
         if self._sealer is None or self.state == CLOSED and not self._control:
             return None
-        if self._ack_due is not None and now >= self._ack_due:
-            self._control.append(self._make_ack(now))
+        if self._rx.ack_due is not None and now >= self._rx.ack_due:
+            self._control.append(self._rx.make_ack(now))
         if self._control:
             body = w.pack_control(self._control)
             self._control = []
-            return self._seal(w.KIND_CONTROL, body)
+            return self._seal(w.KIND_CONTROL, body)[1]
         if not self._ready or self.state != OPEN:
             return None
-        return self._next_data_frame(now)
-
-    def _make_ack(self, now: float) -> Message:
-        assert self._largest_rx is not None
-        largest, at = self._largest_rx
-        states = [(i, r.cum, r.ack_state()[1]) for i, r in enumerate(self._recv) if r.cum or
-                  r.held_ranges]
-        self._ack_due = None
-        self._ack_unsent = 0
-        return messages.make(
-            "ack", largest=largest, delay_ms=int((now - at) * 1000),
-            lanes=w.encode_ack_lanes(states),
-        )
-
-    def _next_data_frame(self, now: float) -> bytes | None:
-        cfg = self.config
-        if not self._data_allowed():
-            return None
-        size = cfg.frame_size or (self._sizer.max_size if cfg.stream else self._sizer.size)
-        for index, lane in enumerate(self._send):
-            if not lane.has_pending:
-                continue
-            retransmit = bool(lane.lost)
-            segment = lane.next_segment(size, lane.base + self._peer_window)
-            if segment is None:
-                continue
-            offset, data = segment
-            frame = self._seal(w.KIND_DATA | index, varint.encode(offset) + data)
-            assert self._sealer is not None
-            pn = self._sealer.next_nonce - 1
-            self._inflight[pn] = _Sent(index, offset, offset + len(data), now, len(frame) + 2)
-            if len(self._inflight) == 1:
-                self._rto_start = now
+        data = self._tx.next_data_frame(now, self._seal)
+        if data is not None:
             self._last_eliciting = now
-            self.stats.data_bytes_sent += len(data)
-            if retransmit:
-                self.stats.retransmitted_bytes += len(data)
-            return frame
-        return None
+        return data
 
-    def _seal(self, kind: int, plain: bytes) -> bytes:
+    def _seal(self, kind: int, plain: bytes) -> tuple[int, bytes]:
+        """The packet number and the frame that carries ``plain``."""
         assert self._sealer is not None
         head = w.header(kind, self._sealer.next_nonce)
-        _, sealed = self._sealer.seal(head, plain)
-        return head + sealed
+        pn, sealed = self._sealer.seal(head, plain)
+        return pn, head + sealed
 
     @property
     def _session_hash(self) -> bytes:

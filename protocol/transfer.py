@@ -50,24 +50,49 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from collections.abc import Callable
+from typing import ClassVar
 
 from . import messages
-from .chunking import DEFAULT_PARAMS, Chunker, ChunkParams, chunk_id
+from .chunking import chunk_id
 from .errors import LocalProtocolError, RemoteProtocolError
+from .manifest import (
+    HASH_SIZE,
+    LENGTH_SIZE,
+    MAX_NAME,
+    ChunkStore,
+    Manifest,
+    ManifestBuilder,
+    MemoryStore,
+    build_manifest,
+    check_name,
+)
 from .messages import Message, MessageSpec, register
+from .transfer_types import (
+    ChunkRejected,
+    ChunkStored,
+    Event,
+    OfferReceived,
+    ReceiverLimits,
+    TransferComplete,
+    TransferFailed,
+    TransferStats,
+)
 
-HASH_SIZE = 32
-LENGTH_SIZE = 3
+__all__ = [
+    "ABORT", "DATA", "DEFAULT_PART_SIZE", "DONE", "HASH_SIZE", "LENGTH_SIZE", "MANIFEST",
+    "MANIFEST_PIECE", "MAX_MESSAGE", "MAX_NAME", "MAX_PART", "NEED", "OFFER", "ChunkRejected",
+    "ChunkStore", "ChunkStored", "Event", "Manifest", "ManifestBuilder", "MemoryStore",
+    "OfferReceived", "Receiver", "ReceiverLimits", "Sender", "TransferComplete", "TransferFailed",
+    "TransferStats", "build_manifest", "check_name", "transfer_id",
+]
+
 MAX_MESSAGE = 32 * 1024
 #: Room kept for the envelope and the other fields of a message.
 _ENVELOPE = 128
 MANIFEST_PIECE = (MAX_MESSAGE - _ENVELOPE) // (HASH_SIZE + LENGTH_SIZE)
 MAX_PART = MAX_MESSAGE - _ENVELOPE
 DEFAULT_PART_SIZE = 16 * 1024
-MAX_NAME = 255
 
 OFFER = register(MessageSpec(40, "xfer-offer", {
     1: ("xfer", int), 2: ("object", bytes), 3: ("size", int), 4: ("filename", str),
@@ -86,185 +111,6 @@ DONE = register(MessageSpec(44, "xfer-done", {1: ("xfer", int), 2: ("object", by
 ABORT = register(MessageSpec(45, "xfer-abort", {1: ("xfer", int), 2: ("reason", str)},
                              {3: ("detail", str)}))
 _OURS = {spec.number for spec in (OFFER, MANIFEST, NEED, DATA, DONE, ABORT)}
-
-
-# --- the manifest ------------------------------------------------------------
-
-
-def check_name(name: str) -> None:
-    """Refuse names that are not one plain path component."""
-    raw = name.encode("utf-8", "surrogatepass")
-    if (not 0 < len(raw) <= MAX_NAME or name in (".", "..") or "/" in name or "\\" in name
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
-        raise LocalProtocolError(f"object name {name!r} is not a plain file name", "bad-name")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What an object is made of. ``hashes`` and ``lengths`` are the wire forms."""
-
-    object_hash: bytes
-    size: int
-    name: str
-    hashes: bytes
-    lengths: bytes
-
-    @property
-    def count(self) -> int:
-        return len(self.hashes) // HASH_SIZE
-
-    def chunk_hash(self, index: int) -> bytes:
-        return self.hashes[index * HASH_SIZE : (index + 1) * HASH_SIZE]
-
-    def chunk_length(self, index: int) -> int:
-        return int.from_bytes(self.lengths[index * LENGTH_SIZE : (index + 1) * LENGTH_SIZE], "big")
-
-    def entries(self) -> Iterator[tuple[bytes, int]]:
-        for i in range(self.count):
-            yield self.chunk_hash(i), self.chunk_length(i)
-
-    def check(self) -> None:
-        """Raise ``LocalProtocolError`` unless the manifest is self-consistent."""
-        check_name(self.name)
-        if len(self.object_hash) != HASH_SIZE or len(self.hashes) % HASH_SIZE:
-            raise LocalProtocolError("hashes must be 32-byte SHA-256 digests", "manifest")
-        if len(self.lengths) != self.count * LENGTH_SIZE:
-            raise LocalProtocolError("one length per hash", "manifest")
-        lengths = [self.chunk_length(i) for i in range(self.count)]
-        if 0 in lengths or sum(lengths) != self.size:
-            raise LocalProtocolError("chunk lengths do not add up to the size", "manifest")
-
-
-class ManifestBuilder:
-    """Accumulates a manifest chunk by chunk (hashes the object on the way)."""
-
-    def __init__(self) -> None:
-        self._object = hashlib.sha256()
-        self._hashes = bytearray()
-        self._lengths = bytearray()
-        self._size = 0
-
-    def add(self, chunk: bytes) -> bytes:
-        """Record the next chunk; returns its hash."""
-        if not 0 < len(chunk) < 1 << (8 * LENGTH_SIZE):
-            raise LocalProtocolError("a chunk has 1 byte to 16 MiB", "chunk-size")
-        digest = chunk_id(chunk)
-        self._object.update(chunk)
-        self._hashes += digest
-        self._lengths += len(chunk).to_bytes(LENGTH_SIZE, "big")
-        self._size += len(chunk)
-        return digest
-
-    def finish(self, name: str) -> Manifest:
-        manifest = Manifest(self._object.digest(), self._size, name,
-                            bytes(self._hashes), bytes(self._lengths))
-        manifest.check()
-        return manifest
-
-
-def build_manifest(pieces: Iterable[bytes | bytearray | memoryview], name: str,
-                   params: ChunkParams = DEFAULT_PARAMS) -> Manifest:
-    """The manifest of the concatenation of ``pieces`` (streamed, bounded memory)."""
-    chunker = Chunker(params)
-    builder = ManifestBuilder()
-    for piece in pieces:
-        for chunk in chunker.feed(piece):
-            builder.add(chunk)
-    for chunk in chunker.finish():
-        builder.add(chunk)
-    return builder.finish(name)
-
-
-# --- the receiver's store ----------------------------------------------------
-
-
-class ChunkStore(Protocol):
-    """Where a receiver keeps chunks. ``put`` is durable when it returns."""
-
-    def has(self, chunk_hash: bytes) -> bool: ...
-
-    def put(self, chunk_hash: bytes, data: bytes) -> None: ...
-
-    def get(self, chunk_hash: bytes) -> bytes: ...
-
-
-class MemoryStore:
-    """A ``ChunkStore`` in a dict, for tests and small tools."""
-
-    def __init__(self) -> None:
-        self.chunks: dict[bytes, bytes] = {}
-        self.puts = 0
-
-    def has(self, chunk_hash: bytes) -> bool:
-        return chunk_hash in self.chunks
-
-    def put(self, chunk_hash: bytes, data: bytes) -> None:
-        self.puts += 1
-        self.chunks[chunk_hash] = bytes(data)
-
-    def get(self, chunk_hash: bytes) -> bytes:
-        return self.chunks[chunk_hash]
-
-
-# --- events ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OfferReceived:
-    name: str
-    size: int
-    object_hash: bytes
-    count: int
-
-
-@dataclass(frozen=True)
-class ChunkStored:
-    index: int
-    chunk_hash: bytes
-    length: int
-
-
-@dataclass(frozen=True)
-class ChunkRejected:
-    """A chunk's data did not match its hash; it has been asked for again."""
-
-    index: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class TransferComplete:
-    """The receiver verified the whole object (on the sender: confirmed by it)."""
-
-    name: str
-    size: int
-    object_hash: bytes
-    verified: bool = True
-
-
-@dataclass(frozen=True)
-class TransferFailed:
-    """The transfer is over without the object. ``remote``: the peer aborted it."""
-
-    reason: str
-    detail: str = ""
-    remote: bool = False
-
-
-Event = OfferReceived | ChunkStored | ChunkRejected | TransferComplete | TransferFailed
-
-
-@dataclass
-class TransferStats:
-    chunks_total: int = 0
-    chunks_reused: int = 0  # receiver: already in the store
-    chunks_moved: int = 0  # chunks sent (sender) or stored (receiver)
-    bytes_moved: int = 0  # chunk payload bytes sent or stored
-    duplicates: int = 0  # data for chunks already stored, ignored
-    rejected: int = 0  # chunks whose data failed their hash
-    ignored: int = 0  # messages after the end of the transfer
-    messages_out: int = 0
-    wire_bytes_out: int = 0
 
 
 # --- shared machinery ----------------------------------------------------------
@@ -343,16 +189,6 @@ class _Endpoint:
 
 
 # --- the receiver --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReceiverLimits:
-    """What a receiver accepts from a peer (bounds its memory, too)."""
-
-    max_size: int = 1 << 32
-    max_chunks: int = 1 << 18
-    max_chunk: int = 1 << 20
-    max_retries: int = 3
 
 
 class Receiver(_Endpoint):

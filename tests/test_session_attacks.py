@@ -40,7 +40,7 @@ def test_forged_and_replayed_acks_drop_no_data():
     for _, data in msgs[10:]:
         pair.a.send_message(1, data)
     rng = random.Random(1)
-    base = [lane.base for lane in pair.a._send]
+    base = [lane.base for lane in pair.a._tx.lanes]
     stats_before = pair.a._opener.stats.refused
     for _ in range(300):
         pair.sim.run(lambda s: False, 0.05)
@@ -50,7 +50,7 @@ def test_forged_and_replayed_acks_drop_no_data():
         # ...and an attacker replays old ones, flips bits, and invents new ones.
         for attack in (frame, bytes(forged), bytes([0x20]) + rng.randbytes(40)):
             pair.a.receive_data(encode_frame(attack, crc=False), pair.sim.now)
-    assert [lane.base for lane in pair.a._send] == base
+    assert [lane.base for lane in pair.a._tx.lanes] == base
     assert not pair.a.all_acked
     assert pair.a._opener.stats.refused - stats_before >= 600
     assert pair.a.is_open
@@ -64,7 +64,7 @@ def test_bit_flipped_data_frames_are_refused_and_change_nothing():
     tap = Tap(pair.a)
     msgs = [(1, m) for m in random_messages(20, 2000, seed=5)]
     assert transfer(pair, msgs, limit=60)
-    cum = [lane.cum for lane in pair.b._recv]
+    cum = [lane.cum for lane in pair.b._rx.lanes]
     rng = random.Random(2)
     for frame in tap.frames:
         for _ in range(3):
@@ -72,7 +72,7 @@ def test_bit_flipped_data_frames_are_refused_and_change_nothing():
             bad[rng.randrange(len(bad))] ^= 1 << rng.randrange(8)
             pair.b.receive_data(encode_frame(bytes(bad), crc=False), pair.sim.now)
         pair.b.receive_data(encode_frame(frame, crc=False), pair.sim.now)  # replay
-    assert [lane.cum for lane in pair.b._recv] == cum
+    assert [lane.cum for lane in pair.b._rx.lanes] == cum
     assert pair.b.next_event() is None  # nothing delivered twice
     assert pair.b.is_open
 
@@ -85,7 +85,7 @@ def test_resume_sends_nothing_acknowledged_again():
         pair.a.send_message(1, data)
     pair.sim.run(lambda s: s.now > 8.0, 20)
     old_b = pair.b
-    acked_before = pair.a._send[1].base
+    acked_before = pair.a._tx.lanes[1].base
     sent_before = pair.a.stats.data_bytes_sent
     received_before = [e.data for e in pair.events(1, MessageReceived)]
     assert 0 < acked_before < total
@@ -154,7 +154,7 @@ def test_absurd_window_and_frame_claims_are_clamped():
         b.send_message(1, m)
     assert sim.run(lambda s: a.all_acked and b.all_acked, 120)
     assert [e.data for e in sim.events[1] if isinstance(e, MessageReceived)] == pair_msgs
-    assert b._recv[1].beyond_window == 0
+    assert b._rx.lanes[1].beyond_window == 0
 
 
 @pytest.mark.parametrize("junk", ["random", "encrypted-kind"])

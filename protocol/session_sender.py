@@ -1,0 +1,174 @@
+"""The sending side of a session's selective-repeat ARQ (see ``session.py``).
+
+``SessionSender`` holds the send lanes, the frames in flight, the frame sizer
+and the RTT estimator. It picks the next segment to send (lowest lane first,
+within the peer's window and the in-flight limit), takes acknowledgements,
+finds losses by packet threshold or by the retransmission timer, and after a
+timeout lets only one probe frame fly until the line answers. Sealing frames
+and everything else about the link stay with the ``Session``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import session_wire as w
+from . import varint
+from .arq import PACKET_THRESHOLD, FrameSizer, RttEstimator, SendLane
+from .errors import RemoteProtocolError
+from .messages import Message
+from .session_types import SessionConfig, SessionStats, _Sent
+
+#: Seals ``(kind, plaintext)`` into a frame; returns its packet number and the frame.
+Seal = Callable[[int, bytes], tuple[int, bytes]]
+
+
+def data_overhead(max_frame: int) -> int:
+    """The bytes of a data frame that are not lane data."""
+    return w.HEADER_SIZE + w.TAG_SIZE + len(varint.encode(1 << 30))
+
+
+class SessionSender:
+    """The send lanes of one session and the frames of them in flight.
+
+    The lanes, the sizer and the RTT estimate outlive a link; ``new_link``
+    forgets what was in flight and the peer's limits.
+    """
+
+    def __init__(self, config: SessionConfig, stats: SessionStats, now: float) -> None:
+        self.config = cfg = config
+        self.stats = stats
+        self.lanes = [SendLane(cfg.send_buffer) for _ in range(cfg.lanes)]
+        self.sizer = FrameSizer(
+            min_size=cfg.min_frame,
+            max_size=cfg.max_frame - data_overhead(cfg.max_frame),
+            overhead=data_overhead(cfg.max_frame) + 3,
+        )
+        self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
+        self.new_link(now)
+
+    def new_link(self, now: float) -> None:
+        self.peer_frame = self.config.max_frame
+        self.peer_window = self.config.window
+        self.inflight: dict[int, _Sent] = {}  # by packet number, oldest first
+        self.largest_acked = -1
+        self.rtt_sampled = -1
+        self.probing = False  # after a timeout: one frame in flight at a time
+        self.rto_start = now
+
+    @property
+    def all_acked(self) -> bool:
+        return all(lane.all_acked for lane in self.lanes)
+
+    def peer_limits(self, max_frame: int, window: int) -> None:
+        """Take the frame size and window the peer announced in the handshake."""
+        if max_frame < 64:
+            raise RemoteProtocolError(f"peer max_frame {max_frame} is too small", "protocol")
+        if max_frame > self.config.max_frame or window > self.config.window:
+            self.stats.clamped += 1
+        self.peer_frame = min(max_frame, self.config.max_frame)
+        self.peer_window = max(1024, min(window, self.config.window))
+        self.sizer.max_size = self.peer_frame - data_overhead(self.peer_frame)
+        self.sizer.cap = min(self.sizer.cap, self.sizer.max_size)
+
+    def rewind(self, peer_has: list[int]) -> None:
+        """Resume: send again from where the peer says it is."""
+        for lane, offset in zip(self.lanes, peer_has, strict=True):
+            lane.rewind(offset)
+        self.inflight.clear()
+
+    # -- acknowledgements and losses -------------------------------------------
+
+    def on_ack(self, msg: Message, now: float) -> None:
+        progress = False
+        for lane, cum, ranges in w.decode_ack_lanes(msg.get("lanes")):
+            if lane < self.config.lanes:
+                self.lanes[lane].on_ack(cum, ranges)
+        for spn, sent in list(self.inflight.items()):
+            if self.lanes[sent.lane].is_acked(sent.start, sent.end):
+                del self.inflight[spn]
+                self.sizer.on_frame(sent.size, lost=False)
+                self.largest_acked = max(self.largest_acked, spn)
+                progress = True
+                if spn == msg.get("largest") and spn > self.rtt_sampled:
+                    self.rtt_sampled = spn
+                    self.rtt.sample(now - sent.time - msg.get("delay_ms") / 1000)
+        if progress:
+            self.probing = False
+            self.rto_start = now
+        if not self.config.stream:
+            self._detect_losses(now)
+
+    def _detect_losses(self, now: float) -> None:
+        srtt = self.rtt.srtt or self.config.initial_rto
+        for spn, sent in list(self.inflight.items()):
+            if spn >= self.largest_acked:
+                break
+            if self.largest_acked - spn >= PACKET_THRESHOLD or now - sent.time > 1.125 * srtt:
+                del self.inflight[spn]
+                self._lose(sent)
+                self.sizer.on_frame(sent.size, lost=True)
+
+    def _lose(self, sent: _Sent) -> None:
+        self.lanes[sent.lane].mark_lost(sent.start, sent.end)
+        self.stats.lost_frames += 1
+
+    @property
+    def deadline(self) -> float | None:
+        """When the retransmission timer expires; None when it is not running."""
+        if self.inflight and not self.config.stream:
+            return self.rto_start + self.rtt.rto
+        return None
+
+    def on_timers(self, now: float) -> None:
+        """On a timeout every frame in flight is lost, and probing starts."""
+        deadline = self.deadline
+        if deadline is not None and now >= deadline:
+            self.stats.timeouts += 1
+            for sent in self.inflight.values():
+                self._lose(sent)
+            self.inflight.clear()
+            self.rtt.on_timeout()
+            self.sizer.on_timeout()
+            self.probing = True
+            self.rto_start = now
+
+    # -- data out ----------------------------------------------------------------
+
+    def data_allowed(self) -> bool:
+        """True when a data frame could go out as soon as the line is free
+        (and the session is ready for data)."""
+        if not any(lane.has_pending for lane in self.lanes):
+            return False
+        if self.config.stream:
+            return True
+        if self.probing and self.inflight:
+            return False
+        return self.inflight_bytes() < self.config.max_inflight
+
+    def inflight_bytes(self) -> int:
+        return sum(s.end - s.start for s in self.inflight.values())
+
+    def next_data_frame(self, now: float, seal: Seal) -> bytes | None:
+        """The next data frame, sealed by ``seal``, or None if none may go out."""
+        cfg = self.config
+        if not self.data_allowed():
+            return None
+        size = cfg.frame_size or (self.sizer.max_size if cfg.stream else self.sizer.size)
+        for index, lane in enumerate(self.lanes):
+            if not lane.has_pending:
+                continue
+            retransmit = bool(lane.lost)
+            segment = lane.next_segment(size, lane.base + self.peer_window)
+            if segment is None:
+                continue
+            offset, data = segment
+            pn, frame = seal(w.KIND_DATA | index, varint.encode(offset) + data)
+            self.inflight[pn] = _Sent(index, offset, offset + len(data), now, len(frame) + 2)
+            if len(self.inflight) == 1:
+                self.rto_start = now
+            self.stats.data_bytes_sent += len(data)
+            if retransmit:
+                self.stats.retransmitted_bytes += len(data)
+            return frame
+        return None
