@@ -102,6 +102,28 @@ def test_reopen_keeps_state_and_clock(data: Path) -> None:
         assert view is not None and view.fields[2] == "later"
 
 
+def test_the_clock_survives_reopening_with_an_empty_outbox(data: Path) -> None:
+    """Local writes save no clock row: the outbox and the acks carry it."""
+    with init_store(data, "S", "A") as s:
+        for i in range(3):
+            s.checkin(name=f"P{i}", now_ms=T0 + 5000)
+        last = s.hlc.last
+    with Store(data) as s:
+        assert s.hlc.last == last  # from the outbox
+        s.outbox_ack(e.seq for e in s.outbox_batch(now_ms=T0))
+        assert s.outbox_batch(now_ms=T0) == []
+    with Store(data) as s:
+        assert s.hlc.last == last  # saved by the ack
+        remote = Replica(77).put(uuid.uuid4().bytes, "note", T0 + 9000, {"text": "x"})
+        s.merge([remote], now_ms=T0 + 9000)
+        observed = s.hlc.last
+        assert observed > last
+    with Store(data) as s:
+        assert s.hlc.last == observed  # saved by the merge
+        rid = s.put("note", values={"text": "y"}, now_ms=T0)
+        assert s.view(rid) is not None and s.hlc.last > observed
+
+
 def test_missing_store_and_keys(tmp_path: Path, data: Path) -> None:
     with pytest.raises(NotInitialised):
         Store(tmp_path / "nothing")
@@ -176,16 +198,16 @@ def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
                               kwargs={"now_ms": T0, "slice_size": 20})
     merger.start()
     for _ in range(1000):  # bounded wait until every slice is queued
-        if store._writer._jobs.qsize() >= 10:
+        if store._writer.pending() >= 10:
             break
         threading.Event().wait(0.005)
-    assert store._writer._jobs.qsize() >= 10
+    assert store._writer.pending() >= 10
     done: list[str] = []
     checkin = threading.Thread(target=lambda: done.append(
         store.checkin(name="Ada", now_ms=T0).queue_number))
     checkin.start()
     for _ in range(1000):
-        if store._writer._jobs.qsize() >= 11:
+        if store._writer.pending() >= 11:
             break
         threading.Event().wait(0.005)
     gate.set()

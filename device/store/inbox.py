@@ -39,6 +39,8 @@ from .writer import BULK
 if TYPE_CHECKING:
     from .store import Store
 
+SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
+
 #: Deltas decoded and merged together; a waiting check-in waits for one chunk at most.
 CHUNK = 64
 #: How long one merge transaction may grow before it commits anyway.
@@ -131,8 +133,7 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
                         store.hlc.last = top
                 if writer.urgent_waiting() or time.perf_counter() > deadline:
                     break
-            db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)",
-                            [str(store.hlc.last)])
+            db.conn.execute(SAVE_CLOCK, [str(store.hlc.last)])
         store._after_commit(db, pos - first)
         writer.run_urgent(db)
     return new, dup, quarantined

@@ -199,13 +199,9 @@ def persist_fast(db: sqlite_utils.Database, cipher: FieldCipher,
 _LOOKUP = 400  # record ids per IN (...) query
 
 
-def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
-                items: list[tuple[Delta, bytes]], local: bool = False) -> tuple[int, int]:
-    """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's transaction."""
-    conn = db.conn
-    rids = list({d.record_id: None for d, _ in items})
+def _records(conn: Any, rids: list[bytes]) -> dict[bytes, tuple[int, Any, bool]]:
+    """rid -> (type, heads, messy) for the records that exist."""
     state: dict[bytes, tuple[int, Any, bool]] = {}  # heads: a set of dots, or one (stamp, node)
-    seen: dict[bytes, set[tuple[int, int]]] = {rid: set() for rid in rids}
     for i in range(0, len(rids), _LOOKUP):
         chunk = rids[i:i + _LOOKUP]
         marks = ",".join("?" * len(chunk))
@@ -214,24 +210,58 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
             chunk,
         ):
             state[rid] = (rtype, parse_heads(heads), bool(n_conf or has_delete))
-        for rid, stamp, node in conn.execute(
-            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})", chunk
-        ):
-            seen[rid].add((stamp, node))
+    return state
+
+
+def _held_dots(conn: Any, rids: list[bytes]) -> set[tuple[bytes, int, int]]:
+    held: set[tuple[bytes, int, int]] = set()
+    for i in range(0, len(rids), _LOOKUP):
+        chunk = rids[i:i + _LOOKUP]
+        marks = ",".join("?" * len(chunk))
+        held.update(conn.execute(
+            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})", chunk).fetchall())
+    return held
+
+
+def _insert_ops(conn: Any, cipher: FieldCipher, fresh: list[tuple[Delta, bytes]],
+                local: bool) -> int:
+    """Insert write-log rows (a dot already held is skipped); returns how many were new."""
+    sealed = cipher.seal_blobs([(_op_label(d.record_id, d.stamp, d.node), data)
+                                for d, data in fresh])
+    before = conn.total_changes
+    conn.executemany(INSERT_OP, [
+        (d.record_id, d.stamp, d.node, d.type, int(local), blob)
+        for (d, _), blob in zip(fresh, sealed, strict=True)])
+    return int(conn.total_changes - before)
+
+
+def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
+                items: list[tuple[Delta, bytes]], local: bool = False) -> tuple[int, int]:
+    """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's transaction.
+
+    Optimistic about duplicates: the write-log rows go in first, and only when
+    fewer rows were new than deltas given does it look up which dots were held."""
+    conn = db.conn
+    unique: dict[tuple[bytes, int, int], tuple[Delta, bytes]] = {}
+    for d, data in items:
+        unique.setdefault((d.record_id, d.stamp, d.node), (d, data))
+    fresh = list(unique.values())
+    rids = list({d.record_id: None for d, _ in fresh})
+    state = _records(conn, rids)
+    conn.execute("SAVEPOINT merge_ops")
+    if _insert_ops(conn, cipher, fresh, local) != len(fresh):
+        # Some were held already: find them, and insert only the rest.
+        conn.execute("ROLLBACK TO merge_ops")
+        held = _held_dots(conn, rids)
+        fresh = [(d, data) for d, data in fresh if (d.record_id, d.stamp, d.node) not in held]
+        _insert_ops(conn, cipher, fresh, local)
+    conn.execute("RELEASE merge_ops")
     slow: set[bytes] = set()
-    fresh: list[tuple[Delta, bytes]] = []
-    duplicates = 0
-    for delta, data in items:
+    for delta, _ in fresh:
         rid = delta.record_id
-        stamp, node = delta.stamp, delta.node
-        dots = seen[rid]
-        if (stamp, node) in dots:
-            duplicates += 1
-            continue
-        dots.add((stamp, node))
-        fresh.append((delta, data))
         if rid in slow:
             continue
+        stamp, node = delta.stamp, delta.node
         current = state.get(rid)
         if current is None:
             covers, rtype, messy = True, delta.type, False
@@ -248,23 +278,28 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
             slow.add(rid)
         else:
             state[rid] = (rtype, (stamp, node), False)
-    sealed = cipher.seal_blobs([(_op_label(d.record_id, d.stamp, d.node), data)
-                                for d, data in fresh])
-    conn.executemany(INSERT_OP, [
-        (d.record_id, d.stamp, d.node, d.type, int(local), blob)
-        for (d, _), blob in zip(fresh, sealed, strict=True)])
-    fast = [d for d, _ in fresh if d.record_id not in slow] if slow else [d for d, _ in fresh]
-    rows = [(d.record_id, k, d.stamp, d.node, _canonical(v))
-            for d in fast for k, v in d.set.items()]
+    # Last writer wins: of the fast writes to one register, only the greatest dot can
+    # change the row, so only it is sealed and upserted.
+    winners: dict[tuple[bytes, int], tuple[int, int, Any]] = {}
+    for d, _ in fresh:
+        rid = d.record_id
+        if rid in slow:
+            continue
+        dot = (d.stamp, d.node)
+        for k, v in d.set.items():
+            won = winners.get((rid, k))
+            if won is None or dot > won[:2]:
+                winners[(rid, k)] = (d.stamp, d.node, v)
+    rows = [(rid, k, stamp, node, _canonical(v))
+            for (rid, k), (stamp, node, v) in winners.items()]
     conn.executemany(UPSERT_FIELD, [
         (rid, k, stamp, node, blob)
         for (rid, k, stamp, node, _), blob in zip(rows, cipher.seal_fields(rows), strict=True)])
     heads_rows = []
-    for rid in {d.record_id: None for d in fast}:
+    for rid in {d.record_id: None for d, _ in fresh if d.record_id not in slow}:
         rtype, head, _ = state[rid]
-        assert type(head) is tuple
         heads_rows.append((rid, rtype, _one_head(head[0], head[1])))
     conn.executemany(FAST_RECORD, heads_rows)
     for rid in sorted(slow):
         refresh(db, cipher, rid)
-    return len(fresh), duplicates
+    return len(fresh), len(items) - len(fresh)

@@ -76,6 +76,21 @@ RECORD_ROWS = ("SELECT rid, type, n_conflicts, has_delete, heads FROM records"
                " WHERE rid IN (?, ?)")
 
 
+SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
+
+
+def recover_clock(db: sqlite_utils.Database) -> int:
+    """The greatest stamp this kiosk has handed out or observed.
+
+    A merge saves the clock with every transaction; a local write does not need
+    to, because its stamp goes into the outbox in the same transaction, and an
+    entry leaves the outbox only in a transaction that saves the clock. So the
+    saved clock and the outbox's greatest stamp together cover every stamp."""
+    saved = db.conn.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
+    queued = db.conn.execute("SELECT MAX(stamp) FROM outbox").fetchone()[0]
+    return max(int(saved[0]) if saved else 0, queued or 0)
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -123,8 +138,7 @@ class Store:
                 node = int.from_bytes(os.urandom(4), "big") | 1
                 db.execute("INSERT INTO meta VALUES ('node', ?)", [str(node)])
                 db.execute("INSERT INTO meta VALUES ('fleet', ?)", [fingerprint(self.fleet_key)])
-        row = db.execute("SELECT value FROM meta WHERE key = 'hlc'").fetchone()
-        self.hlc = HLC(int(row[0]) if row else 0)
+        self.hlc = HLC(recover_clock(db))
         return db
 
     def close(self) -> None:
@@ -191,19 +205,24 @@ class Store:
             return self._write_slow(db, rid, now_ms, build)
         heads = None if row is None else RecordView(
             rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
-        build(heads, self.hlc.last + 1)  # refuse before the clock moves
-        delta = build(heads, self.hlc.now(now_ms))
+        before = self.hlc.last
+        try:
+            delta = build(heads, self.hlc.now(now_ms))
+        except BaseException:
+            self.hlc.last = before  # a refused write leaves no trace, not even on the clock
+            raise
         if delta.is_delete or delta.add or delta.remove:
             raise AssertionError("a light write assigns registers only")
         pending.append((delta, encode(delta)))
         return delta
 
-    def _persist_light(self, db: sqlite_utils.Database,
-                       pending: list[tuple[Delta, bytes]]) -> None:
+    def _persist_light(self, db: sqlite_utils.Database, pending: list[tuple[Delta, bytes]],
+                       known: Mapping[bytes, int]) -> None:
+        """Persist ``pending``; ``known`` maps record ids to types read in this job."""
         persist_fast(db, self.cipher, pending, local=True)
         outbox.enqueue_many(db, [(self._lane(d), d, len(data)) for d, data in pending])
         for delta, _ in pending:
-            self._promote_subject(db, delta)
+            self._promote_subject(db, delta, known)
 
     def _write_slow(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
                     build: Callable[[RecordView | None, int], Delta]) -> Delta:
@@ -224,11 +243,19 @@ class Store:
         return spec.lane if spec else crdt_schema.LANE_NOTE
 
     @staticmethod
-    def _promote_subject(db: sqlite_utils.Database, delta: Delta) -> None:
+    def _promote_subject(db: sqlite_utils.Database, delta: Delta,
+                         known: Mapping[bytes, int] | None = None) -> None:
         spec = crdt_schema.TYPES.get(delta.type)
         subject = delta.set.get(1) if spec and "subject" in spec.by_name else None
-        if isinstance(subject, bytes):
-            outbox.promote(db, subject, spec.lane if spec else crdt_schema.LANE_NOTE)
+        if not isinstance(subject, bytes):
+            return
+        lane = spec.lane if spec else crdt_schema.LANE_NOTE
+        # A record's entries are queued in its type's lane and only ever promoted: if
+        # that lane is no lower priority than ours, there is nothing to pull up.
+        subject_type = known.get(subject) if known else None
+        subject_spec = crdt_schema.TYPES.get(subject_type) if subject_type is not None else None
+        if subject_spec is None or subject_spec.lane > lane:
+            outbox.promote(db, subject, lane)
 
     def _enqueue(self, db: sqlite_utils.Database, delta: Delta, data: bytes) -> None:
         outbox.enqueue(db, self._lane(delta), delta, len(data))
@@ -243,13 +270,11 @@ class Store:
                 lambda db: db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), BULK)
 
     def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
+        # The clock needs no write of its own: every local stamp is in the outbox, in
+        # the same transaction as the write (see ``recover_clock``).
         def job(db: sqlite_utils.Database) -> Any:
             with atomic(db):
-                clock = self.hlc.last
                 result = fn(db)
-                if self.hlc.last != clock:
-                    db.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)",
-                                    [str(self.hlc.last)])
             self._after_commit(db)
             return result
         try:
@@ -281,12 +306,16 @@ class Store:
             number = f"{letter}-{n:03d}"
             rows = {row[0]: row[1:] for row in conn.execute(RECORD_ROWS, [pid.bytes, cid.bytes])}
             prow = rows.get(pid.bytes)
-            current = self._view(db, pid.bytes) if prow else None
-            changed = {k: v for k, v in values.items()
-                       if current is None or crdt_schema.PATIENT.field(k).to_wire(v)
-                       != current.fields.get(crdt_schema.PATIENT.field(k).number)}
+            if prow is None:
+                changed = values
+            else:
+                current = self._view(db, pid.bytes)
+                assert current is not None
+                changed = {k: v for k, v in values.items()
+                           if crdt_schema.PATIENT.field(k).to_wire(v)
+                           != current.fields.get(crdt_schema.PATIENT.field(k).number)}
             pending: list[tuple[Delta, bytes]] = []
-            if changed or current is None:
+            if changed or prow is None:
                 self._write_light(db, pid.bytes, prow, now, lambda view, stamp: build_put(
                     view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), pending)
             checkin_values = {"subject": str(pid), "status": "arrived", "periodStart": started,
@@ -297,7 +326,8 @@ class Store:
                               lambda view, stamp: build_put(
                                   view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp,
                                   checkin_values), pending)
-            self._persist_light(db, pending)
+            patient_type = prow[0] if prow else crdt_schema.PATIENT.number
+            self._persist_light(db, pending, {pid.bytes: patient_type})
             return CheckinResult(str(cid), str(pid), number)
 
         result: CheckinResult = self._run(fn)
@@ -416,7 +446,12 @@ class Store:
     def outbox_ack(self, seqs: Iterable[int]) -> int:
         """Remove entries the hub acknowledged (authenticated, durable) as committed."""
         seqs = list(seqs)
-        result: int = self._run(lambda db: outbox.ack(db, seqs))
+
+        def ack(db: sqlite_utils.Database) -> int:
+            # Entries leave, and their stamps with them: the clock is saved in their place.
+            db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
+            return outbox.ack(db, seqs)
+        result: int = self._run(ack)
         return result
 
     def outbox_retry(self, seqs: Iterable[int], now_ms: int | None = None) -> None:

@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 One thread owns the database's write connection; every write is a job
-handed to it. Jobs wait in a priority queue: ``URGENT`` (check-ins and
-other local writes a person is waiting for) before ``BULK`` (slices of a
-merge), first come first served within a priority. A bulk merge is cut into
+handed to it. Jobs wait in two queues: ``URGENT`` (check-ins and other
+local writes a person is waiting for) before ``BULK`` (slices of a merge),
+first come first served within a priority. A bulk merge is cut into
 short slices, each its own job and transaction, so a check-in waits at most
 for the slice in progress, never for the whole merge, and SQLite's lock is
 never the scheduler (there is no second writer to contend with).
@@ -15,7 +15,7 @@ it calls ``run_urgent``, which runs every urgent job that is waiting right
 there, so a check-in waits for the merge's current chunk and commit, never
 for a whole slice (``urgent_waiting`` tells the bulk job to commit early).
 
-Callers block on the job's future (``call``), or collect futures
+Callers block until their job is done (``call``), or collect futures
 (``submit``) and wait later. The job's exception is re-raised in the caller.
 
 The interpreter lock. While a bulk job runs, this thread is busy in Python,
@@ -27,9 +27,9 @@ until that caller has taken the result (at most ``HANDOFF_S``).
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -39,18 +39,34 @@ import sqlite_utils
 T = TypeVar("T")
 URGENT = 0
 BULK = 1
-_STOP = 2
 HANDOFF_S = 0.002
 
-_Job = tuple[int, int, Any, "Future[Any] | None", "threading.Event | None"]
+
+class _Job:
+    """One job. ``call`` waits on ``done`` (a plain lock: the cheapest wake-up there is);
+    ``submit`` hands out ``future`` instead."""
+
+    __slots__ = ("fn", "done", "handoff", "future", "result", "error")
+
+    def __init__(self, fn: Callable[[sqlite_utils.Database], Any],
+                 future: Future[Any] | None) -> None:
+        self.fn = fn
+        self.future = future
+        self.done: threading.Lock | None = None
+        self.handoff: threading.Lock | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 
 class Writer:
     def __init__(self, open_db: Callable[[], sqlite_utils.Database]) -> None:
         self._open_db = open_db
-        self._jobs: queue.PriorityQueue[_Job] = queue.PriorityQueue()
+        self._urgent: deque[_Job] = deque()
+        self._bulk: deque[_Job] = deque()
+        #: One token per job queued (and one to stop): the thread sleeps on it.
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._stopping = False
         self._in_bulk = False
-        self._seq = itertools.count()
         self._ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name="haven-writer", daemon=True)
         self._thread.start()
@@ -65,63 +81,82 @@ class Writer:
         self._ready.set_result(None)
         try:
             while True:
-                job = self._jobs.get()
-                if job[0] == _STOP:
-                    break
-                if job[0] == BULK:
+                self._wake.get()
+                if self._urgent:
+                    self._execute(db, self._urgent.popleft())
+                elif self._bulk:
                     self._in_bulk = True
                     try:
-                        self._execute(db, job)
+                        self._execute(db, self._bulk.popleft())
                     finally:
                         self._in_bulk = False
-                else:
-                    self._execute(db, job)
+                elif self._stopping:
+                    break
         finally:
             db.conn.close()
 
     def _execute(self, db: sqlite_utils.Database, job: _Job) -> None:
-        _, _, fn, fut, handoff = job
-        assert fut is not None
-        if not fut.set_running_or_notify_cancel():
+        fut = job.future
+        if fut is not None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(job.fn(db))
+            except BaseException as exc:
+                fut.set_exception(exc)
             return
         try:
-            fut.set_result(fn(db))
+            job.result = job.fn(db)
         except BaseException as exc:
-            fut.set_exception(exc)
-        if handoff is not None and self._in_bulk:
-            handoff.wait(HANDOFF_S)
+            job.error = exc
+        assert job.done is not None
+        job.done.release()
+        if job.handoff is not None and self._in_bulk:
+            job.handoff.acquire(timeout=HANDOFF_S)
+
+    def pending(self) -> int:
+        """Jobs queued and not started."""
+        return len(self._urgent) + len(self._bulk)
 
     def urgent_waiting(self) -> bool:
         """Whether an urgent job is queued (for bulk jobs, on the writer thread)."""
-        heap = self._jobs.queue
-        try:
-            return bool(heap[0][0] == URGENT)
-        except IndexError:
-            return False
+        return bool(self._urgent)
 
     def run_urgent(self, db: sqlite_utils.Database) -> None:
         """Run every waiting urgent job now: a bulk job calls this between transactions."""
-        while self.urgent_waiting():
-            # Only this thread takes jobs, and nothing outranks URGENT: this is one.
-            self._execute(db, self._jobs.get_nowait())
+        while self._urgent:
+            self._execute(db, self._urgent.popleft())
 
-    def submit(self, fn: Callable[[sqlite_utils.Database], T], priority: int = URGENT,
-               handoff: threading.Event | None = None) -> Future[T]:
+    def _put(self, job: _Job, priority: int) -> None:
         if not self._thread.is_alive():
             raise RuntimeError("the writer thread has stopped")
+        (self._urgent if priority == URGENT else self._bulk).append(job)
+        self._wake.put(None)
+
+    def submit(self, fn: Callable[[sqlite_utils.Database], T], priority: int = URGENT
+               ) -> Future[T]:
         fut: Future[T] = Future()
-        self._jobs.put((priority, next(self._seq), fn, fut, handoff))
+        self._put(_Job(fn, fut), priority)
         return fut
 
     def call(self, fn: Callable[[sqlite_utils.Database], T], priority: int = URGENT) -> T:
-        handoff = threading.Event() if priority == URGENT else None
-        try:
-            return self.submit(fn, priority, handoff).result()
-        finally:
-            if handoff is not None:
-                handoff.set()
+        job = _Job(fn, None)
+        job.done = threading.Lock()
+        job.done.acquire()
+        if priority == URGENT:
+            job.handoff = threading.Lock()
+            job.handoff.acquire()
+        self._put(job, priority)
+        job.done.acquire()
+        if job.handoff is not None:
+            job.handoff.release()  # we hold the interpreter again: the writer may go on
+        if job.error is not None:
+            raise job.error
+        result: T = job.result
+        return result
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._jobs.put((_STOP, next(self._seq), None, None, None))
+            self._stopping = True
+            self._wake.put(None)
             self._thread.join()
