@@ -58,6 +58,12 @@ class SendLane:
     def has_pending(self) -> bool:
         return bool(self.lost) or self.next_new < self.end
 
+    def can_send_below(self, limit: int) -> bool:
+        """True if ``next_segment`` would return something below offset ``limit``."""
+        first = self.lost.first()
+        start = first[0] if first is not None else self.next_new
+        return start < min(limit, self.end)
+
     def write(self, data: bytes) -> None:
         if len(data) > self.free:
             raise LocalProtocolError("send buffer full", "buffer-full")

@@ -143,7 +143,7 @@ class Session:
 
     @property
     def frame_size(self) -> int:
-        return self._tx.sizer.size
+        return self._tx.frame_size()
 
     @property
     def error_rate(self) -> float:
@@ -214,14 +214,17 @@ class Session:
         times = [self._last_heard + self.config.dead_timeout]
         if self.state == HANDSHAKE and self._hs_frames or self._resume_msg is not None:
             times.append(self._hs_sent_at + self._hs_rto)
-        if self._rx.ack_due is not None:
-            times.append(self._rx.ack_due)
         if (rto_at := self._tx.deadline) is not None:
             times.append(rto_at)
         if self.is_open:
             times.append(self._last_eliciting + self.config.keepalive)
-            if self.config.rate and (self._data_allowed() or self._control):
-                times.append(self._line_free_at - self._horizon())
+        # Frames waiting to go out leave when they are due and the line is free.
+        wants = [self._rx.ack_due] if self._rx.ack_due is not None else []
+        if self._control or self._data_allowed():
+            wants.append(float("-inf"))
+        if wants:
+            line_free = self._line_free_at - self._horizon() if self.config.rate else float("-inf")
+            times.append(max(min(wants), line_free))
         return min(times)
 
     # -- the link ------------------------------------------------------------
@@ -273,9 +276,11 @@ class Session:
         )
 
     def _horizon(self) -> float:
-        # Keep about one frame queued ahead so the line never idles.
+        # Hand the next frame over shortly before the line is free: early
+        # enough that it never idles, late enough that frames do not queue
+        # (a queue would add to the round trip and to what an outage loses).
         rate = self.config.rate or 1.0
-        return max(0.005, (self._tx.sizer.size + 40) / rate)
+        return max(0.02, 0.25 * (self._tx.frame_size() + 40) / rate)
 
     def _transition(self, trigger: str) -> None:
         new = TRANSITIONS[self.state].get(trigger)
@@ -440,6 +445,7 @@ class Session:
         self._refused_in_row = 0
         self._last_heard = now
         self.stats.frames_received += 1
+        self._tx.on_frame_from_peer(now)
         if kind == w.KIND_CONTROL:
             self._on_control(pn, plain, now)
         else:
@@ -559,8 +565,9 @@ class Session:
             self._control.append(self._resume_msg)
             self._hs_sent_at = now
             self._hs_rto = min(self._hs_rto * 2, self.config.max_rto)
-        self._tx.on_timers(now)
-        if self.is_open and now - self._last_eliciting >= self.config.keepalive:
+        if self._tx.on_timers(now) or (
+            self.is_open and now - self._last_eliciting >= self.config.keepalive
+        ):
             nonce = self._sealer.next_nonce if self._sealer else 0
             self._ping_sent[nonce] = now
             self._control.append(messages.make("ping", nonce=nonce))

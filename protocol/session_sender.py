@@ -3,8 +3,13 @@
 ``SessionSender`` holds the send lanes, the frames in flight, the frame sizer
 and the RTT estimator. It picks the next segment to send (lowest lane first,
 within the peer's window and the in-flight limit), takes acknowledgements,
-finds losses by packet threshold or by the retransmission timer, and after a
-timeout lets only one probe frame fly until the line answers. Sealing frames
+finds losses by packet threshold or by the retransmission timer. After a
+timeout no data flies: the session sends a small ping as a probe, at most
+``max_probe_interval`` apart, and data resumes the moment any authenticated
+frame comes back. An outage then costs what was in flight when it began
+plus a few pings, and ends for us within one probe interval of the line's
+return. On a line of known rate, what may be in flight is held near the
+bandwidth-delay product, which bounds that cost. Sealing frames
 and everything else about the link stay with the ``Session``.
 """
 
@@ -116,21 +121,35 @@ class SessionSender:
     @property
     def deadline(self) -> float | None:
         """When the retransmission timer expires; None when it is not running."""
-        if self.inflight and not self.config.stream:
-            return self.rto_start + self.rtt.rto
-        return None
+        if self.config.stream or not (self.inflight or self.probing):
+            return None
+        wait = self.rtt.rto
+        if self.probing:
+            wait = min(wait, self.config.max_probe_interval)
+        return self.rto_start + wait
 
-    def on_timers(self, now: float) -> None:
-        """On a timeout every frame in flight is lost, and probing starts."""
+    def on_timers(self, now: float) -> bool:
+        """On a timeout every frame in flight is lost and probing starts.
+
+        Returns True when the session should send a probe now."""
         deadline = self.deadline
-        if deadline is not None and now >= deadline:
-            self.stats.timeouts += 1
-            for sent in self.inflight.values():
-                self._lose(sent)
-            self.inflight.clear()
-            self.rtt.on_timeout()
+        if deadline is None or now < deadline:
+            return False
+        self.stats.timeouts += 1
+        for sent in self.inflight.values():
+            self._lose(sent)
+        self.inflight.clear()
+        self.rtt.on_timeout()
+        if not self.probing:
             self.sizer.on_timeout()
-            self.probing = True
+        self.probing = True
+        self.rto_start = now
+        return True
+
+    def on_frame_from_peer(self, now: float) -> None:
+        """Any authenticated frame proves the line works again."""
+        if self.probing:
+            self.probing = False
             self.rto_start = now
 
     # -- data out ----------------------------------------------------------------
@@ -138,23 +157,46 @@ class SessionSender:
     def data_allowed(self) -> bool:
         """True when a data frame could go out as soon as the line is free
         (and the session is ready for data)."""
-        if not any(lane.has_pending for lane in self.lanes):
+        if not any(lane.can_send_below(lane.base + self.peer_window) for lane in self.lanes):
             return False
         if self.config.stream:
             return True
-        if self.probing and self.inflight:
+        if self.probing:
             return False
-        return self.inflight_bytes() < self.config.max_inflight
+        return self.inflight_bytes() < self.inflight_limit()
 
     def inflight_bytes(self) -> int:
         return sum(s.end - s.start for s in self.inflight.values())
 
+    def inflight_limit(self) -> int:
+        """Bytes that may be in flight: about 1.25 bandwidth-delay products on a
+        line of known rate (never under two frames), else ``max_inflight``."""
+        cfg = self.config
+        if not cfg.rate:
+            return cfg.max_inflight
+        srtt = self.rtt.srtt if self.rtt.srtt is not None else cfg.initial_rto / 2
+        frames = 2 * (self.frame_size() + self.sizer.overhead)
+        return min(cfg.max_inflight, max(frames, int(1.25 * cfg.rate * srtt)))
+
+    def frame_size(self) -> int:
+        """The data payload size for the next frame."""
+        cfg = self.config
+        if cfg.frame_size:
+            return cfg.frame_size
+        if cfg.stream:
+            return self.sizer.max_size
+        size = self.sizer.size
+        if cfg.rate:
+            # Keep one frame's time on the line short: a frame lost to an
+            # outage, or waiting ahead of an urgent lane, then costs little.
+            size = min(size, max(self.sizer.min_size, int(cfg.rate * cfg.max_frame_time)))
+        return size
+
     def next_data_frame(self, now: float, seal: Seal) -> bytes | None:
         """The next data frame, sealed by ``seal``, or None if none may go out."""
-        cfg = self.config
         if not self.data_allowed():
             return None
-        size = cfg.frame_size or (self.sizer.max_size if cfg.stream else self.sizer.size)
+        size = self.frame_size()
         for index, lane in enumerate(self.lanes):
             if not lane.has_pending:
                 continue
