@@ -1,0 +1,187 @@
+"""The kiosk's hardware through gpiozero: status LED, service button, buzzer.
+
+Theory of operation
+-------------------
+``pin_factory_from_env`` picks the backend the way gpiozero does, from
+``GPIOZERO_PIN_FACTORY``: ``mock`` gives a ``MockFactory`` (simulation,
+tests, demos); any other name, or none, tries gpiozero's own choice and,
+when no real GPIO is there, falls back to the mock with a warning
+(``HardwareFallback``), so a kiosk on a laptop still runs.
+
+``StatusLed`` shows one of four patterns, each a (on, off) blink period:
+``synced`` steady on, ``pending`` slow blink, ``offline`` a short blip,
+``error`` fast blink. ``ServiceButton`` calls ``when_sync_now`` after a long
+press (``hold_time``) and exposes ``is_held`` and ``wait_for_press`` for
+provisioning's physical-presence check. ``Chime`` beeps the buzzer once per
+check-in. ``Hardware`` bundles the three with one ``close``. Every class
+takes a keyword-only ``pin_factory=None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from gpiozero import LED, Button, Buzzer, Device
+from gpiozero.pins.mock import MockFactory
+
+SYNCED, PENDING, OFFLINE, ERROR = "synced", "pending", "offline", "error"
+#: pattern -> (seconds on, seconds off); ``None`` means steady on.
+PATTERNS: dict[str, tuple[float, float] | None] = {
+    SYNCED: None,
+    PENDING: (1.0, 1.0),
+    OFFLINE: (0.1, 2.9),
+    ERROR: (0.1, 0.1),
+}
+LED_PIN, BUTTON_PIN, BUZZER_PIN = 17, 27, 22
+HOLD_TIME = 3.0
+
+
+class HardwareError(Exception):
+    """Root of the kiosk's hardware errors."""
+
+
+class UnknownPattern(HardwareError, ValueError):
+    """No such LED pattern."""
+
+
+class HardwareFallback(RuntimeWarning):
+    """No real GPIO here: the simulated (mock) pins are used instead."""
+
+
+def pin_factory_from_env(env: dict[str, str] | None = None) -> Any:
+    """The pin factory ``GPIOZERO_PIN_FACTORY`` names; mock (with a warning) if none works."""
+    environ = os.environ if env is None else env
+    name = (environ.get("GPIOZERO_PIN_FACTORY") or "").strip().lower()
+    if name == "mock":
+        return MockFactory()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            factory = Device._default_pin_factory()
+    except Exception as exc:
+        warnings.warn(HardwareFallback(
+            f"no GPIO backend ({name or 'default'}: {exc}); using simulated pins"), stacklevel=2)
+        return MockFactory()
+    return factory
+
+
+def is_mock(factory: Any) -> bool:
+    return isinstance(factory, MockFactory)
+
+
+class StatusLed:
+    """One LED showing the sync state as a blink pattern."""
+
+    def __init__(self, pin: int = LED_PIN, *, pin_factory: Any = None) -> None:
+        self.led = LED(pin, pin_factory=pin_factory)
+        self._pattern: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pattern(self) -> str | None:
+        return self._pattern
+
+    @property
+    def is_lit(self) -> bool:
+        return bool(self.led.is_lit)
+
+    def show(self, pattern: str) -> None:
+        """Switch to ``pattern`` (no-op when it is already showing)."""
+        if pattern not in PATTERNS:
+            raise UnknownPattern(f"no LED pattern {pattern!r}; one of {', '.join(PATTERNS)}")
+        with self._lock:
+            if pattern == self._pattern:
+                return
+            self._pattern = pattern
+            period = PATTERNS[pattern]
+            if period is None:
+                self.led.on()
+            else:
+                self.led.blink(on_time=period[0], off_time=period[1], background=True)
+
+    def close(self) -> None:
+        self.led.close()
+
+
+class ServiceButton:
+    """The service button: a long press asks for a sync now."""
+
+    def __init__(self, pin: int = BUTTON_PIN, *, hold_time: float = HOLD_TIME,
+                 pin_factory: Any = None) -> None:
+        self.button = Button(pin, hold_time=hold_time, pin_factory=pin_factory)
+        self.when_sync_now: Callable[[], None] | None = None
+        self.button.when_held = self._held
+
+    def _held(self) -> None:
+        callback = self.when_sync_now
+        if callback is not None:
+            callback()
+
+    @property
+    def is_pressed(self) -> bool:
+        return bool(self.button.is_pressed)
+
+    @property
+    def is_held(self) -> bool:
+        return bool(self.button.is_held)
+
+    def wait_for_press(self, timeout: float | None = None) -> bool:
+        """Block until pressed (``True``) or ``timeout`` seconds pass (``False``)."""
+        return bool(self.button.wait_for_press(timeout))
+
+    def close(self) -> None:
+        self.button.close()
+
+
+class Chime:
+    """The buzzer: one short beep per check-in."""
+
+    def __init__(self, pin: int = BUZZER_PIN, *, pin_factory: Any = None) -> None:
+        self.buzzer = Buzzer(pin, pin_factory=pin_factory)
+
+    def checkin(self) -> None:
+        self.buzzer.beep(on_time=0.08, off_time=0.05, n=1, background=True)
+
+    def close(self) -> None:
+        self.buzzer.close()
+
+
+class Hardware:
+    """LED, button and buzzer on one pin factory (from the environment by default)."""
+
+    def __init__(self, *, led_pin: int = LED_PIN, button_pin: int = BUTTON_PIN,
+                 buzzer_pin: int = BUZZER_PIN, hold_time: float = HOLD_TIME,
+                 pin_factory: Any = None) -> None:
+        self.factory = pin_factory if pin_factory is not None else pin_factory_from_env()
+        self.led = StatusLed(led_pin, pin_factory=self.factory)
+        self.button = ServiceButton(button_pin, hold_time=hold_time, pin_factory=self.factory)
+        self.chime = Chime(buzzer_pin, pin_factory=self.factory)
+
+    @property
+    def simulated(self) -> bool:
+        return is_mock(self.factory)
+
+    def press(self, seconds: float) -> None:
+        """Simulation only: press the button for ``seconds`` (blocks)."""
+        if not self.simulated:
+            raise HardwareError("the button can be pressed from software only in simulation")
+        pin = self.button.button.pin
+        pin.drive_low()
+        try:
+            threading.Event().wait(seconds)
+        finally:
+            pin.drive_high()
+
+    def state(self) -> dict[str, Any]:
+        return {"led": self.led.pattern, "lit": self.led.is_lit,
+                "button": self.button.is_pressed, "simulated": self.simulated}
+
+    def close(self) -> None:
+        for part in (self.chime, self.button, self.led):
+            with contextlib.suppress(Exception):
+                part.close()

@@ -1,0 +1,152 @@
+"""The kiosk's hardware on gpiozero's MockFactory: LED patterns, button, buzzer."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from device import hw
+
+BOUND = 5.0  # every wait here ends by this many seconds
+
+
+def wait_until(cond: Callable[[], bool], bound: float = BOUND) -> bool:
+    end = time.monotonic() + bound
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def transitions(pin: object) -> list[bool]:
+    """The pin's recorded levels with repeats collapsed."""
+    out: list[bool] = []
+    for s in pin.states:  # type: ignore[attr-defined]
+        if not out or out[-1] != bool(s.state):
+            out.append(bool(s.state))
+    return out
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    f = MockFactory()
+    yield f
+    f.reset()
+
+
+@pytest.fixture
+def kit(factory: MockFactory) -> Iterator[hw.Hardware]:
+    h = hw.Hardware(pin_factory=factory, hold_time=0.05)
+    yield h
+    h.close()
+
+
+def test_env_mock_factory() -> None:
+    assert isinstance(hw.pin_factory_from_env({"GPIOZERO_PIN_FACTORY": "mock"}), MockFactory)
+
+
+def test_env_fallback_warns_and_uses_mock() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f = hw.pin_factory_from_env({"GPIOZERO_PIN_FACTORY": "no-such-factory"})
+    assert isinstance(f, MockFactory)
+    assert any(issubclass(w.category, hw.HardwareFallback) for w in caught)
+
+
+def test_synced_is_steady_on(kit: hw.Hardware, factory: MockFactory) -> None:
+    kit.led.show(hw.SYNCED)
+    pin = factory.pin(hw.LED_PIN)
+    assert kit.led.pattern == hw.SYNCED and kit.led.is_lit and pin.state
+    pin.clear_states()
+    kit.led.show(hw.SYNCED)  # the same pattern again changes nothing
+    assert transitions(pin) == [True]
+
+
+@pytest.mark.parametrize("pattern", [hw.PENDING, hw.OFFLINE, hw.ERROR])
+def test_blinking_patterns_toggle_the_pin(kit: hw.Hardware, factory: MockFactory,
+                                          pattern: str) -> None:
+    pin = factory.pin(hw.LED_PIN)
+    period = hw.PATTERNS[pattern]
+    assert period is not None
+    kit.led.show(pattern)
+    assert kit.led.pattern == pattern
+    if pattern == hw.ERROR:  # fast enough to watch several periods
+        assert wait_until(lambda: len(transitions(pin)) >= 5)
+        seq = transitions(pin)
+        assert all(a != b for a, b in zip(seq, seq[1:], strict=False))
+    else:  # starts lit, then goes dark: the first half period
+        assert wait_until(lambda: True in transitions(pin))
+
+
+def test_pattern_periods_are_distinct() -> None:
+    periods = [p for p in hw.PATTERNS.values() if p is not None]
+    assert len(set(periods)) == len(periods) == 3
+    assert hw.PATTERNS[hw.SYNCED] is None
+    on, off = hw.PATTERNS[hw.OFFLINE]  # type: ignore[misc]
+    assert on < off  # a blip, mostly dark
+
+
+def test_unknown_pattern(kit: hw.Hardware) -> None:
+    with pytest.raises(ValueError):
+        kit.led.show("disco")
+    with pytest.raises(hw.HardwareError):
+        kit.led.show("disco")
+
+
+def test_long_press_asks_for_sync(kit: hw.Hardware, factory: MockFactory) -> None:
+    asked = threading.Event()
+    kit.button.when_sync_now = asked.set
+    pin = factory.pin(hw.BUTTON_PIN)
+    pin.drive_low()
+    assert kit.button.is_pressed
+    assert asked.wait(BOUND)
+    assert wait_until(lambda: kit.button.is_held)
+    pin.drive_high()
+    assert not kit.button.is_pressed and not kit.button.is_held
+
+
+def test_short_press_does_not_sync(factory: MockFactory) -> None:
+    h = hw.Hardware(pin_factory=factory, hold_time=60.0)
+    try:
+        asked = threading.Event()
+        h.button.when_sync_now = asked.set
+        pin = factory.pin(hw.BUTTON_PIN)
+        pin.drive_low()
+        pin.drive_high()
+        assert not asked.is_set()
+        assert not h.button.is_held
+    finally:
+        h.close()
+
+
+def test_wait_for_press(kit: hw.Hardware, factory: MockFactory) -> None:
+    pin = factory.pin(hw.BUTTON_PIN)
+    assert kit.button.wait_for_press(0.01) is False
+    threading.Thread(target=pin.drive_low, daemon=True).start()
+    assert kit.button.wait_for_press(BOUND) is True
+    pin.drive_high()
+
+
+def test_simulated_press_drives_the_pin(kit: hw.Hardware) -> None:
+    asked = threading.Event()
+    kit.button.when_sync_now = asked.set
+    assert kit.simulated
+    t = threading.Thread(target=kit.press, args=(0.5,), daemon=True)
+    t.start()
+    assert asked.wait(BOUND)
+    t.join(BOUND)
+    assert not kit.button.is_pressed
+    assert kit.state()["button"] is False
+
+
+def test_chime_beeps_once(kit: hw.Hardware, factory: MockFactory) -> None:
+    pin = factory.pin(hw.BUZZER_PIN)
+    pin.clear_states()
+    kit.chime.checkin()
+    assert wait_until(lambda: transitions(pin) == [False, True, False])
