@@ -216,7 +216,8 @@ def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
     assert done == ["B-001"]
     transactions = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
     queue = next(i for i, s in enumerate(statements) if "queue_numbers" in s)
-    assert len(transactions) == 11  # the check-in and ten merge slices
+    # The check-in, ten merge slices, and the merge's closing commit (the one that fsyncs).
+    assert len(transactions) == 12
     assert transactions[0] < queue < transactions[1]  # the check-in went first
     assert len(store.views()) == 202
 
@@ -283,3 +284,15 @@ def test_atomic_nests_with_savepoints(tmp_path: Path) -> None:
     assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
     assert db.conn.in_transaction is False
     db.conn.close()
+
+
+def test_a_merge_leaves_the_writer_fully_synchronous(store: Store) -> None:
+    """Merge commits skip the fsync; nothing after the merge may inherit that."""
+    rep = Replica(3)
+    deltas = [rep.put(uuid.uuid4().bytes, "note", T0, {"text": str(i)}) for i in range(100)]
+    assert store.merge(deltas, now_ms=T0, slice_size=30).applied == 100
+    mode = store._writer.call(lambda db: db.conn.execute("PRAGMA synchronous").fetchone()[0])
+    assert mode == 2  # FULL
+    statements = trace(store)
+    store.checkin(name="Ada", now_ms=T0)
+    assert not any("synchronous" in s for s in statements)

@@ -43,7 +43,6 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite_utils.Databas
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
-    conn.execute("PRAGMA page_size = 1024")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")

@@ -11,8 +11,13 @@ this schema knows); one that fails goes to quarantine, sealed, with its
 reason code, and the rest merge. Chunks share a transaction until the slice
 ends, ``TXN_BUDGET_S`` has passed, or an urgent job (a check-in) is waiting;
 then the transaction commits and waiting check-ins run before the next one.
+Those commits skip the fsync (``synchronous=NORMAL``): a check-in's own
+commit fsyncs the WAL, and with it every merge commit before it, and the
+merge's last transaction runs with ``synchronous=FULL``, so ``merge``
+returns only when everything it merged is durable.
 So a check-in waits for one chunk and one commit at most, while a merge
-without company commits rarely. Stamps are observed (the clock moves past
+without company commits rarely; while check-ins keep coming, chunks are
+shorter (``BUSY_CHUNK``). Stamps are observed (the clock moves past
 them) but never rewritten.
 """
 
@@ -43,6 +48,9 @@ SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
 
 #: Deltas decoded and merged together; a waiting check-in waits for one chunk at most.
 CHUNK = 64
+#: The chunk while check-ins are coming (one ran in the last ``BUSY_S``): shorter waits.
+BUSY_CHUNK = 16
+BUSY_S = 0.5
 #: How long one merge transaction may grow before it commits anyway.
 TXN_BUDGET_S = 0.02
 
@@ -58,10 +66,11 @@ def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int) -> M
     # Decoding runs on the writer thread, chunk by chunk: a second CPU-bound thread
     # would make every check-in fight for the interpreter lock.
     items = list(deltas)
+    starts = range(0, len(items), slice_size)
     futures = [
-        store._writer.submit(
-            functools.partial(_slice, store, part=items[i:i + slice_size], now=now), BULK)
-        for i in range(0, len(items), slice_size)
+        store._writer.submit(functools.partial(
+            _slice, store, part=items[i:i + slice_size], now=now, last=i == starts[-1]), BULK)
+        for i in starts
     ]
     applied = duplicates = quarantined = 0
     for fut in futures:
@@ -103,37 +112,55 @@ def _checked(part: list[bytes], now: int
 
 
 def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
-           now: int) -> tuple[int, int, int]:
+           now: int, last: bool) -> tuple[int, int, int]:
     writer = store._writer
-    new = dup = quarantined = 0
+    totals = [0, 0, 0]  # new, duplicates, quarantined
     pos = 0
     while pos < len(part):
-        deadline = time.perf_counter() + TXN_BUDGET_S
         first = pos
-        with atomic(db):
-            while pos < len(part):
-                chunk = part[pos:pos + CHUNK]
-                pos += len(chunk)
-                good, bad = _checked(chunk, now)
-                n, d = merge_slice(db, store.cipher, good)
-                new += n
-                dup += d
-                quarantined += len(bad)
-                if bad:
-                    sealed = store.cipher.seal_blobs([
-                        (b"quarantine", strict_cbor.dumps([reason, data]))
-                        for _, reason, data in bad])
-                    db.conn.executemany(
-                        "INSERT INTO quarantine (received_at, code, sealed) VALUES (?, ?, ?)",
-                        [(now, code, blob) for (code, _, _), blob in zip(bad, sealed,
-                                                                         strict=True)])
-                if good:
-                    top = max(d.stamp for d, _ in good)
-                    if top > store.hlc.last:
-                        store.hlc.last = top
-                if writer.urgent_waiting() or time.perf_counter() > deadline:
-                    break
-            db.conn.execute(SAVE_CLOCK, [str(store.hlc.last)])
+        # Commits inside a merge skip the fsync: the next fsync of the WAL (a check-in's
+        # commit, or the merge's last one below) makes them durable with it, and the
+        # merge returns only after that.
+        db.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with atomic(db):
+                pos = _transaction(store, db, part, pos, now, totals)
+        finally:
+            db.conn.execute("PRAGMA synchronous = FULL")
         store._after_commit(db, pos - first)
         writer.run_urgent(db)
-    return new, dup, quarantined
+    if last:
+        with atomic(db):  # synchronous=FULL: this commit fsyncs the whole merge
+            db.conn.execute(SAVE_CLOCK, [str(store.hlc.last)])
+    return totals[0], totals[1], totals[2]
+
+
+def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos: int,
+                 now: int, totals: list[int]) -> int:
+    """Merge chunks of ``part`` from ``pos`` until done, out of time, or a check-in
+    waits; returns where it stopped."""
+    writer = store._writer
+    deadline = time.perf_counter() + TXN_BUDGET_S
+    while pos < len(part):
+        size = BUSY_CHUNK if writer.urgent_lately(BUSY_S) else CHUNK
+        chunk = part[pos:pos + size]
+        pos += len(chunk)
+        good, bad = _checked(chunk, now)
+        new, dup = merge_slice(db, store.cipher, good)
+        totals[0] += new
+        totals[1] += dup
+        totals[2] += len(bad)
+        if bad:
+            sealed = store.cipher.seal_blobs([
+                (b"quarantine", strict_cbor.dumps([reason, data])) for _, reason, data in bad])
+            db.conn.executemany(
+                "INSERT INTO quarantine (received_at, code, sealed) VALUES (?, ?, ?)",
+                [(now, code, blob) for (code, _, _), blob in zip(bad, sealed, strict=True)])
+        if good:
+            top = max(d.stamp for d, _ in good)
+            if top > store.hlc.last:
+                store.hlc.last = top
+        if writer.urgent_waiting() or time.perf_counter() > deadline:
+            break
+    db.conn.execute(SAVE_CLOCK, [str(store.hlc.last)])
+    return pos

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -67,6 +68,7 @@ class Writer:
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._stopping = False
         self._in_bulk = False
+        self._last_urgent = -1e9
         self._ready: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, name="haven-writer", daemon=True)
         self._thread.start()
@@ -83,6 +85,7 @@ class Writer:
             while True:
                 self._wake.get()
                 if self._urgent:
+                    self._last_urgent = time.monotonic()
                     self._execute(db, self._urgent.popleft())
                 elif self._bulk:
                     self._in_bulk = True
@@ -123,9 +126,18 @@ class Writer:
         return bool(self._urgent)
 
     def run_urgent(self, db: sqlite_utils.Database) -> None:
-        """Run every waiting urgent job now: a bulk job calls this between transactions."""
-        while self._urgent:
+        """Run the urgent jobs waiting now: a bulk job calls this between transactions.
+
+        Only those already queued: a stream of check-ins slows a merge down, but
+        never stops it (each round of them lets the merge do one more chunk)."""
+        if self._urgent:
+            self._last_urgent = time.monotonic()
+        for _ in range(len(self._urgent)):
             self._execute(db, self._urgent.popleft())
+
+    def urgent_lately(self, seconds: float) -> bool:
+        """Whether an urgent job ran in the last ``seconds``."""
+        return time.monotonic() - self._last_urgent < seconds
 
     def _put(self, job: _Job, priority: int) -> None:
         if not self._thread.is_alive():
