@@ -2,11 +2,14 @@
 
 The check value of b"123456789" is 0xE3069283 (RFC 3720, appendix B.4).
 The ``crc32c`` package (hardware instructions where the CPU has them) is used
-when present; the pure-Python table code below is the fallback and the
-reference, and the test vectors hold both to the same values.
+for inputs of 256 bytes and more when present; the pure-Python table code
+below is the fallback and the reference, and the test vectors hold both to
+the same values.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 _POLY = 0x82F63B78
 
@@ -24,8 +27,8 @@ def _make_table() -> list[int]:
 _TABLE = _make_table()
 
 
-def crc32c(data: bytes, value: int = 0) -> int:
-    """Return the CRC-32C of ``data``, continuing from ``value``."""
+def _pure_crc32c(data: bytes, value: int = 0) -> int:
+    """The reference: a table-driven CRC-32C in plain Python."""
     crc = value ^ 0xFFFFFFFF
     table = _TABLE
     for b in data:
@@ -33,14 +36,35 @@ def crc32c(data: bytes, value: int = 0) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-_pure_crc32c = crc32c
+# The C extension (hardware CRC instructions) is loaded on the first input
+# large enough to gain from it: importing it costs about 5 MB of memory and
+# 40 ms (it pulls in importlib.metadata), which a session, whose only CRCs
+# guard short handshake frames, never needs to pay on a 512 MB Pi.
+_C_THRESHOLD = 256
+_c_crc: Callable[[bytes, int], int] | None = None
 
-try:  # pragma: no cover - depends on the optional C extension
-    import crc32c as _c_crc32c
 
-    def crc32c(data: bytes, value: int = 0) -> int:
-        return int(_c_crc32c.crc32c(data, value))
+def _load_c() -> Callable[[bytes, int], int] | None:
+    try:  # pragma: no cover - depends on the optional C extension
+        import crc32c as c_crc32c
+    except ImportError:
+        return None
+    return c_crc32c.crc32c
 
-    IMPLEMENTATION = "c"
-except ImportError:
-    IMPLEMENTATION = "python"
+
+def crc32c(data: bytes, value: int = 0) -> int:
+    """Return the CRC-32C of ``data``, continuing from ``value``."""
+    global _c_crc
+    if len(data) < _C_THRESHOLD:
+        return _pure_crc32c(data, value)
+    if _c_crc is None:
+        _c_crc = _load_c() or _pure_crc32c
+    return int(_c_crc(data, value))
+
+
+def implementation() -> str:
+    """``"c"`` when the C extension is available, else ``"python"``."""
+    global _c_crc
+    if _c_crc is None:
+        _c_crc = _load_c() or _pure_crc32c
+    return "python" if _c_crc is _pure_crc32c else "c"

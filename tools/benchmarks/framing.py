@@ -76,7 +76,7 @@ def framing_throughput(ctx: Context) -> Result:
     total = (256 if ctx.quick else 1024) * 1024
     min_time = 0.3 if ctx.quick else 1.0
     rows: list[dict[str, Any]] = []
-    impls = ["c", "python"] if crcmod.IMPLEMENTATION == "c" else ["python"]
+    impls = ["c", "python"] if crcmod.implementation() == "c" else ["python"]
     for impl in impls:
         for size in (64, 256, 1024):
             payloads = [rng.randbytes(size) for _ in range(max(1, total // size // 4))]
