@@ -74,3 +74,13 @@ def test_urgent_lane_overtakes_bulk():
     assert passed_by <= 8192 + 4096 + 4000
     # ...and most of the bulk queued before it arrived after it.
     assert overtaken > sum(len(m) for m in bulk) / 2
+
+
+def test_stream_mode_has_no_retransmission_timers():
+    """On TCP: framing, tags, acknowledgements and resume, but no timers."""
+    pair = make_pair("XX", Line(rate=1e6), Line(rate=1e6, seed=2), stream=True)
+    msgs = [(1, m) for m in random_messages(200, 3000, seed=8)]
+    assert transfer(pair, msgs, limit=120)
+    assert pair.received == msgs
+    assert pair.a.stats.timeouts == 0 and pair.a.stats.retransmitted_bytes == 0
+    assert pair.a._tx.deadline is None
