@@ -23,6 +23,8 @@ import threading
 import time
 from urllib.parse import urlsplit
 
+from protocol import session_wire
+from protocol.framing import FrameDecoder, encode_frame
 from protocol.session import Session
 from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
 
@@ -36,6 +38,43 @@ IDLE_LIMIT = 60.0  #: a TCP session silent this long is dropped
 def session_config(*, stream: bool, rate: float | None = None) -> SessionConfig:
     return SessionConfig(stream=stream, rate=rate, keepalive=5.0, dead_timeout=IDLE_LIMIT,
                          max_message=1 << 20, send_buffer=2 << 20)
+
+
+class HelloWatch:
+    """Spots a kiosk that starts a new handshake while the hub's session is open.
+
+    A kiosk whose sync process died (or gave up on a stalled round) starts
+    over with a fresh handshake, which an established responder ignores until
+    its dead timeout (a minute on a serial line). The hub looks at the bytes
+    its session reads: a valid first handshake message other than the one the
+    open session began with means the kiosk started over, and the hub answers
+    it at once with a new session. A repeat of the same message changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder(crc=False, max_payload=1 << 16)
+        self.last: bytes | None = None  #: the latest first message seen
+        self.current: bytes | None = None  #: the one the open session began with
+        self.fresh: bytes | None = None  #: a new first message, not yet handed over
+
+    def feed(self, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            if not frame or frame[0] != session_wire.KIND_HANDSHAKE:
+                continue
+            body = session_wire.strip_crc(frame)
+            if body is None or len(body) < 2 or body[1] != 0:
+                continue
+            self.last = frame
+            if self.current is not None and frame != self.current:
+                self.fresh = frame
+
+    def connected(self) -> None:
+        self.current, self.fresh = self.last, None
+
+    def take(self) -> bytes | None:
+        """The new first message, as bytes for the line, once."""
+        fresh, self.fresh, self.current = self.fresh, None, None
+        return None if fresh is None else encode_frame(fresh, crc=False)
 
 
 class Server:
@@ -135,6 +174,15 @@ class Server:
         link = Link(url, baud)
         opts = LinkOptions(baud=baud, key=self.hub.x_key, timeout=1e9, reset_after=IDLE_LIMIT)
         runner = Runner(link, opts, initiator=False)
+        watch = HelloWatch()
+        read = link.read
+
+        def watched_read() -> bytes:
+            data = read()
+            watch.feed(data)
+            return data
+
+        link.read = watched_read  # type: ignore[method-assign]
         peer: HubPeer | None = None
         while not self.stop.is_set():
             try:
@@ -149,9 +197,19 @@ class Server:
                         runner._replace(time.monotonic())
                     peer = None
                 elif isinstance(event, Connected):
+                    watch.connected()
                     peer = self.peer(event.remote_static)
                 elif isinstance(event, MessageReceived) and peer is not None:
                     self._serial_message(runner.session, peer, event.data)
+            if watch.fresh is not None and peer is not None:
+                hello = watch.take()
+                self.hub.store.log(None, "serial", f"{url}: the kiosk started over; new session",
+                                   wall_ms())
+                now = time.monotonic()
+                runner._replace(now)
+                peer = None
+                if hello is not None:
+                    runner.session.receive_data(hello, now)
 
     def _serial_message(self, session: Session, peer: HubPeer, data: bytes) -> None:
         try:
