@@ -66,6 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between rounds when idle (default 10)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per round")
 
+    p = sub.add_parser("run", help="run the kiosk: check-in page, sync and hardware",
+                       description="Serve the check-in page and sync with the hub in one "
+                       "process until SIGTERM/SIGINT. Options come from the TOML config "
+                       "(/etc/haven/kiosk.toml or --config); flags win.")
+    _data(p, required=False)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    p.add_argument("--hub", action="append", metavar="URL",
+                   help="a hub URL; repeat to give fallbacks, tried in order")
+    p.add_argument("--ui", metavar="HOST:PORT", help="where to serve the page "
+                   "(default 127.0.0.1:8080)")
+    p.add_argument("--console", metavar="URL", help="reserved for the technician console")
+    p.add_argument("--idle-seconds", type=float, metavar="S",
+                   help="reset the page after S seconds idle (default 60)")
+    p.add_argument("--staff-pin", metavar="PIN", help="PIN of the staff screen (off if unset)")
+    p.add_argument("--interval", type=float, metavar="S",
+                   help="seconds between sync rounds when idle (default 10)")
+    p.add_argument("--retry-max", type=float, metavar="S",
+                   help="longest wait between retries while no hub answers (default 60)")
+    p.add_argument("--round-limit", type=float, metavar="S",
+                   help="longest sync round (default 60)")
+    p.add_argument("--baud", type=int, help="serial line speed (pacing)")
+    p.add_argument("--hold-time", type=float, metavar="S",
+                   help="seconds the service button is held to sync now (default 3)")
+
     p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
                        description="Check a patient in; prints the queue number after commit.")
     _data(p)
@@ -150,6 +174,30 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return run_sync(args)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from device.config import ConfigError, load
+    from device.runtime import Runtime
+
+    flags = {k: getattr(args, k) for k in (
+        "data", "hub", "ui", "console", "idle_seconds", "staff_pin", "interval", "retry_max",
+        "round_limit", "baud", "hold_time")}
+    try:
+        cfg = load(args.config, flags)
+    except ConfigError as exc:
+        print(f"haven-kiosk run: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(Runtime(cfg).run())
+    except OSError as exc:
+        print(f"haven-kiosk run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_checkin(args: argparse.Namespace) -> int:
     with _open(args) as store:
         r = store.checkin(name=args.name, passport=args.passport, birth_year=args.birth_year,
@@ -229,7 +277,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "checkin": cmd_checkin,
+    "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
+    "checkin": cmd_checkin,
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "schema": cmd_schema,
 }

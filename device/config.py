@@ -1,0 +1,101 @@
+"""The runtime's configuration: a TOML file (``/etc/haven/kiosk.toml``) under flags.
+
+Every key is also a ``haven-kiosk run`` flag; a flag given on the command
+line wins over the file, the file over the defaults. Unknown keys and
+wrong types are refused with the key's name, never ignored silently.
+
+Example::
+
+    data = "/var/lib/haven"
+    hub = ["tcp://hub.clinic.lan:7400", "/dev/ttyUSB0"]
+    ui = "127.0.0.1:8080"
+    idle_seconds = 60
+    staff_pin = "4821"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/haven/kiosk.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration file or a flag is wrong."""
+
+
+@dataclass
+class KioskConfig:
+    data: Path | None = None
+    hub: list[str] = field(default_factory=list)
+    ui: str = "127.0.0.1:8080"
+    console: str | None = None
+    idle_seconds: float = 60.0
+    staff_pin: str | None = None
+    interval: float = 10.0
+    retry_max: float = 60.0
+    round_limit: float = 60.0
+    baud: int | None = None
+    hold_time: float = 3.0
+
+    def ui_address(self) -> tuple[str, int]:
+        host, sep, port = self.ui.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"ui: expected HOST:PORT, not {self.ui!r}")
+        return host.strip("[]"), int(port)
+
+
+_KINDS: dict[str, tuple[type, ...]] = {
+    "data": (str,), "hub": (list,), "ui": (str,), "console": (str,),
+    "idle_seconds": (int, float), "staff_pin": (str, int), "interval": (int, float),
+    "retry_max": (int, float), "round_limit": (int, float), "baud": (int,),
+    "hold_time": (int, float),
+}
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    section = doc.get("kiosk", doc)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [kiosk] must be a table")
+    for key, value in section.items():
+        kinds = _KINDS.get(key)
+        if kinds is None:
+            raise ConfigError(f"{path}: unknown key {key!r}")
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
+        if key == "hub" and not (isinstance(value, list)
+                                 and all(isinstance(u, str) for u in value)):
+            raise ConfigError(f"{path}: hub must be a list of URLs")
+    return dict(section)
+
+
+def load(path: Path | None, flags: dict[str, Any]) -> KioskConfig:
+    """The file at ``path`` (the default path only if it exists), with ``flags`` on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(read_file(path))
+    elif DEFAULT_PATH.exists():
+        values.update(read_file(DEFAULT_PATH))
+    values.update({k: v for k, v in flags.items() if v is not None and v != []})
+    names = {f.name for f in fields(KioskConfig)}
+    cfg = KioskConfig(**{k: v for k, v in values.items() if k in names})
+    if cfg.data is None:
+        raise ConfigError("no data directory: give --data or data = ... in the config file")
+    cfg.data = Path(cfg.data)
+    if cfg.staff_pin is not None:
+        cfg.staff_pin = str(cfg.staff_pin)
+    for key in ("idle_seconds", "interval", "retry_max", "round_limit", "hold_time"):
+        if float(getattr(cfg, key)) <= 0:
+            raise ConfigError(f"{key} must be positive")
+    cfg.ui_address()
+    return cfg

@@ -1,0 +1,227 @@
+"""``haven-kiosk run``: one process with the page server, the sync engine and the hardware.
+
+Theory of operation
+-------------------
+The event loop serves the page (``device.ui``); every store call it makes
+runs in a thread. The sync engine (``device.sync.run_round``, blocking)
+runs rounds in one thread of its own: after each round it tells
+``LiveStatus`` how far check-ins reached the hub, and shows the state on
+the status LED. A check-in or a long press of the service button starts a
+round at once; otherwise rounds follow ``interval``, or a backoff capped at
+``retry_max`` while no hub answers. An unenrolled kiosk still checks
+patients in (the LED shows an error).
+
+SIGTERM and SIGINT stop the server, let a running round end (bounded),
+then close the store. With systemd, ``sd_notify`` says READY, pings the
+watchdog from the event loop (only while the sync thread is alive) and
+says STOPPING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+from typing import Any
+
+from . import hw
+from .config import KioskConfig
+from .enrol import Identity, NotEnrolled, load
+from .store import Store, StoreError
+from .sync import SyncFailed, SyncRefused, backoff, run_round, wall_ms
+from .sync_state import SyncState
+from .ui import http
+from .ui.app import KioskApp
+from .ui.live import ERROR, OFFLINE, PENDING, SYNCED, LiveStatus
+
+log = logging.getLogger("haven.kiosk")
+STOP_BOUND = 15.0
+
+
+def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
+    """Send ``message`` to systemd's ``$NOTIFY_SOCKET``; ``False`` when not under systemd."""
+    addr = (os.environ if env is None else env).get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+        return False
+    return True
+
+
+def outbox_entries(store: Store) -> int:
+    lanes = store.status()["outbox"]["lanes"]
+    return sum(int(x["entries"]) for x in lanes.values())
+
+
+class Runtime:
+    def __init__(self, cfg: KioskConfig, *, hardware: Any = None) -> None:
+        self.cfg = cfg
+        assert cfg.data is not None
+        self.data = cfg.data
+        self.live = LiveStatus()
+        self.hardware = hardware
+        self._offset = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server: http.HttpServer | None = None
+        self.store: Store | None = None
+        self.address: tuple[str, int] | None = None
+
+    # Start and stop ---------------------------------------------------------------------
+
+    async def start(self) -> tuple[str, int]:
+        self.live.bind(asyncio.get_running_loop())
+        self._offset = await asyncio.to_thread(self._saved_offset)
+        self.store = await asyncio.to_thread(
+            lambda: Store(self.data, clock=lambda: wall_ms() + self._offset))
+        if self.hardware is None:
+            try:
+                self.hardware = hw.Hardware(hold_time=self.cfg.hold_time)
+            except Exception as exc:  # no GPIO at all: run without it
+                log.warning("no hardware: %s", exc)
+        if self.hardware is not None:
+            self.hardware.button.when_sync_now = self.sync_now
+            self.hardware.led.show(hw.PENDING)
+        app = KioskApp(self.store, self.live, idle_seconds=self.cfg.idle_seconds,
+                       staff_pin=self.cfg.staff_pin, hardware=self.hardware,
+                       on_checkin=self.sync_now)
+        host, port = self.cfg.ui_address()
+        self._server = http.HttpServer(app.handle)
+        self.address = await self._server.start(host, port)
+        self._thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
+        self._thread.start()
+        return self.address
+
+    def _saved_offset(self) -> int:
+        state = SyncState(self.data)
+        try:
+            return state.clock_offset
+        finally:
+            state.close()
+
+    def sync_now(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, STOP_BOUND)
+        if self._thread is None or not self._thread.is_alive():
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        else:  # a round is stuck on a link: everything confirmed is durable already
+            log.warning("sync round still running at shutdown; leaving it")
+        if self.hardware is not None:
+            self.hardware.close()
+
+    async def run(self) -> None:
+        """Run until SIGTERM or SIGINT."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        host, port = await self.start()
+        log.info("page at http://%s:%d", host, port)
+        print(f"haven-kiosk: page at http://{host}:{port}", flush=True)
+        sd_notify("READY=1\nSTATUS=serving the check-in page")
+        pinger = asyncio.create_task(self._watchdog())
+        try:
+            await stop.wait()
+        finally:
+            sd_notify("STOPPING=1")
+            pinger.cancel()
+            await self.stop()
+
+    async def _watchdog(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if usec <= 0:
+            return
+        while True:
+            await asyncio.sleep(usec / 2e6)
+            if self._thread is not None and self._thread.is_alive():
+                sd_notify("WATCHDOG=1")
+
+    # The sync thread --------------------------------------------------------------------
+
+    def _show(self, pattern: str) -> None:
+        if self.hardware is not None:
+            with contextlib.suppress(Exception):
+                self.hardware.led.show(pattern)
+
+    def _sync_loop(self) -> None:
+        state = SyncState(self.data)
+        try:
+            self._rounds(state)
+        finally:
+            state.close()
+
+    def _rounds(self, state: SyncState) -> None:
+        assert self.store is not None
+        store, rng, attempt = self.store, random.Random(), 0
+        ident: Identity | None = None
+        while not self._stop.is_set():
+            self._wake.clear()
+            if ident is None:
+                try:
+                    ident = load(self.data)
+                except (NotEnrolled, StoreError) as exc:
+                    self.live.update(state=ERROR, detail=str(exc))
+                    self._show(hw.ERROR)
+                    self._wake.wait(self.cfg.retry_max)
+                    continue
+            mark = self.live.snapshot()["committed"]
+            result = self._one_round(store, state, ident)
+            if result == SYNCED:
+                attempt = 0
+                self._offset = state.clock_offset
+                mark_now = self.live.snapshot()["committed"]
+                left = outbox_entries(store)
+                self.live.update(state=SYNCED if left == 0 else PENDING, synced=True,
+                                 sent_upto=mark_now if left == 0 else mark, detail="")
+                self._show(hw.SYNCED if left == 0 else hw.PENDING)
+                wait = self.cfg.interval if left == 0 else 0.0
+            else:
+                attempt += 1
+                self._show(hw.ERROR if result == ERROR else hw.OFFLINE)
+                wait = min(self.cfg.retry_max, backoff(attempt, rng))
+            if wait > 0:
+                self._wake.wait(wait)
+
+    def _one_round(self, store: Store, state: SyncState, ident: Identity) -> str:
+        failures = []
+        for url in self.cfg.hub:
+            if self._stop.is_set():
+                break
+            try:
+                summary = run_round(store, state, ident, url, baud=self.cfg.baud,
+                                    limit=self.cfg.round_limit)
+            except SyncRefused as exc:
+                self.live.update(state=ERROR, detail=str(exc))
+                log.error("sync refused: %s", exc)
+                return ERROR
+            except (SyncFailed, StoreError, ValueError, OSError, RuntimeError) as exc:
+                failures.append(f"{url}: {exc}")
+                continue
+            log.info("synced via %s: %d up, %d down", summary.url, summary.pushed,
+                     summary.pulled)
+            return SYNCED
+        detail = "; ".join(failures) or "no hub URL configured"
+        self.live.update(state=OFFLINE, detail=detail)
+        log.info("no hub answered: %s", detail)
+        return OFFLINE

@@ -1,0 +1,3 @@
+"""The kiosk's check-in page: a local HTTP server (``http``), its routes (``app``),
+the check-in rules (``checkin``), the staff screen (``staff``), live status
+(``live``) and the static page in ``static/``."""

@@ -1,0 +1,166 @@
+"""The page server's routes: the static page, the check-in API, live status, staff.
+
+Blocking store work runs in threads (``asyncio.to_thread``), never on the
+event loop. The check-in API answers with codes the page translates; it
+never sends a name or a year of birth to the page. ``/api/events`` streams
+``LiveStatus`` as server-sent events. The staff routes live in ``staff``;
+``/api/hw`` exists only on simulated hardware (tests and demos press the
+button and read the LED there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from . import checkin as ci
+from .http import HttpError, Request, Response, json_response
+from .live import LiveStatus
+from .staff import Staff
+
+STATIC = Path(__file__).parent / "static"
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".json": "application/json; charset=utf-8",
+         ".ttf": "font/ttf", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8"}
+LANGUAGES = ("en", "fr", "ar", "sw", "prs")
+KEEPALIVE = 15.0
+
+
+class KioskApp:
+    def __init__(self, store: Any, live: LiveStatus, *, idle_seconds: float = 60.0,
+                 staff_pin: str | None = None, hardware: Any = None,
+                 on_checkin: Callable[[], None] | None = None) -> None:
+        self.store, self.live, self.hardware = store, live, hardware
+        self.idle_seconds = idle_seconds
+        self.on_checkin = on_checkin
+        self.throttle = ci.Throttle()
+        self.staff = Staff(store, live, staff_pin, session_seconds=max(idle_seconds, 30.0))
+        self.clock: Callable[[], float] = time.monotonic
+        self._files = {p.relative_to(STATIC).as_posix(): p
+                       for p in STATIC.rglob("*") if p.is_file()}
+
+    async def handle(self, req: Request) -> Response:
+        path = req.path
+        if req.method == "GET":
+            if path == "/":
+                return self._file("index.html")
+            if path.startswith("/static/"):
+                return self._file(path[len("/static/"):])
+            if path == "/api/config":
+                return json_response(self.config())
+            if path == "/api/events":
+                return Response(200, content_type="text/event-stream",
+                                headers={"X-Accel-Buffering": "no"}, stream=self._events())
+            if path == "/api/hw" and self._simulated():
+                return json_response(self.hardware.state())
+            if path == "/api/staff/overview":
+                return json_response(await self.staff.overview(req))
+        elif req.method == "POST":
+            routes = {"/api/verify": self.verify, "/api/checkin": self.checkin,
+                      "/api/staff/login": self.staff.login,
+                      "/api/staff/logout": self.staff.logout,
+                      "/api/staff/resolve": self.staff.resolve}
+            if self._simulated():
+                routes["/api/hw/press"] = self.hw_press
+            if path in routes:
+                if not req.headers.get("content-type", "").startswith("application/json"):
+                    raise HttpError(400, "bad-json")
+                return json_response(await routes[path](req.json()))
+        raise HttpError(404, "not-found")
+
+    def config(self) -> dict[str, Any]:
+        return {"idle_seconds": self.idle_seconds, "languages": LANGUAGES,
+                "reasons": ci.REASONS, "staff": self.staff.enabled,
+                "simulated": self._simulated()}
+
+    def _file(self, name: str) -> Response:
+        path = self._files.get(name)
+        if path is None:
+            raise HttpError(404, "not-found")
+        return Response(200, path.read_bytes(), TYPES.get(path.suffix, "application/octet-stream"))
+
+    def _simulated(self) -> bool:
+        return self.hardware is not None and bool(self.hardware.simulated)
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        seen = -1
+        yield b"retry: 1000\n\n"
+        while True:
+            snap = await self.live.wait_change(seen, KEEPALIVE)
+            if snap["version"] == seen:
+                yield b": keepalive\n\n"
+                continue
+            seen = snap["version"]
+            public = {k: snap[k] for k in ("state", "sent_upto", "committed")}
+            yield f"data: {json.dumps(public)}\n\n".encode()
+
+    # Check-in ---------------------------------------------------------------------------
+
+    async def verify(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Passport + year: ``match``, ``new`` or ``mismatch`` (with a wait)."""
+        try:
+            passport = ci.clean_passport(body.get("passport"))
+            year = ci.clean_year(body.get("year"))
+        except ci.CheckinInputError as exc:
+            raise HttpError(400, exc.code) from None
+        known = await asyncio.to_thread(ci.lookup, self.store, passport)
+        return self._judge(passport, year, known)
+
+    def _judge(self, passport: str, year: int, known: ci.Known | None) -> dict[str, Any]:
+        key = known.pid if known else passport
+        now = self.clock()
+        wait = self.throttle.wait(key, now)
+        if wait > 0:
+            raise HttpError(429, "slow-down", {"wait": round(wait + 0.5)})
+        if known is None:
+            return {"result": "new"}
+        if known.birth_year != year:
+            wait = self.throttle.failed(key, now)
+            return {"result": "mismatch", "wait": round(wait + 0.49)}
+        self.throttle.succeeded(key)
+        return {"result": "match"}
+
+    async def checkin(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Record a check-in; the queue number comes back only after the commit."""
+        try:
+            reason = ci.clean_reason(body.get("reason"))
+            year = ci.clean_year(body.get("year"))
+            passport = ci.clean_passport(body["passport"]) if body.get("passport") else None
+            name = ci.clean_name(body.get("name")) if body.get("name") is not None else None
+        except ci.CheckinInputError as exc:
+            raise HttpError(400, exc.code) from None
+        known = None
+        if passport is not None:
+            known = await asyncio.to_thread(ci.lookup, self.store, passport)
+            verdict = self._judge(passport, year, known)
+            if verdict["result"] == "mismatch":
+                raise HttpError(403, "mismatch", {"wait": verdict["wait"]})
+        if known is not None:
+            name = known.name or name or "?"
+        elif name is None:
+            raise HttpError(400, "bad-name")
+        elif body.get("consent") is not True:
+            raise HttpError(400, "no-consent")
+        assert name is not None
+        result = await asyncio.to_thread(self.store.checkin, name=name, passport=passport,
+                                         birth_year=year, reason=reason)
+        ticket = self.live.note_checkin()
+        if self.hardware is not None:
+            await asyncio.to_thread(self.hardware.chime.checkin)
+        if self.on_checkin is not None:
+            self.on_checkin()
+        out: dict[str, Any] = {"queue_number": result.queue_number, "ticket": ticket}
+        if passport is None:
+            out["new_id"] = result.patient_id
+        return out
+
+    async def hw_press(self, body: dict[str, Any]) -> dict[str, Any]:
+        seconds = body.get("seconds", 0.2)
+        if not isinstance(seconds, int | float) or not 0 < seconds <= 30:
+            raise HttpError(400, "bad-seconds")
+        await asyncio.to_thread(self.hardware.press, float(seconds))
+        return dict(self.hardware.state())

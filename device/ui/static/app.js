@@ -1,0 +1,313 @@
+// Haven kiosk page: the check-in flow, languages, live status, idle reset, staff screen.
+// Patient data lives only in `flow` (memory) and the form fields; reset() wipes both.
+"use strict";
+
+const ICONS = {
+  sick: '<circle cx="32" cy="32" r="22" fill="none" stroke="currentColor" stroke-width="5"/><path d="M22 26h6M36 26h6M22 44q10-8 20 0" stroke="currentColor" stroke-width="5" fill="none"/>',
+  injury: '<rect x="8" y="22" width="48" height="20" rx="10" transform="rotate(-35 32 32)" fill="none" stroke="currentColor" stroke-width="5"/><path d="M28 28l8 8M36 28l-8 8" stroke="currentColor" stroke-width="4"/>',
+  child: '<circle cx="32" cy="16" r="9" fill="currentColor"/><path d="M18 34h28M32 28v18M32 46l-9 12M32 46l9 12" stroke="currentColor" stroke-width="6" fill="none"/>',
+  pregnancy: '<circle cx="30" cy="11" r="8" fill="currentColor"/><path d="M28 22v36M28 30q18 6 10 22" stroke="currentColor" stroke-width="6" fill="none"/>',
+  medicine: '<rect x="6" y="22" width="52" height="20" rx="10" fill="none" stroke="currentColor" stroke-width="5"/><path d="M32 22v20" stroke="currentColor" stroke-width="5"/>',
+  results: '<rect x="12" y="8" width="40" height="50" rx="4" fill="none" stroke="currentColor" stroke-width="5"/><path d="M20 24h24M20 34h24M20 44h14" stroke="currentColor" stroke-width="4"/>',
+  other: '<circle cx="14" cy="32" r="6" fill="currentColor"/><circle cx="32" cy="32" r="6" fill="currentColor"/><circle cx="50" cy="32" r="6" fill="currentColor"/>',
+};
+const PASSPORT_RE = /^[A-Z0-9]{5,20}$/;
+
+let I18N = null;
+let config = { idle_seconds: 60, languages: ["en"], reasons: [] };
+let lang = "en";
+let flow = {};
+let staffToken = null;
+let lastActivity = Date.now();
+let live = { state: "pending", sent_upto: 0 };
+let busy = false;
+let waitTimer = null;
+
+const $ = (id) => document.getElementById(id);
+const t = (key, n) => {
+  const table = (I18N && I18N[lang]) || {};
+  const text = table[key] || (I18N && I18N.en[key]) || key;
+  return n === undefined ? text : text.replace("{n}", String(n));
+};
+
+function show(id) {
+  for (const s of document.querySelectorAll(".screen")) s.hidden = s.id !== id;
+  flow.screen = id;
+  const input = $(id).querySelector("input");
+  if (input) input.focus();
+}
+
+function setLang(code) {
+  lang = I18N[code] ? code : "en";
+  const root = document.documentElement;
+  root.lang = I18N._meta.html_lang[lang] || lang;
+  root.dir = I18N._meta.rtl.includes(lang) ? "rtl" : "ltr";
+  for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
+  for (const b of $("langs").children) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
+  if (flow.nameTitle) $("name-title").textContent = t(flow.nameTitle);
+  for (const m of document.querySelectorAll(".msg")) if (m.dataset.key) m.textContent = t(m.dataset.key, m.dataset.n);
+  renderLive();
+}
+
+function say(id, key, n) {
+  const el = $(id);
+  if (!key) { el.textContent = ""; delete el.dataset.key; delete el.dataset.n; return; }
+  el.dataset.key = key;
+  if (n !== undefined) el.dataset.n = n; else delete el.dataset.n;
+  el.textContent = t(key, n);
+}
+
+async function api(path, body) {
+  const headers = { "Content-Type": "application/json" };
+  if (staffToken) headers["X-Staff-Token"] = staffToken;
+  const resp = await fetch(path, body === undefined ? { headers, cache: "no-store" }
+    : { method: "POST", headers, body: JSON.stringify(body), cache: "no-store" });
+  let data = {};
+  try { data = await resp.json(); } catch (e) { data = {}; }
+  return { ok: resp.ok, status: resp.status, data };
+}
+
+function errorKey(code) {
+  const known = ["bad-passport", "bad-year", "bad-name", "bad-reason", "no-consent"];
+  if (known.includes(code)) return "err_" + code.replace("-", "_");
+  if (code === "store") return "err_store";
+  return "err_network";
+}
+
+function slowDown(msgId, seconds, button) {
+  clearInterval(waitTimer);
+  let left = seconds;
+  const tick = () => {
+    if (left <= 0) { clearInterval(waitTimer); button.disabled = false; say(msgId, null); return; }
+    button.disabled = true;
+    say(msgId, "err_slow_down", left);
+    left -= 1;
+  };
+  tick();
+  waitTimer = setInterval(tick, 1000);
+}
+
+// Steps ------------------------------------------------------------------------------------
+
+function onPassport(ev) {
+  ev.preventDefault();
+  if (busy) return;
+  const value = $("passport").value.normalize("NFKC").replace(/[\s\-<]/g, "").toUpperCase();
+  if (!PASSPORT_RE.test(value)) { say("start-msg", "err_bad_passport"); return; }
+  say("start-msg", null);
+  flow = { passport: value, screen: flow.screen };
+  $("passport").value = "";
+  $("year").value = "";
+  show("s-year");
+}
+
+async function onYear(ev) {
+  ev.preventDefault();
+  if (busy || $("year-next").disabled) return;
+  const year = $("year").value.trim();
+  if (!/^[0-9]{4}$/.test(year)) { say("year-msg", "err_bad_year"); return; }
+  say("year-msg", null);
+  if (!flow.passport) { flow.year = year; $("year").value = ""; show("s-consent"); return; }
+  busy = true;
+  try {
+    const r = await api("/api/verify", { passport: flow.passport, year });
+    $("year").value = "";
+    if (r.status === 429) { slowDown("year-msg", r.data.wait || 1, $("year-next")); return; }
+    if (!r.ok) { say("year-msg", errorKey(r.data.error)); return; }
+    if (r.data.result === "match") { flow.year = year; show("s-reason"); }
+    else if (r.data.result === "new") {
+      flow.year = year; flow.nameTitle = "new_patient";
+      $("name-title").textContent = t("new_patient"); show("s-name");
+    } else {
+      say("year-msg", "mismatch");
+      if (r.data.wait > 0) slowDown("year-msg", r.data.wait, $("year-next"));
+    }
+  } catch (e) { say("year-msg", "err_network"); } finally { busy = false; }
+}
+
+function onName(ev) {
+  ev.preventDefault();
+  const name = $("name").value.normalize("NFC").trim().replace(/\s+/g, " ");
+  if (!name || name.length > 80 || /[0-9<>{}\[\]\\/@#$%^&*=+_~`|"!?;:]/.test(name)) {
+    say("name-msg", "err_bad_name"); return;
+  }
+  say("name-msg", null);
+  flow.name = name;
+  $("name").value = "";
+  if (flow.passport) show("s-consent");
+  else { $("year").value = ""; show("s-year"); }
+}
+
+async function onReason(reason) {
+  if (busy) return;
+  busy = true;
+  say("reason-msg", null);
+  const body = { reason, year: flow.year, passport: flow.passport || null,
+                 name: flow.name === undefined ? null : flow.name, consent: flow.consent === true };
+  try {
+    const r = await api("/api/checkin", body);
+    if (!r.ok) { say("reason-msg", r.status === 503 ? "err_store" : errorKey(r.data.error)); return; }
+    flow = { ticket: r.data.ticket, screen: flow.screen };
+    $("queue-number").textContent = r.data.queue_number;
+    $("new-id").textContent = r.data.new_id || "";
+    $("new-id-block").hidden = !r.data.new_id;
+    show("s-ticket");
+    renderLive();
+  } catch (e) { say("reason-msg", "err_network"); } finally { busy = false; }
+}
+
+// Live status ------------------------------------------------------------------------------
+
+function renderLive() {
+  const sync = $("sync");
+  sync.dataset.state = live.state;
+  $("sync-text").textContent = t("sync_" + live.state);
+  const st = $("ticket-status");
+  if (flow.ticket) {
+    const sent = live.sent_upto >= flow.ticket;
+    st.dataset.state = sent ? "sent" : "saved";
+    st.textContent = t(sent ? "status_sent" : "status_saved");
+  } else { st.textContent = ""; st.dataset.state = "saved"; }
+}
+
+function listen() {
+  const es = new EventSource("/api/events");
+  es.onmessage = (m) => { try { live = JSON.parse(m.data); } catch (e) { return; } renderLive(); };
+}
+
+// Staff ------------------------------------------------------------------------------------
+
+async function onStaffPin(ev) {
+  ev.preventDefault();
+  const r = await api("/api/staff/login", { pin: $("staff-pin").value });
+  $("staff-pin").value = "";
+  if (r.status === 429 || r.data.wait > 0) { say("pin-msg", "err_slow_down", r.data.wait); return; }
+  if (!r.ok) { say("pin-msg", "staff_bad_pin"); return; }
+  staffToken = r.data.token;
+  say("pin-msg", null);
+  show("s-staff");
+  refreshStaff();
+}
+
+function li(text) { const el = document.createElement("li"); el.textContent = text; return el; }
+
+async function refreshStaff() {
+  if (!staffToken || flow.screen !== "s-staff") return;
+  const r = await api("/api/staff/overview");
+  if (!r.ok) { reset(); return; }
+  const q = $("staff-queue");
+  q.replaceChildren(...(r.data.queue.length ? r.data.queue.map(
+    (c) => li(`${c.number}  ${c.time}  ${t("reason_" + c.reason)}`)) : [li(t("staff_none"))]));
+  $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
+  const box = $("staff-conflicts");
+  box.replaceChildren();
+  if (!r.data.conflicts.length) box.append(li(t("staff_none")));
+  for (const c of r.data.conflicts) {
+    const div = document.createElement("div");
+    div.className = "conflict";
+    div.append(li(`${c.type} ${c.id}`));
+    for (const v of c.versions) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `${t("staff_keep")}: ${Object.values(v.fields).join(", ")}`;
+      b.onclick = async () => {
+        await api("/api/staff/resolve", { token: staffToken, conflict: c.id, keep: v.id });
+        refreshStaff();
+      };
+      div.append(b);
+    }
+    box.append(div);
+  }
+}
+
+// Reset and idle ---------------------------------------------------------------------------
+
+function reset() {
+  if (staffToken) api("/api/staff/logout", { token: staffToken }).catch(() => {});
+  staffToken = null;
+  flow = {};
+  clearInterval(waitTimer);
+  for (const input of document.querySelectorAll("input")) input.value = "";
+  for (const m of document.querySelectorAll(".msg")) say(m.id, null);
+  for (const b of document.querySelectorAll("button")) b.disabled = false;
+  $("queue-number").textContent = "";
+  $("new-id").textContent = "";
+  $("new-id-block").hidden = true;
+  $("staff-queue").replaceChildren();
+  $("staff-conflicts").replaceChildren();
+  $("staff-sync").textContent = "";
+  try { localStorage.clear(); sessionStorage.clear(); } catch (e) { /* none used */ }
+  setLang(config.languages[0] || "en");
+  show("s-start");
+}
+
+function idleCheck() {
+  const dirty = flow.screen !== "s-start" || $("passport").value !== "";
+  if (dirty && Date.now() - lastActivity > config.idle_seconds * 1000) reset();
+  if (flow.screen === "s-staff" && (Date.now() / 1000 | 0) % 5 === 0) refreshStaff();
+}
+
+// Start ------------------------------------------------------------------------------------
+
+function build() {
+  for (const code of config.languages) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.lang = code;
+    b.lang = I18N._meta.html_lang[code] || code;
+    b.textContent = I18N[code].lang_name;
+    b.onclick = () => setLang(code);
+    $("langs").append(b);
+  }
+  for (const reason of config.reasons) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.dataset.reason = reason;
+    b.innerHTML = `<svg viewBox="0 0 64 64" aria-hidden="true">${ICONS[reason] || ICONS.other}</svg>`;
+    const label = document.createElement("span");
+    label.dataset.i18n = "reason_" + reason;
+    b.append(label);
+    b.onclick = () => onReason(reason);
+    $("reasons").append(b);
+  }
+  const keypad = $("keypad");
+  for (const k of ["1", "2", "3", "4", "5", "6", "7", "8", "9", "clear", "0", "back"]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    if (k === "clear") { b.dataset.i18n = "clear"; b.onclick = () => { $("year").value = ""; }; }
+    else if (k === "back") { b.textContent = "⌫"; b.onclick = () => { $("year").value = $("year").value.slice(0, -1); }; }
+    else { b.textContent = k; b.dataset.key = k; b.onclick = () => { if ($("year").value.length < 4) $("year").value += k; }; }
+    keypad.append(b);
+  }
+  $("s-start").addEventListener("submit", onPassport);
+  $("s-year").addEventListener("submit", onYear);
+  $("s-name").addEventListener("submit", onName);
+  $("s-staff-pin").addEventListener("submit", onStaffPin);
+  $("no-docs").onclick = () => { flow = { nameTitle: "name_prompt" }; $("name-title").textContent = t("name_prompt"); show("s-name"); };
+  $("consent-yes").onclick = () => { flow.consent = true; show("s-reason"); };
+  $("consent-no").onclick = reset;
+  $("ticket-done").onclick = reset;
+  $("staff-open").onclick = () => { if (config.staff) { flow = {}; show("s-staff-pin"); } };
+  $("staff-close").onclick = reset;
+  for (const b of document.querySelectorAll(".back")) b.onclick = reset;
+  for (const ev of ["pointerdown", "keydown", "input", "touchstart"]) {
+    document.addEventListener(ev, () => { lastActivity = Date.now(); }, { capture: true, passive: true });
+  }
+  setInterval(idleCheck, 250);
+}
+
+async function main() {
+  const [cfg, strings] = await Promise.all([
+    fetch("/api/config", { cache: "no-store" }).then((r) => r.json()),
+    fetch("/static/i18n.json", { cache: "no-store" }).then((r) => r.json()),
+  ]);
+  config = cfg;
+  I18N = strings;
+  build();
+  setLang(config.languages[0]);
+  show("s-start");
+  listen();
+  document.body.dataset.ready = "1";
+}
+
+main();
