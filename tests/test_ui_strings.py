@@ -1,0 +1,111 @@
+"""The page's strings: every key in every language, no copies of the English, fonts cover all.
+
+No browser here: the strings file, the page and its script are read from the package.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from device.ui.app import LANGUAGES, STATIC
+from device.ui.checkin import REASONS
+
+STRINGS = json.loads((STATIC / "i18n.json").read_text("utf-8"))
+EN = STRINGS["en"]
+#: Keys whose text may equal the English: names of languages (each in its own tongue).
+SAME_OK = {"lang_name"} | set(STRINGS["_meta"]["same_ok"])
+
+
+def cmap(path: Path) -> set[int]:
+    """Code points a TrueType font maps (cmap formats 4 and 12)."""
+    data = path.read_bytes()
+    num = struct.unpack_from(">H", data, 4)[0]
+    tables = {data[12 + 16 * i:16 + 16 * i]: struct.unpack_from(">II", data, 20 + 16 * i)
+              for i in range(num)}
+    base = tables[b"cmap"][0]
+    out: set[int] = set()
+    for i in range(struct.unpack_from(">H", data, base + 2)[0]):
+        _, _, off = struct.unpack_from(">HHI", data, base + 4 + 8 * i)
+        sub = base + off
+        fmt = struct.unpack_from(">H", data, sub)[0]
+        if fmt == 4:
+            seg = struct.unpack_from(">H", data, sub + 6)[0] // 2
+            ends = struct.unpack_from(f">{seg}H", data, sub + 14)
+            starts = struct.unpack_from(f">{seg}H", data, sub + 16 + 2 * seg)
+            for s, e in zip(starts, ends, strict=True):
+                out.update(range(s, e + 1))  # a superset: glyph 0 entries are rare here
+        elif fmt == 12:
+            n = struct.unpack_from(">I", data, sub + 12)[0]
+            for j in range(n):
+                s, e, _ = struct.unpack_from(">III", data, sub + 16 + 12 * j)
+                out.update(range(s, e + 1))
+    return out
+
+
+def test_every_language_has_every_string() -> None:
+    assert set(LANGUAGES) <= set(STRINGS)
+    for lang in LANGUAGES:
+        table = STRINGS[lang]
+        assert set(table) == set(EN), f"{lang}: {set(EN) ^ set(table)}"
+        for key, text in table.items():
+            assert text.strip(), f"{lang}.{key} is empty"
+            assert re.findall(r"\{\w+\}", text) == re.findall(r"\{\w+\}", EN[key]), (lang, key)
+
+
+@pytest.mark.parametrize("lang", [x for x in LANGUAGES if x != "en"])
+def test_no_string_is_a_copy_of_the_english(lang: str) -> None:
+    copies = [k for k, v in STRINGS[lang].items() if v == EN[k] and k not in SAME_OK]
+    assert copies == []
+
+
+def test_language_names_differ() -> None:
+    names = [STRINGS[lang]["lang_name"] for lang in LANGUAGES]
+    assert len(set(names)) == len(names)
+
+
+def test_right_to_left_languages() -> None:
+    assert set(STRINGS["_meta"]["rtl"]) == {"ar", "prs"}
+
+
+def test_page_and_script_use_only_known_keys() -> None:
+    html = (STATIC / "index.html").read_text("utf-8")
+    js = (STATIC / "app.js").read_text("utf-8")
+    used = set(re.findall(r'data-i18n="(\w+)"', html))
+    used |= set(re.findall(r'\bt\("(\w+)"[,)]', js))
+    used |= set(re.findall(r'say\("[\w-]+", "(\w+)"', js))
+    used |= {f"reason_{r}" for r in REASONS}
+    used |= {f"sync_{s}" for s in ("offline", "pending", "synced", "error")}
+    assert used, "no keys found"
+    assert used - set(EN) == set()
+
+
+def test_every_field_refuses_autofill() -> None:
+    html = (STATIC / "index.html").read_text("utf-8")
+    inputs = re.findall(r"<input\b[^>]*>", html, re.S)
+    assert inputs
+    assert all('autocomplete="off"' in tag for tag in inputs)
+    assert all('autocomplete="off"' in tag for tag in re.findall(r"<form\b[^>]*>", html))
+
+
+def test_no_external_assets() -> None:
+    for name in ("index.html", "app.css", "app.js"):
+        text = (STATIC / name).read_text("utf-8")
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), name
+
+
+@pytest.mark.parametrize("font", ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"])
+def test_fonts_cover_every_string(font: str) -> None:
+    covered = cmap(STATIC / "fonts" / font)
+    js = (STATIC / "app.js").read_text("utf-8")
+    text = "".join(v for lang in LANGUAGES for v in STRINGS[lang].values())
+    text += "".join(re.findall(r'textContent = "([^"]*)"', js))  # the keypad's symbols
+    text += "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
+    missing = {f"U+{ord(c):04X}" for c in set(text)
+               if ord(c) not in covered and c not in "\u200c\u200d"}
+    assert missing == set()
+    assert (STATIC / "fonts" / "LICENSE-DejaVu.txt").exists()
