@@ -216,8 +216,10 @@ def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
     assert done == ["B-001"]
     transactions = [i for i, s in enumerate(statements) if s == "BEGIN IMMEDIATE"]
     queue = next(i for i, s in enumerate(statements) if "queue_numbers" in s)
-    # The check-in, ten merge slices, and the merge's closing commit (the one that fsyncs).
-    assert len(transactions) == 12
+    # The check-in, ten merge slices, and perhaps a closing commit that fsyncs them (when
+    # the last slice skipped its fsync because a check-in had just run).
+    closing = [s for s in statements if s.startswith("INSERT OR REPLACE INTO meta")]
+    assert len(transactions) == 11 + (len(closing) - 10)
     assert transactions[0] < queue < transactions[1]  # the check-in went first
     assert len(store.views()) == 202
 

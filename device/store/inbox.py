@@ -11,10 +11,12 @@ this schema knows); one that fails goes to quarantine, sealed, with its
 reason code, and the rest merge. Chunks share a transaction until the slice
 ends, ``TXN_BUDGET_S`` has passed, or an urgent job (a check-in) is waiting;
 then the transaction commits and waiting check-ins run before the next one.
-Those commits skip the fsync (``synchronous=NORMAL``): a check-in's own
-commit fsyncs the WAL, and with it every merge commit before it, and the
-merge's last transaction runs with ``synchronous=FULL``, so ``merge``
-returns only when everything it merged is durable.
+A transaction that starts right after a check-in skips its commit's fsync
+(``synchronous=NORMAL``): the next check-in's commit fsyncs the WAL, and
+with it that transaction; any other commits with its own fsync, so there
+is never more than one merge transaction for a check-in to flush, and if
+the merge's last commit was a relaxed one, one more commit fsyncs it:
+``merge`` returns only when everything it merged is durable.
 So a check-in waits for one chunk and one commit at most, while a merge
 without company commits rarely; while check-ins keep coming, chunks are
 shorter (``BUSY_CHUNK``). Stamps are observed (the clock moves past
@@ -49,8 +51,10 @@ SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
 #: Deltas decoded and merged together; a waiting check-in waits for one chunk at most.
 CHUNK = 64
 #: The chunk while check-ins are coming (one ran in the last ``BUSY_S``): shorter waits.
-BUSY_CHUNK = 16
+BUSY_CHUNK = 8
 BUSY_S = 0.5
+#: A merge transaction that starts this soon after a check-in commits without fsync.
+RELAXED_S = 0.01
 #: How long one merge transaction may grow before it commits anyway.
 TXN_BUDGET_S = 0.02
 
@@ -116,21 +120,27 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
     writer = store._writer
     totals = [0, 0, 0]  # new, duplicates, quarantined
     pos = 0
+    synced = True
     while pos < len(part):
         first = pos
-        # Commits inside a merge skip the fsync: the next fsync of the WAL (a check-in's
-        # commit, or the merge's last one below) makes them durable with it, and the
-        # merge returns only after that.
-        db.conn.execute("PRAGMA synchronous = NORMAL")
+        # Right after a check-in, another is likely to follow (and to cut this
+        # transaction short): skip this commit's fsync, the next check-in's commit
+        # fsyncs the WAL and this transaction with it. Otherwise the merge fsyncs its
+        # own commits, so a check-in never has more than one transaction to flush.
+        relaxed = writer.urgent_lately(RELAXED_S)
+        if relaxed:
+            db.conn.execute("PRAGMA synchronous = NORMAL")
         try:
             with atomic(db):
                 pos = _transaction(store, db, part, pos, now, totals)
         finally:
-            db.conn.execute("PRAGMA synchronous = FULL")
+            if relaxed:
+                db.conn.execute("PRAGMA synchronous = FULL")
+        synced = not relaxed
         store._after_commit(db, pos - first)
         writer.run_urgent(db)
-    if last:
-        with atomic(db):  # synchronous=FULL: this commit fsyncs the whole merge
+    if last and not synced:
+        with atomic(db):  # synchronous=FULL: this commit fsyncs what came before it
             db.conn.execute(SAVE_CLOCK, [str(store.hlc.last)])
     return totals[0], totals[1], totals[2]
 
