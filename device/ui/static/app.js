@@ -270,11 +270,16 @@ function build() {
     b.onclick = () => onReason(reason);
     $("reasons").append(b);
   }
+  const back = document.createElement("button");
+  back.type = "button";
+  back.className = "secondary back";
+  back.dataset.i18n = "back";
+  $("reasons").append(back);
   const keypad = $("keypad");
   for (const k of ["1", "2", "3", "4", "5", "6", "7", "8", "9", "clear", "0", "back"]) {
     const b = document.createElement("button");
     b.type = "button";
-    if (k === "clear") { b.dataset.i18n = "clear"; b.onclick = () => { $("year").value = ""; }; }
+    if (k === "clear") { b.dataset.i18n = "clear"; b.className = "word"; b.onclick = () => { $("year").value = ""; }; }
     else if (k === "back") { b.textContent = "⌫"; b.onclick = () => { $("year").value = $("year").value.slice(0, -1); }; }
     else { b.textContent = k; b.dataset.key = k; b.onclick = () => { if ($("year").value.length < 4) $("year").value += k; }; }
     keypad.append(b);

@@ -1,0 +1,301 @@
+"""The check-in page in Debian's Chromium (headless, driven by Playwright).
+
+The kiosk runs as ``haven-kiosk run`` with simulated hardware; its hub URL
+points at a port where nothing listens until the test starts the real
+``haven hub serve`` there. Screenshots go to bench-out/ui/ as artifacts;
+the assertions are what count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device import enrol
+from device.store import init_store
+from device.ui.app import LANGUAGES, STATIC
+from host.hub.hub import Hub, init_hub
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip("/usr/bin/chromium does not exist (apt-get install -y chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "bench-out" / "ui"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+STRINGS = json.loads((STATIC / "i18n.json").read_text("utf-8"))
+BOUND = 20_000  # ms: every wait on the page ends by then
+SCREENS = ["s-start", "s-year", "s-name", "s-consent", "s-reason", "s-ticket", "s-staff-pin"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A child process whose output lines are read into a queue."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.log.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, bound: float = 20.0) -> re.Match[str]:
+        while True:
+            try:
+                line = self.lines.get(timeout=bound)
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} in: {''.join(self.log)}") from None
+            if m := re.search(pattern, line):
+                return m
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.terminate()
+        try:
+            return self.p.wait(15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.wait(5)
+
+
+def make_kiosk(tmp: Path) -> tuple[Path, Path]:
+    """An enrolled kiosk and its hub's data directory (hub not serving yet)."""
+    hub_dir, kiosk_dir = tmp / "hub", tmp / "kiosk"
+    init_hub(hub_dir)
+    hub = Hub(hub_dir)
+    with init_store(kiosk_dir, "North", "B") as store:
+        enrol.install(store, hub.enroll(enrol.write_request(store).read_bytes()))
+    hub.close()
+    return hub_dir, kiosk_dir
+
+
+def run_kiosk(kiosk_dir: Path, hub_url: str, idle: float) -> tuple[Proc, str]:
+    proc = Proc([sys.executable, "-m", "device.cli", "run", "--data", str(kiosk_dir),
+                 "--hub", hub_url, "--ui", "127.0.0.1:0", "--idle-seconds", str(idle),
+                 "--retry-max", "0.5", "--interval", "0.5", "--staff-pin", "2468"],
+                env={"GPIOZERO_PIN_FACTORY": "mock"})
+    url = proc.wait_for(r"page at (http://\S+)").group(1)
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    profile = tmp_path_factory.mktemp("profile")  # fresh and empty
+    with sync_api.sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
+            viewport={"width": 800, "height": 480})
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    pg = browser.new_page()
+    yield pg
+    pg.close()
+
+
+def open_page(page: Any, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=BOUND)
+
+
+def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def keypad(page: Any, digits: str) -> None:
+    for d in digits:
+        page.click(f"#keypad button[data-key='{d}']")
+
+
+def check_in_new(page: Any, lang: str, passport: str, name: str, year: str) -> str:
+    """A new patient with a passport, start to ticket; returns the queue number."""
+    page.click(f"#langs button[data-lang='{lang}']")
+    page.focus("#passport")
+    page.keyboard.type(passport, delay=0)  # a keyboard-wedge scanner: fast, then Enter
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    keypad(page, year)
+    page.click("#year-next")
+    page.wait_for_selector("#s-name:not([hidden])", timeout=BOUND)
+    page.fill("#name", name)
+    page.press("#name", "Enter")
+    page.wait_for_selector("#s-consent:not([hidden])", timeout=BOUND)
+    page.click("#consent-yes")
+    page.wait_for_selector("#s-reason:not([hidden])", timeout=BOUND)
+    page.click("#reasons button[data-reason='sick']")
+    page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
+    return str(page.text_content("#queue-number"))
+
+
+def test_checkin_offline_in_two_languages_then_sent(tmp_path: Path, page: Any) -> None:
+    hub_dir, kiosk_dir = make_kiosk(tmp_path)
+    port = free_port()
+    kiosk, url = run_kiosk(kiosk_dir, f"tcp://127.0.0.1:{port}", idle=300)
+    hub = None
+    try:
+        open_page(page, url)
+        page.wait_for_selector("#sync[data-state='offline']", timeout=BOUND)
+        assert check_in_new(page, "en", "AB123456", "Amina Tester", "1985") == "B-001"
+        status = page.locator("#ticket-status")
+        assert status.get_attribute("data-state") == "saved"
+        assert status.text_content() == "Saved on this kiosk"
+        shot(page, "ticket-en-saved")
+        page.click("#ticket-done")
+        page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
+
+        assert check_in_new(page, "ar", "CD7654321", "Layla Tester", "1990") == "B-002"
+        assert page.evaluate("document.documentElement.dir") == "rtl"
+        assert page.evaluate("document.documentElement.lang") == "ar"
+        assert status.text_content() == STRINGS["ar"]["status_saved"]
+        shot(page, "ticket-ar-saved")
+        page.evaluate("window.__sameDocument = 1")
+
+        hub = Proc([sys.executable, "-m", "host.cli", "hub", "serve", "--data", str(hub_dir),
+                    "--listen", f"tcp://127.0.0.1:{port}"])
+        page.wait_for_selector("#ticket-status[data-state='sent']", timeout=BOUND)
+        assert status.text_content() == STRINGS["ar"]["status_sent"]
+        assert page.evaluate("window.__sameDocument") == 1  # no reload
+        page.wait_for_selector("#sync[data-state='synced']", timeout=BOUND)
+        shot(page, "ticket-ar-sent")
+    finally:
+        if hub is not None:
+            hub.stop()
+        assert kiosk.stop() == 0, "".join(kiosk.log)
+    dump = subprocess.run([sys.executable, "-m", "host.cli", "hub", "dump", "--data",
+                           str(hub_dir)], capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    numbers = {r["fields"].get("queueNumber") for r in json.loads(dump.stdout)
+               if isinstance(r, dict) and "fields" in r} if dump.stdout.startswith("[") else set()
+    assert "B-001" in dump.stdout and "B-002" in dump.stdout, numbers
+
+
+@pytest.fixture(scope="module")
+def quick_kiosk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A kiosk with a 2 s idle reset and no hub, holding one known patient."""
+    tmp = tmp_path_factory.mktemp("quick")
+    _, kiosk_dir = make_kiosk(tmp)
+    with init_store(kiosk_dir, "North", "B") as store:
+        store.checkin(name="Zainab Secretname", passport="ZZ998877", birth_year=1977,
+                      reason="other")
+    kiosk, url = run_kiosk(kiosk_dir, f"tcp://127.0.0.1:{free_port()}", idle=2)
+    try:
+        yield url, kiosk_dir
+    finally:
+        kiosk.stop()
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_nothing_overflows_at_800x480(quick_kiosk: tuple[str, Path], page: Any,
+                                      lang: str) -> None:
+    open_page(page, quick_kiosk[0])
+    page.click(f"#langs button[data-lang='{lang}']")
+    page.evaluate("""() => { document.getElementById('queue-number').textContent = 'B-999';
+        document.getElementById('new-id').textContent = '2f1e0d5c-4b3a-4987-a6c5-d4e3f2a1b0c9';
+        document.getElementById('new-id-block').hidden = false;
+        flow.ticket = 1; renderLive(); }""")
+    for screen in SCREENS:
+        page.evaluate(f"show('{screen}')")
+        bad = page.evaluate("""(id) => {
+            const W = innerWidth, H = innerHeight, out = [];
+            const d = document.documentElement;
+            if (d.scrollWidth > W || d.scrollHeight > H)
+                out.push(['page', d.scrollWidth, d.scrollHeight]);
+            const scr = document.getElementById(id);
+            if (scr.scrollHeight > scr.clientHeight + 1 || scr.scrollWidth > scr.clientWidth + 1)
+                out.push([id, scr.scrollWidth, scr.scrollHeight]);
+            for (const el of document.querySelectorAll('header *, #' + id + ' *')) {
+                if (!el.getClientRects().length) continue;
+                const r = el.getBoundingClientRect();
+                if (r.left < -1 || r.top < -1 || r.right > W + 1 || r.bottom > H + 1)
+                    out.push([el.id || el.tagName, Math.round(r.right), Math.round(r.bottom)]);
+                if (['BUTTON', 'H1', 'P', 'SPAN'].includes(el.tagName) &&
+                    el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0)
+                    out.push([el.id || el.tagName + ':' + el.textContent.slice(0, 20), 'text']);
+            }
+            return out; }""", screen)
+        if screen in ("s-start", "s-reason", "s-ticket"):
+            shot(page, f"{screen}-{lang}")
+        assert bad == [], f"{lang} {screen}: {bad}"
+    assert page.evaluate("document.documentElement.dir") == (
+        "rtl" if lang in ("ar", "prs") else "ltr")
+
+
+def test_wrong_year_reveals_nothing(quick_kiosk: tuple[str, Path], page: Any) -> None:
+    bodies: list[str] = []
+    page.on("response", lambda r: bodies.append(r.text()) if "/api/" in r.url
+            and "events" not in r.url else None)
+    open_page(page, quick_kiosk[0])
+    page.fill("#passport", "zz-998877")
+    page.click("#passport-next")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    keypad(page, "1990")
+    page.click("#year-next")
+    page.wait_for_selector("#year-msg:not(:empty)", timeout=BOUND)
+    assert page.text_content("#year-msg") == STRINGS["en"]["mismatch"]
+    keypad(page, "1991")  # a second wrong try is slowed down
+    page.click("#year-next")
+    page.wait_for_selector("#year-next:disabled", timeout=BOUND)
+    html = page.content()
+    for secret in ("Secretname", "Zainab", "1977"):
+        assert secret not in html
+        assert all(secret not in b for b in bodies)
+    assert page.is_visible("#s-year")
+
+
+def test_idle_reset_leaves_no_patient_data(quick_kiosk: tuple[str, Path], page: Any) -> None:
+    open_page(page, quick_kiosk[0])
+    page.click("#no-docs")
+    page.fill("#name", "Omar Idletest")
+    page.press("#name", "Enter")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    keypad(page, "2001")
+    page.click("#year-next")
+    page.click("#consent-yes")
+    page.click("#reasons button[data-reason='child']")
+    page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
+    number = str(page.text_content("#queue-number"))
+    new_id = str(page.text_content("#new-id"))
+    assert re.fullmatch(r"B-\d{3}", number) and len(new_id) == 36
+    page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)  # idle reset, no input
+    found = page.evaluate("""async (secrets) => {
+        const html = document.documentElement.outerHTML;
+        const values = [...document.querySelectorAll('input')].map(i => i.value).join('|');
+        const dbs = indexedDB.databases ? await indexedDB.databases() : [];
+        return { hits: secrets.filter(s => html.includes(s) || values.includes(s)),
+                 local: localStorage.length, session: sessionStorage.length, idb: dbs.length,
+                 flow: JSON.stringify(flow) };
+    }""", ["Omar", "Idletest", "2001", number, new_id])
+    assert found["hits"] == []
+    assert (found["local"], found["session"], found["idb"]) == (0, 0, 0)
+    assert "ticket" not in found["flow"] and "name" not in found["flow"]
