@@ -9,23 +9,19 @@ the assertions are what count.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from device import enrol
 from device.store import init_store
 from device.ui.app import LANGUAGES, STATIC
-from host.hub.hub import Hub, init_hub
+
+from .test_ui_helpers import ROOT, Proc, free_port, make_kiosk, run_kiosk
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -33,74 +29,12 @@ if not CHROMIUM.exists():
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "bench-out" / "ui"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STRINGS = json.loads((STATIC / "i18n.json").read_text("utf-8"))
 BOUND = 20_000  # ms: every wait on the page ends by then
 SCREENS = ["s-start", "s-year", "s-name", "s-consent", "s-reason", "s-ticket", "s-staff-pin"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    """A child process whose output lines are read into a queue."""
-
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, env={**os.environ, **(env or {})}, cwd=ROOT)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.log.append(line)
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, bound: float = 20.0) -> re.Match[str]:
-        while True:
-            try:
-                line = self.lines.get(timeout=bound)
-            except queue.Empty:
-                raise AssertionError(f"no {pattern!r} in: {''.join(self.log)}") from None
-            if m := re.search(pattern, line):
-                return m
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.terminate()
-        try:
-            return self.p.wait(15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            return self.p.wait(5)
-
-
-def make_kiosk(tmp: Path) -> tuple[Path, Path]:
-    """An enrolled kiosk and its hub's data directory (hub not serving yet)."""
-    hub_dir, kiosk_dir = tmp / "hub", tmp / "kiosk"
-    init_hub(hub_dir)
-    hub = Hub(hub_dir)
-    with init_store(kiosk_dir, "North", "B") as store:
-        enrol.install(store, hub.enroll(enrol.write_request(store).read_bytes()))
-    hub.close()
-    return hub_dir, kiosk_dir
-
-
-def run_kiosk(kiosk_dir: Path, hub_url: str, idle: float) -> tuple[Proc, str]:
-    proc = Proc([sys.executable, "-m", "device.cli", "run", "--data", str(kiosk_dir),
-                 "--hub", hub_url, "--ui", "127.0.0.1:0", "--idle-seconds", str(idle),
-                 "--retry-max", "0.5", "--interval", "0.5", "--staff-pin", "2468"],
-                env={"GPIOZERO_PIN_FACTORY": "mock"})
-    url = proc.wait_for(r"page at (http://\S+)").group(1)
-    return proc, url
 
 
 @pytest.fixture(scope="module")
