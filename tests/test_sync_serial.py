@@ -1,0 +1,151 @@
+"""Sync over a noisy serial line, and no wedging when the hub is away.
+
+A kiosk runs ``haven-kiosk sync`` on one pty of the link emulator and the hub
+runs ``haven hub serve --serial`` on the other, with byte errors and an
+outage: every check-in is on the hub exactly once and the dumps are equal.
+Then the hub is down (nothing listening) and comes back: the sync loop
+resumes by itself within its backoff cap, once over an hour of simulated
+time in-process, and once as the real process with a short cap. No test
+asserts a wall-clock time; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from device import sync as kiosk_sync_module
+from device.store import Store
+from host.hub.hub import Hub, init_hub
+from host.hub.serve import Server
+from tools.benchmarks._link import emulator
+
+from .test_sync_helpers import Kiosk
+from .test_sync_serial_helpers import DEADLINE, Lines, finish, hub_serving, kiosk_sync, start, stop
+
+
+def enrolled(tmp: Path, names: list[str]) -> tuple[Path, list[Path]]:
+    init_hub(tmp / "hub")
+    with Hub(tmp / "hub") as hub:
+        kiosks = [Kiosk(tmp, name, hub, chr(ord("A") + i)) for i, name in enumerate(names)]
+    dirs = [k.store.data for k in kiosks]
+    for k in kiosks:
+        k.close()
+    return tmp / "hub", dirs
+
+
+def checkins(data: Path, n: int, tag: str) -> set[str]:
+    with Store(data) as store:
+        return {store.checkin(name=f"{tag}{i}", passport=f"{tag}{i:06d}", reason="fever")
+                .record_id for i in range(n)}
+
+
+def hub_state(hub_dir: Path) -> tuple[bytes, list[tuple[bytes, int, int]]]:
+    with Hub(hub_dir) as hub:
+        return hub.dump(), [(o.rid, o.stamp, o.node) for o in hub.store.all_ops()]
+
+
+def test_serial_sync_through_noise_and_outage_once(tmp_path: Path) -> None:
+    hub_dir, (k,) = enrolled(tmp_path, ["k"])
+    ids = checkins(k, 300, "PS")
+    emu_args = ["--rate", "11520", "--corrupt", "1e-4", "--outage", "1.5:2", "--seed", "5"]
+    with emulator("serial", emu_args, tmp_path / "emu.json") as emu, \
+            hub_serving(hub_dir, serial=[emu.endpoints["a"]]):
+        rc, out, err = finish(kiosk_sync(k, emu.endpoints["b"], "--baud", "115200", "--once",
+                                         "--timeout", str(DEADLINE), "--json"))
+        assert rc == 0, err
+        summary = json.loads(out.splitlines()[-1])
+        assert summary["pushed"] == 600 and summary["quarantined"] == 0
+        # A second round has nothing to move.
+        rc, out, err = finish(kiosk_sync(k, emu.endpoints["b"], "--baud", "115200", "--once",
+                                         "--timeout", str(DEADLINE), "--json"))
+        assert rc == 0, err
+        again = json.loads(out.splitlines()[-1])
+        assert (again["pushed"], again["pulled"]) == (0, 0)
+    assert emu.stats["ab"]["corrupted"] + emu.stats["ba"]["corrupted"] > 0
+    assert emu.stats["ab"]["outage_bytes"] + emu.stats["ba"]["outage_bytes"] > 0
+    dump, ops = hub_state(hub_dir)
+    assert len(ops) == len(set(ops)) == 600
+    records = json.loads(dump)["records"]
+    assert {r["id"] for r in records if r["type"] == "checkin"} == ids
+    with Store(k) as store:
+        assert store.dump() == dump
+        assert store.status()["outbox"]["lanes"] == {}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_hub_down_for_an_hour_then_back_resumes_within_the_cap(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An hour of simulated time: the backoff waits are simulated, the connects real."""
+    hub_dir, (k,) = enrolled(tmp_path, ["k"])
+    ids = checkins(k, 20, "HD")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    waits: list[float] = []
+    simulated = 0.0
+    back_at: int | None = None  # how many waits there were when the hub came back
+    hub = Hub(hub_dir)
+    server = Server(hub, 5 * 60 * 1000)
+
+    def sleep(seconds: float) -> None:
+        nonlocal simulated, back_at
+        waits.append(seconds)
+        simulated += seconds
+        if simulated >= 3600 and back_at is None:
+            server.listen(url)  # the hub is back; no local write happens
+            back_at = len(waits)
+
+    # Only the sync loop's waits are simulated; its clocks and connects are real.
+    fake_time = types.SimpleNamespace(monotonic=time.monotonic, time_ns=time.time_ns,
+                                      time=time.time, sleep=sleep)
+    monkeypatch.setattr(kiosk_sync_module, "time", fake_time)
+    args = argparse.Namespace(data=k, hub=[url], once=True, baud=None, timeout=DEADLINE * 5,
+                              interval=10.0, json=True)
+    try:
+        assert kiosk_sync_module.run_sync(args) == 0
+        ops = list(hub.store.all_ops())
+    finally:
+        server.shutdown()
+        hub.close()
+    assert back_at is not None
+    assert max(waits) <= kiosk_sync_module.BACKOFF_CAP
+    assert waits[-1] >= kiosk_sync_module.BACKOFF_CAP / 2  # the waits had reached the cap
+    assert len(waits) == back_at  # the round right after the hub came back worked
+    assert len(ops) == 40
+    dump, _ = hub_state(hub_dir)
+    assert {r["id"] for r in json.loads(dump)["records"] if r["type"] == "checkin"} == ids
+
+
+CAPPED_SYNC = ("import sys, device.sync as s; s.BACKOFF_CAP = 1.0; "
+               "from device.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def test_sync_loop_process_resumes_when_the_hub_returns(tmp_path: Path) -> None:
+    """The real ``haven-kiosk sync`` loop (no --once), with a 1 s backoff cap."""
+    hub_dir, (k,) = enrolled(tmp_path, ["k"])
+    checkins(k, 10, "LP")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = start(["-c", CAPPED_SYNC, "sync", "--data", str(k), "--hub", url,
+                  "--interval", "0.5", "--json"])
+    try:
+        failures = Lines(proc.stderr).wait_for("cannot connect", count=6)
+        assert len(failures) == 6  # down for several attempts, the waits at the cap
+        with hub_serving(hub_dir, listen=[url]):
+            summary = json.loads(Lines(proc.stdout).wait_for('"pushed": 20')[0])
+            assert summary["url"] == url
+    finally:
+        stop(proc)
+    _, ops = hub_state(hub_dir)
+    assert len(ops) == len(set(ops)) == 20
