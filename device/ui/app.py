@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+from device.store import StoreError
 
 from . import checkin as ci
 from .http import HttpError, Request, Response, json_response
@@ -26,6 +30,7 @@ STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".json": "application/json; charset=utf-8",
          ".ttf": "font/ttf", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8"}
+log = logging.getLogger("haven.ui")
 LANGUAGES = ("en", "fr", "ar", "sw", "prs")
 KEEPALIVE = 15.0
 
@@ -146,8 +151,12 @@ class KioskApp:
         elif body.get("consent") is not True:
             raise HttpError(400, "no-consent")
         assert name is not None
-        result = await asyncio.to_thread(self.store.checkin, name=name, passport=passport,
-                                         birth_year=year, reason=reason)
+        try:
+            result = await asyncio.to_thread(self.store.checkin, name=name, passport=passport,
+                                             birth_year=year, reason=reason)
+        except (StoreError, sqlite3.Error, OSError) as exc:  # a full card, a broken store
+            log.error("check-in not saved: %s", type(exc).__name__)
+            raise HttpError(503, "store") from None
         ticket = self.live.note_checkin()
         if self.hardware is not None:
             await asyncio.to_thread(self.hardware.chime.checkin)

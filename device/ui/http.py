@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,10 @@ async def _connection(handler: Handler, reader: asyncio.StreamReader,
             except HttpError as exc:
                 req = None
                 resp = json_response({"error": exc.code, **exc.extra}, exc.status)
+            except Exception as exc:  # a bug: answer, log the kind only (no patient data)
+                logging.getLogger("haven.ui").error("request failed: %s", type(exc).__name__)
+                req = None
+                resp = json_response({"error": "internal"}, 500)
             keep = (req is not None and resp.status < 400
                     and req.headers.get("connection", "").lower() != "close")
             writer.write(_head(resp, keep))
