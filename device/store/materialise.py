@@ -3,7 +3,11 @@
 Theory of operation
 -------------------
 Every delta lands in ``ops`` (sealed, ``ON CONFLICT DO NOTHING``, so a
-duplicate changes nothing). The merged state then follows one of two paths.
+duplicate changes nothing). A batch goes in with one ``executemany``; only
+when SQLite reports fewer new rows than deltas (some were duplicates) is
+the batch rolled back to a savepoint and the held dots looked up, so the
+common case reads nothing of the write log. The merged state then follows
+one of two paths.
 
 Fast path, in SQL. A put that has seen every current head of its record
 (or starts a new record), changes no set, and meets a record with no delete
@@ -14,7 +18,9 @@ assignments go through one ``executemany`` of::
     WHERE (excluded.stamp, excluded.node) > (field_values.stamp, field_values.node)
 
 which is the last-writer-wins register, decided by SQLite on stamps and
-node ids alone, over ciphertexts it cannot read.
+node ids alone, over ciphertexts it cannot read. Of several fast writes to
+one register in a batch only the greatest dot can change the row, so only
+that one is sealed and upserted (the write log keeps every one).
 
 Slow path, in Python. Anything else (a delete, a set change, a write that
 had not seen a head, a record already in conflict) rebuilds the record from

@@ -7,9 +7,11 @@ the store key (``keys.KeyFile``) and the fleet key that patient ids are
 derived from. ``Store`` opens it. Every method that writes runs as one job
 on the writer thread (``writer.Writer``) inside one ``BEGIN IMMEDIATE``
 transaction: a check-in writes the patient and the check-in, their write
-log entries, merged rows and outbox entries, the queue counter and the
-clock, then commits once (one WAL fsync), and only then returns its queue
-number. Reads use their own connection; WAL lets them run beside the writer.
+log entries, merged rows and outbox entries and the queue counter (one
+``executemany`` per table for both records), then commits once (one WAL
+fsync), and only then returns its queue number. The clock needs no row of
+its own per write (``recover_clock``). Reads use their own connection; WAL
+lets them run beside the writer.
 
 Local writes are built and checked by ``protocol.crdt.writes`` against the
 record as its write log says it is, so the store and the reference merge
