@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -49,7 +48,10 @@ def _cases(quick: bool) -> list[tuple[str, int, list[str]]]:
 
 
 def _make_file(path: Path, size: int, seed: int) -> Path:
-    path.write_bytes(random.Random(seed).randbytes(size))
+    rng = random.Random(seed)
+    with path.open("wb") as f:
+        for start in range(0, size, 1 << 20):
+            f.write(rng.randbytes(min(1 << 20, size - start)))
     return path
 
 
@@ -57,18 +59,49 @@ def _haven(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "host.cli", *args]
 
 
-def _wait_rss(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int | None, int]:
-    """Wait for ``proc``; return (exit code or None on timeout, peak RSS in KiB)."""
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, int(usage.ru_maxrss)
-        time.sleep(0.05)
-    proc.kill()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return None, int(usage.ru_maxrss)
+def _peak_rss(pid: int) -> int:
+    """The process's resident high-water mark in KiB (VmHWM; 0 once it is gone).
+
+    ``ru_maxrss`` from ``wait4`` would not do: it keeps the parent's size
+    from before ``exec``, so a child of a big benchmark process looks big."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], deadline: float,
+              grace: float = 10.0) -> tuple[list[int | None], list[int], float]:
+    """Wait for every process, sampling each one's peak RSS (KiB) while it runs.
+
+    Returns the exit codes (None: killed at the deadline), the peaks and the
+    time at which the first process (the sender) ended."""
+    peaks = [0] * len(procs)
+    first_end: float | None = None
+    while True:
+        now = time.monotonic()
+        for i, proc in enumerate(procs):
+            if proc.returncode is None:
+                peaks[i] = max(peaks[i], _peak_rss(proc.pid))  # before reaping
+                proc.poll()
+        if procs[0].returncode is not None and first_end is None:
+            first_end = now
+            deadline = max(deadline, now + grace)
+        if all(p.returncode is not None for p in procs) or now > deadline:
+            break
+        time.sleep(0.02)
+    codes: list[int | None] = []
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+            codes.append(None)
+        else:
+            codes.append(proc.returncode)
+    return codes, peaks, first_end if first_end is not None else time.monotonic()
 
 
 def run_haven(ctx: Context, src: Path, emu_args: list[str], seed: int, limit: float,
@@ -89,10 +122,9 @@ def run_haven(ctx: Context, src: Path, emu_args: list[str], seed: int, limit: fl
             _haven(["send", emu.endpoints["a"], str(src), *baud_args, "--json"]),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
-        deadline = t0 + limit
-        send_rc, send_rss = _wait_rss(sender, deadline)
-        seconds = time.monotonic() - t0
-        recv_rc, recv_rss = _wait_rss(receiver, max(deadline, time.monotonic() + 10))
+        (send_rc, recv_rc), (send_rss, recv_rss), ended = _wait_all(
+            [sender, receiver], t0 + limit)
+        seconds = ended - t0
     assert sender.stdout is not None
     out = sender.stdout.read().decode()
     summary = json.loads(out) if send_rc == 0 and out.strip() else {}
