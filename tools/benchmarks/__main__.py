@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             result = bench.func(Context(quick=args.quick, workdir=Path(tmp)))
+        # Another run may have finished meanwhile: keep its tables.
+        if results_path.exists():
+            results = json.loads(results_path.read_text())
         results[name] = {
             "title": bench.title,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
