@@ -45,6 +45,9 @@ BATCH_BYTES = 48 * 1024
 REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
             "auth")
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
+#: A serial round that hears nothing authenticated this long starts over: a hub that
+#: restarted ignores the old session's frames (it sends keep-alives every 2 s).
+SERIAL_DEAD_TIMEOUT = 20.0
 
 
 class SyncFailed(Exception):
@@ -184,7 +187,8 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
         raise SyncFailed(str(exc)) from None
     start = time.monotonic()
     config = SessionConfig(stream=link.stream, rate=baud / 10 if baud and not link.stream
-                           else None, keepalive=5.0, dead_timeout=min(limit, 60.0),
+                           else None, keepalive=5.0,
+                           dead_timeout=min(limit, 60.0 if link.stream else SERIAL_DEAD_TIMEOUT),
                            max_message=1 << 20, send_buffer=2 << 20)
     session = Session(initiator=True, config=config, static_key=ident.x_key,
                       remote_static=ident.cert.hub_x25519, now=start)

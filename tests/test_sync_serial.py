@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import time
 import types
@@ -149,3 +150,42 @@ def test_sync_loop_process_resumes_when_the_hub_returns(tmp_path: Path) -> None:
         stop(proc)
     _, ops = hub_state(hub_dir)
     assert len(ops) == len(set(ops)) == 20
+
+
+def committed_batches(hub_dir: Path) -> int:
+    with Hub(hub_dir) as hub:
+        dev = hub.store.devices()[0]
+        return int(dev.last_seq)
+
+
+def test_hub_killed_mid_push_on_serial_kiosk_finishes_once(tmp_path: Path) -> None:
+    """SIGKILL to the hub while a kiosk pushes over serial; a new hub on the same
+    port: the kiosk's round gives up on the dead session and the next one finishes."""
+    hub_dir, (k,) = enrolled(tmp_path, ["k"])
+    ids = checkins(k, 1000, "HK")
+    with emulator("serial", ["--rate", "11520", "--seed", "2"], tmp_path / "emu.json") as emu:
+        serve = ["-m", "host.cli", "hub", "serve", "--data", str(hub_dir), "--serial",
+                 emu.endpoints["a"], "--baud", "115200"]
+        hub = start(serve)
+        Lines(hub.stdout).wait_for("ready")
+        proc = kiosk_sync(k, emu.endpoints["b"], "--baud", "115200", "--once", "--timeout",
+                          str(2 * DEADLINE), "--json")
+        try:
+            end = time.monotonic() + DEADLINE
+            while committed_batches(hub_dir) < 1 and time.monotonic() < end:
+                time.sleep(0.05)
+            assert committed_batches(hub_dir) >= 1
+            stop(hub, signal.SIGKILL)  # mid-push: the kiosk has more batches to send
+            hub = start(serve)
+            Lines(hub.stdout).wait_for("ready")
+            rc, out, err = finish(proc)
+            assert rc == 0, err
+            assert "haven-kiosk sync: " in err  # the round on the dead session failed
+        finally:
+            stop(proc)
+            stop(hub)
+    dump, ops = hub_state(hub_dir)
+    assert len(ops) == len(set(ops)) == 2000
+    assert {r["id"] for r in json.loads(dump)["records"] if r["type"] == "checkin"} == ids
+    with Store(k) as store:
+        assert store.dump() == dump
