@@ -29,7 +29,7 @@ class SessionConfig:
     min_rto: float = 0.2
     max_rto: float = 4.0
     max_probe_interval: float = 1.0  #: after a timeout, ping at least this often
-    max_frame_time: float = 0.12  #: with a known rate: longest frame, in line seconds
+    max_frame_time: float = 0.15  #: with a known rate: longest frame, in line seconds
     ack_delay: float = 0.02
     keepalive: float = 10.0
     dead_timeout: float = 120.0
