@@ -189,3 +189,32 @@ def test_hub_killed_mid_push_on_serial_kiosk_finishes_once(tmp_path: Path) -> No
     assert {r["id"] for r in json.loads(dump)["records"] if r["type"] == "checkin"} == ids
     with Store(k) as store:
         assert store.dump() == dump
+
+
+def test_kiosk_killed_mid_push_on_serial_is_answered_at_once(tmp_path: Path) -> None:
+    """SIGKILL to the kiosk's sync mid-push over serial: the hub's session is still open
+    when the rerun's handshake arrives; the hub sees a new first handshake message and
+    answers it with a new session, instead of ignoring it until its dead timeout."""
+    hub_dir, (k,) = enrolled(tmp_path, ["k"])
+    ids = checkins(k, 1000, "KK")
+    with emulator("serial", ["--rate", "11520", "--seed", "4"], tmp_path / "emu.json") as emu, \
+            hub_serving(hub_dir, serial=[emu.endpoints["a"]]):
+        proc = kiosk_sync(k, emu.endpoints["b"], "--baud", "115200", "--once", "--timeout",
+                          str(DEADLINE), "--json")
+        try:
+            end = time.monotonic() + DEADLINE
+            while committed_batches(hub_dir) < 1 and time.monotonic() < end:
+                time.sleep(0.05)
+            assert committed_batches(hub_dir) >= 1
+        finally:
+            stop(proc, signal.SIGKILL)
+        # Well under the hub's minute of dead timeout: only the new session can finish.
+        rc, out, err = finish(kiosk_sync(k, emu.endpoints["b"], "--baud", "115200", "--once",
+                                         "--timeout", "30", "--json"))
+        assert rc == 0, err
+    with Hub(hub_dir) as hub:
+        events = [e["detail"] for e in hub.store.events() if e["code"] == "serial"]
+    assert any("started over" in e for e in events)
+    dump, ops = hub_state(hub_dir)
+    assert len(ops) == len(set(ops)) == 2000
+    assert {r["id"] for r in json.loads(dump)["records"] if r["type"] == "checkin"} == ids
