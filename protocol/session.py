@@ -22,16 +22,10 @@ takes out bytes to write, and calls again at ``next_deadline()``::
    however it is cut, is a new packet with a new nonce. The replay window
    refuses old and repeated packets; a frame that fails its tag changes no
    state, so a forged acknowledgement cannot make us drop data.
-3. **Reliability** (``protocol.arq``): lanes are byte streams with
-   cumulative + SACK acknowledgements, loss found by packet threshold or by
-   the RFC 6298 timer. After a timeout only one probe frame is in flight
-   until the line answers again, so an outage costs a few small probes, not
-   a window of data. The frame size follows the measured error rate.
-   ``SessionConfig(stream=True)`` (for TCP) keeps the framing, the
-   authentication, the acknowledgements and resume, and drops the timers.
-   The sending side is ``SessionSender`` (``session_sender.py``), the
-   receiving side ``SessionReceiver`` (``session_receiver.py``); the session
-   seals and opens their frames and carries their acknowledgements.
+3. **Reliability**: lanes are byte streams with cumulative + SACK
+   acknowledgements (``SessionSender`` and ``SessionReceiver``); after a
+   timeout only pings probe the line until it answers, and the frame size
+   follows the measured error rate. ``stream=True`` (TCP) drops the timers.
 4. **Lanes** are served lowest number first at every frame boundary, so an
    urgent message overtakes bulk data within one frame.
 5. **Resume**: ``reconnect()`` starts a fresh handshake (never a saved
