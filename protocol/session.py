@@ -499,8 +499,7 @@ class Session:
         assert self._hs is not None
         if old is None or old._resume_secret is None or old.remote_static != self.remote_static:
             raise RemoteProtocolError("unknown session", "bad-resume")
-        assert self._sealer is not None
-        expect = hmac.new(old._resume_secret, self._session_hash, hashlib.sha256).digest()
+        expect = hmac.new(old._resume_secret, self._hs.handshake_hash, hashlib.sha256).digest()
         if not hmac.compare_digest(expect, msg.get("token")):
             raise RemoteProtocolError("resume token does not verify", "auth")
         peer_has = w.positions(msg.get("positions"), self.config.lanes)
@@ -596,8 +595,3 @@ class Session:
         head = w.header(kind, self._sealer.next_nonce)
         pn, sealed = self._sealer.seal(head, plain)
         return pn, head + sealed
-
-    @property
-    def _session_hash(self) -> bytes:
-        assert self._hs is not None
-        return self._hs.handshake_hash
