@@ -7,13 +7,15 @@ commands, as a technician would make it: ``haven hub init``, ``haven-kiosk
 init``, ``haven hub enroll``, ``haven-kiosk enroll``. The link emulator
 (``tools/linkemu.py``, serial mode) stands between two ptys at 115200 baud
 (11,520 B/s) with byte errors and an outage. ``haven hub serve --serial``
-runs on one pty and ``haven-kiosk sync`` (its retry loop, not ``--once``) on
-the other. Check-ins are then made with ``haven-kiosk checkin``, a few
-seconds apart, some of them during the outage.
+runs on one pty and the kiosk's runtime, ``haven-kiosk run``, on the other:
+its check-in page on 127.0.0.1 and its sync engine in one process, on
+simulated hardware (gpiozero's mock pins). Check-ins are then made through
+the page's own API, as the page makes them, a few seconds apart, some of
+them during the outage.
 
 The status line is drawn from the hub's own store (what it has committed)
-and from the kiosk's per-round ``--json`` summaries: check-ins made, how many
-the hub holds, the line's state, rounds and bytes. It is redrawn in place on
+and from the kiosk: check-ins made, how many the hub holds, the line's
+state, the sync rounds the runtime logs and its status LED. It is redrawn in place on
 a terminal and printed as plain lines every few seconds otherwise. At the
 end each check-in's arrival time is listed and the kiosk's and the hub's
 dumps are compared. It ends by itself once every check-in is on the hub
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,7 +46,7 @@ RATE = 11520
 CMD_TIMEOUT = 30.0
 NAMES = ["Amina Diallo", "Kofi Mensah", "Leila Haddad", "Tomas Silva", "Nadia Rahman",
          "Jonas Berg", "Mei Chen", "Ravi Patel", "Sara Okafor", "Ivan Petrov"]
-REASONS = ["fever", "cough", "follow-up", "vaccination", "headache", "prenatal"]
+REASONS = ["sick", "injury", "child", "pregnancy", "medicine", "results"]
 
 
 def _bin(name: str) -> str:
@@ -67,9 +70,10 @@ class Procs:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, args: list[str], stdout: Any = subprocess.PIPE,
-              stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+              stderr: Any = subprocess.PIPE,
+              env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         p = subprocess.Popen(args, cwd=ROOT, stdout=stdout, stderr=stderr, text=True,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
         self.procs.append(p)
         return p
 
@@ -96,6 +100,30 @@ def lines(stream: IO[str] | None, into: queue.Queue[str]) -> None:
         into.put(line.rstrip("\n"))
 
 
+def page_api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the kiosk page's API as the page does (JSON in, JSON out)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url + path, data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=CMD_TIMEOUT) as resp:
+        return json.loads(resp.read())
+
+
+def free_ui(wanted: str) -> str:
+    """``wanted`` (HOST:PORT) if that port is free, else the same host on a free port."""
+    import socket
+
+    host, _, port = wanted.rpartition(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            sock.bind((host, int(port)))
+            return wanted
+        except OSError:
+            sock.bind((host, 0))
+            return f"{host}:{sock.getsockname()[1]}"
+
+
 class HubView:
     """The hub's committed check-ins, read from its store."""
 
@@ -105,9 +133,11 @@ class HubView:
         self.hub = Hub(data)
 
     def checkins(self) -> set[str]:
+        """The queue numbers of the check-ins the hub holds."""
         try:
             records = json.loads(self.hub.dump())["records"]
-            return {r["id"] for r in records if r["type"] == "checkin"}
+            return {r["fields"].get("queueNumber", "") for r in records
+                    if r["type"] == "checkin"}
         except Exception:  # noqa: BLE001 - the serving process may hold a lock a moment
             return set()
 
@@ -122,7 +152,7 @@ class Status:
         self.outage, self.emu_t0 = outage, emu_t0
         self.last = 0.0
         self.rounds = 0
-        self.up = self.down = 0
+        self.led = "?"
         self.note = "starting"
 
     def line_state(self, now: float) -> str:
@@ -136,8 +166,7 @@ class Status:
             return
         self.last = now
         text = (f"{now - self.t0:5.1f}s  line {self.line_state(now):4}  check-ins made {made}"
-                f"  on hub {arrived}  rounds {self.rounds}  up {self.up:,} B"
-                f"  down {self.down:,} B  {self.note}")
+                f"  on hub {arrived}  sync rounds {self.rounds}  LED {self.led}  {self.note}")
         if self.tty:
             width = os.get_terminal_size().columns if sys.stdout.isatty() else 120
             print("\r\033[K" + text[: width - 1], end="", flush=True)
@@ -157,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outage", default="12:6", metavar="START:DUR",
                    help="the line is down DUR seconds from START (default 12:6)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ui", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="where the kiosk serves its page (another port if this one is taken)")
     args = p.parse_args(argv)
     start, dur = (float(x) for x in args.outage.split(":"))
     interrupted = False
@@ -197,14 +228,28 @@ def main(argv: list[str] | None = None) -> int:
                                "--serial", ends["a"], "--baud", "115200"])
             threading.Thread(target=lines, args=(hub.stdout, hub_out), daemon=True).start()
             print(f"haven hub serve --data {hub_dir} --serial {ends['a']} --baud 115200")
-            sync_out: queue.Queue[str] = queue.Queue()
-            sync_err: queue.Queue[str] = queue.Queue()
-            sync = procs.start([kiosk, "sync", "--data", str(kiosk_dir), "--hub", ends["b"],
-                                "--baud", "115200", "--interval", "1", "--json"])
-            threading.Thread(target=lines, args=(sync.stdout, sync_out), daemon=True).start()
-            threading.Thread(target=lines, args=(sync.stderr, sync_err), daemon=True).start()
-            print(f"haven-kiosk sync --data {kiosk_dir} --hub {ends['b']} --baud 115200 "
-                  "--interval 1")
+            ui = free_ui(args.ui)
+            kiosk_out: queue.Queue[str] = queue.Queue()
+            kiosk_log: queue.Queue[str] = queue.Queue()
+            runtime = procs.start([kiosk, "run", "--data", str(kiosk_dir), "--hub", ends["b"],
+                                   "--baud", "115200", "--ui", ui, "--interval", "1",
+                                   "--retry-max", "2"],
+                                  env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+            threading.Thread(target=lines, args=(runtime.stdout, kiosk_out), daemon=True).start()
+            threading.Thread(target=lines, args=(runtime.stderr, kiosk_log), daemon=True).start()
+            print(f"haven-kiosk run --data {kiosk_dir} --hub {ends['b']} --baud 115200 "
+                  f"--ui {ui}   (GPIOZERO_PIN_FACTORY=mock)")
+            page = f"http://{ui}"
+            ready_by = time.monotonic() + CMD_TIMEOUT
+            while time.monotonic() < ready_by:
+                with contextlib.suppress(OSError):
+                    page_api(page, "/api/config")
+                    break
+                if runtime.poll() is not None:
+                    raise RuntimeError("haven-kiosk run stopped: " + " | ".join(
+                        list(kiosk_log.queue)[-3:]))
+                time.sleep(0.2)
+            print(f"the kiosk's page: {page}  (open it in a browser while this runs)")
             view = HubView(hub_dir)
             status = Status((start, dur), emu_t0)
             made: dict[str, tuple[str, float]] = {}  # record id -> (queue number, made at)
@@ -216,35 +261,35 @@ def main(argv: list[str] | None = None) -> int:
                 if len(made) < args.checkins and now >= next_at:
                     i = len(made)
                     name, reason = NAMES[i % len(NAMES)], REASONS[i % len(REASONS)]
-                    typed = time.monotonic()  # the moment the check-in command starts
-                    out = json.loads(run(kiosk, "checkin", "--data", kiosk_dir, "--name", name,
-                                         "--passport", f"RV{args.seed:02d}{i:05d}",
-                                         "--reason", reason, "--json"))
-                    made[out["record_id"]] = (out["queue_number"], typed)
-                    status.say(f"haven-kiosk checkin --name {name!r} --reason {reason}: "
-                               f"queue number {out['queue_number']} (line "
-                               f"{status.line_state(time.monotonic())})")
+                    typed = time.monotonic()  # the moment the patient presses the reason
+                    out = page_api(page, "/api/checkin", {
+                        "passport": f"RV{args.seed:02d}{i:05d}", "year": 1970 + 3 * i,
+                        "name": name, "reason": reason, "consent": True})
+                    made[out["queue_number"]] = (out["queue_number"], typed)
+                    line = status.line_state(time.monotonic())
+                    status.say(f"check-in on the page: {name}, reason {reason}: queue number "
+                               f"{out['queue_number']} (line {line})")
                     next_at = now + gap
-                while not sync_out.empty():
-                    summary = json.loads(sync_out.get())
-                    status.rounds += 1
-                    status.up += summary["bytes_sent"]
-                    status.down += summary["bytes_received"]
-                    status.note = (f"last round: {summary['pushed']} deltas up, "
-                                   f"{summary['pulled']} down")
-                while not sync_err.empty():
-                    status.note = "retrying: " + sync_err.get().split(": ", 1)[-1][:60]
+                while not kiosk_log.empty():
+                    entry = kiosk_log.get()
+                    if "synced via" in entry:
+                        status.rounds += 1
+                        status.note = "last round: " + entry.split(": ", 2)[-1][:50]
+                    elif "no hub answered" in entry:
+                        status.note = "retrying: no hub answered"
+                with contextlib.suppress(OSError, ValueError):
+                    status.led = str(page_api(page, "/api/hw").get("led", "?"))
                 arrived = view.checkins()
                 for rid in made:
                     if rid in arrived and rid not in seen:
                         seen[rid] = time.monotonic()
                         number, at = made[rid]
                         status.say(f"  {number} is on the hub, {seen[rid] - at:.1f} s after "
-                                   "the check-in command started")
+                                   "the check-in")
                 status.show(len(made), len(seen))
                 if len(made) == args.checkins and len(seen) == len(made):
                     break
-                if sync.poll() is not None or hub.poll() is not None:
+                if runtime.poll() is not None or hub.poll() is not None:
                     status.say("a process stopped unexpectedly")
                     break
                 time.sleep(0.2)
@@ -254,12 +299,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(seen)} of {len(made)} check-ins on the hub")
             for rid, (number, at) in made.items():
                 when = f"after {seen[rid] - at:.1f} s" if rid in seen else "NOT YET"
-                print(f"  {number} {rid} {when}")
+                print(f"  {number} {when}")
             same = run(kiosk, "dump", "--data", kiosk_dir) == run(haven, "hub", "dump",
                                                                    "--data", hub_dir)
             print(f"kiosk dump == hub dump: {'yes' if same else 'no (a round is in flight)'}")
             print(run(haven, "hub", "status", "--data", hub_dir).rstrip())
             ok = len(seen) == len(made) == args.checkins
+            if status.tty and ok and time.monotonic() < t_end:
+                print(f"the kiosk's page stays up at {page} for {t_end - time.monotonic():.0f} s "
+                      "more (--seconds); Ctrl-C stops everything")
+                while time.monotonic() < t_end and runtime.poll() is None:
+                    time.sleep(0.5)
         except KeyboardInterrupt:
             interrupted = True
             ok = False
