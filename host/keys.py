@@ -17,6 +17,23 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from .errors import UsageError
 
 
+def write_secret(path: Path, secret: bytes) -> None:
+    """Create ``path`` owner-only (0600) holding ``secret``, synced; never overwrite
+    (``FileExistsError``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_secret(path: Path) -> bytes:
+    """The bytes of an owner-only file; ``UsageError`` if others may read it."""
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsageError(f"{path} is readable by others (chmod 600 {path})")
+    return path.read_bytes()
+
+
 def public_hex(key: X25519PrivateKey) -> str:
     return key.public_key().public_bytes_raw().hex()
 
@@ -27,15 +44,11 @@ def keygen(path: Path) -> str:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_secret(path, pem)
     except FileExistsError:
         raise UsageError(f"{path} exists; not overwriting a key") from None
     except OSError as exc:
         raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
     pub = public_hex(key)
     Path(f"{path}.pub").write_text(pub + "\n")
     return pub
@@ -44,12 +57,9 @@ def keygen(path: Path) -> str:
 def load_key(path: Path) -> X25519PrivateKey:
     """Load a private key written by ``keygen``; refuse one others can read."""
     try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
+        data = read_secret(path)
     except OSError as exc:
         raise UsageError(f"cannot read key {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UsageError(f"key {path} is readable by others (chmod 600 {path})")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +35,7 @@ from protocol.crdt.writes import build_resolve
 from protocol.errors import ProtocolError
 
 from ..errors import HavenError, UsageError
+from ..keys import read_secret, write_secret
 from .store import Device, Op, SqliteHubStore
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
@@ -46,23 +46,11 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _write_secret(path: Path, secret: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _read_secret(path: Path) -> bytes:
     try:
-        st = path.stat()
+        return read_secret(path)
     except FileNotFoundError:
         raise UsageError(f"{path} is missing; run: haven hub init --data {path.parent}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UsageError(f"{path} is readable by others (chmod 600 {path})")
-    return path.read_bytes()
 
 
 def init_hub(data: Path) -> str:
@@ -70,9 +58,9 @@ def init_hub(data: Path) -> str:
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data / X_KEY).exists():
         raise UsageError(f"{data} already holds a hub; not overwriting its keys")
-    _write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
-    _write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
-    _write_secret(data / FLEET_KEY, secrets.token_bytes(32))
+    write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
+    write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
+    write_secret(data / FLEET_KEY, secrets.token_bytes(32))
     with Hub(data) as hub:
         hub.store.set_meta("node", int.from_bytes(os.urandom(4), "big") | 1)
         return hub.x_key.public_key().public_bytes_raw().hex()
