@@ -83,7 +83,7 @@ class Round:
     def __init__(self, store: Store, state: SyncState, ident: Identity) -> None:
         self.store, self.state, self.ident = store, state, ident
         self.device = ident.cert.device_id
-        self.in_flight: tuple[int, bytes, list[int]] | None = None
+        self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
         self.push_done = self.pull_done = False
         self.welcomed = False
         self.summary = Summary()
@@ -146,15 +146,15 @@ class Round:
             self.state.save_batch(seq, prev, batch.hash, lane, entries,
                                   self.store.cipher.seal_blob(SEAL_LABEL, batch.payload),
                                   batch.sig)
-        self.in_flight = (batch.seq, batch.hash, entries)
-        msg = messages.make("sync-batch", seq=batch.seq, prev=batch.prev, payload=batch.payload,
-                            sig=batch.sig, lane=batch.lane)
+        self.in_flight = (batch.seq, entries)
+        # No previous hash on the wire: the hub holds it (SPEC.md, "Sync").
+        msg = messages.make("sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig)
         return [(min(batch.lane, 3), messages.encode(msg))]
 
     def _ack(self, msg: messages.Message) -> list[tuple[int, bytes]]:
-        if self.in_flight is None or (msg.get("seq"), msg.get("hash")) != self.in_flight[:2]:
+        if self.in_flight is None or msg.get("seq") != self.in_flight[0]:
             return []  # not for the batch in flight: removes nothing
-        seq, _, entries = self.in_flight
+        seq, entries = self.in_flight
         bad = {entries[i] for i in msg.get("quarantined") or [] if 0 <= i < len(entries)}
         for entry in sorted(bad):
             self.store.outbox_reject(entry, "hub-quarantined")

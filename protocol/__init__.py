@@ -5,5 +5,5 @@ serial port, reads a clock or starts a thread. Callers pass bytes and the
 current time in, and get events and bytes out. See SPEC.md.
 """
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 __version__ = "0.1.0"

@@ -11,16 +11,22 @@ checks the kiosk's static key against the certificate and its records).
    its checkpoint of this kiosk's chain (last sequence and hash), so only
    what is missing crosses. A refused kiosk gets a session ``close`` whose
    reason says why (``unknown-device``, ``revoked``, ``wrong-certificate``).
-2. ``sync-batch`` (kiosk): sequence ``n``, the previous batch's hash, the
-   zlib-compressed CBOR array of deltas, and the kiosk's Ed25519 signature
+2. ``sync-batch`` (kiosk): sequence ``n``, the payload (the CBOR array of
+   deltas, deflated when that is smaller) and the kiosk's Ed25519 signature
    over the chain head ``(device, n, hash)`` where
-   ``hash = SHA-256("haven-batch" || prev || n || payload)``. The kiosk saves
-   a batch before first sending it, so after a crash it sends the same bytes
-   again. ``sync-ack`` (hub) follows the batch's durable commit and lists the
-   deltas it quarantined; ``sync-reject`` says why a batch was refused.
+   ``hash = SHA-256("haven-batch" || prev || n || payload)``. ``prev``, the
+   hash of batch ``n - 1``, is not sent: the hub holds it as its checkpoint
+   of this kiosk's chain and computes ``hash`` from its own copy, so a batch
+   built on any other chain fails the signature check. The kiosk saves a
+   batch before first sending it, so after a crash it sends the same bytes
+   again. ``sync-ack`` (hub) names the sequence, follows the batch's durable
+   commit and lists the deltas it quarantined; ``sync-reject`` says why a
+   batch was refused. The session is authenticated, and the hub acknowledges
+   a sequence only for the batch whose hash it committed, so the sequence
+   alone names the batch.
 3. ``sync-pull`` (kiosk) asks for deltas after a cursor; ``sync-changes``
-   (hub) answers with a compressed batch, the new cursor and whether more
-   remain. The kiosk saves the cursor only after the merge is durable.
+   (hub) answers with a payload, the new cursor and whether more remain.
+   The kiosk saves the cursor only after the merge is durable.
 
 Everything here is pure: encoding, decoding, hashing and signing.
 """
@@ -50,15 +56,14 @@ HELLO = register(MessageSpec(80, "sync-hello", {
 WELCOME = register(MessageSpec(81, "sync-welcome", {
     1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)}))
 BATCH = register(MessageSpec(82, "sync-batch", {
-    1: ("seq", int), 2: ("prev", bytes), 3: ("payload", bytes), 4: ("sig", bytes)},
-    {5: ("lane", int)}))
-ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int), 2: ("hash", bytes)},
-                           {3: ("quarantined", list)}))
+    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}))
+ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int)}, {3: ("quarantined", list)}))
 REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason", str)},
                               {3: ("detail", str)}))
 PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {2: ("max_bytes", int)}))
 CHANGES = register(MessageSpec(86, "sync-changes", {
-    1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}, {4: ("time", int)}))
+    1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}))
+STORED, DEFLATED = 0, 1  #: the first byte of a payload: how the array follows
 
 
 class BatchError(RemoteProtocolError):
@@ -74,24 +79,45 @@ def head_bytes(device: str, seq: int, hash_: bytes) -> bytes:
 
 
 def pack(deltas: list[bytes]) -> bytes:
-    """Deltas as one compressed payload (a CBOR array of byte strings, deflated)."""
-    return zlib.compress(strict_cbor.dumps(deltas), 6)
+    """Deltas as one payload: the CBOR array of byte strings, raw-deflated
+    (RFC 1951) after a ``DEFLATED`` byte, or as it is after a ``STORED`` byte
+    when deflate would not make it smaller (one small delta)."""
+    plain = strict_cbor.dumps(deltas)
+    squeezer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    packed = squeezer.compress(plain) + squeezer.flush()
+    if len(packed) < len(plain):
+        return bytes((DEFLATED,)) + packed
+    return bytes((STORED,)) + plain
 
 
 def unpack(payload: bytes) -> list[bytes]:
     """The deltas of a payload; ``BatchError`` if it is not one, or too large."""
-    try:
-        d = zlib.decompressobj()
-        plain = d.decompress(payload, MAX_BATCH_PLAIN)
-        if d.unconsumed_tail or not d.eof:
-            raise BatchError("batch payload too large or truncated", "batch-size")
-    except zlib.error:
-        raise BatchError("batch payload is not deflate data", "batch-compress") from None
+    method, body = payload[:1], payload[1:]
+    if method == bytes((STORED,)):
+        if len(body) > MAX_BATCH_PLAIN:
+            raise BatchError("batch payload too large", "batch-size")
+        plain = body
+    elif method == bytes((DEFLATED,)):
+        plain = _inflate(body)
+    else:
+        raise BatchError("batch payload is neither stored nor deflated", "batch-compress")
     obj = strict_cbor.loads(plain, max_size=MAX_BATCH_PLAIN)
     if (not isinstance(obj, list) or len(obj) > MAX_BATCH_DELTAS
             or not all(type(x) is bytes for x in obj)):
         raise BatchError("batch payload is not an array of deltas", "batch-shape")
     return obj
+
+
+def _inflate(body: bytes) -> bytes:
+    """Raw deflate, never more than ``MAX_BATCH_PLAIN`` bytes out."""
+    try:
+        d = zlib.decompressobj(-15)
+        plain = d.decompress(body, MAX_BATCH_PLAIN)
+        if d.unconsumed_tail or not d.eof or d.unused_data:
+            raise BatchError("batch payload too large, truncated or trailed", "batch-size")
+    except zlib.error:
+        raise BatchError("batch payload is not deflate data", "batch-compress") from None
+    return plain
 
 
 @dataclass(frozen=True)
@@ -115,7 +141,10 @@ def make_batch(key: Ed25519PrivateKey, device: str, seq: int, prev: bytes,
 
 
 def verify_batch(batch: Batch, device: str, public: bytes) -> None:
-    """Check the signed chain head; ``BatchError`` (code ``forged``) if it fails."""
+    """Check the signed chain head; ``BatchError`` (code ``forged``) if it fails.
+
+    ``batch.prev`` is the verifier's own record of the previous hash, so a
+    batch signed over another chain fails here too."""
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(
             batch.sig, head_bytes(device, batch.seq, batch.hash))

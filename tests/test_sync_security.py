@@ -28,7 +28,7 @@ def _peer(hub: object, k: Kiosk) -> HubPeer:
 
 
 def _send(peer: HubPeer, b: sync.Batch) -> messages.Message:
-    msg = messages.make("sync-batch", seq=b.seq, prev=b.prev, payload=b.payload, sig=b.sig)
+    msg = messages.make("sync-batch", seq=b.seq, payload=b.payload, sig=b.sig)
     (_, reply), = peer.on_message(messages.encode(msg))
     return messages.decode(reply)
 
@@ -48,11 +48,15 @@ def test_bad_batches_are_refused_and_others_keep_syncing(tmp_path: Path) -> None
         # Tampered: a real batch with its payload changed.
         tampered = sync.Batch(1, sync.GENESIS, sync.pack(deltas), first.sig)
         assert _send(peer, tampered).get("reason") == "forged"
-        # Out of chain: a gap, and a wrong previous hash.
+        # Out of chain: a gap, and a sequence before the first.
         assert _send(peer, sync.make_batch(key, dev, 3, sync.GENESIS, deltas)).get(
             "reason") == "out-of-chain"
-        assert _send(peer, sync.make_batch(key, dev, 1, b"\x01" * 32, deltas)).get(
+        assert _send(peer, sync.make_batch(key, dev, 0, sync.GENESIS, deltas)).get(
             "reason") == "out-of-chain"
+        # Signed by the kiosk, but on another chain: the hub hashes with its own previous
+        # hash (it is not on the wire), so the signature does not verify.
+        assert _send(peer, sync.make_batch(key, dev, 1, b"\x01" * 32, deltas)).get(
+            "reason") == "forged"
         assert _send(peer, first).name == "sync-ack"
         # Replayed: the same batch again is acknowledged and applied once; another batch
         # under a used sequence number is refused.
@@ -62,8 +66,18 @@ def test_bad_batches_are_refused_and_others_keep_syncing(tmp_path: Path) -> None
         # A delta written by another node inside this kiosk's batch is quarantined.
         good.store.checkin(name="Gil")
         foreign = [e.data for e in good.store.outbox_batch()]
-        ack = _send(peer, sync.make_batch(key, dev, 2, first.hash, foreign + deltas[1:]))
+        second = sync.make_batch(key, dev, 2, first.hash, foreign + deltas[1:])
+        ack = _send(peer, second)
         assert ack.name == "sync-ack" and ack.get("quarantined") == list(range(len(foreign)))
+        assert ack.get("seq") == 2
+        # Older batches sent again are recognised from the hub's own chain: acknowledged
+        # (with their quarantine list), applied no more; batch 2 on a wrong link is not.
+        assert _send(peer, first).get("seq") == 1
+        assert _send(peer, second).get("quarantined") == list(range(len(foreign)))
+        assert _send(peer, sync.make_batch(key, dev, 2, sync.GENESIS, deltas)).get(
+            "reason") == "forged"
+        assert _send(peer, sync.make_batch(key, dev, 2, first.hash, deltas)).get(
+            "reason") == "replay"
         assert len(list(hub.store.all_ops())) == len(deltas)
         codes = {e["code"] for e in hub.store.events()}
         assert {"forged", "out-of-chain", "replay", "duplicate", "quarantined"} <= codes
@@ -101,4 +115,25 @@ def test_hub_quarantines_deltas_stamped_too_far_ahead(tmp_path: Path) -> None:
         assert [q["code"] for q in hub.store.quarantined()] == ["clock-ahead"]
         assert [q["error"] for q in k.store.status()["outbox"]["quarantined"]] == \
             ["hub-quarantined"]
+        k.close()
+
+
+def test_an_ack_for_another_batch_removes_nothing(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, _):
+        k = Kiosk(tmp_path, "k", hub, "A")
+        k.store.checkin(name="Ada")
+        peer = HubPeer(hub.store, hub.ed_public, k.ident.cert.x25519, wall_ms)
+        rnd = Round(k.store, k.state, k.ident)
+        (_, hello), = rnd.hello()
+        (_, welcome), = peer.on_message(hello)
+        sent = [d for _, d in rnd.on_message(welcome) if messages.decode(d).name == "sync-batch"]
+        seq = messages.decode(sent[0]).get("seq")
+        for other in (seq - 1, seq + 1):
+            stale = messages.encode(messages.make("sync-ack", seq=other))
+            assert rnd.on_message(stale) == []
+            assert len(k.store.outbox_batch()) == 2 and len(k.state.pending()) == 1
+        (_, ack), = peer.on_message(sent[0])
+        rnd.on_message(ack)
+        assert k.store.outbox_batch() == [] and k.state.pending() == []
+        assert rnd.summary.pushed == 2
         k.close()

@@ -8,11 +8,14 @@ and returns the messages to send back (lane, bytes); when the kiosk must be
 turned away, ``close`` holds the reason and detail for the session's close.
 
 The hello's certificate must be signed by this hub and name the session's
-key; the kiosk must be enrolled with that key and approved. A batch must be
-the next link of the kiosk's chain (sequence and previous hash), signed by
-the kiosk's enrolled Ed25519 key; one already committed with the same hash
-is acknowledged again and applied no more, one with another hash is a
-replay. Within a good batch each delta is checked on its own (strict
+key; the kiosk must be enrolled with that key and approved. A batch does
+not carry the previous hash: the hub takes it from its own record of the
+kiosk's chain (the checkpoint, or the committed batch before an older
+sequence), computes the batch's hash and checks the kiosk's Ed25519
+signature over it, so a batch built on another chain is refused like a
+forged one. A sequence beyond the next is out of chain; one already
+committed with the same hash is acknowledged again and applied no more,
+one with another hash is a replay. Within a good batch each delta is checked on its own (strict
 decoding, the kiosk's own node, known fields, a stamp no further ahead of
 the hub's clock than ``max_ahead_ms``): bad ones are quarantined, the rest
 committed, and the ack goes out only after the commit returned. Every
@@ -108,7 +111,12 @@ class HubPeer:
         dev = self.device = self.store.device(self.device.device_id) or self.device
         if dev.state != "approved":
             return self._refuse("revoked", f"kiosk {dev.device_id} was revoked")
-        batch = sync.Batch(msg.get("seq"), msg.get("prev"), msg.get("payload"), msg.get("sig"))
+        seq = msg.get("seq")
+        prev = self._prev_hash(dev, seq)
+        if prev is None:
+            return self._reject(seq, "out-of-chain",
+                                f"expected batch {dev.last_seq + 1} after the last committed")
+        batch = sync.Batch(seq, prev, msg.get("payload"), msg.get("sig"))
         try:
             sync.verify_batch(batch, dev.device_id, dev.ed25519)
         except RemoteProtocolError as exc:
@@ -119,9 +127,6 @@ class HubPeer:
                 return [self._ack(batch, self.store.batch_quarantined(dev.device_id, batch.seq))]
             return self._reject(batch.seq, "replay", "a different batch already has this "
                                 "sequence number")
-        if batch.seq != dev.last_seq + 1 or batch.prev != dev.last_hash:
-            return self._reject(batch.seq, "out-of-chain",
-                                f"expected batch {dev.last_seq + 1} after the last committed")
         try:
             deltas = sync.unpack(batch.payload)
         except RemoteProtocolError as exc:
@@ -145,6 +150,17 @@ class HubPeer:
         self.batches += 1
         return [self._ack(batch, quarantined)]
 
+    def _prev_hash(self, dev: Device, seq: int) -> bytes | None:
+        """The hash batch ``seq`` must follow in this kiosk's chain, as the hub holds
+        it; None when ``seq`` is not the next one and no committed batch precedes it."""
+        if seq == dev.last_seq + 1:
+            return dev.last_hash
+        if seq == 1:
+            return sync.GENESIS
+        if 1 < seq <= dev.last_seq:
+            return self.store.batch_hash(dev.device_id, seq - 1)
+        return None
+
     def _check(self, data: bytes, dev: Device, now: int) -> Delta:
         delta = decode(data)
         if delta.node != dev.node:
@@ -157,7 +173,7 @@ class HubPeer:
     @staticmethod
     def _ack(batch: sync.Batch, quarantined: list[int]) -> Reply:
         return (0, messages.encode(messages.make(
-            "sync-ack", seq=batch.seq, hash=batch.hash, quarantined=quarantined or None)))
+            "sync-ack", seq=batch.seq, quarantined=quarantined or None)))
 
     def _pull(self, msg: messages.Message) -> list[Reply]:
         assert self.device is not None
@@ -165,6 +181,5 @@ class HubPeer:
         limit = min(max(msg.get("max_bytes") or CHANGES_BYTES, 1024), CHANGES_BYTES)
         deltas, new, more = self.store.changes_since(cursor, self.device.node, limit)
         self.store.seen(self.device.device_id, self.clock(), cursor=cursor)
-        reply = messages.make("sync-changes", payload=sync.pack(deltas), cursor=new, more=more,
-                              time=self.clock())
+        reply = messages.make("sync-changes", payload=sync.pack(deltas), cursor=new, more=more)
         return [(1, messages.encode(reply))]
