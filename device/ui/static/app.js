@@ -313,6 +313,7 @@ async function main() {
   show("s-start");
   listen();
   document.body.dataset.ready = "1";
+  performance.mark("haven-ready");  // ./tools/bench kiosk reads it: handlers are attached
 }
 
 main();

@@ -1,0 +1,223 @@
+"""The kiosk runtime's own figures (issue 6): page, memory, start-up, bytes on the card.
+
+Everything is measured against the real ``haven-kiosk run`` (the console
+script, gpiozero's mock pins), enrolled with a hub that ``haven hub serve``
+runs on 127.0.0.1, so the runtime syncs as a kiosk in a clinic does. Its
+data directory is on a disk-backed filesystem (under bench-out/; the
+filesystem is named in the notes), never tmpfs, where nothing is written
+to a block device.
+
+* ``page interactive``: Debian's Chromium, headless, driven by Playwright,
+  opens the page; the page's script marks ``haven-ready``
+  (``performance.mark``) once its handlers are attached. The figure is that
+  mark's time from the start of navigation, median of several loads.
+* ``RSS``: ``VmRSS`` of the runtime sampled every 0.1 s for a few seconds
+  after the check-ins below (and their sync rounds); the maximum of the
+  samples, beside ``VmHWM``.
+* ``cold start``: from starting the process to the page answering
+  ``GET /``; median of several starts, one after the other, with the store
+  holding every check-in of the run and the hub up. The OS's file cache is
+  warm (the disk is not cold), as on a kiosk restarted by systemd.
+* ``bytes written per check-in``: ``write_bytes`` of ``/proc/<pid>/io`` over
+  N new patients checked in through ``POST /api/checkin``, divided by N.
+  Online, each check-in waits for its own sync round to end (the page's
+  event stream says it left the outbox) before the next, so the round's
+  own writes (batch saved before sending, outbox cleared, checkpoint) count
+  too: one patient at a time is how a kiosk is used. Offline (hub
+  stopped), check-ins come back to back. ``write_bytes`` counts the pages a
+  process dirties, 4 KiB each time a page is dirtied again after it was
+  written out (every fsync), which is what reaches the card, less the
+  filesystem's journal and the card's own amplification. ``wchar`` counts
+  every byte passed to write calls, sockets and the log included. fsyncs
+  are counted by ``strace -f -c`` attached to the runtime for the same
+  phase.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import Context, Result, benchmark
+from . import _runtime as rt
+from .sync import ROOT, free_port, kiosk_and_hub, wait_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"]
+FSYNCS = "fsync,fdatasync"
+READY = """() => {
+  const mark = performance.getEntriesByName("haven-ready")[0];
+  const nav = performance.getEntriesByType("navigation")[0];
+  return {ready: mark.startTime, interactive: nav.domInteractive, load: nav.loadEventEnd};
+}"""
+MIB = 1024
+SYNCED = "synced via"  #: the runtime logs it at the end of every sync round
+
+
+def page_loads(url: str, loads: int) -> list[dict[str, float]]:
+    """Navigation timings (ms) of ``loads`` loads of the page, each in a new tab."""
+    from playwright.sync_api import sync_playwright
+
+    out = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS,
+                                     headless=True)
+        try:
+            for _ in range(loads):
+                page = browser.new_page(viewport={"width": 800, "height": 480})
+                page.goto(url, timeout=30_000)
+                page.wait_for_function(
+                    "performance.getEntriesByName('haven-ready').length > 0", timeout=30_000)
+                out.append(dict(page.evaluate(READY)))
+                page.close()
+        finally:
+            browser.close()
+    return out
+
+
+def written(pid: int, count: int, one: Any, trace: Path) -> dict[str, float]:
+    """Bytes written and fsyncs per call of ``one(i)``, over ``count`` calls."""
+    strace = rt.SyscallCount(pid, FSYNCS, trace)
+    before = rt.proc_io(pid)
+    for i in range(count):
+        one(i)
+    after = rt.proc_io(pid)
+    fsyncs = sum(strace.finish().values())
+    return {"write_bytes": (after["write_bytes"] - before["write_bytes"]) / count,
+            "wchar": (after["wchar"] - before["wchar"]) / count, "fsyncs": fsyncs / count}
+
+
+def rss_samples(pid: int, seconds: float) -> list[int]:
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        samples.append(rt.status_kib(pid, "VmRSS"))
+        time.sleep(0.1)
+    return samples
+
+
+def cold_starts(data: Path, hub: str, port: int, count: int, log: Any) -> list[float]:
+    times = []
+    for _ in range(count):
+        t0 = time.monotonic()
+        proc = rt.start(data, hub, port, log)
+        try:
+            rt.wait_page(f"http://127.0.0.1:{port}", proc)
+            times.append(time.monotonic() - t0)
+        finally:
+            rt.stop(proc)
+    return times
+
+
+def start_hub(hub_dir: Path, url: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "host.cli", "hub", "serve", "--data",
+                                 str(hub_dir), "--listen", url], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    wait_port(int(url.rsplit(":", 1)[1]), proc)
+    return proc
+
+
+def measure(ctx: Context, work: Path, checkins: int, loads: int, starts: int,
+            rounds: int) -> dict[str, Any]:
+    hub_dir, store, state, _ = kiosk_and_hub(work, [])
+    state.close()
+    store.close()
+    kiosk_dir, hub_url = work / "kiosk", f"tcp://127.0.0.1:{free_port()}"
+    ui_port = free_port()
+    url = f"http://127.0.0.1:{ui_port}"
+    r: dict[str, Any] = {"fs": rt.fstype(kiosk_dir)}
+    log_path = work / "kiosk.log"
+    hub = start_hub(hub_dir, hub_url, work / "hub.log")
+    try:
+        with log_path.open("ab") as log:
+            with rt.running(kiosk_dir, hub_url, ui_port, log) as kiosk:
+                ctx.log(f"page interactive: {loads} loads in Chromium")
+                r["loads"] = page_loads(url, loads)
+                ctx.log(f"{checkins} check-ins, each synced before the next")
+                events = rt.LiveEvents(url)
+                try:
+                    r["online"] = written(kiosk.pid, checkins, lambda i: events.wait_sent(
+                        rt.checkin(url, i, "ON")["ticket"]), work / "fsync-online.txt")
+                finally:
+                    events.close()
+                ctx.log("RSS, steady")
+                r["rss_kib"] = rss_samples(kiosk.pid, 3.0)
+                r["hwm_kib"] = rt.status_kib(kiosk.pid, "VmHWM")
+                ctx.log(f"{rounds} idle sync rounds")
+                rt.wait_log(log_path, SYNCED, 1)  # from the end of one round
+                r["idle"] = written(kiosk.pid, rounds,
+                                    lambda i: rt.wait_log(log_path, SYNCED, 1),
+                                    work / "fsync-idle.txt")
+                rt.stop(hub)
+                ctx.log(f"{checkins} check-ins with the hub down")
+                r["offline"] = written(kiosk.pid, checkins, lambda i: rt.checkin(url, i, "OFF"),
+                                       work / "fsync-offline.txt")
+            hub = start_hub(hub_dir, hub_url, work / "hub.log")
+            ctx.log(f"cold start: {starts} starts")
+            r["starts"] = cold_starts(kiosk_dir, hub_url, ui_port, starts, log)
+    finally:
+        rt.stop(hub)
+    return r
+
+
+def _row(what: str, value: Any, detail: str, goal: str, met: bool | None) -> dict[str, Any]:
+    return {"what": what, "value": value, "detail": detail, "goal": goal, "met": met}
+
+
+@benchmark("kiosk", "Kiosk runtime: page interactive, memory, cold start, bytes per check-in")
+def kiosk_benchmark(ctx: Context) -> Result:
+    checkins, loads, starts, rounds = (30, 5, 3, 1) if ctx.quick else (200, 9, 7, 3)
+    work = ROOT / "bench-out" / "kiosk-run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        r = measure(ctx, work, checkins, loads, starts, rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ready = [x["ready"] for x in r["loads"]]
+    interactive = [x["interactive"] for x in r["loads"]]
+    page_ms = statistics.median(ready)
+    rss_mib, hwm_mib = max(r["rss_kib"]) / MIB, r["hwm_kib"] / MIB
+    start_s = statistics.median(r["starts"])
+    on, off, idle = r["online"], r["offline"], r["idle"]
+    rows = [
+        _row("page interactive after load, ms", round(page_ms, 1),
+             f"max {max(ready):.0f} ms; DOM interactive median "
+             f"{statistics.median(interactive):.0f} ms; {loads} loads",
+             "<= 1000", page_ms <= 1000),
+        _row("runtime RSS, steady, MiB", round(rss_mib, 1),
+             f"VmHWM {hwm_mib:.1f} MiB; max of {len(r['rss_kib'])} samples over 3 s",
+             "<= 80", rss_mib <= 80 and hwm_mib <= 80),
+        _row("cold start to page ready, s", round(start_s, 3),
+             f"max {max(r['starts']):.3f} s; {starts} starts", "<= 3", start_s <= 3),
+        _row("bytes written per check-in, synced one by one, KiB",
+             round(on["write_bytes"] / 1024, 1),
+             f"wchar {on['wchar'] / 1024:.1f} KiB; {on['fsyncs']:.2f} fsyncs",
+             "<= 32", on["write_bytes"] <= 32 * 1024),
+        _row("bytes written per check-in, hub down, KiB", round(off["write_bytes"] / 1024, 1),
+             f"wchar {off['wchar'] / 1024:.1f} KiB; {off['fsyncs']:.2f} fsyncs",
+             "<= 32", off["write_bytes"] <= 32 * 1024),
+        _row("bytes written per idle sync round, KiB", round(idle["write_bytes"] / 1024, 1),
+             f"wchar {idle['wchar'] / 1024:.1f} KiB; {idle['fsyncs']:.2f} fsyncs; "
+             f"{rounds} rounds, one every 10 s (the default interval)", "report", None),
+    ]
+    notes = [
+        f"The kiosk is enrolled and syncs with `haven hub serve` over TCP on 127.0.0.1; "
+        f"{checkins} new patients are checked in synced one by one, then {checkins} with the "
+        f"hub stopped; then the runtime is started {starts} times in a row. Its data "
+        f"directory is on {r['fs']}. Each check-in is a new patient (a patient record and a "
+        "check-in record). Python's and Chromium's files are in the OS cache: cold start "
+        "is a cold process, not a cold disk. Page timings are Chromium's, from the start of "
+        "navigation to the page script's `haven-ready` mark (handlers attached).",
+    ]
+    columns = ["what", "value", "detail", "goal", "met"]
+    return Result(rows, columns, notes, {"checkins": checkins, "loads": loads,
+                                         "starts": starts, "rounds": rounds, "raw": r})
