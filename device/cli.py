@@ -18,6 +18,15 @@ from protocol import WIRE_VERSION, __version__
 from protocol.crdt import schema as crdt_schema
 from protocol.errors import ProtocolError
 
+THRESHOLD_FLAGS = (
+    ("--memory-soft-mib", "this process's RSS at which caches are dropped (default 64)"),
+    ("--memory-hard-mib", "this process's RSS at which the staff are told (default 80)"),
+    ("--memory-available-soft-mib",
+     "system MemAvailable under which caches are dropped (default 64)"),
+    ("--memory-available-hard-mib",
+     "system MemAvailable under which the staff are told (default 32)"),
+)
+
 
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", type=Path, required=required, metavar="DIR",
@@ -89,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, help="serial line speed (pacing)")
     p.add_argument("--hold-time", type=float, metavar="S",
                    help="seconds the service button is held to sync now (default 3)")
+    for flag, text in THRESHOLD_FLAGS:
+        p.add_argument(flag, type=float, metavar="MIB", help=text + "; 0 turns it off")
+    p.add_argument("--health-interval", type=float, metavar="S",
+                   help="seconds between looks at memory and disk space (default 10)")
 
     p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
                        description="Check a patient in; prints the queue number after commit.")
@@ -177,13 +190,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    from dataclasses import fields
 
-    from device.config import ConfigError, load
+    from device.config import ConfigError, KioskConfig, load
     from device.runtime import Runtime
 
-    flags = {k: getattr(args, k) for k in (
-        "data", "hub", "ui", "console", "idle_seconds", "staff_pin", "interval", "retry_max",
-        "round_limit", "baud", "hold_time")}
+    flags = {f.name: getattr(args, f.name) for f in fields(KioskConfig)}
     try:
         cfg = load(args.config, flags)
     except ConfigError as exc:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .memory import MemoryLimits
+
 DEFAULT_PATH = Path("/etc/haven/kiosk.toml")
 
 
@@ -40,6 +42,14 @@ class KioskConfig:
     round_limit: float = 60.0
     baud: int | None = None
     hold_time: float = 3.0
+    #: Memory thresholds in MiB (``device.memory``): the runtime's RSS, the system's
+    #: MemAvailable. 0 turns one off.
+    memory_soft_mib: float = 64.0
+    memory_hard_mib: float = 80.0
+    memory_available_soft_mib: float = 64.0
+    memory_available_hard_mib: float = 32.0
+    #: Seconds between two looks at memory and disk space.
+    health_interval: float = 10.0
 
     def ui_address(self) -> tuple[str, int]:
         host, sep, port = self.ui.rpartition(":")
@@ -52,8 +62,13 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "data": (str,), "hub": (list,), "ui": (str,), "console": (str,),
     "idle_seconds": (int, float), "staff_pin": (str, int), "interval": (int, float),
     "retry_max": (int, float), "round_limit": (int, float), "baud": (int,),
-    "hold_time": (int, float),
+    "hold_time": (int, float), "memory_soft_mib": (int, float), "memory_hard_mib": (int, float),
+    "memory_available_soft_mib": (int, float), "memory_available_hard_mib": (int, float),
+    "health_interval": (int, float),
 }
+#: Thresholds: 0 turns one off, a negative one is a mistake.
+THRESHOLDS = ("memory_soft_mib", "memory_hard_mib", "memory_available_soft_mib",
+              "memory_available_hard_mib")
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -94,8 +109,17 @@ def load(path: Path | None, flags: dict[str, Any]) -> KioskConfig:
     cfg.data = Path(cfg.data)
     if cfg.staff_pin is not None:
         cfg.staff_pin = str(cfg.staff_pin)
-    for key in ("idle_seconds", "interval", "retry_max", "round_limit", "hold_time"):
+    for key in ("idle_seconds", "interval", "retry_max", "round_limit", "hold_time",
+                "health_interval"):
         if float(getattr(cfg, key)) <= 0:
             raise ConfigError(f"{key} must be positive")
+    for key in THRESHOLDS:
+        if float(getattr(cfg, key)) < 0:
+            raise ConfigError(f"{key} must be 0 (off) or more")
     cfg.ui_address()
     return cfg
+
+
+def memory_limits(cfg: KioskConfig) -> MemoryLimits:
+    return MemoryLimits(cfg.memory_soft_mib, cfg.memory_hard_mib,
+                        cfg.memory_available_soft_mib, cfg.memory_available_hard_mib)

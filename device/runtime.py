@@ -11,6 +11,11 @@ round at once; otherwise rounds follow ``interval``, or a backoff capped at
 ``retry_max`` while no hub answers. An unenrolled kiosk still checks
 patients in (the LED shows an error).
 
+Every ``health_interval`` the runtime looks at its memory
+(``device.memory``): past the soft threshold it drops SQLite's caches and
+collects garbage; past the hard one it logs an error and the staff screen
+shows it (``/api/staff/overview``, ``health``).
+
 SIGTERM and SIGINT stop the server, let a running round end (bounded),
 then close the store. With systemd, ``sd_notify`` says READY, pings the
 watchdog from the event loop (only while the sync thread is alive) and
@@ -30,8 +35,9 @@ import threading
 from typing import Any
 
 from . import hw
-from .config import KioskConfig
+from .config import KioskConfig, memory_limits
 from .enrol import Identity, NotEnrolled, load
+from .memory import MemoryMonitor, MemoryReadError, collect_garbage
 from .store import Store, StoreError
 from .sync import SyncFailed, SyncRefused, backoff, run_round, wall_ms
 from .sync_state import SyncState
@@ -79,6 +85,8 @@ class Runtime:
         self._server: http.HttpServer | None = None
         self.store: Store | None = None
         self.address: tuple[str, int] | None = None
+        self.memory = MemoryMonitor(memory_limits(cfg))
+        self._health_task: asyncio.Task[None] | None = None
 
     # Start and stop ---------------------------------------------------------------------
 
@@ -95,14 +103,17 @@ class Runtime:
         if self.hardware is not None:
             self.hardware.button.when_sync_now = self.sync_now
             self.hardware.led.show(hw.PENDING)
+        self.memory.add_cleanup(self.store.release_memory)
+        self.memory.add_cleanup(collect_garbage)
         app = KioskApp(self.store, self.live, idle_seconds=self.cfg.idle_seconds,
                        staff_pin=self.cfg.staff_pin, hardware=self.hardware,
-                       on_checkin=self.sync_now)
+                       on_checkin=self.sync_now, health=self.health)
         host, port = self.cfg.ui_address()
         self._server = http.HttpServer(app.handle)
         self.address = await self._server.start(host, port)
         self._thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
         self._thread.start()
+        self._health_task = asyncio.create_task(self._watch_health())
         return self.address
 
     def _saved_offset(self) -> int:
@@ -116,6 +127,10 @@ class Runtime:
         self._wake.set()
 
     async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
         if self._server is not None:
             await self._server.close()
         self._stop.set()
@@ -156,6 +171,20 @@ class Runtime:
             await asyncio.sleep(usec / 2e6)
             if self._thread is not None and self._thread.is_alive():
                 sd_notify("WATCHDOG=1")
+
+    # Memory and disk --------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """What the staff screen shows of the kiosk's own health."""
+        return {"memory": self.memory.status()}
+
+    async def _watch_health(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.memory.check)
+            except MemoryReadError as exc:
+                log.warning("%s", exc)
+            await asyncio.sleep(self.cfg.health_interval)
 
     # The sync thread --------------------------------------------------------------------
 

@@ -153,6 +153,12 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def release_memory(self) -> None:
+        """Give SQLite's page caches back (``PRAGMA shrink_memory``) on both connections;
+        the writer's as background work, after waiting check-ins."""
+        self._writer.call(lambda db: db.execute("PRAGMA shrink_memory").fetchall(), BULK)
+        self.reader.execute("PRAGMA shrink_memory").fetchall()
+
     # Meta ---------------------------------------------------------------------------
 
     def _meta(self, key: str) -> Any:

@@ -38,12 +38,14 @@ KEEPALIVE = 15.0
 class KioskApp:
     def __init__(self, store: Any, live: LiveStatus, *, idle_seconds: float = 60.0,
                  staff_pin: str | None = None, hardware: Any = None,
-                 on_checkin: Callable[[], None] | None = None) -> None:
+                 on_checkin: Callable[[], None] | None = None,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.store, self.live, self.hardware = store, live, hardware
         self.idle_seconds = idle_seconds
         self.on_checkin = on_checkin
         self.throttle = ci.Throttle()
-        self.staff = Staff(store, live, staff_pin, session_seconds=max(idle_seconds, 30.0))
+        self.staff = Staff(store, live, staff_pin, session_seconds=max(idle_seconds, 30.0),
+                           health=health)
         self.clock: Callable[[], float] = time.monotonic
         self._files = {p.relative_to(STATIC).as_posix(): p
                        for p in STATIC.rglob("*") if p.is_file()}

@@ -13,6 +13,7 @@ import calendar
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from protocol.crdt import schema as crdt_schema
@@ -75,8 +76,11 @@ def held_conflicts(store: Any) -> list[dict[str, Any]]:
 
 class Staff:
     def __init__(self, store: Any, live: LiveStatus, pin: str | None,
-                 session_seconds: float = 120.0) -> None:
+                 session_seconds: float = 120.0,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.store, self.live, self.pin = store, live, pin
+        #: The kiosk's own health (memory, disk), shown beside the sync state.
+        self.health = health
         self.session_seconds = session_seconds
         self.tokens: dict[str, float] = {}
         self.throttle = Throttle(free=2)
@@ -122,6 +126,7 @@ class Staff:
                     "last_sync": st["last_sync"], "site": st["site"], "letter": st["letter"]}
         data = await asyncio.to_thread(read)
         data["sync"] = {k: v for k, v in self.live.snapshot().items() if k != "version"}
+        data["health"] = self.health() if self.health is not None else {}
         return data
 
     async def resolve(self, body: dict[str, Any]) -> dict[str, Any]:
