@@ -217,6 +217,15 @@ def kiosk_benchmark(ctx: Context) -> Result:
         "check-in record). Python's and Chromium's files are in the OS cache: cold start "
         "is a cold process, not a cold disk. Page timings are Chromium's, from the start of "
         "navigation to the page script's `haven-ready` mark (handlers attached).",
+        "Bytes written are `write_bytes` of `/proc/<pid>/io` over the phase divided by its "
+        "check-ins: the pages the runtime dirties, 4 KiB each time a page is dirtied again "
+        "after an fsync wrote it out, so SQLite's WAL checkpoints count too; the "
+        "filesystem's journal and the card's own amplification do not. Synced one by one: "
+        "each check-in waits until the page's event stream says it left the outbox, so its "
+        "sync round's writes count too. An idle round has nothing to send; it is measured "
+        "from the end of one round to the end of the next (the runtime's log). `wchar` "
+        "counts every byte passed to a write call, sockets and log included; fsyncs are "
+        "fsync + fdatasync counted by `strace -f -c` attached to the runtime.",
     ]
     columns = ["what", "value", "detail", "goal", "met"]
     return Result(rows, columns, notes, {"checkins": checkins, "loads": loads,
