@@ -143,9 +143,13 @@ class Chime:
 
     def __init__(self, pin: int = BUZZER_PIN, *, pin_factory: Any = None) -> None:
         self.buzzer = Buzzer(pin, pin_factory=pin_factory)
+        # Check-ins chime from several threads; gpiozero's beep() stops the previous
+        # beep's thread unlocked and raises if that thread has not started yet.
+        self._lock = threading.Lock()
 
     def checkin(self) -> None:
-        self.buzzer.beep(on_time=0.08, off_time=0.05, n=1, background=True)
+        with self._lock:
+            self.buzzer.beep(on_time=0.08, off_time=0.05, n=1, background=True)
 
     def close(self) -> None:
         self.buzzer.close()

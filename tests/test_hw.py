@@ -150,3 +150,22 @@ def test_chime_beeps_once(kit: hw.Hardware, factory: MockFactory) -> None:
     pin.clear_states()
     kit.chime.checkin()
     assert wait_until(lambda: transitions(pin) == [False, True, False])
+
+
+def test_chime_from_many_threads_at_once(kit: hw.Hardware) -> None:
+    """Check-ins at the same moment chime from several threads (was a RuntimeError)."""
+    errors: list[BaseException] = []
+
+    def chime() -> None:
+        for _ in range(200):
+            try:
+                kit.chime.checkin()
+            except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=chime) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(BOUND)
+    assert not any(t.is_alive() for t in threads) and errors == []
