@@ -25,7 +25,18 @@ THRESHOLD_FLAGS = (
      "system MemAvailable under which caches are dropped (default 64)"),
     ("--memory-available-hard-mib",
      "system MemAvailable under which the staff are told (default 32)"),
+    ("--storage-low-mib", "free space under which the retention policy runs and the "
+     "staff are told (default 128)"),
+    ("--storage-critical-mib", "free space under which check-ins are refused (default 32)"),
 )
+
+STORAGE_WARNINGS = {
+    "ok": "",
+    "low": "\n  WARNING: under {low_mib} MiB: free space on this disk (the runtime has "
+           "truncated its write-ahead logs)",
+    "critical": "\n  CRITICAL: under {critical_mib} MiB: new check-ins are refused until "
+                "space is freed",
+}
 
 
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -136,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print every record as canonical JSON (sorted keys).")
     _data(p)
 
-    p = sub.add_parser("status", help="outbox, conflicts, quarantine, last sync",
-                       description="Show the outbox per lane, conflicts, quarantine, last sync.")
+    p = sub.add_parser("status", help="outbox, conflicts, quarantine, last sync, disk space",
+                       description="Show the outbox per lane, conflicts, quarantine, last sync "
+                       "and the free space on the data's disk against the thresholds of the "
+                       "TOML config (/etc/haven/kiosk.toml or --config).")
     _data(p)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
@@ -251,8 +265,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from device.config import ConfigError, load, storage_limits
+    from device.storage_guard import look
+
+    try:
+        cfg = load(args.config, {"data": args.data})
+    except ConfigError as exc:
+        print(f"haven-kiosk status: {exc}", file=sys.stderr)
+        return 2
     with _open(args) as store:
         st = store.status()
+    st["storage"] = look(args.data, storage_limits(cfg))
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
         return 0
@@ -272,6 +295,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"quarantine: {len(st['quarantine'])}")
     for q in st["quarantine"]:
         print(f"  {q['id']}: {q['code']}")
+    disk = st["storage"]
+    print(f"storage: {disk['free_mib']:.2f} MiB free of {disk['total_mib']:.2f} MiB"
+          + STORAGE_WARNINGS[disk["level"]].format(**disk))
     return 0
 
 

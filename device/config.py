@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .memory import MemoryLimits
+from .storage_guard import StorageLimits
 
 DEFAULT_PATH = Path("/etc/haven/kiosk.toml")
 
@@ -48,6 +49,10 @@ class KioskConfig:
     memory_hard_mib: float = 80.0
     memory_available_soft_mib: float = 64.0
     memory_available_hard_mib: float = 32.0
+    #: Free space in MiB on the disk holding ``data`` (``device.storage_guard``): under
+    #: low, the retention policy runs; under critical, check-ins are refused.
+    storage_low_mib: float = 128.0
+    storage_critical_mib: float = 32.0
     #: Seconds between two looks at memory and disk space.
     health_interval: float = 10.0
 
@@ -64,11 +69,12 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "retry_max": (int, float), "round_limit": (int, float), "baud": (int,),
     "hold_time": (int, float), "memory_soft_mib": (int, float), "memory_hard_mib": (int, float),
     "memory_available_soft_mib": (int, float), "memory_available_hard_mib": (int, float),
+    "storage_low_mib": (int, float), "storage_critical_mib": (int, float),
     "health_interval": (int, float),
 }
 #: Thresholds: 0 turns one off, a negative one is a mistake.
 THRESHOLDS = ("memory_soft_mib", "memory_hard_mib", "memory_available_soft_mib",
-              "memory_available_hard_mib")
+              "memory_available_hard_mib", "storage_low_mib", "storage_critical_mib")
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -123,3 +129,7 @@ def load(path: Path | None, flags: dict[str, Any]) -> KioskConfig:
 def memory_limits(cfg: KioskConfig) -> MemoryLimits:
     return MemoryLimits(cfg.memory_soft_mib, cfg.memory_hard_mib,
                         cfg.memory_available_soft_mib, cfg.memory_available_hard_mib)
+
+
+def storage_limits(cfg: KioskConfig) -> StorageLimits:
+    return StorageLimits(cfg.storage_low_mib, cfg.storage_critical_mib)

@@ -14,7 +14,11 @@ patients in (the LED shows an error).
 Every ``health_interval`` the runtime looks at its memory
 (``device.memory``): past the soft threshold it drops SQLite's caches and
 collects garbage; past the hard one it logs an error and the staff screen
-shows it (``/api/staff/overview``, ``health``).
+shows it (``/api/staff/overview``, ``health``). It looks at the free space
+on the disk holding ``--data`` too (``device.storage_guard``): when low, it
+truncates the write-ahead logs and shows an error on the LED and a warning
+to the staff; under the critical threshold the page refuses new check-ins
+with a message in the patient's language.
 
 SIGTERM and SIGINT stop the server, let a running round end (bounded),
 then close the store. With systemd, ``sd_notify`` says READY, pings the
@@ -31,15 +35,19 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import threading
 from typing import Any
 
 from . import hw
-from .config import KioskConfig, memory_limits
+from .config import KioskConfig, memory_limits, storage_limits
 from .enrol import Identity, NotEnrolled, load
 from .memory import MemoryMonitor, MemoryReadError, collect_garbage
+from .storage_guard import OK as STORAGE_OK
+from .storage_guard import StorageGuard, truncate_wal_file
 from .store import Store, StoreError
 from .sync import SyncFailed, SyncRefused, backoff, run_round, wall_ms
+from .sync_state import DB_NAME as SYNC_DB
 from .sync_state import SyncState
 from .ui import http
 from .ui.app import KioskApp
@@ -86,6 +94,9 @@ class Runtime:
         self.store: Store | None = None
         self.address: tuple[str, int] | None = None
         self.memory = MemoryMonitor(memory_limits(cfg))
+        self.storage = StorageGuard(self.data, storage_limits(cfg))
+        self.storage.when_changed = lambda level: self._show()
+        self._pattern = hw.PENDING
         self._health_task: asyncio.Task[None] | None = None
 
     # Start and stop ---------------------------------------------------------------------
@@ -102,12 +113,15 @@ class Runtime:
                 log.warning("no hardware: %s", exc)
         if self.hardware is not None:
             self.hardware.button.when_sync_now = self.sync_now
-            self.hardware.led.show(hw.PENDING)
+        self._show(hw.PENDING)
         self.memory.add_cleanup(self.store.release_memory)
         self.memory.add_cleanup(collect_garbage)
+        self.storage.add_reclaimer(self.store.truncate_wal)
+        self.storage.add_reclaimer(self._truncate_sync_wal)
         app = KioskApp(self.store, self.live, idle_seconds=self.cfg.idle_seconds,
                        staff_pin=self.cfg.staff_pin, hardware=self.hardware,
-                       on_checkin=self.sync_now, health=self.health)
+                       on_checkin=self.sync_now, health=self.health,
+                       admit_checkin=self.storage.admit)
         host, port = self.cfg.ui_address()
         self._server = http.HttpServer(app.handle)
         self.address = await self._server.start(host, port)
@@ -176,7 +190,7 @@ class Runtime:
 
     def health(self) -> dict[str, Any]:
         """What the staff screen shows of the kiosk's own health."""
-        return {"memory": self.memory.status()}
+        return {"memory": self.memory.status(), "storage": self.storage.status()}
 
     async def _watch_health(self) -> None:
         while True:
@@ -184,14 +198,26 @@ class Runtime:
                 await asyncio.to_thread(self.memory.check)
             except MemoryReadError as exc:
                 log.warning("%s", exc)
+            try:
+                await asyncio.to_thread(self.storage.check)
+            except OSError as exc:
+                log.warning("cannot read the free space of %s: %s", self.data, exc)
             await asyncio.sleep(self.cfg.health_interval)
+
+    def _truncate_sync_wal(self) -> None:
+        truncate_wal_file(self.data / SYNC_DB)
 
     # The sync thread --------------------------------------------------------------------
 
-    def _show(self, pattern: str) -> None:
+    def _show(self, pattern: str | None = None) -> None:
+        """Show the sync state's ``pattern`` (or the last one again); a disk running out
+        of space shows an error over it."""
+        if pattern is not None:
+            self._pattern = pattern
+        shown = self._pattern if self.storage.level == STORAGE_OK else hw.ERROR
         if self.hardware is not None:
             with contextlib.suppress(Exception):
-                self.hardware.led.show(pattern)
+                self.hardware.led.show(shown)
 
     def _sync_loop(self) -> None:
         state = SyncState(self.data)
@@ -244,7 +270,8 @@ class Runtime:
                 self.live.update(state=ERROR, detail=str(exc))
                 log.error("sync refused: %s", exc)
                 return ERROR
-            except (SyncFailed, StoreError, ValueError, OSError, RuntimeError) as exc:
+            except (SyncFailed, StoreError, ValueError, OSError, RuntimeError,
+                    sqlite3.Error) as exc:  # sqlite3: the sync checkpoints on a full disk
                 failures.append(f"{url}: {exc}")
                 continue
             log.info("synced via %s: %d up, %d down", summary.url, summary.pushed,

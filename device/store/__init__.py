@@ -8,6 +8,7 @@ from .exc import (
     KeyFilePermissions,
     KeyMismatch,
     NotInitialised,
+    StorageFull,
     StoreError,
 )
 from .inbox import MergeReport
@@ -17,5 +18,5 @@ from .store import CheckinResult, Store
 __all__ = [
     "BadRequest", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile", "KeyFileMissing",
     "KeyFilePermissions", "KeyMismatch", "KeyProvider", "MergeReport", "NotInitialised",
-    "Store", "StoreError", "init_store",
+    "StorageFull", "Store", "StoreError", "init_store",
 ]

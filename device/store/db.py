@@ -9,7 +9,8 @@ and fsyncs it once, so a confirmed write survives a power cut.
 ``atomic`` opens ``BEGIN IMMEDIATE`` (the write lock up front, so a
 transaction never fails half-way on a lock upgrade) and nests with
 savepoints, like sqlite-utils' own. An exception rolls back to where the
-block began; the outermost block commits.
+block began; the outermost block commits. A failed commit (a full disk) rolls
+back too, so the connection is never left inside a transaction.
 
 Migrations are registered in code with ``@migration``, applied in order
 inside one transaction each, and recorded in ``_migrations``.
@@ -67,15 +68,17 @@ def atomic(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     _depth[key] = depth + 1
     try:
         yield db
-    except BaseException:
-        if depth == 0:
-            db.conn.execute("ROLLBACK")
-        else:
-            db.conn.execute(f"ROLLBACK TO {name}")
-            db.conn.execute(f"RELEASE {name}")
-        raise
-    else:
         db.conn.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
+    except BaseException:
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would fail and hide the error that matters.
+        if db.conn.in_transaction:
+            if depth == 0:
+                db.conn.execute("ROLLBACK")
+            else:
+                db.conn.execute(f"ROLLBACK TO {name}")
+                db.conn.execute(f"RELEASE {name}")
+        raise
     finally:
         if depth == 0:
             _depth.pop(key, None)

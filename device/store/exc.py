@@ -40,3 +40,9 @@ class BadRequest(StoreError, ValueError):
     """A caller's request the store refuses (unknown type, invalid value, held record...)."""
 
     code = "bad-request"
+
+
+class StorageFull(StoreError, OSError):
+    """The disk holding the store is full (or nearly): nothing was written."""
+
+    code = "storage-full"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -45,7 +46,7 @@ from protocol.errors import LocalProtocolError
 from . import inbox, outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
 from .db import atomic, connect, migrate
-from .exc import BadRequest, NotInitialised
+from .exc import BadRequest, NotInitialised, StorageFull
 from .inbox import MergeReport
 from .keys import FieldCipher, KeyFile, KeyProvider, read_secret
 from .materialise import (
@@ -158,6 +159,12 @@ class Store:
         the writer's as background work, after waiting check-ins."""
         self._writer.call(lambda db: db.execute("PRAGMA shrink_memory").fetchall(), BULK)
         self.reader.execute("PRAGMA shrink_memory").fetchall()
+
+    def truncate_wal(self) -> None:
+        """Copy the WAL into the database and cut it to nothing (``PRAGMA
+        wal_checkpoint(TRUNCATE)``), as background work: frees disk space."""
+        self._writer.call(
+            lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), BULK)
 
     # Meta ---------------------------------------------------------------------------
 
@@ -289,6 +296,12 @@ class Store:
             return self._writer.call(job, URGENT)
         except LocalProtocolError as exc:
             raise BadRequest(str(exc), exc.code) from None
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise StorageFull(f"the disk holding {self.data} is full: this write was not "
+                              "saved (everything saved before is intact); free some space "
+                              "and try again") from None
 
     def checkin(self, *, name: str, passport: str | None = None, birth_year: int | None = None,
                 reason: str | None = None, now_ms: int | None = None) -> CheckinResult:

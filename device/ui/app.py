@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from device.store import StoreError
+from device.store import StorageFull, StoreError
 
 from . import checkin as ci
 from .http import HttpError, Request, Response, json_response
@@ -39,10 +39,13 @@ class KioskApp:
     def __init__(self, store: Any, live: LiveStatus, *, idle_seconds: float = 60.0,
                  staff_pin: str | None = None, hardware: Any = None,
                  on_checkin: Callable[[], None] | None = None,
-                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+                 health: Callable[[], dict[str, Any]] | None = None,
+                 admit_checkin: Callable[[], None] | None = None) -> None:
         self.store, self.live, self.hardware = store, live, hardware
         self.idle_seconds = idle_seconds
         self.on_checkin = on_checkin
+        #: Raises ``StorageFull`` when the disk is too full for a check-in (blocking).
+        self.admit_checkin = admit_checkin
         self.throttle = ci.Throttle()
         self.staff = Staff(store, live, staff_pin, session_seconds=max(idle_seconds, 30.0),
                            health=health)
@@ -153,10 +156,17 @@ class KioskApp:
         elif body.get("consent") is not True:
             raise HttpError(400, "no-consent")
         assert name is not None
+        def save() -> Any:
+            if self.admit_checkin is not None:
+                self.admit_checkin()
+            return self.store.checkin(name=name, passport=passport, birth_year=year,
+                                      reason=reason)
         try:
-            result = await asyncio.to_thread(self.store.checkin, name=name, passport=passport,
-                                             birth_year=year, reason=reason)
-        except (StoreError, sqlite3.Error, OSError) as exc:  # a full card, a broken store
+            result = await asyncio.to_thread(save)
+        except StorageFull as exc:  # refused whole, or rolled back by SQLite: nothing half-written
+            log.error("check-in refused: %s", exc)
+            raise HttpError(507, "storage-full") from None
+        except (StoreError, sqlite3.Error, OSError) as exc:  # a broken store
             log.error("check-in not saved: %s", type(exc).__name__)
             raise HttpError(503, "store") from None
         ticket = self.live.note_checkin()

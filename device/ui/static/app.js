@@ -71,6 +71,7 @@ function errorKey(code) {
   const known = ["bad-passport", "bad-year", "bad-name", "bad-reason", "no-consent"];
   if (known.includes(code)) return "err_" + code.replace("-", "_");
   if (code === "store") return "err_store";
+  if (code === "storage-full") return "err_storage_full";
   return "err_network";
 }
 
@@ -199,6 +200,13 @@ async function refreshStaff() {
   q.replaceChildren(...(r.data.queue.length ? r.data.queue.map(
     (c) => li(`${c.number}  ${c.time}  ${t("reason_" + c.reason)}`)) : [li(t("staff_none"))]));
   $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
+  const health = r.data.health || {};
+  const warnings = [];
+  if (health.storage && health.storage.level !== "ok") {
+    warnings.push(t("staff_storage_" + health.storage.level, health.storage.free_mib));
+  }
+  if (health.memory && health.memory.level === "hard") warnings.push(t("staff_memory_hard"));
+  $("staff-health").textContent = warnings.join(" ");
   const box = $("staff-conflicts");
   box.replaceChildren();
   if (!r.data.conflicts.length) box.append(li(t("staff_none")));
