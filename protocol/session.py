@@ -17,7 +17,9 @@ takes out bytes to write, and calls again at ``next_deadline()``::
    negotiate the wire version, frame size, window and lanes. Handshake
    frames are sent again, byte for byte, until the peer's next step arrives.
 2. **Frames** after the handshake carry an AEAD tag over a 3-byte header
-   (kind, low 16 bits of the packet number) and the payload. The packet
+   (kind, low 16 bits of the packet number) and the payload: lane data,
+   control messages, or both (a mixed frame: data of several lanes and the
+   acknowledgement owed, under one header and tag). The packet
    number counts transmissions, so it is the nonce: a retransmission,
    however it is cut, is a new packet with a new nonce. The replay window
    refuses old and repeated packets; a frame that fails its tag changes no
@@ -423,7 +425,7 @@ class Session:
             elif self.state == HANDSHAKE:
                 self._on_refusal(body[1:])
             return
-        if kind != w.KIND_CONTROL and kind & 0xF0 != w.KIND_DATA or len(frame) < 3:
+        if not (w.is_part_kind(kind) or kind == w.KIND_MIXED) or len(frame) < 3:
             self._refused(now)
             return
         if self._opener is None:
@@ -440,10 +442,15 @@ class Session:
         self._last_heard = now
         self.stats.frames_received += 1
         self._tx.on_frame_from_peer(now)
-        if kind == w.KIND_CONTROL:
-            self._on_control(pn, plain, now)
-        else:
-            self._rx.on_data(kind & 0x0F, pn, plain, now, self._ready)
+        urgent, data = False, False
+        for part, body in w.frame_parts(kind, plain, self.config.lanes):
+            if part == w.KIND_CONTROL:
+                self._on_control(pn, body, now)
+            else:
+                urgent |= self._rx.on_data(part & 0x0F, body, self._ready)
+                data = True
+        if data:  # one acknowledgement owed per frame, however many lanes it fed
+            self._rx.note_eliciting(pn, now, urgent)
 
     def _refused(self, now: float) -> None:
         self._refused_in_row += 1
@@ -572,22 +579,22 @@ class Session:
 
     def _next_frame(self, now: float) -> bytes | None:
         if self._hs_out is not None:
-            frame, self._hs_out = self._hs_out, None
-            return frame
+            handshake, self._hs_out = self._hs_out, None
+            return handshake
         if self._sealer is None or self.state == CLOSED and not self._control:
             return None
-        if self._rx.ack_due is not None and now >= self._rx.ack_due:
+        data_ok = self._data_allowed() and self.state == OPEN
+        # An acknowledgement that is due goes now; one not yet due rides along
+        # with data that goes anyway (it then costs no frame of its own).
+        if self._rx.ack_due is not None and (now >= self._rx.ack_due or data_ok):
             self._control.append(self._rx.make_ack(now))
-        if self._control:
-            body = w.pack_control(self._control)
-            self._control = []
-            return self._seal(w.KIND_CONTROL, body)[1]
-        if not self._ready or self.state != OPEN:
-            return None
-        data = self._tx.next_data_frame(now, self._seal)
-        if data is not None:
+        control = w.pack_control(self._control)
+        self._control = []
+        frame = self._tx.next_data_frame(now, self._seal, control) if data_ok else None
+        if frame is not None:
             self._last_eliciting = now
-        return data
+            return frame
+        return self._seal(w.KIND_CONTROL, control)[1] if control else None
 
     def _seal(self, kind: int, plain: bytes) -> tuple[int, bytes]:
         """The packet number and the frame that carries ``plain``."""

@@ -43,19 +43,20 @@ class SessionReceiver:
         """How far each lane has been received in order."""
         return [lane.cum for lane in self.lanes]
 
-    def on_data(self, lane: int, pn: int, plain: bytes, now: float, ready: bool) -> None:
-        """One data frame; messages are delivered only once ``ready`` (after resume)."""
-        if lane >= self.config.lanes:
-            raise RemoteProtocolError(f"data on lane {lane}, which does not exist", "protocol")
+    def on_data(self, lane: int, plain: bytes, ready: bool) -> bool:
+        """One lane segment (``varint(offset) bytes``); messages are delivered only
+        once ``ready`` (after resume). True if it wants an acknowledgement at once:
+        the lane has or had a gap, or the segment brought nothing new. The caller
+        checked that the lane exists."""
         offset, pos = varint.decode(plain)
         recv = self.lanes[lane]
         before_ooo = bool(recv.held_ranges)
         data = recv.on_data(offset, plain[pos:])
-        self._note_eliciting(pn, now, urgent=before_ooo or bool(recv.held_ranges) or not data)
         if data and ready:
             self._deliver(lane, data)
         elif data:
             self.assembly[lane] += data
+        return before_ooo or bool(recv.held_ranges) or not data
 
     def _deliver(self, lane: int, data: bytes) -> None:
         buf = self.assembly[lane]
@@ -74,7 +75,8 @@ class SessionReceiver:
             pos += start + size
         del buf[:pos]
 
-    def _note_eliciting(self, pn: int, now: float, urgent: bool) -> None:
+    def note_eliciting(self, pn: int, now: float, urgent: bool) -> None:
+        """A frame with lane data arrived: schedule its acknowledgement."""
         if self.largest_rx is None or pn > self.largest_rx[0]:
             self.largest_rx = (pn, now)
         self.ack_unsent += 1

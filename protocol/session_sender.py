@@ -1,8 +1,11 @@
 """The sending side of a session's selective-repeat ARQ (see ``session.py``).
 
 ``SessionSender`` holds the send lanes, the frames in flight, the frame sizer
-and the RTT estimator. It picks the next segment to send (lowest lane first,
-within the peer's window and the in-flight limit), takes acknowledgements,
+and the RTT estimator. It fills the next frame (lowest lane first, within the
+peer's window and the in-flight limit): one lane's segment makes a data frame;
+control messages handed in, or segments of more lanes while the frame has
+room, make a mixed frame, which saves a header and a tag per part. It takes
+acknowledgements,
 finds losses by packet threshold or by the retransmission timer. After a
 timeout no data flies: the session sends a small ping as a probe, at most
 ``max_probe_interval`` apart, and data resumes the moment any authenticated
@@ -26,6 +29,10 @@ from .session_types import SessionConfig, SessionStats, _Sent
 
 #: Seals ``(kind, plaintext)`` into a frame; returns its packet number and the frame.
 Seal = Callable[[int, bytes], tuple[int, bytes]]
+#: Most a part of a mixed frame adds to its lane bytes: kind, length and offset varints.
+PART_RESERVE = 1 + 4 + 8
+#: Fewer free bytes than this in a frame are not worth another part.
+MIN_PART = 16
 
 
 def data_overhead(max_frame: int) -> int:
@@ -90,7 +97,7 @@ class SessionSender:
             if lane < self.config.lanes:
                 self.lanes[lane].on_ack(cum, ranges)
         for spn, sent in list(self.inflight.items()):
-            if self.lanes[sent.lane].is_acked(sent.start, sent.end):
+            if all(self.lanes[lane].is_acked(start, end) for lane, start, end in sent.segments):
                 del self.inflight[spn]
                 self.sizer.on_frame(sent.size, lost=False)
                 self.largest_acked = max(self.largest_acked, spn)
@@ -115,7 +122,8 @@ class SessionSender:
                 self.sizer.on_frame(sent.size, lost=True)
 
     def _lose(self, sent: _Sent) -> None:
-        self.lanes[sent.lane].mark_lost(sent.start, sent.end)
+        for lane, start, end in sent.segments:
+            self.lanes[lane].mark_lost(start, end)
         self.stats.lost_frames += 1
 
     @property
@@ -166,7 +174,7 @@ class SessionSender:
         return self.inflight_bytes() < self.inflight_limit()
 
     def inflight_bytes(self) -> int:
-        return sum(s.end - s.start for s in self.inflight.values())
+        return sum(s.data_bytes for s in self.inflight.values())
 
     def inflight_limit(self) -> int:
         """Bytes that may be in flight: about 1.25 bandwidth-delay products on a
@@ -192,25 +200,46 @@ class SessionSender:
             size = min(size, max(self.sizer.min_size, int(cfg.rate * cfg.max_frame_time)))
         return size
 
-    def next_data_frame(self, now: float, seal: Seal) -> bytes | None:
-        """The next data frame, sealed by ``seal``, or None if none may go out."""
+    def next_data_frame(self, now: float, seal: Seal, control: bytes = b"") -> bytes | None:
+        """The next frame with lane data, sealed by ``seal``, or None if none may go out.
+
+        ``control`` (a control frame's plaintext, maybe empty) rides in the same
+        frame; when this returns None, sending it is left to the caller."""
         if not self.data_allowed():
             return None
         size = self.frame_size()
+        # A frame of one segment holds ``size`` lane bytes after its offset; a mixed
+        # frame holds no more than that in all, part headers included.
+        limit = size + 8
+        used = len(control) + PART_RESERVE if control else 0
+        segments: list[tuple[int, int, bytes, bool]] = []
         for index, lane in enumerate(self.lanes):
-            if not lane.has_pending:
-                continue
-            retransmit = bool(lane.lost)
-            segment = lane.next_segment(size, lane.base + self.peer_window)
-            if segment is None:
-                continue
-            offset, data = segment
-            pn, frame = seal(w.KIND_DATA | index, varint.encode(offset) + data)
-            self.inflight[pn] = _Sent(index, offset, offset + len(data), now, len(frame) + 2)
-            if len(self.inflight) == 1:
-                self.rto_start = now
+            while lane.has_pending:
+                room = size if used == 0 else limit - used - PART_RESERVE
+                if room < MIN_PART and used:
+                    break
+                retransmit = bool(lane.lost)
+                segment = lane.next_segment(room, lane.base + self.peer_window)
+                if segment is None:
+                    break
+                offset, data = segment
+                segments.append((index, offset, data, retransmit))
+                used += PART_RESERVE + len(data)
+        if not segments:
+            return None
+        bodies = [(w.KIND_DATA | index, varint.encode(offset) + data)
+                  for index, offset, data, _ in segments]
+        if len(bodies) == 1 and not control:
+            pn, frame = seal(*bodies[0])
+        else:
+            parts = [(w.KIND_CONTROL, control)] if control else []
+            pn, frame = seal(w.KIND_MIXED, w.pack_parts(parts + bodies))
+        self.inflight[pn] = _Sent([(index, offset, offset + len(data))
+                                   for index, offset, data, _ in segments], now, len(frame) + 2)
+        if len(self.inflight) == 1:
+            self.rto_start = now
+        for _, _, data, retransmit in segments:
             self.stats.data_bytes_sent += len(data)
             if retransmit:
                 self.stats.retransmitted_bytes += len(data)
-            return frame
-        return None
+        return frame

@@ -79,8 +79,12 @@ class SessionStats:
 
 @dataclass
 class _Sent:
-    lane: int
-    start: int
-    end: int
+    """A frame in flight: the lane ranges ``(lane, start, end)`` it carries."""
+
+    segments: list[tuple[int, int, int]]
     time: float
     size: int
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(end - start for _, start, end in self.segments)

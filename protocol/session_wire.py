@@ -7,11 +7,14 @@ See SPEC.md, "Session". A session frame is the payload of one COBS frame
   only frames that carry no AEAD tag);
 * ``0x02`` refusal: ``kind close-message crc32c``, sent in the clear before
   keys exist (for example when no wire version is shared);
-* ``0x10 | lane`` data and ``0x20`` control: ``kind pn16`` then the AEAD
-  ciphertext. The two header bytes are the associated data; the nonce is the
-  full packet number, a per-transmission counter rebuilt from its low 16 bits.
-  Data plaintext is ``varint(offset) bytes``; control plaintext is a run of
-  ``varint(length) message``.
+* ``0x10 | lane`` data, ``0x20`` control and ``0x30`` mixed: ``kind pn16``
+  then the AEAD ciphertext. The three header bytes are the associated data;
+  the nonce is the full packet number, a per-transmission counter rebuilt
+  from its low 16 bits. Data plaintext is ``varint(offset) bytes``; control
+  plaintext is a run of ``varint(length) message``; mixed plaintext is a run
+  of parts ``kind varint(length) plaintext``, each the plaintext a data or
+  control frame of that kind would carry, so that acknowledgements and small
+  messages of several lanes share one frame's header and tag.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ KIND_HANDSHAKE = 0x01
 KIND_REFUSE = 0x02
 KIND_DATA = 0x10  #: low four bits: the lane
 KIND_CONTROL = 0x20
+KIND_MIXED = 0x30
 PN_BITS = 16
 HEADER_SIZE = 3
 TAG_SIZE = 16
@@ -92,6 +96,45 @@ def unpack_control(plaintext: bytes) -> list[Message]:
             raise RemoteProtocolError("control message overruns its frame", "truncated")
         out.append(messages.decode(plaintext[pos : pos + size]))
         pos += size
+    return out
+
+
+def is_part_kind(kind: int) -> bool:
+    """A data or control kind: what a frame, or a part of a mixed frame, may be."""
+    return kind == KIND_CONTROL or kind & 0xF0 == KIND_DATA
+
+
+def pack_parts(parts: list[tuple[int, bytes]]) -> bytes:
+    """The plaintext of a mixed frame holding ``(kind, plaintext)`` parts."""
+    return b"".join(bytes((kind,)) + varint.encode(len(body)) + body for kind, body in parts)
+
+
+def frame_parts(kind: int, plaintext: bytes, lanes: int) -> list[tuple[int, bytes]]:
+    """The ``(kind, plaintext)`` parts of a data, control or mixed frame, checked as a
+    whole before any is used: structure, and lanes below ``lanes``."""
+    parts = unpack_parts(plaintext) if kind == KIND_MIXED else [(kind, plaintext)]
+    for part, _ in parts:
+        if part != KIND_CONTROL and part & 0x0F >= lanes:
+            raise RemoteProtocolError(f"data on lane {part & 0x0F}, which does not exist",
+                                      "protocol")
+    return parts
+
+
+def unpack_parts(plaintext: bytes) -> list[tuple[int, bytes]]:
+    """The ``(kind, plaintext)`` parts of a mixed frame, all or none."""
+    out = []
+    pos = 0
+    while pos < len(plaintext):
+        kind = plaintext[pos]
+        if not is_part_kind(kind):
+            raise RemoteProtocolError(f"part of kind {kind:#x} in a mixed frame", "protocol")
+        size, pos = varint.decode(plaintext, pos + 1)
+        if size > len(plaintext) - pos:
+            raise RemoteProtocolError("part overruns its mixed frame", "truncated")
+        out.append((kind, plaintext[pos : pos + size]))
+        pos += size
+    if len(out) < 2:
+        raise RemoteProtocolError("a mixed frame holds two parts or more", "protocol")
     return out
 
 

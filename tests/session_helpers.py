@@ -1,4 +1,4 @@
-"""Helpers for session tests: key pairs, session pairs and a transfer loop."""
+"""Helpers for session tests: key pairs, session pairs, a transfer loop and a frame tap."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from protocol.framing import FrameDecoder
 from protocol.session import Closed, Connected, MessageReceived, Session, SessionConfig
 from tools.linksim import Line, LinkSim
 
@@ -74,4 +75,21 @@ def transfer(pair: Pair, msgs: list[tuple[int, bytes]], limit: float) -> bool:
     )
 
 
-__all__ = ["Closed", "Connected", "Line", "MessageReceived", "Pair", "make_pair", "transfer"]
+class Tap:
+    """Records every frame a session writes (to replay them, or to read their kinds)."""
+
+    def __init__(self, session: Session) -> None:
+        self.frames: list[bytes] = []
+        self._decoder = FrameDecoder(max_payload=1 << 16, crc=False)
+        original = session.data_to_send
+
+        def spy(now: float) -> bytes:
+            out = original(now)
+            self.frames += self._decoder.feed(out)
+            return out
+
+        session.data_to_send = spy  # type: ignore[method-assign]
+
+
+__all__ = ["Closed", "Connected", "Line", "MessageReceived", "Pair", "Tap", "make_pair",
+           "transfer"]

@@ -7,26 +7,10 @@ import random
 import pytest
 
 import protocol.session as session_mod
-from protocol.framing import FrameDecoder, encode_frame
+from protocol.framing import encode_frame
 from protocol.session import Closed, Connected, MessageReceived, Session, SessionConfig
-from tests.session_helpers import Line, make_pair, random_messages, transfer
+from tests.session_helpers import Line, Tap, make_pair, random_messages, transfer
 from tools.linksim import LinkSim
-
-
-class Tap:
-    """Records every frame a session writes, so an attacker can replay them."""
-
-    def __init__(self, session: Session) -> None:
-        self.frames: list[bytes] = []
-        self._decoder = FrameDecoder(max_payload=1 << 16, crc=False)
-        original = session.data_to_send
-
-        def spy(now: float) -> bytes:
-            out = original(now)
-            self.frames += self._decoder.feed(out)
-            return out
-
-        session.data_to_send = spy  # type: ignore[method-assign]
 
 
 def test_forged_and_replayed_acks_drop_no_data():
