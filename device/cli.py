@@ -155,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("hw", help="press the simulated button, read the LED",
+                       description="Drive the simulated hardware of the haven-kiosk run "
+                       "serving DIR (GPIOZERO_PIN_FACTORY=mock only): press the service "
+                       "button, read the status LED's pattern, or print the state as JSON.")
+    _data(p)
+    action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    press = action.add_parser("press", help="press the button (held longer than the "
+                              "runtime's hold time, 3 s by default: sync now)")
+    press.add_argument("--hold", type=float, default=0.2, metavar="S",
+                       help="seconds to hold it down (default 0.2, at most 30)")
+    action.add_parser("led", help="print the LED's pattern: synced, pending, offline, error")
+    action.add_parser("state", help="print the LED, the button and the hold time as JSON")
+
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
     _data(p, required=False)
@@ -301,6 +314,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hw(args: argparse.Namespace) -> int:
+    from device import hw_remote
+
+    try:
+        if args.action == "press":
+            st = hw_remote.press(args.data, args.hold)
+        else:
+            st = hw_remote.state(args.data)
+    except (hw_remote.HwRemoteError, ValueError) as exc:
+        print(f"haven-kiosk hw: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "state":
+        print(json.dumps(st, sort_keys=True))
+    elif args.action == "led":
+        print(st["led"])
+    else:
+        held = args.hold >= st["hold_time"]
+        print(f"pressed {args.hold:g} s: " + ("a long press, sync now" if held else
+              f"a short press (a long press is {st['hold_time']:g} s)")
+              + f"; LED {st['led']}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     desc = crdt_schema.describe()
     if args.json:
@@ -318,7 +354,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
     "checkin": cmd_checkin,
     "put": cmd_put, "delete": cmd_delete,
-    "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "schema": cmd_schema,
+    "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
+    "schema": cmd_schema,
 }
 
 

@@ -183,7 +183,8 @@ class Hardware:
 
     def state(self) -> dict[str, Any]:
         return {"led": self.led.pattern, "lit": self.led.is_lit,
-                "button": self.button.is_pressed, "simulated": self.simulated}
+                "button": self.button.is_pressed, "simulated": self.simulated,
+                "hold_time": float(self.button.button.hold_time)}
 
     def close(self) -> None:
         for part in (self.chime, self.button, self.led):

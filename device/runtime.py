@@ -20,6 +20,9 @@ truncates the write-ahead logs and shows an error on the LED and a warning
 to the staff; under the critical threshold the page refuses new check-ins
 with a message in the patient's language.
 
+Once the page is served, ``runtime.json`` in ``--data`` says where, so that
+``haven-kiosk hw`` can drive simulated hardware (``hw_remote``).
+
 SIGTERM and SIGINT stop the server, let a running round end (bounded),
 then close the store. With systemd, ``sd_notify`` says READY, pings the
 watchdog from the event loop (only while the sync thread is alive) and
@@ -39,7 +42,7 @@ import sqlite3
 import threading
 from typing import Any
 
-from . import hw
+from . import hw, hw_remote
 from .config import KioskConfig, memory_limits, storage_limits
 from .enrol import Identity, NotEnrolled, load
 from .memory import MemoryMonitor, MemoryReadError, collect_garbage
@@ -125,6 +128,10 @@ class Runtime:
         host, port = self.cfg.ui_address()
         self._server = http.HttpServer(app.handle)
         self.address = await self._server.start(host, port)
+        try:  # where ``haven-kiosk hw`` finds the page (a full disk only costs that)
+            await asyncio.to_thread(hw_remote.announce, self.data, *self.address)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", hw_remote.RUNTIME_FILE, exc)
         self._thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
         self._thread.start()
         self._health_task = asyncio.create_task(self._watch_health())
@@ -147,6 +154,7 @@ class Runtime:
                 await self._health_task
         if self._server is not None:
             await self._server.close()
+            hw_remote.withdraw(self.data)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
