@@ -101,6 +101,7 @@ class Runtime:
         self.storage.when_changed = lambda level: self._show()
         self._pattern = hw.PENDING
         self._health_task: asyncio.Task[None] | None = None
+        self._health_stop: asyncio.Event | None = None
 
     # Start and stop ---------------------------------------------------------------------
 
@@ -134,7 +135,8 @@ class Runtime:
             log.warning("cannot write %s: %s", hw_remote.RUNTIME_FILE, exc)
         self._thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
         self._thread.start()
-        self._health_task = asyncio.create_task(self._watch_health())
+        self._health_stop = asyncio.Event()
+        self._health_task = asyncio.create_task(self._watch_health(self._health_stop))
         return self.address
 
     def _saved_offset(self) -> int:
@@ -148,10 +150,9 @@ class Runtime:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        if self._health_task is not None and self._health_stop is not None:
+            self._health_stop.set()  # a look in progress ends before the store closes
+            await asyncio.wait({self._health_task}, timeout=STOP_BOUND)
         if self._server is not None:
             await self._server.close()
             hw_remote.withdraw(self.data)
@@ -200,17 +201,22 @@ class Runtime:
         """What the staff screen shows of the kiosk's own health."""
         return {"memory": self.memory.status(), "storage": self.storage.status()}
 
-    async def _watch_health(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.memory.check)
-            except MemoryReadError as exc:
-                log.warning("%s", exc)
-            try:
-                await asyncio.to_thread(self.storage.check)
-            except OSError as exc:
-                log.warning("cannot read the free space of %s: %s", self.data, exc)
-            await asyncio.sleep(self.cfg.health_interval)
+    def _look(self) -> None:
+        """One look at memory and disk space, with what they call for (blocking)."""
+        try:
+            self.memory.check()
+        except MemoryReadError as exc:
+            log.warning("%s", exc)
+        try:
+            self.storage.check()
+        except OSError as exc:
+            log.warning("cannot read the free space of %s: %s", self.data, exc)
+
+    async def _watch_health(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(self._look)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.health_interval)
 
     def _truncate_sync_wal(self) -> None:
         truncate_wal_file(self.data / SYNC_DB)
