@@ -71,9 +71,11 @@ def make_kiosk(tmp: Path) -> tuple[Path, Path]:
 
 
 def run_kiosk(kiosk_dir: Path, hub_url: str, idle: float,
-              env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> tuple[Proc, str]:
-    """``haven-kiosk run`` on simulated hardware; ``args`` come after the usual flags."""
-    proc = Proc([sys.executable, "-m", "device.cli", "run", "--data", str(kiosk_dir),
+              env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+              prefix: tuple[str, ...] = ()) -> tuple[Proc, str]:
+    """``haven-kiosk run`` on simulated hardware; ``args`` come after the usual flags,
+    ``prefix`` before the interpreter (a tracer such as ``strace``)."""
+    proc = Proc([*prefix, sys.executable, "-m", "device.cli", "run", "--data", str(kiosk_dir),
                  "--hub", hub_url, "--ui", "127.0.0.1:0", "--idle-seconds", str(idle),
                  "--retry-max", "0.5", "--interval", "0.5", "--staff-pin", "2468", *args],
                 env={"GPIOZERO_PIN_FACTORY": "mock", **(env or {})})

@@ -67,11 +67,15 @@ def wait_page(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"the page at {url} did not answer in {BOUND:.0f} s")
 
 
-def checkin(url: str, i: int, tag: str) -> dict[str, Any]:
-    """One new patient checked in through the page's API, as the page does it."""
-    letters = "".join("ABCDEFGHIJKLMNOPQRSTUVWXYZ"[int(d)] for d in f"{i:04d}")
-    body = {"passport": f"{tag}{i:06d}", "year": 1950 + i % 60, "name": f"Bench {letters.title()}",
-            "reason": "sick", "consent": True}
+def patient(tag: str, i: int) -> tuple[str, str]:
+    """A passport number and a name, unique per (``tag``, ``i``); ``tag`` is capital letters."""
+    letters = "".join("ABCDEFGHIJ"[int(d)] for d in f"{i:04d}")
+    return f"{tag}{i:06d}", f"{tag.title()} {letters.title()}"
+
+
+def checkin(url: str, passport: str, name: str) -> dict[str, Any]:
+    """A new patient checked in through the page's API, as the page does it."""
+    body = {"passport": passport, "year": 1970, "name": name, "reason": "sick", "consent": True}
     req = urllib.request.Request(url + "/api/checkin", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=BOUND) as resp:

@@ -143,9 +143,12 @@ def measure(ctx: Context, work: Path, checkins: int, loads: int, starts: int,
                 r["loads"] = page_loads(url, loads)
                 ctx.log(f"{checkins} check-ins, each synced before the next")
                 events = rt.LiveEvents(url)
+
+                def synced(i: int) -> None:
+                    events.wait_sent(rt.checkin(url, *rt.patient("ON", i))["ticket"])
+
                 try:
-                    r["online"] = written(kiosk.pid, checkins, lambda i: events.wait_sent(
-                        rt.checkin(url, i, "ON")["ticket"]), work / "fsync-online.txt")
+                    r["online"] = written(kiosk.pid, checkins, synced, work / "fsync-online.txt")
                 finally:
                     events.close()
                 ctx.log("RSS, steady")
@@ -158,7 +161,8 @@ def measure(ctx: Context, work: Path, checkins: int, loads: int, starts: int,
                                     work / "fsync-idle.txt")
                 rt.stop(hub)
                 ctx.log(f"{checkins} check-ins with the hub down")
-                r["offline"] = written(kiosk.pid, checkins, lambda i: rt.checkin(url, i, "OFF"),
+                r["offline"] = written(kiosk.pid, checkins,
+                                       lambda i: rt.checkin(url, *rt.patient("OFF", i)),
                                        work / "fsync-offline.txt")
             hub = start_hub(hub_dir, hub_url, work / "hub.log")
             ctx.log(f"cold start: {starts} starts")
