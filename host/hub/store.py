@@ -96,6 +96,7 @@ class HubStore(Protocol):
     def head(self) -> int: ...
     def version_vector(self) -> dict[int, int]: ...
     def all_ops(self) -> Iterator[Op]: ...
+    def record_ops(self, rid: bytes) -> list[Op]: ...
     def seen(self, device_id: str, now: int, cursor: int | None = None,
              vv: str | None = None) -> None: ...
     def log(self, device_id: str | None, code: str, detail: str, now: int) -> None: ...
@@ -244,6 +245,11 @@ class SqliteHubStore:
     def all_ops(self) -> Iterator[Op]:
         for rid, stamp, node, data in self._q("SELECT rid, stamp, node, data FROM ops"):
             yield Op(bytes(rid), stamp, node, bytes(data))
+
+    def record_ops(self, rid: bytes) -> list[Op]:
+        """Every delta the hub holds for one record."""
+        return [Op(rid, stamp, node, bytes(data)) for stamp, node, data in self._q(
+            "SELECT stamp, node, data FROM ops WHERE rid = ?", [rid])]
 
     def version_vector(self) -> dict[int, int]:
         return {n: s for n, s in self._q("SELECT node, MAX(stamp) FROM ops GROUP BY node")}
