@@ -13,6 +13,12 @@ time and checkpoint from the welcome, then pushes and pulls at once:
   marked so) and the batch is marked acknowledged.
 * pull: ``sync-pull`` from the saved cursor; each page is merged durably
   (``Store.merge``) before the new cursor is saved.
+* documents (``sync_documents``), once the push is done, so the hub holds
+  their records: the content the hub has not confirmed, one document after
+  another, only the chunks it lacks, on the session's last lane and never
+  more than a little ahead; between two of its messages a batch written
+  meanwhile goes first. Past ``DOCUMENT_SHARE`` of the round's time limit
+  no more content goes out; the next round resumes it.
 
 The round is done when the outbox is empty, nothing is in flight and the
 last page said no more. ``run_round`` drives a round over one URL with a
@@ -29,15 +35,19 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import messages, sync
 from protocol.session import Session
 from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
+from protocol.transfer import transfer_id
 
+from .documents import DocumentStore
 from .enrol import Identity, load
 from .store import Store, StoreError
+from .sync_documents import DocumentPush, lane_room
 from .sync_link import LinkError, open_link
 from .sync_state import SEAL_LABEL, SyncState
 
@@ -48,6 +58,9 @@ BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 #: A serial round that hears nothing authenticated this long starts over: a hub that
 #: restarted ignores the old session's frames (it sends keep-alives every 2 s).
 SERIAL_DEAD_TIMEOUT = 20.0
+#: Document content goes out during this share of a round's time limit, so a long
+#: document leaves the round time to end cleanly (the next one resumes it).
+DOCUMENT_SHARE = 0.75
 
 
 class SyncFailed(Exception):
@@ -67,6 +80,7 @@ class Summary:
     bytes_sent: int = 0
     bytes_received: int = 0
     url: str = ""
+    documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -80,8 +94,10 @@ def backoff(attempt: int, rng: random.Random) -> float:
 
 
 class Round:
-    def __init__(self, store: Store, state: SyncState, ident: Identity) -> None:
+    def __init__(self, store: Store, state: SyncState, ident: Identity,
+                 documents: DocumentPush | None = None) -> None:
         self.store, self.state, self.ident = store, state, ident
+        self.documents = documents
         self.device = ident.cert.device_id
         self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
         self.push_done = self.pull_done = False
@@ -90,7 +106,8 @@ class Round:
 
     @property
     def done(self) -> bool:
-        return self.welcomed and self.push_done and self.pull_done and self.in_flight is None
+        return (self.welcomed and self.push_done and self.pull_done and self.in_flight is None
+                and (self.documents is None or self.documents.done))
 
     def hello(self) -> list[tuple[int, bytes]]:
         seq, hash_ = self.state.head()
@@ -101,6 +118,8 @@ class Round:
 
     def on_message(self, data: bytes) -> list[tuple[int, bytes]]:
         msg = messages.decode(data)
+        if self.documents is not None and transfer_id(msg) is not None:
+            return self.documents.on_message(msg)
         if msg.type == sync.WELCOME.number:
             return self._welcome(msg)
         if msg.type == sync.ACK.number:
@@ -111,6 +130,22 @@ class Round:
         if msg.type == sync.CHANGES.number:
             return self._changes(msg)
         return []
+
+    def documents_out(self, room: Callable[[int], bool],
+                      out_of_time: bool = False) -> list[tuple[int, bytes]]:
+        """Document messages that may go now (``room``: the lane takes ``size`` bytes),
+        once the push is done; after each, a batch written meanwhile goes first."""
+        docs = self.documents
+        if docs is None or not (self.welcomed and self.push_done):
+            return []
+        if out_of_time:
+            docs.pause()
+        docs.start()
+        out: list[tuple[int, bytes]] = []
+        while self.in_flight is None and (msg := docs.next_message(room)) is not None:
+            out.append(msg)
+            out += self._push()
+        return out
 
     def _welcome(self, msg: messages.Message) -> list[tuple[int, bytes]]:
         self.welcomed = True
@@ -192,8 +227,10 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
                            max_message=1 << 20, send_buffer=2 << 20)
     session = Session(initiator=True, config=config, static_key=ident.x_key,
                       remote_static=ident.cert.hub_x25519, now=start)
-    rnd = Round(store, state, ident)
+    docs = DocumentStore(store.data, store.cipher)
+    rnd = Round(store, state, ident, DocumentPush(docs, store))
     rnd.summary.url = url
+    room = lane_room(session)
     try:
         while not rnd.done:
             now = time.monotonic()
@@ -221,6 +258,8 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
                     raise SyncFailed(f"session closed ({what})")
                 for lane, msg in replies:
                     session.send_message(lane, msg)
+            for lane, msg in rnd.documents_out(room, now - start > DOCUMENT_SHARE * limit):
+                session.send_message(lane, msg)
         session.close("done")
         link.write(session.data_to_send(time.monotonic()))
     except LinkError as exc:
@@ -228,6 +267,8 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
     finally:
         rnd.summary.bytes_sent = session.stats.bytes_sent
         rnd.summary.bytes_received = session.stats.bytes_received
+        rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
+        docs.close()
         link.close()
     return rnd.summary
 
@@ -285,4 +326,11 @@ def _report(s: Summary, as_json: bool) -> None:
     else:
         print(f"synced via {s.url}: {s.batches} batches, {s.pushed} deltas up"
               f" ({s.quarantined} quarantined), {s.pulled} down, {s.bytes_sent} B sent,"
-              f" {s.bytes_received} B received", flush=True)
+              f" {s.bytes_received} B received" + _documents_line(s.documents), flush=True)
+
+
+def _documents_line(d: dict[str, Any]) -> str:
+    if not d.get("offered"):
+        return ""
+    return (f"; documents: {d['delivered']} of {d['offered']} delivered"
+            f" ({d['chunk_bytes_sent']} B of chunks sent), {len(d['refused'])} refused")
