@@ -29,6 +29,7 @@ from protocol.session import Session
 from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
 
 from ..errors import HavenError, UsageError
+from .documents import DOCUMENTS_DIR, DocumentInbox
 from .hub import Hub, wall_ms
 from .sync import HubPeer
 
@@ -86,7 +87,9 @@ class Server:
         self.sockets: list[socket.socket] = []
 
     def peer(self, remote: bytes | None) -> HubPeer:
-        return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms)
+        inbox = DocumentInbox(self.hub.data / DOCUMENTS_DIR, self.hub.store, wall_ms)
+        return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
+                       documents=inbox)
 
     def _start(self, target: object, *args: object) -> None:
         t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]

@@ -20,6 +20,8 @@ decoding, the kiosk's own node, known fields, a stamp no further ahead of
 the hub's clock than ``max_ahead_ms``): bad ones are quarantined, the rest
 committed, and the ack goes out only after the commit returned. Every
 refusal is logged with the kiosk and a reason code; none ends the process.
+Transfer messages (document content) go to the session's ``DocumentInbox``
+(``documents.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, wall_of
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.replica import check_known_fields
 from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.transfer import transfer_id
 
+from .documents import DocumentInbox
 from .store import Device, HubStore, Op
 
 Reply = tuple[int, bytes]
@@ -41,8 +45,10 @@ CHANGES_BYTES = 256 * 1024
 
 class HubPeer:
     def __init__(self, store: HubStore, hub_ed25519: bytes, remote_static: bytes | None,
-                 clock: Callable[[], int], max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
+                 clock: Callable[[], int], max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
+                 documents: DocumentInbox | None = None) -> None:
         self.store = store
+        self.documents = documents
         self.hub_ed25519 = hub_ed25519
         self.remote = remote_static
         self.clock = clock
@@ -73,6 +79,8 @@ class HubPeer:
             return self._batch(msg)
         if msg.type == sync.PULL.number:
             return self._pull(msg)
+        if self.documents is not None and transfer_id(msg) is not None:
+            return self.documents.on_message(self.device.device_id, msg)
         self._log("unknown-message", msg.name)
         return []
 
