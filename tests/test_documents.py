@@ -76,10 +76,7 @@ def records_to_hub(hub: Hub, kiosk: Kiosk) -> None:
 
 
 def inbox(hub: Hub, max_size: int | None = None) -> DocumentInbox:
-    root = hub.data / DOCUMENTS_DIR
-    if max_size is None:
-        return DocumentInbox(root, hub.store, lambda: 0)
-    return DocumentInbox(root, hub.store, lambda: 0, max_size=max_size)
+    return DocumentInbox(hub.data / DOCUMENTS_DIR, hub.store, lambda: 0, max_size=max_size)
 
 
 def move(push: DocumentPush, hub_side: DocumentInbox, device: str,

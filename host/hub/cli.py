@@ -45,9 +45,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = hs.add_parser("dump", help="print the merged state as canonical JSON",
                       description="Print every record as canonical JSON (the kiosk's format).")
     _data(p)
-    p = hs.add_parser("status", help="kiosks, backlog, conflicts, quarantine",
-                      description="List the kiosks, when each was last seen, the backlog and "
-                      "the conflicts.")
+    p = hs.add_parser("status", help="kiosks, backlog, conflicts, quarantine, documents",
+                      description="List the kiosks, when each was last seen, the backlog, "
+                      "the conflicts and the documents held.")
     _data(p)
     p.add_argument("--json", action="store_true")
 
@@ -124,6 +124,8 @@ def _status(hub: object, as_json: bool) -> None:
     print(f"quarantine: {len(st['quarantine'])}")
     for q in st["quarantine"]:
         print(f"  {q['id']}: kiosk {q['device']} batch {q['batch']}: {q['code']}")
+    docs = st["documents"]
+    print(f"documents: {docs['documents']} held, {docs['bytes']} bytes")
 
 
 def _review(hub: object, args: argparse.Namespace) -> int:

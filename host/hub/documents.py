@@ -104,11 +104,11 @@ class _Open:
 
 class DocumentInbox:
     def __init__(self, root: Path, store: HubStore, clock: Callable[[], int],
-                 max_size: int = MAX_DOCUMENT) -> None:
+                 max_size: int | None = None) -> None:
         self.root = Path(root)
         self.store = store
         self.clock = clock
-        self.max_size = max_size
+        self.max_size = MAX_DOCUMENT if max_size is None else max_size
         self.stored = self.refused = self.rejected_chunks = self.chunk_bytes = 0
         self._receiver: Receiver | None = None
         self._open = _Open()

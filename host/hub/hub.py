@@ -10,6 +10,8 @@ already taken at that site, records the kiosk and issues its certificate
 (``protocol.sync_cert``). The merged state is computed by the reference
 merge (``protocol.crdt.record``) over every delta the hub holds, so
 ``dump`` prints the same canonical JSON as a kiosk holding the same deltas.
+Document content the kiosks sent lives in ``documents/`` (``documents.py``);
+``status`` counts what is held whole.
 A resolution is a delta written by the hub's own node and HLC, pulled by
 every kiosk like any other.
 """
@@ -36,6 +38,7 @@ from protocol.errors import ProtocolError
 
 from ..errors import HavenError, UsageError
 from ..keys import read_secret, write_secret
+from .documents import DOCUMENTS_DIR, held
 from .store import Device, Op, SqliteHubStore
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
@@ -180,7 +183,8 @@ class Hub:
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(), "deltas": head,
                 "kiosks": kiosks, "conflicts": conflicts,
                 "held": sum(1 for c in conflicts if c["severity"] == "hold"),
-                "quarantine": self.store.quarantined(), "log": self.store.events(20)}
+                "quarantine": self.store.quarantined(), "log": self.store.events(20),
+                "documents": held(self.data / DOCUMENTS_DIR)}
 
     def _backlog(self, dev: Device, head: int) -> int:
         """Deltas waiting for this kiosk's next pull."""

@@ -1,0 +1,162 @@
+"""Document content in real sync rounds: a kiosk and ``haven hub serve`` over TCP on 127.0.0.1.
+
+The link runs through ``Cutter``, a relay that counts the bytes each way and
+can drop the connection once a given number of bytes went up, in the middle
+of a document.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from device.documents import attach
+from device.sync import SyncFailed
+from host.cli import main as haven_main
+from host.hub import documents as hub_documents
+from host.hub.documents import DOCUMENTS_DIR
+
+from .test_documents import content
+from .test_sync_helpers import Kiosk, served_hub
+
+IDLE = 10.0  #: the relay gives up on a link silent this long
+
+
+class Cutter:
+    """Relays one connection to the hub; closes both sides once ``cut_after`` bytes
+    went up (the bytes before the cut are delivered)."""
+
+    def __init__(self, hub_url: str, cut_after: int | None = None) -> None:
+        parts = urlsplit(hub_url)
+        self.target = (str(parts.hostname), int(parts.port or 0))
+        self.cut_after = cut_after
+        self.up = self.down = 0
+        self.cut = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._relay, daemon=True)
+        self.thread.start()
+
+    def _relay(self) -> None:
+        self.listener.settimeout(IDLE)
+        try:
+            kiosk, _ = self.listener.accept()
+        except OSError:
+            return
+        finally:
+            self.listener.close()
+        hub = socket.create_connection(self.target, timeout=IDLE)
+        other = {kiosk: hub, hub: kiosk}
+        try:
+            while not self.cut:
+                ready, _, _ = select.select(list(other), [], [], IDLE)
+                if not ready:
+                    return
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is kiosk:
+                        if self.cut_after is not None and self.up + len(data) >= self.cut_after:
+                            data = data[: self.cut_after - self.up]
+                            self.cut = True
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                    other[sock].sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in other:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def close(self) -> None:
+        self.thread.join(IDLE + 1)
+
+
+@pytest.fixture
+def hub_and_kiosk(tmp_path: Path) -> Iterator[tuple[Path, str, Kiosk, str]]:
+    with served_hub(tmp_path) as (hub, url):
+        kiosk = Kiosk(tmp_path, "k", hub, "A")
+        patient = kiosk.store.checkin(name="Ada", passport="P1234567").patient_id
+        yield hub.data, url, kiosk, patient
+        kiosk.close()
+
+
+def hub_status(hub_data: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    capsys.readouterr()
+    assert haven_main(["hub", "status", "--data", str(hub_data), "--json"]) == 0
+    status: dict[str, object] = json.loads(capsys.readouterr().out)
+    return status
+
+
+def test_a_cut_link_resumes_with_only_the_missing_chunks(
+        hub_and_kiosk: tuple[Path, str, Kiosk, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    hub_data, url, kiosk, patient = hub_and_kiosk
+    data = content(1_536_000)
+    path = kiosk.store.data.parent / "scan.pdf"
+    path.write_bytes(data)
+    rid = attach(kiosk.store, path, patient=patient).record_id.replace("-", "")
+    cut_at = 700_000
+    first = Cutter(url, cut_after=cut_at)
+    with pytest.raises(SyncFailed):
+        kiosk.sync(first.url)
+    first.close()
+    assert first.cut and first.up == cut_at
+    # The records went first: the hub has the document's record, not its file.
+    assert not (hub_data / DOCUMENTS_DIR / rid).exists()
+    assert kiosk.store.status()["outbox"]["lanes"] == {}
+
+    second = Cutter(url)
+    summary = kiosk.sync(second.url)
+    second.close()
+    docs = summary.documents
+    assert (docs["offered"], docs["delivered"], docs["refused"]) == (1, 1, [])
+    # Roughly the rest crossed: the chunks the hub lacked, their framing, the manifest.
+    rest = len(data) - cut_at
+    assert rest * 0.95 < docs["chunk_bytes_sent"] < rest + 65_536, docs
+    assert second.up < rest * 1.1, (second.up, rest)  # a full resend: 1.8 times rest
+    assert (hub_data / DOCUMENTS_DIR / rid).read_bytes() == data
+
+    # Delivered is durable: the next round offers nothing.
+    third = Cutter(url)
+    again = kiosk.sync(third.url)
+    third.close()
+    assert again.documents["offered"] == 0 and third.up < 4096
+    held = hub_status(hub_data, capsys)["documents"]
+    assert held == {"documents": 1, "bytes": len(data)}
+
+
+def test_an_oversized_document_is_refused_and_records_still_sync(
+        hub_and_kiosk: tuple[Path, str, Kiosk, str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    hub_data, url, kiosk, patient = hub_and_kiosk
+    monkeypatch.setattr(hub_documents, "MAX_DOCUMENT", 100_000)
+    big, small = (kiosk.store.data.parent / n for n in ("big.pdf", "small.pdf"))
+    big.write_bytes(content(300_000, seed=5))
+    small.write_bytes(content(40_000, seed=6))
+    refused = attach(kiosk.store, big, patient=patient).record_id
+    kept = attach(kiosk.store, small, patient=patient).record_id
+    summary = kiosk.sync(url)
+    assert summary.pushed == 4  # patient, check-in and both document records
+    docs = summary.documents
+    assert (docs["offered"], docs["delivered"]) == (2, 1)
+    assert docs["refused"] == [f"{refused}: too-large"]
+    assert docs["chunk_bytes_sent"] == 40_000
+    assert (hub_data / DOCUMENTS_DIR / kept.replace("-", "")).read_bytes() == small.read_bytes()
+    codes = [e["code"] for e in hub_status(hub_data, capsys)["log"]]  # type: ignore[union-attr]
+    assert "too-large" in codes
+    # Refused is final: later rounds carry on with records and offer it no more.
+    kiosk.store.checkin(name="Bea")
+    later = kiosk.sync(url)
+    assert later.pushed == 2 and later.documents["offered"] == 0
