@@ -8,8 +8,12 @@ runs rounds in one thread of its own: after each round it tells
 ``LiveStatus`` how far check-ins reached the hub, and shows the state on
 the status LED. A check-in or a long press of the service button starts a
 round at once; otherwise rounds follow ``interval``, or a backoff capped at
-``retry_max`` while no hub answers. An unenrolled kiosk still checks
-patients in (the LED shows an error).
+``retry_max`` while no hub answers. Each hub URL has a circuit breaker
+(``device.circuit``): a URL that keeps failing is skipped for a cool-down
+(at most ``retry_max``) while the next one is tried, then probed once, so a
+link that returns is used again within one cool-down; while every URL is
+resting, a round (even one a check-in started) waits for the first probe.
+An unenrolled kiosk still checks patients in (the LED shows an error).
 
 Every ``health_interval`` the runtime looks at its memory
 (``device.memory``): past the soft threshold it drops SQLite's caches and
@@ -43,13 +47,14 @@ import threading
 from typing import Any
 
 from . import hw, hw_remote
+from .circuit import Breakers, hub_breakers
 from .config import KioskConfig, memory_limits, storage_limits
 from .enrol import Identity, NotEnrolled, load
 from .memory import MemoryMonitor, MemoryReadError, collect_garbage
 from .storage_guard import OK as STORAGE_OK
 from .storage_guard import StorageGuard, truncate_wal_file
 from .store import Store, StoreError
-from .sync import SyncFailed, SyncRefused, backoff, run_round, wall_ms
+from .sync import SyncFailed, SyncRefused, retry_wait, sync_first, wall_ms
 from .sync_state import DB_NAME as SYNC_DB
 from .sync_state import SyncState
 from .ui import http
@@ -243,6 +248,7 @@ class Runtime:
     def _rounds(self, state: SyncState) -> None:
         assert self.store is not None
         store, rng, attempt = self.store, random.Random(), 0
+        breakers = hub_breakers(self.cfg.hub, self.cfg.retry_max, rng=rng)
         ident: Identity | None = None
         while not self._stop.is_set():
             self._wake.clear()
@@ -255,7 +261,7 @@ class Runtime:
                     self._wake.wait(self.cfg.retry_max)
                     continue
             mark = self.live.snapshot()["committed"]
-            result = self._one_round(store, state, ident)
+            result = self._one_round(store, state, ident, breakers)
             if result == SYNCED:
                 attempt = 0
                 self._offset = state.clock_offset
@@ -268,30 +274,31 @@ class Runtime:
             else:
                 attempt += 1
                 self._show(hw.ERROR if result == ERROR else hw.OFFLINE)
-                wait = min(self.cfg.retry_max, backoff(attempt, rng))
+                wait = retry_wait(attempt, breakers, rng, cap=self.cfg.retry_max)
             if wait > 0:
                 self._wake.wait(wait)
 
-    def _one_round(self, store: Store, state: SyncState, ident: Identity) -> str:
-        failures = []
-        for url in self.cfg.hub:
-            if self._stop.is_set():
-                break
-            try:
-                summary = run_round(store, state, ident, url, baud=self.cfg.baud,
-                                    limit=self.cfg.round_limit)
-            except SyncRefused as exc:
-                self.live.update(state=ERROR, detail=str(exc))
-                log.error("sync refused: %s", exc)
-                return ERROR
-            except (SyncFailed, StoreError, ValueError, OSError, RuntimeError,
-                    sqlite3.Error) as exc:  # sqlite3: the sync checkpoints on a full disk
-                failures.append(f"{url}: {exc}")
-                continue
+    def _one_round(self, store: Store, state: SyncState, ident: Identity,
+                   breakers: Breakers) -> str:
+        try:
+            summary, failures = sync_first(
+                store, state, ident, breakers, baud=self.cfg.baud,
+                limit=lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit,
+                failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
+                        sqlite3.Error))  # sqlite3: the sync checkpoints on a full disk
+        except SyncRefused as exc:
+            self.live.update(state=ERROR, detail=str(exc))
+            log.error("sync refused: %s", exc)
+            return ERROR
+        if summary is not None:
             log.info("synced via %s: %d up, %d down", summary.url, summary.pushed,
                      summary.pulled)
             return SYNCED
-        detail = "; ".join(failures) or "no hub URL configured"
+        if failures or not self.cfg.hub:
+            detail = "; ".join(failures) or "no hub URL configured"
+        else:
+            detail = (f"every hub URL failed lately; the next try in "
+                      f"{breakers.next_probe() or 0:.0f} s")
         self.live.update(state=OFFLINE, detail=detail)
         log.info("no hub answered: %s", detail)
         return OFFLINE

@@ -22,10 +22,13 @@ time and checkpoint from the welcome, then pushes and pulls at once:
 
 The round is done when the outbox is empty, nothing is in flight and the
 last page said no more. ``run_round`` drives a round over one URL with a
-time limit; ``run_sync`` tries the URLs in order, and after a failure of all
-of them waits with exponential backoff and jitter (``--once`` gives up at
-``--timeout``). A refusal by the hub (revoked, unknown, wrong certificate)
-ends the run at once with its reason.
+time limit; ``sync_first`` tries the URLs in order, each behind its circuit
+breaker (``device.circuit``: a URL that keeps failing is skipped for a
+cool-down, then probed), and ``run_sync`` (like the runtime's loop) waits
+after a round in which no URL worked with exponential backoff and jitter,
+never longer than until an open URL may be probed (``retry_wait``;
+``--once`` gives up at ``--timeout``). A refusal by the hub (revoked,
+unknown, wrong certificate) ends the run at once with its reason.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from protocol.session import Session
 from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
 from protocol.transfer import transfer_id
 
+from .circuit import Breakers, hub_breakers
 from .documents import DocumentStore
 from .enrol import Identity, load
 from .store import Store, StoreError
@@ -273,40 +277,77 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
     return rnd.summary
 
 
+def sync_first(store: Store, state: SyncState, ident: Identity, breakers: Breakers, *,
+               baud: int | None, limit: Callable[[], float],
+               failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
+               ) -> tuple[Summary | None, list[str]]:
+    """One round over the first hub URL that works, of those its breaker lets through.
+
+    ``limit()`` is the time a round may take; at or below 0 no more URLs are
+    tried. Returns the round's summary (None if no URL worked) and what each
+    URL that failed said. ``SyncRefused`` passes through: the hub turned this
+    kiosk away, and another URL or another try will not help."""
+    failures: list[str] = []
+    for url in breakers.allowed():
+        left = limit()
+        if left <= 0:
+            break
+        try:
+            summary = run_round(store, state, ident, url, baud=baud, limit=left)
+        except SyncRefused:
+            raise
+        except failed as exc:
+            breakers[url].failure()
+            failures.append(f"{url}: {exc}")
+            continue
+        breakers[url].success()
+        return summary, failures
+    return None, failures
+
+
+def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
+               cap: float | None = None) -> float:
+    """How long to wait after a round in which no URL worked, ``attempt`` such rounds
+    in a row: the backoff (at most ``cap``), but no longer than until an open URL may
+    be probed, so a link that returns is used promptly; with every URL open, until then."""
+    probe = breakers.next_probe()
+    if probe is not None and not breakers.allowed():
+        return probe
+    wait = backoff(attempt, rng) if cap is None else min(cap, backoff(attempt, rng))
+    return wait if probe is None else min(wait, probe)
+
+
 def run_sync(args: argparse.Namespace) -> int:
     ident = load(args.data)
     state = SyncState(args.data)
     offset = state.clock_offset
     store = Store(args.data, clock=lambda: wall_ms() + offset)
     rng = random.Random()
+    breakers = hub_breakers(args.hub, BACKOFF_CAP, clock=time.monotonic, rng=rng)
     attempt = 0
     give_up = time.monotonic() + args.timeout
+
+    def limit() -> float:
+        return min(give_up - time.monotonic(), 60.0) if args.once else 60.0
+
     try:
         while True:
-            failures = []
-            for url in args.hub:
-                left = give_up - time.monotonic() if args.once else 60.0
-                if left <= 0:
-                    break
-                try:
-                    summary = run_round(store, state, ident, url, baud=args.baud,
-                                        limit=min(left, 60.0))
-                except SyncRefused as exc:
-                    print(f"haven-kiosk sync: {exc}", file=sys.stderr)
-                    return 4
-                except (SyncFailed, StoreError, ValueError) as exc:
-                    failures.append(f"{url}: {exc}")
-                    continue
-                _report(summary, args.json)
-                attempt = 0
-                if args.once:
-                    return 0
-                break
-            else:
-                attempt += 1
+            try:
+                summary, failures = sync_first(store, state, ident, breakers, baud=args.baud,
+                                               limit=limit)
+            except SyncRefused as exc:
+                print(f"haven-kiosk sync: {exc}", file=sys.stderr)
+                return 4
             if failures:
                 print("haven-kiosk sync: " + "; ".join(failures), file=sys.stderr)
-            wait = backoff(attempt, rng) if attempt else args.interval
+            if summary is not None:
+                _report(summary, args.json)
+                if args.once:
+                    return 0
+                attempt, wait = 0, args.interval
+            else:
+                attempt += bool(failures)
+                wait = retry_wait(attempt, breakers, rng)
             if args.once:
                 wait = min(wait, give_up - time.monotonic())
                 if wait <= 0:

@@ -88,7 +88,8 @@ def free_port() -> int:
 
 def test_hub_down_for_an_hour_then_back_resumes_within_the_cap(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An hour of simulated time: the backoff waits are simulated, the connects real."""
+    """An hour of simulated time: the loop's waits and its clock are simulated (so the
+    URL's circuit breaker cools down in simulated time too), the connects real."""
     hub_dir, (k,) = enrolled(tmp_path, ["k"])
     ids = checkins(k, 20, "HD")
     port = free_port()
@@ -107,11 +108,12 @@ def test_hub_down_for_an_hour_then_back_resumes_within_the_cap(
             server.listen(url)  # the hub is back; no local write happens
             back_at = len(waits)
 
-    # Only the sync loop's waits are simulated; its clocks and connects are real.
-    fake_time = types.SimpleNamespace(monotonic=time.monotonic, time_ns=time.time_ns,
-                                      time=time.time, sleep=sleep)
+    # The sync loop's waits are simulated and its monotonic clock moves with them;
+    # wall-clock stamps and connects are real.
+    fake_time = types.SimpleNamespace(monotonic=lambda: time.monotonic() + simulated,
+                                      time_ns=time.time_ns, time=time.time, sleep=sleep)
     monkeypatch.setattr(kiosk_sync_module, "time", fake_time)
-    args = argparse.Namespace(data=k, hub=[url], once=True, baud=None, timeout=DEADLINE * 5,
+    args = argparse.Namespace(data=k, hub=[url], once=True, baud=None, timeout=7200.0,
                               interval=10.0, json=True)
     try:
         assert kiosk_sync_module.run_sync(args) == 0
