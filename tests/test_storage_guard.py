@@ -320,3 +320,32 @@ def test_runtime_on_a_filling_disk(tmp_path: Path) -> None:
         finally:
             assert proc.stop() == 0, "".join(proc.log)
         intact(data, numbers)
+
+
+def test_a_merge_onto_a_full_disk_fails_clearly_and_merges_again(tmp_path: Path) -> None:
+    """Deltas from the hub on a full disk: ``StorageFull``; what merged stays merged, and
+    the same deltas merge whole once there is room (duplicates are welcome)."""
+    source = init_store(tmp_path / "source", "North", "A")
+    try:
+        for i in range(60):
+            source.put("note", values={"text": f"note {i} " + os.urandom(700).hex()})
+        deltas = [e.data for e in source.outbox_batch(max_bytes=1 << 20)]
+        expected = source.dump()
+    finally:
+        source.close()
+    assert len(deltas) == 60
+    with small_disk(tmp_path / "disk", "2m") as disk:
+        store = init_store(disk / "k", "North", "B")
+        try:
+            filler = fill(disk, leave_mib=0.05)
+            with pytest.raises(StorageFull) as full:
+                store.merge(deltas)
+            assert full.value.code == "storage-full"
+            filler.unlink()
+            report = store.merge(deltas)
+            assert report.applied + report.duplicates == len(deltas)
+            assert report.quarantined == 0
+            assert store.dump() == expected
+            assert store.reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            store.close()

@@ -23,12 +23,13 @@ waiting check-ins go first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,9 +294,16 @@ class Store:
             self._after_commit(db)
             return result
         try:
-            return self._writer.call(job, URGENT)
+            with self._full_disk():
+                return self._writer.call(job, URGENT)
         except LocalProtocolError as exc:
             raise BadRequest(str(exc), exc.code) from None
+
+    @contextlib.contextmanager
+    def _full_disk(self) -> Iterator[None]:
+        """SQLITE_FULL as ``StorageFull``: the transaction it hit was rolled back whole."""
+        try:
+            yield
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                 raise
@@ -413,8 +421,13 @@ class Store:
 
     def merge(self, deltas: Iterable[bytes], now_ms: int | None = None,
               slice_size: int = SLICE) -> MergeReport:
-        """Merge deltas (any order, duplicates welcome); bad ones go to quarantine."""
-        return inbox.merge(self, deltas, self.clock() if now_ms is None else now_ms, slice_size)
+        """Merge deltas (any order, duplicates welcome); bad ones go to quarantine.
+
+        On a full disk, ``StorageFull``: slices merged before it stay merged, and the
+        rest can simply be merged again later."""
+        with self._full_disk():
+            return inbox.merge(self, deltas, self.clock() if now_ms is None else now_ms,
+                               slice_size)
 
     # Reading ----------------------------------------------------------------------------
 
