@@ -143,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
     how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
 
+    p = sub.add_parser("attach", help="attach a document (a scan, a PDF) to a patient",
+                       description="Store FILE on the kiosk (chunked, sealed at rest) and "
+                       "write its document record; sync sends the record, then only the "
+                       "chunks the hub lacks. Prints the record id.")
+    _data(p)
+    p.add_argument("--patient", required=True, metavar="PATIENT_ID")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--title", metavar="T", help="the document's title (default: FILE's name)")
+    p.add_argument("--content-type", metavar="CT",
+                   help="its media type (default: guessed from FILE's name)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser("dump", help="print the decrypted state as canonical JSON",
                        description="Print every record as canonical JSON (sorted keys).")
     _data(p)
@@ -268,6 +280,18 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from device.documents import attach
+
+    with _open(args) as store:
+        done = attach(store, args.file, patient=args.patient, title=args.title,
+                      content_type=args.content_type)
+    print(json.dumps(asdict(done), sort_keys=True) if args.json else done.record_id)
+    return 0
+
+
 def cmd_dump(args: argparse.Namespace) -> int:
     with _open(args) as store:
         data = store.dump()
@@ -286,8 +310,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"haven-kiosk status: {exc}", file=sys.stderr)
         return 2
+    from device.documents import summary_of
+
     with _open(args) as store:
         st = store.status()
+        st["documents"] = summary_of(store)
     st["storage"] = look(args.data, storage_limits(cfg))
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
@@ -308,6 +335,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"quarantine: {len(st['quarantine'])}")
     for q in st["quarantine"]:
         print(f"  {q['id']}: {q['code']}")
+    docs = st["documents"]
+    print("documents:" + ("".join(f" {n['documents']} {state} ({n['bytes']} bytes)"
+                                  for state, n in sorted(docs["states"].items())) or " none"))
+    for r in docs["refused"]:
+        print(f"  refused, not sent again: {r['record_id']}: {r['reason']}")
     disk = st["storage"]
     print(f"storage: {disk['free_mib']:.2f} MiB free of {disk['total_mib']:.2f} MiB"
           + STORAGE_WARNINGS[disk["level"]].format(**disk))
@@ -352,7 +384,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
-    "checkin": cmd_checkin,
+    "checkin": cmd_checkin, "attach": cmd_attach,
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
     "schema": cmd_schema,

@@ -47,7 +47,7 @@ from protocol.crdt.ids import random_id
 from protocol.errors import LocalProtocolError
 from protocol.manifest import HASH_SIZE, LENGTH_SIZE, Manifest, ManifestBuilder
 
-from .store import BadRequest, CorruptData, FieldCipher, Store
+from .store import BadRequest, CorruptData, FieldCipher, StorageFull, Store
 
 DB_NAME = "documents.db"
 READ_SIZE = 1 << 20
@@ -196,6 +196,17 @@ class DocumentStore:
         return {"states": states, "refused": refused}
 
 
+def summary_of(store: Store) -> dict[str, Any]:
+    """``DocumentStore.summary`` of a kiosk (empty where nothing was ever attached)."""
+    if not (store.data / DB_NAME).exists():
+        return {"states": {}, "refused": []}
+    docs = DocumentStore(store.data, store.cipher)
+    try:
+        return docs.summary()
+    finally:
+        docs.close()
+
+
 def _pieces(fd: int) -> Iterator[bytes]:
     offset = 0
     while piece := os.pread(fd, READ_SIZE, offset):
@@ -243,6 +254,12 @@ def attach(store: Store, path: Path, *, patient: str, title: str | None = None,
         now = store.clock() if now_ms is None else now_ms
         rid = random_id(os.urandom(16))
         docs.register(rid.bytes, manifest, now)
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+            raise
+        raise StorageFull(f"the disk holding {store.data} is full: {path} was not attached "
+                          "(the chunks stored so far are kept for another try); free some "
+                          "space and try again") from None
     finally:
         os.close(fd)
         docs.close()

@@ -8,6 +8,7 @@ inside real sync rounds over TCP.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import tracemalloc
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from device.cli import main as kiosk_main
 from device.documents import DB_NAME, DELIVERED, HELD, REFUSED, DocumentStore, attach
 from device.store import BadRequest
 from device.sync_documents import DocumentPush
@@ -347,3 +349,37 @@ def test_content_damaged_at_rest_is_refused_on_the_kiosk(pair: tuple[Hub, Kiosk,
     state, reason = state_of(kiosk, rid)
     assert state == REFUSED and reason is not None and reason.startswith("source-changed")
     assert not hub_file(hub, rid).exists()
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+def test_attach_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = kiosk_main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    data = str(tmp_path / "k")
+    assert run("init", "--data", data, "--site", "North")[0] == 0
+    code, out, _ = run("checkin", "--data", data, "--name", "Ada", "--json")
+    patient = json.loads(out)["patient_id"]
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(content(90_000))
+    code, out, _ = run("attach", "--data", data, "--patient", patient, str(scan))
+    rid = out.strip()
+    assert code == 0 and uuid.UUID(rid)
+    code, out, _ = run("attach", "--data", data, "--patient", patient, str(scan), "--title",
+                       "Chest X-ray", "--content-type", "application/pdf", "--json")
+    again = json.loads(out)
+    assert code == 0 and again["size"] == 90_000 and again["new_chunks"] == 0
+    assert again["sha256"] == hashlib.sha256(scan.read_bytes()).hexdigest()
+    records = {r["id"]: r for r in json.loads(run("dump", "--data", data)[1])["records"]}
+    assert records[again["record_id"]]["fields"]["title"] == "Chest X-ray"
+    assert records[rid]["fields"]["contentType"] == "application/pdf"
+    code, out, err = run("attach", "--data", data, "--patient", patient, str(tmp_path / "no"))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "cannot read" in err
+    code, out, _ = run("status", "--data", data)
+    assert code == 0 and "documents: 2 held (180000 bytes)" in out
+    code, out, _ = run("status", "--data", data, "--json")
+    assert json.loads(out)["documents"]["states"] == {HELD: {"documents": 2, "bytes": 180_000}}
