@@ -48,3 +48,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         "CREATE TABLE queue_numbers (day TEXT PRIMARY KEY, last INTEGER NOT NULL)",
     ):
         db.execute(sql)
+
+
+@migration
+def m002_no_outbox_rid_index(db: sqlite_utils.Database) -> None:
+    """Three or four fewer pages written per check-in (of about 25, each a whole page
+    in the WAL): the index on the outbox's record ids goes. Only a write that pulls its
+    subject up to a more urgent lane looks entries up by record (a prescription or a lab
+    result, never a check-in), and it reads the queued entries of the lanes behind it.
+    (``AUTOINCREMENT`` stays, though its ``sqlite_sequence`` row costs a page: a
+    sequence number must never come back, since an acknowledgement replayed after a
+    crash names the entries by number.)"""
+    db.execute("DROP INDEX outbox_rid")
