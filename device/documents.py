@@ -47,7 +47,7 @@ from protocol.crdt.ids import random_id
 from protocol.errors import LocalProtocolError
 from protocol.manifest import HASH_SIZE, LENGTH_SIZE, Manifest, ManifestBuilder
 
-from .store import BadRequest, CorruptData, FieldCipher, StorageFull, Store
+from .store import BadRequest, CorruptData, FieldCipher, Store
 
 DB_NAME = "documents.db"
 READ_SIZE = 1 << 20
@@ -244,25 +244,23 @@ def attach(store: Store, path: Path, *, patient: str, title: str | None = None,
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
         raise BadRequest(f"cannot read {path}: {exc.strerror}", "no-file") from None
-    docs = DocumentStore(store.data, store.cipher)
+    now = store.clock() if now_ms is None else now_ms
+    rid = random_id(os.urandom(16))
     try:
         if not os.path.isfile(path):
             raise BadRequest(f"{path} is not a regular file", "no-file")
         if os.fstat(fd).st_size == 0:
             raise BadRequest(f"{path} is empty", "empty-file")
-        manifest, new = docs.add_content(fd)
-        now = store.clock() if now_ms is None else now_ms
-        rid = random_id(os.urandom(16))
-        docs.register(rid.bytes, manifest, now)
-    except sqlite3.OperationalError as exc:
-        if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
-            raise
-        raise StorageFull(f"the disk holding {store.data} is full: {path} was not attached "
-                          "(the chunks stored so far are kept for another try); free some "
-                          "space and try again") from None
+        # A full disk is StorageFull, as for every write; chunks stored before it stay.
+        with store._full_disk():
+            docs = DocumentStore(store.data, store.cipher)
+            try:
+                manifest, new = docs.add_content(fd)
+                docs.register(rid.bytes, manifest, now)
+            finally:
+                docs.close()
     finally:
         os.close(fd)
-        docs.close()
     values = {
         "subject": patient, "status": "current", "title": title, "contentType": content_type,
         "size": manifest.size, "hash": manifest.object_hash.hex(),

@@ -20,7 +20,7 @@ import pytest
 
 from device.cli import main as kiosk_main
 from device.documents import DB_NAME, DELIVERED, HELD, REFUSED, DocumentStore, attach
-from device.store import BadRequest
+from device.store import BadRequest, StorageFull, init_store
 from device.sync_documents import DocumentPush
 from host.hub.documents import DOCUMENTS_DIR, DocumentInbox, held
 from host.hub.hub import Hub, init_hub
@@ -29,6 +29,7 @@ from protocol import messages
 from protocol.crdt.delta import decode
 from protocol.transfer import Sender, build_manifest
 
+from .test_storage_guard import fill, small_disk
 from .test_sync_helpers import Kiosk
 
 MARKER = b"Quintessa Marlowe-Abernathy, radiograph of the left tibia. "
@@ -383,3 +384,25 @@ def test_attach_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and "documents: 2 held (180000 bytes)" in out
     code, out, _ = run("status", "--data", data, "--json")
     assert json.loads(out)["documents"]["states"] == {HELD: {"documents": 2, "bytes": 180_000}}
+
+
+def test_attach_on_a_full_disk_fails_clearly_and_a_retry_resumes(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "8m") as disk:
+        store = init_store(disk / "k", "North")
+        try:
+            patient = store.checkin(name="Ada").patient_id
+            scan = tmp_path / "scan.pdf"  # on another disk
+            scan.write_bytes(content(3 << 20))
+            filler = fill(disk, leave_mib=1.5)
+            records = len(store.views())
+            with pytest.raises(StorageFull):
+                attach(store, scan, patient=patient)
+            assert len(store.views()) == records  # no record without its content
+            filler.unlink()
+            done = attach(store, scan, patient=patient)
+            assert 0 < done.new_chunks < done.chunks  # what was stored before stayed
+            docs = DocumentStore(store.data, store.cipher)
+            assert docs.held() == [uuid.UUID(done.record_id).bytes]
+            docs.close()
+        finally:
+            store.close()
