@@ -138,7 +138,8 @@ class Round:
     def documents_out(self, room: Callable[[int], bool],
                       out_of_time: bool = False) -> list[tuple[int, bytes]]:
         """Document messages that may go now (``room``: the lane takes ``size`` bytes),
-        once the push is done; after each, a batch written meanwhile goes first."""
+        once the push is done. Before each, a batch written meanwhile goes first, and
+        the content waits for its acknowledgement."""
         docs = self.documents
         if docs is None or not (self.welcomed and self.push_done):
             return []
@@ -146,9 +147,11 @@ class Round:
             docs.pause()
         docs.start()
         out: list[tuple[int, bytes]] = []
-        while self.in_flight is None and (msg := docs.next_message(room)) is not None:
-            out.append(msg)
+        while docs.ready(room):
             out += self._push()
+            if self.in_flight is not None or (msg := docs.next_message(room)) is None:
+                break
+            out.append(msg)
         return out
 
     def _welcome(self, msg: messages.Message) -> list[tuple[int, bytes]]:
