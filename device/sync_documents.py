@@ -93,21 +93,26 @@ class DocumentPush:
         view = self.store.view(str(uuid.UUID(bytes=rid)))
         return view is not None and not view.deleted
 
+    def ready(self, room: Callable[[int], bool]) -> bool:
+        """Whether ``next_message(room)`` would hand out a message now."""
+        if self.paused:
+            return False
+        sender = self._sender or self._next_document()
+        if sender is None:
+            return False
+        if self._pending is None:
+            self._pending = sender.next_message()
+        return self._pending is not None and room(len(self._pending))
+
     def next_message(self, room: Callable[[int], bool]) -> Reply | None:
         """The next message for the hub, or None (waiting for it, no room, or done)."""
-        while not self.paused:
-            sender = self._sender or self._next_document()
-            if sender is None:
-                return None
-            if self._pending is None:
-                self._pending = sender.next_message()
-            if self._pending is None or not room(len(self._pending)):
-                return None
-            wire, self._pending = self._pending, None
-            if sender.failure is not None:  # a chunk could not be read: wire is the abort
-                self._settle(sender.failure.reason, sender.failure.detail)
-            return DOC_LANE, wire
-        return None
+        if not self.ready(room) or self._sender is None or self._pending is None:
+            return None
+        sender = self._sender
+        wire, self._pending = self._pending, None
+        if sender.failure is not None:  # a chunk could not be read: wire is the abort
+            self._settle(sender.failure.reason, sender.failure.detail)
+        return DOC_LANE, wire
 
     def _next_document(self) -> Sender | None:
         while self._queue:

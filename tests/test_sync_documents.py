@@ -12,17 +12,21 @@ import json
 import select
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from device.documents import attach
-from device.sync import SyncFailed
+from device.documents import DocumentStore, attach
+from device.sync import Round, SyncFailed
+from device.sync_documents import DocumentPush
 from host.cli import main as haven_main
 from host.hub import documents as hub_documents
-from host.hub.documents import DOCUMENTS_DIR
+from host.hub.documents import DOCUMENTS_DIR, DocumentInbox
+from host.hub.hub import Hub, init_hub, wall_ms
+from host.hub.sync import HubPeer
+from protocol import messages
 
 from .test_documents import content
 from .test_sync_helpers import Kiosk, served_hub
@@ -160,3 +164,58 @@ def test_an_oversized_document_is_refused_and_records_still_sync(
     kiosk.store.checkin(name="Bea")
     later = kiosk.sync(url)
     assert later.pushed == 2 and later.documents["offered"] == 0
+
+
+def test_a_checkin_made_during_a_document_goes_first(tmp_path: Path) -> None:
+    """The kiosk's round and the hub's peer, wired message by message: a batch
+    written while content moves goes out before the next document message, and
+    the content waits for its acknowledgement."""
+    init_hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub")
+    kiosk = Kiosk(tmp_path, "k", hub, "A")
+    patient = kiosk.store.checkin(name="Ada").patient_id
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(content(400_000))
+    attach(kiosk.store, scan, patient=patient)
+    docs = DocumentStore(kiosk.store.data, kiosk.store.cipher)
+    rnd = Round(kiosk.store, kiosk.state, kiosk.ident, DocumentPush(docs, kiosk.store))
+    inbox = DocumentInbox(hub.data / DOCUMENTS_DIR, hub.store, wall_ms)
+    peer = HubPeer(hub.store, hub.ed_public, kiosk.ident.x_key.public_key().public_bytes_raw(),
+                   wall_ms, documents=inbox)
+    names: list[str] = []  # every message the kiosk sent, in order
+
+    def deliver(out: list[tuple[int, bytes]]) -> None:
+        for _, wire in out:
+            names.append(messages.decode(wire).name)
+            for _, reply in peer.on_message(wire):
+                deliver(rnd.on_message(reply))
+
+    def three_messages() -> Callable[[int], bool]:
+        """A lane with room for three messages."""
+        room = [True] * 3
+        return lambda size: bool(room) and room.pop()
+
+    deliver(rnd.hello())
+    checked_in = False
+    for _ in range(10_000):
+        if rnd.done:
+            break
+        if not checked_in and names.count("xfer-data") >= 5:
+            kiosk.store.checkin(name="Bea")  # written while the content moves
+            checked_in = True
+            out = rnd.documents_out(three_messages())
+            assert [messages.decode(w).name for _, w in out] == ["sync-batch"]
+            assert rnd.documents_out(three_messages()) == []  # until the ack
+        else:
+            out = rnd.documents_out(three_messages())
+        deliver(out)
+    assert rnd.done and rnd.documents is not None and inbox.stored == 1
+    assert rnd.documents.figures()["delivered"] == 1
+    late = names.index("sync-batch", names.index("xfer-data"))
+    assert names[late - 1] == names[late + 1] == "xfer-data"
+    assert names.count("sync-batch") == 2
+    assert rnd.summary.pushed == 5  # patient, check-in, document; patient, check-in
+    assert json.loads(hub.dump()) == json.loads(kiosk.store.dump())
+    docs.close()
+    kiosk.close()
+    hub.close()
