@@ -156,7 +156,7 @@ class Round:
 
     def _welcome(self, msg: messages.Message) -> list[tuple[int, bytes]]:
         self.welcomed = True
-        self.state.set("clock_offset", msg.get("time") - wall_ms())
+        self.state.note_clock_offset(msg.get("time") - wall_ms())
         hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
         seq, _ = self.state.head()
         if hub_seq > seq:

@@ -31,6 +31,13 @@ def test_checkins_arrive_once_and_replicas_converge(tmp_path: Path) -> None:
         # A round with nothing new moves no deltas.
         again = a.sync(url)
         assert (again.pushed, again.pulled) == (0, 0)
+        # ... and, once the round before it saved where it stood, writes nothing at all.
+        wals = [a.store.data / f"{name}-wal" for name in ("store.db", "sync.db")]
+        before = [w.stat().st_size for w in wals]
+        changes = a.state.db.total_changes
+        assert a.sync(url).pushed == 0
+        assert a.state.db.total_changes == changes
+        assert [w.stat().st_size for w in wals] == before
         a.close()
         b.close()
 
