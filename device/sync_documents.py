@@ -112,6 +112,7 @@ class DocumentPush:
         wire, self._pending = self._pending, None
         if sender.failure is not None:  # a chunk could not be read: wire is the abort
             self._settle(sender.failure.reason, sender.failure.detail)
+            return CONTROL_LANE, wire
         return DOC_LANE, wire
 
     def _next_document(self) -> Sender | None:
