@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from device.documents import DocumentStore, attach
+from device.store import Store
 from device.sync import Round, SyncFailed
 from device.sync_documents import DocumentPush
 from host.cli import main as haven_main
@@ -27,9 +28,12 @@ from host.hub.documents import DOCUMENTS_DIR, DocumentInbox
 from host.hub.hub import Hub, init_hub, wall_ms
 from host.hub.sync import HubPeer
 from protocol import messages
+from tools.benchmarks._link import emulator
 
 from .test_documents import content
 from .test_sync_helpers import Kiosk, served_hub
+from .test_sync_serial import enrolled
+from .test_sync_serial_helpers import DEADLINE, finish, hub_serving, kiosk_sync
 
 IDLE = 10.0  #: the relay gives up on a link silent this long
 
@@ -219,3 +223,25 @@ def test_a_checkin_made_during_a_document_goes_first(tmp_path: Path) -> None:
     docs.close()
     kiosk.close()
     hub.close()
+
+
+def test_a_document_crosses_a_noisy_serial_line(tmp_path: Path) -> None:
+    """The real ``haven hub serve --serial`` and ``haven-kiosk sync --once`` on the
+    two ptys of the link emulator, with byte errors."""
+    hub_dir, (k,) = enrolled(tmp_path, ["k"])
+    data = content(48_000, seed=7)
+    with Store(k) as store:
+        patient = store.checkin(name="Ada").patient_id
+        scan = tmp_path / "scan.pdf"
+        scan.write_bytes(data)
+        rid = attach(store, scan, patient=patient).record_id
+    emu_args = ["--rate", "23040", "--corrupt", "1e-4", "--seed", "7"]
+    with emulator("serial", emu_args, tmp_path / "emu.json") as emu, \
+            hub_serving(hub_dir, serial=[emu.endpoints["a"]], baud=230400):
+        rc, out, err = finish(kiosk_sync(k, emu.endpoints["b"], "--baud", "230400", "--once",
+                                         "--timeout", str(DEADLINE), "--json"))
+    assert rc == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["pushed"] == 3 and summary["documents"]["delivered"] == 1
+    assert (hub_dir / DOCUMENTS_DIR / rid.replace("-", "")).read_bytes() == data
+    assert emu.stats["ab"]["corrupted"] + emu.stats["ba"]["corrupted"] > 0
