@@ -311,11 +311,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"haven-kiosk status: {exc}", file=sys.stderr)
         return 2
     from device.documents import summary_of
+    from device.sync_state import last_sync_of
 
     with _open(args) as store:
         st = store.status()
         st["documents"] = summary_of(store)
     st["storage"] = look(args.data, storage_limits(cfg))
+    st["last_sync"] = last_sync_of(args.data)
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
         return 0

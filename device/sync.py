@@ -269,6 +269,7 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
                 session.send_message(lane, msg)
         session.close("done")
         link.write(session.data_to_send(time.monotonic()))
+        state.note_synced(wall_ms(), moved=bool(rnd.summary.pushed or rnd.summary.pulled))
     except LinkError as exc:
         raise SyncFailed(str(exc)) from None
     finally:

@@ -23,6 +23,7 @@ so an idle round writes nothing; an SD card wears with every page written.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import sqlite3
@@ -36,6 +37,8 @@ DB_NAME = "sync.db"
 SEAL_LABEL = b"haven-sync-batch"
 #: The hub's clock offset is saved again only when it moved more than this.
 CLOCK_SLACK_MS = 1000
+#: A round that moved nothing saves its time only if the saved one is this old.
+LAST_SYNC_REFRESH_MS = 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class SyncState:
     def note_clock_offset(self, offset_ms: int) -> None:
         if abs(offset_ms - self.clock_offset) > CLOCK_SLACK_MS:
             self.set("clock_offset", offset_ms)
+
+    def note_synced(self, now_ms: int, moved: bool) -> None:
+        """A round ended with everything acknowledged both ways."""
+        if moved or now_ms - self.get_int("last_sync") > LAST_SYNC_REFRESH_MS:
+            self.set("last_sync", now_ms)
 
     @contextlib.contextmanager
     def durable(self) -> Iterator[None]:
@@ -136,3 +144,21 @@ class SyncState:
             self.db.execute("INSERT OR REPLACE INTO batches (seq, prev, hash, lane, entries,"
                             " sig, acked) VALUES (?, ?, ?, 0, '[]', x'', 1)",
                             [seq, GENESIS, hash_])
+
+
+def last_sync_of(data: Path) -> str | None:
+    """When this kiosk last finished a round (UTC, ISO 8601), or ``None``; reads only."""
+    path = Path(data) / DB_NAME
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'last_sync'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet
+        row = None
+    finally:
+        db.close()
+    if not row:
+        return None
+    when = datetime.datetime.fromtimestamp(int(row[0]) / 1000, datetime.UTC)
+    return when.isoformat(timespec="seconds")

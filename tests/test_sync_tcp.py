@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from device.sync_state import last_sync_of
 from host.cli import main as hub_main
 
 from .test_sync_helpers import Kiosk, served_hub
@@ -38,6 +39,8 @@ def test_checkins_arrive_once_and_replicas_converge(tmp_path: Path) -> None:
         assert a.sync(url).pushed == 0
         assert a.state.db.total_changes == changes
         assert [w.stat().st_size for w in wals] == before
+        assert last_sync_of(a.store.data) is not None  # set by the rounds that moved data
+        assert last_sync_of(tmp_path / "nowhere") is None
         a.close()
         b.close()
 

@@ -36,5 +36,4 @@ def status_of(db: sqlite_utils.Database, node: int, now: int) -> dict[str, Any]:
         "conflicts": conflicts,
         "outbox": outbox.summary(db, now),
         "quarantine": quarantine,
-        "last_sync": _meta(db, "last_sync"),
     }

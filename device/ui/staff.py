@@ -18,6 +18,7 @@ from typing import Any
 
 from protocol.crdt import schema as crdt_schema
 
+from ..sync_state import last_sync_of
 from .checkin import Throttle
 from .http import HttpError, Request
 from .live import LiveStatus
@@ -123,7 +124,8 @@ class Staff:
             st = self.store.status()
             return {"queue": today_queue(self.store), "conflicts": held_conflicts(self.store),
                     "outbox": sum(int(x["entries"]) for x in st["outbox"]["lanes"].values()),
-                    "last_sync": st["last_sync"], "site": st["site"], "letter": st["letter"]}
+                    "last_sync": last_sync_of(self.store.data), "site": st["site"],
+                    "letter": st["letter"]}
         data = await asyncio.to_thread(read)
         data["sync"] = {k: v for k, v in self.live.snapshot().items() if k != "version"}
         data["health"] = self.health() if self.health is not None else {}
