@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device import hw
+from device.store import init_store
+from device.ui.app import KioskApp
+from device.ui.live import LiveStatus
 
 BOUND = 5.0  # every wait here ends by this many seconds
 
@@ -169,3 +175,19 @@ def test_chime_from_many_threads_at_once(kit: hw.Hardware) -> None:
     for t in threads:
         t.join(BOUND)
     assert not any(t.is_alive() for t in threads) and errors == []
+
+
+def test_a_failing_chime_does_not_hide_a_saved_check_in(tmp_path: Path) -> None:
+    class Broken:
+        def checkin(self) -> None:
+            raise RuntimeError("buzzer wire loose")
+
+    store = init_store(tmp_path / "k", "North", "B")
+    try:
+        app = KioskApp(store, LiveStatus(), hardware=SimpleNamespace(chime=Broken()))
+        body = {"name": "Chime Test", "year": "1980", "reason": "sick", "consent": True}
+        got = asyncio.run(app.checkin(body))
+        assert got["queue_number"] == "B-001"
+        assert '"B-001"' in store.dump().decode()
+    finally:
+        store.close()

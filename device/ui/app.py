@@ -171,7 +171,10 @@ class KioskApp:
             raise HttpError(503, "store") from None
         ticket = self.live.note_checkin()
         if self.hardware is not None:
-            await asyncio.to_thread(self.hardware.chime.checkin)
+            try:
+                await asyncio.to_thread(self.hardware.chime.checkin)
+            except Exception as exc:  # the check-in is saved: a silent buzzer must not hide it
+                log.error("check-in chime failed: %s", exc)
         if self.on_checkin is not None:
             self.on_checkin()
         out: dict[str, Any] = {"queue_number": result.queue_number, "ticket": ticket}
