@@ -83,6 +83,9 @@ class Summary:
     pulled: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    frames_sent: int = 0
+    frames_lost: int = 0  #: frames the session judged lost and sent again
+    retransmitted_bytes: int = 0  #: lane bytes sent again
     url: str = ""
     documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
     extra: dict[str, Any] = field(default_factory=dict)
@@ -275,6 +278,9 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
     finally:
         rnd.summary.bytes_sent = session.stats.bytes_sent
         rnd.summary.bytes_received = session.stats.bytes_received
+        rnd.summary.frames_sent = session.stats.frames_sent
+        rnd.summary.frames_lost = session.stats.lost_frames
+        rnd.summary.retransmitted_bytes = session.stats.retransmitted_bytes
         rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
         docs.close()
         link.close()

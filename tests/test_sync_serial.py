@@ -63,6 +63,9 @@ def test_serial_sync_through_noise_and_outage_once(tmp_path: Path) -> None:
         assert rc == 0, err
         summary = json.loads(out.splitlines()[-1])
         assert summary["pushed"] == 600 and summary["quarantined"] == 0
+        # The outage and the errors cost frames, which the summary counts.
+        assert summary["frames_lost"] >= 1 and summary["retransmitted_bytes"] > 0
+        assert summary["frames_sent"] > summary["frames_lost"]
         # A second round has nothing to move.
         rc, out, err = finish(kiosk_sync(k, emu.endpoints["b"], "--baud", "115200", "--once",
                                          "--timeout", str(DEADLINE), "--json"))
