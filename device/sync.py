@@ -38,7 +38,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,23 +139,22 @@ class Round:
         return []
 
     def documents_out(self, room: Callable[[int], bool],
-                      out_of_time: bool = False) -> list[tuple[int, bytes]]:
-        """Document messages that may go now (``room``: the lane takes ``size`` bytes),
-        once the push is done. Before each, a batch written meanwhile goes first, and
-        the content waits for its acknowledgement."""
+                      out_of_time: bool = False) -> Iterator[tuple[int, bytes]]:
+        """Document messages that may go now, once the push is done; the caller queues
+        each before the next is made (``room``: the lane takes ``size`` more bytes).
+        Before each, a batch written meanwhile goes first, and the content waits for
+        its acknowledgement."""
         docs = self.documents
         if docs is None or not (self.welcomed and self.push_done):
-            return []
+            return
         if out_of_time:
             docs.pause()
         docs.start()
-        out: list[tuple[int, bytes]] = []
         while docs.ready(room):
-            out += self._push()
+            yield from self._push()
             if self.in_flight is not None or (msg := docs.next_message(room)) is None:
-                break
-            out.append(msg)
-        return out
+                return
+            yield msg
 
     def _welcome(self, msg: messages.Message) -> list[tuple[int, bytes]]:
         self.welcomed = True

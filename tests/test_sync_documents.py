@@ -12,6 +12,7 @@ import json
 import select
 import socket
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -207,11 +208,11 @@ def test_a_checkin_made_during_a_document_goes_first(tmp_path: Path) -> None:
         if not checked_in and names.count("xfer-data") >= 5:
             kiosk.store.checkin(name="Bea")  # written while the content moves
             checked_in = True
-            out = rnd.documents_out(three_messages())
+            out = list(rnd.documents_out(three_messages()))
             assert [messages.decode(w).name for _, w in out] == ["sync-batch"]
-            assert rnd.documents_out(three_messages()) == []  # until the ack
+            assert list(rnd.documents_out(three_messages())) == []  # until the ack
         else:
-            out = rnd.documents_out(three_messages())
+            out = list(rnd.documents_out(three_messages()))
         deliver(out)
     assert rnd.done and rnd.documents is not None and inbox.stored == 1
     assert rnd.documents.figures()["delivered"] == 1
@@ -245,3 +246,26 @@ def test_a_document_crosses_a_noisy_serial_line(tmp_path: Path) -> None:
     assert summary["pushed"] == 3 and summary["documents"]["delivered"] == 1
     assert (hub_dir / DOCUMENTS_DIR / rid.replace("-", "")).read_bytes() == data
     assert emu.stats["ab"]["corrupted"] + emu.stats["ba"]["corrupted"] > 0
+
+
+def test_a_document_larger_than_the_session_buffer_moves_in_little_memory(
+        hub_and_kiosk: tuple[Path, str, Kiosk, str]) -> None:
+    """Content goes into the session as the lane drains: 5 MiB (2.5 times the send
+    buffer) crosses in one round while both ends together stay under 2 MiB."""
+    hub_data, url, kiosk, patient = hub_and_kiosk
+    size = 5 << 20
+    path = kiosk.store.data.parent / "big.bin"
+    with path.open("wb") as f:
+        for i in range(size >> 20):
+            f.write(content(1 << 20, seed=100 + i))
+    rid = attach(kiosk.store, path, patient=patient).record_id.replace("-", "")
+    tracemalloc.start()
+    try:
+        summary = kiosk.sync(url)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert summary.documents["delivered"] == 1
+    assert summary.documents["chunk_bytes_sent"] == size
+    assert (hub_data / DOCUMENTS_DIR / rid).stat().st_size == size
+    assert peak < 2 << 20, peak
