@@ -43,7 +43,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with sync_api.sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             str(profile), executable_path=str(CHROMIUM), args=ARGS, headless=True,
-            viewport={"width": 800, "height": 480})
+            viewport={"width": 800, "height": 480}, has_touch=True)  # the kiosk's touch screen
         try:
             yield ctx
         finally:
@@ -67,9 +67,10 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"))
 
 
-def keypad(page: Any, digits: str) -> None:
-    for d in digits:
-        page.click(f"#keypad button[data-key='{d}']")
+def keys(page: Any, text: str, pad: str = "keypad") -> None:
+    """Taps ``text`` on an on-screen keyboard: Latin letters by their capital keys."""
+    for c in text:
+        page.tap(f'#{pad} button[data-key="{"space" if c == " " else c.upper()}"]')
 
 
 def check_in_new(page: Any, lang: str, passport: str, name: str, year: str) -> str:
@@ -79,7 +80,7 @@ def check_in_new(page: Any, lang: str, passport: str, name: str, year: str) -> s
     page.keyboard.type(passport, delay=0)  # a keyboard-wedge scanner: fast, then Enter
     page.keyboard.press("Enter")
     page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
-    keypad(page, year)
+    keys(page, year)
     page.click("#year-next")
     page.wait_for_selector("#s-name:not([hidden])", timeout=BOUND)
     page.fill("#name", name)
@@ -149,40 +150,66 @@ def quick_kiosk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         kiosk.stop()
 
 
+#: What sticks out of the page or of a screen, text cut off, and keys smaller than 48 px
+#: (9 mm on the 7-inch screen).
+OVERFLOWS = """(id) => {
+    const W = innerWidth, H = innerHeight, out = [];
+    const d = document.documentElement;
+    if (d.scrollWidth > W || d.scrollHeight > H)
+        out.push(['page', d.scrollWidth, d.scrollHeight]);
+    const scr = document.getElementById(id);
+    if (scr.scrollHeight > scr.clientHeight + 1 || scr.scrollWidth > scr.clientWidth + 1)
+        out.push([id, scr.scrollWidth, scr.scrollHeight]);
+    for (const el of document.querySelectorAll('header *, #' + id + ' *')) {
+        if (!el.getClientRects().length) continue;
+        const r = el.getBoundingClientRect();
+        if (r.left < -1 || r.top < -1 || r.right > W + 1 || r.bottom > H + 1)
+            out.push([el.id || el.tagName, Math.round(r.right), Math.round(r.bottom)]);
+        if (['BUTTON', 'H1', 'P', 'SPAN'].includes(el.tagName) &&
+            el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0)
+            out.push([el.id || el.tagName + ':' + el.textContent.slice(0, 20), 'text']);
+        if (el.matches('.kbd button') && (r.width < 48 || r.height < 48))
+            out.push(['key ' + el.dataset.key, Math.round(r.width), Math.round(r.height)]);
+    }
+    return out; }"""
+
+
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_nothing_overflows_at_800x480(quick_kiosk: tuple[str, Path], page: Any,
                                       lang: str) -> None:
     open_page(page, quick_kiosk[0])
     page.click(f"#langs button[data-lang='{lang}']")
-    page.evaluate("""() => { document.getElementById('queue-number').textContent = 'B-999';
+    page.evaluate("""() => { config.idle_seconds = 3600;  // no reset half way
+        document.getElementById('queue-number').textContent = 'B-999';
         document.getElementById('new-id').textContent = '2f1e0d5c-4b3a-4987-a6c5-d4e3f2a1b0c9';
         document.getElementById('new-id-block').hidden = false;
         flow.ticket = 1; renderLive(); }""")
     for screen in SCREENS:
         page.evaluate(f"show('{screen}')")
-        bad = page.evaluate("""(id) => {
-            const W = innerWidth, H = innerHeight, out = [];
-            const d = document.documentElement;
-            if (d.scrollWidth > W || d.scrollHeight > H)
-                out.push(['page', d.scrollWidth, d.scrollHeight]);
-            const scr = document.getElementById(id);
-            if (scr.scrollHeight > scr.clientHeight + 1 || scr.scrollWidth > scr.clientWidth + 1)
-                out.push([id, scr.scrollWidth, scr.scrollHeight]);
-            for (const el of document.querySelectorAll('header *, #' + id + ' *')) {
-                if (!el.getClientRects().length) continue;
-                const r = el.getBoundingClientRect();
-                if (r.left < -1 || r.top < -1 || r.right > W + 1 || r.bottom > H + 1)
-                    out.push([el.id || el.tagName, Math.round(r.right), Math.round(r.bottom)]);
-                if (['BUTTON', 'H1', 'P', 'SPAN'].includes(el.tagName) &&
-                    el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0)
-                    out.push([el.id || el.tagName + ':' + el.textContent.slice(0, 20), 'text']);
-            }
-            return out; }""", screen)
+        bad = page.evaluate(OVERFLOWS, screen)
         if screen in ("s-start", "s-reason", "s-ticket"):
             shot(page, f"{screen}-{lang}")
         assert bad == [], f"{lang} {screen}: {bad}"
     assert page.evaluate("document.documentElement.dir") == (
         "rtl" if lang in ("ar", "prs") else "ltr")
+
+    # The keyboards' screens with the longest title and the longest error in its place,
+    # and the name's keyboard in Latin letters too where the language writes another script.
+    err = max((k for k in STRINGS[lang] if k.startswith("err_")),
+              key=lambda k: len(STRINGS[lang][k]))
+    page.evaluate("flow.nameTitle = 'new_patient'; $('name-title').textContent = t('new_patient')")
+    scripts = ["own", "latin"] if lang in ("ar", "prs") else ["own"]
+    for screen, msg, script in [("s-start", "start-msg", "own"), ("s-name", None, "own"),
+                                *[("s-name", "name-msg", s) for s in scripts]]:
+        page.evaluate(f"show('{screen}')")
+        page.evaluate("([msg, err]) => { for (const m of ['start-msg', 'name-msg']) say(m, null);"
+                      " if (msg) say(msg, err, 300); }", [msg, err])
+        if script == "latin":
+            page.tap("#name-keys button[data-key='script']")
+            assert page.get_attribute("#name-keys", "dir") == "ltr"
+        bad = page.evaluate(OVERFLOWS, screen)
+        shot(page, f"{screen}-{lang}-{script}{'-' + err if msg else ''}")
+        assert bad == [], f"{lang} {screen} {script} {err if msg else ''}: {bad}"
 
 
 def test_wrong_year_reveals_nothing(quick_kiosk: tuple[str, Path], page: Any) -> None:
@@ -193,11 +220,11 @@ def test_wrong_year_reveals_nothing(quick_kiosk: tuple[str, Path], page: Any) ->
     page.fill("#passport", "zz-998877")
     page.click("#passport-next")
     page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
-    keypad(page, "1990")
+    keys(page, "1990")
     page.click("#year-next")
     page.wait_for_selector("#year-msg:not(:empty)", timeout=BOUND)
     assert page.text_content("#year-msg") == STRINGS["en"]["mismatch"]
-    keypad(page, "1991")  # a second wrong try is slowed down
+    keys(page, "1991")  # a second wrong try is slowed down
     page.click("#year-next")
     page.wait_for_selector("#year-next:disabled", timeout=BOUND)
     html = page.content()
@@ -213,7 +240,7 @@ def test_idle_reset_leaves_no_patient_data(quick_kiosk: tuple[str, Path], page: 
     page.fill("#name", "Omar Idletest")
     page.press("#name", "Enter")
     page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
-    keypad(page, "2001")
+    keys(page, "2001")
     page.click("#year-next")
     page.click("#consent-yes")
     page.click("#reasons button[data-reason='child']")

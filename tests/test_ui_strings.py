@@ -22,7 +22,7 @@ SAME_OK = {"lang_name"} | set(STRINGS["_meta"]["same_ok"])
 
 
 def cmap(path: Path) -> set[int]:
-    """Code points a TrueType font maps (cmap formats 4 and 12)."""
+    """Code points a TrueType font maps to a glyph (cmap formats 4 and 12; glyph 0 is none)."""
     data = path.read_bytes()
     num = struct.unpack_from(">H", data, 4)[0]
     tables = {data[12 + 16 * i:16 + 16 * i]: struct.unpack_from(">II", data, 20 + 16 * i)
@@ -37,13 +37,22 @@ def cmap(path: Path) -> set[int]:
             seg = struct.unpack_from(">H", data, sub + 6)[0] // 2
             ends = struct.unpack_from(f">{seg}H", data, sub + 14)
             starts = struct.unpack_from(f">{seg}H", data, sub + 16 + 2 * seg)
-            for s, e in zip(starts, ends, strict=True):
-                out.update(range(s, e + 1))  # a superset: glyph 0 entries are rare here
+            deltas = struct.unpack_from(f">{seg}H", data, sub + 16 + 4 * seg)
+            ranges = sub + 16 + 6 * seg  # idRangeOffset[], then glyphIdArray[]
+            for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
+                offset = struct.unpack_from(">H", data, ranges + 2 * k)[0]
+                for c in range(s, e + 1):
+                    glyph = c if offset == 0 else struct.unpack_from(
+                        ">H", data, ranges + 2 * k + offset + 2 * (c - s))[0]
+                    if offset == 0 or glyph:
+                        glyph = (glyph + deltas[k]) & 0xFFFF
+                    if glyph:
+                        out.add(c)
         elif fmt == 12:
             n = struct.unpack_from(">I", data, sub + 12)[0]
             for j in range(n):
-                s, e, _ = struct.unpack_from(">III", data, sub + 16 + 12 * j)
-                out.update(range(s, e + 1))
+                s, e, first = struct.unpack_from(">III", data, sub + 16 + 12 * j)
+                out.update(range(s + (first == 0), e + 1))
     return out
 
 
@@ -103,7 +112,7 @@ def test_fonts_cover_every_string(font: str) -> None:
     covered = cmap(STATIC / "fonts" / font)
     js = (STATIC / "app.js").read_text("utf-8")
     text = "".join(v for lang in LANGUAGES for v in STRINGS[lang].values())
-    text += "".join(re.findall(r'textContent = "([^"]*)"', js))  # the keypad's symbols
+    text += "".join(c for c in js if c.isprintable())  # the keyboards' letters and symbols
     text += "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
     missing = {f"U+{ord(c):04X}" for c in set(text)
                if ord(c) not in covered and c not in "\u200c\u200d"}
