@@ -21,8 +21,9 @@ in between) is never offered (sync checks the record first).
 
 A row is ``held`` until the hub confirms the whole content (``delivered``)
 or refuses it for a reason another try cannot cure (``refused``, with the
-reason); neither is offered again. Size and chunk count stay in plaintext:
-the sealed chunks' lengths show them anyway.
+reason); neither is offered again. Content the hub did not take for another
+reason waits before the next offer, with the outbox's backoff. Size and
+chunk count stay in plaintext: the sealed chunks' lengths show them anyway.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hashlib
 import hmac
 import mimetypes
 import os
+import random
 import sqlite3
 import time
 import uuid
@@ -48,6 +50,7 @@ from protocol.errors import LocalProtocolError
 from protocol.manifest import HASH_SIZE, LENGTH_SIZE, Manifest, ManifestBuilder
 
 from .store import BadRequest, CorruptData, FieldCipher, Store
+from .store.outbox import backoff_ms
 
 DB_NAME = "documents.db"
 READ_SIZE = 1 << 20
@@ -59,7 +62,8 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS chunks (name BLOB PRIMARY KEY, sealed BLOB NOT NULL)",
     """CREATE TABLE IF NOT EXISTS documents (
         rid BLOB PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL,
-        state TEXT NOT NULL, reason TEXT, added INTEGER NOT NULL, manifest BLOB NOT NULL)""",
+        state TEXT NOT NULL, reason TEXT, added INTEGER NOT NULL, manifest BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0)""",
 )
 
 
@@ -132,7 +136,8 @@ class DocumentStore:
     def register(self, rid: bytes, manifest: Manifest, now_ms: int) -> None:
         sealed = self.cipher.seal_blob(
             _manifest_label(rid), manifest.object_hash + manifest.hashes + manifest.lengths)
-        self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, NULL, ?, ?)",
+        self.db.execute("INSERT INTO documents (rid, size, chunks, state, added, manifest)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
                         [rid, manifest.size, manifest.count, HELD, now_ms, sealed])
 
     def mark(self, rid: bytes, state: str, reason: str | None = None) -> None:
@@ -140,12 +145,23 @@ class DocumentStore:
         self.db.execute("UPDATE documents SET state = ?, reason = ? WHERE rid = ?",
                         [state, reason, rid])
 
+    def retry_later(self, rid: bytes, reason: str, now_ms: int, rng: random.Random) -> None:
+        """The hub did not take the content this time: offer it again after a backoff
+        (the outbox's), so content the hub keeps refusing costs little."""
+        attempts = self.db.execute("SELECT attempts FROM documents WHERE rid = ?",
+                                   [rid]).fetchone()[0] + 1
+        self.db.execute("UPDATE documents SET attempts = ?, next_at = ?, reason = ?"
+                        " WHERE rid = ?", [attempts, now_ms + backoff_ms(attempts, rng),
+                                           reason, rid])
+
     # -- reading ---------------------------------------------------------------
 
-    def held(self) -> list[bytes]:
-        """Record ids whose content the hub has not confirmed nor refused, oldest first."""
+    def held(self, now_ms: int | None = None) -> list[bytes]:
+        """Record ids whose content the hub has neither confirmed nor refused, oldest
+        first; with ``now_ms``, only those not waiting to be tried again."""
         return [bytes(r) for (r,) in self.db.execute(
-            "SELECT rid FROM documents WHERE state = ? ORDER BY added, rid", [HELD])]
+            "SELECT rid FROM documents WHERE state = ? AND next_at <= ? ORDER BY added, rid",
+            [HELD, now_ms if now_ms is not None else 1 << 62])]
 
     def manifest(self, rid: bytes) -> Manifest:
         """The document's manifest, named by its record id (``CorruptData``, ``KeyError``)."""

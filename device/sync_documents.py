@@ -20,9 +20,10 @@ looks at the outbox between messages and sends records first.
 
 On ``xfer-done`` the content is marked delivered, durably, and never offered
 again. An abort whose reason another try cannot cure (``FINAL``) marks it
-refused, with the reason (``haven-kiosk status`` shows it); any other failure
-leaves it for the next round. Either way the next document follows: one
-document never blocks those behind it.
+refused, with the reason (``haven-kiosk status`` shows it); after any other
+failure it is offered again in a later round, after the outbox's backoff.
+Either way the next document follows: one document never blocks those
+behind it.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class DocumentPush:
     def start(self) -> None:
         if not self.started:
             self.started = True
-            self._queue = [rid for rid in self.docs.held() if self._live(rid)]
+            now = self.store.clock()
+            self._queue = [rid for rid in self.docs.held(now) if self._live(rid)]
 
     def pause(self) -> None:
         """Stop at this message boundary; the next round resumes the content."""
@@ -151,6 +153,8 @@ class DocumentPush:
             self.docs.mark(self._rid, REFUSED, f"{reason}: {detail}"[:200])
             self.stats.refused.append(f"{uuid.UUID(bytes=self._rid)}: {reason}")
         else:
+            self.docs.retry_later(self._rid, f"{reason}: {detail}"[:200], self.store.clock(),
+                                  self.store.rng)
             self.stats.failed += 1
         return self._retire()
 

@@ -284,7 +284,8 @@ def test_a_chunk_tampered_every_time_is_never_stored(pair: tuple[Hub, Kiosk, str
     # Asked for again three times; the fourth failure ends the transfer.
     assert hub_side.rejected_chunks == 3 and not hub_file(hub, rid).exists()
     assert [e["code"] for e in hub.store.events(4)] == ["chunk-hash"] * 4
-    assert push.stats.failed == 1 and state_of(kiosk, rid) == (HELD, None)  # next round tries
+    state, reason = state_of(kiosk, rid)
+    assert push.stats.failed == 1 and state == HELD and str(reason).startswith("chunk-hash")
 
 
 def test_chunks_that_do_not_make_the_object_are_never_stored(
@@ -324,10 +325,12 @@ def test_offers_the_hub_refuses(pair: tuple[Hub, Kiosk, str]) -> None:
     with sqlite3.connect(hub.data / "hub.db") as db:  # the hub never saw ``late``
         db.execute("DELETE FROM ops WHERE rid = ?", [bytes.fromhex(late.replace("-", ""))])
     push = new_push(kiosk)
+    before = kiosk.store.clock()
     assert move(push, inbox(hub, max_size=30_000), kiosk.device) == 0
     assert state_of(kiosk, big) == (REFUSED, "too-large: document of 50000 bytes; this hub "
                                     "takes at most 30000")
-    assert state_of(kiosk, late) == (HELD, None)
+    assert state_of(kiosk, late)[0] == HELD
+    assert str(state_of(kiosk, late)[1]).startswith("no-record")
     assert state_of(kiosk, wrong)[0] == REFUSED and "record-mismatch" in str(state_of(kiosk,
                                                                                      wrong)[1])
     assert push.stats.failed == 1 and len(push.stats.refused) == 2
@@ -337,6 +340,13 @@ def test_offers_the_hub_refuses(pair: tuple[Hub, Kiosk, str]) -> None:
     codes = [e["code"] for e in hub.store.events(10)]
     assert {"too-large", "no-record", "record-mismatch"} <= set(codes)
     assert not list((hub.data / DOCUMENTS_DIR).glob("*-*"))
+    # ``late`` is offered again, but not before its backoff (the outbox's: 1 to 2 s first).
+    late_id = uuid.UUID(late).bytes
+    with sqlite3.connect(kiosk.store.data / DB_NAME) as db:
+        attempts, next_at = db.execute("SELECT attempts, next_at FROM documents WHERE rid = ?",
+                                       [late_id]).fetchone()
+    assert attempts == 1 and next_at >= before + 1_000
+    assert late_id not in push.docs.held(next_at - 1) and late_id in push.docs.held(next_at)
 
 
 def test_content_damaged_at_rest_is_refused_on_the_kiosk(pair: tuple[Hub, Kiosk, str]) -> None:
