@@ -260,3 +260,107 @@ def test_idle_reset_leaves_no_patient_data(quick_kiosk: tuple[str, Path], page: 
     assert found["hits"] == []
     assert (found["local"], found["session"], found["idb"]) == (0, 0, 0)
     assert "ticket" not in found["flow"] and "name" not in found["flow"]
+
+
+@pytest.fixture(scope="module")
+def touch_kiosk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A kiosk with no hub and the idle reset out of the way of slow taps."""
+    _, kiosk_dir = make_kiosk(tmp_path_factory.mktemp("touch"))
+    kiosk, url = run_kiosk(kiosk_dir, f"tcp://127.0.0.1:{free_port()}", idle=300)
+    try:
+        yield url, kiosk_dir
+    finally:
+        kiosk.stop()
+
+
+def kiosk_records(kiosk_dir: Path) -> list[dict[str, Any]]:
+    dump = subprocess.run([sys.executable, "-m", "device.cli", "dump", "--data", str(kiosk_dir)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert dump.returncode == 0, dump.stderr
+    records: list[dict[str, Any]] = json.loads(dump.stdout)["records"]
+    return records
+
+
+def tap_to_ticket(page: Any) -> str:
+    """From the consent to the ticket, by taps; returns the queue number."""
+    page.wait_for_selector("#s-consent:not([hidden])", timeout=BOUND)
+    page.tap("#consent-yes")
+    page.tap("#reasons button[data-reason='sick']")
+    page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
+    return str(page.text_content("#queue-number"))
+
+
+def test_checkin_by_touch_alone_with_a_passport(touch_kiosk: tuple[str, Path],
+                                                page: Any) -> None:
+    url, kiosk_dir = touch_kiosk
+    open_page(page, url)
+    page.tap("#langs button[data-lang='fr']")
+    keys(page, "FR123X", "passport-keys")
+    page.tap("#passport-keys button[data-key='del']")
+    keys(page, "4567", "passport-keys")
+    assert page.input_value("#passport") == "FR1234567"
+    page.tap("#passport-next")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    keys(page, "1985")
+    page.tap("#year-next")
+    page.wait_for_selector("#s-name:not([hidden])", timeout=BOUND)  # a new patient
+    assert page.text_content("#name-title") == STRINGS["fr"]["new_patient"]
+    assert page.locator("#name-keys button[data-key='script']").count() == 0  # Latin only
+    keys(page, "AMINA TESTER", "name-keys")  # a capital starts each word
+    assert page.input_value("#name") == "Amina Tester"
+    assert page.get_attribute("#name-keys", "class") == "kbd lower"
+    page.tap("#name-next")
+    number = tap_to_ticket(page)
+    shot(page, "touch-fr-ticket")
+
+    records = kiosk_records(kiosk_dir)
+    patients = [r for r in records if r["type"] == "patient"
+                and r["fields"].get("name") == "Amina Tester"]
+    assert [p["fields"]["birthDate"] for p in patients] == ["1985"]
+    assert [r["fields"]["subject"] for r in records if r["type"] == "checkin"
+            and r["fields"]["queueNumber"] == number] == [patients[0]["id"]]
+
+
+def test_no_documents_by_touch_alone_in_arabic(touch_kiosk: tuple[str, Path],
+                                               page: Any) -> None:
+    url, kiosk_dir = touch_kiosk
+    name = "\u0644\u064a\u0644\u0649 \u062d\u0633\u0646"  # ليلى حسن
+    open_page(page, url)
+    page.tap("#langs button[data-lang='ar']")
+    page.tap("#no-docs")
+    page.wait_for_selector("#s-name:not([hidden])", timeout=BOUND)
+    pad = page.locator("#name-keys")
+    assert pad.get_attribute("dir") == "rtl"
+    assert page.evaluate("""() => { const k = document.querySelectorAll('#name-keys button');
+        return k[0].getBoundingClientRect().left > k[1].getBoundingClientRect().left; }""")
+    keys(page, "\u0644\u064a\u0644\u0649", "name-keys")
+    page.tap("#name-keys button[data-key='script']")  # Latin letters, and back
+    assert pad.get_attribute("dir") == "ltr"
+    assert page.locator("#name-keys button[data-key='A']").count() == 1
+    page.tap("#name-keys button[data-key='script']")
+    assert pad.get_attribute("dir") == "rtl"
+    keys(page, " \u062d\u0633\u0646", "name-keys")
+    assert page.input_value("#name") == name
+    assert page.locator("#name").evaluate("el => el.matches(':dir(rtl)')")
+    shot(page, "touch-ar-name")
+    page.tap("#name-next")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    keys(page, "1990")
+    page.tap("#year-next")
+    assert re.fullmatch(r"B-\d{3}", tap_to_ticket(page))
+    new_id = page.text_content("#new-id")
+
+    patients = [r for r in kiosk_records(kiosk_dir) if r["id"] == new_id]
+    assert [p["fields"] for p in patients] == [{"birthDate": "1990", "name": name}]
+    page.tap("#ticket-done")
+    page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
+    assert name not in page.content() and page.input_value("#name") == ""
+
+
+def test_keys_leave_the_focus_to_the_scanner(touch_kiosk: tuple[str, Path], page: Any) -> None:
+    open_page(page, touch_kiosk[0])
+    keys(page, "ZY", "passport-keys")
+    page.keyboard.type("123456", delay=0)  # a keyboard-wedge scanner, after two taps
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    assert page.evaluate("flow.passport") == "ZY123456"

@@ -196,7 +196,8 @@ function keyboard(pad, layout, rows = layout.rows, scriptLabel = "") {
       b.type = "button";
       b.dataset.key = k;
       if (WORDS[k]) { b.dataset.i18n = WORDS[k]; b.textContent = t(WORDS[k]); }
-      else b.textContent = k === "script" ? scriptLabel : k === "del" ? "⌫" : k;
+      else if (k === "del") b.textContent = pad.dir === "rtl" ? "⌦" : "⌫";  // the way it erases
+      else b.textContent = k === "script" ? scriptLabel : k;
       if (WORDS[k] || k === "script") b.className = "word";
       const span = k === "space" ? cols - taken : spans[k] || 1;
       if (span > 1) b.style.gridColumn = `span ${span}`;
