@@ -364,3 +364,13 @@ def test_keys_leave_the_focus_to_the_scanner(touch_kiosk: tuple[str, Path], page
     page.keyboard.press("Enter")
     page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
     assert page.evaluate("flow.passport") == "ZY123456"
+
+
+def test_staff_pin_by_touch_alone(touch_kiosk: tuple[str, Path], page: Any) -> None:
+    open_page(page, touch_kiosk[0])
+    page.tap("#staff-open")
+    keys(page, "2468", "pin-keys")
+    page.tap("#pin-next")
+    page.wait_for_selector("#s-staff:not([hidden])", timeout=BOUND)
+    page.tap("#staff-close")
+    page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)

@@ -368,6 +368,7 @@ function build() {
   back.dataset.i18n = "back";
   $("reasons").append(back);
   keyboard($("keypad"), LAYOUTS.digits);
+  keyboard($("pin-keys"), LAYOUTS.digits);
   keyboard($("passport-keys"), LAYOUTS.passport);
   for (const pad of document.querySelectorAll(".kbd")) {
     pad.onmousedown = (ev) => ev.preventDefault();  // the field keeps the focus
@@ -376,6 +377,7 @@ function build() {
   $("s-start").addEventListener("submit", onPassport);
   $("s-year").addEventListener("submit", onYear);
   $("s-name").addEventListener("submit", onName);
+  $("name").addEventListener("input", nameLook);  // typed on a keyboard or by a scanner
   $("s-staff-pin").addEventListener("submit", onStaffPin);
   $("no-docs").onclick = () => { flow = { nameTitle: "name_prompt" }; $("name-title").textContent = t("name_prompt"); show("s-name"); };
   $("consent-yes").onclick = () => { flow.consent = true; show("s-reason"); };
