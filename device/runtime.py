@@ -49,6 +49,7 @@ from typing import Any
 from . import hw, hw_remote
 from .circuit import Breakers, hub_breakers
 from .config import KioskConfig, memory_limits, storage_limits
+from .documents import DocumentStore
 from .enrol import Identity, NotEnrolled, load
 from .memory import MemoryMonitor, MemoryReadError, collect_garbage
 from .storage_guard import OK as STORAGE_OK
@@ -239,13 +240,16 @@ class Runtime:
                 self.hardware.led.show(shown)
 
     def _sync_loop(self) -> None:
+        assert self.store is not None
         state = SyncState(self.data)
+        docs = DocumentStore(self.data, self.store.cipher)  # open for good: see run_round
         try:
-            self._rounds(state)
+            self._rounds(state, docs)
         finally:
+            docs.close()
             state.close()
 
-    def _rounds(self, state: SyncState) -> None:
+    def _rounds(self, state: SyncState, docs: DocumentStore) -> None:
         assert self.store is not None
         store, rng, attempt = self.store, random.Random(), 0
         breakers = hub_breakers(self.cfg.hub, self.cfg.retry_max, rng=rng)
@@ -261,7 +265,7 @@ class Runtime:
                     self._wake.wait(self.cfg.retry_max)
                     continue
             mark = self.live.snapshot()["committed"]
-            result = self._one_round(store, state, ident, breakers)
+            result = self._one_round(store, state, docs, ident, breakers)
             if result == SYNCED:
                 attempt = 0
                 self._offset = state.clock_offset
@@ -278,14 +282,15 @@ class Runtime:
             if wait > 0:
                 self._wake.wait(wait)
 
-    def _one_round(self, store: Store, state: SyncState, ident: Identity,
-                   breakers: Breakers) -> str:
+    def _one_round(self, store: Store, state: SyncState, docs: DocumentStore,
+                   ident: Identity, breakers: Breakers) -> str:
         try:
             summary, failures = sync_first(
                 store, state, ident, breakers, baud=self.cfg.baud,
                 limit=lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit,
                 failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
-                        sqlite3.Error))  # sqlite3: the sync checkpoints on a full disk
+                        sqlite3.Error),  # sqlite3: the sync checkpoints on a full disk
+                docs=docs)
         except SyncRefused as exc:
             self.live.update(state=ERROR, detail=str(exc))
             log.error("sync refused: %s", exc)

@@ -223,8 +223,13 @@ class Round:
 
 
 def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
-              baud: int | None = None, limit: float = 60.0) -> Summary:
-    """One round over ``url``; raises ``SyncFailed`` (or ``SyncRefused``)."""
+              baud: int | None = None, limit: float = 60.0,
+              docs: DocumentStore | None = None) -> Summary:
+    """One round over ``url``; raises ``SyncFailed`` (or ``SyncRefused``).
+
+    ``docs``: the kiosk's documents, open for as long as the caller syncs (opening
+    them creates and deletes their WAL files, pages an SD card would write each
+    round); without it the round opens and closes them itself."""
     try:
         link = open_link(url, baud)
     except LinkError as exc:
@@ -236,7 +241,8 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
                            max_message=1 << 20, send_buffer=2 << 20)
     session = Session(initiator=True, config=config, static_key=ident.x_key,
                       remote_static=ident.cert.hub_x25519, now=start)
-    docs = DocumentStore(store.data, store.cipher)
+    own_docs = docs is None
+    docs = DocumentStore(store.data, store.cipher) if docs is None else docs
     rnd = Round(store, state, ident, DocumentPush(docs, store))
     rnd.summary.url = url
     room = lane_room(session)
@@ -281,7 +287,8 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
         rnd.summary.frames_lost = session.stats.lost_frames
         rnd.summary.retransmitted_bytes = session.stats.retransmitted_bytes
         rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
-        docs.close()
+        if own_docs:
+            docs.close()
         link.close()
     return rnd.summary
 
@@ -289,7 +296,7 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
 def sync_first(store: Store, state: SyncState, ident: Identity, breakers: Breakers, *,
                baud: int | None, limit: Callable[[], float],
                failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
-               ) -> tuple[Summary | None, list[str]]:
+               docs: DocumentStore | None = None) -> tuple[Summary | None, list[str]]:
     """One round over the first hub URL that works, of those its breaker lets through.
 
     ``limit()`` is the time a round may take; at or below 0 no more URLs are
@@ -302,7 +309,7 @@ def sync_first(store: Store, state: SyncState, ident: Identity, breakers: Breake
         if left <= 0:
             break
         try:
-            summary = run_round(store, state, ident, url, baud=baud, limit=left)
+            summary = run_round(store, state, ident, url, baud=baud, limit=left, docs=docs)
         except SyncRefused:
             raise
         except failed as exc:
@@ -331,6 +338,7 @@ def run_sync(args: argparse.Namespace) -> int:
     state = SyncState(args.data)
     offset = state.clock_offset
     store = Store(args.data, clock=lambda: wall_ms() + offset)
+    docs = DocumentStore(store.data, store.cipher)
     rng = random.Random()
     breakers = hub_breakers(args.hub, BACKOFF_CAP, clock=time.monotonic, rng=rng)
     attempt = 0
@@ -343,7 +351,7 @@ def run_sync(args: argparse.Namespace) -> int:
         while True:
             try:
                 summary, failures = sync_first(store, state, ident, breakers, baud=args.baud,
-                                               limit=limit)
+                                               limit=limit, docs=docs)
             except SyncRefused as exc:
                 print(f"haven-kiosk sync: {exc}", file=sys.stderr)
                 return 4
@@ -365,6 +373,7 @@ def run_sync(args: argparse.Namespace) -> int:
                     return 1
             time.sleep(wait)
     finally:
+        docs.close()
         store.close()
         state.close()
 
