@@ -60,7 +60,7 @@ class PushStats:
     offered: int = 0
     delivered: int = 0
     refused: list[str] = field(default_factory=list)  #: "record-id: reason"
-    failed: int = 0  #: left for the next round
+    failed: int = 0  #: offered again in a later round, after a backoff
     chunks_sent: int = 0
     chunk_bytes_sent: int = 0
 
