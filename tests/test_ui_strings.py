@@ -87,6 +87,9 @@ def test_page_and_script_use_only_known_keys() -> None:
     used = set(re.findall(r'data-i18n="(\w+)"', html))
     used |= set(re.findall(r'\bt\("(\w+)"[,)]', js))
     used |= set(re.findall(r'say\("[\w-]+", "(\w+)"', js))
+    words = re.search(r"const WORDS = \{([^}]*)\}", js)  # the keyboards' labelled keys
+    assert words
+    used |= set(re.findall(r':\s*"(\w+)"', words.group(1)))
     used |= {f"reason_{r}" for r in REASONS}
     used |= {f"sync_{s}" for s in ("offline", "pending", "synced", "error")}
     assert used, "no keys found"
