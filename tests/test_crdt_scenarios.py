@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from protocol.crdt import schema
 from protocol.crdt.clock import HLC, ClockAheadError, Dot, VersionVector, pack, wall_of
 from protocol.crdt.delta import Delta, decode, encode
-from protocol.crdt.ids import normalise_passport, passport_lookup, patient_id, random_id
+from protocol.crdt.ids import (
+    normalise_passport,
+    passport_lookup,
+    patient_id,
+    random_id,
+    time_ordered_id,
+)
 from protocol.crdt.record import DELETE_UPDATE, HOLD, REVIEW, SCHEMA, UPDATE_UPDATE
 from protocol.crdt.replica import Replica
 from protocol.crdt.writes import RecordHeldError
@@ -94,6 +101,18 @@ def test_patient_ids_agree_across_kiosks_and_normalise() -> None:
     with pytest.raises(LocalProtocolError):
         patient_id(b"short", "AB1234567")
     assert random_id(bytes(16)).version == 4
+
+
+def test_time_ordered_ids_sort_by_time_and_follow_rfc_9562() -> None:
+    # RFC 9562, appendix A.6: 2022-02-22 19:22:22 UTC, with its random bits.
+    vector = time_ordered_id(0x017F22E279B0, bytes.fromhex("0cc3" "98c4dc0c0c07398f")[:10])
+    assert str(vector) == "017f22e2-79b0-7cc3-98c4-dc0c0c07398f"
+    assert vector.version == 7 and vector.variant == uuid.RFC_4122
+    ids = [time_ordered_id(ms, os.urandom(10)) for ms in (5, 6, 1000, 1 << 40)]
+    assert sorted(ids, key=lambda u: u.bytes) == ids
+    for bad in ((-1, bytes(10)), (1 << 48, bytes(10)), (5, bytes(9))):
+        with pytest.raises(LocalProtocolError):
+            time_ordered_id(*bad)
 
 
 # Schema ---------------------------------------------------------------------------

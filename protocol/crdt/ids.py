@@ -75,3 +75,16 @@ def random_id(entropy: bytes) -> uuid.UUID:
     if len(entropy) != 16:
         raise LocalProtocolError("a random id needs 16 random bytes")
     return _as_uuid(entropy, 4)
+
+
+def time_ordered_id(unix_ms: int, entropy: bytes) -> uuid.UUID:
+    """A version-7 UUID (RFC 9562): 48 bits of Unix milliseconds, then randomness.
+
+    Records created one after another get ids that sort one after another, so
+    their rows land side by side in the store's indexes, not on a random page
+    each: fewer pages written per check-in."""
+    if len(entropy) != 10:
+        raise LocalProtocolError("a time-ordered id needs 10 random bytes")
+    if not 0 <= unix_ms < 1 << 48:
+        raise LocalProtocolError("a time-ordered id needs a time in 48 bits of milliseconds")
+    return _as_uuid(unix_ms.to_bytes(6, "big") + entropy, 7)
