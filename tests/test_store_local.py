@@ -298,3 +298,53 @@ def test_a_merge_leaves_the_writer_fully_synchronous(store: Store) -> None:
     statements = trace(store)
     store.checkin(name="Ada", now_ms=T0)
     assert not any("synchronous" in s for s in statements)
+
+
+def test_the_write_log_migrates_to_write_order_with_nothing_lost(data: Path) -> None:
+    """A store from before m003 (the write log keyed by dot) opens with every write,
+    the same dump and an outbox that still finds its deltas."""
+    with init_store(data, "Test Site", "B") as store:
+        for i in range(40):
+            store.checkin(name=f"P{i}", passport=f"MG{i:06d}", birth_year=1970, now_ms=T0 + i)
+        dump = store.dump()
+        pending = [e.data for e in store.outbox_batch(now_ms=T0 + 99, max_bytes=1 << 20)]
+    old = sqlite3.connect(data / "store.db", isolation_level=None)
+    for sql in (  # back to the shape m001 made, rows in dot order, m003 not applied
+        """CREATE TABLE ops_keyed (
+            rid BLOB NOT NULL, stamp INTEGER NOT NULL, node INTEGER NOT NULL,
+            type INTEGER NOT NULL, local INTEGER NOT NULL, sealed BLOB NOT NULL,
+            PRIMARY KEY (rid, stamp, node)) WITHOUT ROWID""",
+        "INSERT INTO ops_keyed SELECT rid, stamp, node, type, local, sealed FROM ops",
+        "DROP TABLE ops",
+        "ALTER TABLE ops_keyed RENAME TO ops",
+        "DELETE FROM _migrations WHERE name = 'm003_ops_in_write_order'",
+    ):
+        old.execute(sql)
+    old.close()
+    with Store(data) as store:
+        assert store.dump() == dump
+        assert [e.data for e in store.outbox_batch(now_ms=T0 + 99, max_bytes=1 << 20)] == pending
+        assert store.reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        ops = store.reader.execute("SELECT COUNT(*) FROM ops").fetchone()[0]
+        assert ops == len(pending) == 80
+        index = store.reader.execute("SELECT sql FROM sqlite_schema WHERE name = 'ops_dot'")
+        assert "UNIQUE" in index.fetchone()[0]
+
+
+def test_checkpoints_run_beside_the_writer(store: Store, data: Path) -> None:
+    from device.store.store import CHECKPOINT_WEIGHT, LOCAL_WEIGHT
+
+    for i in range(CHECKPOINT_WEIGHT // LOCAL_WEIGHT + 1):
+        store.checkin(name=f"P{i}", now_ms=T0 + i)
+    checkpointer = store._checkpointer
+    assert checkpointer._thread is not None and checkpointer._thread.is_alive()
+    for _ in range(100):  # bounded: the checkpoint of a few hundred check-ins
+        if checkpointer.runs:
+            break
+        threading.Event().wait(0.05)
+    assert checkpointer.runs == 1
+    store.close()
+    assert not checkpointer._thread.is_alive()
+    with Store(data) as again:
+        assert again.reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert again.dump().count(b'"queueNumber"') == CHECKPOINT_WEIGHT // LOCAL_WEIGHT + 1

@@ -39,13 +39,14 @@ import sqlite_utils
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.clock import HLC, Dot, VersionVector
 from protocol.crdt.delta import Delta, encode
-from protocol.crdt.ids import patient_id, random_id
+from protocol.crdt.ids import patient_id, random_id, time_ordered_id
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
 from protocol.errors import LocalProtocolError
 
 from . import inbox, outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
+from .checkpoint import Checkpointer
 from .db import atomic, connect, migrate
 from .exc import BadRequest, NotInitialised, StorageFull
 from .inbox import MergeReport
@@ -69,8 +70,9 @@ FLEET_KEY = "fleet.key"
 #: waiting check-ins (``inbox``).
 SLICE = 4096
 #: Checkpoint the WAL after about this much written: a local write counts
-#: ``LOCAL_WEIGHT``, a merged delta one. Small, so that each checkpoint is short.
-CHECKPOINT_WEIGHT = 1024
+#: ``LOCAL_WEIGHT``, a merged delta one (``checkpoint``). 256 check-ins: bytes written
+#: per check-in 44 KiB with 1024, 35 KiB with 4096 (1,000 check-ins on 1,000).
+CHECKPOINT_WEIGHT = 4096
 LOCAL_WEIGHT = 16
 
 
@@ -129,6 +131,7 @@ class Store:
         self.rng = random.Random()
         self._letter_site: tuple[str, str] | None = None
         self._written = 0
+        self._checkpointer = Checkpointer(self.path)
         self._writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
@@ -147,6 +150,7 @@ class Store:
 
     def close(self) -> None:
         self._writer.close()
+        self._checkpointer.close()
         self.reader.conn.close()
 
     def __enter__(self) -> Store:
@@ -278,12 +282,11 @@ class Store:
         self._promote_subject(db, delta)
 
     def _after_commit(self, db: sqlite_utils.Database, merged: int = 0) -> None:
-        """Checkpoint the WAL as background work, never inside a waiting check-in."""
+        """Ask for a checkpoint of the WAL now and then; it runs beside the writer."""
         self._written += merged or LOCAL_WEIGHT
         if self._written >= CHECKPOINT_WEIGHT:
             self._written = 0
-            self._writer.submit(
-                lambda db: db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), BULK)
+            self._checkpointer.request()
 
     def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
         # The clock needs no write of its own: every local stamp is in the outbox, in
@@ -323,7 +326,7 @@ class Store:
         values: dict[str, Any] = {"name": name}
         if birth_year is not None:
             values["birthDate"] = f"{birth_year:04d}"
-        cid = random_id(os.urandom(16))
+        cid = time_ordered_id(now, os.urandom(10))
         local = time.localtime(now / 1000)
         day = time.strftime("%Y-%m-%d", local)
         started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000)) + "Z"
@@ -369,7 +372,7 @@ class Store:
         now = self.clock() if now_ms is None else now_ms
         try:
             spec = crdt_schema.type_by_name(type_name)
-            rid = uuid.UUID(record_id) if record_id else random_id(os.urandom(16))
+            rid = uuid.UUID(record_id) if record_id else time_ordered_id(now, os.urandom(10))
         except (LocalProtocolError, ValueError) as exc:
             raise BadRequest(str(exc)) from None
         self._run(lambda db: self._write(db, rid.bytes, now, lambda view, stamp: build_put(
