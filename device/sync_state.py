@@ -12,12 +12,14 @@ between, the batch is sent again and the hub acknowledges it again without
 applying it twice. The pull cursor is saved only after the pulled deltas
 were merged durably. The hub's clock offset is kept too.
 
-Only the batch and the chain head need their own fsync (``durable``); the
-rest is committed without one (``synchronous=NORMAL``) and made durable by
-the next fsync: an acknowledgement or a cursor lost to a power cut only
-means a batch sent and acknowledged again, or deltas pulled and merged
-again, both harmless. A value that did not change is not written at all,
-so an idle round writes nothing; an SD card wears with every page written.
+Only the batch and the chain head need their own fsync (``durable``). The
+rest (acknowledgements, the cursor, the clock offset, the last sync) waits
+in memory and is written in one transaction without an fsync at the end of
+the round (``flush``), or within the next batch's durable one: lost to a
+crash or a power cut, it only means a batch sent and acknowledged again, or
+deltas pulled and merged again, both harmless. A value that did not change
+is not written at all, so an idle round writes nothing; an SD card wears
+with every page written, and every commit writes whole pages.
 """
 
 from __future__ import annotations
@@ -60,23 +62,49 @@ class SyncState:
         self.db.execute("PRAGMA page_size = 1024")  # a new file only; as the store's
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)"
+                        " WITHOUT ROWID")
         self.db.execute("""CREATE TABLE IF NOT EXISTS batches (
             seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL,
             lane INTEGER NOT NULL, entries TEXT NOT NULL, sealed BLOB, sig BLOB NOT NULL,
             acked INTEGER NOT NULL DEFAULT 0)""")
+        self._later: dict[str, object] = {}  #: meta values not yet written
+        self._acked_later: set[int] = set()  #: batches acknowledged, not yet marked
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
     def get_int(self, key: str) -> int:
+        if key in self._later:
+            return int(str(self._later[key]))
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return int(row[0]) if row else 0
 
     def set(self, key: str, value: object) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta SELECT ?, ? WHERE NOT EXISTS"
-                        " (SELECT 1 FROM meta WHERE key = ? AND value IS ?)",
-                        [key, value, key, value])
+        """Remember ``value``; it is written by ``flush`` or with the next batch."""
+        self._later[key] = value
+
+    def flush(self) -> None:
+        """Write what waits in memory, in one transaction, without an fsync."""
+        if self._later or self._acked_later:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_later()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def _write_later(self) -> None:
+        for key, value in self._later.items():
+            self.db.execute("INSERT OR REPLACE INTO meta SELECT ?, ? WHERE NOT EXISTS"
+                            " (SELECT 1 FROM meta WHERE key = ? AND value IS ?)",
+                            [key, value, key, value])
+        self.db.executemany("UPDATE batches SET acked = 1, sealed = NULL WHERE seq = ?",
+                            [(seq,) for seq in sorted(self._acked_later)])
+        self._later.clear()
+        self._acked_later.clear()
 
     def note_clock_offset(self, offset_ms: int) -> None:
         if abs(offset_ms - self.clock_offset) > CLOCK_SLACK_MS:
@@ -117,6 +145,7 @@ class SyncState:
     def save_batch(self, seq: int, prev: bytes, hash_: bytes, lane: int, entries: list[int],
                    sealed: bytes, sig: bytes) -> None:
         with self.durable():
+            self._write_later()
             if self.head() != (seq - 1, prev):
                 raise RuntimeError("the chain moved under this batch")
             self.db.execute("INSERT INTO batches (seq, prev, hash, lane, entries, sealed, sig)"
@@ -128,19 +157,21 @@ class SyncState:
         return [(s, bytes(p), lane, json.loads(e), bytes(x), bytes(g))
                 for s, p, lane, e, x, g in self.db.execute(
                     "SELECT seq, prev, lane, entries, sealed, sig FROM batches"
-                    " WHERE acked = 0 ORDER BY seq")]
+                    " WHERE acked = 0 ORDER BY seq") if s not in self._acked_later]
 
     def batch_hash(self, seq: int) -> bytes | None:
         row = self.db.execute("SELECT hash FROM batches WHERE seq = ?", [seq]).fetchone()
         return bytes(row[0]) if row else None
 
     def mark_acked(self, seq: int) -> None:
-        """The hub committed it and its entries left the outbox: drop the payload."""
-        self.db.execute("UPDATE batches SET acked = 1, sealed = NULL WHERE seq = ?", [seq])
+        """The hub committed it and its entries left the outbox: drop the payload
+        (with the next ``flush``)."""
+        self._acked_later.add(seq)
 
     def adopt(self, seq: int, hash_: bytes) -> None:
         """Restart the chain from the hub's checkpoint (our own record of it was lost)."""
         with self.durable():
+            self._write_later()
             self.db.execute("INSERT OR REPLACE INTO batches (seq, prev, hash, lane, entries,"
                             " sig, acked) VALUES (?, ?, ?, 0, '[]', x'', 1)",
                             [seq, GENESIS, hash_])
