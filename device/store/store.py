@@ -288,12 +288,23 @@ class Store:
             self._written = 0
             self._checkpointer.request()
 
-    def _run(self, fn: Callable[[sqlite_utils.Database], Any]) -> Any:
+    def _run(self, fn: Callable[[sqlite_utils.Database], Any], fsync: bool = True) -> Any:
+        """``fn`` in one transaction on the writer thread, before waiting merge work.
+
+        ``fsync=False`` commits without an fsync, for what may be lost to a power cut
+        without harm: the next commit that fsyncs makes it durable too (the WAL is
+        written in order), and a crash before that leaves the state before it."""
         # The clock needs no write of its own: every local stamp is in the outbox, in
         # the same transaction as the write (see ``recover_clock``).
         def job(db: sqlite_utils.Database) -> Any:
-            with atomic(db):
-                result = fn(db)
+            if not fsync:
+                db.conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with atomic(db):
+                    result = fn(db)
+            finally:
+                if not fsync:
+                    db.conn.execute("PRAGMA synchronous = FULL")
             self._after_commit(db)
             return result
         try:
@@ -481,14 +492,17 @@ class Store:
         return outbox.batch(self.reader, self.cipher, now, max_bytes)
 
     def outbox_ack(self, seqs: Iterable[int]) -> int:
-        """Remove entries the hub acknowledged (authenticated, durable) as committed."""
+        """Remove entries the hub acknowledged (authenticated, durable) as committed.
+
+        Without an fsync of its own: entries that come back after a power cut are
+        sent again, and the hub keeps each write once."""
         seqs = list(seqs)
 
         def ack(db: sqlite_utils.Database) -> int:
             # Entries leave, and their stamps with them: the clock is saved in their place.
             db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
             return outbox.ack(db, seqs)
-        result: int = self._run(ack)
+        result: int = self._run(ack, fsync=False)
         return result
 
     def outbox_retry(self, seqs: Iterable[int], now_ms: int | None = None) -> None:

@@ -82,3 +82,17 @@ def m003_ops_in_write_order(db: sqlite_utils.Database) -> None:
         "CREATE UNIQUE INDEX ops_dot ON ops (rid, stamp, node)",
     ):
         db.execute(sql)
+
+
+@migration
+def m004_meta_without_rowid(db: sqlite_utils.Database) -> None:
+    """One page, not two, for each write of a setting (the clock is saved with every
+    acknowledgement and every merge): a text key in a rowid table kept a second tree
+    to find it by."""
+    for sql in (
+        "CREATE TABLE meta_kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+        "INSERT INTO meta_kv SELECT key, value FROM meta",
+        "DROP TABLE meta",
+        "ALTER TABLE meta_kv RENAME TO meta",
+    ):
+        db.execute(sql)
