@@ -287,7 +287,7 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
         rnd.summary.frames_lost = session.stats.lost_frames
         rnd.summary.retransmitted_bytes = session.stats.retransmitted_bytes
         rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
-        state.flush()  # what the round learned, acknowledgements and cursor, in one commit
+        state.flush()  # acknowledgements and cursor, if they have waited long enough
         if own_docs:
             docs.close()
         link.close()

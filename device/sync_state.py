@@ -14,10 +14,11 @@ were merged durably. The hub's clock offset is kept too.
 
 Only the batch and the chain head need their own fsync (``durable``). The
 rest (acknowledgements, the cursor, the clock offset, the last sync) waits
-in memory and is written in one transaction without an fsync at the end of
-the round (``flush``), or within the next batch's durable one: lost to a
-crash or a power cut, it only means a batch sent and acknowledged again, or
-deltas pulled and merged again, both harmless. A value that did not change
+in memory and is written within the next batch's durable transaction, or
+by ``flush`` (one transaction without an fsync) once it has waited
+``FLUSH_AFTER_S``, and at close: lost to a crash or a power cut, it only
+means batches sent and acknowledged again, or deltas pulled and merged
+again, both harmless. A value that did not change
 is not written at all, so an idle round writes nothing; an SD card wears
 with every page written, and every commit writes whole pages.
 """
@@ -29,6 +30,7 @@ import datetime
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ SEAL_LABEL = b"haven-sync-batch"
 CLOCK_SLACK_MS = 1000
 #: A round that moved nothing saves its time only if the saved one is this old.
 LAST_SYNC_REFRESH_MS = 3600 * 1000
+#: How long what waits in memory may wait for a batch to carry it (seconds).
+FLUSH_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,10 @@ class SyncState:
             acked INTEGER NOT NULL DEFAULT 0)""")
         self._later: dict[str, object] = {}  #: meta values not yet written
         self._acked_later: set[int] = set()  #: batches acknowledged, not yet marked
+        self._waiting_since: float | None = None
 
     def close(self) -> None:
-        self.flush()
+        self.flush(force=True)
         self.db.close()
 
     def get_int(self, key: str) -> int:
@@ -82,11 +87,20 @@ class SyncState:
         return int(row[0]) if row else 0
 
     def set(self, key: str, value: object) -> None:
-        """Remember ``value``; it is written by ``flush`` or with the next batch."""
+        """Remember ``value``; it is written with the next batch or by ``flush``."""
         self._later[key] = value
+        self._wait()
 
-    def flush(self) -> None:
-        """Write what waits in memory, in one transaction, without an fsync."""
+    def _wait(self) -> None:
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
+
+    def flush(self, force: bool = False) -> None:
+        """Write what waits in memory, in one transaction without an fsync, if it has
+        waited ``FLUSH_AFTER_S`` (or ``force``)."""
+        since = self._waiting_since
+        if since is None or not force and time.monotonic() - since < FLUSH_AFTER_S:
+            return
         if self._later or self._acked_later:
             self.db.execute("BEGIN IMMEDIATE")
             try:
@@ -105,6 +119,7 @@ class SyncState:
                             [(seq,) for seq in sorted(self._acked_later)])
         self._later.clear()
         self._acked_later.clear()
+        self._waiting_since = None
 
     def note_clock_offset(self, offset_ms: int) -> None:
         if abs(offset_ms - self.clock_offset) > CLOCK_SLACK_MS:
@@ -165,8 +180,9 @@ class SyncState:
 
     def mark_acked(self, seq: int) -> None:
         """The hub committed it and its entries left the outbox: drop the payload
-        (with the next ``flush``)."""
+        (with the next batch, or ``flush``)."""
         self._acked_later.add(seq)
+        self._wait()
 
     def adopt(self, seq: int, hash_: bytes) -> None:
         """Restart the chain from the hub's checkpoint (our own record of it was lost)."""
