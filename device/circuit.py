@@ -10,9 +10,12 @@ next URL is tried. Once the cool-down has passed it is **half-open**: the
 next round probes the URL once. A success closes it; a failed probe opens it
 again for twice as long, up to ``max_cool_down``, so a link that stays down
 is probed less and less often, and one that returns is used again within one
-cool-down. Each opening lasts between half and all of its cool-down, at
-random, so kiosks that lost the hub at the same moment do not all probe it at
-the same moment.
+cool-down. When the link monitor (``device.link_monitor``) sees the URL's link
+come back, ``allow_probe`` makes an open breaker half-open at once: the next
+round probes it without waiting for the cool-down to end, and a failed probe
+opens it again for twice as long, as any failed probe does. Each opening
+lasts between half and all of its cool-down, at random, so kiosks that lost
+the hub at the same moment do not all probe it at the same moment.
 
 The loop of rounds keeps its exponential backoff with jitter for rounds in
 which every URL it tried failed; ``Breakers.next_probe`` tells it how soon an
@@ -31,9 +34,9 @@ from collections.abc import Callable, Iterable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 TRANSITIONS: dict[str, dict[str, str]] = {
-    CLOSED: {"success": CLOSED, "failure": CLOSED, "trip": OPEN},
-    OPEN: {"cooled": HALF_OPEN},
-    HALF_OPEN: {"success": CLOSED, "failure": OPEN},
+    CLOSED: {"success": CLOSED, "failure": CLOSED, "trip": OPEN, "link-up": CLOSED},
+    OPEN: {"cooled": HALF_OPEN, "link-up": HALF_OPEN},
+    HALF_OPEN: {"success": CLOSED, "failure": OPEN, "link-up": HALF_OPEN},
 }
 THRESHOLD = 3  #: failures in a row that open a closed breaker
 COOL_DOWN, MAX_COOL_DOWN = 10.0, 60.0  #: seconds
@@ -73,6 +76,11 @@ class Breaker:
         if self.state != OPEN:
             return 0.0
         return self.open_until - self.clock()
+
+    def allow_probe(self) -> None:
+        """The URL's link came back: an open breaker lets the next round probe it now."""
+        self._go("link-up", self.state)
+        self.open_until = min(self.open_until, self.clock())
 
     def success(self) -> None:
         """A round over this URL succeeded (only a URL that was allowed is tried)."""

@@ -30,6 +30,10 @@ THRESHOLD_FLAGS = (
     ("--storage-critical-mib", "free space under which check-ins are refused (default 32)"),
 )
 
+LINK_INTERVAL_HELP = ("seconds between looks at each hub URL's link (its device node, "
+                      "or a route to its host); a link that returns starts a round at once "
+                      "(default 1; 0 turns it off)")
+
 STORAGE_WARNINGS = {
     "ok": "",
     "low": "\n  WARNING: under {low_mib} MiB: free space on this disk (the runtime has "
@@ -85,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=10.0, metavar="S",
                    help="seconds between rounds when idle (default 10)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per round")
+    p.add_argument("--link-interval", type=float, default=1.0, metavar="S",
+                   help=LINK_INTERVAL_HELP)
 
     p = sub.add_parser("run", help="run the kiosk: check-in page, sync and hardware",
                        description="Serve the check-in page and sync with the hub in one "
@@ -113,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, type=float, metavar="MIB", help=text + "; 0 turns it off")
     p.add_argument("--health-interval", type=float, metavar="S",
                    help="seconds between looks at memory and disk space (default 10)")
+    p.add_argument("--link-interval", type=float, metavar="S", help=LINK_INTERVAL_HELP)
+    p.add_argument("--link-carrier", action="append", metavar="URL",
+                   help="a serial hub URL whose modem drives carrier detect: its link is "
+                   "up only with carrier (repeat for more)")
 
     p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
                        description="Check a patient in; prints the queue number after commit.")

@@ -11,6 +11,7 @@ Example::
     ui = "127.0.0.1:8080"
     idle_seconds = 60
     staff_pin = "4821"
+    link_carrier = ["/dev/ttyUSB0"]
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ class KioskConfig:
     storage_critical_mib: float = 32.0
     #: Seconds between two looks at memory and disk space.
     health_interval: float = 10.0
+    #: Seconds between two looks at each hub URL's link (``device.link_monitor``); a
+    #: link that returns starts a round at once. 0 turns the link monitor off.
+    link_interval: float = 1.0
+    #: Serial hub URLs whose modem drives carrier detect: their link is up only with it.
+    link_carrier: list[str] = field(default_factory=list)
 
     def ui_address(self) -> tuple[str, int]:
         host, sep, port = self.ui.rpartition(":")
@@ -70,11 +76,13 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "hold_time": (int, float), "memory_soft_mib": (int, float), "memory_hard_mib": (int, float),
     "memory_available_soft_mib": (int, float), "memory_available_hard_mib": (int, float),
     "storage_low_mib": (int, float), "storage_critical_mib": (int, float),
-    "health_interval": (int, float),
+    "health_interval": (int, float), "link_interval": (int, float), "link_carrier": (list,),
 }
-#: Thresholds: 0 turns one off, a negative one is a mistake.
+#: Thresholds, and the link monitor's interval: 0 turns one off, a negative one is a mistake.
 THRESHOLDS = ("memory_soft_mib", "memory_hard_mib", "memory_available_soft_mib",
-              "memory_available_hard_mib", "storage_low_mib", "storage_critical_mib")
+              "memory_available_hard_mib", "storage_low_mib", "storage_critical_mib",
+              "link_interval")
+URL_LISTS = ("hub", "link_carrier")
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -94,9 +102,9 @@ def read_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: unknown key {key!r}")
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
-        if key == "hub" and not (isinstance(value, list)
-                                 and all(isinstance(u, str) for u in value)):
-            raise ConfigError(f"{path}: hub must be a list of URLs")
+        if key in URL_LISTS and not (isinstance(value, list)
+                                     and all(isinstance(u, str) for u in value)):
+            raise ConfigError(f"{path}: {key} must be a list of URLs")
     return dict(section)
 
 
@@ -122,6 +130,9 @@ def load(path: Path | None, flags: dict[str, Any]) -> KioskConfig:
     for key in THRESHOLDS:
         if float(getattr(cfg, key)) < 0:
             raise ConfigError(f"{key} must be 0 (off) or more")
+    for url in cfg.link_carrier:
+        if url not in cfg.hub:
+            raise ConfigError(f"link_carrier: {url!r} is not one of the hub URLs")
     cfg.ui_address()
     return cfg
 

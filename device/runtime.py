@@ -13,6 +13,11 @@ round at once; otherwise rounds follow ``interval``, or a backoff capped at
 (at most ``retry_max``) while the next one is tried, then probed once, so a
 link that returns is used again within one cool-down; while every URL is
 resting, a round (even one a check-in started) waits for the first probe.
+A link monitor (``device.link_monitor``, a thread of its own, every
+``link_interval``) watches each URL's link (its device node, or a route to
+its host): when one returns, its breaker lets a probe through and a round
+starts at once, without waiting for a local write, the backoff or the
+cool-down.
 An unenrolled kiosk still checks patients in (the LED shows an error).
 
 Every ``health_interval`` the runtime looks at its memory
@@ -44,6 +49,8 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from . import hw, hw_remote
@@ -51,6 +58,7 @@ from .circuit import Breakers, hub_breakers
 from .config import KioskConfig, memory_limits, storage_limits
 from .documents import DocumentStore
 from .enrol import Identity, NotEnrolled, load
+from .link_monitor import link_monitor_for
 from .memory import MemoryMonitor, MemoryReadError, collect_garbage
 from .storage_guard import OK as STORAGE_OK
 from .storage_guard import StorageGuard, truncate_wal_file
@@ -89,8 +97,11 @@ def outbox_entries(store: Store) -> int:
 
 
 class Runtime:
-    def __init__(self, cfg: KioskConfig, *, hardware: Any = None) -> None:
+    def __init__(self, cfg: KioskConfig, *, hardware: Any = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (monotonic seconds) times the breakers and the link monitor."""
         self.cfg = cfg
+        self.clock = clock
         assert cfg.data is not None
         self.data = cfg.data
         self.live = LiveStatus()
@@ -99,6 +110,9 @@ class Runtime:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._links: threading.Thread | None = None
+        self._returned: set[str] = set()  #: URLs whose link came back, for the sync thread
+        self._returned_lock = threading.Lock()
         self._server: http.HttpServer | None = None
         self.store: Store | None = None
         self.address: tuple[str, int] | None = None
@@ -141,6 +155,13 @@ class Runtime:
             log.warning("cannot write %s: %s", hw_remote.RUNTIME_FILE, exc)
         self._thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
         self._thread.start()
+        monitor = link_monitor_for(self.cfg.hub, self.cfg.link_interval,
+                                   carrier=self.cfg.link_carrier, when_up=self._link_returned,
+                                   clock=self.clock)
+        if monitor is not None:
+            self._links = threading.Thread(target=monitor.watch, args=(self._stop,),
+                                           name="links", daemon=True)
+            self._links.start()
         self._health_stop = asyncio.Event()
         self._health_task = asyncio.create_task(self._watch_health(self._health_stop))
         return self.address
@@ -155,6 +176,17 @@ class Runtime:
     def sync_now(self) -> None:
         self._wake.set()
 
+    def _link_returned(self, url: str) -> None:
+        """The link monitor saw ``url``'s link come back (its thread): a round now."""
+        with self._returned_lock:
+            self._returned.add(url)
+        self._wake.set()
+
+    def _take_returned(self) -> set[str]:
+        with self._returned_lock:
+            returned, self._returned = self._returned, set()
+        return returned
+
     async def stop(self) -> None:
         if self._health_task is not None and self._health_stop is not None:
             self._health_stop.set()  # a look in progress ends before the store closes
@@ -164,6 +196,8 @@ class Runtime:
             hw_remote.withdraw(self.data)
         self._stop.set()
         self._wake.set()
+        if self._links is not None:
+            await asyncio.to_thread(self._links.join, STOP_BOUND)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, STOP_BOUND)
         if self._thread is None or not self._thread.is_alive():
@@ -252,10 +286,12 @@ class Runtime:
     def _rounds(self, state: SyncState, docs: DocumentStore) -> None:
         assert self.store is not None
         store, rng, attempt = self.store, random.Random(), 0
-        breakers = hub_breakers(self.cfg.hub, self.cfg.retry_max, rng=rng)
+        breakers = hub_breakers(self.cfg.hub, self.cfg.retry_max, clock=self.clock, rng=rng)
         ident: Identity | None = None
         while not self._stop.is_set():
             self._wake.clear()
+            for url in self._take_returned():
+                breakers[url].allow_probe()
             if ident is None:
                 try:
                     ident = load(self.data)

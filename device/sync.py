@@ -27,7 +27,9 @@ breaker (``device.circuit``: a URL that keeps failing is skipped for a
 cool-down, then probed), and ``run_sync`` (like the runtime's loop) waits
 after a round in which no URL worked with exponential backoff and jitter,
 never longer than until an open URL may be probed (``retry_wait``;
-``--once`` gives up at ``--timeout``). A refusal by the hub (revoked,
+``--once`` gives up at ``--timeout``). While it waits, the link monitor
+(``device.link_monitor``) looks at each URL's link every ``--link-interval``:
+a link that returns lets that URL's breaker probe and ends the wait. A refusal by the hub (revoked,
 unknown, wrong certificate) ends the run at once with its reason.
 """
 
@@ -50,6 +52,7 @@ from protocol.transfer import transfer_id
 from .circuit import Breakers, hub_breakers
 from .documents import DocumentStore
 from .enrol import Identity, load
+from .link_monitor import link_monitor_for
 from .store import Store, StoreError
 from .sync_documents import DocumentPush, lane_room
 from .sync_link import LinkError, open_link
@@ -342,6 +345,9 @@ def run_sync(args: argparse.Namespace) -> int:
     docs = DocumentStore(store.data, store.cipher)
     rng = random.Random()
     breakers = hub_breakers(args.hub, BACKOFF_CAP, clock=time.monotonic, rng=rng)
+    links = link_monitor_for(args.hub, args.link_interval, clock=time.monotonic)
+    if links is not None:
+        links.poll()  # how the links are before the first round
     attempt = 0
     give_up = time.monotonic() + args.timeout
 
@@ -372,7 +378,11 @@ def run_sync(args: argparse.Namespace) -> int:
                     print("haven-kiosk sync: gave up: not everything was acknowledged",
                           file=sys.stderr)
                     return 1
-            time.sleep(wait)
+            if links is None:
+                time.sleep(wait)
+            else:
+                for url in links.pause(wait, time.sleep):
+                    breakers[url].allow_probe()
     finally:
         docs.close()
         store.close()

@@ -50,6 +50,7 @@ def test_urls_tried_in_order_and_once_waits_for_acks(tmp_path: Path) -> None:
         data = k.store.data
         k.close()
         args = argparse.Namespace(data=data, hub=["tcp://127.0.0.1:1", "/nonexistent/tty", url],
-                                  once=True, baud=None, timeout=20.0, interval=1.0, json=True)
+                                  once=True, baud=None, timeout=20.0, interval=1.0, json=True,
+                                  link_interval=1.0)
         assert run_sync(args) == 0
         assert len(list(hub.store.all_ops())) == 2
