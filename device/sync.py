@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import sys
 import time
@@ -57,6 +58,8 @@ from .store import Store, StoreError
 from .sync_documents import DocumentPush, lane_room
 from .sync_link import LinkError, open_link
 from .sync_state import SEAL_LABEL, SyncState
+
+log = logging.getLogger("haven.sync")
 
 BATCH_BYTES = 48 * 1024
 REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
@@ -168,8 +171,21 @@ class Round:
             self.state.adopt(hub_seq, hub_hash)  # our checkpoints were lost; the hub's stand
         elif hub_seq and self.state.batch_hash(hub_seq) not in (None, hub_hash):
             raise SyncRefused(f"the hub's batch {hub_seq} is not ours: chain forked")
+        elif hub_seq < self.state.acked_head():
+            self._hub_went_back(hub_seq, self.state.acked_head())
         pull = messages.make("sync-pull", cursor=self.state.cursor)
         return [(0, messages.encode(pull)), *self._push()]
+
+    def _hub_went_back(self, hub_seq: int, seq: int) -> None:
+        """The hub's checkpoint of our chain is older than a batch it acknowledged: it
+        lost the ones after it (restored from a backup). The chain goes on from its
+        checkpoint, and every write made here that is not queued is queued again (the
+        hub keeps each once). The pull goes on from its cursor: the hub numbers what it
+        receives after a restore beyond every number it gave before."""
+        self.state.rewind(hub_seq)
+        again = self.store.outbox_requeue_local()
+        log.warning("the hub holds our batches up to %d of %d (restored from a backup?): "
+                    "%d writes queued again", hub_seq, seq, again)
 
     def _push(self) -> list[tuple[int, bytes]]:
         if self.in_flight is not None:

@@ -184,6 +184,20 @@ class SyncState:
         self._acked_later.add(seq)
         self._wait()
 
+    def acked_head(self) -> int:
+        """The last batch the hub acknowledged (0 if none)."""
+        row = self.db.execute("SELECT MAX(seq) FROM batches WHERE acked = 1").fetchone()
+        return max([row[0] or 0, *self._acked_later])
+
+    def rewind(self, seq: int) -> None:
+        """Forget the batches after ``seq``: the hub lost them (it was restored from a
+        backup), and the chain goes on from its checkpoint. Their writes are queued
+        again by the caller."""
+        self._acked_later = {s for s in self._acked_later if s <= seq}
+        with self.durable():
+            self._write_later()
+            self.db.execute("DELETE FROM batches WHERE seq > ?", [seq])
+
     def adopt(self, seq: int, hash_: bytes) -> None:
         """Restart the chain from the hub's checkpoint (our own record of it was lost)."""
         with self.durable():

@@ -40,6 +40,8 @@ from .exc import CorruptData, KeyFileMissing, KeyFilePermissions, StoreError
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
+#: What sealing adds to a plaintext: the nonce and the 16-byte tag.
+SEAL_OVERHEAD = NONCE_SIZE + 16
 _AD_TAIL = struct.Struct(">HQI")  # field, stamp, node after the record id
 
 
@@ -147,7 +149,7 @@ class FieldCipher:
 
 
 def _open(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes:
-    if len(sealed) < NONCE_SIZE + 16:
+    if len(sealed) < SEAL_OVERHEAD:
         raise CorruptData("ciphertext is truncated")
     try:
         return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], ad)

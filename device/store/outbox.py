@@ -66,6 +66,19 @@ def enqueue_many(db: sqlite_utils.Database, entries: Iterable[tuple[int, Delta, 
         [(lane, d.record_id, d.stamp, d.node, size) for lane, d, size in entries])
 
 
+def requeue_local(db: sqlite_utils.Database, lanes: dict[int, int], default_lane: int,
+                  overhead: int) -> int:
+    """Queue again every write made here that is not queued: the hub lost it (it was
+    restored from a backup). Returns how many; the hub keeps each write once."""
+    case = " ".join(f"WHEN {t} THEN {lane}" for t, lane in sorted(lanes.items()))
+    return db.execute(
+        "INSERT INTO outbox (lane, rid, stamp, node, size)"
+        f" SELECT CASE type {case} ELSE {default_lane} END, rid, stamp, node,"
+        " length(sealed) - ? FROM ops WHERE local = 1"
+        " AND (rid, stamp, node) NOT IN (SELECT rid, stamp, node FROM outbox)"
+        " ORDER BY id", [overhead]).rowcount
+
+
 def promote(db: sqlite_utils.Database, rid: bytes, lane: int) -> None:
     db.execute("UPDATE outbox SET lane = ? WHERE rid = ? AND lane > ? AND state = 'queued'",
                [lane, rid, lane])

@@ -50,7 +50,7 @@ from .checkpoint import Checkpointer
 from .db import atomic, connect, migrate
 from .exc import BadRequest, NotInitialised, StorageFull
 from .inbox import MergeReport
-from .keys import FieldCipher, KeyFile, KeyProvider, read_secret
+from .keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_secret
 from .materialise import (
     insert_op,
     load_log,
@@ -512,6 +512,14 @@ class Store:
 
     def outbox_reject(self, seq: int, code: str) -> None:
         self._run(lambda db: outbox.reject(db, seq, code))
+
+    def outbox_requeue_local(self) -> int:
+        """Queue again every write made on this kiosk that is not queued (for a hub
+        restored from a backup, which lost some); returns how many."""
+        lanes = {t.number: t.lane for t in crdt_schema.TYPES.values()}
+        result: int = self._run(lambda db: outbox.requeue_local(
+            db, lanes, crdt_schema.LANE_NOTE, SEAL_OVERHEAD))
+        return result
 
 
 def _must(view: RecordView | None) -> RecordView:

@@ -8,7 +8,10 @@ behind a lock, every write one ``BEGIN IMMEDIATE`` transaction), so a
 PostgreSQL store can follow by implementing the same methods.
 
 ``ops`` holds each delta once, keyed by its dot, with ``hseq``, the hub's
-arrival order: a kiosk's pull cursor is an ``hseq``. ``devices`` holds each
+arrival order: a kiosk's pull cursor is an ``hseq``. An ``hseq`` is at least
+the hub's clock in microseconds (``next_hseq``), so a hub restored from a
+backup numbers what it receives afterwards beyond every cursor it gave out
+before, and a kiosk that pulls from such a cursor misses nothing. ``devices`` holds each
 enrolled kiosk's keys, state and checkpoint (last batch sequence and chain
 hash); ``batches`` remembers every committed batch's hash, so a batch sent
 again after a lost ack is recognised by (device, sequence) and acknowledged
@@ -23,6 +26,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,12 @@ SCHEMA = (
         id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
         detail TEXT NOT NULL)""",
 )
+
+
+def next_hseq(db: sqlite3.Connection) -> int:
+    """The next arrival number: after the last one, and not below the clock (in µs)."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
+    return max((row[0] if row else 0) + 1, time.time_ns() // 1000)
 
 
 @dataclass(frozen=True)
@@ -197,12 +207,14 @@ class SqliteHubStore:
         """Apply one batch durably; returns the hub sequence numbers of new deltas."""
         new: list[int] = []
         with self._tx() as db:
+            hseq = next_hseq(db)
             for op in ops:
-                cur = db.execute("INSERT OR IGNORE INTO ops (rid, stamp, node, data, origin)"
-                                 " VALUES (?, ?, ?, ?, ?)",
-                                 [op.rid, op.stamp, op.node, op.data, device_id])
-                if cur.rowcount and cur.lastrowid is not None:
-                    new.append(cur.lastrowid)
+                cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                                 " VALUES (?, ?, ?, ?, ?, ?)",
+                                 [hseq, op.rid, op.stamp, op.node, op.data, device_id])
+                if cur.rowcount:
+                    new.append(hseq)
+                    hseq += 1
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
                            " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
@@ -219,8 +231,9 @@ class SqliteHubStore:
 
     def add_local(self, op: Op) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO ops (rid, stamp, node, data, origin)"
-                       " VALUES (?, ?, ?, ?, 'hub')", [op.rid, op.stamp, op.node, op.data])
+            db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                       " VALUES (?, ?, ?, ?, ?, 'hub')",
+                       [next_hseq(db), op.rid, op.stamp, op.node, op.data])
 
     def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]:
