@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from device.store import init_store
 
 from .test_hw import wait_until
 from .test_sync_helpers import Kiosk, served_hub
-from .test_ui_helpers import ROOT, run_kiosk
+from .test_ui_helpers import ROOT, run_kiosk, runtime_in_thread
 
 BOUND = 20.0
 
@@ -90,21 +86,6 @@ class RealPins(hw.Hardware):
     @property
     def simulated(self) -> bool:
         return False
-
-
-@contextmanager
-def runtime_in_thread(rt: Runtime) -> Iterator[None]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(rt.start(), loop).result(BOUND)
-        yield
-    finally:
-        asyncio.run_coroutine_threadsafe(rt.stop(), loop).result(BOUND)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(BOUND)
-        loop.close()
 
 
 def test_real_hardware_is_refused(tmp_path: Path) -> None:

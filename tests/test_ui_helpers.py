@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import re
@@ -9,9 +10,12 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from device import enrol
+from device.runtime import Runtime
 from device.store import init_store
 from host.hub.hub import Hub, init_hub
 
@@ -81,3 +85,27 @@ def run_kiosk(kiosk_dir: Path, hub_url: str, idle: float,
                 env={"GPIOZERO_PIN_FACTORY": "mock", **(env or {})})
     url = proc.wait_for(r"page at (http://\S+)").group(1)
     return proc, url
+
+
+@contextmanager
+def runtime_in_thread(rt: Runtime, before: Callable[[], None] | None = None,
+                      bound: float = 20.0) -> Iterator[None]:
+    """``rt`` started and stopped on an event loop in a thread of its own; ``before``
+    runs first in that thread (the threads the runtime starts inherit what it set)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def first() -> None:
+        if before is not None:
+            before()
+
+    try:
+        asyncio.run_coroutine_threadsafe(first(), loop).result(bound)
+        asyncio.run_coroutine_threadsafe(rt.start(), loop).result(bound)
+        yield
+    finally:
+        asyncio.run_coroutine_threadsafe(rt.stop(), loop).result(bound)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(bound)
+        loop.close()

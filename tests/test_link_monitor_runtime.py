@@ -1,0 +1,221 @@
+"""The runtime's link monitor on real links: a serial modem (a pty behind a symlink, as in
+/dev/serial/by-id/) that is unplugged and plugged in again, and a TCP route in network
+namespaces of the test's own that goes away and comes back.
+
+The runtime runs in-process with an injected clock for its circuit breaker. While the
+link is down, each round is woken after an hour of breaker time, so the URL's breaker
+opens for longer and longer, until the runtime itself says that its next try is half an
+hour away or more. Then the link returns: a round must reach the hub within a bounded
+wait far shorter than that, which only the link monitor can start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import queue
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from device import hw
+from device.config import KioskConfig
+from device.runtime import Runtime
+from device.store import Store
+from host.hub.hub import Hub
+from tools.benchmarks._link import emulator
+
+from .test_ui_helpers import Proc, make_kiosk, runtime_in_thread
+
+BOUND = 60.0  #: the longest any one wait may take
+FAR = 1800  #: seconds: the runtime's next try is at least this far when the link returns
+CLONE_NEWNET = 0x40000000
+
+
+class SkewedClock:
+    """Monotonic time plus a skew the test moves forward."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skew
+
+
+class LogLines(logging.Handler):
+    """The runtime's log messages, in order, each read once."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.put(record.getMessage())
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The next message matching ``pattern``, within ``BOUND`` seconds."""
+        end = time.monotonic() + BOUND
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} in {self.seen}") from None
+            self.seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LogLines]:
+    logger = logging.getLogger("haven.kiosk")
+    handler, level = LogLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@dataclass
+class Link:
+    """A hub served over a link the test can cut and restore."""
+
+    url: str
+    cut: Callable[[], None]
+    restore: Callable[[], None]
+    enter: Callable[[], None] | None = None  #: run in the runtime's thread first
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=BOUND)
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (and the threads it starts later) into netns ``name``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+def hub_serve(hub_dir: Path, *how: str, prefix: tuple[str, ...] = ()) -> Proc:
+    hub = Proc([*prefix, sys.executable, "-m", "host.cli", "hub", "serve", "--data",
+                str(hub_dir), "--baud", "115200", *how])
+    hub.wait_for("ready", BOUND)
+    return hub
+
+
+@contextmanager
+def serial_modem(tmp: Path, hub_dir: Path) -> Iterator[Link]:
+    """The hub on one pty of the link emulator; the kiosk's URL a symlink to the other,
+    removed while the modem is unplugged."""
+    modem = tmp / "modem"
+    with emulator("serial", ["--rate", "11520", "--seed", "3"], tmp / "emu.json") as emu:
+        modem.symlink_to(emu.endpoints["b"])
+        hub = hub_serve(hub_dir, "--serial", emu.endpoints["a"])
+        try:
+            yield Link(str(modem), cut=modem.unlink,
+                       restore=lambda: modem.symlink_to(emu.endpoints["b"]))
+        finally:
+            hub.stop()
+
+
+@contextmanager
+def tcp_route(tmp: Path, hub_dir: Path) -> Iterator[Link]:
+    """The hub in one network namespace, the kiosk in another, joined by a veth pair;
+    the kiosk's route to the hub's subnet is deleted and added again."""
+    kiosk_ns, hub_ns = f"hvk{os.getpid()}", f"hvh{os.getpid()}"
+    veth = f"vk{os.getpid()}"
+    try:
+        ip("netns", "add", kiosk_ns)
+        ip("netns", "add", hub_ns)
+        ip("-n", kiosk_ns, "link", "add", veth, "type", "veth", "peer", "name", "hub0",
+           "netns", hub_ns)
+        for ns, dev, addr in ((kiosk_ns, veth, "10.77.0.2/24"), (hub_ns, "hub0", "10.77.0.1/24")):
+            ip("-n", ns, "addr", "add", addr, "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        for ns in (kiosk_ns, hub_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=BOUND)
+        pytest.skip(f"cannot create network namespaces here: {exc}")
+    hub = None
+    try:
+        hub = hub_serve(hub_dir, "--listen", "tcp://10.77.0.1:7400",
+                        prefix=("ip", "netns", "exec", hub_ns))
+        route = ("-n", kiosk_ns, "route")
+        yield Link("tcp://10.77.0.1:7400",
+                   cut=lambda: ip(*route, "del", "10.77.0.0/24", "dev", veth),
+                   restore=lambda: ip(*route, "add", "10.77.0.0/24", "dev", veth),
+                   enter=lambda: enter_netns(kiosk_ns))
+    finally:
+        if hub is not None:
+            hub.stop()
+        for ns in (kiosk_ns, hub_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=BOUND)
+
+
+LINKS: dict[str, Callable[[Path, Path], AbstractContextManager[Link]]] = {
+    "serial": serial_modem, "tcp": tcp_route}
+
+
+def push_breaker_to_its_cap(rt: Runtime, clock: SkewedClock, log: LogLines) -> int:
+    """Wake rounds an hour of breaker time apart, each a failed probe that opens the
+    breaker for twice as long, then one more: how many seconds the runtime says its
+    next try is away."""
+    for _ in range(20):
+        clock.skew += 3600
+        rt.sync_now()
+        log.wait_for("no hub answered")
+    next_try = 0
+    for _ in range(10):
+        rt.sync_now()
+        m = log.wait_for(r"no hub answered(.*the next try in (\d+) s)?")
+        next_try = int(m.group(2) or 0)
+        if next_try >= FAR:
+            break
+    return next_try
+
+
+@pytest.mark.parametrize("kind", sorted(LINKS))
+def test_a_link_that_returns_starts_a_round_at_once(tmp_path: Path, kind: str,
+                                                     log_lines: LogLines) -> None:
+    hub_dir, kiosk_dir = make_kiosk(tmp_path)
+    with Store(kiosk_dir) as store:
+        ids = {store.checkin(name="Before Cut", passport="LM100001", reason="fever").record_id}
+    clock = SkewedClock()
+    with LINKS[kind](tmp_path, hub_dir) as link:
+        url = re.escape(link.url)
+        cfg = KioskConfig(data=kiosk_dir, hub=[link.url], ui="127.0.0.1:0", interval=3600,
+                          retry_max=3600, baud=115200, link_interval=0.1)
+        rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()), clock=clock)
+        with runtime_in_thread(rt, before=link.enter, bound=BOUND):
+            log_lines.wait_for(f"synced via {url}: 2 up")
+            link.cut()
+            log_lines.wait_for(f"link down: {url}$")
+            assert rt.store is not None
+            ids.add(rt.store.checkin(name="During Cut", passport="LM100002",
+                                     reason="fever").record_id)
+            assert push_breaker_to_its_cap(rt, clock, log_lines) >= FAR
+            link.restore()
+            log_lines.wait_for(f"link up: {url}$")
+            log_lines.wait_for(f"synced via {url}: 2 up")
+    with Hub(hub_dir) as hub:
+        records = json.loads(hub.dump())["records"]
+    assert {r["id"] for r in records if r["type"] == "checkin"} == ids
