@@ -7,10 +7,15 @@ link is down, each round is woken after an hour of breaker time, so the URL's br
 opens for longer and longer, until the runtime itself says that its next try is half an
 hour away or more. Then the link returns: a round must reach the hub within a bounded
 wait far shorter than that, which only the link monitor can start.
+
+``haven-kiosk sync``'s loop runs in-process with its waits and its clock simulated: the
+modem is away for an hour, and the round after its return starts at the next look at the
+link, not at the end of the wait the link returned in.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import logging
@@ -20,6 +25,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device import hw
+from device import sync as sync_module
 from device.config import KioskConfig
 from device.runtime import Runtime
 from device.store import Store
@@ -219,3 +226,40 @@ def test_a_link_that_returns_starts_a_round_at_once(tmp_path: Path, kind: str,
     with Hub(hub_dir) as hub:
         records = json.loads(hub.dump())["records"]
     assert {r["id"] for r in records if r["type"] == "checkin"} == ids
+
+
+@pytest.mark.parametrize("link_interval", [1.0, 0.0])
+def test_the_sync_loop_ends_its_wait_when_the_modem_returns(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_interval: float) -> None:
+    hub_dir, kiosk_dir = make_kiosk(tmp_path)
+    with Store(kiosk_dir) as store:
+        checkin = store.checkin(name="Away Hour", passport="LM200001", reason="fever").record_id
+    simulated = 0.0
+    back_at: float | None = None  # simulated time when the modem was plugged in again
+    with serial_modem(tmp_path, hub_dir) as link:
+        link.cut()
+
+        def sleep(seconds: float) -> None:
+            nonlocal simulated, back_at
+            if simulated >= 3600 and back_at is None:
+                link.restore()  # at the start of a wait
+                back_at = simulated
+            simulated += seconds
+
+        monkeypatch.setattr(sync_module, "time", types.SimpleNamespace(
+            monotonic=lambda: time.monotonic() + simulated, time_ns=time.time_ns,
+            time=time.time, sleep=sleep))
+        args = argparse.Namespace(data=kiosk_dir, hub=[link.url], once=True, baud=115200,
+                                  timeout=7200.0, interval=10.0, json=True,
+                                  link_interval=link_interval)
+        assert sync_module.run_sync(args) == 0
+    assert back_at is not None
+    waited = simulated - back_at  # from the modem's return to the round that synced
+    if link_interval:
+        assert waited <= link_interval  # the next look at the link
+    else:
+        # The whole wait: the breaker's cool-down at its cap, half of it or more (less
+        # the real time its round took).
+        assert waited >= sync_module.BACKOFF_CAP / 2 - 1
+    with Hub(hub_dir) as hub:
+        assert checkin in {r["id"] for r in json.loads(hub.dump())["records"]}
