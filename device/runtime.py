@@ -196,10 +196,10 @@ class Runtime:
             hw_remote.withdraw(self.data)
         self._stop.set()
         self._wake.set()
-        if self._links is not None:
-            await asyncio.to_thread(self._links.join, STOP_BOUND)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, STOP_BOUND)
+        if self._links is not None:  # a look in progress (a host name resolving) ends
+            await asyncio.to_thread(self._links.join, STOP_BOUND)
         if self._thread is None or not self._thread.is_alive():
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
