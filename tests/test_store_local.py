@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -348,3 +350,45 @@ def test_checkpoints_run_beside_the_writer(store: Store, data: Path) -> None:
     with Store(data) as again:
         assert again.reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert again.dump().count(b'"queueNumber"') == CHECKPOINT_WEIGHT // LOCAL_WEIGHT + 1
+
+
+def outbox_rows(data: Path) -> int:
+    conn = sqlite3.connect(data / "store.db")
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_acknowledged_entries_leave_with_the_next_write(store: Store, data: Path) -> None:
+    store.checkin(name="Ada", passport="AB123456", now_ms=T0)
+    acked = store.outbox_batch(now_ms=T0)
+    assert store.outbox_ack(e.seq for e in acked) == 2
+    # gone for everyone who asks, though no commit of their own deleted them yet
+    assert store.outbox_batch(now_ms=T0) == []
+    assert store.status(now_ms=T0)["outbox"]["lanes"] == {}
+    assert outbox_rows(data) == 2
+    store.checkin(name="Bo", passport="BO123456", now_ms=T0 + 1)  # ... takes them along
+    assert outbox_rows(data) == 2
+    assert [e.seq for e in store.outbox_batch(now_ms=T0 + 1)] == [max(e.seq for e in acked) + 1,
+                                                                  max(e.seq for e in acked) + 2]
+    assert store.outbox_ack(e.seq for e in store.outbox_batch(now_ms=T0 + 1)) == 2
+    store.close()  # ... or the close does
+    assert outbox_rows(data) == 0
+    with Store(data) as again:
+        assert again.status()["outbox"]["lanes"] == {}
+
+
+def test_acknowledgements_lost_in_a_crash_only_send_entries_again(data: Path) -> None:
+    init_store(data, "Test Site", "B").close()
+    code = (f"import os\nfrom device.store import Store\ns = Store({str(data)!r})\n"
+            f"s.checkin(name='Ada', passport='AB123456', now_ms={T0})\n"
+            f"print(s.outbox_ack(e.seq for e in s.outbox_batch(now_ms={T0})))\n"
+            "os._exit(0)  # killed before any other write or the close")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "2"
+    with Store(data) as store:
+        again = store.outbox_batch(now_ms=T0)
+        assert len(again) == 2  # sent again; the hub keeps each write once
+        assert store.dump().count(b'"queueNumber"') == 1

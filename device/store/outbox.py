@@ -20,7 +20,7 @@ way of every entry behind it, and ``status`` shows it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,21 +85,27 @@ def promote(db: sqlite_utils.Database, rid: bytes, lane: int) -> None:
 
 
 def batch(db: sqlite_utils.Database, cipher: FieldCipher, now_ms: int,
-          max_bytes: int = DEFAULT_BATCH_BYTES, max_entries: int = 1000) -> list[Entry]:
-    """The next entries to send: by lane, then age; at least one if any is due."""
+          max_bytes: int = DEFAULT_BATCH_BYTES, max_entries: int = 1000,
+          skip: Container[int] = ()) -> list[Entry]:
+    """The next entries to send: by lane, then age; at least one if any is due.
+    Entries in ``skip`` (acknowledged, not yet deleted) are passed over."""
     out: list[Entry] = []
     total = 0
     rows = db.execute(
         "SELECT o.seq, o.lane, o.attempts, o.size, o.rid, o.stamp, o.node, p.sealed"
         " FROM outbox o JOIN ops p ON p.rid = o.rid AND p.stamp = o.stamp AND p.node = o.node"
-        " WHERE o.state = 'queued' AND o.next_at <= ? ORDER BY o.lane, o.seq LIMIT ?",
-        [now_ms, max_entries])
-    for seq, lane, attempts, size, rid, stamp, node, sealed in rows.fetchall():
-        if out and total + size > max_bytes:
-            break
-        data = cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed)
-        out.append(Entry(seq, lane, attempts, data))
-        total += size
+        " WHERE o.state = 'queued' AND o.next_at <= ? ORDER BY o.lane, o.seq", [now_ms])
+    try:
+        for seq, lane, attempts, size, rid, stamp, node, sealed in rows:
+            if seq in skip:
+                continue
+            if len(out) >= max_entries or out and total + size > max_bytes:
+                break
+            data = cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed)
+            out.append(Entry(seq, lane, attempts, data))
+            total += size
+    finally:
+        rows.close()  # ends the read at once, rows not read or not
     return out
 
 

@@ -27,6 +27,7 @@ import contextlib
 import os
 import random
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -46,9 +47,10 @@ from protocol.errors import LocalProtocolError
 
 from . import inbox, outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
+from .acks import FLUSH_AFTER_S, AckedEntries
 from .checkpoint import Checkpointer
 from .db import atomic, connect, migrate
-from .exc import BadRequest, NotInitialised, StorageFull
+from .exc import BadRequest, NotInitialised, StorageFull, StoreError
 from .inbox import MergeReport
 from .keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_secret
 from .materialise import (
@@ -132,6 +134,9 @@ class Store:
         self._letter_site: tuple[str, str] | None = None
         self._written = 0
         self._checkpointer = Checkpointer(self.path)
+        self._acked = AckedEntries()
+        self._flush_lock = threading.Lock()
+        self._flush_timer: threading.Timer | None = None
         self._writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
@@ -149,6 +154,11 @@ class Store:
         return db
 
     def close(self) -> None:
+        with self._flush_lock:
+            timer, self._flush_timer = self._flush_timer, None
+        if timer is not None:
+            timer.cancel()
+        self._flush_acks()
         self._writer.close()
         self._checkpointer.close()
         self.reader.conn.close()
@@ -299,9 +309,17 @@ class Store:
         def job(db: sqlite_utils.Database) -> Any:
             if not fsync:
                 db.conn.execute("PRAGMA synchronous = NORMAL")
+            acked = self._acked.take()
             try:
                 with atomic(db):
+                    if acked:  # acknowledged entries leave with this write (``acks``)
+                        # ... and their stamps with them: the clock is saved in their place
+                        db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
+                        outbox.ack(db, list(acked))
                     result = fn(db)
+            except BaseException:
+                self._acked.put_back(acked)
+                raise
             finally:
                 if not fsync:
                     db.conn.execute("PRAGMA synchronous = FULL")
@@ -482,28 +500,45 @@ class Store:
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
         """Outbox per lane, conflicts, quarantine and last sync, as plain data."""
-        return status_of(self.reader, self.node, self.clock() if now_ms is None else now_ms)
+        st = status_of(self.reader, self.node, self.clock() if now_ms is None else now_ms)
+        st["outbox"] = self._acked.discount(st["outbox"])
+        return st
 
     # Outbox -----------------------------------------------------------------------------
 
     def outbox_batch(self, now_ms: int | None = None,
                      max_bytes: int = outbox.DEFAULT_BATCH_BYTES) -> list[outbox.Entry]:
         now = self.clock() if now_ms is None else now_ms
-        return outbox.batch(self.reader, self.cipher, now, max_bytes)
+        return outbox.batch(self.reader, self.cipher, now, max_bytes, skip=self._acked)
 
     def outbox_ack(self, seqs: Iterable[int]) -> int:
-        """Remove entries the hub acknowledged (authenticated, durable) as committed.
+        """Remove entries the hub acknowledged (authenticated, durable) as committed;
+        returns how many there were.
 
-        Without an fsync of its own: entries that come back after a power cut are
-        sent again, and the hub keeps each write once."""
+        They leave with the next local write, or within ``acks.FLUSH_AFTER_S``, and
+        without an fsync of their own (``acks``); entries that come back after a crash
+        are sent again, and the hub keeps each write once."""
         seqs = list(seqs)
+        if not seqs:
+            return 0
+        rows = self.reader.execute(
+            f"SELECT seq, lane, size, state FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})",
+            seqs).fetchall()
+        self._acked.add(rows)
+        with self._flush_lock:
+            if self._flush_timer is None:
+                self._flush_timer = threading.Timer(FLUSH_AFTER_S, self._flush_acks)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+        return len(rows)
 
-        def ack(db: sqlite_utils.Database) -> int:
-            # Entries leave, and their stamps with them: the clock is saved in their place.
-            db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
-            return outbox.ack(db, seqs)
-        result: int = self._run(ack, fsync=False)
-        return result
+    def _flush_acks(self) -> None:
+        """Delete the acknowledged entries now, if no local write took them yet."""
+        with self._flush_lock:
+            self._flush_timer = None
+        if self._acked:
+            with contextlib.suppress(StoreError):  # a full disk: the next write takes them
+                self._run(lambda db: None, fsync=False)
 
     def outbox_retry(self, seqs: Iterable[int], now_ms: int | None = None) -> None:
         now = self.clock() if now_ms is None else now_ms
@@ -517,6 +552,7 @@ class Store:
         """Queue again every write made on this kiosk that is not queued (for a hub
         restored from a backup, which lost some); returns how many."""
         lanes = {t.number: t.lane for t in crdt_schema.TYPES.values()}
+        self._acked.take()  # acknowledged by the hub that lost them: they stay queued
         result: int = self._run(lambda db: outbox.requeue_local(
             db, lanes, crdt_schema.LANE_NOTE, SEAL_OVERHEAD))
         return result
