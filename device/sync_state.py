@@ -4,23 +4,28 @@ Theory of operation
 -------------------
 A batch is saved here (sealed with the store's field cipher: no patient data
 in plaintext on disk) with its sequence, hash and the outbox entries it
-carries, and the chain head moves to it, all in one durable transaction,
-before the batch is first sent. So a kiosk that dies after sending sends the
-very same bytes again, and the chain cannot fork. The batch is marked
-acknowledged after the outbox entries left the store; if the kiosk dies in
-between, the batch is sent again and the hub acknowledges it again without
-applying it twice. The pull cursor is saved only after the pulled deltas
-were merged durably. The hub's clock offset is kept too.
+carries, and the chain head moves to it, in one transaction, before the
+batch is first sent. So a kiosk that dies after sending sends the very same
+bytes again. The batch is marked acknowledged after the outbox entries left
+the store; if the kiosk dies in between, the batch is sent again and the
+hub acknowledges it again without applying it twice. The pull cursor is
+saved only after the pulled deltas were merged durably. The hub's clock
+offset is kept too.
 
-Only the batch and the chain head need their own fsync (``durable``). The
-rest (acknowledgements, the cursor, the clock offset, the last sync) waits
-in memory and is written within the next batch's durable transaction, or
-by ``flush`` (one transaction without an fsync) once it has waited
-``FLUSH_AFTER_S``, and at close: lost to a crash or a power cut, it only
-means batches sent and acknowledged again, or deltas pulled and merged
-again, both harmless. A value that did not change
-is not written at all, so an idle round writes nothing; an SD card wears
-with every page written, and every commit writes whole pages.
+Nothing here needs an fsync of its own, so nothing gets one but an adopted
+or rewound chain head (``_transaction``): a commit survives the process
+dying, and a power cut can only lose what these cases cover. A batch lost
+that way was either committed by the hub, whose welcome then shows it as
+its checkpoint and the kiosk takes it as its head (the batch's entries are
+still queued and go again in the next batch; the hub keeps each write once),
+or never reached it, and the next batch takes its sequence: the chain does
+not fork. Acknowledgements, the cursor, the clock offset and the last sync
+wait in memory and are written within the next batch's transaction, or by
+``flush`` once they have waited ``FLUSH_AFTER_S``, and at close: lost, they
+only mean batches sent and acknowledged again, or deltas pulled and merged
+again. A value that did not change is not written at all, so an idle round
+writes nothing; an SD card wears with every page written, and every commit
+writes whole pages.
 """
 
 from __future__ import annotations
@@ -102,13 +107,8 @@ class SyncState:
         if since is None or not force and time.monotonic() - since < FLUSH_AFTER_S:
             return
         if self._later or self._acked_later:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._write_later()
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
 
     def _write_later(self) -> None:
         for key, value in self._later.items():
@@ -131,9 +131,11 @@ class SyncState:
             self.set("last_sync", now_ms)
 
     @contextlib.contextmanager
-    def durable(self) -> Iterator[None]:
-        """A transaction whose commit is fsynced, with whatever came before it."""
-        self.db.execute("PRAGMA synchronous = FULL")
+    def _transaction(self, fsync: bool = False) -> Iterator[None]:
+        """One transaction; with ``fsync`` its commit is fsynced, with whatever came
+        before it."""
+        if fsync:
+            self.db.execute("PRAGMA synchronous = FULL")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -143,7 +145,8 @@ class SyncState:
                 self.db.execute("ROLLBACK")
             raise
         finally:
-            self.db.execute("PRAGMA synchronous = NORMAL")
+            if fsync:
+                self.db.execute("PRAGMA synchronous = NORMAL")
 
     @property
     def cursor(self) -> int:
@@ -159,7 +162,7 @@ class SyncState:
 
     def save_batch(self, seq: int, prev: bytes, hash_: bytes, lane: int, entries: list[int],
                    sealed: bytes, sig: bytes) -> None:
-        with self.durable():
+        with self._transaction():
             self._write_later()
             if self.head() != (seq - 1, prev):
                 raise RuntimeError("the chain moved under this batch")
@@ -194,13 +197,13 @@ class SyncState:
         backup), and the chain goes on from its checkpoint. Their writes are queued
         again by the caller."""
         self._acked_later = {s for s in self._acked_later if s <= seq}
-        with self.durable():
+        with self._transaction(fsync=True):
             self._write_later()
             self.db.execute("DELETE FROM batches WHERE seq > ?", [seq])
 
     def adopt(self, seq: int, hash_: bytes) -> None:
         """Restart the chain from the hub's checkpoint (our own record of it was lost)."""
-        with self.durable():
+        with self._transaction(fsync=True):
             self._write_later()
             self.db.execute("INSERT OR REPLACE INTO batches (seq, prev, hash, lane, entries,"
                             " sig, acked) VALUES (?, ?, ?, 0, '[]', x'', 1)",

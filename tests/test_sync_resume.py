@@ -43,6 +43,34 @@ def test_crash_after_send_before_checkpoint(tmp_path: Path) -> None:
         k.close()
 
 
+def test_a_power_cut_that_loses_the_saved_batch_forks_nothing(tmp_path: Path) -> None:
+    """The batch is saved without an fsync: a power cut after the hub committed it can
+    take it from sync.db. The welcome's checkpoint becomes the kiosk's chain head, and
+    the batch's writes, still queued, go once more and are kept once."""
+    with served_hub(tmp_path) as (hub, url):
+        k = Kiosk(tmp_path, "k", hub, "A")
+        for i in range(3):
+            k.store.checkin(name=f"N{i}")
+        rnd = Round(k.store, k.state, k.ident)
+        peer = HubPeer(hub.store, hub.ed_public, k.ident.cert.x25519, wall_ms)
+        (_, hello), = rnd.hello()
+        (_, welcome), = peer.on_message(hello)
+        batch = [data for _, data in rnd.on_message(welcome)
+                 if messages.decode(data).name == "sync-batch"]
+        (_, ack), = peer.on_message(batch[0])
+        assert messages.decode(ack).name == "sync-ack"
+        committed = hub.store.batch_hash(k.device, 1)
+        k.state.db.execute("DELETE FROM batches")  # what the power cut took
+        k.store.checkin(name="after")
+        s = k.sync(url)
+        assert s.batches == 1 and not k.store.outbox_batch()
+        assert k.state.head()[0] == 2 and hub.store.batch_hash(k.device, 1) == committed
+        ops = list(hub.store.all_ops())
+        assert len(ops) == len({(o.rid, o.stamp, o.node) for o in ops}) == 8
+        assert k.store.dump() == hub.dump()
+        k.close()
+
+
 def test_urls_tried_in_order_and_once_waits_for_acks(tmp_path: Path) -> None:
     with served_hub(tmp_path) as (hub, url):
         k = Kiosk(tmp_path, "k", hub, "A")
