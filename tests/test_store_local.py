@@ -392,3 +392,18 @@ def test_acknowledgements_lost_in_a_crash_only_send_entries_again(data: Path) ->
         again = store.outbox_batch(now_ms=T0)
         assert len(again) == 2  # sent again; the hub keeps each write once
         assert store.dump().count(b'"queueNumber"') == 1
+
+
+def test_a_backlog_acknowledged_batch_after_batch_leaves_at_once(store: Store,
+                                                                 data: Path) -> None:
+    from device.store.acks import MAX_NOTED
+
+    for i in range(MAX_NOTED):
+        store.checkin(name=f"P{i}", now_ms=T0 + i)
+    batch = store.outbox_batch(now_ms=T0 + MAX_NOTED, max_bytes=1 << 20)
+    assert len(batch) == 2 * MAX_NOTED
+    store.outbox_ack(e.seq for e in batch[:MAX_NOTED])
+    assert outbox_rows(data) == 2 * MAX_NOTED  # noted, for the next write to take
+    store.outbox_ack(e.seq for e in batch[MAX_NOTED:])
+    assert outbox_rows(data) == 0  # too many to note: deleted at once
+    assert store.outbox_batch(now_ms=T0 + MAX_NOTED) == []

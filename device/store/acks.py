@@ -7,10 +7,10 @@ commit writes whole pages: a kiosk that syncs after each check-in paid one
 such commit per check-in. So ``Store.outbox_ack`` only notes the entries
 here; the next local write (a check-in) deletes them in its own
 transaction, and a job on the writer does it if no write comes within
-``FLUSH_AFTER_S``, and at close. Until then the store acts as if they were
-gone: ``outbox_batch`` skips them and ``status`` does not count them. A
-crash forgets the note, and the entries go to the hub again; it keeps each
-write once.
+``FLUSH_AFTER_S``, at once when more than ``MAX_NOTED`` wait, and at close.
+Until then the store acts as if they were gone: ``outbox_batch`` skips them
+and ``status`` does not count them. A crash forgets the note, and the
+entries go to the hub again; it keeps each write once.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import threading
 from typing import Any
 
 FLUSH_AFTER_S = 30.0
+#: More noted than this and they leave at once: a kiosk sending its backlog batch
+#: after batch would otherwise read past more and more of them in each next batch.
+MAX_NOTED = 64
 
 
 class AckedEntries:
@@ -46,9 +49,9 @@ class AckedEntries:
         with self._lock:
             return seq in self._entries
 
-    def __bool__(self) -> bool:
+    def __len__(self) -> int:
         with self._lock:
-            return bool(self._entries)
+            return len(self._entries)
 
     def discount(self, summary: dict[str, Any]) -> dict[str, Any]:
         """``outbox.summary`` without the noted entries."""

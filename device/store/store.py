@@ -47,7 +47,7 @@ from protocol.errors import LocalProtocolError
 
 from . import inbox, outbox
 from . import tables as _tables  # noqa: F401 - registers the migrations
-from .acks import FLUSH_AFTER_S, AckedEntries
+from .acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
 from .checkpoint import Checkpointer
 from .db import atomic, connect, migrate
 from .exc import BadRequest, NotInitialised, StorageFull, StoreError
@@ -525,6 +525,9 @@ class Store:
             f"SELECT seq, lane, size, state FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})",
             seqs).fetchall()
         self._acked.add(rows)
+        if len(self._acked) > MAX_NOTED:
+            self._delete_acked()
+            return len(rows)
         with self._flush_lock:
             if self._flush_timer is None:
                 self._flush_timer = threading.Timer(FLUSH_AFTER_S, self._flush_acks)
@@ -533,9 +536,12 @@ class Store:
         return len(rows)
 
     def _flush_acks(self) -> None:
-        """Delete the acknowledged entries now, if no local write took them yet."""
+        """The timer's (or the close's) turn: delete what no local write took yet."""
         with self._flush_lock:
             self._flush_timer = None
+        self._delete_acked()
+
+    def _delete_acked(self) -> None:
         if self._acked:
             with contextlib.suppress(StoreError):  # a full disk: the next write takes them
                 self._run(lambda db: None, fsync=False)
