@@ -180,7 +180,8 @@ class Hub:
                    "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
                    "backlog": self._backlog(d, head)} for d in self.store.devices()]
         conflicts = self.conflicts()
-        return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(), "deltas": head,
+        return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
+                "deltas": self.store.count(),
                 "kiosks": kiosks, "conflicts": conflicts,
                 "held": sum(1 for c in conflicts if c["severity"] == "hold"),
                 "quarantine": self.store.quarantined(), "log": self.store.events(20),

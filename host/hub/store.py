@@ -104,6 +104,7 @@ class HubStore(Protocol):
     def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]: ...
     def head(self) -> int: ...
+    def count(self) -> int: ...
     def version_vector(self) -> dict[int, int]: ...
     def all_ops(self) -> Iterator[Op]: ...
     def record_ops(self, rid: bytes) -> list[Op]: ...
@@ -253,7 +254,12 @@ class SqliteHubStore:
         return out, last, False
 
     def head(self) -> int:
+        """The last arrival number (not a count: numbers follow the clock)."""
         return int(self._q("SELECT COALESCE(MAX(hseq), 0) FROM ops")[0][0])
+
+    def count(self) -> int:
+        """How many deltas the hub holds."""
+        return int(self._q("SELECT COUNT(*) FROM ops")[0][0])
 
     def all_ops(self) -> Iterator[Op]:
         for rid, stamp, node, data in self._q("SELECT rid, stamp, node, data FROM ops"):
