@@ -231,7 +231,7 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from device.sync import run_sync
+    from device.sync.engine import run_sync
 
     return run_sync(args)
 
@@ -293,7 +293,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 def cmd_attach(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from device.documents import attach
+    from device.sync.document_store import attach
 
     with _open(args) as store:
         done = attach(store, args.file, patient=args.patient, title=args.title,
@@ -313,15 +313,15 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from device.config import ConfigError, load, storage_limits
-    from device.storage_guard import look
+    from device.health.storage_guard import look
 
     try:
         cfg = load(args.config, {"data": args.data})
     except ConfigError as exc:
         print(f"haven-kiosk status: {exc}", file=sys.stderr)
         return 2
-    from device.documents import summary_of
-    from device.sync_state import last_sync_of
+    from device.sync.document_store import summary_of
+    from device.sync.state import last_sync_of
 
     with _open(args) as store:
         st = store.status()
@@ -359,7 +359,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_hw(args: argparse.Namespace) -> int:
-    from device import hw_remote
+    from device.hardware import remote as hw_remote
 
     try:
         if args.action == "press":

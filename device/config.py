@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .memory import MemoryLimits
-from .storage_guard import StorageLimits
+from device.health.memory import MemoryLimits
+from device.health.storage_guard import StorageLimits
 
 DEFAULT_PATH = Path("/etc/haven/kiosk.toml")
 
@@ -44,19 +44,19 @@ class KioskConfig:
     round_limit: float = 60.0
     baud: int | None = None
     hold_time: float = 3.0
-    #: Memory thresholds in MiB (``device.memory``): the runtime's RSS, the system's
+    #: Memory thresholds in MiB (``device.health.memory``): the runtime's RSS, the system's
     #: MemAvailable. 0 turns one off.
     memory_soft_mib: float = 64.0
     memory_hard_mib: float = 80.0
     memory_available_soft_mib: float = 64.0
     memory_available_hard_mib: float = 32.0
-    #: Free space in MiB on the disk holding ``data`` (``device.storage_guard``): under
+    #: Free space in MiB on the disk holding ``data`` (``device.health.storage_guard``): under
     #: low, the retention policy runs; under critical, check-ins are refused.
     storage_low_mib: float = 128.0
     storage_critical_mib: float = 32.0
     #: Seconds between two looks at memory and disk space.
     health_interval: float = 10.0
-    #: Seconds between two looks at each hub URL's link (``device.link_monitor``); a
+    #: Seconds between two looks at each hub URL's link (``device.sync.link_monitor``); a
     #: link that returns starts a round at once. 0 turns the link monitor off.
     link_interval: float = 1.0
     #: Serial hub URLs whose modem drives carrier detect: their link is up only with it.

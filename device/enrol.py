@@ -20,12 +20,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from protocol import sync_cert
+from device.store import Store, StoreError
+from device.store.create import configure
+from device.store.keys import read_secret, write_secret
 from protocol.errors import ProtocolError
-
-from .store import Store, StoreError
-from .store.create import configure
-from .store.keys import read_secret, write_secret
+from protocol.sync import certificate as sync_cert
 
 X_KEY, ED_KEY = "kiosk_x25519.key", "kiosk_ed25519.key"
 REQUEST, CERT = "enrolment.req", "certificate"

@@ -3,17 +3,17 @@
 Theory of operation
 -------------------
 The event loop serves the page (``device.ui``); every store call it makes
-runs in a thread. The sync engine (``device.sync.run_round``, blocking)
+runs in a thread. The sync engine (``device.sync.engine.run_round``, blocking)
 runs rounds in one thread of its own: after each round it tells
 ``LiveStatus`` how far check-ins reached the hub, and shows the state on
 the status LED. A check-in or a long press of the service button starts a
 round at once; otherwise rounds follow ``interval``, or a backoff capped at
 ``retry_max`` while no hub answers. Each hub URL has a circuit breaker
-(``device.circuit``): a URL that keeps failing is skipped for a cool-down
+(``device.sync.circuit``): a URL that keeps failing is skipped for a cool-down
 (at most ``retry_max``) while the next one is tried, then probed once, so a
 link that returns is used again within one cool-down; while every URL is
 resting, a round (even one a check-in started) waits for the first probe.
-A link monitor (``device.link_monitor``, a thread of its own, every
+A link monitor (``device.sync.link_monitor``, a thread of its own, every
 ``link_interval``) watches each URL's link (its device node, or a route to
 its host): when one returns, its breaker lets a probe through and a round
 starts at once, without waiting for a local write, the backoff or the
@@ -21,10 +21,10 @@ cool-down.
 An unenrolled kiosk still checks patients in (the LED shows an error).
 
 Every ``health_interval`` the runtime looks at its memory
-(``device.memory``): past the soft threshold it drops SQLite's caches and
+(``device.health.memory``): past the soft threshold it drops SQLite's caches and
 collects garbage; past the hard one it logs an error and the staff screen
 shows it (``/api/staff/overview``, ``health``). It looks at the free space
-on the disk holding ``--data`` too (``device.storage_guard``): when low, it
+on the disk holding ``--data`` too (``device.health.storage_guard``): when low, it
 truncates the write-ahead logs and shows an error on the LED and a warning
 to the staff; under the critical threshold the page refuses new check-ins
 with a message in the patient's language.
@@ -53,22 +53,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import hw, hw_remote
-from .circuit import Breakers, hub_breakers
-from .config import KioskConfig, memory_limits, storage_limits
-from .documents import DocumentStore
-from .enrol import Identity, NotEnrolled, load
-from .link_monitor import link_monitor_for
-from .memory import MemoryMonitor, MemoryReadError, collect_garbage
-from .storage_guard import OK as STORAGE_OK
-from .storage_guard import StorageGuard, truncate_wal_file
-from .store import Store, StoreError
-from .sync import SyncFailed, SyncRefused, retry_wait, sync_first, wall_ms
-from .sync_state import DB_NAME as SYNC_DB
-from .sync_state import SyncState
-from .ui import http
-from .ui.app import KioskApp
-from .ui.live import ERROR, OFFLINE, PENDING, SYNCED, LiveStatus
+from device.config import KioskConfig, memory_limits, storage_limits
+from device.enrol import Identity, NotEnrolled, load
+from device.hardware import panel as hw
+from device.hardware import remote as hw_remote
+from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
+from device.health.storage_guard import OK as STORAGE_OK
+from device.health.storage_guard import StorageGuard, truncate_wal_file
+from device.store import Store, StoreError
+from device.sync.circuit import Breakers, hub_breakers
+from device.sync.document_store import DocumentStore
+from device.sync.engine import SyncFailed, SyncRefused, retry_wait, sync_first, wall_ms
+from device.sync.link_monitor import link_monitor_for
+from device.sync.state import DB_NAME as SYNC_DB
+from device.sync.state import SyncState
+from device.ui import http
+from device.ui.app import KioskApp
+from device.ui.live import ERROR, OFFLINE, PENDING, SYNCED, LiveStatus
 
 log = logging.getLogger("haven.kiosk")
 STOP_BOUND = 15.0

@@ -14,11 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from host.errors import HavenError, UsageError
+from host.link import LinkOptions
+from host.progress import Progress
 from protocol import WIRE_VERSION, __version__
-
-from .errors import HavenError, UsageError
-from .link import LinkOptions
-from .progress import Progress
 
 
 def _link_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write a new X25519 private key to FILE (owner-only) "
                             "and its public key, in hex, to FILE.pub and stdout.")
     keygen.add_argument("file", type=Path, metavar="FILE")
-    from .hub.cli import add_parsers
+    from host.hub.commands import add_parsers
 
     add_parsers(sub)
     return parser
 
 
 def _options(args: argparse.Namespace) -> LinkOptions:
-    from .keys import load_key, parse_peer_key
+    from host.keys import load_key, parse_peer_key
 
     if args.peer_key and not args.key:
         raise UsageError("--peer-key needs --key (an anonymous side cannot check a key)")
@@ -86,11 +85,11 @@ def _options(args: argparse.Namespace) -> LinkOptions:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("hub", "review"):
-        from .hub.cli import run
+        from host.hub.commands import run
 
         return run(args)
     if args.command == "keygen":
-        from .keys import keygen
+        from host.keys import keygen
 
         print(keygen(args.file))
         return 0
@@ -98,11 +97,11 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress()
     try:
         if args.command == "send":
-            from .send import send_files
+            from host.send import send_files
 
             summary = send_files(args.port, args.files, options, progress)
         else:
-            from .receive import receive_files
+            from host.receive import receive_files
 
             summary = receive_files(args.port, args.directory, options, progress)
     finally:

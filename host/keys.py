@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from .errors import UsageError
+from host.errors import UsageError
 
 
 def write_secret(path: Path, secret: bytes) -> None:

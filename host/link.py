@@ -34,9 +34,8 @@ from dataclasses import dataclass, fields
 import serial
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from protocol.session import Closed, Connected, Event, Session, SessionConfig, SessionStats
-
-from .errors import HavenError, PeerRefused, PeerSilent, UsageError
+from host.errors import HavenError, PeerRefused, PeerSilent, UsageError
+from protocol.session.core import Closed, Connected, Event, Session, SessionConfig, SessionStats
 
 KEEPALIVE = 2.0
 RESET_AFTER = 10.0

@@ -20,9 +20,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from host import errors
+from host.batch import CONTROL_LANE, Summary
+from host.link import Link, LinkOptions, Reset, Runner
+from host.progress import Progress
+from host.transfer_store import STATE_DIR, DirStore
 from protocol import messages
 from protocol.errors import ProtocolError
-from protocol.session import Closed, Connected, MessageReceived
+from protocol.session.core import Closed, Connected, MessageReceived
 from protocol.transfer import (
     MAX_MESSAGE,
     ChunkStored,
@@ -31,12 +36,6 @@ from protocol.transfer import (
     TransferComplete,
     TransferFailed,
 )
-
-from . import errors
-from .batch import CONTROL_LANE, Summary
-from .link import Link, LinkOptions, Reset, Runner
-from .progress import Progress
-from .transfer_store import STATE_DIR, DirStore
 
 
 class _Run:

@@ -23,9 +23,13 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
+from host import errors
+from host.batch import BULK_LANE, CONTROL_LANE, Summary
+from host.link import Link, LinkOptions, Reset, Runner
+from host.progress import Progress
 from protocol import messages
 from protocol.errors import LocalProtocolError
-from protocol.session import Closed, Connected, MessageReceived
+from protocol.session.core import Closed, Connected, MessageReceived
 from protocol.transfer import (
     MAX_MESSAGE,
     Manifest,
@@ -35,11 +39,6 @@ from protocol.transfer import (
     build_manifest,
     check_name,
 )
-
-from . import errors
-from .batch import BULK_LANE, CONTROL_LANE, Summary
-from .link import Link, LinkOptions, Reset, Runner
-from .progress import Progress
 
 READ_SIZE = 1 << 20
 LINGER = 3.0  #: seconds to wait for the end of the batch to be acknowledged

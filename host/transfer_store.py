@@ -34,10 +34,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from host.errors import UsageError
 from protocol.chunking import chunk_id
 from protocol.transfer import HASH_SIZE, LENGTH_SIZE, check_name
-
-from .errors import UsageError
 
 STATE_DIR = ".haven"
 

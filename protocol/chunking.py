@@ -59,7 +59,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import LocalProtocolError
+from protocol.errors import LocalProtocolError
 
 
 def _gear_key(value: int) -> bytes:

@@ -10,7 +10,7 @@ on x86-64, so no C extension is used for it.
 
 from __future__ import annotations
 
-from .errors import RemoteProtocolError
+from protocol.errors import RemoteProtocolError
 
 
 def encode(data: bytes) -> bytes:

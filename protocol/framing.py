@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import cobs
-from .crc32c import crc32c
-from .errors import LocalProtocolError, RemoteProtocolError
+from protocol import cobs
+from protocol.crc32c import crc32c
+from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 DELIMITER = b"\x00"
 CRC_SIZE = 4

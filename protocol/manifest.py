@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .chunking import DEFAULT_PARAMS, Chunker, ChunkParams, chunk_id
-from .errors import LocalProtocolError
+from protocol.chunking import DEFAULT_PARAMS, Chunker, ChunkParams, chunk_id
+from protocol.errors import LocalProtocolError
 
 HASH_SIZE = 32
 LENGTH_SIZE = 3

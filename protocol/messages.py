@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import strict_cbor
-from .errors import LocalProtocolError, RemoteProtocolError
+from protocol import strict_cbor
+from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 TYPE_KEY = 0
 

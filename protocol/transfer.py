@@ -53,10 +53,10 @@ from array import array
 from collections.abc import Callable
 from typing import ClassVar
 
-from . import messages
-from .chunking import chunk_id
-from .errors import LocalProtocolError, RemoteProtocolError
-from .manifest import (
+from protocol import messages
+from protocol.chunking import chunk_id
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.manifest import (
     HASH_SIZE,
     LENGTH_SIZE,
     MAX_NAME,
@@ -67,8 +67,8 @@ from .manifest import (
     build_manifest,
     check_name,
 )
-from .messages import Message, MessageSpec, register
-from .transfer_types import (
+from protocol.messages import Message, MessageSpec, register
+from protocol.transfer_types import (
     ChunkRejected,
     ChunkStored,
     Event,

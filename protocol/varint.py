@@ -7,7 +7,7 @@ byte and values below 16,384 take two.
 
 from __future__ import annotations
 
-from .errors import LocalProtocolError, RemoteProtocolError
+from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 MAX = (1 << 62) - 1
 

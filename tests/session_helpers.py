@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.framing import FrameDecoder
-from protocol.session import Closed, Connected, MessageReceived, Session, SessionConfig
+from protocol.session.core import Closed, Connected, MessageReceived, Session, SessionConfig
 from tools.linksim import Line, LinkSim
 
 

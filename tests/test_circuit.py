@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from device.circuit import CLOSED, HALF_OPEN, OPEN, Breaker, Breakers, hub_breakers
-from device.sync import Summary, retry_wait, sync_first
+from device.sync.circuit import CLOSED, HALF_OPEN, OPEN, Breaker, Breakers, hub_breakers
+from device.sync.engine import Summary, retry_wait, sync_first
 from host.hub.serve import Server
 
 from .test_sync_helpers import Kiosk, served_hub

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from device.cli import main as kiosk_main
-from device.documents import DB_NAME, DELIVERED, HELD, REFUSED, DocumentStore, attach
 from device.store import BadRequest, StorageFull, init_store
-from device.sync_documents import DocumentPush
-from host.hub.documents import DOCUMENTS_DIR, DocumentInbox, held
+from device.sync.document_push import DocumentPush
+from device.sync.document_store import DB_NAME, DELIVERED, HELD, REFUSED, DocumentStore, attach
+from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox, held
 from host.hub.hub import Hub, init_hub
-from host.hub.store import Op
+from host.hub.storage import Op
 from protocol import messages
 from protocol.crdt.delta import decode
 from protocol.transfer import Sender, build_manifest

@@ -12,8 +12,8 @@ from device import enrol
 from device.store import Store, StoreError, init_store
 from host.errors import HavenError
 from host.hub.hub import Hub, init_hub
-from protocol import sync_cert
 from protocol.errors import ProtocolError
+from protocol.sync import certificate as sync_cert
 
 
 def test_hpke_fallback_matches_cryptography() -> None:

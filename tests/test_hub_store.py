@@ -10,7 +10,7 @@ import pytest
 from device.store import init_store
 from host.cli import main
 from host.hub.hub import Hub
-from host.hub.store import Op
+from host.hub.storage import Op
 from protocol.crdt.delta import decode
 
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from device import hw
+from device.hardware import panel as hw
 from device.store import init_store
 from device.ui.app import KioskApp
 from device.ui.live import LiveStatus

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from device import hw, hw_remote
 from device.config import KioskConfig
+from device.hardware import panel as hw
+from device.hardware import remote as hw_remote
 from device.runtime import Runtime
 from device.store import init_store
 

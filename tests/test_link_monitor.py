@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from device import config as kconfig
-from device.circuit import CLOSED, HALF_OPEN, OPEN, Breaker
-from device.link_monitor import (
+from device.sync.circuit import CLOSED, HALF_OPEN, OPEN, Breaker
+from device.sync.link_monitor import (
     LinkMonitor,
     RouteTo,
     carrier_detect,

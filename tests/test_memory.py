@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from device import memory
-from device.memory import MIB, MemoryLimits, MemoryMonitor, Reading
+from device.health import memory
+from device.health.memory import MIB, MemoryLimits, MemoryMonitor, Reading
 from device.store import init_store
 
 from .test_runtime import call

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import protocol.noise
+import protocol
+import protocol.session.noise
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.noise import (
+from protocol.session.noise import (
     MAX_MESSAGE,
     MAX_NONCE,
     TAG_SIZE,
@@ -23,11 +24,10 @@ from protocol.noise import (
     FrameSealer,
     Handshake,
 )
-from protocol.replay import ReplayWindow
+from protocol.session.replay import ReplayWindow
 
-VECTORS = json.loads((Path(protocol.noise.__file__).parent / "vectors" / "noise.json").read_text())[
-    "vectors"
-]
+VECTORS = json.loads(
+    (Path(protocol.__file__).parent / "vectors" / "noise.json").read_text())["vectors"]
 
 PATTERNS = ["NN", "XX", "IK"]
 HASHES = ["SHA256", "BLAKE2s"]
@@ -153,7 +153,7 @@ def test_vectors_cover_every_pattern_and_hash() -> None:
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(protocol.noise).failed == 0
+    assert doctest.testmod(protocol.session.noise).failed == 0
 
 
 # -- handshakes ----------------------------------------------------------------

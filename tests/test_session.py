@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.session import Closed, Connected, MessageReceived
+from protocol.session.core import Closed, Connected, MessageReceived
 from tests.session_helpers import Line, make_pair, public, random_messages, transfer
 
 

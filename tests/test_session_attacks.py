@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-import protocol.session as session_mod
+import protocol.session.core as session_mod
 from protocol.framing import encode_frame
-from protocol.session import Closed, Connected, MessageReceived, Session, SessionConfig
+from protocol.session.core import Closed, Connected, MessageReceived, Session, SessionConfig
 from tests.session_helpers import Line, Tap, make_pair, random_messages, transfer
 from tools.linksim import LinkSim
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from protocol import session_wire as w
 from protocol.framing import encode_frame
-from protocol.session import Closed, MessageReceived
+from protocol.session import frames as w
+from protocol.session.core import Closed, MessageReceived
 from tests.session_helpers import Line, Tap, make_pair, random_messages
 from tools.linksim import LinkSim
 

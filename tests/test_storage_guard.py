@@ -25,7 +25,7 @@ import pytest
 
 from device import config as kconfig
 from device.cli import main
-from device.storage_guard import (
+from device.health.storage_guard import (
     MIB,
     StorageGuard,
     StorageLimits,

@@ -19,15 +19,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from device.documents import DocumentStore, attach
 from device.store import Store
-from device.sync import Round, SyncFailed
-from device.sync_documents import DocumentPush
+from device.sync.document_push import DocumentPush
+from device.sync.document_store import DocumentStore, attach
+from device.sync.engine import Round, SyncFailed
 from host.cli import main as haven_main
-from host.hub import documents as hub_documents
-from host.hub.documents import DOCUMENTS_DIR, DocumentInbox
+from host.hub import document_inbox as hub_documents
+from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
 from host.hub.hub import Hub, init_hub, wall_ms
-from host.hub.sync import HubPeer
+from host.hub.peer import HubPeer
 from protocol import messages
 from tools.benchmarks._link import emulator
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from device import enrol
 from device.store import init_store
-from device.sync import Summary, run_round
-from device.sync_state import SyncState
+from device.sync.engine import Summary, run_round
+from device.sync.state import SyncState
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from device.sync import Round, run_sync, wall_ms
-from host.hub.sync import HubPeer
+from device.sync.engine import Round, run_sync, wall_ms
+from host.hub.peer import HubPeer
 from protocol import messages
 
 from .test_sync_helpers import Kiosk, served_hub

@@ -9,9 +9,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device import enrol
-from device.sync import Round, SyncRefused, run_round, wall_ms
-from host.hub.sync import HubPeer
-from protocol import messages, sync
+from device.sync.engine import Round, SyncRefused, run_round, wall_ms
+from host.hub.peer import HubPeer
+from protocol import messages
+from protocol.sync import batches as sync
 
 from .test_sync_helpers import Kiosk, served_hub
 

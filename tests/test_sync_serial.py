@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from device import sync as kiosk_sync_module
 from device.store import Store
+from device.sync.engine import engine as kiosk_sync_module
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 from tools.benchmarks._link import emulator
@@ -135,7 +135,7 @@ def test_hub_down_for_an_hour_then_back_resumes_within_the_cap(
     assert {r["id"] for r in json.loads(dump)["records"] if r["type"] == "checkin"} == ids
 
 
-CAPPED_SYNC = ("import sys, device.sync as s; s.BACKOFF_CAP = 1.0; "
+CAPPED_SYNC = ("import sys, device.sync.engine as s; s.BACKOFF_CAP = 1.0; "
                "from device.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

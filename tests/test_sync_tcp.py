@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from device.sync_state import last_sync_of
+from device.sync.state import last_sync_of
 from host.cli import main as hub_main
 
 from .test_sync_helpers import Kiosk, served_hub

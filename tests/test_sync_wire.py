@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import messages, strict_cbor, sync
+from protocol import messages, strict_cbor
 from protocol.errors import RemoteProtocolError
+from protocol.sync import batches as sync
 
 ROOT = Path(__file__).parent.parent / "protocol/vectors"
 VECTORS = json.loads((ROOT / "sync.json").read_text())

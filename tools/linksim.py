@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``LinkSim`` joins two ``protocol.session.Session`` objects through two
+``LinkSim`` joins two ``protocol.session.core.Session`` objects through two
 one-way lines. Each line has a byte rate (n bytes take n/rate seconds, as on
 a UART), a latency, a byte error rate (each damaged byte gets one bit
 flipped), optional outages (bytes that would be on the line then are lost),
@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from protocol.session import Event, Session
+from protocol.session.core import Event, Session
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The kiosk's local store (SQLite through sqlite-utils): see ``store``."""
 
-from .create import init_store
-from .exc import (
+from device.store.create import init_store
+from device.store.exc import (
     BadRequest,
     CorruptData,
     KeyFileMissing,
@@ -11,9 +11,9 @@ from .exc import (
     StorageFull,
     StoreError,
 )
-from .inbox import MergeReport
-from .keys import FieldCipher, KeyFile, KeyProvider
-from .store import CheckinResult, Store
+from device.store.inbox import MergeReport
+from device.store.keys import FieldCipher, KeyFile, KeyProvider
+from device.store.store import CheckinResult, Store
 
 __all__ = [
     "BadRequest", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile", "KeyFileMissing",

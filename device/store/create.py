@@ -15,12 +15,11 @@ from pathlib import Path
 
 import sqlite_utils
 
+from device.store.db import atomic
+from device.store.exc import BadRequest, KeyMismatch, StoreError
+from device.store.keys import KeyFile, KeyProvider, write_secret
+from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store, fingerprint
 from protocol.crdt import schema as crdt_schema
-
-from .db import atomic
-from .exc import BadRequest, KeyMismatch, StoreError
-from .keys import KeyFile, KeyProvider, write_secret
-from .store import DB_NAME, FLEET_KEY, STORE_KEY, Store, fingerprint
 
 
 def set_meta(db: sqlite_utils.Database, key: str, value: object) -> None:

@@ -33,18 +33,17 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
+from device.store.db import atomic
+from device.store.materialise import merge_slice
+from device.store.writer import BULK
 from protocol import strict_cbor
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, LOGICAL_BITS, wall_of
 from protocol.crdt.delta import Delta, decode, decode_many
 from protocol.crdt.replica import check_known_fields
 from protocol.errors import RemoteProtocolError
 
-from .db import atomic
-from .materialise import merge_slice
-from .writer import BULK
-
 if TYPE_CHECKING:
-    from .store import Store
+    from device.store.store import Store
 
 SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
 

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .exc import CorruptData, KeyFileMissing, KeyFilePermissions, StoreError
+from device.store.exc import CorruptData, KeyFileMissing, KeyFilePermissions, StoreError
 
 KEY_SIZE = 32
 NONCE_SIZE = 12

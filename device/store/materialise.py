@@ -42,13 +42,12 @@ from typing import Any
 import cbor2
 import sqlite_utils
 
+from device.store.exc import CorruptData
+from device.store.keys import FieldCipher
 from protocol import strict_cbor
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
-
-from .exc import CorruptData
-from .keys import FieldCipher
 
 UPSERT_FIELD = """
 INSERT INTO field_values (rid, field, stamp, node, sealed) VALUES (?, ?, ?, ?, ?)

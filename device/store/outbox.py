@@ -26,11 +26,10 @@ from typing import Any
 
 import sqlite_utils
 
+from device.store.keys import FieldCipher
+from device.store.materialise import op_label
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta
-
-from .keys import FieldCipher
-from .materialise import op_label
 
 BASE_DELAY_MS = 2_000
 MAX_DELAY_MS = 15 * 60 * 1000

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlite_utils
 
-from . import outbox
+from device.store import outbox
 
 
 def _meta(db: sqlite_utils.Database, key: str) -> Any:

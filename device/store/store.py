@@ -37,23 +37,15 @@ from typing import Any
 
 import sqlite_utils
 
-from protocol.crdt import schema as crdt_schema
-from protocol.crdt.clock import HLC, Dot, VersionVector
-from protocol.crdt.delta import Delta, encode
-from protocol.crdt.ids import patient_id, random_id, time_ordered_id
-from protocol.crdt.record import RecordView, canonical_json
-from protocol.crdt.writes import build_delete, build_put, build_resolve
-from protocol.errors import LocalProtocolError
-
-from . import inbox, outbox
-from . import tables as _tables  # noqa: F401 - registers the migrations
-from .acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
-from .checkpoint import Checkpointer
-from .db import atomic, connect, migrate
-from .exc import BadRequest, NotInitialised, StorageFull, StoreError
-from .inbox import MergeReport
-from .keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_secret
-from .materialise import (
+from device.store import inbox, outbox
+from device.store import tables as _tables  # noqa: F401 - registers the migrations
+from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
+from device.store.checkpoint import Checkpointer
+from device.store.db import atomic, connect, migrate
+from device.store.exc import BadRequest, NotInitialised, StorageFull, StoreError
+from device.store.inbox import MergeReport
+from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_secret
+from device.store.materialise import (
     insert_op,
     load_log,
     op_label,
@@ -62,8 +54,15 @@ from .materialise import (
     read_view,
     rewrite,
 )
-from .report import status_of
-from .writer import BULK, URGENT, Writer
+from device.store.report import status_of
+from device.store.writer import BULK, URGENT, Writer
+from protocol.crdt import schema as crdt_schema
+from protocol.crdt.clock import HLC, Dot, VersionVector
+from protocol.crdt.delta import Delta, encode
+from protocol.crdt.ids import patient_id, random_id, time_ordered_id
+from protocol.crdt.record import RecordView, canonical_json
+from protocol.crdt.writes import build_delete, build_put, build_resolve
+from protocol.errors import LocalProtocolError
 
 DB_NAME = "store.db"
 STORE_KEY = "store.key"

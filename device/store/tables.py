@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from .db import migration
+from device.store.db import migration
 
 
 @migration

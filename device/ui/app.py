@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from device.store import StorageFull, StoreError
-
-from . import checkin as ci
-from .http import HttpError, Request, Response, json_response
-from .live import LiveStatus
-from .staff import Staff
+from device.ui import checkin as ci
+from device.ui.http import HttpError, Request, Response, json_response
+from device.ui.live import LiveStatus
+from device.ui.staff import Staff
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from device.sync.state import last_sync_of
+from device.ui.checkin import Throttle
+from device.ui.http import HttpError, Request
+from device.ui.live import LiveStatus
 from protocol.crdt import schema as crdt_schema
-
-from ..sync_state import last_sync_of
-from .checkin import Throttle
-from .http import HttpError, Request
-from .live import LiveStatus
 
 CHECKIN = crdt_schema.CHECKIN
 

@@ -7,7 +7,7 @@ Theory of operation
 fleet's patient-id key and ``hub.db`` (``store.SqliteHubStore``). ``Hub``
 opens it. Enrolment checks the kiosk's signed request, refuses a letter
 already taken at that site, records the kiosk and issues its certificate
-(``protocol.sync_cert``). The merged state is computed by the reference
+(``protocol.sync.certificate``). The merged state is computed by the reference
 merge (``protocol.crdt.record``) over every delta the hub holds, so
 ``dump`` prints the same canonical JSON as a kiosk holding the same deltas.
 Document content the kiosks sent lives in ``documents/`` (``documents.py``);
@@ -28,18 +28,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from protocol import sync_cert
+from host.errors import HavenError, UsageError
+from host.hub.document_inbox import DOCUMENTS_DIR, held
+from host.hub.storage import Device, Op, SqliteHubStore
+from host.keys import read_secret, write_secret
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import decode, encode
 from protocol.crdt.record import RecordLog, RecordView, canonical_json, conflict_json
 from protocol.crdt.schema import TYPES, parse_assignments
 from protocol.crdt.writes import build_resolve
 from protocol.errors import ProtocolError
-
-from ..errors import HavenError, UsageError
-from ..keys import read_secret, write_secret
-from .documents import DOCUMENTS_DIR, held
-from .store import Device, Op, SqliteHubStore
+from protocol.sync import certificate as sync_cert
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
 APPROVED, REVOKED = "approved", "revoked"

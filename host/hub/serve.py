@@ -23,15 +23,14 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from protocol import session_wire
+from host.errors import HavenError, UsageError
+from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
+from host.hub.hub import Hub, wall_ms
+from host.hub.peer import HubPeer
 from protocol.framing import FrameDecoder, encode_frame
-from protocol.session import Session
-from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
-
-from ..errors import HavenError, UsageError
-from .documents import DOCUMENTS_DIR, DocumentInbox
-from .hub import Hub, wall_ms
-from .sync import HubPeer
+from protocol.session import frames as session_wire
+from protocol.session.core import Session
+from protocol.session.events import Closed, Connected, MessageReceived, SessionConfig
 
 IDLE_LIMIT = 60.0  #: a TCP session silent this long is dropped
 
@@ -172,7 +171,7 @@ class Server:
         self._start(self._serial, url, baud)
 
     def _serial(self, url: str, baud: int | None) -> None:
-        from ..link import Link, LinkOptions, Reset, Runner
+        from host.link import Link, LinkOptions, Reset, Runner
 
         link = Link(url, baud)
         opts = LinkOptions(baud=baud, key=self.hub.x_key, timeout=1e9, reset_after=IDLE_LIMIT)

@@ -51,9 +51,9 @@ from typing import Any
 
 import cbor2
 
-from .. import strict_cbor
-from ..errors import LocalProtocolError, RemoteProtocolError
-from .clock import MAX_NODE, MAX_STAMP, Dot
+from protocol import strict_cbor
+from protocol.crdt.clock import MAX_NODE, MAX_STAMP, Dot
+from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 PUT = 0
 DELETE = 1

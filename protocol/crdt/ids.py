@@ -25,7 +25,7 @@ import hmac
 import unicodedata
 import uuid
 
-from ..errors import LocalProtocolError
+from protocol.errors import LocalProtocolError
 
 MIN_KEY_SIZE = 32
 PATIENT_LABEL = b"haven/patient-id/v1\x00"

@@ -54,10 +54,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import strict_cbor
-from .clock import Dot
-from .delta import Delta
-from .schema import ADD_WINS, TYPES, field_name, type_name
+from protocol import strict_cbor
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import Delta
+from protocol.crdt.schema import ADD_WINS, TYPES, field_name, type_name
 
 UPDATE_UPDATE = "update-update"
 DELETE_UPDATE = "delete-update"

@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..errors import LocalProtocolError, RemoteProtocolError
-from .clock import HLC, VersionVector
-from .delta import Delta, decode, encode
-from .record import Conflict, RecordLog, RecordView, canonical_json
-from .schema import ADD_WINS, MAX_TEXT, TYPES, type_by_name
-from .writes import build_delete, build_put, build_resolve
+from protocol.crdt.clock import HLC, VersionVector
+from protocol.crdt.delta import Delta, decode, encode
+from protocol.crdt.record import Conflict, RecordLog, RecordView, canonical_json
+from protocol.crdt.schema import ADD_WINS, MAX_TEXT, TYPES, type_by_name
+from protocol.crdt.writes import build_delete, build_put, build_resolve
+from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 
 def _plain_text_fields() -> dict[int, frozenset[int]]:

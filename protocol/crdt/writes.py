@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..errors import LocalProtocolError
-from .clock import Dot
-from .delta import CONFLICT_ID_SIZE, DELETE, PUT, Delta
-from .record import HOLD, Conflict, RecordView, Version
-from .schema import ADD_WINS, TYPES, TypeSpec
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import CONFLICT_ID_SIZE, DELETE, PUT, Delta
+from protocol.crdt.record import HOLD, Conflict, RecordView, Version
+from protocol.crdt.schema import ADD_WINS, TYPES, TypeSpec
+from protocol.errors import LocalProtocolError
 
 
 class RecordHeldError(LocalProtocolError):

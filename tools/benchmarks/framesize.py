@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from protocol.session import MessageReceived, Session, SessionConfig
+from protocol.session.core import MessageReceived, Session, SessionConfig
 from tools.linksim import Line, LinkSim
 
 from . import Context, Result, benchmark

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from device.store.acks import FLUSH_AFTER_S as ACK_FLUSH_S
-from device.sync_state import FLUSH_AFTER_S as STATE_FLUSH_S
+from device.sync.state import FLUSH_AFTER_S as STATE_FLUSH_S
 
 from . import Context, Result, benchmark
 from . import _runtime as rt

@@ -1,4 +1,4 @@
-"""The kiosk's store beside its peers: ``device/store/bench.py`` in the registry.
+"""The kiosk's store beside its peers: ``tools/benchmarks/_store_workload.py`` in the registry.
 
 Check-in CPU beside a bare sqlite3 INSERT + COMMIT (interleaved, so both see
 the same noise), fsyncs and bytes written per check-in, bulk merge of
@@ -43,7 +43,7 @@ def _row(what: str, store: Any, against: str, peer: Any, ratio: Any, goal: str,
 @benchmark("store", "Kiosk store: check-ins, bulk merge beside pycrdt and loro")
 def store_benchmark(ctx: Context) -> Result:
     _ensure_peers(ctx)
-    from device.store import bench
+    from tools.benchmarks import store_workload as bench
 
     records, checkins, runs = (2000, 300, 1) if ctx.quick else (10_000, 1000, 3)
     r = bench.run(records, checkins, runs, ctx.log)

@@ -322,7 +322,7 @@ def pouch_case(ctx: Context, pouch: Path, docs: list[dict[str, str]], name: str
 def kiosk_and_hub(work: Path, docs: list[dict[str, str]]) -> tuple[Path, Any, Any, Any]:
     from device import enrol
     from device.store import init_store
-    from device.sync_state import SyncState
+    from device.sync.state import SyncState
     from host.hub.hub import Hub, init_hub
 
     init_hub(work / "hub")
@@ -345,9 +345,9 @@ class LiveRounds:
     """Sync rounds one after another on one live session (the loop of ``run_round``)."""
 
     def __init__(self, store: Any, state: Any, ident: Any, url: str) -> None:
-        from device.sync_link import open_link
-        from protocol.session import Session
-        from protocol.session_types import SessionConfig
+        from device.sync.link import open_link
+        from protocol.session.core import Session
+        from protocol.session.events import SessionConfig
 
         self.store, self.state, self.ident = store, state, ident
         self.link = open_link(url)
@@ -359,8 +359,8 @@ class LiveRounds:
         self.msg_up = self.msg_down = 0  #: sync message bytes, before the session's framing
 
     def round(self, limit: float = TIMEOUT) -> Any:
-        from device.sync import Round
-        from protocol.session_types import Connected, MessageReceived
+        from device.sync.engine import Round
+        from protocol.session.events import Connected, MessageReceived
 
         rnd = Round(self.store, self.state, self.ident)
         if self.connected:
@@ -397,7 +397,7 @@ class LiveRounds:
         """Keep the idle session running for ``seconds``, as a live loop does, so what
         the round still owes (the acknowledgement of its last frame, after the ack
         delay) goes out and is counted with it; then let the relay pass it on."""
-        from protocol.session_types import MessageReceived
+        from protocol.session.events import MessageReceived
 
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -408,7 +408,7 @@ class LiveRounds:
     def _step(self, most: float) -> list[Any]:
         """Write what the session wants written, wait for input (``most`` seconds at
         most), feed it; the session's events."""
-        from protocol.session_types import Closed
+        from protocol.session.events import Closed
 
         now = time.monotonic()
         out = self.session.data_to_send(now)
@@ -434,7 +434,7 @@ class LiveRounds:
 
 
 def haven_case(ctx: Context, docs: list[dict[str, str]], name: str) -> dict[str, Any]:
-    from device.sync import run_round
+    from device.sync.engine import run_round
 
     work = ctx.workdir / f"haven-{name}"
     hub_dir, store, state, ident = kiosk_and_hub(work, docs)
@@ -483,7 +483,7 @@ def haven_case(ctx: Context, docs: list[dict[str, str]], name: str) -> dict[str,
 
 
 def serial_case(ctx: Context, docs: list[dict[str, str]]) -> dict[str, Any]:
-    from device.sync import run_round
+    from device.sync.engine import run_round
 
     from ._link import emulator
 

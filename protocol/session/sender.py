@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import session_wire as w
-from . import varint
-from .arq import PACKET_THRESHOLD, FrameSizer, RttEstimator, SendLane
-from .errors import RemoteProtocolError
-from .messages import Message
-from .session_types import SessionConfig, SessionStats, _Sent
+from protocol import varint
+from protocol.errors import RemoteProtocolError
+from protocol.messages import Message
+from protocol.session import frames as w
+from protocol.session.arq import PACKET_THRESHOLD, FrameSizer, RttEstimator, SendLane
+from protocol.session.events import SessionConfig, SessionStats, _Sent
 
 #: Seals ``(kind, plaintext)`` into a frame; returns its packet number and the frame.
 Seal = Callable[[int, bytes], tuple[int, bytes]]

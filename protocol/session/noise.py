@@ -75,8 +75,8 @@ from cryptography.hazmat.primitives import hmac as _hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .replay import DEFAULT_WINDOW, ReplayWindow
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.session.replay import DEFAULT_WINDOW, ReplayWindow
 
 DHLEN: Final = 32  #: X25519 public keys and shared secrets
 HASHLEN: Final = 32  #: SHA-256 and BLAKE2s digests

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UsageError
+from host.errors import UsageError
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -69,13 +69,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def run(args: argparse.Namespace) -> int:
-    from .hub import Hub, init_hub
+    from host.hub.hub import Hub, init_hub
 
     if args.command == "hub" and args.hub_command == "init":
         print(f"hub ready in {args.data}; public key {init_hub(args.data)}")
         return 0
     if args.command == "hub" and args.hub_command == "serve":
-        from .serve import serve
+        from host.hub.serve import serve
 
         return serve(args)
     with Hub(args.data) as hub:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _status(hub: object, as_json: bool) -> None:
-    from .hub import Hub
+    from host.hub.hub import Hub
 
     assert isinstance(hub, Hub)
     st = hub.status()
@@ -129,7 +129,7 @@ def _status(hub: object, as_json: bool) -> None:
 
 
 def _review(hub: object, args: argparse.Namespace) -> int:
-    from .hub import Hub
+    from host.hub.hub import Hub
 
     assert isinstance(hub, Hub)
     if args.review_command == "list":

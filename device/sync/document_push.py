@@ -32,12 +32,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from device.store import CorruptData, Store
+from device.sync.document_store import DELIVERED, REFUSED, DocumentStore
 from protocol.messages import Message
-from protocol.session import Session
+from protocol.session.core import Session
 from protocol.transfer import Sender, TransferComplete, TransferFailed, transfer_id
-
-from .documents import DELIVERED, REFUSED, DocumentStore
-from .store import CorruptData, Store
 
 DOC_LANE = 3  #: the session's least urgent lane (records of lane 3 and up share it)
 CONTROL_LANE = 0

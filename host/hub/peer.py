@@ -29,15 +29,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from protocol import messages, sync, sync_cert
+from host.hub.document_inbox import DocumentInbox
+from host.hub.storage import Device, HubStore, Op
+from protocol import messages
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, wall_of
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.replica import check_known_fields
 from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.sync import batches as sync
+from protocol.sync import certificate as sync_cert
 from protocol.transfer import transfer_id
-
-from .documents import DocumentInbox
-from .store import Device, HubStore, Op
 
 Reply = tuple[int, bytes]
 CHANGES_BYTES = 256 * 1024

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import LocalProtocolError, RemoteProtocolError
-from .ranges import RangeSet
+from protocol.errors import LocalProtocolError, RemoteProtocolError
+from protocol.ranges import RangeSet
 
 MAX_SACK_RANGES = 16
 PACKET_THRESHOLD = 3

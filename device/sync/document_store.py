@@ -43,14 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.store import BadRequest, CorruptData, FieldCipher, Store
+from device.store.outbox import backoff_ms
 from protocol.chunking import iter_chunks
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.ids import random_id
 from protocol.errors import LocalProtocolError
 from protocol.manifest import HASH_SIZE, LENGTH_SIZE, Manifest, ManifestBuilder
-
-from .store import BadRequest, CorruptData, FieldCipher, Store
-from .store.outbox import backoff_ms
 
 DB_NAME = "documents.db"
 READ_SIZE = 1 << 20

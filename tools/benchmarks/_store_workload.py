@@ -1,4 +1,4 @@
-"""Measure the store beside its peers: ``python -m device.store.bench [--records N] ...``.
+"""Measure the store beside its peers (run by ``./tools/bench store``).
 
 Prints one JSON object. Every figure that is compared is compared with its
 peer or baseline in the same run (the machine is shared and absolute times
@@ -54,11 +54,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from device.store.create import init_store
 from protocol.crdt.clock import pack
 from protocol.crdt.delta import Delta, encode
 from protocol.crdt.replica import Replica
-
-from .create import init_store
 
 T0 = 1_790_000_000_000
 NODE = 0x1234ABCD
@@ -255,10 +254,9 @@ def sqlite_only_rate(root: Path, deltas: list[bytes], runs: int,
 
     ``registers_only`` writes just the merged registers (one upsert per field value),
     the rows any design that merges registers in SQL must write."""
+    from device.store.db import connect, migrate
+    from device.store.materialise import FAST_RECORD, INSERT_OP, UPSERT_FIELD
     from protocol.crdt.delta import decode
-
-    from .db import connect, migrate
-    from .materialise import FAST_RECORD, INSERT_OP, UPSERT_FIELD
 
     ops, fields, heads = [], [], {}
     for data in deltas:
@@ -290,8 +288,8 @@ def sqlite_only_rate(root: Path, deltas: list[bytes], runs: int,
 def python_only_rate(deltas: list[bytes], runs: int) -> int:
     """The Python a merge cannot skip, without SQLite: strict decoding and checking of
     each delta (in the merge's chunks) and sealing each merged value with AES-GCM."""
-    from .inbox import CHUNK, _checked
-    from .keys import FieldCipher
+    from device.store.inbox import CHUNK, _checked
+    from device.store.keys import FieldCipher
 
     cipher = FieldCipher(os.urandom(32))
     best = 0.0

@@ -23,12 +23,12 @@ time and checkpoint from the welcome, then pushes and pulls at once:
 The round is done when the outbox is empty, nothing is in flight and the
 last page said no more. ``run_round`` drives a round over one URL with a
 time limit; ``sync_first`` tries the URLs in order, each behind its circuit
-breaker (``device.circuit``: a URL that keeps failing is skipped for a
+breaker (``device.sync.circuit``: a URL that keeps failing is skipped for a
 cool-down, then probed), and ``run_sync`` (like the runtime's loop) waits
 after a round in which no URL worked with exponential backoff and jitter,
 never longer than until an open URL may be probed (``retry_wait``;
 ``--once`` gives up at ``--timeout``). While it waits, the link monitor
-(``device.link_monitor``) looks at each URL's link every ``--link-interval``:
+(``device.sync.link_monitor``) looks at each URL's link every ``--link-interval``:
 a link that returns lets that URL's breaker probe and ends the wait. A refusal by the hub (revoked,
 unknown, wrong certificate) ends the run at once with its reason.
 """
@@ -45,19 +45,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import messages, sync
-from protocol.session import Session
-from protocol.session_types import Closed, Connected, MessageReceived, SessionConfig
+from device.enrol import Identity, load
+from device.store import Store, StoreError
+from device.sync.circuit import Breakers, hub_breakers
+from device.sync.document_push import DocumentPush, lane_room
+from device.sync.document_store import DocumentStore
+from device.sync.link import LinkError, open_link
+from device.sync.link_monitor import link_monitor_for
+from device.sync.state import SEAL_LABEL, SyncState
+from protocol import messages
+from protocol.session.core import Session
+from protocol.session.events import Closed, Connected, MessageReceived, SessionConfig
+from protocol.sync import batches as sync
 from protocol.transfer import transfer_id
-
-from .circuit import Breakers, hub_breakers
-from .documents import DocumentStore
-from .enrol import Identity, load
-from .link_monitor import link_monitor_for
-from .store import Store, StoreError
-from .sync_documents import DocumentPush, lane_room
-from .sync_link import LinkError, open_link
-from .sync_state import SEAL_LABEL, SyncState
 
 log = logging.getLogger("haven.sync")
 

@@ -40,6 +40,8 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from host.hub.storage import HubStore
+from host.transfer_store import STATE_DIR, DirStore
 from protocol import messages
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.delta import decode
@@ -54,9 +56,6 @@ from protocol.transfer import (
     TransferComplete,
     TransferFailed,
 )
-
-from ..transfer_store import STATE_DIR, DirStore
-from .store import HubStore
 
 DOCUMENTS_DIR = "documents"
 MAX_DOCUMENT = 256 << 20

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.sync import GENESIS
+from protocol.sync.batches import GENESIS
 
 DB_NAME = "sync.db"
 SEAL_LABEL = b"haven-sync-batch"

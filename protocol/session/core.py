@@ -51,15 +51,12 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from . import WIRE_VERSION, messages, varint
-from . import session_wire as w
-from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .framing import FrameDecoder, encode_frame
-from .messages import Message
-from .noise import FrameOpener, FrameSealer, Handshake
-from .session_receiver import SessionReceiver
-from .session_sender import SessionSender
-from .session_types import (
+from protocol import WIRE_VERSION, messages, varint
+from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from protocol.framing import FrameDecoder, encode_frame
+from protocol.messages import Message
+from protocol.session import frames as w
+from protocol.session.events import (
     CLOSED,
     HANDSHAKE,
     OPEN,
@@ -71,6 +68,9 @@ from .session_types import (
     SessionConfig,
     SessionStats,
 )
+from protocol.session.noise import FrameOpener, FrameSealer, Handshake
+from protocol.session.receiver import SessionReceiver
+from protocol.session.sender import SessionSender
 
 __all__ = [
     "Closed", "Connected", "Event", "MessageReceived", "Session", "SessionConfig", "SessionStats",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .levels import LevelWatch, past
+from device.health.levels import LevelWatch, past
 
 OK, SOFT, HARD = 0, 1, 2
 NAMES = ("ok", "soft", "hard")

@@ -10,7 +10,7 @@ next URL is tried. Once the cool-down has passed it is **half-open**: the
 next round probes the URL once. A success closes it; a failed probe opens it
 again for twice as long, up to ``max_cool_down``, so a link that stays down
 is probed less and less often, and one that returns is used again within one
-cool-down. When the link monitor (``device.link_monitor``) sees the URL's link
+cool-down. When the link monitor (``device.sync.link_monitor``) sees the URL's link
 come back, ``allow_probe`` makes an open breaker half-open at once: the next
 round probes it without waiting for the cool-down to end, and a failed probe
 opens it again for twice as long, as any failed probe does. Each opening

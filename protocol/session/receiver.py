@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections import deque
 
-from . import messages, varint
-from . import session_wire as w
-from .arq import RecvLane
-from .errors import RemoteProtocolError
-from .messages import Message
-from .session_types import Event, MessageReceived, SessionConfig
+from protocol import messages, varint
+from protocol.errors import RemoteProtocolError
+from protocol.messages import Message
+from protocol.session import frames as w
+from protocol.session.arq import RecvLane
+from protocol.session.events import Event, MessageReceived, SessionConfig
 
 
 class SessionReceiver:

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import strict_cbor
-from .errors import RemoteProtocolError
-from .messages import MessageSpec, register
+from protocol import strict_cbor
+from protocol.errors import RemoteProtocolError
+from protocol.messages import MessageSpec, register
 
 GENESIS = b"\x00" * 32
 HEAD_LABEL = b"haven-chain-head\x00"

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import strict_cbor
-from .errors import RemoteProtocolError
+from protocol import strict_cbor
+from protocol.errors import RemoteProtocolError
 
 SEAL_INFO = b"haven/fleet-key/v1"
 REQUEST_LABEL = b"haven/enrolment-request/v1\x00"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .errors import LocalProtocolError
+from protocol.errors import LocalProtocolError
 
 DEFAULT_WINDOW = 2048
 NONCE_LIMIT = 2**64  #: nonces are 64-bit counters (Noise section 5.1)

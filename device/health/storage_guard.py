@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .levels import LevelWatch, past
-from .store import StorageFull
+from device.health.levels import LevelWatch, past
+from device.store import StorageFull
 
 OK, LOW, CRITICAL = 0, 1, 2
 NAMES = ("ok", "low", "critical")

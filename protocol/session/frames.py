@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import messages, varint
-from .crc32c import crc32c
-from .errors import RemoteProtocolError
-from .messages import Message, MessageSpec
+from protocol import messages, varint
+from protocol.crc32c import crc32c
+from protocol.errors import RemoteProtocolError
+from protocol.messages import Message, MessageSpec
 
 KIND_HANDSHAKE = 0x01
 KIND_REFUSE = 0x02
