@@ -34,11 +34,11 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+import device.sync.engine as sync_module
 from device.config import KioskConfig
 from device.hardware import panel as hw
 from device.runtime import Runtime
 from device.store import Store
-from device.sync.engine import engine as sync_module
 from host.hub.hub import Hub
 from tools.benchmarks._link import emulator
 

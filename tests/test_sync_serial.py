@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
+import device.sync.engine as kiosk_sync_module
 from device.store import Store
-from device.sync.engine import engine as kiosk_sync_module
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 from tools.benchmarks._link import emulator
