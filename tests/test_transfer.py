@@ -193,11 +193,12 @@ def test_new_version_sends_small_delta(params):
 # --- corruption ----------------------------------------------------------------------
 
 
-def flip_first_data(times: int) -> Tamper:
+def flip_first_data(times: int, index: int = 0) -> Tamper:
+    """Flip a bit of chunk ``index``'s first data message, the first ``times`` times."""
     left = [times]
 
     def tamper(msg):
-        if msg.name == "xfer-data" and msg.get("index") == 0 and left[0] > 0:
+        if msg.name == "xfer-data" and msg.get("index") == index and left[0] > 0:
             left[0] -= 1
             data = bytearray(msg.get("data"))
             data[0] ^= 1
@@ -218,13 +219,17 @@ def test_corrupted_chunk_is_rejected_and_asked_again():
 def test_persistent_corruption_fails_cleanly():
     data = random.Random(7).randbytes(50_000)
     store = MemoryStore()
-    link = transfer(data, store, tamper=flip_first_data(100))
+    link = transfer(data, store, tamper=flip_first_data(100, index=2))
     failed = of_type(link.events, TransferFailed)
     assert failed == [TransferFailed("chunk-hash", failed[0].detail)]
     assert link.sender.state == "failed" and link.sender.failure is not None
     assert link.sender.failure.remote and link.sender.failure.reason == "chunk-hash"
-    assert all(store.has(h) for h in store.chunks)  # nothing bad was stored
-    assert chunk_id(data[:1]) not in store.chunks
+    # The chunks before the damaged one were stored, each once; every chunk
+    # kept is the content its id names, and the damaged chunk's id names nothing.
+    ids = [h for h, _ in build_manifest([data], "doc.pdf", SMALL).entries()]
+    assert all(chunk_id(chunk) == h for h, chunk in store.chunks.items())
+    assert list(store.chunks) == ids[:2] and store.puts == 2
+    assert not store.has(ids[2])
 
 
 def test_duplicate_data_is_idempotent():
