@@ -99,10 +99,14 @@ def outbox_entries(store: Store) -> int:
 
 class Runtime:
     def __init__(self, cfg: KioskConfig, *, hardware: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock`` (monotonic seconds) times the breakers and the link monitor."""
+                 clock: Callable[[], float] = time.monotonic,
+                 pause: Callable[[threading.Event, float], object] | None = None) -> None:
+        """``clock`` (monotonic seconds) times the breakers, the link monitor and the sync
+        state's deferred writes; ``pause(wake, seconds)`` is the sync thread's wait between
+        rounds (``wake.wait`` by default): a simulated day passes both."""
         self.cfg = cfg
         self.clock = clock
+        self._pause = pause or (lambda wake, seconds: wake.wait(seconds))
         assert cfg.data is not None
         self.data = cfg.data
         self.live = LiveStatus()
@@ -276,7 +280,7 @@ class Runtime:
 
     def _sync_loop(self) -> None:
         assert self.store is not None
-        state = SyncState(self.data)
+        state = SyncState(self.data, clock=self.clock)
         docs = DocumentStore(self.data, self.store.cipher)  # open for good: see run_round
         try:
             self._rounds(state, docs)
@@ -299,7 +303,7 @@ class Runtime:
                 except (NotEnrolled, StoreError) as exc:
                     self.live.update(state=ERROR, detail=str(exc))
                     self._show(hw.ERROR)
-                    self._wake.wait(self.cfg.retry_max)
+                    self._pause(self._wake, self.cfg.retry_max)
                     continue
             mark = self.live.snapshot()["committed"]
             result = self._one_round(store, state, docs, ident, breakers)
@@ -317,7 +321,7 @@ class Runtime:
                 self._show(hw.ERROR if result == ERROR else hw.OFFLINE)
                 wait = retry_wait(attempt, breakers, rng, cap=self.cfg.retry_max)
             if wait > 0:
-                self._wake.wait(wait)
+                self._pause(self._wake, wait)
 
     def _one_round(self, store: Store, state: SyncState, docs: DocumentStore,
                    ident: Identity, breakers: Breakers) -> str:

@@ -36,7 +36,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +63,9 @@ class SavedBatch:
 
 
 class SyncState:
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` (monotonic seconds) times how long unwritten values wait."""
+        self.clock = clock
         path = Path(data) / DB_NAME
         if not path.exists():
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
@@ -98,13 +100,13 @@ class SyncState:
 
     def _wait(self) -> None:
         if self._waiting_since is None:
-            self._waiting_since = time.monotonic()
+            self._waiting_since = self.clock()
 
     def flush(self, force: bool = False) -> None:
         """Write what waits in memory, in one transaction without an fsync, if it has
         waited ``FLUSH_AFTER_S`` (or ``force``)."""
         since = self._waiting_since
-        if since is None or not force and time.monotonic() - since < FLUSH_AFTER_S:
+        if since is None or not force and self.clock() - since < FLUSH_AFTER_S:
             return
         if self._later or self._acked_later:
             with self._transaction():

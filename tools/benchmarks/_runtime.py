@@ -3,16 +3,42 @@
 Used by the kiosk benchmark: the runtime is started exactly as a kiosk
 starts it (the console script, simulated hardware), and watched from
 outside through ``/proc/<pid>`` and the page's own API.
+
+``simulated_day`` runs a day of the runtime in a child process
+(``python -m tools.benchmarks._runtime day``): the real ``Runtime`` (page,
+sync thread, store, ``sync.db``) syncing with a real hub, with two hooks
+injected. Its clock (breakers, the sync state's deferred writes) is
+simulated, and its wait between rounds advances that clock by the wait
+(``interval``, 10 s) and returns at once; so one round follows another as
+fast as the hub answers, and each is 10 s of simulated time. Check-ins, if
+any, are posted to the child's own page during those waits, spread evenly
+over the day. The child reads its own ``/proc/self/io`` (every thread of
+the process) after a warm-up of a few rounds and two simulated minutes, and
+at the end of the day, and prints the difference as JSON.
+
+``write_bytes`` counts a page when a clean page is dirtied; a page dirtied
+again before the kernel wrote it out is not counted again. A day run in
+minutes would hide most of the writes a real day makes, so the kernel's
+writeback is simulated too: whenever ``vm.dirty_expire_centisecs`` (30 s)
+of simulated time has passed, every file of the data directory and the
+log the child writes to is fsynced, as the kernel's flusher would have
+written them out by then. The wall time the sync state keeps as the last
+sync (``SyncState.note_synced``) is simulated the same way; the store's
+30-s timer for acknowledged outbox entries (``device.store.acks``) runs in
+real time, so in a simulated day they leave with the next check-in instead.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -162,3 +188,141 @@ def fstype(path: Path) -> str:
     done = subprocess.run(["df", "--output=fstype,source", str(path)], capture_output=True,
                           text=True, check=True)
     return " on ".join(done.stdout.splitlines()[-1].split())
+
+
+# A simulated day ---------------------------------------------------------------------------
+
+DAY_S = 86_400.0
+WARMUP_ROUNDS = 8
+WARMUP_S = 120.0  #: simulated, so that what the first rounds left waiting is written
+
+
+def simulated_day(data: Path, hub: str, port: int, log: IO[bytes], *, rounds: int,
+                  checkins: int = 0, tag: str = "DAY") -> dict[str, Any]:
+    """Run ``rounds`` sync rounds of the runtime, 10 s of simulated time apart, with
+    ``checkins`` new patients spread over them, in a child process; its figures."""
+    cmd = [sys.executable, "-m", "tools.benchmarks._runtime", "day", "--data", str(data),
+           "--hub", hub, "--port", str(port), "--rounds", str(rounds),
+           "--checkins", str(checkins), "--tag", tag]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, check=False,
+                          env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
+                          timeout=BOUND * 100 + rounds)
+    if done.returncode != 0:
+        raise RuntimeError(f"the simulated day exited with {done.returncode}")
+    return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+
+
+def dirty_expire_s() -> float:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text()) / 100
+    return 30.0
+
+
+def write_back(data: Path) -> None:
+    """Write out every dirty page of the data directory's files and of our log."""
+    paths = [p for p in data.iterdir() if p.is_file()]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    with contextlib.suppress(OSError):
+        os.fsync(2)  # stderr: the runtime's log, a file in the benchmark
+
+
+class SimDay:
+    """The runtime's clock and its wait between rounds, for a day simulated fast."""
+
+    def __init__(self, url: str, data: Path, rounds: int, checkins: int, tag: str) -> None:
+        self.url, self.data, self.rounds, self.tag = url, data, rounds, tag
+        self.start = self.now = 1_000_000.0
+        self.wall0 = time.time_ns() // 1_000_000
+        self.expire = dirty_expire_s()
+        self.written_out = self.now
+        self.done = 0  #: rounds ended (waits begun) since the warm-up
+        self.warm = -WARMUP_ROUNDS
+        every = rounds / checkins if checkins else 0
+        self.checkin_at = {int(i * every) for i in range(checkins)}
+        self.checked_in = 0
+        self.before: dict[str, int] = {}
+        self.after: dict[str, int] = {}
+        self.t0 = self.t1 = 0.0
+        self.finished = threading.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall_ms(self) -> int:
+        return self.wall0 + int((self.now - self.start) * 1000)
+
+    def pause(self, wake: threading.Event, seconds: float) -> bool:
+        if self.finished.is_set():
+            return wake.wait(seconds)  # the day is over: wait for the stop in real time
+        self.now += seconds
+        if self.now - self.written_out >= self.expire:
+            write_back(self.data)
+            self.written_out = self.now
+        if self.warm < 0:
+            self.warm += 1
+            if self.warm == 0:
+                self.now += WARMUP_S
+                self.before, self.t0 = proc_io(os.getpid()), time.monotonic()
+            return wake.is_set()
+        if self.done in self.checkin_at:
+            checkin(self.url, *patient(self.tag, self.checked_in))
+            self.checked_in += 1
+        self.done += 1
+        if self.done >= self.rounds:
+            self.after, self.t1 = proc_io(os.getpid()), time.monotonic()
+            self.finished.set()
+        return wake.is_set()
+
+
+async def _day(ns: argparse.Namespace) -> dict[str, Any]:
+    from device.config import KioskConfig
+    from device.runtime import Runtime
+    from device.sync.state import SyncState
+
+    cfg = KioskConfig(data=Path(ns.data), hub=[ns.hub], ui=f"127.0.0.1:{ns.port}",
+                      link_interval=0.0)
+    day = SimDay(f"http://127.0.0.1:{ns.port}", Path(ns.data), ns.rounds, ns.checkins, ns.tag)
+    noted = SyncState.note_synced  # the last sync's wall time, simulated
+
+    def note_synced(self: Any, now_ms: int, moved: bool) -> None:
+        noted(self, day.wall_ms(), moved)
+
+    SyncState.note_synced = note_synced  # type: ignore[method-assign]
+    runtime = Runtime(cfg, clock=day.clock, pause=day.pause)
+    await runtime.start()
+    try:
+        if not await asyncio.to_thread(day.finished.wait, BOUND * 100 + ns.rounds):
+            raise RuntimeError("the simulated day did not end in time")
+    finally:
+        await runtime.stop()
+    diff = {k: day.after[k] - day.before[k] for k in day.before}
+    return {"rounds": day.done, "checkins": day.checked_in, "seconds": day.t1 - day.t0,
+            "simulated_s": ns.rounds * cfg.interval, "io": diff}
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.benchmarks._runtime")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    day = sub.add_parser("day", help="a simulated day of the runtime; prints JSON")
+    day.add_argument("--data", required=True)
+    day.add_argument("--hub", required=True)
+    day.add_argument("--port", type=int, required=True)
+    day.add_argument("--rounds", type=int, default=int(DAY_S / 10))
+    day.add_argument("--checkins", type=int, default=0)
+    day.add_argument("--tag", default="DAY")
+    ns = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(json.dumps(asyncio.run(_day(ns))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
