@@ -39,6 +39,14 @@ def transitions(pin: object) -> list[bool]:
     return out
 
 
+def lit_spans(pin: object) -> list[float]:
+    """How long each completed lit phase of the pin lasted, in seconds (a mock
+    pin's state records how long the state before it lasted)."""
+    states = pin.states  # type: ignore[attr-defined]
+    return [cur.timestamp for prev, cur in zip(states, states[1:], strict=False)
+            if prev.state and not cur.state]
+
+
 @pytest.fixture
 def factory() -> Iterator[MockFactory]:
     f = MockFactory()
@@ -80,14 +88,19 @@ def test_blinking_patterns_toggle_the_pin(kit: hw.Hardware, factory: MockFactory
     pin = factory.pin(hw.LED_PIN)
     period = hw.PATTERNS[pattern]
     assert period is not None
+    on_time, off_time = period
+    pin.clear_states()
     kit.led.show(pattern)
     assert kit.led.pattern == pattern
     if pattern == hw.ERROR:  # fast enough to watch several periods
-        assert wait_until(lambda: len(transitions(pin)) >= 5)
-        seq = transitions(pin)
-        assert all(a != b for a, b in zip(seq, seq[1:], strict=False))
-    else:  # starts lit, then goes dark: the first half period
-        assert wait_until(lambda: True in transitions(pin))
+        assert wait_until(lambda: transitions(pin)[-4:] == [True, False, True, False])
+    else:  # starts lit, then goes dark after its on-time: a steady LED never does
+        assert wait_until(lambda: transitions(pin)[-2:] == [True, False], on_time + BOUND)
+    seq = transitions(pin)
+    assert all(a != b for a, b in zip(seq, seq[1:], strict=False))
+    # Each lit span lasts this pattern's on-time (the patterns differ by it).
+    spans = lit_spans(pin)
+    assert spans and all(0.5 * on_time <= t <= on_time + 0.4 for t in spans), spans
 
 
 def test_pattern_periods_are_distinct() -> None:
