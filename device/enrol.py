@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.store import Store, StoreError
 from device.store.create import configure
-from device.store.keys import read_secret, write_secret
+from device.store.keys import read_key
+from protocol.driver.secret_files import write_secret
 from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
 
@@ -39,8 +40,8 @@ def ensure_keys(data: Path) -> tuple[X25519PrivateKey, Ed25519PrivateKey]:
         write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
     if not (data / ED_KEY).exists():
         write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
-    return (X25519PrivateKey.from_private_bytes(read_secret(data / X_KEY, "kiosk key")),
-            Ed25519PrivateKey.from_private_bytes(read_secret(data / ED_KEY, "kiosk key")))
+    return (X25519PrivateKey.from_private_bytes(read_key(data / X_KEY, "kiosk key")),
+            Ed25519PrivateKey.from_private_bytes(read_key(data / ED_KEY, "kiosk key")))
 
 
 def write_request(store: Store) -> Path:

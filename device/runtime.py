@@ -63,8 +63,9 @@ from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.store import Store, StoreError
 from device.sync.circuit import Breakers, hub_breakers
 from device.sync.document_store import DocumentStore
-from device.sync.engine import SyncFailed, SyncRefused, retry_wait, sync_first, wall_ms
+from device.sync.engine import SyncFailed, SyncRefused, retry_wait, sync_first
 from device.sync.link_monitor import link_monitor_for
+from protocol.driver.wall_clock import wall_ms
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
 from device.ui import http

@@ -1,7 +1,8 @@
 """``haven``: the hub and the technician's tool.
 
 A thin shell: each command parses its arguments, calls one library function
-(``host.send.send_files``, ``host.receive.receive_files``, ``host.keys.keygen``)
+(``host.send.send_files``, ``host.receive.receive_files``,
+``protocol.driver.secret_files.new_key_file``)
 and turns a ``HavenError`` into a one-line message and its exit code:
 0 done, 1 transfer failed, 2 bad arguments (missing file, bad port, bad key),
 3 the peer was silent for ``--timeout``, 4 the peer's key was refused.
@@ -14,10 +15,12 @@ import json
 import sys
 from pathlib import Path
 
+from host.batch import LinkOptions
 from host.errors import HavenError, UsageError
-from host.link import LinkOptions
 from host.progress import Progress
 from protocol import WIRE_VERSION, __version__
+from protocol.driver.errors import SecretFileError
+from protocol.driver.secret_files import load_key_file, new_key_file, parse_public_key
 
 
 def _link_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,19 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> LinkOptions:
-    from host.keys import load_key, parse_peer_key
-
     if args.peer_key and not args.key:
         raise UsageError("--peer-key needs --key (an anonymous side cannot check a key)")
     if args.baud is not None and args.baud <= 0:
         raise UsageError("--baud must be positive")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    return LinkOptions(
-        baud=args.baud, tcp=args.tcp, timeout=args.timeout,
-        key=load_key(args.key) if args.key else None,
-        peer_key=parse_peer_key(args.peer_key) if args.peer_key else None,
-    )
+    try:
+        key = load_key_file(args.key) if args.key else None
+    except SecretFileError as exc:  # missing, too open, not a key: the message says which
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read key {args.key}: {exc.strerror}") from None
+    try:
+        peer_key = parse_public_key(args.peer_key) if args.peer_key else None
+    except SecretFileError as exc:
+        raise UsageError(f"--peer-key {exc}") from None
+    return LinkOptions(baud=args.baud, tcp=args.tcp, timeout=args.timeout, key=key,
+                       peer_key=peer_key)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,9 +97,12 @@ def _run(args: argparse.Namespace) -> int:
 
         return run(args)
     if args.command == "keygen":
-        from host.keys import keygen
-
-        print(keygen(args.file))
+        try:
+            print(new_key_file(args.file))
+        except FileExistsError:
+            raise UsageError(f"{args.file} exists; not overwriting a key") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {args.file}: {exc.strerror}") from None
         return 0
     options = _options(args)
     progress = Progress()

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-The ``Runner`` (``link.py``) answers the sender's handshake as the Noise
-responder. Each ``xfer-offer`` starts a ``Receiver`` over the directory's
+The run's ``SessionDriver`` (``batch.open_run``) answers the sender's
+handshake as the Noise responder. Each ``xfer-offer`` starts a ``Receiver`` over the directory's
 ``DirStore`` (``transfer_store.py``), which keeps every chunk durable as it
 arrives and already knows the chunks of the files in the directory. Manifest
 pieces are recorded in the store before the ``Receiver`` sees them, so a
@@ -11,7 +11,7 @@ chunk can be written where it belongs. When the ``Receiver`` has checked the
 whole file's SHA-256, the store renames the file into place, and only then
 does its ``xfer-done`` go out: the sender exits 0 only for a file that is on
 disk under its name. The run ends with the sender's ``haven-end`` (or its
-goodbye once every announced file is in). A ``Reset`` drops the transfer in
+goodbye once every announced file is in). A ``Restarted`` drops the transfer in
 progress; the sender offers it again and only missing chunks cross.
 """
 
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from host import errors
-from host.batch import CONTROL_LANE, Summary
-from host.link import Link, LinkOptions, Reset, Runner
+from host.batch import CONTROL_LANE, LinkOptions, Summary, open_run, poll
 from host.progress import Progress
 from host.transfer_store import STATE_DIR, DirStore
 from protocol import messages
+from protocol.driver.session_driver import Restarted, SessionDriver
 from protocol.errors import ProtocolError
 from protocol.session.core import Closed, Connected, MessageReceived
 from protocol.transfer import (
@@ -39,8 +39,10 @@ from protocol.transfer import (
 
 
 class _Run:
-    def __init__(self, runner: Runner, store: DirStore, progress: Progress) -> None:
+    def __init__(self, runner: SessionDriver, options: LinkOptions, store: DirStore,
+                 progress: Progress) -> None:
         self.runner = runner
+        self.options = options
         self.store = store
         self.progress = progress
         self.summary = Summary("receive")
@@ -52,27 +54,18 @@ class _Run:
     def run(self) -> Summary:
         t0 = time.monotonic()
         while not self.finished:
-            for event in self.runner.poll():
+            for event in poll(self.runner, self.options):
                 self._on_event(event)
                 if self.finished:
                     break
-        self.runner.close()
-        stats = self.runner.stats()
-        s = self.summary
-        s.wire_bytes_sent = stats["bytes_sent"]
-        s.wire_bytes_received = stats["bytes_received"]
-        s.retransmitted_bytes = stats["retransmitted_bytes"]
-        s.frames_lost = stats["lost_frames"]
-        s.seconds = round(time.monotonic() - t0, 3)
-        s.resets = self.runner.resets
-        s.peer_key = self.runner.peer_static.hex() if self.runner.peer_static else None
-        return s
+        self.runner.close(linger=0.2)
+        return self.summary.add_run(self.runner, t0)
 
     def _on_event(self, event: object) -> None:
         if isinstance(event, Connected):
             peer = event.remote_static
             self.progress.note("connected" + (f" to {peer.hex()[:16]}…" if peer else ""))
-        elif isinstance(event, Reset):
+        elif isinstance(event, Restarted):
             self._retire()
             self.progress.note(f"link silent ({event.reason}); waiting for the sender")
         elif isinstance(event, MessageReceived):
@@ -165,11 +158,7 @@ def receive_files(port: str, directory: Path, options: LinkOptions,
     """Receive one session's files from a ``haven send`` on ``port`` into ``directory``."""
     store = DirStore(directory)
     try:
-        link = Link(port, options.baud)
-        try:
-            return _Run(Runner(link, options, initiator=False), store,
-                        progress or Progress(enabled=False)).run()
-        finally:
-            link.close()
+        with open_run(port, options, initiator=False) as driver:
+            return _Run(driver, options, store, progress or Progress(enabled=False)).run()
     finally:
         store.close()

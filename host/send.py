@@ -4,11 +4,11 @@ Theory of operation
 -------------------
 Every file is checked and chunked first (``build_manifest`` streams it), so
 a missing file fails before the port is touched and the line never idles
-while we hash. The ``Runner`` (``link.py``) connects as the Noise initiator.
-On each ``Connected`` the batch message goes out and the current file's
-``Sender`` starts over: the receiver answers its manifest with what it lacks,
-so a resumed run, or a new session after a ``Reset``, moves only missing
-chunks. Transfer messages are pulled from the ``Sender`` only while the bulk
+while we hash. The run's ``SessionDriver`` (``batch.open_run``) connects as
+the Noise initiator. On each ``Connected`` the batch message goes out and the
+current file's ``Sender`` starts over: the receiver answers its manifest with
+what it lacks, so a resumed run, or a new session after a ``Restarted``,
+moves only missing chunks. Transfer messages are pulled from the ``Sender`` only while the bulk
 lane has room, so the file is read one chunk at a time. A file counts as sent
 only when its ``xfer-done`` arrives, i.e. after the receiver checked the whole
 file's SHA-256 and renamed it into place. After the last one, ``haven-end``
@@ -24,10 +24,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from host import errors
-from host.batch import BULK_LANE, CONTROL_LANE, Summary
-from host.link import Link, LinkOptions, Reset, Runner
+from host.batch import BULK_LANE, CONTROL_LANE, LinkOptions, Summary, open_run, poll
 from host.progress import Progress
 from protocol import messages
+from protocol.driver.errors import LinkError
+from protocol.driver.session_driver import Restarted, SessionDriver
 from protocol.errors import LocalProtocolError
 from protocol.session.core import Closed, Connected, MessageReceived
 from protocol.transfer import (
@@ -87,17 +88,15 @@ def send_files(port: str, paths: list[Path], options: LinkOptions,
     try:
         for path in paths:
             files.append(_File(path, progress))
-        link = Link(port, options.baud)
-        try:
-            return _run(Runner(link, options, initiator=True), files, progress)
-        finally:
-            link.close()
+        with open_run(port, options, initiator=True) as driver:
+            return _run(driver, options, files, progress)
     finally:
         for f in files:
             os.close(f.fd)
 
 
-def _run(runner: Runner, files: list[_File], progress: Progress) -> Summary:
+def _run(runner: SessionDriver, options: LinkOptions, files: list[_File],
+         progress: Progress) -> Summary:
     t0 = time.monotonic()
     summary = Summary("send", file_bytes=sum(f.manifest.size for f in files),
                       chunks=sum(f.manifest.count for f in files))
@@ -112,13 +111,13 @@ def _run(runner: Runner, files: list[_File], progress: Progress) -> Summary:
             summary.chunk_bytes_moved += s.stats.bytes_moved
 
     while index < len(files):
-        for event in runner.poll():
+        for event in poll(runner, options):
             if isinstance(event, Connected):
                 retire(sender)
                 sender, pending, done_bytes = _start(runner, files, index), None, 0
                 peer = event.remote_static
                 progress.note("connected" + (f" to {peer.hex()[:16]}…" if peer else ""))
-            elif isinstance(event, Reset):
+            elif isinstance(event, Restarted):
                 retire(sender)
                 sender, pending = None, None
                 progress.note(f"link silent ({event.reason}); reconnecting")
@@ -168,15 +167,15 @@ def _run(runner: Runner, files: list[_File], progress: Progress) -> Summary:
     end = time.monotonic() + LINGER
     try:  # every file is confirmed: nothing that happens now is a failure
         while time.monotonic() < end and not runner.session.all_acked:
-            if any(isinstance(e, Closed | Reset) for e in runner.poll()):
+            if any(isinstance(e, Closed | Restarted) for e in poll(runner, options)):
                 break
-        runner.close()
-    except errors.HavenError:
+        runner.close(linger=0.2)
+    except (errors.HavenError, LinkError):
         pass
-    return _finish(summary, runner, t0)
+    return summary.add_run(runner, t0)
 
 
-def _start(runner: Runner, files: list[_File], index: int) -> Sender | None:
+def _start(runner: SessionDriver, files: list[_File], index: int) -> Sender | None:
     if index >= len(files):
         return None
     batch = messages.make("haven-batch", files=len(files),
@@ -194,19 +193,7 @@ def _position(f: _File, wire: bytes, current: int) -> int:
     return int(f.ends[index]) - f.manifest.chunk_length(index) + offset + len(msg.get("data"))
 
 
-def _flush_abort(runner: Runner, sender: Sender) -> None:
+def _flush_abort(runner: SessionDriver, sender: Sender) -> None:
     while (wire := sender.next_message()) is not None:
         runner.send(CONTROL_LANE, wire)
     runner.close(linger=0.5)
-
-
-def _finish(summary: Summary, runner: Runner, t0: float) -> Summary:
-    stats = runner.stats()
-    summary.wire_bytes_sent = stats["bytes_sent"]
-    summary.wire_bytes_received = stats["bytes_received"]
-    summary.retransmitted_bytes = stats["retransmitted_bytes"]
-    summary.frames_lost = stats["lost_frames"]
-    summary.seconds = round(time.monotonic() - t0, 3)
-    summary.resets = runner.resets
-    summary.peer_key = runner.peer_static.hex() if runner.peer_static else None
-    return summary

@@ -4,7 +4,11 @@ duplicate and without a forked chain; several hub URLs are tried in order."""
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from pathlib import Path
+
+import pytest
 
 from device.sync.engine import Round, run_sync, wall_ms
 from host.hub.peer import HubPeer
@@ -71,14 +75,24 @@ def test_a_power_cut_that_loses_the_saved_batch_forks_nothing(tmp_path: Path) ->
         k.close()
 
 
-def test_urls_tried_in_order_and_once_waits_for_acks(tmp_path: Path) -> None:
+def test_urls_tried_in_order_and_once_waits_for_acks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with served_hub(tmp_path) as (hub, url):
         k = Kiosk(tmp_path, "k", hub, "A")
         k.store.checkin(name="Ada")
         data = k.store.data
         k.close()
-        args = argparse.Namespace(data=data, hub=["tcp://127.0.0.1:1", "/nonexistent/tty", url],
+        dead = ["tcp://127.0.0.1:1", "/nonexistent/tty"]
+        args = argparse.Namespace(data=data, hub=[*dead, url],
                                   once=True, baud=None, timeout=20.0, interval=1.0, json=True,
                                   link_interval=1.0)
         assert run_sync(args) == 0
         assert len(list(hub.store.all_ops())) == 2
+    out, err = capsys.readouterr()
+    # The two dead URLs failed once each, in the order given, before the hub's.
+    failures = [line for line in err.splitlines() if line.startswith("haven-kiosk sync: ")]
+    assert len(failures) == 1, err
+    tried = re.findall(r"(?:^haven-kiosk sync: |; )([^\s;]+): ", failures[0])
+    assert tried == dead, failures[0]
+    assert json.loads(out.strip().splitlines()[-1])["url"] == url

@@ -17,9 +17,10 @@ import sqlite_utils
 
 from device.store.db import atomic
 from device.store.exc import BadRequest, KeyMismatch, StoreError
-from device.store.keys import KeyFile, KeyProvider, write_secret
+from device.store.keys import KeyFile, KeyProvider
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store, fingerprint
 from protocol.crdt import schema as crdt_schema
+from protocol.driver.secret_files import write_secret
 
 
 def set_meta(db: sqlite_utils.Database, key: str, value: object) -> None:

@@ -37,10 +37,9 @@ from device.store.db import atomic
 from device.store.materialise import merge_slice
 from device.store.writer import BULK
 from protocol import strict_cbor
-from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, LOGICAL_BITS, wall_of
-from protocol.crdt.delta import Delta, decode, decode_many
-from protocol.crdt.replica import check_known_fields
+from protocol.crdt.delta import Delta
 from protocol.errors import RemoteProtocolError
+from protocol.sync.checks import check_remote_deltas
 
 if TYPE_CHECKING:
     from device.store.store import Store
@@ -86,31 +85,15 @@ def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int) -> M
     return MergeReport(applied, duplicates, quarantined)
 
 
-def check(data: bytes, now: int) -> Delta:
-    """Decode and check one delta from elsewhere (``RemoteProtocolError`` if bad)."""
-    delta = decode(data)
-    if wall_of(delta.stamp) > now + DEFAULT_MAX_AHEAD_MS:
-        raise RemoteProtocolError("stamp too far ahead of the local clock", "clock-ahead")
-    check_known_fields(delta)
-    return delta
-
-
 def _checked(part: list[bytes], now: int
              ) -> tuple[list[tuple[Delta, bytes]], list[tuple[str, str, bytes]]]:
-    """``check`` for each delta of ``part``, decoded as one batch."""
+    """The deltas of ``part`` that pass ``check_remote_deltas`` (the hub's check too;
+    any node may write what comes from the hub), and those it refuses."""
     good: list[tuple[Delta, bytes]] = []
     bad: list[tuple[str, str, bytes]] = []
-    limit = (now + DEFAULT_MAX_AHEAD_MS + 1) << LOGICAL_BITS  # first stamp too far ahead
-    for data, got in zip(part, decode_many(part), strict=True):
-        try:
-            if isinstance(got, RemoteProtocolError):
-                raise got
-            if got.stamp >= limit:
-                raise RemoteProtocolError("stamp too far ahead of the local clock",
-                                          "clock-ahead")
-            check_known_fields(got)
-        except RemoteProtocolError as exc:
-            bad.append((exc.code, str(exc), data))
+    for data, got in zip(part, check_remote_deltas(part, now), strict=True):
+        if isinstance(got, RemoteProtocolError):
+            bad.append((got.code, str(got), data))
         else:
             good.append((got, data))
     return good, bad

@@ -3,10 +3,10 @@
 Theory of operation
 -------------------
 A key provider hands the store one 32-byte master key. The default,
-``KeyFile``, keeps it in a file readable by its owner only and refuses a
-file that group or others could read, with a message that says how to fix
-it. Another provider (a TPM, a secure element, a key typed in at boot) only
-needs a ``key()`` method.
+``KeyFile``, keeps it in a file readable by its owner only
+(``protocol.driver.secret_files``) and refuses a file that group or others
+could read, with a message that says how to fix it. Another provider (a
+TPM, a secure element, a key typed in at boot) only needs a ``key()`` method.
 
 ``FieldCipher`` derives purpose keys from the master key with HKDF-SHA256
 and seals each field value separately with AES-256-GCM under a random
@@ -25,7 +25,6 @@ per-call Python overhead is paid once per batch.
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device.store.exc import CorruptData, KeyFileMissing, KeyFilePermissions, StoreError
+from protocol.driver.errors import SecretInvalid, SecretMissing, SecretPermissions
+from protocol.driver.secret_files import read_secret, write_secret
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -49,33 +50,16 @@ class KeyProvider(Protocol):
     def key(self) -> bytes: ...
 
 
-def write_secret(path: Path, secret: bytes) -> None:
-    """Create ``path`` owner-only (0600) holding ``secret``; never overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def read_key(path: Path, what: str, size: int | None = KEY_SIZE) -> bytes:
+    """An owner-only secret file (``protocol.driver.secret_files``), its errors the store's."""
     try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_secret(path: Path, what: str, size: int | None = KEY_SIZE) -> bytes:
-    """Read an owner-only secret file, refusing one others could read."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise KeyFileMissing(f"{what} {path} is missing") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFilePermissions(
-            f"{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"run: chmod 600 {path}"
-        )
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise KeyFilePermissions(f"{what} {path} belongs to another user")
-    data = path.read_bytes()
-    if size is not None and len(data) != size:
-        raise StoreError(f"{what} {path} holds {len(data)} bytes, not {size}", "key-size")
-    return data
+        return read_secret(path, what, size)
+    except SecretMissing as exc:
+        raise KeyFileMissing(str(exc)) from None
+    except SecretPermissions as exc:
+        raise KeyFilePermissions(str(exc)) from None
+    except SecretInvalid as exc:
+        raise StoreError(str(exc), "key-size") from None
 
 
 class KeyFile:
@@ -88,7 +72,7 @@ class KeyFile:
         write_secret(self.path, os.urandom(KEY_SIZE))
 
     def key(self) -> bytes:
-        return read_secret(self.path, "store key file")
+        return read_key(self.path, "store key file")
 
 
 def _derive(master: bytes, label: bytes) -> bytes:

@@ -44,7 +44,7 @@ from device.store.checkpoint import Checkpointer
 from device.store.db import atomic, connect, migrate
 from device.store.exc import BadRequest, NotInitialised, StorageFull, StoreError
 from device.store.inbox import MergeReport
-from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_secret
+from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_key
 from device.store.materialise import (
     insert_op,
     load_log,
@@ -62,6 +62,7 @@ from protocol.crdt.delta import Delta, encode
 from protocol.crdt.ids import patient_id, random_id, time_ordered_id
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
+from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError
 
 DB_NAME = "store.db"
@@ -98,10 +99,6 @@ def recover_clock(db: sqlite_utils.Database) -> int:
     return max(int(saved[0]) if saved else 0, queued or 0)
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True)
 class CheckinResult:
     record_id: str
@@ -127,7 +124,7 @@ class Store:
             raise NotInitialised(f"no kiosk store in {self.data}; run: haven-kiosk init")
         provider = key_provider or KeyFile(self.data / STORE_KEY)
         self.cipher = FieldCipher(provider.key())
-        self.fleet_key = read_secret(self.data / FLEET_KEY, "fleet key file", None)
+        self.fleet_key = read_key(self.data / FLEET_KEY, "fleet key file", None)
         self.hlc = HLC()
         self.rng = random.Random()
         self._letter_site: tuple[str, str] | None = None

@@ -2,7 +2,10 @@
 
 Theory of operation
 -------------------
-``Round`` is one sync round over an open session, without I/O: it says
+``Round`` is one sync round over an open session, without I/O. Its rules
+(the chain, fork, adopt and rewind, acks, paging) are the kiosk's role in
+``protocol.sync.conversation`` (``KioskSync``); ``Round`` gives that role
+the store and ``sync.db`` (``KioskLedger``) and the time. It says
 hello (certificate, version vector, cursor, chain head), takes the hub's
 time and checkpoint from the welcome, then pushes and pulls at once:
 
@@ -57,6 +60,7 @@ from protocol import messages
 from protocol.session.core import Session
 from protocol.session.events import Closed, Connected, MessageReceived, SessionConfig
 from protocol.sync import batches as sync
+from protocol.sync.conversation import BatchRefused, ChainForked, KioskSync
 from protocol.transfer import transfer_id
 
 log = logging.getLogger("haven.sync")
@@ -106,43 +110,112 @@ def backoff(attempt: int, rng: random.Random) -> float:
     return float(ceiling / 2 + rng.random() * ceiling / 2)
 
 
+class KioskLedger:
+    """``KioskStorage`` for the kiosk's role: the store (outbox, merge) and ``sync.db``
+    (the chain, the cursor), with the round's ``Summary`` counting what moved."""
+
+    def __init__(self, store: Store, state: SyncState, summary: Summary) -> None:
+        self.store, self.state, self.summary = store, state, summary
+
+    def head(self) -> tuple[int, bytes]:
+        return self.state.head()
+
+    def acked_head(self) -> int:
+        return self.state.acked_head()
+
+    def saved_hash(self, seq: int) -> bytes | None:
+        return self.state.batch_hash(seq)
+
+    def cursor(self) -> int:
+        return self.state.cursor
+
+    def version_vector(self) -> dict[int, int]:
+        return self.store.version_vector().to_wire()
+
+    def unacked_batch(self) -> tuple[sync.Batch, list[int]] | None:
+        pending = self.state.pending()
+        if not pending:
+            return None
+        seq, prev, lane, entries, sealed, sig = pending[0]
+        payload = self.store.cipher.open_blob(SEAL_LABEL, sealed)
+        return sync.Batch(seq, prev, payload, sig, lane), entries
+
+    def next_writes(self) -> list[tuple[int, int, bytes]]:
+        out = self.store.outbox_batch(self.store.clock(), max_bytes=BATCH_BYTES)
+        return [(e.seq, e.lane, e.data) for e in out]
+
+    def save_batch(self, batch: sync.Batch, entries: list[int]) -> None:
+        self.state.save_batch(batch.seq, batch.prev, batch.hash, batch.lane, entries,
+                              self.store.cipher.seal_blob(SEAL_LABEL, batch.payload), batch.sig)
+
+    def adopt(self, seq: int, hash_: bytes) -> None:
+        self.state.adopt(seq, hash_)
+
+    def rewind(self, seq: int, acked: int) -> None:
+        self.state.rewind(seq)
+        again = self.store.outbox_requeue_local()
+        log.warning("the hub holds our batches up to %d of %d (restored from a backup?): "
+                    "%d writes queued again", seq, acked, again)
+
+    def acked(self, seq: int, kept: list[int], quarantined: list[int]) -> None:
+        for entry in quarantined:
+            self.store.outbox_reject(entry, "hub-quarantined")
+        self.store.outbox_ack(kept)
+        self.state.mark_acked(seq)
+        self.summary.batches += 1
+        self.summary.pushed += len(kept)
+        self.summary.quarantined += len(quarantined)
+
+    def merge(self, deltas: list[bytes], cursor: int) -> None:
+        if deltas:
+            self.store.merge(deltas)
+        self.state.set("cursor", cursor)
+        self.summary.pulled += len(deltas)
+
+    def note_clock_offset(self, offset_ms: int) -> None:
+        self.state.note_clock_offset(offset_ms)
+
+
 class Round:
+    """One round over an open session: the rules are ``KioskSync``'s; this gives it the
+    kiosk's storage (``KioskLedger``) and the time, turns its errors into ``SyncFailed``
+    and ``SyncRefused``, and routes document messages to ``documents``."""
+
     def __init__(self, store: Store, state: SyncState, ident: Identity,
                  documents: DocumentPush | None = None) -> None:
         self.store, self.state, self.ident = store, state, ident
         self.documents = documents
         self.device = ident.cert.device_id
-        self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
-        self.push_done = self.pull_done = False
-        self.welcomed = False
         self.summary = Summary()
+        self.sync = KioskSync(KioskLedger(store, state, self.summary), cert=ident.cert.raw,
+                              device=self.device, key=ident.ed_key)
+
+    @property
+    def welcomed(self) -> bool:
+        return self.sync.welcomed
+
+    @welcomed.setter
+    def welcomed(self, value: bool) -> None:
+        """Set on a session the hub already welcomed (a round on a live session)."""
+        self.sync.welcomed = value
 
     @property
     def done(self) -> bool:
-        return (self.welcomed and self.push_done and self.pull_done and self.in_flight is None
-                and (self.documents is None or self.documents.done))
+        return self.sync.done and (self.documents is None or self.documents.done)
 
     def hello(self) -> list[tuple[int, bytes]]:
-        seq, hash_ = self.state.head()
-        msg = messages.make("sync-hello", cert=self.ident.cert.raw,
-                            vv=self.store.version_vector().to_wire(), cursor=self.state.cursor,
-                            seq=seq, hash=hash_, time=wall_ms())
-        return [(0, messages.encode(msg))]
+        return self.sync.hello(wall_ms())
 
     def on_message(self, data: bytes) -> list[tuple[int, bytes]]:
         msg = messages.decode(data)
         if self.documents is not None and transfer_id(msg) is not None:
             return self.documents.on_message(msg)
-        if msg.type == sync.WELCOME.number:
-            return self._welcome(msg)
-        if msg.type == sync.ACK.number:
-            return self._ack(msg)
-        if msg.type == sync.REJECT.number:
-            raise SyncFailed(f"the hub refused batch {msg.get('seq')}: {msg.get('reason')} "
-                             f"{msg.get('detail', '')}")
-        if msg.type == sync.CHANGES.number:
-            return self._changes(msg)
-        return []
+        try:
+            return self.sync.receive(msg, wall_ms())
+        except ChainForked as exc:
+            raise SyncRefused(str(exc)) from None
+        except BatchRefused as exc:
+            raise SyncFailed(str(exc)) from None
 
     def documents_out(self, room: Callable[[int], bool],
                       out_of_time: bool = False) -> Iterator[tuple[int, bytes]]:
@@ -151,94 +224,20 @@ class Round:
         Before each, a batch written meanwhile goes first, and the content waits for
         its acknowledgement."""
         docs = self.documents
-        if docs is None or not (self.welcomed and self.push_done):
+        if docs is None or not (self.sync.welcomed and self.sync.push_done):
             return
         if out_of_time:
             docs.pause()
         docs.start()
         while docs.ready(room):
-            yield from self._push()
-            if self.in_flight is not None or (msg := docs.next_message(room)) is None:
+            yield from self.sync.push()
+            if self.sync.in_flight is not None or (msg := docs.next_message(room)) is None:
                 return
             yield msg
 
-    def _welcome(self, msg: messages.Message) -> list[tuple[int, bytes]]:
-        self.welcomed = True
-        self.state.note_clock_offset(msg.get("time") - wall_ms())
-        hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
-        seq, _ = self.state.head()
-        if hub_seq > seq:
-            self.state.adopt(hub_seq, hub_hash)  # our checkpoints were lost; the hub's stand
-        elif hub_seq and self.state.batch_hash(hub_seq) not in (None, hub_hash):
-            raise SyncRefused(f"the hub's batch {hub_seq} is not ours: chain forked")
-        elif hub_seq < self.state.acked_head():
-            self._hub_went_back(hub_seq, self.state.acked_head())
-        pull = messages.make("sync-pull", cursor=self.state.cursor)
-        return [(0, messages.encode(pull)), *self._push()]
-
-    def _hub_went_back(self, hub_seq: int, seq: int) -> None:
-        """The hub's checkpoint of our chain is older than a batch it acknowledged: it
-        lost the ones after it (restored from a backup). The chain goes on from its
-        checkpoint, and every write made here that is not queued is queued again (the
-        hub keeps each once). The pull goes on from its cursor: the hub numbers what it
-        receives after a restore beyond every number it gave before."""
-        self.state.rewind(hub_seq)
-        again = self.store.outbox_requeue_local()
-        log.warning("the hub holds our batches up to %d of %d (restored from a backup?): "
-                    "%d writes queued again", hub_seq, seq, again)
-
     def _push(self) -> list[tuple[int, bytes]]:
-        if self.in_flight is not None:
-            return []
-        pending = self.state.pending()
-        if pending:
-            seq, prev, lane, entries, sealed, sig = pending[0]
-            payload = self.store.cipher.open_blob(SEAL_LABEL, sealed)
-            batch = sync.Batch(seq, prev, payload, sig, lane)
-        else:
-            out = self.store.outbox_batch(self.store.clock(), max_bytes=BATCH_BYTES)
-            if not out:
-                self.push_done = True
-                return []
-            seq, prev = self.state.head()
-            seq += 1
-            lane = min(e.lane for e in out)
-            entries = [e.seq for e in out]
-            batch = sync.make_batch(self.ident.ed_key, self.device, seq, prev,
-                                    [e.data for e in out], lane)
-            self.state.save_batch(seq, prev, batch.hash, lane, entries,
-                                  self.store.cipher.seal_blob(SEAL_LABEL, batch.payload),
-                                  batch.sig)
-        self.in_flight = (batch.seq, entries)
-        # No previous hash on the wire: the hub holds it (SPEC.md, "Sync").
-        msg = messages.make("sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig)
-        return [(min(batch.lane, 3), messages.encode(msg))]
-
-    def _ack(self, msg: messages.Message) -> list[tuple[int, bytes]]:
-        if self.in_flight is None or msg.get("seq") != self.in_flight[0]:
-            return []  # not for the batch in flight: removes nothing
-        seq, entries = self.in_flight
-        bad = {entries[i] for i in msg.get("quarantined") or [] if 0 <= i < len(entries)}
-        for entry in sorted(bad):
-            self.store.outbox_reject(entry, "hub-quarantined")
-        self.store.outbox_ack([e for e in entries if e not in bad])
-        self.state.mark_acked(seq)
-        self.in_flight = None
-        self.summary.batches += 1
-        self.summary.pushed += len(entries) - len(bad)
-        self.summary.quarantined += len(bad)
-        return self._push()
-
-    def _changes(self, msg: messages.Message) -> list[tuple[int, bytes]]:
-        deltas = sync.unpack(msg.get("payload"))
-        if deltas:
-            self.store.merge(deltas)
-        self.state.set("cursor", msg.get("cursor"))
-        self.summary.pulled += len(deltas)
-        if msg.get("more"):
-            return [(0, messages.encode(messages.make("sync-pull", cursor=msg.get("cursor"))))]
-        self.pull_done = True
-        return []
+        """The next batch, if none is in flight (a round on a live session starts here)."""
+        return self.sync.push()
 
 
 def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from host.errors import HavenError, UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR, held
 from host.hub.storage import Device, Op, SqliteHubStore
-from host.keys import read_secret, write_secret
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import decode, encode
 from protocol.crdt.record import RecordLog, RecordView, canonical_json, conflict_json
 from protocol.crdt.schema import TYPES, parse_assignments
 from protocol.crdt.writes import build_resolve
+from protocol.driver.errors import SecretFileError, SecretMissing
+from protocol.driver.secret_files import read_secret, write_secret
+from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
 
@@ -44,15 +45,13 @@ X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key",
 APPROVED, REVOKED = "approved", "revoked"
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _read_secret(path: Path) -> bytes:
     try:
-        return read_secret(path)
-    except FileNotFoundError:
+        return read_secret(path, "hub key", 32)
+    except SecretMissing:
         raise UsageError(f"{path} is missing; run: haven hub init --data {path.parent}") from None
+    except SecretFileError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def init_hub(data: Path) -> str:

@@ -3,41 +3,57 @@
 Theory of operation
 -------------------
 One thread accepts on each ``--listen`` address and starts one thread per
-connection; one thread runs each ``--serial`` port. Every connection runs
-its own responder ``Session`` (stream mode on TCP, paced and retransmitted
-on serial) and its own ``HubPeer``; they share the store, which serialises
-writes behind its lock. A connection's loop writes what the session wants
-written, waits for input or the session's next deadline, and feeds what it
-read. Whatever a peer sends, the worst outcome is that its session closes:
-an exception in one connection is logged and ends that connection only.
+connection; one thread runs each ``--serial`` port. Each link runs its own
+responder ``SessionDriver`` (``protocol.driver``: stream mode on TCP, paced
+and retransmitted on serial) and a ``Connection``, which gives every
+session that connects (every ``Connected``) a new ``HubPeer``; they share
+the store, which serialises writes behind its lock. Whatever a peer sends,
+the worst outcome is that its session closes: an exception in one
+connection is logged and ends that connection only.
+
+A serial line outlives its sessions: the driver answers the next handshake
+with a fresh session once one ends. A kiosk that starts over while the hub's
+session is still open (its process died, or it gave up on a stalled round)
+is caught by ``HelloWatch`` below until the session takes a new handshake
+itself.
+
+A TCP connection is one session. A kiosk whose NAT dropped its connection
+without a word connects again at once; when the new session authenticates
+with the same static key, the hub closes the older connection it still
+holds for that key (``Server.claim``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import select
 import socket
 import sys
 import threading
 import time
 from urllib.parse import urlsplit
 
-from host.errors import HavenError, UsageError
+from host.errors import UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
-from host.hub.hub import Hub, wall_ms
+from host.hub.hub import Hub
 from host.hub.peer import HubPeer
+from protocol.driver.errors import LinkError
+from protocol.driver.link import Link, TcpLink, open_link
+from protocol.driver.session_driver import (
+    DriverEvent,
+    LinkClosed,
+    Restarted,
+    SessionDriver,
+    session_config,
+)
+from protocol.driver.wall_clock import wall_ms
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.session import frames as session_wire
-from protocol.session.core import Session
-from protocol.session.events import Closed, Connected, MessageReceived, SessionConfig
+from protocol.session.events import Closed, Connected, MessageReceived
 
-IDLE_LIMIT = 60.0  #: a TCP session silent this long is dropped
-
-
-def session_config(*, stream: bool, rate: float | None = None) -> SessionConfig:
-    return SessionConfig(stream=stream, rate=rate, keepalive=5.0, dead_timeout=IDLE_LIMIT,
-                         max_message=1 << 20, send_buffer=2 << 20)
+IDLE_LIMIT = 60.0  #: a session silent this long is dropped
+KEEPALIVE = 5.0
+POLL = 0.2  #: longest wait in one turn of a connection's loop (how soon it sees a stop)
 
 
 class HelloWatch:
@@ -77,6 +93,42 @@ class HelloWatch:
         return None if fresh is None else encode_frame(fresh, crc=False)
 
 
+class Connection:
+    """One link's sessions, and the ``HubPeer`` of the one that is connected."""
+
+    def __init__(self, server: Server, driver: SessionDriver, url: str,
+                 exclusive: bool = False) -> None:
+        self.server, self.driver, self.url = server, driver, url
+        self.exclusive = exclusive  #: one connection per kiosk key (TCP)
+        self.peer: HubPeer | None = None
+        self.remote: bytes | None = None
+        self.superseded = threading.Event()  #: a newer connection holds this kiosk's key
+
+    def handle(self, events: list[DriverEvent]) -> None:
+        for event in events:
+            if isinstance(event, Connected):
+                self.remote = event.remote_static
+                self.peer = self.server.peer(event.remote_static)
+                if self.exclusive:
+                    self.server.claim(self)
+            elif isinstance(event, MessageReceived) and self.peer is not None:
+                self._message(self.peer, event.data)
+            elif isinstance(event, Closed | Restarted | LinkClosed):
+                self.peer = None
+
+    def _message(self, peer: HubPeer, data: bytes) -> None:
+        try:
+            replies = peer.on_message(data)
+        except Exception as exc:  # noqa: BLE001 - one kiosk must not stop the hub
+            self.server.log("internal", f"{type(exc).__name__}: {exc}")
+            self.driver.close("internal", "the hub failed on this message")
+            return
+        for lane, reply in replies:
+            self.driver.send(lane, reply)
+        if peer.close is not None:
+            self.driver.close(*peer.close)
+
+
 class Server:
     def __init__(self, hub: Hub, max_ahead_ms: int) -> None:
         self.hub = hub
@@ -84,23 +136,37 @@ class Server:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._holders: dict[bytes, Connection] = {}  #: TCP: the connection holding each key
 
     def peer(self, remote: bytes | None) -> HubPeer:
         inbox = DocumentInbox(self.hub.data / DOCUMENTS_DIR, self.hub.store, wall_ms)
         return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
                        documents=inbox)
 
+    def log(self, kind: str, text: str) -> None:
+        self.hub.store.log(None, kind, text, wall_ms())
+
+    def driver(self, link: Link, baud: int | None = None) -> SessionDriver:
+        config = session_config(stream=link.stream, baud=baud, keepalive=KEEPALIVE,
+                                dead_timeout=IDLE_LIMIT, max_message=1 << 20,
+                                send_buffer=2 << 20)
+        return SessionDriver(initiator=False, config=config, static_key=self.hub.x_key,
+                             restart=not link.stream, link=link)
+
     def _start(self, target: object, *args: object) -> None:
         t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
         t.start()
         self.threads.append(t)
+
+    # TCP ----------------------------------------------------------------------------
 
     def listen(self, url: str) -> tuple[str, int]:
         parts = urlsplit(url)
         if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
             raise UsageError(f"--listen wants tcp://HOST:PORT, not {url!r}")
         srv = socket.create_server((parts.hostname, parts.port), reuse_port=False)
-        srv.settimeout(0.2)
+        srv.settimeout(POLL)
         self.sockets.append(srv)
         self._start(self._accept, srv)
         host, port = srv.getsockname()[:2]
@@ -116,114 +182,89 @@ class Server:
                 return
             self._start(self._tcp, conn)
 
-    def _tcp(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        session = Session(initiator=False, config=session_config(stream=True),
-                          static_key=self.hub.x_key, now=time.monotonic())
-        peer: HubPeer | None = None
+    def _tcp(self, sock: socket.socket) -> None:
+        link = TcpLink(sock)
+        conn = Connection(self, self.driver(link), link.url, exclusive=True)
+        driver = conn.driver
         try:
-            while not self.stop.is_set():
-                now = time.monotonic()
-                out = session.data_to_send(now)
-                if out:
-                    conn.setblocking(True)
-                    conn.sendall(out)
-                    conn.setblocking(False)
-                if session.state == "closed":
+            while not (self.stop.is_set() or conn.superseded.is_set()):
+                events = driver.poll(POLL)
+                conn.handle(events)
+                if driver.closed:
+                    out = driver.output(time.monotonic())  # the goodbye, if one is owed
+                    if out:
+                        link.write(out)
                     return
-                deadline = session.next_deadline()
-                wait = 0.2 if deadline is None else max(0.0, min(0.2, deadline - now))
-                ready, _, _ = select.select([conn], [], [], wait)
-                if ready:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    session.receive_data(data, time.monotonic())
-                peer = self._events(session, peer)
-        except OSError:
+                if any(isinstance(e, LinkClosed) for e in events):
+                    return
+        except LinkError:
             return
         finally:
-            with contextlib.suppress(OSError):
-                conn.close()
+            self.release(conn)
+            link.close()
 
-    def _events(self, session: Session, peer: HubPeer | None) -> HubPeer | None:
-        while (event := session.next_event()) is not None:
-            if isinstance(event, Connected):
-                peer = self.peer(event.remote_static)
-            elif isinstance(event, MessageReceived) and peer is not None:
-                try:
-                    replies = peer.on_message(event.data)
-                except Exception as exc:  # noqa: BLE001 - one kiosk must not stop the hub
-                    self.hub.store.log(None, "internal", f"{type(exc).__name__}: {exc}",
-                                       wall_ms())
-                    session.close("internal", "the hub failed on this message")
-                    return peer
-                for lane, data in replies:
-                    session.send_message(lane, data)
-                if peer.close is not None:
-                    session.close(*peer.close)
-                    return peer
-            elif isinstance(event, Closed):
-                return peer
-        return peer
+    def claim(self, conn: Connection) -> None:
+        """``conn`` holds its kiosk's key: an older connection holding it ends."""
+        if conn.remote is None:
+            return
+        with self._lock:
+            if conn.superseded.is_set():
+                return
+            older = self._holders.get(conn.remote)
+            self._holders[conn.remote] = conn
+        if older is not None and older is not conn:
+            self.log("superseded", f"{older.url}: the kiosk connected again from {conn.url}")
+            older.superseded.set()
+
+    def release(self, conn: Connection) -> None:
+        with self._lock:
+            if conn.remote is not None and self._holders.get(conn.remote) is conn:
+                del self._holders[conn.remote]
+
+    # Serial -------------------------------------------------------------------------
 
     def serial(self, url: str, baud: int | None) -> None:
         self._start(self._serial, url, baud)
 
     def _serial(self, url: str, baud: int | None) -> None:
-        from host.link import Link, LinkOptions, Reset, Runner
-
-        link = Link(url, baud)
-        opts = LinkOptions(baud=baud, key=self.hub.x_key, timeout=1e9, reset_after=IDLE_LIMIT)
-        runner = Runner(link, opts, initiator=False)
-        watch = HelloWatch()
-        read = link.read
-
-        def watched_read() -> bytes:
-            data = read()
-            watch.feed(data)
-            return data
-
-        link.read = watched_read  # type: ignore[method-assign]
-        peer: HubPeer | None = None
-        while not self.stop.is_set():
-            try:
-                events = runner.poll()
-            except HavenError as exc:
-                self.hub.store.log(None, "serial", f"{url}: {exc}", wall_ms())
-                runner = Runner(link, opts, initiator=False)
-                continue
-            for event in events:
-                if isinstance(event, Reset | Closed):
-                    if isinstance(event, Closed):
-                        runner._replace(time.monotonic())
-                    peer = None
-                elif isinstance(event, Connected):
-                    watch.connected()
-                    peer = self.peer(event.remote_static)
-                elif isinstance(event, MessageReceived) and peer is not None:
-                    self._serial_message(runner.session, peer, event.data)
-            if watch.fresh is not None and peer is not None:
-                hello = watch.take()
-                self.hub.store.log(None, "serial", f"{url}: the kiosk started over; new session",
-                                   wall_ms())
-                now = time.monotonic()
-                runner._replace(now)
-                peer = None
-                if hello is not None:
-                    runner.session.receive_data(hello, now)
-
-    def _serial_message(self, session: Session, peer: HubPeer, data: bytes) -> None:
         try:
-            replies = peer.on_message(data)
-        except Exception as exc:  # noqa: BLE001
-            self.hub.store.log(None, "internal", f"{type(exc).__name__}: {exc}", wall_ms())
-            session.close("internal", "the hub failed on this message")
+            link = open_link(url, baud)
+        except LinkError as exc:
+            self.log("serial", str(exc))
             return
-        for lane, reply in replies:
-            session.send_message(lane, reply)
-        if peer.close is not None:
-            session.close(*peer.close)
+        conn = Connection(self, self.driver(link, baud), url)
+        driver = conn.driver
+        watch = HelloWatch()
+        try:
+            while not self.stop.is_set():
+                try:
+                    now = time.monotonic()
+                    out = driver.output(now)
+                    if out:
+                        link.write(out)
+                    deadline = driver.next_deadline()
+                    data = link.read(POLL if deadline is None
+                                     else max(0.0, min(POLL, deadline - now)))
+                    watch.feed(data or b"")
+                    driver.feed(data, time.monotonic())
+                except LinkError as exc:
+                    self.log("serial", f"{url}: {exc}")
+                    self.stop.wait(1.0)
+                    continue
+                events = driver.events()
+                conn.handle(events)
+                if any(isinstance(e, Connected) for e in events):
+                    watch.connected()
+                if watch.fresh is not None and conn.peer is not None:
+                    hello = watch.take()
+                    self.log("serial", f"{url}: the kiosk started over; new session")
+                    now = time.monotonic()
+                    driver.new_session(now)
+                    conn.peer = None
+                    if hello is not None:
+                        driver.feed(hello, now)
+        finally:
+            link.close()
 
     def shutdown(self) -> None:
         self.stop.set()

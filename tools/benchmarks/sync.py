@@ -342,19 +342,15 @@ def hub_serving(hub_dir: Path, args: list[str], log: Path) -> Iterator[subproces
 
 
 class LiveRounds:
-    """Sync rounds one after another on one live session (the loop of ``run_round``)."""
+    """Sync rounds one after another on one live session (the kiosk's driver, kept open)."""
 
     def __init__(self, store: Any, state: Any, ident: Any, url: str) -> None:
-        from device.sync.link import open_link
-        from protocol.session.core import Session
-        from protocol.session.events import SessionConfig
+        from device.sync.engine import kiosk_driver
+        from protocol.driver.link import open_link
 
         self.store, self.state, self.ident = store, state, ident
         self.link = open_link(url)
-        config = SessionConfig(stream=True, keepalive=5.0, dead_timeout=60.0,
-                               max_message=1 << 20, send_buffer=2 << 20)
-        self.session = Session(initiator=True, config=config, static_key=ident.x_key,
-                               remote_static=ident.cert.hub_x25519, now=time.monotonic())
+        self.driver = kiosk_driver(ident, self.link)
         self.connected = False
         self.msg_up = self.msg_down = 0  #: sync message bytes, before the session's framing
 
@@ -372,7 +368,7 @@ class LiveRounds:
             pull = messages.make("sync-pull", cursor=self.state.cursor)
             for lane, msg in [(0, messages.encode(pull)), *rnd._push()]:
                 self.msg_up += len(msg)
-                self.session.send_message(lane, msg)
+                self.driver.send(lane, msg)
         end = time.monotonic() + limit
         while not rnd.done:
             if time.monotonic() > end:
@@ -387,10 +383,8 @@ class LiveRounds:
                     replies = rnd.on_message(event.data)
                 for lane, msg in replies:
                     self.msg_up += len(msg)
-                    self.session.send_message(lane, msg)
-        out = self.session.data_to_send(time.monotonic())
-        if out:
-            self.link.write(out)
+                    self.driver.send(lane, msg)
+        self.driver.flush()
         return rnd.summary
 
     def settle(self, seconds: float) -> None:
@@ -406,30 +400,20 @@ class LiveRounds:
         time.sleep(0.1)
 
     def _step(self, most: float) -> list[Any]:
-        """Write what the session wants written, wait for input (``most`` seconds at
-        most), feed it; the session's events."""
+        """One turn of the driver (``most`` seconds of waiting at most): its events."""
+        from protocol.driver.session_driver import LinkClosed
         from protocol.session.events import Closed
 
-        now = time.monotonic()
-        out = self.session.data_to_send(now)
-        if out:
-            self.link.write(out)
-        deadline = self.session.next_deadline()
-        wait = most if deadline is None else min(most, deadline - now)
-        self.link.wait(max(0.0, wait))
-        data = self.link.read()
-        if data is None:
-            raise RuntimeError("the hub closed the connection")
-        self.session.receive_data(data, time.monotonic())
-        events = list(iter(self.session.next_event, None))
+        events = self.driver.poll(max(0.0, most))
         for event in events:
             if isinstance(event, Closed):
                 raise RuntimeError(f"session closed: {event.reason} {event.detail}")
+            if isinstance(event, LinkClosed):
+                raise RuntimeError("the hub closed the connection")
         return events
 
     def close(self) -> None:
-        self.session.close("done")
-        self.link.write(self.session.data_to_send(time.monotonic()))
+        self.driver.close("done")
         self.link.close()
 
 

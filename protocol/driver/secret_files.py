@@ -1,0 +1,122 @@
+"""Owner-only secret files: keys that the kiosk and the hub keep on disk.
+
+A secret file is created whole or not at all: the bytes go to a temporary
+file created with mode 0600 in the same directory, are synced, and the file
+is linked into place, which fails if the name exists (a key is never
+overwritten) and leaves no partial key after a power cut. The directory is
+synced after.
+
+Reading refuses, each with a message that says how to fix it, a file that
+is missing, that group or others may read (``chmod 600``), that belongs to
+another user, or (with ``size``) whose length is wrong.
+
+``new_key_file`` and ``load_key_file`` keep an X25519 private key as PKCS#8
+PEM with its public key, as hex, in ``FILE.pub``; ``parse_public_key``
+reads such a public key given as hex or as a file holding it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from protocol.driver.errors import SecretInvalid, SecretMissing, SecretPermissions
+
+
+def write_secret(path: Path, secret: bytes) -> None:
+    """Create ``path`` owner-only (0600) holding ``secret``, durably and atomically;
+    ``FileExistsError`` if it exists."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            os.write(fd, secret)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)  # fails if ``path`` exists: never overwrite a key
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_secret(path: Path, what: str = "secret file", size: int | None = None) -> bytes:
+    """The bytes of an owner-only file; refuses a missing, too open or wrong-size one."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SecretMissing(f"{what} {path} is missing") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretPermissions(
+            f"{what} {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {path}")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise SecretPermissions(f"{what} {path} belongs to another user")
+    data = path.read_bytes()
+    if size is not None and len(data) != size:
+        raise SecretInvalid(f"{what} {path} holds {len(data)} bytes, not {size}")
+    return data
+
+
+def public_hex(key: X25519PrivateKey) -> str:
+    return key.public_key().public_bytes_raw().hex()
+
+
+def new_key_file(path: Path) -> str:
+    """Write a new X25519 private key to ``path`` (0600) and its public hex to
+    ``path.pub``; returns the hex. ``FileExistsError`` if ``path`` exists."""
+    key = X25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    write_secret(path, pem)
+    pub = public_hex(key)
+    Path(f"{path}.pub").write_text(pub + "\n")
+    return pub
+
+
+def load_key_file(path: Path) -> X25519PrivateKey:
+    """The X25519 key in a file written by ``new_key_file``."""
+    data = read_secret(path, "key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise SecretInvalid(f"{path} is not a PEM private key (make one with haven keygen)"
+                            ) from None
+    if not isinstance(key, X25519PrivateKey):
+        raise SecretInvalid(f"{path} is not an X25519 key")
+    return key
+
+
+def parse_public_key(value: str) -> bytes:
+    """A public key given as 64 hex digits, or as a file holding them."""
+    text = value.strip()
+    if not _is_key_hex(text):
+        try:
+            text = Path(value).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            raise SecretInvalid(f"{value!r} is neither 64 hex digits nor a readable "
+                                "file holding them") from None
+    if not _is_key_hex(text):
+        raise SecretInvalid(f"{value!r}: expected 64 hex digits (a .pub file)")
+    return bytes.fromhex(text)
+
+
+def _is_key_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)

@@ -1,0 +1,405 @@
+"""Both roles of a sync round: the kiosk (client) and the hub (server), without I/O.
+
+Theory of operation
+-------------------
+SPEC.md, "Sync". As h11 holds both ends of HTTP in one module, this module
+holds both ends of a sync round. A role takes the messages its peer sent
+(decoded, or bytes) with the current time as an argument, and returns the
+messages to send back, as ``(lane, bytes)``. It never touches a socket, a
+file, a database or a clock: it asks its storage (``KioskStorage``,
+``HubStorage``, given at construction) what it holds, decides, and tells the
+storage what to keep. The storage does only that; every rule is here.
+
+The kiosk, ``KioskSync``:
+
+* ``hello``: certificate, version vector, pull cursor, chain head, time.
+* On the welcome, the hub's checkpoint of our chain is held against ours,
+  before anything is sent: a checkpoint ahead of our head means our own
+  checkpoints were lost (``adopt`` it); one naming a batch we hold under
+  another hash means the chains forked (``ChainForked``: nothing is sent);
+  one behind a batch the hub acknowledged means the hub went back, restored
+  from a backup (``rewind`` to it: the storage forgets the later batches
+  and queues their writes again). Then a pull from the cursor, and the push.
+* Push, one batch in flight: a saved, unacknowledged batch goes again as it
+  was; else the next writes become batch ``head + 1`` on ``prev = head``'s
+  hash, signed, and saved before it is sent. No previous hash on the wire.
+* An ack removes entries only if it names the batch in flight; the indices
+  it lists as quarantined are marked so, the rest leave the outbox. Then
+  the next batch. A ``sync-reject`` raises ``BatchRefused``.
+* A ``sync-changes`` page is merged and its cursor kept (the storage makes
+  the merge durable before the cursor); ``more`` asks for the next page.
+* ``done``: welcomed, nothing more to push or in flight, last page read.
+
+The hub, ``HubSync``:
+
+* The first message must be the hello. Its certificate must be signed by
+  this hub and name the session's key, as must the enrolment; the kiosk
+  must be approved. A refusal sets ``close`` (reason, detail) for the
+  session's close, and is logged.
+* A batch: the kiosk must still be approved; ``_prev_hash`` is the hub's
+  own record of the hash it must follow (its checkpoint for ``last + 1``,
+  the committed batch ``seq - 1`` for an older one, none otherwise:
+  ``out-of-chain``); the signature over the chain head with that hash
+  (``forged``); an old sequence with the same hash is acknowledged again
+  with its quarantine list and applied no more (``duplicate``), with
+  another hash refused (``replay``); the payload (its codes); then each
+  delta through ``check_remote_deltas`` with the kiosk's own node: the bad
+  ones are quarantined, the rest committed, and the ack follows the commit.
+* A pull: the deltas after the cursor that are not the kiosk's own, at
+  most ``CHANGES_BYTES`` (or the asked ``max_bytes``, at least 1 KiB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol import messages
+from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS
+from protocol.crdt.delta import Delta
+from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.sync import batches as sync
+from protocol.sync import certificate as sync_cert
+from protocol.sync.checks import check_remote_deltas
+
+Reply = tuple[int, bytes]  #: (session lane, message bytes)
+#: The most a ``sync-changes`` page carries (deltas' bytes).
+CHANGES_BYTES = 256 * 1024
+CONTROL_LANE, CHANGES_LANE, LAST_LANE = 0, 1, 3
+
+
+def _encode(name: str, **values: Any) -> bytes:
+    return messages.encode(messages.make(name, **values))
+
+
+class SyncError(RemoteProtocolError):
+    """The round cannot go on (the kiosk's side)."""
+
+    code = "sync"
+
+
+class ChainForked(SyncError):
+    """The hub's checkpoint names a batch of ours under another hash."""
+
+    code = "fork"
+
+
+class BatchRefused(SyncError):
+    """The hub refused a batch (``code``: its reason)."""
+
+    code = "batch-refused"
+
+
+# The kiosk -------------------------------------------------------------------------
+
+class KioskStorage(Protocol):
+    """What the kiosk's role asks of its storage, and tells it to keep."""
+
+    def head(self) -> tuple[int, bytes]:
+        """The last batch of our chain, saved or adopted: (seq, hash); (0, GENESIS)."""
+    def acked_head(self) -> int:
+        """The last batch the hub acknowledged (0: none)."""
+    def saved_hash(self, seq: int) -> bytes | None:
+        """The hash of our batch ``seq``, if we hold it."""
+    def cursor(self) -> int:
+        """The pull cursor."""
+    def version_vector(self) -> dict[int, int]: ...
+    def unacked_batch(self) -> tuple[sync.Batch, list[int]] | None:
+        """The first saved batch not acknowledged, and its outbox entries."""
+    def next_writes(self) -> list[tuple[int, int, bytes]]:
+        """The outbox's next entries for a batch: (entry, lane, delta); [] if none."""
+    def save_batch(self, batch: sync.Batch, entries: list[int]) -> None:
+        """Keep the batch (our new head) before it is first sent."""
+    def adopt(self, seq: int, hash_: bytes) -> None:
+        """Take the hub's checkpoint as our head: our own record of it was lost."""
+    def rewind(self, seq: int, acked: int) -> None:
+        """The hub holds our batches up to ``seq`` only (``acked`` it acknowledged):
+        forget those after it and queue again every write not queued."""
+    def acked(self, seq: int, kept: list[int], quarantined: list[int]) -> None:
+        """The hub committed batch ``seq``: ``kept`` entries leave the outbox,
+        ``quarantined`` are marked refused by the hub."""
+    def merge(self, deltas: list[bytes], cursor: int) -> None:
+        """Merge pulled deltas durably, then keep ``cursor``."""
+    def note_clock_offset(self, offset_ms: int) -> None:
+        """The hub's clock minus ours."""
+
+
+class KioskSync:
+    """The kiosk's role in one round. ``receive`` raises ``ChainForked`` (retrying will
+    not help), ``BatchRefused``, or a payload's ``BatchError``."""
+
+    def __init__(self, storage: KioskStorage, *, cert: bytes, device: str,
+                 key: Ed25519PrivateKey) -> None:
+        self.storage = storage
+        self.cert, self.device, self.key = cert, device, key
+        self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
+        self.welcomed = self.push_done = self.pull_done = False
+
+    @property
+    def done(self) -> bool:
+        return self.welcomed and self.push_done and self.pull_done and self.in_flight is None
+
+    def hello(self, now: int) -> list[Reply]:
+        seq, hash_ = self.storage.head()
+        return [(CONTROL_LANE, _encode(
+            "sync-hello", cert=self.cert, vv=self.storage.version_vector(),
+            cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now))]
+
+    def receive_data(self, data: bytes, now: int) -> list[Reply]:
+        return self.receive(messages.decode(data), now)
+
+    def receive(self, msg: messages.Message, now: int) -> list[Reply]:
+        """Replies to one message from the hub; other messages than sync's are ignored."""
+        if msg.type == sync.WELCOME.number:
+            return self._welcome(msg, now)
+        if msg.type == sync.ACK.number:
+            return self._ack(msg)
+        if msg.type == sync.REJECT.number:
+            raise BatchRefused(f"the hub refused batch {msg.get('seq')}: {msg.get('reason')} "
+                               f"{msg.get('detail', '')}", msg.get("reason"))
+        if msg.type == sync.CHANGES.number:
+            return self._changes(msg)
+        return []
+
+    def _welcome(self, msg: messages.Message, now: int) -> list[Reply]:
+        self.welcomed = True
+        self.storage.note_clock_offset(msg.get("time") - now)
+        hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
+        seq, _ = self.storage.head()
+        if hub_seq > seq:
+            self.storage.adopt(hub_seq, hub_hash)  # our checkpoints were lost; the hub's stand
+        elif hub_seq and self.storage.saved_hash(hub_seq) not in (None, hub_hash):
+            raise ChainForked(f"the hub's batch {hub_seq} is not ours: chain forked")
+        elif hub_seq < (acked := self.storage.acked_head()):
+            self.storage.rewind(hub_seq, acked)  # the hub went back: restored from a backup
+        pull = _encode("sync-pull", cursor=self.storage.cursor())
+        return [(CONTROL_LANE, pull), *self.push()]
+
+    def push(self) -> list[Reply]:
+        """The next batch, if none is in flight and there is one to send."""
+        if self.in_flight is not None:
+            return []
+        saved = self.storage.unacked_batch()
+        if saved is not None:
+            batch, entries = saved
+        else:
+            writes = self.storage.next_writes()
+            if not writes:
+                self.push_done = True
+                return []
+            seq, prev = self.storage.head()
+            entries = [entry for entry, _, _ in writes]
+            batch = sync.make_batch(self.key, self.device, seq + 1, prev,
+                                    [data for _, _, data in writes],
+                                    min(lane for _, lane, _ in writes))
+            self.storage.save_batch(batch, entries)
+        self.in_flight = (batch.seq, entries)
+        # No previous hash on the wire: the hub holds it (SPEC.md, "Sync").
+        return [(min(batch.lane, LAST_LANE), _encode(
+            "sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig))]
+
+    def _ack(self, msg: messages.Message) -> list[Reply]:
+        if self.in_flight is None or msg.get("seq") != self.in_flight[0]:
+            return []  # not for the batch in flight: removes nothing
+        seq, entries = self.in_flight
+        bad = {entries[i] for i in msg.get("quarantined") or []
+               if type(i) is int and 0 <= i < len(entries)}
+        self.storage.acked(seq, [e for e in entries if e not in bad], sorted(bad))
+        self.in_flight = None
+        return self.push()
+
+    def _changes(self, msg: messages.Message) -> list[Reply]:
+        deltas = sync.unpack(msg.get("payload"))
+        cursor = msg.get("cursor")
+        self.storage.merge(deltas, cursor)
+        if msg.get("more"):
+            return [(CONTROL_LANE, _encode("sync-pull", cursor=cursor))]
+        self.pull_done = True
+        return []
+
+
+# The hub ---------------------------------------------------------------------------
+
+class KioskRecord(Protocol):
+    """What the hub holds of an enrolled kiosk."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def node(self) -> int: ...
+    @property
+    def x25519(self) -> bytes: ...
+    @property
+    def ed25519(self) -> bytes: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def last_hash(self) -> bytes: ...
+
+
+class HubStorage(Protocol):
+    """What the hub's role asks of its storage, and tells it to keep."""
+
+    def device(self, device_id: str) -> KioskRecord | None: ...
+    def batch_hash(self, device_id: str, seq: int) -> bytes | None:
+        """The hash of the kiosk's committed batch ``seq``."""
+    def batch_quarantined(self, device_id: str, seq: int) -> list[int]:
+        """The indices quarantined in the kiosk's committed batch ``seq``."""
+    def commit_batch(self, device_id: str, seq: int, hash_: bytes,
+                     good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
+                     now: int, quarantined: list[int]) -> None:
+        """Keep the batch durably: the good deltas, the bad ones in quarantine
+        (code, reason, bytes), and the kiosk's checkpoint moved to it."""
+    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+                      ) -> tuple[list[bytes], int, bool]:
+        """Deltas after ``cursor`` not written by ``exclude_node``: (deltas, cursor, more)."""
+    def version_vector(self) -> dict[int, int]: ...
+    def seen(self, device_id: str, now: int, cursor: int | None = None,
+             vv: Mapping[Any, Any] | None = None) -> None:
+        """The kiosk was here (and pulled from ``cursor``, or holds ``vv``)."""
+    def log(self, device_id: str | None, code: str, detail: str, now: int) -> None: ...
+
+
+class HubSync:
+    """The hub's role with one kiosk's session. ``remote_static``: the kiosk's key as
+    the session authenticated it. ``close``: set when the kiosk must be turned away."""
+
+    def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
+                 *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
+        self.storage = storage
+        self.hub_ed25519 = hub_ed25519
+        self.remote = remote_static
+        self.max_ahead_ms = max_ahead_ms
+        self.device: KioskRecord | None = None
+        self.close: tuple[str, str] | None = None
+        self.batches = self.rejected = 0
+
+    def decode(self, data: bytes, now: int) -> messages.Message | None:
+        """The message, or None: undecodable, the kiosk is turned away (``close``)."""
+        try:
+            return messages.decode(data)
+        except RemoteProtocolError as exc:
+            self._refuse("protocol", f"undecodable message: {exc}", now)
+            return None
+
+    def receive_data(self, data: bytes, now: int) -> list[Reply]:
+        msg = self.decode(data, now)
+        return [] if msg is None else self.receive(msg, now)
+
+    def receive(self, msg: messages.Message, now: int) -> list[Reply]:
+        if self.device is None:
+            if msg.type != sync.HELLO.number:
+                return self._refuse("protocol", f"expected sync-hello, got {msg.name}", now)
+            return self._hello(msg, now)
+        if msg.type == sync.BATCH.number:
+            return self._batch(msg, now)
+        if msg.type == sync.PULL.number:
+            return self._pull(msg, now)
+        self._log("unknown-message", msg.name, now)
+        return []
+
+    def _log(self, code: str, detail: str, now: int) -> None:
+        self.storage.log(self.device.device_id if self.device else None, code, detail, now)
+
+    def _refuse(self, reason: str, detail: str, now: int) -> list[Reply]:
+        self._log(reason, detail, now)
+        self.close = (reason, detail)
+        return []
+
+    def _hello(self, msg: messages.Message, now: int) -> list[Reply]:
+        try:
+            cert = sync_cert.read_certificate(msg.get("cert"), self.hub_ed25519)
+        except ProtocolError as exc:
+            return self._refuse("bad-certificate", str(exc), now)
+        dev = self.storage.device(cert.device_id)
+        if dev is None:
+            return self._refuse("unknown-device", f"kiosk {cert.device_id} is not enrolled", now)
+        if cert.x25519 != self.remote or dev.x25519 != self.remote:
+            return self._refuse("wrong-certificate", f"the certificate of kiosk "
+                                f"{cert.device_id} does not match this session's key", now)
+        if dev.state == "revoked":
+            return self._refuse("revoked", f"kiosk {dev.device_id} was revoked", now)
+        if dev.state != "approved":
+            return self._refuse("unapproved", f"kiosk {dev.device_id} is {dev.state}", now)
+        self.device = dev
+        self.storage.seen(dev.device_id, now, vv=msg.get("vv"))
+        return [(CONTROL_LANE, _encode("sync-welcome", time=now,
+                                       vv=self.storage.version_vector(),
+                                       seq=dev.last_seq, hash=dev.last_hash))]
+
+    def _reject(self, seq: int, code: str, detail: str, now: int) -> list[Reply]:
+        self.rejected += 1
+        self._log(code, f"batch {seq}: {detail}", now)
+        return [(CONTROL_LANE, _encode("sync-reject", seq=seq, reason=code,
+                                       detail=detail[:200]))]
+
+    @staticmethod
+    def _ack(seq: int, quarantined: list[int]) -> Reply:
+        return (CONTROL_LANE, _encode("sync-ack", seq=seq, quarantined=quarantined or None))
+
+    def _batch(self, msg: messages.Message, now: int) -> list[Reply]:
+        assert self.device is not None
+        dev = self.device = self.storage.device(self.device.device_id) or self.device
+        if dev.state != "approved":
+            return self._refuse("revoked", f"kiosk {dev.device_id} was revoked", now)
+        seq = msg.get("seq")
+        prev = self._prev_hash(dev, seq)
+        if prev is None:
+            return self._reject(seq, "out-of-chain",
+                                f"expected batch {dev.last_seq + 1} after the last committed",
+                                now)
+        batch = sync.Batch(seq, prev, msg.get("payload"), msg.get("sig"))
+        try:
+            sync.verify_batch(batch, dev.device_id, dev.ed25519)
+        except RemoteProtocolError as exc:
+            return self._reject(seq, exc.code, str(exc), now)
+        if seq <= dev.last_seq:
+            if self.storage.batch_hash(dev.device_id, seq) == batch.hash:
+                self._log("duplicate", f"batch {seq} again; acknowledged, not applied", now)
+                return [self._ack(seq, self.storage.batch_quarantined(dev.device_id, seq))]
+            return self._reject(seq, "replay", "a different batch already has this "
+                                "sequence number", now)
+        try:
+            deltas = sync.unpack(batch.payload)
+        except RemoteProtocolError as exc:
+            return self._reject(seq, exc.code, str(exc), now)
+        good: list[tuple[Delta, bytes]] = []
+        bad: list[tuple[str, str, bytes]] = []
+        quarantined: list[int] = []
+        checked = check_remote_deltas(deltas, now, node=dev.node, max_ahead_ms=self.max_ahead_ms)
+        for i, (data, got) in enumerate(zip(deltas, checked, strict=True)):
+            if isinstance(got, RemoteProtocolError):
+                bad.append((got.code, str(got), data))
+                quarantined.append(i)
+            else:
+                good.append((got, data))
+        self.storage.commit_batch(dev.device_id, seq, batch.hash, good, bad, now, quarantined)
+        if bad:
+            self._log("quarantined", f"batch {seq}: {len(bad)} deltas ({bad[0][0]})", now)
+        self.device = self.storage.device(dev.device_id) or dev
+        self.batches += 1
+        return [self._ack(seq, quarantined)]
+
+    def _prev_hash(self, dev: KioskRecord, seq: int) -> bytes | None:
+        """The hash batch ``seq`` must follow in this kiosk's chain, as the hub holds
+        it; None when ``seq`` is not the next one and no committed batch precedes it."""
+        if seq == dev.last_seq + 1:
+            return dev.last_hash
+        if seq == 1:
+            return sync.GENESIS
+        if 1 < seq <= dev.last_seq:
+            return self.storage.batch_hash(dev.device_id, seq - 1)
+        return None
+
+    def _pull(self, msg: messages.Message, now: int) -> list[Reply]:
+        assert self.device is not None
+        cursor = max(0, msg.get("cursor"))
+        limit = min(max(msg.get("max_bytes") or CHANGES_BYTES, 1024), CHANGES_BYTES)
+        deltas, new, more = self.storage.changes_since(cursor, self.device.node, limit)
+        self.storage.seen(self.device.device_id, now, cursor=cursor)
+        return [(CHANGES_LANE, _encode("sync-changes", payload=sync.pack(deltas), cursor=new,
+                                       more=more))]
