@@ -65,12 +65,12 @@ from device.sync.circuit import Breakers, hub_breakers
 from device.sync.document_store import DocumentStore
 from device.sync.engine import SyncFailed, SyncRefused, retry_wait, sync_first
 from device.sync.link_monitor import link_monitor_for
-from protocol.driver.wall_clock import wall_ms
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
 from device.ui import http
 from device.ui.app import KioskApp
 from device.ui.live import ERROR, OFFLINE, PENDING, SYNCED, LiveStatus
+from protocol.driver.wall_clock import wall_ms
 
 log = logging.getLogger("haven.kiosk")
 STOP_BOUND = 15.0

@@ -24,8 +24,10 @@ time and checkpoint from the welcome, then pushes and pulls at once:
   no more content goes out; the next round resumes it.
 
 The round is done when the outbox is empty, nothing is in flight and the
-last page said no more. ``run_round`` drives a round over one URL with a
-time limit; ``sync_first`` tries the URLs in order, each behind its circuit
+last page said no more. ``drive_round`` runs a round over a session driver
+(``protocol.driver``), which may outlive it, with a time limit; ``run_round``
+opens a link and a session for one round and closes them after;
+``sync_first`` tries the URLs in order, each behind its circuit
 breaker (``device.sync.circuit``: a URL that keeps failing is skipped for a
 cool-down, then probed), and ``run_sync`` (like the runtime's loop) waits
 after a round in which no URL worked with exponential backoff and jitter,
@@ -53,12 +55,14 @@ from device.store import Store, StoreError
 from device.sync.circuit import Breakers, hub_breakers
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
-from device.sync.link import LinkError, open_link
 from device.sync.link_monitor import link_monitor_for
 from device.sync.state import SEAL_LABEL, SyncState
 from protocol import messages
-from protocol.session.core import Session
-from protocol.session.events import Closed, Connected, MessageReceived, SessionConfig
+from protocol.driver.errors import LinkError
+from protocol.driver.link import Link, open_link
+from protocol.driver.session_driver import LinkClosed, SessionDriver, session_config
+from protocol.driver.wall_clock import wall_ms
+from protocol.session.events import Closed, Connected, MessageReceived
 from protocol.sync import batches as sync
 from protocol.sync.conversation import BatchRefused, ChainForked, KioskSync
 from protocol.transfer import transfer_id
@@ -99,10 +103,6 @@ class Summary:
     url: str = ""
     documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -240,45 +240,60 @@ class Round:
         return self.sync.push()
 
 
+def kiosk_driver(ident: Identity, link: Link, *, baud: int | None = None,
+                 limit: float = 60.0) -> SessionDriver:
+    """The kiosk's session driver over ``link``, the hub's key pinned. It may outlive
+    a round: ``drive_round`` runs one round over it and leaves its session open."""
+    config = session_config(stream=link.stream, baud=baud, keepalive=5.0,
+                            dead_timeout=min(limit, 60.0 if link.stream else SERIAL_DEAD_TIMEOUT),
+                            max_message=1 << 20, send_buffer=2 << 20)
+    return SessionDriver(initiator=True, config=config, static_key=ident.x_key,
+                         remote_static=ident.cert.hub_x25519, link=link)
+
+
 def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
               baud: int | None = None, limit: float = 60.0,
               docs: DocumentStore | None = None) -> Summary:
-    """One round over ``url``; raises ``SyncFailed`` (or ``SyncRefused``).
-
-    ``docs``: the kiosk's documents, open for as long as the caller syncs (opening
-    them creates and deletes their WAL files, pages an SD card would write each
-    round); without it the round opens and closes them itself."""
+    """One round over a new link to ``url`` and a new session, closed after it;
+    raises ``SyncFailed`` (or ``SyncRefused``). ``docs``: see ``drive_round``."""
     try:
         link = open_link(url, baud)
     except LinkError as exc:
         raise SyncFailed(str(exc)) from None
+    try:
+        driver = kiosk_driver(ident, link, baud=baud, limit=limit)
+        summary = drive_round(driver, store, state, ident, url=url, limit=limit, docs=docs)
+        driver.close("done")
+        return summary
+    except LinkError as exc:
+        raise SyncFailed(str(exc)) from None
+    finally:
+        link.close()
+
+
+def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Identity, *,
+                url: str, limit: float = 60.0, docs: DocumentStore | None = None) -> Summary:
+    """One round over ``driver``'s session, which it leaves open; on a session already
+    connected the round says hello at once. Raises ``SyncFailed`` (or ``SyncRefused``).
+
+    ``docs``: the kiosk's documents, open for as long as the caller syncs (opening
+    them creates and deletes their WAL files, pages an SD card would write each
+    round); without it the round opens and closes them itself."""
     start = time.monotonic()
-    config = SessionConfig(stream=link.stream, rate=baud / 10 if baud and not link.stream
-                           else None, keepalive=5.0,
-                           dead_timeout=min(limit, 60.0 if link.stream else SERIAL_DEAD_TIMEOUT),
-                           max_message=1 << 20, send_buffer=2 << 20)
-    session = Session(initiator=True, config=config, static_key=ident.x_key,
-                      remote_static=ident.cert.hub_x25519, now=start)
     own_docs = docs is None
     docs = DocumentStore(store.data, store.cipher) if docs is None else docs
     rnd = Round(store, state, ident, DocumentPush(docs, store))
     rnd.summary.url = url
-    room = lane_room(session)
+    before = driver.stats()
     try:
+        if driver.connected:
+            for lane, msg in rnd.hello():
+                driver.send(lane, msg)
         while not rnd.done:
             now = time.monotonic()
             if now - start > limit:
                 raise SyncFailed(f"round over {url} took longer than {limit:g} s")
-            out = session.data_to_send(now)
-            if out:
-                link.write(out)
-            deadline = session.next_deadline()
-            link.wait(0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
-            data = link.read()
-            if data is None:
-                raise SyncFailed(f"the hub at {url} closed the connection")
-            session.receive_data(data, time.monotonic())
-            while (event := session.next_event()) is not None:
+            for event in driver.poll(0.1):
                 replies: list[tuple[int, bytes]] = []
                 if isinstance(event, Connected):
                     replies = rnd.hello()
@@ -289,26 +304,28 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
                     if event.reason in REFUSALS:
                         raise SyncRefused(f"the hub refused this kiosk ({what})")
                     raise SyncFailed(f"session closed ({what})")
+                elif isinstance(event, LinkClosed):
+                    raise SyncFailed(f"the hub at {url} closed the connection")
                 for lane, msg in replies:
-                    session.send_message(lane, msg)
+                    driver.send(lane, msg)
+            room = lane_room(driver.session)
             for lane, msg in rnd.documents_out(room, now - start > DOCUMENT_SHARE * limit):
-                session.send_message(lane, msg)
-        session.close("done")
-        link.write(session.data_to_send(time.monotonic()))
+                driver.send(lane, msg)
+        driver.flush()
         state.note_synced(wall_ms(), moved=bool(rnd.summary.pushed or rnd.summary.pulled))
     except LinkError as exc:
         raise SyncFailed(str(exc)) from None
     finally:
-        rnd.summary.bytes_sent = session.stats.bytes_sent
-        rnd.summary.bytes_received = session.stats.bytes_received
-        rnd.summary.frames_sent = session.stats.frames_sent
-        rnd.summary.frames_lost = session.stats.lost_frames
-        rnd.summary.retransmitted_bytes = session.stats.retransmitted_bytes
+        moved = driver.stats()
+        rnd.summary.bytes_sent = moved.bytes_sent - before.bytes_sent
+        rnd.summary.bytes_received = moved.bytes_received - before.bytes_received
+        rnd.summary.frames_sent = moved.frames_sent - before.frames_sent
+        rnd.summary.frames_lost = moved.lost_frames - before.lost_frames
+        rnd.summary.retransmitted_bytes = moved.retransmitted_bytes - before.retransmitted_bytes
         rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
         state.flush()  # acknowledgements and cursor, if they have waited long enough
         if own_docs:
             docs.close()
-        link.close()
     return rnd.summary
 
 
