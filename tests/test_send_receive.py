@@ -298,8 +298,11 @@ def test_clear_errors_for_missing_files_ports_and_keys(tmp_path: Path) -> None:
     assert rc == 2 and "not a directory" in err
     rc, _, err = finish(haven("send", "loop://", src, "--peer-key", "00" * 32))
     assert rc == 2 and "--peer-key needs --key" in err
-    rc, _, err = finish(haven("send", "loop://", src, "--key", src))
-    assert rc == 2 and "not a PEM private key" in err or "readable by others" in err
+    not_a_key = tmp_path / "not-a-key"
+    not_a_key.write_bytes(b"hello")
+    os.chmod(not_a_key, 0o600)  # private, so what is wrong with it is that it is no key
+    rc, _, err = finish(haven("send", "loop://", src, "--key", not_a_key))
+    assert rc == 2 and "not a PEM private key" in err
     key = tmp_path / "k"
     assert finish(haven("keygen", key))[0] == 0
     rc, _, err = finish(haven("keygen", key))
