@@ -1,8 +1,11 @@
 """``haven-kiosk``: the kiosk runtime and its maintenance commands.
 
-Each command parses its arguments, calls one library function, and turns a
-library error into one clear line on stderr and exit status 1 (2 for usage
-errors, as argparse does). ``dump`` writes the store's canonical JSON as is.
+A thin shell, like sqlite-utils' cli.py: each command parses its arguments,
+calls the library, prints what it returns, and turns a library error into one
+clear line on stderr and an exit status: 1 for a refusal or a failure, 2 for a
+usage error or a bad configuration (a flag, or a key of the TOML file). The
+configuration's flags come from its one declaration in ``device.config``.
+``dump`` writes the store's canonical JSON as is.
 """
 
 from __future__ import annotations
@@ -12,27 +15,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from device import config
 from protocol import WIRE_VERSION, __version__
 from protocol.crdt import schema as crdt_schema
 from protocol.errors import ProtocolError
-
-THRESHOLD_FLAGS = (
-    ("--memory-soft-mib", "this process's RSS at which caches are dropped (default 64)"),
-    ("--memory-hard-mib", "this process's RSS at which the staff are told (default 80)"),
-    ("--memory-available-soft-mib",
-     "system MemAvailable under which caches are dropped (default 64)"),
-    ("--memory-available-hard-mib",
-     "system MemAvailable under which the staff are told (default 32)"),
-    ("--storage-low-mib", "free space under which the retention policy runs and the "
-     "staff are told (default 128)"),
-    ("--storage-critical-mib", "free space under which check-ins are refused (default 32)"),
-)
-
-LINK_INTERVAL_HELP = ("seconds between looks at each hub URL's link (its device node, "
-                      "or a route to its host); a link that returns starts a round at once "
-                      "(default 1; 0 turns it off)")
 
 STORAGE_WARNINGS = {
     "ok": "",
@@ -43,13 +31,29 @@ STORAGE_WARNINGS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr (and exit status 2), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", type=Path, required=required, metavar="DIR",
-                   help="the kiosk's data directory")
+    config.add_flags(p, ("data",), required=("data",) if required else ())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="haven-kiosk",
         description="Haven Kiosk runtime: check-ins, local store and sync.",
     )
@@ -72,83 +76,58 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Install CERT (from haven hub enroll): the hub's keys, "
                        "the kiosk's letter and the fleet key.")
     _data(p)
-    p.add_argument("cert", type=Path, metavar="CERT")
+    p.add_argument("cert", type=Path, metavar="CERT", help="the certificate file")
 
     p = sub.add_parser("sync", help="sync with the hub",
                        description="Push the outbox to the hub and pull its changes, over "
                        "the first hub URL that works (tcp://HOST:PORT, a serial device or a "
                        "pyserial URL). Runs until interrupted, or once with --once.")
     _data(p)
-    p.add_argument("--hub", action="append", required=True, metavar="URL",
-                   help="a hub URL; repeat to give fallbacks, tried in order")
+    config.add_flags(p, ("hub",), required=("hub",))
     p.add_argument("--once", action="store_true",
                    help="one round; exit 0 only when everything is acknowledged both ways")
-    p.add_argument("--baud", type=int, help="serial line speed (pacing)")
-    p.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=_positive, default=120.0, metavar="S",
                    help="with --once, give up after S seconds (default 120)")
-    p.add_argument("--interval", type=float, default=10.0, metavar="S",
-                   help="seconds between rounds when idle (default 10)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per round")
-    p.add_argument("--link-interval", type=float, default=1.0, metavar="S",
-                   help=LINK_INTERVAL_HELP)
+    config.add_flags(p, ("baud", "interval", "link_interval"), defaults=True)
 
     p = sub.add_parser("run", help="run the kiosk: check-in page, sync and hardware",
                        description="Serve the check-in page and sync with the hub in one "
                        "process until SIGTERM/SIGINT. Options come from the TOML config "
                        "(/etc/haven/kiosk.toml or --config); flags win.")
-    _data(p, required=False)
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    p.add_argument("--hub", action="append", metavar="URL",
-                   help="a hub URL; repeat to give fallbacks, tried in order")
-    p.add_argument("--ui", metavar="HOST:PORT", help="where to serve the page "
-                   "(default 127.0.0.1:8080)")
-    p.add_argument("--console", metavar="URL", help="reserved for the technician console")
-    p.add_argument("--idle-seconds", type=float, metavar="S",
-                   help="reset the page after S seconds idle (default 60)")
-    p.add_argument("--staff-pin", metavar="PIN", help="PIN of the staff screen (off if unset)")
-    p.add_argument("--interval", type=float, metavar="S",
-                   help="seconds between sync rounds when idle (default 10)")
-    p.add_argument("--retry-max", type=float, metavar="S",
-                   help="longest wait between retries while no hub answers (default 60)")
-    p.add_argument("--round-limit", type=float, metavar="S",
-                   help="longest sync round (default 60)")
-    p.add_argument("--baud", type=int, help="serial line speed (pacing)")
-    p.add_argument("--hold-time", type=float, metavar="S",
-                   help="seconds the service button is held to sync now (default 3)")
-    for flag, text in THRESHOLD_FLAGS:
-        p.add_argument(flag, type=float, metavar="MIB", help=text + "; 0 turns it off")
-    p.add_argument("--health-interval", type=float, metavar="S",
-                   help="seconds between looks at memory and disk space (default 10)")
-    p.add_argument("--link-interval", type=float, metavar="S", help=LINK_INTERVAL_HELP)
-    p.add_argument("--link-carrier", action="append", metavar="URL",
-                   help="a serial hub URL whose modem drives carrier detect: its link is "
-                   "up only with carrier (repeat for more)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help=f"the TOML configuration file (default {config.DEFAULT_PATH}, "
+                   "read if it exists)")
+    config.add_flags(p)
 
     p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
                        description="Check a patient in; prints the queue number after commit.")
     _data(p)
     p.add_argument("--passport", metavar="ID", help="passport number (omit if none)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--birth-year", type=int, metavar="Y")
-    p.add_argument("--reason", metavar="R")
+    p.add_argument("--name", required=True, help="the patient's name")
+    p.add_argument("--birth-year", type=int, metavar="Y", help="the patient's year of birth")
+    p.add_argument("--reason", metavar="R", help="the reason for the visit")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("put", help="create or update a record",
                        description="Create or update a record. FIELD=VALUE assigns (empty "
                        "clears), FIELD+=ELEM and FIELD-=ELEM change a set. Prints the id.")
     _data(p)
-    p.add_argument("--type", required=True, choices=sorted(crdt_schema.TYPES_BY_NAME))
+    p.add_argument("--type", required=True, choices=sorted(crdt_schema.TYPES_BY_NAME),
+                   help="the record's type (haven-kiosk schema lists them)")
     p.add_argument("--id", metavar="UUID", help="the record to update (new if omitted)")
-    p.add_argument("fields", nargs="*", metavar="FIELD=VALUE")
+    p.add_argument("fields", nargs="*", metavar="FIELD=VALUE",
+                   help="a field's new value (FIELD+=ELEM, FIELD-=ELEM for a set)")
 
     p = sub.add_parser("delete", help="delete a record", description="Delete a record.")
     _data(p)
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", help="the record's id")
 
     p = sub.add_parser("resolve", help="resolve a held conflict",
                        description="Resolve a conflict by keeping one version or setting values.")
     _data(p)
-    p.add_argument("conflict", metavar="CONFLICT_ID")
+    p.add_argument("conflict", metavar="CONFLICT_ID", help="the conflict (haven-kiosk status "
+                   "lists them)")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
     how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
@@ -158,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "write its document record; sync sends the record, then only the "
                        "chunks the hub lacks. Prints the record id.")
     _data(p)
-    p.add_argument("--patient", required=True, metavar="PATIENT_ID")
-    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--patient", required=True, metavar="PATIENT_ID",
+                   help="the patient the document belongs to")
+    p.add_argument("file", type=Path, metavar="FILE", help="the document to store")
     p.add_argument("--title", metavar="T", help="the document's title (default: FILE's name)")
     p.add_argument("--content-type", metavar="CT",
                    help="its media type (default: guessed from FILE's name)")
@@ -174,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "and the free space on the data's disk against the thresholds of the "
                        "TOML config (/etc/haven/kiosk.toml or --config).")
     _data(p)
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help=f"the TOML configuration file (default {config.DEFAULT_PATH}, "
+                   "read if it exists)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser("hw", help="press the simulated button, read the LED",
                        description="Drive the simulated hardware of the haven-kiosk run "
@@ -184,16 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     press = action.add_parser("press", help="press the button (held longer than the "
-                              "runtime's hold time, 3 s by default: sync now)")
+                              "runtime's hold time, 3 s by default: sync now)",
+                              description="Hold the simulated service button down for "
+                              "--hold seconds; prints whether it was a long press and the LED.")
     press.add_argument("--hold", type=float, default=0.2, metavar="S",
                        help="seconds to hold it down (default 0.2, at most 30)")
-    action.add_parser("led", help="print the LED's pattern: synced, pending, offline, error")
-    action.add_parser("state", help="print the LED, the button and the hold time as JSON")
+    action.add_parser("led", help="print the LED's pattern: synced, pending, offline, error",
+                      description="Print the simulated status LED's pattern: synced, "
+                      "pending, offline or error.")
+    action.add_parser("state", help="print the LED, the button and the hold time as JSON",
+                      description="Print the LED's pattern, whether the button is pressed "
+                      "and the runtime's hold time, as one JSON object.")
 
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
     _data(p, required=False)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -239,17 +227,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
-    from dataclasses import fields
 
-    from device.config import ConfigError, KioskConfig, load
     from device.runtime import Runtime
 
-    flags = {f.name: getattr(args, f.name) for f in fields(KioskConfig)}
-    try:
-        cfg = load(args.config, flags)
-    except ConfigError as exc:
-        print(f"haven-kiosk run: {exc}", file=sys.stderr)
-        return 2
+    cfg = config.load(args.config, config.flags_of(args))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(Runtime(cfg).run())
@@ -312,21 +293,16 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from device.config import ConfigError, load, storage_limits
     from device.health.storage_guard import look
 
-    try:
-        cfg = load(args.config, {"data": args.data})
-    except ConfigError as exc:
-        print(f"haven-kiosk status: {exc}", file=sys.stderr)
-        return 2
+    cfg = config.load(args.config, {"data": args.data})
     from device.sync.document_store import summary_of
     from device.sync.state import last_sync_of
 
     with _open(args) as store:
         st = store.status()
         st["documents"] = summary_of(store)
-    st["storage"] = look(args.data, storage_limits(cfg))
+    st["storage"] = look(args.data, config.storage_limits(cfg))
     st["last_sync"] = last_sync_of(args.data)
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
@@ -413,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[args.command](args)
+    except config.ConfigError as exc:
+        print(f"haven-kiosk {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (StoreError, ProtocolError) as exc:
         print(f"haven-kiosk {args.command}: error: {exc}", file=sys.stderr)
         return 1

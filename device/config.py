@@ -1,25 +1,34 @@
-"""The runtime's configuration: a TOML file (``/etc/haven/kiosk.toml``) under flags.
+"""The runtime's configuration: each option declared once, read from TOML and from flags.
 
-Every key is also a ``haven-kiosk run`` flag; a flag given on the command
-line wins over the file, the file over the defaults. Unknown keys and
-wrong types are refused with the key's name, never ignored silently.
+Theory of operation: ``KioskConfig``'s fields are the options. Each field's
+metadata (``option(...)``) carries its help, unit and allowed range; its type
+comes from the field's annotation. From that one declaration come:
 
-Example::
+- the TOML reader (``read_file``): ``/etc/haven/kiosk.toml``, keys at the top
+  level or in a ``[kiosk]`` table. An unknown key, a wrong type or a value out
+  of range is refused with the file, the line, the key and the reason, never
+  ignored silently;
+- the command-line flags (``add_flags``): ``idle_seconds`` is
+  ``--idle-seconds``, with the same help, type and range check;
+- the README's table of options (``markdown_table``), which a test keeps equal.
 
-    data = "/var/lib/haven"
-    hub = ["tcp://hub.clinic.lan:7400", "/dev/ttyUSB0"]
-    ui = "127.0.0.1:8080"
-    idle_seconds = 60
-    staff_pin = "4821"
-    link_carrier = ["/dev/ttyUSB0"]
+``load`` puts them together: a flag given on the command line wins over the
+file, the file over the declared default. Checks that involve two options
+(``link_carrier`` must name hub URLs) run last, on the whole.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import math
+import re
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from device.health.memory import MemoryLimits
 from device.health.storage_guard import StorageLimits
@@ -28,113 +37,343 @@ DEFAULT_PATH = Path("/etc/haven/kiosk.toml")
 
 
 class ConfigError(ValueError):
-    """The configuration file or a flag is wrong."""
+    """The configuration file or a flag is wrong; the message names the key and why."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """What a field's metadata says about it as an option."""
+
+    help: str
+    #: ``"s"`` or ``"MiB"``: shown with the default and as the flag's metavar.
+    unit: str = ""
+    metavar: str = ""
+    #: The smallest value allowed, and whether that value itself is allowed.
+    low: float | None = None
+    low_ok: bool = True
+    #: What a value of 0 means, if it is allowed and special ("off").
+    zero: str = ""
+    #: A string option that also takes a bare TOML number (a PIN written ``1234``).
+    number_text: bool = False
+    #: A check of the value's form; returns an error message, or "" when it is fine.
+    check: Callable[[Any], str] | None = None
+
+
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A ``KioskConfig`` field declared as an option (see ``Option`` for ``kw``)."""
+    meta = {"option": Option(help, **kw)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        return f"must be HOST:PORT, not {value!r}"
+    return ""
 
 
 @dataclass
 class KioskConfig:
-    data: Path | None = None
-    hub: list[str] = field(default_factory=list)
-    ui: str = "127.0.0.1:8080"
-    console: str | None = None
-    idle_seconds: float = 60.0
-    staff_pin: str | None = None
-    interval: float = 10.0
-    retry_max: float = 60.0
-    round_limit: float = 60.0
-    baud: int | None = None
-    hold_time: float = 3.0
-    #: Memory thresholds in MiB (``device.health.memory``): the runtime's RSS, the system's
-    #: MemAvailable. 0 turns one off.
-    memory_soft_mib: float = 64.0
-    memory_hard_mib: float = 80.0
-    memory_available_soft_mib: float = 64.0
-    memory_available_hard_mib: float = 32.0
-    #: Free space in MiB on the disk holding ``data`` (``device.health.storage_guard``): under
-    #: low, the retention policy runs; under critical, check-ins are refused.
-    storage_low_mib: float = 128.0
-    storage_critical_mib: float = 32.0
-    #: Seconds between two looks at memory and disk space.
-    health_interval: float = 10.0
-    #: Seconds between two looks at each hub URL's link (``device.sync.link_monitor``); a
-    #: link that returns starts a round at once. 0 turns the link monitor off.
-    link_interval: float = 1.0
-    #: Serial hub URLs whose modem drives carrier detect: their link is up only with it.
-    link_carrier: list[str] = field(default_factory=list)
+    data: Path | None = option(None, "the kiosk's data directory", metavar="DIR")
+    hub: list[str] = option([], "a hub URL (tcp://HOST:PORT, a serial device or a pyserial "
+                            "URL); several are tried in order", metavar="URL")
+    ui: str = option("127.0.0.1:8080", "where to serve the check-in page",
+                     metavar="HOST:PORT", check=_host_port)
+    idle_seconds: float = option(60.0, "the page resets to its start after this long "
+                                 "untouched", unit="s", low=0, low_ok=False)
+    staff_pin: str | None = option(None, "PIN of the staff screen (off if unset)",
+                                   metavar="PIN", number_text=True)
+    interval: float = option(10.0, "seconds between sync rounds when idle", unit="s",
+                             low=0, low_ok=False)
+    retry_max: float = option(60.0, "longest wait between retries while no hub answers",
+                              unit="s", low=0, low_ok=False)
+    round_limit: float = option(60.0, "longest sync round", unit="s", low=0, low_ok=False)
+    baud: int | None = option(None, "serial line speed, for pacing a serial hub link",
+                              metavar="BAUD", low=0, low_ok=False)
+    hold_time: float = option(3.0, "seconds the service button is held to sync now",
+                              unit="s", low=0, low_ok=False)
+    memory_soft_mib: float = option(64.0, "this runtime's RSS past which SQLite's caches "
+                                    "are dropped", unit="MiB", low=0, zero="off")
+    memory_hard_mib: float = option(80.0, "this runtime's RSS past which an error is "
+                                    "logged and the staff are told", unit="MiB", low=0,
+                                    zero="off")
+    memory_available_soft_mib: float = option(64.0, "the system's MemAvailable under which "
+                                              "caches are dropped", unit="MiB", low=0,
+                                              zero="off")
+    memory_available_hard_mib: float = option(32.0, "the system's MemAvailable under which "
+                                              "the staff are told", unit="MiB", low=0,
+                                              zero="off")
+    storage_low_mib: float = option(128.0, "free space on the data's disk under which the "
+                                    "retention policy runs and the staff are told",
+                                    unit="MiB", low=0, zero="off")
+    storage_critical_mib: float = option(32.0, "free space under which new check-ins are "
+                                         "refused", unit="MiB", low=0, zero="off")
+    health_interval: float = option(10.0, "seconds between looks at memory and disk space",
+                                    unit="s", low=0, low_ok=False)
+    link_interval: float = option(1.0, "seconds between looks at each hub URL's link (its "
+                                  "device node, or a route to its host); a link that "
+                                  "returns starts a round at once", unit="s", low=0,
+                                  zero="off")
+    link_carrier: list[str] = option([], "a serial hub URL whose modem drives carrier "
+                                     "detect: its link is up only with carrier",
+                                     metavar="URL")
+    keepalive: float = option(120.0, "the hub session stays open between rounds; seconds "
+                              "of silence before the kiosk pings it over TCP (under a "
+                              "cellular NAT's idle timeout; serial lines ping every few "
+                              "seconds); 0 opens a new link and session every round",
+                              unit="s", low=0, zero="off")
 
     def ui_address(self) -> tuple[str, int]:
-        host, sep, port = self.ui.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ConfigError(f"ui: expected HOST:PORT, not {self.ui!r}")
+        error = _host_port(self.ui)
+        if error:
+            raise ConfigError(f"ui {error}")
+        host, _, port = self.ui.rpartition(":")
         return host.strip("[]"), int(port)
 
 
-_KINDS: dict[str, tuple[type, ...]] = {
-    "data": (str,), "hub": (list,), "ui": (str,), "console": (str,),
-    "idle_seconds": (int, float), "staff_pin": (str, int), "interval": (int, float),
-    "retry_max": (int, float), "round_limit": (int, float), "baud": (int,),
-    "hold_time": (int, float), "memory_soft_mib": (int, float), "memory_hard_mib": (int, float),
-    "memory_available_soft_mib": (int, float), "memory_available_hard_mib": (int, float),
-    "storage_low_mib": (int, float), "storage_critical_mib": (int, float),
-    "health_interval": (int, float), "link_interval": (int, float), "link_carrier": (list,),
-}
-#: Thresholds, and the link monitor's interval: 0 turns one off, a negative one is a mistake.
-THRESHOLDS = ("memory_soft_mib", "memory_hard_mib", "memory_available_soft_mib",
-              "memory_available_hard_mib", "storage_low_mib", "storage_critical_mib",
-              "link_interval")
-URL_LISTS = ("hub", "link_carrier")
+# The declaration, read once ----------------------------------------------------------------
+
+_KIND_NAMES = {Path: "a path (a string)", str: "a string", float: "a number",
+               int: "a whole number", list: "a list of strings"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One option: its name, its type (from the annotation) and what ``option`` said."""
+
+    name: str
+    kind: type  #: Path, str, float, int or list (of strings)
+    optional: bool
+    default: Any
+    option: Option
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def metavar(self) -> str:
+        return self.option.metavar or {"s": "S", "MiB": "MIB"}.get(self.option.unit, "VALUE")
+
+    def describe_default(self) -> str:
+        if self.default is None or self.default == []:
+            return ""
+        value = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+        return value + (f" {self.option.unit}" if self.option.unit else "")
+
+    def help_text(self) -> str:
+        text = self.option.help
+        default = self.describe_default()
+        if default:
+            text += f" (default {default}"
+            text += f"; 0 turns it {self.option.zero})" if self.option.zero else ")"
+        elif self.option.zero:
+            text += f" (0 turns it {self.option.zero})"
+        if self.kind is list:
+            text += "; repeat the flag for more"
+        return text
+
+    def convert(self, value: Any, where: str | None = None) -> Any:
+        """``value`` (from TOML or a flag) as this option's type, or a ConfigError that
+        names where it came from: ``where`` (a file and line), or else the flag."""
+        value, why = self.check(value)
+        if why:
+            raise ConfigError(f"{where}: {self.name} {why}" if where else f"{self.flag} {why}")
+        return value
+
+    def check(self, value: Any) -> tuple[Any, str]:
+        """(``value`` converted, "") or (None, why it is refused)."""
+        if isinstance(value, bool) or not self._accepts(value):
+            return None, (f"has the wrong type: expected {_KIND_NAMES[self.kind]}, "
+                          f"not {type(value).__name__} {value!r}")
+        if self.kind is list:
+            if not all(isinstance(v, str) for v in value):
+                return None, f"must be a list of URLs (strings), not {value!r}"
+            return list(value), ""
+        if self.kind is Path:
+            return Path(value), ""
+        if self.kind is str:
+            value = str(value)
+        elif self.kind is float:
+            value = float(value)
+            if not math.isfinite(value):
+                return None, f"must be a finite number, not {value}"
+        o = self.option
+        if o.low is not None and (value < o.low or (value == o.low and not o.low_ok)):
+            if o.zero and o.low == 0:
+                return None, f"must be 0 ({o.zero}) or more, not {value:g}"
+            if o.low == 0 and not o.low_ok:
+                return None, f"must be positive, not {value:g}"
+            return None, (f"must be {'at least' if o.low_ok else 'more than'} {o.low:g}, "
+                          f"not {value:g}")
+        if o.check is not None and (why := o.check(value)):
+            return None, why
+        return value, ""
+
+    def _accepts(self, value: Any) -> bool:
+        if self.kind is list:
+            return isinstance(value, list)
+        if self.kind is Path:
+            return isinstance(value, (str, Path))
+        if self.kind is str:
+            return isinstance(value, str) or (self.option.number_text and isinstance(value, int))
+        if self.kind is float:
+            return isinstance(value, (int, float))
+        return isinstance(value, int)
+
+
+def _spec(name: str, hint: Any, default: Any, opt: Option) -> Spec:
+    args = get_args(hint)
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    kind = list if get_origin(hint) is list else hint
+    if kind not in _KIND_NAMES:
+        raise TypeError(f"KioskConfig.{name}: no reader for {hint!r}")
+    return Spec(name, kind, optional, default, opt)
+
+
+def _specs() -> dict[str, Spec]:
+    hints = get_type_hints(KioskConfig)
+    out = {}
+    for f in fields(KioskConfig):
+        default = f.default
+        if f.default_factory is not MISSING:
+            default = f.default_factory()
+        out[f.name] = _spec(f.name, hints[f.name], default, f.metadata["option"])
+    return out
+
+
+#: Every option, in the order declared.
+OPTIONS: dict[str, Spec] = _specs()
+
+
+# The TOML reader ---------------------------------------------------------------------------
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*=""")
+    for n, line in enumerate(text.splitlines(), 1):
+        if pattern.match(line):
+            return n
+    return None
+
+
+def _unknown(key: str) -> str:
+    close = difflib.get_close_matches(key, OPTIONS, n=1)
+    return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
 
 
 def read_file(path: Path) -> dict[str, Any]:
+    """The options set in the TOML file at ``path``, each checked and converted."""
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    section = doc.get("kiosk", doc)
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: [kiosk] must be a table")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not TOML: the file is not UTF-8 text") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not TOML: {exc}") from None
+    section: Any = doc
+    if "kiosk" in doc:
+        section = doc["kiosk"]
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: [kiosk] must be a table")
+        if len(doc) > 1:
+            others = ", ".join(sorted(k for k in doc if k != "kiosk"))
+            raise ConfigError(f"{path}: keys outside the [kiosk] table: {others}")
+    values = {}
     for key, value in section.items():
-        kinds = _KINDS.get(key)
-        if kinds is None:
-            raise ConfigError(f"{path}: unknown key {key!r}")
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
-        if key in URL_LISTS and not (isinstance(value, list)
-                                     and all(isinstance(u, str) for u in value)):
-            raise ConfigError(f"{path}: {key} must be a list of URLs")
-    return dict(section)
+        line = _line_of(text, key)
+        where = f"{path}" + (f", line {line}" if line else "")
+        spec = OPTIONS.get(key)
+        if spec is None:
+            raise ConfigError(f"{where}: {_unknown(key)}")
+        values[key] = spec.convert(value, where)
+    return values
 
+
+# The flags ---------------------------------------------------------------------------------
+
+def _flag_type(spec: Spec) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = spec.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {_KIND_NAMES[spec.kind]}, not {text!r}") from None
+        value, why = spec.check(value)
+        if why:  # argparse names the flag
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    parse.__name__ = _KIND_NAMES[spec.kind]
+    return parse
+
+
+def add_flags(parser: argparse.ArgumentParser, names: Iterable[str] | None = None, *,
+              defaults: bool = False, required: Iterable[str] = ()) -> None:
+    """Add a flag for each option in ``names`` (all by default).
+
+    A flag left out is None (``[]`` for a list), so that ``load`` keeps the file's value;
+    with ``defaults``, it is the declared default instead, for commands that read no file.
+    """
+    must = set(required)
+    for name in OPTIONS if names is None else names:
+        spec = OPTIONS[name]
+        kw: dict[str, Any] = {"metavar": spec.metavar, "help": spec.help_text(),
+                              "required": name in must}
+        if spec.kind is list:
+            kw["action"] = "append"
+        else:
+            kw["type"] = _flag_type(spec)
+            kw["default"] = spec.default if defaults else None
+        parser.add_argument(spec.flag, **kw)
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given as flags in ``args`` (those left out are None)."""
+    return {name: getattr(args, name) for name in OPTIONS if hasattr(args, name)}
+
+
+# Putting them together ---------------------------------------------------------------------
 
 def load(path: Path | None, flags: dict[str, Any]) -> KioskConfig:
-    """The file at ``path`` (the default path only if it exists), with ``flags`` on top."""
+    """The file at ``path`` (the default path only if it exists), with ``flags`` on top.
+
+    ``flags`` maps option names to values; None (or ``[]``) means not given.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         values.update(read_file(path))
     elif DEFAULT_PATH.exists():
         values.update(read_file(DEFAULT_PATH))
-    values.update({k: v for k, v in flags.items() if v is not None and v != []})
-    names = {f.name for f in fields(KioskConfig)}
-    cfg = KioskConfig(**{k: v for k, v in values.items() if k in names})
+    for key, value in flags.items():
+        if value is None or value == []:
+            continue
+        spec = OPTIONS.get(key)
+        if spec is None:
+            raise ConfigError(f"--{key.replace('_', '-')}: {_unknown(key)}")
+        values[key] = spec.convert(value)
+    cfg = KioskConfig(**values)
     if cfg.data is None:
         raise ConfigError("no data directory: give --data or data = ... in the config file")
-    cfg.data = Path(cfg.data)
-    if cfg.staff_pin is not None:
-        cfg.staff_pin = str(cfg.staff_pin)
-    for key in ("idle_seconds", "interval", "retry_max", "round_limit", "hold_time",
-                "health_interval"):
-        if float(getattr(cfg, key)) <= 0:
-            raise ConfigError(f"{key} must be positive")
-    for key in THRESHOLDS:
-        if float(getattr(cfg, key)) < 0:
-            raise ConfigError(f"{key} must be 0 (off) or more")
     for url in cfg.link_carrier:
         if url not in cfg.hub:
             raise ConfigError(f"link_carrier: {url!r} is not one of the hub URLs")
-    cfg.ui_address()
     return cfg
+
+
+def markdown_table() -> str:
+    """The options as the README's Markdown table."""
+    rows = ["| key | flag | default | what |", "|---|---|---|---|"]
+    for spec in OPTIONS.values():
+        default = spec.describe_default() or "unset"
+        rows.append(f"| `{spec.name}` | `{spec.flag}` | {default} | {spec.help_text()} |")
+    return "\n".join(rows)
 
 
 def memory_limits(cfg: KioskConfig) -> MemoryLimits:

@@ -54,16 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Send FILEs to a `haven receive` on the other end of "
                           "PORT. Exits 0 once the receiver has confirmed every file's hash.")
     _link_arguments(send)
-    send.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    send.add_argument("files", nargs="+", type=Path, metavar="FILE", help="a file to send")
     recv = sub.add_parser("receive", help="receive files into a directory",
                           description="Receive the files of one `haven send` session into "
                           "DIR. Rerun after an interruption: only missing chunks cross.")
     _link_arguments(recv)
-    recv.add_argument("directory", type=Path, metavar="DIR")
+    recv.add_argument("directory", type=Path, metavar="DIR",
+                      help="where the files go (made if missing)")
     keygen = sub.add_parser("keygen", help="create a key file; prints the public key",
                             description="Write a new X25519 private key to FILE (owner-only) "
                             "and its public key, in hex, to FILE.pub and stdout.")
-    keygen.add_argument("file", type=Path, metavar="FILE")
+    keygen.add_argument("file", type=Path, metavar="FILE",
+                        help="the private key file to create (never overwritten)")
     from host.hub.commands import add_parsers
 
     add_parsers(sub)

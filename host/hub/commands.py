@@ -1,4 +1,8 @@
-"""``haven hub ...`` and ``haven review ...``: thin shells over ``hub.Hub``."""
+"""``haven hub ...`` and ``haven review ...``: thin shells over ``hub.Hub``.
+
+Each command calls one ``Hub`` method and prints what it returns; the hub
+raises ``HavenError``s, which ``host.cli`` turns into one line and an exit code.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from host.errors import UsageError
+
+if TYPE_CHECKING:
+    from host.hub.hub import Hub
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -27,16 +35,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                       description="Approve REQUEST (a kiosk's enrolment.req) and write its "
                       "certificate to CERT.")
     _data(p)
-    p.add_argument("request", type=Path, metavar="REQUEST")
-    p.add_argument("--out", type=Path, required=True, metavar="CERT")
+    p.add_argument("request", type=Path, metavar="REQUEST",
+                   help="the kiosk's enrolment request (haven-kiosk init writes it)")
+    p.add_argument("--out", type=Path, required=True, metavar="CERT",
+                   help="where to write the kiosk's certificate")
     p = hs.add_parser("revoke", help="revoke a kiosk", description="Revoke a kiosk: the hub "
                       "refuses its sessions from now on.")
     _data(p)
-    p.add_argument("device", metavar="DEVICE_ID")
+    p.add_argument("device", metavar="DEVICE_ID",
+                   help="the kiosk's id (haven hub status lists them)")
     p = hs.add_parser("serve", help="serve kiosks over TCP and serial links",
                       description="Serve kiosk sync sessions until interrupted.")
     _data(p)
-    p.add_argument("--listen", action="append", default=[], metavar="tcp://HOST:PORT")
+    p.add_argument("--listen", action="append", default=[], metavar="tcp://HOST:PORT",
+                   help="a TCP address to serve kiosks on (repeat for more)")
     p.add_argument("--serial", action="append", default=[], metavar="URL",
                    help="a serial port or pyserial URL with a kiosk on the other end")
     p.add_argument("--baud", type=int, help="serial line speed (pacing)")
@@ -49,7 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                       description="List the kiosks, when each was last seen, the backlog, "
                       "the conflicts and the documents held.")
     _data(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     review = sub.add_parser("review", help="list and resolve held conflicts",
                             description="Conflicts the hub holds for review.")
@@ -57,15 +69,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = rs.add_parser("list", help="list conflicts", description="List conflicts with both "
                       "versions.")
     _data(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
     p = rs.add_parser("resolve", help="resolve a conflict",
                       description="Resolve a conflict by keeping a version or setting values; "
                       "the resolution reaches every kiosk at its next sync.")
     _data(p)
-    p.add_argument("conflict", metavar="CONFLICT_ID")
+    p.add_argument("conflict", metavar="CONFLICT_ID",
+                   help="the conflict (haven review list shows them)")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--keep", metavar="VERSION_ID")
-    how.add_argument("--set", nargs="+", metavar="FIELD=VALUE")
+    how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
+    how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise UsageError(f"cannot read {args.request}: {exc.strerror}") from None
             cert = hub.enroll(request)
-            args.out.write_bytes(cert)
+            try:
+                args.out.write_bytes(cert)
+            except OSError as exc:
+                raise UsageError(f"cannot write {args.out}: {exc.strerror} (the kiosk is "
+                                 "approved: run this again with another --out)") from None
             print(f"certificate written to {args.out}")
         elif cmd == "revoke":
             hub.revoke(args.device)
@@ -103,10 +120,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(hub: object, as_json: bool) -> None:
-    from host.hub.hub import Hub
-
-    assert isinstance(hub, Hub)
+def _status(hub: Hub, as_json: bool) -> None:
     st = hub.status()
     if as_json:
         print(json.dumps(st, sort_keys=True, indent=1))
@@ -128,10 +142,7 @@ def _status(hub: object, as_json: bool) -> None:
     print(f"documents: {docs['documents']} held, {docs['bytes']} bytes")
 
 
-def _review(hub: object, args: argparse.Namespace) -> int:
-    from host.hub.hub import Hub
-
-    assert isinstance(hub, Hub)
+def _review(hub: Hub, args: argparse.Namespace) -> int:
     if args.review_command == "list":
         conflicts = hub.conflicts()
         if args.json:
