@@ -76,26 +76,41 @@ def test_frame_decoder_fuzz_keeps_memory_bounded():
     assert got == CASES // 10
 
 
+def shared_laughs(levels: int) -> bytes:
+    """A "billion laughs" of shared references: each level holds the one below twice,
+    so following the references builds 2**levels leaves from a few bytes."""
+    x: list = [b"ha"]
+    for _ in range(levels):
+        x = [x, x]
+    return cbor2.dumps(x, value_sharing=True)
+
+
 @pytest.mark.parametrize(
-    "bomb",
+    ("bomb", "code"),
     [
-        b"\x81" * 100_000,  # deep nesting
-        b"\x9b" + b"\xff" * 8,  # 2**64-1 array items
-        b"\xbb" + b"\x7f" + b"\xff" * 7,  # 2**63-1 map pairs
-        b"\x5b" + b"\x00\x00\x00\x01\x00\x00\x00\x00",  # 4 GiB byte string
-        b"\x7a\xff\xff\xff\xff",  # 4 GiB text string
-        cbor2.dumps([[1, 2]] * 2, value_sharing=True),  # shared references
-        b"\xd8\x1d\x00",  # tag 29 alone
-        b"\x98\xff" + b"\x80" * 255,  # 255 empty arrays: within limits, decodes
+        (b"\x81" * 100_000, "too-deep"),  # deep nesting
+        (b"\x9b" + b"\xff" * 8, "bad-length"),  # 2**64-1 array items
+        (b"\xbb" + b"\x7f" + b"\xff" * 7, "bad-length"),  # 2**63-1 map pairs
+        (b"\x5b" + b"\x00\x00\x00\x01\x00\x00\x00\x00", "bad-length"),  # 4 GiB byte string
+        (b"\x7a\xff\xff\xff\xff", "bad-length"),  # 4 GiB text string
+        (cbor2.dumps([[1, 2]] * 2, value_sharing=True), "tag"),  # shared references (28, 29)
+        (shared_laughs(12), "tag"),  # 4096 leaves from shared references, nested 13 deep
+        (b"\xd8\x1c\x82\x01\x02", "tag"),  # tag 28 alone: a value marked shareable
+        (b"\xd8\x1d\x00", "tag"),  # tag 29 alone: a reference to shared value 0
+        (b"\x98\xff" + b"\x80" * 255, None),  # 255 empty arrays: within limits, decodes
     ],
+    ids=["deep", "huge-array", "huge-map", "huge-bytes", "huge-text", "shared", "laughs",
+         "tag28", "tag29", "many-empty"],
 )
-def test_cbor_bombs_cost_nothing(bomb):
+def test_cbor_bombs_cost_nothing(bomb: bytes, code: str | None) -> None:
     tracemalloc.start()
     try:
-        try:
-            strict_cbor.loads(bomb, max_size=200_000)
-        except RemoteProtocolError as exc:
-            assert exc.code in {"too-deep", "bad-length", "tag", "too-large"}
+        if code is None:
+            assert strict_cbor.loads(bomb, max_size=200_000) == [[]] * 255
+        else:
+            with pytest.raises(RemoteProtocolError) as info:
+                strict_cbor.loads(bomb, max_size=200_000)
+            assert info.value.code == code
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
