@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.store import Store, StoreError
-from device.store.create import configure
 from device.store.keys import read_key
 from protocol.driver.secret_files import write_secret
 from protocol.errors import ProtocolError
@@ -64,7 +63,7 @@ def install(store: Store, cert_doc: bytes) -> sync_cert.Certificate:
         fleet = sync_cert.open_sealed(cert.fleet_sealed, x_key)
     except ProtocolError as exc:
         raise StoreError(f"bad certificate: {exc}", exc.code) from None
-    configure(store, cert.site, cert.letter, fleet)
+    store.configure(cert.site, cert.letter, fleet)
     path = store.data / CERT
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(cert_doc)

@@ -5,7 +5,8 @@ Theory of operation
 No chunk is stored twice. An object being received is a sparse part file,
 ``DIR/.haven/incoming/<object hash>.part``, of the object's final size; a
 chunk is written at its offset(s) in it. SQLite (``DIR/.haven/index.db``,
-WAL, ``synchronous=FULL``) records where each chunk's bytes are:
+WAL, ``synchronous=FULL``; its tables change only by numbered migrations,
+``MIGRATIONS``) records where each chunk's bytes are:
 
 * ``layout (object, offset, hash, length)``: the manifest of the object being
   received, filled from its ``xfer-manifest`` pieces (``add_layout``), so
@@ -29,32 +30,37 @@ rows go. Memory is one chunk at a time; a manifest lives in SQLite.
 from __future__ import annotations
 
 import os
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+import sqlite_utils
 
 from host.errors import UsageError
 from protocol.chunking import chunk_id
+from protocol.driver.database import Migrations, open_database
 from protocol.transfer import HASH_SIZE, LENGTH_SIZE, check_name
 
 STATE_DIR = ".haven"
+MIGRATIONS = Migrations("the transfer index")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS chunks (
-    hash BLOB NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
-    PRIMARY KEY (hash, path, offset)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path);
-CREATE TABLE IF NOT EXISTS layout (
-    object BLOB NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL, length INTEGER NOT NULL,
-    PRIMARY KEY (object, offset)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS layout_by_hash ON layout (object, hash);
-CREATE TABLE IF NOT EXISTS files (
-    name TEXT PRIMARY KEY, object BLOB NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL
-);
-"""
+
+@MIGRATIONS(1)
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
+    already at version 1)."""
+    for sql in (
+        """CREATE TABLE IF NOT EXISTS chunks (
+            hash BLOB NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL,
+            length INTEGER NOT NULL, PRIMARY KEY (hash, path, offset)) WITHOUT ROWID""",
+        "CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path)",
+        """CREATE TABLE IF NOT EXISTS layout (
+            object BLOB NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL,
+            length INTEGER NOT NULL, PRIMARY KEY (object, offset)) WITHOUT ROWID""",
+        "CREATE INDEX IF NOT EXISTS layout_by_hash ON layout (object, hash)",
+        """CREATE TABLE IF NOT EXISTS files (
+            name TEXT PRIMARY KEY, object BLOB NOT NULL, size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL)""",
+    ):
+        db.execute(sql)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -78,10 +84,7 @@ class DirStore:
             self.incoming.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create {self.incoming}: {exc.strerror}") from None
-        self.db = sqlite3.connect(self.state / "index.db", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = open_database(self.state / "index.db", MIGRATIONS, synchronous="FULL")
         self.object: bytes | None = None
         self.name = ""
         self.size = 0
@@ -106,7 +109,7 @@ class DirStore:
         if fresh:
             os.fsync(self._fd)
             _fsync_dir(self.incoming)
-        with self._tx():
+        with self.db.atomic():
             self.db.execute("DELETE FROM layout WHERE object = ?", (object_hash,))
         self._layout_count = self._layout_end = 0
 
@@ -121,8 +124,8 @@ class DirStore:
                          hashes[j * HASH_SIZE : (j + 1) * HASH_SIZE], length))
             self._layout_end += length
         self._layout_count += len(rows)
-        with self._tx():
-            self.db.executemany("INSERT OR REPLACE INTO layout VALUES (?, ?, ?, ?)", rows)
+        with self.db.atomic():
+            self.db.conn.executemany("INSERT OR REPLACE INTO layout VALUES (?, ?, ?, ?)", rows)
 
     # -- ChunkStore ------------------------------------------------------------
 
@@ -144,8 +147,8 @@ class DirStore:
             os.pwrite(self._fd, data, offset)
         os.fsync(self._fd)
         rel = self._rel(self._part)
-        with self._tx():
-            self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
+        with self.db.atomic():
+            self.db.conn.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?)",
                                 [(chunk_hash, rel, o, len(data)) for o in offsets])
 
     def _find(self, chunk_hash: bytes) -> bytes | None:
@@ -155,7 +158,7 @@ class DirStore:
             data = self._read(path, offset, length)
             if data is not None and chunk_id(data) == chunk_hash:
                 return data
-            with self._tx():
+            with self.db.atomic():
                 self.db.execute("DELETE FROM chunks WHERE hash = ? AND path = ? AND offset = ?",
                                 (chunk_hash, path, offset))
         return None
@@ -205,7 +208,7 @@ class DirStore:
         os.replace(self._part, target)
         _fsync_dir(self.root)
         st = target.stat()
-        with self._tx():
+        with self.db.atomic():
             self.db.execute("DELETE FROM chunks WHERE path = ?", (self.name,))
             self.db.execute("INSERT INTO chunks SELECT hash, ?, offset, length FROM layout "
                             "WHERE object = ?", (self.name, self.object))
@@ -220,7 +223,7 @@ class DirStore:
         assert self._part is not None
         rel = self._rel(self._part)
         self._part.unlink(missing_ok=True)
-        with self._tx():
+        with self.db.atomic():
             self.db.execute("DELETE FROM chunks WHERE path = ?", (rel,))
             self.db.execute("DELETE FROM layout WHERE object = ?", (self.object,))
         self._close_part()
@@ -229,17 +232,6 @@ class DirStore:
 
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
-
-    @contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One transaction (the connection is in autocommit mode otherwise)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def _close_part(self) -> None:
         if self._fd is not None:

@@ -20,8 +20,8 @@ def main() -> None:
     if "--no-sync" in sys.argv:
         connect = store_db.connect
 
-        def unsynced(path: Path | str, *, readonly: bool = False):  # type: ignore[no-untyped-def]
-            db = connect(path, readonly=readonly)
+        def unsynced(path: Path | str, **options: bool):  # type: ignore[no-untyped-def]
+            db = connect(path, **options)
             db.execute("PRAGMA synchronous = OFF")
             return db
 

@@ -33,10 +33,11 @@ from device.health.storage_guard import (
     truncate_wal_file,
 )
 from device.store import StorageFull, Store, init_store
-from device.store.db import atomic, connect
+from device.store.db import connect
 from device.ui.app import KioskApp
 from device.ui.http import HttpError
 from device.ui.live import LiveStatus
+from protocol.driver.database import immediate
 
 from .test_hw import wait_until
 from .test_runtime import call
@@ -175,20 +176,20 @@ def fill(disk: Path, leave_mib: float = 0.0) -> Path:
 
 def test_a_transaction_that_spills_onto_a_full_disk_fails_clearly(tmp_path: Path) -> None:
     """A statement (not only the commit) can find the disk full, and SQLite may roll the
-    transaction back itself: ``atomic`` must raise SQLITE_FULL, not "cannot rollback"."""
+    transaction back itself: ``immediate`` must raise SQLITE_FULL, not "cannot rollback"."""
     with small_disk(tmp_path / "disk", "1m") as disk:
         db = connect(disk / "x.db")
         try:
             db.execute("PRAGMA cache_size = 10")  # spill to the WAL mid-transaction
             db.execute("CREATE TABLE t (x)")
             fill(disk)
-            with pytest.raises(sqlite3.OperationalError) as failed, atomic(db):
+            with pytest.raises(sqlite3.OperationalError) as failed, immediate(db):
                 for _ in range(1000):
                     db.execute("INSERT INTO t VALUES (?)", [os.urandom(3000)])
             assert failed.value.sqlite_errorcode == sqlite3.SQLITE_FULL
             assert not db.conn.in_transaction
             (disk / "filler").unlink()
-            with atomic(db):  # the connection goes on
+            with immediate(db):  # the connection goes on
                 db.execute("INSERT INTO t VALUES (1)")
             assert db.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)
         finally:

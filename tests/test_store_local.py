@@ -45,7 +45,7 @@ def store(data: Path) -> Iterator[Store]:
 
 def trace(store: Store) -> list[str]:
     statements: list[str] = []
-    store._writer.call(lambda db: db.conn.set_trace_callback(statements.append))
+    store.writer.call(lambda db: db.conn.set_trace_callback(statements.append))
     return statements
 
 
@@ -195,21 +195,21 @@ def test_checkins_go_before_waiting_merge_slices(store: Store) -> None:
     deltas = [rep.put(uuid.uuid4().bytes, "note", T0, {"text": str(i)}) for i in range(200)]
     statements = trace(store)
     gate = threading.Event()
-    store._writer.submit(lambda db: gate.wait(10))  # hold the writer while work queues up
+    store.writer.submit(lambda db: gate.wait(10))  # hold the writer while work queues up
     merger = threading.Thread(target=store.merge, args=(deltas,),
                               kwargs={"now_ms": T0, "slice_size": 20})
     merger.start()
     for _ in range(1000):  # bounded wait until every slice is queued
-        if store._writer.pending() >= 10:
+        if store.writer.pending() >= 10:
             break
         threading.Event().wait(0.005)
-    assert store._writer.pending() >= 10
+    assert store.writer.pending() >= 10
     done: list[str] = []
     checkin = threading.Thread(target=lambda: done.append(
         store.checkin(name="Ada", now_ms=T0).queue_number))
     checkin.start()
     for _ in range(1000):
-        if store._writer.pending() >= 11:
+        if store.writer.pending() >= 11:
             break
         threading.Event().wait(0.005)
     gate.set()
@@ -269,20 +269,21 @@ def test_set_changes_through_the_store(store: Store) -> None:
     assert ref.dump() == store.dump()
 
 
-def test_atomic_nests_with_savepoints(tmp_path: Path) -> None:
-    from device.store.db import atomic, connect
+def test_immediate_nests_with_savepoints(tmp_path: Path) -> None:
+    from device.store.db import connect
+    from protocol.driver.database import immediate
 
     db = connect(tmp_path / "x.db")
     db.execute("CREATE TABLE t (x INTEGER)")
-    with atomic(db):
+    with immediate(db):
         db.execute("INSERT INTO t VALUES (1)")
-        with pytest.raises(ZeroDivisionError), atomic(db):
+        with pytest.raises(ZeroDivisionError), immediate(db):
             db.execute("INSERT INTO t VALUES (2)")
             raise ZeroDivisionError
-        with atomic(db):
+        with immediate(db):
             db.execute("INSERT INTO t VALUES (3)")
     assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
-    with pytest.raises(ZeroDivisionError), atomic(db):
+    with pytest.raises(ZeroDivisionError), immediate(db):
         db.execute("INSERT INTO t VALUES (4)")
         raise ZeroDivisionError
     assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [1, 3]
@@ -295,7 +296,7 @@ def test_a_merge_leaves_the_writer_fully_synchronous(store: Store) -> None:
     rep = Replica(3)
     deltas = [rep.put(uuid.uuid4().bytes, "note", T0, {"text": str(i)}) for i in range(100)]
     assert store.merge(deltas, now_ms=T0, slice_size=30).applied == 100
-    mode = store._writer.call(lambda db: db.conn.execute("PRAGMA synchronous").fetchone()[0])
+    mode = store.writer.call(lambda db: db.conn.execute("PRAGMA synchronous").fetchone()[0])
     assert mode == 2  # FULL
     statements = trace(store)
     store.checkin(name="Ada", now_ms=T0)
@@ -319,7 +320,7 @@ def test_the_write_log_migrates_to_write_order_with_nothing_lost(data: Path) -> 
         "INSERT INTO ops_keyed SELECT rid, stamp, node, type, local, sealed FROM ops",
         "DROP TABLE ops",
         "ALTER TABLE ops_keyed RENAME TO ops",
-        "DELETE FROM _migrations WHERE name = 'm003_ops_in_write_order'",
+        "PRAGMA user_version = 2",
     ):
         old.execute(sql)
     old.close()

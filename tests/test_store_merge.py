@@ -65,7 +65,7 @@ def test_causal_order_takes_the_fast_path_and_still_agrees(store: Store) -> None
     for data in log:
         ref.receive(data, T0)
     statements: list[str] = []
-    store._writer.call(lambda db: db.conn.set_trace_callback(statements.append))
+    store.writer.call(lambda db: db.conn.set_trace_callback(statements.append))
     store.merge(log, now_ms=T0, slice_size=64)
     assert store.dump() == ref.dump()
     # Every write was a causal successor: no record was rebuilt from its log.

@@ -36,9 +36,9 @@ def test_checkins_arrive_once_and_replicas_converge(tmp_path: Path) -> None:
         # ... and, once the round before it saved where it stood, writes nothing at all.
         wals = [a.store.data / f"{name}-wal" for name in ("store.db", "sync.db")]
         before = [w.stat().st_size for w in wals]
-        changes = a.state.db.total_changes
+        changes = a.state.db.conn.total_changes
         assert a.sync(url).pushed == 0
-        assert a.state.db.total_changes == changes
+        assert a.state.db.conn.total_changes == changes
         assert [w.stat().st_size for w in wals] == before
         # The last sync waits in memory for a batch to carry it, or for the close.
         assert last_sync_of(a.store.data) is None

@@ -13,18 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import sqlite_utils
-
-from device.store.db import atomic
-from device.store.exc import BadRequest, KeyMismatch, StoreError
+from device.store.exc import BadRequest, StoreError
 from device.store.keys import KeyFile, KeyProvider
-from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store, fingerprint
-from protocol.crdt import schema as crdt_schema
+from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store
 from protocol.driver.secret_files import write_secret
-
-
-def set_meta(db: sqlite_utils.Database, key: str, value: object) -> None:
-    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
 
 def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | None = None,
@@ -56,30 +48,9 @@ def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | 
         os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
     store = Store(data, key_provider, create=True)
     try:
-        configure(store, site, letter, new_fleet)
+        store.configure(site, letter, new_fleet)
     except BaseException:
         store.close()
         raise
     return store
 
-
-def configure(store: Store, site: str, letter: str, new_fleet: bytes | None) -> None:
-    """Set the site and letter; install a new fleet key only while no patient exists."""
-    def job(db: sqlite_utils.Database) -> None:
-        with atomic(db):
-            if new_fleet is not None and new_fleet != store.fleet_key:
-                patients = db.execute(
-                    "SELECT COUNT(*) FROM records WHERE type = ?",
-                    [crdt_schema.PATIENT.number]).fetchone()[0]
-                if patients:
-                    raise KeyMismatch(
-                        f"this kiosk already holds {patients} patients under another fleet"
-                        " key; a different key would give the same people new ids")
-                (store.data / FLEET_KEY).unlink()
-                write_secret(store.data / FLEET_KEY, new_fleet)
-                store.fleet_key = new_fleet
-                set_meta(db, "fleet", fingerprint(new_fleet))
-            set_meta(db, "site", site)
-            set_meta(db, "letter", letter)
-            store._letter_site = (letter, site)
-    store._writer.call(job)

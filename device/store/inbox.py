@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
-from device.store.db import atomic
 from device.store.materialise import merge_slice
 from device.store.writer import BULK
 from protocol import strict_cbor
 from protocol.crdt.delta import Delta
+from protocol.driver.database import immediate
 from protocol.errors import RemoteProtocolError
 from protocol.sync.checks import check_remote_deltas
 
@@ -72,7 +72,7 @@ def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int) -> M
     items = list(deltas)
     starts = range(0, len(items), slice_size)
     futures = [
-        store._writer.submit(functools.partial(
+        store.writer.submit(functools.partial(
             _slice, store, part=items[i:i + slice_size], now=now, last=i == starts[-1]), BULK)
         for i in starts
     ]
@@ -101,7 +101,7 @@ def _checked(part: list[bytes], now: int
 
 def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
            now: int, last: bool) -> tuple[int, int, int]:
-    writer = store._writer
+    writer = store.writer
     totals = [0, 0, 0]  # new, duplicates, quarantined
     pos = 0
     synced = True
@@ -112,19 +112,13 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
         # fsyncs the WAL and this transaction with it. Otherwise the merge fsyncs its
         # own commits, so a check-in never has more than one transaction to flush.
         relaxed = writer.urgent_lately(RELAXED_S)
-        if relaxed:
-            db.conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            with atomic(db):
-                pos = _transaction(store, db, part, pos, now, totals)
-        finally:
-            if relaxed:
-                db.conn.execute("PRAGMA synchronous = FULL")
+        with immediate(db, synchronous="NORMAL" if relaxed else None):
+            pos = _transaction(store, db, part, pos, now, totals)
         synced = not relaxed
-        store._after_commit(db, pos - first)
+        store.after_commit(pos - first)
         writer.run_urgent(db)
     if last and not synced:
-        with atomic(db):  # synchronous=FULL: this commit fsyncs what came before it
+        with immediate(db):  # synchronous=FULL: this commit fsyncs what came before it
             db.conn.execute(SAVE_CLOCK, [str(store.hlc.last)])
     return totals[0], totals[1], totals[2]
 
@@ -133,7 +127,7 @@ def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos
                  now: int, totals: list[int]) -> int:
     """Merge chunks of ``part`` from ``pos`` until done, out of time, or a check-in
     waits; returns where it stopped."""
-    writer = store._writer
+    writer = store.writer
     deadline = time.perf_counter() + TXN_BUDGET_S
     while pos < len(part):
         size = BUSY_CHUNK if writer.urgent_lately(BUSY_S) else CHUNK

@@ -50,16 +50,8 @@ def backoff_ms(attempts: int, rng: random.Random) -> int:
     return ceiling // 2 + rng.randrange(ceiling // 2 + 1)
 
 
-def enqueue(db: sqlite_utils.Database, lane: int, delta: Delta, size: int) -> int:
-    cur = db.execute(
-        "INSERT INTO outbox (lane, rid, stamp, node, size) VALUES (?, ?, ?, ?, ?)",
-        [lane, delta.record_id, delta.stamp, delta.node, size])
-    assert cur.lastrowid is not None
-    return cur.lastrowid
-
-
 def enqueue_many(db: sqlite_utils.Database, entries: Iterable[tuple[int, Delta, int]]) -> None:
-    """``enqueue`` for each (lane, delta, size), in order, in one statement."""
+    """Queue each (lane, delta, size), in order, in one statement."""
     db.conn.executemany(
         "INSERT INTO outbox (lane, rid, stamp, node, size) VALUES (?, ?, ?, ?, ?)",
         [(lane, d.record_id, d.stamp, d.node, size) for lane, d, size in entries])

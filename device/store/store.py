@@ -15,10 +15,13 @@ lets them run beside the writer.
 
 Local writes are built and checked by ``protocol.crdt.writes`` against the
 record as its write log says it is, so the store and the reference merge
-cannot disagree on what a write means. ``merge`` takes deltas from the hub,
-decodes and checks them, quarantines the bad ones with a reason (one bad
-delta never blocks the rest), and merges the rest in short slices that let
-waiting check-ins go first.
+cannot disagree on what a write means. Every local write takes one path,
+``_write``: a write that only assigns registers of a record with no delete
+and no conflict (a check-in, most puts) goes the merge's SQL way, from the
+record's heads alone; any other rebuilds the record from its write log.
+``merge`` takes deltas from the hub, decodes and checks them, quarantines
+the bad ones with a reason (one bad delta never blocks the rest), and merges
+the rest in short slices that let waiting check-ins go first.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +41,10 @@ from typing import Any
 import sqlite_utils
 
 from device.store import inbox, outbox
-from device.store import tables as _tables  # noqa: F401 - registers the migrations
 from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
 from device.store.checkpoint import Checkpointer
-from device.store.db import atomic, connect, migrate
-from device.store.exc import BadRequest, NotInitialised, StorageFull, StoreError
+from device.store.db import connect
+from device.store.exc import BadRequest, KeyMismatch, NotInitialised, StorageFull, StoreError
 from device.store.inbox import MergeReport
 from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_key
 from device.store.materialise import (
@@ -62,6 +64,8 @@ from protocol.crdt.delta import Delta, encode
 from protocol.crdt.ids import patient_id, random_id, time_ordered_id
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
+from protocol.driver.database import immediate
+from protocol.driver.secret_files import write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError
 
@@ -85,6 +89,12 @@ RECORD_ROWS = ("SELECT rid, type, n_conflicts, has_delete, heads FROM records"
 
 
 SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
+SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+
+#: Builds a local write from the record as it is (``None``: new) and a fresh stamp.
+Build = Callable[[RecordView | None, int], Delta]
+#: One local write: record id, how to build it, whether it assigns registers only.
+Write = tuple[bytes, Build, bool]
 
 
 def recover_clock(db: sqlite_utils.Database) -> int:
@@ -133,15 +143,15 @@ class Store:
         self._acked = AckedEntries()
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
-        self._writer = Writer(self._open_writer)
+        #: The writer thread: every write is a job on it (``writer``).
+        self.writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
 
     def _open_writer(self) -> sqlite_utils.Database:
-        db = connect(self.path)
-        db.execute("PRAGMA wal_autocheckpoint = 0")  # see _after_commit
-        migrate(db)
-        with atomic(db):
+        db = connect(self.path, migrate=True)
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # see after_commit
+        with immediate(db):
             if db.execute("SELECT value FROM meta WHERE key = 'node'").fetchone() is None:
                 node = int.from_bytes(os.urandom(4), "big") | 1
                 db.execute("INSERT INTO meta VALUES ('node', ?)", [str(node)])
@@ -155,7 +165,7 @@ class Store:
         if timer is not None:
             timer.cancel()
         self._flush_acks()
-        self._writer.close()
+        self.writer.close()
         self._checkpointer.close()
         self.reader.conn.close()
 
@@ -168,13 +178,13 @@ class Store:
     def release_memory(self) -> None:
         """Give SQLite's page caches back (``PRAGMA shrink_memory``) on both connections;
         the writer's as background work, after waiting check-ins."""
-        self._writer.call(lambda db: db.execute("PRAGMA shrink_memory").fetchall(), BULK)
+        self.writer.call(lambda db: db.execute("PRAGMA shrink_memory").fetchall(), BULK)
         self.reader.execute("PRAGMA shrink_memory").fetchall()
 
     def truncate_wal(self) -> None:
         """Copy the WAL into the database and cut it to nothing (``PRAGMA
         wal_checkpoint(TRUNCATE)``), as background work: frees disk space."""
-        self._writer.call(
+        self.writer.call(
             lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall(), BULK)
 
     # Meta ---------------------------------------------------------------------------
@@ -183,9 +193,25 @@ class Store:
         row = self.reader.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
-    @staticmethod
-    def _set_meta(db: sqlite_utils.Database, key: str, value: Any) -> None:
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+    def configure(self, site: str, letter: str, fleet_key: bytes | None = None) -> None:
+        """Set the kiosk's site and letter; install ``fleet_key`` only while no patient
+        exists (patient ids are derived from it)."""
+        def job(db: sqlite_utils.Database) -> None:
+            if fleet_key is not None and fleet_key != self.fleet_key:
+                patients = db.execute("SELECT COUNT(*) FROM records WHERE type = ?",
+                                      [crdt_schema.PATIENT.number]).fetchone()[0]
+                if patients:
+                    raise KeyMismatch(
+                        f"this kiosk already holds {patients} patients under another fleet"
+                        " key; a different key would give the same people new ids")
+                (self.data / FLEET_KEY).unlink()
+                write_secret(self.data / FLEET_KEY, fleet_key)
+                self.fleet_key = fleet_key
+                db.execute(SET_META, ["fleet", fingerprint(fleet_key)])
+            db.execute(SET_META, ["site", site])
+            db.execute(SET_META, ["letter", letter])
+        self._run(job)
+        self._letter_site = (letter, site)
 
     def _identity(self, db: sqlite_utils.Database) -> tuple[str, str]:
         """The kiosk's letter and site (read once per writer; ``init`` changes them)."""
@@ -197,98 +223,83 @@ class Store:
 
     # Local writes -------------------------------------------------------------------
 
-    def _write(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
-               build: Callable[[RecordView | None, int], Delta], light: bool = False) -> Delta:
-        """One local write inside the caller's transaction: log, merged rows, outbox.
+    def _write(self, db: sqlite_utils.Database, now_ms: int, writes: Sequence[Write],
+               rows: Mapping[bytes, tuple[Any, ...]] | None = None,
+               known: Mapping[bytes, int] | None = None) -> list[Delta]:
+        """Local writes inside the caller's transaction: write log, merged rows, outbox.
 
-        A ``light`` write (a put that assigns registers only) to a record with
-        no delete and no conflict needs nothing but the record's type and heads,
-        and takes the same SQL path as a merge. Anything else rebuilds the
-        record from its write log."""
-        row = db.execute("SELECT type, n_conflicts, has_delete, heads FROM records"
-                         " WHERE rid = ?", [rid]).fetchone()
-        if light and (row is None or not (row[1] or row[2])):
-            heads = None if row is None else RecordView(
-                rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
-            probe = build(heads, self.hlc.last + 1)  # refuse before the clock moves
-            if probe.is_delete or probe.add or probe.remove:
-                raise AssertionError("a light write assigns registers only")
-            delta = build(heads, self.hlc.now(now_ms))
-            data = encode(delta)
-            persist_fast(db, self.cipher, [(delta, data)], local=True)
-            self._enqueue(db, delta, data)
-            return delta
-        return self._write_slow(db, rid, now_ms, build)
+        Each write is (record id, ``build``, registers only). One that assigns
+        registers only, to a record with no delete and no conflict, needs nothing
+        but the record's type and heads (its ``records`` row: ``rows``, read here
+        unless the caller read them); such writes are persisted together, one
+        statement per table, on the merge's SQL path. Any other write rebuilds its
+        record from the write log. Outbox entries follow the order of ``writes``;
+        ``known`` maps record ids to the types the caller read."""
+        if rows is None:
+            rids = [rid for rid, _, _ in writes]
+            rows = {row[0]: row[1:] for row in db.execute(
+                "SELECT rid, type, n_conflicts, has_delete, heads FROM records"
+                f" WHERE rid IN ({','.join('?' * len(rids))})", rids)}
+        done: list[Delta] = []
+        light: list[tuple[Delta, bytes]] = []
+        for rid, build, registers_only in writes:
+            row = rows.get(rid)
+            if registers_only and (row is None or not (row[1] or row[2])):
+                heads = None if row is None else RecordView(
+                    rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
+                delta = self._stamp(build, heads, now_ms)
+                if delta.is_delete or delta.add or delta.remove:
+                    raise AssertionError("a light write assigns registers only")
+                light.append((delta, encode(delta)))
+            else:
+                self._persist_light(db, light, known)
+                light = []
+                log = load_log(db, self.cipher, rid)
+                delta = self._stamp(build, log.view() if log.ops else None, now_ms)
+                data = encode(delta)
+                insert_op(db, self.cipher, delta, data, local=True)
+                log.add(delta)
+                rewrite(db, self.cipher, log.view(), any(op.is_delete for op in log.ops.values()))
+                self._enqueue(db, [(delta, data)], known)
+            done.append(delta)
+        self._persist_light(db, light, known)
+        return done
 
-    def _write_light(self, db: sqlite_utils.Database, rid: bytes, row: tuple[Any, ...] | None,
-                     now_ms: int, build: Callable[[RecordView | None, int], Delta],
-                     pending: list[tuple[Delta, bytes]]) -> Delta:
-        """``_write`` for a register-only put whose ``records`` row the caller read.
-
-        A clean record's write is built and stamped now and added to ``pending``
-        (persisted in one go by ``_persist_light``); anything else is written at once."""
-        if row is not None and (row[1] or row[2]):
-            return self._write_slow(db, rid, now_ms, build)
-        heads = None if row is None else RecordView(
-            rid, row[0], False, {}, {}, tuple(sorted(parse_heads(row[3]))), ())
+    def _stamp(self, build: Build, view: RecordView | None, now_ms: int) -> Delta:
+        """``build`` with a fresh stamp; a refused write leaves no trace, not even on
+        the clock."""
         before = self.hlc.last
         try:
-            delta = build(heads, self.hlc.now(now_ms))
+            return build(view, self.hlc.now(now_ms))
         except BaseException:
-            self.hlc.last = before  # a refused write leaves no trace, not even on the clock
+            self.hlc.last = before
             raise
-        if delta.is_delete or delta.add or delta.remove:
-            raise AssertionError("a light write assigns registers only")
-        pending.append((delta, encode(delta)))
-        return delta
 
-    def _persist_light(self, db: sqlite_utils.Database, pending: list[tuple[Delta, bytes]],
-                       known: Mapping[bytes, int]) -> None:
-        """Persist ``pending``; ``known`` maps record ids to types read in this job."""
-        persist_fast(db, self.cipher, pending, local=True)
-        outbox.enqueue_many(db, [(self._lane(d), d, len(data)) for d, data in pending])
-        for delta, _ in pending:
-            self._promote_subject(db, delta, known)
+    def _persist_light(self, db: sqlite_utils.Database, light: list[tuple[Delta, bytes]],
+                       known: Mapping[bytes, int] | None) -> None:
+        if light:
+            persist_fast(db, self.cipher, light, local=True)
+            self._enqueue(db, light, known)
 
-    def _write_slow(self, db: sqlite_utils.Database, rid: bytes, now_ms: int,
-                    build: Callable[[RecordView | None, int], Delta]) -> Delta:
-        log = load_log(db, self.cipher, rid)
-        view = log.view() if log.ops else None
-        build(view, self.hlc.last + 1)
-        delta = build(view, self.hlc.now(now_ms))
-        data = encode(delta)
-        insert_op(db, self.cipher, delta, data, local=True)
-        log.add(delta)
-        rewrite(db, self.cipher, log.view(), any(op.is_delete for op in log.ops.values()))
-        self._enqueue(db, delta, data)
-        return delta
+    def _enqueue(self, db: sqlite_utils.Database, written: list[tuple[Delta, bytes]],
+                 known: Mapping[bytes, int] | None) -> None:
+        outbox.enqueue_many(db, [(_lane(d), d, len(data)) for d, data in written])
+        for delta, _ in written:
+            spec = crdt_schema.TYPES.get(delta.type)
+            subject = delta.set.get(1) if spec and "subject" in spec.by_name else None
+            if not isinstance(subject, bytes):
+                continue
+            # A record's entries are queued in its type's lane and only ever promoted: if
+            # that lane is no lower priority than ours, there is nothing to pull up.
+            subject_type = known.get(subject) if known else None
+            subject_spec = crdt_schema.TYPES.get(subject_type) if subject_type is not None \
+                else None
+            if subject_spec is None or subject_spec.lane > _lane(delta):
+                outbox.promote(db, subject, _lane(delta))
 
-    @staticmethod
-    def _lane(delta: Delta) -> int:
-        spec = crdt_schema.TYPES.get(delta.type)
-        return spec.lane if spec else crdt_schema.LANE_NOTE
-
-    @staticmethod
-    def _promote_subject(db: sqlite_utils.Database, delta: Delta,
-                         known: Mapping[bytes, int] | None = None) -> None:
-        spec = crdt_schema.TYPES.get(delta.type)
-        subject = delta.set.get(1) if spec and "subject" in spec.by_name else None
-        if not isinstance(subject, bytes):
-            return
-        lane = spec.lane if spec else crdt_schema.LANE_NOTE
-        # A record's entries are queued in its type's lane and only ever promoted: if
-        # that lane is no lower priority than ours, there is nothing to pull up.
-        subject_type = known.get(subject) if known else None
-        subject_spec = crdt_schema.TYPES.get(subject_type) if subject_type is not None else None
-        if subject_spec is None or subject_spec.lane > lane:
-            outbox.promote(db, subject, lane)
-
-    def _enqueue(self, db: sqlite_utils.Database, delta: Delta, data: bytes) -> None:
-        outbox.enqueue(db, self._lane(delta), delta, len(data))
-        self._promote_subject(db, delta)
-
-    def _after_commit(self, db: sqlite_utils.Database, merged: int = 0) -> None:
-        """Ask for a checkpoint of the WAL now and then; it runs beside the writer."""
+    def after_commit(self, merged: int = 0) -> None:
+        """Count a commit on the writer (``merged`` deltas, or one local write) toward
+        the next checkpoint of the WAL, which runs beside the writer."""
         self._written += merged or LOCAL_WEIGHT
         if self._written >= CHECKPOINT_WEIGHT:
             self._written = 0
@@ -303,11 +314,9 @@ class Store:
         # The clock needs no write of its own: every local stamp is in the outbox, in
         # the same transaction as the write (see ``recover_clock``).
         def job(db: sqlite_utils.Database) -> Any:
-            if not fsync:
-                db.conn.execute("PRAGMA synchronous = NORMAL")
             acked = self._acked.take()
             try:
-                with atomic(db):
+                with immediate(db, synchronous=None if fsync else "NORMAL"):
                     if acked:  # acknowledged entries leave with this write (``acks``)
                         # ... and their stamps with them: the clock is saved in their place
                         db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
@@ -316,19 +325,16 @@ class Store:
             except BaseException:
                 self._acked.put_back(acked)
                 raise
-            finally:
-                if not fsync:
-                    db.conn.execute("PRAGMA synchronous = FULL")
-            self._after_commit(db)
+            self.after_commit()
             return result
         try:
-            with self._full_disk():
-                return self._writer.call(job, URGENT)
+            with self.full_disk_guard():
+                return self.writer.call(job, URGENT)
         except LocalProtocolError as exc:
             raise BadRequest(str(exc), exc.code) from None
 
     @contextlib.contextmanager
-    def _full_disk(self) -> Iterator[None]:
+    def full_disk_guard(self) -> Iterator[None]:
         """SQLITE_FULL as ``StorageFull``: the transaction it hit was rolled back whole."""
         try:
             yield
@@ -371,20 +377,18 @@ class Store:
                 changed = {k: v for k, v in values.items()
                            if crdt_schema.PATIENT.field(k).to_wire(v)
                            != current.fields.get(crdt_schema.PATIENT.field(k).number)}
-            pending: list[tuple[Delta, bytes]] = []
+            writes: list[Write] = []
             if changed or prow is None:
-                self._write_light(db, pid.bytes, prow, now, lambda view, stamp: build_put(
-                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), pending)
+                writes.append((pid.bytes, lambda view, stamp: build_put(
+                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), True))
             checkin_values = {"subject": str(pid), "status": "arrived", "periodStart": started,
                               "location": site, "queueNumber": number}
             if reason:
                 checkin_values["reasonCode"] = reason
-            self._write_light(db, cid.bytes, rows.get(cid.bytes), now,
-                              lambda view, stamp: build_put(
-                                  view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp,
-                                  checkin_values), pending)
+            writes.append((cid.bytes, lambda view, stamp: build_put(
+                view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values), True))
             patient_type = prow[0] if prow else crdt_schema.PATIENT.number
-            self._persist_light(db, pending, {pid.bytes: patient_type})
+            self._write(db, now, writes, rows, {pid.bytes: patient_type})
             return CheckinResult(str(cid), str(pid), number)
 
         result: CheckinResult = self._run(fn)
@@ -400,9 +404,9 @@ class Store:
             rid = uuid.UUID(record_id) if record_id else time_ordered_id(now, os.urandom(10))
         except (LocalProtocolError, ValueError) as exc:
             raise BadRequest(str(exc)) from None
-        self._run(lambda db: self._write(db, rid.bytes, now, lambda view, stamp: build_put(
+        self._run(lambda db: self._write(db, now, [(rid.bytes, lambda view, stamp: build_put(
             view, rid.bytes, spec, self.node, stamp, values or {}, add or {}, remove or {}),
-            light=not (add or remove)))
+            not (add or remove))]))
         return str(rid)
 
     def put_text(self, type_name: str, record_id: str | None, items: list[str],
@@ -418,8 +422,8 @@ class Store:
     def delete(self, record_id: str, now_ms: int | None = None) -> None:
         now = self.clock() if now_ms is None else now_ms
         rid = _parse_id(record_id)
-        self._run(lambda db: self._write(db, rid, now, lambda view, stamp: build_delete(
-            view, rid, self.node, stamp)))
+        self._run(lambda db: self._write(db, now, [(rid, lambda view, stamp: build_delete(
+            view, rid, self.node, stamp), False)]))
 
     def resolve(self, conflict_id: str, *, keep: str | None = None,
                 values: Mapping[str, Any] | None = None, assignments: list[str] | None = None,
@@ -441,8 +445,8 @@ class Store:
                 raise BadRequest(str(exc)) from None
             if add or remove:
                 raise BadRequest("a resolution sets registers; keep a version to settle sets")
-        self._run(lambda db: self._write(db, rid, now, lambda view, stamp: build_resolve(
-            _must(view), conflict_id, self.node, stamp, keep=keep, values=values)))
+        self._run(lambda db: self._write(db, now, [(rid, lambda view, stamp: build_resolve(
+            _must(view), conflict_id, self.node, stamp, keep=keep, values=values), False)]))
         return str(uuid.UUID(bytes=rid))
 
     # Merging deltas from elsewhere ------------------------------------------------------
@@ -453,7 +457,7 @@ class Store:
 
         On a full disk, ``StorageFull``: slices merged before it stay merged, and the
         rest can simply be merged again later."""
-        with self._full_disk():
+        with self.full_disk_guard():
             return inbox.merge(self, deltas, self.clock() if now_ms is None else now_ms,
                                slice_size)
 
@@ -558,6 +562,11 @@ class Store:
         result: int = self._run(lambda db: outbox.requeue_local(
             db, lanes, crdt_schema.LANE_NOTE, SEAL_OVERHEAD))
         return result
+
+
+def _lane(delta: Delta) -> int:
+    spec = crdt_schema.TYPES.get(delta.type)
+    return spec.lane if spec else crdt_schema.LANE_NOTE
 
 
 def _must(view: RecordView | None) -> RecordView:

@@ -1,4 +1,8 @@
-"""The store's tables (migrations registered in code).
+"""The store's tables: its numbered migrations (``db.MIGRATIONS``).
+
+Every change to a table is a new migration here, numbered after the last, and
+comes with fixture databases from the release before it
+(``tests/fixtures``, ``tests/test_migrations.py``).
 
 ``ops`` is the write log, the source of truth: every delta this kiosk holds,
 sealed, keyed by record and dot. ``records``, ``field_values`` and
@@ -11,10 +15,25 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from device.store.db import migration
+from protocol.driver.database import Migrations
 
 
-@migration
+def adopt_named(db: sqlite_utils.Database) -> int:
+    """The version reached by a release that named its migrations in a ``_migrations``
+    table (up to c3497bc) instead of numbering the file; the table goes."""
+    if not db["_migrations"].exists():
+        return 0
+    names = [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY seq")]
+    if names != [fn.__name__ for fn in MIGRATIONS.steps[:len(names)]]:
+        raise ValueError(f"store.db names migrations this release does not know: {names}")
+    db.execute("DROP TABLE _migrations")
+    return len(names)
+
+
+MIGRATIONS = Migrations("store.db", adopt=adopt_named)
+
+
+@MIGRATIONS(1)
 def m001_initial(db: sqlite_utils.Database) -> None:
     for sql in (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB)",
@@ -50,7 +69,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
-@migration
+@MIGRATIONS(2)
 def m002_no_outbox_rid_index(db: sqlite_utils.Database) -> None:
     """Three or four fewer pages written per check-in (of about 25, each a whole page
     in the WAL): the index on the outbox's record ids goes. Only a write that pulls its
@@ -62,7 +81,7 @@ def m002_no_outbox_rid_index(db: sqlite_utils.Database) -> None:
     db.execute("DROP INDEX outbox_rid")
 
 
-@migration
+@MIGRATIONS(3)
 def m003_ops_in_write_order(db: sqlite_utils.Database) -> None:
     """The write log in a rowid table, rows in the order they were written, and its
     dots in an index beside it. Keyed by dot, each sealed delta (often over 200
@@ -84,7 +103,7 @@ def m003_ops_in_write_order(db: sqlite_utils.Database) -> None:
         db.execute(sql)
 
 
-@migration
+@MIGRATIONS(4)
 def m004_meta_without_rowid(db: sqlite_utils.Database) -> None:
     """One page, not two, for each write of a setting (the clock is saved with every
     acknowledgement and every merge): a text key in a rowid table kept a second tree

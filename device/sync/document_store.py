@@ -24,6 +24,9 @@ or refuses it for a reason another try cannot cure (``refused``, with the
 reason); neither is offered again. Content the hub did not take for another
 reason waits before the next offer, with the outbox's backoff. Size and
 chunk count stay in plaintext: the sealed chunks' lengths show them anyway.
+
+The tables change only through numbered migrations (``MIGRATIONS``,
+``protocol.driver.database``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import hmac
 import mimetypes
 import os
 import random
-import sqlite3
 import time
 import uuid
 from array import array
@@ -43,11 +45,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import sqlite_utils
+
 from device.store import BadRequest, CorruptData, FieldCipher, Store
 from device.store.outbox import backoff_ms
 from protocol.chunking import iter_chunks
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.ids import random_id
+from protocol.driver.database import Migrations, immediate, open_database
 from protocol.errors import LocalProtocolError
 from protocol.manifest import HASH_SIZE, LENGTH_SIZE, Manifest, ManifestBuilder
 
@@ -56,14 +61,22 @@ READ_SIZE = 1 << 20
 COMMIT_BYTES = 1 << 20
 HELD, DELIVERED, REFUSED = "held", "delivered", "refused"
 NAMES_LABEL = b"haven/doc-names"
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS chunks (name BLOB PRIMARY KEY, sealed BLOB NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS documents (
-        rid BLOB PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL,
-        state TEXT NOT NULL, reason TEXT, added INTEGER NOT NULL, manifest BLOB NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0)""",
-)
+MIGRATIONS = Migrations("documents.db")
+
+
+@MIGRATIONS(1)
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
+    already at version 1)."""
+    for sql in (
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS chunks (name BLOB PRIMARY KEY, sealed BLOB NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS documents (
+            rid BLOB PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL,
+            state TEXT NOT NULL, reason TEXT, added INTEGER NOT NULL, manifest BLOB NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0)""",
+    ):
+        db.execute(sql)
 
 
 def _chunk_label(name: bytes) -> bytes:
@@ -78,15 +91,8 @@ class DocumentStore:
     """Chunks and manifests of the documents attached on this kiosk."""
 
     def __init__(self, data: Path, cipher: FieldCipher) -> None:
-        path = Path(data) / DB_NAME
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.cipher = cipher
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = FULL")
-        for sql in SCHEMA:
-            self.db.execute(sql)
+        self.db = open_database(Path(data) / DB_NAME, MIGRATIONS, synchronous="FULL")
         self._names_key = self._load_names_key()
 
     def close(self) -> None:
@@ -122,15 +128,9 @@ class DocumentStore:
         return builder.finish("document"), new
 
     def _put_chunks(self, rows: list[tuple[bytes, bytes]]) -> int:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            added = sum(self.db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?)",
-                                        row).rowcount for row in rows)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-        return added
+        with immediate(self.db):
+            return sum(self.db.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?)",
+                                       row).rowcount for row in rows)
 
     def register(self, rid: bytes, manifest: Manifest, now_ms: int) -> None:
         sealed = self.cipher.seal_blob(
@@ -267,7 +267,7 @@ def attach(store: Store, path: Path, *, patient: str, title: str | None = None,
         if os.fstat(fd).st_size == 0:
             raise BadRequest(f"{path} is empty", "empty-file")
         # A full disk is StorageFull, as for every write; chunks stored before it stay.
-        with store._full_disk():
+        with store.full_disk_guard():
             docs = DocumentStore(store.data, store.cipher)
             try:
                 manifest, new = docs.add_content(fd)

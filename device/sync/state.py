@@ -13,11 +13,12 @@ saved only after the pulled deltas were merged durably. The hub's clock
 offset is kept too.
 
 Nothing here needs an fsync of its own, so nothing gets one but an adopted
-or rewound chain head (``_transaction``): a commit survives the process
-dying, and a power cut can only lose what these cases cover. A batch lost
-that way was either committed by the hub, whose welcome then shows it as
-its checkpoint and the kiosk takes it as its head (the batch's entries are
-still queued and go again in the next batch; the hub keeps each write once),
+or rewound chain head (a transaction that commits with ``synchronous=FULL``):
+a commit survives the process dying, and a power cut can only lose what
+these cases cover. A batch lost that way was either committed by the hub,
+whose welcome then shows it as its checkpoint and the kiosk takes it as its
+head (the batch's entries are still queued and go again in the next batch;
+the hub keeps each write once),
 or never reached it, and the next batch takes its sequence: the chain does
 not fork. Acknowledgements, the cursor, the clock offset and the last sync
 wait in memory and are written within the next batch's transaction, or by
@@ -26,20 +27,23 @@ only mean batches sent and acknowledged again, or deltas pulled and merged
 again. A value that did not change is not written at all, so an idle round
 writes nothing; an SD card wears with every page written, and every commit
 writes whole pages.
+
+The tables change only through numbered migrations (``MIGRATIONS``,
+``protocol.driver.database``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
+import sqlite_utils
+
+from protocol.driver.database import Migrations, immediate, open_database
 from protocol.sync.batches import GENESIS
 
 DB_NAME = "sync.db"
@@ -52,33 +56,27 @@ LAST_SYNC_REFRESH_MS = 3600 * 1000
 FLUSH_AFTER_S = 60.0
 
 
-@dataclass(frozen=True)
-class SavedBatch:
-    seq: int
-    prev: bytes
-    lane: int
-    entries: list[int]
-    payload: bytes
-    sig: bytes
+MIGRATIONS = Migrations("sync.db")
+
+
+@MIGRATIONS(1)
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
+    already at version 1)."""
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID")
+    db.execute("""CREATE TABLE IF NOT EXISTS batches (
+        seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL,
+        lane INTEGER NOT NULL, entries TEXT NOT NULL, sealed BLOB, sig BLOB NOT NULL,
+        acked INTEGER NOT NULL DEFAULT 0)""")
 
 
 class SyncState:
     def __init__(self, data: Path, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock`` (monotonic seconds) times how long unwritten values wait."""
         self.clock = clock
-        path = Path(data) / DB_NAME
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
-        self.db.execute("PRAGMA page_size = 1024")  # a new file only; as the store's
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)"
-                        " WITHOUT ROWID")
-        self.db.execute("""CREATE TABLE IF NOT EXISTS batches (
-            seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL,
-            lane INTEGER NOT NULL, entries TEXT NOT NULL, sealed BLOB, sig BLOB NOT NULL,
-            acked INTEGER NOT NULL DEFAULT 0)""")
+        # 1 KiB pages for a new file, as the store's; no fsync but where one is asked for.
+        self.db = open_database(Path(data) / DB_NAME, MIGRATIONS, synchronous="NORMAL",
+                                page_size=1024)
         self._later: dict[str, object] = {}  #: meta values not yet written
         self._acked_later: set[int] = set()  #: batches acknowledged, not yet marked
         self._waiting_since: float | None = None
@@ -109,7 +107,7 @@ class SyncState:
         if since is None or not force and self.clock() - since < FLUSH_AFTER_S:
             return
         if self._later or self._acked_later:
-            with self._transaction():
+            with immediate(self.db):
                 self._write_later()
 
     def _write_later(self) -> None:
@@ -117,7 +115,7 @@ class SyncState:
             self.db.execute("INSERT OR REPLACE INTO meta SELECT ?, ? WHERE NOT EXISTS"
                             " (SELECT 1 FROM meta WHERE key = ? AND value IS ?)",
                             [key, value, key, value])
-        self.db.executemany("UPDATE batches SET acked = 1, sealed = NULL WHERE seq = ?",
+        self.db.conn.executemany("UPDATE batches SET acked = 1, sealed = NULL WHERE seq = ?",
                             [(seq,) for seq in sorted(self._acked_later)])
         self._later.clear()
         self._acked_later.clear()
@@ -131,24 +129,6 @@ class SyncState:
         """A round ended with everything acknowledged both ways."""
         if moved or now_ms - self.get_int("last_sync") > LAST_SYNC_REFRESH_MS:
             self.set("last_sync", now_ms)
-
-    @contextlib.contextmanager
-    def _transaction(self, fsync: bool = False) -> Iterator[None]:
-        """One transaction; with ``fsync`` its commit is fsynced, with whatever came
-        before it."""
-        if fsync:
-            self.db.execute("PRAGMA synchronous = FULL")
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
-        finally:
-            if fsync:
-                self.db.execute("PRAGMA synchronous = NORMAL")
 
     @property
     def cursor(self) -> int:
@@ -164,7 +144,7 @@ class SyncState:
 
     def save_batch(self, seq: int, prev: bytes, hash_: bytes, lane: int, entries: list[int],
                    sealed: bytes, sig: bytes) -> None:
-        with self._transaction():
+        with immediate(self.db):
             self._write_later()
             if self.head() != (seq - 1, prev):
                 raise RuntimeError("the chain moved under this batch")
@@ -199,13 +179,13 @@ class SyncState:
         backup), and the chain goes on from its checkpoint. Their writes are queued
         again by the caller."""
         self._acked_later = {s for s in self._acked_later if s <= seq}
-        with self._transaction(fsync=True):
+        with immediate(self.db, synchronous="FULL"):
             self._write_later()
             self.db.execute("DELETE FROM batches WHERE seq > ?", [seq])
 
     def adopt(self, seq: int, hash_: bytes) -> None:
         """Restart the chain from the hub's checkpoint (our own record of it was lost)."""
-        with self._transaction(fsync=True):
+        with immediate(self.db, synchronous="FULL"):
             self._write_later()
             self.db.execute("INSERT OR REPLACE INTO batches (seq, prev, hash, lane, entries,"
                             " sig, acked) VALUES (?, ?, ?, 0, '[]', x'', 1)",
@@ -217,7 +197,7 @@ def last_sync_of(data: Path) -> str | None:
     path = Path(data) / DB_NAME
     if not path.exists():
         return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = open_database(path, readonly=True)
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'last_sync'").fetchone()
     except sqlite3.OperationalError:  # no meta table yet

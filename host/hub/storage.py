@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``HubStore`` is the narrow interface the sync code uses; ``SqliteHubStore``
 is its SQLite implementation (WAL, ``synchronous=FULL``, one connection
-behind a lock, every write one ``BEGIN IMMEDIATE`` transaction), so a
+behind a lock, every write one ``BEGIN IMMEDIATE`` transaction, tables
+changed only by numbered migrations: ``protocol.driver.database``), so a
 PostgreSQL store can follow by implementing the same methods.
 
 ``ops`` holds each delta once, keyed by its dot, with ``hseq``, the hub's
@@ -23,41 +24,52 @@ returns only after it is durable.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
-    """CREATE TABLE IF NOT EXISTS devices (
-        device_id TEXT PRIMARY KEY, node INTEGER NOT NULL UNIQUE, site TEXT NOT NULL,
-        letter TEXT NOT NULL, x25519 BLOB NOT NULL UNIQUE, ed25519 BLOB NOT NULL,
-        state TEXT NOT NULL, enrolled_at INTEGER NOT NULL, last_seen INTEGER,
-        last_seq INTEGER NOT NULL DEFAULT 0, last_hash BLOB NOT NULL,
-        cursor INTEGER NOT NULL DEFAULT 0, vv TEXT)""",
-    """CREATE TABLE IF NOT EXISTS batches (
-        device_id TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
-        received_at INTEGER NOT NULL, deltas INTEGER NOT NULL, quarantined TEXT NOT NULL,
-        PRIMARY KEY (device_id, seq))""",
-    """CREATE TABLE IF NOT EXISTS ops (
-        hseq INTEGER PRIMARY KEY AUTOINCREMENT, rid BLOB NOT NULL, stamp INTEGER NOT NULL,
-        node INTEGER NOT NULL, data BLOB NOT NULL, origin TEXT NOT NULL,
-        UNIQUE (rid, stamp, node))""",
-    """CREATE TABLE IF NOT EXISTS quarantine (
-        id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, seq INTEGER,
-        code TEXT NOT NULL, reason TEXT NOT NULL, data BLOB NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS log (
-        id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
-        detail TEXT NOT NULL)""",
-)
+import sqlite_utils
+
+from protocol.driver.database import Migrations, immediate, open_database
+
+MIGRATIONS = Migrations("hub.db")
 
 
-def next_hseq(db: sqlite3.Connection) -> int:
+@MIGRATIONS(1)
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
+    already at version 1)."""
+    for sql in (
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
+        """CREATE TABLE IF NOT EXISTS devices (
+            device_id TEXT PRIMARY KEY, node INTEGER NOT NULL UNIQUE, site TEXT NOT NULL,
+            letter TEXT NOT NULL, x25519 BLOB NOT NULL UNIQUE, ed25519 BLOB NOT NULL,
+            state TEXT NOT NULL, enrolled_at INTEGER NOT NULL, last_seen INTEGER,
+            last_seq INTEGER NOT NULL DEFAULT 0, last_hash BLOB NOT NULL,
+            cursor INTEGER NOT NULL DEFAULT 0, vv TEXT)""",
+        """CREATE TABLE IF NOT EXISTS batches (
+            device_id TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+            received_at INTEGER NOT NULL, deltas INTEGER NOT NULL, quarantined TEXT NOT NULL,
+            PRIMARY KEY (device_id, seq))""",
+        """CREATE TABLE IF NOT EXISTS ops (
+            hseq INTEGER PRIMARY KEY AUTOINCREMENT, rid BLOB NOT NULL, stamp INTEGER NOT NULL,
+            node INTEGER NOT NULL, data BLOB NOT NULL, origin TEXT NOT NULL,
+            UNIQUE (rid, stamp, node))""",
+        """CREATE TABLE IF NOT EXISTS quarantine (
+            id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, seq INTEGER,
+            code TEXT NOT NULL, reason TEXT NOT NULL, data BLOB NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS log (
+            id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
+            detail TEXT NOT NULL)""",
+    ):
+        db.execute(sql)
+
+
+def next_hseq(db: sqlite_utils.Database) -> int:
     """The next arrival number: after the last one, and not below the clock (in µs)."""
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
     return max((row[0] if row else 0) + 1, time.time_ns() // 1000)
@@ -120,34 +132,13 @@ class SqliteHubStore:
     """``HubStore`` on one SQLite file. Thread-safe: one lock around one connection."""
 
     def __init__(self, path: Path) -> None:
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=10)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        with self._tx():
-            for sql in SCHEMA:
-                self._db.execute(sql)
+        self._db = open_database(path, MIGRATIONS, synchronous="FULL")
 
-    class _Tx:
-        def __init__(self, store: SqliteHubStore) -> None:
-            self.store = store
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.store._lock.acquire()
-            self.store._db.execute("BEGIN IMMEDIATE")
-            return self.store._db
-
-        def __exit__(self, exc_type: object, *rest: object) -> None:
-            try:
-                self.store._db.execute("ROLLBACK" if exc_type else "COMMIT")
-            finally:
-                self.store._lock.release()
-
-    def _tx(self) -> SqliteHubStore._Tx:
-        return SqliteHubStore._Tx(self)
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite_utils.Database]:
+        with self._lock, immediate(self._db):
+            yield self._db
 
     def _q(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
         with self._lock:
