@@ -1,0 +1,564 @@
+"""The kiosk's and the hub's roles of a sync round (protocol.sync.conversation), driven
+against each other in memory: no socket, no SQLite, no clock. Each side's storage is a
+small dictionary-backed fake of the role's storage interface; the keys, certificates,
+signatures, hashes and deltas are real. The real storage paths are covered by
+test_sync_security, test_sync_resume and test_sync_restore."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from protocol import messages
+from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, pack
+from protocol.crdt.delta import Delta, encode
+from protocol.crdt.replica import Replica
+from protocol.errors import RemoteProtocolError
+from protocol.sync import batches as sync
+from protocol.sync import certificate as cert_mod
+from protocol.sync import conversation
+from protocol.sync.checks import check_remote_delta, check_remote_deltas
+from protocol.sync.conversation import BatchRefused, ChainForked, HubSync, KioskSync, Reply
+
+NOW = 1_790_000_000_000  #: the one time both sides are given (ms since 1970)
+NOTE = 6  #: the note type; its field 2 is free text
+
+
+# Storage fakes -----------------------------------------------------------------------
+
+class KioskMemory:
+    """``KioskStorage`` in dictionaries: a chain, an outbox and what was merged."""
+
+    def __init__(self, node: int) -> None:
+        self.replica = Replica(node)
+        self.written: dict[int, tuple[int, bytes]] = {}  #: entry -> (lane, delta), forever
+        self.outbox: dict[int, tuple[int, bytes]] = {}
+        self.refused: set[int] = set()
+        self.chain: dict[int, bytes] = {}  #: seq -> hash, saved or adopted
+        self.unacked: dict[int, tuple[sync.Batch, list[int]]] = {}
+        self.acked_seqs: set[int] = set()
+        self.merged: list[bytes] = []
+        self.cursor_ = 0
+        self.offset = 0
+
+    def write(self, text: str, lane: int = 3) -> int:
+        entry = len(self.written) + 1
+        data = self.replica.put(os.urandom(16), "note", NOW, values={"text": text})
+        self.written[entry] = self.outbox[entry] = (lane, data)
+        return entry
+
+    def queue_raw(self, data: bytes, lane: int = 3) -> int:
+        entry = len(self.written) + 1
+        self.written[entry] = self.outbox[entry] = (lane, data)
+        return entry
+
+    # KioskStorage
+    def head(self) -> tuple[int, bytes]:
+        if not self.chain:
+            return 0, sync.GENESIS
+        seq = max(self.chain)
+        return seq, self.chain[seq]
+
+    def acked_head(self) -> int:
+        return max(self.acked_seqs, default=0)
+
+    def saved_hash(self, seq: int) -> bytes | None:
+        return self.chain.get(seq)
+
+    def cursor(self) -> int:
+        return self.cursor_
+
+    def version_vector(self) -> dict[int, int]:
+        return self.replica.seen.to_wire()
+
+    def unacked_batch(self) -> tuple[sync.Batch, list[int]] | None:
+        return self.unacked[min(self.unacked)] if self.unacked else None
+
+    def next_writes(self) -> list[tuple[int, int, bytes]]:
+        return [(e, lane, data) for e, (lane, data) in sorted(self.outbox.items())][:50]
+
+    def save_batch(self, batch: sync.Batch, entries: list[int]) -> None:
+        assert self.head() == (batch.seq - 1, batch.prev), "the chain moved under this batch"
+        self.chain[batch.seq] = batch.hash
+        self.unacked[batch.seq] = (batch, entries)
+
+    def adopt(self, seq: int, hash_: bytes) -> None:
+        self.chain[seq] = hash_
+        self.acked_seqs.add(seq)
+
+    def rewind(self, seq: int, acked: int) -> None:
+        for s in [s for s in self.chain if s > seq]:
+            self.chain.pop(s)
+            self.unacked.pop(s, None)
+            self.acked_seqs.discard(s)
+        for entry, item in self.written.items():  # every write not queued, again
+            if entry not in self.outbox and entry not in self.refused:
+                self.outbox[entry] = item
+
+    def acked(self, seq: int, kept: list[int], quarantined: list[int]) -> None:
+        for entry in kept + quarantined:
+            self.outbox.pop(entry, None)
+        self.refused.update(quarantined)
+        self.unacked.pop(seq, None)
+        self.acked_seqs.add(seq)
+
+    def merge(self, deltas: list[bytes], cursor: int) -> None:
+        self.merged.extend(deltas)
+        self.cursor_ = cursor
+
+    def note_clock_offset(self, offset_ms: int) -> None:
+        self.offset = offset_ms
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    device_id: str
+    node: int
+    x25519: bytes
+    ed25519: bytes
+    state: str = "approved"
+    last_seq: int = 0
+    last_hash: bytes = sync.GENESIS
+
+
+class HubMemory:
+    """``HubStorage`` in dictionaries: kiosks, committed batches, deltas by arrival."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, Record] = {}
+        self.batches: dict[tuple[str, int], tuple[bytes, list[int]]] = {}
+        self.ops: dict[tuple[int, int], tuple[int, bytes]] = {}  #: dot -> (arrival, delta)
+        self.quarantine: list[tuple[str, int, str]] = []  #: device, seq, code
+        self.commits = 0
+        self.events: list[tuple[str | None, str]] = []
+        self.pulls: list[int] = []
+
+    def add_local(self, data: bytes) -> None:
+        """A delta written elsewhere (another kiosk, the hub's own)."""
+        delta = check_remote_delta(data, NOW)
+        self.ops.setdefault((delta.node, delta.stamp), (len(self.ops) + 1, data))
+
+    def codes(self) -> list[str]:
+        return [code for _, code in self.events]
+
+    # HubStorage
+    def device(self, device_id: str) -> Record | None:
+        return self.devices.get(device_id)
+
+    def batch_hash(self, device_id: str, seq: int) -> bytes | None:
+        got = self.batches.get((device_id, seq))
+        return got[0] if got else None
+
+    def batch_quarantined(self, device_id: str, seq: int) -> list[int]:
+        return list(self.batches[(device_id, seq)][1])
+
+    def commit_batch(self, device_id: str, seq: int, hash_: bytes,
+                     good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
+                     now: int, quarantined: list[int]) -> None:
+        self.commits += 1
+        for delta, data in good:
+            self.ops.setdefault((delta.node, delta.stamp), (len(self.ops) + 1, data))
+        self.quarantine += [(device_id, seq, code) for code, _, _ in bad]
+        self.batches[(device_id, seq)] = (hash_, list(quarantined))
+        self.devices[device_id] = dataclasses.replace(
+            self.devices[device_id], last_seq=seq, last_hash=hash_)
+
+    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+                      ) -> tuple[list[bytes], int, bool]:
+        self.pulls.append(cursor)
+        out: list[bytes] = []
+        size, last = 0, cursor
+        for (node, _), (arrival, data) in sorted(self.ops.items(), key=lambda kv: kv[1][0]):
+            if arrival <= cursor:
+                continue
+            if node != exclude_node:
+                if out and size + len(data) > max_bytes:
+                    return out, last, True
+                out.append(data)
+                size += len(data)
+            last = arrival
+        return out, last, False
+
+    def version_vector(self) -> dict[int, int]:
+        vv: dict[int, int] = {}
+        for node, stamp in self.ops:
+            vv[node] = max(vv.get(node, 0), stamp)
+        return vv
+
+    def seen(self, device_id: str, now: int, cursor: int | None = None,
+             vv: Mapping[Any, Any] | None = None) -> None:
+        pass
+
+    def log(self, device_id: str | None, code: str, detail: str, now: int) -> None:
+        self.events.append((device_id, code))
+
+
+# A fleet of one hub and its kiosks -----------------------------------------------------
+
+class Fleet:
+    def __init__(self) -> None:
+        self.hub_ed = Ed25519PrivateKey.generate()
+        self.hub_x = X25519PrivateKey.generate().public_key().public_bytes_raw()
+        self.hub = HubMemory()
+
+    def enrol(self, node: int) -> Kiosk:
+        x_key, ed_key = X25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        req = cert_mod.read_request(cert_mod.make_request(node, "North", "A", x_key, ed_key))
+        raw = cert_mod.issue(req, self.hub_ed, self.hub_x, os.urandom(32), "A", NOW, node)
+        kiosk = Kiosk(self, node, raw, x_key.public_key().public_bytes_raw(), ed_key)
+        self.hub.devices[kiosk.device] = Record(kiosk.device, node, kiosk.x25519,
+                                                ed_key.public_key().public_bytes_raw())
+        return kiosk
+
+    def hub_role(self, kiosk: Kiosk, hub: HubMemory | None = None,
+                 remote: bytes | None = None) -> HubSync:
+        return HubSync(hub or self.hub, self.hub_ed.public_key().public_bytes_raw(),
+                       kiosk.x25519 if remote is None else remote)
+
+
+@dataclasses.dataclass
+class Kiosk:
+    fleet: Fleet
+    node: int
+    cert: bytes
+    x25519: bytes
+    key: Ed25519PrivateKey
+    storage: KioskMemory = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage = KioskMemory(self.node)
+
+    @property
+    def device(self) -> str:
+        return cert_mod.device_id(self.node)
+
+    def role(self, storage: KioskMemory | None = None) -> KioskSync:
+        return KioskSync(storage or self.storage, cert=self.cert, device=self.device,
+                         key=self.key)
+
+
+def names(replies: list[Reply]) -> list[str]:
+    return [messages.decode(data).name for _, data in replies]
+
+
+def converse(kiosk: KioskSync, hub: HubSync, *, drop: frozenset[str] = frozenset(),
+             limit: int = 10_000) -> list[tuple[str, str]]:
+    """Run a round to its end in memory: every message each side sends is delivered
+    to the other, in order, except those named in ``drop`` (lost on the way to the
+    kiosk). Returns the transcript: (direction, message name)."""
+    seen: list[tuple[str, str]] = []
+    to_hub = [data for _, data in kiosk.hello(NOW)]
+    steps = 0
+    while to_hub:
+        steps += 1
+        assert steps < limit, "the round does not end"
+        data = to_hub.pop(0)
+        seen.append((">", messages.decode(data).name))
+        for _, reply in hub.receive_data(data, NOW):
+            name = messages.decode(reply).name
+            seen.append(("<", name))
+            if name not in drop:
+                to_hub += [d for _, d in kiosk.receive_data(reply, NOW)]
+    return seen
+
+
+def batch_msg(b: sync.Batch) -> bytes:
+    return messages.encode(messages.make("sync-batch", seq=b.seq, payload=b.payload, sig=b.sig))
+
+
+def welcomed(fleet: Fleet, kiosk: Kiosk) -> HubSync:
+    hub = fleet.hub_role(kiosk)
+    (_, welcome), = hub.receive_data(kiosk.role().hello(NOW)[0][1], NOW)
+    assert messages.decode(welcome).name == "sync-welcome"
+    return hub
+
+
+def reply_of(hub: HubSync, data: bytes) -> messages.Message:
+    (_, reply), = hub.receive_data(data, NOW)
+    return messages.decode(reply)
+
+
+# The round -----------------------------------------------------------------------------
+
+def test_a_round_pushes_batch_by_batch_and_pulls_page_by_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conversation, "CHANGES_BYTES", 1024)  # pages of at most 1 KiB
+    fleet = Fleet()
+    k, other = fleet.enrol(1), fleet.enrol(2)
+    for i in range(120):
+        k.storage.write(f"ours {i}")
+    theirs = [other.storage.replica.put(os.urandom(16), "note", NOW, values={"text": f"t{i}"})
+              for i in range(150)]
+    for data in theirs:
+        fleet.hub.add_local(data)
+    role = k.role()
+    seen = converse(role, fleet.hub_role(k))
+    assert role.done and role.in_flight is None
+    assert k.storage.outbox == {} and k.storage.head()[0] == 3  # 50 + 50 + 20
+    assert seen.count((">", "sync-batch")) == seen.count(("<", "sync-ack")) == 3
+    # Every page but the last said more, and the next pull started at its cursor.
+    assert len(fleet.hub.pulls) > 2 and fleet.hub.pulls == sorted(set(fleet.hub.pulls))
+    assert sorted(k.storage.merged) == sorted(theirs)  # theirs, once; never our own back
+    assert k.storage.cursor_ == len(fleet.hub.ops)
+    assert fleet.hub.devices[k.device].last_seq == 3
+    assert len(fleet.hub.ops) == 270
+
+
+def test_a_forked_chain_is_refused_before_anything_is_sent() -> None:
+    """One enrolment on two SD cards: the second card's batch 1 is not the hub's."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("first card")
+    converse(k.role(), fleet.hub_role(k))
+    assert fleet.hub.devices[k.device].last_seq == 1
+    clone = KioskMemory(k.node)
+    clone.write("second card")
+    elsewhere = HubMemory()  # the clone's batch 1 went to another hub
+    elsewhere.devices[k.device] = Record(k.device, k.node, k.x25519,
+                                         k.key.public_key().public_bytes_raw())
+    converse(k.role(clone), fleet.hub_role(k, elsewhere))
+    assert clone.head()[0] == 1 and clone.head()[1] != fleet.hub.devices[k.device].last_hash
+    clone.write("after")
+    role, hub = k.role(clone), fleet.hub_role(k)
+    (_, welcome), = hub.receive_data(role.hello(NOW)[0][1], NOW)
+    with pytest.raises(ChainForked, match="chain forked"):
+        role.receive_data(welcome, NOW)
+    assert role.in_flight is None and clone.unacked == {} and len(clone.outbox) == 1
+    assert fleet.hub.commits == 1
+
+
+def test_lost_checkpoints_adopt_the_hubs_and_the_chain_goes_on() -> None:
+    """The batch is saved without an fsync: a power cut after the hub committed it
+    takes it from the kiosk. The welcome's checkpoint becomes the head."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    for i in range(3):
+        k.storage.write(f"n{i}")
+    seen = converse(k.role(), fleet.hub_role(k), drop=frozenset({"sync-ack"}))
+    assert (">", "sync-batch") in seen and k.storage.unacked  # committed, never acked
+    committed = fleet.hub.devices[k.device].last_hash
+    k.storage.chain.clear()  # what the power cut took
+    k.storage.unacked.clear()
+    k.storage.write("after")
+    role = k.role()
+    converse(role, fleet.hub_role(k))
+    assert role.done and k.storage.outbox == {}
+    assert k.storage.chain[1] == committed and k.storage.head()[0] == 2
+    assert fleet.hub.devices[k.device].last_seq == 2
+    assert fleet.hub.batch_hash(k.device, 1) == committed
+    assert len(fleet.hub.ops) == 4  # the 3 sent twice are kept once
+
+
+def test_a_hub_restored_from_a_backup_gets_back_what_it_lost() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("before the backup")
+    converse(k.role(), fleet.hub_role(k))
+    backup = copy.deepcopy(fleet.hub)
+    k.storage.write("after the backup")
+    converse(k.role(), fleet.hub_role(k))
+    assert k.storage.acked_head() == 2 and len(fleet.hub.ops) == 2
+    fleet.hub = backup  # the disk is replaced by the night's backup: batch 2 is gone
+    k.storage.write("after the restore")
+    role = k.role()
+    seen = converse(role, fleet.hub_role(k))
+    assert role.done and ("<", "sync-reject") not in seen
+    assert len(fleet.hub.ops) == 3  # what it lost came back, once
+    assert fleet.hub.devices[k.device].last_seq == 2  # the chain went on from seq 1
+    assert k.storage.head() == (2, fleet.hub.devices[k.device].last_hash)
+
+
+# The hub's checks of a batch -----------------------------------------------------------
+
+def test_a_duplicate_batch_is_acked_again_and_not_applied() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("once")
+    k.storage.queue_raw(b"\xff")  # quarantined, so the ack carries a list
+    converse(k.role(), fleet.hub_role(k), drop=frozenset({"sync-ack"}))
+    assert fleet.hub.commits == 1 and k.storage.unacked
+    role = k.role()
+    seen = converse(role, fleet.hub_role(k))  # the same bytes again
+    assert role.done and ("<", "sync-ack") in seen and ("<", "sync-reject") not in seen
+    assert fleet.hub.commits == 1 and len(fleet.hub.ops) == 1
+    assert fleet.hub.codes().count("duplicate") == 1
+    assert k.storage.refused == {2} and k.storage.outbox == {}  # the list came again
+
+
+def test_a_replayed_sequence_with_another_payload_is_refused() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("one")
+    converse(k.role(), fleet.hub_role(k))
+    hub = welcomed(fleet, k)
+    other = sync.make_batch(k.key, k.device, 1, sync.GENESIS,
+                            [k.storage.replica.put(os.urandom(16), "note", NOW)])
+    reply = reply_of(hub, batch_msg(other))
+    assert reply.name == "sync-reject" and reply.get("reason") == "replay"
+    assert fleet.hub.commits == 1 and len(fleet.hub.ops) == 1 and hub.rejected == 1
+
+
+@pytest.mark.parametrize("how", ["another key", "changed payload", "another chain"])
+def test_a_forged_batch_is_refused(how: str) -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    hub = welcomed(fleet, k)
+    deltas = [k.storage.replica.put(os.urandom(16), "note", NOW)]
+    good = sync.make_batch(k.key, k.device, 1, sync.GENESIS, deltas)
+    forged = {
+        "another key": sync.make_batch(Ed25519PrivateKey.generate(), k.device, 1,
+                                       sync.GENESIS, deltas),
+        "changed payload": sync.Batch(1, sync.GENESIS, sync.pack(deltas * 2), good.sig),
+        "another chain": sync.make_batch(k.key, k.device, 1, b"\x01" * 32, deltas),
+    }[how]
+    reply = reply_of(hub, batch_msg(forged))
+    assert (reply.name, reply.get("reason")) == ("sync-reject", "forged")
+    assert fleet.hub.commits == 0 and fleet.hub.ops == {}
+    assert reply_of(hub, batch_msg(good)).name == "sync-ack"
+
+
+def test_a_batch_out_of_the_chain_is_refused() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    hub = welcomed(fleet, k)
+    deltas = [k.storage.replica.put(os.urandom(16), "note", NOW)]
+    for seq in (0, 2):
+        reply = reply_of(hub, batch_msg(sync.make_batch(k.key, k.device, seq, sync.GENESIS,
+                                                        deltas)))
+        assert (reply.name, reply.get("reason")) == ("sync-reject", "out-of-chain")
+    assert fleet.hub.commits == 0
+
+
+def test_bad_deltas_are_quarantined_and_the_rest_committed() -> None:
+    fleet = Fleet()
+    k, stranger = fleet.enrol(1), fleet.enrol(2)
+    good = k.storage.write("good")
+    k.storage.queue_raw(stranger.storage.replica.put(os.urandom(16), "note", NOW))
+    ahead = pack(NOW + DEFAULT_MAX_AHEAD_MS + 1)
+    k.storage.queue_raw(encode(Delta(os.urandom(16), NOTE, k.node, ahead, set={2: "late"})))
+    k.storage.queue_raw(encode(Delta(os.urandom(16), NOTE, k.node, pack(NOW), set={2: 7})))
+    k.storage.queue_raw(b"\xa0")  # a map, but no delta
+    last = k.storage.write("also good")
+    sent = []
+    hub = fleet.hub_role(k)
+    role = k.role()
+    (_, welcome), = hub.receive_data(role.hello(NOW)[0][1], NOW)
+    for _, data in role.receive_data(welcome, NOW):
+        sent.append(data)
+    batch = next(d for d in sent if messages.decode(d).name == "sync-batch")
+    ack = reply_of(hub, batch)
+    assert ack.name == "sync-ack" and ack.get("quarantined") == [1, 2, 3, 4]
+    assert [code for _, _, code in fleet.hub.quarantine][:3] == [
+        "foreign-node", "clock-ahead", "field-value"]
+    assert len(fleet.hub.quarantine) == 4 and len(fleet.hub.ops) == 2
+    role.receive_data(messages.encode(ack), NOW)
+    assert k.storage.refused == {2, 3, 4, 5} and k.storage.outbox == {}
+    assert good not in k.storage.refused and last not in k.storage.refused
+    assert "quarantined" in fleet.hub.codes()
+
+
+# The kiosk's handling of acks ------------------------------------------------------------
+
+def test_an_ack_for_another_sequence_removes_nothing() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("a")
+    k.storage.write("b")
+    hub, role = fleet.hub_role(k), k.role()
+    (_, welcome), = hub.receive_data(role.hello(NOW)[0][1], NOW)
+    batch = next(d for _, d in role.receive_data(welcome, NOW)
+                 if messages.decode(d).name == "sync-batch")
+    assert role.in_flight is not None and role.in_flight[0] == 1
+    for other in (0, 2):
+        stale = messages.encode(messages.make("sync-ack", seq=other, quarantined=[0]))
+        assert role.receive_data(stale, NOW) == []
+        assert len(k.storage.outbox) == 2 and k.storage.unacked and not k.storage.refused
+        assert role.in_flight is not None
+    ack = reply_of(hub, batch)
+    assert role.receive_data(messages.encode(ack), NOW) == []
+    assert k.storage.outbox == {} and role.in_flight is None and role.done is False
+    # A second ack for the same batch, now that none is in flight, removes nothing.
+    k.storage.write("c")
+    assert names(role.push()) == ["sync-batch"]
+    assert role.receive_data(messages.encode(ack), NOW) == []
+    assert len(k.storage.outbox) == 1
+
+
+def test_a_reject_ends_the_round_with_its_reason() -> None:
+    role = Fleet().enrol(1).role()
+    reject = messages.encode(messages.make("sync-reject", seq=1, reason="replay", detail="x"))
+    with pytest.raises(BatchRefused, match="refused batch 1: replay") as info:
+        role.receive_data(reject, NOW)
+    assert info.value.code == "replay"
+
+
+# The hello ----------------------------------------------------------------------------
+
+def test_the_hello_turns_away_strangers_borrowed_certificates_and_revoked_kiosks() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    hello = k.role().hello(NOW)[0][1]
+    stranger_hub = Fleet()
+    cases = {
+        "bad-certificate": HubSync(fleet.hub, stranger_hub.hub_ed.public_key()
+                                   .public_bytes_raw(), k.x25519),
+        "wrong-certificate": fleet.hub_role(k, remote=os.urandom(32)),
+    }
+    for reason, hub in cases.items():
+        assert hub.receive_data(hello, NOW) == [] and hub.close is not None
+        assert hub.close[0] == reason and hub.device is None
+    batch = batch_msg(sync.make_batch(k.key, k.device, 1, sync.GENESIS, []))
+    first = fleet.hub_role(k)
+    assert first.receive_data(batch, NOW) == [] and first.close is not None
+    assert first.close[0] == "protocol"  # the hello comes first
+    garbage = fleet.hub_role(k)
+    assert garbage.receive_data(b"\xff\x00", NOW) == [] and garbage.close is not None
+    assert garbage.close[0] == "protocol"
+    for state, reason in (("revoked", "revoked"), ("pending", "unapproved")):
+        fleet.hub.devices[k.device] = dataclasses.replace(fleet.hub.devices[k.device],
+                                                          state=state)
+        hub = fleet.hub_role(k)
+        assert hub.receive_data(hello, NOW) == [] and hub.close is not None
+        assert hub.close[0] == reason
+    # Revoked between the hello and a batch: turned away at the batch.
+    fleet.hub.devices[k.device] = dataclasses.replace(fleet.hub.devices[k.device],
+                                                      state="approved")
+    hub = welcomed(fleet, k)
+    fleet.hub.devices[k.device] = dataclasses.replace(fleet.hub.devices[k.device],
+                                                      state="revoked")
+    assert hub.receive_data(batch, NOW) == [] and hub.close is not None
+    assert hub.close[0] == "revoked" and fleet.hub.commits == 0
+
+
+# One check for both sides --------------------------------------------------------------
+
+def test_one_check_serves_both_sides() -> None:
+    """The hub names the node a kiosk must write as; the kiosk takes any node's writes
+    from the hub. Both refuse a stamp too far ahead and a misfit field, one by one or in
+    a batch, with the same codes."""
+    other = Replica(9).put(os.urandom(16), "note", NOW, values={"text": "x"})
+    ahead = encode(Delta(os.urandom(16), NOTE, 1, pack(NOW + DEFAULT_MAX_AHEAD_MS + 1)))
+    edge = encode(Delta(os.urandom(16), NOTE, 1, pack(NOW + DEFAULT_MAX_AHEAD_MS, 0xFFFF)))
+    misfit = encode(Delta(os.urandom(16), NOTE, 1, pack(NOW), set={2: 7}))
+    assert check_remote_delta(other, NOW).node == 9
+    assert check_remote_delta(edge, NOW).node == 1
+    with pytest.raises(RemoteProtocolError) as info:
+        check_remote_delta(other, NOW, node=1)
+    assert info.value.code == "foreign-node"
+    codes = []
+    for data in (ahead, misfit, b"\x00"):
+        with pytest.raises(RemoteProtocolError) as info:
+            check_remote_delta(data, NOW)
+        codes.append(info.value.code)
+    assert codes[:2] == ["clock-ahead", "field-value"]
+    many = check_remote_deltas([other, ahead, edge, misfit, b"\x00"], NOW)
+    assert [getattr(x, "code", None) for x in many] == [None, *codes[:1], None, *codes[1:]]
+    one, = check_remote_deltas([other], NOW, max_ahead_ms=0)
+    assert isinstance(one, Delta) and one.node == 9
