@@ -562,3 +562,23 @@ def test_one_check_serves_both_sides() -> None:
     assert [getattr(x, "code", None) for x in many] == [None, *codes[:1], None, *codes[1:]]
     one, = check_remote_deltas([other], NOW, max_ahead_ms=0)
     assert isinstance(one, Delta) and one.node == 9
+
+
+def test_a_round_on_a_session_kept_open_starts_without_a_hello() -> None:
+    """The hub's role lives as long as the session; the next round's kiosk role starts
+    with ``again`` (a pull and the next batch), and the hub serves it without a hello."""
+    fleet = Fleet()
+    k, other = fleet.enrol(1), fleet.enrol(2)
+    k.storage.write("first round")
+    hub = fleet.hub_role(k)
+    converse(k.role(), hub)
+    k.storage.write("second round")
+    fleet.hub.add_local(other.storage.replica.put(os.urandom(16), "note", NOW))
+    role = k.role()
+    to_hub = [data for _, data in role.again()]
+    assert [messages.decode(d).name for d in to_hub] == ["sync-pull", "sync-batch"]
+    while to_hub:
+        for _, reply in hub.receive_data(to_hub.pop(0), NOW):
+            to_hub += [d for _, d in role.receive_data(reply, NOW)]
+    assert role.done and hub.close is None and k.storage.outbox == {}
+    assert fleet.hub.devices[k.device].last_seq == 2 and len(k.storage.merged) == 1

@@ -235,8 +235,13 @@ class Round:
                 return
             yield msg
 
+    def again(self) -> list[tuple[int, bytes]]:
+        """A round on a session kept open, which the hub already welcomed, starts here
+        instead of with ``hello``: a pull from the cursor and the next batch."""
+        return self.sync.again()
+
     def _push(self) -> list[tuple[int, bytes]]:
-        """The next batch, if none is in flight (a round on a live session starts here)."""
+        """The next batch, if none is in flight."""
         return self.sync.push()
 
 

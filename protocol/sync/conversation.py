@@ -174,6 +174,14 @@ class KioskSync:
             raise ChainForked(f"the hub's batch {hub_seq} is not ours: chain forked")
         elif hub_seq < (acked := self.storage.acked_head()):
             self.storage.rewind(hub_seq, acked)  # the hub went back: restored from a backup
+        return self.again()
+
+    def again(self) -> list[Reply]:
+        """What starts a round after the welcome: a pull from the cursor and the next
+        batch. On a session kept open, a new round starts here, without a hello: the
+        hub's checkpoint was held against our chain at the session's welcome, and
+        only this kiosk has moved its chain since."""
+        self.welcomed = True
         pull = _encode("sync-pull", cursor=self.storage.cursor())
         return [(CONTROL_LANE, pull), *self.push()]
 
