@@ -18,6 +18,11 @@ A link monitor (``device.sync.link_monitor``, a thread of its own, every
 its host): when one returns, its breaker lets a probe through and a round
 starts at once, without waiting for a local write, the backoff or the
 cool-down.
+With ``keepalive`` above 0 (the default) the hub session stays open between
+rounds (``device.sync.connection``): a round is messages on it, the wait
+between rounds services it (keepalives) and ends at once on a check-in, and
+a link that breaks is opened again and the session resumed. An idle round
+logs only at DEBUG: a log line every 10 s is a write to the card too.
 An unenrolled kiosk still checks patients in (the LED shows an error).
 
 Every ``health_interval`` the runtime looks at its memory
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -62,8 +68,9 @@ from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.store import Store, StoreError
 from device.sync.circuit import Breakers, hub_breakers
+from device.sync.connection import HubConnections
 from device.sync.document_store import DocumentStore
-from device.sync.engine import SyncFailed, SyncRefused, retry_wait, sync_first
+from device.sync.engine import Summary, SyncFailed, SyncRefused, retry_wait, sync_first
 from device.sync.link_monitor import link_monitor_for
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
@@ -103,11 +110,12 @@ class Runtime:
                  clock: Callable[[], float] = time.monotonic,
                  pause: Callable[[threading.Event, float], object] | None = None) -> None:
         """``clock`` (monotonic seconds) times the breakers, the link monitor and the sync
-        state's deferred writes; ``pause(wake, seconds)`` is the sync thread's wait between
-        rounds (``wake.wait`` by default): a simulated day passes both."""
+        state's deferred writes; ``pause(wake, seconds)``, if given, is the sync thread's
+        wait between rounds (a simulated day passes both)."""
         self.cfg = cfg
         self.clock = clock
-        self._pause = pause or (lambda wake, seconds: wake.wait(seconds))
+        self._pause = pause
+        self._conns: HubConnections | None = None  #: the kept-open hub sessions
         assert cfg.data is not None
         self.data = cfg.data
         self.live = LiveStatus()
@@ -286,6 +294,8 @@ class Runtime:
         try:
             self._rounds(state, docs)
         finally:
+            if self._conns is not None:
+                self._conns.close()
             docs.close()
             state.close()
 
@@ -304,8 +314,11 @@ class Runtime:
                 except (NotEnrolled, StoreError) as exc:
                     self.live.update(state=ERROR, detail=str(exc))
                     self._show(hw.ERROR)
-                    self._pause(self._wake, self.cfg.retry_max)
+                    self._wait(self.cfg.retry_max)
                     continue
+                if self.cfg.keepalive > 0:
+                    self._conns = HubConnections(ident, baud=self.cfg.baud,
+                                                 keepalive=self.cfg.keepalive)
             mark = self.live.snapshot()["committed"]
             result = self._one_round(store, state, docs, ident, breakers)
             if result == SYNCED:
@@ -322,7 +335,22 @@ class Runtime:
                 self._show(hw.ERROR if result == ERROR else hw.OFFLINE)
                 wait = retry_wait(attempt, breakers, rng, cap=self.cfg.retry_max)
             if wait > 0:
-                self._pause(self._wake, wait)
+                self._wait(wait)
+
+    def _wait(self, seconds: float) -> None:
+        """Until the next round: ``seconds``, or until woken (a check-in, the button, a
+        link back); the kept-open session is serviced meanwhile."""
+        if self._pause is not None:
+            self._pause(self._wake, seconds)
+        elif self._conns is not None:
+            self._conns.idle(seconds, self._wake)
+        else:
+            self._wake.wait(seconds)
+
+    def _kept_open_round(self, store: Store, state: SyncState, docs: DocumentStore,
+                         url: str, limit: float) -> Summary:
+        assert self._conns is not None
+        return self._conns.round(url, store, state, limit=limit, docs=docs)
 
     def _one_round(self, store: Store, state: SyncState, docs: DocumentStore,
                    ident: Identity, breakers: Breakers) -> str:
@@ -332,14 +360,16 @@ class Runtime:
                 limit=lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit,
                 failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
                         sqlite3.Error),  # sqlite3: the sync checkpoints on a full disk
-                docs=docs)
+                docs=docs, run=None if self._conns is None else functools.partial(
+                    self._kept_open_round, store, state, docs))
         except SyncRefused as exc:
             self.live.update(state=ERROR, detail=str(exc))
             log.error("sync refused: %s", exc)
             return ERROR
-        if summary is not None:
-            log.info("synced via %s: %d up, %d down", summary.url, summary.pushed,
-                     summary.pulled)
+        if summary is not None:  # an idle round logs nothing: a log line is a write too
+            moved = summary.pushed or summary.pulled or summary.quarantined
+            log.log(logging.INFO if moved else logging.DEBUG, "synced via %s: %d up, %d down",
+                    summary.url, summary.pushed, summary.pulled)
             return SYNCED
         if failures or not self.cfg.hub:
             detail = "; ".join(failures) or "no hub URL configured"

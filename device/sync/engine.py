@@ -235,22 +235,22 @@ class Round:
                 return
             yield msg
 
-    def again(self) -> list[tuple[int, bytes]]:
-        """A round on a session kept open, which the hub already welcomed, starts here
-        instead of with ``hello``: a pull from the cursor and the next batch."""
-        return self.sync.again()
-
     def _push(self) -> list[tuple[int, bytes]]:
-        """The next batch, if none is in flight."""
+        """The next batch, if none is in flight (a round on a live session starts here)."""
         return self.sync.push()
 
 
 def kiosk_driver(ident: Identity, link: Link, *, baud: int | None = None,
-                 limit: float = 60.0) -> SessionDriver:
+                 limit: float = 60.0, keepalive: float = 5.0,
+                 kept_open: bool = False) -> SessionDriver:
     """The kiosk's session driver over ``link``, the hub's key pinned. It may outlive
-    a round: ``drive_round`` runs one round over it and leaves its session open."""
-    config = session_config(stream=link.stream, baud=baud, keepalive=5.0,
-                            dead_timeout=min(limit, 60.0 if link.stream else SERIAL_DEAD_TIMEOUT),
+    a round: ``drive_round`` runs one round over it and leaves its session open.
+    ``kept_open``: the session outlives rounds (``device.sync.connection``), so its
+    dead timeout is not a round's limit, and outlasts a few keepalives on TCP."""
+    dead = 60.0 if link.stream else SERIAL_DEAD_TIMEOUT
+    dead = max(dead, 3 * keepalive) if kept_open and link.stream else min(limit, dead)
+    config = session_config(stream=link.stream, baud=baud, keepalive=keepalive,
+                            dead_timeout=dead,
                             max_message=1 << 20, send_buffer=2 << 20)
     return SessionDriver(initiator=True, config=config, static_key=ident.x_key,
                          remote_static=ident.cert.hub_x25519, link=link)
@@ -277,13 +277,19 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
 
 
 def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Identity, *,
-                url: str, limit: float = 60.0, docs: DocumentStore | None = None) -> Summary:
+                url: str, limit: float = 60.0, docs: DocumentStore | None = None,
+                reopen: Callable[[], Link] | None = None) -> Summary:
     """One round over ``driver``'s session, which it leaves open; on a session already
-    connected the round says hello at once. Raises ``SyncFailed`` (or ``SyncRefused``).
+    connected (kept open) the round starts with a pull and the next batch. Raises
+    ``SyncFailed`` (or ``SyncRefused``).
 
     ``docs``: the kiosk's documents, open for as long as the caller syncs (opening
     them creates and deletes their WAL files, pages an SD card would write each
-    round); without it the round opens and closes them itself."""
+    round); without it the round opens and closes them itself.
+
+    ``reopen``: when the link breaks, a new one, on which the session resumes and the
+    round goes on (nothing acknowledged is sent again); without it the round fails.
+    A fresh session (the hub did not know ours) starts the round over from its hello."""
     start = time.monotonic()
     own_docs = docs is None
     docs = DocumentStore(store.data, store.cipher) if docs is None else docs
@@ -291,16 +297,36 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
     rnd.summary.url = url
     before = driver.stats()
     try:
-        if driver.connected:
-            for lane, msg in rnd.hello():
+        hello = driver.connected
+        if hello:  # the hub knows this kiosk from the session's hello: pull and push
+            rnd.welcomed = True
+            pull = messages.make("sync-pull", cursor=state.cursor)
+            for lane, msg in [(0, messages.encode(pull)), *rnd._push()]:
                 driver.send(lane, msg)
         while not rnd.done:
             now = time.monotonic()
             if now - start > limit:
                 raise SyncFailed(f"round over {url} took longer than {limit:g} s")
-            for event in driver.poll(0.1):
+            try:
+                events = driver.poll(0.1)
+            except LinkError:
+                if reopen is None:
+                    raise
+                events = [LinkClosed()]
+            for event in events:
                 replies: list[tuple[int, bytes]] = []
-                if isinstance(event, Connected):
+                if isinstance(event, Connected) and event.resumed:
+                    rnd.summary.extra["resumed"] = rnd.summary.extra.get("resumed", 0) + 1
+                elif isinstance(event, Connected) and hello:
+                    # A fresh session replaced ours (the hub did not know it): the round
+                    # starts over from its hello; a batch in flight is sent again from
+                    # sync.db, and the hub keeps each write once.
+                    log.info("a fresh session over %s: the round starts over", url)
+                    rnd = Round(store, state, ident, DocumentPush(docs, store))
+                    rnd.summary.url = url
+                    replies = rnd.hello()
+                elif isinstance(event, Connected):
+                    hello = True
                     replies = rnd.hello()
                 elif isinstance(event, MessageReceived):
                     replies = rnd.on_message(event.data)
@@ -309,6 +335,9 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
                     if event.reason in REFUSALS:
                         raise SyncRefused(f"the hub refused this kiosk ({what})")
                     raise SyncFailed(f"session closed ({what})")
+                elif isinstance(event, LinkClosed) and reopen is not None:
+                    reopen()
+                    break  # what is left of this turn was read from the old link
                 elif isinstance(event, LinkClosed):
                     raise SyncFailed(f"the hub at {url} closed the connection")
                 for lane, msg in replies:
@@ -337,8 +366,13 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
 def sync_first(store: Store, state: SyncState, ident: Identity, breakers: Breakers, *,
                baud: int | None, limit: Callable[[], float],
                failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
-               docs: DocumentStore | None = None) -> tuple[Summary | None, list[str]]:
+               docs: DocumentStore | None = None,
+               run: Callable[[str, float], Summary] | None = None,
+               ) -> tuple[Summary | None, list[str]]:
     """One round over the first hub URL that works, of those its breaker lets through.
+
+    ``run(url, limit)`` runs the round (a kept-open session's, ``connection``); by
+    default ``run_round``, over a new link and session.
 
     ``limit()`` is the time a round may take; at or below 0 no more URLs are
     tried. Returns the round's summary (None if no URL worked) and what each
@@ -350,7 +384,8 @@ def sync_first(store: Store, state: SyncState, ident: Identity, breakers: Breake
         if left <= 0:
             break
         try:
-            summary = run_round(store, state, ident, url, baud=baud, limit=left, docs=docs)
+            summary = (run(url, left) if run is not None else
+                       run_round(store, state, ident, url, baud=baud, limit=left, docs=docs))
         except SyncRefused:
             raise
         except failed as exc:

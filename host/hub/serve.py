@@ -17,10 +17,13 @@ session is still open (its process died, or it gave up on a stalled round)
 is caught by ``HelloWatch`` below until the session takes a new handshake
 itself.
 
-A TCP connection is one session. A kiosk whose NAT dropped its connection
-without a word connects again at once; when the new session authenticates
-with the same static key, the hub closes the older connection it still
-holds for that key (``Server.claim``).
+A TCP connection carries one session at a time. A kiosk whose NAT dropped
+its connection without a word connects again at once; when the new session
+authenticates with the same static key, the hub closes the older connection
+it still holds for that key (``Server.claim``). A kiosk keeps its session
+open between rounds and resumes it on a new connection: the hub remembers
+each key's last session and its ``HubPeer`` (``Server.keep``), so the
+resumed session goes on where it was and its conversation with it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from protocol.driver.session_driver import (
 from protocol.driver.wall_clock import wall_ms
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.session import frames as session_wire
+from protocol.session.core import Session
 from protocol.session.events import Closed, Connected, MessageReceived
 
 IDLE_LIMIT = 60.0  #: a session silent this long is dropped
@@ -108,7 +112,9 @@ class Connection:
         for event in events:
             if isinstance(event, Connected):
                 self.remote = event.remote_static
-                self.peer = self.server.peer(event.remote_static)
+                kept = self.server.resumed_peer(event) if event.resumed else None
+                self.peer = kept or self.server.peer(event.remote_static)
+                self.server.keep(event, self.driver.session, self.peer)
                 if self.exclusive:
                     self.server.claim(self)
             elif isinstance(event, MessageReceived) and self.peer is not None:
@@ -138,6 +144,8 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._holders: dict[bytes, Connection] = {}  #: TCP: the connection holding each key
+        #: Each kiosk key's last session and its peer, for a resume on a new connection.
+        self._resumable: dict[bytes, tuple[bytes, Session, HubPeer]] = {}
 
     def peer(self, remote: bytes | None) -> HubPeer:
         inbox = DocumentInbox(self.hub.data / DOCUMENTS_DIR, self.hub.store, wall_ms)
@@ -147,12 +155,31 @@ class Server:
     def log(self, kind: str, text: str) -> None:
         self.hub.store.log(None, kind, text, wall_ms())
 
+    def keep(self, event: Connected, session: Session, peer: HubPeer) -> None:
+        """Remember a kiosk's connected session, so it may resume on a new link."""
+        if event.remote_static is not None:
+            with self._lock:
+                self._resumable[event.remote_static] = (event.session_id, session, peer)
+
+    def _lookup(self, session_id: bytes) -> Session | None:
+        with self._lock:
+            for sid, session, _ in self._resumable.values():
+                if sid == session_id:
+                    return session
+        return None
+
+    def resumed_peer(self, event: Connected) -> HubPeer | None:
+        """The peer of the session ``event`` resumed: the conversation goes on."""
+        with self._lock:
+            kept = self._resumable.get(event.remote_static or b"")
+        return kept[2] if kept is not None and kept[0] == event.session_id else None
+
     def driver(self, link: Link, baud: int | None = None) -> SessionDriver:
         config = session_config(stream=link.stream, baud=baud, keepalive=KEEPALIVE,
                                 dead_timeout=IDLE_LIMIT, max_message=1 << 20,
                                 send_buffer=2 << 20)
         return SessionDriver(initiator=False, config=config, static_key=self.hub.x_key,
-                             restart=not link.stream, link=link)
+                             restart=not link.stream, link=link, resume_lookup=self._lookup)
 
     def _start(self, target: object, *args: object) -> None:
         t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
