@@ -32,8 +32,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import sqlite_utils
-
 from host.errors import UsageError
 from protocol.chunking import chunk_id
 from protocol.driver.database import Migrations, open_database
@@ -41,26 +39,21 @@ from protocol.transfer import HASH_SIZE, LENGTH_SIZE, check_name
 
 STATE_DIR = ".haven"
 MIGRATIONS = Migrations("the transfer index")
-
-
-@MIGRATIONS(1)
-def m001_initial(db: sqlite_utils.Database) -> None:
-    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
-    already at version 1)."""
-    for sql in (
-        """CREATE TABLE IF NOT EXISTS chunks (
-            hash BLOB NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL,
-            length INTEGER NOT NULL, PRIMARY KEY (hash, path, offset)) WITHOUT ROWID""",
-        "CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path)",
-        """CREATE TABLE IF NOT EXISTS layout (
-            object BLOB NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL,
-            length INTEGER NOT NULL, PRIMARY KEY (object, offset)) WITHOUT ROWID""",
-        "CREATE INDEX IF NOT EXISTS layout_by_hash ON layout (object, hash)",
-        """CREATE TABLE IF NOT EXISTS files (
-            name TEXT PRIMARY KEY, object BLOB NOT NULL, size INTEGER NOT NULL,
-            mtime_ns INTEGER NOT NULL)""",
-    ):
-        db.execute(sql)
+#: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
+MIGRATIONS.sql(
+    1,
+    """CREATE TABLE IF NOT EXISTS chunks (
+        hash BLOB NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL,
+        length INTEGER NOT NULL, PRIMARY KEY (hash, path, offset)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path)",
+    """CREATE TABLE IF NOT EXISTS layout (
+        object BLOB NOT NULL, offset INTEGER NOT NULL, hash BLOB NOT NULL,
+        length INTEGER NOT NULL, PRIMARY KEY (object, offset)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS layout_by_hash ON layout (object, hash)",
+    """CREATE TABLE IF NOT EXISTS files (
+        name TEXT PRIMARY KEY, object BLOB NOT NULL, size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL)""",
+)
 
 
 def _fsync_dir(path: Path) -> None:

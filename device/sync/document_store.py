@@ -45,8 +45,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from device.store import BadRequest, CorruptData, FieldCipher, Store
 from device.store.outbox import backoff_ms
 from protocol.chunking import iter_chunks
@@ -62,21 +60,16 @@ COMMIT_BYTES = 1 << 20
 HELD, DELIVERED, REFUSED = "held", "delivered", "refused"
 NAMES_LABEL = b"haven/doc-names"
 MIGRATIONS = Migrations("documents.db")
-
-
-@MIGRATIONS(1)
-def m001_initial(db: sqlite_utils.Database) -> None:
-    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
-    already at version 1)."""
-    for sql in (
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS chunks (name BLOB PRIMARY KEY, sealed BLOB NOT NULL)",
-        """CREATE TABLE IF NOT EXISTS documents (
-            rid BLOB PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL,
-            state TEXT NOT NULL, reason TEXT, added INTEGER NOT NULL, manifest BLOB NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0)""",
-    ):
-        db.execute(sql)
+#: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
+MIGRATIONS.sql(
+    1,
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS chunks (name BLOB PRIMARY KEY, sealed BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS documents (
+        rid BLOB PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL,
+        state TEXT NOT NULL, reason TEXT, added INTEGER NOT NULL, manifest BLOB NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_at INTEGER NOT NULL DEFAULT 0)""",
+)
 
 
 def _chunk_label(name: bytes) -> bytes:

@@ -41,8 +41,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import sqlite_utils
-
 from protocol.driver.database import Migrations, immediate, open_database
 from protocol.sync.batches import GENESIS
 
@@ -57,17 +55,15 @@ FLUSH_AFTER_S = 60.0
 
 
 MIGRATIONS = Migrations("sync.db")
-
-
-@MIGRATIONS(1)
-def m001_initial(db: sqlite_utils.Database) -> None:
-    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
-    already at version 1)."""
-    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID")
-    db.execute("""CREATE TABLE IF NOT EXISTS batches (
+#: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
+MIGRATIONS.sql(
+    1,
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS batches (
         seq INTEGER PRIMARY KEY, prev BLOB NOT NULL, hash BLOB NOT NULL,
         lane INTEGER NOT NULL, entries TEXT NOT NULL, sealed BLOB, sig BLOB NOT NULL,
-        acked INTEGER NOT NULL DEFAULT 0)""")
+        acked INTEGER NOT NULL DEFAULT 0)""",
+)
 
 
 class SyncState:

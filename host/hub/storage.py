@@ -37,36 +37,31 @@ import sqlite_utils
 from protocol.driver.database import Migrations, immediate, open_database
 
 MIGRATIONS = Migrations("hub.db")
-
-
-@MIGRATIONS(1)
-def m001_initial(db: sqlite_utils.Database) -> None:
-    """The tables as release c3497bc made them (``IF NOT EXISTS``: a file it made is
-    already at version 1)."""
-    for sql in (
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
-        """CREATE TABLE IF NOT EXISTS devices (
-            device_id TEXT PRIMARY KEY, node INTEGER NOT NULL UNIQUE, site TEXT NOT NULL,
-            letter TEXT NOT NULL, x25519 BLOB NOT NULL UNIQUE, ed25519 BLOB NOT NULL,
-            state TEXT NOT NULL, enrolled_at INTEGER NOT NULL, last_seen INTEGER,
-            last_seq INTEGER NOT NULL DEFAULT 0, last_hash BLOB NOT NULL,
-            cursor INTEGER NOT NULL DEFAULT 0, vv TEXT)""",
-        """CREATE TABLE IF NOT EXISTS batches (
-            device_id TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
-            received_at INTEGER NOT NULL, deltas INTEGER NOT NULL, quarantined TEXT NOT NULL,
-            PRIMARY KEY (device_id, seq))""",
-        """CREATE TABLE IF NOT EXISTS ops (
-            hseq INTEGER PRIMARY KEY AUTOINCREMENT, rid BLOB NOT NULL, stamp INTEGER NOT NULL,
-            node INTEGER NOT NULL, data BLOB NOT NULL, origin TEXT NOT NULL,
-            UNIQUE (rid, stamp, node))""",
-        """CREATE TABLE IF NOT EXISTS quarantine (
-            id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, seq INTEGER,
-            code TEXT NOT NULL, reason TEXT NOT NULL, data BLOB NOT NULL)""",
-        """CREATE TABLE IF NOT EXISTS log (
-            id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
-            detail TEXT NOT NULL)""",
-    ):
-        db.execute(sql)
+#: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
+MIGRATIONS.sql(
+    1,
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value)",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY, node INTEGER NOT NULL UNIQUE, site TEXT NOT NULL,
+        letter TEXT NOT NULL, x25519 BLOB NOT NULL UNIQUE, ed25519 BLOB NOT NULL,
+        state TEXT NOT NULL, enrolled_at INTEGER NOT NULL, last_seen INTEGER,
+        last_seq INTEGER NOT NULL DEFAULT 0, last_hash BLOB NOT NULL,
+        cursor INTEGER NOT NULL DEFAULT 0, vv TEXT)""",
+    """CREATE TABLE IF NOT EXISTS batches (
+        device_id TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+        received_at INTEGER NOT NULL, deltas INTEGER NOT NULL, quarantined TEXT NOT NULL,
+        PRIMARY KEY (device_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS ops (
+        hseq INTEGER PRIMARY KEY AUTOINCREMENT, rid BLOB NOT NULL, stamp INTEGER NOT NULL,
+        node INTEGER NOT NULL, data BLOB NOT NULL, origin TEXT NOT NULL,
+        UNIQUE (rid, stamp, node))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, seq INTEGER,
+        code TEXT NOT NULL, reason TEXT NOT NULL, data BLOB NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS log (
+        id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+)
 
 
 def next_hseq(db: sqlite_utils.Database) -> int:

@@ -10,6 +10,7 @@ for, and a file created owner-only before SQLite writes its first byte.
 
 Each database has one ``Migrations`` set, like sqlite-utils' own: numbered
 migrations registered with a decorator (``@MIGRATIONS(1)``, then 2, ...),
+or as plain SQL statements (``MIGRATIONS.sql(1, ...)``),
 each applied in its own transaction together with the version it brings
 the database to, recorded in the file's header (``PRAGMA user_version``).
 A database already at the newest version is only read: opening it writes
@@ -76,6 +77,14 @@ class Migrations:
             self.steps.append(fn)
             return fn
         return register
+
+    def sql(self, version: int, *statements: str) -> None:
+        """Register migration ``version`` as SQL statements, run in order."""
+        def run(db: sqlite_utils.Database) -> None:
+            for statement in statements:
+                db.execute(statement)
+        run.__name__ = f"m{version:03d}_sql"
+        self(version)(run)
 
     @property
     def latest(self) -> int:
