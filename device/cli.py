@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from device import config
 from protocol import WIRE_VERSION, __version__
 from protocol.crdt import schema as crdt_schema
+from protocol.driver.errors import DriverError
 from protocol.errors import ProtocolError
 
 STORAGE_WARNINGS = {
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"haven-kiosk {args.command}: {exc}", file=sys.stderr)
         return 2
-    except (StoreError, ProtocolError) as exc:
+    except (StoreError, ProtocolError, DriverError) as exc:
         print(f"haven-kiosk {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. piped into head

@@ -19,7 +19,7 @@ from host.batch import LinkOptions
 from host.errors import HavenError, UsageError
 from host.progress import Progress
 from protocol import WIRE_VERSION, __version__
-from protocol.driver.errors import SecretFileError
+from protocol.driver.errors import DriverError, SecretFileError
 from protocol.driver.secret_files import load_key_file, new_key_file, parse_public_key
 
 
@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except HavenError as exc:
         print(f"haven {args.command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except DriverError as exc:  # a database from a newer release, say
+        print(f"haven {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"haven {args.command}: interrupted", file=sys.stderr)
         return 130

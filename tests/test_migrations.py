@@ -225,3 +225,20 @@ def test_migrations_are_numbered_in_order_and_each_is_all_or_nothing(tmp_path: P
     finally:
         db.close()
     assert user_version(tmp_path / "test.db") == 2
+
+
+def test_the_clis_refuse_a_newer_database_with_a_message(
+        release: tuple[Path, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from device.cli import main as kiosk_main
+    from host.cli import main as haven_main
+
+    root, _ = release
+    for rel in (Path("kiosk/store.db"), Path("hub/hub.db")):
+        newer = sqlite3.connect(root / rel, isolation_level=None)
+        newer.execute("PRAGMA user_version = 999")
+        newer.close()
+    capsys.readouterr()
+    assert kiosk_main(["status", "--data", str(root / "kiosk")]) == 1
+    assert haven_main(["hub", "status", "--data", str(root / "hub")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("version 999, made by a newer release" in e for e in err), err

@@ -94,8 +94,9 @@ class Migrations:
         """The database's version; ``DatabaseTooNew`` if above ``latest``."""
         version = int(db.conn.execute("PRAGMA user_version").fetchone()[0])
         if version > self.latest:
+            path = db.conn.execute("PRAGMA database_list").fetchone()[2] or self.name
             raise DatabaseTooNew(
-                f"{self.name} is at version {version}, made by a newer release (this one "
+                f"{path} ({self.name}) is at version {version}, made by a newer release (this one "
                 f"knows versions up to {self.latest}); it was left as it is: run the newer "
                 "release, or restore a backup made by this one")
         return version
