@@ -77,8 +77,8 @@ def _host_port(value: str) -> str:
 @dataclass
 class KioskConfig:
     data: Path | None = option(None, "the kiosk's data directory", metavar="DIR")
-    hub: list[str] = option([], "a hub URL (tcp://HOST:PORT, a serial device or a pyserial "
-                            "URL); several are tried in order", metavar="URL")
+    hub: list[str] = option([], "hub URLs (tcp://HOST:PORT, a serial device or a pyserial "
+                            "URL), tried in order", metavar="URL")
     ui: str = option("127.0.0.1:8080", "where to serve the check-in page",
                      metavar="HOST:PORT", check=_host_port)
     idle_seconds: float = option(60.0, "the page resets to its start after this long "
@@ -116,8 +116,8 @@ class KioskConfig:
                                   "device node, or a route to its host); a link that "
                                   "returns starts a round at once", unit="s", low=0,
                                   zero="off")
-    link_carrier: list[str] = option([], "a serial hub URL whose modem drives carrier "
-                                     "detect: its link is up only with carrier",
+    link_carrier: list[str] = option([], "serial hub URLs whose modem drives carrier "
+                                     "detect: their link is up only with carrier",
                                      metavar="URL")
     keepalive: float = option(120.0, "the hub session stays open between rounds; seconds "
                               "of silence before the kiosk pings it over TCP (under a "
@@ -163,15 +163,16 @@ class Spec:
         value = f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
         return value + (f" {self.option.unit}" if self.option.unit else "")
 
-    def help_text(self) -> str:
+    def help_text(self, flag: bool = True) -> str:
+        """The help, with the default and what 0 means; for a ``flag``, how to repeat it."""
         text = self.option.help
-        default = self.describe_default()
+        default = self.describe_default() if flag else ""
         if default:
             text += f" (default {default}"
             text += f"; 0 turns it {self.option.zero})" if self.option.zero else ")"
         elif self.option.zero:
             text += f" (0 turns it {self.option.zero})"
-        if self.kind is list:
+        if self.kind is list and flag:
             text += "; repeat the flag for more"
         return text
 
@@ -371,8 +372,9 @@ def markdown_table() -> str:
     """The options as the README's Markdown table."""
     rows = ["| key | flag | default | what |", "|---|---|---|---|"]
     for spec in OPTIONS.values():
-        default = spec.describe_default() or "unset"
-        rows.append(f"| `{spec.name}` | `{spec.flag}` | {default} | {spec.help_text()} |")
+        default = spec.describe_default() or "none"
+        rows.append(f"| `{spec.name}` | `{spec.flag}` | {default} | "
+                    f"{spec.help_text(flag=False)} |")
     return "\n".join(rows)
 
 
