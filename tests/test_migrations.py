@@ -242,3 +242,34 @@ def test_the_clis_refuse_a_newer_database_with_a_message(
     assert haven_main(["hub", "status", "--data", str(root / "hub")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all("version 999, made by a newer release" in e for e in err), err
+
+
+def test_two_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Each migration re-reads the version under the write lock (``BEGIN IMMEDIATE``)."""
+    import threading
+
+    steps = Migrations("race.db")
+    steps.sql(1, "CREATE TABLE t (x INTEGER)")  # no IF NOT EXISTS: a second run would fail
+    steps.sql(2, "INSERT INTO t VALUES (1)")
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_one() -> None:
+        try:
+            start.wait(10)
+            open_database(tmp_path / "race.db", steps).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    db = open_database(tmp_path / "race.db")
+    try:
+        assert db.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 1
+    finally:
+        db.close()
+    assert user_version(tmp_path / "race.db") == 2
