@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"haven {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

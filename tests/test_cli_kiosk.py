@@ -173,3 +173,22 @@ def test_entry_point_and_nothing_at_rest(tmp_path: Path) -> None:
         blob = path.read_bytes()
         for s in (b"Bartholomew", b"Quisling", b"ZQ9988776", b"Xylophage"):
             assert s not in blob, (s, path.name)
+
+
+def test_enrolment_through_both_clis_and_an_unwritable_certificate(
+        tmp_path: Path, kiosk: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from host.cli import main as haven
+
+    hub = str(tmp_path / "hub")
+    assert haven(["hub", "init", "--data", hub]) == 0
+    request = str(Path(kiosk, "enrolment.req"))
+    code = haven(["hub", "enroll", "--data", hub, request, "--out",
+                  str(tmp_path / "missing" / "kiosk.cert")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot write" in err and "again" in err
+    cert = tmp_path / "kiosk.cert"  # the same request again, to a place that exists
+    assert haven(["hub", "enroll", "--data", hub, request, "--out", str(cert)]) == 0
+    code, out, _ = run(capsys, "enroll", "--data", kiosk, str(cert))
+    assert code == 0 and "enrolled: site 'North', letter B" in out
+    code, _, err = run(capsys, "enroll", "--data", kiosk, str(tmp_path / "none.cert"))
+    assert code == 1 and err.count("\n") == 1 and "cannot read" in err
