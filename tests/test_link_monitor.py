@@ -20,9 +20,11 @@ from device.sync.link_monitor import (
     RouteTo,
     carrier_detect,
     device_signal,
+    has_route,
     link_monitor_for,
     signal_for,
 )
+from tests.conftest import require
 
 
 class Clock:
@@ -216,6 +218,35 @@ def test_a_route_to_loopback_and_a_name_resolved_once() -> None:
     with socket.socket() as s:  # nothing listens: a route is not a connection
         s.bind(("127.0.0.1", 0))
         assert RouteTo("127.0.0.1", s.getsockname()[1])()
+
+
+def test_no_route_is_down_without_namespaces() -> None:
+    """The kernel's own answer, with no privilege: loopback carries no link-local IPv6
+    route, so a datagram to fe80::1 on ``lo`` has nowhere to go (ENETUNREACH)."""
+    require(socket.has_ipv6, "ipv6", "the no-route case uses an IPv6 link-local address")
+    assert not has_route(socket.AF_INET6, ("fe80::1", 7400, 0, socket.if_nametoindex("lo")))
+    assert not RouteTo("fe80::1%lo", 7400)()
+    assert RouteTo("::1", 7400)()  # the same check on a routed address says up
+
+
+def test_a_destination_that_goes_and_comes_back(tmp_path: Path) -> None:
+    """The route check's decision on a real destination that goes away and returns,
+    without namespaces: a datagram socket bound to a path (the kernel refuses a
+    datagram to it once it is closed), watched by the monitor like a hub's route."""
+    path = str(tmp_path / "hub.sock")
+    clock = Clock()
+    mon = LinkMonitor({path: lambda: has_route(socket.AF_UNIX, path)},
+                      clock=clock, min_gap=0.0)
+    assert mon.poll() == [] and mon.is_up == {path: False}  # nothing there yet
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as hub:
+        hub.bind(path)
+        assert mon.poll() == [path]
+    assert mon.poll() == [] and mon.is_up == {path: False}  # closed: gone
+    os.unlink(path)
+    assert mon.poll() == [] and mon.is_up == {path: False}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as hub:
+        hub.bind(path)
+        assert mon.poll() == [path]  # back: acted on
 
 
 def test_allow_probe_half_opens_an_open_breaker_now() -> None:

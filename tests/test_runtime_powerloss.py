@@ -256,11 +256,11 @@ def lost_after_cuts(tmp_path: Path, count: int, *strace_args: str) -> int:
     return lost
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace (./tools/test installs it)")
+@pytest.mark.usefixtures("strace")
 def test_power_cut_after_any_confirmation_loses_nothing(tmp_path: Path) -> None:
     assert lost_after_cuts(tmp_path, 10) == 0
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace (./tools/test installs it)")
+@pytest.mark.usefixtures("strace")
 def test_power_cut_with_fsync_turned_off_loses_confirmed_checkins(tmp_path: Path) -> None:
     assert lost_after_cuts(tmp_path, 10, "-e", "inject=fsync,fdatasync:retval=0") > 0

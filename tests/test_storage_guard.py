@@ -38,6 +38,7 @@ from device.ui.app import KioskApp
 from device.ui.http import HttpError
 from device.ui.live import LiveStatus
 from protocol.driver.database import immediate
+from tests.conftest import require
 
 from .test_hw import wait_until
 from .test_runtime import call
@@ -149,12 +150,10 @@ def test_truncating_the_wals_keeps_every_record(tmp_path: Path) -> None:
 def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``where``, unmounted after."""
     where.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs for the full-disk test needs root")
+    require(os.geteuid() == 0, "tmpfs", "mounting a small tmpfs for the full-disk test needs root")
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
                         str(where)], capture_output=True, text=True, timeout=BOUND)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here, even as root: {r.stderr.strip()}")
+    require(r.returncode == 0, "tmpfs", f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:
         yield where
     finally:

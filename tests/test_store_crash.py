@@ -59,7 +59,7 @@ def fresh(tmp_path: Path, name: str) -> Path:
     return data
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace")
+@pytest.mark.usefixtures("strace")
 @pytest.mark.parametrize("syscall,when", [
     ("fdatasync", 1), ("fdatasync", 4), ("fdatasync", 9),
     ("pwrite64", 3), ("pwrite64", 20), ("pwrite64", 41),
@@ -69,7 +69,7 @@ def test_kill_at_fsync_and_write_points(tmp_path: Path, syscall: str, when: int)
 
 
 @pytest.mark.long
-@pytest.mark.skipif(STRACE is None, reason="needs strace")
+@pytest.mark.usefixtures("strace")
 def test_kill_at_many_points(tmp_path: Path) -> None:
     rng = random.Random(4)
     for k in range(60):

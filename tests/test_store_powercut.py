@@ -55,14 +55,14 @@ def lost_after_cuts(tmp_path: Path, *extra: str) -> tuple[int, int]:
     return lost, checked
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace")
+@pytest.mark.usefixtures("strace")
 def test_power_cut_after_any_confirmation_loses_nothing(tmp_path: Path) -> None:
     lost, checked = lost_after_cuts(tmp_path)
     assert checked == sum(range(1, 13))
     assert lost == 0
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace")
+@pytest.mark.usefixtures("strace")
 def test_without_fsync_the_same_test_fails(tmp_path: Path) -> None:
     lost, checked = lost_after_cuts(tmp_path, "--no-sync")
     assert lost > 0

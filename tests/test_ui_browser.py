@@ -20,14 +20,18 @@ import pytest
 
 from device.store import init_store
 from device.ui.app import LANGUAGES, STATIC
+from tests.conftest import require
 
 from .test_ui_helpers import ROOT, Proc, free_port, make_kiosk, run_kiosk
 
 CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip("/usr/bin/chromium does not exist (apt-get install -y chromium)",
-                allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+require(CHROMIUM.exists(), "chromium",
+        "/usr/bin/chromium does not exist (apt-get install -y chromium)", allow_module_level=True)
+try:
+    from playwright import sync_api
+except ImportError:
+    require(False, "playwright", "playwright is not installed (pip install -e '.[dev]')",
+            allow_module_level=True)
 
 SHOTS = ROOT / "bench-out" / "ui"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

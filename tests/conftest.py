@@ -1,0 +1,56 @@
+"""What the tests share: ``require``, used instead of ``pytest.skip``.
+
+Theory of operation
+-------------------
+Some tests need something a machine may lack: ``strace``, a tmpfs mount,
+network namespaces, Chromium. Such a test calls ``require(have, what, reason)``
+first. When ``have`` is false it skips with ``reason`` on an ordinary account,
+where the missing thing cannot be had. Where the suite runs as root, what a
+skip waits for can be installed or enabled, so there a missing thing is a
+failure: otherwise a power-cut claim could vanish from the count behind one
+skip line.
+
+A machine that cannot have something even as root (a container without the
+capability to mount) names it in ``HAVEN_MAY_LACK`` (comma-separated, e.g.
+``HAVEN_MAY_LACK=tmpfs,netns``); those tests then skip, and their reason says
+that the variable allowed it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+MAY_LACK = "HAVEN_MAY_LACK"
+
+
+def may_lack() -> set[str]:
+    """The things ``HAVEN_MAY_LACK`` allows to be missing even as root."""
+    return {w.strip() for w in os.environ.get(MAY_LACK, "").split(",") if w.strip()}
+
+
+def require(have: object, what: str, reason: str, *, allow_module_level: bool = False) -> None:
+    """Go on if ``have`` is true; else skip with ``reason``, or fail as root (see above).
+
+    ``what`` names the missing thing (``strace``, ``tmpfs``, ``netns``,
+    ``chromium``, ``playwright``): the name ``HAVEN_MAY_LACK`` takes."""
+    if have:
+        return
+    if os.geteuid() == 0:
+        if what not in may_lack():
+            pytest.fail(f"{what} is missing where the suite runs as root, so it can be had: "
+                        f"{reason} (on a machine that cannot have it, set {MAY_LACK}={what})",
+                        pytrace=False)
+        reason = f"{reason} ({MAY_LACK} allows it)"
+    pytest.skip(reason, allow_module_level=allow_module_level)
+
+
+@pytest.fixture
+def strace() -> str:
+    """The path of ``strace``, for tests that trace system calls (see ``require``)."""
+    path = shutil.which("strace")
+    require(path, "strace", "needs strace (./tools/test installs it)")
+    assert path is not None
+    return path
