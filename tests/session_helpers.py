@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.framing import FrameDecoder
 from protocol.session.core import Closed, Connected, MessageReceived, Session, SessionConfig
+from tools.linkfaults import Faults
 from tools.linksim import Line, LinkSim
 
 
@@ -45,7 +46,7 @@ def make_pair(
     )
     b = Session(initiator=False, config=SessionConfig(pattern=pattern, **cfg),  # type: ignore[arg-type]
                 static_key=b_key)
-    sim = LinkSim(a, b, ab or Line(), ba or Line(seed=2))
+    sim = LinkSim(a, b, ab or Line(), ba or Line(seed=2, name="ba"))
     return Pair(a, b, sim, a_key, b_key)
 
 
@@ -91,5 +92,5 @@ class Tap:
         session.data_to_send = spy  # type: ignore[method-assign]
 
 
-__all__ = ["Closed", "Connected", "Line", "MessageReceived", "Pair", "Tap", "make_pair",
+__all__ = ["Closed", "Connected", "Faults", "Line", "MessageReceived", "Pair", "Tap", "make_pair",
            "transfer"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from protocol.session.core import Closed, Connected, MessageReceived
-from tests.session_helpers import Line, make_pair, public, random_messages, transfer
+from tests.session_helpers import Faults, Line, make_pair, public, random_messages, transfer
 
 
 @pytest.mark.parametrize("pattern", ["XX", "IK", "NN"])
@@ -21,13 +21,15 @@ def test_handshake_connects_both_ends(pattern):
         assert cb.remote_static == public(pair.a_key)
 
 
+# Each side's Line keywords; the faults are tools/linkfaults' (the emulator's).
 FAULTS = {
     "clean": ({}, {}),
-    "1e-4": ({"error_rate": 1e-4}, {"error_rate": 1e-4}),
-    "1e-3": ({"error_rate": 1e-3}, {"error_rate": 1e-3}),
-    "outages-30s": ({"outages": [(2, 32)]}, {"outages": [(3, 20), (40, 45)]}),
-    "dup-reorder": ({"duplicate": 0.2, "jitter": 0.3}, {"duplicate": 0.2, "jitter": 0.3}),
-    "truncation": ({"truncate": 0.05, "error_rate": 3e-4}, {"truncate": 0.05}),
+    "1e-4": ({"faults": Faults(corrupt=1e-4)}, {"faults": Faults(corrupt=1e-4)}),
+    "1e-3": ({"faults": Faults(corrupt=1e-3)}, {"faults": Faults(corrupt=1e-3)}),
+    "bursts": ({"faults": Faults(burst=1e-4, burst_len=16)}, {"faults": Faults(burst=1e-4)}),
+    "outages-30s": ({"outages": [(2, 30)]}, {"outages": [(3, 17), (40, 5)]}),
+    "dup": ({"faults": Faults(dup=0.2)}, {"faults": Faults(dup=0.2)}),
+    "loss": ({"faults": Faults(loss=0.05, corrupt=3e-4)}, {"faults": Faults(loss=0.05)}),
 }
 
 
@@ -35,7 +37,7 @@ FAULTS = {
 @pytest.mark.parametrize("pattern", ["XX", "NN"])
 def test_every_message_once_in_order_under_faults(pattern, faults):
     ab, ba = FAULTS[faults]
-    pair = make_pair(pattern, Line(seed=3, **ab), Line(seed=4, **ba), rate=11520.0)
+    pair = make_pair(pattern, Line(seed=3, **ab), Line(seed=4, name="ba", **ba), rate=11520.0)
     msgs = [(1, m) for m in random_messages(120, 2000)]
     assert transfer(pair, msgs, limit=600)
     assert pair.received == msgs
@@ -43,7 +45,7 @@ def test_every_message_once_in_order_under_faults(pattern, faults):
 
 
 def test_error_beyond_the_dead_timeout_closes_cleanly():
-    pair = make_pair("XX", Line(outages=[(1, 1000)]), Line(outages=[(1, 1000)]), rate=11520.0,
+    pair = make_pair("XX", Line(outages=[(1, 999)]), Line(outages=[(1, 999)]), rate=11520.0,
                      dead_timeout=60.0)
     msgs = [(1, m) for m in random_messages(50, 2000)]
     assert not transfer(pair, msgs, limit=300)

@@ -1,13 +1,16 @@
-"""The link emulator's fault model and line model: pure, no I/O, no clock.
+"""The link fault model and line model: pure, no I/O, no clock.
 
 Theory of operation
 -------------------
-``tools/linkemu.py`` owns the ptys, sockets and the clock; everything it does
-to the bytes is decided here, from a seed and from the times it passes in
-(seconds since the emulator started). Tests drive these classes directly and
-can replay exactly what a running emulator did to a stream.
+This is the one fault model. ``tools/linkemu.py`` owns the ptys, sockets and
+the wall clock; ``tools/linksim.py`` joins two sessions on a simulated clock.
+Both hand every byte to a ``Direction`` from here, with the time it was
+written, so a test on the simulated clock and a program behind the emulator
+meet the same faults from the same seed. Tests drive these classes directly
+and can replay exactly what a running emulator did to a stream.
 
-One direction of a link is ``FaultModel`` followed by ``Line``:
+One direction of a link is ``FaultModel`` followed by ``Line``, inside a
+``Direction``:
 
 ``FaultModel.feed(data, now)`` applies, in this order:
 
@@ -41,6 +44,12 @@ times are computed from that formula, never from when ``advance()`` happens
 to be called, so a late wake-up delivers late but never changes the schedule.
 Bytes not yet departed are the sender's transmit buffer: the I/O side stops
 reading the sender while it is full, as a UART's driver would block.
+
+``Direction`` ties them together the way both callers need: it feeds what
+the sender wrote through the fault model onto the line, closes a unit once
+the line has been idle ``unit_gap`` seconds, and hands delivered bytes to a
+``write`` callable (a pty, a socket, or a simulated session), counting what
+the receiver could not take as an overrun. It says when it next needs to run.
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 DELIMITER = 0
 
@@ -94,6 +105,13 @@ class Windows:
             self._starts.append(start)
             self._random_end = start + self._duration
         self._pending.sort()
+
+    def add(self, start: float, duration: float) -> None:
+        """Add a fixed window from ``start`` lasting ``duration`` seconds."""
+        if duration > 0:
+            self._pending.append((start, start + duration))
+            self._pending.sort()
+            self._starts.append(start)
 
     def next_after(self, now: float) -> tuple[float, float] | None:
         """The first window that ends after ``now`` (it may already have begun)."""
@@ -172,6 +190,11 @@ class FaultModel:
         self._to_error = geometric_gap(self._rng_err, faults.corrupt)
         self._to_burst = geometric_gap(self._rng_burst, faults.burst)
         self._burst_left = 0
+
+    def set_corrupt(self, corrupt: float) -> None:
+        """Change the byte error rate from the next byte on."""
+        self.faults.corrupt = corrupt
+        self._to_error = geometric_gap(self._rng_err, corrupt)
 
     @property
     def unit_open(self) -> bool:
@@ -408,3 +431,106 @@ class Line:
             self._flight.popleft()
         self.stats.bytes_delivered += len(out)
         return bytes(out)
+
+
+class Direction:
+    """One direction: sender's bytes -> faults -> line -> receiver."""
+
+    def __init__(
+        self,
+        name: str,
+        faults: FaultModel,
+        line: Line,
+        *,
+        unit_gap: float = 0.0,
+        tx_buffer: int = 4096,
+        rx_buffer: int = 1 << 20,
+    ) -> None:
+        self.name = name
+        self.faults = faults
+        self.line = line
+        self.unit_gap = unit_gap
+        self.tx_buffer = tx_buffer
+        self.rx_buffer = rx_buffer
+        self.pending = bytearray()  # delivered by the line, not yet taken by the receiver
+        self.last_input = 0.0
+        self.eof = False  # the sender closed
+        self.overrun = 0
+        # tcflush() by the programs (serial mode): the kernel discarded bytes the
+        # sender wrote before we read them, or bytes we delivered before it read them.
+        self.sender_flushes = 0
+        self.receiver_flushes = 0
+        self.bytes_written = 0
+        self.first_write: float | None = None
+        self.last_write = 0.0
+        self.first_write_bytes = 0
+        self.max_late = 0.0
+
+    def wants_read(self) -> bool:
+        return not self.eof and self.line.queued < self.tx_buffer
+
+    def on_data(self, data: bytes, now: float) -> None:
+        self.last_input = now
+        self.line.send(self.faults.feed(data, now), now)
+
+    def drained(self) -> bool:
+        return self.line.idle and not self.pending and not self.faults.unit_open
+
+    def pump(self, now: float, write: Callable[[bytes], int]) -> None:
+        """Close an idle unit, deliver what is due, and write what the receiver takes."""
+        if (
+            self.unit_gap > 0
+            and self.faults.unit_open
+            and self.line.queued == 0
+            and now - max(self.last_input, self.line.free_at) >= self.unit_gap
+        ) or (self.eof and self.faults.unit_open):
+            self.line.send(self.faults.end_unit(), now)
+        due = self.line.advance(now)
+        if due:
+            self.max_late = max(self.max_late, now - self.line.oldest_due)
+            room = self.rx_buffer - len(self.pending)
+            if len(due) > room:
+                self.overrun += len(due) - max(room, 0)
+                due = due[: max(room, 0)]
+            self.pending += due
+        if self.pending:
+            try:
+                n = write(bytes(self.pending))
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n > 0:
+                if self.first_write is None:
+                    self.first_write = now
+                    self.first_write_bytes = n
+                self.last_write = now
+                self.bytes_written += n
+                del self.pending[:n]
+
+    def deadline(self) -> float | None:
+        times = []
+        nt = self.line.next_time()
+        if nt is not None:
+            times.append(nt)
+        if self.faults.unit_open and self.unit_gap > 0:
+            times.append(max(self.last_input, self.line.free_at) + self.unit_gap)
+        return min(times) if times else None
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.faults.stats.as_dict()
+        out.update(self.line.stats.as_dict())
+        out["overrun"] = self.overrun
+        out["sender_flushes"] = self.sender_flushes
+        out["receiver_flushes"] = self.receiver_flushes
+        out["bytes_written"] = self.bytes_written
+        span = self.last_write - (self.first_write or 0.0)
+        rate = (self.bytes_written - self.first_write_bytes) / span if span > 0 else None
+        out["achieved_rate"] = round(rate, 1) if rate else None
+        out["write_span_s"] = round(span, 3)
+        out["first_write_s"] = None if self.first_write is None else round(self.first_write, 3)
+        out["last_write_s"] = round(self.last_write, 3)
+        out["max_late_s"] = round(self.max_late, 4)
+        if self.faults.outages is not None:
+            out["outages"] = self.faults.outages.count
+        if self.line.stalls is not None:
+            out["stalls"] = self.line.stalls.count
+        return out

@@ -1,146 +1,131 @@
-"""A simulated serial line on a simulated clock, for sessions (sans-I/O).
+"""Two sessions joined by the link emulator's fault model, on a simulated clock.
 
 Theory of operation
 -------------------
 ``LinkSim`` joins two ``protocol.session.core.Session`` objects through two
-one-way lines. Each line has a byte rate (n bytes take n/rate seconds, as on
-a UART), a latency, a byte error rate (each damaged byte gets one bit
-flipped), optional outages (bytes that would be on the line then are lost),
-and a seeded generator, so a run is exact and repeatable. Time only moves
-from one event to the next, so a minute of link time costs milliseconds.
+one-way ``Line`` objects. Each ``Line`` is a ``tools.linkfaults.Direction``:
+the same ``FaultModel`` (outages, frame-sized loss and duplication, byte
+errors and bursts) and the same line model (rate, latency, stalls, the
+sender's transmit buffer, units closed by an idle gap) that ``tools/linkemu``
+applies to real ptys and sockets in real time. A simulated run with seed *n*
+meets the faults the emulator would make with seed *n* on the same bytes;
+only the clock differs.
 
-This is the model the tests and the frame-size plot use; ``tools/linkemu``
-does the same to real ptys in real time.
+Time moves from one event to the next (a session deadline, a byte due on a
+line), so a minute of link time costs milliseconds. Like the emulator, the
+simulation wakes at most once per ``tick`` of link time to deliver bytes, so a
+busy line hands over a few dozen bytes at a time rather than one.
+Nothing on a serial line or a TCP stream reorders bytes, and neither does
+this model: a duplicate unit follows its original.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
-import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from protocol.session.core import Event, Session
+from tools.linkfaults import Direction, FaultModel, Faults, FaultStats, Windows
+from tools.linkfaults import Line as LineModel
+
+TICK = 0.01  #: shortest wait between deliveries (linkemu's --tick; its default is 0.002)
 
 
 @dataclass
 class Line:
-    """One direction of the link."""
+    """One direction of the simulated link, with the emulator's knobs and defaults.
 
-    rate: float = 11520.0
+    ``outages`` and ``stalls`` are ``(start, duration)`` windows in link seconds,
+    as ``linkemu --outage START:DUR`` and ``--stall START:DUR``.
+    """
+
+    rate: float | None = 11520.0  #: bytes per second; None = as fast as they come
     latency: float = 0.01
-    error_rate: float = 0.0
+    faults: Faults = field(default_factory=Faults)
     outages: list[tuple[float, float]] = field(default_factory=list)
-    duplicate: float = 0.0  #: probability that a write arrives twice
-    jitter: float = 0.0  #: extra random delay per write, up to this: reorders writes
-    truncate: float = 0.0  #: probability that a write loses its tail
+    stalls: list[tuple[float, float]] = field(default_factory=list)
+    unit_gap: float = 0.02  #: an idle line this long ends a unit (linkemu's default)
+    tx_buffer: int = 4096  #: the sender's transmit buffer (linkemu's ``--buffer``)
     seed: int = 1
-    bytes_in: int = 0
-    corrupted: int = 0
-    dropped: int = 0
+    name: str = "ab"  #: the direction, part of the fault model's seed as in linkemu
 
     def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-        self._free_at = 0.0
-        self._next_error = self._gap()
-
-    def set_error_rate(self, error_rate: float) -> None:
-        """Change the line's byte error rate from now on."""
-        self.error_rate = error_rate
-        self._next_error = self._gap()
-
-    def _gap(self) -> int:
-        if self.error_rate <= 0:
-            return 1 << 62
-        # Bytes until the next damaged one: geometric with parameter p.
-        u = self._rng.random()
-        return int(math.log1p(-u) / math.log1p(-self.error_rate))
-
-    def carry(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
-        """Put ``data`` on the line at ``now``; return (arrival time, bytes) pieces."""
-        self.bytes_in += len(data)
-        start = max(now, self._free_at)
-        per_byte = 1.0 / self.rate
-        self._free_at = start + len(data) * per_byte
-        buf = bytearray(data)
-        i = self._next_error
-        while i < len(buf):
-            buf[i] ^= 1 << self._rng.randrange(8)
-            self.corrupted += 1
-            i += 1 + self._gap()
-        self._next_error = i - len(buf)
-        if self.truncate and self._rng.random() < self.truncate:
-            cut = self._rng.randrange(len(buf) + 1)
-            self.dropped += len(buf) - cut
-            del buf[cut:]
-        pieces: list[tuple[float, bytes]] = []
-        # Cut around outages: a byte departing inside one is lost.
-        pos = 0
-        t = start
-        while pos < len(buf):
-            outage = next(((a, b) for a, b in self.outages if b > t), None)
-            if outage is None or outage[0] >= t + (len(buf) - pos) * per_byte:
-                pieces.append((self._free_at + self.latency, bytes(buf[pos:])))
-                break
-            a, b = outage
-            before = max(0, int((a - t) / per_byte))
-            if before:
-                arrival = t + before * per_byte + self.latency
-                pieces.append((arrival, bytes(buf[pos : pos + before])))
-            lost_until = max(a, t + before * per_byte)
-            lost = min(len(buf) - pos - before, int((b - lost_until) / per_byte) + 1)
-            self.dropped += lost
-            pos += before + lost
-            t = lost_until + lost * per_byte
-        if self.jitter:
-            pieces = [(at + self._rng.uniform(0, self.jitter), p) for at, p in pieces]
-        if self.duplicate and pieces and self._rng.random() < self.duplicate:
-            at, piece = pieces[-1]
-            pieces.append((at + self._rng.uniform(0, 0.5), piece))
-        return pieces
+        self._outages = Windows(self.outages)
+        stalls = Windows(self.stalls) if self.stalls else None
+        # A copy: set_corrupt() on one line must not change another sharing the knobs.
+        model = FaultModel(replace(self.faults), seed=self.seed, direction=self.name,
+                           outages=self._outages)
+        line = LineModel(rate=self.rate, latency=self.latency, stalls=stalls)
+        self.direction = Direction(self.name, model, line, unit_gap=self.unit_gap,
+                                   tx_buffer=self.tx_buffer)
 
     @property
-    def free_at(self) -> float:
-        return self._free_at
+    def stats(self) -> FaultStats:
+        return self.direction.faults.stats
+
+    def add_outage(self, start: float, duration: float) -> None:
+        """Drop every byte written from ``start`` for ``duration`` seconds."""
+        self._outages.add(start, duration)
+
+    def set_corrupt(self, corrupt: float) -> None:
+        """Change the byte error rate from now on."""
+        self.direction.faults.set_corrupt(corrupt)
 
 
 class LinkSim:
     """Two sessions and two lines on one simulated clock."""
 
-    def __init__(self, a: Session, b: Session, ab: Line, ba: Line, now: float = 0.0) -> None:
+    def __init__(self, a: Session, b: Session, ab: Line, ba: Line, now: float = 0.0,
+                 tick: float = TICK) -> None:
         self.ends = (a, b)
         self.lines = (ab, ba)
         self.now = now
-        self._queue: list[tuple[float, int, int, bytes]] = []
-        self._seq = 0
+        self.tick = tick
         self.events: tuple[list[Event], list[Event]] = ([], [])
 
-    def _pump(self) -> None:
+    def _step(self) -> None:
+        """Deliver what is due, then take what each session writes and its events."""
         for side in (0, 1):
-            out = self.ends[side].data_to_send(self.now)
-            if out:
-                for at, piece in self.lines[side].carry(out, self.now):
-                    heapq.heappush(self._queue, (at, self._seq, 1 - side, piece))
-                    self._seq += 1
+            receiver = self.ends[1 - side]
+
+            def write(data: bytes, receiver: Session = receiver) -> int:
+                receiver.receive_data(data, self.now)
+                return len(data)
+
+            self.lines[side].direction.pump(self.now, write)
+        for side in (0, 1):
+            direction = self.lines[side].direction
+            if direction.wants_read():
+                out = self.ends[side].data_to_send(self.now)
+                if out:
+                    direction.on_data(out, self.now)
             while (ev := self.ends[side].next_event()) is not None:
                 self.events[side].append(ev)
+
+    def _next_time(self, end: float) -> float:
+        times: list[float] = []
+        for session, line in zip(self.ends, self.lines, strict=True):
+            due = line.direction.deadline()
+            if due is not None:
+                due = max(due, self.now + self.tick)
+                times.append(due)
+            wake = session.next_deadline()
+            if wake is not None:
+                if due is not None and not line.direction.wants_read():
+                    # Its transmit buffer is full: like a blocked writer, it waits for room.
+                    wake = max(wake, due)
+                times.append(wake)
+        return max(min(times), self.now + 1e-6) if times else end
 
     def run(self, until: Callable[[LinkSim], bool], limit: float) -> bool:
         """Advance until ``until(self)`` holds (True) or ``limit`` seconds pass (False)."""
         end = self.now + limit
         while True:
-            self._pump()
+            self._step()
             if until(self):
                 return True
-            times = [d for d in (s.next_deadline() for s in self.ends) if d is not None]
-            if self._queue:
-                times.append(self._queue[0][0])
-            nxt = max(min(times), self.now + 1e-6) if times else end
+            nxt = self._next_time(end)
             if nxt > end:
                 self.now = end
                 return False
             self.now = nxt
-            while self._queue and self._queue[0][0] <= self.now:
-                _, _, side, piece = heapq.heappop(self._queue)
-                self.ends[side].receive_data(piece, self.now)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.session.core import MessageReceived, Session, SessionConfig
+from tools.linkfaults import Faults
 from tools.linksim import Line, LinkSim
 
 from . import Context, Result, benchmark
@@ -32,8 +33,8 @@ def efficiency(error_rate: float, frame_size: int | None, size: int,
     cfg = dict(pattern="NN", rate=RATE, frame_size=frame_size)
     a = Session(initiator=True, config=SessionConfig(**cfg))  # type: ignore[arg-type]
     b = Session(initiator=False, config=SessionConfig(**cfg))  # type: ignore[arg-type]
-    sim = LinkSim(a, b, Line(error_rate=error_rate, seed=seed),
-                  Line(error_rate=error_rate, seed=seed + 1))
+    sim = LinkSim(a, b, Line(faults=Faults(corrupt=error_rate), seed=seed),
+                  Line(faults=Faults(corrupt=error_rate), seed=seed + 1, name="ba"))
     if not sim.run(lambda s: a.is_open, 60):
         return 0.0, 0
     start = sim.now
