@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive, default=120.0, metavar="S",
                    help="with --once, give up after S seconds (default 120)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per round")
-    config.add_flags(p, ("baud", "interval", "link_interval"), defaults=True)
+    config.add_flags(p, ("baud", "interval", "link_interval", "keepalive"), defaults=True)
 
     p = sub.add_parser("run", help="run the kiosk: check-in page, sync and hardware",
                        description="Serve the check-in page and sync with the hub in one "
@@ -220,9 +220,35 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from device.sync.engine import run_sync
+    from device.sync.engine import SyncRefused
+    from device.sync.loop import SyncGaveUp, run_sync
 
-    return run_sync(args)
+    try:
+        run_sync(args.data, args.hub, once=args.once, timeout=args.timeout,
+                 interval=args.interval, baud=args.baud, link_interval=args.link_interval,
+                 keepalive=args.keepalive, report=lambda s: _sync_report(s, args.json),
+                 warn=lambda text: print(f"haven-kiosk sync: {text}", file=sys.stderr))
+    except SyncRefused as exc:
+        print(f"haven-kiosk sync: {exc}", file=sys.stderr)
+        return 4
+    except SyncGaveUp as exc:
+        print(f"haven-kiosk sync: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sync_report(s: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({k: v for k, v in vars(s).items() if k != "extra"}, sort_keys=True),
+              flush=True)
+        return
+    d = s.documents
+    docs = (f"; documents: {d['delivered']} of {d['offered']} delivered"
+            f" ({d['chunk_bytes_sent']} B of chunks sent), {len(d['refused'])} refused"
+            if d.get("offered") else "")
+    print(f"synced via {s.url}: {s.batches} batches, {s.pushed} deltas up"
+          f" ({s.quarantined} quarantined), {s.pulled} down, {s.bytes_sent} B sent,"
+          f" {s.bytes_received} B received" + docs, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

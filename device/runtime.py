@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
-import random
 import signal
 import socket
 import sqlite3
@@ -60,18 +58,17 @@ from collections.abc import Callable
 from typing import Any
 
 from device.config import KioskConfig, memory_limits, storage_limits
-from device.enrol import Identity, NotEnrolled, load
+from device.enrol import NotEnrolled, load
 from device.hardware import panel as hw
 from device.hardware import remote as hw_remote
 from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.store import Store, StoreError
-from device.sync.circuit import Breakers, hub_breakers
-from device.sync.connection import HubConnections
 from device.sync.document_store import DocumentStore
-from device.sync.engine import Summary, SyncFailed, SyncRefused, retry_wait, sync_first
+from device.sync.engine import SyncFailed, SyncRefused
 from device.sync.link_monitor import link_monitor_for
+from device.sync.loop import SyncLoop
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
 from device.ui import http
@@ -115,7 +112,7 @@ class Runtime:
         self.cfg = cfg
         self.clock = clock
         self._pause = pause
-        self._conns: HubConnections | None = None  #: the kept-open hub sessions
+        self._loop: SyncLoop | None = None  #: rounds, breakers, kept-open sessions
         assert cfg.data is not None
         self.data = cfg.data
         self.live = LiveStatus()
@@ -294,21 +291,17 @@ class Runtime:
         try:
             self._rounds(state, docs)
         finally:
-            if self._conns is not None:
-                self._conns.close()
+            if self._loop is not None:
+                self._loop.close()
             docs.close()
             state.close()
 
     def _rounds(self, state: SyncState, docs: DocumentStore) -> None:
         assert self.store is not None
-        store, rng, attempt = self.store, random.Random(), 0
-        breakers = hub_breakers(self.cfg.hub, self.cfg.retry_max, clock=self.clock, rng=rng)
-        ident: Identity | None = None
+        store = self.store
         while not self._stop.is_set():
             self._wake.clear()
-            for url in self._take_returned():
-                breakers[url].allow_probe()
-            if ident is None:
+            if self._loop is None:
                 try:
                     ident = load(self.data)
                 except (NotEnrolled, StoreError) as exc:
@@ -316,24 +309,26 @@ class Runtime:
                     self._show(hw.ERROR)
                     self._wait(self.cfg.retry_max)
                     continue
-                if self.cfg.keepalive > 0:
-                    self._conns = HubConnections(ident, baud=self.cfg.baud,
-                                                 keepalive=self.cfg.keepalive)
+                self._loop = SyncLoop(
+                    store, state, ident, self.cfg.hub, baud=self.cfg.baud,
+                    keepalive=self.cfg.keepalive, interval=self.cfg.interval,
+                    retry_cap=self.cfg.retry_max, docs=docs, clock=self.clock,
+                    failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
+                            sqlite3.Error))  # sqlite3: the sync checkpoints on a full disk
+            for url in self._take_returned():
+                self._loop.link_returned(url)
             mark = self.live.snapshot()["committed"]
-            result = self._one_round(store, state, docs, ident, breakers)
+            result, wait = self._one_round(self._loop)
             if result == SYNCED:
-                attempt = 0
                 self._offset = state.clock_offset
                 mark_now = self.live.snapshot()["committed"]
                 left = outbox_entries(store)
                 self.live.update(state=SYNCED if left == 0 else PENDING, synced=True,
                                  sent_upto=mark_now if left == 0 else mark, detail="")
                 self._show(hw.SYNCED if left == 0 else hw.PENDING)
-                wait = self.cfg.interval if left == 0 else 0.0
+                wait = wait if left == 0 else 0.0
             else:
-                attempt += 1
                 self._show(hw.ERROR if result == ERROR else hw.OFFLINE)
-                wait = retry_wait(attempt, breakers, rng, cap=self.cfg.retry_max)
             if wait > 0:
                 self._wait(wait)
 
@@ -342,40 +337,30 @@ class Runtime:
         link back); the kept-open session is serviced meanwhile."""
         if self._pause is not None:
             self._pause(self._wake, seconds)
-        elif self._conns is not None:
-            self._conns.idle(seconds, self._wake)
+        elif self._loop is not None:
+            self._loop.idle(seconds, self._wake)
         else:
             self._wake.wait(seconds)
 
-    def _kept_open_round(self, store: Store, state: SyncState, docs: DocumentStore,
-                         url: str, limit: float) -> Summary:
-        assert self._conns is not None
-        return self._conns.round(url, store, state, limit=limit, docs=docs)
-
-    def _one_round(self, store: Store, state: SyncState, docs: DocumentStore,
-                   ident: Identity, breakers: Breakers) -> str:
+    def _one_round(self, loop: SyncLoop) -> tuple[str, float]:
+        """One round of the shared loop: its result for the LED and the wait after it."""
         try:
-            summary, failures = sync_first(
-                store, state, ident, breakers, baud=self.cfg.baud,
-                limit=lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit,
-                failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
-                        sqlite3.Error),  # sqlite3: the sync checkpoints on a full disk
-                docs=docs, run=None if self._conns is None else functools.partial(
-                    self._kept_open_round, store, state, docs))
+            out = loop.round(lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit)
         except SyncRefused as exc:
             self.live.update(state=ERROR, detail=str(exc))
             log.error("sync refused: %s", exc)
-            return ERROR
+            return ERROR, self.cfg.retry_max
+        summary = out.summary
         if summary is not None:  # an idle round logs nothing: a log line is a write too
             moved = summary.pushed or summary.pulled or summary.quarantined
             log.log(logging.INFO if moved else logging.DEBUG, "synced via %s: %d up, %d down",
                     summary.url, summary.pushed, summary.pulled)
-            return SYNCED
-        if failures or not self.cfg.hub:
-            detail = "; ".join(failures) or "no hub URL configured"
+            return SYNCED, out.wait
+        if out.failures or not self.cfg.hub:
+            detail = "; ".join(out.failures) or "no hub URL configured"
         else:
             detail = (f"every hub URL failed lately; the next try in "
-                      f"{breakers.next_probe() or 0:.0f} s")
+                      f"{loop.next_probe() or 0:.0f} s")
         self.live.update(state=OFFLINE, detail=detail)
         log.info("no hub answered: %s", detail)
-        return OFFLINE
+        return OFFLINE, out.wait

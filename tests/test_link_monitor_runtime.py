@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-import device.sync.engine as sync_module
+import device.sync.loop as sync_module
+from device.cli import cmd_sync
 from device.config import KioskConfig
 from device.hardware import panel as hw
 from device.runtime import Runtime
@@ -252,8 +253,8 @@ def test_the_sync_loop_ends_its_wait_when_the_modem_returns(
             time=time.time, sleep=sleep))
         args = argparse.Namespace(data=kiosk_dir, hub=[link.url], once=True, baud=115200,
                                   timeout=7200.0, interval=10.0, json=True,
-                                  link_interval=link_interval)
-        assert sync_module.run_sync(args) == 0
+                                  link_interval=link_interval, keepalive=120.0)
+        assert cmd_sync(args) == 0
     assert back_at is not None
     waited = simulated - back_at  # from the modem's return to the round that synced
     if link_interval:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from device.sync.engine import Round, run_sync, wall_ms
+from device.cli import cmd_sync
+from device.sync.engine import Round, wall_ms
 from host.hub.peer import HubPeer
 from protocol import messages
 
@@ -86,8 +87,8 @@ def test_urls_tried_in_order_and_once_waits_for_acks(
         dead = ["tcp://127.0.0.1:1", "/nonexistent/tty"]
         args = argparse.Namespace(data=data, hub=[*dead, url],
                                   once=True, baud=None, timeout=20.0, interval=1.0, json=True,
-                                  link_interval=1.0)
-        assert run_sync(args) == 0
+                                  link_interval=1.0, keepalive=120.0)
+        assert cmd_sync(args) == 0
         assert len(list(hub.store.all_ops())) == 2
     out, err = capsys.readouterr()
     # The two dead URLs failed once each, in the order given, before the hub's.

@@ -85,7 +85,7 @@ class HubConnection:
                 if self.driver is None or not self.driver.closed or attempt == 2:
                     self.close()
                     raise
-                log.info("the session over %s ended (%s); a fresh one", self.url, exc)
+                log.warning("the session over %s ended (%s); a fresh one", self.url, exc)
         raise AssertionError("unreachable")
 
     def idle(self, seconds: float, wake: threading.Event) -> bool:
@@ -195,6 +195,10 @@ class HubConnections:
             conn = self.by_url[url] = HubConnection(url, self.ident, baud=self.baud,
                                                     keepalive=self.keepalive, clock=self.clock)
         return conn.round(store, state, limit=limit, docs=docs)
+
+    @property
+    def open(self) -> bool:
+        return any(conn.open for conn in self.by_url.values())
 
     def idle(self, seconds: float, wake: threading.Event) -> bool:
         """Wait as ``HubConnection.idle`` over the open session, if one is open."""

@@ -1,4 +1,4 @@
-"""``haven-kiosk sync``: one round, and the loop of rounds with backoff.
+"""One sync round, over a new session or a kept-open one, and the backoff between rounds.
 
 Theory of operation
 -------------------
@@ -29,33 +29,28 @@ last page said no more. ``drive_round`` runs a round over a session driver
 opens a link and a session for one round and closes them after;
 ``sync_first`` tries the URLs in order, each behind its circuit
 breaker (``device.sync.circuit``: a URL that keeps failing is skipped for a
-cool-down, then probed), and ``run_sync`` (like the runtime's loop) waits
-after a round in which no URL worked with exponential backoff and jitter,
-never longer than until an open URL may be probed (``retry_wait``;
-``--once`` gives up at ``--timeout``). While it waits, the link monitor
-(``device.sync.link_monitor``) looks at each URL's link every ``--link-interval``:
-a link that returns lets that URL's breaker probe and ends the wait. A refusal by the hub (revoked,
-unknown, wrong certificate) ends the run at once with its reason.
+cool-down, then probed); ``retry_wait`` is the wait after a round in which
+no URL worked: exponential backoff and jitter, never longer than until an
+open URL may be probed. The loop of rounds that ``haven-kiosk sync`` and the
+runtime share is ``device.sync.loop``; kept-open sessions are
+``device.sync.connection``. A refusal by the hub (revoked, unknown, wrong
+certificate) raises ``SyncRefused``: retrying will not help.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.enrol import Identity, load
+from device.enrol import Identity
 from device.store import Store, StoreError
-from device.sync.circuit import Breakers, hub_breakers
+from device.sync.circuit import Breakers
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
-from device.sync.link_monitor import link_monitor_for
 from device.sync.state import SEAL_LABEL, SyncState
 from protocol import messages
 from protocol.driver.errors import LinkError
@@ -76,6 +71,8 @@ BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 #: A serial round that hears nothing authenticated this long starts over: a hub that
 #: restarted ignores the old session's frames (it sends keep-alives every 2 s).
 SERIAL_DEAD_TIMEOUT = 20.0
+#: A kept-open session silent this long within a round is taken for a dead link.
+STALL = 10.0
 #: Document content goes out during this share of a round's time limit, so a long
 #: document leaves the round time to end cleanly (the next one resumes it).
 DOCUMENT_SHARE = 0.75
@@ -278,7 +275,7 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
 
 def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Identity, *,
                 url: str, limit: float = 60.0, docs: DocumentStore | None = None,
-                reopen: Callable[[], Link] | None = None) -> Summary:
+                reopen: Callable[[], Link] | None = None, stall: float = STALL) -> Summary:
     """One round over ``driver``'s session, which it leaves open; on a session already
     connected (kept open) the round starts with a pull and the next batch. Raises
     ``SyncFailed`` (or ``SyncRefused``).
@@ -289,6 +286,8 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
 
     ``reopen``: when the link breaks, a new one, on which the session resumes and the
     round goes on (nothing acknowledged is sent again); without it the round fails.
+    A kept-open link on which the hub said nothing for ``stall`` seconds of the round
+    counts as broken (a route or a NAT that dropped it without a word).
     A fresh session (the hub did not know ours) starts the round over from its hello."""
     start = time.monotonic()
     own_docs = docs is None
@@ -297,6 +296,7 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
     rnd.summary.url = url
     before = driver.stats()
     try:
+        since = start  #: the round began, or its link was last opened again
         hello = driver.connected
         if hello:  # the hub knows this kiosk from the session's hello: pull and push
             rnd.welcomed = True
@@ -308,6 +308,8 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
             if now - start > limit:
                 raise SyncFailed(f"round over {url} took longer than {limit:g} s")
             try:
+                if reopen is not None and now - max(since, driver.last_heard) > stall:
+                    raise LinkError(f"the hub at {url} said nothing for {stall:g} s")
                 events = driver.poll(0.1)
             except LinkError:
                 if reopen is None:
@@ -337,6 +339,7 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
                     raise SyncFailed(f"session closed ({what})")
                 elif isinstance(event, LinkClosed) and reopen is not None:
                     reopen()
+                    since = time.monotonic()
                     break  # what is left of this turn was read from the old link
                 elif isinstance(event, LinkClosed):
                     raise SyncFailed(f"the hub at {url} closed the connection")
@@ -407,72 +410,3 @@ def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
         return probe
     wait = backoff(attempt, rng) if cap is None else min(cap, backoff(attempt, rng))
     return wait if probe is None else min(wait, probe)
-
-
-def run_sync(args: argparse.Namespace) -> int:
-    ident = load(args.data)
-    state = SyncState(args.data)
-    offset = state.clock_offset
-    store = Store(args.data, clock=lambda: wall_ms() + offset)
-    docs = DocumentStore(store.data, store.cipher)
-    rng = random.Random()
-    breakers = hub_breakers(args.hub, BACKOFF_CAP, clock=time.monotonic, rng=rng)
-    links = link_monitor_for(args.hub, args.link_interval, clock=time.monotonic)
-    if links is not None:
-        links.poll()  # how the links are before the first round
-    attempt = 0
-    give_up = time.monotonic() + args.timeout
-
-    def limit() -> float:
-        return min(give_up - time.monotonic(), 60.0) if args.once else 60.0
-
-    try:
-        while True:
-            try:
-                summary, failures = sync_first(store, state, ident, breakers, baud=args.baud,
-                                               limit=limit, docs=docs)
-            except SyncRefused as exc:
-                print(f"haven-kiosk sync: {exc}", file=sys.stderr)
-                return 4
-            if failures:
-                print("haven-kiosk sync: " + "; ".join(failures), file=sys.stderr)
-            if summary is not None:
-                _report(summary, args.json)
-                if args.once:
-                    return 0
-                attempt, wait = 0, args.interval
-            else:
-                attempt += bool(failures)
-                wait = retry_wait(attempt, breakers, rng)
-            if args.once:
-                wait = min(wait, give_up - time.monotonic())
-                if wait <= 0:
-                    print("haven-kiosk sync: gave up: not everything was acknowledged",
-                          file=sys.stderr)
-                    return 1
-            if links is None:
-                time.sleep(wait)
-            else:
-                for url in links.pause(wait, time.sleep):
-                    breakers[url].allow_probe()
-    finally:
-        docs.close()
-        store.close()
-        state.close()
-
-
-def _report(s: Summary, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps({k: v for k, v in vars(s).items() if k != "extra"}, sort_keys=True),
-              flush=True)
-    else:
-        print(f"synced via {s.url}: {s.batches} batches, {s.pushed} deltas up"
-              f" ({s.quarantined} quarantined), {s.pulled} down, {s.bytes_sent} B sent,"
-              f" {s.bytes_received} B received" + _documents_line(s.documents), flush=True)
-
-
-def _documents_line(d: dict[str, Any]) -> str:
-    if not d.get("offered"):
-        return ""
-    return (f"; documents: {d['delivered']} of {d['offered']} delivered"
-            f" ({d['chunk_bytes_sent']} B of chunks sent), {len(d['refused'])} refused")
