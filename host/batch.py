@@ -15,7 +15,7 @@ have restarted, and the transfer starts over, moving only missing chunks).
 ``PeerRefused``; no authenticated frame for ``--timeout`` seconds, across
 sessions, raises ``PeerSilent``.
 
-``Summary`` is what ``--json`` prints, for either side.
+``TransferSummary`` is what ``--json`` prints, for either side.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def poll(driver: SessionDriver, options: LinkOptions) -> list[DriverEvent]:
 
 
 @dataclass
-class Summary:
+class TransferSummary:
     role: str
     files: list[dict[str, Any]] = field(default_factory=list)
     file_bytes: int = 0
@@ -121,7 +121,7 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def add_run(self, driver: SessionDriver, started: float) -> Summary:
+    def add_run(self, driver: SessionDriver, started: float) -> TransferSummary:
         """What the run's sessions moved, and how long it took since ``started``."""
         stats = driver.stats()
         self.wire_bytes_sent = stats.bytes_sent

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from host import errors
-from host.batch import CONTROL_LANE, LinkOptions, Summary, open_run, poll
+from host.batch import CONTROL_LANE, LinkOptions, TransferSummary, open_run, poll
 from host.progress import Progress
 from host.transfer_store import STATE_DIR, DirStore
 from protocol import messages
@@ -45,13 +45,13 @@ class _Run:
         self.options = options
         self.store = store
         self.progress = progress
-        self.summary = Summary("receive")
+        self.summary = TransferSummary("receive")
         self.receiver: Receiver | None = None
         self.announced: int | None = None  # files in the batch
         self.finished = False
         self.done_bytes = 0
 
-    def run(self) -> Summary:
+    def run(self) -> TransferSummary:
         t0 = time.monotonic()
         while not self.finished:
             for event in poll(self.runner, self.options):
@@ -154,7 +154,7 @@ class _Run:
 
 
 def receive_files(port: str, directory: Path, options: LinkOptions,
-                  progress: Progress | None = None) -> Summary:
+                  progress: Progress | None = None) -> TransferSummary:
     """Receive one session's files from a ``haven send`` on ``port`` into ``directory``."""
     store = DirStore(directory)
     try:

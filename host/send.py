@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from host import errors
-from host.batch import BULK_LANE, CONTROL_LANE, LinkOptions, Summary, open_run, poll
+from host.batch import BULK_LANE, CONTROL_LANE, LinkOptions, TransferSummary, open_run, poll
 from host.progress import Progress
 from protocol import messages
 from protocol.driver.errors import LinkError
@@ -78,7 +78,7 @@ class _File:
 
 
 def send_files(port: str, paths: list[Path], options: LinkOptions,
-               progress: Progress | None = None) -> Summary:
+               progress: Progress | None = None) -> TransferSummary:
     """Send ``paths`` to a ``haven receive`` on ``port``; return the summary."""
     progress = progress or Progress(enabled=False)
     names = [p.name for p in paths]
@@ -96,9 +96,9 @@ def send_files(port: str, paths: list[Path], options: LinkOptions,
 
 
 def _run(runner: SessionDriver, options: LinkOptions, files: list[_File],
-         progress: Progress) -> Summary:
+         progress: Progress) -> TransferSummary:
     t0 = time.monotonic()
-    summary = Summary("send", file_bytes=sum(f.manifest.size for f in files),
+    summary = TransferSummary("send", file_bytes=sum(f.manifest.size for f in files),
                       chunks=sum(f.manifest.count for f in files))
     index = 0
     sender: Sender | None = None

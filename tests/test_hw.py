@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from gpiozero.pins.mock import MockFactory
 
+from device import status
 from device.hardware import panel as hw
 from device.store import init_store
 from device.ui.app import KioskApp
@@ -101,6 +102,11 @@ def test_blinking_patterns_toggle_the_pin(kit: hw.Hardware, factory: MockFactory
     # Each lit span lasts this pattern's on-time (the patterns differ by it).
     spans = lit_spans(pin)
     assert spans and all(0.5 * on_time <= t <= on_time + 0.4 for t in spans), spans
+
+
+def test_the_led_has_a_pattern_for_every_status_and_no_other() -> None:
+    assert set(hw.PATTERNS) == set(status.STATUSES)
+    assert hw.SYNCED is status.SYNCED and LiveStatus().state in status.STATUSES
 
 
 def test_pattern_periods_are_distinct() -> None:

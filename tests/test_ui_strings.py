@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from device.status import PENDING, STATUSES
 from device.ui.app import LANGUAGES, STATIC
 from device.ui.checkin import REASONS
 
@@ -94,6 +95,18 @@ def test_page_and_script_use_only_known_keys() -> None:
     used |= {f"sync_{s}" for s in ("offline", "pending", "synced", "error")}
     assert used, "no keys found"
     assert used - set(EN) == set()
+
+
+def test_every_status_has_words_and_a_colour_on_the_page() -> None:
+    """The page shows each of device.status's names, the same the LED shows."""
+    for lang in LANGUAGES:
+        assert {f"sync_{s}" for s in STATUSES} <= set(STRINGS[lang]), lang
+    css = (STATIC / "app.css").read_text("utf-8")
+    styled = set(re.findall(r'#sync\[data-state="(\w+)"\]', css))
+    assert styled == set(STATUSES) - {PENDING}  # pending is the dot's default colour
+    page = (STATIC / "index.html").read_text("utf-8")
+    script = (STATIC / "app.js").read_text("utf-8")
+    assert 'id="sync" data-state="pending"' in page and 'state: "pending"' in script
 
 
 def test_every_field_refuses_autofill() -> None:

@@ -8,13 +8,13 @@ tests, demos); any other name, or none, tries gpiozero's own choice and,
 when no real GPIO is there, falls back to the mock with a warning
 (``HardwareFallback``), so a kiosk on a laptop still runs.
 
-``StatusLed`` shows one of four patterns, each a (on, off) blink period:
-``synced`` steady on, ``pending`` slow blink, ``offline`` a short blip,
-``error`` fast blink. ``ServiceButton`` calls ``when_sync_now`` after a long
-press (``hold_time``) and exposes ``is_held`` and ``wait_for_press`` for
-provisioning's physical-presence check. ``Chime`` beeps the buzzer once per
-check-in. ``Hardware`` bundles the three with one ``close``. Every class
-takes a keyword-only ``pin_factory=None``.
+``StatusLed`` shows one of the four statuses of ``device.status`` as a
+blink pattern, each a (on, off) period: ``synced`` steady on, ``pending``
+slow blink, ``offline`` a short blip, ``error`` fast blink. ``ServiceButton``
+calls ``when_sync_now`` after a long press (``hold_time``) and exposes
+``is_held`` and ``wait_for_press`` for provisioning's physical-presence
+check. ``Chime`` beeps the buzzer once per check-in. ``Hardware`` bundles the
+three with one ``close``. Every class takes a keyword-only ``pin_factory=None``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,13 @@ from typing import Any
 from gpiozero import LED, Button, Buzzer, Device
 from gpiozero.pins.mock import MockFactory
 
-SYNCED, PENDING, OFFLINE, ERROR = "synced", "pending", "offline", "error"
-#: pattern -> (seconds on, seconds off); ``None`` means steady on.
+# Re-exported: callers may name the statuses through the module that shows them.
+from device.status import ERROR as ERROR
+from device.status import OFFLINE as OFFLINE
+from device.status import PENDING as PENDING
+from device.status import SYNCED as SYNCED
+
+#: status (``device.status``) -> (seconds on, seconds off); ``None`` means steady on.
 PATTERNS: dict[str, tuple[float, float] | None] = {
     SYNCED: None,
     PENDING: (1.0, 1.0),

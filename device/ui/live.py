@@ -1,5 +1,7 @@
 """What the page shows live: sync state, and how far check-ins reached the clinic.
 
+The state is one of ``device.status``'s names, the same the status LED shows.
+
 ``LiveStatus`` is written from the sync thread and read on the event loop.
 Each check-in the page makes gets an ordinal (``note_checkin``); the sync
 engine moves ``sent_upto`` when it knows every check-in up to an ordinal
@@ -16,7 +18,9 @@ import threading
 import time
 from typing import Any
 
-OFFLINE, PENDING, SYNCED, ERROR = "offline", "pending", "synced", "error"
+from device.status import ERROR, OFFLINE, PENDING, SYNCED
+
+__all__ = ["ERROR", "OFFLINE", "PENDING", "SYNCED", "LiveStatus"]
 
 
 class LiveStatus:
