@@ -30,13 +30,14 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from device.exc import DeviceError
 from device.health.memory import MemoryLimits
 from device.health.storage_guard import StorageLimits
 
 DEFAULT_PATH = Path("/etc/haven/kiosk.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(DeviceError, ValueError):
     """The configuration file or a flag is wrong; the message names the key and why."""
 
 

@@ -20,7 +20,8 @@ class UsageError(HavenError, ValueError):
 
 
 class TransferFailed(HavenError):
-    """The transfer ended without the file (an abort from either side)."""
+    """The transfer ended without the file (the protocol's ``TransferAborted`` event, from
+    either side)."""
 
     exit_code = 1
 

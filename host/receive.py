@@ -33,8 +33,8 @@ from protocol.transfer import (
     ChunkStored,
     OfferReceived,
     Receiver,
+    TransferAborted,
     TransferComplete,
-    TransferFailed,
 )
 
 
@@ -125,7 +125,7 @@ class _Run:
             for wire in self.receiver.messages_to_send():
                 self.runner.send(CONTROL_LANE, wire)
             self._retire()
-        elif isinstance(tev, TransferFailed):
+        elif isinstance(tev, TransferAborted):
             name = self.receiver.name or "the transfer"
             for wire in self.receiver.messages_to_send():
                 self.runner.send(CONTROL_LANE, wire)

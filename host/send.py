@@ -35,8 +35,8 @@ from protocol.transfer import (
     MAX_MESSAGE,
     Manifest,
     Sender,
+    TransferAborted,
     TransferComplete,
-    TransferFailed,
     build_manifest,
     check_name,
 )
@@ -126,7 +126,7 @@ def _run(runner: SessionDriver, options: LinkOptions, files: list[_File],
                     continue
                 current = sender
                 for tev in current.receive(event.data):
-                    if isinstance(tev, TransferFailed):
+                    if isinstance(tev, TransferAborted):
                         _flush_abort(runner, current)
                         raise errors.TransferFailed(
                             f"{files[index].path.name}: the receiver aborted: {tev.reason}"

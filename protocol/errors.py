@@ -1,12 +1,15 @@
-"""The protocol's exceptions, under one root.
+"""The protocol's exceptions, under one root, as gpiozero's ``exc.py``.
 
-``LocalProtocolError`` means the caller misused the API; ``RemoteProtocolError``
-means the peer (or the line) sent something we refuse. Both are
-``ProtocolError`` and ``ValueError``, so callers can catch either.
+``ProtocolError`` is the root of everything ``protocol`` raises, the pure core
+and its I/O subpackage alike (``protocol.driver.errors.DriverError`` is a
+branch of it). In the core, ``LocalProtocolError`` means the caller misused
+the API and ``RemoteProtocolError`` means the peer (or the line) sent
+something we refuse; both are also ``ValueError``, so callers can catch
+either. Each leaf of the tree also inherits the matching built-in.
 """
 
 
-class ProtocolError(ValueError):
+class ProtocolError(Exception):
     """Root of every error raised by ``protocol``."""
 
     #: A short, stable reason code (used in close messages and counters).
@@ -18,13 +21,13 @@ class ProtocolError(ValueError):
             self.code = code
 
 
-class LocalProtocolError(ProtocolError):
+class LocalProtocolError(ProtocolError, ValueError):
     """We were asked to do something the protocol does not allow."""
 
     code = "local-error"
 
 
-class RemoteProtocolError(ProtocolError):
+class RemoteProtocolError(ProtocolError, ValueError):
     """The peer sent bytes or a message we refuse."""
 
     code = "remote-error"

@@ -41,7 +41,7 @@ events, and hand out messages to send. The sender pulls chunk data through a
 by one from ``next_message()``, so the caller's flow control decides the pace
 and neither side holds more than one chunk of data. Each side's legal
 (state, message) pairs live in one table; any other pair, and any malformed or
-inconsistent message, fails the transfer with a ``TransferFailed`` event and an
+inconsistent message, fails the transfer with a ``TransferAborted`` event and an
 ``xfer-abort`` to the peer, never an exception. ``LocalProtocolError`` is
 raised only for misuse of the API.
 """
@@ -74,8 +74,8 @@ from protocol.transfer_types import (
     Event,
     OfferReceived,
     ReceiverLimits,
+    TransferAborted,
     TransferComplete,
-    TransferFailed,
     TransferStats,
 )
 
@@ -83,7 +83,7 @@ __all__ = [
     "ABORT", "DATA", "DEFAULT_PART_SIZE", "DONE", "HASH_SIZE", "LENGTH_SIZE", "MANIFEST",
     "MANIFEST_PIECE", "MAX_MESSAGE", "MAX_NAME", "MAX_PART", "NEED", "OFFER", "ChunkRejected",
     "ChunkStore", "ChunkStored", "Event", "Manifest", "ManifestBuilder", "MemoryStore",
-    "OfferReceived", "Receiver", "ReceiverLimits", "Sender", "TransferComplete", "TransferFailed",
+    "OfferReceived", "Receiver", "ReceiverLimits", "Sender", "TransferComplete", "TransferAborted",
     "TransferStats", "build_manifest", "check_name", "transfer_id",
 ]
 
@@ -142,7 +142,7 @@ class _Endpoint:
         self.state = "idle"
         self.xfer = xfer
         self.stats = TransferStats()
-        self.failure: TransferFailed | None = None
+        self.failure: TransferAborted | None = None
         self._xfer_hint = 0  # for an abort before we know our transfer id
         self._outbox: list[bytes] = []
 
@@ -155,7 +155,7 @@ class _Endpoint:
 
     def _fail(self, code: str, detail: str) -> list[Event]:
         self.state = "failed"
-        self.failure = TransferFailed(code, detail)
+        self.failure = TransferAborted(code, detail)
         self._send("xfer-abort", reason=code, detail=detail[:200])
         return [self.failure]
 
@@ -183,7 +183,7 @@ class _Endpoint:
 
     def _on_abort(self, msg: Message) -> list[Event]:
         self.state = "failed"
-        self.failure = TransferFailed(str(msg.get("reason")), str(msg.get("detail", "")),
+        self.failure = TransferAborted(str(msg.get("reason")), str(msg.get("detail", "")),
                                       remote=True)
         return [self.failure]
 

@@ -49,7 +49,7 @@ class TransferComplete:
 
 
 @dataclass(frozen=True)
-class TransferFailed:
+class TransferAborted:
     """The transfer is over without the object. ``remote``: the peer aborted it."""
 
     reason: str
@@ -57,7 +57,7 @@ class TransferFailed:
     remote: bool = False
 
 
-Event = OfferReceived | ChunkStored | ChunkRejected | TransferComplete | TransferFailed
+Event = OfferReceived | ChunkStored | ChunkRejected | TransferComplete | TransferAborted
 
 
 @dataclass

@@ -23,8 +23,8 @@ from protocol.transfer import (
     Receiver,
     ReceiverLimits,
     Sender,
+    TransferAborted,
     TransferComplete,
-    TransferFailed,
     build_manifest,
     transfer_id,
 )
@@ -220,8 +220,8 @@ def test_persistent_corruption_fails_cleanly():
     data = random.Random(7).randbytes(50_000)
     store = MemoryStore()
     link = transfer(data, store, tamper=flip_first_data(100, index=2))
-    failed = of_type(link.events, TransferFailed)
-    assert failed == [TransferFailed("chunk-hash", failed[0].detail)]
+    failed = of_type(link.events, TransferAborted)
+    assert failed == [TransferAborted("chunk-hash", failed[0].detail)]
     assert link.sender.state == "failed" and link.sender.failure is not None
     assert link.sender.failure.remote and link.sender.failure.reason == "chunk-hash"
     # The chunks before the damaged one were stored, each once; every chunk
@@ -264,7 +264,7 @@ def test_source_changed_under_sender():
             sender.receive(back)
     assert sender.state == "failed" and sender.failure is not None
     assert sender.failure.reason == "source-changed"
-    assert events[-1] == TransferFailed("source-changed", events[-1].detail, remote=True)
+    assert events[-1] == TransferAborted("source-changed", events[-1].detail, remote=True)
 
 
 # --- bad input -------------------------------------------------------------------------
@@ -294,7 +294,7 @@ def data_msg(index=0, offset=0, data=b"x", xfer=1):
 
 def expect_failure(receiver: Receiver, message, code: str) -> None:
     events = receiver.receive(message)
-    assert len(events) == 1 and isinstance(events[0], TransferFailed), events
+    assert len(events) == 1 and isinstance(events[0], TransferAborted), events
     assert events[0].reason == code, events[0]
     assert receiver.state == "failed"
     out = [messages.decode(m) for m in receiver.messages_to_send()]
@@ -386,7 +386,7 @@ def test_sender_refuses_bad_replies():
         while s.state == "offering":
             s.next_message()
         events = s.receive(bad)
-        assert s.state == "failed" and isinstance(events[0], TransferFailed), bad
+        assert s.state == "failed" and isinstance(events[0], TransferAborted), bad
         assert messages.decode(s.next_message() or b"").name == "xfer-abort"
         assert s.next_message() is None
 

@@ -29,6 +29,8 @@ from typing import Any
 from gpiozero import LED, Button, Buzzer, Device
 from gpiozero.pins.mock import MockFactory
 
+from device.exc import HardwareError, HardwareFallback, UnknownPattern
+
 # Re-exported: callers may name the statuses through the module that shows them.
 from device.status import ERROR as ERROR
 from device.status import OFFLINE as OFFLINE
@@ -44,18 +46,6 @@ PATTERNS: dict[str, tuple[float, float] | None] = {
 }
 LED_PIN, BUTTON_PIN, BUZZER_PIN = 17, 27, 22
 HOLD_TIME = 3.0
-
-
-class HardwareError(Exception):
-    """Root of the kiosk's hardware errors."""
-
-
-class UnknownPattern(HardwareError, ValueError):
-    """No such LED pattern."""
-
-
-class HardwareFallback(RuntimeWarning):
-    """No real GPIO here: the simulated (mock) pins are used instead."""
 
 
 def pin_factory_from_env(env: dict[str, str] | None = None) -> Any:

@@ -23,12 +23,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from device.exc import DeviceError
+
 RUNTIME_FILE = "runtime.json"
 LONGEST_PRESS = 30.0  #: what ``/api/hw/press`` accepts
 TIMEOUT = 10.0
 
 
-class HwRemoteError(Exception):
+class HwRemoteError(DeviceError):
     """Root of the errors of ``haven-kiosk hw``."""
 
 

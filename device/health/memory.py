@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from device.exc import DeviceError
 from device.health.levels import LevelWatch, past
 
 OK, SOFT, HARD = 0, 1, 2
@@ -33,7 +34,7 @@ MIB = 1024 * 1024
 log = logging.getLogger("haven.kiosk")
 
 
-class MemoryReadError(OSError):
+class MemoryReadError(DeviceError, OSError):
     """``/proc`` did not say what the monitor needs."""
 
 

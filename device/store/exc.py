@@ -1,9 +1,11 @@
-"""The store's exceptions: one root, each leaf also a matching built-in."""
+"""The store's exceptions: one branch of ``device.exc``, each leaf also a matching built-in."""
 
 from __future__ import annotations
 
+from device.exc import DeviceError
 
-class StoreError(Exception):
+
+class StoreError(DeviceError):
     """Root of every error the kiosk store raises."""
 
     code = "store-error"

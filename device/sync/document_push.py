@@ -36,7 +36,7 @@ from device.store import CorruptData, Store
 from device.sync.document_store import DELIVERED, REFUSED, DocumentStore
 from protocol.messages import Message
 from protocol.session.core import Session
-from protocol.transfer import Sender, TransferComplete, TransferFailed, transfer_id
+from protocol.transfer import Sender, TransferAborted, TransferComplete, transfer_id
 
 DOC_LANE = 3  #: the session's least urgent lane (records of lane 3 and up share it)
 CONTROL_LANE = 0
@@ -143,7 +143,7 @@ class DocumentPush:
                 self.docs.mark(self._rid, DELIVERED)
                 self.stats.delivered += 1
                 return self._retire()
-            if isinstance(event, TransferFailed):
+            if isinstance(event, TransferAborted):
                 return self._settle(event.reason, event.detail)
         return []
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from device.enrol import Identity
+from device.exc import DeviceError
 from device.store import Store, StoreError
 from device.sync.circuit import Breakers
 from device.sync.document_push import DocumentPush, lane_room
@@ -78,7 +79,7 @@ STALL = 10.0
 DOCUMENT_SHARE = 0.75
 
 
-class SyncFailed(Exception):
+class SyncFailed(DeviceError):
     """This round failed; another may succeed."""
 
 

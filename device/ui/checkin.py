@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from device.exc import DeviceError
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.ids import patient_id
 
@@ -26,7 +27,7 @@ PATIENT_NAME = crdt_schema.PATIENT.field("name").number
 PATIENT_BIRTH = crdt_schema.PATIENT.field("birthDate").number
 
 
-class CheckinInputError(ValueError):
+class CheckinInputError(DeviceError, ValueError):
     """Bad input: ``code`` is what the page shows (translated)."""
 
     def __init__(self, code: str) -> None:

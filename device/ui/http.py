@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from device.exc import DeviceError
+
 MAX_HEAD = 8 * 1024
 MAX_BODY = 16 * 1024
 REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 403: "Forbidden",
@@ -63,7 +65,7 @@ class Response:
     stream: AsyncIterator[bytes] | None = None
 
 
-class HttpError(Exception):
+class HttpError(DeviceError):
     def __init__(self, status: int, code: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(code)
         self.status, self.code, self.extra = status, code, extra or {}

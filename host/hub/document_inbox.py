@@ -53,8 +53,8 @@ from protocol.transfer import (
     OfferReceived,
     Receiver,
     ReceiverLimits,
+    TransferAborted,
     TransferComplete,
-    TransferFailed,
 )
 
 DOCUMENTS_DIR = "documents"
@@ -191,7 +191,7 @@ class DocumentInbox:
                 store.finish()  # the file is in place before xfer-done goes out
                 self.stored += 1
                 self._log("document", f"{uuid.UUID(event.name)}: {event.size} bytes stored")
-            elif isinstance(event, TransferFailed):
+            elif isinstance(event, TransferAborted):
                 self._log(event.reason, f"document {receiver.name}: {event.detail}")
         out = [(CONTROL_LANE, wire) for wire in receiver.messages_to_send()]
         if receiver.state in receiver.TERMINAL:

@@ -8,9 +8,11 @@ stable reason, as in ``protocol.errors``.
 
 from __future__ import annotations
 
+from protocol.errors import ProtocolError
 
-class DriverError(Exception):
-    """Root of every error raised by ``protocol.driver``."""
+
+class DriverError(ProtocolError):
+    """Root of every error raised by ``protocol.driver`` (a branch of ``ProtocolError``)."""
 
     code = "driver-error"
 

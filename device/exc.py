@@ -1,0 +1,27 @@
+"""The kiosk's exceptions under one root, as gpiozero's ``exc.py``.
+
+``DeviceError`` is the root of every error ``device`` raises. Each part has
+its branch (``device.store.exc.StoreError`` for the store, ``HardwareError``
+here for the LED, button and buzzer, ``SyncFailed`` for a round that did not
+complete), and each leaf also inherits the matching built-in
+(``UnknownPattern`` is a ``ValueError``, ``StorageFull`` an ``OSError``), so a
+caller catches whichever it already handles.
+"""
+
+from __future__ import annotations
+
+
+class DeviceError(Exception):
+    """Root of every error raised by ``device``."""
+
+
+class HardwareError(DeviceError):
+    """Root of the kiosk's hardware errors."""
+
+
+class UnknownPattern(HardwareError, ValueError):
+    """No such LED pattern."""
+
+
+class HardwareFallback(RuntimeWarning):
+    """No real GPIO here: the simulated (mock) pins are used instead."""
