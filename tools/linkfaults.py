@@ -106,13 +106,6 @@ class Windows:
             self._random_end = start + self._duration
         self._pending.sort()
 
-    def add(self, start: float, duration: float) -> None:
-        """Add a fixed window from ``start`` lasting ``duration`` seconds."""
-        if duration > 0:
-            self._pending.append((start, start + duration))
-            self._pending.sort()
-            self._starts.append(start)
-
     def next_after(self, now: float) -> tuple[float, float] | None:
         """The first window that ends after ``now`` (it may already have begun)."""
         self._seen = max(self._seen, now)

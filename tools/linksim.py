@@ -50,11 +50,10 @@ class Line:
     name: str = "ab"  #: the direction, part of the fault model's seed as in linkemu
 
     def __post_init__(self) -> None:
-        self._outages = Windows(self.outages)
         stalls = Windows(self.stalls) if self.stalls else None
         # A copy: set_corrupt() on one line must not change another sharing the knobs.
         model = FaultModel(replace(self.faults), seed=self.seed, direction=self.name,
-                           outages=self._outages)
+                           outages=Windows(self.outages))
         line = LineModel(rate=self.rate, latency=self.latency, stalls=stalls)
         self.direction = Direction(self.name, model, line, unit_gap=self.unit_gap,
                                    tx_buffer=self.tx_buffer)
@@ -62,10 +61,6 @@ class Line:
     @property
     def stats(self) -> FaultStats:
         return self.direction.faults.stats
-
-    def add_outage(self, start: float, duration: float) -> None:
-        """Drop every byte written from ``start`` for ``duration`` seconds."""
-        self._outages.add(start, duration)
 
     def set_corrupt(self, corrupt: float) -> None:
         """Change the byte error rate from now on."""

@@ -60,10 +60,6 @@ def wall_of(stamp: int) -> int:
     return stamp >> LOGICAL_BITS
 
 
-def logical_of(stamp: int) -> int:
-    return stamp & LOGICAL_MASK
-
-
 class HLC:
     """One node's hybrid logical clock. ``last`` is the greatest stamp it knows."""
 
@@ -110,16 +106,6 @@ class Dot(NamedTuple):
 
     def to_bytes(self) -> bytes:
         return self.node.to_bytes(4, "big") + self.stamp.to_bytes(8, "big")
-
-    @classmethod
-    def from_version_id(cls, text: str) -> Dot:
-        try:
-            node_hex, stamp_hex = text.split("-")
-            if len(node_hex) != 8 or len(stamp_hex) != 16:
-                raise ValueError(text)
-            return cls(int(stamp_hex, 16), int(node_hex, 16))
-        except ValueError:
-            raise LocalProtocolError(f"not a version id: {text!r}", "version-id") from None
 
 
 class VersionVector(Mapping[int, int]):

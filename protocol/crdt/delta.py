@@ -97,9 +97,6 @@ class Delta:
     def is_delete(self) -> bool:
         return self.kind == DELETE
 
-    def fields_written(self) -> frozenset[int]:
-        return frozenset(self.set) | frozenset(self.add) | frozenset(self.remove)
-
 
 def _key_order(key: int) -> tuple[int, int]:
     return (0, key) if key >= 0 else (1, -1 - key)
@@ -423,7 +420,3 @@ def decode_many(items: Sequence[bytes]) -> list[Delta | RemoteProtocolError]:
                 got = exc
         result.append(got)
     return result
-
-
-def size_of(delta: Delta) -> int:
-    return len(encode(delta))

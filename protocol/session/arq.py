@@ -172,10 +172,6 @@ class RecvLane:
     def ack_state(self) -> tuple[int, list[tuple[int, int]]]:
         return self.cum, list(self.held_ranges)[:MAX_SACK_RANGES]
 
-    @property
-    def held_bytes(self) -> int:
-        return sum(len(p) for p in self._held.values())
-
 
 class RttEstimator:
     """Round-trip time and retransmission timeout, RFC 6298 section 2."""
