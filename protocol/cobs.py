@@ -4,8 +4,9 @@ COBS removes every 0x00 from a payload at a cost of at most one byte in 254,
 so 0x00 can delimit frames: a receiver that lost sync finds the next frame at
 the next zero. The work is done with ``bytes.split`` and slicing, so the pure
 Python code runs at C speed per block rather than per byte, and suits a
-MicroPython port. It encodes at about 280 MB/s and decodes at about 450 MB/s
-on x86-64, so no C extension is used for it.
+MicroPython port; fast enough that no C extension is used for it
+(``./tools/bench framing`` measures framing, COBS included; BENCHMARKS.md has
+the figures).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 A Pi Zero 2 W has 512 MB, shared by the kernel, the GPU, Chromium and this
-runtime (about 50 MiB idle; the goal is at most 80 MiB). ``MemoryMonitor.check``
-reads the process's resident size (``/proc/self/statm``) and the system's
+runtime (its goal is at most 80 MiB; BENCHMARKS.md has what it uses).
+``MemoryMonitor.check`` reads the process's resident size (``/proc/self/statm``) and the system's
 ``MemAvailable`` (``/proc/meminfo``) and turns them into a level: ``ok``,
 ``soft`` (the RSS at ``soft_mib`` or the system's available memory under
 ``available_soft_mib``) or ``hard``. Levels have hysteresis (``levels``).

@@ -44,7 +44,7 @@ log = logging.getLogger("haven.kiosk")
 
 @dataclass(frozen=True)
 class StorageLimits:
-    """Free-space thresholds in MiB; 0 turns one off. A check-in writes some 30 KB."""
+    """Free-space thresholds in MiB; 0 turns one off."""
 
     low_mib: float = 128.0
     critical_mib: float = 32.0
