@@ -86,7 +86,8 @@ def poll(driver: SessionDriver, options: LinkOptions) -> list[DriverEvent]:
             connected = True
         if not isinstance(event, Closed):
             continue
-        if event.reason == "auth":
+        if event.reason in ("auth", "unknown-key"):
+            driver.flush()  # our refusal, if it is ours, leaves before we stop
             raise PeerRefused(f"handshake refused: {event.detail or 'authentication failed'}"
                               " (wrong --peer-key, or the two sides disagree about --key)")
         if event.by_peer and event.reason in ("version", "protocol") and not connected:

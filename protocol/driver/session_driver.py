@@ -205,7 +205,7 @@ class SessionDriver:
                 self.last_heard = now
                 self._events.append(event)
             elif isinstance(event, Closed) and self.restart and not self._closing:
-                cured = not event.by_peer and event.reason != "auth"
+                cured = not event.by_peer and event.reason not in ("auth", "unknown-key")
                 self._events.append(Restarted(f"{event.reason}: {event.detail}") if cured
                                     else event)
                 if cured or not self.initiator:

@@ -1,13 +1,34 @@
-"""The session's configuration, events, statistics and state table."""
+"""The session's configuration, events, statistics and state table.
+
+``TRANSITIONS`` maps each state to the triggers it allows and the state each
+leads to; ``Session`` changes state only through it, and a trigger a state
+does not list is a ``LocalProtocolError`` (as in h11's ``_state.py``):
+
+* ``handshake``: the Noise handshake of this link is under way. The
+  responder restarts it (``restart``) when the initiator starts over; it ends
+  ``established`` (a new session: open) or ``established-resuming`` (the
+  hello named a session to resume: the token is still to come).
+* ``resuming``: the handshake is complete and the resume is being proven;
+  ``resumed`` opens the session with the old session's lanes.
+* ``open``: data flows. An open responder runs a second handshake beside the
+  session when a new initiator starts one, and ``take-over`` gives the
+  session that handshake's keys once it completes as the same peer.
+* ``closed``: nothing more happens.
+
+``reconnect`` (initiator only) starts a new link's handshake from any state
+but closed.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-HANDSHAKE, OPEN, CLOSED = "handshake", "open", "closed"
+HANDSHAKE, RESUMING, OPEN, CLOSED = "handshake", "resuming", "open", "closed"
 TRANSITIONS: dict[str, dict[str, str]] = {
-    HANDSHAKE: {"established": OPEN, "close": CLOSED, "fail": CLOSED},
-    OPEN: {"reconnect": HANDSHAKE, "close": CLOSED, "fail": CLOSED},
+    HANDSHAKE: {"restart": HANDSHAKE, "established": OPEN, "established-resuming": RESUMING,
+                "reconnect": HANDSHAKE, "close": CLOSED, "fail": CLOSED},
+    RESUMING: {"resumed": OPEN, "reconnect": HANDSHAKE, "close": CLOSED, "fail": CLOSED},
+    OPEN: {"take-over": OPEN, "reconnect": HANDSHAKE, "close": CLOSED, "fail": CLOSED},
     CLOSED: {},
 }
 
@@ -71,6 +92,8 @@ class SessionStats:
     timeouts: int = 0
     early_frames: int = 0  #: encrypted frames before we had keys
     bad_handshake: int = 0
+    takeovers: int = 0  #: second handshakes that became the session
+    handshakes_dropped: int = 0  #: second handshakes refused, failed, superseded or expired
     bad_messages: int = 0
     unknown_messages: int = 0
     clamped: int = 0  #: absurd values from the peer, clamped
