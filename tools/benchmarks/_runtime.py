@@ -49,13 +49,16 @@ from typing import IO, Any
 BOUND = 30.0  #: every wait on the runtime ends by then
 
 
-def kiosk_command(data: Path, hub: str, port: int) -> list[str]:
+def kiosk_command(data: Path, hub: str, port: int, extra: tuple[str, ...] = ()) -> list[str]:
     script = Path(sys.executable).parent / "haven-kiosk"
-    return [str(script), "run", "--data", str(data), "--hub", hub, "--ui", f"127.0.0.1:{port}"]
+    return [str(script), "run", "--data", str(data), "--hub", hub, "--ui", f"127.0.0.1:{port}",
+            *extra]
 
 
-def start(data: Path, hub: str, port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(kiosk_command(data, hub, port), stdout=log, stderr=subprocess.STDOUT,
+def start(data: Path, hub: str, port: int, log: IO[bytes],
+          extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(kiosk_command(data, hub, port, extra), stdout=log,
+                            stderr=subprocess.STDOUT,
                             env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
                             start_new_session=True)
 
@@ -71,8 +74,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running(data: Path, hub: str, port: int, log: IO[bytes]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start(data, hub, port, log)
+def running(data: Path, hub: str, port: int, log: IO[bytes],
+            extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start(data, hub, port, log, extra)
     try:
         wait_page(f"http://127.0.0.1:{port}", proc)
         yield proc
