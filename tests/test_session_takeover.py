@@ -177,16 +177,17 @@ def test_a_live_session_survives_a_strangers_handshake(stranger):
         assert closed == [("auth", False)] and hub._second is not None
 
 
-def test_another_enrolled_keys_handshake_is_dropped():
+@pytest.mark.parametrize("pattern", ["XX", "IK"])
+def test_another_enrolled_keys_handshake_is_dropped(pattern):
     enrolled: set[bytes] = set()
-    bus, hub, kiosk, kiosk_key = setup(accept=lambda k: k in enrolled or not enrolled)
+    bus, hub, kiosk, kiosk_key = setup(pattern, accept=lambda k: k in enrolled or not enrolled)
     enrolled.add(public(kiosk_key))
     other = X25519PrivateKey.generate()
     enrolled.add(public(other))  # the hub would accept this kiosk on a link of its own
     sid = hub.session_id
     traffic = Traffic(bus, kiosk, seed=2)
     traffic.send(10)
-    second = kiosk_session("XX", other, bus.hub_key, now=bus.now)  # type: ignore[attr-defined]
+    second = kiosk_session(pattern, other, bus.hub_key, now=bus.now)  # type: ignore[attr-defined]
     bus.add(second)
     traffic.send(10)
     assert bus.run(lambda: bool(bus.of(second, Closed)), 5)

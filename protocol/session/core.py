@@ -543,6 +543,9 @@ class Session:
     def _second_complete(self, run: HandshakeRun, now: float) -> None:
         assert run.hs is not None
         run.sealer, run.opener = run.hs.split()
+        if run.resume_request is None and not self._same_peer(run.hs.remote_static):
+            self._refuse(run, "busy", "a session with another peer is open on this link")
+            return  # checked when the key arrived; here again for a key that never did
         if run.resume_request is None and run.read_last:
             self._take_over(run, now, None)
         # Otherwise wait for a frame under its keys: a RESUME with its token,
