@@ -92,7 +92,7 @@ from protocol.session.events import (
 from protocol.session.handshakes import HandshakeRun
 from protocol.session.noise import FrameOpener, FrameSealer, Handshake
 from protocol.session.receiver import SessionReceiver
-from protocol.session.sender import SessionSender
+from protocol.session.sender import SessionSender, check_peer_limits
 
 __all__ = [
     "Closed", "Connected", "Event", "MessageReceived", "Session", "SessionConfig", "SessionStats",
@@ -443,11 +443,11 @@ class Session:
                 return
             if hello.get("lanes") != cfg.lanes or bool(hello.get("stream")) != cfg.stream:
                 raise RemoteProtocolError("lanes or stream mode differ", "protocol")
+            run.limits = hello.get("max_frame"), hello.get("window")
             if run is self._run:
-                tx = self._tx
-            else:  # a second handshake: its own send side, taken over with it
-                tx = run.tx = SessionSender(cfg, self.stats, now)
-            tx.peer_limits(hello.get("max_frame"), hello.get("window"))
+                self._tx.peer_limits(*run.limits)
+            else:  # a second handshake's limits wait for it to take over
+                check_peer_limits(*run.limits)
             run.resume_request = hello.get("resume")
             if run is self._second and not self._may_take_over(run):
                 return
@@ -553,18 +553,19 @@ class Session:
 
     def _take_over(self, run: HandshakeRun, now: float, peer_has: list[int] | None) -> None:
         """The second handshake becomes the session, fresh or resumed."""
-        assert run.hs is not None and run.tx is not None
+        assert run.hs is not None and run.limits is not None
         self._transition("take-over")
         self.stats.takeovers += 1
+        tx = SessionSender(self.config, self.stats, now)
+        tx.peer_limits(*run.limits)
         if peer_has is None:  # the peer started over: so do its lanes
             self._rx = SessionReceiver(self.config, self._events)
             self.session_id = run.hs.handshake_hash[:16]
             self._resume_secret = run.new_secret
         else:
-            run.tx.lanes = self._tx.lanes
+            tx.lanes = self._tx.lanes
             self._rx.new_link()
-        self._tx = run.tx
-        self._tx.rto_start = now
+        self._tx = tx
         self._run, self._second = run, None
         self._sealer, self._opener = run.sealer, run.opener
         self.remote_static = run.hs.remote_static

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol.session.noise import FrameOpener, FrameSealer, Handshake
-from protocol.session.sender import SessionSender
 
 
 @dataclass
@@ -34,7 +33,7 @@ class HandshakeRun:
     seen: dict[int, bytes] = field(default_factory=dict)  #: the peer's frame for each step
     new_secret: bytes | None = None  #: the resume secret the welcome carries
     resume_request: bytes | None = None  #: the session the hello asks to resume
-    tx: SessionSender | None = None  #: a second run's send side, with the peer's limits
+    limits: tuple[int, int] | None = None  #: the peer's max_frame and window, from its hello
     sealer: FrameSealer | None = None  #: a second run's keys, once it is complete
     opener: FrameOpener | None = None
     read_last: bool = False  #: we read the last message: the peer proved it holds its keys

@@ -40,6 +40,12 @@ def data_overhead(max_frame: int) -> int:
     return w.HEADER_SIZE + w.TAG_SIZE + len(varint.encode(1 << 30))
 
 
+def check_peer_limits(max_frame: int, window: int) -> None:
+    """Refuse limits no sender could work with (what ``peer_limits`` takes, it clamps)."""
+    if max_frame < 64:
+        raise RemoteProtocolError(f"peer max_frame {max_frame} is too small", "protocol")
+
+
 class SessionSender:
     """The send lanes of one session and the frames of them in flight.
 
@@ -74,8 +80,7 @@ class SessionSender:
 
     def peer_limits(self, max_frame: int, window: int) -> None:
         """Take the frame size and window the peer announced in the handshake."""
-        if max_frame < 64:
-            raise RemoteProtocolError(f"peer max_frame {max_frame} is too small", "protocol")
+        check_peer_limits(max_frame, window)
         if max_frame > self.config.max_frame or window > self.config.window:
             self.stats.clamped += 1
         self.peer_frame = min(max_frame, self.config.max_frame)
