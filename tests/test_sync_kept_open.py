@@ -1,4 +1,5 @@
-"""A kiosk's hub session kept open between rounds, over real TCP on 127.0.0.1.
+"""A kiosk's hub session kept open between rounds, over real TCP on 127.0.0.1 and
+over a serial line (pty pairs), against the hub's own server loops.
 
 A relay between kiosk and hub counts the connections (each one a new link
 and handshake) and the bytes going up, and can hold the hub's answers back
@@ -8,17 +9,22 @@ and cut the link, as a NAT or a modem that drops its connection does.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import select
 import selectors
 import socket
 import sqlite3
 import threading
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
 from device.sync.connection import HubConnection
 from device.sync.engine import Summary
+from host.hub.hub import Hub, init_hub
+from host.hub.serve import Server
 
 from .test_sync_helpers import Kiosk, served_hub
 
@@ -198,3 +204,112 @@ def test_idle_rounds_on_a_kept_open_session_write_nothing(tmp_path: Path) -> Non
             assert watch.look() == before
         finally:
             watch.close()
+
+
+class PtyRelay:
+    """Two pty pairs and a thread between their masters: the hub opens one slave, the
+    kiosk a symlink to the other. ``cut`` closes the kiosk's pty (its reads fail, as when
+    a USB modem is pulled) and puts a new one behind the symlink."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.hub_master, self.hub_slave = os.openpty()  # the slave stays open here
+        self.hub_path = os.ttyname(self.hub_slave)
+        tty.setraw(self.hub_master)
+        self.url = str(tmp / "modem")
+        self.lock = threading.Lock()
+        self.kiosk_master = self._new_kiosk_pty()
+        self.up = [0]  #: bytes sent up, per pty the kiosk had
+        self.hold = threading.Event()  #: drop what the hub sends down
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _new_kiosk_pty(self) -> int:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        path = Path(self.url)
+        path.unlink(missing_ok=True)
+        path.symlink_to(os.ttyname(slave))
+        os.close(slave)
+        return master
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                kiosk = self.kiosk_master
+            try:
+                ready, _, _ = select.select([self.hub_master, kiosk], [], [], 0.02)
+            except (OSError, ValueError):
+                continue
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    continue
+                if fd == kiosk:
+                    self.up[-1] += len(data)
+                    os.write(self.hub_master, data)
+                elif not self.hold.is_set():
+                    with contextlib.suppress(OSError):
+                        os.write(kiosk, data)
+
+    def cut(self) -> None:
+        with self.lock:
+            os.close(self.kiosk_master)
+            self.kiosk_master = self._new_kiosk_pty()
+            self.up.append(0)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(BOUND)
+        for fd in (self.kiosk_master, self.hub_master, self.hub_slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def test_resumed_session_on_a_serial_line_sends_nothing_already_acknowledged(
+        tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub")
+    server = Server(hub, 5 * 60 * 1000)
+    relay = PtyRelay(tmp_path)
+    server.serial(relay.hub_path, None)
+    kiosk = Kiosk(tmp_path, "a", hub, "A")
+    # A pty whose other end closed reads as silence: the round takes the line for dead
+    # after a second of it (10 s by default).
+    conn = HubConnection(relay.url, kiosk.ident, stall=1.0)
+    try:
+        round_(kiosk, conn)  # the session is open
+        rng = random.Random(7)
+        # A batch within what the session sends without hearing acknowledgements
+        # (16 KiB in flight): all of it reaches the hub while its answers are lost.
+        for i in range(25):
+            kiosk.store.checkin(name=rng.randbytes(300).hex(), passport=f"PA{i:06d}")
+        relay.hold.set()
+        result: list[object] = []
+        worker = threading.Thread(target=lambda: result.append(round_(kiosk, conn)))
+        worker.start()
+        end = time.monotonic() + BOUND
+        while hub.status()["deltas"] < 50:
+            assert time.monotonic() < end, "the batch did not reach the hub"
+            time.sleep(0.02)
+        batch_up = relay.up[-1]
+        relay.cut()
+        relay.hold.clear()
+        worker.join(BOUND)
+        summary = result[0]
+        assert isinstance(summary, Summary) and summary.pushed == 50
+        # One handshake for a new session; the line was opened again (the kiosk may
+        # find the old pty once more while the new one is put in place) and resumed.
+        assert conn.handshakes == 1 and conn.resumes >= 1
+        assert batch_up > 8_000
+        assert relay.up[-1] < 2_000, relay.up
+        assert hub.status()["deltas"] == 50
+        assert kiosk.store.status()["outbox"]["lanes"] == {}
+    finally:
+        conn.close()
+        kiosk.close()
+        server.shutdown()
+        relay.close()
+        hub.close()

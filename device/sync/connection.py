@@ -38,12 +38,19 @@ from collections.abc import Callable
 from device.enrol import Identity
 from device.store import Store
 from device.sync.document_store import DocumentStore
-from device.sync.engine import Summary, SyncFailed, SyncRefused, drive_round, kiosk_driver
+from device.sync.engine import (
+    STALL,
+    Summary,
+    SyncFailed,
+    SyncRefused,
+    drive_round,
+    kiosk_driver,
+)
 from device.sync.state import SyncState
 from protocol.driver.errors import LinkError
 from protocol.driver.link import Link, open_link
 from protocol.driver.session_driver import LinkClosed, SessionDriver
-from protocol.session.events import OPEN, Closed
+from protocol.session.events import CLOSED, Closed
 
 log = logging.getLogger("haven.sync")
 
@@ -54,9 +61,12 @@ IDLE_STEP = 0.05  #: longest wait between two looks at the wake event while idle
 
 class HubConnection:
     def __init__(self, url: str, ident: Identity, *, baud: int | None = None,
-                 keepalive: float = KEEPALIVE,
+                 keepalive: float = KEEPALIVE, stall: float = STALL,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """``stall``: seconds of the hub's silence within a round after which the link
+        is taken for dead and opened again (``drive_round``)."""
         self.url, self.ident, self.baud, self.keepalive = url, ident, baud, keepalive
+        self.stall = stall
         self.clock = clock
         self.link: Link | None = None
         self.driver: SessionDriver | None = None
@@ -77,7 +87,7 @@ class HubConnection:
             try:
                 return drive_round(driver, store, state, self.ident, url=self.url,
                                    limit=max(0.0, limit - (self.clock() - start)), docs=docs,
-                                   reopen=self._reopen)
+                                   reopen=self._reopen, stall=self.stall)
             except SyncRefused:
                 self.close()
                 raise
@@ -160,7 +170,7 @@ class HubConnection:
         self._drop_link()
         link = self._open_link()
         session = self.driver.session
-        resumes = session.state == OPEN and session.session_id is not None
+        resumes = session.state != CLOSED and session.session_id is not None
         self.driver.attach(link)
         if resumes:
             self.resumes += 1

@@ -25,9 +25,10 @@ Sessions end and begin here:
   timeout are the session's; the driver passes its ``Connected``,
   ``MessageReceived`` and ``Closed`` events through;
 * ``attach(link)`` moves to a new link: an initiator whose session is open
-  resumes it there (``Session.reconnect``: a fresh handshake, then each
-  side says how far it got, so nothing acknowledged crosses again); any
-  other session starts over;
+  (or was resuming on a link that broke in turn) resumes it there
+  (``Session.reconnect``: a fresh handshake, then each side says how far it
+  got, so nothing acknowledged crosses again); any other session starts
+  over;
 * with ``restart=True`` (servers, and transfers that retry), a session
   that failed on our side (silence, a flood, a broken rule) is replaced at
   once by a fresh one and reported as ``Restarted``. One the peer closed or
@@ -56,7 +57,6 @@ from protocol.driver.link import Link
 from protocol.session.core import Session
 from protocol.session.events import (
     CLOSED,
-    OPEN,
     Closed,
     Connected,
     Event,
@@ -222,8 +222,8 @@ class SessionDriver:
         now = self.clock() if now is None else now
         self.link = link
         s = self.session
-        if self.initiator and s.state == OPEN and s.session_id is not None:
-            self._owed = b""  # meant for the old link
+        if self.initiator and s.state != CLOSED and s.session_id is not None:
+            self._owed = b""  # meant for the old link (open, or already resuming)
             s.reconnect(now)
         elif s.stats.bytes_sent or s.stats.bytes_received or s.state == CLOSED:
             self.new_session(now)
