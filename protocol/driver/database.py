@@ -96,9 +96,9 @@ class Migrations:
         if version > self.latest:
             path = db.conn.execute("PRAGMA database_list").fetchone()[2] or self.name
             raise DatabaseTooNew(
-                f"{path} ({self.name}) is at version {version}, made by a newer release (this one "
-                f"knows versions up to {self.latest}); it was left as it is: run the newer "
-                "release, or restore a backup made by this one")
+                f"{path} ({self.name}) is at version {version}, made by a newer release"
+                f" (this one knows versions up to {self.latest}); it was left as it is: run"
+                " the newer release, or restore a backup made by this one")
         return version
 
     def apply(self, db: sqlite_utils.Database) -> list[int]:
@@ -108,6 +108,8 @@ class Migrations:
         while self.version(db) < self.latest:
             with immediate(db):
                 version = self.version(db)  # again, under the write lock
+                if version == self.latest:
+                    break  # another connection migrated it meanwhile
                 if version == 0 and self.adopt is not None:
                     version = self.adopt(db)
                 if version < self.latest:
