@@ -65,3 +65,23 @@ def test_a_kiosk_that_connects_again_replaces_its_half_open_connection(tmp_path:
         server.shutdown()
         hub.close()
 
+
+
+def test_serve_refuses_what_it_cannot_open_with_one_line(tmp_path: Path) -> None:
+    """A port that is not there, a port number out of range or an address this
+    machine does not have: one line and status 2 at once, not a traceback or a
+    hub that waits for ever on nothing."""
+    import subprocess
+    import sys
+
+    init_hub(tmp_path / "hub")
+    for how in (["--serial", str(tmp_path / "no-such-tty")],
+                ["--listen", "tcp://127.0.0.1:99999"],
+                ["--listen", "tcp://192.0.2.1:7000"],
+                []):
+        run = subprocess.run([sys.executable, "-m", "host.cli", "hub", "serve", "--data",
+                              str(tmp_path / "hub"), *how],
+                             capture_output=True, text=True, timeout=30)
+        assert run.returncode == 2, (how, run.stderr)
+        assert len(run.stderr.strip().splitlines()) == 1, (how, run.stderr)
+        assert "Traceback" not in run.stderr

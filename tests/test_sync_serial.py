@@ -203,7 +203,7 @@ def test_hub_killed_mid_push_on_serial_kiosk_finishes_once(tmp_path: Path) -> No
 def test_kiosk_killed_mid_push_on_serial_is_answered_at_once(tmp_path: Path) -> None:
     """SIGKILL to the kiosk's sync mid-push over serial: the hub's session is still open
     when the rerun's handshake arrives; the hub sees a new first handshake message and
-    answers it with a new session, instead of ignoring it until its dead timeout."""
+    takes it over with a new session, instead of ignoring it until its dead timeout."""
     hub_dir, (k,) = enrolled(tmp_path, ["k"])
     ids = checkins(k, 1000, "KK")
     with emulator("serial", ["--rate", "11520", "--seed", "4"], tmp_path / "emu.json") as emu, \
@@ -222,7 +222,7 @@ def test_kiosk_killed_mid_push_on_serial_is_answered_at_once(tmp_path: Path) -> 
                                          "--timeout", "30", "--json"))
         assert rc == 0, err
     with Hub(hub_dir) as hub:
-        events = [e["detail"] for e in hub.store.events() if e["code"] == "serial"]
+        events = [e["detail"] for e in hub.store.events() if e["code"] == "takeover"]
     assert any("started over" in e for e in events)
     dump, ops = hub_state(hub_dir)
     assert len(ops) == len(set(ops)) == 2000

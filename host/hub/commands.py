@@ -90,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "hub" and args.hub_command == "serve":
         from host.hub.serve import serve
 
-        return serve(args)
+        with Hub(args.data) as hub:
+            try:
+                serve(hub, listen=args.listen, serial=args.serial, baud=args.baud,
+                      max_ahead_ms=int(args.max_ahead * 1000),
+                      ready=lambda line: print(line, flush=True))
+            except KeyboardInterrupt:
+                print("stopping", file=sys.stderr)
+        return 0
     with Hub(args.data) as hub:
         if args.command == "review":
             return _review(hub, args)

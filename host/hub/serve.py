@@ -12,10 +12,10 @@ the worst outcome is that its session closes: an exception in one
 connection is logged and ends that connection only.
 
 A serial line outlives its sessions: the driver answers the next handshake
-with a fresh session once one ends. A kiosk that starts over while the hub's
-session is still open (its process died, or it gave up on a stalled round)
-is caught by ``HelloWatch`` below until the session takes a new handshake
-itself.
+with a fresh session once one ends, and a kiosk that starts over while the
+hub's session is still open (its process died, or it gave up on a stalled
+round) is taken over by the session itself once its new handshake proves the
+same key (SPEC.md, "A new handshake on an open session").
 
 A TCP connection carries one session at a time. A kiosk whose NAT dropped
 its connection without a word connects again at once; when the new session
@@ -28,12 +28,11 @@ resumed session goes on where it was and its conversation with it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import socket
-import sys
 import threading
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from host.errors import UsageError
@@ -50,51 +49,12 @@ from protocol.driver.session_driver import (
     session_config,
 )
 from protocol.driver.wall_clock import wall_ms
-from protocol.framing import FrameDecoder, encode_frame
-from protocol.session import frames as session_wire
 from protocol.session.core import Session
 from protocol.session.events import Closed, Connected, MessageReceived
 
 IDLE_LIMIT = 60.0  #: a session silent this long is dropped
 KEEPALIVE = 5.0
 POLL = 0.2  #: longest wait in one turn of a connection's loop (how soon it sees a stop)
-
-
-class HelloWatch:
-    """Spots a kiosk that starts a new handshake while the hub's session is open.
-
-    A kiosk whose sync process died (or gave up on a stalled round) starts
-    over with a fresh handshake, which an established responder ignores until
-    its dead timeout (a minute on a serial line). The hub looks at the bytes
-    its session reads: a valid first handshake message other than the one the
-    open session began with means the kiosk started over, and the hub answers
-    it at once with a new session. A repeat of the same message changes nothing.
-    """
-
-    def __init__(self) -> None:
-        self.decoder = FrameDecoder(crc=False, max_payload=1 << 16)
-        self.last: bytes | None = None  #: the latest first message seen
-        self.current: bytes | None = None  #: the one the open session began with
-        self.fresh: bytes | None = None  #: a new first message, not yet handed over
-
-    def feed(self, data: bytes) -> None:
-        for frame in self.decoder.feed(data):
-            if not frame or frame[0] != session_wire.KIND_HANDSHAKE:
-                continue
-            body = session_wire.strip_crc(frame)
-            if body is None or len(body) < 2 or body[1] != 0:
-                continue
-            self.last = frame
-            if self.current is not None and frame != self.current:
-                self.fresh = frame
-
-    def connected(self) -> None:
-        self.current, self.fresh = self.last, None
-
-    def take(self) -> bytes | None:
-        """The new first message, as bytes for the line, once."""
-        fresh, self.fresh, self.current = self.fresh, None, None
-        return None if fresh is None else encode_frame(fresh, crc=False)
 
 
 class Connection:
@@ -111,6 +71,9 @@ class Connection:
     def handle(self, events: list[DriverEvent]) -> None:
         for event in events:
             if isinstance(event, Connected):
+                if self.peer is not None and not event.resumed:
+                    self.server.log("takeover", f"{self.url}: the kiosk started over; "
+                                    "its new session replaces the open one")
                 self.remote = event.remote_static
                 kept = self.server.resumed_peer(event) if event.resumed else None
                 self.peer = kept or self.server.peer(event.remote_static)
@@ -189,15 +152,23 @@ class Server:
     # TCP ----------------------------------------------------------------------------
 
     def listen(self, url: str) -> tuple[str, int]:
+        """Accept kiosks on ``tcp://HOST:PORT``; returns the address bound."""
         parts = urlsplit(url)
-        if parts.scheme != "tcp" or not parts.hostname or parts.port is None:
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "tcp" or not parts.hostname or port is None:
             raise UsageError(f"--listen wants tcp://HOST:PORT, not {url!r}")
-        srv = socket.create_server((parts.hostname, parts.port), reuse_port=False)
+        try:
+            srv = socket.create_server((parts.hostname, port), reuse_port=False)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {url}: {exc.strerror or exc}") from None
         srv.settimeout(POLL)
         self.sockets.append(srv)
         self._start(self._accept, srv)
-        host, port = srv.getsockname()[:2]
-        return str(host), int(port)
+        host, bound = srv.getsockname()[:2]
+        return str(host), int(bound)
 
     def _accept(self, srv: socket.socket) -> None:
         while not self.stop.is_set():
@@ -251,45 +222,29 @@ class Server:
     # Serial -------------------------------------------------------------------------
 
     def serial(self, url: str, baud: int | None) -> None:
-        self._start(self._serial, url, baud)
-
-    def _serial(self, url: str, baud: int | None) -> None:
+        """Serve kiosks on a serial port (any pyserial URL); it must open now."""
         try:
             link = open_link(url, baud)
         except LinkError as exc:
-            self.log("serial", str(exc))
-            return
+            raise UsageError(str(exc)) from None
+        self._start(self._serial, link, url, baud)
+
+    def _serial(self, link: Link, url: str, baud: int | None) -> None:
+        """Serve the port; one that breaks (a modem unplugged) is opened again."""
         conn = Connection(self, self.driver(link, baud), url)
-        driver = conn.driver
-        watch = HelloWatch()
         try:
             while not self.stop.is_set():
                 try:
-                    now = time.monotonic()
-                    out = driver.output(now)
-                    if out:
-                        link.write(out)
-                    deadline = driver.next_deadline()
-                    data = link.read(POLL if deadline is None
-                                     else max(0.0, min(POLL, deadline - now)))
-                    watch.feed(data or b"")
-                    driver.feed(data, time.monotonic())
-                except LinkError as exc:
-                    self.log("serial", f"{url}: {exc}")
-                    self.stop.wait(1.0)
+                    conn.handle(conn.driver.poll(POLL))
                     continue
-                events = driver.events()
-                conn.handle(events)
-                if any(isinstance(e, Connected) for e in events):
-                    watch.connected()
-                if watch.fresh is not None and conn.peer is not None:
-                    hello = watch.take()
-                    self.log("serial", f"{url}: the kiosk started over; new session")
-                    now = time.monotonic()
-                    driver.new_session(now)
-                    conn.peer = None
-                    if hello is not None:
-                        driver.feed(hello, now)
+                except LinkError as exc:
+                    self.log("serial", f"{url}: {exc}; opening it again")
+                link.close()
+                while not self.stop.wait(1.0):
+                    with contextlib.suppress(LinkError):
+                        link = open_link(url, baud)
+                        conn.driver.attach(link)
+                        break
         finally:
             link.close()
 
@@ -302,23 +257,20 @@ class Server:
             t.join(timeout=1.0)
 
 
-def serve(args: argparse.Namespace) -> int:
-    if not args.listen and not args.serial:
+def serve(hub: Hub, *, listen: list[str], serial: list[str], baud: int | None = None,
+          max_ahead_ms: int, ready: Callable[[str], None] = lambda line: None) -> None:
+    """Serve kiosks until interrupted; ``ready`` hears each address as it opens."""
+    if not listen and not serial:
         raise UsageError("give at least one --listen tcp://HOST:PORT or --serial URL")
-    with Hub(args.data) as hub:
-        server = Server(hub, int(args.max_ahead * 1000))
-        for url in args.listen:
+    server = Server(hub, max_ahead_ms)
+    try:
+        for url in listen:
             host, port = server.listen(url)
-            print(f"listening on tcp://{host}:{port}", flush=True)
-        for url in args.serial:
-            server.serial(url, args.baud)
-            print(f"serving serial {url}", flush=True)
-        print(f"hub {hub.x_public.hex()} ready", flush=True)
-        try:
-            while True:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
-        finally:
-            server.shutdown()
-    return 0
+            ready(f"listening on tcp://{host}:{port}")
+        for url in serial:
+            server.serial(url, baud)
+            ready(f"serving serial {url}")
+        ready(f"hub {hub.x_public.hex()} ready")
+        server.stop.wait()
+    finally:
+        server.shutdown()
