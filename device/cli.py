@@ -25,9 +25,9 @@ from protocol.errors import ProtocolError
 
 STORAGE_WARNINGS = {
     "ok": "",
-    "low": "\n  WARNING: under {low_mib} MiB: free space on this disk (the runtime has "
+    "low": "\n  WARNING: under {low_mib:g} MiB: free space on this disk (the runtime has "
            "truncated its write-ahead logs)",
-    "critical": "\n  CRITICAL: under {critical_mib} MiB: new check-ins are refused until "
+    "critical": "\n  CRITICAL: under {critical_mib:g} MiB: new check-ins are refused until "
                 "space is freed",
 }
 

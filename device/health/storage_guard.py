@@ -135,7 +135,7 @@ class StorageGuard:
         space = self.space()
         if space.free < self.limits.critical_mib * MIB:
             raise StorageFull(f"only {space.free / MIB:.2f} MiB free on the disk holding "
-                              f"{self.data} (critical under {self.limits.critical_mib} MiB): "
+                              f"{self.data} (critical under {self.limits.critical_mib:g} MiB): "
                               "new check-ins are refused until space is freed")
 
     def status(self) -> dict[str, Any]:
