@@ -52,8 +52,12 @@ from protocol.driver.wall_clock import wall_ms
 from protocol.session.core import Session
 from protocol.session.events import Closed, Connected, MessageReceived
 
-IDLE_LIMIT = 60.0  #: a session silent this long is dropped
-KEEPALIVE = 5.0
+#: (keepalive, dead timeout) in seconds. A serial line is the hub's own: pings are
+#: free and a restarted kiosk is spotted soon. A TCP session is kept open by the kiosk
+#: between rounds over a metered cellular link, so pings come minutes apart (a NAT
+#: forgets a flow after a few minutes of silence) and a silent session lasts three.
+SERIAL_LIVENESS = (5.0, 60.0)
+TCP_LIVENESS = (120.0, 360.0)
 POLL = 0.2  #: longest wait in one turn of a connection's loop (how soon it sees a stop)
 
 
@@ -138,8 +142,9 @@ class Server:
         return kept[2] if kept is not None and kept[0] == event.session_id else None
 
     def driver(self, link: Link, baud: int | None = None) -> SessionDriver:
-        config = session_config(stream=link.stream, baud=baud, keepalive=KEEPALIVE,
-                                dead_timeout=IDLE_LIMIT, max_message=1 << 20,
+        keepalive, dead = TCP_LIVENESS if link.stream else SERIAL_LIVENESS
+        config = session_config(stream=link.stream, baud=baud, keepalive=keepalive,
+                                dead_timeout=dead, max_message=1 << 20,
                                 send_buffer=2 << 20)
         return SessionDriver(initiator=False, config=config, static_key=self.hub.x_key,
                              restart=not link.stream, link=link, resume_lookup=self._lookup)
