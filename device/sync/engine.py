@@ -192,11 +192,6 @@ class Round:
     def welcomed(self) -> bool:
         return self.sync.welcomed
 
-    @welcomed.setter
-    def welcomed(self, value: bool) -> None:
-        """Set on a session the hub already welcomed (a round on a live session)."""
-        self.sync.welcomed = value
-
     @property
     def done(self) -> bool:
         return self.sync.done and (self.documents is None or self.documents.done)
@@ -233,8 +228,13 @@ class Round:
                 return
             yield msg
 
+    def again(self) -> list[tuple[int, bytes]]:
+        """A round on a session kept open, which the hub already welcomed, starts here
+        instead of with ``hello``: a pull from the cursor and the next batch."""
+        return self.sync.again()
+
     def _push(self) -> list[tuple[int, bytes]]:
-        """The next batch, if none is in flight (a round on a live session starts here)."""
+        """The next batch, if none is in flight."""
         return self.sync.push()
 
 
@@ -300,9 +300,7 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
         since = start  #: the round began, or its link was last opened again
         hello = driver.connected
         if hello:  # the hub knows this kiosk from the session's hello: pull and push
-            rnd.welcomed = True
-            pull = messages.make("sync-pull", cursor=state.cursor)
-            for lane, msg in [(0, messages.encode(pull)), *rnd._push()]:
+            for lane, msg in rnd.again():
                 driver.send(lane, msg)
         while not rnd.done:
             now = time.monotonic()

@@ -362,11 +362,7 @@ class LiveRounds:
         if self.connected:
             # The hub knows this kiosk from the session's hello: a round on a live
             # session is a pull from the cursor and the next batch, as after the welcome.
-            from protocol import messages
-
-            rnd.welcomed = True
-            pull = messages.make("sync-pull", cursor=self.state.cursor)
-            for lane, msg in [(0, messages.encode(pull)), *rnd._push()]:
+            for lane, msg in rnd.again():
                 self.msg_up += len(msg)
                 self.driver.send(lane, msg)
         end = time.monotonic() + limit
