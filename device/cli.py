@@ -15,12 +15,11 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from device import config
-from protocol import WIRE_VERSION, __version__
 from protocol.crdt import schema as crdt_schema
-from protocol.driver.errors import DriverError
+from protocol.driver.command_line import TerseParser, command_parser, run_command
 from protocol.errors import ProtocolError
 
 STORAGE_WARNINGS = {
@@ -30,13 +29,6 @@ STORAGE_WARNINGS = {
     "critical": "\n  CRITICAL: under {critical_mib:g} MiB: new check-ins are refused until "
                 "space is freed",
 }
-
-
-class Parser(argparse.ArgumentParser):
-    """A usage error is one line on stderr (and exit status 2), not the whole usage."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _positive(text: str) -> float:
@@ -54,16 +46,9 @@ def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="haven-kiosk",
-        description="Haven Kiosk runtime: check-ins, local store and sync.",
-    )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"haven-kiosk {__version__} (wire protocol {WIRE_VERSION})",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser("haven-kiosk",
+                                 "Haven Kiosk runtime: check-ins, local store and sync.",
+                                 TerseParser)
 
     p = sub.add_parser("init", help="create the store and the kiosk's keys",
                        description="Create the kiosk's store and keys (or update site/letter).")
@@ -406,25 +391,19 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _failure(exc: Exception) -> tuple[str, int] | None:
     from device.store import StoreError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return COMMANDS[args.command](args)
-    except config.ConfigError as exc:
-        print(f"haven-kiosk {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except (StoreError, ProtocolError, DriverError) as exc:
-        print(f"haven-kiosk {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # e.g. piped into head
-        sys.stderr.close()
-        return 0
+    if isinstance(exc, config.ConfigError):
+        return str(exc), 2
+    if isinstance(exc, (StoreError, ProtocolError)):  # DriverError included
+        return f"error: {exc}", 1
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv, lambda args: COMMANDS[args.command](args),
+                       _failure)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from host.batch import LinkOptions
 from host.errors import HavenError, UsageError
 from host.progress import Progress
-from protocol import WIRE_VERSION, __version__
+from protocol.driver.command_line import command_parser, run_command
 from protocol.driver.errors import DriverError, SecretFileError
 from protocol.driver.secret_files import load_key_file, new_key_file, parse_public_key
 
@@ -40,16 +40,7 @@ def _link_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="haven",
-        description="Haven Kiosk hub and technician tool.",
-    )
-    parser.add_argument(
-        "--version",
-        action="version",
-        version=f"haven {__version__} (wire protocol {WIRE_VERSION})",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser("haven", "Haven Kiosk hub and technician tool.")
     send = sub.add_parser("send", help="send files over a serial port or URL",
                           description="Send FILEs to a `haven receive` on the other end of "
                           "PORT. Exits 0 once the receiver has confirmed every file's hash.")
@@ -124,26 +115,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _failure(exc: Exception) -> tuple[str, int] | None:
+    if isinstance(exc, HavenError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, DriverError):  # a database from a newer release, say
+        return str(exc), 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        return _run(args)
-    except HavenError as exc:
-        print(f"haven {args.command}: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except DriverError as exc:  # a database from a newer release, say
-        print(f"haven {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"haven {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. piped into head
-        sys.stderr.close()
-        return 0
+    return run_command(build_parser(), argv, _run, _failure)
 
 
 if __name__ == "__main__":
