@@ -10,7 +10,6 @@ import pytest
 from device.store import init_store
 from host.cli import main
 from host.hub.hub import Hub
-from host.hub.storage import Op
 from protocol.crdt.delta import decode
 
 
@@ -31,9 +30,8 @@ def test_init_dump_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     kiosk.put("prescription", values={"medication": "x"}, now_ms=1_700_000_001_000)
     deltas = kiosk.deltas_since({})
     with Hub(Path(hub_dir)) as hub:
-        ops = [Op(d.record_id, d.stamp, d.node, data) for data in deltas
-               for d in [decode(data)]]
-        hub.store.commit_batch("k", 1, b"h" * 32, ops + ops[:1], [], 0)
+        good = [(decode(data), data) for data in deltas]
+        hub.store.commit_batch("k", 1, b"h" * 32, good + good[:1], [], 0, [])
         assert hub.dump() == kiosk.dump()
         assert len(list(hub.store.all_ops())) == len(deltas)
     kiosk.close()

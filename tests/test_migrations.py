@@ -28,7 +28,7 @@ from device.sync.state import MIGRATIONS as SYNC_MIGRATIONS
 from device.sync.state import SyncState
 from host.hub.hub import Hub
 from host.hub.storage import MIGRATIONS as HUB_MIGRATIONS
-from host.hub.storage import SqliteHubStore
+from host.hub.storage import HubStore
 from host.transfer_store import MIGRATIONS as INDEX_MIGRATIONS
 from host.transfer_store import DirStore
 from protocol.driver.database import DatabaseTooNew, Migrations, open_database
@@ -45,7 +45,7 @@ DATABASES: dict[str, tuple[Path, Migrations, Callable[[Path], Any]]] = {
     "documents.db": (Path("kiosk/documents.db"), DOCUMENT_MIGRATIONS,
                      lambda root: DocumentStore(root / "kiosk", cipher_of(root))),
     "hub.db": (Path("hub/hub.db"), HUB_MIGRATIONS,
-               lambda root: SqliteHubStore(root / "hub" / "hub.db")),
+               lambda root: HubStore(root / "hub" / "hub.db")),
     "index.db": (INDEX, INDEX_MIGRATIONS, lambda root: DirStore(root / "hub" / "documents")),
 }
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``init_hub`` creates an owner-only directory holding the hub's X25519 key
 (its session identity), its Ed25519 key (it signs kiosk certificates), the
-fleet's patient-id key and ``hub.db`` (``store.SqliteHubStore``). ``Hub``
+fleet's patient-id key and ``hub.db`` (``storage.HubStore``). ``Hub``
 opens it. Enrolment checks the kiosk's signed request, refuses a letter
 already taken at that site, records the kiosk and issues its certificate
 (``protocol.sync.certificate``). The merged state is computed by the reference
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR, held
-from host.hub.storage import Device, Op, SqliteHubStore
+from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import decode, encode
 from protocol.crdt.record import RecordLog, RecordView, canonical_json, conflict_json
@@ -73,7 +73,7 @@ class Hub:
         self.x_key = X25519PrivateKey.from_private_bytes(_read_secret(self.data / X_KEY))
         self.ed_key = Ed25519PrivateKey.from_private_bytes(_read_secret(self.data / ED_KEY))
         self.fleet_key = _read_secret(self.data / FLEET_KEY)
-        self.store = SqliteHubStore(self.data / DB)
+        self.store = HubStore(self.data / DB)
 
     def close(self) -> None:
         self.store.close()

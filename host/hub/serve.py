@@ -98,8 +98,8 @@ class Connection:
             return
         for lane, reply in replies:
             self.driver.send(lane, reply)
-        if peer.close is not None:
-            self.driver.close(*peer.close)
+        if peer.sync.close is not None:
+            self.driver.close(*peer.sync.close)
 
 
 class Server:

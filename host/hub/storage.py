@@ -2,11 +2,10 @@
 
 Theory of operation
 -------------------
-``HubStore`` is the narrow interface the sync code uses; ``SqliteHubStore``
-is its SQLite implementation (WAL, ``synchronous=FULL``, one connection
+``HubStore`` is one SQLite file (WAL, ``synchronous=FULL``, one connection
 behind a lock, every write one ``BEGIN IMMEDIATE`` transaction, tables
-changed only by numbered migrations: ``protocol.driver.database``), so a
-PostgreSQL store can follow by implementing the same methods.
+changed only by numbered migrations: ``protocol.driver.database``). It is
+the ``HubStorage`` of the hub's sync role (``protocol.sync.conversation``).
 
 ``ops`` holds each delta once, keyed by its dot, with ``hseq``, the hub's
 arrival order: a kiosk's pull cursor is an ``hseq``. An ``hseq`` is at least
@@ -26,14 +25,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import sqlite_utils
 
+from protocol.crdt.delta import Delta
 from protocol.driver.database import Migrations, immediate, open_database
 
 MIGRATIONS = Migrations("hub.db")
@@ -93,38 +93,8 @@ class Op:
     data: bytes
 
 
-class HubStore(Protocol):
-    """What the sync engine and the CLI need from the hub's database."""
-
-    def get_meta(self, key: str) -> Any: ...
-    def set_meta(self, key: str, value: Any) -> None: ...
-    def add_device(self, dev: Device, now: int) -> None: ...
-    def device(self, device_id: str) -> Device | None: ...
-    def devices(self) -> list[Device]: ...
-    def set_state(self, device_id: str, state: str) -> bool: ...
-    def batch_hash(self, device_id: str, seq: int) -> bytes | None: ...
-    def commit_batch(self, device_id: str, seq: int, hash_: bytes, ops: list[Op],
-                     bad: list[tuple[str, str, bytes]], now: int,
-                     quarantined: list[int] | None = None) -> list[int]: ...
-    def batch_quarantined(self, device_id: str, seq: int) -> list[int]: ...
-    def add_local(self, op: Op) -> None: ...
-    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
-                      ) -> tuple[list[bytes], int, bool]: ...
-    def head(self) -> int: ...
-    def count(self) -> int: ...
-    def version_vector(self) -> dict[int, int]: ...
-    def all_ops(self) -> Iterator[Op]: ...
-    def record_ops(self, rid: bytes) -> list[Op]: ...
-    def seen(self, device_id: str, now: int, cursor: int | None = None,
-             vv: str | None = None) -> None: ...
-    def log(self, device_id: str | None, code: str, detail: str, now: int) -> None: ...
-    def events(self, limit: int = 100) -> list[dict[str, Any]]: ...
-    def quarantined(self) -> list[dict[str, Any]]: ...
-    def close(self) -> None: ...
-
-
-class SqliteHubStore:
-    """``HubStore`` on one SQLite file. Thread-safe: one lock around one connection."""
+class HubStore:
+    """The hub's database. Thread-safe: one lock around one connection."""
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.RLock()
@@ -176,10 +146,13 @@ class SqliteHubStore:
                               [state, device_id]).rowcount > 0
 
     def seen(self, device_id: str, now: int, cursor: int | None = None,
-             vv: str | None = None) -> None:
+             vv: Mapping[Any, Any] | None = None) -> None:
+        """The kiosk was here (and pulled from ``cursor``, or holds ``vv``)."""
+        text = None if vv is None else json.dumps(
+            {f"{n:08x}": s for n, s in vv.items() if isinstance(n, int)}, sort_keys=True)
         with self._tx() as db:
             db.execute("UPDATE devices SET last_seen = ?, cursor = COALESCE(?, cursor),"
-                       " vv = COALESCE(?, vv) WHERE device_id = ?", [now, cursor, vv, device_id])
+                       " vv = COALESCE(?, vv) WHERE device_id = ?", [now, cursor, text, device_id])
 
     # Batches and deltas -----------------------------------------------------------
 
@@ -188,28 +161,25 @@ class SqliteHubStore:
                        [device_id, seq])
         return bytes(rows[0][0]) if rows else None
 
-    def commit_batch(self, device_id: str, seq: int, hash_: bytes, ops: list[Op],
-                     bad: list[tuple[str, str, bytes]], now: int,
-                     quarantined: list[int] | None = None) -> list[int]:
-        """Apply one batch durably; returns the hub sequence numbers of new deltas."""
-        new: list[int] = []
+    def commit_batch(self, device_id: str, seq: int, hash_: bytes,
+                     good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
+                     now: int, quarantined: list[int]) -> None:
+        """Apply one batch durably: the good deltas, the bad ones in quarantine (code,
+        reason, bytes), and the kiosk's checkpoint moved to it."""
         with self._tx() as db:
             hseq = next_hseq(db)
-            for op in ops:
+            for delta, data in good:
                 cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
-                                 [hseq, op.rid, op.stamp, op.node, op.data, device_id])
-                if cur.rowcount:
-                    new.append(hseq)
-                    hseq += 1
+                                 [hseq, delta.record_id, delta.stamp, delta.node, data, device_id])
+                hseq += cur.rowcount
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
                            " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                       [device_id, seq, hash_, now, len(ops), json.dumps(quarantined or [])])
+                       [device_id, seq, hash_, now, len(good), json.dumps(quarantined)])
             db.execute("UPDATE devices SET last_seq = ?, last_hash = ?, last_seen = ?"
                        " WHERE device_id = ?", [seq, hash_, now, device_id])
-        return new
 
     def batch_quarantined(self, device_id: str, seq: int) -> list[int]:
         rows = self._q("SELECT quarantined FROM batches WHERE device_id = ? AND seq = ?",

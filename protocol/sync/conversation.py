@@ -3,50 +3,30 @@
 Theory of operation
 -------------------
 SPEC.md, "Sync". As h11 holds both ends of HTTP in one module, this module
-holds both ends of a sync round. A role takes the messages its peer sent
-(decoded, or bytes) with the current time as an argument, and returns the
-messages to send back, as ``(lane, bytes)``. It never touches a socket, a
-file, a database or a clock: it asks its storage (``KioskStorage``,
-``HubStorage``, given at construction) what it holds, decides, and tells the
-storage what to keep. The storage does only that; every rule is here.
+holds both ends of a sync round. A role takes a message its peer sent, with
+the current time, and returns the messages to send back as ``(lane, bytes)``.
+It never touches a socket, a file, a database or a clock: it asks its storage
+(``KioskStorage``, ``HubStorage``) what it holds, decides, and tells the
+storage what to keep. Every rule is here.
 
-The kiosk, ``KioskSync``:
+The kiosk (``KioskSync``) says hello, then holds the hub's checkpoint of its
+chain against its own before anything is sent: ahead of our head, our own
+checkpoints were lost (``adopt``); a batch we hold under another hash, the
+chains forked (``ChainForked``); behind a batch the hub acknowledged, the hub
+was restored from a backup (``rewind``: later writes are queued again). Then
+a pull from the cursor, and one batch in flight at a time: a saved,
+unacknowledged batch goes again as it was, else the next writes are signed
+as batch ``head + 1`` and saved before they are sent. An ack removes only the
+entries of the batch in flight.
 
-* ``hello``: certificate, version vector, pull cursor, chain head, time.
-* On the welcome, the hub's checkpoint of our chain is held against ours,
-  before anything is sent: a checkpoint ahead of our head means our own
-  checkpoints were lost (``adopt`` it); one naming a batch we hold under
-  another hash means the chains forked (``ChainForked``: nothing is sent);
-  one behind a batch the hub acknowledged means the hub went back, restored
-  from a backup (``rewind`` to it: the storage forgets the later batches
-  and queues their writes again). Then a pull from the cursor, and the push.
-* Push, one batch in flight: a saved, unacknowledged batch goes again as it
-  was; else the next writes become batch ``head + 1`` on ``prev = head``'s
-  hash, signed, and saved before it is sent. No previous hash on the wire.
-* An ack removes entries only if it names the batch in flight; the indices
-  it lists as quarantined are marked so, the rest leave the outbox. Then
-  the next batch. A ``sync-reject`` raises ``BatchRefused``.
-* A ``sync-changes`` page is merged and its cursor kept (the storage makes
-  the merge durable before the cursor); ``more`` asks for the next page.
-* ``done``: welcomed, nothing more to push or in flight, last page read.
-
-The hub, ``HubSync``:
-
-* The first message must be the hello. Its certificate must be signed by
-  this hub and name the session's key, as must the enrolment; the kiosk
-  must be approved. A refusal sets ``close`` (reason, detail) for the
-  session's close, and is logged.
-* A batch: the kiosk must still be approved; ``_prev_hash`` is the hub's
-  own record of the hash it must follow (its checkpoint for ``last + 1``,
-  the committed batch ``seq - 1`` for an older one, none otherwise:
-  ``out-of-chain``); the signature over the chain head with that hash
-  (``forged``); an old sequence with the same hash is acknowledged again
-  with its quarantine list and applied no more (``duplicate``), with
-  another hash refused (``replay``); the payload (its codes); then each
-  delta through ``check_remote_deltas`` with the kiosk's own node: the bad
-  ones are quarantined, the rest committed, and the ack follows the commit.
-* A pull: the deltas after the cursor that are not the kiosk's own, at
-  most ``CHANGES_BYTES`` (or the asked ``max_bytes``, at least 1 KiB).
+The hub (``HubSync``) wants the hello first: a certificate it signed, naming
+the session's key, of an approved kiosk; a refusal sets ``close``. A batch
+must follow the hash the hub holds (``_prev_hash``), carry a valid signature,
+and not reuse a sequence number under another hash (``replay``); the same
+batch again is acknowledged, not applied (``duplicate``). Each delta is
+checked (``check_remote_deltas``): the bad ones are quarantined, the rest
+committed, and the ack follows the commit. A pull returns the deltas after
+the cursor that are not the kiosk's own, a page at a time.
 """
 
 from __future__ import annotations
@@ -74,19 +54,13 @@ def _encode(name: str, **values: Any) -> bytes:
     return messages.encode(messages.make(name, **values))
 
 
-class SyncError(RemoteProtocolError):
-    """The round cannot go on (the kiosk's side)."""
-
-    code = "sync"
-
-
-class ChainForked(SyncError):
+class ChainForked(RemoteProtocolError):
     """The hub's checkpoint names a batch of ours under another hash."""
 
     code = "fork"
 
 
-class BatchRefused(SyncError):
+class BatchRefused(RemoteProtocolError):
     """The hub refused a batch (``code``: its reason)."""
 
     code = "batch-refused"
@@ -284,7 +258,7 @@ class HubSync:
         self.max_ahead_ms = max_ahead_ms
         self.device: KioskRecord | None = None
         self.close: tuple[str, str] | None = None
-        self.batches = self.rejected = 0
+        self.rejected = 0
 
     def decode(self, data: bytes, now: int) -> messages.Message | None:
         """The message, or None: undecodable, the kiosk is turned away (``close``)."""
@@ -389,7 +363,6 @@ class HubSync:
         if bad:
             self._log("quarantined", f"batch {seq}: {len(bad)} deltas ({bad[0][0]})", now)
         self.device = self.storage.device(dev.device_id) or dev
-        self.batches += 1
         return [self._ack(seq, quarantined)]
 
     def _prev_hash(self, dev: KioskRecord, seq: int) -> bytes | None:
