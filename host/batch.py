@@ -9,7 +9,7 @@ transfer range of SPEC.md (40-49).
 ``open_run`` opens the port and a ``SessionDriver`` on it (Noise ``XX``
 with ``--key``, else ``NN``; paced to ``--baud``; stream mode with
 ``--tcp`` or a ``tcp://`` URL). A session that hears no authenticated frame
-for ``reset_after`` seconds is replaced (a ``Restarted`` event: the peer may
+for ``RESET_AFTER`` seconds is replaced (a ``Restarted`` event: the peer may
 have restarted, and the transfer starts over, moving only missing chunks).
 ``poll`` adds the run's rules: a handshake refused for its key raises
 ``PeerRefused``; no authenticated frame for ``--timeout`` seconds, across
@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -51,7 +51,6 @@ class LinkOptions:
     timeout: float = 120.0  #: give up after this long without an authenticated frame
     key: X25519PrivateKey | None = None
     peer_key: bytes | None = None
-    reset_after: float = RESET_AFTER
 
 
 @contextmanager
@@ -65,7 +64,7 @@ def open_run(port: str, options: LinkOptions, *, initiator: bool) -> Iterator[Se
     config = session_config(
         stream=options.tcp or link.stream, baud=options.baud,
         pattern="XX" if options.key is not None else "NN",
-        dead_timeout=min(options.reset_after, options.timeout), keepalive=KEEPALIVE,
+        dead_timeout=min(RESET_AFTER, options.timeout), keepalive=KEEPALIVE,
         send_buffer=256 * 1024)
     driver = SessionDriver(initiator=initiator, config=config, static_key=options.key,
                            remote_static=options.peer_key, restart=True, link=link)
@@ -118,9 +117,6 @@ class TransferSummary:
     seconds: float = 0.0
     resets: int = 0  #: sessions replaced after a silence
     peer_key: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def add_run(self, driver: SessionDriver, started: float) -> TransferSummary:
         """What the run's sessions moved, and how long it took since ``started``."""

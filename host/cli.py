@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from host.batch import LinkOptions
@@ -111,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         progress.end()
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        print(json.dumps(asdict(summary)))
     return 0
 
 

@@ -42,8 +42,6 @@ LANE_PRESCRIPTION = 0
 LANE_LAB_RESULT = 1
 LANE_CHECKIN = 2
 LANE_NOTE = 3
-LANE_DOCUMENT_CONTENT = 4
-LANE_TELEMETRY = 5
 LANES = {
     0: "prescription",
     1: "lab_result",
@@ -53,11 +51,9 @@ LANES = {
     5: "telemetry",
 }
 
-KINDS = ("string", "code", "integer", "decimal", "boolean", "date", "datetime", "ref")
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$")
 MAX_TEXT = 4096
-MAX_SET = 256
 
 
 class FieldValueError(LocalProtocolError):

@@ -18,7 +18,7 @@ anything else with ``serial.serial_for_url``: a device path, a pty,
 ``TcpLink(sock)`` wraps a socket a server accepted. Every failure to open,
 read or write raises ``LinkError`` with what went wrong, except a serial
 write that times out on a stalled line: the session sends again what did
-not go. A TCP write that cannot finish within ``write_timeout`` breaks the
+not go. A TCP write that cannot finish within ``WRITE_TIMEOUT`` breaks the
 stream (the far end would see half a frame), so it raises.
 """
 
@@ -57,10 +57,8 @@ class TcpLink:
 
     stream = True
 
-    def __init__(self, sock: socket.socket, url: str = "",
-                 write_timeout: float = WRITE_TIMEOUT) -> None:
+    def __init__(self, sock: socket.socket, url: str = "") -> None:
         self.sock = sock
-        self.write_timeout = write_timeout
         if not url:
             with contextlib.suppress(OSError):
                 host, port = sock.getpeername()[:2]
@@ -69,15 +67,6 @@ class TcpLink:
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    @classmethod
-    def connect(cls, host: str, port: int, timeout: float = 5.0) -> TcpLink:
-        url = f"tcp://{host}:{port}"
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise LinkError(f"cannot connect to {host}:{port}: {exc}") from None
-        return cls(sock, url)
 
     def read(self, timeout: float = 0.0) -> bytes | None:
         try:
@@ -92,7 +81,7 @@ class TcpLink:
 
     def write(self, data: bytes) -> None:
         try:
-            self.sock.settimeout(self.write_timeout)
+            self.sock.settimeout(WRITE_TIMEOUT)
             try:
                 self.sock.sendall(data)
             finally:
@@ -163,5 +152,9 @@ def open_link(url: str, baud: int | None = None) -> TcpLink | SerialLink:
             port = None
         if not parts.hostname or port is None:
             raise LinkError(f"a TCP link is tcp://HOST:PORT, not {url!r}")
-        return TcpLink.connect(parts.hostname, port)
+        try:
+            sock = socket.create_connection((parts.hostname, port), timeout=5.0)
+        except OSError as exc:
+            raise LinkError(f"cannot connect to {parts.hostname}:{port}: {exc}") from None
+        return TcpLink(sock, url)
     return SerialLink(url, baud)

@@ -75,10 +75,6 @@ def read_secret(path: Path, what: str = "secret file", size: int | None = None) 
     return data
 
 
-def public_hex(key: X25519PrivateKey) -> str:
-    return key.public_key().public_bytes_raw().hex()
-
-
 def new_key_file(path: Path) -> str:
     """Write a new X25519 private key to ``path`` (0600) and its public hex to
     ``path.pub``; returns the hex. ``FileExistsError`` if ``path`` exists."""
@@ -86,7 +82,7 @@ def new_key_file(path: Path) -> str:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     write_secret(path, pem)
-    pub = public_hex(key)
+    pub = key.public_key().public_bytes_raw().hex()
     Path(f"{path}.pub").write_text(pub + "\n")
     return pub
 
