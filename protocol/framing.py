@@ -44,15 +44,13 @@ def wire_size(payload_size: int, *, crc: bool = True) -> int:
 
 @dataclass
 class FrameStats:
-    """What a ``FrameDecoder`` has seen. Every dropped byte is in one count."""
+    """What a ``FrameDecoder`` has seen. Every dropped run is in one count."""
 
     frames: int = 0  #: good frames handed to the caller
     bad_crc: int = 0  #: frames whose CRC did not match
     bad_cobs: int = 0  #: runs that were not valid COBS
     runts: int = 0  #: runs too short to hold a CRC
     oversized: int = 0  #: runs longer than the largest legal frame
-    bytes_in: int = 0  #: every byte fed
-    bytes_dropped: int = 0  #: bytes that were not part of a good frame
 
     @property
     def dropped(self) -> int:
@@ -90,7 +88,6 @@ class FrameDecoder:
 
         ``data=b""`` is allowed and returns nothing.
         """
-        self.stats.bytes_in += len(data)
         out: list[bytes] = []
         start = 0
         n = len(data)
@@ -112,11 +109,9 @@ class FrameDecoder:
 
     def _hold(self, chunk: bytes) -> None:
         if self._discarding:
-            self.stats.bytes_dropped += len(chunk)
             return
         if len(self._buf) + len(chunk) > self._max_run:
             self.stats.oversized += 1
-            self.stats.bytes_dropped += len(self._buf) + len(chunk)
             self._buf.clear()
             self._discarding = True
             return
@@ -127,23 +122,19 @@ class FrameDecoder:
             raw = cobs.decode(run)
         except RemoteProtocolError:
             self.stats.bad_cobs += 1
-            self.stats.bytes_dropped += len(run) + 1
             return None
         if self.crc:
             if len(raw) < CRC_SIZE:
                 self.stats.runts += 1
-                self.stats.bytes_dropped += len(run) + 1
                 return None
             payload, tail = raw[:-CRC_SIZE], raw[-CRC_SIZE:]
             if crc32c(payload).to_bytes(CRC_SIZE, "little") != tail:
                 self.stats.bad_crc += 1
-                self.stats.bytes_dropped += len(run) + 1
                 return None
         else:
             payload = raw
         if len(payload) > self.max_payload:
             self.stats.oversized += 1
-            self.stats.bytes_dropped += len(run) + 1
             return None
         self.stats.frames += 1
         return payload

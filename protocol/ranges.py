@@ -10,22 +10,14 @@ class RangeSet:
 
     __slots__ = ("_r",)
 
-    def __init__(self, ranges: list[tuple[int, int]] | None = None) -> None:
+    def __init__(self) -> None:
         self._r: list[tuple[int, int]] = []
-        for s, e in ranges or ():
-            self.add(s, e)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self._r)
 
-    def __len__(self) -> int:
-        return len(self._r)
-
     def __bool__(self) -> bool:
         return bool(self._r)
-
-    def __repr__(self) -> str:
-        return f"RangeSet({self._r!r})"
 
     def add(self, start: int, end: int) -> None:
         if end <= start:
@@ -69,6 +61,3 @@ class RangeSet:
 
     def first(self) -> tuple[int, int] | None:
         return self._r[0] if self._r else None
-
-    def total(self) -> int:
-        return sum(e - s for s, e in self._r)

@@ -17,15 +17,14 @@ and refuses (with ``RemoteProtocolError``):
   header claiming 2**63 elements costs nothing (RFC 8949 section 10);
 * indefinite lengths, reserved additional-information values, simple values
   other than false/true/null, and trailing bytes after the item;
-* any tag not in ``allowed_tags``: by default none at all, which refuses the
-  shared-reference tags 28 and 29 that cbor2 would otherwise follow.
+* any tag at all, which refuses the shared-reference tags 28 and 29 that
+  cbor2 would otherwise follow.
 
 Only then does cbor2 build the objects, with duplicate keys refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import cbor2
@@ -54,7 +53,6 @@ def check(
     max_size: int = DEFAULT_MAX_SIZE,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_items: int = DEFAULT_MAX_ITEMS,
-    allowed_tags: Iterable[int] = (),
 ) -> None:
     """Raise ``RemoteProtocolError`` unless ``data`` is one acceptable item."""
     n = len(data)
@@ -62,7 +60,6 @@ def check(
         raise RemoteProtocolError(f"CBOR item of {n} bytes exceeds {max_size}", "too-large")
     if n == 0:
         raise RemoteProtocolError("empty CBOR item", "truncated")
-    tags = frozenset(allowed_tags)
     pos = 0
     items = 0
     # Each stack entry counts the items still owed to an open array or map.
@@ -100,9 +97,7 @@ def check(
         elif major == _MT_MAP:
             owed = 2 * arg
         elif major == _MT_TAG:
-            if arg not in tags:
-                raise RemoteProtocolError(f"CBOR tag {arg} is not accepted", "tag")
-            owed = 1
+            raise RemoteProtocolError(f"CBOR tag {arg} is not accepted", "tag")
         elif major == _MT_SIMPLE and (info < 24 and arg not in _SIMPLE_OK or info == 24):
             raise RemoteProtocolError(f"CBOR simple value {arg} is not accepted", "simple")
         if owed:

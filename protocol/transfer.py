@@ -148,10 +148,7 @@ class _Endpoint:
 
     def _send(self, kind: str, /, **values: object) -> None:
         xfer = self.xfer if self.xfer is not None else self._xfer_hint
-        wire = messages.encode(messages.make(kind, xfer=xfer, **values))
-        self.stats.messages_out += 1
-        self.stats.wire_bytes_out += len(wire)
-        self._outbox.append(wire)
+        self._outbox.append(messages.encode(messages.make(kind, xfer=xfer, **values)))
 
     def _fail(self, code: str, detail: str) -> list[Event]:
         self.state = "failed"

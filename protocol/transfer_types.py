@@ -45,7 +45,6 @@ class TransferComplete:
     name: str
     size: int
     object_hash: bytes
-    verified: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,5 +68,3 @@ class TransferStats:
     duplicates: int = 0  # data for chunks already stored, ignored
     rejected: int = 0  # chunks whose data failed their hash
     ignored: int = 0  # messages after the end of the transfer
-    messages_out: int = 0
-    wire_bytes_out: int = 0

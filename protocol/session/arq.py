@@ -132,7 +132,6 @@ class RecvLane:
         self.cum = 0  #: next offset expected in order
         self._held: dict[int, bytes] = {}  #: out-of-order pieces by offset
         self.held_ranges = RangeSet()
-        self.duplicates = 0
         self.beyond_window = 0
 
     def on_data(self, offset: int, data: bytes) -> bytes:
@@ -143,7 +142,6 @@ class RecvLane:
             end = self.cum + self.window
             data = data[: max(0, end - offset)]
         if end <= self.cum or self.held_ranges.covers(offset, end):
-            self.duplicates += 1
             return b""
         if offset > self.cum:
             self._held[offset] = data

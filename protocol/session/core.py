@@ -447,7 +447,7 @@ class Session:
             if run is self._run:
                 self._tx.peer_limits(*run.limits)
             else:  # a second handshake's limits wait for it to take over
-                check_peer_limits(*run.limits)
+                check_peer_limits(run.limits[0])
             run.resume_request = hello.get("resume")
             if run is self._second and not self._may_take_over(run):
                 return

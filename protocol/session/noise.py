@@ -132,6 +132,12 @@ def _chacha_nonce(n: int) -> bytes:
     return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
 
 
+def _aead(key: bytes) -> ChaCha20Poly1305:
+    if len(key) != KEY_SIZE:
+        raise LocalProtocolError("a cipher key is 32 bytes", "config")
+    return ChaCha20Poly1305(key)
+
+
 def _public(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes_raw()
 
@@ -149,9 +155,7 @@ class CipherState:
             self.initialize_key(key)
 
     def initialize_key(self, key: bytes) -> None:
-        if len(key) != KEY_SIZE:
-            raise LocalProtocolError("a cipher key is 32 bytes", "config")
-        self._aead = ChaCha20Poly1305(key)
+        self._aead = _aead(key)
         self.n = 0
 
     @property
@@ -434,9 +438,6 @@ class Handshake:
         return FrameSealer(send), FrameOpener(recv)
 
 
-HandshakeState = Handshake  #: the specification's name
-
-
 # -- Section 11.4: out-of-order transport messages -----------------------------
 
 
@@ -444,9 +445,7 @@ class FrameSealer:
     """Seals frames with a per-transmission counter nonce (never repeats)."""
 
     def __init__(self, key: bytes) -> None:
-        if len(key) != KEY_SIZE:
-            raise LocalProtocolError("a cipher key is 32 bytes", "config")
-        self._aead = ChaCha20Poly1305(key)
+        self._aead = _aead(key)
         self._next = 0
 
     @property
@@ -482,9 +481,7 @@ class FrameOpener:
     """Opens frames by explicit nonce, with a replay window of ``window`` nonces."""
 
     def __init__(self, key: bytes, *, window: int = DEFAULT_WINDOW) -> None:
-        if len(key) != KEY_SIZE:
-            raise LocalProtocolError("a cipher key is 32 bytes", "config")
-        self._aead = ChaCha20Poly1305(key)
+        self._aead = _aead(key)
         self._window = ReplayWindow(window)
         self.stats = OpenerStats()
 

@@ -5,8 +5,7 @@ and the RTT estimator. It fills the next frame (lowest lane first, within the
 peer's window and the in-flight limit): one lane's segment makes a data frame;
 control messages handed in, or segments of more lanes while the frame has
 room, make a mixed frame, which saves a header and a tag per part. It takes
-acknowledgements,
-finds losses by packet threshold or by the retransmission timer. After a
+acknowledgements, finds losses by packet threshold or by the retransmission timer. After a
 timeout no data flies: the session sends a small ping as a probe, at most
 ``max_probe_interval`` apart, and data resumes the moment any authenticated
 frame comes back. An outage then costs what was in flight when it began
@@ -34,14 +33,12 @@ PART_RESERVE = 1 + 4 + 8
 #: Fewer free bytes than this in a frame are not worth another part.
 MIN_PART = 16
 
-
-def data_overhead(max_frame: int) -> int:
-    """The bytes of a data frame that are not lane data."""
-    return w.HEADER_SIZE + w.TAG_SIZE + len(varint.encode(1 << 30))
+#: The most bytes of a data frame that are not lane data (the offset's varint: 8 at most).
+DATA_OVERHEAD = w.HEADER_SIZE + w.TAG_SIZE + 8
 
 
-def check_peer_limits(max_frame: int, window: int) -> None:
-    """Refuse limits no sender could work with (what ``peer_limits`` takes, it clamps)."""
+def check_peer_limits(max_frame: int) -> None:
+    """Refuse a frame size no sender could work with (``peer_limits`` clamps the rest)."""
     if max_frame < 64:
         raise RemoteProtocolError(f"peer max_frame {max_frame} is too small", "protocol")
 
@@ -59,8 +56,8 @@ class SessionSender:
         self.lanes = [SendLane(cfg.send_buffer) for _ in range(cfg.lanes)]
         self.sizer = FrameSizer(
             min_size=cfg.min_frame,
-            max_size=cfg.max_frame - data_overhead(cfg.max_frame),
-            overhead=data_overhead(cfg.max_frame) + 3,
+            max_size=cfg.max_frame - DATA_OVERHEAD,
+            overhead=DATA_OVERHEAD + 3,
         )
         self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
         self.new_link(now)
@@ -80,12 +77,12 @@ class SessionSender:
 
     def peer_limits(self, max_frame: int, window: int) -> None:
         """Take the frame size and window the peer announced in the handshake."""
-        check_peer_limits(max_frame, window)
+        check_peer_limits(max_frame)
         if max_frame > self.config.max_frame or window > self.config.window:
             self.stats.clamped += 1
         self.peer_frame = min(max_frame, self.config.max_frame)
         self.peer_window = max(1024, min(window, self.config.window))
-        self.sizer.max_size = self.peer_frame - data_overhead(self.peer_frame)
+        self.sizer.max_size = self.peer_frame - DATA_OVERHEAD
         self.sizer.cap = min(self.sizer.cap, self.sizer.max_size)
 
     def rewind(self, peer_has: list[int]) -> None:
