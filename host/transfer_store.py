@@ -35,6 +35,7 @@ from pathlib import Path
 from host.errors import UsageError
 from protocol.chunking import chunk_id
 from protocol.driver.database import Migrations, open_database
+from protocol.driver.secret_files import fsync_dir
 from protocol.transfer import HASH_SIZE, LENGTH_SIZE, check_name
 
 STATE_DIR = ".haven"
@@ -54,14 +55,6 @@ MIGRATIONS.sql(
         name TEXT PRIMARY KEY, object BLOB NOT NULL, size INTEGER NOT NULL,
         mtime_ns INTEGER NOT NULL)""",
 )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DirStore:
@@ -101,7 +94,7 @@ class DirStore:
         os.ftruncate(self._fd, size)
         if fresh:
             os.fsync(self._fd)
-            _fsync_dir(self.incoming)
+            fsync_dir(self.incoming)
         with self.db.atomic():
             self.db.execute("DELETE FROM layout WHERE object = ?", (object_hash,))
         self._layout_count = self._layout_end = 0
@@ -199,7 +192,7 @@ class DirStore:
         if target.is_dir():
             raise UsageError(f"{target} is a directory; not replacing it")
         os.replace(self._part, target)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         st = target.stat()
         with self.db.atomic():
             self.db.execute("DELETE FROM chunks WHERE path = ?", (self.name,))

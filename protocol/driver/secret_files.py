@@ -44,16 +44,17 @@ def write_secret(path: Path, secret: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _sync_dir(path.parent)
+    with contextlib.suppress(OSError):  # the key is written; a directory may refuse fsync
+        fsync_dir(path.parent)
 
 
-def _sync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a file created or renamed in it) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_secret(path: Path, what: str = "secret file", size: int | None = None) -> bytes:
