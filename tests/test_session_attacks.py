@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-import protocol.session.core as session_mod
+import protocol.session.handshakes as session_mod
 from protocol import varint
 from protocol.framing import FrameDecoder, encode_frame
 from protocol.session import frames as w

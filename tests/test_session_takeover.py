@@ -13,7 +13,6 @@ from protocol.errors import LocalProtocolError
 from protocol.framing import encode_frame
 from protocol.session import frames as w
 from protocol.session.core import (
-    MAX_URGENT,
     Closed,
     Connected,
     Event,
@@ -22,6 +21,7 @@ from protocol.session.core import (
     SessionConfig,
 )
 from protocol.session.events import CLOSED, HANDSHAKE, OPEN, RESUMING, TRANSITIONS
+from protocol.session.handshakes import MAX_URGENT
 from tests.session_helpers import Tap, public
 
 STEP = 0.005  #: the bus's clock tick; every write arrives one tick later
