@@ -2,29 +2,22 @@
 
 Theory of operation
 -------------------
-A file is cut where its *content* says so, not at fixed offsets, so an edit
-moves only the cuts next to it and every other chunk keeps its SHA-256 name.
-Chunks are then shared between versions of a document and between an
-interrupted transfer and its resumption (see ``transfer.py``).
+A file is cut where its *content* says so, so an edit moves only the cuts
+next to it and every other chunk keeps its SHA-256 name: chunks are shared
+between versions of a document and between an interrupted transfer and its
+resumption (``transfer.py``). From FastCDC we take a gear-style rolling
+fingerprint (each byte looked up in a fixed random table, older bytes
+shifted further), *cut-point skipping* (no cut in a chunk's first
+``min_size`` bytes, a forced cut at ``max_size``) and *normalized chunking*
+(before ``avg_size`` a cut needs ``log2(avg) + level`` zero fingerprint bits,
+``mask_s``; after it ``log2(avg) - level``, ``mask_l``, a subset of
+``mask_s``), which narrows the spread of sizes around ``avg_size``.
 
-From FastCDC we take the shape of the algorithm:
-
-* a gear-style rolling fingerprint: each byte is looked up in a fixed random
-  table, and older bytes are shifted one bit further per position, so the
-  fingerprint at a position depends on a short window of bytes before it;
-* *cut-point skipping*: no cut is considered in the first ``min_size`` bytes
-  of a chunk, and a cut is forced at ``max_size``;
-* *normalized chunking*: up to ``avg_size`` bytes a cut needs ``log2(avg) +
-  level`` fingerprint bits to be zero (``mask_s``, hard), after it only
-  ``log2(avg) - level`` (``mask_l``, easy), which narrows the spread of chunk
-  sizes around ``avg_size``. ``mask_l``'s bits are a subset of ``mask_s``'s.
-
-The fingerprint combines the shifted table values with XOR instead of
-addition. With no carries, the fingerprints of a whole buffer are a few
-big-integer shifts and XORs, which CPython runs in C: many times faster than
-a per-byte gear loop in pure Python (``python -m tests.test_chunking bench``
-measures both). The definition, exactly (a port
-must give identical cut points):
+The taps combine with XOR instead of addition: with no carries, a whole
+buffer's fingerprints are a few big-integer shifts and XORs, which CPython
+runs in C (``python -m tests.test_chunking bench`` compares it with a
+per-byte gear loop). The definition, exactly (a port must give identical
+cut points):
 
 1. ``GEAR`` is a permutation of 0..255: ``GEAR[k]`` is the k-th of the values
    0..255 sorted by the SHA-256 of their 4-byte big-endian encoding.
@@ -43,13 +36,11 @@ must give identical cut points):
    ends the last chunk.
 5. A mask with ``b`` bits set is ``sum(1 << BIT_ORDER[k] for k in range(b))``.
 
-The fingerprint is a function of the stream, not of the chunk, so the cuts do
-not depend on how the input was split into pieces: ``Chunker.feed`` may be
-called with one byte or a gigabyte at a time. Memory stays bounded: a large
-piece is consumed in ``BLOCK``-sized slices, and the chunker holds at most
-``max_size + BLOCK`` bytes of data plus one byte of fingerprint state for
-each of them, twice (one for each mask). Hashing uses temporary integers of
-at most ``2 * BLOCK`` bytes and, per mask, three cached constants as long.
+The fingerprint is a function of the stream, so the cuts do not depend on
+how the input was split: ``Chunker.feed`` takes one byte or a gigabyte at a
+time. Memory stays bounded: a piece is consumed in ``BLOCK``-sized slices;
+the chunker holds at most ``max_size + BLOCK`` bytes plus two bytes of mask
+tests for each, and hashing uses integers of at most ``2 * BLOCK`` bytes.
 """
 
 from __future__ import annotations

@@ -44,27 +44,25 @@ _C_THRESHOLD = 256
 _c_crc: Callable[[bytes, int], int] | None = None
 
 
-def _load_c() -> Callable[[bytes, int], int] | None:
-    try:  # pragma: no cover - depends on the optional C extension
-        import crc32c as c_crc32c
-    except ImportError:
-        return None
-    return c_crc32c.crc32c
+def _best() -> Callable[[bytes, int], int]:
+    global _c_crc
+    if _c_crc is None:
+        try:  # pragma: no cover - depends on the optional C extension
+            import crc32c as c_crc32c
+
+            _c_crc = c_crc32c.crc32c
+        except ImportError:
+            _c_crc = _pure_crc32c
+    return _c_crc
 
 
 def crc32c(data: bytes, value: int = 0) -> int:
     """Return the CRC-32C of ``data``, continuing from ``value``."""
-    global _c_crc
     if len(data) < _C_THRESHOLD:
         return _pure_crc32c(data, value)
-    if _c_crc is None:
-        _c_crc = _load_c() or _pure_crc32c
-    return int(_c_crc(data, value))
+    return int(_best()(data, value))
 
 
 def implementation() -> str:
     """``"c"`` when the C extension is available, else ``"python"``."""
-    global _c_crc
-    if _c_crc is None:
-        _c_crc = _load_c() or _pure_crc32c
-    return "python" if _c_crc is _pure_crc32c else "c"
+    return "python" if _best() is _pure_crc32c else "c"

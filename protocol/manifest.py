@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol.chunking import DEFAULT_PARAMS, Chunker, ChunkParams, chunk_id
+from protocol.chunking import DEFAULT_PARAMS, ChunkParams, chunk_id, iter_chunks
 from protocol.errors import LocalProtocolError
 
 HASH_SIZE = 32
@@ -95,12 +95,8 @@ class ManifestBuilder:
 def build_manifest(pieces: Iterable[bytes | bytearray | memoryview], name: str,
                    params: ChunkParams = DEFAULT_PARAMS) -> Manifest:
     """The manifest of the concatenation of ``pieces`` (streamed, bounded memory)."""
-    chunker = Chunker(params)
     builder = ManifestBuilder()
-    for piece in pieces:
-        for chunk in chunker.feed(piece):
-            builder.add(chunk)
-    for chunk in chunker.finish():
+    for chunk in iter_chunks(pieces, params):
         builder.add(chunk)
     return builder.finish(name)
 

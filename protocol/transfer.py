@@ -16,34 +16,29 @@ store keyed by their hash. A transfer then runs::
                                             <- xfer-done (object hash), once the
                                                whole object's SHA-256 is checked
 
-Only the chunks the receiver lacks cross the link. A resumed transfer (a new
-sender and receiver over the same store) and a new version of a document the
-receiver has seen both reduce to that: the store already holds most chunks.
-The store makes each ``put`` durable before it returns, so progress is durable
-per chunk; at most the one chunk in flight is lost by an interruption.
-Once every chunk is in, the receiver reads the object back from the store,
-chunk by chunk, to check the object's SHA-256 before it confirms: that pass
+Only the chunks the receiver lacks cross the link, so a resumed transfer and
+a new version of a document the receiver has seen both cost only what the
+store lacks. The store makes each ``put`` durable before it returns: an
+interruption loses at most the chunk in flight. Before it confirms, the
+receiver reads the object back from the store to check its SHA-256; that
 reads the whole object, so a caller with large objects runs ``receive`` off
 its event loop.
 
-Wire formats, chosen to stay compact for large objects (a 1 GiB file at 8 KiB
-chunks has ~130k entries): ``hashes`` is the 32-byte digests concatenated,
-``lengths`` 3-byte big-endian integers concatenated, a need ``bitmap`` has bit
-``j`` (byte ``j // 8``, least significant bit first) set when entry
-``start + j`` is wanted. Every message stays under ``MAX_MESSAGE`` bytes, so a
-manifest travels in pieces of at most ``MANIFEST_PIECE`` entries and a chunk in
-parts of at most ``part_size`` bytes. A hash that repeats within an object is
-asked for, and sent, once.
+Wire formats stay compact for large objects (1 GiB at 8 KiB chunks is ~130k
+entries): ``hashes`` is the 32-byte digests concatenated, ``lengths`` 3-byte
+big-endian integers, and a need ``bitmap`` has bit ``j`` (byte ``j // 8``,
+least significant first) set when entry ``start + j`` is wanted. Every
+message stays under ``MAX_MESSAGE`` bytes: a manifest travels in pieces of
+``MANIFEST_PIECE`` entries, a chunk in parts of ``part_size`` bytes. A hash
+that repeats within an object is asked for, and sent, once.
 
-Both ends are sans-I/O: they take messages (bytes or decoded) and return
-events, and hand out messages to send. The sender pulls chunk data through a
-``read(offset, length)`` callback, one chunk at a time, and yields messages one
-by one from ``next_message()``, so the caller's flow control decides the pace
-and neither side holds more than one chunk of data. Each side's legal
-(state, message) pairs live in one table; any other pair, and any malformed or
-inconsistent message, fails the transfer with a ``TransferAborted`` event and an
-``xfer-abort`` to the peer, never an exception. ``LocalProtocolError`` is
-raised only for misuse of the API.
+Both ends are sans-I/O. The sender reads chunk data through a ``read(offset,
+length)`` callback, one chunk at a time, and hands out one message per
+``next_message()``, so the caller's flow control sets the pace. Each side's
+legal (state, message) pairs live in one table; any other pair, and any
+malformed or inconsistent message, fails the transfer with a
+``TransferAborted`` event and an ``xfer-abort`` to the peer, never an
+exception. ``LocalProtocolError`` is raised only for misuse of the API.
 """
 
 from __future__ import annotations

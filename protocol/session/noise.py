@@ -2,26 +2,19 @@
 
 Theory of operation
 -------------------
-This is the Noise Protocol Framework, revision 34 (noiseprotocol.org/noise.html),
-implemented by the book for ``Noise_{NN,XX,IK}_25519_ChaChaPoly_{SHA256,BLAKE2s}``
-with the primitives of the ``cryptography`` package: X25519 (section 12.1),
-ChaCha20-Poly1305 with the nonce ``4 zero bytes || n as 8 bytes little-endian``
-(section 12.3), SHA-256 or BLAKE2s (sections 12.4, 12.5). The cacophony test
-vectors in ``vectors/noise.json`` pin every byte.
+The Noise Protocol Framework, revision 34 (noiseprotocol.org/noise.html), by
+the book, for ``Noise_{NN,XX,IK}_25519_ChaChaPoly_{SHA256,BLAKE2s}`` with the
+``cryptography`` package's X25519, ChaCha20-Poly1305 (nonce ``4 zero bytes ||
+n as 8 bytes LE``) and SHA-256 or BLAKE2s (sections 12.1-12.5). The
+cacophony vectors in ``vectors/noise.json`` pin every byte.
 
-* Section 4.3: ``HMAC-HASH`` is RFC 2104 HMAC over the chosen hash, and
-  ``HKDF(ck, ikm, n)`` is Noise's own construction: ``temp = HMAC(ck, ikm)``,
-  ``out1 = HMAC(temp, 0x01)``, ``out2 = HMAC(temp, out1 || 0x02)``.
-* Section 5.1, ``CipherState``: a key ``k`` and a counter ``n``; with no key,
-  encryption is the identity. Nonce 2**64-1 is reserved.
-* Section 5.2, ``SymmetricState``: the chaining key ``ck``, the handshake hash
-  ``h``, ``MixKey``, ``MixHash``, ``EncryptAndHash``, ``DecryptAndHash`` and
-  ``Split``.
-* Section 5.3, ``HandshakeState`` (here ``Handshake``): the prologue and the
-  pre-message keys are hashed first, then each message pattern's tokens
-  (``e s ee es se ss``) are processed in order. A failed decryption fails the
-  handshake for good; the object then refuses every call.
-* Section 7.4 and 7.5, the patterns::
+* Section 4.3: ``HKDF(ck, ikm, n)`` is Noise's own construction over RFC
+  2104 HMAC, not RFC 5869's API.
+* Sections 5.1-5.3: ``CipherState`` (a key and a counter; no key: identity),
+  ``SymmetricState`` (``ck``, ``h``, ``MixKey``, ``MixHash``,
+  ``EncryptAndHash``, ``DecryptAndHash``, ``Split``) and ``HandshakeState``
+  (here ``Handshake``). A failed decryption fails the handshake for good.
+* Sections 7.4 and 7.5, the patterns::
 
       NN:  -> e                XX:  -> e                IK:  <- s
            <- e, ee                 <- e, ee, s, es          ...
@@ -31,35 +24,25 @@ vectors in ``vectors/noise.json`` pin every byte.
   XX authenticates both static keys without either side knowing the other's;
   IK is what an enrolled kiosk uses (it knows the hub's key: one round trip,
   and its own identity travels encrypted); NN is encrypted but anonymous.
-* Section 6, the prologue: both sides hash it before anything else, so a
-  version or capability offer placed there and altered on the way makes the
-  first authenticated message fail. A downgrade breaks the handshake.
+* Section 6: both sides hash the prologue first, so an offer placed there
+  and altered on the way fails the handshake: no downgrade.
 
-Transport: Noise assumes in-order delivery with implicit nonces. Our frames
-ride a lossy, reordering radio *below* the ARQ, so we follow section 11.4,
-"Out-of-order transport messages": each frame carries its nonce explicitly,
-and the recipient "must track the received nonce values for which decryption
-was successful and reject any message which repeats such a nonce value".
-``FrameSealer`` takes the next value of a per-transmission counter (never the
-ARQ sequence number: a retransmission is a new transmission with a new nonce).
-``FrameOpener`` keeps a sliding replay window (``replay.py``) and updates it
-only after the tag verified. A frame costs ``TAG_SIZE`` (16) bytes of tag plus
-however many nonce bytes the framing sends; the nonce is the AEAD nonce, so it
-is authenticated without repeating it in the header, and a truncated nonce can
-be expanded with ``FrameOpener.expand_nonce``. There is no rekey (section
-11.3): a session runs a fresh handshake long before 2**64-1 frames.
+Transport: our frames ride a lossy, reordering radio *below* the ARQ, so we
+follow section 11.4, "Out-of-order transport messages": each frame carries
+its nonce explicitly, a per-transmission counter (a retransmission is a new
+nonce), and ``FrameOpener`` rejects repeated nonces with a sliding replay
+window (``replay.py``) that moves only after the tag verified. The nonce is
+the AEAD nonce, so a header may carry only its low bits
+(``FrameOpener.expand_nonce``). There is no rekey (section 11.3): a session
+handshakes again long before 2**64-1 frames.
 
-Sessions and resume: ``handshake_hash`` is the section 11.2 channel binding,
-unique to this handshake and equal on both sides, so it names the session
-(e.g. the first 16 bytes as a session id). It is *not* secret: it hashes only
-values that crossed the wire in the clear or are public. A resume sends the old
-session's name inside a fresh handshake's authenticated channel; with static
-keys, the hub also checks that ``remote_static`` matches the old session's.
-With NN, anyone can name a session, so an anonymous resume needs a random
-secret that the session sent inside the old encrypted channel.
+Resume: ``handshake_hash`` is the section 11.2 channel binding, equal on both
+sides and unique, so it names the session; it is *not* secret. With NN anyone
+can name a session, so a resume also proves a random secret that the old
+session's encrypted channel carried.
 
-Sans-I/O: nothing here reads a clock or a socket. Ephemeral keys come from
-``X25519PrivateKey.generate()`` unless injected (test vectors inject them).
+Sans-I/O: no clock, no socket. Ephemeral keys are generated unless injected
+(the test vectors inject them).
 """
 
 from __future__ import annotations
