@@ -11,8 +11,8 @@ Decoding walks the item headers in pure Python *before* anything is built,
 and refuses (with ``RemoteProtocolError``):
 
 * a total size above ``max_size``;
-* nesting deeper than ``max_depth``;
-* more than ``max_items`` items in all;
+* nesting deeper than ``DEFAULT_MAX_DEPTH``;
+* more than ``DEFAULT_MAX_ITEMS`` items in all;
 * a declared length or count that the remaining bytes cannot hold, so a
   header claiming 2**63 elements costs nothing (RFC 8949 section 10);
 * indefinite lengths, reserved additional-information values, simple values
@@ -47,13 +47,7 @@ def dumps(obj: Any) -> bytes:
         raise LocalProtocolError(f"cannot encode as CBOR: {exc}", "encode") from None
 
 
-def check(
-    data: bytes,
-    *,
-    max_size: int = DEFAULT_MAX_SIZE,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    max_items: int = DEFAULT_MAX_ITEMS,
-) -> None:
+def check(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
     """Raise ``RemoteProtocolError`` unless ``data`` is one acceptable item."""
     n = len(data)
     if n > max_size:
@@ -83,8 +77,8 @@ def check(
         else:
             raise RemoteProtocolError(f"reserved CBOR header 0x{initial:02x}", "malformed")
         items += 1
-        if items > max_items:
-            raise RemoteProtocolError(f"more than {max_items} CBOR items", "too-many-items")
+        if items > DEFAULT_MAX_ITEMS:
+            raise RemoteProtocolError(f"more than {DEFAULT_MAX_ITEMS} CBOR items", "too-many-items")
         owed = 0
         if major in (_MT_BYTES, _MT_TEXT):
             if arg > n - pos:
@@ -106,8 +100,9 @@ def check(
                 raise RemoteProtocolError(
                     f"CBOR container claims {owed} items, {n - pos} bytes remain", "bad-length"
                 )
-            if len(stack) >= max_depth:
-                raise RemoteProtocolError(f"CBOR nesting deeper than {max_depth}", "too-deep")
+            if len(stack) >= DEFAULT_MAX_DEPTH:
+                raise RemoteProtocolError(f"CBOR nesting deeper than {DEFAULT_MAX_DEPTH}",
+                                          "too-deep")
             stack.append(owed)
             continue
         # A scalar completed: close every container it finished.
@@ -122,19 +117,12 @@ def check(
         raise RemoteProtocolError(f"{n - pos} trailing bytes after the CBOR item", "trailing")
 
 
-def loads(
-    data: bytes,
-    *,
-    max_size: int = DEFAULT_MAX_SIZE,
-    max_depth: int = DEFAULT_MAX_DEPTH,
-    max_items: int = DEFAULT_MAX_ITEMS,
-) -> Any:
+def loads(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     """Decode one CBOR item after ``check`` has accepted it."""
-    check(data, max_size=max_size, max_depth=max_depth, max_items=max_items)
+    check(data, max_size=max_size)
     try:
-        return cbor2.loads(
-            data, allow_indefinite=False, allow_duplicate_keys=False, max_depth=max_depth + 1
-        )
+        return cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False,
+                           max_depth=DEFAULT_MAX_DEPTH + 1)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
         # Well-formed but not valid: invalid UTF-8, duplicate or unhashable keys.
         raise RemoteProtocolError(f"invalid CBOR: {exc}", "invalid") from None
