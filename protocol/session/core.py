@@ -18,12 +18,11 @@ takes out bytes to write, and calls again at ``next_deadline()``::
    frames are sent again, byte for byte, until the peer's next step arrives.
 2. **Frames** after the handshake carry an AEAD tag over a 3-byte header
    (kind, low 16 bits of the packet number) and the payload: lane data,
-   control messages, or both (a mixed frame: data of several lanes and the
-   acknowledgement owed, under one header and tag). The packet
-   number counts transmissions, so it is the nonce: a retransmission,
-   however it is cut, is a new packet with a new nonce. The replay window
-   refuses old and repeated packets; a frame that fails its tag changes no
-   state, so a forged acknowledgement cannot make us drop data.
+   control messages, or both under one header and tag (a mixed frame). The
+   packet number counts transmissions and is the nonce: a retransmission is
+   a new packet with a new nonce. The replay window refuses old and repeated
+   packets; a frame that fails its tag changes no state, so a forged
+   acknowledgement cannot make us drop data.
 3. **Reliability**: lanes are byte streams with cumulative + SACK
    acknowledgements (``SessionSender`` and ``SessionReceiver``); after a
    timeout only pings probe the line until it answers, and the frame size

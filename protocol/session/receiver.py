@@ -1,4 +1,4 @@
-"""The receiving side of a session's selective-repeat ARQ (see ``session.py``).
+"""The receiving side of a session's selective-repeat ARQ (see ``core.py``).
 
 ``SessionReceiver`` holds the receive lanes and the bytes of messages not yet
 complete. It turns lane data into ``MessageReceived`` events and schedules

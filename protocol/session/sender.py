@@ -1,18 +1,16 @@
-"""The sending side of a session's selective-repeat ARQ (see ``session.py``).
+"""The sending side of a session's selective-repeat ARQ (see ``core.py``).
 
 ``SessionSender`` holds the send lanes, the frames in flight, the frame sizer
-and the RTT estimator. It fills the next frame (lowest lane first, within the
-peer's window and the in-flight limit): one lane's segment makes a data frame;
-control messages handed in, or segments of more lanes while the frame has
-room, make a mixed frame, which saves a header and a tag per part. It takes
-acknowledgements, finds losses by packet threshold or by the retransmission timer. After a
-timeout no data flies: the session sends a small ping as a probe, at most
-``max_probe_interval`` apart, and data resumes the moment any authenticated
-frame comes back. An outage then costs what was in flight when it began
-plus a few pings, and ends for us within one probe interval of the line's
-return. On a line of known rate, what may be in flight is held near the
-bandwidth-delay product, which bounds that cost. Sealing frames
-and everything else about the link stay with the ``Session``.
+and the RTT estimator. It fills the next frame, lowest lane first, within the
+peer's window and the in-flight limit: one lane's segment is a data frame;
+control messages, or segments of more lanes while there is room, make a
+mixed frame, which saves a header and a tag per part. It takes
+acknowledgements and finds losses by packet threshold or by the
+retransmission timer. After a timeout no data flies: the session probes with
+small pings, at most ``max_probe_interval`` apart, and data resumes the moment
+any authenticated frame comes back. An outage then costs what was in flight
+(held near the bandwidth-delay product on a line of known rate) plus a few
+pings, and ends for us within one probe interval of the line's return.
 """
 
 from __future__ import annotations
