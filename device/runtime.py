@@ -119,6 +119,7 @@ class Runtime:
         self.hardware = hardware
         self._offset = 0
         self._wake = threading.Event()
+        self._asked = True  #: the first round, or one asked for: logged even if idle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._links: threading.Thread | None = None
@@ -185,6 +186,7 @@ class Runtime:
             state.close()
 
     def sync_now(self) -> None:
+        self._asked = True
         self._wake.set()
 
     def _link_returned(self, url: str) -> None:
@@ -351,10 +353,11 @@ class Runtime:
             log.error("sync refused: %s", exc)
             return ERROR, self.cfg.retry_max
         summary = out.summary
+        asked, self._asked = self._asked, False
         if summary is not None:  # an idle round logs nothing: a log line is a write too
             moved = summary.pushed or summary.pulled or summary.quarantined
-            log.log(logging.INFO if moved else logging.DEBUG, "synced via %s: %d up, %d down",
-                    summary.url, summary.pushed, summary.pulled)
+            log.log(logging.INFO if moved or asked else logging.DEBUG,
+                    "synced via %s: %d up, %d down", summary.url, summary.pushed, summary.pulled)
             return SYNCED, out.wait
         if out.failures or not self.cfg.hub:
             detail = "; ".join(out.failures) or "no hub URL configured"
