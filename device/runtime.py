@@ -1,38 +1,25 @@
-"""``haven-kiosk run``: one process with the page server, the sync engine and the hardware.
+"""``haven-kiosk run``: one process with the page server, the sync loop and the hardware.
 
 Theory of operation
 -------------------
 The event loop serves the page (``device.ui``); every store call it makes
-runs in a thread. The sync engine (``device.sync.engine.run_round``, blocking)
-runs rounds in one thread of its own: after each round it tells
-``LiveStatus`` how far check-ins reached the hub, and shows the state on
-the status LED. A check-in or a long press of the service button starts a
-round at once; otherwise rounds follow ``interval``, or a backoff capped at
-``retry_max`` while no hub answers. Each hub URL has a circuit breaker
-(``device.sync.circuit``): a URL that keeps failing is skipped for a cool-down
-(at most ``retry_max``) while the next one is tried, then probed once, so a
-link that returns is used again within one cool-down; while every URL is
-resting, a round (even one a check-in started) waits for the first probe.
-A link monitor (``device.sync.link_monitor``, a thread of its own, every
-``link_interval``) watches each URL's link (its device node, or a route to
-its host): when one returns, its breaker lets a probe through and a round
-starts at once, without waiting for a local write, the backoff or the
-cool-down.
-With ``keepalive`` above 0 (the default) the hub session stays open between
-rounds (``device.sync.connection``): a round is messages on it, the wait
-between rounds services it (keepalives) and ends at once on a check-in, and
-a link that breaks is opened again and the session resumed. An idle round
-logs only at DEBUG: a log line every 10 s is a write to the card too.
-An unenrolled kiosk still checks patients in (the LED shows an error).
+runs in a thread. The sync loop (``device.sync.loop``, blocking) runs in a
+thread of its own: after each round it tells ``LiveStatus`` how far
+check-ins reached the hub, and shows the state on the status LED. A
+check-in or a long press of the service button starts a round at once;
+otherwise rounds follow ``interval``, or a backoff capped at ``retry_max``
+while no hub answers. A link monitor (``device.sync.link_monitor``, a
+thread of its own) watches each URL's link: when one returns, its breaker
+lets a probe through and a round starts at once. The hub session stays
+open between rounds while ``keepalive`` is above 0. An idle round logs only
+at DEBUG: a log line every 10 s is a write to the card too. An unenrolled
+kiosk still checks patients in (the LED shows an error).
 
 Every ``health_interval`` the runtime looks at its memory
-(``device.health.memory``): past the soft threshold it drops SQLite's caches and
-collects garbage; past the hard one it logs an error and the staff screen
-shows it (``/api/staff/overview``, ``health``). It looks at the free space
-on the disk holding ``--data`` too (``device.health.storage_guard``): when low, it
-truncates the write-ahead logs and shows an error on the LED and a warning
-to the staff; under the critical threshold the page refuses new check-ins
-with a message in the patient's language.
+(``device.health.memory``: caches dropped past the soft threshold, the
+staff told past the hard one) and at the free space on the disk holding
+``--data`` (``device.health.storage_guard``: write-ahead logs truncated
+when low, new check-ins refused under the critical threshold).
 
 Once the page is served, ``runtime.json`` in ``--data`` says where, so that
 ``haven-kiosk hw`` can drive simulated hardware (``hw_remote``).
@@ -289,18 +276,16 @@ class Runtime:
     def _sync_loop(self) -> None:
         assert self.store is not None
         state = SyncState(self.data, clock=self.clock)
-        docs = DocumentStore(self.data, self.store.cipher)  # open for good: see run_round
+        docs = DocumentStore(self.data, self.store.cipher)  # open for good: see drive_round
         try:
-            self._rounds(state, docs)
+            self._rounds(self.store, state, docs)
         finally:
             if self._loop is not None:
                 self._loop.close()
             docs.close()
             state.close()
 
-    def _rounds(self, state: SyncState, docs: DocumentStore) -> None:
-        assert self.store is not None
-        store = self.store
+    def _rounds(self, store: Store, state: SyncState, docs: DocumentStore) -> None:
         while not self._stop.is_set():
             self._wake.clear()
             if self._loop is None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from device.sync.circuit import CLOSED, HALF_OPEN, OPEN, Breaker, Breakers, hub_breakers
-from device.sync.engine import Summary, retry_wait, sync_first
+from device.sync.engine import Summary, run_round
+from device.sync.loop import retry_wait, sync_first
 from host.hub.serve import Server
 
 from .test_sync_helpers import Kiosk, served_hub
@@ -129,7 +130,9 @@ def test_a_dead_url_is_skipped_while_the_next_syncs_and_used_again_when_it_retur
 
         def sync() -> tuple[Summary | None, list[str]]:
             k.store.checkin(name="X")
-            return sync_first(k.store, k.state, k.ident, bs, baud=None, limit=lambda: 20.0)
+            return sync_first(bs, lambda url, left: run_round(k.store, k.state, k.ident, url,
+                                                              limit=left),
+                              limit=lambda: 20.0)
 
         for _ in range(2):  # the first URL fails each time; the second one syncs
             summary, failures = sync()

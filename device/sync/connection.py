@@ -45,10 +45,11 @@ from device.sync.engine import (
     SyncRefused,
     drive_round,
     kiosk_driver,
+    open_hub_link,
 )
 from device.sync.state import SyncState
 from protocol.driver.errors import LinkError
-from protocol.driver.link import Link, open_link
+from protocol.driver.link import Link
 from protocol.driver.session_driver import LinkClosed, SessionDriver
 from protocol.session.events import CLOSED, Closed
 
@@ -138,12 +139,8 @@ class HubConnection:
     # -- links ------------------------------------------------------------------------
 
     def _open_link(self) -> Link:
-        try:
-            link = open_link(self.url, self.baud)
-        except LinkError as exc:
-            raise SyncFailed(str(exc)) from None
-        self.link = link
-        return link
+        self.link = open_hub_link(self.url, self.baud)
+        return self.link
 
     def _ready(self) -> SessionDriver:
         """The driver with a link: a new one, the old session resumed on a new link, or
@@ -184,40 +181,3 @@ class HubConnection:
         self.link = None
         if self.driver is not None:
             self.driver.link = None
-
-
-class HubConnections:
-    """The kept-open sessions of a kiosk's hub URLs: at most one open at a time (a
-    round over one URL closes the others)."""
-
-    def __init__(self, ident: Identity, *, baud: int | None = None,
-                 keepalive: float = KEEPALIVE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.ident, self.baud, self.keepalive, self.clock = ident, baud, keepalive, clock
-        self.by_url: dict[str, HubConnection] = {}
-
-    def round(self, url: str, store: Store, state: SyncState, *, limit: float,
-              docs: DocumentStore | None = None) -> Summary:
-        for other in [u for u in self.by_url if u != url]:
-            self.by_url.pop(other).close()
-        conn = self.by_url.get(url)
-        if conn is None:
-            conn = self.by_url[url] = HubConnection(url, self.ident, baud=self.baud,
-                                                    keepalive=self.keepalive, clock=self.clock)
-        return conn.round(store, state, limit=limit, docs=docs)
-
-    @property
-    def open(self) -> bool:
-        return any(conn.open for conn in self.by_url.values())
-
-    def idle(self, seconds: float, wake: threading.Event) -> bool:
-        """Wait as ``HubConnection.idle`` over the open session, if one is open."""
-        for conn in self.by_url.values():
-            if conn.open:
-                return conn.idle(seconds, wake)
-        return wake.wait(seconds)
-
-    def close(self) -> None:
-        for conn in self.by_url.values():
-            conn.close()
-        self.by_url.clear()

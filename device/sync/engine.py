@@ -1,46 +1,29 @@
-"""One sync round, over a new session or a kept-open one, and the backoff between rounds.
+"""One sync round over a session, new or kept open.
 
 Theory of operation
 -------------------
 ``Round`` is one sync round over an open session, without I/O. Its rules
 (the chain, fork, adopt and rewind, acks, paging) are the kiosk's role in
 ``protocol.sync.conversation`` (``KioskSync``); ``Round`` gives that role
-the store and ``sync.db`` (``KioskLedger``) and the time. It says
-hello (certificate, version vector, cursor, chain head), takes the hub's
-time and checkpoint from the welcome, then pushes and pulls at once:
-
-* push, one batch in flight: a saved, unacknowledged batch is sent again as
-  it was; otherwise the outbox's next entries (lane order, a byte budget)
-  become batch ``n`` of the chain, saved (``sync_state``) before it is sent.
-  On the hub's ack the entries leave the outbox (those it quarantined are
-  marked so) and the batch is marked acknowledged.
-* pull: ``sync-pull`` from the saved cursor; each page is merged durably
-  (``Store.merge``) before the new cursor is saved.
-* documents (``sync_documents``), once the push is done, so the hub holds
-  their records: the content the hub has not confirmed, one document after
-  another, only the chunks it lacks, on the session's last lane and never
-  more than a little ahead; between two of its messages a batch written
-  meanwhile goes first. Past ``DOCUMENT_SHARE`` of the round's time limit
-  no more content goes out; the next round resumes it.
+the store and ``sync.db`` (``KioskLedger``) and the time. It says hello,
+then pushes (one batch in flight, saved in ``sync.db`` before it is sent)
+and pulls (each page merged durably before the cursor is saved) at once.
+Once the push is done, documents follow (``sync_documents``): only the
+chunks the hub lacks, on the session's last lane, a batch written meanwhile
+first. Past ``DOCUMENT_SHARE`` of the round's time limit no more content
+goes out; the next round resumes it.
 
 The round is done when the outbox is empty, nothing is in flight and the
 last page said no more. ``drive_round`` runs a round over a session driver
-(``protocol.driver``), which may outlive it, with a time limit; ``run_round``
-opens a link and a session for one round and closes them after;
-``sync_first`` tries the URLs in order, each behind its circuit
-breaker (``device.sync.circuit``: a URL that keeps failing is skipped for a
-cool-down, then probed); ``retry_wait`` is the wait after a round in which
-no URL worked: exponential backoff and jitter, never longer than until an
-open URL may be probed. The loop of rounds that ``haven-kiosk sync`` and the
-runtime share is ``device.sync.loop``; kept-open sessions are
-``device.sync.connection``. A refusal by the hub (revoked, unknown, wrong
-certificate) raises ``SyncRefused``: retrying will not help.
+(``protocol.driver``), which may outlive it (``device.sync.connection``);
+``run_round`` opens a link and a session for one round and closes them
+after. A refusal by the hub (revoked, unknown, wrong certificate) raises
+``SyncRefused``: retrying will not help.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,8 +31,7 @@ from typing import Any
 
 from device.enrol import Identity
 from device.exc import DeviceError
-from device.store import Store, StoreError
-from device.sync.circuit import Breakers
+from device.store import Store
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
 from device.sync.state import SEAL_LABEL, SyncState
@@ -68,7 +50,6 @@ log = logging.getLogger("haven.sync")
 BATCH_BYTES = 48 * 1024
 REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
             "auth")
-BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 #: A serial round that hears nothing authenticated this long starts over: a hub that
 #: restarted ignores the old session's frames (it sends keep-alives every 2 s).
 SERIAL_DEAD_TIMEOUT = 20.0
@@ -101,11 +82,6 @@ class Summary:
     url: str = ""
     documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def backoff(attempt: int, rng: random.Random) -> float:
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 20))
-    return float(ceiling / 2 + rng.random() * ceiling / 2)
 
 
 class KioskLedger:
@@ -189,10 +165,6 @@ class Round:
                               device=self.device, key=ident.ed_key)
 
     @property
-    def welcomed(self) -> bool:
-        return self.sync.welcomed
-
-    @property
     def done(self) -> bool:
         return self.sync.done and (self.documents is None or self.documents.done)
 
@@ -233,9 +205,12 @@ class Round:
         instead of with ``hello``: a pull from the cursor and the next batch."""
         return self.sync.again()
 
-    def _push(self) -> list[tuple[int, bytes]]:
-        """The next batch, if none is in flight."""
-        return self.sync.push()
+
+def open_hub_link(url: str, baud: int | None) -> Link:
+    try:
+        return open_link(url, baud)
+    except LinkError as exc:
+        raise SyncFailed(str(exc)) from None
 
 
 def kiosk_driver(ident: Identity, link: Link, *, baud: int | None = None,
@@ -259,10 +234,7 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
               docs: DocumentStore | None = None) -> Summary:
     """One round over a new link to ``url`` and a new session, closed after it;
     raises ``SyncFailed`` (or ``SyncRefused``). ``docs``: see ``drive_round``."""
-    try:
-        link = open_link(url, baud)
-    except LinkError as exc:
-        raise SyncFailed(str(exc)) from None
+    link = open_hub_link(url, baud)
     try:
         driver = kiosk_driver(ident, link, baud=baud, limit=limit)
         summary = drive_round(driver, store, state, ident, url=url, limit=limit, docs=docs)
@@ -363,49 +335,3 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
         if own_docs:
             docs.close()
     return rnd.summary
-
-
-def sync_first(store: Store, state: SyncState, ident: Identity, breakers: Breakers, *,
-               baud: int | None, limit: Callable[[], float],
-               failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
-               docs: DocumentStore | None = None,
-               run: Callable[[str, float], Summary] | None = None,
-               ) -> tuple[Summary | None, list[str]]:
-    """One round over the first hub URL that works, of those its breaker lets through.
-
-    ``run(url, limit)`` runs the round (a kept-open session's, ``connection``); by
-    default ``run_round``, over a new link and session.
-
-    ``limit()`` is the time a round may take; at or below 0 no more URLs are
-    tried. Returns the round's summary (None if no URL worked) and what each
-    URL that failed said. ``SyncRefused`` passes through: the hub turned this
-    kiosk away, and another URL or another try will not help."""
-    failures: list[str] = []
-    for url in breakers.allowed():
-        left = limit()
-        if left <= 0:
-            break
-        try:
-            summary = (run(url, left) if run is not None else
-                       run_round(store, state, ident, url, baud=baud, limit=left, docs=docs))
-        except SyncRefused:
-            raise
-        except failed as exc:
-            breakers[url].failure()
-            failures.append(f"{url}: {exc}")
-            continue
-        breakers[url].success()
-        return summary, failures
-    return None, failures
-
-
-def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
-               cap: float | None = None) -> float:
-    """How long to wait after a round in which no URL worked, ``attempt`` such rounds
-    in a row: the backoff (at most ``cap``), but no longer than until an open URL may
-    be probed, so a link that returns is used promptly; with every URL open, until then."""
-    probe = breakers.next_probe()
-    if probe is not None and not breakers.allowed():
-        return probe
-    wait = backoff(attempt, rng) if cap is None else min(cap, backoff(attempt, rng))
-    return wait if probe is None else min(wait, probe)

@@ -3,23 +3,20 @@
 Theory of operation
 -------------------
 ``SyncLoop`` holds what lives from one round to the next: each hub URL's
-circuit breaker (``circuit``), the kept-open sessions (``connection``;
-``keepalive`` 0: a new link and session every round; serial lines keep a
-new session per round) and how many rounds in a row no URL worked.
-``round(limit)`` runs one round over the first URL that works
-(``engine.sync_first``) and says how long to wait before the next: the
-interval after a round that worked, else the backoff with jitter, never
-longer than until a resting URL may be probed (``engine.retry_wait``).
-``idle(seconds, wake)`` is that wait, servicing the open session and ending
-at once when ``wake`` is set. A link that comes back (``link_returned``)
-lets its breaker probe at once. ``SyncRefused`` passes through: retrying
-will not help.
+circuit breaker (``circuit``: a URL that keeps failing is skipped for a
+cool-down, then probed), the kept-open session (``connection``, one URL's
+at a time; ``keepalive`` 0: a new link and session every round; serial
+lines keep a new session per round) and how many rounds in a row no URL
+worked. ``round(limit)`` runs one round over the first URL that works
+(``sync_first``) and says how long to wait before the next: the interval
+after a round that worked, else the backoff with jitter, never longer than
+until a resting URL may be probed (``retry_wait``). ``idle(seconds, wake)``
+is that wait, servicing the open session and ending at once when ``wake``
+is set. A link that comes back (``link_returned``) lets its breaker probe
+at once. ``SyncRefused`` passes through: retrying will not help.
 
-``run_sync`` is ``haven-kiosk sync``'s loop on top of it: it returns the
-summary of the round that synced (``once``) or runs until interrupted, and
-raises ``SyncRefused`` or ``SyncGaveUp``; the CLI prints and picks the exit
-status. The runtime (``device.runtime``) drives the same ``SyncLoop`` from
-its sync thread.
+``run_sync`` is ``haven-kiosk sync``'s loop on top of it; the runtime
+(``device.runtime``) drives the same ``SyncLoop`` from its sync thread.
 """
 
 from __future__ import annotations
@@ -33,22 +30,16 @@ from pathlib import Path
 
 from device.enrol import Identity, load
 from device.store import Store, StoreError
-from device.sync.circuit import hub_breakers
-from device.sync.connection import KEEPALIVE, HubConnections
+from device.sync.circuit import Breakers, hub_breakers
+from device.sync.connection import KEEPALIVE, HubConnection
 from device.sync.document_store import DocumentStore
-from device.sync.engine import (
-    BACKOFF_CAP,
-    Summary,
-    SyncFailed,
-    retry_wait,
-    run_round,
-    sync_first,
-)
+from device.sync.engine import Summary, SyncFailed, SyncRefused, run_round
 from device.sync.link_monitor import link_monitor_for
 from device.sync.state import SyncState
 from protocol.driver.wall_clock import wall_ms
 
 ROUND_LIMIT = 60.0
+BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 
 
 class SyncGaveUp(SyncFailed, TimeoutError):
@@ -62,6 +53,45 @@ class Outcome:
     wait: float  #: seconds until the next round
 
 
+def sync_first(breakers: Breakers, run: Callable[[str, float], Summary],
+               limit: Callable[[], float],
+               failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
+               ) -> tuple[Summary | None, list[str]]:
+    """One round, ``run(url, limit)``, over the first hub URL that works, of those its
+    breaker lets through. ``limit()`` is the time a round may take; at or below 0 no
+    more URLs are tried. Returns the round's summary (None if no URL worked) and what
+    each URL that failed said."""
+    failures: list[str] = []
+    for url in breakers.allowed():
+        left = limit()
+        if left <= 0:
+            break
+        try:
+            summary = run(url, left)
+        except SyncRefused:
+            raise
+        except failed as exc:
+            breakers[url].failure()
+            failures.append(f"{url}: {exc}")
+            continue
+        breakers[url].success()
+        return summary, failures
+    return None, failures
+
+
+def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
+               cap: float = BACKOFF_CAP) -> float:
+    """How long to wait after ``attempt`` rounds in a row in which no URL worked: the
+    exponential backoff with jitter (at most ``cap``), but no longer than until an open
+    URL may be probed; with every URL open, until then."""
+    probe = breakers.next_probe()
+    if probe is not None and not breakers.allowed():
+        return probe
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 20))
+    wait = min(cap, ceiling / 2 + rng.random() * ceiling / 2)
+    return wait if probe is None else min(wait, probe)
+
+
 class SyncLoop:
     def __init__(self, store: Store, state: SyncState, ident: Identity, urls: list[str], *,
                  baud: int | None = None, keepalive: float = KEEPALIVE,
@@ -71,19 +101,16 @@ class SyncLoop:
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self.store, self.state, self.ident, self.docs = store, state, ident, docs
-        self.baud, self.interval, self.retry_cap, self.failed = baud, interval, retry_cap, failed
+        self.baud, self.keepalive, self.clock = baud, keepalive, clock
+        self.interval, self.retry_cap, self.failed = interval, retry_cap, failed
         self.rng = rng or random.Random()
         self.breakers = hub_breakers(urls, retry_cap, clock=clock, rng=self.rng)
-        self.conns = (HubConnections(ident, baud=baud, keepalive=keepalive, clock=clock)
-                      if keepalive > 0 else None)
+        self.conn: HubConnection | None = None  #: the kept-open session
         self.attempt = 0  #: rounds in a row in which a URL was tried and none worked
 
     def round(self, limit: Callable[[], float]) -> Outcome:
         """One round; raises ``SyncRefused``."""
-        summary, failures = sync_first(self.store, self.state, self.ident, self.breakers,
-                                       baud=self.baud, limit=limit, failed=self.failed,
-                                       docs=self.docs,
-                                       run=None if self.conns is None else self._round)
+        summary, failures = sync_first(self.breakers, self._round, limit, self.failed)
         if summary is not None:
             self.attempt = 0
             return Outcome(summary, failures, self.interval)
@@ -92,31 +119,36 @@ class SyncLoop:
                                                   cap=self.retry_cap))
 
     def _round(self, url: str, limit: float) -> Summary:
-        """A round on ``url``'s kept-open session over TCP; a serial line keeps a new
-        session per round, as before (a port whose device node went away stays open
-        underneath a kept session, and the hub's serial loop restarts its own)."""
-        assert self.conns is not None
-        if not url.startswith("tcp://"):
-            self.conns.close()
+        """A round on ``url``'s kept-open session over TCP (a round over one URL closes
+        another's); a serial line keeps a new session per round (a port whose device
+        node went away stays open underneath a kept session, and the hub's serial loop
+        restarts its own)."""
+        if self.conn is not None and self.conn.url != url:
+            self.close()
+        if self.keepalive <= 0 or not url.startswith("tcp://"):
             return run_round(self.store, self.state, self.ident, url, baud=self.baud,
                              limit=limit, docs=self.docs)
-        return self.conns.round(url, self.store, self.state, limit=limit, docs=self.docs)
+        if self.conn is None:
+            self.conn = HubConnection(url, self.ident, baud=self.baud,
+                                      keepalive=self.keepalive, clock=self.clock)
+        return self.conn.round(self.store, self.state, limit=limit, docs=self.docs)
 
     def link_returned(self, url: str) -> None:
         self.breakers[url].allow_probe()
 
     def idle(self, seconds: float, wake: threading.Event) -> bool:
         """Wait ``seconds`` or until ``wake`` is set (True), servicing an open session."""
-        if self.conns is not None:
-            return self.conns.idle(seconds, wake)
+        if self.conn is not None and self.conn.open:
+            return self.conn.idle(seconds, wake)
         return wake.wait(seconds)
 
     def next_probe(self) -> float | None:
         return self.breakers.next_probe()
 
     def close(self) -> None:
-        if self.conns is not None:
-            self.conns.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def run_sync(data: Path, hubs: list[str], *, once: bool = False, timeout: float = 120.0,
@@ -171,7 +203,7 @@ def run_sync(data: Path, hubs: list[str], *, once: bool = False, timeout: float 
 
 def _pause(loop: SyncLoop, seconds: float) -> None:
     """Sleep, servicing the kept-open session if one is open."""
-    if loop.conns is not None and loop.conns.open:
+    if loop.conn is not None and loop.conn.open:
         loop.idle(seconds, threading.Event())
     else:
         time.sleep(seconds)
