@@ -49,10 +49,9 @@ class Option:
     #: ``"s"`` or ``"MiB"``: shown with the default and as the flag's metavar.
     unit: str = ""
     metavar: str = ""
-    #: The smallest value allowed, and whether that value itself is allowed.
-    low: float | None = None
-    low_ok: bool = True
-    #: What a value of 0 means, if it is allowed and special ("off").
+    #: A number that must be above 0.
+    positive: bool = False
+    #: What a value of 0 means, if it is allowed and special ("off"); below 0 is refused.
     zero: str = ""
     #: A string option that also takes a bare TOML number (a PIN written ``1234``).
     number_text: bool = False
@@ -83,39 +82,39 @@ class KioskConfig:
     ui: str = option("127.0.0.1:8080", "where to serve the check-in page",
                      metavar="HOST:PORT", check=_host_port)
     idle_seconds: float = option(60.0, "the page resets to its start after this long "
-                                 "untouched", unit="s", low=0, low_ok=False)
+                                 "untouched", unit="s", positive=True)
     staff_pin: str | None = option(None, "PIN of the staff screen (off if unset)",
                                    metavar="PIN", number_text=True)
     interval: float = option(10.0, "seconds between sync rounds when idle", unit="s",
-                             low=0, low_ok=False)
+                             positive=True)
     retry_max: float = option(60.0, "longest wait between retries while no hub answers",
-                              unit="s", low=0, low_ok=False)
-    round_limit: float = option(60.0, "longest sync round", unit="s", low=0, low_ok=False)
+                              unit="s", positive=True)
+    round_limit: float = option(60.0, "longest sync round", unit="s", positive=True)
     baud: int | None = option(None, "serial line speed, for pacing a serial hub link",
-                              metavar="BAUD", low=0, low_ok=False)
+                              metavar="BAUD", positive=True)
     hold_time: float = option(3.0, "seconds the service button is held to sync now",
-                              unit="s", low=0, low_ok=False)
+                              unit="s", positive=True)
     memory_soft_mib: float = option(64.0, "this runtime's RSS past which SQLite's caches "
-                                    "are dropped", unit="MiB", low=0, zero="off")
+                                    "are dropped", unit="MiB", zero="off")
     memory_hard_mib: float = option(80.0, "this runtime's RSS past which an error is "
-                                    "logged and the staff are told", unit="MiB", low=0,
+                                    "logged and the staff are told", unit="MiB",
                                     zero="off")
     memory_available_soft_mib: float = option(64.0, "the system's MemAvailable under which "
-                                              "caches are dropped", unit="MiB", low=0,
+                                              "caches are dropped", unit="MiB",
                                               zero="off")
     memory_available_hard_mib: float = option(32.0, "the system's MemAvailable under which "
-                                              "the staff are told", unit="MiB", low=0,
+                                              "the staff are told", unit="MiB",
                                               zero="off")
     storage_low_mib: float = option(128.0, "free space on the data's disk under which the "
                                     "retention policy runs and the staff are told",
-                                    unit="MiB", low=0, zero="off")
+                                    unit="MiB", zero="off")
     storage_critical_mib: float = option(32.0, "free space under which new check-ins are "
-                                         "refused", unit="MiB", low=0, zero="off")
+                                         "refused", unit="MiB", zero="off")
     health_interval: float = option(10.0, "seconds between looks at memory and disk space",
-                                    unit="s", low=0, low_ok=False)
+                                    unit="s", positive=True)
     link_interval: float = option(1.0, "seconds between looks at each hub URL's link (its "
                                   "device node, or a route to its host); a link that "
-                                  "returns starts a round at once", unit="s", low=0,
+                                  "returns starts a round at once", unit="s",
                                   zero="off")
     link_carrier: list[str] = option([], "serial hub URLs whose modem drives carrier "
                                      "detect: their link is up only with carrier",
@@ -124,7 +123,7 @@ class KioskConfig:
                               "of silence before the kiosk pings it over TCP (under a "
                               "cellular NAT's idle timeout; serial lines ping every few "
                               "seconds); 0 opens a new link and session every round",
-                              unit="s", low=0, zero="off")
+                              unit="s", zero="off")
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)
@@ -138,6 +137,8 @@ class KioskConfig:
 
 _KIND_NAMES = {Path: "a path (a string)", str: "a string", float: "a number",
                int: "a whole number", list: "a list of strings"}
+_ACCEPTS: dict[type, tuple[type, ...]] = {Path: (str, Path), str: (str,), float: (int, float),
+                                          int: (int,), list: (list,)}
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,6 @@ class Spec:
 
     name: str
     kind: type  #: Path, str, float, int or list (of strings)
-    optional: bool
     default: Any
     option: Option
 
@@ -187,64 +187,39 @@ class Spec:
 
     def check(self, value: Any) -> tuple[Any, str]:
         """(``value`` converted, "") or (None, why it is refused)."""
-        if isinstance(value, bool) or not self._accepts(value):
-            return None, (f"has the wrong type: expected {_KIND_NAMES[self.kind]}, "
+        kind, o = self.kind, self.option
+        accepted = isinstance(value, _ACCEPTS[kind] + ((int,) if o.number_text else ()))
+        if isinstance(value, bool) or not accepted:
+            return None, (f"has the wrong type: expected {_KIND_NAMES[kind]}, "
                           f"not {type(value).__name__} {value!r}")
-        if self.kind is list:
+        if kind is list:
             if not all(isinstance(v, str) for v in value):
                 return None, f"must be a list of URLs (strings), not {value!r}"
             return list(value), ""
-        if self.kind is Path:
-            return Path(value), ""
-        if self.kind is str:
-            value = str(value)
-        elif self.kind is float:
-            value = float(value)
-            if not math.isfinite(value):
-                return None, f"must be a finite number, not {value}"
-        o = self.option
-        if o.low is not None and (value < o.low or (value == o.low and not o.low_ok)):
-            if o.zero and o.low == 0:
-                return None, f"must be 0 ({o.zero}) or more, not {value:g}"
-            if o.low == 0 and not o.low_ok:
-                return None, f"must be positive, not {value:g}"
-            return None, (f"must be {'at least' if o.low_ok else 'more than'} {o.low:g}, "
-                          f"not {value:g}")
+        value = kind(value)
+        if kind is float and not math.isfinite(value):
+            return None, f"must be a finite number, not {value}"
+        if o.zero and value < 0:
+            return None, f"must be 0 ({o.zero}) or more, not {value:g}"
+        if o.positive and value <= 0:
+            return None, f"must be positive, not {value:g}"
         if o.check is not None and (why := o.check(value)):
             return None, why
         return value, ""
-
-    def _accepts(self, value: Any) -> bool:
-        if self.kind is list:
-            return isinstance(value, list)
-        if self.kind is Path:
-            return isinstance(value, (str, Path))
-        if self.kind is str:
-            return isinstance(value, str) or (self.option.number_text and isinstance(value, int))
-        if self.kind is float:
-            return isinstance(value, (int, float))
-        return isinstance(value, int)
-
-
-def _spec(name: str, hint: Any, default: Any, opt: Option) -> Spec:
-    args = get_args(hint)
-    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
-    if optional:
-        (hint,) = [a for a in args if a is not type(None)]
-    kind = list if get_origin(hint) is list else hint
-    if kind not in _KIND_NAMES:
-        raise TypeError(f"KioskConfig.{name}: no reader for {hint!r}")
-    return Spec(name, kind, optional, default, opt)
 
 
 def _specs() -> dict[str, Spec]:
     hints = get_type_hints(KioskConfig)
     out = {}
     for f in fields(KioskConfig):
-        default = f.default
-        if f.default_factory is not MISSING:
-            default = f.default_factory()
-        out[f.name] = _spec(f.name, hints[f.name], default, f.metadata["option"])
+        hint = hints[f.name]
+        if get_origin(hint) in (Union, types.UnionType):  # X | None
+            (hint,) = [a for a in get_args(hint) if a is not type(None)]
+        kind = list if get_origin(hint) is list else hint
+        if kind not in _KIND_NAMES:
+            raise TypeError(f"KioskConfig.{f.name}: no reader for {hint!r}")
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        out[f.name] = Spec(f.name, kind, default, f.metadata["option"])
     return out
 
 
