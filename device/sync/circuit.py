@@ -4,26 +4,18 @@ Theory of operation
 -------------------
 Each hub URL has a ``Breaker`` (the pattern of Nygard's *Release It!*). It
 starts **closed**: rounds go to the URL. ``threshold`` failures in a row
-**open** it: the URL is skipped, so a dead modem or an unreachable address
-costs a round nothing (no connect timeout, no silent serial line) while the
-next URL is tried. Once the cool-down has passed it is **half-open**: the
-next round probes the URL once. A success closes it; a failed probe opens it
-again for twice as long, up to ``max_cool_down``, so a link that stays down
-is probed less and less often, and one that returns is used again within one
-cool-down. When the link monitor (``device.sync.link_monitor``) sees the URL's link
-come back, ``allow_probe`` makes an open breaker half-open at once: the next
-round probes it without waiting for the cool-down to end, and a failed probe
-opens it again for twice as long, as any failed probe does. Each opening
+**open** it: the URL is skipped, so a dead modem costs a round nothing (no
+connect timeout, no silent serial line) while the next URL is tried. Once
+the cool-down has passed it is **half-open**: the next round probes the URL
+once. A success closes it; a failed probe opens it again for twice as long,
+up to ``max_cool_down``. When the link monitor sees the URL's link come
+back, ``allow_probe`` makes an open breaker half-open at once. Each opening
 lasts between half and all of its cool-down, at random, so kiosks that lost
 the hub at the same moment do not all probe it at the same moment.
+``Breakers.next_probe`` tells the loop of rounds how soon an open URL may be
+probed, so that it waits no longer than that.
 
-The loop of rounds keeps its exponential backoff with jitter for rounds in
-which every URL it tried failed; ``Breakers.next_probe`` tells it how soon an
-open URL may be probed, so that it waits no longer than that (a link that
-returns is retried promptly) and, when every URL is open, sleeps until then.
-
-The clock (``clock``, seconds, monotonic) and the jitter (``rng``) are
-injected, so tests never sleep.
+The clock and the jitter (``rng``) are injected, so tests never sleep.
 """
 
 from __future__ import annotations

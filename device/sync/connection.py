@@ -2,29 +2,24 @@
 
 Theory of operation
 -------------------
-``HubConnection`` holds one URL's link and its ``SessionDriver``
-(``protocol.driver.session_driver``) for as long as the link stays up. The
-first round opens the link and runs the handshake; every later round is
-messages on the open session (``engine.drive_round``: hello, pull,
-batches), with no new link and no new handshake. Between rounds ``idle``
-keeps the session serviced (keepalives, the hub's pings) until the wait
-ends or the wake event is set (a check-in), so a check-in leaves at once.
+``HubConnection`` holds one URL's link and its ``SessionDriver`` for as
+long as the link stays up: the first round opens the link and runs the
+handshake; every later round is messages on the open session
+(``engine.drive_round``). Between rounds ``idle`` services the session
+(keepalives, the hub's pings) until the wait ends or a check-in sets the
+wake event, so a check-in leaves at once.
 
-When the link breaks (read or write fails, the far end closes it) the next
-use opens it again and ``SessionDriver.attach`` resumes the session there:
-a fresh handshake, then each side says how far it received, so nothing
-either side acknowledged is sent again; within a round this happens in the
-round itself (``drive_round``'s ``reopen``). If the hub no longer knows the
-session (``bad-resume``, a restarted hub) or the session ended otherwise,
-a fresh session takes its place and the round runs again from its hello
-(a batch saved but unacknowledged is sent again from ``sync.db``; the hub
-keeps each once).
+When the link breaks, the next use (or ``drive_round``'s ``reopen``, within
+a round) opens it again and ``SessionDriver.attach`` resumes the session
+there: nothing either side acknowledged is sent again. If the hub no longer
+knows the session (a restarted hub) a fresh session takes its place and the
+round runs again from its hello (a saved, unacknowledged batch is sent again
+from ``sync.db``; the hub keeps each once).
 
-Keepalives: ``keepalive`` seconds of silence before the kiosk pings. On
-TCP it is sized for a cellular NAT's idle timeout (minutes, not seconds);
-on a serial line, which nothing in between drops, pings stay short
-(``SERIAL_KEEPALIVE``) so a hub that restarted is noticed by the session's
-dead timeout. ``close`` says goodbye and closes the link.
+``keepalive``: seconds of silence before the kiosk pings. On TCP it is sized
+for a cellular NAT's idle timeout (minutes); a serial line, which nothing in
+between drops, pings every ``SERIAL_KEEPALIVE`` so that a restarted hub is
+noticed by the session's dead timeout.
 """
 
 from __future__ import annotations

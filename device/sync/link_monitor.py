@@ -3,38 +3,31 @@
 Theory of operation
 -------------------
 Each hub URL has a cheap "link up" signal, looked at every ``interval``
-seconds (a second by default), that sends nothing on the link:
+seconds, that sends nothing on the link:
 
-* a serial device path (``/dev/ttyUSB0``, ``/dev/serial/by-id/...``): the
-  device node exists (an unplugged USB modem takes its node, and the links
-  to it, away). For a modem that drives carrier detect, and only when the
-  configuration says so (``link_carrier``), the CD line too: the port is
-  opened without blocking and without touching its settings, and its modem
-  lines are read (``TIOCMGET``). A port that cannot report them (a pty, an
-  adapter without the lines) counts as up while its node exists. Opening the
-  port raises DTR while it is open, which is why this is not the default.
-* ``tcp://host:port``, and pyserial's ``socket://`` and ``rfc2217://``: the
-  system has a route to the host. ``connect()`` on a UDP socket looks the
-  host up in the kernel's routing tables (ENETUNREACH when there is no
-  route: the cellular interface lost its address or its default route) and
-  sends no packet. A host name is resolved until it resolves once; its
-  addresses are kept. A name that does not resolve counts as down: a round
-  could not connect either.
-* ``loop://`` and other pyserial URLs: no signal; they are not watched.
+* a serial device path: the device node exists (an unplugged USB modem takes
+  its node away). For a modem that drives carrier detect, and only when the
+  configuration says so (``link_carrier``), the CD line too (``TIOCMGET`` on
+  the port opened without blocking and without touching its settings; a
+  port that cannot report it counts as up). Opening the port raises DTR
+  while it is open, which is why this is not the default.
+* ``tcp://``, ``socket://`` and ``rfc2217://``: the system has a route to
+  the host: ``connect()`` on a UDP socket asks the kernel's routing tables
+  (ENETUNREACH without a route) and sends no packet. A host name counts as
+  down until it resolves once; its addresses are kept.
+* ``loop://`` and other pyserial URLs: not watched.
 
-``poll`` looks at every signal once. On a down-to-up transition of a URL's
-signal it logs "link up: URL" and calls ``when_up(url)``: the runtime lets
-that URL's circuit breaker probe at once and wakes its loop of rounds, so
-the kiosk syncs within an interval of the link's return instead of at the
-end of its backoff or its breaker's cool-down (up to ``retry_max``). The
-first look only learns the state ("link down: URL" if it is down). A link
-that flaps acts at most once per ``min_gap`` seconds per URL; a return within
-the gap is acted on when the gap ends, if the link is still up then.
+``poll`` looks at every signal once. On a down-to-up transition it logs
+"link up: URL" and calls ``when_up(url)``: the runtime lets that URL's
+breaker probe at once and wakes its loop, so the kiosk syncs within an
+interval of the link's return instead of after its backoff. The first look
+only learns the state. A link that flaps acts at most once per ``min_gap``
+seconds per URL; a return within the gap is acted on when it ends, if the
+link is still up.
 
-``watch`` polls until an event is set (the runtime runs it in a thread of its
-own); ``pause`` sleeps in slices of the interval and ends early when a link
-returns (the loop of ``haven-kiosk sync``). The signals and the clock are
-injected, so tests need neither hardware nor sleeping.
+``watch`` polls until an event is set (the runtime's thread); ``pause``
+sleeps in slices of the interval and ends early when a link returns
+(``haven-kiosk sync``). Signals and clock are injected for the tests.
 """
 
 from __future__ import annotations
