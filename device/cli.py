@@ -306,11 +306,10 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from device.health.storage_guard import look
-
-    cfg = config.load(args.config, {"data": args.data})
     from device.sync.document_store import summary_of
     from device.sync.state import last_sync_of
 
+    cfg = config.load(args.config, {"data": args.data})
     with _open(args) as store:
         st = store.status()
         st["documents"] = summary_of(store)

@@ -5,25 +5,19 @@ Theory of operation
 SPEC.md, "Documents in sync". ``DocumentPush`` starts once the round's
 record batches are acknowledged, so the hub holds each document's record,
 which the content must match. ``start`` lists the documents whose content
-the hub has neither confirmed nor refused and whose record this kiosk holds
-(live), oldest first. One at a time, each becomes a
-``protocol.transfer.Sender`` named by its record id (32 hex digits): offer
-and manifest go out, the hub answers with the chunks it lacks, and only
-those cross, read from the sealed store (``documents.py``) one chunk at a
-time. An interrupted round therefore resumes where the hub's durable
-chunks end.
+the hub has neither confirmed nor refused, oldest first. One at a time, each
+becomes a ``protocol.transfer.Sender`` named by its record id: the hub
+answers the offer and manifest with the chunks it lacks, and only those
+cross, so an interrupted round resumes where the hub's durable chunks end.
 
 ``next_message`` hands out a message only while ``room`` says the session's
 document lane may take it (``lane_room``: at most ``QUEUE`` bytes waiting
-there), so a record batch written meanwhile waits behind little; the round
-looks at the outbox between messages and sends records first.
+there), so a record batch written meanwhile waits behind little.
 
-On ``xfer-done`` the content is marked delivered, durably, and never offered
-again. An abort whose reason another try cannot cure (``FINAL``) marks it
-refused, with the reason (``haven-kiosk status`` shows it); after any other
-failure it is offered again in a later round, after the outbox's backoff.
-Either way the next document follows: one document never blocks those
-behind it.
+On ``xfer-done`` the content is marked delivered, durably. An abort whose
+reason another try cannot cure (``FINAL``) marks it refused, with the
+reason; after any other failure it is offered again in a later round, after
+the outbox's backoff. Either way the next document follows.
 """
 
 from __future__ import annotations

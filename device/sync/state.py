@@ -12,21 +12,16 @@ hub acknowledges it again without applying it twice. The pull cursor is
 saved only after the pulled deltas were merged durably. The hub's clock
 offset is kept too.
 
-Nothing here needs an fsync of its own, so nothing gets one but an adopted
-or rewound chain head (a transaction that commits with ``synchronous=FULL``):
-a commit survives the process dying, and a power cut can only lose what
-these cases cover. A batch lost that way was either committed by the hub,
-whose welcome then shows it as its checkpoint and the kiosk takes it as its
-head (the batch's entries are still queued and go again in the next batch;
-the hub keeps each write once),
-or never reached it, and the next batch takes its sequence: the chain does
-not fork. Acknowledgements, the cursor, the clock offset and the last sync
-wait in memory and are written within the next batch's transaction, or by
-``flush`` once they have waited ``FLUSH_AFTER_S``, and at close: lost, they
-only mean batches sent and acknowledged again, or deltas pulled and merged
-again. A value that did not change is not written at all, so an idle round
-writes nothing; an SD card wears with every page written, and every commit
-writes whole pages.
+Only an adopted or rewound chain head gets an fsync of its own
+(``synchronous=FULL``): a power cut can lose a saved batch, but the hub
+either committed it (its welcome shows it as its checkpoint, and the kiosk
+takes it as its head; its entries are still queued and the hub keeps each
+write once) or never saw it, and the next batch takes its sequence: the
+chain does not fork. Acknowledgements, the cursor, the clock offset and the
+last sync wait in memory and are written with the next batch, by ``flush``
+once they have waited ``FLUSH_AFTER_S``, or at close: lost, they only mean
+work done again. A value that did not change is not written at all, so an
+idle round writes nothing to the SD card.
 
 The tables change only through numbered migrations (``MIGRATIONS``,
 ``protocol.driver.database``).
