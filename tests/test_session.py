@@ -85,4 +85,4 @@ def test_stream_mode_has_no_retransmission_timers():
     assert transfer(pair, msgs, limit=120)
     assert pair.received == msgs
     assert pair.a.stats.timeouts == 0 and pair.a.stats.retransmitted_bytes == 0
-    assert pair.a._tx.deadline is None
+    assert pair.a.retransmit_deadline is None

@@ -112,6 +112,37 @@ class Session(Handshaking):
     def frame_size(self) -> int:
         return self._tx.frame_size()
 
+    @property
+    def is_taking_over(self) -> bool:
+        """True while a new initiator's handshake runs beside the open session."""
+        return self._second is not None
+
+    @property
+    def urgent_frames(self) -> int:
+        """Handshake and refusal frames waiting to go out (at most ``MAX_URGENT``)."""
+        return len(self._urgent)
+
+    @property
+    def retransmit_deadline(self) -> float | None:
+        """When the retransmission timer expires; None when it is not running
+        (never in stream mode)."""
+        return self._tx.deadline
+
+    @property
+    def receive_positions(self) -> list[int]:
+        """How far each lane has been received in order (what a resume reports)."""
+        return self._rx.positions
+
+    @property
+    def window_overruns(self) -> int:
+        """Lane segments the peer sent past our receive window (we cut them)."""
+        return sum(lane.beyond_window for lane in self._rx.lanes)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes read from the line that are not yet a whole frame."""
+        return self._decoder.buffered
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 

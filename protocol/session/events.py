@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol.errors import LocalProtocolError
+
 HANDSHAKE, RESUMING, OPEN, CLOSED = "handshake", "resuming", "open", "closed"
 TRANSITIONS: dict[str, dict[str, str]] = {
     HANDSHAKE: {"restart": HANDSHAKE, "established": OPEN, "established-resuming": RESUMING,
@@ -31,6 +33,15 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     OPEN: {"take-over": OPEN, "reconnect": HANDSHAKE, "close": CLOSED, "fail": CLOSED},
     CLOSED: {},
 }
+
+
+def next_state(state: str, trigger: str) -> str:
+    """The state ``trigger`` leads to from ``state``; ``LocalProtocolError`` if
+    ``state`` does not allow it. ``Session`` changes state only through this."""
+    new = TRANSITIONS[state].get(trigger)
+    if new is None:
+        raise LocalProtocolError(f"cannot {trigger} in state {state}", "state")
+    return new
 
 
 @dataclass

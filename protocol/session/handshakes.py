@@ -50,12 +50,12 @@ from protocol.session import frames as w
 from protocol.session.events import (
     HANDSHAKE,
     OPEN,
-    TRANSITIONS,
     Closed,
     Connected,
     Event,
     SessionConfig,
     SessionStats,
+    next_state,
 )
 from protocol.session.noise import FrameOpener, FrameSealer, Handshake
 from protocol.session.receiver import SessionReceiver
@@ -171,10 +171,7 @@ class Handshaking:
         )
 
     def _transition(self, trigger: str) -> None:
-        new = TRANSITIONS[self.state].get(trigger)
-        if new is None:
-            raise LocalProtocolError(f"cannot {trigger} in state {self.state}", "state")
-        self.state = new
+        self.state = next_state(self.state, trigger)
 
     def _finish(self, event: Closed, trigger: str) -> None:
         self._events.append(event)

@@ -425,11 +425,17 @@ class Handshake:
 
 
 class FrameSealer:
-    """Seals frames with a per-transmission counter nonce (never repeats)."""
+    """Seals frames with a per-transmission counter nonce (never repeats).
 
-    def __init__(self, key: bytes) -> None:
+    ``start`` is the first nonce: 0 for a session (``Handshake.split``); a
+    test of the last nonces starts near ``MAX_NONCE``.
+    """
+
+    def __init__(self, key: bytes, *, start: int = 0) -> None:
+        if start < 0:
+            raise LocalProtocolError("a nonce is never negative", "config")
         self._aead = _aead(key)
-        self._next = 0
+        self._next = start
 
     @property
     def next_nonce(self) -> int:
