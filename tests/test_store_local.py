@@ -339,15 +339,15 @@ def test_checkpoints_run_beside_the_writer(store: Store, data: Path) -> None:
 
     for i in range(CHECKPOINT_WEIGHT // LOCAL_WEIGHT + 1):
         store.checkin(name=f"P{i}", now_ms=T0 + i)
-    checkpointer = store._checkpointer
-    assert checkpointer._thread is not None and checkpointer._thread.is_alive()
+    checkpointer = store.checkpointer
+    assert checkpointer.is_running
     for _ in range(100):  # bounded: the checkpoint of a few hundred check-ins
         if checkpointer.runs:
             break
         threading.Event().wait(0.05)
     assert checkpointer.runs == 1
     store.close()
-    assert not checkpointer._thread.is_alive()
+    assert not checkpointer.is_running
     with Store(data) as again:
         assert again.reader.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert again.dump().count(b'"queueNumber"') == CHECKPOINT_WEIGHT // LOCAL_WEIGHT + 1

@@ -31,6 +31,11 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self.runs = 0  #: checkpoints completed
 
+    @property
+    def is_running(self) -> bool:
+        """True from the first request until ``close`` has stopped the thread."""
+        return self._thread is not None and self._thread.is_alive()
+
     def request(self) -> None:
         """Ask for a checkpoint soon (one runs at a time; requests meanwhile merge)."""
         if self._thread is None:

@@ -169,6 +169,11 @@ class Store:
         self._checkpointer.close()
         self.reader.conn.close()
 
+    @property
+    def checkpointer(self) -> Checkpointer:
+        """The thread that copies the WAL back into the database (``checkpoint.py``)."""
+        return self._checkpointer
+
     def __enter__(self) -> Store:
         return self
 
