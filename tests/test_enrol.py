@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -16,15 +18,20 @@ from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
 
 
-def test_hpke_fallback_matches_cryptography() -> None:
+def test_hpke_fallback_matches_cryptography(
+    without_hpke: Callable[[], AbstractContextManager[None]],
+) -> None:
     key = X25519PrivateKey.generate()
     pub = key.public_key().public_bytes_raw()
-    assert sync_cert._open_fallback(sync_cert.seal(b"fleet", pub), key, sync_cert.SEAL_INFO) \
-        == b"fleet"
-    sealed = sync_cert._seal_fallback(b"fleet", key.public_key(), sync_cert.SEAL_INFO)
-    assert sync_cert.open_sealed(sealed, key) == b"fleet"
+    by_library = sync_cert.seal(b"fleet", pub)
+    with without_hpke():  # the fallback opens what the library sealed, and seals
+        assert sync_cert.open_sealed(by_library, key) == b"fleet"
+        by_fallback = sync_cert.seal(b"fleet", pub)
+        with pytest.raises(ProtocolError):
+            sync_cert.open_sealed(by_fallback, X25519PrivateKey.generate())
+    assert sync_cert.open_sealed(by_fallback, key) == b"fleet"  # the library opens it
     with pytest.raises(ProtocolError):
-        sync_cert.open_sealed(sealed, X25519PrivateKey.generate())
+        sync_cert.open_sealed(by_fallback, X25519PrivateKey.generate())
 
 
 def test_request_signature_is_checked() -> None:
