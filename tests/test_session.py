@@ -85,4 +85,6 @@ def test_stream_mode_has_no_retransmission_timers():
     assert transfer(pair, msgs, limit=120)
     assert pair.received == msgs
     assert pair.a.stats.timeouts == 0 and pair.a.stats.retransmitted_bytes == 0
-    assert pair.a.retransmit_deadline is None
+    pair.a.send_message(1, b"in flight")
+    assert pair.a.data_to_send(pair.sim.now) and not pair.a.all_acked
+    assert pair.a.retransmit_deadline is None  # a frame in flight, and no timer for it
