@@ -224,8 +224,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _sync_report(s: Any, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({k: v for k, v in vars(s).items() if k != "extra"}, sort_keys=True),
-              flush=True)
+        print(json.dumps(vars(s), sort_keys=True), flush=True)
         return
     d = s.documents
     docs = (f"; documents: {d['delivered']} of {d['offered']} delivered"

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import signal
 import socket
 import sqlite3
@@ -110,8 +111,8 @@ class Runtime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._links: threading.Thread | None = None
-        self._returned: set[str] = set()  #: URLs whose link came back, for the sync thread
-        self._returned_lock = threading.Lock()
+        #: URLs whose link came back, for the sync thread
+        self._returned: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._server: http.HttpServer | None = None
         self.store: Store | None = None
         self.address: tuple[str, int] | None = None
@@ -178,14 +179,8 @@ class Runtime:
 
     def _link_returned(self, url: str) -> None:
         """The link monitor saw ``url``'s link come back (its thread): a round now."""
-        with self._returned_lock:
-            self._returned.add(url)
+        self._returned.put(url)
         self._wake.set()
-
-    def _take_returned(self) -> set[str]:
-        with self._returned_lock:
-            returned, self._returned = self._returned, set()
-        return returned
 
     async def stop(self) -> None:
         if self._health_task is not None and self._health_stop is not None:
@@ -302,8 +297,8 @@ class Runtime:
                     retry_cap=self.cfg.retry_max, docs=docs, clock=self.clock,
                     failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
                             sqlite3.Error))  # sqlite3: the sync checkpoints on a full disk
-            for url in self._take_returned():
-                self._loop.link_returned(url)
+            while not self._returned.empty():
+                self._loop.link_returned(self._returned.get())
             mark = self.live.snapshot()["committed"]
             result, wait = self._one_round(self._loop)
             if result == SYNCED:

@@ -136,7 +136,7 @@ def test_hub_down_for_an_hour_then_back_resumes_within_the_cap(
     assert {r["id"] for r in json.loads(dump)["records"] if r["type"] == "checkin"} == ids
 
 
-CAPPED_SYNC = ("import sys, device.sync.engine as s; s.BACKOFF_CAP = 1.0; "
+CAPPED_SYNC = ("import sys, device.sync.loop as s; s.BACKOFF_CAP = 1.0; "
                "from device.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

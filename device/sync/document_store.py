@@ -20,10 +20,9 @@ never lacks its content, and a row whose record was never written (a crash
 in between) is never offered (sync checks the record first).
 
 A row is ``held`` until the hub confirms the whole content (``delivered``)
-or refuses it for a reason another try cannot cure (``refused``, with the
-reason); neither is offered again. Content the hub did not take for another
-reason waits before the next offer, with the outbox's backoff. Size and
-chunk count stay in plaintext: the sealed chunks' lengths show them anyway.
+or refuses it for good (``refused``, with the reason); otherwise it waits
+the outbox's backoff before the next offer. Size and chunk count stay in
+plaintext: the sealed chunks' lengths show them anyway.
 
 The tables change only through numbered migrations (``MIGRATIONS``,
 ``protocol.driver.database``).

@@ -81,7 +81,6 @@ class Summary:
     retransmitted_bytes: int = 0  #: lane bytes sent again
     url: str = ""
     documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class KioskLedger:
@@ -289,8 +288,8 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
             for event in events:
                 replies: list[tuple[int, bytes]] = []
                 if isinstance(event, Connected) and event.resumed:
-                    rnd.summary.extra["resumed"] = rnd.summary.extra.get("resumed", 0) + 1
-                elif isinstance(event, Connected) and hello:
+                    continue  # the same session on a new link: the round goes on
+                if isinstance(event, Connected) and hello:
                     # A fresh session replaced ours (the hub did not know it): the round
                     # starts over from its hello; a batch in flight is sent again from
                     # sync.db, and the hub keeps each write once.

@@ -95,16 +95,17 @@ def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
 class SyncLoop:
     def __init__(self, store: Store, state: SyncState, ident: Identity, urls: list[str], *,
                  baud: int | None = None, keepalive: float = KEEPALIVE,
-                 interval: float = 10.0, retry_cap: float = BACKOFF_CAP,
+                 interval: float = 10.0, retry_cap: float | None = None,
                  docs: DocumentStore | None = None,
                  failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self.store, self.state, self.ident, self.docs = store, state, ident, docs
         self.baud, self.keepalive, self.clock = baud, keepalive, clock
-        self.interval, self.retry_cap, self.failed = interval, retry_cap, failed
+        self.interval, self.failed = interval, failed
+        self.retry_cap = BACKOFF_CAP if retry_cap is None else retry_cap
         self.rng = rng or random.Random()
-        self.breakers = hub_breakers(urls, retry_cap, clock=clock, rng=self.rng)
+        self.breakers = hub_breakers(urls, self.retry_cap, clock=clock, rng=self.rng)
         self.conn: HubConnection | None = None  #: the kept-open session
         self.attempt = 0  #: rounds in a row in which a URL was tried and none worked
 
