@@ -18,12 +18,8 @@ that the variable allowed it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 
 import pytest
 
@@ -58,22 +54,3 @@ def strace() -> str:
     require(path, "strace", "needs strace (./tools/test installs it)")
     assert path is not None
     return path
-
-
-@pytest.fixture
-def without_hpke(monkeypatch: pytest.MonkeyPatch) -> Callable[[], AbstractContextManager[None]]:
-    """A context manager inside which ``cryptography``'s ``hpke`` module cannot be
-    imported, as with an older ``cryptography``: sealing then takes the fallback
-    that ``protocol/sync/certificate.py`` computes from primitives."""
-    from cryptography.hazmat import primitives
-
-    @contextlib.contextmanager
-    def hidden() -> Iterator[None]:
-        with monkeypatch.context() as m:
-            m.setitem(sys.modules, "cryptography.hazmat.primitives.hpke", None)
-            m.delattr(primitives, "hpke", raising=False)
-            with pytest.raises(ImportError):
-                from cryptography.hazmat.primitives import hpke  # noqa: F401
-            yield
-
-    return hidden

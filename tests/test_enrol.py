@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -18,20 +16,19 @@ from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
 
 
-def test_hpke_fallback_matches_cryptography(
-    without_hpke: Callable[[], AbstractContextManager[None]],
-) -> None:
+def test_sealed_fleet_key_opens_only_for_its_kiosk() -> None:
     key = X25519PrivateKey.generate()
-    pub = key.public_key().public_bytes_raw()
-    by_library = sync_cert.seal(b"fleet", pub)
-    with without_hpke():  # the fallback opens what the library sealed, and seals
-        assert sync_cert.open_sealed(by_library, key) == b"fleet"
-        by_fallback = sync_cert.seal(b"fleet", pub)
+    sealed = sync_cert.seal(b"fleet", key.public_key().public_bytes_raw())
+    assert len(sealed) == 32 + len(b"fleet") + 16  # HPKE: enc, then AES-GCM with its tag
+    assert sync_cert.open_sealed(sealed, key) == b"fleet"
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    for bad, opener in ((sealed, X25519PrivateKey.generate()), (tampered, key),
+                        (sealed[:40], key)):
         with pytest.raises(ProtocolError):
-            sync_cert.open_sealed(by_fallback, X25519PrivateKey.generate())
-    assert sync_cert.open_sealed(by_fallback, key) == b"fleet"  # the library opens it
-    with pytest.raises(ProtocolError):
-        sync_cert.open_sealed(by_fallback, X25519PrivateKey.generate())
+            sync_cert.open_sealed(bad, opener)
+    with pytest.raises(ProtocolError):  # sealed for another purpose
+        sync_cert.open_sealed(sync_cert.seal(b"fleet", key.public_key().public_bytes_raw(),
+                                             b"other"), key)
 
 
 def test_request_signature_is_checked() -> None:

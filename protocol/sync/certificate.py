@@ -13,23 +13,19 @@ the fleet key sealed to the kiosk, and ``signature`` is the hub's Ed25519
 signature over those raw body bytes (never a re-encoding).
 
 Sealing is HPKE base mode (RFC 9180) with DHKEM(X25519, HKDF-SHA256),
-HKDF-SHA256 and AES-256-GCM. When the installed ``cryptography`` has no
-``hpke`` module the same suite is computed here from its X25519, HKDF and
-AES-GCM primitives, following RFC 9180 sections 4.1, 5.1 and 6.1 (a test
-holds the two to each other). Nothing here reads a clock or a file.
+HKDF-SHA256 and AES-256-GCM, from ``cryptography``'s ``hpke`` module.
+Nothing here reads a clock or a file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from protocol import strict_cbor
 from protocol.errors import RemoteProtocolError
@@ -46,74 +42,12 @@ class CertificateError(RemoteProtocolError):
 
 # HPKE (RFC 9180) -------------------------------------------------------------------
 
-_KEM_ID, _KDF_ID, _AEAD_ID = 0x0020, 0x0001, 0x0002
-_NK, _NN = 32, 12
-
-
-def _extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt or b"\x00" * 32, ikm, hashlib.sha256).digest()
-
-
-def _expand(prk: bytes, info: bytes, length: int) -> bytes:
-    out, block, i = b"", b"", 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
-        out += block
-        i += 1
-    return out[:length]
-
-
-def _labeled_extract(suite: bytes, salt: bytes, label: bytes, ikm: bytes) -> bytes:
-    return _extract(salt, b"HPKE-v1" + suite + label + ikm)
-
-
-def _labeled_expand(suite: bytes, prk: bytes, label: bytes, info: bytes, n: int) -> bytes:
-    return _expand(prk, n.to_bytes(2, "big") + b"HPKE-v1" + suite + label + info, n)
-
-
-def _kem_shared(dh: bytes, kem_context: bytes) -> bytes:
-    suite = b"KEM" + _KEM_ID.to_bytes(2, "big")
-    prk = _labeled_extract(suite, b"", b"eae_prk", dh)
-    return _labeled_expand(suite, prk, b"shared_secret", kem_context, 32)
-
-
-def _key_nonce(shared: bytes, info: bytes) -> tuple[bytes, bytes]:
-    suite = b"HPKE" + b"".join(x.to_bytes(2, "big") for x in (_KEM_ID, _KDF_ID, _AEAD_ID))
-    psk_id_hash = _labeled_extract(suite, b"", b"psk_id_hash", b"")
-    info_hash = _labeled_extract(suite, b"", b"info_hash", info)
-    context = b"\x00" + psk_id_hash + info_hash  # mode_base
-    secret = _labeled_extract(suite, shared, b"secret", b"")
-    key = _labeled_expand(suite, secret, b"key", context, _NK)
-    nonce = _labeled_expand(suite, secret, b"base_nonce", context, _NN)
-    return key, nonce
-
-
-def _seal_fallback(plain: bytes, pub: X25519PublicKey, info: bytes) -> bytes:
-    eph = X25519PrivateKey.generate()
-    enc = eph.public_key().public_bytes_raw()
-    dh = eph.exchange(pub)
-    shared = _kem_shared(dh, enc + pub.public_bytes_raw())
-    key, nonce = _key_nonce(shared, info)
-    return enc + AESGCM(key).encrypt(nonce, plain, b"")
-
-
-def _open_fallback(sealed: bytes, priv: X25519PrivateKey, info: bytes) -> bytes:
-    enc, ct = sealed[:32], sealed[32:]
-    dh = priv.exchange(X25519PublicKey.from_public_bytes(enc))
-    shared = _kem_shared(dh, enc + priv.public_key().public_bytes_raw())
-    key, nonce = _key_nonce(shared, info)
-    return AESGCM(key).decrypt(nonce, ct, b"")
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
 def seal(plain: bytes, recipient: bytes, info: bytes = SEAL_INFO) -> bytes:
     """HPKE base-mode single-shot seal to an X25519 public key: ``enc || ciphertext``."""
-    pub = X25519PublicKey.from_public_bytes(recipient)
-    try:
-        from cryptography.hazmat.primitives import hpke
-    except ImportError:
-        return _seal_fallback(plain, pub, info)
-    suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-    out: bytes = suite.encrypt(plain, pub, info=info)
+    out: bytes = _SUITE.encrypt(plain, X25519PublicKey.from_public_bytes(recipient), info=info)
     return out
 
 
@@ -122,16 +56,11 @@ def open_sealed(sealed: bytes, key: X25519PrivateKey, info: bytes = SEAL_INFO) -
     if len(sealed) < 32 + 16:
         raise CertificateError("sealed value too short", "bad-seal")
     try:
-        try:
-            from cryptography.hazmat.primitives import hpke
-        except ImportError:
-            return _open_fallback(sealed, key, info)
-        suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
-        out: bytes = suite.decrypt(sealed, key, info=info)
-        return out
+        out: bytes = _SUITE.decrypt(sealed, key, info=info)
     except (InvalidTag, ValueError):
         raise CertificateError("sealed value does not open with this kiosk's key",
                                "bad-seal") from None
+    return out
 
 
 # Requests and certificates ---------------------------------------------------------
