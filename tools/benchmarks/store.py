@@ -43,7 +43,7 @@ def _row(what: str, store: Any, against: str, peer: Any, ratio: Any, goal: str,
 @benchmark("store", "Kiosk store: check-ins, bulk merge beside pycrdt and loro")
 def store_benchmark(ctx: Context) -> Result:
     _ensure_peers(ctx)
-    from tools.benchmarks import store_workload as bench
+    from tools.benchmarks import _store_workload as bench
 
     records, checkins, runs = (2000, 300, 1) if ctx.quick else (10_000, 1000, 3)
     r = bench.run(records, checkins, runs, ctx.log)
