@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             **asdict(result),
         }
         results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        args.markdown.write_text(render(results))
+        previous = args.markdown.read_text() if args.markdown.exists() else ""
+        args.markdown.write_text(render(results, previous))
         for row in result.rows:
             print("  " + json.dumps(row), flush=True)
     print(f"wrote {results_path} and {args.markdown}", file=sys.stderr)

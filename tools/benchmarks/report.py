@@ -1,7 +1,13 @@
-"""Render results (as stored in bench-out/results.json) as BENCHMARKS.md."""
+"""Render results (as stored in bench-out/results.json) as BENCHMARKS.md.
+
+bench-out/ is not committed, so a checkout's results.json may hold only the
+benchmarks run there: the sections of the committed BENCHMARKS.md for the
+others are kept as they were, each still naming the run it came from.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 HEADER = """# Benchmarks
@@ -32,10 +38,21 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(results: dict[str, dict[str, Any]]) -> str:
+def sections(markdown: str) -> dict[str, str]:
+    """The sections of a BENCHMARKS.md by benchmark name (``## Title (`name`)``)."""
+    found = re.split(r"(?m)^(?=## )", markdown)
+    named = (re.match(r"## .*\(`([\w-]+)`\)\n", part) for part in found)
+    return {m.group(1): part for m, part in zip(named, found, strict=True) if m}
+
+
+def render(results: dict[str, dict[str, Any]], previous: str = "") -> str:
+    kept = sections(previous)
     parts = [HEADER]
-    for name in sorted(results):
-        r = results[name]
+    for name in sorted(results.keys() | kept.keys()):
+        r = results.get(name)
+        if r is None:
+            parts.append(kept[name])
+            continue
         parts.append(f"## {r['title']} (`{name}`)\n\n")
         parts.append(f"Run {r['when']}, {r['seconds']:.0f} s, "
                      f"`{r['command']}`{' (quick sizes)' if r['quick'] else ''}.\n\n")
