@@ -52,6 +52,7 @@ from device.hardware import remote as hw_remote
 from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
+from device.status import ERROR, OFFLINE, PENDING, SYNCED
 from device.store import Store, StoreError
 from device.sync.document_store import DocumentStore
 from device.sync.engine import SyncFailed, SyncRefused
@@ -61,7 +62,7 @@ from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
 from device.ui import http
 from device.ui.app import KioskApp
-from device.ui.live import ERROR, OFFLINE, PENDING, SYNCED, LiveStatus
+from device.ui.live import LiveStatus
 from protocol.driver.wall_clock import wall_ms
 
 log = logging.getLogger("haven.kiosk")
@@ -119,7 +120,7 @@ class Runtime:
         self.memory = MemoryMonitor(memory_limits(cfg))
         self.storage = StorageGuard(self.data, storage_limits(cfg))
         self.storage.when_changed = lambda level: self._show()
-        self._pattern = hw.PENDING
+        self._pattern = PENDING
         self._health_task: asyncio.Task[None] | None = None
         self._health_stop: asyncio.Event | None = None
 
@@ -137,7 +138,7 @@ class Runtime:
                 log.warning("no hardware: %s", exc)
         if self.hardware is not None:
             self.hardware.button.when_sync_now = self.sync_now
-        self._show(hw.PENDING)
+        self._show(PENDING)
         self.memory.add_cleanup(self.store.release_memory)
         self.memory.add_cleanup(collect_garbage)
         self.storage.add_reclaimer(self.store.truncate_wal)
@@ -263,7 +264,7 @@ class Runtime:
         of space shows an error over it."""
         if pattern is not None:
             self._pattern = pattern
-        shown = self._pattern if self.storage.level == STORAGE_OK else hw.ERROR
+        shown = self._pattern if self.storage.level == STORAGE_OK else ERROR
         if self.hardware is not None:
             with contextlib.suppress(Exception):
                 self.hardware.led.show(shown)
@@ -288,7 +289,7 @@ class Runtime:
                     ident = load(self.data)
                 except (NotEnrolled, StoreError) as exc:
                     self.live.update(state=ERROR, detail=str(exc))
-                    self._show(hw.ERROR)
+                    self._show(ERROR)
                     self._wait(self.cfg.retry_max)
                     continue
                 self._loop = SyncLoop(
@@ -307,10 +308,10 @@ class Runtime:
                 left = outbox_entries(store)
                 self.live.update(state=SYNCED if left == 0 else PENDING, synced=True,
                                  sent_upto=mark_now if left == 0 else mark, detail="")
-                self._show(hw.SYNCED if left == 0 else hw.PENDING)
+                self._show(SYNCED if left == 0 else PENDING)
                 wait = wait if left == 0 else 0.0
             else:
-                self._show(hw.ERROR if result == ERROR else hw.OFFLINE)
+                self._show(ERROR if result == ERROR else OFFLINE)
             if wait > 0:
                 self._wait(wait)
 
