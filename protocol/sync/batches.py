@@ -63,6 +63,11 @@ REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason",
 PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {2: ("max_bytes", int)}))
 CHANGES = register(MessageSpec(86, "sync-changes", {
     1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}))
+#: The hub to a kiosk on a kept-open session: changes for it arrived (up to ``cursor``).
+NOTIFY = register(MessageSpec(87, "sync-notify", {1: ("cursor", int)}))
+#: The hub to a kiosk: something about the kiosk itself needs a technician
+#: (``code``: ``suspected-clone``).
+ALERT = register(MessageSpec(88, "sync-alert", {1: ("code", str)}, {2: ("detail", str)}))
 STORED, DEFLATED = 0, 1  #: the first byte of a payload: how the array follows
 
 
