@@ -13,5 +13,7 @@ SYNCED = "synced"  #: everything written here has reached the hub
 PENDING = "pending"  #: check-ins wait to be sent, or a round is under way
 OFFLINE = "offline"  #: the hub cannot be reached; the kiosk keeps working alone
 ERROR = "error"  #: something needs a technician (the hub refused us, storage is failing)
+REVOKED = "revoked"  #: the hub revoked this kiosk: it no longer syncs
+SUSPECTED_CLONE = "suspected-clone"  #: another kiosk runs with this one's identity
 
-STATUSES = (SYNCED, PENDING, OFFLINE, ERROR)
+STATUSES = (SYNCED, PENDING, OFFLINE, ERROR, REVOKED, SUSPECTED_CLONE)

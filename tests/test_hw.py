@@ -83,7 +83,8 @@ def test_synced_is_steady_on(kit: hw.Hardware, factory: MockFactory) -> None:
     assert transitions(pin) == [True]
 
 
-@pytest.mark.parametrize("pattern", [hw.PENDING, hw.OFFLINE, hw.ERROR])
+@pytest.mark.parametrize("pattern", [hw.PENDING, hw.OFFLINE, hw.ERROR, hw.REVOKED,
+                                     hw.SUSPECTED_CLONE])
 def test_blinking_patterns_toggle_the_pin(kit: hw.Hardware, factory: MockFactory,
                                           pattern: str) -> None:
     pin = factory.pin(hw.LED_PIN)
@@ -111,7 +112,7 @@ def test_the_led_has_a_pattern_for_every_status_and_no_other() -> None:
 
 def test_pattern_periods_are_distinct() -> None:
     periods = [p for p in hw.PATTERNS.values() if p is not None]
-    assert len(set(periods)) == len(periods) == 3
+    assert len(set(periods)) == len(periods) == len(hw.PATTERNS) - 1
     assert hw.PATTERNS[hw.SYNCED] is None
     on, off = hw.PATTERNS[hw.OFFLINE]  # type: ignore[misc]
     assert on < off  # a blip, mostly dark

@@ -92,7 +92,7 @@ def test_page_and_script_use_only_known_keys() -> None:
     assert words
     used |= set(re.findall(r':\s*"(\w+)"', words.group(1)))
     used |= {f"reason_{r}" for r in REASONS}
-    used |= {f"sync_{s}" for s in ("offline", "pending", "synced", "error")}
+    used |= {f"sync_{s}" for s in STATUSES}
     assert used, "no keys found"
     assert used - set(EN) == set()
 
@@ -102,7 +102,7 @@ def test_every_status_has_words_and_a_colour_on_the_page() -> None:
     for lang in LANGUAGES:
         assert {f"sync_{s}" for s in STATUSES} <= set(STRINGS[lang]), lang
     css = (STATIC / "app.css").read_text("utf-8")
-    styled = set(re.findall(r'#sync\[data-state="(\w+)"\]', css))
+    styled = set(re.findall(r'#sync\[data-state="([\w-]+)"\]', css))
     assert styled == set(STATUSES) - {PENDING}  # pending is the dot's default colour
     page = (STATIC / "index.html").read_text("utf-8")
     script = (STATIC / "app.js").read_text("utf-8")

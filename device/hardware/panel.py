@@ -8,10 +8,12 @@ tests, demos); any other name, or none, tries gpiozero's own choice and,
 when no real GPIO is there, falls back to the mock with a warning
 (``HardwareFallback``), so a kiosk on a laptop still runs.
 
-``StatusLed`` shows one of the four statuses of ``device.status`` as a
-blink pattern, each a (on, off) period: ``synced`` steady on, ``pending``
-slow blink, ``offline`` a short blip, ``error`` fast blink. ``ServiceButton``
-calls ``when_sync_now`` after a long press (``hold_time``) and exposes
+``StatusLed`` shows one of the statuses of ``device.status`` as a blink
+pattern, each a (on, off) period: ``synced`` steady on, ``pending`` slow
+blink, ``offline`` a short blip, ``error`` fast blink; the two that need a
+technician differ from all of these: ``revoked`` mostly lit with a short dark
+wink, ``suspected-clone`` a brisk even blink, between pending and error.
+``ServiceButton`` calls ``when_sync_now`` after a long press (``hold_time``) and exposes
 ``is_held`` and ``wait_for_press`` for provisioning's physical-presence
 check. ``Chime`` beeps the buzzer once per check-in. ``Hardware`` bundles the
 three with one ``close``. Every class takes a keyword-only ``pin_factory=None``.
@@ -35,6 +37,8 @@ from device.exc import HardwareError, HardwareFallback, UnknownPattern
 from device.status import ERROR as ERROR
 from device.status import OFFLINE as OFFLINE
 from device.status import PENDING as PENDING
+from device.status import REVOKED as REVOKED
+from device.status import SUSPECTED_CLONE as SUSPECTED_CLONE
 from device.status import SYNCED as SYNCED
 
 #: status (``device.status``) -> (seconds on, seconds off); ``None`` means steady on.
@@ -43,6 +47,8 @@ PATTERNS: dict[str, tuple[float, float] | None] = {
     PENDING: (1.0, 1.0),
     OFFLINE: (0.1, 2.9),
     ERROR: (0.1, 0.1),
+    REVOKED: (1.5, 0.25),
+    SUSPECTED_CLONE: (0.4, 0.4),
 }
 LED_PIN, BUTTON_PIN, BUZZER_PIN = 17, 27, 22
 HOLD_TIME = 3.0
