@@ -39,6 +39,9 @@ Sessions end and begin here:
 * ``close()`` says goodbye; what the session still owes (a CLOSE, a
   refusal) is written even after it was replaced.
 
+``admit_handshake`` is handed to every session the driver makes (a server's
+rate cap on key exchanges: ``Session``'s admission).
+
 The driver never closes a link: whoever opened it does.
 """
 
@@ -104,13 +107,15 @@ class SessionDriver:
                  static_key: X25519PrivateKey | None = None, remote_static: bytes | None = None,
                  resume_lookup: Callable[[bytes], Session | None] | None = None,
                  restart: bool = False, link: Link | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 admit_handshake: Callable[[float], bool] | None = None) -> None:
         self.initiator = initiator
         self.config = config
         self.restart = restart
         self.link = link
         self.clock = clock
         self._static, self._pin, self._lookup = static_key, remote_static, resume_lookup
+        self._admit = admit_handshake  #: a responder's admission of key exchanges
         self._totals = SessionStats()  #: of the sessions replaced so far
         self._events: deque[DriverEvent] = deque()
         self._owed = b""  #: what a replaced session still had to write
@@ -159,7 +164,8 @@ class SessionDriver:
     def _new_session(self, now: float) -> Session:
         self._closing = False
         return Session(initiator=self.initiator, config=self.config, static_key=self._static,
-                       remote_static=self._pin, resume_lookup=self._lookup, now=now)
+                       remote_static=self._pin, resume_lookup=self._lookup,
+                       admit_handshake=self._admit, now=now)
 
     # -- sans-I/O steps ------------------------------------------------------
 

@@ -77,7 +77,10 @@ class Session(Handshaking):
     """One end of a session. See the module docstring.
 
     ``Session(initiator=..., config=..., static_key=..., remote_static=...,
-    resume_lookup=..., accept_static=..., now=...)``. ``accept_static``
+    resume_lookup=..., accept_static=..., admit_handshake=..., now=...)``.
+    ``admit_handshake`` (responder) is asked, with ``now``, before a first
+    handshake message starts a key exchange; ``False`` drops it unanswered
+    (``handshakes.py``, "Admission"). ``accept_static``
     (responder) is asked about the initiator's static key as soon as the
     handshake reveals it (IK's first message, XX's last); a ``False`` refuses
     the initiator with the reason ``"unknown-key"``. A responder's
@@ -137,6 +140,11 @@ class Session(Handshaking):
     def window_overruns(self) -> int:
         """Lane segments the peer sent past our receive window (we cut them)."""
         return sum(lane.beyond_window for lane in self._rx.lanes)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Lane bytes queued to send that the peer has not acknowledged yet."""
+        return sum(lane.end - lane.base for lane in self._tx.lanes)
 
     @property
     def buffered_bytes(self) -> int:

@@ -105,6 +105,7 @@ class SessionStats:
     bad_handshake: int = 0
     takeovers: int = 0  #: second handshakes that became the session
     handshakes_dropped: int = 0  #: second handshakes refused, failed, superseded or expired
+    handshakes_throttled: int = 0  #: first handshake messages dropped: admission said no
     bad_messages: int = 0
     unknown_messages: int = 0
     clamped: int = 0  #: absurd values from the peer, clamped

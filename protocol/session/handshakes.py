@@ -24,6 +24,13 @@ the live session never notices. One second handshake at a time: a newer first
 message replaces it, as it restarts a responder still in its handshake, so a
 flood of them costs what it costs a responder before its session opens.
 
+**Admission**: a responder given ``admit_handshake`` asks it, with the
+current time, before a first handshake message starts a new key exchange
+(a repeat of the one it answered is answered again without asking). On
+``False`` the frame is dropped unanswered and counted
+(``SessionStats.handshakes_throttled``): the server's rate cap on key
+exchanges lives with the server; the session only calls it.
+
 **Refusals**: a version or hello we cannot take, or a static key that
 ``accept_static`` (or a pinned ``remote_static``) refuses, is answered with a
 reason: a refusal frame in the clear while the initiator is still in its
@@ -108,6 +115,7 @@ class Handshaking:
         remote_static: bytes | None = None,
         resume_lookup: Callable[[bytes], Handshaking | None] | None = None,
         accept_static: Callable[[bytes], bool] | None = None,
+        admit_handshake: Callable[[float], bool] | None = None,
         now: float = 0.0,
     ) -> None:
         self.config = cfg = config or SessionConfig()
@@ -122,6 +130,7 @@ class Handshaking:
         self._pin = remote_static
         self._lookup = resume_lookup
         self._accept_static = accept_static
+        self._admit = admit_handshake
         self._resume_secret: bytes | None = None
         self._events: deque[Event] = deque()
         self._tx = SessionSender(cfg, self.stats, now)  # send lanes, frames in flight
@@ -228,6 +237,10 @@ class Handshaking:
                 else:
                     self.stats.bad_handshake += 1
                 return
+        if (not self.initiator and step == 0 and self.state in (HANDSHAKE, OPEN)
+                and self._admit is not None and not self._admit(now)):
+            self.stats.handshakes_throttled += 1  # dropped before any DH: the peer retries
+            return
         if not self.initiator and step == 0 and self.state == HANDSHAKE:
             if run.seen:  # the initiator started over (new process, new ephemeral key)
                 self._transition("restart")
