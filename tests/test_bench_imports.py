@@ -17,6 +17,7 @@ BENCH = Path(tools.benchmarks.__file__).parent
 def test_every_benchmark_module_and_its_imports_resolve() -> None:
     names = [m.name for m in pkgutil.iter_modules([str(BENCH)])]
     assert "_store_workload" in names and "store" in names
+    assert {"hub_load", "_swarm", "_hub_proc", "_idle_day"} <= set(names)
     for name in names:
         module = f"tools.benchmarks.{name}"
         importlib.import_module(module)
