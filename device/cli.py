@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive, default=120.0, metavar="S",
                    help="with --once, give up after S seconds (default 120)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per round")
-    config.add_flags(p, ("baud", "interval", "link_interval", "keepalive"), defaults=True)
+    config.add_flags(p, ("baud", "interval", "poll_interval", "link_interval", "keepalive"),
+                     defaults=True)
 
     p = sub.add_parser("run", help="run the kiosk: check-in page, sync and hardware",
                        description="Serve the check-in page and sync with the hub in one "
@@ -211,7 +212,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     try:
         run_sync(args.data, args.hub, once=args.once, timeout=args.timeout,
                  interval=args.interval, baud=args.baud, link_interval=args.link_interval,
-                 keepalive=args.keepalive, report=lambda s: _sync_report(s, args.json),
+                 keepalive=args.keepalive, poll=getattr(args, "poll_interval", 0.0),
+                 report=lambda s: _sync_report(s, args.json),
                  warn=lambda text: print(f"haven-kiosk sync: {text}", file=sys.stderr))
     except SyncRefused as exc:
         print(f"haven-kiosk sync: {exc}", file=sys.stderr)

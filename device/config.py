@@ -85,8 +85,12 @@ class KioskConfig:
                                  "untouched", unit="s", positive=True)
     staff_pin: str | None = option(None, "PIN of the staff screen (off if unset)",
                                    metavar="PIN", number_text=True)
-    interval: float = option(10.0, "seconds between sync rounds when idle", unit="s",
+    interval: float = option(10.0, "seconds between sync rounds when idle, over a serial "
+                             "line or with no kept-open session (keepalive 0)", unit="s",
                              positive=True)
+    poll_interval: float = option(0.0, "seconds between sync rounds when idle on a kept-open "
+                                  "TCP session, a slow fallback: the hub pushes its "
+                                  "changes", unit="s", zero="off")
     retry_max: float = option(60.0, "longest wait between retries while no hub answers",
                               unit="s", positive=True)
     round_limit: float = option(60.0, "longest sync round", unit="s", positive=True)
@@ -119,11 +123,15 @@ class KioskConfig:
     link_carrier: list[str] = option([], "serial hub URLs whose modem drives carrier "
                                      "detect: their link is up only with carrier",
                                      metavar="URL")
-    keepalive: float = option(120.0, "the hub session stays open between rounds; seconds "
+    keepalive: float = option(240.0, "the hub session stays open between rounds; seconds "
                               "of silence before the kiosk pings it over TCP (under a "
                               "cellular NAT's idle timeout; serial lines ping every few "
                               "seconds); 0 opens a new link and session every round",
                               unit="s", zero="off")
+    reply_timeout: float = option(4.0, "seconds a kept-open TCP session waits for the hub's "
+                                  "first answer (to a round or a keepalive) before it "
+                                  "takes the link for dropped by a NAT and opens a new one",
+                                  unit="s", zero="off")
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)

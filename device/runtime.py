@@ -6,14 +6,25 @@ The event loop serves the page (``device.ui``); every store call it makes
 runs in a thread. The sync loop (``device.sync.loop``, blocking) runs in a
 thread of its own: after each round it tells ``LiveStatus`` how far
 check-ins reached the hub, and shows the state on the status LED. A
-check-in or a long press of the service button starts a round at once;
-otherwise rounds follow ``interval``, or a backoff capped at ``retry_max``
-while no hub answers. A link monitor (``device.sync.link_monitor``, a
+check-in or a long press of the service button starts a round at once
+(``device.sync.wake.Wake``: the sync thread sleeps on it and on the hub's
+socket together). On a kept-open TCP session the hub pushes its changes
+(``sync-notify`` starts a round) and rounds follow ``poll_interval`` only
+if set; over a serial line they follow ``interval``; while no hub answers,
+a backoff capped at ``retry_max``. A link monitor (``device.sync.link_monitor``, a
 thread of its own) watches each URL's link: when one returns, its breaker
 lets a probe through and a round starts at once. The hub session stays
 open between rounds while ``keepalive`` is above 0. An idle round logs only
 at DEBUG: a log line every 10 s is a write to the card too. An unenrolled
 kiosk still checks patients in (the LED shows an error).
+
+A kiosk the hub revoked (its session closed, or its hello refused, with
+reason ``revoked``) shows ``revoked`` on the LED, the page and the staff
+screen, and stops syncing: the revocation is kept in ``sync.db``, so a
+restart neither tries again nor storms the hub. One the hub suspects of
+being a clone (``suspected_clone``) shows ``suspected-clone`` and goes on.
+Both still check patients in. The page's "last contact" age is read from
+the sync loop on demand, in memory only.
 
 Every ``health_interval`` the runtime looks at its memory
 (``device.health.memory``: caches dropped past the soft threshold, the
@@ -52,7 +63,7 @@ from device.hardware import remote as hw_remote
 from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
-from device.status import ERROR, OFFLINE, PENDING, SYNCED
+from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYNCED
 from device.store import Store, StoreError
 from device.sync.document_store import DocumentStore
 from device.sync.engine import SyncFailed, SyncRefused
@@ -60,6 +71,7 @@ from device.sync.link_monitor import link_monitor_for
 from device.sync.loop import SyncLoop
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
+from device.sync.wake import Wake
 from device.ui import http
 from device.ui.app import KioskApp
 from device.ui.live import LiveStatus
@@ -86,6 +98,12 @@ def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
     return True
 
 
+def suspected_clone(state: SyncState) -> bool:
+    """Whether the hub told this kiosk that another runs with its identity (kept in
+    ``sync.db`` by the sync role)."""
+    return bool(state.get_int("suspected_clone"))
+
+
 def outbox_entries(store: Store) -> int:
     lanes = store.status()["outbox"]["lanes"]
     return sum(int(x["entries"]) for x in lanes.values())
@@ -107,7 +125,9 @@ class Runtime:
         self.live = LiveStatus()
         self.hardware = hardware
         self._offset = 0
-        self._wake = threading.Event()
+        self._wake = Wake()
+        #: REVOKED or SUSPECTED_CLONE: shown over the sync state (a technician is needed)
+        self._alert: str | None = None
         self._asked = True  #: the first round, or one asked for: logged even if idle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -128,6 +148,7 @@ class Runtime:
 
     async def start(self) -> tuple[str, int]:
         self.live.bind(asyncio.get_running_loop())
+        self.live.watch_contact(self._contact_age, self.cfg.keepalive or self.cfg.interval)
         self._offset = await asyncio.to_thread(self._saved_offset)
         self.store = await asyncio.to_thread(
             lambda: Store(self.data, clock=lambda: wall_ms() + self._offset))
@@ -203,6 +224,8 @@ class Runtime:
             log.warning("sync round still running at shutdown; leaving it")
         if self.hardware is not None:
             self.hardware.close()
+        if self._thread is None or not self._thread.is_alive():
+            self._wake.close()
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT."""
@@ -259,12 +282,19 @@ class Runtime:
 
     # The sync thread --------------------------------------------------------------------
 
+    def _contact_age(self) -> float | None:
+        """Seconds since the hub was last heard (None: not yet); any thread."""
+        loop = self._loop
+        heard = loop.last_contact() if loop is not None else None
+        return None if heard is None else max(0.0, self.clock() - heard)
+
     def _show(self, pattern: str | None = None) -> None:
         """Show the sync state's ``pattern`` (or the last one again); a disk running out
-        of space shows an error over it."""
+        of space shows an error over it, and what needs a technician over both."""
         if pattern is not None:
             self._pattern = pattern
         shown = self._pattern if self.storage.level == STORAGE_OK else ERROR
+        shown = self._alert or shown
         if self.hardware is not None:
             with contextlib.suppress(Exception):
                 self.hardware.led.show(shown)
@@ -295,25 +325,48 @@ class Runtime:
                 self._loop = SyncLoop(
                     store, state, ident, self.cfg.hub, baud=self.cfg.baud,
                     keepalive=self.cfg.keepalive, interval=self.cfg.interval,
+                    poll=self.cfg.poll_interval, reply_timeout=self.cfg.reply_timeout,
                     retry_cap=self.cfg.retry_max, docs=docs, clock=self.clock,
                     failed=(SyncFailed, StoreError, ValueError, OSError, RuntimeError,
                             sqlite3.Error))  # sqlite3: the sync checkpoints on a full disk
+                if (why := self._loop.revoked) is not None:
+                    self._revoked(why)
+                    return
             while not self._returned.empty():
                 self._loop.link_returned(self._returned.get())
             mark = self.live.snapshot()["committed"]
             result, wait = self._one_round(self._loop)
+            if result == REVOKED:
+                self._revoked(self.live.snapshot()["detail"])
+                return
+            self._alert = SUSPECTED_CLONE if suspected_clone(state) else None
             if result == SYNCED:
                 self._offset = state.clock_offset
                 mark_now = self.live.snapshot()["committed"]
                 left = outbox_entries(store)
-                self.live.update(state=SYNCED if left == 0 else PENDING, synced=True,
-                                 sent_upto=mark_now if left == 0 else mark, detail="")
+                self.live.update(state=self._alert or (SYNCED if left == 0 else PENDING),
+                                 synced=True, sent_upto=mark_now if left == 0 else mark,
+                                 detail="")
                 self._show(SYNCED if left == 0 else PENDING)
                 wait = wait if left == 0 else 0.0
             else:
+                if self._alert is not None:
+                    self.live.update(state=self._alert)
                 self._show(ERROR if result == ERROR else OFFLINE)
             if wait > 0:
                 self._wait(wait)
+
+    def _revoked(self, detail: str) -> None:
+        """The hub revoked this kiosk: show it, and sync no more (until stopped; a new
+        enrolment and a restart end it)."""
+        log.error("this kiosk was revoked (%s): it syncs no more; enrol it again to "
+                  "return it to service", detail)
+        self._alert = REVOKED
+        self.live.update(state=REVOKED, detail=detail)
+        self._show()
+        if self._loop is not None:
+            self._loop.close()
+        self._stop.wait()
 
     def _wait(self, seconds: float) -> None:
         """Until the next round: ``seconds``, or until woken (a check-in, the button, a
@@ -330,6 +383,9 @@ class Runtime:
         try:
             out = loop.round(lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit)
         except SyncRefused as exc:
+            if exc.reason == REVOKED:
+                self.live.update(detail=str(exc))
+                return REVOKED, 0.0
             self.live.update(state=ERROR, detail=str(exc))
             log.error("sync refused: %s", exc)
             return ERROR, self.cfg.retry_max

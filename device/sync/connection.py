@@ -6,8 +6,21 @@ Theory of operation
 long as the link stays up: the first round opens the link and runs the
 handshake; every later round is messages on the open session
 (``engine.drive_round``). Between rounds ``idle`` services the session
-(keepalives, the hub's pings) until the wait ends or a check-in sets the
-wake event, so a check-in leaves at once.
+until the wait ends or something calls for a round: a check-in sets the
+wake event (``device.sync.wake.Wake``), or the hub speaks. It blocks on the
+link and the wake event together, with the session's next deadline (a
+keepalive) as its timeout, so an idle kiosk wakes only for that: nothing
+polls. What the hub sends meanwhile (a ``sync-notify``: it holds changes
+for us) ends the wait and is handed to the next round (``pending``),
+which pulls. A session closed while idle ends the wait too, so that the
+next round opens a new one and pushes reach us again; a refusal (revoked)
+is kept in ``refused`` and the next round raises ``SyncRefused``.
+
+A NAT that forgets an idle flow drops its packets without a word. So a
+keepalive not answered within ``reply_timeout`` drops the link and ends the
+wait (the next round resumes the session on a new one), as does a round's
+first message (``drive_round``): the hub replaces the stale session when
+the resumed one authenticates with the same key.
 
 When the link breaks, the next use (or ``drive_round``'s ``reopen``, within
 a round) opens it again and ``SessionDriver.attach`` resumes the session
@@ -17,15 +30,18 @@ round runs again from its hello (a saved, unacknowledged batch is sent again
 from ``sync.db``; the hub keeps each once).
 
 ``keepalive``: seconds of silence before the kiosk pings. On TCP it is sized
-for a cellular NAT's idle timeout (minutes); a serial line, which nothing in
-between drops, pings every ``SERIAL_KEEPALIVE`` so that a restarted hub is
-noticed by the session's dead timeout.
+for a cellular NAT's idle timeout (minutes), and only the kiosk pings (the
+hub's keepalive is longer than its idle limit); a serial line, which
+nothing in between drops, pings every ``SERIAL_KEEPALIVE`` so that a
+restarted hub is noticed by the session's dead timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +50,8 @@ from device.enrol import Identity
 from device.store import Store
 from device.sync.document_store import DocumentStore
 from device.sync.engine import (
+    REFUSALS,
+    REPLY_TIMEOUT,
     STALL,
     Summary,
     SyncFailed,
@@ -45,29 +63,58 @@ from device.sync.engine import (
 from device.sync.state import SyncState
 from protocol.driver.errors import LinkError
 from protocol.driver.link import Link
-from protocol.driver.session_driver import LinkClosed, SessionDriver
-from protocol.session.events import CLOSED, Closed
+from protocol.driver.session_driver import DriverEvent, LinkClosed, SessionDriver
+from protocol.session.events import CLOSED, Closed, MessageReceived
 
 log = logging.getLogger("haven.sync")
 
-KEEPALIVE = 120.0  #: default seconds between pings on an idle TCP session
+KEEPALIVE = 240.0  #: default seconds between pings on an idle TCP session
 SERIAL_KEEPALIVE = 5.0
-IDLE_STEP = 0.05  #: longest wait between two looks at the wake event while idle
+#: Longest wait between two looks at a wake event that cannot be waited on with the
+#: link (a plain ``threading.Event``; ``Wake`` needs none).
+IDLE_STEP = 0.05
+
+#: ``wait(fds, timeout)``: the descriptors of ``fds`` that are readable, after at most
+#: ``timeout`` seconds.
+Waiter = Callable[[list[int], float], list[int]]
+
+
+def wait_readable(fds: list[int], timeout: float) -> list[int]:
+    """Block until one of ``fds`` is readable or ``timeout`` seconds pass."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = max(0, math.ceil(timeout * 1000)) if math.isfinite(timeout) else -1
+    return [fd for fd, _ in poller.poll(ms)]
 
 
 class HubConnection:
     def __init__(self, url: str, ident: Identity, *, baud: int | None = None,
                  keepalive: float = KEEPALIVE, stall: float = STALL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 reply_timeout: float = REPLY_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Waiter = wait_readable) -> None:
         """``stall``: seconds of the hub's silence within a round after which the link
-        is taken for dead and opened again (``drive_round``)."""
+        is taken for dead and opened again (``drive_round``); ``reply_timeout``: the
+        same for the first answer to a round on a session kept open, and for the
+        answer to a keepalive while idle (0: no such check). ``clock`` times the
+        session too; ``wait`` is ``idle``'s blocking wait (``wait_readable``)."""
         self.url, self.ident, self.baud, self.keepalive = url, ident, baud, keepalive
-        self.stall = stall
-        self.clock = clock
+        self.stall, self.reply_timeout = stall, reply_timeout
+        self.clock, self.wait = clock, wait
         self.link: Link | None = None
         self.driver: SessionDriver | None = None
         self.handshakes = 0  #: links opened with a new session (not resumed)
         self.resumes = 0  #: links opened to resume the session
+        self.wakeups = 0  #: waits ``idle`` made (each one blocking call)
+        self.pending: list[bytes] = []  #: messages the hub sent while idle
+        self.refused: SyncRefused | None = None  #: the hub turned us away while idle
+
+    @property
+    def last_heard(self) -> float | None:
+        """When the hub last sent an authenticated frame (``clock``), if it ever did."""
+        driver = self.driver
+        return driver.last_heard if driver is not None and driver.ever_connected else None
 
     @property
     def open(self) -> bool:
@@ -77,13 +124,17 @@ class HubConnection:
               docs: DocumentStore | None = None) -> Summary:
         """One round on the kept-open session (opened, resumed or started afresh as
         needed); raises ``SyncFailed`` or ``SyncRefused`` as ``drive_round`` does."""
+        if self.refused is not None:
+            raise self.refused
         start = self.clock()
         for attempt in (1, 2):
             driver = self._ready()
+            pending, self.pending = self.pending, []
             try:
                 return drive_round(driver, store, state, self.ident, url=self.url,
                                    limit=max(0.0, limit - (self.clock() - start)), docs=docs,
-                                   reopen=self._reopen, stall=self.stall)
+                                   reopen=self._reopen, stall=self.stall,
+                                   reply_timeout=self.reply_timeout, pending=pending)
             except SyncRefused:
                 self.close()
                 raise
@@ -95,31 +146,85 @@ class HubConnection:
         raise AssertionError("unreachable")
 
     def idle(self, seconds: float, wake: threading.Event) -> bool:
-        """Wait ``seconds`` or until ``wake`` is set (True), servicing the session."""
+        """Wait ``seconds`` (``math.inf``: until something happens), servicing the
+        session; True when the wait ended early for a round: ``wake`` was set, the hub
+        sent a message (kept in ``pending``), or the session or its link ended."""
         end = self.clock() + seconds
+        fileno = getattr(wake, "fileno", None)
         while not wake.is_set():
-            left = end - self.clock()
+            now = self.clock()
+            left = end - now
             if left <= 0:
                 return False
-            driver = self.driver
-            if driver is None or driver.link is None or driver.closed:
-                return wake.wait(left)
+            driver, link = self.driver, self.link
+            if driver is None or link is None or driver.link is None or driver.closed:
+                return wake.wait(None if math.isinf(left) else left)
+            fd = link.fileno()
+            events: list[DriverEvent] | None
             try:
-                events = driver.poll(min(IDLE_STEP, left))
+                if fileno is None or fd is None:  # a plain Event: look at it in steps
+                    events = driver.poll(min(IDLE_STEP, left))
+                    self.wakeups += 1
+                else:
+                    events = self._wait_once(driver, link, fd, fileno(), wake, now, left)
             except LinkError as exc:
                 log.info("the link to %s broke while idle: %s", self.url, exc)
                 self._drop_link()
-                continue
-            for event in events:
-                if isinstance(event, LinkClosed):
-                    log.info("the hub at %s closed the link; resuming at the next round",
-                             self.url)
-                    self._drop_link()
-                elif isinstance(event, Closed):
-                    log.info("the session over %s closed while idle (%s)", self.url,
-                             event.reason)
-                    self.close()
+                return True
+            if events is None or self._idle_events(events):
+                return True
         return True
+
+    def _wait_once(self, driver: SessionDriver, link: Link, fd: int, wake_fd: int,
+                   wake: threading.Event, now: float, left: float) -> list[DriverEvent] | None:
+        """One blocking wait on the link and the wake event, until the session's next
+        deadline; the session's events, or None when a keepalive went unanswered."""
+        out = driver.output(now)
+        if out:
+            link.write(out)
+        deadline = driver.next_deadline()
+        wait = left if deadline is None else min(left, deadline - now)
+        ping = driver.session.last_ping
+        if self.reply_timeout > 0 and ping is not None and driver.last_heard < ping:
+            if now - ping >= self.reply_timeout:
+                log.info("no answer to a keepalive over %s within %g s: the link is taken "
+                         "for dropped", self.url, self.reply_timeout)
+                self._drop_link()
+                return None
+            wait = min(wait, ping + self.reply_timeout - now)
+        self.wakeups += 1
+        ready = self.wait([fd, wake_fd], max(0.0, wait))
+        if wake_fd in ready and not wake.is_set():
+            drain = getattr(wake, "drain", None)
+            if drain is not None:
+                drain()
+        if fd in ready:
+            data = link.read(0)
+            if data is None:
+                self.link = driver.link = None
+            driver.feed(data, self.clock())
+        return driver.events()
+
+    def _idle_events(self, events: list[DriverEvent]) -> bool:
+        """Take what happened while idle; True when it calls for a round."""
+        wanted = False
+        for event in events:
+            if isinstance(event, MessageReceived):
+                self.pending.append(event.data)
+                wanted = True
+            elif isinstance(event, LinkClosed):
+                log.info("the hub at %s closed the link; a round opens a new one", self.url)
+                self._drop_link()
+                wanted = True
+            elif isinstance(event, Closed):
+                what = f"{event.reason}: {event.detail}" if event.detail else event.reason
+                log.info("the session over %s closed while idle (%s)", self.url, what)
+                if event.reason in REFUSALS:
+                    self.refused = SyncRefused(f"the hub refused this kiosk ({what})",
+                                               event.reason)
+                self.close()
+                wanted = True
+        return wanted
 
     def close(self) -> None:
         """Say goodbye (if the session is open) and close the link."""
@@ -145,7 +250,7 @@ class HubConnection:
             keepalive = self.keepalive if link.stream else min(self.keepalive,
                                                                 SERIAL_KEEPALIVE)
             self.driver = kiosk_driver(self.ident, link, baud=self.baud, keepalive=keepalive,
-                                       kept_open=True)
+                                       kept_open=True, clock=self.clock)
             self.handshakes += 1
         elif self.driver.closed:
             self.driver.new_session(self.clock())

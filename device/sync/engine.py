@@ -55,6 +55,9 @@ REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate",
 SERIAL_DEAD_TIMEOUT = 20.0
 #: A kept-open session silent this long within a round is taken for a dead link.
 STALL = 10.0
+#: A round on a session kept open since an earlier round that hears nothing this long
+#: after its first message takes the link for dropped (a NAT that forgot the flow).
+REPLY_TIMEOUT = 4.0
 #: Document content goes out during this share of a round's time limit, so a long
 #: document leaves the round time to end cleanly (the next one resumes it).
 DOCUMENT_SHARE = 0.75
@@ -65,7 +68,12 @@ class SyncFailed(DeviceError):
 
 
 class SyncRefused(SyncFailed):
-    """The hub refused this kiosk; retrying will not help."""
+    """The hub refused this kiosk; retrying will not help. ``reason``: the session's
+    close reason (``revoked``, ``unknown-device``...), "" for a refusal of our own."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -214,7 +222,8 @@ def open_hub_link(url: str, baud: int | None) -> Link:
 
 def kiosk_driver(ident: Identity, link: Link, *, baud: int | None = None,
                  limit: float = 60.0, keepalive: float = 5.0,
-                 kept_open: bool = False) -> SessionDriver:
+                 kept_open: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> SessionDriver:
     """The kiosk's session driver over ``link``, the hub's key pinned. It may outlive
     a round: ``drive_round`` runs one round over it and leaves its session open.
     ``kept_open``: the session outlives rounds (``device.sync.connection``), so its
@@ -225,7 +234,7 @@ def kiosk_driver(ident: Identity, link: Link, *, baud: int | None = None,
                             dead_timeout=dead,
                             max_message=1 << 20, send_buffer=2 << 20)
     return SessionDriver(initiator=True, config=config, static_key=ident.x_key,
-                         remote_static=ident.cert.hub_x25519, link=link)
+                         remote_static=ident.cert.hub_x25519, link=link, clock=clock)
 
 
 def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
@@ -247,7 +256,9 @@ def run_round(store: Store, state: SyncState, ident: Identity, url: str, *,
 
 def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Identity, *,
                 url: str, limit: float = 60.0, docs: DocumentStore | None = None,
-                reopen: Callable[[], Link] | None = None, stall: float = STALL) -> Summary:
+                reopen: Callable[[], Link] | None = None, stall: float = STALL,
+                reply_timeout: float = REPLY_TIMEOUT, pending: list[bytes] | None = None,
+                ) -> Summary:
     """One round over ``driver``'s session, which it leaves open; on a session already
     connected (kept open) the round starts with a pull and the next batch. Raises
     ``SyncFailed`` (or ``SyncRefused``).
@@ -259,9 +270,15 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
     ``reopen``: when the link breaks, a new one, on which the session resumes and the
     round goes on (nothing acknowledged is sent again); without it the round fails.
     A kept-open link on which the hub said nothing for ``stall`` seconds of the round
-    counts as broken (a route or a NAT that dropped it without a word).
-    A fresh session (the hub did not know ours) starts the round over from its hello."""
-    start = time.monotonic()
+    counts as broken (a route or a NAT that dropped it without a word); on a session
+    kept open since an earlier round, nothing heard ``reply_timeout`` seconds after
+    the round's first message does too (idle links are the ones NATs forget).
+    A fresh session (the hub did not know ours) starts the round over from its hello.
+
+    ``pending``: messages the hub sent while no round ran (a ``sync-notify``), taken
+    first. Times are the driver's clock."""
+    clock = driver.clock
+    start = clock()
     own_docs = docs is None
     docs = DocumentStore(store.data, store.cipher) if docs is None else docs
     rnd = Round(store, state, ident, DocumentPush(docs, store))
@@ -270,16 +287,23 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
     try:
         since = start  #: the round began, or its link was last opened again
         hello = driver.connected
+        #: kept open since an earlier round: a first answer is due within reply_timeout
+        quick = hello and reply_timeout > 0
+        for data in pending or ():
+            for lane, msg in rnd.on_message(data):
+                if hello:
+                    driver.send(lane, msg)
         if hello:  # the hub knows this kiosk from the session's hello: pull and push
             for lane, msg in rnd.again():
                 driver.send(lane, msg)
         while not rnd.done:
-            now = time.monotonic()
+            now = clock()
             if now - start > limit:
                 raise SyncFailed(f"round over {url} took longer than {limit:g} s")
             try:
-                if reopen is not None and now - max(since, driver.last_heard) > stall:
-                    raise LinkError(f"the hub at {url} said nothing for {stall:g} s")
+                quiet = reply_timeout if quick and driver.last_heard < since else stall
+                if reopen is not None and now - max(since, driver.last_heard) > quiet:
+                    raise LinkError(f"the hub at {url} said nothing for {quiet:g} s")
                 events = driver.poll(0.1)
             except LinkError:
                 if reopen is None:
@@ -305,11 +329,12 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
                 elif isinstance(event, Closed):
                     what = f"{event.reason}: {event.detail}" if event.detail else event.reason
                     if event.reason in REFUSALS:
-                        raise SyncRefused(f"the hub refused this kiosk ({what})")
+                        raise SyncRefused(f"the hub refused this kiosk ({what})",
+                                          event.reason)
                     raise SyncFailed(f"session closed ({what})")
                 elif isinstance(event, LinkClosed) and reopen is not None:
                     reopen()
-                    since = time.monotonic()
+                    since, quick = clock(), False
                     break  # what is left of this turn was read from the old link
                 elif isinstance(event, LinkClosed):
                     raise SyncFailed(f"the hub at {url} closed the connection")

@@ -8,12 +8,17 @@ cool-down, then probed), the kept-open session (``connection``, one URL's
 at a time; ``keepalive`` 0: a new link and session every round; serial
 lines keep a new session per round) and how many rounds in a row no URL
 worked. ``round(limit)`` runs one round over the first URL that works
-(``sync_first``) and says how long to wait before the next: the interval
-after a round that worked, else the backoff with jitter, never longer than
-until a resting URL may be probed (``retry_wait``). ``idle(seconds, wake)``
-is that wait, servicing the open session and ending at once when ``wake``
-is set. A link that comes back (``link_returned``) lets its breaker probe
-at once. ``SyncRefused`` passes through: retrying will not help.
+(``sync_first``) and says how long to wait before the next: after a round
+that worked, ``interval`` on a serial line (a session per round), and on a
+kept-open TCP session ``poll`` (a slow fallback; 0, the default, waits
+for a reason: a check-in, the hub's ``sync-notify``, a link back), else
+the backoff with jitter, never longer than until a resting URL may be
+probed (``retry_wait``). ``idle(seconds, wake)`` is that wait, servicing
+the open session and ending at once when ``wake`` is set or the hub
+speaks. A link that comes back (``link_returned``) lets its breaker probe
+at once. ``SyncRefused`` passes through: retrying will not help. A
+revocation is kept in ``sync.db`` (``SyncState.mark_revoked``), so that the
+loop refuses to run again for this certificate, even after a restart.
 
 ``run_sync`` is ``haven-kiosk sync``'s loop on top of it; the runtime
 (``device.runtime``) drives the same ``SyncLoop`` from its sync thread.
@@ -21,6 +26,7 @@ at once. ``SyncRefused`` passes through: retrying will not help.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -31,15 +37,17 @@ from pathlib import Path
 from device.enrol import Identity, load
 from device.store import Store, StoreError
 from device.sync.circuit import Breakers, hub_breakers
-from device.sync.connection import KEEPALIVE, HubConnection
+from device.sync.connection import KEEPALIVE, HubConnection, Waiter, wait_readable
 from device.sync.document_store import DocumentStore
-from device.sync.engine import Summary, SyncFailed, SyncRefused, run_round
-from device.sync.link_monitor import link_monitor_for
+from device.sync.engine import REPLY_TIMEOUT, Summary, SyncFailed, SyncRefused, run_round
+from device.sync.link_monitor import LinkMonitor, link_monitor_for
 from device.sync.state import SyncState
+from device.sync.wake import Wake
 from protocol.driver.wall_clock import wall_ms
 
 ROUND_LIMIT = 60.0
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
+REVOKED = "revoked"  #: the close reason of a revoked kiosk's session
 
 
 class SyncGaveUp(SyncFailed, TimeoutError):
@@ -95,26 +103,58 @@ def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
 class SyncLoop:
     def __init__(self, store: Store, state: SyncState, ident: Identity, urls: list[str], *,
                  baud: int | None = None, keepalive: float = KEEPALIVE,
-                 interval: float = 10.0, retry_cap: float | None = None,
+                 interval: float = 10.0, poll: float = 0.0, retry_cap: float | None = None,
+                 reply_timeout: float = REPLY_TIMEOUT,
                  docs: DocumentStore | None = None,
                  failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
                  clock: Callable[[], float] = time.monotonic,
+                 wait: Waiter = wait_readable,
                  rng: random.Random | None = None) -> None:
+        """``interval``: seconds between rounds that worked, on a serial line or with
+        no kept-open session (``keepalive`` 0); ``poll``: the same on a kept-open TCP
+        session (0: none, the hub pushes). ``reply_timeout``, ``wait``: see
+        ``HubConnection``."""
         self.store, self.state, self.ident, self.docs = store, state, ident, docs
         self.baud, self.keepalive, self.clock = baud, keepalive, clock
-        self.interval, self.failed = interval, failed
+        self.interval, self.poll, self.failed = interval, poll, failed
+        self.reply_timeout, self.wait = reply_timeout, wait
         self.retry_cap = BACKOFF_CAP if retry_cap is None else retry_cap
         self.rng = rng or random.Random()
         self.breakers = hub_breakers(urls, self.retry_cap, clock=clock, rng=self.rng)
         self.conn: HubConnection | None = None  #: the kept-open session
         self.attempt = 0  #: rounds in a row in which a URL was tried and none worked
+        self.contact: float | None = None  #: ``clock`` at the end of the last round that worked
+
+    @property
+    def revoked(self) -> str | None:
+        """Why the hub revoked this kiosk, if it did (kept in ``sync.db``)."""
+        return self.state.revoked(self.ident.cert.raw)
+
+    def last_contact(self) -> float | None:
+        """``clock`` when the hub was last heard: a round that worked, or a frame on
+        the kept-open session (its keepalives' answers)."""
+        heard = self.conn.last_heard if self.conn is not None else None
+        times = [t for t in (self.contact, heard) if t is not None]
+        return max(times) if times else None
 
     def round(self, limit: Callable[[], float]) -> Outcome:
-        """One round; raises ``SyncRefused``."""
-        summary, failures = sync_first(self.breakers, self._round, limit, self.failed)
+        """One round; raises ``SyncRefused`` (with reason ``revoked``: kept, and every
+        later round raises it at once)."""
+        if (why := self.revoked) is not None:
+            raise SyncRefused(f"this kiosk was revoked ({why})", REVOKED)
+        try:
+            summary, failures = sync_first(self.breakers, self._round, limit, self.failed)
+        except SyncRefused as exc:
+            if exc.reason == REVOKED:
+                self.close()
+                self.state.mark_revoked(self.ident.cert.raw, str(exc))
+            raise
         if summary is not None:
             self.attempt = 0
-            return Outcome(summary, failures, self.interval)
+            self.contact = self.clock()
+            pushed = self.conn is not None and self.conn.open
+            wait = self.interval if not pushed else self.poll if self.poll > 0 else math.inf
+            return Outcome(summary, failures, wait)
         self.attempt += bool(failures)
         return Outcome(None, failures, retry_wait(self.attempt, self.breakers, self.rng,
                                                   cap=self.retry_cap))
@@ -131,16 +171,24 @@ class SyncLoop:
                              limit=limit, docs=self.docs)
         if self.conn is None:
             self.conn = HubConnection(url, self.ident, baud=self.baud,
-                                      keepalive=self.keepalive, clock=self.clock)
+                                      keepalive=self.keepalive, clock=self.clock,
+                                      reply_timeout=self.reply_timeout, wait=self.wait)
         return self.conn.round(self.store, self.state, limit=limit, docs=self.docs)
 
     def link_returned(self, url: str) -> None:
         self.breakers[url].allow_probe()
 
     def idle(self, seconds: float, wake: threading.Event) -> bool:
-        """Wait ``seconds`` or until ``wake`` is set (True), servicing an open session."""
-        if self.conn is not None and self.conn.open:
-            return self.conn.idle(seconds, wake)
+        """Wait ``seconds`` (``math.inf``: for a reason) or until ``wake`` is set or the
+        hub speaks (True), servicing an open session. With no session open, an endless
+        wait ends at once: a round opens one, so that pushes reach us."""
+        conn = self.conn
+        if conn is not None and conn.open:
+            return conn.idle(seconds, wake)
+        if conn is not None and (conn.driver is not None or conn.pending or conn.refused):
+            return True  # the session or its link ended since the round: a round now
+        if math.isinf(seconds):
+            return True
         return wake.wait(seconds)
 
     def next_probe(self) -> float | None:
@@ -154,7 +202,8 @@ class SyncLoop:
 
 def run_sync(data: Path, hubs: list[str], *, once: bool = False, timeout: float = 120.0,
              interval: float = 10.0, baud: int | None = None, link_interval: float = 1.0,
-             keepalive: float = KEEPALIVE, report: Callable[[Summary], None] | None = None,
+             keepalive: float = KEEPALIVE, poll: float = 0.0,
+             report: Callable[[Summary], None] | None = None,
              warn: Callable[[str], None] | None = None) -> Summary:
     """``haven-kiosk sync``: rounds until interrupted, or with ``once`` until one round
     leaves everything acknowledged both ways (its summary is returned) or ``timeout``
@@ -166,11 +215,12 @@ def run_sync(data: Path, hubs: list[str], *, once: bool = False, timeout: float 
     store = Store(data, clock=lambda: wall_ms() + offset)
     docs = DocumentStore(store.data, store.cipher)
     loop = SyncLoop(store, state, ident, hubs, baud=baud, keepalive=keepalive,
-                    interval=interval, docs=docs, clock=lambda: time.monotonic())
+                    interval=interval, poll=poll, docs=docs, clock=lambda: time.monotonic())
     links = link_monitor_for(hubs, link_interval, clock=lambda: time.monotonic())
     if links is not None:
         links.poll()  # how the links are before the first round
     give_up = time.monotonic() + timeout
+    wake = Wake()  # nothing sets it: the hub's messages end a wait here
 
     def limit() -> float:
         return min(give_up - time.monotonic(), ROUND_LIMIT) if once else ROUND_LIMIT
@@ -190,21 +240,27 @@ def run_sync(data: Path, hubs: list[str], *, once: bool = False, timeout: float 
                 wait = min(wait, give_up - time.monotonic())
                 if wait <= 0:
                     raise SyncGaveUp("gave up: not everything was acknowledged")
-            if links is not None:
-                for url in links.pause(wait, lambda s: _pause(loop, s)):
-                    loop.link_returned(url)
-            else:
-                _pause(loop, wait)
+            _pause(loop, wait, links, wake)
     finally:
         loop.close()
         docs.close()
         store.close()
         state.close()
+        wake.close()
 
 
-def _pause(loop: SyncLoop, seconds: float) -> None:
-    """Sleep, servicing the kept-open session if one is open."""
-    if loop.conn is not None and loop.conn.open:
-        loop.idle(seconds, threading.Event())
-    else:
-        time.sleep(seconds)
+def _pause(loop: SyncLoop, seconds: float, links: LinkMonitor | None, wake: Wake) -> None:
+    """Wait ``seconds``, servicing the kept-open session; ends early when the hub speaks
+    or the session ends (``SyncLoop.idle``), or a link returns (``links``)."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        step = left if links is None else min(left, links.interval)
+        if loop.conn is not None:
+            if loop.idle(step, wake):
+                return
+        else:
+            time.sleep(step)
+        if links is not None and (back := links.poll()):
+            for url in back:
+                loop.link_returned(url)
+            return

@@ -23,6 +23,10 @@ once they have waited ``FLUSH_AFTER_S``, or at close: lost, they only mean
 work done again. A value that did not change is not written at all, so an
 idle round writes nothing to the SD card.
 
+A revocation (``mark_revoked``) is written at once with an fsync: a kiosk
+the hub revoked must not try again after a restart. It names the
+certificate it was said to: enrolling again (a new certificate) clears it.
+
 The tables change only through numbered migrations (``MIGRATIONS``,
 ``protocol.driver.database``).
 """
@@ -30,6 +34,7 @@ The tables change only through numbered migrations (``MIGRATIONS``,
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import sqlite3
 import time
@@ -129,6 +134,26 @@ class SyncState:
     def clock_offset(self) -> int:
         return self.get_int("clock_offset")
 
+    def mark_revoked(self, cert: bytes, detail: str) -> None:
+        """The hub revoked the kiosk holding ``cert``: kept at once (see above)."""
+        value = json.dumps({"cert": hashlib.sha256(cert).hexdigest(), "detail": detail})
+        with immediate(self.db, synchronous="FULL"):
+            self._write_later()
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('revoked', ?)", [value])
+
+    def revoked(self, cert: bytes) -> str | None:
+        """Why the hub revoked the kiosk holding ``cert`` (its detail), or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'revoked'").fetchone()
+        if not row:
+            return None
+        try:
+            saved = json.loads(row[0])
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(saved, dict) or saved.get("cert") != hashlib.sha256(cert).hexdigest():
+            return None  # enrolled again since
+        return str(saved.get("detail") or "revoked")
+
     def head(self) -> tuple[int, bytes]:
         row = self.db.execute("SELECT seq, hash FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
         return (row[0], bytes(row[1])) if row else (0, GENESIS)
@@ -182,6 +207,42 @@ class SyncState:
                             " sig, acked) VALUES (?, ?, ?, 0, '[]', x'', 1)",
                             [seq, GENESIS, hash_])
 
+    # A suspected clone (SPEC.md "Clones") --------------------------------------------
+
+    @property
+    def alert(self) -> str | None:
+        """The hub's alert about this kiosk (``suspected-clone``), kept until a
+        technician settles it (re-provisioning, or the hub's ``clone-cleared``)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'alert'").fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    def set_alert(self, code: str | None) -> None:
+        """Keep the alert (None: clear it), at once with an fsync."""
+        with immediate(self.db, synchronous="FULL"):
+            self._write_later()
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('alert', ?)", [code])
+
+    @property
+    def held_upto(self) -> int:
+        """Our last batch the hub holds for review (0: none): our chain left the hub's."""
+        return self.get_int("held_upto")
+
+    def note_held(self, seq: int) -> None:
+        if seq > self.held_upto:
+            self.set("held_upto", seq)
+
+    def start_over(self) -> None:
+        """A new identity (a clone re-provisioned): its chain starts from nothing, and
+        it pulls from the start (the hub kept from the old identity the other copy's
+        writes, which carry the node it shared); the alert goes. Last step of
+        re-provisioning, so an interrupted one runs again."""
+        self._later.clear()
+        self._acked_later.clear()
+        self._waiting_since = None
+        with immediate(self.db, synchronous="FULL"):
+            self.db.execute("DELETE FROM batches")
+            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'held_upto', 'alert')")
+
 
 def last_sync_of(data: Path) -> str | None:
     """When this kiosk last finished a round (UTC, ISO 8601), or ``None``; reads only."""
@@ -199,3 +260,19 @@ def last_sync_of(data: Path) -> str | None:
         return None
     when = datetime.datetime.fromtimestamp(int(row[0]) / 1000, datetime.UTC)
     return when.isoformat(timespec="seconds")
+
+
+def alert_of(data: Path) -> str | None:
+    """``SyncState.alert`` of the kiosk in ``data`` (``suspected-clone``), or None;
+    reads only, from any thread."""
+    path = Path(data) / DB_NAME
+    if not path.exists():
+        return None
+    db = open_database(path, readonly=True)
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'alert'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet
+        row = None
+    finally:
+        db.close()
+    return str(row[0]) if row and row[0] else None

@@ -96,15 +96,15 @@ class KioskApp:
         return self.hardware is not None and bool(self.hardware.simulated)
 
     async def _events(self) -> AsyncIterator[bytes]:
-        seen = -1
+        seen, sent = -1, None
         yield b"retry: 1000\n\n"
         while True:
             snap = await self.live.wait_change(seen, KEEPALIVE)
-            if snap["version"] == seen:
+            public = {k: snap[k] for k in ("state", "sent_upto", "committed", "contact_min")}
+            if snap["version"] == seen and public == sent:  # contact ages without a change
                 yield b": keepalive\n\n"
                 continue
-            seen = snap["version"]
-            public = {k: snap[k] for k in ("state", "sent_upto", "committed")}
+            seen, sent = snap["version"], public
             yield f"data: {json.dumps(public)}\n\n".encode()
 
     # Check-in ---------------------------------------------------------------------------

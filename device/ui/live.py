@@ -8,6 +8,12 @@ engine moves ``sent_upto`` when it knows every check-in up to an ordinal
 left the outbox with the hub's acknowledgement. A page holding ordinal
 ``n`` shows "sent to the clinic" once ``sent_upto >= n``, otherwise "saved
 on this kiosk". Listeners (server-sent events) wait on ``changed``.
+
+``contact_minutes`` is how long ago the hub was last heard (a frame on the
+kept-open session, a keepalive's answer, a round), in whole minutes, once
+that is longer than ``contact_after`` seconds (the keepalive interval):
+the page's header then says "last contact with the clinic N min ago". It
+is read from the sync loop when asked (``watch_contact``), in memory only.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from device.status import ERROR, OFFLINE, PENDING, SYNCED
@@ -34,6 +41,21 @@ class LiveStatus:
         self.version = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._contact: Callable[[], float | None] | None = None
+        self.contact_after = 0.0
+
+    def watch_contact(self, age: Callable[[], float | None], after: float) -> None:
+        """``age()``: seconds since the hub was last heard (None: never); shown once
+        above ``after`` seconds."""
+        self._contact, self.contact_after = age, after
+
+    def contact_minutes(self) -> int | None:
+        """Whole minutes since the hub was last heard, once longer than ``contact_after``
+        seconds; None while contact is recent, or before any."""
+        age = self._contact() if self._contact is not None else None
+        if age is None or age <= self.contact_after:
+            return None
+        return int(age // 60)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the event loop the listeners run on (call on that loop)."""
@@ -66,9 +88,11 @@ class LiveStatus:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"state": self.state, "sent_upto": self.sent_upto,
+            snap = {"state": self.state, "sent_upto": self.sent_upto,
                     "committed": self.committed, "last_sync": self.last_sync,
                     "detail": self.detail, "version": self.version}
+        snap["contact_min"] = self.contact_minutes()
+        return snap
 
     def _changed(self) -> None:
         with self._lock:

@@ -1,5 +1,8 @@
 """The staff screen's API, behind a PIN: today's queue, sync state, held conflicts.
 
+A state that needs a technician (``device.status.REVOKED``, ``SUSPECTED_CLONE``)
+is also given as ``technician``, which the screen shows among its warnings.
+
 A right PIN gives a random token (held in the page's memory only) that
 expires after ``session_seconds`` without use; wrong PINs are slowed down
 like wrong years. Resolving a held conflict is ``Store.resolve``, the very
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from device.status import REVOKED, SUSPECTED_CLONE
 from device.sync.state import last_sync_of
 from device.ui.checkin import Throttle
 from device.ui.http import HttpError, Request
@@ -127,6 +131,8 @@ class Staff:
                     "letter": st["letter"]}
         data = await asyncio.to_thread(read)
         data["sync"] = {k: v for k, v in self.live.snapshot().items() if k != "version"}
+        state = data["sync"]["state"]
+        data["technician"] = state if state in (REVOKED, SUSPECTED_CLONE) else None
         data["health"] = self.health() if self.health is not None else {}
         return data
 

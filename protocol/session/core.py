@@ -147,6 +147,11 @@ class Session(Handshaking):
         return sum(lane.end - lane.base for lane in self._tx.lanes)
 
     @property
+    def last_ping(self) -> float | None:
+        """When the newest ping the peer has not answered went out (None: none)."""
+        return max(self._ping_sent.values(), default=None)
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes read from the line that are not yet a whole frame."""
         return self._decoder.buffered

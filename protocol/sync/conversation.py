@@ -17,7 +17,9 @@ was restored from a backup (``rewind``: later writes are queued again). Then
 a pull from the cursor, and one batch in flight at a time: a saved,
 unacknowledged batch goes again as it was, else the next writes are signed
 as batch ``head + 1`` and saved before they are sent. An ack removes only the
-entries of the batch in flight.
+entries of the batch in flight. A ``sync-notify`` (the hub holds changes for
+us, pushed to a kept-open session) asks for a pull: at once if the round's
+pull is done, else once more after it if its answer stopped short.
 
 The hub (``HubSync``) wants the hello first: a certificate it signed, naming
 the session's key, of an approved kiosk; a refusal sets ``close``. A batch
@@ -110,6 +112,7 @@ class KioskSync:
         self.cert, self.device, self.key = cert, device, key
         self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
         self.welcomed = self.push_done = self.pull_done = False
+        self.wanted = 0  #: a ``sync-notify``'s cursor that the pull under way may miss
 
     @property
     def done(self) -> bool:
@@ -135,7 +138,21 @@ class KioskSync:
                                f"{msg.get('detail', '')}", msg.get("reason"))
         if msg.type == sync.CHANGES.number:
             return self._changes(msg)
+        if msg.type == sync.NOTIFY.number:
+            return self.notified(msg.get("cursor"))
         return []
+
+    def notified(self, cursor: int) -> list[Reply]:
+        """The hub holds changes for us up to ``cursor`` (``sync-notify``): a pull, unless
+        we hold them already or a pull is under way (it pulls again when it ends if its
+        answer stopped short of ``cursor``)."""
+        if cursor <= self.storage.cursor():
+            return []
+        if not self.welcomed or not self.pull_done:
+            self.wanted = max(self.wanted, cursor)
+            return []
+        self.pull_done = False
+        return [(CONTROL_LANE, _encode("sync-pull", cursor=self.storage.cursor()))]
 
     def _welcome(self, msg: messages.Message, now: int) -> list[Reply]:
         self.welcomed = True
@@ -196,9 +213,12 @@ class KioskSync:
         deltas = sync.unpack(msg.get("payload"))
         cursor = msg.get("cursor")
         self.storage.merge(deltas, cursor)
-        if msg.get("more"):
+        if msg.get("more") or cursor < self.wanted:
+            if not msg.get("more"):
+                self.wanted = 0  # one more pull per notify, whatever the hub counts
             return [(CONTROL_LANE, _encode("sync-pull", cursor=cursor))]
         self.pull_done = True
+        self.wanted = 0
         return []
 
 

@@ -247,6 +247,7 @@ function renderLive() {
   const sync = $("sync");
   sync.dataset.state = live.state;
   $("sync-text").textContent = t("sync_" + live.state);
+  $("contact").textContent = live.contact_min == null ? "" : t("last_contact", live.contact_min);
   const st = $("ticket-status");
   if (flow.ticket) {
     const sent = live.sent_upto >= flow.ticket;
@@ -286,6 +287,8 @@ async function refreshStaff() {
   $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
   const health = r.data.health || {};
   const warnings = [];
+  if (r.data.technician) warnings.push(t("sync_" + r.data.technician));
+  if (r.data.sync.contact_min != null) warnings.push(t("last_contact", r.data.sync.contact_min));
   if (health.storage && health.storage.level !== "ok") {
     warnings.push(t("staff_storage_" + health.storage.level, health.storage.free_mib));
   }
