@@ -99,9 +99,9 @@ def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
 
 
 def suspected_clone(state: SyncState) -> bool:
-    """Whether the hub told this kiosk that another runs with its identity (kept in
-    ``sync.db`` by the sync role)."""
-    return bool(state.get_int("suspected_clone"))
+    """Whether the hub told this kiosk that another runs with its identity (its alert,
+    kept in ``sync.db`` until a technician settles it)."""
+    return state.alert == SUSPECTED_CLONE
 
 
 def outbox_entries(store: Store) -> int:
