@@ -179,10 +179,14 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from device.enrol import write_request
+    from device.enrol import start_as_new_kiosk, write_request
     from device.store import init_store
 
     with init_store(args.data, args.site, args.letter, args.fleet_key) as store:
+        again = start_as_new_kiosk(store)
+        if again is not None:
+            print(f"this kiosk was a suspected clone: it has a new identity, and {again} "
+                  "writes the hub did not acknowledge go again under it once enrolled")
         request = write_request(store)
         print(f"kiosk {store.node:08x} ready in {args.data} "
               f"(site {args.site!r}, letter {args.letter.upper()}); "

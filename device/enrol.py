@@ -10,6 +10,12 @@ requested letter, signed by the Ed25519 key. ``install`` checks that a
 certificate names this kiosk's keys and node, opens the sealed fleet key,
 installs it with the letter the hub assigned (``device.store.create``
 refuses a new fleet key once patients exist), and keeps the certificate.
+
+``init`` on a kiosk the hub told it is a suspected clone re-provisions it
+(``start_as_new_kiosk``, SPEC.md "Clones"): a new node, to which every
+write the hub did not acknowledge is written again, new keys, no
+certificate, and sync checkpoints from nothing. ``enroll`` then makes it a
+kiosk of its own, and its writes reach the hub under that identity.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.store import Store, StoreError
 from device.store.keys import read_key
+from device.sync.state import SyncState, alert_of
 from protocol.driver.secret_files import write_secret
 from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
+from protocol.sync.conversation import SUSPECTED_CLONE
 
 X_KEY, ED_KEY = "kiosk_x25519.key", "kiosk_ed25519.key"
 REQUEST, CERT = "enrolment.req", "certificate"
@@ -41,6 +49,24 @@ def ensure_keys(data: Path) -> tuple[X25519PrivateKey, Ed25519PrivateKey]:
         write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
     return (X25519PrivateKey.from_private_bytes(read_key(data / X_KEY, "kiosk key")),
             Ed25519PrivateKey.from_private_bytes(read_key(data / ED_KEY, "kiosk key")))
+
+
+def start_as_new_kiosk(store: Store) -> int | None:
+    """A new identity for a kiosk told it is a suspected clone (see above); None if
+    it was not told so. Returns how many writes go again under the new node. Each
+    step can run again: the alert, cleared last, says the work is not done."""
+    if alert_of(store.data) != SUSPECTED_CLONE:
+        return None
+    again = store.take_new_node()
+    for name in (X_KEY, ED_KEY, CERT, REQUEST):
+        (store.data / name).unlink(missing_ok=True)
+    ensure_keys(store.data)
+    state = SyncState(store.data)
+    try:
+        state.start_over()
+    finally:
+        state.close()
+    return again
 
 
 def write_request(store: Store) -> Path:

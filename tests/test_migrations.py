@@ -33,6 +33,7 @@ from host.transfer_store import MIGRATIONS as INDEX_MIGRATIONS
 from host.transfer_store import DirStore
 from protocol.driver.database import DatabaseTooNew, Migrations, open_database
 from protocol.driver.errors import DriverError
+from protocol.sync import batches as sync
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RELEASES = sorted(p for p in FIXTURES.glob("release-*") if (p / "expected.json").exists())
@@ -139,6 +140,16 @@ def test_the_hub_upgrades_with_nothing_lost(release: tuple[Path, Any]) -> None:
         ops = sorted([op.rid.hex(), op.stamp, op.node, op.data.hex()]
                      for op in hub.store.all_ops())
         assert ops == sorted(want["ops"]) and hub.store.count() == len(want["ops"])
+        # Migration 2 (clones): every kiosk kept, none flagged, no label given, nothing
+        # held; the new table takes a held batch beside the old rows.
+        assert [(d.suspected_clone, d.clone_labels, d.clone_mark)
+                for d in hub.store.devices()] == [(0, 0, 0)] * len(want["devices"])
+        assert hub.status()["held_batches"] == []
+        device_id, seq, digest = want["batches"][-1]
+        held = sync.Batch(seq, bytes.fromhex(digest), sync.pack([]), b"\x00" * 64)
+        assert hub.store.hold_batch(device_id, held, 1) == (1, True)
+        assert hub.store.is_held(device_id, held.hash)
+        assert hub.store.batch_hash(device_id, seq) == bytes.fromhex(digest)
     finally:
         hub.close()
     document = root / "hub" / want["document_file"]

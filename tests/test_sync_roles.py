@@ -25,7 +25,7 @@ from protocol.sync import batches as sync
 from protocol.sync import certificate as cert_mod
 from protocol.sync import conversation
 from protocol.sync.checks import check_remote_delta, check_remote_deltas
-from protocol.sync.conversation import BatchRefused, ChainForked, HubSync, KioskSync, Reply
+from protocol.sync.conversation import BatchRefused, HubSync, KioskSync, Reply
 
 NOW = 1_790_000_000_000  #: the one time both sides are given (ms since 1970)
 NOTE = 6  #: the note type; its field 2 is free text
@@ -47,6 +47,9 @@ class KioskMemory:
         self.merged: list[bytes] = []
         self.cursor_ = 0
         self.offset = 0
+        self.held = 0  #: our last batch the hub holds
+        self.alert: str | None = None
+        self.label: int | None = None
 
     def write(self, text: str, lane: int = 3) -> int:
         entry = len(self.written) + 1
@@ -116,6 +119,27 @@ class KioskMemory:
     def note_clock_offset(self, offset_ms: int) -> None:
         self.offset = offset_ms
 
+    def unacked_batches(self) -> list[tuple[sync.Batch, list[int]]]:
+        return [self.unacked[seq] for seq in sorted(self.unacked)]
+
+    def next_writes_besides(self, skip: set[int]) -> list[tuple[int, int, bytes]]:
+        return [(e, lane, data) for e, (lane, data) in sorted(self.outbox.items())
+                if e not in skip][:50]
+
+    def held_upto(self) -> int:
+        return self.held
+
+    def note_held(self, seq: int) -> None:
+        self.held = max(self.held, seq)
+        self.alert = self.alert or "suspected-clone"
+
+    def note_alert(self, code: str, label: int | None, held: bool) -> None:
+        self.alert = None if code == "clone-cleared" else code
+        self.label = self.label if label is None else label
+
+    def queue_label(self) -> int | None:
+        return self.label if self.alert else None
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -126,6 +150,9 @@ class Record:
     state: str = "approved"
     last_seq: int = 0
     last_hash: bytes = sync.GENESIS
+    suspected_clone: int = 0
+    clone_labels: int = 0
+    clone_mark: int = 0
 
 
 class HubMemory:
@@ -139,6 +166,7 @@ class HubMemory:
         self.commits = 0
         self.events: list[tuple[str | None, str]] = []
         self.pulls: list[int] = []
+        self.held: dict[bytes, tuple[str, int, sync.Batch]] = {}  #: hash -> device, branch
 
     def add_local(self, data: bytes) -> None:
         """A delta written elsewhere (another kiosk, the hub's own)."""
@@ -198,6 +226,31 @@ class HubMemory:
 
     def log(self, device_id: str | None, code: str, detail: str, now: int) -> None:
         self.events.append((device_id, code))
+
+    def is_held(self, device_id: str, hash_: bytes) -> bool:
+        return self.held.get(hash_, ("",))[0] == device_id
+
+    def held_hashes(self, device_id: str, seq: int) -> list[bytes]:
+        return [h for h, (d, _, b) in self.held.items() if d == device_id and b.seq == seq]
+
+    def hold_batch(self, device_id: str, batch: sync.Batch, now: int) -> tuple[int, bool]:
+        if batch.hash in self.held:
+            return self.held[batch.hash][1], False
+        branch = self.held[batch.prev][1] if batch.prev in self.held else 1 + max(
+            (b for d, b, _ in self.held.values() if d == device_id), default=0)
+        self.held[batch.hash] = (device_id, branch, batch)
+        return branch, True
+
+    def suspect_clone(self, device_id: str, detail: str, now: int) -> None:
+        dev = self.devices[device_id]
+        self.devices[device_id] = dataclasses.replace(dev, suspected_clone=1,
+                                                      clone_mark=dev.clone_labels)
+        self.events.append((device_id, "suspected-clone"))
+
+    def issue_label(self, device_id: str) -> int:
+        dev = self.devices[device_id]
+        self.devices[device_id] = dataclasses.replace(dev, clone_labels=dev.clone_labels + 1)
+        return dev.clone_labels + 1
 
 
 # A fleet of one hub and its kiosks -----------------------------------------------------
@@ -311,29 +364,6 @@ def test_a_round_pushes_batch_by_batch_and_pulls_page_by_page(
     assert len(fleet.hub.ops) == 270
 
 
-def test_a_forked_chain_is_refused_before_anything_is_sent() -> None:
-    """One enrolment on two SD cards: the second card's batch 1 is not the hub's."""
-    fleet = Fleet()
-    k = fleet.enrol(1)
-    k.storage.write("first card")
-    converse(k.role(), fleet.hub_role(k))
-    assert fleet.hub.devices[k.device].last_seq == 1
-    clone = KioskMemory(k.node)
-    clone.write("second card")
-    elsewhere = HubMemory()  # the clone's batch 1 went to another hub
-    elsewhere.devices[k.device] = Record(k.device, k.node, k.x25519,
-                                         k.key.public_key().public_bytes_raw())
-    converse(k.role(clone), fleet.hub_role(k, elsewhere))
-    assert clone.head()[0] == 1 and clone.head()[1] != fleet.hub.devices[k.device].last_hash
-    clone.write("after")
-    role, hub = k.role(clone), fleet.hub_role(k)
-    (_, welcome), = hub.receive_data(role.hello(NOW)[0][1], NOW)
-    with pytest.raises(ChainForked, match="chain forked"):
-        role.receive_data(welcome, NOW)
-    assert role.in_flight is None and clone.unacked == {} and len(clone.outbox) == 1
-    assert fleet.hub.commits == 1
-
-
 def test_lost_checkpoints_adopt_the_hubs_and_the_chain_goes_on() -> None:
     """The batch is saved without an fsync: a power cut after the hub committed it
     takes it from the kiosk. The welcome's checkpoint becomes the head."""
@@ -392,7 +422,9 @@ def test_a_duplicate_batch_is_acked_again_and_not_applied() -> None:
     assert k.storage.refused == {2} and k.storage.outbox == {}  # the list came again
 
 
-def test_a_replayed_sequence_with_another_payload_is_refused() -> None:
+def test_a_second_batch_under_a_committed_sequence_is_held_not_applied() -> None:
+    """Signed by the kiosk over the hub's own chain, yet not the batch committed under
+    that number: the kiosk's key signed two batches 1. Held, and the kiosk flagged."""
     fleet = Fleet()
     k = fleet.enrol(1)
     k.storage.write("one")
@@ -400,9 +432,13 @@ def test_a_replayed_sequence_with_another_payload_is_refused() -> None:
     hub = welcomed(fleet, k)
     other = sync.make_batch(k.key, k.device, 1, sync.GENESIS,
                             [k.storage.replica.put(os.urandom(16), "note", NOW)])
-    reply = reply_of(hub, batch_msg(other))
-    assert reply.name == "sync-reject" and reply.get("reason") == "replay"
-    assert fleet.hub.commits == 1 and len(fleet.hub.ops) == 1 and hub.rejected == 1
+    (_, alert), (_, reply) = hub.receive_data(batch_msg(other), NOW)
+    reply_msg = messages.decode(reply)
+    assert reply_msg.name == "sync-reject" and reply_msg.get("reason") == "held"
+    assert messages.decode(alert).get("held") is True
+    assert fleet.hub.commits == 1 and len(fleet.hub.ops) == 1
+    assert [b.seq for _, _, b in fleet.hub.held.values()] == [1]
+    assert fleet.hub.codes().count("suspected-clone") == 1
 
 
 @pytest.mark.parametrize("how", ["another key", "changed payload", "another chain"])
@@ -582,3 +618,218 @@ def test_a_round_on_a_session_kept_open_starts_without_a_hello() -> None:
             to_hub += [d for _, d in role.receive_data(reply, NOW)]
     assert role.done and hub.close is None and k.storage.outbox == {}
     assert fleet.hub.devices[k.device].last_seq == 2 and len(k.storage.merged) == 1
+
+
+# Clones (SPEC.md "Clones") -----------------------------------------------------------
+
+def saved(k: Kiosk, storage: KioskMemory, text: str) -> sync.Batch:
+    """A write signed as the storage's next batch and saved, never sent: a kiosk cut
+    off between saving its batch and its round."""
+    entry = storage.write(text)
+    seq, prev = storage.head()
+    batch = sync.make_batch(k.key, k.device, seq + 1, prev, [storage.outbox[entry][1]], 3)
+    storage.save_batch(batch, [entry])
+    return batch
+
+
+def two_cards(fleet: Fleet) -> tuple[Kiosk, KioskMemory]:
+    """A kiosk with batch 1 committed, and a copy of its data folder; then the kiosk
+    commits batch 2, which the copy never sees."""
+    k = fleet.enrol(1)
+    k.storage.write("one")
+    converse(k.role(), fleet.hub_role(k))
+    clone = copy.deepcopy(k.storage)
+    k.storage.write("two")
+    converse(k.role(), fleet.hub_role(k))
+    assert fleet.hub.devices[k.device].last_seq == 2
+    return k, clone
+
+
+def alerts(seen: list[tuple[str, str]]) -> int:
+    return seen.count(("<", "sync-alert"))
+
+
+def clean(fleet: Fleet) -> bool:
+    """Nothing held, nobody flagged, no clone logged."""
+    return (not fleet.hub.held and "suspected-clone" not in fleet.hub.codes()
+            and not any(d.suspected_clone for d in fleet.hub.devices.values()))
+
+
+def test_a_hello_naming_another_batch_under_a_committed_sequence_is_a_clone() -> None:
+    fleet = Fleet()
+    k, clone = two_cards(fleet)
+    mine = saved(k, clone, "the copy's")  # batch 2 of the copy, not the hub's
+    seen = converse(k.role(clone), fleet.hub_role(k))
+    # Told before the welcome, whose checkpoint (ahead of it) the copy must not adopt.
+    assert seen[:3] == [(">", "sync-hello"), ("<", "sync-alert"), ("<", "sync-welcome")]
+    assert ("<", "sync-reject") in seen and clone.held == 2 and clone.alert
+    assert (clone.alert, clone.label) == ("suspected-clone", 1)
+    assert list(fleet.hub.held) == [mine.hash] and fleet.hub.commits == 2
+    assert len(clone.outbox) == 1  # held there, still queued here
+    assert fleet.hub.codes().count("suspected-clone") == 1
+    # The copy writes on: its next batch follows its own chain, held on its branch.
+    clone.write("later")
+    converse(k.role(clone), fleet.hub_role(k))
+    assert sorted((b.seq, br) for _, br, b in fleet.hub.held.values()) == [(2, 1), (3, 1)]
+    assert fleet.hub.commits == 2 and clone.label == 1
+    # The other card is told too, with another label, and goes on as before.
+    k.storage.write("three")
+    seen = converse(k.role(), fleet.hub_role(k))
+    assert alerts(seen) == 1 and k.storage.alert == "suspected-clone"
+    assert k.storage.label == 2 and k.storage.outbox == {} and k.storage.held == 0
+    assert fleet.hub.devices[k.device].last_seq == 3
+
+
+def test_a_batch_over_the_hubs_chain_on_a_session_kept_open_is_a_clone() -> None:
+    """Both cards at batch 1; one commits batch 2; the other, on a session opened
+    before, signs its own batch 2 over the hub's batch 1."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("one")
+    converse(k.role(), fleet.hub_role(k))
+    clone = copy.deepcopy(k.storage)
+    clone_hub = welcomed(fleet, k)  # the copy's session, open since batch 1
+    k.storage.write("two")
+    converse(k.role(), fleet.hub_role(k))
+    clone.write("the copy's")
+    role = k.role(clone)
+    to_hub = [d for _, d in role.again()]
+    seen = []
+    while to_hub:
+        for _, reply in clone_hub.receive_data(to_hub.pop(0), NOW):
+            seen.append(messages.decode(reply).name)
+            to_hub += [d for _, d in role.receive_data(reply, NOW)]
+    assert "sync-alert" in seen and "sync-reject" in seen and role.done and role.forked
+    assert clone.held == 2 and len(clone.outbox) == 1 and fleet.hub.commits == 2
+    assert fleet.hub.codes().count("suspected-clone") == 1
+
+
+def test_a_kiosk_that_finds_the_hubs_checkpoint_not_its_own_sends_its_batches_to_be_held(
+        ) -> None:
+    """The copy is ahead of the hub (its batches 2 and 3 saved, unsent): its hello
+    proves nothing, but the welcome's batch 2 is not its own. Its batches go, with
+    their previous hashes; the first contradicts the hub's batch 2."""
+    fleet = Fleet()
+    k, clone = two_cards(fleet)
+    b2, b3 = saved(k, clone, "x"), saved(k, clone, "y")
+    role = k.role(clone)
+    seen = converse(role, fleet.hub_role(k))
+    assert role.done and role.forked and alerts(seen) == 1
+    assert seen.count(("<", "sync-reject")) == 2
+    assert set(fleet.hub.held) == {b2.hash, b3.hash}
+    assert {br for _, br, _ in fleet.hub.held.values()} == {1}
+    assert clone.held == 3 and len(clone.outbox) == 2 and fleet.hub.commits == 2
+    assert fleet.hub.codes().count("suspected-clone") == 1
+
+
+def test_labels_are_never_given_twice_and_go_stale_at_each_detection() -> None:
+    fleet = Fleet()
+    k, clone = two_cards(fleet)
+    third = copy.deepcopy(k.storage)  # a copy of the kiosk as it is now
+    saved(k, clone, "the copy's")
+    converse(k.role(clone), fleet.hub_role(k))
+    converse(k.role(), fleet.hub_role(k))
+    converse(k.role(third), fleet.hub_role(k))  # the same state as k: told apart by label
+    labels = [clone.label, k.storage.label, third.label]
+    assert labels == [1, 2, 3]
+    # Each keeps its label at its next hello...
+    for storage in (clone, k.storage, third):
+        converse(k.role(storage), fleet.hub_role(k))
+    assert [clone.label, k.storage.label, third.label] == labels
+    # ... until another copy is caught: the third one signs its own batch 3.
+    k.storage.write("three")
+    converse(k.role(), fleet.hub_role(k))
+    saved(k, third, "the third's")
+    converse(k.role(third), fleet.hub_role(k))
+    assert fleet.hub.codes().count("suspected-clone") == 2 and third.label == 4
+    converse(k.role(), fleet.hub_role(k))
+    assert k.storage.label == 5 and len({clone.label, k.storage.label, third.label}) == 3
+
+
+def test_a_cleared_flag_is_told_once_and_the_label_stays() -> None:
+    fleet = Fleet()
+    k, clone = two_cards(fleet)
+    saved(k, clone, "the copy's")
+    converse(k.role(clone), fleet.hub_role(k))
+    converse(k.role(), fleet.hub_role(k))
+    assert k.storage.alert == "suspected-clone" and k.storage.label == 2
+    fleet.hub.devices[k.device] = dataclasses.replace(fleet.hub.devices[k.device],
+                                                      suspected_clone=0)
+    seen = converse(k.role(), fleet.hub_role(k))
+    assert alerts(seen) == 1 and k.storage.alert is None and k.storage.label == 2
+    assert alerts(converse(k.role(), fleet.hub_role(k))) == 0
+
+
+# Legitimate rewinds are not clones ------------------------------------------------------
+
+def test_a_hub_restored_from_a_backup_is_not_a_clone() -> None:
+    """The kiosk goes back to the hub's checkpoint and signs its later writes again,
+    as new batches under numbers the restored hub never had."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    for text in ("a", "b"):
+        k.storage.write(text)
+        converse(k.role(), fleet.hub_role(k))
+    backup = copy.deepcopy(fleet.hub)
+    for text in ("c", "d"):
+        k.storage.write(text)
+        converse(k.role(), fleet.hub_role(k))
+    fleet.hub = backup
+    k.storage.write("e")
+    seen = converse(k.role(), fleet.hub_role(k))
+    assert alerts(seen) == 0 and ("<", "sync-reject") not in seen and clean(fleet)
+    assert len(fleet.hub.ops) == 5 and k.storage.outbox == {}
+    assert k.storage.alert is None and k.storage.held == 0
+
+
+def test_a_checkpoint_adopted_after_a_power_cut_is_not_a_clone() -> None:
+    """The kiosk's saved batches (no fsync) are lost after the hub committed them."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("a")
+    converse(k.role(), fleet.hub_role(k))
+    for text in ("b", "c"):
+        k.storage.write(text)
+    converse(k.role(), fleet.hub_role(k), drop=frozenset({"sync-ack"}))
+    k.storage.chain.pop(2)  # what the power cut took
+    k.storage.unacked.clear()
+    k.storage.write("d")
+    seen = converse(k.role(), fleet.hub_role(k))
+    assert alerts(seen) == 0 and ("<", "sync-reject") not in seen and clean(fleet)
+    assert fleet.hub.devices[k.device].last_seq == 3 and len(fleet.hub.ops) == 4
+
+
+def test_an_sd_card_restored_from_a_backup_is_not_a_clone() -> None:
+    """The card goes back to a night's backup taken with batch 2 saved, unsent; the
+    kiosk had gone on to batch 4 before its card died."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("a")
+    converse(k.role(), fleet.hub_role(k))
+    saved(k, k.storage, "b")
+    backup = copy.deepcopy(k.storage)
+    for text in ("c", "d"):
+        converse(k.role(), fleet.hub_role(k))
+        k.storage.write(text)
+    converse(k.role(), fleet.hub_role(k))
+    assert fleet.hub.devices[k.device].last_seq == 4
+    k.storage = backup
+    k.storage.write("after the restore")
+    seen = converse(k.role(), fleet.hub_role(k))  # batch 2 again (acked), then adopt... no:
+    assert alerts(seen) == 0 and ("<", "sync-reject") not in seen and clean(fleet)
+    assert fleet.hub.devices[k.device].last_seq == 5 and k.storage.outbox == {}
+
+
+# Revocation (DESIGN contract 3) ---------------------------------------------------------
+
+def test_nothing_is_served_after_a_revocation() -> None:
+    fleet = Fleet()
+    k, other = fleet.enrol(1), fleet.enrol(2)
+    hub = welcomed(fleet, k)
+    fleet.hub.devices[k.device] = dataclasses.replace(fleet.hub.devices[k.device],
+                                                      state="revoked")
+    fleet.hub.add_local(other.storage.replica.put(os.urandom(16), "note", NOW))
+    pull = messages.encode(messages.make("sync-pull", cursor=0))
+    assert hub.receive_data(pull, NOW) == [] and hub.close is not None
+    assert hub.close[0] == "revoked" and fleet.hub.pulls == []
+    assert hub.receive_data(pull, NOW) == [] and fleet.hub.pulls == []

@@ -27,13 +27,14 @@ the rest in short slices that let waiting check-ins go first.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from device.store.report import status_of
 from device.store.writer import BULK, URGENT, Writer
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.clock import HLC, Dot, VersionVector
-from protocol.crdt.delta import Delta, encode
+from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.ids import patient_id, random_id, time_ordered_id
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
@@ -215,16 +216,65 @@ class Store:
                 db.execute(SET_META, ["fleet", fingerprint(fleet_key)])
             db.execute(SET_META, ["site", site])
             db.execute(SET_META, ["letter", letter])
+            self._letter_site = None
         self._run(job)
-        self._letter_site = (letter, site)
 
     def _identity(self, db: sqlite_utils.Database) -> tuple[str, str]:
-        """The kiosk's letter and site (read once per writer; ``init`` changes them)."""
+        """The kiosk's queue prefix and site (read once per writer; ``init`` and a
+        queue label change them): its letter, and the queue label after it if the hub
+        gave one (``set_queue_label``)."""
         if self._letter_site is None:
             rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN"
-                                   " ('letter', 'site')").fetchall())
-            self._letter_site = (rows["letter"], rows["site"])
+                                   " ('letter', 'site', 'queue_label')").fetchall())
+            label = rows.get("queue_label")
+            self._letter_site = (f"{rows['letter']}{label or ''}", rows["site"])
         return self._letter_site
+
+    @property
+    def queue_label(self) -> int | None:
+        """The label the hub gave this kiosk, a suspected clone, for its queue numbers."""
+        value = self._meta("queue_label")
+        return int(value) if value else None
+
+    def set_queue_label(self, label: int) -> None:
+        """Number check-ins ``A<label>-001``... from now on (SPEC.md "Clones": the hub
+        gives each copy of a cloned kiosk a label no other copy has, so no queue number
+        is handed out twice); durable before it returns."""
+        def job(db: sqlite_utils.Database) -> None:
+            db.execute(SET_META, ["queue_label", str(int(label))])
+            self._letter_site = None
+        self._run(job)
+
+    def take_new_node(self) -> int:
+        """Become a new node: a cloned kiosk re-provisioned (SPEC.md "Clones"). Each
+        write made here that the hub did not acknowledge is written again as the new
+        node's (the same change, a fresh stamp, a context over every head of its
+        record but the new node's, the old write among them), and the old entries leave
+        the outbox; the old node's writes are no longer this kiosk's to send. The queue
+        label goes with the old identity. Returns how many writes went again."""
+        now = self.clock()
+
+        def job(db: sqlite_utils.Database) -> tuple[int, int]:
+            old, new = self.node, int.from_bytes(os.urandom(4), "big") | 1
+            again: dict[tuple[bytes, int], Delta] = {}
+            for rid, stamp, node, sealed in db.execute(
+                    "SELECT o.rid, o.stamp, o.node, p.sealed FROM outbox o JOIN ops p ON"
+                    " p.rid = o.rid AND p.stamp = o.stamp AND p.node = o.node"
+                    " WHERE o.state = 'queued' AND o.node = ? ORDER BY o.seq", [old]).fetchall():
+                delta = decode(self.cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed))
+                again.setdefault((bytes(rid), stamp), delta)
+            db.execute("DELETE FROM outbox WHERE node = ? AND state = 'queued'", [old])
+            db.execute("UPDATE ops SET local = 0 WHERE node = ?", [old])
+            db.execute(SET_META, ["node", str(new)])
+            db.execute("DELETE FROM meta WHERE key = 'queue_label'")
+            self._letter_site = None
+            self._write(db, now, [(d.record_id, _as_node(d, new), False)
+                                  for d in again.values()])
+            return new, len(again)
+
+        new, count = self._run(job)
+        self.node = new
+        return int(count)
 
     # Local writes -------------------------------------------------------------------
 
@@ -512,9 +562,15 @@ class Store:
     # Outbox -----------------------------------------------------------------------------
 
     def outbox_batch(self, now_ms: int | None = None,
-                     max_bytes: int = outbox.DEFAULT_BATCH_BYTES) -> list[outbox.Entry]:
+                     max_bytes: int = outbox.DEFAULT_BATCH_BYTES,
+                     besides: Collection[int] = ()) -> list[outbox.Entry]:
+        """The next entries for a batch, passing over those in ``besides`` too."""
         now = self.clock() if now_ms is None else now_ms
-        return outbox.batch(self.reader, self.cipher, now, max_bytes, skip=self._acked)
+        skip: Container[int] = self._acked
+        if besides:
+            acked, extra = self._acked, frozenset(besides)
+            skip = _Either(acked, extra)
+        return outbox.batch(self.reader, self.cipher, now, max_bytes, skip=skip)
 
     def outbox_ack(self, seqs: Iterable[int]) -> int:
         """Remove entries the hub acknowledged (authenticated, durable) as committed;
@@ -567,6 +623,23 @@ class Store:
         result: int = self._run(lambda db: outbox.requeue_local(
             db, lanes, crdt_schema.LANE_NOTE, SEAL_OVERHEAD))
         return result
+
+
+class _Either:
+    """In one container or the other."""
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.a or item in self.b
+
+
+def _as_node(delta: Delta, node: int) -> Build:
+    """``delta`` written again by ``node`` (``Store.take_new_node``)."""
+    return lambda view, stamp: dataclasses.replace(
+        delta, node=node, stamp=stamp,
+        ctx=tuple(sorted(d for d in view.heads if d.node != node)) if view else ())
 
 
 def _lane(delta: Delta) -> int:

@@ -42,7 +42,7 @@ from protocol.driver.session_driver import LinkClosed, SessionDriver, session_co
 from protocol.driver.wall_clock import wall_ms
 from protocol.session.events import Closed, Connected, MessageReceived
 from protocol.sync import batches as sync
-from protocol.sync.conversation import BatchRefused, ChainForked, KioskSync
+from protocol.sync.conversation import CLONE_CLEARED, SUSPECTED_CLONE, BatchRefused, KioskSync
 from protocol.transfer import transfer_id
 
 log = logging.getLogger("haven.sync")
@@ -156,6 +156,43 @@ class KioskLedger:
     def note_clock_offset(self, offset_ms: int) -> None:
         self.state.note_clock_offset(offset_ms)
 
+    # A suspected clone (SPEC.md "Clones") --------------------------------------------
+
+    def unacked_batches(self) -> list[tuple[sync.Batch, list[int]]]:
+        return [(sync.Batch(seq, prev, self.store.cipher.open_blob(SEAL_LABEL, sealed), sig,
+                            lane), entries)
+                for seq, prev, lane, entries, sealed, sig in self.state.pending()]
+
+    def next_writes_besides(self, skip: set[int]) -> list[tuple[int, int, bytes]]:
+        out = self.store.outbox_batch(self.store.clock(), max_bytes=BATCH_BYTES, besides=skip)
+        return [(e.seq, e.lane, e.data) for e in out]
+
+    def held_upto(self) -> int:
+        return self.state.held_upto
+
+    def note_held(self, seq: int) -> None:
+        if self.state.held_upto == 0:
+            log.warning("the hub holds this kiosk's batches for review from batch %d on: "
+                        "another kiosk runs with its identity; call a technician", seq)
+        self.state.note_held(seq)
+        if self.state.alert is None:
+            self.state.set_alert(SUSPECTED_CLONE)
+
+    def note_alert(self, code: str, label: int | None, held: bool) -> None:
+        if code == CLONE_CLEARED:
+            self.state.set_alert(None)
+            log.warning("the hub cleared this kiosk's suspected-clone flag")
+            return
+        if label is not None and label != self.store.queue_label:
+            self.store.set_queue_label(label)  # durable before the status says it
+        if self.state.alert != code:
+            log.warning("the hub says: %s (queue label %s%s): call a technician", code,
+                        label, ", batches held" if held else "")
+            self.state.set_alert(code)
+
+    def queue_label(self) -> int | None:
+        return self.store.queue_label if self.state.alert else None
+
 
 class Round:
     """One round over an open session: the rules are ``KioskSync``'s; this gives it the
@@ -184,8 +221,6 @@ class Round:
             return self.documents.on_message(msg)
         try:
             return self.sync.receive(msg, wall_ms())
-        except ChainForked as exc:
-            raise SyncRefused(str(exc)) from None
         except BatchRefused as exc:
             raise SyncFailed(str(exc)) from None
 

@@ -62,6 +62,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                       "the conflicts and the documents held.")
     _data(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = hs.add_parser("held", help="list the batches held from a suspected clone",
+                      description="List every batch held from a kiosk suspected of running "
+                      "in two places, with the writes it carries (never applied: "
+                      "re-provisioning the copy brings them in; see README).")
+    _data(p)
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p = hs.add_parser("clear-clone", help="clear a kiosk's suspected-clone flag",
+                      description="Clear the suspected-clone flag once every other copy "
+                      "was re-provisioned; the kiosk's status clears at its next sync. Held "
+                      "batches stay listed.")
+    _data(p)
+    p.add_argument("device", metavar="DEVICE_ID",
+                   help="the kiosk's id (haven hub status lists them)")
 
     review = sub.add_parser("review", help="list and resolve held conflicts",
                             description="Conflicts the hub holds for review.")
@@ -124,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
         elif cmd == "status":
             _status(hub, args.json)
+        elif cmd == "held":
+            _held(hub, args.json)
+        elif cmd == "clear-clone":
+            hub.clear_clone(args.device)
+            print(f"kiosk {args.device}: suspected-clone flag cleared")
     return 0
 
 
@@ -138,7 +156,8 @@ def _status(hub: Hub, as_json: bool) -> None:
         seen = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["last_seen"] / 1000))
                 if k["last_seen"] else "never")
         print(f"  {k['device']} {k['site']!r} {k['letter']} {k['state']}  last seen {seen}  "
-              f"batches {k['batches']}  backlog {k['backlog']}")
+              f"batches {k['batches']}  backlog {k['backlog']}"
+              + ("  SUSPECTED-CLONE" if k["suspected_clone"] else ""))
     print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
     for c in st["conflicts"]:
         print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']}")
@@ -147,6 +166,28 @@ def _status(hub: Hub, as_json: bool) -> None:
         print(f"  {q['id']}: kiosk {q['device']} batch {q['batch']}: {q['code']}")
     docs = st["documents"]
     print(f"documents: {docs['documents']} held, {docs['bytes']} bytes")
+    held = st["held_batches"]
+    print(f"held batches: {len(held)} (haven hub held lists what they carry)")
+    for b in held:
+        print(f"  kiosk {b['device']} branch {b['branch']} batch {b['seq']}: "
+              f"{len(b['writes'])} writes")
+
+
+def _held(hub: Hub, as_json: bool) -> None:
+    held = hub.held_batches()
+    if as_json:
+        print(json.dumps(held, sort_keys=True, indent=1))
+        return
+    print(f"{len(held)} held batches")
+    for b in held:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["received_at"] / 1000))
+        print(f"kiosk {b['device']} branch {b['branch']} batch {b['seq']} received {at}")
+        for w in b["writes"]:
+            if "error" in w:
+                print(f"  unreadable: {w['error']}")
+                continue
+            what = "delete" if w["delete"] else json.dumps(w["fields"], sort_keys=True)
+            print(f"  {w['type']} {w['record']}: {what}")
 
 
 def _review(hub: Hub, args: argparse.Namespace) -> int:

@@ -14,6 +14,9 @@ Document content the kiosks sent lives in ``documents/`` (``documents.py``);
 ``status`` counts what is held whole.
 A resolution is a delta written by the hub's own node and HLC, pulled by
 every kiosk like any other.
+Batches held from a suspected clone (``storage``, SPEC.md "Clones") are
+listed with the writes they carry, decoded for review (``held_batches``):
+they are never applied; re-provisioning the copy brings its writes in anew.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import decode, encode
 from protocol.crdt.record import RecordLog, RecordView, canonical_json, conflict_json
-from protocol.crdt.schema import TYPES, parse_assignments
+from protocol.crdt.schema import TYPES, field_name, parse_assignments, type_name
 from protocol.crdt.writes import build_resolve
 from protocol.driver.errors import SecretFileError, SecretMissing
 from protocol.driver.secret_files import read_secret, write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
+from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
@@ -129,6 +133,24 @@ class Hub:
         self.store.log(device_id, "revoked", "revoked by the technician",
                        wall_ms() if now_ms is None else now_ms)
 
+    def clear_clone(self, device_id: str, now_ms: int | None = None) -> None:
+        """The copies of a suspected clone were re-provisioned (one keeps the identity):
+        the flag goes; that kiosk is told at its next hello. Held batches stay."""
+        if not self.store.clear_clone(device_id, wall_ms() if now_ms is None else now_ms):
+            raise UsageError(f"no kiosk {device_id}")
+
+    def held_batches(self) -> list[dict[str, Any]]:
+        """Every held batch (SPEC.md "Clones"), with the writes it carries decoded."""
+        out = []
+        for row in self.store.held_batches():
+            payload = row.pop("payload")
+            try:
+                writes = [_describe(decode(d)) for d in sync.unpack(payload)]
+            except ProtocolError as exc:
+                writes = [{"error": str(exc)}]
+            out.append({**row, "writes": writes})
+        return out
+
     # State ------------------------------------------------------------------------
 
     def views(self) -> list[RecordView]:
@@ -176,17 +198,32 @@ class Hub:
         head = self.store.head()
         kiosks = [{"device": d.device_id, "site": d.site, "letter": d.letter, "state": d.state,
                    "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
-                   "backlog": self._backlog(d, head)} for d in self.store.devices()]
+                   "backlog": self._backlog(d, head),
+                   "suspected_clone": bool(d.suspected_clone)} for d in self.store.devices()]
         conflicts = self.conflicts()
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
                 "deltas": self.store.count(),
                 "kiosks": kiosks, "conflicts": conflicts,
                 "held": sum(1 for c in conflicts if c["severity"] == "hold"),
                 "quarantine": self.store.quarantined(), "log": self.store.events(20),
-                "documents": held(self.data / DOCUMENTS_DIR)}
+                "documents": held(self.data / DOCUMENTS_DIR),
+                "held_batches": self.held_batches()}
 
     def _backlog(self, dev: Device, head: int) -> int:
         """Deltas waiting for this kiosk's next pull."""
         if dev.cursor >= head:
             return 0
         return len(self.store.changes_since(dev.cursor, dev.node, 1 << 62)[0])
+
+
+def _describe(delta: Any) -> dict[str, Any]:
+    """One held write, enough to see what it is: type, record, writer, fields."""
+    def show(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return str(uuid.UUID(bytes=value)) if len(value) == 16 else value.hex()
+        return value
+    return {"type": type_name(delta.type), "record": str(uuid.UUID(bytes=delta.record_id)),
+            "node": f"{delta.node:08x}", "delete": delta.is_delete,
+            "fields": {field_name(delta.type, n): show(v) for n, v in delta.set.items()},
+            "add": {field_name(delta.type, n): list(v) for n, v in delta.add.items()},
+            "remove": {field_name(delta.type, n): list(v) for n, v in delta.remove.items()}}

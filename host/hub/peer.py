@@ -12,7 +12,9 @@ Every rule of the conversation (the hello's certificate, the batch chain,
 duplicates and replays, the check of each delta, pull paging) is the hub's
 role in ``protocol.sync.conversation`` (``HubSync``), on the hub's database.
 This module routes transfer messages (document content) to the session's
-``DocumentInbox`` (``document_inbox.py``) once the kiosk said hello. Every
+``DocumentInbox`` (``document_inbox.py``) once the kiosk said hello, after
+the same fresh look at the kiosk's record as every sync message (a kiosk
+revoked meanwhile is turned away). Every
 refusal is logged with the kiosk and a reason code; none ends the process.
 """
 
@@ -42,5 +44,7 @@ class HubPeer:
             return []
         dev = self.sync.device
         if dev is not None and self.documents is not None and transfer_id(msg) is not None:
+            if not self.sync.refresh(now):  # revoked since the hello: nothing more
+                return []
             return self.documents.on_message(dev.device_id, msg)
         return self.sync.receive(msg, now)

@@ -35,6 +35,7 @@ import sqlite_utils
 
 from protocol.crdt.delta import Delta
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.sync.batches import Batch
 
 MIGRATIONS = Migrations("hub.db")
 #: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
@@ -62,6 +63,22 @@ MIGRATIONS.sql(
         id INTEGER PRIMARY KEY, at INTEGER NOT NULL, device_id TEXT, code TEXT NOT NULL,
         detail TEXT NOT NULL)""",
 )
+#: 2: clones (SPEC.md, "Sync": "Clones"). A kiosk seen to sign two batches under one
+#: sequence is flagged (``suspected_clone``); ``clone_labels`` counts the queue labels
+#: given to its copies, ``clone_mark`` is that count at the last detection (labels up
+#: to it are stale). ``held_batches`` keeps each batch off the hub's chain, verified,
+#: for review: never applied, never dropped.
+MIGRATIONS.sql(
+    2,
+    "ALTER TABLE devices ADD COLUMN suspected_clone INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN clone_labels INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE devices ADD COLUMN clone_mark INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE held_batches (
+        device_id TEXT NOT NULL, branch INTEGER NOT NULL, seq INTEGER NOT NULL,
+        hash BLOB NOT NULL, prev BLOB NOT NULL, payload BLOB NOT NULL, sig BLOB NOT NULL,
+        received_at INTEGER NOT NULL, PRIMARY KEY (device_id, hash))""",
+    "CREATE INDEX held_by_seq ON held_batches (device_id, seq)",
+)
 
 
 def next_hseq(db: sqlite_utils.Database) -> int:
@@ -83,6 +100,9 @@ class Device:
     last_hash: bytes
     cursor: int
     last_seen: int | None
+    suspected_clone: int = 0  #: 1: two batches under one sequence were seen
+    clone_labels: int = 0  #: queue labels given to copies of this kiosk
+    clone_mark: int = 0  #: ``clone_labels`` at the last detection
 
 
 @dataclass(frozen=True)
@@ -131,7 +151,7 @@ class HubStore:
                         dev.state, now, dev.last_hash])
 
     _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
-            " cursor, last_seen FROM devices")
+            " cursor, last_seen, suspected_clone, clone_labels, clone_mark FROM devices")
 
     def device(self, device_id: str) -> Device | None:
         rows = self._q(self._DEV + " WHERE device_id = ?", [device_id])
@@ -180,6 +200,68 @@ class HubStore:
                        [device_id, seq, hash_, now, len(good), json.dumps(quarantined)])
             db.execute("UPDATE devices SET last_seq = ?, last_hash = ?, last_seen = ?"
                        " WHERE device_id = ?", [seq, hash_, now, device_id])
+
+    # Clones: held batches, the flag, queue labels -----------------------------------
+
+    def is_held(self, device_id: str, hash_: bytes) -> bool:
+        return bool(self._q("SELECT 1 FROM held_batches WHERE device_id = ? AND hash = ?",
+                            [device_id, hash_]))
+
+    def held_hashes(self, device_id: str, seq: int) -> list[bytes]:
+        return [bytes(h) for (h,) in self._q(
+            "SELECT hash FROM held_batches WHERE device_id = ? AND seq = ?", [device_id, seq])]
+
+    def hold_batch(self, device_id: str, batch: Batch, now: int) -> tuple[int, bool]:
+        """Keep a verified batch off the hub's chain: on the branch whose batch it
+        follows, else on a new one. Returns (branch, whether it is new here)."""
+        with self._tx() as db:
+            row = db.execute("SELECT branch FROM held_batches WHERE device_id = ? AND hash = ?",
+                             [device_id, batch.hash]).fetchone()
+            if row:
+                return int(row[0]), False
+            row = db.execute("SELECT branch FROM held_batches WHERE device_id = ? AND hash = ?",
+                             [device_id, batch.prev]).fetchone()
+            branch = int(row[0]) if row else int(db.execute(
+                "SELECT COALESCE(MAX(branch), 0) + 1 FROM held_batches WHERE device_id = ?",
+                [device_id]).fetchone()[0])
+            db.execute("INSERT INTO held_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [device_id, branch, batch.seq, batch.hash, batch.prev, batch.payload,
+                        batch.sig, now])
+            return branch, True
+
+    def held_batches(self) -> list[dict[str, Any]]:
+        """Every held batch, by kiosk, branch and sequence (payload as it came)."""
+        return [{"device": d, "branch": b, "seq": s, "hash": bytes(h).hex(),
+                 "received_at": at, "payload": bytes(p)}
+                for d, b, s, h, at, p in self._q(
+                    "SELECT device_id, branch, seq, hash, received_at, payload"
+                    " FROM held_batches ORDER BY device_id, branch, seq")]
+
+    def suspect_clone(self, device_id: str, detail: str, now: int) -> None:
+        """Flag the kiosk, log why (``suspected-clone``), and make every queue label
+        given to its copies so far stale."""
+        with self._tx() as db:
+            db.execute("UPDATE devices SET suspected_clone = 1, clone_mark = clone_labels"
+                       " WHERE device_id = ?", [device_id])
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, device_id, "suspected-clone", detail[:500]])
+
+    def issue_label(self, device_id: str) -> int:
+        """A queue label no copy of this kiosk was given before."""
+        with self._tx() as db:
+            return int(db.execute("UPDATE devices SET clone_labels = clone_labels + 1"
+                                  " WHERE device_id = ? RETURNING clone_labels",
+                                  [device_id]).fetchone()[0])
+
+    def clear_clone(self, device_id: str, now: int) -> bool:
+        """A technician settled it: the flag goes (held batches stay, for review)."""
+        with self._tx() as db:
+            if db.execute("UPDATE devices SET suspected_clone = 0 WHERE device_id = ?",
+                          [device_id]).rowcount == 0:
+                return False
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, device_id, "clone-cleared", "cleared by the technician"])
+            return True
 
     def batch_quarantined(self, device_id: str, seq: int) -> list[int]:
         rows = self._q("SELECT quarantined FROM batches WHERE device_id = ? AND seq = ?",

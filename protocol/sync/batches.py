@@ -52,11 +52,12 @@ MAX_BATCH_DELTAS = 20_000
 
 HELLO = register(MessageSpec(80, "sync-hello", {
     1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
-    5: ("hash", bytes)}, {6: ("time", int)}))
+    5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int)}))
 WELCOME = register(MessageSpec(81, "sync-welcome", {
     1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)}))
+#: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
 BATCH = register(MessageSpec(82, "sync-batch", {
-    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}))
+    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {2: ("prev", bytes)}))
 ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int)}, {3: ("quarantined", list)}))
 REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason", str)},
                               {3: ("detail", str)}))
@@ -66,8 +67,10 @@ CHANGES = register(MessageSpec(86, "sync-changes", {
 #: The hub to a kiosk on a kept-open session: changes for it arrived (up to ``cursor``).
 NOTIFY = register(MessageSpec(87, "sync-notify", {1: ("cursor", int)}))
 #: The hub to a kiosk: something about the kiosk itself needs a technician
-#: (``code``: ``suspected-clone``).
-ALERT = register(MessageSpec(88, "sync-alert", {1: ("code", str)}, {2: ("detail", str)}))
+#: (``code``: ``suspected-clone``, with the kiosk's queue ``label`` and whether its
+#: batches are ``held``; ``clone-cleared`` once a technician settled it).
+ALERT = register(MessageSpec(88, "sync-alert", {1: ("code", str)}, {
+    2: ("detail", str), 3: ("label", int), 4: ("held", bool)}))
 STORED, DEFLATED = 0, 1  #: the first byte of a payload: how the array follows
 
 

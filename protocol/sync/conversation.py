@@ -12,8 +12,9 @@ storage what to keep. Every rule is here.
 The kiosk (``KioskSync``) says hello, then holds the hub's checkpoint of its
 chain against its own before anything is sent: ahead of our head, our own
 checkpoints were lost (``adopt``); a batch we hold under another hash, the
-chains forked (``ChainForked``); behind a batch the hub acknowledged, the hub
-was restored from a backup (``rewind``: later writes are queued again). Then
+chains forked (another kiosk runs with our identity: see "Clones" below);
+behind a batch the hub acknowledged, the hub was restored from a backup
+(``rewind``: later writes are queued again). Then
 a pull from the cursor, and one batch in flight at a time: a saved,
 unacknowledged batch goes again as it was, else the next writes are signed
 as batch ``head + 1`` and saved before they are sent. An ack removes only the
@@ -50,16 +51,12 @@ Reply = tuple[int, bytes]  #: (session lane, message bytes)
 #: The most a ``sync-changes`` page carries (deltas' bytes).
 CHANGES_BYTES = 256 * 1024
 CONTROL_LANE, CHANGES_LANE, LAST_LANE = 0, 1, 3
+#: ``sync-alert`` codes: another kiosk runs with this identity; a technician cleared it.
+SUSPECTED_CLONE, CLONE_CLEARED = "suspected-clone", "clone-cleared"
 
 
 def _encode(name: str, **values: Any) -> bytes:
     return messages.encode(messages.make(name, **values))
-
-
-class ChainForked(RemoteProtocolError):
-    """The hub's checkpoint names a batch of ours under another hash."""
-
-    code = "fork"
 
 
 class BatchRefused(RemoteProtocolError):
@@ -100,11 +97,25 @@ class KioskStorage(Protocol):
         """Merge pulled deltas durably, then keep ``cursor``."""
     def note_clock_offset(self, offset_ms: int) -> None:
         """The hub's clock minus ours."""
+    def unacked_batches(self) -> list[tuple[sync.Batch, list[int]]]:
+        """Every saved batch not acknowledged, in order, with its outbox entries."""
+    def next_writes_besides(self, skip: set[int]) -> list[tuple[int, int, bytes]]:
+        """``next_writes``, passing over the entries in ``skip``."""
+    def held_upto(self) -> int:
+        """Our last batch the hub holds for review (0: none held)."""
+    def note_held(self, seq: int) -> None:
+        """The hub holds our batch ``seq`` (and those before it) for review."""
+    def note_alert(self, code: str, label: int | None, held: bool) -> None:
+        """The hub's ``sync-alert``: keep its code (for the status) and the queue label
+        (for queue numbers) durably, before the next check-in."""
+    def queue_label(self) -> int | None:
+        """The queue label the hub gave us, while we are told we are a suspected clone."""
 
 
 class KioskSync:
-    """The kiosk's role in one round. ``receive`` raises ``ChainForked`` (retrying will
-    not help), ``BatchRefused``, or a payload's ``BatchError``."""
+    """The kiosk's role in one round. ``receive`` raises ``BatchRefused``, or a
+    payload's ``BatchError``. ``forked``: our chain left the hub's (a clone), so our
+    batches go to be held, with their previous hash."""
 
     def __init__(self, storage: KioskStorage, *, cert: bytes, device: str,
                  key: Ed25519PrivateKey) -> None:
@@ -113,6 +124,7 @@ class KioskSync:
         self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
         self.welcomed = self.push_done = self.pull_done = False
         self.wanted = 0  #: a ``sync-notify``'s cursor that the pull under way may miss
+        self.forked = storage.held_upto() > 0
 
     @property
     def done(self) -> bool:
@@ -122,7 +134,8 @@ class KioskSync:
         seq, hash_ = self.storage.head()
         return [(CONTROL_LANE, _encode(
             "sync-hello", cert=self.cert, vv=self.storage.version_vector(),
-            cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now))]
+            cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now,
+            label=self.storage.queue_label()))]
 
     def receive_data(self, data: bytes, now: int) -> list[Reply]:
         return self.receive(messages.decode(data), now)
@@ -133,6 +146,10 @@ class KioskSync:
             return self._welcome(msg, now)
         if msg.type == sync.ACK.number:
             return self._ack(msg)
+        if msg.type == sync.REJECT.number and msg.get("reason") == "held":
+            return self._held(msg.get("seq"))
+        if msg.type == sync.ALERT.number:
+            return self._alerted(msg)
         if msg.type == sync.REJECT.number:
             raise BatchRefused(f"the hub refused batch {msg.get('seq')}: {msg.get('reason')} "
                                f"{msg.get('detail', '')}", msg.get("reason"))
@@ -159,10 +176,13 @@ class KioskSync:
         self.storage.note_clock_offset(msg.get("time") - now)
         hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
         seq, _ = self.storage.head()
-        if hub_seq > seq:
+        if self.forked:
+            pass  # our chain left the hub's: its checkpoint is not ours to take or go back to
+        elif hub_seq > seq:
             self.storage.adopt(hub_seq, hub_hash)  # our checkpoints were lost; the hub's stand
         elif hub_seq and self.storage.saved_hash(hub_seq) not in (None, hub_hash):
-            raise ChainForked(f"the hub's batch {hub_seq} is not ours: chain forked")
+            self.forked = True  # the hub's batch is not ours: another kiosk runs as us
+            self.storage.note_alert(SUSPECTED_CLONE, None, True)
         elif hub_seq < (acked := self.storage.acked_head()):
             self.storage.rewind(hub_seq, acked)  # the hub went back: restored from a backup
         return self.again()
@@ -180,6 +200,8 @@ class KioskSync:
         """The next batch, if none is in flight and there is one to send."""
         if self.in_flight is not None:
             return []
+        if self.forked:
+            return self._push_held()
         saved = self.storage.unacked_batch()
         if saved is not None:
             batch, entries = saved
@@ -188,16 +210,60 @@ class KioskSync:
             if not writes:
                 self.push_done = True
                 return []
-            seq, prev = self.storage.head()
-            entries = [entry for entry, _, _ in writes]
-            batch = sync.make_batch(self.key, self.device, seq + 1, prev,
-                                    [data for _, _, data in writes],
-                                    min(lane for _, lane, _ in writes))
-            self.storage.save_batch(batch, entries)
+            batch, entries = self._new_batch(writes)
         self.in_flight = (batch.seq, entries)
         # No previous hash on the wire: the hub holds it (SPEC.md, "Sync").
         return [(min(batch.lane, LAST_LANE), _encode(
             "sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig))]
+
+    def _new_batch(self, writes: list[tuple[int, int, bytes]],
+                   ) -> tuple[sync.Batch, list[int]]:
+        """The next writes signed as batch ``head + 1``, saved before they are sent."""
+        seq, prev = self.storage.head()
+        entries = [entry for entry, _, _ in writes]
+        batch = sync.make_batch(self.key, self.device, seq + 1, prev,
+                                [data for _, _, data in writes],
+                                min(lane for _, lane, _ in writes))
+        self.storage.save_batch(batch, entries)
+        return batch, entries
+
+    def _push_held(self) -> list[Reply]:
+        """Our chain left the hub's: each saved batch the hub does not hold yet goes
+        with its previous hash, to be held (or acknowledged, if the hub committed it
+        before the chains parted); new writes go on our own chain, to be held too.
+        None is applied: re-provisioning this kiosk brings its writes in."""
+        pending = self.storage.unacked_batches()
+        upto = self.storage.held_upto()
+        saved = next(((b, e) for b, e in pending if b.seq > upto), None)
+        if saved is None:
+            writes = self.storage.next_writes_besides({x for _, e in pending for x in e})
+            if not writes:
+                self.push_done = True
+                return []
+            saved = self._new_batch(writes)
+        batch, entries = saved
+        self.in_flight = (batch.seq, entries)
+        return [(min(batch.lane, LAST_LANE), _encode(
+            "sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig,
+            prev=batch.prev))]
+
+    def _held(self, seq: int) -> list[Reply]:
+        """The hub holds our batch ``seq`` for review (``sync-reject`` ``held``): its
+        writes stay queued here; the next batch goes to be held too."""
+        if self.in_flight is None or seq != self.in_flight[0]:
+            return []
+        self.forked = True
+        self.storage.note_held(seq)
+        self.in_flight = None
+        return self.push()
+
+    def _alerted(self, msg: messages.Message) -> list[Reply]:
+        """``sync-alert``: kept durably (the status; the queue label, before the next
+        check-in numbers with it). ``held``: our batches go to be held from now on."""
+        held = bool(msg.get("held"))
+        self.storage.note_alert(msg.get("code"), msg.get("label"), held)
+        self.forked = self.forked or held
+        return []
 
     def _ack(self, msg: messages.Message) -> list[Reply]:
         if self.in_flight is None or msg.get("seq") != self.in_flight[0]:
@@ -241,6 +307,12 @@ class KioskRecord(Protocol):
     def last_seq(self) -> int: ...
     @property
     def last_hash(self) -> bytes: ...
+    @property
+    def suspected_clone(self) -> int: ...
+    @property
+    def clone_mark(self) -> int:
+        """How many queue labels copies of this kiosk had been given at the last
+        detection: those are stale."""
 
 
 class HubStorage(Protocol):
@@ -264,11 +336,22 @@ class HubStorage(Protocol):
              vv: Mapping[Any, Any] | None = None) -> None:
         """The kiosk was here (and pulled from ``cursor``, or holds ``vv``)."""
     def log(self, device_id: str | None, code: str, detail: str, now: int) -> None: ...
+    def is_held(self, device_id: str, hash_: bytes) -> bool:
+        """Whether a batch with this hash is held for the kiosk."""
+    def held_hashes(self, device_id: str, seq: int) -> list[bytes]:
+        """The hashes of the kiosk's held batches ``seq``."""
+    def hold_batch(self, device_id: str, batch: sync.Batch, now: int) -> tuple[int, bool]:
+        """Keep a verified batch off the chain, durably: (its branch, whether new)."""
+    def suspect_clone(self, device_id: str, detail: str, now: int) -> None:
+        """Flag the kiosk, log ``suspected-clone`` with ``detail``, make its labels stale."""
+    def issue_label(self, device_id: str) -> int:
+        """A queue label no copy of this kiosk was given before."""
 
 
 class HubSync:
     """The hub's role with one kiosk's session. ``remote_static``: the kiosk's key as
-    the session authenticated it. ``close``: set when the kiosk must be turned away."""
+    the session authenticated it. ``close``: set when the kiosk must be turned away.
+    ``held``: this session's kiosk is a copy whose batches the hub holds."""
 
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
                  *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
@@ -279,6 +362,10 @@ class HubSync:
         self.device: KioskRecord | None = None
         self.close: tuple[str, str] | None = None
         self.rejected = 0
+        self.held = False
+        self.label: int | None = None  #: the queue label the kiosk holds, as we know it
+        self._told: tuple[int, bool] | None = None  #: the last alert: (label, held)
+        self._flagged = False  #: this session's evidence is logged
 
     def decode(self, data: bytes, now: int) -> messages.Message | None:
         """The message, or None: undecodable, the kiosk is turned away (``close``)."""
@@ -293,16 +380,39 @@ class HubSync:
         return [] if msg is None else self.receive(msg, now)
 
     def receive(self, msg: messages.Message, now: int) -> list[Reply]:
+        if self.close is not None:
+            return []
         if self.device is None:
             if msg.type != sync.HELLO.number:
                 return self._refuse("protocol", f"expected sync-hello, got {msg.name}", now)
             return self._hello(msg, now)
+        if not self.refresh(now):
+            return []
         if msg.type == sync.BATCH.number:
-            return self._batch(msg, now)
-        if msg.type == sync.PULL.number:
-            return self._pull(msg, now)
-        self._log("unknown-message", msg.name, now)
-        return []
+            replies = self._batch(msg, now)
+        elif msg.type == sync.PULL.number:
+            replies = self._pull(msg, now)
+        else:
+            self._log("unknown-message", msg.name, now)
+            replies = []
+        return self._alert(now) + replies
+
+    def refresh(self, now: int) -> bool:
+        """Read the kiosk's record again, as before every message after the hello: a
+        kiosk revoked (or no longer approved) since is turned away (``close``), and
+        is served nothing more. False once turned away."""
+        if self.close is not None:
+            return False
+        assert self.device is not None
+        dev = self.storage.device(self.device.device_id)
+        if dev is None or dev.state == "revoked":
+            self._refuse("revoked", f"kiosk {self.device.device_id} was revoked", now)
+            return False
+        if dev.state != "approved":
+            self._refuse("unapproved", f"kiosk {dev.device_id} is {dev.state}", now)
+            return False
+        self.device = dev
+        return True
 
     def _log(self, code: str, detail: str, now: int) -> None:
         self.storage.log(self.device.device_id if self.device else None, code, detail, now)
@@ -328,10 +438,56 @@ class HubSync:
         if dev.state != "approved":
             return self._refuse("unapproved", f"kiosk {dev.device_id} is {dev.state}", now)
         self.device = dev
+        self.label = msg.get("label")
+        seq, hash_ = msg.get("seq"), msg.get("hash")
+        if self.storage.is_held(dev.device_id, hash_):
+            self.held = True  # a copy the hub knows already
+        elif 0 < seq <= dev.last_seq and self.storage.batch_hash(
+                dev.device_id, seq) not in (None, hash_):
+            self.held = True  # its head is its own batch ``seq``, ours is another
+            self._suspect(f"its hello names a batch {seq} that is not the one committed", now,
+                          new_copy=False)
         self.storage.seen(dev.device_id, now, vv=msg.get("vv"))
-        return [(CONTROL_LANE, _encode("sync-welcome", time=now,
-                                       vv=self.storage.version_vector(),
-                                       seq=dev.last_seq, hash=dev.last_hash))]
+        welcome = (CONTROL_LANE, _encode("sync-welcome", time=now,
+                                         vv=self.storage.version_vector(),
+                                         seq=dev.last_seq, hash=dev.last_hash))
+        return [*self._alert(now), welcome]
+
+    def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:
+        """Evidence of a clone (two batches under one sequence, both the kiosk's), once
+        per session: flag the kiosk, log it, and make every queue label given so far
+        stale. On a kiosk flagged already, only a copy not seen before (a new held
+        branch) counts: a copy whose labelled data folder was copied again."""
+        assert self.device is not None
+        if self._flagged or self.device.suspected_clone and not new_copy:
+            return
+        self._flagged = True
+        self.storage.suspect_clone(self.device.device_id,
+                                   f"{detail} (two kiosks run with this identity?)", now)
+        self.device = self.storage.device(self.device.device_id) or self.device
+
+    def _alert(self, now: int) -> list[Reply]:
+        """``sync-alert`` to a flagged kiosk: once per session, and again when its
+        label went stale (another copy was caught) or its batches began to be held.
+        A stale label is replaced by one no copy was given before. A kiosk that still
+        shows a label (its hello's) when the flag was cleared is told so, once."""
+        dev = self.device
+        if dev is None:
+            return []
+        if not dev.suspected_clone:
+            if self.label is None or self._told is not None:
+                return []
+            self._told = (self.label, False)  # it still shows the flag a technician cleared
+            return [(CONTROL_LANE, _encode("sync-alert", code=CLONE_CLEARED))]
+        if self.label is None or self.label <= dev.clone_mark:
+            self.label = self.storage.issue_label(dev.device_id)
+        if self._told == (self.label, self.held):
+            return []
+        self._told = (self.label, self.held)
+        detail = ("another kiosk runs with this identity; call a technician"
+                  + ("; this kiosk's batches are held for review" if self.held else ""))
+        return [(CONTROL_LANE, _encode("sync-alert", code=SUSPECTED_CLONE, detail=detail,
+                                       label=self.label, held=self.held or None))]
 
     def _reject(self, seq: int, code: str, detail: str, now: int) -> list[Reply]:
         self.rejected += 1
@@ -343,28 +499,71 @@ class HubSync:
     def _ack(seq: int, quarantined: list[int]) -> Reply:
         return (CONTROL_LANE, _encode("sync-ack", seq=seq, quarantined=quarantined or None))
 
-    def _batch(self, msg: messages.Message, now: int) -> list[Reply]:
+    def _signed(self, seq: int, prevs: list[bytes], msg: messages.Message,
+                ) -> sync.Batch | None:
+        """The batch as it verifies over the first of ``prevs`` that it does."""
         assert self.device is not None
-        dev = self.device = self.storage.device(self.device.device_id) or self.device
-        if dev.state != "approved":
-            return self._refuse("revoked", f"kiosk {dev.device_id} was revoked", now)
-        seq = msg.get("seq")
-        prev = self._prev_hash(dev, seq)
-        if prev is None:
-            return self._reject(seq, "out-of-chain",
-                                f"expected batch {dev.last_seq + 1} after the last committed",
-                                now)
-        batch = sync.Batch(seq, prev, msg.get("payload"), msg.get("sig"))
+        for prev in prevs:
+            batch = sync.Batch(seq, prev, msg.get("payload"), msg.get("sig"))
+            try:
+                sync.verify_batch(batch, self.device.device_id, self.device.ed25519)
+            except RemoteProtocolError:
+                continue
+            return batch
+        return None
+
+    def _batch(self, msg: messages.Message, now: int) -> list[Reply]:
+        dev = self.device
+        assert dev is not None
+        seq, given = msg.get("seq"), msg.get("prev")
+        ours = self._prev_hash(dev, seq)
+        held = self.storage.held_hashes(dev.device_id, seq - 1)
+        if given is not None:
+            prevs = [given]
+        elif self.held:
+            prevs = [*held, *([ours] if ours is not None else [])]
+        else:
+            prevs = [*([ours] if ours is not None else []), *held]
+        batch = self._signed(seq, prevs, msg)
+        if batch is None:
+            if ours is None and given is None and not held:
+                return self._reject(seq, "out-of-chain",
+                                    f"expected batch {dev.last_seq + 1} after the last "
+                                    "committed", now)
+            return self._reject(seq, "forged", "the batch's chain head is not signed by "
+                                "this kiosk", now)
+        if self.storage.batch_hash(dev.device_id, seq) == batch.hash:
+            self._log("duplicate", f"batch {seq} again; acknowledged, not applied", now)
+            return [self._ack(seq, self.storage.batch_quarantined(dev.device_id, seq))]
+        if not self.held and seq == dev.last_seq + 1 and batch.prev == dev.last_hash:
+            return self._commit(dev, batch, now)
+        return self._hold(dev, batch, now)
+
+    def _hold(self, dev: KioskRecord, batch: sync.Batch, now: int) -> list[Reply]:
+        """A batch of this kiosk's key that is not on the hub's chain: held, never
+        applied. It is evidence of a clone when it contradicts the chain: another
+        batch under a committed sequence, or after another batch than the committed."""
         try:
-            sync.verify_batch(batch, dev.device_id, dev.ed25519)
+            sync.unpack(batch.payload)
         except RemoteProtocolError as exc:
-            return self._reject(seq, exc.code, str(exc), now)
+            return self._reject(batch.seq, exc.code, str(exc), now)
+        on_branch = self.storage.is_held(dev.device_id, batch.prev)
+        branch, new = self.storage.hold_batch(dev.device_id, batch, now)
+        self.held = True
+        seq, new_copy = batch.seq, new and not on_branch
         if seq <= dev.last_seq:
-            if self.storage.batch_hash(dev.device_id, seq) == batch.hash:
-                self._log("duplicate", f"batch {seq} again; acknowledged, not applied", now)
-                return [self._ack(seq, self.storage.batch_quarantined(dev.device_id, seq))]
-            return self._reject(seq, "replay", "a different batch already has this "
-                                "sequence number", now)
+            self._suspect(f"batch {seq} is signed by it and is not the one committed", now,
+                          new_copy=new_copy)
+        elif not on_branch and self._prev_hash(dev, seq) not in (None, batch.prev):
+            self._suspect(f"batch {seq} follows another batch {seq - 1} than the committed",
+                          now, new_copy=new_copy)
+        if new:
+            self._log("held", f"batch {seq} held on branch {branch}", now)
+        return [(CONTROL_LANE, _encode("sync-reject", seq=seq, reason="held",
+                                       detail=f"held for review (branch {branch})"))]
+
+    def _commit(self, dev: KioskRecord, batch: sync.Batch, now: int) -> list[Reply]:
+        seq = batch.seq
         try:
             deltas = sync.unpack(batch.payload)
         except RemoteProtocolError as exc:
