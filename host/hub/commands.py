@@ -11,12 +11,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from host.errors import UsageError
 
 if TYPE_CHECKING:
     from host.hub.hub import Hub
+    from host.hub.limits import Limits
 
 
 def _data(p: argparse.ArgumentParser) -> None:
@@ -54,6 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--baud", type=int, help="serial line speed (pacing)")
     p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
                    help="quarantine deltas stamped more than S seconds ahead (default 300)")
+    _serve_limits(p)
     p = hs.add_parser("dump", help="print the merged state as canonical JSON",
                       description="Print every record as canonical JSON (the kiosk's format).")
     _data(p)
@@ -94,6 +96,54 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
 
 
+#: ``haven hub serve``'s bounds: (flag, Limits field, type, metavar, help).
+SERVE_LIMITS = [
+    ("--max-connections", "max_connections", int, "N",
+     "TCP connections at once; kept below the descriptor limit minus --fd-reserve"),
+    ("--max-unauthenticated-per-address", "max_unauthenticated_per_address", int, "N",
+     "connections from one address that have not authenticated yet (authenticated "
+     "sessions are never capped by address: kiosks share a NAT)"),
+    ("--handshake-rate", "handshake_rate", float, "PER_S",
+     "key exchanges a second the hub does, sustained (beyond it first messages are dropped)"),
+    ("--handshake-burst", "handshake_burst", int, "N", "key exchanges at once"),
+    ("--handshake-deadline", "handshake_deadline", float, "S",
+     "seconds from connect for a peer to authenticate, whatever it sends"),
+    ("--idle-limit", "idle_limit", float, "S",
+     "end an authenticated TCP session silent this long (the kiosk pings; the hub never "
+     "pings first)"),
+    ("--input-cap", "input_cap", int, "BYTES",
+     "message bytes waiting for the store per connection before reading pauses"),
+    ("--output-cap", "output_cap", int, "BYTES",
+     "bytes queued for one peer; a peer that does not read is dropped past it"),
+    ("--workers", "workers", int, "N", "threads doing the store's work"),
+    ("--watch-interval", "watch_interval", float, "S",
+     "seconds between looks at the store (push, revocation)"),
+    ("--log-interval", "log_interval", float, "S",
+     "at most one log row per refusal reason per interval, with a count"),
+    ("--fd-reserve", "fd_reserve", int, "N",
+     "descriptors kept back from connections for the store and documents"),
+]
+
+
+def _serve_limits(p: argparse.ArgumentParser) -> None:
+    from host.hub.limits import Limits
+
+    defaults = Limits()
+    for flag, name, kind, metavar, text in SERVE_LIMITS:
+        p.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name),
+                       metavar=metavar, help=f"{text} (default {getattr(defaults, name):g})")
+
+
+def serve_limits(args: argparse.Namespace) -> Limits:
+    from host.hub.limits import Limits
+
+    values = {name: getattr(args, name) for _, name, *_ in SERVE_LIMITS}
+    for flag, name, *_ in SERVE_LIMITS:
+        if values[name] < 0 or (values[name] == 0 and name not in ("fd_reserve",)):
+            raise UsageError(f"{flag} must be above 0")
+    return Limits(**values)
+
+
 def run(args: argparse.Namespace) -> int:
     from host.hub.hub import Hub, init_hub
 
@@ -106,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         with Hub(args.data) as hub:
             try:
                 serve(hub, listen=args.listen, serial=args.serial, baud=args.baud,
-                      max_ahead_ms=int(args.max_ahead * 1000),
+                      max_ahead_ms=int(args.max_ahead * 1000), limits=serve_limits(args),
                       ready=lambda line: print(line, flush=True))
             except KeyboardInterrupt:
                 print("stopping", file=sys.stderr)
@@ -136,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
         elif cmd == "status":
-            _status(hub, args.json)
+            _status(hub, args.json, _server_status(args.data))
         elif cmd == "held":
             _held(hub, args.json)
         elif cmd == "clear-clone":
@@ -145,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(hub: Hub, as_json: bool) -> None:
+def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     st = hub.status()
+    st.update(server)
     if as_json:
         print(json.dumps(st, sort_keys=True, indent=1))
         return
@@ -166,6 +217,7 @@ def _status(hub: Hub, as_json: bool) -> None:
         print(f"  {q['id']}: kiosk {q['device']} batch {q['batch']}: {q['code']}")
     docs = st["documents"]
     print(f"documents: {docs['documents']} held, {docs['bytes']} bytes")
+    print(_server_line(st))
     held = st["held_batches"]
     print(f"held batches: {len(held)} (haven hub held lists what they carry)")
     for b in held:
@@ -205,3 +257,27 @@ def _review(hub: Hub, args: argparse.Namespace) -> int:
         return 0
     print(hub.resolve(args.conflict, keep=args.keep, assignments=args.set))
     return 0
+
+
+def _server_status(data: Path) -> dict[str, Any]:
+    """The running server's health (its unix socket), or null with a note."""
+    from host.hub.health import SOCKET, read_health
+
+    report = read_health(data)
+    if report is None:
+        return {"server": None,
+                "server_note": f"no haven hub serve answers on {data / SOCKET}"}
+    return {"server": report}
+
+
+def _server_line(st: dict[str, Any]) -> str:
+    srv = st.get("server")
+    if not srv:
+        return "server: not running"
+    conns, fds = srv["connections"], srv["descriptors"]
+    tcp, serial = conns["tcp"], conns["serial"]
+    refused = sum(srv["refusals"].values())
+    return (f"server: {conns['total']} connections ({tcp['authenticated']} tcp sessions, "
+            f"{tcp['handshaking']} handshaking, {serial['authenticated']} serial); "
+            f"descriptors {fds['in_use']}/{fds['limit']}; {refused} refused; "
+            f"up {srv['uptime'] / 3600:.1f} h")

@@ -1,160 +1,331 @@
-"""``haven hub serve``: many kiosk sessions at once, over TCP and serial links.
+"""``haven hub serve``: thousands of kiosk sessions in one process, over TCP and serial.
 
 Theory of operation
 -------------------
-One thread accepts on each ``--listen`` address and starts one thread per
-connection; one thread runs each ``--serial`` port. Each link runs its own
-responder ``SessionDriver`` (``protocol.driver``: stream mode on TCP, paced
-and retransmitted on serial) and a ``Connection``, which gives every
-session that connects (every ``Connected``) a new ``HubPeer``; they share
-the store, which serialises writes behind its lock. Whatever a peer sends,
-the worst outcome is that its session closes: an exception in one
-connection is logged and ends that connection only.
+One asyncio event loop, in a thread of its own, runs every link:
+``listener.Listener`` accepts TCP connections (its own accept loop, which
+survives running out of descriptors), ``serial_port.SerialPort`` serves each
+``--serial`` port, and each link is a ``connection.Connection`` driving its
+responder ``SessionDriver``. Blocking work (the store, document files) runs
+in a bounded worker pool; ``watch.StoreWatch`` looks at the store a few times
+a second to push ``sync-notify`` and to end revoked kiosks' sessions; the
+health report answers on a unix socket (``health.py``). Whatever a peer
+sends, the worst outcome is that its connection closes.
 
-A serial line outlives its sessions: the driver answers the next handshake
-with a fresh session once one ends, and a kiosk that starts over while the
-hub's session is still open (its process died, or it gave up on a stalled
-round) is taken over by the session itself once its new handshake proves the
-same key (SPEC.md, "A new handshake on an open session").
+Bounds (``limits.Limits``, each a ``haven hub serve`` flag): connections at
+once (kept below the descriptor limit), connections not yet authenticated
+per source address (kiosks behind one NAT share an address, so authenticated
+ones are never capped by address), one live session per kiosk key, a rate of
+key exchanges (``Session``'s admission), a handshake deadline from connect,
+an idle limit, and caps on queued input and output. Every refusal is counted
+by reason and logged at most once per interval (``limits.Refusals``).
 
-A TCP connection carries one session at a time. A kiosk whose NAT dropped
-its connection without a word connects again at once; when the new session
-authenticates with the same static key, the hub closes the older connection
-it still holds for that key (``Server.claim``). A kiosk keeps its session
-open between rounds and resumes it on a new connection: the hub remembers
-each key's last session and its ``HubPeer`` (``Server.keep``), so the
-resumed session goes on where it was and its conversation with it.
+Sessions and kiosks: a TCP connection carries one session. When a new
+session authenticates with the same static key as an older connection, the
+older one is closed at once (usually a NAT dropped it silently). A kiosk
+keeps its session open between rounds and may resume it on a new connection:
+the server keeps each key's last session and its ``HubPeer`` (bounded: an
+entry goes when its session closes, when the kiosk never said hello, or an
+idle limit after its link ended), so the conversation goes on where it was.
+A serial line outlives its sessions: a session that ends is replaced by a
+fresh one, and a kiosk that starts over is taken over by the session itself.
+On TCP the hub never pings first: the kiosk keeps the session alive, and the
+hub ends one silent for ``idle_limit``.
+
+If the loop dies, or a listener cannot be opened again, ``serve`` raises
+``ServerFailed``: the process exits non-zero and systemd restarts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import resource
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from host.errors import UsageError
+from host.errors import HavenError, UsageError
+from host.hub import health as health_socket
+from host.hub.connection import AUTHENTICATED, HANDSHAKING, Connection, PeerSlot
 from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
-from host.hub.hub import Hub
+from host.hub.hub import DB, Hub
+from host.hub.limits import Limits, Refusals, TokenBucket
+from host.hub.listener import Listener, bind
 from host.hub.peer import HubPeer
+from host.hub.serial_port import SerialPort
+from host.hub.watch import Look, StoreWatch
+from protocol import messages
 from protocol.driver.errors import LinkError
-from protocol.driver.link import Link, TcpLink, open_link
-from protocol.driver.session_driver import (
-    DriverEvent,
-    LinkClosed,
-    Restarted,
-    SessionDriver,
-    session_config,
-)
+from protocol.driver.session_driver import SessionDriver, session_config
 from protocol.driver.wall_clock import wall_ms
 from protocol.session.core import Session
-from protocol.session.events import Closed, Connected, MessageReceived
+from protocol.session.events import CLOSED, Connected
+from protocol.sync.conversation import CONTROL_LANE
 
-#: (keepalive, dead timeout) in seconds. A serial line is the hub's own: pings are
-#: free and a restarted kiosk is spotted soon. A TCP session is kept open by the kiosk
-#: between rounds over a metered cellular link, so pings come minutes apart (a NAT
-#: forgets a flow after a few minutes of silence) and a silent session lasts three.
+#: (keepalive, dead timeout) in seconds on a serial line: the hub's own line, where
+#: pings are free and a restarted kiosk is spotted soon.
 SERIAL_LIVENESS = (5.0, 60.0)
-TCP_LIVENESS = (120.0, 360.0)
-POLL = 0.2  #: longest wait in one turn of a connection's loop (how soon it sees a stop)
 
 
-class Connection:
-    """One link's sessions, and the ``HubPeer`` of the one that is connected."""
+class ServerFailed(HavenError, RuntimeError):
+    """The server cannot go on (its loop died, a listener will not reopen)."""
 
-    def __init__(self, server: Server, driver: SessionDriver, url: str,
-                 exclusive: bool = False) -> None:
-        self.server, self.driver, self.url = server, driver, url
-        self.exclusive = exclusive  #: one connection per kiosk key (TCP)
-        self.peer: HubPeer | None = None
-        self.remote: bytes | None = None
-        self.superseded = threading.Event()  #: a newer connection holds this kiosk's key
+    exit_code = 1
 
-    def handle(self, events: list[DriverEvent]) -> None:
-        for event in events:
-            if isinstance(event, Connected):
-                if self.peer is not None and not event.resumed:
-                    self.server.log("takeover", f"{self.url}: the kiosk started over; "
-                                    "its new session replaces the open one")
-                self.remote = event.remote_static
-                kept = self.server.resumed_peer(event) if event.resumed else None
-                self.peer = kept or self.server.peer(event.remote_static)
-                self.server.keep(event, self.driver.session, self.peer)
-                if self.exclusive:
-                    self.server.claim(self)
-            elif isinstance(event, MessageReceived) and self.peer is not None:
-                self._message(self.peer, event.data)
-            elif isinstance(event, Closed | Restarted | LinkClosed):
-                self.peer = None
 
-    def _message(self, peer: HubPeer, data: bytes) -> None:
-        try:
-            replies = peer.on_message(data)
-        except Exception as exc:  # noqa: BLE001 - one kiosk must not stop the hub
-            self.server.log("internal", f"{type(exc).__name__}: {exc}")
-            self.driver.close("internal", "the hub failed on this message")
-            return
-        for lane, reply in replies:
-            self.driver.send(lane, reply)
-        if peer.sync.close is not None:
-            self.driver.close(*peer.sync.close)
+@dataclass
+class Kept:
+    """A kiosk key's last session, for a resume on a new connection."""
+
+    session_id: bytes
+    session: Session
+    slot: PeerSlot
+    ended_at: float | None = None  #: when its last link ended (None: a link holds it)
+
+
+def descriptor_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft descriptor limit to the hard one; returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return descriptor_limit()
 
 
 class Server:
-    def __init__(self, hub: Hub, max_ahead_ms: int) -> None:
+    def __init__(self, hub: Hub, max_ahead_ms: int, limits: Limits | None = None) -> None:
         self.hub = hub
         self.max_ahead_ms = max_ahead_ms
-        self.stop = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
+        self.limits = lim = limits or Limits()
+        self.started = time.monotonic()
+        self.loop = asyncio.new_event_loop()
+        self.pool = ThreadPoolExecutor(max(1, lim.workers), thread_name_prefix="hub-store")
+        self.pending = 0  #: jobs handed to the pool and not finished
+        self.accepted_total = 0  #: TCP connections accepted since start
+        self.connections: set[Connection] = set()
+        self.unauthenticated: dict[str, int] = {}  #: by source address
         self._holders: dict[bytes, Connection] = {}  #: TCP: the connection holding each key
-        #: Each kiosk key's last session and its peer, for a resume on a new connection.
-        self._resumable: dict[bytes, tuple[bytes, Session, HubPeer]] = {}
+        self._kept: dict[bytes, Kept] = {}  #: by session id
+        self._kept_by_key: dict[bytes, bytes] = {}  #: kiosk key -> its last session id
+        #: Each kiosk key's last conversation, while anything holds it.
+        self._slots: weakref.WeakValueDictionary[bytes, PeerSlot] = \
+            weakref.WeakValueDictionary()
+        self.bucket = TokenBucket(lim.handshake_rate, lim.handshake_burst, time.monotonic())
+        self.refusals = Refusals(lambda reason, text: self.log("refused", f"{reason}: {text}"),
+                                 lim.log_interval)
+        self.listeners: list[Listener] = []
+        self.ports: list[SerialPort] = []
+        self.watch = StoreWatch(self, hub.data / DB)
+        self.failure: str | None = None
+        self.stopped = threading.Event()
+        self._health: asyncio.AbstractServer | None = None
+        self._thread = threading.Thread(target=self._run, name="hub-loop", daemon=True)
+        self._thread.start()
+        self.call(self._start)
 
-    def peer(self, remote: bytes | None) -> HubPeer:
+    # -- the loop thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        except BaseException as exc:  # noqa: BLE001 - a dead loop ends the process
+            self.failure = f"the event loop died: {type(exc).__name__}: {exc}"
+        finally:
+            self.stopped.set()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the loop thread and return what it returns (or raise)."""
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    async def _start_health(self) -> None:
+        self._health = await health_socket.open_health(self.loop, self.hub.data, self.health)
+
+    def _start(self) -> None:
+        self.loop.create_task(self._start_health())
+        self.watch.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn(*args)`` in the worker pool (loop thread only)."""
+        self.pending += 1
+        fut = self.loop.run_in_executor(self.pool, fn, *args)
+        fut.add_done_callback(self._job_done)
+        return fut
+
+    def _job_done(self, fut: asyncio.Future[Any]) -> None:
+        self.pending -= 1
+
+    def log(self, kind: str, text: str) -> None:
+        """A row in the hub's log, written in the pool (loop thread only)."""
+        with contextlib.suppress(RuntimeError):  # the pool is shut down
+            self.submit(self.hub.store.log, None, kind, text, wall_ms())
+
+    def log_threadsafe(self, kind: str, text: str) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.log, kind, text)
+
+    def refused(self, reason: str, detail: str) -> None:
+        self.refusals.count(reason, detail, time.monotonic())
+
+    def fatal(self, why: str) -> None:
+        self.failure = why
+        self.log("fatal", why)
+        self.loop.call_later(0.2, self.loop.stop)  # let the log row go
+
+    @property
+    def connection_cap(self) -> int:
+        return max(1, min(self.limits.max_connections,
+                          descriptor_limit() - self.limits.fd_reserve))
+
+    # -- sessions ------------------------------------------------------------------
+
+    def new_peer(self, remote: bytes | None) -> HubPeer:
         inbox = DocumentInbox(self.hub.data / DOCUMENTS_DIR, self.hub.store, wall_ms)
         return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
                        documents=inbox)
 
-    def log(self, kind: str, text: str) -> None:
-        self.hub.store.log(None, kind, text, wall_ms())
+    def admit_handshake(self, now: float) -> bool:
+        if self.bucket.take(now):
+            return True
+        self.refused("handshake-rate", "a key exchange over the rate cap was dropped")
+        return False
 
-    def keep(self, event: Connected, session: Session, peer: HubPeer) -> None:
-        """Remember a kiosk's connected session, so it may resume on a new link."""
-        if event.remote_static is not None:
-            with self._lock:
-                self._resumable[event.remote_static] = (event.session_id, session, peer)
+    def driver(self, stream: bool, baud: int | None = None) -> SessionDriver:
+        lim = self.limits
+        if stream:  # the kiosk keeps it alive; the hub never pings first
+            keepalive, dead = lim.idle_limit * 4, lim.idle_limit
+        else:
+            keepalive, dead = SERIAL_LIVENESS
+        config = session_config(stream=stream, baud=baud, keepalive=keepalive,
+                                dead_timeout=dead, max_message=1 << 20, send_buffer=2 << 20)
+        return SessionDriver(initiator=False, config=config, static_key=self.hub.x_key,
+                             restart=not stream, resume_lookup=self._lookup,
+                             admit_handshake=self.admit_handshake)
 
     def _lookup(self, session_id: bytes) -> Session | None:
-        with self._lock:
-            for sid, session, _ in self._resumable.values():
-                if sid == session_id:
-                    return session
-        return None
+        kept = self._kept.get(session_id)
+        return kept.session if kept is not None else None
 
-    def resumed_peer(self, event: Connected) -> HubPeer | None:
-        """The peer of the session ``event`` resumed: the conversation goes on."""
-        with self._lock:
-            kept = self._resumable.get(event.remote_static or b"")
-        return kept[2] if kept is not None and kept[0] == event.session_id else None
+    def authenticated(self, conn: Connection) -> None:
+        """``conn``'s first session connected: it no longer counts against its address."""
+        self._uncount(conn)
 
-    def driver(self, link: Link, baud: int | None = None) -> SessionDriver:
-        keepalive, dead = TCP_LIVENESS if link.stream else SERIAL_LIVENESS
-        config = session_config(stream=link.stream, baud=baud, keepalive=keepalive,
-                                dead_timeout=dead, max_message=1 << 20,
-                                send_buffer=2 << 20)
-        return SessionDriver(initiator=False, config=config, static_key=self.hub.x_key,
-                             restart=not link.stream, link=link, resume_lookup=self._lookup)
+    def connected(self, conn: Connection, event: Connected) -> None:
+        key = event.remote_static
+        kept = self._kept.get(event.session_id) if event.resumed else None
+        if conn.slot is not None and not event.resumed:
+            self.log("takeover", f"{conn.url}: the kiosk started over; its new session "
+                     "replaces the open one")
+        if kept is not None:
+            slot = kept.slot
+        else:
+            slot = PeerSlot(self, self.new_peer(key), self._slots.get(key) if key else None)
+            if key is not None:
+                self._slots[key] = slot
+        old = conn.slot
+        if old is not None and old is not slot:
+            old.conn = old.session = None  # the kiosk started over: its old replies go nowhere
+        slot.attach(conn, conn.driver.session)
+        conn.slot, conn.remote, conn.notified = slot, key, False
+        if key is None:
+            return
+        last = self._kept_by_key.get(key)
+        if last is not None and last != event.session_id:
+            self._kept.pop(last, None)
+        self._kept[event.session_id] = Kept(event.session_id, conn.driver.session, slot)
+        self._kept_by_key[key] = event.session_id
+        if not conn.persistent:
+            self._claim(conn, key)
 
-    def _start(self, target: object, *args: object) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
-        t.start()
-        self.threads.append(t)
+    def _claim(self, conn: Connection, key: bytes) -> None:
+        """``conn`` holds its kiosk's key: an older connection holding it ends."""
+        older = self._holders.get(key)
+        self._holders[key] = conn
+        if older is not None and older is not conn:
+            self.log("superseded", f"{older.url}: the kiosk connected again from {conn.url}")
+            older.finish(abort=True)
 
-    # TCP ----------------------------------------------------------------------------
+    def _uncount(self, conn: Connection) -> None:
+        addr = conn.address
+        if addr is not None:
+            conn.address = None
+            left = self.unauthenticated.get(addr, 1) - 1
+            if left > 0:
+                self.unauthenticated[addr] = left
+            else:
+                self.unauthenticated.pop(addr, None)
+
+    def ended(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self._uncount(conn)
+        key = conn.remote
+        if key is None:
+            return
+        if self._holders.get(key) is conn:
+            del self._holders[key]
+        sid = self._kept_by_key.get(key)
+        kept = self._kept.get(sid) if sid is not None else None
+        if kept is not None and kept.session is conn.driver.session:
+            if kept.session.state == CLOSED or kept.slot.device is None:
+                self._forget(key, sid)
+            else:
+                kept.ended_at = time.monotonic()
+
+    def _forget(self, key: bytes, sid: bytes | None) -> None:
+        if sid is not None:
+            self._kept.pop(sid, None)
+        if self._kept_by_key.get(key) == sid:
+            del self._kept_by_key[key]
+
+    def housekeeping(self) -> None:
+        """Every look at the store: refusals logged, kept sessions that expired forgotten."""
+        now = time.monotonic()
+        self.refusals.flush(now)
+        idle = self.limits.idle_limit
+        for key, sid in list(self._kept_by_key.items()):
+            kept = self._kept.get(sid)
+            if kept is None or kept.session.state == CLOSED or (
+                    kept.ended_at is not None and now - kept.ended_at > idle):
+                self._forget(key, sid)
+
+    # -- the store's changes -----------------------------------------------------------
+
+    def store_changed(self, look: Look) -> None:
+        for conn in list(self.connections):
+            slot = conn.slot
+            dev = slot.device if slot is not None else None
+            if dev is None or conn.state != AUTHENTICATED:
+                continue
+            if dev.device_id in look.revoked:
+                conn.refuse("revoked", f"{conn.url}: kiosk {dev.device_id} was revoked",
+                            goodbye=("revoked", "this kiosk was revoked"))
+            elif not conn.notified and look.writers - {dev.node}:
+                conn.notified = True
+                conn.send_now(CONTROL_LANE, messages.encode(
+                    messages.make("sync-notify", cursor=look.head)))
+        if look.revoked:
+            for key, sid in list(self._kept_by_key.items()):
+                kept = self._kept.get(sid)
+                dev = kept.slot.device if kept is not None else None
+                if dev is not None and dev.device_id in look.revoked and kept is not None \
+                        and kept.ended_at is not None:
+                    self._forget(key, sid)
+
+    # -- TCP -----------------------------------------------------------------------------
 
     def listen(self, url: str) -> tuple[str, int]:
         """Accept kiosks on ``tcp://HOST:PORT``; returns the address bound."""
@@ -166,108 +337,129 @@ class Server:
         if parts.scheme != "tcp" or not parts.hostname or port is None:
             raise UsageError(f"--listen wants tcp://HOST:PORT, not {url!r}")
         try:
-            srv = socket.create_server((parts.hostname, port), reuse_port=False)
+            sock = bind(parts.hostname, port)
         except OSError as exc:
             raise UsageError(f"cannot listen on {url}: {exc.strerror or exc}") from None
-        srv.settimeout(POLL)
-        self.sockets.append(srv)
-        self._start(self._accept, srv)
-        host, bound = srv.getsockname()[:2]
+        listener = self.call(Listener, self, sock)
+        self.listeners.append(listener)
+        host, bound = listener.address
         return str(host), int(bound)
 
-    def _accept(self, srv: socket.socket) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._start(self._tcp, conn)
+    def accepted(self, sock: socket.socket, addr: Any) -> None:
+        """A connection the listener took (loop thread)."""
+        self.accepted_total += 1
+        host = str(addr[0]) if isinstance(addr, tuple) else "?"
+        url = f"tcp://{host}:{addr[1]}" if isinstance(addr, tuple) else "tcp://?"
+        lim = self.limits
+        if len(self.connections) >= self.connection_cap:
+            self.refused("over-cap", f"{url}: {len(self.connections)} connections already")
+            sock.close()
+            return
+        if self.unauthenticated.get(host, 0) >= lim.max_unauthenticated_per_address:
+            self.refused("address-cap", f"{url}: {lim.max_unauthenticated_per_address} "
+                         "connections from this address not yet authenticated")
+            sock.close()
+            return
+        conn = Connection(self, self.driver(stream=True), url, kind="tcp", address=host,
+                          deadline=time.monotonic() + lim.handshake_deadline)
+        self.connections.add(conn)
+        self.unauthenticated[host] = self.unauthenticated.get(host, 0) + 1
+        self.loop.create_task(self._attach(conn, sock))
 
-    def _tcp(self, sock: socket.socket) -> None:
-        link = TcpLink(sock)
-        conn = Connection(self, self.driver(link), link.url, exclusive=True)
-        driver = conn.driver
+    async def _attach(self, conn: Connection, sock: socket.socket) -> None:
         try:
-            while not (self.stop.is_set() or conn.superseded.is_set()):
-                events = driver.poll(POLL)
-                conn.handle(events)
-                if driver.closed:
-                    out = driver.output(time.monotonic())  # the goodbye, if one is owed
-                    if out:
-                        link.write(out)
-                    return
-                if any(isinstance(e, LinkClosed) for e in events):
-                    return
-        except LinkError:
-            return
-        finally:
-            self.release(conn)
-            link.close()
+            await self.loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError:
+            sock.close()
+            conn.connection_lost(None)
 
-    def claim(self, conn: Connection) -> None:
-        """``conn`` holds its kiosk's key: an older connection holding it ends."""
-        if conn.remote is None:
-            return
-        with self._lock:
-            if conn.superseded.is_set():
-                return
-            older = self._holders.get(conn.remote)
-            self._holders[conn.remote] = conn
-        if older is not None and older is not conn:
-            self.log("superseded", f"{older.url}: the kiosk connected again from {conn.url}")
-            older.superseded.set()
-
-    def release(self, conn: Connection) -> None:
-        with self._lock:
-            if conn.remote is not None and self._holders.get(conn.remote) is conn:
-                del self._holders[conn.remote]
-
-    # Serial -------------------------------------------------------------------------
+    # -- serial ----------------------------------------------------------------------------
 
     def serial(self, url: str, baud: int | None) -> None:
         """Serve kiosks on a serial port (any pyserial URL); it must open now."""
+        from protocol.driver.link import open_link
+
         try:
             link = open_link(url, baud)
         except LinkError as exc:
             raise UsageError(str(exc)) from None
-        self._start(self._serial, link, url, baud)
+        port = SerialPort(self, url, baud, link)
+        conn = Connection(self, self.driver(stream=False, baud=baud), url, kind="serial")
+        self.call(self.connections.add, conn)
+        self.ports.append(port)
+        port.start(conn)
 
-    def _serial(self, link: Link, url: str, baud: int | None) -> None:
-        """Serve the port; one that breaks (a modem unplugged) is opened again."""
-        conn = Connection(self, self.driver(link, baud), url)
-        try:
-            while not self.stop.is_set():
-                try:
-                    conn.handle(conn.driver.poll(POLL))
-                    continue
-                except LinkError as exc:
-                    self.log("serial", f"{url}: {exc}; opening it again")
-                link.close()
-                while not self.stop.wait(1.0):
-                    with contextlib.suppress(LinkError):
-                        link = open_link(url, baud)
-                        conn.driver.attach(link)
-                        break
-        finally:
-            link.close()
+    # -- health --------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """What the health socket reports (loop thread)."""
+        by: dict[str, dict[str, int]] = {k: {"handshaking": 0, "authenticated": 0,
+                                              "closing": 0} for k in ("tcp", "serial")}
+        for conn in self.connections:
+            if conn.state in by[conn.kind]:
+                by[conn.kind][conn.state] += 1
+        return {
+            "uptime": round(time.monotonic() - self.started, 3),
+            "connections": {**by, "total": len(self.connections), "cap": self.connection_cap,
+                            "accepted": self.accepted_total,
+                            "unauthenticated_addresses": len(self.unauthenticated),
+                            "resumable": len(self._kept)},
+            "descriptors": {"in_use": health_socket.descriptors(), "limit": descriptor_limit()},
+            "workers": {"size": self.limits.workers, "pending": self.pending},
+            "refusals": self.refusals.totals(),
+            "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
+            "serial": [p.url for p in self.ports],
+            "store_looks": self.watch.looks,
+        }
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def _close_all(self) -> None:
+        self.watch.stop()
+        for listener in self.listeners:
+            listener.close()
+        if self._health is not None:
+            self._health.close()
+        for conn in list(self.connections):
+            if conn.transport is not None and not conn.persistent:
+                conn.transport.abort()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self.loop.stop()
+
+    def wait(self) -> None:
+        """Until the loop stops; ``ServerFailed`` if it stopped on a failure."""
+        while not self.stopped.wait(0.5):
+            pass
+        if self.failure is not None:
+            raise ServerFailed(f"the hub server stopped: {self.failure}")
 
     def shutdown(self) -> None:
-        self.stop.set()
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.close()
-        for t in self.threads:
-            t.join(timeout=1.0)
+        if not self.stopped.is_set():
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._close_all(), self.loop)
+            self._thread.join(timeout=5.0)
+        for port in self.ports:
+            port.stop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.watch.close()
+        if not self._thread.is_alive():
+            self.loop.close()
+        with contextlib.suppress(OSError):
+            sock = self.hub.data / health_socket.SOCKET
+            if self._health is not None and sock.exists():
+                sock.unlink()
 
 
 def serve(hub: Hub, *, listen: list[str], serial: list[str], baud: int | None = None,
-          max_ahead_ms: int, ready: Callable[[str], None] = lambda line: None) -> None:
-    """Serve kiosks until interrupted; ``ready`` hears each address as it opens."""
+          max_ahead_ms: int, limits: Limits | None = None,
+          ready: Callable[[str], None] = lambda line: None) -> None:
+    """Serve kiosks until interrupted; ``ready`` hears each address as it opens.
+    ``ServerFailed`` if the server cannot go on."""
     if not listen and not serial:
         raise UsageError("give at least one --listen tcp://HOST:PORT or --serial URL")
-    server = Server(hub, max_ahead_ms)
+    raise_descriptor_limit()
+    server = Server(hub, max_ahead_ms, limits)
     try:
         for url in listen:
             host, port = server.listen(url)
@@ -276,6 +468,9 @@ def serve(hub: Hub, *, listen: list[str], serial: list[str], baud: int | None = 
             server.serial(url, baud)
             ready(f"serving serial {url}")
         ready(f"hub {hub.x_public.hex()} ready")
-        server.stop.wait()
+        server.wait()
     finally:
         server.shutdown()
+
+
+__all__ = ["HANDSHAKING", "Limits", "Server", "ServerFailed", "serve"]

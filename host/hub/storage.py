@@ -328,3 +328,26 @@ class HubStore:
         return [{"id": i, "at": at, "device": dev, "batch": seq, "code": code, "reason": r}
                 for i, at, dev, seq, code, r in self._q(
                     "SELECT id, at, device_id, seq, code, reason FROM quarantine ORDER BY id")]
+
+    # The server's looks (push and revocation) -------------------------------------
+
+    def nodes_since(self, hseq: int) -> set[int]:
+        """The nodes that wrote deltas arriving after ``hseq``."""
+        return {int(n) for (n,) in self._q("SELECT DISTINCT node FROM ops WHERE hseq > ?",
+                                           [hseq])}
+
+    def revoked_devices(self) -> set[str]:
+        return {str(d) for (d,) in self._q("SELECT device_id FROM devices WHERE state = ?",
+                                           ["revoked"])}
+
+
+class HubReader(HubStore):
+    """A read-only connection of its own to ``hub.db``, for a watcher beside the store.
+    ``data_version`` moves whenever another connection (any process) commits."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        self._db = open_database(path, readonly=True)
+
+    def data_version(self) -> int:
+        return int(self._q("PRAGMA data_version")[0][0])

@@ -39,6 +39,14 @@ READ_SIZE = 65536
 WRITE_TIMEOUT = 10.0
 
 
+def wait_readable(fd: int, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``fd`` to have input (``poll``: unlike
+    ``select``, any descriptor number, however many the process holds)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(max(0, int(timeout * 1000 + 0.999)))
+
+
 class Link(Protocol):
     url: str
     stream: bool
@@ -71,11 +79,11 @@ class TcpLink:
     def read(self, timeout: float = 0.0) -> bytes | None:
         try:
             if timeout > 0:
-                select.select([self.sock], [], [], timeout)
+                wait_readable(self.sock.fileno(), timeout)
             data = self.sock.recv(READ_SIZE)
         except BlockingIOError:
             return b""
-        except (OSError, ValueError) as exc:  # ValueError: select on a closed socket
+        except (OSError, ValueError) as exc:  # ValueError: a closed socket (fileno -1)
             raise LinkError(f"reading {self.url} failed: {exc}") from None
         return data or None
 
@@ -119,7 +127,7 @@ class SerialLink:
         try:
             if timeout > 0:
                 if self._fd is not None:
-                    select.select([self._fd], [], [], timeout)
+                    wait_readable(self._fd, timeout)
                 elif not self.port.in_waiting:
                     time.sleep(min(timeout, 0.01))
             return bytes(self.port.read(READ_SIZE))

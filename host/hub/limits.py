@@ -1,0 +1,98 @@
+"""The hub server's bounds: caps, the key-exchange budget, refusals counted.
+
+Theory of operation
+-------------------
+``Limits`` holds every bound ``haven hub serve`` takes as a flag, so a test
+can run them short. ``TokenBucket`` rations key exchanges: each first
+handshake message the server admits costs a token; tokens come back at
+``handshake_rate`` a second up to ``handshake_burst``, so a flood costs the
+attacker a handshake frame for each DH the hub does, and no more DH a second
+than the hub can spare.
+
+``Refusals`` counts what the server turned away, by reason, since start (the
+health socket reports it), and logs each reason at most once per
+``log_interval`` with how many there were: a flood of strangers writes one
+row a minute, never one row a connection. Logging goes through a callable
+(the server hands rows to its worker pool; nothing here touches the store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Limits:
+    max_connections: int = 20_000  #: TCP connections at once (the descriptor limit may cut it)
+    max_unauthenticated_per_address: int = 64  #: not yet authenticated, from one IP
+    handshake_rate: float = 200.0  #: key exchanges a second, sustained
+    handshake_burst: int = 400  #: key exchanges at once
+    handshake_deadline: float = 10.0  #: seconds from connect to authenticate
+    idle_limit: float = 720.0  #: seconds an authenticated TCP session may be silent
+    input_cap: int = 1 << 20  #: message bytes queued per connection before reading pauses
+    output_cap: int = 4 << 20  #: bytes queued for one peer (unacknowledged + unwritten)
+    workers: int = 4  #: threads that run the store's work
+    watch_interval: float = 0.25  #: seconds between looks at the store (push, revocation)
+    log_interval: float = 60.0  #: at most one log row per refusal reason per interval
+    fd_reserve: int = 64  #: descriptors kept back from connections (store, documents)
+    accept_batch: int = 64  #: connections accepted per wakeup
+    listener_retries: int = 10  #: reopening a failed listener, before the process gives up
+
+
+class TokenBucket:
+    """``take(now)``: True if a token was there (and is now spent)."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self.tokens, self.at = float(burst), now
+
+    def take(self, now: float) -> bool:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class _Reason:
+    total: int = 0
+    unlogged: int = 0
+    logged_at: float = float("-inf")
+    detail: str = ""
+
+
+@dataclass
+class Refusals:
+    """Refusals by reason; ``log(reason, text)`` writes one row (rate limited here)."""
+
+    log: Callable[[str, str], None]
+    interval: float
+    reasons: dict[str, _Reason] = field(default_factory=dict)
+
+    def count(self, reason: str, detail: str, now: float) -> None:
+        r = self.reasons.get(reason)
+        if r is None:
+            r = self.reasons[reason] = _Reason()
+        r.total += 1
+        r.unlogged += 1
+        r.detail = detail
+        if now - r.logged_at >= self.interval:
+            self._write(reason, r, now)
+
+    def flush(self, now: float, force: bool = False) -> None:
+        """Log what is counted but not yet logged, once its interval has passed."""
+        for reason, r in self.reasons.items():
+            if r.unlogged and (force or now - r.logged_at >= self.interval):
+                self._write(reason, r, now)
+
+    def _write(self, reason: str, r: _Reason, now: float) -> None:
+        many = f" ({r.unlogged} since the last row)" if r.unlogged > 1 else ""
+        self.log(reason, f"{r.detail}{many}")
+        r.unlogged, r.logged_at = 0, now
+
+    def totals(self) -> dict[str, int]:
+        return {reason: r.total for reason, r in sorted(self.reasons.items())}

@@ -1,0 +1,408 @@
+"""The hub server under hostile load: descriptors run out and come back, more than
+1,024 connections, 20,000 short connections leave nothing behind, handshakes that
+restart for ever, a peer that never reads, the per-address and key-exchange caps,
+revocation of an open session, and changes pushed to a kept-open session.
+
+Real TCP on 127.0.0.1, a real hub directory, the real ``haven hub serve`` where
+the process's descriptor limit matters; deadlines and caps are set short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from host.hub.health import read_health
+from host.hub.hub import Hub, init_hub
+from host.hub.limits import Limits
+from host.hub.serve import Server
+from host.hub.storage import Op
+from protocol import messages
+from protocol.driver.link import TcpLink, open_link
+from protocol.driver.session_driver import DriverEvent, LinkClosed, SessionDriver, session_config
+from protocol.session.events import Closed, MessageReceived
+from protocol.sync.batches import NOTIFY
+from tests.test_sync_helpers import Kiosk
+
+ROOT = Path(__file__).resolve().parent.parent
+BOUND = 20.0
+
+
+def wait_for(what: Callable[[], Any], limit: float = BOUND, step: float = 0.02) -> Any:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if got := what():
+            return got
+        time.sleep(step)
+    raise AssertionError(f"not within {limit} s")
+
+
+# -- a hub in a process of its own, with its own descriptor limit ------------------
+
+
+class HubProcess:
+    def __init__(self, tmp: Path, *flags: str, nofile: int | None = None) -> None:
+        self.dir = tmp / "hub"
+        init_hub(self.dir)
+        with Hub(self.dir) as hub:
+            self.kiosk = Kiosk(tmp, "k", hub, "A")
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "host.cli", "hub", "serve", "--data", str(self.dir),
+             "--listen", "tcp://127.0.0.1:0", *flags],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("listening on tcp://"), (line, self.proc.stderr)
+        self.url = line.split()[-1]
+        host, port = self.url.removeprefix("tcp://").rsplit(":", 1)
+        self.address = (host, int(port))
+        wait_for(lambda: read_health(self.dir))
+
+    def health(self) -> dict[str, Any]:
+        report = wait_for(lambda: read_health(self.dir))
+        assert isinstance(report, dict)
+        return report
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def close(self) -> None:
+        self.kiosk.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path) -> Iterator[Callable[..., HubProcess]]:
+    made: list[HubProcess] = []
+
+    def make(*flags: str, nofile: int | None = None) -> HubProcess:
+        made.append(HubProcess(tmp_path, *flags, nofile=nofile))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()
+
+
+@contextlib.contextmanager
+def open_sockets(address: tuple[str, int], n: int) -> Iterator[list[socket.socket]]:
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.settimeout(5.0)
+            s.connect(address)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextlib.contextmanager
+def descriptor_limit(n: int) -> Iterator[None]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n:
+        pytest.skip(f"the hard descriptor limit is {hard}, below {n}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_descriptor_exhaustion_is_survived_and_seen(hub_process: Callable[..., HubProcess]
+                                                   ) -> None:
+    hub = hub_process("--fd-reserve", "0", "--max-unauthenticated-per-address", "1000",
+                      "--log-interval", "0.1", nofile=128)
+    with open_sockets(hub.address, 200):
+        time.sleep(0.5)  # the hub takes what its descriptors allow, then backs off
+        assert hub.proc.poll() is None
+    # Descriptors come back: the hub accepts again and a kiosk syncs.
+    hub.kiosk.store.checkin(name="Ada", passport="P1234567")
+    summary = hub.kiosk.sync(hub.url)
+    assert summary.pushed >= 1
+    report = hub.health()
+    assert report["refusals"].get("descriptors", 0) >= 1, report
+    assert report["descriptors"]["limit"] == 128
+    with Hub(hub.dir) as h:
+        codes = [e["code"] for e in h.store.events(200)]
+    assert "descriptors" in codes  # the burst was logged (once, and once more at its end)
+    assert codes.count("descriptors") <= 4
+
+
+def test_more_than_1024_descriptors(hub_process: Callable[..., HubProcess]) -> None:
+    with descriptor_limit(2400):
+        hub = hub_process("--max-unauthenticated-per-address", "2000",
+                          "--handshake-deadline", "60", nofile=2400)
+        with open_sockets(hub.address, 1100):
+            wait_for(lambda: hub.health()["connections"]["total"] >= 1100)
+            hub.kiosk.store.checkin(name="Ada", passport="P1234567")
+            assert hub.kiosk.sync(hub.url).pushed >= 1
+            report = hub.health()
+            assert report["descriptors"]["in_use"] > 1100
+    wait_for(lambda: hub.health()["connections"]["total"] == 0)
+
+
+def test_short_connections_leave_nothing_behind(hub_process: Callable[..., HubProcess]
+                                               ) -> None:
+    hub = hub_process()
+    rss: list[int] = []
+    batch, total = 500, 20_000
+    for done in range(batch, total + 1, batch):
+        for _ in range(batch):
+            s = socket.socket()
+            s.connect(hub.address)
+            s.close()
+        # The listen backlog holds 1,024: keep within it so no connect waits on a SYN
+        # retransmission.
+        wait_for(lambda d=done: hub.health()["connections"]["accepted"] >= d - 200, 10, 0.005)  # type: ignore[misc]
+        if done in (2_000, total):
+            wait_for(lambda: hub.health()["connections"]["total"] == 0)
+            rss.append(hub.rss_kib())
+    report = hub.health()
+    assert report["connections"]["accepted"] == total
+    assert report["connections"]["total"] == 0 and report["connections"]["resumable"] == 0
+    assert report["connections"]["unauthenticated_addresses"] == 0
+    assert rss[1] - rss[0] < 4096, rss  # KiB
+
+
+# -- an in-process hub, with its limits set short ------------------------------------
+
+
+class Served:
+    def __init__(self, tmp: Path, limits: Limits) -> None:
+        init_hub(tmp / "hub")
+        self.hub = Hub(tmp / "hub")
+        self.server = Server(self.hub, 5 * 60 * 1000, limits)
+        host, port = self.server.listen("tcp://127.0.0.1:0")
+        self.url = f"tcp://{host}:{port}"
+        self.address = (host, port)
+
+    def health(self) -> dict[str, Any]:
+        report = read_health(self.hub.data)
+        assert report is not None
+        return report
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.hub.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    made: list[Served] = []
+
+    def make(**limits: Any) -> Served:
+        made.append(Served(tmp_path, Limits(**limits)))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def initiator(key: X25519PrivateKey | None = None, link: Any = None) -> SessionDriver:
+    return SessionDriver(initiator=True, config=session_config(stream=True, keepalive=30.0),
+                         static_key=key or X25519PrivateKey.generate(), link=link)
+
+
+def pump(drivers: list[SessionDriver], until: Callable[[], bool], limit: float
+         ) -> list[list[DriverEvent]]:
+    got: list[list[DriverEvent]] = [[] for _ in drivers]
+    end = time.monotonic() + limit
+    while time.monotonic() < end and not until():
+        for d, events in zip(drivers, got, strict=True):
+            if d.link is not None:
+                with contextlib.suppress(Exception):
+                    events += d.poll(0.005)
+    return got
+
+
+def test_a_restarted_handshake_does_not_buy_time(served: Callable[..., Served]) -> None:
+    hub = served(handshake_deadline=1.5)
+    sock = socket.create_connection(hub.address)
+    sock.settimeout(0.05)
+    start = time.monotonic()
+    closed_at = None
+    try:
+        while time.monotonic() - start < 6.0:
+            fresh = initiator()  # a new ephemeral key: the hub must start over
+            with contextlib.suppress(OSError):
+                sock.sendall(fresh.output(time.monotonic()))
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                try:
+                    if sock.recv(65536) == b"":
+                        closed_at = time.monotonic()
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed_at = time.monotonic()
+                    break
+            if closed_at is not None:
+                break
+    finally:
+        sock.close()
+    assert closed_at is not None, "the hub kept a peer that never authenticated"
+    assert 1.3 < closed_at - start < 3.0
+    assert hub.health()["refusals"].get("handshake-deadline") == 1
+
+
+def hello(kiosk: Kiosk) -> bytes:
+    return messages.encode(messages.make("sync-hello", cert=kiosk.cert, vv={}, cursor=0, seq=0,
+                                         hash=b"\x00" * 32, time=int(time.time() * 1000)))
+
+
+def open_kiosk(url: str, kiosk: Kiosk) -> tuple[SessionDriver, list[DriverEvent]]:
+    """A kiosk's session, welcomed; returns its driver and the events so far."""
+    d = initiator(kiosk.ident.x_key, open_link(url))
+    got = pump([d], lambda: d.connected, 5.0)[0]
+    assert d.connected
+    d.send(0, hello(kiosk))
+    got += pump([d], lambda: any(isinstance(e, MessageReceived) for e in got), 5.0)[0]
+    return d, got
+
+
+def test_a_peer_that_never_reads_is_dropped(served: Callable[..., Served],
+                                            tmp_path: Path) -> None:
+    hub = served(output_cap=128 * 1024)
+    kiosk = Kiosk(tmp_path, "k", hub.hub, "A")
+    for i in range(100):  # 1.2 MB of another node's deltas to pull
+        hub.hub.store.add_local(Op(os.urandom(16), i + 1, 7, os.urandom(12_000)))
+    d, _ = open_kiosk(hub.url, kiosk)
+    assert isinstance(d.link, TcpLink)
+    d.link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # From now on the kiosk reads nothing and asks for everything, again and again.
+    for _ in range(8):
+        d.send(0, messages.encode(messages.make("sync-pull", cursor=0)))
+    with contextlib.suppress(OSError):
+        d.link.sock.setblocking(True)
+        d.link.sock.sendall(d.output(time.monotonic()))
+    wait_for(lambda: hub.health()["refusals"].get("output-cap", 0) >= 1, 10)
+    wait_for(lambda: hub.health()["connections"]["total"] == 0, 5)
+    d.link.close()
+    kiosk.close()
+
+
+def test_unauthenticated_connections_are_capped_per_address(served: Callable[..., Served]
+                                                            ) -> None:
+    hub = served(max_unauthenticated_per_address=3)
+    # Authenticated sessions from the same address do not count.
+    kiosks: list[SessionDriver] = []
+    for _ in range(4):
+        kiosks.append(initiator(link=open_link(hub.url)))
+        pump(kiosks, lambda: all(k.connected for k in kiosks), 5.0)
+    pump(kiosks, lambda: False, 0.3)  # an XX initiator's last message leaves on its next turn
+    assert all(k.connected for k in kiosks)
+    with open_sockets(hub.address, 5):
+        wait_for(lambda: hub.health()["refusals"].get("address-cap") == 2, 5)
+        conns = hub.health()["connections"]["tcp"]
+        assert conns["handshaking"] == 3 and conns["authenticated"] == 4
+    wait_for(lambda: hub.health()["connections"]["tcp"]["handshaking"] == 0, 5)
+    # Room again for a new one.
+    late = initiator(link=open_link(hub.url))
+    pump([late, *kiosks], lambda: late.connected, 5.0)
+    assert late.connected and all(k.connected for k in kiosks)
+    for k in [late, *kiosks]:
+        assert k.link is not None
+        k.link.close()
+
+
+def test_key_exchanges_are_rationed(served: Callable[..., Served]) -> None:
+    hub = served(handshake_rate=3.0, handshake_burst=2)
+    kiosks = [initiator(link=open_link(hub.url)) for _ in range(6)]
+    pump(kiosks, lambda: False, 0.4)
+    assert sum(k.connected for k in kiosks) <= 3
+    pump(kiosks, lambda: all(k.connected for k in kiosks), 12.0)
+    assert all(k.connected for k in kiosks)  # the dropped ones retried and got in
+    assert hub.health()["refusals"].get("handshake-rate", 0) >= 3
+    for k in kiosks:
+        assert k.link is not None
+        k.link.close()
+
+
+def test_revocation_ends_an_open_session_within_a_second(served: Callable[..., Served],
+                                                         tmp_path: Path) -> None:
+    hub = served()
+    kiosk = Kiosk(tmp_path, "k", hub.hub, "A")
+    d, _ = open_kiosk(hub.url, kiosk)
+    other = Hub(hub.hub.data)  # as `haven hub revoke` would: another connection
+    try:
+        other.revoke(kiosk.device)
+        revoked_at = time.monotonic()
+    finally:
+        other.close()
+    got = pump([d], lambda: d.closed or d.link is None, 3.0)[0]
+    ended = time.monotonic() - revoked_at
+    closes = [e for e in got if isinstance(e, Closed)]
+    assert closes and closes[0].reason == "revoked", got
+    assert ended <= 1.0, ended
+    assert hub.health()["refusals"].get("revoked") == 1
+    if d.link is not None:
+        d.link.close()
+    # The next session is refused at its hello.
+    again = initiator(kiosk.ident.x_key, open_link(hub.url))
+    pump([again], lambda: again.connected, 5.0)
+    again.send(0, hello(kiosk))
+    got = pump([again], lambda: again.closed or again.link is None, 5.0)[0]
+    assert [e.reason for e in got if isinstance(e, Closed)] == ["revoked"]
+    if again.link is not None:
+        again.link.close()
+    kiosk.close()
+
+
+def test_a_kept_open_session_is_told_of_changes(served: Callable[..., Served],
+                                                tmp_path: Path) -> None:
+    hub = served(watch_interval=0.05)
+    a = Kiosk(tmp_path, "a", hub.hub, "A")
+    b = Kiosk(tmp_path, "b", hub.hub, "B")
+    d, _ = open_kiosk(hub.url, a)
+    got = pump([d], lambda: False, 0.5)[0]
+    notify = NOTIFY.number
+    assert not [e for e in got if isinstance(e, MessageReceived)
+                and messages.decode(e.data).type == notify]
+    b.store.checkin(name="Bob", passport="P2345678")
+    assert b.sync(hub.url).pushed >= 1
+    heard: list[DriverEvent] = []
+    pump([d], lambda: any(isinstance(e, MessageReceived) and messages.decode(e.data).type
+                          == notify for e in heard) or not heard.extend(d.poll(0.01)), 3.0)
+    notes = [messages.decode(e.data) for e in heard if isinstance(e, MessageReceived)
+             and messages.decode(e.data).type == notify]
+    assert len(notes) == 1 and notes[0].get("cursor") == hub.hub.store.head()
+    assert not any(isinstance(e, LinkClosed | Closed) for e in heard)
+    # One unanswered notify at most: another change does not send another.
+    b.store.checkin(name="Bo", passport="P3456789")
+    assert b.sync(hub.url).pushed >= 1
+    more = pump([d], lambda: False, 0.5)[0]
+    assert not [e for e in more if isinstance(e, MessageReceived)
+                and messages.decode(e.data).type == notify]
+    assert d.link is not None
+    d.link.close()
+    a.close()
+    b.close()
