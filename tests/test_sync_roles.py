@@ -6,6 +6,7 @@ test_sync_security, test_sync_resume and test_sync_restore."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -48,6 +49,7 @@ class KioskMemory:
         self.cursor_ = 0
         self.offset = 0
         self.held = 0  #: our last batch the hub holds
+        self.foreign = 0
         self.alert: str | None = None
         self.label: int | None = None
 
@@ -140,6 +142,18 @@ class KioskMemory:
     def queue_label(self) -> int | None:
         return self.label if self.alert else None
 
+    def owns(self, writes: list[tuple[bytes, int]]) -> bool:
+        mine = set()
+        for _, data in self.written.values():
+            with contextlib.suppress(RemoteProtocolError):
+                d = check_remote_delta(data, NOW)
+                mine.add((d.record_id, d.stamp))
+        return all(w in mine for w in writes)
+
+    def note_foreign_adopt(self) -> int:
+        self.foreign += 1
+        return self.foreign
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -161,17 +175,19 @@ class HubMemory:
     def __init__(self) -> None:
         self.devices: dict[str, Record] = {}
         self.batches: dict[tuple[str, int], tuple[bytes, list[int]]] = {}
-        self.ops: dict[tuple[int, int], tuple[int, bytes]] = {}  #: dot -> (arrival, delta)
+        #: (node, stamp, record) -> (arrival, delta): each write once, as the hub keeps it
+        self.ops: dict[tuple[int, int, bytes], tuple[int, bytes]] = {}
         self.quarantine: list[tuple[str, int, str]] = []  #: device, seq, code
         self.commits = 0
         self.events: list[tuple[str | None, str]] = []
         self.pulls: list[int] = []
         self.held: dict[bytes, tuple[str, int, sync.Batch]] = {}  #: hash -> device, branch
+        self.batch_writes: dict[tuple[str, int], list[tuple[bytes, int, int]]] = {}
 
     def add_local(self, data: bytes) -> None:
         """A delta written elsewhere (another kiosk, the hub's own)."""
         delta = check_remote_delta(data, NOW)
-        self.ops.setdefault((delta.node, delta.stamp), (len(self.ops) + 1, data))
+        self.ops.setdefault((delta.node, delta.stamp, delta.record_id), (len(self.ops) + 1, data))
 
     def codes(self) -> list[str]:
         return [code for _, code in self.events]
@@ -191,8 +207,11 @@ class HubMemory:
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
                      now: int, quarantined: list[int]) -> None:
         self.commits += 1
+        self.batch_writes[(device_id, seq)] = [(d.record_id, d.stamp, d.node) for d, _ in good
+                                               if (d.node, d.stamp, d.record_id) not in self.ops]
         for delta, data in good:
-            self.ops.setdefault((delta.node, delta.stamp), (len(self.ops) + 1, data))
+            self.ops.setdefault((delta.node, delta.stamp, delta.record_id),
+                                (len(self.ops) + 1, data))
         self.quarantine += [(device_id, seq, code) for code, _, _ in bad]
         self.batches[(device_id, seq)] = (hash_, list(quarantined))
         self.devices[device_id] = dataclasses.replace(
@@ -203,7 +222,7 @@ class HubMemory:
         self.pulls.append(cursor)
         out: list[bytes] = []
         size, last = 0, cursor
-        for (node, _), (arrival, data) in sorted(self.ops.items(), key=lambda kv: kv[1][0]):
+        for (node, _, _), (arrival, data) in sorted(self.ops.items(), key=lambda kv: kv[1][0]):
             if arrival <= cursor:
                 continue
             if node != exclude_node:
@@ -216,7 +235,7 @@ class HubMemory:
 
     def version_vector(self) -> dict[int, int]:
         vv: dict[int, int] = {}
-        for node, stamp in self.ops:
+        for node, stamp, _ in self.ops:
             vv[node] = max(vv.get(node, 0), stamp)
         return vv
 
@@ -246,6 +265,14 @@ class HubMemory:
         self.devices[device_id] = dataclasses.replace(dev, suspected_clone=1,
                                                       clone_mark=dev.clone_labels)
         self.events.append((device_id, "suspected-clone"))
+
+    def writes_since_batch(self, device_id: str, seq: int, node: int, limit: int,
+                           ) -> list[tuple[bytes, int]]:
+        if (device_id, seq) not in self.batch_writes:
+            return []
+        later = [w for (d, s), ws in sorted(self.batch_writes.items()) if d == device_id
+                 and s >= seq for w in ws]
+        return [(rid, stamp) for rid, stamp, n in later if n == node][-limit:]
 
     def issue_label(self, device_id: str) -> int:
         dev = self.devices[device_id]
@@ -722,6 +749,33 @@ def test_a_kiosk_that_finds_the_hubs_checkpoint_not_its_own_sends_its_batches_to
     assert fleet.hub.codes().count("suspected-clone") == 1
 
 
+def test_copies_syncing_in_turn_are_caught_at_the_second_checkpoint_they_did_not_write(
+        ) -> None:
+    """Each copy in turn finds the hub's checkpoint ahead with the other's writes after
+    its own head. The first time may be a card restored from a backup (it adopts);
+    the second is a copy: it signs its own batch over its head instead, which the hub
+    holds as the second batch under that sequence."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("one")
+    converse(k.role(), fleet.hub_role(k))
+    clone = copy.deepcopy(k.storage)
+    for storage, text in ((k.storage, "a1"), (clone, "b1"), (k.storage, "a2")):
+        storage.write(text)
+        converse(k.role(storage), fleet.hub_role(k))
+    assert clean(fleet) and fleet.hub.devices[k.device].last_seq == 4
+    assert (clone.foreign, k.storage.foreign) == (1, 1)
+    clone.write("b2")
+    role = k.role(clone)
+    seen = converse(role, fleet.hub_role(k))
+    assert role.forked and clone.foreign == 2 and ("<", "sync-reject") in seen
+    assert fleet.hub.devices[k.device].suspected_clone and fleet.hub.commits == 4
+    assert [(b.seq, br) for _, br, b in fleet.hub.held.values()] == [(4, 1)]
+    assert len(clone.outbox) == 1 and clone.alert == "suspected-clone"
+    seen = converse(k.role(), fleet.hub_role(k))
+    assert alerts(seen) == 1 and k.storage.label != clone.label
+
+
 def test_labels_are_never_given_twice_and_go_stale_at_each_detection() -> None:
     fleet = Fleet()
     k, clone = two_cards(fleet)
@@ -797,6 +851,7 @@ def test_a_checkpoint_adopted_after_a_power_cut_is_not_a_clone() -> None:
     seen = converse(k.role(), fleet.hub_role(k))
     assert alerts(seen) == 0 and ("<", "sync-reject") not in seen and clean(fleet)
     assert fleet.hub.devices[k.device].last_seq == 3 and len(fleet.hub.ops) == 4
+    assert k.storage.foreign == 0  # the writes after its head were its own
 
 
 def test_an_sd_card_restored_from_a_backup_is_not_a_clone() -> None:
@@ -815,9 +870,10 @@ def test_an_sd_card_restored_from_a_backup_is_not_a_clone() -> None:
     assert fleet.hub.devices[k.device].last_seq == 4
     k.storage = backup
     k.storage.write("after the restore")
-    seen = converse(k.role(), fleet.hub_role(k))  # batch 2 again (acked), then adopt... no:
+    seen = converse(k.role(), fleet.hub_role(k))  # its saved batch 2 again, then adopts
     assert alerts(seen) == 0 and ("<", "sync-reject") not in seen and clean(fleet)
     assert fleet.hub.devices[k.device].last_seq == 5 and k.storage.outbox == {}
+    assert k.storage.foreign == 1  # the lost writes of batches 3 and 4, once
 
 
 # Revocation (DESIGN contract 3) ---------------------------------------------------------

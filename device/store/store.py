@@ -245,6 +245,12 @@ class Store:
             self._letter_site = None
         self._run(job)
 
+    def made_here(self, writes: Iterable[tuple[bytes, int]]) -> bool:
+        """Whether this kiosk's own node made every write (record id, stamp)."""
+        return all(self.reader.execute(
+            "SELECT 1 FROM ops WHERE rid = ? AND stamp = ? AND node = ?",
+            [rid, stamp, self.node]).fetchone() for rid, stamp in writes)
+
     def take_new_node(self) -> int:
         """Become a new node: a cloned kiosk re-provisioned (SPEC.md "Clones"). Each
         write made here that the hub did not acknowledge is written again as the new

@@ -193,6 +193,16 @@ class KioskLedger:
     def queue_label(self) -> int | None:
         return self.store.queue_label if self.state.alert else None
 
+    def owns(self, writes: list[tuple[bytes, int]]) -> bool:
+        return self.store.made_here(writes)
+
+    def note_foreign_adopt(self) -> int:
+        count = self.state.note_foreign_adopt()
+        log.warning("the hub's batches after ours carry writes this kiosk never made (%d "
+                    "times): %s", count, "a card restored from a backup?" if count == 1
+                    else "another kiosk runs with this identity")
+        return count
+
 
 class Round:
     """One round over an open session: the rules are ``KioskSync``'s; this gives it the

@@ -231,6 +231,16 @@ class SyncState:
         if seq > self.held_upto:
             self.set("held_upto", seq)
 
+    def note_foreign_adopt(self) -> int:
+        """Count, at once with an fsync, one more checkpoint of the hub's that followed
+        writes this kiosk never made; returns the count."""
+        count = self.get_int("foreign_adopts") + 1
+        with immediate(self.db, synchronous="FULL"):
+            self._write_later()
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('foreign_adopts', ?)",
+                            [count])
+        return count
+
     def start_over(self) -> None:
         """A new identity (a clone re-provisioned): its chain starts from nothing, and
         it pulls from the start (the hub kept from the old identity the other copy's
@@ -241,7 +251,8 @@ class SyncState:
         self._waiting_since = None
         with immediate(self.db, synchronous="FULL"):
             self.db.execute("DELETE FROM batches")
-            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'held_upto', 'alert')")
+            self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'held_upto', 'alert',"
+                            " 'foreign_adopts')")
 
 
 def last_sync_of(data: Path) -> str | None:

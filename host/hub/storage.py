@@ -67,9 +67,11 @@ MIGRATIONS.sql(
 #: sequence is flagged (``suspected_clone``); ``clone_labels`` counts the queue labels
 #: given to its copies, ``clone_mark`` is that count at the last detection (labels up
 #: to it are stale). ``held_batches`` keeps each batch off the hub's chain, verified,
-#: for review: never applied, never dropped.
+#: for review: never applied, never dropped. ``batches.first_hseq``: the arrival number
+#: a batch's deltas start at, so a kiosk behind the hub is shown what came after it.
 MIGRATIONS.sql(
     2,
+    "ALTER TABLE batches ADD COLUMN first_hseq INTEGER",
     "ALTER TABLE devices ADD COLUMN suspected_clone INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE devices ADD COLUMN clone_labels INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE devices ADD COLUMN clone_mark INTEGER NOT NULL DEFAULT 0",
@@ -187,7 +189,7 @@ class HubStore:
         """Apply one batch durably: the good deltas, the bad ones in quarantine (code,
         reason, bytes), and the kiosk's checkpoint moved to it."""
         with self._tx() as db:
-            hseq = next_hseq(db)
+            hseq = first = next_hseq(db)
             for delta, data in good:
                 cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
@@ -196,8 +198,8 @@ class HubStore:
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
                            " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
-            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                       [device_id, seq, hash_, now, len(good), json.dumps(quarantined)])
+            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       [device_id, seq, hash_, now, len(good), json.dumps(quarantined), first])
             db.execute("UPDATE devices SET last_seq = ?, last_hash = ?, last_seen = ?"
                        " WHERE device_id = ?", [seq, hash_, now, device_id])
 
@@ -236,6 +238,18 @@ class HubStore:
                 for d, b, s, h, at, p in self._q(
                     "SELECT device_id, branch, seq, hash, received_at, payload"
                     " FROM held_batches ORDER BY device_id, branch, seq")]
+
+    def writes_since_batch(self, device_id: str, seq: int, node: int, limit: int,
+                           ) -> list[tuple[bytes, int]]:
+        """The last ``limit`` writes of ``node`` (record id, stamp) that arrived with the
+        kiosk's batch ``seq`` or after it; [] if the hub does not know where it began."""
+        row = self._q("SELECT first_hseq FROM batches WHERE device_id = ? AND seq = ?",
+                      [device_id, seq])
+        if not row or row[0][0] is None:
+            return []
+        return [(bytes(rid), stamp) for rid, stamp in self._q(
+            "SELECT rid, stamp FROM ops WHERE node = ? AND hseq >= ? ORDER BY hseq DESC"
+            " LIMIT ?", [node, row[0][0], limit])]
 
     def suspect_clone(self, device_id: str, detail: str, now: int) -> None:
         """Flag the kiosk, log why (``suspected-clone``), and make every queue label

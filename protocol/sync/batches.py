@@ -53,8 +53,11 @@ MAX_BATCH_DELTAS = 20_000
 HELLO = register(MessageSpec(80, "sync-hello", {
     1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
     5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int)}))
+#: ``tail``: to a kiosk behind the hub's checkpoint, the last writes of its node that came
+#: after its head, ``[[record id, stamp], ...]``: a kiosk that never made them is a copy.
 WELCOME = register(MessageSpec(81, "sync-welcome", {
-    1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)}))
+    1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)},
+    {5: ("tail", list)}))
 #: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
 BATCH = register(MessageSpec(82, "sync-batch", {
     1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {2: ("prev", bytes)}))

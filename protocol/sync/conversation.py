@@ -50,6 +50,11 @@ from protocol.sync.checks import check_remote_deltas
 Reply = tuple[int, bytes]  #: (session lane, message bytes)
 #: The most a ``sync-changes`` page carries (deltas' bytes).
 CHANGES_BYTES = 256 * 1024
+#: The most writes a welcome shows a kiosk behind the hub (``tail``).
+TAIL_WRITES = 64
+#: A kiosk that finds writes it never made in the hub's chain after its head this many
+#: times is a copy: the first may be its card restored from a backup.
+FOREIGN_ADOPTS = 2
 CONTROL_LANE, CHANGES_LANE, LAST_LANE = 0, 1, 3
 #: ``sync-alert`` codes: another kiosk runs with this identity; a technician cleared it.
 SUSPECTED_CLONE, CLONE_CLEARED = "suspected-clone", "clone-cleared"
@@ -110,6 +115,10 @@ class KioskStorage(Protocol):
         (for queue numbers) durably, before the next check-in."""
     def queue_label(self) -> int | None:
         """The queue label the hub gave us, while we are told we are a suspected clone."""
+    def owns(self, writes: list[tuple[bytes, int]]) -> bool:
+        """Whether we made every one of these writes (record id, stamp) ourselves."""
+    def note_foreign_adopt(self) -> int:
+        """Durably count one more checkpoint over writes we never made; returns the count."""
 
 
 class KioskSync:
@@ -178,6 +187,10 @@ class KioskSync:
         seq, _ = self.storage.head()
         if self.forked:
             pass  # our chain left the hub's: its checkpoint is not ours to take or go back to
+        elif hub_seq > seq and self._foreign(msg.get("tail")) and (
+                self.storage.note_foreign_adopt() >= FOREIGN_ADOPTS):
+            self.forked = True  # the hub's batches after ours are not ours, again: a copy
+            self.storage.note_alert(SUSPECTED_CLONE, None, True)
         elif hub_seq > seq:
             self.storage.adopt(hub_seq, hub_hash)  # our checkpoints were lost; the hub's stand
         elif hub_seq and self.storage.saved_hash(hub_seq) not in (None, hub_hash):
@@ -186,6 +199,15 @@ class KioskSync:
         elif hub_seq < (acked := self.storage.acked_head()):
             self.storage.rewind(hub_seq, acked)  # the hub went back: restored from a backup
         return self.again()
+
+    def _foreign(self, tail: object) -> bool:
+        """Whether the welcome's ``tail`` names a write we never made. After a power
+        cut the batches we lost carried our own writes, which the store kept."""
+        if not isinstance(tail, list):
+            return False
+        writes = [(bytes(w[0]), w[1]) for w in tail if isinstance(w, list) and len(w) == 2
+                  and isinstance(w[0], bytes) and type(w[1]) is int]
+        return bool(writes) and not self.storage.owns(writes)
 
     def again(self) -> list[Reply]:
         """What starts a round after the welcome: a pull from the cursor and the next
@@ -346,6 +368,10 @@ class HubStorage(Protocol):
         """Flag the kiosk, log ``suspected-clone`` with ``detail``, make its labels stale."""
     def issue_label(self, device_id: str) -> int:
         """A queue label no copy of this kiosk was given before."""
+    def writes_since_batch(self, device_id: str, seq: int, node: int, limit: int,
+                           ) -> list[tuple[bytes, int]]:
+        """The last ``limit`` writes of ``node`` (record id, stamp) that came with the
+        kiosk's batch ``seq`` or after it."""
 
 
 class HubSync:
@@ -448,9 +474,13 @@ class HubSync:
             self._suspect(f"its hello names a batch {seq} that is not the one committed", now,
                           new_copy=False)
         self.storage.seen(dev.device_id, now, vv=msg.get("vv"))
+        tail = None
+        if not self.held and seq < dev.last_seq:  # behind: show what came after its head
+            tail = [[rid, stamp] for rid, stamp in self.storage.writes_since_batch(
+                dev.device_id, seq + 1, dev.node, TAIL_WRITES)] or None
         welcome = (CONTROL_LANE, _encode("sync-welcome", time=now,
                                          vv=self.storage.version_vector(),
-                                         seq=dev.last_seq, hash=dev.last_hash))
+                                         seq=dev.last_seq, hash=dev.last_hash, tail=tail))
         return [*self._alert(now), welcome]
 
     def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:

@@ -1,0 +1,190 @@
+"""Two kiosks run from copies of one data folder, against a real hub over TCP on
+127.0.0.1 (SPEC.md "Clones"; the role-level cases are in test_sync_roles).
+
+Each copy is a real store, sync.db and identity, syncing with the engine's rounds
+(a session per round, as a serial line or a kiosk whose session was replaced does),
+in turn and at the same moment. The hub catches the copy, holds its batches, flags
+the kiosk and tells both; from then on no queue number is handed out twice; and
+after the copy is re-provisioned with init and enroll, every check-in of both
+reaches the hub exactly once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from device import enrol
+from device.store import Store, init_store
+from device.sync.engine import SyncFailed, run_round
+from device.sync.state import SyncState, alert_of
+from host.hub.hub import Hub
+from protocol.crdt.schema import CHECKIN
+
+from .test_sync_helpers import Kiosk, served_hub
+
+ROUNDS = 6  #: at most this many turns for each copy before the hub must have caught it
+
+
+class Copy:
+    """One running copy of a kiosk's data folder: its store, sync.db and identity."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.store = Store(data)
+        self.state = SyncState(data)
+        self.ident = enrol.load(data)
+        self.numbers: list[str] = []  #: queue numbers handed out, in order
+        self.told_at: int | None = None  #: len(numbers) when it was first told
+
+    def checkin(self, name: str) -> str:
+        result = self.store.checkin(name=name)
+        self.numbers.append(result.queue_number)
+        return result.record_id
+
+    def sync(self, url: str) -> None:
+        run_round(self.store, self.state, self.ident, url, limit=10.0)
+        if self.told_at is None and self.state.alert is not None:
+            self.told_at = len(self.numbers)
+
+    def close(self) -> None:
+        self.state.close()
+        self.store.close()
+
+
+@contextmanager
+def two_copies(tmp: Path) -> Iterator[tuple[Hub, str, Copy, Copy, list[str]]]:
+    """A kiosk that synced two check-ins, copied (folder and all) while stopped."""
+    with served_hub(tmp) as (hub, url):
+        k = Kiosk(tmp, "a", hub, "A")
+        ids = [k.store.checkin(name=f"before {i}").record_id for i in range(2)]
+        k.sync(url)
+        k.close()
+        shutil.copytree(tmp / "a", tmp / "b")
+        a, b = Copy(tmp / "a"), Copy(tmp / "b")
+        try:
+            yield hub, url, a, b, ids
+        finally:
+            a.close()
+            b.close()
+
+
+def checkins_at_hub(hub: Hub) -> dict[str, str]:
+    """Every check-in the hub holds: record id -> queue number."""
+    number = CHECKIN.by_name["queueNumber"].number
+    return {str(uuid.UUID(bytes=v.record_id)): v.fields[number]
+            for v in hub.views() if v.type == CHECKIN.number}
+
+
+def caught(hub: Hub) -> bool:
+    return any(k["suspected_clone"] for k in hub.status()["kiosks"])
+
+
+def test_copies_syncing_in_turn_are_caught_held_told_and_brought_back_by_re_provisioning(
+        tmp_path: Path) -> None:
+    with two_copies(tmp_path) as (hub, url, a, b, ids):
+        device = a.ident.cert.device_id
+        turn = 0
+        while not caught(hub):
+            assert turn < ROUNDS, "the hub never caught the copies"
+            for copy in (a, b):
+                ids.append(copy.checkin(f"{copy.data.name} {turn}"))
+                copy.sync(url)
+            turn += 1
+        # Held, flagged, logged, shown; nothing of the held batches applied.
+        status = hub.status()
+        held = status["held_batches"]
+        assert held and {h["device"] for h in held} == {device}
+        assert any(w["type"] == "checkin" for h in held for w in h["writes"])
+        assert any(e["code"] == "suspected-clone" for e in hub.store.events(200))
+        at_hub = checkins_at_hub(hub)
+        held_ids = {w["record"] for h in held for w in h["writes"] if w["type"] == "checkin"}
+        assert not held_ids & set(at_hub)
+        # Both are told at their next round (the copy that was caught already is).
+        for copy in (a, b):
+            copy.sync(url)
+            assert copy.state.alert == "suspected-clone" and alert_of(copy.data)
+        assert a.store.queue_label != b.store.queue_label
+        # From now on no queue number is handed out twice, whoever syncs when.
+        for turn in range(3):
+            for copy in (a, b):
+                ids.append(copy.checkin(f"{copy.data.name} told {turn}"))
+            threading_sync(url, a, b)
+        after = [n for c in (a, b) for n in c.numbers[c.told_at:]]
+        before = [n for c in (a, b) for n in c.numbers[:c.told_at]]
+        assert len(after) == len(set(after)) and not set(after) & set(before)
+        # Re-provision the copy whose batches are held (init and enroll, as new).
+        listed = hub.held_batches()
+        b.close()
+        store = init_store(tmp_path / "b", "North", "C")
+        try:
+            assert enrol.start_as_new_kiosk(store) is not None
+            cert = hub.enroll(enrol.write_request(store).read_bytes())
+            enrol.install(store, cert)
+        finally:
+            store.close()
+        b = Copy(tmp_path / "b")
+        assert b.ident.cert.device_id != device and b.state.alert is None
+        ids.append(b.checkin("as new"))
+        for copy in (b, a, b):
+            copy.sync(url)
+        at_hub = checkins_at_hub(hub)
+        assert sorted(at_hub) == sorted(set(ids)) and len(ids) == len(set(ids))
+        assert held_ids <= set(at_hub)  # what was held came in, under the new identity
+        assert hub.held_batches() == listed  # still listed for review, never dropped
+        assert b.store.outbox_batch(now_ms=1 << 60) == []
+        hub.clear_clone(device)
+        a.sync(url)
+        assert a.state.alert is None
+        b.close()
+
+
+def threading_sync(url: str, *copies: Copy) -> None:
+    """Every copy syncs at the same moment. One identity has one live session at the
+    hub: a copy's session replaces the other's, whose round fails and runs again (as
+    the runtime's loop runs it again)."""
+    start = threading.Barrier(len(copies))
+    errors: list[BaseException] = []
+
+    def run(copy: Copy) -> None:
+        try:
+            start.wait(5)
+            for attempt in range(8):
+                try:
+                    copy.sync(url)
+                    return
+                except SyncFailed:
+                    if attempt == 7:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors
+
+
+def test_copies_syncing_at_the_same_moment_are_caught(tmp_path: Path) -> None:
+    with two_copies(tmp_path) as (hub, url, a, b, ids):
+        for turn in range(ROUNDS):
+            if caught(hub):
+                break
+            for copy in (a, b):
+                ids.append(copy.checkin(f"{copy.data.name} {turn}"))
+            threading_sync(url, a, b)
+        assert caught(hub) and hub.status()["held_batches"]
+        threading_sync(url, a, b)
+        assert a.state.alert == b.state.alert == "suspected-clone"
+        assert a.store.queue_label != b.store.queue_label
+        # Nothing lost: every check-in is at the hub or held there, for review.
+        held = {w["record"] for h in hub.status()["held_batches"] for w in h["writes"]}
+        assert set(ids) <= set(checkins_at_hub(hub)) | held
