@@ -118,7 +118,8 @@ def _hub_driver(work: Path) -> tuple[Any, str]:
         try:
             return server.driver(True), "host.hub.serve.Server.driver(stream=True)"
         except (TypeError, AttributeError):
-            return server.driver(SimLink()), "host.hub.serve.Server.driver(link)"
+            old: Any = server.driver  # the thread-per-connection server took the link
+            return old(SimLink()), "host.hub.serve.Server.driver(link)"
     finally:
         if hasattr(server, "shutdown"):
             server.shutdown()

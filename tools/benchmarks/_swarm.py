@@ -363,8 +363,10 @@ class Attack:
 
     KINDS = ("garbage", "half", "full", "refresh")
 
-    def __init__(self, swarm: Swarm, host: str, port: int, hub_key: bytes) -> None:
+    def __init__(self, swarm: Swarm, host: str, port: int, hub_key: bytes,
+                 sources: int = 1) -> None:
         self.swarm, self.host, self.port, self.hub_key = swarm, host, port, hub_key
+        self.sources = sources  #: source addresses the attack comes from, from 127.0.0.2
         self.n = 0
         self.counts = {"connections": 0, "connect_errors": 0, "answers": 0,
                        "handshakes": 0, "refreshes": 0, "closed_by_hub": 0,
@@ -381,7 +383,7 @@ class Attack:
         self.n += 1
         kind = self.KINDS[i % 4]
         try:
-            sock = connect(self.host, self.port, source_address(i % 2000))
+            sock = connect(self.host, self.port, source_address(i % self.sources))
         except OSError:
             self.counts["connect_errors"] += 1
             return
@@ -457,8 +459,9 @@ def _attack_main(argv: list[str]) -> int:
     p.add_argument("--hub-key", required=True)
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--concurrency", type=int, default=500)
+    p.add_argument("--sources", type=int, default=1)
     a = p.parse_args(argv)
-    attack = Attack(Swarm(), a.host, a.port, bytes.fromhex(a.hub_key))
+    attack = Attack(Swarm(), a.host, a.port, bytes.fromhex(a.hub_key), a.sources)
 
     def stop() -> bool:  # a line (or the end) on standard input
         return bool(select.select([sys.stdin], [], [], 0)[0])
