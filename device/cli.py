@@ -312,7 +312,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from device.health.storage_guard import look
     from device.sync.document_store import summary_of
-    from device.sync.state import last_sync_of
+    from device.sync.state import alert_of, held_upto_of, last_sync_of
 
     cfg = config.load(args.config, {"data": args.data})
     with _open(args) as store:
@@ -320,11 +320,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         st["documents"] = summary_of(store)
     st["storage"] = look(args.data, config.storage_limits(cfg))
     st["last_sync"] = last_sync_of(args.data)
+    st["alert"] = alert_of(args.data)
+    st["held_upto"] = held_upto_of(args.data)
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
         return 0
     print(f"kiosk {st['node']}  site {st['site']!r}  letter {st['letter']}  "
           f"records {st['records']}  last sync {st['last_sync'] or 'never'}")
+    if st["alert"]:
+        print(f"{st['alert']}: another kiosk runs with this identity; call a technician "
+              + ("(the hub holds this kiosk's batches from batch "
+                 f"{st['held_upto']}: re-provision this one, README \"A cloned kiosk\")"
+                 if st["held_upto"] else "(its batches are on the hub's chain)"))
     lanes = st["outbox"]["lanes"]
     print("outbox:" + ("" if lanes else " empty"))
     for lane, info in sorted(lanes.items()):

@@ -19,10 +19,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from device import enrol
+from device.cli import main as kiosk_main
 from device.store import Store, init_store
 from device.sync.engine import SyncFailed, run_round
 from device.sync.state import SyncState, alert_of
+from host.cli import main as haven_main
 from host.hub.hub import Hub
 from protocol.crdt.schema import CHECKIN
 
@@ -86,7 +90,7 @@ def caught(hub: Hub) -> bool:
 
 
 def test_copies_syncing_in_turn_are_caught_held_told_and_brought_back_by_re_provisioning(
-        tmp_path: Path) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with two_copies(tmp_path) as (hub, url, a, b, ids):
         device = a.ident.cert.device_id
         turn = 0
@@ -110,6 +114,17 @@ def test_copies_syncing_in_turn_are_caught_held_told_and_brought_back_by_re_prov
             copy.sync(url)
             assert copy.state.alert == "suspected-clone" and alert_of(copy.data)
         assert a.store.queue_label != b.store.queue_label
+        # A technician sees which copy is held, and what the hub holds of it.
+        capsys.readouterr()
+        assert kiosk_main(["status", "--data", str(b.data)]) == 0
+        assert "the hub holds this kiosk's batches" in capsys.readouterr().out
+        assert kiosk_main(["status", "--data", str(a.data)]) == 0
+        assert "its batches are on the hub's chain" in capsys.readouterr().out
+        assert haven_main(["hub", "held", "--data", str(tmp_path / "hub")]) == 0
+        listing = capsys.readouterr().out
+        assert f"kiosk {device} branch 1" in listing and "checkin" in listing
+        assert haven_main(["hub", "status", "--data", str(tmp_path / "hub")]) == 0
+        assert "SUSPECTED-CLONE" in capsys.readouterr().out
         # From now on no queue number is handed out twice, whoever syncs when.
         for turn in range(3):
             for copy in (a, b):

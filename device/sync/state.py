@@ -228,8 +228,12 @@ class SyncState:
         return self.get_int("held_upto")
 
     def note_held(self, seq: int) -> None:
+        """Written at once (a technician's ``haven-kiosk status`` reads it), without an
+        fsync: lost, the hub is only asked to hold a batch it holds already."""
         if seq > self.held_upto:
-            self.set("held_upto", seq)
+            with immediate(self.db):
+                self._write_later()
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('held_upto', ?)", [seq])
 
     def note_foreign_adopt(self) -> int:
         """Count, at once with an fsync, one more checkpoint of the hub's that followed
@@ -276,14 +280,25 @@ def last_sync_of(data: Path) -> str | None:
 def alert_of(data: Path) -> str | None:
     """``SyncState.alert`` of the kiosk in ``data`` (``suspected-clone``), or None;
     reads only, from any thread."""
+    alert = _meta_of(data, "alert")
+    return str(alert) if alert else None
+
+
+def held_upto_of(data: Path) -> int:
+    """``SyncState.held_upto`` of the kiosk in ``data``: its batches are held at the hub
+    (it is the copy to re-provision) if above 0; reads only."""
+    return int(str(_meta_of(data, "held_upto") or 0))
+
+
+def _meta_of(data: Path, key: str) -> object:
     path = Path(data) / DB_NAME
     if not path.exists():
         return None
     db = open_database(path, readonly=True)
     try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'alert'").fetchone()
+        row = db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
     except sqlite3.OperationalError:  # no meta table yet
         row = None
     finally:
         db.close()
-    return str(row[0]) if row and row[0] else None
+    return row[0] if row else None

@@ -17,7 +17,8 @@ hash); ``batches`` remembers every committed batch's hash, so a batch sent
 again after a lost ack is recognised by (device, sequence) and acknowledged
 without being applied twice. ``commit_batch`` writes the deltas, the
 quarantined ones, the batch and the new checkpoint in one transaction and
-returns only after it is durable.
+returns only after it is durable. ``held_batches`` keeps the batches of a
+suspected clone (SPEC.md "Clones") off the chain, for review, never applied.
 """
 
 from __future__ import annotations

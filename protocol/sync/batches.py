@@ -60,7 +60,7 @@ WELCOME = register(MessageSpec(81, "sync-welcome", {
     {5: ("tail", list)}))
 #: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
 BATCH = register(MessageSpec(82, "sync-batch", {
-    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {2: ("prev", bytes)}))
+    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {6: ("prev", bytes)}))
 ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int)}, {3: ("quarantined", list)}))
 REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason", str)},
                               {3: ("detail", str)}))

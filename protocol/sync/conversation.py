@@ -23,13 +23,23 @@ us, pushed to a kept-open session) asks for a pull: at once if the round's
 pull is done, else once more after it if its answer stopped short.
 
 The hub (``HubSync``) wants the hello first: a certificate it signed, naming
-the session's key, of an approved kiosk; a refusal sets ``close``. A batch
-must follow the hash the hub holds (``_prev_hash``), carry a valid signature,
-and not reuse a sequence number under another hash (``replay``); the same
-batch again is acknowledged, not applied (``duplicate``). Each delta is
-checked (``check_remote_deltas``): the bad ones are quarantined, the rest
-committed, and the ack follows the commit. A pull returns the deltas after
-the cursor that are not the kiosk's own, a page at a time.
+the session's key, of an approved kiosk; a refusal sets ``close``. It reads
+the kiosk's record again before every later message and turns a revoked
+kiosk away. A batch must follow the hash the hub holds (``_prev_hash``) and
+carry a valid signature; the same batch again is acknowledged, not applied
+(``duplicate``). Each delta is checked (``check_remote_deltas``): the bad
+ones are quarantined, the rest committed, and the ack follows the commit. A
+pull returns the deltas after the cursor that are not the kiosk's own, a
+page at a time.
+
+Clones (SPEC.md, "Clones"): two batches under one sequence, both signed by
+the kiosk, mean two kiosks run with one identity. The hub holds the batch
+that is not on its chain (``_hold``; never applied), flags the kiosk, and
+alerts each copy with a queue label no other copy has (``_alert``). A kiosk
+whose chain left the hub's is ``forked``: its batches go with their previous
+hash, to be held, and it never adopts the hub's checkpoint. A kiosk behind
+the hub is shown the writes after its head (``tail``); finding, a second
+time, writes it never made there, it is a copy, and forks.
 """
 
 from __future__ import annotations
