@@ -10,6 +10,7 @@ the process's descriptor limit matters; deadlines and caps are set short.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import socket
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from host.cli import main as haven_main
 from host.hub.health import read_health
 from host.hub.hub import Hub, init_hub
 from host.hub.limits import Limits
@@ -285,7 +287,10 @@ def open_kiosk(url: str, kiosk: Kiosk) -> tuple[SessionDriver, list[DriverEvent]
     got = pump([d], lambda: d.connected, 5.0)[0]
     assert d.connected
     d.send(0, hello(kiosk))
-    got += pump([d], lambda: any(isinstance(e, MessageReceived) for e in got), 5.0)[0]
+    end = time.monotonic() + 5.0
+    while not any(isinstance(e, MessageReceived) for e in got):  # the welcome
+        assert time.monotonic() < end, got
+        got += d.poll(0.005)
     return d, got
 
 
@@ -390,8 +395,10 @@ def test_a_kept_open_session_is_told_of_changes(served: Callable[..., Served],
     b.store.checkin(name="Bob", passport="P2345678")
     assert b.sync(hub.url).pushed >= 1
     heard: list[DriverEvent] = []
-    pump([d], lambda: any(isinstance(e, MessageReceived) and messages.decode(e.data).type
-                          == notify for e in heard) or not heard.extend(d.poll(0.01)), 3.0)
+    end = time.monotonic() + 3.0
+    while not any(isinstance(e, MessageReceived) and messages.decode(e.data).type == notify
+                  for e in heard) and time.monotonic() < end:
+        heard += d.poll(0.005)
     notes = [messages.decode(e.data) for e in heard if isinstance(e, MessageReceived)
              and messages.decode(e.data).type == notify]
     assert len(notes) == 1 and notes[0].get("cursor") == hub.hub.store.head()
@@ -406,3 +413,21 @@ def test_a_kept_open_session_is_told_of_changes(served: Callable[..., Served],
     d.link.close()
     a.close()
     b.close()
+
+
+def test_status_shows_the_running_server(served: Callable[..., Served],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    hub = served()
+    with open_sockets(hub.address, 2):
+        wait_for(lambda: hub.health()["connections"]["tcp"]["handshaking"] == 2, 5)
+        capsys.readouterr()
+        assert haven_main(["hub", "status", "--data", str(hub.hub.data), "--json"]) == 0
+        server = json.loads(capsys.readouterr().out)["server"]
+        assert server["connections"]["tcp"]["handshaking"] == 2
+        assert server["descriptors"]["in_use"] > 2 and server["workers"]["size"] == 4
+        assert haven_main(["hub", "status", "--data", str(hub.hub.data)]) == 0
+        assert "server: 2 connections" in capsys.readouterr().out
+    hub.server.shutdown()
+    assert haven_main(["hub", "status", "--data", str(hub.hub.data), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["server"] is None and "no haven hub serve" in status["server_note"]

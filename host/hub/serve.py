@@ -112,6 +112,8 @@ class Server:
         self.loop = asyncio.new_event_loop()
         self.pool = ThreadPoolExecutor(max(1, lim.workers), thread_name_prefix="hub-store")
         self.pending = 0  #: jobs handed to the pool and not finished
+        self.running = 0  #: of which a worker runs now
+        self._count_lock = threading.Lock()
         self.accepted_total = 0  #: TCP connections accepted since start
         self.connections: set[Connection] = set()
         self.unauthenticated: dict[str, int] = {}  #: by source address
@@ -162,9 +164,18 @@ class Server:
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in the worker pool (loop thread only)."""
         self.pending += 1
-        fut = self.loop.run_in_executor(self.pool, fn, *args)
+        fut = self.loop.run_in_executor(self.pool, self._job, fn, args)
         fut.add_done_callback(self._job_done)
         return fut
+
+    def _job(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        with self._count_lock:
+            self.running += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._count_lock:
+                self.running -= 1
 
     def _job_done(self, fut: asyncio.Future[Any]) -> None:
         self.pending -= 1
@@ -405,7 +416,8 @@ class Server:
                             "unauthenticated_addresses": len(self.unauthenticated),
                             "resumable": len(self._kept)},
             "descriptors": {"in_use": health_socket.descriptors(), "limit": descriptor_limit()},
-            "workers": {"size": self.limits.workers, "pending": self.pending},
+            "workers": {"size": self.limits.workers, "running": self.running,
+                        "queued": max(0, self.pending - self.running)},
             "refusals": self.refusals.totals(),
             "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
             "serial": [p.url for p in self.ports],
