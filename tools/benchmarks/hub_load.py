@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,10 @@ GOAL_REVOKE_S = 1.0
 
 def _row(what: str, value: Any, detail: str, goal: str, met: bool | None) -> dict[str, Any]:
     return {"what": what, "value": value, "detail": detail, "goal": goal, "met": met}
+
+
+def _n(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
 
 
 def _tmpfs_dir(ctx: Context) -> Path:
@@ -135,10 +140,19 @@ def idle_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     growth = r["rss_after_kib"] - r["rss_before_kib"]
     per = growth / max(held, 1)
     fails = ", ".join(f"{k}: {v}" for k, v in {**r["failed"], **r["closed"]}.items())
+    h = r.get("health") or {}
+    seen = ""
+    if h:
+        tcp = h.get("connections", {}).get("tcp", {})
+        fds = h.get("descriptors", {})
+        seen = (f"; health socket: {_n(tcp.get('authenticated'))} authenticated TCP "
+                f"sessions, {_n(fds.get('in_use'))} of {_n(fds.get('limit'))} "
+                f"descriptors, refusals {h.get('refusals', {})}")
     return [
         _row("idle authenticated sessions held by one hub process", held,
              f"{n:,} opened (handshake, hello, welcome) in {r['open_seconds']} s; "
-             f"{r['fds_after']:,} fds in the hub" + (f"; lost: {fails}" if fails else ""),
+             f"{r['fds_after']:,} fds in the hub" + (f"; lost: {fails}" if fails else "")
+             + seen,
              f">= {n:,}", held >= n),
         _row("  hub RSS growth per session, KiB", round(per, 1),
              f"RSS {r['rss_before_kib'] / 1024:.1f} MiB with {r['warm']} sessions, "
@@ -321,24 +335,29 @@ def revocation(ctx: Context, flags: set[str], limit: float = 10.0) -> dict[str, 
         if not swarm.run(lambda: ks.welcomed == 1, 30.0):
             return {"error": f"no welcome: {ks.failed}"}
         swarm.run(lambda: False, 1.0)
+        db = sqlite3.connect(f"file:{hub_dir / 'hub.db'}?mode=ro", uri=True)
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "host.cli", "hub", "revoke", "--data",
                                  str(hub_dir), kiosk.device_id], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        exited: float | None = None
+        committed: float | None = None
 
         def ended() -> bool:
-            nonlocal exited
-            if exited is None and proc.poll() is not None:
-                exited = time.monotonic()
+            nonlocal committed
+            if committed is None:
+                with contextlib.suppress(sqlite3.Error):
+                    row = db.execute("SELECT state FROM devices WHERE device_id = ?",
+                                     [kiosk.device_id]).fetchone()
+                    if row and row[0] == "revoked":
+                        committed = time.monotonic()
             return ks.welcomed == 0
 
-        closed = swarm.run(ended, limit, wait=0.002)
+        closed = swarm.run(ended, limit, wait=0.001)
         t1 = time.monotonic()
         proc.wait(30)
-        if exited is None:
-            exited = t1
-        out = {"closed": closed, "from_start": t1 - t0, "from_exit": t1 - exited,
+        db.close()
+        out = {"closed": closed, "from_start": t1 - t0,
+               "from_commit": None if committed is None else t1 - committed,
                "how": dict(ks.closed_after_welcome), "revoke_rc": proc.returncode,
                "limit": limit}
         for c in list(swarm.clients.values()):
@@ -356,10 +375,14 @@ def revoke_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
                      f"started (it exited with status {r['revoke_rc']})",
                      f"<= {GOAL_REVOKE_S}", False)]
     how = ", ".join(f"{k}" for k in r["how"])
-    return [_row("revocation to the session's end, s", round(r["from_exit"], 3),
-                 f"from `haven hub revoke` exiting (committed) to the kiosk's socket seeing "
-                 f"the end ({how}); {r['from_start']:.3f} s from its start, Python's start-up "
-                 "included", f"<= {GOAL_REVOKE_S}", r["from_exit"] <= GOAL_REVOKE_S)]
+    t = r["from_commit"]
+    if t is None:  # the session ended before the store was seen to change
+        t = 0.0
+    return [_row("revocation to the session's end, s", round(t, 3),
+                 f"from the revocation's commit in `haven hub revoke` (another process; seen "
+                 f"by polling hub.db every 1 ms) to the kiosk's socket seeing the end ({how}); "
+                 f"{r['from_start']:.3f} s from the command's start, Python's start-up "
+                 "included", f"<= {GOAL_REVOKE_S}", t <= GOAL_REVOKE_S)]
 
 
 # The benchmark -------------------------------------------------------------------------------
@@ -394,7 +417,11 @@ def hub_load(ctx: Context) -> Result:
         rows.append(_row("  idle kiosk, real run in a network namespace (nftables)", None,
                          "skipped: full mode only (10 minutes)", "report", None))
     else:
-        raw["netns"] = _idle_day.real(ctx, minutes=10.0)
+        from device.config import KioskConfig
+
+        keepalive = KioskConfig().keepalive  # a whole number of keepalives, 10 min at least
+        periods = max(1, -(-600 // int(keepalive))) if keepalive > 0 else 1
+        raw["netns"] = _idle_day.real(ctx, minutes=max(10.0, periods * keepalive / 60))
         rows += _idle_day.real_rows(raw["netns"], GOAL_DAY_BYTES)
 
     ctx.log(f"4. {short:,} short connections")
