@@ -347,6 +347,11 @@ def test_key_exchanges_are_rationed(served: Callable[..., Served]) -> None:
     pump(kiosks, lambda: all(k.connected for k in kiosks), 12.0)
     assert all(k.connected for k in kiosks)  # the dropped ones retried and got in
     assert hub.health()["refusals"].get("handshake-rate", 0) >= 3
+    # Logged once for the interval (60 s), however many were dropped.
+    rows = wait_for(lambda: [e for e in hub.hub.store.events(100) if e["code"] == "refused"
+                             and e["detail"].startswith("handshake-rate")], 5)
+    time.sleep(0.2)
+    assert len(rows) == 1, rows
     for k in kiosks:
         assert k.link is not None
         k.link.close()
@@ -431,3 +436,17 @@ def test_status_shows_the_running_server(served: Callable[..., Served],
     assert haven_main(["hub", "status", "--data", str(hub.hub.data), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["server"] is None and "no haven hub serve" in status["server_note"]
+
+
+def test_a_silent_session_ends_at_the_idle_limit(served: Callable[..., Served]) -> None:
+    hub = served(idle_limit=0.6)
+    quiet = initiator(link=open_link(hub.url))  # its keepalive is 30 s: silent here
+    pump([quiet], lambda: quiet.connected, 5.0)
+    pump([quiet], lambda: False, 0.1)
+    start = time.monotonic()
+    got = pump([quiet], lambda: quiet.link is None or quiet.closed, 5.0)[0]
+    assert quiet.link is None or quiet.closed, got
+    assert 0.3 < time.monotonic() - start < 2.0
+    wait_for(lambda: hub.health()["refusals"].get("idle") == 1, 2)
+    if quiet.link is not None:
+        quiet.link.close()

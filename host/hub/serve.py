@@ -156,6 +156,9 @@ class Server:
 
     async def _start_health(self) -> None:
         self._health = await health_socket.open_health(self.loop, self.hub.data, self.health)
+        if self._health is None:
+            self.log("health", f"cannot answer on {self.hub.data / health_socket.SOCKET}: "
+                     "no health report for haven hub status")
 
     def _start(self) -> None:
         self.loop.create_task(self._start_health())
