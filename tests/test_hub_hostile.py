@@ -450,3 +450,18 @@ def test_a_silent_session_ends_at_the_idle_limit(served: Callable[..., Served]) 
     wait_for(lambda: hub.health()["refusals"].get("idle") == 1, 2)
     if quiet.link is not None:
         quiet.link.close()
+
+
+def test_a_broken_listener_is_opened_again(served: Callable[..., Served]) -> None:
+    hub = served()
+    listener = hub.server.listeners[0]
+    assert listener.sock is not None
+    old = listener.sock
+    old.shutdown(socket.SHUT_RDWR)  # accept now fails with EINVAL: the socket is broken
+    wait_for(lambda: listener.sock is not old and listener.sock is not None, 5)
+    k = initiator(link=open_link(hub.url))  # the same address serves again
+    pump([k], lambda: k.connected, 5.0)
+    assert k.connected and hub.server.failure is None
+    assert any(e["code"] == "listener" for e in hub.hub.store.events(20))
+    assert k.link is not None
+    k.link.close()

@@ -130,8 +130,10 @@ def _serve_limits(p: argparse.ArgumentParser) -> None:
 
     defaults = Limits()
     for flag, name, kind, metavar, text in SERVE_LIMITS:
-        p.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name),
-                       metavar=metavar, help=f"{text} (default {getattr(defaults, name):g})")
+        default = getattr(defaults, name)
+        p.add_argument(flag, dest=name, type=kind, default=default, metavar=metavar,
+                       help=f"{text} (default {default:g})" if kind is float
+                       else f"{text} (default {default})")
 
 
 def serve_limits(args: argparse.Namespace) -> Limits:
