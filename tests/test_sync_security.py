@@ -141,3 +141,33 @@ def test_an_ack_for_another_batch_removes_nothing(tmp_path: Path) -> None:
         assert k.store.outbox_batch() == [] and k.state.pending() == []
         assert rnd.summary.pushed == 2
         k.close()
+
+
+def test_a_session_revoked_after_its_hello_is_served_nothing_more(tmp_path: Path) -> None:
+    """The hub reads the kiosk's record before every message after the hello: a pull
+    or a document's transfer message after a revocation gets nothing (not even what
+    another kiosk wrote since), and the session is closed with reason ``revoked``."""
+    from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
+
+    with served_hub(tmp_path) as (hub, url):
+        k, other = Kiosk(tmp_path, "k", hub, "K"), Kiosk(tmp_path, "o", hub, "O")
+        inbox = DocumentInbox(hub.data / DOCUMENTS_DIR, hub.store, wall_ms)
+        peers = []
+        for _ in range(2):
+            peer = HubPeer(hub.store, hub.ed_public, k.ident.cert.x25519, wall_ms,
+                           documents=inbox)
+            (_, hello), = Round(k.store, k.state, k.ident).hello()
+            assert messages.decode(peer.on_message(hello)[-1][1]).name == "sync-welcome"
+            peers.append(peer)
+        hub.revoke(k.device)
+        other.store.checkin(name="Written after the revocation")
+        assert other.sync(url).pushed == 2
+        offer = messages.make("xfer-offer", xfer=0, object=b"\x00" * 32, size=1,
+                              filename="0" * 32, count=1)
+        for peer, msg in zip(peers, (messages.make("sync-pull", cursor=0), offer),
+                             strict=True):
+            assert peer.on_message(messages.encode(msg)) == []
+            assert peer.sync.close is not None and peer.sync.close[0] == "revoked"
+            assert peer.on_message(messages.encode(msg)) == []
+        k.close()
+        other.close()
