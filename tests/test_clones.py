@@ -156,6 +156,11 @@ def test_copies_syncing_in_turn_are_caught_held_told_and_brought_back_by_re_prov
         hub.clear_clone(device)
         a.sync(url)
         assert a.state.alert is None
+        # Both kiosks hold every check-in too: the copy that kept the identity was sent
+        # the other's writes under the node they shared, the new kiosk pulled from the
+        # start.
+        for copy in (a, b):
+            assert all(copy.store.view(i) is not None for i in ids), copy.data.name
         b.close()
 
 

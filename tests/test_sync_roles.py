@@ -217,7 +217,7 @@ class HubMemory:
         self.devices[device_id] = dataclasses.replace(
             self.devices[device_id], last_seq=seq, last_hash=hash_)
 
-    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+    def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]:
         self.pulls.append(cursor)
         out: list[bytes] = []

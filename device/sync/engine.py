@@ -188,6 +188,9 @@ class KioskLedger:
         if self.state.alert != code:
             log.warning("the hub says: %s (queue label %s%s): call a technician", code,
                         label, ", batches held" if held else "")
+            # The other copies' writes carry our node, which our pulls passed over: the
+            # hub sends them to a suspected clone, from the start.
+            self.state.set("cursor", 0)
             self.state.set_alert(code)
 
     def queue_label(self) -> int | None:

@@ -289,9 +289,10 @@ class HubStore:
                        " VALUES (?, ?, ?, ?, ?, 'hub')",
                        [next_hseq(db), op.rid, op.stamp, op.node, op.data])
 
-    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+    def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]:
-        """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``."""
+        """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``
+        (None: every delta)."""
         out: list[bytes] = []
         size, last = 0, cursor
         with self._lock:

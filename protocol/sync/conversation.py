@@ -360,9 +360,10 @@ class HubStorage(Protocol):
                      now: int, quarantined: list[int]) -> None:
         """Keep the batch durably: the good deltas, the bad ones in quarantine
         (code, reason, bytes), and the kiosk's checkpoint moved to it."""
-    def changes_since(self, cursor: int, exclude_node: int, max_bytes: int,
+    def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]:
-        """Deltas after ``cursor`` not written by ``exclude_node``: (deltas, cursor, more)."""
+        """Deltas after ``cursor`` not written by ``exclude_node`` (None: all of them):
+        (deltas, cursor, more)."""
     def version_vector(self) -> dict[int, int]: ...
     def seen(self, device_id: str, now: int, cursor: int | None = None,
              vv: Mapping[Any, Any] | None = None) -> None:
@@ -639,7 +640,9 @@ class HubSync:
         assert self.device is not None
         cursor = max(0, msg.get("cursor"))
         limit = min(max(msg.get("max_bytes") or CHANGES_BYTES, 1024), CHANGES_BYTES)
-        deltas, new, more = self.storage.changes_since(cursor, self.device.node, limit)
+        # A suspected clone's copies all write as its node: each is sent the others'.
+        own = None if self.device.suspected_clone else self.device.node
+        deltas, new, more = self.storage.changes_since(cursor, own, limit)
         self.storage.seen(self.device.device_id, now, cursor=cursor)
         return [(CHANGES_LANE, _encode("sync-changes", payload=sync.pack(deltas), cursor=new,
                                        more=more))]
