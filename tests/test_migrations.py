@@ -147,7 +147,7 @@ def test_the_hub_upgrades_with_nothing_lost(release: tuple[Path, Any]) -> None:
         assert hub.status()["held_batches"] == []
         device_id, seq, digest = want["batches"][-1]
         held = sync.Batch(seq, bytes.fromhex(digest), sync.pack([]), b"\x00" * 64)
-        assert hub.store.hold_batch(device_id, held, 1) == (1, True)
+        assert hub.store.hold_batch(device_id, held, 1) == (1, True, True)
         assert hub.store.is_held(device_id, held.hash)
         assert hub.store.batch_hash(device_id, seq) == bytes.fromhex(digest)
     finally:

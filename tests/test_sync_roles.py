@@ -252,13 +252,18 @@ class HubMemory:
     def held_hashes(self, device_id: str, seq: int) -> list[bytes]:
         return [h for h, (d, _, b) in self.held.items() if d == device_id and b.seq == seq]
 
-    def hold_batch(self, device_id: str, batch: sync.Batch, now: int) -> tuple[int, bool]:
+    def hold_batch(self, device_id: str, batch: sync.Batch, now: int,
+                   ) -> tuple[int, bool, bool]:
         if batch.hash in self.held:
-            return self.held[batch.hash][1], False
-        branch = self.held[batch.prev][1] if batch.prev in self.held else 1 + max(
-            (b for d, b, _ in self.held.values() if d == device_id), default=0)
+            return self.held[batch.hash][1], False, False
+        mine = [(br, b) for d, br, b in self.held.values() if d == device_id]
+        follows = self.held[batch.prev][1] if batch.prev in self.held else None
+        if follows is not None and any(br == follows and b.seq == batch.seq
+                                       for br, b in mine):
+            follows = None  # that branch has a batch under this sequence: another copy
+        branch = follows or 1 + max((br for br, _ in mine), default=0)
         self.held[batch.hash] = (device_id, branch, batch)
-        return branch, True
+        return branch, True, follows is None
 
     def suspect_clone(self, device_id: str, detail: str, now: int) -> None:
         dev = self.devices[device_id]
@@ -798,6 +803,26 @@ def test_labels_are_never_given_twice_and_go_stale_at_each_detection() -> None:
     assert fleet.hub.codes().count("suspected-clone") == 2 and third.label == 4
     converse(k.role(), fleet.hub_role(k))
     assert k.storage.label == 5 and len({clone.label, k.storage.label, third.label}) == 3
+
+
+def test_a_copy_of_a_held_copy_is_caught_on_a_branch_of_its_own() -> None:
+    """The held copy's folder is copied again (its queue label with it): the second
+    batch held after one held batch is one more copy, and every label goes stale."""
+    fleet = Fleet()
+    k, clone = two_cards(fleet)
+    saved(k, clone, "the copy's")
+    converse(k.role(clone), fleet.hub_role(k))
+    third = copy.deepcopy(clone)
+    assert third.label == clone.label == 1
+    for storage, text in ((clone, "c1"), (third, "t1")):
+        storage.write(text)
+        converse(k.role(storage), fleet.hub_role(k))
+    assert sorted((b.seq, br) for _, br, b in fleet.hub.held.values()) == [
+        (2, 1), (3, 1), (3, 2)]
+    assert fleet.hub.codes().count("suspected-clone") == 2
+    converse(k.role(clone), fleet.hub_role(k))
+    assert third.label not in (None, 1) and clone.label not in (None, 1, third.label)
+    assert fleet.hub.commits == 2
 
 
 def test_a_cleared_flag_is_told_once_and_the_label_stays() -> None:

@@ -214,23 +214,28 @@ class HubStore:
         return [bytes(h) for (h,) in self._q(
             "SELECT hash FROM held_batches WHERE device_id = ? AND seq = ?", [device_id, seq])]
 
-    def hold_batch(self, device_id: str, batch: Batch, now: int) -> tuple[int, bool]:
-        """Keep a verified batch off the hub's chain: on the branch whose batch it
-        follows, else on a new one. Returns (branch, whether it is new here)."""
+    def hold_batch(self, device_id: str, batch: Batch, now: int) -> tuple[int, bool, bool]:
+        """Keep a verified batch off the hub's chain: on the branch of the held batch it
+        follows, unless that branch has another batch under its sequence already (one
+        more copy), else on a new branch. Returns (branch, whether the batch is new
+        here, whether its branch is)."""
         with self._tx() as db:
             row = db.execute("SELECT branch FROM held_batches WHERE device_id = ? AND hash = ?",
                              [device_id, batch.hash]).fetchone()
             if row:
-                return int(row[0]), False
-            row = db.execute("SELECT branch FROM held_batches WHERE device_id = ? AND hash = ?",
-                             [device_id, batch.prev]).fetchone()
+                return int(row[0]), False, False
+            row = db.execute(
+                "SELECT p.branch FROM held_batches p WHERE p.device_id = ? AND p.hash = ?"
+                " AND NOT EXISTS (SELECT 1 FROM held_batches s WHERE s.device_id = p.device_id"
+                " AND s.branch = p.branch AND s.seq = ?)",
+                [device_id, batch.prev, batch.seq]).fetchone()
             branch = int(row[0]) if row else int(db.execute(
                 "SELECT COALESCE(MAX(branch), 0) + 1 FROM held_batches WHERE device_id = ?",
                 [device_id]).fetchone()[0])
             db.execute("INSERT INTO held_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        [device_id, branch, batch.seq, batch.hash, batch.prev, batch.payload,
                         batch.sig, now])
-            return branch, True
+            return branch, True, row is None
 
     def held_batches(self) -> list[dict[str, Any]]:
         """Every held batch, by kiosk, branch and sequence (payload as it came)."""

@@ -373,8 +373,11 @@ class HubStorage(Protocol):
         """Whether a batch with this hash is held for the kiosk."""
     def held_hashes(self, device_id: str, seq: int) -> list[bytes]:
         """The hashes of the kiosk's held batches ``seq``."""
-    def hold_batch(self, device_id: str, batch: sync.Batch, now: int) -> tuple[int, bool]:
-        """Keep a verified batch off the chain, durably: (its branch, whether new)."""
+    def hold_batch(self, device_id: str, batch: sync.Batch, now: int,
+                   ) -> tuple[int, bool, bool]:
+        """Keep a verified batch off the chain, durably, on the branch of the held batch
+        it follows unless that one has a batch under its sequence already: (its branch,
+        whether the batch is new, whether its branch is)."""
     def suspect_clone(self, device_id: str, detail: str, now: int) -> None:
         """Flag the kiosk, log ``suspected-clone`` with ``detail``, make its labels stale."""
     def issue_label(self, device_id: str) -> int:
@@ -589,15 +592,18 @@ class HubSync:
         except RemoteProtocolError as exc:
             return self._reject(batch.seq, exc.code, str(exc), now)
         on_branch = self.storage.is_held(dev.device_id, batch.prev)
-        branch, new = self.storage.hold_batch(dev.device_id, batch, now)
+        branch, new, new_copy = self.storage.hold_batch(dev.device_id, batch, now)
         self.held = True
-        seq, new_copy = batch.seq, new and not on_branch
+        seq = batch.seq
         if seq <= dev.last_seq:
             self._suspect(f"batch {seq} is signed by it and is not the one committed", now,
                           new_copy=new_copy)
         elif not on_branch and self._prev_hash(dev, seq) not in (None, batch.prev):
             self._suspect(f"batch {seq} follows another batch {seq - 1} than the committed",
                           now, new_copy=new_copy)
+        elif on_branch and new_copy:  # a second batch after one held: one more copy
+            self._suspect(f"batch {seq} is the second held after batch {seq - 1}", now,
+                          new_copy=True)
         if new:
             self._log("held", f"batch {seq} held on branch {branch}", now)
         return [(CONTROL_LANE, _encode("sync-reject", seq=seq, reason="held",
