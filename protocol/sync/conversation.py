@@ -561,6 +561,10 @@ class HubSync:
         assert dev is not None
         seq, given = msg.get("seq"), msg.get("prev")
         ours = self._prev_hash(dev, seq)
+        if given is None and not self.held and seq == dev.last_seq + 1:
+            batch = self._signed(seq, [dev.last_hash], msg)
+            if batch is not None:  # the next on the hub's chain: the usual case
+                return self._commit(dev, batch, now)
         held = self.storage.held_hashes(dev.device_id, seq - 1)
         if given is not None:
             prevs = [given]
