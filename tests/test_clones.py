@@ -208,3 +208,38 @@ def test_copies_syncing_at_the_same_moment_are_caught(tmp_path: Path) -> None:
         # Nothing lost: every check-in is at the hub or held there, for review.
         held = {w["record"] for h in hub.status()["held_batches"] for w in h["writes"]}
         assert set(ids) <= set(checkins_at_hub(hub)) | held
+
+
+def test_init_gives_a_told_kiosk_a_new_identity_and_its_unacknowledged_writes_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``haven-kiosk init`` on a kiosk told it is a suspected clone, including one whose
+    re-provisioning was cut short after its first step: a new node and keys, every
+    write not acknowledged queued again as the new node's (once), the rest as before."""
+    data = tmp_path / "k"
+    store = init_store(data, "North", "A")
+    ids = [store.checkin(name=f"P{i}").record_id for i in range(2)]
+    old_node = store.node
+    store.set_queue_label(3)
+    assert store.checkin(name="P2").queue_number == "A3-003"
+    state = SyncState(data)
+    state.set_alert("suspected-clone")
+    state.close()
+    enrol.ensure_keys(data)
+    keys = {n: (data / n).read_bytes() for n in (enrol.X_KEY, enrol.ED_KEY)}
+    assert store.take_new_node() == 6  # cut short here: the alert still says to go on
+    store.close()
+    capsys.readouterr()
+    args = ["init", "--data", str(data), "--site", "North", "--letter", "C"]
+    assert kiosk_main(args) == 0
+    assert "new identity, and 6 writes" in capsys.readouterr().out
+    with Store(data) as store:
+        assert store.node not in (old_node, 0) and store.queue_label is None
+        entries = store.outbox_batch(now_ms=1 << 60, max_bytes=1 << 30)
+        assert len(entries) == 6
+        views = [store.view(i) for i in ids]
+        assert all(v is not None and not v.deleted for v in views)
+        assert store.checkin(name="P3").queue_number == "C-004"
+    assert all((data / n).read_bytes() != k for n, k in keys.items())
+    assert alert_of(data) is None and not (data / enrol.CERT).exists()
+    assert kiosk_main(args) == 0  # again: an ordinary init, nothing more
+    assert "new identity" not in capsys.readouterr().out
