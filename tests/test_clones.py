@@ -153,9 +153,10 @@ def test_copies_syncing_in_turn_are_caught_held_told_and_brought_back_by_re_prov
         assert held_ids <= set(at_hub)  # what was held came in, under the new identity
         assert hub.held_batches() == listed  # still listed for review, never dropped
         assert b.store.outbox_batch(now_ms=1 << 60) == []
+        assert a.state.get_int("foreign_adopts") == 1  # it adopted the copy's batches once
         hub.clear_clone(device)
         a.sync(url)
-        assert a.state.alert is None
+        assert a.state.alert is None and a.state.get_int("foreign_adopts") == 0
         # Both kiosks hold every check-in too: the copy that kept the identity was sent
         # the other's writes under the node they shared, the new kiosk pulled from the
         # start.

@@ -217,10 +217,13 @@ class SyncState:
         return str(row[0]) if row and row[0] else None
 
     def set_alert(self, code: str | None) -> None:
-        """Keep the alert (None: clear it), at once with an fsync."""
+        """Keep the alert, at once with an fsync. None: a technician settled it; the
+        count of checkpoints over writes we never made starts again too."""
         with immediate(self.db, synchronous="FULL"):
             self._write_later()
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('alert', ?)", [code])
+            if code is None:
+                self.db.execute("DELETE FROM meta WHERE key = 'foreign_adopts'")
 
     @property
     def held_upto(self) -> int:
