@@ -10,6 +10,7 @@ the clock and the blocking wait as arguments, and the test's wait lets real inpu
 from __future__ import annotations
 
 import math
+import os
 import select
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from device.sync.connection import HubConnection
 from device.sync.state import SyncState
 from device.sync.wake import Wake
 from host.hub.hub import Hub
+from protocol import messages
 
 from .test_sync_helpers import Kiosk, served_hub
 from .test_sync_kept_open import Relay
@@ -65,7 +67,7 @@ def kiosk_runtime(tmp: Path, url: str, hub: Hub, clock: Callable[[], float] = ti
         yield rt, kiosk
 
 
-def has_record(rt: Runtime, rid: object) -> bool:
+def has_record(rt: Runtime, rid: str) -> bool:
     assert rt.store is not None
     return rt.store.view(rid) is not None
 
@@ -186,3 +188,47 @@ def test_a_revoked_kiosk_says_so_stops_syncing_and_stays_revoked(tmp_path: Path)
             assert relay.connections == before
         finally:
             relay.close()
+
+
+def test_a_notify_pulls_at_once_after_the_rounds_pull_and_again_after_one_under_way() -> None:
+    """The kiosk's role on a ``sync-notify`` (pure, in memory): nothing when it holds the
+    changes already; a pull when its round's pull is done; and when a pull is under way
+    whose answer stops short of the notified cursor, one more pull after it."""
+    from .test_sync_roles import NOW, Fleet, converse  # helpers of the roles' own tests
+
+    def notify(cursor: int) -> bytes:
+        return messages.encode(messages.make("sync-notify", cursor=cursor))
+
+    def deliver(role: object, hub: object, to_hub: list[bytes]) -> list[str]:
+        sent = []
+        while to_hub:
+            data = to_hub.pop(0)
+            sent.append(messages.decode(data).name)
+            for _, reply in hub.receive_data(data, NOW):  # type: ignore[attr-defined]
+                to_hub += [d for _, d in role.receive_data(reply, NOW)]  # type: ignore[attr-defined]
+        return sent
+
+    fleet = Fleet()
+    k, other = fleet.enrol(1), fleet.enrol(2)
+    hub = fleet.hub_role(k)
+    role = k.role()
+    converse(role, hub)
+    assert role.done and role.receive_data(notify(k.storage.cursor_), NOW) == []
+
+    fleet.hub.add_local(other.storage.replica.put(os.urandom(16), "note", NOW))
+    replies = role.receive_data(notify(len(fleet.hub.ops)), NOW)
+    assert [messages.decode(d).name for _, d in replies] == ["sync-pull"] and not role.done
+    deliver(role, hub, [d for _, d in replies])
+    assert role.done and len(k.storage.merged) == 1
+
+    # A pull under way, answered before the hub had the next write; the notify for that
+    # write comes before the answer.
+    role = k.role()
+    (_, pull), = role.again()
+    (_, stale), = hub.receive_data(pull, NOW)
+    fleet.hub.add_local(other.storage.replica.put(os.urandom(16), "note", NOW))
+    assert role.receive_data(notify(len(fleet.hub.ops)), NOW) == []
+    again = [d for _, d in role.receive_data(stale, NOW)]
+    assert [messages.decode(d).name for d in again] == ["sync-pull"] and not role.done
+    deliver(role, hub, again)
+    assert role.done and len(k.storage.merged) == 2

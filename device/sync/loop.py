@@ -255,9 +255,11 @@ def _pause(loop: SyncLoop, seconds: float, links: LinkMonitor | None, wake: Wake
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         step = left if links is None else min(left, links.interval)
-        if loop.conn is not None:
+        if loop.conn is not None and loop.conn.open:
             if loop.idle(step, wake):
                 return
+        elif math.isinf(step):
+            return  # no session to wait on: a round opens one
         else:
             time.sleep(step)
         if links is not None and (back := links.poll()):
