@@ -10,6 +10,7 @@ the process's descriptor limit matters; deadlines and caps are set short.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import resource
@@ -25,10 +26,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.cli import main as haven_main
+from host.hub import listener as listener_module
 from host.hub.health import read_health
 from host.hub.hub import Hub, init_hub
 from host.hub.limits import Limits
-from host.hub.serve import Server
+from host.hub.serve import Server, ServerFailed
 from host.hub.storage import Op
 from protocol import messages
 from protocol.driver.link import TcpLink, open_link
@@ -465,3 +467,19 @@ def test_a_broken_listener_is_opened_again(served: Callable[..., Served]) -> Non
     assert any(e["code"] == "listener" for e in hub.hub.store.events(20))
     assert k.link is not None
     k.link.close()
+
+
+def test_a_listener_that_will_not_open_again_stops_the_server(
+        served: Callable[..., Served], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process then exits non-zero (``ServerFailed``), for systemd to restart it."""
+    hub = served(listener_retries=2)
+
+    def no_address(host: str, port: int) -> socket.socket:
+        raise OSError(errno.EADDRNOTAVAIL, "the address went away")
+
+    monkeypatch.setattr(listener_module, "bind", no_address)
+    listener = hub.server.listeners[0]
+    assert listener.sock is not None
+    listener.sock.shutdown(socket.SHUT_RDWR)
+    with pytest.raises(ServerFailed, match="cannot listen on"):
+        hub.server.wait()

@@ -215,8 +215,7 @@ class Connection(asyncio.Protocol):
         self._handle(self.driver.events())
         if self.persistent and self.driver.closed:
             out += self.driver.output(now)
-            self.driver.new_session(now)  # a serial line serves the next kiosk
-            self._lose_peer()
+            self._fresh_session(now)  # a serial line serves the next kiosk
             out += self.driver.output(now)
         if out and self.transport is not None:
             self.transport.write(out)
@@ -277,10 +276,18 @@ class Connection(asyncio.Protocol):
                 if refusal is not None and not (isinstance(event, Closed) and event.by_peer):
                     self.server.refused(refusal, f"{self.url}: {reason}")
                 self._lose_peer()
+                if self.persistent and self.live and not self.driver.closed:
+                    self.state = HANDSHAKING  # the driver's fresh session waits
             elif isinstance(event, LinkClosed):
                 self._lose_peer()
                 if not self.persistent:
                     self.finish(abort=True)
+
+    def _fresh_session(self, now: float) -> None:
+        """A serial line: a new session waits for the next handshake."""
+        self.driver.new_session(now)
+        self._lose_peer()
+        self.state = HANDSHAKING
 
     def _lose_peer(self) -> None:
         slot, self.slot = self.slot, None
@@ -315,8 +322,7 @@ class Connection(asyncio.Protocol):
     def port_reopened(self) -> None:
         """A serial port came back: a fresh session waits on it."""
         if self.live:
-            self.driver.new_session(time.monotonic())
-            self._lose_peer()
+            self._fresh_session(time.monotonic())
             self.step()
 
     def send_now(self, lane: int, data: bytes) -> None:
@@ -340,8 +346,7 @@ class Connection(asyncio.Protocol):
             if self.persistent or not self.live:
                 return
         if self.persistent:
-            self.driver.new_session(time.monotonic())
-            self._lose_peer()
+            self._fresh_session(time.monotonic())
             self.step()
             return
         self.finish(abort=abort)
