@@ -10,7 +10,10 @@ read the head (the last arrival number), the nodes that wrote after the head
 it saw last (``HubStore.nodes_since``), and the kiosks revoked. The look runs
 in the worker pool, never on the loop, and one look at a time; the server
 hears the result on the loop (``Server.store_changed``): it pushes
-``sync-notify`` and ends the sessions of revoked kiosks.
+``sync-notify`` (its cursor: the new head) to every welcomed session whose
+kiosk is not the only node that wrote since, and ends the sessions of
+revoked kiosks. A session holds at most one unanswered notify: the kiosk
+answers by pulling, and any message from it arms the next one.
 """
 
 from __future__ import annotations
