@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import resource
 import socket
 import threading
@@ -220,8 +221,8 @@ class Server:
 
     def driver(self, stream: bool, baud: int | None = None) -> SessionDriver:
         lim = self.limits
-        if stream:  # the kiosk keeps it alive; the hub never pings first
-            keepalive, dead = lim.idle_limit * 4, lim.idle_limit
+        if stream:  # the kiosk keeps it alive; the hub never pings (its pongs do not
+            keepalive, dead = math.inf, lim.idle_limit  # count as pings of its own)
         else:
             keepalive, dead = SERIAL_LIVENESS
         config = session_config(stream=stream, baud=baud, keepalive=keepalive,
