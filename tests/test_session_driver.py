@@ -188,6 +188,23 @@ def test_links_refuse_clearly() -> None:
     loop.close()
 
 
+def test_a_socket_url_keeps_what_arrived_before_the_far_end_closed() -> None:
+    """The last bytes and the close, read in one call: the bytes come first, then None."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        link = open_link(f"socket://127.0.0.1:{srv.getsockname()[1]}")
+        far, _ = srv.accept()
+        far.sendall(b"goodbye" * 100)
+        far.close()
+        time.sleep(0.05)  # both the bytes and the close are waiting now
+        got = b""
+        end = time.monotonic() + DEADLINE
+        while (data := link.read(0.1)) is not None:
+            assert time.monotonic() < end
+            got += data
+        link.close()
+    assert got == b"goodbye" * 100 and link.fileno() is not None
+
+
 def test_secret_files_are_owner_only_whole_and_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "k.key"
     write_secret(path, b"k" * 32)

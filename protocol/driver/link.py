@@ -117,11 +117,14 @@ class SerialLink:
                                                    write_timeout=WRITE_TIMEOUT)
         except (serial.SerialException, ValueError, OSError) as exc:
             raise LinkError(f"cannot open port {url}: {exc}") from None
+        #: socket:// is read from its socket: pyserial's own read drops the bytes it
+        #: already took when the far end closes within the same call.
+        self._sock: socket.socket | None = getattr(self.port, "_socket", None)
         self._fd: int | None
         try:
-            self._fd = self.port.fileno()
+            self._fd = self._sock.fileno() if self._sock is not None else self.port.fileno()
         except (AttributeError, OSError, serial.SerialException):
-            self._fd = None  # loop:// and socket:// have none to select on
+            self._fd = None  # loop:// has none to wait on
 
     def read(self, timeout: float = 0.0) -> bytes | None:
         try:
@@ -130,6 +133,11 @@ class SerialLink:
                     wait_readable(self._fd, timeout)
                 elif not self.port.in_waiting:
                     time.sleep(min(timeout, 0.01))
+            if self._sock is not None:
+                try:
+                    return self._sock.recv(READ_SIZE) or None
+                except BlockingIOError:
+                    return b""
             return bytes(self.port.read(READ_SIZE))
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkError(f"reading {self.url} failed: {exc}") from None
