@@ -388,11 +388,27 @@ def revoke_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 # The benchmark -------------------------------------------------------------------------------
 
 
+def _checkout() -> str:
+    """The commit the run starts on, and whether the working tree differs from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "host", "device",
+                    "protocol")
+        return f"commit {head}" + (" with uncommitted changes to host, device or protocol"
+                                   if dirty else "")
+    return "commit unknown"
+
+
 @benchmark("hub-load", "The hub under load: idle sessions, a sync under attack, an idle day, "
            "churn, revocation")
 def hub_load(ctx: Context) -> Result:
     from . import _idle_day
 
+    commit = _checkout()  # at the start: others may commit while it runs
     limit = hp.raise_nofile()
     flags = hp.serve_flags()
     sessions = 1000 if ctx.quick else 10_000
@@ -432,12 +448,8 @@ def hub_load(ctx: Context) -> Result:
     raw["revoke"] = revocation(ctx, flags)
     rows += revoke_rows(raw["revoke"])
 
-    commit = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
     notes = [
-        f"`haven hub serve` runs as its own process on 127.0.0.1 (commit {commit or '?'}), with "
+        f"`haven hub serve` runs as its own process on 127.0.0.1 ({commit}), with "
         f"its descriptor limit and this one's raised to {limit:,}; flags passed: "
         f"{' '.join(raw['idle']['serve_args']) or 'none'}. Clients run from one selectors "
         "loop in this process with the real initiator `SessionDriver`, from source addresses "
