@@ -279,7 +279,9 @@ def _server_line(st: dict[str, Any]) -> str:
     conns, fds = srv["connections"], srv["descriptors"]
     tcp, serial = conns["tcp"], conns["serial"]
     refused = sum(srv["refusals"].values())
+    ports = sum(serial.values())
     return (f"server: {conns['total']} connections ({tcp['authenticated']} tcp sessions, "
-            f"{tcp['handshaking']} handshaking, {serial['authenticated']} serial); "
+            f"{tcp['handshaking']} handshaking; {ports} serial ports, "
+            f"{serial['authenticated']} in session); "
             f"descriptors {fds['in_use']}/{fds['limit']}; {refused} refused; "
             f"up {srv['uptime'] / 3600:.1f} h")
