@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.cli import main as haven_main
 from host.hub import listener as listener_module
+from host.hub.admission import HandshakeBudget, KnownAddresses
 from host.hub.health import read_health
 from host.hub.hub import Hub, init_hub
 from host.hub.limits import Limits
@@ -357,6 +358,156 @@ def test_key_exchanges_are_rationed(served: Callable[..., Served]) -> None:
     for k in kiosks:
         assert k.link is not None
         k.link.close()
+
+
+# -- a fair key-exchange budget --------------------------------------------------------
+
+
+def from_address(url: str, source: str) -> TcpLink:
+    """A TCP link to the hub from the source address ``source`` (127.0.0.0/8)."""
+    host, port = url.removeprefix("tcp://").rsplit(":", 1)
+    return TcpLink(socket.create_connection((host, int(port)), 5.0, (source, 0)), url)
+
+
+def answered(address: tuple[str, int], source: str, wait: float = 0.4) -> bool:
+    """A stranger's first handshake message from ``source``: did the hub answer it?"""
+    with socket.create_connection(address, 5.0, (source, 0)) as sock:
+        sock.settimeout(wait)
+        sock.sendall(initiator().output(time.monotonic()))
+        got = b""
+        with contextlib.suppress(TimeoutError):
+            while not got.strip(b"\0") and (more := sock.recv(65536)):
+                got += more  # a lone delimiter is no answer
+        return bool(got.strip(b"\0"))
+
+
+def drain_general(hub: Served, first: int = 2) -> None:
+    """Strangers, each from an address of its own, empty the general bucket."""
+    refused = hub.health()["refusals"].get("handshake-rate", 0)
+    for i in range(first, first + 40):
+        if not answered(hub.address, f"127.0.3.{i}"):
+            break
+    assert hub.health()["refusals"].get("handshake-rate", 0) == refused + 1
+
+
+def connect_time(d: SessionDriver, limit: float) -> float:
+    start = time.monotonic()
+    pump([d], lambda: d.connected, limit)
+    return time.monotonic() - start
+
+
+# The budgets never refill within a test: what is spent stays spent.
+SCARCE = {"handshake_rate": 1e-4, "handshake_burst": 3, "handshake_reserved_rate": 1e-4,
+          "handshake_reserved_burst": 3}
+
+
+def test_strangers_cannot_starve_a_kiosk_seen_before(served: Callable[..., Served],
+                                                     tmp_path: Path) -> None:
+    hub = served(**SCARCE)
+    kiosk = Kiosk(tmp_path, "k", hub.hub, "A")
+    d, _ = open_kiosk(hub.url, kiosk)  # from 127.0.0.1: its hello is accepted
+    assert d.link is not None
+    d.link.close()
+    drain_general(hub)  # strangers from many addresses take what the general bucket has
+    assert hub.health()["handshakes"]["general_tokens"] < 1
+    # The kiosk comes back (a new connection, a new key exchange): in at once.
+    again = initiator(kiosk.ident.x_key, open_link(hub.url))
+    took = connect_time(again, 3.0)
+    assert again.connected and took < 0.5, took
+    report = hub.health()
+    assert report["refusals"].get("handshake-rate") == 1, report["refusals"]
+    assert report["handshakes"]["admitted_reserved"] == 1
+    # Strangers are still turned away, from a new address too.
+    assert not answered(hub.address, "127.0.4.1")
+    assert again.link is not None
+    again.link.close()
+    kiosk.close()
+
+
+def test_a_stranger_cannot_make_its_address_known(served: Callable[..., Served],
+                                                  tmp_path: Path) -> None:
+    hub = served(**SCARCE)
+    kiosk = Kiosk(tmp_path, "k", hub.hub, "A")
+    revoked = Kiosk(tmp_path, "r", hub.hub, "B")
+    hub.hub.revoke(revoked.device)
+    # A stranger authenticates with a key of its own and shows a real kiosk's certificate;
+    # a revoked kiosk shows its own; another stranger authenticates and says nothing.
+    tries = [("127.0.5.1", X25519PrivateKey.generate(), kiosk),
+             ("127.0.5.2", revoked.ident.x_key, revoked), ("127.0.5.3", None, None)]
+    for source, key, shown in tries:
+        d = initiator(key, from_address(hub.url, source))
+        pump([d], lambda d=d: d.connected, 5.0)  # type: ignore[misc]
+        assert d.connected
+        if shown is not None:
+            d.send(0, hello(shown))
+            got = pump([d], lambda d=d: d.closed or d.link is None, 5.0)[0]  # type: ignore[misc]
+            assert [e.reason for e in got if isinstance(e, Closed)] in (
+                ["wrong-certificate"], ["revoked"]), got
+        else:
+            pump([d], lambda: False, 0.3)
+        if d.link is not None:
+            d.link.close()
+    wait_for(lambda: hub.health()["connections"]["total"] == 0, 5)
+    assert hub.health()["handshakes"]["known_addresses"] == 0
+    # The general bucket is empty now: none of them gets the reserved one.
+    drain_general(hub)
+    for source, _, _ in tries:
+        assert not answered(hub.address, source)
+    assert hub.health()["handshakes"]["admitted_reserved"] == 0
+    kiosk.close()
+    revoked.close()
+
+
+def test_known_addresses_stay_bounded(served: Callable[..., Served], tmp_path: Path) -> None:
+    hub = served(known_addresses=2, **SCARCE)
+    kiosks = [Kiosk(tmp_path, f"k{i}", hub.hub, "ABC"[i]) for i in range(3)]
+    for i, kiosk in enumerate(kiosks):  # each from an address of its own
+        d = initiator(kiosk.ident.x_key, from_address(hub.url, f"127.0.6.{i + 1}"))
+        pump([d], lambda d=d: d.connected, 5.0)  # type: ignore[misc]
+        d.send(0, hello(kiosk))
+        got = pump([d], lambda: False, 0.3)[0]
+        assert any(isinstance(e, MessageReceived) for e in got), got  # welcomed
+        assert d.link is not None
+        d.link.close()
+    wait_for(lambda: hub.health()["connections"]["total"] == 0, 5)
+    assert hub.health()["handshakes"]["known_addresses"] == 2
+    drain_general(hub)
+    # The first kiosk's address was forgotten (least recently seen): a stranger's now.
+    assert not answered(hub.address, "127.0.6.1")
+    assert answered(hub.address, "127.0.6.3")
+    for kiosk in kiosks:
+        kiosk.close()
+
+
+def test_the_budget_shares_and_forgets() -> None:
+    """One address cannot take the whole general bucket, a known one (a NAT that an
+    attacker shares with kiosks) not the whole reserved one; addresses are forgotten
+    by age, and per-address shares once whole again."""
+    budget = HandshakeBudget(rate=1.0, burst=10, reserved_rate=1.0, reserved_burst=10,
+                             address_rate=1.0, address_burst=3, known_size=4,
+                             known_age=100.0, now=0.0)
+    assert [budget.admit("10.0.0.1", 0.0) for _ in range(4)] == [None] * 3 + [
+        "handshake-address"]
+    assert budget.admit("10.0.0.2", 0.0) is None  # another address: its own share
+    budget.kiosk_seen("10.0.0.9", 0.0)
+    assert [budget.admit("10.0.0.9", 0.0) for _ in range(4)] == [None] * 3 + [
+        "handshake-address"]
+    assert budget.admitted == {"reserved": 3, "general": 4}
+    assert budget.reserved.tokens == 7
+    # IPv6 addresses count by their /64, IPv4-mapped ones as IPv4.
+    for i in range(3):
+        assert budget.admit(f"2001:db8::{i + 1}", 0.0) is None
+    assert budget.admit("2001:db8::ffff:1", 0.0) == "handshake-address"
+    assert budget.admit("::ffff:10.0.0.1", 0.0) == "handshake-address"
+    assert budget.known.known("10.0.0.9", 99.0)
+    assert not budget.known.known("10.0.0.9", 100.0)
+    assert len(budget.shares) == 4
+    assert budget.admit("10.0.0.3", 3.0) is None
+    assert list(budget.shares) == ["10.0.0.3"]  # the others are whole again: forgotten
+    known = KnownAddresses(3, 10.0)
+    for i in range(1000):
+        known.add(f"10.1.{i // 250}.{i % 250}", i * 0.001)
+    assert len(known) == 3 and known.known("10.1.3.249", 1.0)
 
 
 def test_revocation_ends_an_open_session_within_a_second(served: Callable[..., Served],

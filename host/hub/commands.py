@@ -106,6 +106,21 @@ SERVE_LIMITS = [
     ("--handshake-rate", "handshake_rate", float, "PER_S",
      "key exchanges a second the hub does, sustained (beyond it first messages are dropped)"),
     ("--handshake-burst", "handshake_burst", int, "N", "key exchanges at once"),
+    ("--handshake-reserved-rate", "handshake_reserved_rate", float, "PER_S",
+     "key exchanges a second kept for addresses a kiosk was accepted from lately, on top "
+     "of --handshake-rate: strangers cannot use them up"),
+    ("--handshake-reserved-burst", "handshake_reserved_burst", int, "N",
+     "of which at once"),
+    ("--handshake-address-rate", "handshake_address_rate", float, "PER_S",
+     "key exchanges a second one source address may take (an IPv6 one: its /64), "
+     "a kiosk's known address too"),
+    ("--handshake-address-burst", "handshake_address_burst", int, "N", "of which at once"),
+    ("--known-addresses", "known_addresses", int, "N",
+     "addresses a kiosk was accepted from that the hub remembers (least recently seen "
+     "forgotten first)"),
+    ("--known-address-age", "known_address_age", float, "S",
+     "seconds an address stays known after a kiosk's last accepted hello or session end "
+     "from it"),
     ("--handshake-deadline", "handshake_deadline", float, "S",
      "seconds from connect for a peer to authenticate, whatever it sends"),
     ("--idle-limit", "idle_limit", float, "S",

@@ -29,6 +29,10 @@ A peer that does not keep up is dropped: once what the hub holds for it
 (unacknowledged lane bytes plus what the socket has not taken) passes
 ``output_cap``, the connection is aborted and counted as ``output-cap``.
 
+Once a job finds the kiosk's hello accepted (``peer.sync.device`` set, no
+close), the server learns the connection's source address as a kiosk's
+(``Server.kiosk_seen``): its key exchanges get the reserved budget.
+
 A serial port (``persistent``) outlives its sessions: a session that ends
 is replaced at once by a fresh one waiting for the next handshake.
 """
@@ -149,6 +153,11 @@ class PeerSlot:
                 session.close("output-cap", "more queued for the peer than the session holds")
                 return
             close = self.peer.sync.close
+            if conn is not None and conn.live and conn.driver.session is session:
+                if close is not None:
+                    conn.kiosk = False
+                elif self.peer.sync.device is not None:
+                    self.server.kiosk_seen(conn)  # an accepted hello: the address is known
         if close is not None and session is not None and session.state != SESSION_CLOSED:
             if conn is not None and conn.live and conn.driver.session is session:
                 conn.driver.close(*close)
@@ -169,6 +178,8 @@ class Connection(asyncio.Protocol):
                  address: str | None = None, deadline: float | None = None) -> None:
         self.server, self.driver, self.url, self.kind = server, driver, url, kind
         self.address = address  #: the source IP, while it counts as not authenticated
+        self.host = address  #: the source IP (TCP)
+        self.kiosk = False  #: a kiosk's hello was accepted here, and it was not refused since
         self.persistent = kind == "serial"
         self.transport: Transport | None = None
         self.state = HANDSHAKING
@@ -339,6 +350,7 @@ class Connection(asyncio.Protocol):
         """Count the refusal and end the session (``goodbye``: the CLOSE it gets)."""
         if not self.live:
             return
+        self.kiosk = False  # a refused kiosk's session end does not keep its address known
         self.server.refused(reason, detail)
         if goodbye is not None:
             self.driver.close(*goodbye)

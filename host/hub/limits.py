@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 ``Limits`` holds every bound ``haven hub serve`` takes as a flag, so a test
 can run them short. ``TokenBucket`` rations key exchanges: each first
-handshake message the server admits costs a token; tokens come back at
-``handshake_rate`` a second up to ``handshake_burst``, so a flood costs the
-attacker a handshake frame for each DH the hub does, and no more DH a second
-than the hub can spare.
+handshake message the server admits costs a token; tokens come back at a
+rate up to a burst, so a flood costs the attacker a handshake frame for each
+DH the hub does, and no more DH a second than the hub can spare. Who may
+take which tokens (a share per address, a bucket reserved for addresses
+kiosks were accepted from) is ``admission.HandshakeBudget``'s.
 
 ``Refusals`` counts what the server turned away, by reason, since start (the
 health socket reports it), and logs each reason at most once per
@@ -28,6 +29,14 @@ class Limits:
     max_unauthenticated_per_address: int = 64  #: not yet authenticated, from one IP
     handshake_rate: float = 200.0  #: key exchanges a second, sustained
     handshake_burst: int = 400  #: key exchanges at once
+    #: Key exchanges a second (and at once) kept for addresses a kiosk was accepted from.
+    handshake_reserved_rate: float = 100.0
+    handshake_reserved_burst: int = 200
+    #: Key exchanges a second (and at once) one source address may take, known or not.
+    handshake_address_rate: float = 20.0
+    handshake_address_burst: int = 40
+    known_addresses: int = 65_536  #: addresses a kiosk was accepted from, remembered
+    known_address_age: float = 86_400.0  #: seconds an address stays known after a kiosk
     handshake_deadline: float = 10.0  #: seconds from connect to authenticate
     idle_limit: float = 720.0  #: seconds an authenticated TCP session may be silent
     input_cap: int = 1 << 20  #: message bytes queued per connection before reading pauses
@@ -43,15 +52,19 @@ class Limits:
 class TokenBucket:
     """``take(now)``: True if a token was there (and is now spent)."""
 
-    def __init__(self, rate: float, burst: int, now: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst = rate, float(burst)
         self.tokens, self.at = float(burst), now
 
-    def take(self, now: float) -> bool:
+    def refill(self, now: float) -> float:
+        """The tokens there are at ``now``."""
         if now > self.at:
             self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
             self.at = now
-        if self.tokens >= 1.0:
+        return self.tokens
+
+    def take(self, now: float) -> bool:
+        if self.refill(now) >= 1.0:
             self.tokens -= 1.0
             return True
         return False

@@ -20,6 +20,18 @@ key exchanges (``Session``'s admission), a handshake deadline from connect,
 an idle limit, and caps on queued input and output. Every refusal is counted
 by reason and logged at most once per interval (``limits.Refusals``).
 
+Key exchanges are shared fairly (``admission.HandshakeBudget``): each source
+address has a share of its own (``handshake-address`` once it is used up);
+strangers draw on a general bucket (``handshake-rate`` once it is empty);
+and a reserved bucket serves only addresses from which a kiosk recently
+completed a hello the hub accepted (``peer.sync.device`` set, no refusal):
+the address enters a bounded LRU (``--known-addresses``, forgotten
+``--known-address-age`` after its last accepted hello or session end). So
+strangers from any number of addresses cannot starve a kiosk that was seen
+before, and one behind a kiosk's NAT gets that address's share and no more.
+Authenticated sessions are never capped by address; serial ports are the
+hub's own lines and their handshakes are never rationed.
+
 Sessions and kiosks: a TCP connection carries one session. When a new
 session authenticates with the same static key as an older connection, the
 older one is closed at once (usually a NAT dropped it silently). A kiosk
@@ -40,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import resource
 import socket
@@ -54,10 +67,11 @@ from urllib.parse import urlsplit
 
 from host.errors import HavenError, UsageError
 from host.hub import health as health_socket
+from host.hub.admission import HandshakeBudget
 from host.hub.connection import AUTHENTICATED, HANDSHAKING, Connection, PeerSlot
 from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
 from host.hub.hub import DB, Hub
-from host.hub.limits import Limits, Refusals, TokenBucket
+from host.hub.limits import Limits, Refusals
 from host.hub.listener import Listener, bind
 from host.hub.peer import HubPeer
 from host.hub.serial_port import SerialPort
@@ -124,7 +138,12 @@ class Server:
         #: Each kiosk key's last conversation, while anything holds it.
         self._slots: weakref.WeakValueDictionary[bytes, PeerSlot] = \
             weakref.WeakValueDictionary()
-        self.bucket = TokenBucket(lim.handshake_rate, lim.handshake_burst, time.monotonic())
+        self.budget = HandshakeBudget(
+            rate=lim.handshake_rate, burst=lim.handshake_burst,
+            reserved_rate=lim.handshake_reserved_rate, reserved_burst=lim.handshake_reserved_burst,
+            address_rate=lim.handshake_address_rate, address_burst=lim.handshake_address_burst,
+            known_size=lim.known_addresses, known_age=lim.known_address_age,
+            now=time.monotonic())
         self.refusals = Refusals(lambda reason, text: self.log("refused", f"{reason}: {text}"),
                                  lim.log_interval)
         self.listeners: list[Listener] = []
@@ -213,13 +232,24 @@ class Server:
         return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
                        documents=inbox)
 
-    def admit_handshake(self, now: float) -> bool:
-        if self.bucket.take(now):
+    def admit_handshake(self, host: str, now: float) -> bool:
+        """May a key exchange from ``host`` start now? (``HandshakeBudget``)"""
+        refusal = self.budget.admit(host, now)
+        if refusal is None:
             return True
-        self.refused("handshake-rate", "a key exchange over the rate cap was dropped")
+        self.refused(refusal, f"tcp://{host}: a key exchange over "
+                     f"{'its address' if refusal == 'handshake-address' else 'the'} "
+                     "share of the rate cap was dropped")
         return False
 
-    def driver(self, stream: bool, baud: int | None = None) -> SessionDriver:
+    def kiosk_seen(self, conn: Connection) -> None:
+        """A kiosk's hello on ``conn`` was accepted: its address is known (loop thread)."""
+        if conn.host is not None and not conn.kiosk:
+            conn.kiosk = True
+            self.budget.kiosk_seen(conn.host, time.monotonic())
+
+    def driver(self, stream: bool, baud: int | None = None,
+               host: str | None = None) -> SessionDriver:
         lim = self.limits
         if stream:  # the kiosk keeps it alive; the hub never pings (its pongs do not
             keepalive, dead = math.inf, lim.idle_limit  # count as pings of its own)
@@ -227,9 +257,10 @@ class Server:
             keepalive, dead = SERIAL_LIVENESS
         config = session_config(stream=stream, baud=baud, keepalive=keepalive,
                                 dead_timeout=dead, max_message=1 << 20, send_buffer=2 << 20)
+        admit = None if host is None else functools.partial(self.admit_handshake, host)
         return SessionDriver(initiator=False, config=config, static_key=self.hub.x_key,
                              restart=not stream, resume_lookup=self._lookup,
-                             admit_handshake=self.admit_handshake)
+                             admit_handshake=admit)
 
     def _lookup(self, session_id: bytes) -> Session | None:
         kept = self._kept.get(session_id)
@@ -287,6 +318,8 @@ class Server:
     def ended(self, conn: Connection) -> None:
         self.connections.discard(conn)
         self._uncount(conn)
+        if conn.kiosk and conn.host is not None:  # a kiosk's session ended: still known
+            self.budget.kiosk_seen(conn.host, time.monotonic())
         key = conn.remote
         if key is None:
             return
@@ -375,8 +408,8 @@ class Server:
                          "connections from this address not yet authenticated")
             sock.close()
             return
-        conn = Connection(self, self.driver(stream=True), url, kind="tcp", address=host,
-                          deadline=time.monotonic() + lim.handshake_deadline)
+        conn = Connection(self, self.driver(stream=True, host=host), url, kind="tcp",
+                          address=host, deadline=time.monotonic() + lim.handshake_deadline)
         self.connections.add(conn)
         self.unauthenticated[host] = self.unauthenticated.get(host, 0) + 1
         self.loop.create_task(self._attach(conn, sock))
@@ -423,6 +456,7 @@ class Server:
             "workers": {"size": self.limits.workers, "running": self.running,
                         "queued": max(0, self.pending - self.running)},
             "refusals": self.refusals.totals(),
+            "handshakes": self.budget.report(time.monotonic()),
             "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
             "serial": [p.url for p in self.ports],
             "store_looks": self.watch.looks,
