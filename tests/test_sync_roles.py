@@ -839,6 +839,16 @@ def test_a_cleared_flag_is_told_once_and_the_label_stays() -> None:
     assert alerts(converse(k.role(), fleet.hub_role(k))) == 0
 
 
+def test_a_label_the_hub_never_gave_is_replaced() -> None:
+    fleet = Fleet()
+    k, clone = two_cards(fleet)
+    saved(k, clone, "the copy's")
+    converse(k.role(clone), fleet.hub_role(k))
+    k.storage.alert, k.storage.label = "suspected-clone", 7  # not one the hub gave
+    converse(k.role(), fleet.hub_role(k))
+    assert k.storage.label == 2 and clone.label == 1
+
+
 # Legitimate rewinds are not clones ------------------------------------------------------
 
 def test_a_hub_restored_from_a_backup_is_not_a_clone() -> None:

@@ -342,6 +342,9 @@ class KioskRecord(Protocol):
     @property
     def suspected_clone(self) -> int: ...
     @property
+    def clone_labels(self) -> int:
+        """How many queue labels copies of this kiosk were given."""
+    @property
     def clone_mark(self) -> int:
         """How many queue labels copies of this kiosk had been given at the last
         detection: those are stale."""
@@ -523,8 +526,8 @@ class HubSync:
                 return []
             self._told = (self.label, False)  # it still shows the flag a technician cleared
             return [(CONTROL_LANE, _encode("sync-alert", code=CLONE_CLEARED))]
-        if self.label is None or self.label <= dev.clone_mark:
-            self.label = self.storage.issue_label(dev.device_id)
+        if self.label is None or not dev.clone_mark < self.label <= dev.clone_labels:
+            self.label = self.storage.issue_label(dev.device_id)  # none, stale or not ours
         if self._told == (self.label, self.held):
             return []
         self._told = (self.label, self.held)
