@@ -437,13 +437,15 @@ class Session(Handshaking):
         if self.state == CLOSED:
             return
         cfg, run = self.config, self._run
-        if now - self._last_heard > cfg.dead_timeout:
+        # Each check is its deadline's own sum (``next_deadline``): a caller woken at
+        # the deadline it was given finds the timer due, whatever the rounding.
+        if now >= self._last_heard + cfg.dead_timeout:
             self._finish(Closed("timeout", "no authenticated frame from the peer"), "fail")
             return
         if self.state == HANDSHAKE and now >= run.sent_at + run.rto:
             self._resend_handshake(run, now)
         if (second := self._second) is not None:
-            if now - second.heard_at > cfg.dead_timeout:
+            if now >= second.heard_at + cfg.dead_timeout:
                 self._drop_second()  # its initiator went away
             elif not second.complete and now >= second.sent_at + second.rto:
                 self._resend_handshake(second, now)
@@ -452,7 +454,7 @@ class Session(Handshaking):
             run.sent_at = now
             run.rto = min(run.rto * 2, cfg.max_rto)
         if self._tx.on_timers(now) or (
-            self.is_open and now - self._last_eliciting >= cfg.keepalive
+            self.is_open and now >= self._last_eliciting + cfg.keepalive
         ):
             nonce = self._sealer.next_nonce if self._sealer else 0
             self._ping_sent[nonce] = now
