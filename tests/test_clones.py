@@ -244,3 +244,62 @@ def test_init_gives_a_told_kiosk_a_new_identity_and_its_unacknowledged_writes_ag
     assert alert_of(data) is None and not (data / enrol.CERT).exists()
     assert kiosk_main(args) == 0  # again: an ordinary init, nothing more
     assert "new identity" not in capsys.readouterr().out
+
+
+def not_a_clone(hub: Hub, *copies: Copy) -> bool:
+    status = hub.status()
+    return (status["held_batches"] == [] and not caught(hub)
+            and all(c.state.alert is None and c.store.queue_label is None for c in copies))
+
+
+def test_a_checkpoint_adopted_after_a_power_cut_is_not_a_clone(tmp_path: Path) -> None:
+    """sync.db saves batches without an fsync: a power cut takes batch 2, which the hub
+    committed, while the store keeps the check-ins (each one fsynced)."""
+    with served_hub(tmp_path) as (hub, url):
+        k = Kiosk(tmp_path, "k", hub, "K")
+        k.store.checkin(name="before")
+        k.sync(url)
+        k.close()
+        kept = {p.name: p.read_bytes() for p in (tmp_path / "k").glob("sync.db*")}
+        copy = Copy(tmp_path / "k")
+        ids = [copy.checkin(f"lost batch {i}") for i in range(2)]
+        copy.sync(url)
+        copy.close()
+        for p in (tmp_path / "k").glob("sync.db*"):
+            p.unlink()
+        for name, data in kept.items():  # sync.db as the power cut left it
+            (tmp_path / "k" / name).write_bytes(data)
+        copy = Copy(tmp_path / "k")
+        try:
+            assert copy.state.head()[0] == 1
+            ids.append(copy.checkin("after the power cut"))
+            copy.sync(url)
+            assert not_a_clone(hub, copy) and copy.state.get_int("foreign_adopts") == 0
+            assert copy.state.head()[0] == 3 and set(ids) <= set(checkins_at_hub(hub))
+        finally:
+            copy.close()
+
+
+def test_an_sd_card_restored_from_a_backup_is_not_a_clone(tmp_path: Path) -> None:
+    """The card goes back to last night's copy of the whole folder; the kiosk had synced
+    more since, and its card died."""
+    with served_hub(tmp_path) as (hub, url):
+        k = Kiosk(tmp_path, "k", hub, "K")
+        k.store.checkin(name="before the backup")
+        k.sync(url)
+        k.close()
+        shutil.copytree(tmp_path / "k", tmp_path / "backup")
+        copy = Copy(tmp_path / "k")
+        ids = [copy.checkin(f"after the backup {i}") for i in range(2)]
+        copy.sync(url)
+        copy.close()
+        shutil.rmtree(tmp_path / "k")
+        shutil.copytree(tmp_path / "backup", tmp_path / "k")
+        copy = Copy(tmp_path / "k")
+        try:
+            ids.append(copy.checkin("after the restore"))
+            copy.sync(url)
+            copy.sync(url)
+            assert not_a_clone(hub, copy) and set(ids) <= set(checkins_at_hub(hub))
+        finally:
+            copy.close()

@@ -68,5 +68,11 @@ def test_a_hub_restored_from_a_backup_gets_back_what_it_lost(tmp_path: Path) -> 
         a.store.checkin(name="Next A", passport="NA000001")
         assert a.sync(url).pushed == 2
         assert len(checkins_on(hub)) == 10
+        # and none of it looks like a clone (SPEC.md "Clones"): nothing held, nobody
+        # flagged or told, queue numbers as before
+        status = hub.status()
+        assert status["held_batches"] == [] and not any(
+            k["suspected_clone"] for k in status["kiosks"])
+        assert all(k.state.alert is None and k.store.queue_label is None for k in (a, b, c))
     for k in (a, b, c):
         k.close()
