@@ -479,6 +479,36 @@ def test_known_addresses_stay_bounded(served: Callable[..., Served], tmp_path: P
         kiosk.close()
 
 
+def test_a_stranger_cycling_its_key_writes_nothing(served: Callable[..., Served],
+                                                   tmp_path: Path) -> None:
+    """A key that never made an accepted hello, used on connection after connection (and
+    handshake after handshake on one), leaves no row in the log; a kiosk's does."""
+    hub = served(log_interval=60.0)
+    key = X25519PrivateKey.generate()
+    held: list[SessionDriver] = []
+    for _ in range(4):
+        d = initiator(key, open_link(hub.url))
+        pump([d, *held], lambda d=d: d.connected, 5.0)  # type: ignore[misc]
+        assert d.connected
+        held.append(d)
+        d.new_session(time.monotonic())  # and a fresh handshake on the same connection
+        pump([d], lambda d=d: d.connected, 5.0)  # type: ignore[misc]
+        assert d.connected
+    pump(held, lambda: False, 0.3)  # what the hub would log is written by now
+    assert not [e for e in hub.hub.store.events(100) if e["code"] in ("superseded", "takeover")]
+    kiosk = Kiosk(tmp_path, "k", hub.hub, "A")
+    first, _ = open_kiosk(hub.url, kiosk)
+    second, _ = open_kiosk(hub.url, kiosk)  # the first is superseded
+    codes = wait_for(lambda: [e["code"] for e in hub.hub.store.events(100)
+                              if e["code"] in ("superseded", "takeover")], 5)
+    time.sleep(0.2)
+    assert codes == ["superseded"], codes
+    for d in [*held, first, second]:
+        if d.link is not None:
+            d.link.close()
+    kiosk.close()
+
+
 def test_the_budget_shares_and_forgets() -> None:
     """One address cannot take the whole general bucket, a known one (a NAT that an
     attacker shares with kiosks) not the whole reserved one; addresses are forgotten

@@ -18,7 +18,10 @@ per source address (kiosks behind one NAT share an address, so authenticated
 ones are never capped by address), one live session per kiosk key, a rate of
 key exchanges (``Session``'s admission), a handshake deadline from connect,
 an idle limit, and caps on queued input and output. Every refusal is counted
-by reason and logged at most once per interval (``limits.Refusals``).
+by reason and logged at most once per interval (``limits.Refusals``), and so
+are a kiosk's takeovers and superseded connections; a stranger's (a key that
+never made an accepted hello) are not logged at all, so that an attacker
+cycling its own keys writes nothing to the store.
 
 Key exchanges are shared fairly (``admission.HandshakeBudget``): each source
 address has a share of its own (``handshake-address`` once it is used up);
@@ -146,6 +149,8 @@ class Server:
             now=time.monotonic())
         self.refusals = Refusals(lambda reason, text: self.log("refused", f"{reason}: {text}"),
                                  lim.log_interval)
+        #: Takeovers and superseded connections: logged like refusals, at most a row an interval.
+        self.notes = Refusals(self.log, lim.log_interval)
         self.listeners: list[Listener] = []
         self.ports: list[SerialPort] = []
         self.watch = StoreWatch(self, hub.data / DB)
@@ -273,9 +278,9 @@ class Server:
     def connected(self, conn: Connection, event: Connected) -> None:
         key = event.remote_static
         kept = self._kept.get(event.session_id) if event.resumed else None
-        if conn.slot is not None and not event.resumed:
-            self.log("takeover", f"{conn.url}: the kiosk started over; its new session "
-                     "replaces the open one")
+        if conn.slot is not None and not event.resumed and conn.slot.device is not None:
+            self.notes.count("takeover", f"{conn.url}: the kiosk started over; its new "
+                             "session replaces the open one", time.monotonic())
         if kept is not None:
             slot = kept.slot
         else:
@@ -302,7 +307,9 @@ class Server:
         older = self._holders.get(key)
         self._holders[key] = conn
         if older is not None and older is not conn:
-            self.log("superseded", f"{older.url}: the kiosk connected again from {conn.url}")
+            if older.kiosk:  # a stranger's key, used again, is no news
+                self.notes.count("superseded", f"{older.url}: the kiosk connected again "
+                                 f"from {conn.url}", time.monotonic())
             older.finish(abort=True)
 
     def _uncount(self, conn: Connection) -> None:
@@ -343,6 +350,7 @@ class Server:
         """Every look at the store: refusals logged, kept sessions that expired forgotten."""
         now = time.monotonic()
         self.refusals.flush(now)
+        self.notes.flush(now)
         idle = self.limits.idle_limit
         for key, sid in list(self._kept_by_key.items()):
             kept = self._kept.get(sid)
