@@ -43,6 +43,8 @@ from host.hub.limits import TokenBucket
 
 def source_key(host: str) -> str:
     """The key a source address counts under: IPv4 as is, IPv6 by its /64."""
+    if ":" not in host:
+        return host  # IPv4 (or a name): as it is, without parsing on every handshake
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
