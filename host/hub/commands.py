@@ -108,7 +108,7 @@ SERVE_LIMITS = [
     ("--handshake-burst", "handshake_burst", int, "N", "key exchanges at once"),
     ("--handshake-reserved-rate", "handshake_reserved_rate", float, "PER_S",
      "key exchanges a second kept for addresses a kiosk was accepted from lately, on top "
-     "of --handshake-rate: strangers cannot use them up"),
+     "of --handshake-rate, which strangers cannot use up"),
     ("--handshake-reserved-burst", "handshake_reserved_burst", int, "N",
      "of which at once"),
     ("--handshake-address-rate", "handshake_address_rate", float, "PER_S",
