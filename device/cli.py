@@ -243,15 +243,22 @@ def _sync_report(s: Any, as_json: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
+    import errno
     import logging
 
+    from device.run_lock import hold
     from device.runtime import Runtime
 
     cfg = config.load(args.config, config.flags_of(args))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(Runtime(cfg).run())
+        assert cfg.data is not None  # config.load refuses a config without it
+        with hold(cfg.data):  # one runtime per data folder, for as long as it runs
+            asyncio.run(Runtime(cfg).run())
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            host, port = cfg.ui_address()
+            exc = OSError(f"the page's address {host}:{port} is in use (--ui another port)")
         print(f"haven-kiosk run: {exc}", file=sys.stderr)
         return 1
     return 0
