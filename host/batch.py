@@ -85,12 +85,15 @@ def poll(driver: SessionDriver, options: LinkOptions) -> list[DriverEvent]:
             connected = True
         if not isinstance(event, Closed):
             continue
+        peer = "the receiver" if driver.initiator else "the sender"
+        us = "here (sender)" if driver.initiator else "here (receiver)"
         if event.reason in ("auth", "unknown-key"):
             driver.flush()  # our refusal, if it is ours, leaves before we stop
-            raise PeerRefused(f"handshake refused: {event.detail or 'authentication failed'}"
+            raise PeerRefused(f"handshake refused {'by ' + peer if event.by_peer else us}: "
+                              f"{event.detail or 'authentication failed'}"
                               " (wrong --peer-key, or the two sides disagree about --key)")
         if event.by_peer and event.reason in ("version", "protocol") and not connected:
-            raise PeerRefused(f"the peer refused the session ({event.reason}): {event.detail}"
+            raise PeerRefused(f"{peer} refused the session ({event.reason}): {event.detail}"
                               " (do both sides agree on --tcp?)")
     if driver.silent_for(time.monotonic()) > options.timeout:
         raise PeerSilent(
@@ -101,6 +104,19 @@ def poll(driver: SessionDriver, options: LinkOptions) -> list[DriverEvent]:
     return events
 
 
+def drain(driver: SessionDriver, options: LinkOptions, seconds: float = 2.0) -> None:
+    """Close the session once the peer has what we queued (an ``xfer-abort`` with our
+    reason, say), or after ``seconds``: a CLOSE drops what is still queued."""
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end and driver.connected and not driver.session.all_acked:
+            if any(isinstance(e, Closed) for e in poll(driver, options)):
+                break
+        driver.close(linger=0.2)
+    except (HavenError, LinkError):
+        pass
+
+
 @dataclass
 class TransferSummary:
     role: str
@@ -109,7 +125,7 @@ class TransferSummary:
     chunks: int = 0
     chunks_moved: int = 0  #: chunks sent (sender) or stored (receiver)
     chunk_bytes_moved: int = 0
-    chunks_reused: int = 0  #: receiver: chunks it had already
+    chunks_reused: int = 0  #: chunks the receiver had already (both ends count the same)
     wire_bytes_sent: int = 0
     wire_bytes_received: int = 0
     retransmitted_bytes: int = 0

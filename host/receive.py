@@ -13,17 +13,26 @@ does its ``xfer-done`` go out: the sender exits 0 only for a file that is on
 disk under its name. The run ends with the sender's ``haven-end`` (or its
 goodbye once every announced file is in). A ``Restarted`` drops the transfer in
 progress; the sender offers it again and only missing chunks cross.
+
+Before a file's first byte is written, the store says whether the disk has
+room for it (``DirStore.room_for``); if not, the offer is refused with an
+``xfer-abort`` of reason ``no-space``, which the sender prints. A write that
+still fails for a full disk (another process filled it) aborts the same way
+and removes the part file. Every message says which side refused: "refused
+here (receiver)" or "refused by the sender". The summary counts a file's
+chunks and those reused once the file is complete, as the sender does.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
 from host import errors
-from host.batch import CONTROL_LANE, LinkOptions, TransferSummary, open_run, poll
-from host.progress import Progress
-from host.transfer_store import STATE_DIR, DirStore
+from host.batch import CONTROL_LANE, LinkOptions, TransferSummary, drain, open_run, poll
+from host.progress import Progress, human
+from host.transfer_store import STATE_DIR, DirStore, disk_full
 from protocol import messages
 from protocol.driver.session_driver import Restarted, SessionDriver
 from protocol.errors import ProtocolError
@@ -76,7 +85,7 @@ class _Run:
                 self.finished = True
                 return
             raise errors.TransferFailed(
-                f"the sender closed the session ({event.reason}"
+                f"the sender ended the session ({event.reason}"
                 + (f": {event.detail}" if event.detail else "") + ") before the end")
 
     def _on_message(self, data: bytes) -> None:
@@ -92,16 +101,23 @@ class _Run:
                 self.finished = True
             return
         if msg.name == "xfer-offer":
-            if msg.get("filename") == STATE_DIR:
-                raise errors.TransferFailed(f"the sender offered a file named {STATE_DIR}")
             self._retire()
             self.receiver = Receiver(self.store)
         if self.receiver is None:
             return
-        if msg.name == "xfer-manifest" and self.receiver.state == "receiving":
-            self.store.add_layout(msg.get("start"), msg.get("hashes"), msg.get("lengths"))
-        for tev in self.receiver.receive(msg):
-            self._on_transfer_event(tev)
+        try:
+            if msg.name == "xfer-manifest" and self.receiver.state == "receiving":
+                self.store.add_layout(msg.get("start"), msg.get("hashes"), msg.get("lengths"))
+            events = self.receiver.receive(msg)
+            for tev in events:
+                self._on_transfer_event(tev)
+        except (OSError, sqlite3.Error) as exc:
+            if not disk_full(exc):
+                raise
+            self.store.discard()
+            for tev in self.receiver.abort(
+                    "no-space", f"the receiver's disk is full ({self.store.root})"):
+                self._on_transfer_event(tev)
         if self.receiver is not None:
             for wire in self.receiver.messages_to_send():
                 self.runner.send(CONTROL_LANE, wire)
@@ -109,6 +125,17 @@ class _Run:
     def _on_transfer_event(self, tev: object) -> None:
         assert self.receiver is not None
         if isinstance(tev, OfferReceived):
+            if tev.name == STATE_DIR:
+                for ev in self.receiver.abort("bad-name", f"{STATE_DIR} is the receiver's own"):
+                    self._on_transfer_event(ev)
+                return
+            need, free = self.store.room_for(tev.object_hash, tev.name, tev.size)
+            if need > free:
+                for ev in self.receiver.abort(
+                        "no-space", f"{human(tev.size)} offered, {human(free)} free in "
+                        f"{self.store.root}"):
+                    self._on_transfer_event(ev)
+                return
             self.store.begin(tev.object_hash, tev.name, tev.size)
             self.done_bytes = 0
             self.progress.update(tev.name, 0, tev.size, force=True)
@@ -122,6 +149,8 @@ class _Run:
             self.summary.files.append({"name": tev.name, "size": tev.size,
                                        "sha256": tev.object_hash.hex(), "path": str(path)})
             self.summary.file_bytes += tev.size
+            self.summary.chunks += self.receiver.stats.chunks_total
+            self.summary.chunks_reused += self.receiver.stats.chunks_reused
             for wire in self.receiver.messages_to_send():
                 self.runner.send(CONTROL_LANE, wire)
             self._retire()
@@ -129,8 +158,8 @@ class _Run:
             name = self.receiver.name or "the transfer"
             for wire in self.receiver.messages_to_send():
                 self.runner.send(CONTROL_LANE, wire)
-            self.runner.close(linger=0.5)
-            who = "the sender aborted" if tev.remote else "refused"
+            drain(self.runner, self.options)  # the sender hears why before the session ends
+            who = "refused by the sender" if tev.remote else "refused here (receiver)"
             raise errors.TransferFailed(f"{name}: {who}: {tev.reason}"
                                         + (f" ({tev.detail})" if tev.detail else ""))
 
@@ -145,11 +174,9 @@ class _Run:
 
     def _retire(self) -> None:
         r = self.receiver
-        if r is not None:
-            self.summary.chunks += r.stats.chunks_total
+        if r is not None:  # what crossed counts even in a session cut short
             self.summary.chunks_moved += r.stats.chunks_moved
             self.summary.chunk_bytes_moved += r.stats.bytes_moved
-            self.summary.chunks_reused += r.stats.chunks_reused
         self.receiver = None
 
 

@@ -13,6 +13,11 @@ lane has room, so the file is read one chunk at a time. A file counts as sent
 only when its ``xfer-done`` arrives, i.e. after the receiver checked the whole
 file's SHA-256 and renamed it into place. After the last one, ``haven-end``
 tells the receiver the batch is over.
+
+The summary's ``chunks_reused`` is what the receiver had already, counted as
+the receiver counts it (the entries whose hash it never asked for), so both
+ends' summaries agree. Every message says which side refused: "refused by
+the receiver" or "refused here (sender)".
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from host import errors
-from host.batch import BULK_LANE, CONTROL_LANE, LinkOptions, TransferSummary, open_run, poll
+from host.batch import BULK_LANE, CONTROL_LANE, LinkOptions, TransferSummary, drain, open_run, poll
 from host.progress import Progress
 from protocol import messages
 from protocol.driver.errors import LinkError
@@ -51,7 +56,7 @@ class _File:
         try:
             check_name(path.name)
         except LocalProtocolError as exc:
-            raise errors.UsageError(f"{path}: {exc}") from None
+            raise errors.UsageError(f"refused here (sender): {exc}") from None
         try:
             self.fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -127,9 +132,11 @@ def _run(runner: SessionDriver, options: LinkOptions, files: list[_File],
                 current = sender
                 for tev in current.receive(event.data):
                     if isinstance(tev, TransferAborted):
-                        _flush_abort(runner, current)
+                        _flush_abort(runner, options, current)
+                        who = "refused by the receiver" if tev.remote else \
+                            "refused here (sender)"
                         raise errors.TransferFailed(
-                            f"{files[index].path.name}: the receiver aborted: {tev.reason}"
+                            f"{files[index].path.name}: {who}: {tev.reason}"
                             + (f" ({tev.detail})" if tev.detail else ""))
                     if isinstance(tev, TransferComplete):
                         f = files[index]
@@ -138,13 +145,14 @@ def _run(runner: SessionDriver, options: LinkOptions, files: list[_File],
                         summary.files.append({"name": f.path.name, "size": f.manifest.size,
                                               "sha256": f.manifest.object_hash.hex()})
                         retire(sender)
+                        summary.chunks_reused += current.stats.chunks_reused
                         index += 1
                         sender = (Sender(files[index].manifest, files[index].read, xfer=index)
                                   if index < len(files) else None)
                         pending, done_bytes = None, 0
             elif isinstance(event, Closed):
                 raise errors.TransferFailed(
-                    f"the receiver closed the session ({event.reason}"
+                    f"the receiver ended the session ({event.reason}"
                     + (f": {event.detail}" if event.detail else "") + ") before the end")
         if sender is None or index >= len(files):
             continue
@@ -157,9 +165,9 @@ def _run(runner: SessionDriver, options: LinkOptions, files: list[_File],
             done_bytes = _position(files[index], pending, done_bytes)
             pending = None
         if sender.failure is not None:
-            _flush_abort(runner, sender)
-            raise errors.TransferFailed(f"{files[index].path.name}: {sender.failure.reason}: "
-                                        f"{sender.failure.detail}")
+            _flush_abort(runner, options, sender)
+            raise errors.TransferFailed(f"{files[index].path.name}: refused here (sender): "
+                                        f"{sender.failure.reason}: {sender.failure.detail}")
         f = files[index]
         progress.update(f.path.name, done_bytes, f.manifest.size)
 
@@ -193,7 +201,7 @@ def _position(f: _File, wire: bytes, current: int) -> int:
     return int(f.ends[index]) - f.manifest.chunk_length(index) + offset + len(msg.get("data"))
 
 
-def _flush_abort(runner: SessionDriver, sender: Sender) -> None:
+def _flush_abort(runner: SessionDriver, options: LinkOptions, sender: Sender) -> None:
     while (wire := sender.next_message()) is not None:
         runner.send(CONTROL_LANE, wire)
-    runner.close(linger=0.5)
+    drain(runner, options)  # the receiver hears why before the session ends

@@ -25,11 +25,20 @@ with files already here (which were never sent) into the part file, fsyncs it,
 renames it over ``DIR/name``, fsyncs DIR, and re-points the rows: a new
 version of a file then costs only its changed chunks, and the old version's
 rows go. Memory is one chunk at a time; a manifest lives in SQLite.
+
+``room_for`` says whether the disk can take an offered object before any of it
+is written: the whole file is written once (shared chunks are copied into the
+part file), less what a part file from an earlier run already holds, plus
+``MARGIN`` for the index. When a write fails for a full disk anyway,
+``discard`` removes the part file, so a full disk is not left full of a
+partial file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import sqlite3
 from pathlib import Path
 
 from host.errors import UsageError
@@ -39,6 +48,7 @@ from protocol.driver.secret_files import fsync_dir
 from protocol.transfer import HASH_SIZE, LENGTH_SIZE, check_name
 
 STATE_DIR = ".haven"
+MARGIN = 1 << 20  #: bytes kept free beyond an object's own, for the index and its log
 MIGRATIONS = Migrations("the transfer index")
 #: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
 MIGRATIONS.sql(
@@ -62,8 +72,12 @@ class DirStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        if not root.is_dir():
-            raise UsageError(f"{root} is not a directory")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise UsageError(f"{root} is not a directory") from None
+        except OSError as exc:
+            raise UsageError(f"cannot create {root}: {exc.strerror}") from None
         self.state = root / STATE_DIR
         self.incoming = self.state / "incoming"
         try:
@@ -214,6 +228,36 @@ class DirStore:
             self.db.execute("DELETE FROM layout WHERE object = ?", (self.object,))
         self._close_part()
 
+    # -- space ---------------------------------------------------------------
+
+    def room_for(self, object_hash: bytes, name: str, size: int) -> tuple[int, int]:
+        """(bytes still to write for this object, bytes free here); the first must not
+        pass the second. A file already here as that object needs nothing."""
+        if self.is_current(name, object_hash):
+            return 0, self.free()
+        try:
+            held = (self.incoming / f"{object_hash.hex()}.part").stat().st_blocks * 512
+        except OSError:
+            held = 0
+        return max(0, size - held) + MARGIN, self.free()
+
+    def free(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def discard(self) -> None:
+        """Drop the object being received, part file and all (after a full disk)."""
+        part, obj = self._part, self.object
+        self._close_part()
+        if part is not None:
+            part.unlink(missing_ok=True)
+            try:
+                with self.db.atomic():
+                    self.db.execute("DELETE FROM chunks WHERE path = ?", (self._rel(part),))
+                    self.db.execute("DELETE FROM layout WHERE object = ?", (obj,))
+            except sqlite3.Error:
+                pass  # rows for a file that is gone are dropped when next looked up
+
     # -- plumbing ------------------------------------------------------------
 
     def _rel(self, path: Path) -> str:
@@ -229,3 +273,13 @@ class DirStore:
     def close(self) -> None:
         self._close_part()
         self.db.close()
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the user's quota) is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL \
+            or "full" in str(exc)
+    return False

@@ -21,11 +21,22 @@ LENGTH_SIZE = 3
 MAX_NAME = 255
 
 
+#: Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a name
+#: they make ``invoice\u202efdp.exe`` read as ``invoiceexe.pdf``.
+BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
+def _control(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o <= 0x9F or c in BIDI_CONTROLS  # C0, DEL, C1, bidi
+
+
 def check_name(name: str) -> None:
-    """Refuse names that are not one plain path component."""
+    """Refuse names that are not one plain path component, or that hold control
+    characters (C0, DEL, C1) or bidi controls."""
     raw = name.encode("utf-8", "surrogatepass")
     if (not 0 < len(raw) <= MAX_NAME or name in (".", "..") or "/" in name or "\\" in name
-            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name)):
+            or any(map(_control, name))):
         raise LocalProtocolError(f"object name {name!r} is not a plain file name", "bad-name")
 
 

@@ -173,6 +173,16 @@ class _Endpoint:
         except RemoteProtocolError as exc:
             return self._fail(exc.code, str(exc))
 
+    def abort(self, code: str, detail: str) -> list[Event]:
+        """Give the transfer up from this side for a reason of the caller's (its disk is
+        full, say): what was queued is dropped and an ``xfer-abort`` with ``code`` goes to
+        the peer. A receiver may still abort once done, while its ``xfer-done`` has not
+        been taken (the file could not be put in place). Nothing once failed."""
+        if self.state == "failed":
+            return []
+        self._outbox.clear()
+        return self._fail(code, detail)
+
     def _on_abort(self, msg: Message) -> list[Event]:
         self.state = "failed"
         self.failure = TransferAborted(str(msg.get("reason")), str(msg.get("detail", "")),
@@ -205,6 +215,7 @@ class Receiver(_Endpoint):
         self._lengths = bytearray()
         self._total = 0  # sum of the lengths received so far
         self._wanted: dict[bytes, int] = {}  # hash -> first index, not yet stored
+        self._fetched: set[bytes] = set()  # hashes asked for in this transfer, stored since
         self._partial = bytearray()
         self._partial_index = -1
         self._retries: dict[int, int] = {}
@@ -272,6 +283,8 @@ class Receiver(_Endpoint):
             if first is not None:
                 if self._length(first) != length:
                     raise RemoteProtocolError("one hash, two lengths", "manifest-inconsistent")
+            elif digest in self._fetched:
+                pass  # asked for once already: neither reused nor asked again
             elif self.store.has(digest):
                 self.stats.chunks_reused += 1
             else:
@@ -326,6 +339,7 @@ class Receiver(_Endpoint):
             return [ChunkRejected(index, "chunk-hash")]
         self.store.put(digest, chunk)
         del self._wanted[digest]
+        self._fetched.add(digest)
         self.stats.chunks_moved += 1
         self.stats.bytes_moved += length
         events: list[Event] = [ChunkStored(index, digest, length)]
@@ -384,6 +398,7 @@ class Sender(_Endpoint):
         self._offered = False
         self._next_piece = 0  # manifest entries sent so far
         self._need = bytearray(manifest.count)  # 1 where the receiver wants the chunk
+        self._asked = bytearray(manifest.count)  # 1 where it ever asked for it
         self._cursor = 0  # no need below this index
         self._chunk = b""  # the chunk being sent, and where we are in it
         self._chunk_index = -1
@@ -457,7 +472,7 @@ class Sender(_Endpoint):
         while bits:
             low = bits & -bits
             index = start + low.bit_length() - 1
-            self._need[index] = 1
+            self._need[index] = self._asked[index] = 1
             self._cursor = min(self._cursor, index)
             bits ^= low
         return []
@@ -467,4 +482,7 @@ class Sender(_Endpoint):
         if msg.get("object") != m.object_hash:
             raise RemoteProtocolError("receiver confirmed another object", "done-mismatch")
         self.state = "done"
+        # what the receiver had already, as it counts it: entries whose hash it never asked for
+        asked = {m.chunk_hash(i) for i in range(m.count) if self._asked[i]}
+        self.stats.chunks_reused = sum(1 for i in range(m.count) if m.chunk_hash(i) not in asked)
         return [TransferComplete(m.name, m.size, m.object_hash)]

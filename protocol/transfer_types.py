@@ -62,7 +62,8 @@ Event = OfferReceived | ChunkStored | ChunkRejected | TransferComplete | Transfe
 @dataclass
 class TransferStats:
     chunks_total: int = 0
-    chunks_reused: int = 0  # receiver: already in the store
+    chunks_reused: int = 0  # entries the receiver had already (the sender counts them
+    #                          once done: the entries whose hash was never asked for)
     chunks_moved: int = 0  # chunks sent (sender) or stored (receiver)
     bytes_moved: int = 0  # chunk payload bytes sent or stored
     duplicates: int = 0  # data for chunks already stored, ignored

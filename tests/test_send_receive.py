@@ -294,8 +294,13 @@ def test_clear_errors_for_missing_files_ports_and_keys(tmp_path: Path) -> None:
     assert rc == 2 and "missing.bin: no such file" in err
     rc, _, err = finish(haven("send", tmp_path / "no-such-tty", src))
     assert rc == 2 and "cannot open port" in err
-    rc, _, err = finish(haven("receive", "loop://", tmp_path / "nowhere"))
+    rc, _, err = finish(haven("receive", "loop://", src))  # a file, not a folder
     assert rc == 2 and "not a directory" in err
+    rc, _, err = finish(haven("receive", "loop://", src / "sub"))
+    assert rc == 2 and "cannot create" in err
+    for _, _, err in [finish(haven("send", "loop://", tmp_path / "missing.bin")),
+                      finish(haven("receive", "loop://", src))]:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     rc, _, err = finish(haven("send", "loop://", src, "--peer-key", "00" * 32))
     assert rc == 2 and "--peer-key needs --key" in err
     not_a_key = tmp_path / "not-a-key"
