@@ -41,6 +41,15 @@ def _positive(text: str) -> float:
     return value
 
 
+class _CommandsHelp(argparse.HelpFormatter):
+    """argparse measures commands one indent short: a long one (staff-pin) would wrap."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
+
+
 def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
     config.add_flags(p, ("data",), required=("data",) if required else ())
 
@@ -49,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("haven-kiosk",
                                  "Haven Kiosk runtime: check-ins, local store and sync.",
                                  TerseParser)
+    parser.formatter_class = _CommandsHelp
 
     p = sub.add_parser("init", help="create the store and the kiosk's keys",
                        description="Create the kiosk's store and keys (or update site/letter).")
@@ -87,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "read if it exists)")
     config.add_flags(p)
 
-    p = sub.add_parser("checkin", help="register a patient if new and record a check-in",
+    p = sub.add_parser("checkin", help="record a check-in (what is typed is a claim on it)",
                        description="Check a patient in; prints the queue number after commit.")
     _data(p)
     p.add_argument("--passport", metavar="ID", help="passport number (omit if none)")
@@ -164,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_parser("state", help="print the LED, the button and the hold time as JSON",
                       description="Print the LED's pattern, whether the button is pressed "
                       "and the runtime's hold time, as one JSON object.")
+
+    p = sub.add_parser("staff-pin", help="set the staff screen's PIN",
+                       description="Set the staff screen's PIN (6 to 12 digits). It is kept "
+                       "as a scrypt hash in DIR/staff-pin, never in plaintext; a running "
+                       "kiosk takes it at once. The PIN is asked twice on a terminal, or "
+                       "read as one line from standard input.")
+    _data(p, required=False)
+    pin_action = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ps = pin_action.add_parser("set", help="set the PIN (asked for, or one line on stdin)",
+                               description="Set the staff PIN: asked twice on a terminal, "
+                               "or read as one line from standard input.")
+    ps.add_argument("--data", type=Path, metavar="DIR", default=argparse.SUPPRESS,
+                    help="the kiosk's data directory (here or before set)")
+    ps.add_argument("--print", action="store_true",
+                    help="print the hash for a config file's staff_pin instead of keeping it "
+                    "in DIR")
 
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
@@ -334,6 +360,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"kiosk {st['node']}  site {st['site']!r}  letter {st['letter']}  "
           f"records {st['records']}  last sync {st['last_sync'] or 'never'}")
+    print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}: link "
+                        f"{run['link']}, {run['unsent']} check-ins not acknowledged yet)"
+                        if run is not None else "no haven-kiosk run answers for this folder"))
     if st["alert"]:
         print(f"{st['alert']}: another kiosk runs with this identity; call a technician "
               + ("(the hub holds this kiosk's batches from batch "
@@ -387,6 +416,39 @@ def cmd_hw(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_staff_pin(args: argparse.Namespace) -> int:
+    import getpass
+
+    from device.ui.pin import PinError, check_pin, hash_pin, write_pin_file
+
+    if not args.print and args.data is None:
+        print("haven-kiosk staff-pin set: give --data DIR (or --print)", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        pin = getpass.getpass("New staff PIN (6 to 12 digits): ")
+        if pin != getpass.getpass("The same PIN again: "):
+            print("haven-kiosk staff-pin set: the two PINs differ; nothing changed",
+                  file=sys.stderr)
+            return 1
+    else:
+        pin = sys.stdin.readline().strip()
+    try:
+        check_pin(pin)
+    except PinError as exc:
+        print(f"haven-kiosk staff-pin set: {exc}; nothing changed", file=sys.stderr)
+        return 1
+    if args.print:
+        print(hash_pin(pin))
+        return 0
+    try:
+        path = write_pin_file(args.data, pin)
+    except (PinError, OSError) as exc:
+        print(f"haven-kiosk staff-pin set: {exc}; nothing changed", file=sys.stderr)
+        return 1
+    print(f"staff PIN set (scrypt hash in {path})")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     desc = crdt_schema.describe()
     if args.json:
@@ -405,7 +467,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "checkin": cmd_checkin, "attach": cmd_attach,
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
-    "schema": cmd_schema,
+    "schema": cmd_schema, "staff-pin": cmd_staff_pin,
 }
 
 

@@ -74,6 +74,14 @@ def _host_port(value: str) -> str:
     return ""
 
 
+def _staff_pin(value: str) -> str:
+    if value.startswith("scrypt$"):
+        return ""
+    if not (value.isascii() and value.isdigit() and 6 <= len(value) <= 12):
+        return "must be 6 to 12 digits, or the hash haven-kiosk staff-pin set --print gives"
+    return ""
+
+
 @dataclass
 class KioskConfig:
     data: Path | None = option(None, "the kiosk's data directory", metavar="DIR")
@@ -83,8 +91,12 @@ class KioskConfig:
                      metavar="HOST:PORT", check=_host_port)
     idle_seconds: float = option(60.0, "the page resets to its start after this long "
                                  "untouched", unit="s", positive=True)
-    staff_pin: str | None = option(None, "PIN of the staff screen (off if unset)",
-                                   metavar="PIN", number_text=True)
+    staff_pin: str | None = option(None, "the staff screen's PIN as the scrypt hash that "
+                                   "haven-kiosk staff-pin set --print gives (a PIN of 6 to 12 "
+                                   "digits is taken as a flag only, for demos); unset: the "
+                                   "hash staff-pin set keeps in the data directory, else the "
+                                   "staff screen is off", metavar="HASH", number_text=True,
+                                   check=_staff_pin)
     interval: float = option(10.0, "seconds between sync rounds when idle, over a serial "
                              "line or with no kept-open session (keepalive 0)", unit="s",
                              positive=True)
@@ -278,6 +290,12 @@ def read_file(path: Path) -> dict[str, Any]:
         if spec is None:
             raise ConfigError(f"{where}: {_unknown(key)}")
         values[key] = spec.convert(value, where)
+        if key == "staff_pin" and not str(values[key]).startswith("scrypt$"):
+            raise ConfigError(
+                f"{where}: staff_pin holds a PIN in plaintext, which is not kept: run "
+                "haven-kiosk staff-pin set --data DIR (it keeps a scrypt hash in DIR), then "
+                "remove staff_pin from this file (or set it to the hash that "
+                "staff-pin set --print gives)")
     return values
 
 

@@ -59,8 +59,11 @@ def test_checkin_put_delete_dump_status(kiosk: str, capsys: pytest.CaptureFixtur
     dump = json.loads(out)
     records = {r["id"]: r for r in dump["records"]}
     ada = records[ci["patient_id"]]
-    assert ada["fields"] == {"name": "Ada Lovelace", "birthDate": "1815",
-                             "telecom": "555-0100", "allergies": ["latex"]}
+    # What was typed at check-in is a claim on the check-in, never the patient's record.
+    assert ada["fields"] == {"telecom": "555-0100", "allergies": ["latex"]}
+    claim = records[ci["record_id"]]["fields"]
+    assert (claim["claimName"], claim["claimBirthDate"], claim["identity"]) == (
+        "Ada Lovelace", "1815", "unknown")
     assert records[note]["deleted"] is True
     assert records[ci["record_id"]]["fields"]["reasonCode"] == "cough"
     assert out == json.dumps(dump, sort_keys=True, separators=(",", ":")) + "\n"

@@ -145,7 +145,7 @@ def test_running_kiosk_tells_its_staff(tmp_path: Path) -> None:
                           args=("--memory-soft-mib", "1", "--memory-hard-mib", "2"))
     try:
         proc.wait_for(r"memory hard limit: RSS [\d.]+ MiB")
-        status, _, answer = call(url, "/api/staff/login", {"pin": "2468"})
+        status, _, answer = call(url, "/api/staff/login", {"pin": "246810"})
         assert status == 200
         _, _, view = call(url, "/api/staff/overview", headers={"X-Staff-Token": answer["token"]})
         health = view["health"]["memory"]

@@ -19,10 +19,13 @@ import pytest
 from device import config as kconfig
 from device.runtime import sd_notify
 from device.store import Store, init_store
+from device.ui.pin import hash_pin
 
 from .test_ui_helpers import ROOT, free_port, run_kiosk
 
 BOUND = 20.0
+#: The staff PIN 246810 as ``haven-kiosk staff-pin set --print`` gives it.
+HASH = hash_pin("246810")
 
 
 def call(url: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
@@ -44,11 +47,11 @@ def call(url: str, path: str, body: Any = None, headers: dict[str, str] | None =
 def test_config_file_under_flags(tmp_path: Path) -> None:
     f = tmp_path / "kiosk.toml"
     f.write_text('data = "/srv/k"\nhub = ["tcp://a:1", "tcp://b:2"]\nidle_seconds = 30\n'
-                 'staff_pin = 1234\nui = "0.0.0.0:9000"\n')
+                 f'staff_pin = "{HASH}"\nui = "0.0.0.0:9000"\n')
     cfg = kconfig.load(f, {"ui": "127.0.0.1:8081", "hub": None, "idle_seconds": None})
     assert cfg.data == Path("/srv/k") and cfg.hub == ["tcp://a:1", "tcp://b:2"]
     assert cfg.ui_address() == ("127.0.0.1", 8081) and cfg.idle_seconds == 30
-    assert cfg.staff_pin == "1234"
+    assert cfg.staff_pin == HASH
     cfg = kconfig.load(f, {"hub": ["tcp://c:3"]})
     assert cfg.hub == ["tcp://c:3"]
 
@@ -168,13 +171,15 @@ def test_staff_screen_needs_the_pin_and_resolves(served: Any) -> None:
     assert call(url, "/api/staff/overview")[0] == 403
     status, _, answer = call(url, "/api/staff/login", {"pin": "0000"})
     assert (status, answer["error"]) == (403, "bad-pin")
-    status, _, answer = call(url, "/api/staff/login", {"pin": "2468"})
+    status, _, answer = call(url, "/api/staff/login", {"pin": "246810"})
     assert status == 200
     token = answer["token"]
     status, _, view = call(url, "/api/staff/overview", headers={"X-Staff-Token": token})
     assert status == 200
     assert [q["number"] for q in view["queue"]] == ["B-001"]
-    assert "Queue Person" not in json.dumps(view)
+    assert "Queue Person" not in json.dumps(view["queue"])  # names only where staff confirm
+    assert [(c["claim"]["name"], c["identity"]) for c in view["identity"]] == [
+        ("Queue Person", "unknown")]
     [held] = view["conflicts"]
     assert held["record_id"] == rx and held["type"] == "prescription"
     doses = {v["fields"]["dosageInstruction"]: v["id"] for v in held["versions"]}

@@ -277,7 +277,7 @@ def test_runtime_on_a_filling_disk(tmp_path: Path) -> None:
                 return str(call(url, "/api/hw")[2]["led"])
 
             def storage() -> dict[str, Any]:
-                token = call(url, "/api/staff/login", {"pin": "2468"})[2]["token"]
+                token = call(url, "/api/staff/login", {"pin": "246810"})[2]["token"]
                 view = call(url, "/api/staff/overview", headers={"X-Staff-Token": token})[2]
                 return dict(view["health"]["storage"])
 

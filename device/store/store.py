@@ -115,6 +115,25 @@ class CheckinResult:
     record_id: str
     patient_id: str
     queue_number: str
+    #: How the typed identity compared with the record held here (``claim_verdict``):
+    #: for staff only, never for the patient's screen.
+    identity: str = "new"
+
+
+def claim_verdict(fields: Mapping[int, Any], claim: Mapping[str, Any]) -> str:
+    """``match`` when every claimed value agrees with the patient's record (a birth
+    year against the year of ``birthDate``; a name ignoring case and spacing), else
+    ``mismatch``. A field the record lacks cannot agree."""
+    for key, value in claim.items():
+        held = fields.get(crdt_schema.PATIENT.field(key).number)
+        if not isinstance(held, str):
+            return "mismatch"
+        if key == "birthDate" and held[:4] != str(value)[:4]:
+            return "mismatch"
+        if key == "name" and " ".join(held.casefold().split()) != " ".join(
+                str(value).casefold().split()):
+            return "mismatch"
+    return "match"
 
 
 def fingerprint(key: bytes) -> bytes:
@@ -406,18 +425,33 @@ class Store:
                               "saved (everything saved before is intact); free some space "
                               "and try again") from None
 
-    def checkin(self, *, name: str, passport: str | None = None, birth_year: int | None = None,
-                reason: str | None = None, now_ms: int | None = None) -> CheckinResult:
-        """Register the patient if new and record a check-in; returns after the commit."""
+    def checkin(self, *, name: str | None = None, passport: str | None = None,
+                birth_year: int | None = None, reason: str | None = None,
+                now_ms: int | None = None) -> CheckinResult:
+        """Record a check-in; returns after the commit.
+
+        What the patient typed is a claim kept on the check-in (``claimName``,
+        ``claimBirthDate``), never written onto a patient named by a passport: the
+        kiosk may not hold that patient, and a fresh stamp would replace the real
+        record everywhere (SPEC.md "Identity at the kiosk"). The check-in's
+        ``identity`` says how the claim compared with the record held here
+        (``match``, ``mismatch``, ``unknown``). A patient the kiosk does not hold gets
+        a write that assigns nothing (the record exists, and its lane carries it);
+        only a patient without documents, whose id is new, is registered from the
+        claim (``new``)."""
         now = self.clock() if now_ms is None else now_ms
+        if passport is None and not name:
+            raise BadRequest("a patient without documents needs a name", "bad-name")
         try:
             pid = (patient_id(self.fleet_key, passport) if passport
                    else random_id(os.urandom(16)))
         except LocalProtocolError as exc:
             raise BadRequest(str(exc), exc.code) from None
-        values: dict[str, Any] = {"name": name}
+        claim: dict[str, Any] = {}
+        if name:
+            claim["name"] = name
         if birth_year is not None:
-            values["birthDate"] = f"{birth_year:04d}"
+            claim["birthDate"] = f"{birth_year:04d}"
         cid = time_ordered_id(now, os.urandom(10))
         local = time.localtime(now / 1000)
         day = time.strftime("%Y-%m-%d", local)
@@ -430,30 +464,76 @@ class Store:
             number = f"{letter}-{n:03d}"
             rows = {row[0]: row[1:] for row in conn.execute(RECORD_ROWS, [pid.bytes, cid.bytes])}
             prow = rows.get(pid.bytes)
-            if prow is None:
-                changed = values
-            else:
-                current = self._view(db, pid.bytes)
-                assert current is not None
-                changed = {k: v for k, v in values.items()
-                           if crdt_schema.PATIENT.field(k).to_wire(v)
-                           != current.fields.get(crdt_schema.PATIENT.field(k).number)}
             writes: list[Write] = []
-            if changed or prow is None:
+            if passport is None:
+                identity = "new"
                 writes.append((pid.bytes, lambda view, stamp: build_put(
-                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, changed), True))
+                    view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, claim), True))
+            else:
+                current = self._view(db, pid.bytes) if prow is not None else None
+                identity = ("unknown" if current is None or current.deleted
+                            else claim_verdict(current.fields, claim))
+                if prow is None:  # the record exists from here on, with no field written
+                    writes.append((pid.bytes, lambda view, stamp: build_put(
+                        view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, {}), True))
             checkin_values = {"subject": str(pid), "status": "arrived", "periodStart": started,
-                              "location": site, "queueNumber": number}
+                              "location": site, "queueNumber": number, "identity": identity}
+            if "name" in claim:
+                checkin_values["claimName"] = claim["name"]
+            if "birthDate" in claim:
+                checkin_values["claimBirthDate"] = claim["birthDate"]
             if reason:
                 checkin_values["reasonCode"] = reason
             writes.append((cid.bytes, lambda view, stamp: build_put(
                 view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values), True))
             patient_type = prow[0] if prow else crdt_schema.PATIENT.number
             self._write(db, now, writes, rows, {pid.bytes: patient_type})
-            return CheckinResult(str(cid), str(pid), number)
+            return CheckinResult(str(cid), str(pid), number, identity)
 
         result: CheckinResult = self._run(fn)
         return result
+
+    def settle_identity(self, checkin_id: str, action: str, *, subject: str | None = None,
+                        name: str | None = None, birth_year: int | None = None,
+                        now_ms: int | None = None) -> str:
+        """Staff's answer to a check-in's identity: ``confirm`` it, ``attach`` it to
+        another patient (``subject``), or ``correct`` the patient's record (``name``,
+        ``birth_year``, as seen on a document at the desk). Each is an ordinary
+        replicated write (the check-in's ``identity``, and for a correction the
+        patient's fields too), in one transaction; returns the check-in's id."""
+        now = self.clock() if now_ms is None else now_ms
+        cid = _parse_id(checkin_id)
+        view = self._view(self.reader, cid)
+        if view is None or view.type != crdt_schema.CHECKIN.number or view.deleted:
+            raise BadRequest(f"no check-in {checkin_id}", "no-checkin")
+        values: dict[str, Any] = {}
+        patient: dict[str, Any] = {}
+        if action == "confirm":
+            values["identity"] = "confirmed"
+        elif action == "attach":
+            if subject is None:
+                raise BadRequest("attach needs the patient's id", "bad-subject")
+            values.update(identity="attached", subject=str(uuid.UUID(bytes=_parse_id(subject))))
+        elif action == "correct":
+            if name:
+                patient["name"] = name
+            if birth_year is not None:
+                patient["birthDate"] = f"{birth_year:04d}"
+            if not patient:
+                raise BadRequest("a correction sets a name or a year of birth", "bad-correction")
+            values["identity"] = "corrected"
+        else:
+            raise BadRequest(f"unknown identity action {action!r}", "bad-action")
+        held = view.fields.get(crdt_schema.CHECKIN.field("subject").number)
+        pid = (_parse_id(values["subject"]) if "subject" in values
+               else held if isinstance(held, bytes) else _parse_id(str(held)))
+        writes: list[Write] = [(cid, lambda v, stamp: build_put(
+            v, cid, crdt_schema.CHECKIN, self.node, stamp, values), True)]
+        if patient:
+            writes.insert(0, (pid, lambda v, stamp: build_put(
+                v, pid, crdt_schema.PATIENT, self.node, stamp, patient), True))
+        self._run(lambda db: self._write(db, now, writes))
+        return str(uuid.UUID(bytes=cid))
 
     def put(self, type_name: str, record_id: str | None = None,
             values: Mapping[str, Any] | None = None, add: Mapping[str, Iterable[str]] | None = None,

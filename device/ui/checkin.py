@@ -1,11 +1,11 @@
-"""The check-in flow's rules, without HTTP: input checks, identity proof, slow-down.
+"""The check-in flow's input rules, without HTTP.
 
-A passport number is looked up by the fleet's keyed hash (the patient id);
-the year of birth the patient types is compared here, on the kiosk, and
-the answer is only ``match``, ``new`` (no such patient yet) or
-``mismatch``: never a name or a year. Wrong years are slowed down per
-patient id and for the whole kiosk (``Throttle``). Every error is a code
-the page translates into the patient's language.
+Every passport is treated alike: the page and the API never say whether a
+passport is known or whether the year typed matches it, so there is nothing
+to guess against and nothing to throttle (no lockout). What the patient types
+is a claim the store keeps on the check-in (``Store.checkin``); how it
+compared with the record held is for staff only (``staff``). Every error is
+a code the page translates into the patient's language.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from __future__ import annotations
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field
 from typing import Any
 
 from device.exc import DeviceError
 from protocol.crdt import schema as crdt_schema
-from protocol.crdt.ids import patient_id
 
 PASSPORT = re.compile(r"[A-Z0-9]{5,20}")
 REASONS = ("sick", "injury", "child", "pregnancy", "medicine", "results", "other")
@@ -75,56 +73,3 @@ def clean_reason(text: Any) -> str:
     if text not in REASONS:
         raise CheckinInputError("bad-reason")
     return str(text)
-
-
-@dataclass
-class Throttle:
-    """Slows down wrong years: per patient, and kiosk-wide against number guessing."""
-
-    free: int = 1
-    cap: float = 300.0
-    kiosk_free: int = 5
-    window: float = 600.0
-    per_id: dict[str, tuple[int, float]] = field(default_factory=dict)
-    recent: list[float] = field(default_factory=list)
-
-    def wait(self, key: str, now: float) -> float:
-        """Seconds before ``key`` may try again (0 when it may now)."""
-        _, until = self.per_id.get(key, (0, 0.0))
-        self.recent = [t for t in self.recent if now - t < self.window]
-        extra = len(self.recent) - self.kiosk_free
-        kiosk_until = (self.recent[-1] + min(self.cap, 2.0 ** extra)) if extra >= 0 else 0.0
-        return max(0.0, until - now, kiosk_until - now)
-
-    def failed(self, key: str, now: float) -> float:
-        count, _ = self.per_id.get(key, (0, 0.0))
-        count += 1
-        delay = 0.0 if count <= self.free else min(self.cap, 2.0 ** (count - self.free))
-        self.per_id[key] = (count, now + delay)
-        if len(self.per_id) > 10_000:  # bounded: forget the oldest
-            self.per_id.pop(next(iter(self.per_id)))
-        self.recent.append(now)
-        return self.wait(key, now)
-
-    def succeeded(self, key: str) -> None:
-        self.per_id.pop(key, None)
-
-
-@dataclass(frozen=True)
-class Known:
-    """A patient on record: only what the kiosk needs to check them in."""
-
-    pid: str
-    name: str
-    birth_year: int | None
-
-
-def lookup(store: Any, passport: str) -> Known | None:
-    """The patient a passport number names, or ``None`` (blocking: call off the loop)."""
-    pid = str(patient_id(store.fleet_key, passport))
-    view = store.view(pid)
-    if view is None or view.deleted:
-        return None
-    birth = view.fields.get(PATIENT_BIRTH)
-    year = int(str(birth)[:4]) if birth and str(birth)[:4].isdigit() else None
-    return Known(pid, str(view.fields.get(PATIENT_NAME) or ""), year)

@@ -3,28 +3,39 @@
 A state that needs a technician (``device.status.REVOKED``, ``SUSPECTED_CLONE``)
 is also given as ``technician``, which the screen shows among its warnings.
 
-A right PIN gives a random token (held in the page's memory only) that
-expires after ``session_seconds`` without use; wrong PINs are slowed down
-like wrong years. Resolving a held conflict is ``Store.resolve``, the very
-call ``haven-kiosk resolve`` makes.
+The PIN is checked against its scrypt hash (``pin``), one check at a time,
+off the event loop; a miss makes the next try wait a few seconds at most and
+raises an alert from a few misses on (``pin.PinGuard``), never a lockout. A
+right PIN gives a random token (held in the page's memory only) that expires
+after ``session_seconds`` without use. Resolving a held conflict is
+``Store.resolve``, the very call ``haven-kiosk resolve`` makes.
+
+Check-ins whose identity is to be confirmed (the kiosk's verdict on what the
+patient typed is ``mismatch``, or ``unknown``: no record held here) are
+listed with the claim beside the record held, for staff only; ``identity``
+confirms one, attaches it to the right patient, or records a correction, each
+``Store.settle_identity``, a replicated write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import calendar
-import hmac
+import math
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from device.status import REVOKED, SUSPECTED_CLONE
 from device.sync.state import last_sync_of
-from device.ui.checkin import Throttle
+from device.ui import checkin as ci
 from device.ui.http import HttpError, Request
 from device.ui.live import LiveStatus
+from device.ui.pin import PinGuard, PinSource, verify_pin
 from protocol.crdt import schema as crdt_schema
+from protocol.crdt.ids import patient_id
 
 CHECKIN = crdt_schema.CHECKIN
 
@@ -78,20 +89,50 @@ def held_conflicts(store: Any) -> list[dict[str, Any]]:
     return out
 
 
+def identity_to_confirm(store: Any) -> list[dict[str, Any]]:
+    """Check-ins flagged "identity to confirm at the desk", oldest first: the claim, and
+    the record this kiosk holds for the patient (if any), for staff only."""
+    field = {f.name: f.number for f in CHECKIN.fields}
+    pfield = {f.name: f.number for f in crdt_schema.PATIENT.fields}
+    rows = []
+    for view in store.views():
+        if view.type != CHECKIN.number or view.deleted:
+            continue
+        identity = view.fields.get(field["identity"])
+        if identity not in crdt_schema.IDENTITY_TO_CONFIRM:
+            continue
+        subject = view.fields.get(field["subject"])
+        pid = str(uuid.UUID(bytes=subject)) if isinstance(subject, bytes) else None
+        patient = store.view(pid) if pid else None
+        record = ({"name": patient.fields.get(pfield["name"]),
+                   "birthDate": patient.fields.get(pfield["birthDate"])}
+                  if patient is not None and not patient.deleted else None)
+        rows.append({"id": str(uuid.UUID(bytes=view.record_id)), "identity": identity,
+                     "number": view.fields.get(field["queueNumber"]),
+                     "time": str(view.fields.get(field["periodStart"]) or ""),
+                     "claim": {"name": view.fields.get(field["claimName"]),
+                               "birthDate": view.fields.get(field["claimBirthDate"])},
+                     "record": record, "patient": pid})
+    rows.sort(key=lambda r: (r["time"], str(r["number"])))
+    return rows
+
+
 class Staff:
-    def __init__(self, store: Any, live: LiveStatus, pin: str | None,
+    def __init__(self, store: Any, live: LiveStatus, pins: PinSource,
                  session_seconds: float = 120.0,
-                 health: Callable[[], dict[str, Any]] | None = None) -> None:
-        self.store, self.live, self.pin = store, live, pin
+                 health: Callable[[], dict[str, Any]] | None = None,
+                 guard: PinGuard | None = None) -> None:
+        self.store, self.live, self.pins = store, live, pins
         #: The kiosk's own health (memory, disk), shown beside the sync state.
         self.health = health
         self.session_seconds = session_seconds
         self.tokens: dict[str, float] = {}
-        self.throttle = Throttle(free=2)
+        self.guard = guard if guard is not None else PinGuard()
+        self._checking = asyncio.Lock()
 
     @property
     def enabled(self) -> bool:
-        return bool(self.pin)
+        return self.pins.current() is not None
 
     def _check(self, token: Any) -> None:
         now = time.monotonic()
@@ -101,17 +142,20 @@ class Staff:
         self.tokens[token] = now
 
     async def login(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not self.pin:
+        stored = self.pins.current()
+        if stored is None:
             raise HttpError(403, "no-staff-pin")
-        now = time.monotonic()
-        wait = self.throttle.wait("pin", now)
-        if wait > 0:
-            raise HttpError(429, "slow-down", {"wait": round(wait + 0.5)})
-        pin = body.get("pin")
-        if not isinstance(pin, str) or not hmac.compare_digest(pin.encode(), self.pin.encode()):
-            wait = self.throttle.failed("pin", now)
-            raise HttpError(403, "bad-pin", {"wait": round(wait + 0.49)})
-        self.throttle.succeeded("pin")
+        async with self._checking:  # one slow check at a time: a burst waits its turn
+            wait = self.guard.wait(time.monotonic())
+            if wait > 0:
+                raise HttpError(429, "slow-down", {"wait": math.ceil(wait)})
+            pin = body.get("pin")
+            ok = await asyncio.to_thread(verify_pin, pin, stored)
+            now = time.monotonic()
+            if not ok:
+                self.guard.missed(now)
+                raise HttpError(403, "bad-pin", {"wait": math.ceil(self.guard.wait(now))})
+            self.guard.succeeded(now)
         token = secrets.token_urlsafe(24)
         self.tokens[token] = now
         return {"token": token}
@@ -126,6 +170,7 @@ class Staff:
         def read() -> dict[str, Any]:
             st = self.store.status()
             return {"queue": today_queue(self.store), "conflicts": held_conflicts(self.store),
+                    "identity": identity_to_confirm(self.store),
                     "outbox": sum(int(x["entries"]) for x in st["outbox"]["lanes"].values()),
                     "last_sync": last_sync_of(self.store.data), "site": st["site"],
                     "letter": st["letter"]}
@@ -134,6 +179,7 @@ class Staff:
         state = data["sync"]["state"]
         data["technician"] = state if state in (REVOKED, SUSPECTED_CLONE) else None
         data["health"] = self.health() if self.health is not None else {}
+        data["pin_alert"] = self.guard.alert()
         return data
 
     async def resolve(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -147,3 +193,29 @@ class Staff:
         except StoreError as exc:
             raise HttpError(409, "resolve-failed", {"detail": str(exc)}) from None
         return {"record_id": rid}
+
+    async def identity(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Confirm a check-in's identity, attach it to the patient a passport names, or
+        correct the patient's name and year of birth."""
+        self._check(body.get("token"))
+        checkin, action = body.get("checkin"), body.get("action")
+        if not isinstance(checkin, str) or action not in ("confirm", "attach", "correct"):
+            raise HttpError(400, "bad-request")
+        kw: dict[str, Any] = {}
+        try:
+            if action == "attach":
+                passport = ci.clean_passport(body.get("passport"))
+                kw["subject"] = str(patient_id(self.store.fleet_key, passport))
+            elif action == "correct":
+                if body.get("name") is not None:
+                    kw["name"] = ci.clean_name(body.get("name"))
+                if body.get("year") is not None:
+                    kw["birth_year"] = ci.clean_year(body.get("year"))
+        except ci.CheckinInputError as exc:
+            raise HttpError(400, exc.code) from None
+        from device.store import StoreError
+        try:
+            cid = await asyncio.to_thread(self.store.settle_identity, checkin, action, **kw)
+        except StoreError as exc:
+            raise HttpError(409, "identity-failed", {"detail": str(exc)}) from None
+        return {"checkin": cid}

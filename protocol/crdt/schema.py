@@ -211,6 +211,10 @@ PATIENT = TypeSpec(1, "patient", 1, LANE_CHECKIN, (
 CHECKIN = TypeSpec(2, "checkin", 1, LANE_CHECKIN, (
     SUBJECT, _f(2, "status", "code"), _f(3, "reasonCode"), _f(4, "periodStart", "datetime"),
     _f(5, "location"), _f(6, "queueNumber"),
+    # What the patient typed (a claim, never written onto the patient), and how it
+    # compared with the record the kiosk held ("Identity at the kiosk" in SPEC.md).
+    _f(7, "claimName"), _f(8, "claimBirthDate", "date"), _f(9, "identity", "code"),
+    _f(10, "identityNote"),
 ), clinical=False, fhir="Encounter")
 PRESCRIPTION = TypeSpec(3, "prescription", 1, LANE_PRESCRIPTION, (
     SUBJECT, _f(2, "status", "code"), _f(3, "medication"), _f(4, "dosageInstruction"),
@@ -233,6 +237,16 @@ DOCUMENT = TypeSpec(7, "document", 1, LANE_NOTE, (
     SUBJECT, _f(2, "status", "code"), _f(3, "title"), _f(4, "contentType", "code"),
     _f(5, "size", "integer"), _f(6, "hash"), _f(7, "creation", "datetime"),
 ), fhir="DocumentReference")
+
+#: A check-in's ``identity``: the kiosk's verdict on the claim (``match``: the record it
+#: holds agrees; ``mismatch``: it disagrees; ``unknown``: the kiosk holds no record;
+#: ``new``: a patient without documents, registered here), then staff's (``confirmed``,
+#: ``attached`` to another patient, ``corrected``) and the hub's (``promoted``: the claim
+#: became the record, none existing).
+IDENTITY_KIOSK = ("match", "mismatch", "unknown", "new")
+IDENTITY_SETTLED = ("confirmed", "attached", "corrected", "promoted")
+#: Verdicts staff are asked to confirm at the desk.
+IDENTITY_TO_CONFIRM = ("mismatch", "unknown")
 
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
     PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT)}

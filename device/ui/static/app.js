@@ -135,18 +135,13 @@ async function onYear(ev) {
   if (!flow.passport) { flow.year = year; $("year").value = ""; show("s-consent"); return; }
   busy = true;
   try {
+    // Every passport goes on to the reason alike: whether it is known, and whether the
+    // year matches, is for staff at the desk, never for this screen.
     const r = await api("/api/verify", { passport: flow.passport, year });
     $("year").value = "";
-    if (r.status === 429) { slowDown("year-msg", r.data.wait || 1, $("year-next")); return; }
     if (!r.ok) { say("year-msg", errorKey(r.data.error)); return; }
-    if (r.data.result === "match") { flow.year = year; show("s-reason"); }
-    else if (r.data.result === "new") {
-      flow.year = year; flow.nameTitle = "new_patient";
-      $("name-title").textContent = t("new_patient"); show("s-name");
-    } else {
-      say("year-msg", "mismatch");
-      if (r.data.wait > 0) slowDown("year-msg", r.data.wait, $("year-next"));
-    }
+    flow.year = year;
+    show("s-reason");
   } catch (e) { say("year-msg", "err_network"); } finally { busy = false; }
 }
 
@@ -267,7 +262,7 @@ async function onStaffPin(ev) {
   ev.preventDefault();
   const r = await api("/api/staff/login", { pin: $("staff-pin").value });
   $("staff-pin").value = "";
-  if (r.status === 429 || r.data.wait > 0) { say("pin-msg", "err_slow_down", r.data.wait); return; }
+  if (r.status === 429) { say("pin-msg", "err_slow_down", r.data.wait || 1); return; }
   if (!r.ok) { say("pin-msg", "staff_bad_pin"); return; }
   staffToken = r.data.token;
   say("pin-msg", null);
@@ -293,6 +288,7 @@ async function refreshStaff() {
     warnings.push(t("staff_storage_" + health.storage.level, health.storage.free_mib));
   }
   if (health.memory && health.memory.level === "hard") warnings.push(t("staff_memory_hard"));
+  if (r.data.pin_alert) warnings.push(t("staff_pin_alert", r.data.pin_alert.misses));
   $("staff-health").textContent = warnings.join(" ");
   const box = $("staff-conflicts");
   box.replaceChildren();
@@ -313,6 +309,43 @@ async function refreshStaff() {
     }
     box.append(div);
   }
+  renderIdentity(r.data.identity || []);
+}
+
+// Check-ins whose identity is to be confirmed at the desk: the claim beside the record this
+// kiosk holds; confirm it, take the typed values as right, or attach it to another passport.
+function renderIdentity(rows) {
+  const box = $("staff-identity");
+  box.replaceChildren();
+  if (!rows.length) { box.append(li(t("staff_none"))); return; }
+  const act = async (c, body) => {
+    await api("/api/staff/identity", { token: staffToken, checkin: c.id, ...body });
+    refreshStaff();
+  };
+  for (const c of rows) {
+    const div = document.createElement("div");
+    div.className = "conflict identity";
+    div.dataset.checkin = c.id;
+    const claim = [c.claim.name, c.claim.birthDate].filter(Boolean).join(", ");
+    const rec = c.record ? [c.record.name, c.record.birthDate].filter(Boolean).join(", ")
+      : t("staff_no_record");
+    div.append(li(`${c.number}  ${t("staff_typed")}: ${claim}`), li(`${t("staff_on_record")}: ${rec}`));
+    const button = (key, onclick) => {
+      const b = document.createElement("button");
+      b.type = "button"; b.dataset.action = key; b.textContent = t(key); b.onclick = onclick;
+      div.append(b);
+    };
+    button("staff_confirm", () => act(c, { action: "confirm" }));
+    if (c.record) {
+      button("staff_use_typed", () => act(c, { action: "correct", name: c.claim.name || null,
+        year: c.claim.birthDate ? c.claim.birthDate.slice(0, 4) : null }));
+    }
+    const pass = document.createElement("input");
+    pass.type = "text"; pass.autocomplete = "off"; pass.className = "attach-passport";
+    div.append(pass);
+    button("staff_attach", () => { if (pass.value.trim()) act(c, { action: "attach", passport: pass.value }); });
+    box.append(div);
+  }
 }
 
 // Reset and idle ---------------------------------------------------------------------------
@@ -330,6 +363,7 @@ function reset() {
   $("new-id-block").hidden = true;
   $("staff-queue").replaceChildren();
   $("staff-conflicts").replaceChildren();
+  $("staff-identity").replaceChildren();
   $("staff-sync").textContent = "";
   try { localStorage.clear(); sessionStorage.clear(); } catch (e) { /* none used */ }
   setLang(config.languages[0] || "en");
@@ -386,6 +420,7 @@ function build() {
   $("consent-yes").onclick = () => { flow.consent = true; show("s-reason"); };
   $("consent-no").onclick = reset;
   $("ticket-done").onclick = reset;
+  $("staff-open").hidden = !config.staff;  // no PIN set: no staff screen to open
   $("staff-open").onclick = () => { if (config.staff) { flow = {}; show("s-staff-pin"); } };
   $("staff-close").onclick = reset;
   for (const b of document.querySelectorAll(".back")) b.onclick = reset;
