@@ -11,6 +11,7 @@ reaches the hub exactly once.
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 import time
@@ -25,6 +26,7 @@ from device import enrol
 from device.cli import main as kiosk_main
 from device.store import Store, init_store
 from device.sync.engine import SyncFailed, run_round
+from device.sync.loop import SyncLoop
 from device.sync.state import SyncState, alert_of
 from host.cli import main as haven_main
 from host.hub.hub import Hub
@@ -303,3 +305,33 @@ def test_an_sd_card_restored_from_a_backup_is_not_a_clone(tmp_path: Path) -> Non
             assert not_a_clone(hub, copy) and set(ids) <= set(checkins_at_hub(hub))
         finally:
             copy.close()
+
+
+def test_two_copies_with_kept_open_sessions_do_not_trade_the_session(tmp_path: Path) -> None:
+    """A newer connection with the kiosk's key ends the older live session with reason
+    ``superseded``; the copy that hears it does not connect again at once (it would
+    end the other's session, and the two would trade it for ever)."""
+    with two_copies(tmp_path) as (_hub, url, a, b, _ids):
+        loops = [SyncLoop(c.store, c.state, c.ident, [url], keepalive=60.0, superseded_wait=0.5)
+                 for c in (a, b)]
+        wake = threading.Event()
+        try:
+            loops[0].round(lambda: 10.0)
+            loops[1].round(lambda: 10.0)  # the hub gives b the key's session
+            first = loops[0].conn
+            assert first is not None
+            assert first.idle(5.0, wake) is True  # a hears the end of its session...
+            assert first.superseded and not first.open
+            start = time.monotonic()
+            assert loops[0].idle(math.inf, wake) is False  # ...and waits, not reconnects
+            assert time.monotonic() - start >= 0.4
+            assert loops[1].conn is not None and loops[1].conn.open  # b keeps it
+            wake.set()  # a reason of a's own (a check-in): a's round takes it back
+            a.checkin("after")
+            loops[0].round(lambda: 10.0)
+            assert loops[0].conn is not None and not loops[0].conn.superseded
+            assert loops[1].conn is not None and loops[1].conn.idle(5.0, threading.Event())
+            assert loops[1].conn.superseded
+        finally:
+            for loop in loops:
+                loop.close()

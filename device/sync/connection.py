@@ -29,6 +29,14 @@ knows the session (a restarted hub) a fresh session takes its place and the
 round runs again from its hello (a saved, unacknowledged batch is sent again
 from ``sync.db``; the hub keeps each once).
 
+The hub holds one session per kiosk key: a newer connection with our key
+ends ours with reason ``superseded``. Heard on a live session, that means
+another holder of our key (a copied data folder) took it over, since our
+own reconnection would have come from us. Connecting again at once would
+take it back and end theirs, and the two would trade the session for ever:
+so ``superseded`` is kept, and ``SyncLoop.idle`` connects again only for a
+reason (a check-in) or after ``SUPERSEDED_WAIT``.
+
 ``keepalive``: seconds of silence before the kiosk pings. On TCP it is sized
 for a cellular NAT's idle timeout (minutes), and only the kiosk pings (the
 hub's keepalive is longer than its idle limit); a serial line, which
@@ -72,6 +80,7 @@ KEEPALIVE = 240.0  #: default seconds between pings on an idle TCP session
 SERIAL_KEEPALIVE = 5.0
 #: Longest wait between two looks at a wake event that cannot be waited on with the
 #: link (a plain ``threading.Event``; ``Wake`` needs none).
+SUPERSEDED = "superseded"  #: the hub's close reason when a newer connection holds our key
 IDLE_STEP = 0.05
 
 #: ``wait(fds, timeout)``: the descriptors of ``fds`` that are readable, after at most
@@ -109,6 +118,7 @@ class HubConnection:
         self.wakeups = 0  #: waits ``idle`` made (each one blocking call)
         self.pending: list[bytes] = []  #: messages the hub sent while idle
         self.refused: SyncRefused | None = None  #: the hub turned us away while idle
+        self.superseded = False  #: another connection with our key took the session
 
     @property
     def last_heard(self) -> float | None:
@@ -126,6 +136,7 @@ class HubConnection:
         needed); raises ``SyncFailed`` or ``SyncRefused`` as ``drive_round`` does."""
         if self.refused is not None:
             raise self.refused
+        self.superseded = False  # a round of ours takes the session back
         start = self.clock()
         for attempt in (1, 2):
             driver = self._ready()
@@ -219,6 +230,7 @@ class HubConnection:
             elif isinstance(event, Closed):
                 what = f"{event.reason}: {event.detail}" if event.detail else event.reason
                 log.info("the session over %s closed while idle (%s)", self.url, what)
+                self.superseded = event.reason == SUPERSEDED
                 if event.reason in REFUSALS:
                     self.refused = SyncRefused(f"the hub refused this kiosk ({what})",
                                                event.reason)

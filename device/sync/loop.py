@@ -47,6 +47,9 @@ from protocol.driver.wall_clock import wall_ms
 
 ROUND_LIMIT = 60.0
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
+#: After the hub gave our session to another connection with our key, seconds before we
+#: connect again without a reason of our own (see ``device.sync.connection``).
+SUPERSEDED_WAIT = 300.0
 REVOKED = "revoked"  #: the close reason of a revoked kiosk's session
 
 
@@ -105,6 +108,7 @@ class SyncLoop:
                  baud: int | None = None, keepalive: float = KEEPALIVE,
                  interval: float = 10.0, poll: float = 0.0, retry_cap: float | None = None,
                  reply_timeout: float = REPLY_TIMEOUT,
+                 superseded_wait: float = SUPERSEDED_WAIT,
                  docs: DocumentStore | None = None,
                  failed: tuple[type[BaseException], ...] = (SyncFailed, StoreError, ValueError),
                  clock: Callable[[], float] = time.monotonic,
@@ -113,8 +117,9 @@ class SyncLoop:
         """``interval``: seconds between rounds that worked, on a serial line or with
         no kept-open session (``keepalive`` 0); ``poll``: the same on a kept-open TCP
         session (0: none, the hub pushes). ``reply_timeout``, ``wait``: see
-        ``HubConnection``."""
+        ``HubConnection``; ``superseded_wait``: see ``SUPERSEDED_WAIT``."""
         self.store, self.state, self.ident, self.docs = store, state, ident, docs
+        self.superseded_wait = superseded_wait
         self.baud, self.keepalive, self.clock = baud, keepalive, clock
         self.interval, self.poll, self.failed = interval, poll, failed
         self.reply_timeout, self.wait = reply_timeout, wait
@@ -185,6 +190,8 @@ class SyncLoop:
         conn = self.conn
         if conn is not None and conn.open:
             return conn.idle(seconds, wake)
+        if conn is not None and conn.superseded:  # another holder of our key: no tug of war
+            return wake.wait(min(seconds, self.superseded_wait))
         if conn is not None and (conn.driver is not None or conn.pending or conn.refused):
             return True  # the session or its link ended since the round: a round now
         if math.isinf(seconds):

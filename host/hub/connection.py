@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from host.hub.serve import Server
 
 HANDSHAKING, AUTHENTICATED, CLOSING, CLOSED = "handshaking", "authenticated", "closing", "closed"
+SUPERSEDED = "superseded"  #: the close a session gets when a newer connection takes its key
 LINGER = 2.0  #: seconds a closing connection has to take its goodbye
 #: A session's close reason, as the refusal counted for it.
 CLOSE_REFUSAL = {"timeout": "idle", "flood": "flood", "auth": "bad-handshake",
@@ -362,6 +363,18 @@ class Connection(asyncio.Protocol):
             self.step()
             return
         self.finish(abort=abort)
+
+    def supersede(self) -> None:
+        """A newer connection holds this kiosk's key. A session still open is told
+        (``superseded``: a kiosk that hears it is not the one that came back, and
+        does not take the session back at once); a dead flow is simply dropped."""
+        if self.live and self.state == AUTHENTICATED and self.driver.connected:
+            self.driver.close(SUPERSEDED, "another connection holds this kiosk's key")
+            self.step()  # writes the CLOSE, then closes once it has left
+            if self.live:
+                self.finish()
+            return
+        self.finish(abort=True)
 
     def finish(self, abort: bool = False) -> None:
         """Close the transport: at once with ``abort``, else once what was written

@@ -310,7 +310,7 @@ class Server:
             if older.kiosk:  # a stranger's key, used again, is no news
                 self.notes.count("superseded", f"{older.url}: the kiosk connected again "
                                  f"from {conn.url}", time.monotonic())
-            older.finish(abort=True)
+            older.supersede()
 
     def _uncount(self, conn: Connection) -> None:
         addr = conn.address
