@@ -342,6 +342,17 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running(data: Path) -> dict[str, Any] | None:
+    """The status of the ``haven-kiosk run`` serving ``data``, from its memory (what its
+    LED and page show, its link, its last sync); None when none answers."""
+    from device.hardware.remote import HwRemoteError, sync_status
+
+    try:
+        return sync_status(data)
+    except HwRemoteError:
+        return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from device.health.storage_guard import look
     from device.sync.document_store import summary_of
@@ -353,6 +364,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         st["documents"] = summary_of(store)
     st["storage"] = look(args.data, config.storage_limits(cfg))
     st["last_sync"] = last_sync_of(args.data)
+    st["running"] = run = _running(args.data)  # sync.db keeps an idle round's time hourly
+    if run is not None and run.get("last_sync"):
+        st["last_sync"] = max(st["last_sync"] or "", str(run["last_sync"]))
     st["alert"] = alert_of(args.data)
     st["held_upto"] = held_upto_of(args.data)
     if args.json:
@@ -360,6 +374,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"kiosk {st['node']}  site {st['site']!r}  letter {st['letter']}  "
           f"records {st['records']}  last sync {st['last_sync'] or 'never'}")
+    print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}: link "
+                        f"{run['link']}, {run['unsent']} check-ins not acknowledged yet)"
+                        if run is not None else "no haven-kiosk run answers for this folder"))
     print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}: link "
                         f"{run['link']}, {run['unsent']} check-ins not acknowledged yet)"
                         if run is not None else "no haven-kiosk run answers for this folder"))

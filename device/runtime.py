@@ -18,6 +18,21 @@ open between rounds while ``keepalive`` is above 0. An idle round logs only
 at DEBUG: a log line every 10 s is a write to the card too. An unenrolled
 kiosk still checks patients in (the LED shows an error).
 
+The status (``device.status``) is decided in one place, ``_show``, and shown
+at once on the LED and the page's header (``LiveStatus.state``): what needs
+a technician (revoked, suspected-clone) over everything; then ``error`` (the
+hub refused us, no enrolment, a disk running out of space); then
+``offline`` (the last round found no hub, or the link is known to be down);
+then ``pending`` (a check-in the page saved and the hub has not
+acknowledged, entries left in the outbox, or a link back and its round
+under way); else ``synced``. It is decided again whenever one of these
+changes: after each round, when the page saves a check-in
+(``LiveStatus.when_checkin``: before the round it asks for), when the link
+monitor sees a link go down or return, when the kept-open session loses its
+link while idle, when the disk's level changes. The time of the last round
+that worked is kept in memory (``SyncState.last_sync_ms``, on the page as
+``last_sync``); ``haven-kiosk status`` asks the page for it.
+
 A kiosk the hub revoked (its session closed, or its hello refused, with
 reason ``revoked``) shows ``revoked`` on the LED, the page and the staff
 screen, and stops syncing: the revocation is kept in ``sync.db``, so a
@@ -53,7 +68,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from device.config import KioskConfig, memory_limits, storage_limits
@@ -67,7 +82,7 @@ from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYN
 from device.store import Store, StoreError
 from device.sync.document_store import DocumentStore
 from device.sync.engine import SyncFailed, SyncRefused
-from device.sync.link_monitor import link_monitor_for
+from device.sync.link_monitor import LinkMonitor, Signal, link_monitor_for
 from device.sync.loop import SyncLoop
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
@@ -79,6 +94,9 @@ from protocol.driver.wall_clock import wall_ms
 
 log = logging.getLogger("haven.kiosk")
 STOP_BOUND = 15.0
+#: The link as the runtime knows it: no known problem, known down (the link monitor, or
+#: the kept-open session lost its link), come back with a round under way.
+LINK_UP, LINK_DOWN, LINK_RECONNECTING = "up", "down", "reconnecting"
 
 
 def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
@@ -112,14 +130,18 @@ def outbox_entries(store: Store) -> int:
 class Runtime:
     def __init__(self, cfg: KioskConfig, *, hardware: Any = None,
                  clock: Callable[[], float] = time.monotonic,
-                 pause: Callable[[threading.Event, float], object] | None = None) -> None:
+                 pause: Callable[[threading.Event, float], object] | None = None,
+                 link_signals: Mapping[str, Signal] | None = None) -> None:
         """``clock`` (monotonic seconds) times the breakers, the link monitor and the sync
         state's deferred writes; ``pause(wake, seconds)``, if given, is the sync thread's
-        wait between rounds (a simulated day passes both)."""
+        wait between rounds (a simulated day passes both); ``link_signals``: a hub URL's
+        link-up signal in place of its own (``device.sync.link_monitor``)."""
         self.cfg = cfg
         self.clock = clock
         self._pause = pause
+        self._link_signals = link_signals
         self._loop: SyncLoop | None = None  #: rounds, breakers, kept-open sessions
+        self._monitor: LinkMonitor | None = None
         assert cfg.data is not None
         self.data = cfg.data
         self.live = LiveStatus()
@@ -140,7 +162,10 @@ class Runtime:
         self.memory = MemoryMonitor(memory_limits(cfg))
         self.storage = StorageGuard(self.data, storage_limits(cfg))
         self.storage.when_changed = lambda level: self._show()
-        self._pattern = PENDING
+        self._result = PENDING  #: what the last round said: SYNCED, PENDING, OFFLINE, ERROR
+        self._link = LINK_UP
+        self._showing = threading.Lock()  #: one decision at a time, shown as decided
+        self.live.when_checkin = self._show
         self._health_task: asyncio.Task[None] | None = None
         self._health_stop: asyncio.Event | None = None
 
@@ -159,13 +184,14 @@ class Runtime:
                 log.warning("no hardware: %s", exc)
         if self.hardware is not None:
             self.hardware.button.when_sync_now = self.sync_now
-        self._show(PENDING)
+        self._show()
         self.memory.add_cleanup(self.store.release_memory)
         self.memory.add_cleanup(collect_garbage)
         self.storage.add_reclaimer(self.store.truncate_wal)
         self.storage.add_reclaimer(self._truncate_sync_wal)
         app = KioskApp(self.store, self.live, idle_seconds=self.cfg.idle_seconds,
-                       staff_pin=self.cfg.staff_pin, hardware=self.hardware,
+                       staff_pin=self.cfg.staff_pin, staff_pin_wait=self.cfg.staff_pin_wait,
+                       hardware=self.hardware,
                        on_checkin=self.sync_now, health=self.health,
                        admit_checkin=self.storage.admit)
         host, port = self.cfg.ui_address()
@@ -179,7 +205,9 @@ class Runtime:
         self._thread.start()
         monitor = link_monitor_for(self.cfg.hub, self.cfg.link_interval,
                                    carrier=self.cfg.link_carrier, when_up=self._link_returned,
-                                   clock=self.clock)
+                                   when_down=self._link_lost, clock=self.clock,
+                                   signals=self._link_signals)
+        self._monitor = monitor
         if monitor is not None:
             self._links = threading.Thread(target=monitor.watch, args=(self._stop,),
                                            name="links", daemon=True)
@@ -201,8 +229,20 @@ class Runtime:
 
     def _link_returned(self, url: str) -> None:
         """The link monitor saw ``url``'s link come back (its thread): a round now."""
+        if self._link == LINK_DOWN:
+            self._link = LINK_RECONNECTING
+            self._show()
         self._returned.put(url)
         self._wake.set()
+
+    def _link_lost(self, url: str) -> None:
+        """The link monitor saw ``url``'s link go down (its thread): offline at once when
+        no hub URL is left whose link may be up."""
+        monitor = self._monitor
+        if monitor is None or any(monitor.is_up.get(u) is not False for u in self.cfg.hub):
+            return
+        self._link = LINK_DOWN
+        self._show()
 
     async def stop(self) -> None:
         if self._health_task is not None and self._health_stop is not None:
@@ -288,16 +328,27 @@ class Runtime:
         heard = loop.last_contact() if loop is not None else None
         return None if heard is None else max(0.0, self.clock() - heard)
 
-    def _show(self, pattern: str | None = None) -> None:
-        """Show the sync state's ``pattern`` (or the last one again); a disk running out
-        of space shows an error over it, and what needs a technician over both."""
-        if pattern is not None:
-            self._pattern = pattern
-        shown = self._pattern if self.storage.level == STORAGE_OK else ERROR
-        shown = self._alert or shown
-        if self.hardware is not None:
-            with contextlib.suppress(Exception):
-                self.hardware.led.show(shown)
+    def status(self) -> str:
+        """The status to show now (see the module docstring); any thread."""
+        if self._alert is not None:
+            return self._alert
+        if self.storage.level != STORAGE_OK or self._result == ERROR:
+            return ERROR
+        link = self._link
+        if link == LINK_DOWN or self._result == OFFLINE and link != LINK_RECONNECTING:
+            return OFFLINE
+        if self._result == PENDING or link == LINK_RECONNECTING or self.live.unsent():
+            return PENDING
+        return SYNCED
+
+    def _show(self) -> None:
+        """Decide the status and show it on the LED and the page; any thread."""
+        with self._showing:
+            shown = self.status()
+            if self.hardware is not None:  # the LED first: the page is told right after
+                with contextlib.suppress(Exception):
+                    self.hardware.led.show(shown)
+            self.live.update(state=shown, link=self._link)
 
     def _sync_loop(self) -> None:
         assert self.store is not None
@@ -318,8 +369,9 @@ class Runtime:
                 try:
                     ident = load(self.data)
                 except (NotEnrolled, StoreError) as exc:
-                    self.live.update(state=ERROR, detail=str(exc))
-                    self._show(ERROR)
+                    self.live.update(detail=str(exc))
+                    self._result = ERROR
+                    self._show()
                     self._wait(self.cfg.retry_max)
                     continue
                 self._loop = SyncLoop(
@@ -344,17 +396,25 @@ class Runtime:
                 self._offset = state.clock_offset
                 mark_now = self.live.snapshot()["committed"]
                 left = outbox_entries(store)
-                self.live.update(state=self._alert or (SYNCED if left == 0 else PENDING),
-                                 synced=True, sent_upto=mark_now if left == 0 else mark,
-                                 detail="")
-                self._show(SYNCED if left == 0 else PENDING)
+                at = state.last_sync_ms
+                self.live.update(synced=True, synced_at=None if at is None else at / 1000,
+                                 sent_upto=mark_now if left == 0 else mark, detail="")
+                self._result = SYNCED if left == 0 else PENDING
+                self._link = LINK_UP  # a round worked: whatever the monitor saw, it is up
                 wait = wait if left == 0 else 0.0
             else:
-                if self._alert is not None:
-                    self.live.update(state=self._alert)
-                self._show(ERROR if result == ERROR else OFFLINE)
+                self._result = ERROR if result == ERROR else OFFLINE
+                if self._link == LINK_RECONNECTING:
+                    self._link = LINK_UP  # the round after the link's return is over
+            self._show()
             if wait > 0:
+                conn = self._loop.conn
+                was_open = conn is not None and conn.open
                 self._wait(wait)
+                if (was_open and conn is not None and not conn.open and not conn.superseded
+                        and not self._stop.is_set()):
+                    self._link = LINK_DOWN  # the session lost its link while idle
+                    self._show()
 
     def _revoked(self, detail: str) -> None:
         """The hub revoked this kiosk: show it, and sync no more (until stopped; a new
@@ -362,7 +422,7 @@ class Runtime:
         log.error("this kiosk was revoked (%s): it syncs no more; enrol it again to "
                   "return it to service", detail)
         self._alert = REVOKED
-        self.live.update(state=REVOKED, detail=detail)
+        self.live.update(detail=detail)
         self._show()
         if self._loop is not None:
             self._loop.close()
@@ -386,7 +446,7 @@ class Runtime:
             if exc.reason == REVOKED:
                 self.live.update(detail=str(exc))
                 return REVOKED, 0.0
-            self.live.update(state=ERROR, detail=str(exc))
+            self.live.update(detail=str(exc))
             log.error("sync refused: %s", exc)
             return ERROR, self.cfg.retry_max
         summary = out.summary
@@ -401,6 +461,6 @@ class Runtime:
         else:
             detail = (f"every hub URL failed lately; the next try in "
                       f"{loop.next_probe() or 0:.0f} s")
-        self.live.update(state=OFFLINE, detail=detail)
+        self.live.update(detail=detail)
         log.info("no hub answered: %s", detail)
         return OFFLINE, out.wait

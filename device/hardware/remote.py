@@ -12,6 +12,10 @@ the page is served, and ``withdraw`` removes it at shutdown. ``state`` and
 127.0.0.1. They refuse with ``NotRunning`` when no runtime serves that
 directory (no file, a dead pid, nobody answering) and with ``NotSimulated``
 when the runtime's hardware is real.
+
+``sync_status`` asks the same runtime for its status as the LED and the
+page show it, and its last sync, kept in memory (``GET /api/status``, on
+real hardware too): ``haven-kiosk status`` prints them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from device.exc import DeviceError
 RUNTIME_FILE = "runtime.json"
 LONGEST_PRESS = 30.0  #: what ``/api/hw/press`` accepts
 TIMEOUT = 10.0
+STATUS_TIMEOUT = 3.0  #: ``haven-kiosk status`` does not wait longer for a runtime
 
 
 class HwRemoteError(DeviceError):
@@ -125,6 +130,11 @@ def _simulated(data: Path) -> str:
                            "its button and LED can be driven from software only in "
                            "simulation, with GPIOZERO_PIN_FACTORY=mock")
     return url
+
+
+def sync_status(data: Path, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+    """The running runtime's status, link and last sync (``LiveStatus.status``)."""
+    return _call(locate(data), "/api/status", timeout=timeout)
 
 
 def state(data: Path) -> dict[str, Any]:

@@ -23,7 +23,9 @@ breaker probe at once and wakes its loop, so the kiosk syncs within an
 interval of the link's return instead of after its backoff. The first look
 only learns the state. A link that flaps acts at most once per ``min_gap``
 seconds per URL; a return within the gap is acted on when it ends, if the
-link is still up.
+link is still up. A link that goes down calls ``when_down(url)`` at once
+(the first look included): the runtime shows ``offline`` within an interval
+instead of when a round or a keepalive fails.
 
 ``watch`` polls until an event is set (the runtime's thread); ``pause``
 sleeps in slices of the interval and ends early when a link returns
@@ -121,12 +123,13 @@ class LinkMonitor:
     """Watches each URL's link-up signal; see the module docstring."""
 
     def __init__(self, signals: Mapping[str, Signal], *,
-                 when_up: Callable[[str], None] | None = None, interval: float = INTERVAL,
+                 when_up: Callable[[str], None] | None = None,
+                 when_down: Callable[[str], None] | None = None, interval: float = INTERVAL,
                  min_gap: float = MIN_GAP, clock: Callable[[], float] = time.monotonic) -> None:
         if interval <= 0 or min_gap < 0:
             raise ValueError("a link monitor needs interval > 0 and min_gap >= 0")
         self.signals = dict(signals)
-        self.when_up = when_up
+        self.when_up, self.when_down = when_up, when_down
         self.interval, self.min_gap, self.clock = interval, min_gap, clock
         self.is_up: dict[str, bool | None] = dict.fromkeys(self.signals)  #: None: not looked
         self.acted: dict[str, float] = {}  #: when each URL's last return was acted on
@@ -135,7 +138,7 @@ class LinkMonitor:
     def poll(self) -> list[str]:
         """Look at every link once; the URLs whose link just returned, each acted on."""
         now = self.clock()
-        back = []
+        back, lost = [], []
         for url, signal in self.signals.items():
             was, up = self.is_up[url], self._look(signal)
             self.is_up[url] = up
@@ -143,6 +146,7 @@ class LinkMonitor:
                 self.returned.discard(url)
                 if was is not False:
                     log.info("link down: %s", url)
+                    lost.append(url)
             elif was is False:
                 self.returned.add(url)
             if url in self.returned and now >= self.acted.get(url, -math.inf) + self.min_gap:
@@ -150,6 +154,9 @@ class LinkMonitor:
                 self.acted[url] = now
                 log.info("link up: %s", url)
                 back.append(url)
+        for url in lost:
+            if self.when_down is not None:
+                self.when_down(url)
         for url in back:
             if self.when_up is not None:
                 self.when_up(url)
@@ -184,11 +191,16 @@ class LinkMonitor:
 
 def link_monitor_for(urls: Iterable[str], interval: float, *, carrier: Iterable[str] = (),
                      when_up: Callable[[str], None] | None = None,
-                     clock: Callable[[], float] = time.monotonic) -> LinkMonitor | None:
+                     when_down: Callable[[str], None] | None = None,
+                     clock: Callable[[], float] = time.monotonic,
+                     signals: Mapping[str, Signal] | None = None) -> LinkMonitor | None:
     """A monitor of the hub ``urls`` that have a signal; None if ``interval`` is 0 (off)
-    or no URL has one. ``carrier``: the serial URLs whose modem drives carrier detect."""
-    with_carrier = set(carrier)
-    signals = {url: s for url in urls if (s := signal_for(url, url in with_carrier))}
-    if interval <= 0 or not signals:
+    or no URL has one. ``carrier``: the serial URLs whose modem drives carrier detect;
+    ``signals``: a URL's signal given instead of its own (tests)."""
+    with_carrier, given = set(carrier), dict(signals or {})
+    found = {url: given.get(url) or signal_for(url, url in with_carrier) for url in urls}
+    watched = {url: s for url, s in found.items() if s is not None}
+    if interval <= 0 or not watched:
         return None
-    return LinkMonitor(signals, when_up=when_up, interval=interval, clock=clock)
+    return LinkMonitor(watched, when_up=when_up, when_down=when_down, interval=interval,
+                       clock=clock)

@@ -21,7 +21,10 @@ chain does not fork. Acknowledgements, the cursor, the clock offset and the
 last sync wait in memory and are written with the next batch, by ``flush``
 once they have waited ``FLUSH_AFTER_S``, or at close: lost, they only mean
 work done again. A value that did not change is not written at all, so an
-idle round writes nothing to the SD card.
+idle round writes nothing to the SD card. An idle round's time is saved
+only when the saved one is an hour old, but ``last_sync_ms`` keeps every
+round's in memory (the runtime shows it, and ``haven-kiosk status`` asks
+the running runtime for it), and ``close`` saves the latest.
 
 A revocation (``mark_revoked``) is written at once with an fsync: a kiosk
 the hub revoked must not try again after a restart. It names the
@@ -76,8 +79,12 @@ class SyncState:
         self._later: dict[str, object] = {}  #: meta values not yet written
         self._acked_later: set[int] = set()  #: batches acknowledged, not yet marked
         self._waiting_since: float | None = None
+        #: The wall time (ms) of the last round that worked, saved or not; None: none yet
+        self.last_sync_ms: int | None = None
 
     def close(self) -> None:
+        if self.last_sync_ms is not None and self.last_sync_ms > self.get_int("last_sync"):
+            self.set("last_sync", self.last_sync_ms)  # one write at the end, not a round's
         self.flush(force=True)
         self.db.close()
 
@@ -122,7 +129,9 @@ class SyncState:
             self.set("clock_offset", offset_ms)
 
     def note_synced(self, now_ms: int, moved: bool) -> None:
-        """A round ended with everything acknowledged both ways."""
+        """A round ended with everything acknowledged both ways: kept in memory, and
+        saved if it moved anything or the saved time is ``LAST_SYNC_REFRESH_MS`` old."""
+        self.last_sync_ms = now_ms
         if moved or now_ms - self.get_int("last_sync") > LAST_SYNC_REFRESH_MS:
             self.set("last_sync", now_ms)
 

@@ -66,6 +66,8 @@ class KioskApp:
                 return self._file(path[len("/static/"):])
             if path == "/api/config":
                 return json_response(self.config())
+            if path == "/api/status":  # for haven-kiosk status: in memory, nothing written
+                return json_response(self.live.status())
             if path == "/api/events":
                 return Response(200, content_type="text/event-stream",
                                 headers={"X-Accel-Buffering": "no"}, stream=self._events())

@@ -9,6 +9,15 @@ left the outbox with the hub's acknowledgement. A page holding ordinal
 ``n`` shows "sent to the clinic" once ``sent_upto >= n``, otherwise "saved
 on this kiosk". Listeners (server-sent events) wait on ``changed``.
 
+The state shown is the runtime's to decide (``device.runtime``: from the
+last round, the link, the disk and what needs a technician); it calls
+``update`` with it and shows the same on the LED. ``note_checkin`` turns
+``synced`` into ``pending`` by itself and then calls ``when_checkin`` (the
+runtime's), so that the LED follows at the moment the check-in is saved.
+``last_sync`` (wall-clock seconds) is the end of the last round that
+worked, kept in memory: ``haven-kiosk status`` asks the running runtime
+for it (``GET /api/status``), so that an idle round writes nothing.
+
 ``contact_minutes`` is how long ago the hub was last heard (a frame on the
 kept-open session, a keepalive's answer, a round), in whole minutes, once
 that is longer than ``contact_after`` seconds (the keepalive interval):
@@ -20,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,11 +49,14 @@ class LiveStatus:
         self.sent_upto = 0
         self.last_sync: float | None = None
         self.detail = ""
+        self.link = "up"  #: the link as the runtime knows it: up, down, reconnecting
         self.version = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
         self._contact: Callable[[], float | None] | None = None
         self.contact_after = 0.0
+        #: Called (on the event loop) right after each ``note_checkin``.
+        self.when_checkin: Callable[[], None] | None = None
 
     def watch_contact(self, age: Callable[[], float | None], after: float) -> None:
         """``age()``: seconds since the hub was last heard (None: never); shown once
@@ -70,29 +84,56 @@ class LiveStatus:
             if self.state == SYNCED:
                 self.state = PENDING
         self._changed()
+        if self.when_checkin is not None:
+            self.when_checkin()
         return n
 
-    def update(self, state: str | None = None, sent_upto: int | None = None,
-               detail: str | None = None, synced: bool = False) -> None:
-        """Thread-safe: record what the sync engine learnt."""
+    def unsent(self) -> bool:
+        """Whether a check-in this page made is not yet known to have reached the hub."""
         with self._lock:
+            return self.sent_upto < self.committed
+
+    def update(self, state: str | None = None, sent_upto: int | None = None,
+               detail: str | None = None, synced: bool = False,
+               synced_at: float | None = None, link: str | None = None) -> None:
+        """Thread-safe: record what the sync engine learnt. ``synced``: a round just
+        worked, at ``synced_at`` (wall-clock seconds; now if not given). Listeners are
+        woken only when something changed."""
+        with self._lock:
+            before = (self.state, self.sent_upto, self.detail, self.last_sync, self.link)
             if state is not None:
                 self.state = state
+            if link is not None:
+                self.link = link
             if sent_upto is not None:
                 self.sent_upto = max(self.sent_upto, min(sent_upto, self.committed))
             if detail is not None:
                 self.detail = detail
             if synced:
-                self.last_sync = time.time()
-        self._changed()
+                self.last_sync = time.time() if synced_at is None else synced_at
+            same = before == (self.state, self.sent_upto, self.detail, self.last_sync,
+                              self.link)
+        if not same:
+            self._changed()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             snap = {"state": self.state, "sent_upto": self.sent_upto,
                     "committed": self.committed, "last_sync": self.last_sync,
-                    "detail": self.detail, "version": self.version}
+                    "detail": self.detail, "link": self.link, "version": self.version}
         snap["contact_min"] = self.contact_minutes()
         return snap
+
+    def status(self) -> dict[str, Any]:
+        """What ``haven-kiosk status`` asks the running kiosk (``GET /api/status``):
+        the status shown, the link, the last round that worked (ISO 8601, UTC)."""
+        snap = self.snapshot()
+        at = snap["last_sync"]
+        when = None if at is None else datetime.datetime.fromtimestamp(at, datetime.UTC)
+        return {"state": snap["state"], "link": snap["link"],
+                "unsent": max(0, snap["committed"] - snap["sent_upto"]),
+                "last_sync": None if when is None else when.isoformat(timespec="seconds"),
+                "pid": os.getpid()}
 
     def _changed(self) -> None:
         with self._lock:
