@@ -80,3 +80,16 @@ def test_a_port_in_use_and_a_missing_folder_are_one_line(tmp_path: Path) -> None
                   "--ui", "127.0.0.1:0")
     assert r.returncode == 1
     assert "no data folder" in one_line(r.stderr)
+
+
+def test_a_data_folder_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for argv, prog in ((["device.cli", "init", "--data", str(blocker / "k"), "--site", "S",
+                         "--letter", "A"], "haven-kiosk init"),
+                       (["host.cli", "hub", "init", "--data", str(blocker / "h")], "haven hub")):
+        r = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True,
+                           text=True, timeout=BOUND)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert r.stderr.startswith(f"{prog}: Not a directory ({blocker}"), r.stderr

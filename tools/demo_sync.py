@@ -123,7 +123,7 @@ def page_api(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read())
 
 
-class Refused(Exception):
+class Refused(RuntimeError):
     """What the run cannot do, said in one line (a port in use, a command that failed)."""
 
 

@@ -3,7 +3,9 @@
 Each builds its commands on ``command_parser`` (a ``--version`` line that names
 the wire protocol, and one subcommand per job) and ends in ``run_command``: it
 runs the chosen command, and prints a library error as one line on stderr,
-``PROG COMMAND: message``, with the exit status the CLI's ``failure`` chooses.
+``PROG COMMAND: message``, with the exit status the CLI's ``failure`` chooses;
+an ``OSError`` the CLI left alone (a folder that cannot be made) is one line
+and status 1 too.
 An interrupt is one line and status 130; a reader that went away (``| head``)
 ends quietly with status 0.
 """
@@ -58,6 +60,10 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None,
         return 0
     except Exception as exc:
         told = failure(exc)
+        if told is None and isinstance(exc, OSError) and exc.strerror:
+            # the machine said no (a folder that cannot be made, a port in use): not a bug
+            where = f" ({exc.filename})" if exc.filename else ""
+            told = f"{exc.strerror}{where}", 1
         if told is None:
             raise
         print(f"{parser.prog} {args.command}: {told[0]}", file=sys.stderr)
