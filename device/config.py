@@ -97,6 +97,9 @@ class KioskConfig:
                                    "hash staff-pin set keeps in the data directory, else the "
                                    "staff screen is off", metavar="HASH", number_text=True,
                                    check=_staff_pin)
+    staff_pin_wait: float = option(3.0, "the longest wait after a wrong staff PIN before the "
+                                   "next one is checked (two misses are free; the wait "
+                                   "doubles from 0.5 s up to this)", unit="s", positive=True)
     interval: float = option(10.0, "seconds between sync rounds when idle, over a serial "
                              "line or with no kept-open session (keepalive 0)", unit="s",
                              positive=True)

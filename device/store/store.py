@@ -123,7 +123,11 @@ class CheckinResult:
 def claim_verdict(fields: Mapping[int, Any], claim: Mapping[str, Any]) -> str:
     """``match`` when every claimed value agrees with the patient's record (a birth
     year against the year of ``birthDate``; a name ignoring case and spacing), else
-    ``mismatch``. A field the record lacks cannot agree."""
+    ``mismatch``; ``unknown`` when the record has neither a name nor a birth date (it
+    was only seen at check-ins). A field the record lacks cannot agree."""
+    if not any(isinstance(fields.get(crdt_schema.PATIENT.field(k).number), str)
+               for k in ("name", "birthDate")):
+        return "unknown"
     for key, value in claim.items():
         held = fields.get(crdt_schema.PATIENT.field(key).number)
         if not isinstance(held, str):

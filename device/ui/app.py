@@ -41,7 +41,7 @@ class KioskApp:
                  on_checkin: Callable[[], None] | None = None,
                  health: Callable[[], dict[str, Any]] | None = None,
                  admit_checkin: Callable[[], None] | None = None,
-                 staff_guard: PinGuard | None = None) -> None:
+                 staff_guard: PinGuard | None = None, staff_pin_wait: float = 3.0) -> None:
         self.store, self.live, self.hardware = store, live, hardware
         self.idle_seconds = idle_seconds
         self.on_checkin = on_checkin
@@ -52,7 +52,8 @@ class KioskApp:
         data = getattr(store, "data", None)
         self.staff = Staff(store, live, PinSource(data, staff_pin),
                            session_seconds=max(idle_seconds, 30.0), health=health,
-                           guard=staff_guard if staff_guard is not None else PinGuard(data))
+                           guard=staff_guard if staff_guard is not None
+                           else PinGuard(data, cap=staff_pin_wait))
         self.clock: Callable[[], float] = time.monotonic
         self._files = {p.relative_to(STATIC).as_posix(): p
                        for p in STATIC.rglob("*") if p.is_file()}

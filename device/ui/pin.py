@@ -15,8 +15,9 @@ seconds) before the next try is checked: that bounds guessing to about one
 try per ``cap`` seconds, and the right PIN is never refused for longer than
 ``cap``. From ``alert_after``
 misses since the last right PIN, an alert stands on the staff screen (the
-count and when the misses began) and each miss is logged as a warning, at
-most once a minute with the count. The count survives a restart in
+count and when the misses began, still shown after the right PIN until the
+next one) and the misses are logged as warnings, at most once a minute with
+the count. The count survives a restart in
 ``DATA/staff-pin-misses``, written at most once a ``persist_every`` seconds
 (a minute by default), so a script's guesses do not become writes to the SD
 card; a right PIN clears it.
@@ -176,6 +177,8 @@ class PinGuard:
         self.persist_every, self.log_every = persist_every, log_every
         self.path = Path(data) / MISSES_FILE if data is not None else None
         self.misses, self.first_miss = 0, 0.0
+        #: The alert the last right PIN ended, shown until the next right PIN.
+        self.previous: dict[str, Any] | None = None
         self._until = 0.0  # monotonic: no PIN is checked before then
         self._saved_at = float("-inf")
         self._saved_count = 0
@@ -196,12 +199,14 @@ class PinGuard:
     def wait(self, now: float) -> float:
         return max(0.0, self._until - now)
 
-    def missed(self, now: float, wall: float | None = None) -> None:
+    def missed(self, now: float, wall: float | None = None, *, waited: bool = True) -> None:
+        """A wrong PIN; ``waited=False``: a try refused unchecked during a wait, which
+        counts toward the alert but does not lengthen the wait."""
         wall = time.time() if wall is None else wall
         if self.misses == 0:
             self.first_miss = wall
         self.misses += 1
-        if self.misses > self.free:
+        if waited and self.misses > self.free:
             self._until = now + min(self.cap, self.base * 2 ** (self.misses - self.free - 1))
         if self.misses >= self.alert_after and now - self._logged_at >= self.log_every:
             self._logged_at = now
@@ -211,7 +216,10 @@ class PinGuard:
             self._save(now)
 
     def succeeded(self, now: float) -> None:
-        if self.misses >= self.alert_after:
+        """The right PIN: the count starts again; an alert it ends stays on the staff
+        screen (``alert``) until the next right PIN, so staff see it when they log in."""
+        self.previous = self.alert() if self.misses >= self.alert_after else None
+        if self.previous is not None:
             log.warning("staff PIN: the right PIN after %d wrong ones", self.misses)
         self.misses, self._until = 0, 0.0
         if self._saved_count:
@@ -220,7 +228,7 @@ class PinGuard:
     def alert(self) -> dict[str, Any] | None:
         """What the staff screen shows, from ``alert_after`` misses on."""
         if self.misses < self.alert_after:
-            return None
+            return self.previous
         return {"misses": self.misses, "since": self.first_miss}
 
     def flush(self) -> None:

@@ -147,7 +147,8 @@ class Staff:
             raise HttpError(403, "no-staff-pin")
         async with self._checking:  # one slow check at a time: a burst waits its turn
             wait = self.guard.wait(time.monotonic())
-            if wait > 0:
+            if wait > 0:  # a try unchecked: it counts toward the alert all the same
+                self.guard.missed(time.monotonic(), waited=False)
                 raise HttpError(429, "slow-down", {"wait": math.ceil(wait)})
             pin = body.get("pin")
             ok = await asyncio.to_thread(verify_pin, pin, stored)

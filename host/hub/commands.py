@@ -78,6 +78,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("device", metavar="DEVICE_ID",
                    help="the kiosk's id (haven hub status lists them)")
 
+    p = hs.add_parser("promote", help="make check-ins' claims records where none exists",
+                      description="Make what patients typed at a kiosk (a check-in's claim) "
+                      "the patient's record where the hub holds none, and mark each "
+                      "check-in's identity: promoted, match, or mismatch (left for staff to "
+                      "confirm). Never changes a record that exists.")
+    _data(p)
+    p.add_argument("--json", action="store_true", help="print what was done as JSON")
+
     review = sub.add_parser("review", help="list and resolve held conflicts",
                             description="Conflicts the hub holds for review.")
     rs = review.add_subparsers(dest="review_command", metavar="REVIEW_COMMAND", required=True)
@@ -206,6 +214,14 @@ def run(args: argparse.Namespace) -> int:
             _status(hub, args.json, _server_status(args.data))
         elif cmd == "held":
             _held(hub, args.json)
+        elif cmd == "promote":
+            done = hub.promote_claims()
+            if args.json:
+                print(json.dumps(done, sort_keys=True))
+            else:
+                print(f"{len(done)} check-in identities settled")
+                for d in done:
+                    print(f"  {d['checkin']} patient {d['patient']}: {d['identity']}")
         elif cmd == "clear-clone":
             hub.clear_clone(args.device)
             print(f"kiosk {args.device}: suspected-clone flag cleared")

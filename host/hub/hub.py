@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
+from host.hub import claims
 from host.hub.document_inbox import DOCUMENTS_DIR, held
 from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
@@ -193,6 +194,20 @@ class Hub:
         self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
         self.store.log(None, "resolved", f"conflict {conflict_id}", now)
         return str(uuid.UUID(bytes=view.record_id))
+
+    def promote_claims(self, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """Make check-ins' claims patients' records where none exists, and mark each
+        check-in's identity (``claims``); returns what was done to each."""
+        now = wall_ms() if now_ms is None else now_ms
+        hlc = HLC(max(int(self.store.get_meta("hlc") or 0),
+                      max((op.stamp for op in self.store.all_ops()), default=0)))
+        deltas, done = claims.plan(self.views(), self.node, hlc, now)
+        for delta in deltas:
+            self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
+        self.store.set_meta("hlc", hlc.last)
+        if done:
+            self.store.log(None, "claims", f"{len(done)} check-in identities settled", now)
+        return done
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
         head = self.store.head()

@@ -1,0 +1,90 @@
+"""Claims a patient typed at a kiosk, made the patient's record only where none exists.
+
+Theory of operation
+-------------------
+A kiosk never writes what a patient typed onto a patient named by a passport:
+it keeps it on the check-in (``claimName``, ``claimBirthDate``) with its own
+verdict (``identity``; SPEC.md "Identity at the kiosk"). The hub holds every
+delta the fleet has sent, so it is the one place that can tell whether a
+patient's record exists. ``promote`` looks at each check-in whose verdict is
+``unknown`` (the kiosk held no record) or ``confirmed`` by staff:
+
+* the patient has neither a name nor a birth date at the hub: the claim is
+  written onto the patient (only the fields the claim has), and the check-in
+  is marked ``promoted``;
+* the record exists and agrees: the check-in is marked ``match``;
+* it exists and disagrees: the check-in is marked ``mismatch``, and stays on
+  the staff screens' list of identities to confirm. The record is untouched.
+
+Each is an ordinary delta by the hub's node and clock, pulled by every kiosk,
+kept in the hub's log of writes (``haven hub dump`` shows the fields, the
+write log their writer). A record written on a kiosk that has not synced yet
+is unknown here: a promotion made meanwhile is a concurrent write to it, which
+the merge keeps as a conflict for review rather than losing either.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from protocol.crdt import schema
+from protocol.crdt.clock import HLC
+from protocol.crdt.delta import Delta
+from protocol.crdt.record import RecordView
+from protocol.crdt.writes import build_put
+
+CHECKIN, PATIENT = schema.CHECKIN, schema.PATIENT
+_C = {f.name: f.number for f in CHECKIN.fields}
+_P = {f.name: f.number for f in PATIENT.fields}
+#: Verdicts the hub settles: the kiosk held no record, or staff confirmed the claim.
+PROMOTABLE = ("unknown", "confirmed")
+
+
+def _agrees(fields: Mapping[int, Any], claim: dict[str, Any]) -> bool:
+    for key, value in claim.items():
+        held = fields.get(_P[key])
+        if not isinstance(held, str):
+            return False
+        if key == "birthDate" and held[:4] != value[:4]:
+            return False
+        if key == "name" and " ".join(held.casefold().split()) != " ".join(
+                value.casefold().split()):
+            return False
+    return True
+
+
+def plan(views: list[RecordView], node: int, hlc: HLC, now_ms: int,
+         ) -> tuple[list[Delta], list[dict[str, Any]]]:
+    """The writes that settle every promotable claim in ``views``, and what each did."""
+    by_id = {v.record_id: v for v in views}
+    deltas: list[Delta] = []
+    done: list[dict[str, Any]] = []
+    promoted: dict[bytes, dict[int, Any]] = {}  # patients promoted in this pass: fields
+    for view in sorted(views, key=lambda v: v.record_id):  # check-in ids are time-ordered
+        identity = view.fields.get(_C["identity"])
+        if view.type != CHECKIN.number or view.deleted or identity not in PROMOTABLE:
+            continue
+        subject = view.fields.get(_C["subject"])
+        if not isinstance(subject, bytes) or len(subject) != 16:
+            continue
+        claim = {k: v for k, v in (("name", view.fields.get(_C["claimName"])),
+                                   ("birthDate", view.fields.get(_C["claimBirthDate"])))
+                 if isinstance(v, str) and v}
+        patient = by_id.get(subject)
+        fields = promoted.get(subject, patient.fields if patient is not None else {})
+        empty = not any(isinstance(fields.get(_P[k]), str) for k in ("name", "birthDate"))
+        if empty and claim and not (patient is not None and patient.deleted):
+            deltas.append(build_put(patient, subject, PATIENT, node, hlc.now(now_ms), claim))
+            promoted[subject] = {_P[k]: v for k, v in claim.items()}
+            verdict = "promoted"
+        elif identity == "confirmed":
+            continue  # staff confirmed it against a record that exists: nothing to add
+        else:
+            verdict = "match" if claim and _agrees(fields, claim) else "mismatch"
+        deltas.append(build_put(view, view.record_id, CHECKIN, node, hlc.now(now_ms),
+                                {"identity": verdict}))
+        done.append({"checkin": str(uuid.UUID(bytes=view.record_id)),
+                     "patient": str(uuid.UUID(bytes=subject)), "identity": verdict})
+    return deltas, done
