@@ -374,11 +374,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"kiosk {st['node']}  site {st['site']!r}  letter {st['letter']}  "
           f"records {st['records']}  last sync {st['last_sync'] or 'never'}")
-    print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}: link "
-                        f"{run['link']}, {run['unsent']} check-ins not acknowledged yet)"
-                        if run is not None else "no haven-kiosk run answers for this folder"))
-    print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}: link "
-                        f"{run['link']}, {run['unsent']} check-ins not acknowledged yet)"
+    print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}, link "
+                        f"{run['link']}; the outbox below is what waits for the hub)"
                         if run is not None else "no haven-kiosk run answers for this folder"))
     if st["alert"]:
         print(f"{st['alert']}: another kiosk runs with this identity; call a technician "

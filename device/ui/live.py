@@ -126,7 +126,9 @@ class LiveStatus:
 
     def status(self) -> dict[str, Any]:
         """What ``haven-kiosk status`` asks the running kiosk (``GET /api/status``):
-        the status shown, the link, the last round that worked (ISO 8601, UTC)."""
+        the status shown, the link, the last round that worked (ISO 8601, UTC), and
+        ``unsent``: the check-ins this page saved since the start and the hub has not
+        acknowledged yet (the outbox counts every write)."""
         snap = self.snapshot()
         at = snap["last_sync"]
         when = None if at is None else datetime.datetime.fromtimestamp(at, datetime.UTC)
