@@ -190,7 +190,8 @@ class Runtime:
         self.storage.add_reclaimer(self.store.truncate_wal)
         self.storage.add_reclaimer(self._truncate_sync_wal)
         app = KioskApp(self.store, self.live, idle_seconds=self.cfg.idle_seconds,
-                       staff_pin=self.cfg.staff_pin, hardware=self.hardware,
+                       staff_pin=self.cfg.staff_pin, staff_pin_wait=self.cfg.staff_pin_wait,
+                       hardware=self.hardware,
                        on_checkin=self.sync_now, health=self.health,
                        admit_checkin=self.storage.admit)
         host, port = self.cfg.ui_address()
