@@ -107,6 +107,8 @@ def identity_to_confirm(store: Any) -> list[dict[str, Any]]:
         record = ({"name": patient.fields.get(pfield["name"]),
                    "birthDate": patient.fields.get(pfield["birthDate"])}
                   if patient is not None and not patient.deleted else None)
+        if record is not None and not any(record.values()):
+            record = None  # only seen at check-ins: nothing on record here
         rows.append({"id": str(uuid.UUID(bytes=view.record_id)), "identity": identity,
                      "number": view.fields.get(field["queueNumber"]),
                      "time": str(view.fields.get(field["periodStart"]) or ""),
