@@ -67,6 +67,7 @@ from device.sync.engine import (
     drive_round,
     kiosk_driver,
     open_hub_link,
+    refuser,
 )
 from device.sync.state import SyncState
 from protocol.driver.errors import LinkError
@@ -232,7 +233,7 @@ class HubConnection:
                 log.info("the session over %s closed while idle (%s)", self.url, what)
                 self.superseded = event.reason == SUPERSEDED
                 if event.reason in REFUSALS:
-                    self.refused = SyncRefused(f"the hub refused this kiosk ({what})",
+                    self.refused = SyncRefused(f"{refuser(event.by_peer)} ({what})",
                                                event.reason)
                 self.close()
                 wanted = True

@@ -50,6 +50,14 @@ log = logging.getLogger("haven.sync")
 BATCH_BYTES = 48 * 1024
 REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
             "auth")
+
+
+def refuser(by_peer: bool) -> str:
+    """Who refused whom, for a session closed with one of ``REFUSALS``: the hub, or this
+    kiosk (the hub's key is not the one its certificate names)."""
+    return "the hub refused this kiosk" if by_peer else "this kiosk refused the hub"
+
+
 #: A serial round that hears nothing authenticated this long starts over: a hub that
 #: restarted ignores the old session's frames (it sends keep-alives every 2 s).
 SERIAL_DEAD_TIMEOUT = 20.0
@@ -377,9 +385,9 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
                 elif isinstance(event, Closed):
                     what = f"{event.reason}: {event.detail}" if event.detail else event.reason
                     if event.reason in REFUSALS:
-                        raise SyncRefused(f"the hub refused this kiosk ({what})",
-                                          event.reason)
-                    raise SyncFailed(f"session closed ({what})")
+                        raise SyncRefused(f"{refuser(event.by_peer)} ({what})", event.reason)
+                    raise SyncFailed(f"session closed {'by the hub' if event.by_peer else 'here'}"
+                                     f" ({what})")
                 elif isinstance(event, LinkClosed) and reopen is not None:
                     reopen()
                     since, quick = clock(), False
