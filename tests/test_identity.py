@@ -244,3 +244,35 @@ def test_misses_alert_never_lock_out_and_are_written_once_a_minute(
     assert not path.exists() and again.wait(time.monotonic()) == 0
     again.succeeded(time.monotonic())
     assert again.alert() is None
+
+
+def test_no_overwrite_over_real_sync_rounds(tmp_path: Path) -> None:
+    """The same over TCP with the hub serving: A's record reaches the hub, B's claim with
+    a fresher stamp changes nothing there or at A, and A's staff see the flag."""
+    from device.ui.staff import identity_to_confirm
+
+    from .test_sync_helpers import Kiosk, served_hub
+
+    with served_hub(tmp_path) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        try:
+            zid = a.store.put("patient", pid(a.store, "ZZ998877"),
+                              {"name": "Zainab Real", "birthDate": "1977"})
+            a.sync(url)
+            squat = b.store.checkin(passport="ZZ998877", name="Squatter", birth_year=2001,
+                                    reason="other")
+            b.sync(url)
+            record = {"name": "Zainab Real", "birthDate": "1977"}
+            assert hub_record(hub, zid)["fields"] == record
+            assert [d["identity"] for d in hub.promote_claims()] == ["mismatch"]
+            a.sync(url)
+            b.sync(url)
+            assert hub_record(hub, zid)["fields"] == record
+            for k in (a, b):
+                assert k.store.view(zid).fields == {  # type: ignore[union-attr]
+                    P["name"]: "Zainab Real", P["birthDate"]: "1977"}
+            assert [(r["id"], r["claim"]["name"]) for r in identity_to_confirm(a.store)] == [
+                (squat.record_id, "Squatter")]
+        finally:
+            a.close()
+            b.close()
