@@ -164,6 +164,7 @@ class Runtime:
         self.storage.when_changed = lambda level: self._show()
         self._result = PENDING  #: what the last round said: SYNCED, PENDING, OFFLINE, ERROR
         self._link = LINK_UP
+        self._link_events = 0  #: link changes the link monitor reported (its thread)
         self._showing = threading.Lock()  #: one decision at a time, shown as decided
         self.live.when_checkin = self._show
         self._health_task: asyncio.Task[None] | None = None
@@ -229,6 +230,7 @@ class Runtime:
 
     def _link_returned(self, url: str) -> None:
         """The link monitor saw ``url``'s link come back (its thread): a round now."""
+        self._link_events += 1
         if self._link == LINK_DOWN:
             self._link = LINK_RECONNECTING
             self._show()
@@ -241,6 +243,7 @@ class Runtime:
         monitor = self._monitor
         if monitor is None or any(monitor.is_up.get(u) is not False for u in self.cfg.hub):
             return
+        self._link_events += 1
         self._link = LINK_DOWN
         self._show()
 
@@ -387,7 +390,10 @@ class Runtime:
             while not self._returned.empty():
                 self._loop.link_returned(self._returned.get())
             mark = self.live.snapshot()["committed"]
+            events = self._link_events
             result, wait = self._one_round(self._loop)
+            # What the link monitor reported during the round is newer than the round.
+            settled = events == self._link_events
             if result == REVOKED:
                 self._revoked(self.live.snapshot()["detail"])
                 return
@@ -400,11 +406,12 @@ class Runtime:
                 self.live.update(synced=True, synced_at=None if at is None else at / 1000,
                                  sent_upto=mark_now if left == 0 else mark, detail="")
                 self._result = SYNCED if left == 0 else PENDING
-                self._link = LINK_UP  # a round worked: whatever the monitor saw, it is up
+                if settled:  # a round worked: whatever the monitor saw before, it is up
+                    self._link = LINK_UP
                 wait = wait if left == 0 else 0.0
             else:
                 self._result = ERROR if result == ERROR else OFFLINE
-                if self._link == LINK_RECONNECTING:
+                if settled and self._link == LINK_RECONNECTING:
                     self._link = LINK_UP  # the round after the link's return is over
             self._show()
             if wait > 0:
