@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check a patient in; prints the queue number after commit.")
     _data(p)
     p.add_argument("--passport", metavar="ID", help="passport number (omit if none)")
-    p.add_argument("--name", required=True, help="the patient's name")
+    p.add_argument("--name", help="the name the patient gives (required without "
+                   "--passport; with one, kept on the check-in as a claim)")
     p.add_argument("--birth-year", type=int, metavar="Y", help="the patient's year of birth")
     p.add_argument("--reason", metavar="R", help="the reason for the visit")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -276,3 +276,14 @@ def test_no_overwrite_over_real_sync_rounds(tmp_path: Path) -> None:
         finally:
             a.close()
             b.close()
+
+
+def test_cli_checkin_keeps_the_claim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from device.cli import main
+
+    init_store(tmp_path / "k", "North", "B").close()
+    assert main(["checkin", "--data", str(tmp_path / "k"), "--reason", "sick"]) == 1
+    assert "needs a name" in capsys.readouterr().err
+    assert main(["checkin", "--data", str(tmp_path / "k"), "--passport", "AB123456",
+                 "--birth-year", "1980", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["queue_number"] == "B-001"
