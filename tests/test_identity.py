@@ -222,14 +222,16 @@ def test_misses_alert_never_lock_out_and_are_written_once_a_minute(
     path = tmp_path / MISSES_FILE
     start = now = 1000.0
     waits = []
-    while now + guard.wait(now) - start < 59.0:  # a minute's burst, as fast as allowed
+    for _ in range(1000):  # a minute's burst, as fast as the guard allows (bounded)
+        if now + guard.wait(now) - start >= 59.0:
+            break
         now += guard.wait(now)
         assert guard.wait(now) <= 3.0  # the right PIN would be checked within 3 s
         waits.append(guard.wait(now))
         guard.missed(now, wall=T0 / 1000)
         if len(waits) == 1:
             first = path.stat().st_mtime_ns
-    assert len(waits) >= 20 and waits == [0.0] * len(waits)
+    assert 20 <= len(waits) < 100 and waits == [0.0] * len(waits)
     assert path.stat().st_mtime_ns == first  # one write for every miss of that minute
     assert json.loads(path.read_text())["misses"] == 1
     assert guard.alert() == {"misses": len(waits), "since": T0 / 1000}
