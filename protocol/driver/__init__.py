@@ -10,6 +10,7 @@ httpcore is to h11):
 * ``secret_files``: owner-only key files;
 * ``wall_clock``: the wall clock in milliseconds.
 * ``command_line``: the shell both command lines (``haven``, ``haven-kiosk``) share.
+* ``accept``: an accept loop that backs off when descriptors run out.
 
 The core never imports this package (``tests/test_import_rules.py``); a port
 to another runtime (MicroPython) takes the core and writes its own driver.
