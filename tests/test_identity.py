@@ -289,3 +289,33 @@ def test_cli_checkin_keeps_the_claim(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["checkin", "--data", str(tmp_path / "k"), "--passport", "AB123456",
                  "--birth-year", "1980", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["queue_number"] == "B-001"
+
+
+def test_the_serving_hub_promotes_claims_by_itself(tmp_path: Path) -> None:
+    """haven hub serve --promote-interval: a new patient's claim becomes the record at the
+    hub without a command, and comes back to the kiosk at its next round."""
+    from host.hub.limits import Limits
+    from host.hub.serve import Server
+
+    from .test_sync_helpers import Kiosk
+
+    init_hub(tmp_path / "hub")
+    hub = Hub(tmp_path / "hub")
+    server = Server(hub, 5 * 60 * 1000, Limits(promote_interval=0.1))
+    host, port = server.listen("tcp://127.0.0.1:0")
+    url = f"tcp://{host}:{port}"
+    a = Kiosk(tmp_path, "a", hub, "A")
+    try:
+        new = a.store.checkin(passport="PR123456", name="Pili Promoted", birth_year=1991)
+        a.sync(url)
+        end = time.monotonic() + 10.0
+        while hub_record(hub, new.patient_id)["fields"] == {} and time.monotonic() < end:
+            time.sleep(0.05)
+        assert hub_record(hub, new.patient_id)["fields"] == {"name": "Pili Promoted",
+                                                             "birthDate": "1991"}
+        a.sync(url)
+        assert a.store.view(new.record_id).fields[C["identity"]] == "promoted"  # type: ignore[union-attr]
+    finally:
+        a.close()
+        server.shutdown()
+        hub.close()

@@ -37,6 +37,7 @@ from protocol.crdt.writes import build_put
 
 CHECKIN, PATIENT = schema.CHECKIN, schema.PATIENT
 _C = {f.name: f.number for f in CHECKIN.fields}
+SUBJECT = _C["subject"]
 _P = {f.name: f.number for f in PATIENT.fields}
 #: Verdicts the hub settles: the kiosk held no record, or staff confirmed the claim.
 PROMOTABLE = ("unknown", "confirmed")

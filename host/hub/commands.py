@@ -143,6 +143,9 @@ SERVE_LIMITS = [
      "seconds between looks at the store (push, revocation)"),
     ("--log-interval", "log_interval", float, "S",
      "at most one log row per refusal reason per interval, with a count"),
+    ("--promote-interval", "promote_interval", float, "S",
+     "seconds between passes that make check-ins' claims patients' records where none "
+     "exists, as haven hub promote does (0: none)"),
     ("--fd-reserve", "fd_reserve", int, "N",
      "descriptors kept back from connections for the store and documents"),
 ]
@@ -164,7 +167,8 @@ def serve_limits(args: argparse.Namespace) -> Limits:
 
     values = {name: getattr(args, name) for _, name, *_ in SERVE_LIMITS}
     for flag, name, *_ in SERVE_LIMITS:
-        if values[name] < 0 or (values[name] == 0 and name not in ("fd_reserve",)):
+        if values[name] < 0 or (values[name] == 0
+                                and name not in ("fd_reserve", "promote_interval")):
             raise UsageError(f"{flag} must be above 0")
     return Limits(**values)
 

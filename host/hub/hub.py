@@ -197,17 +197,43 @@ class Hub:
 
     def promote_claims(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         """Make check-ins' claims patients' records where none exists, and mark each
-        check-in's identity (``claims``); returns what was done to each."""
+        check-in's identity (``claims``); returns what was done to each. Only check-ins
+        written since the last pass are looked at (a cursor in the hub's meta), with
+        their patients: a pass costs what arrived, not what the hub holds."""
         now = wall_ms() if now_ms is None else now_ms
-        hlc = HLC(max(int(self.store.get_meta("hlc") or 0),
-                      max((op.stamp for op in self.store.all_ops()), default=0)))
-        deltas, done = claims.plan(self.views(), self.node, hlc, now)
-        for delta in deltas:
+        cursor = int(self.store.get_meta("claims_cursor") or 0)
+        checkins: set[bytes] = set()
+        more = True
+        while more:
+            deltas, last, more = self.store.changes_since(cursor, None, 4 << 20)
+            for data in deltas:
+                delta = decode(data)
+                if delta.type == claims.CHECKIN.number and not delta.is_delete:
+                    checkins.add(delta.record_id)
+            cursor = last
+        views = self._views_of(checkins)
+        subjects = {v.fields.get(claims.SUBJECT) for v in views}
+        views += self._views_of({s for s in subjects if isinstance(s, bytes)})
+        hlc = HLC(max([int(self.store.get_meta("hlc") or 0),
+                       *self.store.version_vector().values()]))
+        deltas_out, done = claims.plan(views, self.node, hlc, now)
+        for delta in deltas_out:
             self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
         self.store.set_meta("hlc", hlc.last)
+        self.store.set_meta("claims_cursor", cursor)
         if done:
             self.store.log(None, "claims", f"{len(done)} check-in identities settled", now)
         return done
+
+    def _views_of(self, rids: set[bytes]) -> list[RecordView]:
+        out = []
+        for rid in sorted(rids):
+            log = RecordLog(rid)
+            for op in self.store.record_ops(rid):
+                log.add(decode(op.data))
+            if log.ops:
+                out.append(log.view())
+        return out
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
         head = self.store.head()

@@ -44,6 +44,9 @@ class Limits:
     workers: int = 4  #: threads that run the store's work
     watch_interval: float = 0.25  #: seconds between looks at the store (push, revocation)
     log_interval: float = 60.0  #: at most one log row per refusal reason per interval
+    #: Seconds between passes that make check-ins' claims records where none exists
+    #: (0: none; ``haven hub promote`` does a pass by hand).
+    promote_interval: float = 0.0
     fd_reserve: int = 64  #: descriptors kept back from connections (store, documents)
     accept_batch: int = 64  #: connections accepted per wakeup
     listener_retries: int = 10  #: reopening a failed listener, before the process gives up

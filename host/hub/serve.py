@@ -126,6 +126,7 @@ class Server:
         self.hub = hub
         self.max_ahead_ms = max_ahead_ms
         self.limits = lim = limits or Limits()
+        self._promoting: asyncio.Task[None] | None = None
         self.started = time.monotonic()
         self.loop = asyncio.new_event_loop()
         self.pool = ThreadPoolExecutor(max(1, lim.workers), thread_name_prefix="hub-store")
@@ -188,6 +189,20 @@ class Server:
     def _start(self) -> None:
         self.loop.create_task(self._start_health())
         self.watch.start()
+        if self.limits.promote_interval > 0:
+            self._promoting = self.loop.create_task(self._promote_claims())
+
+    async def _promote_claims(self) -> None:
+        """Every ``promote_interval``, check-ins' claims made records where none exists
+        (``Hub.promote_claims``, in the pool: it reads only what arrived since)."""
+        while True:
+            await asyncio.sleep(self.limits.promote_interval)
+            try:
+                await self.submit(self.hub.promote_claims)
+            except RuntimeError:  # the pool is shut down
+                return
+            except Exception as exc:  # noqa: BLE001 - logged; the next pass tries again
+                self.log("claims", f"promoting claims failed: {type(exc).__name__}: {exc}")
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in the worker pool (loop thread only)."""
@@ -474,6 +489,8 @@ class Server:
 
     async def _close_all(self) -> None:
         self.watch.stop()
+        if self._promoting is not None:
+            self._promoting.cancel()
         for listener in self.listeners:
             listener.close()
         if self._health is not None:
