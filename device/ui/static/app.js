@@ -316,6 +316,14 @@ async function refreshStaff() {
 // kiosk holds; confirm it, take the typed values as right, or attach it to another passport.
 function renderIdentity(rows) {
   const box = $("staff-identity");
+  // The screen refreshes every few seconds: a passport being typed survives it.
+  const typed = {};
+  let focused = null;
+  for (const input of box.querySelectorAll("input")) {
+    const id = input.closest(".identity").dataset.checkin;
+    typed[id] = input.value;
+    if (document.activeElement === input) focused = id;
+  }
   box.replaceChildren();
   if (!rows.length) { box.append(li(t("staff_none"))); return; }
   const act = async (c, body) => {
@@ -342,7 +350,9 @@ function renderIdentity(rows) {
     }
     const pass = document.createElement("input");
     pass.type = "text"; pass.autocomplete = "off"; pass.className = "attach-passport";
+    pass.value = typed[c.id] || "";
     div.append(pass);
+    if (focused === c.id) pass.focus();
     button("staff_attach", () => { if (pass.value.trim()) act(c, { action: "attach", passport: pass.value }); });
     box.append(div);
   }
