@@ -40,6 +40,7 @@ from protocol.driver.errors import LinkError
 from protocol.driver.link import Link, open_link
 from protocol.driver.session_driver import LinkClosed, SessionDriver, session_config
 from protocol.driver.wall_clock import wall_ms
+from protocol.errors import LocalProtocolError
 from protocol.session.events import Closed, Connected, MessageReceived
 from protocol.sync import batches as sync
 from protocol.sync.conversation import CLONE_CLEARED, SUSPECTED_CLONE, BatchRefused, KioskSync
@@ -403,6 +404,12 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
         state.note_synced(wall_ms(), moved=bool(rnd.summary.pushed or rnd.summary.pulled))
     except LinkError as exc:
         raise SyncFailed(str(exc)) from None
+    except LocalProtocolError:
+        if driver.connected:
+            raise
+        # The hub closed the session in the same turn that brought a message we
+        # answered (a newer connection took the session): the round ends here.
+        raise SyncFailed(f"the session over {url} closed under the round") from None
     finally:
         moved = driver.stats()
         rnd.summary.bytes_sent = moved.bytes_sent - before.bytes_sent
