@@ -81,8 +81,12 @@ class SyncState:
         self._waiting_since: float | None = None
         #: The wall time (ms) of the last round that worked, saved or not; None: none yet
         self.last_sync_ms: int | None = None
+        self._closed = False
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self.last_sync_ms is not None and self.last_sync_ms > self.get_int("last_sync"):
             self.set("last_sync", self.last_sync_ms)  # one write at the end, not a round's
         self.flush(force=True)
