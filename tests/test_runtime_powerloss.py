@@ -106,12 +106,15 @@ def dump(*argv: str) -> list[dict[str, Any]]:
 
 
 def checkins_by_name(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Each patient's name -> the check-in records whose subject is that patient."""
+    """Each patient's name -> the check-in records whose subject is that patient (the
+    name the patient typed, a claim on the check-in, where the kiosk holds no record)."""
     names = {r["id"]: r["fields"].get("name") for r in records if r["type"] == "patient"}
     out: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["type"] == "checkin":
-            out.setdefault(names.get(r["fields"].get("subject"), "?"), []).append(r["fields"])
+            f = r["fields"]
+            name = names.get(f.get("subject")) or f.get("claimName") or "?"
+            out.setdefault(name, []).append(f)
     return out
 
 
