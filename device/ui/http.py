@@ -17,6 +17,9 @@ deadline and every cap, and hands routes a ``request.Request``.
   closed at once. Nobody is answered slowly. Event streams are capped apart
   (``max_streams``): a new one ends the oldest (the page reconnects by
   itself), so streams never take the connections check-ins need.
+  Drops, evictions, late clients and refusals are counted (``stats``) and
+  logged at most once per ``log_interval``, with the counts since the last
+  line: an attack costs no more than a line a minute on the card.
 * Deadlines: a request's head must arrive within ``head_timeout`` (from the
   connection's start, or from its first byte on a kept-alive connection,
   which may idle ``idle_timeout`` before it), its body within
@@ -88,6 +91,8 @@ SECURITY_HEADERS = {
 }
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 READ_SIZE = 16 * 1024
+#: What a hostile client causes: counted in ``HttpServer.stats``, logged at most once a while.
+PRESSURE = ("dropped", "evicted", "timed_out", "refused")
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class Limits:
     #: Descriptors left to the rest of the process (store, sync link, logs, GPIO).
     fd_reserve: int = 48
     accept_batch: int = 16
+    #: Dropped, evicted, late and refused clients are logged at most once per interval.
+    log_interval: float = 60.0
 
 
 def allowed_hosts(host: str, port: int, extra: tuple[str, ...] = ()) -> frozenset[str]:
@@ -149,7 +156,7 @@ class _Drop(Exception):
 class _Client:
     """One connection: its socket, its task, and whether it may be dropped for another."""
 
-    __slots__ = ("sock", "task", "busy", "since", "stream", "closing", "head_only")
+    __slots__ = ("sock", "task", "busy", "since", "stream", "closing", "head_only", "reading")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -159,6 +166,12 @@ class _Client:
         self.stream = False
         self.closing = False
         self.head_only = False  #: the request being answered is a HEAD
+        self.reading = False  #: its reader is registered on the loop (``_readable``)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 class HttpServer:
@@ -174,8 +187,9 @@ class HttpServer:
         self.clients: set[_Client] = set()
         self.accept: AcceptLoop | None = None
         #: Counters: accepted, dropped (over the cap, all busy), evicted, timed-out, refused.
-        self.stats = dict.fromkeys(("accepted", "dropped", "evicted", "timed_out",
-                                    "refused"), 0)
+        self.stats = dict.fromkeys(("accepted", *PRESSURE), 0)
+        self._logged_at = -float("inf")
+        self._logged = dict(self.stats)
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
@@ -204,25 +218,44 @@ class HttpServer:
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
         self.stats["accepted"] += 1
-        if sum(1 for c in self.clients if not c.closing) >= self.cap:
+        if sum(1 for c in self.clients if c.sock.fileno() >= 0) >= self.cap:
             idle = [c for c in self.clients if not c.busy and not c.closing]
             if not idle:
-                self.stats["dropped"] += 1
+                self._pressure("dropped")
                 sock.close()
                 return
-            self.stats["evicted"] += 1
+            self._pressure("evicted")
             self._end(min(idle, key=lambda c: c.since))
         client = _Client(sock, time.monotonic())
         self.clients.add(client)
         client.task = asyncio.get_running_loop().create_task(self._serve(client))
         client.task.add_done_callback(lambda _t: self._closed(client))
 
+    def _pressure(self, what: str) -> None:
+        """Count ``what``; log the counts since the last line, at most once per
+        ``log_interval`` (a script must not turn its connections into card writes)."""
+        self.stats[what] += 1
+        now = time.monotonic()
+        if now - self._logged_at < self.limits.log_interval:
+            return
+        since = {k: self.stats[k] - self._logged[k] for k in PRESSURE}
+        log.warning("page server: %s", ", ".join(f"{n} {k.replace('_', ' ')}"
+                                                 for k, n in since.items() if n))
+        self._logged_at, self._logged = now, dict(self.stats)
+
     def _end(self, client: _Client) -> None:
-        """Drop ``client`` now: the peer sees the close at once, the descriptor is freed
-        when its task has ended (never under a read still registered on it)."""
+        """Drop ``client`` now. One waiting for a request (only ever on ``_readable``'s
+        reader, or not started) is closed at once, its descriptor free for the next; one
+        busy answering is shut down, and closed when its task has ended (a write may be
+        registered on its descriptor until then)."""
         client.closing = True
         with contextlib.suppress(OSError):
             client.sock.shutdown(socket.SHUT_RDWR)
+        if not client.busy:
+            if client.reading:
+                asyncio.get_running_loop().remove_reader(client.sock.fileno())
+                client.reading = False
+            client.sock.close()
         if client.task is not None:
             client.task.cancel()
 
@@ -258,22 +291,40 @@ class HttpServer:
                 client.busy, client.since, first = False, time.monotonic(), False
         except _Drop as exc:
             if exc.late:
-                self.stats["timed_out"] += 1
+                self._pressure("timed_out")
         except (OSError, h11.LocalProtocolError, asyncio.CancelledError):
             return
         except Exception as exc:  # a bug (a stream that failed): log the kind only
             log.error("connection failed: %s", type(exc).__name__)
 
     async def _recv(self, client: _Client, conn: h11.Connection, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(deadline):
-                data = await loop.sock_recv(client.sock, READ_SIZE)
-        except TimeoutError:
-            raise _Drop(late=True) from None
+        while True:
+            try:
+                data = client.sock.recv(READ_SIZE)
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._readable(client, deadline)
         if not data and (conn.trailing_data[0] or conn.their_state is not h11.IDLE):
             raise _Drop(late=False)  # gone in the middle of a request
         conn.receive_data(data)
+
+    async def _readable(self, client: _Client, deadline: float) -> None:
+        """Until ``client`` can be read, or ``_Drop`` at ``deadline``. The reader is ours
+        (not ``loop.sock_recv``'s), so ``_end`` can remove it and close at once."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = client.sock.fileno()
+        loop.add_reader(fd, _wake, ready)
+        client.reading = True
+        try:
+            async with asyncio.timeout_at(deadline):
+                await ready
+        except TimeoutError:
+            raise _Drop(late=True) from None
+        finally:
+            if client.reading:
+                loop.remove_reader(fd)
+                client.reading = False
 
     def _next(self, conn: h11.Connection) -> Any:
         try:
@@ -328,14 +379,14 @@ class HttpServer:
     def _guard(self, req: Request) -> None:
         host = req.headers.get("host", "").lower()
         if host not in self.hosts:
-            self.stats["refused"] += 1
+            self._pressure("refused")
             raise HttpError(403, "bad-host")
         origin = req.headers.get("origin")
         if origin is not None and origin.lower() != "http://" + host:
-            self.stats["refused"] += 1
+            self._pressure("refused")
             raise HttpError(403, "bad-origin")
         if req.headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
-            self.stats["refused"] += 1
+            self._pressure("refused")
             raise HttpError(403, "bad-origin")
 
     async def _read_body(self, client: _Client, conn: h11.Connection, req: Request) -> bytes:
@@ -346,8 +397,10 @@ class HttpServer:
         if int(length) > lim.max_body:
             raise HttpError(413, "too-large")
         if conn.they_are_waiting_for_100_continue:
+            client.busy = True  # a write may be registered: not to be closed under it
             await self._send(client, conn.send(h11.InformationalResponse(
                 status_code=100, headers=[], reason=b"Continue")))
+            client.busy = False
         deadline = asyncio.get_running_loop().time() + lim.body_timeout
         chunks: list[bytes] = []
         size = 0
