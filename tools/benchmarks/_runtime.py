@@ -289,8 +289,11 @@ async def _day(ns: argparse.Namespace) -> dict[str, Any]:
     from device.runtime import Runtime
     from device.sync.state import SyncState
 
+    # A round every 10 s of simulated time: on a kept-open TCP session that means a
+    # polling kiosk (without polling it waits for a reason, an endless wait that would
+    # move the simulated clock to infinity), as many rounds as a serial line makes.
     cfg = KioskConfig(data=Path(ns.data), hub=[ns.hub], ui=f"127.0.0.1:{ns.port}",
-                      link_interval=0.0)
+                      link_interval=0.0, poll_interval=10.0)
     day = SimDay(f"http://127.0.0.1:{ns.port}", Path(ns.data), ns.rounds, ns.checkins, ns.tag)
     noted = SyncState.note_synced  # the last sync's wall time, simulated
 
