@@ -30,6 +30,7 @@ import pytest
 from device.store import init_store
 from device.ui.http import HttpServer, Limits, Request, Response, allowed_hosts, json_response
 from device.ui.request import json_depth
+from tests.conftest import require
 
 from .test_ui_helpers import ROOT, Proc, free_port, run_kiosk
 
@@ -417,3 +418,60 @@ def test_kiosk_300_half_sent_requests_do_not_stop_a_checkin(kiosk: tuple[str, Pr
     # The event stream still streams.
     with urllib.request.urlopen(url + "/api/events", timeout=BOUND) as resp:
         assert resp.readline() == b"retry: 1000\n"
+
+
+# In Chromium: DNS rebinding and cross-site posts -------------------------------------------
+
+#: The attacker's names resolve to the kiosk; Chromium's own local-network blocking is off,
+#: as in a browser without it, so that the requests reach the server and its guard answers.
+REBINDING_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--host-resolver-rules=MAP evil.example 127.0.0.1, "
+                  "MAP attacker.example 127.0.0.1",
+                  "--disable-features=LocalNetworkAccessChecks,"
+                  "BlockInsecurePrivateNetworkRequests,PrivateNetworkAccessSendPreflights,"
+                  "PrivateNetworkAccessRespectPreflightResults"]
+POST_JS = """async ([url, mode]) => {
+  try {
+    const r = await fetch(url, mode === "no-cors"
+      ? {method: "POST", mode: "no-cors", body: '{"a": 1}'}
+      : {method: "POST", headers: {"Content-Type": "application/json"}, body: '{"a": 1}'});
+    return r.type === "opaque" ? "opaque" : r.status + " " + await r.text();
+  } catch (e) { return "failed"; }
+}"""
+
+
+def test_in_chromium_rebinding_and_cross_site_posts_are_refused() -> None:
+    chromium = Path("/usr/bin/chromium")
+    require(chromium.exists(), "chromium", "/usr/bin/chromium does not exist")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with served() as (server, handler, port), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=REBINDING_ARGS)
+        try:
+            page = browser.new_page()
+            # Each document comes from "the attacker" (or the kiosk, for the control);
+            # every request its script makes goes to the network, so to the kiosk.
+            for origin in (f"http://evil.example:{port}", "http://attacker.example:1",
+                           f"http://127.0.0.1:{port}"):
+                page.route(origin + "/", lambda route: route.fulfill(
+                    status=200, content_type="text/html", body="<html><body></body></html>"))
+            # DNS rebinding: the attacker's page, its name now resolving to the kiosk.
+            page.goto(f"http://evil.example:{port}/")
+            got = page.evaluate(POST_JS, ["/api/checkin", "cors"])
+            assert got == '403 {"error": "bad-host"}'
+            # Another site posting across origins: with a preflight, and without one.
+            page.goto("http://attacker.example:1/")
+            target = f"http://127.0.0.1:{port}/api/checkin"
+            assert page.evaluate(POST_JS, [target, "cors"]) == "failed"
+            assert page.evaluate(POST_JS, [target, "no-cors"]) == "opaque"
+            # Each reached the server and was refused: Chromium sends both a foreign Origin
+            # and Sec-Fetch-Site: cross-site, each enough (the raw tests above take them apart).
+            assert server.stats["refused"] == 3
+            assert handler.seen == []
+            # The control: the page's own origin posts as the check-in page does.
+            page.goto(f"http://127.0.0.1:{port}/")
+            assert page.evaluate(POST_JS, ["/api/checkin", "cors"]) == '200 {"got": {"a": 1}}'
+            assert handler.seen == [("POST", "/api/checkin")]
+            assert page.goto(f"http://evil.example:{port}/static/app.js").status == 403
+        finally:
+            browser.close()
