@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from device.store import init_store
-from device.ui.http import HttpServer, Limits, Request, Response, allowed_hosts, json_response
+from device.ui.http import HttpServer, Limits, Request, Response, json_response
+from device.ui.origin import allowed_hosts
 from device.ui.request import json_depth
 from tests.conftest import require
 

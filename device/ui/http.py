@@ -13,8 +13,9 @@ deadline and every cap, and hands routes a ``request.Request``.
   under the process's descriptor limit (``RLIMIT_NOFILE`` less
   ``fd_reserve``). A connection past the cap takes the place of the one that
   has waited longest for a request (a half-sent request or an idle
-  keep-alive); when every connection is busy with a request, the newcomer is
-  closed at once. Nobody is answered slowly. Event streams are capped apart
+  keep-alive), which is closed at once, its descriptor free for the next;
+  when every connection is busy with a request, the newcomer is closed at
+  once. Nobody is answered slowly. Event streams are capped apart
   (``max_streams``): a new one ends the oldest (the page reconnects by
   itself), so streams never take the connections check-ins need.
   Drops, evictions, late clients and refusals are counted (``stats``) and
@@ -28,18 +29,8 @@ deadline and every cap, and hands routes a ``request.Request``.
 * Sizes: a head over ``max_head`` is 431; a body over ``max_body`` is 413,
   told from Content-Length before any of it is read (or counted as chunks
   arrive); JSON deeper than ``max_depth`` is 400 (``request.Request.json``).
-* Who may ask: the Host header must be one of the names the kiosk serves
-  under (its listening address, and 127.0.0.1, localhost and [::1] on a
-  loopback or wildcard address, with the port); anything else is 403
-  ``bad-host``. Under DNS rebinding the browser believes it talks to the
-  attacker's name and sends that name as Host, so this check alone stops it.
-  An Origin header, when present, must be the page's own
-  (``http://`` + the Host); ``null`` is refused, and so is a request whose
-  ``Sec-Fetch-Site`` is neither same-origin nor none. A POST with no
-  Origin is let through: browsers send Origin on every POST (the Fetch
-  standard; ``null`` where they hide it), so a request without one comes
-  from a program on the kiosk (``haven-kiosk hw``, curl), which could send
-  any Origin it liked anyway and needs none of a browser's ambient rights.
+* Who may ask: ``origin.refusal`` (the Host must be the kiosk's own name,
+  an Origin the page's own), checked on every request before any route.
 
 Every response carries ``Cache-Control: no-store`` and headers that keep the
 page to its own origin. An error answer (4xx, 5xx) closes the connection.
@@ -55,12 +46,12 @@ import resource
 import socket
 import time
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from device.ui.origin import allowed_hosts, refusal
 from device.ui.request import (
     MAX_DEPTH,
     Handler,
@@ -72,7 +63,7 @@ from device.ui.request import (
 from protocol.driver.accept import AcceptLoop, listen
 
 __all__ = ["Handler", "HttpError", "HttpServer", "Limits", "Request", "Response",
-           "allowed_hosts", "json_response", "serve"]
+           "json_response", "serve"]
 
 log = logging.getLogger("haven.ui")
 REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
@@ -89,7 +80,6 @@ SECURITY_HEADERS = {
                                "style-src 'self'; script-src 'self'; connect-src 'self'; "
                                "font-src 'self'; frame-ancestors 'none'",
 }
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 READ_SIZE = 16 * 1024
 #: What a hostile client causes: counted in ``HttpServer.stats``, logged at most once a while.
 PRESSURE = ("dropped", "evicted", "timed_out", "refused")
@@ -113,28 +103,6 @@ class Limits:
     accept_batch: int = 16
     #: Dropped, evicted, late and refused clients are logged at most once per interval.
     log_interval: float = 60.0
-
-
-def allowed_hosts(host: str, port: int, extra: tuple[str, ...] = ()) -> frozenset[str]:
-    """The Host header values the kiosk answers to, listening on ``host:port``."""
-    names = {_bracket(host)}
-    try:
-        addr = ip_address(host)
-        local = addr.is_loopback or addr.is_unspecified
-    except ValueError:
-        local = host == "localhost"
-    if local:
-        names.update(LOOPBACK_NAMES)
-    names.update(extra)
-    names.discard("")
-    out = {f"{n.lower()}:{port}" for n in names}
-    if port == 80:
-        out.update(n.lower() for n in names)
-    return frozenset(out)
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def connection_cap(limits: Limits) -> int:
@@ -377,17 +345,10 @@ class HttpServer:
                        parse_qs(parts.query), headers, max_depth=self.limits.max_depth)
 
     def _guard(self, req: Request) -> None:
-        host = req.headers.get("host", "").lower()
-        if host not in self.hosts:
+        code = refusal(req.headers, self.hosts)
+        if code is not None:
             self._pressure("refused")
-            raise HttpError(403, "bad-host")
-        origin = req.headers.get("origin")
-        if origin is not None and origin.lower() != "http://" + host:
-            self._pressure("refused")
-            raise HttpError(403, "bad-origin")
-        if req.headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
-            self._pressure("refused")
-            raise HttpError(403, "bad-origin")
+            raise HttpError(403, code)
 
     async def _read_body(self, client: _Client, conn: h11.Connection, req: Request) -> bytes:
         lim = self.limits
