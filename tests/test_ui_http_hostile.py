@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,9 @@ def test_half_sent_heads_and_bodies_are_closed_at_their_deadlines() -> None:
 
 
 def test_over_the_cap_the_longest_waiting_is_dropped_not_answered_slowly() -> None:
-    with served() as (server, handler, port), ExitStack() as stack:
+    # Deadlines long enough that only the cap can close a waiting connection here.
+    patient = replace(SHORT, head_timeout=BOUND, idle_timeout=BOUND)
+    with served(patient) as (server, handler, port), ExitStack() as stack:
         host = f"127.0.0.1:{port}"
         waiting = [stack.enter_context(connect(port)) for _ in range(SHORT.max_connections)]
         waiting[0].sendall(b"GET /x HTTP/1.1\r\n")  # half-sent
