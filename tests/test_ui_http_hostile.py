@@ -328,21 +328,23 @@ def test_at_emfile_the_accept_loop_backs_off_and_keeps_serving() -> None:
         port = int(proc.stdout.readline().split()[1])
         host = f"127.0.0.1:{port}"
         with ExitStack() as stack:
-            # More half-sent requests than the server has descriptors: accept hits EMFILE.
-            for _ in range(60):
+            # Three times more half-sent requests than the server has descriptors: accept
+            # hits EMFILE in a burst after each round of them, until their deadlines pass.
+            for _ in range(100):
                 stack.enter_context(connect(port)).sendall(b"GET / HTTP/1.1\r\n")
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             status, _, body = exchange(port, f"GET /ok HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             waited = time.monotonic() - t0
             assert (status, json.loads(body)) == (200, {"ok": True})
-            assert waited < 3.0, waited
+            assert waited < 5.0, waited
             busy = (cpu_seconds(proc.pid) - cpu0) / max(waited, 0.2)
             assert busy < 0.5, f"{busy:.0%} of a core while out of descriptors: spinning"
     finally:
         proc.terminate()
         out = proc.communicate(timeout=BOUND)[0]
-    assert out.count("out of descriptors") >= 1, out
-    assert out.count("out of descriptors") <= 3, out  # once a burst, not once a try
+    # Told once (bursts a minute apart at most), not once a try; and the end of it.
+    assert out.count("out of descriptors") == 1, out
+    assert "accepting again after" in out, out
 
 
 # The real kiosk, its descriptor limit lowered ------------------------------------------------

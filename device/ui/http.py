@@ -170,7 +170,8 @@ class HttpServer:
         self.hosts = allowed_hosts(host, int(name[1]), self.extra_hosts)
         self.cap = connection_cap(self.limits)
         self.accept = AcceptLoop(loop, sock, self._accepted, batch=self.limits.accept_batch,
-                                 note=lambda text: log.warning("page server: %s", text))
+                                 note=lambda text: log.warning("page server: %s", text),
+                                 note_interval=self.limits.log_interval)
         return str(name[0]), int(name[1])
 
     async def close(self, bound: float = 2.0) -> None:

@@ -13,6 +13,9 @@ while every other connection starves. Instead the loop removes its reader,
 says so once for the whole burst (``note``), and looks again after a
 backoff that doubles from ``first_backoff`` up to ``max_backoff``. When
 descriptors come back it accepts again and says how long the burst lasted.
+Bursts that follow one another closely are told at most once per
+``note_interval`` seconds (each one's end only if its start was told), so a
+flood at the limit is not a log line a second.
 Connections already open keep being served the whole time, and as they
 end (or a read deadline ends them) their descriptors return.
 
@@ -51,10 +54,14 @@ class AcceptLoop:
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  accepted: Callable[[socket.socket, Any], None], *, batch: int = 16,
                  first_backoff: float = 0.05, max_backoff: float = 1.0,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None,
+                 note_interval: float = 0.0) -> None:
         self.loop, self.sock, self.accepted = loop, sock, accepted
         self.batch, self.first_backoff, self.max_backoff = batch, first_backoff, max_backoff
         self.note = note or (lambda text: None)
+        self.note_interval = note_interval
+        self._noted_at = -float("inf")
+        self._burst_noted = False
         self.backoff = first_backoff
         self.failing_since: float | None = None  #: the current burst's start
         self.failures = 0  #: accept errors in the current burst
@@ -78,7 +85,8 @@ class AcceptLoop:
                 return
             if self.failing_since is not None:
                 lasted = time.monotonic() - self.failing_since
-                self.note(f"accepting again after {lasted:.1f} s")
+                if self._burst_noted:
+                    self.note(f"accepting again after {lasted:.1f} s")
                 self.failing_since, self.failures = None, 0
             self.backoff = self.first_backoff
             conn.setblocking(False)
@@ -88,10 +96,14 @@ class AcceptLoop:
         self.loop.remove_reader(self.sock.fileno())
         self.failures += 1
         if self.failing_since is None:
-            self.failing_since = time.monotonic()
+            now = self.failing_since = time.monotonic()
             self.bursts += 1
-            what = "out of descriptors" if exc.errno in EXHAUSTED else "failed"
-            self.note(f"accept {what} ({exc.strerror}); backing off until it works again")
+            self._burst_noted = now - self._noted_at >= self.note_interval
+            if self._burst_noted:
+                self._noted_at = now
+                what = "out of descriptors" if exc.errno in EXHAUSTED else "failed"
+                self.note(f"accept {what} ({exc.strerror}); backing off until it works "
+                          f"again (burst {self.bursts})")
         self._retry = self.loop.call_later(self.backoff, self._resume)
         self.backoff = min(self.backoff * 2, self.max_backoff)
 
