@@ -5,7 +5,8 @@ deadlines and a small handler that counts what reaches it; and the real
 ``haven-kiosk run`` (store, sync thread, page) in a child whose descriptor
 limit is lowered, for check-ins under attack. The descriptor-exhaustion test
 runs a server in a child of its own whose limit is low enough that half-sent
-requests exhaust it.
+requests exhaust it. Last, Debian's Chromium plays the attacker's page: DNS
+rebinding (its names resolved to 127.0.0.1) and posts from another site.
 """
 
 from __future__ import annotations
