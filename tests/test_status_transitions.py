@@ -12,6 +12,7 @@ shows as ``sync_<state>``), ``haven-kiosk status`` is run as the command's ``mai
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import re
@@ -39,6 +40,7 @@ from .test_ui_helpers import runtime_in_thread
 
 BOUND = 10.0
 WITHIN = 2.0  #: the page's header follows a change of the link within this
+PIN = "246810"
 
 
 class Line:
@@ -153,14 +155,25 @@ def wait_until(cond: Callable[[], object], bound: float, what: str) -> float:
     return time.monotonic() - start
 
 
-def post_checkin(url: str, passport: str) -> dict[str, Any]:
-    body = {"passport": passport, "year": 1984, "reason": "sick", "name": "Amina Status",
-            "consent": True}
-    req = urllib.request.Request(url + "/api/checkin", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "Origin": url})
+def call(url: str, path: str, body: Any = None, **headers: str) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={
+        "Content-Type": "application/json", "Origin": url, **headers})
     with urllib.request.urlopen(req, timeout=BOUND) as resp:
         return dict(json.loads(resp.read()))
+
+
+def post_checkin(url: str, passport: str) -> dict[str, Any]:
+    return call(url, "/api/checkin", {"passport": passport, "year": 1984, "reason": "sick",
+                                      "name": "Amina Status", "consent": True})
+
+
+def staff_last_sync(url: str) -> str | None:
+    """The last sync the staff screen's overview gives."""
+    token = call(url, "/api/staff/login", {"pin": PIN})["token"]
+    view = call(url, "/api/staff/overview", **{"X-Staff-Token": token})
+    last = view["last_sync"]
+    return None if last is None else str(last)
 
 
 @contextlib.contextmanager
@@ -173,7 +186,7 @@ def kiosk_on_a_line(tmp: Path) -> Iterator[tuple[Runtime, Line, Header, str]]:
         # monitor can see the cut, as with a cable pulled between two keepalives.
         cfg = KioskConfig(data=kiosk.store.data, hub=[line.url], ui="127.0.0.1:0",
                           retry_max=0.5, link_interval=0.2, keepalive=120.0,
-                          reply_timeout=5.0)
+                          reply_timeout=5.0, staff_pin=PIN)
         rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()),
                      link_signals={line.url: line.route})
         try:
@@ -223,6 +236,7 @@ def test_led_header_and_status_follow_each_transition(tmp_path: Path) -> None:
         state, second = kiosk_status(data)
         assert (state, second > first) == (SYNCED, True), (first, second)
         assert (last_sync_of(data) or "") < second
+        assert staff_last_sync(url) == second  # the staff screen's too
 
         # The line is cut: offline on the LED, the header and status within 2 s.
         line.mode = "cut"
@@ -249,8 +263,8 @@ def test_link_monitor_says_when_a_link_goes_down() -> None:
     up = {"a": True, "b": False}
     down: list[str] = []
     back: list[str] = []
-    mon = LinkMonitor({u: (lambda u=u: up[u]) for u in up}, when_up=back.append,
-                      when_down=down.append, min_gap=0.0)
+    mon = LinkMonitor({u: functools.partial(up.__getitem__, u) for u in up},
+                      when_up=back.append, when_down=down.append, min_gap=0.0)
     mon.poll()
     assert (down, back) == (["b"], [])  # the first look: b was never up
     up["a"] = False

@@ -175,7 +175,10 @@ class Staff:
             return {"queue": today_queue(self.store), "conflicts": held_conflicts(self.store),
                     "identity": identity_to_confirm(self.store),
                     "outbox": sum(int(x["entries"]) for x in st["outbox"]["lanes"].values()),
-                    "last_sync": last_sync_of(self.store.data), "site": st["site"],
+                    "last_sync": max(filter(None, (last_sync_of(self.store.data),
+                                                   self.live.status()["last_sync"])),
+                                     default=None),  # every round's, kept in memory
+                    "site": st["site"],
                     "letter": st["letter"]}
         data = await asyncio.to_thread(read)
         data["sync"] = {k: v for k, v in self.live.snapshot().items() if k != "version"}
