@@ -16,13 +16,10 @@ link, not at the end of the wait the link returned in.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
-import os
 import queue
 import re
-import subprocess
 import sys
 import time
 import types
@@ -41,14 +38,13 @@ from device.hardware import panel as hw
 from device.runtime import Runtime
 from device.store import Store
 from host.hub.hub import Hub
-from tests.conftest import require
+from tests.netns import enter_netns, ip, namespace_pair
 from tools.benchmarks._link import emulator
 
 from .test_ui_helpers import Proc, make_kiosk, runtime_in_thread
 
 BOUND = 60.0  #: the longest any one wait may take
 FAR = 1800  #: seconds: the runtime's next try is at least this far when the link returns
-CLONE_NEWNET = 0x40000000
 
 
 class SkewedClock:
@@ -108,21 +104,6 @@ class Link:
     enter: Callable[[], None] | None = None  #: run in the runtime's thread first
 
 
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=BOUND)
-
-
-def enter_netns(name: str) -> None:
-    """Move the calling thread (and the threads it starts later) into netns ``name``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
 def hub_serve(hub_dir: Path, *how: str, prefix: tuple[str, ...] = ()) -> Proc:
     hub = Proc([*prefix, sys.executable, "-m", "host.cli", "hub", "serve", "--data",
                 str(hub_dir), "--baud", "115200", *how])
@@ -149,35 +130,17 @@ def serial_modem(tmp: Path, hub_dir: Path) -> Iterator[Link]:
 def tcp_route(tmp: Path, hub_dir: Path) -> Iterator[Link]:
     """The hub in one network namespace, the kiosk in another, joined by a veth pair;
     the kiosk's route to the hub's subnet is deleted and added again."""
-    kiosk_ns, hub_ns = f"hvk{os.getpid()}", f"hvh{os.getpid()}"
-    veth = f"vk{os.getpid()}"
-    try:
-        ip("netns", "add", kiosk_ns)
-        ip("netns", "add", hub_ns)
-        ip("-n", kiosk_ns, "link", "add", veth, "type", "veth", "peer", "name", "hub0",
-           "netns", hub_ns)
-        for ns, dev, addr in ((kiosk_ns, veth, "10.77.0.2/24"), (hub_ns, "hub0", "10.77.0.1/24")):
-            ip("-n", ns, "addr", "add", addr, "dev", dev)
-            ip("-n", ns, "link", "set", dev, "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        for ns in (kiosk_ns, hub_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=BOUND)
-        require(False, "netns", f"cannot create network namespaces here: {exc}")
-    hub = None
-    try:
-        hub = hub_serve(hub_dir, "--listen", "tcp://10.77.0.1:7400",
-                        prefix=("ip", "netns", "exec", hub_ns))
-        route = ("-n", kiosk_ns, "route")
-        yield Link("tcp://10.77.0.1:7400",
-                   cut=lambda: ip(*route, "del", "10.77.0.0/24", "dev", veth),
-                   restore=lambda: ip(*route, "add", "10.77.0.0/24", "dev", veth),
-                   enter=lambda: enter_netns(kiosk_ns))
-    finally:
-        if hub is not None:
+    with namespace_pair("lm", "10.77.0") as pair:
+        hub = hub_serve(hub_dir, "--listen", f"tcp://{pair.hub_addr}:7400",
+                        prefix=("ip", "netns", "exec", pair.hub_ns))
+        try:
+            route = ("-n", pair.kiosk_ns, "route")
+            yield Link(f"tcp://{pair.hub_addr}:7400",
+                       cut=lambda: ip(*route, "del", "10.77.0.0/24", "dev", pair.veth),
+                       restore=lambda: ip(*route, "add", "10.77.0.0/24", "dev", pair.veth),
+                       enter=lambda: enter_netns(pair.kiosk_ns))
+        finally:
             hub.stop()
-        for ns in (kiosk_ns, hub_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=BOUND)
 
 
 LINKS: dict[str, Callable[[Path, Path], AbstractContextManager[Link]]] = {

@@ -15,7 +15,6 @@ root if they are missing; ``./tools/test`` installs them).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -32,8 +31,9 @@ from device.sync.engine import Summary
 from device.sync.state import SyncState
 from host.hub.hub import Hub
 from tests.conftest import require
+from tests.netns import enter_netns, namespace_pair
 
-from .test_link_monitor_runtime import enter_netns, hub_serve, ip
+from .test_link_monitor_runtime import hub_serve
 from .test_ui_helpers import make_kiosk
 
 BOUND = 20.0
@@ -50,28 +50,10 @@ def netns_exec(ns: str, *argv: str, stdin: str | None = None) -> str:
 @contextmanager
 def two_namespaces() -> Iterator[tuple[str, str]]:
     """A kiosk namespace (10.78.0.2) and a hub namespace (10.78.0.1) joined by a veth."""
-    require(os.geteuid() == 0, "netns", "needs root for network namespaces")
     require(shutil.which("ip") and shutil.which("nft"), "netns",
             "needs ip and nft (./tools/test installs iproute2 and nftables)")
-    kiosk_ns, hub_ns, veth = f"hnk{os.getpid()}", f"hnh{os.getpid()}", f"vn{os.getpid()}"
-    try:
-        ip("netns", "add", kiosk_ns)
-        ip("netns", "add", hub_ns)
-        ip("-n", kiosk_ns, "link", "add", veth, "type", "veth", "peer", "name", "hub0",
-           "netns", hub_ns)
-        for ns, dev, addr in ((kiosk_ns, veth, "10.78.0.2/24"), (hub_ns, "hub0", "10.78.0.1/24")):
-            ip("-n", ns, "addr", "add", addr, "dev", dev)
-            ip("-n", ns, "link", "set", dev, "up")
-            ip("-n", ns, "link", "set", "lo", "up")
-    except (OSError, subprocess.CalledProcessError) as exc:
-        for ns in (kiosk_ns, hub_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=BOUND)
-        require(False, "netns", f"cannot create network namespaces here: {exc}")
-    try:
-        yield kiosk_ns, hub_ns
-    finally:
-        for ns in (kiosk_ns, hub_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=BOUND)
+    with namespace_pair("nd", "10.78.0") as pair:
+        yield pair.kiosk_ns, pair.hub_ns
 
 
 def drop_flow(ns: str, port: int) -> None:
