@@ -45,7 +45,9 @@ PIN = "246810"
 
 class Line:
     """A TCP line from the kiosk to ``target``: ``up`` forwards, ``held`` leaves every
-    byte in the sockets' buffers, ``cut`` swallows every byte and closes nothing."""
+    byte in the sockets' buffers, ``cut`` swallows every byte and closes nothing (and
+    takes the route away), ``reset`` closes the connections it carries and swallows
+    what new ones send (a middlebox that dropped the flow; the route stays)."""
 
     def __init__(self, target: str) -> None:
         host, _, port = target.removeprefix("tcp://").rpartition(":")
@@ -65,13 +67,24 @@ class Line:
         sel = selectors.DefaultSelector()
         sel.register(self.srv, selectors.EVENT_READ, None)
         socks: list[socket.socket] = [self.srv]
+        swallowed: list[socket.socket] = []
         while not self.stop.is_set():
             if self.mode == "held":
                 time.sleep(0.01)
                 continue
+            if self.mode == "reset":  # what it carried ends; what comes now is swallowed
+                for s in socks[1:]:
+                    with contextlib.suppress(KeyError, ValueError):
+                        sel.unregister(s)
+                    s.close()
+                del socks[1:]
             for key, _ in sel.select(0.02):
                 if key.data is None:
                     down, _ = self.srv.accept()
+                    if self.mode == "reset":
+                        swallowed.append(down)
+                        sel.register(down, selectors.EVENT_READ, down)
+                        continue
                     up = socket.create_connection(self.target)
                     socks += [down, up]
                     sel.register(down, selectors.EVENT_READ, up)
@@ -83,6 +96,8 @@ class Line:
                     data = src.recv(65536)
                 except OSError:
                     data = b""
+                if src is other:  # swallowed
+                    continue
                 if not data:
                     for s in (src, other):
                         with contextlib.suppress(KeyError, ValueError):
@@ -92,7 +107,7 @@ class Line:
                     with contextlib.suppress(OSError):
                         other.sendall(data)
         sel.close()
-        for s in socks:
+        for s in socks + swallowed:
             s.close()
 
     def close(self) -> None:
@@ -186,7 +201,7 @@ def kiosk_on_a_line(tmp: Path) -> Iterator[tuple[Runtime, Line, Header, str]]:
         # monitor can see the cut, as with a cable pulled between two keepalives.
         cfg = KioskConfig(data=kiosk.store.data, hub=[line.url], ui="127.0.0.1:0",
                           retry_max=0.5, link_interval=0.2, keepalive=120.0,
-                          reply_timeout=5.0, staff_pin=PIN)
+                          reply_timeout=4.0, staff_pin=PIN)
         rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()),
                      link_signals={line.url: line.route})
         try:
@@ -198,6 +213,7 @@ def kiosk_on_a_line(tmp: Path) -> Iterator[tuple[Runtime, Line, Header, str]]:
                     yield rt, line, header, url
                 finally:
                     header.close()
+                    line.close()  # first: a round waiting on the line ends, refused
         finally:
             line.close()
 
@@ -251,6 +267,14 @@ def test_led_header_and_status_follow_each_transition(tmp_path: Path) -> None:
         assert led(rt) == SYNCED
         state, third = kiosk_status(data)
         assert (state, third > second) == (SYNCED, True), (second, third)
+
+        # Last, the kept-open session loses its link while idle, and a new connection
+        # gets no answer (the route stays: only the session knows): offline within 2 s,
+        # not once the round that reconnects has given up (a stall of 10 s).
+        line.mode = "reset"
+        took = wait_until(lambda: led(rt) == OFFLINE, WITHIN, "the LED offline")
+        assert header.wait_for(OFFLINE, WITHIN - took) < WITHIN
+        assert kiosk_status(data)[0] == OFFLINE
 
 
 def _epoch(iso: str) -> float:
