@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from device.exc import DeviceError
 from device.ui.origin import allowed_hosts, refusal
 from device.ui.request import (
     MAX_DEPTH,
@@ -113,7 +114,7 @@ def connection_cap(limits: Limits) -> int:
     return max(1, min(limits.max_connections, soft - limits.fd_reserve))
 
 
-class _Drop(Exception):
+class _Drop(DeviceError, ConnectionError):
     """Close without an answer: the client missed a deadline (``late``) or went away."""
 
     def __init__(self, late: bool) -> None:
