@@ -458,3 +458,71 @@ def test_staff_pin_by_touch_alone(touch_kiosk: tuple[str, Path], page: Any) -> N
     page.wait_for_selector("#s-staff:not([hidden])", timeout=BOUND)
     page.tap("#staff-close")
     page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
+
+
+BACK_NAMES = {"en": "Back Tester", "ar": "\u0644\u064a\u0644\u0649 \u062d\u0633\u0646"}
+
+
+@pytest.mark.parametrize("lang", ["en", "ar"])
+def test_back_goes_one_step_and_keeps_what_was_typed(touch_kiosk: tuple[str, Path], page: Any,
+                                                     lang: str) -> None:
+    """Back from each screen lands on the one before, with the passport, year and name still
+    typed; the reason screen's Back is below the tiles and looks unlike them."""
+    open_page(page, touch_kiosk[0])
+    page.tap(f"#langs button[data-lang='{lang}']")
+
+    def at(screen: str) -> None:
+        page.wait_for_selector(f"#{screen}:not([hidden])", timeout=BOUND)
+
+    keys(page, "BK123456", "passport-keys")
+    page.tap("#passport-next")
+    at("s-year")
+    keys(page, "1984")
+    page.tap("#year-next")
+    at("s-reason")
+    assert page.locator("#reasons .back, #reasons [data-i18n='back']").count() == 0
+    look = page.evaluate("""() => {
+        const b = document.getElementById('reason-back'), tiles = [...document.querySelectorAll(
+            '#reasons button')], sb = getComputedStyle(b), st = getComputedStyle(tiles[0]);
+        const r = b.getBoundingClientRect();
+        return { below: tiles.every(x => x.getBoundingClientRect().bottom <= r.top),
+                 background: sb.backgroundColor !== st.backgroundColor,
+                 border: sb.borderColor !== st.borderColor,
+                 lower: r.height < tiles[0].getBoundingClientRect().height,
+                 arrow: getComputedStyle(b, '::before').content }; }""")
+    assert look == {"below": True, "background": True, "border": True, "lower": True,
+                    "arrow": '"\u2192\u00a0"' if lang == "ar" else '"\u2190\u00a0"'}, look
+    shot(page, f"reason-back-{lang}")
+    page.tap("#reason-back")
+    at("s-year")
+    assert page.input_value("#year") == "1984"
+    page.tap("#year-back")
+    at("s-start")
+    assert page.input_value("#passport") == "BK123456"
+    assert page.text_content("#start-msg") == ""
+    page.tap("#passport-next")  # forward again: the values carry on
+    at("s-year")
+    assert (page.evaluate("flow.passport"), page.input_value("#year")) == ("BK123456", "1984")
+    page.tap("#year-back")
+    at("s-start")
+
+    page.tap("#no-docs")  # where a name is asked: name, year, consent, reason
+    at("s-name")
+    page.fill("#name", BACK_NAMES[lang])
+    page.tap("#name-next")
+    at("s-year")
+    page.tap("#year-back")
+    at("s-name")
+    assert page.input_value("#name") == BACK_NAMES[lang]
+    page.tap("#name-next")
+    at("s-year")
+    assert page.input_value("#year") == "1984"
+    page.tap("#year-next")
+    at("s-consent")
+    page.tap("#consent-yes")
+    at("s-reason")
+    page.tap("#reason-back")
+    at("s-consent")
+    page.tap("#consent-yes")
+    at("s-reason")
+    assert page.evaluate("[flow.name, flow.year]") == [BACK_NAMES[lang], "1984"]

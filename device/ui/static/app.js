@@ -59,6 +59,20 @@ function show(id) {
   if (input) input.focus();
 }
 
+// Forward one step, remembering where from; Back returns there. The fields keep what was
+// typed (only reset() empties them), so a step revisited shows its values again.
+function go(id) {
+  flow.trail = [...(flow.trail || []), flow.screen];
+  show(id);
+}
+
+function back() {
+  const trail = flow.trail || [];
+  const prev = trail.pop() || "s-start";
+  for (const m of document.querySelectorAll(".msg")) if (m.id !== "start-msg") say(m.id, null);
+  show(prev);
+}
+
 function setLang(code) {
   lang = I18N[code] ? code : "en";
   const root = document.documentElement;
@@ -121,9 +135,7 @@ function onPassport(ev) {
   if (!PASSPORT_RE.test(value)) { say("start-msg", "err_bad_passport"); return; }
   say("start-msg", null);
   flow = { passport: value, screen: flow.screen };
-  $("passport").value = "";
-  $("year").value = "";
-  show("s-year");
+  go("s-year");
 }
 
 async function onYear(ev) {
@@ -132,16 +144,15 @@ async function onYear(ev) {
   const year = $("year").value.trim();
   if (!/^[0-9]{4}$/.test(year)) { say("year-msg", "err_bad_year"); return; }
   say("year-msg", null);
-  if (!flow.passport) { flow.year = year; $("year").value = ""; show("s-consent"); return; }
+  if (!flow.passport) { flow.year = year; go("s-consent"); return; }
   busy = true;
   try {
     // Every passport goes on to the reason alike: whether it is known, and whether the
     // year matches, is for staff at the desk, never for this screen.
     const r = await api("/api/verify", { passport: flow.passport, year });
-    $("year").value = "";
     if (!r.ok) { say("year-msg", errorKey(r.data.error)); return; }
     flow.year = year;
-    show("s-reason");
+    go("s-reason");
   } catch (e) { say("year-msg", "err_network"); } finally { busy = false; }
 }
 
@@ -153,9 +164,7 @@ function onName(ev) {
   }
   say("name-msg", null);
   flow.name = name;
-  $("name").value = "";
-  if (flow.passport) show("s-consent");
-  else { $("year").value = ""; show("s-year"); }
+  go(flow.passport ? "s-consent" : "s-year");
 }
 
 async function onReason(reason) {
@@ -409,11 +418,6 @@ function build() {
     b.onclick = () => onReason(reason);
     $("reasons").append(b);
   }
-  const back = document.createElement("button");
-  back.type = "button";
-  back.className = "secondary back";
-  back.dataset.i18n = "back";
-  $("reasons").append(back);
   keyboard($("keypad"), LAYOUTS.digits);
   keyboard($("pin-keys"), LAYOUTS.digits);
   keyboard($("passport-keys"), LAYOUTS.passport);
@@ -426,14 +430,20 @@ function build() {
   $("s-name").addEventListener("submit", onName);
   $("name").addEventListener("input", nameLook);  // typed on a keyboard or by a scanner
   $("s-staff-pin").addEventListener("submit", onStaffPin);
-  $("no-docs").onclick = () => { flow = { nameTitle: "name_prompt" }; $("name-title").textContent = t("name_prompt"); show("s-name"); };
-  $("consent-yes").onclick = () => { flow.consent = true; show("s-reason"); };
+  $("no-docs").onclick = () => {
+    say("start-msg", null);
+    flow = { nameTitle: "name_prompt", screen: flow.screen };
+    $("name-title").textContent = t("name_prompt");
+    go("s-name");
+  };
+  $("consent-yes").onclick = () => { flow.consent = true; go("s-reason"); };
   $("consent-no").onclick = reset;
   $("ticket-done").onclick = reset;
   $("staff-open").hidden = !config.staff;  // no PIN set: no staff screen to open
   $("staff-open").onclick = () => { if (config.staff) { flow = {}; show("s-staff-pin"); } };
   $("staff-close").onclick = reset;
-  for (const b of document.querySelectorAll(".back")) b.onclick = reset;
+  for (const b of document.querySelectorAll(".back")) b.onclick = back;
+  $("pin-back").onclick = reset;  // the PIN typed is never kept
   for (const ev of ["pointerdown", "keydown", "input", "touchstart"]) {
     document.addEventListener(ev, () => { lastActivity = Date.now(); }, { capture: true, passive: true });
   }
