@@ -526,3 +526,20 @@ def test_back_goes_one_step_and_keeps_what_was_typed(touch_kiosk: tuple[str, Pat
     page.tap("#consent-yes")
     at("s-reason")
     assert page.evaluate("[flow.name, flow.year]") == [BACK_NAMES[lang], "1984"]
+
+
+def test_start_keeps_its_instruction_beside_an_error(touch_kiosk: tuple[str, Path],
+                                                     page: Any) -> None:
+    open_page(page, touch_kiosk[0])
+    for lang in ("en", "ar"):
+        page.tap(f"#langs button[data-lang='{lang}']")
+        keys(page, "AB", "passport-keys")  # too short
+        page.tap("#passport-next")
+        msg = page.locator("#start-msg")
+        sync_api.expect(msg).to_have_text(STRINGS[lang]["err_bad_passport"], timeout=BOUND)
+        title = page.locator("#s-start h1")
+        assert title.is_visible() and msg.is_visible()
+        assert title.text_content() == STRINGS[lang]["passport_prompt"]
+        assert page.evaluate(OVERFLOWS, "s-start") == []
+        shot(page, f"start-error-{lang}")
+        page.tap("#passport-keys button[data-key='clear']")
