@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -543,3 +544,91 @@ def test_start_keeps_its_instruction_beside_an_error(touch_kiosk: tuple[str, Pat
         assert page.evaluate(OVERFLOWS, "s-start") == []
         shot(page, f"start-error-{lang}")
         page.tap("#passport-keys button[data-key='clear']")
+
+
+def post_api(url: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+    """The API's status and JSON answer, errors included."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=BOUND / 1000) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_each_year_mistake_has_its_message_and_the_year_stays(touch_kiosk: tuple[str, Path],
+                                                              page: Any) -> None:
+    this_year = time.gmtime().tm_year
+    cases = [(str(this_year + 1), "year-future"), (str(this_year - 121), "year-old"),
+             ("19a5", "year-letters"), ("198", "year-short")]
+    url = touch_kiosk[0]
+    for year, detail in cases:  # the server says the same, as a code the page translates
+        assert post_api(url, "/api/verify", {"passport": "YR123456", "year": year}) == (
+            400, {"error": "bad-year", "detail": detail}), year
+    assert post_api(url, "/api/verify", {"passport": "YR123456", "year": str(this_year - 120)}
+                    ) == (200, {"result": "ok"})
+    open_page(page, url)
+    for lang in ("en", "ar"):
+        page.tap(f"#langs button[data-lang='{lang}']")
+        page.tap("#passport-keys button[data-key='clear']")
+        keys(page, "YR123456", "passport-keys")
+        page.tap("#passport-next")
+        page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+        for year, detail in cases:
+            page.fill("#year", "")
+            page.focus("#year")
+            page.keyboard.type(year, delay=0)  # letters come from a keyboard, not the keypad
+            page.tap("#year-next")
+            want = STRINGS[lang]["err_" + detail.replace("-", "_")]
+            sync_api.expect(page.locator("#year-msg")).to_have_text(want, timeout=BOUND)
+            assert page.input_value("#year") == year  # not cleared
+            assert page.evaluate("flow.screen") == "s-year"
+        shot(page, f"year-error-{lang}")
+        page.tap("#year-back")
+        page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
+    assert len({STRINGS[lang]["err_" + d.replace("-", "_")] for lang in ("en", "ar")
+                for _, d in cases}) == 8  # each its own words
+
+
+NAME_CASES = [("\u200c", "name-letters"), ("\u0301\u0308\u064b", "name-letters"),
+              ("A" * 80, "name-long"), ("Ali \u202eHassan", "name-chars"),
+              ("Ali \u2066Hassan\u2069", "name-chars"), ("Ali\x00", "name-chars"),
+              ("Ali\x85Hassan", "name-chars"), ("Ali 3", "name-chars")]
+
+
+@pytest.mark.parametrize(("name", "detail"), NAME_CASES)
+def test_the_api_refuses_a_bad_name_with_its_reason(touch_kiosk: tuple[str, Path], name: str,
+                                                    detail: str) -> None:
+    body = {"year": "1980", "reason": "sick", "consent": True, "name": name}
+    assert post_api(touch_kiosk[0], "/api/checkin", body) == (
+        400, {"error": "bad-name", "detail": detail})
+
+
+def test_the_api_takes_a_name_in_arabic_script_and_counts_after_nfc(
+        touch_kiosk: tuple[str, Path]) -> None:
+    base = {"year": "1980", "reason": "sick", "consent": True}
+    for name in ("\u0644\u064a\u0644\u0649 \u062d\u0633\u0646",  # ليلى حسن
+                 "\u0641\u0627\u0637\u0645\u0647\u200c\u06cc",  # a ZWNJ inside, as Dari writes
+                 "e\u0301" * 60):  # 120 code points, 60 letters once composed
+        status, answer = post_api(touch_kiosk[0], "/api/checkin", {**base, "name": name})
+        assert status == 200 and answer["queue_number"], (name, answer)
+
+
+def test_the_page_gives_each_name_mistake_its_message(touch_kiosk: tuple[str, Path],
+                                                      page: Any) -> None:
+    open_page(page, touch_kiosk[0])
+    page.tap("#langs button[data-lang='ar']")
+    page.tap("#no-docs")
+    page.wait_for_selector("#s-name:not([hidden])", timeout=BOUND)
+    for name, detail in NAME_CASES[:4]:
+        page.fill("#name", name)
+        page.tap("#name-next")
+        want = STRINGS["ar"]["err_" + detail.replace("-", "_")]
+        sync_api.expect(page.locator("#name-msg")).to_have_text(want, timeout=BOUND)
+        assert page.evaluate("flow.screen") == "s-name"
+    page.fill("#name", "\u0644\u064a\u0644\u0649")
+    page.tap("#name-next")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)

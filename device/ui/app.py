@@ -129,7 +129,7 @@ class KioskApp:
             ci.clean_passport(body.get("passport"))
             ci.clean_year(body.get("year"))
         except ci.CheckinInputError as exc:
-            raise HttpError(400, exc.code) from None
+            raise HttpError(400, exc.code, {"detail": exc.detail} if exc.detail else None) from None
         return {"result": "ok"}
 
     async def checkin(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +144,7 @@ class KioskApp:
             passport = ci.clean_passport(body["passport"]) if body.get("passport") else None
             name = ci.clean_name(body.get("name")) if body.get("name") is not None else None
         except ci.CheckinInputError as exc:
-            raise HttpError(400, exc.code) from None
+            raise HttpError(400, exc.code, {"detail": exc.detail} if exc.detail else None) from None
         if passport is None and name is None:
             raise HttpError(400, "bad-name")
         if passport is None and body.get("consent") is not True:

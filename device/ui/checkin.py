@@ -5,7 +5,16 @@ passport is known or whether the year typed matches it, so there is nothing
 to guess against and nothing to throttle (no lockout). What the patient types
 is a claim the store keeps on the check-in (``Store.checkin``); how it
 compared with the record held is for staff only (``staff``). Every error is
-a code the page translates into the patient's language.
+a code the page translates into the patient's language: ``code`` names the
+field (``bad-year``, ``bad-name``), ``detail`` what is wrong with it
+(``year-future``, ``name-letters``...), so each gets its own message.
+
+A year of birth lies between ``YEARS_BACK`` years ago and this year. A name
+is NFC-normalised with its white space collapsed; it holds letters (at least
+one), combining marks, spaces, ``' - .`` and the zero-width (non-)joiners that
+Persian and Arabic spelling needs, at most ``NAME_MAX`` characters. Control
+characters (NUL included) and bidi overrides and isolates are refused, not
+stripped: what is stored is exactly what the patient saw.
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ from protocol.crdt import schema as crdt_schema
 
 PASSPORT = re.compile(r"[A-Z0-9]{5,20}")
 REASONS = ("sick", "injury", "child", "pregnancy", "medicine", "results", "other")
-NAME_MAX = 80
+NAME_MAX = 60
+YEARS_BACK = 120
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+NAME_MARKS = " '-.\u200c\u200d"
 PATIENT_NAME = crdt_schema.PATIENT.field("name").number
 PATIENT_BIRTH = crdt_schema.PATIENT.field("birthDate").number
 
@@ -28,9 +40,9 @@ PATIENT_BIRTH = crdt_schema.PATIENT.field("birthDate").number
 class CheckinInputError(DeviceError, ValueError):
     """Bad input: ``code`` is what the page shows (translated)."""
 
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
+    def __init__(self, code: str, detail: str | None = None) -> None:
+        super().__init__(detail or code)
+        self.code, self.detail = code, detail
 
 
 def clean_passport(text: Any) -> str:
@@ -50,22 +62,30 @@ def clean_year(text: Any, now: float | None = None) -> int:
     try:
         digits = "".join(str(unicodedata.digit(c)) for c in value)
     except (TypeError, ValueError):
-        raise CheckinInputError("bad-year") from None
-    if len(digits) != 4 or not 1900 <= int(digits) <= this_year:
+        raise CheckinInputError("bad-year", "year-letters") from None
+    if len(digits) < 4:
+        raise CheckinInputError("bad-year", "year-short")
+    if len(digits) > 4:
         raise CheckinInputError("bad-year")
+    if int(digits) > this_year:
+        raise CheckinInputError("bad-year", "year-future")
+    if int(digits) < this_year - YEARS_BACK:
+        raise CheckinInputError("bad-year", "year-old")
     return int(digits)
 
 
 def clean_name(text: Any) -> str:
     if not isinstance(text, str):
         raise CheckinInputError("bad-name")
+    if any(unicodedata.category(c) == "Cc" or c in BIDI_CONTROLS for c in text):
+        raise CheckinInputError("bad-name", "name-chars")
     value = " ".join(unicodedata.normalize("NFC", text).split())
-    if not 1 <= len(value) <= NAME_MAX:
-        raise CheckinInputError("bad-name")
-    for c in value:
-        cat = unicodedata.category(c)
-        if not (cat[0] in "LM" or c in " '-.\u200c\u200d"):
-            raise CheckinInputError("bad-name")
+    if any(not (unicodedata.category(c)[0] in "LM" or c in NAME_MARKS) for c in value):
+        raise CheckinInputError("bad-name", "name-chars")
+    if len(value) > NAME_MAX:
+        raise CheckinInputError("bad-name", "name-long")
+    if not any(unicodedata.category(c)[0] == "L" for c in value):
+        raise CheckinInputError("bad-name", "name-letters")
     return value
 
 

@@ -105,7 +105,15 @@ async function api(path, body) {
   return { ok: resp.ok, status: resp.status, data };
 }
 
-function errorKey(code) {
+// What is wrong with a field (the server's `detail`, or the page's own check) has its own
+// message; the field's code alone gets the field's general one.
+const DETAILS = ["year-future", "year-old", "year-letters", "year-short",
+                 "name-letters", "name-long", "name-chars"];
+const NAME_MAX = 60;  // characters after NFC, as device/ui/checkin.py counts them
+const YEARS_BACK = 120;
+
+function errorKey(code, detail) {
+  if (DETAILS.includes(detail)) return "err_" + detail.replace("-", "_");
   const known = ["bad-passport", "bad-year", "bad-name", "bad-reason", "no-consent"];
   if (known.includes(code)) return "err_" + code.replace("-", "_");
   if (code === "store") return "err_store";
@@ -142,7 +150,8 @@ async function onYear(ev) {
   ev.preventDefault();
   if (busy || $("year-next").disabled) return;
   const year = $("year").value.trim();
-  if (!/^[0-9]{4}$/.test(year)) { say("year-msg", "err_bad_year"); return; }
+  const problem = yearProblem(year);
+  if (problem) { say("year-msg", errorKey("bad-year", problem)); return; }  // the field keeps it
   say("year-msg", null);
   if (!flow.passport) { flow.year = year; go("s-consent"); return; }
   busy = true;
@@ -150,18 +159,38 @@ async function onYear(ev) {
     // Every passport goes on to the reason alike: whether it is known, and whether the
     // year matches, is for staff at the desk, never for this screen.
     const r = await api("/api/verify", { passport: flow.passport, year });
-    if (!r.ok) { say("year-msg", errorKey(r.data.error)); return; }
+    if (!r.ok) { say("year-msg", errorKey(r.data.error, r.data.detail)); return; }
     flow.year = year;
     go("s-reason");
   } catch (e) { say("year-msg", "err_network"); } finally { busy = false; }
 }
 
+// The page's checks mirror clean_year and clean_name (device/ui/checkin.py), which the server
+// applies again; digits other than 0-9 are left to the server.
+function yearProblem(year) {
+  if (/[^\p{Nd}]/u.test(year)) return "year-letters";
+  if ([...year].length < 4) return "year-short";
+  if (!/^[0-9]{4}$/.test(year)) return null;
+  const now = new Date().getFullYear();
+  if (Number(year) > now) return "year-future";
+  if (Number(year) < now - YEARS_BACK) return "year-old";
+  return null;
+}
+
+function nameProblem(raw) {
+  if (/[\p{Cc}\u202a-\u202e\u2066-\u2069]/u.test(raw)) return "name-chars";
+  const name = raw.normalize("NFC").trim().replace(/\s+/gu, " ");
+  if (!/^[\p{L}\p{M} '\-.\u200c\u200d]*$/u.test(name)) return "name-chars";
+  if ([...name].length > NAME_MAX) return "name-long";
+  if (!/\p{L}/u.test(name)) return "name-letters";
+  return null;
+}
+
 function onName(ev) {
   ev.preventDefault();
-  const name = $("name").value.normalize("NFC").trim().replace(/\s+/g, " ");
-  if (!name || name.length > 80 || /[0-9<>{}\[\]\\/@#$%^&*=+_~`|"!?;:]/.test(name)) {
-    say("name-msg", "err_bad_name"); return;
-  }
+  const name = $("name").value.normalize("NFC").trim().replace(/\s+/gu, " ");
+  const problem = nameProblem($("name").value);
+  if (problem) { say("name-msg", errorKey("bad-name", problem)); return; }
   say("name-msg", null);
   flow.name = name;
   go(flow.passport ? "s-consent" : "s-year");
@@ -175,7 +204,10 @@ async function onReason(reason) {
                  name: flow.name === undefined ? null : flow.name, consent: flow.consent === true };
   try {
     const r = await api("/api/checkin", body);
-    if (!r.ok) { say("reason-msg", r.status === 503 ? "err_store" : errorKey(r.data.error)); return; }
+    if (!r.ok) {
+      say("reason-msg", r.status === 503 ? "err_store" : errorKey(r.data.error, r.data.detail));
+      return;
+    }
     flow = { ticket: r.data.ticket, screen: flow.screen };
     $("queue-number").textContent = r.data.queue_number;
     $("new-id").textContent = r.data.new_id || "";
