@@ -202,9 +202,11 @@ def test_nothing_overflows_at_800x480(quick_kiosk: tuple[str, Path], page: Any,
     page.evaluate("flow.nameTitle = 'new_patient'; $('name-title').textContent = t('new_patient')")
     scripts = ["own", "latin"] if lang in ("ar", "prs") else ["own"]
     for screen, msg, script in [("s-start", "start-msg", "own"), ("s-name", None, "own"),
-                                *[("s-name", "name-msg", s) for s in scripts]]:
+                                *[("s-name", "name-msg", s) for s in scripts],
+                                ("s-year", "year-msg", "own")]:
         page.evaluate(f"show('{screen}')")
-        page.evaluate("([msg, err]) => { for (const m of ['start-msg', 'name-msg']) say(m, null);"
+        page.evaluate("([msg, err]) => { for (const m of ['start-msg', 'name-msg', 'year-msg'])"
+                      " say(m, null);"
                       " if (msg) say(msg, err, 300); }", [msg, err])
         if script == "latin":
             page.tap("#name-keys button[data-key='script']")
