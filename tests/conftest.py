@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +58,17 @@ def strace() -> str:
     require(path, "strace", "needs strace (./tools/test installs it)")
     assert path is not None
     return path
+
+
+@contextmanager
+def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where``, unmounted after: a real disk that fills."""
+    where.mkdir()
+    require(os.geteuid() == 0, "tmpfs", "mounting a small tmpfs for the full-disk test needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                        str(where)], capture_output=True, text=True, timeout=20.0)
+    require(r.returncode == 0, "tmpfs", f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], timeout=20.0, check=True)

@@ -28,8 +28,9 @@ from host.hub.storage import Op
 from protocol import messages
 from protocol.crdt.delta import decode
 from protocol.transfer import Sender, build_manifest
+from tests.conftest import small_disk
 
-from .test_storage_guard import fill, small_disk
+from .test_storage_guard import fill
 from .test_sync_helpers import Kiosk
 
 MARKER = b"Quintessa Marlowe-Abernathy, radiograph of the left tibia. "

@@ -15,8 +15,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,7 +36,7 @@ from device.ui.app import KioskApp
 from device.ui.http import HttpError
 from device.ui.live import LiveStatus
 from protocol.driver.database import immediate
-from tests.conftest import require
+from tests.conftest import small_disk
 
 from .test_hw import wait_until
 from .test_runtime import call
@@ -144,20 +142,6 @@ def test_truncating_the_wals_keeps_every_record(tmp_path: Path) -> None:
 
 
 # A real disk that fills up ------------------------------------------------------------------
-
-
-@contextmanager
-def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``where``, unmounted after."""
-    where.mkdir()
-    require(os.geteuid() == 0, "tmpfs", "mounting a small tmpfs for the full-disk test needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                        str(where)], capture_output=True, text=True, timeout=BOUND)
-    require(r.returncode == 0, "tmpfs", f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "--lazy", str(where)], timeout=BOUND, check=True)
 
 
 def fill(disk: Path, leave_mib: float = 0.0) -> Path:

@@ -7,12 +7,9 @@ tmpfs mounted for the test (root; skipped elsewhere, see ``conftest.require``)."
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
-import os
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +19,9 @@ import pytest
 from host.progress import Progress
 from protocol import messages
 from protocol.transfer import MemoryStore, Receiver, TransferAborted
+from tests.conftest import small_disk
 from tools.benchmarks._link import Emulator, emulator
 
-from .conftest import require
 from .test_send_receive import finish, haven, random_file, transfer, wait_for_chunks
 
 BOUND = 20.0
@@ -36,19 +33,6 @@ def fast_emu(tmp_path: Path) -> Iterator[Emulator]:
     with emulator("serial", ["--rate", "1000000", "--seed", "5"],
                   tmp_path / "emu-stats.json") as e:
         yield e
-
-
-@contextlib.contextmanager
-def small_disk(where: Path, size: str) -> Iterator[Path]:
-    where.mkdir()
-    require(os.geteuid() == 0, "tmpfs", "mounting a small tmpfs for the full-disk test needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                        str(where)], capture_output=True, text=True, timeout=BOUND)
-    require(r.returncode == 0, "tmpfs", f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "--lazy", str(where)], timeout=BOUND, check=True)
 
 
 def fill(disk: Path) -> None:
