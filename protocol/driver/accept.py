@@ -21,8 +21,11 @@ end (or a read deadline ends them) their descriptors return.
 
 An error that concerns only the connection being taken (reset before we
 took it) is skipped. Any other error (the listening socket itself broken)
-is treated like exhaustion: back off, say so once, try again; the owner
-decides whether to give up (``failures`` counts the errors of the burst).
+goes to ``broken`` when the owner gives one (the loop stops reading, and the
+owner may open the address again); without it, it is treated like
+exhaustion: back off, say so once, try again (``failures`` counts the
+errors of the burst). ``failed`` hears every failure of a burst, for an
+owner that counts them.
 """
 
 from __future__ import annotations
@@ -55,8 +58,11 @@ class AcceptLoop:
                  accepted: Callable[[socket.socket, Any], None], *, batch: int = 16,
                  first_backoff: float = 0.05, max_backoff: float = 1.0,
                  note: Callable[[str], None] | None = None,
-                 note_interval: float = 0.0) -> None:
+                 note_interval: float = 0.0,
+                 failed: Callable[[OSError], None] | None = None,
+                 broken: Callable[[OSError], None] | None = None) -> None:
         self.loop, self.sock, self.accepted = loop, sock, accepted
+        self.failed, self.broken = failed, broken
         self.batch, self.first_backoff, self.max_backoff = batch, first_backoff, max_backoff
         self.note = note or (lambda text: None)
         self.note_interval = note_interval
@@ -81,6 +87,10 @@ class AcceptLoop:
             except OSError as exc:
                 if exc.errno in SKIP:
                     continue
+                if exc.errno not in EXHAUSTED and self.broken is not None:
+                    self.loop.remove_reader(self.sock.fileno())
+                    self.broken(exc)
+                    return
                 self._failed(exc)
                 return
             if self.failing_since is not None:
@@ -95,6 +105,8 @@ class AcceptLoop:
     def _failed(self, exc: OSError) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.failures += 1
+        if self.failed is not None:
+            self.failed(exc)
         if self.failing_since is None:
             now = self.failing_since = time.monotonic()
             self.bursts += 1
