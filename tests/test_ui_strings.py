@@ -21,6 +21,13 @@ EN = STRINGS["en"]
 #: Keys whose text may equal the English: names of languages (each in its own tongue).
 SAME_OK = {"lang_name"} | set(STRINGS["_meta"]["same_ok"])
 
+SCRIPTS = sorted(p.name for p in STATIC.glob("*.js"))
+
+
+def page_scripts() -> str:
+    """Every script of the page, as one text: they share one global scope."""
+    return "\n".join((STATIC / name).read_text("utf-8") for name in SCRIPTS)
+
 
 def cmap(path: Path) -> set[int]:
     """Code points a TrueType font maps to a glyph (cmap formats 4 and 12; glyph 0 is none)."""
@@ -84,7 +91,7 @@ def test_right_to_left_languages() -> None:
 
 def test_page_and_script_use_only_known_keys() -> None:
     html = (STATIC / "index.html").read_text("utf-8")
-    js = (STATIC / "app.js").read_text("utf-8")
+    js = page_scripts()
     used = set(re.findall(r'data-i18n="(\w+)"', html))
     used |= set(re.findall(r'\bt\("(\w+)"[,)]', js))
     used |= set(re.findall(r'say\("[\w-]+", "(\w+)"', js))
@@ -105,7 +112,7 @@ def test_every_status_has_words_and_a_colour_on_the_page() -> None:
     styled = set(re.findall(r'#sync\[data-state="([\w-]+)"\]', css))
     assert styled == set(STATUSES) - {PENDING}  # pending is the dot's default colour
     page = (STATIC / "index.html").read_text("utf-8")
-    script = (STATIC / "app.js").read_text("utf-8")
+    script = page_scripts()
     assert 'id="sync" data-state="pending"' in page and 'state: "pending"' in script
 
 
@@ -118,7 +125,7 @@ def test_every_field_refuses_autofill() -> None:
 
 
 def test_no_external_assets() -> None:
-    for name in ("index.html", "app.css", "app.js"):
+    for name in ("index.html", "app.css", *SCRIPTS):
         text = (STATIC / name).read_text("utf-8")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), name
 
@@ -126,7 +133,7 @@ def test_no_external_assets() -> None:
 @pytest.mark.parametrize("font", ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf"])
 def test_fonts_cover_every_string(font: str) -> None:
     covered = cmap(STATIC / "fonts" / font)
-    js = (STATIC / "app.js").read_text("utf-8")
+    js = page_scripts()
     text = "".join(v for lang in LANGUAGES for v in STRINGS[lang].values())
     text += "".join(c for c in js if c.isprintable())  # the keyboards' letters and symbols
     text += "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"

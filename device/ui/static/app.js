@@ -1,5 +1,6 @@
-// Haven kiosk page: the check-in flow, languages, live status, idle reset, staff screen.
+// Haven kiosk page: the check-in flow, languages, live status, idle reset.
 // Patient data lives only in `flow` (memory) and the form fields; reset() wipes both.
+// keyboard.js and staff.js are loaded first and share this page's globals.
 "use strict";
 
 const ICONS = {
@@ -12,27 +13,6 @@ const ICONS = {
   other: '<circle cx="14" cy="32" r="6" fill="currentColor"/><circle cx="32" cy="32" r="6" fill="currentColor"/><circle cx="50" cy="32" r="6" fill="currentColor"/>',
 };
 const PASSPORT_RE = /^[A-Z0-9]{5,20}$/;
-// On-screen keyboards: rows of keys parted by spaces. A character types itself; "del" (⌫),
-// "clear", "space" (it takes the row's free columns) and "script" (Latin letters, and back)
-// are special keys. Letters are in alphabetical order, which the patients learnt at school.
-const LAYOUTS = {
-  digits: { spans: {}, rows: ["1 2 3", "4 5 6", "7 8 9", "clear 0 del"] },
-  passport: { rows: ["1 2 3 4 5 6 7 8 9 0 del clear", "A B C D E F G H I J K L M",
-                     "N O P Q R S T U V W X Y Z"] },
-  latin: { label: "ABC", rows: ["A B C D E F G H I J K L", "M N O P Q R S T U V W X",
-                                "Y Z ' - script space del clear"] },
-  arabic: { label: "أ ب ت", rtl: true, rows: ["ا ب ت ث ج ح خ د ذ ر ز", "س ش ص ض ط ظ ع غ ف ق ك",
-                                              "ل م ن ه و ي ة ى ء أ إ", "آ ؤ ئ script space del clear"] },
-  // Dari's alphabet with Pashto's letters beside their kin (Pashto's order). Pashto's yeh with
-  // tail (U+06CD) is left out: the page's fonts have no glyph for it.
-  persian: { label: "ا ب پ", rtl: true, rows: ["ا آ ب پ ت ټ ث ج چ ح خ څ ځ د",
-                                               "ډ ذ ر ړ ز ژ ږ س ش ښ ص ض ط ظ",
-                                               "ع غ ف ق ک گ ګ ل م ن ڼ و ه ی",
-                                               "ې ي ئ ء script space del clear"] },
-};
-const SPANS = { clear: 2, script: 2 };  // columns a key takes, unless its layout says
-const WORDS = { clear: "clear", space: "key_space" };  // keys labelled in the page's language
-const NAME_LAYOUT = { ar: "arabic", prs: "persian" };  // the others write Latin letters
 
 let I18N = null;
 let config = { idle_seconds: 60, languages: ["en"], reasons: [] };
@@ -217,66 +197,6 @@ async function onReason(reason) {
   } catch (e) { say("reason-msg", "err_network"); } finally { busy = false; }
 }
 
-// On-screen keyboards ---------------------------------------------------------------------
-
-function keyboard(pad, layout, rows = layout.rows, scriptLabel = "") {
-  const spans = layout.spans || SPANS;
-  pad.replaceChildren();
-  const cols = rows[0].split(" ").reduce((n, k) => n + (spans[k] || 1), 0);
-  pad.style.setProperty("--cols", cols);
-  for (const row of rows) {
-    const keys = row.split(" ");
-    const taken = keys.reduce((n, k) => n + (k === "space" ? 0 : spans[k] || 1), 0);
-    for (const k of keys) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.dataset.key = k;
-      if (WORDS[k]) { b.dataset.i18n = WORDS[k]; b.textContent = t(WORDS[k]); }
-      else if (k === "del") b.textContent = pad.dir === "rtl" ? "⌦" : "⌫";  // the way it erases
-      else b.textContent = k === "script" ? scriptLabel : k;
-      if (WORDS[k] || k === "script") b.className = "word";
-      const span = k === "space" ? cols - taken : spans[k] || 1;
-      if (span > 1) b.style.gridColumn = `span ${span}`;
-      pad.append(b);
-    }
-  }
-}
-
-// A key types into its pad's field at the caret; the field keeps the focus, so a scanner's
-// typing still lands there.
-function press(pad, k) {
-  const input = $(pad.dataset.for);
-  const s = input.selectionStart, e = input.selectionEnd;
-  if (k === "script") { nameScript = nameScript ? null : "latin"; nameKeys(); }
-  else if (k === "clear") input.value = "";
-  else if (k === "del") input.setRangeText("", s === e ? Math.max(0, s - 1) : s, e, "end");
-  else if (input.value.length - (e - s) < input.maxLength) {
-    const ch = k === "space" ? " " : k;
-    input.setRangeText(pad.classList.contains("lower") ? ch.toLowerCase() : ch, s, e, "end");
-  }
-  input.focus();
-  if (pad.id === "name-keys") nameLook();
-}
-
-// The name's keyboard follows the page's language, or Latin letters on request.
-function nameKeys() {
-  const own = NAME_LAYOUT[lang] || "latin";
-  const layout = LAYOUTS[nameScript || own];
-  const rows = own === "latin" ? layout.rows.map((r) => r.replace(" script", "")) : layout.rows;
-  const pad = $("name-keys");
-  pad.dir = layout.rtl ? "rtl" : "ltr";
-  keyboard(pad, layout, rows, LAYOUTS[nameScript ? own : "latin"].label);
-  nameLook();
-}
-
-// The name field reads in its text's direction (the keyboard's while empty), and the letter
-// keys show what they type: a capital at the start of each word, small letters after it.
-function nameLook() {
-  const input = $("name"), pad = $("name-keys");
-  input.dir = input.value.trim() ? "auto" : pad.dir;
-  pad.classList.toggle("lower", !/(^|[\s-])$/.test(input.value.slice(0, input.selectionStart)));
-}
-
 // Live status ------------------------------------------------------------------------------
 
 function renderLive() {
@@ -295,108 +215,6 @@ function renderLive() {
 function listen() {
   const es = new EventSource("/api/events");
   es.onmessage = (m) => { try { live = JSON.parse(m.data); } catch (e) { return; } renderLive(); };
-}
-
-// Staff ------------------------------------------------------------------------------------
-
-async function onStaffPin(ev) {
-  ev.preventDefault();
-  const r = await api("/api/staff/login", { pin: $("staff-pin").value });
-  $("staff-pin").value = "";
-  if (r.status === 429) { say("pin-msg", "err_slow_down", r.data.wait || 1); return; }
-  if (!r.ok) { say("pin-msg", "staff_bad_pin"); return; }
-  staffToken = r.data.token;
-  say("pin-msg", null);
-  show("s-staff");
-  refreshStaff();
-}
-
-function li(text) { const el = document.createElement("li"); el.textContent = text; return el; }
-
-async function refreshStaff() {
-  if (!staffToken || flow.screen !== "s-staff") return;
-  const r = await api("/api/staff/overview");
-  if (!r.ok) { reset(); return; }
-  const q = $("staff-queue");
-  q.replaceChildren(...(r.data.queue.length ? r.data.queue.map(
-    (c) => li(`${c.number}  ${c.time}  ${t("reason_" + c.reason)}`)) : [li(t("staff_none"))]));
-  $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
-  const health = r.data.health || {};
-  const warnings = [];
-  if (r.data.technician) warnings.push(t("sync_" + r.data.technician));
-  if (r.data.sync.contact_min != null) warnings.push(t("last_contact", r.data.sync.contact_min));
-  if (health.storage && health.storage.level !== "ok") {
-    warnings.push(t("staff_storage_" + health.storage.level, health.storage.free_mib));
-  }
-  if (health.memory && health.memory.level === "hard") warnings.push(t("staff_memory_hard"));
-  if (r.data.pin_alert) warnings.push(t("staff_pin_alert", r.data.pin_alert.misses));
-  $("staff-health").textContent = warnings.join(" ");
-  const box = $("staff-conflicts");
-  box.replaceChildren();
-  if (!r.data.conflicts.length) box.append(li(t("staff_none")));
-  for (const c of r.data.conflicts) {
-    const div = document.createElement("div");
-    div.className = "conflict";
-    div.append(li(`${c.type} ${c.id}`));
-    for (const v of c.versions) {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = `${t("staff_keep")}: ${Object.values(v.fields).join(", ")}`;
-      b.onclick = async () => {
-        await api("/api/staff/resolve", { token: staffToken, conflict: c.id, keep: v.id });
-        refreshStaff();
-      };
-      div.append(b);
-    }
-    box.append(div);
-  }
-  renderIdentity(r.data.identity || []);
-}
-
-// Check-ins whose identity is to be confirmed at the desk: the claim beside the record this
-// kiosk holds; confirm it, take the typed values as right, or attach it to another passport.
-function renderIdentity(rows) {
-  const box = $("staff-identity");
-  // The screen refreshes every few seconds: a passport being typed survives it.
-  const typed = {};
-  let focused = null;
-  for (const input of box.querySelectorAll("input")) {
-    const id = input.closest(".identity").dataset.checkin;
-    typed[id] = input.value;
-    if (document.activeElement === input) focused = id;
-  }
-  box.replaceChildren();
-  if (!rows.length) { box.append(li(t("staff_none"))); return; }
-  const act = async (c, body) => {
-    await api("/api/staff/identity", { token: staffToken, checkin: c.id, ...body });
-    refreshStaff();
-  };
-  for (const c of rows) {
-    const div = document.createElement("div");
-    div.className = "conflict identity";
-    div.dataset.checkin = c.id;
-    const claim = [c.claim.name, c.claim.birthDate].filter(Boolean).join(", ");
-    const rec = c.record ? [c.record.name, c.record.birthDate].filter(Boolean).join(", ")
-      : t("staff_no_record");
-    div.append(li(`${c.number}  ${t("staff_typed")}: ${claim}`), li(`${t("staff_on_record")}: ${rec}`));
-    const button = (key, onclick) => {
-      const b = document.createElement("button");
-      b.type = "button"; b.dataset.action = key; b.textContent = t(key); b.onclick = onclick;
-      div.append(b);
-    };
-    button("staff_confirm", () => act(c, { action: "confirm" }));
-    if (c.record) {
-      button("staff_use_typed", () => act(c, { action: "correct", name: c.claim.name || null,
-        year: c.claim.birthDate ? c.claim.birthDate.slice(0, 4) : null }));
-    }
-    const pass = document.createElement("input");
-    pass.type = "text"; pass.autocomplete = "off"; pass.className = "attach-passport";
-    pass.value = typed[c.id] || "";
-    div.append(pass);
-    if (focused === c.id) pass.focus();
-    button("staff_attach", () => { if (pass.value.trim()) act(c, { action: "attach", passport: pass.value }); });
-    box.append(div);
-  }
 }
 
 // Reset and idle ---------------------------------------------------------------------------

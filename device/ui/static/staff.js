@@ -1,0 +1,103 @@
+// Haven kiosk page: the staff screen (PIN, queue, sync and health, conflicts, identity).
+// Loaded before app.js, which opens it from the Staff button and wipes it in reset().
+"use strict";
+
+async function onStaffPin(ev) {
+  ev.preventDefault();
+  const r = await api("/api/staff/login", { pin: $("staff-pin").value });
+  $("staff-pin").value = "";
+  if (r.status === 429) { say("pin-msg", "err_slow_down", r.data.wait || 1); return; }
+  if (!r.ok) { say("pin-msg", "staff_bad_pin"); return; }
+  staffToken = r.data.token;
+  say("pin-msg", null);
+  show("s-staff");
+  refreshStaff();
+}
+
+function li(text) { const el = document.createElement("li"); el.textContent = text; return el; }
+
+async function refreshStaff() {
+  if (!staffToken || flow.screen !== "s-staff") return;
+  const r = await api("/api/staff/overview");
+  if (!r.ok) { reset(); return; }
+  const q = $("staff-queue");
+  q.replaceChildren(...(r.data.queue.length ? r.data.queue.map(
+    (c) => li(`${c.number}  ${c.time}  ${t("reason_" + c.reason)}`)) : [li(t("staff_none"))]));
+  $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
+  const health = r.data.health || {};
+  const warnings = [];
+  if (r.data.technician) warnings.push(t("sync_" + r.data.technician));
+  if (r.data.sync.contact_min != null) warnings.push(t("last_contact", r.data.sync.contact_min));
+  if (health.storage && health.storage.level !== "ok") {
+    warnings.push(t("staff_storage_" + health.storage.level, health.storage.free_mib));
+  }
+  if (health.memory && health.memory.level === "hard") warnings.push(t("staff_memory_hard"));
+  if (r.data.pin_alert) warnings.push(t("staff_pin_alert", r.data.pin_alert.misses));
+  $("staff-health").textContent = warnings.join(" ");
+  const box = $("staff-conflicts");
+  box.replaceChildren();
+  if (!r.data.conflicts.length) box.append(li(t("staff_none")));
+  for (const c of r.data.conflicts) {
+    const div = document.createElement("div");
+    div.className = "conflict";
+    div.append(li(`${c.type} ${c.id}`));
+    for (const v of c.versions) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `${t("staff_keep")}: ${Object.values(v.fields).join(", ")}`;
+      b.onclick = async () => {
+        await api("/api/staff/resolve", { token: staffToken, conflict: c.id, keep: v.id });
+        refreshStaff();
+      };
+      div.append(b);
+    }
+    box.append(div);
+  }
+  renderIdentity(r.data.identity || []);
+}
+
+// Check-ins whose identity is to be confirmed at the desk: the claim beside the record this
+// kiosk holds; confirm it, take the typed values as right, or attach it to another passport.
+function renderIdentity(rows) {
+  const box = $("staff-identity");
+  // The screen refreshes every few seconds: a passport being typed survives it.
+  const typed = {};
+  let focused = null;
+  for (const input of box.querySelectorAll("input")) {
+    const id = input.closest(".identity").dataset.checkin;
+    typed[id] = input.value;
+    if (document.activeElement === input) focused = id;
+  }
+  box.replaceChildren();
+  if (!rows.length) { box.append(li(t("staff_none"))); return; }
+  const act = async (c, body) => {
+    await api("/api/staff/identity", { token: staffToken, checkin: c.id, ...body });
+    refreshStaff();
+  };
+  for (const c of rows) {
+    const div = document.createElement("div");
+    div.className = "conflict identity";
+    div.dataset.checkin = c.id;
+    const claim = [c.claim.name, c.claim.birthDate].filter(Boolean).join(", ");
+    const rec = c.record ? [c.record.name, c.record.birthDate].filter(Boolean).join(", ")
+      : t("staff_no_record");
+    div.append(li(`${c.number}  ${t("staff_typed")}: ${claim}`), li(`${t("staff_on_record")}: ${rec}`));
+    const button = (key, onclick) => {
+      const b = document.createElement("button");
+      b.type = "button"; b.dataset.action = key; b.textContent = t(key); b.onclick = onclick;
+      div.append(b);
+    };
+    button("staff_confirm", () => act(c, { action: "confirm" }));
+    if (c.record) {
+      button("staff_use_typed", () => act(c, { action: "correct", name: c.claim.name || null,
+        year: c.claim.birthDate ? c.claim.birthDate.slice(0, 4) : null }));
+    }
+    const pass = document.createElement("input");
+    pass.type = "text"; pass.autocomplete = "off"; pass.className = "attach-passport";
+    pass.value = typed[c.id] || "";
+    div.append(pass);
+    if (focused === c.id) pass.focus();
+    button("staff_attach", () => { if (pass.value.trim()) act(c, { action: "attach", passport: pass.value }); });
+    box.append(div);
+  }
+}
