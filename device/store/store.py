@@ -118,6 +118,8 @@ class CheckinResult:
     #: How the typed identity compared with the record held here (``claim_verdict``):
     #: for staff only, never for the patient's screen.
     identity: str = "new"
+    #: A patient without documents: the short patient code to come back with.
+    code: str | None = None
 
 
 def claim_verdict(fields: Mapping[int, Any], claim: Mapping[str, Any]) -> str:
