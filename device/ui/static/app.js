@@ -60,7 +60,6 @@ function setLang(code) {
   root.dir = I18N._meta.rtl.includes(lang) ? "rtl" : "ltr";
   for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const b of $("langs").children) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
-  if (flow.nameTitle) $("name-title").textContent = t(flow.nameTitle);
   nameScript = null;
   nameKeys();
   for (const m of document.querySelectorAll(".msg")) if (m.dataset.key) m.textContent = t(m.dataset.key, m.dataset.n);
@@ -282,8 +281,7 @@ function build() {
   $("s-staff-pin").addEventListener("submit", onStaffPin);
   $("no-docs").onclick = () => {
     say("start-msg", null);
-    flow = { nameTitle: "name_prompt", screen: flow.screen };
-    $("name-title").textContent = t("name_prompt");
+    flow = { screen: flow.screen };
     go("s-name");
   };
   $("consent-yes").onclick = () => { flow.consent = true; go("s-reason"); };
