@@ -508,10 +508,7 @@ class Store:
         replicated write (the check-in's ``identity``, and for a correction the
         patient's fields too), in one transaction; returns the check-in's id."""
         now = self.clock() if now_ms is None else now_ms
-        cid = _parse_id(checkin_id)
-        view = self._view(self.reader, cid)
-        if view is None or view.type != crdt_schema.CHECKIN.number or view.deleted:
-            raise BadRequest(f"no check-in {checkin_id}", "no-checkin")
+        cid, view = self._checkin_view(self.reader, checkin_id)
         values: dict[str, Any] = {}
         patient: dict[str, Any] = {}
         if action == "confirm":
@@ -533,13 +530,46 @@ class Store:
         held = view.fields.get(crdt_schema.CHECKIN.field("subject").number)
         pid = (_parse_id(values["subject"]) if "subject" in values
                else held if isinstance(held, bytes) else _parse_id(str(held)))
-        writes: list[Write] = [(cid, lambda v, stamp: build_put(
-            v, cid, crdt_schema.CHECKIN, self.node, stamp, values), True)]
+        writes = [self._checkin_put(cid, values)]
         if patient:
             writes.insert(0, (pid, lambda v, stamp: build_put(
                 v, pid, crdt_schema.PATIENT, self.node, stamp, patient), True))
         self._run(lambda db: self._write(db, now, writes))
         return str(uuid.UUID(bytes=cid))
+
+    def set_checkin_status(self, checkin_id: str, status: str, *,
+                           now_ms: int | None = None) -> str:
+        """Staff move a check-in on in the queue: ``in-progress`` (called), ``finished``
+        (seen), ``cancelled`` (a no-show), or back to ``arrived`` (an undo), as
+        ``crdt_schema.checkin_status_allowed`` permits from the status held here. An
+        ordinary replicated write of the check-in's ``status``; the check and the write
+        are one transaction. Returns the check-in's id."""
+        now = self.clock() if now_ms is None else now_ms
+        if status not in crdt_schema.CHECKIN_STATUSES:
+            raise BadRequest(f"unknown check-in status {status!r}", "bad-status")
+
+        def job(db: sqlite_utils.Database) -> bytes:
+            cid, view = self._checkin_view(db, checkin_id)
+            held = view.fields.get(crdt_schema.CHECKIN.field("status").number)
+            if not crdt_schema.checkin_status_allowed(held, status):
+                raise BadRequest(f"a check-in {held} cannot become {status}", "bad-transition")
+            self._write(db, now, [self._checkin_put(cid, {"status": status})])
+            return cid
+
+        return str(uuid.UUID(bytes=self._run(job)))
+
+    def _checkin_view(self, db: sqlite_utils.Database, checkin_id: str) -> tuple[bytes, RecordView]:
+        """A check-in's id and view, for staff's writes to it."""
+        cid = _parse_id(checkin_id)
+        view = self._view(db, cid)
+        if view is None or view.type != crdt_schema.CHECKIN.number or view.deleted:
+            raise BadRequest(f"no check-in {checkin_id}", "no-checkin")
+        return cid, view
+
+    def _checkin_put(self, cid: bytes, values: Mapping[str, Any]) -> Write:
+        """Staff's write of registers of a check-in."""
+        return (cid, lambda v, stamp: build_put(
+            v, cid, crdt_schema.CHECKIN, self.node, stamp, values), True)
 
     def put(self, type_name: str, record_id: str | None = None,
             values: Mapping[str, Any] | None = None, add: Mapping[str, Iterable[str]] | None = None,

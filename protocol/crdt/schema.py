@@ -247,6 +247,23 @@ IDENTITY_SETTLED = ("confirmed", "attached", "corrected", "promoted")
 #: Verdicts staff are asked to confirm at the desk.
 IDENTITY_TO_CONFIRM = ("mismatch", "unknown")
 
+#: A check-in's ``status``, FHIR R4 Encounter.status codes: ``arrived`` (checked in,
+#: waiting), ``in-progress`` (called to the desk), ``finished`` (seen), ``cancelled``
+#: (a no-show). Staff move it on from the queue (SPEC.md "The queue at the desk").
+CHECKIN_STATUSES = ("arrived", "in-progress", "finished", "cancelled")
+#: Done with: out of the waiting queue until staff undo it (back to ``arrived``).
+CHECKIN_DONE = ("finished", "cancelled")
+
+
+def checkin_status_allowed(held: Any, new: str) -> bool:
+    """Whether staff may set a check-in's status from ``held`` to ``new``: one still
+    waiting (``arrived``, ``in-progress``, or a code some other writer used) may be
+    called (again too), seen or marked a no-show; one done with only goes back to
+    ``arrived``, an undo."""
+    if new not in CHECKIN_STATUSES:
+        return False
+    return (new == "arrived") == (held in CHECKIN_DONE)
+
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
     PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT)}
 TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
