@@ -161,7 +161,7 @@ def test_a_revoked_kiosk_says_so_stops_syncing_and_stays_revoked(tmp_path: Path)
             with kiosk_runtime(tmp_path, relay.url, hub) as (rt, kiosk):
                 wait_until(lambda: rt.live.snapshot()["state"] == SYNCED, what="first round")
                 hub.revoke(kiosk.device)
-                wait_until(lambda: rt.live.snapshot()["state"] == REVOKED, 5.0,
+                wait_until(lambda: rt.live.snapshot()["state"] == REVOKED, BOUND,
                            "the kiosk shows revoked")
                 assert rt.hardware.led.pattern == REVOKED
                 connections = relay.connections
