@@ -81,7 +81,8 @@ class KioskApp:
                       "/api/staff/login": self.staff.login,
                       "/api/staff/logout": self.staff.logout,
                       "/api/staff/resolve": self.staff.resolve,
-                      "/api/staff/identity": self.staff.identity}
+                      "/api/staff/identity": self.staff.identity,
+                      "/api/staff/queue": self.staff.queue}
             if self._simulated():
                 routes["/api/hw/press"] = self.hw_press
             if path in routes:

@@ -15,6 +15,10 @@ patient typed is ``mismatch``, or ``unknown``: no record held here) are
 listed with the claim beside the record held, for staff only; ``identity``
 confirms one, attaches it to the right patient, or records a correction, each
 ``Store.settle_identity``, a replicated write.
+
+Today's queue lists the check-ins still waiting first; staff call one, mark it
+seen or a no-show, or undo that (``queue``), each ``Store.set_checkin_status``,
+a replicated write of the check-in's Encounter status.
 """
 
 from __future__ import annotations
@@ -38,10 +42,14 @@ from protocol.crdt import schema as crdt_schema
 from protocol.crdt.ids import patient_id
 
 CHECKIN = crdt_schema.CHECKIN
+#: The staff screen's queue buttons, and the check-in status each writes.
+QUEUE_ACTIONS = {"call": "in-progress", "seen": "finished", "no-show": "cancelled",
+                 "undo": "arrived"}
 
 
 def today_queue(store: Any, now: float | None = None) -> list[dict[str, Any]]:
-    """Today's check-ins (local day), oldest first: number, reason, time. No names."""
+    """Today's check-ins (local day): id, number, reason, status, time. No names. Those
+    still waiting (or called) come first, oldest first; those done with after them."""
     day = time.strftime("%Y-%m-%d", time.localtime(time.time() if now is None else now))
     field = {f.name: f.number for f in CHECKIN.fields}
     rows = []
@@ -55,11 +63,12 @@ def today_queue(store: Any, now: float | None = None) -> list[dict[str, Any]]:
             continue
         if time.strftime("%Y-%m-%d", time.localtime(t)) != day:
             continue
-        rows.append({"number": view.fields.get(field["queueNumber"]),
+        rows.append({"id": str(uuid.UUID(bytes=view.record_id)),
+                     "number": view.fields.get(field["queueNumber"]),
                      "reason": view.fields.get(field["reasonCode"]),
                      "status": view.fields.get(field["status"]),
                      "time": time.strftime("%H:%M", time.localtime(t)), "t": t})
-    rows.sort(key=lambda r: (r["t"], str(r["number"])))
+    rows.sort(key=lambda r: (r["status"] in crdt_schema.CHECKIN_DONE, r["t"], str(r["number"])))
     for r in rows:
         del r["t"]
     return rows
@@ -225,3 +234,20 @@ class Staff:
         except StoreError as exc:
             raise HttpError(409, "identity-failed", {"detail": str(exc)}) from None
         return {"checkin": cid}
+
+    async def queue(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Call a check-in, mark it seen or a no-show, or undo that (``QUEUE_ACTIONS``):
+        ``Store.set_checkin_status``, a replicated write. A move the status held does
+        not allow (a no-show seen, say) is a 409."""
+        self._check(body.get("token"))
+        checkin, status = body.get("checkin"), QUEUE_ACTIONS.get(str(body.get("action")))
+        if not isinstance(checkin, str) or status is None:
+            raise HttpError(400, "bad-action")
+        from device.store import BadRequest, StoreError
+        try:
+            cid = await asyncio.to_thread(self.store.set_checkin_status, checkin, status)
+        except BadRequest as exc:  # no such check-in, or a move not allowed
+            raise HttpError(409 if exc.code == "bad-transition" else 400, exc.code) from None
+        except StoreError as exc:  # a full disk, a broken store: nothing was written
+            raise HttpError(503, exc.code) from None
+        return {"checkin": cid, "status": status}
