@@ -25,6 +25,7 @@ from protocol.crdt.ids import patient_id
 from tests.conftest import require
 
 from .test_ui_helpers import ROOT, Proc, free_port, make_kiosk, run_kiosk
+from .test_ui_strings import forms
 
 CHROMIUM = Path("/usr/bin/chromium")
 require(CHROMIUM.exists(), "chromium",
@@ -198,7 +199,7 @@ def test_nothing_overflows_at_800x480(quick_kiosk: tuple[str, Path], page: Any,
     # The keyboards' screens with the longest error in its place,
     # and the name's keyboard in Latin letters too where the language writes another script.
     err = max((k for k in STRINGS[lang] if k.startswith("err_")),
-              key=lambda k: len(STRINGS[lang][k]))
+              key=lambda k: max(map(len, forms(STRINGS[lang][k]))))
     scripts = ["own", "latin"] if lang in ("ar", "prs") else ["own"]
     for screen, msg, script in [("s-start", "start-msg", "own"), ("s-name", None, "own"),
                                 *[("s-name", "name-msg", s) for s in scripts],

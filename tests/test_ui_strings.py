@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from babel import Locale
 
 from device.status import PENDING, STATUSES
 from device.ui.app import LANGUAGES, STATIC
@@ -22,6 +23,17 @@ EN = STRINGS["en"]
 SAME_OK = {"lang_name"} | set(STRINGS["_meta"]["same_ok"])
 
 SCRIPTS = sorted(p.name for p in STATIC.glob("*.js"))
+
+
+def forms(text: str | dict[str, str]) -> list[str]:
+    """A string's texts: itself, or each plural form of a string with a count."""
+    return list(text.values()) if isinstance(text, dict) else [text]
+
+
+def cldr_categories(lang: str) -> set[str]:
+    """The plural categories CLDR has for a language (Babel's data), "other" included."""
+    code = STRINGS["_meta"]["html_lang"][lang].replace("-", "_")
+    return set(Locale.parse(code).plural_form.tags) | {"other"}
 
 
 def page_scripts() -> str:
@@ -70,13 +82,32 @@ def test_every_language_has_every_string() -> None:
         table = STRINGS[lang]
         assert set(table) == set(EN), f"{lang}: {set(EN) ^ set(table)}"
         for key, text in table.items():
-            assert text.strip(), f"{lang}.{key} is empty"
-            assert re.findall(r"\{\w+\}", text) == re.findall(r"\{\w+\}", EN[key]), (lang, key)
+            assert isinstance(text, dict) == isinstance(EN[key], dict), (lang, key)
+            want = set(re.findall(r"\{\w+\}", forms(EN[key])[-1]))
+            for form in forms(text):
+                assert form.strip(), f"{lang}.{key} is empty"
+                # a form may spell its number out (Arabic's dual: "two seconds" in one word)
+                assert set(re.findall(r"\{\w+\}", form)) <= want, (lang, key, form)
+            if isinstance(text, dict):
+                assert set(re.findall(r"\{\w+\}", text["other"])) == want, (lang, key)
+
+
+def test_every_count_follows_cldr_plural_rules() -> None:
+    """A string with a count ({n}) has exactly the plural forms CLDR has for each language:
+    English one/other, French one/many/other, Arabic zero/one/two/few/many/other..."""
+    counted = {k for k, v in EN.items() if any("{n}" in f for f in forms(v))}
+    assert counted, "no string with a count"
+    for lang in LANGUAGES:
+        for key in counted:
+            text = STRINGS[lang][key]
+            assert isinstance(text, dict), f"{lang}.{key} has a count but no plural forms"
+            assert set(text) == cldr_categories(lang), (lang, key, sorted(text))
 
 
 @pytest.mark.parametrize("lang", [x for x in LANGUAGES if x != "en"])
 def test_no_string_is_a_copy_of_the_english(lang: str) -> None:
-    copies = [k for k, v in STRINGS[lang].items() if v == EN[k] and k not in SAME_OK]
+    copies = [k for k, v in STRINGS[lang].items() if k not in SAME_OK
+              and set(forms(v)) & set(forms(EN[k]))]
     assert copies == []
 
 
@@ -134,7 +165,7 @@ def test_no_external_assets() -> None:
 def test_fonts_cover_every_string(font: str) -> None:
     covered = cmap(STATIC / "fonts" / font)
     js = page_scripts()
-    text = "".join(v for lang in LANGUAGES for v in STRINGS[lang].values())
+    text = "".join(f for lang in LANGUAGES for v in STRINGS[lang].values() for f in forms(v))
     text += "".join(c for c in js if c.isprintable())  # the keyboards' letters and symbols
     text += "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-"
     missing = {f"U+{ord(c):04X}" for c in set(text)

@@ -28,9 +28,19 @@ let nameScript = null;  // "latin" when a patient switched the name keyboard to 
 const $ = (id) => document.getElementById(id);
 const t = (key, n) => {
   const table = (I18N && I18N[lang]) || {};
-  const text = table[key] || (I18N && I18N.en[key]) || key;
+  const text = pluralForm(table[key] || (I18N && I18N.en[key]) || key, n);
   return n === undefined ? text : text.replace("{n}", String(n));
 };
+
+// A string with a count is an object keyed by CLDR plural category ("one", "few", ...);
+// the browser's CLDR rules for the page's language pick the form.
+const pluralRules = {};
+function pluralForm(text, n) {
+  if (typeof text === "string") return text;
+  const code = document.documentElement.lang;
+  pluralRules[code] = pluralRules[code] || new Intl.PluralRules(code);
+  return text[n === undefined ? "other" : pluralRules[code].select(Number(n))] || text.other;
+}
 
 function show(id) {
   for (const s of document.querySelectorAll(".screen")) s.hidden = s.id !== id;
