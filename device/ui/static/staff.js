@@ -20,9 +20,7 @@ async function refreshStaff() {
   if (!staffToken || flow.screen !== "s-staff") return;
   const r = await api("/api/staff/overview");
   if (!r.ok) { reset(); return; }
-  const q = $("staff-queue");
-  q.replaceChildren(...(r.data.queue.length ? r.data.queue.map(
-    (c) => li(`${c.number}  ${c.time}  ${t("reason_" + c.reason)}`)) : [li(t("staff_none"))]));
+  renderQueue(r.data.queue);
   $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
   const health = r.data.health || {};
   const warnings = [];
@@ -54,6 +52,46 @@ async function refreshStaff() {
     box.append(div);
   }
   renderIdentity(r.data.identity || []);
+}
+
+// Today's queue, those waiting first: call one (again too), mark it seen or a no-show; one
+// done with can be undone, back to waiting. Each button is one replicated write.
+function renderQueue(rows) {
+  const q = $("staff-queue");
+  if (!rows.length) { q.replaceChildren(li(t("staff_none"))); return; }
+  const words = { "arrived": t("staff_waiting"), "in-progress": t("staff_called"),
+    "finished": t("staff_seen"), "cancelled": t("staff_no_show") };
+  q.replaceChildren(...rows.map((c) => {
+    const row = li("");
+    row.className = "queue-row";
+    row.dataset.checkin = c.id;
+    row.dataset.status = c.status || "";
+    const line = document.createElement("span");
+    line.className = "queue-line";
+    const what = document.createElement("span");
+    what.textContent = [c.number, c.time, c.reason ? t("reason_" + c.reason) : ""]
+      .filter(Boolean).join("  ");
+    const state = document.createElement("b");
+    state.className = "queue-status";
+    state.textContent = words[c.status] || "";
+    line.append(what, state);
+    const buttons = document.createElement("span");
+    buttons.className = "queue-actions";
+    const done = c.status === "finished" || c.status === "cancelled";
+    for (const [action, label] of done ? [["undo", t("staff_undo")]]
+      : [["call", t("staff_call")], ["seen", t("staff_seen")], ["no-show", t("staff_no_show")]]) {
+      const b = document.createElement("button");
+      b.type = "button"; b.dataset.action = action; b.textContent = label;
+      b.onclick = async () => {
+        b.disabled = true;
+        await api("/api/staff/queue", { token: staffToken, checkin: c.id, action });
+        refreshStaff();
+      };
+      buttons.append(b);
+    }
+    row.append(line, buttons);
+    return row;
+  }));
 }
 
 // Check-ins whose identity is to be confirmed at the desk: the claim beside the record this
