@@ -59,6 +59,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = hs.add_parser("dump", help="print the merged state as canonical JSON",
                       description="Print every record as canonical JSON (the kiosk's format).")
     _data(p)
+    p = hs.add_parser("history", help="list the writes to one record: when, who, what",
+                      description="List every write the hub holds for one record, oldest "
+                      "first: when, which kiosk (or the hub) wrote it, and what it set (a "
+                      "check-in called, seen, or a no-show; its identity confirmed).")
+    _data(p)
+    p.add_argument("record", metavar="RECORD_ID", help="the record's id (haven hub dump "
+                   "shows them)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
     p = hs.add_parser("status", help="kiosks, backlog, conflicts, quarantine, documents",
                       description="List the kiosks, when each was last seen, the backlog, "
                       "the conflicts and the documents held.")
@@ -214,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
+        elif cmd == "history":
+            _history(hub.history(args.record), args.json)
         elif cmd == "status":
             _status(hub, args.json, _server_status(args.data))
         elif cmd == "held":
@@ -260,6 +270,18 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     for b in held:
         print(f"  kiosk {b['device']} branch {b['branch']} batch {b['seq']}: "
               f"{len(b['writes'])} writes")
+
+
+def _history(writes: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(writes, sort_keys=True, indent=1))
+        return
+    for w in writes:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(w["at_ms"] / 1000))
+        what = "delete" if w["delete"] else json.dumps(
+            {**w["fields"], **{f"{k}+": v for k, v in w["add"].items()},
+             **{f"{k}-": v for k, v in w["remove"].items()}}, sort_keys=True)
+        print(f"{at}.{w['at_ms'] % 1000:03d}Z {w['by']}: {w['type']} {what}")
 
 
 def _held(hub: Hub, as_json: bool) -> None:

@@ -17,6 +17,8 @@ every kiosk like any other.
 Batches held from a suspected clone (``storage``, SPEC.md "Clones") are
 listed with the writes they carry, decoded for review (``held_batches``):
 they are never applied; re-provisioning the copy brings its writes in anew.
+``history`` lists one record's writes with the kiosk that made each: the audit
+of who did what (a check-in called, seen, its identity confirmed).
 """
 
 from __future__ import annotations
@@ -224,6 +226,31 @@ class Hub:
         if done:
             self.store.log(None, "claims", f"{len(done)} check-in identities settled", now)
         return done
+
+    def history(self, record_id: str) -> list[dict[str, Any]]:
+        """Every write the hub holds for one record, in stamp order: when (the stamp's
+        wall time, ms), who (the kiosk whose node wrote it, or the hub) and what it
+        set; the audit of a record (a check-in called, seen, its identity confirmed)."""
+        try:
+            rid = uuid.UUID(record_id).bytes
+        except ValueError:
+            raise UsageError(f"not a record id: {record_id!r}") from None
+        ops = sorted(self.store.record_ops(rid), key=lambda op: (op.stamp, op.node))
+        if not ops:
+            raise UsageError(f"the hub holds no record {record_id}")
+        kiosks = {d.node: d for d in self.store.devices()}
+        out = []
+        for op in ops:
+            kiosk = kiosks.get(op.node)
+            if op.node == self.node:
+                by = "hub"
+            elif kiosk is not None:
+                by = f"kiosk {kiosk.device_id} ({kiosk.site} {kiosk.letter})"
+            else:  # a kiosk since re-provisioned under a new node
+                by = f"node {op.node:08x}"
+            out.append({**_describe(decode(op.data)), "stamp": op.stamp,
+                        "at_ms": op.stamp >> 16, "by": by})
+        return out
 
     def _views_of(self, rids: set[bytes]) -> list[RecordView]:
         out = []
