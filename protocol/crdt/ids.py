@@ -14,8 +14,14 @@ Normalising: Unicode NFKC, upper case, and only letters and digits kept, so
 ``ab 12-34`` and ``AB1234`` are one person. An issuing country may be given
 as ``CC:NUMBER`` and is then part of the identity.
 
-A patient without documents gets a random version-4 UUID; the caller passes
-the 16 random bytes in (``os.urandom(16)``), keeping this module pure.
+A patient without documents is given a short code (``short_code``), and
+their id is derived from it the same way, under the label's ``code:``
+prefix: ``code_patient_id``. Any kiosk of the fleet finds the patient from
+the code alone. A passport number never normalises to that input (it keeps
+letters and digits only, in upper case), so the two kinds of id cannot meet.
+A kiosk with no number yet (enrolled before kiosks had one) gives such a
+patient a random version-4 UUID instead; the caller passes the 16 random
+bytes in (``os.urandom(16)``), keeping this module pure.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import hmac
 import unicodedata
 import uuid
 
+from protocol.crdt import short_code
 from protocol.errors import LocalProtocolError
 
 MIN_KEY_SIZE = 32
@@ -60,6 +67,14 @@ def patient_id(fleet_key: bytes, passport: str) -> uuid.UUID:
     """The patient id every kiosk of the fleet derives for ``passport``."""
     _check_key(fleet_key)
     msg = PATIENT_LABEL + normalise_passport(passport).encode()
+    return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8)
+
+
+def code_patient_id(fleet_key: bytes, code: str) -> uuid.UUID:
+    """The patient id every kiosk of the fleet derives for a short patient code
+    (``short_code.parse`` first: a bad check character raises ``ShortCodeError``)."""
+    _check_key(fleet_key)
+    msg = PATIENT_LABEL + b"code:" + short_code.parse(code).encode()
     return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8)
 
 
