@@ -53,7 +53,8 @@ class KioskApp:
         self.staff = Staff(store, live, PinSource(data, staff_pin),
                            session_seconds=max(idle_seconds, 30.0), health=health,
                            guard=staff_guard if staff_guard is not None
-                           else PinGuard(data, cap=staff_pin_wait))
+                           else PinGuard(data, cap=staff_pin_wait),
+                           wrote=on_checkin)  # staff's writes leave as soon as check-ins do
         self.clock: Callable[[], float] = time.monotonic
         self._files = {p.relative_to(STATIC).as_posix(): p
                        for p in STATIC.rglob("*") if p.is_file()}

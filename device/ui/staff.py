@@ -132,8 +132,12 @@ class Staff:
     def __init__(self, store: Any, live: LiveStatus, pins: PinSource,
                  session_seconds: float = 120.0,
                  health: Callable[[], dict[str, Any]] | None = None,
-                 guard: PinGuard | None = None) -> None:
+                 guard: PinGuard | None = None,
+                 wrote: Callable[[], None] | None = None) -> None:
         self.store, self.live, self.pins = store, live, pins
+        #: Called after each write staff make (the runtime starts a sync round: a kept-open
+        #: session has no round of its own until something is written).
+        self.wrote = wrote
         #: The kiosk's own health (memory, disk), shown beside the sync state.
         self.health = health
         self.session_seconds = session_seconds
@@ -207,6 +211,7 @@ class Staff:
             rid = await asyncio.to_thread(self.store.resolve, conflict, keep=keep)
         except StoreError as exc:
             raise HttpError(409, "resolve-failed", {"detail": str(exc)}) from None
+        self._wrote()
         return {"record_id": rid}
 
     async def identity(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -233,6 +238,7 @@ class Staff:
             cid = await asyncio.to_thread(self.store.settle_identity, checkin, action, **kw)
         except StoreError as exc:
             raise HttpError(409, "identity-failed", {"detail": str(exc)}) from None
+        self._wrote()
         return {"checkin": cid}
 
     async def queue(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -250,4 +256,9 @@ class Staff:
             raise HttpError(409 if exc.code == "bad-transition" else 400, exc.code) from None
         except StoreError as exc:  # a full disk, a broken store: nothing was written
             raise HttpError(503, exc.code) from None
+        self._wrote()
         return {"checkin": cid, "status": status}
+
+    def _wrote(self) -> None:
+        if self.wrote is not None:
+            self.wrote()
