@@ -9,7 +9,9 @@ as owner-only files in the data directory; the private keys never leave it.
 requested letter, signed by the Ed25519 key. ``install`` checks that a
 certificate names this kiosk's keys and node, opens the sealed fleet key,
 installs it with the letter the hub assigned (``device.store.create``
-refuses a new fleet key once patients exist), and keeps the certificate.
+refuses a new fleet key once patients exist) and the kiosk number (its short
+patient codes' first part; a certificate from before kiosk numbers has none,
+and the hub's welcome gives it), and keeps the certificate.
 
 ``init`` on a kiosk the hub told it is a suspected clone re-provisions it
 (``start_as_new_kiosk``, SPEC.md "Clones"): a new node, to which every
@@ -90,6 +92,8 @@ def install(store: Store, cert_doc: bytes) -> sync_cert.Certificate:
     except ProtocolError as exc:
         raise StoreError(f"bad certificate: {exc}", exc.code) from None
     store.configure(cert.site, cert.letter, fleet)
+    if cert.kiosk_number is not None:
+        store.set_kiosk_number(cert.kiosk_number)
     path = store.data / CERT
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(cert_doc)

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from device.store import Store
+from device import enrol
+from device.store import Store, init_store
 from device.store.keys import FieldCipher, KeyFile
 from device.store.tables import MIGRATIONS as STORE_MIGRATIONS
 from device.sync.document_store import MIGRATIONS as DOCUMENT_MIGRATIONS
@@ -34,6 +35,7 @@ from host.transfer_store import DirStore
 from protocol.driver.database import DatabaseTooNew, Migrations, open_database
 from protocol.driver.errors import DriverError
 from protocol.sync import batches as sync
+from protocol.sync import certificate as sync_cert
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RELEASES = sorted(p for p in FIXTURES.glob("release-*") if (p / "expected.json").exists())
@@ -150,6 +152,13 @@ def test_the_hub_upgrades_with_nothing_lost(release: tuple[Path, Any]) -> None:
         assert hub.store.hold_batch(device_id, held, 1) == (1, True, True)
         assert hub.store.is_held(device_id, held.hash)
         assert hub.store.batch_hash(device_id, seq) == bytes.fromhex(digest)
+        # Migration 3 (kiosk numbers): the kiosks enrolled before are numbered 1, 2... in
+        # the order they enrolled, each once; the next enrolment takes the next number.
+        numbers = {d.device_id: d.kiosk_number for d in hub.store.devices()}
+        kiosk = init_store(root / "new-kiosk", "North", "Z")
+        cert = hub.enroll(enrol.write_request(kiosk).read_bytes())
+        kiosk.close()
+        assert sync_cert.read_certificate(cert).kiosk_number == len(numbers) + 1
     finally:
         hub.close()
     document = root / "hub" / want["document_file"]
@@ -168,6 +177,15 @@ def test_the_hub_upgrades_with_nothing_lost(release: tuple[Path, Any]) -> None:
     for name in ("hub.db", "index.db"):
         rel, migrations, _ = DATABASES[name]
         assert user_version(root / rel) == migrations.latest > 0, name
+    conn = sqlite3.connect(root / "hub" / "hub.db")
+    try:
+        enrolled = [r[0] for r in conn.execute(
+            "SELECT device_id FROM devices ORDER BY enrolled_at, device_id")]
+        assert [numbers[d] for d in enrolled[:len(numbers)]] == list(range(1, len(numbers) + 1))
+        with pytest.raises(sqlite3.IntegrityError):  # never two kiosks under one number
+            conn.execute("UPDATE devices SET kiosk_number = 1")
+    finally:
+        conn.close()
 
 
 def test_an_upgraded_database_opens_again_without_a_write(release: tuple[Path, Any]) -> None:

@@ -50,6 +50,7 @@ class KioskMemory:
         self.offset = 0
         self.held = 0  #: our last batch the hub holds
         self.foreign = 0
+        self.kiosk_number: int | None = None
         self.alert: str | None = None
         self.label: int | None = None
 
@@ -142,6 +143,9 @@ class KioskMemory:
     def queue_label(self) -> int | None:
         return self.label if self.alert else None
 
+    def note_kiosk_number(self, number: int) -> None:
+        self.kiosk_number = number if self.kiosk_number is None else self.kiosk_number
+
     def owns(self, writes: list[tuple[bytes, int]]) -> bool:
         mine = set()
         for _, data in self.written.values():
@@ -167,6 +171,7 @@ class Record:
     suspected_clone: int = 0
     clone_labels: int = 0
     clone_mark: int = 0
+    kiosk_number: int | None = None
 
 
 class HubMemory:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import sqlite3
@@ -60,9 +61,10 @@ from device.store.materialise import (
 from device.store.report import status_of
 from device.store.writer import BULK, URGENT, Writer
 from protocol.crdt import schema as crdt_schema
+from protocol.crdt import short_code
 from protocol.crdt.clock import HLC, Dot, VersionVector
 from protocol.crdt.delta import Delta, decode, encode
-from protocol.crdt.ids import patient_id, random_id, time_ordered_id
+from protocol.crdt.ids import code_patient_id, patient_id, random_id, time_ordered_id
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
 from protocol.driver.database import immediate
@@ -70,6 +72,7 @@ from protocol.driver.secret_files import write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError
 
+log = logging.getLogger("haven.store")
 DB_NAME = "store.db"
 STORE_KEY = "store.key"
 FLEET_KEY = "fleet.key"
@@ -91,6 +94,10 @@ RECORD_ROWS = ("SELECT rid, type, n_conflicts, has_delete, heads FROM records"
 
 SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+GET_META = "SELECT value FROM meta WHERE key = ?"
+#: The kiosk's next short patient code's counter, in the check-in's transaction.
+NEXT_CODE = ("INSERT INTO meta VALUES ('code_counter', 1) ON CONFLICT (key) DO UPDATE"
+             " SET value = value + 1 WHERE value < ? RETURNING value")
 
 #: Builds a local write from the record as it is (``None``: new) and a fresh stamp.
 Build = Callable[[RecordView | None, int], Delta]
@@ -270,6 +277,26 @@ class Store:
             self._letter_site = None
         self._run(job)
 
+    @property
+    def kiosk_number(self) -> int | None:
+        """The number the hub gave this kiosk: its short patient codes' first part."""
+        value = self._meta("kiosk_number")
+        return int(value) if value is not None else None
+
+    def set_kiosk_number(self, number: int) -> None:
+        """Hand out short patient codes under ``number`` from now on (from the certificate,
+        or the hub's welcome for a kiosk whose certificate has none); durable before it
+        returns. A number new to this kiosk starts its counter again: the hub never
+        gives a number twice, so no code made under it can have been handed out."""
+        short_code.encode(number, 1)  # in range, or ShortCodeError
+
+        def job(db: sqlite_utils.Database) -> None:
+            held = db.execute(GET_META, ["kiosk_number"]).fetchone()
+            if held is None or int(held[0]) != number:
+                db.execute(SET_META, ["kiosk_number", int(number)])
+                db.execute(SET_META, ["code_counter", 0])
+        self._run(job)
+
     def made_here(self, writes: Iterable[tuple[bytes, int]]) -> bool:
         """Whether this kiosk's own node made every write (record id, stamp)."""
         return all(self.reader.execute(
@@ -298,6 +325,8 @@ class Store:
             db.execute("UPDATE ops SET local = 0 WHERE node = ?", [old])
             db.execute(SET_META, ["node", str(new)])
             db.execute("DELETE FROM meta WHERE key = 'queue_label'")
+            # and its kiosk number: the new identity's enrolment brings one of its own
+            db.execute("DELETE FROM meta WHERE key IN ('kiosk_number', 'code_counter')")
             self._letter_site = None
             self._write(db, now, [(d.record_id, _as_node(d, new), False)
                                   for d in again.values()])
@@ -432,25 +461,29 @@ class Store:
                               "and try again") from None
 
     def checkin(self, *, name: str | None = None, passport: str | None = None,
-                birth_year: int | None = None, reason: str | None = None,
-                now_ms: int | None = None) -> CheckinResult:
+                code: str | None = None, birth_year: int | None = None,
+                reason: str | None = None, now_ms: int | None = None) -> CheckinResult:
         """Record a check-in; returns after the commit.
 
         What the patient typed is a claim kept on the check-in (``claimName``,
-        ``claimBirthDate``), never written onto a patient named by a passport: the
-        kiosk may not hold that patient, and a fresh stamp would replace the real
-        record everywhere (SPEC.md "Identity at the kiosk"). The check-in's
-        ``identity`` says how the claim compared with the record held here
-        (``match``, ``mismatch``, ``unknown``). A patient the kiosk does not hold gets
-        a write that assigns nothing (the record exists, and its lane carries it);
+        ``claimBirthDate``), never written onto a patient named by a passport or a
+        short patient code: the kiosk may not hold that patient, and a fresh stamp
+        would replace the real record everywhere (SPEC.md "Identity at the kiosk").
+        The check-in's ``identity`` says how the claim compared with the record held
+        here (``match``, ``mismatch``, ``unknown``). A patient the kiosk does not hold
+        gets a write that assigns nothing (the record exists, and its lane carries it);
         only a patient without documents, whose id is new, is registered from the
-        claim (``new``)."""
+        claim (``new``). Such a patient is given the kiosk's next short patient code
+        (``code`` of the result), its counter moved in the check-in's own transaction,
+        so a power cut never gives one code twice; a kiosk with no number yet (its
+        certificate predates kiosk numbers, and no hub has told it since) gives a
+        random id and no code."""
         now = self.clock() if now_ms is None else now_ms
-        if passport is None and not name:
+        if passport is None and code is None and not name:
             raise BadRequest("a patient without documents needs a name", "bad-name")
         try:
-            pid = (patient_id(self.fleet_key, passport) if passport
-                   else random_id(os.urandom(16)))
+            known = (patient_id(self.fleet_key, passport) if passport
+                     else code_patient_id(self.fleet_key, code) if code else None)
         except LocalProtocolError as exc:
             raise BadRequest(str(exc), exc.code) from None
         claim: dict[str, Any] = {}
@@ -468,10 +501,14 @@ class Store:
             letter, site = self._identity(db)
             n = conn.execute(NEXT_QUEUE_NUMBER, [day]).fetchone()[0]
             number = f"{letter}-{n:03d}"
+            given = None if known is not None else self._next_code(conn)
+            pid = (known if known is not None
+                   else code_patient_id(self.fleet_key, given) if given
+                   else random_id(os.urandom(16)))
             rows = {row[0]: row[1:] for row in conn.execute(RECORD_ROWS, [pid.bytes, cid.bytes])}
             prow = rows.get(pid.bytes)
             writes: list[Write] = []
-            if passport is None:
+            if known is None:
                 identity = "new"
                 writes.append((pid.bytes, lambda view, stamp: build_put(
                     view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, claim), True))
@@ -494,10 +531,25 @@ class Store:
                 view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values), True))
             patient_type = prow[0] if prow else crdt_schema.PATIENT.number
             self._write(db, now, writes, rows, {pid.bytes: patient_type})
-            return CheckinResult(str(cid), str(pid), number, identity)
+            return CheckinResult(str(cid), str(pid), number, identity,
+                                 short_code.display(given) if given else None)
 
         result: CheckinResult = self._run(fn)
         return result
+
+    def _next_code(self, conn: sqlite3.Connection) -> str | None:
+        """The kiosk's next short patient code, inside the caller's transaction; None
+        without a kiosk number, or once every code of this kiosk is given (logged: a
+        full counter never wraps)."""
+        held = conn.execute(GET_META, ["kiosk_number"]).fetchone()
+        if held is None:
+            return None
+        row = conn.execute(NEXT_CODE, [short_code.MAX_COUNTER]).fetchone()
+        if row is None:
+            log.error("kiosk %s has given all its %d short patient codes: new patients get "
+                      "no code; enrol it again as a new kiosk", held[0], short_code.MAX_COUNTER)
+            return None
+        return short_code.encode(int(held[0]), int(row[0]))
 
     def settle_identity(self, checkin_id: str, action: str, *, subject: str | None = None,
                         name: str | None = None, birth_year: int | None = None,

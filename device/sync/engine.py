@@ -205,6 +205,11 @@ class KioskLedger:
     def queue_label(self) -> int | None:
         return self.store.queue_label if self.state.alert else None
 
+    def note_kiosk_number(self, number: int) -> None:
+        if self.store.kiosk_number is None:  # a certificate from before kiosk numbers
+            self.store.set_kiosk_number(number)
+            log.info("the hub gave this kiosk number %d: new patients get short codes", number)
+
     def owns(self, writes: list[tuple[bytes, int]]) -> bool:
         return self.store.made_here(writes)
 

@@ -6,7 +6,9 @@ Theory of operation
 (its session identity), its Ed25519 key (it signs kiosk certificates), the
 fleet's patient-id key and ``hub.db`` (``storage.HubStore``). ``Hub``
 opens it. Enrolment checks the kiosk's signed request, refuses a letter
-already taken at that site, records the kiosk and issues its certificate
+already taken at that site, records the kiosk with a kiosk number no kiosk
+had before (its short patient codes' first part; the same kiosk enrolling
+again with its keys keeps it) and issues its certificate
 (``protocol.sync.certificate``). The merged state is computed by the reference
 merge (``protocol.crdt.record``) over every delta the hub holds, so
 ``dump`` prints the same canonical JSON as a kiosk holding the same deltas.
@@ -121,14 +123,22 @@ class Hub:
             elif dev.site == req.site and dev.letter == letter and dev.state == APPROVED:
                 raise HavenError(f"letter {letter} is taken at site {req.site!r} by kiosk "
                                  f"{dev.device_id}")
-        if self.store.device(req.device_id) is None:
-            self.store.add_device(Device(req.device_id, req.node, req.site, letter, req.x25519,
-                                         req.ed25519, APPROVED, 0, b"\x00" * 32, 0, None), now)
+        known = self.store.device(req.device_id)
+        if known is not None:
+            number = known.kiosk_number  # the same kiosk again: its number stays
+        else:
+            try:
+                number = self.store.add_device(Device(
+                    req.device_id, req.node, req.site, letter, req.x25519, req.ed25519,
+                    APPROVED, 0, b"\x00" * 32, 0, None), now)
+            except ValueError as exc:
+                raise HavenError(f"cannot enrol kiosk {req.device_id}: {exc}") from None
         serial = int(self.store.get_meta("serial") or 0) + 1
         self.store.set_meta("serial", serial)
-        self.store.log(req.device_id, "enrolled", f"site {req.site!r} letter {letter}", now)
+        self.store.log(req.device_id, "enrolled",
+                       f"site {req.site!r} letter {letter} number {number}", now)
         return sync_cert.issue(req, self.ed_key, self.x_public, self.fleet_key, letter, now,
-                               serial)
+                               serial, number)
 
     def revoke(self, device_id: str, now_ms: int | None = None) -> None:
         if not self.store.set_state(device_id, REVOKED):
@@ -264,7 +274,8 @@ class Hub:
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
         head = self.store.head()
-        kiosks = [{"device": d.device_id, "site": d.site, "letter": d.letter, "state": d.state,
+        kiosks = [{"device": d.device_id, "site": d.site, "letter": d.letter,
+                   "number": d.kiosk_number, "state": d.state,
                    "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
                    "backlog": self._backlog(d, head),
                    "suspected_clone": bool(d.suspected_clone)} for d in self.store.devices()]

@@ -34,6 +34,7 @@ from typing import Any
 
 import sqlite_utils
 
+from protocol.crdt import short_code
 from protocol.crdt.delta import Delta
 from protocol.driver.database import Migrations, immediate, open_database
 from protocol.sync.batches import Batch
@@ -82,6 +83,16 @@ MIGRATIONS.sql(
         received_at INTEGER NOT NULL, PRIMARY KEY (device_id, hash))""",
     "CREATE INDEX held_by_seq ON held_batches (device_id, seq)",
 )
+#: 3: each kiosk's number, the first part of its short patient codes (SPEC.md "Short
+#: patient codes"): unique, never given again. Kiosks enrolled before are numbered here,
+#: in the order they enrolled; each is told its number in the next welcome.
+MIGRATIONS.sql(
+    3,
+    "ALTER TABLE devices ADD COLUMN kiosk_number INTEGER",
+    """UPDATE devices SET kiosk_number = (SELECT COUNT(*) FROM devices d
+        WHERE (d.enrolled_at, d.device_id) <= (devices.enrolled_at, devices.device_id))""",
+    "CREATE UNIQUE INDEX devices_by_number ON devices (kiosk_number)",
+)
 
 
 def next_hseq(db: sqlite_utils.Database) -> int:
@@ -106,6 +117,7 @@ class Device:
     suspected_clone: int = 0  #: 1: two batches under one sequence were seen
     clone_labels: int = 0  #: queue labels given to copies of this kiosk
     clone_mark: int = 0  #: ``clone_labels`` at the last detection
+    kiosk_number: int | None = None  #: the first part of its short patient codes
 
 
 @dataclass(frozen=True)
@@ -146,15 +158,25 @@ class HubStore:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
-    def add_device(self, dev: Device, now: int) -> None:
+    def add_device(self, dev: Device, now: int, max_number: int = short_code.MAX_KIOSK) -> int:
+        """Record a new kiosk with the next kiosk number, one past every number given
+        before (rows are never deleted, so none is given twice); returns it.
+        ``ValueError`` past ``max_number``."""
         with self._tx() as db:
+            number = int(db.execute("SELECT COALESCE(MAX(kiosk_number), 0) + 1 FROM devices")
+                         .fetchone()[0])
+            if number > max_number:
+                raise ValueError(f"every kiosk number up to {max_number} is taken")
             db.execute("INSERT INTO devices (device_id, node, site, letter, x25519, ed25519,"
-                       " state, enrolled_at, last_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " state, enrolled_at, last_hash, kiosk_number)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [dev.device_id, dev.node, dev.site, dev.letter, dev.x25519, dev.ed25519,
-                        dev.state, now, dev.last_hash])
+                        dev.state, now, dev.last_hash, number])
+            return number
 
     _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
-            " cursor, last_seen, suspected_clone, clone_labels, clone_mark FROM devices")
+            " cursor, last_seen, suspected_clone, clone_labels, clone_mark, kiosk_number"
+            " FROM devices")
 
     def device(self, device_id: str) -> Device | None:
         rows = self._q(self._DEV + " WHERE device_id = ?", [device_id])

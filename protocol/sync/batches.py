@@ -55,9 +55,11 @@ HELLO = register(MessageSpec(80, "sync-hello", {
     5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int)}))
 #: ``tail``: to a kiosk behind the hub's checkpoint, the last writes of its node that came
 #: after its head, ``[[record id, stamp], ...]``: a kiosk that never made them is a copy.
+#: ``kiosk``: the kiosk's number (its short patient codes' first part), for a kiosk whose
+#: certificate was issued before kiosks were numbered.
 WELCOME = register(MessageSpec(81, "sync-welcome", {
     1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)},
-    {5: ("tail", list)}))
+    {5: ("tail", list), 6: ("kiosk", int)}))
 #: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
 BATCH = register(MessageSpec(82, "sync-batch", {
     1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {6: ("prev", bytes)}))

@@ -10,7 +10,10 @@ letter it asks for, signed by its own Ed25519 key (proof of possession).
 The hub answers with a certificate: ``[body, signature]`` where ``body`` is
 the deterministic CBOR of the certified facts plus the hub's public keys and
 the fleet key sealed to the kiosk, and ``signature`` is the hub's Ed25519
-signature over those raw body bytes (never a re-encoding).
+signature over those raw body bytes (never a re-encoding). A certificate
+issued since kiosks are numbered also carries the kiosk's number (field 11,
+the first part of its short patient codes: SPEC.md "Short patient codes");
+one issued before has none, and is still read.
 
 Sealing is HPKE base mode (RFC 9180) with DHKEM(X25519, HKDF-SHA256),
 HKDF-SHA256 and AES-256-GCM, from ``cryptography``'s ``hpke`` module.
@@ -28,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from protocol import strict_cbor
+from protocol.crdt import short_code
 from protocol.errors import RemoteProtocolError
 
 SEAL_INFO = b"haven/fleet-key/v1"
@@ -69,6 +73,8 @@ _REQ_FIELDS = {1: ("node", int), 2: ("site", str), 3: ("letter", str),
                4: ("x25519", bytes), 5: ("ed25519", bytes)}
 _CERT_FIELDS = {**_REQ_FIELDS, 6: ("hub_x25519", bytes), 7: ("hub_ed25519", bytes),
                 8: ("fleet_sealed", bytes), 9: ("issued_ms", int), 10: ("serial", int)}
+#: Fields a certificate may lack: one issued before kiosks were numbered has no number.
+_CERT_OPTIONAL: dict[int, tuple[str, type]] = {11: ("kiosk_number", int)}
 
 
 def _signed(doc: bytes, what: str) -> tuple[bytes, bytes]:
@@ -78,7 +84,8 @@ def _signed(doc: bytes, what: str) -> tuple[bytes, bytes]:
     return obj[0], obj[1]
 
 
-def _fields(body: bytes, spec: dict[int, tuple[str, type]], what: str) -> dict[str, Any]:
+def _fields(body: bytes, spec: dict[int, tuple[str, type]], what: str,
+            optional: dict[int, tuple[str, type]] | None = None) -> dict[str, Any]:
     obj = strict_cbor.loads(body, max_size=MAX_DOC)
     if not isinstance(obj, dict):
         raise CertificateError(f"{what} body is not a map")
@@ -87,6 +94,11 @@ def _fields(body: bytes, spec: dict[int, tuple[str, type]], what: str) -> dict[s
         value = obj.get(key)
         if type(value) is not kind:
             raise CertificateError(f"{what}: field {name} missing or of the wrong type")
+        out[name] = value
+    for key, (name, kind) in (optional or {}).items():
+        value = obj.get(key)
+        if value is not None and type(value) is not kind:
+            raise CertificateError(f"{what}: field {name} of the wrong type")
         out[name] = value
     for name in ("x25519", "ed25519", "hub_x25519", "hub_ed25519"):
         if name in out and len(out[name]) != 32:
@@ -145,6 +157,9 @@ class Certificate:
     fleet_sealed: bytes
     issued_ms: int
     serial: int
+    #: The kiosk's number (its short patient codes' first part); None in a certificate
+    #: issued before kiosks were numbered: the hub's welcome then gives it.
+    kiosk_number: int | None = None
     raw: bytes = b""
 
     @property
@@ -153,18 +168,23 @@ class Certificate:
 
 
 def issue(req: Request, hub_ed: Ed25519PrivateKey, hub_x25519: bytes, fleet_key: bytes,
-          letter: str, issued_ms: int, serial: int) -> bytes:
+          letter: str, issued_ms: int, serial: int, kiosk_number: int | None = None) -> bytes:
     """The certificate for an approved request, signed by the hub."""
-    body = strict_cbor.dumps({
+    fields: dict[int, Any] = {
         1: req.node, 2: req.site, 3: letter, 4: req.x25519, 5: req.ed25519,
         6: hub_x25519, 7: hub_ed.public_key().public_bytes_raw(),
-        8: seal(fleet_key, req.x25519), 9: issued_ms, 10: serial})
+        8: seal(fleet_key, req.x25519), 9: issued_ms, 10: serial}
+    if kiosk_number is not None:
+        fields[11] = kiosk_number
+    body = strict_cbor.dumps(fields)
     return strict_cbor.dumps([body, hub_ed.sign(CERT_LABEL + body)])
 
 
 def read_certificate(doc: bytes, hub_ed25519: bytes | None = None) -> Certificate:
     """Parse a certificate and check its signature (by ``hub_ed25519``, or the key inside)."""
     body, sig = _signed(doc, "certificate")
-    f = _fields(body, _CERT_FIELDS, "certificate")
+    f = _fields(body, _CERT_FIELDS, "certificate", _CERT_OPTIONAL)
     _verify(hub_ed25519 or f["hub_ed25519"], sig, CERT_LABEL, body, "certificate")
+    if f["kiosk_number"] is not None and not 0 <= f["kiosk_number"] <= short_code.MAX_KIOSK:
+        raise CertificateError(f"certificate: kiosk number {f['kiosk_number']} out of range")
     return Certificate(**f, raw=doc)

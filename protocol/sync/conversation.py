@@ -125,6 +125,9 @@ class KioskStorage(Protocol):
         (for queue numbers) durably, before the next check-in."""
     def queue_label(self) -> int | None:
         """The queue label the hub gave us, while we are told we are a suspected clone."""
+    def note_kiosk_number(self, number: int) -> None:
+        """The hub's welcome names our kiosk number: keep it durably if we hold none (a
+        certificate from before kiosks were numbered), before the next check-in."""
     def owns(self, writes: list[tuple[bytes, int]]) -> bool:
         """Whether we made every one of these writes (record id, stamp) ourselves."""
     def note_foreign_adopt(self) -> int:
@@ -193,6 +196,8 @@ class KioskSync:
     def _welcome(self, msg: messages.Message, now: int) -> list[Reply]:
         self.welcomed = True
         self.storage.note_clock_offset(msg.get("time") - now)
+        if msg.get("kiosk") is not None:
+            self.storage.note_kiosk_number(msg.get("kiosk"))
         hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
         seq, _ = self.storage.head()
         if self.forked:
@@ -348,6 +353,9 @@ class KioskRecord(Protocol):
     def clone_mark(self) -> int:
         """How many queue labels copies of this kiosk had been given at the last
         detection: those are stale."""
+    @property
+    def kiosk_number(self) -> int | None:
+        """The kiosk's number (its short patient codes' first part)."""
 
 
 class HubStorage(Protocol):
@@ -495,9 +503,13 @@ class HubSync:
         if not self.held and seq < dev.last_seq:  # behind: show what came after its head
             tail = [[rid, stamp] for rid, stamp in self.storage.writes_since_batch(
                 dev.device_id, seq + 1, dev.node, TAIL_WRITES)] or None
+        # Its number, for a kiosk whose certificate has none: one enrolled before kiosks
+        # were numbered (SPEC.md "Short patient codes").
+        number = dev.kiosk_number if cert.kiosk_number is None else None
         welcome = (CONTROL_LANE, _encode("sync-welcome", time=now,
                                          vv=self.storage.version_vector(),
-                                         seq=dev.last_seq, hash=dev.last_hash, tail=tail))
+                                         seq=dev.last_seq, hash=dev.last_hash, tail=tail,
+                                         kiosk=number))
         return [*self._alert(now), welcome]
 
     def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:

@@ -1,0 +1,124 @@
+"""Kiosk numbers and the short codes made from them: the hub numbers kiosks once and for
+good, the kiosk counts its patients without documents in the check-in's transaction, a
+code checks its patient in again on any kiosk, and a kiosk enrolled before kiosks had
+numbers is given one by the hub's welcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from device import enrol
+from device.store import BadRequest, Store, init_store
+from device.sync.state import SyncState
+from host.hub.hub import Hub, init_hub
+from protocol.crdt import short_code
+from protocol.crdt.ids import code_patient_id
+from protocol.sync import certificate as sync_cert
+
+from .test_sync_helpers import Kiosk, served_hub
+
+
+def request(tmp: Path, name: str, letter: str) -> tuple[Store, bytes]:
+    store = init_store(tmp / name, "North", letter)
+    return store, enrol.write_request(store).read_bytes()
+
+
+def test_kiosk_numbers_are_unique_never_reused_and_survive_reenrolment(tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        kiosks = [request(tmp_path, n, n.upper()) for n in "abc"]
+        certs = [sync_cert.read_certificate(hub.enroll(req)) for _, req in kiosks]
+        assert [c.kiosk_number for c in certs] == [1, 2, 3]
+        again = sync_cert.read_certificate(hub.enroll(kiosks[1][1]))  # same keys, again
+        assert again.kiosk_number == 2 and again.serial > certs[2].serial
+        hub.revoke(certs[2].device_id)
+        store_d, req_d = request(tmp_path, "d", "C")  # takes the revoked kiosk's letter
+        assert sync_cert.read_certificate(hub.enroll(req_d)).kiosk_number == 4
+        assert sorted(k["number"] for k in hub.status()["kiosks"]) == [1, 2, 3, 4]
+        enrol.install(kiosks[0][0], hub.enroll(kiosks[0][1]))
+    assert kiosks[0][0].kiosk_number == 1
+    for store, _ in [*kiosks, (store_d, b"")]:
+        store.close()
+
+
+def test_codes_count_up_in_the_checkin_and_bring_the_patient_back(tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+    try:
+        first = a.store.checkin(name="Amina Tester", birth_year=1990, reason="sick")
+        second = a.store.checkin(name="Omar Tester", birth_year=1985)
+        assert (first.code, second.code) == (short_code.display(short_code.encode(1, 1)),
+                                             short_code.display(short_code.encode(1, 2)))
+        assert first.patient_id == str(code_patient_id(a.store.fleet_key, str(first.code)))
+        assert first.identity == "new"
+        # Back with the code, typed in lower case: the same patient, the year a claim.
+        back = a.store.checkin(code=str(first.code).lower(), birth_year=1990)
+        assert (back.patient_id, back.identity, back.code) == (first.patient_id, "match", None)
+        wrong_year = a.store.checkin(code=str(first.code), birth_year=1991)
+        assert (wrong_year.patient_id, wrong_year.identity) == (first.patient_id, "mismatch")
+        view = a.store.view(first.patient_id)
+        assert view is not None and view.fields[2] == "1990"  # the record is not touched
+        # Another kiosk of the fleet derives the same patient from the code alone.
+        elsewhere = b.store.checkin(code=str(first.code), birth_year=1990)
+        assert (elsewhere.patient_id, elsewhere.identity) == (first.patient_id, "unknown")
+        assert b.store.checkin(name="Zara Tester").code == short_code.display(
+            short_code.encode(2, 1))
+        changed = str(first.code)[:5] + ("0" if str(first.code)[5] != "0" else "1") + \
+            str(first.code)[6:]
+        with pytest.raises(BadRequest) as refused:
+            a.store.checkin(code=changed, birth_year=1990)
+        assert refused.value.code == "code-check"
+    finally:
+        a.close()
+        b.close()
+    with Store(tmp_path / "a") as store:  # the counter is durable: no code twice
+        assert store.checkin(name="After Restart").code == short_code.display(
+            short_code.encode(1, 3))
+
+
+def test_a_kiosk_enrolled_before_numbers_gets_one_from_the_welcome(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        store, req = request(tmp_path, "old", "A")
+        cert = hub.enroll(req)  # the hub records it (and numbers it, as migration 3 does)
+        parsed = sync_cert.read_certificate(cert)
+        old_cert = sync_cert.issue(sync_cert.read_request(req), hub.ed_key, hub.x_public,
+                                   hub.fleet_key, parsed.letter, parsed.issued_ms,
+                                   parsed.serial)  # as a release before kiosk numbers made it
+        assert sync_cert.read_certificate(old_cert).kiosk_number is None
+        enrol.install(store, old_cert)
+        store.close()
+        kiosk = Kiosk.__new__(Kiosk)  # enrolled above, by hand: opened as the runtime does
+        kiosk.store = Store(tmp_path / "old")
+        kiosk.state = SyncState(kiosk.store.data)
+        kiosk.ident = enrol.load(kiosk.store.data)
+        try:
+            before = kiosk.store.checkin(name="Before Number", birth_year=1980)
+            assert before.code is None and before.identity == "new"  # a random id, as before
+            kiosk.sync(url)
+            assert kiosk.store.kiosk_number == parsed.kiosk_number == 1
+            after = kiosk.store.checkin(name="After Number", birth_year=1981)
+            assert after.code == short_code.display(short_code.encode(1, 1))
+            kiosk.sync(url)  # told again: nothing changes
+            assert kiosk.store.checkin(name="Next One").code == short_code.display(
+                short_code.encode(1, 2))
+        finally:
+            kiosk.close()
+
+
+def test_a_full_counter_gives_no_code_and_never_wraps(tmp_path: Path) -> None:
+    with init_store(tmp_path / "k", "North", "A") as store:
+        store.set_kiosk_number(short_code.MAX_KIOSK)
+        store.writer.call(lambda db: db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'code_counter'",
+            [short_code.MAX_COUNTER - 1]))
+        last = store.checkin(name="Last One")
+        assert last.code == short_code.display(short_code.encode(short_code.MAX_KIOSK,
+                                                                 short_code.MAX_COUNTER))
+        past = store.checkin(name="Past It")
+        assert past.code is None and past.identity == "new"  # a ticket still, with no code
+        store.set_kiosk_number(7)  # a new number (re-provisioned): its counter from 1
+        assert store.checkin(name="New Number").code == short_code.display(
+            short_code.encode(7, 1))
