@@ -69,12 +69,13 @@ function renderQueue(rows) {
     const line = document.createElement("span");
     line.className = "queue-line";
     const what = document.createElement("span");
-    what.textContent = [c.number, c.time, c.reason ? t("reason_" + c.reason) : ""]
-      .filter(Boolean).join("  ");
+    what.textContent = `${c.number}  ${c.time}`;
     const state = document.createElement("b");
     state.className = "queue-status";
     state.textContent = words[c.status] || "";
-    line.append(what, state);
+    const more = document.createElement("span");
+    more.append(state, c.reason ? ` · ${t("reason_" + c.reason)}` : "");
+    line.append(what, more);
     const buttons = document.createElement("span");
     buttons.className = "queue-actions";
     const done = c.status === "finished" || c.status === "cancelled";
