@@ -25,3 +25,21 @@ class UnknownPattern(HardwareError, ValueError):
 
 class HardwareFallback(RuntimeWarning):
     """No real GPIO here: the simulated (mock) pins are used instead."""
+
+
+class PrinterError(HardwareError):
+    """The ticket printer did not print; ``state`` says why (``device.hardware.printer``'s
+    states: paper out, cover open, failed, absent...)."""
+
+    def __init__(self, message: str, state: str) -> None:
+        super().__init__(message)
+        self.state = state
+
+
+class PrinterAnswerError(PrinterError, ValueError):
+    """The printer answered a status query with bytes that are not a status."""
+
+
+class TicketError(HardwareError, ValueError):
+    """A ticket the ESC/POS writer cannot lay out (a field it cannot print, a width that
+    is not a printer's)."""
