@@ -82,6 +82,12 @@ def _staff_pin(value: str) -> str:
     return ""
 
 
+def _print_width(value: int) -> str:
+    if not (256 <= value <= 832 and value % 8 == 0):
+        return f"must be 256 to 832 dots in steps of 8 (384: 58 mm, 576: 80 mm), not {value}"
+    return ""
+
+
 @dataclass
 class KioskConfig:
     data: Path | None = option(None, "the kiosk's data directory", metavar="DIR")
@@ -147,6 +153,17 @@ class KioskConfig:
                                   "first answer (to a round or a keepalive) before it "
                                   "takes the link for dropped by a NAT and opens a new one",
                                   unit="s", zero="off")
+    printer: str | None = option(None, "the ticket printer (ESC/POS): a device file "
+                                 "(/dev/usb/lp0), a serial device (/dev/ttyUSB0) or a pyserial "
+                                 "URL (socket://HOST:9100); unset: no printer",
+                                 metavar="DEVICE")
+    printer_width: int = option(384, "the printer's print width in dots: 384 for 58 mm "
+                                "paper, 576 for 80 mm", metavar="DOTS", check=_print_width)
+    printer_timeout: float = option(3.0, "longest wait for a ticket to print; the check-in "
+                                    "is saved first, and the page then says to remember the "
+                                    "number", unit="s", positive=True)
+    printer_baud: int = option(9600, "a serial printer's line speed", metavar="BAUD",
+                               positive=True)
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)
