@@ -2,6 +2,10 @@
 
 A state that needs a technician (``device.status.REVOKED``, ``SUSPECTED_CLONE``)
 is also given as ``technician``, which the screen shows among its warnings.
+The ticket printer's state (``printer``: ok, paper-low, paper-out, cover-open,
+error, failed, absent, unknown; None without a printer) is the one last learnt,
+from a ticket or a look that the overview starts when it is older than
+``PRINTER_MAX_AGE``, so the overview never waits on a printer.
 
 The PIN is checked against its scrypt hash (``pin``), one check at a time,
 off the event loop; a miss makes the next try wait a few seconds at most and
@@ -42,6 +46,7 @@ from protocol.crdt import schema as crdt_schema
 from protocol.crdt.ids import patient_id
 
 CHECKIN = crdt_schema.CHECKIN
+PRINTER_MAX_AGE = 10.0  #: seconds: an older printer state is asked again (in the background)
 #: The staff screen's queue buttons, and the check-in status each writes.
 QUEUE_ACTIONS = {"call": "in-progress", "seen": "finished", "no-show": "cancelled",
                  "undo": "arrived"}
@@ -133,8 +138,10 @@ class Staff:
                  session_seconds: float = 120.0,
                  health: Callable[[], dict[str, Any]] | None = None,
                  guard: PinGuard | None = None,
-                 wrote: Callable[[], None] | None = None) -> None:
+                 wrote: Callable[[], None] | None = None, printer: Any = None) -> None:
         self.store, self.live, self.pins = store, live, pins
+        #: The ticket printer (``device.hardware.printer.Printer``), if one is configured.
+        self.printer = printer
         #: Called after each write staff make (the runtime starts a sync round: a kept-open
         #: session has no round of its own until something is written).
         self.wrote = wrote
@@ -199,6 +206,10 @@ class Staff:
         data["technician"] = state if state in (REVOKED, SUSPECTED_CLONE) else None
         data["health"] = self.health() if self.health is not None else {}
         data["pin_alert"] = self.guard.alert()
+        data["printer"] = None
+        if self.printer is not None:  # as last learnt; a look at it starts if that is old
+            data["printer"] = self.printer.snapshot()
+            self.printer.refresh(PRINTER_MAX_AGE)
         return data
 
     async def resolve(self, body: dict[str, Any]) -> dict[str, Any]:
