@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 from device.store import init_store
+from device.store.keys import read_key
 from device.ui.app import LANGUAGES, STATIC
-from protocol.crdt.ids import patient_id
+from device.ui.qr import code_svg
+from protocol.crdt.ids import code_patient_id, patient_id
 from tests.conftest import require
 
 from .test_ui_helpers import ROOT, Proc, free_port, make_kiosk, run_kiosk
@@ -182,11 +184,12 @@ def test_nothing_overflows_at_800x480(quick_kiosk: tuple[str, Path], page: Any,
                                       lang: str) -> None:
     open_page(page, quick_kiosk[0])
     page.click(f"#langs button[data-lang='{lang}']")
-    page.evaluate("""() => { config.idle_seconds = 3600;  // no reset half way
+    page.evaluate("""(qr) => { config.idle_seconds = 3600;  // no reset half way
         document.getElementById('queue-number').textContent = 'B-999';
-        document.getElementById('new-id').textContent = '2f1e0d5c-4b3a-4987-a6c5-d4e3f2a1b0c9';
+        document.getElementById('new-id').textContent = 'ZZZZ-ZZZ7';  // the widest code
+        document.getElementById('code-qr').innerHTML = qr;
         document.getElementById('new-id-block').hidden = false;
-        flow.ticket = 1; renderLive(); }""")
+        flow.ticket = 1; renderLive(); }""", code_svg("ZZZZ-ZZZ7"))
     for screen in SCREENS:
         page.evaluate(f"show('{screen}')")
         bad = page.evaluate(OVERFLOWS, screen)
@@ -329,8 +332,8 @@ def test_idle_reset_leaves_no_patient_data(quick_kiosk: tuple[str, Path], page: 
     page.click("#reasons button[data-reason='child']")
     page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
     number = str(page.text_content("#queue-number"))
-    new_id = str(page.text_content("#new-id"))
-    assert re.fullmatch(r"B-\d{3}", number) and len(new_id) == 36
+    new_id = str(page.text_content("#new-id"))  # the short patient code
+    assert re.fullmatch(r"B-\d{3}", number) and re.fullmatch(r"\w{4}-\w{4}", new_id)
     page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)  # idle reset, no input
     found = page.evaluate("""async (secrets) => {
         const html = document.documentElement.outerHTML;
@@ -435,7 +438,8 @@ def test_no_documents_by_touch_alone_in_arabic(touch_kiosk: tuple[str, Path],
     keys(page, "1990")
     page.tap("#year-next")
     assert re.fullmatch(r"B-\d{3}", tap_to_ticket(page))
-    new_id = page.text_content("#new-id")
+    code = str(page.text_content("#new-id"))
+    new_id = str(code_patient_id(read_key(kiosk_dir / "fleet.key", "fleet key", None), code))
 
     patients = [r for r in kiosk_records(kiosk_dir) if r["id"] == new_id]
     assert [p["fields"] for p in patients] == [{"birthDate": "1990", "name": name}]

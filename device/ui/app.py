@@ -2,7 +2,11 @@
 
 Blocking store work runs in threads (``asyncio.to_thread``), never on the
 event loop. The check-in API answers with codes the page translates; it
-never sends a name or a year of birth to the page. ``/api/events`` streams
+never sends a name or a year of birth to the page. With a printer
+configured, each check-in's ticket is printed after its commit, within the
+printer's timeout, and the answer's ``printed`` says whether it was (absent
+without a printer): a printer that fails never refuses or holds up a
+check-in (``device.hardware.printer``). ``/api/events`` streams
 ``LiveStatus`` as server-sent events. The staff routes live in ``staff``;
 ``/api/hw`` exists only on simulated hardware (tests and demos press the
 button and read the LED there).
@@ -19,17 +23,21 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from device.hardware.printer import Printer, Ticket
 from device.store import StorageFull, StoreError
 from device.ui import checkin as ci
 from device.ui.http import HttpError, Request, Response, json_response
 from device.ui.live import LiveStatus
 from device.ui.pin import PinGuard, PinSource
+from device.ui.prompts import AUDIO_TYPES, CLINIC_DIR, Prompts
+from device.ui.qr import code_svg
 from device.ui.staff import Staff
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".json": "application/json; charset=utf-8",
-         ".ttf": "font/ttf", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8"}
+         ".ttf": "font/ttf", ".svg": "image/svg+xml", ".txt": "text/plain; charset=utf-8",
+         **AUDIO_TYPES}
 log = logging.getLogger("haven.ui")
 LANGUAGES = ("en", "fr", "ar", "sw", "prs")
 KEEPALIVE = 15.0
@@ -41,8 +49,12 @@ class KioskApp:
                  on_checkin: Callable[[], None] | None = None,
                  health: Callable[[], dict[str, Any]] | None = None,
                  admit_checkin: Callable[[], None] | None = None,
-                 staff_guard: PinGuard | None = None, staff_pin_wait: float = 3.0) -> None:
+                 staff_guard: PinGuard | None = None, staff_pin_wait: float = 3.0,
+                 printer: Printer | None = None) -> None:
         self.store, self.live, self.hardware = store, live, hardware
+        #: The ticket printer, if one is configured: a ticket after each check-in's commit.
+        self.printer = printer
+        self._clinic: str | None = None  #: the kiosk's site, as the ticket prints it
         self.idle_seconds = idle_seconds
         self.on_checkin = on_checkin
         #: Raises ``StorageFull`` when the disk is too full for a check-in (blocking).
@@ -54,8 +66,11 @@ class KioskApp:
                            session_seconds=max(idle_seconds, 30.0), health=health,
                            guard=staff_guard if staff_guard is not None
                            else PinGuard(data, cap=staff_pin_wait),
-                           wrote=on_checkin)  # staff's writes leave as soon as check-ins do
+                           wrote=on_checkin,  # staff's writes leave as soon as check-ins do
+                           printer=printer)
         self.clock: Callable[[], float] = time.monotonic
+        #: Spoken prompts: a clinic's recordings in DATA/prompts/ before the shipped ones.
+        self.prompts = Prompts(LANGUAGES, Path(data) / CLINIC_DIR if data is not None else None)
         self._files = {p.relative_to(STATIC).as_posix(): p
                        for p in STATIC.rglob("*") if p.is_file()}
 
@@ -66,6 +81,8 @@ class KioskApp:
                 return self._file("index.html")
             if path.startswith("/static/"):
                 return self._file(path[len("/static/"):])
+            if path.startswith("/audio/"):
+                return self._prompt(path[len("/audio/"):])
             if path == "/api/config":
                 return json_response(self.config())
             if path == "/api/status":  # for haven-kiosk status: in memory, nothing written
@@ -95,6 +112,7 @@ class KioskApp:
     def config(self) -> dict[str, Any]:
         return {"idle_seconds": self.idle_seconds, "languages": LANGUAGES,
                 "reasons": ci.REASONS, "staff": self.staff.enabled,
+                "prompts": self.prompts.available(),
                 "simulated": self._simulated()}
 
     def _file(self, name: str) -> Response:
@@ -102,6 +120,14 @@ class KioskApp:
         if path is None:
             raise HttpError(404, "not-found")
         return Response(200, path.read_bytes(), TYPES.get(path.suffix, "application/octet-stream"))
+
+    def _prompt(self, rest: str) -> Response:
+        """``/audio/<lang>/<prompt>``: both names from fixed lists, never a path."""
+        lang, _, prompt = rest.partition("/")
+        path = self.prompts.find(lang, prompt)
+        if path is None:
+            raise HttpError(404, "not-found")
+        return Response(200, path.read_bytes(), TYPES[path.suffix])
 
     def _simulated(self) -> bool:
         return self.hardware is not None and bool(self.hardware.simulated)
@@ -121,15 +147,21 @@ class KioskApp:
     # Check-in ---------------------------------------------------------------------------
 
     async def verify(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Passport + year: checks the input only, and answers every passport alike.
+        """Passport (or short patient code) + year: checks the input only, and answers
+        every passport and code alike; a code's check character is checked here.
 
         Nothing is looked up here: whether the passport is known, and whether the
         year matches, is for staff (the check-in's ``identity``), so there is
         nothing to guess against and nothing to throttle (SPEC.md "Identity at the
         kiosk")."""
         try:
-            ci.clean_passport(body.get("passport"))
-            ci.clean_year(body.get("year"))
+            if body.get("code") is not None:  # the start screen checks a code alone
+                ci.clean_code(body.get("code"))
+                if body.get("year") is not None:
+                    ci.clean_year(body.get("year"))
+            else:
+                ci.clean_passport(body.get("passport"))
+                ci.clean_year(body.get("year"))
         except ci.CheckinInputError as exc:
             raise HttpError(400, exc.code, {"detail": exc.detail} if exc.detail else None) from None
         return {"result": "ok"}
@@ -137,25 +169,32 @@ class KioskApp:
     async def checkin(self, body: dict[str, Any]) -> dict[str, Any]:
         """Record a check-in; the queue number comes back only after the commit.
 
-        A passport check-in is never refused for what was typed: the year (and a
-        name, if sent) is a claim the store keeps on the check-in, and the answer
-        is the same whether it matched, did not, or named nobody known here."""
+        A passport or code check-in is never refused for what was typed: the year
+        (and a name, if sent) is a claim the store keeps on the check-in, and the
+        answer is the same whether it matched, did not, or named nobody known here.
+        A new patient's answer carries their short patient code (``code``) and its
+        QR as inline SVG (``code_qr``), in the body, never in a URL; none on a kiosk
+        with no number yet."""
         try:
             reason = ci.clean_reason(body.get("reason"))
             year = ci.clean_year(body.get("year"))
             passport = ci.clean_passport(body["passport"]) if body.get("passport") else None
+            code = ci.clean_code(body["code"]) if body.get("code") else None
             name = ci.clean_name(body.get("name")) if body.get("name") is not None else None
         except ci.CheckinInputError as exc:
             raise HttpError(400, exc.code, {"detail": exc.detail} if exc.detail else None) from None
-        if passport is None and name is None:
+        if passport is not None and code is not None:
+            raise HttpError(400, "bad-code")
+        new_patient = passport is None and code is None
+        if new_patient and name is None:
             raise HttpError(400, "bad-name")
-        if passport is None and body.get("consent") is not True:
+        if new_patient and body.get("consent") is not True:
             raise HttpError(400, "no-consent")
         def save() -> Any:
             if self.admit_checkin is not None:
                 self.admit_checkin()
-            return self.store.checkin(name=name, passport=passport, birth_year=year,
-                                      reason=reason)
+            return self.store.checkin(name=name, passport=passport, code=code,
+                                      birth_year=year, reason=reason)
         try:
             result = await asyncio.to_thread(save)
         except StorageFull as exc:  # refused whole, or rolled back by SQLite: nothing half-written
@@ -173,9 +212,27 @@ class KioskApp:
         if self.on_checkin is not None:
             self.on_checkin()
         out: dict[str, Any] = {"queue_number": result.queue_number, "ticket": ticket}
-        if passport is None:
-            out["new_id"] = result.patient_id
+        if result.code:  # a new patient's short code, and its QR drawn here
+            out["code"] = result.code
+            out["code_qr"] = await asyncio.to_thread(code_svg, result.code)
+        if self.printer is not None:  # saved already: a printer that fails only says so
+            out["printed"] = await self._print(result)
         return out
+
+    async def _print(self, result: Any) -> bool:
+        """The check-in's ticket, within the printer's timeout; whether it printed."""
+        assert self.printer is not None
+        clinic = self._clinic
+        if clinic is None:
+            try:
+                clinic = self._clinic = str(await asyncio.to_thread(
+                    lambda: self.store.status()["site"] or ""))
+            except (StoreError, sqlite3.Error, OSError) as exc:
+                log.error("a ticket without the clinic's name: %s", exc)
+                clinic = ""
+        ticket = Ticket(result.queue_number, time.strftime("%Y-%m-%d %H:%M"), clinic,
+                        getattr(result, "code", None))
+        return await self.printer.print_ticket(ticket)
 
     async def hw_press(self, body: dict[str, Any]) -> dict[str, Any]:
         seconds = body.get("seconds", 0.2)

@@ -1,13 +1,18 @@
 """The check-in flow's input rules, without HTTP.
 
-Every passport is treated alike: the page and the API never say whether a
-passport is known or whether the year typed matches it, so there is nothing
-to guess against and nothing to throttle (no lockout). What the patient types
-is a claim the store keeps on the check-in (``Store.checkin``); how it
-compared with the record held is for staff only (``staff``). Every error is
-a code the page translates into the patient's language: ``code`` names the
-field (``bad-year``, ``bad-name``), ``detail`` what is wrong with it
-(``year-future``, ``name-letters``...), so each gets its own message.
+Every passport, and every short patient code, is treated alike: the page and
+the API never say whether a passport or code is known or whether the year
+typed matches it, so there is nothing to guess against and nothing to
+throttle (no lockout). What the patient types is a claim the store keeps on
+the check-in (``Store.checkin``); how it compared with the record held is for
+staff only (``staff``). Every error is a code the page translates into the
+patient's language: ``code`` names the field (``bad-year``, ``bad-name``),
+``detail`` what is wrong with it (``year-future``, ``name-letters``,
+``code-check``...), so each gets its own message.
+
+A short patient code goes in the passport's field: it is one when typed or
+scanned with its dash (``clean_code``), and a value without one is a passport
+number (SPEC.md "Short patient codes").
 
 A year of birth lies between ``YEARS_BACK`` years ago and this year. A name
 is NFC-normalised with its white space collapsed; it holds letters (at least
@@ -26,6 +31,7 @@ from typing import Any
 
 from device.exc import DeviceError
 from protocol.crdt import schema as crdt_schema
+from protocol.crdt import short_code
 
 PASSPORT = re.compile(r"[A-Z0-9]{5,20}")
 REASONS = ("sick", "injury", "child", "pregnancy", "medicine", "results", "other")
@@ -53,6 +59,21 @@ def clean_passport(text: Any) -> str:
     if not PASSPORT.fullmatch(value):
         raise CheckinInputError("bad-passport")
     return value
+
+
+def clean_code(text: Any) -> str:
+    """A short patient code as typed or scanned, as printed (``XXXX-XXXX``). Only a
+    value with its dash is a code (``short_code.is_code``): the page sends it as one
+    by the same rule. ``bad-code``, with ``code-check`` when a character is wrong."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise CheckinInputError("bad-code")
+    value = unicodedata.normalize("NFKC", text)
+    if not short_code.is_code(value):
+        raise CheckinInputError("bad-code")
+    try:
+        return short_code.display(value)
+    except short_code.ShortCodeError as exc:
+        raise CheckinInputError("bad-code", exc.code) from None
 
 
 def clean_year(text: Any, now: float | None = None) -> int:

@@ -13,6 +13,9 @@ const ICONS = {
   other: '<circle cx="14" cy="32" r="6" fill="currentColor"/><circle cx="32" cy="32" r="6" fill="currentColor"/><circle cx="50" cy="32" r="6" fill="currentColor"/>',
 };
 const PASSPORT_RE = /^[A-Z0-9]{5,20}$/;
+// A short patient code has its dash; without one, a value is a passport number (SPEC.md
+// "Short patient codes", protocol/crdt/short_code.py is_code). The server checks it again.
+const CODE_RE = /^[0-9A-Z]{4}-[0-9A-Z]{4}$/;
 
 let I18N = null;
 let config = { idle_seconds: 60, languages: ["en"], reasons: [] };
@@ -45,6 +48,7 @@ function pluralForm(text, n) {
 function show(id) {
   for (const s of document.querySelectorAll(".screen")) s.hidden = s.id !== id;
   flow.screen = id;
+  renderSpeak();
   const input = $(id).querySelector("input");
   if (input) input.focus();
 }
@@ -74,6 +78,36 @@ function setLang(code) {
   nameKeys();
   for (const m of document.querySelectorAll(".msg")) if (m.dataset.key) m.textContent = t(m.dataset.key, m.dataset.n);
   renderLive();
+  renderSpeak();
+  if (flow.screen === "s-staff") refreshStaff();  // its lists are drawn in the language
+}
+
+// Spoken prompts ---------------------------------------------------------------------------
+// Each patient screen's prompt, read aloud from /audio/<lang>/<prompt> (device/ui/prompts.py).
+// The speaker button shows only where the language has that prompt's file: no wrong voice.
+const PROMPTS = { "s-start": "passport", "s-year": "year", "s-name": "name",
+                  "s-consent": "consent", "s-reason": "reason", "s-ticket": "ticket" };
+
+function promptHere() {
+  const prompt = PROMPTS[flow.screen];
+  const have = (config.prompts && config.prompts[lang]) || [];
+  return have.includes(prompt) ? prompt : null;
+}
+
+function renderSpeak() {
+  const voice = $("voice");
+  voice.pause();  // a prompt never goes on over another screen or language
+  const b = $("speak");
+  b.hidden = !promptHere();
+  b.setAttribute("aria-label", t("speak"));
+}
+
+function speak() {
+  const prompt = promptHere();
+  if (!prompt) return;
+  const voice = $("voice");
+  voice.src = `/audio/${lang}/${prompt}`;
+  voice.play().catch(() => {});  // a missing or broken file leaves the screen as it is
 }
 
 function say(id, key, n) {
@@ -97,13 +131,13 @@ async function api(path, body) {
 // What is wrong with a field (the server's `detail`, or the page's own check) has its own
 // message; the field's code alone gets the field's general one.
 const DETAILS = ["year-future", "year-old", "year-letters", "year-short",
-                 "name-letters", "name-long", "name-chars"];
+                 "name-letters", "name-long", "name-chars", "code-check"];
 const NAME_MAX = 60;  // characters after NFC, as device/ui/checkin.py counts them
 const YEARS_BACK = 120;
 
 function errorKey(code, detail) {
   if (DETAILS.includes(detail)) return "err_" + detail.replace("-", "_");
-  const known = ["bad-passport", "bad-year", "bad-name", "bad-reason", "no-consent"];
+  const known = ["bad-passport", "bad-code", "bad-year", "bad-name", "bad-reason", "no-consent"];
   if (known.includes(code)) return "err_" + code.replace("-", "_");
   if (code === "store") return "err_store";
   if (code === "storage-full") return "err_storage_full";
@@ -128,11 +162,26 @@ function slowDown(msgId, seconds, button) {
 function onPassport(ev) {
   ev.preventDefault();
   if (busy) return;
-  const value = $("passport").value.normalize("NFKC").replace(/[\s\-<]/g, "").toUpperCase();
+  const typed = $("passport").value.normalize("NFKC").replace(/\s/g, "").toUpperCase();
+  if (CODE_RE.test(typed)) { onCode(typed); return; }
+  const value = typed.replace(/[\-<]/g, "");
   if (!PASSPORT_RE.test(value)) { say("start-msg", "err_bad_passport"); return; }
   say("start-msg", null);
   flow = { passport: value, screen: flow.screen };
   go("s-year");
+}
+
+// A short patient code goes on like a passport (code, year, reason), once its check character
+// holds: the server checks it and looks nothing up, so every code is answered alike.
+async function onCode(code) {
+  busy = true;
+  try {
+    const r = await api("/api/verify", { code });
+    if (!r.ok) { say("start-msg", errorKey(r.data.error, r.data.detail)); return; }
+    say("start-msg", null);
+    flow = { code, screen: flow.screen };
+    go("s-year");
+  } catch (e) { say("start-msg", "err_network"); } finally { busy = false; }
 }
 
 async function onYear(ev) {
@@ -142,12 +191,13 @@ async function onYear(ev) {
   const problem = yearProblem(year);
   if (problem) { say("year-msg", errorKey("bad-year", problem)); return; }  // the field keeps it
   say("year-msg", null);
-  if (!flow.passport) { flow.year = year; go("s-consent"); return; }
+  if (!flow.passport && !flow.code) { flow.year = year; go("s-consent"); return; }
   busy = true;
   try {
     // Every passport goes on to the reason alike: whether it is known, and whether the
     // year matches, is for staff at the desk, never for this screen.
-    const r = await api("/api/verify", { passport: flow.passport, year });
+    const r = await api("/api/verify", flow.code ? { code: flow.code, year }
+      : { passport: flow.passport, year });
     if (!r.ok) { say("year-msg", errorKey(r.data.error, r.data.detail)); return; }
     flow.year = year;
     go("s-reason");
@@ -189,7 +239,7 @@ async function onReason(reason) {
   if (busy) return;
   busy = true;
   say("reason-msg", null);
-  const body = { reason, year: flow.year, passport: flow.passport || null,
+  const body = { reason, year: flow.year, passport: flow.passport || null, code: flow.code || null,
                  name: flow.name === undefined ? null : flow.name, consent: flow.consent === true };
   try {
     const r = await api("/api/checkin", body);
@@ -199,8 +249,14 @@ async function onReason(reason) {
     }
     flow = { ticket: r.data.ticket, screen: flow.screen };
     $("queue-number").textContent = r.data.queue_number;
-    $("new-id").textContent = r.data.new_id || "";
-    $("new-id-block").hidden = !r.data.new_id;
+    $("new-id").textContent = r.data.code || "";  // a new patient's short code, and its QR
+    $("code-qr").innerHTML = r.data.code_qr || "";  // inline SVG the kiosk drew itself
+    $("new-id-block").hidden = !r.data.code;
+    // printed: absent without a printer; false when it failed, so the number is to remember
+    if (r.data.printed === false) say("ticket-print", "ticket_not_printed");
+    else if (r.data.printed === true) say("ticket-print", "ticket_printed");
+    else say("ticket-print", null);
+    $("ticket-print").dataset.printed = String(r.data.printed === true);
     show("s-ticket");
     renderLive();
   } catch (e) { say("reason-msg", "err_network"); } finally { busy = false; }
@@ -238,6 +294,7 @@ function reset() {
   for (const b of document.querySelectorAll("button")) b.disabled = false;
   $("queue-number").textContent = "";
   $("new-id").textContent = "";
+  $("code-qr").replaceChildren();
   $("new-id-block").hidden = true;
   $("staff-queue").replaceChildren();
   $("staff-conflicts").replaceChildren();
@@ -297,6 +354,7 @@ function build() {
   $("consent-yes").onclick = () => { flow.consent = true; go("s-reason"); };
   $("consent-no").onclick = reset;
   $("ticket-done").onclick = reset;
+  $("speak").onclick = speak;
   $("staff-open").hidden = !config.staff;  // no PIN set: no staff screen to open
   $("staff-open").onclick = () => { if (config.staff) { flow = {}; show("s-staff-pin"); } };
   $("staff-close").onclick = reset;

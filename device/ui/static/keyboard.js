@@ -7,8 +7,10 @@
 // are special keys. Letters are in alphabetical order, which the patients learnt at school.
 const LAYOUTS = {
   digits: { spans: {}, rows: ["1 2 3", "4 5 6", "7 8 9", "clear 0 del"] },
-  passport: { rows: ["1 2 3 4 5 6 7 8 9 0 del clear", "A B C D E F G H I J K L M",
-                     "N O P Q R S T U V W X Y Z"] },
+  // The dash is for a short patient code (XXXX-XXXX): a passport number never needs one.
+  passport: { spans: { del: 2, clear: 2, "-": 2 },
+              rows: ["1 2 3 4 5 6 7 8 9 0 del clear", "A B C D E F G H I J K L M N",
+                     "O P Q R S T U V W X Y Z -"] },
   latin: { label: "ABC", rows: ["A B C D E F G H I J K L", "M N O P Q R S T U V W X",
                                 "Y Z ' - script space del clear"] },
   arabic: { label: "أ ب ت", rtl: true, rows: ["ا ب ت ث ج ح خ د ذ ر ز", "س ش ص ض ط ظ ع غ ف ق ك",
