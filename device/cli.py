@@ -101,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check a patient in; prints the queue number after commit.")
     _data(p)
     p.add_argument("--passport", metavar="ID", help="passport number (omit if none)")
-    p.add_argument("--name", help="the name the patient gives (required without "
-                   "--passport; with one, kept on the check-in as a claim)")
+    p.add_argument("--code", metavar="XXXX-XXXX",
+                   help="the short patient code a patient without documents was given")
+    p.add_argument("--name", help="the name the patient gives (required without --passport "
+                   "or --code, and the patient is given a code; with one, kept on the "
+                   "check-in as a claim)")
     p.add_argument("--birth-year", type=int, metavar="Y", help="the patient's year of birth")
     p.add_argument("--reason", metavar="R", help="the reason for the visit")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -293,13 +296,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_checkin(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        r = store.checkin(name=args.name, passport=args.passport, birth_year=args.birth_year,
-                          reason=args.reason)
+        r = store.checkin(name=args.name, passport=args.passport, code=args.code,
+                          birth_year=args.birth_year, reason=args.reason)
     if args.json:
         print(json.dumps({"record_id": r.record_id, "patient_id": r.patient_id,
-                          "queue_number": r.queue_number}, sort_keys=True))
+                          "queue_number": r.queue_number, "code": r.code}, sort_keys=True))
     else:
-        print(f"queue number {r.queue_number}\nrecord {r.record_id}\npatient {r.patient_id}")
+        print(f"queue number {r.queue_number}\nrecord {r.record_id}\npatient {r.patient_id}"
+              + (f"\npatient code {r.code}" if r.code else ""))
     return 0
 
 
@@ -374,6 +378,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, sort_keys=True, indent=1))
         return 0
     print(f"kiosk {st['node']}  site {st['site']!r}  letter {st['letter']}  "
+          f"number {st['kiosk_number'] if st['kiosk_number'] is not None else 'none yet'}  "
           f"records {st['records']}  last sync {st['last_sync'] or 'never'}")
     print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}, link "
                         f"{run['link']}; the outbox below is what waits for the hub)"

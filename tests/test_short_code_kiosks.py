@@ -5,6 +5,7 @@ numbers is given one by the hub's welcome."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,22 @@ def test_a_full_counter_gives_no_code_and_never_wraps(tmp_path: Path) -> None:
         store.set_kiosk_number(7)  # a new number (re-provisioned): its counter from 1
         assert store.checkin(name="New Number").code == short_code.display(
             short_code.encode(7, 1))
+
+
+def test_the_cli_gives_and_takes_codes_and_shows_the_number(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from device.cli import main as kiosk_main
+
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        Kiosk(tmp_path, "k", hub, "A").close()
+    data = str(tmp_path / "k")
+    capsys.readouterr()
+    assert kiosk_main(["checkin", "--data", data, "--name", "Cli Tester", "--json"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert given["code"] == short_code.display(short_code.encode(1, 1))
+    assert kiosk_main(["checkin", "--data", data, "--code", given["code"].lower(),
+                       "--birth-year", "1970", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["patient_id"] == given["patient_id"]
+    assert kiosk_main(["status", "--data", data]) == 0
+    assert "number 1 " in capsys.readouterr().out

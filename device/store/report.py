@@ -31,6 +31,7 @@ def status_of(db: sqlite_utils.Database, node: int, now: int) -> dict[str, Any]:
         "node": f"{node:08x}",
         "site": _meta(db, "site"),
         "letter": _meta(db, "letter"),
+        "kiosk_number": _meta(db, "kiosk_number"),  #: its short patient codes' first part
         "records": db.execute("SELECT COUNT(*) FROM records").fetchone()[0],
         "held": sum(1 for c in conflicts if c["severity"] == "hold"),
         "conflicts": conflicts,
