@@ -125,6 +125,22 @@ def test_a_full_counter_gives_no_code_and_never_wraps(tmp_path: Path) -> None:
             short_code.encode(7, 1))
 
 
+
+def test_a_kiosk_found_cloned_gives_no_code_until_it_has_a_number_of_its_own(
+        tmp_path: Path) -> None:
+    """Its copies share its number and counter: one code would name two patients."""
+    with init_store(tmp_path / "k", "North", "A") as store:
+        store.set_kiosk_number(5)
+        assert store.checkin(name="Before").code == short_code.display(short_code.encode(5, 1))
+        store.set_queue_label(2)  # the hub's sync-alert: a suspected clone
+        told = store.checkin(name="Told")
+        assert told.code is None and told.queue_number.startswith("A2-")
+        store.take_new_node()  # re-provisioned: the old number goes with the old identity
+        assert store.kiosk_number is None and store.checkin(name="New Node").code is None
+        store.set_kiosk_number(6)  # its own enrolment's number
+        assert store.checkin(name="Own").code == short_code.display(short_code.encode(6, 1))
+
+
 def test_the_cli_gives_and_takes_codes_and_shows_the_number(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from device.cli import main as kiosk_main

@@ -539,17 +539,22 @@ class Store:
 
     def _next_code(self, conn: sqlite3.Connection) -> str | None:
         """The kiosk's next short patient code, inside the caller's transaction; None
-        without a kiosk number, or once every code of this kiosk is given (logged: a
-        full counter never wraps)."""
-        held = conn.execute(GET_META, ["kiosk_number"]).fetchone()
-        if held is None:
+        without a kiosk number, on a kiosk the hub found cloned (it numbers its queue
+        with a label: its copies share its number and its counter, so they would give
+        one code to two patients; re-provisioned, it is enrolled with a number of its
+        own), or once every code of this kiosk is given (logged: a full counter never
+        wraps)."""
+        held = dict(conn.execute("SELECT key, value FROM meta WHERE key IN"
+                                 " ('kiosk_number', 'queue_label')").fetchall())
+        if "kiosk_number" not in held or "queue_label" in held:
             return None
+        number = held["kiosk_number"]
         row = conn.execute(NEXT_CODE, [short_code.MAX_COUNTER]).fetchone()
         if row is None:
             log.error("kiosk %s has given all its %d short patient codes: new patients get "
-                      "no code; enrol it again as a new kiosk", held[0], short_code.MAX_COUNTER)
+                      "no code; enrol it again as a new kiosk", number, short_code.MAX_COUNTER)
             return None
-        return short_code.encode(int(held[0]), int(row[0]))
+        return short_code.encode(int(number), int(row[0]))
 
     def settle_identity(self, checkin_id: str, action: str, *, subject: str | None = None,
                         name: str | None = None, birth_year: int | None = None,
