@@ -75,6 +75,7 @@ from device.config import KioskConfig, memory_limits, storage_limits
 from device.enrol import NotEnrolled, load
 from device.hardware import panel as hw
 from device.hardware import remote as hw_remote
+from device.hardware.printer import Printer
 from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
@@ -146,6 +147,8 @@ class Runtime:
         self.data = cfg.data
         self.live = LiveStatus()
         self.hardware = hardware
+        #: The ticket printer (``printer`` in the configuration), made at start.
+        self.printer: Printer | None = None
         self._offset = 0
         self._wake = Wake()
         #: REVOKED or SUSPECTED_CLONE: shown over the sync state (a technician is needed)
@@ -185,6 +188,10 @@ class Runtime:
                 log.warning("no hardware: %s", exc)
         if self.hardware is not None:
             self.hardware.button.when_sync_now = self.sync_now
+        if self.cfg.printer:
+            self.printer = Printer(self.cfg.printer, width=self.cfg.printer_width,
+                                   timeout=self.cfg.printer_timeout, baud=self.cfg.printer_baud)
+            self.printer.refresh(0)  # the staff screen shows its state from the start
         self._show()
         self.memory.add_cleanup(self.store.release_memory)
         self.memory.add_cleanup(collect_garbage)
@@ -194,7 +201,7 @@ class Runtime:
                        staff_pin=self.cfg.staff_pin, staff_pin_wait=self.cfg.staff_pin_wait,
                        hardware=self.hardware,
                        on_checkin=self.sync_now, health=self.health,
-                       admit_checkin=self.storage.admit)
+                       admit_checkin=self.storage.admit, printer=self.printer)
         host, port = self.cfg.ui_address()
         self._server = http.HttpServer(app.handle)
         self.address = await self._server.start(host, port)
@@ -267,6 +274,8 @@ class Runtime:
             log.warning("sync round still running at shutdown; leaving it")
         if self.hardware is not None:
             self.hardware.close()
+        if self.printer is not None:
+            self.printer.close()
         if self._thread is None or not self._thread.is_alive():
             self._wake.close()
 

@@ -14,6 +14,7 @@ import fcntl
 import os
 import select
 import threading
+import time
 import tty
 from pathlib import Path
 
@@ -79,6 +80,16 @@ class SerialPrinter:
                 return
             else:
                 self.received.append(buf.pop(0))
+
+    def wait_received(self, tail: bytes, bound: float = 5.0) -> bytes:
+        """What was received once it ends with ``tail`` (a ticket's cut), or after
+        ``bound`` seconds: the kiosk's write ends when the pty took the bytes, before
+        this end has read them all."""
+        for _ in range(int(bound / 0.01)):
+            if self.received.endswith(tail):
+                break
+            time.sleep(0.01)
+        return bytes(self.received)
 
     def close(self) -> None:
         self._stop.set()

@@ -197,7 +197,8 @@ def test_a_serial_printer_prints_only_when_its_status_says_it_can(
         assert print_now(printer, NEW) is printed
         assert printer.snapshot()["state"] == state
         assert sim.queries[:1] == [1]  # asked before anything is sent
-        assert bytes(sim.received) == (escpos.ticket_bytes(NEW, 384) if printed else b"")
+        assert sim.wait_received(TAIL, 5.0 if printed else 0.05) == (
+            escpos.ticket_bytes(NEW, 384) if printed else b"")
     finally:
         sim.close()
 

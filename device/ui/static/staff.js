@@ -22,6 +22,7 @@ async function refreshStaff() {
   if (!r.ok) { reset(); return; }
   renderQueue(r.data.queue);
   $("staff-sync").textContent = `${t("sync_" + r.data.sync.state)} · ${t("staff_outbox")}: ${r.data.outbox}`;
+  if (r.data.printer) $("staff-sync").textContent += ` · ${t("staff_printer")}: ${t("printer_" + r.data.printer.state)}`;
   const health = r.data.health || {};
   const warnings = [];
   if (r.data.technician) warnings.push(t("sync_" + r.data.technician));
