@@ -14,8 +14,11 @@ from device import enrol
 from device.store import BadRequest, Store, init_store
 from device.sync.state import SyncState
 from host.hub.hub import Hub, init_hub
+from host.hub.storage import MIGRATIONS as HUB_MIGRATIONS
+from host.hub.storage import Device, HubStore
 from protocol.crdt import short_code
 from protocol.crdt.ids import code_patient_id
+from protocol.driver.database import Migrations, immediate, open_database
 from protocol.sync import certificate as sync_cert
 
 from .test_sync_helpers import Kiosk, served_hub
@@ -158,3 +161,30 @@ def test_the_cli_gives_and_takes_codes_and_shows_the_number(
     assert json.loads(capsys.readouterr().out)["patient_id"] == given["patient_id"]
     assert kiosk_main(["status", "--data", data]) == 0
     assert "number 1 " in capsys.readouterr().out
+
+
+def test_migration_3_numbers_the_enrolled_kiosks_in_the_order_they_enrolled(
+        tmp_path: Path) -> None:
+    """On a hub.db at version 2 (the release before kiosk numbers), revoked kiosks too:
+    their numbers are never given again. tests/test_migrations.py upgrades a real one."""
+    before = Migrations("hub.db")
+    before.steps = HUB_MIGRATIONS.steps[:2]
+    db = open_database(tmp_path / "hub.db", before)
+    with immediate(db):
+        for i, (device, at, state) in enumerate([("0000000c", 30, "approved"),
+                                                 ("0000000a", 10, "revoked"),
+                                                 ("0000000b", 20, "approved"),
+                                                 ("00000009", 20, "approved")]):
+            db.execute("INSERT INTO devices (device_id, node, site, letter, x25519, ed25519,"
+                       " state, enrolled_at, last_hash) VALUES (?, ?, 'S', ?, ?, ?, ?, ?, ?)",
+                       [device, int(device, 16), "ABCD"[i], bytes([i]) * 32, bytes(32), state,
+                        at, bytes(32)])
+    db.close()
+    store = HubStore(tmp_path / "hub.db")
+    try:
+        assert {d.device_id: d.kiosk_number for d in store.devices()} == {
+            "0000000a": 1, "00000009": 2, "0000000b": 3, "0000000c": 4}
+        assert store.add_device(Device("0000000d", 13, "S", "E", bytes([9]) * 32, bytes(32),
+                                       "approved", 0, bytes(32), 0, None), 40) == 5
+    finally:
+        store.close()
