@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ from device.sync.state import FLUSH_AFTER_S as STATE_FLUSH_S
 
 from . import Context, Result, benchmark
 from . import _runtime as rt
+from ._page_paths import every_path
 from .sync import ROOT, free_port, kiosk_and_hub, wait_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -69,8 +71,9 @@ DAY_CHECKINS = 500
 INTERVAL = 10.0  #: the runtime's default interval between rounds
 
 
-def page_loads(url: str, loads: int) -> list[dict[str, float]]:
-    """Navigation timings (ms) of ``loads`` loads of the page, each in a new tab."""
+def page_loads(url: str, loads: int) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """Navigation timings (ms) of ``loads`` loads of the page, each in a new tab; then the
+    taps and screens of each way to check in (``_page_paths``)."""
     from playwright.sync_api import sync_playwright
 
     out = []
@@ -85,9 +88,10 @@ def page_loads(url: str, loads: int) -> list[dict[str, float]]:
                     "performance.getEntriesByName('haven-ready').length > 0", timeout=30_000)
                 out.append(dict(page.evaluate(READY)))
                 page.close()
+            paths = every_path(url, browser, "TP000001", "1984")
         finally:
             browser.close()
-    return out
+    return out, [asdict(f) for f in paths]
 
 
 def written(pid: int, count: int, one: Any, trace: Path) -> dict[str, float]:
@@ -148,7 +152,7 @@ def measure(ctx: Context, work: Path, checkins: int, loads: int, starts: int,
         with log_path.open("ab") as log:
             with rt.running(kiosk_dir, hub_url, ui_port, log) as kiosk:
                 ctx.log(f"page interactive: {loads} loads in Chromium")
-                r["loads"] = page_loads(url, loads)
+                r["loads"], r["paths"] = page_loads(url, loads)
                 ctx.log(f"{checkins} check-ins, each synced before the next")
                 events = rt.LiveEvents(url)
 
@@ -251,6 +255,10 @@ def kiosk_benchmark(ctx: Context) -> Result:
              f"wchar {idle['wchar'] / 1024:.1f} KiB; {idle['fsyncs']:.2f} fsyncs; "
              f"{rounds} rounds, one every 10 s (the default interval)", "report", None),
         *_day_rows(r, day_rounds),
+        *(_row(f"taps and screens to the ticket: {f['path']}",
+               f"{f['taps']} taps, {f['screens']} screens",
+               " > ".join(x.removeprefix("s-") for x in f["trail"]), "report", None)
+          for f in r["paths"]),
     ]
     notes = [
         f"The kiosk is enrolled and syncs with `haven hub serve` over TCP on 127.0.0.1; "
