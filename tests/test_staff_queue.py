@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,11 @@ def test_call_seen_and_no_show_reach_the_hub_and_another_kiosk(
         lines = capsys.readouterr().out.splitlines()
         assert len(lines) == 2 and lines[1].endswith(
             f'kiosk {a.device} (North A): checkin {{"status": "cancelled"}}'), lines
+        for bad, says in (("B-001", "not a record id: 'B-001'"),
+                          (str(uuid.uuid4()), "the hub holds no record")):
+            assert hub_main(["hub", "history", "--data", str(hub.data), bad]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and says in err, err
 
         # Kiosk B's staff screen: the waiting one first, those done with after.
         b.sync(url)
