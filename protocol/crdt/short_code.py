@@ -40,7 +40,8 @@ LENGTH = KIOSK_CHARS + COUNTER_CHARS + 1
 MAX_KIOSK = BASE ** KIOSK_CHARS - 1  #: 32,767
 MAX_COUNTER = BASE ** COUNTER_CHARS - 1  #: 1,048,575
 #: What a patient may type for each character: the alphabet, and Crockford's aliases.
-VALUES = {**{c: i for i, c in enumerate(ALPHABET)}, "O": 0, "I": 1, "L": 1}
+VALUES = {c: i for i, c in enumerate(ALPHABET)}
+VALUES.update({"O": 0, "I": 1, "L": 1})
 WHITE = " \t\r\n"
 
 
