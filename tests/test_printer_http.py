@@ -150,7 +150,9 @@ def test_no_printer_no_word_of_printing(tmp_path: Path) -> None:
 def test_the_page_says_to_remember_the_number_when_printing_failed(tmp_path: Path) -> None:
     from playwright import sync_api
 
-    from .test_ui_browser import ARGS, BOUND, CHROMIUM, check_in_new, open_page
+    from device.ui.qr import code_svg
+
+    from .test_ui_browser import ARGS, BOUND, CHROMIUM, OVERFLOWS, check_in_new, open_page
 
     sim = SerialPrinter("ok")
     try:
@@ -159,6 +161,8 @@ def test_the_page_says_to_remember_the_number_when_printing_failed(tmp_path: Pat
             page = browser.new_page(viewport={"width": 800, "height": 480}, has_touch=True)
             open_page(page, url)
             msg = page.locator("#ticket-print")
+            ticket_only = OVERFLOWS.replace("'header *, #' + id", "'#' + id")  # not the header
+            assert ticket_only != OVERFLOWS
             for mode, lang, key in (("ok", "en", "ticket_printed"),
                                     ("paper-out", "fr", "ticket_not_printed"),
                                     ("garbage", "ar", "ticket_not_printed")):
@@ -171,6 +175,17 @@ def test_the_page_says_to_remember_the_number_when_printing_failed(tmp_path: Pat
                 page.click("#ticket-done")
                 page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
                 assert msg.text_content() == ""  # the next patient starts clean
+            # the longest case: a new patient's code and QR beside the message, in each language
+            for lang in STRINGS["_meta"]["html_lang"]:
+                page.click(f"#langs button[data-lang='{lang}']")
+                page.evaluate("""(qr) => { config.idle_seconds = 3600;
+                    document.getElementById('queue-number').textContent = 'B-999';
+                    document.getElementById('new-id').textContent = 'ZZZZ-ZZZ7';
+                    document.getElementById('code-qr').innerHTML = qr;
+                    document.getElementById('new-id-block').hidden = false;
+                    say('ticket-print', 'ticket_not_printed'); flow.ticket = 1;
+                    show('s-ticket'); renderLive(); }""", code_svg("ZZZZ-ZZZ7"))
+                assert page.evaluate(ticket_only, "s-ticket") == [], lang
             browser.close()
     finally:
         sim.close()
