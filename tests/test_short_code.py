@@ -59,7 +59,7 @@ def test_a_code_has_its_dash_and_a_passport_number_never_does() -> None:
 
 
 def test_every_change_of_one_character_is_caught() -> None:
-    for code in sample():
+    for code in sample(100):  # every position, every other character: 24,800 codes
         for i in range(short_code.LENGTH):
             for c in ALPHABET:
                 if c != code[i]:
