@@ -29,7 +29,7 @@ from device.ui import checkin as ci
 from device.ui.http import HttpError, Request, Response, json_response
 from device.ui.live import LiveStatus
 from device.ui.pin import PinGuard, PinSource
-from device.ui.prompts import AUDIO_TYPES, CLINIC_DIR, Prompts
+from device.ui.prompts import AUDIO_TYPES, CLINIC_DIR, Prompts, byte_range
 from device.ui.qr import code_svg
 from device.ui.staff import Staff
 
@@ -82,7 +82,7 @@ class KioskApp:
             if path.startswith("/static/"):
                 return self._file(path[len("/static/"):])
             if path.startswith("/audio/"):
-                return self._prompt(path[len("/audio/"):])
+                return self._prompt(path[len("/audio/"):], req.headers.get("range"))
             if path == "/api/config":
                 return json_response(self.config())
             if path == "/api/status":  # for haven-kiosk status: in memory, nothing written
@@ -121,13 +121,22 @@ class KioskApp:
             raise HttpError(404, "not-found")
         return Response(200, path.read_bytes(), TYPES.get(path.suffix, "application/octet-stream"))
 
-    def _prompt(self, rest: str) -> Response:
+    def _prompt(self, rest: str, range_header: str | None) -> Response:
         """``/audio/<lang>/<prompt>``: both names from fixed lists, never a path."""
         lang, _, prompt = rest.partition("/")
         path = self.prompts.find(lang, prompt)
         if path is None:
             raise HttpError(404, "not-found")
-        return Response(200, path.read_bytes(), TYPES[path.suffix])
+        data, ctype = path.read_bytes(), TYPES[path.suffix]
+        try:
+            part = byte_range(range_header, len(data))
+        except ValueError:
+            return Response(416, b"", ctype, {"Content-Range": f"bytes */{len(data)}"})
+        if part is None:
+            return Response(200, data, ctype, {"Accept-Ranges": "bytes"})
+        start, end = part
+        return Response(206, data[start:end], ctype, {
+            "Accept-Ranges": "bytes", "Content-Range": f"bytes {start}-{end - 1}/{len(data)}"})
 
     def _simulated(self) -> bool:
         return self.hardware is not None and bool(self.hardware.simulated)

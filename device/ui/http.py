@@ -67,9 +67,11 @@ __all__ = ["Handler", "HttpError", "HttpServer", "Limits", "Request", "Response"
            "json_response", "serve"]
 
 log = logging.getLogger("haven.ui")
-REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
+REASONS = {100: "Continue", 200: "OK", 204: "No Content", 206: "Partial Content",
+           400: "Bad Request",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           413: "Payload Too Large", 429: "Too Many Requests", 431: "Headers Too Large",
+           413: "Payload Too Large", 416: "Range Not Satisfiable", 429: "Too Many Requests",
+           431: "Headers Too Large",
            500: "Internal Server Error", 503: "Service Unavailable",
            507: "Insufficient Storage"}
 SECURITY_HEADERS = {
