@@ -21,7 +21,17 @@ from device.store.keys import read_key
 from protocol.crdt import short_code
 from protocol.crdt.ids import code_patient_id
 
-from .test_ui_browser import BOUND, STRINGS, browser, keys, kiosk_records, open_page, page, shot
+from .test_ui_browser import (
+    BOUND,
+    STRINGS,
+    browser,
+    keys,
+    kiosk_records,
+    open_page,
+    page,
+    post_api,
+    shot,
+)
 from .test_ui_helpers import free_port, make_kiosk, run_kiosk
 
 __all__ = ["browser", "page"]  # fixtures: the module's Chromium, a page in it
@@ -121,3 +131,23 @@ def test_a_code_with_one_character_changed_is_refused_in_the_patients_language(
     page.keyboard.press("Enter")
     page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
     assert page.evaluate("flow.passport") == wrong.replace("-", "")
+
+
+def test_the_api_refuses_bad_codes_with_their_reason(kiosk: tuple[str, Path]) -> None:
+    url, _ = kiosk
+    code = short_code.display(short_code.encode(1, 1))
+    wrong = code[:6] + ("A" if code[6] != "A" else "B") + code[7:]
+    for body, detail in [({"code": wrong}, "code-check"), ({"code": "ABCD-EFGU"}, "code-char"),
+                         ({"code": 12345678}, None), ({"code": "x" * 100}, None),
+                         ({"code": code.replace("-", "")}, None)]:  # no dash: not a code
+        for path, extra in [("/api/verify", {}), ("/api/checkin", {"year": "1990",
+                                                                   "reason": "sick"})]:
+            status, answer = post_api(url, path, {**body, **extra})
+            assert (status, answer.get("error"), answer.get("detail")) == (
+                400, "bad-code", detail), (path, body)
+    status, answer = post_api(url, "/api/checkin", {"code": code, "passport": "AB123456",
+                                                    "year": "1990", "reason": "sick"})
+    assert (status, answer.get("error")) == (400, "bad-code")  # one or the other
+    status, answer = post_api(url, "/api/checkin", {"code": code, "year": "1990",
+                                                    "reason": "sick"})
+    assert status == 200 and "code" not in answer  # returning: no consent asked, no new code
