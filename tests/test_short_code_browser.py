@@ -137,9 +137,11 @@ def test_the_api_refuses_bad_codes_with_their_reason(kiosk: tuple[str, Path]) ->
     url, _ = kiosk
     code = short_code.display(short_code.encode(1, 1))
     wrong = code[:6] + ("A" if code[6] != "A" else "B") + code[7:]
-    for body, detail in [({"code": wrong}, "code-check"), ({"code": "ABCD-EFGU"}, "code-char"),
-                         ({"code": 12345678}, None), ({"code": "x" * 100}, None),
-                         ({"code": code.replace("-", "")}, None)]:  # no dash: not a code
+    cases: list[tuple[dict[str, Any], str | None]] = [
+        ({"code": wrong}, "code-check"), ({"code": "ABCD-EFGU"}, "code-char"),
+        ({"code": 12345678}, None), ({"code": "x" * 100}, None),
+        ({"code": code.replace("-", "")}, None)]  # no dash: not a code
+    for body, detail in cases:
         for path, extra in [("/api/verify", {}), ("/api/checkin", {"year": "1990",
                                                                    "reason": "sick"})]:
             status, answer = post_api(url, path, {**body, **extra})
