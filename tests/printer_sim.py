@@ -81,6 +81,19 @@ class SerialPrinter:
             else:
                 self.received.append(buf.pop(0))
 
+    def stall(self) -> None:
+        """Stop taking bytes, with the line's buffer full: a printer that hangs."""
+        self._stop.set()
+        self._thread.join(5)
+        flags = fcntl.fcntl(self.slave, fcntl.F_GETFL)
+        fcntl.fcntl(self.slave, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        for _ in range(1024):  # bounded: 1 MiB, far more than a pty holds
+            try:
+                os.write(self.slave, b"\0" * 1024)
+            except BlockingIOError:
+                return
+        raise AssertionError("the pty never filled up")
+
     def wait_received(self, tail: bytes, bound: float = 5.0) -> bytes:
         """What was received once it ends with ``tail`` (a ticket's cut), or after
         ``bound`` seconds: the kiosk's write ends when the pty took the bytes, before

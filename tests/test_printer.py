@@ -203,6 +203,18 @@ def test_a_serial_printer_prints_only_when_its_status_says_it_can(
         sim.close()
 
 
+def test_a_serial_printer_that_stops_taking_bytes_fails_at_the_deadline() -> None:
+    sim = SerialPrinter("ok")
+    try:
+        sim.stall()
+        printer = Printer(sim.path, timeout=0.3)
+        assert print_now(printer, NEW) is False
+        assert printer.snapshot()["state"] == "failed"
+        assert "not taken" in printer.snapshot()["detail"]
+    finally:
+        sim.close()
+
+
 def test_staff_see_a_serial_printer_refilled(tmp_path: Path) -> None:
     sim = SerialPrinter("paper-out")
     printer = Printer(sim.path, timeout=1.0)

@@ -17,7 +17,8 @@ the two kinds apart each time it opens it:
   deadline. Its errors are the state: no such device (``ENOENT``, ``ENODEV``,
   ``ENXIO``: unplugged, or a FIFO nobody reads) is ``absent``; ``ENOSPC``,
   which the kernel's usblp driver gives when the printer reports paper out,
-  is ``paper-out``; any other error (``EIO``, ``EPIPE``...) and a deadline
+  is ``paper-out`` (once asked to abort on errors, ``LPABORT``, rather than
+  retry them for ever); any other error (``EIO``, ``EPIPE``...) and a deadline
   passed (a printer that stopped taking bytes) are ``failed``. A device
   file says nothing between tickets, so its state is the last ticket's.
 
@@ -40,6 +41,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import queue
@@ -75,6 +77,7 @@ STATUS_WAIT = 0.5  #: a printer answers DLE EOT at once; silence this long is no
 HANDOVER = 0.5  #: beyond the deadline, for the job's thread to hand its result back
 WRITE_CHUNK = 4096
 ABSENT_ERRNOS = {errno.ENOENT, errno.ENODEV, errno.ENXIO}
+LPABORT = 0x0608  #: linux/lp.h: abort a write on the printer's error rather than retry
 
 
 def state_of_errno(code: int | None) -> str:
@@ -235,6 +238,11 @@ class Printer:
         except OSError as exc:
             raise _failed(f"cannot open {self.target}", exc) from None
         try:
+            # usblp retries a printer's error for ever unless told to abort: then a write
+            # gives ENOSPC at paper end and EIO at an error. Other files have no such
+            # ioctl (ENOTTY), and are written all the same.
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, LPABORT, 1)
             poller = select.poll()
             poller.register(fd, select.POLLOUT)
             view = memoryview(data)
@@ -278,8 +286,10 @@ class Printer:
                 port.write(data)
             return status.state
         except serial.SerialTimeoutException:
-            raise PrinterError(f"the ticket was not taken within {self.timeout:g} s",
-                               FAILED) from None
+            # what is left unsent goes: a serial driver's close waits for it otherwise
+            with contextlib.suppress(serial.SerialException, OSError):
+                port.reset_output_buffer()
+            raise PrinterError(f"bytes not taken within {self.timeout:g} s", FAILED) from None
         except (serial.SerialException, OSError) as exc:
             raise PrinterError(f"{self.target}: {exc}", FAILED) from None
         finally:
