@@ -8,6 +8,7 @@ served by the kiosk's page server like the rest of the page.
 from __future__ import annotations
 
 import io
+import json
 import urllib.error
 import urllib.request
 import wave
@@ -19,7 +20,8 @@ import pytest
 from babel import Locale
 
 from device.ui.app import LANGUAGES
-from device.ui.prompts import CLINIC_DIR, PROMPTS, SHIPPED, byte_range
+from device.ui.prompts import CLINIC_DIR, PROMPTS, SHIPPED, TEXTS, byte_range
+from tools.make_prompts import screen_text
 
 from .test_ui_browser import ARGS, BOUND, CHROMIUM, STRINGS, open_page, sync_api
 from .test_ui_helpers import free_port, make_kiosk, run_kiosk
@@ -88,10 +90,22 @@ def get(url: str, **headers: str) -> tuple[int, str, bytes]:
 
 def test_every_shipped_prompt_has_its_file_and_they_are_small() -> None:
     files = sorted(p.relative_to(SHIPPED).as_posix() for p in SHIPPED.rglob("*") if p.is_file())
-    assert files == sorted(f"{lang}/{prompt}.ogg" for lang in VOICED for prompt in PROMPTS)
+    assert files == sorted([TEXTS, *(f"{lang}/{prompt}.ogg" for lang in VOICED
+                                      for prompt in PROMPTS)])
     for path in SHIPPED.rglob("*.ogg"):
         assert path.read_bytes()[:4] == b"OggS" and b"OpusHead" in path.read_bytes()[:64], path
     assert sum(p.stat().st_size for p in SHIPPED.rglob("*.ogg")) < SHIPPED_BUDGET
+
+
+def test_shipped_prompts_say_what_the_page_says() -> None:
+    """Each default was made from the page's words as they are now: a changed string
+    needs ./tools/make_prompts (and, for Arabic and Dari, its voweled text there)."""
+    texts = json.loads((SHIPPED / TEXTS).read_text("utf-8"))
+    assert sorted(texts) == sorted(VOICED)
+    for lang in VOICED:
+        assert sorted(texts[lang]) == sorted(PROMPTS)
+        stale = [p for p in PROMPTS if texts[lang][p]["page"] != screen_text(lang, p, STRINGS)]
+        assert stale == [], f"{lang}: run ./tools/make_prompts {lang}"
 
 
 def test_each_screen_plays_its_prompt_in_every_voiced_language(page: Any) -> None:

@@ -4,9 +4,11 @@
     ./tools/make_prompts ar sw      only these
 
 Writes device/ui/static/audio/<lang>/<prompt>.ogg (mono, 16 kbit/s Opus, which
-Chromium plays). Only needed to regenerate the shipped defaults; the kiosk
-itself never synthesises. A clinic's own recordings go in the kiosk's data
-folder instead (README "Spoken prompts"), and win over these.
+Chromium plays), and audio/texts.json: the page's words each file was made
+from (a test checks they are still the page's) and the text spoken. Only
+needed to regenerate the shipped defaults; the kiosk itself never
+synthesises. A clinic's own recordings go in the kiosk's data folder instead
+(README "Spoken prompts"), and win over these.
 
 en, fr and sw speak the page's own strings (device/ui/static/i18n.json).
 Arabic and Dari are written without short vowels, which espeak-ng guesses
@@ -29,18 +31,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from device.ui.prompts import PROMPTS, SHIPPED
+from device.ui.prompts import PROMPTS, SHIPPED, TEXTS, WORDS
 
 STRINGS = Path(__file__).resolve().parent.parent / "device" / "ui" / "static" / "i18n.json"
 #: espeak-ng's voice for each language that ships defaults.
 VOICES = {"en": "en", "fr": "fr", "sw": "sw", "ar": "ar", "prs": "fa"}
-#: The page's strings each prompt reads aloud, one after the other.
-KEYS = {"passport": ["passport_prompt"], "year": ["year_prompt", "year_hint"],
-        "name": ["name_prompt"], "consent": ["consent_title", "consent_text"],
-        "reason": ["reason_prompt"], "ticket": ["ticket_title", "ticket_hint"]}
 SPOKEN = {
     "ar": {
-        "passport": "اِمْسَحْ أَوِ اكْتُبْ رَقْمَ جَوَازِ السَّفَرِ أَوِ الْبِطَاقَةِ الشَّخْصِيَّةِ.",
+        "passport": "اِمْسَحْ أَوِ اكْتُبْ رَقْمَ جَوَازِ السَّفَرِ أَوِ الْبِطَاقَةِ الشَّخْصِيَّةِ،"
+                    " أَوْ رَمْزَكَ كَمَرِيضْ.",
         "year": "أَدْخِلْ سَنَةَ مِيلَادِكْ. مَثَلًا: أَلْفٌ وَتِسْعُمِئَةٍ وَخَمْسَةٌ وَثَمَانُونْ.",
         "name": "اِسْمُكَ الْكَامِلْ.",
         "consent": "مَعْلُومَاتُكْ. يَحْفَظُ هَذَا الْجِهَازُ اسْمَكَ وَسَنَةَ مِيلَادِكَ وَسَبَبَ"
@@ -50,7 +49,7 @@ SPOKEN = {
         "ticket": "رَقْمُكْ. انْتَظِرْ حَتَّى يُنَادَى رَقْمُكْ.",
     },
     "prs": {
-        "passport": "نَمبَرِ پاسپورت یا تذکرهٔ خود را اسکن یا تایپ کنید.",
+        "passport": "نَمبَرِ پاسپورت یا تذکره، یا کُدِ مریضِ خود را اسکن یا تایپ کنید.",
         "year": "سالِ تولدِ خود را وارد کنید. مثلاً ۱۹۸۵.",
         "name": "نامِ کاملِ شما.",
         "consent": "معلوماتِ شما. این دستگاه نام، سالِ تولد و دلیلِ مراجعهٔ شما را نگه"
@@ -71,11 +70,16 @@ def espeak_order(text: str) -> str:
     return re.sub("([\u064b-\u0650])\u0651", "\u0651\\1", text)
 
 
+def screen_text(lang: str, prompt: str, strings: dict[str, dict[str, str]]) -> str:
+    """The page's words for a prompt, as a clinic would record them."""
+    return " ".join(s if s.rstrip()[-1:] in ".?!؟" else s + "." for s in
+                    (strings[lang][key] for key in WORDS[prompt]))
+
+
 def spoken_text(lang: str, prompt: str, strings: dict[str, dict[str, str]]) -> str:
     if lang in SPOKEN:
         return espeak_order(SPOKEN[lang][prompt])
-    return " ".join(s if s.rstrip()[-1:] in ".?!" else s + "." for s in
-                    (strings[lang][key] for key in KEYS[prompt]))
+    return screen_text(lang, prompt, strings)
 
 
 def make(lang: str, prompt: str, text: str, out: Path, tmp: Path) -> None:
@@ -102,13 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_prompts: no usable voice for {', '.join(sorted(unknown))}", file=sys.stderr)
         return 1
     strings = json.loads(STRINGS.read_text("utf-8"))
+    texts_file = SHIPPED / TEXTS
+    texts = json.loads(texts_file.read_text("utf-8")) if texts_file.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         for lang in args.langs:
+            texts[lang] = {}
             for prompt in PROMPTS:
                 out = SHIPPED / lang / f"{prompt}.ogg"
-                make(lang, prompt, spoken_text(lang, prompt, strings), out, Path(tmp))
+                spoken = spoken_text(lang, prompt, strings)
+                make(lang, prompt, spoken, out, Path(tmp))
+                texts[lang][prompt] = {"page": screen_text(lang, prompt, strings),
+                                       "spoken": spoken}
                 print(f"{out.relative_to(SHIPPED.parent.parent.parent.parent)}"
                       f"  {out.stat().st_size} bytes")
+    texts_file.write_text(json.dumps(texts, ensure_ascii=False, indent=1) + "\n", "utf-8")
     return 0
 
 

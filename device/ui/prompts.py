@@ -16,6 +16,12 @@ from pathlib import Path
 SHIPPED = Path(__file__).parent / "static" / "audio"
 #: Prompts by name: the screen each is read on is the page's business (app.js PROMPTS).
 PROMPTS = ("passport", "year", "name", "consent", "reason", "ticket")
+#: What each prompt says: these page strings (i18n.json), one after the other.
+WORDS = {"passport": ("passport_prompt",), "year": ("year_prompt", "year_hint"),
+         "name": ("name_prompt",), "consent": ("consent_title", "consent_text"),
+         "reason": ("reason_prompt",), "ticket": ("ticket_title", "ticket_hint")}
+#: Beside the shipped files: for each, the page's words it was made from and the text spoken.
+TEXTS = "texts.json"
 CLINIC_DIR = "prompts"
 #: Formats Chromium plays, in the order a folder's files are preferred.
 AUDIO_TYPES = {".ogg": "audio/ogg", ".opus": "audio/ogg", ".mp3": "audio/mpeg",
