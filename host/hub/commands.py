@@ -253,7 +253,8 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     for k in st["kiosks"]:
         seen = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["last_seen"] / 1000))
                 if k["last_seen"] else "never")
-        print(f"  {k['device']} {k['site']!r} {k['letter']} {k['state']}  last seen {seen}  "
+        print(f"  {k['device']} {k['site']!r} {k['letter']} number {k['number']} {k['state']}"
+              f"  last seen {seen}  "
               f"batches {k['batches']}  backlog {k['backlog']}"
               + ("  SUSPECTED-CLONE" if k["suspected_clone"] else ""))
     print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
