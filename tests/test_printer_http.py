@@ -147,12 +147,12 @@ def test_no_printer_no_word_of_printing(tmp_path: Path) -> None:
         assert overview["printer"] is None
 
 
-def test_the_page_says_to_remember_the_number_when_printing_failed(tmp_path: Path) -> None:
+def test_the_page_says_to_remember_the_number_and_staff_see_why(tmp_path: Path) -> None:
     from playwright import sync_api
 
     from device.ui.qr import code_svg
 
-    from .test_ui_browser import ARGS, BOUND, CHROMIUM, OVERFLOWS, check_in_new, open_page
+    from .test_ui_browser import ARGS, BOUND, CHROMIUM, OVERFLOWS, check_in_new, keys, open_page
 
     sim = SerialPrinter("ok")
     try:
@@ -175,6 +175,16 @@ def test_the_page_says_to_remember_the_number_when_printing_failed(tmp_path: Pat
                 page.click("#ticket-done")
                 page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
                 assert msg.text_content() == ""  # the next patient starts clean
+            # staff see the printer's state in words, beside the sync state (garbage: failed)
+            page.click("#langs button[data-lang='en']")
+            page.tap("#staff-open")
+            keys(page, PIN, "pin-keys")
+            page.tap("#pin-next")
+            page.wait_for_selector("#s-staff:not([hidden])", timeout=BOUND)
+            words = f"{STRINGS['en']['staff_printer']}: {STRINGS['en']['printer_failed']}"
+            page.wait_for_function("(w) => document.getElementById('staff-sync')"
+                                   ".textContent.includes(w)", arg=words, timeout=BOUND)
+            page.evaluate("reset()")
             # the longest case: a new patient's code and QR beside the message, in each language
             for lang in STRINGS["_meta"]["html_lang"]:
                 page.click(f"#langs button[data-lang='{lang}']")
