@@ -643,6 +643,25 @@ class Store:
             not (add or remove))]))
         return str(rid)
 
+    def put_chained(self, key: str,
+                    step: Callable[[Any], tuple[bytes, str, Mapping[str, Any], Any, Any]],
+                    now_ms: int | None = None) -> Any:
+        """One put that follows a chain whose head is kept in ``meta`` under ``key`` (the
+        audit chain, ``device.audit``), head and put in one transaction, so no two
+        links are ever made from one head. ``step(head held or None)`` returns (record
+        id, type name, values, new head, result); returns the result."""
+        now = self.clock() if now_ms is None else now_ms
+
+        def job(db: sqlite_utils.Database) -> Any:
+            row = db.execute(GET_META, [key]).fetchone()
+            rid, type_name, values, head, result = step(row[0] if row else None)
+            spec = crdt_schema.type_by_name(type_name)
+            self._write(db, now, [(rid, lambda view, stamp: build_put(
+                view, rid, spec, self.node, stamp, values), True)])
+            db.execute(SET_META, [key, head])
+            return result
+        return self._run(job)
+
     def put_text(self, type_name: str, record_id: str | None, items: list[str],
                  now_ms: int | None = None) -> str:
         """``put`` from ``FIELD=VALUE`` / ``FIELD+=ELEM`` / ``FIELD-=ELEM`` text."""
@@ -727,6 +746,13 @@ class Store:
                 if len(out) >= limit:
                     break
         return out
+
+    def deltas_in(self, first: bytes, last: bytes) -> list[bytes]:
+        """The deltas held for the records ``first`` to ``last`` (ids in byte order)."""
+        return [self.cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed)
+                for rid, stamp, node, sealed in self.reader.execute(
+                    "SELECT rid, stamp, node, sealed FROM ops WHERE rid BETWEEN ? AND ?"
+                    " ORDER BY rid, stamp, node", [first, last]).fetchall()]
 
     def dump(self) -> bytes:
         """Canonical JSON of every record, decrypted (identical across synced replicas)."""

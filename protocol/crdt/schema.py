@@ -236,6 +236,14 @@ DOCUMENT = TypeSpec(7, "document", 1, LANE_NOTE, (
     SUBJECT, _f(2, "status", "code"), _f(3, "title"), _f(4, "contentType", "code"),
     _f(5, "size", "integer"), _f(6, "hash"), _f(7, "creation", "datetime"),
 ), fhir="DocumentReference")
+#: A technician's action, as the kiosk wrote it in its audit chain (SPEC.md "Audit"):
+#: one put per entry, on a record named by (kiosk, sequence), never written again.
+#: ``detail`` is JSON text; ``prev`` and ``signature`` are hex.
+AUDIT = TypeSpec(8, "audit", 1, LANE_NOTE, (
+    _f(1, "sequence", "integer"), _f(2, "recorded", "integer"), _f(3, "agent"),
+    _f(4, "action", "code"), _f(5, "outcome", "code"), _f(6, "detail"), _f(7, "prev"),
+    _f(8, "signature"),
+), clinical=False, fhir="AuditEvent")
 
 #: A check-in's ``identity``: the kiosk's verdict on the claim (``match``: the record it
 #: holds agrees; ``mismatch``: it disagrees; ``unknown``: the kiosk holds no record;
@@ -265,7 +273,7 @@ def checkin_status_allowed(held: Any, new: str) -> bool:
     return (new == "arrived") == (held in CHECKIN_DONE)
 
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
-    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT)}
+    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT, AUDIT)}
 TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
 
 

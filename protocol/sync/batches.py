@@ -83,12 +83,28 @@ class BatchError(RemoteProtocolError):
     code = "bad-batch"
 
 
+def chain_hash(label: bytes, prev: bytes, seq: int, body: bytes) -> bytes:
+    """A link of one of the kiosk's hash chains: ``SHA-256(label || prev || seq || body)``
+    (its batches here, its audit entries in ``protocol.sync.audit``)."""
+    return hashlib.sha256(label + prev + seq.to_bytes(8, "big") + body).digest()
+
+
 def batch_hash(prev: bytes, seq: int, payload: bytes) -> bytes:
-    return hashlib.sha256(BATCH_LABEL + prev + seq.to_bytes(8, "big") + payload).digest()
+    return chain_hash(BATCH_LABEL, prev, seq, payload)
 
 
-def head_bytes(device: str, seq: int, hash_: bytes) -> bytes:
-    return HEAD_LABEL + device.encode() + b"\x00" + seq.to_bytes(8, "big") + hash_
+def head_bytes(device: str, seq: int, hash_: bytes, label: bytes = HEAD_LABEL) -> bytes:
+    """What the kiosk signs for a chain's head; ``label`` tells its chains apart."""
+    return label + device.encode() + b"\x00" + seq.to_bytes(8, "big") + hash_
+
+
+def head_signed(public: bytes, sig: bytes, head: bytes) -> bool:
+    """Whether ``sig`` is the Ed25519 signature by ``public`` over ``head``."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(sig, head)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def pack(deltas: list[bytes]) -> bytes:
@@ -158,9 +174,5 @@ def verify_batch(batch: Batch, device: str, public: bytes) -> None:
 
     ``batch.prev`` is the verifier's own record of the previous hash, so a
     batch signed over another chain fails here too."""
-    try:
-        Ed25519PublicKey.from_public_bytes(public).verify(
-            batch.sig, head_bytes(device, batch.seq, batch.hash))
-    except (InvalidSignature, ValueError):
-        raise BatchError("the batch's chain head is not signed by this kiosk",
-                         "forged") from None
+    if not head_signed(public, batch.sig, head_bytes(device, batch.seq, batch.hash)):
+        raise BatchError("the batch's chain head is not signed by this kiosk", "forged")

@@ -1,0 +1,55 @@
+"""``record``: one technician action as the next signed link of the kiosk's audit chain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from device.enrol import ensure_keys
+from device.store import Store
+from protocol import strict_cbor
+from protocol.crdt.schema import AUDIT
+from protocol.sync import audit
+from protocol.sync.batches import GENESIS
+
+#: ``meta`` key of the chain's head: CBOR ``[node, seq, hash]``. A head of another node
+#: (the kiosk became a new one, SPEC.md "Clones") is not this identity's: its chain
+#: starts again at 1.
+HEAD_KEY = "audit_head"
+
+
+def record(store: Store, who: str, what: str, result: str,
+           detail: Mapping[str, Any] | None = None, now_ms: int | None = None) -> int:
+    """Write one technician action (``who``: the certificate's serial, or
+    ``audit.PRESENCE``; ``what`` and ``result``: short codes such as ``config.set``
+    and ``ok`` or ``refused:expired``) as the kiosk's next audit entry, durable before
+    it returns; returns its number. ``AuditValueError`` for a bad value (nothing is
+    written)."""
+    now = store.clock() if now_ms is None else now_ms
+    audit.make_entry(1, now, who, what, result, detail)  # refuse bad values before any I/O
+    _, key = ensure_keys(store.data)
+
+    def step(held: Any) -> tuple[bytes, str, dict[str, Any], bytes, int]:
+        node = store.node
+        seq, prev = 1, GENESIS
+        if held is not None:
+            head_node, head_seq, head_hash = strict_cbor.loads(bytes(held))
+            if head_node == node:
+                seq, prev = head_seq + 1, head_hash
+        signed = audit.sign(key, node, prev, audit.make_entry(seq, now, who, what, result,
+                                                              detail))
+        head = strict_cbor.dumps([node, seq, signed.hash])
+        return audit.audit_id(node, seq), AUDIT.name, signed.values(), head, seq
+
+    return int(store.put_chained(HEAD_KEY, step, now))
+
+
+def entries(store: Store) -> list[dict[str, Any]]:
+    """This kiosk's audit entries as it holds them, checked like the hub checks them
+    (``protocol.sync.audit.verify``)."""
+    from protocol.crdt.delta import decode
+
+    public = ensure_keys(store.data)[1].public_key().public_bytes_raw()
+    lo, hi = audit.id_range(store.node)
+    deltas = [decode(d) for d in store.deltas_in(lo, hi)]
+    return list(audit.verify(store.node, public, deltas)["entries"])
