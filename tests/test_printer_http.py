@@ -7,8 +7,10 @@ remember the number when printing failed (in Chromium)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,8 +24,11 @@ from gpiozero.pins.mock import MockFactory
 from device.config import KioskConfig
 from device.hardware import escpos
 from device.hardware import panel as hw
+from device.hardware.printer import Printer
 from device.runtime import Runtime
-from device.ui.app import STATIC
+from device.store import Store
+from device.ui.app import STATIC, KioskApp
+from device.ui.live import LiveStatus
 
 from .escpos_render import render
 from .printer_sim import SerialPrinter
@@ -41,7 +46,7 @@ def kiosk(tmp: Path, printer: str | None, timeout: float = 1.0) -> Iterator[str]
     _, kiosk_dir = make_kiosk(tmp)
     cfg = KioskConfig(data=kiosk_dir, hub=[f"tcp://127.0.0.1:{free_port()}"],
                       ui="127.0.0.1:0", printer=printer, printer_timeout=timeout,
-                      staff_pin=PIN, retry_max=0.5, interval=0.5)
+                      staff_pin=PIN, retry_max=0.5, interval=0.5, hardware="simulated")
     rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
     with runtime_in_thread(rt):
         assert rt.address is not None
@@ -204,3 +209,24 @@ def test_the_page_says_to_remember_the_number_and_staff_see_why(tmp_path: Path) 
 @pytest.mark.parametrize("lang", ["en", "fr", "ar", "sw", "prs"])
 def test_every_printer_state_has_words_on_the_staff_screen(lang: str) -> None:
     assert {f"printer_{s}" for s in escpos.STATES} <= set(STRINGS[lang])
+
+
+def test_the_ticket_is_dated_by_the_stores_clock(tmp_path: Path) -> None:
+    """The hub's sense of time, which numbers the queue by day, not the Pi's own clock."""
+    _, kiosk_dir = make_kiosk(tmp_path)
+    when = 1924225440.0  # 2030-12-22 07:04 UTC, far from this machine's clock
+    device = tmp_path / "lp0"
+    device.touch()
+
+    async def one() -> dict[str, Any]:
+        live = LiveStatus()
+        live.bind(asyncio.get_running_loop())
+        with Store(kiosk_dir, clock=lambda: int(when * 1000)) as store:
+            app = KioskApp(store, live, printer=Printer(str(device), timeout=2))
+            return await app.checkin({"passport": "AB123456", "year": "1980",
+                                      "reason": "sick"})
+
+    assert asyncio.run(one())["printed"] is True
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+    assert render(device.read_bytes(), 384).text()[1] == stamp
+

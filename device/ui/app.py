@@ -239,8 +239,12 @@ class KioskApp:
             except (StoreError, sqlite3.Error, OSError) as exc:
                 log.error("a ticket without the clinic's name: %s", exc)
                 clinic = ""
-        ticket = Ticket(result.queue_number, time.strftime("%Y-%m-%d %H:%M"), clinic,
-                        getattr(result, "code", None))
+        # the store's clock (the hub's sense of time on a Pi without a clock), whose local
+        # day numbers the queue
+        clock = getattr(self.store, "clock", None)
+        now = clock() / 1000 if callable(clock) else time.time()
+        ticket = Ticket(result.queue_number, time.strftime("%Y-%m-%d %H:%M", time.localtime(now)),
+                        clinic, getattr(result, "code", None))
         return await self.printer.print_ticket(ticket)
 
     async def hw_press(self, body: dict[str, Any]) -> dict[str, Any]:
