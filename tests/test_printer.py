@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -213,6 +214,22 @@ def test_a_serial_printer_that_stops_taking_bytes_fails_at_the_deadline() -> Non
         assert "not taken" in printer.snapshot()["detail"]
     finally:
         sim.close()
+
+
+def test_after_a_job_stuck_past_its_deadline_tickets_fail_at_once() -> None:
+    """A network printer whose host takes no connection: pyserial's connect waits 5 s of
+    its own. The listener's queue is full, so the kernel drops the kiosk's SYNs."""
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler.connect(server.getsockname())  # the one place in the queue, never accepted
+        host, port = server.getsockname()
+        printer = Printer(f"socket://{host}:{port}", timeout=0.3)
+        assert print_now(printer, PLAIN) is False  # waited for its timeout
+        assert "no result" in printer.snapshot()["detail"]
+        assert print_now(printer, PLAIN) is False  # the connect still hangs: no waiting
+        assert printer.snapshot() == {
+            "state": "failed", "detail": "the printer's last job has not ended by its deadline"}
 
 
 def test_staff_see_a_serial_printer_refilled(tmp_path: Path) -> None:

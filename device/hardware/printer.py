@@ -27,9 +27,12 @@ runs the job on the printer's own thread (one job at a time, so a ticket
 never interleaves with another or with a status check) and waits for it at
 most ``timeout`` (plus a little for the thread to hand the result over). The
 job itself works to the same deadline: every read, write and wait is bounded
-by it, and a job that waited in line past it does nothing. A job that still
+by it (but for pyserial's ``socket://`` connect, which waits up to 5 s of its
+own), and a job that waited in line past it does nothing. A job that still
 runs when the caller stops waiting ends by its deadline; its ticket, if it
-comes out, is a bonus. ``print_ticket`` never raises: it answers whether the
+comes out, is a bonus. A job stuck past its deadline in a call that does not
+heed it makes the tickets after it fail at once, not each wait for it.
+``print_ticket`` never raises: it answers whether the
 ticket was printed, and the reason is the printer's ``state``, which the
 staff screen shows (``snapshot``). ``refresh`` asks a serial printer's
 status again, in the background, when the state is older than ``max_age``.
@@ -75,6 +78,9 @@ __all__ = ["ABSENT", "COVER_OPEN", "ERROR", "FAILED", "OK", "PAPER_LOW", "PAPER_
 log = logging.getLogger("haven.printer")
 STATUS_WAIT = 0.5  #: a printer answers DLE EOT at once; silence this long is no answer
 HANDOVER = 0.5  #: beyond the deadline, for the job's thread to hand its result back
+#: A job still running this long past its deadline is stuck in a call that ignores it
+#: (pyserial's socket:// connect waits 5 s of its own): tickets fail at once meanwhile.
+STUCK_AFTER = 0.25
 WRITE_CHUNK = 4096
 ABSENT_ERRNOS = {errno.ENOENT, errno.ENODEV, errno.ENXIO}
 LPABORT = 0x0608  #: linux/lp.h: abort a write on the printer's error rather than retry
@@ -104,17 +110,24 @@ class Printer:
         self.detail = ""
         self._checked: float | None = None  #: when the state was last learnt (clock)
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]
-                                      | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any],
+                                            float] | None] = queue.SimpleQueue()
         self._pending = 0
+        self._running_until: float | None = None  #: the running job's deadline
         self._thread: threading.Thread | None = None
 
     # What callers use ---------------------------------------------------------------------
 
     async def print_ticket(self, ticket: Ticket) -> bool:
         """Print ``ticket`` within ``timeout``; whether it printed. Never raises."""
+        with self._lock:
+            stuck = self._running_until is not None and (
+                self.clock() > self._running_until + STUCK_AFTER)
+        if stuck:  # in the kernel past its deadline: the next would only wait behind it
+            self._set(FAILED, "the printer's last job has not ended by its deadline")
+            return False
         deadline = self.clock() + self.timeout
-        future = self._submit(lambda: self._print(ticket, deadline))
+        future = self._submit(lambda: self._print(ticket, deadline), deadline)
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), self.timeout + HANDOVER)
         except PrinterError:
@@ -134,7 +147,8 @@ class Printer:
             fresh = self._checked is not None and self.clock() - self._checked < max_age
             if fresh or self._pending:
                 return
-        self._submit(self._check)
+        deadline = self.clock() + self.timeout
+        self._submit(lambda: self._check(deadline), deadline)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -146,7 +160,7 @@ class Printer:
 
     # The printer's thread ---------------------------------------------------------------
 
-    def _submit(self, job: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+    def _submit(self, job: Callable[[], Any], deadline: float) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             self._pending += 1
@@ -154,14 +168,16 @@ class Printer:
                 self._thread = threading.Thread(target=self._work, name="printer",
                                                 daemon=True)
                 self._thread.start()
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, deadline))
         return future
 
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:
-            job, future = item
+            job, future, deadline = item
             try:
                 if future.set_running_or_notify_cancel():  # else the caller gave up on it
+                    with self._lock:
+                        self._running_until = deadline
                     try:
                         future.set_result(job())
                     except BaseException as exc:
@@ -169,6 +185,7 @@ class Printer:
             finally:
                 with self._lock:
                     self._pending -= 1
+                    self._running_until = None
 
     def _set(self, state: str, detail: str = "") -> None:
         with self._lock:
@@ -189,9 +206,9 @@ class Printer:
             raise
         self._set(said or OK)
 
-    def _check(self) -> None:
+    def _check(self, deadline: float) -> None:
         try:
-            said = self._send(b"", self.clock() + self.timeout)
+            said = self._send(b"", deadline)
         except PrinterError as exc:
             self._set(exc.state, str(exc))
             return
