@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("hw", help="press the simulated button, read the LED",
                        description="Drive the simulated hardware of the haven-kiosk run "
-                       "serving DIR (GPIOZERO_PIN_FACTORY=mock only): press the service "
+                       "serving DIR (hardware = simulated only): press the service "
                        "button, read the status LED's pattern, or print the state as JSON.")
     _data(p)
     action = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -492,10 +492,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _failure(exc: Exception) -> tuple[str, int] | None:
+    from device.exc import HardwareError
     from device.store import StoreError
 
     if isinstance(exc, config.ConfigError):
         return str(exc), 2
+    if isinstance(exc, HardwareError):  # no GPIO pins, a printer that will not open
+        return str(exc), 1
     if isinstance(exc, (StoreError, ProtocolError)):  # DriverError included
         return f"error: {exc}", 1
     return None

@@ -82,6 +82,12 @@ def _staff_pin(value: str) -> str:
     return ""
 
 
+def _hardware(value: str) -> str:
+    if value not in ("gpio", "simulated"):
+        return f"must be gpio or simulated, not {value!r}"
+    return ""
+
+
 def _print_width(value: int) -> str:
     if not (256 <= value <= 832 and value % 8 == 0):
         return f"must be 256 to 832 dots in steps of 8 (384: 58 mm, 576: 80 mm), not {value}"
@@ -119,6 +125,9 @@ class KioskConfig:
                               metavar="BAUD", positive=True)
     hold_time: float = option(3.0, "seconds the service button is held to sync now",
                               unit="s", positive=True)
+    hardware: str = option("gpio", "the LED, service button and buzzer: gpio, the Pi's pins "
+                           "(the runtime refuses to start without them), or simulated, for "
+                           "a laptop, demos and tests", metavar="KIND", check=_hardware)
     memory_soft_mib: float = option(64.0, "this runtime's RSS past which SQLite's caches "
                                     "are dropped", unit="MiB", zero="off")
     memory_hard_mib: float = option(80.0, "this runtime's RSS past which an error is "

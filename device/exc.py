@@ -23,10 +23,6 @@ class UnknownPattern(HardwareError, ValueError):
     """No such LED pattern."""
 
 
-class HardwareFallback(RuntimeWarning):
-    """No real GPIO here: the simulated (mock) pins are used instead."""
-
-
 class PrinterError(HardwareError):
     """The ticket printer did not print; ``state`` says why (``device.hardware.printer``'s
     states: paper out, cover open, failed, absent...)."""

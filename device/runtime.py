@@ -47,8 +47,11 @@ staff told past the hard one) and at the free space on the disk holding
 ``--data`` (``device.health.storage_guard``: write-ahead logs truncated
 when low, new check-ins refused under the critical threshold).
 
-Once the page is served, ``runtime.json`` in ``--data`` says where, so that
-``haven-kiosk hw`` can drive simulated hardware (``hw_remote``).
+The LED, button and buzzer are the Pi's pins; the runtime refuses to start
+on simulated pins (``HardwareError``, one line) unless the configuration
+asks for them (``hardware = "simulated"``). Once the page is served,
+``runtime.json`` in ``--data`` says where, so that ``haven-kiosk hw`` can
+drive simulated hardware (``hw_remote``).
 
 SIGTERM and SIGINT stop the server, let a running round end (bounded),
 then close the store. With systemd, ``sd_notify`` says READY, pings the
@@ -73,6 +76,7 @@ from typing import Any
 
 from device.config import KioskConfig, memory_limits, storage_limits
 from device.enrol import NotEnrolled, load
+from device.exc import HardwareError
 from device.hardware import panel as hw
 from device.hardware import remote as hw_remote
 from device.hardware.printer import Printer
@@ -176,18 +180,13 @@ class Runtime:
     # Start and stop ---------------------------------------------------------------------
 
     async def start(self) -> tuple[str, int]:
+        self._check_hardware()  # before anything is opened: a refusal leaves nothing behind
         self.live.bind(asyncio.get_running_loop())
         self.live.watch_contact(self._contact_age, self.cfg.keepalive or self.cfg.interval)
         self._offset = await asyncio.to_thread(self._saved_offset)
         self.store = await asyncio.to_thread(
             lambda: Store(self.data, clock=lambda: wall_ms() + self._offset))
-        if self.hardware is None:
-            try:
-                self.hardware = hw.Hardware(hold_time=self.cfg.hold_time)
-            except Exception as exc:  # no GPIO at all: run without it
-                log.warning("no hardware: %s", exc)
-        if self.hardware is not None:
-            self.hardware.button.when_sync_now = self.sync_now
+        self.hardware.button.when_sync_now = self.sync_now
         if self.cfg.printer:
             self.printer = Printer(self.cfg.printer, width=self.cfg.printer_width,
                                    timeout=self.cfg.printer_timeout, baud=self.cfg.printer_baud)
@@ -223,6 +222,17 @@ class Runtime:
         self._health_stop = asyncio.Event()
         self._health_task = asyncio.create_task(self._watch_health(self._health_stop))
         return self.address
+
+    def _check_hardware(self) -> None:
+        """The LED, button and buzzer: the Pi's pins, or simulated ones only when the
+        configuration asks for them (``hardware``); ``HardwareError`` otherwise."""
+        simulated = self.cfg.hardware == hw.SIMULATED
+        if self.hardware is None:
+            self.hardware = hw.Hardware(hold_time=self.cfg.hold_time, simulated=simulated)
+        elif self.hardware.simulated and not simulated:
+            raise HardwareError(f'simulated pins, and the configuration asks for real ones '
+                                f'(hardware = "{self.cfg.hardware}"); set hardware = '
+                                f'"{hw.SIMULATED}" (--hardware {hw.SIMULATED}) to run on them')
 
     def _saved_offset(self) -> int:
         state = SyncState(self.data)

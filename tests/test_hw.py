@@ -62,16 +62,26 @@ def kit(factory: MockFactory) -> Iterator[hw.Hardware]:
     h.close()
 
 
-def test_env_mock_factory() -> None:
-    assert isinstance(hw.pin_factory_from_env({"GPIOZERO_PIN_FACTORY": "mock"}), MockFactory)
+def test_simulated_pins_only_when_asked() -> None:
+    assert isinstance(hw.choose_pin_factory(True), MockFactory)
+    with pytest.raises(hw.HardwareError) as caught:
+        hw.choose_pin_factory(False, {"GPIOZERO_PIN_FACTORY": "mock"})
+    assert 'set hardware = "simulated"' in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
-def test_env_fallback_warns_and_uses_mock() -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        f = hw.pin_factory_from_env({"GPIOZERO_PIN_FACTORY": "no-such-factory"})
-    assert isinstance(f, MockFactory)
-    assert any(issubclass(w.category, hw.HardwareFallback) for w in caught)
+def test_no_gpio_is_an_error_not_a_fallback_to_simulated_pins() -> None:
+    # This machine is no Raspberry Pi: gpiozero finds no backend (it would fall back).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and nothing is merely warned
+        with pytest.raises(hw.HardwareError) as caught:
+            hw.Hardware()
+    text = str(caught.value)
+    assert text.startswith("no GPIO pins (") and "\n" not in text
+    assert 'set hardware = "simulated" in the configuration (--hardware simulated)' in text
+    simulated = hw.Hardware(simulated=True)
+    assert simulated.simulated
+    simulated.close()
 
 
 def test_synced_is_steady_on(kit: hw.Hardware, factory: MockFactory) -> None:

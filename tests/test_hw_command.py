@@ -99,7 +99,7 @@ def test_real_hardware_is_refused(tmp_path: Path) -> None:
             r = hw_cmd(data, *action)
             assert r.returncode == 1, action
             assert "drives real hardware (or none): its button and LED can be driven from " \
-                   "software only in simulation, with GPIOZERO_PIN_FACTORY=mock" in r.stderr
+                   "software only in simulation, with hardware = simulated" in r.stderr
         assert not pins.button.is_pressed and pins.factory.pin(hw.BUTTON_PIN).state
 
 

@@ -175,7 +175,8 @@ def test_a_link_that_returns_starts_a_round_at_once(tmp_path: Path, kind: str,
     with LINKS[kind](tmp_path, hub_dir) as link:
         url = re.escape(link.url)
         cfg = KioskConfig(data=kiosk_dir, hub=[link.url], ui="127.0.0.1:0", interval=3600,
-                          retry_max=3600, baud=115200, link_interval=0.1)
+                          retry_max=3600, baud=115200, link_interval=0.1,
+                          hardware="simulated")
         rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()), clock=clock)
         with runtime_in_thread(rt, before=link.enter, bound=BOUND):
             log_lines.wait_for(f"synced via {url}: 2 up")

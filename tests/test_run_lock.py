@@ -21,9 +21,9 @@ BOUND = 20.0
 
 
 def kiosk_run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "device.cli", "run", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=BOUND,
-                          env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    return subprocess.run([sys.executable, "-m", "device.cli", "run", "--hardware",
+                           "simulated", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=BOUND)
 
 
 def one_line(text: str) -> str:

@@ -201,7 +201,7 @@ def kiosk_on_a_line(tmp: Path) -> Iterator[tuple[Runtime, Line, Header, str]]:
         # monitor can see the cut, as with a cable pulled between two keepalives.
         cfg = KioskConfig(data=kiosk.store.data, hub=[line.url], ui="127.0.0.1:0",
                           retry_max=0.5, link_interval=0.2, keepalive=120.0,
-                          reply_timeout=4.0, staff_pin=PIN)
+                          reply_timeout=4.0, staff_pin=PIN, hardware="simulated")
         rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()),
                      link_signals={line.url: line.route})
         try:

@@ -61,7 +61,7 @@ def kiosk_runtime(tmp: Path, url: str, hub: Hub, clock: Callable[[], float] = ti
     kiosk = Kiosk(tmp, name, hub, letter)
     kiosk.close()
     cfg = KioskConfig(data=kiosk.store.data, hub=[url], ui="127.0.0.1:0", retry_max=0.5,
-                      **options)  # type: ignore[arg-type]
+                      hardware="simulated", **options)  # type: ignore[arg-type]
     rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()), clock=clock)
     with runtime_in_thread(rt):
         yield rt, kiosk
@@ -179,7 +179,7 @@ def test_a_revoked_kiosk_says_so_stops_syncing_and_stays_revoked(tmp_path: Path)
             # A restart does not try again.
             before = relay.connections
             cfg = KioskConfig(data=kiosk.store.data, hub=[relay.url], ui="127.0.0.1:0",
-                              retry_max=0.5)
+                              retry_max=0.5, hardware="simulated")
             rt2 = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
             with runtime_in_thread(rt2):
                 wait_until(lambda: rt2.live.snapshot()["state"] == REVOKED, what="restart")

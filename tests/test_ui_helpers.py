@@ -81,8 +81,8 @@ def run_kiosk(kiosk_dir: Path, hub_url: str, idle: float,
     ``prefix`` before the interpreter (a tracer such as ``strace``)."""
     proc = Proc([*prefix, sys.executable, "-m", "device.cli", "run", "--data", str(kiosk_dir),
                  "--hub", hub_url, "--ui", "127.0.0.1:0", "--idle-seconds", str(idle),
-                 "--retry-max", "0.5", "--interval", "0.5", "--staff-pin", "246810", *args],
-                env={"GPIOZERO_PIN_FACTORY": "mock", **(env or {})})
+                 "--retry-max", "0.5", "--interval", "0.5", "--staff-pin", "246810",
+                 "--hardware", "simulated", *args], env=env or {})
     url = proc.wait_for(r"page at (http://\S+)").group(1)
     return proc, url
 

@@ -365,13 +365,13 @@ class Demo:
         kiosk_out: queue.Queue[str] = queue.Queue()
         runtime = self.procs.start(
             [self.kiosk, "run", "--data", str(kiosk_dir), "--hub", ends["b"], "--baud",
-             "115200", "--ui", ui, "--interval", "1", "--retry-max", "2"],
-            env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+             "115200", "--ui", ui, "--interval", "1", "--retry-max", "2",
+             "--hardware", "simulated"])
         threading.Thread(target=lines, args=(runtime.stdout, kiosk_out), daemon=True).start()
         threading.Thread(target=lines, args=(runtime.stderr, self.kiosk_log),
                          daemon=True).start()
         print(f"haven-kiosk run --data {kiosk_dir} --hub {ends['b']} --baud 115200 "
-              f"--ui {ui}   (GPIOZERO_PIN_FACTORY=mock)")
+              f"--ui {ui} --hardware simulated")
         page = ""
         ready_by = time.monotonic() + CMD_TIMEOUT
         while not page and time.monotonic() < ready_by:  # the runtime says where it serves

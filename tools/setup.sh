@@ -6,6 +6,14 @@
 #
 # Apt packages are installed when running as root; otherwise the exact
 # apt-get command is printed and the script stops.
+#
+# On a Raspberry Pi (/proc/device-tree/model says so) the venv also gets the
+# "pi" extra: lgpio, the pin factory gpiozero uses there. Its PyPI wheel
+# carries the C library, so the venv stays isolated (no
+# --system-site-packages to reach Debian's python3-lgpio, which Debian 12
+# lacks and only Raspberry Pi OS's archive has). There is no wheel for
+# 32-bit Pi OS: the set-up says so and stops. Without lgpio the runtime
+# would refuse to start (it never falls back to simulated pins unasked).
 
 HAVEN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HAVEN_VENV="$HAVEN_ROOT/.venv"
@@ -23,6 +31,23 @@ _haven_python() {
     done
     _haven_say "Python 3.11 or newer is required (found: $(python3 --version 2>&1))"
     return 1
+}
+
+_haven_is_pi() {
+    [ -r /proc/device-tree/model ] && tr -d '\0' </proc/device-tree/model | grep -q 'Raspberry Pi'
+}
+
+# The venv's extras: dev everywhere, and the GPIO pin factory on a Pi.
+_haven_extras() {
+    if ! _haven_is_pi; then
+        echo dev
+        return 0
+    fi
+    if [ "$(uname -m)" != aarch64 ]; then
+        _haven_say "this Raspberry Pi runs a 32-bit system: lgpio (the GPIO pin factory) has wheels for 64-bit Raspberry Pi OS only; install that"
+        return 1
+    fi
+    echo dev,pi
 }
 
 _haven_missing_apt() {
@@ -54,8 +79,9 @@ _haven_apt() {
 }
 
 haven_setup() {
-    local py pkgs=("$@") stamp want
+    local py pkgs=("$@") stamp want extras
     py="$(_haven_python)" || return 1
+    extras="$(_haven_extras)" || return 1
     # Debian splits venv and ensurepip out of python3 itself.
     if ! "$py" -c 'import venv, ensurepip' 2>/dev/null; then
         local ver
@@ -70,11 +96,11 @@ haven_setup() {
         "$py" -m venv "$HAVEN_VENV" || return 1
     fi
     stamp="$HAVEN_VENV/.haven-installed"
-    want="$(cat "$HAVEN_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+    want="$( (cat "$HAVEN_ROOT/pyproject.toml"; echo "$extras") | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         _haven_say "installing Python packages into .venv"
         "$HAVEN_VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-        "$HAVEN_VENV/bin/python" -m pip install -q -e "$HAVEN_ROOT[dev]" || return 1
+        "$HAVEN_VENV/bin/python" -m pip install -q -e "$HAVEN_ROOT[$extras]" || return 1
         echo "$want" >"$stamp"
     fi
     export PATH="$HAVEN_VENV/bin:$PATH"

@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-``pin_factory_from_env`` picks the backend the way gpiozero does, from
-``GPIOZERO_PIN_FACTORY``: ``mock`` gives a ``MockFactory`` (simulation,
-tests, demos); any other name, or none, tries gpiozero's own choice and,
-when no real GPIO is there, falls back to the mock with a warning
-(``HardwareFallback``), so a kiosk on a laptop still runs.
+``choose_pin_factory`` gives simulated pins (a ``MockFactory``: a laptop, the
+tests, demos) only when the configuration asks for them (``hardware =
+"simulated"``). Otherwise it takes gpiozero's own choice, from
+``GPIOZERO_PIN_FACTORY`` (``lgpio`` on a Pi: ``deploy/``), and when that
+finds no real GPIO, or is told ``mock``, it raises ``HardwareError`` with one
+line that says what to do: a kiosk never runs on simulated pins by accident
+(gpiozero itself would fall back to them with a mere warning).
 
 ``StatusLed`` shows one of the statuses of ``device.status`` as a blink
 pattern, each a (on, off) period: ``synced`` steady on, ``pending`` slow
@@ -25,13 +27,13 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpiozero import LED, Button, Buzzer, Device
 from gpiozero.pins.mock import MockFactory
 
-from device.exc import HardwareError, HardwareFallback, UnknownPattern
+from device.exc import HardwareError, UnknownPattern
 
 # Re-exported: callers may name the statuses through the module that shows them.
 from device.status import ERROR as ERROR
@@ -54,20 +56,32 @@ LED_PIN, BUTTON_PIN, BUZZER_PIN = 17, 27, 22
 HOLD_TIME = 3.0
 
 
-def pin_factory_from_env(env: dict[str, str] | None = None) -> Any:
-    """The pin factory ``GPIOZERO_PIN_FACTORY`` names; mock (with a warning) if none works."""
+#: The configuration's ``hardware`` values (``device.config``).
+GPIO, SIMULATED = "gpio", "simulated"
+
+
+def choose_pin_factory(simulated: bool, env: Mapping[str, str] | None = None) -> Any:
+    """Simulated pins when ``simulated``; else the real GPIO that gpiozero finds (the
+    factory ``GPIOZERO_PIN_FACTORY`` names), or ``HardwareError`` in one line."""
+    if simulated:
+        return MockFactory()
     environ = os.environ if env is None else env
     name = (environ.get("GPIOZERO_PIN_FACTORY") or "").strip().lower()
+    advice = (f'on a Raspberry Pi run tools/setup.sh (it installs lgpio); to run on '
+              f'simulated pins, set hardware = "{SIMULATED}" in the configuration '
+              f'(--hardware {SIMULATED})')
     if name == "mock":
-        return MockFactory()
+        raise HardwareError(f"GPIOZERO_PIN_FACTORY=mock gives simulated pins, and the "
+                            f"configuration asks for real ones (hardware = \"{GPIO}\"); "
+                            f"{advice}")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # gpiozero warns at each backend it passes over
             warnings.simplefilter("ignore")
             factory = Device._default_pin_factory()
     except Exception as exc:
-        warnings.warn(HardwareFallback(
-            f"no GPIO backend ({name or 'default'}: {exc}); using simulated pins"), stacklevel=2)
-        return MockFactory()
+        raise HardwareError(f"no GPIO pins ({name or 'gpiozero'}: {exc}); {advice}") from None
+    if is_mock(factory):
+        raise HardwareError(f"gpiozero gave simulated pins; {advice}")
     return factory
 
 
@@ -157,12 +171,13 @@ class Chime:
 
 
 class Hardware:
-    """LED, button and buzzer on one pin factory (from the environment by default)."""
+    """LED, button and buzzer on one pin factory: ``pin_factory`` if given, else the
+    real GPIO, or simulated pins when ``simulated``."""
 
     def __init__(self, *, led_pin: int = LED_PIN, button_pin: int = BUTTON_PIN,
                  buzzer_pin: int = BUZZER_PIN, hold_time: float = HOLD_TIME,
-                 pin_factory: Any = None) -> None:
-        self.factory = pin_factory if pin_factory is not None else pin_factory_from_env()
+                 pin_factory: Any = None, simulated: bool = False) -> None:
+        self.factory = pin_factory if pin_factory is not None else choose_pin_factory(simulated)
         self.led = StatusLed(led_pin, pin_factory=self.factory)
         self.button = ServiceButton(button_pin, hold_time=hold_time, pin_factory=self.factory)
         self.chime = Chime(buzzer_pin, pin_factory=self.factory)

@@ -128,7 +128,7 @@ def _simulated(data: Path) -> str:
     if not _call(url, "/api/config").get("simulated"):
         raise NotSimulated(f"the kiosk runtime on {data} drives real hardware (or none): "
                            "its button and LED can be driven from software only in "
-                           "simulation, with GPIOZERO_PIN_FACTORY=mock")
+                           "simulation, with hardware = simulated")
     return url
 
 

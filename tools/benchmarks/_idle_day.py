@@ -335,12 +335,11 @@ def real(ctx: Context, minutes: float) -> dict[str, Any]:
         time.sleep(2.0)
         kiosk = [str(Path(sys.executable).parent / "haven-kiosk"), "run", "--data",
                  str(work / "kiosk"), "--hub", f"tcp://10.211.0.1:{port}", "--ui",
-                 "127.0.0.1:8080"]
+                 "127.0.0.1:8080", "--hardware", "simulated"]
         with (work / "kiosk.log").open("ab") as log:
             procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns_kiosk, *kiosk], cwd=ROOT, stdout=log,
-                stderr=subprocess.STDOUT, env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
-                start_new_session=True))
+                stderr=subprocess.STDOUT, start_new_session=True))
         deadline = time.monotonic() + 60
         while _counters(ns_kiosk)["down"][0] == 0:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):

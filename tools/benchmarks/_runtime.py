@@ -52,15 +52,13 @@ BOUND = 30.0  #: every wait on the runtime ends by then
 def kiosk_command(data: Path, hub: str, port: int, extra: tuple[str, ...] = ()) -> list[str]:
     script = Path(sys.executable).parent / "haven-kiosk"
     return [str(script), "run", "--data", str(data), "--hub", hub, "--ui", f"127.0.0.1:{port}",
-            *extra]
+            "--hardware", "simulated", *extra]
 
 
 def start(data: Path, hub: str, port: int, log: IO[bytes],
           extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     return subprocess.Popen(kiosk_command(data, hub, port, extra), stdout=log,
-                            stderr=subprocess.STDOUT,
-                            env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
-                            start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -209,7 +207,6 @@ def simulated_day(data: Path, hub: str, port: int, log: IO[bytes], *, rounds: in
            "--hub", hub, "--port", str(port), "--rounds", str(rounds),
            "--checkins", str(checkins), "--tag", tag]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, check=False,
-                          env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"},
                           timeout=BOUND * 100 + rounds)
     if done.returncode != 0:
         raise RuntimeError(f"the simulated day exited with {done.returncode}")
@@ -293,7 +290,7 @@ async def _day(ns: argparse.Namespace) -> dict[str, Any]:
     # polling kiosk (without polling it waits for a reason, an endless wait that would
     # move the simulated clock to infinity), as many rounds as a serial line makes.
     cfg = KioskConfig(data=Path(ns.data), hub=[ns.hub], ui=f"127.0.0.1:{ns.port}",
-                      link_interval=0.0, poll_interval=10.0)
+                      link_interval=0.0, poll_interval=10.0, hardware="simulated")
     day = SimDay(f"http://127.0.0.1:{ns.port}", Path(ns.data), ns.rounds, ns.checkins, ns.tag)
     noted = SyncState.note_synced  # the last sync's wall time, simulated
 
