@@ -23,8 +23,9 @@ def record(store: Store, who: str, what: str, result: str,
     """Write one technician action (``who``: the certificate's serial, or
     ``audit.PRESENCE``; ``what`` and ``result``: short codes such as ``config.set``
     and ``ok`` or ``refused:expired``) as the kiosk's next audit entry, durable before
-    it returns; returns its number. ``AuditValueError`` for a bad value (nothing is
-    written)."""
+    it returns; returns its number. ``now_ms``: the time the entry names (the kiosk's
+    trusted time, when the caller has a better one than the store's clock).
+    ``AuditValueError`` for a bad value (nothing is written)."""
     now = store.clock() if now_ms is None else now_ms
     audit.make_entry(1, now, who, what, result, detail)  # refuse bad values before any I/O
     _, key = ensure_keys(store.data)
@@ -41,7 +42,8 @@ def record(store: Store, who: str, what: str, result: str,
         head = strict_cbor.dumps([node, seq, signed.hash])
         return audit.audit_id(node, seq), AUDIT.name, signed.values(), head, seq
 
-    return int(store.put_chained(HEAD_KEY, step, now))
+    # The write's stamp is the store's clock's, whatever time the entry names.
+    return int(store.put_chained(HEAD_KEY, step))
 
 
 def entries(store: Store) -> list[dict[str, Any]]:
