@@ -113,6 +113,8 @@ class Call:
     body: Mapping[str, Any]
     port: Port
     env: Any
+    #: Run after the response is on the wire (a reset answers first, then restarts).
+    later: list[Callable[[], None]] = field(default_factory=list)
 
 
 Handler = Callable[[Call], Mapping[str, Any]]

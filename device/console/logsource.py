@@ -1,0 +1,75 @@
+"""Where the Log group (4) reads from: a small interface, and an in-memory source.
+
+The field-team issue fills a ``LogSource`` from the kiosk's own logs; until then
+the runtime hands the console a ``MemoryLog`` that a logging handler feeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    index: int  #: increasing, never reused: a client pulls from the last one it saw + 1
+    ts_us: int  #: microseconds since the epoch, as Mynewt's log entries carry
+    level: int  #: Mynewt's levels: 0 debug, 1 info, 2 warn, 3 error, 4 critical
+    module: int
+    msg: str
+
+
+class LogSource(Protocol):
+    name: str
+
+    def entries(self, min_index: int) -> Iterable[LogEntry]:
+        """The entries whose index is ``min_index`` or more, oldest first."""
+        ...
+
+
+class MemoryLog:
+    """The last ``keep`` entries, in memory; thread-safe."""
+
+    def __init__(self, name: str = "haven", keep: int = 500) -> None:
+        self.name = name
+        self._entries: deque[LogEntry] = deque(maxlen=keep)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def append(self, msg: str, *, level: int = 1, module: int = 0,
+               ts: float | None = None) -> int:
+        with self._lock:
+            index = self._next
+            self._next += 1
+            when = time.time() if ts is None else ts
+            self._entries.append(LogEntry(index, int(when * 1e6), level, module, msg[:1000]))
+            return index
+
+    def entries(self, min_index: int) -> Iterable[LogEntry]:
+        with self._lock:
+            return [e for e in self._entries if e.index >= min_index]
+
+
+_LEVELS = ((logging.CRITICAL, 4), (logging.ERROR, 3), (logging.WARNING, 2),
+           (logging.INFO, 1), (logging.DEBUG, 0))
+
+
+class MemoryLogHandler(logging.Handler):
+    """Feeds a ``MemoryLog`` from Python's logging."""
+
+    def __init__(self, log: MemoryLog, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = f"{record.name}: {record.getMessage()}"
+        except Exception:  # a bad format string in someone's log call
+            msg = f"{record.name}: {record.msg!r}"
+        level = next(m for lv, m in _LEVELS if record.levelno >= lv or lv == logging.DEBUG)
+        self.log.append(msg, level=level, ts=record.created)

@@ -1,0 +1,99 @@
+"""Console tests' helpers: a serial cable made of two ptys, a console server on one end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device.console.env import ConsoleEnv
+from device.console.server import ConsoleServer
+
+
+class Cable:
+    """Two pty pairs whose masters a thread joins: ``a`` and ``b`` are the two ends, each a
+    /dev/pts path that pyserial opens like any serial device. ``inject(data)`` adds bytes on
+    the way to ``a`` (noise on the line to the kiosk)."""
+
+    def __init__(self) -> None:
+        self._fds: list[tuple[int, int]] = []
+        for _ in range(2):
+            m, s = os.openpty()
+            tty.setraw(m)
+            tty.setraw(s)
+            self._fds.append((m, s))  # the slaves stay open here: no EIO between opens
+        self.a, self.b = (os.ttyname(s) for _, s in self._fds)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def inject(self, data: bytes) -> None:
+        with self._lock:
+            os.write(self._fds[0][0], data)
+
+    def _run(self) -> None:
+        ma, mb = self._fds[0][0], self._fds[1][0]
+        while not self._stop.is_set():
+            ready, _, _ = select.select([ma, mb], [], [], 0.02)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    continue
+                with self._lock:
+                    os.write(mb if fd == ma else ma, data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for m, s in self._fds:
+            os.close(m)
+            os.close(s)
+
+
+@dataclass
+class Kiosk:
+    """A console server on end ``a`` of a cable, with an environment tests look into."""
+
+    cable: Cable
+    server: ConsoleServer
+    env: ConsoleEnv
+    resets: list[int] = field(default_factory=list)
+    clock_set: list[float] = field(default_factory=list)
+
+    @property
+    def port(self) -> str:
+        return self.cable.b
+
+
+def fake_stats() -> dict[str, dict[str, int]]:
+    return {"sync": {"committed": 3, "sent_upto": 2, "unsent": 1},
+            "link": {"up": 1, "events": 0},
+            "store": {"outbox": 4},
+            "health": {"rss_kib": 30000, "free_kib": 1000000}}
+
+
+@contextlib.contextmanager
+def console_kiosk(tmp: Path, **server_kw: object) -> Iterator[Kiosk]:
+    cable = Cable()
+    export, imports = tmp / "export", tmp / "import"
+    export.mkdir()
+    resets: list[int] = []
+    clock_set: list[float] = []
+    env = ConsoleEnv(export_dir=export, import_dir=imports, stats=fake_stats,
+                     restart=lambda: resets.append(1), version="0.1.0", node="kiosk-A",
+                     set_wall=clock_set.append,
+                     shell={"version": lambda: "haven-kiosk 0.1.0\n"})
+    server = ConsoleServer(cable.a, env, **server_kw)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield Kiosk(cable, server, env, resets, clock_set)
+    finally:
+        server.stop()
+        cable.close()
