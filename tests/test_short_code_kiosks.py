@@ -21,6 +21,8 @@ from protocol.crdt.ids import code_patient_id
 from protocol.driver.database import Migrations, immediate, open_database
 from protocol.sync import certificate as sync_cert
 
+from .powercut import Replay, restore
+from .test_store_powercut import traced_run
 from .test_sync_helpers import Kiosk, served_hub
 
 
@@ -188,3 +190,23 @@ def test_migration_3_numbers_the_enrolled_kiosks_in_the_order_they_enrolled(
                                        "approved", 0, bytes(32), 0, None), 40) == 5
     finally:
         store.close()
+
+
+@pytest.mark.usefixtures("strace")
+def test_a_power_cut_never_gives_one_code_twice(tmp_path: Path) -> None:
+    """The disk as a power cut would leave it right after each code was shown: the
+    kiosk's next code is one no patient was shown (``test_store_powercut``'s replay)."""
+    data = tmp_path / "kiosk"
+    with init_store(data, "Power Site", "P") as store:
+        store.set_kiosk_number(3)
+    initial = {p.name: p.read_bytes() for p in data.iterdir()}
+    cuts = Replay(data.resolve(), initial).run(traced_run(data, 6, "--new-patients"))
+    shown = [line.split()[3] for line in cuts[-1].printed]
+    assert shown == [short_code.display(short_code.encode(3, n)) for n in range(1, 7)]
+    for i, cut in enumerate(cuts):
+        into = tmp_path / f"cut{i}"
+        restore(cut, into, {k: v for k, v in initial.items() if k.endswith(".key")})
+        with Store(into) as store:
+            after = store.checkin(name="After The Cut").code
+        before = [line.split()[3] for line in cut.printed]  # shown before the cut
+        assert after not in before and short_code.split(str(after))[1] == len(before) + 1
