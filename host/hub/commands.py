@@ -34,7 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _data(p)
     p = hs.add_parser("enroll", help="approve a kiosk's enrolment request",
                       description="Approve REQUEST (a kiosk's enrolment.req) and write its "
-                      "certificate to CERT.")
+                      "certificate to CERT. A request without a letter gets the first "
+                      "letter free at its site.")
     _data(p)
     p.add_argument("request", type=Path, metavar="REQUEST",
                    help="the kiosk's enrolment request (haven-kiosk init writes it)")
@@ -67,6 +68,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("record", metavar="RECORD_ID", help="the record's id (haven hub dump "
                    "shows them)")
     p.add_argument("--json", action="store_true", help="print them as JSON")
+    p = hs.add_parser("audit", help="technicians' actions on kiosks, each kiosk's chain checked",
+                      description="List what technicians did on each kiosk, oldest first, "
+                      "as the kiosk signed and chained it: who (the technician's certificate "
+                      "serial, or presence at the button), what, when and the result, each "
+                      "entry verified against the kiosk's key and the entry before it. Gaps "
+                      "(entries missing) and entries forged or edited are shown loudly, and "
+                      "the exit status is 1 if there are any. (A record's writes are "
+                      "haven hub history.)")
+    _data(p)
+    p.add_argument("--kiosk", metavar="DEVICE_ID",
+                   help="one kiosk only (haven hub status lists them)")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
     p = hs.add_parser("status", help="kiosks, backlog, conflicts, quarantine, documents",
                       description="List the kiosks, when each was last seen, the backlog, "
                       "the conflicts and the documents held.")
@@ -85,6 +98,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _data(p)
     p.add_argument("device", metavar="DEVICE_ID",
                    help="the kiosk's id (haven hub status lists them)")
+
+    _technician_parsers(hs)
 
     p = hs.add_parser("promote", help="make check-ins' claims records where none exists",
                       description="Make what patients typed at a kiosk (a check-in's claim) "
@@ -110,6 +125,97 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
     how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
+
+
+def _technician_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from protocol.sync.credential import ACTIONS
+
+    tech = hs.add_parser("technician", help="issue and revoke technicians' credentials",
+                         description="Technicians' credentials: a key and a hub-signed "
+                         "certificate, scoped to sites or kiosks, valid at most 7 days.")
+    ts = tech.add_subparsers(dest="technician_command", metavar="TECHNICIAN_COMMAND",
+                             required=True)
+    p = ts.add_parser("issue", help="make a technician's key and certificate",
+                      description="Make a technician's key and a certificate signed by the "
+                      "hub, and write both (with the revocation list of the day) to FILE, "
+                      "readable by its owner only. Kiosks check it offline.")
+    _data(p)
+    p.add_argument("--name", required=True, help="the technician's name")
+    p.add_argument("--sites", default="", metavar="SITE[,SITE]",
+                   help="the sites whose kiosks it opens")
+    p.add_argument("--kiosks", default="", metavar="ID[,ID]",
+                   help="kiosk ids it opens, besides its sites' (haven hub status lists them)")
+    p.add_argument("--hours", type=float, default=24.0, metavar="H",
+                   help="validity in hours from now (default 24, at most 168: 7 days)")
+    p.add_argument("--actions", default=",".join(ACTIONS), metavar="ACTION[,ACTION]",
+                   help=f"what it allows, of {', '.join(ACTIONS)} (default: all)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="where to write the credential (must not exist)")
+    p = ts.add_parser("revoke", help="revoke a technician's certificate",
+                      description="Revoke a certificate by its serial. The signed revocation "
+                      "list reaches kiosks at their next sync and with technicians' tools.")
+    _data(p)
+    p.add_argument("serial", type=int, metavar="SERIAL",
+                   help="the certificate's serial (haven hub technician list)")
+    p = ts.add_parser("list", help="list the certificates issued",
+                      description="List every technician certificate issued: serial, name, "
+                      "scope, validity, and whether it was revoked.")
+    _data(p)
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    p = ts.add_parser("time", help="sign the hub's time over a kiosk's nonce",
+                      description="Sign the hub's time over NONCE (a kiosk's, in hex), for a "
+                      "kiosk with no better clock; writes the statement to FILE.")
+    _data(p)
+    p.add_argument("nonce", metavar="NONCE", help="the kiosk's nonce, in hex")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="where to write the signed time")
+
+
+def _technician(hub: Hub, args: argparse.Namespace) -> None:
+    from host.hub import technician
+    from protocol.driver.secret_files import write_secret
+
+    cmd = args.technician_command
+    if cmd == "issue":
+        if args.out.exists():
+            raise UsageError(f"{args.out} exists; not overwriting a credential")
+        serial, doc = technician.issue(
+            hub, name=args.name, sites=_items(args.sites), kiosks=_items(args.kiosks),
+            hours=args.hours, actions=_items(args.actions))
+        try:
+            write_secret(args.out, doc)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror} (certificate {serial} "
+                             "is recorded: revoke it, and issue again)") from None
+        print(f"technician certificate {serial} for {args.name!r} written to {args.out}")
+    elif cmd == "revoke":
+        technician.revoke(hub, args.serial)
+        print(f"technician certificate {args.serial} revoked")
+    elif cmd == "list":
+        rows = technician.listing(hub)
+        if args.json:
+            print(json.dumps(rows, sort_keys=True, indent=1))
+            return
+        print(f"{len(rows)} technician certificates")
+        for r in rows:
+            until = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["expires"] / 1000))
+            scope = ",".join(r["sites"] + r["kiosks"])
+            print(f"  {r['serial']} {r['name']!r} {scope} until {until}Z "
+                  f"{','.join(r['actions'])}" + ("  REVOKED" if r["revoked_at"] else ""))
+    elif cmd == "time":
+        try:
+            nonce = bytes.fromhex(args.nonce)
+        except ValueError:
+            raise UsageError(f"{args.nonce!r} is not hex") from None
+        try:
+            args.out.write_bytes(technician.sign_time(hub, nonce))
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror}") from None
+        print(f"signed time written to {args.out}")
+
+
+def _items(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 #: ``haven hub serve``'s bounds: (flag, Limits field, type, metavar, help).
@@ -213,7 +319,11 @@ def run(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise UsageError(f"cannot write {args.out}: {exc.strerror} (the kiosk is "
                                  "approved: run this again with another --out)") from None
-            print(f"certificate written to {args.out}")
+            from protocol.sync.certificate import read_certificate
+
+            issued = read_certificate(cert)
+            print(f"certificate written to {args.out}: kiosk {issued.device_id} at site "
+                  f"{issued.site!r}, letter {issued.letter}, number {issued.kiosk_number}")
         elif cmd == "revoke":
             hub.revoke(args.device)
             print(f"kiosk {args.device} revoked")
@@ -224,6 +334,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
         elif cmd == "history":
             _history(hub.history(args.record), args.json)
+        elif cmd == "audit":
+            return _audit(hub, args.kiosk, args.json)
         elif cmd == "status":
             _status(hub, args.json, _server_status(args.data))
         elif cmd == "held":
@@ -236,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{len(done)} check-in identities settled")
                 for d in done:
                     print(f"  {d['checkin']} patient {d['patient']}: {d['identity']}")
+        elif cmd == "technician":
+            _technician(hub, args)
         elif cmd == "clear-clone":
             hub.clear_clone(args.device)
             print(f"kiosk {args.device}: suspected-clone flag cleared")
@@ -283,6 +397,26 @@ def _history(writes: list[dict[str, Any]], as_json: bool) -> None:
             {**w["fields"], **{f"{k}+": v for k, v in w["add"].items()},
              **{f"{k}-": v for k, v in w["remove"].items()}}, sort_keys=True)
         print(f"{at}.{w['at_ms'] % 1000:03d}Z {w['by']}: {w['type']} {what}")
+
+
+def _audit(hub: Hub, device_id: str | None, as_json: bool) -> int:
+    from host.hub import audit
+
+    kiosks = audit.report(hub.store, device_id)
+    if as_json:
+        print(json.dumps({"kiosks": kiosks}, sort_keys=True, indent=1))
+    for k in [] if as_json else kiosks:
+        trouble = audit.problems(k)
+        print(f"kiosk {k['device']} {k['site']!r} {k['letter']}: {len(k['entries'])} entries, "
+              + ("  ".join(trouble) if trouble else "chain verified"))
+        for e in k["entries"]:
+            at = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["time"] / 1000)) + "Z"
+                  if "time" in e else "?")
+            detail = f" {json.dumps(e['detail'], sort_keys=True)}" if e.get("detail") else ""
+            flag = "" if e["status"] == "verified" else f"  <- {e['status'].upper()}"
+            print(f"  #{e['seq']} {at} {e.get('who', '?')}: {e.get('what', '?')} "
+                  f"{e.get('result', '?')}{detail}{flag}")
+    return 0 if all(k["ok"] for k in kiosks) else 1
 
 
 def _held(hub: Hub, as_json: bool) -> None:

@@ -37,6 +37,7 @@ import sqlite_utils
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.sync.audit import is_audit_id
 from protocol.sync.batches import Batch
 
 MIGRATIONS = Migrations("hub.db")
@@ -92,6 +93,16 @@ MIGRATIONS.sql(
     """UPDATE devices SET kiosk_number = (SELECT COUNT(*) FROM devices d
         WHERE (d.enrolled_at, d.device_id) <= (devices.enrolled_at, devices.device_id))""",
     "CREATE UNIQUE INDEX devices_by_number ON devices (kiosk_number)",
+)
+#: 4: technician certificates the hub issued (SPEC.md "Technicians"): what each names,
+#: and when it was revoked (NULL: not). Serials are the rows' ids, never given twice.
+MIGRATIONS.sql(
+    4,
+    """CREATE TABLE technicians (
+        serial INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, sites TEXT NOT NULL,
+        kiosks TEXT NOT NULL, actions TEXT NOT NULL, not_before INTEGER NOT NULL,
+        expires INTEGER NOT NULL, ed25519 BLOB NOT NULL, issued_at INTEGER NOT NULL,
+        revoked_at INTEGER)""",
 )
 
 
@@ -161,8 +172,14 @@ class HubStore:
     def add_device(self, dev: Device, now: int, max_number: int = short_code.MAX_KIOSK) -> int:
         """Record a new kiosk with the next kiosk number, one past every number given
         before (rows are never deleted, so none is given twice); returns it.
-        ``ValueError`` past ``max_number``."""
+        ``ValueError`` past ``max_number``, or when an approved kiosk holds its letter
+        at its site (checked in the same transaction: two enrolments at once)."""
         with self._tx() as db:
+            holder = db.execute("SELECT device_id FROM devices WHERE site = ? AND letter = ?"
+                                " AND state = 'approved'", [dev.site, dev.letter]).fetchone()
+            if holder is not None and dev.state == "approved":
+                raise ValueError(f"letter {dev.letter} is taken at site {dev.site!r} by kiosk "
+                                 f"{holder[0]}")
             number = int(db.execute("SELECT COALESCE(MAX(kiosk_number), 0) + 1 FROM devices")
                          .fetchone()[0])
             if number > max_number:
@@ -173,6 +190,13 @@ class HubStore:
                        [dev.device_id, dev.node, dev.site, dev.letter, dev.x25519, dev.ed25519,
                         dev.state, now, dev.last_hash, number])
             return number
+
+    def letters_taken(self, site: str, but: str | None = None) -> dict[str, str]:
+        """The letters in use at ``site`` (by an approved kiosk other than ``but``), each
+        with what holds it."""
+        return {letter: f"kiosk {device_id}" for letter, device_id in self._q(
+            "SELECT letter, device_id FROM devices WHERE site = ? AND state = 'approved'"
+            " AND device_id IS NOT ?", [site, but])}
 
     _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
             " cursor, last_seen, suspected_clone, clone_labels, clone_mark, kiosk_number"
@@ -319,14 +343,15 @@ class HubStore:
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]:
         """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``
-        (None: every delta)."""
+        (None: every delta). A kiosk's pull (``exclude_node`` given) gets no audit entries:
+        they are the kiosk's account of technicians' actions, for the hub alone."""
         out: list[bytes] = []
         size, last = 0, cursor
         with self._lock:
-            rows = self._db.execute("SELECT hseq, node, data FROM ops WHERE hseq > ?"
+            rows = self._db.execute("SELECT hseq, node, rid, data FROM ops WHERE hseq > ?"
                                     " ORDER BY hseq", [cursor])
-            for hseq, node, data in rows:
-                if node != exclude_node:
+            for hseq, node, rid, data in rows:
+                if node != exclude_node and (exclude_node is None or not is_audit_id(rid)):
                     if out and size + len(data) > max_bytes:
                         return out, last, True
                     out.append(bytes(data))
@@ -345,6 +370,13 @@ class HubStore:
     def all_ops(self) -> Iterator[Op]:
         for rid, stamp, node, data in self._q("SELECT rid, stamp, node, data FROM ops"):
             yield Op(bytes(rid), stamp, node, bytes(data))
+
+    def ops_in(self, first: bytes, last: bytes) -> list[Op]:
+        """Every delta held for the records ``first`` to ``last`` (ids in byte order: a
+        kiosk's audit entries, ``host.hub.audit``)."""
+        return [Op(bytes(rid), stamp, node, bytes(data)) for rid, stamp, node, data in self._q(
+            "SELECT rid, stamp, node, data FROM ops WHERE rid BETWEEN ? AND ?"
+            " ORDER BY rid, stamp, node", [first, last])]
 
     def record_ops(self, rid: bytes) -> list[Op]:
         """Every delta the hub holds for one record."""
@@ -378,6 +410,43 @@ class HubStore:
         """The nodes that wrote deltas arriving after ``hseq``."""
         return {int(n) for (n,) in self._q("SELECT DISTINCT node FROM ops WHERE hseq > ?",
                                            [hseq])}
+
+    # Technicians (``host.hub.technician``) ---------------------------------------------
+
+    def add_technician(self, name: str, sites: list[str], kiosks: list[str],
+                       actions: list[str], not_before: int, expires: int, ed25519: bytes,
+                       now: int) -> int:
+        """Record a technician certificate about to be signed; returns its serial."""
+        with self._tx() as db:
+            return int(db.execute(
+                "INSERT INTO technicians (name, sites, kiosks, actions, not_before, expires,"
+                " ed25519, issued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING serial",
+                [name, json.dumps(sites), json.dumps(kiosks), json.dumps(actions), not_before,
+                 expires, ed25519, now]).fetchone()[0])
+
+    def revoke_technician(self, serial: int, now: int) -> bool | None:
+        """Mark ``serial`` revoked: True, False if it was already, None if unknown."""
+        with self._tx() as db:
+            row = db.execute("SELECT revoked_at FROM technicians WHERE serial = ?",
+                             [serial]).fetchone()
+            if row is None:
+                return None
+            if row[0] is not None:
+                return False
+            db.execute("UPDATE technicians SET revoked_at = ? WHERE serial = ?", [now, serial])
+            return True
+
+    def technicians(self) -> list[dict[str, Any]]:
+        return [{"serial": s, "name": n, "sites": json.loads(si), "kiosks": json.loads(k),
+                 "actions": json.loads(a), "not_before": nb, "expires": ex,
+                 "issued_at": at, "revoked_at": rv}
+                for s, n, si, k, a, nb, ex, at, rv in self._q(
+                    "SELECT serial, name, sites, kiosks, actions, not_before, expires,"
+                    " issued_at, revoked_at FROM technicians ORDER BY serial")]
+
+    def revoked_technicians(self) -> list[int]:
+        return [int(s) for (s,) in self._q(
+            "SELECT serial FROM technicians WHERE revoked_at IS NOT NULL ORDER BY serial")]
 
     def revoked_devices(self) -> set[str]:
         return {str(d) for (d,) in self._q("SELECT device_id FROM devices WHERE state = ?",
