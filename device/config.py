@@ -94,6 +94,13 @@ def _print_width(value: int) -> str:
     return ""
 
 
+def _inside_data(value: str) -> str:
+    parts = value.split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return f"must be a folder inside the data directory (like export), not {value!r}"
+    return ""
+
+
 @dataclass
 class KioskConfig:
     data: Path | None = option(None, "the kiosk's data directory", metavar="DIR")
@@ -173,6 +180,18 @@ class KioskConfig:
                                     "number", unit="s", positive=True)
     printer_baud: int = option(9600, "a serial printer's line speed", metavar="BAUD",
                                positive=True)
+    console: str | None = option(None, "the technician's console port, speaking SMP "
+                                 "(MCUmgr) and Haven sessions: a serial device, a USB "
+                                 "gadget's /dev/ttyGS0 or a pyserial URL; unset: no console",
+                                 metavar="URL")
+    console_baud: int = option(115200, "the console port's line speed", metavar="BAUD",
+                               positive=True)
+    console_export: str = option("export", "the folder, inside the data directory, that "
+                                 "the console's file downloads come from", metavar="DIR",
+                                 check=_inside_data)
+    console_import: str = option("import", "the folder, inside the data directory, that "
+                                 "the console's file uploads go to (nothing in it is ever "
+                                 "installed or run)", metavar="DIR", check=_inside_data)
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)

@@ -59,7 +59,6 @@ def test_every_option_is_a_run_flag_with_its_declared_help() -> None:
         action = flags[name]
         assert action.option_strings == ["--" + name.replace("_", "-")]
         assert action.help == spec.help_text() and action.default is None
-    assert "console" not in config.OPTIONS  # reserved for the technician issue
 
 
 def test_sync_flags_come_from_the_same_declaration() -> None:
@@ -117,7 +116,8 @@ BAD_FILES = [
     ('data = "/srv/k"\n\x00\n', "not TOML"),
     ('data = "/srv/k"\nintervall = 5\n',
      "line 2: unknown key 'intervall' (did you mean 'interval'?)"),
-    ('data = "/srv/k"\nconsole = "tcp://0.0.0.0:1"\n', "line 2: unknown key 'console'"),
+    ('data = "/srv/k"\nconsole = "/dev/ttyGS0"\nconsole_import = "../etc"\n',
+     "line 3: console_import must be a folder inside the data directory"),
     ('data = "/srv/k"\ninterval = "soon"\n',
      "line 2: interval has the wrong type: expected a number, not str 'soon'"),
     ('data = "/srv/k"\ninterval = true\n', "interval has the wrong type"),
@@ -167,7 +167,7 @@ def test_unreadable_files_are_one_clear_line(tmp_path: Path,
     (["--link-interval", "-0.5"], "argument --link-interval: must be 0 (off) or more"),
     (["--baud", "96.5"], "argument --baud: expected a whole number, not '96.5'"),
     (["--ui", "nohost"], "argument --ui: must be HOST:PORT"),
-    (["--console", "tcp://x:1"], "unrecognized arguments: --console"),
+    (["--console-export", "/etc"], "argument --console-export: must be a folder inside"),
 ])
 def test_bad_flags_are_one_clear_line_and_status_2(
         flags: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
