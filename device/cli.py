@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Create the kiosk's store and keys (or update site/letter).")
     _data(p)
     p.add_argument("--site", required=True, help="the site's name")
-    p.add_argument("--letter", default="A", help="the kiosk's queue letter (default A)")
+    p.add_argument("--letter", help="the kiosk's queue letter, A to Z (default: the hub "
+                   "gives the first free at the site when it enrols the kiosk)")
     p.add_argument("--fleet-key", type=Path, metavar="FILE",
                    help="the fleet key patient ids derive from (made locally if not given)")
 
@@ -217,9 +218,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         if again is not None:
             print(f"this kiosk was a suspected clone: it has a new identity, and {again} "
                   "writes the hub did not acknowledge go again under it once enrolled")
-        request = write_request(store)
-        print(f"kiosk {store.node:08x} ready in {args.data} "
-              f"(site {args.site!r}, letter {args.letter.upper()}); "
+        request = write_request(store, hub_letter=args.letter is None)
+        letter = (f"letter {args.letter.upper()}" if args.letter
+                  else "its letter given by the hub")
+        print(f"kiosk {store.node:08x} ready in {args.data} (site {args.site!r}, {letter}); "
               f"enrolment request in {request}")
     return 0
 

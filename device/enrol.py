@@ -6,7 +6,8 @@ Theory of operation
 what the fleet key is sealed to) and Ed25519 key (it signs its batch chain)
 as owner-only files in the data directory; the private keys never leave it.
 ``write_request`` writes ``enrolment.req``: the public keys, node, site and
-requested letter, signed by the Ed25519 key. ``install`` checks that a
+the letter asked for (or none: the hub gives the first free at the site),
+signed by the Ed25519 key. ``install`` checks that a
 certificate names this kiosk's keys and node, opens the sealed fleet key,
 installs it with the letter the hub assigned (``device.store.create``
 refuses a new fleet key once patients exist) and the kiosk number (its short
@@ -71,11 +72,13 @@ def start_as_new_kiosk(store: Store) -> int | None:
     return again
 
 
-def write_request(store: Store) -> Path:
-    """Write ``DIR/enrolment.req`` for this kiosk; returns its path."""
+def write_request(store: Store, *, hub_letter: bool = False) -> Path:
+    """Write ``DIR/enrolment.req`` for this kiosk, asking for its letter, or with
+    ``hub_letter`` for the first letter free at its site; returns its path."""
     x_key, ed_key = ensure_keys(store.data)
     st = store.status()
-    doc = sync_cert.make_request(store.node, st["site"], st["letter"], x_key, ed_key)
+    doc = sync_cert.make_request(store.node, st["site"], None if hub_letter else st["letter"],
+                                 x_key, ed_key)
     path = store.data / REQUEST
     path.write_bytes(doc)
     return path

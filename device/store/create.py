@@ -5,7 +5,9 @@ fleet key are created owner-only (0600) before anything is written to them.
 The fleet key comes from ``--fleet-key FILE`` (installed at enrolment) or is
 made here for a kiosk that is not enrolled yet. Running ``init`` again
 updates the site and the letter; a different fleet key is refused once the
-kiosk holds patients, whose ids were derived under the old one.
+kiosk holds patients, whose ids were derived under the old one. A kiosk that
+leaves its letter to the hub keeps the one it has (``A`` in a new store)
+until its certificate brings the hub's.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store
 from protocol.driver.secret_files import write_secret
 
 
-def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | None = None,
+def init_store(data: Path, site: str, letter: str | None = "A",
+               fleet_key_file: Path | None = None,
                key_provider: KeyProvider | None = None) -> Store:
-    """Create (or update the site and letter of) a kiosk store in ``data``."""
+    """Create (or update the site and letter of) a kiosk store in ``data``; ``letter``
+    None keeps the letter it has (``A`` in a new store) until the hub gives one."""
     data = Path(data)
-    letter = letter.upper()
-    if len(letter) != 1 or not "A" <= letter <= "Z":
-        raise BadRequest("the kiosk letter is one letter, A to Z")
+    if letter is not None:
+        letter = letter.upper()
+        if len(letter) != 1 or not "A" <= letter <= "Z":
+            raise BadRequest("the kiosk letter is one letter, A to Z")
     if not site.strip():
         raise BadRequest("the site name is empty")
     new_fleet: bytes | None = None
@@ -48,7 +53,7 @@ def init_store(data: Path, site: str, letter: str = "A", fleet_key_file: Path | 
         os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
     store = Store(data, key_provider, create=True)
     try:
-        store.configure(site, letter, new_fleet)
+        store.configure(site, letter or store.status()["letter"] or "A", new_fleet)
     except BaseException:
         store.close()
         raise

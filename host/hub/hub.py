@@ -5,8 +5,10 @@ Theory of operation
 ``init_hub`` creates an owner-only directory holding the hub's X25519 key
 (its session identity), its Ed25519 key (it signs kiosk certificates), the
 fleet's patient-id key and ``hub.db`` (``storage.HubStore``). ``Hub``
-opens it. Enrolment checks the kiosk's signed request, refuses a letter
-already taken at that site, records the kiosk with a kiosk number no kiosk
+opens it. Enrolment checks the kiosk's signed request, gives the kiosk the
+first letter free at its site when the request leaves it to the hub (A to
+Z: a queue number is a letter and three digits, and no clinic has 26 kiosks),
+refuses a letter asked for that is taken there, records the kiosk with a kiosk number no kiosk
 had before (its short patient codes' first part; the same kiosk enrolling
 again with its keys keeps it) and issues its certificate
 (``protocol.sync.certificate``). The merged state is computed by the reference
@@ -52,6 +54,8 @@ from protocol.sync import certificate as sync_cert
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
 APPROVED, REVOKED = "approved", "revoked"
+#: A kiosk's queue letter at its site (its queue numbers: ``A-001``).
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _read_secret(path: Path) -> bytes:
@@ -114,16 +118,13 @@ class Hub:
             req = sync_cert.read_request(request)
         except ProtocolError as exc:
             raise UsageError(f"bad enrolment request: {exc}") from None
-        letter = req.letter.upper()
         for dev in self.store.devices():
-            if dev.device_id == req.device_id or dev.x25519 == req.x25519:
-                if dev.x25519 != req.x25519 or dev.state == REVOKED:
-                    raise HavenError(f"kiosk {req.device_id} is already known with other keys "
-                                     "or revoked; make a new request")
-            elif dev.site == req.site and dev.letter == letter and dev.state == APPROVED:
-                raise HavenError(f"letter {letter} is taken at site {req.site!r} by kiosk "
-                                 f"{dev.device_id}")
+            if ((dev.device_id == req.device_id or dev.x25519 == req.x25519)
+                    and (dev.x25519 != req.x25519 or dev.state == REVOKED)):
+                raise HavenError(f"kiosk {req.device_id} is already known with other keys "
+                                 "or revoked; make a new request")
         known = self.store.device(req.device_id)
+        letter = self._letter_for(req, known)
         if known is not None:
             number = known.kiosk_number  # the same kiosk again: its number stays
         else:
@@ -139,6 +140,26 @@ class Hub:
                        f"site {req.site!r} letter {letter} number {number}", now)
         return sync_cert.issue(req, self.ed_key, self.x_public, self.fleet_key, letter, now,
                                serial, number)
+
+    def _letter_for(self, req: sync_cert.Request, known: Device | None) -> str:
+        """The kiosk's letter at its site: the one it asked for if free there; else the
+        one it holds (enrolling again), or the first free (A to Z)."""
+        taken = self.store.letters_taken(req.site, but=req.device_id)
+        if req.letter is None:
+            if known is not None and known.site == req.site and known.letter not in taken:
+                return known.letter
+            free = [c for c in LETTERS if c not in taken]
+            if not free:
+                raise HavenError(f"every letter A to Z is taken at site {req.site!r}")
+            return free[0]
+        letter = req.letter.upper()
+        if len(letter) != 1 or letter not in LETTERS:
+            raise UsageError(f"bad enrolment request: the kiosk letter is one letter, A to Z, "
+                             f"not {req.letter!r}")
+        if letter in taken:
+            raise HavenError(f"letter {letter} is taken at site {req.site!r} by "
+                             f"{taken[letter]}")
+        return letter
 
     def revoke(self, device_id: str, now_ms: int | None = None) -> None:
         if not self.store.set_state(device_id, REVOKED):

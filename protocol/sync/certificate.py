@@ -5,7 +5,8 @@ Theory of operation
 A kiosk makes an Ed25519 key (it signs its batch chain) and an X25519 key
 (its session identity, and what the fleet key is sealed to). Its enrolment
 request is a deterministic CBOR map of its public keys, node, site and the
-letter it asks for, signed by its own Ed25519 key (proof of possession).
+letter it asks for, signed by its own Ed25519 key (proof of possession). A
+request without a letter leaves it to the hub: the first free at the site.
 
 The hub answers with a certificate: ``[body, signature]`` where ``body`` is
 the deterministic CBOR of the certified facts plus the hub's public keys and
@@ -69,10 +70,13 @@ def open_sealed(sealed: bytes, key: X25519PrivateKey, info: bytes = SEAL_INFO) -
 
 # Requests and certificates ---------------------------------------------------------
 
-_REQ_FIELDS = {1: ("node", int), 2: ("site", str), 3: ("letter", str),
-               4: ("x25519", bytes), 5: ("ed25519", bytes)}
-_CERT_FIELDS = {**_REQ_FIELDS, 6: ("hub_x25519", bytes), 7: ("hub_ed25519", bytes),
-                8: ("fleet_sealed", bytes), 9: ("issued_ms", int), 10: ("serial", int)}
+_REQ_FIELDS = {1: ("node", int), 2: ("site", str), 4: ("x25519", bytes),
+               5: ("ed25519", bytes)}
+#: A request without a letter leaves it to the hub.
+_REQ_OPTIONAL: dict[int, tuple[str, type]] = {3: ("letter", str)}
+_CERT_FIELDS = {**_REQ_FIELDS, 3: ("letter", str), 6: ("hub_x25519", bytes),
+                7: ("hub_ed25519", bytes), 8: ("fleet_sealed", bytes), 9: ("issued_ms", int),
+                10: ("serial", int)}
 #: Fields a certificate may lack: one issued before kiosks were numbered has no number.
 _CERT_OPTIONAL: dict[int, tuple[str, type]] = {11: ("kiosk_number", int)}
 
@@ -121,7 +125,8 @@ def device_id(node: int) -> str:
 class Request:
     node: int
     site: str
-    letter: str
+    #: The queue letter asked for; None leaves it to the hub (the first free at the site).
+    letter: str | None
     x25519: bytes
     ed25519: bytes
 
@@ -130,17 +135,20 @@ class Request:
         return device_id(self.node)
 
 
-def make_request(node: int, site: str, letter: str, x_key: X25519PrivateKey,
+def make_request(node: int, site: str, letter: str | None, x_key: X25519PrivateKey,
                  ed_key: Ed25519PrivateKey) -> bytes:
-    body = strict_cbor.dumps({1: node, 2: site, 3: letter,
-                              4: x_key.public_key().public_bytes_raw(),
-                              5: ed_key.public_key().public_bytes_raw()})
+    """The signed request; ``letter`` None leaves the kiosk's letter to the hub."""
+    fields: dict[int, Any] = {1: node, 2: site, 4: x_key.public_key().public_bytes_raw(),
+                              5: ed_key.public_key().public_bytes_raw()}
+    if letter is not None:
+        fields[3] = letter
+    body = strict_cbor.dumps(fields)
     return strict_cbor.dumps([body, ed_key.sign(REQUEST_LABEL + body)])
 
 
 def read_request(doc: bytes) -> Request:
     body, sig = _signed(doc, "enrolment request")
-    f = _fields(body, _REQ_FIELDS, "enrolment request")
+    f = _fields(body, _REQ_FIELDS, "enrolment request", _REQ_OPTIONAL)
     _verify(f["ed25519"], sig, REQUEST_LABEL, body, "enrolment request")
     return Request(**f)
 
