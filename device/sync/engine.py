@@ -35,6 +35,7 @@ from device.store import Store
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
 from device.sync.state import SEAL_LABEL, SyncState
+from device.tech.trusted_time import SYNC, TrustedClock
 from protocol import messages
 from protocol.driver.errors import LinkError
 from protocol.driver.link import Link, open_link
@@ -106,6 +107,8 @@ class KioskLedger:
 
     def __init__(self, store: Store, state: SyncState, summary: Summary) -> None:
         self.store, self.state, self.summary = store, state, summary
+        #: The hub's time as a technician's credential is judged by (SPEC.md "Technicians")
+        self.hub_time = TrustedClock(store.data)
 
     def head(self) -> tuple[int, bytes]:
         return self.state.head()
@@ -164,6 +167,9 @@ class KioskLedger:
 
     def note_clock_offset(self, offset_ms: int) -> None:
         self.state.note_clock_offset(offset_ms)
+        # The welcome's time was read against ``wall_ms()`` a moment ago: the same sum is
+        # the hub's time now, whatever our own clock says.
+        self.hub_time.note(SYNC, offset_ms + wall_ms())
 
     # A suspected clone (SPEC.md "Clones") --------------------------------------------
 
