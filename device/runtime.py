@@ -75,6 +75,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from device.config import KioskConfig, memory_limits, storage_limits
+from device.console.runtime_env import start_console
+from device.console.server import ConsoleServer
 from device.enrol import NotEnrolled, load
 from device.exc import HardwareError
 from device.hardware import panel as hw
@@ -176,6 +178,10 @@ class Runtime:
         self.live.when_checkin = self._show
         self._health_task: asyncio.Task[None] | None = None
         self._health_stop: asyncio.Event | None = None
+        #: The technician's console (``console`` in the configuration), made at start.
+        self.console: ConsoleServer | None = None
+        self.restart_asked = False  #: a graceful restart was asked (the console's reset)
+        self._run_stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     # Start and stop ---------------------------------------------------------------------
 
@@ -221,6 +227,7 @@ class Runtime:
             self._links.start()
         self._health_stop = asyncio.Event()
         self._health_task = asyncio.create_task(self._watch_health(self._health_stop))
+        self.console = await asyncio.to_thread(start_console, self)
         return self.address
 
     def _check_hardware(self) -> None:
@@ -264,7 +271,17 @@ class Runtime:
         self._link = LINK_DOWN
         self._show()
 
+    def restart(self) -> None:
+        """A graceful restart (the console's reset), from any thread: stop as on SIGTERM;
+        the service manager (deploy/haven-kiosk.service, Restart=always) starts again."""
+        self.restart_asked = True
+        if self._run_stop is not None:
+            loop, stop = self._run_stop
+            loop.call_soon_threadsafe(stop.set)
+
     async def stop(self) -> None:
+        if self.console is not None:  # first: no technician's command runs while we stop
+            await asyncio.to_thread(self.console.stop)
         if self._health_task is not None and self._health_stop is not None:
             self._health_stop.set()  # a look in progress ends before the store closes
             await asyncio.wait({self._health_task}, timeout=STOP_BOUND)
@@ -295,6 +312,7 @@ class Runtime:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        self._run_stop = (loop, stop)
         host, port = await self.start()
         log.info("page at http://%s:%d", host, port)
         print(f"haven-kiosk: page at http://{host}:{port}", flush=True)

@@ -72,7 +72,10 @@ def datetime_write(call: Call) -> Mapping[str, Any]:
     when = parse_datetime(need(call.body, "datetime", str))
     if call.env.set_wall is None:
         raise SmpError(OS_ERR_RTC_COMMAND_FAILED, "this kiosk's clock cannot be set", group=OS)
-    call.env.set_wall(when)
+    try:
+        call.env.set_wall(when)
+    except OSError as exc:  # no right to set the system clock, say
+        raise SmpError(OS_ERR_RTC_COMMAND_FAILED, str(exc)[:60], group=OS) from None
     return {}
 
 

@@ -75,6 +75,7 @@ class ConsoleServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._heard = clock()
+        self._warned = False
 
     # -- start and stop ------------------------------------------------------------
 
@@ -83,8 +84,13 @@ class ConsoleServer:
         self._link = SerialLink(self.url, self.baud)
 
     def start(self) -> None:
+        """Serve from a thread. A port that will not open yet (a USB gadget before the
+        host enumerates it) is logged and tried again every ``REOPEN`` seconds."""
         if self._link is None:
-            self.open()
+            try:
+                self.open()
+            except LinkError as exc:
+                log.warning("console: %s; trying again every %g s", exc, REOPEN)
         self._thread = threading.Thread(target=self._run, name="console", daemon=True)
         self._thread.start()
 
@@ -119,9 +125,13 @@ class ConsoleServer:
                 if self._link is None:
                     self._link = SerialLink(self.url, self.baud)
                     self.reopens += 1
+                    log.info("console: %s open", self.url)
+                    self._warned = False
                 self._turn(self._link)
             except LinkError as exc:
-                log.warning("console %s: %s; opening it again", self.url, exc)
+                if not self._warned:  # once per outage, not every second
+                    log.warning("console %s: %s; opening it again", self.url, exc)
+                    self._warned = True
                 self._broken()
                 self._stop.wait(REOPEN)
             except Exception:  # never let one bad turn end the console

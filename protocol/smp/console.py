@@ -69,9 +69,17 @@ def encode(packet: bytes, *, line_length: int = LINE_LENGTH) -> bytes:
     return bytes(out)
 
 
+def in_alphabet(text: bytes) -> bool:
+    """Whether ``text`` holds only base64's characters (what an SMP line carries)."""
+    return not text.translate(None, B64_ALPHABET)
+
+
 def is_base64(text: bytes) -> bool:
-    """Whether ``text`` is whole base64 quanta (the alphabet, a multiple of 4 long)."""
-    return len(text) % 4 == 0 and not text.translate(None, B64_ALPHABET)
+    """Whether ``text`` is whole base64 quanta: the alphabet, a multiple of 4 long, and
+    at most two ``=``, only at the end."""
+    body = text.rstrip(b"=")
+    return (len(text) % 4 == 0 and len(text) - len(body) <= 2 and b"=" not in body
+            and in_alphabet(body))
 
 
 @dataclass

@@ -43,7 +43,7 @@ from protocol.smp.console import (
     START,
     LineStats,
     SmpLines,
-    is_base64,
+    in_alphabet,
 )
 
 DEFAULT_MAX_RUN = 8192  #: the longest line or COBS run kept, in bytes
@@ -191,7 +191,7 @@ class Demux:
             text = line[at + MARKER_SIZE :]
             if text.endswith(b"\r"):
                 text = text[:-1]
-            if text and is_base64(text):
+            if text and in_alphabet(text):
                 self.stats.smp_lines += 1
                 self._text(bytes(self._run[: start + at]), out)
                 self._clear()
