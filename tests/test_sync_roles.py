@@ -146,6 +146,12 @@ class KioskMemory:
     def note_kiosk_number(self, number: int) -> None:
         self.kiosk_number = number if self.kiosk_number is None else self.kiosk_number
 
+    def revocations_number(self) -> int:
+        return 0  # technicians' revocation lists: tests/test_technician_sync.py
+
+    def note_revocations(self, doc: bytes) -> None:
+        pass
+
     def owns(self, writes: list[tuple[bytes, int]]) -> bool:
         mine = set()
         for _, data in self.written.values():
@@ -283,6 +289,9 @@ class HubMemory:
         later = [w for (d, s), ws in sorted(self.batch_writes.items()) if d == device_id
                  and s >= seq for w in ws]
         return [(rid, stamp) for rid, stamp, n in later if n == node][-limit:]
+
+    def technician_revocations(self) -> tuple[int, bytes] | None:
+        return None
 
     def issue_label(self, device_id: str) -> int:
         dev = self.devices[device_id]

@@ -35,13 +35,14 @@ from device.store import Store
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
 from device.sync.state import SEAL_LABEL, SyncState
+from device.tech.revocations import RevocationList
 from device.tech.trusted_time import SYNC, TrustedClock
 from protocol import messages
 from protocol.driver.errors import LinkError
 from protocol.driver.link import Link, open_link
 from protocol.driver.session_driver import LinkClosed, SessionDriver, session_config
 from protocol.driver.wall_clock import wall_ms
-from protocol.errors import LocalProtocolError
+from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.session.events import Closed, Connected, MessageReceived
 from protocol.sync import batches as sync
 from protocol.sync.conversation import CLONE_CLEARED, SUSPECTED_CLONE, BatchRefused, KioskSync
@@ -105,10 +106,15 @@ class KioskLedger:
     """``KioskStorage`` for the kiosk's role: the store (outbox, merge) and ``sync.db``
     (the chain, the cursor), with the round's ``Summary`` counting what moved."""
 
-    def __init__(self, store: Store, state: SyncState, summary: Summary) -> None:
+    def __init__(self, store: Store, state: SyncState, summary: Summary,
+                 hub_ed25519: bytes | None = None) -> None:
+        """``hub_ed25519``: the hub's key from our certificate, which signs the
+        technicians' revocation list (None: the list is not kept)."""
         self.store, self.state, self.summary = store, state, summary
         #: The hub's time as a technician's credential is judged by (SPEC.md "Technicians")
         self.hub_time = TrustedClock(store.data)
+        self.revocations = (None if hub_ed25519 is None
+                            else RevocationList(store.data, hub_ed25519))
 
     def head(self) -> tuple[int, bytes]:
         return self.state.head()
@@ -164,6 +170,17 @@ class KioskLedger:
             self.store.merge(deltas)
         self.state.set("cursor", cursor)
         self.summary.pulled += len(deltas)
+
+    def revocations_number(self) -> int:
+        return 0 if self.revocations is None else self.revocations.number
+
+    def note_revocations(self, doc: bytes) -> None:
+        if self.revocations is None:
+            return
+        try:
+            self.revocations.offer(doc)
+        except ProtocolError as exc:  # the hub's own list should verify: say so, go on
+            log.warning("the hub's technician revocation list is refused: %s", exc)
 
     def note_clock_offset(self, offset_ms: int) -> None:
         self.state.note_clock_offset(offset_ms)
@@ -238,7 +255,8 @@ class Round:
         self.documents = documents
         self.device = ident.cert.device_id
         self.summary = Summary()
-        self.sync = KioskSync(KioskLedger(store, state, self.summary), cert=ident.cert.raw,
+        self.sync = KioskSync(KioskLedger(store, state, self.summary, ident.cert.hub_ed25519),
+                              cert=ident.cert.raw,
                               device=self.device, key=ident.ed_key)
 
     @property

@@ -41,6 +41,8 @@ from protocol.sync.audit import is_audit_id
 from protocol.sync.batches import Batch
 
 MIGRATIONS = Migrations("hub.db")
+#: ``meta`` keys: the technicians' signed revocation list, and its number.
+REVOCATIONS_LIST, REVOCATIONS_NUMBER = "technician_revocations", "technician_revocations_number"
 #: 1: the tables as release c3497bc made them (``IF NOT EXISTS``: its files are at 1).
 MIGRATIONS.sql(
     1,
@@ -104,6 +106,19 @@ MIGRATIONS.sql(
         expires INTEGER NOT NULL, ed25519 BLOB NOT NULL, issued_at INTEGER NOT NULL,
         revoked_at INTEGER)""",
 )
+#: 5: offline approvals (SPEC.md "Offline approvals"): what each reserved at its site, a
+#: letter (until it expires or is used), a node and a kiosk number (for good: neither
+#: is given again), and the kiosk that used it (its X25519 key; NULL: unused).
+MIGRATIONS.sql(
+    5,
+    """CREATE TABLE approvals (
+        serial INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL, letter TEXT NOT NULL,
+        node INTEGER NOT NULL UNIQUE, kiosk_number INTEGER NOT NULL UNIQUE,
+        issued_at INTEGER NOT NULL, expires INTEGER NOT NULL, used_by BLOB, used_at INTEGER)""",
+)
+#: The next kiosk number: one past every number a kiosk or an approval was given.
+NEXT_NUMBER = ("SELECT MAX(COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
+               " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0)) + 1")
 
 
 def next_hseq(db: sqlite_utils.Database) -> int:
@@ -171,32 +186,95 @@ class HubStore:
 
     def add_device(self, dev: Device, now: int, max_number: int = short_code.MAX_KIOSK) -> int:
         """Record a new kiosk with the next kiosk number, one past every number given
-        before (rows are never deleted, so none is given twice); returns it.
-        ``ValueError`` past ``max_number``, or when an approved kiosk holds its letter
-        at its site (checked in the same transaction: two enrolments at once)."""
+        before, to kiosks and approvals (rows are never deleted, so none is given twice);
+        returns it. ``ValueError`` past ``max_number``, or when an approved kiosk holds
+        its letter at its site (checked in the same transaction: two enrolments at once)."""
         with self._tx() as db:
-            holder = db.execute("SELECT device_id FROM devices WHERE site = ? AND letter = ?"
-                                " AND state = 'approved'", [dev.site, dev.letter]).fetchone()
-            if holder is not None and dev.state == "approved":
-                raise ValueError(f"letter {dev.letter} is taken at site {dev.site!r} by kiosk "
-                                 f"{holder[0]}")
-            number = int(db.execute("SELECT COALESCE(MAX(kiosk_number), 0) + 1 FROM devices")
-                         .fetchone()[0])
+            number = int(db.execute(NEXT_NUMBER).fetchone()[0])
             if number > max_number:
                 raise ValueError(f"every kiosk number up to {max_number} is taken")
+            self._insert_device(db, dev, now, number)
+            return number
+
+    @staticmethod
+    def _insert_device(db: sqlite_utils.Database, dev: Device, now: int, number: int) -> None:
+        holder = db.execute("SELECT device_id FROM devices WHERE site = ? AND letter = ?"
+                            " AND state = 'approved'", [dev.site, dev.letter]).fetchone()
+        if holder is not None and dev.state == "approved":
+            raise ValueError(f"letter {dev.letter} is taken at site {dev.site!r} by kiosk "
+                             f"{holder[0]}")
+        try:
             db.execute("INSERT INTO devices (device_id, node, site, letter, x25519, ed25519,"
                        " state, enrolled_at, last_hash, kiosk_number)"
                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [dev.device_id, dev.node, dev.site, dev.letter, dev.x25519, dev.ed25519,
                         dev.state, now, dev.last_hash, number])
-            return number
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"kiosk {dev.device_id} clashes with a kiosk known: {exc}") from None
 
-    def letters_taken(self, site: str, but: str | None = None) -> dict[str, str]:
-        """The letters in use at ``site`` (by an approved kiosk other than ``but``), each
-        with what holds it."""
-        return {letter: f"kiosk {device_id}" for letter, device_id in self._q(
+    # Offline approvals (SPEC.md "Offline approvals") ---------------------------------------
+
+    def reserve_approvals(self, site: str, count: int, issued: int, expires: int,
+                          nodes: Iterator[int], max_number: int = short_code.MAX_KIOSK,
+                          ) -> list[tuple[int, str, int, int]]:
+        """Reserve ``count`` kiosks at ``site``, each its own letter (the first free there:
+        no approved kiosk's, no live approval's), node (the first of ``nodes`` no kiosk or
+        approval has) and kiosk number (the next ones); all or none, durably. Returns
+        (serial, letter, node, number) for each; ``ValueError`` when they do not fit."""
+        with self._tx() as db:
+            taken = {row[0] for row in db.execute(
+                "SELECT letter FROM devices WHERE site = ? AND state = 'approved' UNION"
+                " SELECT letter FROM approvals WHERE site = ? AND used_by IS NULL"
+                " AND expires > ?", [site, site, issued])}
+            free = [c for c in LETTERS if c not in taken]
+            if len(free) < count:
+                raise ValueError(f"{len(free)} letters are free at site {site!r} (kiosks and "
+                                 "live approvals hold the others)")
+            number = int(db.execute(NEXT_NUMBER).fetchone()[0])
+            if number + count - 1 > max_number:
+                raise ValueError(f"every kiosk number up to {max_number} would be taken")
+            out = []
+            for letter in free[:count]:
+                node = next(n for n in nodes if not db.execute(
+                    "SELECT 1 FROM devices WHERE node = ? UNION SELECT 1 FROM approvals"
+                    " WHERE node = ?", [n, n]).fetchone())
+                cur = db.execute("INSERT INTO approvals (site, letter, node, kiosk_number,"
+                                 " issued_at, expires) VALUES (?, ?, ?, ?, ?, ?)",
+                                 [site, letter, node, number, issued, expires])
+                out.append((int(cur.lastrowid or 0), letter, node, number))
+                number += 1
+            return out
+
+    def enrol_approved(self, serial: int, dev: Device, now: int) -> str:
+        """A kiosk presents approval ``serial`` (for ``dev.node``): ``enrolled`` (recorded
+        now, with the approval's kiosk number), ``same`` (it enrolled with it before) or
+        ``other`` (another kiosk did: this one is a copy). ``ValueError`` if the hub
+        holds no such approval, or its letter is taken."""
+        with self._tx() as db:
+            row = db.execute("SELECT node, kiosk_number, used_by FROM approvals"
+                             " WHERE serial = ?", [serial]).fetchone()
+            if row is None or row[0] != dev.node:
+                raise ValueError("the hub holds no such approval (a hub restored from an "
+                                 "older backup?)")
+            if row[2] is not None:
+                return "same" if bytes(row[2]) == dev.x25519 else "other"
+            db.execute("UPDATE approvals SET used_by = ?, used_at = ? WHERE serial = ?",
+                       [dev.x25519, now, serial])
+            self._insert_device(db, dev, now, int(row[1]))
+            return "enrolled"
+
+    def letters_taken(self, site: str, but: str | None = None,
+                      now: int | None = None) -> dict[str, str]:
+        """The letters in use at ``site`` (by an approved kiosk other than ``but``, and with
+        ``now``, by an approval neither used nor expired), each with what holds it."""
+        out = {letter: f"kiosk {device_id}" for letter, device_id in self._q(
             "SELECT letter, device_id FROM devices WHERE site = ? AND state = 'approved'"
             " AND device_id IS NOT ?", [site, but])}
+        if now is not None:
+            for letter, serial in self._q("SELECT letter, serial FROM approvals WHERE site = ?"
+                                          " AND used_by IS NULL AND expires > ?", [site, now]):
+                out.setdefault(letter, f"approval {serial}, until it is used or expires")
+        return out
 
     _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
             " cursor, last_seen, suspected_clone, clone_labels, clone_mark, kiosk_number"
@@ -443,6 +521,16 @@ class HubStore:
                 for s, n, si, k, a, nb, ex, at, rv in self._q(
                     "SELECT serial, name, sites, kiosks, actions, not_before, expires,"
                     " issued_at, revoked_at FROM technicians ORDER BY serial")]
+
+    def technician_revocations(self) -> tuple[int, bytes] | None:
+        """The signed revocation list of technicians' certificates and its number."""
+        number, doc = self.get_meta(REVOCATIONS_NUMBER), self.get_meta(REVOCATIONS_LIST)
+        return (int(number), bytes(doc)) if number is not None and doc is not None else None
+
+    def set_technician_revocations(self, number: int, doc: bytes) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?), (?, ?)",
+                       [REVOCATIONS_NUMBER, number, REVOCATIONS_LIST, doc])
 
     def revoked_technicians(self) -> list[int]:
         return [int(s) for (s,) in self._q(

@@ -11,10 +11,11 @@ the technician's tool to carry to kiosks (``haven hub technician issue`` writes
 it owner-only). The hub keeps no copy of the technician's private key.
 
 ``revoke`` marks a serial revoked and signs a new revocation list, numbered
-one past the last: the list that travels to kiosks (with sync, and with the
-technician's tool) is the one in ``meta`` (``REVOCATIONS_META``), signed once
-when it changes, never at each sync. ``sign_time`` is the hub's time signed
-over a kiosk's nonce, for a kiosk with no better clock.
+one past the last: the list that travels to kiosks (with sync, in the
+welcome to a kiosk whose hello names an older one, and with the technician's
+tool) is the one in ``meta``, signed once when it changes, never at each sync.
+``sign_time`` is the hub's time signed over a kiosk's nonce, for a kiosk with
+no better clock.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
 from protocol.sync import credential
 
-REVOCATIONS_META = "technician_revocations"
 DEFAULT_HOURS, MAX_HOURS = 24, credential.MAX_VALIDITY_MS // credential.HOUR_MS
 
 
@@ -79,18 +79,17 @@ def revoke(hub: Hub, serial: int, now_ms: int | None = None) -> bytes:
 
 def revocations(hub: Hub, now_ms: int | None = None) -> bytes:
     """The hub's current signed revocation list (made, as number 1, if there is none)."""
-    doc = hub.store.get_meta(REVOCATIONS_META)
-    if isinstance(doc, bytes):
-        return doc
+    held = hub.store.technician_revocations()
+    if held is not None:
+        return held[1]
     return _sign_list(hub, wall_ms() if now_ms is None else now_ms)
 
 
 def _sign_list(hub: Hub, now: int) -> bytes:
-    held = hub.store.get_meta(REVOCATIONS_META)
-    number = 1 if not isinstance(held, bytes) else credential.read_revocations(
-        held, hub.ed_public).number + 1
+    held = hub.store.technician_revocations()
+    number = 1 if held is None else held[0] + 1
     doc = credential.sign_revocations(hub.ed_key, number, now, hub.store.revoked_technicians())
-    hub.store.set_meta(REVOCATIONS_META, doc)
+    hub.store.set_technician_revocations(number, doc)
     return doc
 
 

@@ -50,16 +50,22 @@ BATCH_LABEL = b"haven-batch\x00"
 MAX_BATCH_PLAIN = 4 << 20  #: largest decompressed batch (bytes)
 MAX_BATCH_DELTAS = 20_000
 
+#: ``revs``: the number of the technicians' revocation list the kiosk holds (SPEC.md
+#: "Technicians"); absent: none. ``enrol``: from a kiosk provisioned offline, not
+#: enrolled yet (``cert`` empty), its approval and request (SPEC.md "Offline approvals").
 HELLO = register(MessageSpec(80, "sync-hello", {
     1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
-    5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int)}))
+    5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int), 8: ("revs", int),
+                          9: ("enrol", bytes)}))
 #: ``tail``: to a kiosk behind the hub's checkpoint, the last writes of its node that came
 #: after its head, ``[[record id, stamp], ...]``: a kiosk that never made them is a copy.
 #: ``kiosk``: the kiosk's number (its short patient codes' first part), for a kiosk whose
-#: certificate was issued before kiosks were numbered.
+#: certificate was issued before kiosks were numbered. ``revs``: the hub's signed
+#: revocation list of technicians' certificates, when newer than the hello's. ``cert``:
+#: the certificate of a kiosk the hello's approval enrolled.
 WELCOME = register(MessageSpec(81, "sync-welcome", {
     1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)},
-    {5: ("tail", list), 6: ("kiosk", int)}))
+    {5: ("tail", list), 6: ("kiosk", int), 7: ("revs", bytes), 8: ("cert", bytes)}))
 #: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
 BATCH = register(MessageSpec(82, "sync-batch", {
     1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {6: ("prev", bytes)}))

@@ -32,6 +32,12 @@ ones are quarantined, the rest committed, and the ack follows the commit. A
 pull returns the deltas after the cursor that are not the kiosk's own, a
 page at a time.
 
+A kiosk provisioned offline (SPEC.md "Offline approvals") says hello with
+an empty certificate and its approval and enrolment request (``enrol``); the
+hub's ``enrol`` makes it a normal enrolment and the welcome carries the
+certificate. An approval already used by another kiosk enrols nothing: this
+kiosk is held as a copy is (below), its batches verified by its request's key.
+
 Clones (SPEC.md, "Clones"): two batches under one sequence, both signed by
 the kiosk, mean two kiosks run with one identity. The hub holds the batch
 that is not on its chain (``_hold``; never applied), flags the kiosk, and
@@ -44,7 +50,8 @@ time, writes it never made there, it is a copy, and forks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -128,6 +135,11 @@ class KioskStorage(Protocol):
     def note_kiosk_number(self, number: int) -> None:
         """The hub's welcome names our kiosk number: keep it durably if we hold none (a
         certificate from before kiosks were numbered), before the next check-in."""
+    def revocations_number(self) -> int:
+        """The number of the technicians' revocation list we hold (0: none)."""
+    def note_revocations(self, doc: bytes) -> None:
+        """The hub's signed revocation list of technicians' certificates, newer than ours:
+        keep it if it verifies (a bad one is logged and dropped; sync goes on)."""
     def owns(self, writes: list[tuple[bytes, int]]) -> bool:
         """Whether we made every one of these writes (record id, stamp) ourselves."""
     def note_foreign_adopt(self) -> int:
@@ -140,9 +152,13 @@ class KioskSync:
     batches go to be held, with their previous hash."""
 
     def __init__(self, storage: KioskStorage, *, cert: bytes, device: str,
-                 key: Ed25519PrivateKey) -> None:
+                 key: Ed25519PrivateKey, enrol: bytes | None = None) -> None:
+        """``enrol``: a kiosk provisioned offline, not enrolled yet (``cert`` empty),
+        presents its approval and request (``approval.enrolment``) in its hello; the
+        certificate the hub then issues is ``issued``, for the kiosk to install."""
         self.storage = storage
-        self.cert, self.device, self.key = cert, device, key
+        self.cert, self.device, self.key, self.enrol = cert, device, key, enrol
+        self.issued: bytes | None = None
         self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
         self.welcomed = self.push_done = self.pull_done = False
         self.wanted = 0  #: a ``sync-notify``'s cursor that the pull under way may miss
@@ -157,7 +173,8 @@ class KioskSync:
         return [(CONTROL_LANE, _encode(
             "sync-hello", cert=self.cert, vv=self.storage.version_vector(),
             cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now,
-            label=self.storage.queue_label()))]
+            label=self.storage.queue_label(), revs=self.storage.revocations_number() or None,
+            enrol=self.enrol))]
 
     def receive_data(self, data: bytes, now: int) -> list[Reply]:
         return self.receive(messages.decode(data), now)
@@ -195,9 +212,13 @@ class KioskSync:
 
     def _welcome(self, msg: messages.Message, now: int) -> list[Reply]:
         self.welcomed = True
+        if msg.get("cert") is not None:
+            self.issued = msg.get("cert")
         self.storage.note_clock_offset(msg.get("time") - now)
         if msg.get("kiosk") is not None:
             self.storage.note_kiosk_number(msg.get("kiosk"))
+        if msg.get("revs") is not None:
+            self.storage.note_revocations(msg.get("revs"))
         hub_seq, hub_hash = msg.get("seq"), msg.get("hash")
         seq, _ = self.storage.head()
         if self.forked:
@@ -397,16 +418,42 @@ class HubStorage(Protocol):
                            ) -> list[tuple[bytes, int]]:
         """The last ``limit`` writes of ``node`` (record id, stamp) that came with the
         kiosk's batch ``seq`` or after it."""
+    def technician_revocations(self) -> tuple[int, bytes] | None:
+        """The hub's signed revocation list of technicians' certificates and its number;
+        None before the hub made one."""
+
+
+@dataclass(frozen=True)
+class ApprovalEnrolment:
+    """What the hub made of the approval in a hello (SPEC.md "Offline approvals")."""
+
+    device_id: str  #: the kiosk the approval enrolled
+    #: Its certificate, for the welcome; None: the approval enrolled another kiosk, and
+    #: this one is held as a suspected clone.
+    cert: bytes | None
+    #: Then: this kiosk's Ed25519 key (its request's), which its held batches verify by.
+    held_key: bytes | None = None
+
+
+#: The hub's enrolment by approval: (the hello's ``enrol``, the session's key, now) ->
+#: what it made of it; a ``ProtocolError`` refuses it.
+Enroller = Callable[[bytes, bytes, int], ApprovalEnrolment]
 
 
 class HubSync:
     """The hub's role with one kiosk's session. ``remote_static``: the kiosk's key as
     the session authenticated it. ``close``: set when the kiosk must be turned away.
-    ``held``: this session's kiosk is a copy whose batches the hub holds."""
+    ``held``: this session's kiosk is a copy whose batches the hub holds. ``enrol``: how
+    the hub enrols a kiosk whose hello presents an approval; None: it does not."""
 
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
-                 *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> None:
+                 *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
+                 enrol: Enroller | None = None) -> None:
         self.storage = storage
+        self.enrol = enrol
+        #: The key this session's batches verify by when it is not the kiosk's enrolled
+        #: one: a second kiosk that presented an approval already used.
+        self.batch_key: bytes | None = None
         self.hub_ed25519 = hub_ed25519
         self.remote = remote_static
         self.max_ahead_ms = max_ahead_ms
@@ -473,17 +520,48 @@ class HubSync:
         self.close = (reason, detail)
         return []
 
-    def _hello(self, msg: messages.Message, now: int) -> list[Reply]:
+    def _enrolled(self, msg: messages.Message, now: int,
+                  ) -> tuple[KioskRecord | None, bytes | None]:
+        """A hello that presents an approval: the kiosk's record and its certificate (None
+        for a second kiosk on one approval, held from now on); (None, None) refused."""
+        if self.enrol is None or self.remote is None:
+            self._refuse("bad-approval", "this hub enrols no kiosk in a hello", now)
+            return None, None
         try:
-            cert = sync_cert.read_certificate(msg.get("cert"), self.hub_ed25519)
+            made = self.enrol(msg.get("enrol"), self.remote, now)
         except ProtocolError as exc:
-            return self._refuse("bad-certificate", str(exc), now)
-        dev = self.storage.device(cert.device_id)
+            self._refuse("bad-approval", str(exc), now)
+            return None, None
+        dev = self.storage.device(made.device_id)
         if dev is None:
-            return self._refuse("unknown-device", f"kiosk {cert.device_id} is not enrolled", now)
-        if cert.x25519 != self.remote or dev.x25519 != self.remote:
-            return self._refuse("wrong-certificate", f"the certificate of kiosk "
-                                f"{cert.device_id} does not match this session's key", now)
+            self._refuse("unknown-device", f"kiosk {made.device_id} is not enrolled", now)
+            return None, None
+        if made.held_key is not None:
+            self.batch_key, self.held = made.held_key, True
+        return dev, made.cert
+
+    def _hello(self, msg: messages.Message, now: int) -> list[Reply]:
+        issued = None
+        if msg.get("enrol") is not None:  # a kiosk provisioned offline: SPEC.md
+            dev, issued = self._enrolled(msg, now)  # "Offline approvals"
+            if dev is None:
+                return []
+            number = None  # its certificate names it
+        else:
+            try:
+                cert = sync_cert.read_certificate(msg.get("cert"), self.hub_ed25519)
+            except ProtocolError as exc:
+                return self._refuse("bad-certificate", str(exc), now)
+            dev = self.storage.device(cert.device_id)
+            if dev is None:
+                return self._refuse("unknown-device", f"kiosk {cert.device_id} is not "
+                                    "enrolled", now)
+            if cert.x25519 != self.remote or dev.x25519 != self.remote:
+                return self._refuse("wrong-certificate", f"the certificate of kiosk "
+                                    f"{cert.device_id} does not match this session's key", now)
+            # Its number, for a kiosk whose certificate has none: one enrolled before
+            # kiosks were numbered (SPEC.md "Short patient codes").
+            number = dev.kiosk_number if cert.kiosk_number is None else None
         if dev.state == "revoked":
             return self._refuse("revoked", f"kiosk {dev.device_id} was revoked", now)
         if dev.state != "approved":
@@ -491,25 +569,30 @@ class HubSync:
         self.device = dev
         self.label = msg.get("label")
         seq, hash_ = msg.get("seq"), msg.get("hash")
-        if self.storage.is_held(dev.device_id, hash_):
+        if self.batch_key is not None:  # a second kiosk on one approval: a copy
+            self._suspect("a second kiosk presented the approval that enrolled it", now,
+                          new_copy=False)
+        elif self.storage.is_held(dev.device_id, hash_):
             self.held = True  # a copy the hub knows already
         elif 0 < seq <= dev.last_seq and self.storage.batch_hash(
                 dev.device_id, seq) not in (None, hash_):
             self.held = True  # its head is its own batch ``seq``, ours is another
             self._suspect(f"its hello names a batch {seq} that is not the one committed", now,
                           new_copy=False)
-        self.storage.seen(dev.device_id, now, vv=msg.get("vv"))
+        if self.batch_key is None:  # a second kiosk's cursor and vv are not the kiosk's
+            self.storage.seen(dev.device_id, now, vv=msg.get("vv"))
         tail = None
         if not self.held and seq < dev.last_seq:  # behind: show what came after its head
             tail = [[rid, stamp] for rid, stamp in self.storage.writes_since_batch(
                 dev.device_id, seq + 1, dev.node, TAIL_WRITES)] or None
-        # Its number, for a kiosk whose certificate has none: one enrolled before kiosks
-        # were numbered (SPEC.md "Short patient codes").
-        number = dev.kiosk_number if cert.kiosk_number is None else None
+        # The technicians' revocation list, to a kiosk holding an older one (SPEC.md
+        # "Technicians"): signed when it changed, sent once to each kiosk.
+        revs = self.storage.technician_revocations()
+        newer = revs[1] if revs is not None and revs[0] > (msg.get("revs") or 0) else None
         welcome = (CONTROL_LANE, _encode("sync-welcome", time=now,
                                          vv=self.storage.version_vector(),
                                          seq=dev.last_seq, hash=dev.last_hash, tail=tail,
-                                         kiosk=number))
+                                         kiosk=number, revs=newer, cert=issued))
         return [*self._alert(now), welcome]
 
     def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:
@@ -565,7 +648,8 @@ class HubSync:
         for prev in prevs:
             batch = sync.Batch(seq, prev, msg.get("payload"), msg.get("sig"))
             try:
-                sync.verify_batch(batch, self.device.device_id, self.device.ed25519)
+                sync.verify_batch(batch, self.device.device_id,
+                                  self.batch_key or self.device.ed25519)
             except RemoteProtocolError:
                 continue
             return batch
@@ -668,6 +752,7 @@ class HubSync:
         # A suspected clone's copies all write as its node: each is sent the others'.
         own = None if self.device.suspected_clone else self.device.node
         deltas, new, more = self.storage.changes_since(cursor, own, limit)
-        self.storage.seen(self.device.device_id, now, cursor=cursor)
+        if self.batch_key is None:  # a second kiosk's cursor is not the kiosk's
+            self.storage.seen(self.device.device_id, now, cursor=cursor)
         return [(CHANGES_LANE, _encode("sync-changes", payload=sync.pack(deltas), cursor=new,
                                        more=more))]
