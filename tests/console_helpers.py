@@ -14,11 +14,13 @@ from pathlib import Path
 from device.console.env import ConsoleEnv
 from device.console.server import ConsoleServer
 
+MAX_PENDING = 1 << 16
+
 
 class Cable:
     """Two pty pairs whose masters a thread joins: ``a`` and ``b`` are the two ends, each a
-    /dev/pts path that pyserial opens like any serial device. ``inject(data)`` adds bytes on
-    the way to ``a`` (noise on the line to the kiosk)."""
+    /dev/pts path that pyserial opens like any serial device (the kiosk opens ``a``, the
+    technician's tool ``b``). ``inject(data)`` adds noise on the way to ``a``."""
 
     def __init__(self) -> None:
         self._fds: list[tuple[int, int]] = []
@@ -29,13 +31,25 @@ class Cable:
             self._fds.append((m, s))  # the slaves stay open here: no EIO between opens
         self.a, self.b = (os.ttyname(s) for _, s in self._fds)
         self._lock = threading.Lock()
+        self._mid_line = False  #: the tool's last bytes to ``a`` did not end a line
+        self._pending = bytearray()
+        self.injected = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def inject(self, data: bytes) -> None:
+        """Noise for ``a``, put between the lines the tool sends, never inside one (a line
+        cut by noise is lost on any cable); at most ``MAX_PENDING`` bytes wait."""
         with self._lock:
-            os.write(self._fds[0][0], data)
+            if self._mid_line:
+                if len(self._pending) < MAX_PENDING:
+                    self._pending += data
+                return
+            self._to_a(data)
+
+    def _to_a(self, data: bytes) -> None:
+        os.write(self._fds[0][0], data)
 
     def _run(self) -> None:
         ma, mb = self._fds[0][0], self._fds[1][0]
@@ -47,7 +61,14 @@ class Cable:
                 except OSError:
                     continue
                 with self._lock:
-                    os.write(mb if fd == ma else ma, data)
+                    if fd == mb:  # the tool wrote: on to the kiosk
+                        self._to_a(data)
+                        self._mid_line = not data.endswith(b"\n")
+                        if not self._mid_line and self._pending:
+                            self._to_a(bytes(self._pending))
+                            self._pending.clear()
+                    else:
+                        os.write(mb, data)
 
     def close(self) -> None:
         self._stop.set()
