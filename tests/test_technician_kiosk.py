@@ -64,7 +64,7 @@ class Kiosk:
     def call(self, port: Port, command: int, op: str, body: Mapping[str, Any] | None = None,
              group: int = HAVEN) -> Mapping[str, Any]:
         return dispatch(self.registry, Call(group, command, op, body or {}, port,  # type: ignore[arg-type]
-                                            SimpleNamespace(technicians=self.tech)))
+                                            SimpleNamespace(technicians=lambda: self.tech)))
 
     def credential(self, **kw: Any) -> c.CredentialFile:
         kw.setdefault("sites", ["North"])

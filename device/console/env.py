@@ -15,8 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device.console.logsource import LogSource, MemoryLog
+
+if TYPE_CHECKING:
+    from device.tech.access import Technicians
 
 #: The largest file an upload may announce, whatever the free space.
 DEFAULT_MAX_UPLOAD = 64 * 1024 * 1024
@@ -63,6 +67,9 @@ class ConsoleEnv:
     max_upload: int = DEFAULT_MAX_UPLOAD
     upload_reserve: int = DEFAULT_UPLOAD_RESERVE
     info: dict[str, str] = field(default_factory=dict)
+    #: The kiosk's technician checks (``device.tech``), for the Haven group; None while
+    #: the kiosk is not enrolled (asked at each request: enrolment may come later).
+    technicians: Callable[[], Technicians | None] = lambda: None
 
     def __post_init__(self) -> None:
         if not self.info:

@@ -31,6 +31,7 @@ from device.console.groups import (
     SmpError,
     dispatch,
 )
+from device.tech import smp_group  # noqa: F401  (the Haven group, 64: credential and time)
 from protocol import strict_cbor
 from protocol.errors import ProtocolError
 from protocol.smp import header as smp_header

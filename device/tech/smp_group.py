@@ -24,7 +24,7 @@ Refusals use SMP's own codes, with a reason (``rsn``) the tool shows:
 ``EINVAL`` for a malformed request, ``ENOENT`` for no challenge outstanding,
 ``EBADSTATE`` when the kiosk needs the service button held (no trusted
 time), ``EACCESSDENIED`` for a credential, proof or statement refused.
-Handlers find the kiosk's ``Technicians`` as ``call.env.technicians``.
+Handlers find the kiosk's ``Technicians`` as ``call.env.technicians()``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _challenges(call: Call) -> PortChallenges:
 
 
 def _technicians(call: Call) -> Technicians:
-    tech = getattr(call.env, "technicians", None)
+    tech = call.env.technicians()
     if not isinstance(tech, Technicians):
         raise SmpError(EBADSTATE, "this kiosk is not enrolled: no technician credential "
                        "can be checked")
