@@ -7,6 +7,7 @@ sides; tampering is done to the hub's database itself, as someone holding it wou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import stat
@@ -29,6 +30,8 @@ from protocol.sync.batches import GENESIS
 from .test_sync_helpers import Kiosk, served_hub
 
 PATIENT = {"name": "Amina Wanjiru", "passport": "QZ7730141"}
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "protocol/vectors/audit.json")
+                     .read_text())
 
 
 def hub_audit(hub_data: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[
@@ -153,6 +156,30 @@ def test_gap_stays_open_until_the_entry_arrives_and_tampering_is_flagged(
         # The audit's next entry still follows the kiosk's own chain (4), not the forgery.
         assert audit.record(k.store, "41", "status", "ok") == 5
         k.close()
+
+
+def test_vectors_byte_for_byte() -> None:
+    key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTORS["kiosk_seed"]))
+    public, node = key.public_key().public_bytes_raw(), VECTORS["node"]
+    deltas = []
+    for v in VECTORS["entries"]:
+        entry = chain.make_entry(v["seq"], v["time"], v["who"], v["what"], v["result"],
+                                 v["detail"])
+        prev, seq = bytes.fromhex(v["prev"]), v["seq"].to_bytes(8, "big")
+        assert entry.encode().hex() == v["entry"] and entry.detail == v["detail_text"]
+        # The format itself, apart from the code: SPEC.md "Audit".
+        assert hashlib.sha256(b"haven-audit\0" + prev + seq + bytes.fromhex(v["entry"])
+                              ).hexdigest() == v["hash"]
+        head = b"haven-audit-head\0" + f"{node:08x}".encode() + b"\0" + seq + bytes.fromhex(
+            v["hash"])
+        public_key = key.public_key()
+        public_key.verify(bytes.fromhex(v["sig"]), head)
+        signed = chain.sign(key, node, prev, entry)
+        assert (signed.hash.hex(), signed.sig.hex()) == (v["hash"], v["sig"])
+        assert chain.audit_id(node, v["seq"]).hex() == v["record_id"]
+        deltas.append(Delta(bytes.fromhex(v["record_id"]), AUDIT.number, node, v["seq"], set={
+            AUDIT.field(n).number: x for n, x in signed.values().items()}))
+    assert chain.verify(node, public, deltas)["ok"]
 
 
 def _signed(key: Ed25519PrivateKey, node: int, seq: int, prev: bytes,
