@@ -94,6 +94,7 @@ from device.sync.loop import SyncLoop
 from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import SyncState
 from device.sync.wake import Wake
+from device.tech.trusted_time import TrustedClock
 from device.ui import http
 from device.ui.app import KioskApp
 from device.ui.live import LiveStatus
@@ -170,6 +171,9 @@ class Runtime:
         self.address: tuple[str, int] | None = None
         self.memory = MemoryMonitor(memory_limits(cfg))
         self.storage = StorageGuard(self.data, storage_limits(cfg))
+        #: The hub's time as technicians' credentials are judged by (``device.tech``):
+        #: moved forward on the card hourly, so a reboot loses at most that much of it.
+        self.trusted_time = TrustedClock(self.data)
         self.storage.when_changed = lambda level: self._show()
         self._result = PENDING  #: what the last round said: SYNCED, PENDING, OFFLINE, ERROR
         self._link = LINK_UP
@@ -429,6 +433,8 @@ class Runtime:
             mark = self.live.snapshot()["committed"]
             events = self._link_events
             result, wait = self._one_round(self._loop)
+            with contextlib.suppress(OSError):  # a full card: the saved time is older
+                self.trusted_time.checkpoint()
             # What the link monitor reported during the round is newer than the round.
             settled = events == self._link_events
             if result == REVOKED:
