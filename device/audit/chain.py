@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from device.enrol import ensure_keys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from device.store import Store
 from protocol import strict_cbor
 from protocol.crdt.schema import AUDIT
@@ -28,7 +29,7 @@ def record(store: Store, who: str, what: str, result: str,
     ``AuditValueError`` for a bad value (nothing is written)."""
     now = store.clock() if now_ms is None else now_ms
     audit.make_entry(1, now, who, what, result, detail)  # refuse bad values before any I/O
-    _, key = ensure_keys(store.data)
+    _, key = _keys(store)
 
     def step(held: Any) -> tuple[bytes, str, dict[str, Any], bytes, int]:
         node = store.node
@@ -46,12 +47,20 @@ def record(store: Store, who: str, what: str, result: str,
     return int(store.put_chained(HEAD_KEY, step))
 
 
+def _keys(store: Store) -> tuple[Any, Ed25519PrivateKey]:
+    """The kiosk's keys: the Ed25519 one signs its batches and its audit. (Imported here:
+    enrolment and provisioning record their own steps.)"""
+    from device.enrol import ensure_keys
+
+    return ensure_keys(store.data)
+
+
 def entries(store: Store) -> list[dict[str, Any]]:
     """This kiosk's audit entries as it holds them, checked like the hub checks them
     (``protocol.sync.audit.verify``)."""
     from protocol.crdt.delta import decode
 
-    public = ensure_keys(store.data)[1].public_key().public_bytes_raw()
+    public = _keys(store)[1].public_key().public_bytes_raw()
     lo, hi = audit.id_range(store.node)
     deltas = [decode(d) for d in store.deltas_in(lo, hi)]
     return list(audit.verify(store.node, public, deltas)["entries"])
