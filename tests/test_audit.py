@@ -253,3 +253,19 @@ def test_technician_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv(tech_log.ENV, str(tmp_path / "elsewhere.log"))
     tech_log.write("time", "ok")
     assert [e["action"] for e in tech_log.read(limit=5).entries] == ["time"]
+
+
+def test_an_unreadable_entry_is_counted_and_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from host.hub.audit import problems, report
+    from host.hub.hub import Hub, init_hub
+    from host.hub.storage import Op
+
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        k = Kiosk(tmp_path, "k", hub, "A")
+        hub.store.add_local(Op(chain.audit_id(k.store.node, 1), 1, k.store.node, b"\xff\x00"))
+        (got,) = report(hub.store)
+        assert got["unreadable"] == 1 and not got["ok"] and problems(got) == ["1 UNREADABLE"]
+        k.close()
+    assert text_audit(tmp_path / "hub", capsys)[0] == 1
