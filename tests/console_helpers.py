@@ -63,7 +63,7 @@ class Cable:
                 with self._lock:
                     if fd == mb:  # the tool wrote: on to the kiosk
                         self._to_a(data)
-                        self._mid_line = not data.endswith(b"\n")
+                        self._mid_line = not data.endswith((b"\n", b"\x00"))
                         if not self._mid_line and self._pending:
                             self._to_a(bytes(self._pending))
                             self._pending.clear()
