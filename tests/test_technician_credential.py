@@ -143,7 +143,16 @@ def test_issue_revoke_and_list_from_the_command_line(
     rows = json.loads(capsys.readouterr().out)
     assert [(r["serial"], r["name"], r["sites"], r["revoked_at"] is not None)
             for r in rows] == [(tech.serial, "Amina", ["North", "South"], True)]
+    nonce = bytes(range(32))
+    assert run(["hub", "technician", "time", "--data", str(data), nonce.hex(),
+                "--out", str(tmp_path / "time")]) == 0
+    assert run(["hub", "technician", "time", "--data", str(data), "beef",
+                "--out", str(tmp_path / "short")]) != 0  # a nonce of 2 bytes
+    assert run(["hub", "technician", "issue", "--data", str(data), "--name", "Nobody",
+                "--out", str(tmp_path / "nowhere")]) != 0  # no site, no kiosk
+    assert "--sites" in capsys.readouterr().err
     with Hub(data) as hub:
+        assert c.read_time((tmp_path / "time").read_bytes(), hub.ed_public, nonce) > 0
         listed = c.read_revocations(technician.revocations(hub), hub.ed_public)
         assert listed.serials == {tech.serial} and listed.number == 2
         # a second credential carries the newer list
