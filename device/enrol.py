@@ -14,6 +14,17 @@ refuses a new fleet key once patients exist) and the kiosk number (its short
 patient codes' first part; a certificate from before kiosk numbers has none,
 and the hub's welcome gives it), and keeps the certificate.
 
+Provisioned offline (SPEC.md "Offline approvals"), a kiosk is given one of
+the hub's approvals: ``install_approval`` checks it against the hub's key
+the kiosk trusts and its trusted time, and takes what it reserved (the node,
+the site, the letter, the kiosk number); it keeps the approval and writes its
+request. It holds no fleet key then: the laptop that brought the approval
+never holds it. Its first sync presents both (``enrolment``, the hello's
+``enrol``), and the hub answers with the certificate, which ``install``
+installs as any other, the sealed fleet key with it. What needs the fleet key
+waits until then (patient ids: the store keeps the key made at ``init`` until
+the certificate's replaces it, which it refuses once patients exist).
+
 ``init`` on a kiosk the hub told it is a suspected clone re-provisions it
 (``start_as_new_kiosk``, SPEC.md "Clones"): a new node, to which every
 write the hub did not acknowledge is written again, new keys, no
@@ -34,11 +45,12 @@ from device.store.keys import read_key
 from device.sync.state import SyncState, alert_of
 from protocol.driver.secret_files import write_secret
 from protocol.errors import ProtocolError
+from protocol.sync import approval as sync_approval
 from protocol.sync import certificate as sync_cert
 from protocol.sync.conversation import SUSPECTED_CLONE
 
 X_KEY, ED_KEY = "kiosk_x25519.key", "kiosk_ed25519.key"
-REQUEST, CERT = "enrolment.req", "certificate"
+REQUEST, CERT, APPROVAL = "enrolment.req", "certificate", "approval"
 
 
 class NotEnrolled(StoreError):
@@ -102,6 +114,43 @@ def install(store: Store, cert_doc: bytes) -> sync_cert.Certificate:
     tmp.write_bytes(cert_doc)
     tmp.replace(path)
     return cert
+
+
+def install_approval(store: Store, doc: bytes, hub_ed25519: bytes,
+                     now: int) -> sync_approval.Approval:
+    """Provision this fresh kiosk from an offline approval (see above): ``hub_ed25519``
+    is the hub's key the kiosk trusts (from its image, or provisioning under physical
+    presence), ``now`` its trusted time (an expired approval is refused). ``StoreError``
+    and nothing changed for a bad, forged or expired approval, or a kiosk enrolled or
+    in use already."""
+    try:
+        approval = sync_approval.read_approval(doc, hub_ed25519, now)
+    except ProtocolError as exc:
+        raise StoreError(f"bad approval: {exc}", exc.code) from None
+    if (store.data / CERT).exists():
+        raise StoreError("this kiosk is enrolled already: it takes no approval",
+                         "already-provisioned")
+    store.take_node(approval.node)  # refused for a kiosk that wrote anything
+    store.configure(approval.site, approval.letter)
+    store.set_kiosk_number(approval.kiosk_number)
+    write_request(store)
+    path = store.data / APPROVAL
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(doc)
+    tmp.replace(path)
+    return approval
+
+
+def enrolment(data: Path) -> bytes | None:
+    """What the first sync of a kiosk provisioned offline presents in its hello (its
+    approval and request); None for a kiosk with a certificate, or no approval."""
+    if (data / CERT).exists():
+        return None
+    try:
+        return sync_approval.enrolment((data / APPROVAL).read_bytes(),
+                                       (data / REQUEST).read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 @dataclass(frozen=True)

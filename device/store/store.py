@@ -303,6 +303,19 @@ class Store:
             "SELECT 1 FROM ops WHERE rid = ? AND stamp = ? AND node = ?",
             [rid, stamp, self.node]).fetchone() for rid, stamp in writes)
 
+    def take_node(self, node: int) -> None:
+        """Become ``node``: the identity an offline approval reserved for this kiosk
+        (``device.enrol.install_approval``). Only a kiosk that has written nothing may:
+        its writes are stamped with its node. Durable before it returns."""
+        def job(db: sqlite_utils.Database) -> None:
+            if db.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is not None:
+                raise StoreError("this kiosk has written records already: it cannot take "
+                                 "another identity (provision a fresh kiosk)",
+                                 "already-provisioned")
+            db.execute(SET_META, ["node", str(int(node))])
+        self._run(job)
+        self.node = int(node)
+
     def take_new_node(self) -> int:
         """Become a new node: a cloned kiosk re-provisioned (SPEC.md "Clones"). Each
         write made here that the hub did not acknowledge is written again as the new

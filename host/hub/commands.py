@@ -41,6 +41,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="the kiosk's enrolment request (haven-kiosk init writes it)")
     p.add_argument("--out", type=Path, required=True, metavar="CERT",
                    help="where to write the kiosk's certificate")
+    p = hs.add_parser("approve", help="approve kiosks to be provisioned offline",
+                      description="Write COUNT approvals for kiosks at SITE to FILE, for a "
+                      "technician to provision kiosks where the hub is out of reach. Each "
+                      "is signed by the hub and expires; each carries a letter, a kiosk id "
+                      "(node) and a kiosk number the hub reserves for it alone. A kiosk's "
+                      "first sync with its approval makes it enrolled; a second kiosk "
+                      "with the same approval is held as a suspected clone.")
+    _data(p)
+    p.add_argument("--site", required=True, help="the site the kiosks are for")
+    p.add_argument("--count", type=int, required=True, metavar="N",
+                   help="how many kiosks (1 to 26: each has a letter of its own at the site)")
+    p.add_argument("--hours", type=float, default=168.0, metavar="H",
+                   help="how long the approvals last, until the kiosks' first sync "
+                   "(default 168: a week; at most 744)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="where to write the approvals")
     p = hs.add_parser("revoke", help="revoke a kiosk", description="Revoke a kiosk: the hub "
                       "refuses its sessions from now on.")
     _data(p)
@@ -287,6 +303,23 @@ def serve_limits(args: argparse.Namespace) -> Limits:
     return Limits(**values)
 
 
+def _approve(hub: Hub, args: argparse.Namespace) -> None:
+    from protocol.sync import approval
+
+    docs = hub.approve(args.site, args.count, args.hours)
+    try:
+        args.out.write_bytes(approval.dump_file(docs))
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.out}: {exc.strerror} (the approvals are "
+                         "reserved until they expire: run this again with another --out)"
+                         ) from None
+    print(f"{len(docs)} approvals for site {args.site!r} written to {args.out}:")
+    for doc in docs:
+        a = approval.read_approval(doc, hub.ed_public)
+        print(f"  approval {a.serial}: kiosk {a.device_id}, letter {a.letter}, "
+              f"number {a.kiosk_number}")
+
+
 def run(args: argparse.Namespace) -> int:
     from host.hub.hub import Hub, init_hub
 
@@ -324,6 +357,8 @@ def run(args: argparse.Namespace) -> int:
             issued = read_certificate(cert)
             print(f"certificate written to {args.out}: kiosk {issued.device_id} at site "
                   f"{issued.site!r}, letter {issued.letter}, number {issued.kiosk_number}")
+        elif cmd == "approve":
+            _approve(hub, args)
         elif cmd == "revoke":
             hub.revoke(args.device)
             print(f"kiosk {args.device} revoked")
@@ -405,6 +440,8 @@ def _audit(hub: Hub, device_id: str | None, as_json: bool) -> int:
     kiosks = audit.report(hub.store, device_id)
     if as_json:
         print(json.dumps({"kiosks": kiosks}, sort_keys=True, indent=1))
+    elif not kiosks:
+        print("no kiosks enrolled")
     for k in [] if as_json else kiosks:
         trouble = audit.problems(k)
         print(f"kiosk {k['device']} {k['site']!r} {k['letter']}: {len(k['entries'])} entries, "

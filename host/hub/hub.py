@@ -8,7 +8,8 @@ fleet's patient-id key and ``hub.db`` (``storage.HubStore``). ``Hub``
 opens it. Enrolment checks the kiosk's signed request, gives the kiosk the
 first letter free at its site when the request leaves it to the hub (A to
 Z: a queue number is a letter and three digits, and no clinic has 26 kiosks),
-refuses a letter asked for that is taken there, records the kiosk with a kiosk number no kiosk
+refuses a letter asked for that is taken there (or reserved by an offline
+approval), records the kiosk with a kiosk number no kiosk
 had before (its short patient codes' first part; the same kiosk enrolling
 again with its keys keeps it) and issues its certificate
 (``protocol.sync.certificate``). The merged state is computed by the reference
@@ -21,6 +22,10 @@ every kiosk like any other.
 Batches held from a suspected clone (``storage``, SPEC.md "Clones") are
 listed with the writes they carry, decoded for review (``held_batches``):
 they are never applied; re-provisioning the copy brings its writes in anew.
+``approve`` issues offline approvals (``protocol.sync.approval``), each with
+a letter, a node and a kiosk number reserved for it (``storage``);
+``enroll_by_approval`` makes one a normal enrolment at the kiosk's first
+sync, and holds a second kiosk on a used approval as a suspected clone.
 ``history`` lists one record's writes with the kiosk that made each: the audit
 of who did what (a check-in called, seen, its identity confirmed).
 """
@@ -30,6 +35,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +55,14 @@ from protocol.driver.errors import SecretFileError, SecretMissing
 from protocol.driver.secret_files import read_secret, write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
+from protocol.sync import approval as sync_approval
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
+from protocol.sync.approval import LETTERS
+from protocol.sync.conversation import ApprovalEnrolment
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
 APPROVED, REVOKED = "approved", "revoked"
-#: A kiosk's queue letter at its site (its queue numbers: ``A-001``).
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _read_secret(path: Path) -> bytes:
@@ -124,7 +131,7 @@ class Hub:
                 raise HavenError(f"kiosk {req.device_id} is already known with other keys "
                                  "or revoked; make a new request")
         known = self.store.device(req.device_id)
-        letter = self._letter_for(req, known)
+        letter = self._letter_for(req, known, now)
         if known is not None:
             number = known.kiosk_number  # the same kiosk again: its number stays
         else:
@@ -141,10 +148,11 @@ class Hub:
         return sync_cert.issue(req, self.ed_key, self.x_public, self.fleet_key, letter, now,
                                serial, number)
 
-    def _letter_for(self, req: sync_cert.Request, known: Device | None) -> str:
-        """The kiosk's letter at its site: the one it asked for if free there; else the
-        one it holds (enrolling again), or the first free (A to Z)."""
-        taken = self.store.letters_taken(req.site, but=req.device_id)
+    def _letter_for(self, req: sync_cert.Request, known: Device | None, now: int) -> str:
+        """The kiosk's letter at its site: the one it asked for if free there (no other
+        kiosk's, no live approval's); else the one it holds (enrolling again), or the
+        first free (A to Z)."""
+        taken = self.store.letters_taken(req.site, but=req.device_id, now=now)
         if req.letter is None:
             if known is not None and known.site == req.site and known.letter not in taken:
                 return known.letter
@@ -160,6 +168,72 @@ class Hub:
             raise HavenError(f"letter {letter} is taken at site {req.site!r} by "
                              f"{taken[letter]}")
         return letter
+
+    # Offline approvals (SPEC.md "Offline approvals") ---------------------------------
+
+    def approve(self, site: str, count: int, hours: float,
+                now_ms: int | None = None) -> list[bytes]:
+        """``count`` approvals for kiosks at ``site``, signed, valid ``hours``: each with a
+        letter, a node and a kiosk number the hub reserves for it alone."""
+        now = wall_ms() if now_ms is None else now_ms
+        if not 0 < len(site.strip()) <= sync_approval.MAX_SITE:
+            raise UsageError(f"the site is 1 to {sync_approval.MAX_SITE} characters")
+        if not 1 <= count <= len(LETTERS):
+            raise UsageError(f"--count is 1 to {len(LETTERS)} (one letter each at a site), "
+                             f"not {count}")
+        longest = sync_approval.MAX_VALIDITY_MS // sync_approval.HOUR_MS
+        if not 0 < hours <= longest:
+            raise UsageError(f"--hours is more than 0 and at most {longest}, not {hours:g}")
+        expires = now + int(hours * sync_approval.HOUR_MS)
+        try:
+            reserved = self.store.reserve_approvals(site, count, now, expires, _nodes())
+        except ValueError as exc:
+            raise HavenError(f"cannot approve {count} kiosks at site {site!r}: {exc}") from None
+        self.store.log(None, "approved", f"{count} approvals for site {site!r} until "
+                       f"{expires}: " + ", ".join(f"{serial} (letter {letter}, kiosk "
+                                                 f"{node:08x}, number {number})"
+                                                 for serial, letter, node, number in reserved),
+                       now)
+        return [sync_approval.issue(self.ed_key, self.x_public, serial=serial, site=site,
+                                    letter=letter, node=node, kiosk_number=number,
+                                    issued=now, expires=expires)
+                for serial, letter, node, number in reserved]
+
+    def enroll_by_approval(self, enrolment: bytes, remote: bytes,
+                           now: int) -> ApprovalEnrolment:
+        """A kiosk's first sync presents an approval and its request (``HubSync``'s
+        ``enrol``): a normal enrolment with what the approval reserved, and the
+        certificate; the same again, the same certificate anew (the first was lost on
+        the way); another kiosk on a used approval enrols nothing, and is held as a
+        suspected clone. A ``ProtocolError`` refuses it: forged, expired, not this
+        session's key, or not the approval's kiosk."""
+        approval_doc, request_doc = sync_approval.read_enrolment(enrolment)
+        ap = sync_approval.read_approval(approval_doc, self.ed_public, now)
+        req = sync_cert.read_request(request_doc)
+        sync_approval.check_request(ap, req)
+        if req.x25519 != remote:
+            raise sync_approval.ApprovalError("the enrolment request names another key than "
+                                              "this session's", "wrong-key")
+        dev = Device(ap.device_id, ap.node, ap.site, ap.letter, req.x25519, req.ed25519,
+                     APPROVED, 0, b"\x00" * 32, 0, None)
+        try:
+            outcome = self.store.enrol_approved(ap.serial, dev, now)
+        except ValueError as exc:
+            raise sync_approval.ApprovalError(f"approval {ap.serial}: {exc}",
+                                              "refused") from None
+        if outcome == "other":
+            self.store.log(ap.device_id, "approval-reused",
+                           f"approval {ap.serial} presented by a second kiosk (key "
+                           f"{remote.hex()[:16]}...): held as a suspected clone", now)
+            return ApprovalEnrolment(ap.device_id, None, held_key=req.ed25519)
+        if outcome == "enrolled":
+            self.store.log(ap.device_id, "enrolled", f"site {ap.site!r} letter {ap.letter} "
+                           f"number {ap.kiosk_number}, by approval {ap.serial}", now)
+        serial = int(self.store.get_meta("serial") or 0) + 1
+        self.store.set_meta("serial", serial)
+        return ApprovalEnrolment(ap.device_id, sync_cert.issue(
+            req, self.ed_key, self.x_public, self.fleet_key, ap.letter, now, serial,
+            ap.kiosk_number))
 
     def revoke(self, device_id: str, now_ms: int | None = None) -> None:
         if not self.store.set_state(device_id, REVOKED):
@@ -314,6 +388,12 @@ class Hub:
         if dev.cursor >= head:
             return 0
         return len(self.store.changes_since(dev.cursor, dev.node, 1 << 62)[0])
+
+
+def _nodes() -> Iterator[int]:
+    """Random kiosk nodes, as a kiosk picks its own (odd, 32 bits)."""
+    while True:
+        yield int.from_bytes(os.urandom(4), "big") | 1
 
 
 def _describe(delta: Any) -> dict[str, Any]:

@@ -25,17 +25,21 @@ from collections.abc import Callable
 from host.hub.document_inbox import DocumentInbox
 from host.hub.storage import HubStore
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS
-from protocol.sync.conversation import HubSync, Reply
+from protocol.sync.conversation import Enroller, HubSync, Reply
 from protocol.transfer import transfer_id
 
 
 class HubPeer:
     def __init__(self, store: HubStore, hub_ed25519: bytes, remote_static: bytes | None,
                  clock: Callable[[], int], max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
-                 documents: DocumentInbox | None = None) -> None:
+                 documents: DocumentInbox | None = None, enrol: Enroller | None = None,
+                 ) -> None:
+        """``enrol``: how a kiosk whose hello presents an offline approval is enrolled
+        (``Hub.enroll_by_approval``)."""
         self.documents = documents
         self.clock = clock
-        self.sync = HubSync(store, hub_ed25519, remote_static, max_ahead_ms=max_ahead_ms)
+        self.sync = HubSync(store, hub_ed25519, remote_static, max_ahead_ms=max_ahead_ms,
+                            enrol=enrol)
 
     def on_message(self, data: bytes) -> list[Reply]:
         now = self.clock()

@@ -250,7 +250,7 @@ class Server:
     def new_peer(self, remote: bytes | None) -> HubPeer:
         inbox = DocumentInbox(self.hub.data / DOCUMENTS_DIR, self.hub.store, wall_ms)
         return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
-                       documents=inbox)
+                       documents=inbox, enrol=self.hub.enroll_by_approval)
 
     def admit_handshake(self, host: str, now: float) -> bool:
         """May a key exchange from ``host`` start now? (``HandshakeBudget``)"""

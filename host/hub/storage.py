@@ -19,11 +19,14 @@ without being applied twice. ``commit_batch`` writes the deltas, the
 quarantined ones, the batch and the new checkpoint in one transaction and
 returns only after it is durable. ``held_batches`` keeps the batches of a
 suspected clone (SPEC.md "Clones") off the chain, for review, never applied.
+``approvals`` keeps what each offline approval reserved (a letter, a node, a
+kiosk number) and the kiosk that used it (SPEC.md "Offline approvals").
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +40,7 @@ import sqlite_utils
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.sync.approval import LETTERS
 from protocol.sync.audit import is_audit_id
 from protocol.sync.batches import Batch
 
