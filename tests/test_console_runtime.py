@@ -53,6 +53,7 @@ def test_runtime_console_counters_refusal_and_graceful_reset(tmp_path: Path) -> 
             try:
                 got["store"] = await client.request(stat.GroupData(name="store"))
                 got["health"] = await client.request(stat.GroupData(name="health"))
+                got["console"] = await client.request(stat.GroupData(name="console"))
                 got["refused"] = await client.request(osm.ResetWrite())
                 assert rt.console is not None
                 rt.console.port.access = Everyone()
@@ -76,6 +77,7 @@ def test_runtime_console_counters_refusal_and_graceful_reset(tmp_path: Path) -> 
     assert "failed" not in got, got
     assert success(got["store"]) and got["store"].fields["outbox"] >= 1
     assert success(got["health"]) and got["health"].fields["free_kib"] > 0
+    assert success(got["console"]) and got["console"].fields["smp_requests"] >= 3
     assert error(got["refused"]) and got["refused"].rc == 11
     assert success(got["status"]) and "sync state=" in got["status"].o
     assert success(got["reset"]) and rt.restart_asked
