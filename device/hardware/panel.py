@@ -67,9 +67,9 @@ def choose_pin_factory(simulated: bool, env: Mapping[str, str] | None = None) ->
         return MockFactory()
     environ = os.environ if env is None else env
     name = (environ.get("GPIOZERO_PIN_FACTORY") or "").strip().lower()
-    advice = (f'on a Raspberry Pi run tools/setup.sh (it installs lgpio); to run on '
-              f'simulated pins, set hardware = "{SIMULATED}" in the configuration '
-              f'(--hardware {SIMULATED})')
+    advice = (f"on a Raspberry Pi install lgpio (pip install 'haven-kiosk[pi]'; "
+              f'tools/setup.sh does it); to run on simulated pins, set hardware = '
+              f'"{SIMULATED}" in the configuration (--hardware {SIMULATED})')
     if name == "mock":
         raise HardwareError(f"GPIOZERO_PIN_FACTORY=mock gives simulated pins, and the "
                             f"configuration asks for real ones (hardware = \"{GPIO}\"); "
