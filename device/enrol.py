@@ -130,7 +130,8 @@ def install_approval(store: Store, doc: bytes, hub_ed25519: bytes,
     if (store.data / CERT).exists():
         raise StoreError("this kiosk is enrolled already: it takes no approval",
                          "already-provisioned")
-    store.take_node(approval.node)  # refused for a kiosk that wrote anything
+    # refused for a kiosk that wrote anything but audit entries, which follow it
+    store.take_node(approval.node, lambda: ensure_keys(store.data)[1])
     store.configure(approval.site, approval.letter)
     store.set_kiosk_number(approval.kiosk_number)
     write_request(store)

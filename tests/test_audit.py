@@ -225,8 +225,14 @@ def test_chain_starts_again_for_a_new_node(tmp_path: Path) -> None:
     assert [audit.record(store, "3", "status", "ok") for _ in range(2)] == [1, 2]
     held = store.reader.execute("SELECT value FROM meta WHERE key = ?", [HEAD_KEY]).fetchone()
     assert held is not None
-    store.take_new_node()
+    old = store.node
+    store.take_new_node()  # re-provisioned after a clone alert
     assert audit.record(store, "3", "status", "ok") == 1
+    assert [e["seq"] for e in audit.entries(store)] == [1]
+    # The old identity's entries stay as they were, never written again as the new one's.
+    assert len(store.deltas_in(*chain.id_range(old))) == 2
+    assert store.reader.execute("SELECT COUNT(*) FROM outbox WHERE rid BETWEEN ? AND ?",
+                                chain.id_range()).fetchone()[0] == 1
     store.close()
 
 
@@ -269,3 +275,46 @@ def test_an_unreadable_entry_is_counted_and_reported(
         assert got["unreadable"] == 1 and not got["ok"] and problems(got) == ["1 UNREADABLE"]
         k.close()
     assert text_audit(tmp_path / "hub", capsys)[0] == 1
+
+
+def test_entries_made_before_an_offline_approval_follow_the_kiosk_to_its_node(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from device import enrol
+    from device.store import init_store
+    from device.sync.engine import run_round
+    from device.sync.state import SyncState
+    from protocol.driver.wall_clock import wall_ms
+
+    with served_hub(tmp_path) as (hub, url):
+        now = wall_ms()
+        doc = hub.approve("North", 1, 24, now)[0]
+        store = init_store(tmp_path / "k", "Unset")
+        # Two refused attempts on the fresh kiosk, then provisioning with the approval.
+        assert audit.record(store, "presence", "provision", "refused:no-press") == 1
+        assert audit.record(store, "7", "provision", "refused:wrong-code") == 2
+        old = store.node
+        approval = enrol.install_approval(store, doc, hub.ed_public, now + 1)
+        assert store.node == approval.node != old
+        assert [(e["seq"], e["result"], e["status"]) for e in audit.entries(store)] == [
+            (1, "refused:no-press", "verified"), (2, "refused:wrong-code", "verified")]
+        assert store.deltas_in(*chain.id_range(old)) == []  # nothing left under the old node
+        assert audit.record(store, "7", "provision", "ok") == 3
+        x_key, _ = enrol.ensure_keys(store.data)
+        made = hub.enroll_by_approval(enrol.enrolment(store.data) or b"",
+                                      x_key.public_key().public_bytes_raw(), now + 2)
+        assert made.cert is not None
+        enrol.install(store, made.cert)
+        state = SyncState(store.data)
+        run_round(store, state, enrol.load(store.data), url, limit=20.0)
+        code, out = hub_audit(hub.data, capsys)
+        (k,) = out["kiosks"]
+        assert code == 0 and k["ok"] and [(e["seq"], e["who"], e["result"]) for e in
+                                          k["entries"]] == [
+            (1, "presence", "refused:no-press"), (2, "7", "refused:wrong-code"),
+            (3, "7", "ok")]
+        # Any other write still bars a kiosk from taking another identity.
+        store.checkin(passport="P1234567", name="A. Patient", birth_year=1990)
+        with pytest.raises(Exception, match="written records already"):
+            store.take_node(approval.node + 2, lambda: enrol.ensure_keys(store.data)[1])
+        state.close()
+        store.close()

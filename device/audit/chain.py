@@ -8,15 +8,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.store import Store
-from protocol import strict_cbor
+from device.store.store import AUDIT_HEAD
 from protocol.crdt.schema import AUDIT
 from protocol.sync import audit
-from protocol.sync.batches import GENESIS
 
 #: ``meta`` key of the chain's head: CBOR ``[node, seq, hash]``. A head of another node
 #: (the kiosk became a new one, SPEC.md "Clones") is not this identity's: its chain
 #: starts again at 1.
-HEAD_KEY = "audit_head"
+HEAD_KEY = AUDIT_HEAD
 
 
 def record(store: Store, who: str, what: str, result: str,
@@ -28,20 +27,14 @@ def record(store: Store, who: str, what: str, result: str,
     trusted time, when the caller has a better one than the store's clock).
     ``AuditValueError`` for a bad value (nothing is written)."""
     now = store.clock() if now_ms is None else now_ms
-    audit.make_entry(1, now, who, what, result, detail)  # refuse bad values before any I/O
+    # Checked before any I/O; numbered by ``next_link`` in the write's transaction.
+    entry = audit.make_entry(1, now, who, what, result, detail)
     _, key = _keys(store)
 
     def step(held: Any) -> tuple[bytes, str, dict[str, Any], bytes, int]:
-        node = store.node
-        seq, prev = 1, GENESIS
-        if held is not None:
-            head_node, head_seq, head_hash = strict_cbor.loads(bytes(held))
-            if head_node == node:
-                seq, prev = head_seq + 1, head_hash
-        signed = audit.sign(key, node, prev, audit.make_entry(seq, now, who, what, result,
-                                                              detail))
-        head = strict_cbor.dumps([node, seq, signed.hash])
-        return audit.audit_id(node, seq), AUDIT.name, signed.values(), head, seq
+        rid, signed, head = audit.next_link(key, store.node, None if held is None
+                                            else bytes(held), entry)
+        return rid, AUDIT.name, signed.values(), head, signed.entry.seq
 
     # The write's stamp is the store's clock's, whatever time the entry names.
     return int(store.put_chained(HEAD_KEY, step))

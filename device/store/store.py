@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.store import inbox, outbox
 from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
@@ -70,7 +71,8 @@ from protocol.crdt.writes import build_delete, build_put, build_resolve
 from protocol.driver.database import immediate
 from protocol.driver.secret_files import write_secret
 from protocol.driver.wall_clock import wall_ms
-from protocol.errors import LocalProtocolError
+from protocol.errors import LocalProtocolError, ProtocolError
+from protocol.sync import audit as sync_audit
 
 log = logging.getLogger("haven.store")
 DB_NAME = "store.db"
@@ -94,6 +96,8 @@ RECORD_ROWS = ("SELECT rid, type, n_conflicts, has_delete, heads FROM records"
 
 SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
 SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+#: The audit chain's head (``put_chained``, ``device.audit``).
+AUDIT_HEAD = "audit_head"
 GET_META = "SELECT value FROM meta WHERE key = ?"
 #: The kiosk's next short patient code's counter, in the check-in's transaction.
 NEXT_CODE = ("INSERT INTO meta VALUES ('code_counter', 1) ON CONFLICT (key) DO UPDATE"
@@ -303,16 +307,46 @@ class Store:
             "SELECT 1 FROM ops WHERE rid = ? AND stamp = ? AND node = ?",
             [rid, stamp, self.node]).fetchone() for rid, stamp in writes)
 
-    def take_node(self, node: int) -> None:
+    def take_node(self, node: int,
+                  audit_key: Callable[[], Ed25519PrivateKey] | None = None) -> None:
         """Become ``node``: the identity an offline approval reserved for this kiosk
         (``device.enrol.install_approval``). Only a kiosk that has written nothing may:
-        its writes are stamped with its node. Durable before it returns."""
+        its writes are stamped with its node. Its audit entries aside (a technician's
+        attempts before, ``device.audit``): they are written again, in order, as
+        ``node``'s chain, signed by ``audit_key()``. Durable before it returns."""
+        now = self.clock()
+        first, last = sync_audit.id_range()
+
         def job(db: sqlite_utils.Database) -> None:
-            if db.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is not None:
+            if db.execute("SELECT 1 FROM ops WHERE rid < ? OR rid > ? LIMIT 1",
+                          [first, last]).fetchone() is not None:
                 raise StoreError("this kiosk has written records already: it cannot take "
                                  "another identity (provision a fresh kiosk)",
                                  "already-provisioned")
+            earlier = {bytes(rid): decode(self.cipher.open_blob(
+                op_label(rid, Dot(stamp, n)), sealed)) for rid, stamp, n, sealed in db.execute(
+                    "SELECT rid, stamp, node, sealed FROM ops ORDER BY rid, stamp DESC")}
             db.execute(SET_META, ["node", str(int(node))])
+            if not earlier:
+                return
+            if audit_key is None:
+                raise StoreError("this kiosk's audit entries need its key to follow it to "
+                                 "another identity", "already-provisioned")
+            key, head = audit_key(), None
+            for table in ("ops", "records", "field_values", "conflicts", "outbox"):
+                db.execute(f"DELETE FROM {table} WHERE rid BETWEEN ? AND ?", [first, last])
+            writes: list[Write] = []
+            for delta in earlier.values():
+                try:
+                    entry = sync_audit.from_delta(delta).entry
+                except ProtocolError:
+                    continue  # not an entry this kiosk made: nothing to carry
+                rid, signed, head = sync_audit.next_link(key, node, head, entry)
+                writes.append((rid, _audit_put(rid, node, signed.values()), True))
+            self._write(db, now, writes)
+            db.execute("DELETE FROM meta WHERE key = ?", [AUDIT_HEAD])
+            if head is not None:
+                db.execute(SET_META, [AUDIT_HEAD, head])
         self._run(job)
         self.node = int(node)
 
@@ -322,7 +356,9 @@ class Store:
         node's (the same change, a fresh stamp, a context over every head of its
         record but the new node's, the old write among them), and the old entries leave
         the outbox; the old node's writes are no longer this kiosk's to send. The queue
-        label goes with the old identity. Returns how many writes went again."""
+        label goes with the old identity. Its audit entries are not written again: signed
+        as the old identity, whose copies are in doubt, they stay as they are (the new
+        node's chain starts at 1). Returns how many writes went again."""
         now = self.clock()
 
         def job(db: sqlite_utils.Database) -> tuple[int, int]:
@@ -332,6 +368,8 @@ class Store:
                     "SELECT o.rid, o.stamp, o.node, p.sealed FROM outbox o JOIN ops p ON"
                     " p.rid = o.rid AND p.stamp = o.stamp AND p.node = o.node"
                     " WHERE o.state = 'queued' AND o.node = ? ORDER BY o.seq", [old]).fetchall():
+                if sync_audit.is_audit_id(bytes(rid)):
+                    continue  # the old identity's audit entries: signed as it, kept here
                 delta = decode(self.cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed))
                 again.setdefault((bytes(rid), stamp), delta)
             db.execute("DELETE FROM outbox WHERE node = ? AND state = 'queued'", [old])
@@ -858,6 +896,10 @@ def _as_node(delta: Delta, node: int) -> Build:
     return lambda view, stamp: dataclasses.replace(
         delta, node=node, stamp=stamp,
         ctx=tuple(sorted(d for d in view.heads if d.node != node)) if view else ())
+
+
+def _audit_put(rid: bytes, node: int, values: Mapping[str, Any]) -> Build:
+    return lambda view, stamp: build_put(view, rid, crdt_schema.AUDIT, node, stamp, values)
 
 
 def _lane(delta: Delta) -> int:

@@ -27,6 +27,7 @@ Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -180,6 +181,21 @@ def sign(key: Ed25519PrivateKey, node: int, prev: bytes, entry: Entry) -> Signed
     hash_ = entry.hash(prev)
     return Signed(entry, prev, key.sign(head_bytes(device_id(node), entry.seq, hash_,
                                                    HEAD_LABEL)))
+
+
+def next_link(key: Ed25519PrivateKey, node: int, head: bytes | None,
+              entry: Entry) -> tuple[bytes, Signed, bytes]:
+    """``entry`` (its number aside) as the link after ``head``, the chain head a kiosk
+    keeps (CBOR ``[node, seq, hash]``, None before the first; another node's head is
+    another identity's, so the chain starts again at 1): its record id, the signed
+    entry and the new head."""
+    seq, prev = 1, GENESIS
+    if head is not None:
+        head_node, head_seq, head_hash = strict_cbor.loads(head)
+        if head_node == node:
+            seq, prev = head_seq + 1, head_hash
+    signed = sign(key, node, prev, dataclasses.replace(entry, seq=seq))
+    return audit_id(node, seq), signed, strict_cbor.dumps([node, seq, signed.hash])
 
 
 def is_signed(public: bytes, node: int, signed: Signed) -> bool:
