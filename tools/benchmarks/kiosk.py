@@ -296,6 +296,12 @@ def kiosk_benchmark(ctx: Context) -> Result:
         "with the next check-in's write rather than in a commit of their own. The session "
         "stays open between rounds (keepalive 120 s, the default); its keepalives run in "
         "real time and write nothing to disk.",
+        "Taps and screens: the page in Chromium at 800x480, each tap a click on the page's "
+        "own keys and buttons (tools/benchmarks/_page_paths.py); an 8-character passport "
+        "(TP000001), the year 1984, a new patient named Ada Lin, and the short code that "
+        "patient was given (9 characters with its dash). Scanned: the scanner types into the "
+        "field, so only the buttons count. A screen counts each time another is shown, the "
+        "start screen and the ticket included.",
     ]
     columns = ["what", "value", "detail", "goal", "met"]
     return Result(rows, columns, notes, {"checkins": checkins, "loads": loads,
