@@ -13,20 +13,27 @@ a small detail. Each line is one ``write`` on a file opened for appending,
 owner-only, so concurrent tools never interleave a line, and a line cut
 short by a power cut is skipped (and counted) on reading, never the rest.
 It holds no patient values: the tool never sees any.
+
+A ``haven tech`` command wraps its work in ``logged(action, port=...)``, and
+fills in the kiosk, the serial and a detail as it learns them; the line is
+written however the command ends.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ENV = "HAVEN_TECH_LOG"
 MAX_LINE = 8192
+log = logging.getLogger("haven.tech_log")
 
 
 def default_path() -> Path:
@@ -66,6 +73,38 @@ def write(action: str, result: str, *, port: str | None = None, kiosk: str | Non
     finally:
         os.close(fd)
     return entry
+
+
+@dataclass
+class Action:
+    """What a command learns as it runs, for its line: the kiosk and the credential's
+    serial once known, and a detail."""
+
+    kiosk: str | None = None
+    serial: int | str | None = None
+    detail: dict[str, Any] | None = None
+    result: str = "ok"
+
+
+@contextmanager
+def logged(action: str, *, port: str | None = None, path: Path | None = None
+           ) -> Iterator[Action]:
+    """Log ``action`` when the block ends: ``ok`` (or what the block set as ``result``),
+    or ``error: ...`` with the exception's one line, which goes on. A log that cannot be
+    written is reported on the ``haven.tech_log`` logger, never in place of the
+    command's own result."""
+    done = Action()
+    try:
+        yield done
+    except BaseException as exc:
+        done.result = f"error: {type(exc).__name__}: {exc}"[:500]
+        raise
+    finally:
+        try:
+            write(action, done.result, port=port, kiosk=done.kiosk, serial=done.serial,
+                  detail=done.detail, path=path)
+        except (OSError, ValueError) as exc:
+            log.warning("the technician's log was not written: %s", exc)
 
 
 @dataclass(frozen=True)

@@ -318,3 +318,21 @@ def test_entries_made_before_an_offline_approval_follow_the_kiosk_to_its_node(
             store.take_node(approval.node + 2, lambda: enrol.ensure_keys(store.data)[1])
         state.close()
         store.close()
+
+
+def test_technician_log_around_a_command(tmp_path: Path) -> None:
+    path = tmp_path / "tech.log"
+    with tech_log.logged("status", port="/dev/ttyACM0", path=path) as act:
+        act.kiosk, act.serial = "1a2b3c4d", 17
+    with pytest.raises(TimeoutError), tech_log.logged("pull", port="/dev/ttyACM0",
+                                                      path=path) as act:
+        act.detail = {"name": "logs.tar"}
+        raise TimeoutError("no answer from the kiosk")
+    with tech_log.logged("time", path=tmp_path / "not-a-dir" / "x" / "tech.log") as act:
+        (tmp_path / "not-a-dir").write_text("")  # the log cannot be written: the command goes on
+        act.result = "ok:unchanged"
+    got = [(e["action"], e["result"], e.get("kiosk"), e.get("serial"), e.get("detail"))
+           for e in tech_log.read(path).entries]
+    assert got == [("status", "ok", "1a2b3c4d", 17, None),
+                   ("pull", "error: TimeoutError: no answer from the kiosk", None, None,
+                    {"name": "logs.tar"})]
