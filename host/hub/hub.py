@@ -26,8 +26,9 @@ they are never applied; re-provisioning the copy brings its writes in anew.
 a letter, a node and a kiosk number reserved for it (``storage``);
 ``enroll_by_approval`` makes one a normal enrolment at the kiosk's first
 sync, and holds a second kiosk on a used approval as a suspected clone.
-``history`` lists one record's writes with the kiosk that made each: the audit
-of who did what (a check-in called, seen, its identity confirmed).
+``history`` lists one record's writes with the kiosk that made each: who wrote
+what (a check-in called, seen, its identity confirmed). Technicians' actions
+are another matter, the kiosks' signed audit chains (``audit``).
 """
 
 from __future__ import annotations
@@ -335,7 +336,7 @@ class Hub:
     def history(self, record_id: str) -> list[dict[str, Any]]:
         """Every write the hub holds for one record, in stamp order: when (the stamp's
         wall time, ms), who (the kiosk whose node wrote it, or the hub) and what it
-        set; the audit of a record (a check-in called, seen, its identity confirmed)."""
+        set: a record's story (a check-in called, seen, its identity confirmed)."""
         try:
             rid = uuid.UUID(record_id).bytes
         except ValueError:
