@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from device.exc import DeviceError
+
 Op = Literal["read", "write"]
 
 # SMP's general error codes (MGMT_ERR_* in Zephyr's mgmt/mcumgr/mgmt/mgmt_defines.h;
@@ -47,7 +49,7 @@ SHELL = 9
 HAVEN = 64
 
 
-class SmpError(Exception):
+class SmpError(DeviceError):
     """Answer the request with an SMP error instead of a result.
 
     ``group=None`` gives the general form ``{"rc": rc}`` (MGMT_ERR_* codes);
