@@ -59,8 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("file", type=Path, metavar="FILE",
                         help="the private key file to create (never overwritten)")
     from host.hub.commands import add_parsers
+    from host.tech.cli import add_parsers as add_tech_parsers
 
     add_parsers(sub)
+    add_tech_parsers(sub)
     return parser
 
 
@@ -90,6 +92,10 @@ def _run(args: argparse.Namespace) -> int:
         from host.hub.commands import run
 
         return run(args)
+    if args.command == "tech":
+        from host.tech.cli import run as run_tech
+
+        return run_tech(args)
     if args.command == "keygen":
         try:
             print(new_key_file(args.file))

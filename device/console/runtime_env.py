@@ -124,7 +124,11 @@ def start_console(runtime: Runtime) -> ConsoleServer | None:
     env = env_for(runtime)
     env.export_dir.mkdir(parents=True, exist_ok=True)
     env.import_dir.mkdir(parents=True, exist_ok=True)
-    server = ConsoleServer(cfg.console, env, baud=cfg.console_baud)
+    from device.tech.runtime_tech import tech_service_for
+
+    # Haven sessions on the same port: ``haven tech`` (device.tech.service).
+    server = ConsoleServer(cfg.console, env, baud=cfg.console_baud,
+                           haven=tech_service_for(runtime, env))
     # The console's own counters (lines dropped, requests refused) are a Stat group too.
     env.stats = lambda: {**runtime_stats(runtime), "console": server.stats()}
     server.start()
