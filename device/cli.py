@@ -196,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="print the hash for a config file's staff_pin instead of keeping it "
                     "in DIR")
 
+    p = sub.add_parser("wipe", help="erase the kiosk's keys and data, for good",
+                       description="Destroy the kiosk's keys, then erase its data; it then "
+                       "starts as a fresh kiosk. Refused while anything is unsynced (the "
+                       "count is shown) unless --discard-unsynced, and while the runtime "
+                       "runs. Asks for confirmation unless --yes.")
+    _data(p)
+    p.add_argument("--discard-unsynced", action="store_true",
+                   help="wipe even though the hub lacks some of the kiosk's data (lost)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
     _data(p, required=False)
@@ -484,17 +494,47 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wipe(args: argparse.Namespace) -> int:
+    from device.audit import PRESENCE
+    from device.run_lock import hold
+    from device.wipe import refuse_unless_kiosk_data, wipe_folder
+
+    refuse_unless_kiosk_data(args.data)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("haven-kiosk wipe: not confirmed (no terminal to ask on): pass --yes",
+                  file=sys.stderr)
+            return 1
+        answer = input(f"Destroy the keys and erase all the data of the kiosk in {args.data}, "
+                       "for good? Type wipe to confirm: ")
+        if answer.strip() != "wipe":
+            print("haven-kiosk wipe: not confirmed: nothing erased", file=sys.stderr)
+            return 1
+    with hold(args.data):  # never under a running runtime
+        report = wipe_folder(args.data, who=PRESENCE, discard_unsynced=args.discard_unsynced)
+    lost = report.discarded
+    print(f"kiosk in {args.data} wiped: keys destroyed ({', '.join(report.keys) or 'none left'}),"
+          f" data erased; it starts as a fresh kiosk"
+          + (f"; discarded: {lost.describe()}" if lost.total else ""))
+    if report.audit_synced is None:
+        print("note: no audit entry: the kiosk's keys were destroyed already (revoked)")
+    elif not report.audit_synced:
+        print("note: the wipe's audit entry could not reach the hub from here: it was lost "
+              "with the data")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
     "checkin": cmd_checkin, "attach": cmd_attach,
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
-    "schema": cmd_schema, "staff-pin": cmd_staff_pin,
+    "schema": cmd_schema, "staff-pin": cmd_staff_pin, "wipe": cmd_wipe,
 }
 
 
 def _failure(exc: Exception) -> tuple[str, int] | None:
-    from device.exc import HardwareError
+    from device.exc import DeviceError, HardwareError
     from device.store import StoreError
 
     if isinstance(exc, config.ConfigError):
@@ -503,6 +543,8 @@ def _failure(exc: Exception) -> tuple[str, int] | None:
         return str(exc), 1
     if isinstance(exc, (StoreError, ProtocolError)):  # DriverError included
         return f"error: {exc}", 1
+    if isinstance(exc, DeviceError):  # the run lock held, a missing data folder
+        return str(exc), 1
     return None
 
 
