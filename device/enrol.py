@@ -58,6 +58,12 @@ class NotEnrolled(StoreError):
 
 
 def ensure_keys(data: Path) -> tuple[X25519PrivateKey, Ed25519PrivateKey]:
+    """The kiosk's keys, made where missing; ``KeysDestroyed`` (``device.wipe``) and none
+    made while a wipe or a revocation destroyed them."""
+    if not (data / X_KEY).exists() or not (data / ED_KEY).exists():
+        from device.wipe import refuse_if_destroyed
+
+        refuse_if_destroyed(data)
     if not (data / X_KEY).exists():
         write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
     if not (data / ED_KEY).exists():
