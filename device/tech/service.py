@@ -71,7 +71,7 @@ from protocol.transfer import Sender, TransferAborted, TransferComplete, transfe
 log = logging.getLogger("haven.tech")
 
 #: Modules whose ``@command``s the service serves (imported when it starts).
-COMMAND_MODULES = ["device.tech.commands"]
+COMMAND_MODULES = ["device.tech.commands", "device.tech.provision"]
 NONCE_BYTES = 32
 #: A session with no frame for this long is over (the tool went away).
 DEAD_TIMEOUT = 30.0
@@ -153,6 +153,10 @@ class Context:
     #: Run once the tool has the (ok) reply, or ``AFTER_REPLY`` s after it was sent (a
     #: restart, which would otherwise cut the reply off).
     after_reply: list[Callable[[], None]] = field(default_factory=list)
+    #: The session's id (its handshake hash's first 16 bytes) and the tool's static key:
+    #: what provisioning binds its short code and the credential to.
+    session_id: bytes = b""
+    remote_static: bytes | None = None
 
     @property
     def who(self) -> str:
@@ -335,7 +339,8 @@ class TechService:
         ctx = Context(self.env, ident, peer.accepted,
                       note=lambda text: self._later_send(tm.encode(
                           "tech-note", id=ident, text=text[:tm.MAX_TEXT])),
-                      what=f"tech.{name}")
+                      what=f"tech.{name}", session_id=peer.session_id,
+                      remote_static=peer.remote_static)
         self._jobs.put(lambda: self._run(cmd, ctx, args, peer))
 
     # -- the worker ------------------------------------------------------------------

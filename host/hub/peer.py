@@ -25,6 +25,8 @@ from collections.abc import Callable
 from host.hub.document_inbox import DocumentInbox
 from host.hub.storage import HubStore
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS
+from protocol.messages import Message
+from protocol.sync import provisioning
 from protocol.sync.conversation import Enroller, HubSync, Reply
 from protocol.transfer import transfer_id
 
@@ -33,10 +35,14 @@ class HubPeer:
     def __init__(self, store: HubStore, hub_ed25519: bytes, remote_static: bytes | None,
                  clock: Callable[[], int], max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
                  documents: DocumentInbox | None = None, enrol: Enroller | None = None,
+                 provision: Callable[[Message, bytes | None, int], list[Reply]] | None = None,
                  ) -> None:
         """``enrol``: how a kiosk whose hello presents an offline approval is enrolled
-        (``Hub.enroll_by_approval``)."""
+        (``Hub.enroll_by_approval``). ``provision``: the answer to a technician's tool that
+        asks instead of a kiosk's hello (``host.hub.provisioning.answer``)."""
         self.documents = documents
+        self.remote = remote_static
+        self.provision = provision
         self.clock = clock
         self.sync = HubSync(store, hub_ed25519, remote_static, max_ahead_ms=max_ahead_ms,
                             enrol=enrol)
@@ -47,6 +53,8 @@ class HubPeer:
         if msg is None:
             return []
         dev = self.sync.device
+        if dev is None and self.provision is not None and msg.type == provisioning.ASK.number:
+            return self.provision(msg, self.remote, now)
         if dev is not None and self.documents is not None and transfer_id(msg) is not None:
             if not self.sync.refresh(now):  # revoked since the hello: nothing more
                 return []

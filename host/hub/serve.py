@@ -70,6 +70,7 @@ from urllib.parse import urlsplit
 
 from host.errors import HavenError, UsageError
 from host.hub import health as health_socket
+from host.hub import provisioning
 from host.hub.admission import HandshakeBudget
 from host.hub.connection import AUTHENTICATED, HANDSHAKING, Connection, PeerSlot
 from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
@@ -250,7 +251,8 @@ class Server:
     def new_peer(self, remote: bytes | None) -> HubPeer:
         inbox = DocumentInbox(self.hub.data / DOCUMENTS_DIR, self.hub.store, wall_ms)
         return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
-                       documents=inbox, enrol=self.hub.enroll_by_approval)
+                       documents=inbox, enrol=self.hub.enroll_by_approval,
+                       provision=functools.partial(provisioning.answer, self.hub))
 
     def admit_handshake(self, host: str, now: float) -> bool:
         """May a key exchange from ``host`` start now? (``HandshakeBudget``)"""
