@@ -66,7 +66,7 @@ def tech_kiosk(tmp: Path, *, trusted: bool = True) -> Iterator[TechKiosk]:
         try:
             enrol.install(store, hub.enroll(enrol.write_request(store).read_bytes(),
                                             now_ms=T0))
-            techs = access.for_kiosk(store)
+            techs = access.for_kiosk(store, presence=lambda: hardware.button.is_held)
             if trusted:
                 techs.clock.note(SYNC, T0 + 60_000)  # as its last sync's welcome said
             export.mkdir()

@@ -4,13 +4,17 @@ refusals change nothing and are audited."""
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device import audit
-from host.errors import PeerRefused
+from host.errors import HavenError, PeerRefused
+from host.progress import Progress
 from host.tech.client import CommandRefused, TechClient
 from protocol.sync import credential as c
 
@@ -58,3 +62,115 @@ def test_a_session_without_a_valid_certificate_is_refused(tmp_path: Path, case: 
         assert not config.exists() and k.resets == [] and k.clock_set == []
         entries = [(e["what"], e["result"]) for e in audit.entries(k.store)]
         assert entries == [("tech.session", f"refused:{code}")]
+
+
+def test_config_get_set_and_bad_values_refused_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "kiosk.toml"
+    original = '# the clinic\'s kiosk\n[kiosk]\ndata = "/var/lib/haven"\ninterval = 10.0\n'
+    config.write_text(original)
+    refusals = {}
+    with tech_kiosk(tmp_path) as k:
+        with TechClient(k.port, k.credential(), timeout=TIMEOUT) as t:
+            got = t.call("config", {"op": "get", "key": "interval"})
+            for key, value in (("interval", "-3"), ("interval", "soon"), ("intervall", "3"),
+                               ("ui", "nowhere"), ("data", "/tmp"), ("hardware", "lasers")):
+                with pytest.raises(CommandRefused) as exc:
+                    t.call("config", {"op": "set", "key": key, "value": value})
+                refusals[key, value] = str(exc.value)
+            assert config.read_text() == original and k.resets == []  # nothing changed
+            live = t.call("config", {"op": "set", "key": "round_limit", "value": "30"})
+            assert k.resets == []
+            restart = t.call("config", {"op": "set", "key": "interval", "value": "25"})
+        whats = [(e["what"], e["result"]) for e in audit.entries(k.store)]
+        assert k.resets == [1]  # once the reply was acknowledged
+    assert got["file"] == 10.0 and got["default"] == 10.0 and got["restart"] is True
+    for text in refusals.values():
+        assert "\n" not in text and text.startswith("config: refused by the kiosk (")
+    assert "must be positive" in refusals["interval", "-3"]
+    assert "did you mean 'interval'" in refusals["intervall", "3"]
+    assert "(fixed-key)" in refusals["data", "/tmp"]
+    assert live["applied"] == "live" and restart["applied"] == "restarting the runtime"
+    assert config.read_text() == original.replace("interval = 10.0", "interval = 25.0") \
+        + "round_limit = 30.0\n"
+    assert ("tech.config.set", "refused:bad-value") in whats
+    assert whats[-1] == ("tech.config.set", "ok")
+
+
+def test_time_restart_and_hardware_test(tmp_path: Path) -> None:
+    with tech_kiosk(tmp_path) as k:
+        notes: list[str] = []
+
+        def note(text: str) -> None:
+            notes.append(text)
+            if text.startswith("press the service button"):
+                threading.Thread(target=k.hardware.press, args=(0.05,), daemon=True).start()
+
+        with TechClient(k.port, k.credential(), timeout=TIMEOUT, on_note=note) as t:
+            read = t.call("time")
+            moved = t.call("time", {"set": int(time.time() * 1000)})
+            hw = t.call("hw", {"timeout": 5.0, "step": 0.0})
+            assert k.resets == []
+            t.call("restart")
+        assert read["trusted"]["source"] == "sync" and read["trusted"]["exact"]
+        # the kiosk's clock was a year behind; its trusted time (the hub's) beats the tool's
+        assert moved["source"] == "sync" and k.clock_set == [moved["set_ms"] / 1000]
+        assert abs(moved["set_ms"] - (T0 + 60_000)) < 60_000
+        assert hw["button"] is True and hw["led"][0] == "synced" and hw["buzzer"]
+        assert "press the service button (within 5 s)" in notes
+        assert k.resets == [1]
+        whats = [e["what"] for e in audit.entries(k.store)]
+        assert whats == ["tech.auth", "tech.time", "tech.time.set", "tech.hw.test",
+                         "tech.restart"]
+
+
+def test_a_kiosk_without_trusted_time_takes_the_tools_clock_under_presence(
+        tmp_path: Path) -> None:
+    with tech_kiosk(tmp_path, trusted=False) as k:
+        cred = k.credential()
+        with pytest.raises(PeerRefused, match="presence-needed"):
+            TechClient(k.port, cred, timeout=TIMEOUT).connect()
+        pin = k.hardware.button.button.pin
+        pin.drive_low()  # the service button held while the credential is presented
+        try:
+            time.sleep(0.3)
+            with TechClient(k.port, cred, timeout=TIMEOUT) as t:
+                assert t.welcome is not None and t.welcome.time == "presence"
+                now = int(time.time() * 1000)
+                moved = t.call("time", {"set": now})
+        finally:
+            pin.drive_high()
+        assert moved["source"] == "tool" and k.clock_set == [now / 1000]
+        results = [(e["who"], e["what"], e["result"]) for e in audit.entries(k.store)]
+        assert results[0][1:] == ("tech.session", "refused:presence-needed")
+        assert results[1][1:] == ("tech.auth", "ok:presence")
+
+
+def test_pull_resumes_after_the_cable_is_pulled(tmp_path: Path) -> None:
+    data = random.Random(7).randbytes(300_000)
+    out = tmp_path / "out"
+    with tech_kiosk(tmp_path) as k:
+        (k.env.console.export_dir / "kiosk.log").write_bytes(data)
+        cred = k.credential()
+        client = TechClient(k.port, cred, timeout=TIMEOUT)
+
+        class Cut(Progress):
+            def update(self, label: str, done: int, total: int, *, force: bool = False
+                       ) -> None:
+                if done > 100_000 and client._link is not None:
+                    client._link.close()  # the cable, pulled
+
+        with pytest.raises(HavenError), client:
+            client.pull("kiosk.log", out, Cut(enabled=False))
+        assert not (out / "kiosk.log").exists()
+        with TechClient(k.port, cred, timeout=TIMEOUT) as t:
+            again = t.pull("kiosk.log", out)
+            with pytest.raises(CommandRefused, match="bad-name"):
+                t.pull("../kiosk.toml", out)
+            with pytest.raises(CommandRefused, match="no-file"):
+                t.pull("missing.log", out)
+        results = [(e["what"], e["result"]) for e in audit.entries(k.store)]
+    assert (out / "kiosk.log").read_bytes() == data
+    assert again["size"] == len(data) and again["chunks_reused"] > 0
+    assert again["chunks_moved"] + again["chunks_reused"] == again["chunks"]
+    assert ("tech.pull", "refused:interrupted") in results
+    assert results.count(("tech.pull", "ok")) == 1

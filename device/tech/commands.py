@@ -279,8 +279,9 @@ def hw_test(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     wait = args.get("timeout", 10.0)
     if not isinstance(wait, int | float) or not 0 < wait <= MAX_WAIT:
         raise CommandError("bad-args", f"the button wait is 0 to {MAX_WAIT:g} s")
-    step = float(args.get("step", 0.5))
-    step = min(max(step, 0.0), 2.0)
+    step = args.get("step", 1.0)
+    if isinstance(step, bool) or not isinstance(step, int | float) or not 0 <= step <= 5:
+        raise CommandError("bad-args", "each LED pattern shows 0 to 5 s")
     ctx.what = "tech.hw.test"
     before = hardware.led.pattern
     shown: list[str] = []

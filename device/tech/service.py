@@ -77,6 +77,8 @@ NONCE_BYTES = 32
 DEAD_TIMEOUT = 30.0
 KEEPALIVE = 2.0
 AFTER_REPLY = 2.0
+#: A session whose tool has not been welcomed this long after it opened is closed.
+HELLO_WITHIN = 60.0
 
 
 class CommandError(Exception):
@@ -173,8 +175,10 @@ class _Peer:
 
     session_id: bytes
     remote_static: bytes | None
+    since: float = 0.0  #: when it opened (the service's clock)
     nonce: bytes = field(default_factory=lambda: secrets.token_bytes(NONCE_BYTES))
     accepted: Accepted | None = None
+    open_commands: int = 0  #: open commands run before any welcome (a fresh kiosk's)
 
 
 class TechService:
@@ -211,6 +215,11 @@ class TechService:
             later, self._later = list(self._later), deque()
         for action in later:
             action()
+        peer = self.peer
+        if peer is not None and peer.accepted is None and not peer.open_commands \
+                and now - peer.since > HELLO_WITHIN:
+            self.peer = None  # a session that never showed a credential frees the port
+            self.driver.session.close("timeout", "no credential presented")
         self._pump()
         out = self.driver.output(now)
         if self._after and (self.driver.session.all_acked or not self.driver.connected
@@ -249,7 +258,7 @@ class TechService:
             if event.resumed and self.peer is not None:
                 return
             self._end_transfers()
-            self.peer = _Peer(event.session_id, event.remote_static)
+            self.peer = _Peer(event.session_id, event.remote_static, self.clock())
             techs = self.env.technicians
             if techs is None:
                 device, site, how = "", "", "not enrolled"
@@ -312,6 +321,10 @@ class TechService:
             if techs is not None:
                 self._audit(techs, who, "tech.session", f"refused:{code}", None)
             self._send(tm.encode("tech-refused", code=code, reason=str(exc)[:tm.MAX_TEXT]))
+            # Once the tool has heard why, the session ends: the port is free for the next.
+            session = self.driver.session
+            self._after.append((self.clock() + AFTER_REPLY,
+                                [lambda: session.close("refused", "credential refused")]))
             return
         peer.accepted = accepted
         t = accepted.tech
@@ -336,6 +349,8 @@ class TechService:
                     ident, "not-allowed", f"the credential does not allow {cmd.action!r} "
                     "now (expired, revoked or not in its actions)"))
                 return
+        if cmd.action is None and peer.accepted is None:
+            peer.open_commands += 1
         ctx = Context(self.env, ident, peer.accepted,
                       note=lambda text: self._later_send(tm.encode(
                           "tech-note", id=ident, text=text[:tm.MAX_TEXT])),

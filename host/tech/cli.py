@@ -91,6 +91,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("test", choices=("test",))
     p.add_argument("--wait", type=float, default=10.0, metavar="S",
                    help="how long to wait for a button press (default 10)")
+    p.add_argument("--step", type=float, default=1.0, metavar="S",
+                   help="how long each LED pattern shows (default 1)")
     p = cmds.add_parser("pull", help="fetch a file from the kiosk's export directory",
                         description="Fetch NAME from the kiosk's export directory into "
                         "--out. Run it again after an interruption: only what is missing "
@@ -188,7 +190,8 @@ def _run(args: argparse.Namespace, client: TechClient, entry: tech_log.Action) -
         r = client.call("restart")
         _print(args, r, "the kiosk's runtime is restarting")
     elif name == "hw":
-        r = client.call("hw", {"timeout": args.wait}, timeout=args.wait + 20 + args.timeout)
+        r = client.call("hw", {"timeout": args.wait, "step": args.step},
+                        timeout=args.wait + 20 + args.timeout)
         _print(args, r, f"LED: {', '.join(r.get('led', []))}; buzzer beeped; button "
                         + ("pressed" if r.get("button") else "NOT pressed in time"))
         if not r.get("button"):

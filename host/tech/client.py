@@ -111,10 +111,19 @@ class TechClient:
         self.close()
 
     def connect(self) -> Welcome:
+        """Open the port and the session; the welcome (see the module docstring)."""
         try:
             self._link = open_link(self.port, self.baud)
         except LinkError as exc:
             raise UsageError(f"cannot open {self.port}: {exc}") from None
+        try:
+            return self._connect()
+        except BaseException:
+            self.close()  # says goodbye, so the kiosk's console is free for the next
+            raise
+
+    def _connect(self) -> Welcome:
+        assert self._link is not None
         config = session_config(stream=self._link.stream, baud=self.baud, pattern="XX",
                                 keepalive=KEEPALIVE, dead_timeout=max(self.timeout, 5.0),
                                 send_buffer=256 * 1024)
@@ -195,7 +204,9 @@ class TechClient:
                 result = self._result("pull", msg)
                 if path is None:
                     raise HavenError("pull: the kiosk replied before the file was in place")
-                return {**result, "path": str(path)}
+                r = receiver.stats
+                return {**result, "path": str(path), "chunks": r.chunks_total,
+                        "chunks_reused": r.chunks_reused, "chunks_moved": r.chunks_moved}
             try:
                 if msg.name == "xfer-manifest" and receiver.state == "receiving":
                     store.add_layout(msg.get("start"), msg.get("hashes"), msg.get("lengths"))
