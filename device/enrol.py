@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from device.store import Store, StoreError
 from device.store.keys import read_key
 from device.sync.state import SyncState, alert_of
+from protocol import strict_cbor
 from protocol.driver.secret_files import write_secret
 from protocol.errors import ProtocolError
 from protocol.sync import approval as sync_approval
@@ -164,14 +165,44 @@ def enrolment(data: Path) -> bytes | None:
 class Identity:
     x_key: X25519PrivateKey
     ed_key: Ed25519PrivateKey
+    #: Its certificate; for a kiosk provisioned offline and not enrolled yet, one made of
+    #: its approval (``raw`` empty, no fleet key): what its first sync needs of it.
     cert: sync_cert.Certificate
+    #: What that first sync presents (``enrolment``); None once the kiosk has its
+    #: certificate.
+    enrol: bytes | None = None
+
+
+def _approved(data: Path) -> Identity | None:
+    """The identity of a kiosk provisioned offline that has no certificate yet."""
+    enrol = enrolment(data)
+    if enrol is None:
+        return None
+    x_key, ed_key = ensure_keys(data)
+    doc = (data / APPROVAL).read_bytes()
+    try:
+        # checked against the trusted hub key when it was installed: read with its own
+        body = strict_cbor.loads(doc, max_size=sync_approval.MAX_DOC)[0]
+        hub = strict_cbor.loads(body, max_size=sync_approval.MAX_DOC)[9]
+        ap = sync_approval.read_approval(doc, hub)
+    except (ProtocolError, LookupError, TypeError) as exc:
+        raise StoreError(f"bad approval: {exc}", getattr(exc, "code", "bad-approval")) from None
+    cert = sync_cert.Certificate(
+        ap.node, ap.site, ap.letter, x_key.public_key().public_bytes_raw(),
+        ed_key.public_key().public_bytes_raw(), ap.hub_x25519, ap.hub_ed25519, b"",
+        ap.issued, 0, ap.kiosk_number, b"")
+    return Identity(x_key, ed_key, cert, enrol)
 
 
 def load(data: Path) -> Identity:
-    """The kiosk's keys and certificate, or ``NotEnrolled``."""
+    """The kiosk's keys and certificate, or ``NotEnrolled``. A kiosk provisioned
+    offline syncs before it has a certificate: its first sync enrols it."""
     try:
         doc = (data / CERT).read_bytes()
     except FileNotFoundError:
+        approved = _approved(data)
+        if approved is not None:
+            return approved
         raise NotEnrolled(f"kiosk in {data} is not enrolled; run: haven-kiosk enroll") from None
     x_key, ed_key = ensure_keys(data)
     try:

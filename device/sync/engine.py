@@ -31,7 +31,7 @@ from typing import Any
 
 from device.enrol import Identity
 from device.exc import DeviceError
-from device.store import Store
+from device.store import Store, StoreError
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
 from device.sync.state import SEAL_LABEL, SyncState
@@ -52,7 +52,7 @@ log = logging.getLogger("haven.sync")
 
 BATCH_BYTES = 48 * 1024
 REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
-            "auth")
+            "auth", "bad-approval")
 
 
 def refuser(by_peer: bool) -> str:
@@ -257,7 +257,8 @@ class Round:
         self.summary = Summary()
         self.sync = KioskSync(KioskLedger(store, state, self.summary, ident.cert.hub_ed25519),
                               cert=ident.cert.raw,
-                              device=self.device, key=ident.ed_key)
+                              device=self.device, key=ident.ed_key, enrol=ident.enrol)
+        self.installed: int | None = None  #: the certificate's serial, once one was issued
 
     @property
     def done(self) -> bool:
@@ -271,9 +272,31 @@ class Round:
         if self.documents is not None and transfer_id(msg) is not None:
             return self.documents.on_message(msg)
         try:
-            return self.sync.receive(msg, wall_ms())
+            replies = self.sync.receive(msg, wall_ms())
         except BatchRefused as exc:
             raise SyncFailed(str(exc)) from None
+        if self.sync.issued is not None and self.installed is None:
+            self._install(self.sync.issued)
+        return replies
+
+    def _install(self, doc: bytes) -> None:
+        """The certificate the hub issued at the first sync of a kiosk provisioned
+        offline: installed (with the fleet key sealed to this kiosk) and audited."""
+        from device import audit
+        from device.enrol import install
+
+        try:
+            cert = install(self.store, doc)
+        except StoreError as exc:
+            raise SyncFailed(f"the certificate the hub issued was not installed: {exc}") \
+                from None
+        self.installed = cert.serial
+        log.info("enrolled by the hub at the first sync: certificate %d", cert.serial)
+        try:
+            audit.record(self.store, str(cert.serial), "enrol.certificate", "ok",
+                         {"kiosk": cert.device_id, "certificate": cert.serial})
+        except Exception:
+            log.exception("the enrolment was not audited")
 
     def documents_out(self, room: Callable[[int], bool],
                       out_of_time: bool = False) -> Iterator[tuple[int, bytes]]:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.enrol import Identity, load
+from device.enrol import CERT, Identity, load
 from device.store import Store, StoreError
 from device.sync.circuit import Breakers, hub_breakers
 from device.sync.connection import KEEPALIVE, HubConnection, Waiter, wait_readable
@@ -147,6 +147,7 @@ class SyncLoop:
         later round raises it at once)."""
         if (why := self.revoked) is not None:
             raise SyncRefused(f"this kiosk was revoked ({why})", REVOKED)
+        self._enrolled()  # a round that failed after its welcome may have enrolled it
         try:
             summary, failures = sync_first(self.breakers, self._round, limit, self.failed)
         except SyncRefused as exc:
@@ -155,6 +156,7 @@ class SyncLoop:
                 self.state.mark_revoked(self.ident.cert.raw, str(exc))
             raise
         if summary is not None:
+            self._enrolled()
             self.attempt = 0
             self.contact = self.clock()
             pushed = self.conn is not None and self.conn.open
@@ -163,6 +165,13 @@ class SyncLoop:
         self.attempt += bool(failures)
         return Outcome(None, failures, retry_wait(self.attempt, self.breakers, self.rng,
                                                   cap=self.retry_cap))
+
+    def _enrolled(self) -> None:
+        """A kiosk provisioned offline that its first sync enrolled: from now on its
+        identity is its certificate (the session kept open was the approval's)."""
+        if self.ident.enrol is not None and (self.store.data / CERT).exists():
+            self.close()
+            self.ident = load(self.store.data)
 
     def _round(self, url: str, limit: float) -> Summary:
         """A round on ``url``'s kept-open session over TCP (a round over one URL closes
