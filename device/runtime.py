@@ -36,10 +36,15 @@ that worked is kept in memory (``SyncState.last_sync_ms``, on the page as
 A kiosk the hub revoked (its session closed, or its hello refused, with
 reason ``revoked``) shows ``revoked`` on the LED, the page and the staff
 screen, and stops syncing: the revocation is kept in ``sync.db``, so a
-restart neither tries again nor storms the hub. One the hub suspects of
-being a clone (``suspected_clone``) shows ``suspected-clone`` and goes on.
-Both still check patients in. The page's "last contact" age is read from
-the sync loop on demand, in memory only.
+restart neither tries again nor storms the hub. At that contact it destroys
+its keys (``device.wipe``): its data stays, sealed under keys that are gone,
+and it takes no more check-ins; restarted, it opens no store
+(``SealedStore``) and shows ``revoked`` again. One the hub suspects of being
+a clone (``suspected_clone``) shows ``suspected-clone``, goes on, and still
+checks patients in. A kiosk wiped by a technician starts as a fresh one: its
+start finishes the wipe (``device.wipe.finish``) and says so in one line.
+The page's "last contact" age is read from the sync loop on demand, in
+memory only.
 
 Every ``health_interval`` the runtime looks at its memory
 (``device.health.memory``: caches dropped past the soft threshold, the
@@ -72,8 +77,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
+from device import wipe as kiosk_wipe
 from device.config import KioskConfig, memory_limits, storage_limits
 from device.console.runtime_env import start_console
 from device.console.server import ConsoleServer
@@ -160,6 +166,8 @@ class Runtime:
         self._wake = Wake()
         #: REVOKED or SUSPECTED_CLONE: shown over the sync state (a technician is needed)
         self._alert: str | None = None
+        #: Why the keys are gone (revoked: ``device.wipe``): no check-in, no sync
+        self._keys_gone: str | None = None
         self._asked = True  #: the first round, or one asked for: logged even if idle
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -194,8 +202,7 @@ class Runtime:
         self.live.bind(asyncio.get_running_loop())
         self.live.watch_contact(self._contact_age, self.cfg.keepalive or self.cfg.interval)
         self._offset = await asyncio.to_thread(self._saved_offset)
-        self.store = await asyncio.to_thread(
-            lambda: Store(self.data, clock=lambda: wall_ms() + self._offset))
+        self.store = await asyncio.to_thread(self._open_store)
         self.hardware.button.when_sync_now = self.sync_now
         if self.cfg.printer:
             self.printer = Printer(self.cfg.printer, width=self.cfg.printer_width,
@@ -210,7 +217,7 @@ class Runtime:
                        staff_pin=self.cfg.staff_pin, staff_pin_wait=self.cfg.staff_pin_wait,
                        hardware=self.hardware,
                        on_checkin=self.sync_now, health=self.health,
-                       admit_checkin=self.storage.admit, printer=self.printer)
+                       admit_checkin=self._admit, printer=self.printer)
         host, port = self.cfg.ui_address()
         self._server = http.HttpServer(app.handle)
         self.address = await self._server.start(host, port)
@@ -244,6 +251,32 @@ class Runtime:
             raise HardwareError(f'simulated pins, and the configuration asks for real ones '
                                 f'(hardware = "{self.cfg.hardware}"); set hardware = '
                                 f'"{hw.SIMULATED}" (--hardware {hw.SIMULATED}) to run on them')
+
+    def _open_store(self) -> Store:
+        """The store, once an interrupted wipe is finished (``device.wipe.finish``: a
+        wiped kiosk starts as a fresh one, and says so in one line). A kiosk whose keys
+        were destroyed when it was revoked gets a ``SealedStore``: it shows REVOKED and
+        takes no check-in."""
+        marker = kiosk_wipe.finish(self.data)
+        if marker is not None and marker["state"] == kiosk_wipe.REVOKED:
+            self._keys_gone = str(marker.get("detail") or "revoked")
+            return cast(Store, kiosk_wipe.SealedStore(self.data))
+        note = kiosk_wipe.fresh_note(self.data)
+        if note is not None:
+            log.warning("%s", note)
+            self.live.update(detail=note)
+        return Store(self.data, clock=lambda: wall_ms() + self._offset)
+
+    def _admit(self) -> None:
+        """Before a check-in: refused once the keys are gone, or the disk is too full."""
+        if self._keys_gone is not None:
+            raise kiosk_wipe.KeysDestroyed(f"this kiosk's keys were destroyed ({self._keys_gone})")
+        self.storage.admit()
+
+    def keys_destroyed(self, why: str) -> None:
+        """A technician's wipe destroyed the keys (``device.tech.wipe_command``): no more
+        check-ins until the restart that erases the data."""
+        self._keys_gone = why
 
     def _saved_offset(self) -> int:
         state = SyncState(self.data)
@@ -396,6 +429,9 @@ class Runtime:
 
     def _sync_loop(self) -> None:
         assert self.store is not None
+        if self._keys_gone is not None:
+            self._revoked(self._keys_gone)
+            return
         state = SyncState(self.data, clock=self.clock)
         docs = DocumentStore(self.data, self.store.cipher)  # open for good: see drive_round
         try:
@@ -467,10 +503,16 @@ class Runtime:
                     self._show()
 
     def _revoked(self, detail: str) -> None:
-        """The hub revoked this kiosk: show it, and sync no more (until stopped; a new
-        enrolment and a restart end it)."""
-        log.error("this kiosk was revoked (%s): it syncs no more; enrol it again to "
-                  "return it to service", detail)
+        """The hub revoked this kiosk: destroy its keys (``device.wipe``: its data stays,
+        sealed under them), take no more check-ins, show it, and sync no more (until
+        stopped; a wipe and a new enrolment return it to service)."""
+        if self._keys_gone is None:
+            log.error("this kiosk was revoked (%s): it syncs no more", detail)
+            try:
+                kiosk_wipe.wipe_on_revocation(self.data, detail)
+            except Exception:  # never a crash: it stays revoked, keys or not
+                log.exception("revoked, and the keys were not destroyed")
+            self._keys_gone = detail
         self._alert = REVOKED
         self.live.update(detail=detail)
         self._show()

@@ -315,17 +315,18 @@ def fresh_note(data: Path) -> str | None:
 # A technician's wipe, and a revoked kiosk's ------------------------------------------------
 
 def wipe(store: Store, *, who: str, discard_unsynced: bool = False,
-         sync: Callable[[], bool] | None = None) -> Report:
+         sync: Callable[[], bool] | None = None, what: str = "wipe") -> Report:
     """A technician's wipe of the kiosk ``store`` belongs to (see above), up to the keys:
     refused (``UnsyncedData``, nothing changed) while anything is unsynced unless
-    ``discard_unsynced``; audited as ``who``; ``sync()`` (a round, bounded) says whether
-    the audit entry reached the hub; then the keys are destroyed and the marker says
+    ``discard_unsynced``; audited as ``who`` doing ``what``; ``sync()`` (a round,
+    bounded) says whether the audit entry reached the hub; then the keys are destroyed
+    and the marker says
     ``wiping``. The caller closes the store and calls ``finish`` (the runtime does at
     its next start)."""
     data = store.data
     lost = unsynced(store)
     check_unsynced(lost, discard_unsynced)
-    audit.record(store, who, "wipe", "ok", {"discarded": lost.total} if lost.total else None)
+    audit.record(store, who, what, "ok", {"discarded": lost.total} if lost.total else None)
     synced = False
     if sync is not None:
         try:
@@ -344,18 +345,23 @@ def wipe_folder(data: Path, *, who: str, discard_unsynced: bool = False) -> Repo
     then ``finish``. ``NotKioskData`` for a folder that holds no kiosk."""
     data = Path(data)
     refuse_unless_kiosk_data(data)
-    marker = read_marker(data)
-    if marker is not None and marker["state"] in (WIPING, REVOKED):
-        # keys gone already: what is unsynced is lost with them, and nothing can sign
-        lost = unsynced_of(data)
-        keys = destroy_keys(data, WIPING, site=marker.get("site") or _site_of(data),
-                            discarded=lost.detail(), by=who)
-        finish(data)
-        return Report(lost, keys, None)
-    with Store(data) as store:
-        report = wipe(store, who=who, discard_unsynced=discard_unsynced)
+    if keys_destroyed(data) is not None:
+        report = wipe_without_keys(data, who)
+    else:
+        with Store(data) as store:
+            report = wipe(store, who=who, discard_unsynced=discard_unsynced)
     finish(data)
     return report
+
+
+def wipe_without_keys(data: Path, who: str) -> Report:
+    """The wipe of a kiosk whose keys are gone already (revoked): what is unsynced was
+    lost with them (counted from the files), and nothing can sign an audit entry."""
+    marker = read_marker(data) or {}
+    lost = unsynced_of(data)
+    keys = destroy_keys(data, WIPING, site=marker.get("site") or _site_of(Path(data)),
+                        discarded=lost.detail(), by=who)
+    return Report(lost, keys, None)
 
 
 def refuse_unless_kiosk_data(data: Path) -> None:

@@ -71,7 +71,7 @@ from protocol.transfer import Sender, TransferAborted, TransferComplete, transfe
 log = logging.getLogger("haven.tech")
 
 #: Modules whose ``@command``s the service serves (imported when it starts).
-COMMAND_MODULES = ["device.tech.commands", "device.tech.provision"]
+COMMAND_MODULES = ["device.tech.commands", "device.tech.provision", "device.tech.wipe_command"]
 NONCE_BYTES = 32
 #: A session with no frame for this long is over (the tool went away).
 DEAD_TIMEOUT = 30.0
@@ -155,6 +155,9 @@ class Context:
     #: Run once the tool has the (ok) reply, or ``AFTER_REPLY`` s after it was sent (a
     #: restart, which would otherwise cut the reply off).
     after_reply: list[Callable[[], None]] = field(default_factory=list)
+    #: The command wrote its own audit entry (a wipe, before its keys went): the service
+    #: writes none for it.
+    audited: bool = False
     #: The session's id (its handshake hash's first 16 bytes) and the tool's static key:
     #: what provisioning binds its short code and the credential to.
     session_id: bytes = b""
@@ -394,7 +397,7 @@ class TechService:
 
     def _finish(self, ctx: Context, result: str) -> None:
         techs = ctx.technicians
-        if techs is not None:
+        if techs is not None and not ctx.audited:
             self._audit(techs, ctx.who, ctx.what, result, ctx.detail or None)
 
     def _audit(self, techs: Technicians, who: str, what: str, result: str,
