@@ -192,6 +192,12 @@ class KioskConfig:
     console_import: str = option("import", "the folder, inside the data directory, that "
                                  "the console's file uploads go to (nothing in it is ever "
                                  "installed or run)", metavar="DIR", check=_inside_data)
+    provision_window: float = option(60.0, "provisioning a fresh kiosk: how long after the "
+                                     "technician's request the service button may be held",
+                                     unit="s", positive=True)
+    provision_hold: float = option(3.0, "provisioning a fresh kiosk: how long the service "
+                                   "button must be held (physical presence)", unit="s",
+                                   positive=True)
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)

@@ -125,9 +125,39 @@ class Provisioner:
 
 def _provisioner(ctx: Context) -> Provisioner:
     prov = ctx.env.extra.get(EXTRA)
+    if prov is None and ctx.env.extra.get("runtime") is not None:
+        prov = ctx.env.extra[EXTRA] = for_runtime(ctx.env.extra["runtime"],
+                                                  ctx.env.config_file)
     if not isinstance(prov, Provisioner):
         raise CommandError("no-provisioning", "this kiosk's runtime does not provision")
     return prov
+
+
+def for_runtime(runtime: Any, config_file: Path | None) -> Provisioner | None:
+    """The runtime's provisioner: its store, its service button, the windows of its
+    configuration, the code on its log (the console's ``log show``) and its status line,
+    the clock set as the console's datetime set is. None before its store is open."""
+    from device.console.runtime_env import _set_wall
+
+    store = runtime.store
+    if store is None:
+        return None
+
+    def pressed() -> bool:
+        hardware = runtime.hardware
+        return hardware is not None and bool(hardware.button.is_pressed)
+
+    def show(code: str | None) -> None:
+        text = None if code is None else f"provisioning code {sas.display(code)}"
+        if text is not None:
+            log.warning("%s (compare it with the technician's tool)", text)
+        live = getattr(runtime, "live", None)
+        if live is not None:
+            live.update(detail=text or "")
+
+    cfg = runtime.cfg
+    return Provisioner(store, pressed, window=cfg.provision_window, hold=cfg.provision_hold,
+                       show_code=show, set_wall=_set_wall, config_file=config_file)
 
 
 def _bytes(args: dict[str, Any], name: str, *, optional: bool = False) -> Any:
@@ -249,8 +279,6 @@ def reveal(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise _refuse(prov, str(run.tech.serial), ctx.what, getattr(exc, "code", "bad-args"),
                       str(exc)) from None
     prov.show_code(run.code)
-    log.warning("provisioning code: %s (compare it with the technician's tool)",
-                sas.display(run.code))
     return {}
 
 
