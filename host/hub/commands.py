@@ -25,6 +25,20 @@ def _data(p: argparse.ArgumentParser) -> None:
                    help="the hub's data directory")
 
 
+def _write_cert(path: Path, cert: bytes, replaced: str | None) -> None:
+    from protocol.sync.certificate import read_certificate
+
+    try:
+        path.write_bytes(cert)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror} (the kiosk is "
+                         "approved: run this again with another --out)") from None
+    issued = read_certificate(cert)
+    print(f"certificate written to {path}: kiosk {issued.device_id} at site "
+          f"{issued.site!r}, letter {issued.letter}, number {issued.kiosk_number}"
+          + (f"; kiosk {replaced} retired (revoked: replaced)" if replaced else ""))
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hub = sub.add_parser("hub", help="run and administer the hub",
                          description="The hub: keys, enrolment, sync service, state.")
@@ -41,6 +55,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="the kiosk's enrolment request (haven-kiosk init writes it)")
     p.add_argument("--out", type=Path, required=True, metavar="CERT",
                    help="where to write the kiosk's certificate")
+    p.add_argument("--replaces", metavar="OLD_DEVICE_ID",
+                   help="a dead kiosk at the same site: the new one takes over its letter, "
+                   "and it is retired (revoked: replaced)")
+    p.add_argument("--from", dest="from_day", metavar="DAY",
+                   help="with --replaces: the first day (UTC, YYYY-MM-DD) whose queue "
+                   "numbers are the new kiosk's (default today; after the old kiosk was "
+                   "last heard from)")
+    p = hs.add_parser("replace", help="give a dead kiosk's letter to an enrolled kiosk",
+                      description="Retire OLD_DEVICE_ID (revoked: replaced) and give its "
+                      "letter at its site to NEW_DEVICE_ID from DAY; the new kiosk's "
+                      "certificate, with that letter, goes to CERT (install it with "
+                      "haven-kiosk enroll CERT). The old kiosk's unsynced data, if its card "
+                      "can be read, comes through a relay bundle, not this command.")
+    _data(p)
+    p.add_argument("old", metavar="OLD_DEVICE_ID", help="the kiosk replaced")
+    p.add_argument("--by", required=True, metavar="NEW_DEVICE_ID",
+                   help="the enrolled kiosk that takes over its letter")
+    p.add_argument("--from", dest="from_day", metavar="DAY",
+                   help="the first day (UTC, YYYY-MM-DD) whose queue numbers are the new "
+                   "kiosk's (default today; after the old kiosk was last heard from)")
+    p.add_argument("--out", type=Path, required=True, metavar="CERT",
+                   help="where to write the new kiosk's certificate")
     p = hs.add_parser("approve", help="approve kiosks to be provisioned offline",
                       description="Write COUNT approvals for kiosks at SITE to FILE, for a "
                       "technician to provision kiosks where the hub is out of reach. Each "
@@ -346,17 +382,14 @@ def run(args: argparse.Namespace) -> int:
                 request = args.request.read_bytes()
             except OSError as exc:
                 raise UsageError(f"cannot read {args.request}: {exc.strerror}") from None
-            cert = hub.enroll(request)
-            try:
-                args.out.write_bytes(cert)
-            except OSError as exc:
-                raise UsageError(f"cannot write {args.out}: {exc.strerror} (the kiosk is "
-                                 "approved: run this again with another --out)") from None
-            from protocol.sync.certificate import read_certificate
+            if args.from_day is not None and args.replaces is None:
+                raise UsageError("--from goes with --replaces")
+            _write_cert(args.out, hub.enroll(request, replaces=args.replaces,
+                                             from_day=args.from_day), args.replaces)
+        elif cmd == "replace":
+            from host.hub.replace import replace
 
-            issued = read_certificate(cert)
-            print(f"certificate written to {args.out}: kiosk {issued.device_id} at site "
-                  f"{issued.site!r}, letter {issued.letter}, number {issued.kiosk_number}")
+            _write_cert(args.out, replace(hub, args.old, args.by, args.from_day), args.old)
         elif cmd == "approve":
             _approve(hub, args)
         elif cmd == "revoke":

@@ -119,8 +119,10 @@ class Hub:
 
     # Enrolment --------------------------------------------------------------------
 
-    def enroll(self, request: bytes, now_ms: int | None = None) -> bytes:
-        """Approve a kiosk's request; returns its certificate."""
+    def enroll(self, request: bytes, now_ms: int | None = None, *,
+               replaces: str | None = None, from_day: str | None = None) -> bytes:
+        """Approve a kiosk's request; returns its certificate. ``replaces``: a kiosk at
+        its site whose letter it takes over from ``from_day`` (``host.hub.replace``)."""
         now = wall_ms() if now_ms is None else now_ms
         try:
             req = sync_cert.read_request(request)
@@ -132,7 +134,13 @@ class Hub:
                 raise HavenError(f"kiosk {req.device_id} is already known with other keys "
                                  "or revoked; make a new request")
         known = self.store.device(req.device_id)
-        letter = self._letter_for(req, known, now)
+        if replaces is not None:
+            from host.hub.replace import take_over
+
+            letter = take_over(self, replaces, req.device_id, req.site, req.letter, from_day,
+                               now)
+        else:
+            letter = self._letter_for(req, known, now)
         if known is not None:
             number = known.kiosk_number  # the same kiosk again: its number stays
         else:

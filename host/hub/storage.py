@@ -120,6 +120,15 @@ MIGRATIONS.sql(
         node INTEGER NOT NULL UNIQUE, kiosk_number INTEGER NOT NULL UNIQUE,
         issued_at INTEGER NOT NULL, expires INTEGER NOT NULL, used_by BLOB, used_at INTEGER)""",
 )
+#: 6: replacements (``host.hub.replace``): a kiosk retired (revoked, reason "replaced")
+#: and the kiosk that took over its letter at its site from a day (UTC, YYYY-MM-DD). One
+#: row per retired kiosk; rows are never deleted.
+MIGRATIONS.sql(
+    6,
+    """CREATE TABLE replacements (
+        old_device TEXT PRIMARY KEY, new_device TEXT NOT NULL, site TEXT NOT NULL,
+        letter TEXT NOT NULL, from_day TEXT NOT NULL, at INTEGER NOT NULL)""",
+)
 #: The next kiosk number: one past every number a kiosk or an approval was given.
 NEXT_NUMBER = ("SELECT MAX(COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
                " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0)) + 1")
@@ -279,6 +288,32 @@ class HubStore:
                                           " AND used_by IS NULL AND expires > ?", [site, now]):
                 out.setdefault(letter, f"approval {serial}, until it is used or expires")
         return out
+
+    def retire(self, old_id: str, new_id: str, site: str, letter: str, from_day: str,
+               now: int) -> None:
+        """``old_id`` replaced by ``new_id`` (its letter at ``site`` from ``from_day``), in
+        one transaction: the replacement kept, the old kiosk revoked, and the new one, if
+        enrolled, given the letter. Again for the same pair: nothing changes."""
+        with self._tx() as db:
+            held = db.execute("SELECT new_device FROM replacements WHERE old_device = ?",
+                              [old_id]).fetchone()
+            if held is not None:
+                if held[0] != new_id:
+                    raise ValueError(f"kiosk {old_id} was replaced by {held[0]} already")
+                return
+            db.execute("INSERT INTO replacements VALUES (?, ?, ?, ?, ?, ?)",
+                       [old_id, new_id, site, letter, from_day, now])
+            db.execute("UPDATE devices SET state = 'revoked' WHERE device_id = ?", [old_id])
+            db.execute("UPDATE devices SET letter = ? WHERE device_id = ?", [letter, new_id])
+
+    def replacement(self, old_id: str) -> dict[str, Any] | None:
+        """How ``old_id`` was replaced (by, site, letter, from_day, at), or None."""
+        rows = self._q("SELECT new_device, site, letter, from_day, at FROM replacements"
+                       " WHERE old_device = ?", [old_id])
+        if not rows:
+            return None
+        by, site, letter, day, at = rows[0]
+        return {"by": by, "site": site, "letter": letter, "from_day": day, "at": at}
 
     _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
             " cursor, last_seen, suspected_clone, clone_labels, clone_mark, kiosk_number"
