@@ -29,7 +29,7 @@ from device.store import Store, init_store
 from device.sync.document_store import attach
 from device.sync.engine import run_round
 from device.sync.state import SyncState
-from device.tech.wipe_command import Wiper
+from device.tech.wipe_command import Wiper, runtime_wiper
 from host import tech_log
 from host.cli import main as haven_main
 from host.hub import audit as hub_audit
@@ -264,3 +264,27 @@ def _checkin(address: tuple[str, int]) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+def test_the_runtimes_wipe_pushes_its_audit_entry_then_refuses_check_ins_then_starts_fresh(
+        tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        with kiosk_runtime(tmp_path, url, hub, provision_window=2.0,
+                           provision_hold=0.2) as (rt, kiosk):
+            data = kiosk.store.data
+            wait_until(lambda: rt.live.snapshot()["state"] == SYNCED, "the first round")
+            assert rt.address is not None and _checkin(rt.address) == 200
+            w = runtime_wiper(rt, audit_wait=BOUND)
+            assert (w.window, w.hold) == (2.0, 0.2)
+            wait_until(lambda: kiosk_wipe.unsynced(w.store).total == 0, "the check-in synced")
+            report = kiosk_wipe.wipe(w.store, who="7", sync=w.sync, what="tech.wipe")
+            w.keys_gone("wiped")
+            assert report.audit_synced is True and report.discarded.total == 0
+            assert _checkin(rt.address) == 503
+        device = kiosk.device
+        whats = [(e["what"], e["who"]) for e in hub_audit.report(hub.store, device)[0]["entries"]]
+        assert ("tech.wipe", "7") in whats
+    rt2 = fresh_runtime(data)  # the restart: the data goes, a fresh kiosk starts
+    with runtime_in_thread(rt2):
+        assert rt2.store is not None and rt2.store.views() == []
+        assert f"{rt2.store.node:08x}" != device

@@ -82,7 +82,9 @@ def runtime_wiper(runtime: Runtime, audit_wait: float = AUDIT_WAIT) -> Wiper:
             time.sleep(POLL)
         return left == 0
 
-    return Wiper(store, pressed, sync, keys_gone=runtime.keys_destroyed,
+    # Presence as provisioning asks for it (``provision_window``, ``provision_hold``).
+    return Wiper(store, pressed, sync, window=runtime.cfg.provision_window,
+                 hold=runtime.cfg.provision_hold, keys_gone=runtime.keys_destroyed,
                  restart=runtime.restart)
 
 
