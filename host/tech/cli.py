@@ -102,7 +102,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="where the file goes (default: here)")
     for name, (add, _, text) in SUBCOMMANDS.items():
-        p = cmds.add_parser(name, help=text)
+        p = cmds.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".")
         _common(p)
         add(p)
 
