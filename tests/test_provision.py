@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from device.sync.state import SyncState
 from device.tech.presence import await_hold
 from device.tech.provision import EXTRA, Provisioner
 from device.tech.service import TechEnv, TechService
+from device.ui.live import LiveStatus
 from host.cli import main as haven_main
 from host.errors import HavenError, UsageError
 from host.hub import technician
@@ -93,7 +95,9 @@ class Fresh:
 
 
 @contextlib.contextmanager
-def fresh_kiosk(tmp: Path, name: str = "kiosk") -> Iterator[Fresh]:
+def fresh_kiosk(tmp: Path, name: str = "kiosk",
+                runtime: SimpleNamespace | None = None) -> Iterator[Fresh]:
+    """``runtime``: the provisioner is the one the runtime's console makes from it."""
     cable = Cable()
     hardware = hw.Hardware(pin_factory=MockFactory())
     store = init_store(tmp / name, "Unset")
@@ -103,7 +107,11 @@ def fresh_kiosk(tmp: Path, name: str = "kiosk") -> Iterator[Fresh]:
                        config_file=k.config)
     console = ConsoleEnv(export_dir=tmp / name / "export", import_dir=tmp / name / "import",
                          stats=fake_stats, restart=lambda: None)
-    env = TechEnv(console=console, config_file=k.config, extra={EXTRA: prov})
+    extra: dict[str, Any] = {EXTRA: prov}
+    if runtime is not None:
+        runtime.store, runtime.hardware = store, hardware
+        extra = {"runtime": runtime}
+    env = TechEnv(console=console, config_file=k.config, extra=extra)
     service = TechService(env, static_key=enrol.ensure_keys(store.data)[0])
     server = ConsoleServer(cable.a, console, haven=service)
     server.start()
@@ -338,3 +346,30 @@ def test_presence_is_a_press_begun_in_the_window_and_held() -> None:
     assert run(lambda now: now <= 0.5 or now >= 2.0) == "held"  # released, pressed again
     assert run(lambda now: now >= 4.5) == "too-short"  # the window closes mid-press
     assert await_hold(None).result == "no-button"
+
+
+def test_the_runtimes_provisioner_shows_the_code_on_the_page(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock_set: list[float] = []
+    monkeypatch.setattr("device.console.runtime_env._set_wall", clock_set.append)
+    live = LiveStatus()
+    seen: list[str | None] = []
+    real = live.show_provision_code
+
+    def show(code: str | None) -> None:
+        seen.append(code)
+        real(code)
+    monkeypatch.setattr(live, "show_provision_code", show)
+    runtime = SimpleNamespace(cfg=SimpleNamespace(provision_window=WINDOW,
+                                                  provision_hold=HOLD), live=live)
+    with served_hub(tmp_path) as (hub, url), fresh_kiosk(tmp_path, runtime=runtime) as k:
+        page: list[str] = []
+
+        def read_page(ours: str) -> str:
+            page.append(live.snapshot()["provision_code"])
+            return page[-1]
+        provision(k.port, credential(hub), hub=url, site="North", ask_code=read_page,
+                  note=k.press_on_note(), timeout=TIMEOUT)
+        assert len(page[0]) == 6 and seen[-2:] == [page[0], None]
+        assert live.snapshot()["provision_code"] is None  # gone once provisioned
+        assert len(clock_set) == 1 and (k.store.data / enrol.CERT).exists()

@@ -135,7 +135,7 @@ def _provisioner(ctx: Context) -> Provisioner:
 
 def for_runtime(runtime: Any, config_file: Path | None) -> Provisioner | None:
     """The runtime's provisioner: its store, its service button, the windows of its
-    configuration, the code on its log (the console's ``log show``) and its status line,
+    configuration, the code on its page and its log (the console's ``log show``),
     the clock set as the console's datetime set is. None before its store is open."""
     from device.console.runtime_env import _set_wall
 
@@ -152,8 +152,8 @@ def for_runtime(runtime: Any, config_file: Path | None) -> Provisioner | None:
         if text is not None:
             log.warning("%s (compare it with the technician's tool)", text)
         live = getattr(runtime, "live", None)
-        if live is not None:
-            live.update(detail=text or "")
+        if live is not None:  # on the page, over everything, until the run ends
+            live.show_provision_code(code)
 
     cfg = runtime.cfg
     return Provisioner(store, pressed, window=cfg.provision_window, hold=cfg.provision_hold,

@@ -146,7 +146,8 @@ class KioskApp:
         yield b"retry: 1000\n\n"
         while True:
             snap = await self.live.wait_change(seen, KEEPALIVE)
-            public = {k: snap[k] for k in ("state", "sent_upto", "committed", "contact_min")}
+            public = {k: snap[k] for k in ("state", "sent_upto", "committed", "contact_min",
+                                           "provision_code")}
             if snap["version"] == seen and public == sent:  # contact ages without a change
                 yield b": keepalive\n\n"
                 continue

@@ -50,6 +50,8 @@ class LiveStatus:
         self.last_sync: float | None = None
         self.detail = ""
         self.link = "up"  #: the link as the runtime knows it: up, down, reconnecting
+        #: The short code a technician's provisioning asks the page to show (None: none)
+        self.provision_code: str | None = None
         self.version = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
@@ -116,11 +118,21 @@ class LiveStatus:
         if not same:
             self._changed()
 
+    def show_provision_code(self, code: str | None) -> None:
+        """Thread-safe: show ``code`` on the page, for a technician provisioning this
+        kiosk to compare (``device.tech.provision``); None takes it away."""
+        with self._lock:
+            same = code == self.provision_code
+            self.provision_code = code
+        if not same:
+            self._changed()
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             snap = {"state": self.state, "sent_upto": self.sent_upto,
                     "committed": self.committed, "last_sync": self.last_sync,
-                    "detail": self.detail, "link": self.link, "version": self.version}
+                    "detail": self.detail, "link": self.link, "version": self.version,
+                    "provision_code": self.provision_code}
         snap["contact_min"] = self.contact_minutes()
         return snap
 

@@ -269,6 +269,9 @@ function renderLive() {
   sync.dataset.state = live.state;
   $("sync-text").textContent = t("sync_" + live.state);
   $("contact").textContent = live.contact_min == null ? "" : t("last_contact", live.contact_min);
+  const code = live.provision_code;  // a technician provisioning this kiosk compares it
+  $("provision").hidden = !code;
+  $("provision-code").textContent = code ? code.slice(0, 3) + " " + code.slice(3) : "";
   const st = $("ticket-status");
   if (flow.ticket) {
     const sent = live.sent_upto >= flow.ticket;
