@@ -497,20 +497,28 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_wipe(args: argparse.Namespace) -> int:
     from device.audit import PRESENCE
     from device.run_lock import hold
-    from device.wipe import refuse_unless_kiosk_data, wipe_folder
+    from device.wipe import (
+        check_unsynced,
+        keys_destroyed,
+        refuse_unless_kiosk_data,
+        unsynced_of,
+        wipe_folder,
+    )
 
     refuse_unless_kiosk_data(args.data)
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("haven-kiosk wipe: not confirmed (no terminal to ask on): pass --yes",
-                  file=sys.stderr)
-            return 1
-        answer = input(f"Destroy the keys and erase all the data of the kiosk in {args.data}, "
-                       "for good? Type wipe to confirm: ")
-        if answer.strip() != "wipe":
-            print("haven-kiosk wipe: not confirmed: nothing erased", file=sys.stderr)
-            return 1
     with hold(args.data):  # never under a running runtime
+        if keys_destroyed(args.data) is None:  # refused before anything is asked
+            check_unsynced(unsynced_of(args.data), args.discard_unsynced)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print("haven-kiosk wipe: not confirmed (no terminal to ask on): pass --yes",
+                      file=sys.stderr)
+                return 1
+            answer = input(f"Destroy the keys and erase all the data of the kiosk in "
+                           f"{args.data}, for good? Type wipe to confirm: ")
+            if answer.strip() != "wipe":
+                print("haven-kiosk wipe: not confirmed: nothing erased", file=sys.stderr)
+                return 1
         report = wipe_folder(args.data, who=PRESENCE, discard_unsynced=args.discard_unsynced)
     lost = report.discarded
     print(f"kiosk in {args.data} wiped: keys destroyed ({', '.join(report.keys) or 'none left'}),"

@@ -6,6 +6,7 @@ at its next contact with a real hub on 127.0.0.1, and keeps showing REVOKED."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -72,7 +73,7 @@ def test_a_wipe_with_unsynced_data_is_refused_with_the_counts_and_erases_nothing
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = kiosk_with_data(tmp_path)
     keys = {name: (data / name).read_bytes() for name in kiosk_wipe.KEY_FILES}
-    assert kiosk_main(["wipe", "--data", str(data), "--yes"]) == 1
+    assert kiosk_main(["wipe", "--data", str(data)]) == 1  # refused before it asks
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     lost = kiosk_wipe.unsynced_of(data)
@@ -133,9 +134,20 @@ def test_a_wipe_cut_short_after_the_keys_is_finished_by_the_next_start(
     assert kiosk_wipe.unsynced_of(data) == kiosk_wipe.Unsent()  # no outbox, no document
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_the_local_wipes_mistakes_are_one_line(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     data = kiosk_with_data(tmp_path)
+    monkeypatch.setattr("sys.stdin", _Terminal("no\n"))  # asked, and not confirmed
+    assert kiosk_main(["wipe", "--data", str(data), "--discard-unsynced"]) == 1
+    err = capsys.readouterr().err
+    assert err == "haven-kiosk wipe: not confirmed: nothing erased\n"
+    monkeypatch.undo()
     (tmp_path / "empty").mkdir()
     cases = {
         "no folder": (["--data", str(tmp_path / "none"), "--yes"], "holds no kiosk data"),
