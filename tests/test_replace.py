@@ -130,6 +130,11 @@ def test_a_replacement_that_would_clash_is_refused_in_one_line_and_changes_nothi
     argv = ["replace", "--data", hub_dir, devices[0], "--by", devices[2], "--from", "2026-01-02",
             "--out", out]
     assert haven_main(["hub", *argv]) == 0 and haven_main(["hub", *argv]) == 0
+    capsys.readouterr()
+    assert haven_main(["hub", "status", "--data", hub_dir]) == 0
+    status = capsys.readouterr().out
+    assert f"{devices[0]} 'North' E number 1 revoked" in status
+    assert f"replaced by {devices[2]} from 2026-01-02" in status
     with Hub(tmp_path / "hub") as hub:
         assert hub.store.replacement(devices[0])["from_day"] == "2026-01-02"  # type: ignore[index]
         assert len([e for e in hub.store.events() if e["code"] == "replaced"]) == 1

@@ -438,7 +438,9 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
         print(f"  {k['device']} {k['site']!r} {k['letter']} number {k['number']} {k['state']}"
               f"  last seen {seen}  "
               f"batches {k['batches']}  backlog {k['backlog']}"
-              + ("  SUSPECTED-CLONE" if k["suspected_clone"] else ""))
+              + ("  SUSPECTED-CLONE" if k["suspected_clone"] else "")
+              + (f"  replaced by {r['by']} from {r['from_day']}"
+                 if (r := k.get("replaced")) else ""))
     print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
     for c in st["conflicts"]:
         print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']}")

@@ -382,7 +382,9 @@ class Hub:
                    "number": d.kiosk_number, "state": d.state,
                    "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
                    "backlog": self._backlog(d, head),
-                   "suspected_clone": bool(d.suspected_clone)} for d in self.store.devices()]
+                   "suspected_clone": bool(d.suspected_clone),
+                   "replaced": self.store.replacement(d.device_id)}
+                  for d in self.store.devices()]
         conflicts = self.conflicts()
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
                 "deltas": self.store.count(),
