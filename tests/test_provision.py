@@ -227,6 +227,13 @@ def test_online_with_the_hub_then_it_syncs(tmp_path: Path) -> None:
         assert rep["ok"] and [e["what"] for e in rep["entries"]] == [
             "provision.presence", "provision.code", "provision.request", "provision.install"]
         assert [e for e in hub.store.events() if "provisioned" in str(e)]
+        assert f'hub = ["{url}"]' in k.config.read_text() and len(k.clock_set) == 1
+        # A kiosk provisioned already says so in one line, and stays as it is.
+        with pytest.raises(CommandRefused, match=r"already-provisioned\): this kiosk is "
+                           "provisioned already"):
+            provision(k.port, cred, hub=url, site="North", ask_code=k.screen,
+                      note=k.press_on_note(), timeout=TIMEOUT)
+        assert enrol.load(k.store.data).cert.raw == cert.raw
 
 
 @pytest.mark.parametrize("case", ["no-press", "early-press", "wrong-code", "expired",

@@ -85,6 +85,8 @@ class _Run:
     approval: sync_approval.Approval | None
     code: str | None = None  #: shown once the tool revealed its nonce
     confirmed: bool = False  #: online: the code matched, the certificate is awaited
+    hub_urls: list[str] = field(default_factory=list)  #: for the configuration, online
+    modems: list[str] = field(default_factory=list)  #: written once the certificate is in
 
 
 @dataclass
@@ -101,6 +103,9 @@ class Provisioner:
     #: Set the system clock (seconds since 1970); None: it cannot be set.
     set_wall: Callable[[float], None] | None = None
     config_file: Path | None = None
+    #: Seconds after the code is shown at which a run not finished is dropped (the
+    #: technician went away, or the tool did): the code leaves the screen.
+    abandon: float = 300.0
     run: _Run | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -279,6 +284,10 @@ def reveal(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise _refuse(prov, str(run.tech.serial), ctx.what, getattr(exc, "code", "bad-args"),
                       str(exc)) from None
     prov.show_code(run.code)
+    # A run abandoned (the tool gone) takes its code off the screen in the end.
+    timer = threading.Timer(prov.abandon, lambda: prov.end() if prov.run is run else None)
+    timer.daemon = True
+    timer.start()
     return {}
 
 
@@ -313,14 +322,14 @@ def confirm(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         prov.end()
         code = getattr(exc, "code", "refused")
         raise _refuse(prov, who, ctx.what, str(code), str(exc)) from None
-    _configure(prov, hub_urls, modems)
-    result["clock"] = _set_clock(prov, run.tool_ms)
-    if run.approval is not None:
+    if run.approval is not None:  # online, with the certificate: until then nothing changes
+        _configure(prov, hub_urls, modems)
+        result["clock"] = _set_clock(prov, run.tool_ms)
         prov.record(who, "provision.approval", "ok",
                     {"approval": run.approval.serial, "kiosk": run.device_id})
         prov.end()
     else:
-        run.confirmed = True
+        run.confirmed, run.hub_urls, run.modems = True, hub_urls, modems
         prov.record(who, "provision.request", "ok", {"kiosk": run.device_id})
     return result
 
@@ -344,11 +353,13 @@ def install_cert(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     except (StoreError, ProtocolError) as exc:
         raise _refuse(prov, who, ctx.what, str(getattr(exc, "code", "refused")),
                       str(exc)) from None
+    _configure(prov, run.hub_urls, run.modems)
+    clock = _set_clock(prov, run.tool_ms)
     prov.record(who, "provision.install", "ok", {"kiosk": cert.device_id,
                                                   "certificate": cert.serial})
     prov.end()
     return {"kiosk": cert.device_id, "letter": cert.letter, "number": cert.kiosk_number,
-            "site": cert.site, "certificate": cert.serial}
+            "site": cert.site, "certificate": cert.serial, "clock": clock}
 
 
 # configuration and clock ----------------------------------------------------------------

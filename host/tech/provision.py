@@ -260,7 +260,7 @@ def provision(port: str, cred: credential.CredentialFile, *, hub: str | None = N
             raise HavenError("the hub answered no certificate")
         got = client.call("provision-install", {"cert": issued})
         return Outcome(got["kiosk"], got["site"], got["letter"], got["number"],
-                       got["certificate"], None, done.get("clock", ""), ours)
+                       got["certificate"], None, got.get("clock", ""), ours)
     finally:
         client.close()
 
