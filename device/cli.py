@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open(args: argparse.Namespace) -> Any:
     from device.store import Store
+    from device.wipe import refuse_if_destroyed
 
+    refuse_if_destroyed(args.data)  # revoked: its keys are gone, say so rather than which
     return Store(args.data)
 
 

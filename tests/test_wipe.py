@@ -237,7 +237,7 @@ def test_haven_tech_wipe_under_presence_with_its_audit_entry_at_the_hub(
 
 
 def test_a_revoked_kiosk_destroys_its_keys_at_its_next_contact_and_stays_revoked(
-        tmp_path: Path) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with served_hub(tmp_path) as (hub, url):
         with kiosk_runtime(tmp_path, url, hub) as (rt, kiosk):
             data = kiosk.store.data
@@ -260,6 +260,8 @@ def test_a_revoked_kiosk_destroys_its_keys_at_its_next_contact_and_stays_revoked
             assert rt2.hardware.led.pattern == REVOKED
             assert rt2.address is not None and _checkin(rt2.address) == 503
         assert not (data / enrol.X_KEY).exists()
+    assert kiosk_main(["status", "--data", str(data)]) == 1  # one line that says why
+    assert "keys were destroyed (the hub revoked this kiosk)" in capsys.readouterr().err
     # A technician can then wipe it for another life: nothing can sign, nothing to keep.
     assert kiosk_main(["wipe", "--data", str(data), "--yes"]) == 0
     assert kiosk_wipe.read_marker(data)["state"] == kiosk_wipe.WIPED  # type: ignore[index]
