@@ -58,6 +58,7 @@ class Fresh:
     clock_set: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     finger: threading.Lock = field(default_factory=threading.Lock)
+    restarts: list[int] = field(default_factory=list)
 
     @property
     def port(self) -> str:
@@ -91,6 +92,7 @@ class Fresh:
         assert not any((data / n).exists() for n in (enrol.CERT, enrol.APPROVAL,
                                                       enrol.REQUEST))
         assert self.store.node == node and not self.config.exists() and self.clock_set == []
+        assert self.restarts == []
         assert self.shown[-1:] in ([], [None])
 
 
@@ -106,7 +108,7 @@ def fresh_kiosk(tmp: Path, name: str = "kiosk",
                        hold=HOLD, show_code=k.shown.append, set_wall=k.clock_set.append,
                        config_file=k.config)
     console = ConsoleEnv(export_dir=tmp / name / "export", import_dir=tmp / name / "import",
-                         stats=fake_stats, restart=lambda: None)
+                         stats=fake_stats, restart=lambda: k.restarts.append(1))
     extra: dict[str, Any] = {EXTRA: prov}
     if runtime is not None:
         runtime.store, runtime.hardware = store, hardware
@@ -172,6 +174,7 @@ def test_offline_with_an_approval_then_the_first_sync_enrols_it(
         assert code == 0, out
         assert f"kiosk {ap.device_id} provisioned: site 'North', letter {ap.letter}" in out
         assert k.store.node == ap.node and not (k.store.data / enrol.CERT).exists()
+        assert k.restarts == [1]
         assert f'hub = ["{url}"]' in k.config.read_text()
         assert len(k.clock_set) == 1  # no better source than the tool
         serial = str(c.read_technician(cred.certificate, cred.hub_ed25519).serial)
@@ -228,6 +231,7 @@ def test_online_with_the_hub_then_it_syncs(tmp_path: Path) -> None:
             "provision.presence", "provision.code", "provision.request", "provision.install"]
         assert [e for e in hub.store.events() if "provisioned" in str(e)]
         assert f'hub = ["{url}"]' in k.config.read_text() and len(k.clock_set) == 1
+        assert k.restarts == [1]  # to sync with the hub it was given
         # A kiosk provisioned already says so in one line, and stays as it is.
         with pytest.raises(CommandRefused, match=r"already-provisioned\): this kiosk is "
                            "provisioned already"):
@@ -319,7 +323,7 @@ def test_a_rogue_device_without_the_code_cannot_complete(tmp_path: Path) -> None
                 timeout=WINDOW + 5)
             rogue.call("provision-reveal", {"nonce": nonce})
             shown = k.shown[-1]
-            assert shown is not None and began["nonce"]
+            assert shown is not None and began["nonce"] and k.restarts == []
             guess = "000000" if shown != "000000" else "000001"
             with pytest.raises(CommandRefused, match="wrong-code"):
                 rogue.call("provision-confirm", {"code": guess})

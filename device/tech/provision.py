@@ -323,7 +323,7 @@ def confirm(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         code = getattr(exc, "code", "refused")
         raise _refuse(prov, who, ctx.what, str(code), str(exc)) from None
     if run.approval is not None:  # online, with the certificate: until then nothing changes
-        _configure(prov, hub_urls, modems)
+        _configure(ctx, prov, hub_urls, modems)
         result["clock"] = _set_clock(prov, run.tool_ms)
         prov.record(who, "provision.approval", "ok",
                     {"approval": run.approval.serial, "kiosk": run.device_id})
@@ -353,7 +353,7 @@ def install_cert(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     except (StoreError, ProtocolError) as exc:
         raise _refuse(prov, who, ctx.what, str(getattr(exc, "code", "refused")),
                       str(exc)) from None
-    _configure(prov, run.hub_urls, run.modems)
+    _configure(ctx, prov, run.hub_urls, run.modems)
     clock = _set_clock(prov, run.tool_ms)
     prov.record(who, "provision.install", "ok", {"kiosk": cert.device_id,
                                                   "certificate": cert.serial})
@@ -364,8 +364,10 @@ def install_cert(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 # configuration and clock ----------------------------------------------------------------
 
-def _configure(prov: Provisioner, hub_urls: list[str], modems: list[str]) -> None:
-    """The hub URLs and modem-driven links into the kiosk's configuration file."""
+def _configure(ctx: Context, prov: Provisioner, hub_urls: list[str],
+               modems: list[str]) -> None:
+    """The hub URLs and modem-driven links into the kiosk's configuration file; the
+    runtime restarts gracefully once the tool has the reply, to sync with them."""
     if prov.config_file is None or not (hub_urls or modems):
         return
     from device.tech.commands import with_key, write_atomically
@@ -381,6 +383,7 @@ def _configure(prov: Provisioner, hub_urls: list[str], modems: list[str]) -> Non
         write_atomically(path, text)
     except (OSError, ValueError) as exc:
         raise CommandError("write-failed", f"configuration not written: {exc}") from None
+    ctx.after_reply.append(ctx.env.console.restart)
 
 
 def _set_clock(prov: Provisioner, tool_ms: int) -> str:
