@@ -6,6 +6,7 @@ at its next contact with a real hub on 127.0.0.1, and keeps showing REVOKED."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -30,17 +31,21 @@ from device.store import Store, init_store
 from device.sync.document_store import attach
 from device.sync.engine import run_round
 from device.sync.state import SyncState
+from device.tech.trusted_time import SYNC, TrustedClock
 from device.tech.wipe_command import Wiper, runtime_wiper
 from host import tech_log
 from host.cli import main as haven_main
 from host.hub import audit as hub_audit
+from host.hub import technician
+from host.hub.hub import Hub
 from host.hub.serve import Server
 from protocol.sync import credential as c
 
+from .console_helpers import Cable
 from .tech_helpers import tech_kiosk
 from .test_sync_helpers import served_hub
 from .test_sync_push import kiosk_runtime
-from .test_ui_helpers import runtime_in_thread
+from .test_ui_helpers import free_port, make_kiosk, runtime_in_thread
 
 BOUND = 10.0
 
@@ -302,3 +307,61 @@ def test_the_runtimes_wipe_pushes_its_audit_entry_then_refuses_check_ins_then_st
     with runtime_in_thread(rt2):
         assert rt2.store is not None and rt2.store.views() == []
         assert f"{rt2.store.node:08x}" != device
+
+
+def test_haven_tech_wipe_on_the_runtimes_console_restarts_it_as_a_fresh_kiosk(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tech_log.ENV, str(tmp_path / "tech.log"))
+    hub_dir, data = make_kiosk(tmp_path)
+    with Store(data) as store:
+        store.checkin(name="Never Synced")  # no hub answers: it stays unsynced
+    now = int(time.time() * 1000)
+    TrustedClock(data).note(SYNC, now)  # as its last sync's welcome said
+    with Hub(hub_dir) as hub:
+        _, doc = technician.issue(hub, name="Amina", sites=["North"], now_ms=now)
+    cred = tmp_path / "amina.cred"
+    cred.write_bytes(doc)
+    cable = Cable()
+    cfg = KioskConfig(data=data, hub=[f"tcp://127.0.0.1:{free_port()}"], ui="127.0.0.1:0",
+                      retry_max=0.5, interval=0.5, round_limit=1.0, hardware="simulated",
+                      console=cable.a, console_baud=1_000_000, provision_window=3.0,
+                      provision_hold=0.2)
+    rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
+    got: dict[str, int] = {}
+
+    def technician_at_the_port() -> None:
+        end = time.monotonic() + BOUND
+        while rt.console is None and time.monotonic() < end:
+            time.sleep(0.02)
+        done = threading.Event()
+        presser = _press_repeatedly(rt.hardware, done)
+        try:
+            got["code"] = haven_main(["tech", "wipe", cable.b, "--credential", str(cred),
+                                      "--timeout", "5", "--discard-unsynced"])
+        finally:
+            done.set()
+            presser.join(BOUND)
+            if "code" not in got or got["code"] != 0:
+                rt.restart()
+
+    thread = threading.Thread(target=technician_at_the_port, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(asyncio.wait_for(rt.run(), 2 * BOUND))
+    finally:
+        thread.join(BOUND)
+        cable.close()
+    out = capsys.readouterr().out
+    assert got == {"code": 0} and rt.restart_asked
+    assert "wiped: keys destroyed" in out and "could not reach the hub" in out
+    marker = kiosk_wipe.read_marker(data)
+    assert marker is not None and marker["state"] == kiosk_wipe.WIPING
+    assert marker["discarded"]["entries"] >= 2 and marker["by"] != "presence"  # + audit
+    assert all(not (data / name).exists() for name in kiosk_wipe.KEY_FILES)
+    rt2 = fresh_runtime(data)  # systemd starts it again
+    with runtime_in_thread(rt2):
+        assert rt2.store is not None and rt2.store.views() == []
+    assert kiosk_wipe.read_marker(data)["state"] == kiosk_wipe.WIPED  # type: ignore[index]
+    line = tech_log.read(tmp_path / "tech.log").entries[-1]
+    assert line["action"] == "wipe" and "lost with its data" in line["result"]

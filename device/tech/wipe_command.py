@@ -9,7 +9,8 @@ The certificate must allow ``wipe``. In order, each refusal changing nothing:
    a press that begins within ``window``); else refused with why.
 3. ``device.wipe.wipe``: the audit entry (``tech.wipe``, the certificate's
    serial, the counts discarded) is written and a sync round pushes it to the
-   hub (at most ``audit_wait`` seconds; the reply says whether it arrived); then
+   hub (at most ``AUDIT_WAIT`` seconds, and the runtime's ``round_limit``; the
+   reply says whether it arrived); then
    the keys are destroyed. The command wrote its own entry, so the service
    writes none after it (it could not: the key that signs entries is gone).
 4. The reply goes to the tool, then the runtime restarts (``after_reply``) and
@@ -62,9 +63,12 @@ class Wiper:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def runtime_wiper(runtime: Runtime, audit_wait: float = AUDIT_WAIT) -> Wiper:
+def runtime_wiper(runtime: Runtime, audit_wait: float | None = None) -> Wiper:
     """The ``Wiper`` of a running ``Runtime``: its store and button, a round asked for
-    and awaited, its restart."""
+    and awaited (``audit_wait``: at most ``AUDIT_WAIT``, and at most the runtime's
+    ``round_limit``), its restart."""
+    if audit_wait is None:
+        audit_wait = min(AUDIT_WAIT, runtime.cfg.round_limit)
     store = runtime.store
     if store is None:
         raise CommandError("not-running", "the kiosk's runtime has no store open")
