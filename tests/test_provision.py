@@ -23,6 +23,7 @@ from device.console.server import ConsoleServer
 from device.hardware import panel as hw
 from device.store import Store, init_store
 from device.sync.engine import run_round
+from device.sync.loop import SyncLoop
 from device.sync.state import SyncState
 from device.tech.presence import await_hold
 from device.tech.provision import EXTRA, Provisioner
@@ -181,13 +182,22 @@ def test_offline_with_an_approval_then_the_first_sync_enrols_it(
         assert audited(k.store) == [
             (serial, "provision.presence", "ok"), (serial, "provision.code", "ok"),
             (serial, "provision.approval", "ok")]
-        # Its first sync presents the approval; the hub's certificate is installed and
-        # the next round is an enrolled kiosk's.
-        sync_once(k.store, url)
-        cert = enrol.load(k.store.data).cert
-        assert cert.raw and cert.device_id == ap.device_id and cert.letter == ap.letter
-        assert enrol.load(k.store.data).enrol is None
-        sync_once(k.store, url)
+        # Its first sync (the runtime's loop, on a session kept open) presents the
+        # approval; the hub's certificate is installed, and the next round is an enrolled
+        # kiosk's, on a new session under its certificate.
+        state = SyncState(k.store.data)
+        loop = SyncLoop(k.store, state, enrol.load(k.store.data), [url], keepalive=30.0)
+        try:
+            assert loop.ident.enrol is not None and loop.ident.cert.raw == b""
+            assert loop.round(lambda: 15.0).summary is not None
+            cert = enrol.load(k.store.data).cert
+            assert cert.raw and cert.device_id == ap.device_id and cert.letter == ap.letter
+            assert loop.ident.enrol is None and loop.ident.cert.raw == cert.raw
+            assert k.store.fleet_key == hub.fleet_key
+            assert loop.round(lambda: 15.0).summary is not None
+        finally:
+            loop.close()
+            state.close()
         (got,) = report(hub.store, ap.device_id)
         assert got["ok"] and [(e["who"], e["what"]) for e in got["entries"]] == [
             (serial, "provision.presence"), (serial, "provision.code"),
