@@ -227,17 +227,21 @@ def refuse_if_destroyed(data: Path) -> None:
 # Destroying and erasing -------------------------------------------------------------------
 
 def _destroy(path: Path) -> bool:
-    """Overwrite ``path`` with random bytes of its length, sync, unlink (see above)."""
+    """Overwrite ``path`` with random bytes of its length, sync, unlink (see above). A
+    file that cannot be overwritten (made read-only) is still unlinked."""
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
         return False
-    try:
-        size = os.fstat(fd).st_size
-        os.write(fd, os.urandom(size))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    except OSError as exc:
+        log.warning("%s not overwritten (%s); unlinked only", path.name, exc.strerror)
+    else:
+        try:
+            size = os.fstat(fd).st_size
+            os.write(fd, os.urandom(size))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     path.unlink()
     return True
 
