@@ -252,7 +252,8 @@ def test_online_with_the_hub_then_it_syncs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", ["no-press", "early-press", "wrong-code", "expired",
                                   "revoked", "out-of-scope", "forged-hub"])
-def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str) -> None:
+def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     with served_hub(tmp_path) as (hub, url), fresh_kiosk(tmp_path) as k:
         node = k.store.node
         file = approvals(hub, tmp_path / "north.approvals")
@@ -283,6 +284,14 @@ def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str) -> None
                           technician_ed25519=tech.public_key().public_bytes_raw(),
                           not_before=wall_ms() - 1000, expires=wall_ms() + 3600_000)
             cred = c.CredentialFile(tech, doc, other.public_key().public_bytes_raw())
+        sent: list[dict[str, Any]] = []
+        call = ProvisionClient.call
+
+        def spy(self: ProvisionClient, command: str, args: dict[str, Any] | None = None,
+                **kw: Any) -> dict[str, Any]:
+            sent.append(dict(args or {}))
+            return call(self, command, args, **kw)
+        monkeypatch.setattr(ProvisionClient, "call", spy)
         with pytest.raises((HavenError, UsageError)) as exc:
             provision(k.port, cred, approvals=file, hub_urls=[url], ask_code=ask, note=note,
                       timeout=TIMEOUT, log_path=tmp_path / "none.log")
@@ -299,6 +308,8 @@ def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str) -> None
         if case == "wrong-code":
             assert isinstance(exc.value, ProvisionRefused)
             assert "another device may stand between" in str(exc.value)
+            # what was typed never left the tool: a device between would learn nothing
+            assert all(a.get("code") in (None, "") for a in sent), sent
         if case == "revoked":  # online, the hub refuses before the kiosk is asked
             before = len(results)
             with pytest.raises(ProvisionRefused, match=r"hub refused \(revoked\)"):

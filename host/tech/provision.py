@@ -19,9 +19,11 @@ SPEC.md "Provisioning". ``provision`` runs the technician's side:
    (the tool prints the kiosk's note) and answers its own nonce.
 3. ``provision-reveal``: the kiosk shows the code; the tool computes its own
    and asks the technician to type the code the kiosk's screen shows
-   (``code``: given beforehand, for scripts). The code typed goes to the kiosk
-   (``provision-confirm``), which stops on a mismatch; the tool stops too, and
-   says a device may stand between it and the kiosk.
+   (``code``: given beforehand, for scripts). Only a code that matches the
+   tool's own goes to the kiosk (``provision-confirm``), which checks it again;
+   on a mismatch the tool tells the kiosk to stop without sending what was
+   typed (if a device stands between, that is the real kiosk's code, which it
+   must never learn), and says a device may stand between it and the kiosk.
 4. Offline, the kiosk installed the approval; online, the kiosk's request goes
    to the hub (``prov-ask`` with it) and the certificate back to the kiosk
    (``provision-install``) in the same session.
@@ -244,9 +246,10 @@ def provision(port: str, cred: credential.CredentialFile, *, hub: str | None = N
         confirm: dict[str, Any] = {"code": typed, "hub_urls": list(hub_urls or []),
                                    "modem": list(modems or [])}
         if not sas.matches(ours, typed):
-            # the kiosk is told, and stops too; the code typed is not ours
+            # The kiosk is told to stop, without the code typed: if a device stands
+            # between, the code typed is the real kiosk's, which it must never learn.
             with contextlib.suppress(HavenError):
-                client.call("provision-confirm", confirm)
+                client.call("provision-confirm", {**confirm, "code": ""})
             raise ProvisionRefused(f"the kiosk's code is not {sas.display(ours)}: another "
                                    "device may stand between this tool and the kiosk; "
                                    "provisioning stopped")
