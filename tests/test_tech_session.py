@@ -174,3 +174,25 @@ def test_pull_resumes_after_the_cable_is_pulled(tmp_path: Path) -> None:
     assert again["chunks_moved"] + again["chunks_reused"] == again["chunks"]
     assert ("tech.pull", "refused:interrupted") in results
     assert results.count(("tech.pull", "ok")) == 1
+
+
+def test_commands_beyond_the_certificates_actions_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "kiosk.toml"
+    config.write_text("interval = 10.0\n")
+    with tech_kiosk(tmp_path) as k:
+        with TechClient(k.port, k.credential(actions=["read"]), timeout=TIMEOUT) as t:
+            t.call("status")
+            refused = {}
+            for name, args in (("restart", {}), ("hw", {"timeout": 1.0}),
+                               ("config", {"op": "set", "key": "interval", "value": "5"}),
+                               ("time", {"set": int(time.time() * 1000)})):
+                with pytest.raises(CommandRefused) as exc:
+                    t.call(name, args)
+                refused[name] = exc.value.code
+        results = [(e["what"], e["result"]) for e in audit.entries(k.store)]
+        assert k.resets == [] and k.clock_set == []
+    assert refused == {"restart": "not-allowed", "hw": "not-allowed",
+                       "config": "not-allowed", "time": "not-allowed"}
+    assert config.read_text() == "interval = 10.0\n"
+    assert ("tech.restart", "refused:not-allowed") in results
+    assert ("tech.config.set", "refused:not-allowed") in results
