@@ -1,4 +1,5 @@
-"""The short authentication string (protocol/sas.py) held to its vectors and its rules."""
+"""Provisioning's pure parts: the short authentication string (protocol/sas.py) held to its
+vectors and its rules, and the hub's check of a technician's prov-ask."""
 
 from __future__ import annotations
 
@@ -63,3 +64,55 @@ def test_typed_codes() -> None:
         with pytest.raises(sas.SasError):
             sas.normalise(bad)
     assert sas.display("012345") == "012 345"
+
+
+# The hub's check of a technician's prov-ask (protocol/sync/provisioning.py) -------------
+
+def test_the_hubs_check_of_a_provisioning_ask() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from protocol.sync import certificate as sync_cert
+    from protocol.sync import credential
+    from protocol.sync.provisioning import check_ask
+    from protocol.tech_messages import x25519_public
+
+    hub, tech = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pub = tech.public_key().public_bytes_raw()
+    t0 = 1_767_225_600_000
+
+    def cert(**kw: object) -> bytes:
+        values: dict[str, object] = dict(name="Amina", serial=7, technician_ed25519=pub,
+                                         not_before=t0, expires=t0 + 3600_000,
+                                         sites=("North",))
+        values.update(kw)
+        return credential.issue(hub, **values)  # type: ignore[arg-type]
+
+    hub_pub, key = hub.public_key().public_bytes_raw(), x25519_public(pub)
+    request = sync_cert.make_request(42, "North", None, X25519PrivateKey.generate(),
+                                     Ed25519PrivateKey.generate())
+
+    def ask(doc: bytes, site: str = "North", req: bytes | None = request,
+            remote: bytes | None = key, now: int = t0 + 1, revoked: frozenset[int] =
+            frozenset()) -> str:
+        try:
+            got = check_ask(doc, site, req, hub_ed25519=hub_pub, remote_static=remote,
+                            now=now, revoked=revoked)
+        except ValueError as exc:
+            return str(getattr(exc, "code", "?"))
+        assert got.tech.serial == 7
+        return "ok" if got.request is None or got.request.node == 42 else "?"
+
+    assert ask(cert()) == "ok" and ask(cert(), req=None) == "ok"
+    assert ask(cert(), remote=bytes(32)) == "key-mismatch"  # a stolen certificate
+    assert ask(cert(), remote=None) == "key-mismatch"
+    assert ask(cert(), site="South", req=None) == "out-of-scope"
+    assert ask(cert(), site="South") == "wrong-site"  # the request names North
+    assert ask(cert(actions=("read",))) == "not-allowed"
+    assert ask(cert(), revoked=frozenset({7})) == "revoked"
+    assert ask(cert(), now=t0 + 7200_000) == "expired"
+    other = Ed25519PrivateKey.generate()
+    forged = credential.issue(other, name="M", serial=7, technician_ed25519=pub,
+                              not_before=t0, expires=t0 + 3600_000, sites=("North",))
+    assert ask(forged) not in ("ok", "?")
+    assert ask(cert(), req=b"\x00garbage") not in ("ok", "?")
