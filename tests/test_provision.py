@@ -44,7 +44,7 @@ from protocol.sync import credential as c
 from .console_helpers import Cable, fake_stats
 from .test_sync_helpers import served_hub
 
-HOLD, WINDOW, TIMEOUT = 0.25, 1.2, 5.0
+HOLD, WINDOW, TIMEOUT = 0.25, 2.5, 5.0  # window: room for a loaded machine
 
 
 @dataclass
