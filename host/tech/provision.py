@@ -7,7 +7,8 @@ SPEC.md "Provisioning". ``provision`` runs the technician's side:
 1. Online (``hub``), the hub is asked first (``ask_hub``: ``prov-ask`` on its
    sync port, over a Haven session keyed by the technician's credential): it
    refuses a revoked, expired or out-of-scope credential before the kiosk is
-   touched, and answers its current revocation list, which goes to the kiosk.
+   touched, and answers its current revocation list, which goes to the kiosk,
+   and its time, which the kiosk is given instead of the laptop's.
    Offline (``approvals``), the first approval of the file that the
    technician's log (``host.tech_log``) does not show as used; an approval
    used already is refused here (the hub catches one used on another laptop
@@ -213,7 +214,10 @@ def provision(port: str, cred: credential.CredentialFile, *, hub: str | None = N
     if hub is not None:
         if not site:
             raise UsageError("online provisioning names the kiosk's site: --site S")
-        revocations = ask_hub(hub, cred, site, timeout=timeout)["revocations"]
+        vouched = ask_hub(hub, cred, site, timeout=timeout)
+        revocations = vouched["revocations"]
+        # the fleet's clock rather than the laptop's: the kiosk will sync to it anyway
+        now_ms = vouched["time"]
     else:
         assert approvals is not None
         ap = pick_approval(approvals, cred.hub_ed25519, now_ms, log_path)
