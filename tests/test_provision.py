@@ -405,3 +405,75 @@ def test_the_runtimes_provisioner_shows_the_code_on_the_page(
         assert len(page[0]) == 6 and seen[-2:] == [page[0], None]
         assert live.snapshot()["provision_code"] is None  # gone once provisioned
         assert len(clock_set) == 1 and (k.store.data / enrol.CERT).exists()
+
+
+def test_the_real_runtime_is_provisioned_offline_then_enrols_at_its_first_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``haven-kiosk run`` on a fresh kiosk with a console: provisioned from the tool (the
+    code read from its page, its button pressed), it restarts to sync with the hub URL it
+    was given, and its first sync makes it an enrolled kiosk."""
+    import asyncio
+    import time
+
+    from device.config import KioskConfig
+    from device.runtime import Runtime
+
+    from .test_ui_helpers import runtime_in_thread
+
+    monkeypatch.setattr("device.console.runtime_env._set_wall", lambda when: None)
+    data, toml = tmp_path / "kiosk", tmp_path / "kiosk.toml"
+    init_store(data, "Unset").close()
+    bound = 20.0
+    with served_hub(tmp_path) as (hub, url):
+        file = approvals(hub, tmp_path / "north.approvals")
+        cred = credential(hub)
+        cable = Cable()
+        cfg = KioskConfig(data=data, ui="127.0.0.1:0", retry_max=0.5, hardware="simulated",
+                          console=cable.a, console_baud=1_000_000, provision_hold=HOLD,
+                          provision_window=WINDOW)
+        rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
+        rt.config_file = toml
+        got: dict[str, Any] = {}
+
+        def press() -> None:
+            assert rt.hardware is not None
+            pin = rt.hardware.button.button.pin
+            pin.drive_low()
+            threading.Event().wait(HOLD + 0.15)
+            pin.drive_high()
+
+        def technician_at_the_port() -> None:
+            end = time.monotonic() + bound
+            while rt.console is None and time.monotonic() < end:
+                time.sleep(0.02)
+            try:
+                got["out"] = provision(
+                    cable.b, cred, approvals=file, hub_urls=[url], timeout=TIMEOUT,
+                    ask_code=lambda ours: rt.live.snapshot()["provision_code"] or "",
+                    note=lambda text: threading.Thread(target=press, daemon=True).start(),
+                    log_path=tmp_path / "none.log")
+            except BaseException as exc:  # seen by the assertions below
+                got["failed"] = exc
+                rt.restart()
+
+        thread = threading.Thread(target=technician_at_the_port, daemon=True)
+        thread.start()
+        try:
+            asyncio.run(asyncio.wait_for(rt.run(), bound))  # ends with the restart asked
+        finally:
+            thread.join(bound)
+            cable.close()
+        assert "failed" not in got, got
+        assert rt.restart_asked and f'hub = ["{url}"]' in toml.read_text()
+        assert rt.live.snapshot()["provision_code"] is None
+        # Started again, as systemd would, with the configuration it was given.
+        again = Runtime(KioskConfig(data=data, ui="127.0.0.1:0", retry_max=0.5,
+                                    interval=0.5, hardware="simulated", hub=[url]),
+                        hardware=hw.Hardware(pin_factory=MockFactory()))
+        with runtime_in_thread(again):
+            end = time.monotonic() + bound
+            while not (data / enrol.CERT).exists():
+                assert time.monotonic() < end, "the first sync did not enrol the kiosk"
+                time.sleep(0.05)
+        cert = enrol.load(data).cert
+        assert cert.device_id == got["out"].kiosk and hub.store.device(cert.device_id)
