@@ -94,6 +94,14 @@ def _print_width(value: int) -> str:
     return ""
 
 
+def _hub_key(value: str) -> str:
+    try:
+        ok = len(bytes.fromhex(value)) == 32
+    except ValueError:
+        ok = False
+    return "" if ok else f"must be 64 hex digits (a 32-byte key), not {value!r}"
+
+
 def _inside_data(value: str) -> str:
     parts = value.split("/")
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -192,6 +200,11 @@ class KioskConfig:
     console_import: str = option("import", "the folder, inside the data directory, that "
                                  "the console's file uploads go to (nothing in it is ever "
                                  "installed or run)", metavar="DIR", check=_inside_data)
+    hub_key: str | None = option(None, "the hub's public key (hex, as haven hub init prints "
+                                 "it), set in a kiosk's image: provisioning then accepts only "
+                                 "that hub's approvals and certificates; unset: the key the "
+                                 "technician's credential brings, under presence and the code",
+                                 metavar="HEX", check=_hub_key)
     provision_window: float = option(60.0, "provisioning a fresh kiosk: how long after the "
                                      "technician's request the service button may be held",
                                      unit="s", positive=True)

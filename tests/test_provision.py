@@ -60,6 +60,7 @@ class Fresh:
     notes: list[str] = field(default_factory=list)
     finger: threading.Lock = field(default_factory=threading.Lock)
     restarts: list[int] = field(default_factory=list)
+    prov: Provisioner | None = None
 
     @property
     def port(self) -> str:
@@ -105,7 +106,7 @@ def fresh_kiosk(tmp: Path, name: str = "kiosk",
     hardware = hw.Hardware(pin_factory=MockFactory())
     store = init_store(tmp / name, "Unset")
     k = Fresh(cable, store, hardware, tmp / f"{name}.toml")
-    prov = Provisioner(store, pressed=lambda: hardware.button.is_pressed, window=WINDOW,
+    k.prov = prov = Provisioner(store, pressed=lambda: hardware.button.is_pressed, window=WINDOW,
                        hold=HOLD, show_code=k.shown.append, set_wall=k.clock_set.append,
                        config_file=k.config)
     console = ConsoleEnv(export_dir=tmp / name / "export", import_dir=tmp / name / "import",
@@ -251,7 +252,7 @@ def test_online_with_the_hub_then_it_syncs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["no-press", "early-press", "wrong-code", "expired",
-                                  "revoked", "out-of-scope", "forged-hub"])
+                                  "revoked", "out-of-scope", "forged-hub", "image-hub"])
 def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     with served_hub(tmp_path) as (hub, url), fresh_kiosk(tmp_path) as k:
@@ -275,6 +276,10 @@ def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str,
                                     technician.revoke(hub, serial))
         elif case == "out-of-scope":
             cred = credential(hub, sites=["South"])
+        elif case == "image-hub":  # the kiosk's image names another hub than this one
+            assert k.prov is not None
+            k.prov.image_hub = bytes(32)
+            note = k.notes.append
         elif case == "forged-hub":  # a credential of another hub, which signed no approval
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -300,7 +305,8 @@ def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str,
         results = [r for _, _, r in audited(k.store)]
         expect = {"no-press": "refused:no-press", "early-press": "refused:no-press",
                   "wrong-code": "refused:wrong-code", "expired": "refused:expired",
-                  "revoked": "refused:revoked", "out-of-scope": "refused:out-of-scope"}
+                  "revoked": "refused:revoked", "out-of-scope": "refused:out-of-scope",
+                  "image-hub": "refused:wrong-hub"}
         if case == "forged-hub":  # the approval is not that hub's: the tool stops first
             assert "no approval left" in str(exc.value) and results == []
         else:
@@ -393,7 +399,7 @@ def test_the_runtimes_provisioner_shows_the_code_on_the_page(
         real(code)
     monkeypatch.setattr(live, "show_provision_code", show)
     runtime = SimpleNamespace(cfg=SimpleNamespace(provision_window=WINDOW,
-                                                  provision_hold=HOLD), live=live)
+                                                  provision_hold=HOLD, hub_key=None), live=live)
     with served_hub(tmp_path) as (hub, url), fresh_kiosk(tmp_path, runtime=runtime) as k:
         page: list[str] = []
 
@@ -430,7 +436,7 @@ def test_the_real_runtime_is_provisioned_offline_then_enrols_at_its_first_sync(
         cable = Cable()
         cfg = KioskConfig(data=data, ui="127.0.0.1:0", retry_max=0.5, hardware="simulated",
                           console=cable.a, console_baud=1_000_000, provision_hold=HOLD,
-                          provision_window=WINDOW)
+                          provision_window=WINDOW, hub_key=hub.x_public.hex())  # its image
         rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
         rt.config_file = toml
         got: dict[str, Any] = {}

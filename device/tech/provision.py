@@ -103,6 +103,9 @@ class Provisioner:
     #: Set the system clock (seconds since 1970); None: it cannot be set.
     set_wall: Callable[[float], None] | None = None
     config_file: Path | None = None
+    #: The hub's X25519 key from the kiosk's image (config ``hub_key``): only that hub's
+    #: approvals and certificates are taken. None: the key the credential brings.
+    image_hub: bytes | None = None
     #: Seconds after the code is shown at which a run not finished is dropped (the
     #: technician went away, or the tool did): the code leaves the screen.
     abandon: float = 300.0
@@ -162,7 +165,8 @@ def for_runtime(runtime: Any, config_file: Path | None) -> Provisioner | None:
 
     cfg = runtime.cfg
     return Provisioner(store, pressed, window=cfg.provision_window, hold=cfg.provision_hold,
-                       show_code=show, set_wall=_set_wall, config_file=config_file)
+                       show_code=show, set_wall=_set_wall, config_file=config_file,
+                       image_hub=bytes.fromhex(cfg.hub_key) if cfg.hub_key else None)
 
 
 def _bytes(args: dict[str, Any], name: str, *, optional: bool = False) -> Any:
@@ -239,6 +243,9 @@ def begin(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             site, device_id = ap.site, ap.device_id
             if now > ap.expires:
                 raise CommandError("expired", f"approval {ap.serial} expired")
+            if prov.image_hub is not None and ap.hub_x25519 != prov.image_hub:
+                raise CommandError("wrong-hub", "the approval is another hub's than the one "
+                                   "this kiosk's image names")
         else:
             named = args.get("site")
             if not isinstance(named, str) or not 0 < len(named) <= 64:
@@ -349,6 +356,9 @@ def install_cert(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         cert = sync_cert.read_certificate(doc, run.hub_ed25519)  # the hub the kiosk trusts
         if cert.hub_ed25519 != run.hub_ed25519 or cert.site != run.site:
             raise StoreError("the certificate names another hub or site", "wrong-certificate")
+        if prov.image_hub is not None and cert.hub_x25519 != prov.image_hub:
+            raise StoreError("the certificate is another hub's than the one this kiosk's "
+                             "image names", "wrong-hub")
         install(prov.store, doc)
     except (StoreError, ProtocolError) as exc:
         raise _refuse(prov, who, ctx.what, str(getattr(exc, "code", "refused")),
