@@ -38,7 +38,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,8 @@ class Outcome:
     number: int | None
     certificate: int | None  #: the certificate's serial (online); None offline
     approval: int | None  #: the approval's serial (offline)
-    clock: str = ""
-    code: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
+    clock: str = ""  #: what the kiosk did with its clock
+    code: str = ""  #: the short code both ends showed
 
 
 class ProvisionClient(TechClient):
