@@ -472,6 +472,10 @@ def test_the_real_runtime_is_provisioned_offline_then_enrols_at_its_first_sync(
         assert "failed" not in got, got
         assert rt.restart_asked and f'hub = ["{url}"]' in toml.read_text()
         assert rt.live.snapshot()["provision_code"] is None
+        with Store(data) as store:  # each step once, by the credential's serial
+            assert [(w, what) for w, what, _ in audited(store)] == [
+                ("1", "provision.presence"), ("1", "provision.code"),
+                ("1", "provision.approval")]
         # Started again, as systemd would, with the configuration it was given.
         again = Runtime(KioskConfig(data=data, ui="127.0.0.1:0", retry_max=0.5,
                                     interval=0.5, hardware="simulated", hub=[url]),

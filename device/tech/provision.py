@@ -132,6 +132,7 @@ class Provisioner:
 
 
 def _provisioner(ctx: Context) -> Provisioner:
+    ctx.audited = True  # each step writes its own entries, by presence or the serial
     prov = ctx.env.extra.get(EXTRA)
     if prov is None and ctx.env.extra.get("runtime") is not None:
         prov = ctx.env.extra[EXTRA] = for_runtime(ctx.env.extra["runtime"],
