@@ -298,7 +298,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         assert cfg.data is not None  # config.load refuses a config without it
         with hold(cfg.data):  # one runtime per data folder, for as long as it runs
-            asyncio.run(Runtime(cfg).run())
+            runtime = Runtime(cfg)
+            runtime.config_file = args.config  # what haven tech config set rewrites
+            asyncio.run(runtime.run())
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             host, port = cfg.ui_address()

@@ -77,6 +77,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from device import wipe as kiosk_wipe
@@ -193,6 +194,9 @@ class Runtime:
         #: The technician's console (``console`` in the configuration), made at start.
         self.console: ConsoleServer | None = None
         self.restart_asked = False  #: a graceful restart was asked (the console's reset)
+        #: The configuration file it runs with, which ``haven tech config set`` rewrites
+        #: (``haven-kiosk run --config``; None: /etc/haven/kiosk.toml if it exists).
+        self.config_file: Path | None = None
         self._run_stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     # Start and stop ---------------------------------------------------------------------

@@ -66,14 +66,16 @@ def test_a_session_without_a_valid_certificate_is_refused(tmp_path: Path, case: 
 
 def test_config_get_set_and_bad_values_refused_in_one_line(tmp_path: Path) -> None:
     config = tmp_path / "kiosk.toml"
-    original = '# the clinic\'s kiosk\n[kiosk]\ndata = "/var/lib/haven"\ninterval = 10.0\n'
+    original = ('# the clinic\'s kiosk\n[kiosk]\ndata = "/var/lib/haven"\n'
+                'hub = ["/dev/ttyUSB0"]\nlink_carrier = ["/dev/ttyUSB0"]\ninterval = 10.0\n')
     config.write_text(original)
     refusals = {}
     with tech_kiosk(tmp_path) as k:
         with TechClient(k.port, k.credential(), timeout=TIMEOUT) as t:
             got = t.call("config", {"op": "get", "key": "interval"})
             for key, value in (("interval", "-3"), ("interval", "soon"), ("intervall", "3"),
-                               ("ui", "nowhere"), ("data", "/tmp"), ("hardware", "lasers")):
+                               ("ui", "nowhere"), ("data", "/tmp"), ("hardware", "lasers"),
+                               ("hub", "tcp://10.0.0.1:7400")):
                 with pytest.raises(CommandRefused) as exc:
                     t.call("config", {"op": "set", "key": key, "value": value})
                 refusals[key, value] = str(exc.value)
@@ -89,6 +91,7 @@ def test_config_get_set_and_bad_values_refused_in_one_line(tmp_path: Path) -> No
     assert "must be positive" in refusals["interval", "-3"]
     assert "did you mean 'interval'" in refusals["intervall", "3"]
     assert "(fixed-key)" in refusals["data", "/tmp"]
+    assert "link_carrier" in refusals["hub", "tcp://10.0.0.1:7400"]  # across keys
     assert live["applied"] == "live" and restart["applied"] == "restarting the runtime"
     assert config.read_text() == original.replace("interval = 10.0", "interval = 25.0") \
         + "round_limit = 30.0\n"

@@ -149,7 +149,9 @@ def write_atomically(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         with contextlib.suppress(OSError):
             os.chmod(tmp, path.stat().st_mode & 0o777)
-        config.read_file(Path(tmp))  # the whole file, as the runtime will read it
+        # The whole file as the runtime will read it, checks across keys included
+        # (link_carrier naming hub URLs); the data directory may come from a flag.
+        config.load(Path(tmp), {"data": Path("/")})
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

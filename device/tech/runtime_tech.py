@@ -61,9 +61,8 @@ def runtime_status(runtime: Runtime, console: ConsoleEnv) -> dict[str, Any]:
 
 
 def config_file(runtime: Runtime) -> Path | None:
-    named = getattr(runtime, "config_file", None)
-    if named is not None:
-        return Path(named)
+    if runtime.config_file is not None:
+        return runtime.config_file
     return config.DEFAULT_PATH if config.DEFAULT_PATH.exists() else None
 
 

@@ -70,25 +70,32 @@ def add_parsers(sub: Any) -> None:
                           description="Talk to a kiosk's console over an authenticated "
                           "Haven session, with a credential from haven hub technician issue.")
     cmds = tech.add_subparsers(dest="tech_command", required=True, metavar="COMMAND")
-    p = cmds.add_parser("status", help="version, uptime, disk, memory, sync, outbox, errors")
+    p = cmds.add_parser("status", help="version, uptime, disk, memory, sync, outbox, errors",
+                        description="Show the kiosk's version, uptime, disk, RSS, temperature, "
+                        "sync state and last sync, outbox by lane, link and last errors.")
     _common(p)
     p = cmds.add_parser("config", help="read or change one configuration key",
                         description="get KEY, or set KEY VALUE (checked by the kiosk; a key "
                         "that needs it restarts the runtime, gracefully)")
     _common(p)
-    p.add_argument("op", choices=("get", "set"))
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("value", nargs="?", metavar="VALUE")
+    p.add_argument("op", choices=("get", "set"), help="get or set")
+    p.add_argument("key", metavar="KEY", help="a configuration key (haven-kiosk run --help)")
+    p.add_argument("value", nargs="?", metavar="VALUE",
+                   help="the new value (set); a list: comma-separated")
     p = cmds.add_parser("time", help="the kiosk's clock and trusted time",
                         description="Show the kiosk's clock and trusted time; with --set, set "
                         "its clock from this computer's when it has no better source.")
     _common(p)
     p.add_argument("--set", action="store_true", help="set the kiosk's clock")
-    p = cmds.add_parser("restart", help="restart the kiosk's runtime gracefully")
+    p = cmds.add_parser("restart", help="restart the kiosk's runtime gracefully",
+                        description="Stop the kiosk's runtime gracefully; its service manager "
+                        "starts it again.")
     _common(p)
-    p = cmds.add_parser("hw", help="test the LED, the buzzer and the service button")
+    p = cmds.add_parser("hw", help="test the LED, the buzzer and the service button",
+                        description="Show each LED pattern, beep once, then wait for the "
+                        "service button to be pressed. Exits 1 if it is not pressed in time.")
     _common(p)
-    p.add_argument("test", choices=("test",))
+    p.add_argument("test", choices=("test",), help="test (the only hardware command)")
     p.add_argument("--wait", type=float, default=10.0, metavar="S",
                    help="how long to wait for a button press (default 10)")
     p.add_argument("--step", type=float, default=1.0, metavar="S",
@@ -98,7 +105,7 @@ def add_parsers(sub: Any) -> None:
                         "--out. Run it again after an interruption: only what is missing "
                         "crosses.")
     _common(p)
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="a file's name in the export directory")
     p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
                    help="where the file goes (default: here)")
     for name, (add, _, text) in SUBCOMMANDS.items():
