@@ -9,13 +9,16 @@ birational map every Ed25519/X25519 pair shares), so the kiosk can tell that
 the session's remote static is the certificate's key. Then, on lane 0:
 
     kiosk                                       tool
-    tech-challenge (nonce, device, site, time) ->
+    tech-challenge (nonce, device, site, time, kiosk certificate) ->
                                             <- tech-hello (cert, sig [, revocations, time])
     tech-welcome (serial, technician, actions, time) ->   or tech-refused (code, reason)
                                             <- tech-request (id, command, args)
     tech-note (id, text)                    ->   zero or more, while it runs
     tech-reply (id, ok, result | code, error) ->
 
+The tool checks that the kiosk's certificate is its hub's and names the
+session's remote static key: a device on the cable that is not an enrolled
+kiosk of that hub is told apart before the tool signs anything.
 ``sig`` is ``credential.sign_auth(key, nonce, device, binding)`` where the
 binding is the session id (the first 16 bytes of the handshake hash), so a
 signature is good for this kiosk, this challenge and this session only.
@@ -49,7 +52,8 @@ MAX_COMMAND = 32  #: characters of a command name
 MAX_TEXT = 400  #: characters of a reason, an error or a note
 
 CHALLENGE = register(MessageSpec(100, "tech-challenge", {
-    1: ("nonce", bytes), 2: ("device", str), 3: ("site", str), 4: ("time", str)}))
+    1: ("nonce", bytes), 2: ("device", str), 3: ("site", str), 4: ("time", str)},
+    {5: ("kiosk", bytes)}))
 HELLO = register(MessageSpec(101, "tech-hello", {1: ("cert", bytes), 2: ("sig", bytes)},
                              {3: ("revocations", bytes), 4: ("time", bytes)}))
 WELCOME = register(MessageSpec(102, "tech-welcome", {

@@ -76,7 +76,8 @@ def tech_kiosk(tmp: Path, *, trusted: bool = True) -> Iterator[TechKiosk]:
                                  wall=lambda: T0 / 1000 - 86400 * 365,
                                  technicians=lambda: techs)
             env = TechEnv(console=console, status=lambda: {"sync": {"state": "synced"}},
-                          config_file=tmp / "kiosk.toml", hardware=lambda: hardware)
+                          config_file=tmp / "kiosk.toml", hardware=lambda: hardware,
+                          kiosk_certificate=lambda: (store.data / enrol.CERT).read_bytes())
             service = TechService(env, static_key=enrol.load(store.data).x_key)
             server = ConsoleServer(cable.a, console, haven=service)
             server.start()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device import audit
+from device import audit, enrol
+from device.store import init_store
 from host.errors import HavenError, PeerRefused
 from host.progress import Progress
 from host.tech.client import CommandRefused, TechClient
@@ -199,3 +200,26 @@ def test_commands_beyond_the_certificates_actions_are_refused(tmp_path: Path) ->
     assert config.read_text() == "interval = 10.0\n"
     assert ("tech.restart", "refused:not-allowed") in results
     assert ("tech.config.set", "refused:not-allowed") in results
+
+
+def test_the_tool_signs_nothing_for_a_device_that_is_not_a_kiosk_of_its_hub(
+        tmp_path: Path) -> None:
+    with tech_kiosk(tmp_path) as k:
+        cred = k.credential()
+        other = init_store(tmp_path / "other", "North", "B")  # the same hub's other kiosk
+        try:
+            enrol.install(other, k.hub.enroll(enrol.write_request(other).read_bytes(),
+                                              now_ms=T0))
+            theirs = (other.data / enrol.CERT).read_bytes()
+        finally:
+            other.close()
+        errors = []
+        for shown in (None, theirs, b"\x82\x40\x40"):
+            k.env.kiosk_certificate = lambda shown=shown: shown  # type: ignore[misc]
+            with pytest.raises(PeerRefused) as exc:
+                TechClient(k.port, cred, timeout=TIMEOUT).connect()
+            errors.append(str(exc.value))
+        assert audit.entries(k.store) == []  # no hello ever reached the kiosk
+    assert "shows no kiosk certificate" in errors[0]
+    assert "not for this session's key" in errors[1]
+    assert "is not a kiosk of this credential's hub" in errors[2]

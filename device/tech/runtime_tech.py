@@ -66,6 +66,16 @@ def config_file(runtime: Runtime) -> Path | None:
     return config.DEFAULT_PATH if config.DEFAULT_PATH.exists() else None
 
 
+def certificate(data: Path) -> bytes | None:
+    """The kiosk's certificate as the hub signed it; None before enrolment."""
+    from device.enrol import CERT
+
+    try:
+        return (data / CERT).read_bytes()
+    except OSError:
+        return None
+
+
 def static_key(data: Path) -> X25519PrivateKey:
     from device.enrol import X_KEY
 
@@ -79,5 +89,6 @@ def static_key(data: Path) -> X25519PrivateKey:
 def tech_service_for(runtime: Runtime, console: ConsoleEnv) -> TechService:
     env = TechEnv(console=console, status=lambda: runtime_status(runtime, console),
                   config_file=config_file(runtime), hardware=lambda: runtime.hardware,
+                  kiosk_certificate=lambda: certificate(runtime.data),
                   extra={"config": runtime.cfg, "runtime": runtime})
     return TechService(env, static_key=static_key(runtime.data), baud=runtime.cfg.console_baud)

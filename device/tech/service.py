@@ -125,6 +125,8 @@ class TechEnv:
     #: Apply a configuration just written; returns what it restarted (names).
     apply_config: Callable[[Path], list[str]] | None = None
     hardware: Callable[[], Any] = lambda: None  #: the panel (``device.hardware.panel``)
+    #: The kiosk's certificate (hub-signed), shown in the challenge; None before enrolment.
+    kiosk_certificate: Callable[[], bytes | None] = lambda: None
     started: float = field(default_factory=time.monotonic)  #: for the uptime
     extra: dict[str, Any] = field(default_factory=dict)  #: what other commands need
 
@@ -270,7 +272,7 @@ class TechService:
                 device, site = techs.device_id, techs.site
                 how = "none" if now is None else now.describe()
             self._send(tm.encode("tech-challenge", nonce=self.peer.nonce, device=device,
-                                 site=site, time=how))
+                                 site=site, time=how, kiosk=self.env.kiosk_certificate()))
         elif isinstance(event, Restarted | Closed | LinkClosed):
             self.peer = None
             self._end_transfers()

@@ -48,6 +48,7 @@ from protocol.driver.session_driver import Restarted, SessionDriver, session_con
 from protocol.errors import ProtocolError
 from protocol.messages import Message
 from protocol.session.events import Closed, Connected, MessageReceived
+from protocol.sync import certificate as sync_cert
 from protocol.sync import credential
 from protocol.transfer import (
     ChunkStored,
@@ -140,6 +141,7 @@ class TechClient:
                     session_id = event.session_id
         challenge = self._wait(lambda m: m.name == "tech-challenge", end)
         nonce, device = challenge.get("nonce"), challenge.get("device")
+        self._check_kiosk(challenge.get("kiosk"), device)
         sig = credential.sign_auth(self.cred.key, nonce, device, session_id)
         self._send(tm.encode("tech-hello", cert=self.cred.certificate, sig=sig,
                              revocations=self.cred.revocations, time=self.signed_time))
@@ -151,6 +153,21 @@ class TechClient:
                                answer.get("technician"), tuple(answer.get("actions")),
                                answer.get("time"))
         return self.welcome
+
+    def _check_kiosk(self, doc: bytes | None, device: str) -> None:
+        """``PeerRefused`` unless ``doc`` is a certificate of our hub for ``device`` whose
+        key is the session's remote static: the tool signs nothing for anything else."""
+        assert self._driver is not None
+        where = f"the device on {self.port} is not a kiosk of this credential's hub"
+        if doc is None:
+            raise PeerRefused(f"{where}: it shows no kiosk certificate (not enrolled?)")
+        try:
+            cert = sync_cert.read_certificate(doc, self.cred.hub_ed25519)
+        except ProtocolError as exc:
+            raise PeerRefused(f"{where}: {exc}") from None
+        if cert.hub_ed25519 != self.cred.hub_ed25519 or cert.device_id != device \
+                or cert.x25519 != self._driver.peer_static:
+            raise PeerRefused(f"{where}: its certificate is not for this session's key")
 
     def close(self) -> None:
         driver, link = self._driver, self._link

@@ -84,7 +84,7 @@ def pull_case(ctx: Context, data: bytes, corrupt: float, seed: int,
               limit: float) -> dict[str, Any]:
     from device.console.env import ConsoleEnv
     from device.console.server import ConsoleServer
-    from device.enrol import load
+    from device.enrol import CERT, load
     from device.tech.service import TechEnv, TechService
     from host.tech.client import TechClient
 
@@ -96,7 +96,9 @@ def pull_case(ctx: Context, data: bytes, corrupt: float, seed: int,
     (export / "bundle.bin").write_bytes(data)
     env = ConsoleEnv(export_dir=export, import_dir=root / "import", stats=dict,
                      restart=lambda: None, technicians=lambda: techs)
-    service = TechService(TechEnv(console=env), static_key=load(store.data).x_key, baud=BAUD)
+    cert = (store.data / CERT).read_bytes()
+    service = TechService(TechEnv(console=env, kiosk_certificate=lambda: cert),
+                          static_key=load(store.data).x_key, baud=BAUD)
     row: dict[str, Any] = {"tool": "haven tech pull",
                            "case": "clean" if not corrupt else f"{corrupt:g}"}
     args = ["--rate", str(RATE), "--corrupt", str(corrupt), "--seed", str(seed)]
