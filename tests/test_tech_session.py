@@ -223,3 +223,21 @@ def test_the_tool_signs_nothing_for_a_device_that_is_not_a_kiosk_of_its_hub(
     assert "shows no kiosk certificate" in errors[0]
     assert "not for this session's key" in errors[1]
     assert "is not a kiosk of this credential's hub" in errors[2]
+
+
+def test_a_hub_signed_time_over_the_challenge_gives_a_fresh_kiosk_trusted_time(
+        tmp_path: Path) -> None:
+    from host.hub import technician
+
+    with tech_kiosk(tmp_path, trusted=False) as k:
+        cred = k.credential()
+        old = technician.sign_time(k.hub, b"\x01" * 32, now_ms=T0)  # over another nonce
+        with pytest.raises(PeerRefused, match="stale-time"):
+            TechClient(k.port, cred, timeout=TIMEOUT, signed_time=lambda nonce: old).connect()
+        assert k.techs.clock.now() is None  # the refusal changed nothing
+        with TechClient(k.port, cred, timeout=TIMEOUT,
+                        signed_time=lambda nonce: technician.sign_time(
+                            k.hub, nonce, now_ms=T0 + 1000)) as t:
+            assert t.welcome is not None and t.welcome.time == "signed time"
+        now = k.techs.clock.now()
+        assert now is not None and now.source == "signed" and now.ms >= T0 + 1000

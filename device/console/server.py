@@ -98,6 +98,9 @@ class ConsoleServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        stop = getattr(self.haven, "stop", None)  # an endpoint's own threads (haven tech)
+        if callable(stop):
+            stop()
         self.port.unbind()
         if self._link is not None:
             self._link.close()

@@ -17,7 +17,9 @@ welcome. Then::
 ``call`` raises ``CommandRefused`` (one line: the kiosk's code and message)
 for a refused command; ``connect`` raises ``PeerRefused`` for a refused
 credential, ``PeerSilent`` when no kiosk answers in ``timeout`` seconds and
-``UsageError`` for a port that will not open. ``on_note`` sees the kiosk's
+``UsageError`` for a port that will not open. ``signed_time(nonce)``, if given,
+returns a hub-signed time over the challenge's nonce (a tool that reaches the
+hub), which the hello carries for a kiosk without trusted time. ``on_note`` sees the kiosk's
 ``tech-note``s while a command runs ("press the service button").
 
 ``pull`` receives into ``DirStore`` (``host/transfer_store.py``) as ``haven
@@ -87,7 +89,8 @@ class TechClient:
     """One authenticated session with a kiosk's console; see the module docstring."""
 
     def __init__(self, port: str, cred: credential.CredentialFile, *, baud: int | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, signed_time: bytes | None = None,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 signed_time: Callable[[bytes], bytes | None] | None = None,
                  on_note: Callable[[str], None] | None = None) -> None:
         self.port = port
         self.cred = cred
@@ -144,7 +147,8 @@ class TechClient:
         self._check_kiosk(challenge.get("kiosk"), device)
         sig = credential.sign_auth(self.cred.key, nonce, device, session_id)
         self._send(tm.encode("tech-hello", cert=self.cred.certificate, sig=sig,
-                             revocations=self.cred.revocations, time=self.signed_time))
+                             revocations=self.cred.revocations,
+                             time=self.signed_time(nonce) if self.signed_time else None))
         answer = self._wait(lambda m: m.name in ("tech-welcome", "tech-refused"), end)
         if answer.name == "tech-refused":
             raise PeerRefused(f"the kiosk refused the credential ({answer.get('code')}): "
