@@ -22,8 +22,11 @@ request. It holds no fleet key then: the laptop that brought the approval
 never holds it. Its first sync presents both (``enrolment``, the hello's
 ``enrol``), and the hub answers with the certificate, which ``install``
 installs as any other, the sealed fleet key with it. What needs the fleet key
-waits until then (patient ids: the store keeps the key made at ``init`` until
-the certificate's replaces it, which it refuses once patients exist).
+waits until then: the store keeps the key made at ``init`` until the
+certificate's replaces it, and derives no patient id from it meanwhile
+(``Store.await_fleet_key``: a check-in's passport or code is sealed to the
+hub, which completes it), so the certificate's key is taken whatever was
+checked in.
 
 ``init`` on a kiosk the hub told it is a suspected clone re-provisions it
 (``start_as_new_kiosk``, SPEC.md "Clones"): a new node, to which every
@@ -139,6 +142,7 @@ def install_approval(store: Store, doc: bytes, hub_ed25519: bytes,
                          "already-provisioned")
     # refused for a kiosk that wrote anything but audit entries, which follow it
     store.take_node(approval.node, lambda: ensure_keys(store.data)[1])
+    store.await_fleet_key(approval.hub_x25519)
     store.configure(approval.site, approval.letter)
     store.set_kiosk_number(approval.kiosk_number)
     write_request(store)

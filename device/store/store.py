@@ -65,7 +65,13 @@ from protocol.crdt import schema as crdt_schema
 from protocol.crdt import short_code
 from protocol.crdt.clock import HLC, Dot, VersionVector
 from protocol.crdt.delta import Delta, decode, encode
-from protocol.crdt.ids import code_patient_id, patient_id, random_id, time_ordered_id
+from protocol.crdt.ids import (
+    code_patient_id,
+    normalise_passport,
+    patient_id,
+    random_id,
+    time_ordered_id,
+)
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
 from protocol.driver.database import immediate
@@ -73,6 +79,7 @@ from protocol.driver.secret_files import write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.sync import audit as sync_audit
+from protocol.sync.sealed_identity import seal_identity
 
 log = logging.getLogger("haven.store")
 DB_NAME = "store.db"
@@ -99,6 +106,9 @@ SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 #: The audit chain's head (``put_chained``, ``device.audit``).
 AUDIT_HEAD = "audit_head"
 GET_META = "SELECT value FROM meta WHERE key = ?"
+#: A kiosk provisioned offline awaiting its fleet key: the hub's X25519 key (hex) that
+#: check-ins seal their passport or code to until the key comes (``await_fleet_key``).
+FLEET_PENDING = "fleet_pending"
 #: The kiosk's next short patient code's counter, in the check-in's transaction.
 NEXT_CODE = ("INSERT INTO meta VALUES ('code_counter', 1) ON CONFLICT (key) DO UPDATE"
              " SET value = value + 1 WHERE value < ? RETURNING value")
@@ -237,12 +247,14 @@ class Store:
 
     def configure(self, site: str, letter: str, fleet_key: bytes | None = None) -> None:
         """Set the kiosk's site and letter; install ``fleet_key`` only while no patient
-        exists (patient ids are derived from it)."""
+        exists (patient ids are derived from it), or while the kiosk awaits its fleet
+        key (``await_fleet_key``: no id it made since depends on a key)."""
         def job(db: sqlite_utils.Database) -> None:
             if fleet_key is not None and fleet_key != self.fleet_key:
+                pending = db.execute(GET_META, [FLEET_PENDING]).fetchone() is not None
                 patients = db.execute("SELECT COUNT(*) FROM records WHERE type = ?",
                                       [crdt_schema.PATIENT.number]).fetchone()[0]
-                if patients:
+                if patients and not pending:
                     raise KeyMismatch(
                         f"this kiosk already holds {patients} patients under another fleet"
                         " key; a different key would give the same people new ids")
@@ -250,10 +262,28 @@ class Store:
                 write_secret(self.data / FLEET_KEY, fleet_key)
                 self.fleet_key = fleet_key
                 db.execute(SET_META, ["fleet", fingerprint(fleet_key)])
+            if fleet_key is not None:
+                db.execute("DELETE FROM meta WHERE key = ?", [FLEET_PENDING])
             db.execute(SET_META, ["site", site])
             db.execute(SET_META, ["letter", letter])
             self._letter_site = None
         self._run(job)
+
+    def await_fleet_key(self, hub_x25519: bytes) -> None:
+        """Until ``configure`` installs the fleet key, make no id from a key: a check-in
+        with a passport or a short code is recorded under a provisional random subject,
+        what the patient gave sealed to the hub's ``hub_x25519`` (the hub completes
+        it: ``host.hub.claims.complete``), and a new patient gets a random id and no
+        code. For a kiosk provisioned offline, which holds no fleet key until its
+        first sync (SPEC.md "Identity before the fleet key")."""
+        if len(hub_x25519) != 32:
+            raise BadRequest("the hub's X25519 key is 32 bytes", "bad-key")
+        self._run(lambda db: db.execute(SET_META, [FLEET_PENDING, hub_x25519.hex()]))
+
+    @property
+    def fleet_pending(self) -> bool:
+        """Whether the kiosk awaits its fleet key (``await_fleet_key``)."""
+        return self._meta(FLEET_PENDING) is not None
 
     def _identity(self, db: sqlite_utils.Database) -> tuple[str, str]:
         """The kiosk's queue prefix and site (read once per writer; ``init`` and a
@@ -528,13 +558,15 @@ class Store:
         (``code`` of the result), its counter moved in the check-in's own transaction,
         so a power cut never gives one code twice; a kiosk with no number yet (its
         certificate predates kiosk numbers, and no hub has told it since) gives a
-        random id and no code."""
+        random id and no code. So does a kiosk awaiting its fleet key
+        (``await_fleet_key``), which records a passport's or a code's check-in under a
+        provisional subject, the passport or code sealed to the hub (``unknown``)."""
         now = self.clock() if now_ms is None else now_ms
         if passport is None and code is None and not name:
             raise BadRequest("a patient without documents needs a name", "bad-name")
         try:
-            known = (patient_id(self.fleet_key, passport) if passport
-                     else code_patient_id(self.fleet_key, code) if code else None)
+            gave = (("passport", normalise_passport(passport)) if passport
+                    else ("code", short_code.parse(code)) if code else None)
         except LocalProtocolError as exc:
             raise BadRequest(str(exc), exc.code) from None
         claim: dict[str, Any] = {}
@@ -552,14 +584,23 @@ class Store:
             letter, site = self._identity(db)
             n = conn.execute(NEXT_QUEUE_NUMBER, [day]).fetchone()[0]
             number = f"{letter}-{n:03d}"
-            given = None if known is not None else self._next_code(conn)
+            pending = conn.execute(GET_META, [FLEET_PENDING]).fetchone()
+            sealed = (None if gave is None or pending is None
+                      else seal_identity(cid.bytes, *gave, bytes.fromhex(pending[0])))
+            known = (None if gave is None or sealed is not None
+                     else patient_id(self.fleet_key, gave[1]) if gave[0] == "passport"
+                     else code_patient_id(self.fleet_key, gave[1]))
+            given = None if gave is not None or pending is not None else self._next_code(conn)
             pid = (known if known is not None
                    else code_patient_id(self.fleet_key, given) if given
                    else random_id(os.urandom(16)))
             rows = {row[0]: row[1:] for row in conn.execute(RECORD_ROWS, [pid.bytes, cid.bytes])}
             prow = rows.get(pid.bytes)
             writes: list[Write] = []
-            if known is None:
+            if sealed is not None:
+                # provisional: no patient record (the hub writes the real one's), no verdict
+                identity = "unknown"
+            elif known is None:
                 identity = "new"
                 writes.append((pid.bytes, lambda view, stamp: build_put(
                     view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, claim), True))
@@ -578,6 +619,8 @@ class Store:
                 checkin_values["claimBirthDate"] = claim["birthDate"]
             if reason:
                 checkin_values["reasonCode"] = reason
+            if sealed is not None:
+                checkin_values["sealedIdentity"] = sealed
             writes.append((cid.bytes, lambda view, stamp: build_put(
                 view, cid.bytes, crdt_schema.CHECKIN, self.node, stamp, checkin_values), True))
             patient_type = prow[0] if prow else crdt_schema.PATIENT.number

@@ -21,23 +21,39 @@ kept in the hub's log of writes (``haven hub dump`` shows the fields, the
 write log their writer). A record written on a kiosk that has not synced yet
 is unknown here: a promotion made meanwhile is a concurrent write to it, which
 the merge keeps as a conflict for review rather than losing either.
+
+A kiosk provisioned offline checks patients in before its first sync brings
+the fleet key: their check-ins carry a provisional subject and the passport
+or code sealed to the hub (``sealedIdentity``; SPEC.md "Identity before the
+fleet key"). ``complete`` opens each, derives the real patient id with the
+fleet key, and writes the check-in's subject and clears the sealed field (an
+ordinary write by the hub's node, as above), with an empty write to the
+patient where the hub holds none, as an enrolled kiosk makes. The check-in's
+verdict is ``unknown`` (the kiosk could not compare), so ``plan``, run after
+it in the same pass, settles it against the real record.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.crdt import schema
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import Delta
+from protocol.crdt.ids import code_patient_id, patient_id
 from protocol.crdt.record import RecordView
 from protocol.crdt.writes import build_put
+from protocol.errors import ProtocolError
+from protocol.sync.sealed_identity import open_identity
 
 CHECKIN, PATIENT = schema.CHECKIN, schema.PATIENT
 _C = {f.name: f.number for f in CHECKIN.fields}
 SUBJECT = _C["subject"]
+SEALED = _C["sealedIdentity"]
 _P = {f.name: f.number for f in PATIENT.fields}
 #: Verdicts the hub settles: the kiosk held no record, or staff confirmed the claim.
 PROMOTABLE = ("unknown", "confirmed")
@@ -88,4 +104,34 @@ def plan(views: list[RecordView], node: int, hlc: HLC, now_ms: int,
                                 {"identity": verdict}))
         done.append({"checkin": str(uuid.UUID(bytes=view.record_id)),
                      "patient": str(uuid.UUID(bytes=subject)), "identity": verdict})
+    return deltas, done
+
+
+def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet_key: bytes,
+             held: Callable[[bytes], RecordView | None], node: int, hlc: HLC, now_ms: int,
+             ) -> tuple[list[Delta], list[dict[str, Any]]]:
+    """The writes that give every check-in in ``views`` with a sealed identity its real
+    subject (``held``: the hub's view of a record, or None), and what each did. One
+    that does not open (not sealed to this hub, or for another check-in) is left as
+    it is, and reported."""
+    deltas: list[Delta] = []
+    done: list[dict[str, Any]] = []
+    made: set[bytes] = set()
+    for view in sorted(views, key=lambda v: v.record_id):
+        sealed = view.fields.get(SEALED)
+        if view.type != CHECKIN.number or view.deleted or not isinstance(sealed, str):
+            continue
+        checkin = str(uuid.UUID(bytes=view.record_id))
+        try:
+            kind, value = open_identity(sealed, view.record_id, hub_x)
+            real = (patient_id if kind == "passport" else code_patient_id)(fleet_key, value)
+        except ProtocolError as exc:
+            done.append({"checkin": checkin, "error": str(exc)})
+            continue
+        if real.bytes not in made and held(real.bytes) is None:
+            deltas.append(build_put(None, real.bytes, PATIENT, node, hlc.now(now_ms), {}))
+            made.add(real.bytes)
+        deltas.append(build_put(view, view.record_id, CHECKIN, node, hlc.now(now_ms),
+                                {"subject": str(real), "sealedIdentity": None}))
+        done.append({"checkin": checkin, "patient": str(real), "completed": kind})
     return deltas, done

@@ -415,7 +415,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{len(done)} check-in identities settled")
                 for d in done:
-                    print(f"  {d['checkin']} patient {d['patient']}: {d['identity']}")
+                    print(f"  {d['checkin']} " + (
+                        f"patient {d['patient']}: {d['identity']}" if "identity" in d
+                        else f"patient {d['patient']}: completed from its sealed {d['completed']}"
+                        if "completed" in d else f"left as it is: {d['error']}"))
         elif cmd == "technician":
             _technician(hub, args)
         elif cmd == "clear-clone":

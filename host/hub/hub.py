@@ -48,7 +48,7 @@ from host.hub import claims
 from host.hub.document_inbox import DOCUMENTS_DIR, held
 from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
-from protocol.crdt.delta import decode, encode
+from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.record import RecordLog, RecordView, canonical_json, conflict_json
 from protocol.crdt.schema import TYPES, field_name, parse_assignments, type_name
 from protocol.crdt.writes import build_resolve
@@ -327,19 +327,28 @@ class Hub:
                 if delta.type == claims.CHECKIN.number and not delta.is_delete:
                     checkins.add(delta.record_id)
             cursor = last
+        hlc = HLC(max([int(self.store.get_meta("hlc") or 0),
+                       *self.store.version_vector().values()]))
+        # first the identities kiosks without the fleet key sealed here, then the claims
+        completed, done = claims.complete(
+            self._views_of(checkins), self.x_key, self.fleet_key,
+            lambda rid: next(iter(self._views_of({rid})), None), self.node, hlc, now)
+        self._add_local(completed)
         views = self._views_of(checkins)
         subjects = {v.fields.get(claims.SUBJECT) for v in views}
         views += self._views_of({s for s in subjects if isinstance(s, bytes)})
-        hlc = HLC(max([int(self.store.get_meta("hlc") or 0),
-                       *self.store.version_vector().values()]))
-        deltas_out, done = claims.plan(views, self.node, hlc, now)
-        for delta in deltas_out:
-            self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
+        deltas_out, settled = claims.plan(views, self.node, hlc, now)
+        self._add_local(deltas_out)
+        done += settled
         self.store.set_meta("hlc", hlc.last)
         self.store.set_meta("claims_cursor", cursor)
         if done:
             self.store.log(None, "claims", f"{len(done)} check-in identities settled", now)
         return done
+
+    def _add_local(self, deltas: list[Delta]) -> None:
+        for delta in deltas:
+            self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
 
     def history(self, record_id: str) -> list[dict[str, Any]]:
         """Every write the hub holds for one record, in stamp order: when (the stamp's

@@ -214,6 +214,9 @@ CHECKIN = TypeSpec(2, "checkin", 1, LANE_CHECKIN, (
     # What the patient typed (a claim, never written onto the patient), and how it
     # compared with the record the kiosk held ("Identity at the kiosk" in SPEC.md).
     _f(7, "claimName"), _f(8, "claimBirthDate", "date"), _f(9, "identity", "code"),
+    # A kiosk without its fleet key yet: the passport or code, sealed to the hub, which
+    # writes the real subject and clears it (SPEC.md "Identity before the fleet key").
+    _f(10, "sealedIdentity"),
 ), clinical=False, fhir="Encounter")
 PRESCRIPTION = TypeSpec(3, "prescription", 1, LANE_PRESCRIPTION, (
     SUBJECT, _f(2, "status", "code"), _f(3, "medication"), _f(4, "dosageInstruction"),
