@@ -63,7 +63,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, sep, last = header[len("bytes="):].strip().partition("-")
     if not sep or not (first.isdigit() or last.isdigit()) or (first + last).strip("0123456789"):
         return None
-    if not first:  # the last N bytes
+    if not first:  # the last N bytes; the last 0 are none (RFC 9110 14.1.2: 416)
+        if int(last) == 0 or size == 0:
+            raise ValueError(f"bytes {header!r} of {size}")
         return max(size - int(last), 0), size
     start, end = int(first), min(int(last) + 1, size) if last else size
     if start >= size or end <= start:

@@ -21,10 +21,12 @@ one character, and every swap of two neighbours but those of ``0`` and ``Z``
 Written and printed as ``XXXX-XXXX``. ``parse`` takes it as a patient
 types or reads it: lower case, spaces, the dash or none, and Crockford's
 read-aloud aliases (O for 0, I and L for 1); a wrong check character is
-refused (``code-check``). ``is_code`` is the rule that tells a code from a
-passport number typed in the same field: a code has its dash (the page's
-keyboard has the key, the printed code and its QR carry it); a passport
-number never needs one, and one typed without a dash is never a code.
+refused (``code-check``), and so is a counter of 0, which no kiosk gives
+(``code-range``): all zeros would pass any Luhn check. ``is_code`` is the
+rule that tells a code from a passport number typed in the same field: a
+code has its dash (the page's keyboard has the key, the printed code and its
+QR carry it); a passport number never needs one, and one typed without a
+dash is never a code.
 
 Pure: no I/O, no clock, ASCII only (the caller normalises Unicode first).
 """
@@ -110,6 +112,8 @@ def parse(text: str) -> str:
     if not _valid(values):
         raise ShortCodeError("the check character does not match: a character is wrong",
                              "code-check")
+    if not any(values[KIOSK_CHARS:-1]):  # 0000-0000 passes any Luhn check; never given
+        raise ShortCodeError("no kiosk gives a code with counter 0", "code-range")
     return "".join(ALPHABET[v] for v in values)
 
 

@@ -137,6 +137,8 @@ const YEARS_BACK = 120;
 
 function errorKey(code, detail) {
   if (DETAILS.includes(detail)) return "err_" + detail.replace("-", "_");
+  // a code of the right shape whose characters are not a code's (code-char, code-range)
+  if (code === "bad-code" && detail) return "err_code_check";
   const known = ["bad-passport", "bad-code", "bad-year", "bad-name", "bad-reason", "no-consent"];
   if (known.includes(code)) return "err_" + code.replace("-", "_");
   if (code === "store") return "err_store";
@@ -358,6 +360,9 @@ function build() {
   $("consent-no").onclick = reset;
   $("ticket-done").onclick = reset;
   $("speak").onclick = speak;
+  // A tap on a language or the speaker leaves the focus in the screen's field, where a
+  // keyboard-wedge scanner types (keys and Tab still reach both buttons).
+  for (const el of [$("langs"), $("speak")]) el.onmousedown = (ev) => ev.preventDefault();
   $("staff-open").hidden = !config.staff;  // no PIN set: no staff screen to open
   $("staff-open").onclick = () => { if (config.staff) { flow = {}; show("s-staff-pin"); } };
   $("staff-close").onclick = reset;

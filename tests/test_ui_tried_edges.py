@@ -1,0 +1,78 @@
+"""Cases found by trying the kiosk as a patient or a stranger would, each a defect fixed.
+
+- A tap on a language or on the speaker took the focus from the screen's field, so
+  what a keyboard-wedge scanner typed next was lost (and its Enter replayed the prompt).
+- ``0000-0000`` (or ``OOOO-OOOO``) passed as a patient code: all zeros pass any Luhn
+  check, and no kiosk ever gives counter 0, so every patient who typed it was one.
+- ``Range: bytes=-0`` got a 206 with the impossible ``Content-Range: bytes 100-99/100``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright import sync_api
+
+from device.ui import checkin as ci
+from device.ui.prompts import byte_range
+from protocol.crdt import short_code
+
+from .test_ui_browser import ARGS, BOUND, CHROMIUM, STRINGS, open_page
+from .test_ui_helpers import free_port, make_kiosk, run_kiosk
+
+
+@pytest.mark.parametrize("typed", ["0000-0000", "OOOO-OOOO", "oooo 0000"])
+def test_a_code_of_counter_zero_is_refused(typed: str) -> None:
+    with pytest.raises(short_code.ShortCodeError) as err:
+        short_code.parse(typed)
+    assert err.value.code == "code-range"
+    with pytest.raises(ci.CheckinInputError) as bad:
+        ci.clean_code("0000-0000")
+    assert (bad.value.code, bad.value.detail) == ("bad-code", "code-range")
+    assert ci.clean_code(short_code.display(short_code.encode(1, 1)).lower()) == "0010-001W"
+
+
+def test_a_suffix_range_of_no_bytes_is_not_satisfiable() -> None:
+    with pytest.raises(ValueError):
+        byte_range("bytes=-0", 100)
+    with pytest.raises(ValueError):
+        byte_range("bytes=-5", 0)
+    assert byte_range("bytes=-1", 100) == (99, 100)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    kiosk_dir = make_kiosk(tmp_path_factory.mktemp("edges"))[1]
+    proc, url = run_kiosk(kiosk_dir, f"tcp://127.0.0.1:{free_port()}", idle=3600)
+    try:
+        with sync_api.sync_playwright() as pw:
+            ctx = pw.chromium.launch_persistent_context(
+                str(tmp_path_factory.mktemp("profile")), executable_path=str(CHROMIUM),
+                headless=True, args=ARGS, viewport={"width": 800, "height": 480},
+                has_touch=True)
+            try:
+                pg = ctx.new_page()
+                open_page(pg, url)
+                yield pg
+            finally:
+                ctx.close()
+    finally:
+        proc.stop()
+
+
+def test_a_scanner_types_into_the_field_after_a_language_or_speaker_tap(page: Any) -> None:
+    page.tap("#langs button[data-lang='prs']")
+    page.tap("#speak")  # the shipped prompts: the button is there in every language
+    assert page.evaluate("document.activeElement.id") == "passport"
+    page.keyboard.type("0000-0000", delay=0)  # a code no kiosk gives, then Enter
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#start-msg:not(:empty)", timeout=BOUND)
+    assert page.text_content("#start-msg") == STRINGS["prs"]["err_code_check"]
+    page.fill("#passport", "")
+    page.tap("#langs button[data-lang='ar']")
+    page.keyboard.type("AB123456", delay=0)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    assert page.input_value("#passport") == "AB123456"
