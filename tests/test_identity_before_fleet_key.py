@@ -6,6 +6,7 @@ kiosk derives. A real kiosk store, a real hub served on 127.0.0.1, real sync rou
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -18,11 +19,17 @@ from device.store import KeyMismatch, Store, init_store
 from device.sync.engine import run_round
 from device.sync.state import SyncState
 from host.hub.hub import Hub
+from protocol import strict_cbor
 from protocol.crdt import schema, short_code
 from protocol.crdt.ids import code_patient_id, patient_id
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
-from protocol.sync.sealed_identity import open_identity, seal_identity
+from protocol.sync.sealed_identity import (
+    INFO,
+    SealedIdentityError,
+    open_identity,
+    seal_identity,
+)
 
 from .test_sync_helpers import Kiosk, served_hub
 
@@ -154,3 +161,21 @@ def test_a_sealed_identity_opens_only_for_its_hub_and_its_check_in() -> None:
                                    ("QUJD" * 200, cid, hub_x)):
         with pytest.raises(ProtocolError):
             open_identity(bad_text, bad_cid, key)
+
+
+def test_the_sealed_identity_vectors() -> None:
+    v = json.loads((Path(__file__).parent.parent / "protocol/vectors/sealed_identity.json")
+                   .read_text())
+    hub_x = X25519PrivateKey.from_private_bytes(bytes.fromhex(v["hub_x25519_private"]))
+    assert hub_x.public_key().public_bytes_raw().hex() == v["hub_x25519"]
+    assert v["info"].encode() == INFO and C["sealedIdentity"] == 10
+    cid, fleet = bytes.fromhex(v["checkin"]), bytes.fromhex(v["fleet_key"])
+    for case in v["sealed"]:
+        kind, value = open_identity(case["text"], cid, hub_x)
+        assert (kind, value) == (case["kind"], case["value"])
+        assert strict_cbor.dumps([cid, kind, value]).hex() == case["plain"]
+        derive = patient_id if kind == "passport" else code_patient_id
+        assert str(derive(fleet, value)) == case["patient_id"]
+    for bad in v["bad"]:
+        with pytest.raises(SealedIdentityError):
+            open_identity(bad["text"], cid, hub_x)
