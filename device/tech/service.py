@@ -59,6 +59,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.console.env import ConsoleEnv
+from device.exc import DeviceError
 from device.tech.access import Accepted, Refused, Technicians
 from protocol import tech_messages as tm
 from protocol.driver.session_driver import LinkClosed, Restarted, SessionDriver, session_config
@@ -81,7 +82,7 @@ AFTER_REPLY = 2.0
 HELLO_WITHIN = 60.0
 
 
-class CommandError(Exception):
+class CommandError(DeviceError):
     """A command refused: ``code`` (a short code) and a one-line message for the tool."""
 
     def __init__(self, code: str, message: str) -> None:
