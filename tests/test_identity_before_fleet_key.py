@@ -18,9 +18,11 @@ from device import enrol
 from device.store import KeyMismatch, Store, init_store
 from device.sync.engine import run_round
 from device.sync.state import SyncState
-from host.hub.hub import Hub
+from host.hub.hub import Hub, init_hub
+from host.hub.storage import Op
 from protocol import strict_cbor
 from protocol.crdt import schema, short_code
+from protocol.crdt.delta import decode
 from protocol.crdt.ids import code_patient_id, patient_id
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
@@ -148,6 +150,36 @@ def test_the_fleet_key_is_refused_once_patients_exist_unless_it_was_awaited(
         assert isinstance(text, str)
         cid = uuid.UUID(made.record_id).bytes
         assert open_identity(text, cid, hub_x) == ("passport", PASSPORT)
+
+
+def to_hub(hub: Hub, store: Store) -> None:
+    """The kiosk's deltas to the hub, as a sync round carries them."""
+    for data in store.deltas_since({}):
+        d = decode(data)
+        hub.store.add_local(Op(d.record_id, d.stamp, d.node, data))
+
+
+def test_haven_hub_promote_completes_and_reports_what_does_not_open(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from host.cli import main as hub_main
+
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub, init_store(tmp_path / "k", "North", "B") as store:
+        store.await_fleet_key(hub.x_public)
+        made = store.checkin(passport=PASSPORT, name="Amina Yusuf")
+        store.await_fleet_key(X25519PrivateKey.generate().public_key().public_bytes_raw())
+        astray = store.checkin(passport="QQ445566", name="Zawadi Otieno")
+        to_hub(hub, store)
+        real = str(patient_id(hub.fleet_key, PASSPORT))
+    assert hub_main(["hub", "promote", "--data", str(tmp_path / "hub")]) == 0
+    out = capsys.readouterr().out
+    assert f"{made.record_id} patient {real}: completed from its sealed passport" in out
+    assert f"{made.record_id} patient {real}: promoted" in out
+    assert f"{astray.record_id} left as it is: a sealed identity does not open" in out
+    with Hub(tmp_path / "hub") as hub:
+        fields = hub_checkin(hub, astray.record_id)
+        assert isinstance(fields[C["sealedIdentity"]], str)  # kept: nothing lost
+        assert fields[C["identity"]] == "unknown"
 
 
 def test_a_sealed_identity_opens_only_for_its_hub_and_its_check_in() -> None:

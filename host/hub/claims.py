@@ -30,7 +30,8 @@ fleet key, and writes the check-in's subject and clears the sealed field (an
 ordinary write by the hub's node, as above), with an empty write to the
 patient where the hub holds none, as an enrolled kiosk makes. The check-in's
 verdict is ``unknown`` (the kiosk could not compare), so ``plan``, run after
-it in the same pass, settles it against the real record.
+it in the same pass, settles it against the real record; ``plan`` leaves a
+check-in whose identity is still sealed (one that did not open) alone.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def plan(views: list[RecordView], node: int, hlc: HLC, now_ms: int,
         identity = view.fields.get(_C["identity"])
         if view.type != CHECKIN.number or view.deleted or identity not in PROMOTABLE:
             continue
+        if isinstance(view.fields.get(SEALED), str):
+            continue  # its subject is provisional until ``complete`` opens its identity
         subject = view.fields.get(_C["subject"])
         if not isinstance(subject, bytes) or len(subject) != 16:
             continue
