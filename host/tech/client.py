@@ -107,7 +107,8 @@ class TechClient:
     # -- connecting ------------------------------------------------------------------
 
     def __enter__(self) -> TechClient:
-        self.connect()
+        if self._link is None:  # ``client_for`` gives one connected already
+            self.connect()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -117,7 +118,7 @@ class TechClient:
     def connect(self) -> Welcome:
         """Open the port and the session; the welcome (see the module docstring)."""
         try:
-            self._link = open_link(self.port, self.baud)
+            self._link = open_link(self.port, self.baud, exclusive=True)
         except LinkError as exc:
             raise UsageError(f"cannot open {self.port}: {exc}") from None
         try:

@@ -90,7 +90,7 @@ class ProvisionClient(TechClient):
 
     def open_session(self) -> bytes:
         try:
-            self._link = open_link(self.port, self.baud)
+            self._link = open_link(self.port, self.baud, exclusive=True)
         except LinkError as exc:
             raise UsageError(f"cannot open {self.port}: {exc}") from None
         config = session_config(stream=self._link.stream, baud=self.baud, pattern="XX",

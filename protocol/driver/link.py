@@ -110,12 +110,17 @@ class SerialLink:
 
     stream = False
 
-    def __init__(self, url: str, baud: int | None = None) -> None:
+    def __init__(self, url: str, baud: int | None = None, *, exclusive: bool = False) -> None:
         self.url = url
+        # exclusive: an advisory lock (flock) on a device path, so that a second program
+        # that asks for it too is refused rather than sharing the port's bytes.
+        extra = {"exclusive": True} if exclusive else {}
         try:
             self.port: Any = serial.serial_for_url(url, baudrate=baud or 115200, timeout=0,
-                                                   write_timeout=WRITE_TIMEOUT)
+                                                   write_timeout=WRITE_TIMEOUT, **extra)
         except (serial.SerialException, ValueError, OSError) as exc:
+            if exclusive and "exclusively lock" in str(exc):
+                raise LinkError(f"{url} is in use by another program") from None
             raise LinkError(f"cannot open port {url}: {exc}") from None
         #: socket:// is read from its socket: pyserial's own read drops the bytes it
         #: already took when the far end closes within the same call.
@@ -158,8 +163,11 @@ class SerialLink:
             self.port.close()
 
 
-def open_link(url: str, baud: int | None = None) -> TcpLink | SerialLink:
-    """Open ``tcp://HOST:PORT`` or any pyserial URL; ``LinkError`` if it will not open."""
+def open_link(url: str, baud: int | None = None, *,
+              exclusive: bool = False) -> TcpLink | SerialLink:
+    """Open ``tcp://HOST:PORT`` or any pyserial URL; ``LinkError`` if it will not open.
+    ``exclusive``: a serial device held by another program that asked for it so too is
+    refused."""
     parts = urlsplit(url)
     if parts.scheme == "tcp":
         try:
@@ -173,4 +181,4 @@ def open_link(url: str, baud: int | None = None) -> TcpLink | SerialLink:
         except OSError as exc:
             raise LinkError(f"cannot connect to {parts.hostname}:{port}: {exc}") from None
         return TcpLink(sock, url)
-    return SerialLink(url, baud)
+    return SerialLink(url, baud, exclusive=exclusive)

@@ -1,0 +1,71 @@
+"""A technician's slips and a device on the cable, against ``haven tech``'s kiosk: a
+configuration that would move the console, two tools on one port, a flood of refused
+sessions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from device import audit
+from device.tech import service
+from host.errors import PeerRefused, UsageError
+from host.tech.client import CommandRefused, TechClient
+
+from .tech_helpers import tech_kiosk
+
+TIMEOUT = 5.0
+
+
+def test_config_set_of_the_console_itself_is_refused(tmp_path: Path) -> None:
+    with tech_kiosk(tmp_path) as k:
+        with TechClient(k.port, k.credential(), timeout=TIMEOUT) as t:
+            for value in ("/dev/null", ""):
+                with pytest.raises(CommandRefused, match=r"\(fixed-key\)"):
+                    t.call("config", {"op": "set", "key": "console", "value": value})
+            assert t.call("status")["version"] == "0.1.0"  # the port still answers
+        assert k.resets == [] and not (tmp_path / "kiosk.toml").exists()
+
+
+def test_a_second_tool_on_the_same_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    with tech_kiosk(tmp_path) as k:
+        cred = k.credential()
+        with TechClient(k.port, cred, timeout=TIMEOUT) as first:
+            with pytest.raises(UsageError, match="in use by another program") as second:
+                TechClient(k.port, cred, timeout=TIMEOUT).connect()
+            assert "\n" not in str(second.value)
+            assert first.call("status")["version"] == "0.1.0"  # undisturbed
+
+
+def test_a_flood_of_refused_sessions_is_audited_within_a_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "REFUSALS_AUDITED", 2)
+    with tech_kiosk(tmp_path) as k:
+        later = [0.0]
+        k.service.clock = lambda: time.monotonic() + later[0]
+        rogue = k.credential(sites=["South"])
+        for i in range(5):
+            if i == 4:
+                later[0] = service.REFUSAL_WINDOW + 1  # the window has passed
+            with pytest.raises(PeerRefused, match="out-of-scope"):
+                TechClient(k.port, rogue, timeout=TIMEOUT).connect()
+        entries = audit.entries(k.store)
+    assert [(e["what"], e["result"]) for e in entries] == [
+        ("tech.session", "refused:out-of-scope")] * 3
+    assert entries[1].get("detail") is None and entries[2]["detail"] == {"unaudited": 2}
+    assert k.service.refusals == 5
+
+
+def test_a_command_from_the_command_line_is_one_session(tmp_path: Path) -> None:
+    from host.cli import main
+    from protocol.sync import credential as c
+
+    with tech_kiosk(tmp_path) as k:
+        cred = tmp_path / "amina.cred"
+        cred.write_bytes(c.dump_file(k.credential()))
+        assert main(["tech", "status", k.port, "--credential", str(cred),
+                     "--timeout", str(TIMEOUT)]) == 0
+        entries = [(e["what"], e["result"]) for e in audit.entries(k.store)]
+    assert entries == [("tech.auth", "ok"), ("tech.status", "ok")]  # one handshake
