@@ -45,9 +45,10 @@ from protocol.manifest import build_manifest, check_name
 THERMAL = Path("/sys/class/thermal")
 #: Options the runtime reads again at each use: set live, no restart.
 LIVE_KEYS = frozenset({"health_interval", "round_limit"})
-#: Options a technician's tool may not set: where the data lives, and the staff PIN's
-#: hash (``haven-kiosk staff-pin set`` at the kiosk keeps it).
-FIXED_KEYS = frozenset({"data", "staff_pin"})
+#: Options a technician's tool may not set: where the data lives, the staff PIN's
+#: hash (``haven-kiosk staff-pin set`` at the kiosk keeps it), and the console port
+#: itself (moved or unset, the runtime's restart would leave the tool without a port).
+FIXED_KEYS = frozenset({"data", "staff_pin", "console"})
 MAX_WAIT = 60.0  #: the longest button wait a tool may ask for
 READ_SIZE = 1 << 20
 

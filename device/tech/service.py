@@ -78,6 +78,11 @@ NONCE_BYTES = 32
 DEAD_TIMEOUT = 30.0
 KEEPALIVE = 2.0
 AFTER_REPLY = 2.0
+#: Refused sessions are audited one by one up to this many per window; past it (a flood
+#: from a device on the cable) they are counted, and the next one audited says how many
+#: were not, so that the audit, the store and the sync to the hub stay bounded.
+REFUSALS_AUDITED = 10
+REFUSAL_WINDOW = 600.0
 #: A session whose tool has not been welcomed this long after it opened is closed.
 HELLO_WITHIN = 60.0
 
@@ -201,6 +206,8 @@ class TechService:
                                     restart=True, clock=clock)
         self.peer: _Peer | None = None
         self.refusals = 0
+        self._refusal_audits: deque[float] = deque()  #: when each of the window's was
+        self._unaudited = 0  #: refusals not audited since the last one that was
         self._later: deque[Callable[[], None]] = deque()  # from the worker, run in output
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -325,7 +332,7 @@ class TechService:
             self.refusals += 1
             log.info("technician session refused (%s): %s", code, exc)
             if techs is not None:
-                self._audit(techs, who, "tech.session", f"refused:{code}", None)
+                self._audit_refusal(techs, who, code)
             self._send(tm.encode("tech-refused", code=code, reason=str(exc)[:tm.MAX_TEXT]))
             # Once the tool has heard why, the session ends: the port is free for the next.
             session = self.driver.session
@@ -402,6 +409,18 @@ class TechService:
         techs = ctx.technicians
         if techs is not None and not ctx.audited:
             self._audit(techs, ctx.who, ctx.what, result, ctx.detail or None)
+
+    def _audit_refusal(self, techs: Technicians, who: str, code: str) -> None:
+        now = self.clock()
+        while self._refusal_audits and self._refusal_audits[0] <= now - REFUSAL_WINDOW:
+            self._refusal_audits.popleft()
+        if len(self._refusal_audits) >= REFUSALS_AUDITED:
+            self._unaudited += 1
+            return
+        self._refusal_audits.append(now)
+        detail = {"unaudited": self._unaudited} if self._unaudited else None
+        self._unaudited = 0
+        self._audit(techs, who, "tech.session", f"refused:{code}", detail)
 
     def _audit(self, techs: Technicians, who: str, what: str, result: str,
                detail: dict[str, Any] | None) -> None:
