@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device import enrol
-from device.store import KeyMismatch, Store, init_store
+from device.store import BadRequest, KeyMismatch, Store, init_store
 from device.sync.engine import run_round
 from device.sync.state import SyncState
 from host.hub.hub import Hub, init_hub
@@ -150,6 +150,24 @@ def test_the_fleet_key_is_refused_once_patients_exist_unless_it_was_awaited(
         assert isinstance(text, str)
         cid = uuid.UUID(made.record_id).bytes
         assert open_identity(text, cid, hub_x) == ("passport", PASSPORT)
+
+
+def test_staff_cannot_attach_or_correct_before_the_fleet_key(tmp_path: Path) -> None:
+    """Attach and correct would land on a provisional subject or a placeholder key's id:
+    both wait for the first sync, and nothing is written; confirm works at once."""
+    with init_store(tmp_path / "awaiting", "North", "B") as store:
+        store.await_fleet_key(X25519PrivateKey.generate().public_key().public_bytes_raw())
+        made = store.checkin(passport=PASSPORT, name="Amina Yusuf")
+        before = store.dump()
+        for action, kw in (("attach", {"subject": str(uuid.uuid4())}),
+                           ("correct", {"name": "Amina Yusuf"})):
+            with pytest.raises(BadRequest) as refused:
+                store.settle_identity(made.record_id, action, **kw)  # type: ignore[arg-type]
+            assert refused.value.code == "fleet-pending"
+        assert store.dump() == before
+        store.settle_identity(made.record_id, "confirm")
+        store.configure("North", "B", os.urandom(32))
+        store.settle_identity(made.record_id, "correct", name="Amina Yusuf")
 
 
 def to_hub(hub: Hub, store: Store) -> None:

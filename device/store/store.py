@@ -657,8 +657,17 @@ class Store:
         another patient (``subject``), or ``correct`` the patient's record (``name``,
         ``birth_year``, as seen on a document at the desk). Each is an ordinary
         replicated write (the check-in's ``identity``, and for a correction the
-        patient's fields too), in one transaction; returns the check-in's id."""
+        patient's fields too), in one transaction; returns the check-in's id.
+
+        A kiosk still waiting for its fleet key (``await_fleet_key``) can neither
+        attach nor correct: a passport's patient id needs the key, and its check-ins'
+        subjects are provisional until the hub completes them (SPEC.md "Identity
+        before the fleet key"), so either would land on a patient no one else holds."""
         now = self.clock() if now_ms is None else now_ms
+        if action in ("attach", "correct") and self.fleet_pending:
+            raise BadRequest("this kiosk has not synced since it was provisioned: attach and "
+                             "correct wait for its first sync (confirm works now)",
+                             "fleet-pending")
         cid, view = self._checkin_view(self.reader, checkin_id)
         values: dict[str, Any] = {}
         patient: dict[str, Any] = {}
