@@ -69,3 +69,15 @@ def test_a_command_from_the_command_line_is_one_session(tmp_path: Path) -> None:
                      "--timeout", str(TIMEOUT)]) == 0
         entries = [(e["what"], e["result"]) for e in audit.entries(k.store)]
     assert entries == [("tech.auth", "ok"), ("tech.status", "ok")]  # one handshake
+
+
+@pytest.mark.parametrize("name", ["\u202egpj.exe", "a\u2028b", "a\x85b", "con\u200bfig.toml",
+                                  "a\u2029b"])
+def test_smp_fs_names_with_invisible_or_line_breaking_characters_are_refused(
+        tmp_path: Path, name: str) -> None:
+    from device.console.fs_group import check_name
+    from device.console.groups import SmpError
+
+    with pytest.raises(SmpError):
+        check_name(name)
+    assert check_name("logs/2026-12-05 été.txt") == ["logs", "2026-12-05 été.txt"]

@@ -4,8 +4,8 @@ Names are relative: ``bundle.cbor``, ``logs/2026-12-05.txt``. Downloads, status 
 hash look in the export directory, then in the import directory (so an upload can be
 checked); uploads write into the import directory only. A name is refused before
 any file is touched (``FILE_INVALID_NAME``) if it is absolute, empty, longer than
-``MAX_NAME``, holds a NUL or a control character, a ``.`` or ``..`` component, or
-resolves (symbolic links followed) outside its directory.
+``MAX_NAME``, holds a NUL, a control or an invisible character, a ``.`` or ``..``
+component, or resolves (symbolic links followed) outside its directory.
 
 An upload announces its length in its first chunk; a length above the limit or
 above the free space (less a reserve) is refused before a byte is written. Chunks
@@ -55,8 +55,11 @@ def check_name(name: str) -> list[str]:
     """The name's components, or an ``SmpError`` saying why it is refused."""
     if not name or len(name) > MAX_NAME:
         raise _refuse(f"a name is 1 to {MAX_NAME} characters")
-    if any(ord(c) < 0x20 or c in "\x7f\\" for c in name):
-        raise _refuse("a name holds no control characters and no backslash")
+    # isprintable: no control character (C0, DEL, C1), no line or paragraph separator,
+    # no invisible format character (a right-to-left override that makes a name read
+    # backwards, a zero-width space between two names that look the same)
+    if not name.isprintable() or "\\" in name:
+        raise _refuse("a name holds only printable characters and no backslash")
     if name.startswith("/"):
         raise _refuse("a name is relative to the kiosk's export or import directory")
     parts = name.split("/")
