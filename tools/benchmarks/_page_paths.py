@@ -65,12 +65,14 @@ class Patient:
         return PathFigures(path, self.taps, len(self.trail), list(self.trail))
 
 
-def returning_passport(page: Any, passport: str, year: str, scanned: bool) -> Patient:
+def returning(page: Any, identifier: str, year: str, scanned: bool) -> Patient:
+    """A passport number, or a short code as printed (with its dash), typed on the start
+    screen's keyboard or scanned; then the year and a reason, as every patient."""
     p = Patient(page)
     if scanned:
-        p.scan("passport", passport)
+        p.scan("passport", identifier)
     else:
-        p.type_keys("passport-keys", passport)
+        p.type_keys("passport-keys", identifier)
     p.tap("#passport-next")
     p.type_keys("keypad", year)
     p.tap("#year-next")
@@ -92,21 +94,6 @@ def new_patient(page: Any, name: str, year: str) -> Patient:
     return p
 
 
-def returning_code(page: Any, code: str, year: str, scanned: bool) -> Patient:
-    """The short code as printed (with its dash), typed on the passport's keyboard."""
-    p = Patient(page)
-    if scanned:
-        p.scan("passport", code)
-    else:
-        p.type_keys("passport-keys", code)
-    p.tap("#passport-next")
-    p.type_keys("keypad", year)
-    p.tap("#year-next")
-    p.tap("#reasons button[data-reason='sick']")
-    p.wait_ticket()
-    return p
-
-
 def done(page: Any) -> None:
     """The ticket's Done: back to the start screen for the next patient."""
     page.click("#ticket-done", timeout=10_000)
@@ -120,20 +107,20 @@ def every_path(url: str, browser: Any, passport: str, year: str) -> list[PathFig
     try:
         page.goto(url, timeout=30_000)
         page.wait_for_function("document.body.dataset.ready === '1'", timeout=30_000)
-        out = [returning_passport(page, passport, year, scanned=False).figures(
+        out = [returning(page, passport, year, scanned=False).figures(
             "passport, typed on the page")]
         done(page)
-        out.append(returning_passport(page, passport, year, scanned=True).figures(
+        out.append(returning(page, passport, year, scanned=True).figures(
             "passport, scanned"))
         done(page)
         new = new_patient(page, "Ada Lin", year)
         out.append(new.figures("new patient, no documents"))
         code = page.text_content("#new-id") or ""
         done(page)
-        out.append(returning_code(page, code, year, scanned=False).figures(
+        out.append(returning(page, code, year, scanned=False).figures(
             "short code, typed on the page"))
         done(page)
-        out.append(returning_code(page, code, year, scanned=True).figures(
+        out.append(returning(page, code, year, scanned=True).figures(
             "short code, scanned from the ticket's QR"))
         done(page)
         return out
