@@ -44,7 +44,7 @@ def test_a_flood_of_refused_sessions_is_audited_within_a_bound(
     monkeypatch.setattr(service, "REFUSALS_AUDITED", 2)
     with tech_kiosk(tmp_path) as k:
         later = [0.0]
-        k.service.clock = lambda: time.monotonic() + later[0]
+        k.service.refusal_budget.clock = lambda: time.monotonic() + later[0]
         rogue = k.credential(sites=["South"])
         for i in range(5):
             if i == 4:
@@ -81,3 +81,23 @@ def test_smp_fs_names_with_invisible_or_line_breaking_characters_are_refused(
     with pytest.raises(SmpError):
         check_name(name)
     assert check_name("logs/2026-12-05 été.txt") == ["logs", "2026-12-05 été.txt"]
+
+
+def test_a_flood_of_provisioning_requests_on_a_provisioned_kiosk_is_audited_within_a_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from device.tech import provision as dprov
+    from host.tech.provision import ProvisionClient
+
+    monkeypatch.setattr(service, "REFUSALS_AUDITED", 3)
+    with tech_kiosk(tmp_path) as k:  # an enrolled kiosk: provisioned already
+        k.env.extra[dprov.EXTRA] = dprov.Provisioner(k.store, pressed=None)
+        rogue = ProvisionClient(k.port, k.credential(), timeout=TIMEOUT)
+        try:
+            rogue.open_session()
+            for _ in range(20):  # one session, request after request
+                with pytest.raises(CommandRefused, match="already-provisioned"):
+                    rogue.call("provision-begin", {})
+        finally:
+            rogue.close()
+        entries = [(e["what"], e["result"]) for e in audit.entries(k.store)]
+    assert entries == [("provision.begin", "refused:already-provisioned")] * 3

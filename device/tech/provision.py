@@ -54,7 +54,7 @@ from device import audit
 from device.enrol import APPROVAL, CERT, ensure_keys, install, install_approval
 from device.store import Store, StoreError
 from device.tech import presence as pres
-from device.tech.service import CommandError, Context, command
+from device.tech.service import CommandError, Context, RefusalBudget, command
 from device.tech.trusted_time import TrustedClock
 from protocol import sas
 from protocol import tech_messages as tm
@@ -111,6 +111,8 @@ class Provisioner:
     abandon: float = 300.0
     run: _Run | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    #: Refusals audited within a bound: a device on the cable may ask again and again.
+    refusals: RefusalBudget = field(default_factory=RefusalBudget)
 
     @property
     def data(self) -> Path:
@@ -205,7 +207,10 @@ def _session(ctx: Context, prov: Provisioner) -> _Run:
 
 def _refuse(prov: Provisioner, who: str, what: str, code: str, message: str,
             detail: dict[str, Any] | None = None) -> CommandError:
-    prov.record(who, what, f"refused:{code}", detail)
+    audited, skipped = prov.refusals.take()
+    if audited:
+        prov.record(who, what, f"refused:{code}",
+                    {**(detail or {}), "unaudited": skipped} if skipped else detail)
     log.info("provisioning refused (%s): %s", code, message)
     return CommandError(code, message)
 

@@ -78,9 +78,7 @@ NONCE_BYTES = 32
 DEAD_TIMEOUT = 30.0
 KEEPALIVE = 2.0
 AFTER_REPLY = 2.0
-#: Refused sessions are audited one by one up to this many per window; past it (a flood
-#: from a device on the cable) they are counted, and the next one audited says how many
-#: were not, so that the audit, the store and the sync to the hub stay bounded.
+#: Refusals are audited one by one up to this many per window (``RefusalBudget``).
 REFUSALS_AUDITED = 10
 REFUSAL_WINDOW = 600.0
 #: A session whose tool has not been welcomed this long after it opened is closed.
@@ -180,6 +178,30 @@ class Context:
         return self.env.technicians
 
 
+class RefusalBudget:
+    """Which refusals to audit: one by one up to ``REFUSALS_AUDITED`` per
+    ``REFUSAL_WINDOW`` s; past it (a flood from a device on the cable) they are only
+    counted, and the next one audited says how many were not, so that the audit, the
+    store and the sync to the hub stay bounded."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._audited: deque[float] = deque()  #: when each of the window's was
+        self._skipped = 0  #: refusals not audited since the last one that was
+
+    def take(self) -> tuple[bool, int]:
+        """Whether to audit this refusal, and how many before it were not."""
+        now = self.clock()
+        while self._audited and self._audited[0] <= now - REFUSAL_WINDOW:
+            self._audited.popleft()
+        if len(self._audited) >= REFUSALS_AUDITED:
+            self._skipped += 1
+            return False, 0
+        self._audited.append(now)
+        skipped, self._skipped = self._skipped, 0
+        return True, skipped
+
+
 @dataclass
 class _Peer:
     """One session's state: its challenge, and the technician once welcomed."""
@@ -206,8 +228,7 @@ class TechService:
                                     restart=True, clock=clock)
         self.peer: _Peer | None = None
         self.refusals = 0
-        self._refusal_audits: deque[float] = deque()  #: when each of the window's was
-        self._unaudited = 0  #: refusals not audited since the last one that was
+        self.refusal_budget = RefusalBudget(clock)
         self._later: deque[Callable[[], None]] = deque()  # from the worker, run in output
         self._lock = threading.Lock()
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -331,8 +352,10 @@ class TechService:
             code = getattr(exc, "code", "refused")
             self.refusals += 1
             log.info("technician session refused (%s): %s", code, exc)
-            if techs is not None:
-                self._audit_refusal(techs, who, code)
+            audited, skipped = self.refusal_budget.take()
+            if techs is not None and audited:
+                self._audit(techs, who, "tech.session", f"refused:{code}",
+                            {"unaudited": skipped} if skipped else None)
             self._send(tm.encode("tech-refused", code=code, reason=str(exc)[:tm.MAX_TEXT]))
             # Once the tool has heard why, the session ends: the port is free for the next.
             session = self.driver.session
@@ -409,18 +432,6 @@ class TechService:
         techs = ctx.technicians
         if techs is not None and not ctx.audited:
             self._audit(techs, ctx.who, ctx.what, result, ctx.detail or None)
-
-    def _audit_refusal(self, techs: Technicians, who: str, code: str) -> None:
-        now = self.clock()
-        while self._refusal_audits and self._refusal_audits[0] <= now - REFUSAL_WINDOW:
-            self._refusal_audits.popleft()
-        if len(self._refusal_audits) >= REFUSALS_AUDITED:
-            self._unaudited += 1
-            return
-        self._refusal_audits.append(now)
-        detail = {"unaudited": self._unaudited} if self._unaudited else None
-        self._unaudited = 0
-        self._audit(techs, who, "tech.session", f"refused:{code}", detail)
 
     def _audit(self, techs: Technicians, who: str, what: str, result: str,
                detail: dict[str, Any] | None) -> None:
