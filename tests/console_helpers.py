@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import select
 import threading
+import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from device.console.env import ConsoleEnv
 from device.console.server import ConsoleServer
@@ -118,3 +121,30 @@ def console_kiosk(tmp: Path, **server_kw: object) -> Iterator[Kiosk]:
     finally:
         server.stop()
         cable.close()
+
+
+def run_beside_technician(rt: Any, technician: Callable[[], dict[str, Any]],
+                          bound: float) -> dict[str, Any]:
+    """Run ``rt.run()`` (a real ``Runtime`` with a console) while ``technician()`` works at
+    the console's other end, from a thread, once the console is up. Whatever it returns
+    is the result; an exception it raises is the result's ``failed`` and restarts the
+    runtime, so ``run()`` ends either way (a technician's restart ends it too)."""
+    got: dict[str, Any] = {}
+
+    def at_the_port() -> None:
+        end = time.monotonic() + bound
+        while rt.console is None and time.monotonic() < end:
+            time.sleep(0.02)
+        try:
+            got.update(technician())
+        except BaseException as exc:  # seen by the caller's assertions
+            got["failed"] = exc
+            rt.restart()
+
+    thread = threading.Thread(target=at_the_port, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(asyncio.wait_for(rt.run(), bound))
+    finally:
+        thread.join(bound)
+    return got

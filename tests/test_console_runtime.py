@@ -5,8 +5,6 @@ reset stops ``Runtime.run`` gracefully (the service manager starts it again)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from device.hardware import panel as hw
 from device.runtime import Runtime
 from device.store import Store
 
-from .console_helpers import Cable
+from .console_helpers import Cable, run_beside_technician
 from .test_console_clients import Everyone
 from .test_ui_helpers import free_port, make_kiosk
 
@@ -40,12 +38,9 @@ def test_runtime_console_counters_refusal_and_graceful_reset(tmp_path: Path) -> 
                       ui="127.0.0.1:0", retry_max=0.5, interval=0.5, hardware="simulated",
                       console=cable.a)
     rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
-    got: dict[str, Any] = {}
 
-    def technician() -> None:
-        end = time.monotonic() + BOUND
-        while rt.console is None and time.monotonic() < end:
-            time.sleep(0.02)
+    def technician() -> dict[str, Any]:
+        got: dict[str, Any] = {}
 
         async def run() -> None:
             client = SMPClient(SMPSerialTransport(), cable.b, timeout_s=3.0)
@@ -61,18 +56,13 @@ def test_runtime_console_counters_refusal_and_graceful_reset(tmp_path: Path) -> 
                 got["reset"] = await client.request(osm.ResetWrite())
             finally:
                 await client.disconnect()
-        try:
-            asyncio.run(run())
-        except BaseException as exc:  # seen by the assertions below
-            got["failed"] = exc
-            rt.restart()
 
-    thread = threading.Thread(target=technician, daemon=True)
-    thread.start()
+        asyncio.run(run())
+        return got
+
     try:
-        asyncio.run(asyncio.wait_for(rt.run(), BOUND))
+        got = run_beside_technician(rt, technician, BOUND)
     finally:
-        thread.join(BOUND)
         cable.close()
     assert "failed" not in got, got
     assert success(got["store"]) and got["store"].fields["outbox"] >= 1

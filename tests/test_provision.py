@@ -41,7 +41,7 @@ from protocol.driver.wall_clock import wall_ms
 from protocol.sync import approval as sync_approval
 from protocol.sync import credential as c
 
-from .console_helpers import Cable, fake_stats
+from .console_helpers import Cable, fake_stats, run_beside_technician
 from .test_sync_helpers import served_hub
 
 HOLD, WINDOW, TIMEOUT = 0.25, 2.5, 5.0  # window: room for a loaded machine
@@ -418,7 +418,6 @@ def test_the_real_runtime_is_provisioned_offline_then_enrols_at_its_first_sync(
     """``haven-kiosk run`` on a fresh kiosk with a console: provisioned from the tool (the
     code read from its page, its button pressed), it restarts to sync with the hub URL it
     was given, and its first sync makes it an enrolled kiosk."""
-    import asyncio
     import time
 
     from device.config import KioskConfig
@@ -439,7 +438,6 @@ def test_the_real_runtime_is_provisioned_offline_then_enrols_at_its_first_sync(
                           provision_window=WINDOW, hub_key=hub.x_public.hex())  # its image
         rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
         rt.config_file = toml
-        got: dict[str, Any] = {}
 
         def press() -> None:
             assert rt.hardware is not None
@@ -448,26 +446,16 @@ def test_the_real_runtime_is_provisioned_offline_then_enrols_at_its_first_sync(
             threading.Event().wait(HOLD + 0.15)
             pin.drive_high()
 
-        def technician_at_the_port() -> None:
-            end = time.monotonic() + bound
-            while rt.console is None and time.monotonic() < end:
-                time.sleep(0.02)
-            try:
-                got["out"] = provision(
-                    cable.b, cred, approvals=file, hub_urls=[url], timeout=TIMEOUT,
-                    ask_code=lambda ours: rt.live.snapshot()["provision_code"] or "",
-                    note=lambda text: threading.Thread(target=press, daemon=True).start(),
-                    log_path=tmp_path / "none.log")
-            except BaseException as exc:  # seen by the assertions below
-                got["failed"] = exc
-                rt.restart()
+        def technician_at_the_port() -> dict[str, Any]:
+            return {"out": provision(
+                cable.b, cred, approvals=file, hub_urls=[url], timeout=TIMEOUT,
+                ask_code=lambda ours: rt.live.snapshot()["provision_code"] or "",
+                note=lambda text: threading.Thread(target=press, daemon=True).start(),
+                log_path=tmp_path / "none.log")}
 
-        thread = threading.Thread(target=technician_at_the_port, daemon=True)
-        thread.start()
-        try:
-            asyncio.run(asyncio.wait_for(rt.run(), bound))  # ends with the restart asked
+        try:  # ends with the restart asked
+            got = run_beside_technician(rt, technician_at_the_port, bound)
         finally:
-            thread.join(bound)
             cable.close()
         assert "failed" not in got, got
         assert rt.restart_asked and f'hub = ["{url}"]' in toml.read_text()

@@ -3,8 +3,6 @@ runtime's own views, and a restart stops ``Runtime.run`` gracefully once answere
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from host.hub.hub import Hub
 from host.tech.client import TechClient
 from protocol.sync import credential as c
 
-from .console_helpers import Cable
+from .console_helpers import Cable, run_beside_technician
 from .test_ui_helpers import free_port, make_kiosk
 
 BOUND = 20.0
@@ -44,27 +42,15 @@ def test_status_and_restart_on_the_runtimes_console(tmp_path: Path) -> None:
                       ui="127.0.0.1:0", retry_max=0.5, interval=0.5, hardware="simulated",
                       console=cable.a, console_baud=1_000_000)
     rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
-    got: dict[str, Any] = {}
 
-    def technician_at_the_port() -> None:
-        end = time.monotonic() + BOUND
-        while rt.console is None and time.monotonic() < end:
-            time.sleep(0.02)
-        try:
-            with TechClient(cable.b, cred, timeout=5.0) as t:
-                got["status"] = t.call("status")
-                got["pull"] = t.pull("kiosk.log", tmp_path / "out")
-                got["restart"] = t.call("restart")
-        except BaseException as exc:  # seen by the assertions below
-            got["failed"] = exc
-            rt.restart()
+    def technician_at_the_port() -> dict[str, Any]:
+        with TechClient(cable.b, cred, timeout=5.0) as t:
+            return {"status": t.call("status"), "pull": t.pull("kiosk.log", tmp_path / "out"),
+                    "restart": t.call("restart")}
 
-    thread = threading.Thread(target=technician_at_the_port, daemon=True)
-    thread.start()
     try:
-        asyncio.run(asyncio.wait_for(rt.run(), BOUND))
+        got = run_beside_technician(rt, technician_at_the_port, BOUND)
     finally:
-        thread.join(BOUND)
         cable.close()
     assert "failed" not in got, got
     status = got["status"]
