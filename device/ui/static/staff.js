@@ -14,6 +14,21 @@ async function onStaffPin(ev) {
   refreshStaff();
 }
 
+// A redraw moves rows (one done with goes last, a settled identity goes) and changes their
+// buttons: a row that took another's place, or changed its status, takes no tap for a
+// moment, so a double tap's second tap, or a tap as the lists refresh, never lands on a
+// patient or an action it was not meant for.
+let deskSettleMs = 700;
+const rowKey = (el) => `${el.dataset.checkin} ${el.dataset.status || ""}`;
+function settleMoved(rows, before) {
+  rows.forEach((row, i) => {
+    if (before[i] === undefined || before[i] === rowKey(row)) return;
+    const buttons = row.querySelectorAll("button");
+    for (const b of buttons) b.disabled = true;
+    setTimeout(() => { for (const b of buttons) b.disabled = false; }, deskSettleMs);
+  });
+}
+
 function li(text) { const el = document.createElement("li"); el.textContent = text; return el; }
 
 async function refreshStaff() {
@@ -59,6 +74,7 @@ async function refreshStaff() {
 // done with can be undone, back to waiting. Each button is one replicated write.
 function renderQueue(rows) {
   const q = $("staff-queue");
+  const before = [...q.children].map(rowKey);
   if (!rows.length) { q.replaceChildren(li(t("staff_none"))); return; }
   const words = { "arrived": t("staff_waiting"), "in-progress": t("staff_called"),
     "finished": t("staff_seen"), "cancelled": t("staff_no_show") };
@@ -94,6 +110,7 @@ function renderQueue(rows) {
     row.append(line, buttons);
     return row;
   }));
+  settleMoved([...q.children], before);
 }
 
 // Check-ins whose identity is to be confirmed at the desk: the claim beside the record this
@@ -108,6 +125,7 @@ function renderIdentity(rows) {
     typed[id] = input.value;
     if (document.activeElement === input) focused = id;
   }
+  const before = [...box.children].map(rowKey);
   box.replaceChildren();
   if (!rows.length) { box.append(li(t("staff_none"))); return; }
   const act = async (c, body) => {
@@ -140,4 +158,5 @@ function renderIdentity(rows) {
     button("staff_attach", () => { if (pass.value.trim()) act(c, { action: "attach", passport: pass.value }); });
     box.append(div);
   }
+  settleMoved([...box.children], before);
 }
