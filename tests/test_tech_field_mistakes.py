@@ -22,9 +22,10 @@ TIMEOUT = 5.0
 def test_config_set_of_the_console_itself_is_refused(tmp_path: Path) -> None:
     with tech_kiosk(tmp_path) as k:
         with TechClient(k.port, k.credential(), timeout=TIMEOUT) as t:
-            for value in ("/dev/null", ""):
+            for key, value in (("console", "/dev/null"), ("console", ""),
+                               ("console_baud", "12345678901234")):
                 with pytest.raises(CommandRefused, match=r"\(fixed-key\)"):
-                    t.call("config", {"op": "set", "key": "console", "value": value})
+                    t.call("config", {"op": "set", "key": key, "value": value})
             assert t.call("status")["version"] == "0.1.0"  # the port still answers
         assert k.resets == [] and not (tmp_path / "kiosk.toml").exists()
 
@@ -101,3 +102,26 @@ def test_a_flood_of_provisioning_requests_on_a_provisioned_kiosk_is_audited_with
             rogue.close()
         entries = [(e["what"], e["result"]) for e in audit.entries(k.store)]
     assert entries == [("provision.begin", "refused:already-provisioned")] * 3
+
+
+def test_a_line_speed_past_the_drivers_is_one_line(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from host.cli import main
+    from protocol.driver.errors import LinkError
+    from protocol.driver.link import SerialLink
+
+    from .console_helpers import Cable
+
+    cable = Cable()
+    try:
+        with pytest.raises(LinkError, match="cannot open port"):
+            SerialLink(cable.b, 12345678901234)
+        for bad in (["--baud", "12345678901234"], ["--baud", "0"], ["--timeout", "nan"],
+                    ["--timeout", "-1"]):
+            with pytest.raises(SystemExit) as exit_:
+                main(["tech", "status", cable.b, "--credential", str(tmp_path / "c"), *bad])
+            assert exit_.value.code == 2
+            err = capsys.readouterr().err
+            assert "Traceback" not in err and ("must be" in err or "line speed" in err)
+    finally:
+        cable.close()

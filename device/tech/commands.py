@@ -47,8 +47,9 @@ THERMAL = Path("/sys/class/thermal")
 LIVE_KEYS = frozenset({"health_interval", "round_limit"})
 #: Options a technician's tool may not set: where the data lives, the staff PIN's
 #: hash (``haven-kiosk staff-pin set`` at the kiosk keeps it), and the console port
-#: itself (moved or unset, the runtime's restart would leave the tool without a port).
-FIXED_KEYS = frozenset({"data", "staff_pin", "console"})
+#: itself and its speed (changed, the runtime's restart would leave the tool without a
+#: port, or at a speed it does not know).
+FIXED_KEYS = frozenset({"data", "staff_pin", "console", "console_baud"})
 MAX_WAIT = 60.0  #: the longest button wait a tool may ask for
 READ_SIZE = 1 << 20
 

@@ -53,13 +53,36 @@ def client_for(args: argparse.Namespace) -> TechClient:
     return client
 
 
+MAX_BAUD = 4_000_000  #: the fastest rate Linux's serial drivers name
+
+
+def _baud(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if not 0 < value <= MAX_BAUD:
+        raise argparse.ArgumentTypeError(f"a line speed is 1 to {MAX_BAUD}, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("port", metavar="PORT",
                    help="the kiosk's console: /dev/ttyUSB0, /dev/ttyACM0, a pyserial URL")
     p.add_argument("--credential", type=Path, required=True, metavar="FILE",
                    help="the credential from haven hub technician issue")
-    p.add_argument("--baud", type=int, help="line speed; the session paces itself to it")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+    p.add_argument("--baud", type=_baud, help="line speed; the session paces itself to it")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                    help=f"give up after S seconds without an answer (default "
                         f"{DEFAULT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

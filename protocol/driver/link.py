@@ -118,7 +118,8 @@ class SerialLink:
         try:
             self.port: Any = serial.serial_for_url(url, baudrate=baud or 115200, timeout=0,
                                                    write_timeout=WRITE_TIMEOUT, **extra)
-        except (serial.SerialException, ValueError, OSError) as exc:
+        except (serial.SerialException, ValueError, OverflowError, OSError) as exc:
+            # OverflowError: a speed past what the driver's C int holds
             if exclusive and "exclusively lock" in str(exc):
                 raise LinkError(f"{url} is in use by another program") from None
             raise LinkError(f"cannot open port {url}: {exc}") from None
