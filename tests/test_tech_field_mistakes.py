@@ -125,3 +125,21 @@ def test_a_line_speed_past_the_drivers_is_one_line(tmp_path: Path,
             assert "Traceback" not in err and ("must be" in err or "line speed" in err)
     finally:
         cable.close()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--name", "A. Yusuf\nREVOKED 3", "--sites", "North"], "printable"),
+    (["--name", "A. Yusuf", "--sites", "North", "--actions", ""], "at least one action"),
+])
+def test_haven_hub_technician_issue_refuses_a_multiline_name_or_no_action(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        says: str) -> None:
+    from host.cli import main
+    from host.hub.hub import init_hub
+
+    init_hub(tmp_path / "hub")
+    out = tmp_path / "a.cred"
+    assert main(["hub", "technician", "issue", "--data", str(tmp_path / "hub"), *args,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and not out.exists()

@@ -47,8 +47,11 @@ def issue(hub: Hub, *, name: str, sites: Iterable[str] = (), kiosks: Iterable[st
     if unknown := sorted(set(actions) - set(credential.ACTIONS)):
         raise UsageError(f"unknown actions {', '.join(unknown)}; known: "
                          f"{', '.join(credential.ACTIONS)}")
-    if not 0 < len(name) <= credential.MAX_NAME:
-        raise UsageError(f"the name must be 1 to {credential.MAX_NAME} characters")
+    if not actions:
+        raise UsageError(f"name at least one action (--actions): {', '.join(credential.ACTIONS)}")
+    # Printable: the name is written in kiosks' logs and audits, one line each.
+    if not 0 < len(name) <= credential.MAX_NAME or not name.isprintable():
+        raise UsageError(f"the name must be 1 to {credential.MAX_NAME} printable characters")
     key = Ed25519PrivateKey.generate()
     public = key.public_key().public_bytes_raw()
     expires = now + int(hours * credential.HOUR_MS)
