@@ -130,6 +130,7 @@ def test_a_line_speed_past_the_drivers_is_one_line(tmp_path: Path,
 @pytest.mark.parametrize("args, says", [
     (["--name", "A. Yusuf\nREVOKED 3", "--sites", "North"], "printable"),
     (["--name", "A. Yusuf", "--sites", "North", "--actions", ""], "at least one action"),
+    (["--name", "A. Yusuf", "--sites", "No\nrth"], "printable"),
 ])
 def test_haven_hub_technician_issue_refuses_a_multiline_name_or_no_action(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],

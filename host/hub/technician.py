@@ -44,6 +44,8 @@ def issue(hub: Hub, *, name: str, sites: Iterable[str] = (), kiosks: Iterable[st
         raise UsageError(f"--hours must be above 0 and at most {MAX_HOURS} (7 days)")
     if not sites and not kiosks:
         raise UsageError("name at least one site (--sites) or kiosk (--kiosks)")
+    if bad := [t for t in sites + kiosks if not t.isprintable()]:
+        raise UsageError(f"a site or kiosk is printable text, not {bad[0]!r}")
     if unknown := sorted(set(actions) - set(credential.ACTIONS)):
         raise UsageError(f"unknown actions {', '.join(unknown)}; known: "
                          f"{', '.join(credential.ACTIONS)}")
