@@ -19,7 +19,7 @@ async function onStaffPin(ev) {
 // moment, so a double tap's second tap, or a tap as the lists refresh, never lands on a
 // patient or an action it was not meant for.
 let deskSettleMs = 700;
-const rowKey = (el) => `${el.dataset.checkin} ${el.dataset.status || ""}`;
+const rowKey = (el) => `${el.dataset.checkin || el.dataset.conflict} ${el.dataset.status || ""}`;
 function settleMoved(rows, before) {
   rows.forEach((row, i) => {
     if (before[i] === undefined || before[i] === rowKey(row)) return;
@@ -49,11 +49,13 @@ async function refreshStaff() {
   if (r.data.pin_alert) warnings.push(t("staff_pin_alert", r.data.pin_alert.misses));
   $("staff-health").textContent = warnings.join(" ");
   const box = $("staff-conflicts");
+  const before = [...box.children].map(rowKey);
   box.replaceChildren();
   if (!r.data.conflicts.length) box.append(li(t("staff_none")));
   for (const c of r.data.conflicts) {
     const div = document.createElement("div");
     div.className = "conflict";
+    div.dataset.conflict = c.id;
     div.append(li(`${c.type} ${c.id}`));
     for (const v of c.versions) {
       const b = document.createElement("button");
@@ -67,6 +69,7 @@ async function refreshStaff() {
     }
     box.append(div);
   }
+  settleMoved([...box.children], before);
   renderIdentity(r.data.identity || []);
 }
 
