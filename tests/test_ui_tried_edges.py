@@ -7,6 +7,8 @@
 - ``Range: bytes=-0`` got a 206 with the impossible ``Content-Range: bytes 100-99/100``.
 - A double tap on Seen at the desk marked two patients seen: the first tap's row moved
   to the end of the queue, and the second landed on the row that took its place.
+- A double tap on the ticket's Done landed on the start screen's Next, whose error for
+  an empty field then greeted the next patient.
 """
 
 from __future__ import annotations
@@ -111,3 +113,25 @@ def test_a_double_tap_at_the_desk_moves_one_patient_only(kiosk: str, page: Any) 
     statuses = page.evaluate(
         "api('/api/staff/overview').then((r) => r.data.queue.map((q) => q.status))")
     assert sorted(statuses) == ["arrived", "finished"]
+
+
+def test_a_double_tap_on_done_leaves_the_next_patient_no_error(page: Any) -> None:
+    page.evaluate("reset()")
+    page.keyboard.type("GH123456", delay=0)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    page.keyboard.type("1990", delay=0)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#s-reason:not([hidden])", timeout=BOUND)
+    page.tap("#reasons button[data-reason='sick']")
+    page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
+    box = page.locator("#ticket-done").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.click(x, y)
+    page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
+    assert page.evaluate("([x, y]) => document.elementFromPoint(x, y).id",
+                         [x, y]) == "passport-next"  # what the second tap lands on
+    page.mouse.click(x, y)
+    page.wait_for_timeout(100)
+    assert page.text_content("#start-msg") == ""
+    assert page.is_visible("#s-start")

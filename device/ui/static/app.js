@@ -165,6 +165,9 @@ function onPassport(ev) {
   ev.preventDefault();
   if (busy) return;
   const typed = $("passport").value.normalize("NFKC").replace(/\s/g, "").toUpperCase();
+  // Nothing typed: nothing to judge (a double tap on the ticket's Done lands here, and its
+  // error would greet the next patient)
+  if (!typed) { say("start-msg", null); return; }
   if (CODE_RE.test(typed)) { onCode(typed); return; }
   const value = typed.replace(/[\-<]/g, "");
   if (!PASSPORT_RE.test(value)) { say("start-msg", "err_bad_passport"); return; }
