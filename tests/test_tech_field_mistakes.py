@@ -24,7 +24,8 @@ def test_config_set_of_the_console_itself_is_refused(tmp_path: Path) -> None:
         with TechClient(k.port, k.credential(), timeout=TIMEOUT) as t:
             for key, value in (("console", "/dev/null"), ("console", ""),
                                ("console_baud", "12345678901234"),
-                               ("hardware", "simulated")):
+                               ("hardware", "simulated"), ("hub_key", "ab" * 32),
+                               ("provision_hold", "0.001"), ("provision_window", "1e8")):
                 with pytest.raises(CommandRefused, match=r"\(fixed-key\)"):
                     t.call("config", {"op": "set", "key": key, "value": value})
             assert t.call("status")["version"] == "0.1.0"  # the port still answers

@@ -48,9 +48,12 @@ LIVE_KEYS = frozenset({"health_interval", "round_limit"})
 #: Options a technician's tool may not set: where the data lives, the staff PIN's
 #: hash (``haven-kiosk staff-pin set`` at the kiosk keeps it), the console port itself
 #: and its speed (changed, the runtime's restart would leave the tool without a port, or
-#: at a speed it does not know), and the hardware: simulated pins would let presence be
-#: asserted through the page's /api/hw/press rather than the kiosk's own button.
-FIXED_KEYS = frozenset({"data", "staff_pin", "console", "console_baud", "hardware"})
+#: at a speed it does not know), the hardware (simulated pins would let presence be
+#: asserted through the page's /api/hw/press rather than the kiosk's own button), the
+#: presence check's hold and window, and the hub key of the kiosk's image: what physical
+#: presence and the image vouch for is not changed from the cable.
+FIXED_KEYS = frozenset({"data", "staff_pin", "console", "console_baud", "hardware",
+                        "hub_key", "provision_hold", "provision_window"})
 MAX_WAIT = 60.0  #: the longest button wait a tool may ask for
 READ_SIZE = 1 << 20
 
