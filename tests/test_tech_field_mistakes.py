@@ -146,3 +146,14 @@ def test_haven_hub_technician_issue_refuses_a_multiline_name_or_no_action(
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_config_get_never_shows_the_staff_pins_hash(tmp_path: Path) -> None:
+    pin_hash = "scrypt$16384$8$1$c2FsdA$aGFzaGhhc2g"
+    (tmp_path / "kiosk.toml").write_text(f'[kiosk]\nstaff_pin = "{pin_hash}"\n')
+    with tech_kiosk(tmp_path) as k, \
+            TechClient(k.port, k.credential(actions=["read"]), timeout=TIMEOUT) as t:
+        got = t.call("config", {"op": "get", "key": "staff_pin"})
+        unset = t.call("config", {"op": "get", "key": "hub_key"})
+    assert pin_hash not in repr(got) and got["file"] == "(set, not shown)"
+    assert unset["file"] is None

@@ -54,6 +54,10 @@ LIVE_KEYS = frozenset({"health_interval", "round_limit"})
 #: presence and the image vouch for is not changed from the cable.
 FIXED_KEYS = frozenset({"data", "staff_pin", "console", "console_baud", "hardware",
                         "hub_key", "provision_hold", "provision_window"})
+#: Options whose value a tool never reads: the staff PIN's hash would let a short PIN be
+#: found offline. ``config get`` says only whether one is set.
+SECRET_KEYS = frozenset({"staff_pin"})
+HIDDEN = "(set, not shown)"
 MAX_WAIT = 60.0  #: the longest button wait a tool may ask for
 READ_SIZE = 1 << 20
 
@@ -198,6 +202,9 @@ def config_command(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     live = ctx.env.extra.get("config")
     running = getattr(live, key, spec.default) if live is not None else None
     if op == "get":
+        if key in SECRET_KEYS:
+            in_file = {key: HIDDEN} if in_file.get(key) is not None else {}
+            running = HIDDEN if running is not None else None
         return dict(_jsonable({"key": key, "file": in_file.get(key), "running": running,
                                "default": spec.default, "restart": key not in LIVE_KEYS}))
     techs = ctx.technicians
