@@ -206,6 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wipe even though the hub lacks some of the kiosk's data (lost)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    p = sub.add_parser("quarantine", help="list, release or drop quarantined deltas",
+                       description="Deltas from the hub this kiosk refused one by one (a "
+                       "stamp too far ahead of its clock, a value that misfits its field): "
+                       "list them, release one (merged as if it had just arrived, if it "
+                       "passes the checks now) or drop one. Each release or drop is an entry "
+                       "in the kiosk's audit. Refused while haven-kiosk run holds the data.")
+    qs = p.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    q = qs.add_parser("list", help="list them with their ids", description="List them.")
+    _data(q)
+    q.add_argument("--json", action="store_true", help="print them as JSON")
+    for verb, what in (("release", "merge one if it passes the checks now"),
+                       ("drop", "delete one")):
+        q = qs.add_parser(verb, help=what, description=f"{what[0].upper()}{what[1:]}.")
+        _data(q)
+        q.add_argument("id", metavar="ID", help="its id (haven-kiosk quarantine list)")
+        q.add_argument("--who", default="local", metavar="OPERATOR",
+                       help="who does it, for the audit (default local)")
+
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
     _data(p, required=False)
@@ -536,12 +554,35 @@ def cmd_wipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from device.run_lock import hold
+    from device.store import quarantine
+
+    with hold(args.data), _open(args) as store:  # never under a running runtime
+        if args.quarantine_command == "list":
+            items = quarantine.listing(store)
+            if args.json:
+                print(json.dumps(items, sort_keys=True))
+                return 0
+            print(f"{len(items)} quarantined")
+            for item in items:
+                write = (f", record {item['record']} by {item['node']}" if "record" in item
+                         else "")
+                print(f"  {item['id']}: {item['code']}{write}: {item['reason']}")
+        elif args.quarantine_command == "release":
+            print(quarantine.release(store, args.id, args.who))
+        else:
+            print(quarantine.drop(store, args.id, args.who))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
     "checkin": cmd_checkin, "attach": cmd_attach,
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
     "schema": cmd_schema, "staff-pin": cmd_staff_pin, "wipe": cmd_wipe,
+    "quarantine": cmd_quarantine,
 }
 
 

@@ -944,7 +944,8 @@ class _Either:
 
 
 def _as_node(delta: Delta, node: int) -> Build:
-    """``delta`` written again by ``node`` (``Store.take_new_node``)."""
+    """``delta`` written again by ``node``, with a fresh stamp and the record's heads
+    (``Store.take_new_node``, ``reissue.reissue_ahead``)."""
     return lambda view, stamp: dataclasses.replace(
         delta, node=node, stamp=stamp,
         ctx=tuple(sorted(d for d in view.heads if d.node != node)) if view else ())

@@ -32,6 +32,7 @@ from typing import Any
 from device.enrol import Identity
 from device.exc import DeviceError
 from device.store import Store, StoreError
+from device.store.reissue import reissue_ahead
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
 from device.sync.state import SEAL_LABEL, SyncState
@@ -92,6 +93,8 @@ class Summary:
     batches: int = 0
     pushed: int = 0
     quarantined: int = 0
+    #: own writes stamped too far ahead of the hub's time, issued again (``reissue``)
+    reissued: int = 0
     pulled: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -454,6 +457,12 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
                 driver.send(lane, msg)
         driver.flush()
         state.note_synced(wall_ms(), moved=bool(rnd.summary.pushed or rnd.summary.pulled))
+        # The welcome told us the hub's time: writes our clock stamped too far ahead of
+        # it go out again with fresh stamps next round (the hub drops the originals).
+        rnd.summary.reissued = reissue_ahead(store, wall_ms() + state.clock_offset)
+        if rnd.summary.reissued:
+            log.warning("%d writes were stamped too far ahead of the hub's clock: issued "
+                        "again with the hub's time", rnd.summary.reissued)
     except LinkError as exc:
         raise SyncFailed(str(exc)) from None
     except LocalProtocolError:

@@ -151,6 +151,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("device", metavar="DEVICE_ID",
                    help="the kiosk's id (haven hub status lists them)")
 
+    _quarantine_parsers(hs)
     _technician_parsers(hs)
 
     p = hs.add_parser("promote", help="make check-ins' claims records where none exists",
@@ -177,6 +178,47 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
     how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
+
+
+def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    q = hs.add_parser("quarantine", help="list, release or drop quarantined deltas",
+                      description="Deltas the hub refused one by one (a stamp too far "
+                      "ahead, a value that misfits its field): list them, release one "
+                      "(applied as if it had just arrived, if it passes the checks now) "
+                      "or drop one. Each release or drop goes to the hub's log.")
+    qs = q.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+    p = qs.add_parser("list", help="list quarantined deltas", description="List them, "
+                      "oldest first, with their ids.")
+    _data(p)
+    p.add_argument("--json", action="store_true", help="print them as JSON")
+    for action, text in (("release", "apply one if it passes the checks now"),
+                         ("drop", "delete one")):
+        p = qs.add_parser(action, help=text, description=f"{text[0].upper()}{text[1:]}.")
+        _data(p)
+        p.add_argument("id", metavar="ID", help="its id (haven hub quarantine list)")
+        if action == "release":
+            p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
+                           help="refuse a stamp still more than S seconds ahead (default "
+                           "300, as haven hub serve)")
+
+
+def _quarantine(hub: Hub, args: argparse.Namespace) -> None:
+    from host.hub import quarantine
+
+    if args.quarantine_command == "list":
+        items = quarantine.listing(hub.store)
+        if args.json:
+            print(json.dumps(items, sort_keys=True))
+            return
+        print(f"{len(items)} quarantined")
+        for q in items:
+            write = f", record {q['record']} by {q['node']}" if "record" in q else ""
+            print(f"  {q['id']}: {q['code']} from kiosk {q['device'] or '-'} batch "
+                  f"{q['batch']}{write}: {q['reason']}")
+    elif args.quarantine_command == "release":
+        print(quarantine.release(hub.store, args.id, max_ahead_ms=int(args.max_ahead * 1000)))
+    else:
+        print(quarantine.drop(hub.store, args.id))
 
 
 def _technician_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -421,6 +463,8 @@ def run(args: argparse.Namespace) -> int:
                         if "completed" in d else f"left as it is: {d['error']}"))
         elif cmd == "technician":
             _technician(hub, args)
+        elif cmd == "quarantine":
+            _quarantine(hub, args)
         elif cmd == "clear-clone":
             hub.clear_clone(args.device)
             print(f"kiosk {args.device}: suspected-clone flag cleared")

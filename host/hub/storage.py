@@ -38,11 +38,13 @@ from typing import Any
 import sqlite_utils
 
 from protocol.crdt import short_code
-from protocol.crdt.delta import Delta
+from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.errors import RemoteProtocolError
 from protocol.sync.approval import LETTERS
 from protocol.sync.audit import is_audit_id
 from protocol.sync.batches import Batch
+from protocol.sync.reissue import is_reissue
 
 MIGRATIONS = Migrations("hub.db")
 #: ``meta`` keys: the technicians' signed revocation list, and its number.
@@ -362,6 +364,8 @@ class HubStore:
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
                            " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
+            if good:
+                drop_superseded(db, device_id, [d for d, _ in good], now)
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
                        [device_id, seq, hash_, now, len(good), json.dumps(quarantined), first])
             db.execute("UPDATE devices SET last_seq = ?, last_hash = ?, last_seen = ?"
@@ -516,6 +520,39 @@ class HubStore:
                     "SELECT at, device_id, code, detail FROM log ORDER BY id DESC LIMIT ?",
                     [limit])]
 
+    def quarantined_delta(self, qid: int) -> tuple[str | None, str, bytes] | None:
+        """One quarantined delta: (kiosk, code, bytes), or None."""
+        rows = self._q("SELECT device_id, code, data FROM quarantine WHERE id = ?", [qid])
+        return (rows[0][0], rows[0][1], bytes(rows[0][2])) if rows else None
+
+    def release_quarantined(self, qid: int, delta: Delta, data: bytes, detail: str,
+                            now: int) -> bool:
+        """Apply quarantined delta ``qid`` as if it had just arrived, and log it, in one
+        transaction; False if it is gone (released or dropped meanwhile)."""
+        with self._tx() as db:
+            row = db.execute("DELETE FROM quarantine WHERE id = ? RETURNING device_id",
+                             [qid]).fetchone()
+            if row is None:
+                return False
+            db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", [next_hseq(db), delta.record_id,
+                                                      delta.stamp, delta.node, data,
+                                                      row[0] or "hub"])
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, row[0], "quarantine-released", detail[:500]])
+            return True
+
+    def drop_quarantined(self, qid: int, detail: str, now: int) -> bool:
+        """Delete quarantined delta ``qid`` and log it; False if there is none."""
+        with self._tx() as db:
+            row = db.execute("DELETE FROM quarantine WHERE id = ? RETURNING device_id",
+                             [qid]).fetchone()
+            if row is None:
+                return False
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, row[0], "quarantine-dropped", detail[:500]])
+            return True
+
     def quarantined(self) -> list[dict[str, Any]]:
         return [{"id": i, "at": at, "device": dev, "batch": seq, "code": code, "reason": r}
                 for i, at, dev, seq, code, r in self._q(
@@ -578,6 +615,33 @@ class HubStore:
     def revoked_devices(self) -> set[str]:
         return {str(d) for (d,) in self._q("SELECT device_id FROM devices WHERE state = ?",
                                            ["revoked"])}
+
+
+def drop_superseded(db: sqlite_utils.Database, device_id: str, accepted: list[Delta],
+                    now: int) -> None:
+    """Drop the kiosk's quarantined ``clock-ahead`` deltas that a delta just accepted
+    from it issues again (``protocol.sync.reissue``), and log each, in the caller's
+    transaction. A kiosk with nothing quarantined costs one indexless look-up."""
+    rows = db.execute("SELECT id, data FROM quarantine WHERE device_id = ?"
+                      " AND code = 'clock-ahead'", [device_id]).fetchall()
+    if not rows:
+        return
+    by_record: dict[bytes, list[Delta]] = {}
+    for d in accepted:
+        by_record.setdefault(d.record_id, []).append(d)
+    for qid, data in rows:
+        try:
+            original = decode(bytes(data))
+        except RemoteProtocolError:
+            continue
+        again = next((d for d in by_record.get(original.record_id, ())
+                      if is_reissue(original, d)), None)
+        if again is not None:
+            db.execute("DELETE FROM quarantine WHERE id = ?", [qid])
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, device_id, "quarantine-superseded",
+                        f"quarantined delta {qid} ({original.node:08x}-{original.stamp:016x})"
+                        f" issued again as {again.node:08x}-{again.stamp:016x}"])
 
 
 class HubReader(HubStore):

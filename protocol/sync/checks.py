@@ -65,3 +65,11 @@ def _check(delta: Delta, limit: int, node: int | None) -> None:
     if delta.stamp >= limit:
         raise ClockAheadError("stamp too far ahead of the receiver's clock")
     check_known_fields(delta)
+
+
+def span_text(ms: int) -> str:
+    """A duration for people (how far a stamp is ahead): seconds, minutes, hours, days."""
+    for unit, size in (("days", 86_400_000), ("hours", 3_600_000), ("minutes", 60_000)):
+        if ms >= 2 * size:
+            return f"{ms / size:.1f} {unit}"
+    return f"{ms / 1000:.0f} s"
