@@ -459,7 +459,10 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
         state.note_synced(wall_ms(), moved=bool(rnd.summary.pushed or rnd.summary.pulled))
         # The welcome told us the hub's time: writes our clock stamped too far ahead of
         # it go out again with fresh stamps next round (the hub drops the originals).
-        rnd.summary.reissued = reissue_ahead(store, wall_ms() + state.clock_offset)
+        # Not while batches wait for an ack or are held (a suspected clone): their writes
+        # are on the chain already, and only the hub's answer settles them.
+        if not state.held_upto and not state.pending():
+            rnd.summary.reissued = reissue_ahead(store, wall_ms() + state.clock_offset)
         if rnd.summary.reissued:
             log.warning("%d writes were stamped too far ahead of the hub's clock: issued "
                         "again with the hub's time", rnd.summary.reissued)
