@@ -9,11 +9,15 @@
   to the end of the queue, and the second landed on the row that took its place.
 - A double tap on the ticket's Done landed on the start screen's Next, whose error for
   an empty field then greeted the next patient.
+- The first staff PIN set on a running kiosk never showed the Staff button on a page
+  that was up: the page read whether there is a PIN only when it loaded.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +30,7 @@ from device.ui.prompts import byte_range
 from protocol.crdt import short_code
 
 from .test_ui_browser import ARGS, BOUND, CHROMIUM, STRINGS, open_page
-from .test_ui_helpers import free_port, make_kiosk, run_kiosk
+from .test_ui_helpers import ROOT, Proc, free_port, make_kiosk, run_kiosk
 
 
 @pytest.mark.parametrize("typed", ["0000-0000", "OOOO-OOOO", "oooo 0000"])
@@ -135,3 +139,23 @@ def test_a_double_tap_on_done_leaves_the_next_patient_no_error(page: Any) -> Non
     page.wait_for_timeout(100)
     assert page.text_content("#start-msg") == ""
     assert page.is_visible("#s-start")
+
+
+def test_a_pin_set_while_the_page_is_up_brings_the_staff_button(
+        tmp_path_factory: pytest.TempPathFactory, page: Any) -> None:
+    kiosk_dir = make_kiosk(tmp_path_factory.mktemp("no-pin"))[1]
+    proc = Proc([sys.executable, "-m", "device.cli", "run", "--data", str(kiosk_dir),
+                 "--hub", f"tcp://127.0.0.1:{free_port()}", "--ui", "127.0.0.1:0",
+                 "--hardware", "simulated"])  # no --staff-pin: none is set
+    other = page.context.new_page()
+    try:
+        open_page(other, proc.wait_for(r"page at (http://\S+)").group(1))
+        assert other.is_hidden("#staff-open")
+        subprocess.run([sys.executable, "-m", "device.cli", "staff-pin", "set", "--data",
+                        str(kiosk_dir)], input="246810\n", text=True, check=True, cwd=ROOT,
+                       capture_output=True, timeout=30)
+        other.evaluate("reset()")  # what the next patient's Done, or the idle reset, does
+        other.wait_for_selector("#staff-open:not([hidden])", timeout=BOUND)
+    finally:
+        other.close()
+        proc.stop()

@@ -311,6 +311,11 @@ function reset() {
   try { localStorage.clear(); sessionStorage.clear(); } catch (e) { /* none used */ }
   setLang(config.languages[0] || "en");
   show("s-start");
+  // A staff PIN set (or removed) while the page is up: the Staff button follows it
+  fetch("/api/config", { cache: "no-store" }).then((r) => r.json()).then((c) => {
+    config.staff = c.staff;
+    $("staff-open").hidden = !c.staff;
+  }).catch(() => {});
 }
 
 function idleCheck() {
