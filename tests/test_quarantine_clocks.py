@@ -4,6 +4,7 @@ hub drops the quarantined originals (SPEC.md "Quarantine and clocks")."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from device import audit
 from device.cli import main as kiosk_main
 from device.run_lock import hold
-from device.store import Store, init_store
+from device.store import BadRequest, Store, init_store
 from device.store import quarantine as kiosk_quarantine
 from host.cli import main as haven_main
 from host.hub import quarantine as hub_quarantine
@@ -21,6 +22,7 @@ from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, pack
 from protocol.crdt.delta import Delta, encode
 from protocol.crdt.schema import type_by_name
 from protocol.driver.wall_clock import wall_ms
+from protocol.sync.reissue import is_reissue
 
 from .test_sync_helpers import Kiosk, served_hub
 
@@ -102,6 +104,13 @@ def test_kiosk_quarantine_list_release_drop(tmp_path: Path,
     code, out, _ = _cli(kiosk_main, ["quarantine", "drop", second, "--data", str(data)],
                         capsys)
     assert code == 0 and "dropped" in out
+    with Store(data) as store:  # a value that misfits its field is refused, whenever
+        store.merge([encode(Delta(os.urandom(16), type_by_name("note").number, 7,
+                                  pack(wall_ms()), set={2: 7}))])
+        misfit, = (str(q["id"]) for q in kiosk_quarantine.listing(store))
+        with pytest.raises(BadRequest, match="still refused.*field-value"):
+            kiosk_quarantine.release(store, misfit, "local")
+        kiosk_quarantine.drop(store, misfit, "local")
     for bad in ("x", second, "", "9" * 30):
         code, _, err = _cli(kiosk_main, ["quarantine", "release", bad, "--data", str(data)],
                             capsys)
@@ -114,6 +123,8 @@ def test_kiosk_quarantine_list_release_drop(tmp_path: Path,
         done = [(e["who"], e["what"], e["result"]) for e in audit.entries(store)]
     assert done == [("local", "quarantine.release", "refused:clock-ahead"),
                     ("operator-1", "quarantine.release", "ok"),
+                    ("local", "quarantine.drop", "ok"),
+                    ("local", "quarantine.release", "refused:field-value"),
                     ("local", "quarantine.drop", "ok")]
 
 
@@ -144,3 +155,14 @@ def test_a_kiosk_whose_clock_ran_ahead_converges(tmp_path: Path) -> None:
         k.store.checkin(name="Bea")
         assert k.sync(url).quarantined == 0 and hub.dump() == k.store.dump()
         k.close()
+
+
+def test_a_reissue_is_the_same_write_by_its_author_under_another_stamp() -> None:
+    note = type_by_name("note").number
+    original = Delta(b"r" * 16, note, 5, pack(wall_ms() + 2 * DAY), set={2: "x"})
+    assert is_reissue(original, dataclasses.replace(original, stamp=pack(wall_ms())))
+    for other in (dataclasses.replace(original, stamp=pack(wall_ms()), set={2: "y"}),
+                  dataclasses.replace(original, stamp=pack(wall_ms()), node=6),
+                  dataclasses.replace(original, stamp=pack(wall_ms()), record_id=b"s" * 16),
+                  original):
+        assert not is_reissue(original, other)
