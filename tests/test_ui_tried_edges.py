@@ -154,8 +154,11 @@ def test_a_pin_set_while_the_page_is_up_brings_the_staff_button(
         subprocess.run([sys.executable, "-m", "device.cli", "staff-pin", "set", "--data",
                         str(kiosk_dir)], input="246810\n", text=True, check=True, cwd=ROOT,
                        capture_output=True, timeout=30)
-        other.evaluate("reset()")  # what the next patient's Done, or the idle reset, does
+        other.evaluate("staffPinAsked = 0")  # an untouched start screen, 15 s on
         other.wait_for_selector("#staff-open:not([hidden])", timeout=BOUND)
+        (kiosk_dir / "staff-pin").unlink()  # no PIN again
+        other.evaluate("reset()")  # what the next patient's Done, or the idle reset, does
+        other.wait_for_selector("#staff-open", state="hidden", timeout=BOUND)
     finally:
         other.close()
         proc.stop()

@@ -311,7 +311,14 @@ function reset() {
   try { localStorage.clear(); sessionStorage.clear(); } catch (e) { /* none used */ }
   setLang(config.languages[0] || "en");
   show("s-start");
-  // A staff PIN set (or removed) while the page is up: the Staff button follows it
+  followStaffPin();
+}
+
+// A staff PIN set (or removed) while the page is up: the Staff button follows it, at each
+// return to the start and every 15 s on an untouched start screen.
+let staffPinAsked = Date.now();
+function followStaffPin() {
+  staffPinAsked = Date.now();
   fetch("/api/config", { cache: "no-store" }).then((r) => r.json()).then((c) => {
     config.staff = c.staff;
     $("staff-open").hidden = !c.staff;
@@ -321,6 +328,7 @@ function reset() {
 function idleCheck() {
   const dirty = flow.screen !== "s-start" || $("passport").value !== "";
   if (dirty && Date.now() - lastActivity > config.idle_seconds * 1000) reset();
+  if (!dirty && Date.now() - staffPinAsked > 15000) followStaffPin();
   if (flow.screen === "s-staff" && (Date.now() / 1000 | 0) % 5 === 0) refreshStaff();
 }
 
