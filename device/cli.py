@@ -54,6 +54,11 @@ def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
     config.add_flags(p, ("data",), required=("data",) if required else ())
 
 
+def _quarantine_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, metavar="DIR", default=argparse.SUPPRESS,
+                   help="the kiosk's data directory (here or before the action)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("haven-kiosk",
                                  "Haven Kiosk runtime: check-ins, local store and sync.",
@@ -212,14 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "list them, release one (merged as if it had just arrived, if it "
                        "passes the checks now) or drop one. Each release or drop is an entry "
                        "in the kiosk's audit. Refused while haven-kiosk run holds the data.")
+    _data(p, required=False)
     qs = p.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
     q = qs.add_parser("list", help="list them with their ids", description="List them.")
-    _data(q)
+    _quarantine_data(q)
     q.add_argument("--json", action="store_true", help="print them as JSON")
     for verb, what in (("release", "merge one if it passes the checks now"),
                        ("drop", "delete one")):
         q = qs.add_parser(verb, help=what, description=f"{what[0].upper()}{what[1:]}.")
-        _data(q)
+        _quarantine_data(q)
         q.add_argument("id", metavar="ID", help="its id (haven-kiosk quarantine list)")
         q.add_argument("--who", default="local", metavar="OPERATOR",
                        help="who does it, for the audit (default local)")
@@ -558,6 +564,9 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     from device.run_lock import hold
     from device.store import quarantine
 
+    if args.data is None:
+        print("haven-kiosk quarantine: give --data DIR", file=sys.stderr)
+        return 2
     with hold(args.data), _open(args) as store:  # never under a running runtime
         if args.quarantine_command == "list":
             items = quarantine.listing(store)
