@@ -14,8 +14,9 @@ one transaction:
 - removes the write from the write log and the outbox (no replica accepted
   it: the hub quarantined it or never saw it);
 - sets the clock back to the greatest stamp left (the saved clock with it),
-  so the clock no longer runs from its own far-future stamps; stamps it
-  merged from others were checked against its clock and stay counted;
+  so the clock no longer runs from its own far-future stamps; every stamp
+  it merged stays counted, and so does any write of its own the hub
+  accepted (had the hub's clock run ahead too, the clock stays with it);
 - writes the same content again, oldest first, as new writes of its own with
   fresh stamps against the record as it stands, queued for the hub.
 
@@ -38,6 +39,11 @@ AHEAD = ("SELECT o.seq, o.rid, o.stamp, p.sealed FROM outbox o JOIN ops p ON p.r
          " AND p.stamp = o.stamp AND p.node = o.node WHERE o.node = ? AND o.stamp >= ?"
          " AND (o.state = 'queued' OR o.error = 'hub-quarantined') ORDER BY o.stamp")
 
+#: The greatest stamp held once the writes to issue again are gone from the write log
+#: (the merged values of their records still name them until they are rebuilt).
+FLOOR = ("SELECT MAX(s) FROM (SELECT MAX(stamp) AS s FROM ops UNION ALL"
+         " SELECT MAX(stamp) FROM field_values WHERE node != ? OR stamp < ?)")
+
 
 def reissue_ahead(store: Store, hub_now_ms: int,
                   max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS) -> int:
@@ -57,7 +63,12 @@ def reissue_ahead(store: Store, hub_now_ms: int,
             db.execute("DELETE FROM outbox WHERE seq = ?", [seq])
             db.execute("DELETE FROM ops WHERE rid = ? AND stamp = ? AND node = ?",
                        [rid, stamp, store.node])
-        left = db.execute("SELECT MAX(stamp) FROM ops WHERE stamp < ?", [limit]).fetchone()[0]
+        if not writes:
+            return 0  # only writes the hub accepted are ahead: those stamps stand
+        # The clock goes back to the greatest stamp left: every other write held here,
+        # merged or its own, stays before it (the merged values count too, should their
+        # write-log rows be gone).
+        left = db.execute(FLOOR, [store.node, limit]).fetchone()[0]
         store.hlc.last = min(store.hlc.last, int(left or 0))
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)",
                    [str(store.hlc.last)])
