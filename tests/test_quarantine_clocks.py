@@ -16,6 +16,7 @@ from device.cli import main as kiosk_main
 from device.run_lock import hold
 from device.store import BadRequest, Store, init_store
 from device.store import quarantine as kiosk_quarantine
+from device.sync import engine
 from host.cli import main as haven_main
 from host.hub import quarantine as hub_quarantine
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, pack
@@ -128,10 +129,15 @@ def test_kiosk_quarantine_list_release_drop(tmp_path: Path,
                     ("local", "quarantine.drop", "ok")]
 
 
-def test_a_kiosk_whose_clock_ran_ahead_converges(tmp_path: Path) -> None:
+def test_a_kiosk_whose_clock_ran_ahead_converges(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def skewed() -> int:  # the kiosk's wall clock: booted two days ahead, never synced
+        return wall_ms() + 2 * DAY
+
+    monkeypatch.setattr(engine, "wall_ms", skewed)  # what its sync rounds read
     with served_hub(tmp_path) as (hub, url):
         k = Kiosk(tmp_path, "k", hub, "A")
-        k.store.clock = lambda: wall_ms() + 2 * DAY  # booted two days ahead, never synced
+        k.store.clock = skewed
         checkin = k.store.checkin(name="Ada", birth_year=1980)
         k.store.set_checkin_status(checkin.record_id, "in-progress")
         first = k.sync(url)
@@ -140,8 +146,9 @@ def test_a_kiosk_whose_clock_ran_ahead_converges(tmp_path: Path) -> None:
         assert {q["code"] for q in hub.store.quarantined()} == {"clock-ahead"}
         limit = pack(wall_ms() + DEFAULT_MAX_AHEAD_MS)
         assert k.store.hlc.last < limit  # its clock no longer runs from its own stamps
+        assert abs(k.state.clock_offset + 2 * DAY) < 60_000  # what the welcome said
         # The runtime's clock follows the hub's from then on (``Runtime._offset``).
-        k.store.clock = lambda: wall_ms() + k.state.clock_offset
+        k.store.clock = lambda: skewed() + k.state.clock_offset
         second = k.sync(url)
         assert (second.pushed, second.quarantined, second.reissued) == (first.reissued, 0, 0)
         assert hub.store.quarantined() == []  # the originals were superseded, and dropped
