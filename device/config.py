@@ -74,6 +74,17 @@ def _host_port(value: str) -> str:
     return ""
 
 
+def _hub_url(value: str) -> str:
+    # A tcp:// URL names its host and port (as protocol.driver.link.open_link needs);
+    # anything else is a serial device or a pyserial URL, checked when it is opened.
+    if not value.startswith("tcp://"):
+        return ""
+    host, sep, port = value[len("tcp://"):].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        return f"must be tcp://HOST:PORT, not {value!r}"
+    return ""
+
+
 def _staff_pin(value: str) -> str:
     if value.startswith("scrypt$"):
         return ""
@@ -113,7 +124,7 @@ def _inside_data(value: str) -> str:
 class KioskConfig:
     data: Path | None = option(None, "the kiosk's data directory", metavar="DIR")
     hub: list[str] = option([], "hub URLs (tcp://HOST:PORT, a serial device or a pyserial "
-                            "URL), tried in order", metavar="URL")
+                            "URL), tried in order", metavar="URL", check=_hub_url)
     ui: str = option("127.0.0.1:8080", "where to serve the check-in page",
                      metavar="HOST:PORT", check=_host_port)
     idle_seconds: float = option(60.0, "the page resets to its start after this long "
@@ -282,6 +293,8 @@ class Spec:
         if kind is list:
             if not all(isinstance(v, str) for v in value):
                 return None, f"must be a list of URLs (strings), not {value!r}"
+            if o.check is not None and (why := next(filter(None, map(o.check, value)), "")):
+                return None, why
             return list(value), ""
         value = kind(value)
         if kind is float and not math.isfinite(value):

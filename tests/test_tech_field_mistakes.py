@@ -157,3 +157,12 @@ def test_config_get_never_shows_the_staff_pins_hash(tmp_path: Path) -> None:
         unset = t.call("config", {"op": "get", "key": "hub_key"})
     assert pin_hash not in repr(got) and got["file"] == "(set, not shown)"
     assert unset["file"] is None
+
+
+def test_config_set_of_a_hub_url_without_a_port_is_refused(tmp_path: Path) -> None:
+    with tech_kiosk(tmp_path) as k, TechClient(k.port, k.credential(), timeout=TIMEOUT) as t:
+        with pytest.raises(CommandRefused, match="must be tcp://HOST:PORT"):
+            t.call("config", {"op": "set", "key": "hub", "value": "tcp://hub.example"})
+        set_ = t.call("config", {"op": "set", "key": "hub",
+                                 "value": "tcp://hub.example:7400,/dev/ttyUSB0"})
+    assert set_["value"] == ["tcp://hub.example:7400", "/dev/ttyUSB0"]
