@@ -317,6 +317,7 @@ function reset() {
 // A staff PIN set (or removed) while the page is up: the Staff button follows it, at each
 // return to the start and every 15 s on an untouched start screen.
 let staffPinAsked = Date.now();
+let staffRefreshed = 0;  // when idleCheck last redrew the staff screen
 function followStaffPin() {
   staffPinAsked = Date.now();
   fetch("/api/config", { cache: "no-store" }).then((r) => r.json()).then((c) => {
@@ -329,7 +330,11 @@ function idleCheck() {
   const dirty = flow.screen !== "s-start" || $("passport").value !== "";
   if (dirty && Date.now() - lastActivity > config.idle_seconds * 1000) reset();
   if (!dirty && Date.now() - staffPinAsked > 15000) followStaffPin();
-  if (flow.screen === "s-staff" && (Date.now() / 1000 | 0) % 5 === 0) refreshStaff();
+  // every 5 s: the second the clock's seconds passed a multiple of 5 held four ticks
+  if (flow.screen === "s-staff" && Date.now() - staffRefreshed >= 5000) {
+    staffRefreshed = Date.now();
+    refreshStaff();
+  }
 }
 
 // Start ------------------------------------------------------------------------------------
