@@ -276,10 +276,9 @@ def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str,
                                     technician.revoke(hub, serial))
         elif case == "out-of-scope":
             cred = credential(hub, sites=["South"])
-        elif case == "image-hub":  # the kiosk's image names another hub than this one
-            assert k.prov is not None
+        elif case == "image-hub":  # the kiosk's image names another hub than this one:
+            assert k.prov is not None  # seen in the approval, which comes with the code
             k.prov.image_hub = bytes(32)
-            note = k.notes.append
         elif case == "forged-hub":  # a credential of another hub, which signed no approval
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -314,8 +313,10 @@ def test_refused_changes_nothing_on_the_kiosk(tmp_path: Path, case: str,
         if case == "wrong-code":
             assert isinstance(exc.value, ProvisionRefused)
             assert "another device may stand between" in str(exc.value)
-            # what was typed never left the tool: a device between would learn nothing
+            # what was typed never left the tool: a device between would learn nothing,
+            # nor get the approval, which it could take to the hub as its own
             assert all(a.get("code") in (None, "") for a in sent), sent
+            assert all("approval" not in a for a in sent), sent
         if case == "revoked":  # online, the hub refuses before the kiosk is asked
             before = len(results)
             with pytest.raises(ProvisionRefused, match=r"hub refused \(revoked\)"):

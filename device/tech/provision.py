@@ -10,8 +10,10 @@ one session; each refusal changes nothing on the kiosk but its audit:
 
 1. ``provision-begin`` (``cert``, ``hub``: the hub's Ed25519 key the tool brings
    from the credential file, ``commit``: the tool's SAS commitment,
-   ``time``: the tool's clock, ms, and ``site``, or ``approval`` offline,
-   optionally ``revocations``): refused on a kiosk provisioned already. The
+   ``time``: the tool's clock, ms, ``site``, and offline ``kiosk``: the id the
+   approval reserves, never the approval itself, which a device standing in for
+   the kiosk could use; optionally ``revocations``): refused on a kiosk
+   provisioned already. The
    certificate must be signed by that hub key, be the session's own key (its
    X25519 form is the session's remote static, which the Noise handshake
    proved the tool holds), allow ``provision``, cover the site (and the
@@ -27,7 +29,8 @@ one session; each refusal changes nothing on the kiosk but its audit:
    screen and typed into the tool, ``hub_urls``, ``modem``, and ``approval``
    offline): a wrong code ends the provisioning (a new one needs a new press).
    A right one makes the hub key trusted: offline the kiosk installs the
-   approval (``device.enrol.install_approval``: its keys, its reserved identity,
+   approval, checked again as at begin and against the site and kiosk begun
+   (``device.enrol.install_approval``: its keys, its reserved identity,
    its request; the fleet key comes with its first sync); online it generates
    its keys and answers its enrolment request for the tool to take to the hub.
    The configuration (hub URLs, modems) is written, and the clock set from the
@@ -82,7 +85,13 @@ class _Run:
     tool_ms: int
     commit: bytes
     nonce_r: bytes
-    approval: sync_approval.Approval | None
+    #: Offline: the site and kiosk are the approval's, which comes only with the right code.
+    offline: bool
+    #: The credential's check's time at begin (lower bounds the tool showed), and the
+    #: serials the tool's revocation list names: confirm checks the credential again.
+    now: int
+    revoked: frozenset[int]
+    approval: sync_approval.Approval | None = None  #: offline, from confirm on
     code: str | None = None  #: shown once the tool revealed its nonce
     confirmed: bool = False  #: online: the code matched, the certificate is awaited
     hub_urls: list[str] = field(default_factory=list)  #: for the configuration, online
@@ -228,7 +237,6 @@ def begin(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     cert, hub = _bytes(args, "cert"), _bytes(args, "hub")
     commitment, tool_ms = _bytes(args, "commit"), _int(args, "time")
     revocations = _bytes(args, "revocations", optional=True)
-    approval_doc = _bytes(args, "approval", optional=True)
     who = audit.PRESENCE
     try:
         tech = credential.read_technician(cert, hub)
@@ -242,21 +250,20 @@ def begin(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         if revocations is not None:
             listed = credential.read_revocations(revocations, hub)
             revoked, now = listed.serials, max(now, listed.issued)
-        ap = None
-        if approval_doc is not None:
-            ap = sync_approval.read_approval(approval_doc, hub)
-            now = max(now, ap.issued)
-            site, device_id = ap.site, ap.device_id
-            if now > ap.expires:
-                raise CommandError("expired", f"approval {ap.serial} expired")
-            if prov.image_hub is not None and ap.hub_x25519 != prov.image_hub:
-                raise CommandError("wrong-hub", "the approval is another hub's than the one "
-                                   "this kiosk's image names")
+        named = args.get("site")
+        if not isinstance(named, str) or not 0 < len(named) <= 64:
+            raise CommandError("bad-args", "provisioning names the site (--site, or the "
+                               "approval's)")
+        site = named
+        # Offline, the approval itself comes with the right code (confirm), never before:
+        # a device standing in for the kiosk must not get it. Here, the kiosk it names.
+        offline = "kiosk" in args
+        if offline:
+            device_id = args["kiosk"]
+            if not (isinstance(device_id, str) and len(device_id) == 8
+                    and all(ch in "0123456789abcdef" for ch in device_id)):
+                raise CommandError("bad-args", "kiosk is a kiosk id (8 hex digits)")
         else:
-            named = args.get("site")
-            if not isinstance(named, str) or not 0 < len(named) <= 64:
-                raise CommandError("bad-args", "online provisioning names the site (--site)")
-            site = named
             device_id = sync_cert.device_id(prov.store.node)
         credential.check(tech, now=now, site=site, device_id=device_id, revoked=revoked,
                          action="provision")
@@ -275,7 +282,7 @@ def begin(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         raise _refuse(prov, who, "provision.presence", held.result, held.describe(), detail)
     prov.record(who, "provision.presence", "ok", detail)
     prov.run = _Run(ctx.session_id, tech, hub, site, device_id, tool_ms, commitment,
-                    secrets.token_bytes(sas.NONCE_BYTES), ap)
+                    secrets.token_bytes(sas.NONCE_BYTES), offline, now, revoked)
     return {"nonce": prov.run.nonce_r, "kiosk": device_id, "site": site}
 
 
@@ -304,6 +311,25 @@ def reveal(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _approval(prov: Provisioner, run: _Run, doc: bytes) -> sync_approval.Approval:
+    """The approval the tool sends once the code matched: signed by the trusted hub key,
+    for the site and kiosk the run began with, unexpired, and the credential still good
+    at the time it shows (its issue is a lower bound)."""
+    ap = sync_approval.read_approval(doc, run.hub_ed25519)
+    if (ap.site, ap.device_id) != (run.site, run.device_id):
+        raise CommandError("bad-approval", f"approval {ap.serial} is for kiosk {ap.device_id} "
+                           f"at {ap.site!r}, not the {run.device_id} at {run.site!r} begun")
+    now = max(run.now, ap.issued)
+    if now > ap.expires:
+        raise CommandError("expired", f"approval {ap.serial} expired")
+    if prov.image_hub is not None and ap.hub_x25519 != prov.image_hub:
+        raise CommandError("wrong-hub", "the approval is another hub's than the one this "
+                           "kiosk's image names")
+    credential.check(run.tech, now=now, site=run.site, device_id=run.device_id,
+                     revoked=run.revoked, action="provision")
+    return ap
+
+
 # 3. confirm: the code typed, then the kiosk's keys and identity ------------------------
 
 @command("provision-confirm", action=None)
@@ -322,7 +348,8 @@ def confirm(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     hub_urls, modems = _urls(args, "hub_urls"), _urls(args, "modem")
     prov.record(who, "provision.code", "ok", {"site": run.site})
     try:
-        if run.approval is not None:
+        if run.offline:
+            run.approval = _approval(prov, run, _bytes(args, "approval"))
             made = install_approval(prov.store, run.approval.raw, run.hub_ed25519,
                                     max(run.tool_ms, run.approval.issued))
             result: dict[str, Any] = {"kiosk": made.device_id, "letter": made.letter,
@@ -331,7 +358,7 @@ def confirm(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
             x_key, ed_key = ensure_keys(prov.data)
             request = sync_cert.make_request(prov.store.node, run.site, None, x_key, ed_key)
             result = {"request": request, "kiosk": run.device_id}
-    except (StoreError, ProtocolError) as exc:
+    except (StoreError, ProtocolError, CommandError) as exc:
         prov.end()
         code = getattr(exc, "code", "refused")
         raise _refuse(prov, who, ctx.what, str(code), str(exc)) from None

@@ -235,10 +235,11 @@ def provision(port: str, cred: credential.CredentialFile, *, hub: str | None = N
                                  "commit": sas.commit(session, nonce_i), "time": now_ms}
         if revocations is not None:
             begin["revocations"] = revocations
+        # Offline, the approval goes only with the right code (confirm): a device standing
+        # in for the kiosk learns its site and kiosk id, never the approval it could use.
+        begin["site"] = ap.site if ap is not None else site
         if ap is not None:
-            begin["approval"] = ap.raw
-        else:
-            begin["site"] = site
+            begin["kiosk"] = ap.device_id
         started = client.call("provision-begin", begin, timeout=window + PRESENCE_SLACK)
         if entry is not None:
             entry.kiosk = started.get("kiosk")
@@ -256,6 +257,8 @@ def provision(port: str, cred: credential.CredentialFile, *, hub: str | None = N
             raise ProvisionRefused(f"the kiosk's code is not {sas.display(ours)}: another "
                                    "device may stand between this tool and the kiosk; "
                                    "provisioning stopped")
+        if ap is not None:
+            confirm["approval"] = ap.raw
         done = client.call("provision-confirm", confirm)
         if ap is not None:
             return Outcome(done["kiosk"], done["site"], done["letter"], done["number"], None,
