@@ -143,7 +143,8 @@ def test_approving_more_than_fits_or_out_of_range_is_refused(hub: Hub) -> None:
     with pytest.raises(HavenError, match="6 letters are free at site 'North'"):
         hub.approve("North", 7, 1, NOW)
     for site, count, hours in (("North", 0, 1), ("North", 27, 1), ("North", 1, 0),
-                               ("North", 1, 745), (" ", 1, 1)):
+                               ("North", 1, 745), (" ", 1, 1), ("No\nrth", 1, 1),
+                               ("North\u202e", 1, 1)):
         with pytest.raises(UsageError):
             hub.approve(site, count, hours, NOW)
     assert len(hub.approve("North", 6, 1, NOW)) == 6  # nothing was reserved by a refusal

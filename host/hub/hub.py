@@ -185,8 +185,9 @@ class Hub:
         """``count`` approvals for kiosks at ``site``, signed, valid ``hours``: each with a
         letter, a node and a kiosk number the hub reserves for it alone."""
         now = wall_ms() if now_ms is None else now_ms
-        if not 0 < len(site.strip()) <= sync_approval.MAX_SITE:
-            raise UsageError(f"the site is 1 to {sync_approval.MAX_SITE} characters")
+        if not 0 < len(site.strip()) <= sync_approval.MAX_SITE or not site.isprintable():
+            raise UsageError(f"the site is 1 to {sync_approval.MAX_SITE} printable characters "
+                             "(no line breaks or control characters)")
         if not 1 <= count <= len(LETTERS):
             raise UsageError(f"--count is 1 to {len(LETTERS)} (one letter each at a site), "
                              f"not {count}")
