@@ -148,3 +148,12 @@ def run_beside_technician(rt: Any, technician: Callable[[], dict[str, Any]],
     finally:
         thread.join(bound)
     return got
+
+
+def wait_for_reset(kiosk: Kiosk, bound: float = 5.0) -> list[int]:
+    """The console's resets once one is done: a reset is answered first and done after
+    (``Call.later``), so a client that has its answer may look before it is done."""
+    end = time.monotonic() + bound
+    while not kiosk.resets and time.monotonic() < end:
+        time.sleep(0.01)
+    return list(kiosk.resets)

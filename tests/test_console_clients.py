@@ -28,7 +28,7 @@ from smpclient.requests import shell_management as shell
 from smpclient.requests import statistics_management as stat
 from smpclient.transport.serial import SMPSerialTransport
 
-from .console_helpers import Kiosk, console_kiosk
+from .console_helpers import Kiosk, console_kiosk, wait_for_reset
 
 SMPMGR = Path(sys.executable).with_name("smpmgr")
 
@@ -166,7 +166,7 @@ def test_with_access_files_clock_reset_shell_and_log(kiosk: Kiosk) -> None:
     assert success(r["log"])
     assert [e["index"] for e in r["log"].logs[0]["entries"]] == [3, 4]
     assert r["log"].next_index == 5 and r["log"].logs[0]["entries"][0]["msg"] == "entry 3"
-    assert success(r["reset"]) and kiosk.resets == [1]
+    assert success(r["reset"]) and wait_for_reset(kiosk) == [1]
 
 
 # 10,000 characters do not fit the 4096-byte buffer: tests/test_console_bad_input.py.

@@ -27,7 +27,7 @@ from host.hub import technician
 from host.hub.hub import Hub, init_hub
 from protocol.sync import credential as c
 
-from .console_helpers import Kiosk, console_kiosk
+from .console_helpers import Kiosk, console_kiosk, wait_for_reset
 
 T0 = 1_767_225_600_000
 
@@ -120,7 +120,7 @@ def test_the_challenge_signed_with_the_technicians_key_takes_the_port(
         assert error(r[name]) and r[name].rc == MGMT_ERR.EACCESSDENIED, (name, r[name])
     assert success(r["technician"]) and r["technician"].name == "Amina"
     assert r["technician"].time == "sync time"
-    assert success(r["technician reset"]) and k.resets == [1]
+    assert success(r["technician reset"]) and wait_for_reset(k) == [1]
     entries = audit.entries(store)
     assert [(e["who"], e["what"], e["result"]) for e in entries] == [
         (str(r["technician"].serial), "tech.auth", "ok")]
