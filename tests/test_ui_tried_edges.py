@@ -115,6 +115,8 @@ def test_a_double_tap_at_the_desk_moves_one_patient_only(kiosk: str, page: Any) 
     page.mouse.click(x, y)
     page.wait_for_function("(first) => document.querySelector('.queue-row').dataset.checkin"
                            " !== first", arg=first, timeout=BOUND)  # the next took its place
+    page.evaluate("refreshStaff()")  # the screen's own refresh, within the moment
+    page.wait_for_timeout(300)
     page.mouse.click(x, y)
     page.wait_for_timeout(300)  # time for a write that must not come
     statuses = page.evaluate(

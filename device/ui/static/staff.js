@@ -20,12 +20,22 @@ async function onStaffPin(ev) {
 // patient or an action it was not meant for.
 let deskSettleMs = 700;
 const rowKey = (el) => `${el.dataset.checkin || el.dataset.conflict} ${el.dataset.status || ""}`;
+// Until when each row (by key and place) takes no tap: kept across redraws, since another
+// redraw (the screen's own refresh) can come within the moment and must not free it early.
+const settling = new Map();
 function settleMoved(rows, before) {
+  const now = Date.now();
+  for (const [k, until] of settling) if (until <= now) settling.delete(k);
   rows.forEach((row, i) => {
-    if (before[i] === undefined || before[i] === rowKey(row)) return;
+    const place = `${rowKey(row)} @${i}`;
+    if (before[i] !== undefined && before[i] !== rowKey(row) && !settling.has(place)) {
+      settling.set(place, now + deskSettleMs);
+    }
+    const until = settling.get(place);
+    if (until === undefined) return;
     const buttons = row.querySelectorAll("button");
     for (const b of buttons) b.disabled = true;
-    setTimeout(() => { for (const b of buttons) b.disabled = false; }, deskSettleMs);
+    setTimeout(() => { for (const b of buttons) b.disabled = false; }, until - now);
   });
 }
 
