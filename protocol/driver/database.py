@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,19 +141,39 @@ def open_database(path: Path | str, migrations: Migrations | None = None, *,
     try:
         conn.execute(f"PRAGMA busy_timeout = {busy_ms:d}")
         db = sqlite_utils.Database(conn)
-        if migrations is not None:
-            migrations.version(db)  # refuses a newer release's file before any write
-        if page_size is not None:
-            conn.execute(f"PRAGMA page_size = {page_size:d}")
-        if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-        if migrations is not None and not readonly:
-            migrations.apply(db)
+        deadline = time.monotonic() + busy_ms / 1000
+        while True:
+            try:
+                _set_up(db, migrations, page_size=page_size, readonly=readonly,
+                        synchronous=synchronous)
+                break
+            except sqlite3.OperationalError as exc:
+                # Turning a new file to WAL while another process opens it too can be
+                # refused at once, without the busy handler: try again until busy_ms.
+                if (exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY,
+                                                        sqlite3.SQLITE_LOCKED)
+                        or time.monotonic() > deadline):
+                    raise
+                time.sleep(0.01)
     except BaseException:
         conn.close()
         raise
     return db
+
+
+def _set_up(db: sqlite_utils.Database, migrations: Migrations | None, *,
+            page_size: int | None, readonly: bool, synchronous: str) -> None:
+    """``open_database``'s steps on an open connection; each may be run again."""
+    conn = db.conn
+    if migrations is not None:
+        migrations.version(db)  # refuses a newer release's file before any write
+    if page_size is not None:
+        conn.execute(f"PRAGMA page_size = {page_size:d}")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    if migrations is not None and not readonly:
+        migrations.apply(db)
 
 
 @contextmanager
