@@ -274,15 +274,19 @@ def provision(port: str, cred: credential.CredentialFile, *, hub: str | None = N
         client.close()
 
 
+# The tool never shows its own code: a technician who copied it from the laptop's screen
+# would defeat the comparison. It asks for the kiosk's, and compares (``provision``).
+ASK = "the kiosk's screen shows a 6-digit code now: type it here: "
+
+
 def _ask(ours: str) -> str:
-    print(f"code: {sas.display(ours)}  (the kiosk's screen shows a code)", flush=True)
     if not sys.stdin.isatty():
         raise UsageError("no terminal to type the kiosk's code: give --sas CODE")
-    return input("type the code the kiosk shows: ")
+    return input(ASK)
 
 
 def _read_line(ours: str) -> str:
-    print(f"code: {sas.display(ours)}", flush=True)
+    print(ASK, flush=True)
     return sys.stdin.readline().strip()
 
 
