@@ -19,7 +19,12 @@ from typing import Any
 
 from device import config
 from protocol.crdt import schema as crdt_schema
-from protocol.driver.command_line import TerseParser, command_parser, run_command
+from protocol.driver.command_line import (
+    TerseParser,
+    command_parser,
+    positive_number,
+    run_command,
+)
 from protocol.errors import ProtocolError
 
 STORAGE_WARNINGS = {
@@ -29,16 +34,6 @@ STORAGE_WARNINGS = {
     "critical": "\n  CRITICAL: under {critical_mib:g} MiB: new check-ins are refused until "
                 "space is freed",
 }
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 class _CommandsHelp(argparse.HelpFormatter):
@@ -88,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_flags(p, ("hub",), required=("hub",))
     p.add_argument("--once", action="store_true",
                    help="one round; exit 0 only when everything is acknowledged both ways")
-    p.add_argument("--timeout", type=_positive, default=120.0, metavar="S",
+    p.add_argument("--timeout", type=positive_number, default=120.0, metavar="S",
                    help="with --once, give up after S seconds (default 120)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per round")
     config.add_flags(p, ("baud", "interval", "poll_interval", "link_interval", "keepalive"),

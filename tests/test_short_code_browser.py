@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zxingcpp
+from PIL import Image
 
 from device.store.keys import read_key
 from protocol.crdt import short_code
@@ -36,8 +38,6 @@ from .test_ui_helpers import free_port, make_kiosk, run_kiosk
 
 __all__ = ["browser", "page"]  # fixtures: the module's Chromium, a page in it
 
-zxingcpp = pytest.importorskip("zxingcpp")
-Image = pytest.importorskip("PIL.Image")
 CODE = re.compile(r"[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}")
 
 

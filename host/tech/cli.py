@@ -25,6 +25,7 @@ from host import tech_log
 from host.errors import UsageError
 from host.progress import Progress
 from host.tech.client import DEFAULT_TIMEOUT, TechClient
+from protocol.driver.command_line import positive_number
 from protocol.errors import ProtocolError
 from protocol.sync import credential
 
@@ -66,23 +67,13 @@ def _baud(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("port", metavar="PORT",
                    help="the kiosk's console: /dev/ttyUSB0, /dev/ttyACM0, a pyserial URL")
     p.add_argument("--credential", type=Path, required=True, metavar="FILE",
                    help="the credential from haven hub technician issue")
     p.add_argument("--baud", type=_baud, help="line speed; the session paces itself to it")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
+    p.add_argument("--timeout", type=positive_number, default=DEFAULT_TIMEOUT, metavar="S",
                    help=f"give up after S seconds without an answer (default "
                         f"{DEFAULT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -185,7 +185,7 @@ class TechClient:
                     driver.poll()
                 driver.close(linger=0.1)
             except LinkError:
-                pass
+                pass  # the cable is gone: there is nothing left to say goodbye on
         if link is not None:
             link.close()
 

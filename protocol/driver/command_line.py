@@ -27,6 +27,17 @@ class TerseParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def positive_number(text: str) -> float:
+    """An argparse ``type`` for a finite number above 0 (seconds, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def command_parser(prog: str, description: str,
                    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
                    ) -> tuple[argparse.ArgumentParser,
