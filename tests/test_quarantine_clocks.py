@@ -173,3 +173,26 @@ def test_a_reissue_is_the_same_write_by_its_author_under_another_stamp() -> None
                   dataclasses.replace(original, stamp=pack(wall_ms()), record_id=b"s" * 16),
                   original):
         assert not is_reissue(original, other)
+
+
+def test_a_kiosk_whose_clock_is_behind_takes_in_what_the_hub_sends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another kiosk's writes, stamped at the hub's time, are more than 5 minutes ahead
+    of a kiosk whose clock is an hour behind: checked against its own clock they would
+    all be quarantined. They are checked against the hub's time of the welcome."""
+    def behind() -> int:
+        return wall_ms() - HOUR
+
+    with served_hub(tmp_path) as (hub, url):
+        writer = Kiosk(tmp_path, "w", hub, "A")
+        late = Kiosk(tmp_path, "l", hub, "B")
+        for name in ("Ada", "Bea", "Cy"):
+            writer.store.checkin(name=name, birth_year=1980)
+        assert writer.sync(url).quarantined == 0
+        monkeypatch.setattr(engine, "wall_ms", behind)  # what the late kiosk's round reads
+        late.store.clock = behind
+        got = late.sync(url)
+        assert got.pulled == 6 and late.store.status()["quarantine"] == []
+        assert late.store.dump() == hub.dump()
+        writer.close()
+        late.close()

@@ -170,7 +170,9 @@ class KioskLedger:
 
     def merge(self, deltas: list[bytes], cursor: int) -> None:
         if deltas:
-            self.store.merge(deltas)
+            # Checked against the hub's time, not our clock: the hub checked each against
+            # its own, and a kiosk whose clock is behind would quarantine them all.
+            self.store.merge(deltas, now_ms=wall_ms() + self.state.clock_offset)
         self.state.set("cursor", cursor)
         self.summary.pulled += len(deltas)
 
