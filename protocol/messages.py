@@ -11,6 +11,7 @@ Later layers register their message types here with ``register``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,9 @@ from protocol.errors import LocalProtocolError, RemoteProtocolError
 
 TYPE_KEY = 0
 
-#: CBOR types a field may be declared with.
-FieldType = type | tuple[type, ...]
+#: What a field may be declared with: CBOR types, or a check of the whole value for a
+#: field whose shape a type alone does not say (a list of record ids, 32 bytes).
+FieldType = type | tuple[type, ...] | Callable[[Any], bool]
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ def _validate(msg: Message, spec: MessageSpec, error: type[Exception]) -> None:
 
 
 def _is_type(value: Any, ftype: FieldType) -> bool:
+    if not isinstance(ftype, type | tuple):
+        return bool(ftype(value))
     # bool is an int in Python but not in CBOR.
     if isinstance(value, bool):
         return ftype is bool or (isinstance(ftype, tuple) and bool in ftype)

@@ -22,6 +22,14 @@ letters and digits only, in upper case), so the two kinds of id cannot meet.
 A kiosk with no number yet (enrolled before kiosks had one) gives such a
 patient a random version-4 UUID instead; the caller passes the 16 random
 bytes in (``os.urandom(16)``), keeping this module pure.
+
+A door kiosk holds, for each returning patient of its site, a verifier
+record instead of the patient's: its id is the same keyed construction over
+the site and the patient id (``verifier_record_id``), so the hub and every
+kiosk name it alike; its value is a keyed hash of the year of birth under a
+key of the site's, derived from the fleet key by HKDF-SHA256
+(``year_verifier``). A kiosk compares the year a patient types with it and
+never holds the year itself.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from protocol.errors import LocalProtocolError
 MIN_KEY_SIZE = 32
 PATIENT_LABEL = b"haven/patient-id/v1\x00"
 LOOKUP_LABEL = b"haven/passport-lookup/v1\x00"
+VERIFIER_ID_LABEL = b"haven/verifier-id\x00"
+YEAR_VERIFIER_INFO = b"haven/year-verifier/v1\x00"
 
 
 def normalise_passport(text: str) -> str:
@@ -103,3 +113,35 @@ def time_ordered_id(unix_ms: int, entropy: bytes) -> uuid.UUID:
     if not 0 <= unix_ms < 1 << 48:
         raise LocalProtocolError("a time-ordered id needs a time in 48 bits of milliseconds")
     return _as_uuid(unix_ms.to_bytes(6, "big") + entropy, 7)
+
+
+def verifier_record_id(fleet_key: bytes, site: str, pid: bytes) -> bytes:
+    """The id of the verifier record of patient ``pid`` (16 bytes) at ``site``: 16 bytes
+    of ``HMAC-SHA256(fleet key, label || site || 0 || pid)`` marked as a version-8 UUID."""
+    _check_key(fleet_key)
+    _check_pid(pid)
+    msg = VERIFIER_ID_LABEL + site.encode() + b"\x00" + pid
+    return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8).bytes
+
+
+def year_verifier(fleet_key: bytes, site: str, pid: bytes, year: str) -> str:
+    """The verifier of ``year`` (4 digits) of birth of patient ``pid`` at ``site``:
+    32 hex digits of ``HMAC-SHA256(K_site, pid || year)``, ``K_site`` from the fleet key
+    by HKDF-SHA256 (no salt, info ``label || site``, 32 bytes)."""
+    _check_key(fleet_key)
+    _check_pid(pid)
+    if type(year) is not str or len(year) != 4 or not year.isascii() or not year.isdigit():
+        raise LocalProtocolError(f"a year of birth is 4 digits, not {year!r}", "bad-year")
+    site_key = _hkdf_sha256(fleet_key, YEAR_VERIFIER_INFO + site.encode())
+    return hmac.new(site_key, pid + year.encode(), hashlib.sha256).digest()[:16].hex()
+
+
+def _check_pid(pid: bytes) -> None:
+    if type(pid) is not bytes or len(pid) != 16:
+        raise LocalProtocolError("a patient id is 16 bytes", "bad-id")
+
+
+def _hkdf_sha256(key: bytes, info: bytes) -> bytes:
+    """32 bytes of HKDF-SHA256 (RFC 5869) without salt: one block of expand."""
+    prk = hmac.new(b"\x00" * 32, key, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()

@@ -248,6 +248,14 @@ AUDIT = TypeSpec(8, "audit", 1, LANE_NOTE, (
     _f(8, "signature"),
 ), clinical=False, fhir="AuditEvent")
 
+#: What a door kiosk holds of a returning patient (SPEC.md "Scopes and garbage
+#: collection"): on a record named by (site, patient) (``ids.verifier_record_id``), a keyed
+#: hash of the year of birth (``ids.year_verifier``: 32 hex digits), never the year or a
+#: name. Only the hub writes it.
+VERIFIER = TypeSpec(9, "verifier", 1, LANE_CHECKIN, (
+    SUBJECT, _f(2, "birthYear"), _f(3, "site"),
+), clinical=False, fhir="Basic")
+
 #: A check-in's ``identity``: the kiosk's verdict on the claim (``match``: the record it
 #: holds agrees; ``mismatch``: it disagrees; ``unknown``: the kiosk holds no record;
 #: ``new``: a patient without documents, registered here), then staff's (``confirmed``,
@@ -276,7 +284,8 @@ def checkin_status_allowed(held: Any, new: str) -> bool:
     return (new == "arrived") == (held in CHECKIN_DONE)
 
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
-    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT, AUDIT)}
+    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT, AUDIT,
+    VERIFIER)}
 TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
 
 

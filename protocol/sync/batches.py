@@ -50,31 +50,61 @@ BATCH_LABEL = b"haven-batch\x00"
 MAX_BATCH_PLAIN = 4 << 20  #: largest decompressed batch (bytes)
 MAX_BATCH_DELTAS = 20_000
 
+MAX_SNAPSHOT_RECORDS = 256  #: record ids one ``sync-pull`` may ask the write sets of
+
+
+def _hash32(value: object) -> bool:
+    return type(value) is bytes and len(value) == 32
+
+
+def _snapshot_ask(value: object) -> bool:
+    """A pull's ``snapshot``: ``true`` (the whole scope) or 1 to 256 distinct record ids."""
+    if value is True:
+        return True
+    return (type(value) is list and 0 < len(value) <= MAX_SNAPSHOT_RECORDS
+            and all(type(rid) is bytes and len(rid) == 16 for rid in value)
+            and len(set(value)) == len(value))
+
+
 #: ``revs``: the number of the technicians' revocation list the kiosk holds (SPEC.md
 #: "Technicians"); absent: none. ``enrol``: from a kiosk provisioned offline, not
 #: enrolled yet (``cert`` empty), its approval and request (SPEC.md "Offline approvals").
+#: ``sum``: the checksum of the scope the kiosk holds, sent only with nothing of its own
+#: queued or in flight (SPEC.md "Scopes and garbage collection").
 HELLO = register(MessageSpec(80, "sync-hello", {
     1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
     5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int), 8: ("revs", int),
-                          9: ("enrol", bytes)}))
+                          9: ("enrol", bytes), 10: ("sum", _hash32)}))
 #: ``tail``: to a kiosk behind the hub's checkpoint, the last writes of its node that came
 #: after its head, ``[[record id, stamp], ...]``: a kiosk that never made them is a copy.
 #: ``kiosk``: the kiosk's number (its short patient codes' first part), for a kiosk whose
 #: certificate was issued before kiosks were numbered. ``revs``: the hub's signed
 #: revocation list of technicians' certificates, when newer than the hello's. ``cert``:
-#: the certificate of a kiosk the hello's approval enrolled.
+#: the certificate of a kiosk the hello's approval enrolled. ``scope``: the kiosk's scope
+#: (``scope.Scope.to_wire``); ``stable``: its stable point, signed by the hub
+#: (``scope.sign_stable_point``); ``rebase``: pull a snapshot of the whole scope.
 WELCOME = register(MessageSpec(81, "sync-welcome", {
     1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)},
-    {5: ("tail", list), 6: ("kiosk", int), 7: ("revs", bytes), 8: ("cert", bytes)}))
+    {5: ("tail", list), 6: ("kiosk", int), 7: ("revs", bytes), 8: ("cert", bytes),
+     9: ("scope", list), 10: ("stable", bytes), 11: ("rebase", bool)}))
 #: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
 BATCH = register(MessageSpec(82, "sync-batch", {
     1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {6: ("prev", bytes)}))
-ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int)}, {3: ("quarantined", list)}))
+#: ``arrived``: the greatest arrival number (cursor) the hub gave the batch's committed
+#: deltas; absent when it committed none.
+ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int)}, {3: ("quarantined", list),
+                                                              4: ("arrived", int)}))
 REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason", str)},
                               {3: ("detail", str)}))
-PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {2: ("max_bytes", int)}))
+#: ``snapshot``: every delta of the records asked (``_snapshot_ask``), not what came after
+#: ``cursor`` alone; ``upto``: on the pages after the first, the head the first was cut at.
+PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {
+    2: ("max_bytes", int), 3: ("snapshot", _snapshot_ask), 4: ("upto", int)}))
+#: ``snapshot``: a page of a snapshot; ``sum``: on the last page of a whole-scope snapshot,
+#: the checksum of the scope it carries; ``upto``: the head the snapshot is cut at.
 CHANGES = register(MessageSpec(86, "sync-changes", {
-    1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}))
+    1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}, {
+    4: ("snapshot", bool), 5: ("sum", _hash32), 6: ("upto", int)}))
 #: The hub to a kiosk on a kept-open session: changes for it arrived (up to ``cursor``).
 NOTIFY = register(MessageSpec(87, "sync-notify", {1: ("cursor", int)}))
 #: The hub to a kiosk: something about the kiosk itself needs a technician

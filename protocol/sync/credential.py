@@ -71,13 +71,15 @@ class CredentialError(RemoteProtocolError):
 
 # Shared shapes -----------------------------------------------------------------------
 
-def _sign(key: Ed25519PrivateKey, label: bytes, fields: dict[int, Any]) -> bytes:
+def sign_document(key: Ed25519PrivateKey, label: bytes, fields: dict[int, Any]) -> bytes:
+    """``[body, signature]``: ``body`` the deterministic CBOR of ``fields``, signed with
+    ``label`` (the hub's documents here and ``scope.sign_stable_point``)."""
     body = strict_cbor.dumps(fields)
     return strict_cbor.dumps([body, key.sign(label + body)])
 
 
-def _open(doc: bytes, label: bytes, hub_ed25519: bytes, what: str,
-          max_size: int = MAX_DOC) -> dict[int, Any]:
+def open_document(doc: bytes, label: bytes, hub_ed25519: bytes, what: str,
+                  max_size: int = MAX_DOC) -> dict[int, Any]:
     """The body's map of a signed document, once its signature is checked."""
     if not isinstance(doc, bytes | bytearray):
         raise CredentialError(f"{what} is not bytes", "bad-shape")
@@ -161,13 +163,13 @@ def issue(hub_ed: Ed25519PrivateKey, *, name: str, serial: int, technician_ed255
         _technician_fields(fields, "technician certificate")
     except CredentialError as exc:
         raise LocalProtocolError(str(exc), exc.code) from None
-    return _sign(hub_ed, TECH_LABEL, fields)
+    return sign_document(hub_ed, TECH_LABEL, fields)
 
 
 def read_technician(doc: bytes, hub_ed25519: bytes) -> Technician:
     """A technician certificate signed by ``hub_ed25519``, its shape and window checked
     (not yet against a time: ``check``)."""
-    fields = _open(doc, TECH_LABEL, hub_ed25519, "technician certificate")
+    fields = open_document(doc, TECH_LABEL, hub_ed25519, "technician certificate")
     return Technician(**_technician_fields(fields, "technician certificate"), raw=bytes(doc))
 
 
@@ -252,13 +254,13 @@ def sign_time(hub_ed: Ed25519PrivateKey, nonce: bytes, now: int) -> bytes:
         _nonce(nonce, "time statement")
     except CredentialError as exc:
         raise LocalProtocolError(str(exc), exc.code) from None
-    return _sign(hub_ed, TIME_LABEL, {1: nonce, 2: now})
+    return sign_document(hub_ed, TIME_LABEL, {1: nonce, 2: now})
 
 
 def read_time(doc: bytes, hub_ed25519: bytes, nonce: bytes) -> int:
     """The hub's time in a statement over ``nonce``; ``CredentialError`` (``stale-time``)
     for a statement over another nonce: an old one, replayed."""
-    fields = _open(doc, TIME_LABEL, hub_ed25519, "time statement")
+    fields = open_document(doc, TIME_LABEL, hub_ed25519, "time statement")
     signed = _nonce(_field(fields, 1, bytes, "nonce", "time statement"), "time statement")
     time = _field(fields, 2, int, "time", "time statement")
     if signed != nonce:
@@ -281,12 +283,13 @@ class Revocations:
 
 def sign_revocations(hub_ed: Ed25519PrivateKey, number: int, issued: int,
                      serials: Iterable[int]) -> bytes:
-    return _sign(hub_ed, REVOCATIONS_LABEL, {1: number, 2: issued, 3: sorted(set(serials))})
+    return sign_document(hub_ed, REVOCATIONS_LABEL,
+                         {1: number, 2: issued, 3: sorted(set(serials))})
 
 
 def read_revocations(doc: bytes, hub_ed25519: bytes) -> Revocations:
     what = "revocation list"
-    fields = _open(doc, REVOCATIONS_LABEL, hub_ed25519, what, MAX_REVOCATIONS_DOC)
+    fields = open_document(doc, REVOCATIONS_LABEL, hub_ed25519, what, MAX_REVOCATIONS_DOC)
     number = _field(fields, 1, int, "number", what)
     issued = _field(fields, 2, int, "issued", what)
     serials = fields.get(3)
