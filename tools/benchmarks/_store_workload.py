@@ -229,14 +229,17 @@ def delta_bytes() -> dict[str, int]:
 # The store ----------------------------------------------------------------------------
 
 
-def store_merge_rate(root: Path, deltas: list[bytes], runs: int) -> dict[str, Any]:
+def store_merge_rate(root: Path, deltas: list[bytes], runs: int,
+                     **merge_args: Any) -> dict[str, Any]:
+    """Deltas merged per second into a new store (best and median of ``runs``);
+    ``merge_args`` go to ``Store.merge``."""
     rates = []
     for i in range(runs):
         store = init_store(root / f"merge{i}", "Bench", "B")
         try:
             gc.collect()
             t = time.perf_counter()
-            report = store.merge(deltas, now_ms=T0 + 10**6)
+            report = store.merge(deltas, now_ms=T0 + 10**6, **merge_args)
             rates.append(len(deltas) / (time.perf_counter() - t))
             if report.applied != len(deltas):
                 raise AssertionError(f"merged {report.applied} of {len(deltas)}")
@@ -360,32 +363,40 @@ def fsyncs_per_checkin(root: Path, n: int) -> float | None:
     return (counts[1] - counts[0]) / n
 
 
-def latency_during_merge(root: Path, deltas: list[bytes], rest: int) -> dict[str, Any]:
-    store = init_store(root / "latency", "Bench", "B")
+def latency_beside(store: Any, background: Callable[[], Any], rest: int,
+                   now_ms: int = T0 + 10**6) -> dict[str, Any]:
+    """Check-in wall times at rest (``rest`` of them), then back to back for as long as
+    ``background`` runs in another thread (20 at least)."""
 
     def one(i: int) -> float:
         t0 = time.perf_counter()
-        store.checkin(name=f"P{i}", now_ms=T0 + 10**6)
+        store.checkin(name=f"P{i}", now_ms=now_ms)
         return time.perf_counter() - t0
 
+    at_rest = [one(i) for i in range(rest)]
+    working = threading.Thread(target=background)
+    busy: list[float] = []
+    t = time.perf_counter()
+    working.start()
+    while working.is_alive() or len(busy) < 20:
+        busy.append(one(len(busy)))
+    working.join()
+    return {"p50_ms_at_rest": _q(at_rest, .5), "p99_ms_at_rest": _q(at_rest, .99),
+            "p50_ms_busy": _q(busy, .5), "p99_ms_busy": _q(busy, .99),
+            "p99_ratio": round(_q(busy, .99) / max(_q(at_rest, .99), 1e-6), 2),
+            "checkins_busy": len(busy), "seconds": time.perf_counter() - t}
+
+
+def latency_during_merge(root: Path, deltas: list[bytes], rest: int) -> dict[str, Any]:
+    store = init_store(root / "latency", "Bench", "B")
     try:
-        at_rest = [one(i) for i in range(rest)]
-        merging = threading.Thread(target=store.merge, args=(deltas,),
-                                   kwargs={"now_ms": T0 + 10**6})
-        busy: list[float] = []
-        t = time.perf_counter()
-        merging.start()
-        while merging.is_alive() or len(busy) < 20:
-            busy.append(one(len(busy)))
-        merging.join()
-        seconds = time.perf_counter() - t
+        r = latency_beside(store, lambda: store.merge(deltas, now_ms=T0 + 10**6), rest)
     finally:
         store.close()
-    return {"p50_ms_at_rest": _q(at_rest, .5), "p99_ms_at_rest": _q(at_rest, .99),
-            "p50_ms_during_merge": _q(busy, .5), "p99_ms_during_merge": _q(busy, .99),
-            "p99_ratio": round(_q(busy, .99) / max(_q(at_rest, .99), 1e-6), 2),
-            "checkins_during_merge": len(busy),
-            "merge_per_s_with_checkins": round(len(deltas) / seconds)}
+    return {"p50_ms_at_rest": r["p50_ms_at_rest"], "p99_ms_at_rest": r["p99_ms_at_rest"],
+            "p50_ms_during_merge": r["p50_ms_busy"], "p99_ms_during_merge": r["p99_ms_busy"],
+            "p99_ratio": r["p99_ratio"], "checkins_during_merge": r["checkins_busy"],
+            "merge_per_s_with_checkins": round(len(deltas) / r["seconds"])}
 
 
 def run(records: int = 10_000, checkins: int = 1000, runs: int = 3,

@@ -1,0 +1,199 @@
+"""Scopes and garbage collection (issue 14): a door kiosk's files, merge rate, GC's cost.
+
+* A door kiosk's files over ``days`` simulated days of a 10-kiosk site
+  (``_door_site``): today's code (every kiosk holds everything) and, once
+  the store collects garbage (``Store.collect``), the door kiosk's scope
+  with a GC pass at the start of each day.
+* Bulk merge of deltas from the hub, persisted and sealed, beside the
+  "Python alone" floor and pycrdt, measured in the same run by the store
+  benchmark's own code (``_store_workload``).
+* Check-in latency during a GC pass beside at rest (the store benchmark's
+  ``latency_beside``), and bytes written per check-in, GC included (the
+  kiosk benchmark's ``write_bytes`` with simulated writeback, in the
+  simulation).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+from device.store.store import Store
+
+from . import Context, Result, benchmark
+from . import _door_site as site
+from .store import _ensure_peers
+
+MIB = 2**20
+GOAL_MIB = 64
+GOAL_GROWTH = 0.02
+LAST_DAYS = 30
+
+
+def _row(what: str, value: Any, against: str = "", peer: Any = None, ratio: Any = None,
+         goal: str = "", met: bool | None = None, detail: str = "") -> dict[str, Any]:
+    return {"what": what, "value": value, "against": against, "peer": peer, "ratio": ratio,
+            "goal": goal, "met": met, "detail": detail}
+
+
+def gc_available() -> bool:
+    return hasattr(Store, "collect")
+
+
+def _figures(sim: site.Sim, last: int) -> dict[str, Any]:
+    days = sim.out[-last:]
+    start = [d.bytes_before for d in days]
+    per_day = [d.bytes - d.bytes_before for d in days]
+    held = max(days[-1].patients_held, 1)
+    return {"bytes": sim.out[-1].bytes, "growth": site.growth(sim.out, last),
+            "per_patient": sum(start) / len(start) / held, "patients_held": held,
+            "per_day_queue": sum(per_day) / len(per_day),
+            "db": sim.out[-1].store_db, "wal": sim.out[-1].wal,
+            "records": sim.out[-1].records, "ops": sim.out[-1].ops,
+            "own_per_checkin": sum(d.own_write_bytes for d in days)
+            / sum(d.checkins for d in days),
+            "staff_per_checkin": sum(d.staff_write_bytes for d in days)
+            / sum(d.checkins for d in days),
+            "gc_per_checkin": sum(d.gc_write_bytes for d in days)
+            / sum(d.checkins for d in days),
+            "merge_per_day": sum(d.merge_write_bytes for d in days) / len(days),
+            "merged_per_day": sum(d.merged for d in days) / len(days),
+            "seconds": sum(d.seconds for d in sim.out)}
+
+
+def simulation_rows(today: dict[str, Any], new: dict[str, Any] | None, days: int,
+                    last: int) -> list[dict[str, Any]]:
+    t = today
+    label = "today's code" if new is None else "door scope, GC each day"
+    r = new or t
+    size_ratio = None if new is None else round(new["bytes"] / t["bytes"], 4)
+    rows = [
+        _row(f"door kiosk's files after {days} days, MiB", round(r["bytes"] / MIB, 1),
+             "today's code on the same simulation", round(t["bytes"] / MIB, 1), size_ratio,
+             f"<= {GOAL_MIB} MiB", r["bytes"] <= GOAL_MIB * MIB,
+             f"{label}; store.db {r['db'] / MIB:.1f} MiB, WAL {r['wal'] / MIB:.1f} MiB; "
+             f"{r['records']:,} records, {r['ops']:,} write-log rows"),
+        _row(f"growth over the last {last} days", _pct(r["growth"]),
+             "today's code", _pct(t["growth"]), None, f"<= {GOAL_GROWTH:.0%}",
+             None if math.isnan(r["growth"]) else r["growth"] <= GOAL_GROWTH, label),
+        _row("bytes per patient in scope", round(r["per_patient"]), "today's code",
+             round(t["per_patient"]), None, "report", None,
+             f"{label}: the files at the start of a day (after its GC) over the "
+             f"{r['patients_held']:,} patients (or verifiers) held, mean of the last {last} "
+             "days"),
+        _row("bytes per day of queue", round(r["per_day_queue"]), "today's code",
+             round(t["per_day_queue"]), None, "report", None,
+             f"{label}: the files at the end of a day less at its start (after its GC), "
+             f"mean of the last {last} days"),
+        _row("bytes written per check-in, GC included, KiB",
+             round((r["own_per_checkin"] + r["gc_per_checkin"]) / 1024, 1), "today's code",
+             round(t["own_per_checkin"] / 1024, 1), None, "<= 32",
+             (r["own_per_checkin"] + r["gc_per_checkin"]) <= 32 * 1024,
+             f"{label}: write_bytes of the door's own check-ins, "
+             f"{r['own_per_checkin'] / 1024:.1f} KiB, and of its GC passes, "
+             f"{r['gc_per_checkin'] / 1024:.1f} KiB, per check-in, last {last} days; "
+             f"besides, its staff's two status writes and the outbox's acknowledgement "
+             f"{r['staff_per_checkin'] / 1024:.1f} KiB"),
+        _row("bytes written merging the site's deltas, MiB a day",
+             round(r["merge_per_day"] / MIB, 2), "today's code",
+             round(t["merge_per_day"] / MIB, 2), None, "report", None,
+             f"{label}: {r['merged_per_day']:,.0f} deltas merged a day (today's code "
+             f"{t['merged_per_day']:,.0f})"),
+    ]
+    return rows
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2%}"
+
+
+def merge_rows(ctx: Context, records: int, runs: int) -> tuple[list[dict[str, Any]],
+                                                                dict[str, Any]]:
+    """Bulk merge of ``records`` x 10 deltas from the hub, beside the floors and pycrdt."""
+    from . import _store_workload as bench
+
+    from_hub = ({"cursor": 1} if "cursor" in inspect.signature(Store.merge).parameters
+                else {})
+    rows, raw = [], {}
+    for shape, label in (("fields", "10 fields per record"),
+                         ("rewrites", "1 field written 10 times per record")):
+        updates = bench.field_updates(records, 10, shape)
+        deltas = bench.store_deltas(updates, shape)
+        ctx.log(f"merge, {shape}: peers, store, Python alone")
+        m = bench.peer_rates(updates, runs)
+        m.update({f"store_{k}": v for k, v in bench.store_merge_rate(
+            ctx.workdir, deltas, runs, **from_hub).items()})
+        m["python_only_per_s"] = bench.python_only_rate(deltas, runs)
+        raw[shape] = m
+        floor = round(m["store_per_s"] / m["python_only_per_s"], 2)
+        rows += [
+            _row(f"bulk merge of {len(deltas):,} deltas from the hub, {label}, per s",
+                 m["store_per_s"], "Python alone (decode, check, seal)",
+                 m["python_only_per_s"], floor, ">= 0.6x", floor >= 0.6,
+                 f"persisted and sealed; best of {runs}"
+                 + ("; with the page's cursor" if from_hub else "")),
+            _row(f"bulk merge of {len(deltas):,} deltas from the hub, {label}, per s",
+                 m["store_per_s"], "pycrdt, one at a time, in memory", m["pycrdt_per_s"],
+                 round(m["store_per_s"] / m["pycrdt_per_s"], 2), "report", None,
+                 f"pycrdt as one merged update: {m['pycrdt_merged_per_s']:,}/s"),
+        ]
+    return rows, raw
+
+
+def _sim(args: dict[str, int]) -> site.Sim:
+    return site.Sim(args["days"], args["patients"], 10, args["per_kiosk"])
+
+
+@benchmark("scopes", "Scopes and garbage collection: a door kiosk's files, merge rate, GC")
+def scopes_benchmark(ctx: Context) -> Result:
+    _ensure_peers(ctx)
+    if ctx.quick:
+        sim_args, last, records, runs = {"days": 12, "patients": 2000, "per_kiosk": 60}, 4, \
+            2000, 1
+    else:
+        sim_args, last, records, runs = {"days": 90, "patients": 20_000, "per_kiosk": 500}, \
+            LAST_DAYS, 10_000, 3
+    sims: dict[str, Any] = {}
+    ctx.log("the site's simulation, today's code")
+    today = site.run(ctx.workdir / "today", _sim(sim_args),
+                     site.Everything(), ctx.log)
+    sims["today"] = today
+    new = None
+    rows = simulation_rows(_figures(today, last), new, sim_args["days"], last)
+    merge, merge_raw = merge_rows(ctx, records, runs)
+    rows += merge
+    gc_note = ("GC: the store has no collect yet; the rows with GC will follow once it "
+               "does." if not gc_available() else "")
+    rows += [_row("check-in p99 during a GC pass, ms", None, "p99 at rest", None, None,
+                  "<= 2x", None, gc_note)]
+    notes = [
+        f"Simulation ({'quick sizes: ' if ctx.quick else ''}{sim_args['days']} days, 10 "
+        f"kiosks at one site, {sim_args['per_kiosk']} check-ins per kiosk a day, "
+        f"{sim_args['patients']:,} patients): only the door kiosk is real, a `Store` on "
+        "disk with a simulated clock; the other 9 kiosks, 3 clinician stations and the hub "
+        "are a seeded generator writing with the real writers (`build_put` on each node's "
+        "HLC, `delta.encode`). Each check-in is a returning patient (passport and year "
+        "typed); staff call it 20 turns later and see it 30 turns later (two status "
+        "writes by the kiosk that took it; the door's own through its staff screen); a "
+        "clinician then writes a note, for 60 % a prescription, for 30 % a lab result. "
+        "One turn per door check-in over 10 opening hours: the door kiosk checks in, "
+        "its staff write, its outbox is acknowledged, and what the hub sends of the "
+        "turn's writes of the others goes in through `Store.merge`. Files: every file "
+        "under the data directory after each day (store.db, its WAL, keys). Today's code: "
+        "the hub sends the door kiosk every other node's delta, as it does every kiosk.",
+        "Between turns the store's WAL checkpoint, if one was asked for, is let finish "
+        "(a turn is over a minute of a kiosk's time); the kernel's writeback is simulated "
+        "as in the kiosk benchmark (every file fsynced after each turn), so write_bytes of "
+        "/proc/self/io counts what reaches the card.",
+        f"Merge: {records:,} records x 10 single-field deltas from one seeded generator "
+        "(the store benchmark's), merged into a new store in one call, durable when it "
+        "returns; the floors and pycrdt are measured in the same run by the same code "
+        "as `./tools/bench store`.",
+    ]
+    if gc_note:
+        notes.append(gc_note)
+    columns = ["what", "value", "against", "peer", "ratio", "goal", "met", "detail"]
+    return Result(rows, columns, notes, {
+        "sim": sim_args, "last_days": last, "merge": merge_raw,
+        "days": {name: [vars(d) for d in s.out] for name, s in sims.items()}})
