@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,8 @@ from protocol.sync.scope import (
     year_verifier,
 )
 
+VECTORS = json.loads((Path(__file__).parent.parent / "protocol/vectors/scope.json")
+                     .read_text("utf-8"))
 FLEET = bytes(range(32))
 P1, P2 = uuid.UUID(int=1).bytes, uuid.UUID(int=2).bytes
 DOOR = Scope("door", "North", "2026-12-05")
@@ -242,3 +246,71 @@ def test_sums_are_32_bytes() -> None:
                        ("sync-changes", {0: 86, 1: b"\0\x80", 2: 0, 3: False, 5: "s" * 32})):
         with pytest.raises(RemoteProtocolError, match=f"{name}: field sum"):
             messages.decode(strict_cbor.dumps(base))
+
+
+# The vectors (protocol/vectors/scope.json) ----------------------------------------------
+
+def edn(value: Any) -> Any:
+    """A vector's value: ``h'..'`` text is a byte string (CBOR diagnostic notation)."""
+    if isinstance(value, str) and value.startswith("h'") and value.endswith("'"):
+        return bytes.fromhex(value[2:-1])
+    if isinstance(value, list):
+        return [edn(v) for v in value]
+    if isinstance(value, dict):
+        return {int(k): edn(v) for k, v in value.items()}
+    return value
+
+
+def test_verifier_vectors() -> None:
+    key = bytes.fromhex(VECTORS["fleet_key"])
+    for v in VECTORS["verifiers"]:
+        pid = bytes.fromhex(v["pid"])
+        assert verifier_record_id(key, v["site"], pid).hex() == v["record_id"], v
+        assert year_verifier(key, v["site"], pid, v["year"]) == v["verifier"], v
+
+
+def test_checksum_vectors() -> None:
+    for v in VECTORS["checksums"]:
+        heads = [(bytes.fromhex(r), s, n, d) for r, s, n, d in v["heads"]]
+        assert scope_checksum(heads).hex() == v["sum"], v["about"]
+
+
+def test_stable_point_vectors() -> None:
+    v = VECTORS["stable_point"]
+    hub = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTORS["hub_seed"]))
+    public = hub.public_key().public_bytes_raw()
+    assert sign_stable_point(hub, v["device"], v["cursor"], v["time"]).hex() == v["doc"]
+    assert open_stable_point(bytes.fromhex(v["doc"]), public, v["device"]) == (
+        v["cursor"], v["time"])
+    for bad in v["bad"]:
+        with pytest.raises(StablePointError, match=bad["message"]):
+            open_stable_point(bytes.fromhex(bad["doc"]), public, bad["device"])
+
+
+def test_scope_vectors() -> None:
+    v = VECTORS["scopes"]
+    scopes = {role: Scope.from_wire(v[role]) for role in ("door", "clinician", "full")}
+    patients = {bytes.fromhex(p) for p in v["patients"]}
+    for record in v["records"]:
+        facts = facts_of(bytes.fromhex(record["rid"]), record["type"], edn(record["fields"]))
+        for role, scope in scopes.items():
+            assert in_scope(scope, facts, patients) is record[role], (role, record["about"])
+    for bad in VECTORS["bad_scopes"]:
+        with pytest.raises(RemoteProtocolError) as info:
+            Scope.from_wire(edn(bad["wire"]))
+        assert info.value.code == "bad-scope", bad["about"]
+
+
+def test_message_vectors() -> None:
+    for v in VECTORS["messages"]:
+        msg = messages.decode(bytes.fromhex(v["cbor"]))
+        assert msg.name == v["name"] and msg.fields == edn(v["fields"]), v["about"]
+        spec = msg.spec
+        assert spec is not None
+        names = {k: n for k, (n, _) in {**spec.required, **spec.optional}.items()}
+        again = messages.make(v["name"], **{names[k]: x for k, x in msg.fields.items()})
+        assert messages.encode(again).hex() == v["cbor"], v["about"]
+    for v in VECTORS["bad_messages"]:
+        with pytest.raises(RemoteProtocolError) as info:
+            messages.decode(bytes.fromhex(v["cbor"]))
+        assert info.value.code == v["code"], v["about"]
