@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -53,6 +54,15 @@ class KioskMemory:
         self.kiosk_number: int | None = None
         self.alert: str | None = None
         self.label: int | None = None
+        self.arrived: dict[int, int | None] = {}  #: batch seq -> the ack's ``arrived``
+        # Scopes (tests/test_sync_scopes.py drives them)
+        self.scope: Any = None
+        self.stable: int | None = None
+        self.sum: bytes | None = None  #: what the hello says we hold
+        self.owed = False
+        self.snapshots: list[tuple[list[bytes], int, bytes]] = []  #: rebases taken
+        self.stale: list[bytes] = []
+        self.replaced: list[tuple[list[bytes], list[bytes]]] = []
 
     def write(self, text: str, lane: int = 3) -> int:
         entry = len(self.written) + 1
@@ -108,7 +118,9 @@ class KioskMemory:
             if entry not in self.outbox and entry not in self.refused:
                 self.outbox[entry] = item
 
-    def acked(self, seq: int, kept: list[int], quarantined: list[int]) -> None:
+    def acked(self, seq: int, kept: list[int], quarantined: list[int],
+              arrived: int | None) -> None:
+        self.arrived[seq] = arrived
         for entry in kept + quarantined:
             self.outbox.pop(entry, None)
         self.refused.update(quarantined)
@@ -164,6 +176,36 @@ class KioskMemory:
         self.foreign += 1
         return self.foreign
 
+    def scope_checksum(self) -> bytes | None:
+        return None if self.outbox or self.scope is None else self.sum
+
+    def note_scope(self, scope: Any, stable: int | None) -> None:
+        self.scope, self.stable = scope, stable
+
+    def rebase_owed(self) -> bool:
+        return self.owed
+
+    def note_rebase(self) -> None:
+        self.owed = True
+
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
+        if hub_sum != self.sum_of(deltas):
+            raise conversation.SnapshotRefused("the snapshot's checksum disagrees")
+        self.snapshots.append((deltas, upto, hub_sum))
+        self.cursor_, self.owed = upto, False
+
+    @staticmethod
+    def sum_of(deltas: list[bytes]) -> bytes:
+        """A stand-in for the scope's checksum: the store's is tests/test_store_*."""
+        return hashlib.sha256(b"".join(sorted(deltas))).digest()
+
+    def stale_records(self) -> list[bytes]:
+        return list(self.stale)
+
+    def replace_records(self, deltas: list[bytes], rids: list[bytes]) -> None:
+        self.replaced.append((deltas, rids))
+        self.stale = [rid for rid in self.stale if rid not in rids]
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -178,6 +220,11 @@ class Record:
     clone_labels: int = 0
     clone_mark: int = 0
     kiosk_number: int | None = None
+    site: str = "North"
+    role: str = "full"
+    window_days: int = 30
+    role_since: int | None = None
+    last_seen: int | None = None
 
 
 class HubMemory:
@@ -194,6 +241,8 @@ class HubMemory:
         self.pulls: list[int] = []
         self.held: dict[bytes, tuple[str, int, sync.Batch]] = {}  #: hash -> device, branch
         self.batch_writes: dict[tuple[str, int], list[tuple[bytes, int, int]]] = {}
+        self.arrivals: dict[tuple[str, int], int | None] = {}  #: batch -> its ack's arrived
+        self.acked: dict[str, int] = {}  #: kiosk -> the greatest cursor it said it holds
 
     def add_local(self, data: bytes) -> None:
         """A delta written elsewhere (another kiosk, the hub's own)."""
@@ -216,17 +265,52 @@ class HubMemory:
 
     def commit_batch(self, device_id: str, seq: int, hash_: bytes,
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
-                     now: int, quarantined: list[int]) -> None:
+                     now: int, quarantined: list[int]) -> int | None:
         self.commits += 1
         self.batch_writes[(device_id, seq)] = [(d.record_id, d.stamp, d.node) for d, _ in good
                                                if (d.node, d.stamp, d.record_id) not in self.ops]
+        before = len(self.ops)
         for delta, data in good:
             self.ops.setdefault((delta.node, delta.stamp, delta.record_id),
                                 (len(self.ops) + 1, data))
+        self.arrivals[(device_id, seq)] = len(self.ops) if len(self.ops) > before else None
         self.quarantine += [(device_id, seq, code) for code, _, _ in bad]
         self.batches[(device_id, seq)] = (hash_, list(quarantined))
         self.devices[device_id] = dataclasses.replace(
             self.devices[device_id], last_seq=seq, last_hash=hash_)
+        return self.arrivals[(device_id, seq)]
+
+    def batch_arrived(self, device_id: str, seq: int) -> int | None:
+        return self.arrivals.get((device_id, seq))
+
+    def head(self) -> int:
+        return len(self.ops)
+
+    def _upto(self, cursor: int, node: int | None = None) -> list[tuple[int, bytes, bytes]]:
+        """(arrival, record, delta) arrived by ``cursor`` or written by ``node``."""
+        return sorted((arrival, rid, data) for (n, _, rid), (arrival, data) in self.ops.items()
+                      if arrival <= cursor or n == node)
+
+    def snapshot(self, scope: Any, cursor: int, upto: int, rids: list[bytes] | None,
+                 max_bytes: int) -> tuple[list[bytes], int, bool]:
+        """Every scope is the whole fleet's here (scopes: tests/test_hub_scopes.py)."""
+        out: list[bytes] = []
+        last = cursor
+        for arrival, rid, data in self._upto(upto):
+            if arrival <= cursor or rids is not None and rid not in rids:
+                continue
+            if out and sum(map(len, out)) + len(data) > max_bytes:
+                return out, last, True
+            out.append(data)
+            last = arrival
+        return out, upto, False
+
+    def scope_sum(self, scope: Any, cursor: int, node: int | None = None) -> bytes:
+        """``KioskMemory.sum_of`` the deltas held by ``cursor`` and ``node``'s."""
+        return KioskMemory.sum_of([data for _, _, data in self._upto(cursor, node)])
+
+    def stable_point(self, role: str, site: str) -> int:
+        return min(self.acked.values(), default=0)
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       ) -> tuple[list[bytes], int, bool]:
@@ -252,7 +336,8 @@ class HubMemory:
 
     def seen(self, device_id: str, now: int, cursor: int | None = None,
              vv: Mapping[Any, Any] | None = None) -> None:
-        pass
+        if cursor is not None:
+            self.acked[device_id] = max(self.acked.get(device_id, 0), cursor)
 
     def log(self, device_id: str | None, code: str, detail: str, now: int) -> None:
         self.events.append((device_id, code))

@@ -46,10 +46,25 @@ whose chain left the hub's is ``forked``: its batches go with their previous
 hash, to be held, and it never adopts the hub's checkpoint. A kiosk behind
 the hub is shown the writes after its head (``tail``); finding, a second
 time, writes it never made there, it is a copy, and forks.
+
+Scopes (SPEC.md "Scopes and garbage collection"): the kiosk's hello carries
+the checksum of the scope it holds (``sum``) when nothing of its own is
+queued or in flight. The welcome names the kiosk's scope and its stable point, signed by the hub's
+Ed25519 key (the one the kiosk's certificate names): a stable point that does
+not verify fails the round before anything is kept, so nothing is collected
+by it. ``rebase`` (the sums disagreed, the role changed, or the kiosk is too
+far behind) is kept owed by the storage until done: the round's pull becomes
+a snapshot of the whole scope, whose pages are staged and handed to the
+storage at once with the hub's sum (``rebase``: refused, nothing changes,
+when the sum disagrees); the cursor becomes the snapshot's head, and the
+pull goes on from there. After the pull, records whose write set the kiosk
+must have whole (``stale_records``) are fetched (``snapshot: [rids]``) and
+rebuilt (``replace_records``), each at most once a round.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -63,6 +78,7 @@ from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 from protocol.sync.checks import check_remote_deltas
+from protocol.sync.scope import Scope, open_stable_point, sign_stable_point
 
 Reply = tuple[int, bytes]  #: (session lane, message bytes)
 #: The most a ``sync-changes`` page carries (deltas' bytes).
@@ -75,6 +91,18 @@ FOREIGN_ADOPTS = 2
 CONTROL_LANE, CHANGES_LANE, LAST_LANE = 0, 1, 3
 #: ``sync-alert`` codes: another kiosk runs with this identity; a technician cleared it.
 SUSPECTED_CLONE, CLONE_CLEARED = "suspected-clone", "clone-cleared"
+#: A kiosk's states in which the hub lets its sessions in (a decommissioned one: to
+#: quarantine what it still sends), and the role that holds every record but audit's.
+DECOMMISSIONED, FULL = "decommissioned", "full"
+LIVE_STATES = ("approved", DECOMMISSIONED)
+#: A kiosk whose cursor is older than this (µs: cursors follow the hub's clock) is told
+#: to rebase: a snapshot of its scope costs less than everything since.
+STALE_CURSOR_US = 30 * 86_400 * 1_000_000
+
+
+def utc_day(now_ms: int) -> str:
+    """The UTC day (YYYY-MM-DD) of a time in ms since 1970: a scope's day."""
+    return datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).date().isoformat()
 
 
 def _encode(name: str, **values: Any) -> bytes:
@@ -88,6 +116,13 @@ class BatchRefused(RemoteProtocolError):
 
 
 # The kiosk -------------------------------------------------------------------------
+
+class SnapshotRefused(RemoteProtocolError):
+    """The hub's snapshot is not one the kiosk can take (its sum disagrees, it is
+    malformed, or it was not asked for): nothing it carried was kept."""
+
+    code = "bad-snapshot"
+
 
 class KioskStorage(Protocol):
     """What the kiosk's role asks of its storage, and tells it to keep."""
@@ -112,11 +147,31 @@ class KioskStorage(Protocol):
     def rewind(self, seq: int, acked: int) -> None:
         """The hub holds our batches up to ``seq`` only (``acked`` it acknowledged):
         forget those after it and queue again every write not queued."""
-    def acked(self, seq: int, kept: list[int], quarantined: list[int]) -> None:
+    def acked(self, seq: int, kept: list[int], quarantined: list[int],
+              arrived: int | None) -> None:
         """The hub committed batch ``seq``: ``kept`` entries leave the outbox,
-        ``quarantined`` are marked refused by the hub."""
+        ``quarantined`` are marked refused by the hub; ``arrived``: the greatest
+        arrival number the hub gave the batch's writes (None: it gave none)."""
     def merge(self, deltas: list[bytes], cursor: int) -> None:
         """Merge pulled deltas durably, then keep ``cursor``."""
+    def scope_checksum(self) -> bytes | None:
+        """The checksum of the scope we hold (``scope.scope_checksum``); None when
+        anything of ours is queued or in flight, or no scope was kept yet."""
+    def note_scope(self, scope: Scope, stable: int | None) -> None:
+        """The welcome's scope and the stable point's cursor (verified), kept."""
+    def rebase_owed(self) -> bool:
+        """Whether a rebase the hub asked for is not done yet."""
+    def note_rebase(self) -> None:
+        """The hub asked for a rebase: kept owed, durably, until ``rebase`` is done."""
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
+        """Rebuild the scope from the hub's snapshot (cut at ``upto``) and our unsynced
+        writes, then keep ``upto`` as the cursor; the rebase is no longer owed.
+        ``SnapshotRefused`` if the snapshot's checksum is not ``hub_sum``: nothing
+        changes."""
+    def stale_records(self) -> list[bytes]:
+        """Records whose view waits for the hub's whole write set."""
+    def replace_records(self, deltas: list[bytes], rids: list[bytes]) -> None:
+        """The hub's whole write set of ``rids``: rebuild each from it."""
     def note_clock_offset(self, offset_ms: int) -> None:
         """The hub's clock minus ours."""
     def unacked_batches(self) -> list[tuple[sync.Batch, list[int]]]:
@@ -152,17 +207,27 @@ class KioskSync:
     batches go to be held, with their previous hash."""
 
     def __init__(self, storage: KioskStorage, *, cert: bytes, device: str,
-                 key: Ed25519PrivateKey, enrol: bytes | None = None) -> None:
+                 key: Ed25519PrivateKey, enrol: bytes | None = None,
+                 hub_ed25519: bytes | None = None) -> None:
         """``enrol``: a kiosk provisioned offline, not enrolled yet (``cert`` empty),
         presents its approval and request (``approval.enrolment``) in its hello; the
-        certificate the hub then issues is ``issued``, for the kiosk to install."""
+        certificate the hub then issues is ``issued``, for the kiosk to install.
+        ``hub_ed25519``: the hub's key our certificate names, which signs the stable
+        point (None: a welcome that carries one fails the round)."""
         self.storage = storage
         self.cert, self.device, self.key, self.enrol = cert, device, key, enrol
+        self.hub_ed25519 = hub_ed25519
         self.issued: bytes | None = None
         self.in_flight: tuple[int, list[int]] | None = None  #: batch seq, outbox entries
         self.welcomed = self.push_done = self.pull_done = False
         self.wanted = 0  #: a ``sync-notify``'s cursor that the pull under way may miss
         self.forked = storage.held_upto() > 0
+        #: The snapshot being pulled: True, the whole scope; a list, these records.
+        self.snapshot: bool | list[bytes] | None = None
+        self.staged: list[bytes] = []  #: its pages' deltas so far
+        self.upto: int | None = None  #: the hub's head it is cut at (its first page's)
+        self.fetched: set[bytes] = set()  #: records whose write sets came this round
+        self.rebased = False  #: a snapshot of the whole scope was taken this round
 
     @property
     def done(self) -> bool:
@@ -174,7 +239,7 @@ class KioskSync:
             "sync-hello", cert=self.cert, vv=self.storage.version_vector(),
             cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now,
             label=self.storage.queue_label(), revs=self.storage.revocations_number() or None,
-            enrol=self.enrol))]
+            enrol=self.enrol, sum=self.storage.scope_checksum()))]
 
     def receive_data(self, data: bytes, now: int) -> list[Reply]:
         return self.receive(messages.decode(data), now)
@@ -234,7 +299,28 @@ class KioskSync:
             self.storage.note_alert(SUSPECTED_CLONE, None, True)
         elif hub_seq < (acked := self.storage.acked_head()):
             self.storage.rewind(hub_seq, acked)  # the hub went back: restored from a backup
+        self._scope(msg)
         return self.again()
+
+    def _scope(self, msg: messages.Message) -> None:
+        """The welcome's scope and stable point, kept once the stable point verifies
+        (``RemoteProtocolError`` else, before anything is kept); its ``rebase`` kept
+        owed."""
+        if msg.get("scope") is None:
+            if msg.get("stable") is not None or msg.get("rebase"):
+                raise RemoteProtocolError("the hub's welcome names a stable point or a "
+                                          "rebase but no scope", "bad-scope")
+            return  # a hub from before scopes: the kiosk holds what it always held
+        scope = Scope.from_wire(msg.get("scope"))
+        stable = None
+        if msg.get("stable") is not None:
+            if self.hub_ed25519 is None:
+                raise RemoteProtocolError("the hub's stable point cannot be verified: no "
+                                          "hub key", "bad-stable-point")
+            stable, _ = open_stable_point(msg.get("stable"), self.hub_ed25519, self.device)
+        self.storage.note_scope(scope, stable)
+        if msg.get("rebase"):
+            self.storage.note_rebase()
 
     def _foreign(self, tail: object) -> bool:
         """Whether the welcome's ``tail`` names a write we never made. After a power
@@ -251,6 +337,8 @@ class KioskSync:
         hub's checkpoint was held against our chain at the session's welcome, and
         only this kiosk has moved its chain since."""
         self.welcomed = True
+        if self.storage.rebase_owed():
+            return [self._snapshot_pull(True), *self.push()]
         pull = _encode("sync-pull", cursor=self.storage.cursor())
         return [(CONTROL_LANE, pull), *self.push()]
 
@@ -329,21 +417,72 @@ class KioskSync:
         seq, entries = self.in_flight
         bad = {entries[i] for i in msg.get("quarantined") or []
                if type(i) is int and 0 <= i < len(entries)}
-        self.storage.acked(seq, [e for e in entries if e not in bad], sorted(bad))
+        arrived = msg.get("arrived")
+        self.storage.acked(seq, [e for e in entries if e not in bad], sorted(bad),
+                           arrived if type(arrived) is int else None)
         self.in_flight = None
         return self.push()
 
     def _changes(self, msg: messages.Message) -> list[Reply]:
         deltas = sync.unpack(msg.get("payload"))
+        if self.snapshot is not None or msg.get("snapshot"):
+            return self._snapshot_page(msg, deltas)
         cursor = msg.get("cursor")
         self.storage.merge(deltas, cursor)
         if msg.get("more") or cursor < self.wanted:
             if not msg.get("more"):
                 self.wanted = 0  # one more pull per notify, whatever the hub counts
             return [(CONTROL_LANE, _encode("sync-pull", cursor=cursor))]
-        self.pull_done = True
         self.wanted = 0
-        return []
+        return self._fetch_stale()
+
+    def _snapshot_pull(self, what: bool | list[bytes]) -> Reply:
+        """The first pull of a snapshot: of the whole scope (True), or of these records'
+        write sets. The pull is not done until its last page is taken."""
+        self.snapshot, self.staged, self.upto = what, [], None
+        self.pull_done = False
+        return (CONTROL_LANE, _encode("sync-pull", cursor=self.storage.cursor(),
+                                      snapshot=what))
+
+    def _snapshot_page(self, msg: messages.Message, deltas: list[bytes]) -> list[Reply]:
+        """A page of the snapshot under way: staged; the last one hands them all over
+        (the whole scope: with the hub's sum, and the cursor becomes its head)."""
+        if self.snapshot is None or not msg.get("snapshot"):
+            wrong = "a snapshot not asked for" if self.snapshot is None else "no snapshot page"
+            self.snapshot, self.staged = None, []
+            raise SnapshotRefused(f"the hub's changes do not answer the pull: {wrong}")
+        if self.upto is None:
+            self.upto = msg.get("upto")
+            if self.snapshot is True and (type(self.upto) is not int or self.upto < 0):
+                raise SnapshotRefused("the snapshot's first page names no head (upto)")
+        self.staged.extend(deltas)
+        what, upto = self.snapshot, self.upto
+        if msg.get("more"):
+            return [(CONTROL_LANE, _encode("sync-pull", cursor=msg.get("cursor"),
+                                           snapshot=what, upto=upto))]
+        staged, self.snapshot, self.staged, self.upto = self.staged, None, [], None
+        if what is True:
+            hub_sum = msg.get("sum")
+            if not isinstance(hub_sum, bytes) or upto is None:
+                raise SnapshotRefused("the snapshot's last page carries no checksum")
+            self.storage.rebase(staged, upto, hub_sum)
+            self.rebased = True
+            # What the hub took after the snapshot's head follows as changes.
+            return [(CONTROL_LANE, _encode("sync-pull", cursor=self.storage.cursor()))]
+        assert isinstance(what, list)
+        self.storage.replace_records(staged, what)
+        return self._fetch_stale()
+
+    def _fetch_stale(self) -> list[Reply]:
+        """After the pull: the write sets of the records that wait for them, each once a
+        round (a record still stale after its own is left for the next)."""
+        rids = [rid for rid in self.storage.stale_records() if rid not in self.fetched]
+        if not rids:
+            self.pull_done = True
+            return []
+        rids = rids[:sync.MAX_SNAPSHOT_RECORDS]
+        self.fetched.update(rids)
+        return [self._snapshot_pull(rids)]
 
 
 # The hub ---------------------------------------------------------------------------
@@ -377,6 +516,19 @@ class KioskRecord(Protocol):
     @property
     def kiosk_number(self) -> int | None:
         """The kiosk's number (its short patient codes' first part)."""
+    @property
+    def site(self) -> str: ...
+    @property
+    def role(self) -> str:
+        """Its scope's role (``scope.ROLES``)."""
+    @property
+    def window_days(self) -> int:
+        """A clinician station's window, in days."""
+    @property
+    def role_since(self) -> int | None:
+        """When its role was set (hub time, ms); None: at its enrolment."""
+    @property
+    def last_seen(self) -> int | None: ...
 
 
 class HubStorage(Protocol):
@@ -389,17 +541,31 @@ class HubStorage(Protocol):
         """The indices quarantined in the kiosk's committed batch ``seq``."""
     def commit_batch(self, device_id: str, seq: int, hash_: bytes,
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
-                     now: int, quarantined: list[int]) -> None:
+                     now: int, quarantined: list[int]) -> int | None:
         """Keep the batch durably: the good deltas, the bad ones in quarantine
-        (code, reason, bytes), and the kiosk's checkpoint moved to it."""
+        (code, reason, bytes), and the kiosk's checkpoint moved to it. Returns the
+        greatest arrival number the good deltas were given (None: none was new)."""
+    def batch_arrived(self, device_id: str, seq: int) -> int | None:
+        """What ``commit_batch`` returned for the kiosk's committed batch ``seq``."""
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
-                      ) -> tuple[list[bytes], int, bool]:
-        """Deltas after ``cursor`` not written by ``exclude_node`` (None: all of them):
-        (deltas, cursor, more)."""
+                      scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
+        """Deltas after ``cursor`` not written by ``exclude_node`` (None: all of them),
+        of the records in ``scope`` (None: every record): (deltas, cursor, more)."""
+    def head(self) -> int:
+        """The greatest arrival number."""
+    def snapshot(self, scope: Scope, cursor: int, upto: int, rids: list[bytes] | None,
+                 max_bytes: int) -> tuple[list[bytes], int, bool]:
+        """Every delta (any writer's) of the records in ``scope`` (of ``rids`` only, those
+        in scope), arrived after ``cursor`` and by ``upto``: (deltas, cursor, more)."""
+    def scope_sum(self, scope: Scope, cursor: int, node: int | None = None) -> bytes:
+        """``scope.scope_checksum`` of ``scope`` held with every delta arrived by
+        ``cursor`` and every delta of ``node``."""
+    def stable_point(self, role: str, site: str) -> int:
+        """The smallest cursor every live kiosk of the scope group acknowledged."""
     def version_vector(self) -> dict[int, int]: ...
     def seen(self, device_id: str, now: int, cursor: int | None = None,
              vv: Mapping[Any, Any] | None = None) -> None:
-        """The kiosk was here (and pulled from ``cursor``, or holds ``vv``)."""
+        """The kiosk was here (and holds what arrived by ``cursor``, or ``vv``)."""
     def log(self, device_id: str | None, code: str, detail: str, now: int) -> None: ...
     def is_held(self, device_id: str, hash_: bytes) -> bool:
         """Whether a batch with this hash is held for the kiosk."""
@@ -444,13 +610,26 @@ class HubSync:
     """The hub's role with one kiosk's session. ``remote_static``: the kiosk's key as
     the session authenticated it. ``close``: set when the kiosk must be turned away.
     ``held``: this session's kiosk is a copy whose batches the hub holds. ``enrol``: how
-    the hub enrols a kiosk whose hello presents an approval; None: it does not."""
+    the hub enrols a kiosk whose hello presents an approval; None: it does not.
+
+    Scopes: the kiosk is served its scope (its record's role and site, today's
+    day of the hub): its pulls and snapshots hold only that scope's records. The
+    welcome names the scope, the stable point signed with ``stable_key`` (none
+    without it) and whether to ``rebase``: the hello's sum is not the hub's at
+    its cursor, its role changed after it was last here, or its cursor is more
+    than ``STALE_CURSOR_US`` old. A role changed during a session ends it
+    (``rescoped``): the next hello sees it. A decommissioned kiosk's sessions are
+    let in; every delta of its batches is quarantined (``decommissioned``) and
+    acknowledged, and it is served nothing."""
 
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
                  *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
-                 enrol: Enroller | None = None) -> None:
+                 enrol: Enroller | None = None,
+                 stable_key: Ed25519PrivateKey | None = None) -> None:
         self.storage = storage
         self.enrol = enrol
+        self.stable_key = stable_key
+        self._role: tuple[str, int | None] | None = None  #: the role (and since) welcomed
         #: The key this session's batches verify by when it is not the kiosk's enrolled
         #: one: a second kiosk that presented an approval already used.
         self.batch_key: bytes | None = None
@@ -506,11 +685,37 @@ class HubSync:
         if dev is None or dev.state == "revoked":
             self._refuse("revoked", f"kiosk {self.device.device_id} was revoked", now)
             return False
-        if dev.state != "approved":
+        if dev.state not in LIVE_STATES:
             self._refuse("unapproved", f"kiosk {dev.device_id} is {dev.state}", now)
+            return False
+        if self._role is not None and (dev.role, dev.role_since) != self._role:
+            self._refuse("rescoped", f"kiosk {dev.device_id} is {dev.role} now; its next "
+                         "hello is told its scope", now)
             return False
         self.device = dev
         return True
+
+    def _scope(self, dev: KioskRecord, now: int) -> Scope:
+        """The kiosk's scope on the hub's day now."""
+        return Scope(dev.role, dev.site, utc_day(now), dev.window_days)
+
+    def _scoping(self, dev: KioskRecord, msg: messages.Message, now: int) -> dict[str, Any]:
+        """The welcome's ``scope``, ``stable`` and ``rebase`` for the kiosk (after its
+        hello's cursor was kept); nothing for a decommissioned kiosk."""
+        self._role = (dev.role, dev.role_since)
+        if dev.state == DECOMMISSIONED:
+            return {}
+        scope = self._scope(dev, now)
+        cursor, their_sum = msg.get("cursor"), msg.get("sum")
+        rebase = (dev.role_since is not None and (dev.last_seen or 0) <= dev.role_since
+                  or 0 < cursor < now * 1000 - STALE_CURSOR_US
+                  or their_sum is not None
+                  and their_sum != self.storage.scope_sum(scope, cursor, dev.node))
+        stable = None
+        if self.stable_key is not None:
+            stable = sign_stable_point(self.stable_key, dev.device_id,
+                                       self.storage.stable_point(dev.role, dev.site), now)
+        return {"scope": scope.to_wire(), "stable": stable, "rebase": rebase or None}
 
     def _log(self, code: str, detail: str, now: int) -> None:
         self.storage.log(self.device.device_id if self.device else None, code, detail, now)
@@ -564,7 +769,7 @@ class HubSync:
             number = dev.kiosk_number if cert.kiosk_number is None else None
         if dev.state == "revoked":
             return self._refuse("revoked", f"kiosk {dev.device_id} was revoked", now)
-        if dev.state != "approved":
+        if dev.state not in LIVE_STATES:
             return self._refuse("unapproved", f"kiosk {dev.device_id} is {dev.state}", now)
         self.device = dev
         self.label = msg.get("label")
@@ -580,7 +785,8 @@ class HubSync:
             self._suspect(f"its hello names a batch {seq} that is not the one committed", now,
                           new_copy=False)
         if self.batch_key is None:  # a second kiosk's cursor and vv are not the kiosk's
-            self.storage.seen(dev.device_id, now, vv=msg.get("vv"))
+            self.storage.seen(dev.device_id, now, cursor=max(0, msg.get("cursor")),
+                              vv=msg.get("vv"))
         tail = None
         if not self.held and seq < dev.last_seq:  # behind: show what came after its head
             tail = [[rid, stamp] for rid, stamp in self.storage.writes_since_batch(
@@ -592,7 +798,8 @@ class HubSync:
         welcome = (CONTROL_LANE, _encode("sync-welcome", time=now,
                                          vv=self.storage.version_vector(),
                                          seq=dev.last_seq, hash=dev.last_hash, tail=tail,
-                                         kiosk=number, revs=newer, cert=issued))
+                                         kiosk=number, revs=newer, cert=issued,
+                                         **self._scoping(dev, msg, now)))
         return [*self._alert(now), welcome]
 
     def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:
@@ -638,8 +845,9 @@ class HubSync:
                                        detail=detail[:200]))]
 
     @staticmethod
-    def _ack(seq: int, quarantined: list[int]) -> Reply:
-        return (CONTROL_LANE, _encode("sync-ack", seq=seq, quarantined=quarantined or None))
+    def _ack(seq: int, quarantined: list[int], arrived: int | None) -> Reply:
+        return (CONTROL_LANE, _encode("sync-ack", seq=seq, quarantined=quarantined or None,
+                                      arrived=arrived))
 
     def _signed(self, seq: int, prevs: list[bytes], msg: messages.Message,
                 ) -> sync.Batch | None:
@@ -681,7 +889,8 @@ class HubSync:
                                 "this kiosk", now)
         if self.storage.batch_hash(dev.device_id, seq) == batch.hash:
             self._log("duplicate", f"batch {seq} again; acknowledged, not applied", now)
-            return [self._ack(seq, self.storage.batch_quarantined(dev.device_id, seq))]
+            return [self._ack(seq, self.storage.batch_quarantined(dev.device_id, seq),
+                              self.storage.batch_arrived(dev.device_id, seq))]
         if not self.held and seq == dev.last_seq + 1 and batch.prev == dev.last_hash:
             return self._commit(dev, batch, now)
         return self._hold(dev, batch, now)
@@ -721,18 +930,25 @@ class HubSync:
         good: list[tuple[Delta, bytes]] = []
         bad: list[tuple[str, str, bytes]] = []
         quarantined: list[int] = []
-        checked = check_remote_deltas(deltas, now, node=dev.node, max_ahead_ms=self.max_ahead_ms)
+        checked: list[Delta | RemoteProtocolError]
+        if dev.state == DECOMMISSIONED:  # gone: whatever it still sends waits for a person
+            checked = [RemoteProtocolError(f"kiosk {dev.device_id} is decommissioned",
+                                           DECOMMISSIONED)] * len(deltas)
+        else:
+            checked = check_remote_deltas(deltas, now, node=dev.node,
+                                          max_ahead_ms=self.max_ahead_ms)
         for i, (data, got) in enumerate(zip(deltas, checked, strict=True)):
             if isinstance(got, RemoteProtocolError):
                 bad.append((got.code, str(got), data))
                 quarantined.append(i)
             else:
                 good.append((got, data))
-        self.storage.commit_batch(dev.device_id, seq, batch.hash, good, bad, now, quarantined)
+        arrived = self.storage.commit_batch(dev.device_id, seq, batch.hash, good, bad, now,
+                                            quarantined)
         if bad:
             self._log("quarantined", f"batch {seq}: {len(bad)} deltas ({bad[0][0]})", now)
         self.device = self.storage.device(dev.device_id) or dev
-        return [self._ack(seq, quarantined)]
+        return [self._ack(seq, quarantined, arrived)]
 
     def _prev_hash(self, dev: KioskRecord, seq: int) -> bytes | None:
         """The hash batch ``seq`` must follow in this kiosk's chain, as the hub holds
@@ -746,13 +962,37 @@ class HubSync:
         return None
 
     def _pull(self, msg: messages.Message, now: int) -> list[Reply]:
-        assert self.device is not None
+        dev = self.device
+        assert dev is not None
         cursor = max(0, msg.get("cursor"))
         limit = min(max(msg.get("max_bytes") or CHANGES_BYTES, 1024), CHANGES_BYTES)
+        if dev.state == DECOMMISSIONED:
+            return [(CHANGES_LANE, _encode("sync-changes", payload=sync.pack([]),
+                                           cursor=cursor, more=False))]
+        scope = self._scope(dev, now)
+        if msg.get("snapshot") is not None:
+            return self._snapshot(msg, scope, limit)
         # A suspected clone's copies all write as its node: each is sent the others'.
-        own = None if self.device.suspected_clone else self.device.node
-        deltas, new, more = self.storage.changes_since(cursor, own, limit)
+        own = None if dev.suspected_clone else dev.node
+        if scope.role == FULL:  # every record but audit entries: the pull as it always was
+            deltas, new, more = self.storage.changes_since(cursor, own, limit)
+        else:
+            deltas, new, more = self.storage.changes_since(cursor, own, limit, scope=scope)
         if self.batch_key is None:  # a second kiosk's cursor is not the kiosk's
-            self.storage.seen(self.device.device_id, now, cursor=cursor)
+            self.storage.seen(dev.device_id, now, cursor=cursor)
         return [(CHANGES_LANE, _encode("sync-changes", payload=sync.pack(deltas), cursor=new,
                                        more=more))]
+
+    def _snapshot(self, msg: messages.Message, scope: Scope, limit: int) -> list[Reply]:
+        """A page of a snapshot: the first is cut at the head now (``upto``), the next
+        ones go on from the page before; the last page of a whole-scope one carries the
+        scope's sum at ``upto``."""
+        asked, upto = msg.get("snapshot"), msg.get("upto")
+        cursor = 0 if upto is None else max(0, msg.get("cursor"))
+        if upto is None:
+            upto = self.storage.head()
+        rids = None if asked is True else list(asked)
+        deltas, new, more = self.storage.snapshot(scope, cursor, upto, rids, limit)
+        total = self.storage.scope_sum(scope, upto) if rids is None and not more else None
+        return [(CHANGES_LANE, _encode("sync-changes", payload=sync.pack(deltas), cursor=new,
+                                       more=more, snapshot=True, sum=total, upto=upto))]
