@@ -12,7 +12,8 @@ window in days:
   roles were);
 * ``door``: the check-ins of its site dated that day, and the verifier
   records of its site (``protocol.crdt.ids.year_verifier``): no patient, no
-  name, no year of birth, nothing clinical;
+  name, no year of birth, nothing clinical (the hub sends it check-ins
+  without what patients typed, ``WITHHELD_AT_DOOR``);
 * ``clinician``: the check-ins of its site dated within the window, the
   patients they name, and those patients' prescriptions, lab results,
   appointments, notes and documents.
@@ -53,8 +54,8 @@ from protocol.sync.credential import CredentialError, open_document, sign_docume
 
 __all__ = [
     "CLINICAL_OF_PATIENT", "DEFAULT_WINDOW_DAYS", "ROLES", "STABLE_LABEL", "Facts", "Scope",
-    "ScopeError", "StablePointError", "checkin_in_scope", "facts_of", "in_scope",
-    "open_stable_point", "parse_role", "scope_checksum", "sign_stable_point",
+    "ScopeError", "StablePointError", "WITHHELD_AT_DOOR", "checkin_in_scope", "facts_of",
+    "in_scope", "open_stable_point", "parse_role", "scope_checksum", "sign_stable_point",
     "verifier_record_id", "year_verifier",
 ]
 
@@ -65,6 +66,9 @@ MAX_SITE = 256  #: characters of a site's name
 #: Types a clinician station holds for each patient in its scope (prescription,
 #: lab result, appointment, note, document), by their ``subject``.
 CLINICAL_OF_PATIENT = frozenset((3, 4, 5, 6, 7))
+#: A check-in's fields a door kiosk is never sent (what a patient typed: a name, a year
+#: of birth); the hub sends it check-ins without them, under the same dots.
+WITHHELD_AT_DOOR = frozenset((7, 8))
 SUM_LABEL = b"haven-scope\x00"
 STABLE_LABEL = b"haven-stable-point\x00"
 MAX_STABLE_DOC = 512
