@@ -39,6 +39,13 @@ def _write_cert(path: Path, cert: bytes, replaced: str | None) -> None:
           + (f"; kiosk {replaced} retired (revoked: replaced)" if replaced else ""))
 
 
+def _role_arguments(p: argparse.ArgumentParser, name: str, text: str) -> None:
+    p.add_argument(name, metavar="ROLE", help=text)
+    p.add_argument("--window", type=int, metavar="DAYS",
+                   help="a clinician station's window: the check-ins of the last DAYS days "
+                   "and their patients' records (default 30)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hub = sub.add_parser("hub", help="run and administer the hub",
                          description="The hub: keys, enrolment, sync service, state.")
@@ -62,6 +69,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="with --replaces: the first day (UTC, YYYY-MM-DD) whose queue "
                    "numbers are the new kiosk's (default today; after the old kiosk was "
                    "last heard from)")
+    _role_arguments(p, "--role", "what the kiosk holds: door (a kiosk at the door: today's "
+                    "queue and its site's year verifiers, no names), clinician (its site's "
+                    "patients checked in within the window) or full (every record; the "
+                    "default, as every kiosk before roles)")
+    p = hs.add_parser("role", help="change what a kiosk holds (its scope)",
+                      description="Give KIOSK another role: door, clinician or full. At its "
+                      "next sync it is told, and keeps only its new scope (its unsynced "
+                      "writes stay until synced).")
+    _data(p)
+    p.add_argument("device", metavar="KIOSK", help="the kiosk's id (haven hub status lists "
+                   "them)")
+    _role_arguments(p, "role", "door, clinician or full")
+    p = hs.add_parser("decommission", help="retire a kiosk that is gone",
+                      description="A kiosk that is gone (lost, broken, stolen) stops holding "
+                      "the stable point of its scope back, so the others collect their "
+                      "garbage. Whatever it still sends is quarantined (haven hub "
+                      "quarantine list). Revoke it too if its key may be in other hands.")
+    _data(p)
+    p.add_argument("device", metavar="KIOSK", help="the kiosk's id (haven hub status lists "
+                   "them)")
     p = hs.add_parser("replace", help="give a dead kiosk's letter to an enrolled kiosk",
                       description="Retire OLD_DEVICE_ID (revoked: replaced) and give its "
                       "letter at its site to NEW_DEVICE_ID from DAY; the new kiosk's "
@@ -426,8 +453,17 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"cannot read {args.request}: {exc.strerror}") from None
             if args.from_day is not None and args.replaces is None:
                 raise UsageError("--from goes with --replaces")
+            if args.window is not None and args.role is None:
+                raise UsageError("--window goes with --role clinician")
             _write_cert(args.out, hub.enroll(request, replaces=args.replaces,
-                                             from_day=args.from_day), args.replaces)
+                                             from_day=args.from_day, role=args.role,
+                                             window_days=args.window), args.replaces)
+        elif cmd == "role":
+            print(hub.set_role(args.device, args.role, args.window))
+        elif cmd == "decommission":
+            hub.decommission(args.device)
+            print(f"kiosk {args.device} decommissioned: it holds no stable point back; "
+                  "whatever it still sends is quarantined")
         elif cmd == "replace":
             from host.hub.replace import replace
 
@@ -482,12 +518,17 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     for k in st["kiosks"]:
         seen = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["last_seen"] / 1000))
                 if k["last_seen"] else "never")
+        role = k["role"] + (f" {k['window_days']} days" if k["role"] == "clinician" else "")
         print(f"  {k['device']} {k['site']!r} {k['letter']} number {k['number']} {k['state']}"
-              f"  last seen {seen}  "
+              f"  {role}  acked {k['acked']}  last seen {seen}  "
               f"batches {k['batches']}  backlog {k['backlog']}"
               + ("  SUSPECTED-CLONE" if k["suspected_clone"] else "")
               + (f"  replaced by {r['by']} from {r['from_day']}"
                  if (r := k.get("replaced")) else ""))
+    print(f"stable points: {len(st['stable_points'])}")
+    for g in st["stable_points"]:
+        where = "every site" if g["site"] == "*" else repr(g["site"])
+        print(f"  {g['role']} at {where}: {g['cursor']}")
     print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
     for c in st["conflicts"]:
         print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']}")

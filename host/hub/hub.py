@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
-from host.hub import claims
+from host.hub import claims, verifiers
 from host.hub.document_inbox import DOCUMENTS_DIR, held
 from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
@@ -60,7 +60,8 @@ from protocol.sync import approval as sync_approval
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 from protocol.sync.approval import LETTERS
-from protocol.sync.conversation import ApprovalEnrolment
+from protocol.sync.conversation import DECOMMISSIONED, ApprovalEnrolment
+from protocol.sync.scope import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, ScopeError, parse_role
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
 APPROVED, REVOKED = "approved", "revoked"
@@ -73,6 +74,21 @@ def _read_secret(path: Path) -> bytes:
         raise UsageError(f"{path} is missing; run: haven hub init --data {path.parent}") from None
     except SecretFileError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _role(text: str, window_days: int | None) -> tuple[str, int]:
+    """A role and window from the command line; ``UsageError`` saying what is wrong."""
+    try:
+        role = parse_role(text)
+    except ScopeError as exc:
+        raise UsageError(str(exc)) from None
+    if window_days is None:
+        return role, DEFAULT_WINDOW_DAYS
+    if role != "clinician":
+        raise UsageError(f"--window goes with the clinician role, not {role}")
+    if not 1 <= window_days <= MAX_WINDOW_DAYS:
+        raise UsageError(f"--window is 1 to {MAX_WINDOW_DAYS} days, not {window_days}")
+    return role, window_days
 
 
 def init_hub(data: Path) -> str:
@@ -120,10 +136,13 @@ class Hub:
     # Enrolment --------------------------------------------------------------------
 
     def enroll(self, request: bytes, now_ms: int | None = None, *,
-               replaces: str | None = None, from_day: str | None = None) -> bytes:
+               replaces: str | None = None, from_day: str | None = None,
+               role: str | None = None, window_days: int | None = None) -> bytes:
         """Approve a kiosk's request; returns its certificate. ``replaces``: a kiosk at
-        its site whose letter it takes over from ``from_day`` (``host.hub.replace``)."""
+        its site whose letter it takes over from ``from_day`` (``host.hub.replace``).
+        ``role``: its scope's (default ``full``; a kiosk enrolled again keeps its own)."""
         now = wall_ms() if now_ms is None else now_ms
+        scoped = _role(role or "full", window_days)
         try:
             req = sync_cert.read_request(request)
         except ProtocolError as exc:
@@ -147,13 +166,18 @@ class Hub:
             try:
                 number = self.store.add_device(Device(
                     req.device_id, req.node, req.site, letter, req.x25519, req.ed25519,
-                    APPROVED, 0, b"\x00" * 32, 0, None), now)
+                    APPROVED, 0, b"\x00" * 32, 0, None, role=scoped[0],
+                    window_days=scoped[1]), now)
             except ValueError as exc:
                 raise HavenError(f"cannot enrol kiosk {req.device_id}: {exc}") from None
+        if known is not None and role is not None:
+            self.store.set_role(req.device_id, *scoped, now)
         serial = int(self.store.get_meta("serial") or 0) + 1
         self.store.set_meta("serial", serial)
         self.store.log(req.device_id, "enrolled",
-                       f"site {req.site!r} letter {letter} number {number}", now)
+                       f"site {req.site!r} letter {letter} number {number} role {scoped[0]}",
+                       now)
+        self.write_verifiers(now)
         return sync_cert.issue(req, self.ed_key, self.x_public, self.fleet_key, letter, now,
                                serial, number)
 
@@ -251,6 +275,44 @@ class Hub:
         self.store.log(device_id, "revoked", "revoked by the technician",
                        wall_ms() if now_ms is None else now_ms)
 
+    def set_role(self, device_id: str, role: str, window_days: int | None = None,
+                 now_ms: int | None = None) -> str:
+        """Give a kiosk another role (a clinician station a window): at its next hello it
+        is told its scope and rebases to it. An unknown role or kiosk changes nothing."""
+        now = wall_ms() if now_ms is None else now_ms
+        role, window = _role(role, window_days)
+        if not self.store.set_role(device_id, role, window, now):
+            raise UsageError(f"no kiosk {device_id} (haven hub status lists them)")
+        self.write_verifiers(now)
+        return f"kiosk {device_id} is a {role} kiosk" + (
+            f" (window {window} days)" if role == "clinician" else "")
+
+    def decommission(self, device_id: str, now_ms: int | None = None) -> None:
+        """A kiosk that is gone: it no longer holds any stable point back; whatever it
+        still sends is quarantined (``decommissioned``)."""
+        dev = self.store.device(device_id)
+        if dev is None:
+            raise UsageError(f"no kiosk {device_id} (haven hub status lists them)")
+        if dev.state == REVOKED:
+            raise UsageError(f"kiosk {device_id} is revoked: the hub refuses it already, and "
+                             "it holds no stable point back")
+        if dev.state == DECOMMISSIONED:
+            return
+        self.store.set_state(device_id, DECOMMISSIONED)
+        self.store.log(device_id, DECOMMISSIONED, "decommissioned: its writes from now on "
+                       "are quarantined", wall_ms() if now_ms is None else now_ms)
+
+    def write_verifiers(self, now_ms: int | None = None) -> int:
+        """The door kiosks' verifier records that are missing or stale, written
+        (``verifiers``); returns how many."""
+        return verifiers.write(self.store, self.fleet_key, self.node,
+                               wall_ms() if now_ms is None else now_ms, self._hlc)
+
+    def _hlc(self) -> HLC:
+        """The hub's clock for its own writes: past every stamp it holds."""
+        return HLC(max([int(self.store.get_meta("hlc") or 0),
+                        *self.store.version_vector().values()]))
+
     def clear_clone(self, device_id: str, now_ms: int | None = None) -> None:
         """The copies of a suspected clone were re-provisioned (one keeps the identity):
         the flag goes; that kiosk is told at its next hello. Held batches stay."""
@@ -328,8 +390,7 @@ class Hub:
                 if delta.type == claims.CHECKIN.number and not delta.is_delete:
                     checkins.add(delta.record_id)
             cursor = last
-        hlc = HLC(max([int(self.store.get_meta("hlc") or 0),
-                       *self.store.version_vector().values()]))
+        hlc = self._hlc()
         # first the identities kiosks without the fleet key sealed here, then the claims
         completed, done = claims.complete(
             self._views_of(checkins), self.x_key, self.fleet_key,
@@ -393,12 +454,17 @@ class Hub:
                    "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
                    "backlog": self._backlog(d, head),
                    "suspected_clone": bool(d.suspected_clone),
-                   "replaced": self.store.replacement(d.device_id)}
+                   "replaced": self.store.replacement(d.device_id),
+                   "role": d.role, "window_days": d.window_days, "acked": d.acked}
                   for d in self.store.devices()]
+        groups = sorted({(d.role, "*" if d.role == "full" else d.site)
+                         for d in self.store.devices() if d.state == APPROVED})
+        stable = [{"role": role, "site": site,
+                   "cursor": self.store.stable_point(role, site)} for role, site in groups]
         conflicts = self.conflicts()
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
                 "deltas": self.store.count(),
-                "kiosks": kiosks, "conflicts": conflicts,
+                "kiosks": kiosks, "stable_points": stable, "conflicts": conflicts,
                 "held": sum(1 for c in conflicts if c["severity"] == "hold"),
                 "quarantine": self.store.quarantined(), "log": self.store.events(20),
                 "documents": held(self.data / DOCUMENTS_DIR),

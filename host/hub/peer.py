@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from host.hub.document_inbox import DocumentInbox
 from host.hub.storage import HubStore
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS
 from protocol.messages import Message
+from protocol.sync import batches as sync_batches
 from protocol.sync import provisioning
 from protocol.sync.conversation import Enroller, HubSync, Reply
 from protocol.transfer import transfer_id
@@ -36,16 +39,21 @@ class HubPeer:
                  clock: Callable[[], int], max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
                  documents: DocumentInbox | None = None, enrol: Enroller | None = None,
                  provision: Callable[[Message, bytes | None, int], list[Reply]] | None = None,
-                 ) -> None:
+                 stable_key: Ed25519PrivateKey | None = None,
+                 after_batch: Callable[[], object] | None = None) -> None:
         """``enrol``: how a kiosk whose hello presents an offline approval is enrolled
         (``Hub.enroll_by_approval``). ``provision``: the answer to a technician's tool that
-        asks instead of a kiosk's hello (``host.hub.provisioning.answer``)."""
+        asks instead of a kiosk's hello (``host.hub.provisioning.answer``). ``stable_key``
+        signs the stable points of welcomes. ``after_batch``: run after each batch
+        (``Hub.write_verifiers``); a failure is logged, the reply goes."""
         self.documents = documents
         self.remote = remote_static
         self.provision = provision
         self.clock = clock
+        self.store = store
+        self.after_batch = after_batch
         self.sync = HubSync(store, hub_ed25519, remote_static, max_ahead_ms=max_ahead_ms,
-                            enrol=enrol)
+                            enrol=enrol, stable_key=stable_key)
 
     def on_message(self, data: bytes) -> list[Reply]:
         now = self.clock()
@@ -59,4 +67,11 @@ class HubPeer:
             if not self.sync.refresh(now):  # revoked since the hello: nothing more
                 return []
             return self.documents.on_message(dev.device_id, msg)
-        return self.sync.receive(msg, now)
+        replies = self.sync.receive(msg, now)
+        if self.after_batch is not None and msg.type == sync_batches.BATCH.number:
+            try:
+                self.after_batch()
+            except Exception as exc:  # noqa: BLE001 - logged; the next batch tries again
+                self.store.log(dev.device_id if dev else None, "verifiers",
+                               f"writing verifiers failed: {type(exc).__name__}: {exc}", now)
+        return replies

@@ -37,6 +37,7 @@ from typing import Any
 
 import sqlite_utils
 
+from host.hub import scopes
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
@@ -45,6 +46,7 @@ from protocol.sync.approval import LETTERS
 from protocol.sync.audit import is_audit_id
 from protocol.sync.batches import Batch
 from protocol.sync.reissue import is_reissue
+from protocol.sync.scope import Scope
 
 MIGRATIONS = Migrations("hub.db")
 #: ``meta`` keys: the technicians' signed revocation list, and its number.
@@ -131,6 +133,29 @@ MIGRATIONS.sql(
         old_device TEXT PRIMARY KEY, new_device TEXT NOT NULL, site TEXT NOT NULL,
         letter TEXT NOT NULL, from_day TEXT NOT NULL, at INTEGER NOT NULL)""",
 )
+#: 7: scopes (``host.hub.scopes``). Each kiosk's ``role`` (every kiosk enrolled before
+#: holds the whole fleet's records: ``full``), a clinician station's window in days,
+#: when its role was set (hub ms; a kiosk welcomed before is told to rebase), and
+#: ``acked``, the greatest cursor it said it holds (stable points). ``record_facts``:
+#: what scopes need of each record, filled here from every delta held. A batch's
+#: ``arrived``: the greatest arrival number its deltas were given (the ack's).
+@MIGRATIONS(7)
+def _m007_scopes(db: sqlite_utils.Database) -> None:
+    for statement in (
+            "ALTER TABLE devices ADD COLUMN role TEXT NOT NULL DEFAULT 'full'",
+            "ALTER TABLE devices ADD COLUMN window_days INTEGER NOT NULL DEFAULT 30",
+            "ALTER TABLE devices ADD COLUMN role_since INTEGER",
+            "ALTER TABLE devices ADD COLUMN acked INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE batches ADD COLUMN arrived INTEGER",
+            """CREATE TABLE record_facts (
+                rid BLOB PRIMARY KEY, type INTEGER NOT NULL, location TEXT, subject BLOB,
+                day TEXT) WITHOUT ROWID""",
+            "CREATE INDEX facts_by_site ON record_facts (location, type, day)",
+            "CREATE INDEX facts_by_subject ON record_facts (subject)"):
+        db.execute(statement)
+    scopes.fill_facts(db)
+
+
 #: The next kiosk number: one past every number a kiosk or an approval was given.
 NEXT_NUMBER = ("SELECT MAX(COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
                " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0)) + 1")
@@ -159,6 +184,10 @@ class Device:
     clone_labels: int = 0  #: queue labels given to copies of this kiosk
     clone_mark: int = 0  #: ``clone_labels`` at the last detection
     kiosk_number: int | None = None  #: the first part of its short patient codes
+    role: str = "full"  #: its scope's role (``protocol.sync.scope.ROLES``)
+    window_days: int = 30  #: a clinician station's window
+    role_since: int | None = None  #: when the role was set (hub ms); None: at enrolment
+    acked: int = 0  #: the greatest cursor it said it holds
 
 
 @dataclass(frozen=True)
@@ -220,10 +249,10 @@ class HubStore:
                              f"{holder[0]}")
         try:
             db.execute("INSERT INTO devices (device_id, node, site, letter, x25519, ed25519,"
-                       " state, enrolled_at, last_hash, kiosk_number)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       " state, enrolled_at, last_hash, kiosk_number, role, window_days)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [dev.device_id, dev.node, dev.site, dev.letter, dev.x25519, dev.ed25519,
-                        dev.state, now, dev.last_hash, number])
+                        dev.state, now, dev.last_hash, number, dev.role, dev.window_days])
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"kiosk {dev.device_id} clashes with a kiosk known: {exc}") from None
 
@@ -318,8 +347,8 @@ class HubStore:
         return {"by": by, "site": site, "letter": letter, "from_day": day, "at": at}
 
     _DEV = ("SELECT device_id, node, site, letter, x25519, ed25519, state, last_seq, last_hash,"
-            " cursor, last_seen, suspected_clone, clone_labels, clone_mark, kiosk_number"
-            " FROM devices")
+            " cursor, last_seen, suspected_clone, clone_labels, clone_mark, kiosk_number,"
+            " role, window_days, role_since, acked FROM devices")
 
     def device(self, device_id: str) -> Device | None:
         rows = self._q(self._DEV + " WHERE device_id = ?", [device_id])
@@ -335,12 +364,26 @@ class HubStore:
 
     def seen(self, device_id: str, now: int, cursor: int | None = None,
              vv: Mapping[Any, Any] | None = None) -> None:
-        """The kiosk was here (and pulled from ``cursor``, or holds ``vv``)."""
+        """The kiosk was here (and holds what arrived by ``cursor``, or ``vv``)."""
         text = None if vv is None else json.dumps(
             {f"{n:08x}": s for n, s in vv.items() if isinstance(n, int)}, sort_keys=True)
         with self._tx() as db:
             db.execute("UPDATE devices SET last_seen = ?, cursor = COALESCE(?, cursor),"
-                       " vv = COALESCE(?, vv) WHERE device_id = ?", [now, cursor, text, device_id])
+                       " acked = CASE WHEN ? > acked THEN ? ELSE acked END,"
+                       " vv = COALESCE(?, vv) WHERE device_id = ?",
+                       [now, cursor, cursor, cursor, text, device_id])
+
+    def set_role(self, device_id: str, role: str, window_days: int, now: int) -> bool:
+        """Give the kiosk a role (and window) from ``now``, logged; False: no such kiosk."""
+        with self._tx() as db:
+            if db.execute("UPDATE devices SET role = ?, window_days = ?, role_since = ?"
+                          " WHERE device_id = ?",
+                          [role, window_days, now, device_id]).rowcount == 0:
+                return False
+            db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+                       [now, device_id, "role", f"role {role}" + (
+                           f", window {window_days} days" if role == "clinician" else "")])
+            return True
 
     # Batches and deltas -----------------------------------------------------------
 
@@ -351,25 +394,31 @@ class HubStore:
 
     def commit_batch(self, device_id: str, seq: int, hash_: bytes,
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
-                     now: int, quarantined: list[int]) -> None:
-        """Apply one batch durably: the good deltas, the bad ones in quarantine (code,
-        reason, bytes), and the kiosk's checkpoint moved to it."""
+                     now: int, quarantined: list[int]) -> int | None:
+        """Apply one batch durably: the good deltas (each record's facts with them), the
+        bad ones in quarantine (code, reason, bytes), and the kiosk's checkpoint moved to
+        it. Returns the greatest arrival number given (None: nothing new arrived)."""
         with self._tx() as db:
             hseq = first = next_hseq(db)
             for delta, data in good:
                 cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
                                  [hseq, delta.record_id, delta.stamp, delta.node, data, device_id])
+                if cur.rowcount:
+                    scopes.note_facts(db, delta)
                 hseq += cur.rowcount
+            arrived = hseq - 1 if hseq > first else None
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
                            " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
             if good:
                 drop_superseded(db, device_id, [d for d, _ in good], now)
-            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [device_id, seq, hash_, now, len(good), json.dumps(quarantined), first])
+            db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [device_id, seq, hash_, now, len(good), json.dumps(quarantined), first,
+                        arrived])
             db.execute("UPDATE devices SET last_seq = ?, last_hash = ?, last_seen = ?"
                        " WHERE device_id = ?", [seq, hash_, now, device_id])
+            return arrived
 
     # Clones: held batches, the flag, queue labels -----------------------------------
 
@@ -455,17 +504,29 @@ class HubStore:
                        [device_id, seq])
         return list(json.loads(rows[0][0])) if rows else []
 
+    def batch_arrived(self, device_id: str, seq: int) -> int | None:
+        """The greatest arrival number the kiosk's committed batch ``seq`` was given."""
+        rows = self._q("SELECT arrived FROM batches WHERE device_id = ? AND seq = ?",
+                       [device_id, seq])
+        return rows[0][0] if rows else None
+
     def add_local(self, op: Op) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                       " VALUES (?, ?, ?, ?, ?, 'hub')",
-                       [next_hseq(db), op.rid, op.stamp, op.node, op.data])
+            if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                          " VALUES (?, ?, ?, ?, ?, 'hub')",
+                          [next_hseq(db), op.rid, op.stamp, op.node, op.data]).rowcount:
+                scopes.note_facts(db, decode(op.data))
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
-                      ) -> tuple[list[bytes], int, bool]:
+                      scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
         """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``
         (None: every delta). A kiosk's pull (``exclude_node`` given) gets no audit entries:
-        they are the kiosk's account of technicians' actions, for the hub alone."""
+        they are the kiosk's account of technicians' actions, for the hub alone. With a
+        door or clinician ``scope``, only its records' (``scopes.changes_in_scope``)."""
+        if scope is not None and scope.role != "full":
+            with self._lock:
+                return scopes.changes_in_scope(self._db, scope, cursor, exclude_node,
+                                               max_bytes)
         out: list[bytes] = []
         size, last = 0, cursor
         with self._lock:
@@ -480,9 +541,58 @@ class HubStore:
                 last = hseq
         return out, last, False
 
+    def snapshot(self, scope: Scope, cursor: int, upto: int, rids: list[bytes] | None,
+                 max_bytes: int) -> tuple[list[bytes], int, bool]:
+        """A page of the snapshot of ``scope`` (``rids``: of those records) cut at ``upto``,
+        after ``cursor`` (``scopes.snapshot_page``)."""
+        with self._lock:
+            return scopes.snapshot_page(self._db, scope, cursor, upto, rids, max_bytes)
+
+    def scope_sum(self, scope: Scope, cursor: int, node: int | None = None) -> bytes:
+        """The checksum of ``scope`` held with what arrived by ``cursor`` and ``node``'s."""
+        with self._lock:
+            return scopes.scope_sum(self._db, scope, cursor, node)
+
+    def stable_point(self, role: str, site: str) -> int:
+        """The smallest cursor every live kiosk of the scope group acknowledged."""
+        with self._lock:
+            return scopes.stable_point(self._db, role, site)
+
+    def facts(self, rid: bytes) -> tuple[int, str | None, bytes | None, str | None] | None:
+        """A record's facts (type, location, subject, day), or None."""
+        rows = self._q("SELECT type, location, subject, day FROM record_facts WHERE rid = ?",
+                       [rid])
+        if not rows:
+            return None
+        rtype, location, subject, day = rows[0]
+        return rtype, location, None if subject is None else bytes(subject), day
+
+    def door_sites(self) -> set[str]:
+        """The sites with a live door kiosk."""
+        return {str(s) for (s,) in self._q("SELECT DISTINCT site FROM devices WHERE role ="
+                                           " 'door' AND state = 'approved'")}
+
+    def site_patients(self, site: str) -> set[bytes]:
+        """The patients named by a check-in at ``site``."""
+        return {bytes(p) for (p,) in self._q(
+            "SELECT DISTINCT subject FROM record_facts WHERE location = ? AND type = ?"
+            " AND subject IS NOT NULL", [site, scopes.CHECKIN])}
+
+    def visits_touched(self, cursor: int, upto: int) -> set[tuple[str, bytes]]:
+        """(site, patient) of the check-ins, and of the patients' check-ins, written
+        after ``cursor`` and by ``upto``."""
+        return {(str(site), bytes(pid)) for site, pid in self._q(
+            "SELECT f.location, f.subject FROM ops o JOIN record_facts f ON f.rid = o.rid"
+            " WHERE o.hseq > ? AND o.hseq <= ? AND f.type = ? AND f.subject IS NOT NULL"
+            " AND f.location IS NOT NULL UNION"
+            " SELECT c.location, c.subject FROM ops o JOIN record_facts c ON c.subject = o.rid"
+            " WHERE o.hseq > ? AND o.hseq <= ? AND c.type = ? AND c.location IS NOT NULL",
+            [cursor, upto, scopes.CHECKIN, cursor, upto, scopes.CHECKIN])}
+
     def head(self) -> int:
         """The last arrival number (not a count: numbers follow the clock)."""
-        return int(self._q("SELECT COALESCE(MAX(hseq), 0) FROM ops")[0][0])
+        with self._lock:
+            return scopes.head(self._db)
 
     def count(self) -> int:
         """How many deltas the hub holds."""
@@ -534,10 +644,11 @@ class HubStore:
                              [qid]).fetchone()
             if row is None:
                 return False
-            db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                       " VALUES (?, ?, ?, ?, ?, ?)", [next_hseq(db), delta.record_id,
-                                                      delta.stamp, delta.node, data,
-                                                      row[0] or "hub"])
+            if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                          " VALUES (?, ?, ?, ?, ?, ?)", [next_hseq(db), delta.record_id,
+                                                         delta.stamp, delta.node, data,
+                                                         row[0] or "hub"]).rowcount:
+                scopes.note_facts(db, delta)
             db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
                        [now, row[0], "quarantine-released", detail[:500]])
             return True

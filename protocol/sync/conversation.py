@@ -707,7 +707,7 @@ class HubSync:
             return {}
         scope = self._scope(dev, now)
         cursor, their_sum = msg.get("cursor"), msg.get("sum")
-        rebase = (dev.role_since is not None and (dev.last_seen or 0) <= dev.role_since
+        rebase = (dev.role_since is not None and (dev.last_seen or 0) < dev.role_since
                   or 0 < cursor < now * 1000 - STALE_CURSOR_US
                   or their_sum is not None
                   and their_sum != self.storage.scope_sum(scope, cursor, dev.node))
