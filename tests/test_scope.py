@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import messages, strict_cbor
 from protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -143,6 +145,46 @@ def test_checksum_takes_each_records_greatest_dot_and_leaves_deletes_out() -> No
     for bad in ((b"short", 1, 1, False), (a, -1, 1, False), (a, 1, 1 << 32, False)):
         with pytest.raises(LocalProtocolError):
             scope_checksum([bad])
+
+
+DOTS = st.lists(st.tuples(st.sampled_from([bytes([i]) * 16 for i in range(4)]),
+                          st.integers(1, 2**64 - 1), st.integers(0, 2**32 - 1), st.booleans()),
+                max_size=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(DOTS, st.randoms(use_true_random=False))
+def test_checksum_is_the_greatest_live_dots_in_any_order(dots: list[Any], rng: Any) -> None:
+    greatest: dict[bytes, tuple[int, int, bool]] = {}
+    for rid, stamp, node, deleted in dots:
+        if rid not in greatest or (stamp, node) > greatest[rid][:2]:
+            greatest[rid] = (stamp, node, deleted)
+    kept = [(rid, s, n, False) for rid, (s, n, d) in greatest.items() if not d]
+    shuffled = list(dots)
+    rng.shuffle(shuffled)
+    assert scope_checksum(shuffled) == scope_checksum(dots) == scope_checksum(kept)
+
+
+JUNK = st.recursive(st.none() | st.booleans() | st.integers(-2, 40000) | st.text(max_size=12)
+                    | st.binary(max_size=17), lambda inner: st.lists(inner, max_size=5),
+                    max_leaves=12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(JUNK)
+def test_junk_scopes_and_snapshots_give_clear_errors_only(obj: Any) -> None:
+    try:
+        scope = Scope.from_wire(obj)
+    except RemoteProtocolError as exc:
+        assert exc.code == "bad-scope"
+    else:
+        assert scope.to_wire() == obj
+    try:
+        messages.decode(strict_cbor.dumps({0: 85, 1: 0, 3: obj}))
+    except RemoteProtocolError as exc:
+        assert exc.code == "field-type"
+    else:
+        assert obj is True or (type(obj) is list and all(len(r) == 16 for r in obj))
 
 
 # Verifiers ----------------------------------------------------------------------------
