@@ -11,6 +11,7 @@ configuration's flags come from its one declaration in ``device.config``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections.abc import Callable
@@ -396,7 +397,15 @@ def _running(data: Path) -> dict[str, Any] | None:
 def cmd_status(args: argparse.Namespace) -> int:
     from device.health.storage_guard import look
     from device.sync.document_store import summary_of
-    from device.sync.state import alert_of, held_upto_of, last_sync_of
+    from device.sync.engine import describe_scope
+    from device.sync.state import (
+        alert_of,
+        held_upto_of,
+        last_gc_of,
+        last_sync_of,
+        scope_of,
+        stable_of,
+    )
 
     cfg = config.load(args.config, {"data": args.data})
     with _open(args) as store:
@@ -409,6 +418,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         st["last_sync"] = max(st["last_sync"] or "", str(run["last_sync"]))
     st["alert"] = alert_of(args.data)
     st["held_upto"] = held_upto_of(args.data)
+    scope = scope_of(args.data)
+    st["scope"] = None if scope is None else dict(zip(
+        ("role", "site", "day", "window_days"), scope.to_wire(), strict=True))
+    st["stable_point"] = stable_of(args.data)
+    st["last_gc"] = last_gc_of(args.data)
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
         return 0
@@ -423,6 +437,10 @@ def cmd_status(args: argparse.Namespace) -> int:
               + ("(the hub holds this kiosk's batches from batch "
                  f"{st['held_upto']}: re-provision this one, README \"A cloned kiosk\")"
                  if st["held_upto"] else "(its batches are on the hub's chain)"))
+    print("scope: " + (describe_scope(scope) if scope is not None
+                       else "not named yet (the hub names it at the next sync)"))
+    print(f"stable point: {st['stable_point'] if st['stable_point'] is not None else 'none yet'}"
+          f"  last GC: {_gc_line(st['last_gc'])}")
     lanes = st["outbox"]["lanes"]
     print("outbox:" + ("" if lanes else " empty"))
     for lane, info in sorted(lanes.items()):
@@ -446,6 +464,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"storage: {disk['free_mib']:.2f} MiB free of {disk['total_mib']:.2f} MiB"
           + STORAGE_WARNINGS[disk["level"]].format(**disk))
     return 0
+
+
+def _gc_line(gc: dict[str, Any] | None) -> str:
+    """The last garbage collection that dropped anything, in words."""
+    from device.sync.collect import DROPPED
+
+    if not gc:
+        return "nothing collected yet"
+    when = datetime.datetime.fromtimestamp(int(gc["at"]) / 1000, datetime.UTC)
+    counts = ", ".join(f"{v} {DROPPED.get(k, k)}" for k, v in sorted(gc.items()) if k != "at")
+    return f"{when.isoformat(timespec='seconds')}, dropped {counts or 'nothing'}"
 
 
 def cmd_hw(args: argparse.Namespace) -> int:

@@ -15,10 +15,11 @@ from host.hub.serve import Server
 
 
 class Kiosk:
-    def __init__(self, tmp: Path, name: str, hub: Hub, letter: str, site: str = "North") -> None:
+    def __init__(self, tmp: Path, name: str, hub: Hub, letter: str, site: str = "North",
+                 role: str | None = None) -> None:
         self.store = init_store(tmp / name, site, letter)
         req = enrol.write_request(self.store).read_bytes()
-        self.cert = hub.enroll(req)
+        self.cert = hub.enroll(req, role=role)
         enrol.install(self.store, self.cert)
         self.state = SyncState(self.store.data)
         self.ident = enrol.load(self.store.data)

@@ -202,7 +202,8 @@ class KioskMemory:
     def stale_records(self) -> list[bytes]:
         return list(self.stale)
 
-    def replace_records(self, deltas: list[bytes], rids: list[bytes]) -> None:
+    def replace_records(self, deltas: list[bytes], rids: list[bytes], upto: int | None,
+                        ) -> None:
         self.replaced.append((deltas, rids))
         self.stale = [rid for rid in self.stale if rid not in rids]
 

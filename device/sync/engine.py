@@ -31,7 +31,7 @@ from typing import Any
 
 from device.enrol import Identity
 from device.exc import DeviceError
-from device.store import Store, StoreError
+from device.store import BadSnapshot, Store, StoreError
 from device.store.reissue import reissue_ahead
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
@@ -43,10 +43,17 @@ from protocol.driver.errors import LinkError
 from protocol.driver.link import Link, open_link
 from protocol.driver.session_driver import LinkClosed, SessionDriver, session_config
 from protocol.driver.wall_clock import wall_ms
-from protocol.errors import LocalProtocolError, ProtocolError
+from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.session.events import Closed, Connected, MessageReceived
 from protocol.sync import batches as sync
-from protocol.sync.conversation import CLONE_CLEARED, SUSPECTED_CLONE, BatchRefused, KioskSync
+from protocol.sync.conversation import (
+    CLONE_CLEARED,
+    SUSPECTED_CLONE,
+    BatchRefused,
+    KioskSync,
+    SnapshotRefused,
+)
+from protocol.sync.scope import Scope
 from protocol.transfer import transfer_id
 
 log = logging.getLogger("haven.sync")
@@ -96,6 +103,8 @@ class Summary:
     #: own writes stamped too far ahead of the hub's time, issued again (``reissue``)
     reissued: int = 0
     pulled: int = 0
+    rebased: int = 0  #: deltas of the snapshot of our scope this round rebased us on
+    refreshed: int = 0  #: records rebuilt from the hub's whole write set of them
     bytes_sent: int = 0
     bytes_received: int = 0
     frames_sent: int = 0
@@ -103,6 +112,14 @@ class Summary:
     retransmitted_bytes: int = 0  #: lane bytes sent again
     url: str = ""
     documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
+
+
+def describe_scope(scope: Scope) -> str:
+    """A scope in words, for the log and ``haven-kiosk status``."""
+    if scope.role == "full":
+        return "full (every record but the audit trail)"
+    window = f", {scope.window_days} days back" if scope.role == "clinician" else ""
+    return f"{scope.role} at site {scope.site!r}, day {scope.day}{window}"
 
 
 class KioskLedger:
@@ -159,10 +176,11 @@ class KioskLedger:
         log.warning("the hub holds our batches up to %d of %d (restored from a backup?): "
                     "%d writes queued again", seq, acked, again)
 
-    def acked(self, seq: int, kept: list[int], quarantined: list[int]) -> None:
+    def acked(self, seq: int, kept: list[int], quarantined: list[int],
+              arrived: int | None) -> None:
         for entry in quarantined:
             self.store.outbox_reject(entry, "hub-quarantined")
-        self.store.outbox_ack(kept)
+        self.store.outbox_ack(kept, arrived=arrived)
         self.state.mark_acked(seq)
         self.summary.batches += 1
         self.summary.pushed += len(kept)
@@ -172,9 +190,54 @@ class KioskLedger:
         if deltas:
             # Checked against the hub's time, not our clock: the hub checked each against
             # its own, and a kiosk whose clock is behind would quarantine them all.
-            self.store.merge(deltas, now_ms=wall_ms() + self.state.clock_offset)
+            self.store.merge(deltas, now_ms=wall_ms() + self.state.clock_offset,
+                             cursor=cursor)
         self.state.set("cursor", cursor)
         self.summary.pulled += len(deltas)
+
+    # Scopes (SPEC.md "Scopes and garbage collection") ----------------------------------
+
+    def scope_checksum(self) -> bytes | None:
+        scope = self.state.scope_at(wall_ms() + self.state.clock_offset)
+        return None if scope is None else self.store.scope_checksum(scope)
+
+    def note_scope(self, scope: Scope, stable: int | None) -> None:
+        if scope != self.state.scope:
+            log.info("the hub names this kiosk's scope: %s", describe_scope(scope))
+        self.state.note_scope(scope, stable)
+
+    def rebase_owed(self) -> bool:
+        return self.state.rebase_owed
+
+    def note_rebase(self) -> None:
+        if not self.state.rebase_owed:
+            log.warning("the hub asks for a rebase of this kiosk's scope (its checksum "
+                        "disagreed, its role changed or it fell far behind)")
+        self.state.owe_rebase(True)
+
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
+        try:
+            self.store.rebase(deltas, upto, hub_sum)
+        except BadSnapshot as exc:
+            raise SnapshotRefused(f"the hub's snapshot of this kiosk's scope was refused, "
+                                  f"nothing changed: {exc}") from None
+        self.state.set("cursor", upto)
+        self.state.owe_rebase(False)  # writes the cursor with it
+        self.summary.rebased += len(deltas)
+        log.warning("rebased on the hub's snapshot of this kiosk's scope (%d deltas, up "
+                    "to %d); unsynced writes kept", len(deltas), upto)
+
+    def stale_records(self) -> list[bytes]:
+        return self.store.stale_records()
+
+    def replace_records(self, deltas: list[bytes], rids: list[bytes], upto: int | None,
+                        ) -> None:
+        try:  # counted stable from the head they were cut at, never from before it
+            self.store.replace_records(deltas, rids, cursor=max(upto or 0, self.state.cursor))
+        except BadSnapshot as exc:
+            raise SnapshotRefused(f"the hub's write sets of {len(rids)} records were "
+                                  f"refused, nothing changed: {exc}") from None
+        self.summary.refreshed += len(rids)
 
     def revocations_number(self) -> int:
         return 0 if self.revocations is None else self.revocations.number
@@ -260,9 +323,10 @@ class Round:
         self.documents = documents
         self.device = ident.cert.device_id
         self.summary = Summary()
-        self.sync = KioskSync(KioskLedger(store, state, self.summary, ident.cert.hub_ed25519),
-                              cert=ident.cert.raw,
-                              device=self.device, key=ident.ed_key, enrol=ident.enrol)
+        hub_key = ident.cert.hub_ed25519
+        self.sync = KioskSync(KioskLedger(store, state, self.summary, hub_key),
+                              cert=ident.cert.raw, device=self.device, key=ident.ed_key,
+                              enrol=ident.enrol, hub_ed25519=hub_key)
         self.installed: int | None = None  #: the certificate's serial, once one was issued
 
     @property
@@ -280,6 +344,8 @@ class Round:
             replies = self.sync.receive(msg, wall_ms())
         except BatchRefused as exc:
             raise SyncFailed(str(exc)) from None
+        except RemoteProtocolError as exc:  # a stable point, scope or snapshot refused
+            raise SyncFailed(f"the hub's {msg.name} was refused: {exc}") from None
         if self.sync.issued is not None and self.installed is None:
             self._install(self.sync.issued)
         return replies

@@ -16,7 +16,10 @@ the backoff with jitter, never longer than until a resting URL may be
 probed (``retry_wait``). ``idle(seconds, wake)`` is that wait, servicing
 the open session and ending at once when ``wake`` is set or the hub
 speaks. A link that comes back (``link_returned``) lets its breaker probe
-at once. ``SyncRefused`` passes through: retrying will not help. A
+at once. After a round that worked, garbage is collected at the hub's
+stable point (``device.sync.collect``), off the round: the round's
+acknowledgements are in, and a pass is bounded in time. ``SyncRefused``
+passes through: retrying will not help. A
 revocation is kept in ``sync.db`` (``SyncState.mark_revoked``), so that the
 loop refuses to run again for this certificate, even after a restart.
 
@@ -26,6 +29,7 @@ loop refuses to run again for this certificate, even after a restart.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -37,6 +41,7 @@ from pathlib import Path
 from device.enrol import CERT, Identity, load
 from device.store import Store, StoreError
 from device.sync.circuit import Breakers, hub_breakers
+from device.sync.collect import Collector
 from device.sync.connection import KEEPALIVE, HubConnection, Waiter, wait_readable
 from device.sync.document_store import DocumentStore
 from device.sync.engine import REPLY_TIMEOUT, Summary, SyncFailed, SyncRefused, run_round
@@ -44,6 +49,8 @@ from device.sync.link_monitor import LinkMonitor, link_monitor_for
 from device.sync.state import SyncState
 from device.sync.wake import Wake
 from protocol.driver.wall_clock import wall_ms
+
+log = logging.getLogger("haven.sync")
 
 ROUND_LIMIT = 60.0
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
@@ -129,6 +136,7 @@ class SyncLoop:
         self.conn: HubConnection | None = None  #: the kept-open session
         self.attempt = 0  #: rounds in a row in which a URL was tried and none worked
         self.contact: float | None = None  #: ``clock`` at the end of the last round that worked
+        self.collector = Collector()
 
     @property
     def revoked(self) -> str | None:
@@ -159,12 +167,23 @@ class SyncLoop:
             self._enrolled()
             self.attempt = 0
             self.contact = self.clock()
+            self._collect(summary)
             pushed = self.conn is not None and self.conn.open
             wait = self.interval if not pushed else self.poll if self.poll > 0 else math.inf
             return Outcome(summary, failures, wait)
         self.attempt += bool(failures)
         return Outcome(None, failures, retry_wait(self.attempt, self.breakers, self.rng,
                                                   cap=self.retry_cap))
+
+    def _collect(self, summary: Summary) -> None:
+        """Garbage collection after a round that worked; a failure is logged and the
+        loop goes on (nothing was dropped by a slice that failed)."""
+        moved = bool(summary.pushed or summary.pulled or summary.rebased or summary.refreshed)
+        try:
+            self.collector.after_round(self.store, self.state, moved)
+        except StoreError as exc:
+            log.warning("garbage collection failed, tried again after the next round: %s",
+                        exc)
 
     def _enrolled(self) -> None:
         """A kiosk provisioned offline that its first sync enrolled: from now on its

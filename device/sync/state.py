@@ -26,6 +26,13 @@ only when the saved one is an hour old, but ``last_sync_ms`` keeps every
 round's in memory (the runtime shows it, and ``haven-kiosk status`` asks
 the running runtime for it), and ``close`` saves the latest.
 
+The scope the hub's last welcome named is written at once when it changes
+(the status shows it); the stable point waits with the cursor. A rebase the
+hub asked for is written at once and kept owed until the snapshot is taken,
+so a round that fails half way through one takes it again. The last
+garbage collection that dropped anything is written after it, for the
+status.
+
 A revocation (``mark_revoked``) is written at once with an fsync: a kiosk
 the hub revoked must not try again after a restart. It names the
 certificate it was said to: enrolling again (a new certificate) clears it.
@@ -36,6 +43,7 @@ The tables change only through numbered migrations (``MIGRATIONS``,
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -45,7 +53,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.errors import ProtocolError
 from protocol.sync.batches import GENESIS
+from protocol.sync.scope import Scope
 
 DB_NAME = "sync.db"
 SEAL_LABEL = b"haven-sync-batch"
@@ -146,6 +156,62 @@ class SyncState:
     @property
     def clock_offset(self) -> int:
         return self.get_int("clock_offset")
+
+    # Scopes and garbage collection (SPEC.md) --------------------------------------------
+
+    @property
+    def scope(self) -> Scope | None:
+        """The scope the hub's last welcome named; None before one did."""
+        return _scope(self.db.execute("SELECT value FROM meta WHERE key = 'scope'").fetchone())
+
+    def scope_at(self, hub_ms: int) -> Scope | None:
+        """The scope as it stands at the hub's time ``hub_ms``: the last welcome's, its
+        day moved on to that time's (UTC; never back, for a clock behind)."""
+        scope = self.scope
+        if scope is None:
+            return None
+        day = datetime.datetime.fromtimestamp(hub_ms / 1000, datetime.UTC).date().isoformat()
+        return dataclasses.replace(scope, day=day) if day > scope.day else scope
+
+    @property
+    def stable(self) -> int | None:
+        """The stable point's cursor the hub's last welcome carried (verified)."""
+        if "stable" not in self._later and not self.db.execute(
+                "SELECT 1 FROM meta WHERE key = 'stable'").fetchone():
+            return None
+        return self.get_int("stable")
+
+    def note_scope(self, scope: Scope, stable: int | None) -> None:
+        """The welcome's scope (written at once, if it changed) and stable point. A
+        stable point is another scope group's once the role or site changed: without a
+        new one, none is held."""
+        held = self.scope
+        if scope != held:
+            regrouped = held is not None and (held.role, held.site) != (scope.role, scope.site)
+            with immediate(self.db):
+                self._write_later()
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('scope', ?)",
+                                [json.dumps(scope.to_wire())])
+                if regrouped and stable is None:
+                    self.db.execute("DELETE FROM meta WHERE key = 'stable'")
+        if stable is not None and stable != self.stable:
+            self.set("stable", stable)
+
+    @property
+    def rebase_owed(self) -> bool:
+        return bool(self.get_int("rebase"))
+
+    def owe_rebase(self, owed: bool) -> None:
+        """A rebase the hub asked for (True) or its snapshot taken (False): at once."""
+        if owed != self.rebase_owed:
+            with immediate(self.db):
+                self._write_later()
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('rebase', ?)",
+                                [int(owed)])
+
+    def note_collected(self, when_ms: int, counts: dict[str, int]) -> None:
+        """A garbage collection pass that dropped something: what, and when."""
+        self.set("last_gc", json.dumps({"at": when_ms, **counts}, sort_keys=True))
 
     def mark_revoked(self, cert: bytes, detail: str) -> None:
         """The hub revoked the kiosk holding ``cert``: kept at once (see above)."""
@@ -272,7 +338,7 @@ class SyncState:
         with immediate(self.db, synchronous="FULL"):
             self.db.execute("DELETE FROM batches")
             self.db.execute("DELETE FROM meta WHERE key IN ('cursor', 'held_upto', 'alert',"
-                            " 'foreign_adopts')")
+                            " 'foreign_adopts', 'stable')")
 
 
 def last_sync_of(data: Path) -> str | None:
@@ -291,6 +357,39 @@ def last_sync_of(data: Path) -> str | None:
         return None
     when = datetime.datetime.fromtimestamp(int(row[0]) / 1000, datetime.UTC)
     return when.isoformat(timespec="seconds")
+
+
+def scope_of(data: Path) -> Scope | None:
+    """``SyncState.scope`` of the kiosk in ``data``; reads only."""
+    return _scope((_meta_of(data, "scope"),))
+
+
+def stable_of(data: Path) -> int | None:
+    """``SyncState.stable`` of the kiosk in ``data`` as last written; reads only."""
+    value = _meta_of(data, "stable")
+    return None if value is None else int(str(value))
+
+
+def last_gc_of(data: Path) -> dict[str, int] | None:
+    """The last garbage collection that dropped anything (its time, ``at``, in ms, and
+    its counts), or None; reads only."""
+    value = _meta_of(data, "last_gc")
+    if not value:
+        return None
+    try:
+        saved = json.loads(str(value))
+    except ValueError:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _scope(row: tuple[object] | None) -> Scope | None:
+    if not row or not row[0]:
+        return None
+    try:
+        return Scope.from_wire(json.loads(str(row[0])))
+    except (ValueError, ProtocolError):
+        return None  # written by this code; a hand-edited file's next welcome mends it
 
 
 def alert_of(data: Path) -> str | None:

@@ -170,8 +170,9 @@ class KioskStorage(Protocol):
         changes."""
     def stale_records(self) -> list[bytes]:
         """Records whose view waits for the hub's whole write set."""
-    def replace_records(self, deltas: list[bytes], rids: list[bytes]) -> None:
-        """The hub's whole write set of ``rids``: rebuild each from it."""
+    def replace_records(self, deltas: list[bytes], rids: list[bytes], upto: int | None,
+                        ) -> None:
+        """The hub's whole write set of ``rids`` (cut at ``upto``): rebuild each from it."""
     def note_clock_offset(self, offset_ms: int) -> None:
         """The hub's clock minus ours."""
     def unacked_batches(self) -> list[tuple[sync.Batch, list[int]]]:
@@ -470,7 +471,7 @@ class KioskSync:
             # What the hub took after the snapshot's head follows as changes.
             return [(CONTROL_LANE, _encode("sync-pull", cursor=self.storage.cursor()))]
         assert isinstance(what, list)
-        self.storage.replace_records(staged, what)
+        self.storage.replace_records(staged, what, upto)
         return self._fetch_stale()
 
     def _fetch_stale(self) -> list[Reply]:

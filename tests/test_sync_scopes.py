@@ -1,0 +1,427 @@
+"""Scopes and garbage collection on the kiosk's side of a sync round (SPEC.md "Scopes and
+garbage collection").
+
+The kiosk's role (``KioskSync``) is driven message by message against the hub's
+messages built here, on the dictionary-backed storage of test_sync_roles: the sum in
+the hello, the scope and the signed stable point of the welcome, a rebase's snapshot
+pages, the write sets of stale records and the ack's arrival number. Then a real hub
+and real kiosks over TCP on 127.0.0.1: a door kiosk among two others, a store edited
+behind a kiosk's back, and a stable point the kiosk's hub did not sign."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device import enrol
+from device.cli import main as kiosk_main
+from device.store import Store
+from device.store.collect import CollectReport
+from device.sync.collect import Collector
+from device.sync.engine import Round, Summary, kiosk_driver, open_hub_link
+from device.sync.loop import SyncLoop
+from device.sync.state import SyncState, scope_of, stable_of
+from protocol import messages
+from protocol.crdt.record import RecordView
+from protocol.crdt.schema import CHECKIN, PATIENT, VERIFIER
+from protocol.errors import RemoteProtocolError
+from protocol.session.events import Connected, MessageReceived
+from protocol.sync import batches as sync
+from protocol.sync.conversation import KioskSync, Reply, SnapshotRefused
+from protocol.sync.scope import Scope, sign_stable_point
+
+from .test_sync_helpers import Kiosk as HelperKiosk
+from .test_sync_helpers import served_hub
+from .test_sync_roles import NOW, Fleet, Kiosk, KioskMemory
+
+DOOR = Scope("door", "North", "2026-12-05")
+
+
+def msg(name: str, **values: object) -> messages.Message:
+    return messages.make(name, **values)
+
+
+def sent(replies: list[Reply]) -> list[messages.Message]:
+    return [messages.decode(data) for _, data in replies]
+
+
+def kiosk_role(fleet: Fleet, kiosk: Kiosk) -> KioskSync:
+    return KioskSync(kiosk.storage, cert=kiosk.cert, device=kiosk.device, key=kiosk.key,
+                     hub_ed25519=fleet.hub_ed.public_key().public_bytes_raw())
+
+
+def welcome(kiosk: Kiosk, key: Ed25519PrivateKey | None, *, cursor: int = 500,
+            device: str | None = None, **extra: object) -> messages.Message:
+    """The hub's welcome to ``kiosk`` naming its scope, with a stable point at ``cursor``
+    signed by ``key`` for ``device`` (None: no stable point)."""
+    stable = None if key is None else sign_stable_point(key, device or kiosk.device, cursor, NOW)
+    values = {"scope": DOOR.to_wire(), "stable": stable, **extra}
+    return msg("sync-welcome", time=NOW, vv={}, seq=0, hash=sync.GENESIS, **values)
+
+
+def changes(deltas: list[bytes], cursor: int, more: bool = False,
+            **extra: object) -> messages.Message:
+    return msg("sync-changes", payload=sync.pack(deltas), cursor=cursor, more=more, **extra)
+
+
+def test_the_hello_carries_the_sum_only_with_nothing_queued() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.scope, k.storage.sum = DOOR, os.urandom(32)
+    hello, = sent(kiosk_role(fleet, k).hello(NOW))
+    assert hello.get("sum") == k.storage.sum
+    k.storage.write("queued")
+    hello, = sent(kiosk_role(fleet, k).hello(NOW))
+    assert hello.get("sum") is None
+
+
+def test_the_welcome_keeps_the_scope_and_the_stable_point_that_verifies() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    pull, = sent(role.receive(welcome(k, fleet.hub_ed, cursor=700), NOW))
+    assert pull.name == "sync-pull" and pull.get("snapshot") is None
+    assert (k.storage.scope, k.storage.stable) == (DOOR, 700)
+
+
+@pytest.mark.parametrize("forgery", ["another key", "another kiosk", "junk"])
+def test_a_forged_stable_point_fails_the_round_and_keeps_nothing(forgery: str) -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    if forgery == "junk":
+        bad = msg("sync-welcome", time=NOW, vv={}, seq=0, hash=sync.GENESIS,
+                  scope=DOOR.to_wire(), stable=b"\x82\x41\x00\x41\x00")
+    else:
+        key = Ed25519PrivateKey.generate() if forgery == "another key" else fleet.hub_ed
+        bad = welcome(k, key, device="0000beef" if forgery == "another kiosk" else None,
+                      rebase=True)
+    with pytest.raises(RemoteProtocolError, match="stable point") as caught:
+        role.receive(bad, NOW)
+    assert caught.value.code == "bad-stable-point"
+    assert (k.storage.scope, k.storage.stable, k.storage.owed) == (None, None, False)
+
+
+def test_a_welcome_without_a_scope_from_a_hub_before_scopes_changes_nothing() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    old = msg("sync-welcome", time=NOW, vv={}, seq=0, hash=sync.GENESIS)
+    assert [m.name for m in sent(role.receive(old, NOW))] == ["sync-pull"]
+    assert k.storage.scope is None
+    with pytest.raises(RemoteProtocolError, match="no scope"):
+        kiosk_role(fleet, k).receive(msg("sync-welcome", time=NOW, vv={}, seq=0,
+                                         hash=sync.GENESIS, rebase=True), NOW)
+    with pytest.raises(RemoteProtocolError, match="role"):
+        kiosk_role(fleet, k).receive(msg("sync-welcome", time=NOW, vv={}, seq=0,
+                                         hash=sync.GENESIS,
+                                         scope=["cook", "North", "2026-12-05", 30]), NOW)
+
+
+def snapshot_round(fleet: Fleet, k: Kiosk, pages: list[list[bytes]],
+                   hub_sum: bytes) -> tuple[KioskSync, list[messages.Message]]:
+    """A round whose welcome asks for a rebase, served the snapshot in ``pages`` cut at
+    900; returns the role and every pull it sent."""
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    pulls = sent(role.receive(welcome(k, fleet.hub_ed, rebase=True), NOW))
+    for i, page in enumerate(pages):
+        last = i == len(pages) - 1
+        pulls += sent(role.receive(changes(page, 900 if last else 100 * (i + 1),
+                                           more=not last, snapshot=True,
+                                           upto=900 if i == 0 else None,
+                                           sum=hub_sum if last else None), NOW))
+    return role, pulls
+
+
+def test_a_rebase_pulls_the_whole_scope_page_by_page_then_goes_on_from_its_head() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.cursor_ = 40
+    pages = [[os.urandom(40) for _ in range(3)] for _ in range(3)]
+    role, pulls = snapshot_round(fleet, k, pages, KioskMemory.sum_of(sum(pages, [])))
+    assert [(p.get("cursor"), p.get("snapshot"), p.get("upto")) for p in pulls] == [
+        (40, True, None), (100, True, 900), (200, True, 900), (900, None, None)]
+    (deltas, upto, _), = k.storage.snapshots
+    assert deltas == sum(pages, []) and upto == 900 and k.storage.cursor_ == 900
+    assert role.rebased and not k.storage.owed and not role.pull_done
+    assert sent(role.receive(changes([], 905), NOW)) == [] and role.pull_done
+
+
+def test_a_snapshot_whose_sum_disagrees_is_refused_and_changes_nothing() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.cursor_ = 40
+    with pytest.raises(SnapshotRefused, match="checksum"):
+        snapshot_round(fleet, k, [[os.urandom(40)], [os.urandom(40)]], os.urandom(32))
+    assert k.storage.snapshots == [] and k.storage.cursor_ == 40 and k.storage.owed
+    # Still owed: the next round, on a session kept open (no welcome), snapshots again.
+    first, = sent(kiosk_role(fleet, k).again())
+    assert (first.get("cursor"), first.get("snapshot")) == (40, True)
+
+
+def test_changes_that_do_not_answer_the_pull_are_refused() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    role.receive(welcome(k, fleet.hub_ed), NOW)
+    with pytest.raises(SnapshotRefused, match="not asked for"):
+        role.receive(changes([os.urandom(40)], 10, snapshot=True, upto=10,
+                             sum=os.urandom(32)), NOW)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    role.receive(welcome(k, fleet.hub_ed, rebase=True), NOW)
+    with pytest.raises(SnapshotRefused, match="no snapshot page"):
+        role.receive(changes([os.urandom(40)], 10), NOW)
+    with pytest.raises(SnapshotRefused, match="upto"):
+        role = kiosk_role(fleet, k)
+        role.again()
+        role.receive(changes([], 10, snapshot=True, sum=os.urandom(32)), NOW)
+    assert k.storage.merged == [] and k.storage.snapshots == []
+
+
+def test_stale_records_are_fetched_once_a_round_after_the_pull() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    stale = [os.urandom(16) for _ in range(sync.MAX_SNAPSHOT_RECORDS + 2)]
+    k.storage.stale = list(stale)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    role.receive(welcome(k, fleet.hub_ed), NOW)
+    ask, = sent(role.receive(changes([], 300), NOW))
+    assert ask.get("snapshot") == stale[:256] and ask.get("cursor") == 300
+    ask2, = sent(role.receive(changes([b"a"], 50, more=True, snapshot=True, upto=310), NOW))
+    assert (ask2.get("snapshot"), ask2.get("cursor"), ask2.get("upto")) == (stale[:256], 50,
+                                                                           310)
+    ask3, = sent(role.receive(changes([b"b"], 310, snapshot=True), NOW))
+    assert ask3.get("snapshot") == stale[256:] and k.storage.replaced == [([b"a", b"b"],
+                                                                            stale[:256])]
+    assert k.storage.cursor_ == 300 and not role.pull_done  # a write set moves no cursor
+    k.storage.stale.append(stale[0])  # stale again after its write set: left for next round
+    assert sent(role.receive(changes([b"c"], 300, snapshot=True), NOW)) == []
+    assert role.pull_done and k.storage.stale == [stale[0]]
+
+
+def test_the_acks_arrival_number_reaches_the_storage() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.write("one")
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    out = sent(role.receive(welcome(k, None), NOW))
+    assert [m.name for m in out] == ["sync-pull", "sync-batch"]
+    role.receive(msg("sync-ack", seq=1, arrived=1234), NOW)
+    assert k.storage.arrived == {1: 1234} and not k.storage.outbox
+
+
+def test_sync_db_keeps_the_scope_the_stable_point_and_a_rebase_owed(tmp_path: Path) -> None:
+    state = SyncState(tmp_path)
+    assert (state.scope, state.stable, state.rebase_owed) == (None, None, False)
+    state.note_scope(DOOR, 70)
+    state.owe_rebase(True)
+    state.close()
+    assert (scope_of(tmp_path), stable_of(tmp_path)) == (DOOR, 70)
+    state = SyncState(tmp_path)
+    assert (state.scope, state.stable, state.rebase_owed) == (DOOR, 70, True)
+    # The day moves on with the hub's time, never back.
+    next_day = 1_796_515_200_000  # 2026-12-06 00:00 UTC
+    assert state.scope_at(next_day) == dataclasses.replace(DOOR, day="2026-12-06")
+    assert state.scope_at(next_day - 2 * 86_400_000) == DOOR
+    # Another day is the same scope group: its stable point stands; another role's not.
+    state.note_scope(dataclasses.replace(DOOR, day="2026-12-06"), None)
+    assert state.stable == 70
+    state.note_scope(dataclasses.replace(DOOR, role="clinician"), None)
+    assert state.stable is None
+    state.close()
+
+
+# A real hub and real kiosks over TCP -------------------------------------------------
+
+#: Returning patients of the site: (passport, name, birth date).
+PATIENTS = [("P1234567", "Grace Hopper", "1906-12-09"), ("P7654321", "Alan Turing",
+                                                          "1912-06-23"),
+            ("X1111111", "Katherine Johnson", "1918-08-26")]
+#: A patient without documents, who registers by name and year at another kiosk.
+NEWCOMER = ("Ada Lovelace", 1815)
+
+
+def received(k: HelperKiosk, own: set[bytes]) -> list[RecordView]:
+    """The records a kiosk holds that it did not write (``own``: the ones it did)."""
+    return [v for v in k.store.views() if v.record_id not in own]
+
+
+def text_of(views: list[RecordView]) -> str:
+    return " ".join(str(value) for v in views for value in [*v.fields.values(),
+                                                            *v.sets.values()])
+
+
+def collect(k: HelperKiosk) -> CollectReport | None:
+    """A garbage collection pass, as the sync loop runs after a round that worked."""
+    return Collector().after_round(k.store, k.state, moved=True)
+
+
+def test_a_door_kiosk_holds_no_name_and_still_verifies_every_returning_patient(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        door = HelperKiosk(tmp_path, "door", hub, "A", role="door")
+        clinic = HelperKiosk(tmp_path, "clinic", hub, "B", role="clinician")
+        full = HelperKiosk(tmp_path, "full", hub, "C")
+        try:
+            pids = []
+            for passport, name, born in PATIENTS:  # returning: known at the site already
+                pid = full.store.checkin(passport=passport).patient_id
+                full.store.put("patient", pid, values={"name": name, "birthDate": born})
+                full.store.put("prescription", values={"subject": pid, "medication": name})
+                full.store.put("lab_result", values={"subject": pid, "note": name})
+                clinic.store.put("note", values={"subject": pid, "text": f"{name}, {born}"})
+                pids.append(pid)
+            full.store.checkin(name=NEWCOMER[0], birth_year=NEWCOMER[1])
+            for k in (full, clinic, full, door, door):
+                k.sync(url)
+            assert door.state.scope is not None and door.state.scope.role == "door"
+
+            def check_door(own: set[bytes]) -> None:
+                views = received(door, own)
+                assert {v.type for v in views} <= {CHECKIN.number, VERIFIER.number}
+                text = text_of(views)
+                for _, name, born in PATIENTS:
+                    assert name not in text and born[:4] not in text
+                assert NEWCOMER[0] not in text and str(NEWCOMER[1]) not in text
+                assert door.store.status()["quarantine"] == []
+
+            check_door(set())
+            own: set[bytes] = set()
+            for (passport, _, born), pid in zip(PATIENTS, pids, strict=True):
+                right = door.store.checkin(passport=passport, birth_year=int(born[:4]))
+                wrong = door.store.checkin(passport=passport, birth_year=int(born[:4]) + 1)
+                assert (right.identity, wrong.identity) == ("match", "mismatch")
+                assert right.patient_id == pid
+                own |= {uuid.UUID(r).bytes for r in (right.record_id, wrong.record_id, pid)}
+            stranger = door.store.checkin(passport="Z9999999", birth_year=1950)
+            assert stranger.identity == "unknown"
+            own |= {uuid.UUID(r).bytes for r in (stranger.record_id, stranger.patient_id)}
+            # The others write more about the same patients; the door kiosk syncs on.
+            for pid in pids:
+                full.store.put("note", values={"subject": pid, "text": "seen again"})
+                full.store.put("patient", pid, values={"telecom": "+44 20 7946 0000"})
+            for k in (full, clinic, door, door, door):
+                k.sync(url)
+            check_door(own)
+            collect(door)
+            # Synced and stable, its own patient records (out of its scope) are gone;
+            # its check-ins of today stay.
+            held = {v.record_id: v.type for v in door.store.views()}
+            assert PATIENT.number not in held.values()
+            assert all(uuid.UUID(r).bytes in held for r in (stranger.record_id,))
+            door.state.flush(force=True)  # the stable point waits with the cursor
+            assert kiosk_main(["status", "--data", str(door.store.data)]) == 0
+            out = capsys.readouterr().out
+            assert "scope: door at site 'North'" in out and "stable point: none" not in out
+        finally:
+            for k in (door, clinic, full):
+                k.close()
+
+
+def round_writing_after_welcome(k: HelperKiosk, url: str, write: Callable[[], None],
+                                limit: float = 20.0) -> Summary:
+    """A round over a new session, as ``run_round``'s, in which ``write`` runs as soon
+    as the welcome has been taken: its writes are not synced in this round."""
+    link = open_hub_link(url, None)
+    driver = kiosk_driver(k.ident, link, limit=limit)
+    rnd = Round(k.store, k.state, k.ident)
+    end = time.monotonic() + limit
+    try:
+        while not rnd.done:
+            assert time.monotonic() < end, "the round does not end"
+            for event in driver.poll(0.1):
+                replies: list[tuple[int, bytes]] = []
+                if isinstance(event, Connected):
+                    replies = rnd.hello()
+                elif isinstance(event, MessageReceived):
+                    welcomed = rnd.sync.welcomed
+                    replies = rnd.on_message(event.data)
+                    if not welcomed and rnd.sync.welcomed:
+                        write()
+                for lane, data in replies:
+                    driver.send(lane, data)
+        driver.flush()
+        driver.close("done")
+    finally:
+        link.close()
+    return rnd.summary
+
+
+def test_a_store_edited_behind_its_back_is_caught_by_the_sum_and_rebased(
+        tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        k = HelperKiosk(tmp_path, "k", hub, "A")
+        other = HelperKiosk(tmp_path, "other", hub, "B")
+        try:
+            notes = [other.store.put("note", values={"text": f"note {i}"}) for i in range(5)]
+            mine = k.store.put("note", values={"text": "mine"})
+            other.sync(url)
+            k.sync(url)
+            k.sync(url)
+            assert k.sync(url).rebased == 0  # in step: the sums agree
+            before = k.store.dump()
+            gone = uuid.UUID(notes[2]).bytes
+            k.store.close()
+            with sqlite3.connect(k.store.data / "store.db") as db:
+                assert db.execute("DELETE FROM records WHERE rid = ?", [gone]).rowcount == 1
+            db.close()
+            k.store = Store(k.store.data)
+            assert k.store.view(notes[2]) is None
+            unsynced: list[str] = []
+            summary = round_writing_after_welcome(
+                k, url, lambda: unsynced.append(k.store.put("note", values={"text": "new"})))
+            assert summary.rebased > 0 and k.store.view(notes[2]) is not None
+            assert k.store.view(unsynced[0]) is not None  # kept through the rebase
+            assert k.store.status()["outbox"]["lanes"], "still to be sent"
+            k.sync(url)
+            assert k.store.view(mine) is not None and other.sync(url).pulled >= 1
+            assert k.store.dump() == other.store.dump() != before
+        finally:
+            k.close()
+            other.close()
+
+
+def test_a_stable_point_the_kiosks_hub_did_not_sign_is_refused_and_prunes_nothing(
+        tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        door = HelperKiosk(tmp_path, "door", hub, "A", role="door")
+        try:
+            for passport, _, _ in PATIENTS:
+                door.store.checkin(passport=passport)
+            for _ in range(3):  # pushed, then acknowledged by the whole scope: stable
+                door.sync(url)
+            held = door.store.dump()
+            stable = door.state.stable
+            # The kiosk trusts another hub key: the real hub's stable point is a forgery.
+            other = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+            door.ident = dataclasses.replace(door.ident, cert=dataclasses.replace(
+                door.ident.cert, hub_ed25519=other))
+            loop = SyncLoop(door.store, door.state, door.ident, [url], keepalive=0)
+            out = loop.round(lambda: 20.0)
+            assert out.summary is None
+            failure, = out.failures
+            assert "stable point is not signed by this kiosk's hub" in failure
+            assert door.store.dump() == held and door.state.stable == stable
+            # Its own hub's, trusted: the same loop collects.
+            loop.ident = door.ident = enrol.load(door.store.data)
+            assert loop.round(lambda: 20.0).summary is not None
+            assert PATIENT.number not in {v.type for v in door.store.views()}
+            loop.close()
+        finally:
+            door.close()
