@@ -78,7 +78,10 @@ def test_fixtures_exist_and_are_from_before_the_numbered_migrations() -> None:
     assert RELEASES, "no fixture databases"
     for release in RELEASES:
         for rel, _, _ in DATABASES.values():
-            assert user_version(release / rel) == 0, rel  # versions came after c3497bc
+            if release.name == "release-c3497bc":
+                assert user_version(release / rel) == 0, rel  # versions came after it
+            else:  # a later release: numbered, and behind this one's latest
+                assert user_version(release / rel) >= 1, (release.name, rel)
 
 
 def test_the_kiosk_upgrades_with_nothing_lost(release: tuple[Path, Any]) -> None:

@@ -3,6 +3,7 @@
 from device.store.create import init_store
 from device.store.exc import (
     BadRequest,
+    BadSnapshot,
     CorruptData,
     KeyFileMissing,
     KeyFilePermissions,
@@ -16,7 +17,7 @@ from device.store.keys import FieldCipher, KeyFile, KeyProvider
 from device.store.store import CheckinResult, Store
 
 __all__ = [
-    "BadRequest", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile", "KeyFileMissing",
-    "KeyFilePermissions", "KeyMismatch", "KeyProvider", "MergeReport", "NotInitialised",
-    "StorageFull", "Store", "StoreError", "init_store",
+    "BadRequest", "BadSnapshot", "CheckinResult", "CorruptData", "FieldCipher", "KeyFile",
+    "KeyFileMissing", "KeyFilePermissions", "KeyMismatch", "KeyProvider", "MergeReport",
+    "NotInitialised", "StorageFull", "Store", "StoreError", "init_store",
 ]

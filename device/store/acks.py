@@ -27,21 +27,23 @@ MAX_NOTED = 64
 class AckedEntries:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[int, tuple[int, int, str]] = {}  #: seq -> lane, size, state
+        #: seq -> lane, size, state, arrival number the hub gave the write (or None)
+        self._entries: dict[int, tuple[int, int, str, int | None]] = {}
 
-    def add(self, rows: list[tuple[int, int, int, str]]) -> None:
-        """Note (seq, lane, size, state) rows as acknowledged."""
+    def add(self, rows: list[tuple[int, int, int, str]], arrived: int | None = None) -> None:
+        """Note (seq, lane, size, state) rows as acknowledged, their writes given arrival
+        number ``arrived`` by the hub."""
         with self._lock:
             for seq, lane, size, state in rows:
-                self._entries[seq] = (lane, size, state)
+                self._entries[seq] = (lane, size, state, arrived)
 
-    def take(self) -> dict[int, tuple[int, int, str]]:
+    def take(self) -> dict[int, tuple[int, int, str, int | None]]:
         """The noted entries, forgotten here (``put_back`` if deleting them failed)."""
         with self._lock:
             taken, self._entries = self._entries, {}
         return taken
 
-    def put_back(self, taken: dict[int, tuple[int, int, str]]) -> None:
+    def put_back(self, taken: dict[int, tuple[int, int, str, int | None]]) -> None:
         with self._lock:
             self._entries.update(taken)
 
@@ -58,7 +60,7 @@ class AckedEntries:
         with self._lock:
             entries = dict(self._entries)
         lanes = {k: dict(v) for k, v in summary["lanes"].items()}
-        for lane, size, state in entries.values():
+        for lane, size, state, _ in entries.values():
             info = lanes.get(str(lane))
             if state != "queued" or info is None:
                 continue

@@ -48,3 +48,9 @@ class StorageFull(StoreError, OSError):
     """The disk holding the store is full (or nearly): nothing was written."""
 
     code = "storage-full"
+
+
+class BadSnapshot(StoreError, ValueError):
+    """A snapshot from the hub that does not match its checksum: nothing was changed."""
+
+    code = "bad-snapshot"

@@ -66,14 +66,17 @@ class MergeReport:
     quarantined: int
 
 
-def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int) -> MergeReport:
+def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int,
+          cursor: int = 0) -> MergeReport:
+    """Merge deltas from the hub that came in a page with ``cursor`` (``seen.at``)."""
     # Decoding runs on the writer thread, chunk by chunk: a second CPU-bound thread
     # would make every check-in fight for the interpreter lock.
     items = list(deltas)
     starts = range(0, len(items), slice_size)
     futures = [
         store.writer.submit(functools.partial(
-            _slice, store, part=items[i:i + slice_size], now=now, last=i == starts[-1]), BULK)
+            _slice, store, part=items[i:i + slice_size], now=now, at=cursor,
+            last=i == starts[-1]), BULK)
         for i in starts
     ]
     applied = duplicates = quarantined = 0
@@ -100,7 +103,7 @@ def _checked(part: list[bytes], now: int
 
 
 def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
-           now: int, last: bool) -> tuple[int, int, int]:
+           now: int, at: int, last: bool) -> tuple[int, int, int]:
     writer = store.writer
     totals = [0, 0, 0]  # new, duplicates, quarantined
     pos = 0
@@ -113,7 +116,7 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
         # own commits, so a check-in never has more than one transaction to flush.
         relaxed = writer.urgent_lately(RELAXED_S)
         with immediate(db, synchronous="NORMAL" if relaxed else None):
-            pos = _transaction(store, db, part, pos, now, totals)
+            pos = _transaction(store, db, part, pos, now, at, totals)
         synced = not relaxed
         store.after_commit(pos - first)
         writer.run_urgent(db)
@@ -124,7 +127,7 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
 
 
 def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos: int,
-                 now: int, totals: list[int]) -> int:
+                 now: int, at: int, totals: list[int]) -> int:
     """Merge chunks of ``part`` from ``pos`` until done, out of time, or a check-in
     waits; returns where it stopped."""
     writer = store.writer
@@ -134,7 +137,7 @@ def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos
         chunk = part[pos:pos + size]
         pos += len(chunk)
         good, bad = _checked(chunk, now)
-        new, dup = merge_slice(db, store.cipher, good)
+        new, dup = merge_slice(db, store.cipher, good, at, store.node)
         totals[0] += new
         totals[1] += dup
         totals[2] += len(bad)

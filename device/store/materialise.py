@@ -2,12 +2,15 @@
 
 Theory of operation
 -------------------
-Every delta lands in ``ops`` (sealed, ``ON CONFLICT DO NOTHING``, so a
-duplicate changes nothing). A batch goes in with one ``executemany``; only
-when SQLite reports fewer new rows than deltas (some were duplicates) is
-the batch rolled back to a savepoint and the held dots looked up, so the
-common case reads nothing of the write log. The merged state then follows
-one of two paths.
+A local write lands in ``ops`` (sealed: the outbox sends it from there). A
+delta from the hub (``merge_slice``) leaves only its dot in ``seen``, with the
+cursor of the page it came in: the hub keeps every delta, and a sealed copy
+of each here was most of what a merge wrote, and what a kiosk's database
+grew by. ``seen`` (``ON CONFLICT DO NOTHING``) and this kiosk's own writes in
+``ops`` tell a duplicate, exactly; a batch goes in with one
+``executemany``, and only when SQLite reports fewer new rows than deltas is
+it rolled back to a savepoint and the held dots looked up, so the common
+case reads nothing. The merged state then follows one of two paths.
 
 Fast path, in SQL. A put that has seen every current head of its record
 (or starts a new record), changes no set, and meets a record with no delete
@@ -20,13 +23,18 @@ assignments go through one ``executemany`` of::
 which is the last-writer-wins register, decided by SQLite on stamps and
 node ids alone, over ciphertexts it cannot read. Of several fast writes to
 one register in a batch only the greatest dot can change the row, so only
-that one is sealed and upserted (the write log keeps every one).
+that one is sealed and upserted (``seen`` keeps every dot).
 
-Slow path, in Python. Anything else (a delete, a set change, a write that
-had not seen a head, a record already in conflict) rebuilds the record from
-its write log with the reference merge (``protocol.crdt.record``) and
-rewrites its rows. That is where conflicts are found; it is exact, and
-records that need it are few.
+Slow path, in Python (``merge_record``). Anything else (a delete, a set
+change, a write that had not seen a head, a record already in conflict)
+first tries ``covering``: a write that saw every head of a record in no
+conflict gives the next view from the merged rows alone. Otherwise, if the
+record's write log is whole (``records.partial`` is 0), the write joins it
+with its body and the record is rebuilt by the reference merge
+(``protocol.crdt.record``): that is where conflicts are found. If it is not
+whole, the write is kept with its body, and the record, as it was, is
+marked ``stale`` until the hub's write set of it comes (``rebase``). Records
+that need any of this are few.
 
 Both paths produce the same rows as the reference merge; the tests hold
 them to it.
@@ -42,6 +50,7 @@ from typing import Any
 import cbor2
 import sqlite_utils
 
+from device.store import covering
 from device.store.exc import CorruptData
 from device.store.keys import FieldCipher
 from protocol import strict_cbor
@@ -58,6 +67,21 @@ WHERE (excluded.stamp, excluded.node) > (field_values.stamp, field_values.node)
 INSERT_OP = """
 INSERT INTO ops (rid, stamp, node, type, local, sealed) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT DO NOTHING
+"""
+#: A record's merged row, its ``stale`` and ``partial`` flags as they were (or 0).
+REWRITE_RECORD = """
+INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (rid) DO UPDATE SET type = excluded.type, deleted = excluded.deleted,
+    held = excluded.held, n_conflicts = excluded.n_conflicts,
+    has_delete = excluded.has_delete, heads = excluded.heads, extra = excluded.extra
+"""
+INSERT_SEEN = "INSERT INTO seen (rid, stamp, node, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+#: A fast write from the hub: the record's only head, and no body in ``ops``.
+HUB_RECORD = """
+INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra, partial)
+VALUES (?, ?, 0, 0, 0, 0, ?, NULL, 1)
+ON CONFLICT (rid) DO UPDATE SET heads = excluded.heads, partial = 1
 """
 FAST_RECORD = """
 INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra)
@@ -140,9 +164,7 @@ def rewrite(db: sqlite_utils.Database, cipher: FieldCipher, view: RecordView,
         "INSERT INTO conflicts (id, rid, class, severity, versions) VALUES (?, ?, ?, ?, ?)",
         [(c.id, rid, c.cls, c.severity, " ".join(v.id for v in c.versions))
          for c in view.conflicts])
-    db.execute(
-        "INSERT OR REPLACE INTO records (rid, type, deleted, held, n_conflicts, has_delete,"
-        " heads, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    db.execute(REWRITE_RECORD,
         [rid, view.type, int(view.deleted), int(view.held), len(view.conflicts),
          int(has_delete), heads_blob(view.heads),
          cipher.seal_blob(b"rec" + rid, strict_cbor.dumps(extra))])
@@ -205,62 +227,79 @@ _LOOKUP = 400  # record ids per IN (...) query
 
 
 def _records(conn: Any, rids: list[bytes]) -> dict[bytes, tuple[int, Any, bool]]:
-    """rid -> (type, heads, messy) for the records that exist."""
+    """rid -> (type, heads, messy) for the records that exist; messy: a delete or a
+    conflict in its history, or stale."""
     state: dict[bytes, tuple[int, Any, bool]] = {}  # heads: a set of dots, or one (stamp, node)
     for i in range(0, len(rids), _LOOKUP):
         chunk = rids[i:i + _LOOKUP]
         marks = ",".join("?" * len(chunk))
-        for rid, rtype, n_conf, has_delete, heads in conn.execute(
-            f"SELECT rid, type, n_conflicts, has_delete, heads FROM records WHERE rid IN ({marks})",
-            chunk,
+        for rid, rtype, n_conf, has_delete, stale, heads in conn.execute(
+            "SELECT rid, type, n_conflicts, has_delete, stale, heads FROM records"
+            f" WHERE rid IN ({marks})", chunk,
         ):
-            state[rid] = (rtype, parse_heads(heads), bool(n_conf or has_delete))
+            state[rid] = (rtype, parse_heads(heads), bool(n_conf or has_delete or stale))
     return state
 
 
-def _held_dots(conn: Any, rids: list[bytes]) -> set[tuple[bytes, int, int]]:
+def held_dots(conn: Any, table: str, rids: Iterable[bytes]) -> set[tuple[bytes, int, int]]:
+    """The dots ``table`` (``ops`` or ``seen``) holds for these records."""
+    rids = list(rids)
     held: set[tuple[bytes, int, int]] = set()
     for i in range(0, len(rids), _LOOKUP):
         chunk = rids[i:i + _LOOKUP]
         marks = ",".join("?" * len(chunk))
         held.update(conn.execute(
-            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})", chunk).fetchall())
+            f"SELECT rid, stamp, node FROM {table} WHERE rid IN ({marks})", chunk).fetchall())
     return held
 
 
-def _insert_ops(conn: Any, cipher: FieldCipher, fresh: list[tuple[Delta, bytes]],
-                local: bool) -> int:
-    """Insert write-log rows (a dot already held is skipped); returns how many were new."""
+def insert_bodies(conn: Any, cipher: FieldCipher, writes: Sequence[tuple[Delta, bytes]],
+                  at: int, own_node: int) -> None:
+    """Keep deltas from the hub with their bodies (``arrived`` = ``at``); a dot held
+    already is skipped."""
     sealed = cipher.seal_blobs([(_op_label(d.record_id, d.stamp, d.node), data)
-                                for d, data in fresh])
-    before = conn.total_changes
-    conn.executemany(INSERT_OP, [
-        (d.record_id, d.stamp, d.node, d.type, int(local), blob)
-        for (d, _), blob in zip(fresh, sealed, strict=True)])
-    return int(conn.total_changes - before)
+                                for d, data in writes])
+    conn.executemany(
+        "INSERT INTO ops (rid, stamp, node, type, local, sealed, arrived)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [(d.record_id, d.stamp, d.node, d.type, int(d.node == own_node), blob, at)
+         for (d, _), blob in zip(writes, sealed, strict=True)])
 
 
-def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
-                items: list[tuple[Delta, bytes]], local: bool = False) -> tuple[int, int]:
-    """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's transaction.
-
-    Optimistic about duplicates: the write-log rows go in first, and only when
-    fewer rows were new than deltas given does it look up which dots were held."""
-    conn = db.conn
+def _fresh(conn: Any, items: list[tuple[Delta, bytes]], at: int, own_node: int
+           ) -> list[tuple[Delta, bytes]]:
+    """The deltas not held yet, their ``seen`` rows inserted. Held: a dot in ``seen``
+    (every delta from the hub leaves one) or a write of our own in ``ops``. Optimistic:
+    only when fewer rows were new than deltas does it look the dots up."""
     unique: dict[tuple[bytes, int, int], tuple[Delta, bytes]] = {}
     for d, data in items:
         unique.setdefault((d.record_id, d.stamp, d.node), (d, data))
     fresh = list(unique.values())
+    if any(d.node == own_node for d, _ in fresh):
+        mine = held_dots(conn, "ops", {d.record_id for d, _ in fresh if d.node == own_node})
+        fresh = [(d, data) for d, data in fresh
+                 if (d.record_id, d.stamp, d.node) not in mine]
+    rows = [(d.record_id, d.stamp, d.node, at) for d, _ in fresh]
+    conn.execute("SAVEPOINT merge_seen")
+    before = conn.total_changes
+    conn.executemany(INSERT_SEEN, rows)
+    if conn.total_changes - before != len(rows):
+        conn.execute("ROLLBACK TO merge_seen")
+        held = held_dots(conn, "seen", {d.record_id for d, _ in fresh})
+        fresh = [(d, data) for d, data in fresh if (d.record_id, d.stamp, d.node) not in held]
+        conn.executemany(INSERT_SEEN, [(d.record_id, d.stamp, d.node, at) for d, _ in fresh])
+    conn.execute("RELEASE merge_seen")
+    return fresh
+
+
+def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
+                items: list[tuple[Delta, bytes]], at: int, own_node: int) -> tuple[int, int]:
+    """Merge decoded deltas from the hub that came with cursor ``at``; returns (new,
+    duplicates). Runs inside the caller's transaction."""
+    conn = db.conn
+    fresh = _fresh(conn, items, at, own_node)
     rids = list({d.record_id: None for d, _ in fresh})
     state = _records(conn, rids)
-    conn.execute("SAVEPOINT merge_ops")
-    if _insert_ops(conn, cipher, fresh, local) != len(fresh):
-        # Some were held already: find them, and insert only the rest.
-        conn.execute("ROLLBACK TO merge_ops")
-        held = _held_dots(conn, rids)
-        fresh = [(d, data) for d, data in fresh if (d.record_id, d.stamp, d.node) not in held]
-        _insert_ops(conn, cipher, fresh, local)
-    conn.execute("RELEASE merge_ops")
     slow: set[bytes] = set()
     for delta, _ in fresh:
         rid = delta.record_id
@@ -268,8 +307,8 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
             continue
         stamp, node = delta.stamp, delta.node
         current = state.get(rid)
-        if current is None:
-            covers, rtype, messy = True, delta.type, False
+        if current is None:  # new here; a write that saw others may find them missing
+            covers, rtype, messy = not delta.ctx, delta.type, False
         else:
             rtype, heads, messy = current
             if type(heads) is tuple:  # the one head a fast write left
@@ -304,7 +343,45 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
     for rid in {d.record_id: None for d, _ in fresh if d.record_id not in slow}:
         rtype, head, _ = state[rid]
         heads_rows.append((rid, rtype, _one_head(head[0], head[1])))
-    conn.executemany(FAST_RECORD, heads_rows)
+    conn.executemany(HUB_RECORD, heads_rows)
     for rid in sorted(slow):
-        refresh(db, cipher, rid)
+        merge_record(db, cipher, rid, [x for x in fresh if x[0].record_id == rid], at,
+                     own_node)
     return len(fresh), len(items) - len(fresh)
+
+
+def merge_record(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes,
+                 writes: list[tuple[Delta, bytes]], at: int, own_node: int) -> None:
+    """Deltas from the hub that the SQL path cannot take, for one record, in that
+    order of preference: each extends the record's view (``covering``), without a body;
+    or the record's write log is whole, and they join it and the record is rebuilt (the
+    reference merge); or they are kept with their bodies and the record waits, as it
+    was, for the hub's write set (``stale``)."""
+    conn = db.conn
+    writes = sorted(writes, key=lambda w: w[0].dot)
+    row = conn.execute("SELECT type, deleted, heads, extra, stale, partial, has_delete"
+                       " FROM records WHERE rid = ?", [rid]).fetchone()
+    if row is not None and row[4]:
+        insert_bodies(conn, cipher, writes, at, own_node)
+        return
+    view = None if row is None else read_view(db, cipher, rid, row[0], bool(row[1]), row[2],
+                                              row[3])
+    grown = view
+    for delta, _ in writes:
+        if row is None and grown is None and delta.ctx or not covering.extends(grown, delta):
+            break
+        grown = covering.after(grown, delta)
+    else:
+        assert grown is not None
+        rewrite(db, cipher, grown, bool(row and row[6]) or any(d.is_delete for d, _ in writes))
+        conn.execute("UPDATE records SET partial = 1 WHERE rid = ?", [rid])
+        return
+    insert_bodies(conn, cipher, writes, at, own_node)
+    if row is None or not row[5]:
+        refresh(db, cipher, rid)
+        held = {d.dot for d, _ in writes}
+        if row is None and any(c not in held for d, _ in writes for c in d.ctx):
+            # It saw writes this kiosk never held (collected, or out of scope then).
+            conn.execute("UPDATE records SET stale = 1 WHERE rid = ?", [rid])
+        return
+    conn.execute("UPDATE records SET stale = 1 WHERE rid = ?", [rid])

@@ -20,7 +20,7 @@ way of every entry behind it, and ``status`` shows it.
 from __future__ import annotations
 
 import random
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,10 +104,17 @@ def _marks(seqs: list[int]) -> str:
     return ",".join("?" * len(seqs))
 
 
-def ack(db: sqlite_utils.Database, seqs: Iterable[int]) -> int:
+def ack(db: sqlite_utils.Database, seqs: Iterable[int],
+        arrived: Mapping[int, int | None] | None = None) -> int:
+    """Remove acknowledged entries; ``arrived``: seq -> the arrival number the hub gave
+    the entry's write, kept on its ``ops`` row (the stable point is counted in them)."""
     seqs = list(seqs)
     if not seqs:
         return 0
+    for seq, at in (arrived or {}).items():
+        if at is not None:
+            db.execute("UPDATE ops SET arrived = ? WHERE (rid, stamp, node) IN"
+                       " (SELECT rid, stamp, node FROM outbox WHERE seq = ?)", [at, seq])
     return db.execute(f"DELETE FROM outbox WHERE seq IN ({_marks(seqs)})", seqs).rowcount
 
 

@@ -33,6 +33,8 @@ def status_of(db: sqlite_utils.Database, node: int, now: int) -> dict[str, Any]:
         "letter": _meta(db, "letter"),
         "kiosk_number": _meta(db, "kiosk_number"),  #: its short patient codes' first part
         "records": db.execute("SELECT COUNT(*) FROM records").fetchone()[0],
+        #: waiting for the hub's write set (``Store.replace_records``)
+        "stale": db.execute("SELECT COUNT(*) FROM records WHERE stale = 1").fetchone()[0],
         "held": sum(1 for c in conflicts if c["severity"] == "hold"),
         "conflicts": conflicts,
         "outbox": outbox.summary(db, now),

@@ -43,10 +43,14 @@ from typing import Any
 import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device.store import inbox, outbox
+from device.store import collect as gc
+from device.store import covering, inbox, outbox
+from device.store import rebase as hub_copy
 from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
 from device.store.checkpoint import Checkpointer
+from device.store.collect import CollectReport
 from device.store.db import connect
+from device.store.door import verifier_verdict
 from device.store.exc import BadRequest, KeyMismatch, NotInitialised, StorageFull, StoreError
 from device.store.inbox import MergeReport
 from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_key
@@ -60,6 +64,7 @@ from device.store.materialise import (
     rewrite,
 )
 from device.store.report import status_of
+from device.store.scope_state import ScopeReader, greatest_heads
 from device.store.writer import BULK, URGENT, Writer
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt import short_code
@@ -79,6 +84,7 @@ from protocol.driver.secret_files import write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.sync import audit as sync_audit
+from protocol.sync.scope import Scope, scope_checksum
 from protocol.sync.sealed_identity import seal_identity
 
 log = logging.getLogger("haven.store")
@@ -188,6 +194,10 @@ class Store:
         self._written = 0
         self._checkpointer = Checkpointer(self.path)
         self._acked = AckedEntries()
+        #: Commits on the writer so far (``after_commit``), for ``collect``.
+        self.commits = 0
+        #: Where the last ``collect`` pass stopped, for the scope it ran for.
+        self.gc_from: tuple[Scope | None, bytes] = (None, b"")
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
         #: The writer thread: every write is a job on it (``writer``).
@@ -403,6 +413,8 @@ class Store:
                 delta = decode(self.cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed))
                 again.setdefault((bytes(rid), stamp), delta)
             db.execute("DELETE FROM outbox WHERE node = ? AND state = 'queued'", [old])
+            db.execute("INSERT OR IGNORE INTO seen (rid, stamp, node, at) SELECT rid, stamp,"
+                       " node, COALESCE(arrived, 0) FROM ops WHERE node = ?", [old])
             db.execute("UPDATE ops SET local = 0 WHERE node = ?", [old])
             db.execute(SET_META, ["node", str(new)])
             db.execute("DELETE FROM meta WHERE key = 'queue_label'")
@@ -450,16 +462,34 @@ class Store:
             else:
                 self._persist_light(db, light, known)
                 light = []
-                log = load_log(db, self.cipher, rid)
-                delta = self._stamp(build, log.view() if log.ops else None, now_ms)
-                data = encode(delta)
-                insert_op(db, self.cipher, delta, data, local=True)
-                log.add(delta)
-                rewrite(db, self.cipher, log.view(), any(op.is_delete for op in log.ops.values()))
-                self._enqueue(db, [(delta, data)], known)
+                delta = self._write_one(db, rid, build, now_ms)
+                self._enqueue(db, [(delta, encode(delta))], known)
             done.append(delta)
         self._persist_light(db, light, known)
         return done
+
+    def _write_one(self, db: sqlite_utils.Database, rid: bytes, build: Build,
+                   now_ms: int) -> Delta:
+        """A write rebuilt from the record's write log, or, when the store does not hold
+        it whole (``records.partial``, ``stale``), from the merged rows: a local write
+        saw every head, so ``covering`` gives the exact view unless the record is in
+        conflict (only a stale one can be: it waits for the hub's write set as it is)."""
+        flags = db.execute("SELECT stale, partial, has_delete FROM records WHERE rid = ?",
+                           [rid]).fetchone()
+        if flags is None or not (flags[0] or flags[1]):
+            log = load_log(db, self.cipher, rid)
+            delta = self._stamp(build, log.view() if log.ops else None, now_ms)
+            insert_op(db, self.cipher, delta, encode(delta), local=True)
+            log.add(delta)
+            rewrite(db, self.cipher, log.view(), any(op.is_delete for op in log.ops.values()))
+            return delta
+        view = self._view(db, rid)
+        delta = self._stamp(build, view, now_ms)
+        insert_op(db, self.cipher, delta, encode(delta), local=True)
+        if covering.extends(view, delta):
+            rewrite(db, self.cipher, covering.after(view, delta),
+                    bool(flags[2]) or delta.is_delete)
+        return delta
 
     def _stamp(self, build: Build, view: RecordView | None, now_ms: int) -> Delta:
         """``build`` with a fresh stamp; a refused write leaves no trace, not even on
@@ -496,6 +526,7 @@ class Store:
     def after_commit(self, merged: int = 0) -> None:
         """Count a commit on the writer (``merged`` deltas, or one local write) toward
         the next checkpoint of the WAL, which runs beside the writer."""
+        self.commits += 1
         self._written += merged or LOCAL_WEIGHT
         if self._written >= CHECKPOINT_WEIGHT:
             self._written = 0
@@ -516,7 +547,7 @@ class Store:
                     if acked:  # acknowledged entries leave with this write (``acks``)
                         # ... and their stamps with them: the clock is saved in their place
                         db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
-                        outbox.ack(db, list(acked))
+                        outbox.ack(db, list(acked), {k: v[3] for k, v in acked.items()})
                     result = fn(db)
             except BaseException:
                 self._acked.put_back(acked)
@@ -606,8 +637,11 @@ class Store:
                     view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, claim), True))
             else:
                 current = self._view(db, pid.bytes) if prow is not None else None
-                identity = ("unknown" if current is None or current.deleted
-                            else claim_verdict(current.fields, claim))
+                identity = (claim_verdict(current.fields, claim)
+                            if current is not None and not current.deleted else "unknown")
+                if identity == "unknown":  # a door kiosk's: the patient's verifier says
+                    identity = verifier_verdict(db, self.cipher, self.fleet_key, site,
+                                                pid.bytes, claim) or "unknown"
                 if prow is None:  # the record exists from here on, with no field written
                     writes.append((pid.bytes, lambda view, stamp: build_put(
                         view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, {}), True))
@@ -808,14 +842,73 @@ class Store:
     # Merging deltas from elsewhere ------------------------------------------------------
 
     def merge(self, deltas: Iterable[bytes], now_ms: int | None = None,
-              slice_size: int = SLICE) -> MergeReport:
-        """Merge deltas (any order, duplicates welcome); bad ones go to quarantine.
+              slice_size: int = SLICE, *, cursor: int | None = None) -> MergeReport:
+        """Merge deltas from the hub (any order, duplicates welcome); bad ones go to
+        quarantine. ``cursor``: the cursor of the page they came in (0 if unknown: they
+        count as stable at once, ``collect``).
 
         On a full disk, ``StorageFull``: slices merged before it stay merged, and the
         rest can simply be merged again later."""
         with self.full_disk_guard():
             return inbox.merge(self, deltas, self.clock() if now_ms is None else now_ms,
-                               slice_size)
+                               slice_size, cursor or 0)
+
+    # Scope, garbage collection and the hub's copy (``collect``, ``rebase``) -----------
+
+    def stale_records(self, limit: int = 256) -> list[bytes]:
+        """Records waiting for the hub's write set (``replace_records``), at most ``limit``."""
+        return [bytes(r) for (r,) in self.reader.execute(
+            "SELECT rid FROM records WHERE stale = 1 LIMIT ?", [limit]).fetchall()]
+
+    def replace_records(self, deltas: Iterable[bytes], rids: Iterable[bytes], *,
+                        cursor: int = 0) -> int:
+        """Rebuild ``rids`` from the hub's whole write set of them (``deltas``, pulled at
+        ``cursor``) and this kiosk's unsent writes; returns how many were rebuilt.
+        ``BadSnapshot`` if a delta does not decode (nothing changes)."""
+        items = hub_copy.decoded(deltas)
+        wanted = list(rids)
+        return int(self._bulk(lambda db: hub_copy.replace(
+            db, self.cipher, self.node, items, wanted, cursor), items))
+
+    def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes) -> dict[str, Any]:
+        """Rebuild the scope from the hub's snapshot cut at ``upto``, keeping every
+        unsent write of this kiosk's own (``rebase``). A snapshot that does not match
+        ``hub_sum`` raises ``BadSnapshot`` and changes nothing."""
+        items = hub_copy.decoded(deltas)
+        hub_copy.check_sum(items, hub_sum)
+        result: dict[str, Any] = self._bulk(
+            lambda db: hub_copy.rebase(db, self.cipher, self.node, items, upto), items)
+        return result
+
+    def scope_checksum(self, scope: Scope) -> bytes | None:
+        """The checksum of ``scope`` as held (``scope.scope_checksum``); None while any
+        write of this kiosk's own is queued or in flight."""
+        if any(seq not in self._acked for (seq,) in self.reader.execute(
+                "SELECT seq FROM outbox").fetchall()):
+            return None
+        return scope_checksum(greatest_heads(
+            self.reader, self.cipher, ScopeReader(self.reader, self.cipher, scope)))
+
+    def collect(self, scope: Scope, stable: int, budget_s: float = 1.0) -> CollectReport:
+        """One garbage-collection pass (``collect``) by the hub's verified stable point
+        ``stable``, for at most about ``budget_s``."""
+        with self.full_disk_guard():
+            return gc.collect(self, scope, stable, budget_s)
+
+    def _bulk(self, fn: Callable[[sqlite_utils.Database], Any],
+              items: Sequence[tuple[Delta, bytes]]) -> Any:
+        """``fn`` in one transaction as background work, the clock moved past ``items``."""
+        def job(db: sqlite_utils.Database) -> Any:
+            with immediate(db):
+                result = fn(db)
+                top = max((d.stamp for d, _ in items), default=0)
+                if top > self.hlc.last:
+                    self.hlc.last = top
+                db.conn.execute(SAVE_CLOCK, [str(self.hlc.last)])
+            self.after_commit(len(items))
+            return result
+        with self.full_disk_guard():
+            return self.writer.call(job, BULK)
 
     # Reading ----------------------------------------------------------------------------
 
@@ -837,7 +930,8 @@ class Store:
     def version_vector(self) -> VersionVector:
         """node -> greatest stamp held from it (what a sync round starts by comparing)."""
         return VersionVector(self.reader.execute(
-            "SELECT node, MAX(stamp) FROM ops GROUP BY node").fetchall())
+            "SELECT node, MAX(stamp) FROM (SELECT node, stamp FROM ops UNION ALL"
+            " SELECT node, stamp FROM seen) GROUP BY node").fetchall())
 
     def deltas_since(self, seen: Mapping[int, int], limit: int = 10_000) -> list[bytes]:
         """The deltas a peer that has seen ``seen`` lacks, oldest first (at most ``limit``)."""
@@ -880,9 +974,10 @@ class Store:
             skip = _Either(acked, extra)
         return outbox.batch(self.reader, self.cipher, now, max_bytes, skip=skip)
 
-    def outbox_ack(self, seqs: Iterable[int]) -> int:
+    def outbox_ack(self, seqs: Iterable[int], arrived: int | None = None) -> int:
         """Remove entries the hub acknowledged (authenticated, durable) as committed;
-        returns how many there were.
+        returns how many there were. ``arrived``: the greatest arrival number the hub
+        gave their writes, kept with them (``collect`` compares it with the stable point).
 
         They leave with the next local write, or within ``acks.FLUSH_AFTER_S``, and
         without an fsync of their own (``acks``); entries that come back after a crash
@@ -893,7 +988,7 @@ class Store:
         rows = self.reader.execute(
             f"SELECT seq, lane, size, state FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})",
             seqs).fetchall()
-        self._acked.add(rows)
+        self._acked.add(rows, arrived)
         if len(self._acked) > MAX_NOTED:
             self._delete_acked()
             return len(rows)

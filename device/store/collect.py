@@ -1,0 +1,150 @@
+"""Garbage collection: out-of-scope records pruned, stable write logs dropped.
+
+Theory of operation
+-------------------
+``collect`` walks the records in id order, a slice at a time; each slice is
+one ``BULK`` job on the writer and one transaction, so a check-in waits for
+one slice at most, and a crash (or a power cut: a slice commits without its
+own fsync, the next check-in's commit carries it) loses at most the slice
+in progress, which the next pass does again: every step is idempotent. A
+pass that runs out of its time budget says so (``done`` false) and the next
+one goes on from where it stopped (in memory; a restart begins again).
+
+In each slice, a record with a write of this kiosk's own still in the outbox
+(unsent, or sent and not acknowledged) is left alone: nothing unsynced is
+ever pruned. Of the others:
+
+1. a record out of the kiosk's scope goes, every row of it;
+2. a record wholly stable (every write's arrival, ``seen.at`` or
+   ``ops.arrived``, at or below the hub's stable point, which every replica
+   of the scope has acknowledged), in no conflict and not stale, with one
+   head, keeps its merged rows only: its write log (``ops``, ``seen``) goes
+   and it is marked ``partial``; a deleted one (every head a delete) goes
+   entirely.
+
+Conflict versions need nothing: ``conflicts`` only ever holds the current
+ones. The kiosk's audit chain is never touched (``device.audit`` reads it
+back).
+
+A clinician's patients are those named by its check-ins in scope, read once
+per pass; if anything else wrote since, patients and their records are not
+pruned in that slice (the next pass looks again), so a check-in merged
+during the pass never loses its patient.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlite_utils
+
+from device.store.materialise import parse_heads
+from device.store.rebase import drop
+from device.store.scope_state import ScopeReader
+from device.store.writer import BULK
+from protocol.crdt.schema import PATIENT
+from protocol.driver.database import immediate
+from protocol.sync import audit as sync_audit
+from protocol.sync.scope import CLINICAL_OF_PATIENT, Scope
+
+if TYPE_CHECKING:
+    from device.store.store import Store
+
+#: Records looked at in one slice (one transaction).
+SLICE_RECORDS = 256
+#: An ``ops`` row without an arrival (a write whose acknowledgement gave none) is
+#: never stable.
+NEVER = 1 << 62
+
+
+@dataclass(frozen=True)
+class CollectReport:
+    pruned: int = 0  #: records out of scope, dropped
+    compacted: int = 0  #: records whose write log went
+    dropped_deleted: int = 0  #: deleted records, dropped
+    slices: int = 0
+    done: bool = True  #: False: the budget ran out; the next pass goes on
+
+
+@dataclass
+class _Pass:
+    scope: Scope
+    stable: int
+    after: bytes
+    patients: set[bytes] | None = None  #: a clinician's, read once per pass
+    patients_at: int = -1  #: ``Store.commits`` when they were read; -1: not yet
+
+
+def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> CollectReport:
+    deadline = time.monotonic() + budget_s
+    scope_was, start = store.gc_from
+    state = _Pass(scope, stable, start if scope_was == scope else b"")
+    totals = [0, 0, 0]
+    slices = 0
+    while True:
+        counts, finished = store.writer.call(functools.partial(_slice, store, state), BULK)
+        slices += 1
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        if finished or time.monotonic() > deadline:
+            break
+    store.gc_from = (scope, b"" if finished else state.after)
+    return CollectReport(totals[0], totals[1], totals[2], slices, finished)
+
+
+def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
+           ) -> tuple[tuple[int, int, int], bool]:
+    reader = ScopeReader(db, store.cipher, state.scope, state.patients)
+    if state.scope.role == "clinician" and state.patients_at < 0:
+        state.patients = reader.patients()
+        state.patients_at = store.commits
+    patients_fresh = state.patients_at == store.commits
+    pruned = compacted = deleted = 0
+    with immediate(db, synchronous="NORMAL"):
+        rows = db.execute(
+            "SELECT rid, type, deleted, n_conflicts, heads, stale FROM records WHERE rid > ?"
+            " ORDER BY rid LIMIT ?", [state.after, SLICE_RECORDS]).fetchall()
+        unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
+        gone: list[bytes] = []
+        for rid, rtype, is_deleted, n_conf, heads, stale in rows:
+            if rid in unsent or sync_audit.is_audit_id(rid):
+                continue
+            if not (patients_fresh or rtype not in (PATIENT.number, *CLINICAL_OF_PATIENT)):
+                continue
+            if not reader.holds(rid, rtype):
+                gone.append(rid)
+                pruned += 1
+                continue
+            if stale or n_conf or not (is_deleted or len(parse_heads(heads)) == 1):
+                continue
+            if not _stable(db, rid, state.stable):
+                continue
+            if is_deleted:
+                gone.append(rid)
+                deleted += 1
+            else:
+                db.execute("DELETE FROM ops WHERE rid = ?", [rid])
+                db.execute("DELETE FROM seen WHERE rid = ?", [rid])
+                db.execute("UPDATE records SET partial = 1 WHERE rid = ?", [rid])
+                compacted += 1
+        drop(db, gone)
+    if rows:
+        state.after = rows[-1][0]
+    store.after_commit(len(rows) or 1)
+    if state.scope.role == "clinician" and patients_fresh:
+        state.patients_at = store.commits  # our own commit changes nothing it read
+    return (pruned, compacted, deleted), len(rows) < SLICE_RECORDS
+
+
+def _stable(db: sqlite_utils.Database, rid: bytes, stable: int) -> bool:
+    """Whether the record has a write log to drop and every write in it arrived at or
+    below ``stable``."""
+    n_seen, top_seen = db.execute("SELECT COUNT(*), MAX(at) FROM seen WHERE rid = ?",
+                                  [rid]).fetchone()
+    n_ops, top_ops = db.execute("SELECT COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops"
+                                " WHERE rid = ?", [NEVER, rid]).fetchone()
+    if not (n_seen or n_ops):
+        return False
+    return (top_seen or 0) <= stable and (top_ops or 0) <= stable

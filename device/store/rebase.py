@@ -1,0 +1,122 @@
+"""The hub's copy: a stale record's whole write set, and a whole scope's snapshot.
+
+Theory of operation
+-------------------
+A record merged without the bodies of its writes (``records.partial``) can
+take only writes that saw all of it (``covering``); one that did not makes
+it ``stale``, kept as it was with that write's body, until the hub sends the
+record's whole write set (``replace``). Each record is then rebuilt by the
+reference merge from the hub's writes plus this kiosk's own writes the hub
+may not have yet (those still in the outbox), every body kept: its log is
+whole again.
+
+A whole-scope snapshot (``rebase``: the kiosk's checksum disagreed with the
+hub's, its role changed, or it fell too far behind) is first checked against
+the checksum the hub sent with it; a snapshot that does not match changes
+nothing (``BadSnapshot``). Then, in one transaction, every record without an
+unsent write of this kiosk's own goes, and every record of the snapshot is
+rebuilt as above. A record the snapshot lacks but this kiosk wrote and has
+not sent stays as it is (it is the kiosk's to send). The kiosk's audit chain
+is never dropped: it is read from the store (``device.audit``) and is in no
+scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlite_utils
+
+from device.store.exc import BadSnapshot
+from device.store.keys import FieldCipher
+from device.store.materialise import INSERT_SEEN, insert_bodies, refresh
+from protocol.crdt.delta import Delta, decode
+from protocol.errors import RemoteProtocolError
+from protocol.sync import audit as sync_audit
+from protocol.sync.scope import scope_checksum
+
+#: The rows of a record, in every table that has them by record id.
+RECORD_TABLES = ("records", "field_values", "conflicts", "ops", "seen")
+#: ``ops`` rows that are not this kiosk's own writes waiting in the outbox.
+NOT_UNSENT = ("(local = 0 OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.rid = ops.rid"
+              " AND o.stamp = ops.stamp AND o.node = ops.node))")
+
+
+def decoded(deltas: Iterable[bytes]) -> list[tuple[Delta, bytes]]:
+    """The hub's deltas, strictly decoded; ``BadSnapshot`` for any that does not decode."""
+    out = []
+    for data in deltas:
+        try:
+            out.append((decode(data), data))
+        except RemoteProtocolError as exc:
+            raise BadSnapshot(f"the hub's copy holds a delta that does not decode ({exc}): "
+                              "nothing was changed") from None
+    return out
+
+
+def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes) -> None:
+    got = scope_checksum((d.record_id, d.stamp, d.node, d.is_delete) for d, _ in items)
+    if got != hub_sum:
+        raise BadSnapshot(f"the hub's snapshot does not match its checksum (it sums to "
+                          f"{got.hex()[:16]}..., the hub said {bytes(hub_sum).hex()[:16]}...):"
+                          " nothing was changed")
+
+
+def by_record(items: list[tuple[Delta, bytes]]) -> dict[bytes, list[tuple[Delta, bytes]]]:
+    out: dict[bytes, list[tuple[Delta, bytes]]] = {}
+    for item in items:
+        out.setdefault(item[0].record_id, []).append(item)
+    return out
+
+
+def drop(db: sqlite_utils.Database, rids: list[bytes]) -> None:
+    """Every row of these records."""
+    for table in RECORD_TABLES:
+        db.conn.executemany(f"DELETE FROM {table} WHERE rid = ?", [(r,) for r in rids])
+
+
+def rebuild(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int, rid: bytes,
+            hub: list[tuple[Delta, bytes]], at: int) -> None:
+    """Record ``rid`` from the hub's write set ``hub`` (cursor ``at``) and this kiosk's
+    own unsent writes, every body kept."""
+    conn = db.conn
+    conn.execute(f"DELETE FROM ops WHERE rid = ? AND {NOT_UNSENT}", [rid])
+    conn.execute("DELETE FROM seen WHERE rid = ?", [rid])
+    insert_bodies(conn, cipher, hub, at, own_node)
+    conn.executemany(INSERT_SEEN, [(d.record_id, d.stamp, d.node, at) for d, _ in hub])
+    if conn.execute("SELECT 1 FROM ops WHERE rid = ? LIMIT 1", [rid]).fetchone() is None:
+        drop(db, [rid])
+        return
+    refresh(db, cipher, rid)
+    conn.execute("UPDATE records SET stale = 0, partial = 0 WHERE rid = ?", [rid])
+
+
+def replace(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,
+            items: list[tuple[Delta, bytes]], rids: Iterable[bytes], at: int) -> int:
+    """Rebuild ``rids`` from the hub's write sets in ``items`` (deltas of other records
+    are ignored); a record the hub sent nothing of is left as it is, no longer stale
+    (out of scope: ``collect`` prunes it once synced). Returns how many were rebuilt."""
+    groups = by_record(items)
+    done = 0
+    for rid in dict.fromkeys(rids):
+        hub = groups.get(rid)
+        if hub:
+            rebuild(db, cipher, own_node, rid, hub, at)
+            done += 1
+        else:
+            db.execute("UPDATE records SET stale = 0 WHERE rid = ?", [rid])
+    return done
+
+
+def rebase(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,
+           items: list[tuple[Delta, bytes]], upto: int) -> dict[str, Any]:
+    """The scope rebuilt from a checked snapshot (in the caller's transaction)."""
+    groups = by_record(items)
+    unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
+    gone = [rid for (rid,) in db.execute("SELECT rid FROM records").fetchall()
+            if rid not in groups and rid not in unsent and not sync_audit.is_audit_id(rid)]
+    drop(db, gone)
+    for rid, hub in groups.items():
+        rebuild(db, cipher, own_node, rid, hub, upto)
+    return {"dropped": len(gone), "rebuilt": len(groups)}
