@@ -100,7 +100,7 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
     if state.scope.role == "clinician" and state.patients_at < 0:
         state.patients = reader.patients()
         state.patients_at = store.commits
-    patients_fresh = state.patients_at == store.commits
+    patients_fresh = state.scope.role != "clinician" or state.patients_at == store.commits
     pruned = compacted = deleted = 0
     with immediate(db, synchronous="NORMAL"):
         rows = db.execute(

@@ -1,0 +1,289 @@
+"""The store without a sealed row per delta from the hub: exact duplicates, stale records,
+snapshots, garbage collection, pruning out of scope, and the door kiosk's verifier."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from device.store import BadSnapshot, Store, init_store
+from device.store import collect as gc
+from device.store.covering import after, extends
+from protocol.crdt.delta import decode
+from protocol.crdt.ids import patient_id, verifier_record_id, year_verifier
+from protocol.crdt.record import RecordLog, canonical_json
+from protocol.crdt.replica import Replica
+from protocol.sync.scope import Scope, scope_checksum
+
+from .crdt_sim import T0, Fleet
+from .test_store_merge import settle
+
+LONG = os.environ.get("HAVEN_LONG") == "1"
+SITE = "North"
+DAY = time.strftime("%Y-%m-%d", time.gmtime(T0 / 1000))
+FULL = Scope("full", SITE, DAY)
+DOOR = Scope("door", SITE, DAY)
+HUB = 0x4855_4201
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = init_store(tmp_path / "kiosk", SITE, "K")
+    yield s
+    s.close()
+
+
+def rid_of(n: int) -> bytes:
+    return uuid.UUID(int=n).bytes
+
+
+def count(store: Store, sql: str) -> int:
+    return int(store.reader.execute(sql).fetchone()[0])
+
+
+def live_dump(store: Store | Replica) -> bytes:
+    """A dump without deleted records (a kiosk drops them once stable)."""
+    return canonical_json(v for v in store.views() if not v.deleted)
+
+
+def synced(store: Store, arrived: int) -> None:
+    """The hub acknowledged every queued write, giving them arrival ``arrived``."""
+    entries = store.outbox_batch(now_ms=1 << 60, max_bytes=1 << 30)
+    store.outbox_ack([e.seq for e in entries], arrived=arrived)
+    store._flush_acks()
+    assert count(store, "SELECT COUNT(*) FROM outbox") == 0
+
+
+def fleet_log(seed: int, n: int, steps: int) -> tuple[list[bytes], Replica]:
+    rng = random.Random(seed)
+    fleet = Fleet.make(rng, n)
+    for _ in range(steps):
+        fleet.step(rng)
+    ref = Replica(12345)
+    for data in fleet.log:
+        ref.receive(data, fleet.now + 60_000)
+    return fleet.log, ref
+
+
+@settings(max_examples=100 if LONG else 20, deadline=None)
+@given(st.integers(0, 2**32), st.integers(3, 5), st.integers(5, 60))
+def test_covering_gives_the_reference_view(seed: int, n: int, steps: int) -> None:
+    log, _ = fleet_log(seed, n, steps)
+    deltas = sorted((decode(d) for d in log), key=lambda d: d.dot)
+    logs: dict[bytes, RecordLog] = {}
+    used = 0
+    for d in deltas:
+        held = logs.setdefault(d.record_id, RecordLog(d.record_id))
+        before = held.view() if held.ops else None
+        held.add(d)
+        if extends(before, d):
+            assert after(before, d) == held.view()
+            used += 1
+    assert used >= 1
+
+
+@settings(max_examples=100 if LONG else 15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32), st.integers(3, 5), st.integers(5, 50), st.integers(1, 9))
+def test_duplicates_are_exact_with_seen_rows(tmp_path_factory: pytest.TempPathFactory,
+                                             seed: int, n: int, steps: int, pages: int) -> None:
+    """Pages from the hub, in any order and again, some deltas twice in a page: each new
+    delta counts once, every other is a duplicate, and the store ends as the reference."""
+    log, ref = fleet_log(seed, n, steps)
+    rng = random.Random(seed)
+    order = log + rng.sample(log, len(log) // 2)
+    rng.shuffle(order)
+    cut = sorted(rng.sample(range(len(order) + 1), min(pages, len(order) + 1)))
+    with init_store(tmp_path_factory.mktemp("k") / "d", SITE, "C") as store:
+        held: set[bytes] = set()
+        applied = duplicates = 0
+        for i, (lo, hi) in enumerate(zip([0, *cut], [*cut, len(order)], strict=True)):
+            page = order[lo:hi]
+            report = store.merge(page, now_ms=T0 + 10**8, cursor=100 + i)
+            applied += report.applied
+            duplicates += report.duplicates
+            assert report.applied == len(set(page) - held)
+            held |= set(page)
+            settle(store, held)
+        assert applied == len(set(log)) and duplicates == len(order) - len(set(log))
+        assert count(store, "SELECT COUNT(*) FROM seen") == len(set(log))
+        assert store.dump() == ref.dump()
+        assert store.merge(log, now_ms=T0 + 10**8, cursor=999).applied == 0  # all again
+        assert store.dump() == ref.dump()
+
+
+def test_a_stale_record_keeps_its_view_until_the_hubs_write_set_replaces_it(
+        store: Store) -> None:
+    a, b, ref = Replica(11), Replica(12), Replica(13)
+    rid = rid_of(7)
+    first = a.put(rid, "note", T0, {"text": "one"})
+    second = a.put(rid, "note", T0 + 1, {"text": "two"})
+    b.receive(first, T0 + 2)
+    aside = b.put(rid, "note", T0 + 3, {"authorString": "B"})  # concurrent with "two"
+    store.merge([first, second], now_ms=T0 + 9, cursor=10)
+    assert count(store, "SELECT COUNT(*) FROM ops") == 0  # no body kept
+    before = store.dump()
+    report = store.merge([aside], now_ms=T0 + 9, cursor=20)
+    assert report.applied == 1 and store.stale_records() == [rid]
+    assert store.dump() == before and store.status()["stale"] == 1
+    assert count(store, "SELECT COUNT(*) FROM ops") == 1  # its body, for the rebuild
+    for data in (first, second, aside):
+        ref.receive(data, T0 + 9)
+    assert store.replace_records([first, second, aside], [rid], cursor=20) == 1
+    assert store.dump() == ref.dump() and store.stale_records() == []
+    assert store.merge([aside, first], now_ms=T0 + 9, cursor=30).applied == 0
+    # A record whose log is whole again takes a concurrent write the reference way.
+    late = a.put(rid, "note", T0 + 4, {"text": "three"})
+    ref.receive(late, T0 + 9)
+    store.merge([late], now_ms=T0 + 9, cursor=40)
+    assert store.stale_records() == [] and store.dump() == ref.dump()
+
+
+def test_a_snapshot_that_does_not_match_its_sum_changes_nothing(store: Store) -> None:
+    hub = Replica(HUB)
+    notes = [hub.put(rid_of(i), "note", T0 + i, {"text": f"n{i}"}) for i in range(1, 6)]
+    store.merge(notes[:3], now_ms=T0 + 99, cursor=10)
+    mine = store.put("note", values={"text": "unsent"}, now_ms=T0 + 50)
+    before = store.dump()
+    items = [(rid, d.stamp, d.node, d.is_delete) for rid, d in
+             ((decode(n).record_id, decode(n)) for n in notes)]
+    good = scope_checksum(items)
+    with pytest.raises(BadSnapshot) as refused:
+        store.rebase(notes[:4], 100, good)
+    assert "checksum" in str(refused.value) and refused.value.code == "bad-snapshot"
+    with pytest.raises(BadSnapshot):
+        store.rebase([b"\xff junk"], 100, good)
+    assert store.dump() == before
+    store.rebase(notes, 100, good)
+    ref = Replica(1)
+    for n in notes:
+        ref.receive(n, T0 + 99)
+    view = store.view(mine)
+    assert view is not None and view.fields  # the unsent write is kept
+    held = {v.record_id for v in store.views()}
+    assert held == {decode(n).record_id for n in notes} | {uuid.UUID(mine).bytes}
+    synced(store, 200)
+    assert store.scope_checksum(FULL) != good  # it holds its own note besides
+    store.rebase(notes, 300, good)  # synced now, and not in the hub's snapshot: it goes
+    assert store.dump() == ref.dump() and store.scope_checksum(FULL) == good
+
+
+def test_gc_drops_only_stable_rows_and_never_an_unsynced_write(store: Store) -> None:
+    hub, other = Replica(HUB), Replica(21)
+    early = [hub.put(rid_of(i), "note", T0 + i, {"text": f"e{i}"}) for i in range(1, 5)]
+    gone = hub.delete(rid_of(1), T0 + 10)
+    late = [hub.put(rid_of(i), "note", T0 + 20 + i, {"text": f"l{i}"}) for i in range(5, 7)]
+    store.merge([*early, gone], now_ms=T0 + 99, cursor=10)
+    store.merge(late, now_ms=T0 + 99, cursor=30)
+    acked = store.put("note", values={"text": "acked"}, now_ms=T0 + 40)
+    synced(store, 15)
+    unsent = store.put("note", values={"text": "unsent"}, now_ms=T0 + 41)
+    store.delete(unsent, now_ms=T0 + 42)  # even a delete of its own, unsent, stays
+    before = live_dump(store)
+    report = store.collect(FULL, stable=20)
+    assert report.done and report.pruned == 0
+    assert (report.compacted, report.dropped_deleted) == (4, 1)  # 2-4 and acked; 1 deleted
+    assert store.view(str(uuid.UUID(bytes=rid_of(1)))) is None
+    assert store.view(unsent) is not None and store.view(unsent).deleted  # type: ignore[union-attr]
+    assert live_dump(store) == before
+    left = {bytes(r) for (r,) in store.reader.execute(
+        "SELECT rid FROM seen UNION SELECT rid FROM ops").fetchall()}
+    assert left == {rid_of(5), rid_of(6), uuid.UUID(unsent).bytes}
+    assert store.collect(FULL, stable=20) == gc.CollectReport(slices=1)  # nothing more
+    # Writes after the collection still merge as the reference merges them.
+    ref = Replica(1)
+    for data in [*early, gone, *late]:
+        ref.receive(data, T0 + 99)
+    other.receive(early[1], T0 + 99)
+    more = [hub.put(rid_of(2), "note", T0 + 60, {"authorString": "H"}),
+            hub.delete(rid_of(3), T0 + 61),
+            other.put(rid_of(2), "note", T0 + 62, {"text": "concurrent"})]
+    for data in more:
+        ref.receive(data, T0 + 99)
+    store.merge(more, now_ms=T0 + 99, cursor=50)
+    assert store.stale_records() == [rid_of(2)]  # concurrent with a collected log
+    settle(store, [*early, gone, *late, *more])
+    ours = {uuid.UUID(acked).bytes, uuid.UUID(unsent).bytes}
+    assert canonical_json(v for v in store.views() if not v.deleted and v.record_id not in ours
+                          ) == live_dump(ref)
+
+
+def test_a_crash_between_or_inside_slices_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gc, "SLICE_RECORDS", 16)
+    hub = Replica(HUB)
+    deltas = [hub.put(rid_of(i), "note", T0 + i, {"text": f"n{i}"}) for i in range(1, 81)]
+    deltas += [hub.delete(rid_of(i), T0 + 100 + i) for i in range(1, 81, 4)]
+    with init_store(tmp_path / "k", SITE, "K") as store:
+        store.merge(deltas, now_ms=T0 + 999, cursor=10)
+        before = live_dump(store)
+        first = store.collect(FULL, stable=10, budget_s=0)  # one slice, then out of time
+        assert not first.done and first.slices == 1
+    with Store(tmp_path / "k") as store:  # a restart between slices
+        assert live_dump(store) == before
+
+        def power_cut(*args: object) -> None:
+            raise OSError("power cut inside a slice")
+
+        monkeypatch.setattr(gc, "drop", power_cut)
+        rows = count(store, "SELECT COUNT(*) FROM seen"), count(store, "SELECT COUNT(*) FROM records")
+        with pytest.raises(OSError):
+            store.collect(FULL, stable=10)
+        assert (count(store, "SELECT COUNT(*) FROM seen"),
+                count(store, "SELECT COUNT(*) FROM records")) == rows  # rolled back whole
+    monkeypatch.undo()
+    with Store(tmp_path / "k") as store:
+        report = store.collect(FULL, stable=10)
+        assert report.done and live_dump(store) == before
+        assert count(store, "SELECT COUNT(*) FROM seen") == 0
+        assert count(store, "SELECT COUNT(*) FROM records") == 60
+
+
+def test_out_of_scope_records_are_pruned_only_once_synced(store: Store) -> None:
+    hub = Replica(HUB)
+    fleet = store.fleet_key
+    pid = patient_id(fleet, "P1234567").bytes
+    verifier = hub.put(verifier_record_id(fleet, SITE, pid), "verifier", T0, {
+        "subject": str(uuid.UUID(bytes=pid)), "site": SITE,
+        "birthYear": year_verifier(fleet, SITE, pid, "1980")})
+    elsewhere = hub.put(verifier_record_id(fleet, "South", pid), "verifier", T0, {
+        "subject": str(uuid.UUID(bytes=pid)), "site": "South",
+        "birthYear": year_verifier(fleet, "South", pid, "1980")})
+    yesterday = hub.put(rid_of(50), "checkin", T0 - 86_400_000, {
+        "subject": str(uuid.UUID(bytes=pid)), "status": "arrived", "location": SITE,
+        "periodStart": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 / 1000 - 86_400))})
+    lab = hub.put(rid_of(51), "lab_result", T0, {"code": "hb", "subject": str(uuid.UUID(
+        bytes=pid))})
+    store.merge([verifier, elsewhere, yesterday, lab], now_ms=T0 + 9, cursor=10)
+    today = store.checkin(passport="P1234567", birth_year=1980, now_ms=T0 + 5)
+    assert store.view(today.patient_id) is not None  # made by the check-in, unsent
+    report = store.collect(DOOR, stable=0)
+    assert report.pruned == 3  # the other site's verifier, yesterday's check-in, the lab
+    assert store.view(today.patient_id) is not None and store.view(today.record_id)
+    synced(store, 20)
+    assert store.collect(DOOR, stable=0).pruned == 1  # the patient, now synced
+    held = {v.record_id for v in store.views()}
+    assert held == {uuid.UUID(today.record_id).bytes, decode(verifier).record_id}
+    assert store.scope_checksum(DOOR) is not None
+
+
+def test_the_door_kiosk_checks_the_year_against_the_sites_verifier(store: Store) -> None:
+    hub = Replica(HUB)
+    fleet = store.fleet_key
+    pid = patient_id(fleet, "AB123456").bytes
+    store.merge([hub.put(verifier_record_id(fleet, SITE, pid), "verifier", T0, {
+        "subject": str(uuid.UUID(bytes=pid)), "site": SITE,
+        "birthYear": year_verifier(fleet, SITE, pid, "1975")})], now_ms=T0 + 9, cursor=1)
+    verdicts = [store.checkin(passport="AB123456", birth_year=year, now_ms=T0 + i).identity
+                for i, year in enumerate((1975, 1976, None))]
+    assert verdicts == ["match", "mismatch", "unknown"]
+    assert store.checkin(passport="ZZ999999", birth_year=1975, now_ms=T0 + 5
+                         ).identity == "unknown"  # no verifier, no record
