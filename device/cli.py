@@ -300,9 +300,12 @@ def _sync_report(s: Any, as_json: bool) -> None:
     docs = (f"; documents: {d['delivered']} of {d['offered']} delivered"
             f" ({d['chunk_bytes_sent']} B of chunks sent), {len(d['refused'])} refused"
             if d.get("offered") else "")
+    scope = (f"; rebased on the hub's snapshot of this kiosk's scope ({s.rebased} deltas)"
+             if s.rebased else "") + (f"; {s.refreshed} records rebuilt from the hub's write"
+                                      " sets" if s.refreshed else "")
     print(f"synced via {s.url}: {s.batches} batches, {s.pushed} deltas up"
           f" ({s.quarantined} quarantined), {s.pulled} down, {s.bytes_sent} B sent,"
-          f" {s.bytes_received} B received" + docs, flush=True)
+          f" {s.bytes_received} B received" + scope + docs, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

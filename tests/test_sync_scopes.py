@@ -10,12 +10,13 @@ behind a kiosk's back, and a stable point the kiosk's hub did not sign."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ from device.sync.collect import Collector
 from device.sync.engine import Round, Summary, kiosk_driver, open_hub_link
 from device.sync.loop import SyncLoop
 from device.sync.state import SyncState, scope_of, stable_of
+from host.hub.hub import Hub
 from protocol import messages
 from protocol.crdt.record import RecordView
 from protocol.crdt.schema import CHECKIN, PATIENT, VERIFIER
@@ -324,7 +326,10 @@ def test_a_door_kiosk_holds_no_name_and_still_verifies_every_returning_patient(
             # its check-ins of today stay.
             held = {v.record_id: v.type for v in door.store.views()}
             assert PATIENT.number not in held.values()
-            assert all(uuid.UUID(r).bytes in held for r in (stranger.record_id,))
+            assert uuid.UUID(stranger.record_id).bytes in held
+            # Nor does it keep the years its own patients typed, once they are synced.
+            text = text_of(door.store.views())
+            assert not any(born[:4] in text for _, _, born in PATIENTS)
             door.state.flush(force=True)  # the stable point waits with the cursor
             assert kiosk_main(["status", "--data", str(door.store.data)]) == 0
             out = capsys.readouterr().out
@@ -363,38 +368,45 @@ def round_writing_after_welcome(k: HelperKiosk, url: str, write: Callable[[], No
     return rnd.summary
 
 
-def test_a_store_edited_behind_its_back_is_caught_by_the_sum_and_rebased(
-        tmp_path: Path) -> None:
+@contextlib.contextmanager
+def two_kiosks(tmp_path: Path) -> Iterator[tuple[Hub, str, HelperKiosk, HelperKiosk]]:
+    """A hub served on 127.0.0.1 and two full kiosks of its: the one under test, another."""
     with served_hub(tmp_path) as (hub, url):
         k = HelperKiosk(tmp_path, "k", hub, "A")
         other = HelperKiosk(tmp_path, "other", hub, "B")
         try:
-            notes = [other.store.put("note", values={"text": f"note {i}"}) for i in range(5)]
-            mine = k.store.put("note", values={"text": "mine"})
-            other.sync(url)
-            k.sync(url)
-            k.sync(url)
-            assert k.sync(url).rebased == 0  # in step: the sums agree
-            before = k.store.dump()
-            gone = uuid.UUID(notes[2]).bytes
-            k.store.close()
-            with sqlite3.connect(k.store.data / "store.db") as db:
-                assert db.execute("DELETE FROM records WHERE rid = ?", [gone]).rowcount == 1
-            db.close()
-            k.store = Store(k.store.data)
-            assert k.store.view(notes[2]) is None
-            unsynced: list[str] = []
-            summary = round_writing_after_welcome(
-                k, url, lambda: unsynced.append(k.store.put("note", values={"text": "new"})))
-            assert summary.rebased > 0 and k.store.view(notes[2]) is not None
-            assert k.store.view(unsynced[0]) is not None  # kept through the rebase
-            assert k.store.status()["outbox"]["lanes"], "still to be sent"
-            k.sync(url)
-            assert k.store.view(mine) is not None and other.sync(url).pulled >= 1
-            assert k.store.dump() == other.store.dump() != before
+            yield hub, url, k, other
         finally:
             k.close()
             other.close()
+
+
+def test_a_store_edited_behind_its_back_is_caught_by_the_sum_and_rebased(
+        tmp_path: Path) -> None:
+    with two_kiosks(tmp_path) as (_, url, k, other):
+        notes = [other.store.put("note", values={"text": f"note {i}"}) for i in range(5)]
+        mine = k.store.put("note", values={"text": "mine"})
+        other.sync(url)
+        k.sync(url)
+        k.sync(url)
+        assert k.sync(url).rebased == 0  # in step: the sums agree
+        before = k.store.dump()
+        gone = uuid.UUID(notes[2]).bytes
+        k.store.close()
+        with sqlite3.connect(k.store.data / "store.db") as db:
+            assert db.execute("DELETE FROM records WHERE rid = ?", [gone]).rowcount == 1
+        db.close()
+        k.store = Store(k.store.data)
+        assert k.store.view(notes[2]) is None
+        unsynced: list[str] = []
+        summary = round_writing_after_welcome(
+            k, url, lambda: unsynced.append(k.store.put("note", values={"text": "new"})))
+        assert summary.rebased > 0 and k.store.view(notes[2]) is not None
+        assert k.store.view(unsynced[0]) is not None  # kept through the rebase
+        assert k.store.status()["outbox"]["lanes"], "still to be sent"
+        k.sync(url)
+        assert k.store.view(mine) is not None and other.sync(url).pulled >= 1
+        assert k.store.dump() == other.store.dump() != before
 
 
 def test_a_stable_point_the_kiosks_hub_did_not_sign_is_refused_and_prunes_nothing(
@@ -425,3 +437,26 @@ def test_a_stable_point_the_kiosks_hub_did_not_sign_is_refused_and_prunes_nothin
             loop.close()
         finally:
             door.close()
+
+
+def test_a_kiosk_given_the_door_role_rebases_to_it_keeping_what_it_has_not_sent(
+        tmp_path: Path) -> None:
+    with two_kiosks(tmp_path) as (hub, url, k, other):
+        passport, name, born = PATIENTS[0]
+        pid = other.store.checkin(passport=passport).patient_id
+        other.store.put("patient", pid, values={"name": name, "birthDate": born})
+        note = other.store.put("note", values={"subject": pid, "text": name})
+        other.sync(url)
+        k.sync(url)
+        assert k.store.view(note) is not None  # a full kiosk holds every record
+        hub.set_role(k.device, "door")
+        # Queued when the round starts: in flight while the snapshot is taken.
+        queued = k.store.checkin(passport=passport, birth_year=int(born[:4]))
+        assert k.sync(url).rebased > 0
+        assert k.state.scope is not None and k.state.scope.role == "door"
+        assert not k.state.rebase_owed
+        assert k.store.view(note) is None and k.store.view(queued.record_id) is not None
+        assert name not in text_of(received(k, {uuid.UUID(queued.record_id).bytes}))
+        other.sync(url)
+        assert other.store.view(queued.record_id) is not None
+        assert k.sync(url).rebased == 0  # rebased once, then in step
