@@ -214,6 +214,12 @@ class SimKiosk:
     def scope(self) -> Scope | None:
         return self.state.scope_at(self.clock())
 
+    def acks_leave(self) -> None:
+        """What the hub acknowledged leaves the outbox now, as it does within
+        ``device.store.acks.FLUSH_AFTER_S`` or with the next local write: until then
+        ``collect`` counts those writes unsent."""
+        self.store._flush_acks()
+
     def collect(self, budget_s: float = 5.0) -> Any:
         """A GC pass at the stable point the last welcome carried (verified), to its end;
         its report (None: no welcome named a scope and a stable point yet)."""
@@ -276,12 +282,16 @@ class Fleet:
         return sim
 
     def set_role(self, k: SimKiosk, role: str, window_days: int | None = None) -> None:
-        """``haven hub role KIOSK ROLE [--window DAYS]``."""
+        """``haven hub role KIOSK ROLE [--window DAYS]``, typed a second after the last
+        round (the hub tells a kiosk last here before its role changed to rebase)."""
+        self.clock.advance(1000)
         self.hub.set_role(k.device, role, window_days=window_days, now_ms=self.clock())
+        self.clock.advance(1000)
         k.role, k.settled = role, False
 
     def decommission(self, k: SimKiosk) -> None:
         """``haven hub decommission KIOSK``."""
+        self.clock.advance(1000)
         self.hub.decommission(k.device, now_ms=self.clock())
 
     def patient(self, passport: str) -> bytes:
@@ -357,7 +367,7 @@ class Fleet:
     def quiesce(self, kiosks: list[SimKiosk] | None = None, sweeps: int = 12) -> None:
         """Rounds until nothing moves, then two more (each kiosk's acknowledged cursor
         reaches the hub's head, then every welcome's stable point does), then a GC pass
-        on each kiosk."""
+        on each kiosk, its acknowledged writes out of its outbox."""
         kiosks = kiosks or self.kiosks
         for _ in range(sweeps):
             if not self.sweep(kiosks):
@@ -367,6 +377,7 @@ class Fleet:
         self.sweep(kiosks)
         self.sweep(kiosks)
         for k in kiosks:
+            k.acks_leave()
             k.collect()
 
     # What each kiosk should hold -----------------------------------------------------

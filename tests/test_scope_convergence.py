@@ -29,6 +29,7 @@ from device.store import BadRequest
 from device.sync.engine import SyncFailed
 from host.errors import HavenError
 from protocol import messages
+from protocol.crdt.delta import decode
 from protocol.sync import batches as sync
 from protocol.sync.scope import sign_stable_point
 
@@ -195,6 +196,26 @@ def test_replicas_hold_the_hubs_records_filtered_to_their_scope(
             check_door(k)
             if k.role == "door":  # its own writes are stable and collected too
                 assert k.door_leaks(own=False) == []
+        check_verdicts(f)
+
+
+def check_verdicts(f: Fleet) -> None:
+    """A door kiosk verifies the year of birth of every returning patient of its site
+    whose year the hub knows, and of no other."""
+    views = {v.record_id: v for v in f.hub_views()}
+    for door in (k for k in f.kiosks if k.role == "door"):
+        site = door.scope().site
+        visited = {v.fields.get(1) for v in views.values()
+                   if v.type == 2 and v.fields.get(5) == site}
+        for passport in PASSPORTS:
+            pid = f.patient(passport)
+            patient = views.get(pid)
+            born = patient.fields.get(2) if patient is not None else None
+            year = int(born[:4]) if isinstance(born, str) and pid in visited else None
+            got = door.store.checkin(passport=passport, birth_year=year or 1900,
+                                     now_ms=f.clock()).identity
+            assert got == ("match" if year else "unknown"), \
+                f"{door.name} at {site}: {passport} born {born}, verdict {got}"
 
 
 # The door kiosk -------------------------------------------------------------------------
@@ -411,17 +432,32 @@ def test_a_stable_point_another_hub_signed_is_refused(tmp_path: Path) -> None:
         assert f.lost_writes(k) == []
 
 
-def _drop_from_snapshot(k: SimKiosk, data: bytes) -> bytes:
-    """The last page of a whole-scope snapshot loses its first delta: the rest no longer
-    adds up to the sum it carries."""
-    msg = messages.decode(data)
-    if msg.type != sync.CHANGES.number or msg.get("sum") is None:
-        return data
-    deltas = sync.unpack(msg.get("payload"))
-    return replaced(msg, payload=sync.pack(deltas[1:]))
+def _tamper(how: str):  # type: ignore[no-untyped-def]
+    """The last page of a whole-scope snapshot, changed on its way: its ``sum`` off by
+    a bit; or the page without one record's greatest write; or without an older write
+    of a record whose greatest write stays (what it set alone is lost)."""
+    def change(k: SimKiosk, data: bytes) -> bytes:
+        msg = messages.decode(data)
+        if msg.type != sync.CHANGES.number or msg.get("sum") is None:
+            return data
+        if how == "sum":
+            hub_sum = msg.get("sum")
+            return replaced(msg, sum=bytes([hub_sum[0] ^ 1]) + hub_sum[1:])
+        deltas = sync.unpack(msg.get("payload"))
+        dots = [(decode(d).record_id, decode(d).stamp, decode(d).node) for d in deltas]
+        if how == "greatest":
+            rid = dots[-1][0]
+            drop = max((i for i, d in enumerate(dots) if d[0] == rid), key=lambda i: dots[i])
+        else:
+            drop = next(i for i, d in enumerate(dots)
+                        if any(o[0] == d[0] and o[1:] > d[1:] for o in dots)
+                        and decode(deltas[i]).set)
+        return replaced(msg, payload=sync.pack(deltas[:drop] + deltas[drop + 1:]))
+    return change
 
 
-def test_a_snapshot_off_its_checksum_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["sum", "greatest", "older"])
+def test_a_snapshot_off_its_checksum_is_refused(tmp_path: Path, how: str) -> None:
     with fleet(tmp_path) as f:
         k, other = f.add("k", "A", "clinician"), f.add("other", "B", "clinician")
         other.store.checkin(name="Ada", passport=PASSPORTS[0], now_ms=f.clock())
@@ -431,7 +467,7 @@ def test_a_snapshot_off_its_checksum_is_refused(tmp_path: Path) -> None:
         k.note_writes()
         f.set_role(k, "full")  # the next welcome asks for a rebase: a snapshot
         dump = k.store.dump()
-        f.to_kiosk = _drop_from_snapshot
+        f.to_kiosk = _tamper(how)
         with pytest.raises(SyncFailed, match="snapshot"):
             f.sync(k)
         assert k.store.dump() == dump and k.unsynced(f.hub)
