@@ -103,20 +103,19 @@ class _Patients:
     def __init__(self, db: sqlite_utils.Database, scope: Scope, cursor: int,
                  node: int | None = None) -> None:
         self.db, self.scope, self.cursor, self.node = db, scope, cursor, node
-        self.first = scope.first_day or ""
         self.known: dict[bytes, bool] = {}
 
     def __contains__(self, pid: object) -> bool:
         if not isinstance(pid, bytes):
             return False
         if pid not in self.known:
+            # by the patient alone: the index on subject, never the one on site
             rows = self.db.execute(
-                f"SELECT f.rid, {_FACTS} FROM record_facts f WHERE f.subject = ?"
-                " AND f.type = ? AND f.location = ? AND f.day >= ? AND EXISTS (SELECT 1"
-                " FROM ops o WHERE o.rid = f.rid AND (o.hseq <= ? OR o.node = ?))",
-                [pid, CHECKIN, self.scope.site, self.first, self.cursor, self.node])
-            self.known[pid] = any(checkin_in_scope(self.scope, _facts(bytes(r[0]), r[1:]))
-                                  for r in rows)
+                f"SELECT f.rid, {_FACTS}, EXISTS (SELECT 1 FROM ops o WHERE o.rid = f.rid"
+                " AND (o.hseq <= ? OR o.node = ?)) FROM record_facts f WHERE f.subject = ?",
+                [self.cursor, self.node, pid]).fetchall()
+            self.known[pid] = any(r[5] and checkin_in_scope(self.scope, _facts(
+                bytes(r[0]), r[1:5])) for r in rows)
         return self.known[pid]
 
     def entering(self, facts: Facts) -> bytes | None:
@@ -132,12 +131,8 @@ class _Patients:
     def records(self, pid: bytes, before: int) -> list[tuple[int, bytes]]:
         """(arrival, delta) of the patient's record and of their records in scope that
         arrived before ``before``, any writer's."""
-        rows = self.db.execute(
-            f"SELECT o.hseq, o.data, f.rid, {_FACTS} FROM record_facts f"
-            " JOIN ops o ON o.rid = f.rid WHERE (f.subject = ? OR f.rid = ?) AND o.hseq < ?"
-            " ORDER BY o.hseq", [pid, pid, before])
-        return [(hseq, bytes(data)) for hseq, data, rid, *fact in rows
-                if in_scope(self.scope, _facts(bytes(rid), fact), {pid})]
+        return sorted((hseq, data) for _, _, _, hseq, data, _ in _patient_ops(
+            self.db, self.scope, pid, "o.hseq < ?", [before]))
 
 
 def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
@@ -178,102 +173,95 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
     return out, max(cursor, top), False
 
 
-def records_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
-                     node: int | None = None) -> set[bytes]:
-    """The door or clinician scope's records that have a write that arrived by
-    ``cursor`` (or one by ``node``)."""
-    held = "EXISTS (SELECT 1 FROM ops o WHERE o.rid = f.rid AND (o.hseq <= ? OR o.node = ?))"
+_OPS = "SELECT o.rid, o.stamp, o.node, o.hseq, o.data, " + _FACTS + \
+    " FROM record_facts f JOIN ops o ON o.rid = f.rid WHERE "
+Row = tuple[bytes, int, int, int, bytes, Facts]  #: rid, stamp, node, arrival, delta, facts
+
+
+def _rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[Row]:
+    for rid, stamp, node, hseq, data, *fact in rows:
+        yield bytes(rid), stamp, node, hseq, bytes(data), _facts(bytes(rid), fact)
+
+
+def _patient_ops(db: sqlite_utils.Database, scope: Scope, pid: bytes, held: str,
+                 args: list[Any]) -> Iterator[Row]:
+    """The deltas (``held``: which) of a patient's record and of their records in scope
+    but check-ins, through the indexes on ``rid`` and ``subject``."""
+    rows = db.execute(f"{_OPS}f.rid = ? AND {held} UNION ALL {_OPS}f.subject = ? AND {held}",
+                      [pid, *args, pid, *args]).fetchall()
+    return (r for r in _rows(rows) if r[5].type != CHECKIN and in_scope(scope, r[5], {pid}))
+
+
+def _held_ops(db: sqlite_utils.Database, scope: Scope, cursor: int,
+              node: int | None = None) -> Iterator[Row]:
+    """Every delta that arrived by ``cursor`` (or is ``node``'s) of the door or clinician
+    scope's records."""
+    held, args = "(o.hseq <= ? OR o.node = ?)", [cursor, node]
     if scope.role == "door":
-        rows = db.execute(f"SELECT f.rid, {_FACTS} FROM record_facts f WHERE f.location = ?"
-                          f" AND f.type IN (?, ?) AND {held}",
-                          [scope.site, CHECKIN, VERIFIER, cursor, node]).fetchall()
-        return {bytes(r[0]) for r in rows if in_scope(scope, _facts(bytes(r[0]), r[1:]), ())}
-    patients = _Patients(db, scope, cursor, node)
-    out: set[bytes] = set()
-    for rid, *fact in db.execute(
-            f"SELECT f.rid, {_FACTS} FROM record_facts f WHERE f.type = ? AND f.location = ?"
-            f" AND f.day >= ? AND {held}",
-            [CHECKIN, scope.site, patients.first, cursor, node]).fetchall():
-        facts = _facts(bytes(rid), fact)
-        if checkin_in_scope(scope, facts):
-            out.add(facts.rid)
-            if facts.subject is not None:
-                patients.enter(facts.subject)
-    for pid in [p for p, yes in patients.known.items() if yes]:
-        for rid, *fact in db.execute(f"SELECT f.rid, {_FACTS} FROM record_facts f"
-                                     f" WHERE (f.subject = ? OR f.rid = ?) AND {held}",
-                                     [pid, pid, cursor, node]).fetchall():
-            if in_scope(scope, _facts(bytes(rid), fact), patients):
-                out.add(bytes(rid))
-    return out
+        yield from (r for r in _rows(db.execute(
+            f"{_OPS}f.location = ? AND f.type IN (?, ?) AND {held}",
+            [scope.site, CHECKIN, VERIFIER, *args]).fetchall()) if in_scope(scope, r[5]))
+        return
+    patients: set[bytes] = set()
+    for r in _rows(db.execute(f"{_OPS}f.location = ? AND f.type = ? AND f.day >= ? AND {held}",
+                              [scope.site, CHECKIN, scope.first_day, *args]).fetchall()):
+        if checkin_in_scope(scope, r[5]):
+            yield r
+            if r[5].subject is not None:
+                patients.add(r[5].subject)
+    for pid in sorted(patients):
+        yield from _patient_ops(db, scope, pid, held, args)
 
 
-def _heads(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[bytes, int, int, bool]]:
-    """Each record's greatest write, from rows (rid, stamp, node, head bytes) in
-    (rid, stamp, node) order: (rid, stamp, node, whether it is a delete)."""
-    last: tuple[Any, ...] | None = None
-    for row in rows:
-        if last is not None and row[0] != last[0]:
-            yield _head_of(last)
-        last = row
-    if last is not None:
-        yield _head_of(last)
-
-
-def _head_of(row: tuple[Any, ...]) -> tuple[bytes, int, int, bool]:
-    rid, stamp, node, start = row
-    start = bytes(start)
-    kind = start[1] & 1 if start[1] < 24 else start[2] & 1  # the delta's head: type << 1 | kind
-    return bytes(rid), stamp, node, bool(kind)
+def _is_delete(data: bytes) -> bool:
+    """Whether a delta is a delete, by its head (``type << 1 | kind``) alone."""
+    return bool((data[1] if data[1] < 24 else data[2]) & 1)
 
 
 def scope_sum(db: sqlite_utils.Database, scope: Scope, cursor: int,
               node: int | None = None) -> bytes:
     """The checksum of ``scope`` as a kiosk holds it with every write that arrived by
     ``cursor`` and its own (``node``'s)."""
-    sql = ("SELECT rid, stamp, node, substr(data, 1, 3) FROM ops WHERE (hseq <= ? OR node = ?)"
-           "{} ORDER BY rid, stamp, node")
     if scope.role == "full":
-        rows = db.execute(sql.format(""), [cursor, node])
-        return scope_checksum(h for h in _heads(rows) if not is_audit_id(h[0]))
-    heads: list[tuple[bytes, int, int, bool]] = []
-    for rid in sorted(records_in_scope(db, scope, cursor, node)):
-        heads += _heads(db.execute(sql.format(" AND rid = ?"), [cursor, node, rid]))
-    return scope_checksum(heads)
+        rows = db.execute("SELECT rid, stamp, node, substr(data, 1, 3) FROM ops"
+                          " WHERE hseq <= ? OR node = ?", [cursor, node])
+        return scope_checksum((bytes(rid), stamp, n, _is_delete(bytes(head)))
+                              for rid, stamp, n, head in rows if not is_audit_id(rid))
+    return scope_checksum((rid, stamp, n, _is_delete(data))
+                          for rid, stamp, n, _, data, _ in _held_ops(db, scope, cursor, node))
 
 
 def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: int,
                   rids: list[bytes] | None, max_bytes: int) -> tuple[list[bytes], int, bool]:
     """A page of the snapshot cut at ``upto``: every delta after ``cursor`` of the records
     in scope (of ``rids``, those in scope; None: the whole scope); (deltas, cursor, more)."""
-    if rids is not None:
-        if not rids:
-            return [], upto, False
+    span = "SELECT hseq, rid, data FROM ops WHERE hseq > ? AND hseq <= ?"
+    rows: Iterable[tuple[Any, ...]]
+    if rids:
+        marks = ", ".join("?" * len(rids))
         patients = _Patients(db, scope, upto)
-        wanted: set[bytes] | None = {
-            bytes(r[0]) for r in db.execute(f"SELECT f.rid, {_FACTS} FROM record_facts f"
-                                            f" WHERE f.rid IN ({', '.join('?' * len(rids))})",
-                                            rids).fetchall()
-            if in_scope(scope, _facts(bytes(r[0]), r[1:]), patients)}
+        wanted = {bytes(r[0]) for r in db.execute(
+            f"SELECT f.rid, {_FACTS} FROM record_facts f WHERE f.rid IN ({marks})",
+            rids).fetchall() if in_scope(scope, _facts(bytes(r[0]), r[1:]), patients)}
+        rows = (r for r in db.execute(f"{span} AND rid IN ({marks}) ORDER BY hseq",
+                                      [cursor, upto, *rids]) if bytes(r[1]) in wanted)
+    elif rids is not None:
+        rows = ()
     elif scope.role == "full":
-        wanted = None
+        rows = (r for r in db.execute(f"{span} ORDER BY hseq", [cursor, upto])
+                if not is_audit_id(r[1]))
     else:
-        wanted = records_in_scope(db, scope, upto)
-    rows = db.execute("SELECT hseq, rid, data FROM ops WHERE hseq > ? AND hseq <= ?"
-                      + ("" if rids is None else
-                         f" AND rid IN ({', '.join('?' * len(rids))})") + " ORDER BY hseq",
-                      [cursor, upto, *(rids or [])])
+        rows = sorted((hseq, rid, data) for rid, _, _, hseq, data, _
+                      in _held_ops(db, scope, upto) if hseq > cursor)
     out: list[bytes] = []
-    size, last = 0, cursor
-    for hseq, rid, data in rows:
-        rid = bytes(rid)
-        if (rid in wanted) if wanted is not None else not is_audit_id(rid):
-            if out and size + len(data) > max_bytes:
-                return out, last, True
-            out.append(for_door(bytes(data)) if scope.role == "door" else bytes(data))
-            size += len(data)
-        last = hseq
-    return out, max(last, upto), False
+    size = 0
+    for hseq, _, data in rows:
+        if out and size + len(data) > max_bytes:
+            return out, cursor, True
+        out.append(for_door(bytes(data)) if scope.role == "door" else bytes(data))
+        size += len(data)
+        cursor = hseq
+    return out, upto, False
 
 
 def stable_point(db: sqlite_utils.Database, role: str, site: str) -> int:
