@@ -79,6 +79,7 @@ class _Pass:
 
 
 def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> CollectReport:
+    store.flush_acks()  # acknowledged writes leave the outbox first, with their arrival
     deadline = time.monotonic() + budget_s
     scope_was, start = store.gc_from
     state = _Pass(scope, stable, start if scope_was == scope else b"")

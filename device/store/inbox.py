@@ -67,8 +67,9 @@ class MergeReport:
 
 
 def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int,
-          cursor: int = 0) -> MergeReport:
-    """Merge deltas from the hub that came in a page with ``cursor`` (``seen.at``)."""
+          cursor: int | None = None) -> MergeReport:
+    """Merge deltas from the hub that came in a page with ``cursor`` (``seen.at``), or
+    from elsewhere (None: kept with their bodies, ``materialise.merge_slice``)."""
     # Decoding runs on the writer thread, chunk by chunk: a second CPU-bound thread
     # would make every check-in fight for the interpreter lock.
     items = list(deltas)
@@ -103,7 +104,7 @@ def _checked(part: list[bytes], now: int
 
 
 def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
-           now: int, at: int, last: bool) -> tuple[int, int, int]:
+           now: int, at: int | None, last: bool) -> tuple[int, int, int]:
     writer = store.writer
     totals = [0, 0, 0]  # new, duplicates, quarantined
     pos = 0
@@ -127,7 +128,7 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
 
 
 def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos: int,
-                 now: int, at: int, totals: list[int]) -> int:
+                 now: int, at: int | None, totals: list[int]) -> int:
     """Merge chunks of ``part`` from ``pos`` until done, out of time, or a check-in
     waits; returns where it stopped."""
     writer = store.writer

@@ -293,11 +293,16 @@ def _fresh(conn: Any, items: list[tuple[Delta, bytes]], at: int, own_node: int
 
 
 def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
-                items: list[tuple[Delta, bytes]], at: int, own_node: int) -> tuple[int, int]:
-    """Merge decoded deltas from the hub that came with cursor ``at``; returns (new,
-    duplicates). Runs inside the caller's transaction."""
+                items: list[tuple[Delta, bytes]], at: int | None, own_node: int
+                ) -> tuple[int, int]:
+    """Merge decoded deltas; returns (new, duplicates). Runs inside the caller's
+    transaction. From the hub, in a page with cursor ``at``: only their dots are kept.
+    From elsewhere (``at`` None: another kiosk's file, a quarantined delta released),
+    with no hub to send a record's write set, their bodies are kept too."""
     conn = db.conn
-    fresh = _fresh(conn, items, at, own_node)
+    fresh = _fresh(conn, items, at or 0, own_node)
+    if at is None:
+        insert_bodies(conn, cipher, fresh, 0, own_node)
     rids = list({d.record_id: None for d, _ in fresh})
     state = _records(conn, rids)
     slow: set[bytes] = set()
@@ -343,7 +348,7 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
     for rid in {d.record_id: None for d, _ in fresh if d.record_id not in slow}:
         rtype, head, _ = state[rid]
         heads_rows.append((rid, rtype, _one_head(head[0], head[1])))
-    conn.executemany(HUB_RECORD, heads_rows)
+    conn.executemany(FAST_RECORD if at is None else HUB_RECORD, heads_rows)
     for rid in sorted(slow):
         merge_record(db, cipher, rid, [x for x in fresh if x[0].record_id == rid], at,
                      own_node)
@@ -351,18 +356,23 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
 
 
 def merge_record(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes,
-                 writes: list[tuple[Delta, bytes]], at: int, own_node: int) -> None:
-    """Deltas from the hub that the SQL path cannot take, for one record, in that
-    order of preference: each extends the record's view (``covering``), without a body;
-    or the record's write log is whole, and they join it and the record is rebuilt (the
-    reference merge); or they are kept with their bodies and the record waits, as it
-    was, for the hub's write set (``stale``)."""
+                 writes: list[tuple[Delta, bytes]], at: int | None, own_node: int) -> None:
+    """Deltas the SQL path cannot take, for one record. From the hub (``at``), in
+    this order of preference: each extends the record's view (``covering``), without a
+    body; or the record's write log is whole, and they join it and the record is
+    rebuilt (the reference merge); or they are kept with their bodies and the record
+    waits, as it was, for the hub's write set (``stale``). From elsewhere (``at`` None,
+    bodies kept already): the log first, then ``covering``, then ``stale``."""
     conn = db.conn
     writes = sorted(writes, key=lambda w: w[0].dot)
     row = conn.execute("SELECT type, deleted, heads, extra, stale, partial, has_delete"
                        " FROM records WHERE rid = ?", [rid]).fetchone()
+    if at is None and (row is None or not row[5]):
+        refresh(db, cipher, rid)
+        return
     if row is not None and row[4]:
-        insert_bodies(conn, cipher, writes, at, own_node)
+        if at is not None:
+            insert_bodies(conn, cipher, writes, at, own_node)
         return
     view = None if row is None else read_view(db, cipher, rid, row[0], bool(row[1]), row[2],
                                               row[3])
@@ -375,6 +385,9 @@ def merge_record(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes,
         assert grown is not None
         rewrite(db, cipher, grown, bool(row and row[6]) or any(d.is_delete for d, _ in writes))
         conn.execute("UPDATE records SET partial = 1 WHERE rid = ?", [rid])
+        return
+    if at is None:
+        conn.execute("UPDATE records SET stale = 1 WHERE rid = ?", [rid])
         return
     insert_bodies(conn, cipher, writes, at, own_node)
     if row is None or not row[5]:

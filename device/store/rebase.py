@@ -56,6 +56,13 @@ def decoded(deltas: Iterable[bytes]) -> list[tuple[Delta, bytes]]:
 
 
 def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes) -> None:
+    """``BadSnapshot`` unless the snapshot sums to ``hub_sum`` and is causally closed:
+    the hub keeps every delta, so every write a snapshot's write saw on its record is
+    in it too (the sum covers greatest writes only; this catches an older one left out)."""
+    dots = {(d.record_id, d.dot) for d, _ in items}
+    if any((d.record_id, c) not in dots for d, _ in items for c in d.ctx):
+        raise BadSnapshot("the hub's snapshot lacks writes that its records' writes saw: "
+                          "nothing was changed")
     got = scope_checksum((d.record_id, d.stamp, d.node, d.is_delete) for d, _ in items)
     if got != hub_sum:
         raise BadSnapshot(f"the hub's snapshot does not match its checksum (it sums to "

@@ -843,15 +843,16 @@ class Store:
 
     def merge(self, deltas: Iterable[bytes], now_ms: int | None = None,
               slice_size: int = SLICE, *, cursor: int | None = None) -> MergeReport:
-        """Merge deltas from the hub (any order, duplicates welcome); bad ones go to
-        quarantine. ``cursor``: the cursor of the page they came in (0 if unknown: they
-        count as stable at once, ``collect``).
+        """Merge deltas (any order, duplicates welcome); bad ones go to quarantine.
+        ``cursor``: from the hub, the cursor of the page they came in (only their dots
+        are kept: the hub keeps every delta); None: from elsewhere (another kiosk's,
+        a released quarantined one), kept with their bodies.
 
         On a full disk, ``StorageFull``: slices merged before it stay merged, and the
         rest can simply be merged again later."""
         with self.full_disk_guard():
             return inbox.merge(self, deltas, self.clock() if now_ms is None else now_ms,
-                               slice_size, cursor or 0)
+                               slice_size, cursor)
 
     # Scope, garbage collection and the hub's copy (``collect``, ``rebase``) -----------
 
@@ -1003,6 +1004,11 @@ class Store:
         """The timer's (or the close's) turn: delete what no local write took yet."""
         with self._flush_lock:
             self._flush_timer = None
+        self._delete_acked()
+
+    def flush_acks(self) -> None:
+        """Take acknowledged entries out of the outbox now (``acks``), their arrival
+        numbers kept on their writes."""
         self._delete_acked()
 
     def _delete_acked(self) -> None:
