@@ -16,7 +16,7 @@ A day is ``ticks`` turns, one per door check-in, spread over opening hours
 
 * the door kiosk checks in one returning patient (``Store.checkin``, a
   passport and a year, as at the kiosk), and its staff screen calls and
-  sees earlier ones (``set_checkin_status``), ``CALL`` and ``DONE`` turns
+  sees earlier ones (``set_checkin_status``), ``CALL_MS`` and ``DONE_MS``
   after they arrived;
 * each other kiosk does the same (a check-in put, two status puts);
 * a clinician station writes a note, and for some patients a prescription
@@ -24,10 +24,11 @@ A day is ``ticks`` turns, one per door check-in, spread over opening hours
 * what the hub would send the door kiosk for the turn (``Feed``) goes in
   through ``Store.merge``, as a sync round's pages do, and the door
   kiosk's outbox is acknowledged (the round pushed it);
-* the store's checkpoint of its WAL, if one was asked for, ends before the
-  next turn (``Idle``): at a turn's minute and more of idle time, it would;
-  run back to back, the writes would never let the WAL start over, and it
-  would grow without end as it does not on a kiosk;
+* after each of these steps the store's checkpoint of its WAL, if one was
+  asked for, ends before the next step (``Idle``), as it would in the
+  seconds between them on a kiosk; run back to back, a checkpoint would race
+  the next step's commits, never find the WAL wholly copied, and the WAL
+  would never start over;
 * the kernel's writeback is simulated as in the kiosk benchmark
   (``_runtime.write_back``: a turn is longer than ``dirty_expire``), so
   ``write_bytes`` of ``/proc/self/io`` counts what reaches the card.
@@ -40,17 +41,39 @@ keys, anything else).
 
 ``Feed`` says what the hub sends. ``Everything`` is today's code: every
 delta of every other node (a kiosk pulls the whole fleet's writes).
+``DoorScope`` is what the hub sends a door kiosk: the hub's own filter
+(``host.hub.scopes.changes_in_scope``) over a hub database holding every
+delta of the site, and the verifier records the hub writes for each patient
+checked in at the site. With it the door kiosk runs GC passes
+(``Store.collect``) at the start of each day (its first round of the day:
+yesterday's queue leaves the scope), at the stable point of the day
+before's last turn (every replica of its scope synced since); its own
+writes are acknowledged with their arrival number and the hub's pages
+merged with their cursor. A kiosk runs a pass after every round; one a day
+is what a simulation of this size can afford (a pass walks every record
+held), and it gathers a day's work into one pass.
+
+It runs as a child process (``python -m tools.benchmarks._door_site``),
+so that ``write_bytes`` is the door kiosk's alone, and so that today's code
+can be the code of the release before (a ``git archive`` of it, with this
+file copied in: it uses nothing the release lacks). It prints one JSON line
+per day.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import json
 import os
 import random
+import shutil
+import sys
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,9 +81,10 @@ from device.store import init_store
 from device.store.store import Store
 from protocol.crdt import schema
 from protocol.crdt.clock import HLC
-from protocol.crdt.delta import encode
+from protocol.crdt.delta import decode, encode
 from protocol.crdt.ids import patient_id, random_id, time_ordered_id
 from protocol.crdt.writes import build_put
+from protocol.driver.database import immediate, open_database
 
 from . import _runtime as rt
 
@@ -68,7 +92,7 @@ DAY_MS = 86_400_000
 OPEN_MS = 8 * 3_600_000  #: the first check-in of a day, from midnight UTC
 HOURS_MS = 10 * 3_600_000  #: opening hours
 T0 = 1_798_761_600_000  #: 2027-01-01 00:00 UTC: the first simulated day
-CALL, DONE = 20, 30  #: turns from arrival to being called, and to being seen
+CALL_MS, DONE_MS = 24 * 60_000, 36 * 60_000  #: from arrival to being called, and seen
 SITE = "Riverside"
 REASONS = ("fever", "cough", "injury", "follow-up", "antenatal", "vaccination", "pain")
 NOTE_TEXT = ("Seen at the clinic. Vital signs recorded; history taken; examined. "
@@ -91,6 +115,52 @@ class Everything:
 
     def deliver(self, deltas: list[bytes], now_ms: int, cursor: int) -> list[bytes]:
         return deltas
+
+
+class DoorScope:
+    """What the hub sends a door kiosk of the site: ``host.hub.scopes.changes_in_scope``
+    on a hub database (``hub.db``, the hub's migrations) holding every delta the site
+    wrote, committed a turn at a time with their records' facts (``note_facts``), as the
+    hub commits batches, under arrival numbers that are the turn's cursor onwards."""
+
+    name = "door scope"
+    PAGE = 256 * 1024  #: bytes a page of changes holds (the kiosk's pull asks this much)
+
+    def __init__(self, hub_db: Path, door_node: int) -> None:
+        from host.hub.storage import MIGRATIONS
+
+        self.db = open_database(hub_db, MIGRATIONS, synchronous="NORMAL")
+        self.door_node = door_node
+        self.hseq = 0
+
+    def deliver(self, deltas: list[bytes], now_ms: int, cursor: int) -> list[bytes]:
+        from host.hub.scopes import changes_in_scope, note_facts
+        from protocol.sync.scope import Scope
+
+        pulled_from = self.hseq
+        with immediate(self.db):
+            for data in deltas:
+                d = decode(data)
+                self.hseq = max(self.hseq + 1, cursor)
+                self.db.execute("INSERT INTO ops (hseq, rid, stamp, node, data, origin)"
+                                " VALUES (?, ?, ?, ?, ?, 'site')",
+                                [self.hseq, d.record_id, d.stamp, d.node, data])
+                note_facts(self.db, d)
+        scope = Scope("door", SITE, day_of(now_ms))
+        out: list[bytes] = []
+        more = True
+        while more:
+            page, pulled_from, more = changes_in_scope(self.db, scope, pulled_from,
+                                                       self.door_node, self.PAGE)
+            out += page
+        return out
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def day_of(now_ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now_ms / 1000))
 
 
 @dataclass
@@ -117,8 +187,12 @@ class Visit:
 class Site:
     """Everyone but the door kiosk: their writes, turn by turn (seeded)."""
 
-    def __init__(self, fleet_key: bytes, patients: int, kiosks: int, seed: int = 14) -> None:
+    def __init__(self, fleet_key: bytes, patients: int, kiosks: int, seed: int = 14,
+                 verifiers: bool = False) -> None:
         self.rng = random.Random(seed)
+        #: Whether the hub writes verifier records (it does for a site with a door kiosk,
+        #: since issue 14): for a patient when first checked in at the site.
+        self.verifiers: set[int] | None = set() if verifiers else None
         self.fleet_key = fleet_key
         self.hub = self._node()
         self.kiosks = [self._node() for _ in range(kiosks - 1)]  # not the door kiosk
@@ -147,6 +221,19 @@ class Site:
 
     def pick(self) -> int:
         return self.rng.randrange(len(self.pids))
+
+    def verifier(self, who: int, now_ms: int) -> list[bytes]:
+        """The hub's verifier record of patient ``who`` at the site, once."""
+        if self.verifiers is None or who in self.verifiers:
+            return []
+        from protocol.crdt.ids import verifier_record_id, year_verifier
+
+        self.verifiers.add(who)
+        pid = self.pids[who]
+        return [self.hub.put(verifier_record_id(self.fleet_key, SITE, pid), schema.VERIFIER,
+                             now_ms, {"subject": str(uuid.UUID(bytes=pid)), "site": SITE,
+                                      "birthYear": year_verifier(self.fleet_key, SITE, pid,
+                                                                 f"{self.years[who]:04d}")})]
 
     def checkin(self, k: int, who: int, turn: int, now_ms: int) -> tuple[Visit, bytes]:
         """Kiosk ``k``'s (1..) check-in of patient ``who``: the visit and its delta."""
@@ -218,7 +305,7 @@ class Day:
     day: int
     bytes: int  #: the door kiosk's files after the day
     bytes_before: int  #: and at its start, after the day's GC pass
-    patients_held: int  #: patient and verifier records held after the day
+    patients_held: int  #: verifier records held after the day, or patient records
     store_db: int
     wal: int
     records: int
@@ -244,100 +331,179 @@ class Sim:
     def turn_ms(self) -> int:
         return HOURS_MS // self.per_kiosk
 
+    @property
+    def call(self) -> int:
+        """Turns from a check-in to its call."""
+        return max(1, round(CALL_MS / self.turn_ms))
 
-def run(work: Path, sim: Sim, feed: Feed, log: Callable[[str], None],
-        gc: Callable[[Store, int, int], None] | None = None) -> Sim:
-    """The simulation, into ``work``; ``gc(store, day_start_ms, cursor)`` runs at the
-    start of each day, as the kiosk's first round of a day would."""
-    data = work / "door"
-    store = init_store(data, SITE, "A")
-    idle = Idle(store)
-    try:
-        site = Site(store.fleet_key, sim.patients, sim.kiosks)
+    @property
+    def done(self) -> int:
+        """Turns from a check-in to its end (seen), after its call."""
+        return max(self.call + 1, round(DONE_MS / self.turn_ms))
+
+    @property
+    def turns(self) -> int:
+        """Turns in a day: one per check-in, then until the last is seen."""
+        return self.per_kiosk + self.done
+
+
+def _takes(method: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(method).parameters
+
+
+class Door:
+    """The door kiosk: its store, what it is sent, and (with a scope) its GC passes."""
+
+    GC_BUDGET_S = 1.0
+
+    def __init__(self, data: Path, sim: Sim, scoped: bool) -> None:
+        self.store = init_store(data, SITE, "A")
+        self.data, self.sim = data, sim
+        self.feed: Feed = (DoorScope(data.parent / f"{data.name}-hub.db", self.store.node)
+                           if scoped else Everything())
+        self.gc = scoped
+        self.idle = Idle(self.store)
+        self.site = Site(self.store.fleet_key, sim.patients, sim.kiosks,
+                         verifiers=scoped)
+        #: Since issue 14 an ack carries the hub's arrival number, and a page its cursor.
+        self.from_hub = _takes(Store.merge, "cursor")
+        self.stable = 0  #: the stable point: every replica of the scope has this much
+
+    def close(self) -> None:
+        self.store.close()
+        if isinstance(self.feed, DoorScope):
+            self.feed.close()
+
+    def start(self) -> None:
         start = T0 - DAY_MS // 2
-        store.merge(feed.deliver(site.population(start), start, _cursor(start)), now_ms=start)
-        for day in range(sim.days):
-            sim.out.append(_day(store, idle, site, sim, feed, day, gc))
-            d = sim.out[-1]
-            log(f"{feed.name}, day {day + 1}: {d.bytes / 2**20:.1f} MiB, {d.records} records, "
-                f"{d.merged} deltas merged, {d.seconds:.1f} s")
-    finally:
-        store.close()
-    return sim
+        self._merge(self.site.population(start), start)
+
+    def _merge(self, deltas: list[bytes], now: int) -> int:
+        sent = self.feed.deliver(deltas, now, _cursor(now))
+        if sent:
+            args = {"cursor": _cursor(now)} if self.from_hub else {}
+            self.store.merge(sent, now_ms=now + self.sim.turn_ms, **args)
+        return len(sent)
+
+    def collect(self, now: int) -> None:
+        """GC passes until done, as rounds would run them, at the stable point."""
+        if self.gc:
+            from protocol.sync.scope import Scope
+
+            scope = Scope("door", SITE, day_of(now))
+            while not self.store.collect(scope, self.stable, self.GC_BUDGET_S).done:
+                pass
+
+    def day(self, day: int, gc_copy: Path | None = None) -> Day:
+        t_start = time.monotonic()
+        sim, site, store, data = self.sim, self.site, self.store, self.data
+        day0 = T0 + day * DAY_MS
+        own = staff = merge_w = gc_w = merged = 0
+        if gc_copy is not None:
+            shutil.copytree(data, gc_copy)  # idle: a consistent copy, WAL and all
+        before = _written()
+        self.collect(day0 + OPEN_MS)  # the day's first round: yesterday leaves the scope
+        self.idle.wait()
+        rt.write_back(data)
+        gc_w += _written() - before
+        bytes_before = files_bytes(data)
+        waiting: deque[Visit] = deque()
+        for turn in range(sim.turns):
+            now = day0 + OPEN_MS + turn * sim.turn_ms
+            visits: list[Visit] = []
+            if turn < sim.per_kiosk:
+                before = _written()
+                door_who = site.pick()
+                got = store.checkin(passport=site.passports[door_who],
+                                    birth_year=site.years[door_who],
+                                    reason=site.rng.choice(REASONS), now_ms=now)
+                visits.append(Visit(b"", site.pids[door_who], 0, turn, got.record_id))
+                self.idle.wait()
+                rt.write_back(data)
+                own += _written() - before
+            before = _written()
+            remote: list[bytes] = []
+            for v in waiting:
+                if turn - v.arrived in (sim.call, sim.done):
+                    status = "in-progress" if turn - v.arrived == sim.call else "finished"
+                    if v.kiosk == 0:
+                        store.set_checkin_status(v.label, status, now_ms=now)
+                    else:
+                        remote.append(site.status(v, status, now))
+                    if status == "finished":
+                        remote += site.clinical(v, now)
+            while waiting and turn - waiting[0].arrived >= sim.done:
+                waiting.popleft()
+            entries = store.outbox_batch(now_ms=now)
+            args = {"arrived": _cursor(now)} if self.from_hub else {}
+            store.outbox_ack((e.seq for e in entries), **args)
+            self.idle.wait()
+            rt.write_back(data)
+            mid = _written()
+            staff += mid - before
+            if turn < sim.per_kiosk:
+                for k in range(1, sim.kiosks):
+                    who = site.pick()
+                    visit, delta = site.checkin(k, who, turn, now)
+                    visits.append(visit)
+                    remote += site.verifier(who, now)
+                    remote.append(delta)
+            if turn < sim.per_kiosk:
+                remote += site.verifier(door_who, now)  # the door's check-in, at the hub
+            waiting.extend(visits)
+            merged += self._merge(remote, now)
+            self.idle.wait()
+            rt.write_back(data)
+            merge_w += _written() - mid
+            self.stable = _cursor(now)  # every replica of the scope synced this turn
+        db, wal = data / "store.db", data / "store.db-wal"
+        counts = store.reader.execute(
+            "SELECT (SELECT COUNT(*) FROM records), (SELECT COUNT(*) FROM ops),"
+            " (SELECT COUNT(*) FROM records WHERE type = ?),"
+            " (SELECT COUNT(*) FROM records WHERE type = 9)",
+            [schema.PATIENT.number]).fetchone()
+        patients = counts[3] or counts[2]  # verifiers where the hub writes them
+        return Day(day + 1, files_bytes(data), bytes_before, patients, db.stat().st_size,
+                   wal.stat().st_size if wal.exists() else 0, counts[0], counts[1], merged,
+                   sim.per_kiosk, own, staff, merge_w, gc_w,
+                   round(time.monotonic() - t_start, 1))
+
+
+def stable_before(sim: Sim, day: int) -> int:
+    """The stable point at the start of day ``day`` (0 is the first): the cursor of the
+    day before's last turn."""
+    return _cursor(T0 + (day - 1) * DAY_MS + OPEN_MS + (sim.turns - 1) * sim.turn_ms)
 
 
 def _cursor(now_ms: int) -> int:
     return now_ms * 1000  # the hub's arrival numbers are microseconds
 
 
-def _day(store: Store, idle: Idle, site: Site, sim: Sim, feed: Feed, day: int,
-         gc: Callable[[Store, int, int], None] | None) -> Day:
-    t_start = time.monotonic()
-    data = store.data
-    day0 = T0 + day * DAY_MS
-    own = staff = merge_w = gc_w = merged = 0
-    if gc is not None:
-        before = _written()
-        gc(store, day0 + OPEN_MS, _cursor(day0 + OPEN_MS))
-        rt.write_back(data)
-        gc_w += _written() - before
-    bytes_before = files_bytes(data)
-    waiting: deque[Visit] = deque()
-    for turn in range(sim.per_kiosk + DONE):
-        now = day0 + OPEN_MS + turn * sim.turn_ms
-        visits: list[Visit] = []
-        if turn < sim.per_kiosk:
-            before = _written()
-            who = site.pick()
-            got = store.checkin(passport=site.passports[who], birth_year=site.years[who],
-                                reason=site.rng.choice(REASONS), now_ms=now)
-            visits.append(Visit(b"", site.pids[who], 0, turn, got.record_id))
-            rt.write_back(data)
-            own += _written() - before
-        before = _written()
-        remote: list[bytes] = []
-        for v in waiting:
-            if turn - v.arrived in (CALL, DONE):
-                status = "in-progress" if turn - v.arrived == CALL else "finished"
-                if v.kiosk == 0:
-                    store.set_checkin_status(v.label, status, now_ms=now)
-                else:
-                    remote.append(site.status(v, status, now))
-                if status == "finished":
-                    remote += site.clinical(v, now)
-        while waiting and turn - waiting[0].arrived >= DONE:
-            waiting.popleft()
-        entries = store.outbox_batch(now_ms=now)
-        store.outbox_ack(e.seq for e in entries)
-        rt.write_back(data)
-        mid = _written()
-        staff += mid - before
-        if turn < sim.per_kiosk:
-            for k in range(1, sim.kiosks):
-                visit, delta = site.checkin(k, site.pick(), turn, now)
-                visits.append(visit)
-                remote.append(delta)
-        waiting.extend(visits)
-        sent = feed.deliver(remote, now, _cursor(now))
-        if sent:
-            store.merge(sent, now_ms=now + sim.turn_ms)
-            merged += len(sent)
-        idle.wait()
-        rt.write_back(data)
-        merge_w += _written() - mid
-    db = data / "store.db"
-    wal = data / "store.db-wal"
-    counts = store.reader.execute(
-        "SELECT (SELECT COUNT(*) FROM records), (SELECT COUNT(*) FROM ops),"
-        " (SELECT COUNT(*) FROM records WHERE type IN (?, 9))",
-        [schema.PATIENT.number]).fetchone()
-    return Day(day + 1, files_bytes(data), bytes_before, counts[2], db.stat().st_size,
-               wal.stat().st_size if wal.exists() else 0, counts[0], counts[1], merged,
-               sim.per_kiosk, own, staff, merge_w, gc_w, round(time.monotonic() - t_start, 1))
-
-
 def _written() -> int:
     return rt.proc_io(os.getpid())["write_bytes"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--days", type=int, required=True)
+    p.add_argument("--patients", type=int, required=True)
+    p.add_argument("--kiosks", type=int, default=10)
+    p.add_argument("--per-kiosk", type=int, required=True)
+    p.add_argument("--scope", choices=("everything", "door"), default="everything")
+    p.add_argument("--gc-copy", type=Path, help="copy the data directory here before the "
+                   "last day's first GC pass")
+    a = p.parse_args(argv)
+    sim = Sim(a.days, a.patients, a.kiosks, a.per_kiosk)
+    door = Door(a.data, sim, a.scope == "door")
+    try:
+        door.start()
+        for day in range(sim.days):
+            copy = a.gc_copy if day == sim.days - 1 else None
+            print(json.dumps(asdict(door.day(day, copy))), flush=True)
+    finally:
+        door.close()
+    return 0
 
 
 def growth(days: Iterable[Day], last: int) -> float:
@@ -348,3 +514,7 @@ def growth(days: Iterable[Day], last: int) -> float:
         return float("nan")
     before, end = days[-last - 1].bytes, days[-1].bytes
     return (end - before) / before
+
+
+if __name__ == "__main__":
+    sys.exit(main())

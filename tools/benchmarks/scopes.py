@@ -16,7 +16,14 @@
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from device.store.store import Store
@@ -24,6 +31,10 @@ from device.store.store import Store
 from . import Context, Result, benchmark
 from . import _door_site as site
 from .store import _ensure_peers
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The release before issue 14: "today's code", the peer of the door kiosk's figures.
+BEFORE = "a84fa97"
 
 MIB = 2**20
 GOAL_MIB = 64
@@ -141,8 +152,98 @@ def merge_rows(ctx: Context, records: int, runs: int) -> tuple[list[dict[str, An
     return rows, raw
 
 
-def _sim(args: dict[str, int]) -> site.Sim:
-    return site.Sim(args["days"], args["patients"], 10, args["per_kiosk"])
+GC_NOTE = (
+    "GC latency: check-ins (new patients, back to back) beside GC passes "
+    "(`Store.collect`, 1 s budget each, again until done) in another thread, after "
+    "check-ins at rest in the same store: (day) on a copy of the door kiosk's files "
+    "taken at the start of the simulation's last day, before that day's first pass, which "
+    "drops the day before's queue; (switch) on today's code's door kiosk after the "
+    "simulation, opened by this code and turned door: its first pass drops nearly "
+    "everything it held.")
+
+
+def gc_latency(ctx: Context, data: Path, now_ms: int, stable: int,
+               rest: int = 1000) -> dict[str, Any]:
+    """Check-in latency beside GC passes on the store in ``data`` (the store
+    benchmark's ``latency_beside``), and what the passes did."""
+    from protocol.sync.scope import Scope
+
+    from . import _store_workload as bench
+
+    store = Store(data)
+    scope = Scope("door", site.SITE, site.day_of(now_ms))
+    passes: list[Any] = []
+
+    def collect() -> None:
+        while not passes or not passes[-1].done:
+            passes.append(store.collect(scope, stable, site.Door.GC_BUDGET_S))
+
+    before = site.files_bytes(data)
+    try:
+        r = bench.latency_beside(store, collect, rest, now_ms=now_ms)
+        after = site.files_bytes(data)  # closing the store checkpoints its WAL away
+    finally:
+        store.close()
+    r.update(passes=len(passes), bytes_before=before, bytes_after=after,
+             report={k: sum(getattr(p, k) for p in passes) for k in vars(passes[0])
+                     if isinstance(getattr(passes[0], k), int)
+                     and not isinstance(getattr(passes[0], k), bool)})
+    ctx.log(f"GC latency: {r}")
+    return r
+
+
+def _counts(report: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in report.items())
+
+
+def gc_rows(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, what in (("day", "the day's first GC pass (yesterday's queue leaves)"),
+                      ("switch", "the first GC pass of today's code's kiosk turned door")):
+        r = raw[key]
+        rows.append(_row(
+            f"check-in p99 during {what}, ms", r["p99_ms_busy"], "p99 at rest",
+            r["p99_ms_at_rest"], r["p99_ratio"], "<= 2x", r["p99_ratio"] <= 2,
+            f"{r['checkins_busy']:,} check-ins during {r['passes']} passes over "
+            f"{r['seconds']:.2f} s ({_counts(r['report'])}); p50 {r['p50_ms_busy']} ms, at rest "
+            f"{r['p50_ms_at_rest']} ms; files {r['bytes_before'] / MIB:.1f} MiB, after "
+            f"{r['bytes_after'] / MIB:.1f} MiB"))
+    return rows
+
+
+def simulate(ctx: Context, name: str, args: dict[str, int], scope: str,
+             tree: Path = ROOT, gc_copy: Path | None = None) -> site.Sim:
+    """Run ``_door_site`` in a child process on the code in ``tree``; its days."""
+    sim = site.Sim(args["days"], args["patients"], 10, args["per_kiosk"])
+    cmd = [sys.executable, "-m", "tools.benchmarks._door_site", "--data",
+           str(ctx.workdir / name), "--days", str(sim.days), "--patients",
+           str(sim.patients), "--per-kiosk", str(sim.per_kiosk), "--scope", scope]
+    if gc_copy is not None:
+        cmd += ["--gc-copy", str(gc_copy)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    with subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            d = site.Day(**json.loads(line))
+            sim.out.append(d)
+            ctx.log(f"{name}, day {d.day}: {d.bytes / MIB:.1f} MiB, {d.records:,} records, "
+                    f"{d.merged:,} deltas merged, {d.seconds:.1f} s")
+    if proc.returncode != 0 or len(sim.out) != sim.days:
+        raise RuntimeError(f"the {name} simulation exited with {proc.returncode} after "
+                           f"{len(sim.out)} of {sim.days} days")
+    return sim
+
+
+def release_before(ctx: Context) -> Path:
+    """The code of the release before issue 14 (``git archive``), with the simulation
+    copied in (it uses nothing that release lacks)."""
+    tree = ctx.workdir / f"release-{BEFORE}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    shutil.copy(Path(site.__file__), tree / "tools" / "benchmarks" / "_door_site.py")
+    return tree
 
 
 @benchmark("scopes", "Scopes and garbage collection: a door kiosk's files, merge rate, GC")
@@ -155,18 +256,32 @@ def scopes_benchmark(ctx: Context) -> Result:
         sim_args, last, records, runs = {"days": 90, "patients": 20_000, "per_kiosk": 500}, \
             LAST_DAYS, 10_000, 3
     sims: dict[str, Any] = {}
-    ctx.log("the site's simulation, today's code")
-    today = site.run(ctx.workdir / "today", _sim(sim_args),
-                     site.Everything(), ctx.log)
-    sims["today"] = today
-    new = None
+    gc_copy = ctx.workdir / "door-before-gc"
+    ctx.log(f"the site's simulation: today's code ({BEFORE})"
+            + (", and the door kiosk's scope with GC beside it" if gc_available() else ""))
+    with ThreadPoolExecutor(2) as pool:  # child processes: one core each
+        today_run = pool.submit(simulate, ctx, "today", sim_args, "everything",
+                                release_before(ctx))
+        door_run = (pool.submit(simulate, ctx, "door", sim_args, "door", gc_copy=gc_copy)
+                    if gc_available() else None)
+        sims["today"] = today = today_run.result()
+        if door_run is not None:
+            sims["door"] = door_run.result()
+    new = _figures(sims["door"], last) if "door" in sims else None
     rows = simulation_rows(_figures(today, last), new, sim_args["days"], last)
     merge, merge_raw = merge_rows(ctx, records, runs)
     rows += merge
-    gc_note = ("GC: the store has no collect yet; the rows with GC will follow once it "
-               "does." if not gc_available() else "")
-    rows += [_row("check-in p99 during a GC pass, ms", None, "p99 at rest", None, None,
-                  "<= 2x", None, gc_note)]
+    gc_raw: dict[str, Any] = {}
+    if gc_available():
+        days = sim_args["days"]
+        gc_raw["day"] = gc_latency(ctx, gc_copy, site.T0 + (days - 1) * site.DAY_MS,
+                                   site.stable_before(today, days - 1))
+        gc_raw["switch"] = gc_latency(ctx, ctx.workdir / "today", site.T0 + days * site.DAY_MS,
+                                      site.stable_before(today, days))
+        rows += gc_rows(gc_raw)
+    else:
+        rows += [_row("check-in p99 during a GC pass, ms", None, "p99 at rest", None, None,
+                      "<= 2x", None, "the store has no collect yet")]
     notes = [
         f"Simulation ({'quick sizes: ' if ctx.quick else ''}{sim_args['days']} days, 10 "
         f"kiosks at one site, {sim_args['per_kiosk']} check-ins per kiosk a day, "
@@ -174,16 +289,29 @@ def scopes_benchmark(ctx: Context) -> Result:
         "disk with a simulated clock; the other 9 kiosks, 3 clinician stations and the hub "
         "are a seeded generator writing with the real writers (`build_put` on each node's "
         "HLC, `delta.encode`). Each check-in is a returning patient (passport and year "
-        "typed); staff call it 20 turns later and see it 30 turns later (two status "
+        "typed); staff call it 24 minutes later and see it 36 minutes later (two status "
         "writes by the kiosk that took it; the door's own through its staff screen); a "
         "clinician then writes a note, for 60 % a prescription, for 30 % a lab result. "
         "One turn per door check-in over 10 opening hours: the door kiosk checks in, "
         "its staff write, its outbox is acknowledged, and what the hub sends of the "
         "turn's writes of the others goes in through `Store.merge`. Files: every file "
-        "under the data directory after each day (store.db, its WAL, keys). Today's code: "
-        "the hub sends the door kiosk every other node's delta, as it does every kiosk.",
-        "Between turns the store's WAL checkpoint, if one was asked for, is let finish "
-        "(a turn is over a minute of a kiosk's time); the kernel's writeback is simulated "
+        "under the data directory after each day (store.db, its WAL, keys). Today's code "
+        f"is the release before issue 14 ({BEFORE}, `git archive`d and run in a child "
+        "process): the hub sends the door kiosk every other node's delta, as it does "
+        "every kiosk. Door scope (this code, child process): what the hub's own filter "
+        "(`host.hub.scopes.changes_in_scope`, on a hub database holding every delta of "
+        "the site, committed a turn at a time with their records' facts) sends a door "
+        "kiosk of the site, pulled in pages after each turn; the hub writes a verifier "
+        "record for each patient when first checked in at the site; the door kiosk's "
+        "acks carry arrival numbers and the pages their cursors; and it runs "
+        "`Store.collect` (1 s budget, again until done) at the start of each day, at "
+        "the stable point of the day before's last turn (every replica of the scope "
+        "synced since). A kiosk runs a pass after every round; one a day is what a "
+        "simulation of this size can afford, and it gathers a day's work into one pass.",
+        "Between the steps of a turn the store's WAL checkpoint, if one was asked for, is "
+        "let finish (a turn is over a minute of a kiosk's time: run back to back, a "
+        "checkpoint would race the next step's commits and the WAL would never start "
+        "over); the kernel's writeback is simulated "
         "as in the kiosk benchmark (every file fsynced after each turn), so write_bytes of "
         "/proc/self/io counts what reaches the card.",
         f"Merge: {records:,} records x 10 single-field deltas from one seeded generator "
@@ -191,9 +319,9 @@ def scopes_benchmark(ctx: Context) -> Result:
         "returns; the floors and pycrdt are measured in the same run by the same code "
         "as `./tools/bench store`.",
     ]
-    if gc_note:
-        notes.append(gc_note)
+    if gc_available():
+        notes.append(GC_NOTE)
     columns = ["what", "value", "against", "peer", "ratio", "goal", "met", "detail"]
     return Result(rows, columns, notes, {
         "sim": sim_args, "last_days": last, "merge": merge_raw,
-        "days": {name: [vars(d) for d in s.out] for name, s in sims.items()}})
+        "gc": gc_raw, "days": {name: [vars(d) for d in s.out] for name, s in sims.items()}})
