@@ -283,6 +283,12 @@ def test_out_of_scope_records_are_pruned_only_once_synced(store: Store) -> None:
     held = {v.record_id for v in store.views()}
     assert held == {uuid.UUID(today.record_id).bytes, decode(verifier).record_id}
     assert store.scope_checksum(DOOR) is not None
+    typed = count(store, "SELECT COUNT(*) FROM field_values WHERE field IN (7, 8)")
+    assert typed == 1  # the year typed at the check-in, until it is stable
+    assert store.collect(DOOR, stable=20).compacted == 2
+    assert count(store, "SELECT COUNT(*) FROM field_values WHERE field IN (7, 8)") == 0
+    view = store.view(today.record_id)
+    assert view is not None and view.fields[5] == SITE  # the rest stays
 
 
 def test_the_door_kiosk_checks_the_year_against_the_sites_verifier(store: Store) -> None:

@@ -20,7 +20,9 @@ ever pruned. Of the others:
    of the scope has acknowledged), in no conflict and not stale, with one
    head, keeps its merged rows only: its write log (``ops``, ``seen``) goes
    and it is marked ``partial``; a deleted one (every head a delete) goes
-   entirely.
+   entirely. A door kiosk's check-in loses what the patient typed there
+   (``scope.WITHHELD_AT_DOOR``: the hub never sends a door those fields, and
+   it keeps its own only until they are stable).
 
 Conflict versions need nothing: ``conflicts`` only ever holds the current
 ones. The kiosk's audit chain is never touched (``device.audit`` reads it
@@ -45,10 +47,10 @@ from device.store.materialise import parse_heads
 from device.store.rebase import drop
 from device.store.scope_state import ScopeReader
 from device.store.writer import BULK
-from protocol.crdt.schema import PATIENT
+from protocol.crdt.schema import CHECKIN, PATIENT
 from protocol.driver.database import immediate
 from protocol.sync import audit as sync_audit
-from protocol.sync.scope import CLINICAL_OF_PATIENT, Scope
+from protocol.sync.scope import CLINICAL_OF_PATIENT, WITHHELD_AT_DOOR, Scope
 
 if TYPE_CHECKING:
     from device.store.store import Store
@@ -129,6 +131,9 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
                 db.execute("DELETE FROM ops WHERE rid = ?", [rid])
                 db.execute("DELETE FROM seen WHERE rid = ?", [rid])
                 db.execute("UPDATE records SET partial = 1 WHERE rid = ?", [rid])
+                if state.scope.role == "door" and rtype == CHECKIN.number:
+                    db.execute("DELETE FROM field_values WHERE rid = ? AND field IN"
+                               f" ({','.join(map(str, sorted(WITHHELD_AT_DOOR)))})", [rid])
                 compacted += 1
         drop(db, gone)
     if rows:
