@@ -159,6 +159,12 @@ def test_a_door_kiosk_gets_its_sites_verifiers_and_todays_queue_and_no_name(
         full = decoded(Session(hub, s, now).pull(0)[0])
         assert len(full) == 2 * 5 + 1 + 2  # North's visits, yesterday's, two verifiers
         assert hub.write_verifiers(now) == 0  # nothing new: nothing written
+        # a kiosk's own verifier is quarantined: door kiosks trust the hub's alone
+        pid = north[0][0]
+        forged = wa.put(verifier_record_id(hub.fleet_key, "North", pid), "verifier", now, {
+            "subject": str(uuid.UUID(bytes=pid)), "birthYear": "0" * 32, "site": "North"})
+        assert Session(hub, a, now).push([forged]).get("quarantined") == [0]
+        assert [q["code"] for q in hub.store.quarantined()] == ["hub-only"]
     finally:
         for k in (a, s, door):
             k.close()

@@ -406,6 +406,7 @@ class Hub:
         self.store.set_meta("claims_cursor", cursor)
         if done:
             self.store.log(None, "claims", f"{len(done)} check-in identities settled", now)
+        self.write_verifiers(now)  # a promoted claim may be a patient's first birth date
         return done
 
     def _add_local(self, deltas: list[Delta]) -> None:

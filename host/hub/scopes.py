@@ -43,12 +43,17 @@ import sqlite_utils
 
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.sync.audit import is_audit_id
-from protocol.sync.scope import Facts, Scope, checkin_in_scope, facts_of, in_scope, scope_checksum
+from protocol.sync.scope import (
+    WITHHELD_AT_DOOR,
+    Facts,
+    Scope,
+    checkin_in_scope,
+    facts_of,
+    in_scope,
+    scope_checksum,
+)
 
 CHECKIN, VERIFIER = 2, 9
-#: A check-in's fields that a door kiosk is never sent: what the patient typed (a name,
-#: a date of birth). Its own check-ins hold them until it collects them.
-CLAIMS = frozenset((7, 8))
 #: Snapshots of named records (``sync-pull`` ``snapshot: [rids]``) name at most this many.
 MAX_SNAPSHOT_RIDS = 256
 
@@ -79,10 +84,10 @@ def for_door(data: bytes) -> bytes:
     if data[1] != CHECKIN << 1:  # not a check-in put (the head byte of types below 12)
         return data
     delta = decode(data)
-    if not CLAIMS & delta.set.keys():
+    if not WITHHELD_AT_DOOR & delta.set.keys():
         return data
     return encode(dataclasses.replace(
-        delta, set={k: v for k, v in delta.set.items() if k not in CLAIMS}))
+        delta, set={k: v for k, v in delta.set.items() if k not in WITHHELD_AT_DOOR}))
 
 
 def _facts(rid: bytes, row: Iterable[Any]) -> Facts:

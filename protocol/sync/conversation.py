@@ -74,6 +74,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import messages
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS
 from protocol.crdt.delta import Delta
+from protocol.crdt.schema import VERIFIER
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
@@ -621,7 +622,8 @@ class HubSync:
     than ``STALE_CURSOR_US`` old. A role changed during a session ends it
     (``rescoped``): the next hello sees it. A decommissioned kiosk's sessions are
     let in; every delta of its batches is quarantined (``decommissioned``) and
-    acknowledged, and it is served nothing."""
+    acknowledged, and it is served nothing. A kiosk's verifier record is
+    quarantined (``hub-only``): a door kiosk trusts the hub's alone."""
 
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
                  *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
@@ -936,8 +938,10 @@ class HubSync:
             checked = [RemoteProtocolError(f"kiosk {dev.device_id} is decommissioned",
                                            DECOMMISSIONED)] * len(deltas)
         else:
-            checked = check_remote_deltas(deltas, now, node=dev.node,
-                                          max_ahead_ms=self.max_ahead_ms)
+            checked = [RemoteProtocolError("only the hub writes verifier records", "hub-only")
+                       if isinstance(d, Delta) and d.type == VERIFIER.number else d
+                       for d in check_remote_deltas(deltas, now, node=dev.node,
+                                                    max_ahead_ms=self.max_ahead_ms)]
         for i, (data, got) in enumerate(zip(deltas, checked, strict=True)):
             if isinstance(got, RemoteProtocolError):
                 bad.append((got.code, str(got), data))
