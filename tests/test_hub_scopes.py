@@ -19,7 +19,7 @@ import pytest
 
 from host.cli import main as haven_main
 from host.hub.hub import Hub, init_hub
-from host.hub.storage import MIGRATIONS
+from host.hub.storage import MIGRATIONS, Device
 from protocol import messages
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.ids import verifier_record_id, year_verifier
@@ -278,6 +278,14 @@ def test_a_role_change_to_an_unknown_role_is_refused_and_changes_nothing(
         assert session.role.close is not None and session.role.close[0] == "rescoped"
         assert haven_main(["hub", "status", "--data", str(hub.data)]) == 0
         assert "door  acked 0" in capsys.readouterr().out
+        # a kiosk provisioned offline has its approval's role from its first sync
+        serial, letter, node, _ = hub.store.reserve_approvals(
+            "North", 1, now, now + DAY_MS, iter([7]), role="clinician", window_days=3)[0]
+        late = Device(f"{node:08x}", node, "North", letter, b"x" * 32, b"e" * 32, "approved",
+                      0, bytes(32), 0, None)
+        assert hub.store.enrol_approved(serial, late, now) == "enrolled"
+        dev = hub.store.device(late.device_id)
+        assert dev is not None and (dev.role, dev.window_days) == ("clinician", 3)
     finally:
         kiosk.close()
 

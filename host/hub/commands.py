@@ -39,6 +39,16 @@ def _write_cert(path: Path, cert: bytes, replaced: str | None) -> None:
           + (f"; kiosk {replaced} retired (revoked: replaced)" if replaced else ""))
 
 
+def _kiosk(p: argparse.ArgumentParser) -> None:
+    p.add_argument("device", metavar="KIOSK", help="the kiosk's id (haven hub status lists "
+                   "them)")
+
+
+def _window_needs_role(args: argparse.Namespace) -> None:
+    if args.window is not None and args.role is None:
+        raise UsageError("--window goes with --role clinician")
+
+
 def _role_arguments(p: argparse.ArgumentParser, name: str, text: str) -> None:
     p.add_argument(name, metavar="ROLE", help=text)
     p.add_argument("--window", type=int, metavar="DAYS",
@@ -78,8 +88,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                       "next sync it is told, and keeps only its new scope (its unsynced "
                       "writes stay until synced).")
     _data(p)
-    p.add_argument("device", metavar="KIOSK", help="the kiosk's id (haven hub status lists "
-                   "them)")
+    _kiosk(p)
     _role_arguments(p, "role", "door, clinician or full")
     p = hs.add_parser("decommission", help="retire a kiosk that is gone",
                       description="A kiosk that is gone (lost, broken, stolen) stops holding "
@@ -87,8 +96,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                       "garbage. Whatever it still sends is quarantined (haven hub "
                       "quarantine list). Revoke it too if its key may be in other hands.")
     _data(p)
-    p.add_argument("device", metavar="KIOSK", help="the kiosk's id (haven hub status lists "
-                   "them)")
+    _kiosk(p)
     p = hs.add_parser("replace", help="give a dead kiosk's letter to an enrolled kiosk",
                       description="Retire OLD_DEVICE_ID (revoked: replaced) and give its "
                       "letter at its site to NEW_DEVICE_ID from DAY; the new kiosk's "
@@ -120,6 +128,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    "(default 168: a week; at most 744)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="where to write the approvals")
+    _role_arguments(p, "--role", "what the kiosks hold once enrolled: door, clinician or "
+                    "full (the default)")
     p = hs.add_parser("revoke", help="revoke a kiosk", description="Revoke a kiosk: the hub "
                       "refuses its sessions from now on.")
     _data(p)
@@ -411,7 +421,9 @@ def serve_limits(args: argparse.Namespace) -> Limits:
 def _approve(hub: Hub, args: argparse.Namespace) -> None:
     from protocol.sync import approval
 
-    docs = hub.approve(args.site, args.count, args.hours)
+    _window_needs_role(args)
+    docs = hub.approve(args.site, args.count, args.hours, role=args.role,
+                       window_days=args.window)
     try:
         args.out.write_bytes(approval.dump_file(docs))
     except OSError as exc:
@@ -453,8 +465,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"cannot read {args.request}: {exc.strerror}") from None
             if args.from_day is not None and args.replaces is None:
                 raise UsageError("--from goes with --replaces")
-            if args.window is not None and args.role is None:
-                raise UsageError("--window goes with --role clinician")
+            _window_needs_role(args)
             _write_cert(args.out, hub.enroll(request, replaces=args.replaces,
                                              from_day=args.from_day, role=args.role,
                                              window_days=args.window), args.replaces)

@@ -205,10 +205,13 @@ class Hub:
     # Offline approvals (SPEC.md "Offline approvals") ---------------------------------
 
     def approve(self, site: str, count: int, hours: float,
-                now_ms: int | None = None) -> list[bytes]:
+                now_ms: int | None = None, *, role: str | None = None,
+                window_days: int | None = None) -> list[bytes]:
         """``count`` approvals for kiosks at ``site``, signed, valid ``hours``: each with a
-        letter, a node and a kiosk number the hub reserves for it alone."""
+        letter, a node and a kiosk number the hub reserves for it alone, and the role the
+        kiosk enrolled by it has (default ``full``)."""
         now = wall_ms() if now_ms is None else now_ms
+        scoped = _role(role or "full", window_days)
         if not 0 < len(site.strip()) <= sync_approval.MAX_SITE or not site.isprintable():
             raise UsageError(f"the site is 1 to {sync_approval.MAX_SITE} printable characters "
                              "(no line breaks or control characters)")
@@ -220,10 +223,11 @@ class Hub:
             raise UsageError(f"--hours is more than 0 and at most {longest}, not {hours:g}")
         expires = now + int(hours * sync_approval.HOUR_MS)
         try:
-            reserved = self.store.reserve_approvals(site, count, now, expires, _nodes())
+            reserved = self.store.reserve_approvals(site, count, now, expires, _nodes(),
+                                                    role=scoped[0], window_days=scoped[1])
         except ValueError as exc:
             raise HavenError(f"cannot approve {count} kiosks at site {site!r}: {exc}") from None
-        self.store.log(None, "approved", f"{count} approvals for site {site!r} until "
+        self.store.log(None, "approved", f"{count} {scoped[0]} approvals for site {site!r} until "
                        f"{expires}: " + ", ".join(f"{serial} (letter {letter}, kiosk "
                                                  f"{node:08x}, number {number})"
                                                  for serial, letter, node, number in reserved),

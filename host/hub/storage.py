@@ -25,6 +25,7 @@ kiosk number) and the kiosk that used it (SPEC.md "Offline approvals").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -138,7 +139,8 @@ MIGRATIONS.sql(
 #: when its role was set (hub ms; a kiosk welcomed before is told to rebase), and
 #: ``acked``, the greatest cursor it said it holds (stable points). ``record_facts``:
 #: what scopes need of each record, filled here from every delta held. A batch's
-#: ``arrived``: the greatest arrival number its deltas were given (the ack's).
+#: ``arrived``: the greatest arrival number its deltas were given (the ack's). An
+#: approval's role and window: the kiosk it enrols has them from its first sync.
 @MIGRATIONS(7)
 def _m007_scopes(db: sqlite_utils.Database) -> None:
     for statement in (
@@ -147,6 +149,8 @@ def _m007_scopes(db: sqlite_utils.Database) -> None:
             "ALTER TABLE devices ADD COLUMN role_since INTEGER",
             "ALTER TABLE devices ADD COLUMN acked INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE batches ADD COLUMN arrived INTEGER",
+            "ALTER TABLE approvals ADD COLUMN role TEXT NOT NULL DEFAULT 'full'",
+            "ALTER TABLE approvals ADD COLUMN window_days INTEGER NOT NULL DEFAULT 30",
             """CREATE TABLE record_facts (
                 rid BLOB PRIMARY KEY, type INTEGER NOT NULL, location TEXT, subject BLOB,
                 day TEXT) WITHOUT ROWID""",
@@ -260,6 +264,7 @@ class HubStore:
 
     def reserve_approvals(self, site: str, count: int, issued: int, expires: int,
                           nodes: Iterator[int], max_number: int = short_code.MAX_KIOSK,
+                          role: str = "full", window_days: int = 30,
                           ) -> list[tuple[int, str, int, int]]:
         """Reserve ``count`` kiosks at ``site``, each its own letter (the first free there:
         no approved kiosk's, no live approval's), node (the first of ``nodes`` no kiosk or
@@ -283,8 +288,10 @@ class HubStore:
                     "SELECT 1 FROM devices WHERE node = ? UNION SELECT 1 FROM approvals"
                     " WHERE node = ?", [n, n]).fetchone())
                 cur = db.execute("INSERT INTO approvals (site, letter, node, kiosk_number,"
-                                 " issued_at, expires) VALUES (?, ?, ?, ?, ?, ?)",
-                                 [site, letter, node, number, issued, expires])
+                                 " issued_at, expires, role, window_days)"
+                                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [site, letter, node, number, issued, expires, role,
+                                  window_days])
                 out.append((int(cur.lastrowid or 0), letter, node, number))
                 number += 1
             return out
@@ -295,8 +302,8 @@ class HubStore:
         ``other`` (another kiosk did: this one is a copy). ``ValueError`` if the hub
         holds no such approval, or its letter is taken."""
         with self._tx() as db:
-            row = db.execute("SELECT node, kiosk_number, used_by FROM approvals"
-                             " WHERE serial = ?", [serial]).fetchone()
+            row = db.execute("SELECT node, kiosk_number, used_by, role, window_days"
+                             " FROM approvals WHERE serial = ?", [serial]).fetchone()
             if row is None or row[0] != dev.node:
                 raise ValueError("the hub holds no such approval (a hub restored from an "
                                  "older backup?)")
@@ -304,7 +311,8 @@ class HubStore:
                 return "same" if bytes(row[2]) == dev.x25519 else "other"
             db.execute("UPDATE approvals SET used_by = ?, used_at = ? WHERE serial = ?",
                        [dev.x25519, now, serial])
-            self._insert_device(db, dev, now, int(row[1]))
+            self._insert_device(db, dataclasses.replace(dev, role=row[3], window_days=row[4]),
+                                now, int(row[1]))
             return "enrolled"
 
     def letters_taken(self, site: str, but: str | None = None,
