@@ -30,10 +30,11 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import shutil
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,9 @@ class SimKiosk:
 
     name: str
     role: str
-    kiosk: Kiosk
+    store: Store
+    state: SyncState
+    ident: enrol.Identity
     clock: SimClock
     #: (record id, stamp) of every write made here, to find at the hub in the end
     writes: list[tuple[bytes, int]] = field(default_factory=list)
@@ -163,29 +166,36 @@ class SimKiosk:
     settled: bool = False
     noted: int = 0  #: the greatest stamp of ours ``note_writes`` has seen
 
-    @property
-    def store(self) -> Store:
-        return self.kiosk.store
-
-    @property
-    def state(self) -> SyncState:
-        return self.kiosk.state
+    @classmethod
+    def open(cls, data: Path, role: str, clock: SimClock) -> SimKiosk:
+        return cls(data.name, role, Store(data, clock=clock), SyncState(data),
+                   enrol.load(data), clock)
 
     @property
     def device(self) -> str:
-        return self.kiosk.device
+        return self.ident.cert.device_id
+
+    def close(self) -> None:
+        self.state.close()
+        self.store.close()
 
     @property
     def node(self) -> int:
         return self.store.node
 
-    def reopen(self) -> None:
-        """A crash: the store and ``sync.db`` closed where they stand, opened again."""
+    def reopen(self, killed: bool = False) -> None:
+        """A crash: the store and ``sync.db`` closed where they stand, opened again.
+        ``killed``: as by ``kill -9``, what waits in memory to be written is lost (the
+        cursor, acknowledgements, the stable point: ``SyncState``, ``device.store.acks``);
+        what was committed stays."""
         data = self.store.data
-        self.kiosk.close()
-        self.kiosk.store = Store(data, clock=self.clock)
-        self.kiosk.state = SyncState(data)
-        self.kiosk.ident = enrol.load(data)
+        if killed:
+            self.store._acked.take()
+            self.state._later.clear()
+            self.state._acked_later.clear()
+        self.close()
+        self.store, self.state = Store(data, clock=self.clock), SyncState(data)
+        self.ident = enrol.load(data)
 
     def note_writes(self) -> int:
         """Remember the writes made here since the last call (each once); how many."""
@@ -252,13 +262,19 @@ class SimKiosk:
         return out
 
 
+#: Fleets enrolled once in this process (``Fleet.copied``), by their list of kiosks.
+_TEMPLATES: dict[tuple[tuple[str, str, str, str], ...], Path] = {}
+
+
 class Fleet:
     """A hub and its kiosks in ``tmp``, on the test's clock (see the module's doc)."""
 
-    def __init__(self, tmp: Path, clock: SimClock | None = None) -> None:
+    def __init__(self, tmp: Path, clock: SimClock | None = None, *, new: bool = True) -> None:
+        """``new``: a hub is made in ``tmp``; else ``tmp`` holds one (``copied``)."""
         self.tmp = tmp
         self.clock = clock or SimClock()
-        init_hub(tmp / "hub")
+        if new:
+            init_hub(tmp / "hub")
         self.hub = Hub(tmp / "hub")
         self.kiosks: list[SimKiosk] = []
         #: a page to the hub, or to a kiosk, may be changed on its way (bad input tests)
@@ -266,8 +282,29 @@ class Fleet:
 
     def close(self) -> None:
         for k in self.kiosks:
-            k.kiosk.close()
+            k.close()
         self.hub.close()
+
+    @classmethod
+    def copied(cls, templates: Path, tmp: Path, kiosks: Sequence[tuple[str, str, str, str]],
+               clock: SimClock) -> Fleet:
+        """A fleet of a hub and ``kiosks`` (name, letter, role, site) enrolled, copied into
+        ``tmp`` from one made once in ``templates`` for each list of kiosks: enrolling
+        (keys, databases, certificates) is most of the time of a short run."""
+        key = tuple(kiosks)
+        made = _TEMPLATES.get(key)
+        if made is None:
+            made = templates / f"fleet-{len(_TEMPLATES)}"
+            made.mkdir()
+            fleet = cls(made)
+            for name, letter, role, site in kiosks:
+                fleet.add(name, letter, role, site)
+            fleet.close()
+            _TEMPLATES[key] = made
+        shutil.copytree(made, tmp, dirs_exist_ok=True)
+        fleet = cls(tmp, clock, new=False)
+        fleet.kiosks = [SimKiosk.open(tmp / name, role, clock) for name, _, role, _ in kiosks]
+        return fleet
 
     # Kiosks and the hub's commands ---------------------------------------------------
 
@@ -275,7 +312,7 @@ class Fleet:
             window_days: int | None = None) -> SimKiosk:
         k = Kiosk(self.tmp, name, self.hub, letter, site, role)
         k.store.clock = self.clock
-        sim = SimKiosk(name, role, k, self.clock)
+        sim = SimKiosk(name, role, k.store, k.state, k.ident, self.clock)
         self.kiosks.append(sim)
         if window_days is not None:
             self.set_role(sim, role, window_days)
@@ -299,19 +336,20 @@ class Fleet:
 
     # Rounds --------------------------------------------------------------------------
 
-    def sync(self, k: SimKiosk, stop_after: int | None = None) -> Summary | None:
+    def sync(self, k: SimKiosk, stop_after: int | None = None,
+             killed: bool = False) -> Summary | None:
         """One round of ``k`` with the hub, message by message. ``stop_after``: the round
         is cut after the hub answered that many messages (None returned: the kiosk
-        crashed there, and is opened again)."""
-        rnd = Round(k.store, k.state, k.kiosk.ident)
-        peer = HubPeer(self.hub.store, self.hub.ed_public, k.kiosk.ident.cert.x25519,
+        crashed there, ``killed`` or not, and is opened again)."""
+        rnd = Round(k.store, k.state, k.ident)
+        peer = HubPeer(self.hub.store, self.hub.ed_public, k.ident.cert.x25519,
                        self.clock, stable_key=self.hub.ed_key,
                        after_batch=lambda: self.hub.write_verifiers(self.clock()))
         to_hub = deque(data for _, data in rnd.hello())
         answered = 0
         while to_hub:
             if stop_after is not None and answered >= stop_after:
-                k.reopen()
+                k.reopen(killed)
                 self.hub_passes()
                 return None
             replies = peer.on_message(to_hub.popleft())

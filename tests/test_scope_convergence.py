@@ -51,6 +51,16 @@ KIOSKS = [("door", "A", "door", "North"), ("clin", "B", "clinician", "North"),
           ("full2", "E", "full", "South")]
 
 
+_templates: list[Path] = []
+
+
+def templates(factory: pytest.TempPathFactory) -> Path:
+    """Where this process keeps the fleets it enrolled once (``Fleet.copied``)."""
+    if not _templates:
+        _templates.append(factory.mktemp("templates"))
+    return _templates[0]
+
+
 @contextmanager
 def fleet(tmp: Path, clock: SimClock | None = None) -> Iterator[Fleet]:
     clock = clock or SimClock()
@@ -145,6 +155,8 @@ def step(f: Fleet, action: str, who: int, arg: int) -> None:
         f.sync(k)
     elif action == "crash":
         f.sync(k, stop_after=1 + arg % 6)
+    elif action == "kill":  # what waited in memory is lost: pages come again, batches too
+        f.sync(k, stop_after=1 + arg % 6, killed=True)
     elif action == "gc":
         k.collect()
     elif action == "role" and who % len(f.kiosks):  # the first kiosk stays a door
@@ -155,7 +167,8 @@ def step(f: Fleet, action: str, who: int, arg: int) -> None:
 
 
 ACTIONS = ("checkin", "checkin", "patient", "clinical", "clinical", "edit", "concurrent",
-           "delete", "status", "sync", "sync", "sync", "crash", "gc", "gc", "role", "advance")
+           "delete", "status", "sync", "sync", "sync", "crash", "kill", "gc", "gc", "role",
+           "advance")
 STEPS = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(0, 4), st.integers(0, 10**6)),
                  min_size=4, max_size=60 if LONG else 28)
 
@@ -177,26 +190,36 @@ def check_door(k: SimKiosk) -> None:
 def test_replicas_hold_the_hubs_records_filtered_to_their_scope(
         tmp_path_factory: pytest.TempPathFactory, n: int,
         steps: list[tuple[str, int, int]]) -> None:
-    with fleet(tmp_path_factory.mktemp("fleet")) as f:
-        for name, letter, role, site in KIOSKS[:n]:
-            f.add(name, letter, role, site)
-        for action, who, arg in steps:
-            before = unsynced_everywhere(f)
-            step(f, action, who, arg)
-            assert_nothing_unsynced_pruned(f, before, f"after {action} of kiosk {who}")
-            for k in f.kiosks:
-                check_door(k)
+    clock = SimClock()
+    with hub_arrivals_follow(clock):
+        f = Fleet.copied(templates(tmp_path_factory), tmp_path_factory.mktemp("fleet"),
+                         KIOSKS[:n], clock)
+        try:
+            run_and_check(f, steps)
+        finally:
+            f.close()
+
+
+def run_and_check(f: Fleet, steps: list[tuple[str, int, int]]) -> None:
+    """The steps, each followed by the checks that hold at every moment; then rounds
+    until the fleet is quiet and a GC pass on each kiosk, and the checks of the end."""
+    for action, who, arg in steps:
         before = unsynced_everywhere(f)
-        f.quiesce()
-        assert_nothing_unsynced_pruned(f, before, "after the last rounds")
+        step(f, action, who, arg)
+        assert_nothing_unsynced_pruned(f, before, f"after {action} of kiosk {who}")
         for k in f.kiosks:
-            assert k.unsynced(f.hub) == set(), f"{k.name} still has writes to send"
-            assert f.lost_writes(k) == []
-            f.check_scope(k)
             check_door(k)
-            if k.role == "door":  # its own writes are stable and collected too
-                assert k.door_leaks(own=False) == []
-        check_verdicts(f)
+    before = unsynced_everywhere(f)
+    f.quiesce()
+    assert_nothing_unsynced_pruned(f, before, "after the last rounds")
+    for k in f.kiosks:
+        assert k.unsynced(f.hub) == set(), f"{k.name} still has writes to send"
+        assert f.lost_writes(k) == []
+        f.check_scope(k)
+        check_door(k)
+        if k.role == "door":  # its own writes are stable and collected too
+            assert k.door_leaks(own=False) == []
+    check_verdicts(f)
 
 
 def check_verdicts(f: Fleet) -> None:
@@ -433,9 +456,10 @@ def test_a_stable_point_another_hub_signed_is_refused(tmp_path: Path) -> None:
 
 
 def _tamper(how: str):  # type: ignore[no-untyped-def]
-    """The last page of a whole-scope snapshot, changed on its way: its ``sum`` off by
-    a bit; or the page without one record's greatest write; or without an older write
-    of a record whose greatest write stays (what it set alone is lost)."""
+    """The last page of a whole-scope snapshot, changed on its way: its ``sum`` off by a
+    bit (``sum``); without one record's greatest write (``greatest``); without a write
+    another write of its record saw (``older``); without the lesser of two concurrent
+    writes of a record, the greatest staying (``concurrent``)."""
     def change(k: SimKiosk, data: bytes) -> bytes:
         msg = messages.decode(data)
         if msg.type != sync.CHANGES.number or msg.get("sum") is None:
@@ -443,25 +467,34 @@ def _tamper(how: str):  # type: ignore[no-untyped-def]
         if how == "sum":
             hub_sum = msg.get("sum")
             return replaced(msg, sum=bytes([hub_sum[0] ^ 1]) + hub_sum[1:])
-        deltas = sync.unpack(msg.get("payload"))
-        dots = [(decode(d).record_id, decode(d).stamp, decode(d).node) for d in deltas]
+        raw = sync.unpack(msg.get("payload"))
+        deltas = [decode(d) for d in raw]
+        seen = {dot for d in deltas for dot in d.ctx}
+
+        def heads(rid: bytes) -> list[int]:
+            return [i for i, d in enumerate(deltas) if d.record_id == rid and d.dot not in seen]
         if how == "greatest":
-            rid = dots[-1][0]
-            drop = max((i for i, d in enumerate(dots) if d[0] == rid), key=lambda i: dots[i])
+            drop = max(heads(deltas[-1].record_id), key=lambda i: deltas[i].dot)
+        elif how == "older":
+            drop = next(i for i, d in enumerate(deltas) if d.dot in seen and d.set)
         else:
-            drop = next(i for i, d in enumerate(dots)
-                        if any(o[0] == d[0] and o[1:] > d[1:] for o in dots)
-                        and decode(deltas[i]).set)
-        return replaced(msg, payload=sync.pack(deltas[:drop] + deltas[drop + 1:]))
+            drop = next(min(h, key=lambda i: deltas[i].dot) for h in map(heads, (
+                d.record_id for d in deltas)) if len(h) > 1)
+        return replaced(msg, payload=sync.pack(raw[:drop] + raw[drop + 1:]))
     return change
 
 
-@pytest.mark.parametrize("how", ["sum", "greatest", "older"])
+@pytest.mark.parametrize("how", ["sum", "greatest", "older", "concurrent"])
 def test_a_snapshot_off_its_checksum_is_refused(tmp_path: Path, how: str) -> None:
     with fleet(tmp_path) as f:
-        k, other = f.add("k", "A", "clinician"), f.add("other", "B", "clinician")
+        k, other, third = (f.add("k", "A", "clinician"), f.add("other", "B", "clinician"),
+                           f.add("third", "C"))
         other.store.checkin(name="Ada", passport=PASSPORTS[0], now_ms=f.clock())
-        _clinical_write(f, other, random.Random(0))
+        note = other.store.put("note", values={"subject": str(uuid.UUID(bytes=f.patient(
+            PASSPORTS[0]))), "text": "first"}, now_ms=f.clock())
+        f.quiesce()
+        for i, editor in enumerate((other, third)):  # concurrent edits of the note
+            editor.store.put("note", note, {"text": f"edit {i}"}, now_ms=f.clock())
         f.quiesce()
         k.store.put("note", values={"text": "unsynced, kept"}, now_ms=f.clock())
         k.note_writes()
