@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device import enrol
 from device.cli import main as kiosk_main
-from device.store import Store
+from device.store import Store, init_store
 from device.store.collect import CollectReport
 from device.sync.collect import Collector
 from device.sync.engine import Round, Summary, kiosk_driver, open_hub_link
@@ -247,6 +247,26 @@ def test_sync_db_keeps_the_scope_the_stable_point_and_a_rebase_owed(tmp_path: Pa
     state.note_scope(dataclasses.replace(DOOR, role="clinician"), None)
     assert state.stable is None
     state.close()
+
+
+def test_collection_runs_when_something_may_have_changed_and_not_too_often(
+        tmp_path: Path) -> None:
+    now = [1000.0]
+    collector = Collector(interval_s=60, clock=lambda: now[0])
+    with init_store(tmp_path, "North", "A") as store:
+        state = SyncState(tmp_path)
+        assert collector.after_round(store, state, moved=True) is None  # no scope yet
+        state.note_scope(DOOR, 70)
+        assert collector.after_round(store, state, moved=True) is not None
+        assert collector.after_round(store, state, moved=False) is None  # nothing new
+        state.note_scope(DOOR, 80)
+        assert collector.after_round(store, state, moved=True) is None  # too soon
+        now[0] += 60
+        assert collector.after_round(store, state, moved=False) is not None
+        now[0] += 1
+        state.note_scope(dataclasses.replace(DOOR, role="clinician"), 90)
+        assert collector.after_round(store, state, moved=False) is not None  # new scope
+        state.close()
 
 
 # A real hub and real kiosks over TCP -------------------------------------------------

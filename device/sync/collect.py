@@ -14,7 +14,9 @@ and the next round's goes on.
 
 ``Collector`` runs a pass only when there may be something new to collect: the
 stable point moved, the scope changed (its day too), the last pass ran out of
-time, or a pull brought something. A kiosk that never had a welcome naming a
+time, or the round moved something; and, in one scope, at most once every
+``INTERVAL_S``: a pass walks every record, and on a busy kiosk a round
+follows nearly every check-in. A kiosk that never had a welcome naming a
 stable point collects nothing.
 """
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 
 from device.store import Store
 from device.store.collect import CollectReport
@@ -33,6 +37,8 @@ log = logging.getLogger("haven.sync")
 
 #: The most a pass takes (seconds) before it leaves the rest to the next round.
 BUDGET_S = 0.5
+#: The least time (seconds) between two passes in one scope.
+INTERVAL_S = 60.0
 #: What a pass dropped (``CollectReport``'s counts), in words.
 DROPPED = {"pruned": "records out of scope", "compacted": "write logs",
            "dropped_deleted": "deleted records"}
@@ -41,10 +47,12 @@ DROPPED = {"pruned": "records out of scope", "compacted": "write logs",
 class Collector:
     """When to collect, from one round to the next."""
 
-    def __init__(self, budget_s: float = BUDGET_S) -> None:
-        self.budget_s = budget_s
+    def __init__(self, budget_s: float = BUDGET_S, interval_s: float = INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_s, self.interval_s, self.clock = budget_s, interval_s, clock
         #: what the last finished pass collected at: (scope, stable point)
         self.done_at: tuple[Scope, int] | None = None
+        self.last: tuple[Scope, float] | None = None  #: the last pass's scope, and when
 
     def after_round(self, store: Store, state: SyncState, moved: bool,
                     ) -> CollectReport | None:
@@ -55,6 +63,10 @@ class Collector:
             return None
         if not moved and self.done_at == (scope, stable):
             return None
+        now = self.clock()
+        if self.last is not None and self.last[0] == scope and now - self.last[1] < self.interval_s:
+            return None
+        self.last = (scope, now)
         report = store.collect(scope, stable, self.budget_s)
         # A pass that ran out of time leaves the rest for the next round's.
         self.done_at = (scope, stable) if report.done else None
