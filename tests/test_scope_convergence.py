@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from device.store import BadRequest
 from device.sync.engine import SyncFailed
+from host.cli import main as haven_main
 from host.errors import HavenError
 from protocol import messages
 from protocol.crdt.delta import decode
@@ -291,8 +292,8 @@ def test_gc_waits_for_a_kiosk_away_for_a_month_until_it_is_decommissioned(
         assert mark is not None
         # A month of work without it: deletes and edits, GC after every round.
         deleted: set[bytes] = set()
-        for day in range(31):
-            f.clock.advance(DAY_MS)
+        for day in range(11):  # 33 days, a round of each every third day
+            f.clock.advance(3 * DAY_MS)
             k = (a, b)[day % 2]
             held = _held(k, (3, 4, 6))
             if day % 3 == 0 and held:
@@ -389,9 +390,10 @@ def test_a_record_out_of_scope_goes_after_it_synced_never_before(tmp_path: Path,
         k.collect()
         still_held()
         assert rid in k.unsynced(f.hub)
-        # A crash after each message of the round, a GC pass after each.
+        # A crash after each message of the round (every other one a kill: the cursor
+        # and acknowledgements waiting in memory lost), a GC pass after each.
         for cut in range(1, 40):
-            if f.sync(k, stop_after=cut) is not None:
+            if f.sync(k, stop_after=cut, killed=cut % 2 == 0) is not None:
                 break
             k.collect()
             still_held()
@@ -409,7 +411,8 @@ def test_a_record_out_of_scope_goes_after_it_synced_never_before(tmp_path: Path,
 
 # Bad input --------------------------------------------------------------------------------
 
-def test_a_role_change_to_an_unknown_role_is_refused(tmp_path: Path) -> None:
+def test_a_role_change_to_an_unknown_role_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with fleet(tmp_path) as f:
         k = f.add("k", "A", "clinician")
         f.quiesce()
@@ -417,10 +420,19 @@ def test_a_role_change_to_an_unknown_role_is_refused(tmp_path: Path) -> None:
         dump = k.store.dump()
         with pytest.raises(HavenError, match="unknown role 'porter': door, clinician or full"):
             f.hub.set_role(k.device, "porter", now_ms=f.clock())
+        code = haven_main(["hub", "role", "--data", str(f.tmp / "hub"), k.device, "porter"])
+        err = capsys.readouterr().err
+        assert code == 2 and "unknown role 'porter'" in err and len(err.splitlines()) == 1
         dev = f.hub.store.device(k.device)
-        assert dev is not None and dev.role == "clinician"
+        assert dev is not None and dev.role == "clinician" and dev.role_since is None
         k.collect()
-        assert k.store.dump() == dump and k.unsynced(f.hub)
+        assert k.store.dump() == dump  # unsynced (and out of its scope): kept
+        k.note_writes()
+        f.quiesce()  # synced, then collected as out of its scope, which did not change
+        scope = k.scope()
+        assert scope is not None and scope.role == "clinician"
+        f.check_scope(k)
+        assert f.lost_writes(k) == []
 
 
 def _resign_stable(f: Fleet, key: Ed25519PrivateKey):  # type: ignore[no-untyped-def]
