@@ -60,23 +60,33 @@ MAX_SNAPSHOT_RIDS = 256
 _FACTS = "f.type, f.location, f.subject, f.day"
 
 
-def note_facts(db: sqlite_utils.Database, delta: Delta) -> None:
-    """Upsert ``delta``'s record's facts (in the caller's transaction): its values that
-    are set win, the others stay (a delete sets none: the record stays in the scopes
-    it was in, for the delete to reach them)."""
-    f = facts_of(delta.record_id, delta.type, delta.set)
-    db.execute("INSERT INTO record_facts (rid, type, location, subject, day)"
-               " VALUES (?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
-               " location = COALESCE(excluded.location, record_facts.location),"
-               " subject = COALESCE(excluded.subject, record_facts.subject),"
-               " day = COALESCE(excluded.day, record_facts.day)",
-               [f.rid, f.type, f.location, f.subject, f.day])
+def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
+    """Upsert the facts of the deltas' records, in order, in the caller's transaction:
+    values set win, the others stay (a delete sets none: the record stays in the scopes
+    it was in, for the delete to reach them). A delta that sets no fact writes nothing,
+    so a record with none (a patient, an audit entry) has no row: its type is its
+    deltas' (``_type_of``)."""
+    rows = [(f.rid, f.type, f.location, f.subject, f.day)
+            for f in (facts_of(d.record_id, d.type, d.set) for d in deltas)
+            if f.location is not None or f.subject is not None or f.day is not None]
+    if rows:
+        db.conn.executemany(
+            "INSERT INTO record_facts (rid, type, location, subject, day)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
+            " location = COALESCE(excluded.location, record_facts.location),"
+            " subject = COALESCE(excluded.subject, record_facts.subject),"
+            " day = COALESCE(excluded.day, record_facts.day)", rows)
 
 
 def fill_facts(db: sqlite_utils.Database) -> None:
     """The facts of every delta held, in arrival order (migration 7)."""
-    for (data,) in db.execute("SELECT data FROM ops ORDER BY hseq").fetchall():
-        note_facts(db, decode(bytes(data)))
+    note_facts(db, [decode(bytes(data)) for (data,) in db.execute(
+        "SELECT data FROM ops ORDER BY hseq").fetchall()])
+
+
+def _type_of(data: bytes) -> int:
+    """A delta's record type, from its head (``type << 1 | kind``)."""
+    return data[1] >> 1 if data[1] < 24 else decode(data).type
 
 
 def for_door(data: bytes) -> bytes:
@@ -90,10 +100,13 @@ def for_door(data: bytes) -> bytes:
         delta, set={k: v for k, v in delta.set.items() if k not in WITHHELD_AT_DOOR}))
 
 
-def _facts(rid: bytes, row: Iterable[Any]) -> Facts:
+def _facts(rid: bytes, row: Iterable[Any], data: bytes | None = None) -> Facts:
+    """Facts from a ``record_facts`` row; none (a record without facts): its type is
+    ``data``'s, a delta of it."""
     rtype, location, subject, day = row
-    return Facts(rid, -1 if rtype is None else rtype, location,
-                 None if subject is None else bytes(subject), day)
+    if rtype is None:
+        rtype = -1 if data is None else _type_of(data)
+    return Facts(rid, rtype, location, None if subject is None else bytes(subject), day)
 
 
 def head(db: sqlite_utils.Database) -> int:
@@ -160,7 +173,7 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
     out: list[bytes] = []
     size, last = 0, cursor
     for hseq, node, rid, data, *fact in rows:
-        facts = _facts(bytes(rid), fact)
+        facts = _facts(bytes(rid), fact, data)
         entering = patients.entering(facts) if scope.role == "clinician" else None
         group = [d for _, d in patients.records(entering, hseq)] if entering else []
         if entering:
@@ -185,15 +198,17 @@ Row = tuple[bytes, int, int, int, bytes, Facts]  #: rid, stamp, node, arrival, d
 
 def _rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[Row]:
     for rid, stamp, node, hseq, data, *fact in rows:
-        yield bytes(rid), stamp, node, hseq, bytes(data), _facts(bytes(rid), fact)
+        yield bytes(rid), stamp, node, hseq, bytes(data), _facts(bytes(rid), fact, data)
 
 
 def _patient_ops(db: sqlite_utils.Database, scope: Scope, pid: bytes, held: str,
                  args: list[Any]) -> Iterator[Row]:
     """The deltas (``held``: which) of a patient's record and of their records in scope
     but check-ins, through the indexes on ``rid`` and ``subject``."""
-    rows = db.execute(f"{_OPS}f.rid = ? AND {held} UNION ALL {_OPS}f.subject = ? AND {held}",
-                      [pid, *args, pid, *args]).fetchall()
+    rows = db.execute(
+        "SELECT o.rid, o.stamp, o.node, o.hseq, o.data, NULL, NULL, NULL, NULL FROM ops o"
+        f" WHERE o.rid = ? AND {held} UNION ALL {_OPS}f.subject = ? AND {held}",
+        [pid, *args, pid, *args]).fetchall()
     return (r for r in _rows(rows) if r[5].type != CHECKIN and in_scope(scope, r[5], {pid}))
 
 
@@ -245,11 +260,11 @@ def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: in
     if rids:
         marks = ", ".join("?" * len(rids))
         patients = _Patients(db, scope, upto)
-        wanted = {bytes(r[0]) for r in db.execute(
-            f"SELECT f.rid, {_FACTS} FROM record_facts f WHERE f.rid IN ({marks})",
-            rids).fetchall() if in_scope(scope, _facts(bytes(r[0]), r[1:]), patients)}
-        rows = (r for r in db.execute(f"{span} AND rid IN ({marks}) ORDER BY hseq",
-                                      [cursor, upto, *rids]) if bytes(r[1]) in wanted)
+        rows = [r[:3] for r in db.execute(
+            f"SELECT o.hseq, o.rid, o.data, {_FACTS} FROM ops o LEFT JOIN record_facts f"
+            f" ON f.rid = o.rid WHERE o.hseq > ? AND o.hseq <= ? AND o.rid IN ({marks})"
+            " ORDER BY o.hseq", [cursor, upto, *rids]).fetchall()
+            if in_scope(scope, _facts(bytes(r[1]), r[3:], r[2]), patients)]
     elif rids is not None:
         rows = ()
     elif scope.role == "full":

@@ -408,13 +408,15 @@ class HubStore:
         it. Returns the greatest arrival number given (None: nothing new arrived)."""
         with self._tx() as db:
             hseq = first = next_hseq(db)
+            added: list[Delta] = []
             for delta, data in good:
                 cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
                                  [hseq, delta.record_id, delta.stamp, delta.node, data, device_id])
                 if cur.rowcount:
-                    scopes.note_facts(db, delta)
+                    added.append(delta)
                 hseq += cur.rowcount
+            scopes.note_facts(db, added)
             arrived = hseq - 1 if hseq > first else None
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
@@ -523,7 +525,7 @@ class HubStore:
             if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                           " VALUES (?, ?, ?, ?, ?, 'hub')",
                           [next_hseq(db), op.rid, op.stamp, op.node, op.data]).rowcount:
-                scopes.note_facts(db, decode(op.data))
+                scopes.note_facts(db, [decode(op.data)])
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
@@ -656,7 +658,7 @@ class HubStore:
                           " VALUES (?, ?, ?, ?, ?, ?)", [next_hseq(db), delta.record_id,
                                                          delta.stamp, delta.node, data,
                                                          row[0] or "hub"]).rowcount:
-                scopes.note_facts(db, delta)
+                scopes.note_facts(db, [delta])
             db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
                        [now, row[0], "quarantine-released", detail[:500]])
             return True
