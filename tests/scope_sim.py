@@ -262,8 +262,11 @@ class SimKiosk:
         return out
 
 
+#: A kiosk to enrol: name, letter, role, site, a clinician's window in days (None: 30).
+KioskPlan = tuple[str, str, str, str, int | None]
 #: Fleets enrolled once in this process (``Fleet.copied``), by their list of kiosks.
-_TEMPLATES: dict[tuple[tuple[str, str, str, str], ...], Path] = {}
+#: Each is the directory and how long its enrolment took on the test's clock.
+_TEMPLATES: dict[tuple[KioskPlan, ...], tuple[Path, int]] = {}
 
 
 class Fleet:
@@ -286,24 +289,25 @@ class Fleet:
         self.hub.close()
 
     @classmethod
-    def copied(cls, templates: Path, tmp: Path, kiosks: Sequence[tuple[str, str, str, str]],
+    def copied(cls, templates: Path, tmp: Path, kiosks: Sequence[KioskPlan],
                clock: SimClock) -> Fleet:
-        """A fleet of a hub and ``kiosks`` (name, letter, role, site) enrolled, copied into
+        """A fleet of a hub and ``kiosks`` (name, letter, role, site, window) enrolled, copied into
         ``tmp`` from one made once in ``templates`` for each list of kiosks: enrolling
         (keys, databases, certificates) is most of the time of a short run."""
         key = tuple(kiosks)
-        made = _TEMPLATES.get(key)
-        if made is None:
+        if key not in _TEMPLATES:
             made = templates / f"fleet-{len(_TEMPLATES)}"
             made.mkdir()
-            fleet = cls(made)
-            for name, letter, role, site in kiosks:
-                fleet.add(name, letter, role, site)
+            fleet = cls(made, SimClock(clock()))
+            for name, letter, role, site, window in kiosks:
+                fleet.add(name, letter, role, site, window)
             fleet.close()
-            _TEMPLATES[key] = made
+            _TEMPLATES[key] = (made, fleet.clock() - clock())
+        made, took = _TEMPLATES[key]
+        clock.advance(took)  # the hub's commands were typed then (role changes)
         shutil.copytree(made, tmp, dirs_exist_ok=True)
         fleet = cls(tmp, clock, new=False)
-        fleet.kiosks = [SimKiosk.open(tmp / name, role, clock) for name, _, role, _ in kiosks]
+        fleet.kiosks = [SimKiosk.open(tmp / plan[0], plan[2], clock) for plan in kiosks]
         return fleet
 
     # Kiosks and the hub's commands ---------------------------------------------------

@@ -38,6 +38,7 @@ from .scope_sim import (
     DAY_MS,
     HOUR_MS,
     Fleet,
+    KioskPlan,
     SimClock,
     SimKiosk,
     hub_arrivals_follow,
@@ -46,10 +47,12 @@ from .scope_sim import (
 
 LONG = os.environ.get("HAVEN_LONG") == "1"
 PASSPORTS = [f"P{i:07d}" for i in range(5)]
-#: The fleet of a random run: (name, letter, role, site); the first ``n`` are used.
-KIOSKS = [("door", "A", "door", "North"), ("clin", "B", "clinician", "North"),
-          ("full", "C", "full", "North"), ("south", "D", "clinician", "South"),
-          ("full2", "E", "full", "South")]
+#: The fleet of a random run (``scope_sim.KioskPlan``); the first ``n`` are used. The
+#: clinician at North keeps two days of check-ins, so patients leave its scope.
+KIOSKS: list[KioskPlan] = [
+    ("door", "A", "door", "North", None), ("clin", "B", "clinician", "North", 2),
+    ("full", "C", "full", "North", None), ("south", "D", "clinician", "South", None),
+    ("full2", "E", "full", "South", None)]
 
 
 _templates: list[Path] = []
@@ -152,6 +155,12 @@ def step(f: Fleet, action: str, who: int, arg: int) -> None:
                 k.store.set_checkin_status(cid, rng.choice(("in-progress", "finished",
                                                             "arrived", "cancelled")),
                                            now_ms=f.clock())
+    elif action == "attach":  # staff say a check-in was another patient's
+        held = _held(k, (2,))
+        if held:
+            k.store.settle_identity(str(uuid.UUID(bytes=rng.choice(held))), "attach",
+                                    subject=str(uuid.UUID(bytes=f.patient(
+                                        rng.choice(PASSPORTS)))), now_ms=f.clock())
     elif action == "sync":
         f.sync(k)
     elif action == "crash":
@@ -168,8 +177,8 @@ def step(f: Fleet, action: str, who: int, arg: int) -> None:
 
 
 ACTIONS = ("checkin", "checkin", "patient", "clinical", "clinical", "edit", "concurrent",
-           "delete", "status", "sync", "sync", "sync", "crash", "kill", "gc", "gc", "role",
-           "advance")
+           "delete", "status", "attach", "sync", "sync", "sync", "crash", "kill", "gc", "gc",
+           "role", "advance")
 STEPS = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(0, 4), st.integers(0, 10**6)),
                  min_size=4, max_size=60 if LONG else 28)
 
