@@ -320,10 +320,11 @@ def test_the_write_log_migrates_to_write_order_with_nothing_lost(data: Path) -> 
         "INSERT INTO ops_keyed SELECT rid, stamp, node, type, local, sealed FROM ops",
         "DROP TABLE ops",
         "ALTER TABLE ops_keyed RENAME TO ops",
-        "DROP TABLE seen",  # and what m005 added
-        "DROP INDEX records_stale",
+        "DROP INDEX records_stale",  # and what m005 added
         "ALTER TABLE records DROP COLUMN stale",
         "ALTER TABLE records DROP COLUMN partial",
+        "ALTER TABLE records DROP COLUMN seen",
+        "ALTER TABLE records DROP COLUMN seen_at",
         "PRAGMA user_version = 2",
     ):
         old.execute(sql)

@@ -15,7 +15,7 @@ In each slice, a record with a write of this kiosk's own still in the outbox
 ever pruned. Of the others:
 
 1. a record out of the kiosk's scope goes, every row of it;
-2. a record wholly stable (every write's arrival, ``seen.at`` or
+2. a record wholly stable (every write's arrival, ``records.seen_at`` or
    ``ops.arrived``, at or below the hub's stable point, which every replica
    of the scope has acknowledged), in no conflict and not stale, with one
    head, keeps its merged rows only: its write log (``ops``, ``seen``) goes
@@ -129,8 +129,8 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
                 deleted += 1
             else:
                 db.execute("DELETE FROM ops WHERE rid = ?", [rid])
-                db.execute("DELETE FROM seen WHERE rid = ?", [rid])
-                db.execute("UPDATE records SET partial = 1 WHERE rid = ?", [rid])
+                db.execute("UPDATE records SET partial = 1, seen = NULL, seen_at = 0"
+                           " WHERE rid = ?", [rid])
                 if state.scope.role == "door" and rtype == CHECKIN.number:
                     db.execute("DELETE FROM field_values WHERE rid = ? AND field IN"
                                f" ({','.join(map(str, sorted(WITHHELD_AT_DOOR)))})", [rid])
@@ -147,7 +147,7 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
 def _stable(db: sqlite_utils.Database, rid: bytes, stable: int) -> bool:
     """Whether the record has a write log to drop and every write in it arrived at or
     below ``stable``."""
-    n_seen, top_seen = db.execute("SELECT COUNT(*), MAX(at) FROM seen WHERE rid = ?",
+    n_seen, top_seen = db.execute("SELECT LENGTH(seen), seen_at FROM records WHERE rid = ?",
                                   [rid]).fetchone()
     n_ops, top_ops = db.execute("SELECT COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops"
                                 " WHERE rid = ?", [NEVER, rid]).fetchone()

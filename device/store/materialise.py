@@ -3,14 +3,12 @@
 Theory of operation
 -------------------
 A local write lands in ``ops`` (sealed: the outbox sends it from there). A
-delta from the hub (``merge_slice``) leaves only its dot in ``seen``, with the
-cursor of the page it came in: the hub keeps every delta, and a sealed copy
-of each here was most of what a merge wrote, and what a kiosk's database
-grew by. ``seen`` (``ON CONFLICT DO NOTHING``) and this kiosk's own writes in
-``ops`` tell a duplicate, exactly; a batch goes in with one
-``executemany``, and only when SQLite reports fewer new rows than deltas is
-it rolled back to a savepoint and the held dots looked up, so the common
-case reads nothing. The merged state then follows one of two paths.
+delta from the hub (``merge_slice``) leaves only its dot, packed in its
+record's row (``seen``), with the cursor of the page it came in: the hub
+keeps every delta, and a sealed copy of each here was most of what a merge
+wrote, and what a kiosk's database grew by. Those dots and this kiosk's own
+writes in ``ops`` tell a duplicate, exactly, from the record rows a chunk
+reads anyway. The merged state then follows one of two paths.
 
 Fast path, in SQL. A put that has seen every current head of its record
 (or starts a new record), changes no set, and meets a record with no delete
@@ -23,7 +21,7 @@ assignments go through one ``executemany`` of::
 which is the last-writer-wins register, decided by SQLite on stamps and
 node ids alone, over ciphertexts it cannot read. Of several fast writes to
 one register in a batch only the greatest dot can change the row, so only
-that one is sealed and upserted (``seen`` keeps every dot).
+that one is sealed and upserted (the record's ``seen`` keeps every dot).
 
 Slow path, in Python (``merge_record``). Anything else (a delete, a set
 change, a write that had not seen a head, a record already in conflict)
@@ -50,7 +48,7 @@ from typing import Any
 import cbor2
 import sqlite_utils
 
-from device.store import covering
+from device.store import covering, seen
 from device.store.exc import CorruptData
 from device.store.keys import FieldCipher
 from protocol import strict_cbor
@@ -76,12 +74,23 @@ ON CONFLICT (rid) DO UPDATE SET type = excluded.type, deleted = excluded.deleted
     held = excluded.held, n_conflicts = excluded.n_conflicts,
     has_delete = excluded.has_delete, heads = excluded.heads, extra = excluded.extra
 """
-INSERT_SEEN = "INSERT INTO seen (rid, stamp, node, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-#: A fast write from the hub: the record's only head, and no body in ``ops``.
+#: Fast writes from the hub: the record's only head, their dots (``seen``), no bodies.
 HUB_RECORD = """
-INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra, partial)
-VALUES (?, ?, 0, 0, 0, 0, ?, NULL, 1)
-ON CONFLICT (rid) DO UPDATE SET heads = excluded.heads, partial = 1
+INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra, partial,
+                     seen, seen_at)
+VALUES (?, ?, 0, 0, 0, 0, ?, NULL, 1, ?, ?)
+ON CONFLICT (rid) DO UPDATE SET heads = excluded.heads, partial = 1,
+    seen = CAST(COALESCE(records.seen, X'') || excluded.seen AS BLOB),
+    seen_at = MAX(records.seen_at, excluded.seen_at)
+"""
+#: Fast writes from elsewhere, their bodies in ``ops``: the head and their dots.
+PEER_RECORD = """
+INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra,
+                     seen, seen_at)
+VALUES (?, ?, 0, 0, 0, 0, ?, NULL, ?, ?)
+ON CONFLICT (rid) DO UPDATE SET heads = excluded.heads,
+    seen = CAST(COALESCE(records.seen, X'') || excluded.seen AS BLOB),
+    seen_at = MAX(records.seen_at, excluded.seen_at)
 """
 FAST_RECORD = """
 INSERT INTO records (rid, type, deleted, held, n_conflicts, has_delete, heads, extra)
@@ -226,37 +235,41 @@ def persist_fast(db: sqlite_utils.Database, cipher: FieldCipher,
 _LOOKUP = 400  # record ids per IN (...) query
 
 
-def _records(conn: Any, rids: list[bytes]) -> dict[bytes, tuple[int, Any, bool]]:
-    """rid -> (type, heads, messy) for the records that exist; messy: a delete or a
-    conflict in its history, or stale."""
+def _records(conn: Any, rids: list[bytes]
+             ) -> tuple[dict[bytes, tuple[int, Any, bool]], dict[bytes, bytes]]:
+    """rid -> (type, heads, messy) for the records that exist (messy: a delete or a
+    conflict in their history, or stale), and rid -> the dots they hold (``seen``)."""
     state: dict[bytes, tuple[int, Any, bool]] = {}  # heads: a set of dots, or one (stamp, node)
+    blobs: dict[bytes, bytes] = {}
     for i in range(0, len(rids), _LOOKUP):
         chunk = rids[i:i + _LOOKUP]
         marks = ",".join("?" * len(chunk))
-        for rid, rtype, n_conf, has_delete, stale, heads in conn.execute(
-            "SELECT rid, type, n_conflicts, has_delete, stale, heads FROM records"
+        for rid, rtype, n_conf, has_delete, stale, heads, blob in conn.execute(
+            "SELECT rid, type, n_conflicts, has_delete, stale, heads, seen FROM records"
             f" WHERE rid IN ({marks})", chunk,
         ):
             state[rid] = (rtype, parse_heads(heads), bool(n_conf or has_delete or stale))
-    return state
+            if blob:
+                blobs[rid] = blob
+    return state, blobs
 
 
-def held_dots(conn: Any, table: str, rids: Iterable[bytes]) -> set[tuple[bytes, int, int]]:
-    """The dots ``table`` (``ops`` or ``seen``) holds for these records."""
+def held_dots(conn: Any, rids: Iterable[bytes]) -> set[tuple[bytes, int, int]]:
+    """The dots ``ops`` holds for these records."""
     rids = list(rids)
     held: set[tuple[bytes, int, int]] = set()
     for i in range(0, len(rids), _LOOKUP):
         chunk = rids[i:i + _LOOKUP]
         marks = ",".join("?" * len(chunk))
         held.update(conn.execute(
-            f"SELECT rid, stamp, node FROM {table} WHERE rid IN ({marks})", chunk).fetchall())
+            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})", chunk).fetchall())
     return held
 
 
 def insert_bodies(conn: Any, cipher: FieldCipher, writes: Sequence[tuple[Delta, bytes]],
                   at: int, own_node: int) -> None:
-    """Keep deltas from the hub with their bodies (``arrived`` = ``at``); a dot held
-    already is skipped."""
+    """Keep deltas with their bodies (``arrived`` = ``at``); a dot held already is
+    skipped."""
     sealed = cipher.seal_blobs([(_op_label(d.record_id, d.stamp, d.node), data)
                                 for d, data in writes])
     conn.executemany(
@@ -266,29 +279,19 @@ def insert_bodies(conn: Any, cipher: FieldCipher, writes: Sequence[tuple[Delta, 
          for (d, _), blob in zip(writes, sealed, strict=True)])
 
 
-def _fresh(conn: Any, items: list[tuple[Delta, bytes]], at: int, own_node: int
-           ) -> list[tuple[Delta, bytes]]:
-    """The deltas not held yet, their ``seen`` rows inserted. Held: a dot in ``seen``
-    (every delta from the hub leaves one) or a write of our own in ``ops``. Optimistic:
-    only when fewer rows were new than deltas does it look the dots up."""
+def _fresh(conn: Any, items: list[tuple[Delta, bytes]], blobs: dict[bytes, bytes],
+           own_node: int) -> list[tuple[Delta, bytes]]:
+    """The deltas not held yet: held is a dot among its record's ``seen`` (every delta
+    from elsewhere leaves one) or a write of our own in ``ops``."""
     unique: dict[tuple[bytes, int, int], tuple[Delta, bytes]] = {}
     for d, data in items:
         unique.setdefault((d.record_id, d.stamp, d.node), (d, data))
-    fresh = list(unique.values())
+    fresh = [(d, data) for (rid, stamp, node), (d, data) in unique.items()
+             if rid not in blobs or not seen.holds(blobs[rid], seen.pack(stamp, node))]
     if any(d.node == own_node for d, _ in fresh):
-        mine = held_dots(conn, "ops", {d.record_id for d, _ in fresh if d.node == own_node})
+        mine = held_dots(conn, {d.record_id for d, _ in fresh if d.node == own_node})
         fresh = [(d, data) for d, data in fresh
                  if (d.record_id, d.stamp, d.node) not in mine]
-    rows = [(d.record_id, d.stamp, d.node, at) for d, _ in fresh]
-    conn.execute("SAVEPOINT merge_seen")
-    before = conn.total_changes
-    conn.executemany(INSERT_SEEN, rows)
-    if conn.total_changes - before != len(rows):
-        conn.execute("ROLLBACK TO merge_seen")
-        held = held_dots(conn, "seen", {d.record_id for d, _ in fresh})
-        fresh = [(d, data) for d, data in fresh if (d.record_id, d.stamp, d.node) not in held]
-        conn.executemany(INSERT_SEEN, [(d.record_id, d.stamp, d.node, at) for d, _ in fresh])
-    conn.execute("RELEASE merge_seen")
     return fresh
 
 
@@ -300,11 +303,13 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
     From elsewhere (``at`` None: another kiosk's file, a quarantined delta released),
     with no hub to send a record's write set, their bodies are kept too."""
     conn = db.conn
-    fresh = _fresh(conn, items, at or 0, own_node)
+    state, blobs = _records(conn, list({d.record_id: None for d, _ in items}))
+    fresh = _fresh(conn, items, blobs, own_node)
     if at is None:
         insert_bodies(conn, cipher, fresh, 0, own_node)
-    rids = list({d.record_id: None for d, _ in fresh})
-    state = _records(conn, rids)
+    dots: dict[bytes, list[bytes]] = {}
+    for d, _ in fresh:
+        dots.setdefault(d.record_id, []).append(seen.pack(d.stamp, d.node))
     slow: set[bytes] = set()
     for delta, _ in fresh:
         rid = delta.record_id
@@ -345,13 +350,16 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
         (rid, k, stamp, node, blob)
         for (rid, k, stamp, node, _), blob in zip(rows, cipher.seal_fields(rows), strict=True)])
     heads_rows = []
-    for rid in {d.record_id: None for d, _ in fresh if d.record_id not in slow}:
-        rtype, head, _ = state[rid]
-        heads_rows.append((rid, rtype, _one_head(head[0], head[1])))
-    conn.executemany(FAST_RECORD if at is None else HUB_RECORD, heads_rows)
+    for rid, packed in dots.items():
+        if rid not in slow:
+            rtype, head, _ = state[rid]
+            heads_rows.append((rid, rtype, _one_head(head[0], head[1]), b"".join(packed),
+                               at or 0))
+    conn.executemany(PEER_RECORD if at is None else HUB_RECORD, heads_rows)
     for rid in sorted(slow):
         merge_record(db, cipher, rid, [x for x in fresh if x[0].record_id == rid], at,
                      own_node)
+        conn.execute(seen.ADD, [b"".join(dots[rid]), at or 0, rid])
     return len(fresh), len(items) - len(fresh)
 
 

@@ -28,16 +28,17 @@ from typing import Any
 
 import sqlite_utils
 
+from device.store import seen
 from device.store.exc import BadSnapshot
 from device.store.keys import FieldCipher
-from device.store.materialise import INSERT_SEEN, insert_bodies, refresh
+from device.store.materialise import insert_bodies, refresh
 from protocol.crdt.delta import Delta, decode
 from protocol.errors import RemoteProtocolError
 from protocol.sync import audit as sync_audit
 from protocol.sync.scope import scope_checksum
 
 #: The rows of a record, in every table that has them by record id.
-RECORD_TABLES = ("records", "field_values", "conflicts", "ops", "seen")
+RECORD_TABLES = ("records", "field_values", "conflicts", "ops")
 #: ``ops`` rows that are not this kiosk's own writes waiting in the outbox.
 NOT_UNSENT = ("(local = 0 OR NOT EXISTS (SELECT 1 FROM outbox o WHERE o.rid = ops.rid"
               " AND o.stamp = ops.stamp AND o.node = ops.node))")
@@ -89,14 +90,13 @@ def rebuild(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int, rid: 
     own unsent writes, every body kept."""
     conn = db.conn
     conn.execute(f"DELETE FROM ops WHERE rid = ? AND {NOT_UNSENT}", [rid])
-    conn.execute("DELETE FROM seen WHERE rid = ?", [rid])
     insert_bodies(conn, cipher, hub, at, own_node)
-    conn.executemany(INSERT_SEEN, [(d.record_id, d.stamp, d.node, at) for d, _ in hub])
     if conn.execute("SELECT 1 FROM ops WHERE rid = ? LIMIT 1", [rid]).fetchone() is None:
         drop(db, [rid])
         return
     refresh(db, cipher, rid)
-    conn.execute("UPDATE records SET stale = 0, partial = 0 WHERE rid = ?", [rid])
+    conn.execute("UPDATE records SET stale = 0, partial = 0, seen = ?, seen_at = ?"
+                 " WHERE rid = ?", [seen.packed({(d.stamp, d.node) for d, _ in hub}), at, rid])
 
 
 def replace(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,

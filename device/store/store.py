@@ -44,7 +44,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.store import collect as gc
-from device.store import covering, inbox, outbox
+from device.store import covering, inbox, outbox, seen
 from device.store import rebase as hub_copy
 from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
 from device.store.checkpoint import Checkpointer
@@ -413,8 +413,9 @@ class Store:
                 delta = decode(self.cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed))
                 again.setdefault((bytes(rid), stamp), delta)
             db.execute("DELETE FROM outbox WHERE node = ? AND state = 'queued'", [old])
-            db.execute("INSERT OR IGNORE INTO seen (rid, stamp, node, at) SELECT rid, stamp,"
-                       " node, COALESCE(arrived, 0) FROM ops WHERE node = ?", [old])
+            db.conn.executemany(seen.ADD, [  # no longer ours: held as any other node's
+                (seen.pack(stamp, old), arrived or 0, rid) for rid, stamp, arrived in db.execute(
+                    "SELECT rid, stamp, arrived FROM ops WHERE node = ?", [old]).fetchall()])
             db.execute("UPDATE ops SET local = 0 WHERE node = ?", [old])
             db.execute(SET_META, ["node", str(new)])
             db.execute("DELETE FROM meta WHERE key = 'queue_label'")
@@ -929,10 +930,12 @@ class Store:
                 for rid, t, d, h, e in rows.fetchall()]
 
     def version_vector(self) -> VersionVector:
-        """node -> greatest stamp held from it (what a sync round starts by comparing)."""
+        """node -> greatest stamp held from it, as the write log and the registers show
+        (deltas from the hub leave no row of their own: a node's write whose values were
+        all overwritten since is not counted). The hub keeps it for its status only."""
         return VersionVector(self.reader.execute(
             "SELECT node, MAX(stamp) FROM (SELECT node, stamp FROM ops UNION ALL"
-            " SELECT node, stamp FROM seen) GROUP BY node").fetchall())
+            " SELECT node, stamp FROM field_values) GROUP BY node").fetchall())
 
     def deltas_since(self, seen: Mapping[int, int], limit: int = 10_000) -> list[bytes]:
         """The deltas a peer that has seen ``seen`` lacks, oldest first (at most ``limit``)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
+from device.store import seen
 from protocol.driver.database import Migrations
 
 
@@ -120,25 +121,28 @@ def m004_meta_without_rowid(db: sqlite_utils.Database) -> None:
 @MIGRATIONS(5)
 def m005_seen_and_stale(db: sqlite_utils.Database) -> None:
     """Scopes and garbage collection. A delta from the hub is merged into the registers
-    and leaves only its dot in ``seen`` (with ``at``, the cursor of the page it came
-    in), not a sealed row in ``ops``: ``seen`` and ``ops`` together tell a duplicate,
-    exactly. ``ops.arrived`` is when a write reached the hub as far as this kiosk knows
-    (its own: the hub's acknowledgement; one from the hub kept with its body: the page's
-    cursor), for the stable point. ``records.partial``: the record's write log is not
-    whole (merged without bodies, or collected), so a write concurrent with it waits for
-    the hub's write set; ``records.stale``: one does. Deltas merged before this release
-    count as arrived at 0 (stable at once), as do this kiosk's acknowledged writes."""
+    and leaves only its dot, packed in its record's row (``records.seen``, ``seen.py``;
+    ``seen_at``, the greatest cursor they came with), not a sealed row in ``ops``: those
+    dots and ``ops`` together tell a duplicate, exactly. ``ops.arrived`` is when a write
+    reached the hub as far as this kiosk knows (its own: the hub's acknowledgement; one
+    from the hub kept with its body: the page's cursor), for the stable point.
+    ``records.partial``: the record's write log is not whole (merged without bodies, or
+    collected), so a write concurrent with it waits for the hub's write set;
+    ``records.stale``: one does. Deltas merged before this release count as arrived at 0
+    (stable at once), as do this kiosk's acknowledged writes."""
     for sql in (
-        """CREATE TABLE seen (
-            rid BLOB NOT NULL, stamp INTEGER NOT NULL, node INTEGER NOT NULL,
-            at INTEGER NOT NULL, PRIMARY KEY (rid, stamp, node)) WITHOUT ROWID""",
         "ALTER TABLE ops ADD COLUMN arrived INTEGER",
         "ALTER TABLE records ADD COLUMN stale INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE records ADD COLUMN partial INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE records ADD COLUMN seen BLOB",
+        "ALTER TABLE records ADD COLUMN seen_at INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX records_stale ON records (rid) WHERE stale = 1",
-        "INSERT INTO seen (rid, stamp, node, at) SELECT rid, stamp, node, 0 FROM ops"
-        " WHERE local = 0",
         "UPDATE ops SET arrived = 0 WHERE local = 0 OR NOT EXISTS (SELECT 1 FROM outbox o"
         " WHERE o.rid = ops.rid AND o.stamp = ops.stamp AND o.node = ops.node)",
     ):
         db.execute(sql)
+    by_record: dict[bytes, list[tuple[int, int]]] = {}
+    for rid, stamp, node in db.execute("SELECT rid, stamp, node FROM ops WHERE local = 0"):
+        by_record.setdefault(rid, []).append((stamp, node))
+    db.conn.executemany("UPDATE records SET seen = ? WHERE rid = ?",
+                        [(seen.packed(d), rid) for rid, d in by_record.items()])
