@@ -42,6 +42,7 @@ from typing import Any
 import sqlite_utils
 
 from protocol.crdt.delta import Delta, decode, encode
+from protocol.errors import RemoteProtocolError
 from protocol.sync.audit import is_audit_id
 from protocol.sync.scope import (
     WITHHELD_AT_DOOR,
@@ -78,10 +79,20 @@ def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
             " day = COALESCE(excluded.day, record_facts.day)", rows)
 
 
+def note_facts_of(db: sqlite_utils.Database, held: Iterable[bytes]) -> None:
+    """``note_facts`` of deltas as held; one that does not decode has none."""
+    deltas = []
+    for data in held:
+        try:
+            deltas.append(decode(bytes(data)))
+        except RemoteProtocolError:
+            continue
+    note_facts(db, deltas)
+
+
 def fill_facts(db: sqlite_utils.Database) -> None:
     """The facts of every delta held, in arrival order (migration 7)."""
-    note_facts(db, [decode(bytes(data)) for (data,) in db.execute(
-        "SELECT data FROM ops ORDER BY hseq").fetchall()])
+    note_facts_of(db, (d for (d,) in db.execute("SELECT data FROM ops ORDER BY hseq")))
 
 
 def _type_of(data: bytes) -> int:

@@ -525,7 +525,7 @@ class HubStore:
             if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                           " VALUES (?, ?, ?, ?, ?, 'hub')",
                           [next_hseq(db), op.rid, op.stamp, op.node, op.data]).rowcount:
-                scopes.note_facts(db, [decode(op.data)])
+                scopes.note_facts_of(db, [op.data])
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
