@@ -55,8 +55,10 @@ from protocol.sync.scope import CLINICAL_OF_PATIENT, WITHHELD_AT_DOOR, Scope
 if TYPE_CHECKING:
     from device.store.store import Store
 
-#: Records looked at in one slice (one transaction).
+#: Records looked at in one slice (one transaction) at most; a slice also ends after
+#: ``SLICE_S`` or as soon as a check-in waits, so a check-in waits for one record.
 SLICE_RECORDS = 256
+SLICE_S = 0.004
 #: An ``ops`` row without an arrival (a write whose acknowledgement gave none) is
 #: never stable.
 NEVER = 1 << 62
@@ -78,6 +80,7 @@ class _Pass:
     after: bytes
     patients: set[bytes] | None = None  #: a clinician's, read once per pass
     patients_at: int = -1  #: ``Store.commits`` when they were read; -1: not yet
+    after_start: bytes = b""  #: where this pass began
 
 
 def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> CollectReport:
@@ -85,6 +88,7 @@ def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> Collect
     deadline = time.monotonic() + budget_s
     scope_was, start = store.gc_from
     state = _Pass(scope, stable, start if scope_was == scope else b"")
+    state.after_start = state.after
     totals = [0, 0, 0]
     slices = 0
     while True:
@@ -94,11 +98,14 @@ def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> Collect
         if finished or time.monotonic() > deadline:
             break
     store.gc_from = (scope, b"" if finished else state.after)
+    if finished and state.after_start == b"":  # a whole pass, start to end
+        store.gc_settled = (scope.role, scope.site)
     return CollectReport(totals[0], totals[1], totals[2], slices, finished)
 
 
 def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
            ) -> tuple[tuple[int, int, int], bool]:
+    started = time.perf_counter()
     reader = ScopeReader(db, store.cipher, state.scope, state.patients)
     if state.scope.role == "clinician" and state.patients_at < 0:
         state.patients = reader.patients()
@@ -107,23 +114,37 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
     pruned = compacted = deleted = 0
     with immediate(db, synchronous="NORMAL"):
         rows = db.execute(
-            "SELECT rid, type, deleted, n_conflicts, heads, stale FROM records WHERE rid > ?"
-            " ORDER BY rid LIMIT ?", [state.after, SLICE_RECORDS]).fetchall()
+            "SELECT rid, type, deleted, n_conflicts, heads, stale, seen IS NOT NULL, seen_at"
+            " FROM records WHERE rid > ? ORDER BY rid LIMIT ?",
+            [state.after, SLICE_RECORDS]).fetchall()
         unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
+        logged = {rid: (n, top) for rid, n, top in db.execute(
+            "SELECT rid, COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops WHERE rid > ? AND rid <= ?"
+            " GROUP BY rid", [NEVER, state.after, rows[-1][0] if rows else state.after])}
+        settled = store.gc_settled == (state.scope.role, state.scope.site)
         gone: list[bytes] = []
-        for rid, rtype, is_deleted, n_conf, heads, stale in rows:
+        done = 0
+        for rid, rtype, is_deleted, n_conf, heads, stale, has_seen, seen_at in rows:
+            if done and (store.writer.urgent_waiting()
+                         or time.perf_counter() - started > SLICE_S):
+                break  # a check-in waits: commit what is done, go on in the next slice
+            done += 1
+            n_ops, top_ops = logged.get(rid, (0, 0))
             if rid in unsent or sync_audit.is_audit_id(rid):
                 continue
             if not (patients_fresh or rtype not in (PATIENT.number, *CLINICAL_OF_PATIENT)):
                 continue
+            if (settled and rtype != CHECKIN.number and state.scope.role == "door"
+                    and not (has_seen or n_ops)):
+                continue  # in scope at the last whole pass, and unchanged since
             if not reader.holds(rid, rtype):
                 gone.append(rid)
                 pruned += 1
                 continue
             if stale or n_conf or not (is_deleted or len(parse_heads(heads)) == 1):
                 continue
-            if not _stable(db, rid, state.stable):
-                continue
+            if not (has_seen or n_ops) or max(seen_at, top_ops) > state.stable:
+                continue  # nothing to drop, or not all of it stable
             if is_deleted:
                 gone.append(rid)
                 deleted += 1
@@ -136,21 +157,9 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
                                f" ({','.join(map(str, sorted(WITHHELD_AT_DOOR)))})", [rid])
                 compacted += 1
         drop(db, gone)
-    if rows:
-        state.after = rows[-1][0]
-    store.after_commit(len(rows) or 1)
+    if done:
+        state.after = rows[done - 1][0]
+    store.after_commit(done or 1)
     if state.scope.role == "clinician" and patients_fresh:
         state.patients_at = store.commits  # our own commit changes nothing it read
-    return (pruned, compacted, deleted), len(rows) < SLICE_RECORDS
-
-
-def _stable(db: sqlite_utils.Database, rid: bytes, stable: int) -> bool:
-    """Whether the record has a write log to drop and every write in it arrived at or
-    below ``stable``."""
-    n_seen, top_seen = db.execute("SELECT LENGTH(seen), seen_at FROM records WHERE rid = ?",
-                                  [rid]).fetchone()
-    n_ops, top_ops = db.execute("SELECT COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops"
-                                " WHERE rid = ?", [NEVER, rid]).fetchone()
-    if not (n_seen or n_ops):
-        return False
-    return (top_seen or 0) <= stable and (top_ops or 0) <= stable
+    return (pruned, compacted, deleted), done == len(rows) < SLICE_RECORDS

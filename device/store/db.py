@@ -20,6 +20,8 @@ import sqlite_utils
 from device.store.tables import MIGRATIONS
 from protocol.driver.database import open_database
 
+WAL_LIMIT = 4 << 20
+
 
 def connect(path: Path | str, *, readonly: bool = False,
             migrate: bool = False) -> sqlite_utils.Database:
@@ -29,6 +31,9 @@ def connect(path: Path | str, *, readonly: bool = False,
     db = open_database(path, MIGRATIONS if migrate else None, synchronous="FULL",
                        page_size=1024, readonly=readonly, busy_ms=5000)
     db.conn.execute("PRAGMA foreign_keys = ON")
+    # A WAL that once grew (a big merge, a garbage-collection pass that dropped much)
+    # is cut back to this when it starts over after a checkpoint, not kept at its peak.
+    db.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
     return db
 
 

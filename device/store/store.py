@@ -198,6 +198,9 @@ class Store:
         self.commits = 0
         #: Where the last ``collect`` pass stopped, for the scope it ran for.
         self.gc_from: tuple[Scope | None, bytes] = (None, b"")
+        #: The role and site of the last whole ``collect`` pass (its records of them were
+        #: in scope then: one that is not a check-in and has not changed still is).
+        self.gc_settled: tuple[str, str] | None = None
         self._flush_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
         #: The writer thread: every write is a job on it (``writer``).
