@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import sqlite3
 import time
@@ -354,6 +355,11 @@ def test_a_door_kiosk_holds_no_name_and_still_verifies_every_returning_patient(
             assert kiosk_main(["status", "--data", str(door.store.data)]) == 0
             out = capsys.readouterr().out
             assert "scope: door at site 'North'" in out and "stable point: none" not in out
+            assert "records out of scope" in out  # the last collection, in words
+            assert kiosk_main(["status", "--data", str(door.store.data), "--json"]) == 0
+            st = json.loads(capsys.readouterr().out)
+            assert st["scope"]["role"] == "door" and st["stable_point"] == door.state.stable
+            assert st["last_gc"]["pruned"] >= len(PATIENTS) + 1
         finally:
             for k in (door, clinic, full):
                 k.close()
