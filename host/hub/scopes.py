@@ -172,15 +172,16 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
     (deltas, cursor, more)."""
     top = head(db)
     patients = _Patients(db, scope, cursor)
-    where = ""
-    args: list[Any] = [cursor, top]
+    # Driven by what arrived after the cursor (ops first), never by what the site holds.
     if scope.role == "door":  # only check-ins and verifiers of its site can be in scope
-        where, args = " AND f.location = ? AND f.type IN (?, ?)", [*args, scope.site,
-                                                                    CHECKIN, VERIFIER]
-    rows = db.execute(f"SELECT o.hseq, o.node, o.rid, o.data, {_FACTS} FROM ops o"
-                      " LEFT JOIN record_facts f ON f.rid = o.rid"
-                      f" WHERE o.hseq > ? AND o.hseq <= ?{where} ORDER BY o.hseq",
-                      args).fetchall()
+        rows = db.execute(f"SELECT o.hseq, o.node, o.rid, o.data, {_FACTS} FROM ops o"
+                          " CROSS JOIN record_facts f WHERE f.rid = o.rid AND o.hseq > ?"
+                          " AND o.hseq <= ? AND f.location = ? AND f.type IN (?, ?)"
+                          " ORDER BY o.hseq", [cursor, top, scope.site, CHECKIN, VERIFIER])
+    else:
+        rows = db.execute(f"SELECT o.hseq, o.node, o.rid, o.data, {_FACTS} FROM ops o"
+                          " LEFT JOIN record_facts f ON f.rid = o.rid"
+                          " WHERE o.hseq > ? AND o.hseq <= ? ORDER BY o.hseq", [cursor, top])
     out: list[bytes] = []
     size, last = 0, cursor
     for hseq, node, rid, data, *fact in rows:
@@ -228,10 +229,12 @@ def _held_ops(db: sqlite_utils.Database, scope: Scope, cursor: int,
     """Every delta that arrived by ``cursor`` (or is ``node``'s) of the door or clinician
     scope's records."""
     held, args = "(o.hseq <= ? OR o.node = ?)", [cursor, node]
-    if scope.role == "door":
+    if scope.role == "door":  # today's check-ins and the verifiers, by the site's index
         yield from (r for r in _rows(db.execute(
-            f"{_OPS}f.location = ? AND f.type IN (?, ?) AND {held}",
-            [scope.site, CHECKIN, VERIFIER, *args]).fetchall()) if in_scope(scope, r[5]))
+            f"{_OPS}f.location = ? AND f.type = ? AND f.day >= ? AND {held} UNION ALL"
+            f" {_OPS}f.location = ? AND f.type = ? AND {held}",
+            [scope.site, CHECKIN, scope.first_day, *args, scope.site, VERIFIER, *args]
+            ).fetchall()) if in_scope(scope, r[5]))
         return
     patients: set[bytes] = set()
     for r in _rows(db.execute(f"{_OPS}f.location = ? AND f.type = ? AND f.day >= ? AND {held}",
