@@ -123,17 +123,24 @@ def visible(views: list[RecordView]) -> list[RecordView]:
 def filter_to_scope(views: list[RecordView], scope: Scope) -> list[RecordView]:
     """The records of ``views`` in ``scope``, by the pure scope API: a clinician's
     patients are the subjects of the check-ins in scope; a door kiosk's check-ins come
-    without what patients typed (``WITHHELD_AT_DOOR``)."""
+    without what patients typed (``WITHHELD_AT_DOOR``), in every version."""
     facts = {v.record_id: facts_of(v.record_id, v.type, v.fields) for v in views}
     patients = {f.subject for f in facts.values()
                 if f.subject is not None and checkin_in_scope(scope, f)}
     kept = [v for v in views if in_scope(scope, facts[v.record_id], patients)]
     if scope.role != "door":
         return kept
-    return [dataclasses.replace(
-        v, fields={k: x for k, x in v.fields.items() if k not in WITHHELD_AT_DOOR},
-        conflicts=tuple(c for c in v.conflicts if c.field not in WITHHELD_AT_DOOR))
-        if v.type == CHECKIN.number else v for v in kept]
+    return [without_claims(v) if v.type == CHECKIN.number else v for v in kept]
+
+
+def without_claims(view: RecordView) -> RecordView:
+    """A check-in without what the patient typed, in its fields and its versions."""
+    def strip(fields: dict[int, Any]) -> dict[int, Any]:
+        return {k: x for k, x in fields.items() if k not in WITHHELD_AT_DOOR}
+    return dataclasses.replace(view, fields=strip(view.fields), conflicts=tuple(
+        dataclasses.replace(c, versions=tuple(dataclasses.replace(v, fields=strip(v.fields))
+                                              for v in c.versions))
+        for c in view.conflicts if c.field not in WITHHELD_AT_DOOR))
 
 
 def forbidden_for_door(rtype: int, fields: dict[int, Any]) -> str | None:
