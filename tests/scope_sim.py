@@ -231,12 +231,6 @@ class SimKiosk:
     def scope(self) -> Scope | None:
         return self.state.scope_at(self.clock())
 
-    def acks_leave(self) -> None:
-        """What the hub acknowledged leaves the outbox now, as it does within
-        ``device.store.acks.FLUSH_AFTER_S`` or with the next local write: until then
-        ``collect`` counts those writes unsent."""
-        self.store._flush_acks()
-
     def collect(self, budget_s: float = 5.0) -> Any:
         """A GC pass at the stable point the last welcome carried (verified), to its end;
         its report (None: no welcome named a scope and a stable point yet)."""
@@ -416,7 +410,7 @@ class Fleet:
     def quiesce(self, kiosks: list[SimKiosk] | None = None, sweeps: int = 12) -> None:
         """Rounds until nothing moves, then two more (each kiosk's acknowledged cursor
         reaches the hub's head, then every welcome's stable point does), then a GC pass
-        on each kiosk, its acknowledged writes out of its outbox."""
+        on each kiosk."""
         kiosks = kiosks or self.kiosks
         for _ in range(sweeps):
             if not self.sweep(kiosks):
@@ -426,7 +420,6 @@ class Fleet:
         self.sweep(kiosks)
         self.sweep(kiosks)
         for k in kiosks:
-            k.acks_leave()
             k.collect()
 
     # What each kiosk should hold -----------------------------------------------------

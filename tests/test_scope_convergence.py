@@ -526,7 +526,10 @@ def _tamper(how: str):  # type: ignore[no-untyped-def]
     return change
 
 
-@pytest.mark.parametrize("how", ["sum", "greatest", "older", "concurrent"])
+@pytest.mark.parametrize("how", ["sum", "greatest", "older", pytest.param(
+    "concurrent", marks=pytest.mark.xfail(strict=True, reason=(
+        "finding 2: the scope checksum covers each record's greatest dot only (SPEC.md); "
+        "a snapshot without a lesser concurrent head adds up")))])
 def test_a_snapshot_off_its_checksum_is_refused(
         tmp_path_factory: pytest.TempPathFactory, how: str) -> None:
     plans: list[KioskPlan] = [("k", "A", "clinician", "North", None),
