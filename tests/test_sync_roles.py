@@ -60,6 +60,7 @@ class KioskMemory:
         self.stable: int | None = None
         self.sum: bytes | None = None  #: what the hello says we hold
         self.owed = False
+        self.partial: tuple[int, int, list[bytes]] | None = None
         self.snapshots: list[tuple[list[bytes], int, bytes]] = []  #: rebases taken
         self.stale: list[bytes] = []
         self.replaced: list[tuple[list[bytes], list[bytes]]] = []
@@ -184,6 +185,12 @@ class KioskMemory:
 
     def rebase_owed(self) -> bool:
         return self.owed
+
+    def partial_snapshot(self) -> tuple[int, int, list[bytes]] | None:
+        return self.partial
+
+    def keep_partial(self, partial: tuple[int, int, list[bytes]] | None) -> None:
+        self.partial = partial
 
     def note_rebase(self) -> None:
         self.owed = True

@@ -169,9 +169,32 @@ def test_a_snapshot_whose_sum_disagrees_is_refused_and_changes_nothing() -> None
     with pytest.raises(SnapshotRefused, match="checksum"):
         snapshot_round(fleet, k, [[os.urandom(40)], [os.urandom(40)]], os.urandom(32))
     assert k.storage.snapshots == [] and k.storage.cursor_ == 40 and k.storage.owed
+    assert k.storage.partial is None  # the next takes it afresh
     # Still owed: the next round, on a session kept open (no welcome), snapshots again.
     first, = sent(kiosk_role(fleet, k).again())
     assert (first.get("cursor"), first.get("snapshot")) == (40, True)
+
+
+def test_a_snapshot_a_round_left_half_taken_goes_on_in_the_next() -> None:
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    k.storage.cursor_ = 40
+    pages = [[os.urandom(40) for _ in range(2)] for _ in range(3)]
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    role.receive(welcome(k, fleet.hub_ed, rebase=True), NOW)
+    role.receive(changes(pages[0], 100, more=True, snapshot=True, upto=900), NOW)
+    role.receive(changes(pages[1], 200, more=True, snapshot=True, upto=900), NOW)
+    # The round ends there (the link dropped, its time ran out): the next goes on.
+    role = kiosk_role(fleet, k)
+    first, = sent(role.again())
+    assert (first.get("cursor"), first.get("snapshot"), first.get("upto")) == (200, True, 900)
+    hub_sum = KioskMemory.sum_of(sum(pages, []))
+    then, = sent(role.receive(changes(pages[2], 900, snapshot=True, upto=900, sum=hub_sum),
+                              NOW))
+    (deltas, upto, _), = k.storage.snapshots
+    assert deltas == sum(pages, []) and upto == 900 and then.get("cursor") == 900
+    assert k.storage.partial is None and not k.storage.owed
 
 
 def test_changes_that_do_not_answer_the_pull_are_refused() -> None:

@@ -13,6 +13,13 @@ chunks the hub lacks, on the session's last lane, a batch written meanwhile
 first. Past ``DOCUMENT_SHARE`` of the round's time limit no more content
 goes out; the next round resumes it.
 
+The welcome's scope and signed stable point, a rebase's snapshot of the
+scope and the write sets of stale records follow the conversation's rules
+too; the ledger keeps the scope, the stable point and a rebase owed in
+``sync.db`` (a snapshot half taken in its memory) and hands snapshots to the
+store. A stable point, scope or snapshot the kiosk refuses fails the round
+(``SyncFailed``, saying why) before anything of it is kept.
+
 The round is done when the outbox is empty, nothing is in flight and the
 last page said no more. ``drive_round`` runs a round over a session driver
 (``protocol.driver``), which may outlive it (``device.sync.connection``);
@@ -202,12 +209,21 @@ class KioskLedger:
         return None if scope is None else self.store.scope_checksum(scope)
 
     def note_scope(self, scope: Scope, stable: int | None) -> None:
-        if scope != self.state.scope:
+        held = self.state.scope
+        if scope != held:
             log.info("the hub names this kiosk's scope: %s", describe_scope(scope))
+        if held is None or (held.role, held.site) != (scope.role, scope.site):
+            self.state.partial_snapshot = None  # another scope's
         self.state.note_scope(scope, stable)
 
     def rebase_owed(self) -> bool:
         return self.state.rebase_owed
+
+    def partial_snapshot(self) -> tuple[int, int, list[bytes]] | None:
+        return self.state.partial_snapshot
+
+    def keep_partial(self, partial: tuple[int, int, list[bytes]] | None) -> None:
+        self.state.partial_snapshot = partial
 
     def note_rebase(self) -> None:
         if not self.state.rebase_owed:

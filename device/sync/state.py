@@ -91,6 +91,10 @@ class SyncState:
         self._waiting_since: float | None = None
         #: The wall time (ms) of the last round that worked, saved or not; None: none yet
         self.last_sync_ms: int | None = None
+        #: A snapshot of the scope a round left half taken, (upto, the last page's cursor,
+        #: its deltas), for the next round to go on with; in memory only (a restart
+        #: starts it again).
+        self.partial_snapshot: tuple[int, int, list[bytes]] | None = None
         self._closed = False
 
     def close(self) -> None:

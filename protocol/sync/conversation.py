@@ -57,9 +57,13 @@ far behind) is kept owed by the storage until done: the round's pull becomes
 a snapshot of the whole scope, whose pages are staged and handed to the
 storage at once with the hub's sum (``rebase``: refused, nothing changes,
 when the sum disagrees); the cursor becomes the snapshot's head, and the
-pull goes on from there. After the pull, records whose write set the kiosk
-must have whole (``stale_records``) are fetched (``snapshot: [rids]``) and
-rebuilt (``replace_records``), each at most once a round.
+pull goes on from there. A round that ends half way through the snapshot
+leaves what it took with the storage (``keep_partial``) and the next goes on
+from its last page: every page is cut at one head, whatever the session, so
+a scope larger than a round can carry (a serial line) is still taken.
+After the pull, records whose write set the kiosk must have whole
+(``stale_records``) are fetched (``snapshot: [rids]``) and rebuilt
+(``replace_records``), each at most once a round.
 """
 
 from __future__ import annotations
@@ -162,6 +166,11 @@ class KioskStorage(Protocol):
         """The welcome's scope and the stable point's cursor (verified), kept."""
     def rebase_owed(self) -> bool:
         """Whether a rebase the hub asked for is not done yet."""
+    def partial_snapshot(self) -> tuple[int, int, list[bytes]] | None:
+        """A whole-scope snapshot a round left half taken: (upto, the last page's
+        cursor, the deltas so far)."""
+    def keep_partial(self, partial: tuple[int, int, list[bytes]] | None) -> None:
+        """Keep (or forget, None) the whole-scope snapshot taken so far."""
     def note_rebase(self) -> None:
         """The hub asked for a rebase: kept owed, durably, until ``rebase`` is done."""
     def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
@@ -340,7 +349,8 @@ class KioskSync:
         only this kiosk has moved its chain since."""
         self.welcomed = True
         if self.storage.rebase_owed():
-            return [self._snapshot_pull(True), *self.push()]
+            return [self._snapshot_pull(True, self.storage.partial_snapshot()),
+                    *self.push()]
         pull = _encode("sync-pull", cursor=self.storage.cursor())
         return [(CONTROL_LANE, pull), *self.push()]
 
@@ -438,11 +448,18 @@ class KioskSync:
         self.wanted = 0
         return self._fetch_stale()
 
-    def _snapshot_pull(self, what: bool | list[bytes]) -> Reply:
+    def _snapshot_pull(self, what: bool | list[bytes],
+                       partial: tuple[int, int, list[bytes]] | None = None) -> Reply:
         """The first pull of a snapshot: of the whole scope (True), or of these records'
-        write sets. The pull is not done until its last page is taken."""
-        self.snapshot, self.staged, self.upto = what, [], None
+        write sets; ``partial``: the whole scope's, from where an earlier round left it
+        (its pages are cut at one head, whatever the session). The pull is not done
+        until its last page is taken."""
         self.pull_done = False
+        if partial is not None:
+            self.snapshot, (self.upto, cursor, self.staged) = True, partial
+            return (CONTROL_LANE, _encode("sync-pull", cursor=cursor, snapshot=True,
+                                          upto=self.upto))
+        self.snapshot, self.staged, self.upto = what, [], None
         return (CONTROL_LANE, _encode("sync-pull", cursor=self.storage.cursor(),
                                       snapshot=what))
 
@@ -460,10 +477,13 @@ class KioskSync:
         self.staged.extend(deltas)
         what, upto = self.snapshot, self.upto
         if msg.get("more"):
+            if what is True and upto is not None:  # a round that fails goes on from here
+                self.storage.keep_partial((upto, msg.get("cursor"), self.staged))
             return [(CONTROL_LANE, _encode("sync-pull", cursor=msg.get("cursor"),
                                            snapshot=what, upto=upto))]
         staged, self.snapshot, self.staged, self.upto = self.staged, None, [], None
         if what is True:
+            self.storage.keep_partial(None)  # taken or refused: the next starts afresh
             hub_sum = msg.get("sum")
             if not isinstance(hub_sum, bytes) or upto is None:
                 raise SnapshotRefused("the snapshot's last page carries no checksum")
