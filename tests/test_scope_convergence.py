@@ -303,8 +303,12 @@ def _tombstones(k: SimKiosk) -> set[bytes]:
     return {v.record_id for v in k.store.views() if v.deleted}
 
 
-def test_gc_waits_for_a_kiosk_away_for_a_month_until_it_is_decommissioned(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("then", ["decommissioned", "back"])
+def test_gc_waits_for_a_kiosk_away_for_a_month(
+        tmp_path_factory: pytest.TempPathFactory, then: str) -> None:
+    """The stable point waits for a kiosk away a month. Decommissioned, it waits no more;
+    back, the kiosk rebases (its cursor is a month old), keeps and sends its unsynced
+    write, and every replica collects."""
     with fleet(tmp_path_factory, full("a", "b", "c")) as f:
         a, b, away = f.kiosks
         rng = random.Random(3)
@@ -336,6 +340,16 @@ def test_gc_waits_for_a_kiosk_away_for_a_month_until_it_is_decommissioned(
             assert k.state.stable is not None and k.state.stable <= mark.acked, \
                 "the stable point passed a kiosk that has not acknowledged it"
             assert deleted <= _tombstones(k), "a tombstone went before every replica had it"
+        if then == "back":
+            s = f.sync(away)
+            assert s is not None and s.rebased and s.pushed == 1
+            f.quiesce()
+            for k in (a, b, away):
+                assert not deleted & _tombstones(k), "the tombstones outlived the stable point"
+                f.check_scope(k)
+                assert f.lost_writes(k) == []
+            assert a.dump() == b.dump() == away.dump()
+            return
         f.decommission(away)
         f.quiesce([a, b])
         for k in (a, b):
