@@ -22,7 +22,8 @@ ever pruned. Of the others:
    and it is marked ``partial``; a deleted one (every head a delete) goes
    entirely. A door kiosk's check-in loses what the patient typed there
    (``scope.WITHHELD_AT_DOOR``: the hub never sends a door those fields, and
-   it keeps its own only until they are stable).
+   it keeps its own only until they are stable); one in conflict keeps its
+   log, each write of it without those fields, as the hub sends them.
 
 Conflict versions need nothing: ``conflicts`` only ever holds the current
 ones. The kiosk's audit chain is never touched (``device.audit`` reads it
@@ -36,6 +37,7 @@ during the pass never loses its patient.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -43,10 +45,13 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
-from device.store.materialise import parse_heads
+from device.store.keys import FieldCipher
+from device.store.materialise import op_label, parse_heads, refresh
 from device.store.rebase import drop
 from device.store.scope_state import ScopeReader
 from device.store.writer import BULK
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import decode, encode
 from protocol.crdt.schema import CHECKIN, PATIENT
 from protocol.driver.database import immediate
 from protocol.sync import audit as sync_audit
@@ -114,17 +119,18 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
     pruned = compacted = deleted = 0
     with immediate(db, synchronous="NORMAL"):
         rows = db.execute(
-            "SELECT rid, type, deleted, n_conflicts, heads, stale, seen IS NOT NULL, seen_at"
-            " FROM records WHERE rid > ? ORDER BY rid LIMIT ?",
+            "SELECT rid, type, deleted, n_conflicts, heads, stale, seen IS NOT NULL, seen_at,"
+            " partial FROM records WHERE rid > ? ORDER BY rid LIMIT ?",
             [state.after, SLICE_RECORDS]).fetchall()
         unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
         logged = {rid: (n, top) for rid, n, top in db.execute(
             "SELECT rid, COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops WHERE rid > ? AND rid <= ?"
             " GROUP BY rid", [NEVER, state.after, rows[-1][0] if rows else state.after])}
         settled = store.gc_settled == (state.scope.role, state.scope.site)
+        door = state.scope.role == "door"
         gone: list[bytes] = []
         done = 0
-        for rid, rtype, is_deleted, n_conf, heads, stale, has_seen, seen_at in rows:
+        for rid, rtype, is_deleted, n_conf, heads, stale, has_seen, seen_at, partial in rows:
             if done and (store.writer.urgent_waiting()
                          or time.perf_counter() - started > SLICE_S):
                 break  # a check-in waits: commit what is done, go on in the next slice
@@ -141,10 +147,12 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
                 gone.append(rid)
                 pruned += 1
                 continue
-            if stale or n_conf or not (is_deleted or len(parse_heads(heads)) == 1):
+            if stale or not (has_seen or n_ops) or max(seen_at, top_ops) > state.stable:
+                continue  # waiting for the hub, nothing to drop, or not all of it stable
+            if n_conf or not (is_deleted or len(parse_heads(heads)) == 1):
+                if door and rtype == CHECKIN.number and n_ops and not partial:
+                    _forget_typed(db, store.cipher, rid)  # a conflict keeps the log
                 continue
-            if not (has_seen or n_ops) or max(seen_at, top_ops) > state.stable:
-                continue  # nothing to drop, or not all of it stable
             if is_deleted:
                 gone.append(rid)
                 deleted += 1
@@ -152,7 +160,7 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
                 db.execute("DELETE FROM ops WHERE rid = ?", [rid])
                 db.execute("UPDATE records SET partial = 1, seen = NULL, seen_at = 0"
                            " WHERE rid = ?", [rid])
-                if state.scope.role == "door" and rtype == CHECKIN.number:
+                if door and rtype == CHECKIN.number:
                     db.execute("DELETE FROM field_values WHERE rid = ? AND field IN"
                                f" ({','.join(map(str, sorted(WITHHELD_AT_DOOR)))})", [rid])
                 compacted += 1
@@ -163,3 +171,22 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
     if state.scope.role == "clinician" and patients_fresh:
         state.patients_at = store.commits  # our own commit changes nothing it read
     return (pruned, compacted, deleted), done == len(rows) < SLICE_RECORDS
+
+
+def _forget_typed(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> None:
+    """A door's stable check-in that keeps its write log (its versions are in conflict):
+    every write of it without what the patient typed (``WITHHELD_AT_DOOR``), as the hub
+    sends them to a door, under the same dots; the record rebuilt from them."""
+    changed = []
+    for stamp, node, sealed in db.execute(
+            "SELECT stamp, node, sealed FROM ops WHERE rid = ?", [rid]).fetchall():
+        label = op_label(rid, Dot(stamp, node))
+        delta = decode(cipher.open_blob(label, sealed))
+        if WITHHELD_AT_DOOR & delta.set.keys():
+            kept = {k: v for k, v in delta.set.items() if k not in WITHHELD_AT_DOOR}
+            changed.append((cipher.seal_blob(label, encode(dataclasses.replace(delta, set=kept))),
+                            rid, stamp, node))
+    if changed:
+        db.conn.executemany("UPDATE ops SET sealed = ? WHERE rid = ? AND stamp = ? AND node = ?",
+                            changed)
+        refresh(db, cipher, rid)
