@@ -520,12 +520,14 @@ class HubStore:
                        [device_id, seq])
         return rows[0][0] if rows else None
 
-    def add_local(self, op: Op) -> None:
+    def add_local(self, *ops: Op) -> None:
+        """The hub's own writes, in one transaction."""
         with self._tx() as db:
-            if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                          " VALUES (?, ?, ?, ?, ?, 'hub')",
-                          [next_hseq(db), op.rid, op.stamp, op.node, op.data]).rowcount:
-                scopes.note_facts_of(db, [op.data])
+            added = [op.data for op in ops if db.execute(
+                "INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                " VALUES (?, ?, ?, ?, ?, 'hub')",
+                [next_hseq(db), op.rid, op.stamp, op.node, op.data]).rowcount]
+            scopes.note_facts_of(db, added)
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       scope: Scope | None = None) -> tuple[list[bytes], int, bool]:

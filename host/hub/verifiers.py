@@ -63,7 +63,7 @@ def write(store: HubStore, fleet_key: bytes, node: int, now_ms: int,
             pairs |= {(site, pid) for site, pid in store.visits_touched(cursor, top)
                       if site in sites}
         hlc: HLC | None = None
-        written = 0
+        written: list[Op] = []
         for site, pid in sorted(pairs):
             patient = view_of(store, pid)
             born = patient.fields.get(BIRTH_DATE) if patient and not patient.deleted else None
@@ -79,10 +79,10 @@ def write(store: HubStore, fleet_key: bytes, node: int, now_ms: int,
                 continue
             hlc = hlc or hlc_of()
             delta = build_put(held, rid, VERIFIER, node, hlc.now(now_ms), values)
-            store.add_local(Op(rid, delta.stamp, delta.node, encode(delta)))
-            written += 1
+            written.append(Op(rid, delta.stamp, delta.node, encode(delta)))
+        store.add_local(*written)
         if hlc is not None:
             store.set_meta("hlc", hlc.last)
         store.set_meta(CURSOR, top)
         store.set_meta(SITES, json.dumps(sorted(sites)))  # one lost and found again: redone
-        return written
+        return len(written)
