@@ -454,6 +454,47 @@ def test_a_record_out_of_scope_goes_after_it_synced_never_before(
         f.check_scope(other)
 
 
+def test_a_snapshot_of_many_pages_survives_kills_between_them(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A rebase whose snapshot takes several pages, the kiosk killed after each page in
+    turn: the rebase stays owed and starts over; nothing of its own is lost."""
+    plans: list[KioskPlan] = [("k", "A", "clinician", "North", None),
+                              ("other", "B", "full", "North", None)]
+    with fleet(tmp_path_factory, plans) as f:
+        k, other = f.kiosks
+        for i in range(90):  # ~360 KiB: more than one page (CHANGES_BYTES)
+            other.store.put("note", values={"text": f"{i:04d}" + "x" * 4000},
+                            now_ms=f.clock())
+        f.quiesce()
+        mine = k.store.put("note", values={"text": "unsynced, kept"}, now_ms=f.clock())
+        k.note_writes()
+        f.set_role(k, "full")
+        pages = 0
+
+        def count(_: SimKiosk, data: bytes) -> bytes:
+            nonlocal pages
+            msg = messages.decode(data)
+            pages += msg.type == sync.CHANGES.number and bool(msg.get("snapshot"))
+            return data
+        f.to_kiosk = count
+        owed, most = [], 0
+        for cut in range(1, 12):  # killed after the welcome, then after each page in turn
+            pages = 0
+            done = f.sync(k, stop_after=cut, killed=True) is not None
+            most = max(most, pages)
+            if done:
+                break
+            owed.append(k.state.rebase_owed)
+            assert k.store.view(mine) is not None
+        else:
+            raise AssertionError("the rebase never ended")
+        assert owed[:2] == [True, True], "a rebase cut short is owed still"
+        assert most >= 2, "the snapshot took one page"
+        f.quiesce()
+        f.check_scope(k)
+        assert f.lost_writes(k) == []
+
+
 # Bad input --------------------------------------------------------------------------------
 
 def test_a_role_change_to_an_unknown_role_is_refused(
