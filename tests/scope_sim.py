@@ -20,8 +20,14 @@ the scope the kiosk's last welcome named. Records deleted everywhere (no
 conflict) are left out on both sides: a kiosk drops them once stable, the
 hub keeps them.
 
-``Watch`` looks at every page the hub sends to a door kiosk: nothing clinical,
-no name and no year may be in it, but for the kiosk's own writes.
+A round may be cut after any message (``stop_after``): the kiosk crashed
+there, its files closed where they stand, or it was killed, and what waited in
+memory to be written (its cursor, acknowledgements) is lost; it is opened
+again. Every page the hub sends a door kiosk is looked at (``leaks``): nothing
+clinical, no name and no year may be in it, but the kiosk's own writes.
+
+Enrolling a fleet (keys, databases, certificates) takes most of a short run, so
+``Fleet.copied`` enrols each list of kiosks once per process and copies it.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from protocol import messages
 from protocol.crdt.delta import decode
 from protocol.crdt.ids import patient_id
 from protocol.crdt.record import RecordView, canonical_json
-from protocol.crdt.schema import CHECKIN, LAB_RESULT, NOTE, PATIENT, PRESCRIPTION
+from protocol.crdt.schema import CHECKIN, DOCUMENT, LAB_RESULT, NOTE, PATIENT, PRESCRIPTION
 from protocol.sync import batches as sync
 from protocol.sync.scope import WITHHELD_AT_DOOR, Scope, checkin_in_scope, facts_of, in_scope
 
@@ -65,7 +71,7 @@ ROUND_MESSAGES = 400
 #: Patient fields a door kiosk must never hold (name, birthDate), and a check-in's
 #: claims of them (claimName, claimBirthDate).
 NAME_FIELDS = {PATIENT.number: {1, 2}, CHECKIN.number: set(WITHHELD_AT_DOOR)}
-CLINICAL = {PRESCRIPTION.number, LAB_RESULT.number, NOTE.number, 7}
+CLINICAL = {PRESCRIPTION.number, LAB_RESULT.number, NOTE.number, DOCUMENT.number}
 
 
 def replaced(msg: messages.Message, **values: Any) -> bytes:
@@ -92,10 +98,6 @@ class SimClock:
 
     def advance(self, ms: int) -> None:
         self.ms += ms
-
-    @property
-    def day(self) -> str:
-        return datetime.datetime.fromtimestamp(self.ms / 1000, datetime.UTC).date().isoformat()
 
 
 @contextlib.contextmanager
@@ -281,7 +283,7 @@ class Fleet:
             init_hub(tmp / "hub")
         self.hub = Hub(tmp / "hub")
         self.kiosks: list[SimKiosk] = []
-        #: a page to the hub, or to a kiosk, may be changed on its way (bad input tests)
+        #: what the hub sends a kiosk may be changed on its way (bad input tests)
         self.to_kiosk: Callable[[SimKiosk, bytes], bytes] | None = None
 
     def close(self) -> None:
@@ -292,9 +294,8 @@ class Fleet:
     @classmethod
     def copied(cls, templates: Path, tmp: Path, kiosks: Sequence[KioskPlan],
                clock: SimClock) -> Fleet:
-        """A fleet of a hub and ``kiosks`` (name, letter, role, site, window) enrolled, copied into
-        ``tmp`` from one made once in ``templates`` for each list of kiosks: enrolling
-        (keys, databases, certificates) is most of the time of a short run."""
+        """A hub and ``kiosks`` enrolled, copied into ``tmp`` from the fleet made once in
+        ``templates`` for each list of kiosks (see the module's doc)."""
         key = tuple(kiosks)
         if key not in _TEMPLATES:
             made = templates / f"fleet-{len(_TEMPLATES)}"
