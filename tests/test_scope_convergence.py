@@ -403,6 +403,35 @@ def test_a_decommissioned_kiosk_that_comes_back_is_quarantined(
         assert f.hub.dump() == hub_before
 
 
+def test_a_late_write_to_a_record_whose_tombstone_went_brings_the_hubs_record(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """X edits a note offline while Y deletes it; X pulls the delete, then dies before its
+    edit goes, and says hello again (so the stable point passes the delete) before dying
+    once more. K drops the tombstone. The late edit then arrives: the hub merges it (a
+    delete-update conflict), and K holds that, not the edit alone."""
+    with fleet(tmp_path_factory, full("x", "y", "k")) as f:
+        x, y, k = f.kiosks
+        note = x.store.put("note", values={"text": "first", "authorString": "x"},
+                           now_ms=f.clock())
+        x.note_writes()
+        f.quiesce()
+        x.store.put("note", note, {"text": "edited offline"}, now_ms=f.clock())
+        x.note_writes()
+        y.store.delete(note, now_ms=f.clock())
+        y.note_writes()
+        f.sync(y)
+        assert f.sync(x, stop_after=2) is None  # its pull (the delete) answered, no batch
+        assert f.sync(x, stop_after=1) is None  # its hello: its cursor is past the delete
+        f.sweep([y, k])
+        f.sweep([y, k])
+        k.collect()
+        assert k.store.view(note) is None, "K kept the tombstone: the case is not made"
+        f.quiesce()
+        for kiosk in (x, y, k):
+            f.check_scope(kiosk)
+            assert f.lost_writes(kiosk) == []
+
+
 # A record leaves a scope ------------------------------------------------------------------
 
 @pytest.mark.parametrize("role", ["door", "clinician"])
