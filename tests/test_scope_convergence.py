@@ -405,21 +405,22 @@ def test_a_decommissioned_kiosk_that_comes_back_is_quarantined(
 
 def test_a_late_write_to_a_record_whose_tombstone_went_brings_the_hubs_record(
         tmp_path_factory: pytest.TempPathFactory) -> None:
-    """X edits a note offline while Y deletes it; X pulls the delete, then dies before its
-    edit goes, and says hello again (so the stable point passes the delete) before dying
-    once more. K drops the tombstone. The late edit then arrives: the hub merges it (a
-    delete-update conflict), and K holds that, not the edit alone."""
+    """Y deletes a note; X, offline, edits it a second later; X pulls the delete, then dies
+    before its edit goes, and says hello again (so the stable point passes the delete)
+    before dying once more. K drops the tombstone. The late edit then arrives: the hub
+    merges it (a delete-update conflict), and K holds that, not the edit alone."""
     with fleet(tmp_path_factory, full("x", "y", "k")) as f:
         x, y, k = f.kiosks
         note = x.store.put("note", values={"text": "first", "authorString": "x"},
                            now_ms=f.clock())
         x.note_writes()
         f.quiesce()
-        x.store.put("note", note, {"text": "edited offline"}, now_ms=f.clock())
-        x.note_writes()
         y.store.delete(note, now_ms=f.clock())
         y.note_writes()
         f.sync(y)
+        f.clock.advance(1000)  # the edit is the record's greatest write: the sums agree
+        x.store.put("note", note, {"text": "edited offline"}, now_ms=f.clock())
+        x.note_writes()
         assert f.sync(x, stop_after=2) is None  # its pull (the delete) answered, no batch
         assert f.sync(x, stop_after=1) is None  # its hello: its cursor is past the delete
         f.sweep([y, k])
