@@ -551,18 +551,24 @@ def test_a_role_change_to_an_unknown_role_is_refused(
         assert f.lost_writes(k) == []
 
 
-def _resign_stable(f: Fleet, key: Ed25519PrivateKey):  # type: ignore[no-untyped-def]
+def _forge_stable(f: Fleet, key: Ed25519PrivateKey, device: str):  # type: ignore[no-untyped-def]
+    """Welcomes whose stable point says everything the hub holds is stable, signed by
+    ``key`` for kiosk ``device``."""
     def change(k: SimKiosk, data: bytes) -> bytes:
         msg = messages.decode(data)
         if msg.type != sync.WELCOME.number or msg.get("stable") is None:
             return data
-        forged = sign_stable_point(key, k.device, f.hub.store.head(), f.clock())
-        return replaced(msg, stable=forged)
+        return replaced(msg, stable=sign_stable_point(key, device, f.hub.store.head(),
+                                                      f.clock()))
     return change
 
 
-def test_a_stable_point_another_hub_signed_is_refused(
-        tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize("whose", ["another hub", "another kiosk"])
+def test_a_stable_point_not_for_this_kiosk_from_its_hub_is_refused(
+        tmp_path_factory: pytest.TempPathFactory, whose: str) -> None:
+    """Signed by a key that is not the hub's of the kiosk's certificate, or by that hub for
+    another kiosk: the round fails saying so, the stable point held stays, nothing is
+    collected by it."""
     with fleet(tmp_path_factory, full("k", "other")) as f:
         k, other = f.kiosks
         for _ in range(3):
@@ -572,8 +578,13 @@ def test_a_stable_point_another_hub_signed_is_refused(
         k.store.delete(str(uuid.UUID(bytes=_held(k, (3, 4, 6))[0])), now_ms=f.clock())
         _clinical_write(f, other, random.Random(4))
         stable, dump = k.state.stable, k.store.dump()
-        f.to_kiosk = _resign_stable(f, Ed25519PrivateKey.generate())
-        with pytest.raises(SyncFailed, match="not signed by this kiosk's hub"):
+        if whose == "another hub":
+            f.to_kiosk = _forge_stable(f, Ed25519PrivateKey.generate(), k.device)
+            said = "not signed by this kiosk's hub"
+        else:
+            f.to_kiosk = _forge_stable(f, f.hub.ed_key, other.device)
+            said = f"stable point is for kiosk '{other.device}'"
+        with pytest.raises(SyncFailed, match=said):
             f.sync(k)
         assert k.state.stable == stable
         k.collect()
