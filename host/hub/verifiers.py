@@ -33,7 +33,8 @@ from protocol.crdt.record import RecordLog, RecordView
 from protocol.crdt.schema import PATIENT, VERIFIER
 from protocol.crdt.writes import build_put
 
-CURSOR, SITES = "verifiers_cursor", "verifier_sites"
+#: ``meta`` key: where the last pass stopped and the door sites it knew, as JSON.
+PASS = "verifiers_pass"
 BIRTH_DATE = PATIENT.field("birthDate").number
 _V = {f.name: f.number for f in VERIFIER.fields}
 _lock = threading.Lock()  #: one pass at a time (sessions commit batches in parallel)
@@ -52,11 +53,12 @@ def write(store: HubStore, fleet_key: bytes, node: int, now_ms: int,
     """One pass: the verifiers that are missing or stale, written; returns how many."""
     with _lock:
         sites = store.door_sites()
-        cursor = int(store.get_meta(CURSOR) or 0)
-        done = set(json.loads(store.get_meta(SITES) or "[]"))
-        top = store.head()
         if not sites:
-            store.set_meta(CURSOR, top)
+            return 0  # a site that gains a door kiosk is done whole at the next pass
+        last = json.loads(store.get_meta(PASS) or '{"cursor": 0, "sites": []}')
+        cursor, done = int(last["cursor"]), set(last["sites"])
+        top = store.head()
+        if cursor >= top and sites <= done:
             return 0
         pairs = {(site, pid) for site in sites - done for pid in store.site_patients(site)}
         if cursor < top:
@@ -67,7 +69,7 @@ def write(store: HubStore, fleet_key: bytes, node: int, now_ms: int,
         for site, pid in sorted(pairs):
             patient = view_of(store, pid)
             born = patient.fields.get(BIRTH_DATE) if patient and not patient.deleted else None
-            if not isinstance(born, str) or len(born) < 4:
+            if not isinstance(born, str) or not born[:4].isdigit():
                 continue
             values = {"subject": str(uuid.UUID(bytes=pid)), "site": site,
                       "birthYear": year_verifier(fleet_key, site, pid, born[:4])}
@@ -83,6 +85,6 @@ def write(store: HubStore, fleet_key: bytes, node: int, now_ms: int,
         store.add_local(*written)
         if hlc is not None:
             store.set_meta("hlc", hlc.last)
-        store.set_meta(CURSOR, top)
-        store.set_meta(SITES, json.dumps(sorted(sites)))  # one lost and found again: redone
+        # a site that lost its door kiosks and gains one again is done whole again
+        store.set_meta(PASS, json.dumps({"cursor": top, "sites": sorted(sites)}))
         return len(written)
