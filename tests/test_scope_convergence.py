@@ -299,6 +299,35 @@ def test_a_door_kiosk_forgets_names_typed_at_it_even_in_a_conflict(
         f.check_scope(door)
 
 
+def test_a_check_in_attached_twice_at_once_brings_the_merged_patient_in_scope(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two desks attach one check-in to two patients at once. The later attachment wins
+    (the merge), whatever order the hub receives them in: the clinician station holds
+    that patient and their records, and settles (no rebase every round)."""
+    plans: list[KioskPlan] = [("c", "A", "clinician", "North", None),
+                              ("x", "B", "full", "North", None),
+                              ("y", "C", "full", "North", None)]
+    with fleet(tmp_path_factory, plans) as f:
+        c, x, y = f.kiosks
+        pids = [str(uuid.UUID(bytes=f.patient(p))) for p in PASSPORTS[:3]]
+        for pid in pids[1:]:
+            x.store.put("patient", pid, {"name": "A. Patient", "birthDate": "1970-01-01"},
+                        now_ms=f.clock())
+            x.store.put("note", values={"subject": pid, "text": "about them"},
+                        now_ms=f.clock())
+        got = x.store.checkin(name="Zero", passport=PASSPORTS[0], now_ms=f.clock())
+        f.quiesce()
+        x.store.settle_identity(got.record_id, "attach", subject=pids[1], now_ms=f.clock())
+        f.clock.advance(1000)
+        y.store.settle_identity(got.record_id, "attach", subject=pids[2], now_ms=f.clock())
+        f.sync(y)  # the later attachment arrives first
+        f.sync(x)
+        f.quiesce()
+        for k in f.kiosks:
+            f.check_scope(k)
+        assert c.store.view(pids[2]) is not None
+
+
 # Garbage collection, a kiosk away, decommissioning -----------------------------------------
 
 def _tombstones(k: SimKiosk) -> set[bytes]:
