@@ -462,6 +462,37 @@ def test_a_late_write_to_a_record_whose_tombstone_went_brings_the_hubs_record(
             assert f.lost_writes(kiosk) == []
 
 
+def test_a_late_write_from_another_scope_group_brings_the_hubs_record(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The stable point of clinician stations waits for clinician stations only. A full
+    kiosk, away, edits the note it wrote, which a station deleted; the stations collect
+    the tombstone; the edit arrives: they hold the hub's merged record (a delete-update
+    conflict), not the edit alone."""
+    plans: list[KioskPlan] = [("c1", "A", "clinician", "North", None),
+                              ("c2", "B", "clinician", "North", None),
+                              ("away", "C", "full", "North", None)]
+    with fleet(tmp_path_factory, plans) as f:
+        c1, c2, away = f.kiosks
+        pid = str(uuid.UUID(bytes=f.patient(PASSPORTS[0])))
+        c1.store.checkin(name="Ada", passport=PASSPORTS[0], now_ms=f.clock())
+        c1.note_writes()
+        note = away.store.put("note", values={"subject": pid, "text": "first"},
+                              now_ms=f.clock())  # its history is all the late writer's
+        away.note_writes()
+        f.quiesce()
+        c1.store.delete(note, now_ms=f.clock())
+        c1.note_writes()
+        f.clock.advance(1000)  # the edit is the record's greatest write
+        away.store.put("note", note, {"text": "edited away"}, now_ms=f.clock())
+        away.note_writes()
+        f.quiesce([c1, c2])
+        assert c2.store.view(note) is None, "c2 kept the tombstone: the case is not made"
+        f.quiesce()
+        for k in f.kiosks:
+            f.check_scope(k)
+            assert f.lost_writes(k) == []
+
+
 # A record leaves a scope ------------------------------------------------------------------
 
 @pytest.mark.parametrize("role", ["door", "clinician"])
