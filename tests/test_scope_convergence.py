@@ -5,9 +5,11 @@ Every replica ends holding exactly the hub's records filtered to its scope; noth
 unsynced is ever pruned; a door kiosk never holds a name, a year or a clinical record
 but its own; the stable point waits for a kiosk that is away and no longer once it is
 decommissioned; a decommissioned kiosk's writes are quarantined; a record that leaves a
-scope goes after it synced, never before, whatever crashes on the way; and bad input
-(an unknown role, a stable point another hub signed, a snapshot off its checksum) is
-refused with a clear error, pruning nothing.
+scope goes after it synced, never before, whatever crashes on the way; a late write
+to a record whose tombstone went, or a check-in attached twice at once, leaves every
+kiosk with the hub's merged records; and bad input (an unknown role, a stable point
+another hub signed or signed for another kiosk, a snapshot off its checksum) is refused
+with a clear error, pruning nothing.
 """
 
 from __future__ import annotations
@@ -99,7 +101,10 @@ def assert_nothing_unsynced_pruned(f: Fleet, before: dict[str, set[bytes]], what
 # Random writes ------------------------------------------------------------------------
 
 def _held(k: SimKiosk, types: tuple[int, ...]) -> list[bytes]:
-    return sorted(v.record_id for v in k.store.views() if v.type in types and not v.deleted)
+    """The records of these types ``k`` holds that staff may write to: not deleted, not
+    held for review (a conflict of a prescription's versions)."""
+    return sorted(v.record_id for v in k.store.views()
+                  if v.type in types and not v.deleted and not v.held)
 
 
 def _clinical_write(f: Fleet, k: SimKiosk, rng: random.Random) -> None:
@@ -166,6 +171,12 @@ def step(f: Fleet, action: str, who: int, arg: int) -> None:
             k.store.settle_identity(str(uuid.UUID(bytes=rng.choice(held))), "attach",
                                     subject=str(uuid.UUID(bytes=f.patient(
                                         rng.choice(PASSPORTS)))), now_ms=f.clock())
+    elif action == "resolve":  # staff settle a conflict, keeping one version
+        conflicts = sorted((c.id, c.versions[0].id) for v in k.store.views()
+                           for c in v.conflicts)
+        if conflicts:
+            conflict, version = rng.choice(conflicts)
+            k.store.resolve(conflict, keep=version, now_ms=f.clock())
     elif action == "sync":
         f.sync(k)
     elif action == "crash":
@@ -182,8 +193,8 @@ def step(f: Fleet, action: str, who: int, arg: int) -> None:
 
 
 ACTIONS = ("checkin", "checkin", "patient", "clinical", "clinical", "edit", "concurrent",
-           "delete", "status", "attach", "sync", "sync", "sync", "crash", "kill", "gc", "gc",
-           "role", "advance")
+           "delete", "status", "attach", "resolve", "sync", "sync", "sync", "crash", "kill",
+           "gc", "gc", "role", "advance")
 STEPS = st.lists(st.tuples(st.sampled_from(ACTIONS), st.integers(0, 4), st.integers(0, 10**6)),
                  min_size=4, max_size=60 if LONG else 28)
 
