@@ -11,7 +11,7 @@ encoding (``delta.encode``), so every byte the door kiosk receives is a
 delta one of them would have sent. Nothing of theirs is kept but what the
 generator needs to go on (patients, and which check-ins wait for what).
 
-A day is ``ticks`` turns, one per door check-in, spread over opening hours
+A day is ``Sim.turns`` turns, one per door check-in, spread over opening hours
 (08:00 to 18:00 UTC) and a short tail after it. In each turn:
 
 * the door kiosk checks in one returning patient (``Store.checkin``, a
@@ -132,21 +132,30 @@ class DoorScope:
         self.db = open_database(hub_db, MIGRATIONS, synchronous="NORMAL")
         self.door_node = door_node
         self.hseq = 0
+        self.day = ""
 
     def deliver(self, deltas: list[bytes], now_ms: int, cursor: int) -> list[bytes]:
         from host.hub.scopes import changes_in_scope, note_facts
         from protocol.sync.scope import Scope
 
         pulled_from = self.hseq
+        day = day_of(now_ms)
         with immediate(self.db):
-            for data in deltas:
-                d = decode(data)
+            if day != self.day:
+                # A door pull reads every check-in fact of its site (the plan drives from
+                # record_facts), so it would cost what the site ever held; older
+                # check-ins are out of every door scope, and their facts go here.
+                self.day = day
+                self.db.execute("DELETE FROM record_facts WHERE type = ? AND day < ?",
+                                [schema.CHECKIN.number, day_of(now_ms - DAY_MS)])
+            decoded = [decode(data) for data in deltas]
+            for d, data in zip(decoded, deltas, strict=True):
                 self.hseq = max(self.hseq + 1, cursor)
                 self.db.execute("INSERT INTO ops (hseq, rid, stamp, node, data, origin)"
                                 " VALUES (?, ?, ?, ?, ?, 'site')",
                                 [self.hseq, d.record_id, d.stamp, d.node, data])
-                note_facts(self.db, d)
-        scope = Scope("door", SITE, day_of(now_ms))
+            note_facts(self.db, decoded)
+        scope = Scope("door", SITE, day)
         out: list[bytes] = []
         more = True
         while more:
@@ -394,9 +403,12 @@ class Door:
             while not self.store.collect(scope, self.stable, self.GC_BUDGET_S).done:
                 pass
 
-    def day(self, day: int, gc_copy: Path | None = None) -> Day:
+    def day(self, day: int, gc_copy: Path | None = None, measured: bool = True) -> Day:
+        """One day; ``measured`` false: no writeback simulated (``write_bytes`` not
+        counted), which saves time on days whose writes are not reported."""
         t_start = time.monotonic()
         sim, site, store, data = self.sim, self.site, self.store, self.data
+        write_back = rt.write_back if measured else _nothing
         day0 = T0 + day * DAY_MS
         own = staff = merge_w = gc_w = merged = 0
         if gc_copy is not None:
@@ -404,7 +416,7 @@ class Door:
         before = _written()
         self.collect(day0 + OPEN_MS)  # the day's first round: yesterday leaves the scope
         self.idle.wait()
-        rt.write_back(data)
+        write_back(data)
         gc_w += _written() - before
         bytes_before = files_bytes(data)
         waiting: deque[Visit] = deque()
@@ -419,7 +431,7 @@ class Door:
                                     reason=site.rng.choice(REASONS), now_ms=now)
                 visits.append(Visit(b"", site.pids[door_who], 0, turn, got.record_id))
                 self.idle.wait()
-                rt.write_back(data)
+                write_back(data)
                 own += _written() - before
             before = _written()
             remote: list[bytes] = []
@@ -438,7 +450,7 @@ class Door:
             args = {"arrived": _cursor(now)} if self.from_hub else {}
             store.outbox_ack((e.seq for e in entries), **args)
             self.idle.wait()
-            rt.write_back(data)
+            write_back(data)
             mid = _written()
             staff += mid - before
             if turn < sim.per_kiosk:
@@ -453,7 +465,7 @@ class Door:
             waiting.extend(visits)
             merged += self._merge(remote, now)
             self.idle.wait()
-            rt.write_back(data)
+            write_back(data)
             merge_w += _written() - mid
             self.stable = _cursor(now)  # every replica of the scope synced this turn
         db, wal = data / "store.db", data / "store.db-wal"
@@ -479,6 +491,10 @@ def _cursor(now_ms: int) -> int:
     return now_ms * 1000  # the hub's arrival numbers are microseconds
 
 
+def _nothing(data: Path) -> None:
+    pass
+
+
 def _written() -> int:
     return rt.proc_io(os.getpid())["write_bytes"]
 
@@ -493,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scope", choices=("everything", "door"), default="everything")
     p.add_argument("--gc-copy", type=Path, help="copy the data directory here before the "
                    "last day's first GC pass")
+    p.add_argument("--measured-days", type=int, help="count bytes written only on the last "
+                   "N days (default: every day)")
     a = p.parse_args(argv)
     sim = Sim(a.days, a.patients, a.kiosks, a.per_kiosk)
     door = Door(a.data, sim, a.scope == "door")
@@ -500,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         door.start()
         for day in range(sim.days):
             copy = a.gc_copy if day == sim.days - 1 else None
-            print(json.dumps(asdict(door.day(day, copy))), flush=True)
+            measured = a.measured_days is None or day >= sim.days - a.measured_days
+            print(json.dumps(asdict(door.day(day, copy, measured))), flush=True)
     finally:
         door.close()
     return 0

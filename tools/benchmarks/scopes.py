@@ -217,7 +217,8 @@ def simulate(ctx: Context, name: str, args: dict[str, int], scope: str,
     sim = site.Sim(args["days"], args["patients"], 10, args["per_kiosk"])
     cmd = [sys.executable, "-m", "tools.benchmarks._door_site", "--data",
            str(ctx.workdir / name), "--days", str(sim.days), "--patients",
-           str(sim.patients), "--per-kiosk", str(sim.per_kiosk), "--scope", scope]
+           str(sim.patients), "--per-kiosk", str(sim.per_kiosk), "--scope", scope,
+           "--measured-days", str(args["last"])]
     if gc_copy is not None:
         cmd += ["--gc-copy", str(gc_copy)]
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -250,11 +251,12 @@ def release_before(ctx: Context) -> Path:
 def scopes_benchmark(ctx: Context) -> Result:
     _ensure_peers(ctx)
     if ctx.quick:
-        sim_args, last, records, runs = {"days": 12, "patients": 2000, "per_kiosk": 60}, 4, \
-            2000, 1
+        sim_args = {"days": 12, "patients": 2000, "per_kiosk": 60, "last": 4}
+        records, runs = 2000, 1
     else:
-        sim_args, last, records, runs = {"days": 90, "patients": 20_000, "per_kiosk": 500}, \
-            LAST_DAYS, 10_000, 3
+        sim_args = {"days": 90, "patients": 20_000, "per_kiosk": 500, "last": LAST_DAYS}
+        records, runs = 10_000, 3
+    last = sim_args["last"]
     sims: dict[str, Any] = {}
     gc_copy = ctx.workdir / "door-before-gc"
     ctx.log(f"the site's simulation: today's code ({BEFORE})"
