@@ -23,7 +23,8 @@ from protocol.crdt.record import RecordLog, canonical_json
 from protocol.crdt.replica import Replica
 from protocol.sync.scope import Scope, scope_checksum
 
-from .crdt_sim import T0, Fleet
+from .crdt_sim import T0
+from .test_store_merge import _fleet_log
 
 LONG = os.environ.get("HAVEN_LONG") == "1"
 SITE = "North"
@@ -73,21 +74,10 @@ def settle(store: Store, received: Iterable[bytes]) -> None:
     assert store.stale_records() == []
 
 
-def fleet_log(seed: int, n: int, steps: int) -> tuple[list[bytes], Replica]:
-    rng = random.Random(seed)
-    fleet = Fleet.make(rng, n)
-    for _ in range(steps):
-        fleet.step(rng)
-    ref = Replica(12345)
-    for data in fleet.log:
-        ref.receive(data, fleet.now + 60_000)
-    return fleet.log, ref
-
-
 @settings(max_examples=100 if LONG else 20, deadline=None)
 @given(st.integers(0, 2**32), st.integers(3, 5), st.integers(5, 60))
 def test_covering_gives_the_reference_view(seed: int, n: int, steps: int) -> None:
-    log, _ = fleet_log(seed, n, steps)
+    log, _, _ = _fleet_log(seed, n, steps)
     deltas = sorted((decode(d) for d in log), key=lambda d: d.dot)
     logs: dict[bytes, RecordLog] = {}
     used = 0
@@ -108,7 +98,7 @@ def test_duplicates_are_exact_with_seen_rows(tmp_path_factory: pytest.TempPathFa
                                              seed: int, n: int, steps: int, pages: int) -> None:
     """Pages from the hub, in any order and again, some deltas twice in a page: each new
     delta counts once, every other is a duplicate, and the store ends as the reference."""
-    log, ref = fleet_log(seed, n, steps)
+    log, ref, _ = _fleet_log(seed, n, steps)
     rng = random.Random(seed)
     order = log + rng.sample(log, len(log) // 2)
     rng.shuffle(order)
