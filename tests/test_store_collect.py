@@ -295,3 +295,24 @@ def test_the_door_kiosk_checks_the_year_against_the_sites_verifier(store: Store)
     assert verdicts == ["match", "mismatch", "unknown"]
     assert store.checkin(passport="ZZ999999", birth_year=1975, now_ms=T0 + 5
                          ).identity == "unknown"  # no verifier, no record
+
+
+def test_a_clinician_keeps_the_patients_of_its_window_and_prunes_the_rest(
+        store: Store) -> None:
+    hub = Replica(HUB)
+    day_ms = 86_400_000
+    old, recent = rid_of(101), rid_of(102)  # patients
+    deltas = []
+    for n, (pid, age) in enumerate(((old, 40), (recent, 3))):
+        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((T0 - age * day_ms) / 1000))
+        deltas += [
+            hub.put(pid, "patient", T0, {"name": f"P{n}"}),
+            hub.put(rid_of(200 + n), "checkin", T0, {
+                "subject": str(uuid.UUID(bytes=pid)), "status": "finished", "location": SITE,
+                "periodStart": start}),
+            hub.put(rid_of(300 + n), "lab_result", T0, {
+                "code": "hb", "subject": str(uuid.UUID(bytes=pid))})]
+    store.merge(deltas, now_ms=T0 + 9, cursor=10)
+    report = store.collect(Scope("clinician", SITE, DAY, 30), stable=0)
+    assert report.pruned == 3  # the check-in 40 days old, its patient, their lab result
+    assert {v.record_id for v in store.views()} == {recent, rid_of(201), rid_of(301)}
