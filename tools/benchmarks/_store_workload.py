@@ -364,11 +364,13 @@ def fsyncs_per_checkin(root: Path, n: int) -> float | None:
 
 
 def latency_beside(store: Any, background: Callable[[], Any], rest: int,
-                   now_ms: int = T0 + 10**6) -> dict[str, Any]:
-    """Check-in wall times at rest (``rest`` of them), then back to back for as long as
-    ``background`` runs in another thread (20 at least)."""
+                   now_ms: int = T0 + 10**6, gap_s: float = 0.0) -> dict[str, Any]:
+    """Check-in wall times at rest (``rest`` of them), then for as long as
+    ``background`` runs in another thread (20 at least); ``gap_s`` apart (0: back to
+    back), at rest and busy alike."""
 
     def one(i: int) -> float:
+        time.sleep(gap_s)
         t0 = time.perf_counter()
         store.checkin(name=f"P{i}", now_ms=now_ms)
         return time.perf_counter() - t0
