@@ -339,6 +339,36 @@ def test_a_check_in_attached_twice_at_once_brings_the_merged_patient_in_scope(
         assert c.store.view(pids[2]) is not None
 
 
+def test_a_patient_out_of_scope_checks_in_with_a_claim_not_an_overwrite(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A patient of another site checks in at a clinician station that does not hold
+    them: what they type is a claim on the check-in; their record stays the hub's, and
+    the station then holds it (the check-in brings the patient into its scope)."""
+    plans: list[KioskPlan] = [("north", "A", "full", "North", None),
+                              ("south", "B", "clinician", "South", None)]
+    with fleet(tmp_path_factory, plans) as f:
+        north, south = f.kiosks
+        pid = f.patient(PASSPORTS[1])
+        north.store.put("patient", str(uuid.UUID(bytes=pid)),
+                        {"name": "Grace Hopper", "birthDate": "1906-12-09"}, now_ms=f.clock())
+        _clinical_write(f, north, random.Random(1))
+        f.quiesce()
+        assert south.store.view(str(uuid.UUID(bytes=pid))) is None
+        got = south.store.checkin(name="G. Hopper", passport=PASSPORTS[1], birth_year=1907,
+                                  now_ms=f.clock())
+        assert got.identity == "unknown"
+        south.note_writes()
+        f.quiesce()
+        patient = next(v for v in f.hub.views() if v.record_id == pid)
+        assert (patient.fields.get(1), patient.fields.get(2)) == ("Grace Hopper", "1906-12-09")
+        held = south.store.view(got.record_id)
+        assert held is not None and (held.fields.get(7), held.fields.get(8)) == (
+            "G. Hopper", "1907")
+        assert south.store.view(str(uuid.UUID(bytes=pid))) is not None
+        for k in f.kiosks:
+            f.check_scope(k)
+
+
 # Garbage collection, a kiosk away, decommissioning -----------------------------------------
 
 def _tombstones(k: SimKiosk) -> set[bytes]:
