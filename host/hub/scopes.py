@@ -41,6 +41,7 @@ from typing import Any
 
 import sqlite_utils
 
+from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.errors import RemoteProtocolError
 from protocol.sync.audit import is_audit_id
@@ -61,22 +62,64 @@ MAX_SNAPSHOT_RIDS = 256
 _FACTS = "f.type, f.location, f.subject, f.day"
 
 
+def _dot(delta: Delta) -> bytes:
+    """A delta's dot as bytes that sort as dots do (stamp, then node)."""
+    return delta.stamp.to_bytes(8, "big") + delta.node.to_bytes(4, "big")
+
+
+def _taken(fact: str) -> str:
+    """SQL: a fact and its dot, each taken from the delta when its dot is greater."""
+    newer = f"excluded.{fact}_dot > COALESCE(record_facts.{fact}_dot, x'')"
+    return (f"{fact} = CASE WHEN {newer} THEN excluded.{fact} ELSE record_facts.{fact} END,"
+            f" {fact}_dot = CASE WHEN {newer} THEN excluded.{fact}_dot"
+            f" ELSE record_facts.{fact}_dot END")
+
+
 def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
-    """Upsert the facts of the deltas' records, in order, in the caller's transaction:
-    values set win, the others stay (a delete sets none: the record stays in the scopes
-    it was in, for the delete to reach them). A delta that sets no fact writes nothing,
-    so a record with none (a patient, an audit entry) has no row: its type is its
-    deltas' (``_type_of``)."""
-    rows = [(f.rid, f.type, f.location, f.subject, f.day)
-            for f in (facts_of(d.record_id, d.type, d.set) for d in deltas)
-            if f.location is not None or f.subject is not None or f.day is not None]
+    """Upsert the facts of the deltas' records, in the caller's transaction: each fact
+    kept with the dot that set it, and taken from a delta only when its dot is greater
+    (the merge's rule for a register: whatever order they arrive in, the facts are the
+    merged record's). A delete sets none, so the record stays in the scopes it was in,
+    for the delete to reach them. A delta that sets no fact writes nothing, so a record
+    with none (a patient, an audit entry) has no row: its type is its deltas'
+    (``_type_of``)."""
+    rows = []
+    for d in deltas:
+        f = facts_of(d.record_id, d.type, d.set)
+        if f.location is not None or f.subject is not None or f.day is not None:
+            dot = _dot(d)
+            rows.append((f.rid, f.type, f.location, f.subject, f.day,
+                         *(None if v is None else dot for v in (f.location, f.subject, f.day))))
     if rows:
         db.conn.executemany(
-            "INSERT INTO record_facts (rid, type, location, subject, day)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET"
-            " location = COALESCE(excluded.location, record_facts.location),"
-            " subject = COALESCE(excluded.subject, record_facts.subject),"
-            " day = COALESCE(excluded.day, record_facts.day)", rows)
+            "INSERT INTO record_facts (rid, type, location, subject, day, location_dot,"
+            " subject_dot, day_dot) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rid) DO"
+            f" UPDATE SET {_taken('location')}, {_taken('subject')}, {_taken('day')}", rows)
+
+
+def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]]) -> None:
+    """Mark, in the caller's transaction, each write just committed (arrival, delta) to a
+    record holding a delete the write did not see (its context does not name it, nor is
+    it the writer's own): a kiosk may have dropped that record's tombstone, so pulls
+    send the record's whole write set again at the write's position (``_older``). A
+    write that saw the delete through another write is marked too: one more copy of
+    deltas the kiosk counts as duplicates, never a loss."""
+    for hseq, delta in added:
+        if delta.is_delete:
+            continue
+        seen = set(delta.ctx)
+        if any(_is_delete(bytes(head)) and Dot(stamp, node) not in seen
+               for stamp, node, head in db.execute(
+                   "SELECT stamp, node, substr(data, 1, 3) FROM ops WHERE rid = ?"
+                   " AND node != ?", [delta.record_id, delta.node])):
+            db.execute("INSERT OR IGNORE INTO late_writes (hseq) VALUES (?)", [hseq])
+
+
+def note_commit(db: sqlite_utils.Database, added: list[tuple[int, Delta]]) -> None:
+    """What the hub keeps beside each delta it commits (arrival, delta): the facts of
+    its record and whether it came late to a deleted one."""
+    note_facts(db, (d for _, d in added))
+    note_late(db, added)
 
 
 def note_facts_of(db: sqlite_utils.Database, held: Iterable[bytes]) -> None:
@@ -164,43 +207,81 @@ class _Patients:
             self.db, self.scope, pid, "o.hseq < ?", [before]))
 
 
-def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
-                     exclude_node: int | None, max_bytes: int,
-                     ) -> tuple[list[bytes], int, bool]:
-    """A pull in a door or clinician scope: the deltas after ``cursor`` of records in
-    scope, not ``exclude_node``'s, with the deltas a patient entering scope brings;
-    (deltas, cursor, more)."""
-    top = head(db)
-    patients = _Patients(db, scope, cursor)
-    # Driven by what arrived after the cursor (ops first), never by what the site holds.
-    if scope.role == "door":  # only check-ins and verifiers of its site can be in scope
-        rows = db.execute(f"SELECT o.hseq, o.node, o.rid, o.data, {_FACTS} FROM ops o"
-                          " CROSS JOIN record_facts f WHERE f.rid = o.rid AND o.hseq > ?"
-                          " AND o.hseq <= ? AND f.location = ? AND f.type IN (?, ?)"
-                          " ORDER BY o.hseq", [cursor, top, scope.site, CHECKIN, VERIFIER])
-    else:
-        rows = db.execute(f"SELECT o.hseq, o.node, o.rid, o.data, {_FACTS} FROM ops o"
-                          " LEFT JOIN record_facts f ON f.rid = o.rid"
-                          " WHERE o.hseq > ? AND o.hseq <= ? ORDER BY o.hseq", [cursor, top])
+def _older(db: sqlite_utils.Database, rid: bytes, before: int) -> list[tuple[int, bytes]]:
+    """(arrival, delta) of every delta of a record that arrived before ``before``."""
+    return [(hseq, bytes(data)) for hseq, data in db.execute(
+        "SELECT hseq, data FROM ops WHERE rid = ? AND hseq < ? ORDER BY hseq", [rid, before])]
+
+
+def _paged(groups: Iterable[tuple[int, list[bytes]]], cursor: int, end: int,
+           max_bytes: int) -> tuple[list[bytes], int, bool]:
+    """Pages of (arrival, the deltas sent at it): a page ends before a group that would
+    pass ``max_bytes`` (never inside one); (deltas, cursor, more). ``end``: the cursor of
+    the last page (every arrival up to it was looked at)."""
     out: list[bytes] = []
     size, last = 0, cursor
-    for hseq, node, rid, data, *fact in rows:
-        facts = _facts(bytes(rid), fact, data)
-        entering = patients.entering(facts) if scope.role == "clinician" else None
-        group = [d for _, d in patients.records(entering, hseq)] if entering else []
-        if entering:
-            patients.enter(entering)
-        if node != exclude_node and in_scope(scope, facts, patients):
-            group.append(for_door(bytes(data)) if scope.role == "door" else bytes(data))
+    for hseq, group in groups:
         grown = sum(map(len, group))
         if out and group and size + grown > max_bytes:
-            if entering:
-                patients.known.pop(entering)
             return out, last, True
         out += group
         size += grown
         last = hseq
-    return out, max(cursor, top), False
+    return out, max(last, end), False
+
+
+def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | None,
+                 max_bytes: int) -> tuple[list[bytes], int, bool]:
+    """The unfiltered pull: the deltas after ``cursor`` not ``exclude_node``'s (a
+    kiosk's: no audit entries), a late write's record whole (``note_late``)."""
+    def groups() -> Iterator[tuple[int, list[bytes]]]:
+        for hseq, node, rid, data, late in db.execute(
+                "SELECT o.hseq, o.node, o.rid, o.data, l.hseq IS NOT NULL FROM ops o"
+                " LEFT JOIN late_writes l ON l.hseq = o.hseq WHERE o.hseq > ?"
+                " ORDER BY o.hseq", [cursor]):
+            if exclude_node is not None and is_audit_id(rid):
+                yield hseq, []
+                continue
+            group = [d for _, d in _older(db, bytes(rid), hseq)] if late else []
+            yield hseq, group + [bytes(data)] if node != exclude_node else group
+    return _paged(groups(), cursor, cursor, max_bytes)
+
+
+def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
+                     exclude_node: int | None, max_bytes: int,
+                     ) -> tuple[list[bytes], int, bool]:
+    """A pull in a door or clinician scope: the deltas after ``cursor`` of records in
+    scope, not ``exclude_node``'s, with the deltas a patient entering scope brings and
+    a late write's record whole (``note_late``); (deltas, cursor, more)."""
+    top = head(db)
+    patients = _Patients(db, scope, cursor)
+    late = ("SELECT o.hseq, o.node, o.rid, o.data, l.hseq IS NOT NULL, " + _FACTS +
+            " FROM ops o LEFT JOIN late_writes l ON l.hseq = o.hseq")
+    # Driven by what arrived after the cursor (ops first), never by what the site holds.
+    if scope.role == "door":  # only check-ins and verifiers of its site can be in scope
+        rows = db.execute(f"{late} CROSS JOIN record_facts f WHERE f.rid = o.rid"
+                          " AND o.hseq > ? AND o.hseq <= ? AND f.location = ?"
+                          " AND f.type IN (?, ?) ORDER BY o.hseq",
+                          [cursor, top, scope.site, CHECKIN, VERIFIER])
+    else:
+        rows = db.execute(f"{late} LEFT JOIN record_facts f ON f.rid = o.rid"
+                          " WHERE o.hseq > ? AND o.hseq <= ? ORDER BY o.hseq", [cursor, top])
+
+    def groups() -> Iterator[tuple[int, list[bytes]]]:
+        for hseq, node, rid, data, is_late, *fact in rows:
+            facts = _facts(bytes(rid), fact, data)
+            entering = patients.entering(facts) if scope.role == "clinician" else None
+            group = dict(patients.records(entering, hseq)) if entering else {}
+            if entering:
+                patients.enter(entering)
+            if in_scope(scope, facts, patients):
+                if is_late:
+                    group.update(_older(db, bytes(rid), hseq))
+                if node != exclude_node:
+                    group[hseq] = bytes(data)
+            yield hseq, [for_door(d) if scope.role == "door" else d
+                         for _, d in sorted(group.items())]
+    return _paged(groups(), cursor, top, max_bytes)
 
 
 _OPS = "SELECT o.rid, o.stamp, o.node, o.hseq, o.data, " + _FACTS + \

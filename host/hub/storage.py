@@ -44,7 +44,6 @@ from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
 from protocol.errors import RemoteProtocolError
 from protocol.sync.approval import LETTERS
-from protocol.sync.audit import is_audit_id
 from protocol.sync.batches import Batch
 from protocol.sync.reissue import is_reissue
 from protocol.sync.scope import Scope
@@ -138,7 +137,10 @@ MIGRATIONS.sql(
 #: holds the whole fleet's records: ``full``), a clinician station's window in days,
 #: when its role was set (hub ms; a kiosk welcomed before is told to rebase), and
 #: ``acked``, the greatest cursor it said it holds (stable points). ``record_facts``:
-#: what scopes need of each record, filled here from every delta held. A batch's
+#: what scopes need of each record, each fact with the dot that set it (the greatest:
+#: the merge's value), filled here from every delta held. ``late_writes``: the arrival
+#: numbers of writes that came to a record holding a delete they did not see (pulls send
+#: the record's whole write set there: a kiosk may have dropped its tombstone). A batch's
 #: ``arrived``: the greatest arrival number its deltas were given (the ack's). An
 #: approval's role and window: the kiosk it enrols has them from its first sync.
 @MIGRATIONS(7)
@@ -153,7 +155,8 @@ def _m007_scopes(db: sqlite_utils.Database) -> None:
             "ALTER TABLE approvals ADD COLUMN window_days INTEGER NOT NULL DEFAULT 30",
             """CREATE TABLE record_facts (
                 rid BLOB PRIMARY KEY, type INTEGER NOT NULL, location TEXT, subject BLOB,
-                day TEXT) WITHOUT ROWID""",
+                day TEXT, location_dot BLOB, subject_dot BLOB, day_dot BLOB) WITHOUT ROWID""",
+            "CREATE TABLE late_writes (hseq INTEGER PRIMARY KEY)",
             "CREATE INDEX facts_by_site ON record_facts (location, type, day)",
             "CREATE INDEX facts_by_subject ON record_facts (subject)"):
         db.execute(statement)
@@ -408,15 +411,15 @@ class HubStore:
         it. Returns the greatest arrival number given (None: nothing new arrived)."""
         with self._tx() as db:
             hseq = first = next_hseq(db)
-            added: list[Delta] = []
+            added: list[tuple[int, Delta]] = []
             for delta, data in good:
                 cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                                  " VALUES (?, ?, ?, ?, ?, ?)",
                                  [hseq, delta.record_id, delta.stamp, delta.node, data, device_id])
                 if cur.rowcount:
-                    added.append(delta)
+                    added.append((hseq, delta))
                 hseq += cur.rowcount
-            scopes.note_facts(db, added)
+            scopes.note_commit(db, added)
             arrived = hseq - 1 if hseq > first else None
             for code, reason, data in bad:
                 db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
@@ -523,35 +526,28 @@ class HubStore:
     def add_local(self, *ops: Op) -> None:
         """The hub's own writes, in one transaction."""
         with self._tx() as db:
-            added = [op.data for op in ops if db.execute(
-                "INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                " VALUES (?, ?, ?, ?, ?, 'hub')",
-                [next_hseq(db), op.rid, op.stamp, op.node, op.data]).rowcount]
-            scopes.note_facts_of(db, added)
+            added = []
+            for op in ops:
+                hseq = next_hseq(db)
+                if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
+                              " VALUES (?, ?, ?, ?, ?, 'hub')",
+                              [hseq, op.rid, op.stamp, op.node, op.data]).rowcount:
+                    added.append((hseq, decode(op.data)))
+            scopes.note_commit(db, added)
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
         """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``
         (None: every delta). A kiosk's pull (``exclude_node`` given) gets no audit entries:
-        they are the kiosk's account of technicians' actions, for the hub alone. With a
-        door or clinician ``scope``, only its records' (``scopes.changes_in_scope``)."""
-        if scope is not None and scope.role != "full":
-            with self._lock:
+        they are the kiosk's account of technicians' actions, for the hub alone. A write
+        that came late to a deleted record brings the record's older deltas with it
+        (``scopes.note_late``). With a door or clinician ``scope``, only its records'
+        (``scopes.changes_in_scope``)."""
+        with self._lock:
+            if scope is not None and scope.role != "full":
                 return scopes.changes_in_scope(self._db, scope, cursor, exclude_node,
                                                max_bytes)
-        out: list[bytes] = []
-        size, last = 0, cursor
-        with self._lock:
-            rows = self._db.execute("SELECT hseq, node, rid, data FROM ops WHERE hseq > ?"
-                                    " ORDER BY hseq", [cursor])
-            for hseq, node, rid, data in rows:
-                if node != exclude_node and (exclude_node is None or not is_audit_id(rid)):
-                    if out and size + len(data) > max_bytes:
-                        return out, last, True
-                    out.append(bytes(data))
-                    size += len(data)
-                last = hseq
-        return out, last, False
+            return scopes.changes_full(self._db, cursor, exclude_node, max_bytes)
 
     def snapshot(self, scope: Scope, cursor: int, upto: int, rids: list[bytes] | None,
                  max_bytes: int) -> tuple[list[bytes], int, bool]:
@@ -656,11 +652,12 @@ class HubStore:
                              [qid]).fetchone()
             if row is None:
                 return False
+            hseq = next_hseq(db)
             if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                          " VALUES (?, ?, ?, ?, ?, ?)", [next_hseq(db), delta.record_id,
-                                                         delta.stamp, delta.node, data,
+                          " VALUES (?, ?, ?, ?, ?, ?)", [hseq, delta.record_id, delta.stamp,
+                                                         delta.node, data,
                                                          row[0] or "hub"]).rowcount:
-                scopes.note_facts(db, [delta])
+                scopes.note_commit(db, [(hseq, delta)])
             db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
                        [now, row[0], "quarantine-released", detail[:500]])
             return True
