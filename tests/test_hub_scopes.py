@@ -22,6 +22,7 @@ from host.hub.hub import Hub, init_hub
 from host.hub.storage import MIGRATIONS, Device
 from protocol import messages
 from protocol.crdt.delta import Delta, decode
+from protocol.crdt.delta import encode as sync_encode
 from protocol.crdt.ids import verifier_record_id, year_verifier
 from protocol.crdt.replica import Replica
 from protocol.driver.wall_clock import wall_ms
@@ -303,12 +304,15 @@ def test_migration_7_upgrades_the_hub_of_the_release_before(tmp_path: Path) -> N
     old.close()
     with Hub(tmp_path / "hub") as hub:
         want: dict[bytes, list[Any]] = {}
-        for rid, data in ops:
+        for rid, data in ops:  # each fact: the value of the greatest dot that set one
             d = decode(data)
             f = facts_of(d.record_id, d.type, d.set)
             held = want.setdefault(bytes(rid), [d.type, None, None, None])
             for i, value in enumerate((f.location, f.subject, f.day), 1):
-                held[i] = held[i] if value is None else value
+                if value is not None and (held[i] is None or held[i][0] < d.dot):
+                    held[i] = (d.dot, value)
+        want = {rid: [f[0], *(None if v is None else v[1] for v in f[1:])]
+                for rid, f in want.items()}
         factless = {rid for rid, f in want.items() if f[1:] == [None, None, None]}
         assert factless and all(hub.store.facts(rid) is None for rid in factless)
         assert {rid: list(hub.store.facts(rid) or ()) for rid in set(want) - factless} == {
@@ -324,3 +328,86 @@ def test_migration_7_upgrades_the_hub_of_the_release_before(tmp_path: Path) -> N
     conn = sqlite3.connect(tmp_path / "hub" / "hub.db")
     assert conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS.latest == 7
     conn.close()
+
+
+def test_a_records_facts_are_the_greatest_writes_whatever_order_they_arrive_in(
+        tmp_path: Path, hub: Hub) -> None:
+    """Two desks attach one check-in to two patients at once: the facts are the merge's
+    (the greatest dot's subject), also when the lesser arrives last; a delete moves none."""
+    now = wall_ms()
+    x, y = Kiosk(tmp_path, "x", hub, "X"), Kiosk(tmp_path, "y", hub, "Y")
+    try:
+        wx, wy = Replica(x.store.node), Replica(y.store.node)
+        rid = uuid.uuid4().bytes
+        first = wx.put(rid, "checkin", now, {"location": "North",
+                                             "periodStart": f"{utc_day(now)}T09:00:00Z"})
+        Session(hub, x, now).push([first])
+        wy.receive(first, now)
+        p1, p2 = (str(uuid.uuid4()) for _ in range(2))
+        lesser = wx.put(rid, "checkin", now, {"subject": p1})
+        greater = wy.put(rid, "checkin", now + 1000, {"subject": p2, "location": "South"})
+        assert decode(lesser).dot < decode(greater).dot
+        Session(hub, y, now).push([greater])  # the greater arrives first
+        Session(hub, x, now).push([lesser])
+        merged = Replica(0)
+        for data in (first, lesser, greater):
+            merged.receive(data, now + 1000)
+        view = merged.view(rid)
+        assert view is not None and view.fields[1] == uuid.UUID(p2).bytes
+        assert hub.store.facts(rid) == (2, "South", uuid.UUID(p2).bytes, utc_day(now))
+        wx.receive(greater, now + 1000)
+        Session(hub, x, now).push([wx.delete(rid, now + 2000)])
+        assert hub.store.facts(rid) == (2, "South", uuid.UUID(p2).bytes, utc_day(now))
+    finally:
+        x.close()
+        y.close()
+
+
+@pytest.mark.parametrize("role", ["full", "door", "clinician"])
+def test_a_write_late_to_a_deleted_record_comes_with_the_records_older_deltas(
+        tmp_path: Path, hub: Hub, role: str) -> None:
+    """X writes a check-in; Y deletes it; X, not having seen the delete, edits it. A kiosk
+    that dropped the tombstone must rebuild the merged record: its pull carries the
+    record's older deltas again at the edit's position, in one page, for every role."""
+    now = wall_ms()
+    x, y = Kiosk(tmp_path, "x", hub, "X"), Kiosk(tmp_path, "y", hub, "Y")
+    k = Kiosk(tmp_path, "k", hub, "K")
+    hub.set_role(k.device, role)
+    try:
+        wx, wy = Replica(x.store.node), Replica(y.store.node)
+        pid, visited = visit(wx, now, "North", NAMES[0], YEARS[0], clinical=False)
+        rid = decode(visited[1]).record_id
+        Session(hub, x, now).push(visited)
+        wy.receive(visited[1], now)
+        delete = wy.delete(rid, now + 1000)
+        Session(hub, y, now).push([delete])
+        cursor = hub.store.head()  # k holds the delete and may drop the record now
+        late = wx.put(rid, "checkin", now + 2000, {"status": "in-progress"})
+        Session(hub, x, now).push([late])
+
+        pages, _ = Session(hub, k, now, cursor=cursor).pull(cursor, max_bytes=1024)
+        got = decoded(pages)
+        assert [d.dot for d in got] == [decode(d).dot for d in (visited[1], delete, late)]
+        assert len([p for p in pages if p]) == 1  # never split
+        if role == "door":
+            assert all(7 not in d.set and 8 not in d.set for d in got)
+        merged = Replica(0)
+        for d in got:
+            merged.receive(sync_encode(d), now + 2000)
+        view = merged.view(rid)
+        assert view is not None and [c.cls for c in view.conflicts] == ["delete-update"]
+
+        # its writer is not sent the late edit, but is the record's history with it
+        assert [d.dot for d in decoded(Session(hub, x, now, cursor=cursor).pull(cursor)[0])
+                ] == [decode(d).dot for d in (visited[1], delete)]
+
+        # a write that saw the delete is sent alone
+        cursor = hub.store.head()
+        again = sync_encode(Delta(rid, 2, x.store.node, decode(late).stamp + 1,
+                                  set={2: "finished"}, ctx=(decode(delete).dot,)))
+        Session(hub, x, now).push([again])
+        assert [d.dot for d in decoded(Session(hub, k, now, cursor=cursor).pull(cursor)[0])
+                ] == [decode(again).dot]
+    finally:
+        for kiosk in (x, y, k):
+            kiosk.close()

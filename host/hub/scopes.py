@@ -6,9 +6,18 @@ A kiosk holds only its scope (``protocol.sync.scope``: a role at a site on a
 day). Whether a record is in a scope depends on a few facts of it (its type,
 a check-in's site and day, the patient it is about), which ``record_facts``
 keeps, one row a record, upserted in the transaction that commits each delta
-(``note_facts``): a later non-null value wins, in arrival order. A ``full``
-scope (every record but audit entries) never reads them: its pull is the
-unfiltered one, as before scopes.
+(``note_facts``): each fact with the dot that set it, so the greatest dot's
+value wins whatever the arrival order, as in the merge. A ``full`` scope
+(every record but audit entries) never reads them: its pull is the unfiltered
+one, as before scopes.
+
+A kiosk drops a deleted record whole (tombstone and write log) once the
+delete is below its stable point. A write concurrent with that delete may
+still arrive later (its writer pulled the delete before its batch went). The
+hub marks such a write when it commits it (``note_late``: the record holds a
+delete the write did not see), and every pull sends that record's older
+deltas again at the write's position (``_older``), so the kiosk rebuilds the
+merged record (a delete-update conflict), never the late write alone.
 
 A pull in scope (``changes_in_scope``) reads the deltas after the cursor
 with their record's facts and keeps those in scope by the facts now; a door
@@ -17,7 +26,7 @@ no date of birth ever reaches a door kiosk from another). For a
 clinician station, a check-in that names a patient none of its check-ins in
 scope named by the cursor brings that patient in: their record's and their
 clinical records' older deltas go in the page at the check-in's position, and
-a page never ends inside such a group. Who is in a station's scope
+a page never ends inside such a group (``_paged``). Who is in a station's scope
 (``_Patients``) is asked one patient at a time, through the index on
 ``subject``, so a pull costs what arrived, not what the site holds.
 
