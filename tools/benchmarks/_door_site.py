@@ -284,24 +284,30 @@ class Site:
 
 
 class Idle:
-    """The minute between two turns, for the store's checkpoint thread: every checkpoint
-    asked for has ended before the next turn (bounded)."""
+    """The seconds between two steps, for the store's checkpoint thread: the checkpoint
+    last asked for has ended before the next step (bounded)."""
 
     def __init__(self, store: Store) -> None:
         self.checkpointer = store.checkpointer
-        self.asked = 0
+        self.runs_then = -1  #: checkpoints completed when the last one was asked for
         request = self.checkpointer.request
 
-        def counted() -> None:
-            self.asked += 1
+        def noted() -> None:
+            self.runs_then = self.checkpointer.runs
             request()
 
-        self.checkpointer.request = counted  # type: ignore[method-assign]
+        self.checkpointer.request = noted  # type: ignore[method-assign]
 
     def wait(self) -> None:
+        # Requests made while one is pending merge into one checkpoint: wait for the
+        # request to be taken (the thread clears it as it starts) and for a checkpoint
+        # to end after it was made.
+        cp = self.checkpointer
         end = time.monotonic() + rt.BOUND
-        while self.checkpointer.runs < self.asked and time.monotonic() < end:
+        while (cp._wanted.is_set() or cp.runs <= self.runs_then) \
+                and self.runs_then >= 0 and time.monotonic() < end:
             time.sleep(0.001)
+        self.runs_then = -1
 
 
 def files_bytes(data: Path) -> int:
@@ -309,11 +315,21 @@ def files_bytes(data: Path) -> int:
     return sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
 
 
+def live_bytes(store: Store) -> int:
+    """The database's pages in use, as a reader sees it (WAL included), in bytes: what the
+    records take, whatever free pages the file and its WAL keep."""
+    size, count, free = store.reader.execute(
+        "SELECT * FROM pragma_page_size, pragma_page_count, pragma_freelist_count").fetchone()
+    return int(size * (count - free))
+
+
 @dataclass
 class Day:
     day: int
     bytes: int  #: the door kiosk's files after the day
     bytes_before: int  #: and at its start, after the day's GC pass
+    live: int  #: the database's pages in use after the day (the WAL's too), in bytes
+    live_before: int  #: and at its start, after the day's GC pass
     patients_held: int  #: verifier records held after the day, or patient records
     store_db: int
     wal: int
@@ -418,7 +434,7 @@ class Door:
         self.idle.wait()
         write_back(data)
         gc_w += _written() - before
-        bytes_before = files_bytes(data)
+        bytes_before, live_before = files_bytes(data), live_bytes(store)
         waiting: deque[Visit] = deque()
         for turn in range(sim.turns):
             now = day0 + OPEN_MS + turn * sim.turn_ms
@@ -475,7 +491,8 @@ class Door:
             " (SELECT COUNT(*) FROM records WHERE type = 9)",
             [schema.PATIENT.number]).fetchone()
         patients = counts[3] or counts[2]  # verifiers where the hub writes them
-        return Day(day + 1, files_bytes(data), bytes_before, patients, db.stat().st_size,
+        return Day(day + 1, files_bytes(data), bytes_before, live_bytes(store), live_before,
+                   patients, db.stat().st_size,
                    wal.stat().st_size if wal.exists() else 0, counts[0], counts[1], merged,
                    sim.per_kiosk, own, staff, merge_w, gc_w,
                    round(time.monotonic() - t_start, 1))

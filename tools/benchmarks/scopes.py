@@ -55,8 +55,8 @@ def gc_available() -> bool:
 
 def _figures(sim: site.Sim, last: int) -> dict[str, Any]:
     days = sim.out[-last:]
-    start = [d.bytes_before for d in days]
-    per_day = [d.bytes - d.bytes_before for d in days]
+    start = [d.live_before for d in days]
+    per_day = [d.live - d.live_before for d in days]
     held = max(days[-1].patients_held, 1)
     return {"bytes": sim.out[-1].bytes, "growth": site.growth(sim.out, last),
             "per_patient": sum(start) / len(start) / held, "patients_held": held,
@@ -91,13 +91,14 @@ def simulation_rows(today: dict[str, Any], new: dict[str, Any] | None, days: int
              None if math.isnan(r["growth"]) else r["growth"] <= GOAL_GROWTH, label),
         _row("bytes per patient in scope", round(r["per_patient"]), "today's code",
              round(t["per_patient"]), None, "report", None,
-             f"{label}: the files at the start of a day (after its GC) over the "
-             f"{r['patients_held']:,} patients (or verifiers) held, mean of the last {last} "
-             "days"),
+             f"{label}: the database's pages in use at the start of a day (after its GC) "
+             f"over the {r['patients_held']:,} patients (or verifiers) held, mean of the "
+             f"last {last} days"),
         _row("bytes per day of queue", round(r["per_day_queue"]), "today's code",
              round(t["per_day_queue"]), None, "report", None,
-             f"{label}: the files at the end of a day less at its start (after its GC), "
-             f"mean of the last {last} days"),
+             f"{label}: the database's pages in use at the end of a day less at its start "
+             f"(after its GC), mean of the last {last} days; the files add the WAL and "
+             "free pages"),
         _row("bytes written per check-in, GC included, KiB",
              round((r["own_per_checkin"] + r["gc_per_checkin"]) / 1024, 1), "today's code",
              round(t["own_per_checkin"] / 1024, 1), None, "<= 32",
