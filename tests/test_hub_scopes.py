@@ -19,6 +19,7 @@ import pytest
 
 from host.cli import main as haven_main
 from host.hub.hub import Hub, init_hub
+from host.hub.peer import HubPeer
 from host.hub.storage import MIGRATIONS, Device
 from protocol import messages
 from protocol.crdt.delta import Delta, decode
@@ -411,3 +412,36 @@ def test_a_write_late_to_a_deleted_record_comes_with_the_records_older_deltas(
     finally:
         for kiosk in (x, y, k):
             kiosk.close()
+
+
+@pytest.mark.parametrize("defer", [True, False])
+def test_the_verifier_pass_a_batch_leaves_runs_after_its_ack_when_deferred(
+        tmp_path: Path, hub: Hub, defer: bool) -> None:
+    """The server defers the pass (``HubPeer.owed``): the batch's ack is answered before
+    it, and the connection settles it before the kiosk's next message."""
+    now = wall_ms()
+    a, door = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "d", hub, "D")
+    hub.set_role(door.device, "door")
+    passes: list[int] = []
+    try:
+        peer = HubPeer(hub.store, hub.ed_public, a.ident.cert.x25519, lambda: now,
+                       stable_key=hub.ed_key, defer=defer,
+                       after_batch=lambda: passes.append(hub.write_verifiers(now)))
+        dev = hub.store.device(a.device)
+        assert dev is not None
+        peer.on_message(messages.encode(messages.make(
+            "sync-hello", cert=a.cert, vv={}, cursor=0, seq=dev.last_seq, hash=dev.last_hash,
+            time=now)))
+        pid, deltas = visit(Replica(a.store.node), now, "North", NAMES[0], YEARS[0])
+        batch = sync.make_batch(a.ident.ed_key, a.device, 1, dev.last_hash, deltas)
+        replies = peer.on_message(messages.encode(messages.make(
+            "sync-batch", seq=1, payload=batch.payload, sig=batch.sig)))
+        assert [messages.decode(r).name for _, r in replies] == ["sync-ack"]
+        assert passes == ([] if defer else [1]) and peer.owed is defer
+        peer.settle()
+        peer.settle()  # nothing owed: nothing runs
+        assert passes == [1] and not peer.owed
+        assert hub.store.record_ops(verifier_record_id(hub.fleet_key, "North", pid))
+    finally:
+        a.close()
+        door.close()

@@ -20,10 +20,13 @@ Each message the session delivers goes to the kiosk's conversation
 (``PeerSlot``: its ``HubPeer``), whose messages run in the server's worker
 pool, never on the loop: one job at a time, the next messages waiting in
 order, and the connection stops reading while more than ``input_cap`` bytes
-wait. A message the session delivered was acknowledged, so it is handled even
-if the link drops meanwhile; the replies go to the conversation's session,
-which a kiosk may resume on a new connection. A session that ended gets
-nothing.
+wait. What a batch leaves to do (the verifier pass, ``HubPeer.owed``) is a job
+of its own, run once the batch's ack is handed to the session and before the
+kiosk's next message: the ack does not wait for it, the kiosk's next pull
+sees what it wrote. A message the session delivered was acknowledged, so it
+is handled even if the link drops meanwhile; the replies go to the
+conversation's session, which a kiosk may resume on a new connection. A
+session that ended gets nothing.
 
 A peer that does not keep up is dropped: once what the hub holds for it
 (unacknowledged lane bytes plus what the socket has not taken) passes
@@ -104,7 +107,7 @@ class PeerSlot:
 
     @property
     def idle(self) -> bool:
-        return not (self._busy or self._queue)
+        return not (self._busy or self._queue or self.peer.owed)
 
     def attach(self, conn: Connection, session: Session) -> None:
         self.conn, self.session = conn, session
@@ -115,7 +118,18 @@ class PeerSlot:
         self._next()
 
     def _next(self) -> None:
-        if self._busy or not self._queue:
+        if self._busy:
+            return
+        if self.peer.owed:  # what the last batch left (verifiers): after its ack went out
+            self._busy = True
+            try:
+                fut = self.server.submit(self.peer.settle)
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                self._queue.clear()
+                return
+            fut.add_done_callback(self._settled)
+            return
+        if not self._queue:
             return
         if self.before is not None:
             if not self.before.idle:
@@ -164,6 +178,20 @@ class PeerSlot:
                 conn.driver.close(*close)
             else:
                 session.close(*close)
+        self._then()
+
+    def _settled(self, fut: asyncio.Future[Any]) -> None:
+        self._busy = False
+        if fut.cancelled():
+            self._queue.clear()
+            return
+        if (exc := fut.exception()) is not None:  # settle logs its own failures
+            self.server.log("internal", f"after a batch: {type(exc).__name__}: {exc}")
+        self._then()
+
+    def _then(self) -> None:
+        """A job is done: the next one, or the kiosk's next conversation once idle."""
+        conn = self.conn
         self._next()
         if self.idle and (after := self.after) is not None:
             self.after = None

@@ -40,18 +40,23 @@ class HubPeer:
                  documents: DocumentInbox | None = None, enrol: Enroller | None = None,
                  provision: Callable[[Message, bytes | None, int], list[Reply]] | None = None,
                  stable_key: Ed25519PrivateKey | None = None,
-                 after_batch: Callable[[], object] | None = None) -> None:
+                 after_batch: Callable[[], object] | None = None,
+                 defer: bool = False) -> None:
         """``enrol``: how a kiosk whose hello presents an offline approval is enrolled
         (``Hub.enroll_by_approval``). ``provision``: the answer to a technician's tool that
         asks instead of a kiosk's hello (``host.hub.provisioning.answer``). ``stable_key``
         signs the stable points of welcomes. ``after_batch``: run after each batch
-        (``Hub.write_verifiers``); a failure is logged, the reply goes."""
+        (``Hub.write_verifiers``); a failure is logged, the reply goes. With ``defer``, it
+        is not run by ``on_message`` but left ``owed``, for the caller to run with
+        ``settle`` once the batch's ack went (before the kiosk's next message)."""
         self.documents = documents
         self.remote = remote_static
         self.provision = provision
         self.clock = clock
         self.store = store
         self.after_batch = after_batch
+        self.defer = defer
+        self.owed = False  #: a batch was handled and ``after_batch`` waits (``defer``)
         self.sync = HubSync(store, hub_ed25519, remote_static, max_ahead_ms=max_ahead_ms,
                             enrol=enrol, stable_key=stable_key)
 
@@ -69,9 +74,21 @@ class HubPeer:
             return self.documents.on_message(dev.device_id, msg)
         replies = self.sync.receive(msg, now)
         if self.after_batch is not None and msg.type == sync_batches.BATCH.number:
-            try:
-                self.after_batch()
-            except Exception as exc:  # noqa: BLE001 - logged; the next batch tries again
-                self.store.log(dev.device_id if dev else None, "verifiers",
-                               f"writing verifiers failed: {type(exc).__name__}: {exc}", now)
+            self.owed = True
+            if not self.defer:
+                self.settle()
         return replies
+
+    def settle(self) -> None:
+        """Run what the last batch left owed (``after_batch``), if anything; a failure is
+        logged (the next batch tries again)."""
+        if not self.owed or self.after_batch is None:
+            return
+        self.owed = False
+        try:
+            self.after_batch()
+        except Exception as exc:  # noqa: BLE001 - logged; the next batch tries again
+            dev = self.sync.device
+            self.store.log(dev.device_id if dev else None, "verifiers",
+                           f"writing verifiers failed: {type(exc).__name__}: {exc}",
+                           self.clock())
