@@ -209,7 +209,7 @@ def check_door(k: SimKiosk) -> None:
 
 #: Shrinking a failing run of real stores takes minutes: the default run reports the
 #: failing example as it was found (and its seed); ``--long`` shrinks it.
-@settings(max_examples=100 if LONG else 8, deadline=None,
+@settings(max_examples=100 if LONG else 12, deadline=None,
           phases=tuple(Phase) if LONG else (Phase.explicit, Phase.reuse, Phase.generate),
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(n=st.integers(3, 5), steps=STEPS)
