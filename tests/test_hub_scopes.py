@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlite_utils
 
 from host.cli import main as haven_main
+from host.hub import scopes
 from host.hub.hub import Hub, init_hub
 from host.hub.peer import HubPeer
 from host.hub.storage import MIGRATIONS, Device
@@ -359,9 +361,32 @@ def test_a_records_facts_are_the_greatest_writes_whatever_order_they_arrive_in(
         wx.receive(greater, now + 1000)
         Session(hub, x, now).push([wx.delete(rid, now + 2000)])
         assert hub.store.facts(rid) == (2, "South", uuid.UUID(p2).bytes, utc_day(now))
+        assert refilled(hub) == tables(hub)  # migration 7: the same facts, dots and all
     finally:
         x.close()
         y.close()
+
+
+def tables(hub: Hub) -> tuple[list[Any], list[Any]]:
+    """The hub's late writes and record facts, as rows."""
+    with sqlite3.connect(hub.data / "hub.db") as conn:
+        return (conn.execute("SELECT * FROM late_writes ORDER BY hseq").fetchall(),
+                conn.execute("SELECT * FROM record_facts ORDER BY rid").fetchall())
+
+
+def refilled(hub: Hub) -> tuple[list[Any], list[Any]]:
+    """``tables`` as migration 7 fills them from the deltas held (then rolled back)."""
+    conn = sqlite3.connect(hub.data / "hub.db", isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM late_writes")
+        conn.execute("DELETE FROM record_facts")
+        scopes.fill_facts(sqlite_utils.Database(conn))
+        return (conn.execute("SELECT * FROM late_writes ORDER BY hseq").fetchall(),
+                conn.execute("SELECT * FROM record_facts ORDER BY rid").fetchall())
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
 
 
 @pytest.mark.parametrize("role", ["full", "door", "clinician"])
@@ -397,6 +422,9 @@ def test_a_write_late_to_a_deleted_record_comes_with_the_records_older_deltas(
             merged.receive(sync_encode(d), now + 2000)
         view = merged.view(rid)
         assert view is not None and [c.cls for c in view.conflicts] == ["delete-update"]
+
+        # migration 7 finds the same late writes and facts in what the hub held
+        assert refilled(hub) == (held := tables(hub)) and held[0]
 
         # its writer is not sent the late edit, but is the record's history with it
         assert [d.dot for d in decoded(Session(hub, x, now, cursor=cursor).pull(cursor)[0])

@@ -107,12 +107,12 @@ def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
 
 
 def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]]) -> None:
-    """Mark, in the caller's transaction, each write just committed (arrival, delta) to a
-    record holding a delete the write did not see (its context does not name it, nor is
-    it the writer's own): a kiosk may have dropped that record's tombstone, so pulls
-    send the record's whole write set again at the write's position (``_older``). A
-    write that saw the delete through another write is marked too: one more copy of
-    deltas the kiosk counts as duplicates, never a loss."""
+    """Mark, in the caller's transaction, each write (arrival, delta) to a record that
+    held, when it arrived, a delete the write did not see (its context does not name
+    it, nor is it the writer's own): a kiosk may have dropped that record's tombstone,
+    so pulls send the record's whole write set again at the write's position
+    (``_older``). A write that saw the delete through another write is marked too: one
+    more copy of deltas the kiosk counts as duplicates, never a loss."""
     for hseq, delta in added:
         if delta.is_delete:
             continue
@@ -120,7 +120,7 @@ def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]]) -> 
         if any(_is_delete(bytes(head)) and Dot(stamp, node) not in seen
                for stamp, node, head in db.execute(
                    "SELECT stamp, node, substr(data, 1, 3) FROM ops WHERE rid = ?"
-                   " AND node != ?", [delta.record_id, delta.node])):
+                   " AND node != ? AND hseq < ?", [delta.record_id, delta.node, hseq])):
             db.execute("INSERT OR IGNORE INTO late_writes (hseq) VALUES (?)", [hseq])
 
 
@@ -143,8 +143,21 @@ def note_facts_of(db: sqlite_utils.Database, held: Iterable[bytes]) -> None:
 
 
 def fill_facts(db: sqlite_utils.Database) -> None:
-    """The facts of every delta held, in arrival order (migration 7)."""
+    """The facts of every delta held, and the late writes among them (migration 7):
+    only records with a delete can have one."""
     note_facts_of(db, (d for (d,) in db.execute("SELECT data FROM ops ORDER BY hseq")))
+    deleted = {bytes(rid) for rid, head in db.execute("SELECT rid, substr(data, 1, 3)"
+                                                      " FROM ops").fetchall()
+               if _is_delete(bytes(head))}
+    for rid in sorted(deleted):
+        added = []
+        for hseq, data in db.execute("SELECT hseq, data FROM ops WHERE rid = ?",
+                                     [rid]).fetchall():
+            try:
+                added.append((int(hseq), decode(bytes(data))))
+            except RemoteProtocolError:
+                continue
+        note_late(db, added)
 
 
 def _type_of(data: bytes) -> int:
