@@ -131,33 +131,28 @@ def note_commit(db: sqlite_utils.Database, added: list[tuple[int, Delta]]) -> No
     note_late(db, added)
 
 
-def note_facts_of(db: sqlite_utils.Database, held: Iterable[bytes]) -> None:
-    """``note_facts`` of deltas as held; one that does not decode has none."""
-    deltas = []
-    for data in held:
+def decoded(held: Iterable[tuple[int, bytes]]) -> list[tuple[int, Delta]]:
+    """(arrival, delta) of deltas as held; one that does not decode has no facts and is
+    no late write (it stays held, as it came)."""
+    out = []
+    for hseq, data in held:
         try:
-            deltas.append(decode(bytes(data)))
+            out.append((int(hseq), decode(bytes(data))))
         except RemoteProtocolError:
             continue
-    note_facts(db, deltas)
+    return out
 
 
 def fill_facts(db: sqlite_utils.Database) -> None:
     """The facts of every delta held, and the late writes among them (migration 7):
     only records with a delete can have one."""
-    note_facts_of(db, (d for (d,) in db.execute("SELECT data FROM ops ORDER BY hseq")))
+    note_facts(db, (d for _, d in decoded(db.execute("SELECT hseq, data FROM ops"))))
     deleted = {bytes(rid) for rid, head in db.execute("SELECT rid, substr(data, 1, 3)"
                                                       " FROM ops").fetchall()
                if _is_delete(bytes(head))}
     for rid in sorted(deleted):
-        added = []
-        for hseq, data in db.execute("SELECT hseq, data FROM ops WHERE rid = ?",
-                                     [rid]).fetchall():
-            try:
-                added.append((int(hseq), decode(bytes(data))))
-            except RemoteProtocolError:
-                continue
-        note_late(db, added)
+        note_late(db, decoded(db.execute("SELECT hseq, data FROM ops WHERE rid = ?",
+                                         [rid]).fetchall()))
 
 
 def _type_of(data: bytes) -> int:

@@ -532,8 +532,8 @@ class HubStore:
                 if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
                               " VALUES (?, ?, ?, ?, ?, 'hub')",
                               [hseq, op.rid, op.stamp, op.node, op.data]).rowcount:
-                    added.append((hseq, decode(op.data)))
-            scopes.note_commit(db, added)
+                    added.append((hseq, op.data))
+            scopes.note_commit(db, scopes.decoded(added))
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
