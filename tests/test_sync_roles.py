@@ -25,7 +25,7 @@ from protocol.crdt.replica import Replica
 from protocol.errors import RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync import certificate as cert_mod
-from protocol.sync import conversation
+from protocol.sync import conversation, hub_round
 from protocol.sync.checks import check_remote_delta, check_remote_deltas
 from protocol.sync.conversation import BatchRefused, HubSync, KioskSync, Reply
 
@@ -481,7 +481,7 @@ def reply_of(hub: HubSync, data: bytes) -> messages.Message:
 
 def test_a_round_pushes_batch_by_batch_and_pulls_page_by_page(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conversation, "CHANGES_BYTES", 1024)  # pages of at most 1 KiB
+    monkeypatch.setattr(hub_round, "CHANGES_BYTES", 1024)  # pages of at most 1 KiB
     fleet = Fleet()
     k, other = fleet.enrol(1), fleet.enrol(2)
     for i in range(120):

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``Round`` is one sync round over an open session, without I/O. Its rules
 (the chain, fork, adopt and rewind, acks, paging) are the kiosk's role in
-``protocol.sync.conversation`` (``KioskSync``); ``Round`` gives that role
+``protocol.sync.kiosk_round`` (``KioskSync``); ``Round`` gives that role
 the store and ``sync.db`` (``KioskLedger``) and the time. It says hello,
 then pushes (one batch in flight, saved in ``sync.db`` before it is sent)
 and pulls (each page merged durably before the cursor is saved) at once.
@@ -53,11 +53,11 @@ from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.session.events import Closed, Connected, MessageReceived
 from protocol.sync import batches as sync
-from protocol.sync.conversation import (
+from protocol.sync.kiosk_round import KioskSync
+from protocol.sync.round_common import (
     CLONE_CLEARED,
     SUSPECTED_CLONE,
     BatchRefused,
-    KioskSync,
     SnapshotRefused,
 )
 from protocol.sync.scope import Scope

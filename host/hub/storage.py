@@ -5,7 +5,7 @@ Theory of operation
 ``HubStore`` is one SQLite file (WAL, ``synchronous=FULL``, one connection
 behind a lock, every write one ``BEGIN IMMEDIATE`` transaction, tables
 changed only by numbered migrations: ``protocol.driver.database``). It is
-the ``HubStorage`` of the hub's sync role (``protocol.sync.conversation``).
+the ``HubStorage`` of the hub's sync role (``protocol.sync.hub_round``).
 
 ``ops`` holds each delta once, keyed by its dot, with ``hseq``, the hub's
 arrival order: a kiosk's pull cursor is an ``hseq``. An ``hseq`` is at least
