@@ -106,7 +106,7 @@ def every_path(url: str, browser: Any, passport: str, year: str) -> list[PathFig
     page = browser.new_page(viewport={"width": 800, "height": 480})
     try:
         page.goto(url, timeout=30_000)
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=30_000)
+        page.wait_for_function("() => document.body.dataset.ready === '1'", timeout=30_000)
         out = [returning(page, passport, year, scanned=False).figures(
             "passport, typed on the page")]
         done(page)

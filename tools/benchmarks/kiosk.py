@@ -85,7 +85,7 @@ def page_loads(url: str, loads: int) -> tuple[list[dict[str, float]], list[dict[
                 page = browser.new_page(viewport={"width": 800, "height": 480})
                 page.goto(url, timeout=30_000)
                 page.wait_for_function(
-                    "performance.getEntriesByName('haven-ready').length > 0", timeout=30_000)
+                    "() => performance.getEntriesByName('haven-ready').length > 0", timeout=30_000)
                 out.append(dict(page.evaluate(READY)))
                 page.close()
             paths = every_path(url, browser, "TP000001", "1984")
