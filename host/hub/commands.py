@@ -45,8 +45,20 @@ def _kiosk(p: argparse.ArgumentParser) -> None:
 
 
 def _window_needs_role(args: argparse.Namespace) -> None:
+    # An empty --role is no role, not the default: it would make a door kiosk full.
+    if args.role is not None and not args.role.strip():
+        raise UsageError("--role is empty: door, clinician or full")
     if args.window is not None and args.role is None:
         raise UsageError("--window goes with --role clinician")
+
+
+def _still_served(hub: Hub, device_id: str, doing: str) -> None:
+    """Refuse ``doing`` to a kiosk the hub no longer serves: it would change nothing the
+    kiosk holds, yet read as done."""
+    dev = hub.store.device(device_id)
+    if dev is not None and dev.state in ("decommissioned", "revoked"):
+        raise UsageError(f"kiosk {device_id} is {dev.state} already: {doing} changes "
+                         "nothing")
 
 
 def _role_arguments(p: argparse.ArgumentParser, name: str, text: str) -> None:
@@ -470,8 +482,10 @@ def run(args: argparse.Namespace) -> int:
                                              from_day=args.from_day, role=args.role,
                                              window_days=args.window), args.replaces)
         elif cmd == "role":
+            _still_served(hub, args.device, "a role")
             print(hub.set_role(args.device, args.role, args.window))
         elif cmd == "decommission":
+            _still_served(hub, args.device, "decommissioning it")
             hub.decommission(args.device)
             print(f"kiosk {args.device} decommissioned: it holds no stable point back; "
                   "whatever it still sends is quarantined")
