@@ -30,7 +30,7 @@ from device.store.collect import CollectReport
 from device.sync.collect import Collector
 from device.sync.engine import Round, Summary, kiosk_driver, open_hub_link
 from device.sync.loop import SyncLoop
-from device.sync.state import SyncState, scope_of, stable_of
+from device.sync.state import SyncState, alert_of, scope_of, stable_of
 from host.hub.hub import Hub
 from protocol import messages
 from protocol.crdt.record import RecordView
@@ -509,3 +509,34 @@ def test_a_kiosk_given_the_door_role_rebases_to_it_keeping_what_it_has_not_sent(
         other.sync(url)
         assert other.store.view(queued.record_id) is not None
         assert k.sync(url).rebased == 0  # rebased once, then in step
+
+
+def test_a_decommissioned_kiosk_is_told_and_cannot_enrol_again(tmp_path: Path) -> None:
+    """The hub's alert says why everything the kiosk sends is quarantined (the status
+    shows it), and the same kiosk's request is refused: a new certificate would hide
+    that its writes wait for a person at the hub."""
+    from host.errors import HavenError
+
+    from .test_sync_helpers import served_hub
+
+    with served_hub(tmp_path) as (hub, url):
+        kiosk = HelperKiosk(tmp_path, "k", hub, "A")
+        other = HelperKiosk(tmp_path, "o", hub, "B")
+        try:
+            other.store.checkin(name="Cy", birth_year=1979)
+            other.sync(url)
+            kiosk.store.checkin(name="Ada", birth_year=1980)
+            assert kiosk.sync(url).quarantined == 0 and alert_of(kiosk.store.data) is None
+            cursor = kiosk.state.cursor
+            assert cursor > 0
+            hub.decommission(kiosk.device)
+            kiosk.store.checkin(name="Bea", birth_year=1981)
+            assert kiosk.sync(url).quarantined == 2
+            assert alert_of(kiosk.store.data) == "decommissioned"
+            assert kiosk.state.cursor == cursor  # told, not taken for a clone: no pull again
+            request = enrol.write_request(kiosk.store).read_bytes()
+            with pytest.raises(HavenError, match="is decommissioned"):
+                hub.enroll(request)
+        finally:
+            kiosk.close()
+            other.close()

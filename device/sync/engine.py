@@ -56,6 +56,7 @@ from protocol.sync import batches as sync
 from protocol.sync.kiosk_round import KioskSync
 from protocol.sync.round_common import (
     CLONE_CLEARED,
+    DECOMMISSIONED,
     SUSPECTED_CLONE,
     BatchRefused,
     SnapshotRefused,
@@ -298,6 +299,11 @@ class KioskLedger:
         if code == CLONE_CLEARED:
             self.state.set_alert(None)
             log.warning("the hub cleared this kiosk's suspected-clone flag")
+            return
+        if code == DECOMMISSIONED:  # for good: what it writes waits at the hub for a person
+            if self.state.alert != code:
+                log.warning("the hub decommissioned this kiosk: its writes are quarantined")
+                self.state.set_alert(code)
             return
         if label is not None and label != self.store.queue_label:
             self.store.set_queue_label(label)  # durable before the status says it

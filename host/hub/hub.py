@@ -152,6 +152,10 @@ class Hub:
                     and (dev.x25519 != req.x25519 or dev.state == REVOKED)):
                 raise HavenError(f"kiosk {req.device_id} is already known with other keys "
                                  "or revoked; make a new request")
+            if dev.device_id == req.device_id and dev.state == DECOMMISSIONED:
+                # its writes go to quarantine for good: a certificate would hide that
+                raise HavenError(f"kiosk {req.device_id} is decommissioned; a kiosk back in "
+                                 "service makes a new request")
         known = self.store.device(req.device_id)
         if replaces is not None:
             from host.hub.replace import take_over

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from protocol.sync.hub_round import (
     CHANGES_BYTES,
-    DECOMMISSIONED,
     FULL,
     LIVE_STATES,
     STALE_CURSOR_US,
@@ -42,6 +41,7 @@ from protocol.sync.round_common import (
     CHANGES_LANE,
     CLONE_CLEARED,
     CONTROL_LANE,
+    DECOMMISSIONED,
     LAST_LANE,
     SUSPECTED_CLONE,
     BatchRefused,

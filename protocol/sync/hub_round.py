@@ -53,6 +53,7 @@ from protocol.sync.round_common import (
     CHANGES_LANE,
     CLONE_CLEARED,
     CONTROL_LANE,
+    DECOMMISSIONED,
     SUSPECTED_CLONE,
     Reply,
     encode,
@@ -65,7 +66,7 @@ CHANGES_BYTES = 256 * 1024
 TAIL_WRITES = 64
 #: A kiosk's states in which the hub lets its sessions in (a decommissioned one: to
 #: quarantine what it still sends), and the role that holds every record but audit's.
-DECOMMISSIONED, FULL = "decommissioned", "full"
+FULL = "full"
 LIVE_STATES = ("approved", DECOMMISSIONED)
 #: A kiosk whose cursor is older than this (µs: cursors follow the hub's clock) is told
 #: to rebase: a snapshot of its scope costs less than everything since.
@@ -232,7 +233,7 @@ class HubSync:
         self.rejected = 0
         self.held = False
         self.label: int | None = None  #: the queue label the kiosk holds, as we know it
-        self._told: tuple[int, bool] | None = None  #: the last alert: (label, held)
+        self._told: tuple[int | None, bool] | None = None  #: the last alert: (label, held)
         self._flagged = False  #: this session's evidence is logged
 
     def decode(self, data: bytes, now: int) -> messages.Message | None:
@@ -414,6 +415,13 @@ class HubSync:
         dev = self.device
         if dev is None:
             return []
+        if dev.state == DECOMMISSIONED:
+            if self._told is not None:
+                return []
+            self._told = (None, False)
+            return [(CONTROL_LANE, encode(
+                "sync-alert", code=DECOMMISSIONED,
+                detail="the hub decommissioned this kiosk: what it sends is quarantined"))]
         if not dev.suspected_clone:
             if self.label is None or self._told is not None:
                 return []

@@ -15,6 +15,8 @@ Reply = tuple[int, bytes]  #: (session lane, message bytes)
 CONTROL_LANE, CHANGES_LANE, LAST_LANE = 0, 1, 3
 #: ``sync-alert`` codes: another kiosk runs with this identity; a technician cleared it.
 SUSPECTED_CLONE, CLONE_CLEARED = "suspected-clone", "clone-cleared"
+#: A kiosk the hub decommissioned: its state there, and the ``sync-alert`` it is sent.
+DECOMMISSIONED = "decommissioned"
 
 
 def encode(name: str, **values: Any) -> bytes:
