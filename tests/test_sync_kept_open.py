@@ -189,6 +189,7 @@ def test_idle_rounds_on_a_kept_open_session_write_nothing(tmp_path: Path) -> Non
         kiosk.store.checkin(name="A third")
         assert round_(kiosk, conn).pushed == 2
         round_(kiosk, conn)  # the cursor passes our own last batch on the hub
+        round_(kiosk, conn)  # the stable point the pull carries follows that cursor
         kiosk.state.flush(force=True)
         watch = Watch(kiosk.store.data)
         now = [0.0]

@@ -183,6 +183,10 @@ class KioskMemory:
     def note_scope(self, scope: Any, stable: int | None) -> None:
         self.scope, self.stable = scope, stable
 
+    def note_stable(self, stable: int) -> None:
+        if self.scope is not None:
+            self.stable = stable
+
     def rebase_owed(self) -> bool:
         return self.owed
 

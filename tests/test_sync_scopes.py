@@ -96,6 +96,23 @@ def test_the_welcome_keeps_the_scope_and_the_stable_point_that_verifies() -> Non
     assert (k.storage.scope, k.storage.stable) == (DOOR, 700)
 
 
+def test_a_pulls_stable_point_moves_the_kept_one_on_a_kept_open_session() -> None:
+    """A kept-open session's rounds have no welcome: the last page of a pull carries
+    the stable point as it stands, verified as the welcome's is."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    role = kiosk_role(fleet, k)
+    role.hello(NOW)
+    role.receive(welcome(k, fleet.hub_ed, cursor=700), NOW)
+    later = sign_stable_point(fleet.hub_ed, k.device, 900, NOW)
+    role.receive(changes([], 950, stable=later), NOW)
+    assert (k.storage.scope, k.storage.stable) == (DOOR, 900)
+    forged = sign_stable_point(Ed25519PrivateKey.generate(), k.device, 990, NOW)
+    with pytest.raises(RemoteProtocolError, match="stable point"):
+        role.receive(changes([], 990, stable=forged), NOW)
+    assert k.storage.stable == 900
+
+
 @pytest.mark.parametrize("forgery", ["another key", "another kiosk", "junk"])
 def test_a_forged_stable_point_fails_the_round_and_keeps_nothing(forgery: str) -> None:
     fleet = Fleet()

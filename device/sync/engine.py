@@ -217,6 +217,11 @@ class KioskLedger:
             self.state.partial_snapshot = None  # another scope's
         self.state.note_scope(scope, stable)
 
+    def note_stable(self, stable: int) -> None:
+        scope = self.state.scope
+        if scope is not None:
+            self.state.note_scope(scope, stable)
+
     def rebase_owed(self) -> bool:
         return self.state.rebase_owed
 

@@ -104,7 +104,7 @@ PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {
 #: the checksum of the scope it carries; ``upto``: the head the snapshot is cut at.
 CHANGES = register(MessageSpec(86, "sync-changes", {
     1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}, {
-    4: ("snapshot", bool), 5: ("sum", _hash32), 6: ("upto", int)}))
+    4: ("snapshot", bool), 5: ("sum", _hash32), 6: ("upto", int), 7: ("stable", bytes)}))
 #: The hub to a kiosk on a kept-open session: changes for it arrived (up to ``cursor``).
 NOTIFY = register(MessageSpec(87, "sync-notify", {1: ("cursor", int)}))
 #: The hub to a kiosk: something about the kiosk itself needs a technician

@@ -581,8 +581,12 @@ class HubSync:
             deltas, new, more = self.storage.changes_since(cursor, own, limit, scope=scope)
         if self.batch_key is None:  # a second kiosk's cursor is not the kiosk's
             self.storage.seen(dev.device_id, now, cursor=cursor)
+        # A kept-open session has no other welcome: the last page of each pull carries
+        # the stable point as it stands, or the kiosk would collect at its session's start.
+        stable = (None if more or self.stable_key is None else sign_stable_point(
+            self.stable_key, dev.device_id, self.storage.stable_point(dev.role, dev.site), now))
         return [(CHANGES_LANE, encode("sync-changes", payload=sync.pack(deltas), cursor=new,
-                                      more=more))]
+                                      more=more, stable=stable))]
 
     def _snapshot(self, msg: messages.Message, scope: Scope, limit: int) -> list[Reply]:
         """A page of a snapshot: the first is cut at the head now (``upto``), the next

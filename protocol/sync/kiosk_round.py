@@ -104,6 +104,8 @@ class KioskStorage(Protocol):
         anything of ours is queued or in flight, or no scope was kept yet."""
     def note_scope(self, scope: Scope, stable: int | None) -> None:
         """The welcome's scope and the stable point's cursor (verified), kept."""
+    def note_stable(self, stable: int) -> None:
+        """A later stable point's cursor (verified) in the scope kept; none kept: ignored."""
     def rebase_owed(self) -> bool:
         """Whether a rebase the hub asked for is not done yet."""
     def partial_snapshot(self) -> tuple[int, int, list[bytes]] | None:
@@ -263,15 +265,22 @@ class KioskSync:
                                           "rebase but no scope", "bad-scope")
             return  # a hub from before scopes: the kiosk holds what it always held
         scope = Scope.from_wire(msg.get("scope"))
-        stable = None
-        if msg.get("stable") is not None:
-            if self.hub_ed25519 is None:
-                raise RemoteProtocolError("the hub's stable point cannot be verified: no "
-                                          "hub key", "bad-stable-point")
-            stable, _ = open_stable_point(msg.get("stable"), self.hub_ed25519, self.device)
+        stable = None if msg.get("stable") is None else self._verified(msg.get("stable"))
         self.storage.note_scope(scope, stable)
         if msg.get("rebase"):
             self.storage.note_rebase()
+
+    def _verified(self, doc: bytes) -> int:
+        """A stable point's cursor, once it verifies (``RemoteProtocolError`` else)."""
+        if self.hub_ed25519 is None:
+            raise RemoteProtocolError("the hub's stable point cannot be verified: no "
+                                      "hub key", "bad-stable-point")
+        return open_stable_point(doc, self.hub_ed25519, self.device)[0]
+
+    def _stable(self, doc: bytes) -> None:
+        """A pull's stable point (a kept-open session's rounds have no welcome): kept in
+        the scope the welcome named."""
+        self.storage.note_stable(self._verified(doc))
 
     def _foreign(self, tail: object) -> bool:
         """Whether the welcome's ``tail`` names a write we never made. After a power
@@ -381,6 +390,8 @@ class KioskSync:
             return self._snapshot_page(msg, deltas)
         cursor = msg.get("cursor")
         self.storage.merge(deltas, cursor)
+        if msg.get("stable") is not None:
+            self._stable(msg.get("stable"))
         if msg.get("more") or cursor < self.wanted:
             if not msg.get("more"):
                 self.wanted = 0  # one more pull per notify, whatever the hub counts
