@@ -409,6 +409,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         scope_of,
         stable_of,
     )
+    from protocol.sync.round_common import DECOMMISSIONED
 
     cfg = config.load(args.config, {"data": args.data})
     with _open(args) as store:
@@ -435,14 +436,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}, link "
                         f"{run['link']}; the outbox below is what waits for the hub)"
                         if run is not None else "no haven-kiosk run answers for this folder"))
-    if st["alert"]:
+    if st["alert"] == DECOMMISSIONED:
+        print(f"{st['alert']}: the hub took this kiosk out of service; what it writes "
+              "waits in the hub's quarantine for a person (call a technician)")
+    elif st["alert"]:
         print(f"{st['alert']}: another kiosk runs with this identity; call a technician "
               + ("(the hub holds this kiosk's batches from batch "
                  f"{st['held_upto']}: re-provision this one, README \"A cloned kiosk\")"
                  if st["held_upto"] else "(its batches are on the hub's chain)"))
     print("scope: " + (describe_scope(scope) if scope is not None
                        else "not named yet (the hub names it at the next sync)"))
-    print(f"stable point: {st['stable_point'] if st['stable_point'] is not None else 'none yet'}"
+    print(f"stable point: {_stable_line(st['stable_point'])}"
           f"  last GC: {_gc_line(st['last_gc'])}")
     lanes = st["outbox"]["lanes"]
     print("outbox:" + ("" if lanes else " empty"))
@@ -467,6 +471,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"storage: {disk['free_mib']:.2f} MiB free of {disk['total_mib']:.2f} MiB"
           + STORAGE_WARNINGS[disk["level"]].format(**disk))
     return 0
+
+
+def _stable_line(cursor: int | None) -> str:
+    """The stable point, with the hub's time it stands for: a cursor is an arrival
+    number, at least the hub's clock in microseconds when the delta arrived."""
+    if cursor is None:
+        return "none yet"
+    if cursor < 10**15:  # not a time: a hub that numbered before its clock did
+        return str(cursor)
+    at = datetime.datetime.fromtimestamp(cursor / 1e6, datetime.UTC).strftime(
+        "%Y-%m-%d %H:%M:%S UTC")
+    return f"{cursor} (every replica holds what reached the hub by {at})"
 
 
 def _gc_line(gc: dict[str, Any] | None) -> str:

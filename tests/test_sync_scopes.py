@@ -528,7 +528,8 @@ def test_a_kiosk_given_the_door_role_rebases_to_it_keeping_what_it_has_not_sent(
         assert k.sync(url).rebased == 0  # rebased once, then in step
 
 
-def test_a_decommissioned_kiosk_is_told_and_cannot_enrol_again(tmp_path: Path) -> None:
+def test_a_decommissioned_kiosk_is_told_and_cannot_enrol_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The hub's alert says why everything the kiosk sends is quarantined (the status
     shows it), and the same kiosk's request is refused: a new certificate would hide
     that its writes wait for a person at the hub."""
@@ -551,9 +552,24 @@ def test_a_decommissioned_kiosk_is_told_and_cannot_enrol_again(tmp_path: Path) -
             assert kiosk.sync(url).quarantined == 2
             assert alert_of(kiosk.store.data) == "decommissioned"
             assert kiosk.state.cursor == cursor  # told, not taken for a clone: no pull again
+            kiosk.state.flush(force=True)
+            capsys.readouterr()
+            assert kiosk_main(["status", "--data", str(kiosk.store.data)]) == 0
+            out = capsys.readouterr().out
+            assert "decommissioned: the hub took this kiosk out of service" in out
+            assert "another kiosk runs with this identity" not in out
             request = enrol.write_request(kiosk.store).read_bytes()
             with pytest.raises(HavenError, match="is decommissioned"):
                 hub.enroll(request)
         finally:
             kiosk.close()
             other.close()
+
+
+def test_the_status_tells_the_stable_points_time() -> None:
+    from device.cli import _stable_line
+
+    assert _stable_line(None) == "none yet" and _stable_line(0) == "0"
+    assert _stable_line(1_796_450_007_497_071) == (
+        "1796450007497071 (every replica holds what reached the hub by 2026-12-05 "
+        "05:53:27 UTC)")
