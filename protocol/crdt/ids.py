@@ -39,6 +39,9 @@ import hmac
 import unicodedata
 import uuid
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from protocol.crdt import short_code
 from protocol.errors import LocalProtocolError
 
@@ -142,6 +145,5 @@ def _check_pid(pid: bytes) -> None:
 
 
 def _hkdf_sha256(key: bytes, info: bytes) -> bytes:
-    """32 bytes of HKDF-SHA256 (RFC 5869) without salt: one block of expand."""
-    prk = hmac.new(b"\x00" * 32, key, hashlib.sha256).digest()
-    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+    """32 bytes of HKDF-SHA256 (RFC 5869) without salt."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
