@@ -55,7 +55,7 @@ from pathlib import Path
 from protocol.driver.database import Migrations, immediate, open_database
 from protocol.errors import ProtocolError
 from protocol.sync.batches import GENESIS
-from protocol.sync.scope import Scope
+from protocol.sync.scope import Scope, utc_day
 
 DB_NAME = "sync.db"
 SEAL_LABEL = b"haven-sync-batch"
@@ -174,7 +174,7 @@ class SyncState:
         scope = self.scope
         if scope is None:
             return None
-        day = datetime.datetime.fromtimestamp(hub_ms / 1000, datetime.UTC).date().isoformat()
+        day = utc_day(hub_ms)
         return dataclasses.replace(scope, day=day) if day > scope.day else scope
 
     @property

@@ -33,14 +33,10 @@ from typing import TYPE_CHECKING
 from host.errors import HavenError, UsageError
 from protocol.driver.wall_clock import wall_ms
 from protocol.sync import certificate as sync_cert
+from protocol.sync.scope import utc_day as day_of
 
 if TYPE_CHECKING:
     from host.hub.hub import Hub
-
-
-def day_of(ms: int) -> str:
-    """The UTC day of a time in ms, YYYY-MM-DD."""
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date().isoformat()
 
 
 def parse_day(text: str) -> str:

@@ -34,7 +34,6 @@ from protocol.sync.hub_round import (
     HubStorage,
     HubSync,
     KioskRecord,
-    utc_day,
 )
 from protocol.sync.kiosk_round import FOREIGN_ADOPTS, KioskStorage, KioskSync
 from protocol.sync.round_common import (
@@ -48,6 +47,7 @@ from protocol.sync.round_common import (
     Reply,
     SnapshotRefused,
 )
+from protocol.sync.scope import utc_day
 
 __all__ = [
     "CHANGES_BYTES", "CHANGES_LANE", "CLONE_CLEARED", "CONTROL_LANE", "DECOMMISSIONED",

@@ -34,7 +34,6 @@ whatever the session, and its last page carries the scope's sum there.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,7 +57,7 @@ from protocol.sync.round_common import (
     Reply,
     encode,
 )
-from protocol.sync.scope import Scope, sign_stable_point
+from protocol.sync.scope import Scope, sign_stable_point, utc_day
 
 #: The most a ``sync-changes`` page carries (deltas' bytes).
 CHANGES_BYTES = 256 * 1024
@@ -71,11 +70,6 @@ LIVE_STATES = ("approved", DECOMMISSIONED)
 #: A kiosk whose cursor is older than this (µs: cursors follow the hub's clock) is told
 #: to rebase: a snapshot of its scope costs less than everything since.
 STALE_CURSOR_US = 30 * 86_400 * 1_000_000
-
-
-def utc_day(now_ms: int) -> str:
-    """The UTC day (YYYY-MM-DD) of a time in ms since 1970: a scope's day."""
-    return datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC).date().isoformat()
 
 
 class KioskRecord(Protocol):

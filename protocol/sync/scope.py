@@ -284,6 +284,12 @@ def _day_number(day: Any) -> int:
     return era * 146097 + doe - 719468
 
 
+def utc_day(now_ms: int) -> str:
+    """The UTC day (YYYY-MM-DD) of a time in ms since 1970: a scope's day, the hub's
+    (its clock) or a kiosk's (the hub's time it learnt, moved on)."""
+    return _day_text(now_ms // 86_400_000)
+
+
 def _day_text(n: int) -> str:
     z = n + 719468
     era = z // 146097
