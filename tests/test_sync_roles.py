@@ -325,7 +325,7 @@ class HubMemory:
         return min(self.acked.values(), default=0)
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
-                      scope: Any = None) -> tuple[list[bytes], int, bool]:
+                      scope: Any = None, split: Any = None) -> tuple[list[bytes], int, bool]:
         self.pulls.append(cursor)
         out: list[bytes] = []
         size, last = 0, cursor

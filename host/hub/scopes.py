@@ -26,7 +26,8 @@ no date of birth ever reaches a door kiosk from another). For a
 clinician station, a check-in that names a patient none of its check-ins in
 scope named by the cursor brings that patient in: their record's and their
 clinical records' older deltas go in the page at the check-in's position, and
-a page never ends inside such a group (``_paged``). Who is in a station's scope
+a page never ends inside such a group unless it is larger than a page
+(``protocol.sync.paging``). Who is in a station's scope
 (``_Patients``) is asked one patient at a time, through the index on
 ``subject``, so a pull costs what arrived, not what the site holds.
 
@@ -54,6 +55,7 @@ from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.errors import RemoteProtocolError
 from protocol.sync.audit import is_audit_id
+from protocol.sync.paging import PageSplit, paged
 from protocol.sync.scope import (
     WITHHELD_AT_DOOR,
     Facts,
@@ -230,27 +232,12 @@ def _older(db: sqlite_utils.Database, rid: bytes, before: int) -> list[tuple[int
         "SELECT hseq, data FROM ops WHERE rid = ? AND hseq < ? ORDER BY hseq", [rid, before])]
 
 
-def _paged(groups: Iterable[tuple[int, list[bytes]]], cursor: int, end: int,
-           max_bytes: int) -> tuple[list[bytes], int, bool]:
-    """Pages of (arrival, the deltas sent at it): a page ends before a group that would
-    pass ``max_bytes`` (never inside one); (deltas, cursor, more). ``end``: the cursor of
-    the last page (every arrival up to it was looked at)."""
-    out: list[bytes] = []
-    size, last = 0, cursor
-    for hseq, group in groups:
-        grown = sum(map(len, group))
-        if out and group and size + grown > max_bytes:
-            return out, last, True
-        out += group
-        size += grown
-        last = hseq
-    return out, max(last, end), False
-
-
 def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | None,
-                 max_bytes: int) -> tuple[list[bytes], int, bool]:
+                 max_bytes: int, split: PageSplit | None = None,
+                 ) -> tuple[list[bytes], int, bool]:
     """The unfiltered pull: the deltas after ``cursor`` not ``exclude_node``'s (a
-    kiosk's: no audit entries), a late write's record whole (``note_late``)."""
+    kiosk's: no audit entries), a late write's record whole (``note_late``; a group
+    larger than a page goes over the pages of the session's ``split``)."""
     def groups() -> Iterator[tuple[int, list[bytes]]]:
         for hseq, node, rid, data, late in db.execute(
                 "SELECT o.hseq, o.node, o.rid, o.data, l.hseq IS NOT NULL FROM ops o"
@@ -261,12 +248,12 @@ def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | Non
                 continue
             group = [d for _, d in _older(db, bytes(rid), hseq)] if late else []
             yield hseq, group + [bytes(data)] if node != exclude_node else group
-    return _paged(groups(), cursor, cursor, max_bytes)
+    return paged(groups(), cursor, cursor, max_bytes, split)
 
 
 def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
                      exclude_node: int | None, max_bytes: int,
-                     ) -> tuple[list[bytes], int, bool]:
+                     split: PageSplit | None = None) -> tuple[list[bytes], int, bool]:
     """A pull in a door or clinician scope: the deltas after ``cursor`` of records in
     scope, not ``exclude_node``'s, with the deltas a patient entering scope brings and
     a late write's record whole (``note_late``); (deltas, cursor, more)."""
@@ -298,7 +285,7 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
                     group[hseq] = bytes(data)
             yield hseq, [for_door(d) if scope.role == "door" else d
                          for _, d in sorted(group.items())]
-    return _paged(groups(), cursor, top, max_bytes)
+    return paged(groups(), cursor, top, max_bytes, split)
 
 
 _OPS = "SELECT o.rid, o.stamp, o.node, o.hseq, o.data, " + _FACTS + \

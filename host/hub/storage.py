@@ -45,6 +45,7 @@ from protocol.driver.database import Migrations, immediate, open_database
 from protocol.errors import RemoteProtocolError
 from protocol.sync.approval import LETTERS
 from protocol.sync.batches import Batch
+from protocol.sync.paging import PageSplit
 from protocol.sync.reissue import is_reissue
 from protocol.sync.scope import Scope
 
@@ -536,18 +537,20 @@ class HubStore:
             scopes.note_commit(db, scopes.decoded(added))
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
-                      scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
+                      scope: Scope | None = None, split: PageSplit | None = None,
+                      ) -> tuple[list[bytes], int, bool]:
         """Deltas that arrived after ``cursor`` and did not come from ``exclude_node``
         (None: every delta). A kiosk's pull (``exclude_node`` given) gets no audit entries:
         they are the kiosk's account of technicians' actions, for the hub alone. A write
         that came late to a deleted record brings the record's older deltas with it
         (``scopes.note_late``). With a door or clinician ``scope``, only its records'
-        (``scopes.changes_in_scope``)."""
+        (``scopes.changes_in_scope``). ``split``: the session's place in a group larger
+        than a page (``protocol.sync.paging``)."""
         with self._lock:
             if scope is not None and scope.role != "full":
                 return scopes.changes_in_scope(self._db, scope, cursor, exclude_node,
-                                               max_bytes)
-            return scopes.changes_full(self._db, cursor, exclude_node, max_bytes)
+                                               max_bytes, split)
+            return scopes.changes_full(self._db, cursor, exclude_node, max_bytes, split)
 
     def snapshot(self, scope: Scope, cursor: int, upto: int, rids: list[bytes] | None,
                  max_bytes: int) -> tuple[list[bytes], int, bool]:

@@ -48,6 +48,7 @@ from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 from protocol.sync.checks import check_remote_deltas
+from protocol.sync.paging import PageSplit, packed
 from protocol.sync.round_common import (
     CHANGES_LANE,
     CLONE_CLEARED,
@@ -133,9 +134,11 @@ class HubStorage(Protocol):
     def batch_arrived(self, device_id: str, seq: int) -> int | None:
         """What ``commit_batch`` returned for the kiosk's committed batch ``seq``."""
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
-                      scope: Scope | None = None) -> tuple[list[bytes], int, bool]:
+                      scope: Scope | None = None, split: PageSplit | None = None,
+                      ) -> tuple[list[bytes], int, bool]:
         """Deltas after ``cursor`` not written by ``exclude_node`` (None: all of them),
-        of the records in ``scope`` (None: every record): (deltas, cursor, more)."""
+        of the records in ``scope`` (None: every record): (deltas, cursor, more); a
+        group larger than a page over the session's pages (``split``)."""
     def head(self) -> int:
         """The greatest arrival number."""
     def snapshot(self, scope: Scope, cursor: int, upto: int, rids: list[bytes] | None,
@@ -229,6 +232,7 @@ class HubSync:
         self.label: int | None = None  #: the queue label the kiosk holds, as we know it
         self._told: tuple[int | None, bool] | None = None  #: the last alert: (label, held)
         self._flagged = False  #: this session's evidence is logged
+        self._split = PageSplit()  #: where a pull is inside a group larger than a page
 
     def decode(self, data: bytes, now: int) -> messages.Message | None:
         """The message, or None: undecodable, the kiosk is turned away (``close``)."""
@@ -569,17 +573,21 @@ class HubSync:
             return self._snapshot(msg, scope, limit)
         # A suspected clone's copies all write as its node: each is sent the others'.
         own = None if dev.suspected_clone else dev.node
-        if scope.role == FULL:  # every record but audit entries: the pull as it always was
-            deltas, new, more = self.storage.changes_since(cursor, own, limit)
-        else:
-            deltas, new, more = self.storage.changes_since(cursor, own, limit, scope=scope)
+        place = self._split.copy()
+
+        def page(max_bytes: int) -> tuple[list[bytes], int, bool]:
+            self._split = place.copy()
+            # full: every record but audit entries, the pull as it always was
+            return self.storage.changes_since(cursor, own, max_bytes, split=self._split,
+                                              scope=None if scope.role == FULL else scope)
+        payload, new, more = packed(page, limit)
         if self.batch_key is None:  # a second kiosk's cursor is not the kiosk's
             self.storage.seen(dev.device_id, now, cursor=cursor)
         # A kept-open session has no other welcome: the last page of each pull carries
         # the stable point as it stands, or the kiosk would collect at its session's start.
         stable = (None if more or self.stable_key is None else sign_stable_point(
             self.stable_key, dev.device_id, self.storage.stable_point(dev.role, dev.site), now))
-        return [(CHANGES_LANE, encode("sync-changes", payload=sync.pack(deltas), cursor=new,
+        return [(CHANGES_LANE, encode("sync-changes", payload=payload, cursor=new,
                                       more=more, stable=stable))]
 
     def _snapshot(self, msg: messages.Message, scope: Scope, limit: int) -> list[Reply]:
@@ -591,7 +599,8 @@ class HubSync:
         if upto is None:
             upto = self.storage.head()
         rids = None if asked is True else list(asked)
-        deltas, new, more = self.storage.snapshot(scope, cursor, upto, rids, limit)
+        payload, new, more = packed(
+            lambda max_bytes: self.storage.snapshot(scope, cursor, upto, rids, max_bytes), limit)
         total = self.storage.scope_sum(scope, upto) if rids is None and not more else None
-        return [(CHANGES_LANE, encode("sync-changes", payload=sync.pack(deltas), cursor=new,
+        return [(CHANGES_LANE, encode("sync-changes", payload=payload, cursor=new,
                                       more=more, snapshot=True, sum=total, upto=upto))]
