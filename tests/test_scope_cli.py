@@ -1,8 +1,13 @@
 """The hub's role commands refuse what would change nothing or the wrong thing: an empty
---role (not the default role), and a role or decommission for a kiosk already gone."""
+--role (not the default role), a role or decommission for a kiosk already gone, a bad
+--window, an unknown role or kiosk (one line each, nothing changed); a retired identity
+enrolling again is told to make new keys; a decommissioned kiosk's quarantined write is
+released only with --force."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +15,11 @@ import pytest
 
 from host.cli import main as haven_main
 from host.hub.hub import Hub, init_hub
+from protocol.crdt.delta import decode
+from protocol.crdt.replica import Replica
+from protocol.driver.wall_clock import wall_ms
 
+from .test_hub_scopes import NAMES, YEARS, Session, visit
 from .test_sync_helpers import Kiosk
 
 
@@ -63,3 +72,110 @@ def test_a_decommissioned_kiosk_gets_no_role_and_no_second_decommission(
         assert _unchanged(hub, kiosk.device) == before
     finally:
         kiosk.close()
+
+
+def test_role_refuses_bad_input_in_one_line_and_changes_nothing(
+        hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kiosk = Kiosk(tmp_path, "k", hub, "A", role="door")
+    try:
+        data = str(hub.data)
+        before = _unchanged(hub, kiosk.device)
+        cases = {
+            ("door", "--window", "abc"): "--window is a number of days (a clinician "
+            "station's: 1 to 3660), not 'abc'",
+            ("clinician", "--window", ""): "not ''",
+            ("clinician", "--window", "-3"): "not '-3'",
+            ("clinician", "--window", "9" * 40): f"not '{'9' * 40}'",
+            ("clinician", "--window", "0"): "--window is 1 to 3660 days, not 0",
+            ("door", "--window", "5"): "--window goes with the clinician role, not door: a "
+            "door kiosk has no window (leave --window out)",
+            ("full", "--window", "5"): "not full",
+            ("boss",): "unknown role 'boss': door, clinician or full",
+            ("",): "unknown role",
+        }
+        for extra, said in cases.items():
+            assert haven_main(["hub", "role", "--data", data, kiosk.device, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and err.startswith("haven hub: ") and said in err, err
+        for device in ("0badc0de", "", "x" * 5000):
+            assert haven_main(["hub", "role", "--data", data, device, "door"]) == 2
+            assert f"no kiosk {device!r}" in capsys.readouterr().err
+        assert haven_main(["hub", "enroll", "--data", data, str(tmp_path / "k" / "enrolment.req"),
+                           "--out", str(tmp_path / "x.cert"), "--role", "clinician",
+                           "--window", "two weeks"]) == 2
+        assert "not 'two weeks'" in capsys.readouterr().err
+        assert _unchanged(hub, kiosk.device) == before and not (tmp_path / "x.cert").exists()
+        assert haven_main(["hub", "role", "--data", data, kiosk.device, "clinician",
+                           "--window", "14"]) == 0
+        assert hub.store.device(kiosk.device).window_days == 14  # type: ignore[union-attr]
+    finally:
+        kiosk.close()
+
+
+@pytest.mark.parametrize("gone", ["decommission", "revoke"])
+def test_a_retired_identity_enrolling_again_is_told_to_make_new_keys(
+        hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str], gone: str) -> None:
+    kiosk = Kiosk(tmp_path, "k", hub, "A")
+    try:
+        data, request = str(hub.data), str(tmp_path / "k" / "enrolment.req")
+        assert haven_main(["hub", gone, "--data", data, kiosk.device]) == 0
+        capsys.readouterr()
+        before = _unchanged(hub, kiosk.device)
+        for role in ([], ["--role", "door"]):
+            assert haven_main(["hub", "enroll", "--data", data, request, "--out",
+                               str(tmp_path / "k.cert"), *role]) == 2
+            err = capsys.readouterr().err
+            state = "decommissioned" if gone == "decommission" else "revoked"
+            assert err.startswith(f"haven hub: kiosk {kiosk.device} is {state}, and its "
+                                  "identity never returns") and err.count("\n") == 1
+            assert ("give it new keys in an empty folder (haven-kiosk init --data NEW_FOLDER "
+                    "--site 'North')") in err
+        assert _unchanged(hub, kiosk.device) == before and not (tmp_path / "k.cert").exists()
+        # the way out it names: new keys in a new folder enrol as a kiosk of their own
+        fresh = Kiosk(tmp_path, "fresh", hub, "B")
+        assert fresh.device != kiosk.device
+        fresh.close()
+    finally:
+        kiosk.close()
+
+
+def test_releasing_a_decommissioned_kiosks_write_needs_force(
+        hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """X writes a check-in, Y deletes it, X is decommissioned and then sends an edit that
+    did not see the delete: quarantined. Releasing it would bring the record back, so it
+    takes --force; without, the refusal says so and nothing changes."""
+    now = wall_ms()
+    x, y = Kiosk(tmp_path, "x", hub, "X"), Kiosk(tmp_path, "y", hub, "Y")
+    try:
+        wx, wy = Replica(x.store.node), Replica(y.store.node)
+        _, visited = visit(wx, now, "North", NAMES[0], YEARS[0], clinical=False)
+        rid = decode(visited[1]).record_id
+        Session(hub, x, now).push(visited)
+        wy.receive(visited[1], now)
+        Session(hub, y, now).push([wy.delete(rid, now + 1000)])
+        data = str(hub.data)
+        assert haven_main(["hub", "decommission", "--data", data, x.device]) == 0
+        late = wx.put(rid, "checkin", now + 2000, {"status": "in-progress"})
+        assert Session(hub, x, now).push([late]).get("quarantined") == [0]
+        (held,) = hub.store.quarantined()
+        capsys.readouterr()
+        before = (hub.store.quarantined(), hub.store.count(), hub.dump())
+        assert haven_main(["hub", "quarantine", "release", "--data", data,
+                           str(held["id"])]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"haven hub: quarantined delta {held['id']} comes from kiosk "
+                       f"{x.device}, which is decommissioned: record {rid.hex()} was deleted "
+                       "at the hub and this write did not see it: releasing it brings the "
+                       "record back (a delete-update conflict); drop it, or release it with "
+                       "--force\n")
+        assert (hub.store.quarantined(), hub.store.count(), hub.dump()) == before
+        assert haven_main(["hub", "quarantine", "release", "--data", data, str(held["id"]),
+                           "--force"]) == 0
+        assert "forced" in capsys.readouterr().out
+        assert hub.store.quarantined() == [] and hub.store.count() == before[1] + 1
+        assert "forced" in hub.store.events(1)[0]["detail"]
+        view = {r["id"]: r for r in json.loads(hub.dump())["records"]}[str(uuid.UUID(bytes=rid))]
+        assert [c["class"] for c in view["conflicts"]] == ["delete-update"]
+    finally:
+        x.close()
+        y.close()

@@ -50,20 +50,35 @@ def _window_needs_role(args: argparse.Namespace) -> None:
         raise UsageError("--role is empty: door, clinician or full")
     if args.window is not None and args.role is None:
         raise UsageError("--window goes with --role clinician")
+    args.window = _days(args.window)
+
+
+def _days(text: str | None) -> int | None:
+    """``--window`` as a number of days; its range is the hub's to check."""
+    from protocol.sync.scope import MAX_WINDOW_DAYS
+
+    if text is None:
+        return None
+    if not text.strip().isdigit() or not text.strip().isascii() or len(text.strip()) > 9:
+        raise UsageError(f"--window is a number of days (a clinician station's: 1 to "
+                         f"{MAX_WINDOW_DAYS}), not {text!r}")
+    return int(text)
 
 
 def _still_served(hub: Hub, device_id: str, doing: str) -> None:
     """Refuse ``doing`` to a kiosk the hub no longer serves: it would change nothing the
     kiosk holds, yet read as done."""
     dev = hub.store.device(device_id)
-    if dev is not None and dev.state in ("decommissioned", "revoked"):
+    if dev is None:
+        raise UsageError(f"no kiosk {device_id!r} (haven hub status lists them)")
+    if dev.state in ("decommissioned", "revoked"):
         raise UsageError(f"kiosk {device_id} is {dev.state} already: {doing} changes "
                          "nothing")
 
 
 def _role_arguments(p: argparse.ArgumentParser, name: str, text: str) -> None:
     p.add_argument(name, metavar="ROLE", help=text)
-    p.add_argument("--window", type=int, metavar="DAYS",
+    p.add_argument("--window", metavar="DAYS",
                    help="a clinician station's window: the check-ins of the last DAYS days "
                    "and their patients' records (default 30)")
 
@@ -249,6 +264,10 @@ def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore
             p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
                            help="refuse a stamp still more than S seconds ahead (default "
                            "300, as haven hub serve)")
+            p.add_argument("--force", action="store_true",
+                           help="release a delta from a decommissioned kiosk (refused "
+                           "without it: the kiosk is out of service, and its write may "
+                           "bring back a record deleted since)")
 
 
 def _quarantine(hub: Hub, args: argparse.Namespace) -> None:
@@ -265,7 +284,8 @@ def _quarantine(hub: Hub, args: argparse.Namespace) -> None:
             print(f"  {q['id']}: {q['code']} from kiosk {q['device'] or '-'} batch "
                   f"{q['batch']}{write}: {q['reason']}")
     elif args.quarantine_command == "release":
-        print(quarantine.release(hub.store, args.id, max_ahead_ms=int(args.max_ahead * 1000)))
+        print(quarantine.release(hub.store, args.id, max_ahead_ms=int(args.max_ahead * 1000),
+                                 force=args.force))
     else:
         print(quarantine.drop(hub.store, args.id))
 
@@ -483,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
                                              window_days=args.window), args.replaces)
         elif cmd == "role":
             _still_served(hub, args.device, "a role")
-            print(hub.set_role(args.device, args.role, args.window))
+            print(hub.set_role(args.device, args.role, _days(args.window)))
         elif cmd == "decommission":
             _still_served(hub, args.device, "decommissioning it")
             hub.decommission(args.device)

@@ -85,7 +85,8 @@ def _role(text: str, window_days: int | None) -> tuple[str, int]:
     if window_days is None:
         return role, DEFAULT_WINDOW_DAYS
     if role != "clinician":
-        raise UsageError(f"--window goes with the clinician role, not {role}")
+        raise UsageError(f"--window goes with the clinician role, not {role}: a {role} "
+                         "kiosk has no window (leave --window out)")
     if not 1 <= window_days <= MAX_WINDOW_DAYS:
         raise UsageError(f"--window is 1 to {MAX_WINDOW_DAYS} days, not {window_days}")
     return role, window_days
@@ -148,14 +149,19 @@ class Hub:
         except ProtocolError as exc:
             raise UsageError(f"bad enrolment request: {exc}") from None
         for dev in self.store.devices():
+            if dev.device_id == req.device_id and dev.state in (REVOKED, DECOMMISSIONED):
+                # its writes go to quarantine for good: a certificate would hide that
+                fate = ("the hub refuses it" if dev.state == REVOKED
+                        else "what it sends is quarantined")
+                raise UsageError(f"kiosk {req.device_id} is {dev.state}, and its identity "
+                                 f"never returns ({fate}): to put the device back in "
+                                 "service, give it new keys in an empty "
+                                 "folder (haven-kiosk init --data NEW_FOLDER --site "
+                                 f"{req.site!r}) and enrol that folder's enrolment.req")
             if ((dev.device_id == req.device_id or dev.x25519 == req.x25519)
                     and (dev.x25519 != req.x25519 or dev.state == REVOKED)):
                 raise HavenError(f"kiosk {req.device_id} is already known with other keys "
                                  "or revoked; make a new request")
-            if dev.device_id == req.device_id and dev.state == DECOMMISSIONED:
-                # its writes go to quarantine for good: a certificate would hide that
-                raise HavenError(f"kiosk {req.device_id} is decommissioned; a kiosk back in "
-                                 "service makes a new request")
         known = self.store.device(req.device_id)
         if replaces is not None:
             from host.hub.replace import take_over

@@ -4,7 +4,11 @@ A delta is quarantined when it fails a hub check (``protocol.sync.checks``):
 a stamp too far ahead of the hub's clock, a value that misfits its field, a
 write under another kiosk's node. ``release`` applies one as if it had just
 arrived, after the same checks at the hub's time now: a stamp still too far
-ahead is refused, saying by how much. ``drop`` deletes one. Each is one
+ahead is refused, saying by how much. A delta from a kiosk decommissioned
+(quarantined as ``decommissioned``, or the kiosk decommissioned since) is
+released only with ``force``: the kiosk is out of service, and its write may
+bring back a record deleted meanwhile (a write that did not see a delete
+makes the record a delete-update conflict again). ``drop`` deletes one. Each is one
 transaction with its entry in the hub's log (``quarantine-released``,
 ``quarantine-dropped``). Ids are the quarantine rows' numbers, never reused.
 """
@@ -20,6 +24,7 @@ from protocol.crdt.delta import decode
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import RemoteProtocolError
 from protocol.sync.checks import check_remote_delta, span_text
+from protocol.sync.round_common import DECOMMISSIONED
 
 
 def parse_id(text: str) -> int:
@@ -56,11 +61,17 @@ def _held(store: HubStore, text: str) -> tuple[int, str | None, str, bytes]:
 
 
 def release(store: HubStore, text: str, *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
-            now_ms: int | None = None) -> str:
-    """Apply quarantined delta ``text`` if it passes the hub's checks now; what was done."""
+            now_ms: int | None = None, force: bool = False) -> str:
+    """Apply quarantined delta ``text`` if it passes the hub's checks now; what was done.
+    A decommissioned kiosk's needs ``force``."""
     now = wall_ms() if now_ms is None else now_ms
     qid, device_id, code, data = _held(store, text)
     dev = store.device(device_id) if device_id else None
+    retired = code == DECOMMISSIONED or (dev is not None and dev.state == DECOMMISSIONED)
+    if retired and not force:
+        raise UsageError(f"quarantined delta {qid} comes from kiosk {device_id}, which is "
+                         f"decommissioned: {_risk(store, data)}; drop it, or release it "
+                         "with --force")
     try:
         delta = check_remote_delta(data, now, node=dev.node if dev else None,
                                    max_ahead_ms=max_ahead_ms)
@@ -73,10 +84,27 @@ def release(store: HubStore, text: str, *, max_ahead_ms: int = DEFAULT_MAX_AHEAD
         raise UsageError(f"quarantined delta {qid} is still refused: {exc} ({exc.code})"
                          ) from None
     detail = (f"quarantined delta {qid} ({code}) released: "
-              f"{delta.node:08x}-{delta.stamp:016x}")
+              f"{delta.node:08x}-{delta.stamp:016x}"
+              + (f" (kiosk {device_id} decommissioned: forced)" if retired else ""))
     if not store.release_quarantined(qid, delta, data, detail, now):
         raise UsageError(f"no quarantined delta {qid} (released or dropped meanwhile)")
     return detail
+
+
+def _risk(store: HubStore, data: bytes) -> str:
+    """What taking in a decommissioned kiosk's write would do, in words."""
+    try:
+        delta = decode(data)
+    except RemoteProtocolError:
+        return "it does not even decode"
+    seen = set(delta.ctx)
+    if not delta.is_delete and any(
+            decode(op.data).is_delete and (op.stamp, op.node) not in seen
+            for op in store.record_ops(delta.record_id) if op.node != delta.node):
+        return (f"record {delta.record_id.hex()} was deleted at the hub and this write did "
+                "not see it: releasing it brings the record back (a delete-update conflict)")
+    return ("the kiosk is out of service, and its write may be stale or bring back what "
+            "was deleted since")
 
 
 def drop(store: HubStore, text: str, now_ms: int | None = None) -> str:
