@@ -61,7 +61,7 @@ class KioskMemory:
         self.sum: bytes | None = None  #: what the hello says we hold
         self.owed = False
         self.partial: tuple[int, int, list[bytes]] | None = None
-        self.snapshots: list[tuple[list[bytes], int, bytes]] = []  #: rebases taken
+        self.snapshots: list[tuple[list[bytes], int, int]] = []  #: (deltas, upto, version)
         self.stale: list[bytes] = []
         self.replaced: list[tuple[list[bytes], list[bytes]]] = []
 
@@ -199,16 +199,18 @@ class KioskMemory:
     def note_rebase(self) -> None:
         self.owed = True
 
-    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
-        if hub_sum != self.sum_of(deltas):
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
+               ) -> None:
+        if hub_sum != self.sum_of(deltas, version):
             raise conversation.SnapshotRefused("the snapshot's checksum disagrees")
-        self.snapshots.append((deltas, upto, hub_sum))
+        self.snapshots.append((deltas, upto, version))
         self.cursor_, self.owed = upto, False
 
     @staticmethod
-    def sum_of(deltas: list[bytes]) -> bytes:
-        """A stand-in for the scope's checksum: the store's is tests/test_store_*."""
-        return hashlib.sha256(b"".join(sorted(deltas))).digest()
+    def sum_of(deltas: list[bytes], version: int = 2) -> bytes:
+        """A stand-in for the scope's checksum (``version`` 1: the one kiosks before it
+        send): the store's is tests/test_store_*."""
+        return hashlib.sha256(bytes([version]) + b"".join(sorted(deltas))).digest()
 
     def stale_records(self) -> list[bytes]:
         return list(self.stale)
@@ -317,9 +319,11 @@ class HubMemory:
             last = arrival
         return out, upto, False
 
-    def scope_sum(self, scope: Any, cursor: int, node: int | None = None) -> bytes:
+    def scope_sums(self, scope: Any, cursor: int, node: int | None = None,
+                   versions: tuple[int, ...] = (2, 1)) -> dict[int, bytes]:
         """``KioskMemory.sum_of`` the deltas held by ``cursor`` and ``node``'s."""
-        return KioskMemory.sum_of([data for _, _, data in self._upto(cursor, node)])
+        held = [data for _, _, data in self._upto(cursor, node)]
+        return {v: KioskMemory.sum_of(held, v) for v in versions}
 
     def stable_point(self, role: str, site: str) -> int:
         return min(self.acked.values(), default=0)

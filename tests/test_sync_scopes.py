@@ -80,10 +80,10 @@ def test_the_hello_carries_the_sum_only_with_nothing_queued() -> None:
     k = fleet.enrol(1)
     k.storage.scope, k.storage.sum = DOOR, os.urandom(32)
     hello, = sent(kiosk_role(fleet, k).hello(NOW))
-    assert hello.get("sum") == k.storage.sum
+    assert hello.get("sum2") == k.storage.sum and hello.get("sum") is None  # v2 only
     k.storage.write("queued")
     hello, = sent(kiosk_role(fleet, k).hello(NOW))
-    assert hello.get("sum") is None
+    assert hello.get("sum2") is None
 
 
 def test_the_welcome_keeps_the_scope_and_the_stable_point_that_verifies() -> None:
@@ -149,10 +149,10 @@ def test_a_welcome_without_a_scope_from_a_hub_before_scopes_changes_nothing() ->
                                          scope=["cook", "North", "2026-12-05", 30]), NOW)
 
 
-def snapshot_round(fleet: Fleet, k: Kiosk, pages: list[list[bytes]],
-                   hub_sum: bytes) -> tuple[KioskSync, list[messages.Message]]:
+def snapshot_round(fleet: Fleet, k: Kiosk, pages: list[list[bytes]], hub_sum: bytes,
+                   field: str = "sum2") -> tuple[KioskSync, list[messages.Message]]:
     """A round whose welcome asks for a rebase, served the snapshot in ``pages`` cut at
-    900; returns the role and every pull it sent."""
+    900, its sum in ``field``; returns the role and every pull it sent."""
     role = kiosk_role(fleet, k)
     role.hello(NOW)
     pulls = sent(role.receive(welcome(k, fleet.hub_ed, rebase=True), NOW))
@@ -161,7 +161,7 @@ def snapshot_round(fleet: Fleet, k: Kiosk, pages: list[list[bytes]],
         pulls += sent(role.receive(changes(page, 900 if last else 100 * (i + 1),
                                            more=not last, snapshot=True,
                                            upto=900 if i == 0 else None,
-                                           sum=hub_sum if last else None), NOW))
+                                           **{field: hub_sum if last else None}), NOW))
     return role, pulls
 
 
@@ -173,10 +173,24 @@ def test_a_rebase_pulls_the_whole_scope_page_by_page_then_goes_on_from_its_head(
     role, pulls = snapshot_round(fleet, k, pages, KioskMemory.sum_of(sum(pages, [])))
     assert [(p.get("cursor"), p.get("snapshot"), p.get("upto")) for p in pulls] == [
         (40, True, None), (100, True, 900), (200, True, 900), (900, None, None)]
-    (deltas, upto, _), = k.storage.snapshots
+    (deltas, upto, version), = k.storage.snapshots
     assert deltas == sum(pages, []) and upto == 900 and k.storage.cursor_ == 900
+    assert version == 2
     assert role.rebased and not k.storage.owed and not role.pull_done
     assert sent(role.receive(changes([], 905), NOW)) == [] and role.pull_done
+
+
+def test_a_snapshot_from_a_hub_before_sum2_is_checked_by_its_v1_sum() -> None:
+    """A hub that sends only ``sum`` (``scope_checksum_v1``) still rebases a kiosk: its
+    snapshot is checked by that sum, never refused for lacking ``sum2``."""
+    fleet = Fleet()
+    k = fleet.enrol(1)
+    pages = [[os.urandom(40) for _ in range(2)]]
+    snapshot_round(fleet, k, pages, KioskMemory.sum_of(pages[0], 1), field="sum")
+    (_, upto, version), = k.storage.snapshots
+    assert (upto, version, k.storage.owed) == (900, 1, False)
+    with pytest.raises(SnapshotRefused, match="checksum"):  # the v2 sum as v1: refused
+        snapshot_round(fleet, k, pages, KioskMemory.sum_of(pages[0]), field="sum")
 
 
 def test_a_snapshot_whose_sum_disagrees_is_refused_and_changes_nothing() -> None:
@@ -207,7 +221,7 @@ def test_a_snapshot_a_round_left_half_taken_goes_on_in_the_next() -> None:
     first, = sent(role.again())
     assert (first.get("cursor"), first.get("snapshot"), first.get("upto")) == (200, True, 900)
     hub_sum = KioskMemory.sum_of(sum(pages, []))
-    then, = sent(role.receive(changes(pages[2], 900, snapshot=True, upto=900, sum=hub_sum),
+    then, = sent(role.receive(changes(pages[2], 900, snapshot=True, upto=900, sum2=hub_sum),
                               NOW))
     (deltas, upto, _), = k.storage.snapshots
     assert deltas == sum(pages, []) and upto == 900 and then.get("cursor") == 900

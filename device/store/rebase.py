@@ -35,7 +35,7 @@ from device.store.materialise import insert_bodies, refresh
 from protocol.crdt.delta import Delta, decode
 from protocol.errors import RemoteProtocolError
 from protocol.sync import audit as sync_audit
-from protocol.sync.scope import scope_checksum
+from protocol.sync.scope import heads_of, scope_checksum, scope_checksum_v1
 
 #: The rows of a record, in every table that has them by record id.
 RECORD_TABLES = ("records", "field_values", "conflicts", "ops")
@@ -56,15 +56,18 @@ def decoded(deltas: Iterable[bytes]) -> list[tuple[Delta, bytes]]:
     return out
 
 
-def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes) -> None:
-    """``BadSnapshot`` unless the snapshot sums to ``hub_sum`` and is causally closed:
-    the hub keeps every delta, so every write a snapshot's write saw on its record is
-    in it too (the sum covers greatest writes only; this catches an older one left out)."""
+def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes, version: int = 2) -> None:
+    """``BadSnapshot`` unless the snapshot sums to ``hub_sum`` (``scope_checksum``, every
+    head of each record; ``version`` 1: ``scope_checksum_v1``, from a hub before it) and
+    is causally closed: the hub keeps every delta, so every write a snapshot's write saw
+    on its record is in it too (the sum covers heads only; this catches an older one
+    left out)."""
     dots = {(d.record_id, d.dot) for d, _ in items}
     if any((d.record_id, c) not in dots for d, _ in items for c in d.ctx):
         raise BadSnapshot("the hub's snapshot lacks writes that its records' writes saw: "
                           "nothing was changed")
-    got = scope_checksum((d.record_id, d.stamp, d.node, d.is_delete) for d, _ in items)
+    heads = heads_of((d.record_id, d.stamp, d.node, d.is_delete, d.ctx) for d, _ in items)
+    got = (scope_checksum if version == 2 else scope_checksum_v1)(heads)
     if got != hub_sum:
         raise BadSnapshot(f"the hub's snapshot does not match its checksum (it sums to "
                           f"{got.hex()[:16]}..., the hub said {bytes(hub_sum).hex()[:16]}...):"

@@ -9,11 +9,11 @@ facts come from (subject, site, start), and only for the types whose scope
 depends on them; a ``full`` kiosk needs none. A clinician's patients are
 the subjects of its check-ins in scope, so check-ins are read first.
 
-The checksum (``scope.scope_checksum``) is over each record's greatest head
-and whether that write is a delete. A record's greatest dot is always one of
-its heads; whether it is a delete is plain when every head is (the record is
-deleted) or none is (no delete among them, or no conflict), and otherwise
-read from the delete-update conflict's versions.
+The checksum (``scope.scope_checksum``) is over every head of each record
+(``records.heads``) and whether each is a delete. That is plain when every
+head is (the record is deleted: left out of the sum) or none is (no delete
+among its writes, or no conflict), and otherwise read from the versions of
+the delete-update conflict, which names every head.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import sqlite_utils
 from device.store.keys import FieldCipher
 from device.store.materialise import parse_heads, read_view
 from protocol import strict_cbor
+from protocol.crdt.clock import Dot
 from protocol.crdt.schema import AUDIT, CHECKIN, PATIENT, VERIFIER
-from protocol.sync.scope import CLINICAL_OF_PATIENT, Facts, Scope, facts_of, in_scope
+from protocol.sync.scope import CLINICAL_OF_PATIENT, Facts, Head, Scope, facts_of, in_scope
 
 #: The fields facts are read from: subject, a verifier's site, a check-in's start and site.
 FACT_FIELDS = (1, 3, 4, 5)
@@ -75,21 +76,20 @@ class ScopeReader:
         return in_scope(self.scope, self.facts(rid, rtype), patients)
 
 
-def greatest_heads(db: sqlite_utils.Database, cipher: FieldCipher, reader: ScopeReader
-                   ) -> Iterator[tuple[bytes, int, int, bool]]:
-    """(rid, stamp, node, is_delete) of each held record in scope's greatest head."""
+def held_heads(db: sqlite_utils.Database, cipher: FieldCipher, reader: ScopeReader
+               ) -> Iterator[Head]:
+    """(rid, stamp, node, is_delete) of every head of each held record in scope."""
     for rid, rtype, deleted, n_conf, has_delete, heads, extra in db.execute(
             "SELECT rid, type, deleted, n_conflicts, has_delete, heads, extra"
             " FROM records").fetchall():
-        top = max(parse_heads(heads))
-        if deleted:
-            yield rid, top.stamp, top.node, True  # left out of the sum: no facts needed
+        dots = parse_heads(heads)
+        if deleted:  # left out of the sum: no facts needed
+            yield from ((rid, d.stamp, d.node, True) for d in dots)
             continue
         if not reader.holds(rid, rtype):
             continue
-        is_delete = False
+        deletes: set[Dot] = set()
         if has_delete and n_conf:
             view = read_view(db, cipher, rid, rtype, False, heads, extra)
-            is_delete = any(v.dot == top and v.deleted for c in view.conflicts
-                            for v in c.versions)
-        yield rid, top.stamp, top.node, is_delete
+            deletes = {v.dot for c in view.conflicts for v in c.versions if v.deleted}
+        yield from ((rid, d.stamp, d.node, d in deletes) for d in dots)

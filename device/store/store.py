@@ -64,7 +64,7 @@ from device.store.materialise import (
     rewrite,
 )
 from device.store.report import status_of
-from device.store.scope_state import ScopeReader, greatest_heads
+from device.store.scope_state import ScopeReader, held_heads
 from device.store.writer import BULK, URGENT, Writer
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt import short_code
@@ -875,12 +875,14 @@ class Store:
         return int(self._bulk(lambda db: hub_copy.replace(
             db, self.cipher, self.node, items, wanted, cursor), items))
 
-    def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes) -> dict[str, Any]:
+    def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes, version: int = 2
+               ) -> dict[str, Any]:
         """Rebuild the scope from the hub's snapshot cut at ``upto``, keeping every
         unsent write of this kiosk's own (``rebase``). A snapshot that does not match
-        ``hub_sum`` raises ``BadSnapshot`` and changes nothing."""
+        ``hub_sum`` (by ``scope_checksum``, or ``version`` 1: a hub before it, by
+        ``scope_checksum_v1``) raises ``BadSnapshot`` and changes nothing."""
         items = hub_copy.decoded(deltas)
-        hub_copy.check_sum(items, hub_sum)
+        hub_copy.check_sum(items, hub_sum, version)
         result: dict[str, Any] = self._bulk(
             lambda db: hub_copy.rebase(db, self.cipher, self.node, items, upto), items)
         return result
@@ -891,7 +893,7 @@ class Store:
         if any(seq not in self._acked for (seq,) in self.reader.execute(
                 "SELECT seq FROM outbox").fetchall()):
             return None
-        return scope_checksum(greatest_heads(
+        return scope_checksum(held_heads(
             self.reader, self.cipher, ScopeReader(self.reader, self.cipher, scope)))
 
     def collect(self, scope: Scope, stable: int, budget_s: float = 1.0) -> CollectReport:

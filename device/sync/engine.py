@@ -237,9 +237,10 @@ class KioskLedger:
                         "disagreed, its role changed or it fell far behind)")
         self.state.owe_rebase(True)
 
-    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
+               ) -> None:
         try:
-            self.store.rebase(deltas, upto, hub_sum)
+            self.store.rebase(deltas, upto, hub_sum, version)
         except BadSnapshot as exc:
             raise SnapshotRefused(f"the hub's snapshot of this kiosk's scope was refused, "
                                   f"nothing changed: {exc}") from None

@@ -559,10 +559,12 @@ class HubStore:
         with self._lock:
             return scopes.snapshot_page(self._db, scope, cursor, upto, rids, max_bytes)
 
-    def scope_sum(self, scope: Scope, cursor: int, node: int | None = None) -> bytes:
-        """The checksum of ``scope`` held with what arrived by ``cursor`` and ``node``'s."""
+    def scope_sums(self, scope: Scope, cursor: int, node: int | None = None,
+                   versions: tuple[int, ...] = (2, 1)) -> dict[int, bytes]:
+        """The checksums of ``scope`` held with what arrived by ``cursor`` and ``node``'s,
+        by version (``scopes.scope_sums``)."""
         with self._lock:
-            return scopes.scope_sum(self._db, scope, cursor, node)
+            return scopes.scope_sums(self._db, scope, cursor, node, versions)
 
     def stable_point(self, role: str, site: str) -> int:
         """The smallest cursor every live kiosk of the scope group acknowledged."""

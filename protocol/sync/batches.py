@@ -69,12 +69,13 @@ def _snapshot_ask(value: object) -> bool:
 #: ``revs``: the number of the technicians' revocation list the kiosk holds (SPEC.md
 #: "Technicians"); absent: none. ``enrol``: from a kiosk provisioned offline, not
 #: enrolled yet (``cert`` empty), its approval and request (SPEC.md "Offline approvals").
-#: ``sum``: the checksum of the scope the kiosk holds, sent only with nothing of its own
-#: queued or in flight (SPEC.md "Scopes and garbage collection").
+#: ``sum2``: the checksum of the scope the kiosk holds (``scope.scope_checksum``), sent
+#: only with nothing of its own queued or in flight (SPEC.md "Scopes and garbage
+#: collection"); ``sum``: the same by ``scope.scope_checksum_v1``, from kiosks before it.
 HELLO = register(MessageSpec(80, "sync-hello", {
     1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
     5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int), 8: ("revs", int),
-                          9: ("enrol", bytes), 10: ("sum", _hash32)}))
+                          9: ("enrol", bytes), 10: ("sum", _hash32), 11: ("sum2", _hash32)}))
 #: ``tail``: to a kiosk behind the hub's checkpoint, the last writes of its node that came
 #: after its head, ``[[record id, stamp], ...]``: a kiosk that never made them is a copy.
 #: ``kiosk``: the kiosk's number (its short patient codes' first part), for a kiosk whose
@@ -100,11 +101,14 @@ REJECT = register(MessageSpec(84, "sync-reject", {1: ("seq", int), 2: ("reason",
 #: ``cursor`` alone; ``upto``: on the pages after the first, the head the first was cut at.
 PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {
     2: ("max_bytes", int), 3: ("snapshot", _snapshot_ask), 4: ("upto", int)}))
-#: ``snapshot``: a page of a snapshot; ``sum``: on the last page of a whole-scope snapshot,
-#: the checksum of the scope it carries; ``upto``: the head the snapshot is cut at.
+#: ``snapshot``: a page of a snapshot; ``sum2`` and ``sum``: on the last page of a
+#: whole-scope snapshot, the checksums of the scope it carries (``scope.scope_checksum``,
+#: and ``scope.scope_checksum_v1`` for kiosks before it); ``upto``: the head the snapshot
+#: is cut at.
 CHANGES = register(MessageSpec(86, "sync-changes", {
     1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}, {
-    4: ("snapshot", bool), 5: ("sum", _hash32), 6: ("upto", int), 7: ("stable", bytes)}))
+    4: ("snapshot", bool), 5: ("sum", _hash32), 6: ("upto", int), 7: ("stable", bytes),
+    8: ("sum2", _hash32)}))
 #: The hub to a kiosk on a kept-open session: changes for it arrived (up to ``cursor``).
 NOTIFY = register(MessageSpec(87, "sync-notify", {1: ("cursor", int)}))
 #: The hub to a kiosk: something about the kiosk itself needs a technician

@@ -145,9 +145,11 @@ class HubStorage(Protocol):
                  max_bytes: int) -> tuple[list[bytes], int, bool]:
         """Every delta (any writer's) of the records in ``scope`` (of ``rids`` only, those
         in scope), arrived after ``cursor`` and by ``upto``: (deltas, cursor, more)."""
-    def scope_sum(self, scope: Scope, cursor: int, node: int | None = None) -> bytes:
-        """``scope.scope_checksum`` of ``scope`` held with every delta arrived by
-        ``cursor`` and every delta of ``node``."""
+    def scope_sums(self, scope: Scope, cursor: int, node: int | None = None,
+                   versions: tuple[int, ...] = (2, 1)) -> dict[int, bytes]:
+        """The checksums of ``scope`` held with every delta arrived by ``cursor`` and
+        every delta of ``node``, by version: 2 ``scope.scope_checksum``, 1
+        ``scope.scope_checksum_v1``."""
     def stable_point(self, role: str, site: str) -> int:
         """The smallest cursor every live kiosk of the scope group acknowledged."""
     def version_vector(self) -> dict[int, int]: ...
@@ -296,11 +298,10 @@ class HubSync:
         if dev.state == DECOMMISSIONED:
             return {}
         scope = self._scope(dev, now)
-        cursor, their_sum = msg.get("cursor"), msg.get("sum")
+        cursor = msg.get("cursor")
         rebase = (dev.role_since is not None and (dev.last_seen or 0) < dev.role_since
                   or 0 < cursor < now * 1000 - STALE_CURSOR_US
-                  or their_sum is not None
-                  and their_sum != self.storage.scope_sum(scope, cursor, dev.node))
+                  or self._diverged(msg, scope, dev.node))
         stable = None
         if self.stable_key is not None:
             stable = sign_stable_point(self.stable_key, dev.device_id,
@@ -590,10 +591,20 @@ class HubSync:
         return [(CHANGES_LANE, encode("sync-changes", payload=payload, cursor=new,
                                       more=more, stable=stable))]
 
+    def _diverged(self, msg: messages.Message, scope: Scope, node: int) -> bool:
+        """Whether the hello's checksum is not the hub's: ``sum2`` when it has one, else
+        a kiosk's from before it (``sum``, by ``scope_checksum_v1``), each by its own."""
+        version, theirs = (2, msg.get("sum2")) if msg.get("sum2") is not None else (
+            1, msg.get("sum"))
+        if theirs is None:
+            return False
+        ours = self.storage.scope_sums(scope, msg.get("cursor"), node, (version,))
+        return bool(theirs != ours[version])
+
     def _snapshot(self, msg: messages.Message, scope: Scope, limit: int) -> list[Reply]:
         """A page of a snapshot: the first is cut at the head now (``upto``), the next
         ones go on from the page before; the last page of a whole-scope one carries the
-        scope's sum at ``upto``."""
+        scope's sums at ``upto``."""
         asked, upto = msg.get("snapshot"), msg.get("upto")
         cursor = 0 if upto is None else max(0, msg.get("cursor"))
         if upto is None:
@@ -601,6 +612,7 @@ class HubSync:
         rids = None if asked is True else list(asked)
         payload, new, more = packed(
             lambda max_bytes: self.storage.snapshot(scope, cursor, upto, rids, max_bytes), limit)
-        total = self.storage.scope_sum(scope, upto) if rids is None and not more else None
+        sums = self.storage.scope_sums(scope, upto) if rids is None and not more else {}
         return [(CHANGES_LANE, encode("sync-changes", payload=payload, cursor=new,
-                                      more=more, snapshot=True, sum=total, upto=upto))]
+                                      more=more, snapshot=True, sum=sums.get(1),
+                                      sum2=sums.get(2), upto=upto))]

@@ -27,7 +27,7 @@ hub's checkpoint. A kiosk behind the hub is shown the writes after its head
 and forks.
 
 Scopes (SPEC.md "Scopes and garbage collection"): the kiosk's hello carries
-the checksum of the scope it holds (``sum``) when nothing of its own is
+the checksum of the scope it holds (``sum2``) when nothing of its own is
 queued or in flight. The welcome's stable point is signed by the hub's
 Ed25519 key (the one the kiosk's certificate names): a stable point that does
 not verify fails the round before anything is kept, so nothing is collected
@@ -115,11 +115,13 @@ class KioskStorage(Protocol):
         """Keep (or forget, None) the whole-scope snapshot taken so far."""
     def note_rebase(self) -> None:
         """The hub asked for a rebase: kept owed, durably, until ``rebase`` is done."""
-    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes) -> None:
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
+               ) -> None:
         """Rebuild the scope from the hub's snapshot (cut at ``upto``) and our unsynced
         writes, then keep ``upto`` as the cursor; the rebase is no longer owed.
-        ``SnapshotRefused`` if the snapshot's checksum is not ``hub_sum``: nothing
-        changes."""
+        ``SnapshotRefused`` if the snapshot's checksum (``version`` 2:
+        ``scope.scope_checksum``, 1: ``scope.scope_checksum_v1``) is not ``hub_sum``:
+        nothing changes."""
     def stale_records(self) -> list[bytes]:
         """Records whose view waits for the hub's whole write set."""
     def replace_records(self, deltas: list[bytes], rids: list[bytes], upto: int | None,
@@ -192,7 +194,7 @@ class KioskSync:
             "sync-hello", cert=self.cert, vv=self.storage.version_vector(),
             cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now,
             label=self.storage.queue_label(), revs=self.storage.revocations_number() or None,
-            enrol=self.enrol, sum=self.storage.scope_checksum()))]
+            enrol=self.enrol, sum2=self.storage.scope_checksum()))]
 
     def receive_data(self, data: bytes, now: int) -> list[Reply]:
         return self.receive(messages.decode(data), now)
@@ -435,10 +437,13 @@ class KioskSync:
         staged, self.snapshot, self.staged, self.upto = self.staged, None, [], None
         if what is True:
             self.storage.keep_partial(None)  # taken or refused: the next starts afresh
-            hub_sum = msg.get("sum")
+            # A hub before scope_checksum sends only the v1 sum: checked by that one.
+            hub_sum, version = msg.get("sum2"), 2
+            if hub_sum is None:
+                hub_sum, version = msg.get("sum"), 1
             if not isinstance(hub_sum, bytes) or upto is None:
                 raise SnapshotRefused("the snapshot's last page carries no checksum")
-            self.storage.rebase(staged, upto, hub_sum)
+            self.storage.rebase(staged, upto, hub_sum, version)
             self.rebased = True
             # What the hub took after the snapshot's head follows as changes.
             return [(CONTROL_LANE, encode("sync-pull", cursor=self.storage.cursor()))]

@@ -23,10 +23,14 @@ site, subject, day), read from its fields by ``facts_of``, never from the
 rest of it. A clinician's patients are those named by the check-ins in its
 scope, so ``in_scope`` is given them.
 
-``scope_checksum`` condenses a scope as held, one greatest dot per record,
-so a kiosk and the hub can tell in the hello whether they agree. Records
-whose greatest write is a delete are left out: a kiosk drops them once
-stable, the hub keeps them.
+``scope_checksum`` condenses a scope as held, so a kiosk and the hub can
+tell in the hello whether they agree: every head of every record (the
+writes no other write of the record saw, ``heads_of``), each with whether it
+is a delete. A record whose heads are all deletes is left out: a kiosk drops
+it once stable, the hub keeps it. ``scope_checksum_v1``, one greatest dot per
+record, is what kiosks before it send (hello field ``sum``); it cannot see a
+lesser concurrent head go missing, and the hub answers it only to leave
+those kiosks as they were.
 
 The stable point is the arrival cursor every live replica of a scope has
 acknowledged; below it a kiosk may drop its write log and tombstones. The
@@ -53,10 +57,11 @@ from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.sync.credential import CredentialError, open_document, sign_document
 
 __all__ = [
-    "CLINICAL_OF_PATIENT", "DEFAULT_WINDOW_DAYS", "ROLES", "STABLE_LABEL", "Facts", "Scope",
+    "CLINICAL_OF_PATIENT", "DEFAULT_WINDOW_DAYS", "ROLES", "STABLE_LABEL", "Facts", "Head",
+    "Scope",
     "ScopeError", "StablePointError", "WITHHELD_AT_DOOR", "checkin_in_scope", "facts_of",
-    "in_scope", "open_stable_point", "parse_role", "scope_checksum", "sign_stable_point",
-    "verifier_record_id", "year_verifier",
+    "heads_of", "in_scope", "open_stable_point", "parse_role", "scope_checksum",
+    "scope_checksum_v1", "sign_stable_point", "verifier_record_id", "year_verifier",
 ]
 
 ROLES = ("door", "clinician", "full")
@@ -69,7 +74,8 @@ CLINICAL_OF_PATIENT = frozenset((3, 4, 5, 6, 7))
 #: A check-in's fields a door kiosk is never sent (what a patient typed: a name, a year
 #: of birth); the hub sends it check-ins without them, under the same dots.
 WITHHELD_AT_DOOR = frozenset((7, 8))
-SUM_LABEL = b"haven-scope\x00"
+SUM_LABEL = b"haven-scope-2\x00"
+SUM_LABEL_V1 = b"haven-scope\x00"
 STABLE_LABEL = b"haven-stable-point\x00"
 MAX_STABLE_DOC = 512
 
@@ -191,23 +197,81 @@ def in_scope(scope: Scope, facts: Facts, patients: Container[bytes] = ()) -> boo
             and facts.subject in patients)
 
 
-def scope_checksum(heads: Iterable[tuple[bytes, int, int, bool]]) -> bytes:
+Head = tuple[bytes, int, int, bool]  #: (rid, stamp, node, is_delete) of one write
+
+
+def _checked(rid: Any, stamp: Any, node: Any) -> None:
+    if type(rid) is not bytes or len(rid) != 16:
+        raise LocalProtocolError("a record id is 16 bytes")
+    if not (type(stamp) is int and 0 <= stamp < 1 << 64
+            and type(node) is int and 0 <= node < 1 << 32):
+        raise LocalProtocolError(f"not a dot: ({stamp!r}, {node!r})")
+
+
+def heads_of(writes: Iterable[tuple[bytes, int, int, bool, Iterable[tuple[int, int]]]]
+             ) -> list[Head]:
+    """The heads among ``writes``, ``(rid, stamp, node, is_delete, context)`` with the
+    context's dots as ``(stamp, node)``: the writes no other write of their record saw.
+    A write saw the dots its context names and its node's earlier writes of the record
+    (the merge's causality, ``protocol.crdt.record``: what a write saw through another
+    is named by that one or is that one's node's, so direct cover is enough)."""
+    seen: set[tuple[bytes, int, int]] = set()
+    last: dict[tuple[bytes, int], int] = {}
+    held: list[Head] = []
+    for rid, stamp, node, is_delete, ctx in writes:
+        held.append((rid, stamp, node, bool(is_delete)))
+        seen.update((rid, s, n) for s, n in ctx)
+        if stamp > last.get((rid, node), -1):
+            last[(rid, node)] = stamp
+    return [h for h in held if (h[0], h[1], h[2]) not in seen and last[(h[0], h[2])] == h[1]]
+
+
+def scope_checksum(heads: Iterable[Head]) -> bytes:
     """The checksum of a scope as held: ``heads`` are ``(rid, stamp, node, is_delete)``
-    of the records' writes (their heads, or more); per record only the greatest dot
-    ``(stamp, node)`` counts, and a record whose greatest write is a delete is left out.
-    SHA-256 over ``"haven-scope\\0"`` and, in record id order, ``rid || stamp as u64 ||
-    node as u32``."""
+    of every head of every record held (``heads_of``), in any order; a record whose
+    heads are all deletes is left out. SHA-256 over ``"haven-scope-2\\0"`` and, in
+    record id order, ``rid || count of heads as u32`` then per head in dot order
+    (stamp, then node) ``stamp as u64 || node as u32 || is_delete as u8``."""
+    try:
+        items = sorted({(rid, stamp, node, bool(is_delete)) for rid, stamp, node, is_delete
+                        in heads})
+    except TypeError:  # unhashable or unordered junk
+        raise LocalProtocolError("a head is (record id, stamp, node, is_delete)") from None
+    digest = hashlib.sha256(SUM_LABEL)
+    start, end = 0, len(items)
+    while start < end:
+        rid = items[start][0]
+        stop = start + 1
+        while stop < end and items[stop][0] == rid:
+            stop += 1
+        group = items[start:stop]
+        start = stop
+        for i, (_, stamp, node, _) in enumerate(group):
+            _checked(rid, stamp, node)
+            if i and group[i - 1][1:3] == (stamp, node):
+                raise LocalProtocolError("one dot given as a delete and as not one")
+        if all(h[3] for h in group):
+            continue
+        digest.update(rid + len(group).to_bytes(4, "big"))
+        for _, stamp, node, deleted in group:
+            digest.update(stamp.to_bytes(8, "big") + node.to_bytes(4, "big")
+                          + (b"\x01" if deleted else b"\x00"))
+    return digest.digest()
+
+
+def scope_checksum_v1(heads: Iterable[Head]) -> bytes:
+    """The checksum kiosks before ``scope_checksum`` send (hello field ``sum``):
+    ``heads`` are ``(rid, stamp, node, is_delete)`` of the records' writes (their heads,
+    or more); per record only the greatest dot ``(stamp, node)`` counts, and a record
+    whose greatest write is a delete is left out. SHA-256 over ``"haven-scope\\0"`` and,
+    in record id order, ``rid || stamp as u64 || node as u32``."""
     greatest: dict[bytes, tuple[int, int, bool]] = {}
     for rid, stamp, node, is_delete in heads:
-        if type(rid) is not bytes or len(rid) != 16:
-            raise LocalProtocolError("a record id is 16 bytes")
-        if not (type(stamp) is int and 0 <= stamp < 1 << 64
-                and type(node) is int and 0 <= node < 1 << 32):
-            raise LocalProtocolError(f"not a dot: ({stamp!r}, {node!r})")
+        _checked(rid, stamp, node)
         held = greatest.get(rid)
         if held is None or (stamp, node) > held[:2]:
             greatest[rid] = (stamp, node, bool(is_delete))
-    digest = hashlib.sha256(SUM_LABEL)
+    digest = hashlib.sha256(SUM_LABEL_V1)
     for rid in sorted(greatest):
         stamp, node, deleted = greatest[rid]
         if not deleted:
