@@ -220,6 +220,7 @@ def test_gc_drops_only_stable_rows_and_never_an_unsynced_write(store: Store) -> 
 def test_a_crash_between_or_inside_slices_loses_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gc, "SLICE_RECORDS", 16)
+    monkeypatch.setattr(gc, "SLICE_S", 0.0)  # one chunk a slice
     hub = Replica(HUB)
     deltas = [hub.put(rid_of(i), "note", T0 + i, {"text": f"n{i}"}) for i in range(1, 81)]
     deltas += [hub.delete(rid_of(i), T0 + 100 + i) for i in range(1, 81, 4)]
@@ -234,7 +235,7 @@ def test_a_crash_between_or_inside_slices_loses_nothing(
         def power_cut(*args: object) -> None:
             raise OSError("power cut inside a slice")
 
-        monkeypatch.setattr(gc, "drop", power_cut)
+        monkeypatch.setattr(gc, "drop_runs", power_cut)
         rows = (count(store, SEEN),
                 count(store, "SELECT COUNT(*) FROM records"))
         with pytest.raises(OSError):

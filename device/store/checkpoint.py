@@ -11,6 +11,11 @@ check-ins copies thousands of pages, seconds on a card; run by the writer
 thread it would hold up every check-in behind it. So a thread of its own,
 with a connection of its own, runs a ``PASSIVE`` checkpoint, which SQLite
 lets run while the writer commits: the writer never waits for it.
+
+Background work that writes much (a garbage-collection pass) can ``settle``
+between its transactions: wait, off the writer, until a checkpoint that
+began after the call has ended, so the WAL starts over at the next commit
+instead of growing by everything the work writes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class Checkpointer:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.runs = 0  #: checkpoints completed
+        self._done = threading.Condition()
+        self._asked = 0  #: requests so far (``settle``)
+        self._served = 0  #: requests made before the last checkpoint began that ended
 
     @property
     def is_running(self) -> bool:
@@ -44,10 +52,24 @@ class Checkpointer:
             self._thread.start()
         self._wanted.set()
 
+    def settle(self, timeout: float) -> bool:
+        """Ask for a checkpoint and wait (at most ``timeout`` s) until one that began after
+        this call has ended; whether it did. Not on the writer thread: the checkpoint
+        copies what the writer committed, while the writer goes on."""
+        with self._done:
+            self._asked += 1
+            ticket = self._asked
+        self.request()
+        with self._done:
+            return self._done.wait_for(lambda: self._served >= ticket or self._stopping,
+                                       timeout) and self._served >= ticket
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop after the checkpoint in progress, if any."""
         self._stopping = True
         self._wanted.set()
+        with self._done:
+            self._done.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -58,6 +80,8 @@ class Checkpointer:
             while True:
                 self._wanted.wait()
                 self._wanted.clear()
+                with self._done:
+                    taken = self._asked
                 if self._stopping:
                     return
                 try:
@@ -65,5 +89,8 @@ class Checkpointer:
                     self.runs += 1
                 except sqlite3.Error as exc:  # a full disk, say: the WAL keeps everything
                     log.warning("checkpoint failed: %s", exc)
+                with self._done:
+                    self._served = taken
+                    self._done.notify_all()
         finally:
             conn.close()

@@ -37,17 +37,20 @@ during the pass never loses its patient.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
+from device.store.db import WAL_LIMIT
 from device.store.keys import FieldCipher
 from device.store.materialise import op_label, parse_heads, refresh
-from device.store.rebase import drop
+from device.store.rebase import RECORD_TABLES
 from device.store.scope_state import ScopeReader
 from device.store.writer import BULK
 from protocol.crdt.clock import Dot
@@ -60,10 +63,20 @@ from protocol.sync.scope import CLINICAL_OF_PATIENT, WITHHELD_AT_DOOR, Scope
 if TYPE_CHECKING:
     from device.store.store import Store
 
-#: Records looked at in one slice (one transaction) at most; a slice also ends after
-#: ``SLICE_S`` or as soon as a check-in waits, so a check-in waits for one record.
-SLICE_RECORDS = 256
-SLICE_S = 0.004
+#: Records judged and deleted together (one set of statements); a slice (one
+#: transaction) takes chunks of them until ``SLICE_S`` has passed or a check-in waits,
+#: so a check-in waits for one chunk at most.
+SLICE_RECORDS = 64
+SLICE_S = 0.05
+#: Past this size of the WAL, the pass waits for a checkpoint before its next slice, at
+#: most ``SETTLE_S``. Each checkpoint writes the pages the slices changed since the last
+#: into the database, 1 KiB pages scattered over 4 KiB pages of the card: rarer ones
+#: write less (a full kiosk turned door, 242 MiB of files: 4 MiB, 3.5 GiB written;
+#: 64 MiB, 1.5 GiB; never, 0.6 GiB and a WAL of 400 MiB).
+SETTLE_AFTER = 16 * WAL_LIMIT
+SETTLE_S = 5.0
+#: What a pass counts, in ``CollectReport``'s order.
+COUNTED = ("pruned", "compacted", "dropped")
 #: An ``ops`` row without an arrival (a write whose acknowledgement gave none) is
 #: never stable.
 NEVER = 1 << 62
@@ -102,10 +115,23 @@ def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> Collect
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
         if finished or time.monotonic() > deadline:
             break
+        _settle(store)
     store.gc_from = (scope, b"" if finished else state.after)
     if finished and state.after_start == b"":  # a whole pass, start to end
         store.gc_settled = (scope.role, scope.site)
     return CollectReport(totals[0], totals[1], totals[2], slices, finished)
+
+
+def _settle(store: Store) -> None:
+    """Between two slices, off the writer: once the WAL has grown past the size it is cut
+    back to, wait for a checkpoint, so that it starts over at the next commit instead of
+    growing by everything the pass writes (hundreds of MiB when a full kiosk turns door)."""
+    try:
+        size = store.path.with_name(store.path.name + "-wal").stat().st_size
+    except OSError:
+        return
+    if size > SETTLE_AFTER:
+        store.checkpointer.settle(SETTLE_S)
 
 
 def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
@@ -116,61 +142,119 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
         state.patients = reader.patients()
         state.patients_at = store.commits
     patients_fresh = state.scope.role != "clinician" or state.patients_at == store.commits
-    pruned = compacted = deleted = 0
-    with immediate(db, synchronous="NORMAL"):
-        rows = db.execute(
-            "SELECT rid, type, deleted, n_conflicts, heads, stale, seen IS NOT NULL, seen_at,"
-            " partial FROM records WHERE rid > ? ORDER BY rid LIMIT ?",
-            [state.after, SLICE_RECORDS]).fetchall()
+    counts = [0, 0, 0]
+    after, done, finished = state.after, 0, False
+    with _freeing_fast(db), immediate(db, synchronous="NORMAL"):
         unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
-        logged = {rid: (n, top) for rid, n, top in db.execute(
-            "SELECT rid, COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops WHERE rid > ? AND rid <= ?"
-            " GROUP BY rid", [NEVER, state.after, rows[-1][0] if rows else state.after])}
-        settled = store.gc_settled == (state.scope.role, state.scope.site)
-        door = state.scope.role == "door"
-        gone: list[bytes] = []
-        done = 0
-        for rid, rtype, is_deleted, n_conf, heads, stale, has_seen, seen_at, partial in rows:
-            if done and (store.writer.urgent_waiting()
-                         or time.perf_counter() - started > SLICE_S):
-                break  # a check-in waits: commit what is done, go on in the next slice
-            done += 1
-            n_ops, top_ops = logged.get(rid, (0, 0))
-            if rid in unsent or sync_audit.is_audit_id(rid):
-                continue
-            if not (patients_fresh or rtype not in (PATIENT.number, *CLINICAL_OF_PATIENT)):
-                continue
-            if (settled and rtype != CHECKIN.number and state.scope.role == "door"
-                    and not (has_seen or n_ops)):
-                continue  # in scope at the last whole pass, and unchanged since
-            if not reader.holds(rid, rtype):
-                gone.append(rid)
-                pruned += 1
-                continue
-            if stale or not (has_seen or n_ops) or max(seen_at, top_ops) > state.stable:
-                continue  # waiting for the hub, nothing to drop, or not all of it stable
-            if n_conf or not (is_deleted or len(parse_heads(heads)) == 1):
-                if door and rtype == CHECKIN.number and n_ops and not partial:
-                    _forget_typed(db, store.cipher, rid)  # a conflict keeps the log
-                continue
-            if is_deleted:
-                gone.append(rid)
-                deleted += 1
-            else:
-                db.execute("DELETE FROM ops WHERE rid = ?", [rid])
-                db.execute("UPDATE records SET partial = 1, seen = NULL, seen_at = 0"
-                           " WHERE rid = ?", [rid])
-                if door and rtype == CHECKIN.number:
-                    db.execute("DELETE FROM field_values WHERE rid = ? AND field IN"
-                               f" ({','.join(map(str, sorted(WITHHELD_AT_DOOR)))})", [rid])
-                compacted += 1
-        drop(db, gone)
-    if done:
-        state.after = rows[done - 1][0]
+        while not finished:
+            rows = db.execute(
+                "SELECT rid, type, deleted, n_conflicts, heads, stale, seen IS NOT NULL,"
+                " seen_at, partial FROM records WHERE rid > ? ORDER BY rid LIMIT ?",
+                [after, SLICE_RECORDS]).fetchall()
+            finished = len(rows) < SLICE_RECORDS
+            if rows:
+                _chunk(store, state, db, reader, rows, unsent, patients_fresh, counts)
+                after = rows[-1][0]
+                done += len(rows)
+            if store.writer.urgent_waiting() or time.perf_counter() - started > SLICE_S:
+                break  # a check-in waits, or the slice's time is up: commit, go on later
+    state.after = after
     store.after_commit(done or 1)
     if state.scope.role == "clinician" and patients_fresh:
         state.patients_at = store.commits  # our own commit changes nothing it read
-    return (pruned, compacted, deleted), done == len(rows) < SLICE_RECORDS
+    return (counts[0], counts[1], counts[2]), finished
+
+
+@contextlib.contextmanager
+def _freeing_fast(db: sqlite_utils.Database) -> Iterator[None]:
+    """``secure_delete`` FAST for the slice: deleted cells are zeroed in the pages the
+    slice writes anyway, but a page it frees is not written over with zeros (SQLite's
+    default on some systems), which would write every byte pruned twice (WAL, then
+    database). Pruned is not wiped in any case (the threat model says why)."""
+    was = db.execute("PRAGMA secure_delete").fetchone()[0]
+    db.execute("PRAGMA secure_delete = FAST")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA secure_delete = {'FAST' if was == 2 else int(was)}")
+
+
+def _chunk(store: Store, state: _Pass, db: sqlite_utils.Database, reader: ScopeReader,
+           rows: list[tuple[Any, ...]], unsent: set[bytes], patients_fresh: bool,
+           counts: list[int]) -> None:
+    """Records ``rows`` (consecutive in id order) judged, and what goes of them deleted
+    set by set: runs of records that go entirely by id range, logs in one statement."""
+    logged = {rid: (n, top) for rid, n, top in db.execute(
+        "SELECT rid, COUNT(*), MAX(COALESCE(arrived, ?)) FROM ops WHERE rid >= ? AND rid <= ?"
+        " GROUP BY rid", [NEVER, rows[0][0], rows[-1][0]])}
+    settled = store.gc_settled == (state.scope.role, state.scope.site)
+    door = state.scope.role == "door"
+    runs: list[list[bytes]] = []  #: runs of neighbouring records that go entirely
+    run: list[bytes] = []
+    compact: list[bytes] = []
+    for row in rows:
+        rid, rtype, n_ops = row[0], row[1], logged.get(row[0], (0, 0))[0]
+        kept = (rid in unsent or sync_audit.is_audit_id(rid)
+                or not (patients_fresh or rtype not in (PATIENT.number, *CLINICAL_OF_PATIENT))
+                or (settled and door and rtype != CHECKIN.number and not (row[6] or n_ops)))
+        # (the last: in scope at the last whole pass, and unchanged since)
+        verdict = None if kept else _verdict(state, reader, row, logged.get(rid, (0, 0)))
+        goes = verdict in ("pruned", "dropped")
+        if verdict in COUNTED:
+            counts[COUNTED.index(verdict)] += 1
+        if verdict == "compacted":
+            compact.append(rid)
+        elif verdict == "forget" and door and rtype == CHECKIN.number and n_ops and not row[8]:
+            _forget_typed(db, store.cipher, rid)  # a conflict keeps the log
+        if goes:
+            run.append(rid)
+        elif run:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    drop_runs(db, runs)
+    if compact:
+        _compact(db, compact, door_checkins={
+            rid for rid, rtype, *_ in rows if door and rtype == CHECKIN.number})
+
+
+def _verdict(state: _Pass, reader: ScopeReader, row: tuple[Any, ...], logged: tuple[int, int]
+             ) -> str | None:
+    """What becomes of a record no unsent write holds: ``pruned`` (out of scope),
+    ``dropped`` (deleted, stable), ``compacted`` (stable, one head, no conflict: its log
+    goes), ``forget`` (stable, in conflict: its log stays), None (nothing yet)."""
+    rid, rtype, is_deleted, n_conf, heads, stale, has_seen, seen_at, _ = row
+    n_ops, top_ops = logged
+    if not reader.holds(rid, rtype):
+        return "pruned"
+    if stale or not (has_seen or n_ops) or max(seen_at, top_ops) > state.stable:
+        return None  # waiting for the hub, nothing to drop, or not all of it stable
+    if n_conf or not (is_deleted or len(parse_heads(heads)) == 1):
+        return "forget"
+    return "dropped" if is_deleted else "compacted"
+
+
+def drop_runs(db: sqlite_utils.Database, runs: list[list[bytes]]) -> None:
+    """Every row of the records in ``runs``; each run holds neighbours in id order (no
+    other record's id between its first and last), so it goes by range."""
+    for table in RECORD_TABLES:
+        db.conn.executemany(f"DELETE FROM {table} WHERE rid BETWEEN ? AND ?",
+                            [(r[0], r[-1]) for r in runs])
+
+
+def _compact(db: sqlite_utils.Database, rids: list[bytes], door_checkins: set[bytes]
+             ) -> None:
+    """Stable records keep their merged rows only (a door's check-ins without what the
+    patient typed)."""
+    marks = ",".join("?" * len(rids))
+    db.execute(f"DELETE FROM ops WHERE rid IN ({marks})", rids)
+    db.execute(f"UPDATE records SET partial = 1, seen = NULL, seen_at = 0 WHERE rid IN ({marks})",
+               rids)
+    typed = [rid for rid in rids if rid in door_checkins]
+    if typed:
+        db.execute(f"DELETE FROM field_values WHERE rid IN ({','.join('?' * len(typed))})"
+                   f" AND field IN ({','.join(map(str, sorted(WITHHELD_AT_DOOR)))})", typed)
 
 
 def _forget_typed(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> None:
