@@ -31,7 +31,13 @@ from protocol.crdt.replica import Replica
 from protocol.driver.wall_clock import wall_ms
 from protocol.sync import batches as sync
 from protocol.sync.conversation import HubSync, utc_day
-from protocol.sync.scope import Scope, facts_of, open_stable_point
+from protocol.sync.scope import (
+    Scope,
+    facts_of,
+    open_stable_point,
+    scope_checksum,
+    scope_checksum_v1,
+)
 
 from .test_sync_helpers import Kiosk
 
@@ -254,6 +260,49 @@ def test_the_stable_point_waits_for_an_offline_kiosk_until_it_is_decommissioned(
     finally:
         for k in (*kiosks, full):
             k.close()
+
+
+def test_a_hellos_sum_is_answered_by_the_version_it_carries(tmp_path: Path, hub: Hub
+                                                            ) -> None:
+    """``sum2`` (v2, every head) from kiosks of now, ``sum`` (v1, greatest dots) from
+    kiosks in the field: each is compared by its own version, so a v1 kiosk in step is
+    never asked to rebase, and a v2 kiosk missing a lesser concurrent head is."""
+    now = wall_ms()
+    a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+    try:
+        wa, wb = Replica(a.store.node), Replica(b.store.node)
+        rid, other = uuid.uuid4().bytes, uuid.uuid4().bytes
+        mine = [wa.put(rid, "note", now, {"text": "first"}),
+                wa.put(other, "note", now, {"text": "alone"})]
+        for data in mine:
+            wb.receive(data, now)
+        mine.append(wa.put(rid, "note", now + 3, {"text": "a's"}))  # concurrent with
+        theirs = [wb.delete(rid, now + 5),  # b's delete, the greater of the two heads
+                  wb.put(other, "note", now + 6, {"text": "seen"})]  # saw a's: one head
+        Session(hub, a, now).push(mine)
+        Session(hub, b, now).push(theirs)
+        head = hub.store.head()
+        heads = [(d.record_id, d.stamp, d.node, d.is_delete)
+                 for d in map(decode, (mine[2], theirs[0], theirs[1]))]
+        full = Scope("full", "North", utc_day(now))
+        assert hub.store.scope_sums(full, head, a.store.node) == {
+            2: scope_checksum(heads), 1: scope_checksum_v1(heads)}
+        lesser_gone = heads[1:]
+
+        def rebase(**hello: bytes) -> bool | None:
+            return Session(hub, a, now, cursor=head, **hello).welcome.get("rebase")
+        assert rebase() is None  # no sum: nothing to compare
+        assert rebase(sum2=scope_checksum(heads)) is None
+        assert rebase(sum=scope_checksum_v1(heads)) is None  # a kiosk in the field, in step
+        assert rebase(sum2=scope_checksum(lesser_gone)) is True
+        assert rebase(sum=scope_checksum_v1(lesser_gone)) is None  # v1's blind spot
+        assert rebase(sum2=scope_checksum_v1(heads)) is True  # never one for the other
+        assert rebase(sum=scope_checksum(heads)) is True
+        # both on a hello: v2 decides
+        assert rebase(sum2=scope_checksum(heads), sum=bytes(32)) is None
+    finally:
+        a.close()
+        b.close()
 
 
 def test_a_role_change_to_an_unknown_role_is_refused_and_changes_nothing(
