@@ -21,7 +21,7 @@ from protocol.crdt.delta import decode
 from protocol.crdt.ids import patient_id, verifier_record_id, year_verifier
 from protocol.crdt.record import RecordLog, canonical_json
 from protocol.crdt.replica import Replica
-from protocol.sync.scope import Scope, scope_checksum
+from protocol.sync.scope import Scope, scope_checksum, scope_checksum_v1
 
 from .crdt_sim import T0
 from .test_store_merge import _fleet_log
@@ -162,6 +162,8 @@ def test_a_snapshot_that_does_not_match_its_sum_changes_nothing(store: Store) ->
     assert "checksum" in str(refused.value) and refused.value.code == "bad-snapshot"
     with pytest.raises(BadSnapshot):
         store.rebase([b"\xff junk"], 100, good)
+    with pytest.raises(BadSnapshot):  # a hub before v2 sends v1 sums: checked as such
+        store.rebase(notes, 100, good, version=1)
     assert store.dump() == before
     store.rebase(notes, 100, good)
     ref = Replica(1)
@@ -175,6 +177,8 @@ def test_a_snapshot_that_does_not_match_its_sum_changes_nothing(store: Store) ->
     assert store.scope_checksum(FULL) != good  # it holds its own note besides
     store.rebase(notes, 300, good)  # synced now, and not in the hub's snapshot: it goes
     assert store.dump() == ref.dump() and store.scope_checksum(FULL) == good
+    store.rebase(notes, 400, scope_checksum_v1(items), version=1)
+    assert store.dump() == ref.dump()
 
 
 def test_gc_drops_only_stable_rows_and_never_an_unsynced_write(store: Store) -> None:

@@ -27,6 +27,7 @@ from device import enrol
 from device.cli import main as kiosk_main
 from device.store import Store, init_store
 from device.store.collect import CollectReport
+from device.store.materialise import heads_blob
 from device.sync.collect import Collector
 from device.sync.engine import Round, Summary, kiosk_driver, open_hub_link
 from device.sync.loop import SyncLoop
@@ -487,6 +488,51 @@ def test_a_store_edited_behind_its_back_is_caught_by_the_sum_and_rebased(
         k.sync(url)
         assert k.store.view(mine) is not None and other.sync(url).pulled >= 1
         assert k.store.dump() == other.store.dump() != before
+
+
+def test_a_lesser_concurrent_head_deleted_behind_its_back_is_caught_and_rebased(
+        tmp_path: Path) -> None:
+    """A record with two concurrent heads loses the lesser one in the kiosk's database:
+    its greatest dot is unchanged (the v1 sum agreed), but the sum of every head does
+    not, and the next round rebases it, the write made meanwhile kept."""
+    with two_kiosks(tmp_path) as (_, url, k, other):
+        note = other.store.put("note", values={"text": "first"})
+        other.sync(url)
+        k.sync(url)
+        k.store.put("note", note, {"text": "k's"})  # concurrent edits
+        other.store.put("note", note, {"text": "other's"})
+        other.sync(url)
+        k.sync(url)
+        k.sync(url)
+        other.sync(url)
+        assert k.sync(url).rebased == 0  # in step: the sums agree
+        view = k.store.view(note)
+        assert view is not None and len(view.heads) == 2
+        lesser, greatest = sorted(view.heads)
+        rid = uuid.UUID(note).bytes
+        k.store.close()
+        with sqlite3.connect(k.store.data / "store.db") as db:
+            db.execute("UPDATE records SET heads = ?, n_conflicts = 0 WHERE rid = ?",
+                       [heads_blob([greatest]), rid])
+            db.execute("DELETE FROM conflicts WHERE rid = ?", [rid])
+            db.execute("DELETE FROM ops WHERE rid = ? AND stamp = ? AND node = ?",
+                       [rid, lesser.stamp, lesser.node])
+        db.close()
+        k.store = Store(k.store.data)
+        edited = k.store.view(note)
+        assert edited is not None and edited.heads == (greatest,)
+        unsynced: list[str] = []
+        summary = round_writing_after_welcome(
+            k, url, lambda: unsynced.append(k.store.put("note", values={"text": "new"})))
+        assert summary.rebased > 0
+        again = k.store.view(note)
+        assert again is not None and again.heads == (lesser, greatest)
+        assert k.store.view(unsynced[0]) is not None  # kept through the rebase
+        assert k.store.status()["outbox"]["lanes"], "still to be sent"
+        k.sync(url)
+        other.sync(url)
+        assert k.store.dump() == other.store.dump()
+        assert k.sync(url).rebased == 0
 
 
 def test_a_stable_point_the_kiosks_hub_did_not_sign_is_refused_and_prunes_nothing(
