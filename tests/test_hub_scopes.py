@@ -290,7 +290,9 @@ def test_a_hellos_sum_is_answered_by_the_version_it_carries(tmp_path: Path, hub:
         lesser_gone = heads[1:]
 
         def rebase(**hello: bytes) -> bool | None:
-            return Session(hub, a, now, cursor=head, **hello).welcome.get("rebase")
+            asked: bool | None = Session(hub, a, now, cursor=head, **hello).welcome.get(
+                "rebase")
+            return asked
         assert rebase() is None  # no sum: nothing to compare
         assert rebase(sum2=scope_checksum(heads)) is None
         assert rebase(sum=scope_checksum_v1(heads)) is None  # a kiosk in the field, in step
