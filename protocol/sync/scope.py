@@ -212,9 +212,10 @@ def heads_of(writes: Iterable[tuple[bytes, int, int, bool, Iterable[tuple[int, i
              ) -> list[Head]:
     """The heads among ``writes``, ``(rid, stamp, node, is_delete, context)`` with the
     context's dots as ``(stamp, node)``: the writes no other write of their record saw.
-    A write saw the dots its context names and its node's earlier writes of the record
-    (the merge's causality, ``protocol.crdt.record``: what a write saw through another
-    is named by that one or is that one's node's, so direct cover is enough)."""
+    A write saw the dots its context names and its node's earlier writes of the record,
+    and what those saw (``protocol.crdt.record``); a write seen only through others is
+    still named by, or of the node of, the last of them, so checking each write's own
+    context and node is enough."""
     seen: set[tuple[bytes, int, int]] = set()
     last: dict[tuple[bytes, int], int] = {}
     held: list[Head] = []
