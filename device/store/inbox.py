@@ -9,8 +9,11 @@ in chunks of ``CHUNK``: each chunk is decoded as one batch
 checked (a stamp not too far ahead of our clock, values that fit the fields
 this schema knows); one that fails goes to quarantine, sealed, with its
 reason code, and the rest merge. Chunks share a transaction until the slice
-ends, ``TXN_BUDGET_S`` has passed, or an urgent job (a check-in) is waiting;
+ends, its time budget has passed, or an urgent job (a check-in) is waiting;
 then the transaction commits and waiting check-ins run before the next one.
+The budget is ``QUIET_TXN_BUDGET_S`` while no check-in competes with the
+merge and ``TXN_BUDGET_S`` while they come (``_busy``: one ran in the last
+``BUSY_S`` since the merge began).
 A transaction that starts right after a check-in skips its commit's fsync
 (``synchronous=NORMAL``): the next check-in's commit fsyncs the WAL, and
 with it that transaction; any other commits with its own fsync, so there
@@ -50,13 +53,18 @@ SAVE_CLOCK = "INSERT OR REPLACE INTO meta (key, value) VALUES ('hlc', ?)"
 #: (a few milliseconds here). Larger chunks spread each statement's and lookup's cost
 #: over more deltas: 256 merged about 20% faster than 64 in ``./tools/bench store``.
 CHUNK = 256
-#: The chunk while check-ins are coming (one ran in the last ``BUSY_S``): shorter waits.
+#: The chunk while check-ins are coming (``_busy``): shorter waits.
 BUSY_CHUNK = 8
 BUSY_S = 0.5
 #: A merge transaction that starts this soon after a check-in commits without fsync.
 RELAXED_S = 0.01
-#: How long one merge transaction may grow before it commits anyway.
+#: How long one merge transaction may grow before it commits anyway, while check-ins
+#: are coming (``_busy``) ...
 TXN_BUDGET_S = 0.02
+#: ... and when none is: a commit writes every page the transaction touched and fsyncs,
+#: so fewer, larger ones cost a merge less (a fifth of its time at 20 ms); the first
+#: check-in to come waits for one such commit.
+QUIET_TXN_BUDGET_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,12 @@ def merge(store: Store, deltas: Iterable[bytes], now: int, slice_size: int,
     # Decoding runs on the writer thread, chunk by chunk: a second CPU-bound thread
     # would make every check-in fight for the interpreter lock.
     items = list(deltas)
+    started = time.monotonic()
     starts = range(0, len(items), slice_size)
     futures = [
         store.writer.submit(functools.partial(
             _slice, store, part=items[i:i + slice_size], now=now, at=cursor,
-            last=i == starts[-1]), BULK)
+            last=i == starts[-1], started=started), BULK)
         for i in starts
     ]
     applied = duplicates = quarantined = 0
@@ -104,7 +113,7 @@ def _checked(part: list[bytes], now: int
 
 
 def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
-           now: int, at: int | None, last: bool) -> tuple[int, int, int]:
+           now: int, at: int | None, last: bool, started: float) -> tuple[int, int, int]:
     writer = store.writer
     totals = [0, 0, 0]  # new, duplicates, quarantined
     pos = 0
@@ -117,7 +126,7 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
         # own commits, so a check-in never has more than one transaction to flush.
         relaxed = writer.urgent_lately(RELAXED_S)
         with immediate(db, synchronous="NORMAL" if relaxed else None):
-            pos = _transaction(store, db, part, pos, now, at, totals)
+            pos = _transaction(store, db, part, pos, now, at, totals, started)
         synced = not relaxed
         store.after_commit(pos - first)
         writer.run_urgent(db)
@@ -127,14 +136,22 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
     return totals[0], totals[1], totals[2]
 
 
+def _busy(store: Store, started: float) -> bool:
+    """Whether check-ins are coming: one ran in the last ``BUSY_S`` since the merge
+    began (one before it, say the call that acknowledged the sync round's batch, tells
+    nothing of check-ins competing with this merge)."""
+    return store.writer.urgent_lately(min(BUSY_S, time.monotonic() - started))
+
+
 def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos: int,
-                 now: int, at: int | None, totals: list[int]) -> int:
+                 now: int, at: int | None, totals: list[int], started: float) -> int:
     """Merge chunks of ``part`` from ``pos`` until done, out of time, or a check-in
     waits; returns where it stopped."""
     writer = store.writer
-    deadline = time.perf_counter() + TXN_BUDGET_S
+    busy = _busy(store, started)
+    deadline = time.perf_counter() + (TXN_BUDGET_S if busy else QUIET_TXN_BUDGET_S)
     while pos < len(part):
-        size = BUSY_CHUNK if writer.urgent_lately(BUSY_S) else CHUNK
+        size = BUSY_CHUNK if busy or _busy(store, started) else CHUNK
         chunk = part[pos:pos + size]
         pos += len(chunk)
         good, bad = _checked(chunk, now)

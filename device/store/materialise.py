@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import cbor2
@@ -280,18 +280,26 @@ def insert_bodies(conn: Any, cipher: FieldCipher, writes: Sequence[tuple[Delta, 
 
 
 def _fresh(conn: Any, items: list[tuple[Delta, bytes]], blobs: dict[bytes, bytes],
-           own_node: int) -> list[tuple[Delta, bytes]]:
-    """The deltas not held yet: held is a dot among its record's ``seen`` (every delta
-    from elsewhere leaves one) or a write of our own in ``ops``."""
-    unique: dict[tuple[bytes, int, int], tuple[Delta, bytes]] = {}
+           own_node: int) -> list[tuple[Delta, bytes, bytes]]:
+    """The deltas not held yet, each with its packed dot: held is a dot among its
+    record's ``seen`` (every delta from elsewhere leaves one) or a write of our own in
+    ``ops``."""
+    mine: Container[tuple[bytes, int, int]] = ()
+    if any(d.node == own_node for d, _ in items):
+        mine = held_dots(conn, {d.record_id for d, _ in items if d.node == own_node})
+    taken: set[tuple[bytes, int, int]] = set()
+    fresh = []
+    pack = seen.pack
     for d, data in items:
-        unique.setdefault((d.record_id, d.stamp, d.node), (d, data))
-    fresh = [(d, data) for (rid, stamp, node), (d, data) in unique.items()
-             if rid not in blobs or not seen.holds(blobs[rid], seen.pack(stamp, node))]
-    if any(d.node == own_node for d, _ in fresh):
-        mine = held_dots(conn, {d.record_id for d, _ in fresh if d.node == own_node})
-        fresh = [(d, data) for d, data in fresh
-                 if (d.record_id, d.stamp, d.node) not in mine]
+        rid, stamp, node = key = d.record_id, d.stamp, d.node
+        if key in taken:
+            continue
+        taken.add(key)
+        dot = pack(stamp, node)
+        blob = blobs.get(rid)
+        if blob is not None and seen.holds(blob, dot) or key in mine:
+            continue
+        fresh.append((d, data, dot))
     return fresh
 
 
@@ -306,13 +314,19 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
     state, blobs = _records(conn, list({d.record_id: None for d, _ in items}))
     fresh = _fresh(conn, items, blobs, own_node)
     if at is None:
-        insert_bodies(conn, cipher, fresh, 0, own_node)
+        insert_bodies(conn, cipher, [(d, data) for d, data, _ in fresh], 0, own_node)
     dots: dict[bytes, list[bytes]] = {}
-    for d, _ in fresh:
-        dots.setdefault(d.record_id, []).append(seen.pack(d.stamp, d.node))
     slow: set[bytes] = set()
-    for delta, _ in fresh:
+    # Last writer wins: of the fast writes to one register, only the greatest dot can
+    # change the row, so only it is sealed and upserted.
+    winners: dict[tuple[bytes, int], tuple[int, int, Any]] = {}
+    for delta, _, dot in fresh:
         rid = delta.record_id
+        held = dots.get(rid)
+        if held is None:
+            dots[rid] = [dot]
+        else:
+            held.append(dot)
         if rid in slow:
             continue
         stamp, node = delta.stamp, delta.node
@@ -330,35 +344,23 @@ def merge_slice(db: sqlite_utils.Database, cipher: FieldCipher,
         if (messy or not covers or delta.kind or delta.add or delta.remove
                 or rtype != delta.type):
             slow.add(rid)
-        else:
-            state[rid] = (rtype, (stamp, node), False)
-    # Last writer wins: of the fast writes to one register, only the greatest dot can
-    # change the row, so only it is sealed and upserted.
-    winners: dict[tuple[bytes, int], tuple[int, int, Any]] = {}
-    for d, _ in fresh:
-        rid = d.record_id
-        if rid in slow:
             continue
-        dot = (d.stamp, d.node)
-        for k, v in d.set.items():
+        state[rid] = (rtype, (stamp, node), False)
+        for k, v in delta.set.items():
             won = winners.get((rid, k))
-            if won is None or dot > won[:2]:
-                winners[(rid, k)] = (d.stamp, d.node, v)
+            if won is None or (stamp, node) > (won[0], won[1]):
+                winners[(rid, k)] = (stamp, node, v)
     rows = [(rid, k, stamp, node, _canonical(v))
-            for (rid, k), (stamp, node, v) in winners.items()]
+            for (rid, k), (stamp, node, v) in winners.items() if rid not in slow]
     conn.executemany(UPSERT_FIELD, [
         (rid, k, stamp, node, blob)
         for (rid, k, stamp, node, _), blob in zip(rows, cipher.seal_fields(rows), strict=True)])
-    heads_rows = []
-    for rid, packed in dots.items():
-        if rid not in slow:
-            rtype, head, _ = state[rid]
-            heads_rows.append((rid, rtype, _one_head(head[0], head[1]), b"".join(packed),
-                               at or 0))
-    conn.executemany(PEER_RECORD if at is None else HUB_RECORD, heads_rows)
+    conn.executemany(PEER_RECORD if at is None else HUB_RECORD, [
+        (rid, state[rid][0], _one_head(*state[rid][1]), b"".join(packed), at or 0)
+        for rid, packed in dots.items() if rid not in slow])
     for rid in sorted(slow):
-        merge_record(db, cipher, rid, [x for x in fresh if x[0].record_id == rid], at,
-                     own_node)
+        merge_record(db, cipher, rid, [(d, data) for d, data, _ in fresh
+                                       if d.record_id == rid], at, own_node)
         conn.execute(seen.ADD, [b"".join(dots[rid]), at or 0, rid])
     return len(fresh), len(items) - len(fresh)
 
