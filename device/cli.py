@@ -409,6 +409,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         scope_of,
         stable_of,
     )
+    from protocol.driver.wall_clock import cursor_text, timed
     from protocol.sync.round_common import DECOMMISSIONED
 
     cfg = config.load(args.config, {"data": args.data})
@@ -420,13 +421,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     st["running"] = run = _running(args.data)  # sync.db keeps an idle round's time hourly
     if run is not None and run.get("last_sync"):
         st["last_sync"] = max(st["last_sync"] or "", str(run["last_sync"]))
+    st["last_sync"] = _utc(st["last_sync"])
     st["alert"] = alert_of(args.data)
-    st["held_upto"] = held_upto_of(args.data)
+    st["held_from_batch"] = held_upto_of(args.data)
     scope = scope_of(args.data)
-    st["scope"] = None if scope is None else dict(zip(
-        ("role", "site", "day", "window_days"), scope.to_wire(), strict=True))
+    st["scope"] = None if scope is None else {
+        "role": scope.role, "site": scope.site, "day": scope.day,
+        "window_days": scope.window_days if scope.role == "clinician" else None}
     st["stable_point"] = stable_of(args.data)
-    st["last_gc"] = last_gc_of(args.data)
+    st["stable_point_reached_hub_by"] = cursor_text(st["stable_point"])
+    gc = last_gc_of(args.data)
+    st["last_gc"] = None if not gc else timed(gc, "at")
+    # names that say what they count, times as the hub's status gives them
+    st["conflicts_held"], st["stale_records"] = st.pop("held"), st.pop("stale")
+    st["quarantine"] = [timed(q, "received_at") for q in st["quarantine"]]
     if args.json:
         print(json.dumps(st, sort_keys=True, indent=1))
         return 0
@@ -442,11 +450,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif st["alert"]:
         print(f"{st['alert']}: another kiosk runs with this identity; call a technician "
               + ("(the hub holds this kiosk's batches from batch "
-                 f"{st['held_upto']}: re-provision this one, README \"A cloned kiosk\")"
-                 if st["held_upto"] else "(its batches are on the hub's chain)"))
+                 f"{st['held_from_batch']}: re-provision this one, README \"A cloned "
+                 "kiosk\")" if st["held_from_batch"] else "(its batches are on the hub's chain)"))
     print("scope: " + (describe_scope(scope) if scope is not None
                        else "not named yet (the hub names it at the next sync)"))
-    print(f"stable point: {_stable_line(st['stable_point'])}"
+    print(f"stable point: {_stable_line(st['stable_point'], st['stable_point_reached_hub_by'])}"
           f"  last GC: {_gc_line(st['last_gc'])}")
     lanes = st["outbox"]["lanes"]
     print("outbox:" + ("" if lanes else " empty"))
@@ -455,13 +463,13 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{info['bytes']} bytes, {info['waiting_retry']} waiting to retry")
     for q in st["outbox"]["quarantined"]:
         print(f"  quarantined entry {q['seq']} (lane {q['lane']}): {q['error']}")
-    print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
+    print(f"conflicts: {len(st['conflicts'])} ({st['conflicts_held']} held)")
     for c in st["conflicts"]:
         print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']} "
               f"versions {' '.join(c['versions'])}")
     print(f"quarantine: {len(st['quarantine'])}")
     for q in st["quarantine"]:
-        print(f"  {q['id']}: {q['code']}")
+        print(f"  {q['id']}: {q['received_at']} {q['code']}")
     docs = st["documents"]
     print("documents:" + ("".join(f" {n['documents']} {state} ({n['bytes']} bytes)"
                                   for state, n in sorted(docs["states"].items())) or " none"))
@@ -473,16 +481,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stable_line(cursor: int | None) -> str:
-    """The stable point, with the hub's time it stands for: a cursor is an arrival
-    number, at least the hub's clock in microseconds when the delta arrived."""
+def _stable_line(cursor: int | None, by: str | None) -> str:
+    """The stable point, with the hub's time it stands for (``by``): a cursor is an
+    arrival number, at least the hub's clock in microseconds when the delta arrived."""
     if cursor is None:
         return "none yet"
-    if cursor < 10**15:  # not a time: a hub that numbered before its clock did
-        return str(cursor)
-    at = datetime.datetime.fromtimestamp(cursor / 1e6, datetime.UTC).strftime(
-        "%Y-%m-%d %H:%M:%S UTC")
-    return f"{cursor} (every replica holds what reached the hub by {at})"
+    return f"cursor {cursor}" + (f" (every replica holds what reached the hub by {by})"
+                                 if by else "")
 
 
 def _gc_line(gc: dict[str, Any] | None) -> str:
@@ -491,9 +496,20 @@ def _gc_line(gc: dict[str, Any] | None) -> str:
 
     if not gc:
         return "nothing collected yet"
-    when = datetime.datetime.fromtimestamp(int(gc["at"]) / 1000, datetime.UTC)
-    counts = ", ".join(f"{v} {DROPPED.get(k, k)}" for k, v in sorted(gc.items()) if k != "at")
-    return f"{when.isoformat(timespec='seconds')}, dropped {counts or 'nothing'}"
+    counts = ", ".join(f"{v} {DROPPED.get(k, k)}" for k, v in sorted(gc.items())
+                       if k not in ("at", "at_ms"))
+    return f"{gc['at']}, dropped {counts or 'nothing'}"
+
+
+def _utc(text: str | None) -> str | None:
+    """An ISO 8601 time as the other times shown (UTC, ``Z``); as it is if not one."""
+    try:
+        when = datetime.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return text
+    if when is None or when.tzinfo is None:
+        return text
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def cmd_hw(args: argparse.Namespace) -> int:

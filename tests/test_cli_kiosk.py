@@ -115,7 +115,7 @@ def test_two_kiosks_conflict_and_resolve(tmp_path: Path,
     dump_a = run(capsys, "dump", "--data", a)[1]
     assert dump_a == run(capsys, "dump", "--data", b)[1]
     status = json.loads(run(capsys, "status", "--data", b, "--json")[1])
-    assert status["held"] == 1
+    assert status["conflicts_held"] == 1
     # Both kiosks registered Ada concurrently, with the same name: no conflict there.
     (conflict,) = status["conflicts"]
     record = next(r for r in json.loads(dump_a)["records"] if r["id"] == rx)

@@ -2,25 +2,27 @@
 --role (not the default role), a role or decommission for a kiosk already gone, a bad
 --window, an unknown role or kiosk (one line each, nothing changed); a retired identity
 enrolling again is told to make new keys; a decommissioned kiosk's quarantined write is
-released only with --force."""
+released only with --force; both statuses name their units and give times in UTC."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from device.cli import main as kiosk_main
 from host.cli import main as haven_main
 from host.hub.hub import Hub, init_hub
 from protocol.crdt.delta import decode
 from protocol.crdt.replica import Replica
-from protocol.driver.wall_clock import wall_ms
+from protocol.driver.wall_clock import utc_text, wall_ms
 
 from .test_hub_scopes import NAMES, YEARS, Session, visit
-from .test_sync_helpers import Kiosk
+from .test_sync_helpers import Kiosk, served_hub
 
 
 @pytest.fixture
@@ -179,3 +181,82 @@ def test_releasing_a_decommissioned_kiosks_write_needs_force(
     finally:
         x.close()
         y.close()
+
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def times_in(obj: object, where: str = "") -> list[str]:
+    """What is wrong with the times of a status: each ``X_ms`` beside ``X`` as ISO 8601
+    UTC of the same second (or both null), and no number under a time's bare name."""
+    wrong = []
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key.endswith("_ms") and key[:-3] in obj:
+                text = obj[key[:-3]]
+                if (value is None) != (text is None) or value is not None and (
+                        not ISO_UTC.match(text) or text != utc_text(value)):
+                    wrong.append(f"{where}.{key}")
+            elif key in ("at", "last_seen", "received_at", "last_sync") and not (
+                    value is None or isinstance(value, str) and ISO_UTC.match(value)):
+                wrong.append(f"{where}.{key} = {value!r}")
+            wrong += times_in(value, f"{where}.{key}")
+    elif isinstance(obj, list):
+        for n, value in enumerate(obj):
+            wrong += times_in(value, f"{where}[{n}]")
+    return wrong
+
+
+def test_statuses_name_their_units_and_give_times_in_utc(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A hub, a door and a clinician kiosk that synced, one kiosk decommissioned with a
+    write in quarantine: both statuses, as JSON and as text."""
+    with served_hub(tmp_path) as (hub, url):
+        door = Kiosk(tmp_path, "d", hub, "A", role="door")
+        clinic = Kiosk(tmp_path, "c", hub, "B", role="clinician")
+        gone = Kiosk(tmp_path, "g", hub, "C")
+        try:
+            for k in (door, clinic, door, door):
+                k.store.checkin(name="Ada Lovelace", passport="P1234567", birth_year=1990)
+                k.sync(url)
+            # as a technician would: a round and the collection after it
+            assert kiosk_main(["sync", "--data", str(door.store.data), "--hub", url,
+                               "--once"]) == 0
+            hub.decommission(gone.device)
+            gone.store.checkin(name="Bea Okafor", passport="P7654321")
+            gone.sync(url)
+            capsys.readouterr()
+            assert haven_main(["hub", "status", "--data", str(hub.data), "--json"]) == 0
+            st = json.loads(capsys.readouterr().out)
+            assert times_in(st) == []
+            kiosks = {k["device"]: k for k in st["kiosks"]}
+            assert {k: v["window_days"] for k, v in kiosks.items()} == {
+                door.device: None, clinic.device: 30, gone.device: None}
+            d = kiosks[door.device]
+            assert d["last_seen"] and d["acked_cursor"] == d["pull_cursor"] > 0
+            assert {"kiosk_number", "last_batch", "backlog_deltas"} <= d.keys()
+            assert not {"number", "batches", "backlog", "acked", "cursor"} & d.keys()
+            (point,) = [g for g in st["stable_points"] if g["role"] == "door"]
+            assert point["reached_hub_by"] == utc_text(point["cursor"] // 1000)
+            assert st["quarantine"] and st["log"] and "conflicts_held" in st
+            assert haven_main(["hub", "status", "--data", str(hub.data)]) == 0
+            text = capsys.readouterr().out
+            assert f"last seen {d['last_seen']}" in text and "door  acked cursor" in text
+            assert "clinician 30 days" in text and f"by {point['reached_hub_by']})" in text
+
+            assert kiosk_main(["status", "--data", str(door.store.data), "--json"]) == 0
+            ks = json.loads(capsys.readouterr().out)
+            assert times_in(ks) == []
+            assert ks["scope"]["window_days"] is None and ks["last_gc"]["at_ms"] > 0
+            assert ks["stable_point_reached_hub_by"] == utc_text(ks["stable_point"] // 1000)
+            assert {"conflicts_held", "stale_records", "held_from_batch"} <= ks.keys()
+            assert not {"held", "stale", "held_upto"} & ks.keys()
+            assert kiosk_main(["status", "--data", str(clinic.store.data), "--json"]) == 0
+            assert json.loads(capsys.readouterr().out)["scope"]["window_days"] == 30
+            assert kiosk_main(["status", "--data", str(door.store.data)]) == 0
+            text = capsys.readouterr().out
+            assert f"last sync {ks['last_sync']}" in text and "+00:00" not in text
+            assert f"last GC: {ks['last_gc']['at']}, dropped" in text
+        finally:
+            for k in (door, clinic, gone):
+                k.close()

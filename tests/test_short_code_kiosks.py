@@ -42,7 +42,7 @@ def test_kiosk_numbers_are_unique_never_reused_and_survive_reenrolment(tmp_path:
         hub.revoke(certs[2].device_id)
         store_d, req_d = request(tmp_path, "d", "C")  # takes the revoked kiosk's letter
         assert sync_cert.read_certificate(hub.enroll(req_d)).kiosk_number == 4
-        assert sorted(k["number"] for k in hub.status()["kiosks"]) == [1, 2, 3, 4]
+        assert sorted(k["kiosk_number"] for k in hub.status()["kiosks"]) == [1, 2, 3, 4]
         enrol.install(kiosks[0][0], hub.enroll(kiosks[0][1]))
     assert kiosks[0][0].kiosk_number == 1
     for store, _ in [*kiosks, (store_d, b"")]:

@@ -561,25 +561,26 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     print(f"hub {st['node']}  key {st['public_key']}  deltas {st['deltas']}")
     print(f"kiosks: {len(st['kiosks'])}")
     for k in st["kiosks"]:
-        seen = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k["last_seen"] / 1000))
-                if k["last_seen"] else "never")
-        role = k["role"] + (f" {k['window_days']} days" if k["role"] == "clinician" else "")
-        print(f"  {k['device']} {k['site']!r} {k['letter']} number {k['number']} {k['state']}"
-              f"  {role}  acked {k['acked']}  last seen {seen}  "
-              f"batches {k['batches']}  backlog {k['backlog']}"
+        role = k["role"] + (f" {k['window_days']} days" if k["window_days"] else "")
+        print(f"  {k['device']} {k['site']!r} {k['letter']} number {k['kiosk_number']} "
+              f"{k['state']}  {role}  acked cursor {k['acked_cursor']}  last seen "
+              f"{k['last_seen'] or 'never'}  last batch {k['last_batch']}  backlog "
+              f"{k['backlog_deltas']} deltas"
               + ("  SUSPECTED-CLONE" if k["suspected_clone"] else "")
               + (f"  replaced by {r['by']} from {r['from_day']}"
                  if (r := k.get("replaced")) else ""))
     print(f"stable points: {len(st['stable_points'])}")
     for g in st["stable_points"]:
         where = "every site" if g["site"] == "*" else repr(g["site"])
-        print(f"  {g['role']} at {where}: {g['cursor']}")
-    print(f"conflicts: {len(st['conflicts'])} ({st['held']} held)")
+        by = g["reached_hub_by"]
+        print(f"  {g['role']} at {where}: cursor {g['cursor']}"
+              + (f" (every kiosk of it holds what reached the hub by {by})" if by else ""))
+    print(f"conflicts: {len(st['conflicts'])} ({st['conflicts_held']} held)")
     for c in st["conflicts"]:
         print(f"  {c['id']} {c['class']} {c['severity']} record {c['record_id']}")
     print(f"quarantine: {len(st['quarantine'])}")
     for q in st["quarantine"]:
-        print(f"  {q['id']}: kiosk {q['device']} batch {q['batch']}: {q['code']}")
+        print(f"  {q['id']}: {q['at']} kiosk {q['device']} batch {q['batch']}: {q['code']}")
     docs = st["documents"]
     print(f"documents: {docs['documents']} held, {docs['bytes']} bytes")
     print(_server_line(st))
@@ -631,8 +632,8 @@ def _held(hub: Hub, as_json: bool) -> None:
         return
     print(f"{len(held)} held batches")
     for b in held:
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["received_at"] / 1000))
-        print(f"kiosk {b['device']} branch {b['branch']} batch {b['seq']} received {at}")
+        print(f"kiosk {b['device']} branch {b['branch']} batch {b['seq']} received "
+              f"{b['received_at']}")
         for w in b["writes"]:
             if "error" in w:
                 print(f"  unreadable: {w['error']}")
@@ -666,6 +667,7 @@ def _server_status(data: Path) -> dict[str, Any]:
     if report is None:
         return {"server": None,
                 "server_note": f"no haven hub serve answers on {data / SOCKET}"}
+    report["uptime_s"] = report.pop("uptime", None)
     return {"server": report}
 
 
@@ -681,4 +683,4 @@ def _server_line(st: dict[str, Any]) -> str:
             f"{tcp['handshaking']} handshaking; {ports} serial ports, "
             f"{serial['authenticated']} in session); "
             f"descriptors {fds['in_use']}/{fds['limit']}; {refused} refused; "
-            f"up {srv['uptime'] / 3600:.1f} h")
+            f"up {srv['uptime_s'] / 3600:.1f} h")

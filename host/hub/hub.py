@@ -54,7 +54,7 @@ from protocol.crdt.schema import TYPES, field_name, parse_assignments, type_name
 from protocol.crdt.writes import build_resolve
 from protocol.driver.errors import SecretFileError, SecretMissing
 from protocol.driver.secret_files import read_secret, write_secret
-from protocol.driver.wall_clock import wall_ms
+from protocol.driver.wall_clock import cursor_text, timed, wall_ms
 from protocol.errors import ProtocolError
 from protocol.sync import approval as sync_approval
 from protocol.sync import batches as sync
@@ -342,7 +342,7 @@ class Hub:
                 writes = [_describe(decode(d)) for d in sync.unpack(payload)]
             except ProtocolError as exc:
                 writes = [{"error": str(exc)}]
-            out.append({**row, "writes": writes})
+            out.append(timed({**row, "writes": writes}, "received_at"))
         return out
 
     # State ------------------------------------------------------------------------
@@ -463,25 +463,32 @@ class Hub:
         return out
 
     def status(self, now_ms: int | None = None) -> dict[str, Any]:
+        """The hub's state as plain data. Times: ISO 8601 UTC under their names, epoch ms
+        under ``_ms`` (``timed``); cursors are arrival numbers, a stable point's with the
+        hub time it stands for (``reached_hub_by``)."""
         head = self.store.head()
-        kiosks = [{"device": d.device_id, "site": d.site, "letter": d.letter,
-                   "number": d.kiosk_number, "state": d.state,
-                   "last_seen": d.last_seen, "batches": d.last_seq, "cursor": d.cursor,
-                   "backlog": self._backlog(d, head),
-                   "suspected_clone": bool(d.suspected_clone),
-                   "replaced": self.store.replacement(d.device_id),
-                   "role": d.role, "window_days": d.window_days, "acked": d.acked}
-                  for d in self.store.devices()]
+        kiosks = [timed({
+            "device": d.device_id, "site": d.site, "letter": d.letter,
+            "kiosk_number": d.kiosk_number, "state": d.state, "last_seen": d.last_seen,
+            "last_batch": d.last_seq, "pull_cursor": d.cursor, "acked_cursor": d.acked,
+            "backlog_deltas": self._backlog(d, head), "suspected_clone": bool(d.suspected_clone),
+            "replaced": (None if (r := self.store.replacement(d.device_id)) is None
+                         else timed(r, "at")),
+            "role": d.role, "window_days": d.window_days if d.role == "clinician" else None},
+            "last_seen") for d in self.store.devices()]
         groups = sorted({(d.role, "*" if d.role == "full" else d.site)
                          for d in self.store.devices() if d.state == APPROVED})
-        stable = [{"role": role, "site": site,
-                   "cursor": self.store.stable_point(role, site)} for role, site in groups]
+        stable = [{"role": role, "site": site, "cursor": cursor,
+                   "reached_hub_by": cursor_text(cursor)}
+                  for role, site in groups
+                  for cursor in [self.store.stable_point(role, site)]]
         conflicts = self.conflicts()
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
                 "deltas": self.store.count(),
                 "kiosks": kiosks, "stable_points": stable, "conflicts": conflicts,
-                "held": sum(1 for c in conflicts if c["severity"] == "hold"),
-                "quarantine": self.store.quarantined(), "log": self.store.events(20),
+                "conflicts_held": sum(1 for c in conflicts if c["severity"] == "hold"),
+                "quarantine": [timed(q, "at") for q in self.store.quarantined()],
+                "log": [timed(e, "at") for e in self.store.events(20)],
                 "documents": held(self.data / DOCUMENTS_DIR),
                 "held_batches": self.held_batches()}
 

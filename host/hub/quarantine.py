@@ -21,7 +21,7 @@ from host.errors import UsageError
 from host.hub.storage import HubStore
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS, wall_of
 from protocol.crdt.delta import decode
-from protocol.driver.wall_clock import wall_ms
+from protocol.driver.wall_clock import timed, wall_ms
 from protocol.errors import RemoteProtocolError
 from protocol.sync.checks import check_remote_delta, span_text
 from protocol.sync.round_common import DECOMMISSIONED
@@ -36,7 +36,8 @@ def parse_id(text: str) -> int:
 
 
 def listing(store: HubStore) -> list[dict[str, Any]]:
-    """Every quarantined delta: id, when, kiosk, batch, code, reason, and its write."""
+    """Every quarantined delta: id, when (``at``: ISO 8601 UTC, ``at_ms``), kiosk, batch,
+    code, reason, and its write."""
     out = []
     for q in store.quarantined():
         held = store.quarantined_delta(q["id"])
@@ -48,7 +49,7 @@ def listing(store: HubStore) -> list[dict[str, Any]]:
                          "stamp": d.stamp, "stamp_ms": wall_of(d.stamp)}
             except RemoteProtocolError:
                 pass  # not a delta at all: only its code and reason say what it was
-        out.append({**q, **write})
+        out.append(timed({**q, **write}, "at"))
     return out
 
 
