@@ -164,8 +164,11 @@ def test_a_door_kiosk_gets_its_sites_verifiers_and_todays_queue_and_no_name(
         pages, last = session.pull(0, snapshot=True)
         assert {d.record_id for d in decoded(pages)} == {d.record_id for d in got}
         assert last.get("cursor") == last.get("upto") == hub.store.head()
+        door_scope = Scope("door", "North", utc_day(now))
         assert {2: last.get("sum2"), 1: last.get("sum")} == hub.store.scope_sums(
-            Scope("door", "North", utc_day(now)), hub.store.head())
+            door_scope, hub.store.head())
+        assert hub.store.scope_sums(door_scope, hub.store.head(), None, (1,)) == {
+            1: last.get("sum")}  # v1 alone, without the heads: the same
         # a full kiosk still gets everything but its own writes
         full = decoded(Session(hub, s, now).pull(0)[0])
         assert len(full) == 2 * 5 + 1 + 2  # North's visits, yesterday's, two verifiers
@@ -287,6 +290,8 @@ def test_a_hellos_sum_is_answered_by_the_version_it_carries(tmp_path: Path, hub:
         full = Scope("full", "North", utc_day(now))
         assert hub.store.scope_sums(full, head, a.store.node) == {
             2: scope_checksum(heads), 1: scope_checksum_v1(heads)}
+        assert hub.store.scope_sums(full, head, a.store.node, (1,)) == {  # v1 alone
+            1: scope_checksum_v1(heads)}
         lesser_gone = heads[1:]
 
         def rebase(**hello: bytes) -> bool | None:

@@ -391,14 +391,34 @@ def scope_heads(db: sqlite_utils.Database, scope: Scope, cursor: int,
                                    in _held_ops(db, scope, cursor, node)))
 
 
+def _held_writes(db: sqlite_utils.Database, scope: Scope, cursor: int,
+                 node: int | None) -> Iterator[Head]:
+    """Every write of ``scope`` a kiosk holds with what arrived by ``cursor`` and its own,
+    without its context: what ``scope_checksum_v1`` needs (the greatest of each)."""
+    if scope.role == "full":
+        for rid, stamp, n, head in db.execute("SELECT rid, stamp, node, substr(data, 1, 3)"
+                                              " FROM ops WHERE hseq <= ? OR node = ?",
+                                              [cursor, node]):
+            if not is_audit_id(rid):
+                yield rid, stamp, n, _is_delete(head)
+    else:
+        for rid, stamp, n, _, data, _ in _held_ops(db, scope, cursor, node):
+            yield rid, stamp, n, _is_delete(data)
+
+
 def scope_sums(db: sqlite_utils.Database, scope: Scope, cursor: int, node: int | None = None,
                versions: Iterable[int] = (2, 1)) -> dict[int, bytes]:
     """The checksums of ``scope`` as a kiosk holds it with every write that arrived by
     ``cursor`` and its own (``node``'s), by version: 2 ``scope_checksum``, 1
-    ``scope_checksum_v1`` (kiosks before it)."""
+    ``scope_checksum_v1`` (kiosks before it; alone, without finding the heads)."""
+    wanted = set(versions)
+    if 2 not in wanted:
+        return {1: scope_checksum_v1(_held_writes(db, scope, cursor, node))} if wanted else {}
     heads = list(scope_heads(db, scope, cursor, node))
-    by = {2: scope_checksum, 1: scope_checksum_v1}
-    return {v: by[v](heads) for v in versions}
+    sums = {2: scope_checksum(heads)}
+    if 1 in wanted:
+        sums[1] = scope_checksum_v1(heads)
+    return sums
 
 
 def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: int,
