@@ -162,6 +162,12 @@ def test_releasing_a_decommissioned_kiosks_write_needs_force(
         (held,) = hub.store.quarantined()
         capsys.readouterr()
         before = (hub.store.quarantined(), hub.store.count(), hub.dump())
+        for bad in (["abc"], ["--max-ahead", "soon"], ["--max-ahead", "-1"], [""], ["9" * 30]):
+            assert haven_main(["hub", "quarantine", "release", "--data", data, "--force",
+                               *(bad if len(bad) == 1 else [str(held["id"]), *bad])]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("haven hub: ") and err.count("\n") == 1, err
+        assert (hub.store.quarantined(), hub.store.count(), hub.dump()) == before
         assert haven_main(["hub", "quarantine", "release", "--data", data,
                            str(held["id"])]) == 2
         err = capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,17 @@ def _window_needs_role(args: argparse.Namespace) -> None:
     if args.window is not None and args.role is None:
         raise UsageError("--window goes with --role clinician")
     args.window = _days(args.window)
+
+
+def _seconds(text: str, flag: str) -> float:
+    """A number of seconds given to ``flag``, 0 or more; ``UsageError`` otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1e9:
+        raise UsageError(f"{flag} is a number of seconds (0 or more), not {text!r}")
+    return value
 
 
 def _days(text: str | None) -> int | None:
@@ -261,7 +273,7 @@ def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore
         _data(p)
         p.add_argument("id", metavar="ID", help="its id (haven hub quarantine list)")
         if action == "release":
-            p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
+            p.add_argument("--max-ahead", default="300", metavar="S",
                            help="refuse a stamp still more than S seconds ahead (default "
                            "300, as haven hub serve)")
             p.add_argument("--force", action="store_true",
@@ -284,8 +296,8 @@ def _quarantine(hub: Hub, args: argparse.Namespace) -> None:
             print(f"  {q['id']}: {q['code']} from kiosk {q['device'] or '-'} batch "
                   f"{q['batch']}{write}: {q['reason']}")
     elif args.quarantine_command == "release":
-        print(quarantine.release(hub.store, args.id, max_ahead_ms=int(args.max_ahead * 1000),
-                                 force=args.force))
+        print(quarantine.release(hub.store, args.id, force=args.force,
+                                 max_ahead_ms=int(_seconds(args.max_ahead, "--max-ahead") * 1000)))
     else:
         print(quarantine.drop(hub.store, args.id))
 
