@@ -62,8 +62,9 @@ RELAXED_S = 0.01
 #: are coming (``_busy``) ...
 TXN_BUDGET_S = 0.02
 #: ... and when none is: a commit writes every page the transaction touched and fsyncs,
-#: so fewer, larger ones cost a merge less (a fifth of its time at 20 ms); the first
-#: check-in to come waits for one such commit.
+#: so fewer, larger ones cost a merge less (100,000 deltas from the hub: 130 commits at
+#: 20 ms, about a quarter of the merge's time, and 51 at 100 ms); the first check-in to
+#: come waits for one such commit.
 QUIET_TXN_BUDGET_S = 0.1
 
 
