@@ -4,11 +4,22 @@ Theory of operation
 -------------------
 ``collect`` walks the records in id order, a slice at a time; each slice is
 one ``BULK`` job on the writer and one transaction, so a check-in waits for
-one slice at most, and a crash (or a power cut: a slice commits without its
-own fsync, the next check-in's commit carries it) loses at most the slice
-in progress, which the next pass does again: every step is idempotent. A
-pass that runs out of its time budget says so (``done`` false) and the next
-one goes on from where it stopped (in memory; a restart begins again).
+one chunk of records at most (a slice takes chunks until ``SLICE_S`` has
+passed, ``BUSY_SLICE_S`` while check-ins come, or one waits), and a crash
+(or a power cut: a slice commits without its own fsync, the next check-in's
+commit carries it) loses at most the slice in progress, which the next pass
+does again: every step is idempotent. A pass that runs out of its time
+budget says so (``done`` false) and the next one goes on from where it
+stopped (in memory; a restart begins again). For a door or a clinician, the
+walk comes after the logs of every record of a type the scope never holds
+are shed in write order (``shed.py``: the cheap way when a full kiosk turns
+door and drops nearly everything).
+
+What a slice deletes goes set by set: a run of neighbouring records that go
+entirely, by id range (their rows are neighbours in every table but the
+write log); freed pages are not written over with zeros (``_freeing_fast``).
+Once the WAL has grown past ``SETTLE_AFTER``, the pass waits off the writer
+for a checkpoint, and the WAL starts over.
 
 In each slice, a record with a write of this kiosk's own still in the outbox
 (unsent, or sent and not acknowledged) is left alone: nothing unsynced is
@@ -47,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
+from device.store import shed
 from device.store.db import WAL_LIMIT
 from device.store.keys import FieldCipher
 from device.store.materialise import op_label, parse_heads, refresh
@@ -55,7 +67,7 @@ from device.store.scope_state import ScopeReader
 from device.store.writer import BULK
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import decode, encode
-from protocol.crdt.schema import CHECKIN, PATIENT
+from protocol.crdt.schema import CHECKIN, PATIENT, VERIFIER
 from protocol.driver.database import immediate
 from protocol.sync import audit as sync_audit
 from protocol.sync.scope import CLINICAL_OF_PATIENT, WITHHELD_AT_DOOR, Scope
@@ -68,6 +80,10 @@ if TYPE_CHECKING:
 #: so a check-in waits for one chunk at most.
 SLICE_RECORDS = 64
 SLICE_S = 0.05
+#: ... but only ``BUSY_SLICE_S`` while check-ins come (one in the last ``BUSY_S``): each
+#: check-in's commit, fsynced, writes out what the slices before it wrote to the WAL.
+BUSY_SLICE_S = 0.004
+BUSY_S = 1.0
 #: Past this size of the WAL, the pass waits for a checkpoint before its next slice, at
 #: most ``SETTLE_S``. Each checkpoint writes the pages the slices changed since the last
 #: into the database, 1 KiB pages scattered over 4 KiB pages of the card: rarer ones
@@ -95,48 +111,106 @@ class CollectReport:
 class _Pass:
     scope: Scope
     stable: int
-    after: bytes
+    phase: str  #: ``mark`` and ``shed`` (``shed.py``), then ``walk``
+    after: bytes = b""  #: the last record id done (``mark``, ``walk``)
+    after_id: int = 0  #: the last write-log row done (``shed``)
     patients: set[bytes] | None = None  #: a clinician's, read once per pass
     patients_at: int = -1  #: ``Store.commits`` when they were read; -1: not yet
-    after_start: bytes = b""  #: where this pass began
+    whole: bool = True  #: the pass began at the beginning
+
+    @classmethod
+    def resume(cls, scope: Scope, stable: int, position: bytes) -> _Pass:
+        """A pass from where the last one for ``scope`` stopped (``position``, as
+        ``position`` gave it; empty: the beginning)."""
+        first = PHASES[0] if shed.never_held(scope) else "walk"
+        if not position:
+            return cls(scope, stable, first)
+        phase, at = PHASES[position[0]], position[1:]
+        if phase == "shed":
+            return cls(scope, stable, phase, after_id=int.from_bytes(at, "big"), whole=False)
+        return cls(scope, stable, phase, after=at, whole=False)
+
+    def position(self) -> bytes:
+        at = self.after_id.to_bytes(8, "big") if self.phase == "shed" else self.after
+        return bytes([PHASES.index(self.phase)]) + at
+
+    def next_phase(self) -> bool:
+        """On to the next phase, from its beginning; False after the last."""
+        if self.phase == "walk":
+            return False
+        self.phase, self.after, self.after_id = PHASES[PHASES.index(self.phase) + 1], b"", 0
+        return True
+
+
+PHASES = ("mark", "shed", "walk")
 
 
 def collect(store: Store, scope: Scope, stable: int, budget_s: float) -> CollectReport:
     store.flush_acks()  # acknowledged writes leave the outbox first, with their arrival
     deadline = time.monotonic() + budget_s
     scope_was, start = store.gc_from
-    state = _Pass(scope, stable, start if scope_was == scope else b"")
-    state.after_start = state.after
+    state = _Pass.resume(scope, stable, start if scope_was == scope else b"")
     totals = [0, 0, 0]
     slices = 0
     while True:
-        counts, finished = store.writer.call(functools.partial(_slice, store, state), BULK)
+        job = _walk if state.phase == "walk" else _shed
+        counts, finished = store.writer.call(functools.partial(job, store, state), BULK)
         slices += 1
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        if finished:
+            finished = not state.next_phase()
         if finished or time.monotonic() > deadline:
             break
         _settle(store)
-    store.gc_from = (scope, b"" if finished else state.after)
-    if finished and state.after_start == b"":  # a whole pass, start to end
+    store.gc_from = (scope, b"" if finished else state.position())
+    if finished and state.whole:  # a whole pass, start to end
         store.gc_settled = (scope.role, scope.site)
     return CollectReport(totals[0], totals[1], totals[2], slices, finished)
 
 
 def _settle(store: Store) -> None:
-    """Between two slices, off the writer: once the WAL has grown past the size it is cut
-    back to, wait for a checkpoint, so that it starts over at the next commit instead of
-    growing by everything the pass writes (hundreds of MiB when a full kiosk turns door)."""
+    """Between two slices: once the WAL has grown past ``SETTLE_AFTER``, wait off the
+    writer for a checkpoint, so that it starts over instead of growing by everything the
+    pass writes (hundreds of MiB when a full kiosk turns door)."""
     try:
         size = store.path.with_name(store.path.name + "-wal").stat().st_size
     except OSError:
         return
-    if size > SETTLE_AFTER:
-        store.checkpointer.settle(SETTLE_S)
+    if size > SETTLE_AFTER and store.checkpointer.settle(SETTLE_S):
+        # What check-ins committed meanwhile, copied too (a few pages): with nothing left
+        # in the WAL to copy, the next commit starts it over and cuts it back.
+        store.writer.call(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(),
+                          BULK)
 
 
-def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
-           ) -> tuple[tuple[int, int, int], bool]:
-    started = time.perf_counter()
+def _slice_s(store: Store) -> float:
+    return BUSY_SLICE_S if store.writer.urgent_lately(BUSY_S) else SLICE_S
+
+
+def _shed(store: Store, state: _Pass, db: sqlite_utils.Database
+          ) -> tuple[tuple[int, int, int], bool]:
+    """A slice of the steps before the walk (``shed.py``): whether the step is done."""
+    started, limit = time.perf_counter(), _slice_s(store)
+    types = shed.never_held(state.scope)
+    after, after_id, done, chunks = state.after, state.after_id, False, 0
+    with _freeing_fast(db), immediate(db, synchronous="NORMAL"):
+        while not done:
+            if state.phase == "mark":
+                after, done = shed.mark(db, types, after)
+            else:
+                after_id, done = shed.shed(db, types, after_id)
+            chunks += 1
+            if store.writer.urgent_waiting() or time.perf_counter() - started > limit:
+                break
+    state.after, state.after_id = after, after_id
+    store.after_commit(1)
+    return (0, 0, 0), done
+
+
+def _walk(store: Store, state: _Pass, db: sqlite_utils.Database
+          ) -> tuple[tuple[int, int, int], bool]:
+    """A slice of the walk over the records: whether it reached the last."""
+    started, limit = time.perf_counter(), _slice_s(store)
     reader = ScopeReader(db, store.cipher, state.scope, state.patients)
     if state.scope.role == "clinician" and state.patients_at < 0:
         state.patients = reader.patients()
@@ -156,10 +230,10 @@ def _slice(store: Store, state: _Pass, db: sqlite_utils.Database
                 _chunk(store, state, db, reader, rows, unsent, patients_fresh, counts)
                 after = rows[-1][0]
                 done += len(rows)
-            if store.writer.urgent_waiting() or time.perf_counter() - started > SLICE_S:
+            if store.writer.urgent_waiting() or time.perf_counter() - started > limit:
                 break  # a check-in waits, or the slice's time is up: commit, go on later
     state.after = after
-    store.after_commit(done or 1)
+    store.after_commit(1)
     if state.scope.role == "clinician" and patients_fresh:
         state.patients_at = store.commits  # our own commit changes nothing it read
     return (counts[0], counts[1], counts[2]), finished
@@ -196,8 +270,9 @@ def _chunk(store: Store, state: _Pass, db: sqlite_utils.Database, reader: ScopeR
         rid, rtype, n_ops = row[0], row[1], logged.get(row[0], (0, 0))[0]
         kept = (rid in unsent or sync_audit.is_audit_id(rid)
                 or not (patients_fresh or rtype not in (PATIENT.number, *CLINICAL_OF_PATIENT))
-                or (settled and door and rtype != CHECKIN.number and not (row[6] or n_ops)))
-        # (the last: in scope at the last whole pass, and unchanged since)
+                or (settled and door and rtype == VERIFIER.number and not (row[6] or n_ops)))
+        # (the last: in scope at the last whole pass, and unchanged since; a record of a
+        # type never held may have lost its log to ``shed`` and must be looked at)
         verdict = None if kept else _verdict(state, reader, row, logged.get(rid, (0, 0)))
         goes = verdict in ("pruned", "dropped")
         if verdict in COUNTED:
