@@ -24,10 +24,13 @@ chunk at a time in the pass's slices (one transaction each):
    marked records only.
 
 A record with a write of this kiosk's own still in the outbox is left alone
-by both, as is the kiosk's audit chain. The records themselves and their
-``seen`` dots (duplicates stay exact) stay until the walk prunes them; after
-either step, or a crash, or a pass that stops there, the store is as a
-compaction leaves it: consistent, each step idempotent.
+by both, as are the kiosk's audit chain and a record in conflict (a local
+write on a record whose log is not whole builds on its merged rows, which
+are exact only without a conflict); the walk prunes those as before. The
+records themselves and their ``seen`` dots (duplicates stay exact) stay
+until the walk prunes them; after either step, or a crash, or a pass that
+stops there, the store is as a compaction leaves it: consistent, each step
+idempotent.
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ def mark(db: sqlite_utils.Database, types: tuple[int, ...], after: bytes
                      [after, CHUNK_ROWS - 1]).fetchone()
     upto = " AND rid <= ?" if row else ""
     db.execute(f"UPDATE records SET partial = 1 WHERE rid > ?{upto} AND partial = 0"
-               f" AND type IN ({_list(types)}) AND substr(rid, 1, 8) != ? AND {NOT_UNSENT}",
+               f" AND n_conflicts = 0 AND type IN ({_list(types)})"
+               f" AND substr(rid, 1, 8) != ? AND {NOT_UNSENT}",
                [after, *([row[0]] if row else []), ID_PREFIX])
     return (row[0], False) if row else (after, True)
 
