@@ -40,12 +40,13 @@ what arrived by its cursor and the kiosk's own writes. The heads are found
 at sum time (``scope_heads``): a record written by one node alone has its
 last write as its one head; only the deltas of records more than one node
 wrote are read whole, for their contexts. No table of covered dots is kept
-(``python -m tools.benchmarks._scope_sum``, a full scope of 100,000 ops on a
-busy machine): the sum takes 0.65 to 0.9 s with a tenth of the records
-written by two nodes and 1.1 s with half, against 0.4 to 0.6 s through such
-a table, which would cost a row per context dot at every commit, a
-migration and its backfill. A sum is computed only for a hello that carries
-one (a kiosk with nothing queued, once a session) and a snapshot's last page.
+(``python -m tools.benchmarks._scope_sum``, a full scope of 100,000 ops, CPU
+time): the sum takes 0.55 s with a tenth of the records written by two
+nodes and 0.8 to 0.9 s with half, against 0.42 to 0.5 s through such a
+table, which would cost a row per context dot at every commit, a migration
+and its backfill, and 0.24 s for the greatest dots alone (v1). A sum is
+computed only for a hello that carries one (a kiosk with nothing queued,
+once a session) and for a snapshot's last page.
 
 The stable point of a kiosk (``stable_point``) is the smallest cursor
 acknowledged by every live kiosk (approved: not revoked, not decommissioned)
@@ -382,12 +383,22 @@ def scope_heads(db: sqlite_utils.Database, scope: Scope, cursor: int,
                 node: int | None = None) -> Iterator[Head]:
     """Every head of every record of ``scope`` as a kiosk holds it with every write that
     arrived by ``cursor`` and its own (``node``'s)."""
-    if scope.role == "full":  # by the index on (rid, stamp, node); whole deltas only
-        return _heads_by_record(db.execute(  # of records more than one node wrote
-            "SELECT rid, stamp, node, CASE WHEN MIN(node) OVER w = MAX(node) OVER w"
-            " THEN substr(data, 1, 3) ELSE data END FROM ops WHERE hseq <= ? OR node = ?"
-            " WINDOW w AS (PARTITION BY rid)", [cursor, node]))
-    return _heads_by_record(sorted((rid, stamp, n, data) for rid, stamp, n, _, data, _
+    if scope.role == "full":
+        held = "(hseq <= :cursor OR node = :node)"
+        args = {"cursor": cursor, "node": node}
+        # a record one node wrote: its last write (with one MIN() or MAX() aggregate,
+        # SQLite takes a group's bare columns from the row with it)
+        for rid, stamp, n, head in db.execute(
+                f"SELECT rid, MAX(stamp), node, substr(data, 1, 3) FROM ops WHERE {held}"
+                " GROUP BY rid HAVING COUNT(DISTINCT node) = 1", args):
+            if not is_audit_id(rid):
+                yield rid, stamp, n, _is_delete(head)
+        yield from _heads_by_record(db.execute(  # the others, by their deltas' contexts
+            f"SELECT rid, stamp, node, data FROM ops WHERE {held} AND rid IN (SELECT rid"
+            f" FROM ops WHERE {held} GROUP BY rid HAVING COUNT(DISTINCT node) > 1)"
+            " ORDER BY rid", args))
+        return
+    yield from _heads_by_record(sorted((rid, stamp, n, data) for rid, stamp, n, _, data, _
                                    in _held_ops(db, scope, cursor, node)))
 
 
