@@ -535,6 +535,28 @@ def test_a_lesser_concurrent_head_deleted_behind_its_back_is_caught_and_rebased(
         assert k.sync(url).rebased == 0
 
 
+def test_a_delete_update_conflict_sums_the_same_at_the_kiosk_and_the_hub(
+        tmp_path: Path) -> None:
+    """A delete and a concurrent edit: both are heads, the kiosk's flags read from its
+    conflict's versions, the hub's from the deltas; the sums agree and nobody rebases."""
+    with two_kiosks(tmp_path) as (hub, url, k, other):
+        note = other.store.put("note", values={"text": "first"})
+        other.sync(url)
+        k.sync(url)
+        k.store.delete(note)
+        other.store.put("note", note, {"text": "edited"})
+        for kiosk in (k, other, k, other):
+            kiosk.sync(url)
+        for kiosk in (k, other):
+            view = kiosk.store.view(note)
+            assert view is not None and len(view.heads) == 2 and view.conflicts
+            scope = scope_of(kiosk.store.data)
+            assert scope is not None
+            sums = hub.store.scope_sums(scope, kiosk.state.cursor, kiosk.store.node, (2,))
+            assert kiosk.store.scope_checksum(scope) == sums[2]
+            assert kiosk.sync(url).rebased == 0
+
+
 def test_a_stable_point_the_kiosks_hub_did_not_sign_is_refused_and_prunes_nothing(
         tmp_path: Path) -> None:
     with served_hub(tmp_path) as (hub, url):
