@@ -18,10 +18,10 @@ from device.cli import main as kiosk_main
 from host.cli import main as haven_main
 from host.hub.hub import Hub, init_hub
 from protocol.crdt.delta import decode
-from protocol.crdt.replica import Replica
 from protocol.driver.wall_clock import utc_text, wall_ms
 
-from .test_hub_scopes import NAMES, YEARS, Session, visit
+from .test_hub_late_pages import deleted_elsewhere, late_edit
+from .test_hub_scopes import Session
 from .test_sync_helpers import Kiosk, served_hub
 
 
@@ -149,15 +149,11 @@ def test_releasing_a_decommissioned_kiosks_write_needs_force(
     now = wall_ms()
     x, y = Kiosk(tmp_path, "x", hub, "X"), Kiosk(tmp_path, "y", hub, "Y")
     try:
-        wx, wy = Replica(x.store.node), Replica(y.store.node)
-        _, visited = visit(wx, now, "North", NAMES[0], YEARS[0], clinical=False)
-        rid = decode(visited[1]).record_id
-        Session(hub, x, now).push(visited)
-        wy.receive(visited[1], now)
-        Session(hub, y, now).push([wy.delete(rid, now + 1000)])
+        history = deleted_elsewhere(hub, x, y, now)
+        rid = decode(history[0]).record_id
         data = str(hub.data)
         assert haven_main(["hub", "decommission", "--data", data, x.device]) == 0
-        late = wx.put(rid, "checkin", now + 2000, {"status": "in-progress"})
+        late = late_edit(x, history)
         assert Session(hub, x, now).push([late]).get("quarantined") == [0]
         (held,) = hub.store.quarantined()
         capsys.readouterr()

@@ -93,15 +93,17 @@ def _passed(split: PageSplit | None, page: list[bytes]) -> list[bytes]:
 def packed(page: Callable[[int], tuple[list[bytes], int, bool]], max_bytes: int
            ) -> tuple[bytes, int, bool]:
     """``page(max_bytes)`` packed (``batches.pack``): (payload, cursor, more), with
-    ``max_bytes`` halved until the payload fits a message. Pages count the deltas' own
+    ``max_bytes`` cut until the payload fits a message. Pages count the deltas' own
     bytes, which deflate usually shrinks far below the message's limit, but not text
-    that does not compress; ``page`` must start from the same place each time."""
+    that does not compress: the page is cut again by the ratio deflate achieved, with a
+    tenth to spare. ``page`` must start from the same place each time."""
     while True:
         deltas, cursor, more = page(max_bytes)
         payload = batches.pack(deltas)
-        if len(payload) <= PAYLOAD_BYTES or len(deltas) <= 1:
+        if len(payload) <= PAYLOAD_BYTES or len(deltas) <= 1 or max_bytes == 1:
             return payload, cursor, more
-        max_bytes //= 2
+        fits = sum(map(len, deltas)) * PAYLOAD_BYTES * 9 // (len(payload) * 10)
+        max_bytes = max(1, min(max_bytes - 1, fits))
 
 
 def _fitting(group: list[bytes], max_bytes: int) -> list[bytes]:
