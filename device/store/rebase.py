@@ -56,14 +56,21 @@ def decoded(deltas: Iterable[bytes]) -> list[tuple[Delta, bytes]]:
     return out
 
 
-def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes, version: int = 2) -> None:
+def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes, version: int = 2,
+              db: sqlite_utils.Database | None = None) -> None:
     """``BadSnapshot`` unless the snapshot sums to ``hub_sum`` (``scope_checksum``, every
     head of each record; ``version`` 1: ``scope_checksum_v1``, from a hub before it) and
-    is causally closed: the hub keeps every delta, so every write a snapshot's write saw
-    on its record is in it too (the sum covers heads only; this catches an older one
-    left out)."""
+    is causally closed: the hub keeps every delta it took, so every write a snapshot's
+    write saw on its record is in it too (the sum covers heads only; this catches an
+    older one left out), but for a write this kiosk holds (in ``db``) that came
+    neither from the hub nor with its arrival number (a batch of a copy of this kiosk's,
+    held for review: a later write of this kiosk's saw it, and the hub took that one)."""
     dots = {(d.record_id, d.dot) for d, _ in items}
-    if any((d.record_id, c) not in dots for d, _ in items for c in d.ctx):
+    missing = {(d.record_id, c) for d, _ in items for c in d.ctx} - dots
+    if any(db is None or db.execute(
+            "SELECT 1 FROM ops WHERE rid = ? AND stamp = ? AND node = ?"
+            " AND arrived IS NULL", [rid, c.stamp, c.node]).fetchone() is None
+           for rid, c in missing):
         raise BadSnapshot("the hub's snapshot lacks writes that its records' writes saw: "
                           "nothing was changed")
     heads = heads_of((d.record_id, d.stamp, d.node, d.is_delete, d.ctx) for d, _ in items)

@@ -882,7 +882,7 @@ class Store:
         ``hub_sum`` (by ``scope_checksum``, or ``version`` 1: a hub before it, by
         ``scope_checksum_v1``) raises ``BadSnapshot`` and changes nothing."""
         items = hub_copy.decoded(deltas)
-        hub_copy.check_sum(items, hub_sum, version)
+        hub_copy.check_sum(items, hub_sum, version, self.reader)
         result: dict[str, Any] = self._bulk(
             lambda db: hub_copy.rebase(db, self.cipher, self.node, items, upto), items)
         return result
