@@ -338,7 +338,7 @@ def test_a_role_change_to_an_unknown_role_is_refused_and_changes_nothing(
         session.role.receive(messages.make("sync-pull", cursor=0), now + 3)
         assert session.role.close is not None and session.role.close[0] == "rescoped"
         assert haven_main(["hub", "status", "--data", str(hub.data)]) == 0
-        assert "door  acked 0" in capsys.readouterr().out
+        assert "door  acked cursor 0" in capsys.readouterr().out
         # a kiosk provisioned offline has its approval's role from its first sync
         serial, letter, node, _ = hub.store.reserve_approvals(
             "North", 1, now, now + DAY_MS, iter([7]), role="clinician", window_days=3)[0]

@@ -12,6 +12,7 @@ shows as ``sync_<state>``), ``haven-kiosk status`` is run as the command's ``mai
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import io
 import json
@@ -159,7 +160,8 @@ def kiosk_status(data: Path) -> tuple[str, str]:
     state = re.search(r"^status: (\S+)", text, re.M)
     last = re.search(r"last sync (\S+)", text)
     assert state and last, text
-    return state.group(1), last.group(1)
+    # printed in UTC with a Z; the staff screen's and sync.db's read +00:00
+    return state.group(1), datetime.datetime.fromisoformat(last.group(1)).isoformat()
 
 
 def wait_until(cond: Callable[[], object], bound: float, what: str) -> float:
