@@ -19,9 +19,10 @@ from device.store import collect as gc
 from device.store.covering import after, extends
 from protocol.crdt.delta import decode
 from protocol.crdt.ids import patient_id, verifier_record_id, year_verifier
-from protocol.crdt.record import RecordLog, canonical_json
+from protocol.crdt.record import RecordLog, RecordView, canonical_json
 from protocol.crdt.replica import Replica
-from protocol.sync.scope import Scope, scope_checksum
+from protocol.crdt.schema import CHECKIN, VERIFIER
+from protocol.sync.scope import Scope, heads_of, scope_checksum
 
 from .crdt_sim import T0
 from .test_store_merge import _fleet_log
@@ -175,6 +176,68 @@ def test_a_snapshot_that_does_not_match_its_sum_changes_nothing(store: Store) ->
     assert store.scope_checksum(FULL) != good  # it holds its own note besides
     store.rebase(notes, 300, good)  # synced now, and not in the hub's snapshot: it goes
     assert store.dump() == ref.dump() and store.scope_checksum(FULL) == good
+
+
+def checkin_at(hub: Replica, n: int, site: str, status: str = "arrived") -> bytes:
+    return hub.put(rid_of(n), "checkin", T0, {"status": status, "location": site,
+                                              "periodStart": f"{DAY}T08:00:00Z"})
+
+
+@pytest.mark.usefixtures("small_slices")
+def test_a_full_kiosk_turned_door_rebases_its_scope_only_and_collect_prunes_the_rest(
+        store: Store) -> None:
+    """The rebase's transaction rebuilds the door's records whose writes differ from the
+    snapshot's and drops those of the scope it lacks; every other record stays as it was
+    (to the collector), outside the sum; then collect prunes them in slices. The
+    kiosk's unsynced writes are kept throughout."""
+    hub = Replica(HUB)
+    fleet = store.fleet_key
+    pid = patient_id(fleet, "P7654321").bytes
+    notes = [hub.put(rid_of(100 + i), "note", T0, {"text": f"n{i}"}) for i in range(40)]
+    south = checkin_at(hub, 1, "South")
+    same = hub.put(verifier_record_id(fleet, SITE, pid), "verifier", T0, {
+        "subject": str(uuid.UUID(bytes=pid)), "site": SITE,
+        "birthYear": year_verifier(fleet, SITE, pid, "1980")})
+    changed = checkin_at(hub, 2, SITE)
+    lacked = checkin_at(hub, 3, SITE)  # the hub's moved it out since: no longer sent
+    store.merge([*notes, south, same, changed, lacked], now_ms=T0 + 9, cursor=10)
+    mine = store.checkin(passport="P1234567", birth_year=1980, now_ms=T0 + 20)
+    unsent = store.put("note", values={"text": "unsent"}, now_ms=T0 + 21)
+    out = {v.record_id: v for v in store.views() if v.type not in (CHECKIN.number,
+                                                                  VERIFIER.number)}
+    out[rid_of(1)] = _must(store.view(str(uuid.UUID(bytes=rid_of(1)))))
+    snapshot = [same, changed, hub.put(rid_of(2), "checkin", T0 + 30, {"status": "fulfilled"}),
+                checkin_at(hub, 4, SITE)]
+    heads = heads_of((d.record_id, d.stamp, d.node, d.is_delete, d.ctx)
+                     for d in map(decode, snapshot))
+    result = store.rebase(snapshot, 100, scope_checksum(heads), scope=DOOR)
+    assert result == {"dropped": 1, "rebuilt": 2, "kept": 1}  # nothing out of scope
+    assert {v.record_id: v for v in store.views() if v.record_id in out} == out
+    assert store.view(str(uuid.UUID(bytes=rid_of(3)))) is None
+    assert store.reader.execute("SELECT seen_at FROM records WHERE rid = ?",
+                                [decode(same).record_id]).fetchone()[0] == 10  # untouched
+    assert store.view(mine.record_id) is not None and store.view(unsent) is not None
+    synced(store, 200)
+    own = _must(store.view(mine.record_id))
+    assert store.scope_checksum(DOOR) == scope_checksum(
+        [*heads, *((own.record_id, d.stamp, d.node, False) for d in own.heads)])
+    unsent = store.put("note", values={"text": "unsent after"}, now_ms=T0 + 40)
+    slices = 0
+    for _ in range(200):
+        report = store.collect(DOOR, stable=0, budget_s=0)
+        slices += report.slices
+        assert store.view(unsent) is not None and store.view(mine.record_id) is not None
+        if report.done:
+            break
+    assert report.done and slices > 5
+    held = {v.record_id for v in store.views()}
+    assert held == {decode(d).record_id for d in snapshot} | {
+        uuid.UUID(mine.record_id).bytes, uuid.UUID(unsent).bytes}
+
+
+def _must(view: RecordView | None) -> RecordView:
+    assert view is not None
+    return view
 
 
 def test_gc_drops_only_stable_rows_and_never_an_unsynced_write(store: Store) -> None:

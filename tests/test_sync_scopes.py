@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device import enrol
 from device.cli import main as kiosk_main
 from device.store import Store, init_store
+from device.store import collect as gc
 from device.store.collect import CollectReport
 from device.store.materialise import heads_blob
 from device.sync.collect import Collector
@@ -588,26 +589,54 @@ def test_a_stable_point_the_kiosks_hub_did_not_sign_is_refused_and_prunes_nothin
 
 
 def test_a_kiosk_given_the_door_role_rebases_to_it_keeping_what_it_has_not_sent(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebase changes only the door's scope: what the full kiosk held besides stays
+    through it (and does not count in the next hello's sum, which agrees), and the
+    collector then prunes it a slice at a time, never an unsynced write."""
     with two_kiosks(tmp_path) as (hub, url, k, other):
         passport, name, born = PATIENTS[0]
         pid = other.store.checkin(passport=passport).patient_id
         other.store.put("patient", pid, values={"name": name, "birthDate": born})
-        note = other.store.put("note", values={"subject": pid, "text": name})
+        notes = [other.store.put("note", values={"subject": pid, "text": f"{name} {i}"})
+                 for i in range(30)]
         other.sync(url)
         k.sync(url)
-        assert k.store.view(note) is not None  # a full kiosk holds every record
+        assert all(k.store.view(n) is not None for n in notes)  # a full kiosk holds all
+        held = {v.record_id: v for v in k.store.views()}
         hub.set_role(k.device, "door")
         # Queued when the round starts: in flight while the snapshot is taken.
         queued = k.store.checkin(passport=passport, birth_year=int(born[:4]))
         assert k.sync(url).rebased > 0
         assert k.state.scope is not None and k.state.scope.role == "door"
         assert not k.state.rebase_owed
-        assert k.store.view(note) is None and k.store.view(queued.record_id) is not None
-        assert name not in text_of(received(k, {uuid.UUID(queued.record_id).bytes}))
+        assert k.store.view(queued.record_id) is not None
+        # Out of the door's scope: left to the collector, untouched by the rebase.
+        assert all(k.store.view(str(uuid.UUID(bytes=rid))) == v for rid, v in held.items())
         other.sync(url)
         assert other.store.view(queued.record_id) is not None
+        assert k.store.scope_checksum(k.state.scope) is not None  # the hello carries it
         assert k.sync(url).rebased == 0  # rebased once, then in step
+        unsent = k.store.put("note", values={"text": "not sent yet"})
+        monkeypatch.setattr(gc, "SLICE_RECORDS", 4)
+        monkeypatch.setattr(gc, "SLICE_S", 0.0)
+        monkeypatch.setattr(gc, "BUSY_SLICE_S", 0.0)
+        stable = k.state.stable
+        assert stable is not None
+        slices = 0
+        for _ in range(200):
+            report = k.store.collect(k.state.scope, stable, budget_s=0)
+            slices += report.slices
+            assert k.store.view(unsent) is not None and k.store.view(queued.record_id)
+            if report.done:
+                break
+        assert report.done and slices > 5
+        assert all(k.store.view(n) is None for n in notes)
+        assert name not in text_of(received(k, {uuid.UUID(queued.record_id).bytes,
+                                                uuid.UUID(unsent).bytes}))
+        k.sync(url)
+        other.sync(url)
+        assert other.store.view(unsent) is not None
+        assert k.sync(url).rebased == 0
 
 
 def test_a_decommissioned_kiosk_is_told_and_cannot_enrol_again(

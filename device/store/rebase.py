@@ -13,12 +13,19 @@ whole again.
 A whole-scope snapshot (``rebase``: the kiosk's checksum disagreed with the
 hub's, its role changed, or it fell too far behind) is first checked against
 the checksum the hub sent with it; a snapshot that does not match changes
-nothing (``BadSnapshot``). Then, in one transaction, every record without an
-unsent write of this kiosk's own goes, and every record of the snapshot is
-rebuilt as above. A record the snapshot lacks but this kiosk wrote and has
-not sent stays as it is (it is the kiosk's to send). The kiosk's audit chain
-is never dropped: it is read from the store (``device.audit``) and is in no
-scope.
+nothing (``BadSnapshot``). Then, in one transaction, only what disagrees with
+it within the scope changes: a record of the snapshot is rebuilt as above
+unless it holds exactly the hub's writes already, with the same heads (one
+with an unsent write of this kiosk's own always is), and a record of the
+scope the snapshot lacks goes. A record the snapshot lacks but this kiosk
+wrote and has not sent stays as it is (it is the kiosk's to send). Records
+out of the scope are left as they are, to the garbage collector
+(``collect``), which prunes them in short slices: a full kiosk turned door
+would otherwise drop nearly all it holds in this one transaction (seconds
+to minutes, with a WAL as large, while check-ins wait). They do not count
+in the scope's checksum (``scope_state.held_heads``), so the next hello's
+sum agrees with the hub's all the same. The kiosk's audit chain is never
+dropped: it is read from the store (``device.audit``) and is in no scope.
 """
 
 from __future__ import annotations
@@ -28,14 +35,15 @@ from typing import Any
 
 import sqlite_utils
 
-from device.store import seen
+from device.store import seen, shed
 from device.store.exc import BadSnapshot
 from device.store.keys import FieldCipher
 from device.store.materialise import insert_bodies, refresh
+from device.store.scope_state import ScopeReader, record_heads
 from protocol.crdt.delta import Delta, decode
 from protocol.errors import RemoteProtocolError
 from protocol.sync import audit as sync_audit
-from protocol.sync.scope import heads_of, scope_checksum, scope_checksum_v1
+from protocol.sync.scope import Scope, heads_of, scope_checksum, scope_checksum_v1
 
 #: The rows of a record, in every table that has them by record id.
 RECORD_TABLES = ("records", "field_values", "conflicts", "ops")
@@ -126,14 +134,41 @@ def replace(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,
     return done
 
 
+def holds_hubs(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes,
+               hub: list[tuple[Delta, bytes]]) -> bool:
+    """Whether record ``rid`` (with no unsent write of this kiosk's own) holds exactly the
+    hub's writes ``hub``, with their heads, and is not stale: a rebuild would give the
+    rows it has, and it sums as the snapshot does."""
+    row = db.execute("SELECT type, deleted, n_conflicts, has_delete, heads, extra, stale,"
+                     " seen FROM records WHERE rid = ?", [rid]).fetchone()
+    if row is None or row[6]:
+        return False
+    held = {(d.stamp, d.node) for d in seen.dots(row[7])}
+    held.update(db.execute("SELECT stamp, node FROM ops WHERE rid = ?", [rid]).fetchall())
+    if held != {(d.stamp, d.node) for d, _ in hub}:
+        return False
+    return sorted(record_heads(db, cipher, rid, *row[:6])) == sorted(
+        heads_of((rid, d.stamp, d.node, d.is_delete, d.ctx) for d, _ in hub))
+
+
 def rebase(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,
-           items: list[tuple[Delta, bytes]], upto: int) -> dict[str, Any]:
-    """The scope rebuilt from a checked snapshot (in the caller's transaction)."""
+           items: list[tuple[Delta, bytes]], upto: int, scope: Scope | None = None
+           ) -> dict[str, Any]:
+    """The scope rebuilt from a checked snapshot (in the caller's transaction): records
+    of the snapshot that hold other writes than the hub's rebuilt, records of ``scope``
+    (None: every record) it lacks dropped, records out of ``scope`` left as they are."""
     groups = by_record(items)
     unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
-    gone = [rid for (rid,) in db.execute("SELECT rid FROM records").fetchall()
-            if rid not in groups and rid not in unsent and not sync_audit.is_audit_id(rid)]
+    differ = [rid for rid, hub in groups.items()
+              if rid in unsent or not holds_hubs(db, cipher, rid, hub)]
+    for rid in differ:
+        rebuild(db, cipher, own_node, rid, groups[rid], upto)
+    # After the rebuild: a clinician's patients are those of its check-ins as rebuilt.
+    reader = None if scope is None else ScopeReader(db, cipher, scope)
+    never = shed.never_held(scope) if scope is not None else ()
+    skip = f" WHERE type NOT IN ({','.join(map(str, never))})" if never else ""
+    gone = [rid for rid, rtype in db.execute(f"SELECT rid, type FROM records{skip}").fetchall()
+            if rid not in groups and rid not in unsent and not sync_audit.is_audit_id(rid)
+            and (reader is None or reader.holds(rid, rtype))]
     drop(db, gone)
-    for rid, hub in groups.items():
-        rebuild(db, cipher, own_node, rid, hub, upto)
-    return {"dropped": len(gone), "rebuilt": len(groups)}
+    return {"dropped": len(gone), "rebuilt": len(differ), "kept": len(groups) - len(differ)}

@@ -79,17 +79,23 @@ class ScopeReader:
 def held_heads(db: sqlite_utils.Database, cipher: FieldCipher, reader: ScopeReader
                ) -> Iterator[Head]:
     """(rid, stamp, node, is_delete) of every head of each held record in scope."""
-    for rid, rtype, deleted, n_conf, has_delete, heads, extra in db.execute(
-            "SELECT rid, type, deleted, n_conflicts, has_delete, heads, extra"
-            " FROM records").fetchall():
-        dots = parse_heads(heads)
-        if deleted:  # left out of the sum: no facts needed
-            yield from ((rid, d.stamp, d.node, True) for d in dots)
-            continue
-        if not reader.holds(rid, rtype):
-            continue
-        deletes: set[Dot] = set()
-        if has_delete and n_conf:
-            view = read_view(db, cipher, rid, rtype, False, heads, extra)
-            deletes = {v.dot for c in view.conflicts for v in c.versions if v.deleted}
-        yield from ((rid, d.stamp, d.node, d in deletes) for d in dots)
+    for row in db.execute("SELECT rid, type, deleted, n_conflicts, has_delete, heads, extra"
+                          " FROM records").fetchall():
+        # A deleted record is left out of the sum: no facts needed.
+        if row[2] or reader.holds(row[0], row[1]):
+            yield from record_heads(db, cipher, *row)
+
+
+def record_heads(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes, rtype: int,
+                 deleted: int, n_conf: int, has_delete: int, heads: bytes, extra: Any
+                 ) -> list[Head]:
+    """(rid, stamp, node, is_delete) of every head of one record as held (its
+    ``records`` row)."""
+    dots = parse_heads(heads)
+    deletes: set[Dot] = set()
+    if deleted:
+        deletes = dots
+    elif has_delete and n_conf:
+        view = read_view(db, cipher, rid, rtype, False, heads, extra)
+        deletes = {v.dot for c in view.conflicts for v in c.versions if v.deleted}
+    return [(rid, d.stamp, d.node, d in deletes) for d in dots]

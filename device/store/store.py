@@ -875,16 +875,17 @@ class Store:
         return int(self._bulk(lambda db: hub_copy.replace(
             db, self.cipher, self.node, items, wanted, cursor), items))
 
-    def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes, version: int = 2
-               ) -> dict[str, Any]:
-        """Rebuild the scope from the hub's snapshot cut at ``upto``, keeping every
-        unsent write of this kiosk's own (``rebase``). A snapshot that does not match
+    def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes, version: int = 2,
+               *, scope: Scope | None = None) -> dict[str, Any]:
+        """Rebuild ``scope`` (None: all the store holds) from the hub's snapshot of it cut
+        at ``upto``, keeping every unsent write of this kiosk's own and leaving records
+        out of ``scope`` to ``collect`` (``rebase``). A snapshot that does not match
         ``hub_sum`` (by ``scope_checksum``, or ``version`` 1: a hub before it, by
         ``scope_checksum_v1``) raises ``BadSnapshot`` and changes nothing."""
         items = hub_copy.decoded(deltas)
         hub_copy.check_sum(items, hub_sum, version, self.reader)
         result: dict[str, Any] = self._bulk(
-            lambda db: hub_copy.rebase(db, self.cipher, self.node, items, upto), items)
+            lambda db: hub_copy.rebase(db, self.cipher, self.node, items, upto, scope), items)
         return result
 
     def scope_checksum(self, scope: Scope) -> bytes | None:

@@ -240,7 +240,7 @@ class KioskLedger:
     def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
                ) -> None:
         try:
-            self.store.rebase(deltas, upto, hub_sum, version)
+            self.store.rebase(deltas, upto, hub_sum, version, scope=self.state.scope)
         except BadSnapshot as exc:
             raise SnapshotRefused(f"the hub's snapshot of this kiosk's scope was refused, "
                                   f"nothing changed: {exc}") from None
