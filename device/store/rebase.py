@@ -31,6 +31,7 @@ dropped: it is read from the store (``device.audit``) and is in no scope.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
@@ -151,24 +152,49 @@ def holds_hubs(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes,
         heads_of((rid, d.stamp, d.node, d.is_delete, d.ctx) for d, _ in hub))
 
 
+@dataclass(frozen=True)
+class Held:
+    """The records of a scope held (by their facts), and a clinician's patients."""
+    rids: frozenset[bytes]
+    patients: frozenset[bytes]
+
+
+def held_in(db: sqlite_utils.Database, cipher: FieldCipher, scope: Scope) -> Held:
+    """The records of ``scope`` held: read before the rebase's transaction, off the
+    writer (the facts of every check-in are opened: seconds on a kiosk that held all)."""
+    reader = ScopeReader(db, cipher, scope)
+    return Held(frozenset(rid for rid, rtype in _typed(db, scope) if reader.holds(rid, rtype)),
+                frozenset(reader.patients()))
+
+
+def _typed(db: sqlite_utils.Database, scope: Scope | None) -> list[tuple[bytes, int]]:
+    """(rid, type) of the records of the types ``scope`` may hold (None: all)."""
+    never = shed.never_held(scope) if scope is not None else ()
+    skip = f" WHERE type NOT IN ({','.join(map(str, never))})" if never else ""
+    return db.execute(f"SELECT rid, type FROM records{skip}").fetchall()
+
+
 def rebase(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,
-           items: list[tuple[Delta, bytes]], upto: int, scope: Scope | None = None
-           ) -> dict[str, Any]:
+           items: list[tuple[Delta, bytes]], upto: int, scope: Scope | None = None,
+           held: Held | None = None) -> dict[str, Any]:
     """The scope rebuilt from a checked snapshot (in the caller's transaction): records
     of the snapshot that hold other writes than the hub's rebuilt, records of ``scope``
-    (None: every record) it lacks dropped, records out of ``scope`` left as they are."""
+    (None: every record) it lacks dropped, records out of ``scope`` left as they are.
+    ``held``: ``held_in`` read before the transaction (None: read now); a record that
+    entered the scope since (by a write of this kiosk's own) is left as it is, and one
+    that may have left it is looked at again."""
     groups = by_record(items)
     unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
     differ = [rid for rid, hub in groups.items()
               if rid in unsent or not holds_hubs(db, cipher, rid, hub)]
     for rid in differ:
         rebuild(db, cipher, own_node, rid, groups[rid], upto)
-    # After the rebuild: a clinician's patients are those of its check-ins as rebuilt.
-    reader = None if scope is None else ScopeReader(db, cipher, scope)
-    never = shed.never_held(scope) if scope is not None else ()
-    skip = f" WHERE type NOT IN ({','.join(map(str, never))})" if never else ""
-    gone = [rid for rid, rtype in db.execute(f"SELECT rid, type FROM records{skip}").fetchall()
+    reader, in_scope = None, frozenset[bytes]()
+    if scope is not None:
+        held = held or held_in(db, cipher, scope)
+        reader, in_scope = ScopeReader(db, cipher, scope, set(held.patients)), held.rids
+    gone = [rid for rid, rtype in _typed(db, scope)
             if rid not in groups and rid not in unsent and not sync_audit.is_audit_id(rid)
-            and (reader is None or reader.holds(rid, rtype))]
+            and (reader is None or (rid in in_scope and reader.holds(rid, rtype)))]
     drop(db, gone)
     return {"dropped": len(gone), "rebuilt": len(differ), "kept": len(groups) - len(differ)}

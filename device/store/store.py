@@ -884,8 +884,9 @@ class Store:
         ``scope_checksum_v1``) raises ``BadSnapshot`` and changes nothing."""
         items = hub_copy.decoded(deltas)
         hub_copy.check_sum(items, hub_sum, version, self.reader)
-        result: dict[str, Any] = self._bulk(
-            lambda db: hub_copy.rebase(db, self.cipher, self.node, items, upto, scope), items)
+        held = None if scope is None else hub_copy.held_in(self.reader, self.cipher, scope)
+        result: dict[str, Any] = self._bulk(lambda db: hub_copy.rebase(
+            db, self.cipher, self.node, items, upto, scope, held), items)
         return result
 
     def scope_checksum(self, scope: Scope) -> bytes | None:
