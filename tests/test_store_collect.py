@@ -178,9 +178,9 @@ def test_a_snapshot_that_does_not_match_its_sum_changes_nothing(store: Store) ->
     assert store.dump() == ref.dump() and store.scope_checksum(FULL) == good
 
 
-def checkin_at(hub: Replica, n: int, site: str, status: str = "arrived") -> bytes:
-    return hub.put(rid_of(n), "checkin", T0, {"status": status, "location": site,
-                                              "periodStart": f"{DAY}T08:00:00Z"})
+def checkin_at(hub: Replica, n: int, site: str, day: str = DAY, **values: str) -> bytes:
+    return hub.put(rid_of(n), "checkin", T0, {"status": "arrived", "location": site,
+                                              "periodStart": f"{day}T08:00:00Z", **values})
 
 
 @pytest.mark.usefixtures("small_slices")
@@ -233,6 +233,31 @@ def test_a_full_kiosk_turned_door_rebases_its_scope_only_and_collect_prunes_the_
     held = {v.record_id for v in store.views()}
     assert held == {decode(d).record_id for d in snapshot} | {
         uuid.UUID(mine.record_id).bytes, uuid.UUID(unsent).bytes}
+
+
+def test_a_clinicians_rebase_drops_its_patients_records_the_snapshot_lacks_only(
+        store: Store) -> None:
+    """A clinician's scope by its check-ins' patients: a record of a patient of the
+    window the snapshot lacks goes; another patient's stay for the collector."""
+    hub = Replica(HUB)
+    ours, theirs = rid_of(7), rid_of(8)
+    visit = checkin_at(hub, 1, SITE, subject=str(uuid.UUID(bytes=ours)))
+    old = checkin_at(hub, 2, SITE, "2000-01-01", subject=str(uuid.UUID(bytes=theirs)))
+    patients = [hub.put(p, "patient", T0, {"name": n}) for p, n in ((ours, "A"), (theirs, "B"))]
+    lacked = hub.put(rid_of(9), "note", T0, {"subject": str(uuid.UUID(bytes=ours))})
+    kept = hub.put(rid_of(10), "note", T0, {"subject": str(uuid.UUID(bytes=theirs))})
+    store.merge([visit, old, *patients, lacked, kept], now_ms=T0 + 9, cursor=10)
+    snapshot = [visit, patients[0]]
+    heads = heads_of((d.record_id, d.stamp, d.node, d.is_delete, d.ctx)
+                     for d in map(decode, snapshot))
+    clinician = Scope("clinician", SITE, DAY)
+    result = store.rebase(snapshot, 100, scope_checksum(heads), scope=clinician)
+    assert result == {"dropped": 1, "rebuilt": 0, "kept": 2}
+    assert {v.record_id for v in store.views()} == {rid_of(1), rid_of(2), ours, theirs,
+                                                    rid_of(10)}
+    assert store.scope_checksum(clinician) == scope_checksum(heads)
+    assert store.collect(clinician, stable=0).pruned == 3
+    assert {v.record_id for v in store.views()} == {rid_of(1), ours}
 
 
 def _must(view: RecordView | None) -> RecordView:
