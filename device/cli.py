@@ -454,7 +454,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                  "kiosk\")" if st["held_from_batch"] else "(its batches are on the hub's chain)"))
     print("scope: " + (describe_scope(scope) if scope is not None
                        else "not named yet (the hub names it at the next sync)"))
-    print(f"stable point: {_stable_line(st['stable_point'], st['stable_point_reached_hub_by'])}"
+    print(f"stable point: {_stable_line(st['stable_point'])}"
           f"  last GC: {_gc_line(st['last_gc'])}")
     lanes = st["outbox"]["lanes"]
     print("outbox:" + ("" if lanes else " empty"))
@@ -481,11 +481,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stable_line(cursor: int | None, by: str | None) -> str:
-    """The stable point, with the hub's time it stands for (``by``): a cursor is an
-    arrival number, at least the hub's clock in microseconds when the delta arrived."""
+def _stable_line(cursor: int | None) -> str:
+    """The stable point, with the hub's time it stands for: a cursor is an arrival
+    number, at least the hub's clock in microseconds when the delta arrived."""
+    from protocol.driver.wall_clock import cursor_text
+
     if cursor is None:
         return "none yet"
+    by = cursor_text(cursor)
     return f"cursor {cursor}" + (f" (every replica holds what reached the hub by {by})"
                                  if by else "")
 

@@ -680,7 +680,7 @@ def test_a_decommissioned_kiosk_is_told_and_cannot_enrol_again(
 def test_the_status_tells_the_stable_points_time() -> None:
     from device.cli import _stable_line
 
-    assert _stable_line(None) == "none yet" and _stable_line(0) == "0"
+    assert _stable_line(None) == "none yet" and _stable_line(0) == "cursor 0"
     assert _stable_line(1_796_450_007_497_071) == (
-        "1796450007497071 (every replica holds what reached the hub by 2026-12-05 "
-        "05:53:27 UTC)")
+        "cursor 1796450007497071 (every replica holds what reached the hub by "
+        "2026-12-05T05:53:27Z)")
