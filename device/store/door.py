@@ -16,17 +16,17 @@ from typing import Any
 
 import sqlite_utils
 
+from device.store.fleet import FleetKey
 from device.store.keys import FieldCipher
 from protocol import strict_cbor
-from protocol.crdt.ids import verifier_record_id, year_verifier
 from protocol.crdt.schema import VERIFIER
 
 BIRTH_YEAR = VERIFIER.field("birthYear").number
 
 
-def verifier_verdict(db: sqlite_utils.Database, cipher: FieldCipher, fleet_key: bytes,
+def verifier_verdict(db: sqlite_utils.Database, cipher: FieldCipher, fleet: FleetKey,
                      site: str, pid: bytes, claim: Mapping[str, Any]) -> str | None:
-    vid = verifier_record_id(fleet_key, site, pid)
+    vid = fleet.verifier_record_id(site, pid)
     row = db.execute(
         "SELECT f.stamp, f.node, f.sealed FROM records r JOIN field_values f USING (rid)"
         " WHERE r.rid = ? AND r.deleted = 0 AND r.type = ? AND f.field = ?",
@@ -37,5 +37,5 @@ def verifier_verdict(db: sqlite_utils.Database, cipher: FieldCipher, fleet_key: 
     year = claim.get("birthDate")
     if not isinstance(held, str) or not isinstance(year, str):
         return "unknown"
-    typed = year_verifier(fleet_key, site, pid, year[:4])
+    typed = fleet.year_verifier(site, pid, year[:4])
     return "match" if hmac.compare_digest(typed, held) else "mismatch"

@@ -52,8 +52,9 @@ from device.store.collect import CollectReport
 from device.store.db import connect
 from device.store.door import verifier_verdict
 from device.store.exc import BadRequest, KeyMismatch, NotInitialised, StorageFull, StoreError
+from device.store.fleet import FleetKeeper, FleetKeyFile, FleetSecret
 from device.store.inbox import MergeReport
-from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider, read_key
+from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider
 from device.store.materialise import (
     insert_op,
     load_log,
@@ -70,17 +71,10 @@ from protocol.crdt import schema as crdt_schema
 from protocol.crdt import short_code
 from protocol.crdt.clock import HLC, Dot, VersionVector
 from protocol.crdt.delta import Delta, decode, encode
-from protocol.crdt.ids import (
-    code_patient_id,
-    normalise_passport,
-    patient_id,
-    random_id,
-    time_ordered_id,
-)
+from protocol.crdt.ids import normalise_passport, random_id, time_ordered_id
 from protocol.crdt.record import RecordView, canonical_json
 from protocol.crdt.writes import build_delete, build_put, build_resolve
 from protocol.driver.database import immediate
-from protocol.driver.secret_files import write_secret
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import LocalProtocolError, ProtocolError
 from protocol.sync import audit as sync_audit
@@ -103,6 +97,9 @@ LOCAL_WEIGHT = 16
 
 NEXT_QUEUE_NUMBER = ("INSERT INTO queue_numbers VALUES (?, 1) ON CONFLICT (day) DO UPDATE"
                      " SET last = last + 1 RETURNING last")
+#: A day's counter moved past a number handed out elsewhere (while locked: ``pending``).
+RAISE_QUEUE_NUMBER = ("INSERT INTO queue_numbers VALUES (?, ?) ON CONFLICT (day) DO UPDATE"
+                      " SET last = MAX(last, excluded.last)")
 RECORD_ROWS = ("SELECT rid, type, n_conflicts, has_delete, heads FROM records"
                " WHERE rid IN (?, ?)")
 
@@ -169,14 +166,10 @@ def claim_verdict(fields: Mapping[int, Any], claim: Mapping[str, Any]) -> str:
     return "match"
 
 
-def fingerprint(key: bytes) -> bytes:
-    """What the store remembers of the fleet key: enough to notice a different one."""
-    return patient_id(key, "FINGERPRINT0").bytes
-
-
 class Store:
     def __init__(self, data: Path, key_provider: KeyProvider | None = None, *,
-                 create: bool = False, clock: Callable[[], int] = wall_ms) -> None:
+                 fleet: FleetKeeper | None = None, create: bool = False,
+                 clock: Callable[[], int] = wall_ms) -> None:
         self.data = Path(data)
         #: Milliseconds since 1970. The sync engine passes the hub's time here when it
         #: has it: a Pi has no battery clock, and stamps and the "too far ahead"
@@ -187,7 +180,10 @@ class Store:
             raise NotInitialised(f"no kiosk store in {self.data}; run: haven-kiosk init")
         provider = key_provider or KeyFile(self.data / STORE_KEY)
         self.cipher = FieldCipher(provider.key())
-        self.fleet_key = read_key(self.data / FLEET_KEY, "fleet key file", None)
+        #: Where the fleet key is kept (``device.store.fleet``), and the key: every id
+        #: derived from it goes through ``self.fleet``.
+        self.fleet_keeper = fleet or FleetKeyFile(self.data / FLEET_KEY)
+        self.fleet = self.fleet_keeper.load()
         self.hlc = HLC()
         self.rng = random.Random()
         self._letter_site: tuple[str, str] | None = None
@@ -208,6 +204,13 @@ class Store:
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
 
+    @property
+    def fleet_key(self) -> bytes:
+        """The fleet key's bytes, for a kiosk that holds them in memory (not a TPM's)."""
+        if not isinstance(self.fleet, FleetSecret):
+            raise StoreError("this kiosk's fleet key is not held in memory", "key-held")
+        return self.fleet.secret
+
     def _open_writer(self) -> sqlite_utils.Database:
         db = connect(self.path, migrate=True)
         db.execute("PRAGMA wal_autocheckpoint = 0")  # see after_commit
@@ -215,7 +218,7 @@ class Store:
             if db.execute("SELECT value FROM meta WHERE key = 'node'").fetchone() is None:
                 node = int.from_bytes(os.urandom(4), "big") | 1
                 db.execute("INSERT INTO meta VALUES ('node', ?)", [str(node)])
-                db.execute("INSERT INTO meta VALUES ('fleet', ?)", [fingerprint(self.fleet_key)])
+                db.execute("INSERT INTO meta VALUES ('fleet', ?)", [self.fleet.fingerprint()])
         self.hlc = HLC(recover_clock(db))
         return db
 
@@ -263,7 +266,8 @@ class Store:
         exists (patient ids are derived from it), or while the kiosk awaits its fleet
         key (``await_fleet_key``: no id it made since depends on a key)."""
         def job(db: sqlite_utils.Database) -> None:
-            if fleet_key is not None and fleet_key != self.fleet_key:
+            if (fleet_key is not None
+                    and FleetSecret(fleet_key).fingerprint() != self.fleet.fingerprint()):
                 pending = db.execute(GET_META, [FLEET_PENDING]).fetchone() is not None
                 patients = db.execute("SELECT COUNT(*) FROM records WHERE type = ?",
                                       [crdt_schema.PATIENT.number]).fetchone()[0]
@@ -271,11 +275,13 @@ class Store:
                     raise KeyMismatch(
                         f"this kiosk already holds {patients} patients under another fleet"
                         " key; a different key would give the same people new ids")
-                (self.data / FLEET_KEY).unlink()
-                write_secret(self.data / FLEET_KEY, fleet_key)
-                self.fleet_key = fleet_key
-                db.execute(SET_META, ["fleet", fingerprint(fleet_key)])
+            if fleet_key is None and self.fleet.site not in (None, site):
+                raise KeyMismatch(
+                    f"this kiosk's fleet key is held for site {self.fleet.site!r}: a new "
+                    "site needs the fleet key again (haven-kiosk init --fleet-key FILE)")
             if fleet_key is not None:
+                self.fleet = self.fleet_keeper.install(fleet_key, site)
+                db.execute(SET_META, ["fleet", self.fleet.fingerprint()])
                 db.execute("DELETE FROM meta WHERE key = ?", [FLEET_PENDING])
             db.execute(SET_META, ["site", site])
             db.execute(SET_META, ["letter", letter])
@@ -578,7 +584,9 @@ class Store:
 
     def checkin(self, *, name: str | None = None, passport: str | None = None,
                 code: str | None = None, birth_year: int | None = None,
-                reason: str | None = None, now_ms: int | None = None) -> CheckinResult:
+                reason: str | None = None, now_ms: int | None = None,
+                checkin_id: bytes | None = None,
+                queue_number: str | None = None) -> CheckinResult:
         """Record a check-in; returns after the commit.
 
         What the patient typed is a claim kept on the check-in (``claimName``,
@@ -595,7 +603,12 @@ class Store:
         certificate predates kiosk numbers, and no hub has told it since) gives a
         random id and no code. So does a kiosk awaiting its fleet key
         (``await_fleet_key``), which records a passport's or a code's check-in under a
-        provisional subject, the passport or code sealed to the hub (``unknown``)."""
+        provisional subject, the passport or code sealed to the hub (``unknown``).
+
+        A check-in taken while the store was locked (``pending``) comes with the id and
+        the queue number it was given then (``checkin_id``, ``queue_number``): the id is
+        refused if the store holds it (``duplicate-checkin``), and the day's counter
+        moves past the number."""
         now = self.clock() if now_ms is None else now_ms
         if passport is None and code is None and not name:
             raise BadRequest("a patient without documents needs a name", "bad-name")
@@ -609,7 +622,9 @@ class Store:
             claim["name"] = name
         if birth_year is not None:
             claim["birthDate"] = f"{birth_year:04d}"
-        cid = time_ordered_id(now, os.urandom(10))
+        cid = (time_ordered_id(now, os.urandom(10)) if checkin_id is None
+               else uuid.UUID(bytes=checkin_id))
+        taken = _queue_count(queue_number) if queue_number is not None else None
         local = time.localtime(now / 1000)
         day = time.strftime("%Y-%m-%d", local)
         started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000)) + "Z"
@@ -617,19 +632,25 @@ class Store:
         def fn(db: sqlite_utils.Database) -> CheckinResult:
             conn = db.conn
             letter, site = self._identity(db)
-            n = conn.execute(NEXT_QUEUE_NUMBER, [day]).fetchone()[0]
-            number = f"{letter}-{n:03d}"
+            if taken is None:
+                n = conn.execute(NEXT_QUEUE_NUMBER, [day]).fetchone()[0]
+                number = f"{letter}-{n:03d}"
+            else:
+                conn.execute(RAISE_QUEUE_NUMBER, [day, taken])
+                number = str(queue_number)
             pending = conn.execute(GET_META, [FLEET_PENDING]).fetchone()
             sealed = (None if gave is None or pending is None
                       else seal_identity(cid.bytes, *gave, bytes.fromhex(pending[0])))
             known = (None if gave is None or sealed is not None
-                     else patient_id(self.fleet_key, gave[1]) if gave[0] == "passport"
-                     else code_patient_id(self.fleet_key, gave[1]))
+                     else self.fleet.patient_id(gave[1]) if gave[0] == "passport"
+                     else self.fleet.code_patient_id(gave[1]))
             given = None if gave is not None or pending is not None else self._next_code(conn)
             pid = (known if known is not None
-                   else code_patient_id(self.fleet_key, given) if given
+                   else self.fleet.code_patient_id(given) if given
                    else random_id(os.urandom(16)))
             rows = {row[0]: row[1:] for row in conn.execute(RECORD_ROWS, [pid.bytes, cid.bytes])}
+            if cid.bytes in rows:
+                raise BadRequest(f"check-in {cid} is held already", "duplicate-checkin")
             prow = rows.get(pid.bytes)
             writes: list[Write] = []
             if sealed is not None:
@@ -644,7 +665,7 @@ class Store:
                 identity = (claim_verdict(current.fields, claim)
                             if current is not None and not current.deleted else "unknown")
                 if identity == "unknown":  # a door kiosk's: the patient's verifier says
-                    identity = verifier_verdict(db, self.cipher, self.fleet_key, site,
+                    identity = verifier_verdict(db, self.cipher, self.fleet, site,
                                                 pid.bytes, claim) or "unknown"
                 if prow is None:  # the record exists from here on, with no field written
                     writes.append((pid.bytes, lambda view, stamp: build_put(
@@ -668,6 +689,11 @@ class Store:
 
         result: CheckinResult = self._run(fn)
         return result
+
+    def raise_queue_numbers(self, last: Mapping[str, int]) -> None:
+        """Move each day's queue counter past ``last[day]`` (numbers given while the store
+        was locked: ``pending``), so none is handed out again; durable before it returns."""
+        self._run(lambda db: db.conn.executemany(RAISE_QUEUE_NUMBER, list(last.items())))
 
     def _next_code(self, conn: sqlite3.Connection) -> str | None:
         """The kiosk's next short patient code, inside the caller's transaction; None
@@ -1064,6 +1090,14 @@ def _as_node(delta: Delta, node: int) -> Build:
 
 def _audit_put(rid: bytes, node: int, values: Mapping[str, Any]) -> Build:
     return lambda view, stamp: build_put(view, rid, crdt_schema.AUDIT, node, stamp, values)
+
+
+def _queue_count(number: str) -> int:
+    """The day's count in a queue number (``A-007``, ``A2-013``: 7, 13)."""
+    _, _, count = number.rpartition("-")
+    if not count.isdigit():
+        raise BadRequest(f"not a queue number: {number!r}", "bad-queue-number")
+    return int(count)
 
 
 def _lane(delta: Delta) -> int:

@@ -43,7 +43,6 @@ from device.ui.http import HttpError, Request
 from device.ui.live import LiveStatus
 from device.ui.pin import PinGuard, PinSource, verify_pin
 from protocol.crdt import schema as crdt_schema
-from protocol.crdt.ids import patient_id
 
 CHECKIN = crdt_schema.CHECKIN
 PRINTER_MAX_AGE = 10.0  #: seconds: an older printer state is asked again (in the background)
@@ -236,7 +235,7 @@ class Staff:
         try:
             if action == "attach":
                 passport = ci.clean_passport(body.get("passport"))
-                kw["subject"] = str(patient_id(self.store.fleet_key, passport))
+                kw["subject"] = str(self.store.fleet.patient_id(passport))
             elif action == "correct":
                 if body.get("name") is not None:
                     kw["name"] = ci.clean_name(body.get("name"))

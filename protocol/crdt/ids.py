@@ -30,6 +30,13 @@ kiosk name it alike; its value is a keyed hash of the year of birth under a
 key of the site's, derived from the fleet key by HKDF-SHA256
 (``year_verifier``). A kiosk compares the year a patient types with it and
 never holds the year itself.
+
+Each keyed construction is also given over a MAC function instead of a key
+(``patient_id_by``...): a kiosk whose fleet key lives in a TPM computes the
+same ids with the TPM's HMAC, and the message and the cut are written once.
+The year verifier's site key comes from HKDF, whose extract step takes the
+fleet key as its *message*; such a kiosk holds its own site's key
+(``site_key``) as a second MAC key instead.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import hashlib
 import hmac
 import unicodedata
 import uuid
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -50,6 +58,9 @@ PATIENT_LABEL = b"haven/patient-id/v1\x00"
 LOOKUP_LABEL = b"haven/passport-lookup/v1\x00"
 VERIFIER_ID_LABEL = b"haven/verifier-id\x00"
 YEAR_VERIFIER_INFO = b"haven/year-verifier/v1\x00"
+
+#: HMAC-SHA256 under one key: message in, 32-byte digest out.
+Mac = Callable[[bytes], bytes]
 
 
 def normalise_passport(text: str) -> str:
@@ -78,17 +89,23 @@ def _as_uuid(digest: bytes, version: int) -> uuid.UUID:
 
 def patient_id(fleet_key: bytes, passport: str) -> uuid.UUID:
     """The patient id every kiosk of the fleet derives for ``passport``."""
-    _check_key(fleet_key)
-    msg = PATIENT_LABEL + normalise_passport(passport).encode()
-    return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8)
+    return patient_id_by(hmac_of(fleet_key), passport)
+
+
+def patient_id_by(mac: Mac, passport: str) -> uuid.UUID:
+    """``patient_id`` with the fleet key's HMAC given as ``mac``."""
+    return _as_uuid(mac(PATIENT_LABEL + normalise_passport(passport).encode()), 8)
 
 
 def code_patient_id(fleet_key: bytes, code: str) -> uuid.UUID:
     """The patient id every kiosk of the fleet derives for a short patient code
     (``short_code.parse`` first: a bad check character raises ``ShortCodeError``)."""
-    _check_key(fleet_key)
-    msg = PATIENT_LABEL + b"code:" + short_code.parse(code).encode()
-    return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8)
+    return code_patient_id_by(hmac_of(fleet_key), code)
+
+
+def code_patient_id_by(mac: Mac, code: str) -> uuid.UUID:
+    """``code_patient_id`` with the fleet key's HMAC given as ``mac``."""
+    return _as_uuid(mac(PATIENT_LABEL + b"code:" + short_code.parse(code).encode()), 8)
 
 
 def passport_lookup(key: bytes, passport: str) -> bytes:
@@ -121,22 +138,40 @@ def time_ordered_id(unix_ms: int, entropy: bytes) -> uuid.UUID:
 def verifier_record_id(fleet_key: bytes, site: str, pid: bytes) -> bytes:
     """The id of the verifier record of patient ``pid`` (16 bytes) at ``site``: 16 bytes
     of ``HMAC-SHA256(fleet key, label || site || 0 || pid)`` marked as a version-8 UUID."""
-    _check_key(fleet_key)
+    return verifier_record_id_by(hmac_of(fleet_key), site, pid)
+
+
+def verifier_record_id_by(mac: Mac, site: str, pid: bytes) -> bytes:
+    """``verifier_record_id`` with the fleet key's HMAC given as ``mac``."""
     _check_pid(pid)
-    msg = VERIFIER_ID_LABEL + site.encode() + b"\x00" + pid
-    return _as_uuid(hmac.new(fleet_key, msg, hashlib.sha256).digest(), 8).bytes
+    return _as_uuid(mac(VERIFIER_ID_LABEL + site.encode() + b"\x00" + pid), 8).bytes
 
 
 def year_verifier(fleet_key: bytes, site: str, pid: bytes, year: str) -> str:
     """The verifier of ``year`` (4 digits) of birth of patient ``pid`` at ``site``:
     32 hex digits of ``HMAC-SHA256(K_site, pid || year)``, ``K_site`` from the fleet key
     by HKDF-SHA256 (no salt, info ``label || site``, 32 bytes)."""
+    return year_verifier_by(hmac_of(site_key(fleet_key, site)), pid, year)
+
+
+def site_key(fleet_key: bytes, site: str) -> bytes:
+    """``K_site`` of ``year_verifier``: HKDF-SHA256 of the fleet key for ``site``."""
     _check_key(fleet_key)
+    return _hkdf_sha256(fleet_key, YEAR_VERIFIER_INFO + site.encode())
+
+
+def year_verifier_by(site_mac: Mac, pid: bytes, year: str) -> str:
+    """``year_verifier`` with the site key's HMAC given as ``site_mac``."""
     _check_pid(pid)
     if type(year) is not str or len(year) != 4 or not year.isascii() or not year.isdigit():
         raise LocalProtocolError(f"a year of birth is 4 digits, not {year!r}", "bad-year")
-    site_key = _hkdf_sha256(fleet_key, YEAR_VERIFIER_INFO + site.encode())
-    return hmac.new(site_key, pid + year.encode(), hashlib.sha256).digest()[:16].hex()
+    return site_mac(pid + year.encode())[:16].hex()
+
+
+def hmac_of(key: bytes) -> Mac:
+    """HMAC-SHA256 under ``key`` (at least ``MIN_KEY_SIZE`` bytes) as a ``Mac``."""
+    _check_key(key)
+    return lambda msg: hmac.new(key, msg, hashlib.sha256).digest()
 
 
 def _check_pid(pid: bytes) -> None:
