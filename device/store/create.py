@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from device.store.exc import BadRequest, StoreError
+from device.store.fleet import FleetKeeper
 from device.store.keys import KeyFile, KeyProvider
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store
 from protocol.driver.secret_files import write_secret
@@ -23,9 +24,12 @@ from protocol.driver.secret_files import write_secret
 
 def init_store(data: Path, site: str, letter: str | None = "A",
                fleet_key_file: Path | None = None,
-               key_provider: KeyProvider | None = None) -> Store:
+               key_provider: KeyProvider | None = None,
+               fleet: FleetKeeper | None = None) -> Store:
     """Create (or update the site and letter of) a kiosk store in ``data``; ``letter``
-    None keeps the letter it has (``A`` in a new store) until the hub gives one."""
+    None keeps the letter it has (``A`` in a new store) until the hub gives one. A
+    ``fleet`` keeper other than the default file keeps the fleet key itself (no
+    ``fleet.key`` is written)."""
     data = Path(data)
     if letter is not None:
         letter = letter.upper()
@@ -46,12 +50,12 @@ def init_store(data: Path, site: str, letter: str | None = "A",
     if not (data / DB_NAME).exists():
         if key_provider is None and not (data / STORE_KEY).exists():
             KeyFile(data / STORE_KEY).create()
-        if not (data / FLEET_KEY).exists():
+        if fleet is None and not (data / FLEET_KEY).exists():
             write_secret(data / FLEET_KEY, new_fleet or os.urandom(32))
     if not (data / DB_NAME).exists():
         # Owner-only from the first byte; SQLite gives the WAL the same mode.
         os.close(os.open(data / DB_NAME, os.O_WRONLY | os.O_CREAT, 0o600))
-    store = Store(data, key_provider, create=True)
+    store = Store(data, key_provider, fleet=fleet, create=True)
     try:
         store.configure(site, letter or store.status()["letter"] or "A", new_fleet)
     except BaseException:

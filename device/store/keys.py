@@ -75,7 +75,8 @@ class KeyFile:
         return read_key(self.path, "store key file")
 
 
-def _derive(master: bytes, label: bytes) -> bytes:
+def derive_key(master: bytes, label: bytes) -> bytes:
+    """A 32-byte key for one purpose (``label``) from ``master`` (HKDF-SHA256)."""
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=label).derive(master)
 
 
@@ -83,8 +84,8 @@ class FieldCipher:
     def __init__(self, master: bytes) -> None:
         if len(master) != KEY_SIZE:
             raise StoreError("the store key must be 32 bytes", "key-size")
-        self._fields = AESGCM(_derive(master, b"haven/store/field/v1"))
-        self._blobs = AESGCM(_derive(master, b"haven/store/blob/v1"))
+        self._fields = AESGCM(derive_key(master, b"haven/store/field/v1"))
+        self._blobs = AESGCM(derive_key(master, b"haven/store/blob/v1"))
 
     @staticmethod
     def _ad(record_id: bytes, field: int, stamp: int, node: int) -> bytes:
