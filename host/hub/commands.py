@@ -229,6 +229,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     _quarantine_parsers(hs)
     _technician_parsers(hs)
+    _keys_parsers(hs)
 
     p = hs.add_parser("promote", help="make check-ins' claims records where none exists",
                       description="Make what patients typed at a kiosk (a check-in's claim) "
@@ -254,6 +255,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--keep", metavar="VERSION_ID", help="keep this version")
     how.add_argument("--set", nargs="+", metavar="FIELD=VALUE", help="set these values")
+
+
+def _keys_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from host.hub import backup_commands
+
+    keys = hs.add_parser("keys", help="back up and restore the hub's keys",
+                         description="The hub's keys: sealed to a recovery key for a safe "
+                         "(backup), brought back from it (restore).")
+    ks = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", required=True)
+    backup_commands.add_parsers(hs, ks)
 
 
 def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -482,11 +493,14 @@ def _approve(hub: Hub, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from host.hub import backup_commands
     from host.hub.hub import Hub, init_hub
 
     if args.command == "hub" and args.hub_command == "init":
         print(f"hub ready in {args.data}; public key {init_hub(args.data)}")
         return 0
+    if args.command == "hub" and backup_commands.handles(args):
+        return backup_commands.run(args)
     if args.command == "hub" and args.hub_command == "serve":
         from host.hub.serve import serve
 

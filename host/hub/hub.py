@@ -64,6 +64,11 @@ from protocol.sync.conversation import DECOMMISSIONED, ApprovalEnrolment
 from protocol.sync.scope import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, ScopeError, parse_role
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
+#: The hub's secrets: what ``haven hub keys backup`` saves and ``keys restore`` brings back
+#: (``host.hub.key_backup``); never in a data backup (``host.hub.backup``).
+SECRET_FILES = (X_KEY, ED_KEY, FLEET_KEY, "hub_store.key")  # the last: the at-rest key file
+#: ``meta`` key: the hub's id (its Ed25519 public key, hex) the database belongs to.
+HUB_ID = "hub_id"
 APPROVED, REVOKED = "approved", "revoked"
 
 
@@ -112,6 +117,20 @@ class Hub:
         self.ed_key = Ed25519PrivateKey.from_private_bytes(_read_secret(self.data / ED_KEY))
         self.fleet_key = _read_secret(self.data / FLEET_KEY)
         self.store = HubStore(self.data / DB)
+        self._own_database()
+
+    def _own_database(self) -> None:
+        """Record in the database whose it is (once), and refuse another hub's: keys and
+        database brought back from backups of two hubs would sign for one and hold the
+        other's kiosks."""
+        mine, held = self.ed_public.hex(), self.store.get_meta(HUB_ID)
+        if held is None:
+            self.store.set_meta(HUB_ID, mine)
+        elif held != mine:
+            self.store.close()
+            raise UsageError(f"{self.data / DB} belongs to hub {held}, but the keys in "
+                             f"{self.data} are hub {mine}'s: restore the keys and the data "
+                             "of the same hub")
 
     def close(self) -> None:
         self.store.close()

@@ -54,7 +54,7 @@ class ShortCodeError(LocalProtocolError):
     code = "bad-code"
 
 
-def _check_value(values: list[int]) -> int:
+def check_value(values: list[int]) -> int:
     """Luhn mod 32: the value that makes ``values + [it]`` valid."""
     total, factor = 0, 2
     for v in reversed(values):
@@ -64,7 +64,7 @@ def _check_value(values: list[int]) -> int:
     return (BASE - total % BASE) % BASE
 
 
-def _valid(values: list[int]) -> bool:
+def check_valid(values: list[int]) -> bool:
     total, factor = 0, 1
     for v in reversed(values):
         addend = factor * v
@@ -89,7 +89,7 @@ def encode(kiosk: int, counter: int) -> str:
         raise ShortCodeError(f"a kiosk hands out codes 1 to {MAX_COUNTER}; {counter} is past"
                              " them", "code-range")
     values = _digits(kiosk, KIOSK_CHARS) + _digits(counter, COUNTER_CHARS)
-    values.append(_check_value(values))
+    values.append(check_value(values))
     return "".join(ALPHABET[v] for v in values)
 
 
@@ -109,7 +109,7 @@ def parse(text: str) -> str:
     if bad:
         raise ShortCodeError(f"{bad[0]!r} is not a character of patient codes", "code-char")
     values = [VALUES[c] for c in chars]
-    if not _valid(values):
+    if not check_valid(values):
         raise ShortCodeError("the check character does not match: a character is wrong",
                              "code-check")
     if not any(values[KIOSK_CHARS:-1]):  # 0000-0000 passes any Luhn check; never given
