@@ -22,6 +22,7 @@ from device import audit
 from device.audit.chain import HEAD_KEY
 from host import tech_log
 from host.cli import main as hub_main
+from host.hub.hub import Hub
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.schema import AUDIT
 from protocol.sync import audit as chain
@@ -45,10 +46,11 @@ def text_audit(hub_data: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int,
     return code, capsys.readouterr().out
 
 
-def hub_entry(hub_data: Path, node: int, seq: int) -> tuple[sqlite3.Connection, Delta]:
-    db = sqlite3.connect(hub_data / "hub.db")
-    row = db.execute("SELECT data FROM ops WHERE rid = ?", [chain.audit_id(node, seq)]).fetchone()
-    return db, decode(row[0])
+def hub_entry(hub: Hub, node: int, seq: int) -> tuple[sqlite3.Connection, Delta]:
+    db = sqlite3.connect(hub.data / "hub.db")
+    rid, stamp, writer, data = db.execute("SELECT rid, stamp, node, data FROM ops WHERE rid = ?",
+                                          [chain.audit_id(node, seq)]).fetchone()
+    return db, decode(hub.store.sealer.open_op(rid, stamp, writer, data))
 
 
 def test_entries_reach_the_hub_verified_and_hold_no_patient_values(
@@ -133,10 +135,12 @@ def test_gap_stays_open_until_the_entry_arrives_and_tampering_is_flagged(
         assert [e["status"] for e in out["kiosks"][0]["entries"]] == ["verified"] * 4
 
         # Someone edits entry 4's result in the hub's database: its signature fails.
-        db, delta = hub_entry(hub.data, node, 4)
+        # (with the hub's store key: the audit's signatures hold against its holder too)
+        db, delta = hub_entry(hub, node, 4)
         edited = Delta(delta.record_id, delta.type, delta.node, delta.stamp,
                        set={**delta.set, AUDIT.field("outcome").number: "refused"})
-        db.execute("UPDATE ops SET data = ? WHERE rid = ?", [encode(edited), delta.record_id])
+        db.execute("UPDATE ops SET data = ? WHERE rid = ?", hub.store.sealer.seal_ops(
+            [(delta.record_id, delta.stamp, delta.node, encode(edited))]) + [delta.record_id])
         # ... and deletes entry 2 (the middle of the chain): a gap again.
         db.execute("DELETE FROM ops WHERE rid = ?", [chain.audit_id(node, 2)])
         db.commit()

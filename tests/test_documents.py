@@ -22,8 +22,9 @@ from device.cli import main as kiosk_main
 from device.store import BadRequest, StorageFull, init_store
 from device.sync.document_push import DocumentPush
 from device.sync.document_store import DB_NAME, DELIVERED, HELD, REFUSED, DocumentStore, attach
-from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox, held
+from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
 from host.hub.hub import Hub, init_hub
+from host.hub.sealed_documents import held
 from host.hub.storage import Op
 from protocol import messages
 from protocol.crdt.delta import decode
@@ -118,8 +119,8 @@ def state_of(kiosk: Kiosk, rid: str) -> tuple[str, str | None]:
     return row[0], row[1]
 
 
-def hub_file(hub: Hub, rid: str) -> Path:
-    return hub.data / DOCUMENTS_DIR / rid.replace("-", "")
+def hub_document(hub: Hub, rid: str) -> bytes | None:
+    return hub.document(rid)
 
 
 def new_push(kiosk: Kiosk) -> DocumentPush:
@@ -207,7 +208,7 @@ def test_attach_and_send_keep_memory_flat(pair: tuple[Hub, Kiosk, str]) -> None:
         send_peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert hub_file(hub, rid).stat().st_size == size
+    assert len(hub_document(hub, rid) or b"") == size
     assert attach_peak < 8 << 20 and send_peak < 8 << 20, (attach_peak, send_peak)
 
 
@@ -218,10 +219,10 @@ def test_content_crosses_once_then_never_again(pair: tuple[Hub, Kiosk, str]) -> 
     hub, kiosk, data, rid = attached(pair, 400_000)
     push, hub_side = new_push(kiosk), inbox(hub)
     assert move(push, hub_side, kiosk.device) == len(data)
-    assert hub_file(hub, rid).read_bytes() == data
+    assert hub_document(hub, rid) == data
     assert state_of(kiosk, rid) == (DELIVERED, None)
     assert push.figures()["delivered"] == 1 and hub_side.stored == 1
-    assert held(hub.data / DOCUMENTS_DIR) == {"documents": 1, "bytes": len(data)}
+    assert held(hub.data / DOCUMENTS_DIR, hub.store.sealer) == {"documents": 1, "bytes": len(data)}
     again = new_push(kiosk)
     assert move(again, inbox(hub), kiosk.device) == 0 and again.stats.offered == 0
 
@@ -231,10 +232,10 @@ def test_interrupted_transfer_resumes_with_missing_chunks(pair: tuple[Hub, Kiosk
     first_inbox = inbox(hub)
     first = move(new_push(kiosk), first_inbox, kiosk.device, stop_after=30)
     first_inbox.close()  # the link dropped
-    assert state_of(kiosk, rid) == (HELD, None) and not hub_file(hub, rid).exists()
+    assert state_of(kiosk, rid) == (HELD, None) and hub_document(hub, rid) is None
     second = move(new_push(kiosk), inbox(hub), kiosk.device)
     assert first + second == len(data), (first, second)
-    assert hub_file(hub, rid).read_bytes() == data
+    assert hub_document(hub, rid) == data
 
 
 def test_a_newer_session_takes_the_object_over(pair: tuple[Hub, Kiosk, str]) -> None:
@@ -243,7 +244,7 @@ def test_a_newer_session_takes_the_object_over(pair: tuple[Hub, Kiosk, str]) -> 
     stale_push, stale = new_push(kiosk), inbox(hub)
     move(stale_push, stale, kiosk.device, stop_after=5)
     move(new_push(kiosk), inbox(hub), kiosk.device)
-    assert hub_file(hub, rid).read_bytes() == data
+    assert hub_document(hub, rid) == data
     wire = stale_push.next_message(lambda size: True)
     assert wire is not None
     replies = stale.on_message(kiosk.device, messages.decode(wire[1]))
@@ -268,7 +269,7 @@ def test_a_tampered_chunk_is_refused_and_asked_for_again(pair: tuple[Hub, Kiosk,
     hub_side = inbox(hub)
     move(new_push(kiosk), hub_side, kiosk.device, tamper=lambda w: flip_first(w, flips, 1))
     assert len(flips) == 1 and hub_side.rejected_chunks == 1
-    assert hub_file(hub, rid).read_bytes() == data
+    assert hub_document(hub, rid) == data
     assert state_of(kiosk, rid)[0] == DELIVERED
 
 
@@ -283,7 +284,7 @@ def test_a_chunk_tampered_every_time_is_never_stored(pair: tuple[Hub, Kiosk, str
     push = new_push(kiosk)
     move(push, hub_side, kiosk.device, tamper=always_first_chunk)
     # Asked for again three times; the fourth failure ends the transfer.
-    assert hub_side.rejected_chunks == 3 and not hub_file(hub, rid).exists()
+    assert hub_side.rejected_chunks == 3 and hub_document(hub, rid) is None
     assert [e["code"] for e in hub.store.events(4)] == ["chunk-hash"] * 4
     state, reason = state_of(kiosk, rid)
     assert push.stats.failed == 1 and state == HELD and str(reason).startswith("chunk-hash")
@@ -309,7 +310,7 @@ def test_chunks_that_do_not_make_the_object_are_never_stored(
             sender.receive(reply)
     assert out[-1] == "xfer-abort" and sender.failure is not None
     assert sender.failure.reason == "object-hash"
-    assert not hub_file(hub, rid).exists() and hub_side.stored == 0
+    assert hub_document(hub, rid) is None and hub_side.stored == 0
     docs.close()
 
 
@@ -360,7 +361,7 @@ def test_content_damaged_at_rest_is_refused_on_the_kiosk(pair: tuple[Hub, Kiosk,
     move(push, inbox(hub), kiosk.device)
     state, reason = state_of(kiosk, rid)
     assert state == REFUSED and reason is not None and reason.startswith("source-changed")
-    assert not hub_file(hub, rid).exists()
+    assert hub_document(hub, rid) is None
 
 
 # -- the command -------------------------------------------------------------------------

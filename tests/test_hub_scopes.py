@@ -19,7 +19,7 @@ import pytest
 import sqlite_utils
 
 from host.cli import main as haven_main
-from host.hub import scopes
+from host.hub import at_rest, scopes
 from host.hub.hub import Hub, init_hub
 from host.hub.peer import HubPeer
 from host.hub.storage import MIGRATIONS, Device
@@ -383,7 +383,7 @@ def test_migration_7_upgrades_the_hub_of_the_release_before(tmp_path: Path) -> N
         assert len(deltas) == sum(1 for _, d in ops if decode(d).type == 2)
         assert (cursor, more) == (hub.store.head(), False)
     conn = sqlite3.connect(tmp_path / "hub" / "hub.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS.latest == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == MIGRATIONS.latest
     conn.close()
 
 
@@ -435,7 +435,9 @@ def refilled(hub: Hub) -> tuple[list[Any], list[Any]]:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM late_writes")
         conn.execute("DELETE FROM record_facts")
-        scopes.fill_facts(sqlite_utils.Database(conn))
+        db = sqlite_utils.Database(conn)
+        at_rest.register(db, hub.store.sealer)
+        scopes.fill_facts(db)
         return (conn.execute("SELECT * FROM late_writes ORDER BY hseq").fetchall(),
                 conn.execute("SELECT * FROM record_facts ORDER BY rid").fetchall())
     finally:

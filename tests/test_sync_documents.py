@@ -101,6 +101,13 @@ def hub_and_kiosk(tmp_path: Path) -> Iterator[tuple[Path, str, Kiosk, str]]:
         kiosk.close()
 
 
+def hub_document(hub_data: Path, rid: str) -> bytes | None:
+    """A document the hub holds, opened with its keys (a second connection beside a
+    serving hub)."""
+    with Hub(hub_data) as hub:
+        return hub.document(rid)
+
+
 def hub_status(hub_data: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
     capsys.readouterr()
     assert haven_main(["hub", "status", "--data", str(hub_data), "--json"]) == 0
@@ -123,7 +130,7 @@ def test_a_cut_link_resumes_with_only_the_missing_chunks(
     first.close()
     assert first.cut and first.up == cut_at
     # The records went first: the hub has the document's record, not its file.
-    assert not (hub_data / DOCUMENTS_DIR / rid).exists()
+    assert hub_document(hub_data, rid) is None
     assert kiosk.store.status()["outbox"]["lanes"] == {}
 
     second = Cutter(url)
@@ -135,7 +142,7 @@ def test_a_cut_link_resumes_with_only_the_missing_chunks(
     rest = len(data) - cut_at
     assert rest * 0.95 < docs["chunk_bytes_sent"] < rest + 65_536, docs
     assert second.up < rest * 1.1, (second.up, rest)  # a full resend: 1.8 times rest
-    assert (hub_data / DOCUMENTS_DIR / rid).read_bytes() == data
+    assert hub_document(hub_data, rid) == data
 
     # Delivered is durable: the next round offers nothing.
     third = Cutter(url)
@@ -162,7 +169,7 @@ def test_an_oversized_document_is_refused_and_records_still_sync(
     assert (docs["offered"], docs["delivered"]) == (2, 1)
     assert docs["refused"] == [f"{refused}: too-large"]
     assert docs["chunk_bytes_sent"] == 40_000
-    assert (hub_data / DOCUMENTS_DIR / kept.replace("-", "")).read_bytes() == small.read_bytes()
+    assert hub_document(hub_data, kept) == small.read_bytes()
     codes = [e["code"] for e in hub_status(hub_data, capsys)["log"]]  # type: ignore[union-attr]
     assert "too-large" in codes
     # Refused is final: later rounds carry on with records and offer it no more.
@@ -244,7 +251,7 @@ def test_a_document_crosses_a_noisy_serial_line(tmp_path: Path) -> None:
     assert rc == 0, err
     summary = json.loads(out.splitlines()[-1])
     assert summary["pushed"] == 3 and summary["documents"]["delivered"] == 1
-    assert (hub_dir / DOCUMENTS_DIR / rid.replace("-", "")).read_bytes() == data
+    assert hub_document(hub_dir, rid) == data
     assert emu.stats["ab"]["corrupted"] + emu.stats["ba"]["corrupted"] > 0
 
 
@@ -267,5 +274,5 @@ def test_a_document_larger_than_the_session_buffer_moves_in_little_memory(
         tracemalloc.stop()
     assert summary.documents["delivered"] == 1
     assert summary.documents["chunk_bytes_sent"] == size
-    assert (hub_data / DOCUMENTS_DIR / rid).stat().st_size == size
+    assert len(hub_document(hub_data, rid) or b"") == size
     assert peak < 2 << 20, peak

@@ -80,6 +80,21 @@ def derive_key(master: bytes, label: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=label).derive(master)
 
 
+def seal_many(aead: AESGCM, items: Sequence[tuple[bytes, bytes]], prefix: bytes = b"",
+              ) -> list[bytes]:
+    """``prefix || nonce || ciphertext`` for each (associated data, plaintext): the
+    nonces from one ``os.urandom`` call, the per-call overhead paid once per batch."""
+    nonces = os.urandom(NONCE_SIZE * len(items))
+    encrypt = aead.encrypt
+    out = []
+    at = 0
+    for ad, plain in items:
+        nonce = nonces[at:at + NONCE_SIZE]
+        at += NONCE_SIZE
+        out.append(prefix + nonce + encrypt(nonce, plain, ad))
+    return out
+
+
 class FieldCipher:
     def __init__(self, master: bytes) -> None:
         if len(master) != KEY_SIZE:
@@ -98,7 +113,7 @@ class FieldCipher:
 
     def open_field(self, record_id: bytes, field: int, stamp: int, node: int,
                    sealed: bytes) -> bytes:
-        return _open(self._fields, sealed, self._ad(record_id, field, stamp, node))
+        return open_sealed(self._fields, sealed, self._ad(record_id, field, stamp, node))
 
     def seal_fields(self, items: Sequence[tuple[bytes, int, int, int, bytes]]) -> list[bytes]:
         """``seal_field`` for each (record id, field, stamp, node, plaintext)."""
@@ -115,25 +130,18 @@ class FieldCipher:
 
     def seal_blobs(self, items: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
         """``seal_blob`` for each (label, plaintext)."""
-        nonces = os.urandom(NONCE_SIZE * len(items))
-        encrypt = self._blobs.encrypt
-        out = []
-        at = 0
-        for label, plain in items:
-            nonce = nonces[at:at + NONCE_SIZE]
-            at += NONCE_SIZE
-            out.append(nonce + encrypt(nonce, plain, label))
-        return out
+        return seal_many(self._blobs, items)
 
     def seal_blob(self, label: bytes, plain: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._blobs.encrypt(nonce, plain, label)
 
     def open_blob(self, label: bytes, sealed: bytes) -> bytes:
-        return _open(self._blobs, sealed, label)
+        return open_sealed(self._blobs, sealed, label)
 
 
-def _open(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes:
+def open_sealed(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes:
+    """The plaintext of ``nonce || ciphertext``; ``CorruptData`` if it fails to open."""
     if len(sealed) < SEAL_OVERHEAD:
         raise CorruptData("ciphertext is truncated")
     try:

@@ -260,11 +260,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 def _keys_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from host.hub import backup_commands
 
-    keys = hs.add_parser("keys", help="back up and restore the hub's keys",
+    keys = hs.add_parser("keys", help="back up, restore and rotate the hub's keys",
                          description="The hub's keys: sealed to a recovery key for a safe "
-                         "(backup), brought back from it (restore).")
+                         "(backup), brought back from it (restore); a new data key for what "
+                         "it stores (rotate).")
     ks = keys.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", required=True)
     backup_commands.add_parsers(hs, ks)
+    p = ks.add_parser("rotate", help="seal the hub's data under a new data key",
+                      description="Add a new data key: it seals everything the hub stores "
+                      "from now on. A running haven hub serve re-seals what the older key "
+                      "sealed in the background, a slice at a time, without stopping; the "
+                      "older key is deleted when nothing it sealed is left (haven hub status "
+                      "shows the progress). A power cut at any point loses nothing.")
+    _data(p)
 
 
 def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -557,6 +565,10 @@ def run(args: argparse.Namespace) -> int:
             _status(hub, args.json, _server_status(args.data))
         elif cmd == "held":
             _held(hub, args.json)
+        elif cmd == "keys" and args.keys_command == "rotate":
+            version = hub.rotate_key()
+            print(f"data key {version} seals from now on; a running haven hub serve re-seals "
+                  "the rest in the background")
         elif cmd == "promote":
             done = hub.promote_claims()
             if args.json:
@@ -609,6 +621,9 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
         print(f"  {q['id']}: {q['at']} kiosk {q['device']} batch {q['batch']}: {q['code']}")
     docs = st["documents"]
     print(f"documents: {docs['documents']} held, {docs['bytes']} bytes")
+    keys = st["keys"]
+    print(f"data keys: {', '.join(map(str, keys['versions']))} (current {keys['current']})"
+          + (f"; re-sealing: {keys['resealing']}" if keys["resealing"] else ""))
     print(_server_line(st))
     held = st["held_batches"]
     print(f"held batches: {len(held)} (haven hub held lists what they carry)")

@@ -12,13 +12,13 @@ acknowledged); and that record's ``size`` and ``hash`` must be the offer's
 metadata describes it. A refused offer gets an ``xfer-abort`` with the
 reason and a detail for people, is logged, and the round goes on.
 
-An accepted offer runs a ``protocol.transfer.Receiver`` over a ``DirStore``
-(``host/transfer_store.py``) in ``DATA/documents``: a chunk counts only once
-it matched its hash and is durable (one that fails its hash is asked for
-again; a fourth failure aborts the transfer), and chunks already there, from
-an interrupted round or another document, are not asked for. When the whole
-object's SHA-256 checks, the file is renamed into place as
-``DATA/documents/<record id>``, and only then does ``xfer-done`` go out.
+An accepted offer runs a ``protocol.transfer.Receiver`` over a
+``sealed_documents.SealedChunks`` in ``DATA/documents``: a chunk counts only
+once it matched its hash and is durable, sealed (one that fails its hash is
+asked for again; a fourth failure aborts the transfer), and chunks already
+there, from an interrupted round or another document, are not asked for.
+When the whole object's SHA-256 checks, its sealed manifest is in place, and
+only then does ``xfer-done`` go out.
 
 Sessions run in threads of their own and share the directory, so all
 document work on the hub runs under one lock, and each object has one
@@ -31,17 +31,15 @@ releases its files when its inbox is closed or collected.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 import threading
 import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from host.hub.sealed_documents import SealedChunks
 from host.hub.storage import HubStore
-from host.transfer_store import STATE_DIR, DirStore
 from protocol import messages
 from protocol.crdt import schema as crdt_schema
 from protocol.crdt.delta import decode
@@ -77,7 +75,7 @@ class _Open:
     """The transfer in progress: its chunk store and the object it owns."""
 
     def __init__(self) -> None:
-        self.dir: DirStore | None = None
+        self.dir: SealedChunks | None = None
         self.claim: tuple[Path, bytes] | None = None
 
     @property
@@ -92,10 +90,7 @@ class _Open:
         with _lock:
             if self.dir is not None:
                 store, self.dir = self.dir, None
-                # The part file closes first; SQLite refuses a close from another
-                # thread (a collection there), and the connection goes with the object.
-                with contextlib.suppress(sqlite3.ProgrammingError):
-                    store.close()
+                store.close()
             if self.claim is not None and not self.superseded:
                 del _owners[self.claim]
             self.claim = None
@@ -164,7 +159,7 @@ class DocumentInbox:
                                "offer's size or SHA-256 is not its record's")
         self._open.take((self.root, object_hash))
         self.root.mkdir(mode=0o700, exist_ok=True)
-        store = self._open.dir = DirStore(self.root)
+        store = self._open.dir = SealedChunks(self.root, self.store.sealer)
         self._receiver = Receiver(store, limits=ReceiverLimits(max_size=self.max_size))
         return self._feed(self._receiver, store, msg)
 
@@ -177,7 +172,7 @@ class DocumentInbox:
             log.add(decode(op.data))
         return log.view()
 
-    def _feed(self, receiver: Receiver, store: DirStore, msg: Message) -> list[Reply]:
+    def _feed(self, receiver: Receiver, store: SealedChunks, msg: Message) -> list[Reply]:
         for event in receiver.receive(msg):
             if isinstance(event, OfferReceived):
                 store.begin(event.object_hash, event.name, event.size)
@@ -198,15 +193,3 @@ class DocumentInbox:
             self.close()
         return out
 
-
-def held(root: Path) -> dict[str, int]:
-    """Documents the hub holds whole (count and bytes), from its chunk index."""
-    if not (root / STATE_DIR / "index.db").exists():
-        return {"documents": 0, "bytes": 0}
-    store = DirStore(root)
-    try:
-        count, size = store.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM files").fetchone()
-    finally:
-        store.close()
-    return {"documents": count, "bytes": size}

@@ -45,7 +45,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
 from host.hub import claims, verifiers
-from host.hub.document_inbox import DOCUMENTS_DIR, held
+from host.hub.at_rest import STORE_KEY
+from host.hub.document_inbox import DOCUMENTS_DIR
+from host.hub.sealed_documents import SealedChunks, held, reseal_files
 from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import Delta, decode, encode
@@ -66,7 +68,7 @@ from protocol.sync.scope import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, ScopeError
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
 #: The hub's secrets: what ``haven hub keys backup`` saves and ``keys restore`` brings back
 #: (``host.hub.key_backup``); never in a data backup (``host.hub.backup``).
-SECRET_FILES = (X_KEY, ED_KEY, FLEET_KEY, "hub_store.key")  # the last: the at-rest key file
+SECRET_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY)  # the last: the key of the data at rest
 #: ``meta`` key: the hub's id (its Ed25519 public key, hex) the database belongs to.
 HUB_ID = "hub_id"
 APPROVED, REVOKED = "approved", "revoked"
@@ -134,6 +136,25 @@ class Hub:
 
     def close(self) -> None:
         self.store.close()
+
+    # Keys at rest (``at_rest``) -----------------------------------------------------
+
+    def rotate_key(self, now_ms: int | None = None) -> int:
+        """A new data key seals from now on; a running hub re-seals the rest (``serve``)."""
+        now = wall_ms() if now_ms is None else now_ms
+        version = self.store.rotate_key(now)
+        self.store.log(None, "key-rotated", f"data key {version} seals from now on", now)
+        return version
+
+    def document(self, record_id: str) -> bytes | None:
+        """A document's content as a kiosk sent it (checked); None if not held whole."""
+        return SealedChunks(self.data / DOCUMENTS_DIR, self.store.sealer).read(
+            uuid.UUID(record_id).bytes)
+
+    def reseal_slice(self, limit: int = 500) -> bool:
+        """One slice of the re-sealer: rows, then document files; True while it goes on."""
+        return self.store.reseal_slice(limit, lambda sealer: reseal_files(
+            self.data / DOCUMENTS_DIR, sealer))
 
     def __enter__(self) -> Hub:
         return self
@@ -508,7 +529,8 @@ class Hub:
                 "conflicts_held": sum(1 for c in conflicts if c["severity"] == "hold"),
                 "quarantine": [timed(q, "at") for q in self.store.quarantined()],
                 "log": [timed(e, "at") for e in self.store.events(20)],
-                "documents": held(self.data / DOCUMENTS_DIR),
+                "documents": held(self.data / DOCUMENTS_DIR, self.store.sealer),
+                "keys": self.store.keyring(),
                 "held_batches": self.held_batches()}
 
     def _backlog(self, dev: Device, head: int) -> int:

@@ -63,6 +63,7 @@ from typing import Any
 import cbor2
 import sqlite_utils
 
+from host.hub.at_rest import opened
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import KEY_CTX, Delta, decode, encode
 from protocol.errors import RemoteProtocolError
@@ -86,6 +87,8 @@ CHECKIN, VERIFIER = 2, 9
 MAX_SNAPSHOT_RIDS = 256
 
 _FACTS = "f.type, f.location, f.subject, f.day"
+#: SQL: a delta's bytes (sealed at rest: ``host.hub.at_rest``), of ``ops`` and ``ops o``.
+_DATA, _O_DATA = opened(), opened("o.")
 
 
 def _dot(delta: Delta) -> bytes:
@@ -123,21 +126,22 @@ def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
             f" UPDATE SET {_taken('location')}, {_taken('subject')}, {_taken('day')}", rows)
 
 
-def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]]) -> None:
+def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]],
+              deleted: str = "del") -> None:
     """Mark, in the caller's transaction, each write (arrival, delta) to a record that
     held, when it arrived, a delete the write did not see (its context does not name
     it, nor is it the writer's own): a kiosk may have dropped that record's tombstone,
     so pulls send the record's whole write set again at the write's position
     (``_older``). A write that saw the delete through another write is marked too: one
-    more copy of deltas the kiosk counts as duplicates, never a loss."""
+    more copy of deltas the kiosk counts as duplicates, never a loss. ``deleted``: SQL
+    for whether a held delta is a delete (before migration 8, its head)."""
     for hseq, delta in added:
         if delta.is_delete:
             continue
         seen = set(delta.ctx)
-        if any(_is_delete(bytes(head)) and Dot(stamp, node) not in seen
-               for stamp, node, head in db.execute(
-                   "SELECT stamp, node, substr(data, 1, 3) FROM ops WHERE rid = ?"
-                   " AND node != ? AND hseq < ?", [delta.record_id, delta.node, hseq])):
+        if any(flag and Dot(stamp, node) not in seen for stamp, node, flag in db.execute(
+                f"SELECT stamp, node, {deleted} FROM ops WHERE rid = ?"
+                " AND node != ? AND hseq < ?", [delta.record_id, delta.node, hseq])):
             db.execute("INSERT OR IGNORE INTO late_writes (hseq) VALUES (?)", [hseq])
 
 
@@ -161,15 +165,16 @@ def decoded(held: Iterable[tuple[int, bytes]]) -> list[tuple[int, Delta]]:
 
 
 def fill_facts(db: sqlite_utils.Database) -> None:
-    """The facts of every delta held, and the late writes among them (migration 7):
-    only records with a delete can have one."""
-    note_facts(db, (d for _, d in decoded(db.execute("SELECT hseq, data FROM ops"))))
-    deleted = {bytes(rid) for rid, head in db.execute("SELECT rid, substr(data, 1, 3)"
-                                                      " FROM ops").fetchall()
-               if _is_delete(bytes(head))}
+    """The facts of every delta held, and the late writes among them (migration 7): only
+    records with a delete can have one. Deltas are read through ``hub_open``, which the
+    caller registers (``at_rest.register``; in migration 7 every delta is plain)."""
+    db.conn.create_function("is_delete_head", 1, lambda data: is_delete_head(bytes(data)))
+    note_facts(db, (d for _, d in decoded(db.execute(f"SELECT hseq, {_DATA} FROM ops"))))
+    deleted = {bytes(rid) for rid, data in db.execute(f"SELECT rid, {_DATA} FROM ops").fetchall()
+               if is_delete_head(bytes(data))}
     for rid in sorted(deleted):
-        note_late(db, decoded(db.execute("SELECT hseq, data FROM ops WHERE rid = ?",
-                                         [rid]).fetchall()))
+        note_late(db, decoded(db.execute(f"SELECT hseq, {_DATA} FROM ops WHERE rid = ?",
+                                         [rid]).fetchall()), f"is_delete_head({_DATA})")
 
 
 def _type_of(data: bytes) -> int:
@@ -244,7 +249,8 @@ class _Patients:
 def _older(db: sqlite_utils.Database, rid: bytes, before: int) -> list[tuple[int, bytes]]:
     """(arrival, delta) of every delta of a record that arrived before ``before``."""
     return [(hseq, bytes(data)) for hseq, data in db.execute(
-        "SELECT hseq, data FROM ops WHERE rid = ? AND hseq < ? ORDER BY hseq", [rid, before])]
+        f"SELECT hseq, {_DATA} FROM ops WHERE rid = ? AND hseq < ? ORDER BY hseq",
+        [rid, before])]
 
 
 def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | None,
@@ -255,7 +261,7 @@ def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | Non
     larger than a page goes over the pages of the session's ``split``)."""
     def groups() -> Iterator[tuple[int, list[bytes]]]:
         for hseq, node, rid, data, late in db.execute(
-                "SELECT o.hseq, o.node, o.rid, o.data, l.hseq IS NOT NULL FROM ops o"
+                f"SELECT o.hseq, o.node, o.rid, {_O_DATA}, l.hseq IS NOT NULL FROM ops o"
                 " LEFT JOIN late_writes l ON l.hseq = o.hseq WHERE o.hseq > ?"
                 " ORDER BY o.hseq", [cursor]):
             if exclude_node is not None and is_audit_id(rid):
@@ -274,7 +280,7 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
     a late write's record whole (``note_late``); (deltas, cursor, more)."""
     top = head(db)
     patients = _Patients(db, scope, cursor)
-    late = ("SELECT o.hseq, o.node, o.rid, o.data, l.hseq IS NOT NULL, " + _FACTS +
+    late = (f"SELECT o.hseq, o.node, o.rid, {_O_DATA}, l.hseq IS NOT NULL, " + _FACTS +
             " FROM ops o LEFT JOIN late_writes l ON l.hseq = o.hseq")
     # Driven by what arrived after the cursor (ops first), never by what the site holds.
     if scope.role == "door":  # only check-ins and verifiers of its site can be in scope
@@ -303,7 +309,7 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
     return paged(groups(), cursor, top, max_bytes, split)
 
 
-_OPS = "SELECT o.rid, o.stamp, o.node, o.hseq, o.data, " + _FACTS + \
+_OPS = f"SELECT o.rid, o.stamp, o.node, o.hseq, {_O_DATA}, " + _FACTS + \
     " FROM record_facts f JOIN ops o ON o.rid = f.rid WHERE "
 Row = tuple[bytes, int, int, int, bytes, Facts]  #: rid, stamp, node, arrival, delta, facts
 
@@ -318,7 +324,7 @@ def _patient_ops(db: sqlite_utils.Database, scope: Scope, pid: bytes, held: str,
     """The deltas (``held``: which) of a patient's record and of their records in scope
     but check-ins, through the indexes on ``rid`` and ``subject``."""
     rows = db.execute(
-        "SELECT o.rid, o.stamp, o.node, o.hseq, o.data, NULL, NULL, NULL, NULL FROM ops o"
+        f"SELECT o.rid, o.stamp, o.node, o.hseq, {_O_DATA}, NULL, NULL, NULL, NULL FROM ops o"
         f" WHERE o.rid = ? AND {held} UNION ALL {_OPS}f.subject = ? AND {held}",
         [pid, *args, pid, *args]).fetchall()
     return (r for r in _rows(rows) if r[5].type != CHECKIN and in_scope(scope, r[5], {pid}))
@@ -347,7 +353,7 @@ def _held_ops(db: sqlite_utils.Database, scope: Scope, cursor: int,
         yield from _patient_ops(db, scope, pid, held, args)
 
 
-def _is_delete(data: bytes) -> bool:
+def is_delete_head(data: bytes) -> bool:
     """Whether a delta is a delete, by its head (``type << 1 | kind``) alone."""
     return bool((data[1] if data[1] < 24 else data[2]) & 1)
 
@@ -373,9 +379,9 @@ def _heads_by_record(rows: Iterable[tuple[bytes, int, int, bytes]]) -> Iterator[
         held = list(run)
         if all(row[2] == held[0][2] for row in held):
             _, stamp, n, data = max(held)
-            yield rid, stamp, n, _is_delete(data)
+            yield rid, stamp, n, is_delete_head(data)
         else:
-            yield from heads_of((rid, stamp, n, _is_delete(data), _context(data))
+            yield from heads_of((rid, stamp, n, is_delete_head(data), _context(data))
                                 for _, stamp, n, data in held)
 
 
@@ -389,12 +395,12 @@ def scope_heads(db: sqlite_utils.Database, scope: Scope, cursor: int,
         # a record one node wrote: its last write (with one MIN() or MAX() aggregate,
         # SQLite takes a group's bare columns from the row with it)
         for rid, stamp, n, head in db.execute(
-                f"SELECT rid, MAX(stamp), node, substr(data, 1, 3) FROM ops WHERE {held}"
+                f"SELECT rid, MAX(stamp), node, del FROM ops WHERE {held}"
                 " GROUP BY rid HAVING COUNT(DISTINCT node) = 1", args):
             if not is_audit_id(rid):
-                yield rid, stamp, n, _is_delete(head)
+                yield rid, stamp, n, bool(head)
         yield from _heads_by_record(db.execute(  # the others, by their deltas' contexts
-            f"SELECT rid, stamp, node, data FROM ops WHERE {held} AND rid IN (SELECT rid"
+            f"SELECT rid, stamp, node, {_DATA} FROM ops WHERE {held} AND rid IN (SELECT rid"
             f" FROM ops WHERE {held} GROUP BY rid HAVING COUNT(DISTINCT node) > 1)"
             " ORDER BY rid", args))
         return
@@ -407,14 +413,14 @@ def _held_writes(db: sqlite_utils.Database, scope: Scope, cursor: int,
     """Every write of ``scope`` a kiosk holds with what arrived by ``cursor`` and its own,
     without its context: what ``scope_checksum_v1`` needs (the greatest of each)."""
     if scope.role == "full":
-        for rid, stamp, n, head in db.execute("SELECT rid, stamp, node, substr(data, 1, 3)"
-                                              " FROM ops WHERE hseq <= ? OR node = ?",
-                                              [cursor, node]):
+        for rid, stamp, n, deleted in db.execute("SELECT rid, stamp, node, del FROM ops"
+                                                 " WHERE hseq <= ? OR node = ?",
+                                                 [cursor, node]):
             if not is_audit_id(rid):
-                yield rid, stamp, n, _is_delete(head)
+                yield rid, stamp, n, bool(deleted)
     else:
         for rid, stamp, n, _, data, _ in _held_ops(db, scope, cursor, node):
-            yield rid, stamp, n, _is_delete(data)
+            yield rid, stamp, n, is_delete_head(data)
 
 
 def scope_sums(db: sqlite_utils.Database, scope: Scope, cursor: int, node: int | None = None,
@@ -436,13 +442,13 @@ def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: in
                   rids: list[bytes] | None, max_bytes: int) -> tuple[list[bytes], int, bool]:
     """A page of the snapshot cut at ``upto``: every delta after ``cursor`` of the records
     in scope (of ``rids``, those in scope; None: the whole scope); (deltas, cursor, more)."""
-    span = "SELECT hseq, rid, data FROM ops WHERE hseq > ? AND hseq <= ?"
+    span = f"SELECT hseq, rid, {_DATA} FROM ops WHERE hseq > ? AND hseq <= ?"
     rows: Iterable[tuple[Any, ...]]
     if rids:
         marks = ", ".join("?" * len(rids))
         patients = _Patients(db, scope, upto)
         rows = [r[:3] for r in db.execute(
-            f"SELECT o.hseq, o.rid, o.data, {_FACTS} FROM ops o LEFT JOIN record_facts f"
+            f"SELECT o.hseq, o.rid, {_O_DATA}, {_FACTS} FROM ops o LEFT JOIN record_facts f"
             f" ON f.rid = o.rid WHERE o.hseq > ? AND o.hseq <= ? AND o.rid IN ({marks})"
             " ORDER BY o.hseq", [cursor, upto, *rids]).fetchall()
             if in_scope(scope, _facts(bytes(r[1]), r[3:], r[2]), patients)]

@@ -10,7 +10,12 @@ responder ``SessionDriver``. Blocking work (the store, document files) runs
 in a bounded worker pool; ``watch.StoreWatch`` looks at the store a few times
 a second to push ``sync-notify`` and to end revoked kiosks' sessions; the
 health report answers on a unix socket (``health.py``). Whatever a peer
-sends, the worst outcome is that its connection closes.
+sends, the worst outcome is that its connection closes. The re-sealer
+(``Hub.reseal_slice``: the rows of a hub from before sealing, or of a data
+key rotated away) runs a slice at a time in the pool, a pause between
+slices so sessions' commits wait at most one slice; idle, it looks again
+every ``RESEAL_IDLE`` seconds (``haven hub keys rotate`` from another
+process starts a new walk).
 
 Bounds (``limits.Limits``, each a ``haven hub serve`` flag): connections at
 once (kept below the descriptor limit), connections not yet authenticated
@@ -123,8 +128,12 @@ def raise_descriptor_limit() -> int:
 
 
 class Server:
+    #: Seconds between two re-seal slices, and between two looks when nothing is to do.
+    RESEAL_PAUSE, RESEAL_IDLE = 0.05, 10.0
+
     def __init__(self, hub: Hub, max_ahead_ms: int, limits: Limits | None = None) -> None:
         self.hub = hub
+        self._resealing: asyncio.Task[None] | None = None
         self.max_ahead_ms = max_ahead_ms
         self.limits = lim = limits or Limits()
         self._promoting: asyncio.Task[None] | None = None
@@ -192,6 +201,19 @@ class Server:
         self.watch.start()
         if self.limits.promote_interval > 0:
             self._promoting = self.loop.create_task(self._promote_claims())
+        self._resealing = self.loop.create_task(self._reseal())
+
+    async def _reseal(self) -> None:
+        """Seal what is not under the current data key, a slice at a time, in the pool."""
+        while True:
+            try:
+                more = await self.submit(self.hub.reseal_slice)
+            except RuntimeError:  # the pool is shut down
+                return
+            except Exception as exc:  # noqa: BLE001 - logged; the next look tries again
+                self.log("reseal", f"re-sealing failed: {type(exc).__name__}: {exc}")
+                more = False
+            await asyncio.sleep(self.RESEAL_PAUSE if more else self.RESEAL_IDLE)
 
     async def _promote_claims(self) -> None:
         """Every ``promote_interval``, check-ins' claims made records where none exists
@@ -493,8 +515,9 @@ class Server:
 
     async def _close_all(self) -> None:
         self.watch.stop()
-        if self._promoting is not None:
-            self._promoting.cancel()
+        for task in (self._promoting, self._resealing):
+            if task is not None:
+                task.cancel()
         for listener in self.listeners:
             listener.close()
         if self._health is not None:

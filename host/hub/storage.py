@@ -21,6 +21,15 @@ returns only after it is durable. ``held_batches`` keeps the batches of a
 suspected clone (SPEC.md "Clones") off the chain, for review, never applied.
 ``approvals`` keeps what each offline approval reserved (a letter, a node, a
 kiosk number) and the kiosk that used it (SPEC.md "Offline approvals").
+
+Patient values are sealed at rest (``at_rest``): every delta in ``ops``, each
+quarantined delta and each held batch, under the keyring's current data key,
+bound to its row. What SQL must read of a delta is kept beside it in plain
+columns that carry no patient value (``del``: whether it is a delete).
+``reseal_slice`` seals the rows of a hub from before sealing, and re-seals
+those of an older key after a rotation, a slice per transaction, the progress
+in ``meta``; when none remain, the older keys are deleted. The connection runs
+with ``secure_delete`` so the pages a re-seal frees hold no old bytes.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +47,8 @@ from typing import Any
 
 import sqlite_utils
 
-from host.hub import scopes
+from device.store.keys import KeyProvider
+from host.hub import at_rest, scopes
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
@@ -161,9 +171,27 @@ def _m007_scopes(db: sqlite_utils.Database) -> None:
             "CREATE INDEX facts_by_site ON record_facts (location, type, day)",
             "CREATE INDEX facts_by_subject ON record_facts (subject)"):
         db.execute(statement)
+    at_rest.register(db, at_rest.PLAIN)  # every delta is plain before migration 8
     scopes.fill_facts(db)
 
 
+#: 8: the data at rest (``at_rest``): ``keyring`` holds the wrapped keys (filled when the
+#: store first opens with its key provider), ``ops.del`` whether a delta is a delete, read
+#: from its head here, while every delta is still plain. The rows are sealed afterwards,
+#: in the background (``HubStore.reseal_slice``).
+@MIGRATIONS(8)
+def _m008_at_rest(db: sqlite_utils.Database) -> None:
+    db.execute("""CREATE TABLE keyring (
+        version INTEGER PRIMARY KEY, wrapped BLOB NOT NULL, created INTEGER NOT NULL,
+        retired INTEGER)""")
+    db.execute("ALTER TABLE ops ADD COLUMN del INTEGER NOT NULL DEFAULT 0")
+    db.conn.executemany("UPDATE ops SET del = 1 WHERE hseq = ?", [
+        (hseq,) for hseq, head in db.execute("SELECT hseq, substr(data, 1, 3) FROM ops")
+        if scopes.is_delete_head(bytes(head))])
+
+
+#: SQL: a delta's bytes, opened (``at_rest``).
+OPENED = at_rest.opened()
 #: The next kiosk number: one past every number a kiosk or an approval was given.
 NEXT_NUMBER = ("SELECT MAX(COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
                " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0)) + 1")
@@ -209,9 +237,30 @@ class Op:
 class HubStore:
     """The hub's database. Thread-safe: one lock around one connection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keys: KeyProvider | None = None) -> None:
         self._lock = threading.RLock()
         self._db = open_database(path, MIGRATIONS, synchronous="FULL")
+        self._keys = at_rest.default_provider(Path(path).parent) if keys is None else keys
+        try:
+            self._db.execute("PRAGMA secure_delete = ON")
+            with self._tx() as db:
+                self._sealer = at_rest.load(db, self._keys)
+            at_rest.register(self._db, self._sealer)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def sealer(self) -> at_rest.Sealer:
+        return self._sealer
+
+    def _sealing(self, db: sqlite_utils.Database) -> at_rest.Sealer:
+        """The sealer, in a write transaction: the keyring again if another process
+        rotated the key meanwhile (nothing is sealed under a key about to go)."""
+        if at_rest.current_version(db) != self._sealer.current:
+            self._sealer = at_rest.load(db, self._keys)
+            at_rest.register(self._db, self._sealer)
+        return self._sealer
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite_utils.Database]:
@@ -411,22 +460,29 @@ class HubStore:
         bad ones in quarantine (code, reason, bytes), and the kiosk's checkpoint moved to
         it. Returns the greatest arrival number given (None: nothing new arrived)."""
         with self._tx() as db:
+            sealer = self._sealing(db)
             hseq = first = next_hseq(db)
             added: list[tuple[int, Delta]] = []
-            for delta, data in good:
-                cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                                 " VALUES (?, ?, ?, ?, ?, ?)",
-                                 [hseq, delta.record_id, delta.stamp, delta.node, data, device_id])
+            sealed = sealer.seal_ops([(d.record_id, d.stamp, d.node, data) for d, data in good])
+            for (delta, _), blob in zip(good, sealed, strict=True):
+                cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin,"
+                                 " del) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 [hseq, delta.record_id, delta.stamp, delta.node, blob, device_id,
+                                  delta.is_delete])
                 if cur.rowcount:
                     added.append((hseq, delta))
                 hseq += cur.rowcount
             scopes.note_commit(db, added)
             arrived = hseq - 1 if hseq > first else None
             for code, reason, data in bad:
-                db.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
-                           " VALUES (?, ?, ?, ?, ?, ?)", [now, device_id, seq, code, reason, data])
+                qid = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM quarantine"
+                                     ).fetchone()[0])
+                db.execute("INSERT INTO quarantine (id, at, device_id, seq, code, reason, data)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [qid, now, device_id, seq, code, reason,
+                            sealer.seal(at_rest.quarantine_ad(qid), data)])
             if good:
-                drop_superseded(db, device_id, [d for d, _ in good], now)
+                drop_superseded(db, sealer, device_id, [d for d, _ in good], now)
             db.execute("INSERT INTO batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        [device_id, seq, hash_, now, len(good), json.dumps(quarantined), first,
                         arrived])
@@ -462,15 +518,18 @@ class HubStore:
             branch = int(row[0]) if row else int(db.execute(
                 "SELECT COALESCE(MAX(branch), 0) + 1 FROM held_batches WHERE device_id = ?",
                 [device_id]).fetchone()[0])
+            payload = self._sealing(db).seal(at_rest.held_ad(device_id, batch.hash),
+                                             batch.payload)
             db.execute("INSERT INTO held_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       [device_id, branch, batch.seq, batch.hash, batch.prev, batch.payload,
+                       [device_id, branch, batch.seq, batch.hash, batch.prev, payload,
                         batch.sig, now])
             return branch, True, row is None
 
     def held_batches(self) -> list[dict[str, Any]]:
         """Every held batch, by kiosk, branch and sequence (payload as it came)."""
         return [{"device": d, "branch": b, "seq": s, "hash": bytes(h).hex(),
-                 "received_at": at, "payload": bytes(p)}
+                 "received_at": at,
+                 "payload": self._sealer.open(at_rest.held_ad(d, bytes(h)), bytes(p))}
                 for d, b, s, h, at, p in self._q(
                     "SELECT device_id, branch, seq, hash, received_at, payload"
                     " FROM held_batches ORDER BY device_id, branch, seq")]
@@ -528,11 +587,14 @@ class HubStore:
         """The hub's own writes, in one transaction."""
         with self._tx() as db:
             added = []
-            for op in ops:
+            sealed = self._sealing(db).seal_ops([(op.rid, op.stamp, op.node, op.data)
+                                                 for op in ops])
+            for op, blob in zip(ops, sealed, strict=True):
                 hseq = next_hseq(db)
-                if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                              " VALUES (?, ?, ?, ?, ?, 'hub')",
-                              [hseq, op.rid, op.stamp, op.node, op.data]).rowcount:
+                if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin,"
+                              " del) VALUES (?, ?, ?, ?, ?, 'hub', ?)",
+                              [hseq, op.rid, op.stamp, op.node, blob,
+                               scopes.is_delete_head(op.data)]).rowcount:
                     added.append((hseq, op.data))
             scopes.note_commit(db, scopes.decoded(added))
 
@@ -612,23 +674,82 @@ class HubStore:
         return int(self._q("SELECT COUNT(*) FROM ops")[0][0])
 
     def all_ops(self) -> Iterator[Op]:
-        for rid, stamp, node, data in self._q("SELECT rid, stamp, node, data FROM ops"):
+        for rid, stamp, node, data in self._q(f"SELECT rid, stamp, node, {OPENED} FROM ops"):
             yield Op(bytes(rid), stamp, node, bytes(data))
 
     def ops_in(self, first: bytes, last: bytes) -> list[Op]:
         """Every delta held for the records ``first`` to ``last`` (ids in byte order: a
         kiosk's audit entries, ``host.hub.audit``)."""
         return [Op(bytes(rid), stamp, node, bytes(data)) for rid, stamp, node, data in self._q(
-            "SELECT rid, stamp, node, data FROM ops WHERE rid BETWEEN ? AND ?"
+            f"SELECT rid, stamp, node, {OPENED} FROM ops WHERE rid BETWEEN ? AND ?"
             " ORDER BY rid, stamp, node", [first, last])]
 
     def record_ops(self, rid: bytes) -> list[Op]:
         """Every delta the hub holds for one record."""
         return [Op(rid, stamp, node, bytes(data)) for stamp, node, data in self._q(
-            "SELECT stamp, node, data FROM ops WHERE rid = ?", [rid])]
+            f"SELECT stamp, node, {OPENED} FROM ops WHERE rid = ?", [rid])]
 
     def version_vector(self) -> dict[int, int]:
         return {n: s for n, s in self._q("SELECT node, MAX(stamp) FROM ops GROUP BY node")}
+
+    # Keys at rest (``at_rest``) -----------------------------------------------------
+
+    def rotate_key(self, now: int) -> int:
+        """A new data key seals from now on; the re-sealer starts over. Its version."""
+        with self._tx() as db:
+            version = at_rest.rotate(db, self._keys, now)
+            self._sealing(db)
+            return version
+
+    def keyring(self) -> dict[str, Any]:
+        """The key versions held, the current one, and the re-sealer's progress."""
+        return {"versions": [int(v) for (v,) in self._q(
+                    "SELECT version FROM keyring WHERE version != ? ORDER BY version",
+                    [at_rest.NAME_KEY])],
+                "current": self._sealer.current, "resealing": self.get_meta(at_rest.PROGRESS)}
+
+    def reseal_slice(self, limit: int = 500,
+                     files: Callable[[at_rest.Sealer], bool] | None = None) -> bool:
+        """Seal under the current key the next ``limit`` rows of the walk (ops, quarantine,
+        held batches, in row order) that are plain or under an older key, in one
+        transaction, the walk's place kept in ``meta``; True while the walk goes on. At its
+        end, ``files`` re-seals what lives beside the database (True: all done), then the
+        older keys are deleted and the log truncated. A walk cut short (a power cut) goes
+        on from its last slice; a rotation meanwhile starts it over."""
+        with self._tx() as db:
+            sealer = self._sealing(db)
+            row = db.execute("SELECT value FROM meta WHERE key = ?", [at_rest.PROGRESS]
+                             ).fetchone()
+            if row is None:
+                return False
+            table, after = str(row[0]).split()
+            if table in _RESEAL:
+                select, column, ad_of, ops = _RESEAL[table]
+                rows = db.execute(select, [int(after), limit]).fetchall()
+                db.conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [
+                    (sealer.reseal(ad_of(*r[1:-1]), bytes(r[-1]), ops), r[0])
+                    for r in rows if bytes(r[-1])[:1] != bytes([sealer.current])])
+                tables = list(_RESEAL)
+                place = (f"{table} {rows[-1][0]}" if len(rows) == limit else
+                         f"{tables[tables.index(table) + 1]} 0" if table != tables[-1] else
+                         "files 0")
+                db.execute("UPDATE meta SET value = ? WHERE key = ?", [place, at_rest.PROGRESS])
+                return True
+            if files is not None and not files(sealer):
+                return True
+            db.execute("DELETE FROM meta WHERE key = ?", [at_rest.PROGRESS])
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)", [at_rest.ALL_SEALED])
+            db.execute("DELETE FROM keyring WHERE version NOT IN (?, ?)",
+                       [at_rest.NAME_KEY, sealer.current])
+            self._sealer = at_rest.load(db, self._keys)
+            at_rest.register(self._db, self._sealer)
+        self.checkpoint()
+        return False
+
+    def checkpoint(self) -> None:
+        """Everything in the main file, and the write-ahead log emptied."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # Log and quarantine -----------------------------------------------------------
 
@@ -646,7 +767,8 @@ class HubStore:
     def quarantined_delta(self, qid: int) -> tuple[str | None, str, bytes] | None:
         """One quarantined delta: (kiosk, code, bytes), or None."""
         rows = self._q("SELECT device_id, code, data FROM quarantine WHERE id = ?", [qid])
-        return (rows[0][0], rows[0][1], bytes(rows[0][2])) if rows else None
+        return (rows[0][0], rows[0][1], self._sealer.open(
+            at_rest.quarantine_ad(qid), bytes(rows[0][2]))) if rows else None
 
     def release_quarantined(self, qid: int, delta: Delta, data: bytes, detail: str,
                             now: int) -> bool:
@@ -658,10 +780,12 @@ class HubStore:
             if row is None:
                 return False
             hseq = next_hseq(db)
-            if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin)"
-                          " VALUES (?, ?, ?, ?, ?, ?)", [hseq, delta.record_id, delta.stamp,
-                                                         delta.node, data,
-                                                         row[0] or "hub"]).rowcount:
+            blob = self._sealing(db).seal_ops([(delta.record_id, delta.stamp, delta.node,
+                                                data)])[0]
+            if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin, del)"
+                          " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                          [hseq, delta.record_id, delta.stamp, delta.node, blob,
+                           row[0] or "hub", delta.is_delete]).rowcount:
                 scopes.note_commit(db, [(hseq, delta)])
             db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
                        [now, row[0], "quarantine-released", detail[:500]])
@@ -742,8 +866,22 @@ class HubStore:
                                            ["revoked"])}
 
 
-def drop_superseded(db: sqlite_utils.Database, device_id: str, accepted: list[Delta],
-                    now: int) -> None:
+#: What the re-sealer walks: table -> (rows after a rowid, as (rowid, what the associated
+#: data is made of..., sealed column); that column; the associated data; a delta?).
+_RESEAL: dict[str, tuple[str, str, Callable[..., bytes], bool]] = {
+    "ops": ("SELECT hseq, rid, stamp, node, data FROM ops WHERE hseq > ? ORDER BY hseq"
+            " LIMIT ?", "data", lambda rid, stamp, node: at_rest.op_ad(bytes(rid), stamp, node),
+            True),
+    "quarantine": ("SELECT id, id, data FROM quarantine WHERE id > ? ORDER BY id LIMIT ?",
+                   "data", at_rest.quarantine_ad, False),
+    "held_batches": ("SELECT rowid, device_id, hash, payload FROM held_batches WHERE rowid > ?"
+                     " ORDER BY rowid LIMIT ?", "payload",
+                     lambda device_id, hash_: at_rest.held_ad(device_id, bytes(hash_)), False),
+}
+
+
+def drop_superseded(db: sqlite_utils.Database, sealer: at_rest.Sealer, device_id: str,
+                    accepted: list[Delta], now: int) -> None:
     """Drop the kiosk's quarantined ``clock-ahead`` deltas that a delta just accepted
     from it issues again (``protocol.sync.reissue``), and log each, in the caller's
     transaction. A kiosk with nothing quarantined costs one indexless look-up."""
@@ -756,7 +894,7 @@ def drop_superseded(db: sqlite_utils.Database, device_id: str, accepted: list[De
         by_record.setdefault(d.record_id, []).append(d)
     for qid, data in rows:
         try:
-            original = decode(bytes(data))
+            original = decode(sealer.open(at_rest.quarantine_ad(qid), bytes(data)))
         except RemoteProtocolError:
             continue
         again = next((d for d in by_record.get(original.record_id, ())
