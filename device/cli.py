@@ -69,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "gives the first free at the site when it enrols the kiosk)")
     p.add_argument("--fleet-key", type=Path, metavar="FILE",
                    help="the fleet key patient ids derive from (made locally if not given)")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="with --key-provider passphrase: the passphrase staff unlock the "
+                   "kiosk with, the first line of FILE (default: asked twice on the terminal)")
+
+    p = sub.add_parser("passphrase", help="change the passphrase staff unlock the kiosk with",
+                       description="Change the passphrase of a kiosk made with --key-provider "
+                       "passphrase: the store key is wrapped again under the new one (the "
+                       "data is not touched). Each passphrase is the first line of its file, "
+                       "or asked on the terminal; never a command-line argument.")
+    _data(p)
+    p.add_argument("action", choices=("change",), help="change: ask for the old passphrase "
+                   "and the new one")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="the current passphrase, the first line of FILE")
+    p.add_argument("--new-passphrase-file", type=Path, metavar="FILE",
+                   help="the new passphrase (8 to 256 characters), the first line of FILE")
+
 
     p = sub.add_parser("enroll", help="install the certificate the hub issued",
                        description="Install CERT (from haven hub enroll): the hub's keys, "
@@ -241,11 +258,44 @@ def _open(args: argparse.Namespace) -> Any:
     return Store(args.data)
 
 
+def read_passphrase(file: Path | None, prompt: str, twice: bool = False) -> str:
+    """A passphrase: the first line of ``file``, else asked on the terminal (``twice``
+    for a new one); never from the command line, where ``ps`` would show it."""
+    from device.store import StoreError
+
+    if file is not None:
+        try:
+            return file.read_text("utf-8").splitlines()[0] if file.stat().st_size else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"cannot read the passphrase from {file}: "
+                             f"{getattr(exc, 'strerror', None) or exc}", "bad-passphrase") from None
+    if not sys.stdin.isatty():
+        raise StoreError("no terminal to ask the passphrase on: give it in a file "
+                         "(--passphrase-file FILE)", "bad-passphrase")
+    import getpass
+
+    text = getpass.getpass(prompt)
+    if twice and text != getpass.getpass("The same again: "):
+        raise StoreError("the two passphrases differ; nothing changed", "bad-passphrase")
+    return text
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from device.enrol import start_as_new_kiosk, write_request
     from device.store import init_store
+    from device.store.unlock import init_keys, uses_passphrase
 
-    with init_store(args.data, args.site, args.letter, args.fleet_key) as store:
+    keys = None
+    if (getattr(args, "key_provider", None) == "passphrase" or args.passphrase_file
+            or uses_passphrase(args.data)):
+        fleet = args.fleet_key.read_bytes() if args.fleet_key is not None else None
+        new = not uses_passphrase(args.data)
+        args.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = init_keys(args.data, read_passphrase(
+            args.passphrase_file, "New passphrase to unlock the kiosk (8 or more characters): "
+            if new else "The kiosk's passphrase: ", twice=new), fleet)
+    with init_store(args.data, args.site, args.letter, args.fleet_key,
+                    key_provider=keys, fleet=keys) as store:
         again = start_as_new_kiosk(store)
         if again is not None:
             print(f"this kiosk was a suspected clone: it has a new identity, and {again} "
@@ -255,6 +305,21 @@ def cmd_init(args: argparse.Namespace) -> int:
                   else "its letter given by the hub")
         print(f"kiosk {store.node:08x} ready in {args.data} (site {args.site!r}, {letter}); "
               f"enrolment request in {request}")
+    return 0
+
+
+def cmd_passphrase(args: argparse.Namespace) -> int:
+    from device.store.unlock import change_passphrase, keys_path
+
+    if not keys_path(args.data).exists():
+        print(f"haven-kiosk passphrase: {args.data} keeps no keys under a passphrase "
+              "(made with --key-provider passphrase?)", file=sys.stderr)
+        return 1
+    old = read_passphrase(args.passphrase_file, "Current passphrase: ")
+    new = read_passphrase(args.new_passphrase_file, "New passphrase (8 or more characters): ",
+                          twice=True)
+    change_passphrase(args.data, old, new)
+    print(f"passphrase changed ({keys_path(args.data)}); the kiosk unlocks with the new one")
     return 0
 
 
@@ -653,7 +718,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
     "schema": cmd_schema, "staff-pin": cmd_staff_pin, "wipe": cmd_wipe,
-    "quarantine": cmd_quarantine,
+    "quarantine": cmd_quarantine, "passphrase": cmd_passphrase,
 }
 
 

@@ -58,6 +58,13 @@ asks for them (``hardware = "simulated"``). Once the page is served,
 ``runtime.json`` in ``--data`` says where, so that ``haven-kiosk hw`` can
 drive simulated hardware (``hw_remote``).
 
+A kiosk whose keys are under a passphrase (``key_provider = "passphrase"``)
+starts locked (``device.store.locked.LockableStore``): the page takes
+check-ins, sealed to a key only the passphrase opens, the page and
+``haven-kiosk status`` say it is locked, and the sync thread waits; staff
+unlock it on the staff screen, the check-ins taken meanwhile are merged,
+and a round starts.
+
 SIGTERM and SIGINT stop the server, let a running round end (bounded),
 then close the store. With systemd, ``sd_notify`` says READY, pings the
 watchdog from the event loop (only while the sync thread is alive) and
@@ -93,7 +100,8 @@ from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYNCED
-from device.store import Store, StoreError
+from device.store import Store, StoreError, unlock
+from device.store.locked import LockableStore
 from device.sync.document_store import DocumentStore
 from device.sync.engine import SyncFailed, SyncRefused
 from device.sync.link_monitor import LinkMonitor, Signal, link_monitor_for
@@ -269,7 +277,16 @@ class Runtime:
         if note is not None:
             log.warning("%s", note)
             self.live.update(detail=note)
-        return Store(self.data, clock=lambda: wall_ms() + self._offset)
+        def clock() -> int:
+            return wall_ms() + self._offset
+
+        passphrase = getattr(self.cfg, "key_provider", "file") == "passphrase"
+        if passphrase or unlock.uses_passphrase(self.data):
+            log.warning("the store is locked: staff unlock it on the staff screen; "
+                        "check-ins are kept sealed until then")
+            self.live.set_locked(True)
+            return cast(Store, LockableStore(self.data, clock=clock))
+        return Store(self.data, clock=clock)
 
     def _admit(self) -> None:
         """Before a check-in: refused once the keys are gone, or the disk is too full."""
@@ -436,6 +453,10 @@ class Runtime:
         if self._keys_gone is not None:
             self._revoked(self._keys_gone)
             return
+        opened = getattr(self.store, "opened", None)  # a locked store: until staff unlock it
+        while opened is not None and not opened.wait(0.5):
+            if self._stop.is_set():
+                return
         state = SyncState(self.data, clock=self.clock)
         docs = DocumentStore(self.data, self.store.cipher)  # open for good: see drive_round
         try:

@@ -183,6 +183,14 @@ def create(data: Path, passphrase: str, fleet_key: bytes, *, store_key: bytes | 
     return Unlocked(store_key, fleet_key, pending)
 
 
+def init_keys(data: Path, passphrase: Any, fleet_key: bytes | None = None) -> PassphraseKeys:
+    """The keys of a kiosk store made under ``passphrase`` (``haven-kiosk init``): a new
+    ``passphrase.keys`` (``fleet_key``, else a random one), or the one there, opened."""
+    if keys_path(data).exists():
+        return PassphraseKeys(data, unwrap(data, passphrase))
+    return PassphraseKeys(data, create(data, passphrase, fleet_key or os.urandom(KEY_SIZE)))
+
+
 def _damaged(path: Path, why: str) -> StoreError:
     return StoreError(f"{path} is damaged ({why}): restore it from the kiosk's image or "
                       "backup; the passphrase cannot open it", "bad-key-file")

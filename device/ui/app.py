@@ -6,7 +6,11 @@ never sends a name or a year of birth to the page. With a printer
 configured, each check-in's ticket is printed after its commit, within the
 printer's timeout, and the answer's ``printed`` says whether it was (absent
 without a printer): a printer that fails never refuses or holds up a
-check-in (``device.hardware.printer``). ``/api/events`` streams
+check-in (``device.hardware.printer``). A store that boots locked
+(``device.store.locked``) still takes check-ins, sealed until staff unlock
+it (``/api/unlock``, ``unlock``); their answer says ``locked`` (no short
+code yet), and a staff call that needs the store is a 409 ``locked``.
+``/api/events`` streams
 ``LiveStatus`` as server-sent events. The staff routes live in ``staff``;
 ``/api/hw`` exists only on simulated hardware (tests and demos press the
 button and read the LED there).
@@ -25,6 +29,8 @@ from typing import Any
 
 from device.hardware.printer import Printer, Ticket
 from device.store import StorageFull, StoreError
+from device.store.pending import PendingCheckin
+from device.store.unlock import Locked
 from device.ui import checkin as ci
 from device.ui.http import HttpError, Request, Response, json_response
 from device.ui.live import LiveStatus
@@ -32,6 +38,7 @@ from device.ui.pin import PinGuard, PinSource
 from device.ui.prompts import AUDIO_TYPES, CLINIC_DIR, Prompts, byte_range
 from device.ui.qr import code_svg
 from device.ui.staff import Staff
+from device.ui.unlock import StaffUnlock
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -73,6 +80,9 @@ class KioskApp:
         self.prompts = Prompts(LANGUAGES, Path(data) / CLINIC_DIR if data is not None else None)
         self._files = {p.relative_to(STATIC).as_posix(): p
                        for p in STATIC.rglob("*") if p.is_file()}
+        #: Staff unlock, for a store that boots locked (``device.store.locked``).
+        self.unlocker = (StaffUnlock(store, live, wrote=on_checkin, cap=staff_pin_wait)
+                         if hasattr(store, "unlock") else None)
 
     async def handle(self, req: Request) -> Response:
         path = req.path
@@ -93,7 +103,10 @@ class KioskApp:
             if path == "/api/hw" and self._simulated():
                 return json_response(self.hardware.state())
             if path == "/api/staff/overview":
-                return json_response(await self.staff.overview(req))
+                try:
+                    return json_response(await self.staff.overview(req))
+                except Locked:
+                    raise HttpError(409, "locked") from None
         elif req.method == "POST":
             routes = {"/api/verify": self.verify, "/api/checkin": self.checkin,
                       "/api/staff/login": self.staff.login,
@@ -103,15 +116,21 @@ class KioskApp:
                       "/api/staff/queue": self.staff.queue}
             if self._simulated():
                 routes["/api/hw/press"] = self.hw_press
+            if self.unlocker is not None:
+                routes["/api/unlock"] = self.unlocker.unlock
             if path in routes:
                 if not req.headers.get("content-type", "").startswith("application/json"):
                     raise HttpError(400, "bad-json")
-                return json_response(await routes[path](req.json()))
+                try:
+                    return json_response(await routes[path](req.json()))
+                except Locked:  # a staff action while locked: unlock first
+                    raise HttpError(409, "locked") from None
         raise HttpError(404, "not-found")
 
     def config(self) -> dict[str, Any]:
         return {"idle_seconds": self.idle_seconds, "languages": LANGUAGES,
                 "reasons": ci.REASONS, "staff": self.staff.enabled,
+                "unlock": self.unlocker is not None,
                 "prompts": self.prompts.available(),
                 "simulated": self._simulated()}
 
@@ -147,7 +166,7 @@ class KioskApp:
         while True:
             snap = await self.live.wait_change(seen, KEEPALIVE)
             public = {k: snap[k] for k in ("state", "sent_upto", "committed", "contact_min",
-                                           "provision_code")}
+                                           "provision_code", "locked")}
             if snap["version"] == seen and public == sent:  # contact ages without a change
                 yield b": keepalive\n\n"
                 continue
@@ -222,6 +241,8 @@ class KioskApp:
         if self.on_checkin is not None:
             self.on_checkin()
         out: dict[str, Any] = {"queue_number": result.queue_number, "ticket": ticket}
+        if isinstance(result, PendingCheckin):  # sealed until staff unlock: no code yet
+            out["locked"] = True
         if result.code:  # a new patient's short code, and its QR drawn here
             out["code"] = result.code
             out["code_qr"] = await asyncio.to_thread(code_svg, result.code)

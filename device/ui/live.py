@@ -52,6 +52,9 @@ class LiveStatus:
         self.link = "up"  #: the link as the runtime knows it: up, down, reconnecting
         #: The short code a technician's provisioning asks the page to show (None: none)
         self.provision_code: str | None = None
+        #: The store waits for staff to unlock it (``device.store.locked``); check-ins
+        #: are kept sealed meanwhile and nothing syncs.
+        self.locked = False
         self.version = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
@@ -127,12 +130,20 @@ class LiveStatus:
         if not same:
             self._changed()
 
+    def set_locked(self, locked: bool) -> None:
+        """Thread-safe: the store is locked (``device.store.locked``), or no longer."""
+        with self._lock:
+            same = locked == self.locked
+            self.locked = locked
+        if not same:
+            self._changed()
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             snap = {"state": self.state, "sent_upto": self.sent_upto,
                     "committed": self.committed, "last_sync": self.last_sync,
                     "detail": self.detail, "link": self.link, "version": self.version,
-                    "provision_code": self.provision_code}
+                    "provision_code": self.provision_code, "locked": self.locked}
         snap["contact_min"] = self.contact_minutes()
         return snap
 
@@ -144,7 +155,7 @@ class LiveStatus:
         snap = self.snapshot()
         at = snap["last_sync"]
         when = None if at is None else datetime.datetime.fromtimestamp(at, datetime.UTC)
-        return {"state": snap["state"], "link": snap["link"],
+        return {"state": snap["state"], "link": snap["link"], "locked": snap["locked"],
                 "unsent": max(0, snap["committed"] - snap["sent_upto"]),
                 "last_sync": None if when is None else when.isoformat(timespec="seconds"),
                 "pid": os.getpid()}

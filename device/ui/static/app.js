@@ -257,6 +257,8 @@ async function onReason(reason) {
     $("new-id").textContent = r.data.code || "";  // a new patient's short code, and its QR
     $("code-qr").innerHTML = r.data.code_qr || "";  // inline SVG the kiosk drew itself
     $("new-id-block").hidden = !r.data.code;
+    // locked: a new patient's code is made at the unlock; staff give it at the desk
+    $("ticket-code-later").hidden = !(r.data.locked && !body.passport && !body.code);
     // printed: absent without a printer; false when it failed, so the number is to remember
     if (r.data.printed === false) say("ticket-print", "ticket_not_printed");
     else if (r.data.printed === true) say("ticket-print", "ticket_printed");
@@ -274,6 +276,8 @@ function renderLive() {
   sync.dataset.state = live.state;
   $("sync-text").textContent = t("sync_" + live.state);
   $("contact").textContent = live.contact_min == null ? "" : t("last_contact", live.contact_min);
+  $("locked").hidden = !live.locked;
+  staffButton();
   const code = live.provision_code;  // a technician provisioning this kiosk compares it
   $("provision").hidden = !code;
   $("provision-code").textContent = code ? code.slice(0, 3) + " " + code.slice(3) : "";
@@ -304,6 +308,7 @@ function reset() {
   $("new-id").textContent = "";
   $("code-qr").replaceChildren();
   $("new-id-block").hidden = true;
+  $("ticket-code-later").hidden = true;
   $("staff-queue").replaceChildren();
   $("staff-conflicts").replaceChildren();
   $("staff-identity").replaceChildren();
@@ -322,9 +327,12 @@ function followStaffPin() {
   staffPinAsked = Date.now();
   fetch("/api/config", { cache: "no-store" }).then((r) => r.json()).then((c) => {
     config.staff = c.staff;
-    $("staff-open").hidden = !c.staff;
+    staffButton();
   }).catch(() => {});
 }
+
+// The Staff button opens the PIN screen, or the passphrase while the store is locked.
+function staffButton() { $("staff-open").hidden = !(config.staff || (config.unlock && live.locked)); }
 
 function idleCheck() {
   const dirty = flow.screen !== "s-start" || $("passport").value !== "";
@@ -363,6 +371,7 @@ function build() {
   keyboard($("keypad"), LAYOUTS.digits);
   keyboard($("pin-keys"), LAYOUTS.digits);
   keyboard($("passport-keys"), LAYOUTS.passport);
+  keyboard($("unlock-keys"), LAYOUTS.passphrase);
   for (const pad of document.querySelectorAll(".kbd")) {
     pad.onmousedown = (ev) => ev.preventDefault();  // the field keeps the focus
     pad.onclick = (ev) => { const b = ev.target.closest("button"); if (b) press(pad, b.dataset.key); };
@@ -384,8 +393,13 @@ function build() {
   // A tap on a language or the speaker leaves the focus in the screen's field, where a
   // keyboard-wedge scanner types (keys and Tab still reach both buttons).
   for (const el of [$("langs"), $("speak")]) el.onmousedown = (ev) => ev.preventDefault();
-  $("staff-open").hidden = !config.staff;  // no PIN set: no staff screen to open
-  $("staff-open").onclick = () => { if (config.staff) { flow = {}; show("s-staff-pin"); } };
+  staffButton();  // no PIN set and not locked: no staff screen to open
+  $("staff-open").onclick = () => {
+    if (config.unlock && live.locked) { flow = {}; show("s-unlock"); }
+    else if (config.staff) { flow = {}; show("s-staff-pin"); }
+  };
+  $("s-unlock").addEventListener("submit", onUnlock);
+  $("unlock-back").onclick = reset;  // the passphrase typed is never kept
   $("staff-close").onclick = reset;
   for (const b of document.querySelectorAll(".back")) b.onclick = back;
   $("pin-back").onclick = reset;  // the PIN typed is never kept

@@ -1,4 +1,5 @@
-// Haven kiosk page: the staff screen (PIN, queue, sync and health, conflicts, identity).
+// Haven kiosk page: the staff screen (PIN, queue, sync and health, conflicts, identity) and
+// the passphrase that unlocks a store booted locked.
 // Loaded before app.js, which opens it from the Staff button and wipes it in reset().
 "use strict";
 
@@ -12,6 +13,23 @@ async function onStaffPin(ev) {
   say("pin-msg", null);
   show("s-staff");
   refreshStaff();
+}
+
+// A store booted locked: the passphrase opens it (device/ui/unlock.py). A wrong one says so,
+// and from the third miss the next try waits a few seconds; check-ins go on meanwhile.
+async function onUnlock(ev) {
+  ev.preventDefault();
+  if (busy || $("unlock-next").disabled) return;
+  busy = true;
+  try {
+    const r = await api("/api/unlock", { passphrase: $("unlock-pass").value });
+    $("unlock-pass").value = "";
+    if (r.ok) { live.locked = false; reset(); return; }
+    if (r.status === 429) { slowDown("unlock-msg", r.data.wait || 1, $("unlock-next")); return; }
+    if (r.status === 403) { say("unlock-msg", "err_wrong_passphrase"); return; }
+    say("unlock-msg", r.status === 400 ? "err_bad_passphrase"
+      : r.data.error === "bad-key-file" ? "err_key_file" : "err_store");
+  } catch (e) { say("unlock-msg", "err_network"); } finally { busy = false; }
 }
 
 // A redraw moves rows (one done with goes last, a settled identity goes) and changes their

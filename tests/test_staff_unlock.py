@@ -1,0 +1,327 @@
+"""Staff unlock: a kiosk whose keys are under a passphrase boots locked, still checks
+patients in (sealed, across power cuts), and merges them when staff unlock it.
+
+Real store files, the real ``haven-kiosk run`` over HTTP on 127.0.0.1, SIGKILL for a
+power cut. The unlock's time and peak RSS are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device.store import Store, StoreError, init_store, unlock
+from device.store.locked import LockableStore
+from device.store.pending import DB_NAME as PENDING_DB
+from device.store.pending import PendingCheckins
+from protocol.crdt import schema
+
+from .test_runtime import call
+from .test_ui_helpers import ROOT, free_port, run_kiosk
+
+PASS = "correct horse battery staple"
+C = {f.name: f.number for f in schema.CHECKIN.fields}
+#: What patients type while the kiosk is locked: none of it may lie on the card in clear.
+SECRETS = [b"Zainab Quarantino", b"Yusuf Lockwood", b"LK7654321", b"Quarantino", b"Lockwood"]
+
+
+def passphrase_kiosk(data: Path) -> unlock.PassphraseKeys:
+    data.mkdir(mode=0o700, parents=True)
+    keys = unlock.init_keys(data, PASS)
+    init_store(data, "North", "B", key_provider=keys, fleet=keys).close()
+    return keys
+
+
+def open_unlocked(data: Path) -> Store:
+    keys = unlock.PassphraseKeys(data, unlock.unwrap(data, PASS))
+    return Store(data, keys, fleet=keys)
+
+
+def checkins(store: Any) -> dict[str, dict[str, Any]]:
+    """Every check-in by queue number: its claim, time and subject."""
+    out = {}
+    for view in store.views():
+        if view.type == schema.CHECKIN.number and not view.deleted:
+            f = view.fields
+            out[f[C["queueNumber"]]] = {"name": f.get(C["claimName"]),
+                                        "year": f.get(C["claimBirthDate"]),
+                                        "start": f[C["periodStart"]], "id": view.record_id}
+    return out
+
+
+def files_of(data: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+
+
+def test_the_keys_file_holds_no_key_in_clear_and_a_wrong_passphrase_changes_nothing(
+        tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    keys = passphrase_kiosk(data)
+    names = {p.name for p in data.iterdir()}
+    assert "store.key" not in names and "fleet.key" not in names
+    doc = json.loads((data / unlock.KEYS_FILE).read_text())
+    assert doc["kdf"] == {**doc["kdf"], "name": "scrypt", "n": 2**14, "r": 8, "p": 1}
+    held = (data / unlock.KEYS_FILE).read_bytes()
+    for secret in (keys.key(), keys.keys.fleet_key):
+        for form in (secret, secret.hex().encode(), base64.b64encode(secret)):
+            assert form not in held
+    before = files_of(data)
+    with pytest.raises(unlock.WrongPassphrase, match="wrong passphrase"):
+        unlock.unwrap(data, "correct horse battery stapler")
+    gate = LockableStore(data)
+    with pytest.raises(unlock.WrongPassphrase):
+        gate.unlock("not the passphrase")
+    assert gate.locked
+    with pytest.raises(unlock.Locked, match="unlock"):
+        gate.status()
+    gate.close()
+    after = files_of(data)
+    after.pop(PENDING_DB, None)  # made empty by the gate
+    assert after == before
+
+
+@pytest.mark.parametrize("bad", ["", 7, None, "x" * 257])
+def test_an_empty_or_oversized_passphrase_is_refused_before_any_key(
+        tmp_path: Path, bad: Any) -> None:
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    with pytest.raises(unlock.BadPassphrase):
+        unlock.unwrap(data, bad)
+    with pytest.raises(unlock.BadPassphrase, match="at least 8"):
+        unlock.change_passphrase(data, PASS, "short")
+    with pytest.raises(unlock.BadPassphrase, match="control"):
+        unlock.change_passphrase(data, PASS, "two\nlines here")
+
+
+def _damage(path: Path, how: str) -> None:
+    raw = path.read_bytes()
+    doc = json.loads(raw)
+    if how == "truncated":
+        path.write_bytes(raw[:len(raw) // 2])
+    elif how == "garbage":
+        path.write_bytes(os.urandom(300))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "no store key":
+        del doc["store_key"]
+        path.write_text(json.dumps(doc))
+    elif how == "short store key":
+        doc["store_key"] = doc["store_key"][:20]
+        path.write_text(json.dumps(doc))
+    elif how == "huge n":
+        doc["kdf"]["n"] = 2**24
+        path.write_text(json.dumps(doc))
+    elif how == "fleet key flipped":
+        blob = bytearray(base64.b64decode(doc["fleet_key"]))
+        blob[-1] ^= 1
+        doc["fleet_key"] = base64.b64encode(bytes(blob)).decode()
+        path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "no store key",
+                                 "short store key", "huge n", "fleet key flipped"])
+def test_a_damaged_keys_file_says_so_and_is_not_taken_for_a_wrong_passphrase(
+        tmp_path: Path, how: str) -> None:
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    _damage(data / unlock.KEYS_FILE, how)
+    with pytest.raises(StoreError) as caught:
+        unlock.unwrap(data, PASS)
+    assert caught.value.code == "bad-key-file" and "damaged" in str(caught.value)
+    assert not isinstance(caught.value, unlock.WrongPassphrase)
+
+
+def test_changing_the_passphrase_rewraps_the_store_key_only(tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    with open_unlocked(data) as store:
+        first = store.checkin(name="Amina Before", birth_year=1970, reason="sick")
+    db = (data / "store.db").read_bytes()
+    doc = json.loads((data / unlock.KEYS_FILE).read_text())
+    with pytest.raises(unlock.WrongPassphrase):
+        unlock.change_passphrase(data, "not the passphrase", "a new passphrase")
+    unlock.change_passphrase(data, PASS, "a new passphrase", n=2**15)
+    new = json.loads((data / unlock.KEYS_FILE).read_text())
+    assert new["kdf"]["n"] == 2**15 and new["kdf"]["salt"] != doc["kdf"]["salt"]
+    assert new["fleet_key"] == doc["fleet_key"] and new["pending_key"] == doc["pending_key"]
+    assert (data / "store.db").read_bytes() == db
+    with pytest.raises(unlock.WrongPassphrase):
+        unlock.unwrap(data, PASS)
+    keys = unlock.PassphraseKeys(data, unlock.unwrap(data, "a new passphrase"))
+    with Store(data, keys, fleet=keys) as store:
+        assert checkins(store)[first.queue_number]["name"] == "Amina Before"
+
+
+def test_the_cli_sets_up_and_changes_the_passphrase_from_files_never_argv(
+        tmp_path: Path) -> None:
+    data, old, new = tmp_path / "k", tmp_path / "old", tmp_path / "new"
+    old.write_text(PASS + "\n")
+    new.write_text("another good passphrase\n")
+    exe = [sys.executable, "-m", "device.cli"]
+    done = subprocess.run([*exe, "init", "--data", str(data), "--site", "North", "--letter",
+                           "B", "--passphrase-file", str(old)], capture_output=True,
+                          text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert (data / unlock.KEYS_FILE).exists() and not (data / "fleet.key").exists()
+    wrong = subprocess.run([*exe, "passphrase", "change", "--data", str(data),
+                            "--passphrase-file", str(new), "--new-passphrase-file", str(old)],
+                           capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    asked = subprocess.run([*exe, "passphrase", "change", "--data", str(data)],
+                           capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert asked.returncode == 1 and "--passphrase-file" in asked.stderr
+    done = subprocess.run([*exe, "passphrase", "change", "--data", str(data),
+                           "--passphrase-file", str(old), "--new-passphrase-file", str(new)],
+                          capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    unlock.unwrap(data, "another good passphrase")
+
+
+def test_check_ins_while_locked_survive_power_cuts_and_merge_at_the_unlock(
+        tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    with open_unlocked(data) as store:
+        store.checkin(name="Early Bird", birth_year=1960, reason="sick")  # B-001
+    hub = f"tcp://127.0.0.1:{free_port()}"  # no hub answers: a locked kiosk does not try
+    proc, url = run_kiosk(data, hub, idle=300, args=("--staff-pin-wait", "1"))
+    try:
+        assert call(url, "/api/config")[2]["unlock"] is True
+        assert call(url, "/api/status")[2]["locked"] is True
+        numbers = []
+        for body in ({"name": "Zainab Quarantino", "year": "1981", "reason": "sick",
+                      "consent": True},
+                     {"passport": "LK7654321", "year": "1982", "reason": "injury"}):
+            status, _, answer = call(url, "/api/checkin", body)
+            assert status == 200 and answer["locked"] is True and "code" not in answer
+            numbers.append(answer["queue_number"])
+        assert numbers == ["B-002", "B-003"]
+    finally:
+        proc.p.kill()  # a power cut
+        proc.p.wait(15)
+    proc, url = run_kiosk(data, hub, idle=300, args=("--staff-pin-wait", "1"))
+    try:
+        status, _, answer = call(url, "/api/checkin", {"name": "Yusuf Lockwood", "year": "1990",
+                                                       "reason": "child", "consent": True})
+        assert status == 200 and answer["queue_number"] == "B-004"
+        token = call(url, "/api/staff/login", {"pin": "246810"})[2]["token"]
+        status, _, answer = call(url, "/api/staff/overview", headers={"X-Staff-Token": token})
+        assert (status, answer["error"]) == (409, "locked")
+        # at rest while locked: no file holds what the patients typed
+        for name, blob in files_of(data).items():
+            for secret in SECRETS:
+                assert secret not in blob, (secret, name)
+        before = files_of(data)
+        status, _, answer = call(url, "/api/unlock", {"passphrase": "wrong horse battery"})
+        assert (status, answer["error"]) == (403, "wrong-passphrase")
+        assert (call(url, "/api/unlock", {"passphrase": ""})[0],
+                call(url, "/api/unlock", {"passphrase": "y" * 5000})[0]) == (400, 400)
+        assert files_of(data) == before  # a wrong passphrase changed nothing
+        assert call(url, "/api/status")[2]["locked"] is True
+        status, _, answer = call(url, "/api/unlock", {"passphrase": PASS})
+        assert (status, answer) == (200, {"merged": 3, "refused": 0})
+        assert call(url, "/api/status")[2]["locked"] is False
+        status, _, answer = call(url, "/api/checkin", {"passport": "LK1112223", "year": "1975",
+                                                       "reason": "sick"})
+        assert (status, answer["queue_number"], answer.get("locked")) == (200, "B-005", None)
+        status, _, answer = call(url, "/api/staff/overview", headers={"X-Staff-Token": token})
+        assert status == 200
+        assert [r["number"] for r in answer["queue"]] == [f"B-00{i}" for i in range(1, 6)]
+    finally:
+        assert proc.stop() == 0
+    with open_unlocked(data) as store:
+        held = checkins(store)
+        assert {n: (held[n]["name"], held[n]["year"]) for n in held} == {
+            "B-001": ("Early Bird", "1960"), "B-002": ("Zainab Quarantino", "1981"),
+            "B-003": (None, "1982"), "B-004": ("Yusuf Lockwood", "1990"),
+            "B-005": (None, "1975")}
+        assert sorted(held, key=lambda n: held[n]["start"]) == sorted(held)
+    with PendingCheckins(data) as pending:
+        assert pending.count() == 0
+
+
+def _lock_three(data: Path) -> list[str]:
+    passphrase_kiosk(data)
+    gate = LockableStore(data)
+    numbers = [gate.checkin(name=n, birth_year=1980 + i, reason="sick").queue_number
+               for i, n in enumerate(("Ada Locked", "Bea Locked", "Cyd Locked"))]
+    gate.close()
+    return numbers
+
+
+def test_a_merge_cut_short_loses_none_and_doubles_none(tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    numbers = _lock_three(data)
+    # the state a crash leaves after the store took the first and before it was erased
+    keys = unlock.PassphraseKeys(data, unlock.unwrap(data, PASS))
+    with PendingCheckins(data) as pending:
+        row = pending.db.execute("SELECT cid, at_ms, queue_number, sealed FROM checkins"
+                                 " ORDER BY at_ms LIMIT 1").fetchone()
+        values = pending._open(row, keys.keys.pending_key)
+    with Store(data, keys, fleet=keys) as store:
+        store.checkin(now_ms=row[1], checkin_id=row[0], queue_number=row[2], **values)
+        with pytest.raises(StoreError, match="held already"):
+            store.checkin(now_ms=row[1], checkin_id=row[0], queue_number=row[2], **values)
+    gate = LockableStore(data)
+    merge = gate.unlock(PASS)
+    assert (merge.merged, merge.already, merge.refused) == (2, 1, [])
+    held = checkins(gate)
+    assert sorted(held) == numbers and held[numbers[0]]["id"] == row[0]
+    assert gate.unlock(PASS).merged == 0  # unlocked already: nothing left to merge
+    assert gate.checkin(name="Dee After", reason="sick").queue_number == "B-004"
+    gate.close()
+
+
+def test_garbage_pending_entries_are_kept_with_why_and_the_others_merge(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "k"
+    numbers = _lock_three(data)
+    db = sqlite3.connect(data / PENDING_DB)
+    with db:
+        cids = [r[0] for r in db.execute("SELECT cid FROM checkins ORDER BY at_ms")]
+        db.execute("UPDATE checkins SET sealed = ? WHERE cid = ?", [os.urandom(90), cids[0]])
+        db.execute("UPDATE checkins SET queue_number = 'B-099' WHERE cid = ?", [cids[1]])
+        db.execute("INSERT INTO checkins VALUES (?, 1, 'B-100', ?, NULL)", [b"short", b"x"])
+    db.close()
+    gate = LockableStore(data)
+    merge = gate.unlock(PASS)
+    assert merge.merged == 1 and len(merge.refused) == 3
+    assert "not merged" in caplog.text
+    assert sorted(checkins(gate)) == [numbers[2]]
+    gate.close()
+    with PendingCheckins(data) as pending:  # kept, each with why
+        kept = pending.db.execute("SELECT queue_number, refused FROM checkins").fetchall()
+    assert sorted(n for n, _ in kept) == [numbers[0], "B-099", "B-100"]
+    assert all(why for _, why in kept)
+
+
+def test_unlock_time_and_memory(tmp_path: Path) -> None:
+    """Printed, not asserted: the unlock's scrypt and the RSS it adds (its own process)."""
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    # VmHWM, reset after the imports (ru_maxrss would carry the parent's across exec)
+    code = ("import time\n"
+            "from device.store import unlock\n"
+            "def rss():\n"
+            "    d = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+            "    return int(d['VmRSS'].split()[0]), int(d['VmHWM'].split()[0])\n"
+            "open('/proc/self/clear_refs', 'w').write('5')\n"
+            "before = rss()[0]\n"
+            "t = time.perf_counter()\n"
+            f"unlock.unwrap({str(data)!r}, {PASS!r})\n"
+            "took = time.perf_counter() - t\n"
+            "print(took, before, *rss())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.split()
+    took, before, after, peak = float(out[0]), int(out[1]), int(out[2]), int(out[3])
+    print(f"\nunlock (scrypt n=2**14 r=8 p=1 + AES-GCM): {took * 1000:.0f} ms; RSS "
+          f"{before / 1024:.1f} MiB before, peak {peak / 1024:.1f} MiB during, "
+          f"{after / 1024:.1f} MiB after")
