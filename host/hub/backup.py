@@ -95,10 +95,11 @@ def _hub_id(data: Path) -> str:
 # Taking a backup --------------------------------------------------------------------
 
 
-def backup(data: Path, to: Path, *, force: bool = False,
+def backup(data: Path, to: Path, *, force: bool = False, step_pages: int = STEP_PAGES,
            progress: Callable[[int, int], None] | None = None) -> Manifest:
     """Back up the hub in ``data`` to ``to`` while it may be serving; returns the manifest.
-    ``progress(remaining, total)`` is called after each step of the database's copy."""
+    ``progress(remaining, total)`` is called after each step (``step_pages`` pages) of the
+    database's copy."""
     data, to = Path(data), Path(to)
     if not (data / DB).exists():
         raise UsageError(f"{data} holds no hub database ({DB})")
@@ -111,7 +112,7 @@ def backup(data: Path, to: Path, *, force: bool = False,
     staging = to / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700)
-    _copy_database(data / DB, staging / DB, progress)
+    _copy_database(data / DB, staging / DB, step_pages, progress)
     with _connect(staging / DB) as db:
         held = db.execute("SELECT value FROM meta WHERE key = ?", [HUB_ID]).fetchone()
         if held is not None and held[0] != hub_id:
@@ -178,7 +179,7 @@ def _connect(path: Path, *, readonly: bool = False) -> Iterator[sqlite3.Connecti
         conn.close()
 
 
-def _copy_database(source: Path, target: Path,
+def _copy_database(source: Path, target: Path, step_pages: int = STEP_PAGES,
                    progress: Callable[[int, int], None] | None = None) -> None:
     """A consistent copy of a live database, as one file (no WAL) owner-only."""
     src = sqlite3.connect(source, timeout=30.0, isolation_level=None)
@@ -189,7 +190,7 @@ def _copy_database(source: Path, target: Path,
         try:
             src.execute("BEGIN")
             src.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the snapshot
-            src.backup(dst, pages=STEP_PAGES,
+            src.backup(dst, pages=step_pages,
                        progress=None if progress is None
                        else lambda _status, remaining, total: progress(remaining, total))
             src.execute("ROLLBACK")

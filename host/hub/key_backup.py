@@ -116,7 +116,9 @@ def read_backup(path: Path) -> KeyBackup:
         raise bad from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise bad
-    if doc.get("version") != VERSION:
+    if not isinstance(doc.get("version"), int):
+        raise bad
+    if doc["version"] != VERSION:
         raise UsageError(f"{path} is a key backup of version {doc.get('version')!r}; this "
                          f"release reads version {VERSION}")
     hub_id, nonce, sealed = (doc.get(k) for k in ("hub", "nonce", "sealed"))

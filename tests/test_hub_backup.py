@@ -1,0 +1,294 @@
+"""Hub backups and key backups: a hub whose machine is lost comes back whole from
+``haven hub backup`` and ``haven hub keys backup`` (real TCP on 127.0.0.1, real
+stores); a backup taken while kiosks sync is one moment of the hub; bad backups,
+keys of another hub and mistyped recovery keys are refused, and nothing is
+overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from device.sync.document_store import attach
+from host.cli import main as haven
+from host.hub import backup, recovery_key
+from host.hub.document_inbox import DOCUMENTS_DIR
+from host.hub.hub import DB, ED_KEY, SECRET_FILES, Hub, init_hub
+from protocol.crdt import short_code
+
+from .test_sync_helpers import Kiosk
+from .test_sync_restore import checkins_on, serving
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
+    """``haven ARGV``: its exit status, and what it printed (out, then err)."""
+    capsys.readouterr()
+    code = haven([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def key_backup(capsys: pytest.CaptureFixture[str], data: Path, to: Path) -> Path:
+    """``haven hub keys backup``; returns a file holding the recovery key it printed."""
+    code, out = run(capsys, "hub", "keys", "backup", "--data", data, "--to", to)
+    assert code == 0, out
+    printed = [line.strip() for line in out.splitlines() if line.startswith("    ")]
+    assert len(printed) == 1 and recovery_key.parse(printed[0])
+    safe = to.with_suffix(".recovery")
+    safe.write_text(printed[0] + "\n")
+    return safe
+
+
+def files_of(where: Path) -> dict[str, bytes]:
+    """Each file's bytes (SQLite's own -wal and -shm beside a database read aside)."""
+    return {str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def test_a_hub_whose_machine_is_lost_comes_back_from_its_backups_with_nothing_lost(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, saved, keys = tmp_path / "hub", tmp_path / "backup", tmp_path / "hub.keys"
+    init_hub(data)
+    with serving(data) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        patient = a.store.checkin(name="Early A", passport="EA000001").patient_id
+        b.store.checkin(name="Early B", passport="EB000001")
+        scan = tmp_path / "scan.pdf"
+        scan.write_bytes(os.urandom(40_000))
+        attach(a.store, scan, patient=patient)
+        for k in (a, b, a):
+            k.sync(url)
+        # while the hub serves
+        code, out = run(capsys, "hub", "backup", "--data", data, "--to", saved)
+        assert code == 0, out
+        safe = key_backup(capsys, data, keys)
+        for i in range(3):
+            a.store.checkin(name=f"Late A{i}", passport=f"LA{i:06d}")
+        b.store.checkin(name="Late B", passport="LB000001")
+        for k in (a, b, a):
+            k.sync(url)
+        before, hub_id = hub.dump(), hub.ed_public.hex()
+        documents = hub.status()["documents"]
+        assert documents["documents"] == 1
+        assert len(checkins_on(hub)) == 6
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["hub_id"] == hub_id and manifest["head"] > 0
+    assert not set(SECRET_FILES) & {Path(p).name for p in manifest["files"]}
+    assert any(p.startswith(f"{DOCUMENTS_DIR}/") for p in manifest["files"])
+
+    shutil.rmtree(data)  # the machine is lost
+    new = tmp_path / "new-hub"
+    code, out = run(capsys, "hub", "restore", "--from", saved, "--data", new)
+    assert code == 0 and "haven hub keys restore" in out, out
+    code, out = run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+                    "--recovery-key-file", safe)
+    assert code == 0, out
+    for name in SECRET_FILES:
+        assert (new / name).stat().st_mode & 0o777 == 0o600
+    with serving(new) as (hub, url):
+        assert len(checkins_on(hub)) == 2  # what the backup held
+        assert hub.status()["documents"] == documents
+        for k in (a, b, a, b):
+            k.sync(url)
+        assert hub.dump() == before  # the kiosks gave back what it missed
+        assert a.store.dump() == b.store.dump() == hub.dump()
+        # and arrival numbers go on past every cursor the kiosks hold
+        b.store.checkin(name="After B", passport="AB000001")
+        b.sync(url)
+        a.sync(url)
+        assert len(checkins_on(hub)) == 7 and a.store.dump() == hub.dump()
+        assert hub.status()["held_batches"] == []
+    for k in (a, b):
+        k.close()
+
+
+def consistent(db_path: Path) -> None:
+    """Every batch the copy records has all its deltas and no more; each kiosk's
+    checkpoint is its last batch: no commit torn across the copy."""
+    db = sqlite3.connect(db_path)
+    try:
+        for first, arrived in db.execute("SELECT first_hseq, arrived FROM batches"
+                                          " WHERE arrived IS NOT NULL"):
+            assert db.execute("SELECT COUNT(*) FROM ops WHERE hseq BETWEEN ? AND ?",
+                              [first, arrived]).fetchone()[0] == arrived - first + 1
+        last = db.execute("SELECT MAX(arrived) FROM batches").fetchone()[0]
+        assert db.execute("SELECT MAX(hseq) FROM ops").fetchone()[0] == last
+        assert db.execute("SELECT COUNT(*) FROM devices d WHERE last_seq != (SELECT"
+                          " COALESCE(MAX(seq), 0) FROM batches b"
+                          " WHERE b.device_id = d.device_id)").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+def test_a_backup_taken_while_kiosks_sync_is_the_hub_at_one_moment(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    init_hub(data)
+    with serving(data) as (hub, url):
+        kiosks = [Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")]
+        stop = threading.Event()
+
+        def checking_in(k: Kiosk) -> None:
+            i = 0
+            while not stop.is_set() and i < 200:
+                k.store.checkin(name=f"Pat {i}", passport=f"P{k.device}{i:04d}")
+                k.sync(url)
+                i += 1
+
+        threads = [threading.Thread(target=checking_in, args=(k,)) for k in kiosks]
+        for t in threads:
+            t.start()
+        try:
+            steps: list[int] = []
+
+            def meanwhile(remaining: int, total: int) -> None:
+                steps.append(remaining)  # a commit between every two steps of the copy
+                hub.store.log(None, "during-backup", f"{remaining} of {total}", 0)
+
+            for n in range(3):
+                manifest = backup.backup(data, tmp_path / f"b{n}", step_pages=4,
+                                         progress=meanwhile)
+                assert backup.verify(tmp_path / f"b{n}") == manifest
+                consistent(tmp_path / f"b{n}" / DB)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        assert len(steps) >= 6
+        copy = sqlite3.connect(tmp_path / "b0" / DB)
+        assert copy.execute("SELECT COUNT(*) FROM log WHERE code = 'during-backup'"
+                            ).fetchone()[0] == 0  # the copy is the moment it began
+        copy.close()
+        assert manifest.head > 0
+        for k in kiosks:
+            k.close()
+
+
+@pytest.fixture
+def hub_and_backups(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                    ) -> tuple[Path, Path, Path, Path]:
+    """A hub with a document, its backup, its key backup and the recovery key's file."""
+    data = tmp_path / "hub"
+    init_hub(data)
+    (data / DOCUMENTS_DIR).mkdir()
+    (data / DOCUMENTS_DIR / ("0" * 32)).write_bytes(b"scan")
+    code, out = run(capsys, "hub", "backup", "--data", data, "--to", tmp_path / "backup")
+    assert code == 0, out
+    safe = key_backup(capsys, data, tmp_path / "hub.keys")
+    return data, tmp_path / "backup", tmp_path / "hub.keys", safe
+
+
+def test_a_key_backup_of_another_hub_is_refused_and_nothing_is_overwritten(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    _, saved, keys, safe = hub_and_backups
+    other = tmp_path / "other"
+    init_hub(other)
+    held = files_of(other)
+    for force in ([], ["--force"]):
+        code, out = run(capsys, "hub", "keys", "restore", "--from", keys, "--data", other,
+                        "--recovery-key-file", safe, *force)
+        assert code == 2 and "belongs to hub" in out, out
+    assert files_of(other) == held
+    # the other hub's data restored beside this hub's keys: refused too
+    new = tmp_path / "new"
+    code, out = run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+                    "--recovery-key-file", safe)
+    assert code == 0, out
+    other_backup = tmp_path / "other-backup"
+    assert run(capsys, "hub", "backup", "--data", other, "--to", other_backup)[0] == 0
+    code, out = run(capsys, "hub", "restore", "--from", other_backup, "--data", new)
+    assert code == 2 and "keys" in out and not (new / DB).exists(), out
+    # and a hub never opens a database of another hub
+    shutil.copy(other / DB, new / DB)
+    with pytest.raises(ValueError, match="belongs to hub|from another hub"):
+        Hub(new)
+    assert run(capsys, "hub", "restore", "--from", saved, "--data", tmp_path / "n2")[0] == 0
+
+
+def test_a_mistyped_or_wrong_recovery_key_and_a_damaged_key_backup_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    _, _, keys, safe = hub_and_backups
+    new = tmp_path / "new"
+    good = safe.read_text().strip()
+    typo = good[:10] + ("0" if good[10] != "0" else "1") + good[11:]
+    wrong = recovery_key.display(os.urandom(32))
+    for text, says in ((typo, "mistyped"), (good[:-3], "characters"),
+                       (good[:11] + "U" + good[12:], "not a character"),
+                       (wrong, "does not open")):
+        (tmp_path / "rk").write_text(text)
+        code, out = run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+                        "--recovery-key-file", tmp_path / "rk")
+        assert code == 2 and says in out, (text, out)
+    sealed = keys.read_bytes()
+    for name, damaged in (("cut", sealed[:len(sealed) // 2]), ("garbage", os.urandom(300)),
+                          ("flipped", sealed[:-40] + bytes([sealed[-40] ^ 1]) + sealed[-39:])):
+        (tmp_path / name).write_bytes(damaged)
+        code, out = run(capsys, "hub", "keys", "restore", "--from", tmp_path / name,
+                        "--data", new, "--recovery-key-file", safe)
+        assert code == 2 and ("damaged" in out or "altered" in out), (name, out)
+    assert not new.exists() or not any(new.iterdir())
+    # as a person types it: lower case, spaces, Crockford's aliases
+    typed = good.lower().replace("-", " ").replace("0", "o").replace("1", "l")
+    (tmp_path / "rk").write_text(typed)
+    assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+               "--recovery-key-file", tmp_path / "rk")[0] == 0
+    # keys there already stay unless forced
+    before = files_of(new)
+    code, out = run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+                    "--recovery-key-file", safe)
+    assert code == 2 and "--force" in out and files_of(new) == before
+
+
+def test_every_single_character_typo_in_a_recovery_key_is_caught() -> None:
+    key = os.urandom(32)
+    text = recovery_key.display(key)
+    assert recovery_key.parse(text) == key
+    chars = [c for c in text if c != "-"]
+    for i, c in enumerate(chars):
+        for other in short_code.ALPHABET:
+            if other != c:
+                with pytest.raises(recovery_key.RecoveryKeyError):
+                    recovery_key.parse("".join(chars[:i] + [other] + chars[i + 1:]))
+
+
+def test_a_damaged_backup_directory_is_refused_and_nothing_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    data, saved, _, _ = hub_and_backups
+    manifest = (saved / "manifest.json").read_text()
+    doc = saved / DOCUMENTS_DIR / ("0" * 32)
+    damages: dict[str, Callable[[], object]] = {
+        "missing": lambda: doc.unlink(),
+        "altered": lambda: doc.write_bytes(b"scam"),
+        "database": lambda: (saved / DB).write_bytes((saved / DB).read_bytes()[:4096]),
+        "manifest cut": lambda: (saved / "manifest.json").write_text(manifest[:50]),
+        "manifest garbage": lambda: (saved / "manifest.json").write_bytes(os.urandom(200)),
+        "manifest gone": lambda: (saved / "manifest.json").unlink(),
+        "a key listed": lambda: (saved / "manifest.json").write_text(manifest.replace(
+            f"{DOCUMENTS_DIR}/{'0' * 32}", f"{DOCUMENTS_DIR}/../{ED_KEY}")),
+    }
+    pristine = files_of(saved)
+    for what, damage in damages.items():
+        damage()
+        target = tmp_path / "new"
+        code, out = run(capsys, "hub", "restore", "--from", saved, "--data", target)
+        assert code == 2 and str(saved) in out, (what, out)
+        assert not target.exists() or not any(target.iterdir()), what
+        for name, content in pristine.items():
+            (saved / name).write_bytes(content)
+    # a directory holding a backup is refused, and replaced only when forced
+    code, out = run(capsys, "hub", "backup", "--data", data, "--to", saved)
+    assert code == 2 and "already holds a backup" in out and files_of(saved) == pristine
+    assert run(capsys, "hub", "backup", "--data", data, "--to", saved, "--force")[0] == 0
+    # a restore into a directory holding a hub's data is refused, which stays as it was
+    held = files_of(data)
+    code, out = run(capsys, "hub", "restore", "--from", saved, "--data", data)
+    assert code == 2 and "not overwriting" in out and files_of(data) == held
