@@ -1,0 +1,227 @@
+"""The hub's data at rest: sealed, upgraded, rotated (``host.hub.at_rest``).
+
+No hub file (``hub.db``, its ``-wal`` and ``-shm``, the documents) holds a
+patient value or a document's bytes in the clear; a hub of an older release
+is sealed by the re-sealer; a rotation cut short by a kill loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from device.sync.document_store import attach
+from host.cli import main as haven_main
+from host.errors import UsageError
+from host.hub.at_rest import STORE_KEY
+from host.hub.hub import Hub, init_hub
+from host.hub.serve import Server
+from host.hub.storage import Op
+from protocol.crdt.replica import Replica
+from protocol.sync import batches as sync
+from protocol.sync.batches import Batch
+
+from .test_documents import content
+from .test_sync_helpers import Kiosk, served_hub
+
+FIXTURE = Path(__file__).parent / "fixtures" / "release-a84fa97"
+SECRETS = ["Zebulon Quixotic-Farnsworth", "QX7731904", "Periwinkle Mansions",
+           "Xanthoxylum cordifolium 40mg", "twice daily with food, Ozymandias"]
+
+
+def files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def assert_nothing_plain(root: Path, needles: list[bytes]) -> None:
+    files = files_under(root)
+    assert files
+    for path in files:
+        blob = path.read_bytes()
+        for needle in needles:
+            assert needle not in blob, f"{needle[:40]!r} in {path.relative_to(root)}"
+
+
+def windows(data: bytes, size: int = 48, count: int = 16) -> list[bytes]:
+    """Pieces of ``data`` from one end to the other."""
+    step = max(1, (len(data) - size) // count)
+    return [data[i:i + size] for i in range(0, len(data) - size, step)]
+
+
+def test_nothing_distinctive_in_any_hub_file(tmp_path: Path) -> None:
+    name, passport, address, medication, dosage = SECRETS
+    scan = content(150_000, seed=7)
+    with served_hub(tmp_path) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        try:
+            r = a.store.checkin(name=name, passport=passport, reason="tremor")
+            a.store.put("patient", r.patient_id, {"address": address})
+            a.store.put("prescription", values={"subject": r.patient_id,
+                                                "medication": medication,
+                                                "dosageInstruction": dosage})
+            (tmp_path / "scan.png").write_bytes(scan)
+            doc = attach(a.store, tmp_path / "scan.png", patient=r.patient_id, title="Scan")
+            b.store.checkin(name="Ottoline Brackenbury", passport="QX5550123")
+            for kiosk in (a, b, a, b):
+                kiosk.sync(url)
+            # a held batch and a quarantined delta carry patient values too
+            payload = sync.pack([Replica(7).put(uuid.uuid4().bytes, "patient", 1,
+                                                {"name": "Held Heliotrope-Vance"})])
+            hub.store.hold_batch(a.device, Batch(9, b"\x01" * 32, payload, b"\0" * 64), 1)
+            hub.store.commit_batch("0000beef", 1, b"\x02" * 32, [],
+                                   [("bad-field", "test", b"Quarantined Quennell")], 1, [0])
+            assert hub.document(doc.record_id) == scan
+            dump = hub.dump()
+            assert name.encode() in dump and medication.encode() in dump
+            assert [h["writes"] for h in hub.held_batches()][0][0]["fields"]["name"] == \
+                "Held Heliotrope-Vance"
+            assert hub.store.quarantined_delta(1) is not None
+            needles = [s.encode() for s in [*SECRETS, "Ottoline", "Brackenbury",
+                                             "Heliotrope", "Quennell", "Zebulon"]]
+            needles += [scan[:20], *windows(scan)]
+            assert (hub.data / "hub.db-wal").stat().st_size > 0
+            assert_nothing_plain(hub.data, needles)  # the log as it is
+            hub.store.checkpoint()
+            assert_nothing_plain(hub.data, needles)
+            assert not list((hub.data / "documents").glob("*" + doc.record_id[:8] + "*"))
+        finally:
+            a.close()
+            b.close()
+
+
+def fixture_hub(tmp_path: Path) -> Path:
+    root = tmp_path / "hub"
+    shutil.copytree(FIXTURE / "hub", root)
+    for path in [root, *root.rglob("*")]:  # git keeps no modes: keys must be owner-only
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    return root
+
+
+def test_an_older_hub_is_readable_at_once_and_sealed_by_the_resealer(tmp_path: Path) -> None:
+    root = fixture_hub(tmp_path)
+    want = json.loads((FIXTURE / "expected.json").read_text())["hub"]
+    document = (root / want["document_file"]).read_bytes()
+    rid = want["document_file"].split("/", 1)[1]
+    plain = [bytes.fromhex(op[3]) for op in want["ops"]]
+    assert not (root / STORE_KEY).exists()
+    with Hub(root) as hub:
+        assert (root / STORE_KEY).exists()  # made at the first open of the new code
+        ops = sorted([op.rid.hex(), op.stamp, op.node, op.data.hex()]
+                     for op in hub.store.all_ops())
+        assert ops == sorted(want["ops"])
+        dump = hub.dump()
+        assert hub.store.keyring()["resealing"] == "ops 0"
+        for _ in range(100):  # a few rows a slice: many slices
+            if not hub.reseal_slice(3):
+                break
+        else:
+            pytest.fail("the re-sealer never finished")
+        assert hub.store.keyring() == {"versions": [1], "current": 1, "resealing": None}
+        assert sorted([op.rid.hex(), op.stamp, op.node, op.data.hex()]
+                      for op in hub.store.all_ops()) == ops
+        assert hub.dump() == dump
+        assert hub.document(rid) == document
+        assert hub.status()["documents"] == {"documents": 1, "bytes": len(document)}
+    assert not (root / "documents" / rid).exists()
+    assert_nothing_plain(root, [p for p in plain if len(p) > 24] + windows(document))
+
+
+def test_a_key_file_of_another_hub_or_none_is_refused_clearly(tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    key = tmp_path / "hub" / STORE_KEY
+    key.unlink()
+    with pytest.raises(UsageError, match="store key"):
+        Hub(tmp_path / "hub")
+    assert not key.exists()  # never made anew over a keyring it would not open
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    with pytest.raises(UsageError, match="does not open its keyring"):
+        Hub(tmp_path / "hub")
+
+
+def many_ops(hub: Hub, count: int) -> None:
+    writer = Replica(5)
+    deltas = [writer.put(uuid.uuid4().bytes, "patient", 1_000 + i, {"name": f"Patient {i}"})
+              for i in range(count)]
+    hub.store.add_local(*map(_decoded, deltas))
+
+
+def _decoded(data: bytes) -> Op:
+    from protocol.crdt.delta import decode
+    d = decode(data)
+    return Op(d.record_id, d.stamp, d.node, data)
+
+
+RESEAL_FOREVER = """
+import sys
+from host.hub.hub import Hub
+hub = Hub(sys.argv[1])
+while hub.reseal_slice(5):
+    print(hub.store.keyring()["resealing"], flush=True)
+print("done", flush=True)
+"""
+
+
+def test_a_rotation_killed_midway_loses_nothing_and_finishes_later(tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        many_ops(hub, 120)
+        while hub.reseal_slice():
+            pass
+        before = hub.dump()
+        assert hub.rotate_key() == 2
+        assert hub.store.keyring()["versions"] == [1, 2]
+    child = subprocess.Popen([sys.executable, "-c", RESEAL_FOREVER, str(tmp_path / "hub")],
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    assert child.stdout is not None
+    seen = [child.stdout.readline() for _ in range(3)]
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    assert all(line.startswith("ops ") for line in seen), seen
+    with Hub(tmp_path / "hub") as hub:
+        keys = hub.store.keyring()
+        assert keys["versions"] == [1, 2] and keys["resealing"] is not None  # both kept
+        assert hub.dump() == before  # rows of either key read
+        assert hub.rotate_key() == 3  # a rotation meanwhile starts the walk over
+        for _ in range(100):
+            if not hub.reseal_slice(50):
+                break
+        assert hub.store.keyring() == {"versions": [3], "current": 3, "resealing": None}
+        assert hub.dump() == before
+        versions = {bytes(d)[0] for (d,) in hub.store._q("SELECT data FROM ops")}
+        assert versions == {3}
+
+
+def test_keys_rotate_while_the_hub_serves_kiosks(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(Server, "RESEAL_IDLE", 0.1)
+    with served_hub(tmp_path) as (hub, url):
+        kiosk = Kiosk(tmp_path, "k", hub, "A")
+        try:
+            for i in range(5):
+                kiosk.store.checkin(name=f"Before Rotation {i}", passport=f"QB{i:07d}")
+            kiosk.sync(url)
+            assert haven_main(["hub", "keys", "rotate", "--data", str(hub.data)]) == 0
+            assert "data key 2" in capsys.readouterr().out
+            deadline = time.monotonic() + 20
+            i = 0
+            while hub.store.keyring()["versions"] != [2]:
+                assert time.monotonic() < deadline, hub.store.keyring()
+                kiosk.store.checkin(name=f"During Rotation {i}", passport=f"QD{i:07d}")
+                kiosk.sync(url)
+                i += 1
+            kiosk.sync(url)
+            assert hub.dump() == kiosk.store.dump()
+            assert hub.store.count() == len(list(hub.store.all_ops()))
+        finally:
+            kiosk.close()
