@@ -272,6 +272,8 @@ def test_a_damaged_backup_directory_is_refused_and_nothing_is_written(
         "manifest cut": lambda: (saved / "manifest.json").write_text(manifest[:50]),
         "manifest garbage": lambda: (saved / "manifest.json").write_bytes(os.urandom(200)),
         "manifest gone": lambda: (saved / "manifest.json").unlink(),
+        "manifest edited": lambda: (saved / "manifest.json").write_text(
+            manifest.replace('"head": 0', '"head": 1')),
         "a key listed": lambda: (saved / "manifest.json").write_text(manifest.replace(
             f"{DOCUMENTS_DIR}/{'0' * 32}", f"{DOCUMENTS_DIR}/../{ED_KEY}")),
     }

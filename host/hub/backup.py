@@ -8,6 +8,11 @@ database's schema version, its head arrival number, when it was taken, and
 each file's size and SHA-256. Never a key (``hub.SECRET_FILES``): those are
 ``haven hub keys backup``'s, kept apart (``host.hub.key_backup``).
 
+The manifest is signed with the hub's Ed25519 key (the one key a backup
+reads, to name the hub and sign): a manifest rewritten with its files is
+refused unless the hub's key signed it, and the database must record the
+same hub id (``hub.HUB_ID``) as the manifest.
+
 The database is copied with SQLite's online backup API from a connection of
 its own that holds one read transaction for the whole copy: in WAL mode a
 reader stalls no writer, so the hub goes on committing check-ins, and the
@@ -53,16 +58,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from host.errors import UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
-from host.hub.key_backup import hub_id_of
 from host.hub.storage import MIGRATIONS
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_secret
 from protocol.driver.wall_clock import wall_ms
 
 MANIFEST = "manifest.json"
+SIGNATURE_LABEL = b"haven/hub/backup-manifest/v1\x00"
 FORMAT, VERSION = "haven-hub-backup", 1
 STAGING, RESTORING = ".partial", ".restoring"
 STEP_PAGES = 1024  #: 4 MiB of 4 KiB pages per step of the online backup
@@ -85,11 +93,21 @@ class Manifest:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_ms / 1000))
 
 
-def _hub_id(data: Path) -> str:
+def _ed_key(data: Path) -> Ed25519PrivateKey:
     try:
-        return hub_id_of(read_secret(data / ED_KEY, "hub key", 32)).hex()
+        return Ed25519PrivateKey.from_private_bytes(read_secret(data / ED_KEY, "hub key", 32))
     except SecretFileError as exc:
         raise UsageError(f"{data} holds no usable hub key: {exc}") from None
+
+
+def _hub_id(data: Path) -> str:
+    return _ed_key(data).public_key().public_bytes_raw().hex()
+
+
+def _signed_body(doc: dict[str, Any]) -> bytes:
+    """What the manifest's signature covers: every field but the signature, as JSON."""
+    body = {k: v for k, v in doc.items() if k != "signature"}
+    return SIGNATURE_LABEL + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 # Taking a backup --------------------------------------------------------------------
@@ -103,7 +121,8 @@ def backup(data: Path, to: Path, *, force: bool = False, step_pages: int = STEP_
     data, to = Path(data), Path(to)
     if not (data / DB).exists():
         raise UsageError(f"{data} holds no hub database ({DB})")
-    hub_id = _hub_id(data)
+    ed_key = _ed_key(data)
+    hub_id = ed_key.public_key().public_bytes_raw().hex()
     if to.resolve() == data.resolve() or data.resolve() in to.resolve().parents:
         raise UsageError(f"{to} is inside the hub's data directory; back up elsewhere")
     _check_target(to, force)
@@ -126,7 +145,7 @@ def backup(data: Path, to: Path, *, force: bool = False, step_pages: int = STEP_
     _copy_documents(data / DOCUMENTS_DIR, staging / DOCUMENTS_DIR)
     manifest = Manifest(hub_id, version, head, wall_ms(),
                         {path: _describe(staging / path) for path in _files(staging)})
-    _publish(staging, to, manifest)
+    _publish(staging, to, manifest, ed_key)
     return manifest
 
 
@@ -262,7 +281,7 @@ def _describe(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def _publish(staging: Path, to: Path, manifest: Manifest) -> None:
+def _publish(staging: Path, to: Path, manifest: Manifest, ed_key: Ed25519PrivateKey) -> None:
     """Move the staged files into ``to``, then write the manifest: the backup exists."""
     for entry in (DB, DOCUMENTS_DIR):
         old = to / entry
@@ -274,8 +293,10 @@ def _publish(staging: Path, to: Path, manifest: Manifest) -> None:
             os.replace(staging / entry, old)
     for directory in {to} | {(to / p).parent for p in manifest.files}:
         fsync_dir(directory)
-    text = json.dumps({"format": FORMAT, "version": VERSION, **asdict(manifest),
-                       "created": manifest.created}, indent=1, sort_keys=True) + "\n"
+    doc = {"format": FORMAT, "version": VERSION, **asdict(manifest),
+           "created": manifest.created}
+    doc["signature"] = ed_key.sign(_signed_body(doc)).hex()
+    text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     tmp = to / f".{MANIFEST}.tmp"
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(text)
@@ -308,11 +329,14 @@ def read_manifest(source: Path) -> Manifest:
     try:
         manifest = Manifest(str(doc["hub_id"]), int(doc["schema_version"]), int(doc["head"]),
                             int(doc["created_ms"]), dict(doc["files"]))
-        bytes.fromhex(manifest.hub_id)
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(manifest.hub_id)).verify(
+            bytes.fromhex(str(doc["signature"])), _signed_body(doc))
         for name, entry in manifest.files.items():
             _check_path(name)
             bytes.fromhex(entry["sha256"])
             int(entry["size"])
+    except InvalidSignature:
+        raise UsageError(f"{damaged}: its signature is not its hub's (altered)") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{damaged}: {exc}") from None
     if DB not in manifest.files:
