@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passphrase-file", type=Path, metavar="FILE",
                    help="with --key-provider passphrase: the passphrase staff unlock the "
                    "kiosk with, the first line of FILE (default: asked twice on the terminal)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help=f"the TOML configuration file key_provider and tpm_tcti come from "
+                   f"(default {config.DEFAULT_PATH}, read if it exists); flags win")
+    config.add_flags(p, ("key_provider", "tpm_tcti"))
 
     p = sub.add_parser("passphrase", help="change the passphrase staff unlock the kiosk with",
                        description="Change the passphrase of a kiosk made with --key-provider "
@@ -85,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the current passphrase, the first line of FILE")
     p.add_argument("--new-passphrase-file", type=Path, metavar="FILE",
                    help="the new passphrase (8 to 256 characters), the first line of FILE")
-
 
     p = sub.add_parser("enroll", help="install the certificate the hub issued",
                        description="Install CERT (from haven hub enroll): the hub's keys, "
@@ -252,10 +255,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _open(args: argparse.Namespace) -> Any:
     from device.store import Store
+    from device.store.unlock import PassphraseKeys, unwrap, uses_passphrase
     from device.wipe import refuse_if_destroyed
 
     refuse_if_destroyed(args.data)  # revoked: its keys are gone, say so rather than which
+    if uses_passphrase(args.data):  # its keys open with the passphrase, asked here
+        keys = PassphraseKeys(args.data, unwrap(args.data, read_passphrase(
+            None, "The kiosk's passphrase: ")))
+        return Store(args.data, keys, fleet=keys)
     return Store(args.data)
+
+
+def _locked_status(args: argparse.Namespace) -> int:
+    """``status`` of a kiosk whose keys are under a passphrase, with no terminal to ask it
+    on: what is known without the keys (the running kiosk, the check-ins sealed while
+    locked)."""
+    from device.store.pending import PendingCheckins
+
+    run = _running(args.data)
+    with PendingCheckins(args.data) as pending:
+        sealed = pending.count()
+    st = {"locked": None if run is None else run.get("locked"), "running": run,
+          "pending_sealed": sealed}
+    if args.json:
+        print(json.dumps(st, sort_keys=True, indent=1))
+        return 0
+    print(f"keys under a passphrase: the store is not opened here (run on a terminal to "
+          f"be asked it); {sealed} check-ins sealed while locked wait for the unlock")
+    print("status: " + ("no haven-kiosk run answers for this folder" if run is None else
+                        f"{run['state']}" + (", LOCKED: staff unlock it on the staff screen; "
+                                             "no patient is looked up and nothing syncs "
+                                             "until then" if run.get("locked") else "")
+                        + f" (haven-kiosk run, pid {run['pid']})"))
+    return 0
 
 
 def read_passphrase(file: Path | None, prompt: str, twice: bool = False) -> str:
@@ -285,8 +317,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     from device.store import init_store
     from device.store.unlock import init_keys, uses_passphrase
 
+    cfg = config.load(args.config, {**config.flags_of(args), "data": args.data})
     keys = None
-    if (getattr(args, "key_provider", None) == "passphrase" or args.passphrase_file
+    if (cfg.key_provider == "passphrase" or args.passphrase_file
             or uses_passphrase(args.data)):
         fleet = args.fleet_key.read_bytes() if args.fleet_key is not None else None
         new = not uses_passphrase(args.data)
@@ -295,7 +328,8 @@ def cmd_init(args: argparse.Namespace) -> int:
             args.passphrase_file, "New passphrase to unlock the kiosk (8 or more characters): "
             if new else "The kiosk's passphrase: ", twice=new), fleet)
     with init_store(args.data, args.site, args.letter, args.fleet_key,
-                    key_provider=keys, fleet=keys) as store:
+                    key_provider=keys, fleet=keys, provider=cfg.key_provider,
+                    tcti=cfg.tpm_tcti) as store:
         again = start_as_new_kiosk(store)
         if again is not None:
             print(f"this kiosk was a suspected clone: it has a new identity, and {again} "
@@ -464,6 +498,7 @@ def _running(data: Path) -> dict[str, Any] | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from device.health.storage_guard import look
+    from device.store.unlock import uses_passphrase
     from device.sync.document_store import summary_of
     from device.sync.engine import describe_scope
     from device.sync.state import (
@@ -478,6 +513,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from protocol.sync.round_common import DECOMMISSIONED
 
     cfg = config.load(args.config, {"data": args.data})
+    if uses_passphrase(args.data) and not sys.stdin.isatty():
+        return _locked_status(args)
     with _open(args) as store:
         st = store.status()
         st["documents"] = summary_of(store)

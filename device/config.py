@@ -113,6 +113,12 @@ def _hub_key(value: str) -> str:
     return "" if ok else f"must be 64 hex digits (a 32-byte key), not {value!r}"
 
 
+def _key_provider(value: str) -> str:
+    if value not in ("file", "tpm", "passphrase"):
+        return f"must be file, tpm or passphrase, not {value!r}"
+    return ""
+
+
 def _inside_data(value: str) -> str:
     parts = value.split("/")
     if value.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -222,6 +228,15 @@ class KioskConfig:
     provision_hold: float = option(3.0, "provisioning a fresh kiosk: how long the service "
                                    "button must be held (physical presence)", unit="s",
                                    positive=True)
+    key_provider: str = option("file", "where the kiosk's keys are kept, chosen when "
+                               "haven-kiosk init makes the store: file (owner-only files on "
+                               "the card), tpm (sealed to a TPM 2.0, the fleet key inside "
+                               "it) or passphrase (wrapped under a passphrase staff type "
+                               "after each boot)", metavar="KIND", check=_key_provider)
+    tpm_tcti: str = option("device:/dev/tpmrm0", "the TPM of key_provider tpm, as a "
+                           "tpm2-tools TCTI (swtpm:host=H,port=N for a software TPM); "
+                           "recorded in the data directory by haven-kiosk init",
+                           metavar="TCTI")
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)

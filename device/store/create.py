@@ -18,6 +18,7 @@ from pathlib import Path
 from device.store.exc import BadRequest, StoreError
 from device.store.fleet import FleetKeeper
 from device.store.keys import KeyFile, KeyProvider
+from device.store.providers import check_provider, create_keys
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY, Store
 from protocol.driver.secret_files import write_secret
 
@@ -25,11 +26,14 @@ from protocol.driver.secret_files import write_secret
 def init_store(data: Path, site: str, letter: str | None = "A",
                fleet_key_file: Path | None = None,
                key_provider: KeyProvider | None = None,
-               fleet: FleetKeeper | None = None) -> Store:
+               fleet: FleetKeeper | None = None, *, provider: str = "file",
+               tcti: str | None = None) -> Store:
     """Create (or update the site and letter of) a kiosk store in ``data``; ``letter``
     None keeps the letter it has (``A`` in a new store) until the hub gives one. A
     ``fleet`` keeper other than the default file keeps the fleet key itself (no
-    ``fleet.key`` is written)."""
+    ``fleet.key`` is written). Otherwise the keys of a new store are made by
+    ``provider`` (``device.store.providers``: ``file``, or ``tpm`` at ``tcti``), and an
+    existing store's must be of that provider."""
     data = Path(data)
     if letter is not None:
         letter = letter.upper()
@@ -47,7 +51,12 @@ def init_store(data: Path, site: str, letter: str | None = "A",
         if len(new_fleet) < 32:
             raise StoreError(f"fleet key {fleet_key_file} is shorter than 32 bytes", "key-size")
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not (data / DB_NAME).exists():
+    if key_provider is None and fleet is None:
+        if (data / DB_NAME).exists():
+            check_provider(data, provider)
+        else:
+            key_provider, fleet = create_keys(data, provider, site, new_fleet, tcti)
+    elif not (data / DB_NAME).exists():
         if key_provider is None and not (data / STORE_KEY).exists():
             KeyFile(data / STORE_KEY).create()
         if fleet is None and not (data / FLEET_KEY).exists():

@@ -52,9 +52,9 @@ from device.store.collect import CollectReport
 from device.store.db import connect
 from device.store.door import verifier_verdict
 from device.store.exc import BadRequest, KeyMismatch, NotInitialised, StorageFull, StoreError
-from device.store.fleet import FleetKeeper, FleetKeyFile, FleetSecret
+from device.store.fleet import FleetKeeper, FleetSecret
 from device.store.inbox import MergeReport
-from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyFile, KeyProvider
+from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyProvider
 from device.store.materialise import (
     insert_op,
     load_log,
@@ -64,6 +64,9 @@ from device.store.materialise import (
     read_view,
     rewrite,
 )
+from device.store.providers import FLEET_KEY as FLEET_KEY
+from device.store.providers import STORE_KEY as STORE_KEY
+from device.store.providers import open_keys
 from device.store.report import status_of
 from device.store.scope_state import ScopeReader, held_heads
 from device.store.writer import BULK, URGENT, Writer
@@ -83,8 +86,6 @@ from protocol.sync.sealed_identity import seal_identity
 
 log = logging.getLogger("haven.store")
 DB_NAME = "store.db"
-STORE_KEY = "store.key"
-FLEET_KEY = "fleet.key"
 #: Most deltas in one merge job; its transactions are also cut short by time and by
 #: waiting check-ins (``inbox``).
 SLICE = 4096
@@ -178,11 +179,13 @@ class Store:
         self.path = self.data / DB_NAME
         if not create and not self.path.exists():
             raise NotInitialised(f"no kiosk store in {self.data}; run: haven-kiosk init")
-        provider = key_provider or KeyFile(self.data / STORE_KEY)
-        self.cipher = FieldCipher(provider.key())
+        if key_provider is None or fleet is None:  # what the data directory holds
+            found_key, found_fleet = open_keys(self.data)
+            key_provider, fleet = key_provider or found_key, fleet or found_fleet
+        self.cipher = FieldCipher(key_provider.key())
         #: Where the fleet key is kept (``device.store.fleet``), and the key: every id
         #: derived from it goes through ``self.fleet``.
-        self.fleet_keeper = fleet or FleetKeyFile(self.data / FLEET_KEY)
+        self.fleet_keeper = fleet
         self.fleet = self.fleet_keeper.load()
         self.hlc = HLC()
         self.rng = random.Random()
