@@ -280,7 +280,7 @@ class Runtime:
         def clock() -> int:
             return wall_ms() + self._offset
 
-        passphrase = getattr(self.cfg, "key_provider", "file") == "passphrase"
+        passphrase = self.cfg.key_provider == "passphrase"
         if passphrase or unlock.uses_passphrase(self.data):
             log.warning("the store is locked: staff unlock it on the staff screen; "
                         "check-ins are kept sealed until then")

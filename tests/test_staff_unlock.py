@@ -215,6 +215,11 @@ def test_check_ins_while_locked_survive_power_cuts_and_merge_at_the_unlock(
         token = call(url, "/api/staff/login", {"pin": "246810"})[2]["token"]
         status, _, answer = call(url, "/api/staff/overview", headers={"X-Staff-Token": token})
         assert (status, answer["error"]) == (409, "locked")
+        shown = subprocess.run([sys.executable, "-m", "device.cli", "status", "--data",
+                                str(data)], capture_output=True, text=True, cwd=ROOT,
+                               stdin=subprocess.DEVNULL)
+        assert shown.returncode == 0, shown.stderr
+        assert "3 check-ins sealed while locked" in shown.stdout and "LOCKED" in shown.stdout
         # at rest while locked: no file holds what the patients typed
         for name, blob in files_of(data).items():
             for secret in SECRETS:
