@@ -74,6 +74,7 @@ from device import audit
 from device.enrol import APPROVAL, CERT, ED_KEY, REQUEST, X_KEY
 from device.store import Store, StoreError
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY
+from device.store.unlock import KEYS_FILE as PASSPHRASE_KEYS
 from device.sync.document_store import DB_NAME as DOCS_DB
 from device.sync.document_store import HELD
 from protocol.driver.secret_files import fsync_dir
@@ -83,8 +84,9 @@ log = logging.getLogger("haven.wipe")
 
 MARKER = "wiped.json"
 WIPING, WIPED, REVOKED = "wiping", "wiped", "revoked"
-#: The private keys and secrets, destroyed first (overwritten, then unlinked).
-KEY_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY)
+#: The private keys and secrets, destroyed first (overwritten, then unlinked); under a
+#: passphrase, its keys file (check-ins sealed while locked open with a key inside it).
+KEY_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY, PASSPHRASE_KEYS)
 #: What holds the fleet key sealed to the kiosk's key, or names the identity: removed
 #: with the keys (the certificate is kept by a revoked kiosk: it says whose it was).
 IDENTITY_FILES = (CERT, APPROVAL, REQUEST)
