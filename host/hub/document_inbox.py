@@ -159,7 +159,7 @@ class DocumentInbox:
                                "offer's size or SHA-256 is not its record's")
         self._open.take((self.root, object_hash))
         self.root.mkdir(mode=0o700, exist_ok=True)
-        store = self._open.dir = SealedChunks(self.root, self.store.sealer)
+        store = self._open.dir = SealedChunks(self.root, lambda: self.store.sealer)
         self._receiver = Receiver(store, limits=ReceiverLimits(max_size=self.max_size))
         return self._feed(self._receiver, store, msg)
 

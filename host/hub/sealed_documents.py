@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import cbor2
@@ -43,7 +44,7 @@ from protocol.transfer import HASH_SIZE, LENGTH_SIZE
 CHUNKS, OBJECTS = "chunks", "objects"
 _RECORD_ID = re.compile(r"[0-9a-f]{32}")  #: a plain document's name, before sealing
 #: Files a re-seal slice handles at most.
-FILES_PER_SLICE = 64
+FILES_PER_SLICE = 16
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -69,14 +70,19 @@ def _dirs(root: Path) -> tuple[Path, Path]:
 class SealedChunks:
     """The chunks of the documents in ``root`` and of the one being received."""
 
-    def __init__(self, root: Path, sealer: Sealer) -> None:
+    def __init__(self, root: Path, sealer: Sealer | Callable[[], Sealer]) -> None:
+        """``sealer``: or what gives the store's at each use (a rotation meanwhile)."""
         self.root = Path(root)
-        self.sealer = sealer
+        self._sealer = sealer
         self.chunks, self.objects = _dirs(self.root)
         self.object: bytes | None = None
         self.name = ""
         self.size = 0
         self._layout: list[tuple[bytes, int]] = []
+
+    @property
+    def sealer(self) -> Sealer:
+        return self._sealer if isinstance(self._sealer, Sealer) else self._sealer()
 
     def _chunk(self, chunk_hash: bytes) -> Path:
         return self.chunks / self.sealer.name(b"chunk", chunk_hash)
@@ -164,8 +170,7 @@ def reseal_files(root: Path, sealer: Sealer, limit: int = FILES_PER_SLICE) -> bo
     for d in (store.chunks, store.objects):
         for path in sorted(d.iterdir()):
             if path.name.endswith(".tmp"):
-                path.unlink()
-                continue
+                continue  # a write in progress (or cut short: sealed all the same)
             blob = path.read_bytes()
             if blob[:1] == bytes([sealer.current]):
                 continue

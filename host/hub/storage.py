@@ -735,8 +735,15 @@ class HubStore:
                          "files 0")
                 db.execute("UPDATE meta SET value = ? WHERE key = ?", [place, at_rest.PROGRESS])
                 return True
-            if files is not None and not files(sealer):
-                return True
+            place = str(row[0])
+        # files (document chunks) are re-sealed outside the store's lock: syncs go on
+        if files is not None and not files(sealer):
+            return True
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", [at_rest.PROGRESS]
+                             ).fetchone()
+            if row is None or str(row[0]) != place or self._sealing(db) is not sealer:
+                return True  # a rotation meanwhile: the walk starts over
             db.execute("DELETE FROM meta WHERE key = ?", [at_rest.PROGRESS])
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)", [at_rest.ALL_SEALED])
             db.execute("DELETE FROM keyring WHERE version NOT IN (?, ?)",
