@@ -72,11 +72,14 @@ def test_a_hub_whose_machine_is_lost_comes_back_from_its_backups_with_nothing_lo
         for i in range(3):
             a.store.checkin(name=f"Late A{i}", passport=f"LA{i:06d}")
         b.store.checkin(name="Late B", passport="LB000001")
+        late_scan = tmp_path / "late.pdf"
+        late_scan.write_bytes(os.urandom(30_000))
+        attach(b.store, late_scan, patient=patient)
         for k in (a, b, a):
             k.sync(url)
         before, hub_id = hub.dump(), hub.ed_public.hex()
         documents = hub.status()["documents"]
-        assert documents["documents"] == 1
+        assert documents["documents"] == 2
         assert len(checkins_on(hub)) == 6
     manifest = json.loads((saved / "manifest.json").read_text())
     assert manifest["hub_id"] == hub_id and manifest["head"] > 0
@@ -94,10 +97,11 @@ def test_a_hub_whose_machine_is_lost_comes_back_from_its_backups_with_nothing_lo
         assert (new / name).stat().st_mode & 0o777 == 0o600
     with serving(new) as (hub, url):
         assert len(checkins_on(hub)) == 2  # what the backup held
-        assert hub.status()["documents"] == documents
+        assert hub.status()["documents"]["documents"] == 1
         for k in (a, b, a, b):
             k.sync(url)
         assert hub.dump() == before  # the kiosks gave back what it missed
+        assert hub.status()["documents"] == documents  # the late scan's content too
         assert a.store.dump() == b.store.dump() == hub.dump()
         # and arrival numbers go on past every cursor the kiosks hold
         b.store.checkin(name="After B", passport="AB000001")

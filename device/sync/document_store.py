@@ -136,6 +136,14 @@ class DocumentStore:
         self.db.execute("UPDATE documents SET state = ?, reason = ? WHERE rid = ?",
                         [state, reason, rid])
 
+    def requeue_delivered(self) -> int:
+        """Offer again every document the hub confirmed (a hub restored from a backup may
+        lack the content); returns how many. Content the hub holds costs an offer: no
+        chunk it has is sent."""
+        return int(self.db.execute(
+            "UPDATE documents SET state = ?, reason = NULL, attempts = 0, next_at = 0"
+            " WHERE state = ?", [HELD, DELIVERED]).rowcount)
+
     def retry_later(self, rid: bytes, reason: str, now_ms: int, rng: random.Random) -> None:
         """The hub did not take the content this time: offer it again after a backoff
         (the outbox's), so content the hub keeps refusing costs little."""

@@ -135,10 +135,11 @@ class KioskLedger:
     (the chain, the cursor), with the round's ``Summary`` counting what moved."""
 
     def __init__(self, store: Store, state: SyncState, summary: Summary,
-                 hub_ed25519: bytes | None = None) -> None:
+                 hub_ed25519: bytes | None = None, docs: DocumentStore | None = None) -> None:
         """``hub_ed25519``: the hub's key from our certificate, which signs the
-        technicians' revocation list (None: the list is not kept)."""
-        self.store, self.state, self.summary = store, state, summary
+        technicians' revocation list (None: the list is not kept). ``docs``: the
+        kiosk's documents, offered again to a hub restored from a backup."""
+        self.store, self.state, self.summary, self.docs = store, state, summary, docs
         #: The hub's time as a technician's credential is judged by (SPEC.md "Technicians")
         self.hub_time = TrustedClock(store.data)
         self.revocations = (None if hub_ed25519 is None
@@ -181,8 +182,11 @@ class KioskLedger:
     def rewind(self, seq: int, acked: int) -> None:
         self.state.rewind(seq)
         again = self.store.outbox_requeue_local()
+        # the content of a document the backup missed is gone with it, and its record
+        # comes back by the writes queued again: offer the content again too
+        docs = 0 if self.docs is None else self.docs.requeue_delivered()
         log.warning("the hub holds our batches up to %d of %d (restored from a backup?): "
-                    "%d writes queued again", seq, acked, again)
+                    "%d writes and %d documents queued again", seq, acked, again, docs)
 
     def acked(self, seq: int, kept: list[int], quarantined: list[int],
               arrived: int | None) -> None:
@@ -352,7 +356,8 @@ class Round:
         self.device = ident.cert.device_id
         self.summary = Summary()
         hub_key = ident.cert.hub_ed25519
-        self.sync = KioskSync(KioskLedger(store, state, self.summary, hub_key),
+        self.sync = KioskSync(KioskLedger(store, state, self.summary, hub_key,
+                                          None if documents is None else documents.docs),
                               cert=ident.cert.raw, device=self.device, key=ident.ed_key,
                               enrol=ident.enrol, hub_ed25519=hub_key)
         self.installed: int | None = None  #: the certificate's serial, once one was issued
