@@ -84,9 +84,11 @@ log = logging.getLogger("haven.wipe")
 
 MARKER = "wiped.json"
 WIPING, WIPED, REVOKED = "wiping", "wiped", "revoked"
-#: The private keys and secrets, destroyed first (overwritten, then unlinked); under a
-#: passphrase, its keys file (check-ins sealed while locked open with a key inside it).
-KEY_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY, PASSPHRASE_KEYS)
+#: The private keys and secrets, destroyed first (overwritten, then unlinked).
+KEY_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY)
+#: Keys another provider keeps on the card, wrapped, destroyed with them when present:
+#: under a passphrase, its keys file (check-ins sealed while locked open with a key in it).
+WRAPPED_KEY_FILES = (PASSPHRASE_KEYS,)
 #: What holds the fleet key sealed to the kiosk's key, or names the identity: removed
 #: with the keys (the certificate is kept by a revoked kiosk: it says whose it was).
 IDENTITY_FILES = (CERT, APPROVAL, REQUEST)
@@ -254,7 +256,7 @@ def destroy_keys(data: Path, state: str, **facts: Any) -> list[str]:
     destroyed."""
     data = Path(data)
     _write_marker(data, {"state": state, "at": wall_ms(), **facts})
-    gone = [name for name in KEY_FILES if _destroy(data / name)]
+    gone = [name for name in (*KEY_FILES, *WRAPPED_KEY_FILES) if _destroy(data / name)]
     for name in () if state == REVOKED else IDENTITY_FILES:
         _destroy(data / name)
     with contextlib.suppress(OSError):
@@ -266,7 +268,8 @@ def is_kiosk_data(data: Path) -> bool:
     """Whether ``data`` holds a kiosk (a store, keys or a wipe marker): nothing else is
     ever erased."""
     data = Path(data)
-    return data.is_dir() and any((data / name).exists() for name in (DB_NAME, MARKER, *KEY_FILES))
+    return data.is_dir() and any((data / name).exists()
+                                 for name in (DB_NAME, MARKER, *KEY_FILES, *WRAPPED_KEY_FILES))
 
 
 def erase_data(data: Path) -> int:
@@ -396,7 +399,7 @@ def wipe_on_revocation(data: Path, detail: str) -> list[str]:
     data = Path(data)
     marker = read_marker(data)
     if (marker is not None and marker["state"] == REVOKED
-            and not any((data / name).exists() for name in KEY_FILES)):
+            and not any((data / name).exists() for name in (*KEY_FILES, *WRAPPED_KEY_FILES))):
         return []  # done at an earlier contact
     try:
         keys = destroy_keys(data, REVOKED, detail=detail[:200], site=_site_of(data))

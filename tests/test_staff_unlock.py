@@ -330,3 +330,17 @@ def test_unlock_time_and_memory(tmp_path: Path) -> None:
     print(f"\nunlock (scrypt n=2**14 r=8 p=1 + AES-GCM): {took * 1000:.0f} ms; RSS "
           f"{before / 1024:.1f} MiB before, peak {peak / 1024:.1f} MiB during, "
           f"{after / 1024:.1f} MiB after")
+
+
+def test_revocation_destroys_the_keys_file_and_the_locked_check_ins_stay_unreadable(
+        tmp_path: Path) -> None:
+    from device import wipe
+
+    data = tmp_path / "k"
+    _lock_three(data)
+    assert unlock.KEYS_FILE in wipe.wipe_on_revocation(data, "revoked in a test")
+    assert not (data / unlock.KEYS_FILE).exists()
+    with PendingCheckins(data) as pending:
+        assert pending.count() == 3  # kept, sealed to a key that no longer exists
+    for blob in files_of(data).values():
+        assert b"Locked" not in blob
