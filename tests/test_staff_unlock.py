@@ -262,25 +262,36 @@ def _lock_three(data: Path) -> list[str]:
     return numbers
 
 
-def test_a_merge_cut_short_loses_none_and_doubles_none(tmp_path: Path) -> None:
+def test_a_merge_cut_by_a_power_cut_loses_none_and_doubles_none(tmp_path: Path) -> None:
     data = tmp_path / "k"
     numbers = _lock_three(data)
-    # the state a crash leaves after the store took the first and before it was erased
-    keys = unlock.PassphraseKeys(data, unlock.unwrap(data, PASS))
+    # the unlock in a process that dies right after the store took the second check-in,
+    # before that entry was erased from pending.db
+    code = ("import os\n"
+            "from device.store.locked import LockableStore\n"
+            "from device.store.store import Store\n"
+            "taken = Store.checkin\n"
+            "def checkin(self, *a, **kw):\n"
+            "    out = taken(self, *a, **kw)\n"
+            "    if kw.get('queue_number') == 'B-002':\n"
+            "        os._exit(9)\n"
+            "    return out\n"
+            "Store.checkin = checkin\n"
+            f"LockableStore({str(data)!r}).unlock({PASS!r})\n")
+    died = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
+    assert died.returncode == 9, died.stderr
     with PendingCheckins(data) as pending:
-        row = pending.db.execute("SELECT cid, at_ms, queue_number, sealed FROM checkins"
-                                 " ORDER BY at_ms LIMIT 1").fetchone()
-        values = pending._open(row, keys.keys.pending_key)
-    with Store(data, keys, fleet=keys) as store:
-        store.checkin(now_ms=row[1], checkin_id=row[0], queue_number=row[2], **values)
-        with pytest.raises(StoreError, match="held already"):
-            store.checkin(now_ms=row[1], checkin_id=row[0], queue_number=row[2], **values)
+        assert pending.count() == 2  # the first erased; the second merged, not erased
     gate = LockableStore(data)
     merge = gate.unlock(PASS)
-    assert (merge.merged, merge.already, merge.refused) == (2, 1, [])
+    assert (merge.merged, merge.already, merge.refused) == (1, 1, [])
     held = checkins(gate)
-    assert sorted(held) == numbers and held[numbers[0]]["id"] == row[0]
+    assert sorted(held) == numbers
+    assert [held[n]["name"] for n in numbers] == ["Ada Locked", "Bea Locked", "Cyd Locked"]
     assert gate.unlock(PASS).merged == 0  # unlocked already: nothing left to merge
+    with pytest.raises(StoreError, match="held already"):  # an id is taken once
+        gate.checkin(name="Ada Again", reason="sick", checkin_id=held["B-001"]["id"],
+                     queue_number="B-001")
     assert gate.checkin(name="Dee After", reason="sick").queue_number == "B-004"
     gate.close()
 
