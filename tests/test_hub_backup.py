@@ -23,6 +23,7 @@ from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, ED_KEY, SECRET_FILES, Hub, init_hub
 from protocol.crdt import short_code
 
+from .conftest import small_disk
 from .test_sync_helpers import Kiosk
 from .test_sync_restore import checkins_on, serving
 
@@ -135,24 +136,28 @@ def test_a_backup_taken_while_kiosks_sync_is_the_hub_at_one_moment(tmp_path: Pat
     data = tmp_path / "hub"
     init_hub(data)
     with serving(data) as (hub, url):
-        kiosks = [Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")]
-        stop = threading.Event()
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        stop, going = threading.Event(), threading.Event()
 
-        def checking_in(k: Kiosk) -> None:
-            i = 0
-            while not stop.is_set() and i < 200:
-                k.store.checkin(name=f"Pat {i}", passport=f"P{k.device}{i:04d}")
-                k.sync(url)
-                i += 1
+        def checking_in() -> None:  # kiosk b syncs all along
+            for i in range(200):
+                if stop.is_set():
+                    return
+                b.store.checkin(name=f"Pat {i}", passport=f"PB{i:06d}")
+                b.sync(url)
+                going.set()
 
-        threads = [threading.Thread(target=checking_in, args=(k,)) for k in kiosks]
-        for t in threads:
-            t.start()
+        thread = threading.Thread(target=checking_in)
+        thread.start()
         try:
+            assert going.wait(timeout=30)
             steps: list[int] = []
 
             def meanwhile(remaining: int, total: int) -> None:
-                steps.append(remaining)  # a commit between every two steps of the copy
+                if not steps:  # kiosk a syncs a check-in between two steps of the copy
+                    a.store.checkin(name="Meanwhile", passport="MW000001")
+                    a.sync(url)
+                steps.append(remaining)
                 hub.store.log(None, "during-backup", f"{remaining} of {total}", 0)
 
             for n in range(3):
@@ -162,15 +167,16 @@ def test_a_backup_taken_while_kiosks_sync_is_the_hub_at_one_moment(tmp_path: Pat
                 consistent(tmp_path / f"b{n}" / DB)
         finally:
             stop.set()
-            for t in threads:
-                t.join(timeout=60)
-        assert len(steps) >= 6
-        copy = sqlite3.connect(tmp_path / "b0" / DB)
+            thread.join(timeout=60)
+        assert len(steps) >= 6 and manifest.head > 0
+        assert "A-001" in checkins_on(hub)
+        copy = sqlite3.connect(tmp_path / "b0" / DB)  # the hub as the copy began
         assert copy.execute("SELECT COUNT(*) FROM log WHERE code = 'during-backup'"
-                            ).fetchone()[0] == 0  # the copy is the moment it began
+                            ).fetchone()[0] == 0
+        assert copy.execute("SELECT COUNT(*) FROM batches WHERE device_id = ?",
+                            [a.device]).fetchone()[0] == 0
         copy.close()
-        assert manifest.head > 0
-        for k in kiosks:
+        for k in (a, b):
             k.close()
 
 
@@ -213,7 +219,12 @@ def test_a_key_backup_of_another_hub_is_refused_and_nothing_is_overwritten(
     shutil.copy(other / DB, new / DB)
     with pytest.raises(ValueError, match="belongs to hub|from another hub"):
         Hub(new)
-    assert run(capsys, "hub", "restore", "--from", saved, "--data", tmp_path / "n2")[0] == 0
+    # keys first, then the data: the same hub's, taken
+    n2 = tmp_path / "n2"
+    assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", n2,
+               "--recovery-key-file", safe)[0] == 0
+    assert run(capsys, "hub", "restore", "--from", saved, "--data", n2)[0] == 0
+    Hub(n2).close()  # its keys open its database
 
 
 def test_a_mistyped_or_wrong_recovery_key_and_a_damaged_key_backup_are_refused(
@@ -298,3 +309,13 @@ def test_a_damaged_backup_directory_is_refused_and_nothing_is_written(
     held = files_of(data)
     code, out = run(capsys, "hub", "restore", "--from", saved, "--data", data)
     assert code == 2 and "not overwriting" in out and files_of(data) == held
+
+
+def test_a_backup_that_would_not_fit_is_refused_before_anything_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "hub"
+    init_hub(data)
+    with small_disk(tmp_path / "small", "4m") as small:
+        code, out = run(capsys, "hub", "backup", "--data", data, "--to", small / "b")
+        assert code == 2 and "MiB free" in out, out
+        assert not (small / "b").exists()
