@@ -219,8 +219,7 @@ def _copy_database(source: Path, target: Path, step_pages: int = STEP_PAGES,
     except sqlite3.Error as exc:
         raise UsageError(f"cannot copy {source}: {exc}") from None
     finally:
-        src.close()
-    _fsync(target)
+        src.close()  # the copy's last commits were synced (synchronous=FULL, its default)
 
 
 def _check_integrity(db: sqlite3.Connection, path: Path) -> None:
@@ -258,14 +257,6 @@ def _copy_file(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, _CHUNK)
         dst.flush()
         os.fsync(dst.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _files(root: Path) -> list[str]:
