@@ -638,3 +638,47 @@ def test_the_page_gives_each_name_mistake_its_message(touch_kiosk: tuple[str, Pa
     page.fill("#name", "\u0644\u064a\u0644\u0649")
     page.tap("#name-next")
     page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+
+
+def test_a_locked_kiosk_checks_in_says_so_and_staff_unlock_it(tmp_path: Path,
+                                                              page: Any) -> None:
+    """A kiosk whose keys are under a passphrase: the banner, a new patient checked in
+    (told staff give the code), a wrong passphrase said so, the right one typed on the
+    on-screen keys, and the banner gone (tests/test_staff_unlock.py has the rest)."""
+    from device.store import unlock
+
+    data = tmp_path / "k"
+    data.mkdir(mode=0o700)
+    keys_ = unlock.init_keys(data, "open sesame 42")
+    init_store(data, "North", "B", key_provider=keys_, fleet=keys_).close()
+    kiosk, url = run_kiosk(data, f"tcp://127.0.0.1:{free_port()}", idle=300)
+    try:
+        open_page(page, url)
+        page.wait_for_selector("#locked:not([hidden])", timeout=BOUND)
+        assert page.text_content("#locked") == STRINGS["en"]["locked_note"]
+        page.click("#no-docs")
+        page.fill("#name", "Omar Lockedtest")
+        page.press("#name", "Enter")
+        page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+        keys(page, "2001")
+        page.click("#year-next")
+        page.click("#consent-yes")
+        page.click("#reasons button[data-reason='child']")
+        page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
+        assert page.text_content("#queue-number") == "B-001"
+        assert page.is_visible("#ticket-code-later") and not page.is_visible("#new-id-block")
+        page.click("#ticket-done")
+        page.tap("#staff-open")
+        page.wait_for_selector("#s-unlock:not([hidden])", timeout=BOUND)
+        page.fill("#unlock-pass", "not the passphrase")
+        page.click("#unlock-next")
+        page.wait_for_selector("#unlock-msg:has-text('Wrong passphrase')", timeout=BOUND)
+        assert page.input_value("#unlock-pass") == ""
+        for c in "open sesame 42":
+            page.tap(f'#unlock-keys button[data-key="{"space" if c == " " else c}"]')
+        shot(page, "unlock")
+        page.click("#unlock-next")
+        page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)
+        page.wait_for_selector("#locked", state="hidden", timeout=BOUND)
+    finally:
+        assert kiosk.stop() == 0, "".join(kiosk.log)

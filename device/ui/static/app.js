@@ -274,7 +274,7 @@ async function onReason(reason) {
 function renderLive() {
   const sync = $("sync");
   sync.dataset.state = live.state;
-  $("sync-text").textContent = t("sync_" + live.state);
+  $("sync-text").textContent = t(live.locked ? "sync_locked" : "sync_" + live.state);
   $("contact").textContent = live.contact_min == null ? "" : t("last_contact", live.contact_min);
   $("locked").hidden = !live.locked;
   staffButton();

@@ -12,8 +12,8 @@ const LAYOUTS = {
               rows: ["1 2 3 4 5 6 7 8 9 0 del clear", "A B C D E F G H I J K L M N",
                      "O P Q R S T U V W X Y Z -"] },
   // The staff's passphrase: small letters, digits and a few marks (device/store/unlock.py).
-  passphrase: { rows: ["1 2 3 4 5 6 7 8 9 0 del", "q w e r t y u i o p clear",
-                       "a s d f g h j k l - .", "z x c v b n m space"] },
+  passphrase: { spans: { clear: 2 }, rows: ["1 2 3 4 5 6 7 8 9 0 del", "q w e r t y u i o p -",
+                                            "a s d f g h j k l clear", "z x c v b n m . space"] },
   latin: { label: "ABC", rows: ["A B C D E F G H I J K L", "M N O P Q R S T U V W X",
                                 "Y Z ' - script space del clear"] },
   arabic: { label: "أ ب ت", rtl: true, rows: ["ا ب ت ث ج ح خ د ذ ر ز", "س ش ص ض ط ظ ع غ ف ق ك",
