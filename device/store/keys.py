@@ -28,26 +28,21 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from device.store.exc import CorruptData, KeyFileMissing, KeyFilePermissions, StoreError
+from protocol.driver import sealing
 from protocol.driver.errors import SecretInvalid, SecretMissing, SecretPermissions
+from protocol.driver.sealing import KEY_SIZE as KEY_SIZE
+from protocol.driver.sealing import NONCE_SIZE as NONCE_SIZE
+from protocol.driver.sealing import SEAL_OVERHEAD as SEAL_OVERHEAD
+from protocol.driver.sealing import KeyProvider as KeyProvider
+from protocol.driver.sealing import derive_key as derive_key
+from protocol.driver.sealing import seal_many as seal_many
 from protocol.driver.secret_files import read_secret, write_secret
 
-KEY_SIZE = 32
-NONCE_SIZE = 12
-#: What sealing adds to a plaintext: the nonce and the 16-byte tag.
-SEAL_OVERHEAD = NONCE_SIZE + 16
 _AD_TAIL = struct.Struct(">HQI")  # field, stamp, node after the record id
-
-
-class KeyProvider(Protocol):
-    def key(self) -> bytes: ...
 
 
 def read_key(path: Path, what: str, size: int | None = KEY_SIZE) -> bytes:
@@ -73,26 +68,6 @@ class KeyFile:
 
     def key(self) -> bytes:
         return read_key(self.path, "store key file")
-
-
-def derive_key(master: bytes, label: bytes) -> bytes:
-    """A 32-byte key for one purpose (``label``) from ``master`` (HKDF-SHA256)."""
-    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=None, info=label).derive(master)
-
-
-def seal_many(aead: AESGCM, items: Sequence[tuple[bytes, bytes]], prefix: bytes = b"",
-              ) -> list[bytes]:
-    """``prefix || nonce || ciphertext`` for each (associated data, plaintext): the
-    nonces from one ``os.urandom`` call, the per-call overhead paid once per batch."""
-    nonces = os.urandom(NONCE_SIZE * len(items))
-    encrypt = aead.encrypt
-    out = []
-    at = 0
-    for ad, plain in items:
-        nonce = nonces[at:at + NONCE_SIZE]
-        at += NONCE_SIZE
-        out.append(prefix + nonce + encrypt(nonce, plain, ad))
-    return out
 
 
 class FieldCipher:
@@ -141,10 +116,8 @@ class FieldCipher:
 
 
 def open_sealed(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes:
-    """The plaintext of ``nonce || ciphertext``; ``CorruptData`` if it fails to open."""
-    if len(sealed) < SEAL_OVERHEAD:
-        raise CorruptData("ciphertext is truncated")
+    """``protocol.driver.sealing.open_sealed``, its failure the store's ``CorruptData``."""
     try:
-        return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], ad)
-    except InvalidTag:
-        raise CorruptData("ciphertext failed authentication (corrupted, or moved)") from None
+        return sealing.open_sealed(aead, sealed, ad)
+    except sealing.SealBroken as exc:
+        raise CorruptData(str(exc)) from None

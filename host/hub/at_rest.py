@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A key provider (``device.store.keys.KeyProvider``: any object with ``key()``
+A key provider (``protocol.driver.sealing.KeyProvider``: any object with ``key()``
 of 32 bytes; by default ``KeyFile(DATA/hub_store.key)``, owner-only) gives
 the hub its key-encryption key (KEK). The KEK seals nothing but the keys in
 ``keyring``: each row a random 32-byte key, AES-256-GCM under
@@ -27,7 +27,7 @@ Every read of a sealed value goes through ``Sealer.open``; SQL that reads
 deltas calls it as the SQL function ``hub_open(rid, stamp, node, data)``
 (``register``), so a page of a pull is cut by the plaintext's size as before.
 Sealing many deltas at once (a batch) uses one AES-GCM object per purpose and
-draws the nonces in one call (``device.store.keys.seal_many``).
+draws the nonces in one call (``protocol.driver.sealing.seal_many``).
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ from pathlib import Path
 import sqlite_utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from device.store.exc import CorruptData, StoreError
-from device.store.keys import (
+from host.errors import UsageError
+from protocol.driver.sealing import (
     KEY_SIZE,
     NONCE_SIZE,
     KeyFile,
     KeyProvider,
+    SealBroken,
     derive_key,
     open_sealed,
     seal_many,
 )
-from host.errors import UsageError
 
 STORE_KEY = "hub_store.key"
 NAME_KEY = 0  #: the keyring's version of the name key
@@ -67,7 +67,7 @@ _OP_AD = struct.Struct(">QI")
 
 
 def default_provider(data: Path) -> KeyFile:
-    return KeyFile(Path(data) / STORE_KEY)
+    return KeyFile(Path(data) / STORE_KEY, "hub store key file")
 
 
 def is_sealed(blob: bytes) -> bool:
@@ -124,11 +124,11 @@ class Sealer:
         """The plaintext of a stored value (a value from before sealing: itself)."""
         if not is_sealed(blob):
             if not self.plain_ok:
-                raise CorruptData("a plain value where every value is sealed")
+                raise SealBroken("a plain value where every value is sealed")
             return blob
         aead = (self._ops if ops else self._blobs).get(blob[0])
         if aead is None:
-            raise CorruptData(f"sealed under key version {blob[0]}, which the keyring "
+            raise SealBroken(f"sealed under key version {blob[0]}, which the keyring "
                               "does not hold")
         return open_sealed(aead, blob[1:], ad)
 
@@ -151,7 +151,7 @@ class _Plain:
 
     def open_op(self, rid: bytes, stamp: int, node: int, blob: bytes) -> bytes:
         if is_sealed(blob):
-            raise CorruptData("a sealed delta where only plain ones can be")
+            raise SealBroken("a sealed delta where only plain ones can be")
         return blob
 
 
@@ -173,7 +173,7 @@ def opened(prefix: str = "") -> str:
 def _kek(provider: KeyProvider) -> bytes:
     try:
         return provider.key()
-    except StoreError as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the provider's failure, told as it is
         raise UsageError(f"the hub's store key: {exc}") from None
 
 
@@ -198,7 +198,7 @@ def load(db: sqlite_utils.Database, provider: KeyProvider) -> Sealer:
     for version, wrapped in rows:
         try:
             keys[int(version)] = open_sealed(wrap, bytes(wrapped), _wrap_ad(int(version)))
-        except CorruptData:
+        except SealBroken:
             raise UsageError("the hub's store key does not open its keyring: a key file from "
                              "another hub, or a lost key (restore it from the key backup)"
                              ) from None

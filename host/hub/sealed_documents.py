@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -38,26 +37,13 @@ import cbor2
 from host.hub.at_rest import Sealer
 from host.transfer_store import STATE_DIR
 from protocol.chunking import chunk_bytes, chunk_id
-from protocol.driver.secret_files import fsync_dir
+from protocol.driver.secret_files import fsync_dir, write_whole
 from protocol.transfer import HASH_SIZE, LENGTH_SIZE
 
 CHUNKS, OBJECTS = "chunks", "objects"
 _RECORD_ID = re.compile(r"[0-9a-f]{32}")  #: a plain document's name, before sealing
 #: Files a re-seal slice handles at most.
 FILES_PER_SLICE = 16
-
-
-def _write(path: Path, data: bytes) -> None:
-    """``data`` in ``path``, durably, whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _dirs(root: Path) -> tuple[Path, Path]:
@@ -102,7 +88,7 @@ class SealedChunks:
 
     def put(self, chunk_hash: bytes, data: bytes) -> None:
         path = self._chunk(chunk_hash)
-        _write(path, self.sealer.seal(path.name.encode(), data))
+        write_whole(path, self.sealer.seal(path.name.encode(), data))
 
     def get(self, chunk_hash: bytes) -> bytes:
         path = self._chunk(chunk_hash)
@@ -120,7 +106,7 @@ class SealedChunks:
         assert self.object is not None
         path = self.objects / self.sealer.name(b"document", bytes.fromhex(self.name))
         manifest = cbor2.dumps([self.size, self.object, self._layout])
-        _write(path, self.sealer.seal(path.name.encode(), manifest))
+        write_whole(path, self.sealer.seal(path.name.encode(), manifest))
         self.object = None
         return path
 
@@ -174,7 +160,7 @@ def reseal_files(root: Path, sealer: Sealer, limit: int = FILES_PER_SLICE) -> bo
             blob = path.read_bytes()
             if blob[:1] == bytes([sealer.current]):
                 continue
-            _write(path, sealer.reseal(path.name.encode(), blob))
+            write_whole(path, sealer.reseal(path.name.encode(), blob))
             done += 1
             if done >= limit:
                 return False

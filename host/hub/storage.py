@@ -47,11 +47,11 @@ from typing import Any
 
 import sqlite_utils
 
-from device.store.keys import KeyProvider
 from host.hub import at_rest, scopes
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.driver.sealing import KeyProvider
 from protocol.errors import RemoteProtocolError
 from protocol.sync.approval import LETTERS
 from protocol.sync.batches import Batch

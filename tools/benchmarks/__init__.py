@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,3 +74,17 @@ def load_all() -> dict[str, Benchmark]:
         if not mod.name.startswith("_") and mod.name != "report":
             importlib.import_module(f"{__name__}.{mod.name}")
     return REGISTRY
+
+
+def archived(ctx: Context, commit: str, *children: Path) -> Path:
+    """The tree of ``commit`` (``git archive``) in the work directory, with ``children``
+    (benchmark modules of this tree that use nothing that commit lacks) copied in."""
+    root = Path(__file__).resolve().parents[2]
+    tree = ctx.workdir / f"release-{commit}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(root), "archive", commit], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    for child in children:
+        shutil.copy(child, tree / "tools" / "benchmarks" / child.name)
+    return tree

@@ -17,22 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import Context, Result, benchmark
+from . import Context, Result, archived, benchmark
 from . import _hub_merge as child
 
 ROOT = Path(__file__).resolve().parents[2]
 BEFORE = "26ba9e0"  #: the commit before the hub's data was sealed at rest
 BATCH = 100  #: deltas a batch (a kiosk's batch holds at most what fits 64 KiB)
-
-
-def release_before(ctx: Context) -> Path:
-    tree = ctx.workdir / f"release-{BEFORE}"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    shutil.copy(Path(child.__file__), tree / "tools" / "benchmarks" / "_hub_merge.py")
-    return tree
 
 
 def run(ctx: Context, tree: Path, name: str, count: int, seed: int) -> dict[str, Any]:
@@ -48,7 +38,7 @@ def run(ctx: Context, tree: Path, name: str, count: int, seed: int) -> dict[str,
 @benchmark("hub-merge", "A merge on the hub, sealed at rest, beside the release before")
 def hub_merge(ctx: Context) -> Result:
     count, turns = (5_000, 2) if ctx.quick else (30_000, 3)
-    before = release_before(ctx)
+    before = archived(ctx, BEFORE, Path(child.__file__))
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "sealed": []}
     for turn in range(turns):
         for name, tree in (("before", before), ("sealed", ROOT)):

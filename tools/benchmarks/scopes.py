@@ -19,7 +19,6 @@ import inspect
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 from device.store.store import Store
 
-from . import Context, Result, benchmark
+from . import Context, Result, archived, benchmark
 from . import _door_site as site
 from .store import _ensure_peers
 
@@ -246,13 +245,7 @@ def simulate(ctx: Context, name: str, args: dict[str, int], scope: str,
 def release_before(ctx: Context) -> Path:
     """The code of the release before issue 14 (``git archive``), with the simulation
     copied in (it uses nothing that release lacks)."""
-    tree = ctx.workdir / f"release-{BEFORE}"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    shutil.copy(Path(site.__file__), tree / "tools" / "benchmarks" / "_door_site.py")
-    return tree
+    return archived(ctx, BEFORE, Path(site.__file__))
 
 
 @benchmark("scopes", "Scopes and garbage collection: a door kiosk's files, merge rate, GC")
