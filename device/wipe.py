@@ -73,12 +73,15 @@ from typing import Any
 from device import audit
 from device.enrol import APPROVAL, CERT, ED_KEY, REQUEST, X_KEY
 from device.store import Store, StoreError
+from device.store.providers import TPM_STORE_KEY
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY
+from device.store.tpm_key import FLEET_RECORD, TpmFleetKeeper
 from device.store.unlock import KEYS_FILE as PASSPHRASE_KEYS
 from device.sync.document_store import DB_NAME as DOCS_DB
 from device.sync.document_store import HELD
 from protocol.driver.secret_files import fsync_dir
 from protocol.driver.wall_clock import wall_ms
+from protocol.errors import ProtocolError
 
 log = logging.getLogger("haven.wipe")
 
@@ -87,8 +90,10 @@ WIPING, WIPED, REVOKED = "wiping", "wiped", "revoked"
 #: The private keys and secrets, destroyed first (overwritten, then unlinked).
 KEY_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY)
 #: Keys another provider keeps on the card, wrapped, destroyed with them when present:
-#: under a passphrase, its keys file (check-ins sealed while locked open with a key in it).
-WRAPPED_KEY_FILES = (PASSPHRASE_KEYS,)
+#: under a passphrase, its keys file (check-ins sealed while locked open with a key in it);
+#: with a TPM, the store key's sealed blobs and the record of the fleet key's handles (the
+#: keys at those handles are evicted from the TPM first).
+WRAPPED_KEY_FILES = (PASSPHRASE_KEYS, f"{TPM_STORE_KEY}.tpm", FLEET_RECORD)
 #: What holds the fleet key sealed to the kiosk's key, or names the identity: removed
 #: with the keys (the certificate is kept by a revoked kiosk: it says whose it was).
 IDENTITY_FILES = (CERT, APPROVAL, REQUEST)
@@ -250,12 +255,23 @@ def _destroy(path: Path) -> bool:
     return True
 
 
+def _evict_tpm_keys(data: Path) -> None:
+    """A TPM kiosk's fleet and site keys out of its TPM; a TPM that does not answer is
+    logged (the record of their handles is destroyed anyway, and the keys are useless
+    without the card's data)."""
+    try:
+        TpmFleetKeeper(data).evict()
+    except (StoreError, ProtocolError) as exc:
+        log.warning("the fleet key was not evicted from the TPM: %s", exc)
+
+
 def destroy_keys(data: Path, state: str, **facts: Any) -> list[str]:
     """Write the marker (``state`` and ``facts``), then destroy the key files (and, but
     for a revoked kiosk, the certificate, approval and request); returns the key files
     destroyed."""
     data = Path(data)
     _write_marker(data, {"state": state, "at": wall_ms(), **facts})
+    _evict_tpm_keys(data)
     gone = [name for name in (*KEY_FILES, *WRAPPED_KEY_FILES) if _destroy(data / name)]
     for name in () if state == REVOKED else IDENTITY_FILES:
         _destroy(data / name)

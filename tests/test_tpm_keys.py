@@ -25,7 +25,8 @@ from device.store.providers import open_keys
 from device.store.tpm_key import TpmFleetKeeper, TpmFleetKey, TpmKey
 from device.sync.engine import run_round
 from device.sync.state import SyncState
-from protocol.driver.tpm import Tpm, TpmAbsent, TpmKeyGone
+from device.wipe import WIPED, destroy_keys
+from protocol.driver.tpm import Tpm, TpmAbsent, TpmKeyGone, TpmToolsMissing
 from tests.swtpm_helpers import SoftTpm, free_pair, soft_tpm
 from tests.test_sync_helpers import served_hub
 
@@ -135,6 +136,19 @@ def test_the_card_holds_no_key_and_opens_only_with_its_tpm(
         TpmKey(copy, "store", f"swtpm:host=127.0.0.1,port={free_pair()}").key()
     with pytest.raises(TpmAbsent, match="no TPM answers at device:/dev/nonexistent"):
         TpmKey(copy, "store", "device:/dev/nonexistent").key()
+
+    # A wipe evicts the fleet and site keys from the TPM and destroys the sealed blobs.
+    handles = TpmFleetKeeper(data).load().handles
+    assert set(handles) <= Tpm(tpm.tcti).persistent_handles()
+    assert set(destroy_keys(data, WIPED)) >= {"store.tpm", "fleet.tpm"}
+    assert not set(handles) & Tpm(tpm.tcti).persistent_handles()
+
+
+def test_tpm_tools_missing_name_their_package(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(TpmToolsMissing, match="apt-get install tpm2-tools"):
+        Tpm("swtpm:host=127.0.0.1,port=1").hmac(0x81000100, b"x")
 
 
 def test_a_cleared_tpm_loses_only_what_was_not_synced(

@@ -187,13 +187,15 @@ class TpmFleetKeeper:
             self.clear_file.unlink()
             fsync_dir(self.clear_file.parent)
 
-    def remove(self) -> None:
-        """Evict the keys from the TPM and delete the record (a wipe)."""
+    def evict(self) -> None:
+        """Delete the fleet and site keys from the TPM (a wipe; the record stays for the
+        caller to destroy)."""
         if not self.path.exists():
             return
         doc = _read_record(self.path, "fleet key record", FLEET_FORMAT)
+        key = self._key(doc)
+        if key.fingerprint().hex() != doc.get("fingerprint"):
+            return  # the TPM was cleared: the handles hold another's keys, or none
         tpm = Tpm(self._tcti or str(doc["tcti"]))
-        for handle in (doc.get("fleet"), doc.get("site_key")):
-            if isinstance(handle, int):
-                tpm.evict(handle)
-        self.path.unlink()
+        for handle in key.handles:
+            tpm.evict(handle)
