@@ -98,6 +98,20 @@ def check_in_new(page: Any, lang: str, passport: str, year: str) -> str:
     return str(page.text_content("#queue-number"))
 
 
+def check_in_without_documents(page: Any, name: str, year: str) -> str:
+    """A new patient, start to ticket (name, year, consent, reason); the queue number."""
+    page.click("#no-docs")
+    page.fill("#name", name)
+    page.press("#name", "Enter")
+    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
+    keys(page, year)
+    page.click("#year-next")
+    page.click("#consent-yes")
+    page.click("#reasons button[data-reason='child']")
+    page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
+    return str(page.text_content("#queue-number"))
+
+
 def test_checkin_offline_in_two_languages_then_sent(tmp_path: Path, page: Any) -> None:
     hub_dir, kiosk_dir = make_kiosk(tmp_path)
     port = free_port()
@@ -322,16 +336,7 @@ def call_api(url: str, path: str, body: Any) -> int:
 
 def test_idle_reset_leaves_no_patient_data(quick_kiosk: tuple[str, Path], page: Any) -> None:
     open_page(page, quick_kiosk[0])
-    page.click("#no-docs")
-    page.fill("#name", "Omar Idletest")
-    page.press("#name", "Enter")
-    page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
-    keys(page, "2001")
-    page.click("#year-next")
-    page.click("#consent-yes")
-    page.click("#reasons button[data-reason='child']")
-    page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
-    number = str(page.text_content("#queue-number"))
+    number = check_in_without_documents(page, "Omar Idletest", "2001")
     new_id = str(page.text_content("#new-id"))  # the short patient code
     assert re.fullmatch(r"B-\d{3}", number) and re.fullmatch(r"\w{4}-\w{4}", new_id)
     page.wait_for_selector("#s-start:not([hidden])", timeout=BOUND)  # idle reset, no input
@@ -656,16 +661,7 @@ def test_a_locked_kiosk_checks_in_says_so_and_staff_unlock_it(tmp_path: Path,
         open_page(page, url)
         page.wait_for_selector("#locked:not([hidden])", timeout=BOUND)
         assert page.text_content("#locked") == STRINGS["en"]["locked_note"]
-        page.click("#no-docs")
-        page.fill("#name", "Omar Lockedtest")
-        page.press("#name", "Enter")
-        page.wait_for_selector("#s-year:not([hidden])", timeout=BOUND)
-        keys(page, "2001")
-        page.click("#year-next")
-        page.click("#consent-yes")
-        page.click("#reasons button[data-reason='child']")
-        page.wait_for_selector("#s-ticket:not([hidden])", timeout=BOUND)
-        assert page.text_content("#queue-number") == "B-001"
+        assert check_in_without_documents(page, "Omar Lockedtest", "2001") == "B-001"
         assert page.is_visible("#ticket-code-later") and not page.is_visible("#new-id-block")
         page.click("#ticket-done")
         page.tap("#staff-open")
