@@ -301,6 +301,14 @@ def test_a_damaged_backup_directory_is_refused_and_nothing_is_written(
         assert not target.exists() or not any(target.iterdir()), what
         for name, content in pristine.items():
             (saved / name).write_bytes(content)
+    # a restore cut short after the documents moved is taken over by the next
+    cut = tmp_path / "cut"
+    (cut / ".restoring").mkdir(parents=True)
+    (cut / DOCUMENTS_DIR).mkdir()
+    (cut / DOCUMENTS_DIR / "half").write_bytes(b"x")
+    assert run(capsys, "hub", "restore", "--from", saved, "--data", cut)[0] == 0
+    assert files_of(cut / DOCUMENTS_DIR) == files_of(saved / DOCUMENTS_DIR)
+    assert not (cut / ".restoring").exists()
     # a directory holding a backup is refused, and replaced only when forced
     code, out = run(capsys, "hub", "backup", "--data", data, "--to", saved)
     assert code == 2 and "already holds a backup" in out and files_of(saved) == pristine

@@ -39,7 +39,10 @@ Restoring checks the manifest, every file's size and hash, that the database
 opens and passes ``integrity_check``, and that it is no newer than this
 release, all before anything is written; it refuses a target directory that
 holds hub data already, or another hub's keys. The files are copied into
-``NEWDIR/.restoring`` and moved into place, the database last. The kiosks
+``NEWDIR/.restoring`` and moved into place, the database last, and the
+staging directory is removed after: a restore cut short (documents moved, no
+database yet, the staging directory still there) is taken over by the next
+one. The kiosks
 give back what the backup missed (storage.py: arrival numbers after a
 restore).
 """
@@ -377,7 +380,9 @@ def restore(source: Path, data: Path) -> Manifest:
     keys); returns its manifest. Checks everything before writing anything."""
     source, data = Path(source), Path(data)
     manifest = verify(source)
-    if (data / DB).exists() or (data / DOCUMENTS_DIR).exists():
+    # documents without a database, beside our staging: a restore cut short, taken over
+    resumed = (data / RESTORING).is_dir() and not (data / DB).exists()
+    if (data / DB).exists() or ((data / DOCUMENTS_DIR).exists() and not resumed):
         raise UsageError(f"{data} holds a hub's data already; not overwriting it (restore "
                          "into a new directory)")
     if (data / ED_KEY).exists():
@@ -398,9 +403,11 @@ def restore(source: Path, data: Path) -> Manifest:
                   for n, e in manifest.files.items()}:
         shutil.rmtree(staging, ignore_errors=True)
         raise UsageError(f"the backup in {source} changed while it was read; nothing restored")
+    if resumed:
+        shutil.rmtree(data / DOCUMENTS_DIR, ignore_errors=True)
     for entry in (DOCUMENTS_DIR, DB):  # the database last: with it, the restore is done
         if (staging / entry).exists():
             os.replace(staging / entry, data / entry)
     fsync_dir(data)
-    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)  # last: its presence marks a restore cut short
     return manifest
