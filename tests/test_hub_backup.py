@@ -260,6 +260,11 @@ def test_a_mistyped_or_wrong_recovery_key_and_a_damaged_key_backup_are_refused(
     code, out = run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
                     "--recovery-key-file", safe)
     assert code == 2 and "--force" in out and files_of(new) == before
+    # and a damaged one is replaced when forced, owner-only
+    (new / "fleet.key").write_bytes(b"damaged")
+    assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+               "--recovery-key-file", safe, "--force")[0] == 0
+    assert files_of(new) == before and (new / "fleet.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_every_single_character_typo_in_a_recovery_key_is_caught() -> None:
