@@ -22,7 +22,7 @@ import pytest
 from device.sync.document_store import attach
 from host.cli import main as haven_main
 from host.errors import UsageError
-from host.hub.at_rest import STORE_KEY
+from host.hub.at_rest import STORE_KEY, SealBroken
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 from host.hub.storage import Op
@@ -225,3 +225,20 @@ def test_keys_rotate_while_the_hub_serves_kiosks(tmp_path: Path,
             assert hub.store.count() == len(list(hub.store.all_ops()))
         finally:
             kiosk.close()
+
+
+def test_a_sealed_value_altered_or_moved_does_not_open(tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        many_ops(hub, 2)
+        (a, da), (b, db) = hub.store._q("SELECT hseq, data FROM ops ORDER BY hseq")
+        hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [db, a])  # moved
+        with pytest.raises(SealBroken, match="does not open"):
+            hub.dump()
+        flipped = bytearray(da)
+        flipped[-1] ^= 1
+        hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [bytes(flipped), a])
+        with pytest.raises(SealBroken):
+            hub.dump()
+        hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [da, a])
+        assert b"Patient 0" in hub.dump()

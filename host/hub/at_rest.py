@@ -49,10 +49,12 @@ from protocol.driver.sealing import (
     NONCE_SIZE,
     KeyFile,
     KeyProvider,
-    SealBroken,
     derive_key,
     open_sealed,
     seal_many,
+)
+from protocol.driver.sealing import (
+    SealBroken as SealBroken,
 )
 
 STORE_KEY = "hub_store.key"

@@ -269,7 +269,15 @@ class HubStore:
 
     def _q(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                # SQLite reports only that hub_open raised; say what that means
+                if "user-defined function" not in str(exc):
+                    raise
+                raise at_rest.SealBroken("a delta held does not open: altered, moved to "
+                                         "another row, or sealed under a key this keyring "
+                                         "lacks") from None
 
     def close(self) -> None:
         with self._lock:

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from host.hub import scopes
+from host.hub import at_rest, scopes
 from host.hub.storage import MIGRATIONS
 from protocol.crdt.delta import Delta, encode
 from protocol.driver.database import open_database
 from protocol.sync.scope import Scope, scope_checksum, scope_checksum_v1
 
 T = 1764900000000000
-COVERED = """SELECT o.rid, o.stamp, o.node, substr(o.data, 1, 3) FROM ops o
+COVERED = """SELECT o.rid, o.stamp, o.node, o.del FROM ops o
  WHERE (o.hseq <= :c OR o.node = :k)
  AND NOT EXISTS (SELECT 1 FROM covered v WHERE v.rid = o.rid AND v.stamp = o.stamp
   AND v.node = o.node AND (v.by_hseq <= :c OR v.by_node = :k))
@@ -68,9 +68,11 @@ def main(n: int, share: float) -> None:
         db = open_database(os.path.join(tmp, "hub.db"), MIGRATIONS, synchronous="OFF")
         with db.conn:
             db.conn.executemany(
-                "INSERT INTO ops (hseq, rid, stamp, node, data, origin) VALUES (?,?,?,?,?,?)",
-                [(T + i, d.record_id, d.stamp, d.node, encode(d), "bench")
+                "INSERT INTO ops (hseq, rid, stamp, node, data, origin, del)"
+                " VALUES (?,?,?,?,?,?,?)",
+                [(T + i, d.record_id, d.stamp, d.node, encode(d), "bench", d.is_delete)
                  for i, d in enumerate(deltas)])
+        at_rest.register(db, at_rest.PLAIN)  # the deltas plain: the sums' work alone
         cursor, kiosk, full = T + n, 3, Scope("full", "North", "2026-12-05")
         v1, _ = best(lambda: scopes.scope_sums(db, full, cursor, kiosk, (1,)))
         v2, sums = best(lambda: scopes.scope_sums(db, full, cursor, kiosk, (2,)))
@@ -84,8 +86,8 @@ def main(n: int, share: float) -> None:
                 for i, d in enumerate(deltas) for c in d.ctx])
         fill = time.perf_counter() - start
         table, by_table = best(lambda: scope_checksum(
-            (rid, s, node, scopes._is_delete(head))
-            for rid, s, node, head in db.execute(COVERED, {"c": cursor, "k": kiosk})))
+            (rid, s, node, bool(deleted))
+            for rid, s, node, deleted in db.execute(COVERED, {"c": cursor, "k": kiosk})))
         assert by_table == sums[2], "the table and the contexts disagree"
         assert scope_checksum_v1([]) != sums[2]
         rows = db.execute("SELECT COUNT(*) FROM covered").fetchone()[0]
