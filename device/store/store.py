@@ -52,7 +52,7 @@ from device.store.collect import CollectReport
 from device.store.db import connect
 from device.store.door import verifier_verdict
 from device.store.exc import BadRequest, KeyMismatch, NotInitialised, StorageFull, StoreError
-from device.store.fleet import FleetKeeper, FleetSecret
+from device.store.fleet import FleetKeeper, FleetKey, FleetSecret
 from device.store.inbox import MergeReport
 from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyProvider
 from device.store.materialise import (
@@ -121,6 +121,11 @@ NEXT_CODE = ("INSERT INTO meta VALUES ('code_counter', 1) ON CONFLICT (key) DO U
 Build = Callable[[RecordView | None, int], Delta]
 #: One local write: record id, how to build it, whether it assigns registers only.
 Write = tuple[bytes, Build, bool]
+
+
+def _given_id(fleet: FleetKey, gave: tuple[str, str]) -> uuid.UUID:
+    """The patient id of what a patient gave: ("passport", number) or ("code", code)."""
+    return fleet.patient_id(gave[1]) if gave[0] == "passport" else fleet.code_patient_id(gave[1])
 
 
 def recover_clock(db: sqlite_utils.Database) -> int:
@@ -632,6 +637,11 @@ class Store:
         day = time.strftime("%Y-%m-%d", local)
         started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now / 1000)) + "Z"
 
+        # A key in a TPM takes a command per id (tens of ms): made before the writer's
+        # job, so the writer is not held meanwhile (made in it if the key changed since).
+        fleet = self.fleet
+        early = None if gave is None or self.fleet_pending else _given_id(fleet, gave)
+
         def fn(db: sqlite_utils.Database) -> CheckinResult:
             conn = db.conn
             letter, site = self._identity(db)
@@ -645,8 +655,8 @@ class Store:
             sealed = (None if gave is None or pending is None
                       else seal_identity(cid.bytes, *gave, bytes.fromhex(pending[0])))
             known = (None if gave is None or sealed is not None
-                     else self.fleet.patient_id(gave[1]) if gave[0] == "passport"
-                     else self.fleet.code_patient_id(gave[1]))
+                     else early if early is not None and self.fleet is fleet
+                     else _given_id(self.fleet, gave))
             given = None if gave is not None or pending is not None else self._next_code(conn)
             pid = (known if known is not None
                    else self.fleet.code_patient_id(given) if given
