@@ -23,11 +23,10 @@ from device.store.exc import KeyMismatch
 from device.store.fleet import FleetSecret
 from device.store.providers import open_keys
 from device.store.tpm_key import TpmFleetKeeper, TpmFleetKey, TpmKey
-from device.sync.engine import run_round
-from device.sync.state import SyncState
 from device.wipe import WIPED, destroy_keys
 from protocol.driver.tpm import Tpm, TpmAbsent, TpmKeyGone, TpmToolsMissing
 from tests.swtpm_helpers import SoftTpm, free_pair, soft_tpm
+from tests.test_identity_before_fleet_key import sync
 from tests.test_sync_helpers import served_hub
 
 VECTORS = Path(__file__).parent.parent / "protocol" / "vectors"
@@ -80,7 +79,7 @@ def test_ids_through_the_tpm_equal_the_vectors(tpm: SoftTpm, tmp_path: Path) -> 
         fleet.year_verifier("North", bytes(16), "1980")  # not this kiosk's site
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(passport=st.from_regex(r"[A-Z]{0,2}[0-9]{4,9}", fullmatch=True),
        pid=st.binary(min_size=16, max_size=16), year=st.integers(1900, 2030))
 def test_ids_through_the_tpm_equal_the_file_providers(
@@ -161,7 +160,7 @@ def test_a_cleared_tpm_loses_only_what_was_not_synced(
             enrol.install(store, hub.enroll(enrol.write_request(store).read_bytes()))
             assert store.fleet.fingerprint() == FleetSecret(hub.fleet_key).fingerprint()
             synced = store.checkin(passport=PASSPORT, name=NAME, birth_year=1987)
-            _sync(store, url)
+            sync(store, url)
             unsynced = store.checkin(passport="ZB99887766", name="Nomvula Dlamini")
         finally:
             store.close()
@@ -184,17 +183,9 @@ def test_a_cleared_tpm_loses_only_what_was_not_synced(
         try:
             request = enrol.write_request(again, hub_letter=True)  # A is the lost kiosk's
             enrol.install(again, hub.enroll(request.read_bytes()))
-            _sync(again, url)
+            sync(again, url)
             view = again.view(synced.record_id)
             assert view is not None and NAME in view.fields.values()
             assert again.fleet.patient_id(PASSPORT) == uuid.UUID(synced.patient_id)
         finally:
             again.close()
-
-
-def _sync(store: Store, url: str) -> None:
-    state = SyncState(store.data)
-    try:
-        assert run_round(store, state, enrol.load(store.data), url, limit=15.0) is not None
-    finally:
-        state.close()
