@@ -31,9 +31,10 @@ Everything goes to ``DIR/.partial`` first; then the files move into ``DIR``
 and the manifest is written last, atomically: a directory without a
 manifest is no backup (an interrupted one), and one with a manifest is
 whole. A directory already holding a backup is refused unless forced (its
-manifest goes first, so a forced backup cut short leaves no stale manifest
-describing new files); so is a directory that holds anything else, or too
-little free space for the files' present size.
+manifest goes once the new copy is whole and checked, before its files are
+replaced, so no manifest ever describes other files); so is a directory
+that holds anything else, or too little free space for the files' present
+size.
 
 Restoring checks the manifest, every file's size and hash, that the database
 opens and passes ``integrity_check``, and that it is no newer than this
@@ -162,8 +163,6 @@ def _check_target(to: Path, force: bool) -> None:
                 what = "a backup (its manifest unreadable)"
             raise UsageError(f"{to} already holds {what}; give another --to, or --force to "
                              "replace it")
-        (to / MANIFEST).unlink()  # no manifest while the files change: no stale backup
-        fsync_dir(to)
     elif to.is_dir() and not force and any(p.name not in (STAGING, DB, DOCUMENTS_DIR)
                                            for p in to.iterdir()):
         raise UsageError(f"{to} holds other files; give an empty or new directory (or "
@@ -277,6 +276,9 @@ def _describe(path: Path) -> dict[str, Any]:
 
 def _publish(staging: Path, to: Path, manifest: Manifest, ed_key: Ed25519PrivateKey) -> None:
     """Move the staged files into ``to``, then write the manifest: the backup exists."""
+    if (to / MANIFEST).exists():  # no manifest while the files change: no stale backup
+        (to / MANIFEST).unlink()
+        fsync_dir(to)
     for entry in (DB, DOCUMENTS_DIR):
         old = to / entry
         if old.is_dir():
