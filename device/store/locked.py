@@ -8,12 +8,14 @@ no store: ``checkin`` seals to ``pending`` (the patient gets a queue number
 and no short code), and every other store call raises ``unlock.Locked``,
 which the page and the staff screen turn into "locked: unlock first".
 
-``unlock`` opens the store with the keys the passphrase gave, then, holding
+``open`` opens the store with the keys the passphrase gave, then, holding
 the lock every locked check-in takes, raises the store's queue counters past
 the numbers given while locked and swaps the store in: a check-in after
-that goes to the store and can take no number already given. Then the
-pending check-ins are merged (``PendingCheckins.merge``: idempotent, so a
-crash part-way merges the rest at the next unlock). From then on the object
+that goes to the store and can take no number already given. ``merge``
+then merges the pending check-ins (``PendingCheckins.merge``: idempotent,
+so a crash part-way merges the rest at the next unlock); the page runs it
+in the background, so a long night's backlog never holds up the unlock
+(``unlock`` does both, for a caller that waits). From then on the object
 forwards every call to the store.
 """
 
@@ -23,6 +25,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.store import unlock
 from device.store.pending import PendingCheckin, PendingCheckins, PendingMerge
@@ -39,7 +43,9 @@ class LockableStore:
         self.store: Store | None = None
         self.pending = PendingCheckins(self.data, unlock.pending_public(self.data))
         self._swap = threading.Lock()  #: a locked check-in, or the swap, at a time
-        self._unlocking = threading.Lock()  #: one unlock at a time
+        self._unlocking = threading.Lock()  #: one unwrap at a time
+        self._merging = threading.Lock()  #: one merge at a time, and none past ``close``
+        self._pending_key: X25519PrivateKey | None = None
         self.last_merge: PendingMerge | None = None
 
     @property
@@ -53,10 +59,14 @@ class LockableStore:
         return self.store.checkin(**kw)
 
     def unlock(self, passphrase: Any) -> PendingMerge:
-        """Open the store with ``passphrase`` and merge what was taken while locked
-        (blocking: scrypt, then the merge). ``WrongPassphrase``, ``BadPassphrase`` or a
-        damaged keys file's ``StoreError``: nothing changed. Unlocked already: the
-        passphrase is still checked, and what is left pending merged again."""
+        """``open`` with ``passphrase``, then ``merge`` what was taken while locked."""
+        self.open(passphrase)
+        return self.merge()
+
+    def open(self, passphrase: Any) -> None:
+        """Open the store with ``passphrase`` (blocking: scrypt) and send check-ins to it
+        from now on. ``WrongPassphrase``, ``BadPassphrase`` or a damaged keys file's
+        ``StoreError``: nothing changed. Open already: the passphrase is still checked."""
         with self._unlocking:
             keys = unlock.unwrap(self.data, passphrase)
             if self.store is None:
@@ -65,8 +75,16 @@ class LockableStore:
                 with self._swap:
                     store.raise_queue_numbers(self.pending.counters())
                     self.store = store
+                self._pending_key = keys.pending_key
                 self.opened.set()
-            self.last_merge = self.pending.merge(self.store, keys.pending_key)
+
+    def merge(self) -> PendingMerge:
+        """Merge the check-ins taken while locked into the open store (one merge at a
+        time; what a merge cut short left is merged again)."""
+        with self._merging:
+            if self.store is None or self._pending_key is None:
+                raise unlock.Locked("the store is locked: nothing can be merged yet")
+            self.last_merge = self.pending.merge(self.store, self._pending_key)
             return self.last_merge
 
     def pending_count(self) -> int:
@@ -83,7 +101,7 @@ class LockableStore:
             self.store.truncate_wal()
 
     def close(self) -> None:
-        with self._swap:
+        with self._merging, self._swap:
             store, self.store = self.store, None
         if store is not None:
             store.close()

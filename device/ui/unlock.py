@@ -8,9 +8,10 @@ makes the next try wait, doubling up to ``cap`` seconds (a 429
 ``slow-down`` with the wait), never a lockout, and check-ins go on all the
 while. An empty or oversized passphrase is a 400 ``bad-passphrase`` and
 counts as no try; a damaged keys file is a 503 ``bad-key-file`` (logged:
-a technician restores it). The answer gives how many check-ins taken while
-locked are now in the store, and how many could not be opened (kept, and
-logged).
+a technician restores it). The answer comes once the store is open and
+takes check-ins (``pending``: how many taken while locked are to merge);
+they are merged in the background, an entry that does not open kept and
+logged.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class StaffUnlock:
         #: Called once unlocked: the runtime starts a sync round.
         self.wrote = wrote
         self._trying = asyncio.Lock()
+        #: The merge of the check-ins taken while locked, once unlocked (in a thread).
+        self.merging: asyncio.Task[None] | None = None
 
     async def unlock(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self._trying:
@@ -48,7 +51,7 @@ class StaffUnlock:
                 self.guard.missed(time.monotonic(), waited=False)
                 raise HttpError(429, "slow-down", {"wait": math.ceil(wait)})
             try:
-                merged = await asyncio.to_thread(self.store.unlock, body.get("passphrase"))
+                await asyncio.to_thread(self.store.open, body.get("passphrase"))
             except BadPassphrase:
                 raise HttpError(400, "bad-passphrase") from None
             except WrongPassphrase:
@@ -61,9 +64,20 @@ class StaffUnlock:
                 raise HttpError(503, exc.code) from None
             self.guard.succeeded(time.monotonic())
         self.live.set_locked(False)
+        pending = await asyncio.to_thread(self.store.pending_count)
+        self.merging = asyncio.create_task(asyncio.to_thread(self._merge))
+        return {"pending": pending}
+
+    def _merge(self) -> None:
+        """The check-ins taken while locked, into the store (a thread; logged)."""
+        try:
+            merged = self.store.merge()
+        except Exception:  # kept in pending.db: the next unlock merges them again
+            log.exception("the check-ins taken while locked were not all merged")
+            return
+        log.info("%d check-ins taken while locked merged", merged.merged + merged.already)
         if merged.refused:
             log.error("%d check-ins taken while locked could not be opened; they are kept",
                       len(merged.refused))
         if self.wrote is not None:
             self.wrote()
-        return {"merged": merged.merged + merged.already, "refused": len(merged.refused)}
