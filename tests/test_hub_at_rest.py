@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -112,8 +113,20 @@ def test_an_older_hub_is_readable_at_once_and_sealed_by_the_resealer(tmp_path: P
     document = (root / want["document_file"]).read_bytes()
     rid = want["document_file"].split("/", 1)[1]
     plain = [bytes.fromhex(op[3]) for op in want["ops"]]
+    # a quarantined delta and a held batch as that release kept them: plain
+    quarantined = b"Quarantined before sealing: Philippa Quartermaine"
+    held = sync.pack([Replica(7).put(uuid.uuid4().bytes, "patient", 1,
+                                     {"name": "Held Heliotrope-Vance"})])
+    conn = sqlite3.connect(root / "hub.db")
+    with conn:
+        conn.execute("INSERT INTO quarantine (at, device_id, seq, code, reason, data)"
+                      " VALUES (1, '92b5006d', 3, 'bad-field', 'test', ?)", [quarantined])
+        conn.execute("INSERT INTO held_batches VALUES ('92b5006d', 1, 9, ?, ?, ?, ?, 1)",
+                     [b"\x01" * 32, b"\x02" * 32, held, b"\0" * 64])
+    conn.close()
     assert not (root / STORE_KEY).exists()
     with Hub(root) as hub:
+        assert hub.store.quarantined_delta(1) == ("92b5006d", "bad-field", quarantined)
         assert (root / STORE_KEY).exists()  # made at the first open of the new code
         ops = sorted([op.rid.hex(), op.stamp, op.node, op.data.hex()]
                      for op in hub.store.all_ops())
@@ -131,8 +144,11 @@ def test_an_older_hub_is_readable_at_once_and_sealed_by_the_resealer(tmp_path: P
         assert hub.dump() == dump
         assert hub.document(rid) == document
         assert hub.status()["documents"] == {"documents": 1, "bytes": len(document)}
+        assert hub.store.quarantined_delta(1) == ("92b5006d", "bad-field", quarantined)
+        assert hub.store.held_batches()[0]["payload"] == held
     assert not (root / "documents" / rid).exists()
-    assert_nothing_plain(root, [p for p in plain if len(p) > 24] + windows(document))
+    assert_nothing_plain(root, [p for p in plain if len(p) > 24] + windows(document)
+                         + [b"Philippa", b"Heliotrope"])
 
 
 def test_a_key_file_of_another_hub_or_none_is_refused_clearly(tmp_path: Path) -> None:

@@ -124,15 +124,36 @@ class Sealer:
 
     def open(self, ad: bytes, blob: bytes, ops: bool = False) -> bytes:
         """The plaintext of a stored value (a value from before sealing: itself)."""
-        if not is_sealed(blob):
-            if not self.plain_ok:
-                raise SealBroken("a plain value where every value is sealed")
-            return blob
-        aead = (self._ops if ops else self._blobs).get(blob[0])
+        plain = self._sealed(ad, blob, ops)
+        if plain is not None:
+            return plain
+        if not self.plain_ok:
+            raise SealBroken("a plain value where every value is sealed")
+        return blob
+
+    def _sealed(self, ad: bytes, blob: bytes, ops: bool) -> bytes | None:
+        """The plaintext of a sealed value; None for a plain one from before sealing. A
+        delta is plain CBOR (first byte at least 0x80); a quarantined delta or a held
+        batch from before may be any bytes: it is plain unless it opens (a tag that
+        verifies by chance: 2**-128)."""
+        if ops and not is_sealed(blob):
+            return None
+        aead = (self._ops if ops else self._blobs).get(blob[0]) if blob else None
         if aead is None:
-            raise SealBroken(f"sealed under key version {blob[0]}, which the keyring "
-                              "does not hold")
-        return open_sealed(aead, blob[1:], ad)
+            if ops:
+                raise SealBroken(f"sealed under key version {blob[0]}, which the keyring "
+                                 "does not hold")
+            return None
+        try:
+            return open_sealed(aead, blob[1:], ad)
+        except SealBroken:
+            if ops or not self.plain_ok:
+                raise
+            return None
+
+    def is_current(self, ad: bytes, blob: bytes, ops: bool = False) -> bool:
+        """Whether a stored value is sealed under the current version."""
+        return blob[:1] == self._prefix and (ops or self._sealed(ad, blob, ops) is not None)
 
     def open_op(self, rid: bytes, stamp: int, node: int, blob: bytes) -> bytes:
         return self.open(op_ad(rid, stamp, node), blob, ops=True)

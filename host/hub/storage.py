@@ -736,7 +736,7 @@ class HubStore:
                 rows = db.execute(select, [int(after), limit]).fetchall()
                 db.conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [
                     (sealer.reseal(ad_of(*r[1:-1]), bytes(r[-1]), ops), r[0])
-                    for r in rows if bytes(r[-1])[:1] != bytes([sealer.current])])
+                    for r in rows if not sealer.is_current(ad_of(*r[1:-1]), bytes(r[-1]), ops)])
                 tables = list(_RESEAL)
                 place = (f"{table} {rows[-1][0]}" if len(rows) == limit else
                          f"{tables[tables.index(table) + 1]} 0" if table != tables[-1] else
