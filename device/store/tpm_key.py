@@ -1,15 +1,10 @@
-"""Keys held by a TPM 2.0: a store key sealed to it, the fleet key an HMAC key in it.
+"""A kiosk's keys held by a TPM 2.0: the store key sealed to it, the fleet key in it.
 
 Theory of operation
 -------------------
-``TpmKey`` is a key provider (``key()``) for any store, the kiosk's or the
-hub's: a random 32-byte key sealed to the TPM (``protocol.driver.tpm``). What
-the card keeps is ``DIR/NAME.tpm``, an owner-only JSON file holding the
-sealed object's public and private blobs and the TCTI that names the TPM.
-The private blob is encrypted under a primary key that only that TPM can
-make, from a seed that never leaves it: on another TPM, or on this one once
-cleared, ``key()`` raises ``TpmKeyGone`` and the data sealed under the key is
-lost for good (that is the point: a stolen card reads nothing).
+The store key is a ``protocol.driver.tpm_key.TpmKey`` (``DATA/store.tpm``):
+a random 32-byte key sealed to the TPM, which another TPM, or this one once
+cleared, cannot unseal.
 
 ``TpmFleetKeeper`` keeps a kiosk's fleet key inside the TPM. When the key
 arrives in the clear (``haven-kiosk init``, enrolment), it is imported as a
@@ -26,90 +21,20 @@ handle the TPM keeps unused).
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from device.store.exc import StoreError
 from device.store.fleet import FleetSecret, MacFleetKey
-from device.store.keys import KEY_SIZE
 from protocol.crdt import ids
 from protocol.driver.errors import SecretMissing
-from protocol.driver.secret_files import fsync_dir, read_secret, write_secret
+from protocol.driver.secret_files import fsync_dir, write_whole
 from protocol.driver.tpm import DEFAULT_TCTI, Tpm, TpmKeyGone
+from protocol.driver.tpm_key import TpmKey as TpmKey
+from protocol.driver.tpm_key import read_record, record_bytes
 
-FORMAT = "haven-tpm-sealed/1"
 FLEET_FORMAT = "haven-tpm-fleet/1"
 FLEET_RECORD = "fleet.tpm"
-#: The most bytes a record file may hold: a damaged one is refused before it is parsed.
-MAX_RECORD = 4096
-
-
-def _read_record(path: Path, what: str, form: str) -> dict[str, Any]:
-    raw = read_secret(path, what)
-    try:
-        if len(raw) > MAX_RECORD:
-            raise ValueError("too long")
-        doc = json.loads(raw)
-        if not isinstance(doc, dict) or doc.get("format") != form:
-            raise ValueError(f"not {form}")
-    except ValueError as exc:
-        raise StoreError(f"{what} {path} is damaged ({exc})", "bad-key-file") from None
-    return doc
-
-
-def _write_record(path: Path, doc: dict[str, Any]) -> None:
-    """Replace ``path`` whole (owner-only): the old record or the new after a power cut."""
-    new = path.with_name(path.name + ".new")
-    new.unlink(missing_ok=True)
-    write_secret(new, json.dumps(doc, indent=1).encode() + b"\n")
-    os.replace(new, path)
-    fsync_dir(path.parent)
-
-
-class TpmKey:
-    """A 32-byte key sealed to a TPM, its blobs in ``directory/name.tpm``."""
-
-    def __init__(self, directory: Path, name: str, tcti: str | None = None) -> None:
-        self.path = Path(directory) / f"{name}.tpm"
-        self._tcti = tcti
-
-    @property
-    def tpm(self) -> Tpm:
-        """The TPM given, else the one the blobs were sealed to, else the default."""
-        if self._tcti is None and self.path.exists():
-            return Tpm(str(_read_record(self.path, "sealed key", FORMAT)["tcti"]))
-        return Tpm(self._tcti or DEFAULT_TCTI)
-
-    def exists(self) -> bool:
-        return self.path.exists()
-
-    def create(self) -> None:
-        """Seal a new random key to the TPM; ``FileExistsError`` if one is sealed here."""
-        if self.path.exists():
-            raise FileExistsError(f"a key is sealed already in {self.path}")
-        tpm = self.tpm
-        public, private = tpm.seal(os.urandom(KEY_SIZE))
-        write_secret(self.path, json.dumps({
-            "format": FORMAT, "tcti": tpm.tcti,
-            "public": base64.b64encode(public).decode(),
-            "private": base64.b64encode(private).decode()}, indent=1).encode() + b"\n")
-
-    def key(self) -> bytes:
-        doc = _read_record(self.path, "sealed key", FORMAT)
-        tpm = Tpm(self._tcti or str(doc["tcti"]))
-        try:
-            public, private = (base64.b64decode(doc["public"], validate=True),
-                               base64.b64decode(doc["private"], validate=True))
-        except (KeyError, TypeError, ValueError):
-            raise StoreError(f"sealed key {self.path} is damaged", "bad-key-file") from None
-        key = tpm.unseal(public, private, f"the key sealed in {self.path}")
-        if len(key) != KEY_SIZE:
-            raise StoreError(f"the key sealed in {self.path} is not {KEY_SIZE} bytes",
-                             "key-size")
-        return key
 
 
 class TpmFleetKey(MacFleetKey):
@@ -144,7 +69,7 @@ class TpmFleetKeeper:
 
     def load(self) -> TpmFleetKey:
         try:
-            doc = _read_record(self.path, "fleet key record", FLEET_FORMAT)
+            doc = read_record(self.path, "fleet key record", FLEET_FORMAT)
         except SecretMissing:
             raise StoreError(f"fleet key record {self.path} is missing: this kiosk's fleet "
                              "key is not in its TPM", "key-missing") from None
@@ -158,7 +83,7 @@ class TpmFleetKeeper:
     def install(self, key: bytes, site: str) -> TpmFleetKey:
         old: dict[str, Any] | None = None
         if self.path.exists():
-            old = _read_record(self.path, "fleet key record", FLEET_FORMAT)
+            old = read_record(self.path, "fleet key record", FLEET_FORMAT)
             if (old.get("site") == site
                     and old.get("fingerprint") == FleetSecret(key).fingerprint().hex()):
                 held = self.load()
@@ -172,9 +97,9 @@ class TpmFleetKeeper:
             tpm.evict(fleet)
             raise
         new = TpmFleetKey(tpm, fleet, site, site_key)
-        _write_record(self.path, {"format": FLEET_FORMAT, "tcti": tpm.tcti, "fleet": fleet,
-                                  "site_key": site_key, "site": site,
-                                  "fingerprint": new.fingerprint().hex()})
+        write_whole(self.path, record_bytes({
+            "format": FLEET_FORMAT, "tcti": tpm.tcti, "fleet": fleet, "site_key": site_key,
+            "site": site, "fingerprint": new.fingerprint().hex()}))
         if old is not None:
             for handle in (old.get("fleet"), old.get("site_key")):
                 if isinstance(handle, int) and handle not in (fleet, site_key):
@@ -192,7 +117,7 @@ class TpmFleetKeeper:
         caller to destroy)."""
         if not self.path.exists():
             return
-        doc = _read_record(self.path, "fleet key record", FLEET_FORMAT)
+        doc = read_record(self.path, "fleet key record", FLEET_FORMAT)
         key = self._key(doc)
         if key.fingerprint().hex() != doc.get("fingerprint"):
             return  # the TPM was cleared: the handles hold another's keys, or none

@@ -11,6 +11,7 @@ httpcore is to h11):
 * ``wall_clock``: the wall clock in milliseconds.
 * ``command_line``: the shell both command lines (``haven``, ``haven-kiosk``) share.
 * ``accept``: an accept loop that backs off when descriptors run out.
+* ``tpm``, ``tpm_key``: a TPM 2.0 through Debian's tpm2-tools, and a key sealed to it.
 
 The core never imports this package (``tests/test_import_rules.py``); a port
 to another runtime (MicroPython) takes the core and writes its own driver.

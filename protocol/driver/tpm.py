@@ -84,6 +84,12 @@ class TpmKeyGone(TpmError):
     code = "tpm-key-gone"
 
 
+class TpmRecordDamaged(TpmError, ValueError):
+    """A record of what was sealed to the TPM (``tpm_key``) does not read."""
+
+    code = "bad-key-file"
+
+
 class Tpm:
     """One TPM, named by its TCTI."""
 
