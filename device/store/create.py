@@ -1,7 +1,9 @@
 """Creating a kiosk store: the data directory, its keys, and the kiosk's identity.
 
 The directory is owner-only (0700); the database, the store key and the
-fleet key are created owner-only (0600) before anything is written to them.
+fleet key are created owner-only (0600) before anything is written to them,
+by the key provider the config chooses (``providers``: with a TPM, the store
+key is sealed to it and the fleet key imported into it; no key file is left).
 The fleet key comes from ``--fleet-key FILE`` (installed at enrolment) or is
 made here for a kiosk that is not enrolled yet. Running ``init`` again
 updates the site and the letter; a different fleet key is refused once the

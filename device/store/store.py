@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 ``init_store`` creates a data directory (owner-only) holding the database,
 the store key (``keys.KeyFile``) and the fleet key that patient ids are
-derived from. ``Store`` opens it. Every method that writes runs as one job
+derived from, or what another key provider keeps instead (a TPM's sealed
+blobs, a passphrase's wrapped keys: ``providers``). ``Store`` opens it; every
+id derived from the fleet key goes through ``Store.fleet`` (``fleet``). Every method that writes runs as one job
 on the writer thread (``writer.Writer``) inside one ``BEGIN IMMEDIATE``
 transaction: a check-in writes the patient and the check-in, their write
 log entries, merged rows and outbox entries and the queue counter (one
