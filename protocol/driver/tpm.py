@@ -107,10 +107,10 @@ class Tpm:
         """Seal ``secret`` (at most 128 bytes) to this TPM: its public and private blobs."""
         with self._lock, _Scratch() as tmp:
             self._primary(tmp)
-            with _MemFile(secret) as path:
+            with _MemFile(secret) as mem:
                 try:
-                    self._run("tpm2_create", "-C", tmp("primary"), "-i", path, "-u", tmp("pub"),
-                              "-r", tmp("priv"), pass_fds=[_MemFile.fd_of(path)])
+                    self._run("tpm2_create", "-C", tmp("primary"), "-i", mem.path, "-u",
+                              tmp("pub"), "-r", tmp("priv"), pass_fds=[mem.fd])
                 finally:
                     self._flush()
             return Path(tmp("pub")).read_bytes(), Path(tmp("priv")).read_bytes()
@@ -130,11 +130,11 @@ class Tpm:
         with self._lock, _Scratch() as tmp:
             handle = self._free_handle()
             self._primary(tmp)
-            with _MemFile(key) as path:
+            with _MemFile(key) as mem:
                 try:
                     self._run("tpm2_import", "-C", tmp("primary"), "-G", "hmac", "-g", "sha256",
-                              "-i", path, "-u", tmp("pub"), "-r", tmp("priv"),
-                              pass_fds=[_MemFile.fd_of(path)])
+                              "-i", mem.path, "-u", tmp("pub"), "-r", tmp("priv"),
+                              pass_fds=[mem.fd])
                 finally:
                     self._flush()
             self._load(tmp, Path(tmp("pub")).read_bytes(), Path(tmp("priv")).read_bytes(),
@@ -260,16 +260,13 @@ class _MemFile:
     tools seek in their input, so a pipe will not do)."""
 
     def __init__(self, secret: bytes) -> None:
-        self._fd = os.memfd_create("haven-tpm-secret", 0)
-        os.write(self._fd, secret)
-        os.lseek(self._fd, 0, os.SEEK_SET)
+        self.fd = os.memfd_create("haven-tpm-secret", 0)
+        os.write(self.fd, secret)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.path = f"/dev/fd/{self.fd}"
 
-    def __enter__(self) -> str:
-        return f"/dev/fd/{self._fd}"
+    def __enter__(self) -> _MemFile:
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        os.close(self._fd)
-
-    @staticmethod
-    def fd_of(path: str) -> int:
-        return int(path.rsplit("/", 1)[1])
+        os.close(self.fd)
