@@ -21,7 +21,10 @@ associated data that binds it to its place: a delta to its record id and dot
 hash, a document chunk to its keyed name. A blob moved to another row fails
 to open. A delta as release a84fa97 and before held it is plain CBOR, whose
 first byte (an array or map header) is at least 0x80: such a row is read as
-it is until the re-sealer seals it, so an upgraded hub serves at once.
+it is until the re-sealer seals it, so an upgraded hub serves at once. (A
+quarantined delta or a held batch from before may be any bytes: it counts as
+sealed only if it opens.) Once a pass has sealed every row
+(``meta.all_sealed``), a plain value is refused.
 
 Every read of a sealed value goes through ``Sealer.open``; SQL that reads
 deltas calls it as the SQL function ``hub_open(rid, stamp, node, data)``
