@@ -31,6 +31,7 @@ from protocol.crdt.replica import Replica
 from protocol.sync import batches as sync
 from protocol.sync.batches import Batch
 
+from .swtpm_helpers import soft_tpm
 from .test_documents import content
 from .test_sync_helpers import Kiosk, served_hub
 
@@ -258,3 +259,19 @@ def test_a_sealed_value_altered_or_moved_does_not_open(tmp_path: Path) -> None:
             hub.dump()
         hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [da, a])
         assert b"Patient 0" in hub.dump()
+
+
+def test_a_hub_whose_store_key_is_sealed_to_a_tpm(tmp_path: Path) -> None:
+    with soft_tpm(tmp_path / "tpm") as tpm:
+        assert haven_main(["hub", "init", "--data", str(tmp_path / "hub"), "--key-provider",
+                           "tpm", "--tpm-tcti", tpm.tcti]) == 0
+        assert (tmp_path / "hub" / "hub_store.tpm").exists()
+        assert not (tmp_path / "hub" / STORE_KEY).exists()
+        with Hub(tmp_path / "hub") as hub:
+            many_ops(hub, 3)
+            dump = hub.dump()
+        with Hub(tmp_path / "hub") as hub:  # the key unsealed again
+            assert hub.dump() == dump and b"Patient 2" in dump
+        tpm.reset()  # cleared, or another TPM: the key is gone, and said so
+        with pytest.raises(UsageError, match="store key"):
+            Hub(tmp_path / "hub")

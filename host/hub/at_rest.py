@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 A key provider (``protocol.driver.sealing.KeyProvider``: any object with ``key()``
-of 32 bytes; by default ``KeyFile(DATA/hub_store.key)``, owner-only) gives
-the hub its key-encryption key (KEK). The KEK seals nothing but the keys in
+of 32 bytes; by default ``KeyFile(DATA/hub_store.key)``, owner-only, or a
+key sealed to a TPM, ``DATA/hub_store.tpm``) gives the hub its
+key-encryption key (KEK). The KEK seals nothing but the keys in
 ``keyring``: each row a random 32-byte key, AES-256-GCM under
 HKDF(KEK, "haven/hub/wrap/v1"), its version in the associated data. Version
 0 is the *name key*, never rotated: it names document chunks by keyed hash,
@@ -47,6 +48,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from host.errors import UsageError
+from protocol.driver.errors import DriverError
 from protocol.driver.sealing import (
     KEY_SIZE,
     NONCE_SIZE,
@@ -59,8 +61,10 @@ from protocol.driver.sealing import (
 from protocol.driver.sealing import (
     SealBroken as SealBroken,
 )
+from protocol.driver.tpm_key import TpmKey
 
 STORE_KEY = "hub_store.key"
+TPM_KEY = "hub_store"  #: ``DATA/hub_store.tpm``: the KEK sealed to a TPM instead
 NAME_KEY = 0  #: the keyring's version of the name key
 MAX_VERSION = 127  #: versions are 1..127: a sealed blob's first byte is below 0x80
 #: ``meta`` keys: the version sealing new rows, and the re-sealer's progress
@@ -71,8 +75,23 @@ ALL_SEALED = "all_sealed"
 _OP_AD = struct.Struct(">QI")
 
 
-def default_provider(data: Path) -> KeyFile:
-    return KeyFile(Path(data) / STORE_KEY, "hub store key file")
+def default_provider(data: Path) -> KeyProvider:
+    """The hub's KEK provider: sealed to a TPM when ``DATA/hub_store.tpm`` says so
+    (``haven hub init --key-provider tpm``), else the owner-only file."""
+    tpm = TpmKey(Path(data), TPM_KEY)
+    return tpm if tpm.exists() else KeyFile(Path(data) / STORE_KEY, "hub store key file")
+
+
+def create_provider(data: Path, kind: str, tcti: str | None = None) -> None:
+    """Make a new hub's KEK: ``file`` (made at the store's first open) or ``tpm`` (a key
+    sealed to the TPM ``tcti`` names, its blobs in ``DATA/hub_store.tpm``)."""
+    if kind == "tpm":
+        try:
+            TpmKey(Path(data), TPM_KEY, tcti).create()
+        except DriverError as exc:
+            raise UsageError(f"cannot seal the hub's store key to the TPM: {exc}") from None
+    elif kind != "file":
+        raise UsageError(f"the hub's key provider is file or tpm, not {kind}")
 
 
 def is_sealed(blob: bytes) -> bool:

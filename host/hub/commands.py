@@ -102,6 +102,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = hs.add_parser("init", help="create the hub's keys and the fleet key",
                       description="Create the hub's keys, the fleet's patient-id key, its store.")
     _data(p)
+    p.add_argument("--key-provider", choices=("file", "tpm"), default="file",
+                   help="where the key that seals the hub's data at rest is kept: file "
+                   "(hub_store.key, owner-only; the default) or tpm (sealed to this "
+                   "machine's TPM 2.0: a stolen disk reads nothing; a cleared or lost "
+                   "TPM loses the data at rest with it)")
+    p.add_argument("--tpm-tcti", metavar="TCTI",
+                   help="the TPM, as tpm2-tools name it (default device:/dev/tpmrm0)")
     p = hs.add_parser("enroll", help="approve a kiosk's enrolment request",
                       description="Approve REQUEST (a kiosk's enrolment.req) and write its "
                       "certificate to CERT. A request without a letter gets the first "
@@ -505,7 +512,8 @@ def run(args: argparse.Namespace) -> int:
     from host.hub.hub import Hub, init_hub
 
     if args.command == "hub" and args.hub_command == "init":
-        print(f"hub ready in {args.data}; public key {init_hub(args.data)}")
+        print(f"hub ready in {args.data}; public key "
+              f"{init_hub(args.data, args.key_provider, args.tpm_tcti)}")
         return 0
     if args.command == "hub" and backup_commands.handles(args):
         return backup_commands.run(args)

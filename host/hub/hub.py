@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
 from host.hub import claims, verifiers
-from host.hub.at_rest import STORE_KEY
+from host.hub.at_rest import STORE_KEY, create_provider
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks, held, reseal_files
 from host.hub.storage import Device, HubStore, Op
@@ -99,11 +99,13 @@ def _role(text: str, window_days: int | None) -> tuple[str, int]:
     return role, window_days
 
 
-def init_hub(data: Path) -> str:
-    """Create the hub's keys and store in ``data``; returns its X25519 public key (hex)."""
+def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None) -> str:
+    """Create the hub's keys and store in ``data``; returns its X25519 public key (hex).
+    ``key_provider``: where the key of the data at rest is kept (``at_rest``)."""
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data / X_KEY).exists():
         raise UsageError(f"{data} already holds a hub; not overwriting its keys")
+    create_provider(data, key_provider, tpm_tcti)  # first: a TPM refusing leaves no hub
     write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
     write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
     write_secret(data / FLEET_KEY, secrets.token_bytes(32))
