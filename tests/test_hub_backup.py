@@ -19,11 +19,13 @@ import pytest
 from device.sync.document_store import attach
 from host.cli import main as haven
 from host.hub import backup, recovery_key
+from host.hub.at_rest import STORE_KEY
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, ED_KEY, SECRET_FILES, Hub, init_hub
 from protocol.crdt import short_code
 
 from .conftest import small_disk
+from .swtpm_helpers import soft_tpm
 from .test_sync_helpers import Kiosk
 from .test_sync_restore import checkins_on, serving
 
@@ -332,3 +334,22 @@ def test_a_backup_that_would_not_fit_is_refused_before_anything_is_written(
         code, out = run(capsys, "hub", "backup", "--data", data, "--to", small / "b")
         assert code == 2 and "MiB free" in out, out
         assert not (small / "b").exists()
+
+
+def test_a_hub_whose_store_key_is_sealed_to_its_tpm_comes_back_on_another_machine(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, new = tmp_path / "hub", tmp_path / "new"
+    with soft_tpm(tmp_path / "tpm") as tpm:
+        assert run(capsys, "hub", "init", "--data", data, "--key-provider", "tpm",
+                   "--tpm-tcti", tpm.tcti)[0] == 0
+        with Hub(data) as hub:
+            hub.store.set_meta("serial", 7)
+        assert run(capsys, "hub", "backup", "--data", data, "--to", tmp_path / "b")[0] == 0
+        safe = key_backup(capsys, data, tmp_path / "hub.keys")
+    shutil.rmtree(data)  # the machine and its TPM are gone
+    assert run(capsys, "hub", "restore", "--from", tmp_path / "b", "--data", new)[0] == 0
+    code, out = run(capsys, "hub", "keys", "restore", "--from", tmp_path / "hub.keys",
+                    "--data", new, "--recovery-key-file", safe)
+    assert code == 0 and STORE_KEY in out, out
+    with Hub(new) as hub:  # the key file opens the keyring the TPM's key wrapped
+        assert hub.store.get_meta("serial") == 7

@@ -24,7 +24,9 @@ records the hub's id (``hub.HUB_ID``) if the live database had not yet, and
 must pass ``PRAGMA integrity_check`` before it counts. Documents follow the
 database, so every document whose record the copy holds and that was whole
 when the copy was taken is in the backup (a newer one may be too; a part
-file still being received is not). A database among them (the chunk index)
+file still being received is not). Their manifests (``objects/``) are
+listed before their chunks, as the hub writes them the other way round, so
+no manifest in the backup lacks a chunk. A database among them (the chunk index)
 is copied the same way.
 
 Everything goes to ``DIR/.partial`` first; then the files move into ``DIR``
@@ -68,6 +70,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from host.errors import UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
+from host.hub.sealed_documents import OBJECTS
 from host.hub.storage import MIGRATIONS
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_secret
@@ -236,7 +239,12 @@ def _copy_documents(source: Path, target: Path) -> None:
     by the backup API."""
     if not source.is_dir():
         return
-    for path in sorted(source.rglob("*")):
+    # a document's manifest is written after its chunks: the manifests listed first, every
+    # chunk one of them names is there when the rest is listed
+    objects = source / OBJECTS
+    listed = sorted(objects.rglob("*")) if objects.is_dir() else []
+    listed += sorted(p for p in source.rglob("*") if objects not in p.parents)
+    for path in listed:
         rel = path.relative_to(source)
         if path.is_symlink() or not path.is_file() or path.name.endswith(_SKIPPED):
             continue

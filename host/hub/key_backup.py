@@ -8,6 +8,9 @@ CBOR map (file name -> bytes), sealed with AES-256-GCM under
 HKDF-SHA256(recovery key, ``LABEL``), with the hub's id (its Ed25519 public
 key) in the associated data. The recovery key is 32 fresh random bytes per
 backup, printed once for a safe (``recovery_key``) and kept nowhere else.
+A hub whose store key is sealed to its TPM (``hub_store.tpm``, useless on
+another machine) has that key unsealed into the backup as ``hub_store.key``:
+restored on a new machine, the hub opens its data with the key file.
 
 The file is a CBOR map: its format and version, the hub's id in the clear,
 the nonce and the sealed map. The id is in the clear so that a backup of
@@ -40,9 +43,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from host.errors import UsageError
 from host.hub import recovery_key
+from host.hub.at_rest import STORE_KEY, default_provider
 from host.hub.hub import DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
 from protocol import strict_cbor
-from protocol.driver.errors import SecretFileError
+from protocol.driver.errors import DriverError, SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_secret, write_secret
 from protocol.errors import ProtocolError
 
@@ -88,6 +92,12 @@ def backup_keys(data: Path, to: Path) -> tuple[str, list[str], str]:
         raise UsageError(f"{data} holds no hub keys ({ED_KEY} is missing)")
     names = [n for n in SECRET_FILES if n in REQUIRED or (data / n).exists()]
     keys = {name: _secret(data / name) for name in names}
+    if STORE_KEY not in keys:  # sealed to this machine's TPM: the key itself, unsealed
+        try:
+            keys[STORE_KEY] = default_provider(data).key()
+        except DriverError as exc:
+            raise UsageError(f"cannot read the hub's store key to back it up: {exc}") from None
+        names.append(STORE_KEY)
     hub_id = hub_id_of(keys[ED_KEY])
     key, nonce = secrets.token_bytes(recovery_key.KEY_SIZE), os.urandom(NONCE_SIZE)
     sealed = _cipher(key).encrypt(nonce, strict_cbor.dumps(keys), _ad(hub_id))
