@@ -16,6 +16,12 @@ from pathlib import Path
 from host.errors import UsageError
 
 
+def _path(p: argparse.ArgumentParser, flag: str, metavar: str, text: str,
+          dest: str | None = None) -> None:
+    p.add_argument(flag, dest=dest or flag[2:], type=Path, required=True, metavar=metavar,
+                   help=text)
+
+
 def add_parsers(hs: argparse._SubParsersAction,  # type: ignore[type-arg]
                 ks: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """The backup commands under ``haven hub`` (``hs``) and ``haven hub keys`` (``ks``)."""
@@ -24,10 +30,8 @@ def add_parsers(hs: argparse._SubParsersAction,  # type: ignore[type-arg]
                       "while haven hub serve goes on), its documents and a manifest (hub "
                       "id, schema, head arrival number, time, each file's hash) to DIR, and "
                       "check the copy. The keys are not in it: haven hub keys backup.")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR",
-                   help="the hub's data directory")
-    p.add_argument("--to", type=Path, required=True, metavar="BACKUP_DIR",
-                   help="where the backup goes: a new or empty directory")
+    _path(p, "--data", "DIR", "the hub's data directory")
+    _path(p, "--to", "BACKUP_DIR", "where the backup goes: a new or empty directory")
     p.add_argument("--force", action="store_true",
                    help="replace the backup BACKUP_DIR holds")
     p = hs.add_parser("restore", help="bring a hub's data back from a backup",
@@ -36,27 +40,21 @@ def add_parsers(hs: argparse._SubParsersAction,  # type: ignore[type-arg]
                       "hub data (its keys, restored first, may be there). Then restore the "
                       "keys (haven hub keys restore) and start the hub: the kiosks give "
                       "back what the backup missed.")
-    p.add_argument("--from", dest="source", type=Path, required=True, metavar="BACKUP_DIR",
-                   help="a directory haven hub backup wrote")
-    p.add_argument("--data", type=Path, required=True, metavar="NEWDIR",
-                   help="the new data directory")
+    _path(p, "--from", "BACKUP_DIR", "a directory haven hub backup wrote", dest="source")
+    _path(p, "--data", "NEWDIR", "the new data directory")
 
     p = ks.add_parser("backup", help="seal the hub's keys to a new recovery key",
                       description="Write the hub's keys to FILE, sealed (AES-256-GCM) to a "
                       "new recovery key that is printed once: write it down and keep it in "
                       "a safe, apart from FILE and from the data backups.")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR",
-                   help="the hub's data directory")
-    p.add_argument("--to", type=Path, required=True, metavar="FILE",
-                   help="where the sealed keys go (never overwritten)")
+    _path(p, "--data", "DIR", "the hub's data directory")
+    _path(p, "--to", "FILE", "where the sealed keys go (never overwritten)")
     p = ks.add_parser("restore", help="bring the hub's keys back from a key backup",
                       description="Open FILE with its recovery key (asked for, or read from "
                       "--recovery-key-file) and write the keys owner-only into DIR. A "
                       "backup of another hub than DIR's database is refused.")
-    p.add_argument("--from", dest="source", type=Path, required=True, metavar="FILE",
-                   help="a file haven hub keys backup wrote")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR",
-                   help="the hub's data directory (restored with haven hub restore, or new)")
+    _path(p, "--from", "FILE", "a file haven hub keys backup wrote", dest="source")
+    _path(p, "--data", "DIR", "the hub's data directory (restored with haven hub restore, or new)")
     p.add_argument("--recovery-key-file", type=Path, metavar="KEY_FILE",
                    help="a file holding the recovery key (default: ask for it)")
     p.add_argument("--force", action="store_true",
