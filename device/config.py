@@ -228,11 +228,13 @@ class KioskConfig:
     provision_hold: float = option(3.0, "provisioning a fresh kiosk: how long the service "
                                    "button must be held (physical presence)", unit="s",
                                    positive=True)
-    key_provider: str = option("file", "where the kiosk's keys are kept, chosen when "
-                               "haven-kiosk init makes the store: file (owner-only files on "
-                               "the card), tpm (sealed to a TPM 2.0, the fleet key inside "
-                               "it) or passphrase (wrapped under a passphrase staff type "
-                               "after each boot)", metavar="KIND", check=_key_provider)
+    key_provider: str | None = option(None, "where the kiosk's keys are kept, chosen when "
+                                      "haven-kiosk init makes the store: file (owner-only "
+                                      "files on the card), tpm (sealed to a TPM 2.0, the "
+                                      "fleet key inside it) or passphrase (wrapped under a "
+                                      "passphrase staff type after each boot); unset: the "
+                                      "one the store was made with, file for a new one",
+                                      metavar="KIND", check=_key_provider)
     tpm_tcti: str = option("device:/dev/tpmrm0", "the TPM of key_provider tpm, as a "
                            "tpm2-tools TCTI (swtpm:host=H,port=N for a software TPM); "
                            "recorded in the data directory by haven-kiosk init",

@@ -122,6 +122,16 @@ def test_the_card_holds_no_key_and_opens_only_with_its_tpm(
         view = store.view(done.record_id)
         assert view is not None and NAME in view.fields.values()
 
+    # init again keeps the store's provider; another is refused, and so is a new site,
+    # whose key the TPM cannot derive without the fleet key in the clear.
+    assert kiosk_main(["init", "--data", str(data), "--site", "Riverside", "--letter", "B"]) == 0
+    capsys.readouterr()
+    assert kiosk_main(["init", "--data", str(data), "--site", "Riverside",
+                       "--key-provider", "file"]) == 1
+    assert "holds keys of the tpm key provider" in capsys.readouterr().err
+    with pytest.raises(KeyMismatch, match="held for site 'Riverside'"):
+        init_store(data, "Hillside", "B").close()
+
     # The card in another machine: another TPM, or none.
     copy = tmp_path / "copy"
     shutil.copytree(data, copy)

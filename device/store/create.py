@@ -28,14 +28,14 @@ from protocol.driver.secret_files import write_secret
 def init_store(data: Path, site: str, letter: str | None = "A",
                fleet_key_file: Path | None = None,
                key_provider: KeyProvider | None = None,
-               fleet: FleetKeeper | None = None, *, provider: str = "file",
+               fleet: FleetKeeper | None = None, *, provider: str | None = None,
                tcti: str | None = None) -> Store:
     """Create (or update the site and letter of) a kiosk store in ``data``; ``letter``
     None keeps the letter it has (``A`` in a new store) until the hub gives one. A
     ``fleet`` keeper other than the default file keeps the fleet key itself (no
     ``fleet.key`` is written). Otherwise the keys of a new store are made by
     ``provider`` (``device.store.providers``: ``file``, or ``tpm`` at ``tcti``), and an
-    existing store's must be of that provider."""
+    existing store's must be of that provider (None: a new store's are files)."""
     data = Path(data)
     if letter is not None:
         letter = letter.upper()
@@ -54,10 +54,10 @@ def init_store(data: Path, site: str, letter: str | None = "A",
             raise StoreError(f"fleet key {fleet_key_file} is shorter than 32 bytes", "key-size")
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if key_provider is None and fleet is None:
-        if (data / DB_NAME).exists():
+        if not (data / DB_NAME).exists():
+            key_provider, fleet = create_keys(data, provider or "file", site, new_fleet, tcti)
+        elif provider is not None:
             check_provider(data, provider)
-        else:
-            key_provider, fleet = create_keys(data, provider, site, new_fleet, tcti)
     elif not (data / DB_NAME).exists():
         if key_provider is None and not (data / STORE_KEY).exists():
             KeyFile(data / STORE_KEY).create()
