@@ -362,3 +362,23 @@ def test_revocation_destroys_the_keys_file_and_the_locked_check_ins_stay_unreada
         assert pending.count() == 3  # kept, sealed to a key that no longer exists
     for blob in files_of(data).values():
         assert b"Locked" not in blob
+
+
+def test_once_unlocked_the_sync_merges_the_hubs_deltas_into_the_store(tmp_path: Path) -> None:
+    """The sync engine calls ``store.merge(deltas, now_ms=...)`` on what the runtime holds:
+    the unlocked gate hands that to the store (the pending check-ins' merge has a name of
+    its own), so the sync thread does not die at its first pull after the unlock."""
+    other = init_store(tmp_path / "other", "North", "C")
+    other.checkin(name="Olu Elsewhere", birth_year=1970, reason="sick")
+    deltas = other.deltas_since({})
+    other.close()
+    data = tmp_path / "k"
+    numbers = _lock_three(data)
+    gate = LockableStore(data)
+    assert gate.unlock(PASS).merged == 3
+    report = gate.merge(deltas, now_ms=time.time_ns() // 10**6)
+    assert report.applied == len(deltas)
+    held = checkins(gate)
+    assert sorted(held) == sorted([*numbers, "C-001"])
+    assert held["C-001"]["name"] == "Olu Elsewhere"
+    gate.close()

@@ -11,11 +11,11 @@ which the page and the staff screen turn into "locked: unlock first".
 ``open`` opens the store with the keys the passphrase gave, then, holding
 the lock every locked check-in takes, raises the store's queue counters past
 the numbers given while locked and swaps the store in: a check-in after
-that goes to the store and can take no number already given. ``merge``
-then merges the pending check-ins (``PendingCheckins.merge``: idempotent,
-so a crash part-way merges the rest at the next unlock); the page runs it
-in the background, so a long night's backlog never holds up the unlock
-(``unlock`` does both, for a caller that waits). From then on the object
+that goes to the store and can take no number already given.
+``merge_pending`` then merges the pending check-ins (``PendingCheckins.merge``:
+idempotent, so a crash part-way merges the rest at the next unlock); the page
+runs it in the background, so a long night's backlog never holds up the
+unlock (``unlock`` does both, for a caller that waits). From then on the object
 forwards every call to the store.
 """
 
@@ -59,9 +59,9 @@ class LockableStore:
         return self.store.checkin(**kw)
 
     def unlock(self, passphrase: Any) -> PendingMerge:
-        """``open`` with ``passphrase``, then ``merge`` what was taken while locked."""
+        """``open`` with ``passphrase``, then ``merge_pending`` what was taken while locked."""
         self.open(passphrase)
-        return self.merge()
+        return self.merge_pending()
 
     def open(self, passphrase: Any) -> None:
         """Open the store with ``passphrase`` (blocking: scrypt) and send check-ins to it
@@ -78,9 +78,10 @@ class LockableStore:
                 self._pending_key = keys.pending_key
                 self.opened.set()
 
-    def merge(self) -> PendingMerge:
+    def merge_pending(self) -> PendingMerge:
         """Merge the check-ins taken while locked into the open store (one merge at a
-        time; what a merge cut short left is merged again)."""
+        time; what a merge cut short left is merged again). Not ``merge``: that name
+        forwards to ``Store.merge``, the hub's deltas the sync merges."""
         with self._merging:
             if self.store is None or self._pending_key is None:
                 raise unlock.Locked("the store is locked: nothing can be merged yet")

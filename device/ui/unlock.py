@@ -71,7 +71,7 @@ class StaffUnlock:
     def _merge(self) -> None:
         """The check-ins taken while locked, into the store (a thread; logged)."""
         try:
-            merged = self.store.merge()
+            merged = self.store.merge_pending()
         except Exception:  # kept in pending.db: the next unlock merges them again
             log.exception("the check-ins taken while locked were not all merged")
             return
