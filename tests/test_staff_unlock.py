@@ -168,10 +168,15 @@ def test_the_cli_sets_up_and_changes_the_passphrase_from_files_never_argv(
     new.write_text("another good passphrase\n")
     exe = [sys.executable, "-m", "device.cli"]
     done = subprocess.run([*exe, "init", "--data", str(data), "--site", "North", "--letter",
-                           "B", "--passphrase-file", str(old)], capture_output=True,
-                          text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
+                           "B", "--key-provider", "passphrase", "--passphrase-file", str(old)],
+                          capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr
-    assert (data / unlock.KEYS_FILE).exists() and not (data / "fleet.key").exists()
+    assert (data / unlock.KEYS_FILE).exists()
+    assert not (data / "fleet.key").exists() and not (data / "store.key").exists()
+    again = subprocess.run([*exe, "init", "--data", str(data), "--site", "North",
+                            "--key-provider", "passphrase"], capture_output=True, text=True,
+                           cwd=ROOT, stdin=subprocess.DEVNULL)  # no terminal, no file
+    assert again.returncode == 1 and "--passphrase-file" in again.stderr
     wrong = subprocess.run([*exe, "passphrase", "change", "--data", str(data),
                             "--passphrase-file", str(new), "--new-passphrase-file", str(old)],
                            capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL)
