@@ -546,6 +546,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("status: " + (f"{run['state']} (haven-kiosk run, pid {run['pid']}, link "
                         f"{run['link']}; the outbox below is what waits for the hub)"
                         if run is not None else "no haven-kiosk run answers for this folder"))
+    if run is not None and run.get("locked"):
+        print("LOCKED: the running kiosk waits for staff to unlock it on the staff screen; "
+              "its check-ins are kept sealed meanwhile, no patient is looked up and nothing "
+              "syncs")
     if st["alert"] == DECOMMISSIONED:
         print(f"{st['alert']}: the hub took this kiosk out of service; what it writes "
               "waits in the hub's quarantine for a person (call a technician)")

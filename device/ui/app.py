@@ -258,6 +258,8 @@ class KioskApp:
             try:
                 clinic = self._clinic = str(await asyncio.to_thread(
                     lambda: self.store.status()["site"] or ""))
+            except Locked:  # until staff unlock it: the number and the time only
+                clinic = ""
             except (StoreError, sqlite3.Error, OSError) as exc:
                 log.error("a ticket without the clinic's name: %s", exc)
                 clinic = ""
