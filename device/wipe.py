@@ -73,7 +73,8 @@ from typing import Any
 from device import audit
 from device.enrol import APPROVAL, CERT, ED_KEY, REQUEST, X_KEY
 from device.store import Store, StoreError
-from device.store.providers import TPM_STORE_KEY
+from device.store.pending import DB_NAME as PENDING_DB
+from device.store.providers import TPM_STORE_KEY, provider_of
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY
 from device.store.tpm_key import FLEET_RECORD, TpmFleetKeeper
 from device.store.unlock import KEYS_FILE as PASSPHRASE_KEYS
@@ -125,21 +126,25 @@ class Unsent:
     entries: int = 0
     quarantined: int = 0
     documents: int = 0
+    #: check-ins taken while the store was locked (``device.store.pending``), not merged
+    locked: int = 0
 
     @property
     def total(self) -> int:
-        return self.entries + self.quarantined + self.documents
+        return self.entries + self.quarantined + self.documents + self.locked
 
     def describe(self) -> str:
         parts = [f"{self.entries} outbox entries the hub has not acknowledged"]
         if self.quarantined:
             parts.append(f"{self.quarantined} quarantined entries")
         parts.append(f"{self.documents} documents not sent")
+        if self.locked:
+            parts.append(f"{self.locked} check-ins taken while locked, not unlocked since")
         return ", ".join(parts)
 
     def detail(self) -> dict[str, int]:
         return {"entries": self.entries, "quarantined": self.quarantined,
-                "documents": self.documents}
+                "documents": self.documents, **({"locked": self.locked} if self.locked else {})}
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,18 @@ def unsynced_of(data: Path) -> Unsent:
                     quarantined += n
                 else:
                     entries += n
-    return Unsent(entries, quarantined, _held_documents(Path(data)))
+    return Unsent(entries, quarantined, _held_documents(Path(data)), _locked_checkins(data))
+
+
+def _locked_checkins(data: Path) -> int:
+    path = Path(data) / PENDING_DB
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM checkins").fetchone()[0])
+    except sqlite3.OperationalError:  # no table yet
+        return 0
 
 
 def _held_documents(data: Path) -> int:
@@ -371,6 +387,9 @@ def wipe_folder(data: Path, *, who: str, discard_unsynced: bool = False) -> Repo
     data = Path(data)
     refuse_unless_kiosk_data(data)
     if keys_destroyed(data) is not None:
+        report = wipe_without_keys(data, who)
+    elif provider_of(data) == "passphrase":  # locked: its store opens with staff's passphrase
+        check_unsynced(unsynced_of(data), discard_unsynced)
         report = wipe_without_keys(data, who)
     else:
         with Store(data) as store:

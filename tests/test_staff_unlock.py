@@ -369,6 +369,25 @@ def test_revocation_destroys_the_keys_file_and_the_locked_check_ins_stay_unreada
         assert b"Locked" not in blob
 
 
+def test_a_locked_kiosk_is_wiped_without_its_passphrase_its_locked_check_ins_counted(
+        tmp_path: Path) -> None:
+    """``haven-kiosk wipe`` of a kiosk still locked: the store does not open without the
+    passphrase, so the wipe counts what is unsynced from the files, the check-ins taken
+    while locked among it, refuses while any is, and destroys the keys when told to."""
+    from device import wipe
+
+    data = tmp_path / "k"
+    _lock_three(data)
+    with pytest.raises(wipe.UnsyncedData, match="3 check-ins taken while locked"):
+        wipe.wipe_folder(data, who="test")
+    assert (data / unlock.KEYS_FILE).exists()
+    report = wipe.wipe_folder(data, who="test", discard_unsynced=True)
+    assert report.discarded.locked == 3 and unlock.KEYS_FILE in report.keys
+    assert not (data / unlock.KEYS_FILE).exists()
+    for blob in files_of(data).values():
+        assert b"Locked" not in blob
+
+
 def test_once_unlocked_the_sync_merges_the_hubs_deltas_into_the_store(tmp_path: Path) -> None:
     """The sync engine calls ``store.merge(deltas, now_ms=...)`` on what the runtime holds:
     the unlocked gate hands that to the store (the pending check-ins' merge has a name of
