@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,7 @@ from .conftest import small_disk
 from .swtpm_helpers import soft_tpm
 from .test_sync_helpers import Kiosk
 from .test_sync_restore import checkins_on, serving
+from .test_ui_helpers import ROOT
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
@@ -267,6 +271,26 @@ def test_a_mistyped_or_wrong_recovery_key_and_a_damaged_key_backup_are_refused(
     assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
                "--recovery-key-file", safe, "--force")[0] == 0
     assert files_of(new) == before and (new / "fleet.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_endless_key_backup_or_recovery_key_file_is_refused_unread(
+        tmp_path: Path, hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    """/dev/zero given for either file (or a huge one): a clear error, not memory filled
+    until the process dies (run under a 768 MiB address-space limit)."""
+    _, _, keys, safe = hub_and_backups
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+
+    for source, key_file, says in (("/dev/zero", safe, "not a hub key backup"),
+                                   (keys, "/dev/zero", "longer than")):
+        done = subprocess.run(
+            [sys.executable, "-m", "host.cli", "hub", "keys", "restore", "--from", str(source),
+             "--data", str(tmp_path / "new"), "--recovery-key-file", str(key_file)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, preexec_fn=limited)
+        assert done.returncode == 2 and says in done.stderr, done.stderr[-500:]
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
 
 
 def test_every_single_character_typo_in_a_recovery_key_is_caught() -> None:

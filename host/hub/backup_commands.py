@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from host.errors import UsageError
+from protocol.driver.secret_files import read_at_most
 
 
 def _path(p: argparse.ArgumentParser, flag: str, metavar: str, text: str,
@@ -102,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
 def _recovery_key(path: Path | None) -> str:
     if path is not None:
         try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            return read_at_most(path, 1024).decode("utf-8")
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             raise UsageError(f"cannot read the recovery key from {path}: {exc}") from None
     if sys.stdin.isatty():
         return getpass.getpass("recovery key: ")
-    return sys.stdin.readline()
+    return sys.stdin.readline(1024)

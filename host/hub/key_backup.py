@@ -47,7 +47,7 @@ from host.hub.at_rest import STORE_KEY, default_provider
 from host.hub.hub import DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
 from protocol import strict_cbor
 from protocol.driver.errors import DriverError, SecretFileError
-from protocol.driver.secret_files import fsync_dir, read_secret, write_secret
+from protocol.driver.secret_files import fsync_dir, read_at_most, read_secret, write_secret
 from protocol.errors import ProtocolError
 
 FORMAT, VERSION = "haven-hub-keys", 1
@@ -114,12 +114,14 @@ def backup_keys(data: Path, to: Path) -> tuple[str, list[str], str]:
 
 def read_backup(path: Path) -> KeyBackup:
     """A key backup file's clear part; ``UsageError`` for anything else."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     bad = UsageError(f"{path} is not a hub key backup (haven hub keys backup writes one), "
                      "or it is damaged (cut short or altered)")
+    try:
+        data = read_at_most(path, MAX_FILE)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise bad from None
     try:
         doc = strict_cbor.loads(data, max_size=MAX_FILE)
     except ProtocolError:

@@ -96,6 +96,16 @@ def read_secret(path: Path, what: str = "secret file", size: int | None = None) 
     return data
 
 
+def read_at_most(path: Path, limit: int) -> bytes:
+    """A small file's bytes; ``ValueError`` past ``limit`` bytes, read no further (a
+    huge file, or a device such as /dev/zero given by mistake, never fills memory)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is longer than {limit} bytes")
+    return data
+
+
 def new_key_file(path: Path) -> str:
     """Write a new X25519 private key to ``path`` (0600) and its public hex to
     ``path.pub``; returns the hex. ``FileExistsError`` if ``path`` exists."""
