@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "the kiosk's letter and the fleet key.")
     _data(p)
     p.add_argument("cert", type=Path, metavar="CERT", help="the certificate file")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="a kiosk made with --key-provider passphrase: its passphrase, the "
+                   "first line of FILE (default: asked on the terminal)")
 
     p = sub.add_parser("sync", help="sync with the hub",
                        description="Push the outbox to the hub and pull its changes, over "
@@ -261,7 +264,7 @@ def _open(args: argparse.Namespace) -> Any:
     refuse_if_destroyed(args.data)  # revoked: its keys are gone, say so rather than which
     if uses_passphrase(args.data):  # its keys open with the passphrase, asked here
         keys = PassphraseKeys(args.data, unwrap(args.data, read_passphrase(
-            None, "The kiosk's passphrase: ")))
+            getattr(args, "passphrase_file", None), "The kiosk's passphrase: ")))
         return Store(args.data, keys, fleet=keys)
     return Store(args.data)
 
@@ -306,9 +309,12 @@ def read_passphrase(file: Path | None, prompt: str, twice: bool = False) -> str:
                          "(--passphrase-file FILE)", "bad-passphrase")
     import getpass
 
-    text = getpass.getpass(prompt)
-    if twice and text != getpass.getpass("The same again: "):
-        raise StoreError("the two passphrases differ; nothing changed", "bad-passphrase")
+    try:
+        text = getpass.getpass(prompt)
+        if twice and text != getpass.getpass("The same again: "):
+            raise StoreError("the two passphrases differ; nothing changed", "bad-passphrase")
+    except EOFError:  # Ctrl-D at the prompt
+        raise StoreError("no passphrase given", "bad-passphrase") from None
     return text
 
 

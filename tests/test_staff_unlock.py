@@ -406,3 +406,25 @@ def test_once_unlocked_the_sync_merges_the_hubs_deltas_into_the_store(tmp_path: 
     assert sorted(held) == sorted([*numbers, "C-001"])
     assert held["C-001"]["name"] == "Olu Elsewhere"
     gate.close()
+
+
+def test_a_passphrase_kiosk_is_enrolled_with_its_passphrase_from_a_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Set up from a script (no terminal): enroll takes --passphrase-file as init does."""
+    from device.cli import main as kiosk
+    from host.cli import main as haven
+
+    data, hub, cert, right, wrong = (tmp_path / n for n in ("k", "hub", "cert", "ok", "no"))
+    right.write_text(PASS + "\n")
+    wrong.write_text("not the passphrase\n")
+    assert kiosk(["init", "--data", str(data), "--site", "North", "--key-provider",
+                  "passphrase", "--passphrase-file", str(right)]) == 0
+    assert haven(["hub", "init", "--data", str(hub)]) == 0
+    assert haven(["hub", "enroll", "--data", str(hub), str(data / "enrolment.req"),
+                  "--out", str(cert)]) == 0
+    capsys.readouterr()
+    for file, code, says in ((wrong, 1, "wrong passphrase"), (right, 0, "enrolled")):
+        assert kiosk(["enroll", "--data", str(data), str(cert), "--passphrase-file",
+                      str(file)]) == code
+        out = capsys.readouterr()
+        assert says in out.out + out.err
