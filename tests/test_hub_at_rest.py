@@ -27,9 +27,14 @@ from host.hub.at_rest import STORE_KEY, SealBroken
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 from host.hub.storage import Op
+from protocol.crdt.clock import pack
+from protocol.crdt.delta import Delta, encode
 from protocol.crdt.replica import Replica
+from protocol.crdt.schema import PATIENT
+from protocol.errors import RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync.batches import Batch
+from protocol.sync.checks import check_remote_deltas
 
 from .swtpm_helpers import soft_tpm
 from .test_documents import content
@@ -98,6 +103,24 @@ def test_nothing_distinctive_in_any_hub_file(tmp_path: Path) -> None:
         finally:
             a.close()
             b.close()
+
+
+def test_a_quarantined_deltas_reason_in_the_clear_names_no_patient_value(
+        tmp_path: Path) -> None:
+    """A value that misfits its field is quarantined; the reason kept beside the sealed
+    delta says which field and why, never the value."""
+    init_hub(tmp_path / "hub")
+    now = int(time.time() * 1000)
+    birth = PATIENT.field("birthDate").number
+    misfit = encode(Delta(os.urandom(16), PATIENT.number, 7, pack(now),
+                          set={birth: "born 1971 as Zebulon Quixotic"}))
+    got, = check_remote_deltas([misfit], now, node=7, max_ahead_ms=60_000)
+    assert isinstance(got, RemoteProtocolError) and "birthDate" in str(got)
+    with Hub(tmp_path / "hub") as hub:  # as the hub's round keeps it
+        hub.store.commit_batch("0000beef", 1, b"\x02" * 32, [],
+                               [(got.code, str(got), misfit)], now, [0])
+        hub.store.checkpoint()
+        assert_nothing_plain(hub.data, [b"Zebulon", b"born 1971"])
 
 
 def fixture_hub(tmp_path: Path) -> Path:
