@@ -293,6 +293,25 @@ def test_an_endless_key_backup_or_recovery_key_file_is_refused_unread(
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
 
 
+def test_restored_data_without_its_keys_points_to_keys_restore_and_init_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    """Keys forgotten after a restore: no command advises haven hub init, and init there
+    is refused before it writes keys of a new hub that would bar the real ones."""
+    _, saved, keys, safe = hub_and_backups
+    new = tmp_path / "new"
+    assert run(capsys, "hub", "restore", "--from", saved, "--data", new)[0] == 0
+    held = files_of(new)
+    code, out = run(capsys, "hub", "status", "--data", new)
+    assert code == 2 and "keys restore" in out and "hub init" not in out, out
+    code, out = run(capsys, "hub", "init", "--data", new)
+    assert code == 2 and "keys restore" in out, out
+    assert files_of(new) == held
+    assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+               "--recovery-key-file", safe)[0] == 0
+    Hub(new).close()
+
+
 def test_every_single_character_typo_in_a_recovery_key_is_caught() -> None:
     key = os.urandom(32)
     text = recovery_key.display(key)

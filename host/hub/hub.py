@@ -78,6 +78,9 @@ def _read_secret(path: Path) -> bytes:
     try:
         return read_secret(path, "hub key", 32)
     except SecretMissing:
+        if (path.parent / DB).exists():  # a hub's data without its keys: restored?
+            raise UsageError(f"{path} is missing: bring this hub's keys back with haven hub "
+                             f"keys restore --data {path.parent} --from KEY_BACKUP") from None
         raise UsageError(f"{path} is missing; run: haven hub init --data {path.parent}") from None
     except SecretFileError as exc:
         raise UsageError(str(exc)) from None
@@ -105,6 +108,9 @@ def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data / X_KEY).exists():
         raise UsageError(f"{data} already holds a hub; not overwriting its keys")
+    if (data / DB).exists():  # new keys would belong to no hub its database knows
+        raise UsageError(f"{data} holds a hub's database without its keys; restore them "
+                         f"(haven hub keys restore --data {data} --from KEY_BACKUP)")
     create_provider(data, key_provider, tpm_tcti)  # first: a TPM refusing leaves no hub
     write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
     write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
