@@ -321,12 +321,15 @@ def read_passphrase(file: Path | None, prompt: str, twice: bool = False) -> str:
 def cmd_init(args: argparse.Namespace) -> int:
     from device.enrol import start_as_new_kiosk, write_request
     from device.store import init_store
+    from device.store.providers import check_provider
     from device.store.unlock import init_keys, uses_passphrase
 
     cfg = config.load(args.config, {**config.flags_of(args), "data": args.data})
     keys = None
     if (cfg.key_provider == "passphrase" or args.passphrase_file
             or uses_passphrase(args.data)):
+        # a store made under another provider keeps it: new keys would not open its data
+        check_provider(args.data, "passphrase")
         fleet = args.fleet_key.read_bytes() if args.fleet_key is not None else None
         new = not uses_passphrase(args.data)
         args.data.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -428,3 +428,23 @@ def test_a_passphrase_kiosk_is_enrolled_with_its_passphrase_from_a_file(
                       str(file)]) == code
         out = capsys.readouterr()
         assert says in out.out + out.err
+
+
+def test_init_under_a_passphrase_refuses_a_store_made_with_key_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new passphrase.keys beside a file kiosk's store would wrap a new store key that
+    opens none of its data (and leave store.key on the card): refused, nothing written."""
+    from device.cli import main as kiosk
+
+    data, passphrase = tmp_path / "k", tmp_path / "pass"
+    passphrase.write_text(PASS + "\n")
+    with init_store(data, "North", "B") as store:
+        store.checkin(name="Fay Filekey", birth_year=1980, reason="sick")
+    held = files_of(data)
+    capsys.readouterr()
+    assert kiosk(["init", "--data", str(data), "--site", "North", "--key-provider",
+                  "passphrase", "--passphrase-file", str(passphrase)]) == 1
+    assert "file key provider" in capsys.readouterr().err
+    assert files_of(data) == held
+    with Store(data) as store:
+        assert [c["name"] for c in checkins(store).values()] == ["Fay Filekey"]
