@@ -448,3 +448,18 @@ def test_init_under_a_passphrase_refuses_a_store_made_with_key_files(
     assert files_of(data) == held
     with Store(data) as store:
         assert [c["name"] for c in checkins(store).values()] == ["Fay Filekey"]
+
+
+def test_a_new_passphrase_the_page_keyboard_cannot_type_is_refused(tmp_path: Path) -> None:
+    """Staff unlock on the on-screen keyboard (small letters, digits, space, - and .): a
+    passphrase with anything else would leave the kiosk locked for good."""
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    before = files_of(data)
+    for new in ("Correct Horse Battery", "correct horse battery!", "grüne äpfel sind gut"):
+        with pytest.raises(unlock.BadPassphrase, match="keyboard"):
+            unlock.change_passphrase(data, PASS, new)
+    with pytest.raises(unlock.BadPassphrase, match="keyboard"):
+        unlock.init_keys(tmp_path / "other", "Open-Sesame-42")
+    assert files_of(data) == before
+    unlock.unwrap(data, PASS)

@@ -60,6 +60,9 @@ SALT_SIZE = 16
 #: A passphrase's bounds, in characters once NFC-normalised (scrypt takes any length;
 #: the upper bound only keeps a paste of garbage off the wire and the card).
 MIN_CHARS, MAX_CHARS = 8, 256
+#: What the page's passphrase keyboard types (device/ui/static/keyboard.js): a new
+#: passphrase holds nothing else.
+KEYBOARD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 -.")
 #: The largest scrypt parameters a file may ask for (n = 2**16 is 64 MiB: past the budget).
 MAX_N, MAX_R, MAX_P = 2**16, 16, 4
 #: The keys file's most bytes: a damaged or hostile file is refused before it is parsed.
@@ -85,7 +88,8 @@ class Locked(StoreError):
 
 def clean_passphrase(text: Any, *, new: bool = False) -> bytes:
     """``text`` as the bytes scrypt takes (NFC, UTF-8); ``BadPassphrase`` if it is not a
-    string, empty, over ``MAX_CHARS`` or (a ``new`` one) under ``MIN_CHARS``."""
+    string, empty, over ``MAX_CHARS`` or (a ``new`` one) under ``MIN_CHARS`` or with a
+    character the page's keyboard lacks."""
     if not isinstance(text, str) or not text:
         raise BadPassphrase("the passphrase is empty")
     value = unicodedata.normalize("NFC", text)
@@ -95,6 +99,11 @@ def clean_passphrase(text: Any, *, new: bool = False) -> bytes:
         raise BadPassphrase(f"a passphrase is at least {MIN_CHARS} characters")
     if any(unicodedata.category(c) == "Cc" for c in value):
         raise BadPassphrase("a passphrase holds no control characters (a line break?)")
+    untypable = sorted(set(value) - KEYBOARD)
+    if new and untypable:  # staff could never type it on the page to unlock the kiosk
+        raise BadPassphrase("a passphrase is typed on the kiosk's on-screen keyboard: small "
+                            "letters, digits, space, '-' and '.' only, not "
+                            + " ".join(repr(c) for c in untypable[:5]))
     return value.encode("utf-8")
 
 
