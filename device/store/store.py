@@ -6,8 +6,9 @@ Theory of operation
 the store key (``keys.KeyFile``) and the fleet key that patient ids are
 derived from, or what another key provider keeps instead (a TPM's sealed
 blobs, a passphrase's wrapped keys: ``providers``). ``Store`` opens it; every
-id derived from the fleet key goes through ``Store.fleet`` (``fleet``). Every method that writes runs as one job
-on the writer thread (``writer.Writer``) inside one ``BEGIN IMMEDIATE``
+id derived from the fleet key goes through ``Store.fleet`` (``fleet``). Every
+method that writes runs as one job on the writer thread (``writer.Writer``)
+inside one ``BEGIN IMMEDIATE``
 transaction: a check-in writes the patient and the check-in, their write
 log entries, merged rows and outbox entries and the queue counter (one
 ``executemany`` per table for both records), then commits once (one WAL
