@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from device.store import BadSnapshot, Store, init_store, shed
 from device.store import collect as gc
 from device.store.covering import after, extends
+from device.store.writer import BULK
 from protocol.crdt.delta import decode
 from protocol.crdt.ids import patient_id, verifier_record_id, year_verifier
 from protocol.crdt.record import RecordLog, RecordView, canonical_json
@@ -511,3 +513,28 @@ def test_settle_waits_for_a_checkpoint_that_began_after_it(store: Store) -> None
     runs = store.checkpointer.runs
     assert store.checkpointer.settle(30.0)
     assert store.checkpointer.runs > runs
+
+
+def test_a_pass_settles_the_wal_without_the_writer(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between slices, the checkpoints that let the WAL start over run beside the writer:
+    a check-in is never queued behind one (its fsync of the database file)."""
+    monkeypatch.setattr(gc, "SETTLE_AFTER", -1)  # settle after every slice
+    store.put("note", values={"text": "x"}, now_ms=T0)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(db: object) -> None:
+        holding.set()
+        release.wait(30)
+
+    held = store.writer.submit(hold, BULK)
+    try:
+        assert holding.wait(30)
+        runs = store.checkpointer.runs
+        settling = threading.Thread(target=gc._settle, args=(store,), daemon=True)
+        settling.start()
+        settling.join(30)
+        assert not settling.is_alive() and store.checkpointer.runs >= runs + 2
+    finally:
+        release.set()
+        held.result(30)

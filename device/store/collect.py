@@ -177,10 +177,10 @@ def _settle(store: Store) -> None:
     except OSError:
         return
     if size > SETTLE_AFTER and store.checkpointer.settle(SETTLE_S):
-        # What check-ins committed meanwhile, copied too (a few pages): with nothing left
-        # in the WAL to copy, the next commit starts it over and cuts it back.
-        store.writer.call(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(),
-                          BULK)
+        # What check-ins committed meanwhile, copied too (a few pages), off the writer as
+        # well (a checkpoint's fsync there held check-ins up for hundreds of ms): with
+        # nothing left in the WAL to copy, the next commit starts it over and cuts it back.
+        store.checkpointer.settle(SETTLE_S)
 
 
 def _slice_s(store: Store) -> float:
