@@ -312,6 +312,23 @@ def test_restored_data_without_its_keys_points_to_keys_restore_and_init_writes_n
     Hub(new).close()
 
 
+def test_keys_restored_first_are_not_opened_into_an_empty_hub_before_the_data(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    """Between keys restore and restore, a look at the hub (status, serve) made an empty
+    database beside the keys, and the data's restore was then refused."""
+    _, saved, keys, safe = hub_and_backups
+    new = tmp_path / "new"
+    assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+               "--recovery-key-file", safe)[0] == 0
+    for command in (["status"], ["keys", "rotate"]):
+        code, out = run(capsys, "hub", *command, "--data", new)
+        assert code == 2 and "haven hub restore" in out, out
+    assert not (new / DB).exists()
+    assert run(capsys, "hub", "restore", "--from", saved, "--data", new)[0] == 0
+    Hub(new).close()
+
+
 def test_every_single_character_typo_in_a_recovery_key_is_caught() -> None:
     key = os.urandom(32)
     text = recovery_key.display(key)

@@ -509,7 +509,7 @@ def _approve(hub: Hub, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from host.hub import backup_commands
-    from host.hub.hub import Hub, init_hub
+    from host.hub.hub import DB, X_KEY, Hub, init_hub
 
     if args.command == "hub" and args.hub_command == "init":
         print(f"hub ready in {args.data}; public key "
@@ -517,6 +517,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "hub" and backup_commands.handles(args):
         return backup_commands.run(args)
+    if (args.data / X_KEY).exists() and not (args.data / DB).exists():
+        # keys restored first: opening the hub would make an empty database there,
+        # which haven hub restore then refuses to overwrite
+        raise UsageError(f"{args.data} holds a hub's keys but no database: bring its data "
+                         f"back first (haven hub restore --from BACKUP --data {args.data})")
     if args.command == "hub" and args.hub_command == "serve":
         from host.hub.serve import serve
 
