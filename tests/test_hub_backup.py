@@ -25,6 +25,7 @@ from host.hub import backup, recovery_key
 from host.hub.at_rest import STORE_KEY
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, ED_KEY, SECRET_FILES, Hub, init_hub
+from host.hub.storage import Device
 from protocol.crdt import short_code
 
 from .conftest import small_disk
@@ -327,6 +328,34 @@ def test_keys_restored_first_are_not_opened_into_an_empty_hub_before_the_data(
     assert not (new / DB).exists()
     assert run(capsys, "hub", "restore", "--from", saved, "--data", new)[0] == 0
     Hub(new).close()
+
+
+def test_a_restored_hub_gives_no_kiosk_number_the_lost_hub_may_have_given(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    """A kiosk enrolled after the backup has a number the backup does not know; its short
+    codes (number and count) name patients. The restored hub numbers new kiosks past a
+    gap, so no number is given twice."""
+    data, saved, keys, safe = hub_and_backups
+    lost_hub = Hub(data)
+    given_after_backup = lost_hub.store.add_device(_device(1), 1)
+    lost_hub.close()
+    new = tmp_path / "new"
+    assert run(capsys, "hub", "keys", "restore", "--from", keys, "--data", new,
+               "--recovery-key-file", safe)[0] == 0
+    assert run(capsys, "hub", "restore", "--from", saved, "--data", new)[0] == 0
+    restored = Hub(new)
+    try:
+        first = restored.store.add_device(_device(2), 2)
+        assert first > given_after_backup and first > backup.RESTORE_NUMBER_GAP
+        assert restored.store.add_device(_device(3), 3) == first + 1
+    finally:
+        restored.close()
+
+
+def _device(i: int) -> Device:
+    return Device(f"kiosk-{i}", 100 + i, "North", "ABC"[i - 1], bytes([i]) * 32,
+                  bytes([i]) * 32, "approved", 0, bytes(32), 0, None)
 
 
 def test_every_single_character_typo_in_a_recovery_key_is_caught() -> None:

@@ -71,7 +71,7 @@ from host.errors import UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
 from host.hub.sealed_documents import OBJECTS
-from host.hub.storage import MIGRATIONS
+from host.hub.storage import MIGRATIONS, NEXT_NUMBER, NUMBER_FLOOR
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_secret
 from protocol.driver.wall_clock import wall_ms
@@ -81,6 +81,8 @@ SIGNATURE_LABEL = b"haven/hub/backup-manifest/v1\x00"
 FORMAT, VERSION = "haven-hub-backup", 1
 STAGING, RESTORING = ".partial", ".restoring"
 STEP_PAGES = 1024  #: 4 MiB of 4 KiB pages per step of the online backup
+#: Kiosk numbers a restored hub skips: more kiosks than a hub enrols between two backups.
+RESTORE_NUMBER_GAP = 1000
 MARGIN = 16 << 20  #: bytes left free beyond the backup's own
 _CHUNK = 1 << 20
 _SKIPPED = ("-wal", "-shm", "-journal", ".part", ".tmp")
@@ -413,6 +415,8 @@ def restore(source: Path, data: Path) -> Manifest:
                   for n, e in manifest.files.items()}:
         shutil.rmtree(staging, ignore_errors=True)
         raise UsageError(f"the backup in {source} changed while it was read; nothing restored")
+    if (staging / DB).exists():
+        _skip_numbers(staging / DB)
     if resumed:
         shutil.rmtree(data / DOCUMENTS_DIR, ignore_errors=True)
     for entry in (DOCUMENTS_DIR, DB):  # the database last: with it, the restore is done
@@ -421,3 +425,14 @@ def restore(source: Path, data: Path) -> Manifest:
     fsync_dir(data)
     shutil.rmtree(staging, ignore_errors=True)  # last: its presence marks a restore cut short
     return manifest
+
+
+def _skip_numbers(db_path: Path) -> None:
+    """Kiosk numbers the lost hub may have given after the backup are never given again:
+    a short code is its kiosk's number and a count, and a patient id derives from the
+    code, so a number given twice could give two patients one id. New kiosks are
+    numbered past ``RESTORE_NUMBER_GAP`` more than the backup knew of."""
+    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as db:
+        top = db.execute(NEXT_NUMBER).fetchone()[0] - 1
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                   [NUMBER_FLOOR, top + RESTORE_NUMBER_GAP])

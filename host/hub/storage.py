@@ -193,8 +193,11 @@ def _m008_at_rest(db: sqlite_utils.Database) -> None:
 #: SQL: a delta's bytes, opened (``at_rest``).
 OPENED = at_rest.opened()
 #: The next kiosk number: one past every number a kiosk or an approval was given.
+#: ``meta`` key: a kiosk number no new kiosk is given at or below (set by a restore).
+NUMBER_FLOOR = "kiosk_number_floor"
 NEXT_NUMBER = ("SELECT MAX(COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
-               " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0)) + 1")
+               " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0),"
+               f" COALESCE((SELECT value FROM meta WHERE key = '{NUMBER_FLOOR}'), 0)) + 1")
 
 
 def next_hseq(db: sqlite_utils.Database) -> int:
