@@ -22,7 +22,15 @@ Pure: no I/O.
 from __future__ import annotations
 
 from host.errors import UsageError
-from protocol.crdt.short_code import ALPHABET, BASE, VALUES, WHITE, check_valid, check_value
+from protocol.crdt.short_code import (
+    ALPHABET,
+    BASE,
+    VALUES,
+    WHITE,
+    check_valid,
+    check_value,
+    digits,
+)
 
 KEY_SIZE = 32
 DIGITS = 52  #: base32 digits of 256 bits
@@ -38,11 +46,7 @@ def display(key: bytes) -> str:
     """The recovery key as printed for a safe."""
     if len(key) != KEY_SIZE:
         raise ValueError(f"a recovery key is {KEY_SIZE} bytes, not {len(key)}")
-    n, values = int.from_bytes(key, "big"), []
-    for _ in range(DIGITS):
-        n, d = divmod(n, BASE)
-        values.append(d)
-    values.reverse()
+    values = digits(int.from_bytes(key, "big"), DIGITS)
     values.append(check_value(values))
     text = "".join(ALPHABET[v] for v in values)
     groups = [text[i:i + GROUP] for i in range(0, DIGITS, GROUP)]

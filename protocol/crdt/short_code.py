@@ -73,7 +73,8 @@ def check_valid(values: list[int]) -> bool:
     return total % BASE == 0
 
 
-def _digits(n: int, width: int) -> list[int]:
+def digits(n: int, width: int) -> list[int]:
+    """``n`` as ``width`` base-32 digit values, the most significant first."""
     out = []
     for _ in range(width):
         n, d = divmod(n, BASE)
@@ -88,7 +89,7 @@ def encode(kiosk: int, counter: int) -> str:
     if not 1 <= counter <= MAX_COUNTER:
         raise ShortCodeError(f"a kiosk hands out codes 1 to {MAX_COUNTER}; {counter} is past"
                              " them", "code-range")
-    values = _digits(kiosk, KIOSK_CHARS) + _digits(counter, COUNTER_CHARS)
+    values = digits(kiosk, KIOSK_CHARS) + digits(counter, COUNTER_CHARS)
     values.append(check_value(values))
     return "".join(ALPHABET[v] for v in values)
 
