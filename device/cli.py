@@ -621,13 +621,15 @@ def _gc_line(gc: dict[str, Any] | None) -> str:
 
 def _utc(text: str | None) -> str | None:
     """An ISO 8601 time as the other times shown (UTC, ``Z``); as it is if not one."""
+    from protocol.driver.wall_clock import utc_text
+
     try:
         when = datetime.datetime.fromisoformat(text) if text else None
     except ValueError:
         return text
     if when is None or when.tzinfo is None:
         return text
-    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(round(when.timestamp() * 1000))
 
 
 def cmd_hw(args: argparse.Namespace) -> int:

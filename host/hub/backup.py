@@ -58,7 +58,6 @@ import json
 import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -74,7 +73,7 @@ from host.hub.sealed_documents import OBJECTS
 from host.hub.storage import MIGRATIONS, NEXT_NUMBER, NUMBER_FLOOR
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_secret
-from protocol.driver.wall_clock import wall_ms
+from protocol.driver.wall_clock import utc_text, wall_ms
 
 MANIFEST = "manifest.json"
 SIGNATURE_LABEL = b"haven/hub/backup-manifest/v1\x00"
@@ -99,7 +98,7 @@ class Manifest:
 
     @property
     def created(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_ms / 1000))
+        return utc_text(self.created_ms)
 
 
 def _ed_key(data: Path) -> Ed25519PrivateKey:
