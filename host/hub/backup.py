@@ -72,7 +72,7 @@ from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
 from host.hub.sealed_documents import OBJECTS
 from host.hub.storage import MIGRATIONS, NEXT_NUMBER, NUMBER_FLOOR
 from protocol.driver.errors import SecretFileError
-from protocol.driver.secret_files import fsync_dir, read_secret
+from protocol.driver.secret_files import fsync_dir, read_secret, write_whole
 from protocol.driver.wall_clock import utc_text, wall_ms
 
 MANIFEST = "manifest.json"
@@ -302,12 +302,7 @@ def _publish(staging: Path, to: Path, manifest: Manifest, ed_key: Ed25519Private
            "created": manifest.created}
     doc["signature"] = ed_key.sign(_signed_body(doc)).hex()
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
-    tmp = to / f".{MANIFEST}.tmp"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, to / MANIFEST)
+    write_whole(to / MANIFEST, text.encode())
     shutil.rmtree(staging, ignore_errors=True)
     fsync_dir(to)
 
