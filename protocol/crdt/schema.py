@@ -257,6 +257,14 @@ VERIFIER = TypeSpec(9, "verifier", 1, LANE_CHECKIN, (
     SUBJECT, _f(2, "birthYear"), _f(3, "site"),
 ), clinical=False, fhir="Basic")
 
+#: A patient's erasure (``protocol.crdt.erasure``): written by the hub only, on a record
+#: named by the patient (``erasure.erasure_record_id``), in every kiosk's scope and never
+#: collected. Every replica that holds it purges the patient's values and husks later
+#: writes of the patient's records. It says who asked and when, never what was erased.
+ERASURE = TypeSpec(10, "erasure", 1, LANE_PRESCRIPTION, (
+    SUBJECT, _f(2, "recorded", "datetime"), _f(3, "requester"), _f(4, "reason", "code"),
+), clinical=False, fhir="AuditEvent")
+
 #: A check-in's ``identity``: the kiosk's verdict on the claim (``match``: the record it
 #: holds agrees; ``mismatch``: it disagrees; ``unknown``: the kiosk holds no record;
 #: ``new``: a patient without documents, registered here), then staff's (``confirmed``,
@@ -286,7 +294,7 @@ def checkin_status_allowed(held: Any, new: str) -> bool:
 
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
     PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT, AUDIT,
-    VERIFIER)}
+    VERIFIER, ERASURE)}
 TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
 
 
