@@ -382,6 +382,12 @@ def test_a_damaged_backup_directory_is_refused_and_nothing_is_written(
         "database": lambda: (saved / DB).write_bytes((saved / DB).read_bytes()[:4096]),
         "manifest cut": lambda: (saved / "manifest.json").write_text(manifest[:50]),
         "manifest garbage": lambda: (saved / "manifest.json").write_bytes(os.urandom(200)),
+        "manifest huge": lambda: os.truncate(saved / "manifest.json", 8 << 30),  # sparse
+        "manifest nested": lambda: (saved / "manifest.json").write_text("[" * 100_000),
+        "manifest key twice": lambda: (saved / "manifest.json").write_text(
+            manifest.replace('"head": 0', '"head": 0, "head": 0')),
+        "manifest fraction": lambda: (saved / "manifest.json").write_text(
+            manifest.replace('"head": 0', '"head": 0.0')),
         "manifest gone": lambda: (saved / "manifest.json").unlink(),
         "manifest edited": lambda: (saved / "manifest.json").write_text(
             manifest.replace('"head": 0', '"head": 1')),

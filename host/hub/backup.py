@@ -72,7 +72,7 @@ from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
 from host.hub.sealed_documents import OBJECTS
 from host.hub.storage import MIGRATIONS, NEXT_NUMBER, NUMBER_FLOOR
 from protocol.driver.errors import SecretFileError
-from protocol.driver.secret_files import fsync_dir, read_secret, write_whole
+from protocol.driver.secret_files import fsync_dir, read_at_most, read_secret, write_whole
 from protocol.driver.wall_clock import utc_text, wall_ms
 
 MANIFEST = "manifest.json"
@@ -311,15 +311,23 @@ def _publish(staging: Path, to: Path, manifest: Manifest, ed_key: Ed25519Private
 
 
 def read_manifest(source: Path) -> Manifest:
-    """A backup directory's manifest, its every field checked; ``UsageError`` otherwise."""
+    """A backup directory's manifest, its every field checked; ``UsageError`` otherwise.
+
+    It is read up to ``_manifest_limit`` bytes and no further, and parsed strictly: JSON
+    with no repeated key, no number but whole ones, each field of its one type."""
     path = source / MANIFEST
     if not path.exists():
         raise UsageError(f"{source} holds no backup ({MANIFEST} is missing: not a backup "
                          "directory, or a backup that was cut short)")
     damaged = f"{path} is damaged"
+    limit = _manifest_limit(source)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        doc = json.loads(read_at_most(path, limit).decode("utf-8"),
+                         object_pairs_hook=_no_repeats, parse_float=_no_fraction,
+                         parse_constant=_no_fraction)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise UsageError(f"{damaged}: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError(f"{damaged}: not a hub backup's manifest")
@@ -327,21 +335,75 @@ def read_manifest(source: Path) -> Manifest:
         raise UsageError(f"{path} is of backup version {doc.get('version')!r}; this release "
                          f"reads version {VERSION}")
     try:
-        manifest = Manifest(str(doc["hub_id"]), int(doc["schema_version"]), int(doc["head"]),
-                            int(doc["created_ms"]), dict(doc["files"]))
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(manifest.hub_id)).verify(
-            bytes.fromhex(str(doc["signature"])), _signed_body(doc))
+        if set(doc) != _MANIFEST_FIELDS:
+            raise ValueError(f"its fields are not {', '.join(sorted(_MANIFEST_FIELDS))}")
+        manifest = Manifest(_hex(doc, "hub_id", 32), _count(doc, "schema_version"),
+                            _count(doc, "head"), _count(doc, "created_ms"),
+                            _of(doc, "files", dict))
+        _of(doc, "created", str)
         for name, entry in manifest.files.items():
             _check_path(name)
-            bytes.fromhex(entry["sha256"])
-            int(entry["size"])
+            if not isinstance(entry, dict) or set(entry) != {"size", "sha256"}:
+                raise ValueError(f"its entry for {name!r} is not a size and a sha256")
+            _hex(entry, "sha256", 32)
+            _count(entry, "size")
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(manifest.hub_id)).verify(
+            bytes.fromhex(_hex(doc, "signature", 64)), _signed_body(doc))
     except InvalidSignature:
         raise UsageError(f"{damaged}: its signature is not its hub's (altered)") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise UsageError(f"{damaged}: {exc}") from None
     if DB not in manifest.files:
         raise UsageError(f"{damaged}: it lists no {DB}")
     return manifest
+
+
+_MANIFEST_FIELDS = {"format", "version", "hub_id", "schema_version", "head", "created_ms",
+                    "created", "files", "signature"}
+#: A manifest's bytes beyond its files' entries (its other fields: well under 1 KiB).
+_MANIFEST_BASE = 64 << 10
+#: A file's entry in a manifest beyond its name's (sha256, size, JSON's punctuation).
+_ENTRY_BYTES = 256
+
+
+def _manifest_limit(source: Path) -> int:
+    """The most a backup's manifest can take: an entry per file beside it (a name costs
+    at most 6 bytes a character, JSON-escaped). No fixed cap: a hub's chunk files have
+    no bound but the disk; a manifest larger than its list of files is none of ours."""
+    return _MANIFEST_BASE + sum(6 * len(str(p.relative_to(source))) + _ENTRY_BYTES
+                                for p in source.rglob("*") if p.name != MANIFEST)
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise ValueError("a key is repeated")
+    return doc
+
+
+def _no_fraction(text: str) -> Any:
+    raise ValueError(f"{text} is not a whole number")
+
+
+def _of(doc: dict[str, Any], key: str, kind: type) -> Any:
+    value = doc.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"its {key} is not a {kind.__name__}")
+    return value
+
+
+def _count(doc: dict[str, Any], key: str) -> int:
+    value: int = _of(doc, key, int)
+    if value < 0:
+        raise ValueError(f"its {key} is negative")
+    return value
+
+
+def _hex(doc: dict[str, Any], key: str, size: int) -> str:
+    value: str = _of(doc, key, str)
+    if len(value) != 2 * size or not set(value) <= set("0123456789abcdef"):
+        raise ValueError(f"its {key} is not {size} bytes in hex")
+    return value
 
 
 def _check_path(name: str) -> None:
