@@ -149,7 +149,9 @@ def test_an_older_hub_is_readable_at_once_and_sealed_by_the_resealer(tmp_path: P
                      [b"\x01" * 32, b"\x02" * 32, held, b"\0" * 64])
     conn.close()
     assert not (root / STORE_KEY).exists()
+    (root / "documents").chmod(0o755)  # as that release made it: any user could list it
     with Hub(root) as hub:
+        assert (root / "documents").stat().st_mode & 0o777 == 0o700  # owner-only at open
         assert hub.store.quarantined_delta(1) == ("92b5006d", "bad-field", quarantined)
         assert (root / STORE_KEY).exists()  # made at the first open of the new code
         ops = sorted([op.rid.hex(), op.stamp, op.node, op.data.hex()]
@@ -171,6 +173,8 @@ def test_an_older_hub_is_readable_at_once_and_sealed_by_the_resealer(tmp_path: P
         assert hub.store.quarantined_delta(1) == ("92b5006d", "bad-field", quarantined)
         assert hub.store.held_batches()[0]["payload"] == held
     assert not (root / "documents" / rid).exists()
+    assert {p.stat().st_mode & 0o777 for p in (root / "documents").rglob("*")
+            if p.is_dir()} == {0o700}
     assert_nothing_plain(root, [p for p in plain if len(p) > 24] + windows(document)
                          + [b"Philippa", b"Heliotrope"])
 

@@ -47,7 +47,7 @@ from host.errors import HavenError, UsageError
 from host.hub import claims, verifiers
 from host.hub.at_rest import STORE_KEY, create_provider
 from host.hub.document_inbox import DOCUMENTS_DIR
-from host.hub.sealed_documents import SealedChunks, held, reseal_files
+from host.hub.sealed_documents import SealedChunks, held, owner_only, reseal_files
 from host.hub.storage import Device, HubStore, Op
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import Delta, decode, encode
@@ -128,6 +128,7 @@ class Hub:
         self.fleet_key = _read_secret(self.data / FLEET_KEY)
         self.store = HubStore(self.data / DB)
         self._own_database()
+        owner_only(self.data / DOCUMENTS_DIR)
 
     def _own_database(self) -> None:
         """Record in the database whose it is (once), and refuse another hub's: keys and

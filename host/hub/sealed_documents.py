@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import re
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,7 +51,17 @@ def _dirs(root: Path) -> tuple[Path, Path]:
     chunks, objects = root / CHUNKS, root / OBJECTS
     for d in (root, chunks, objects):
         d.mkdir(mode=0o700, exist_ok=True)
+        owner_only(d)
     return chunks, objects
+
+
+def owner_only(directory: Path) -> None:
+    """Make a directory of the hub's owner-only (0700), as it is made; a hub from before
+    sealing made ``documents/`` with the umask's mode (0755, say), where other users
+    could list the files. No error for one that is missing."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+            directory.chmod(0o700)
 
 
 class SealedChunks:
