@@ -77,3 +77,19 @@ def covers(erased: frozenset[bytes] | set[bytes], rtype: int, rid: bytes,
            fields: Mapping[int, Any]) -> bool:
     """Whether a record belongs to an erased patient (``erased``: their ids)."""
     return subject_of(rtype, rid, fields) in erased
+
+
+_SUCCESSOR_LABEL = b"haven/erased-patient-successor/v1\x00"
+
+
+def successor_id(patient: bytes) -> bytes:
+    """The id a kiosk registers an erased patient under when they come back (the id
+    their passport or code gives is erased for good): a version-8 UUID of a hash of the
+    erased id, so every kiosk that knows of the erasure registers them under one id,
+    offline too. Nothing of the erased record is carried over."""
+    if type(patient) is not bytes or len(patient) != 16:
+        raise ValueError("a patient id is 16 bytes")
+    raw = bytearray(hashlib.sha256(_SUCCESSOR_LABEL + patient).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return uuid.UUID(bytes=bytes(raw)).bytes
