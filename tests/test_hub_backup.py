@@ -448,3 +448,40 @@ def test_a_hub_whose_store_key_is_sealed_to_its_tpm_comes_back_on_another_machin
     assert code == 0 and STORE_KEY in out, out
     with Hub(new) as hub:  # the key file opens the keyring the TPM's key wrapped
         assert hub.store.get_meta("serial") == 7
+
+
+def test_paths_that_are_no_directory_or_hold_other_files_are_refused_clearly(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    """A file given for a directory (or standing where a parent should be), a directory
+    that is missing, and a restore into a directory holding other files: each a clear
+    error, exit 2, and nothing written or removed anywhere."""
+    data, saved, keys, safe = hub_and_backups
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a directory")
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "photo.jpg").write_bytes(b"mine")
+    restore_keys = ["hub", "keys", "restore", "--from", keys, "--recovery-key-file", safe]
+    cases = [
+        (["hub", "restore", "--from", saved, "--data", a_file], "is not a directory"),
+        (["hub", "restore", "--from", saved, "--data", a_file / "new"], "is a file"),
+        (["hub", "restore", "--from", saved, "--data", others], "holds other files"),
+        (["hub", "restore", "--from", a_file, "--data", tmp_path / "n"], "not a directory"),
+        (["hub", "restore", "--from", tmp_path / "gone", "--data", tmp_path / "n"],
+         "is missing"),
+        (["hub", "backup", "--data", tmp_path / "gone", "--to", tmp_path / "b"], "is missing"),
+        (["hub", "backup", "--data", a_file, "--to", tmp_path / "b"], "not a directory"),
+        (["hub", "backup", "--data", data, "--to", a_file / "b"], "is a file"),
+        ([*restore_keys, "--data", a_file], "is not a directory"),
+        ([*restore_keys, "--data", a_file / "new"], "is a file"),
+        (["hub", "keys", "restore", "--from", keys, "--data", tmp_path / "n",
+          "--recovery-key-file", tmp_path], "Is a directory"),
+        (["hub", "keys", "backup", "--data", data, "--to", a_file / "k"], "cannot write"),
+    ]
+    before = files_of(tmp_path)
+    for argv, says in cases:
+        code, out = run(capsys, *argv)
+        assert code == 2 and says in out, (argv, out)
+        assert files_of(tmp_path) == before, argv
+    assert not (tmp_path / "n").exists() and not (tmp_path / "b").exists()

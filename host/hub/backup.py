@@ -127,6 +127,8 @@ def backup(data: Path, to: Path, *, force: bool = False, step_pages: int = STEP_
     ``progress(remaining, total)`` is called after each step (``step_pages`` pages) of the
     database's copy."""
     data, to = Path(data), Path(to)
+    if not data.is_dir():
+        raise _no_directory(data, "give the hub's data directory")
     if not (data / DB).exists():
         raise UsageError(f"{data} holds no hub database ({DB})")
     ed_key = _ed_key(data)
@@ -171,8 +173,24 @@ def _check_target(to: Path, force: bool) -> None:
                                            for p in to.iterdir()):
         raise UsageError(f"{to} holds other files; give an empty or new directory (or "
                          "--force to put the backup among them)")
-    elif to.exists() and not to.is_dir():
-        raise UsageError(f"{to} is not a directory")
+    else:
+        check_directory(to)
+
+
+def check_directory(path: Path) -> None:
+    """Refuse a directory to write into that is a file, or that cannot be made because
+    a file stands where one of its parents should be."""
+    where = path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise UsageError(f"{path} is not a directory" if where == path else
+                         f"{path} cannot be made: {where} is a file, not a directory")
+
+
+def _no_directory(path: Path, hint: str) -> UsageError:
+    return UsageError(f"{path} is {'not a directory' if path.exists() else 'missing'} "
+                      f"({hint})")
 
 
 def _check_space(data: Path, to: Path) -> None:
@@ -316,6 +334,8 @@ def read_manifest(source: Path) -> Manifest:
     It is read up to ``_manifest_limit`` bytes and no further, and parsed strictly: JSON
     with no repeated key, no number but whole ones, each field of its one type."""
     path = source / MANIFEST
+    if not source.is_dir():
+        raise _no_directory(source, "give the directory haven hub backup wrote")
     if not path.exists():
         raise UsageError(f"{source} holds no backup ({MANIFEST} is missing: not a backup "
                          "directory, or a backup that was cut short)")
@@ -447,12 +467,19 @@ def restore(source: Path, data: Path) -> Manifest:
     """Bring the backup in ``source`` back into ``data`` (new, or holding only this hub's
     keys); returns its manifest. Checks everything before writing anything."""
     source, data = Path(source), Path(data)
+    check_directory(data)
     manifest = verify(source)
     # documents without a database, beside our staging: a restore cut short, taken over
     resumed = (data / RESTORING).is_dir() and not (data / DB).exists()
     if (data / DB).exists() or ((data / DOCUMENTS_DIR).exists() and not resumed):
         raise UsageError(f"{data} holds a hub's data already; not overwriting it (restore "
                          "into a new directory)")
+    others = sorted(p.name for p in data.iterdir() if p.name not in (
+        *SECRET_FILES, RESTORING, DOCUMENTS_DIR)) if data.is_dir() else []
+    if others:
+        raise UsageError(f"{data} holds other files ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); restore into a new "
+                         "directory, or one holding only this hub's keys")
     if (data / ED_KEY).exists():
         mine = _hub_id(data)
         if mine != manifest.hub_id:

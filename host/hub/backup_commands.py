@@ -104,7 +104,10 @@ def _recovery_key(path: Path | None) -> str:
     if path is not None:
         try:
             return read_at_most(path, 1024).decode("utf-8")
-        except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        except OSError as exc:
+            raise UsageError(f"cannot read the recovery key from {path}: {exc.strerror}"
+                             ) from None
+        except ValueError as exc:  # UnicodeDecodeError is a ValueError
             raise UsageError(f"cannot read the recovery key from {path}: {exc}") from None
     if sys.stdin.isatty():
         return getpass.getpass("recovery key: ")

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from host.errors import UsageError
 from host.hub import recovery_key
 from host.hub.at_rest import STORE_KEY, default_provider
+from host.hub.backup import check_directory
 from host.hub.hub import DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
 from protocol import strict_cbor
 from protocol.driver.errors import DriverError, SecretFileError
@@ -161,6 +162,7 @@ def database_hub_id(data: Path) -> str | None:
 def check_target(backup: KeyBackup, data: Path, *, force: bool) -> None:
     """Refuse, before a recovery key is asked for, a backup of another hub than the one
     ``data`` holds, and (unless ``force``) keys already there."""
+    check_directory(data)
     theirs = backup.hub_id.hex()
     held = database_hub_id(data)
     if held is not None and held != theirs:
