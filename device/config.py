@@ -235,10 +235,12 @@ class KioskConfig:
                                       "passphrase staff type after each boot); unset: the "
                                       "one the store was made with, file for a new one",
                                       metavar="KIND", check=_key_provider)
-    tpm_tcti: str = option("device:/dev/tpmrm0", "the TPM of key_provider tpm, as a "
-                           "tpm2-tools TCTI (swtpm:host=H,port=N for a software TPM); "
-                           "recorded in the data directory by haven-kiosk init",
-                           metavar="TCTI")
+    tpm_tcti: str | None = option(None, "the TPM of key_provider tpm, as a tpm2-tools "
+                                  "TCTI (swtpm:host=H,port=N for a software TPM); "
+                                  "haven-kiosk init records it in the data directory, and "
+                                  "haven-kiosk run uses this one instead when it is set "
+                                  "(the TPM moved); unset: the one recorded, "
+                                  "device:/dev/tpmrm0 for a new store", metavar="TCTI")
 
     def ui_address(self) -> tuple[str, int]:
         error = _host_port(self.ui)

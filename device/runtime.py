@@ -102,6 +102,7 @@ from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYNCED
 from device.store import Store, StoreError, unlock
 from device.store.locked import LockableStore
+from device.store.providers import open_keys
 from device.sync.document_store import DocumentStore
 from device.sync.engine import SyncFailed, SyncRefused
 from device.sync.link_monitor import LinkMonitor, Signal, link_monitor_for
@@ -286,7 +287,8 @@ class Runtime:
                         "check-ins are kept sealed until then")
             self.live.set_locked(True)
             return cast(Store, LockableStore(self.data, clock=clock))
-        return Store(self.data, clock=clock)
+        key, fleet = open_keys(self.data, self.cfg.tpm_tcti)  # a TPM: the config's if set
+        return Store(self.data, key, fleet=fleet, clock=clock)
 
     def _admit(self) -> None:
         """Before a check-in: refused once the keys are gone, or the disk is too full."""
