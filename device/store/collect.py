@@ -38,7 +38,7 @@ ever pruned. Of the others:
 
 Conflict versions need nothing: ``conflicts`` only ever holds the current
 ones. The kiosk's audit chain is never touched (``device.audit`` reads it
-back).
+back), nor is an erasure record (``erasure``: a kiosk never forgets one).
 
 A clinician's patients are those named by its check-ins in scope, read once
 per pass; if anything else wrote since, patients and their records are not
@@ -67,7 +67,7 @@ from device.store.scope_state import ScopeReader
 from device.store.writer import BULK
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import decode, encode
-from protocol.crdt.schema import CHECKIN, PATIENT, VERIFIER
+from protocol.crdt.schema import CHECKIN, ERASURE, PATIENT, VERIFIER
 from protocol.driver.database import immediate
 from protocol.sync import audit as sync_audit
 from protocol.sync.scope import CLINICAL_OF_PATIENT, WITHHELD_AT_DOOR, Scope
@@ -268,7 +268,7 @@ def _chunk(store: Store, state: _Pass, db: sqlite_utils.Database, reader: ScopeR
     compact: list[bytes] = []
     for row in rows:
         rid, rtype, n_ops = row[0], row[1], logged.get(row[0], (0, 0))[0]
-        kept = (rid in unsent or sync_audit.is_audit_id(rid)
+        kept = (rid in unsent or sync_audit.is_audit_id(rid) or rtype == ERASURE.number
                 or not (patients_fresh or rtype not in (PATIENT.number, *CLINICAL_OF_PATIENT))
                 or (settled and door and rtype == VERIFIER.number and not (row[6] or n_ops)))
         # (the last: in scope at the last whole pass, and unchanged since; a record of a

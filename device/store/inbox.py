@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
+from device.store import erasure
 from device.store.materialise import merge_slice
 from device.store.writer import BULK
 from protocol import strict_cbor
@@ -106,6 +107,8 @@ def _checked(part: list[bytes], now: int
     good: list[tuple[Delta, bytes]] = []
     bad: list[tuple[str, str, bytes]] = []
     for data, got in zip(part, check_remote_deltas(part, now), strict=True):
+        if not isinstance(got, RemoteProtocolError):
+            got = erasure.refusal(got) or got
         if isinstance(got, RemoteProtocolError):
             bad.append((got.code, str(got), data))
         else:
@@ -126,7 +129,7 @@ def _slice(store: Store, db: sqlite_utils.Database, *, part: list[bytes],
         # fsyncs the WAL and this transaction with it. Otherwise the merge fsyncs its
         # own commits, so a check-in never has more than one transaction to flush.
         relaxed = writer.urgent_lately(RELAXED_S)
-        with immediate(db, synchronous="NORMAL" if relaxed else None):
+        with erasure.guard(store, db), immediate(db, synchronous="NORMAL" if relaxed else None):
             pos = _transaction(store, db, part, pos, now, at, totals, started)
         synced = not relaxed
         store.after_commit(pos - first)
@@ -156,7 +159,8 @@ def _transaction(store: Store, db: sqlite_utils.Database, part: list[bytes], pos
         chunk = part[pos:pos + size]
         pos += len(chunk)
         good, bad = _checked(chunk, now)
-        new, dup = merge_slice(db, store.cipher, good, at, store.node)
+        new, dup = merge_slice(db, store.cipher, erasure.arriving(store, db, good), at,
+                               store.node)
         totals[0] += new
         totals[1] += dup
         totals[2] += len(bad)

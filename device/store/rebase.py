@@ -18,7 +18,9 @@ it within the scope changes: a record of the snapshot is rebuilt as above
 unless it holds exactly the hub's writes already, with the same heads (one
 with an unsent write of this kiosk's own always is), and a record of the
 scope the snapshot lacks goes. A record the snapshot lacks but this kiosk
-wrote and has not sent stays as it is (it is the kiosk's to send). Records
+wrote and has not sent stays as it is (it is the kiosk's to send), as does an
+erasure record (a hub restored from a backup taken before the erasure would
+otherwise bring the patient back; ``erasure``). Records
 out of the scope are left as they are, to the garbage collector
 (``collect``), which prunes them in short slices: a full kiosk turned door
 would otherwise drop nearly all it holds in this one transaction (seconds
@@ -42,6 +44,7 @@ from device.store.keys import FieldCipher
 from device.store.materialise import insert_bodies, refresh
 from device.store.scope_state import ScopeReader, record_heads
 from protocol.crdt.delta import Delta, decode
+from protocol.crdt.schema import ERASURE
 from protocol.errors import RemoteProtocolError
 from protocol.sync import audit as sync_audit
 from protocol.sync.scope import Scope, heads_of, scope_checksum, scope_checksum_v1
@@ -195,6 +198,7 @@ def rebase(db: sqlite_utils.Database, cipher: FieldCipher, own_node: int,
         reader, in_scope = ScopeReader(db, cipher, scope, set(held.patients)), held.rids
     gone = [rid for rid, rtype in _typed(db, scope)
             if rid not in groups and rid not in unsent and not sync_audit.is_audit_id(rid)
+            and rtype != ERASURE.number  # never forgotten: a hub restored from an older backup
             and (reader is None or (rid in in_scope and reader.holds(rid, rtype)))]
     drop(db, gone)
     return {"dropped": len(gone), "rebuilt": len(differ), "kept": len(groups) - len(differ)}

@@ -27,7 +27,7 @@ from device.store.keys import FieldCipher
 from device.store.materialise import parse_heads, read_view
 from protocol import strict_cbor
 from protocol.crdt.clock import Dot
-from protocol.crdt.schema import AUDIT, CHECKIN, PATIENT, VERIFIER
+from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, VERIFIER
 from protocol.sync.scope import CLINICAL_OF_PATIENT, Facts, Head, Scope, facts_of, in_scope
 
 #: The fields facts are read from: subject, a verifier's site, a check-in's start and site.
@@ -70,7 +70,8 @@ class ScopeReader:
         """Whether the record is in the scope."""
         if self.scope.role == "full":
             return rtype != AUDIT.number
-        if self.scope.role == "door" and rtype not in (CHECKIN.number, VERIFIER.number):
+        if self.scope.role == "door" and rtype not in (CHECKIN.number, VERIFIER.number,
+                                                       ERASURE.number):
             return False
         patients = self.patients() if rtype in (PATIENT.number, *CLINICAL_OF_PATIENT) else ()
         return in_scope(self.scope, self.facts(rid, rtype), patients)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from protocol.crdt.schema import AUDIT, CHECKIN, PATIENT, TYPES, VERIFIER
+from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, TYPES, VERIFIER
 from protocol.sync.audit import ID_PREFIX
 from protocol.sync.scope import CLINICAL_OF_PATIENT, Scope
 
@@ -49,14 +49,15 @@ NOT_UNSENT = "rid NOT IN (SELECT rid FROM outbox)"
 
 def never_held(scope: Scope) -> tuple[int, ...]:
     """The record types ``scope`` never holds, whatever a record's facts (the kiosk's
-    audit chain aside: no collection touches it)."""
+    audit chain and erasures aside: no collection touches them)."""
     if scope.role == "door":
         held = {CHECKIN.number, VERIFIER.number}
     elif scope.role == "clinician":
         held = {CHECKIN.number, PATIENT.number, *CLINICAL_OF_PATIENT}
     else:
         return ()
-    return tuple(sorted(t for t in TYPES if t not in held and t != AUDIT.number))
+    return tuple(sorted(t for t in TYPES
+                        if t not in held and t not in (AUDIT.number, ERASURE.number)))
 
 
 def mark(db: sqlite_utils.Database, types: tuple[int, ...], after: bytes

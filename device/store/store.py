@@ -47,7 +47,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.store import collect as gc
-from device.store import covering, inbox, outbox, seen
+from device.store import covering, erasure, inbox, outbox, seen
 from device.store import rebase as hub_copy
 from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
 from device.store.checkpoint import Checkpointer
@@ -214,6 +214,8 @@ class Store:
         self.writer = Writer(self._open_writer)
         self.reader = connect(self.path)
         self.node = int(self._meta("node") or 0)
+        #: The erased patients and their records (``erasure``), kept by the writer.
+        self.erased = erasure.load(self.reader, self.cipher)
 
     @property
     def fleet_key(self) -> bytes:
@@ -517,7 +519,9 @@ class Store:
         the clock."""
         before = self.hlc.last
         try:
-            return build(view, self.hlc.now(now_ms))
+            delta = build(view, self.hlc.now(now_ms))
+            erasure.check_local(self.erased, delta)
+            return delta
         except BaseException:
             self.hlc.last = before
             raise
@@ -660,6 +664,9 @@ class Store:
             known = (None if gave is None or sealed is not None
                      else early if early is not None and self.fleet is fleet
                      else _given_id(self.fleet, gave))
+            again = known is not None and known.bytes in self.erased.patients
+            if known is not None and again:  # erased: registered anew (``erasure``)
+                known = uuid.UUID(bytes=self.erased.live_id(known.bytes))
             given = None if gave is not None or pending is not None else self._next_code(conn)
             pid = (known if known is not None
                    else self.fleet.code_patient_id(given) if given
@@ -672,7 +679,7 @@ class Store:
             if sealed is not None:
                 # provisional: no patient record (the hub writes the real one's), no verdict
                 identity = "unknown"
-            elif known is None:
+            elif known is None or again and prow is None:
                 identity = "new"
                 writes.append((pid.bytes, lambda view, stamp: build_put(
                     view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, claim), True))
@@ -915,7 +922,8 @@ class Store:
         items = hub_copy.decoded(deltas)
         wanted = list(rids)
         return int(self._bulk(lambda db: hub_copy.replace(
-            db, self.cipher, self.node, items, wanted, cursor), items))
+            db, self.cipher, self.node, erasure.arriving(self, db, items), wanted, cursor),
+            items))
 
     def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes, version: int = 2,
                *, scope: Scope | None = None) -> dict[str, Any]:
@@ -928,7 +936,8 @@ class Store:
         hub_copy.check_sum(items, hub_sum, version, self.reader)
         held = None if scope is None else hub_copy.held_in(self.reader, self.cipher, scope)
         result: dict[str, Any] = self._bulk(lambda db: hub_copy.rebase(
-            db, self.cipher, self.node, items, upto, scope, held), items)
+            db, self.cipher, self.node, erasure.arriving(self, db, items), upto, scope, held),
+            items)
         return result
 
     def scope_checksum(self, scope: Scope) -> bytes | None:
@@ -950,7 +959,7 @@ class Store:
               items: Sequence[tuple[Delta, bytes]]) -> Any:
         """``fn`` in one transaction as background work, the clock moved past ``items``."""
         def job(db: sqlite_utils.Database) -> Any:
-            with immediate(db):
+            with erasure.guard(self, db), immediate(db):
                 result = fn(db)
                 top = max((d.stamp for d, _ in items), default=0)
                 if top > self.hlc.last:

@@ -39,7 +39,7 @@ import time
 import uuid
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,28 @@ class DocumentStore:
         self.db.execute("UPDATE documents SET attempts = ?, next_at = ?, reason = ?"
                         " WHERE rid = ?", [attempts, now_ms + backoff_ms(attempts, rng),
                                            reason, rid])
+
+    def forget(self, rids: Iterable[bytes]) -> int:
+        """The content of documents ``rids`` (an erased patient's) gone: their rows, and
+        every chunk no other document uses, zeroed where they lay (``secure_delete``),
+        the log cut after; returns how many documents went."""
+        gone = [r for r in rids if self.db.execute(
+            "SELECT 1 FROM documents WHERE rid = ?", [r]).fetchone()]
+        if not gone:
+            return 0
+        kept = [bytes(r) for (r,) in self.db.execute("SELECT rid FROM documents")
+                if bytes(r) not in gone]
+        unused = self._names_of(gone) - self._names_of(kept)
+        self.db.execute("PRAGMA secure_delete = ON")
+        with immediate(self.db):
+            self.db.conn.executemany("DELETE FROM documents WHERE rid = ?", [(r,) for r in gone])
+            self.db.conn.executemany("DELETE FROM chunks WHERE name = ?",
+                                     [(n,) for n in unused])
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return len(gone)
+
+    def _names_of(self, rids: Iterable[bytes]) -> set[bytes]:
+        return {self._name(h) for rid in rids for h, _ in self.manifest(rid).entries()}
 
     # -- reading ---------------------------------------------------------------
 

@@ -1,0 +1,355 @@
+"""A patient's erasure on the kiosk: what the store holds of them purged, later writes husked.
+
+Theory of operation
+-------------------
+Only the hub writes an erasure record (``protocol.crdt.erasure``); a local
+write of that type is refused (``check_local``). Every path a delta from
+elsewhere takes into the store (a pull, a quarantined delta released,
+another kiosk's file: ``inbox``; a stale record's write set and a scope's
+snapshot: ``rebase``) hands its decoded deltas to ``arriving`` inside its
+transaction, before they merge:
+
+1. an erasure record among them whose id is not the erasure id of its
+   subject is no erasure (``inbox`` quarantines it); a valid one for a
+   patient not erased yet makes the store find every record it holds of the
+   patient (``covered``: the patient record, and every record whose
+   subject, opened from ``field_values``, or from the write log of a
+   deleted one, is the patient) and ``purge`` them: each write in the log
+   replaced by its husk, sealed again under the same dot (the outbox still
+   sends the dot), the merged rows rebuilt without a value (from the husked
+   log when it is whole, else the rows as they are with every value gone),
+   and every quarantined delta of theirs husked;
+2. every delta of an erased patient's record, or naming an erased patient
+   as its subject, is husked before it merges; a record it names that the
+   store held already is purged as above.
+
+The erased patients are read back from the erasure records (their subjects,
+sealed) when the store opens, and their records from ``meta`` (one row per
+record, ``erased:`` and its id: the husks carry no subject to match later
+writes by, and a deleted record's rows may be collected). Erasure records
+are never collected and survive a rebase.
+
+All of it runs with ``secure_delete`` on, so the bytes deleted or replaced
+are zeroed in the pages written. After the commit (``guard``), on the writer
+thread: the free pages of the file are written over with zeros (pages freed
+earlier by a garbage-collection pass, which frees without zeroing, may hold
+the patient's sealed values), in slices that let check-ins go first; the
+content of documents only erased records used is dropped
+(``device.sync.document_store``); then the WAL, which holds the pages as
+they were, is checkpointed and cut to nothing (``wal_checkpoint(TRUNCATE)``).
+
+A patient who checks in again after their erasure is a new registration
+(``Store.checkin``): the id their passport or code gives stays erased, and
+they are registered under its ``successor_id``, from what they type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlite_utils
+
+from device.store.exc import BadRequest, CorruptData
+from device.store.keys import FieldCipher
+from device.store.materialise import op_label, read_view, refresh, rewrite
+from protocol import strict_cbor
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import Delta, decode, encode
+from protocol.crdt.erasure import SUBJECT_TYPES, erasure_record_id, husk, successor_id
+from protocol.crdt.record import RecordView
+from protocol.crdt.schema import ERASURE, SUBJECT
+from protocol.driver.database import immediate
+from protocol.errors import RemoteProtocolError
+
+if TYPE_CHECKING:
+    from device.store.store import Store
+
+log = logging.getLogger("haven.store")
+#: ``meta`` keys: a record of an erased patient (``erased:`` and its id in hex) ...
+RECORD_KEY = "erased:"
+#: ... and the zeros written over free pages while a wipe runs (``wipe_free``).
+WIPE_KEY = "erasure-wipe:"
+#: Free pages written over per transaction (1 KiB each); check-ins go between.
+WIPE_PAGES = 2048
+#: Successors followed at most (a patient erased, back, erased again...).
+MAX_SUCCESSORS = 64
+SUBJECT_FIELD = SUBJECT.number
+_QUARANTINE = b"quarantine"  # the seal's label (``inbox``, ``quarantine``)
+
+
+@dataclass(frozen=True)
+class Erased:
+    """The erased patients a store knows of, and their records it held or was sent."""
+
+    patients: frozenset[bytes] = frozenset()
+    records: frozenset[bytes] = frozenset()
+
+    def covers(self, delta: Delta) -> bool:
+        """Whether ``delta`` is a write of an erased patient's record."""
+        if delta.type == ERASURE.number:
+            return False
+        rid = delta.record_id
+        return (rid in self.records or rid in self.patients
+                or delta.type in SUBJECT_TYPES and delta.set.get(SUBJECT_FIELD) in self.patients)
+
+    def live_id(self, patient: bytes) -> bytes:
+        """``patient``, or the successor it is registered under if it is erased."""
+        for _ in range(MAX_SUCCESSORS):
+            if patient not in self.patients:
+                return patient
+            patient = successor_id(patient)
+        raise BadRequest("this patient was erased too many times to register again",
+                         "erased")
+
+    def holds(self, rid: bytes) -> bool:
+        """Whether record ``rid`` is an erased patient's."""
+        return rid in self.records or rid in self.patients
+
+    def more(self, patients: Iterable[bytes] = (), records: Iterable[bytes] = ()) -> Erased:
+        return Erased(self.patients | frozenset(patients), self.records | frozenset(records))
+
+
+def erasure_subject(delta: Delta) -> bytes | None:
+    """The patient an erasure record's write erases; None for any other write, or for one
+    whose record id is not its subject's erasure id (``refusal``)."""
+    if delta.type != ERASURE.number or delta.is_delete:
+        return None
+    subject = delta.set.get(SUBJECT_FIELD)
+    if type(subject) is not bytes or len(subject) != 16:
+        return None
+    return subject if erasure_record_id(subject) == delta.record_id else None
+
+
+def refusal(delta: Delta) -> RemoteProtocolError | None:
+    """Why a delta from elsewhere is quarantined on erasure grounds: an erasure record's
+    put whose record id is not its subject's erasure id."""
+    if (delta.type == ERASURE.number and not delta.is_delete
+            and SUBJECT_FIELD in delta.set and erasure_subject(delta) is None):
+        return RemoteProtocolError("an erasure record's id is not its subject's erasure id",
+                                   "bad-erasure")
+    return None
+
+
+def check_local(erased: Erased, delta: Delta) -> None:
+    """Refuse a local write of an erasure (the hub writes them), or one that would write
+    a value of an erased patient's record (a husk, as a write made again under a new
+    node, passes)."""
+    if delta.type == ERASURE.number:
+        raise BadRequest("only the hub writes an erasure (haven hub erase)", "erasure-local")
+    if erased.covers(delta) and husk(delta) is not delta:
+        raise BadRequest("this patient's data was erased: nothing of theirs is written "
+                         "again (a patient who comes back checks in as new)", "erased")
+
+
+def load(db: sqlite_utils.Database, cipher: FieldCipher) -> Erased:
+    """What ``db`` says is erased: the subjects of its erasure records, and the records
+    kept in ``meta``."""
+    patients = set()
+    for rid, stamp, node, sealed in db.execute(
+            "SELECT r.rid, f.stamp, f.node, f.sealed FROM records r JOIN field_values f"
+            " ON f.rid = r.rid AND f.field = ? WHERE r.type = ?",
+            [SUBJECT_FIELD, ERASURE.number]).fetchall():
+        subject = strict_cbor.loads(cipher.open_field(rid, SUBJECT_FIELD, stamp, node, sealed))
+        if type(subject) is bytes and erasure_record_id(subject) == rid:
+            patients.add(subject)
+    records = {bytes.fromhex(key[len(RECORD_KEY):]) for (key,) in db.execute(
+        "SELECT key FROM meta WHERE key >= ? AND key < ?", [RECORD_KEY, RECORD_KEY[:-1] + ";"])}
+    return Erased(frozenset(patients), frozenset(records))
+
+
+def arriving(store: Store, db: sqlite_utils.Database, items: list[tuple[Delta, bytes]]
+             ) -> list[tuple[Delta, bytes]]:
+    """Deltas from elsewhere about to merge (in the caller's transaction, on the writer):
+    new erasures among them purge what the store holds of their patients; the writes of
+    erased patients' records come back as husks (see the module docstring)."""
+    erased = store.erased
+    new = {s for d, _ in items if (s := erasure_subject(d)) is not None} - erased.patients
+    if new:
+        with secure_delete(db):
+            rids = covered(db, store.cipher, new) - erased.records
+            erased = erased.more(new, rids)
+            store.erased = erased
+            purge(db, store.cipher, erased, rids)
+    if not erased.patients:
+        return items
+    named = {d.record_id for d, _ in items if erased.covers(d)} - erased.records
+    if named:  # records of an erased patient new to the store, or held without a subject
+        erased = erased.more(records=named)
+        store.erased = erased
+        with secure_delete(db):
+            purge(db, store.cipher, erased, named)
+    out = []
+    for delta, data in items:
+        bare = husk(delta) if erased.covers(delta) else delta
+        out.append((delta, data) if bare is delta else (bare, encode(bare)))
+    return out
+
+
+def covered(db: sqlite_utils.Database, cipher: FieldCipher, patients: set[bytes]
+            ) -> set[bytes]:
+    """The records ``db`` holds of ``patients``: theirs, and those whose subject is one
+    of them (opened from the subject field; a record without one, deleted, from the
+    subjects its write log names)."""
+    found = {rid for (rid,) in db.execute(
+        f"SELECT rid FROM records WHERE rid IN ({','.join('?' * len(patients))})",
+        list(patients))}
+    types = ",".join(str(t) for t in sorted(SUBJECT_TYPES))
+    for rid, stamp, node, sealed in db.execute(
+            "SELECT r.rid, f.stamp, f.node, f.sealed FROM records r LEFT JOIN field_values f"
+            f" ON f.rid = r.rid AND f.field = ? WHERE r.type IN ({types})",
+            [SUBJECT_FIELD]).fetchall():
+        if sealed is not None:
+            subject = strict_cbor.loads(cipher.open_field(rid, SUBJECT_FIELD, stamp, node,
+                                                          sealed))
+            if subject in patients:
+                found.add(rid)
+        elif any(d.set.get(SUBJECT_FIELD) in patients for d in _log(db, cipher, rid)):
+            found.add(rid)
+    return found
+
+
+def _log(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> Iterator[Delta]:
+    for stamp, node, sealed in db.execute(
+            "SELECT stamp, node, sealed FROM ops WHERE rid = ?", [rid]).fetchall():
+        try:
+            yield decode(cipher.open_blob(op_label(rid, Dot(stamp, node)), sealed))
+        except RemoteProtocolError as exc:
+            raise CorruptData(f"stored write does not decode: {exc}") from None
+
+
+def purge(db: sqlite_utils.Database, cipher: FieldCipher, erased: Erased,
+          rids: set[bytes]) -> None:
+    """Every value the store holds of records ``rids`` gone, their dots and heads kept;
+    the records kept in ``meta``, and the quarantined deltas of ``erased`` husked."""
+    for rid in sorted(rids):
+        husked = []
+        for delta in _log(db, cipher, rid):
+            bare = husk(delta)
+            if bare is not delta:
+                husked.append((cipher.seal_blob(op_label(rid, bare.dot), encode(bare)),
+                               rid, bare.stamp, bare.node))
+        db.conn.executemany("UPDATE ops SET sealed = ? WHERE rid = ? AND stamp = ? AND node = ?",
+                            husked)
+        row = db.execute("SELECT type, deleted, heads, extra, stale, partial, has_delete"
+                         " FROM records WHERE rid = ?", [rid]).fetchone()
+        if row is None:
+            continue
+        whole = not (row[4] or row[5]) and db.execute(
+            "SELECT 1 FROM ops WHERE rid = ? LIMIT 1", [rid]).fetchone() is not None
+        if whole:
+            refresh(db, cipher, rid)
+        else:
+            rewrite(db, cipher, _bare(read_view(db, cipher, rid, *row[:4])), bool(row[6]))
+    db.conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 1)",
+                        [(RECORD_KEY + rid.hex(),) for rid in rids])
+    _husk_quarantine(db, cipher, erased)
+
+
+def _bare(view: RecordView) -> RecordView:
+    """``view`` with every value gone: its heads, its deletion and its conflicts' versions
+    (each without values) kept."""
+    return dataclasses.replace(view, fields={}, sets={}, field_dots={}, conflicts=tuple(
+        dataclasses.replace(c, versions=tuple(
+            dataclasses.replace(v, fields={}, sets={}) for v in c.versions))
+        for c in view.conflicts))
+
+
+def _husk_quarantine(db: sqlite_utils.Database, cipher: FieldCipher, erased: Erased) -> None:
+    """Quarantined deltas of erased patients' records kept as their husks (their reasons
+    name no value); one that does not decode names no record, and stays."""
+    changed = []
+    for qid, sealed in db.execute("SELECT id, sealed FROM quarantine").fetchall():
+        reason, data = strict_cbor.loads(cipher.open_blob(_QUARANTINE, sealed))
+        try:
+            delta = decode(data)
+        except RemoteProtocolError:
+            continue
+        if erased.covers(delta) and (bare := husk(delta)) is not delta:
+            changed.append((cipher.seal_blob(_QUARANTINE, strict_cbor.dumps(
+                [reason, encode(bare)])), qid))
+    db.conn.executemany("UPDATE quarantine SET sealed = ? WHERE id = ?", changed)
+
+
+@contextlib.contextmanager
+def secure_delete(db: sqlite_utils.Database) -> Iterator[None]:
+    """``secure_delete`` on: deleted and replaced bytes are zeroed, freed pages too."""
+    was = db.execute("PRAGMA secure_delete").fetchone()[0]
+    db.execute("PRAGMA secure_delete = ON")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA secure_delete = {'FAST' if was == 2 else int(was)}")
+
+
+@contextlib.contextmanager
+def guard(store: Store, db: sqlite_utils.Database) -> Iterator[None]:
+    """Around a writer transaction that may erase (outside it): the store's ``erased``
+    put back if the transaction fails; after it commits, what an erasure owes the disk
+    (``finish``) for the records it purged."""
+    before = store.erased
+    try:
+        yield
+    except BaseException:
+        store.erased = before
+        raise
+    if store.erased.records != before.records:
+        finish(store, db, store.erased.records - before.records)
+
+
+def finish(store: Store, db: sqlite_utils.Database, rids: frozenset[bytes]) -> None:
+    """After an erasure's commit, on the writer thread: free pages zeroed, the documents
+    only those records used dropped, the WAL checkpointed and cut to nothing."""
+    wipe_free(store, db)
+    _forget_documents(store, rids)
+    for _ in range(50):  # readers finish their reads; a busy checkpoint is tried again
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            return
+        time.sleep(0.02)
+    log.warning("the WAL could not be cut after an erasure: the next checkpoint copies it")
+
+
+def wipe_free(store: Store, db: sqlite_utils.Database) -> int:
+    """Every free page of the file written over with zeros (a row of zeros in ``meta``
+    takes them, a slice at a time, and goes), check-ins going between slices; returns the
+    pages written."""
+    page = int(db.execute("PRAGMA page_size").fetchone()[0])
+    done = 0
+    with secure_delete(db):
+        for n in range(1 << 20):
+            free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+            if not free:
+                break
+            take = min(free, WIPE_PAGES)
+            with immediate(db, synchronous="NORMAL"):
+                # an overflow page holds page - 4 bytes; the row's own cell, a few more
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, zeroblob(?))",
+                           [f"{WIPE_KEY}{n:08d}", max(0, take * (page - 4) - page)])
+            done += take
+            store.writer.run_urgent(db)
+        with immediate(db):
+            db.execute("PRAGMA secure_delete = FAST")  # the pages hold zeros already
+            db.execute("DELETE FROM meta WHERE key >= ? AND key < ?",
+                       [WIPE_KEY, WIPE_KEY[:-1] + ";"])
+    return done
+
+
+def _forget_documents(store: Store, rids: frozenset[bytes]) -> None:
+    """The content of erased documents, in ``documents.db``, and the chunks no other
+    document uses."""
+    from device.sync import document_store  # documents live beside the store
+
+    if not (store.data / document_store.DB_NAME).exists():
+        return
+    docs = document_store.DocumentStore(store.data, store.cipher)
+    try:
+        docs.forget(rids)
+    finally:
+        docs.close()
+
