@@ -37,6 +37,16 @@ same ids with the TPM's HMAC, and the message and the cut are written once.
 The year verifier's site key comes from HKDF, whose extract step takes the
 fleet key as its *message*; such a kiosk holds its own site's key
 (``site_key``) as a second MAC key instead.
+
+Rotating the fleet key (SPEC.md "Fleet key rotation") chains ids: the hub holds
+no passport number, so it cannot recompute a patient's id under a new key
+from the passport. Generation 1 is the key above; generation ``g >= 2`` has
+its own key ``k_g``, and a patient's id of generation ``g`` is
+``UUIDv8(HMAC(k_g, "haven/patient-id/rotate" NUL || id_{g-1}))``
+(``rotated_id``): the hub derives it from the id it holds, a kiosk holding
+``k_1..k_g`` from the passport or the code (``chained_id``). A key of an
+older generation alone gives ids that no longer name anyone once the hub
+has migrated the records.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ import hashlib
 import hmac
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -57,6 +67,7 @@ MIN_KEY_SIZE = 32
 PATIENT_LABEL = b"haven/patient-id/v1\x00"
 LOOKUP_LABEL = b"haven/passport-lookup/v1\x00"
 VERIFIER_ID_LABEL = b"haven/verifier-id\x00"
+ROTATE_LABEL = b"haven/patient-id/rotate\x00"
 YEAR_VERIFIER_INFO = b"haven/year-verifier/v1\x00"
 
 #: HMAC-SHA256 under one key: message in, 32-byte digest out.
@@ -106,6 +117,27 @@ def code_patient_id(fleet_key: bytes, code: str) -> uuid.UUID:
 def code_patient_id_by(mac: Mac, code: str) -> uuid.UUID:
     """``code_patient_id`` with the fleet key's HMAC given as ``mac``."""
     return _as_uuid(mac(PATIENT_LABEL + b"code:" + short_code.parse(code).encode()), 8)
+
+
+def rotated_id(key: bytes, previous: bytes) -> uuid.UUID:
+    """The id of the next generation, under its key ``key``, of the patient whose id of
+    the generation before is ``previous`` (16 bytes)."""
+    return rotated_id_by(hmac_of(key), previous)
+
+
+def rotated_id_by(mac: Mac, previous: bytes) -> uuid.UUID:
+    """``rotated_id`` with the next generation's HMAC given as ``mac``."""
+    _check_pid(previous)
+    return _as_uuid(mac(ROTATE_LABEL + previous), 8)
+
+
+def chained_id(first: uuid.UUID, later: Sequence[Mac]) -> uuid.UUID:
+    """The id of generation ``1 + len(later)`` of the patient whose generation-1 id is
+    ``first``: ``rotated_id_by`` under each later generation's MAC in turn."""
+    pid = first
+    for mac in later:
+        pid = rotated_id_by(mac, pid.bytes)
+    return pid
 
 
 def passport_lookup(key: bytes, passport: str) -> bytes:
