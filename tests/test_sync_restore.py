@@ -76,3 +76,47 @@ def test_a_hub_restored_from_a_backup_gets_back_what_it_lost(tmp_path: Path) -> 
         assert all(k.state.alert is None and k.store.queue_label is None for k in (a, b, c))
     for k in (a, b, c):
         k.close()
+
+
+
+def test_a_kiosk_that_saw_a_write_the_restored_hub_lost_is_not_stuck(tmp_path: Path) -> None:
+    """The hub resolves a held conflict after its backup; kiosk b takes the resolution
+    and writes over it; the hub is then restored from the backup. b's write saw a write
+    of the hub's that no longer exists anywhere, so the snapshot a (which held the
+    resolution too) is asked to rebase on lacks it: the hub says its own missing writes
+    are lost, and a takes the snapshot instead of refusing it at every sync. The
+    conflict is back for review, b's note kept."""
+    data, backup = tmp_path / "hub", tmp_path / "backup"
+    init_hub(data)
+    with serving(data) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        rx = a.store.put("prescription", values={"medication": "amoxicillin"})
+        a.sync(url)
+        b.sync(url)
+        a.store.put("prescription", rx, {"dosageInstruction": "500 mg twice daily"})
+        b.store.put("prescription", rx, {"dosageInstruction": "250 mg three times daily"})
+        for k in (a, b, a):
+            k.sync(url)
+        [held] = hub.conflicts()
+    shutil.copytree(data, backup)  # the night's backup: the conflict still held
+    with serving(data) as (hub, url):
+        hub.resolve(held["id"], keep=held["versions"][0]["id"])
+        a.sync(url)
+        b.sync(url)
+        b.store.put("prescription", rx, {"note": "checked with the patient"})
+        b.sync(url)
+        a.sync(url)
+        assert not a.store.view(rx).held  # type: ignore[union-attr]
+    shutil.rmtree(data)
+    shutil.copytree(backup, data)  # the resolution is gone with the hub's disk
+    with serving(data) as (hub, url):
+        for k in (b, a, b, a):  # b gives its note back first, then a rebases
+            k.sync(url)
+        assert a.store.dump() == b.store.dump() == hub.dump()
+        assert all(k.store.view(rx).held for k in (a, b))  # type: ignore[union-attr]
+        [again] = hub.conflicts()
+        assert again["id"] == held["id"] or again["record_id"] == held["record_id"]
+        assert any(v["fields"].get("note") == "checked with the patient"
+                   for v in again["versions"])
+    for k in (a, b):
+        k.close()

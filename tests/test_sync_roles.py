@@ -31,6 +31,7 @@ from protocol.sync.conversation import BatchRefused, HubSync, KioskSync, Reply
 
 NOW = 1_790_000_000_000  #: the one time both sides are given (ms since 1970)
 NOTE = 6  #: the note type; its field 2 is free text
+HUB_NODE = 0x48554221  #: the node the hub's own writes would carry
 
 
 # Storage fakes -----------------------------------------------------------------------
@@ -199,8 +200,8 @@ class KioskMemory:
     def note_rebase(self) -> None:
         self.owed = True
 
-    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
-               ) -> None:
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2,
+               lost: int | None = None) -> None:
         if hub_sum != self.sum_of(deltas, version):
             raise conversation.SnapshotRefused("the snapshot's checksum disagrees")
         self.snapshots.append((deltas, upto, version))
@@ -299,6 +300,9 @@ class HubMemory:
 
     def head(self) -> int:
         return len(self.ops)
+
+    def own_node(self) -> int:
+        return HUB_NODE
 
     def _upto(self, cursor: int, node: int | None = None) -> list[tuple[int, bytes, bytes]]:
         """(arrival, record, delta) arrived by ``cursor`` or written by ``node``."""

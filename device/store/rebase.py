@@ -69,16 +69,20 @@ def decoded(deltas: Iterable[bytes]) -> list[tuple[Delta, bytes]]:
 
 
 def check_sum(items: list[tuple[Delta, bytes]], hub_sum: bytes, version: int = 2,
-              db: sqlite_utils.Database | None = None) -> None:
+              db: sqlite_utils.Database | None = None, lost: int | None = None) -> None:
     """``BadSnapshot`` unless the snapshot sums to ``hub_sum`` (``scope_checksum``, every
     head of each record; ``version`` 1: ``scope_checksum_v1``, from a hub before it) and
     is causally closed: the hub keeps every delta it took, so every write a snapshot's
     write saw on its record is in it too (the sum covers heads only; this catches an
     older one left out), but for a write this kiosk holds (in ``db``) that came
     neither from the hub nor with its arrival number (a batch of a copy of this kiosk's,
-    held for review: a later write of this kiosk's saw it, and the hub took that one)."""
+    held for review: a later write of this kiosk's saw it, and the hub took that one), nor
+    for a write of the hub's own node ``lost``: the hub keeps every write it made, so
+    one it lacks is lost (a hub restored from a backup taken before it); a later write
+    that saw it is taken without it, as if it had been superseded."""
     dots = {(d.record_id, d.dot) for d, _ in items}
-    missing = {(d.record_id, c) for d, _ in items for c in d.ctx} - dots
+    missing = {(d.record_id, c) for d, _ in items for c in d.ctx
+               if c.node != lost} - dots
     if any(db is None or db.execute(
             "SELECT 1 FROM ops WHERE rid = ? AND stamp = ? AND node = ?"
             " AND arrived IS NULL", [rid, c.stamp, c.node]).fetchone() is None

@@ -926,14 +926,15 @@ class Store:
             items))
 
     def rebase(self, deltas: Iterable[bytes], upto: int, hub_sum: bytes, version: int = 2,
-               *, scope: Scope | None = None) -> dict[str, Any]:
+               *, scope: Scope | None = None, lost: int | None = None) -> dict[str, Any]:
         """Rebuild ``scope`` (None: all the store holds) from the hub's snapshot of it cut
         at ``upto``, keeping every unsent write of this kiosk's own and leaving records
         out of ``scope`` to ``collect`` (``rebase``). A snapshot that does not match
         ``hub_sum`` (by ``scope_checksum``, or ``version`` 1: a hub before it, by
-        ``scope_checksum_v1``) raises ``BadSnapshot`` and changes nothing."""
+        ``scope_checksum_v1``) raises ``BadSnapshot`` and changes nothing. ``lost``: the
+        hub's node, whose writes the snapshot lacks are lost (``check_sum``)."""
         items = hub_copy.decoded(deltas)
-        hub_copy.check_sum(items, hub_sum, version, self.reader)
+        hub_copy.check_sum(items, hub_sum, version, self.reader, lost)
         held = None if scope is None else hub_copy.held_in(self.reader, self.cipher, scope)
         result: dict[str, Any] = self._bulk(lambda db: hub_copy.rebase(
             db, self.cipher, self.node, erasure.arriving(self, db, items), upto, scope, held),

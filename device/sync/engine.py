@@ -241,10 +241,11 @@ class KioskLedger:
                         "disagreed, its role changed or it fell far behind)")
         self.state.owe_rebase(True)
 
-    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
-               ) -> None:
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2,
+               lost: int | None = None) -> None:
         try:
-            self.store.rebase(deltas, upto, hub_sum, version, scope=self.state.scope)
+            self.store.rebase(deltas, upto, hub_sum, version, scope=self.state.scope,
+                              lost=lost)
         except BadSnapshot as exc:
             raise SnapshotRefused(f"the hub's snapshot of this kiosk's scope was refused, "
                                   f"nothing changed: {exc}") from None

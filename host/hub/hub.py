@@ -173,7 +173,7 @@ class Hub:
 
     @property
     def node(self) -> int:
-        return int(self.store.get_meta("node") or 1)
+        return self.store.own_node()
 
     @property
     def x_public(self) -> bytes:

@@ -296,6 +296,10 @@ class HubStore:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
 
+    def own_node(self) -> int:
+        """The hub's own node (``meta.node``, drawn at ``init``), which its writes carry."""
+        return int(self.get_meta("node") or 1)
+
     def add_device(self, dev: Device, now: int, max_number: int = short_code.MAX_KIOSK) -> int:
         """Record a new kiosk with the next kiosk number, one past every number given
         before, to kiosks and approvals (rows are never deleted, so none is given twice);

@@ -41,6 +41,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol import strict_cbor
+from protocol.crdt.clock import MAX_NODE
 from protocol.errors import RemoteProtocolError
 from protocol.messages import MessageSpec, register
 
@@ -55,6 +56,10 @@ MAX_SNAPSHOT_RECORDS = 256  #: record ids one ``sync-pull`` may ask the write se
 
 def _hash32(value: object) -> bool:
     return type(value) is bytes and len(value) == 32
+
+
+def _node(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_NODE
 
 
 def _snapshot_ask(value: object) -> bool:
@@ -104,11 +109,12 @@ PULL = register(MessageSpec(85, "sync-pull", {1: ("cursor", int)}, {
 #: ``snapshot``: a page of a snapshot; ``sum2`` and ``sum``: on the last page of a
 #: whole-scope snapshot, the checksums of the scope it carries (``scope.scope_checksum``,
 #: and ``scope.scope_checksum_v1`` for kiosks before it); ``upto``: the head the snapshot
-#: is cut at.
+#: is cut at; ``lost``: on that page too, the hub's own node, whose writes the hub does not
+#: hold are lost (it keeps all it wrote: one it lacks went with a disk a backup replaced).
 CHANGES = register(MessageSpec(86, "sync-changes", {
     1: ("payload", bytes), 2: ("cursor", int), 3: ("more", bool)}, {
     4: ("snapshot", bool), 5: ("sum", _hash32), 6: ("upto", int), 7: ("stable", bytes),
-    8: ("sum2", _hash32)}))
+    8: ("sum2", _hash32), 9: ("lost", _node)}))
 #: The hub to a kiosk on a kept-open session: changes for it arrived (up to ``cursor``).
 NOTIFY = register(MessageSpec(87, "sync-notify", {1: ("cursor", int)}))
 #: The hub to a kiosk: something about the kiosk itself needs a technician

@@ -145,6 +145,8 @@ class HubStorage(Protocol):
                  max_bytes: int) -> tuple[list[bytes], int, bool]:
         """Every delta (any writer's) of the records in ``scope`` (of ``rids`` only, those
         in scope), arrived after ``cursor`` and by ``upto``: (deltas, cursor, more)."""
+    def own_node(self) -> int:
+        """The hub's own node, which its writes (resolutions, claims) carry."""
     def scope_sums(self, scope: Scope, cursor: int, node: int | None = None,
                    versions: tuple[int, ...] = (2, 1)) -> dict[int, bytes]:
         """The checksums of ``scope`` held with every delta arrived by ``cursor`` and
@@ -604,7 +606,8 @@ class HubSync:
     def _snapshot(self, msg: messages.Message, scope: Scope, limit: int) -> list[Reply]:
         """A page of a snapshot: the first is cut at the head now (``upto``), the next
         ones go on from the page before; the last page of a whole-scope one carries the
-        scope's sums at ``upto``."""
+        scope's sums at ``upto``, and the hub's node (``lost``: a write of its own it does
+        not hold is lost, so a kiosk does not wait for it)."""
         asked, upto = msg.get("snapshot"), msg.get("upto")
         cursor = 0 if upto is None else max(0, msg.get("cursor"))
         if upto is None:
@@ -612,7 +615,9 @@ class HubSync:
         rids = None if asked is True else list(asked)
         payload, new, more = packed(
             lambda max_bytes: self.storage.snapshot(scope, cursor, upto, rids, max_bytes), limit)
-        sums = self.storage.scope_sums(scope, upto) if rids is None and not more else {}
+        last = rids is None and not more
+        sums = self.storage.scope_sums(scope, upto) if last else {}
         return [(CHANGES_LANE, encode("sync-changes", payload=payload, cursor=new,
                                       more=more, snapshot=True, sum=sums.get(1),
-                                      sum2=sums.get(2), upto=upto))]
+                                      sum2=sums.get(2), upto=upto,
+                                      lost=self.storage.own_node() if last else None))]

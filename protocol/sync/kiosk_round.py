@@ -115,10 +115,11 @@ class KioskStorage(Protocol):
         """Keep (or forget, None) the whole-scope snapshot taken so far."""
     def note_rebase(self) -> None:
         """The hub asked for a rebase: kept owed, durably, until ``rebase`` is done."""
-    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2
-               ) -> None:
+    def rebase(self, deltas: list[bytes], upto: int, hub_sum: bytes, version: int = 2,
+               lost: int | None = None) -> None:
         """Rebuild the scope from the hub's snapshot (cut at ``upto``) and our unsynced
-        writes, then keep ``upto`` as the cursor; the rebase is no longer owed.
+        writes, then keep ``upto`` as the cursor; the rebase is no longer owed. ``lost``:
+        the hub's node, whose writes the snapshot lacks are lost (not waited for).
         ``SnapshotRefused`` if the snapshot's checksum (``version`` 2:
         ``scope.scope_checksum``, 1: ``scope.scope_checksum_v1``) is not ``hub_sum``:
         nothing changes."""
@@ -443,7 +444,7 @@ class KioskSync:
                 hub_sum, version = msg.get("sum"), 1
             if not isinstance(hub_sum, bytes) or upto is None:
                 raise SnapshotRefused("the snapshot's last page carries no checksum")
-            self.storage.rebase(staged, upto, hub_sum, version)
+            self.storage.rebase(staged, upto, hub_sum, version, msg.get("lost"))
             self.rebased = True
             # What the hub took after the snapshot's head follows as changes.
             return [(CONTROL_LANE, encode("sync-pull", cursor=self.storage.cursor()))]
