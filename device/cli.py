@@ -269,30 +269,6 @@ def _open(args: argparse.Namespace) -> Any:
     return Store(args.data)
 
 
-def _locked_status(args: argparse.Namespace) -> int:
-    """``status`` of a kiosk whose keys are under a passphrase, with no terminal to ask it
-    on: what is known without the keys (the running kiosk, the check-ins sealed while
-    locked)."""
-    from device.store.pending import PendingCheckins
-
-    run = _running(args.data)
-    with PendingCheckins(args.data) as pending:
-        sealed = pending.count()
-    st = {"locked": None if run is None else run.get("locked"), "running": run,
-          "pending_sealed": sealed}
-    if args.json:
-        print(json.dumps(st, sort_keys=True, indent=1))
-        return 0
-    print(f"keys under a passphrase: the store is not opened here (run on a terminal to "
-          f"be asked it); {sealed} check-ins sealed while locked wait for the unlock")
-    print("status: " + ("no haven-kiosk run answers for this folder" if run is None else
-                        f"{run['state']}" + (", LOCKED: staff unlock it on the staff screen; "
-                                             "no patient is looked up and nothing syncs "
-                                             "until then" if run.get("locked") else "")
-                        + f" (haven-kiosk run, pid {run['pid']})"))
-    return 0
-
-
 def read_passphrase(file: Path | None, prompt: str, twice: bool = False) -> str:
     """A passphrase: the first line of ``file``, else asked on the terminal (``twice``
     for a new one); never from the command line, where ``ps`` would show it."""
@@ -506,43 +482,18 @@ def _running(data: Path) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from device.health.storage_guard import look
     from device.store.unlock import uses_passphrase
     from device.sync.document_store import summary_of
-    from device.sync.engine import describe_scope
-    from device.sync.state import (
-        alert_of,
-        held_upto_of,
-        last_gc_of,
-        last_sync_of,
-        scope_of,
-        stable_of,
-    )
-    from protocol.driver.wall_clock import cursor_text, timed
-    from protocol.sync.round_common import DECOMMISSIONED
+    from protocol.driver.wall_clock import timed
 
     cfg = config.load(args.config, {"data": args.data})
-    if uses_passphrase(args.data) and not sys.stdin.isatty():
-        return _locked_status(args)
+    if uses_passphrase(args.data):  # never asked here: status must not wait on a prompt
+        return _locked_status(args, cfg)
     with _open(args) as store:
         st = store.status()
         st["documents"] = summary_of(store)
-    st["storage"] = look(args.data, config.storage_limits(cfg))
-    st["last_sync"] = last_sync_of(args.data)
-    st["running"] = run = _running(args.data)  # sync.db keeps an idle round's time hourly
-    if run is not None and run.get("last_sync"):
-        st["last_sync"] = max(st["last_sync"] or "", str(run["last_sync"]))
-    st["last_sync"] = _utc(st["last_sync"])
-    st["alert"] = alert_of(args.data)
-    st["held_from_batch"] = held_upto_of(args.data)
-    scope = scope_of(args.data)
-    st["scope"] = None if scope is None else {
-        "role": scope.role, "site": scope.site, "day": scope.day,
-        "window_days": scope.window_days if scope.role == "clinician" else None}
-    st["stable_point"] = stable_of(args.data)
-    st["stable_point_reached_hub_by"] = cursor_text(st["stable_point"])
-    gc = last_gc_of(args.data)
-    st["last_gc"] = None if not gc else timed(gc, "at")
+    st.update(_keyless_status(args.data, cfg))
+    run = st["running"]
     # names that say what they count, times as the hub's status gives them
     st["conflicts_held"], st["stale_records"] = st.pop("held"), st.pop("stale")
     st["quarantine"] = [timed(q, "received_at") for q in st["quarantine"]]
@@ -559,18 +510,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("LOCKED: the running kiosk waits for staff to unlock it on the staff screen; "
               "its check-ins are kept sealed meanwhile, no patient is looked up and nothing "
               "syncs")
-    if st["alert"] == DECOMMISSIONED:
-        print(f"{st['alert']}: the hub took this kiosk out of service; what it writes "
-              "waits in the hub's quarantine for a person (call a technician)")
-    elif st["alert"]:
-        print(f"{st['alert']}: another kiosk runs with this identity; call a technician "
-              + ("(the hub holds this kiosk's batches from batch "
-                 f"{st['held_from_batch']}: re-provision this one, README \"A cloned "
-                 "kiosk\")" if st["held_from_batch"] else "(its batches are on the hub's chain)"))
-    print("scope: " + (describe_scope(scope) if scope is not None
-                       else "not named yet (the hub names it at the next sync)"))
-    print(f"stable point: {_stable_line(st['stable_point'])}"
-          f"  last GC: {_gc_line(st['last_gc'])}")
+    _print_alert_and_scope(args.data, st)
     lanes = st["outbox"]["lanes"]
     print("outbox:" + ("" if lanes else " empty"))
     for lane, info in sorted(lanes.items()):
@@ -590,10 +530,95 @@ def cmd_status(args: argparse.Namespace) -> int:
                                   for state, n in sorted(docs["states"].items())) or " none"))
     for r in docs["refused"]:
         print(f"  refused, not sent again: {r['record_id']}: {r['reason']}")
+    _print_storage(st)
+    return 0
+
+
+def _keyless_status(data: Path, cfg: config.KioskConfig) -> dict[str, Any]:
+    """What ``status`` reads without the store's key: the disk, the sync state
+    (``sync.db``), the running kiosk."""
+    from device.health.storage_guard import look
+    from device.sync.state import (
+        alert_of,
+        held_upto_of,
+        last_gc_of,
+        last_sync_of,
+        scope_of,
+        stable_of,
+    )
+    from protocol.driver.wall_clock import cursor_text, timed
+
+    st: dict[str, Any] = {"storage": look(data, config.storage_limits(cfg))}
+    st["last_sync"] = last_sync_of(data)
+    st["running"] = run = _running(data)  # sync.db keeps an idle round's time hourly
+    if run is not None and run.get("last_sync"):
+        st["last_sync"] = max(st["last_sync"] or "", str(run["last_sync"]))
+    st["last_sync"] = _utc(st["last_sync"])
+    st["alert"] = alert_of(data)
+    st["held_from_batch"] = held_upto_of(data)
+    scope = scope_of(data)
+    st["scope"] = None if scope is None else {
+        "role": scope.role, "site": scope.site, "day": scope.day,
+        "window_days": scope.window_days if scope.role == "clinician" else None}
+    st["stable_point"] = stable_of(data)
+    st["stable_point_reached_hub_by"] = cursor_text(st["stable_point"])
+    gc = last_gc_of(data)
+    st["last_gc"] = None if not gc else timed(gc, "at")
+    return st
+
+
+def _locked_status(args: argparse.Namespace, cfg: config.KioskConfig) -> int:
+    """``status`` of a kiosk whose keys are under a passphrase: the store is not opened
+    (no passphrase is asked: a status never waits on a prompt); what is known without the
+    keys (the running kiosk, the check-ins sealed while locked, the sync state, the disk)."""
+    from device.store.pending import PendingCheckins
+
+    st = _keyless_status(args.data, cfg)
+    run = st["running"]
+    with PendingCheckins(args.data) as pending:
+        sealed = pending.count()
+    # locked unless a running kiosk says staff unlocked it: nothing here opens the store
+    st.update(locked=True if run is None else bool(run.get("locked")), pending_sealed=sealed)
+    if args.json:
+        print(json.dumps(st, sort_keys=True, indent=1))
+        return 0
+    print(f"keys under a passphrase: the store is not opened here; {sealed} check-ins "
+          f"sealed while locked wait for the unlock; last sync {st['last_sync'] or 'never'}")
+    print("status: " + ("no haven-kiosk run answers for this folder: LOCKED until staff "
+                        "unlock it on the staff screen" if run is None else
+                        f"{run['state']}" + (", LOCKED: staff unlock it on the staff screen; "
+                                             "no patient is looked up and nothing syncs "
+                                             "until then" if st["locked"] else ", unlocked")
+                        + f" (haven-kiosk run, pid {run['pid']})"))
+    _print_alert_and_scope(args.data, st)
+    _print_storage(st)
+    return 0
+
+
+def _print_alert_and_scope(data: Path, st: dict[str, Any]) -> None:
+    from device.sync.engine import describe_scope
+    from device.sync.state import scope_of
+    from protocol.sync.round_common import DECOMMISSIONED
+
+    if st["alert"] == DECOMMISSIONED:
+        print(f"{st['alert']}: the hub took this kiosk out of service; what it writes "
+              "waits in the hub's quarantine for a person (call a technician)")
+    elif st["alert"]:
+        print(f"{st['alert']}: another kiosk runs with this identity; call a technician "
+              + ("(the hub holds this kiosk's batches from batch "
+                 f"{st['held_from_batch']}: re-provision this one, README \"A cloned "
+                 "kiosk\")" if st["held_from_batch"] else "(its batches are on the hub's chain)"))
+    scope = scope_of(data)
+    print("scope: " + (describe_scope(scope) if scope is not None
+                       else "not named yet (the hub names it at the next sync)"))
+    print(f"stable point: {_stable_line(st['stable_point'])}"
+          f"  last GC: {_gc_line(st['last_gc'])}")
+
+
+def _print_storage(st: dict[str, Any]) -> None:
     disk = st["storage"]
     print(f"storage: {disk['free_mib']:.2f} MiB free of {disk['total_mib']:.2f} MiB"
           + STORAGE_WARNINGS[disk["level"]].format(**disk))
-    return 0
 
 
 def _stable_line(cursor: int | None) -> str:
