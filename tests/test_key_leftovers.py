@@ -4,6 +4,7 @@ the card altered."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
@@ -20,7 +21,7 @@ from device.hardware import panel as hw
 from device.runtime import Runtime
 from device.store import init_store
 from device.store.locked import LockableStore
-from protocol.driver.tpm import TpmAbsent
+from protocol.driver.tpm import Tpm, TpmAbsent, TpmBusy, lock_path
 from tests.swtpm_helpers import SoftTpm, soft_tpm
 from tests.test_staff_unlock import passphrase_kiosk
 from tests.test_ui_helpers import ROOT
@@ -87,3 +88,36 @@ def test_status_on_a_terminal_never_asks_the_passphrase_of_a_locked_kiosk(
     finally:
         os.close(leader)
         os.close(terminal)
+
+
+_UNSEAL_LOOP = """
+import sys
+from protocol.driver.tpm import Tpm
+tpm = Tpm(sys.argv[1])
+public, private = bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+for _ in range(int(sys.argv[4])):
+    assert tpm.unseal(public, private, "the test's secret") == b"shared"
+    tpm.hmac(int(sys.argv[5]), b"patient")
+"""
+
+
+def test_two_processes_share_one_software_tpm_without_colliding(tmp_path: Path) -> None:
+    """swtpm has no resource manager: one process's flush dropped the objects the other
+    had just loaded (its unseal then failed as if the key were gone). Each operation
+    holds a lock on the TCTI, across processes."""
+    with soft_tpm(tmp_path / "tpm") as soft:
+        tpm = Tpm(soft.tcti)
+        public, private = tpm.seal(b"shared")
+        handle = tpm.import_hmac(bytes(32))
+        runs = [subprocess.Popen([sys.executable, "-c", _UNSEAL_LOOP, soft.tcti, public.hex(),
+                                  private.hex(), "6", str(handle)], cwd=ROOT,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for run in runs:
+            _, err = run.communicate(timeout=120)
+            assert run.returncode == 0, err[-800:]
+        # one that keeps the TPM: the wait is bounded, and says for what
+        with open(lock_path(soft.tcti)) as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            with pytest.raises(TpmBusy, match="stayed in use by another process for 0.2 s"):
+                Tpm(soft.tcti, lock_wait=0.2).hmac(handle, b"patient")
+        assert len(tpm.hmac(handle, b"patient")) == 32  # released: taken at once

@@ -24,23 +24,33 @@ contexts"). So each operation ends with a flush of the transient objects,
 and flushes between its commands once three would be loaded (under the
 kernel's resource manager, a flush of nothing); a command that still finds
 the slots full (a crashed process's leftovers) is run again after a flush.
-A lock keeps one process's operations from flushing each other's objects.
+Each operation holds a lock on its TCTI, so that no other operation flushes
+its objects or fills the slots meanwhile: a thread lock within a process,
+and ``flock`` on a lock file shared by every process of the machine
+(``lock_path``: in /run/lock, named by the TCTI's hash, so one TPM named
+two ways is two locks). A process that waits longer than ``lock_wait``
+gets ``TpmBusy``, naming the file; the kernel drops a dead process's lock.
 
 Secrets never touch a disk: they go in through an anonymous memory file and
 come out on a pipe. The errors say what is wrong: ``TpmToolsMissing`` (the
 apt package to install), ``TpmAbsent`` (nothing answers at the TCTI) and
 ``TpmKeyGone`` (the TPM refuses the blobs or lacks the handle: it was
-cleared, or it is another TPM, and what was sealed to it is gone).
+cleared, or it is another TPM, and what was sealed to it is gone),
+``TpmBusy`` (another process kept the TPM past the wait).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from protocol.driver.errors import DriverError
@@ -60,6 +70,8 @@ _GONE = re.compile(r"integrity check failed|0x1DF\b|0x18B\b|handle is not correc
 _NO_TCTI = "Could not load tcti"
 _FULL = "out of memory for object contexts"
 _LOCKS: dict[str, threading.Lock] = {}
+#: Where the lock files of the TPMs are: shared by every process of the machine.
+LOCK_DIRS = ("/run/lock", tempfile.gettempdir())
 
 
 class TpmError(DriverError):
@@ -84,6 +96,12 @@ class TpmKeyGone(TpmError):
     code = "tpm-key-gone"
 
 
+class TpmBusy(TpmError):
+    """Another process held the TPM past the wait (stuck on it, or a long queue)."""
+
+    code = "tpm-busy"
+
+
 class TpmRecordDamaged(TpmError, ValueError):
     """A record of what was sealed to the TPM (``tpm_key``) does not read."""
 
@@ -93,9 +111,13 @@ class TpmRecordDamaged(TpmError, ValueError):
 class Tpm:
     """One TPM, named by its TCTI."""
 
-    def __init__(self, tcti: str = DEFAULT_TCTI, timeout: float = 10.0) -> None:
+    def __init__(self, tcti: str = DEFAULT_TCTI, timeout: float = 10.0,
+                 lock_wait: float = 30.0) -> None:
+        """``timeout``: for each command; ``lock_wait``: for the TPM, while another
+        process uses it."""
         self.tcti = tcti
         self.timeout = timeout
+        self.lock_wait = lock_wait
         self._lock = _LOCKS.setdefault(tcti, threading.Lock())
 
     def __repr__(self) -> str:
@@ -105,7 +127,7 @@ class Tpm:
 
     def seal(self, secret: bytes) -> tuple[bytes, bytes]:
         """Seal ``secret`` (at most 128 bytes) to this TPM: its public and private blobs."""
-        with self._lock, _Scratch() as tmp:
+        with self._held(), _Scratch() as tmp:
             self._primary(tmp)
             with _MemFile(secret) as mem:
                 try:
@@ -117,7 +139,7 @@ class Tpm:
 
     def unseal(self, public: bytes, private: bytes, what: str) -> bytes:
         """The secret that ``seal`` gave these blobs for; ``TpmKeyGone`` on another TPM."""
-        with self._lock, _Scratch() as tmp:
+        with self._held(), _Scratch() as tmp:
             self._primary(tmp)
             self._load(tmp, public, private, what)
             try:
@@ -127,7 +149,7 @@ class Tpm:
 
     def import_hmac(self, key: bytes) -> int:
         """Import ``key`` as an HMAC-SHA256 key held by the TPM; its persistent handle."""
-        with self._lock, _Scratch() as tmp:
+        with self._held(), _Scratch() as tmp:
             handle = self._free_handle()
             self._primary(tmp)
             with _MemFile(key) as mem:
@@ -149,13 +171,13 @@ class Tpm:
         """HMAC-SHA256 of ``message`` under the persistent key at ``handle``."""
         if len(message) > MAX_HMAC_INPUT:
             raise TpmError(f"a TPM HMAC takes at most {MAX_HMAC_INPUT} bytes in one command")
-        with self._lock:
+        with self._held():
             return self._run("tpm2_hmac", "-c", f"{handle:#x}", "-g", "sha256",
                              stdin=message, gone=what)
 
     def evict(self, handle: int) -> None:
         """Delete the persistent object at ``handle``, if the TPM holds one."""
-        with self._lock:
+        with self._held():
             if handle in self.persistent_handles():
                 self._run("tpm2_evictcontrol", "-C", "o", "-c", f"{handle:#x}")
 
@@ -164,6 +186,29 @@ class Tpm:
         return {int(h, 16) for h in re.findall(r"0x[0-9a-fA-F]+", out)}
 
     # Steps ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """This TPM to ourselves: no thread of ours, no other process, uses it meanwhile."""
+        with self._lock:
+            path = lock_path(self.tcti)
+            fd = _open_lock(path)
+            try:
+                deadline, pause = time.monotonic() + self.lock_wait, 0.005
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise TpmBusy(f"the TPM at {self.tcti} stayed in use by another "
+                                          f"process for {self.lock_wait:g} s (it holds "
+                                          f"{path}); is one stuck on it?") from None
+                        time.sleep(pause)
+                        pause = min(2 * pause, 0.1)
+                yield
+            finally:
+                os.close(fd)  # the lock goes with it
 
     def _free_handle(self) -> int:
         held = self.persistent_handles()
@@ -219,6 +264,29 @@ class Tpm:
         except subprocess.TimeoutExpired:
             raise TpmAbsent(f"the TPM at {self.tcti} did not answer {tool} within "
                             f"{self.timeout:g} s") from None
+
+
+def lock_path(tcti: str) -> str:
+    """The lock file of the TPM at ``tcti``, in the first of ``LOCK_DIRS`` we can write."""
+    name = f"haven-tpm-{hashlib.sha256(tcti.encode()).hexdigest()[:16]}.lock"
+    for directory in LOCK_DIRS:
+        if os.access(directory, os.W_OK | os.X_OK):
+            return os.path.join(directory, name)
+    raise TpmError(f"no directory for the TPM's lock file: none of {', '.join(LOCK_DIRS)} "
+                   "is writable")
+
+
+def _open_lock(path: str) -> int:
+    """The lock file, read-only (``flock`` needs no more), made if missing; another
+    user's is opened, not made again (a sticky directory refuses ``O_CREAT`` on it)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(path, flags)
+        except FileNotFoundError:
+            return os.open(path, flags | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise TpmError(f"cannot open the TPM's lock file {path}: {exc.strerror}") from None
 
 
 def _cause(stderr: str) -> str:
