@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import sqlite3
 import time
@@ -74,13 +73,13 @@ from device import audit
 from device.enrol import APPROVAL, CERT, ED_KEY, REQUEST, X_KEY
 from device.store import Store, StoreError
 from device.store.pending import DB_NAME as PENDING_DB
-from device.store.providers import TPM_STORE_KEY, provider_of
+from device.store.providers import ROTATION_FILES, TPM_STORE_KEY, provider_of
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY
 from device.store.tpm_key import FLEET_RECORD, TpmFleetKeeper
 from device.store.unlock import KEYS_FILE as PASSPHRASE_KEYS
 from device.sync.document_store import DB_NAME as DOCS_DB
 from device.sync.document_store import HELD
-from protocol.driver.secret_files import fsync_dir
+from protocol.driver.secret_files import destroy_secret, fsync_dir
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
 
@@ -94,7 +93,9 @@ KEY_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY)
 #: under a passphrase, its keys file (check-ins sealed while locked open with a key in it);
 #: with a TPM, the store key's sealed blobs and the record of the fleet key's handles (the
 #: keys at those handles are evicted from the TPM first).
-WRAPPED_KEY_FILES = (PASSPHRASE_KEYS, f"{TPM_STORE_KEY}.tpm", FLEET_RECORD)
+#: A key rotation under way (``device.store.rotation``) keeps the next key (or the old one,
+#: cut in its swap) beside them: destroyed too.
+WRAPPED_KEY_FILES = (PASSPHRASE_KEYS, f"{TPM_STORE_KEY}.tpm", FLEET_RECORD, *ROTATION_FILES)
 #: What holds the fleet key sealed to the kiosk's key, or names the identity: removed
 #: with the keys (the certificate is kept by a revoked kiosk: it says whose it was).
 IDENTITY_FILES = (CERT, APPROVAL, REQUEST)
@@ -251,26 +252,6 @@ def refuse_if_destroyed(data: Path) -> None:
 
 # Destroying and erasing -------------------------------------------------------------------
 
-def _destroy(path: Path) -> bool:
-    """Overwrite ``path`` with random bytes of its length, sync, unlink (see above). A
-    file that cannot be overwritten (made read-only) is still unlinked."""
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        log.warning("%s not overwritten (%s); unlinked only", path.name, exc.strerror)
-    else:
-        try:
-            size = os.fstat(fd).st_size
-            os.write(fd, os.urandom(size))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    path.unlink()
-    return True
-
-
 def _evict_tpm_keys(data: Path) -> None:
     """A TPM kiosk's fleet and site keys out of its TPM; a TPM that does not answer is
     logged (the record of their handles is destroyed anyway, and the keys are useless
@@ -288,9 +269,9 @@ def destroy_keys(data: Path, state: str, **facts: Any) -> list[str]:
     data = Path(data)
     _write_marker(data, {"state": state, "at": wall_ms(), **facts})
     _evict_tpm_keys(data)
-    gone = [name for name in (*KEY_FILES, *WRAPPED_KEY_FILES) if _destroy(data / name)]
+    gone = [name for name in (*KEY_FILES, *WRAPPED_KEY_FILES) if destroy_secret(data / name)]
     for name in () if state == REVOKED else IDENTITY_FILES:
-        _destroy(data / name)
+        destroy_secret(data / name)
     with contextlib.suppress(OSError):
         fsync_dir(data)
     return gone

@@ -16,6 +16,12 @@ the data directory says which it is, so every command that opens the store
 
 A directory holding keys of one provider is not switched to another by a
 second ``init``: that would need the store's data sealed again.
+
+Each provider can rotate the store key (``device.store.rotation``): the next
+key waits in ``store.key.next``, ``store.next.tpm`` or inside
+``passphrase.keys`` until the swap, and the swap leaves the old one, for the
+moment it takes, in ``store.key.old``, ``store.tpm.old`` or
+``passphrase.keys.old`` (``ROTATION_FILES``: a wipe destroys them too).
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from pathlib import Path
 
 from device.store.exc import StoreError
 from device.store.fleet import FleetKeeper, FleetKeyFile
-from device.store.keys import KeyFile, KeyProvider
-from device.store.tpm_key import FLEET_RECORD, TpmFleetKeeper, TpmKey
+from device.store.keys import KeyFile, KeyProvider, RotatingKey
+from device.store.tpm_key import FLEET_RECORD, RotatingTpmKey, TpmFleetKeeper
 from device.store.unlock import KEYS_FILE as PASSPHRASE_KEYS
 
 PROVIDERS = ("file", "tpm", "passphrase")
@@ -34,6 +40,9 @@ STORE_KEY = "store.key"
 FLEET_KEY = "fleet.key"
 #: The name of the kiosk's store key sealed to a TPM (``DATA/store.tpm``).
 TPM_STORE_KEY = "store"
+#: What a key rotation keeps beside the keys while it runs (see above).
+ROTATION_FILES = (f"{STORE_KEY}.next", f"{STORE_KEY}.old", f"{TPM_STORE_KEY}.next.tpm",
+                  f"{TPM_STORE_KEY}.tpm.old", f"{PASSPHRASE_KEYS}.new", f"{PASSPHRASE_KEYS}.old")
 
 
 def provider_of(data: Path) -> str | None:
@@ -48,13 +57,14 @@ def provider_of(data: Path) -> str | None:
     return None
 
 
-def open_keys(data: Path, tcti: str | None = None) -> tuple[KeyProvider, FleetKeeper]:
+def open_keys(data: Path, tcti: str | None = None) -> tuple[RotatingKey, FleetKeeper]:
     """The store key's provider and the fleet key's keeper of the kiosk in ``data``
     (``tcti`` instead of the TPM recorded there)."""
     data = Path(data)
     kind = provider_of(data)
     if kind == "tpm":
-        return TpmKey(data, TPM_STORE_KEY, tcti), TpmFleetKeeper(data, tcti, data / FLEET_KEY)
+        return (RotatingTpmKey(data, TPM_STORE_KEY, tcti),
+                TpmFleetKeeper(data, tcti, data / FLEET_KEY))
     if kind == "passphrase":
         raise StoreError(f"the keys in {data} are under a passphrase: the store opens once "
                          "staff unlock it", "locked")
@@ -83,8 +93,8 @@ def create_keys(data: Path, provider: str, site: str, fleet_key: bytes | None,
             FleetKeyFile(data / FLEET_KEY).install(fleet_key or os.urandom(32), site)
         return None, None
     if provider == "tpm":
-        key, keeper = TpmKey(data, TPM_STORE_KEY, tcti), TpmFleetKeeper(data, tcti,
-                                                                         data / FLEET_KEY)
+        key, keeper = (RotatingTpmKey(data, TPM_STORE_KEY, tcti),
+                       TpmFleetKeeper(data, tcti, data / FLEET_KEY))
         if not key.exists():
             key.create()
         if not keeper.exists():

@@ -47,7 +47,7 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device.store import collect as gc
-from device.store import covering, erasure, inbox, outbox, seen
+from device.store import covering, erasure, inbox, outbox, rotation, seen
 from device.store import rebase as hub_copy
 from device.store.acks import FLUSH_AFTER_S, MAX_NOTED, AckedEntries
 from device.store.checkpoint import Checkpointer
@@ -57,7 +57,7 @@ from device.store.door import verifier_verdict
 from device.store.exc import BadRequest, KeyMismatch, NotInitialised, StorageFull, StoreError
 from device.store.fleet import FleetKeeper, FleetKey, FleetSecret
 from device.store.inbox import MergeReport
-from device.store.keys import SEAL_OVERHEAD, FieldCipher, KeyProvider
+from device.store.keys import SEAL_OVERHEAD, KeyProvider
 from device.store.materialise import (
     insert_op,
     load_log,
@@ -190,7 +190,8 @@ class Store:
         if key_provider is None or fleet is None:  # what the data directory holds
             found_key, found_fleet = open_keys(self.data)
             key_provider, fleet = key_provider or found_key, fleet or found_fleet
-        self.cipher = FieldCipher(key_provider.key())
+        self.key_provider = key_provider
+        self.cipher = rotation.cipher_of(key_provider)  # both keys while one rotates
         #: Where the fleet key is kept (``device.store.fleet``), and the key: every id
         #: derived from it goes through ``self.fleet``.
         self.fleet_keeper = fleet
@@ -1022,6 +1023,7 @@ class Store:
         """Outbox per lane, conflicts, quarantine and last sync, as plain data."""
         st = status_of(self.reader, self.node, self.clock() if now_ms is None else now_ms)
         st["outbox"] = self._acked.discount(st["outbox"])
+        st["key_rotation"] = rotation.progress(self)
         return st
 
     # Outbox -----------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 The store key is a ``protocol.driver.tpm_key.TpmKey`` (``DATA/store.tpm``):
 a random 32-byte key sealed to the TPM, which another TPM, or this one once
-cleared, cannot unseal.
+cleared, cannot unseal. ``RotatingTpmKey`` seals the next key of a rotation
+to the same TPM in ``DATA/store.next.tpm`` until the swap.
 
 ``TpmFleetKeeper`` keeps a kiosk's fleet key inside the TPM. When the key
 arrives in the clear (``haven-kiosk init``, enrolment), it is imported as a
@@ -28,8 +29,9 @@ from device.store.exc import StoreError
 from device.store.fleet import FleetSecret, MacFleetKey
 from protocol.crdt import ids
 from protocol.driver.errors import SecretMissing
-from protocol.driver.secret_files import fsync_dir, write_whole
+from protocol.driver.secret_files import fsync_dir, promote_secret, write_whole
 from protocol.driver.tpm import DEFAULT_TCTI, Tpm, TpmKeyGone
+from protocol.driver.tpm_key import FORMAT as SEALED_FORMAT
 from protocol.driver.tpm_key import TpmKey as TpmKey
 from protocol.driver.tpm_key import read_record, record_bytes
 
@@ -124,3 +126,28 @@ class TpmFleetKeeper:
         tpm = Tpm(self._tcti or str(doc["tcti"]))
         for handle in key.handles:
             tpm.evict(handle)
+
+
+class RotatingTpmKey(TpmKey):
+    """The store key sealed to the TPM (``DATA/NAME.tpm``), and the next key of a rotation
+    sealed to the same TPM in ``DATA/NAME.next.tpm`` (``keys.RotatingKey``)."""
+
+    def __init__(self, directory: Path, name: str, tcti: str | None = None) -> None:
+        super().__init__(directory, name, tcti)
+        self._next_name, self._tcti_given = f"{name}.next", tcti
+        self._next = TpmKey(directory, self._next_name, tcti)
+
+    def has_next(self) -> bool:
+        return self._next.exists()
+
+    def next_key(self) -> bytes | None:
+        return self._next.key() if self.has_next() else None
+
+    def make_next(self) -> None:
+        """Seal the next key to the TPM the key is sealed to."""
+        doc = read_record(self.path, "sealed key", SEALED_FORMAT)
+        tcti = self._tcti_given or str(doc.get("tcti") or DEFAULT_TCTI)
+        TpmKey(self.path.parent, self._next_name, tcti).create()
+
+    def promote_next(self) -> None:
+        promote_secret(self.path, self._next.path)

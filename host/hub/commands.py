@@ -238,6 +238,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _technician_parsers(hs)
     _keys_parsers(hs)
 
+    p = hs.add_parser("erase", help="erase a patient's data, on the hub and every kiosk",
+                      description="Erase a patient on request: the hub writes the patient's "
+                      "erasure record (who asked, when, why) and deletes each of their "
+                      "records, keeps of every write only its husk (when, by which kiosk; no "
+                      "value), and drops their documents; every kiosk does the same at its "
+                      "next sync. Prints a receipt line to keep: after restoring a backup "
+                      "taken before the erasure, run it again.")
+    _data(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("patient", nargs="?", metavar="PATIENT_ID",
+                     help="the patient's id (haven hub dump shows them)")
+    who.add_argument("--passport", metavar="N", help="the patient's passport number")
+    who.add_argument("--code", metavar="C", help="the patient's short code (XXXX-XXXX)")
+    p.add_argument("--by", required=True, metavar="NAME",
+                   help="who asked for it or approved it (kept in the erasure record)")
+    p.add_argument("--reason", default="patient-request", metavar="CODE",
+                   help="why (default patient-request)")
     p = hs.add_parser("promote", help="make check-ins' claims records where none exists",
                       description="Make what patients typed at a kiosk (a check-in's claim) "
                       "the patient's record where the hub holds none, and mark each "
@@ -582,6 +599,8 @@ def run(args: argparse.Namespace) -> int:
             version = hub.rotate_key()
             print(f"data key {version} seals from now on; a running haven hub serve re-seals "
                   "the rest in the background")
+        elif cmd == "erase":
+            _erase(hub, args)
         elif cmd == "promote":
             done = hub.promote_claims()
             if args.json:
@@ -601,6 +620,23 @@ def run(args: argparse.Namespace) -> int:
             hub.clear_clone(args.device)
             print(f"kiosk {args.device}: suspected-clone flag cleared")
     return 0
+
+
+def _erase(hub: Hub, args: argparse.Namespace) -> None:
+    from host.hub.erasure import live_id, patient_of
+
+    pid = patient_of(hub.fleet_key, args.patient, args.passport, args.code)
+    if args.patient is None:  # a passport or code: the patient may have come back since
+        pid = live_id(hub.store, pid)
+    done = hub.erase(pid, args.by, args.reason)
+    if done.already:
+        print(f"patient {done.patient} was erased already ({done.record}); "
+              f"{done.deleted} records written since deleted again")
+    else:
+        print(f"patient {done.patient} erased: {done.deleted} records deleted, their values "
+              "purged here; kiosks erase at their next sync")
+    print("keep this receipt; after restoring a backup older than it, run it again:")
+    print(f"  {done.line}")
 
 
 def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
-from host.hub import claims, verifiers
+from host.hub import claims, erasure, verifiers
 from host.hub.at_rest import STORE_KEY, create_provider
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks, held, owner_only, reseal_files
@@ -370,6 +370,20 @@ class Hub:
         (``verifiers``); returns how many."""
         return verifiers.write(self.store, self.fleet_key, self.node,
                                wall_ms() if now_ms is None else now_ms, self._hlc)
+
+    def erase(self, patient: bytes, by: str, reason: str,
+              now_ms: int | None = None) -> erasure.Receipt:
+        """Erase a patient's data on the hub and, through sync, on every kiosk
+        (``erasure``)."""
+        return erasure.erase(self, patient, by, reason,
+                             wall_ms() if now_ms is None else now_ms, self._hlc)
+
+    def after_batch(self, now_ms: int | None = None) -> None:
+        """What runs after each batch the hub commits: an erased patient's late writes
+        settled (``erasure``), then the door kiosks' verifiers."""
+        now = wall_ms() if now_ms is None else now_ms
+        erasure.after_batch(self, now, self._hlc)
+        self.write_verifiers(now)
 
     def _hlc(self) -> HLC:
         """The hub's clock for its own writes: past every stamp it holds."""

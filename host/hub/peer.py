@@ -46,7 +46,7 @@ class HubPeer:
         (``Hub.enroll_by_approval``). ``provision``: the answer to a technician's tool that
         asks instead of a kiosk's hello (``host.hub.provisioning.answer``). ``stable_key``
         signs the stable points of welcomes. ``after_batch``: run after each batch
-        (``Hub.write_verifiers``); a failure is logged, the reply goes. With ``defer``, it
+        (``Hub.after_batch``); a failure is logged, the reply goes. With ``defer``, it
         is not run by ``on_message`` but left ``owed``, for the caller to run with
         ``settle`` once the batch's ack went (before the kiosk's next message)."""
         self.documents = documents

@@ -19,6 +19,10 @@ delete the write did not see), and every pull sends that record's older
 deltas again at the write's position (``_older``), so the kiosk rebuilds the
 merged record (a delete-update conflict), never the late write alone.
 
+Every role holds every erasure record (``protocol.crdt.erasure``): its facts
+row (type and patient, no site) is found by the index on site, as a site of
+none.
+
 A pull in scope (``changes_in_scope``) reads the deltas after the cursor
 with their record's facts and keeps those in scope by the facts now; a door
 kiosk's check-ins come without what the patient typed (``for_door``: no name,
@@ -82,7 +86,7 @@ from protocol.sync.scope import (
     scope_checksum_v1,
 )
 
-CHECKIN, VERIFIER = 2, 9
+CHECKIN, VERIFIER, ERASURE = 2, 9, 10
 #: Snapshots of named records (``sync-pull`` ``snapshot: [rids]``) name at most this many.
 MAX_SNAPSHOT_RIDS = 256
 
@@ -285,9 +289,10 @@ def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
     # Driven by what arrived after the cursor (ops first), never by what the site holds.
     if scope.role == "door":  # only check-ins and verifiers of its site can be in scope
         rows = db.execute(f"{late} CROSS JOIN record_facts f WHERE f.rid = o.rid"
-                          " AND o.hseq > ? AND o.hseq <= ? AND f.location = ?"
-                          " AND f.type IN (?, ?) ORDER BY o.hseq",
-                          [cursor, top, scope.site, CHECKIN, VERIFIER])
+                          " AND o.hseq > ? AND o.hseq <= ? AND (f.location = ?"
+                          " AND f.type IN (?, ?) OR f.location IS NULL AND f.type = ?)"
+                          " ORDER BY o.hseq",
+                          [cursor, top, scope.site, CHECKIN, VERIFIER, ERASURE])
     else:
         rows = db.execute(f"{late} LEFT JOIN record_facts f ON f.rid = o.rid"
                           " WHERE o.hseq > ? AND o.hseq <= ? ORDER BY o.hseq", [cursor, top])
@@ -327,7 +332,8 @@ def _patient_ops(db: sqlite_utils.Database, scope: Scope, pid: bytes, held: str,
         f"SELECT o.rid, o.stamp, o.node, o.hseq, {_O_DATA}, NULL, NULL, NULL, NULL FROM ops o"
         f" WHERE o.rid = ? AND {held} UNION ALL {_OPS}f.subject = ? AND {held}",
         [pid, *args, pid, *args]).fetchall()
-    return (r for r in _rows(rows) if r[5].type != CHECKIN and in_scope(scope, r[5], {pid}))
+    return (r for r in _rows(rows)
+            if r[5].type not in (CHECKIN, ERASURE) and in_scope(scope, r[5], {pid}))
 
 
 def _held_ops(db: sqlite_utils.Database, scope: Scope, cursor: int,
@@ -335,6 +341,9 @@ def _held_ops(db: sqlite_utils.Database, scope: Scope, cursor: int,
     """Every delta that arrived by ``cursor`` (or is ``node``'s) of the door or clinician
     scope's records."""
     held, args = "(o.hseq <= ? OR o.node = ?)", [cursor, node]
+    # every erasure, by the site's index (a site of none)
+    yield from _rows(db.execute(f"{_OPS}f.location IS NULL AND f.type = ? AND {held}",
+                                [ERASURE, *args]).fetchall())
     if scope.role == "door":  # today's check-ins and the verifiers, by the site's index
         yield from (r for r in _rows(db.execute(
             f"{_OPS}f.location = ? AND f.type = ? AND f.day >= ? AND {held} UNION ALL"

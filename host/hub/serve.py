@@ -275,7 +275,7 @@ class Server:
         return HubPeer(self.hub.store, self.hub.ed_public, remote, wall_ms, self.max_ahead_ms,
                        documents=inbox, enrol=self.hub.enroll_by_approval,
                        provision=functools.partial(provisioning.answer, self.hub),
-                       stable_key=self.hub.ed_key, after_batch=self.hub.write_verifiers,
+                       stable_key=self.hub.ed_key, after_batch=self.hub.after_batch,
                        defer=True)
 
     def admit_handshake(self, host: str, now: float) -> bool:

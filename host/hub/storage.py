@@ -48,6 +48,7 @@ from typing import Any
 import sqlite_utils
 
 from host.hub import at_rest, scopes
+from host.hub import at_rest, husking, scopes
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
@@ -286,6 +287,12 @@ class HubStore:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def writing(self) -> Iterator[tuple[sqlite_utils.Database, at_rest.Sealer]]:
+        """One write transaction and the sealer, for work that rewrites sealed rows
+        across tables at once (``erasure``)."""
+        with self._tx() as db:
+            yield db, self._sealing(db)
     # Meta and devices -------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
@@ -476,6 +483,7 @@ class HubStore:
         it. Returns the greatest arrival number given (None: nothing new arrived)."""
         with self._tx() as db:
             sealer = self._sealing(db)
+            good = husking.husked(db, good)  # an erased patient's: no value kept
             hseq = first = next_hseq(db)
             added: list[tuple[int, Delta]] = []
             sealed = sealer.seal_ops([(d.record_id, d.stamp, d.node, data) for d, data in good])
@@ -802,6 +810,7 @@ class HubStore:
             if row is None:
                 return False
             hseq = next_hseq(db)
+            (_, data), = husking.husked(db, [(delta, data)])
             blob = self._sealing(db).seal_ops([(delta.record_id, delta.stamp, delta.node,
                                                 data)])[0]
             if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin, del)"

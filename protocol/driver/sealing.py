@@ -8,7 +8,9 @@ bytes) gives a master key; purpose keys are derived from it with HKDF-SHA256
 tag``, its associated data binding it to its place; ``seal_many`` seals a
 batch with one AES-GCM object, drawing every nonce in one ``os.urandom``
 call, so the per-value cost is the encryption alone. ``open_sealed`` raises
-``SealBroken`` for a value that is truncated, altered or moved. ``KeyFile``
+``SealBroken`` for a value that is truncated, altered or moved; ``open_first``
+opens a value sealed under one of several keys (a rotation under way: the new
+key first, then the old), and says which. ``KeyFile``
 keeps a key in an owner-only file (``secret_files``).
 """
 
@@ -85,3 +87,17 @@ def open_sealed(aead: AESGCM, sealed: bytes, ad: bytes) -> bytes:
         return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], ad)
     except InvalidTag:
         raise SealBroken("ciphertext failed authentication (corrupted, or moved)") from None
+
+
+def open_first(aeads: Sequence[AESGCM], sealed: bytes, ad: bytes) -> tuple[bytes, int]:
+    """The plaintext of a value sealed under one of ``aeads`` (tried in order), and the
+    index of the one that opened it; ``SealBroken`` if none does. Sound because an
+    AES-GCM tag checked under the wrong key fails (but with probability 2**-128): a
+    value never opens as garbage under a key it was not sealed with."""
+    for i, aead in enumerate(aeads):
+        try:
+            return open_sealed(aead, sealed, ad), i
+        except SealBroken:
+            if i == len(aeads) - 1:
+                raise
+    raise SealBroken("no key to open it with")

@@ -10,6 +10,11 @@ Reading refuses, each with a message that says how to fix it, a file that
 is missing, that group or others may read (``chmod 600``), that belongs to
 another user, or (with ``size``) whose length is wrong.
 
+``destroy_secret`` overwrites a key file with random bytes before unlinking
+it; ``promote_secret`` replaces a key file by a new one beside it and
+destroys the old, a power cut at any step leaving one of the two in place
+and the old one, if it survives, under ``NAME.old`` for the next call.
+
 ``new_key_file`` and ``load_key_file`` keep an X25519 private key as PKCS#8
 PEM with its public key, as hex, in ``FILE.pub``; ``parse_public_key``
 reads such a public key given as hex or as a file holding it.
@@ -18,6 +23,7 @@ reads such a public key given as hex or as a file holding it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import threading
@@ -27,6 +33,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.driver.errors import SecretInvalid, SecretMissing, SecretPermissions
+
+log = logging.getLogger("haven.keys")
 
 
 def write_secret(path: Path, secret: bytes) -> None:
@@ -65,6 +73,48 @@ def write_whole(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     with contextlib.suppress(OSError):  # written; a directory may refuse fsync
+        fsync_dir(path.parent)
+
+
+def destroy_secret(path: Path) -> bool:
+    """Overwrite ``path`` with random bytes of its length, sync, unlink; False if there is
+    none. A file that cannot be overwritten (made read-only) is still unlinked. (On an SD
+    card the controller may keep the old bytes in flash it has not erased yet: what this
+    defeats is reading them back through the file system.)"""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("%s not overwritten (%s); unlinked only", path.name, exc.strerror)
+    else:
+        try:
+            size = os.fstat(fd).st_size
+            os.write(fd, os.urandom(size))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    path.unlink()
+    return True
+
+
+def promote_secret(path: Path, new: Path) -> None:
+    """``new`` takes ``path``'s place and the old ``path`` is destroyed. The old file is
+    first linked as ``NAME.old``, then ``new`` renamed over ``path`` (atomic), the folder
+    synced, and ``NAME.old`` destroyed: cut at any step, ``path`` holds the old key or
+    the new one, and calling again finishes (with no ``new`` left: destroys ``NAME.old``
+    if a cut left it)."""
+    path, new = Path(path), Path(new)
+    old = path.with_name(path.name + ".old")
+    if new.exists():
+        if old.exists() and not (path.exists() and os.path.samefile(old, path)):
+            destroy_secret(old)  # left by an earlier swap: not the key about to go
+        if path.exists() and not old.exists():
+            os.link(path, old)
+        os.replace(new, path)
+        fsync_dir(path.parent)
+    if destroy_secret(old):
         fsync_dir(path.parent)
 
 

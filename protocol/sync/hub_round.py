@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import messages
 from protocol.crdt.clock import DEFAULT_MAX_AHEAD_MS
 from protocol.crdt.delta import Delta
-from protocol.crdt.schema import VERIFIER
+from protocol.crdt.schema import ERASURE, VERIFIER
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
@@ -71,6 +71,8 @@ LIVE_STATES = ("approved", DECOMMISSIONED)
 #: A kiosk whose cursor is older than this (µs: cursors follow the hub's clock) is told
 #: to rebase: a snapshot of its scope costs less than everything since.
 STALE_CURSOR_US = 30 * 86_400 * 1_000_000
+#: The types only the hub writes: a kiosk's write of one is quarantined (``hub-only``).
+_HUB_ONLY = {VERIFIER.number: "verifier", ERASURE.number: "erasure"}
 
 
 class KioskRecord(Protocol):
@@ -212,8 +214,9 @@ class HubSync:
     than ``STALE_CURSOR_US`` old. A role changed during a session ends it
     (``rescoped``): the next hello sees it. A decommissioned kiosk's sessions are
     let in; every delta of its batches is quarantined (``decommissioned``) and
-    acknowledged, and it is served nothing. A kiosk's verifier record is
-    quarantined (``hub-only``): a door kiosk trusts the hub's alone."""
+    acknowledged, and it is served nothing. A kiosk's verifier or erasure record
+    is quarantined (``hub-only``): a door kiosk trusts the hub's verifiers alone, and
+    only the hub erases a patient."""
 
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
                  *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
@@ -535,8 +538,9 @@ class HubSync:
             checked = [RemoteProtocolError(f"kiosk {dev.device_id} is decommissioned",
                                            DECOMMISSIONED)] * len(deltas)
         else:
-            checked = [RemoteProtocolError("only the hub writes verifier records", "hub-only")
-                       if isinstance(d, Delta) and d.type == VERIFIER.number else d
+            checked = [RemoteProtocolError(f"only the hub writes {_HUB_ONLY[d.type]} records",
+                                           "hub-only")
+                       if isinstance(d, Delta) and d.type in _HUB_ONLY else d
                        for d in check_remote_deltas(deltas, now, node=dev.node,
                                                     max_ahead_ms=self.max_ahead_ms)]
         for i, (data, got) in enumerate(zip(deltas, checked, strict=True)):

@@ -18,6 +18,11 @@ window in days:
   patients they name, and those patients' prescriptions, lab results,
   appointments, notes and documents.
 
+Every role holds every erasure record (``protocol.crdt.erasure``), whatever
+its site: a kiosk that holds anything of the patient, or is yet to receive
+a write of theirs, purges and husks by it. An erasure is never deleted, so
+no kiosk collects it.
+
 Whether a record is in scope is decided from a few ``Facts`` of it (type,
 site, subject, day), read from its fields by ``facts_of``, never from the
 rest of it. A clinician's patients are those named by the check-ins in its
@@ -52,7 +57,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.crdt.ids import verifier_record_id, year_verifier
-from protocol.crdt.schema import AUDIT, CHECKIN, PATIENT, VERIFIER
+from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, VERIFIER
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.sync.credential import CredentialError, open_document, sign_document
 
@@ -157,7 +162,7 @@ def facts_of(rid: bytes, rtype: int, fields: Mapping[int, Any]) -> Facts:
     """The facts of a record from its field values by number (wire form, or a UUID's
     text for a reference); a value of the wrong kind is no fact."""
     subject = _ref(fields.get(1)) if rtype in CLINICAL_OF_PATIENT or rtype in (
-        CHECKIN.number, VERIFIER.number) else None
+        CHECKIN.number, VERIFIER.number, ERASURE.number) else None
     if rtype == CHECKIN.number:
         start = fields.get(4)
         day = start[:10] if type(start) is str and len(start) >= 10 else None
@@ -185,7 +190,7 @@ def in_scope(scope: Scope, facts: Facts, patients: Container[bytes] = ()) -> boo
     scope (a clinician's; unused for the other roles)."""
     if facts.type == AUDIT.number:
         return False
-    if scope.role == "full":
+    if scope.role == "full" or facts.type == ERASURE.number:
         return True
     if facts.type == CHECKIN.number:
         return checkin_in_scope(scope, facts)

@@ -1,0 +1,339 @@
+"""Erasing a patient on the hub (``haven hub erase``), and settling what comes after.
+
+Theory of operation
+-------------------
+Tombstone and purge, not per-patient keys (THREAT_MODEL.md says why). ``erase``
+finds the patient (an id, or a passport or short code through the fleet key),
+refuses one the hub holds nothing of, and writes as the hub's node, by its
+clock, in one transaction: the put of the patient's erasure record
+(``protocol.crdt.erasure``: who asked, when, why; never what is erased) and a
+delete of each of the patient's live records (``husking.records_of``) whose
+context is every head held, so it overtakes every write the hub holds. Kiosks
+pull them like any other write (an erasure is in every scope) and purge by them.
+
+``purge`` then takes the patient's values out of everything the hub keeps,
+in one transaction:
+
+* every delta of those records in ``ops`` becomes its husk (dot, kind,
+  context; no value), sealed again: version vectors, scope sums and the
+  merge are what they were, so replicas that purge at different times
+  converge; conflicts and review are made from these deltas, so they hold no
+  value either;
+* a quarantined delta of them becomes its husk; one that does not decode but
+  holds one of the records' ids is dropped;
+* a held batch's writes of them become husks (one that does not decode but
+  holds an id, dropped): the batch's signature no longer verifies; it stays
+  for review of the rest, and the log says so;
+
+and then the document content only erased documents used (manifests and
+chunks) is overwritten and unlinked, and the write-ahead log is checkpointed
+and truncated: the hub's connection runs with ``secure_delete``, so a page
+freed or rewritten keeps no old bytes.
+
+What stays is what carries no value: record ids, dots (which node wrote
+when), the erasure record, and each record's facts (``record_facts``: type,
+patient, a check-in's site and day), by which late writes are matched and
+the deletes reach the kiosks whose scopes held the records.
+
+A kiosk that had not heard of the erasure may still send writes of the
+patient's records: they are husked as their batch commits
+(``husking.husked``). ``after_batch``, run after each batch as the claims
+and verifier passes are, re-deletes a record such a write made live again,
+husks what came another way, and purges the quarantine rows and held batches
+that arrived since its last pass (its place in ``meta``). A hub that erased
+nobody pays one look-up.
+
+The hub's log keeps ``erasure`` rows: who asked, when, the erasure record's
+id and how many records were deleted in all; never the patient's values or
+kinds of record. ``Receipt.line`` is the command to run again after a
+backup older than the erasure is restored.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import sqlite_utils
+
+from host.errors import UsageError
+from host.hub import at_rest, husking
+from host.hub.document_inbox import DOCUMENTS_DIR
+from host.hub.sealed_documents import SealedChunks
+from host.hub.storage import HubStore, Op
+from host.hub.verifiers import view_of
+from protocol.crdt import ids, short_code
+from protocol.crdt.clock import HLC
+from protocol.crdt.delta import DELETE, Delta, decode, encode
+from protocol.crdt.erasure import erasure_record_id, husk, successor_id
+from protocol.crdt.record import RecordView
+from protocol.crdt.schema import DOCUMENT, ERASURE, TYPES
+from protocol.crdt.writes import build_put
+from protocol.driver.wall_clock import utc_text
+from protocol.errors import ProtocolError, RemoteProtocolError
+from protocol.sync import batches
+
+if TYPE_CHECKING:
+    from host.hub.hub import Hub
+
+#: The hub log's code for an erasure.
+LOG_CODE = "erasure"
+#: ``meta`` key: where the last after-batch pass stopped (arrival, quarantine id, held
+#: batch rowid), as JSON.
+PASS = "erasure_pass"
+MAX_REQUESTER = 100  #: characters of ``--by``
+MAX_REASON = 64  #: characters of ``--reason``
+MAX_RETURNS = 100  #: erasures of one passport's successive ids followed at most
+_lock = threading.Lock()  #: one pass at a time (sessions commit batches in parallel)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What ``erase`` did, for the operator to keep."""
+
+    patient: str
+    record: str  #: the erasure record's id
+    at_ms: int  #: when it was recorded (the first time)
+    by: str
+    reason: str
+    already: bool  #: the patient was erased before: nothing new but what came since
+    deleted: int  #: records deleted now
+
+    @property
+    def line(self) -> str:
+        """The receipt: the command that erases the patient again (after a restore of a
+        backup older than this), with when and which erasure record."""
+        return (f"haven hub erase {self.patient} --by {shlex.quote(self.by)} --reason "
+                f"{shlex.quote(self.reason)}  # erased {utc_text(self.at_ms)}, erasure "
+                f"record {self.record}")
+
+
+def patient_of(fleet_key: bytes, patient: str | None, passport: str | None,
+               code: str | None) -> bytes:
+    """The patient id named by exactly one of an id, a passport number or a short
+    code (the last two through the fleet key); ``UsageError`` for anything else."""
+    if sum(x is not None for x in (patient, passport, code)) != 1:
+        raise UsageError("name the patient once: PATIENT_ID, --passport N or --code C")
+    try:
+        if patient is not None:
+            return uuid.UUID(patient.strip()).bytes
+        if passport is not None:
+            return ids.patient_id(fleet_key, passport).bytes
+        assert code is not None
+        return ids.code_patient_id(fleet_key, code).bytes
+    except ValueError:
+        raise UsageError(f"not a patient id (a UUID, as haven hub dump shows them): "
+                         f"{patient!r}") from None
+    except short_code.ShortCodeError as exc:
+        raise UsageError(f"--code: {exc}") from None
+    except ProtocolError as exc:
+        raise UsageError(f"--passport: {exc}") from None
+
+
+def live_id(store: HubStore, pid: bytes) -> bytes:
+    """The id a patient named by passport or code is held under now: an erased patient
+    who came back is registered under ``successor_id`` of the erased id (again, while
+    that one is erased too), so the chain is followed while it leads to records."""
+    for _ in range(MAX_RETURNS):
+        if view_of(store, erasure_record_id(pid)) is None:
+            return pid
+        after = successor_id(pid)
+        if not _held_of(store, after):
+            return pid
+        pid = after
+    return pid
+
+
+def _held_of(store: HubStore, pid: bytes) -> set[bytes]:
+    """The patient's records the hub holds writes of."""
+    with store.writing() as (db, _):
+        return {r for r in husking.records_of(db, [pid])
+                if db.execute("SELECT 1 FROM ops WHERE rid = ?", [r]).fetchone()}
+
+
+def _words(text: str, flag: str, limit: int) -> str:
+    text = text.strip()
+    if not 0 < len(text) <= limit or not text.isprintable():
+        raise UsageError(f"{flag} is 1 to {limit} printable characters")
+    return text
+
+
+def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
+          hlc_of: Callable[[], HLC]) -> Receipt:
+    """Erase patient ``pid`` (see above); erasing again writes nothing new but settles
+    what arrived since. ``UsageError`` for a patient the hub holds nothing of, with
+    nothing written."""
+    by, reason = _words(by, "--by", MAX_REQUESTER), _words(reason, "--reason", MAX_REASON)
+    store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
+    with _lock:
+        held = view_of(store, eid)
+        rids = _held_of(store, pid)
+        if held is None and not rids:
+            raise UsageError(f"the hub holds nothing of patient {name}: check the id (haven "
+                             "hub dump lists the patients), the passport number or the code")
+        hlc = hlc_of()
+        put = [] if held is not None else [build_put(
+            None, eid, ERASURE, hub.node, hlc.now(now),
+            {"subject": name, "recorded": utc_text(now), "requester": by, "reason": reason})]
+        deletes = _deletes(store, rids, hub.node, hlc, now)
+        store.add_local(*(Op(d.record_id, d.stamp, d.node, encode(d)) for d in put + deletes))
+        store.set_meta("hlc", hlc.last)
+        _purge(hub, {pid}, rids, now)
+        first = held or view_of(store, eid)
+        assert first is not None
+        recorded, requester, why = (first.fields.get(ERASURE.field(f).number)
+                                    for f in ("recorded", "requester", "reason"))
+        receipt = Receipt(name, str(uuid.UUID(bytes=eid)),
+                          _ms(recorded) if isinstance(recorded, str) else now,
+                          requester if isinstance(requester, str) else by,
+                          why if isinstance(why, str) else reason,
+                          held is not None, len(deletes))
+        store.log(None, LOG_CODE, f"erasure record {receipt.record} " + (
+            f"again by {by!r}: {len(deletes)} records deleted since" if held is not None
+            else f"by {by!r} ({reason}): {len(deletes)} records deleted"), now)
+    store.checkpoint()
+    return receipt
+
+
+def _ms(text: str) -> int:
+    return int(datetime.datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _deletes(store: HubStore, rids: set[bytes], node: int, hlc: HLC, now: int) -> list[Delta]:
+    """A delete of each live record of ``rids``, its context every head held."""
+    out = []
+    for rid in sorted(rids):
+        view = view_of(store, rid)
+        if view is None or view.deleted or view.type == ERASURE.number:
+            continue
+        out.append(_delete(view, node, hlc.now(now)))
+    return out
+
+
+def _delete(view: RecordView, node: int, stamp: int) -> Delta:
+    spec = TYPES.get(view.type)
+    return Delta(view.record_id, view.type, node, stamp, DELETE,
+                 ctx=tuple(sorted(d for d in view.heads if d.node != node)),
+                 schema=spec.version if spec else 1)
+
+
+def after_batch(hub: Hub, now: int, hlc_of: Callable[[], HLC]) -> int:
+    """The pass after each batch (see above); returns how many records it deleted again."""
+    store = hub.store
+    with _lock:
+        with store.writing() as (db, _):
+            patients = husking.erased(db)
+            if not patients:
+                return 0
+            row = db.execute("SELECT value FROM meta WHERE key = ?", [PASS]).fetchone()
+            place: dict[str, int] = json.loads(row[0]) if row else {}
+            top = int(db.execute("SELECT COALESCE(MAX(hseq), 0) FROM ops").fetchone()[0])
+            touched = {bytes(r) for (r,) in db.execute(
+                "SELECT DISTINCT o.rid FROM ops o LEFT JOIN record_facts f ON f.rid = o.rid"
+                f" WHERE o.hseq > ? AND (o.rid IN ({husking.ERASED}) OR f.subject IN"
+                f" ({husking.ERASED})) AND f.type IS NOT {ERASURE.number}",
+                [place.get("ops", 0)])}
+        last = _purge(hub, patients, touched, now, place)
+        hlc = hlc_of()
+        deletes = _deletes(store, touched, hub.node, hlc, now)
+        if deletes:
+            store.add_local(*(Op(d.record_id, d.stamp, d.node, encode(d)) for d in deletes))
+            store.set_meta("hlc", hlc.last)
+        store.set_meta(PASS, json.dumps({"ops": top, **last}))
+    if touched:
+        store.checkpoint()
+    return len(deletes)
+
+
+def _purge(hub: Hub, patients: set[bytes], rids: set[bytes], now: int,
+           place: dict[str, int] | None = None) -> dict[str, int]:
+    """The values of ``rids`` (records of ``patients``) out of the hub's rows and
+    documents; quarantine rows and held batches after ``place`` only (None: all).
+    Returns the last quarantine row and held batch looked at."""
+    place = place or {}
+    store = hub.store
+    with store.writing() as (db, sealer):
+        documents = {r for r in rids if db.execute(
+            "SELECT 1 FROM record_facts WHERE rid = ? AND type = ?",
+            [r, DOCUMENT.number]).fetchone()}
+        _husk_ops(db, sealer, rids)
+        needles = [*rids, *patients]
+        last = {"quarantine": _purge_quarantine(db, sealer, patients, needles,
+                                                place.get("quarantine", 0), now),
+                "held": _purge_held(db, sealer, patients, needles, place.get("held", 0), now)}
+    if documents:
+        SealedChunks(hub.data / DOCUMENTS_DIR, store.sealer).drop(documents)
+    return last
+
+
+def _husk_ops(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: set[bytes]) -> None:
+    for rid in sorted(rids):
+        for hseq, stamp, node, blob in db.execute(
+                "SELECT hseq, stamp, node, data FROM ops WHERE rid = ?", [rid]).fetchall():
+            delta = decode(sealer.open_op(rid, stamp, node, bytes(blob)))
+            bare = husk(delta)
+            if bare is not delta:
+                db.execute("UPDATE ops SET data = ? WHERE hseq = ?",
+                           [sealer.seal_ops([(rid, stamp, node, encode(bare))])[0], hseq])
+
+
+def _husked(db: sqlite_utils.Database, patients: set[bytes], needles: list[bytes],
+            data: bytes) -> bytes | None:
+    """A delta as the hub keeps it once ``patients`` are erased: itself, its husk, or
+    None (it does not decode and holds one of ``needles``, their records' ids)."""
+    try:
+        delta = decode(data)
+    except RemoteProtocolError:
+        return None if any(n in data for n in needles) else data
+    return encode(husk(delta)) if husking.covered(db, patients, delta) else data
+
+
+def _log(db: sqlite_utils.Database, now: int, device: str | None, code: str,
+         detail: str) -> None:
+    db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
+               [now, device, code, detail])
+
+
+def _purge_quarantine(db: sqlite_utils.Database, sealer: at_rest.Sealer, patients: set[bytes],
+                      needles: list[bytes], after: int, now: int) -> int:
+    for qid, device, blob in db.execute("SELECT id, device_id, data FROM quarantine"
+                                        " WHERE id > ? ORDER BY id", [after]).fetchall():
+        after, ad = qid, at_rest.quarantine_ad(qid)
+        data = sealer.open(ad, bytes(blob))
+        kept = _husked(db, patients, needles, data)
+        if kept is None:
+            db.execute("DELETE FROM quarantine WHERE id = ?", [qid])
+            _log(db, now, device, "quarantine-dropped",
+                 f"quarantined delta {qid}: unreadable, and an erased patient's")
+        elif kept != data:
+            db.execute("UPDATE quarantine SET data = ? WHERE id = ?", [sealer.seal(ad, kept), qid])
+    return after
+
+
+def _purge_held(db: sqlite_utils.Database, sealer: at_rest.Sealer, patients: set[bytes],
+                needles: list[bytes], after: int, now: int) -> int:
+    for rowid, device, seq, hash_, blob in db.execute(
+            "SELECT rowid, device_id, seq, hash, payload FROM held_batches WHERE rowid > ?"
+            " ORDER BY rowid", [after]).fetchall():
+        after, ad = rowid, at_rest.held_ad(device, bytes(hash_))
+        payload = sealer.open(ad, bytes(blob))
+        try:
+            items = batches.unpack(payload)
+        except RemoteProtocolError:
+            if not any(n in payload for n in needles):
+                continue
+            items = []
+        kept = [k for k in (_husked(db, patients, needles, d) for d in items) if k is not None]
+        if kept == items and items:
+            continue
+        db.execute("UPDATE held_batches SET payload = ? WHERE rowid = ?",
+                   [sealer.seal(ad, batches.pack(kept)), rowid])
+        _log(db, now, device, "held-husked", f"held batch {seq}: an erased patient's writes "
+             "taken out; its signature no longer verifies")
+    return after
