@@ -13,7 +13,8 @@ transfer completes, the document's manifest (size, SHA-256, each chunk's
 hash and length: CBOR) is sealed the same way as
 ``DATA/documents/objects/<HMAC(name key, record id)>``. No name says what a
 file holds, and no plain hash of the content is kept that a guess could be
-checked against; sizes stay visible.
+checked against; sizes stay visible. ``drop`` takes an erased patient's
+documents out: their manifests and the chunks no other document uses.
 
 ``reseal_files`` is the re-sealer's last stage (``storage.HubStore.reseal_slice``):
 it re-seals files of an older key (each one a rename: never half written),
@@ -38,7 +39,7 @@ import cbor2
 from host.hub.at_rest import Sealer
 from host.transfer_store import STATE_DIR
 from protocol.chunking import chunk_bytes, chunk_id
-from protocol.driver.secret_files import fsync_dir, write_whole
+from protocol.driver.secret_files import destroy_secret, fsync_dir, write_whole
 from protocol.transfer import HASH_SIZE, LENGTH_SIZE
 
 CHUNKS, OBJECTS = "chunks", "objects"
@@ -144,6 +145,23 @@ class SealedChunks:
 
     def close(self) -> None:
         self.object = None
+
+    def drop(self, record_ids: set[bytes]) -> int:
+        """The documents ``record_ids`` (an erased patient's) gone: their manifests and
+        every chunk no other document uses, each overwritten, synced and unlinked.
+        Returns how many files went."""
+        gone = {self.objects / self.sealer.name(b"document", rid) for rid in record_ids}
+        chunks: set[bytes] = set()
+        for path in gone:
+            if path.exists():
+                chunks.update(h for h, _ in _manifest_at(self, path)[2])
+        for path in self.objects.iterdir():
+            if path not in gone and not path.name.endswith(".tmp"):
+                chunks.difference_update(bytes(h) for h, _ in _manifest_at(self, path)[2])
+        dropped = sum(destroy_secret(p) for p in [*gone, *map(self._chunk, chunks)])
+        fsync_dir(self.objects)
+        fsync_dir(self.chunks)
+        return dropped
 
 
 def held(root: Path, sealer: Sealer) -> dict[str, int]:

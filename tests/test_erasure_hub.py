@@ -1,0 +1,196 @@
+"""A patient's erasure on the hub (``haven hub erase``, ``host.hub.erasure``).
+
+Real stores, real TCP on 127.0.0.1, the command as an operator runs it. After the
+erasure no hub file holds anything of the patient, even opened with the hub's own
+keys: every sealed value of every table and every document file is opened and
+searched; nor does a backup made after it, restored with its key backup. A write a
+kiosk made before it heard of the erasure is husked; other patients are untouched;
+replicas agree on their scopes; an unknown patient is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from device.sync.document_store import attach
+from device.sync.state import scope_of
+from host.cli import main as haven
+from host.hub import at_rest, erasure, husking
+from host.hub.document_inbox import DOCUMENTS_DIR
+from host.hub.hub import DB, Hub
+from protocol.crdt.delta import Delta, encode
+from protocol.crdt.erasure import erasure_record_id
+from protocol.crdt.ids import patient_id
+from protocol.crdt.replica import Replica
+from protocol.crdt.schema import PATIENT
+from protocol.sync import batches as sync
+from protocol.sync.batches import Batch
+
+from .test_documents import content
+from .test_hub_at_rest import assert_nothing_plain, windows
+from .test_hub_backup import key_backup
+from .test_sync_helpers import Kiosk, served_hub
+
+NAME, PASSPORT = "Zebulon Quixotic-Farnsworth", "QX7731904"
+ADDRESS, MEDICATION = "Periwinkle Mansions", "Xanthoxylum cordifolium 40mg"
+LATE = "Lately Lamotrigine 25mg"
+OTHER = "Ottoline Brackenbury"
+#: What the patient's records held: none may be found anywhere after the erasure.
+NEEDLES = [NAME, "Zebulon", "Quixotic", PASSPORT, ADDRESS, "Periwinkle", MEDICATION,
+           "Xanthoxylum", LATE, "Lamotrigine", "Held Heliotrope", "Quarantined Quennell"]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
+    capsys.readouterr()
+    code = haven([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def opened_values(data: Path) -> list[bytes]:
+    """Every sealed value the hub's files hold, opened with the hub's keyring: each
+    delta, quarantined delta and held batch's deltas, and every document file."""
+    with Hub(data) as hub:
+        sealer = hub.store.sealer
+        db = sqlite3.connect(data / DB)
+        try:
+            out = [sealer.open_op(bytes(r), s, n, bytes(d))
+                   for r, s, n, d in db.execute("SELECT rid, stamp, node, data FROM ops")]
+            out += [sealer.open(at_rest.quarantine_ad(i), bytes(d))
+                    for i, d in db.execute("SELECT id, data FROM quarantine")]
+            for dev, h, p in db.execute("SELECT device_id, hash, payload FROM held_batches"):
+                out += sync.unpack(sealer.open(at_rest.held_ad(dev, bytes(h)), bytes(p)))
+            out += [bytes(v) for row in db.execute("SELECT detail FROM log")
+                    for v in (str(row[0]).encode(),)]
+        finally:
+            db.close()
+        for path in (data / DOCUMENTS_DIR).rglob("*"):
+            if path.is_file():
+                out.append(sealer.open(path.name.encode(), path.read_bytes()))
+        return out
+
+
+def assert_nothing_of(data: Path, needles: list[bytes]) -> None:
+    """No file holds a needle as it is, nor any value opened with the hub's keys."""
+    assert_nothing_plain(data, needles)
+    for value in opened_values(data):
+        for needle in needles:
+            assert needle not in value, f"{needle[:40]!r} in a sealed value"
+
+
+def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scan = content(90_000, seed=11)
+    other_scan = bytes(reversed(content(40_000, seed=12)))  # no marker in common
+    with served_hub(tmp_path) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        try:
+            r = a.store.checkin(name=NAME, passport=PASSPORT, reason="tremor")
+            pid = r.patient_id
+            a.store.put("patient", pid, {"address": ADDRESS})
+            a.store.put("prescription", values={"subject": pid, "medication": MEDICATION})
+            (tmp_path / "scan.png").write_bytes(scan)
+            doc = attach(a.store, tmp_path / "scan.png", patient=pid, title="Scan")
+            o = b.store.checkin(name=OTHER, passport="QX5550123")
+            (tmp_path / "other.png").write_bytes(other_scan)
+            other_doc = attach(b.store, tmp_path / "other.png", patient=o.patient_id)
+            for kiosk in (a, b, a, b):
+                kiosk.sync(url)
+            raw = uuid.UUID(pid).bytes
+            # a held batch and a quarantined delta carry the patient's values too
+            held = sync.pack([Replica(7).put(raw, "patient", 1, {"name": "Held Heliotrope"}),
+                              Replica(7).put(uuid.uuid4().bytes, "patient", 2,
+                                             {"name": "Held Other"})])
+            hub.store.hold_batch(a.device, Batch(9, b"\x01" * 32, held, b"\0" * 64), 1)
+            bad = encode(Delta(raw, PATIENT.number, 7, 5, set={
+                PATIENT.field("address").number: "Quarantined Quennell"}))
+            hub.store.commit_batch("0000beef", 1, b"\x02" * 32, [],
+                                   [("clock-ahead", "test", bad)], 1, [0])
+            assert hub.document(doc.record_id) == scan
+            # b has not heard: it writes to the patient after the erasure
+            late = b.store.put("prescription", values={"subject": pid, "medication": LATE})
+
+            code, out = run(capsys, "hub", "erase", "--data", hub.data, "--passport",
+                            PASSPORT.lower(), "--by", "dr.amina")
+            assert code == 0, out
+            receipt = out.splitlines()[-1].strip()
+            assert receipt.startswith(f"haven hub erase {pid} --by dr.amina --reason "
+                                      "patient-request  # erased ")
+            assert NAME not in out and str(uuid.UUID(bytes=erasure_record_id(raw))) in out
+            needles = [n.encode() for n in NEEDLES if n not in (LATE, "Lamotrigine")]
+            needles += [scan[:20], *windows(scan)]
+            assert_nothing_of(hub.data, needles)  # at once, before any pass or sync
+            for kiosk in (b, a, b, a):
+                kiosk.sync(url)
+
+            dump = hub.dump()
+            records = {rec["id"]: rec for rec in json.loads(dump)["records"]}
+            for rid in (pid, r.record_id, doc.record_id, late):
+                assert records[rid]["deleted"] and records[rid]["fields"] == {}, rid
+            assert records[str(uuid.UUID(bytes=erasure_record_id(raw)))]["fields"][
+                "requester"] == "dr.amina"
+            # the late write reached the hub as its husk and was deleted again
+            assert [w["fields"] for w in hub.history(late)] == [{}, {}]
+            assert hub.history(late)[-1]["by"] == "hub"
+            # the other patient is untouched
+            assert OTHER.encode() in dump and records[o.patient_id]["deleted"] is False
+            assert hub.document(other_doc.record_id) == other_scan
+            assert hub.document(doc.record_id) is None
+            # replicas agree: dumps, and each kiosk's scope sum is the hub's
+            assert a.store.dump() == b.store.dump() == dump
+            for kiosk in (a, b):
+                scope = scope_of(kiosk.store.data)
+                assert scope is not None
+                sums = hub.store.scope_sums(scope, kiosk.state.cursor, kiosk.store.node, (2,))
+                assert kiosk.store.scope_checksum(scope) == sums[2]
+            assert [q["code"] for q in hub.store.quarantined()] == ["clock-ahead"]
+            needles += [LATE.encode(), b"Lamotrigine"]
+            hub.store.checkpoint()
+            assert_nothing_of(hub.data, needles)
+            assert OTHER.encode() in b"".join(opened_values(hub.data))
+
+            # a backup made after the erasure, restored with its key backup, holds nothing
+            code, out = run(capsys, "hub", "backup", "--data", hub.data, "--to",
+                            tmp_path / "backup")
+            assert code == 0, out
+            safe = key_backup(capsys, hub.data, tmp_path / "hub.keys")
+            code, out = run(capsys, "hub", "erase", "--data", hub.data, pid, "--by", "x")
+            assert code == 0 and "erased already" in out, out
+        finally:
+            a.close()
+            b.close()
+    new = tmp_path / "restored"
+    code, out = run(capsys, "hub", "restore", "--from", tmp_path / "backup", "--data", new)
+    assert code == 0, out
+    code, out = run(capsys, "hub", "keys", "restore", "--from", tmp_path / "hub.keys",
+                    "--data", new, "--recovery-key-file", safe)
+    assert code == 0, out
+    assert_nothing_of(new, needles)
+    with Hub(new) as restored:
+        assert restored.dump() == dump
+
+
+def test_an_unknown_patient_is_a_clear_error_and_nothing_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "hub"
+    assert haven(["hub", "init", "--data", str(data)]) == 0
+    with Hub(data) as hub:
+        before = (hub.store.count(), hub.store.events(5))
+    for argv in ([str(uuid.uuid4())], ["--passport", "ZZ0000001"], ["--code", "0020-001T"],
+                 ["not-a-uuid"], ["--passport", "x"], ["--code", "0000-0000"]):
+        code, out = run(capsys, "hub", "erase", "--data", data, *argv, "--by", "dr.amina")
+        assert code == 2, (argv, out)
+        assert "Traceback" not in out and out.strip(), argv
+    code, out = run(capsys, "hub", "erase", "--data", data, str(uuid.uuid4()), "--by", " ")
+    assert code == 2 and "--by" in out
+    with Hub(data) as hub:
+        assert (hub.store.count(), hub.store.events(5)) == before
+        with hub.store.writing() as (db, _):
+            assert husking.erased(db) == set()
+    assert erasure.patient_of(b"k" * 32, None, PASSPORT, None) == patient_id(
+        b"k" * 32, PASSPORT).bytes
