@@ -77,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {config.DEFAULT_PATH}, read if it exists); flags win")
     config.add_flags(p, ("key_provider", "tpm_tcti"))
 
+    p = sub.add_parser("keys", help="rotate the store key (re-sealing in the background)",
+                       description="rotate: a new random store key, kept beside the current "
+                       "one (store.key.next, sealed to the TPM, or under the passphrase) "
+                       "before anything is sealed under it; every sealed value is then "
+                       "sealed again under it, a slice at a time, and the old key destroyed. "
+                       "With haven-kiosk run serving DIR, the runtime does that in the "
+                       "background while check-ins go on (haven-kiosk status shows how far); "
+                       "without, this command does it and returns when done. A rotation "
+                       "cut short (a power cut) resumes; a second one while one runs is "
+                       "refused (exit 2), as are a wrong passphrase and a kiosk whose keys "
+                       "are destroyed.")
+    _data(p)
+    p.add_argument("action", choices=("rotate",), help="rotate: a new store key")
+    p.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                   help="a kiosk made with --key-provider passphrase: its passphrase, the "
+                   "first line of FILE (default: asked on the terminal)")
+
     p = sub.add_parser("passphrase", help="change the passphrase staff unlock the kiosk with",
                        description="Change the passphrase of a kiosk made with --key-provider "
                        "passphrase: the store key is wrapped again under the new one (the "
@@ -256,15 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open(args: argparse.Namespace) -> Any:
+def _open(args: argparse.Namespace, keep_passphrase: bool = False) -> Any:
+    """The store of ``--data``; ``keep_passphrase``: its provider keeps the passphrase
+    asked (a rotation wraps the next key under it)."""
     from device.store import Store
     from device.store.unlock import PassphraseKeys, unwrap, uses_passphrase
     from device.wipe import refuse_if_destroyed
 
     refuse_if_destroyed(args.data)  # revoked: its keys are gone, say so rather than which
     if uses_passphrase(args.data):  # its keys open with the passphrase, asked here
-        keys = PassphraseKeys(args.data, unwrap(args.data, read_passphrase(
-            getattr(args, "passphrase_file", None), "The kiosk's passphrase: ")))
+        text = read_passphrase(getattr(args, "passphrase_file", None),
+                               "The kiosk's passphrase: ")
+        keys = PassphraseKeys(args.data, unwrap(args.data, text),
+                              text if keep_passphrase else None)
         return Store(args.data, keys, fleet=keys)
     return Store(args.data)
 
@@ -325,6 +346,64 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"kiosk {store.node:08x} ready in {args.data} (site {args.site!r}, {letter}); "
               f"enrolment request in {request}")
     return 0
+
+
+#: What ``keys rotate`` refuses with exit 2 (``StoreError`` codes).
+ROTATE_REFUSALS = frozenset({"rotation-running", "cannot-rotate", "locked", "wrong-passphrase",
+                             "bad-passphrase", "keys-destroyed", "not-initialised"})
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from device.run_lock import RunLockHeld, hold
+    from device.store import StoreError, rotation
+
+    try:
+        with _open(args, keep_passphrase=True) as store:
+            try:
+                with hold(args.data):  # no runtime: the walk is done here, now
+                    if not rotation.under_way(store):
+                        rotation.start(store)
+                    print("new store key made; re-sealing every value under it...", flush=True)
+                    rotation.run(store, report=_rotation_report())
+            except RunLockHeld:
+                rotation.start(store)
+                print(f"new store key made; the haven-kiosk run serving {args.data} re-seals "
+                      "in the background (haven-kiosk status shows how far), then destroys "
+                      "the old key")
+                return 0
+    except StoreError as exc:
+        if exc.code not in ROTATE_REFUSALS:
+            raise
+        print(f"haven-kiosk keys rotate: {exc}", file=sys.stderr)
+        return 2
+    print("store key rotated: every value is sealed under the new key; the old key is "
+          "destroyed")
+    return 0
+
+
+def _rotation_report() -> Callable[[dict[str, Any]], None]:
+    """Prints a rotation's pass as it begins."""
+    shown: set[int] = set()
+
+    def report(state: dict[str, Any]) -> None:
+        if state.get("pass") and state["pass"] not in shown:
+            shown.add(state["pass"])
+            print(f"  pass {state['pass']}: " + ("re-sealing" if state["pass"] == 1 else
+                                                 "checking every value opens under it"),
+                  flush=True)
+    return report
+
+
+def _print_rotation(st: dict[str, Any]) -> None:
+    rot = st.get("key_rotation")
+    if rot:
+        print(f"store key rotation: {'swapping the keys' if rot['swapping'] else ''}"
+              + ("" if rot["swapping"] else
+                 f"pass {rot['pass']} ({'re-sealing' if rot['pass'] == 1 else 'checking'}),"
+                 f" {rot['walked']:,} of {rot['values']:,} values walked, {rot['resealed']:,}"
+                 " re-sealed")
+              + (f", {rot['unreadable']:,} unreadable (left as they were)"
+                 if rot["unreadable"] else ""))
 
 
 def cmd_passphrase(args: argparse.Namespace) -> int:
@@ -530,14 +609,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                                   for state, n in sorted(docs["states"].items())) or " none"))
     for r in docs["refused"]:
         print(f"  refused, not sent again: {r['record_id']}: {r['reason']}")
+    _print_rotation(st)
     _print_storage(st)
     return 0
 
 
 def _keyless_status(data: Path, cfg: config.KioskConfig) -> dict[str, Any]:
     """What ``status`` reads without the store's key: the disk, the sync state
-    (``sync.db``), the running kiosk."""
+    (``sync.db``), the running kiosk, a rotation of the store key under way."""
     from device.health.storage_guard import look
+    from device.store import rotation
     from device.sync.state import (
         alert_of,
         held_upto_of,
@@ -564,6 +645,7 @@ def _keyless_status(data: Path, cfg: config.KioskConfig) -> dict[str, Any]:
     st["stable_point_reached_hub_by"] = cursor_text(st["stable_point"])
     gc = last_gc_of(data)
     st["last_gc"] = None if not gc else timed(gc, "at")
+    st["key_rotation"] = rotation.progress(data)
     return st
 
 
@@ -591,6 +673,7 @@ def _locked_status(args: argparse.Namespace, cfg: config.KioskConfig) -> int:
                                              "until then" if st["locked"] else ", unlocked")
                         + f" (haven-kiosk run, pid {run['pid']})"))
     _print_alert_and_scope(args.data, st)
+    _print_rotation(st)
     _print_storage(st)
     return 0
 
@@ -795,7 +878,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "put": cmd_put, "delete": cmd_delete,
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
     "schema": cmd_schema, "staff-pin": cmd_staff_pin, "wipe": cmd_wipe,
-    "quarantine": cmd_quarantine, "passphrase": cmd_passphrase,
+    "quarantine": cmd_quarantine, "passphrase": cmd_passphrase, "keys": cmd_keys,
 }
 
 

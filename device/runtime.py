@@ -65,6 +65,12 @@ check-ins, sealed to a key only the passphrase opens, the page and
 unlock it on the staff screen, the check-ins taken meanwhile are merged,
 and a round starts.
 
+A rotation of the store key (``haven-kiosk keys rotate``: a next key beside
+the store's) is walked by a thread of its own (``device.store.rotation``),
+found within ``rotation.POLL_S`` or at start: every sealed value is sealed
+again under the new key in slices on the writer, check-ins first, then the
+old key is destroyed.
+
 SIGTERM and SIGINT stop the server, let a running round end (bounded),
 then close the store. With systemd, ``sd_notify`` says READY, pings the
 watchdog from the event loop (only while the sync thread is alive) and
@@ -100,7 +106,7 @@ from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYNCED
-from device.store import Store, StoreError, unlock
+from device.store import Store, StoreError, rotation, unlock
 from device.store.locked import LockableStore
 from device.store.providers import open_keys
 from device.sync.document_store import DocumentStore
@@ -182,6 +188,7 @@ class Runtime:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._links: threading.Thread | None = None
+        self._rotating: threading.Thread | None = None  #: walks a key rotation
         #: URLs whose link came back, for the sync thread
         self._returned: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._server: http.HttpServer | None = None
@@ -240,6 +247,9 @@ class Runtime:
             log.warning("cannot write %s: %s", hw_remote.RUNTIME_FILE, exc)
         self._thread = threading.Thread(target=self._sync_loop, name="sync", daemon=True)
         self._thread.start()
+        self._rotating = threading.Thread(target=self._keep_rotating, name="key-rotation",
+                                          daemon=True)
+        self._rotating.start()
         monitor = link_monitor_for(self.cfg.hub, self.cfg.link_interval,
                                    carrier=self.cfg.link_carrier, when_up=self._link_returned,
                                    when_down=self._link_lost, clock=self.clock,
@@ -354,6 +364,8 @@ class Runtime:
             await asyncio.to_thread(self._thread.join, STOP_BOUND)
         if self._links is not None:  # a look in progress (a host name resolving) ends
             await asyncio.to_thread(self._links.join, STOP_BOUND)
+        if self._rotating is not None:  # a slice in progress ends (it resumes at start)
+            await asyncio.to_thread(self._rotating.join, STOP_BOUND)
         if self._thread is None or not self._thread.is_alive():
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
@@ -421,6 +433,15 @@ class Runtime:
         truncate_wal_file(self.data / SYNC_DB)
 
     # The sync thread --------------------------------------------------------------------
+
+    def _keep_rotating(self) -> None:
+        """The key rotation's thread: once the store is open (a locked one: unlocked)."""
+        opened = getattr(self.store, "opened", None)
+        while opened is not None and not opened.wait(0.5):
+            if self._stop.is_set():
+                return
+        if self._keys_gone is None and self.store is not None:
+            rotation.keep_rotating(self.store, self._stop)
 
     def _contact_age(self) -> float | None:
         """Seconds since the hub was last heard (None: not yet); any thread."""

@@ -102,3 +102,14 @@ def create_keys(data: Path, provider: str, site: str, fleet_key: bytes | None,
         return key, keeper
     raise StoreError(f"key provider {provider!r} is not one of {', '.join(PROVIDERS[:2])}",
                      "key-provider")
+
+
+def next_key_held(data: Path) -> bool:
+    """Whether the kiosk in ``data`` holds the next key of a rotation (read without keys)."""
+    data = Path(data)
+    if (data / ROTATION_FILES[0]).exists() or (data / ROTATION_FILES[2]).exists():
+        return True
+    try:
+        return b'"next_key"' in (data / PASSPHRASE_KEYS).read_bytes()
+    except OSError:
+        return False

@@ -65,6 +65,7 @@ from device.store.collect import _settle, _slice_s
 from device.store.exc import CorruptData, StoreError
 from device.store.keys import FieldCipher, RotatingKey
 from device.store.materialise import op_label
+from device.store.providers import next_key_held
 from device.store.writer import BULK
 from protocol.crdt.clock import Dot
 from protocol.driver.database import immediate, open_database
@@ -169,8 +170,10 @@ def start(store: Store) -> None:
 
 
 def under_way(store: Store) -> bool:
-    """Whether a rotation waits to be walked or finished (a ``stat`` and a read)."""
-    return rotating_key(store).has_next() or _progress(store.reader) is not None
+    """Whether a rotation waits to be walked or finished (a ``stat`` and a read); never
+    for a provider that cannot rotate."""
+    has_next = getattr(store.key_provider, "has_next", None)
+    return has_next is not None and (has_next() or _progress(store.reader) is not None)
 
 
 # The walk -----------------------------------------------------------------------------
@@ -341,11 +344,12 @@ def step(store: Store, files: _Files) -> bool:
 
 def run(store: Store, stop: threading.Event | None = None,
         report: Callable[[dict[str, Any]], None] | None = None) -> bool:
-    """Walk a rotation under way to its end (``stop``: sooner); True if it finished."""
+    """Walk a rotation under way to its end (``stop``: sooner); True if it finished.
+    ``report`` gets the walk's state (``meta``) after each slice."""
     with files_of(store) as files:
         while step(store, files):
             if report is not None:
-                report(progress(store) or {})
+                report(_progress(store.reader) or {})
             if stop is not None and stop.is_set():
                 return False
             _settle(store)
@@ -376,35 +380,46 @@ def keep_rotating(store: Store, stop: threading.Event, poll_s: float = POLL_S) -
 
 # What it shows ------------------------------------------------------------------------
 
-def progress(store: Store) -> dict[str, Any] | None:
-    """A rotation under way: its pass (1 re-seals, 2 and on check), the values walked in
-    this pass of all there are, those re-sealed and those unreadable; None if none."""
-    state = _progress(store.reader)
+def progress(data: Path) -> dict[str, Any] | None:
+    """A rotation under way in the kiosk folder ``data`` (read without its keys): its pass
+    (1 re-seals, 2 and on check), the values walked in this pass of all there are, those
+    re-sealed and those unreadable; None if none."""
+    data = Path(data)
+    if not (data / STORE_DB).exists():
+        return None
+    db = open_database(data / STORE_DB, readonly=True)
+    try:
+        state = _progress(db)
+    finally:
+        db.conn.close()
     if state is None:
-        if not (hasattr(store.key_provider, "has_next") and store.key_provider.has_next()):
+        if not next_key_held(data):
             return None
         state = _fresh()
-    return {"pass": state["pass"], "walked": state["walked"], "values": _count(store),
+    return {"pass": state["pass"], "walked": state["walked"], "values": _count(data),
             "resealed": state["resealed"], "unreadable": state["unreadable"],
             "swapping": state["swap"]}
 
 
-def _count(store: Store) -> int:
-    total = 0
-    for spec in sealed_columns():
-        path = store.data / spec.file
-        if not path.exists():
-            continue
-        db = store.reader if spec.file == STORE_DB else open_database(path, readonly=True)
-        try:
-            total += db.execute(f"SELECT COUNT({spec.column}) FROM {spec.table}"
-                                f"{' WHERE ' + spec.where if spec.where else ''}").fetchone()[0]
-        except sqlite3.OperationalError:
-            pass
-        finally:
-            if db is not store.reader:
-                db.conn.close()
-    return total
+def _rows(data: Path, spec: Sealed, what: str) -> Iterator[tuple[Any, ...]]:
+    """``SELECT what`` of ``spec``'s column, read-only; nothing if its file or table is
+    missing."""
+    path = Path(data) / spec.file
+    if not path.exists():
+        return
+    db = open_database(path, readonly=True)
+    try:
+        yield from db.execute(f"SELECT {what} FROM {spec.table}"
+                              f"{' WHERE ' + spec.where if spec.where else ''}")
+    except sqlite3.OperationalError:
+        return
+    finally:
+        db.conn.close()
+
+
+def _count(data: Path) -> int:
+    return sum(row[0] for spec in sealed_columns()
+               for row in _rows(data, spec, f"COUNT({spec.column})"))
 
 
 def opening(data: Path, cipher: FieldCipher) -> tuple[int, int]:
@@ -412,28 +427,17 @@ def opening(data: Path, cipher: FieldCipher) -> tuple[int, int]:
     (for checks: every value opens under the new key, none under the old)."""
     opened = failed = 0
     for spec in sealed_columns():
-        path = Path(data) / spec.file
-        if not path.exists():
-            continue
-        db = open_database(path, readonly=True)
         n = len(spec.key)
-        try:
-            for row in db.execute(f"SELECT {', '.join((*spec.key, *spec.ad, spec.column))}"
-                                  f" FROM {spec.table}"
-                                  f"{' WHERE ' + spec.where if spec.where else ''}"):
-                if row[-1] is None:
-                    continue
-                try:
-                    if spec.label is not None:
-                        cipher.open_blob(spec.label(*row[n:-1]), bytes(row[-1]))
-                    else:
-                        cipher.open_field(bytes(row[n]), row[n + 1], row[n + 2], row[n + 3],
-                                          bytes(row[-1]))
-                    opened += 1
-                except CorruptData:
-                    failed += 1
-        except sqlite3.OperationalError:
-            pass
-        finally:
-            db.conn.close()
+        for row in _rows(data, spec, ", ".join((*spec.key, *spec.ad, spec.column))):
+            if row[-1] is None:
+                continue
+            try:
+                if spec.label is not None:
+                    cipher.open_blob(spec.label(*row[n:-1]), bytes(row[-1]))
+                else:
+                    cipher.open_field(bytes(row[n]), row[n + 1], row[n + 2], row[n + 3],
+                                      bytes(row[-1]))
+                opened += 1
+            except CorruptData:
+                failed += 1
     return opened, failed

@@ -1023,7 +1023,6 @@ class Store:
         """Outbox per lane, conflicts, quarantine and last sync, as plain data."""
         st = status_of(self.reader, self.node, self.clock() if now_ms is None else now_ms)
         st["outbox"] = self._acked.discount(st["outbox"])
-        st["key_rotation"] = rotation.progress(self)
         return st
 
     # Outbox -----------------------------------------------------------------------------
