@@ -298,7 +298,7 @@ def guard(store: Store, db: sqlite_utils.Database) -> Iterator[None]:
     except BaseException:
         store.erased = before
         raise
-    if store.erased.records != before.records:
+    if store.erased != before:
         finish(store, db, store.erased.records - before.records)
 
 
@@ -316,25 +316,23 @@ def finish(store: Store, db: sqlite_utils.Database, rids: frozenset[bytes]) -> N
 
 
 def wipe_free(store: Store, db: sqlite_utils.Database) -> int:
-    """Every free page of the file written over with zeros (a row of zeros in ``meta``
-    takes them, a slice at a time, and goes), check-ins going between slices; returns the
-    pages written."""
+    """Every free page of the file written over with zeros: rows of zeros in ``meta``
+    take them, a slice at a time (check-ins go between), then go with ``secure_delete``
+    on, which zeroes a page whole as it frees it; returns the pages taken."""
     page = int(db.execute("PRAGMA page_size").fetchone()[0])
-    done = 0
+    free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+    done = n = 0
     with secure_delete(db):
-        for n in range(1 << 20):
-            free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
-            if not free:
-                break
+        while free and n <= free // WIPE_PAGES + 1:
             take = min(free, WIPE_PAGES)
             with immediate(db, synchronous="NORMAL"):
-                # an overflow page holds page - 4 bytes; the row's own cell, a few more
+                # its overflow pages take the free pages (page - 4 bytes each), zeroed
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, zeroblob(?))",
-                           [f"{WIPE_KEY}{n:08d}", max(0, take * (page - 4) - page)])
-            done += take
+                           [f"{WIPE_KEY}{n:08d}", take * (page - 4)])
+            done, n = done + take, n + 1
             store.writer.run_urgent(db)
-        with immediate(db):
-            db.execute("PRAGMA secure_delete = FAST")  # the pages hold zeros already
+            free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+        with immediate(db):  # each page freed is zeroed whole (its last bytes too)
             db.execute("DELETE FROM meta WHERE key >= ? AND key < ?",
                        [WIPE_KEY, WIPE_KEY[:-1] + ";"])
     return done
