@@ -21,6 +21,7 @@ from device.store import BadRequest, Store, init_store
 from device.store.materialise import op_label
 from device.sync import document_store
 from device.sync.document_store import DocumentStore, attach
+from device.ui import staff
 from protocol import strict_cbor
 from protocol.crdt.clock import Dot, pack
 from protocol.crdt.delta import Delta, decode, encode
@@ -346,3 +347,19 @@ def test_erased_values_do_not_open_in_pages_freed_before(store: Store, tmp_path:
         for piece in old:
             assert piece not in raw, path.name
 
+
+
+def test_the_patient_vanishes_from_the_staff_screens(store: Store) -> None:
+    r = store.checkin(name=SECRETS[0], passport=SECRETS[1], reason=SECRETS[2])
+    o = store.checkin(name=KEPT[0], passport="QX5550123", reason="cough")
+    rx = store.put("prescription", values={"subject": r.patient_id, "medication": SECRETS[4]})
+    # another kiosk's concurrent change of it: a held conflict, for staff to settle
+    store.merge([put(uuid.UUID(rx).bytes, "prescription", PEER, store.hlc.now(now_ms()),
+                     {"subject": r.patient_id, "medication": SECRETS[7]})])
+    assert [c["record_id"] for c in staff.held_conflicts(store)] == [rx]
+    assert {q["id"] for q in staff.today_queue(store)} == {r.record_id, o.record_id}
+    store.merge([erasure_put(uuid.UUID(r.patient_id).bytes, store.hlc.now(now_ms()))],
+                cursor=1)
+    assert staff.held_conflicts(store) == []
+    assert [q["id"] for q in staff.today_queue(store)] == [o.record_id]
+    assert [c["id"] for c in staff.identity_to_confirm(store)] in ([], [o.record_id])

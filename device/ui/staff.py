@@ -79,10 +79,11 @@ def today_queue(store: Any, now: float | None = None) -> list[dict[str, Any]]:
 
 
 def held_conflicts(store: Any) -> list[dict[str, Any]]:
-    """Conflicts held for review, each version with its fields by name."""
+    """Conflicts held for review, each version with its fields by name; none of an erased
+    patient's records (their versions hold no value, and the hub deletes the records)."""
     out = []
     for c in store.status()["conflicts"]:
-        if c["severity"] != "hold":
+        if c["severity"] != "hold" or store.erased.holds(uuid.UUID(c["record_id"]).bytes):
             continue
         view = store.view(c["record_id"])
         versions = []
