@@ -28,6 +28,17 @@ during ``change_passphrase`` leaves the old passphrase or the new one.
 ``PassphraseKeys`` is what the store takes once unlocked: its key provider
 (``key()``, the store key) and its fleet keeper (``device.store.fleet``: the
 fleet key in memory; one installed at enrolment is wrapped again here).
+
+A rotation of the store key (``device.store.rotation``; ``add_next_key``,
+given the passphrase) keeps the next key twice in the file until the swap:
+under the passphrase's key, with the store key's associated data
+(``next_store_key``: it becomes ``store_key`` at the swap, with no
+passphrase needed then), and under HKDF(store key) (``next_key``: what a
+kiosk unlocked before the rotation began opens it with). The swap
+(``promote_next``) writes the file again with the next key as the store key
+and every key under the store key sealed again under the new one (the
+pending key's X25519 pair stays: check-ins sealed while locked still open),
+and destroys the old file (``secret_files.promote_secret``).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import base64
 import binascii
 import json
 import os
+import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +62,13 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from device.store.exc import StoreError
 from device.store.fleet import FleetSecret
 from device.store.keys import KEY_SIZE, NONCE_SIZE, SEAL_OVERHEAD, derive_key
-from protocol.driver.secret_files import fsync_dir, read_secret, write_secret
+from protocol.driver.secret_files import (
+    destroy_secret,
+    fsync_dir,
+    promote_secret,
+    read_secret,
+    write_secret,
+)
 
 KEYS_FILE = "passphrase.keys"
 FORMAT = "haven-kiosk-passphrase-keys/1"
@@ -67,7 +85,11 @@ KEYBOARD = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 -.")
 MAX_N, MAX_R, MAX_P = 2**16, 16, 4
 #: The keys file's most bytes: a damaged or hostile file is refused before it is parsed.
 MAX_FILE = 4096
-_LABELS = {"fleet": b"haven/unlock/fleet/v1", "pending": b"haven/unlock/pending/v1"}
+_LABELS = {"fleet": b"haven/unlock/fleet/v1", "pending": b"haven/unlock/pending/v1",
+           "next": b"haven/unlock/next/v1"}
+#: One change of the keys file at a time in this process (a swap beside an enrolment).
+_CHANGING = threading.Lock()
+
 
 
 class WrongPassphrase(StoreError, ValueError):
@@ -117,22 +139,42 @@ class Unlocked:
 
 
 class PassphraseKeys:
-    """The store's key provider and fleet keeper once staff typed the passphrase."""
+    """The store's key provider and fleet keeper once staff typed the passphrase
+    (``passphrase``, kept only by a caller that starts a rotation: ``make_next``)."""
 
-    def __init__(self, data: Path, keys: Unlocked) -> None:
+    def __init__(self, data: Path, keys: Unlocked, passphrase: Any = None) -> None:
         self.data = Path(data)
         self.keys = keys
+        self._passphrase = passphrase
 
     def key(self) -> bytes:
         return self.keys.store_key
+
+    # A rotation of the store key (``keys.RotatingKey``) -----------------------------
+
+    def has_next(self) -> bool:
+        return "next_key" in _read(self.data)
+
+    def next_key(self) -> bytes | None:
+        return next_store_key(self.data, self.keys.store_key)
+
+    def make_next(self) -> None:
+        if self._passphrase is None:
+            raise Locked("a rotation of the store key needs the passphrase")
+        add_next_key(self.data, self._passphrase)
+
+    def promote_next(self) -> None:
+        with _CHANGING:
+            self.keys = promote_next_key(self.data, self.keys)
 
     def load(self) -> FleetSecret:
         return FleetSecret(self.keys.fleet_key)
 
     def install(self, key: bytes, site: str) -> FleetSecret:
         """A fleet key that arrived in the clear (enrolment), kept under the store key."""
-        if key != self.keys.fleet_key:
-            self.keys = set_fleet_key(self.data, self.keys, key)
+        with _CHANGING:
+            if key != self.keys.fleet_key:
+                self.keys = set_fleet_key(self.data, self.keys, key)
         return FleetSecret(key)
 
 
@@ -170,9 +212,15 @@ def _under_store_key(store_key: bytes, what: str) -> AESGCM:
 
 
 def _wrap_store_key(passphrase: bytes, store_key: bytes,
-                    n: int = N, r: int = R, p: int = P) -> dict[str, Any]:
+                    n: int = N, r: int = R, p: int = P,
+                    next_key: bytes | None = None) -> dict[str, Any]:
+    """The store key (and ``next_key``, a rotation's) under a new salt's passphrase key."""
     kdf = {"name": "scrypt", "n": n, "r": r, "p": p, "salt": _b64(os.urandom(SALT_SIZE))}
-    return {"kdf": kdf, "store_key": _seal(_kek(passphrase, kdf), store_key, _header(kdf))}
+    kek = _kek(passphrase, kdf)
+    doc = {"kdf": kdf, "store_key": _seal(kek, store_key, _header(kdf))}
+    if next_key is not None:
+        doc["next_store_key"] = _seal(kek, next_key, _header(kdf))
+    return doc
 
 
 def create(data: Path, passphrase: str, fleet_key: bytes, *, store_key: bytes | None = None,
@@ -227,6 +275,10 @@ def _read(data: Path) -> dict[str, Any]:
                        f"p={kdf['p']}")
     sizes = {"store_key": SEAL_OVERHEAD + KEY_SIZE, "fleet_key": None,
              "pending_key": SEAL_OVERHEAD + 32}
+    if ("next_key" in doc) != ("next_store_key" in doc):
+        raise _damaged(path, "half of a rotation's next key")
+    if "next_key" in doc:
+        sizes.update(next_key=SEAL_OVERHEAD + KEY_SIZE, next_store_key=SEAL_OVERHEAD + KEY_SIZE)
     try:
         if len(base64.b64decode(str(kdf.get("salt")), validate=True)) < SALT_SIZE:
             raise ValueError
@@ -293,8 +345,64 @@ def change_passphrase(data: Path, old: Any, new: Any, *, n: int = N, r: int = R,
     fresh = clean_passphrase(new, new=True)
     doc = _read(data)
     store_key = _store_key(doc, clean_passphrase(old))
-    doc.update(_wrap_store_key(fresh, store_key, n, r, p))
+    doc.update(_wrap_store_key(fresh, store_key, n, r, p, next_store_key(data, store_key, doc)))
     _replace(data, doc)
+
+
+def add_next_key(data: Path, passphrase: Any) -> None:
+    """Keep a new random store key as the next key of a rotation (see above), durable
+    before it returns. ``WrongPassphrase``; ``StoreError`` ``rotation-running`` if a next
+    key is held already."""
+    secret = clean_passphrase(passphrase)
+    doc = _read(data)
+    store_key = _store_key(doc, secret)
+    if "next_key" in doc:
+        raise StoreError("a rotation of the store key is under way already", "rotation-running")
+    new = os.urandom(KEY_SIZE)
+    doc["next_store_key"] = _seal(_kek(secret, doc["kdf"]), new, _header(doc["kdf"]))
+    doc["next_key"] = _seal(_under_store_key(store_key, "next"), new, b"next")
+    _replace(data, doc)
+
+
+def next_store_key(data: Path, store_key: bytes, doc: dict[str, Any] | None = None
+                   ) -> bytes | None:
+    """The next key of a rotation under way, opened with the store key; None if none."""
+    doc = _read(data) if doc is None else doc
+    if "next_key" not in doc:
+        return None
+    try:
+        return _open(doc["next_key"], _under_store_key(store_key, "next"), b"next")
+    except InvalidTag:
+        raise _damaged(keys_path(data), "the next key does not open") from None
+
+
+def promote_next_key(data: Path, keys: Unlocked) -> Unlocked:
+    """The swap of a rotation (see above): the next key becomes the store key, every key
+    under the store key is sealed again under it, the old file is destroyed. Cut by a
+    power cut, the file holds the old keys or the new ones; calling again finishes."""
+    path = keys_path(data)
+    new_path = path.with_name(KEYS_FILE + ".new")
+    doc = _read(data)
+    new = next_store_key(data, keys.store_key, doc)
+    if new is None:  # swapped already: what a cut may have left of the old file goes
+        if destroy_secret(path.with_name(KEYS_FILE + ".old")):
+            fsync_dir(path.parent)
+        return keys
+    old_fleet, old_pending = (_under_store_key(keys.store_key, w) for w in ("fleet", "pending"))
+    new_fleet, new_pending = (_under_store_key(new, w) for w in ("fleet", "pending"))
+    try:
+        doc["fleet_key"] = _seal(new_fleet, _open(doc["fleet_key"], old_fleet, b"fleet"),
+                                 b"fleet")
+        doc["pending_key"] = _seal(new_pending, _open(doc["pending_key"], old_pending,
+                                                      b"pending"), b"pending")
+    except InvalidTag:
+        raise _damaged(path, "a key under the store key does not open") from None
+    doc["store_key"] = doc.pop("next_store_key")
+    del doc["next_key"]
+    destroy_secret(new_path)  # a swap cut before its rename: written again below
+    write_secret(new_path, json.dumps(doc, indent=1).encode() + b"\n")
+    promote_secret(path, new_path)
+    return Unlocked(new, keys.fleet_key, keys.pending_key)
 
 
 def set_fleet_key(data: Path, keys: Unlocked, fleet_key: bytes) -> Unlocked:
