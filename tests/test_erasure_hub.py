@@ -20,20 +20,23 @@ import pytest
 from device.sync.document_store import attach
 from device.sync.state import scope_of
 from host.cli import main as haven
-from host.hub import at_rest, erasure, husking
+from host.hub import at_rest, erasure, husking, verifiers
 from host.hub.document_inbox import DOCUMENTS_DIR
-from host.hub.hub import DB, Hub
-from protocol.crdt.delta import Delta, encode
+from host.hub.hub import DB, Hub, init_hub
+from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.erasure import erasure_record_id
 from protocol.crdt.ids import patient_id
 from protocol.crdt.replica import Replica
 from protocol.crdt.schema import PATIENT
+from protocol.driver.wall_clock import wall_ms
 from protocol.sync import batches as sync
 from protocol.sync.batches import Batch
+from protocol.sync.scope import heads_of, scope_checksum
 
 from .test_documents import content
 from .test_hub_at_rest import assert_nothing_plain, windows
 from .test_hub_backup import key_backup
+from .test_hub_scopes import Session, decoded, visit
 from .test_sync_helpers import Kiosk, served_hub
 
 NAME, PASSPORT = "Zebulon Quixotic-Farnsworth", "QX7731904"
@@ -194,3 +197,66 @@ def test_an_unknown_patient_is_a_clear_error_and_nothing_is_written(
             assert husking.erased(db) == set()
     assert erasure.patient_of(b"k" * 32, None, PASSPORT, None) == patient_id(
         b"k" * 32, PASSPORT).bytes
+
+
+def test_every_role_gets_every_erasure_and_a_late_write_is_husked_as_it_commits(
+        tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        a = Kiosk(tmp_path, "a", hub, "A")
+        door = Kiosk(tmp_path, "d", hub, "D", role="door")
+        station = Kiosk(tmp_path, "c", hub, "C", role="clinician")
+        try:
+            writer = Replica(a.store.node)
+            push = Session(hub, a, now).push
+            north, deltas = visit(writer, now, "North", NAME, "1970")
+            south, more = visit(writer, now, "South", OTHER, "1981")
+            kept, rest = visit(writer, now, "North", "Keziah Kept", "1990")
+            push(deltas + more + rest)
+            hub.write_verifiers(now)  # the door kiosk's verifiers of North's patients
+            done = hub.erase(north, "dr.amina", "patient-request", now)
+            assert not done.already and done.deleted == 6  # five records and a verifier
+            assert hub.erase(south, "dr.amina", "patient-request", now).deleted == 5
+            erasures = {erasure_record_id(north), erasure_record_id(south)}
+            for kiosk in (door, station):
+                session = Session(hub, kiosk, now)
+                pulled = decoded(session.pull(0)[0])
+                pages, last = session.pull(0, snapshot=True)
+                got = decoded(pages)
+                # both erasures, the South one too: every role holds every erasure
+                assert {d.record_id for d in pulled if d.type == 10} == erasures
+                assert {d.record_id for d in got if d.type == 10} == erasures
+                assert not [d for d in got if d.set and d.type != 10 and d.record_id in
+                            hub_records_of(hub, {north, south})]
+                heads = heads_of((d.record_id, d.stamp, d.node, d.is_delete,
+                                  [(c.stamp, c.node) for c in d.ctx]) for d in got)
+                assert scope_checksum(heads) == last.get("sum2")
+                assert kept in {d.record_id for d in got} or kiosk is door
+            # a kiosk that had not heard: its write is husked as its batch commits
+            late = uuid.uuid4().bytes
+            ack = push([writer.put(late, "prescription", now, {
+                "subject": str(uuid.UUID(bytes=north)), "medication": LATE})])
+            assert ack.get("quarantined") is None
+            assert [decode(op.data).set for op in hub.store.record_ops(late)] == [{}]
+            hub.after_batch(now)  # and deleted again by the pass after it
+            view = verifiers.view_of(hub.store, late)
+            assert view is not None and view.deleted
+            hub.after_batch(now)  # nothing new: nothing written
+            assert len(hub.store.record_ops(late)) == 2
+            # an erasure from a kiosk is quarantined: only the hub writes one
+            forged = writer.put(erasure_record_id(kept), "erasure", now, {
+                "subject": str(uuid.UUID(bytes=kept)), "requester": "kiosk"})
+            assert push([forged]).get("quarantined") == [0]
+            assert [q["code"] for q in hub.store.quarantined()] == ["hub-only"]
+            assert json.loads(hub.dump())  # and the kept patient is whole
+            view = verifiers.view_of(hub.store, kept)
+            assert view is not None and not view.deleted and view.fields
+        finally:
+            for k in (a, door, station):
+                k.close()
+
+
+def hub_records_of(hub: Hub, patients: set[bytes]) -> set[bytes]:
+    with hub.store.writing() as (db, _):
+        return husking.records_of(db, patients)

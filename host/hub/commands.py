@@ -599,6 +599,8 @@ def run(args: argparse.Namespace) -> int:
             version = hub.rotate_key()
             print(f"data key {version} seals from now on; a running haven hub serve re-seals "
                   "the rest in the background")
+        elif cmd == "keys" and args.keys_command == "rotate-fleet":
+            _rotate_fleet(hub, args)
         elif cmd == "erase":
             _erase(hub, args)
         elif cmd == "promote":
@@ -635,6 +637,9 @@ def _erase(hub: Hub, args: argparse.Namespace) -> None:
     else:
         print(f"patient {done.patient} erased: {done.deleted} records deleted, their values "
               "purged here; kiosks erase at their next sync")
+    if not done.emptied:
+        print("the write-ahead log (hub.db-wal) could not be emptied: a reader held it; run "
+              "this again when the hub is quieter (it is emptied then)", file=sys.stderr)
     print("keep this receipt; after restoring a backup older than it, run it again:")
     print(f"  {done.line}")
 

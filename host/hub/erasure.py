@@ -55,9 +55,10 @@ import datetime
 import json
 import shlex
 import threading
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import sqlite_utils
@@ -89,6 +90,7 @@ LOG_CODE = "erasure"
 PASS = "erasure_pass"
 MAX_REQUESTER = 100  #: characters of ``--by``
 MAX_REASON = 64  #: characters of ``--reason``
+CHECKPOINT_TRIES = 50  #: tries to empty the write-ahead log, 0.1 s apart
 MAX_RETURNS = 100  #: erasures of one passport's successive ids followed at most
 _lock = threading.Lock()  #: one pass at a time (sessions commit batches in parallel)
 
@@ -104,6 +106,7 @@ class Receipt:
     reason: str
     already: bool  #: the patient was erased before: nothing new but what came since
     deleted: int  #: records deleted now
+    emptied: bool = True  #: the write-ahead log was emptied after
 
     @property
     def line(self) -> str:
@@ -197,8 +200,17 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
         store.log(None, LOG_CODE, f"erasure record {receipt.record} " + (
             f"again by {by!r}: {len(deletes)} records deleted since" if held is not None
             else f"by {by!r} ({reason}): {len(deletes)} records deleted"), now)
-    store.checkpoint()
-    return receipt
+    return replace(receipt, emptied=_emptied(store))
+
+
+def _emptied(store: HubStore) -> bool:
+    """The write-ahead log, which holds pages as they were, emptied (a reader may hold it
+    a moment: tried again for a few seconds)."""
+    for _ in range(CHECKPOINT_TRIES):
+        if store.checkpoint():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _ms(text: str) -> int:

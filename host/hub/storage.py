@@ -47,7 +47,6 @@ from typing import Any
 
 import sqlite_utils
 
-from host.hub import at_rest, scopes
 from host.hub import at_rest, husking, scopes
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
@@ -293,6 +292,7 @@ class HubStore:
         across tables at once (``erasure``)."""
         with self._tx() as db:
             yield db, self._sealing(db)
+
     # Meta and devices -------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
@@ -776,10 +776,11 @@ class HubStore:
         self.checkpoint()
         return False
 
-    def checkpoint(self) -> None:
-        """Everything in the main file, and the write-ahead log emptied."""
+    def checkpoint(self) -> bool:
+        """Everything in the main file, and the write-ahead log emptied; False if a reader
+        (another connection) kept it from being emptied whole."""
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return not self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
 
     # Log and quarantine -----------------------------------------------------------
 
