@@ -599,8 +599,6 @@ def run(args: argparse.Namespace) -> int:
             version = hub.rotate_key()
             print(f"data key {version} seals from now on; a running haven hub serve re-seals "
                   "the rest in the background")
-        elif cmd == "keys" and args.keys_command == "rotate-fleet":
-            _rotate_fleet(hub, args)
         elif cmd == "erase":
             _erase(hub, args)
         elif cmd == "promote":
