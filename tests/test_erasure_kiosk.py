@@ -10,6 +10,7 @@ sends every dot, and a patient who comes back is registered anew.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from device.store import BadRequest, Store, init_store
 from device.store.materialise import op_label
 from device.sync import document_store
 from device.sync.document_store import DocumentStore, attach
+from device.sync.state import scope_of
 from device.ui import staff
 from protocol import strict_cbor
 from protocol.crdt.clock import Dot, pack
@@ -33,6 +35,7 @@ from protocol.manifest import Manifest
 from protocol.sync.scope import Scope, heads_of, scope_checksum
 
 from .test_documents import content
+from .test_sync_helpers import Kiosk, served_hub
 
 HUB = 0x0000_7E57  #: the hub's node, for the hub's writes made here
 PEER = 0x0000_5150  #: another kiosk's node
@@ -363,3 +366,72 @@ def test_the_patient_vanishes_from_the_staff_screens(store: Store) -> None:
     assert staff.held_conflicts(store) == []
     assert [q["id"] for q in staff.today_queue(store)] == [o.record_id]
     assert [c["id"] for c in staff.identity_to_confirm(store)] in ([], [o.record_id])
+
+
+def test_end_to_end_a_full_a_door_and_an_offline_kiosk_all_erase_and_converge(
+        tmp_path: Path) -> None:
+    """Over TCP with the hub's own erasure: a full kiosk online, a door kiosk, and a full
+    kiosk offline at the time (which wrote to the patient meanwhile) all erase; dumps
+    and scope sums agree with the hub's."""
+    with served_hub(tmp_path) as (hub, url):
+        full = Kiosk(tmp_path, "f", hub, "F")
+        door = Kiosk(tmp_path, "d", hub, "D", role="door")
+        away = Kiosk(tmp_path, "o", hub, "O")
+        kiosks = (full, door, away)
+        try:
+            r = full.store.checkin(name=SECRETS[0], passport=SECRETS[1], reason=SECRETS[2])
+            full.store.put("patient", r.patient_id, {"address": SECRETS[3],
+                                                      "birthDate": "1971-03-02"})
+            full.store.put("prescription", values={"subject": r.patient_id,
+                                                   "medication": SECRETS[4]})
+            (tmp_path / "p.png").write_bytes(content(60_000, seed=5))
+            attach(full.store, tmp_path / "p.png", patient=r.patient_id, title="P")
+            door.store.checkin(name=SECRETS[0], passport=SECRETS[1], birth_year=1971,
+                               reason=SECRETS[5])
+            away.store.checkin(name=KEPT[0], passport="QX5550123", reason=KEPT[1])
+            for kiosk in kiosks * 2:
+                kiosk.sync(url)
+            assert SECRETS[4].encode() in opened(away.store)
+            assert door.store.reader.execute(  # the door holds the patient's verifier
+                "SELECT COUNT(*) FROM records WHERE type = 9").fetchone()[0] == 1
+            # away has not heard: it writes to the patient, and keeps it unsent
+            note = away.store.put("note", values={"subject": r.patient_id,
+                                                  "text": SECRETS[6]})
+            pieces = {k.store.node: ciphertexts(k.store) for k in kiosks}
+
+            done = hub.erase(uuid.UUID(r.patient_id).bytes, "dr.amina", "patient-request")
+            assert done.deleted >= 4
+            for kiosk in (full, door, full, door):
+                kiosk.sync(url)
+            for kiosk in (full, door):
+                assert_erased(kiosk.store, pieces[kiosk.store.node])
+            for kiosk in (away, away, full, door):  # away comes back: it sends, it erases
+                kiosk.sync(url)
+            for kiosk in kiosks:
+                assert_erased(kiosk.store, pieces[kiosk.store.node])
+                scope = scope_of(kiosk.store.data)
+                assert scope is not None
+                assert kiosk.store.scope_checksum(scope) == hub.store.scope_sums(
+                    scope, kiosk.state.cursor, kiosk.store.node, (2,))[2]
+            dump = hub.dump()
+            assert full.store.dump() == away.store.dump() == dump
+            # away's write reached the hub (its dot: the outbox still synced) and is gone
+            assert note in {rec["id"] for rec in json.loads(dump)["records"]}
+            away.store.flush_acks()
+            assert away.store.reader.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+            assert all(k.encode() in dump for k in KEPT)
+        finally:
+            for kiosk in kiosks:
+                kiosk.close()
+
+
+def assert_erased(store: Store, pieces: list[tuple[bytes | None, bytes]]) -> None:
+    """Nothing of the patient opens in ``store``, nor lies in its files as it was sealed."""
+    plain = opened(store)
+    for secret in SECRETS:
+        assert secret.encode() not in plain, secret
+    old = erased_pieces(store, pieces)
+    assert old
+    for path, raw in raw_files(store.data):
+        for piece in old:
+            assert piece not in raw, path.name
