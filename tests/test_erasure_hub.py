@@ -24,10 +24,10 @@ from host.hub import at_rest, erasure, husking, verifiers
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, Hub, init_hub
 from protocol.crdt.delta import Delta, decode, encode
-from protocol.crdt.erasure import erasure_record_id
+from protocol.crdt.erasure import covers, erasure_record_id, husk, successor_id
 from protocol.crdt.ids import patient_id
 from protocol.crdt.replica import Replica
-from protocol.crdt.schema import PATIENT
+from protocol.crdt.schema import ERASURE, PATIENT
 from protocol.driver.wall_clock import wall_ms
 from protocol.sync import batches as sync
 from protocol.sync.batches import Batch
@@ -37,6 +37,7 @@ from .test_documents import content
 from .test_hub_at_rest import assert_nothing_plain, windows
 from .test_hub_backup import key_backup
 from .test_hub_scopes import Session, decoded, visit
+from .test_scope import edn
 from .test_sync_helpers import Kiosk, served_hub
 
 NAME, PASSPORT = "Zebulon Quixotic-Farnsworth", "QX7731904"
@@ -260,3 +261,33 @@ def test_every_role_gets_every_erasure_and_a_late_write_is_husked_as_it_commits(
 def hub_records_of(hub: Hub, patients: set[bytes]) -> set[bytes]:
     with hub.store.writing() as (db, _):
         return husking.records_of(db, patients)
+
+
+# The vectors (protocol/vectors/erasure.json) --------------------------------------------
+
+def test_the_erasure_vectors() -> None:
+    v = json.loads((Path(__file__).parent.parent / "protocol/vectors/erasure.json").read_text())
+    for case in v["record_ids"]:
+        pid = bytes.fromhex(case["patient"])
+        assert erasure_record_id(pid).hex() == case["erasure_record_id"]
+        assert successor_id(pid).hex() == case["successor_id"]
+    for bad in v["bad_patients"]:
+        for derive in (erasure_record_id, successor_id):
+            with pytest.raises(ValueError):
+                derive(bytes.fromhex(bad["patient"]))
+    put = v["erasure_put"]
+    delta = decode(bytes.fromhex(put["delta"]))
+    assert (delta.type, delta.record_id.hex(), delta.node, delta.stamp) == (
+        ERASURE.number, put["record_id"], put["node"], put["stamp"])
+    assert delta.record_id == erasure_record_id(bytes.fromhex(put["patient"]))
+    assert {ERASURE.by_number[k].name: v for k, v in delta.set.items()} == {
+        k: edn(x) for k, x in put["fields"].items()}
+    for case in v["husks"]:
+        got = husk(decode(bytes.fromhex(case["delta"])))
+        assert encode(got).hex() == case["husk"], case["about"]
+        assert not (got.set or got.add or got.remove or got.extra)
+    erased = {bytes.fromhex(v["erased"])}
+    for case in v["covers"]:
+        fields = {int(k): edn(x) for k, x in case["fields"].items()}
+        assert covers(erased, case["type"], bytes.fromhex(case["rid"]), fields) is \
+            case["covered"], case["about"]
