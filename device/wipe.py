@@ -72,6 +72,7 @@ from typing import Any
 from device import audit
 from device.enrol import APPROVAL, CERT, ED_KEY, REQUEST, X_KEY
 from device.store import Store, StoreError
+from device.store.fleet import later_key_files
 from device.store.pending import DB_NAME as PENDING_DB
 from device.store.providers import ROTATION_FILES, TPM_STORE_KEY, provider_of
 from device.store.store import DB_NAME, FLEET_KEY, STORE_KEY
@@ -269,7 +270,9 @@ def destroy_keys(data: Path, state: str, **facts: Any) -> list[str]:
     data = Path(data)
     _write_marker(data, {"state": state, "at": wall_ms(), **facts})
     _evict_tpm_keys(data)
-    gone = [name for name in (*KEY_FILES, *WRAPPED_KEY_FILES) if destroy_secret(data / name)]
+    later = [path.name for path in later_key_files(data / FLEET_KEY)]  # rotated fleet keys
+    gone = [name for name in (*KEY_FILES, *WRAPPED_KEY_FILES, *later)
+            if destroy_secret(data / name)]
     for name in () if state == REVOKED else IDENTITY_FILES:
         destroy_secret(data / name)
     with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import random
@@ -116,6 +117,9 @@ GET_META = "SELECT value FROM meta WHERE key = ?"
 #: A kiosk provisioned offline awaiting its fleet key: the hub's X25519 key (hex) that
 #: check-ins seal their passport or code to until the key comes (``await_fleet_key``).
 FLEET_PENDING = "fleet_pending"
+#: The generations of the fleet key moved to, with the kiosk's stamp at each move, as JSON
+#: (``install_fleet_later``).
+FLEET_GENERATIONS = "fleet_generations"
 #: The kiosk's next short patient code's counter, in the check-in's transaction.
 NEXT_CODE = ("INSERT INTO meta VALUES ('code_counter', 1) ON CONFLICT (key) DO UPDATE"
              " SET value = value + 1 WHERE value < ? RETURNING value")
@@ -301,6 +305,46 @@ class Store:
             db.execute(SET_META, ["letter", letter])
             self._letter_site = None
         self._run(job)
+
+    def install_fleet_later(self, base: bytes, later: Sequence[bytes]) -> bool:
+        """The keys of the fleet key's generations 2, 3... (``later``), from the hub after
+        it rotated the key (SPEC.md "Fleet key rotation"): kept by the fleet keeper, and
+        patient ids of the newest generation made from now on. ``base``: the
+        fingerprint of the first generation the chain goes on from; refused
+        (``KeyMismatch``, nothing changed) if it is not this kiosk's key's, or if a
+        generation held here is another key. True when a generation was added. The
+        kiosk's own stamp at the change is kept (``fleet_generations``): the hub tells
+        by it which of the kiosk's writes were made under which generation."""
+        held = self.fleet.key_fingerprints()
+        offered = [base, *(FleetSecret(key).fingerprint() for key in later)]
+        if base != held[0]:
+            raise KeyMismatch(
+                f"the hub's fleet key chain goes on from another first key (fingerprint "
+                f"{base.hex()[:16]}...) than this kiosk's ({held[0].hex()[:16]}...): "
+                "refused, nothing changed; enrol the kiosk again with this hub")
+        if offered[:len(held)] != held[:len(offered)]:
+            raise KeyMismatch("the hub's fleet key chain holds another key than this "
+                              "kiosk's for a generation both hold: refused, nothing changed")
+        if len(offered) <= len(held):
+            return False
+
+        def job(db: sqlite_utils.Database) -> bool:
+            self.fleet = self.fleet_keeper.install_later(list(later), self._identity(db)[1])
+            stamp = self.hlc.now(self.clock())
+            db.execute(SAVE_CLOCK, [self.hlc.last])
+            row = db.execute(GET_META, [FLEET_GENERATIONS]).fetchone()
+            history = [*json.loads(row[0] if row else "[]"), [self.fleet.generation, stamp]]
+            db.execute(SET_META, [FLEET_GENERATIONS, json.dumps(history)])
+            return True
+
+        added: bool = self._run(job)
+        return added
+
+    def fleet_generations(self) -> list[list[int]]:
+        """Each generation of the fleet key this kiosk moved to, with its own stamp at the
+        move, oldest first: ``[[generation, stamp], ...]`` (none: generation 1 only)."""
+        held = self._meta(FLEET_GENERATIONS)
+        return json.loads(held) if held else []
 
     def await_fleet_key(self, hub_x25519: bytes) -> None:
         """Until ``configure`` installs the fleet key, make no id from a key: a check-in
@@ -685,12 +729,7 @@ class Store:
                 writes.append((pid.bytes, lambda view, stamp: build_put(
                     view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, claim), True))
             else:
-                current = self._view(db, pid.bytes) if prow is not None else None
-                identity = (claim_verdict(current.fields, claim)
-                            if current is not None and not current.deleted else "unknown")
-                if identity == "unknown":  # a door kiosk's: the patient's verifier says
-                    identity = verifier_verdict(db, self.cipher, self.fleet, site,
-                                                pid.bytes, claim) or "unknown"
+                identity = self._verdict(db, site, gave, pid, claim)
                 if prow is None:  # the record exists from here on, with no field written
                     writes.append((pid.bytes, lambda view, stamp: build_put(
                         view, pid.bytes, crdt_schema.PATIENT, self.node, stamp, {}), True))
@@ -713,6 +752,24 @@ class Store:
 
         result: CheckinResult = self._run(fn)
         return result
+
+    def _verdict(self, db: sqlite_utils.Database, site: str, gave: tuple[str, str] | None,
+                 pid: uuid.UUID, claim: Mapping[str, Any]) -> str:
+        """How ``claim`` compares with the patient's record held here (``claim_verdict``),
+        else with a door kiosk's verifier of the patient: by ``pid``, the newest
+        generation's id, then, while the hub migrates records to it (SPEC.md "Fleet key
+        rotation"), by the older generations' ids of what the patient gave."""
+        for n, key in enumerate(self.fleet.generations()):
+            gid = pid if n == 0 or gave is None else _given_id(key, gave)
+            current = self._view(db, gid.bytes)
+            identity = (claim_verdict(current.fields, claim)
+                        if current is not None and not current.deleted else "unknown")
+            if identity == "unknown":  # a door kiosk's: the patient's verifier says
+                identity = verifier_verdict(db, self.cipher, key, site, gid.bytes,
+                                            claim) or "unknown"
+            if identity != "unknown" or gave is None:
+                return identity
+        return "unknown"
 
     def raise_queue_numbers(self, last: Mapping[str, int]) -> None:
         """Move each day's queue counter past ``last[day]`` (numbers given while the store

@@ -17,16 +17,19 @@ fingerprint: ``load`` checks the fingerprint through the TPM, so a TPM that
 holds something else at those handles is refused like a cleared one.
 Installing a new key imports it first, records it, then evicts the old
 handles: a power cut leaves the old key or the new one in use (at worst a
-handle the TPM keeps unused).
+handle the TPM keeps unused). The keys of later generations of the fleet key
+(``install_later``, after the hub rotated it) are imported the same way, each
+with its site key, and recorded under ``later``; a new first key evicts them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from device.store.exc import StoreError
-from device.store.fleet import FleetSecret, MacFleetKey
+from device.store.fleet import FleetKey, FleetSecret, MacFleetKey, chained
 from protocol.crdt import ids
 from protocol.driver.errors import SecretMissing
 from protocol.driver.secret_files import fsync_dir, promote_secret, write_whole
@@ -69,20 +72,37 @@ class TpmFleetKeeper:
             raise StoreError(f"fleet key record {self.path} is damaged",
                              "bad-key-file") from None
 
-    def load(self) -> TpmFleetKey:
+    def load(self) -> FleetKey:
         try:
             doc = read_record(self.path, "fleet key record", FLEET_FORMAT)
         except SecretMissing:
             raise StoreError(f"fleet key record {self.path} is missing: this kiosk's fleet "
                              "key is not in its TPM", "key-missing") from None
-        key = self._key(doc)
-        if key.fingerprint().hex() != doc.get("fingerprint"):
-            raise TpmKeyGone(f"the TPM at {key.handles[0]:#x} holds another key than this "
-                             "kiosk's fleet key: the TPM was cleared, or this is another "
-                             "TPM; that key is gone")
-        return key
+        keys = [self._key({**doc, **gen}) for gen in [doc, *doc.get("later", [])]]
+        for key, gen in zip(keys, [doc, *doc.get("later", [])], strict=True):
+            if key.fingerprint().hex() != gen.get("fingerprint"):
+                raise TpmKeyGone(f"the TPM at {key.handles[0]:#x} holds another key than "
+                                 "this kiosk's fleet key: the TPM was cleared, or this is "
+                                 "another TPM; that key is gone")
+        return chained(keys)
 
-    def install(self, key: bytes, site: str) -> TpmFleetKey:
+    def install_later(self, later: Sequence[bytes], site: str) -> FleetKey:
+        doc = read_record(self.path, "fleet key record", FLEET_FORMAT)
+        held = list(doc.get("later", []))
+        tpm = Tpm(self._tcti or str(doc["tcti"]))
+        for key in later[len(held):]:
+            fleet = tpm.import_hmac(key)
+            try:
+                site_key = tpm.import_hmac(ids.site_key(key, site))
+            except BaseException:
+                tpm.evict(fleet)
+                raise
+            held.append({"fleet": fleet, "site_key": site_key,
+                         "fingerprint": FleetSecret(key).fingerprint().hex()})
+            write_whole(self.path, record_bytes({**doc, "later": held}))
+        return self.load()
+
+    def install(self, key: bytes, site: str) -> FleetKey:
         old: dict[str, Any] | None = None
         if self.path.exists():
             old = read_record(self.path, "fleet key record", FLEET_FORMAT)
@@ -103,8 +123,8 @@ class TpmFleetKeeper:
             "format": FLEET_FORMAT, "tcti": tpm.tcti, "fleet": fleet, "site_key": site_key,
             "site": site, "fingerprint": new.fingerprint().hex()}))
         if old is not None:
-            for handle in (old.get("fleet"), old.get("site_key")):
-                if isinstance(handle, int) and handle not in (fleet, site_key):
+            for handle in _handles(old):
+                if handle not in (fleet, site_key):
                     tpm.evict(handle)
         self._remove_clear_file()
         return new
@@ -124,8 +144,14 @@ class TpmFleetKeeper:
         if key.fingerprint().hex() != doc.get("fingerprint"):
             return  # the TPM was cleared: the handles hold another's keys, or none
         tpm = Tpm(self._tcti or str(doc["tcti"]))
-        for handle in key.handles:
+        for handle in _handles(doc):
             tpm.evict(handle)
+
+
+def _handles(doc: dict[str, Any]) -> list[int]:
+    """Every handle a fleet key record names: its first key's, then its later ones'."""
+    return [handle for gen in [doc, *doc.get("later", [])]
+            for handle in (gen.get("fleet"), gen.get("site_key")) if isinstance(handle, int)]
 
 
 class RotatingTpmKey(TpmKey):

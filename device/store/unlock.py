@@ -49,6 +49,7 @@ import json
 import os
 import threading
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from device.store.exc import StoreError
-from device.store.fleet import FleetSecret
+from device.store.fleet import FleetKey, FleetSecret, chained
 from device.store.keys import KEY_SIZE, NONCE_SIZE, SEAL_OVERHEAD, derive_key
 from protocol.driver.secret_files import (
     destroy_secret,
@@ -89,7 +90,6 @@ _LABELS = {"fleet": b"haven/unlock/fleet/v1", "pending": b"haven/unlock/pending/
            "next": b"haven/unlock/next/v1"}
 #: One change of the keys file at a time in this process (a swap beside an enrolment).
 _CHANGING = threading.Lock()
-
 
 
 class WrongPassphrase(StoreError, ValueError):
@@ -136,6 +136,8 @@ class Unlocked:
     store_key: bytes
     fleet_key: bytes
     pending_key: X25519PrivateKey
+    #: The fleet key's later generations (after rotations: ``fleet.ChainedFleetKey``).
+    fleet_later: tuple[bytes, ...] = ()
 
 
 class PassphraseKeys:
@@ -167,15 +169,22 @@ class PassphraseKeys:
         with _CHANGING:
             self.keys = promote_next_key(self.data, self.keys)
 
-    def load(self) -> FleetSecret:
-        return FleetSecret(self.keys.fleet_key)
+    def load(self) -> FleetKey:
+        return chained([FleetSecret(k) for k in (self.keys.fleet_key, *self.keys.fleet_later)])
 
-    def install(self, key: bytes, site: str) -> FleetSecret:
+    def install(self, key: bytes, site: str) -> FleetKey:
         """A fleet key that arrived in the clear (enrolment), kept under the store key."""
         with _CHANGING:
             if key != self.keys.fleet_key:
                 self.keys = set_fleet_key(self.data, self.keys, key)
-        return FleetSecret(key)
+        return self.load()
+
+    def install_later(self, later: Sequence[bytes], site: str) -> FleetKey:
+        """The fleet key's later generations, kept under the store key as the first."""
+        with _CHANGING:
+            if len(later) > len(self.keys.fleet_later):
+                self.keys = set_fleet_later(self.data, self.keys, tuple(later))
+        return self.load()
 
 
 def keys_path(data: Path) -> Path:
@@ -316,12 +325,26 @@ def unwrap(data: Path, passphrase: Any) -> Unlocked:
     try:
         fleet = _open(doc["fleet_key"], _under_store_key(store_key, "fleet"), b"fleet")
         raw = _open(doc["pending_key"], _under_store_key(store_key, "pending"), b"pending")
+        later = tuple(_open(sealed, _under_store_key(store_key, "fleet"), _later_ad(g))
+                      for g, sealed in enumerate(_later_of(data, doc), 2))
     except InvalidTag:
         raise _damaged(keys_path(data), "a key under the store key does not open") from None
     pending = X25519PrivateKey.from_private_bytes(raw)
     if pending.public_key().public_bytes_raw().hex() != doc["pending_public"]:
         raise _damaged(keys_path(data), "the public key is not the private key's")
-    return Unlocked(store_key, fleet, pending)
+    return Unlocked(store_key, fleet, pending, later)
+
+
+def _later_ad(generation: int) -> bytes:
+    """The associated data of the fleet key's generation ``generation`` (2 or more)."""
+    return b"fleet/%d" % generation
+
+
+def _later_of(data: Path, doc: dict[str, Any]) -> list[str]:
+    later = doc.get("fleet_later", [])
+    if not isinstance(later, list) or not all(isinstance(k, str) for k in later):
+        raise _damaged(keys_path(data), "fleet_later is not a list of sealed keys")
+    return later
 
 
 def pending_public(data: Path) -> bytes:
@@ -395,19 +418,34 @@ def promote_next_key(data: Path, keys: Unlocked) -> Unlocked:
                                  b"fleet")
         doc["pending_key"] = _seal(new_pending, _open(doc["pending_key"], old_pending,
                                                       b"pending"), b"pending")
+        doc["fleet_later"] = [_seal(new_fleet, _open(sealed, old_fleet, _later_ad(g)),
+                                    _later_ad(g))
+                              for g, sealed in enumerate(_later_of(data, doc), 2)]
     except InvalidTag:
         raise _damaged(path, "a key under the store key does not open") from None
+    if not doc["fleet_later"]:
+        del doc["fleet_later"]
     doc["store_key"] = doc.pop("next_store_key")
     del doc["next_key"]
     destroy_secret(new_path)  # a swap cut before its rename: written again below
     write_secret(new_path, json.dumps(doc, indent=1).encode() + b"\n")
     promote_secret(path, new_path)
-    return Unlocked(new, keys.fleet_key, keys.pending_key)
+    return Unlocked(new, keys.fleet_key, keys.pending_key, keys.fleet_later)
 
 
 def set_fleet_key(data: Path, keys: Unlocked, fleet_key: bytes) -> Unlocked:
     """Keep ``fleet_key`` (installed at enrolment) wrapped under the store key."""
     doc = _read(data)
     doc["fleet_key"] = _seal(_under_store_key(keys.store_key, "fleet"), fleet_key, b"fleet")
+    doc.pop("fleet_later", None)  # a first key of another fleet: no later key goes on
     _replace(data, doc)
     return Unlocked(keys.store_key, fleet_key, keys.pending_key)
+
+
+def set_fleet_later(data: Path, keys: Unlocked, later: tuple[bytes, ...]) -> Unlocked:
+    """Keep the fleet key's later generations (``later``: 2, 3...) under the store key."""
+    doc = _read(data)
+    doc["fleet_later"] = [_seal(_under_store_key(keys.store_key, "fleet"), key, _later_ad(g))
+                          for g, key in enumerate(later, 2)]
+    _replace(data, doc)
+    return Unlocked(keys.store_key, keys.fleet_key, keys.pending_key, later)

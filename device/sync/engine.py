@@ -42,6 +42,7 @@ from device.store import BadSnapshot, Store, StoreError
 from device.store.reissue import reissue_ahead
 from device.sync.document_push import DocumentPush, lane_room
 from device.sync.document_store import DocumentStore
+from device.sync.fleet_keys import KioskFleetKeys
 from device.sync.state import SEAL_LABEL, SyncState
 from device.tech.revocations import RevocationList
 from device.tech.trusted_time import SYNC, TrustedClock
@@ -360,7 +361,8 @@ class Round:
         self.sync = KioskSync(KioskLedger(store, state, self.summary, hub_key,
                                           None if documents is None else documents.docs),
                               cert=ident.cert.raw, device=self.device, key=ident.ed_key,
-                              enrol=ident.enrol, hub_ed25519=hub_key)
+                              enrol=ident.enrol, hub_ed25519=hub_key,
+                              fleet=KioskFleetKeys(store, ident.x_key))
         self.installed: int | None = None  #: the certificate's serial, once one was issued
 
     @property

@@ -38,18 +38,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from protocol.crdt import schema
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import Delta
-from protocol.crdt.ids import code_patient_id, patient_id
 from protocol.crdt.record import RecordView
 from protocol.crdt.writes import build_put
 from protocol.errors import ProtocolError
 from protocol.sync.sealed_identity import open_identity
+
+if TYPE_CHECKING:
+    from host.hub.fleet_rotation import FleetKeys
 
 CHECKIN, PATIENT = schema.CHECKIN, schema.PATIENT
 _C = {f.name: f.number for f in CHECKIN.fields}
@@ -110,13 +112,14 @@ def plan(views: list[RecordView], node: int, hlc: HLC, now_ms: int,
     return deltas, done
 
 
-def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet_key: bytes,
+def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet: FleetKeys,
              held: Callable[[bytes], RecordView | None], node: int, hlc: HLC, now_ms: int,
              ) -> tuple[list[Delta], list[dict[str, Any]]]:
     """The writes that give every check-in in ``views`` with a sealed identity its real
     subject (``held``: the hub's view of a record, or None), and what each did. One
     that does not open (not sealed to this hub, or for another check-in) is left as
-    it is, and reported."""
+    it is, and reported. ``fleet``: the hub's fleet keys (the id is the newest
+    generation's)."""
     deltas: list[Delta] = []
     done: list[dict[str, Any]] = []
     made: set[bytes] = set()
@@ -127,7 +130,7 @@ def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet_key: bytes,
         checkin = str(uuid.UUID(bytes=view.record_id))
         try:
             kind, value = open_identity(sealed, view.record_id, hub_x)
-            real = (patient_id if kind == "passport" else code_patient_id)(fleet_key, value)
+            real = (fleet.patient_id if kind == "passport" else fleet.code_patient_id)(value)
         except ProtocolError as exc:
             done.append({"checkin": checkin, "error": str(exc)})
             continue

@@ -297,6 +297,21 @@ def _keys_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-
                       "older key is deleted when nothing it sealed is left (haven hub status "
                       "shows the progress). A power cut at any point loses nothing.")
     _data(p)
+    p = ks.add_parser("rotate-fleet", help="rotate the fleet key: patient ids migrate to "
+                      "a new generation", description="Add a generation of the fleet key "
+                      "(fleet.N.key beside fleet.key; back it up with haven hub keys backup) "
+                      "and migrate every patient id to it: the new id is a keyed hash of the "
+                      "old one, each patient's record moves to it and every record naming the "
+                      "patient follows; erased patients are left as they are. Kiosks take the "
+                      "new key at their next sync; writes from kiosks still on the old one "
+                      "are remapped as they arrive. The migration runs here to the end, a "
+                      "slice at a time (a running haven hub serve goes on with it too); cut "
+                      "short, it resumes where it stopped (--resume, or the running hub).")
+    _data(p)
+    p.add_argument("--resume", action="store_true", help="make no new key: finish the "
+                   "migration under way")
+    p.add_argument("--no-wait", action="store_true", help="leave the migration to the "
+                   "running haven hub serve")
 
 
 def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -323,6 +338,24 @@ def _quarantine_parsers(hs: argparse._SubParsersAction) -> None:  # type: ignore
                            help="release a delta from a decommissioned kiosk (refused "
                            "without it: the kiosk is out of service, and its write may "
                            "bring back a record deleted since)")
+
+
+def _rotate_fleet(hub: Hub, args: argparse.Namespace) -> None:
+    if not args.resume:
+        generation = hub.rotate_fleet()
+        print(f"fleet key generation {generation} in effect: kiosks take it at their next "
+              "sync (back up the hub's keys again: haven hub keys backup)")
+    if args.no_wait:
+        return
+    for _ in range(1_000_000):  # bounded: each slice moves the migration on
+        if not hub.fleet_slice():
+            break
+    from host.hub.fleet_rotation import progress
+
+    done = progress(hub.store)
+    if done is None:
+        raise UsageError("the fleet key was never rotated: nothing to resume")
+    print(f"{done['patients']} patients migrated to generation {done['generation']}")
 
 
 def _quarantine(hub: Hub, args: argparse.Namespace) -> None:
@@ -599,6 +632,8 @@ def run(args: argparse.Namespace) -> int:
             version = hub.rotate_key()
             print(f"data key {version} seals from now on; a running haven hub serve re-seals "
                   "the rest in the background")
+        elif cmd == "keys" and args.keys_command == "rotate-fleet":
+            _rotate_fleet(hub, args)
         elif cmd == "erase":
             _erase(hub, args)
         elif cmd == "promote":

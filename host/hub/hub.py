@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
-from host.hub import claims, erasure, verifiers
+from host.hub import claims, erasure, fleet_rotation, verifiers
 from host.hub.at_rest import STORE_KEY, create_provider
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks, held, owner_only, reseal_files
@@ -128,6 +128,8 @@ class Hub:
         self.fleet_key = _read_secret(self.data / FLEET_KEY)
         self.store = HubStore(self.data / DB)
         self._own_database()
+        #: The fleet key's generations (``fleet_rotation``): patient ids are the newest's.
+        self.fleet = fleet_rotation.FleetKeys(self.data, self.fleet_key, self.store)
         owner_only(self.data / DOCUMENTS_DIR)
 
     def _own_database(self) -> None:
@@ -368,7 +370,7 @@ class Hub:
     def write_verifiers(self, now_ms: int | None = None) -> int:
         """The door kiosks' verifier records that are missing or stale, written
         (``verifiers``); returns how many."""
-        return verifiers.write(self.store, self.fleet_key, self.node,
+        return verifiers.write(self.store, self.fleet.newest, self.node,
                                wall_ms() if now_ms is None else now_ms, self._hlc)
 
     def erase(self, patient: bytes, by: str, reason: str,
@@ -382,8 +384,19 @@ class Hub:
         """What runs after each batch the hub commits: an erased patient's late writes
         settled (``erasure``), then the door kiosks' verifiers."""
         now = wall_ms() if now_ms is None else now_ms
+        fleet_rotation.after_batch(self, now, self._hlc)
         erasure.after_batch(self, now, self._hlc)
         self.write_verifiers(now)
+
+    def rotate_fleet(self, now_ms: int | None = None) -> int:
+        """A new generation of the fleet key; patient ids migrate to it (``fleet_rotation``:
+        ``fleet_slice`` goes on with it). Returns the generation."""
+        return fleet_rotation.rotate(self, wall_ms() if now_ms is None else now_ms)
+
+    def fleet_slice(self, limit: int = fleet_rotation.SLICE) -> bool:
+        """One slice of the migration of patient ids to the fleet key's newest generation
+        (``fleet_rotation``); True while it goes on."""
+        return fleet_rotation.migrate_slice(self, wall_ms(), self._hlc, limit)
 
     def _hlc(self) -> HLC:
         """The hub's clock for its own writes: past every stamp it holds."""
@@ -470,7 +483,7 @@ class Hub:
         hlc = self._hlc()
         # first the identities kiosks without the fleet key sealed here, then the claims
         completed, done = claims.complete(
-            self._views_of(checkins), self.x_key, self.fleet_key,
+            self._views_of(checkins), self.x_key, self.fleet,
             lambda rid: next(iter(self._views_of({rid})), None), self.node, hlc, now)
         self._add_local(completed)
         views = self._views_of(checkins)
@@ -554,7 +567,8 @@ class Hub:
                 "log": [timed(e, "at") for e in self.store.events(20)],
                 "documents": held(self.data / DOCUMENTS_DIR, self.store.sealer),
                 "keys": self.store.keyring(),
-                "held_batches": self.held_batches()}
+                "held_batches": self.held_batches(),
+                "fleet_rotation": fleet_rotation.progress(self.store)}
 
     def _backlog(self, dev: Device, head: int) -> int:
         """Deltas waiting for this kiosk's next pull."""

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A data backup (``host.hub.backup``) never holds a key. The keys are backed
-up apart: every file of ``hub.SECRET_FILES`` the data directory holds, as a
+up apart: every file of ``hub.SECRET_FILES`` the data directory holds, and the
+fleet key's later generations (``fleet.2.key``...: ``fleet_rotation``), as a
 CBOR map (file name -> bytes), sealed with AES-256-GCM under
 HKDF-SHA256(recovery key, ``LABEL``), with the hub's id (its Ed25519 public
 key) in the associated data. The recovery key is 32 fresh random bytes per
@@ -19,9 +20,9 @@ compares it with the id the data directory's database records
 (``hub.HUB_ID``) and with the Ed25519 key already there, if any. Then the
 recovery key is read (a typo is the parser's to catch), the map opened (a
 wrong key or an altered file fails the tag), and every name checked against
-``SECRET_FILES`` and the Ed25519 key against the id, all before the first
-file is written. Keys already in the directory are never replaced unless
-forced; each is written owner-only, whole or not at all
+``SECRET_FILES`` (or a later fleet key's) and the Ed25519 key against the id,
+all before the first file is written. Keys already in the directory are never
+replaced unless forced; each is written owner-only, whole or not at all
 (``protocol.driver.secret_files``).
 """
 
@@ -45,6 +46,7 @@ from host.errors import UsageError
 from host.hub import recovery_key
 from host.hub.at_rest import STORE_KEY, default_provider
 from host.hub.backup import check_directory
+from host.hub.fleet_rotation import is_later_key_name, later_key_names
 from host.hub.hub import DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
 from protocol import strict_cbor
 from protocol.driver.errors import DriverError, SecretFileError
@@ -92,6 +94,7 @@ def backup_keys(data: Path, to: Path) -> tuple[str, list[str], str]:
     if not (data / ED_KEY).exists():
         raise UsageError(f"{data} holds no hub keys ({ED_KEY} is missing)")
     names = [n for n in SECRET_FILES if n in REQUIRED or (data / n).exists()]
+    names += later_key_names(data)  # the fleet key's later generations (rotate-fleet)
     keys = {name: _secret(data / name) for name in names}
     if STORE_KEY not in keys:  # sealed to this machine's TPM: the key itself, unsealed
         try:
@@ -176,7 +179,7 @@ def check_target(backup: KeyBackup, data: Path, *, force: bool) -> None:
     if mine is not None and mine != theirs:
         raise UsageError(f"this key backup is hub {theirs}'s, but {data} holds hub "
                          f"{mine}'s keys")
-    there = [n for n in SECRET_FILES if (data / n).exists()]
+    there = [n for n in SECRET_FILES if (data / n).exists()] + later_key_names(data)
     if there and not force:
         raise UsageError(f"{data} holds keys already ({', '.join(there)}); not replacing "
                          "them (give --force to replace them with the backup's)")
@@ -197,12 +200,13 @@ def open_backup(backup: KeyBackup, key_text: str) -> dict[str, bytes]:
     if not isinstance(keys, dict) or not all(
             isinstance(k, str) and isinstance(v, bytes) for k, v in keys.items()):
         raise UsageError("the key backup's content is not a map of keys")
-    unknown = sorted(set(keys) - set(SECRET_FILES))
+    unknown = sorted(n for n in set(keys) - set(SECRET_FILES) if not is_later_key_name(n))
     if unknown:
         raise UsageError(f"the key backup holds {', '.join(unknown)}, which this release "
                          "does not know: restore it with the release that made it")
     missing = [n for n in REQUIRED if n not in keys]
-    if missing or any(len(keys[n]) != 32 for n in REQUIRED):
+    if missing or any(len(keys[n]) != 32 for n in keys if n in REQUIRED
+                      or is_later_key_name(n)):
         raise UsageError(f"the key backup lacks {', '.join(missing) or 'whole keys'}")
     if hub_id_of(keys[ED_KEY]) != backup.hub_id:
         raise UsageError("the key backup's Ed25519 key is not its hub's")

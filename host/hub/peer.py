@@ -31,6 +31,7 @@ from protocol.messages import Message
 from protocol.sync import batches as sync_batches
 from protocol.sync import provisioning
 from protocol.sync.conversation import Enroller, HubSync, Reply
+from protocol.sync.hub_round import HubFleet
 from protocol.transfer import transfer_id
 
 
@@ -41,14 +42,16 @@ class HubPeer:
                  provision: Callable[[Message, bytes | None, int], list[Reply]] | None = None,
                  stable_key: Ed25519PrivateKey | None = None,
                  after_batch: Callable[[], object] | None = None,
-                 defer: bool = False) -> None:
+                 defer: bool = False, fleet: HubFleet | None = None) -> None:
         """``enrol``: how a kiosk whose hello presents an offline approval is enrolled
         (``Hub.enroll_by_approval``). ``provision``: the answer to a technician's tool that
         asks instead of a kiosk's hello (``host.hub.provisioning.answer``). ``stable_key``
         signs the stable points of welcomes. ``after_batch``: run after each batch
         (``Hub.after_batch``); a failure is logged, the reply goes. With ``defer``, it
         is not run by ``on_message`` but left ``owed``, for the caller to run with
-        ``settle`` once the batch's ack went (before the kiosk's next message)."""
+        ``settle`` once the batch's ack went (before the kiosk's next message).
+        ``fleet``: the hub's fleet keys, for kiosks at an older generation
+        (``fleet_rotation``)."""
         self.documents = documents
         self.remote = remote_static
         self.provision = provision
@@ -58,7 +61,7 @@ class HubPeer:
         self.defer = defer
         self.owed = False  #: a batch was handled and ``after_batch`` waits (``defer``)
         self.sync = HubSync(store, hub_ed25519, remote_static, max_ahead_ms=max_ahead_ms,
-                            enrol=enrol, stable_key=stable_key)
+                            enrol=enrol, stable_key=stable_key, fleet=fleet)
 
     def on_message(self, data: bytes) -> list[Reply]:
         now = self.clock()

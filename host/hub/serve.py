@@ -15,7 +15,8 @@ sends, the worst outcome is that its connection closes. The re-sealer
 key rotated away) runs a slice at a time in the pool, a pause between
 slices so sessions' commits wait at most one slice; idle, it looks again
 every ``RESEAL_IDLE`` seconds (``haven hub keys rotate`` from another
-process starts a new walk).
+process starts a new walk). A fleet key rotation's migration of patient ids
+(``Hub.fleet_slice``) goes on the same way, a slice after each re-seal slice.
 
 Bounds (``limits.Limits``, each a ``haven hub serve`` flag): connections at
 once (kept below the descriptor limit), connections not yet authenticated
@@ -207,7 +208,7 @@ class Server:
         """Seal what is not under the current data key, a slice at a time, in the pool."""
         while True:
             try:
-                more = await self.submit(self.hub.reseal_slice)
+                more = await self.submit(self._background_slice)
             except RuntimeError:  # the pool is shut down
                 return
             except Exception as exc:  # noqa: BLE001 - logged; the next look tries again
@@ -276,7 +277,7 @@ class Server:
                        documents=inbox, enrol=self.hub.enroll_by_approval,
                        provision=functools.partial(provisioning.answer, self.hub),
                        stable_key=self.hub.ed_key, after_batch=self.hub.after_batch,
-                       defer=True)
+                       defer=True, fleet=self.hub.fleet)
 
     def admit_handshake(self, host: str, now: float) -> bool:
         """May a key exchange from ``host`` start now? (``HandshakeBudget``)"""
@@ -510,6 +511,11 @@ class Server:
             "serial": [p.url for p in self.ports],
             "store_looks": self.watch.looks,
         }
+
+    def _background_slice(self) -> bool:
+        """A re-seal slice, then one of a fleet key rotation's migration: True while
+        either goes on."""
+        return self.hub.reseal_slice() | self.hub.fleet_slice()
 
     # -- stopping --------------------------------------------------------------------------
 

@@ -712,6 +712,29 @@ class HubStore:
         return [Op(rid, stamp, node, bytes(data)) for stamp, node, data in self._q(
             f"SELECT stamp, node, {OPENED} FROM ops WHERE rid = ?", [rid])]
 
+    def record_ids(self, after: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` ids of records held that follow ``after``, in order."""
+        return [bytes(rid) for (rid,) in self._q(
+            "SELECT DISTINCT rid FROM ops WHERE rid > ? ORDER BY rid LIMIT ?", [after, limit])]
+
+    def subject_records(self, subject: bytes) -> list[bytes]:
+        """The records whose subject is ``subject``."""
+        return [bytes(rid) for (rid,) in self._q(
+            "SELECT rid FROM record_facts WHERE subject = ? ORDER BY rid", [subject])]
+
+    def first_write(self, rid: bytes) -> tuple[int, int, int]:
+        """The arrival number, node and stamp of the first delta held of ``rid``."""
+        hseq, node, stamp = self._q("SELECT hseq, node, stamp FROM ops WHERE rid = ?"
+                                    " ORDER BY hseq LIMIT 1", [rid])[0]
+        return hseq, node, stamp
+
+    def arrived_after(self, hseq: int, limit: int) -> list[tuple[int, Op]]:
+        """Up to ``limit`` deltas that arrived after ``hseq``, in order, each with its
+        arrival number."""
+        return [(n, Op(bytes(rid), stamp, node, bytes(data))) for n, rid, stamp, node, data
+                in self._q(f"SELECT hseq, rid, stamp, node, {OPENED} FROM ops WHERE hseq > ?"
+                           " ORDER BY hseq LIMIT ?", [hseq, limit])]
+
     def version_vector(self) -> dict[int, int]:
         return {n: s for n, s in self._q("SELECT node, MAX(stamp) FROM ops GROUP BY node")}
 

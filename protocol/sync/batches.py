@@ -44,6 +44,7 @@ from protocol import strict_cbor
 from protocol.crdt.clock import MAX_NODE
 from protocol.errors import RemoteProtocolError
 from protocol.messages import MessageSpec, register
+from protocol.sync.fleet_chain import valid_moves
 
 GENESIS = b"\x00" * 32
 HEAD_LABEL = b"haven-chain-head\x00"
@@ -77,10 +78,13 @@ def _snapshot_ask(value: object) -> bool:
 #: ``sum2``: the checksum of the scope the kiosk holds (``scope.scope_checksum``), sent
 #: only with nothing of its own queued or in flight (SPEC.md "Scopes and garbage
 #: collection"); ``sum``: the same by ``scope.scope_checksum_v1``, from kiosks before it.
+#: ``fleet``: each generation of the fleet key the kiosk moved to, with its stamp at the
+#: move (``fleet_chain``; absent: the first generation only).
 HELLO = register(MessageSpec(80, "sync-hello", {
     1: ("cert", bytes), 2: ("vv", dict), 3: ("cursor", int), 4: ("seq", int),
     5: ("hash", bytes)}, {6: ("time", int), 7: ("label", int), 8: ("revs", int),
-                          9: ("enrol", bytes), 10: ("sum", _hash32), 11: ("sum2", _hash32)}))
+                          9: ("enrol", bytes), 10: ("sum", _hash32), 11: ("sum2", _hash32),
+                          12: ("fleet", valid_moves)}))
 #: ``tail``: to a kiosk behind the hub's checkpoint, the last writes of its node that came
 #: after its head, ``[[record id, stamp], ...]``: a kiosk that never made them is a copy.
 #: ``kiosk``: the kiosk's number (its short patient codes' first part), for a kiosk whose
@@ -89,13 +93,18 @@ HELLO = register(MessageSpec(80, "sync-hello", {
 #: the certificate of a kiosk the hello's approval enrolled. ``scope``: the kiosk's scope
 #: (``scope.Scope.to_wire``); ``stable``: its stable point, signed by the hub
 #: (``scope.sign_stable_point``); ``rebase``: pull a snapshot of the whole scope.
+#: ``fleet``: to a kiosk at an older generation of the fleet key than the hub's, the keys
+#: of the later generations, sealed to it (``fleet_chain.seal_chain``).
 WELCOME = register(MessageSpec(81, "sync-welcome", {
     1: ("time", int), 2: ("vv", dict), 3: ("seq", int), 4: ("hash", bytes)},
     {5: ("tail", list), 6: ("kiosk", int), 7: ("revs", bytes), 8: ("cert", bytes),
-     9: ("scope", list), 10: ("stable", bytes), 11: ("rebase", bool)}))
+     9: ("scope", list), 10: ("stable", bytes), 11: ("rebase", bool), 12: ("fleet", bytes)}))
 #: ``prev`` only from a kiosk whose chain left the hub's, for its batches to be held.
+#: ``fleet``: as the hello's, from a kiosk that moved to a later generation of the fleet
+#: key (its writes' generations, ``fleet_chain.writer_generation``).
 BATCH = register(MessageSpec(82, "sync-batch", {
-    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {6: ("prev", bytes)}))
+    1: ("seq", int), 3: ("payload", bytes), 4: ("sig", bytes)}, {6: ("prev", bytes),
+                                                                 7: ("fleet", valid_moves)}))
 #: ``arrived``: the greatest arrival number (cursor) the hub gave the batch's committed
 #: deltas; absent when it committed none.
 ACK = register(MessageSpec(83, "sync-ack", {1: ("seq", int)}, {3: ("quarantined", list),

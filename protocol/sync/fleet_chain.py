@@ -91,6 +91,13 @@ def generation_of(moves: Sequence[Sequence[int]]) -> int:
     return moves[-1][0] if moves else 1
 
 
+def key_file_name(first: str, generation: int) -> str:
+    """The file that keeps generation ``generation`` of the fleet key beside the first
+    generation's file ``first`` (``fleet.key``: ``fleet.2.key``, ``fleet.3.key``...)."""
+    stem, dot, suffix = first.rpartition(".")
+    return f"{stem}.{generation}.{suffix}" if dot else f"{first}.{generation}"
+
+
 def writer_generation(moves: Sequence[Sequence[int]], stamp: int) -> int:
     """The generation a write stamped ``stamp`` by the kiosk that made ``moves`` was
     made under: the last it moved to before the stamp."""

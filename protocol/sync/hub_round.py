@@ -48,6 +48,7 @@ from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 from protocol.sync.checks import check_remote_deltas
+from protocol.sync.fleet_chain import generation_of
 from protocol.sync.paging import PageSplit, packed
 from protocol.sync.round_common import (
     CHANGES_LANE,
@@ -183,6 +184,17 @@ class HubStorage(Protocol):
         None before the hub made one."""
 
 
+class HubFleet(Protocol):
+    """The hub's generations of the fleet key (SPEC.md "Fleet key rotation")."""
+
+    def chain_for(self, x25519: bytes, generation: int) -> bytes | None:
+        """The welcome's ``fleet`` for the kiosk of key ``x25519`` at ``generation``: the
+        later keys sealed to it (``fleet_chain.seal_chain``); None if it holds them all."""
+    def note_moves(self, node: int, moves: list[list[int]]) -> None:
+        """Keep what a kiosk (its ``node``) says of its moves to later generations, before
+        its writes that follow are committed."""
+
+
 @dataclass(frozen=True)
 class ApprovalEnrolment:
     """What the hub made of the approval in a hello (SPEC.md "Offline approvals")."""
@@ -221,8 +233,10 @@ class HubSync:
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
                  *, max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS,
                  enrol: Enroller | None = None,
-                 stable_key: Ed25519PrivateKey | None = None) -> None:
+                 stable_key: Ed25519PrivateKey | None = None,
+                 fleet: HubFleet | None = None) -> None:
         self.storage = storage
+        self.fleet = fleet  #: None: a hub that never rotated its fleet key keeps quiet
         self.enrol = enrol
         self.stable_key = stable_key
         self._role: tuple[str, int | None] | None = None  #: the role (and since) welcomed
@@ -395,8 +409,22 @@ class HubSync:
                                         vv=self.storage.version_vector(),
                                         seq=dev.last_seq, hash=dev.last_hash, tail=tail,
                                         kiosk=number, revs=newer, cert=issued,
+                                        fleet=self._fleet_chain(dev, msg, issued),
                                         **self._scoping(dev, msg, now)))
         return [*self._alert(now), welcome]
+
+    def _fleet_chain(self, dev: KioskRecord, msg: messages.Message,
+                     issued: bytes | None) -> bytes | None:
+        """The welcome's ``fleet``: the later keys of the fleet key, for a kiosk at an older
+        generation (its moves kept first). None for a kiosk enrolled by this hello: it
+        installs the first key after the welcome, and takes the rest next time."""
+        if self.fleet is None or self.batch_key is not None:
+            return None
+        moves = msg.get("fleet") or []
+        if moves:
+            self.fleet.note_moves(dev.node, moves)
+        return None if issued is not None else self.fleet.chain_for(
+            dev.x25519, generation_of(moves))
 
     def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:
         """Evidence of a clone (two batches under one sequence, both the kiosk's), once
@@ -470,6 +498,8 @@ class HubSync:
         dev = self.device
         assert dev is not None
         seq, given = msg.get("seq"), msg.get("prev")
+        if self.fleet is not None and msg.get("fleet") and self.batch_key is None:
+            self.fleet.note_moves(dev.node, msg.get("fleet"))
         ours = self._prev_hash(dev, seq)
         if given is None and not self.held and seq == dev.last_seq + 1:
             batch = self._signed(seq, [dev.last_hash], msg)

@@ -157,6 +157,16 @@ class KioskStorage(Protocol):
         """Durably count one more checkpoint over writes we never made; returns the count."""
 
 
+class KioskFleet(Protocol):
+    """The kiosk's generations of the fleet key (SPEC.md "Fleet key rotation")."""
+
+    def moves(self) -> list[list[int]]:
+        """Each generation moved to, with our stamp at the move (``fleet_chain``)."""
+    def offered(self, sealed: bytes) -> None:
+        """The welcome's later keys of the fleet key, sealed to us: kept, and ours from
+        now on (one that does not go on from our first key is logged and dropped)."""
+
+
 class KioskSync:
     """The kiosk's role in one round. ``receive`` raises ``BatchRefused``, or a
     payload's ``BatchError``. ``forked``: our chain left the hub's (a clone), so our
@@ -164,13 +174,15 @@ class KioskSync:
 
     def __init__(self, storage: KioskStorage, *, cert: bytes, device: str,
                  key: Ed25519PrivateKey, enrol: bytes | None = None,
-                 hub_ed25519: bytes | None = None) -> None:
+                 hub_ed25519: bytes | None = None, fleet: KioskFleet | None = None) -> None:
         """``enrol``: a kiosk provisioned offline, not enrolled yet (``cert`` empty),
         presents its approval and request (``approval.enrolment``) in its hello; the
         certificate the hub then issues is ``issued``, for the kiosk to install.
         ``hub_ed25519``: the hub's key our certificate names, which signs the stable
-        point (None: a welcome that carries one fails the round)."""
+        point (None: a welcome that carries one fails the round). ``fleet``: the
+        kiosk's generations of the fleet key (None: it takes no later one)."""
         self.storage = storage
+        self.fleet = fleet
         self.cert, self.device, self.key, self.enrol = cert, device, key, enrol
         self.hub_ed25519 = hub_ed25519
         self.issued: bytes | None = None
@@ -195,7 +207,11 @@ class KioskSync:
             "sync-hello", cert=self.cert, vv=self.storage.version_vector(),
             cursor=self.storage.cursor(), seq=seq, hash=hash_, time=now,
             label=self.storage.queue_label(), revs=self.storage.revocations_number() or None,
-            enrol=self.enrol, sum2=self.storage.scope_checksum()))]
+            enrol=self.enrol, sum2=self.storage.scope_checksum(), fleet=self._moves()))]
+
+    def _moves(self) -> list[list[int]] | None:
+        """The hello's and each batch's ``fleet``: None at the first generation."""
+        return (self.fleet.moves() or None) if self.fleet is not None else None
 
     def receive_data(self, data: bytes, now: int) -> list[Reply]:
         return self.receive(messages.decode(data), now)
@@ -235,6 +251,8 @@ class KioskSync:
         self.welcomed = True
         if msg.get("cert") is not None:
             self.issued = msg.get("cert")
+        if msg.get("fleet") is not None and self.fleet is not None:
+            self.fleet.offered(msg.get("fleet"))  # before any batch: its writes are newer
         self.storage.note_clock_offset(msg.get("time") - now)
         if msg.get("kiosk") is not None:
             self.storage.note_kiosk_number(msg.get("kiosk"))
@@ -324,7 +342,8 @@ class KioskSync:
         self.in_flight = (batch.seq, entries)
         # No previous hash on the wire: the hub holds it (SPEC.md, "Sync").
         return [(min(batch.lane, LAST_LANE), encode(
-            "sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig))]
+            "sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig,
+            fleet=self._moves()))]
 
     def _new_batch(self, writes: list[tuple[int, int, bytes]],
                    ) -> tuple[sync.Batch, list[int]]:
@@ -355,7 +374,7 @@ class KioskSync:
         self.in_flight = (batch.seq, entries)
         return [(min(batch.lane, LAST_LANE), encode(
             "sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig,
-            prev=batch.prev))]
+            prev=batch.prev, fleet=self._moves()))]
 
     def _held(self, seq: int) -> list[Reply]:
         """The hub holds our batch ``seq`` for review (``sync-reject`` ``held``): its
