@@ -69,7 +69,7 @@ from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks
 from host.hub.storage import HubStore, Op
 from host.hub.verifiers import view_of
-from protocol.crdt import ids, short_code
+from protocol.crdt import ids
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import DELETE, Delta, decode, encode
 from protocol.crdt.erasure import erasure_record_id, husk, successor_id
@@ -123,20 +123,20 @@ def patient_of(fleet_key: bytes, patient: str | None, passport: str | None,
     code (the last two through the fleet key); ``UsageError`` for anything else."""
     if sum(x is not None for x in (patient, passport, code)) != 1:
         raise UsageError("name the patient once: PATIENT_ID, --passport N or --code C")
-    try:
-        if patient is not None:
+    if patient is not None:
+        try:
             return uuid.UUID(patient.strip()).bytes
+        except ValueError:
+            raise UsageError(f"not a patient id (a UUID, as haven hub dump shows them): "
+                             f"{patient!r}") from None
+    try:
         if passport is not None:
             return ids.patient_id(fleet_key, passport).bytes
         assert code is not None
         return ids.code_patient_id(fleet_key, code).bytes
-    except ValueError:
-        raise UsageError(f"not a patient id (a UUID, as haven hub dump shows them): "
-                         f"{patient!r}") from None
-    except short_code.ShortCodeError as exc:
-        raise UsageError(f"--code: {exc}") from None
     except ProtocolError as exc:
-        raise UsageError(f"--passport: {exc}") from None
+        raise UsageError(f"{'--passport' if passport is not None else '--code'}: {exc}"
+                         ) from None
 
 
 def live_id(store: HubStore, pid: bytes) -> bytes:
