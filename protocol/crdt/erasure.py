@@ -47,9 +47,14 @@ SUBJECT_TYPES = frozenset(
 
 def erasure_record_id(patient: bytes) -> bytes:
     """The id of ``patient``'s erasure record (a version-8 UUID of a hash of the id)."""
+    return _hashed_id(_ID_LABEL, patient)
+
+
+def _hashed_id(label: bytes, patient: bytes) -> bytes:
+    """A version-8 UUID of SHA-256(``label`` || ``patient``), a patient id (16 bytes)."""
     if type(patient) is not bytes or len(patient) != 16:
         raise ValueError("a patient id is 16 bytes")
-    raw = bytearray(hashlib.sha256(_ID_LABEL + patient).digest()[:16])
+    raw = bytearray(hashlib.sha256(label + patient).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
     return uuid.UUID(bytes=bytes(raw)).bytes
@@ -87,9 +92,4 @@ def successor_id(patient: bytes) -> bytes:
     their passport or code gives is erased for good): a version-8 UUID of a hash of the
     erased id, so every kiosk that knows of the erasure registers them under one id,
     offline too. Nothing of the erased record is carried over."""
-    if type(patient) is not bytes or len(patient) != 16:
-        raise ValueError("a patient id is 16 bytes")
-    raw = bytearray(hashlib.sha256(_SUCCESSOR_LABEL + patient).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x80
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return uuid.UUID(bytes=bytes(raw)).bytes
+    return _hashed_id(_SUCCESSOR_LABEL, patient)
