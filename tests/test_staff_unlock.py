@@ -23,7 +23,10 @@ from device.store import Store, StoreError, init_store, unlock
 from device.store.locked import LockableStore
 from device.store.pending import DB_NAME as PENDING_DB
 from device.store.pending import PendingCheckins
+from device.store.pending import sealing_info as pending_info
+from protocol import strict_cbor
 from protocol.crdt import schema
+from protocol.sync.certificate import seal
 
 from .test_runtime import call
 from .test_ui_helpers import ROOT, free_port, run_kiosk
@@ -293,10 +296,10 @@ def test_a_merge_cut_by_a_power_cut_loses_none_and_doubles_none(tmp_path: Path) 
     died = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True)
     assert died.returncode == 9, died.stderr
     with PendingCheckins(data) as pending:
-        assert pending.count() == 2  # the first erased; the second merged, not erased
+        assert pending.count() == 3  # a session's entries are erased once all merged
     gate = LockableStore(data)
     merge = gate.unlock(PASS)
-    assert (merge.merged, merge.already, merge.refused) == (1, 1, [])
+    assert (merge.merged, merge.already, merge.refused, merge.missing) == (1, 2, [], [])
     held = checkins(gate)
     assert sorted(held) == numbers
     assert [held[n]["name"] for n in numbers] == ["Ada Locked", "Bea Locked", "Cyd Locked"]
@@ -317,11 +320,13 @@ def test_garbage_pending_entries_are_kept_with_why_and_the_others_merge(
         cids = [r[0] for r in db.execute("SELECT cid FROM checkins ORDER BY at_ms")]
         db.execute("UPDATE checkins SET sealed = ? WHERE cid = ?", [os.urandom(90), cids[0]])
         db.execute("UPDATE checkins SET queue_number = 'B-099' WHERE cid = ?", [cids[1]])
-        db.execute("INSERT INTO checkins VALUES (?, 1, 'B-100', ?, NULL)", [b"short", b"x"])
+        db.execute("INSERT INTO checkins (cid, at_ms, queue_number, sealed) VALUES"
+                   " (?, 1, 'B-100', ?)", [b"short", b"x"])
     db.close()
     gate = LockableStore(data)
     merge = gate.unlock(PASS)
-    assert merge.merged == 1 and len(merge.refused) == 3
+    assert merge.merged == 1 and len(merge.refused) == 3 and merge.missing == []
+    assert sum("MAC does not hold" in why for why in merge.refused) == 2
     assert "not merged" in caplog.text
     assert sorted(checkins(gate)) == [numbers[2]]
     gate.close()
@@ -329,6 +334,85 @@ def test_garbage_pending_entries_are_kept_with_why_and_the_others_merge(
         kept = pending.db.execute("SELECT queue_number, refused FROM checkins").fetchall()
     assert sorted(n for n, _ in kept) == [numbers[0], "B-099", "B-100"]
     assert all(why for _, why in kept)
+
+
+def test_a_card_holder_cannot_alter_remove_or_slip_in_a_locked_check_in_unseen(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With the card (pending.db and the public key the entries are sealed to), someone
+    re-seals other values under a check-in's id, time and number, removes one, and slips
+    one of their own into the session: each is refused or reported, none merged as real,
+    and the genuine ones merge."""
+    data = tmp_path / "k"
+    passphrase_kiosk(data)
+    gate = LockableStore(data)
+    for i, name in enumerate(("Ada Chained", "Bea Chained", "Cyd Chained", "Dee Chained")):
+        gate.checkin(name=name, birth_year=1980 + i, reason="sick")
+    gate.close()
+    public = unlock.pending_public(data)
+    db = sqlite3.connect(data / PENDING_DB)
+    with db:
+        rows = db.execute("SELECT cid, at_ms, queue_number, session FROM checkins"
+                          " ORDER BY seq").fetchall()
+        cid, at_ms, number, session = rows[0]
+        forged = strict_cbor.dumps({"name": "Mallory Forged", "reason": "sick"})
+        db.execute("UPDATE checkins SET sealed = ? WHERE cid = ?",
+                   [seal(forged, public, pending_info(cid, at_ms, number)), cid])
+        db.execute("DELETE FROM checkins WHERE cid = ?", [rows[2][0]])
+        slipped = bytes(16)
+        db.execute("INSERT INTO checkins (cid, at_ms, queue_number, sealed, session, seq, mac)"
+                   " VALUES (?, ?, 'B-009', ?, ?, 4, ?)",
+                   [slipped, at_ms, seal(forged, public, pending_info(slipped, at_ms, "B-009")),
+                    session, bytes(32)])
+    db.close()
+    gate = LockableStore(data)
+    merge = gate.unlock(PASS)
+    assert (merge.merged, merge.already) == (2, 0)
+    assert sorted(why.split(":")[0] for why in merge.refused) == ["B-001", "B-009"]
+    assert all("MAC does not hold" in why for why in merge.refused)
+    assert merge.missing and "1 of its 4 entries are missing" in merge.missing[0]
+    assert "number 3" in merge.missing[0] and "missing" in caplog.text
+    assert {c["name"] for c in checkins(gate).values()} == {"Bea Chained", "Dee Chained"}
+    again = gate.merge_pending()  # reported once; the refused stay kept, with why
+    assert (again.merged, again.refused, again.missing) == (0, [], [])
+    gate.close()
+    with PendingCheckins(data) as pending:
+        kept = pending.db.execute("SELECT queue_number FROM checkins WHERE refused IS NOT NULL"
+                                  ).fetchall()
+    assert sorted(n for n, in kept) == ["B-001", "B-009"]
+
+
+def test_a_session_whose_count_was_cut_says_so_and_merges_what_is_there(
+        tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    _lock_three(data)
+    db = sqlite3.connect(data / PENDING_DB)
+    with db:
+        last = db.execute("SELECT cid FROM checkins ORDER BY seq DESC LIMIT 1").fetchone()[0]
+        db.execute("DELETE FROM checkins WHERE cid = ?", [last])
+        db.execute("UPDATE sessions SET count = 2")  # the last removed, the count cut
+    db.close()
+    with LockableStore(data) as gate:
+        merge = gate.unlock(PASS)
+        assert (merge.merged, merge.refused) == (2, [])
+        assert len(merge.missing) == 1 and "count of entries was altered" in merge.missing[0]
+
+
+def test_check_ins_taken_locked_by_the_release_before_the_chain_merge(tmp_path: Path) -> None:
+    """pending.db from before its entries were chained (tests/fixtures/locked-485bb0f,
+    made by that release): upgraded, its entries merged as they were, counted unchained."""
+    fixture = Path(__file__).parent / "fixtures" / "locked-485bb0f"
+    expected = json.loads((fixture / "expected.json").read_text())
+    data = tmp_path / "k"
+    data.mkdir(mode=0o700)
+    for name in ("store.db", "pending.db", "passphrase.keys"):
+        (data / name).write_bytes((fixture / name).read_bytes())
+        (data / name).chmod(0o600)
+    with LockableStore(data) as gate:
+        merge = gate.unlock(expected["passphrase"])
+        assert (merge.merged, merge.unchained, merge.refused, merge.missing) == (3, 3, [], [])
+        held = checkins(gate)
+        assert {n: (held[n]["name"], held[n]["year"]) for n in held} == {
+            n: (c.get("name"), str(c["birth_year"])) for n, c in expected["checkins"].items()}
 
 
 def test_unlock_time_and_memory(tmp_path: Path) -> None:

@@ -24,12 +24,18 @@ the unlock the store's counters are raised past every pending number
 (``Store.raise_queue_numbers``) before the page's check-ins go to the
 store, so no number is handed out twice.
 
-``merge`` turns each entry into an ordinary ``Store.checkin`` at its
-original time, under its own check-in id and number: the store keeps a
-check-in id once, so an entry merged before a crash, and not yet erased
-here, is found and only erased when the merge runs again (none lost, none
-doubled). An entry that does not open or decode is kept, marked with why,
-and logged; the others merge.
+Each entry is chained to the session of the process that took it
+(``pending_chain``: a MAC under a key that is never on the card), so that
+someone with the card cannot alter, reorder or remove an entry unseen.
+
+``merge`` checks each session's chain, then turns each entry into an
+ordinary ``Store.checkin`` at its original time, under its own check-in id
+and number: the store keeps a check-in id once, so an entry merged before a
+crash, and not yet erased here, is found and only erased when the merge runs
+again (none lost, none doubled). A session's entries are erased, with it, in
+one transaction once all are merged. An entry that does not open, decode or
+pass its chain is kept, marked with why, and logged; the others merge, and
+what a session misses is reported (``PendingMerge.missing``).
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.store.exc import BadRequest, StoreError
+from device.store.pending_chain import Chain, verify
 from protocol import strict_cbor
 from protocol.crdt.ids import time_ordered_id
 from protocol.driver.database import Migrations, immediate, open_database
+from protocol.driver.wall_clock import utc_text
 from protocol.errors import ProtocolError
 from protocol.sync.certificate import open_sealed, seal
 
@@ -67,6 +75,15 @@ MIGRATIONS.sql(
     "CREATE TABLE checkins (cid BLOB PRIMARY KEY, at_ms INTEGER NOT NULL,"
     " queue_number TEXT NOT NULL, sealed BLOB NOT NULL, refused TEXT)",
     "CREATE TABLE queue_numbers (day TEXT PRIMARY KEY, last INTEGER NOT NULL)",
+)
+#: 2: each entry chained to its session (``pending_chain``); entries of 1 have none.
+MIGRATIONS.sql(
+    2,
+    "CREATE TABLE sessions (sid BLOB PRIMARY KEY, started_ms INTEGER NOT NULL,"
+    " sealed_key BLOB NOT NULL, count INTEGER NOT NULL, tag BLOB NOT NULL)",
+    "ALTER TABLE checkins ADD COLUMN session BLOB",
+    "ALTER TABLE checkins ADD COLUMN seq INTEGER",
+    "ALTER TABLE checkins ADD COLUMN mac BLOB",
 )
 log = logging.getLogger("haven.store")
 
@@ -86,9 +103,12 @@ class PendingMerge:
     merged: int = 0  #: entries now ordinary check-ins in the store
     already: int = 0  #: entries the store held already (a merge cut short before)
     refused: list[str] = dataclasses.field(default_factory=list)  #: kept, with why
+    #: What sessions miss: entries removed from the file, in words.
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unchained: int = 0  #: entries of a release before the chain, merged unchecked
 
 
-def _info(cid: bytes, at_ms: int, number: str) -> bytes:
+def sealing_info(cid: bytes, at_ms: int, number: str) -> bytes:
     return INFO + cid + struct.pack(">Q", at_ms) + number.encode()
 
 
@@ -105,6 +125,7 @@ class PendingCheckins:
         self.db = open_database(self.data / DB_NAME, MIGRATIONS)
         self.db.execute("PRAGMA secure_delete = ON")  # erased entries leave no bytes behind
         self._lock = threading.Lock()
+        self._chain: Chain | None = None  #: this process's session, from its first entry
 
     def close(self) -> None:
         self.db.conn.close()
@@ -158,16 +179,23 @@ class PendingCheckins:
             n = max(store_last, row[0] if row else 0) + 1
             self.db.execute("INSERT OR REPLACE INTO queue_numbers VALUES (?, ?)", [day, n])
             number = f"{prefix}-{n:03d}"
-            sealed = seal(plain, self.public_key, _info(cid, now_ms, number))
-            self.db.execute("INSERT INTO checkins (cid, at_ms, queue_number, sealed)"
-                            " VALUES (?, ?, ?, ?)", [cid, now_ms, number, sealed])
+            sealed = seal(plain, self.public_key, sealing_info(cid, now_ms, number))
+            chain = self._chain or Chain(self.public_key, now_ms)
+            seq, mac, tag = chain.link(cid, now_ms, number, sealed)
+            self.db.execute("INSERT INTO checkins (cid, at_ms, queue_number, sealed, session,"
+                            " seq, mac) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [cid, now_ms, number, sealed, chain.sid, seq, mac])
+            self.db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)",
+                            [chain.sid, chain.started_ms, chain.sealed_key, seq + 1, tag])
+        chain.advance()  # committed: the next entry's key replaces this one's
+        self._chain = chain
         return PendingCheckin(str(uuid.UUID(bytes=cid)), number)
 
     def _open(self, row: tuple[Any, ...], key: X25519PrivateKey) -> dict[str, Any]:
         cid, at_ms, number, sealed = row
         if not isinstance(sealed, bytes) or len(sealed) > MAX_SEALED:
             raise ValueError("not a sealed check-in")
-        plain = open_sealed(sealed, key, _info(cid, at_ms, number))
+        plain = open_sealed(sealed, key, sealing_info(cid, at_ms, number))
         values = strict_cbor.loads(plain, max_size=MAX_SEALED)
         if not isinstance(values, dict) or not set(values) <= set(FIELDS):
             raise ValueError("not a check-in's values")
@@ -178,31 +206,66 @@ class PendingCheckins:
         out = PendingMerge()
         store.raise_queue_numbers(self.counters())
         with self._lock:
-            rows = self.db.execute("SELECT cid, at_ms, queue_number, sealed FROM checkins"
-                                   " WHERE refused IS NULL ORDER BY at_ms, cid").fetchall()
-        for row in rows:
-            cid = row[0]
-            try:
-                values = self._open(row, key)
-                if store.view(str(uuid.UUID(bytes=cid))) is not None:
-                    out.already += 1
-                else:
-                    store.checkin(now_ms=row[1], checkin_id=cid, queue_number=row[2], **values)
-                    out.merged += 1
-            except (ProtocolError, ValueError, TypeError, BadRequest) as exc:
-                # a full disk or a broken store (another StoreError) stops the merge with
-                # every entry left kept; this one's own bytes or values are bad
-                why = f"{type(exc).__name__}: {exc}"
-                log.error("a check-in taken while locked (number %s, at %d ms) was not "
-                          "merged; it stays in %s: %s", row[2], row[1], DB_NAME, why)
-                with self._lock, immediate(self.db):
-                    self.db.execute("UPDATE checkins SET refused = ? WHERE cid = ?", [why, cid])
-                out.refused.append(f"{row[2]}: {why}")
-                continue
+            self._chain = None  # an entry added after this starts a session of its own
+            rows = self.db.execute("SELECT cid, at_ms, queue_number, sealed, session, seq, mac"
+                                   " FROM checkins WHERE refused IS NULL"
+                                   " ORDER BY at_ms, cid").fetchall()
+            sessions = self.db.execute("SELECT sid, started_ms, sealed_key, count, tag"
+                                       " FROM sessions ORDER BY started_ms").fetchall()
+        for session in sessions:
+            entries = [r for r in rows if r[4] == session[0]]
+            verdict = verify(key, session, [(*r[:4], *r[5:]) for r in entries])
+            for missing in verdict.missing:
+                when = utc_text(session[1]) if isinstance(session[1], int) else "?"
+                out.missing.append(f"the session begun {when}: {missing}")
+                log.error("check-ins taken while locked: the session begun %s: %s", when,
+                          missing)
+            merged = [r[0] for r in entries
+                      if self._merge_one(store, key, r, out, verdict.bad.get(r[0]))]
+            # checked and merged whole: the session goes, with the entries it merged, at
+            # once (those it refused stay, marked), unless a process added to it meanwhile
             with self._lock, immediate(self.db):
-                self.db.execute("DELETE FROM checkins WHERE cid = ?", [cid])
+                now = self.db.execute("SELECT count FROM sessions WHERE sid = ?",
+                                      [session[0]]).fetchone()
+                if now is not None and now[0] == session[3]:
+                    for cid in merged:
+                        self.db.execute("DELETE FROM checkins WHERE cid = ?", [cid])
+                    self.db.execute("DELETE FROM sessions WHERE sid = ?", [session[0]])
+        known = {s[0] for s in sessions}
+        for row in (r for r in rows if r[4] not in known):
+            unchained = row[4] is None  # from before the chain
+            if self._merge_one(store, key, row, out, None if unchained else
+                               "its session is gone (removed from the file)"):
+                out.unchained += unchained
+                with self._lock, immediate(self.db):
+                    self.db.execute("DELETE FROM checkins WHERE cid = ?", [row[0]])
         with self._lock:
             if not self.db.execute("SELECT 1 FROM checkins LIMIT 1").fetchone():
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         return out
 
+    def _merge_one(self, store: Any, key: X25519PrivateKey, row: tuple[Any, ...],
+                   out: PendingMerge, bad: str | None) -> bool:
+        """One entry into the store (True), or kept with why (False): ``bad`` says why
+        its chain refused it."""
+        cid = row[0]
+        try:
+            if bad is not None:
+                raise ValueError(bad)
+            values = self._open(row[:4], key)
+            if store.view(str(uuid.UUID(bytes=cid))) is not None:
+                out.already += 1
+            else:
+                store.checkin(now_ms=row[1], checkin_id=cid, queue_number=row[2], **values)
+                out.merged += 1
+            return True
+        except (ProtocolError, ValueError, TypeError, BadRequest) as exc:
+            # a full disk or a broken store (another StoreError) stops the merge with
+            # every entry left kept; this one's own bytes or values are bad
+            why = f"{type(exc).__name__}: {exc}"
+            log.error("a check-in taken while locked (number %s, at %s ms) was not "
+                      "merged; it stays in %s: %s", row[2], row[1], DB_NAME, why)
+            with self._lock, immediate(self.db):
+                self.db.execute("UPDATE checkins SET refused = ? WHERE cid = ?", [why, cid])
+            out.refused.append(f"{row[2]}: {why}")
+            return False
