@@ -24,8 +24,9 @@ position or session, or removed, without the merge refusing it or naming what
 is missing (a gap; a count whose tag fails), and every genuine entry still
 merges. What it cannot give: someone with the card can add a session of their
 own, sealed to the same public key (as anyone at the page may check in while
-the kiosk is locked), and can put back an older copy of the whole file; only
-a key off the card (a TPM) would stop that. Entries from before the chain (no
+the kiosk is locked), remove a whole session with all its entries, and put
+back an older copy of the whole file; only a key or a counter off the card (a
+TPM) would stop that. Entries from before the chain (no
 session) are merged as before, and counted as unchained.
 """
 
