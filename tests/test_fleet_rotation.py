@@ -5,15 +5,33 @@ next sync."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from device.store import KeyMismatch, Store, init_store, unlock
+from device.store.tpm_key import TpmFleetKeeper
+from device.store.unlock import PassphraseKeys
+from device.sync.fleet_keys import KioskFleetKeys
 from host.cli import main as haven
+from host.errors import UsageError
+from host.hub.hub import Hub, init_hub
+from host.hub.storage import Op
 from protocol.crdt import ids
+from protocol.crdt.clock import HLC
+from protocol.crdt.delta import encode
+from protocol.crdt.erasure import erasure_record_id
+from protocol.crdt.schema import CHECKIN, ERASURE, PATIENT
+from protocol.crdt.writes import build_put
+from protocol.driver.tpm import Tpm
+from protocol.sync.fleet_chain import fingerprint, seal_chain
 
+from .swtpm_helpers import require_swtpm, soft_tpm
+from .test_hub_backup import key_backup
 from .test_sync_helpers import Kiosk, served_hub
 
 PASSPORT, OTHER = "XO1971555", "ZQ1990777"
@@ -118,3 +136,136 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
         finally:
             for kiosk in (a, b, c, door):
                 kiosk.close()
+
+
+def _seed(hub: Hub, count: int) -> tuple[list[bytes], list[bytes], bytes]:
+    """``count`` patients, each with a check-in naming them, written by the hub, and
+    one more patient with an erasure record: (patients, check-ins, the erased one)."""
+    hlc, node, now = HLC(), hub.node, 1_760_000_000_000
+    patients = [ids.patient_id(hub.fleet_key, f"PP{n:06d}").bytes for n in range(count)]
+    erased = ids.patient_id(hub.fleet_key, "ERASED001").bytes
+    checkins = [uuid.uuid4().bytes for _ in patients]
+    deltas = [build_put(None, p, PATIENT, node, hlc.now(now),
+                        {"name": f"Patient {n}", "birthDate": "1970-01-01"},
+                        {"allergies": ["latex"]} if n % 2 else {})
+              for n, p in enumerate([*patients, erased])]
+    deltas += [build_put(None, c, CHECKIN, node, hlc.now(now),
+                         {"subject": str(uuid.UUID(bytes=p)), "status": "arrived"})
+               for c, p in zip(checkins, patients, strict=True)]
+    deltas.append(build_put(None, erasure_record_id(erased), ERASURE, node, hlc.now(now),
+                            {"subject": str(uuid.UUID(bytes=erased)), "requester": "dr.x"}))
+    hub.store.add_local(*(Op(d.record_id, d.stamp, d.node, encode(d)) for d in deltas))
+    return patients, checkins, erased
+
+
+def test_a_rotation_cut_after_a_slice_resumes_with_nothing_lost(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "hub"
+    init_hub(data)
+    with Hub(data) as hub:
+        patients, checkins, erased = _seed(hub, 24)
+        before = live(hub.dump())
+        assert hub.rotate_fleet() == 2
+        assert hub.fleet_slice(limit=16)  # one slice, then the power goes
+        with pytest.raises(UsageError, match="not done"):
+            hub.rotate_fleet()  # a second rotation waits for the first's migration
+        assert not (data / "fleet.3.key").exists()
+    code, out = run(capsys, "hub", "keys", "rotate-fleet", "--data", data, "--resume")
+    assert code == 0 and "24 patients migrated to generation 2" in out, out
+    second = (data / "fleet.2.key").read_bytes()
+    with Hub(data) as hub:
+        after = live(hub.dump())
+        for n, (p, c) in enumerate(zip(patients, checkins, strict=True)):
+            new = str(ids.rotated_id(second, p))
+            old = before[str(uuid.UUID(bytes=p))]
+            assert str(uuid.UUID(bytes=p)) not in after
+            assert after[new]["fields"] == old["fields"], n
+            assert after[str(uuid.UUID(bytes=c))]["fields"]["subject"] == new
+        # the erased patient is never migrated
+        assert str(uuid.UUID(bytes=erased)) in after
+        assert str(ids.rotated_id(second, erased)) not in after
+        assert len(after) == len(before)
+        assert hub.fleet.patient_id("PP000003") == ids.rotated_id(second, patients[3])
+    # the key backup holds the new generation; a restore brings it back
+    safe = key_backup(capsys, data, tmp_path / "hub.keys")
+    restored = tmp_path / "restored"
+    code, out = run(capsys, "hub", "keys", "restore", "--from", tmp_path / "hub.keys",
+                    "--data", restored, "--recovery-key-file", safe)
+    assert code == 0, out
+    assert (restored / "fleet.2.key").read_bytes() == second
+    assert (restored / "fleet.2.key").stat().st_mode & 0o077 == 0
+
+
+def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "hub"
+    init_hub(data)
+    (data / "fleet.key").unlink()
+    code, out = run(capsys, "hub", "keys", "rotate-fleet", "--data", data)
+    assert code == 2 and "fleet.key is missing" in out, out
+    assert not (data / "fleet.2.key").exists()
+    code, out = run(capsys, "hub", "keys", "rotate-fleet", "--data", tmp_path / "hub2",
+                    "--resume")
+    assert code == 2, out
+
+    # a kiosk offered a chain that goes on from another first key
+    first, second = os.urandom(32), os.urandom(32)
+    (tmp_path / "first.key").write_bytes(first)
+    store = init_store(tmp_path / "kiosk", "North", "A", tmp_path / "first.key")
+    x_key = X25519PrivateKey.generate()
+    try:
+        store.checkin(name="Held Before", passport=PASSPORT)
+        fleet = KioskFleetKeys(store, x_key)
+        fleet.offered(seal_chain(os.urandom(32), [second], x_key.public_key()
+                                 .public_bytes_raw()))
+        assert "fleet key chain was refused" in caplog.text
+        assert "another first key" in caplog.text
+        fleet.offered(b"\x00" * 80)  # does not open: refused the same way
+        assert "does not open" in caplog.text
+        with pytest.raises(KeyMismatch, match="another first key"):
+            store.install_fleet_later(fingerprint(os.urandom(32)), [second])
+        assert store.fleet.generation == 1 and store.fleet_generations() == []
+        assert not (tmp_path / "kiosk" / "fleet.2.key").exists()
+        # the right chain is taken, kept, and a different generation 2 refused after it
+        fleet.offered(seal_chain(first, [second], x_key.public_key().public_bytes_raw()))
+        assert store.fleet.generation == 2 and len(store.fleet_generations()) == 1
+        with pytest.raises(KeyMismatch, match="another key"):
+            store.install_fleet_later(fingerprint(first), [os.urandom(32)])
+        assert not store.install_fleet_later(fingerprint(first), [second])  # held already
+        expected = ids.rotated_id(second, ids.patient_id(first, PASSPORT).bytes)
+        assert store.fleet.patient_id(PASSPORT) == expected
+    finally:
+        store.close()
+    with Store(tmp_path / "kiosk") as again:
+        assert again.fleet.patient_id(PASSPORT) == expected
+        assert again.fleet.fingerprint() == fingerprint(first)
+
+
+def test_the_passphrase_and_tpm_keepers_keep_the_chain(tmp_path: Path) -> None:
+    keys = [bytes.fromhex(k) for k in VECTORS["keys"]]
+    case = VECTORS["cases"][0]
+    (tmp_path / "p").mkdir(mode=0o700)
+    unlock.create(tmp_path / "p", "a long passphrase", keys[0], n=2**4)
+    PassphraseKeys(tmp_path / "p", unlock.unwrap(tmp_path / "p", "a long passphrase")
+                   ).install_later(keys[1:], "North")
+    opened = unlock.unwrap(tmp_path / "p", "a long passphrase")
+    assert opened.fleet_later == tuple(keys[1:])
+    held = PassphraseKeys(tmp_path / "p", opened).load()
+    assert str(held.patient_id(case["given"])) == case["ids"][2]
+    require_swtpm()
+    with soft_tpm(tmp_path / "swtpm") as tpm:
+        before = Tpm(tpm.tcti).persistent_handles()
+        (tmp_path / "t").mkdir(mode=0o700)
+        keeper = TpmFleetKeeper(tmp_path / "t", tpm.tcti)
+        keeper.install(keys[0], "North")
+        fleet = keeper.install_later(keys[1:], "North")
+        assert fleet.generation == 3 and keeper.load().generation == 3
+        assert str(fleet.patient_id(case["given"])) == case["ids"][2]
+        pid = uuid.UUID(case["ids"][2]).bytes
+        assert fleet.year_verifier("North", pid, "1971") == held.year_verifier(
+            "North", pid, "1971")
+        assert fleet.verifier_record_id("North", pid) == ids.verifier_record_id(
+            keys[2], "North", pid)
+        keeper.evict()
+        assert Tpm(tpm.tcti).persistent_handles() == before
