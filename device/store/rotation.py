@@ -243,6 +243,7 @@ def _chunk(cipher: FieldCipher, db: sqlite_utils.Database, spec: Sealed,
         sealed = row[-1]
         if sealed is None:
             continue
+        state["walked"] += 1
         try:
             again = (cipher.reseal_blob(spec.label(*row[n:-1]), bytes(sealed))
                      if spec.label is not None else
@@ -256,7 +257,6 @@ def _chunk(cipher: FieldCipher, db: sqlite_utils.Database, spec: Sealed,
     if changed:
         db.conn.executemany(f"UPDATE {spec.table} SET {spec.column} = ?"
                             f" WHERE ({keys}) = ({marks})", changed)
-    state["walked"] += len(rows)
     state["resealed"] += len(changed)
     return list(row[:n]) if len(rows) == spec.rows else None
 
@@ -267,6 +267,7 @@ def _slice(store: Store, files: _Files, db: sqlite_utils.Database) -> bool:
     columns = sealed_columns()
     with immediate(db, synchronous="NORMAL"):
         state = _progress(db) or _fresh()
+        resealed = state["resealed"]
         while not state["swap"]:
             spec = columns[state["step"]]
             after = None if state["after"] is None else _unpacked(state["after"])
@@ -289,7 +290,7 @@ def _slice(store: Store, files: _Files, db: sqlite_utils.Database) -> bool:
     if state["swap"]:  # the walk's end, and every slice before it, durable (an fsync)
         with immediate(db):
             _save(db, state)
-    store.after_commit(ROWS)
+    store.after_commit(max(1, state["resealed"] - resealed))  # toward the next checkpoint
     return bool(state["swap"])
 
 
