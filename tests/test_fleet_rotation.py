@@ -17,6 +17,7 @@ from device.store import KeyMismatch, Store, init_store, unlock
 from device.store.tpm_key import TpmFleetKeeper
 from device.store.unlock import PassphraseKeys
 from device.sync.fleet_keys import KioskFleetKeys
+from device.sync.state import scope_of
 from host.cli import main as haven
 from host.errors import UsageError
 from host.hub.hub import Hub, init_hub
@@ -69,16 +70,17 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
     with served_hub(tmp_path) as (hub, url):
         a, b, c = (Kiosk(tmp_path, n, hub, n.upper()) for n in "abc")
         door = Kiosk(tmp_path, "door", hub, "D", role="door")
+        clinic = Kiosk(tmp_path, "clinic", hub, "E", role="clinician")
         try:
             first = hub.fleet_key
             x = a.store.checkin(name="Xavier Ortolan", passport=PASSPORT, birth_year=1971)
             y = a.store.checkin(name="Yolande Pimprenelle", birth_year=1980)  # gets a code
             assert y.code is not None
             a.store.put("prescription", values={"subject": x.patient_id, "medication": "M1"})
-            for kiosk in (a, b, c, door):
+            for kiosk in (a, b, c, door, clinic):
                 kiosk.sync(url)
             assert run(capsys, "hub", "promote", "--data", hub.data)[0] == 0
-            for kiosk in (a, b, c, door):
+            for kiosk in (a, b, c, door, clinic):
                 kiosk.sync(url)
             old_verifier = ids.verifier_record_id(first, "North", uuid.UUID(x.patient_id).bytes)
             assert str(uuid.UUID(bytes=old_verifier)) in live(hub.dump())
@@ -97,9 +99,9 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
             z = c.store.checkin(name="Zoe Quenouille", passport=OTHER, birth_year=1990)
             c.store.put("note", values={"subject": z.patient_id, "text": "offline note"})
 
-            for kiosk in (a, b, door, c, a, b, door, c):
+            for kiosk in (a, b, door, clinic, c, a, b, door, clinic, c):
                 kiosk.sync(url)
-            for kiosk in (a, b, c, door):
+            for kiosk in (a, b, c, door, clinic):
                 assert kiosk.store.fleet.generation == 2
             # a returning patient at a rotated kiosk: by passport and by short code
             found = b.store.checkin(name="Xavier Ortolan", passport=PASSPORT, birth_year=1971)
@@ -109,7 +111,7 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
             at_door = door.store.checkin(passport=PASSPORT, birth_year=1971)
             assert (at_door.patient_id, at_door.identity) == (str(new_x), "match")
             assert run(capsys, "hub", "promote", "--data", hub.data)[0] == 0  # Z's claim
-            for kiosk in (a, b, c, door, a, b, c):
+            for kiosk in (a, b, c, door, clinic, a, b, c, door, clinic):
                 kiosk.sync(url)
 
             dump = hub.dump()
@@ -131,10 +133,15 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
             assert str(uuid.UUID(bytes=ids.verifier_record_id(
                 second, "North", new_x.bytes))) in records
             assert a.store.dump() == b.store.dump() == c.store.dump() == dump
+            for kiosk in (a, door, clinic):  # scoped replicas agree with the hub too
+                scope = scope_of(kiosk.store.data)
+                assert scope is not None
+                sums = hub.store.scope_sums(scope, kiosk.state.cursor, kiosk.store.node, (2,))
+                assert kiosk.store.scope_checksum(scope) == sums[2], scope.role
             assert hub.status()["fleet_rotation"] == {"generation": 2, "patients": 2,
                                                        "done": True}
         finally:
-            for kiosk in (a, b, c, door):
+            for kiosk in (a, b, c, door, clinic):
                 kiosk.close()
 
 

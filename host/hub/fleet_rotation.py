@@ -267,6 +267,8 @@ def _remap(hub: Hub, state: dict[str, Any], op: Op, hlc: HLC, now: int,
     old_patient = view_of(hub.store, subject)
     if subject in moved or old_patient is not None and not old_patient.deleted:
         return []  # its patient is migrated on this page, or later: that re-points it
+    if old_patient is not None and _generation_of(hub, state, subject) >= hub.fleet.generation:
+        return []  # a patient of the generation in effect: its kiosk's move came late
     return _repoint(hub, delta.record_id, subject,
                     hub.fleet.forward(subject, generation), hlc, now)
 
