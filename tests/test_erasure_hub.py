@@ -96,6 +96,7 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
     other_scan = bytes(reversed(content(40_000, seed=12)))  # no marker in common
     with served_hub(tmp_path) as (hub, url):
         a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        door = Kiosk(tmp_path, "d", hub, "D", role="door")
         try:
             r = a.store.checkin(name=NAME, passport=PASSPORT, reason="tremor")
             pid = r.patient_id
@@ -106,7 +107,7 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             o = b.store.checkin(name=OTHER, passport="QX5550123")
             (tmp_path / "other.png").write_bytes(other_scan)
             other_doc = attach(b.store, tmp_path / "other.png", patient=o.patient_id)
-            for kiosk in (a, b, a, b):
+            for kiosk in (a, b, a, b, door):
                 kiosk.sync(url)
             raw = uuid.UUID(pid).bytes
             # a held batch and a quarantined delta carry the patient's values too
@@ -132,7 +133,7 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             needles = [n.encode() for n in NEEDLES if n not in (LATE, "Lamotrigine")]
             needles += [scan[:20], *windows(scan)]
             assert_nothing_of(hub.data, needles)  # at once, before any pass or sync
-            for kiosk in (b, a, b, a):
+            for kiosk in (b, a, b, a, door):
                 kiosk.sync(url)
 
             dump = hub.dump()
@@ -150,7 +151,9 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             assert hub.document(doc.record_id) is None
             # replicas agree: dumps, and each kiosk's scope sum is the hub's
             assert a.store.dump() == b.store.dump() == dump
-            for kiosk in (a, b):
+            eid = str(uuid.UUID(bytes=erasure_record_id(raw)))
+            for kiosk in (a, b, door):
+                assert kiosk.store.view(eid) is not None  # a door kiosk's too
                 scope = scope_of(kiosk.store.data)
                 assert scope is not None
                 sums = hub.store.scope_sums(scope, kiosk.state.cursor, kiosk.store.node, (2,))
@@ -169,8 +172,8 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             code, out = run(capsys, "hub", "erase", "--data", hub.data, pid, "--by", "x")
             assert code == 0 and "erased already" in out, out
         finally:
-            a.close()
-            b.close()
+            for kiosk in (a, b, door):
+                kiosk.close()
     new = tmp_path / "restored"
     code, out = run(capsys, "hub", "restore", "--from", tmp_path / "backup", "--data", new)
     assert code == 0, out
