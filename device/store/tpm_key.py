@@ -91,12 +91,7 @@ class TpmFleetKeeper:
         held = list(doc.get("later", []))
         tpm = Tpm(self._tcti or str(doc["tcti"]))
         for key in later[len(held):]:
-            fleet = tpm.import_hmac(key)
-            try:
-                site_key = tpm.import_hmac(ids.site_key(key, site))
-            except BaseException:
-                tpm.evict(fleet)
-                raise
+            fleet, site_key = _import(tpm, key, site)
             held.append({"fleet": fleet, "site_key": site_key,
                          "fingerprint": FleetSecret(key).fingerprint().hex()})
             write_whole(self.path, record_bytes({**doc, "later": held}))
@@ -112,12 +107,7 @@ class TpmFleetKeeper:
                 self._remove_clear_file()
                 return held
         tpm = Tpm(self._tcti or (str(old["tcti"]) if old else DEFAULT_TCTI))
-        fleet = tpm.import_hmac(key)
-        try:
-            site_key = tpm.import_hmac(ids.site_key(key, site))
-        except BaseException:
-            tpm.evict(fleet)
-            raise
+        fleet, site_key = _import(tpm, key, site)
         new = TpmFleetKey(tpm, fleet, site, site_key)
         write_whole(self.path, record_bytes({
             "format": FLEET_FORMAT, "tcti": tpm.tcti, "fleet": fleet, "site_key": site_key,
@@ -146,6 +136,17 @@ class TpmFleetKeeper:
         tpm = Tpm(self._tcti or str(doc["tcti"]))
         for handle in _handles(doc):
             tpm.evict(handle)
+
+
+def _import(tpm: Tpm, key: bytes, site: str) -> tuple[int, int]:
+    """A fleet key and its site key imported as HMAC keys: (their handles); neither left
+    behind if the second fails."""
+    fleet = tpm.import_hmac(key)
+    try:
+        return fleet, tpm.import_hmac(ids.site_key(key, site))
+    except BaseException:
+        tpm.evict(fleet)
+        raise
 
 
 def _handles(doc: dict[str, Any]) -> list[int]:
