@@ -177,6 +177,8 @@ def test_a_rotation_cut_after_a_slice_resumes_with_nothing_lost(
         with pytest.raises(UsageError, match="not done"):
             hub.rotate_fleet()  # a second rotation waits for the first's migration
         assert not (data / "fleet.3.key").exists()
+    code, out = run(capsys, "hub", "status", "--data", data)
+    assert code == 0 and "fleet key: generation 2, " in out and "under way" in out, out
     code, out = run(capsys, "hub", "keys", "rotate-fleet", "--data", data, "--resume")
     assert code == 0 and "24 patients migrated to generation 2" in out, out
     second = (data / "fleet.2.key").read_bytes()

@@ -711,6 +711,9 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     keys = st["keys"]
     print(f"data keys: {', '.join(map(str, keys['versions']))} (current {keys['current']})"
           + (f"; re-sealing: {keys['resealing']}" if keys["resealing"] else ""))
+    if (fleet := st["fleet_rotation"]) is not None:
+        print(f"fleet key: generation {fleet['generation']}, {fleet['patients']} patients "
+              f"migrated" + ("" if fleet["done"] else " so far (migration under way)"))
     print(_server_line(st))
     held = st["held_batches"]
     print(f"held batches: {len(held)} (haven hub held lists what they carry)")
