@@ -11,6 +11,8 @@ replicas agree on their scopes; an unknown patient is a clear error.
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import sqlite3
 import uuid
 from pathlib import Path
@@ -39,6 +41,7 @@ from .test_hub_backup import key_backup
 from .test_hub_scopes import Session, decoded, visit
 from .test_scope import edn
 from .test_sync_helpers import Kiosk, served_hub
+from .test_sync_restore import serving
 
 NAME, PASSPORT = "Zebulon Quixotic-Farnsworth", "QX7731904"
 ADDRESS, MEDICATION = "Periwinkle Mansions", "Xanthoxylum cordifolium 40mg"
@@ -302,3 +305,52 @@ def test_the_erasure_vectors() -> None:
         fields = {int(k): edn(x) for k, x in case["fields"].items()}
         assert covers(erased, case["type"], bytes.fromhex(case["rid"]), fields) is \
             case["covered"], case["about"]
+
+
+def test_a_backup_from_before_the_erasure_restored_is_erased_again_by_the_receipt(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, saved = tmp_path / "hub", tmp_path / "backup"
+    needles = [n.encode() for n in (NAME, "Zebulon", PASSPORT, MEDICATION)]
+    init_hub(data)
+    with serving(data) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+    try:
+        with serving(data) as (hub, url):
+            pid = a.store.checkin(name=NAME, passport=PASSPORT).patient_id
+            a.store.put("prescription", values={"subject": pid, "medication": MEDICATION})
+            b.store.checkin(name=OTHER, passport="QX5550123")
+            for kiosk in (a, b, a):
+                kiosk.sync(url)
+            code, out = run(capsys, "hub", "backup", "--data", data, "--to", saved)
+            assert code == 0, out
+            safe = key_backup(capsys, data, tmp_path / "hub.keys")
+            code, out = run(capsys, "hub", "erase", "--data", data, "--passport", PASSPORT,
+                            "--by", "dr.amina")
+            assert code == 0, out
+            receipt = out.splitlines()[-1].strip()
+            for kiosk in (a, b):
+                kiosk.sync(url)
+        shutil.rmtree(data)  # the machine is lost; the backup is older than the erasure
+        assert run(capsys, "hub", "restore", "--from", saved, "--data", data)[0] == 0
+        assert run(capsys, "hub", "keys", "restore", "--from", tmp_path / "hub.keys",
+                   "--data", data, "--recovery-key-file", safe)[0] == 0
+        assert NAME.encode() in b"".join(opened_values(data))  # the patient is back
+        argv = shlex.split(receipt, comments=True)
+        assert argv[:3] == ["haven", "hub", "erase"]
+        code, out = run(capsys, *argv[1:], "--data", data)  # the receipt, run again
+        assert code == 0 and "erased:" in out, out
+        assert_nothing_of(data, needles)
+        with serving(data) as (hub, url):
+            for kiosk in (a, b, a, b):
+                kiosk.sync(url)
+            assert a.store.dump() == b.store.dump() == hub.dump()
+            for kiosk in (a, b):
+                scope = scope_of(kiosk.store.data)
+                assert scope is not None
+                sums = hub.store.scope_sums(scope, kiosk.state.cursor, kiosk.store.node, (2,))
+                assert kiosk.store.scope_checksum(scope) == sums[2]
+                assert kiosk.sync(url).rebased == 0
+        assert_nothing_of(data, needles)
+    finally:
+        a.close()
+        b.close()
