@@ -231,13 +231,20 @@ def after_batch(hub: Hub, now: int, hlc_of: Callable[[], HLC]) -> int:
             return 0
         hub.fleet.refresh()
         store, hlc, written = hub.store, hlc_of(), 0
+        moves: dict[int, list[list[int]]] = {}  # each node's, read once a pass
         for _ in range(10_000):  # bounded: each page moves the place on
             page = store.arrived_after(int(state["late"]), LATE_PAGE)
             if not page:
                 break
             deltas: list[Delta] = []
             moved: set[bytes] = set()  # patients migrated on this page: once each
-            for _hseq, op in page:
+            for _hseq, rid, stamp, node in page:
+                if node == hub.node or writer_generation(
+                        moves.setdefault(node, hub.fleet.moves_of(node)),
+                        stamp) >= hub.fleet.generation:
+                    continue  # the usual case, decided without opening the delta
+                op = next(op for op in store.record_ops(rid) if (op.stamp, op.node) == (
+                    stamp, node))
                 deltas += _remap(hub, state, op, hlc, now, moved)
             _commit(hub, deltas, hlc)
             written += len(deltas)
@@ -248,11 +255,8 @@ def after_batch(hub: Hub, now: int, hlc_of: Callable[[], HLC]) -> int:
 
 def _remap(hub: Hub, state: dict[str, Any], op: Op, hlc: HLC, now: int,
            moved: set[bytes]) -> list[Delta]:
-    if op.node == hub.node:
-        return []
+    """The writes that remap ``op``, a write of a kiosk at an older generation."""
     generation = writer_generation(hub.fleet.moves_of(op.node), op.stamp)
-    if generation >= hub.fleet.generation:
-        return []
     delta = decode(op.data)
     if delta.type == PATIENT.number:
         if (delta.record_id in moved

@@ -728,12 +728,12 @@ class HubStore:
                                     " ORDER BY hseq LIMIT 1", [rid])[0]
         return hseq, node, stamp
 
-    def arrived_after(self, hseq: int, limit: int) -> list[tuple[int, Op]]:
-        """Up to ``limit`` deltas that arrived after ``hseq``, in order, each with its
-        arrival number."""
-        return [(n, Op(bytes(rid), stamp, node, bytes(data))) for n, rid, stamp, node, data
-                in self._q(f"SELECT hseq, rid, stamp, node, {OPENED} FROM ops WHERE hseq > ?"
-                           " ORDER BY hseq LIMIT ?", [hseq, limit])]
+    def arrived_after(self, hseq: int, limit: int) -> list[tuple[int, bytes, int, int]]:
+        """Up to ``limit`` deltas that arrived after ``hseq``, in order: (arrival number,
+        record id, stamp, node), none opened."""
+        return [(n, bytes(rid), stamp, node) for n, rid, stamp, node in self._q(
+            "SELECT hseq, rid, stamp, node FROM ops WHERE hseq > ? ORDER BY hseq LIMIT ?",
+            [hseq, limit])]
 
     def version_vector(self) -> dict[int, int]:
         return {n: s for n, s in self._q("SELECT node, MAX(stamp) FROM ops GROUP BY node")}
