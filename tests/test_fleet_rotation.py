@@ -29,7 +29,7 @@ from protocol.crdt.erasure import erasure_record_id
 from protocol.crdt.schema import CHECKIN, ERASURE, PATIENT
 from protocol.crdt.writes import build_put
 from protocol.driver.tpm import Tpm
-from protocol.sync.fleet_chain import fingerprint, seal_chain
+from protocol.sync.fleet_chain import fingerprint, seal_chain, valid_moves
 
 from .swtpm_helpers import require_swtpm, soft_tpm
 from .test_hub_backup import key_backup
@@ -242,7 +242,15 @@ def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(
         with pytest.raises(KeyMismatch, match="another key"):
             store.install_fleet_later(fingerprint(first), [os.urandom(32)])
         assert not store.install_fleet_later(fingerprint(first), [second])  # held already
-        expected = ids.rotated_id(second, ids.patient_id(first, PASSPORT).bytes)
+        assert store.fleet.patient_id(PASSPORT) == ids.rotated_id(
+            second, ids.patient_id(first, PASSPORT).bytes)
+        # a third generation: the moves go on growing, as the wire wants them
+        third = os.urandom(32)
+        assert store.install_fleet_later(fingerprint(first), [second, third])
+        moves = store.fleet_generations()
+        assert [m[0] for m in moves] == [2, 3] and valid_moves(moves)
+        expected = ids.chained_id(ids.patient_id(first, PASSPORT),
+                                  [ids.hmac_of(second), ids.hmac_of(third)])
         assert store.fleet.patient_id(PASSPORT) == expected
     finally:
         store.close()

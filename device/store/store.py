@@ -333,7 +333,10 @@ class Store:
             stamp = self.hlc.now(self.clock())
             db.execute(SAVE_CLOCK, [self.hlc.last])
             row = db.execute(GET_META, [FLEET_GENERATIONS]).fetchone()
-            history = [*json.loads(row[0] if row else "[]"), [self.fleet.generation, stamp]]
+            # moves to generations no longer held (a TPM's first key installed again for
+            # a new site drops the later ones) go: generations only grow in what we say
+            history = [m for m in json.loads(row[0] if row else "[]") if m[0] <= len(held)]
+            history.append([self.fleet.generation, stamp])
             db.execute(SET_META, [FLEET_GENERATIONS, json.dumps(history)])
             return True
 
@@ -344,7 +347,8 @@ class Store:
         """Each generation of the fleet key this kiosk moved to, with its own stamp at the
         move, oldest first: ``[[generation, stamp], ...]`` (none: generation 1 only)."""
         held = self._meta(FLEET_GENERATIONS)
-        return json.loads(held) if held else []
+        moves: list[list[int]] = json.loads(held) if held else []
+        return [m for m in moves if m[0] <= self.fleet.generation]
 
     def await_fleet_key(self, hub_x25519: bytes) -> None:
         """Until ``configure`` installs the fleet key, make no id from a key: a check-in
