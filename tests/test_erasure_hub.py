@@ -25,6 +25,7 @@ from host.cli import main as haven
 from host.hub import at_rest, erasure, husking, verifiers
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, Hub, init_hub
+from host.hub.storage import Op
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.erasure import covers, erasure_record_id, husk, successor_id
 from protocol.crdt.ids import patient_id
@@ -34,6 +35,7 @@ from protocol.driver.wall_clock import wall_ms
 from protocol.sync import batches as sync
 from protocol.sync.batches import Batch
 from protocol.sync.scope import heads_of, scope_checksum
+from protocol.sync.sealed_identity import seal_identity
 
 from .test_documents import content
 from .test_hub_at_rest import assert_nothing_plain, windows
@@ -210,8 +212,8 @@ def test_an_unknown_patient_is_a_clear_error_and_nothing_is_written(
         assert (hub.store.count(), hub.store.events(5)) == before
         with hub.store.writing() as (db, _):
             assert husking.erased(db) == set()
-    assert erasure.patient_of(b"k" * 32, None, PASSPORT, None) == patient_id(
-        b"k" * 32, PASSPORT).bytes
+        assert erasure.patient_of(hub.fleet, None, PASSPORT, None) == patient_id(
+            hub.fleet_key, PASSPORT).bytes
 
 
 def test_every_role_gets_every_erasure_and_a_late_write_is_husked_as_it_commits(
@@ -354,3 +356,33 @@ def test_a_backup_from_before_the_erasure_restored_is_erased_again_by_the_receip
     finally:
         a.close()
         b.close()
+
+
+def test_an_erased_patient_checked_in_before_the_fleet_key_is_registered_anew(
+        tmp_path: Path) -> None:
+    """A kiosk provisioned offline seals the passport to the hub; the hub completes the
+    check-in to the successor of the erased id, as a kiosk that knows the erasure does."""
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        writer = Replica(0x77)
+        pid = patient_id(hub.fleet_key, PASSPORT).bytes
+        hub.store.add_local(*ops_of([writer.put(pid, "patient", now, {"name": NAME})]))
+        assert not hub.erase(pid, "dr.amina", "patient-request", now).already
+        checkin = uuid.uuid4().bytes
+        sealed = seal_identity(checkin, "passport", PASSPORT, hub.x_public)
+        hub.store.add_local(*ops_of([writer.put(checkin, "checkin", now + 1, {
+            "subject": str(uuid.uuid4()), "sealedIdentity": sealed, "location": "North",
+            "claimName": "Zebulon Again"})]))
+        done = hub.promote_claims(now + 2)
+        after = str(uuid.UUID(bytes=successor_id(pid)))
+        assert [d.get("patient") for d in done if "completed" in d] == [after]
+        view = verifiers.view_of(hub.store, checkin)
+        assert view is not None and not view.deleted
+        assert view.fields[1] == successor_id(pid)
+        erased = verifiers.view_of(hub.store, pid)
+        assert erased is not None and erased.deleted and not erased.fields
+
+
+def ops_of(deltas: list[bytes]) -> list[Op]:
+    return [Op(d.record_id, d.stamp, d.node, data) for data in deltas for d in [decode(data)]]

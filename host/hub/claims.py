@@ -114,12 +114,14 @@ def plan(views: list[RecordView], node: int, hlc: HLC, now_ms: int,
 
 def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet: FleetKeys,
              held: Callable[[bytes], RecordView | None], node: int, hlc: HLC, now_ms: int,
+             registered: Callable[[bytes], bytes] = lambda pid: pid,
              ) -> tuple[list[Delta], list[dict[str, Any]]]:
     """The writes that give every check-in in ``views`` with a sealed identity its real
     subject (``held``: the hub's view of a record, or None), and what each did. One
     that does not open (not sealed to this hub, or for another check-in) is left as
     it is, and reported. ``fleet``: the hub's fleet keys (the id is the newest
-    generation's)."""
+    generation's). ``registered``: the id a patient is registered under from the one
+    their passport or code gives (an erased patient's successor, ``erasure``)."""
     deltas: list[Delta] = []
     done: list[dict[str, Any]] = []
     made: set[bytes] = set()
@@ -134,10 +136,12 @@ def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet: FleetKeys,
         except ProtocolError as exc:
             done.append({"checkin": checkin, "error": str(exc)})
             continue
-        if real.bytes not in made and held(real.bytes) is None:
-            deltas.append(build_put(None, real.bytes, PATIENT, node, hlc.now(now_ms), {}))
-            made.add(real.bytes)
+        pid = registered(real.bytes)
+        if pid not in made and held(pid) is None:
+            deltas.append(build_put(None, pid, PATIENT, node, hlc.now(now_ms), {}))
+            made.add(pid)
+        subject = str(uuid.UUID(bytes=pid))
         deltas.append(build_put(view, view.record_id, CHECKIN, node, hlc.now(now_ms),
-                                {"subject": str(real), "sealedIdentity": None}))
-        done.append({"checkin": checkin, "patient": str(real), "completed": kind})
+                                {"subject": subject, "sealedIdentity": None}))
+        done.append({"checkin": checkin, "patient": subject, "completed": kind})
     return deltas, done

@@ -660,7 +660,7 @@ def run(args: argparse.Namespace) -> int:
 def _erase(hub: Hub, args: argparse.Namespace) -> None:
     from host.hub.erasure import live_id, patient_of
 
-    pid = patient_of(hub.fleet_key, args.patient, args.passport, args.code)
+    pid = patient_of(hub.fleet, args.patient, args.passport, args.code)
     if args.patient is None:  # a passport or code: the patient may have come back since
         pid = live_id(hub.store, pid)
     done = hub.erase(pid, args.by, args.reason)

@@ -69,7 +69,6 @@ from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks
 from host.hub.storage import HubStore, Op
 from host.hub.verifiers import view_of
-from protocol.crdt import ids
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import DELETE, Delta, decode, encode
 from protocol.crdt.erasure import erasure_record_id, husk, successor_id
@@ -81,6 +80,7 @@ from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches
 
 if TYPE_CHECKING:
+    from host.hub.fleet_rotation import FleetKeys
     from host.hub.hub import Hub
 
 #: The hub log's code for an erasure.
@@ -117,10 +117,11 @@ class Receipt:
                 f"record {self.record}")
 
 
-def patient_of(fleet_key: bytes, patient: str | None, passport: str | None,
+def patient_of(fleet: FleetKeys, patient: str | None, passport: str | None,
                code: str | None) -> bytes:
     """The patient id named by exactly one of an id, a passport number or a short
-    code (the last two through the fleet key); ``UsageError`` for anything else."""
+    code (the last two through the fleet key, in its generation in effect);
+    ``UsageError`` for anything else."""
     if sum(x is not None for x in (patient, passport, code)) != 1:
         raise UsageError("name the patient once: PATIENT_ID, --passport N or --code C")
     if patient is not None:
@@ -131,9 +132,9 @@ def patient_of(fleet_key: bytes, patient: str | None, passport: str | None,
                              f"{patient!r}") from None
     try:
         if passport is not None:
-            return ids.patient_id(fleet_key, passport).bytes
+            return fleet.patient_id(passport).bytes
         assert code is not None
-        return ids.code_patient_id(fleet_key, code).bytes
+        return fleet.code_patient_id(code).bytes
     except ProtocolError as exc:
         raise UsageError(f"{'--passport' if passport is not None else '--code'}: {exc}"
                          ) from None
@@ -150,6 +151,16 @@ def live_id(store: HubStore, pid: bytes) -> bytes:
         if not _held_of(store, after):
             return pid
         pid = after
+    return pid
+
+
+def registered_id(store: HubStore, pid: bytes) -> bytes:
+    """The id a patient checking in is registered under: the one their passport or code
+    gives, or while that one is erased, its ``successor_id`` (as a kiosk does)."""
+    for _ in range(MAX_RETURNS):
+        if view_of(store, erasure_record_id(pid)) is None:
+            break
+        pid = successor_id(pid)
     return pid
 
 

@@ -484,7 +484,8 @@ class Hub:
         # first the identities kiosks without the fleet key sealed here, then the claims
         completed, done = claims.complete(
             self._views_of(checkins), self.x_key, self.fleet,
-            lambda rid: next(iter(self._views_of({rid})), None), self.node, hlc, now)
+            lambda rid: next(iter(self._views_of({rid})), None), self.node, hlc, now,
+            lambda pid: erasure.registered_id(self.store, pid))
         self._add_local(completed)
         views = self._views_of(checkins)
         subjects = {v.fields.get(claims.SUBJECT) for v in views}
