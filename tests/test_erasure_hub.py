@@ -134,7 +134,12 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             receipt = out.splitlines()[-1].strip()
             assert receipt.startswith(f"haven hub erase {pid} --by dr.amina --reason "
                                       "patient-request  # erased ")
-            assert NAME not in out and str(uuid.UUID(bytes=erasure_record_id(raw))) in out
+            eid = str(uuid.UUID(bytes=erasure_record_id(raw)))
+            assert NAME not in out and eid in out
+            # the hub's log: an erasure, who and when and which erasure record; not what
+            logged = [e for e in hub.store.events(50) if e["code"] == "erasure"]
+            assert len(logged) == 1 and eid in logged[0]["detail"]
+            assert "dr.amina" in logged[0]["detail"] and pid not in logged[0]["detail"]
             needles = [n.encode() for n in NEEDLES if n not in (LATE, "Lamotrigine")]
             needles += [scan[:20], *windows(scan)]
             assert_nothing_of(hub.data, needles)  # at once, before any pass or sync
@@ -156,7 +161,6 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             assert hub.document(doc.record_id) is None
             # replicas agree: dumps, and each kiosk's scope sum is the hub's
             assert a.store.dump() == b.store.dump() == dump
-            eid = str(uuid.UUID(bytes=erasure_record_id(raw)))
             for kiosk in (a, b, door):
                 assert kiosk.store.view(eid) is not None  # a door kiosk's too
                 scope = scope_of(kiosk.store.data)
