@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from device.store import BadRequest, Store, init_store
+from device.store import BadRequest, Store, erasure, init_store
 from device.store.materialise import op_label
 from device.sync import document_store
 from device.sync.document_store import DocumentStore, attach
@@ -435,3 +435,32 @@ def assert_erased(store: Store, pieces: list[tuple[bytes | None, bytes]]) -> Non
     for path, raw in raw_files(store.data):
         for piece in old:
             assert piece not in raw, path.name
+
+
+def test_the_scan_for_the_patients_records_goes_in_slices_and_resumes_after_a_crash(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = store.checkin(name=SECRETS[0], passport=SECRETS[1], reason=SECRETS[2])
+    o = store.checkin(name=KEPT[0], passport="QX5550123")
+    for i in range(6):
+        for pid, medication in ((r.patient_id, SECRETS[4]), (o.patient_id, KEPT[1])):
+            store.put("prescription", values={"subject": pid, "medication": f"{medication} {i}"})
+    monkeypatch.setattr(erasure, "SCAN_RECORDS", 2)
+    slices = []
+
+    def cut(db: object) -> None:  # the power goes after the third slice
+        slices.append(db)
+        if len(slices) == 3:
+            raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(store.writer, "run_urgent", cut)
+    with pytest.raises(KeyboardInterrupt):
+        store.merge([erasure_put(uuid.UUID(r.patient_id).bytes, pack(now_ms()))], cursor=1)
+    assert erasure.owed(store.reader)
+    assert SECRETS[4].encode() in opened(store)  # partway
+    store.close()
+    with Store(store.data) as again:  # the open goes on from where it was cut
+        assert not erasure.owed(again.reader)
+        plain = opened(again)
+        assert not [s for s in SECRETS if s.encode() in plain]
+        assert all(k.encode() in plain for k in KEPT)
+        assert len(again.erased.records) == 8  # patient, check-in, six prescriptions

@@ -7,21 +7,30 @@ write of that type is refused (``check_local``). Every path a delta from
 elsewhere takes into the store (a pull, a quarantined delta released,
 another kiosk's file: ``inbox``; a stale record's write set and a scope's
 snapshot: ``rebase``) hands its decoded deltas to ``arriving`` inside its
-transaction, before they merge:
+transaction, before they merge. There:
 
 1. an erasure record among them whose id is not the erasure id of its
    subject is no erasure (``inbox`` quarantines it); a valid one for a
-   patient not erased yet makes the store find every record it holds of the
-   patient (``covered``: the patient record, and every record whose
-   subject, opened from ``field_values``, or from the write log of a
-   deleted one, is the patient) and ``purge`` them: each write in the log
-   replaced by its husk, sealed again under the same dot (the outbox still
-   sends the dot), the merged rows rebuilt without a value (from the husked
-   log when it is whole, else the rows as they are with every value gone),
-   and every quarantined delta of theirs husked;
+   patient not erased yet makes the patient erased from then on, and its
+   own record is purged (``purge``: each write in its log replaced by its
+   husk, sealed again under the same dot, so the outbox still sends the dot;
+   the merged rows rebuilt without a value, from the husked log when it is
+   whole, else the rows as they were with every value gone), as are the
+   quarantined deltas of the patient's records (husked);
 2. every delta of an erased patient's record, or naming an erased patient
    as its subject, is husked before it merges; a record it names that the
    store held already is purged as above.
+
+The other records of the patient are found by their subject, which is
+sealed: ``finish``, right after the commit on the writer thread, opens the
+subject field of every record of a type that has one (a deleted record's
+from its write log) and purges the patient's, a slice at a time, each its
+own transaction with check-ins going between (seconds on a kiosk that holds
+a year). Meanwhile no local write can put a value on the patient (a record
+already found is refused, a new one names the patient), and a write from
+elsewhere to a record not reached yet is purged when the scan reaches it.
+Its place is kept in ``meta``: a crash leaves it owed, and the store's next
+open goes on (``owed``).
 
 The erased patients are read back from the erasure records (their subjects,
 sealed) when the store opens, and their records from ``meta`` (one row per
@@ -30,13 +39,13 @@ writes by, and a deleted record's rows may be collected). Erasure records
 are never collected and survive a rebase.
 
 All of it runs with ``secure_delete`` on, so the bytes deleted or replaced
-are zeroed in the pages written. After the commit (``guard``), on the writer
-thread: the free pages of the file are written over with zeros (pages freed
-earlier by a garbage-collection pass, which frees without zeroing, may hold
-the patient's sealed values), in slices that let check-ins go first; the
-content of documents only erased records used is dropped
-(``device.sync.document_store``); then the WAL, which holds the pages as
-they were, is checkpointed and cut to nothing (``wal_checkpoint(TRUNCATE)``).
+are zeroed in the pages written. Then ``finish`` writes the free pages of
+the file over with zeros (pages freed earlier by a garbage-collection pass,
+which frees without zeroing, may hold the patient's sealed values), in
+slices that let check-ins go first; drops the content of documents only
+erased records used (``device.sync.document_store``); and checkpoints the
+WAL, which holds the pages as they were, and cuts it to nothing
+(``wal_checkpoint(TRUNCATE)``).
 
 A patient who checks in again after their erasure is a new registration
 (``Store.checkin``): the id their passport or code gives stays erased, and
@@ -48,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -77,6 +87,14 @@ RECORD_KEY = "erased:"
 WIPE_KEY = "erasure-wipe:"
 #: Free pages written over per transaction (1 KiB each); check-ins go between.
 WIPE_PAGES = 2048
+#: ``meta``: an erasure's ``finish`` owed: where its scan goes on (a record id in hex),
+#: or ``DONE`` once it is done.
+FINISH_KEY = "erasure-finish"
+DONE = "done"
+#: Records whose subject a scan slice opens (one transaction).
+SCAN_RECORDS = 1024
+SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+GET_META = "SELECT value FROM meta WHERE key = ?"
 #: Successors followed at most (a patient erased, back, erased again...).
 MAX_SUCCESSORS = 64
 SUBJECT_FIELD = SUBJECT.number
@@ -166,24 +184,26 @@ def load(db: sqlite_utils.Database, cipher: FieldCipher) -> Erased:
 def arriving(store: Store, db: sqlite_utils.Database, items: list[tuple[Delta, bytes]]
              ) -> list[tuple[Delta, bytes]]:
     """Deltas from elsewhere about to merge (in the caller's transaction, on the writer):
-    new erasures among them purge what the store holds of their patients; the writes of
-    erased patients' records come back as husks (see the module docstring)."""
+    new erasures among them purge their patients' own records and owe the scan for the
+    rest (``finish``); the writes of erased patients' records come back as husks."""
     erased = store.erased
     new = {s for d, _ in items if (s := erasure_subject(d)) is not None} - erased.patients
     if new:
-        with secure_delete(db):
-            rids = covered(db, store.cipher, new) - erased.records
-            erased = erased.more(new, rids)
-            store.erased = erased
-            purge(db, store.cipher, erased, rids)
-    if not erased.patients:
-        return items
+        erased = erased.more(new)
+        store.erased = erased
+        db.execute(SET_META, [FINISH_KEY, ""])  # the scan, from the first record
     named = {d.record_id for d, _ in items if erased.covers(d)} - erased.records
+    if new:  # the patient records held, and every quarantined delta of the patients
+        named |= {r for (r,) in db.execute(
+            f"SELECT rid FROM records WHERE rid IN ({','.join('?' * len(new))})", list(new))}
     if named:  # records of an erased patient new to the store, or held without a subject
         erased = erased.more(records=named)
         store.erased = erased
         with secure_delete(db):
-            purge(db, store.cipher, erased, named)
+            purge(db, store.cipher, named)
+            _husk_quarantine(db, store.cipher, erased)
+    if not erased.patients:
+        return items
     out = []
     for delta, data in items:
         bare = husk(delta) if erased.covers(delta) else delta
@@ -191,27 +211,25 @@ def arriving(store: Store, db: sqlite_utils.Database, items: list[tuple[Delta, b
     return out
 
 
-def covered(db: sqlite_utils.Database, cipher: FieldCipher, patients: set[bytes]
-            ) -> set[bytes]:
-    """The records ``db`` holds of ``patients``: theirs, and those whose subject is one
-    of them (opened from the subject field; a record without one, deleted, from the
-    subjects its write log names)."""
-    found = {rid for (rid,) in db.execute(
-        f"SELECT rid FROM records WHERE rid IN ({','.join('?' * len(patients))})",
-        list(patients))}
+def scan_slice(db: sqlite_utils.Database, cipher: FieldCipher, patients: frozenset[bytes],
+               after: bytes, limit: int) -> tuple[set[bytes], bytes | None]:
+    """Of the next ``limit`` records after id ``after`` of the types that name a subject,
+    those of ``patients`` (by their subject field, opened; a record without one, deleted,
+    by the subjects its write log names), and where the next slice starts (None: done)."""
     types = ",".join(str(t) for t in sorted(SUBJECT_TYPES))
-    for rid, stamp, node, sealed in db.execute(
-            "SELECT r.rid, f.stamp, f.node, f.sealed FROM records r LEFT JOIN field_values f"
-            f" ON f.rid = r.rid AND f.field = ? WHERE r.type IN ({types})",
-            [SUBJECT_FIELD]).fetchall():
+    rows = db.execute(
+        "SELECT r.rid, f.stamp, f.node, f.sealed FROM records r LEFT JOIN field_values f"
+        f" ON f.rid = r.rid AND f.field = ? WHERE r.type IN ({types}) AND r.rid > ?"
+        " ORDER BY r.rid LIMIT ?", [SUBJECT_FIELD, after, limit]).fetchall()
+    found = set()
+    for rid, stamp, node, sealed in rows:
         if sealed is not None:
-            subject = strict_cbor.loads(cipher.open_field(rid, SUBJECT_FIELD, stamp, node,
-                                                          sealed))
-            if subject in patients:
+            if strict_cbor.loads(cipher.open_field(rid, SUBJECT_FIELD, stamp, node,
+                                                   sealed)) in patients:
                 found.add(rid)
         elif any(d.set.get(SUBJECT_FIELD) in patients for d in _log(db, cipher, rid)):
             found.add(rid)
-    return found
+    return found, (rows[-1][0] if len(rows) == limit else None)
 
 
 def _log(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> Iterator[Delta]:
@@ -223,10 +241,9 @@ def _log(db: sqlite_utils.Database, cipher: FieldCipher, rid: bytes) -> Iterator
             raise CorruptData(f"stored write does not decode: {exc}") from None
 
 
-def purge(db: sqlite_utils.Database, cipher: FieldCipher, erased: Erased,
-          rids: set[bytes]) -> None:
+def purge(db: sqlite_utils.Database, cipher: FieldCipher, rids: set[bytes]) -> None:
     """Every value the store holds of records ``rids`` gone, their dots and heads kept;
-    the records kept in ``meta``, and the quarantined deltas of ``erased`` husked."""
+    the records kept in ``meta``."""
     for rid in sorted(rids):
         husked = []
         for delta in _log(db, cipher, rid):
@@ -248,7 +265,6 @@ def purge(db: sqlite_utils.Database, cipher: FieldCipher, erased: Erased,
             rewrite(db, cipher, _bare(read_view(db, cipher, rid, *row[:4])), bool(row[6]))
     db.conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, 1)",
                         [(RECORD_KEY + rid.hex(),) for rid in rids])
-    _husk_quarantine(db, cipher, erased)
 
 
 def _bare(view: RecordView) -> RecordView:
@@ -290,8 +306,8 @@ def secure_delete(db: sqlite_utils.Database) -> Iterator[None]:
 @contextlib.contextmanager
 def guard(store: Store, db: sqlite_utils.Database) -> Iterator[None]:
     """Around a writer transaction that may erase (outside it): the store's ``erased``
-    put back if the transaction fails; after it commits, what an erasure owes the disk
-    (``finish``) for the records it purged."""
+    put back if the transaction fails; after it commits, what an erasure owes
+    (``finish``)."""
     before = store.erased
     try:
         yield
@@ -299,14 +315,45 @@ def guard(store: Store, db: sqlite_utils.Database) -> Iterator[None]:
         store.erased = before
         raise
     if store.erased != before:
-        finish(store, db, store.erased.records - before.records)
+        finish(store, db)
 
 
-def finish(store: Store, db: sqlite_utils.Database, rids: frozenset[bytes]) -> None:
-    """After an erasure's commit, on the writer thread: free pages zeroed, the documents
-    only those records used dropped, the WAL checkpointed and cut to nothing."""
-    wipe_free(store, db)
-    _forget_documents(store, rids)
+def owed(db: sqlite_utils.Database) -> bool:
+    """Whether an erasure's ``finish`` was cut short (a crash): the store's open runs it."""
+    return db.execute(GET_META, [FINISH_KEY]).fetchone() is not None
+
+
+def finish(store: Store, db: sqlite_utils.Database) -> None:
+    """After an erasure's commit, on the writer thread: the records whose subject is an
+    erased patient found and purged, a slice (one transaction) at a time, check-ins going
+    between; free pages zeroed; the documents only erased records used dropped; the WAL
+    checkpointed and cut to nothing. Its place is kept in ``meta`` (``FINISH_KEY``): a
+    crash leaves it owed, and the next open goes on from there."""
+    while (row := db.execute(GET_META, [FINISH_KEY]).fetchone()) is not None and \
+            row[0] != DONE:
+        before = store.erased
+        try:
+            with secure_delete(db), immediate(db, synchronous="NORMAL"):
+                found, after = scan_slice(db, store.cipher, before.patients,
+                                          bytes.fromhex(row[0]), SCAN_RECORDS)
+                found -= before.records
+                if found:
+                    store.erased = before.more(records=found)
+                    purge(db, store.cipher, found)
+                if after is None:
+                    _husk_quarantine(db, store.cipher, store.erased)
+                db.execute(SET_META, [FINISH_KEY, DONE if after is None else after.hex()])
+        except BaseException:
+            store.erased = before
+            raise
+        store.writer.run_urgent(db)
+    try:
+        wipe_free(store, db)
+    except sqlite3.OperationalError as exc:  # a full disk, say: the purge stands
+        log.warning("free pages not zeroed after an erasure: %s", exc)
+    _forget_documents(store, store.erased.records)
+    with immediate(db):
+        db.execute("DELETE FROM meta WHERE key = ?", [FINISH_KEY])
     for _ in range(50):  # readers finish their reads; a busy checkpoint is tried again
         busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if not busy:
@@ -321,15 +368,17 @@ def wipe_free(store: Store, db: sqlite_utils.Database) -> int:
     on, which zeroes a page whole as it frees it; returns the pages taken."""
     page = int(db.execute("PRAGMA page_size").fetchone()[0])
     free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
-    done = n = 0
+    done = 0
     with secure_delete(db):
-        while free and n <= free // WIPE_PAGES + 1:
+        for n in range(free // WIPE_PAGES + 2):
+            if not free:
+                break
             take = min(free, WIPE_PAGES)
             with immediate(db, synchronous="NORMAL"):
-                # its overflow pages take the free pages (page - 4 bytes each), zeroed
+                # its overflow pages take the free pages (page - 4 bytes each)
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, zeroblob(?))",
                            [f"{WIPE_KEY}{n:08d}", take * (page - 4)])
-            done, n = done + take, n + 1
+            done += take
             store.writer.run_urgent(db)
             free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
         with immediate(db):  # each page freed is zeroed whole (its last bytes too)
