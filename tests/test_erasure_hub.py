@@ -120,6 +120,10 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
                               Replica(7).put(uuid.uuid4().bytes, "patient", 2,
                                              {"name": "Held Other"})])
             hub.store.hold_batch(a.device, Batch(9, b"\x01" * 32, held, b"\0" * 64), 1)
+            others = sync.pack([Replica(7).put(uuid.uuid4().bytes, "note", 3, {"text": "x"})])
+            for seq, payload in ((10, others), (11, sync.pack([]))):  # nothing of theirs
+                hub.store.hold_batch(a.device, Batch(seq, bytes([seq]) * 32, payload,
+                                                     b"\0" * 64), 1)
             bad = encode(Delta(raw, PATIENT.number, 7, 5, set={
                 PATIENT.field("address").number: "Quarantined Quennell"}))
             hub.store.commit_batch("0000beef", 1, b"\x02" * 32, [],
@@ -168,6 +172,10 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
                 sums = hub.store.scope_sums(scope, kiosk.state.cursor, kiosk.store.node, (2,))
                 assert kiosk.store.scope_checksum(scope) == sums[2]
             assert [q["code"] for q in hub.store.quarantined()] == ["clock-ahead"]
+            # of the held batches, the one that held the patient's write was rewritten
+            assert [b["payload"] for b in hub.store.held_batches()][1:] == [
+                others, sync.pack([])]
+            assert [e["code"] for e in hub.store.events(50)].count("held-husked") == 1
             needles += [LATE.encode(), b"Lamotrigine"]
             hub.store.checkpoint()
             assert_nothing_of(hub.data, needles)

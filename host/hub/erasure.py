@@ -348,13 +348,15 @@ def _purge_held(db: sqlite_utils.Database, sealer: at_rest.Sealer, patients: set
         payload = sealer.open(ad, bytes(blob))
         try:
             items = batches.unpack(payload)
-        except RemoteProtocolError:
+        except RemoteProtocolError:  # unreadable: emptied if it names their records
             if not any(n in payload for n in needles):
                 continue
-            items = []
-        kept = [k for k in (_husked(db, patients, needles, d) for d in items) if k is not None]
-        if kept == items and items:
-            continue
+            kept: list[bytes] = []
+        else:
+            kept = [k for k in (_husked(db, patients, needles, d) for d in items)
+                    if k is not None]
+            if kept == items:
+                continue
         db.execute("UPDATE held_batches SET payload = ? WHERE rowid = ?",
                    [sealer.seal(ad, batches.pack(kept)), rowid])
         _log(db, now, device, "held-husked", f"held batch {seq}: an erased patient's writes "
