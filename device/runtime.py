@@ -436,12 +436,13 @@ class Runtime:
 
     def _keep_rotating(self) -> None:
         """The key rotation's thread: once the store is open (a locked one: unlocked)."""
-        opened = getattr(self.store, "opened", None)
-        while opened is not None and not opened.wait(0.5):
-            if self._stop.is_set():
-                return
-        if self._keys_gone is None and self.store is not None:
-            rotation.keep_rotating(self.store, self._stop)
+        if self._keys_gone is not None or self.store is None:
+            return  # revoked: no key to rotate
+        if isinstance(self.store, LockableStore):
+            while not self.store.opened.wait(0.5):
+                if self._stop.is_set():
+                    return
+        rotation.keep_rotating(self.store, self._stop)
 
     def _contact_age(self) -> float | None:
         """Seconds since the hub was last heard (None: not yet); any thread."""
