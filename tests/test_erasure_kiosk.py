@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.store import BadRequest, Store, erasure, init_store
 from device.store.materialise import op_label
+from device.store.pending import PendingCheckins
 from device.sync import document_store
 from device.sync.document_store import DocumentStore, attach
 from device.sync.state import scope_of
@@ -29,7 +31,7 @@ from protocol.crdt.clock import Dot, pack
 from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.erasure import erasure_record_id, successor_id
 from protocol.crdt.record import RecordView
-from protocol.crdt.schema import ERASURE, NOTE, PATIENT, TYPES
+from protocol.crdt.schema import CHECKIN, ERASURE, NOTE, PATIENT, TYPES
 from protocol.crdt.writes import build_put
 from protocol.manifest import Manifest
 from protocol.sync.scope import Scope, heads_of, scope_checksum
@@ -464,3 +466,28 @@ def test_the_scan_for_the_patients_records_goes_in_slices_and_resumes_after_a_cr
         assert not [s for s in SECRETS if s.encode() in plain]
         assert all(k.encode() in plain for k in KEPT)
         assert len(again.erased.records) == 8  # patient, check-in, six prescriptions
+
+
+def test_a_checkin_taken_while_locked_is_merged_as_a_new_registration(store: Store) -> None:
+    """The erasure came before the kiosk was locked (a power cut); the patient checks in
+    while it is locked; the unlock merges it under the successor id, and ``pending.db``
+    keeps nothing of it."""
+    r = store.checkin(name=SECRETS[0], passport=SECRETS[1])
+    pid = uuid.UUID(r.patient_id).bytes
+    store.merge([erasure_put(pid, pack(now_ms()))], cursor=1)
+    key = X25519PrivateKey.generate()
+    with PendingCheckins(store.data, key.public_key().public_bytes_raw()) as pending:
+        taken = pending.add(now_ms=now_ms(), name="Zebulon Anew", passport=SECRETS[1],
+                            birth_year=1971, reason=SECRETS[2])
+        (sealed,) = pending.db.execute("SELECT sealed FROM checkins").fetchone()
+        assert pending.merge(store, key).merged == 1
+        assert pending.count() == 0
+    checkin = viewed(store, taken.record_id)
+    subject = checkin.fields[CHECKIN.field("subject").number]
+    assert subject == successor_id(pid)
+    assert checkin.fields[CHECKIN.field("identity").number] == "new"
+    assert viewed(store, str(uuid.UUID(bytes=subject))).fields[
+        PATIENT.field("name").number] == "Zebulon Anew"
+    assert SECRETS[0].encode() not in opened(store)
+    for path, raw in raw_files(store.data):
+        assert bytes(sealed)[16:48] not in raw, path.name
