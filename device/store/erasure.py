@@ -314,7 +314,7 @@ def guard(store: Store, db: sqlite_utils.Database) -> Iterator[None]:
     except BaseException:
         store.erased = before
         raise
-    if store.erased != before:
+    if store.erased is not before:  # a new object whenever it changes
         finish(store, db)
 
 
