@@ -78,6 +78,8 @@ log = logging.getLogger("haven.store")
 META = "key_rotation"
 #: How often the runtime looks for a rotation to run (a ``stat``: nothing written).
 POLL_S = 5.0
+#: After a failure, the next try waits this many looks.
+FAILED_WAIT = 12
 #: Values per statement; a slice takes such chunks until its time is up.
 ROWS = 64
 STORE_DB = "store.db"
@@ -235,8 +237,10 @@ def _chunk(cipher: FieldCipher, db: sqlite_utils.Database, spec: Sealed,
             f"SELECT {', '.join((*spec.key, *spec.ad, spec.column))} FROM {spec.table}"
             f"{' WHERE ' + ' AND '.join(conds) if conds else ''} ORDER BY {keys} LIMIT ?",
             [*(after or []), spec.rows]).fetchall()
-    except sqlite3.OperationalError:  # a file from before the table: nothing sealed there
-        return None
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):  # a file from before the table: nothing there
+            return None
+        raise  # busy, or worse: the slice is done again, never skipped
     n = len(spec.key)
     changed = []
     for row in rows:
@@ -335,8 +339,13 @@ def step(store: Store, files: _Files) -> bool:
         return False
     if not store.cipher.rotating:  # the store was opened before the rotation began
         upcoming = provider.next_key()
-        if upcoming is not None:
-            store.writer.call(lambda db: store.cipher.rotate(upcoming), BULK)
+        if upcoming is None:
+            return False
+        store.writer.call(lambda db: store.cipher.rotate(upcoming), BULK)
+        if not store.cipher.rotating:  # the next key seals already, and no key is held beside
+            raise StoreError("the store seals under the next key and holds no other: the "
+                             "rotation cannot tell what is left under the old one; reopen "
+                             "the store", "rotation-broken")
     if not store.writer.call(lambda db: _slice(store, files, db), BULK):
         return True
     _finish(store, provider)
@@ -368,15 +377,22 @@ def files_of(store: Store) -> Iterator[_Files]:
 
 def keep_rotating(store: Store, stop: threading.Event, poll_s: float = POLL_S) -> None:
     """The runtime's thread: a rotation under way is walked to its end, now or once one
-    begins (looked for every ``poll_s``), until ``stop``."""
+    begins (looked for every ``poll_s``), until ``stop``. A failure is logged once (a
+    log line is a write to the card) and tried again after ``FAILED_WAIT`` looks."""
+    said = ""
     while not stop.is_set():
+        wait = poll_s
         try:
             if under_way(store):
                 log.info("re-sealing the store under its new key, in the background")
                 run(store, stop)
-        except Exception:  # noqa: BLE001 - logged; the next look tries again
-            log.exception("the store key's rotation failed; it is tried again")
-        stop.wait(poll_s)
+        except Exception as exc:  # noqa: BLE001 - logged; tried again later
+            if str(exc) != said:
+                log.error("the store key's rotation stopped (%s: %s); it is tried again",
+                          type(exc).__name__, exc)
+                said = str(exc)
+            wait = poll_s * FAILED_WAIT
+        stop.wait(wait)
 
 
 # What it shows ------------------------------------------------------------------------
