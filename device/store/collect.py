@@ -17,7 +17,10 @@ door and drops nearly everything).
 
 What a slice deletes goes set by set: a run of neighbouring records that go
 entirely, by id range (their rows are neighbours in every table but the
-write log); freed pages are not written over with zeros (``_freeing_fast``).
+write log); freed pages are not written over with zeros (``secure_delete``
+FAST: deleted cells are zeroed in the pages the slice writes anyway, but a page
+it frees is not, which would write every byte pruned twice, WAL then database;
+pruned is not wiped in any case, the threat model says why).
 Once the WAL has grown past ``SETTLE_AFTER``, the pass waits off the writer
 for a checkpoint, and the WAL starts over.
 
@@ -48,18 +51,16 @@ during the pass never loses its patient.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
 from device.store import shed
-from device.store.db import WAL_LIMIT
+from device.store.db import WAL_LIMIT, secure_delete
 from device.store.keys import FieldCipher
 from device.store.materialise import op_label, parse_heads, refresh
 from device.store.rebase import RECORD_TABLES
@@ -193,7 +194,7 @@ def _shed(store: Store, state: _Pass, db: sqlite_utils.Database
     started, limit = time.perf_counter(), _slice_s(store)
     types = shed.never_held(state.scope)
     after, after_id, done, chunks = state.after, state.after_id, False, 0
-    with _freeing_fast(db), immediate(db, synchronous="NORMAL"):
+    with secure_delete(db, "FAST"), immediate(db, synchronous="NORMAL"):
         while not done:
             if state.phase == "mark":
                 after, done = shed.mark(db, types, after)
@@ -218,7 +219,7 @@ def _walk(store: Store, state: _Pass, db: sqlite_utils.Database
     patients_fresh = state.scope.role != "clinician" or state.patients_at == store.commits
     counts = [0, 0, 0]
     after, done, finished = state.after, 0, False
-    with _freeing_fast(db), immediate(db, synchronous="NORMAL"):
+    with secure_delete(db, "FAST"), immediate(db, synchronous="NORMAL"):
         unsent = {r for (r,) in db.execute("SELECT DISTINCT rid FROM outbox").fetchall()}
         while not finished:
             rows = db.execute(
@@ -237,20 +238,6 @@ def _walk(store: Store, state: _Pass, db: sqlite_utils.Database
     if state.scope.role == "clinician" and patients_fresh:
         state.patients_at = store.commits  # our own commit changes nothing it read
     return (counts[0], counts[1], counts[2]), finished
-
-
-@contextlib.contextmanager
-def _freeing_fast(db: sqlite_utils.Database) -> Iterator[None]:
-    """``secure_delete`` FAST for the slice: deleted cells are zeroed in the pages the
-    slice writes anyway, but a page it frees is not written over with zeros (SQLite's
-    default on some systems), which would write every byte pruned twice (WAL, then
-    database). Pruned is not wiped in any case (the threat model says why)."""
-    was = db.execute("PRAGMA secure_delete").fetchone()[0]
-    db.execute("PRAGMA secure_delete = FAST")
-    try:
-        yield
-    finally:
-        db.execute(f"PRAGMA secure_delete = {'FAST' if was == 2 else int(was)}")
 
 
 def _chunk(store: Store, state: _Pass, db: sqlite_utils.Database, reader: ScopeReader,

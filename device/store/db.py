@@ -13,6 +13,8 @@ written to it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import sqlite_utils
@@ -35,6 +37,19 @@ def connect(path: Path | str, *, readonly: bool = False,
     # is cut back to this when it starts over after a checkpoint, not kept at its peak.
     db.conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
     return db
+
+
+@contextlib.contextmanager
+def secure_delete(db: sqlite_utils.Database, mode: str) -> Iterator[None]:
+    """``PRAGMA secure_delete`` at ``mode`` (``ON``: deleted bytes are zeroed, and a
+    page freed is zeroed whole; ``FAST``: zeroed only in the pages written anyway) for
+    the block, then as it was."""
+    was = db.execute("PRAGMA secure_delete").fetchone()[0]
+    db.execute(f"PRAGMA secure_delete = {mode}")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA secure_delete = {'FAST' if was == 2 else int(was)}")
 
 
 def migrate(db: sqlite_utils.Database) -> list[int]:

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING
 
 import sqlite_utils
 
+from device.store.db import secure_delete
 from device.store.exc import BadRequest, CorruptData
 from device.store.keys import FieldCipher
 from device.store.materialise import op_label, read_view, refresh, rewrite
@@ -199,7 +200,7 @@ def arriving(store: Store, db: sqlite_utils.Database, items: list[tuple[Delta, b
     if named:  # records of an erased patient new to the store, or held without a subject
         erased = erased.more(records=named)
         store.erased = erased
-        with secure_delete(db):
+        with secure_delete(db, "ON"):
             purge(db, store.cipher, named)
             _husk_quarantine(db, store.cipher, erased)
     if not erased.patients:
@@ -293,17 +294,6 @@ def _husk_quarantine(db: sqlite_utils.Database, cipher: FieldCipher, erased: Era
 
 
 @contextlib.contextmanager
-def secure_delete(db: sqlite_utils.Database) -> Iterator[None]:
-    """``secure_delete`` on: deleted and replaced bytes are zeroed, freed pages too."""
-    was = db.execute("PRAGMA secure_delete").fetchone()[0]
-    db.execute("PRAGMA secure_delete = ON")
-    try:
-        yield
-    finally:
-        db.execute(f"PRAGMA secure_delete = {'FAST' if was == 2 else int(was)}")
-
-
-@contextlib.contextmanager
 def guard(store: Store, db: sqlite_utils.Database) -> Iterator[None]:
     """Around a writer transaction that may erase (outside it): the store's ``erased``
     put back if the transaction fails; after it commits, what an erasure owes
@@ -333,7 +323,7 @@ def finish(store: Store, db: sqlite_utils.Database) -> None:
             row[0] != DONE:
         before = store.erased
         try:
-            with secure_delete(db), immediate(db, synchronous="NORMAL"):
+            with secure_delete(db, "ON"), immediate(db, synchronous="NORMAL"):
                 found, after = scan_slice(db, store.cipher, before.patients,
                                           bytes.fromhex(row[0]), SCAN_RECORDS)
                 found -= before.records
@@ -369,7 +359,7 @@ def wipe_free(store: Store, db: sqlite_utils.Database) -> int:
     page = int(db.execute("PRAGMA page_size").fetchone()[0])
     free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
     done = 0
-    with secure_delete(db):
+    with secure_delete(db, "ON"):
         for n in range(free // WIPE_PAGES + 2):
             if not free:
                 break
