@@ -407,6 +407,9 @@ def test_end_to_end_a_full_a_door_and_an_offline_kiosk_all_erase_and_converge(
                 kiosk.sync(url)
             for kiosk in (full, door):
                 assert_erased(kiosk.store, pieces[kiosk.store.node])
+            assert door.store.reader.execute(  # the verifier holds no value now
+                "SELECT COUNT(*) FROM field_values JOIN records USING (rid)"
+                " WHERE type = 9").fetchone()[0] == 0
             for kiosk in (away, away, full, door):  # away comes back: it sends, it erases
                 kiosk.sync(url)
             for kiosk in kiosks:
