@@ -289,6 +289,13 @@ def test_an_erasure_whose_id_is_not_its_subjects_is_quarantined(store: Store) ->
     assert store.reader.execute("SELECT code FROM quarantine").fetchall() == [("bad-erasure",)]
     assert store.erased.patients == frozenset()
     assert SECRETS[0].encode() in opened(store)
+    # a quarantined delta whose subject is no id at all stays as it is
+    misfit = encode(Delta(uuid.uuid4().bytes, CHECKIN.number, PEER, store.hlc.now(now_ms()),
+                          set={CHECKIN.field("subject").number: ["not", "an", "id"]}))
+    assert store.merge([misfit]).quarantined == 1
+    store.merge([erasure_put(pid, store.hlc.now(now_ms()))], cursor=2)
+    assert store.erased.patients == {pid}
+    assert store.reader.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == 2
 
 
 def test_a_snapshot_from_a_hub_restored_before_the_erasure_brings_nothing_back(

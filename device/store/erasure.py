@@ -115,7 +115,8 @@ class Erased:
             return False
         rid = delta.record_id
         return (rid in self.records or rid in self.patients
-                or delta.type in SUBJECT_TYPES and delta.set.get(SUBJECT_FIELD) in self.patients)
+                or delta.type in SUBJECT_TYPES and _among(delta.set.get(SUBJECT_FIELD),
+                                                          self.patients))
 
     def live_id(self, patient: bytes) -> bytes:
         """``patient``, or the successor it is registered under if it is erased."""
@@ -132,6 +133,12 @@ class Erased:
 
     def more(self, patients: Iterable[bytes] = (), records: Iterable[bytes] = ()) -> Erased:
         return Erased(self.patients | frozenset(patients), self.records | frozenset(records))
+
+
+def _among(value: object, patients: frozenset[bytes]) -> bool:
+    """Whether a subject field's value (a quarantined delta's may be of any kind) is one
+    of ``patients``."""
+    return type(value) is bytes and value in patients
 
 
 def erasure_subject(delta: Delta) -> bytes | None:
@@ -225,10 +232,10 @@ def scan_slice(db: sqlite_utils.Database, cipher: FieldCipher, patients: frozens
     found = set()
     for rid, stamp, node, sealed in rows:
         if sealed is not None:
-            if strict_cbor.loads(cipher.open_field(rid, SUBJECT_FIELD, stamp, node,
-                                                   sealed)) in patients:
+            if _among(strict_cbor.loads(cipher.open_field(rid, SUBJECT_FIELD, stamp, node,
+                                                          sealed)), patients):
                 found.add(rid)
-        elif any(d.set.get(SUBJECT_FIELD) in patients for d in _log(db, cipher, rid)):
+        elif any(_among(d.set.get(SUBJECT_FIELD), patients) for d in _log(db, cipher, rid)):
             found.add(rid)
     return found, (rows[-1][0] if len(rows) == limit else None)
 
