@@ -29,12 +29,12 @@ of ``P``. Every write is an ordinary one by the hub's node and clock, so
 kiosks converge on it; a slice cut short is done again, and a patient
 already migrated is deleted, so it is passed over.
 
-Which generation a record's id is of: a record first written before the
-rotation started is of the one before; one first written by the hub after,
-of the new one; one first written by a kiosk, of the generation that kiosk
-was at when it wrote it. A kiosk says which generations it moved to, and
-when by its own clock, in its hello and batches (``protocol.sync.fleet_chain``,
-kept here by ``note_moves``), so a write is placed by its node and stamp
+Which generation a record's id is of: one first written by a kiosk, of the
+generation that kiosk was at when it wrote it; one first written by the hub,
+of the one before the rotation if it came before it, else of the new one. A
+kiosk says which generations it moved to, and when by its own clock, in its
+hello and batches (``protocol.sync.fleet_chain``, kept here by
+``note_moves``), so a write is placed by its node and stamp
 alone, whatever route it took. ``after_batch`` looks at what arrived since
 its last pass: a patient of an older generation is migrated at once, and a
 record naming one in its subject is re-pointed, so a kiosk that was offline
@@ -278,13 +278,12 @@ def _remap(hub: Hub, state: dict[str, Any], op: Op, hlc: HLC, now: int,
 
 
 def _generation_of(hub: Hub, state: dict[str, Any], rid: bytes) -> int:
-    """The generation of the id ``rid`` of a record held, by its first write."""
+    """The generation of the id ``rid`` of a record held, by its first write: a kiosk's
+    by its moves, the hub's by whether it came before the rotation."""
     hseq, node, stamp = hub.store.first_write(rid)
-    if hseq <= int(state["head"]):
-        return int(state["generation"]) - 1
-    if node == hub.node:
-        return int(state["generation"])
-    return writer_generation(hub.fleet.moves_of(node), stamp)
+    if node != hub.node:
+        return writer_generation(hub.fleet.moves_of(node), stamp)
+    return int(state["generation"]) - (hseq <= int(state["head"]))
 
 
 def _erased(store: HubStore, pid: bytes) -> bool:
