@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from device.store import KeyMismatch, Store, init_store, unlock
 from device.store.tpm_key import TpmFleetKeeper
 from device.store.unlock import PassphraseKeys
+from device.sync.connection import HubConnection
 from device.sync.fleet_keys import KioskFleetKeys
 from device.sync.state import scope_of
 from host.cli import main as haven
@@ -286,3 +287,28 @@ def test_the_passphrase_and_tpm_keepers_keep_the_chain(tmp_path: Path) -> None:
             keys[2], "North", pid)
         keeper.evict()
         assert Tpm(tpm.tcti).persistent_handles() == before
+
+
+def test_a_kept_open_session_ends_at_a_rotation_and_the_next_takes_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        a = Kiosk(tmp_path, "a", hub, "A")
+        conn = HubConnection(url, a.ident, keepalive=120.0)
+        try:
+            x = a.store.checkin(name="Xavier Ortolan", passport=PASSPORT, birth_year=1971)
+            conn.round(a.store, a.state, limit=20.0)
+            code, out = run(capsys, "hub", "keys", "rotate-fleet", "--data", hub.data)
+            assert code == 0, out
+            again = a.store.checkin(name="Xavier Ortolan", passport=PASSPORT)  # old id
+            assert again.patient_id == x.patient_id
+            conn.round(a.store, a.state, limit=20.0)  # the session ends; a new one moves
+            assert a.store.fleet.generation == 2 and conn.handshakes >= 2
+            conn.round(a.store, a.state, limit=20.0)
+            new_x = str(ids.rotated_id((hub.data / "fleet.2.key").read_bytes(),
+                                       uuid.UUID(x.patient_id).bytes))
+            records = live(hub.dump())
+            assert records[again.record_id]["fields"]["subject"] == new_x
+            assert a.store.dump() == hub.dump()
+        finally:
+            conn.close()
+            a.close()

@@ -132,6 +132,10 @@ class FleetKeys:
     def generation(self) -> int:
         return len(self.keys)
 
+    def generation_now(self) -> int:
+        self.refresh()
+        return self.generation
+
     @property
     def newest(self) -> bytes:
         """The key of the generation in effect: door verifiers are made under it."""

@@ -187,6 +187,9 @@ class HubStorage(Protocol):
 class HubFleet(Protocol):
     """The hub's generations of the fleet key (SPEC.md "Fleet key rotation")."""
 
+    def generation_now(self) -> int:
+        """The generation in effect now (another process may have rotated the key)."""
+
     def chain_for(self, x25519: bytes, generation: int) -> bytes | None:
         """The welcome's ``fleet`` for the kiosk of key ``x25519`` at ``generation``: the
         later keys sealed to it (``fleet_chain.seal_chain``); None if it holds them all."""
@@ -224,7 +227,8 @@ class HubSync:
     without it) and whether to ``rebase``: the hello's sum is not the hub's at
     its cursor, its role changed after it was last here, or its cursor is more
     than ``STALE_CURSOR_US`` old. A role changed during a session ends it
-    (``rescoped``): the next hello sees it. A decommissioned kiosk's sessions are
+    (``rescoped``): the next hello sees it; so does a rotation of the fleet key
+    (``rekeyed``). A decommissioned kiosk's sessions are
     let in; every delta of its batches is quarantined (``decommissioned``) and
     acknowledged, and it is served nothing. A kiosk's verifier or erasure record
     is quarantined (``hub-only``): a door kiosk trusts the hub's verifiers alone, and
@@ -237,6 +241,7 @@ class HubSync:
                  fleet: HubFleet | None = None) -> None:
         self.storage = storage
         self.fleet = fleet  #: None: a hub that never rotated its fleet key keeps quiet
+        self._generation: int | None = None  #: the fleet key's, as the welcome knew it
         self.enrol = enrol
         self.stable_key = stable_key
         self._role: tuple[str, int | None] | None = None  #: the role (and since) welcomed
@@ -302,6 +307,11 @@ class HubSync:
         if self._role is not None and (dev.role, dev.role_since) != self._role:
             self._refuse("rescoped", f"kiosk {dev.device_id} is {dev.role} now; its next "
                          "hello is told its scope", now)
+            return False
+        if (self.fleet is not None and self._generation is not None
+                and (generation := self.fleet.generation_now()) > self._generation):
+            self._refuse("rekeyed", f"the fleet key rotated to generation {generation}: "
+                         "the next hello takes it", now)
             return False
         self.device = dev
         return True
@@ -423,8 +433,10 @@ class HubSync:
         moves = msg.get("fleet") or []
         if moves:
             self.fleet.note_moves(dev.node, moves)
-        return None if issued is not None else self.fleet.chain_for(
+        chain = None if issued is not None else self.fleet.chain_for(
             dev.x25519, generation_of(moves))
+        self._generation = self.fleet.generation_now()
+        return chain
 
     def _suspect(self, detail: str, now: int, *, new_copy: bool) -> None:
         """Evidence of a clone (two batches under one sequence, both the kiosk's), once
