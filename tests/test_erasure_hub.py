@@ -22,7 +22,8 @@ import pytest
 from device.sync.document_store import attach
 from device.sync.state import scope_of
 from host.cli import main as haven
-from host.hub import at_rest, erasure, husking, verifiers
+from host.errors import UsageError
+from host.hub import at_rest, erasure, husking, quarantine, verifiers
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import DB, Hub, init_hub
 from host.hub.storage import Op
@@ -278,6 +279,10 @@ def test_every_role_gets_every_erasure_and_a_late_write_is_husked_as_it_commits(
                 "subject": str(uuid.UUID(bytes=kept)), "requester": "kiosk"})
             assert push([forged]).get("quarantined") == [0]
             assert [q["code"] for q in hub.store.quarantined()] == ["hub-only"]
+            with pytest.raises(UsageError, match="only the hub writes"):  # and stays there
+                quarantine.release(hub.store, str(hub.store.quarantined()[0]["id"]))
+            with hub.store.writing() as (db, _):
+                assert husking.erased(db) == {north, south}
             assert json.loads(hub.dump())  # and the kept patient is whole
             view = verifiers.view_of(hub.store, kept)
             assert view is not None and not view.deleted and view.fields

@@ -8,7 +8,8 @@ ahead is refused, saying by how much. A delta from a kiosk decommissioned
 (quarantined as ``decommissioned``, or the kiosk decommissioned since) is
 released only with ``force``: the kiosk is out of service, and its write may
 bring back a record deleted meanwhile (a write that did not see a delete
-makes the record a delete-update conflict again). ``drop`` deletes one. Each is one
+makes the record a delete-update conflict again). A kiosk's verifier or erasure
+(``hub-only``) is never released: only the hub writes those. ``drop`` deletes one. Each is one
 transaction with its entry in the hub's log (``quarantine-released``,
 ``quarantine-dropped``). Ids are the quarantine rows' numbers, never reused.
 """
@@ -25,6 +26,9 @@ from protocol.driver.wall_clock import timed, wall_ms
 from protocol.errors import RemoteProtocolError
 from protocol.sync.checks import check_remote_delta, span_text
 from protocol.sync.round_common import DECOMMISSIONED
+
+#: The code of a kiosk's write of a record only the hub writes (``protocol.sync.hub_round``).
+HUB_ONLY = "hub-only"
 
 
 def parse_id(text: str) -> int:
@@ -69,6 +73,9 @@ def release(store: HubStore, text: str, *, max_ahead_ms: int = DEFAULT_MAX_AHEAD
     qid, device_id, code, data = _held(store, text)
     dev = store.device(device_id) if device_id else None
     retired = code == DECOMMISSIONED or (dev is not None and dev.state == DECOMMISSIONED)
+    if code == HUB_ONLY:  # a verifier or an erasure: the hub's own to write, never a kiosk's
+        raise UsageError(f"quarantined delta {qid} is a kiosk's write of a record only the "
+                         "hub writes (a verifier or an erasure): it is never applied; drop it")
     if retired and not force:
         raise UsageError(f"quarantined delta {qid} comes from kiosk {device_id}, which is "
                          f"decommissioned: {_risk(store, data)}; drop it, or release it "
