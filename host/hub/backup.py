@@ -68,6 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from host.errors import UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR
+from host.hub.fleet_rotation import is_later_key_name
 from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
 from host.hub.sealed_documents import OBJECTS
 from host.hub.storage import MIGRATIONS, NEXT_NUMBER, NUMBER_FLOOR
@@ -475,7 +476,8 @@ def restore(source: Path, data: Path) -> Manifest:
         raise UsageError(f"{data} holds a hub's data already; not overwriting it (restore "
                          "into a new directory)")
     others = sorted(p.name for p in data.iterdir() if p.name not in (
-        *SECRET_FILES, RESTORING, DOCUMENTS_DIR)) if data.is_dir() else []
+        *SECRET_FILES, RESTORING, DOCUMENTS_DIR) and not is_later_key_name(p.name)
+        ) if data.is_dir() else []
     if others:
         raise UsageError(f"{data} holds other files ({', '.join(others[:3])}"
                          f"{', ...' if len(others) > 3 else ''}); restore into a new "
