@@ -11,7 +11,7 @@ delete of each of the patient's live records (``husking.records_of``) whose
 context is every head held, so it overtakes every write the hub holds. Kiosks
 pull them like any other write (an erasure is in every scope) and purge by them.
 
-``purge`` then takes the patient's values out of everything the hub keeps,
+``_purge`` then takes the patient's values out of everything the hub keeps,
 in one transaction:
 
 * every delta of those records in ``ops`` becomes its husk (dot, kind,
@@ -27,8 +27,9 @@ in one transaction:
 
 and then the document content only erased documents used (manifests and
 chunks) is overwritten and unlinked, and the write-ahead log is checkpointed
-and truncated: the hub's connection runs with ``secure_delete``, so a page
-freed or rewritten keeps no old bytes.
+and truncated (tried again for a few seconds while a reader holds it): the
+hub's connection runs with ``secure_delete``, so a page freed or rewritten
+keeps no old bytes.
 
 What stays is what carries no value: record ids, dots (which node wrote
 when), the erasure record, and each record's facts (``record_facts``: type,
@@ -42,6 +43,10 @@ and verifier passes are, re-deletes a record such a write made live again,
 husks what came another way, and purges the quarantine rows and held batches
 that arrived since its last pass (its place in ``meta``). A hub that erased
 nobody pays one look-up.
+
+An erased patient who comes back is registered under ``successor_id`` of the
+erased id (kiosks do it; the hub too when it completes a sealed identity:
+``registered_id``), so a passport or code names them there (``live_id``).
 
 The hub's log keeps ``erasure`` rows: who asked, when, the erasure record's
 id and how many records were deleted in all; never the patient's values or
