@@ -115,6 +115,12 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
             other_doc = attach(b.store, tmp_path / "other.png", patient=o.patient_id)
             for kiosk in (a, b, a, b, door):
                 kiosk.sync(url)
+            # two kiosks rename the patient at once: a conflict held for review
+            a.store.put("patient", pid, {"name": "Zebulon Q. Farnsworth"})
+            b.store.put("patient", pid, {"name": "Zebulon Quixotic"})
+            for kiosk in (a, b):
+                kiosk.sync(url)
+            assert [c["record_id"] for c in hub.conflicts()] == [pid]
             raw = uuid.UUID(pid).bytes
             # a held batch and a quarantined delta carry the patient's values too
             held = sync.pack([Replica(7).put(raw, "patient", 1, {"name": "Held Heliotrope"}),
@@ -153,6 +159,9 @@ def test_erasure_on_the_hub_leaves_nothing_of_the_patient_and_replicas_converge(
 
             dump = hub.dump()
             records = {rec["id"]: rec for rec in json.loads(dump)["records"]}
+            assert NAME.encode() not in dump and b"Zebulon" not in dump
+            code, out = run(capsys, "review", "list", "--data", hub.data)
+            assert code == 0 and out.startswith("0 conflicts"), out  # nothing left to review
             for rid in (pid, r.record_id, doc.record_id, late):
                 assert records[rid]["deleted"] and records[rid]["fields"] == {}, rid
             assert records[str(uuid.UUID(bytes=erasure_record_id(raw)))]["fields"][
