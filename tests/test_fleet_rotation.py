@@ -30,7 +30,13 @@ from protocol.crdt.erasure import erasure_record_id
 from protocol.crdt.schema import CHECKIN, ERASURE, PATIENT
 from protocol.crdt.writes import build_put
 from protocol.driver.tpm import Tpm
-from protocol.sync.fleet_chain import fingerprint, seal_chain, valid_moves
+from protocol.sync.fleet_chain import (
+    fingerprint,
+    generation_of,
+    seal_chain,
+    valid_moves,
+    writer_generation,
+)
 
 from .swtpm_helpers import require_swtpm, soft_tpm
 from .test_hub_backup import key_backup
@@ -52,6 +58,15 @@ def test_chained_ids_are_the_vectors() -> None:
         for g in range(1, len(keys)):
             assert ids.rotated_id(keys[g], expected[g - 1].bytes) == expected[g]
             assert ids.chained_id(first, [ids.hmac_of(k) for k in keys[1:g + 1]]) == expected[g]
+
+
+def test_moves_say_which_generation_each_write_was_made_under() -> None:
+    moves = [[2, 100], [1, 200], [3, 300]]  # back to 1: a TPM kiosk's first key again
+    assert valid_moves(moves) and generation_of(moves) == 3 and generation_of([]) == 1
+    assert [writer_generation(moves, s) for s in (50, 150, 250, 350)] == [1, 2, 1, 3]
+    for bad in ([[2, 100], [2, 200]], [[2, 100], [3, 100]], [[0, 1]], [[1, 1]], [[2]],
+                [[2, "1"]], [[2, 1]] * 65, "moves"):
+        assert not valid_moves(bad), bad
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
@@ -293,6 +308,10 @@ def test_the_passphrase_and_tpm_keepers_keep_the_chain(tmp_path: Path) -> None:
             "North", pid, "1971")
         assert fleet.verifier_record_id("North", pid) == ids.verifier_record_id(
             keys[2], "North", pid)
+        # the first key again for another site: the later keys go (the hub sends them again)
+        assert keeper.install(keys[0], "South").generation == 1
+        assert keeper.load().generation == 1
+        assert len(Tpm(tpm.tcti).persistent_handles() - before) == 2
         keeper.evict()
         assert Tpm(tpm.tcti).persistent_handles() == before
 

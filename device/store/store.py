@@ -120,6 +120,8 @@ FLEET_PENDING = "fleet_pending"
 #: The generations of the fleet key moved to, with the kiosk's stamp at each move, as JSON
 #: (``install_fleet_later``).
 FLEET_GENERATIONS = "fleet_generations"
+#: The most moves kept: what the hub needs is the moves of writes it may not have yet.
+MAX_MOVES = 16
 #: The kiosk's next short patient code's counter, in the check-in's transaction.
 NEXT_CODE = ("INSERT INTO meta VALUES ('code_counter', 1) ON CONFLICT (key) DO UPDATE"
              " SET value = value + 1 WHERE value < ? RETURNING value")
@@ -301,6 +303,7 @@ class Store:
                     "site needs the fleet key again (haven-kiosk init --fleet-key FILE)")
             if fleet_key is not None:
                 self.fleet = self.fleet_keeper.install(fleet_key, site)
+                self._note_move(db)  # a TPM's later keys go with a new site's first key
                 db.execute(SET_META, ["fleet", self.fleet.fingerprint()])
                 db.execute("DELETE FROM meta WHERE key = ?", [FLEET_PENDING])
             db.execute(SET_META, ["site", site])
@@ -315,8 +318,8 @@ class Store:
         fingerprint of the first generation the chain goes on from; refused
         (``KeyMismatch``, nothing changed) if it is not this kiosk's key's, or if a
         generation held here is another key. True when a generation was added. The
-        kiosk's own stamp at the change is kept (``fleet_generations``): the hub tells
-        by it which of the kiosk's writes were made under which generation."""
+        kiosk's own stamp at the move is kept (``_note_move``): the hub tells by it
+        which of the kiosk's writes were made under which generation."""
         held = self.fleet.key_fingerprints()
         offered = [base, *(FleetSecret(key).fingerprint() for key in later)]
         if base != held[0]:
@@ -332,25 +335,29 @@ class Store:
 
         def job(db: sqlite_utils.Database) -> bool:
             self.fleet = self.fleet_keeper.install_later(list(later), self._identity(db)[1])
-            stamp = self.hlc.now(self.clock())
-            db.execute(SAVE_CLOCK, [self.hlc.last])
-            row = db.execute(GET_META, [FLEET_GENERATIONS]).fetchone()
-            # moves to generations no longer held (a TPM's first key installed again for
-            # a new site drops the later ones) go: generations only grow in what we say
-            history = [m for m in json.loads(row[0] if row else "[]") if m[0] <= len(held)]
-            history.append([self.fleet.generation, stamp])
-            db.execute(SET_META, [FLEET_GENERATIONS, json.dumps(history)])
+            self._note_move(db)
             return True
 
         added: bool = self._run(job)
         return added
+
+    def _note_move(self, db: sqlite_utils.Database) -> None:
+        """Keep the move to ``self.fleet``'s generation at a stamp of our own, past every
+        write made before it (``fleet_generations``); the last ``MAX_MOVES`` are kept."""
+        row = db.execute(GET_META, [FLEET_GENERATIONS]).fetchone()
+        moves = json.loads(row[0]) if row else []
+        if (moves[-1][0] if moves else 1) == self.fleet.generation:
+            return
+        moves.append([self.fleet.generation, self.hlc.now(self.clock())])
+        db.execute(SAVE_CLOCK, [self.hlc.last])
+        db.execute(SET_META, [FLEET_GENERATIONS, json.dumps(moves[-MAX_MOVES:])])
 
     def fleet_generations(self) -> list[list[int]]:
         """Each generation of the fleet key this kiosk moved to, with its own stamp at the
         move, oldest first: ``[[generation, stamp], ...]`` (none: generation 1 only)."""
         held = self._meta(FLEET_GENERATIONS)
         moves: list[list[int]] = json.loads(held) if held else []
-        return [m for m in moves if m[0] <= self.fleet.generation]
+        return moves
 
     def await_fleet_key(self, hub_x25519: bytes) -> None:
         """Until ``configure`` installs the fleet key, make no id from a key: a check-in

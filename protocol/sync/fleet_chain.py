@@ -15,7 +15,8 @@ fingerprint refuses the chain. A kiosk before rotations ignores the field.
 A kiosk that moved to a new generation makes every later write under it. It
 says so in its hello and with each batch (``fleet``): each generation it
 moved to, with its own stamp at the move (``[[generation, stamp], ...]``,
-oldest first). A write of that kiosk's node is of the generation it last
+oldest first; back to 1 if its first key was installed again, which drops
+the later ones a TPM holds). A write of that kiosk's node is of the generation it last
 moved to before the write's stamp (``writer_generation``; none: the first),
 whatever the session or batch it comes in: the hub remaps the subjects of
 writes made under an older generation than its own.
@@ -72,15 +73,16 @@ def open_chain(sealed: bytes, key: X25519PrivateKey) -> tuple[bytes, list[bytes]
 
 
 def valid_moves(value: object) -> bool:
-    """A hello's or batch's ``fleet``: ``[[generation, stamp], ...]``, generations from 2
-    up and stamps growing."""
+    """A hello's or batch's ``fleet``: ``[[generation, stamp], ...]``, at most
+    ``MAX_GENERATIONS``, stamps growing, each move to another generation than the last
+    (back to 1 too: a kiosk whose first key was installed again holds no later one)."""
     if not isinstance(value, list) or len(value) > MAX_GENERATIONS:
         return False
     last = (1, -1)
     for move in value:
         if not (isinstance(move, list) and len(move) == 2
                 and all(type(v) is int for v in move)
-                and move[0] > last[0] and move[1] > last[1]):
+                and move[0] >= 1 and move[0] != last[0] and move[1] > last[1]):
             return False
         last = (move[0], move[1])
     return True
