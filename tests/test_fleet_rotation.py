@@ -339,3 +339,17 @@ def test_a_kept_open_session_ends_at_a_rotation_and_the_next_takes_the_key(
         finally:
             conn.close()
             a.close()
+
+
+def test_a_rotated_kiosk_finds_a_patient_the_hub_has_not_migrated_yet(tmp_path: Path) -> None:
+    first, second = os.urandom(32), os.urandom(32)
+    (tmp_path / "first.key").write_bytes(first)
+    with init_store(tmp_path / "kiosk", "North", "A", tmp_path / "first.key") as store:
+        old = str(ids.patient_id(first, PASSPORT))
+        store.put("patient", old, {"name": "Xavier Ortolan", "birthDate": "1971-03-02"})
+        store.install_fleet_later(fingerprint(first), [second])
+        new = str(ids.rotated_id(second, uuid.UUID(old).bytes))
+        found = store.checkin(name="Xavier Ortolan", passport=PASSPORT, birth_year=1971)
+        assert (found.patient_id, found.identity) == (new, "match")  # by the old id
+        wrong = store.checkin(passport=PASSPORT, birth_year=1972)
+        assert (wrong.patient_id, wrong.identity) == (new, "mismatch")
