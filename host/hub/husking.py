@@ -48,17 +48,28 @@ def records_of(db: sqlite_utils.Database, patients: Iterable[bytes]) -> set[byte
     return out
 
 
-def covered(db: sqlite_utils.Database, patients: set[bytes], delta: Delta) -> bool:
+def covered(db: sqlite_utils.Database, patients: set[bytes], delta: Delta,
+            theirs: set[bytes] | None = None) -> bool:
     """Whether ``delta`` writes a record of one of ``patients``: by the record's facts
-    held, or by the subject it sets."""
+    held (``theirs``: the erased patients' records among those asked, if known), or by
+    the subject it sets."""
     if delta.type == ERASURE.number:
         return False
     if delta.record_id in patients or subject_of(delta.type, delta.record_id,
                                                  delta.set) in patients:
         return True
-    row = db.execute("SELECT subject FROM record_facts WHERE rid = ?",
-                     [delta.record_id]).fetchone()
-    return row is not None and row[0] is not None and bytes(row[0]) in patients
+    return delta.record_id in (_theirs(db, [delta.record_id]) if theirs is None else theirs)
+
+
+def _theirs(db: sqlite_utils.Database, rids: list[bytes]) -> set[bytes]:
+    """Those of ``rids`` whose facts name an erased patient."""
+    out: set[bytes] = set()
+    for at in range(0, len(rids), 500):
+        part = rids[at:at + 500]
+        out.update(bytes(r) for (r,) in db.execute(
+            f"SELECT rid FROM record_facts WHERE rid IN ({', '.join('?' * len(part))})"
+            f" AND subject IN ({ERASED})", part))
+    return out
 
 
 def husked(db: sqlite_utils.Database, good: list[tuple[Delta, bytes]],
@@ -68,4 +79,6 @@ def husked(db: sqlite_utils.Database, good: list[tuple[Delta, bytes]],
     patients = erased(db)
     if not patients:
         return good
-    return [(d, encode(husk(d)) if covered(db, patients, d) else data) for d, data in good]
+    theirs = _theirs(db, sorted({d.record_id for d, _ in good}))
+    return [(d, encode(husk(d)) if covered(db, patients, d, theirs) else data)
+            for d, data in good]
