@@ -104,6 +104,8 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
             # c is offline from here; the hub rotates the fleet key
             code, out = run(capsys, "hub", "keys", "rotate-fleet", "--data", hub.data)
             assert code == 0, out
+            code, status = run(capsys, "hub", "status", "--data", hub.data)
+            assert status.count("fleet key generation 1 (the hub's: 2)") == 5, status
             assert "generation 2" in out and "2 patients migrated" in out, out
             second = (hub.data / "fleet.2.key").read_bytes()
             assert (hub.data / "fleet.2.key").stat().st_mode & 0o077 == 0
@@ -119,6 +121,7 @@ def test_a_rotation_migrates_every_id_and_kiosks_follow_over_tcp(
                 kiosk.sync(url)
             for kiosk in (a, b, c, door, clinic):
                 assert kiosk.store.fleet.generation == 2
+            assert {k["fleet_generation"] for k in hub.status()["kiosks"]} == {2}
             # a returning patient at a rotated kiosk: by passport and by short code
             found = b.store.checkin(name="Xavier Ortolan", passport=PASSPORT, birth_year=1971)
             assert (found.patient_id, found.identity) == (str(new_x), "match")

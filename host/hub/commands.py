@@ -693,7 +693,9 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
               f"{k['backlog_deltas']} deltas"
               + ("  SUSPECTED-CLONE" if k["suspected_clone"] else "")
               + (f"  replaced by {r['by']} from {r['from_day']}"
-                 if (r := k.get("replaced")) else ""))
+                 if (r := k.get("replaced")) else "")
+              + (f"  fleet key generation {k['fleet_generation']} (the hub's: "
+                 f"{fleet['generation']})" if (fleet := st["fleet_rotation"]) else ""))
     print(f"stable points: {len(st['stable_points'])}")
     for g in st["stable_points"]:
         where = "every site" if g["site"] == "*" else repr(g["site"])

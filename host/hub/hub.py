@@ -63,6 +63,7 @@ from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 from protocol.sync.approval import LETTERS
 from protocol.sync.conversation import DECOMMISSIONED, ApprovalEnrolment
+from protocol.sync.fleet_chain import generation_of
 from protocol.sync.scope import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, ScopeError, parse_role
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
@@ -551,7 +552,8 @@ class Hub:
             "backlog_deltas": self._backlog(d, head), "suspected_clone": bool(d.suspected_clone),
             "replaced": (None if (r := self.store.replacement(d.device_id)) is None
                          else timed(r, "at")),
-            "role": d.role, "window_days": d.window_days if d.role == "clinician" else None},
+            "role": d.role, "window_days": d.window_days if d.role == "clinician" else None,
+            "fleet_generation": generation_of(self.fleet.moves_of(d.node))},
             "last_seen") for d in self.store.devices()]
         groups = sorted({(d.role, "*" if d.role == "full" else d.site)
                          for d in self.store.devices() if d.state == APPROVED})
