@@ -316,6 +316,9 @@ def test_passphrase_kiosk_rotates_and_its_locked_checkins_still_merge(
 def test_passphrase_change_during_a_rotation_keeps_the_next_key(passphrase_kiosk: Path
                                                                 ) -> None:
     data = passphrase_kiosk
+    held = unlock.unwrap(data, PASS)
+    later = os.urandom(32)  # a later generation of the fleet key, under the store key too
+    unlock.PassphraseKeys(data, held).install_later([later], "North")
     unlock.add_next_key(data, PASS)
     upcoming = unlock.next_store_key(data, unlock.unwrap(data, PASS).store_key)
     unlock.change_passphrase(data, PASS, "another passphrase here", n=2**10)
@@ -323,7 +326,9 @@ def test_passphrase_change_during_a_rotation_keeps_the_next_key(passphrase_kiosk
     with Store(data, keys, fleet=keys) as store:
         assert store.cipher.rotating
         walk(store)
-    assert unlock.unwrap(data, "another passphrase here").store_key == upcoming
+    after = unlock.unwrap(data, "another passphrase here")
+    assert after.store_key == upcoming
+    assert (after.fleet_key, after.fleet_later) == (held.fleet_key, (later,))
 
 
 @pytest.fixture(scope="module")
