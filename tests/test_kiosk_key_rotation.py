@@ -33,6 +33,7 @@ from device.store.locked import LockableStore
 from device.store.tpm_key import TpmKey
 from device.sync.document_store import attach
 from device.sync.state import SEAL_LABEL, SyncState
+from device.wipe import REVOKED, destroy_keys
 from protocol.driver.secret_files import promote_secret
 from tests.swtpm_helpers import SoftTpm, soft_tpm
 from tests.test_runtime import call
@@ -366,3 +367,14 @@ def test_promote_secret_finishes_from_any_cut(tmp_path: Path) -> None:
             os.replace(nxt, key)
         promote_secret(key, nxt)
         assert key.read_bytes() == b"B" * 32 and not nxt.exists() and not old.exists()
+
+
+def test_a_revocation_mid_rotation_destroys_the_next_key_too(tmp_path: Path) -> None:
+    data = tmp_path / "k"
+    with kiosk(data, checkins=2) as store:
+        rotation.start(store)
+    os.link(data / "store.key", data / "store.key.old")  # as a swap cut short leaves it
+    gone = destroy_keys(data, REVOKED, detail="revoked")
+    assert {"store.key", "store.key.next", "store.key.old"} <= set(gone)
+    assert not {"store.key", "store.key.next", "store.key.old"} & {p.name for p in
+                                                                   data.iterdir()}
