@@ -412,3 +412,32 @@ def test_an_erased_patient_checked_in_before_the_fleet_key_is_registered_anew(
 
 def ops_of(deltas: list[bytes]) -> list[Op]:
     return [Op(d.record_id, d.stamp, d.node, data) for data in deltas for d in [decode(data)]]
+
+
+def test_an_erasure_after_a_fleet_key_rotation_erases_the_former_id_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The migration moved the patient to a new id and deleted the old one, whose writes
+    still hold what it had: erasing by passport erases both."""
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        writer = Replica(0x77)
+        old = patient_id(hub.fleet_key, PASSPORT).bytes
+        hub.store.add_local(*ops_of([
+            writer.put(old, "patient", now, {"name": NAME, "birthDate": "1970-03-04"}),
+            writer.put(uuid.uuid4().bytes, "prescription", now, {
+                "subject": str(uuid.UUID(bytes=old)), "medication": MEDICATION})]))
+        hub.rotate_fleet(now)
+        for _ in range(100):
+            if not hub.fleet_slice():
+                break
+        new = hub.fleet.patient_id(PASSPORT).bytes
+        moved = verifiers.view_of(hub.store, new)
+        assert new != old and moved is not None and NAME in moved.fields.values()
+        assert erasure.former_ids(hub, new) == {old}
+    code, out = run(capsys, "hub", "erase", "--data", tmp_path / "hub", "--passport",
+                    PASSPORT, "--by", "dr.amina")
+    assert code == 0 and str(uuid.UUID(bytes=new)) in out, out
+    assert_nothing_of(tmp_path / "hub", [NAME.encode(), MEDICATION.encode(), b"1970-03-04"])
+    with Hub(tmp_path / "hub") as hub, hub.store.writing() as (db, _):
+        assert husking.erased(db) == {old, new}

@@ -169,6 +169,25 @@ def registered_id(store: HubStore, pid: bytes) -> bytes:
     return pid
 
 
+def former_ids(hub: Hub, pid: bytes) -> set[bytes]:
+    """The ids patient ``pid`` had under earlier generations of the fleet key: the
+    migration deleted them, but their writes hold the values they had. Found by
+    carrying every id held forward (a keyed hash per id and generation; none before a
+    rotation)."""
+    fleet = hub.fleet
+    fleet.refresh()
+    out: set[bytes] = set()
+    after = b""
+    for _ in range(1_000_000):  # bounded: each page moves on
+        page = hub.store.record_ids(after, 5000) if fleet.generation > 1 else []
+        out.update(rid for rid in page if rid != pid and any(
+            fleet.forward(rid, g) == pid for g in range(1, fleet.generation)))
+        if len(page) < 5000:
+            break
+        after = page[-1]
+    return out
+
+
 def _held_of(store: HubStore, pid: bytes) -> set[bytes]:
     """The patient's records the hub holds writes of."""
     with store.writing() as (db, _):
@@ -192,18 +211,20 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
     store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
     with _lock:
         held = view_of(store, eid)
-        rids = _held_of(store, pid)
+        pids = {pid, *former_ids(hub, pid)}
+        rids = {r for p in pids for r in _held_of(store, p)}
         if held is None and not rids:
             raise UsageError(f"the hub holds nothing of patient {name}: check the id (haven "
                              "hub dump lists the patients), the passport number or the code")
         hlc = hlc_of()
-        put = [] if held is not None else [build_put(
-            None, eid, ERASURE, hub.node, hlc.now(now),
-            {"subject": name, "recorded": utc_text(now), "requester": by, "reason": reason})]
+        puts = [build_put(None, erasure_record_id(p), ERASURE, hub.node, hlc.now(now), {
+            "subject": str(uuid.UUID(bytes=p)), "recorded": utc_text(now), "requester": by,
+            "reason": reason}) for p in sorted(pids) if view_of(store, erasure_record_id(p))
+            is None]
         deletes = _deletes(store, rids, hub.node, hlc, now)
-        store.add_local(*(Op(d.record_id, d.stamp, d.node, encode(d)) for d in put + deletes))
+        store.add_local(*(Op(d.record_id, d.stamp, d.node, encode(d)) for d in puts + deletes))
         store.set_meta("hlc", hlc.last)
-        _purge(hub, {pid}, rids, now)
+        _purge(hub, pids, rids, now)
         first = held or view_of(store, eid)
         assert first is not None
         recorded, requester, why = (first.fields.get(ERASURE.field(f).number)
