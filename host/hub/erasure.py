@@ -10,6 +10,9 @@ clock, in one transaction: the put of the patient's erasure record
 delete of each of the patient's live records (``husking.records_of``) whose
 context is every head held, so it overtakes every write the hub holds. Kiosks
 pull them like any other write (an erasure is in every scope) and purge by them.
+After a rotation of the fleet key the patient's ids of earlier generations
+(``former_ids``: deleted by the migration, their writes still holding what
+they carried) are erased with it, an erasure record each.
 
 ``_purge`` then takes the patient's values out of everything the hub keeps,
 in one transaction:
