@@ -11,6 +11,7 @@ sends every dot, and a patient who comes back is registered anew.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from device.store.materialise import op_label
 from device.store.pending import PendingCheckins
 from device.sync import document_store
 from device.sync.document_store import DocumentStore, attach
-from device.sync.state import scope_of
+from device.sync.state import SEAL_LABEL, scope_of
 from device.ui import staff
 from protocol import strict_cbor
 from protocol.crdt.clock import Dot, pack
@@ -69,7 +70,8 @@ def put(rid: bytes, type_name: str, node: int, stamp: int, values: dict[str, obj
 
 
 def opened(store: Store) -> bytes:
-    """Every sealed value the kiosk's files hold, opened with its cipher, end to end."""
+    """Every sealed value the kiosk's files hold, opened with its cipher, end to end:
+    store.db's tables, the batches sync.db keeps, documents.db's manifests and chunks."""
     cipher, db = store.cipher, store.reader
     out = []
     for rid, field, stamp, node, sealed in db.execute(
@@ -82,6 +84,7 @@ def opened(store: Store) -> bytes:
     for (sealed,) in db.execute("SELECT sealed FROM quarantine"):
         out.append(cipher.open_blob(b"quarantine", sealed))
     out += [str(v).encode() for (v,) in db.execute("SELECT value FROM meta")]
+    out += [cipher.open_blob(SEAL_LABEL, sealed) for (_, sealed) in sent_batches(store)]
     if (store.data / document_store.DB_NAME).exists():
         docs = DocumentStore(store.data, store.cipher)
         try:
@@ -107,7 +110,21 @@ def ciphertexts(store: Store) -> list[tuple[bytes | None, bytes]]:
         if delta.set or delta.add or delta.remove:
             out.append((bytes(rid), bytes(sealed)))
     out += [(None, bytes(s)) for (s,) in db.execute("SELECT sealed FROM quarantine")]
+    out += sent_batches(store)
     return [(rid, s[i:i + 32]) for rid, s in out for i in range(12, len(s) - 31, 256)]
+
+
+def sent_batches(store: Store) -> list[tuple[bytes | None, bytes]]:
+    """The sealed batches ``sync.db`` keeps until the hub acknowledges them (and a while
+    after)."""
+    if not (store.data / "sync.db").exists():
+        return []
+    state = sqlite3.connect(store.data / "sync.db")
+    try:
+        return [(None, bytes(s)) for (s,) in state.execute(
+            "SELECT sealed FROM batches WHERE sealed IS NOT NULL")]
+    finally:
+        state.close()
 
 
 def erased_pieces(store: Store, pieces: list[tuple[bytes | None, bytes]]) -> list[bytes]:

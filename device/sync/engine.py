@@ -495,6 +495,7 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
     first. Times are the driver's clock."""
     clock = driver.clock
     start = clock()
+    erased = store.erased
     own_docs = docs is None
     docs = DocumentStore(store.data, store.cipher) if docs is None else docs
     rnd = Round(store, state, ident, DocumentPush(docs, store))
@@ -586,6 +587,8 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
         rnd.summary.frames_lost = moved.lost_frames - before.lost_frames
         rnd.summary.retransmitted_bytes = moved.retransmitted_bytes - before.retransmitted_bytes
         rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
+        if store.erased is not erased:  # an erasure merged: sent batches may hold values
+            state.drop_sent()
         state.flush()  # acknowledgements and cursor, if they have waited long enough
         if own_docs:
             docs.close()

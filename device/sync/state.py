@@ -268,6 +268,14 @@ class SyncState:
         self._acked_later.add(seq)
         self._wait()
 
+    def drop_sent(self) -> None:
+        """The payloads of acknowledged batches dropped now, not with the next batch, and
+        the log cut: after an erasure they may hold the erased patient's values (a batch
+        not acknowledged yet keeps its own: it is sent again as it was signed)."""
+        self.db.execute("PRAGMA secure_delete = ON")
+        self.flush(force=True)
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     def acked_head(self) -> int:
         """The last batch the hub acknowledged (0 if none)."""
         row = self.db.execute("SELECT MAX(seq) FROM batches WHERE acked = 1").fetchone()
