@@ -664,12 +664,13 @@ def _erase(hub: Hub, args: argparse.Namespace) -> None:
     if args.patient is None:  # a passport or code: the patient may have come back since
         pid = live_id(hub.store, pid)
     done = hub.erase(pid, args.by, args.reason)
+    records = f"{done.deleted} record{'' if done.deleted == 1 else 's'}"
     if done.already:
-        print(f"patient {done.patient} was erased already ({done.record}); "
-              f"{done.deleted} records written since deleted again")
+        print(f"patient {done.patient} was erased already ({done.record}); {records} "
+              "written since deleted again")
     else:
-        print(f"patient {done.patient} erased: {done.deleted} records deleted, their values "
-              "purged here; kiosks erase at their next sync")
+        print(f"patient {done.patient} erased: {records} deleted, their values purged "
+              "here; kiosks erase at their next sync")
     if not done.emptied:
         print("the write-ahead log (hub.db-wal) could not be emptied: a reader held it; run "
               "this again when the hub is quieter (it is emptied then)", file=sys.stderr)
