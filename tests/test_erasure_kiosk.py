@@ -114,6 +114,15 @@ def ciphertexts(store: Store) -> list[tuple[bytes | None, bytes]]:
     return [(rid, s[i:i + 32]) for rid, s in out for i in range(12, len(s) - 31, 256)]
 
 
+def chunks(store: Store) -> dict[bytes, bytes]:
+    """documents.db's sealed chunks by name."""
+    docs = DocumentStore(store.data, store.cipher)
+    try:
+        return {bytes(n): bytes(s) for n, s in docs.db.execute("SELECT name, sealed FROM chunks")}
+    finally:
+        docs.close()
+
+
 def sent_batches(store: Store) -> list[tuple[bytes | None, bytes]]:
     """The sealed batches ``sync.db`` keeps until the hub acknowledges them (and a while
     after)."""
@@ -191,6 +200,7 @@ def test_an_erasure_purges_the_patient_from_every_file_and_nothing_else(
     # is never kept, only the id made from it
     before_held = held(store)
     pieces = ciphertexts(store)
+    chunks_before = chunks(store)
     sent = [e.seq for e in store.outbox_batch(now_ms=1 << 60, max_bytes=1 << 30)]
     assert len(sent) >= 8
 
@@ -199,6 +209,10 @@ def test_an_erasure_purges_the_patient_from_every_file_and_nothing_else(
     old = erased_pieces(store, pieces)
     assert len(old) >= 10 and len(store.erased.records) == 6  # patient, check-in,
     # two prescriptions (one deleted), a document, a note
+    left = chunks(store)
+    assert left and set(left) < set(chunks_before)  # the other patient's scan stays
+    old += [sealed[i:i + 32] for name, sealed in chunks_before.items() if name not in left
+            for i in range(12, len(sealed) - 31, 4096)]
 
     plain = opened(store)
     for secret in SECRETS:
