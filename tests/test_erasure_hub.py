@@ -441,3 +441,39 @@ def test_an_erasure_after_a_fleet_key_rotation_erases_the_former_id_too(
     assert_nothing_of(tmp_path / "hub", [NAME.encode(), MEDICATION.encode(), b"1970-03-04"])
     with Hub(tmp_path / "hub") as hub, hub.store.writing() as (db, _):
         assert husking.erased(db) == {old, new}
+
+
+def test_a_patient_erased_before_a_rotation_comes_back_under_one_id_at_every_generation(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Erased, then the fleet key rotated: the patient comes back at a kiosk of the new
+    generation and at one still on the first. Both register them under the successor of
+    the erased id carried to the new generation (the id the hub remaps the first's write
+    to), as new, with their name; erasing by passport again erases that patient."""
+    with served_hub(tmp_path) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        try:
+            a.store.checkin(name=NAME, passport=PASSPORT, birth_year=1971)
+            a.sync(url)
+            hub.erase(patient_id(hub.fleet_key, PASSPORT).bytes, "dr.amina", "patient-request")
+            b.sync(url)  # b heard of the erasure, then stays on the first key
+            hub.rotate_fleet(wall_ms())
+            a.sync(url)
+            back = a.store.checkin(name="Zebulon Again", passport=PASSPORT, birth_year=1971)
+            late = b.store.checkin(name="Zebulon Again", passport=PASSPORT, birth_year=1971)
+            assert back.identity == late.identity == "new"
+            for kiosk in (a, b, a):
+                kiosk.sync(url)
+            patients = [r for r in json.loads(hub.dump())["records"]
+                        if r["type"] == "patient" and not r["deleted"]]
+            assert [p["id"] for p in patients] == [back.patient_id], patients
+            assert patients[0]["fields"]["name"] == "Zebulon Again"
+            code, out = run(capsys, "hub", "erase", "--data", hub.data, "--passport",
+                            PASSPORT, "--by", "dr.amina")
+            assert code == 0 and back.patient_id in out, out
+            for kiosk in (a, b, a):
+                kiosk.sync(url)
+            assert b"Zebulon" not in hub.dump()
+            assert a.store.dump() == b.store.dump() == hub.dump()
+        finally:
+            a.close()
+            b.close()

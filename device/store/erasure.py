@@ -72,13 +72,20 @@ from device.store.materialise import op_label, read_view, refresh, rewrite
 from protocol import strict_cbor
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode, encode
-from protocol.crdt.erasure import SUBJECT_TYPES, erasure_record_id, husk, successor_id
+from protocol.crdt.erasure import (
+    SUBJECT_TYPES,
+    erasure_record_id,
+    husk,
+    ids_across,
+    successor_id,
+)
 from protocol.crdt.record import RecordView
 from protocol.crdt.schema import ERASURE, SUBJECT
 from protocol.driver.database import immediate
 from protocol.errors import RemoteProtocolError
 
 if TYPE_CHECKING:
+    from device.store.fleet import FleetKey
     from device.store.store import Store
 
 log = logging.getLogger("haven.store")
@@ -126,6 +133,16 @@ class Erased:
             patient = successor_id(patient)
         raise BadRequest("this patient was erased too many times to register again",
                          "erased")
+
+    def registered_id(self, fleet: FleetKey, gave: tuple[str, str]) -> bytes:
+        """The id a patient who gave ``gave`` (("passport", number) or ("code", code))
+        is registered under at generation ``fleet``: their first generation's id carried
+        through the rotations, an erased one followed to its successor at each
+        (``ids_across``)."""
+        first = fleet.generations()[-1]
+        pid = (first.patient_id(gave[1]) if gave[0] == "passport"
+               else first.code_patient_id(gave[1]))
+        return ids_across(pid.bytes, fleet.rotations(), self.live_id)[-1]
 
     def holds(self, rid: bytes) -> bool:
         """Whether record ``rid`` is an erased patient's."""

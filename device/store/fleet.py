@@ -34,7 +34,7 @@ lookups while the hub migrates records from one generation to the next.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -69,6 +69,11 @@ class FleetKey(Protocol):
 
     def key_fingerprints(self) -> list[bytes]:
         """Each generation's own key's fingerprint, the first generation's first."""
+        ...
+
+    def rotations(self) -> list[Callable[[bytes], bytes]]:
+        """One function per generation after the first: a patient's id in it from their
+        id one generation before."""
         ...
 
 
@@ -115,6 +120,9 @@ class MacFleetKey:
     def key_fingerprints(self) -> list[bytes]:
         return [self.fingerprint()]
 
+    def rotations(self) -> list[Callable[[bytes], bytes]]:
+        return []
+
 
 class ChainedFleetKey:
     """Generation ``len(chain)`` of the fleet key: ``chain`` holds one key per
@@ -150,6 +158,13 @@ class ChainedFleetKey:
 
     def key_fingerprints(self) -> list[bytes]:
         return [key.fingerprint() for key in self.chain]
+
+    def rotations(self) -> list[Callable[[bytes], bytes]]:
+        return [_id_bytes(key.rotated_id) for key in self.chain[1:]]
+
+
+def _id_bytes(made: Callable[[bytes], uuid.UUID]) -> Callable[[bytes], bytes]:
+    return lambda pid: made(pid).bytes
 
 
 def chained(chain: Sequence[MacFleetKey]) -> FleetKey:

@@ -722,9 +722,12 @@ class Store:
             known = (None if gave is None or sealed is not None
                      else early if early is not None and self.fleet is fleet
                      else _given_id(self.fleet, gave))
-            again = known is not None and known.bytes in self.erased.patients
-            if known is not None and again:  # erased: registered anew (``erasure``)
-                known = uuid.UUID(bytes=self.erased.live_id(known.bytes))
+            again = False
+            if known is not None and gave is not None and self.erased.patients:
+                # erased, in this generation or before a rotation: registered anew
+                # (``erasure``), under one id whichever generation a kiosk is at
+                now_id = uuid.UUID(bytes=self.erased.registered_id(self.fleet, gave))
+                again, known = now_id != known or known.bytes in self.erased.patients, now_id
             given = None if gave is not None or pending is not None else self._next_code(conn)
             pid = (known if known is not None
                    else self.fleet.code_patient_id(given) if given

@@ -36,6 +36,7 @@ check-in whose identity is still sealed (one that did not open) alone.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -114,14 +115,17 @@ def plan(views: list[RecordView], node: int, hlc: HLC, now_ms: int,
 
 def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet: FleetKeys,
              held: Callable[[bytes], RecordView | None], node: int, hlc: HLC, now_ms: int,
-             registered: Callable[[bytes], bytes] = lambda pid: pid,
+             registered: Callable[[bytes], bytes] | None = None,
              ) -> tuple[list[Delta], list[dict[str, Any]]]:
     """The writes that give every check-in in ``views`` with a sealed identity its real
     subject (``held``: the hub's view of a record, or None), and what each did. One
     that does not open (not sealed to this hub, or for another check-in) is left as
     it is, and reported. ``fleet``: the hub's fleet keys (the id is the newest
-    generation's). ``registered``: the id a patient is registered under from the one
-    their passport or code gives (an erased patient's successor, ``erasure``)."""
+    generation's). ``registered``: the id a patient is registered under from the first
+    generation's id their passport or code gives (carried to the newest; an erased
+    patient's successor, ``erasure.registered_id``)."""
+    if registered is None:
+        registered = functools.partial(fleet.forward, generation=1)
     deltas: list[Delta] = []
     done: list[dict[str, Any]] = []
     made: set[bytes] = set()
@@ -132,11 +136,11 @@ def complete(views: list[RecordView], hub_x: X25519PrivateKey, fleet: FleetKeys,
         checkin = str(uuid.UUID(bytes=view.record_id))
         try:
             kind, value = open_identity(sealed, view.record_id, hub_x)
-            real = (fleet.patient_id if kind == "passport" else fleet.code_patient_id)(value)
+            first = fleet.first_id(kind, value)
         except ProtocolError as exc:
             done.append({"checkin": checkin, "error": str(exc)})
             continue
-        pid = registered(real.bytes)
+        pid = registered(first)
         if pid not in made and held(pid) is None:
             deltas.append(build_put(None, pid, PATIENT, node, hlc.now(now_ms), {}))
             made.add(pid)

@@ -662,7 +662,7 @@ def _erase(hub: Hub, args: argparse.Namespace) -> None:
 
     pid = patient_of(hub.fleet, args.patient, args.passport, args.code)
     if args.patient is None:  # a passport or code: the patient may have come back since
-        pid = live_id(hub.store, pid)
+        pid = live_id(hub.store, hub.fleet, pid)
     done = hub.erase(pid, args.by, args.reason)
     records = f"{done.deleted} record{'' if done.deleted == 1 else 's'}"
     if done.already:

@@ -79,7 +79,7 @@ from host.hub.storage import HubStore, Op
 from host.hub.verifiers import view_of
 from protocol.crdt.clock import HLC
 from protocol.crdt.delta import DELETE, Delta, decode, encode
-from protocol.crdt.erasure import erasure_record_id, husk, successor_id
+from protocol.crdt.erasure import erasure_record_id, husk, ids_across, successor_id
 from protocol.crdt.record import RecordView
 from protocol.crdt.schema import DOCUMENT, ERASURE, TYPES
 from protocol.crdt.writes import build_put
@@ -128,7 +128,7 @@ class Receipt:
 def patient_of(fleet: FleetKeys, patient: str | None, passport: str | None,
                code: str | None) -> bytes:
     """The patient id named by exactly one of an id, a passport number or a short
-    code (the last two through the fleet key, in its generation in effect);
+    code (the last two: the fleet key's first generation's id, which ``live_id`` takes);
     ``UsageError`` for anything else."""
     if sum(x is not None for x in (patient, passport, code)) != 1:
         raise UsageError("name the patient once: PATIENT_ID, --passport N or --code C")
@@ -140,36 +140,43 @@ def patient_of(fleet: FleetKeys, patient: str | None, passport: str | None,
                              f"{patient!r}") from None
     try:
         if passport is not None:
-            return fleet.patient_id(passport).bytes
+            return fleet.first_id("passport", passport)
         assert code is not None
-        return fleet.code_patient_id(code).bytes
+        return fleet.first_id("code", code)
     except ProtocolError as exc:
         raise UsageError(f"{'--passport' if passport is not None else '--code'}: {exc}"
                          ) from None
 
 
-def live_id(store: HubStore, pid: bytes) -> bytes:
-    """The id a patient named by passport or code is held under now: an erased patient
-    who came back is registered under ``successor_id`` of the erased id (again, while
-    that one is erased too), so the chain is followed while it leads to records."""
-    for _ in range(MAX_RETURNS):
-        if view_of(store, erasure_record_id(pid)) is None:
-            return pid
-        after = successor_id(pid)
-        if not _held_of(store, after):
-            return pid
-        pid = after
-    return pid
+def live_id(store: HubStore, fleet: FleetKeys, first: bytes) -> bytes:
+    """The id a patient named by passport or code is held under now, from their first
+    generation's id: of the ids they were registered under in each generation
+    (``registered_id``), erased ones too, the last the hub holds anything of (the
+    newest generation's when none)."""
+    seen: list[bytes] = []
+    registered_id(store, fleet, first, seen)
+    held = [p for p in seen if view_of(store, erasure_record_id(p)) is not None
+            or _held_of(store, p)]
+    return (held or seen)[-1]
 
 
-def registered_id(store: HubStore, pid: bytes) -> bytes:
-    """The id a patient checking in is registered under: the one their passport or code
-    gives, or while that one is erased, its ``successor_id`` (as a kiosk does)."""
-    for _ in range(MAX_RETURNS):
-        if view_of(store, erasure_record_id(pid)) is None:
-            break
-        pid = successor_id(pid)
-    return pid
+def registered_id(store: HubStore, fleet: FleetKeys, first: bytes,
+                  seen: list[bytes] | None = None) -> bytes:
+    """The id a patient checking in is registered under, from their first generation's
+    id: carried through the fleet key's rotations, and while an id is erased, followed
+    to its ``successor_id`` (``protocol.crdt.erasure.ids_across``, as a kiosk does).
+    ``seen`` gathers every id passed."""
+    seen = [] if seen is None else seen
+
+    def follow(pid: bytes) -> bytes:
+        for _ in range(MAX_RETURNS):
+            seen.append(pid)
+            if view_of(store, erasure_record_id(pid)) is None:
+                break
+            pid = successor_id(pid)
+        return pid
+
+    return ids_across(first, fleet.rotations(), follow)[-1]
 
 
 def former_ids(hub: Hub, pid: bytes) -> set[bytes]:

@@ -44,6 +44,7 @@ arrive.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
@@ -148,10 +149,21 @@ class FleetKeys:
             ids.hmac_of(k) for k in self.keys[generation:]]).bytes
 
     def patient_id(self, passport: str) -> uuid.UUID:
-        return uuid.UUID(bytes=self.forward(ids.patient_id(self.keys[0], passport).bytes, 1))
+        return uuid.UUID(bytes=self.forward(self.first_id("passport", passport), 1))
 
     def code_patient_id(self, code: str) -> uuid.UUID:
-        return uuid.UUID(bytes=self.forward(ids.code_patient_id(self.keys[0], code).bytes, 1))
+        return uuid.UUID(bytes=self.forward(self.first_id("code", code), 1))
+
+    def first_id(self, kind: str, value: str) -> bytes:
+        """The first generation's id of what a patient gave: ``kind`` "passport" or
+        "code"."""
+        made = ids.patient_id if kind == "passport" else ids.code_patient_id
+        return made(self.keys[0], value).bytes
+
+    def rotations(self) -> list[Callable[[bytes], bytes]]:
+        """One function per generation after the first: a patient's id in it from their
+        id one generation before."""
+        return [functools.partial(_rotated, key) for key in self.keys[1:]]
 
     def chain_for(self, x25519: bytes, generation: int) -> bytes | None:
         self.refresh()
@@ -166,6 +178,10 @@ class FleetKeys:
     def moves_of(self, node: int) -> list[list[int]]:
         held = self.store.get_meta(f"{MOVES}{node}")
         return json.loads(held) if held else []
+
+
+def _rotated(key: bytes, pid: bytes) -> bytes:
+    return ids.rotated_id(key, pid).bytes
 
 
 def rotate(hub: Hub, now: int) -> int:

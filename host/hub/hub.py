@@ -486,7 +486,7 @@ class Hub:
         completed, done = claims.complete(
             self._views_of(checkins), self.x_key, self.fleet,
             lambda rid: next(iter(self._views_of({rid})), None), self.node, hlc, now,
-            lambda pid: erasure.registered_id(self.store, pid))
+            lambda first: erasure.registered_id(self.store, self.fleet, first))
         self._add_local(completed)
         views = self._views_of(checkins)
         subjects = {v.fields.get(claims.SUBJECT) for v in views}

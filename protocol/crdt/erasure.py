@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -93,3 +93,18 @@ def successor_id(patient: bytes) -> bytes:
     erased id, so every kiosk that knows of the erasure registers them under one id,
     offline too. Nothing of the erased record is carried over."""
     return _hashed_id(_SUCCESSOR_LABEL, patient)
+
+
+def ids_across(first: bytes, rotations: Sequence[Callable[[bytes], bytes]],
+               live: Callable[[bytes], bytes]) -> list[bytes]:
+    """The id a patient is registered under in each generation of the fleet key, the
+    first's first: ``first`` (what their passport or code gives under the first key),
+    and each later one carried from the one before by that generation's ``rotations``
+    entry, an erased id followed to its successor by ``live`` at every generation. An
+    erasure made before a rotation names the first generation's id, so its successor is
+    taken there, then carried: the id a kiosk still on the older key registers them
+    under, and the hub remaps to."""
+    out = [live(first)]
+    for rotate in rotations:
+        out.append(live(rotate(out[-1])))
+    return out
