@@ -266,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--who", default="local", metavar="OPERATOR",
                        help="who does it, for the audit (default local)")
 
+    p = sub.add_parser("relay", help="sync by a field team's stick: export, import",
+                       description="For a kiosk with no link: export writes what the hub "
+                       "has not acknowledged to a folder on a stick, sealed to the hub; "
+                       "after haven hub relay import, import applies the hub's answers. "
+                       "Each is applied once, whatever is copied or carried twice. "
+                       "Refused while haven-kiosk run holds the data.")
+    rs = p.add_subparsers(dest="relay_command", metavar="ACTION", required=True)
+    r = rs.add_parser("export", help="write this kiosk's bundles to the stick",
+                      description="Write this kiosk's bundles to the stick.")
+    _data(r)
+    r.add_argument("--to", type=Path, required=True, metavar="DIR",
+                   help="the folder on the stick (one stick carries many kiosks')")
+    r = rs.add_parser("import", help="apply the hub's answers on the stick",
+                      description="Apply the hub's answers on the stick, and remove them.")
+    _data(r)
+    r.add_argument("directory", type=Path, metavar="DIR", help="the folder on the stick")
+
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
     _data(p, required=False)
@@ -872,6 +889,33 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from device.enrol import load
+    from device.relay.answers import import_answers
+    from device.relay.export import export
+    from device.run_lock import hold
+    from device.sync.state import SyncState
+
+    with hold(args.data), _open(args) as store:
+        state = SyncState(args.data)
+        try:
+            if args.relay_command == "export":
+                out = export(store, state, load(args.data), args.to)
+                print(f"{len(out.files)} bundle(s) written to {args.to}: {out.batches} "
+                      f"batches, {out.deltas} deltas, {out.bytes} B ({out.padding} B of "
+                      "padding)")
+                return 0
+            got = import_answers(store, state, load(args.data), args.directory)
+        finally:
+            state.close()
+    for line in got.problems:
+        print(f"haven-kiosk relay import: {line}", file=sys.stderr)
+    print(f"{got.answers} answer(s) applied: {got.acked} batches acknowledged, "
+          f"{got.pulled} deltas merged; {got.others} file(s) for the hub or other kiosks "
+          "left on the stick")
+    return 3 if got.problems else 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
     "checkin": cmd_checkin, "attach": cmd_attach,
@@ -879,6 +923,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
     "schema": cmd_schema, "staff-pin": cmd_staff_pin, "wipe": cmd_wipe,
     "quarantine": cmd_quarantine, "passphrase": cmd_passphrase, "keys": cmd_keys,
+    "relay": cmd_relay,
 }
 
 

@@ -352,14 +352,17 @@ class Round:
     and ``SyncRefused``, and routes document messages to ``documents``."""
 
     def __init__(self, store: Store, state: SyncState, ident: Identity,
-                 documents: DocumentPush | None = None) -> None:
+                 documents: DocumentPush | None = None,
+                 ledger: type[KioskLedger] | None = None) -> None:
+        """``ledger``: the storage's class, when not ``KioskLedger`` (a relay's)."""
         self.store, self.state, self.ident = store, state, ident
         self.documents = documents
         self.device = ident.cert.device_id
         self.summary = Summary()
         hub_key = ident.cert.hub_ed25519
-        self.sync = KioskSync(KioskLedger(store, state, self.summary, hub_key,
-                                          None if documents is None else documents.docs),
+        self.sync = KioskSync((ledger or KioskLedger)(
+                                  store, state, self.summary, hub_key,
+                                  None if documents is None else documents.docs),
                               cert=ident.cert.raw, device=self.device, key=ident.ed_key,
                               enrol=ident.enrol, hub_ed25519=hub_key,
                               fleet=KioskFleetKeys(store, ident.x_key))

@@ -124,6 +124,14 @@ class TrustedClock:
                 return  # the same clock as the one saved: nothing to write
         self._save(source, Anchor(hub_ms, boot))
 
+    def note_at_least(self, source: str, hub_ms: int) -> None:
+        """The hub's time was ``hub_ms`` at some moment before now (a relay answer's
+        signed time: SPEC.md "Relay bundles"): kept as a lower bound, when it is later
+        than what the source gives now."""
+        held = self.anchor(source)
+        if held is None or held.at(self.boot())[0] < hub_ms:
+            self._save(source, Anchor(hub_ms, Boot("", 0)))
+
     def checkpoint(self) -> bool:
         """Move each anchor of this boot forward if it is ``CHECKPOINT_MS`` old, so a
         reboot loses less; True if one was written."""

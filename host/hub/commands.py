@@ -263,6 +263,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _data(p)
     p.add_argument("--json", action="store_true", help="print what was done as JSON")
 
+    relay = hs.add_parser("relay", help="sync kiosks that have no link, by a stick",
+                          description="Relay bundles: kiosks with no link sync through a "
+                          "field team's stick (haven-kiosk relay export, then import).")
+    rls = relay.add_subparsers(dest="relay_command", metavar="ACTION", required=True)
+    p = rls.add_parser("import", help="apply the kiosks' bundles, write their answers",
+                       description="Apply each kiosk's bundles on the stick once (a copy or "
+                       "a replay changes nothing), write the answers back to the same "
+                       "folder (acks, the changes in the kiosk's scope, revocations, the "
+                       "hub's signed time) and remove the bundles applied. Every file "
+                       "refused gets one line; the exit status is then 3.")
+    _data(p)
+    p.add_argument("directory", type=Path, metavar="DIR", help="the folder on the stick")
+
     review = sub.add_parser("review", help="list and resolve held conflicts",
                             description="Conflicts the hub holds for review.")
     rs = review.add_subparsers(dest="review_command", metavar="REVIEW_COMMAND", required=True)
@@ -647,6 +660,8 @@ def run(args: argparse.Namespace) -> int:
                         f"patient {d['patient']}: {d['identity']}" if "identity" in d
                         else f"patient {d['patient']}: completed from its sealed {d['completed']}"
                         if "completed" in d else f"left as it is: {d['error']}"))
+        elif cmd == "relay":
+            return _relay(hub, args.directory)
         elif cmd == "technician":
             _technician(hub, args)
         elif cmd == "quarantine":
@@ -655,6 +670,18 @@ def run(args: argparse.Namespace) -> int:
             hub.clear_clone(args.device)
             print(f"kiosk {args.device}: suspected-clone flag cleared")
     return 0
+
+
+def _relay(hub: Hub, directory: Path) -> int:
+    from host.hub.relay import import_dir
+
+    got = import_dir(hub, directory)
+    for line in got.problems:
+        print(f"haven hub relay import: {line}", file=sys.stderr)
+    print(f"{got.bundles} bundle(s) applied ({got.batches} batches); {len(got.answers)} "
+          f"answer file(s) written, {got.bytes} B ({got.padding} B of padding); "
+          f"{got.others} answer(s) still for kiosks on the stick")
+    return 3 if got.problems else 0
 
 
 def _erase(hub: Hub, args: argparse.Namespace) -> None:
