@@ -485,3 +485,34 @@ def test_paths_that_are_no_directory_or_hold_other_files_are_refused_clearly(
         assert code == 2 and says in out, (argv, out)
         assert files_of(tmp_path) == before, argv
     assert not (tmp_path / "n").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_key_backup_older_than_a_fleet_key_rotation_is_refused_for_data_after_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        hub_and_backups: tuple[Path, Path, Path, Path]) -> None:
+    """Data backed up after a rotation of the fleet key, keys before: restored, the hub
+    would have run at the first generation, its kiosks at the second (and a next
+    rotation would have made another second key)."""
+    data, _, old_keys, safe = hub_and_backups
+    assert run(capsys, "hub", "keys", "rotate-fleet", "--data", data)[0] == 0
+    assert run(capsys, "hub", "backup", "--data", data, "--to", tmp_path / "after")[0] == 0
+    new, n2 = tmp_path / "new", tmp_path / "n2"
+    assert run(capsys, "hub", "restore", "--from", tmp_path / "after", "--data", new)[0] == 0
+    held = files_of(new)
+    code, out = run(capsys, "hub", "keys", "restore", "--from", old_keys, "--data", new,
+                    "--recovery-key-file", safe)
+    assert code == 2 and "generation 2" in out and "fleet.2.key" in out, out
+    assert files_of(new) == held
+    # the old keys restored first, the data after: the hub does not open without them
+    assert run(capsys, "hub", "keys", "restore", "--from", old_keys, "--data", n2,
+               "--recovery-key-file", safe)[0] == 0
+    assert run(capsys, "hub", "restore", "--from", tmp_path / "after", "--data", n2)[0] == 0
+    for command in (["status"], ["keys", "rotate-fleet"]):
+        code, out = run(capsys, "hub", *command, "--data", n2)
+        assert code == 2 and "fleet.2.key" in out, out
+    assert not (n2 / "fleet.2.key").exists()
+    safe2 = key_backup(capsys, data, tmp_path / "after.keys")
+    assert run(capsys, "hub", "keys", "restore", "--from", tmp_path / "after.keys",
+               "--data", new, "--recovery-key-file", safe2)[0] == 0
+    with Hub(new) as hub:
+        assert hub.fleet.generation == 2

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         sealed = key_backup.read_backup(args.source)
         key_backup.check_target(sealed, args.data, force=args.force)
         keys = key_backup.open_backup(sealed, _recovery_key(args.recovery_key_file))
+        key_backup.check_generations(keys, args.data)
         key_backup.write_keys(keys, args.data, force=args.force)
         print(f"keys of hub {sealed.hub_id.hex()} ({', '.join(sorted(keys))}) restored "
               f"into {args.data}")

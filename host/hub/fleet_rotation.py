@@ -102,6 +102,21 @@ def is_later_key_name(name: str) -> bool:
         and name == key_file_name(FIRST_KEY, int(number))
 
 
+def missing_key(data: Path, state: dict[str, Any] | None, held: list[str]) -> str | None:
+    """Why the keys ``held`` (later key files) cannot serve data whose rotation state
+    is ``state``, or None: every generation up to the one it records needs its key, but
+    the last while its migration is not done (``rotate`` records it, then writes its
+    key; the migration's first slice writes it if a power cut came between)."""
+    wanted = 1 if state is None else int(state["generation"])
+    for generation in range(2, wanted + 1):
+        name = key_file_name(FIRST_KEY, generation)
+        if name not in held and (generation < wanted or state is None or state["done"]):
+            return (f"{name} is missing: the hub's data was rotated to fleet key "
+                    f"generation {wanted}, and kiosks hold its keys; restore a key backup "
+                    f"taken after that rotation (haven hub keys backup) into {data}")
+    return None
+
+
 def state_of(store: HubStore) -> dict[str, Any] | None:
     """The rotation under way or last done (``PASS``); None: the key never rotated."""
     held = store.get_meta(PASS)
@@ -122,6 +137,9 @@ class FleetKeys:
         """Read the keys of generations rotated to since (by this or another process)."""
         state = state_of(self.store)
         wanted = 1 if state is None else int(state["generation"])
+        missing = missing_key(self.data, state, later_key_names(self.data))
+        if missing is not None:
+            raise UsageError(missing)
         del self.keys[wanted:]
         while len(self.keys) < wanted:
             path = self.data / key_file_name(FIRST_KEY, len(self.keys) + 1)

@@ -130,7 +130,11 @@ class Hub:
         self.store = HubStore(self.data / DB)
         self._own_database()
         #: The fleet key's generations (``fleet_rotation``): patient ids are the newest's.
-        self.fleet = fleet_rotation.FleetKeys(self.data, self.fleet_key, self.store)
+        try:
+            self.fleet = fleet_rotation.FleetKeys(self.data, self.fleet_key, self.store)
+        except UsageError:  # a later generation's key missing: restored from an old backup
+            self.store.close()
+            raise
         owner_only(self.data / DOCUMENTS_DIR)
 
     def _own_database(self) -> None:

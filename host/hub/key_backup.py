@@ -21,6 +21,9 @@ compares it with the id the data directory's database records
 recovery key is read (a typo is the parser's to catch), the map opened (a
 wrong key or an altered file fails the tag), and every name checked against
 ``SECRET_FILES`` (or a later fleet key's) and the Ed25519 key against the id,
+and a key is there for every generation of the fleet key the data directory's
+database was rotated to (a backup older than the rotation is refused: the hub
+would serve at the first generation while its kiosks are at a later one),
 all before the first file is written. Keys already in the directory are never
 replaced unless forced; each is written owner-only, whole or not at all
 (``protocol.driver.secret_files``).
@@ -29,6 +32,7 @@ replaced unless forced; each is written owner-only, whole or not at all
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import sqlite3
@@ -43,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from host.errors import UsageError
-from host.hub import recovery_key
+from host.hub import fleet_rotation, recovery_key
 from host.hub.at_rest import STORE_KEY, default_provider
 from host.hub.backup import check_directory
 from host.hub.fleet_rotation import is_later_key_name, later_key_names
@@ -148,18 +152,33 @@ def read_backup(path: Path) -> KeyBackup:
 
 def database_hub_id(data: Path) -> str | None:
     """The hub id the database in ``data`` records (None: no database, or none recorded)."""
+    return _database_meta(data, HUB_ID)
+
+
+def _database_meta(data: Path, key: str) -> str | None:
     path = data / DB
     if not path.exists():
         return None
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", [HUB_ID]).fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     return None if row is None else str(row[0])
+
+
+def check_generations(keys: dict[str, bytes], data: Path) -> None:
+    """Refuse keys that lack a later generation of the fleet key the data in ``data``
+    was rotated to (a key backup taken before the rotation): the hub would serve at the
+    first generation while its kiosks are at a later one."""
+    state = _database_meta(data, fleet_rotation.PASS)
+    held = sorted({*later_key_names(data), *filter(is_later_key_name, keys)})
+    missing = fleet_rotation.missing_key(data, json.loads(state) if state else None, held)
+    if missing is not None:
+        raise UsageError(f"this key backup is older than the data: {missing}")
 
 
 def check_target(backup: KeyBackup, data: Path, *, force: bool) -> None:
