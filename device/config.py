@@ -217,6 +217,9 @@ class KioskConfig:
     console_import: str = option("import", "the folder, inside the data directory, that "
                                  "the console's file uploads go to (nothing in it is ever "
                                  "installed or run)", metavar="DIR", check=_inside_data)
+    log_max_mib: float = option(8.0, "the kiosk's own log (JSON lines in logs/ inside the "
+                                "data directory, kept across restarts): its files' size in "
+                                "all, the oldest dropped past it", unit="MiB", positive=True)
     hub_key: str | None = option(None, "the hub's public key (hex, as haven hub init prints "
                                  "it), set in a kiosk's image: provisioning then accepts only "
                                  "that hub's approvals and certificates; unset: the key the "

@@ -93,6 +93,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from device import logs as kiosk_logs
 from device import wipe as kiosk_wipe
 from device.config import KioskConfig, memory_limits, storage_limits
 from device.console.runtime_env import start_console
@@ -214,11 +215,16 @@ class Runtime:
         #: (``haven-kiosk run --config``; None: /etc/haven/kiosk.toml if it exists).
         self.config_file: Path | None = None
         self._run_stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        #: The kiosk's own log on disk (``device.logs``), from start to stop.
+        self.logs: kiosk_logs.Logs | None = None
 
     # Start and stop ---------------------------------------------------------------------
 
     async def start(self) -> tuple[str, int]:
         self._check_hardware()  # before anything is opened: a refusal leaves nothing behind
+        self.logs = await asyncio.to_thread(
+            kiosk_logs.start, self.data / kiosk_logs.DIRECTORY,
+            int(self.cfg.log_max_mib * 1024 * 1024))
         self.live.bind(asyncio.get_running_loop())
         self.live.watch_contact(self._contact_age, self.cfg.keepalive or self.cfg.interval)
         self._offset = await asyncio.to_thread(self._saved_offset)
@@ -377,6 +383,9 @@ class Runtime:
             self.printer.close()
         if self._thread is None or not self._thread.is_alive():
             self._wake.close()
+        if self.logs is not None:
+            self.logs.stop()
+            self.logs = None
 
     async def run(self) -> None:
         """Run until SIGTERM or SIGINT."""

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("file", type=Path, metavar="FILE",
                         help="the private key file to create (never overwritten)")
     from host.hub.commands import add_parsers
+    from host.tech import logs as tech_logs
     from host.tech import provision
     from host.tech import wipe as tech_wipe
     from host.tech.cli import add_parsers as add_tech_parsers
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     provision.register()  # haven tech provision joins the technician's commands
     tech_wipe.register()  # and haven tech wipe
+    tech_logs.register()  # and haven tech logs
     add_tech_parsers(sub)
     return parser
 

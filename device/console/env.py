@@ -58,6 +58,8 @@ class ConsoleEnv:
     version: str = "0"
     node: str = ""
     log: LogSource = field(default_factory=MemoryLog)
+    #: The kiosk's log files (``device.logs``), which FS downloads name ``logs/NAME``.
+    log_dir: Path | None = None
     #: The wall clock the datetime command reads, and how it is set (None: it cannot be).
     wall: Callable[[], float] = time.time
     set_wall: Callable[[float], None] | None = None

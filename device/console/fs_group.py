@@ -1,8 +1,10 @@
 """SMP's FS group (8): files out of the export directory, into the import directory.
 
-Names are relative: ``bundle.cbor``, ``logs/2026-12-05.txt``. Downloads, status and
+Names are relative: ``bundle.cbor``, ``logs/haven.log.1``. Downloads, status and
 hash look in the export directory, then in the import directory (so an upload can be
-checked); uploads write into the import directory only. A name is refused before
+checked); a name ``logs/NAME`` reads the kiosk's rotating log files instead
+(``device.logs``: ``haven.log``, ``haven.log.1``...); uploads write into the import
+directory only. A name is refused before
 any file is touched (``FILE_INVALID_NAME``) if it is absolute, empty, longer than
 ``MAX_NAME``, holds a NUL, a control or an invisible character, a ``.`` or ``..``
 component, or resolves (symbolic links followed) outside its directory.
@@ -45,6 +47,7 @@ FS_ERR_FILE_OFFSET_LARGER_THAN_FILE = 12
 FS_ERR_CHECKSUM_HASH_NOT_FOUND = 13
 
 STATE_KEY = "fs"
+LOGS = "logs"  #: downloads named logs/NAME read the kiosk's log files (read only)
 
 
 def _refuse(reason: str) -> SmpError:
@@ -79,9 +82,15 @@ def resolve(base: Path, name: str) -> Path:
 
 
 def _readable(env: ConsoleEnv, name: str) -> Path:
-    """The file a read names: in the export directory, else in the import directory."""
-    for base in (env.export_dir, env.import_dir):
-        path = resolve(base, name)
+    """The file a read names: ``logs/NAME`` in the kiosk's log directory, else in the
+    export directory, else in the import directory."""
+    parts = check_name(name)
+    if parts[0] == LOGS and len(parts) > 1 and env.log_dir is not None:
+        places = [(env.log_dir, "/".join(parts[1:]))]
+    else:
+        places = [(env.export_dir, name), (env.import_dir, name)]
+    for base, rel in places:
+        path = resolve(base, rel)
         if path.is_file():
             return path
         if path.is_dir():

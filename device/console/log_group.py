@@ -46,7 +46,8 @@ def show(call: Call) -> Mapping[str, Any]:
         used += cost
         next_index = e.index + 1
     return {"next_index": next_index,
-            "logs": [{"name": source.name, "type": LOG_TYPE_MEMORY, "entries": entries}]}
+            "logs": [{"name": source.name, "type": getattr(source, "log_type", LOG_TYPE_MEMORY),
+                      "entries": entries}]}
 
 
 @register(LOG, LIST, op="read")

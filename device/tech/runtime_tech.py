@@ -54,6 +54,13 @@ def runtime_status(runtime: Runtime, console: ConsoleEnv) -> dict[str, Any]:
         stats = server.haven.driver.stats()
         out["console_link"] = {"retransmitted_bytes": stats.retransmitted_bytes,
                                "lost_frames": stats.lost_frames, "bytes_sent": stats.bytes_sent}
+    recent = getattr(console.log, "recent", None)  # the journal: its last entries only
+    if recent is not None:
+        out["last_errors"] = [
+            {"at": _iso(d.get("t", 0) / 1e6), "level": d.get("lvl"),
+             "msg": f"{d.get('mod')}: {d.get('ev')}" + (f" ({d['exc']})" if "exc" in d else "")}
+            for d in recent(LAST_ERRORS, WARNING)]
+        return out
     out["last_errors"] = [
         {"at": _iso(e.ts_us / 1e6), "level": e.level, "msg": e.msg}
         for e in [e for e in console.log.entries(0) if e.level >= WARNING][-LAST_ERRORS:]]

@@ -72,7 +72,8 @@ from protocol.transfer import Sender, TransferAborted, TransferComplete, transfe
 log = logging.getLogger("haven.tech")
 
 #: Modules whose ``@command``s the service serves (imported when it starts).
-COMMAND_MODULES = ["device.tech.commands", "device.tech.provision", "device.tech.wipe_command"]
+COMMAND_MODULES = ["device.tech.commands", "device.tech.provision", "device.tech.wipe_command",
+                   "device.logs.command"]
 NONCE_BYTES = 32
 #: A session with no frame for this long is over (the tool went away).
 DEAD_TIMEOUT = 30.0

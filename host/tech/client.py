@@ -204,28 +204,37 @@ class TechClient:
              ) -> dict[str, Any]:
         """Fetch ``name`` from the kiosk's export directory into ``directory``; the reply's
         result, with ``path`` where the file now is."""
+        return self.fetch("pull", {"name": name}, directory, progress)
+
+    def fetch(self, command: str, args: dict[str, Any], directory: Path,
+              progress: Progress | None = None) -> dict[str, Any]:
+        """Run ``command``, whose answer is a file (the kiosk's ``Outgoing``), received
+        into ``directory`` (resumable: ``DirStore``); its reply's result, with ``path``."""
         progress = progress or Progress(enabled=False)
         store = DirStore(directory)
         try:
-            return self._pull(name, store, progress)
+            return self._fetch(command, args, store, progress)
         finally:
             store.close()
 
-    def _pull(self, name: str, store: DirStore, progress: Progress) -> dict[str, Any]:
+    def _fetch(self, command: str, args: dict[str, Any], store: DirStore,
+               progress: Progress) -> dict[str, Any]:
         ident = next(self._ids)
         receiver = Receiver(store)
         path: Path | None = None
         done = 0
-        self._send(tm.encode("tech-request", id=ident, command="pull", args={"name": name}))
+        name = args.get("name", command)
+        self._send(tm.encode("tech-request", id=ident, command=command, args=args))
         end = time.monotonic() + self.timeout
         while True:
             msg = self._wait(lambda m: (m.name == "tech-reply" and m.get("id") == ident)
                              or transfer_id(m) == ident, end)
             end = time.monotonic() + self.timeout  # silence, not length, times a pull out
             if msg.name == "tech-reply":
-                result = self._result("pull", msg)
+                result = self._result(command, msg)
                 if path is None:
-                    raise HavenError("pull: the kiosk replied before the file was in place")
+                    raise HavenError(f"{command}: the kiosk replied before the file was in "
+                                     "place")
                 r = receiver.stats
                 return {**result, "path": str(path), "chunks": r.chunks_total,
                         "chunks_reused": r.chunks_reused, "chunks_moved": r.chunks_moved}
@@ -259,7 +268,7 @@ class TechClient:
                 elif isinstance(event, TransferAborted) and not event.remote:
                     for wire in receiver.messages_to_send():
                         self._send(wire)
-                    raise HavenError(f"pull {name}: refused here: {event.reason} "
+                    raise HavenError(f"{command} {name}: refused here: {event.reason} "
                                      f"({event.detail})")
             for wire in receiver.messages_to_send():
                 self._send(wire)
