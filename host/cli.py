@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "and its public key, in hex, to FILE.pub and stdout.")
     keygen.add_argument("file", type=Path, metavar="FILE",
                         help="the private key file to create (never overwritten)")
+    from host.bundle import cli as bundle_cli
     from host.hub.commands import add_parsers
     from host.tech import logs as tech_logs
     from host.tech import provision
@@ -68,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     provision.register()  # haven tech provision joins the technician's commands
     tech_wipe.register()  # and haven tech wipe
     tech_logs.register()  # and haven tech logs
+    bundle_cli.register()  # and haven tech bundle
     add_tech_parsers(sub)
+    bundle_cli.add_parsers(sub)  # haven bundle verify, haven report
     return parser
 
 
@@ -98,6 +101,10 @@ def _run(args: argparse.Namespace) -> int:
         from host.hub.commands import run
 
         return run(args)
+    if args.command in ("bundle", "report"):
+        from host.bundle.cli import run as run_bundle
+
+        return run_bundle(args)
     if args.command == "tech":
         from host.tech.cli import run as run_tech
 

@@ -51,9 +51,14 @@ def _keys(store: Store) -> tuple[Any, Ed25519PrivateKey]:
 def entries(store: Store) -> list[dict[str, Any]]:
     """This kiosk's audit entries as it holds them, checked like the hub checks them
     (``protocol.sync.audit.verify``)."""
+    return list(chain(store)["entries"])
+
+
+def chain(store: Store) -> dict[str, Any]:
+    """The whole check of this kiosk's chain: entries, gaps, last number, ok."""
     from protocol.crdt.delta import decode
 
     public = _keys(store)[1].public_key().public_bytes_raw()
     lo, hi = audit.id_range(store.node)
     deltas = [decode(d) for d in store.deltas_in(lo, hi)]
-    return list(audit.verify(store.node, public, deltas)["entries"])
+    return dict(audit.verify(store.node, public, deltas))

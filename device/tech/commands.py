@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from device import config
-from device.tech.service import CommandError, Context, Outgoing, command, read_at
+from device.tech.service import CommandError, Context, Outgoing, command, pieces_of, read_at
 from protocol.errors import LocalProtocolError
 from protocol.manifest import build_manifest, check_name
 
@@ -342,13 +342,7 @@ def pull(ctx: Context, args: dict[str, Any]) -> Outgoing:
         if not os.path.isfile(path) or path.resolve().parent != root.resolve():
             raise CommandError("no-file", f"{name} is not a file of the export directory")
 
-        def pieces() -> Any:
-            offset = 0
-            while piece := os.pread(fd, READ_SIZE, offset):
-                offset += len(piece)
-                yield piece
-
-        manifest = build_manifest(pieces(), name)
+        manifest = build_manifest(pieces_of(fd, READ_SIZE), name)
     except BaseException:
         os.close(fd)
         raise

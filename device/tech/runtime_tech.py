@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device import config
+from device.bundle.build import for_runtime as bundle_sources
 from device.console.env import ConsoleEnv
 from device.store.keys import read_key
 from device.tech.service import TechEnv, TechService
@@ -97,5 +98,6 @@ def tech_service_for(runtime: Runtime, console: ConsoleEnv) -> TechService:
     env = TechEnv(console=console, status=lambda: runtime_status(runtime, console),
                   config_file=config_file(runtime), hardware=lambda: runtime.hardware,
                   kiosk_certificate=lambda: certificate(runtime.data),
-                  extra={"config": runtime.cfg, "runtime": runtime})
+                  extra={"config": runtime.cfg, "runtime": runtime,
+                         "bundle": bundle_sources(runtime)})
     return TechService(env, static_key=static_key(runtime.data), baud=runtime.cfg.console_baud)

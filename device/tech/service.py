@@ -51,7 +51,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ log = logging.getLogger("haven.tech")
 
 #: Modules whose ``@command``s the service serves (imported when it starts).
 COMMAND_MODULES = ["device.tech.commands", "device.tech.provision", "device.tech.wipe_command",
-                   "device.logs.command"]
+                   "device.bundle.command", "device.logs.command"]
 NONCE_BYTES = 32
 #: A session with no frame for this long is over (the tool went away).
 DEAD_TIMEOUT = 30.0
@@ -511,3 +511,11 @@ class TechService:
 
 def read_at(fd: int) -> Callable[[int, int], bytes]:
     return lambda offset, length: os.pread(fd, length, offset)
+
+
+def pieces_of(fd: int, size: int = 1 << 20) -> Iterator[bytes]:
+    """An open file's bytes from its start, ``size`` at a time (for its manifest)."""
+    offset = 0
+    while piece := os.pread(fd, size, offset):
+        offset += len(piece)
+        yield piece

@@ -1,0 +1,1 @@
+"""Debug bundles: what the kiosk gives a field team (``haven tech bundle``)."""
