@@ -52,6 +52,12 @@ staff told past the hard one) and at the free space on the disk holding
 ``--data`` (``device.health.storage_guard``: write-ahead logs truncated
 when low, new check-ins refused under the critical threshold).
 
+Metrics (``device.metrics``): each round, a health sample a minute (taken
+at those looks, or after a round, whichever comes first: rounds follow a
+simulated clock in benchmarks) and the page's usage are counted, an hour at
+a time on the card; a telemetry record goes into the outbox when one is due
+(``Metrics.telemetry_due``), once the kiosk is enrolled.
+
 The LED, button and buzzer are the Pi's pins; the runtime refuses to start
 on simulated pins (``HardwareError``, one line) unless the configuration
 asks for them (``hardware = "simulated"``). Once the page is served,
@@ -106,6 +112,9 @@ from device.hardware.printer import Printer
 from device.health.memory import MemoryMonitor, MemoryReadError, collect_garbage
 from device.health.storage_guard import OK as STORAGE_OK
 from device.health.storage_guard import StorageGuard, truncate_wal_file
+from device.metrics import samples as metric_samples
+from device.metrics import telemetry as metric_telemetry
+from device.metrics.collector import Metrics
 from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYNCED
 from device.store import Store, StoreError, rotation, unlock
 from device.store.locked import LockableStore
@@ -207,6 +216,10 @@ class Runtime:
         self._showing = threading.Lock()  #: one decision at a time, shown as decided
         self.live.when_checkin = self._show
         self._health_task: asyncio.Task[None] | None = None
+        #: Sync rounds, health each minute, usage (``device.metrics``), made at start.
+        self.metrics: Metrics | None = None
+        self._looking = threading.Lock()  #: one look at memory and disk at a time
+        self._round_summary: Any = None  #: the last round's ``Summary`` (None: no round)
         self._health_stop: asyncio.Event | None = None
         #: The technician's console (``console`` in the configuration), made at start.
         self.console: ConsoleServer | None = None
@@ -228,6 +241,7 @@ class Runtime:
         self.live.bind(asyncio.get_running_loop())
         self.live.watch_contact(self._contact_age, self.cfg.keepalive or self.cfg.interval)
         self._offset = await asyncio.to_thread(self._saved_offset)
+        self.metrics = Metrics(self.data, start_ms=wall_ms() + self._offset, clock=self.clock)
         self.store = await asyncio.to_thread(self._open_store)
         self.hardware.button.when_sync_now = self.sync_now
         if self.cfg.printer:
@@ -243,7 +257,7 @@ class Runtime:
                        staff_pin=self.cfg.staff_pin, staff_pin_wait=self.cfg.staff_pin_wait,
                        hardware=self.hardware,
                        on_checkin=self.sync_now, health=self.health,
-                       admit_checkin=self._admit, printer=self.printer)
+                       admit_checkin=self._admit, printer=self.printer, usage=self.metrics)
         host, port = self.cfg.ui_address()
         self._server = http.HttpServer(app.handle)
         self.address = await self._server.start(host, port)
@@ -372,6 +386,8 @@ class Runtime:
             await asyncio.to_thread(self._links.join, STOP_BOUND)
         if self._rotating is not None:  # a slice in progress ends (it resumes at start)
             await asyncio.to_thread(self._rotating.join, STOP_BOUND)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.flush)
         if self._thread is None or not self._thread.is_alive():
             if self.store is not None:
                 await asyncio.to_thread(self.store.close)
@@ -422,15 +438,32 @@ class Runtime:
         return {"memory": self.memory.status(), "storage": self.storage.status()}
 
     def _look(self) -> None:
-        """One look at memory and disk space, with what they call for (blocking)."""
-        try:
-            self.memory.check()
-        except MemoryReadError as exc:
-            log.warning("%s", exc)
-        try:
-            self.storage.check()
-        except OSError as exc:
-            log.warning("cannot read the free space of %s: %s", self.data, exc)
+        """One look at memory and disk space, with what they call for, and a minute's
+        health for the metrics when one is due (blocking; any thread)."""
+        with self._looking:
+            memory = space = None
+            try:
+                memory = self.memory.check()
+            except MemoryReadError as exc:
+                log.warning("%s", exc)
+            try:
+                space = self.storage.check()
+            except OSError as exc:
+                log.warning("cannot read the free space of %s: %s", self.data, exc)
+            metrics = self.metrics
+            if metrics is None or memory is None or space is None or not metrics.sample_due():
+                return
+            health = self.health()
+            printer = self.printer.snapshot()["state"] if self.printer is not None else "none"
+            metrics.sample(metric_samples.take(memory.rss, memory.available, space.free),
+                           {"storage": health["storage"]["level"],
+                            "memory": health["memory"]["level"], "printer": printer})
+        self._send_telemetry()
+
+    def _send_telemetry(self) -> None:
+        """A telemetry record into the outbox if one is due, once enrolled (any thread)."""
+        if self.metrics is not None and self._loop is not None and self.store is not None:
+            metric_telemetry.write_due(self.metrics, self.store)
 
     async def _watch_health(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -526,7 +559,9 @@ class Runtime:
                 self._loop.link_returned(self._returned.get())
             mark = self.live.snapshot()["committed"]
             events = self._link_events
+            started = self.clock()
             result, wait = self._one_round(self._loop)
+            self._count_round(result, started)
             with contextlib.suppress(OSError):  # a full card: the saved time is older
                 self.trusted_time.checkpoint()
             # What the link monitor reported during the round is newer than the round.
@@ -588,8 +623,23 @@ class Runtime:
         else:
             self._wake.wait(seconds)
 
+    def _count_round(self, result: str, started: float) -> None:
+        """The round in the metrics, and the minute's health if due (rounds run on a
+        simulated clock in benchmarks, the health task on real time)."""
+        if self.metrics is None:
+            return
+        summary = self._round_summary
+        outcome = {SYNCED: "synced", OFFLINE: "offline", REVOKED: "refused"}.get(result, "error")
+        self.metrics.round(outcome, summary,
+                           summary.seconds if summary is not None else self.clock() - started)
+        if self.metrics.sample_due():
+            self._look()
+        else:
+            self._send_telemetry()
+
     def _one_round(self, loop: SyncLoop) -> tuple[str, float]:
         """One round of the shared loop: its result for the LED and the wait after it."""
+        self._round_summary = None
         try:
             out = loop.round(lambda: 0.0 if self._stop.is_set() else self.cfg.round_limit)
         except SyncRefused as exc:
@@ -599,7 +649,7 @@ class Runtime:
             self.live.update(detail=str(exc))
             log.error("sync refused: %s", exc)
             return ERROR, self.cfg.retry_max
-        summary = out.summary
+        summary = self._round_summary = out.summary
         asked, self._asked = self._asked, False
         if summary is not None:  # an idle round logs nothing: a log line is a write too
             moved = summary.pushed or summary.pulled or summary.quarantined

@@ -119,6 +119,8 @@ class Summary:
     frames_sent: int = 0
     frames_lost: int = 0  #: frames the session judged lost and sent again
     retransmitted_bytes: int = 0  #: lane bytes sent again
+    seconds: float = 0.0  #: the round's time, on the driver's clock
+    rtt_ms: float | None = None  #: the session's smoothed round trip at the end, if measured
     url: str = ""
     documents: dict[str, Any] = field(default_factory=dict)  #: ``DocumentPush.figures``
 
@@ -432,6 +434,14 @@ class Round:
         return self.sync.again()
 
 
+def smoothed_rtt_ms(driver: SessionDriver) -> float | None:
+    """The session's smoothed round-trip time (RFC 6298's SRTT) in ms; None before a
+    sample (its sender keeps it: no counter of ``stats`` has it)."""
+    rtt = getattr(getattr(driver.session, "_tx", None), "rtt", None)
+    srtt = getattr(rtt, "srtt", None)
+    return None if srtt is None else round(srtt * 1000, 1)
+
+
 def open_hub_link(url: str, baud: int | None) -> Link:
     try:
         return open_link(url, baud)
@@ -589,6 +599,8 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
         rnd.summary.frames_sent = moved.frames_sent - before.frames_sent
         rnd.summary.frames_lost = moved.lost_frames - before.lost_frames
         rnd.summary.retransmitted_bytes = moved.retransmitted_bytes - before.retransmitted_bytes
+        rnd.summary.seconds = clock() - start
+        rnd.summary.rtt_ms = smoothed_rtt_ms(driver)
         rnd.summary.documents = rnd.documents.figures() if rnd.documents else {}
         if store.erased is not erased:  # an erasure merged: sent batches may hold values
             state.drop_sent()

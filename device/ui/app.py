@@ -57,8 +57,11 @@ class KioskApp:
                  health: Callable[[], dict[str, Any]] | None = None,
                  admit_checkin: Callable[[], None] | None = None,
                  staff_guard: PinGuard | None = None, staff_pin_wait: float = 3.0,
-                 printer: Printer | None = None) -> None:
+                 printer: Printer | None = None, usage: Any = None) -> None:
         self.store, self.live, self.hardware = store, live, hardware
+        #: How the page is used (``device.metrics.collector.Metrics``): check-ins by
+        #: language and time taken, flows abandoned by screen; counts only.
+        self.usage = usage
         #: The ticket printer, if one is configured: a ticket after each check-in's commit.
         self.printer = printer
         self._clinic: str | None = None  #: the kiosk's site, as the ticket prints it
@@ -113,7 +116,7 @@ class KioskApp:
                       "/api/staff/logout": self.staff.logout,
                       "/api/staff/resolve": self.staff.resolve,
                       "/api/staff/identity": self.staff.identity,
-                      "/api/staff/queue": self.staff.queue}
+                      "/api/staff/queue": self.staff.queue, "/api/usage": self.note_usage}
             if self._simulated():
                 routes["/api/hw/press"] = self.hw_press
             if self.unlocker is not None:
@@ -233,6 +236,10 @@ class KioskApp:
             log.error("check-in not saved: %s", type(exc).__name__)
             raise HttpError(503, "store") from None
         ticket = self.live.note_checkin()
+        if self.usage is not None:
+            took = body.get("took_ms")
+            self.usage.checkin(body.get("lang"),
+                               took / 1000 if isinstance(took, (int, float)) else None)
         if self.hardware is not None:
             try:
                 await asyncio.to_thread(self.hardware.chime.checkin)
@@ -249,6 +256,15 @@ class KioskApp:
         if self.printer is not None:  # saved already: a printer that fails only says so
             out["printed"] = await self._print(result)
         return out
+
+    async def note_usage(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The page gave up a flow (idle, or Cancel): its screen and language, nothing
+        typed. Anything but a known screen and language counts as ``other``."""
+        if body.get("event") != "abandon":
+            raise HttpError(400, "bad-usage")
+        if self.usage is not None:
+            self.usage.abandoned(body.get("screen"), body.get("lang"))
+        return {"result": "ok"}
 
     async def _print(self, result: Any) -> bool:
         """The check-in's ticket, within the printer's timeout; whether it printed."""

@@ -220,6 +220,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                       "the conflicts and the documents held.")
     _data(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = hs.add_parser("alerts", help="what in the fleet needs a person, and what to do",
+                      description="Kiosks not seen for longer than expected, low on disk or "
+                      "memory, with a failing printer or sensor (from their telemetry), "
+                      "suspected clones, quarantined deltas, audit-chain gaps and conflicts "
+                      "waiting over a day; each with what to do. The exit status is 1 if "
+                      "there are any.")
+    _data(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p = hs.add_parser("held", help="list the batches held from a suspected clone",
                       description="List every batch held from a kiosk suspected of running "
                       "in two places, with the writes it carries (never applied: "
@@ -637,6 +645,8 @@ def run(args: argparse.Namespace) -> int:
             _history(hub.history(args.record), args.json)
         elif cmd == "audit":
             return _audit(hub, args.kiosk, args.json)
+        elif cmd == "alerts":
+            return _alerts(hub, args.json)
         elif cmd == "status":
             _status(hub, args.json, _server_status(args.data))
         elif cmd == "held":
@@ -750,6 +760,11 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     for b in held:
         print(f"  kiosk {b['device']} branch {b['branch']} batch {b['seq']}: "
               f"{len(b['writes'])} writes")
+    from host.hub.alerts import lines
+
+    print(f"alerts: {len(st['alerts'])} (haven hub alerts)")
+    for line in lines(st["alerts"]):
+        print(f"  {line}")
 
 
 def _history(writes: list[dict[str, Any]], as_json: bool) -> None:
@@ -784,6 +799,19 @@ def _audit(hub: Hub, device_id: str | None, as_json: bool) -> int:
             print(f"  #{e['seq']} {at} {e.get('who', '?')}: {e.get('what', '?')} "
                   f"{e.get('result', '?')}{detail}{flag}")
     return 0 if all(k["ok"] for k in kiosks) else 1
+
+
+def _alerts(hub: Hub, as_json: bool) -> int:
+    from host.hub import alerts
+
+    found = alerts.alerts(hub)
+    if as_json:
+        print(json.dumps({"alerts": found}, sort_keys=True, indent=1))
+    else:
+        print(f"{len(found)} alerts" if found else "no alerts")
+        for line in alerts.lines(found):
+            print(line)
+    return 1 if found else 0
 
 
 def _held(hub: Hub, as_json: bool) -> None:

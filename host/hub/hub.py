@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
-from host.hub import claims, erasure, fleet_rotation, verifiers
+from host.hub import alerts, claims, erasure, fleet_rotation, verifiers
 from host.hub.at_rest import STORE_KEY, create_provider
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks, held, owner_only, reseal_files
@@ -575,6 +575,7 @@ class Hub:
                 "documents": held(self.data / DOCUMENTS_DIR, self.store.sealer),
                 "keys": self.store.keyring(),
                 "held_batches": self.held_batches(),
+                "alerts": alerts.alerts(self, now_ms),
                 "fleet_rotation": fleet_rotation.progress(self.store)}
 
     def _backlog(self, dev: Device, head: int) -> int:

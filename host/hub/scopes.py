@@ -8,8 +8,8 @@ a check-in's site and day, the patient it is about), which ``record_facts``
 keeps, one row a record, upserted in the transaction that commits each delta
 (``note_facts``): each fact with the dot that set it, so the greatest dot's
 value wins whatever the arrival order, as in the merge. A ``full`` scope
-(every record but audit entries) never reads them: its pull is the unfiltered
-one, as before scopes.
+(every record but audit entries and telemetry) never reads them: its pull is
+the unfiltered one, as before scopes.
 
 A kiosk drops a deleted record whole (tombstone and write log) once the
 delete is below its stable point. A write concurrent with that delete may
@@ -85,6 +85,7 @@ from protocol.sync.scope import (
     scope_checksum,
     scope_checksum_v1,
 )
+from protocol.sync.telemetry import is_telemetry_id
 
 CHECKIN, VERIFIER, ERASURE = 2, 9, 10
 #: Snapshots of named records (``sync-pull`` ``snapshot: [rids]``) name at most this many.
@@ -93,6 +94,11 @@ MAX_SNAPSHOT_RIDS = 256
 _FACTS = "f.type, f.location, f.subject, f.day"
 #: SQL: a delta's bytes (sealed at rest: ``host.hub.at_rest``), of ``ops`` and ``ops o``.
 _DATA, _O_DATA = opened(), opened("o.")
+
+
+def _kiosk_only(rid: bytes) -> bool:
+    """A record only its kiosk writes and no kiosk holds: an audit entry or telemetry."""
+    return is_audit_id(rid) or is_telemetry_id(rid)
 
 
 def _dot(delta: Delta) -> bytes:
@@ -268,7 +274,7 @@ def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | Non
                 f"SELECT o.hseq, o.node, o.rid, {_O_DATA}, l.hseq IS NOT NULL FROM ops o"
                 " LEFT JOIN late_writes l ON l.hseq = o.hseq WHERE o.hseq > ?"
                 " ORDER BY o.hseq", [cursor]):
-            if exclude_node is not None and is_audit_id(rid):
+            if exclude_node is not None and _kiosk_only(rid):
                 yield hseq, []
                 continue
             group = [d for _, d in _older(db, bytes(rid), hseq)] if late else []
@@ -383,7 +389,7 @@ def _heads_by_record(rows: Iterable[tuple[bytes, int, int, bytes]]) -> Iterator[
     one record in a run: a record written by one node alone has its last write as its
     one head; the others' by their deltas' contexts (given whole for them only)."""
     for rid, run in groupby(rows, key=lambda row: row[0]):
-        if is_audit_id(rid):
+        if _kiosk_only(rid):
             continue
         held = list(run)
         if all(row[2] == held[0][2] for row in held):
@@ -406,7 +412,7 @@ def scope_heads(db: sqlite_utils.Database, scope: Scope, cursor: int,
         for rid, stamp, n, head in db.execute(
                 f"SELECT rid, MAX(stamp), node, del FROM ops WHERE {held}"
                 " GROUP BY rid HAVING COUNT(DISTINCT node) = 1", args):
-            if not is_audit_id(rid):
+            if not _kiosk_only(rid):
                 yield rid, stamp, n, bool(head)
         yield from _heads_by_record(db.execute(  # the others, by their deltas' contexts
             f"SELECT rid, stamp, node, {_DATA} FROM ops WHERE {held} AND rid IN (SELECT rid"
@@ -425,7 +431,7 @@ def _held_writes(db: sqlite_utils.Database, scope: Scope, cursor: int,
         for rid, stamp, n, deleted in db.execute("SELECT rid, stamp, node, del FROM ops"
                                                  " WHERE hseq <= ? OR node = ?",
                                                  [cursor, node]):
-            if not is_audit_id(rid):
+            if not _kiosk_only(rid):
                 yield rid, stamp, n, bool(deleted)
     else:
         for rid, stamp, n, _, data, _ in _held_ops(db, scope, cursor, node):
@@ -465,7 +471,7 @@ def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: in
         rows = ()
     elif scope.role == "full":
         rows = (r for r in db.execute(f"{span} ORDER BY hseq", [cursor, upto])
-                if not is_audit_id(r[1]))
+                if not _kiosk_only(r[1]))
     else:
         rows = sorted((hseq, rid, data) for rid, _, _, hseq, data, _
                       in _held_ops(db, scope, upto) if hseq > cursor)

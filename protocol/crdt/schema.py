@@ -42,6 +42,7 @@ LANE_PRESCRIPTION = 0
 LANE_LAB_RESULT = 1
 LANE_CHECKIN = 2
 LANE_NOTE = 3
+LANE_TELEMETRY = 5
 LANES = {
     0: "prescription",
     1: "lab_result",
@@ -265,6 +266,16 @@ ERASURE = TypeSpec(10, "erasure", 1, LANE_PRESCRIPTION, (
     SUBJECT, _f(2, "recorded", "datetime"), _f(3, "requester"), _f(4, "reason", "code"),
 ), clinical=False, fhir="AuditEvent")
 
+#: A kiosk's aggregates of one period (SPEC.md "Telemetry"): written by the kiosk only, on
+#: a record named by (kiosk, period) (``protocol.sync.telemetry``), never written again and
+#: in no kiosk's scope (as audit entries). Counts and levels, never a patient's value:
+#: ``summary`` is JSON text (sync, usage), ``devices`` JSON text of device states.
+TELEMETRY = TypeSpec(11, "telemetry", 1, LANE_TELEMETRY, (
+    _f(1, "start", "integer"), _f(2, "end", "integer"), _f(3, "storage", "code"),
+    _f(4, "diskFreeMiB", "decimal"), _f(5, "memory", "code"), _f(6, "rssMiB", "decimal"),
+    _f(7, "tempMaxC", "decimal"), _f(8, "devices"), _f(9, "summary"),
+), clinical=False, fhir="Observation")
+
 #: A check-in's ``identity``: the kiosk's verdict on the claim (``match``: the record it
 #: holds agrees; ``mismatch``: it disagrees; ``unknown``: the kiosk holds no record;
 #: ``new``: a patient without documents, registered here), then staff's (``confirmed``,
@@ -294,7 +305,7 @@ def checkin_status_allowed(held: Any, new: str) -> bool:
 
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
     PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT, AUDIT,
-    VERIFIER, ERASURE)}
+    VERIFIER, ERASURE, TELEMETRY)}
 TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
 
 

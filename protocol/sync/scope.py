@@ -8,8 +8,8 @@ sends each kiosk only what is in its scope. A scope is a role, the kiosk's
 site, the day (UTC, of the hub's time) and, for a clinician station, a
 window in days:
 
-* ``full``: every record but audit entries (every kiosk enrolled before
-  roles were);
+* ``full``: every record but audit entries and telemetry (every kiosk
+  enrolled before roles were);
 * ``door``: the check-ins of its site dated that day, and the verifier
   records of its site (``protocol.crdt.ids.year_verifier``): no patient, no
   name, no year of birth, nothing clinical (the hub sends it check-ins
@@ -57,7 +57,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.crdt.ids import verifier_record_id, year_verifier
-from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, VERIFIER
+from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, TELEMETRY, VERIFIER
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.sync.credential import CredentialError, open_document, sign_document
 
@@ -188,7 +188,7 @@ def checkin_in_scope(scope: Scope, facts: Facts) -> bool:
 def in_scope(scope: Scope, facts: Facts, patients: Container[bytes] = ()) -> bool:
     """Whether a record is in ``scope``. ``patients``: the subjects of the check-ins in
     scope (a clinician's; unused for the other roles)."""
-    if facts.type == AUDIT.number:
+    if facts.type in (AUDIT.number, TELEMETRY.number):
         return False
     if scope.role == "full" or facts.type == ERASURE.number:
         return True

@@ -56,6 +56,7 @@ function show(id) {
 // Forward one step, remembering where from; Back returns there. The fields keep what was
 // typed (only reset() empties them), so a step revisited shows its values again.
 function go(id) {
+  if (!flow.started) flow.started = Date.now();  // the check-in's time, for usage counts
   flow.trail = [...(flow.trail || []), flow.screen];
   show(id);
 }
@@ -245,7 +246,8 @@ async function onReason(reason) {
   busy = true;
   say("reason-msg", null);
   const body = { reason, year: flow.year, passport: flow.passport || null, code: flow.code || null,
-                 name: flow.name === undefined ? null : flow.name, consent: flow.consent === true };
+                 name: flow.name === undefined ? null : flow.name, consent: flow.consent === true,
+                 lang, took_ms: flow.started ? Date.now() - flow.started : null };
   try {
     const r = await api("/api/checkin", body);
     if (!r.ok) {
@@ -319,6 +321,16 @@ function reset() {
   followStaffPin();
 }
 
+// A patient's flow given up (idle, or consent declined): the kiosk counts the screen and
+// the language, nothing typed; staff screens are not counted.
+const PATIENT_SCREENS = ["s-start", "s-year", "s-name", "s-consent", "s-reason"];
+function abandon() {
+  if (PATIENT_SCREENS.includes(flow.screen)) {
+    api("/api/usage", { event: "abandon", screen: flow.screen, lang }).catch(() => {});
+  }
+  reset();
+}
+
 // A staff PIN set (or removed) while the page is up: the Staff button follows it, at each
 // return to the start and every 15 s on an untouched start screen.
 let staffPinAsked = Date.now();
@@ -336,7 +348,7 @@ function staffButton() { $("staff-open").hidden = !(config.staff || (config.unlo
 
 function idleCheck() {
   const dirty = flow.screen !== "s-start" || $("passport").value !== "";
-  if (dirty && Date.now() - lastActivity > config.idle_seconds * 1000) reset();
+  if (dirty && Date.now() - lastActivity > config.idle_seconds * 1000) abandon();
   if (!dirty && Date.now() - staffPinAsked > 15000) followStaffPin();
   // every 5 s: the second the clock's seconds passed a multiple of 5 held four ticks
   if (flow.screen === "s-staff" && Date.now() - staffRefreshed >= 5000) {
@@ -387,7 +399,7 @@ function build() {
     go("s-name");
   };
   $("consent-yes").onclick = () => { flow.consent = true; go("s-reason"); };
-  $("consent-no").onclick = reset;
+  $("consent-no").onclick = abandon;
   $("ticket-done").onclick = reset;
   $("speak").onclick = speak;
   // A tap on a language or the speaker leaves the focus in the screen's field, where a
