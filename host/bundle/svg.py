@@ -34,8 +34,10 @@ def reduce(points: Sequence[Point], most: int = MAX_POINTS,
     return [(b[len(b) // 2][0], how([y for _, y in b])) for _, b in sorted(buckets.items())]
 
 
-def _day(ms: float) -> str:
-    return time.strftime("%d %b", time.gmtime(ms / 1000))
+def _day(ms: float, span_ms: float) -> str:
+    """A tick's label: the day, and the hour too when the plot spans under two days."""
+    return time.strftime("%d %b" if span_ms >= 2 * 86_400_000 else "%d %b %H:%M",
+                         time.gmtime(ms / 1000))
 
 
 def _num(v: float) -> str:
@@ -68,7 +70,7 @@ class _Frame:
         for i in range(5):
             x = self.x0 + (self.x1 - self.x0) * i / 4
             self.parts.append(f'<text x="{self.px(x):.1f}" y="{H - 8}" class="a" '
-                              f'text-anchor="middle">{_day(x)}</text>')
+                              f'text-anchor="middle">{_day(x, self.x1 - self.x0)}</text>')
 
     def text(self) -> str:
         return "".join(self.parts) + "</svg>"
