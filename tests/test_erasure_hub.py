@@ -477,3 +477,26 @@ def test_a_patient_erased_before_a_rotation_comes_back_under_one_id_at_every_gen
         finally:
             a.close()
             b.close()
+
+
+def test_a_record_that_is_not_a_patient_is_refused_and_nothing_is_written(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An id copied from the wrong line of haven hub dump (a check-in's, a
+    prescription's) named no patient, yet it was "erased": the record deleted for good
+    and an erasure written for it."""
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        writer, pid, checkin, rx = Replica(0x77), *(uuid.uuid4().bytes for _ in range(3))
+        hub.store.add_local(*ops_of([
+            writer.put(pid, "patient", now, {"name": NAME}),
+            writer.put(checkin, "checkin", now, {"subject": str(uuid.UUID(bytes=pid))}),
+            writer.put(rx, "prescription", now, {"subject": str(uuid.UUID(bytes=pid)),
+                                                 "medication": MEDICATION})]))
+        before = hub.dump()
+    for rid, kind in ((checkin, "checkin"), (rx, "prescription")):
+        code, out = run(capsys, "hub", "erase", "--data", tmp_path / "hub",
+                        str(uuid.UUID(bytes=rid)), "--by", "dr.amina")
+        assert code == 2 and f"a {kind}, not a patient" in out, out
+    with Hub(tmp_path / "hub") as hub:
+        assert hub.dump() == before

@@ -81,7 +81,7 @@ from protocol.crdt.clock import HLC
 from protocol.crdt.delta import DELETE, Delta, decode, encode
 from protocol.crdt.erasure import erasure_record_id, husk, ids_across, successor_id
 from protocol.crdt.record import RecordView
-from protocol.crdt.schema import DOCUMENT, ERASURE, TYPES
+from protocol.crdt.schema import DOCUMENT, ERASURE, PATIENT, TYPES
 from protocol.crdt.writes import build_put
 from protocol.driver.wall_clock import utc_text
 from protocol.errors import ProtocolError, RemoteProtocolError
@@ -215,12 +215,18 @@ def _words(text: str, flag: str, limit: int) -> str:
 def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
           hlc_of: Callable[[], HLC]) -> Receipt:
     """Erase patient ``pid`` (see above); erasing again writes nothing new but settles
-    what arrived since. ``UsageError`` for a patient the hub holds nothing of, with
-    nothing written."""
+    what arrived since. ``UsageError`` for a patient the hub holds nothing of, or an id
+    of a record that is not a patient's own (a check-in's), with nothing written."""
     by, reason = _words(by, "--by", MAX_REQUESTER), _words(reason, "--reason", MAX_REASON)
     store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
     with _lock:
         held = view_of(store, eid)
+        own = view_of(store, pid)
+        if own is not None and own.type != PATIENT.number:
+            kind = spec.name if (spec := TYPES.get(own.type)) else "record"
+            raise UsageError(f"{name} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a "
+                             "patient: give the patient's id (the subject haven hub dump shows on "
+                             "it), --passport N or --code C")
         pids = {pid, *former_ids(hub, pid)}
         rids = {r for p in pids for r in _held_of(store, p)}
         if held is None and not rids:
