@@ -137,9 +137,17 @@ def _overtaken(state: SyncState, answers: int, msgs: list[bytes]) -> bool:
 def _apply(store: Store, state: SyncState, ident: Identity, answers: int,
            msgs: list[bytes], out: Imported) -> None:
     rnd = Round(store, state, ident, ledger=RelayLedger)
+    asked: set[bytes] | None = None  #: the records whose write sets the role asks for
+    named: set[bytes] | None = None  #: those whose write sets follow, as the hub names them
     try:
-        for msg in msgs:
-            rnd.on_message(msg)
+        for data in msgs:
+            msg = messages.decode(data)
+            if msg.type == sync.PULL.number:
+                named = set(msg.get("snapshot"))
+                continue
+            if named is not None and not (asked is not None and asked <= named):
+                continue  # not what the role asks for: it asks again on the next trip
+            asked = _asked(rnd.on_message(data), asked)
     except (DeviceError, ProtocolError) as exc:
         out.problems.append(f"the answer to bundle {answers} stopped: {exc} (what came "
                             "before it was kept)")
@@ -148,6 +156,16 @@ def _apply(store: Store, state: SyncState, ident: Identity, answers: int,
     out.answers += 1
     out.acked += rnd.summary.batches
     out.pulled += rnd.summary.pulled
+
+
+def _asked(replies: list[tuple[int, bytes]], asked: set[bytes] | None) -> set[bytes] | None:
+    """The records whose write sets the role's replies ask for (it asks once its pull
+    ended: ``KioskSync._fetch_stale``), else what it asked before."""
+    for _, data in replies:
+        msg = messages.decode(data)
+        if msg.type == sync.PULL.number and isinstance(msg.get("snapshot"), list):
+            return set(msg.get("snapshot"))
+    return asked
 
 
 def _remove(paths: list[Path], out: Imported) -> None:

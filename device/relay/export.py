@@ -55,12 +55,15 @@ def export(store: Store, state: SyncState, ident: Identity, to: Path, *,
     ledger = rnd.sync.storage
     pull = encode("sync-pull", cursor=ledger.cursor(),
                   snapshot=True if ledger.rebase_owed() else None)
+    stale = ledger.stale_records()[:sync.MAX_SNAPSHOT_RECORDS]  # asked for again
+    asks = [pull, *([encode("sync-pull", cursor=ledger.cursor(), snapshot=stale)]
+                    if stale else [])]
     out = Exported()
     pieces: list[list[bytes]] = [[]]
     for batch in _batches(rnd):
         msg = encode("sync-batch", seq=batch.seq, payload=batch.payload, sig=batch.sig,
                      fleet=rnd.sync._moves())
-        if pieces[-1] and message_bytes([hello, pull, *pieces[-1], msg]) > piece_bytes:
+        if pieces[-1] and message_bytes([hello, *asks, *pieces[-1], msg]) > piece_bytes:
             pieces.append([])
         pieces[-1].append(msg)
         out.batches += 1
@@ -70,7 +73,7 @@ def export(store: Store, state: SyncState, ident: Identity, to: Path, *,
     for i, piece in enumerate(pieces):
         last = i == len(pieces) - 1
         bundle = Bundle(UP, ident.cert.device_id, ident.cert.hub_x25519, first + i, now,
-                        [hello, *([pull] if last else []), *piece])
+                        [hello, *(asks if last else []), *piece])
         data, pad = seal_bundle(bundle, ident.ed_key, ident.cert.hub_x25519)
         out.files.append(relay_stick.write(to, data))
         out.bytes += len(data)

@@ -35,6 +35,7 @@ from pathlib import Path
 from host.hub.hub import Hub
 from host.hub.peer import HubPeer
 from protocol import messages
+from protocol.crdt.delta import Delta, decode_many
 from protocol.driver import relay_stick
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
@@ -97,6 +98,10 @@ def import_dir(hub: Hub, directory: Path, *, clock: Callable[[], int] = wall_ms,
                                 "changed; removed")
             relay_stick.remove(path)
             continue
+        if bundle.seq < window.top:
+            out.problems.append(f"{path.name}: kiosk {bundle.device}: bundle {bundle.seq} "
+                                f"came after bundle {window.top}: its batches the hub holds "
+                                "are acknowledged again, not applied")
         _apply(hub, bundle, path, kiosk, out, clock, piece_bytes)
     return out
 
@@ -211,13 +216,12 @@ def _replies(peer: HubPeer, msgs: list[bytes]) -> tuple[list[bytes], list[bytes]
     Batches go before the pull, so the pages carry what they led the hub to write."""
     decoded = [(m, messages.decode(m)) for m in msgs]
     control: list[bytes] = []
-    pages: list[bytes] = []
-    fed = 0
+    fed: list[messages.Message] = []
     hello = [m for m, d in decoded if d.type == sync.HELLO.number][:1]
     for data in hello:
         control += [r for _, r in peer.on_message(data)]
     if peer.sync.device is None:
-        return control, pages, 0
+        return control, [], 0
     for data, msg in decoded:
         if msg.type != sync.BATCH.number:
             continue
@@ -225,11 +229,37 @@ def _replies(peer: HubPeer, msgs: list[bytes]) -> tuple[list[bytes], list[bytes]
         if msg.get("seq") > dev.last_seq + 1 and not peer.sync.held:
             break  # a piece before it is missing: it waits for the next trip
         control += [r for _, r in peer.on_message(data)]
-        fed += 1
-    pull = next((d for _, d in decoded if d.type == sync.PULL.number), None)
-    if pull is not None and peer.sync.close is None:
-        pages = _pull(peer, pull, _rebase_asked(control))
-    return control, pages, fed
+        fed.append(msg)
+    pulls = [d for _, d in decoded if d.type == sync.PULL.number]
+    pull = next((d for d in pulls if not isinstance(d.get("snapshot"), list)), None)
+    if pull is None or peer.sync.close is not None:
+        return control, [], len(fed)
+    snapshot = True if _rebase_asked(control) or pull.get("snapshot") is True else None
+    pages = _pull(peer, pull.get("cursor"), snapshot)
+    stale = _write_sets_owed(fed, pages, [d for d in pulls if d is not pull])
+    if stale and peer.sync.close is None:
+        ask = encode("sync-pull", cursor=pull.get("cursor"), snapshot=stale)
+        pages += [ask, *_pull(peer, pull.get("cursor"), stale)]
+    return control, pages, len(fed)
+
+
+def _write_sets_owed(batches: list[messages.Message], pages: list[bytes],
+                     asked: list[messages.Message]) -> list[bytes]:
+    """The records whose whole write set the kiosk will ask for after the pages (live, it
+    asks at once: ``KioskSync._fetch_stale``): those the pages change that its batches
+    wrote too (a view it cannot extend: a conflict), and those it asked for already.
+    They follow the pages, after a copy of their pull that names them, for the kiosk
+    to check that they cover what it asks (``device.relay.answers``)."""
+    wrote = _rids([sync.unpack(m.get("payload")) for m in batches])
+    changed = _rids([sync.unpack(m.get("payload")) for m in map(messages.decode, pages)
+                     if m.type == sync.CHANGES.number and not m.get("snapshot")])
+    owed = dict.fromkeys(rid for m in asked for rid in m.get("snapshot"))
+    owed.update(dict.fromkeys(sorted(wrote & changed)))
+    return list(owed)[:sync.MAX_SNAPSHOT_RECORDS]
+
+
+def _rids(payloads: list[list[bytes]]) -> set[bytes]:
+    return {d.record_id for deltas in payloads for d in decode_many(deltas) if isinstance(d, Delta)}
 
 
 def _rebase_asked(control: list[bytes]) -> bool:
@@ -238,21 +268,20 @@ def _rebase_asked(control: list[bytes]) -> bool:
         welcome.get("rebase"))
 
 
-def _pull(peer: HubPeer, pull: messages.Message, rebase: bool) -> list[bytes]:
-    """Every page of the kiosk's pull, asked for as the kiosk asks (``KioskSync``): a
-    snapshot of the whole scope when the welcome asks for a rebase."""
-    snapshot = True if rebase or pull.get("snapshot") is True else None
-    ask = encode("sync-pull", cursor=pull.get("cursor"), snapshot=snapshot)
+def _pull(peer: HubPeer, cursor: int, snapshot: bool | list[bytes] | None) -> list[bytes]:
+    """Every page of a pull, asked for as the kiosk asks (``KioskSync``): the changes
+    since ``cursor``, a snapshot of the whole scope (True) or these records' write sets."""
+    ask = encode("sync-pull", cursor=cursor, snapshot=snapshot)
     pages: list[bytes] = []
     for _ in range(MAX_PAGES):
         got = [r for _, r in peer.on_message(ask)]
         pages += got
-        page = next((messages.decode(r) for r in got
-                     if messages.decode(r).type == sync.CHANGES.number), None)
+        page = next((m for m in map(messages.decode, got) if m.type == sync.CHANGES.number),
+                    None)
         if page is None or not page.get("more"):
             break
         ask = encode("sync-pull", cursor=page.get("cursor"), snapshot=snapshot,
-                     upto=page.get("upto") if snapshot else None)
+                     upto=page.get("upto") if snapshot is not None else None)
     return pages
 
 

@@ -1,0 +1,163 @@
+"""Relay bundles: a kiosk with no link syncs through a field team's stick.
+
+The stick is a small file system the test mounts (vfat when this machine can make
+and mount one, else tmpfs; a plain folder when it cannot mount at all). The hub's
+side runs as ``haven hub relay import`` beside a hub serving live kiosks over TCP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from device.relay.answers import import_answers
+from device.relay.export import export
+from host.cli import main as hub_main
+from host.hub.hub import Hub, init_hub
+from protocol.driver.relay_stick import StickError
+
+from .test_sync_helpers import Kiosk, served_hub
+
+#: Fake patient data that must never be readable on the stick.
+PHI = ["Zelda Quixotic-Marrow", "ZQ7781234", "Unusual note: left ear tinnitus"]
+
+
+@contextmanager
+def stick(where: Path, kib: int = 2048) -> Iterator[tuple[Path, str]]:
+    """A small stick mounted at ``where``: (its folder, "vfat", "tmpfs" or "folder")."""
+    where.mkdir()
+    kind = "folder"
+    if os.geteuid() == 0:
+        for kind, cmd in _mounts(where, kib):
+            if subprocess.run(cmd, capture_output=True, timeout=20.0).returncode == 0:
+                break
+        else:
+            kind = "folder"
+    print(f"stick: {kind}")
+    try:
+        yield where, kind
+    finally:
+        if kind != "folder":
+            subprocess.run(["umount", "--lazy", str(where)], timeout=20.0, check=True)
+
+
+def _mounts(where: Path, kib: int) -> Iterator[tuple[str, list[str]]]:
+    mkfs = shutil.which("mkfs.vfat")
+    if mkfs is not None:
+        image = where.with_suffix(".img")
+        with image.open("wb") as f:
+            f.truncate(kib * 1024)
+        if subprocess.run([mkfs, str(image)], capture_output=True, timeout=20.0).returncode == 0:
+            yield "vfat", ["mount", "-t", "vfat", "-o", "loop", str(image), str(where)]
+    yield "tmpfs", ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)]
+
+
+def hub_import(hub: Hub, directory: Path) -> int:
+    """``haven hub relay import``, as a field team runs it beside the serving hub."""
+    return hub_main(["hub", "relay", "import", "--data", str(hub.data), str(directory)])
+
+
+def trip(k: Kiosk, hub: Hub, directory: Path) -> None:
+    """One round trip by stick: export, the hub's import, the kiosk's import."""
+    export(k.store, k.state, k.ident, directory)
+    assert not _phi_in(directory)
+    assert hub_import(hub, directory) == 0
+    assert not _phi_in(directory)
+    got = import_answers(k.store, k.state, k.ident, directory)
+    assert got.problems == [] and got.answers >= 1
+
+
+def _phi_in(directory: Path) -> list[str]:
+    blob = b"".join(p.read_bytes() for p in directory.iterdir() if p.is_file())
+    return [s for s in PHI if s.encode() in blob]
+
+
+def _once(hub: Hub) -> int:
+    ops = list(hub.store.all_ops())
+    assert len(ops) == len({(o.rid, o.stamp, o.node) for o in ops})
+    return len(ops)
+
+
+def test_two_stick_trips_bring_an_offline_kiosk_in_line(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url), stick(tmp_path / "stick") as (usb, _):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        rx = b.store.put("prescription", values={"medication": "amoxicillin",
+                                                 "status": "active"})
+        b.sync(url)
+        a.sync(url)  # the last time kiosk a had a link
+        ids = [a.store.checkin(name=PHI[0] if i == 0 else f"P{i}",
+                               passport=PHI[1] if i == 0 else f"PA{i:06d}").record_id
+               for i in range(12)]
+        a.store.put("prescription", values={"medication": "ibuprofen", "note": PHI[2]})
+        a.store.put("prescription", rx, {"dosageInstruction": "500 mg twice daily"})
+        b.store.put("prescription", rx, {"dosageInstruction": "250 mg three times daily"})
+        b.sync(url)
+
+        trip(a, hub, usb)  # first trip: a's writes in, b's edit out: the conflict is held
+        held = [c for c in hub.conflicts() if c["severity"] == "hold"]
+        assert len(held) == 1 and a.store.view(rx).held  # type: ignore[union-attr]
+        keep = held[0]["versions"][0]["id"]
+        assert hub_main(["review", "resolve", "--data", str(hub.data), held[0]["id"],
+                         "--keep", keep]) == 0
+
+        trip(a, hub, usb)  # second trip: the resolution reaches a
+        b.sync(url)
+        assert not a.store.view(rx).held  # type: ignore[union-attr]
+        assert hub.conflicts() == []
+        assert a.store.dump() == b.store.dump() == hub.dump()
+        assert {r["id"] for r in json.loads(hub.dump())["records"]} >= set(ids)
+        assert a.store.status()["outbox"]["lanes"] == {}
+        count = _once(hub)
+        assert list(usb.iterdir()) == []  # every file applied was removed
+        # A third trip with nothing new moves nothing and adds nothing.
+        trip(a, hub, usb)
+        assert _once(hub) == count
+        a.close()
+        b.close()
+
+
+def test_one_stick_carries_many_kiosks_pieces_and_gaps(tmp_path: Path) -> None:
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub, stick(tmp_path / "stick") as (usb, _):
+        kiosks = [Kiosk(tmp_path, name, hub, name.upper()) for name in "abc"]
+        a = kiosks[0]
+        for n, k in enumerate(kiosks):
+            for i in range(40):
+                k.store.checkin(name=f"K{n}P{i}", passport=f"K{n}{i:06d}")
+        pocket = tmp_path / "pocket"
+        pocket.mkdir()
+        first = export(a.store, a.state, a.ident, usb).files[0]
+        shutil.move(first, pocket)  # forgotten in a pocket
+        for i in range(40):
+            a.store.checkin(name=f"late{i}")
+        # Exported again before the hub saw the first: both batches, cut into pieces of
+        # one batch each (pieces under 4 GiB are the same thing, larger); the first lost.
+        cut = export(a.store, a.state, a.ident, usb, piece_bytes=1)
+        assert len(cut.files) == cut.batches == 2
+        cut.files[0].unlink()
+        for k in kiosks[1:]:
+            export(k.store, k.state, k.ident, usb)
+        assert hub_import(hub, usb) == 0
+        assert _once(hub) == 2 * 40 * 2  # kiosk a's second batch waits for its first
+        for k in kiosks:
+            got = import_answers(k.store, k.state, k.ident, usb)
+            assert got.problems == [] and got.answers == 1
+            assert got.acked == (0 if k is a else 1)
+        trip(a, hub, usb)  # both batches again: applied in order
+        assert _once(hub) == 4 * 40 * 2
+        assert a.store.dump() == hub.dump()  # with the others' check-ins
+        shutil.move(pocket / first.name, usb)  # the forgotten copy turns up
+        assert hub_import(hub, usb) == 3  # reported: an older bundle, applied as a copy
+        assert _once(hub) == 4 * 40 * 2
+        before = a.store.dump()
+        assert import_answers(a.store, a.state, a.ident, usb).acked == 0  # nothing new
+        assert a.store.dump() == before == hub.dump() and list(usb.iterdir()) == []
+        for k in kiosks:
+            k.close()
