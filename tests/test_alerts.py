@@ -1,0 +1,163 @@
+"""``haven hub alerts``: each kind raised by its cause and gone with it.
+
+A hub served over TCP on 127.0.0.1 and enrolled kiosks (``test_sync_helpers``), real
+SQLite on both sides; a kiosk's health is read by the runtime's own monitors (memory,
+disk) with limits set to trip; the hub's time is injected (``now_ms``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device import audit
+from device.health.memory import NAMES as MEMORY_NAMES
+from device.health.memory import MemoryLimits, MemoryMonitor
+from device.health.storage_guard import NAMES as STORAGE_NAMES
+from device.health.storage_guard import StorageGuard, StorageLimits
+from device.metrics import samples
+from device.metrics import telemetry as kiosk_telemetry
+from device.metrics.collector import Metrics
+from host.cli import main as haven_main
+from host.hub import alerts
+from host.hub.hub import Hub
+from protocol.driver.wall_clock import wall_ms
+from protocol.sync import audit as chain
+
+from .test_clones import caught, two_copies
+from .test_sync_helpers import Kiosk, served_hub
+
+DAY = 86_400_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.s = 0.0
+
+    def __call__(self) -> float:
+        return self.s
+
+
+def kinds(hub: Hub, now: int | None = None, kiosk: str | None = None) -> set[str]:
+    return {a["kind"] for a in alerts.alerts(hub, now)
+            if kiosk is None or a["kiosk"] == kiosk}
+
+
+def report(k: Kiosk, m: Metrics, url: str, *, disk: StorageLimits, memory: MemoryLimits,
+           printer: str, thermal: Path) -> None:
+    """What the runtime does each minute: a look at memory and disk, a sample, the
+    telemetry record when due; then a round takes it to the hub."""
+    mem = MemoryMonitor(memory)
+    reading = mem.check()
+    guard = StorageGuard(k.store.data, disk)
+    space = guard.check()
+    m.sample(samples.take(reading.rss, reading.available, space.free, thermal),
+             {"storage": STORAGE_NAMES[guard.level], "memory": MEMORY_NAMES[mem.level],
+              "printer": printer})
+    assert kiosk_telemetry.write_due(m, k.store) is not None
+    k.sync(url)
+
+
+def test_a_kiosks_own_troubles_raise_alerts_that_say_what_to_do_and_clear(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    thermal = tmp_path / "thermal"
+    (thermal / "thermal_zone0").mkdir(parents=True)
+    (thermal / "thermal_zone0" / "temp").write_text("not a number\n")
+    clock = Clock()
+    with served_hub(tmp_path) as (hub, url):
+        k, idle = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        assert kinds(hub, kiosk=idle.device) == {"not-seen"}  # enrolled, never synced
+        idle.sync(url)
+        m = Metrics(k.store.data, start_ms=wall_ms(), clock=clock)
+        report(k, m, url, disk=StorageLimits(low_mib=1e9, critical_mib=0),
+               memory=MemoryLimits(soft_mib=1, hard_mib=0), printer="paper-out",
+               thermal=thermal)
+        found = {a["kind"]: a for a in alerts.alerts(hub) if a["kiosk"] == k.device}
+        assert set(found) == {"low-disk", "low-memory", "printer", "sensor"}
+        assert "SD card" in found["low-disk"]["action"]
+        assert found["printer"]["action"] == "load a paper roll"
+        assert all(a["action"] and a["what"] for a in found.values())
+        assert haven_main(["hub", "alerts", "--data", str(hub.data)]) == 1
+        text = capsys.readouterr().out
+        assert "low-disk" in text and "do: load a paper roll" in text
+        assert haven_main(["hub", "status", "--data", str(hub.data), "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)["alerts"]
+        assert {a["kind"] for a in shown if a["kiosk"] == k.device} == set(found)
+        # The causes go: the next record (within minutes of the change) clears them.
+        (thermal / "thermal_zone0" / "temp").write_text("48000\n")
+        clock.s += 600
+        roomy = MemoryLimits(soft_mib=1 << 20, hard_mib=0, available_soft_mib=0,
+                             available_hard_mib=0)  # this test's process is no kiosk
+        report(k, m, url, disk=StorageLimits(), memory=roomy, printer="ok",
+               thermal=thermal)
+        assert kinds(hub) == set()
+        assert haven_main(["hub", "alerts", "--data", str(hub.data), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"alerts": []}
+        # Silent longer than its records come (6 h), and half as long again: not seen.
+        seen = next(d.last_seen for d in hub.store.devices() if d.device_id == k.device)
+        assert seen is not None
+        assert "not-seen" not in kinds(hub, seen + 8 * 3600_000, k.device)
+        assert "not-seen" in kinds(hub, seen + 10 * 3600_000, k.device)
+        k.close()
+        idle.close()
+
+
+def test_quarantine_audit_gaps_and_waiting_conflicts_raise_and_clear(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        # quarantine: a kiosk's write of a type only the hub writes
+        a.store.put("verifier", None, {"birthYear": "0" * 32, "site": "North"})
+        assert audit.record(a.store, "17", "config.set", "ok") == 1
+        assert audit.record(a.store, "17", "restart", "ok") == 2
+        rx = a.store.put("prescription", None, {"medication": "amoxicillin"})
+        for k in (a, b, a):
+            k.sync(url)
+        b.store.put("prescription", rx, {"medication": "ampicillin"})
+        a.store.put("prescription", rx, {"medication": "penicillin"})
+        for k in (a, b):
+            k.sync(url)
+        now = wall_ms()
+        assert {"quarantine"} == kinds(hub, now)  # the conflict is new
+        assert kinds(hub, now + 2 * DAY) == {"quarantine", "conflict-waiting",
+                                             "not-seen"}
+        (q,) = hub.store.quarantined()
+        assert haven_main(["hub", "quarantine", "drop", str(q["id"]), "--data",
+                           str(hub.data)]) == 0
+        assert kinds(hub, now) == set()
+        # the conflict resolved: no longer waiting
+        (conflict,) = hub.conflicts()
+        hub.resolve(conflict["id"], keep=conflict["versions"][0]["id"])
+        assert kinds(hub, now + 2 * DAY) == {"not-seen"}
+        # an audit entry missing: a gap, until it is there again
+        db = sqlite3.connect(hub.data / "hub.db")
+        rid = chain.audit_id(a.store.node, 1)
+        row: Any = db.execute("SELECT * FROM ops WHERE rid = ?", [rid]).fetchone()
+        db.execute("DELETE FROM ops WHERE rid = ?", [rid])
+        db.commit()
+        found = [x for x in alerts.alerts(hub, now) if x["kind"] == "audit-gap"]
+        assert [x["kiosk"] for x in found] == [a.device] and "GAP" in found[0]["what"]
+        db.execute(f"INSERT INTO ops VALUES ({', '.join('?' * len(row))})", row)
+        db.commit()
+        db.close()
+        assert kinds(hub, now) == set()
+        a.close()
+        b.close()
+
+
+def test_a_suspected_clone_raises_an_alert_until_cleared(tmp_path: Path) -> None:
+    with two_copies(tmp_path) as (hub, url, a, b, _):
+        turn = 0
+        while not caught(hub):
+            assert turn < 6
+            for copy in (a, b):
+                copy.checkin(f"{copy.data.name} {turn}")
+                copy.sync(url)
+            turn += 1
+        device = a.ident.cert.device_id
+        (found,) = [x for x in alerts.alerts(hub) if x["kind"] == "suspected-clone"]
+        assert found["kiosk"] == device and "clear-clone" in found["action"]
+        hub.clear_clone(device)
+        assert "suspected-clone" not in kinds(hub)
