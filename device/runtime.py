@@ -647,14 +647,20 @@ class Runtime:
                 self.live.update(detail=str(exc))
                 return REVOKED, 0.0
             self.live.update(detail=str(exc))
-            log.error("sync refused: %s", exc)
+            log.error("sync refused: %s", exc,
+                      extra=kiosk_logs.fields(outcome="refused", code=exc.reason or "refused"))
             return ERROR, self.cfg.retry_max
         summary = self._round_summary = out.summary
         asked, self._asked = self._asked, False
         if summary is not None:  # an idle round logs nothing: a log line is a write too
             moved = summary.pushed or summary.pulled or summary.quarantined
             log.log(logging.INFO if moved or asked else logging.DEBUG,
-                    "synced via %s: %d up, %d down", summary.url, summary.pushed, summary.pulled)
+                    "synced via %s: %d up, %d down", summary.url, summary.pushed, summary.pulled,
+                    extra=kiosk_logs.fields(
+                        outcome="ok", deltas_up=summary.pushed, deltas_down=summary.pulled,
+                        quarantined=summary.quarantined, batches=summary.batches,
+                        bytes_sent=summary.bytes_sent, bytes_received=summary.bytes_received,
+                        ms=int(summary.seconds * 1000)))
             return SYNCED, out.wait
         if out.failures or not self.cfg.hub:
             detail = "; ".join(out.failures) or "no hub URL configured"
@@ -662,5 +668,5 @@ class Runtime:
             detail = (f"every hub URL failed lately; the next try in "
                       f"{loop.next_probe() or 0:.0f} s")
         self.live.update(detail=detail)
-        log.info("no hub answered: %s", detail)
+        log.info("no hub answered: %s", detail, extra=kiosk_logs.fields(outcome="offline"))
         return OFFLINE, out.wait
