@@ -86,7 +86,7 @@ class BundleWriter:
         """A member written piece by piece (``write(bytes)``)."""
         if name not in MEMBERS or name in self._index:
             raise ValueError(f"bundle member {name!r} unknown or written twice")
-        digest = _Hashing(self._zip.open(zipfile.ZipInfo(name, (2026, 1, 1, 0, 0, 0)), "w"))
+        digest = _Hashing(self._zip.open(_info(name), "w"))
         try:
             yield digest  # type: ignore[misc]
         finally:
