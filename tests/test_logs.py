@@ -143,7 +143,7 @@ class _Everyone:
 def _smp(service: SmpService, group: int, command: int, body: Any, op: int) -> Any:
     raw = body if isinstance(body, bytes) else cbor2.dumps(body)
     port = Port()
-    port.access = _Everyone()  # type: ignore[assignment]
+    port.access = _Everyone()
     head = smph.Header(op, smph.VERSION_2, 0, len(raw), group, 1, command)
     out, _ = service.handle(head.encode() + raw, port)
     assert out is not None
