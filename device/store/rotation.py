@@ -20,7 +20,15 @@ runtime runs) walks every sealed value of the kiosk, a slice at a time
 Each slice is a ``BULK`` job on the store's writer, as a garbage-collection
 slice is (``collect``): check-ins waiting go first, a slice stops as soon as
 one waits or its time is up (``collect._slice_s``), and between slices the
-walk lets the WAL be checkpointed once it has grown. A value that opens
+walk lets the WAL be checkpointed once it has grown. A slice commits without
+an fsync, so the next check-in's commit writes out what the slices before it
+wrote: while check-ins come, the walk rests ``BUSY_PAUSE_S`` after each
+slice, so that a check-in carries a few slices' pages, not a stream of them
+(at 50 check-ins a second, p99 stayed at its value at rest and the walk took
+about five times as long: ``key_rotation`` in BENCHMARKS.md). A slice counts
+as one commit toward the next checkpoint, as a GC slice does: counted by the
+values it re-sealed, the walk checkpointed every few MiB and a check-in's
+commit often waited behind one. A value that opens
 under the new key is left alone; one that opens under the old key is sealed
 again under the new one (same place, same associated data, a fresh nonce);
 one that opens under neither was unreadable before and is counted, not
@@ -61,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from device.store.collect import _settle, _slice_s
+from device.store.collect import BUSY_S, _settle, _slice_s
 from device.store.exc import CorruptData, StoreError
 from device.store.keys import FieldCipher, RotatingKey
 from device.store.materialise import op_label
@@ -82,6 +90,9 @@ POLL_S = 5.0
 FAILED_WAIT = 12
 #: Values per statement; a slice takes such chunks until its time is up.
 ROWS = 64
+#: While check-ins come (one in the last ``collect.BUSY_S``), the walk rests this long
+#: after each slice (``collect.BUSY_SLICE_S`` then): see the module docstring.
+BUSY_PAUSE_S = 0.02
 STORE_DB = "store.db"
 
 
@@ -271,7 +282,6 @@ def _slice(store: Store, files: _Files, db: sqlite_utils.Database) -> bool:
     columns = sealed_columns()
     with immediate(db, synchronous="NORMAL"):
         state = _progress(db) or _fresh()
-        resealed = state["resealed"]
         while not state["swap"]:
             spec = columns[state["step"]]
             after = None if state["after"] is None else _unpacked(state["after"])
@@ -294,7 +304,7 @@ def _slice(store: Store, files: _Files, db: sqlite_utils.Database) -> bool:
     if state["swap"]:  # the walk's end, and every slice before it, durable (an fsync)
         with immediate(db):
             _save(db, state)
-    store.after_commit(max(1, state["resealed"] - resealed))  # toward the next checkpoint
+    store.after_commit(1)  # one commit, as a GC slice counts: see the module docstring
     return bool(state["swap"])
 
 
@@ -356,11 +366,14 @@ def run(store: Store, stop: threading.Event | None = None,
         report: Callable[[dict[str, Any]], None] | None = None) -> bool:
     """Walk a rotation under way to its end (``stop``: sooner); True if it finished.
     ``report`` gets the walk's state (``meta``) after each slice."""
+    stop = stop or threading.Event()
     with files_of(store) as files:
         while step(store, files):
             if report is not None:
                 report(_progress(store.reader) or {})
-            if stop is not None and stop.is_set():
+            if store.writer.urgent_lately(BUSY_S):
+                stop.wait(BUSY_PAUSE_S)  # check-ins come: see the module docstring
+            if stop.is_set():
                 return False
             _settle(store)
     return True
