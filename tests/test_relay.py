@@ -16,12 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from device.cli import main as kiosk_main
 from device.relay.answers import import_answers
 from device.relay.export import export
 from host.cli import main as hub_main
 from host.hub.hub import Hub, init_hub
-from protocol.driver.relay_stick import StickError
+from protocol.sync.relay import UP, Bundle, seal_bundle
 
 from .test_sync_helpers import Kiosk, served_hub
 
@@ -33,19 +35,22 @@ PHI = ["Zelda Quixotic-Marrow", "ZQ7781234", "Unusual note: left ear tinnitus"]
 def stick(where: Path, kib: int = 2048) -> Iterator[tuple[Path, str]]:
     """A small stick mounted at ``where``: (its folder, "vfat", "tmpfs" or "folder")."""
     where.mkdir()
-    kind = "folder"
-    if os.geteuid() == 0:
-        for kind, cmd in _mounts(where, kib):
-            if subprocess.run(cmd, capture_output=True, timeout=20.0).returncode == 0:
-                break
-        else:
-            kind = "folder"
+    kind = _mounted(where, kib)
     print(f"stick: {kind}")
     try:
         yield where, kind
     finally:
         if kind != "folder":
             subprocess.run(["umount", "--lazy", str(where)], timeout=20.0, check=True)
+
+
+def _mounted(where: Path, kib: int) -> str:
+    if os.geteuid() != 0:
+        return "folder"
+    for kind, cmd in _mounts(where, kib):
+        if subprocess.run(cmd, capture_output=True, timeout=20.0).returncode == 0:
+            return kind
+    return "folder"
 
 
 def _mounts(where: Path, kib: int) -> Iterator[tuple[str, list[str]]]:
@@ -161,3 +166,99 @@ def test_one_stick_carries_many_kiosks_pieces_and_gaps(tmp_path: Path) -> None:
         assert a.store.dump() == before == hub.dump() and list(usb.iterdir()) == []
         for k in kiosks:
             k.close()
+
+
+def _lines(err: str, prefix: str) -> list[str]:
+    lines = err.strip().splitlines()
+    assert all(line.startswith(prefix) for line in lines), lines
+    return lines
+
+
+def test_bad_bundles_change_nothing_and_are_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    init_hub(tmp_path / "hub")
+    init_hub(tmp_path / "other")
+    with Hub(tmp_path / "hub") as hub, stick(tmp_path / "stick") as (usb, _):
+        a = Kiosk(tmp_path, "a", hub, "A")
+        for i in range(10):
+            a.store.checkin(name=f"P{i}")
+        good = export(a.store, a.state, a.ident, usb).files[0]
+        data = good.read_bytes()
+        (usb / "0a.hvr").write_bytes(data[: len(data) // 2])  # truncated
+        (usb / "0b.hvr").write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+        (usb / "0c.hvr").write_bytes(data)  # a duplicate
+        forged = Bundle(UP, a.ident.cert.device_id, hub.x_public, 9, 0, [])
+        (usb / "0d.hvr").write_bytes(seal_bundle(forged, Ed25519PrivateKey.generate(),
+                                                 hub.x_public)[0])
+        capsys.readouterr()
+        # Another hub refuses it all, and leaves it there for the right one.
+        assert hub_main(["hub", "relay", "import", "--data", str(tmp_path / "other"),
+                         str(usb)]) == 3
+        lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
+        assert sum("made for another hub" in line for line in lines) == 5
+        assert len(list(usb.iterdir())) == 5
+        assert hub_import(hub, usb) == 3
+        lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
+        said = {line.split(": ")[1]: line for line in lines}
+        assert len(said) == 4 and "0d.hvr" in said and "not signed" in said["0d.hvr"]
+        assert all("truncated or altered" in said[n] for n in ("0a.hvr", "0b.hvr"))
+        assert sum("second copy" in line for line in lines) == 1  # either copy, once
+        assert _once(hub) == 20
+        answer = next(p for p in usb.iterdir() if p.name not in said)
+        kept = answer.read_bytes()
+        assert import_answers(a.store, a.state, a.ident, usb).acked == 1
+        # The same bundle and the same answer again: refused, nothing changes.
+        before = a.store.dump()
+        good.write_bytes(data)
+        answer.write_bytes(kept)
+        assert hub_import(hub, usb) == 3
+        assert "applied already" in capsys.readouterr().err
+        got = import_answers(a.store, a.state, a.ident, usb)
+        assert [p for p in got.problems if "applied already" in p] and got.acked == 0
+        assert _once(hub) == 20 and a.store.dump() == before == hub.dump()
+        a.close()
+
+
+def test_full_read_only_pulled_stick_and_foreign_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub, stick(tmp_path / "small", kib=8) as (small, kind):
+        if kind != "tmpfs":
+            pytest.skip("needs a small tmpfs to fill and make read-only (root)")
+        a = Kiosk(tmp_path, "a", hub, "A")
+        for i in range(300):
+            a.store.checkin(name=f"P{i}", passport=f"PA{i:06d}")
+        a.close()
+        data = str(a.store.data)
+        capsys.readouterr()
+        assert kiosk_main(["relay", "export", "--data", data, "--to", str(small)]) == 1
+        err = capsys.readouterr().err
+        assert "the stick is full" in err and len(err.strip().splitlines()) == 1
+        assert list(small.iterdir()) == []  # nothing half-written left behind
+        gone = tmp_path / "pulled"
+        assert kiosk_main(["relay", "export", "--data", data, "--to", str(gone)]) == 1
+        assert "pulled out" in capsys.readouterr().err
+        usb = tmp_path / "usb"
+        usb.mkdir()
+        assert kiosk_main(["relay", "export", "--data", data, "--to", str(usb)]) == 0
+        (usb / "photo.jpg").write_bytes(b"\xff\xd8 not ours")
+        (usb / "1f.hvr").write_bytes(os.urandom(5000))
+        (usb / ".2e.hvr.part").write_bytes(b"HAVEN-RELAY\x01\x00 cut")
+        subprocess.run(["mount", "-o", "remount,rw,size=64k", str(small)], check=True, timeout=20.0)
+        for path in usb.iterdir():
+            shutil.copy(path, small)
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True, timeout=20.0)
+        capsys.readouterr()
+        assert hub_import(hub, small) == 1  # read-only: nothing applied
+        err = capsys.readouterr().err
+        assert "read-only" in err and len(err.strip().splitlines()) == 1
+        assert _once(hub) == 0
+        assert hub_import(hub, usb) == 3  # applied; the strangers each get one line
+        lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
+        assert len(lines) == 3 and "half-written" in lines[0]
+        assert {line.split(": ")[1] for line in lines[1:]} == {"1f.hvr", "photo.jpg"}
+        assert _once(hub) == 600
+        assert kiosk_main(["relay", "import", "--data", data, str(usb)]) == 3
+        assert "1 answer(s) applied" in capsys.readouterr().out
+        assert kiosk_main(["relay", "export", "--data", data, "--to", str(usb)]) == 0
+        assert "0 batches" in capsys.readouterr().out  # everything was acknowledged
