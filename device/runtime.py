@@ -461,9 +461,14 @@ class Runtime:
         self._send_telemetry()
 
     def _send_telemetry(self) -> None:
-        """A telemetry record into the outbox if one is due, once enrolled (any thread)."""
-        if self.metrics is not None and self._loop is not None and self.store is not None:
-            metric_telemetry.write_due(self.metrics, self.store)
+        """A telemetry record into the outbox if one is due, once enrolled, and a round
+        to take it (a kept-open session may have none for hours); any thread."""
+        if self.metrics is None or self._loop is None or self.store is None:
+            return
+        with self._looking:  # one record from one period, whichever thread comes first
+            written = metric_telemetry.write_due(self.metrics, self.store)
+        if written is not None:
+            self._wake.set()
 
     async def _watch_health(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
