@@ -94,16 +94,23 @@ def page_loads(url: str, loads: int) -> tuple[list[dict[str, float]], list[dict[
     return out, [asdict(f) for f in paths]
 
 
-def written(pid: int, count: int, one: Any, trace: Path) -> dict[str, float]:
-    """Bytes written and fsyncs per call of ``one(i)``, over ``count`` calls."""
+def log_bytes(data: Path) -> int:
+    """The size of the kiosk's own log (``device.logs``: ``logs/`` in its data folder)."""
+    return sum(p.stat().st_size for p in (data / "logs").glob("haven.log*"))
+
+
+def written(pid: int, count: int, one: Any, trace: Path, data: Path) -> dict[str, float]:
+    """Bytes written and fsyncs per call of ``one(i)``, over ``count`` calls, and the
+    bytes of log lines among them."""
     strace = rt.SyscallCount(pid, FSYNCS, trace)
-    before = rt.proc_io(pid)
+    before, logged = rt.proc_io(pid), log_bytes(data)
     for i in range(count):
         one(i)
     after = rt.proc_io(pid)
     fsyncs = sum(strace.finish().values())
     return {"write_bytes": (after["write_bytes"] - before["write_bytes"]) / count,
-            "wchar": (after["wchar"] - before["wchar"]) / count, "fsyncs": fsyncs / count}
+            "wchar": (after["wchar"] - before["wchar"]) / count, "fsyncs": fsyncs / count,
+            "log": (log_bytes(data) - logged) / count}
 
 
 def rss_samples(pid: int, seconds: float) -> list[int]:
@@ -160,7 +167,8 @@ def measure(ctx: Context, work: Path, checkins: int, loads: int, starts: int,
                     events.wait_sent(rt.checkin(url, *rt.patient("ON", i))["ticket"])
 
                 try:
-                    r["online"] = written(kiosk.pid, checkins, synced, work / "fsync-online.txt")
+                    r["online"] = written(kiosk.pid, checkins, synced, work / "fsync-online.txt",
+                                           kiosk_dir)
                 finally:
                     events.close()
                 ctx.log("RSS, steady")
@@ -172,12 +180,12 @@ def measure(ctx: Context, work: Path, checkins: int, loads: int, starts: int,
                 time.sleep(max(ACK_FLUSH_S, STATE_FLUSH_S) + 1)
                 # An idle round logs nothing (DEBUG): each is the interval's time.
                 r["idle"] = written(kiosk.pid, rounds, lambda i: time.sleep(INTERVAL),
-                                    work / "fsync-idle.txt")
+                                    work / "fsync-idle.txt", kiosk_dir)
                 rt.stop(hub)
                 ctx.log(f"{checkins} check-ins with the hub down")
                 r["offline"] = written(kiosk.pid, checkins,
                                        lambda i: rt.checkin(url, *rt.patient("OFF", i)),
-                                       work / "fsync-offline.txt")
+                                       work / "fsync-offline.txt", kiosk_dir)
             hub = start_hub(hub_dir, hub_url, work / "hub.log")
             ctx.log(f"cold start: {starts} starts")
             r["starts"] = cold_starts(kiosk_dir, hub_url, ui_port, starts, log)
@@ -246,11 +254,15 @@ def kiosk_benchmark(ctx: Context) -> Result:
              f"max {max(r['starts']):.3f} s; {starts} starts", "<= 3", start_s <= 3),
         _row("bytes written per check-in, synced one by one, KiB",
              round(on["write_bytes"] / 1024, 1),
-             f"wchar {on['wchar'] / 1024:.1f} KiB; {on['fsyncs']:.2f} fsyncs",
-             "<= 32", on["write_bytes"] <= 32 * 1024),
+             f"wchar {on['wchar'] / 1024:.1f} KiB; {on['fsyncs']:.2f} fsyncs; log lines "
+             f"{on['log']:.0f} B", "<= 32", on["write_bytes"] <= 32 * 1024),
         _row("bytes written per check-in, hub down, KiB", round(off["write_bytes"] / 1024, 1),
-             f"wchar {off['wchar'] / 1024:.1f} KiB; {off['fsyncs']:.2f} fsyncs",
-             "<= 32", off["write_bytes"] <= 32 * 1024),
+             f"wchar {off['wchar'] / 1024:.1f} KiB; {off['fsyncs']:.2f} fsyncs; log lines "
+             f"{off['log']:.0f} B", "<= 32", off["write_bytes"] <= 32 * 1024),
+        _row("log bytes per check-in (device.logs journal lines), synced / hub down, B",
+             f"{on['log']:.0f} / {off['log']:.0f}",
+             "counted in the two rows above (the same write calls); an idle round: "
+             f"{idle['log']:.0f} B", "in the <= 32 KiB", on["log"] + off["log"] < 8 * 1024),
         _row("bytes written per idle sync round, KiB", round(idle["write_bytes"] / 1024, 1),
              f"wchar {idle['wchar'] / 1024:.1f} KiB; {idle['fsyncs']:.2f} fsyncs; "
              f"{rounds} rounds, one every 10 s (the default interval)", "report", None),
@@ -280,7 +292,11 @@ def kiosk_benchmark(ctx: Context) -> Result:
         "counts every byte passed to a write call, sockets and log included; fsyncs are "
         "fsync + fdatasync counted by `strace -f -c` attached to the runtime. The store "
         "checkpoints its WAL every 256 check-ins (device/store/store.py, "
-        "CHECKPOINT_WEIGHT), so 512 check-ins a phase take in two checkpoints.",
+        "CHECKPOINT_WEIGHT), so 512 check-ins a phase take in two checkpoints. The "
+        "kiosk's own log (device.logs: JSON lines in logs/ of the data directory, an "
+        "fsync at an error or once a minute at most) is written by the same process, so "
+        "its bytes are in these figures; log lines: the growth of its files over the "
+        "phase, per check-in.",
         "A simulated day: the real runtime (device/runtime.py's `Runtime`, in a child "
         "process, simulated hardware) syncs with the same hub over TCP, with its clock and "
         "its wait between rounds injected: each wait adds the interval (10 s) to the "
@@ -290,7 +306,8 @@ def kiosk_benchmark(ctx: Context) -> Result:
         "page when a clean page is dirtied, the kernel's writeback is simulated too: every "
         "30 s of simulated time (vm.dirty_expire_centisecs) each file of the data "
         "directory and the log is fsynced, so a page written again later counts again, as "
-        "on a real day. The log (INFO, one file) counts. The 500 check-ins are posted to "
+        "on a real day. The log (INFO: stderr to one file, and the journal in logs/) "
+        "counts. The 500 check-ins are posted to "
         "the page during the waits, spread evenly over the day; the store's 30-s timer for "
         "acknowledged outbox entries runs in real time, so in the simulation they leave "
         "with the next check-in's write rather than in a commit of their own. The session "
