@@ -262,3 +262,44 @@ def test_full_read_only_pulled_stick_and_foreign_files(
         assert "1 answer(s) applied" in capsys.readouterr().out
         assert kiosk_main(["relay", "export", "--data", data, "--to", str(usb)]) == 0
         assert "0 batches" in capsys.readouterr().out  # everything was acknowledged
+
+
+def test_relay_and_live_sync_mix(tmp_path: Path) -> None:
+    with served_hub(tmp_path) as (hub, url), stick(tmp_path / "stick") as (usb, _):
+        a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
+        for i in range(20):
+            a.store.checkin(name=f"P{i}")
+            b.store.checkin(name=f"Q{i}")
+        b.sync(url)
+        trip(a, hub, usb)  # one trip by stick, then live: nothing goes twice
+        live = a.sync(url)
+        assert (live.pushed, live.batches, live.pulled) == (0, 0, 0)
+        a.store.checkin(name="live")
+        assert a.sync(url).pushed == 2
+        assert export(a.store, a.state, a.ident, usb).batches == 0
+        assert hub_import(hub, usb) == 0 and import_answers(
+            a.store, a.state, a.ident, usb).acked == 0
+        # Exported, then a link came back before the stick reached the hub: the batch
+        # goes live (the hub never saw it), the stick's copy is acknowledged, not applied.
+        a.store.checkin(name="both ways")
+        assert export(a.store, a.state, a.ident, usb).batches == 1
+        assert a.sync(url).pushed == 2
+        count = _once(hub)
+        assert hub_import(hub, usb) == 0
+        assert import_answers(a.store, a.state, a.ident, usb).problems == []
+        assert _once(hub) == count == 2 * 20 * 2 + 4
+        # The other way: the hub read the stick, but the ack came live first. The answer
+        # names an older checkpoint than the kiosk's: overtaken, not taken for a hub
+        # restored from a backup (which would send everything again).
+        a.store.checkin(name="overtaken")
+        export(a.store, a.state, a.ident, usb)
+        assert hub_import(hub, usb) == 0
+        assert a.sync(url).pushed == 2  # acknowledged as the hub's copy, not applied
+        got = import_answers(a.store, a.state, a.ident, usb)
+        assert len(got.problems) == 1 and "overtaken" in got.problems[0]
+        assert a.store.status()["outbox"]["lanes"] == {} and _once(hub) == count + 2
+        assert export(a.store, a.state, a.ident, usb).batches == 0
+        b.sync(url)
+        assert a.store.dump() == b.store.dump() == hub.dump()
+        a.close()
+        b.close()
