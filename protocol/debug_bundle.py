@@ -109,15 +109,29 @@ def _info(name: str) -> zipfile.ZipInfo:
 
 
 class _Hashing:
+    """Hashes what is written and hands it on in pieces of ``PIECE`` (a log line at a
+    time would cost the compressor a call each)."""
+
+    PIECE = 64 * 1024
+
     def __init__(self, inner: IO[bytes]) -> None:
         self.inner, self.sha, self.size = inner, hashlib.sha256(), 0
+        self._held = bytearray()
 
     def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.inner.write(data)
+        self._held += data
+        if len(self._held) >= self.PIECE:
+            self._flush()
+        return len(data)
+
+    def _flush(self) -> None:
+        self.sha.update(self._held)
+        self.size += len(self._held)
+        self.inner.write(self._held)
+        self._held.clear()
 
     def close(self) -> None:
+        self._flush()
         self.inner.close()
 
 

@@ -129,37 +129,52 @@ def _write_logs(f: IO[bytes], lines: Iterable[bytes], fields: dict[str, redactio
     first = last = None
     count = 0
     for line in lines:
-        entry = _entry(line, fields, dropped)
-        if entry is None:
+        got = _entry(line, fields, dropped)
+        if got is None:
             continue
+        entry, whole = got
         index = entry.get("i")
         if isinstance(index, int):
             first = index if first is None else min(first, index)
             last = index if last is None else max(last, index)
         count += 1
-        f.write(fmt.dumps(entry) + b"\n")
+        # A line that kept every field goes as the Journal wrote it (compact JSON).
+        f.write(line if whole and line.endswith(b"\n") else fmt.dumps(entry) + b"\n")
         if is_crash(entry):
             crashes.append(entry)
     return {"first": first, "last": last, "entries": count}
 
 
 def _entry(line: bytes, fields: dict[str, redaction.LogField],
-           dropped: Dropped) -> dict[str, Any] | None:
+           dropped: Dropped) -> tuple[dict[str, Any], bool] | None:
+    """The entry with only its allowlisted fields, and whether that is all of it."""
     try:
-        raw = json.loads(line)
-    except ValueError:  # a line cut by a power cut: the Journal's reader skips it too
+        raw = json.loads(line, object_pairs_hook=_once)
+    except ValueError:  # cut by a power cut (the Journal's reader skips it too), or forged
         dropped.add("logs.(unreadable line)")
         return None
     if not isinstance(raw, dict):
         return None
     out: dict[str, Any] = {}
+    whole = True
     for name, value in raw.items():
         spec = fields.get(name)
         kept = None if spec is None else spec[0](value)
         if kept is None:
             dropped.add(f"logs.{name}" if redaction.KEY.fullmatch(str(name)) else "logs.*")
+            whole = False
             continue
         out[name] = kept
+        whole = whole and kept == value
+    return out, whole
+
+
+def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose every key is named once: a line passed on whole must hold
+    nothing its parsed entry does not (a second "ev" would)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key named twice")
     return out
 
 

@@ -17,6 +17,7 @@ kiosk's key only signs it, and its store is asked for counts and the audit chain
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,26 +84,30 @@ class Dropped:
 def scrub(value: Any, dropped: Dropped, path: str, key: str = "") -> Any:
     """``value`` with only what may leave (see the module docstring); ``...`` if nothing
     of it may."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             name = str(k)
-            where = f"{path}.{name}" if KEY.fullmatch(name) else f"{path}.*"
-            if name in DROPPED_KEYS or not KEY.fullmatch(name):
-                dropped.add(where)
+            if not _key_ok(name):
+                dropped.add(f"{path}.{name}" if KEY.fullmatch(name) else f"{path}.*")
                 continue
-            kept = scrub(v, dropped, where, name)
+            kept = scrub(v, dropped, f"{path}.{name}", name)
             if kept is not ...:
                 out[name] = kept
         return out
     if isinstance(value, list | tuple):
         return [kept for v in value if (kept := scrub(v, dropped, path, key)) is not ...]
-    if value is None or isinstance(value, bool | int | float):
-        return value
     if isinstance(value, str) and key in TEXT_KEYS and CODE.fullmatch(value):
         return value
     dropped.add(path)
     return ...
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_ok(name: str) -> bool:
+    return name not in DROPPED_KEYS and KEY.fullmatch(name) is not None
 
 
 def log_fields() -> dict[str, LogField]:

@@ -37,7 +37,8 @@ def bundle(ctx: Context) -> Result:
         runs.append(json.loads(out.splitlines()[-1]))
         ctx.log(f"turn {turn}: {runs[-1]}")
     size = max(r["bytes"] for r in runs) / MIB
-    wall = max(r["wall_s"] for r in runs)
+    walls = sorted(r["wall_s"] for r in runs)
+    wall = walls[len(walls) // 2]
     added = max(r["peak_kib"] - r["rss_kib"] for r in runs) / 1024
     peak = max(r["peak_kib"] for r in runs) / 1024
     r0 = runs[0]
@@ -45,15 +46,17 @@ def bundle(ctx: Context) -> Result:
            "logs MiB": round(r0["log_bytes"] / MIB, 2),
            "metrics MiB": round(r0["metric_bytes"] / MIB, 2),
            "bundle MiB": round(size, 2), "build s": round(wall, 2),
+           "slowest s": round(walls[-1], 2),
            "CPU s": round(min(r["cpu_s"] for r in runs), 2),
            "added RSS MiB": round(added, 1), "process peak MiB": round(peak, 1),
            "goal": "<= 2 MiB, <= 5 s, <= 40 MiB",
            "met": "yes" if size <= 2 and wall <= 5 and added <= 40 else "NO"}
     return Result([row], list(row), notes=[
-        "Worst of the turns for size, wall time and memory; best for CPU. Added RSS: the "
-        "build's peak (VmHWM, reset after the imports) over the RSS after them: what a "
-        "bundle costs the kiosk's runtime, which has these imports already. Process peak: "
-        "the whole builder process, of which about 37 MiB is importing device.store "
+        "Build s: the median turn's wall time (the machine is shared: the slowest is shown "
+        "beside it, and CPU time, the best turn's); size and memory: the worst turn's. "
+        "Added RSS: the build's peak (VmHWM, reset after the imports) over the RSS after "
+        "them: what a bundle costs the kiosk's runtime, which has these imports already. "
+        "Process peak: the whole builder process, of which about 37 MiB is importing device.store "
         "(sqlite-utils, cryptography) before any work.",
         "The logs are streamed line by line and the metrics an hour at a time into a "
         "deflated ZIP, then signed (Ed25519); sealing (HPKE) adds a pass over the file."],
