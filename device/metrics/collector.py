@@ -76,7 +76,7 @@ class Metrics:
         self.telemetry_every_s, self.min_gap_s = telemetry_every_s, min_gap_s
         self._lock = threading.Lock()
         self.hour = Period(start_ms - start_ms % HOUR_MS)
-        self.period = Period(start_ms)
+        self.period = Period(start_ms, keep_minutes=False)
         self._last_sample: int | None = None
         self._last_sent: int | None = None
         self._sent_state: dict[str, str] | None = None
@@ -116,8 +116,8 @@ class Metrics:
         with self._lock:
             now = self._roll()
             self._last_sample = now
-            self.hour.minutes.append((now, sample))
-            self.period.minutes.append((now, sample))
+            self.hour.add_sample(now, sample)
+            self.period.add_sample(now, sample)
             self.state.update({k: str(v) for k, v in levels.items() if k in WATCHED})
             self.state["thermal"] = sample.thermal
             self.disk_free_mib = sample.row()[2]
@@ -153,7 +153,7 @@ class Metrics:
                                  ("tempMaxC", extremes["temp_c_max"])):
                 if value is not None:
                     values[field] = value
-            self.period = Period(now)
+            self.period = Period(now, keep_minutes=False)
             self._last_sent = now
             self._sent_state = dict(self.state)
             return values

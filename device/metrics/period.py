@@ -9,7 +9,9 @@ counts as ``other``. A check-in's time is clamped to an hour. Rounds that
 moved something or failed are kept one by one (at most ``MAX_ROUNDS`` a
 period, the rest only counted); an idle round that worked is only counted,
 as a kiosk makes thousands a day. Health is kept per minute, column by
-column (``health``), which is what makes an hour one short line.
+column (``health``), which is what makes an hour one short line;
+a period that is not an hour keeps only the extremes (``keep_minutes``
+false), so nothing in it grows with time, whenever it ends.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ OTHER = "other"
 OUTCOMES = ("synced", "offline", "error", "refused")
 MAX_ROUNDS = 60
 MAX_CHECKIN_S = 3600.0
+
+
+_PICK = (max, min, min, max, max)
 
 
 def language(code: Any) -> str:
@@ -49,10 +54,15 @@ class Period:
     bytes_received: int = 0
     frames_sent: int = 0
     frames_lost: int = 0
-    rtts: list[float] = field(default_factory=list)
+    rtt_n: int = 0
+    rtt_total: float = 0.0
+    rtt_max: float | None = None
     notable: list[dict[str, Any]] = field(default_factory=list)
     rounds_not_kept: int = 0
+    keep_minutes: bool = True
     minutes: list[tuple[int, Sample]] = field(default_factory=list)
+    #: The minutes' extremes: rss max, available min, disk min, temperature max, load max
+    extremes: list[float | None] = field(default_factory=lambda: [None] * 5)
     checkins: int = 0
     languages: Counter[str] = field(default_factory=Counter)
     abandoned: Counter[str] = field(default_factory=Counter)
@@ -71,7 +81,9 @@ class Period:
         self.frames_sent += row["frames_sent"]
         self.frames_lost += row["frames_lost"]
         if row["rtt_ms"] is not None:
-            self.rtts.append(row["rtt_ms"])
+            self.rtt_n += 1
+            self.rtt_total += row["rtt_ms"]
+            self.rtt_max = max(self.rtt_max or 0.0, row["rtt_ms"])
         if row["outcome"] != "synced" or row["pushed"] or row["pulled"]:
             if len(self.notable) < MAX_ROUNDS:
                 self.notable.append(row)
@@ -98,8 +110,8 @@ class Period:
                 "seconds": round(self.seconds, 2), "seconds_max": round(self.seconds_max, 2),
                 "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
                 "frames_sent": self.frames_sent, "frames_lost": self.frames_lost,
-                "rtt_ms_max": max(self.rtts, default=None),
-                "rtt_ms_mean": round(sum(self.rtts) / len(self.rtts), 1) if self.rtts else None,
+                "rtt_ms_max": self.rtt_max,
+                "rtt_ms_mean": round(self.rtt_total / self.rtt_n, 1) if self.rtt_n else None,
                 "rounds_not_kept": self.rounds_not_kept}
 
     def usage(self) -> dict[str, Any]:
@@ -121,14 +133,17 @@ class Period:
                 cols[name].append(value)
         return cols
 
+    def add_sample(self, at_ms: int, sample: Sample) -> None:
+        if self.keep_minutes:
+            self.minutes.append((at_ms, sample))
+        for i, (value, pick) in enumerate(zip(sample.row(), _PICK, strict=True)):
+            held = self.extremes[i]
+            if value is not None:
+                self.extremes[i] = value if held is None else pick(held, value)
+
     def health_extremes(self) -> dict[str, Any]:
-        rows = [s.row() for _, s in self.minutes]
-        temps = [r[3] for r in rows if r[3] is not None]
-        return {"rss_mib_max": max((r[0] for r in rows), default=None),
-                "available_mib_min": min((r[1] for r in rows), default=None),
-                "disk_free_mib_min": min((r[2] for r in rows), default=None),
-                "temp_c_max": max(temps, default=None),
-                "load1_max": max((r[4] for r in rows), default=None)}
+        return dict(zip(("rss_mib_max", "available_mib_min", "disk_free_mib_min",
+                         "temp_c_max", "load1_max"), self.extremes, strict=True))
 
     def line(self, end_ms: int) -> dict[str, Any]:
         """The period as the card keeps it (one JSON line)."""
