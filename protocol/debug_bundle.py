@@ -1,5 +1,4 @@
-"""Debug bundles: what a kiosk gives a field team, signed, optionally sealed (SPEC.md
-"Debug bundles").
+"""Debug bundles: what a kiosk gives a field team, signed, optionally sealed.
 
 Theory of operation
 -------------------
