@@ -22,7 +22,7 @@ from device.console.groups import FS, LOG, Port
 from device.console.service import SmpService
 from device.logs import crash, fields
 from device.logs.command import piece
-from device.logs.handler import NOT_LITERAL, JournalHandler
+from device.logs.handler import NOT_LITERAL, JournalHandler, RedactedFormatter
 from device.logs.journal import Journal, index_of
 from host.errors import HavenError
 from host.tech.logs import check_piece
@@ -104,7 +104,28 @@ def test_the_handler_keeps_templates_and_allowlisted_fields_only(journal: Any) -
         assert value.encode() not in data
 
 
-def test_crashes_keep_type_and_frames_and_are_synced(tmp_path: Path) -> None:
+def test_stderr_shows_what_the_journal_keeps(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(RedactedFormatter())
+    log = logging.getLogger("haven.test.stderr")
+    log.addHandler(stream)
+    try:
+        try:
+            raise KeyError(PHI[1])
+        except KeyError:
+            log.error("no patient %s (%s)", PHI[0], PHI[2], exc_info=True,
+                      extra=fields(code="no-patient"))
+    finally:
+        log.removeHandler(stream)
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR haven.test.stderr: no patient %s (%s) code=no-patient "
+                          "exc=KeyError [tests/test_logs.py:"), err
+    for value in PHI:
+        assert value not in err
+
+
+def test_crashes_keep_type_and_frames_and_are_synced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     j = Journal(tmp_path / "logs")
     seen: list[Any] = []
     hooks = (sys.excepthook, threading.excepthook)
@@ -130,7 +151,10 @@ def test_crashes_keep_type_and_frames_and_are_synced(tmp_path: Path) -> None:
     assert [(e["crash"], e["exc"], e["lvl"]) for e in entries] == [
         ("thread", "RuntimeError", 4), ("process", "RuntimeError", 4)]
     assert entries[0]["tb"][-1][2] == "boom" and j.syncs >= 2
-    assert seen == [RuntimeError, RuntimeError]  # the hooks before still see them
+    assert seen == []  # Python's traceback (its message) never reaches stderr
+    err = capsys.readouterr().err
+    assert err.count("CRITICAL crash: unhandled exception crash=") == 2, err
+    assert "RuntimeError" in err and "test_logs.py" in err and PHI[0] not in err
     assert PHI[0].encode() not in _bytes(j.directory)
     j.close()
 

@@ -1,11 +1,11 @@
 """Unhandled exceptions into the journal: their type and frames, then an fsync.
 
-``install(journal)`` sets ``sys.excepthook`` and ``threading.excepthook`` (each
-calls the one it replaced after writing, so stderr still shows the traceback to
-whoever watches the service) and returns a function that puts them back. The
-entry: ``ev`` "unhandled exception", level 4, ``crash`` (process or thread),
-``exc`` and ``tb`` (``device.logs.handler.exception_fields``): no message, no
-local variable.
+``install(journal)`` sets ``sys.excepthook`` and ``threading.excepthook`` and
+returns a function that puts them back. The entry: ``ev`` "unhandled exception",
+level 4, ``crash`` (process or thread), ``exc`` and ``tb``
+(``device.logs.handler.exception_fields``): no message, no local variable. stderr
+(the service manager's journal) gets the same as one line instead of Python's
+traceback, whose message may quote a value.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from device.logs.handler import exception_fields
+from device.logs.handler import as_text, exception_fields
 from device.logs.journal import Journal
 
 EVENT = "unhandled exception"
@@ -26,11 +26,16 @@ CRITICAL = 4
 
 def record(journal: Journal, where: str, kind: type[BaseException] | None,
            tb: TracebackType | None) -> None:
-    """Write one crash entry and make it durable (never raises)."""
+    """Write one crash entry, make it durable, say it on stderr (never raises)."""
+    entry = {"lvl": CRITICAL, "mod": "crash", "ev": EVENT, "crash": where,
+             **exception_fields(kind, tb)}
     with contextlib.suppress(Exception):
-        journal.append({"lvl": CRITICAL, "mod": "crash", "ev": EVENT, "crash": where,
-                        **exception_fields(kind, tb)}, CRITICAL)
+        journal.append(entry, CRITICAL)
         journal.sync()
+    with contextlib.suppress(Exception):
+        if sys.stderr is not None:
+            sys.stderr.write(f"CRITICAL {as_text(entry)}\n")
+            sys.stderr.flush()
 
 
 def install(journal: Journal) -> Callable[[], None]:
@@ -39,14 +44,14 @@ def install(journal: Journal) -> Callable[[], None]:
 
     def on_process(kind: type[BaseException], exc: BaseException,
                    tb: TracebackType | None) -> None:
-        if not issubclass(kind, KeyboardInterrupt):
+        if issubclass(kind, KeyboardInterrupt):
+            before_sys(kind, exc, tb)
+        else:
             record(journal, "process", kind, tb)
-        before_sys(kind, exc, tb)
 
     def on_thread(args: Any) -> None:
         if args.exc_type is not SystemExit:
             record(journal, "thread", args.exc_type, args.exc_traceback)
-        before_thread(args)
 
     sys.excepthook = on_process
     threading.excepthook = on_thread

@@ -13,7 +13,8 @@ very string. ``log.info(f"checked in {name}")`` or ``log.info(text)`` fails the
 check and is written as ``NOT_LITERAL`` with the file and line (``at``), so a
 formatted value can never pass as a template. An exception (``exc_info``,
 ``log.exception``) is kept as its type and its traceback's frames (file, line,
-function), never its message or locals.
+function), never its message or locals. ``RedactedFormatter`` gives stderr (the
+service's own journal) the same, as text.
 """
 
 from __future__ import annotations
@@ -107,36 +108,59 @@ def exception_fields(kind: type[BaseException] | None,
     return {"exc": name, "tb": frames[-MAX_FRAMES:]}
 
 
+_LITERALS = _Literals()  #: one parse of each source file for every handler
+
+
+def entry_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The journal entry of ``record`` (without its index and time)."""
+    msg = record.msg
+    entry: dict[str, Any] = {
+        "lvl": level_of(record.levelno),
+        "mod": record.name if _MOD.fullmatch(record.name) else "?",
+    }
+    if isinstance(msg, str) and _LITERALS.has(record.pathname, record.lineno, msg):
+        entry["ev"] = msg
+    else:
+        entry["ev"] = NOT_LITERAL
+        entry["at"] = f"{where(record.pathname)}:{record.lineno}"
+    given = getattr(record, ATTRIBUTE, None)
+    kept, dropped = clean(given) if isinstance(given, dict) else ({}, 0)
+    entry.update(kept)
+    if record.exc_info and record.exc_info[0] is not None:
+        entry.update(exception_fields(record.exc_info[0], record.exc_info[2]))
+    elif isinstance(msg, BaseException):
+        entry.update(exception_fields(type(msg), msg.__traceback__))
+    if dropped:
+        entry["dropped"] = dropped
+    return entry
+
+
+def as_text(entry: dict[str, Any]) -> str:
+    """One entry as a line for stderr: the template, the fields, the frames."""
+    head = f"{entry.get('mod')}: {entry.get('ev')}"
+    extra = " ".join(f"{k}={v}" for k, v in entry.items()
+                     if k not in ("i", "t", "lvl", "mod", "ev", "tb"))
+    frames = " < ".join(f"{f}:{n} {fn}" for f, n, fn in reversed(entry.get("tb", [])))
+    return " ".join(x for x in (head, extra, f"[{frames}]" if frames else "") if x)
+
+
+class RedactedFormatter(logging.Formatter):
+    """stderr's lines (systemd's journal on a kiosk) as the journal keeps them: the
+    template and allowlisted fields, an exception's type and frames, no value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname} {as_text(entry_of(record))}"
+
+
 class JournalHandler(logging.Handler):
     """Writes each record into a ``Journal`` (see the module docstring)."""
 
     def __init__(self, journal: Journal, level: int = logging.INFO) -> None:
         super().__init__(level)
         self.journal = journal
-        self._literals = _Literals()
 
     def entry(self, record: logging.LogRecord) -> dict[str, Any]:
-        """The journal entry of ``record`` (without its index and time)."""
-        msg = record.msg
-        entry: dict[str, Any] = {
-            "lvl": level_of(record.levelno),
-            "mod": record.name if _MOD.fullmatch(record.name) else "?",
-        }
-        if isinstance(msg, str) and self._literals.has(record.pathname, record.lineno, msg):
-            entry["ev"] = msg
-        else:
-            entry["ev"] = NOT_LITERAL
-            entry["at"] = f"{where(record.pathname)}:{record.lineno}"
-        given = getattr(record, ATTRIBUTE, None)
-        kept, dropped = clean(given) if isinstance(given, dict) else ({}, 0)
-        entry.update(kept)
-        if record.exc_info and record.exc_info[0] is not None:
-            entry.update(exception_fields(record.exc_info[0], record.exc_info[2]))
-        elif isinstance(msg, BaseException):
-            entry.update(exception_fields(type(msg), msg.__traceback__))
-        if dropped:
-            entry["dropped"] = dropped
-        return entry
+        return entry_of(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
