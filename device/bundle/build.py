@@ -278,10 +278,16 @@ def _clock(src: Sources) -> dict[str, Any]:
 def for_runtime(runtime: Any) -> Sources:
     """The runtime's sources: its store, Journal and metrics (the tech command adds the
     clocks, the status and the configuration file it knows)."""
-    journal, metrics = getattr(runtime, "journal", None), getattr(runtime, "metrics", None)
-    return Sources(data=runtime.data, store=lambda: runtime.store,
-                   log_lines=lambda: journal.lines(0) if journal is not None else (),
-                   metric_hours=lambda: metric_hours(metrics) if metrics is not None else ())
+    def log_lines() -> Iterable[bytes]:
+        logs = getattr(runtime, "logs", None)  # made as the runtime starts
+        return logs.journal.lines(0) if logs is not None else ()
+
+    def hours() -> Iterable[dict[str, Any]]:
+        metrics = getattr(runtime, "metrics", None)
+        return metric_hours(metrics) if metrics is not None else ()
+
+    return Sources(data=runtime.data, store=lambda: runtime.store, log_lines=log_lines,
+                   metric_hours=hours)
 
 
 def write_file(path: Path, src: Sources, **kw: Any) -> dict[str, Any]:
