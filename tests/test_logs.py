@@ -22,7 +22,7 @@ from device.console.groups import FS, LOG, Port
 from device.console.service import SmpService
 from device.logs import crash, fields
 from device.logs.command import piece
-from device.logs.handler import NOT_LITERAL, JournalHandler, RedactedFormatter
+from device.logs.handler import NOT_LITERAL, JournalHandler
 from device.logs.journal import Journal, index_of
 from host.errors import HavenError
 from host.tech.logs import check_piece
@@ -102,26 +102,6 @@ def test_the_handler_keeps_templates_and_allowlisted_fields_only(journal: Any) -
     data = _bytes(j.directory)
     for value in PHI:
         assert value.encode() not in data
-
-
-def test_stderr_shows_what_the_journal_keeps(capsys: pytest.CaptureFixture[str]) -> None:
-    stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(RedactedFormatter())
-    log = logging.getLogger("haven.test.stderr")
-    log.addHandler(stream)
-    try:
-        try:
-            raise KeyError(PHI[1])
-        except KeyError:
-            log.error("no patient %s (%s)", PHI[0], PHI[2], exc_info=True,
-                      extra=fields(code="no-patient"))
-    finally:
-        log.removeHandler(stream)
-    err = capsys.readouterr().err
-    assert err.startswith("ERROR haven.test.stderr: no patient %s (%s) code=no-patient "
-                          "exc=KeyError [tests/test_logs.py:"), err
-    for value in PHI:
-        assert value not in err
 
 
 def test_crashes_keep_type_and_frames_and_are_synced(

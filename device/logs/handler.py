@@ -13,8 +13,8 @@ very string. ``log.info(f"checked in {name}")`` or ``log.info(text)`` fails the
 check and is written as ``NOT_LITERAL`` with the file and line (``at``), so a
 formatted value can never pass as a template. An exception (``exc_info``,
 ``log.exception``) is kept as its type and its traceback's frames (file, line,
-function), never its message or locals. ``RedactedFormatter`` gives stderr (the
-service's own journal) the same, as text.
+function), never its message or locals. ``as_text`` renders an entry as one line
+(the crash hooks' stderr).
 """
 
 from __future__ import annotations
@@ -142,14 +142,6 @@ def as_text(entry: dict[str, Any]) -> str:
                      if k not in ("i", "t", "lvl", "mod", "ev", "tb"))
     frames = " < ".join(f"{f}:{n} {fn}" for f, n, fn in reversed(entry.get("tb", [])))
     return " ".join(x for x in (head, extra, f"[{frames}]" if frames else "") if x)
-
-
-class RedactedFormatter(logging.Formatter):
-    """stderr's lines (systemd's journal on a kiosk) as the journal keeps them: the
-    template and allowlisted fields, an exception's type and frames, no value."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname} {as_text(entry_of(record))}"
 
 
 class JournalHandler(logging.Handler):
