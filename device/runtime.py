@@ -235,14 +235,15 @@ class Runtime:
 
     async def start(self) -> tuple[str, int]:
         self._check_hardware()  # before anything is opened: a refusal leaves nothing behind
-        self.logs = await asyncio.to_thread(
-            kiosk_logs.start, self.data / kiosk_logs.DIRECTORY,
-            int(self.cfg.log_max_mib * 1024 * 1024))
         self.live.bind(asyncio.get_running_loop())
         self.live.watch_contact(self._contact_age, self.cfg.keepalive or self.cfg.interval)
         self._offset = await asyncio.to_thread(self._saved_offset)
         self.metrics = Metrics(self.data, start_ms=wall_ms() + self._offset, clock=self.clock)
         self.store = await asyncio.to_thread(self._open_store)
+        # After the store: a wipe the start finishes erases the data folder, logs/ too.
+        self.logs = await asyncio.to_thread(
+            kiosk_logs.start, self.data / kiosk_logs.DIRECTORY,
+            int(self.cfg.log_max_mib * 1024 * 1024))
         self.hardware.button.when_sync_now = self.sync_now
         if self.cfg.printer:
             self.printer = Printer(self.cfg.printer, width=self.cfg.printer_width,
