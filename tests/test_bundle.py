@@ -147,6 +147,7 @@ def test_bad_bundles_are_refused_in_one_line(tmp_path: Path,
             "sealed corrupt": ([_write(tmp_path / "x.sealed", sealed[:-5] + b"12345"),
                                 "--hub", hub_dir], "does not open"),
         }
+    capsys.readouterr()  # what making the kiosk's content wrote
     for what, (argv, words) in cases.items():
         assert main(["bundle", "verify", str(tmp_path / argv[0]), *argv[1:]]) == 1, what
         line = _one_line(capsys.readouterr().err)

@@ -12,23 +12,12 @@ from device.bundle.build import build
 from device.store import init_store
 from host.cli import main
 from host.hub.hub import Hub, init_hub
-from tests.conftest import require
 
 from .bundle_helpers import T0, fill, leaks
+from .test_ui_browser import ARGS, CHROMIUM  # skips this module too without Chromium
 from .test_ui_helpers import ROOT
 
-CHROMIUM = Path("/usr/bin/chromium")
-require(CHROMIUM.exists(), "chromium",
-        "/usr/bin/chromium does not exist (apt-get install -y chromium)", allow_module_level=True)
-try:
-    from playwright import sync_api
-except ImportError:
-    require(False, "playwright", "playwright is not installed (pip install -e '.[dev]')",
-            allow_module_level=True)
-
 SHOTS = ROOT / "bench-out" / "report"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 BOUND = 20_000  # ms
 
 
@@ -48,6 +37,8 @@ def test_the_report_opens_offline_with_its_plots_and_summary(tmp_path: Path) -> 
     assert main(["report", str(tmp_path / "b.zip"), "--hub", str(tmp_path / "hub"),
                  "--html", str(page_file)]) == 0
     assert leaks(page_file.read_bytes()) == []
+    from playwright import sync_api
+
     requests: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from host import tech_log
 from host.bundle import verify
 from host.errors import HavenError, UsageError
+from host.tech.cli import SUBCOMMANDS, session
 from protocol import debug_bundle as fmt
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import parse_public_key
@@ -114,20 +116,14 @@ def run_tech(args: argparse.Namespace, client_for: Callable[[argparse.Namespace]
     nonce = secrets.token_hex(16)
     parts = args.out.parent / f".{args.out.name}.parts"
     with tech_log.logged("bundle", port=args.port) as entry:
-        try:
-            with client_for(args) as client:
-                w = client.welcome
-                if w is not None:
-                    entry.kiosk, entry.serial = w.device, w.serial
-                r = client.fetch("bundle", {"nonce": nonce, "seal_to": seal}, parts,
-                                 args.progress)
-                hub = client.cred.hub_ed25519
-        finally:
-            args.progress.end()
+        with session(args, client_for, entry) as client:
+            r = client.fetch("bundle", {"nonce": nonce, "seal_to": seal}, parts, args.progress)
+            hub = client.cred.hub_ed25519
         got = Path(r["path"])
         data = got.read_bytes()
         _check(data, hub, nonce, seal)
         os.replace(got, args.out)
+        shutil.rmtree(parts, ignore_errors=True)  # the transfer's own state, done with
         entry.detail = {"size": len(data), "sealed": seal is not None}
     if args.json:
         print(json.dumps({**{k: v for k, v in r.items() if k != "path"},
@@ -155,7 +151,6 @@ def _check(data: bytes, hub: bytes, nonce: str, seal: bytes | str | None) -> Non
 
 
 def register() -> None:
-    from host.tech.cli import SUBCOMMANDS
 
     SUBCOMMANDS["bundle"] = (add_tech_arguments, run_tech,
                              "make a debug bundle of the kiosk and fetch it")

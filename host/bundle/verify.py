@@ -13,9 +13,10 @@ gave; ``BundleRefused``, exit 1, for the bundle).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -26,6 +27,8 @@ from protocol.driver.secret_files import load_key_file
 from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
 from protocol.sync import credential
+
+T = TypeVar("T")
 
 
 class BundleRefused(HavenError):
@@ -66,21 +69,11 @@ def anchors(args: argparse.Namespace, *, required: bool) -> Anchors:
         except OSError as exc:
             raise UsageError(f"cannot read key {args.key}: {exc.strerror}") from None
     if args.credential is not None:
-        try:
-            cred = credential.load_file(args.credential.read_bytes())
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.credential}: {exc.strerror}") from None
-        except ProtocolError as exc:
-            raise UsageError(f"{args.credential}: {exc}") from None
+        cred = _read(args.credential, lambda b: credential.load_file(b), "")
         out.hub_ed25519 = cred.hub_ed25519
         out.against = "the hub key of the credential"
     if args.kiosk_cert is not None:
-        try:
-            cert = sync_cert.read_certificate(args.kiosk_cert.read_bytes())
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.kiosk_cert}: {exc.strerror}") from None
-        except ProtocolError as exc:
-            raise UsageError(f"{args.kiosk_cert}: not a kiosk certificate ({exc})") from None
+        cert = _read(args.kiosk_cert, sync_cert.read_certificate, "not a kiosk certificate: ")
         out.kiosk_ed25519 = cert.ed25519
         out.hub_ed25519 = out.hub_ed25519 or cert.hub_ed25519
         out.against = f"kiosk {cert.device_id}'s certificate"
@@ -90,6 +83,16 @@ def anchors(args: argparse.Namespace, *, required: bool) -> Anchors:
         raise UsageError("give what to check the bundle against: --hub DIR, --credential "
                          "FILE or --kiosk-cert FILE")
     return out
+
+
+def _read(path: Path, parse: Callable[[bytes], T], what: str) -> T:
+    """``parse`` of the file's bytes; ``UsageError`` (one line) if it cannot be read."""
+    try:
+        return parse(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ProtocolError as exc:
+        raise UsageError(f"{path}: {what}{exc}") from None
 
 
 def _hub(directory: Path, out: Anchors) -> None:

@@ -15,9 +15,10 @@ returns the exit code; ``client_for(args)`` gives a connected ``TechClient``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,14 +173,23 @@ def run(args: argparse.Namespace) -> int:
     with tech_log.logged(action, port=args.port) as entry:
         if name == "config" and args.op == "set" and args.value is None:
             raise UsageError("config set KEY VALUE: give a value")
-        try:
-            with client_for(args) as client:
-                w = client.welcome
-                if w is not None:
-                    entry.kiosk, entry.serial = w.device, w.serial
-                return _run(args, client, entry)
-        finally:
-            args.progress.end()
+        with session(args, client_for, entry) as client:
+            return _run(args, client, entry)
+
+
+@contextlib.contextmanager
+def session(args: argparse.Namespace, client_for: Callable[[argparse.Namespace], TechClient],
+            entry: tech_log.Action) -> Iterator[TechClient]:
+    """A connected client for one command, the kiosk and the credential's serial noted in
+    its technician's log ``entry``; the progress line ends with it."""
+    try:
+        with client_for(args) as client:
+            w = client.welcome
+            if w is not None:
+                entry.kiosk, entry.serial = w.device, w.serial
+            yield client
+    finally:
+        args.progress.end()
 
 
 def _run(args: argparse.Namespace, client: TechClient, entry: tech_log.Action) -> int:
