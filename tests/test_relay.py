@@ -21,7 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device.cli import main as kiosk_main
 from device.relay.answers import import_answers
 from device.relay.export import export
+from device.tech.revocations import RevocationList
+from device.tech.trusted_time import SIGNED, TrustedClock
 from host.cli import main as hub_main
+from host.hub import technician
 from host.hub.hub import Hub, init_hub
 from protocol.sync.relay import UP, Bundle, seal_bundle
 
@@ -104,8 +107,13 @@ def test_two_stick_trips_bring_an_offline_kiosk_in_line(tmp_path: Path) -> None:
         a.store.put("prescription", rx, {"dosageInstruction": "500 mg twice daily"})
         b.store.put("prescription", rx, {"dosageInstruction": "250 mg three times daily"})
         b.sync(url)
+        serial, _ = technician.issue(hub, name="Field", sites=["North"])
+        technician.revoke(hub, serial)
 
         trip(a, hub, usb)  # first trip: a's writes in, b's edit out: the conflict is held
+        # The answer brought the technicians' revocation list and the hub-signed time.
+        assert serial in RevocationList(a.store.data, hub.ed_public).serials
+        assert TrustedClock(a.store.data).anchor(SIGNED) is not None
         held = [c for c in hub.conflicts() if c["severity"] == "hold"]
         assert len(held) == 1 and a.store.view(rx).held  # type: ignore[union-attr]
         keep = held[0]["versions"][0]["id"]
