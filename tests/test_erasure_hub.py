@@ -500,3 +500,45 @@ def test_a_record_that_is_not_a_patient_is_refused_and_nothing_is_written(
         assert code == 2 and f"a {kind}, not a patient" in out, out
     with Hub(tmp_path / "hub") as hub:
         assert hub.dump() == before
+
+
+def test_a_kiosks_write_to_an_erasure_record_is_quarantined_before_or_after_it(
+        tmp_path: Path) -> None:
+    """A kiosk may write any record id, an erasure record's too (a hash of the patient
+    id any kiosk holds), under another type. After the erasure, its facts turned the
+    erasure toward another patient: the erased one's values came back, the other's
+    writes were husked. Before it, erase failed half-way (deleted, never erased)."""
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        a = Kiosk(tmp_path, "a", hub, "A")
+        try:
+            writer, push = Replica(a.store.node), Session(hub, a, now).push
+            erased, other, squatted = (uuid.uuid4().bytes for _ in range(3))
+            push([writer.put(p, "patient", now, {"name": n}) for p, n in (
+                (erased, NAME), (other, OTHER), (squatted, "Squatted Sam"))])
+            hub.erase(erased, "dr.amina", "patient-request", now + 1)
+            hijack = writer.put(erasure_record_id(erased), "note", now + 2, {
+                "subject": str(uuid.UUID(bytes=other)), "text": "hijack"})
+            assert push([hijack]).get("quarantined") == [0]
+            assert [q["code"] for q in hub.store.quarantined()] == ["hub-only"]
+            with pytest.raises(UsageError, match="only the hub writes"):
+                quarantine.release(hub.store, str(hub.store.quarantined()[0]["id"]))
+            push([writer.put(erased, "patient", now + 3, {"name": "Back Again"}),
+                  writer.put(other, "patient", now + 3, {"name": "Ottoline Kept"})])
+            hub.after_batch(now + 4)
+            dump = hub.dump()
+            assert b"Back Again" not in dump and b"Ottoline Kept" in dump
+            # written before the erasure: erased all the same, the squatter overtaken
+            eid = erasure_record_id(squatted)
+            push([writer.put(eid, "note", now + 5, {
+                "subject": str(uuid.UUID(bytes=other)), "text": "squat"})])
+            done = hub.erase(squatted, "dr.amina", "patient-request", now + 6)
+            assert not done.already and done.by == "dr.amina"
+            with hub.store.writing() as (db, _):
+                assert husking.erased(db) == {erased, squatted}
+            view = verifiers.view_of(hub.store, eid)
+            assert view is not None and view.type == ERASURE.number and not view.conflicts
+            assert b"Squatted Sam" not in hub.dump() and b"squat" not in hub.dump()
+        finally:
+            a.close()

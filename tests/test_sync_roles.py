@@ -298,6 +298,9 @@ class HubMemory:
     def batch_arrived(self, device_id: str, seq: int) -> int | None:
         return self.arrivals.get((device_id, seq))
 
+    def erasure_records(self, rids: list[bytes]) -> set[bytes]:
+        return set()
+
     def head(self) -> int:
         return len(self.ops)
 

@@ -220,7 +220,6 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
     by, reason = _words(by, "--by", MAX_REQUESTER), _words(reason, "--reason", MAX_REASON)
     store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
     with _lock:
-        held = view_of(store, eid)
         own = view_of(store, pid)
         if own is not None and own.type != PATIENT.number:
             kind = spec.name if (spec := TYPES.get(own.type)) else "record"
@@ -229,19 +228,19 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
                              "it), --passport N or --code C")
         pids = {pid, *former_ids(hub, pid)}
         rids = {r for p in pids for r in _held_of(store, p)}
+        held = _erasure_of(store, pid)
         if held is None and not rids:
             raise UsageError(f"the hub holds nothing of patient {name}: check the id (haven "
                              "hub dump lists the patients), the passport number or the code")
         hlc = hlc_of()
-        puts = [build_put(None, erasure_record_id(p), ERASURE, hub.node, hlc.now(now), {
+        puts = [_erasure_put(store, p, hub.node, hlc.now(now), {
             "subject": str(uuid.UUID(bytes=p)), "recorded": utc_text(now), "requester": by,
-            "reason": reason}) for p in sorted(pids) if view_of(store, erasure_record_id(p))
-            is None]
+            "reason": reason}) for p in sorted(pids) if _erasure_of(store, p) is None]
         deletes = _deletes(store, rids, hub.node, hlc, now)
         store.add_local(*(Op(d.record_id, d.stamp, d.node, encode(d)) for d in puts + deletes))
         store.set_meta("hlc", hlc.last)
         _purge(hub, pids, rids, now)
-        first = held or view_of(store, eid)
+        first = held or _erasure_of(store, pid)
         assert first is not None
         recorded, requester, why = (first.fields.get(ERASURE.field(f).number)
                                     for f in ("recorded", "requester", "reason"))
@@ -254,6 +253,29 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
             f"again by {by!r}: {len(deletes)} records deleted since" if held is not None
             else f"by {by!r} ({reason}): {len(deletes)} records deleted"), now)
     return replace(receipt, emptied=_emptied(store))
+
+
+def _erasure_of(store: HubStore, pid: bytes) -> RecordView | None:
+    """The hub's erasure record of patient ``pid``, if it holds one."""
+    view = view_of(store, erasure_record_id(pid))
+    return view if view is not None and view.type == ERASURE.number else None
+
+
+def _erasure_put(store: HubStore, pid: bytes, node: int, stamp: int,
+                 values: dict[str, str]) -> Delta:
+    """The put of patient ``pid``'s erasure record. A kiosk may have written that id
+    first, under another type (before the erasure nothing refuses it): its writes are
+    husked, their facts forgotten, and the put's context covers them, so the erasure is
+    the record's one head."""
+    eid = erasure_record_id(pid)
+    put = build_put(None, eid, ERASURE, node, stamp, values)
+    squatter = view_of(store, eid)
+    if squatter is None:
+        return put
+    with store.writing() as (db, sealer):
+        _husk_ops(db, sealer, {eid})
+        db.execute("DELETE FROM record_facts WHERE rid = ?", [eid])
+    return replace(put, ctx=tuple(sorted(d for d in squatter.heads if d.node != node)))
 
 
 def _emptied(store: HubStore) -> bool:

@@ -63,12 +63,22 @@ def covered(db: sqlite_utils.Database, patients: set[bytes], delta: Delta,
 
 def _theirs(db: sqlite_utils.Database, rids: list[bytes]) -> set[bytes]:
     """Those of ``rids`` whose facts name an erased patient."""
+    return _facts_match(db, rids, f"subject IN ({ERASED})")
+
+
+def erasure_records(db: sqlite_utils.Database, rids: list[bytes]) -> set[bytes]:
+    """Those of ``rids`` that are erasure records held: a kiosk's write to one, whatever
+    type it says, is the hub's to refuse (its facts would name another patient)."""
+    return _facts_match(db, rids, f"type = {ERASURE.number} AND location IS NULL")
+
+
+def _facts_match(db: sqlite_utils.Database, rids: list[bytes], where: str) -> set[bytes]:
     out: set[bytes] = set()
     for at in range(0, len(rids), 500):
         part = rids[at:at + 500]
         out.update(bytes(r) for (r,) in db.execute(
             f"SELECT rid FROM record_facts WHERE rid IN ({', '.join('?' * len(part))})"
-            f" AND subject IN ({ERASED})", part))
+            f" AND {where}", part))
     return out
 
 

@@ -91,6 +91,9 @@ def release(store: HubStore, text: str, *, max_ahead_ms: int = DEFAULT_MAX_AHEAD
                              "release it later, or drop it") from None
         raise UsageError(f"quarantined delta {qid} is still refused: {exc} ({exc.code})"
                          ) from None
+    if store.erasure_records([delta.record_id]):
+        raise UsageError(f"quarantined delta {qid} writes an erasure record, which only the "
+                         "hub writes: it is never applied; drop it")
     detail = (f"quarantined delta {qid} ({code}) released: "
               f"{delta.node:08x}-{delta.stamp:016x}"
               + (f" (kiosk {device_id} decommissioned: forced)" if retired else ""))

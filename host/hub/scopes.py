@@ -121,7 +121,8 @@ def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
     merged record's). A delete sets none, so the record stays in the scopes it was in,
     for the delete to reach them. A delta that sets no fact writes nothing, so a record
     with none (a patient, an audit entry) has no row: its type is its deltas'
-    (``_type_of``)."""
+    (``_type_of``). An erasure record's facts never change: they say who is erased
+    (``husking``)."""
     rows = []
     for d in deltas:
         f = facts_of(d.record_id, d.type, d.set)
@@ -133,7 +134,8 @@ def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
         db.conn.executemany(
             "INSERT INTO record_facts (rid, type, location, subject, day, location_dot,"
             " subject_dot, day_dot) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rid) DO"
-            f" UPDATE SET {_taken('location')}, {_taken('subject')}, {_taken('day')}", rows)
+            f" UPDATE SET {_taken('location')}, {_taken('subject')}, {_taken('day')}"
+            f" WHERE record_facts.type != {ERASURE}", rows)
 
 
 def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]],

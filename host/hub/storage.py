@@ -606,6 +606,11 @@ class HubStore:
                        [device_id, seq])
         return rows[0][0] if rows else None
 
+    def erasure_records(self, rids: list[bytes]) -> set[bytes]:
+        """Those of ``rids`` that are erasure records the hub holds (``husking``)."""
+        with self._lock:
+            return husking.erasure_records(self._db, rids)
+
     def add_local(self, *ops: Op) -> None:
         """The hub's own writes, in one transaction."""
         with self._tx() as db:

@@ -134,6 +134,10 @@ class HubStorage(Protocol):
         """Keep the batch durably: the good deltas, the bad ones in quarantine
         (code, reason, bytes), and the kiosk's checkpoint moved to it. Returns the
         greatest arrival number the good deltas were given (None: none was new)."""
+    def erasure_records(self, rids: list[bytes]) -> set[bytes]:
+        """Those of ``rids`` that are erasure records the hub holds."""
+        ...
+
     def batch_arrived(self, device_id: str, seq: int) -> int | None:
         """What ``commit_batch`` returned for the kiosk's committed batch ``seq``."""
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
@@ -230,8 +234,9 @@ class HubSync:
     (``rescoped``): the next hello sees it; so does a rotation of the fleet key
     (``rekeyed``). A decommissioned kiosk's sessions are
     let in; every delta of its batches is quarantined (``decommissioned``) and
-    acknowledged, and it is served nothing. A kiosk's verifier or erasure record
-    is quarantined (``hub-only``): a door kiosk trusts the hub's verifiers alone, and
+    acknowledged, and it is served nothing. A kiosk's verifier or erasure record,
+    or its write of any type to an erasure record the hub holds, is quarantined
+    (``hub-only``): a door kiosk trusts the hub's verifiers alone, and
     only the hub erases a patient."""
 
     def __init__(self, storage: HubStorage, hub_ed25519: bytes, remote_static: bytes | None,
@@ -580,11 +585,17 @@ class HubSync:
             checked = [RemoteProtocolError(f"kiosk {dev.device_id} is decommissioned",
                                            DECOMMISSIONED)] * len(deltas)
         else:
-            checked = [RemoteProtocolError(f"only the hub writes {_HUB_ONLY[d.type]} records",
+            checked = check_remote_deltas(deltas, now, node=dev.node,
+                                          max_ahead_ms=self.max_ahead_ms)
+            # an erasure record's id, under any type: its facts would name another patient
+            erasures = self.storage.erasure_records(
+                [d.record_id for d in checked if isinstance(d, Delta)])
+            checked = [RemoteProtocolError("only the hub writes "
+                                           f"{_HUB_ONLY.get(d.type, 'erasure')} records",
                                            "hub-only")
-                       if isinstance(d, Delta) and d.type in _HUB_ONLY else d
-                       for d in check_remote_deltas(deltas, now, node=dev.node,
-                                                    max_ahead_ms=self.max_ahead_ms)]
+                       if isinstance(d, Delta) and (d.type in _HUB_ONLY
+                                                    or d.record_id in erasures) else d
+                       for d in checked]
         for i, (data, got) in enumerate(zip(deltas, checked, strict=True)):
             if isinstance(got, RemoteProtocolError):
                 bad.append((got.code, str(got), data))
