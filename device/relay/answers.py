@@ -37,7 +37,7 @@ from protocol.driver import relay_stick
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
 from protocol.sync import batches as sync
-from protocol.sync.relay import DOWN, Bundle, RelayError, direction_of, open_bundle, verify
+from protocol.sync.relay import DOWN, HEAD, Bundle, RelayError, direction_of, open_bundle, verify
 
 
 @dataclass
@@ -96,10 +96,10 @@ def _opened(ident: Identity, directory: Path,
     seen: set[int] = set()
     cert = ident.cert
     for path in files:
-        data = relay_stick.read(path)
-        if direction_of(data) == DOWN:
+        direction = direction_of(relay_stick.peek(path, HEAD))
+        if direction == DOWN:
             try:
-                bundle, sig = open_bundle(data, DOWN, ident.x_key)
+                bundle, sig = open_bundle(relay_stick.read(path), DOWN, ident.x_key)
                 verify(bundle, sig, cert.hub_ed25519)
                 if bundle.device != cert.device_id or bundle.hub_x25519 != cert.hub_x25519:
                     raise RelayError("made for another kiosk or hub", "elsewhere")
@@ -116,7 +116,7 @@ def _opened(ident: Identity, directory: Path,
                 continue
             seen.add(bundle.seq)
             groups.setdefault(bundle.answers, []).append((bundle, path))
-        elif direction_of(data) is None:
+        elif direction is None:
             out.problems.append(f"{path.name}: not a relay file: ignored")
         else:
             out.others += 1

@@ -44,6 +44,7 @@ from protocol.sync import batches as sync
 from protocol.sync import certificate as sync_cert
 from protocol.sync.relay import (
     DOWN,
+    HEAD,
     PIECE_BYTES,
     UP,
     Bundle,
@@ -114,8 +115,7 @@ def _opened(hub: Hub, directory: Path,
     found = []
     seen: set[tuple[str, int]] = set()
     for path in files:
-        data = relay_stick.read(path)
-        direction = direction_of(data)
+        direction = direction_of(relay_stick.peek(path, HEAD))
         if direction == DOWN:
             out.others += 1
             continue
@@ -123,7 +123,7 @@ def _opened(hub: Hub, directory: Path,
             out.problems.append(f"{path.name}: not a relay file: ignored")
             continue
         try:
-            bundle, sig = open_bundle(data, UP, hub.x_key)
+            bundle, sig = open_bundle(relay_stick.read(path), UP, hub.x_key)
             kiosk = _kiosk_of(hub, bundle)
             verify(bundle, sig, kiosk.ed25519)
             if bundle.hub_x25519 != hub.x_public:

@@ -105,6 +105,15 @@ def read(path: Path) -> bytes:
         raise _said(exc, path) from None
 
 
+def peek(path: Path, size: int) -> bytes:
+    """A file's first ``size`` bytes (its header), without reading the rest."""
+    try:
+        with path.open("rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise _said(exc, path) from None
+
+
 def listing(directory: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(relay files, half-written ones a cut left, foreign entries) in ``directory``,
     each sorted by name."""

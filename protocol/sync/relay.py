@@ -42,7 +42,7 @@ from protocol.sync.certificate import open_sealed, seal
 #: Every relay file starts with this and its direction (a foreign file does not).
 MAGIC = b"HAVEN-RELAY\x01"
 UP, DOWN = 0, 1
-_HEAD = len(MAGIC) + 1
+HEAD = len(MAGIC) + 1  #: what ``direction_of`` reads
 _INFO = {UP: b"haven/relay/up/v1", DOWN: b"haven/relay/down/v1"}
 _LABEL = b"haven/relay-bundle/v1\x00"
 #: The most a bundle's body carries: pieces stay far below FAT32's 4 GiB a file.
@@ -100,15 +100,15 @@ def seal_bundle(bundle: Bundle, key: Ed25519PrivateKey, recipient: bytes) -> tup
     body = bundle.body()
     signed = strict_cbor.dumps([body, key.sign(_LABEL + body)])
     plain = len(signed).to_bytes(_LEN, "big") + signed
-    size = bucket(_HEAD + _SEAL_OVERHEAD + len(plain))
-    pad = size - _HEAD - _SEAL_OVERHEAD - len(plain)
+    size = bucket(HEAD + _SEAL_OVERHEAD + len(plain))
+    pad = size - HEAD - _SEAL_OVERHEAD - len(plain)
     return (MAGIC + bytes((bundle.direction,))
             + seal(plain + bytes(pad), recipient, _INFO[bundle.direction]), pad)
 
 
 def direction_of(data: bytes) -> int | None:
     """The direction a relay file names (UP, DOWN); None: not a relay file."""
-    if len(data) <= _HEAD or not data.startswith(MAGIC) or data[len(MAGIC)] not in _INFO:
+    if len(data) < HEAD or not data.startswith(MAGIC) or data[len(MAGIC)] not in _INFO:
         return None
     return data[len(MAGIC)]
 
@@ -122,7 +122,7 @@ def open_bundle(data: bytes, direction: int, key: X25519PrivateKey) -> tuple[Bun
         raise RelayError("not a relay bundle" if direction_of(data) is None
                          else "a bundle of the other direction", "foreign")
     try:
-        plain = open_sealed(data[_HEAD:], key, _INFO[direction])
+        plain = open_sealed(data[HEAD:], key, _INFO[direction])
     except ProtocolError:
         raise RelayError("does not open with this key: made for another hub or kiosk, "
                          "truncated or altered", "unopened") from None
