@@ -13,7 +13,9 @@ again), unless it answers our last export and nothing was acknowledged since.
 ``RelayLedger`` is the sync round's storage (``KioskLedger``) but for the
 hub's time: an answer's welcome time is the hub's clock when it answered,
 hours or days ago, so it is kept as a lower bound of trusted time
-(``TrustedClock.note_at_least``), and the clock offset stays as it was.
+(``TrustedClock.note_at_least``), and of the clock offset: raised to it when
+our clock is behind even that, never lowered (pulled deltas are checked
+against our clock plus the offset).
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ MARK_SEQ, MARK_ACKED = "relay_mark_seq", "relay_mark_acked"
 class RelayLedger(KioskLedger):
     def note_clock_offset(self, offset_ms: int) -> None:
         # the welcome's time (our clock's reading plus ``offset_ms``) is the hub's when
-        # it answered: a lower bound of the time now; the offset stays as it was
+        # it answered: a lower bound of the time now, and so of the offset
         self.hub_time.note_at_least(SIGNED, offset_ms + wall_ms())
+        if offset_ms > self.state.clock_offset:
+            self.state.note_clock_offset(offset_ms)
 
 
 def take_up(state: SyncState, count: int) -> int:
