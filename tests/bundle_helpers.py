@@ -39,7 +39,7 @@ class _Clock:
 def fill(store: Store, logs: Path, hours: int = 3) -> Sources:
     """The kiosk's content (see the module docstring); its ``Sources``."""
     store.checkin(name=NAME, passport=PASSPORT, reason=NOTE, birth_year=YEAR, now_ms=T0)
-    journal = Journal(logs)
+    journal = Journal(logs, clock=lambda: T0 / 1000 + (hours - 0.5) * 3600)  # offline then
     log = logging.getLogger("haven.test-bundle")
     handler = JournalHandler(journal)
     log.addHandler(handler)

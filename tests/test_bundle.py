@@ -74,8 +74,11 @@ def test_a_bundle_pulled_verified_and_reported_holds_no_patient_value(
     out = capsys.readouterr().out
     assert leaks(out.encode()) == []
     report = json.loads(out)
-    assert report["summary"][0].startswith("Last synced 1 hour ago (01 Jan 01:50 UTC): 6 "
-                                           "rounds failed since (6 offline)")
+    assert report["summary"][0] == (
+        "Last synced 1 hour ago (01 Jan 01:50 UTC): 6 rounds failed since (6 offline); the "
+        "link has been failing since 01 Jan 02:00 UTC; the logs since say most often "
+        "\u201ccheck-in refused for %s (passport %s, born %d)\u201d (haven.test-bundle, 1\u00d7, "
+        "from 01 Jan 02:30 UTC).")
     assert "The kiosk's clock is 525780 minutes behind the hub's." in report["summary"]
     assert {e["ev"] for e in report["errors"]} >= {"hub unreachable", "rogue entry"}
     assert report["languages"] == {"en": 3, "other": 3}

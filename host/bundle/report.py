@@ -49,6 +49,7 @@ def report_data(bundle: fmt.Bundle, checked_against: str) -> dict[str, Any]:
     if isinstance(clock.get("offset_ms"), int):
         now -= clock["offset_ms"]  # on the hub's clock
     store = status.get("store") or {}
+    warnings = _warnings(bundle.log_entries())
     data: dict[str, Any] = {
         "kiosk": m.get("kiosk"), "site": m.get("site"), "made_ms": now,
         "signature": f"signed by kiosk {m.get('kiosk')}, checked against {checked_against}",
@@ -67,14 +68,14 @@ def report_data(bundle: fmt.Bundle, checked_against: str) -> dict[str, Any]:
         "checkin_seconds": _checkin_seconds(hours),
         "conflicts": store.get("conflicts") or [],
         "quarantine": store.get("quarantine") or [],
-        "errors": _errors(bundle.log_entries()),
+        "errors": _errors(warnings)[:LAST_ERRORS],
         "crashes": _sec(bundle, "crashes.json") or [],
         "audit": _audit(_sec(bundle, "audit.json")),
         "status": status,
         "link": _sec(bundle, "link.json") or {},
         "redaction": _sec(bundle, "redaction.json") or {},
     }
-    data["summary"] = summary(data, status, now)
+    data["summary"] = summary(data, status, now, warnings)
     return data
 
 
@@ -108,20 +109,26 @@ def _checkin_seconds(hours: list[dict[str, Any]]) -> dict[str, Any]:
             "max": top}
 
 
-def _errors(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Warnings and worse by (logger, template): counts, first and last time."""
+def _warnings(entries: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each warning or worse of the logs: its time (ms), logger, template and level."""
+    return [{"t_ms": int(e.get("t", 0)) // 1000, "mod": str(e.get("mod", "")),
+             "ev": str(e.get("ev", "")), "level": e["lvl"]}
+            for e in entries if isinstance(e.get("lvl"), int) and e["lvl"] >= WARNING]
+
+
+def _errors(warnings: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Warnings by (logger, template): counts, worst level, first and last time; the
+    latest first."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in entries:
-        if not isinstance(e.get("lvl"), int) or e["lvl"] < WARNING:
-            continue
-        key = (str(e.get("mod", "")), str(e.get("ev", "")))
-        t = int(e.get("t", 0)) // 1000
-        row = seen.setdefault(key, {"mod": key[0], "ev": key[1], "level": e["lvl"],
-                                    "count": 0, "first_ms": t, "last_ms": t})
+    for w in warnings:
+        t = w["t_ms"]
+        row = seen.setdefault((w["mod"], w["ev"]), {
+            "mod": w["mod"], "ev": w["ev"], "level": w["level"], "count": 0,
+            "first_ms": t, "last_ms": t})
         row["count"] += 1
-        row["level"] = max(row["level"], e["lvl"])
-        row["last_ms"] = max(row["last_ms"], t)
-    return sorted(seen.values(), key=lambda r: -r["last_ms"])[:LAST_ERRORS]
+        row["level"] = max(row["level"], w["level"])
+        row["first_ms"], row["last_ms"] = min(row["first_ms"], t), max(row["last_ms"], t)
+    return sorted(seen.values(), key=lambda r: -r["last_ms"])
 
 
 def _audit(audit: Any) -> dict[str, Any]:
@@ -148,9 +155,10 @@ def when(ms: float) -> str:
     return time.strftime("%d %b %H:%M UTC", time.gmtime(ms / 1000))
 
 
-def summary(data: dict[str, Any], status: dict[str, Any], now: float) -> list[str]:
+def summary(data: dict[str, Any], status: dict[str, Any], now: float,
+            warnings: list[dict[str, Any]]) -> list[str]:
     """What a field worker reads first, most urgent first."""
-    out = [_sync_line(data["rounds"], data["hours"], status, now)]
+    out = [_sync_line(data["rounds"], data["hours"], status, now, warnings)]
     health = data["health"]
     if health:
         last = health[-1]
@@ -187,7 +195,7 @@ def summary(data: dict[str, Any], status: dict[str, Any], now: float) -> list[st
 
 
 def _sync_line(rounds: list[dict[str, Any]], hours: list[dict[str, Any]],
-               status: dict[str, Any], now: float) -> str:
+               status: dict[str, Any], now: float, warnings: list[dict[str, Any]]) -> str:
     good = [r["t_ms"] for r in rounds if r.get("outcome") in ("synced", "ok")]
     # Rounds that moved nothing are only counted in their hour: its end bounds them.
     for h in hours:
@@ -208,8 +216,19 @@ def _sync_line(rounds: list[dict[str, Any]], hours: list[dict[str, Any]],
     line = f"Last synced {ago(last_ok, now)} ({when(last_ok)})"
     if failed:
         return (f"{line}: {len(failed)} rounds failed since ({_outcomes(failed)}); the link "
-                f"has been failing since {when(failed[0]['t_ms'])}.")
+                f"has been failing since {when(failed[0]['t_ms'])}"
+                + _logged_since(warnings, last_ok) + ".")
     return f"{line}; every round since went through."
+
+
+def _logged_since(warnings: list[dict[str, Any]], since: int) -> str:
+    """What the logs said most often since ``since``: the likeliest cause, in its words."""
+    top = max(_errors(w for w in warnings if w["t_ms"] > since), key=lambda r: r["count"],
+              default=None)
+    if top is None:
+        return ""
+    return (f"; the logs since say most often \u201c{top['ev']}\u201d ({top['mod']}, "
+            f"{top['count']}\u00d7, from {when(top['first_ms'])})")
 
 
 def _outcomes(rounds: list[dict[str, Any]]) -> str:
