@@ -910,9 +910,10 @@ def cmd_relay(args: argparse.Namespace) -> int:
             state.close()
     for line in got.problems:
         print(f"haven-kiosk relay import: {line}", file=sys.stderr)
+    rebased = f", rebased on the hub's snapshot ({got.rebased} deltas)" if got.rebased else ""
     print(f"{got.answers} answer(s) applied: {got.acked} batches acknowledged, "
-          f"{got.pulled} deltas merged; {got.others} file(s) for the hub or other kiosks "
-          "left on the stick")
+          f"{got.pulled} deltas merged{rebased}; {got.others} file(s) for the hub or other "
+          "kiosks left on the stick")
     return 3 if got.problems else 0
 
 

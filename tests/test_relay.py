@@ -172,6 +172,13 @@ def test_one_stick_carries_many_kiosks_pieces_and_gaps(tmp_path: Path) -> None:
         before = a.store.dump()
         assert import_answers(a.store, a.state, a.ident, usb).acked == 0  # nothing new
         assert a.store.dump() == before == hub.dump() and list(usb.iterdir()) == []
+        # A role changed at the hub: the next answer rebases the kiosk on its new scope.
+        door = kiosks[1]
+        hub.set_role(door.device, "door")
+        export(door.store, door.state, door.ident, usb)
+        assert hub_import(hub, usb) == 0
+        got = import_answers(door.store, door.state, door.ident, usb)
+        assert got.problems == [] and got.rebased > 0 and not door.state.rebase_owed
         for k in kiosks:
             k.close()
 

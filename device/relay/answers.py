@@ -45,6 +45,7 @@ class Imported:
     answers: int = 0  #: answers applied
     acked: int = 0  #: batches the hub acknowledged in them
     pulled: int = 0  #: deltas merged
+    rebased: int = 0  #: deltas of a snapshot of the scope the kiosk was rebased on
     others: int = 0  #: files for the hub or other kiosks, passed over
     problems: list[str] = field(default_factory=list)
 
@@ -156,6 +157,7 @@ def _apply(store: Store, state: SyncState, ident: Identity, answers: int,
     out.answers += 1
     out.acked += rnd.summary.batches
     out.pulled += rnd.summary.pulled
+    out.rebased += rnd.summary.rebased
 
 
 def _asked(replies: list[tuple[int, bytes]], asked: set[bytes] | None) -> set[bytes] | None:
