@@ -532,7 +532,7 @@ def test_a_kiosks_write_to_an_erasure_record_is_quarantined_before_or_after_it(
             # written before the erasure: erased all the same, the squatter overtaken
             eid = erasure_record_id(squatted)
             push([writer.put(eid, "note", now + 5, {
-                "subject": str(uuid.UUID(bytes=other)), "text": "squat"})])
+                "subject": str(uuid.UUID(bytes=squatted)), "text": "squat"})])
             done = hub.erase(squatted, "dr.amina", "patient-request", now + 6)
             assert not done.already and done.by == "dr.amina"
             with hub.store.writing() as (db, _):

@@ -227,7 +227,8 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
                              "patient: give the patient's id (the subject haven hub dump shows on "
                              "it), --passport N or --code C")
         pids = {pid, *former_ids(hub, pid)}
-        rids = {r for p in pids for r in _held_of(store, p)}
+        rids = {r for p in pids for r in _held_of(store, p)} - {
+            erasure_record_id(p) for p in pids}  # one a kiosk wrote there: _erasure_put
         held = _erasure_of(store, pid)
         if held is None and not rids:
             raise UsageError(f"the hub holds nothing of patient {name}: check the id (haven "
