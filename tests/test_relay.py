@@ -93,7 +93,8 @@ def _once(hub: Hub) -> int:
     return len(ops)
 
 
-def test_two_stick_trips_bring_an_offline_kiosk_in_line(tmp_path: Path) -> None:
+def test_two_stick_trips_bring_an_offline_kiosk_in_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with served_hub(tmp_path) as (hub, url), stick(tmp_path / "stick") as (usb, _):
         a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
         rx = b.store.put("prescription", values={"medication": "amoxicillin",
@@ -132,6 +133,8 @@ def test_two_stick_trips_bring_an_offline_kiosk_in_line(tmp_path: Path) -> None:
         # A third trip with nothing new moves nothing and adds nothing.
         trip(a, hub, usb)
         assert _once(hub) == count
+        said = capsys.readouterr()
+        assert not [s for s in PHI if s in said.out + said.err]
         a.close()
         b.close()
 
