@@ -72,6 +72,7 @@ def test_a_kiosks_own_troubles_raise_alerts_that_say_what_to_do_and_clear(
         assert kinds(hub, kiosk=idle.device) == {"not-seen"}  # enrolled, never synced
         idle.sync(url)
         m = Metrics(k.store.data, start_ms=wall_ms(), clock=clock)
+        clock.s += 600  # a start has settled
         report(k, m, url, disk=StorageLimits(low_mib=1e9, critical_mib=0),
                memory=MemoryLimits(soft_mib=1, hard_mib=0), printer="paper-out",
                thermal=thermal)

@@ -188,7 +188,8 @@ def test_a_link_that_returns_starts_a_round_at_once(tmp_path: Path, kind: str,
             assert push_breaker_to_its_cap(rt, clock, log_lines) >= FAR
             link.restore()
             log_lines.wait_for(f"link up: {url}$")
-            log_lines.wait_for(f"synced via {url}: 2 up")
+            # the check-in, and the telemetry records written during the cut's hours
+            log_lines.wait_for(f"synced via {url}: [2-9] up")
     with Hub(hub_dir) as hub:
         records = json.loads(hub.dump())["records"]
     assert {r["id"] for r in records if r["type"] == "checkin"} == ids

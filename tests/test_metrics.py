@@ -112,6 +112,8 @@ def test_telemetry_is_due_at_start_on_a_change_and_every_period(tmp_path: Path) 
     m = Metrics(tmp_path, start_ms=T0, clock=clock, min_gap_s=600, telemetry_every_s=6 * 3600)
     assert not m.telemetry_due()  # nothing measured yet
     m.sample(sample(), {"storage": "ok", "memory": "ok", "printer": "ok"})
+    assert not m.telemetry_due()  # the start settles first
+    clock.s += 600
     assert m.telemetry_due()
     values = m.take_telemetry()
     assert values["storage"] == "ok" and json.loads(values["devices"])["printer"] == "ok"
@@ -136,6 +138,7 @@ def test_telemetry_reaches_the_hub_never_a_kiosk_and_leaves_the_card(tmp_path: P
         m = Metrics(a.store.data, start_ms=T0, clock=clock)
         m.checkin("sw", 52)
         m.sample(sample(), {"storage": "ok", "memory": "ok", "printer": "none"})
+        clock.s += 600
         rid = kiosk_telemetry.write_due(m, a.store)
         assert rid is not None and kiosk_telemetry.write_due(m, a.store) is None
         lanes = a.store.status()["outbox"]["lanes"]

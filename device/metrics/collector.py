@@ -10,10 +10,10 @@ never what was typed), and takes a health sample a minute (``sample_due``,
 appended to the card (``ring.MetricsFile``) when the next hour starts or
 the runtime stops, and the period since the last telemetry record.
 
-A telemetry record (``telemetry_values``: levels and extremes, then the
+A telemetry record (``take_telemetry``: levels and extremes, then the
 period's sync and usage as JSON text) is due every ``telemetry_every_s``,
-after the first sample after a start, and as soon as ``min_gap_s`` allows
-when the state the hub alerts on changed: the disk's or memory's level, the
+``min_gap_s`` after a start, and as soon as ``min_gap_s`` allows when the
+state the hub alerts on changed: the disk's or memory's level, the
 printer's state, the thermal sensor's. So a kiosk at rest writes a handful
 a day (each is a store commit: the card's budget), and the hub hears of a
 disk running out, and of its end, within minutes.
@@ -129,8 +129,8 @@ class Metrics:
             if self._last_sample is None:
                 return False
             now = self.now_ms()
-            if self._last_sent is None:
-                return True
+            if self._last_sent is None:  # the first, once the start has settled
+                return now - self.period.start_ms >= self.min_gap_s * 1000
             since = (now - self._last_sent) / 1000
             return since >= self.telemetry_every_s or (
                 since >= self.min_gap_s and self.state != self._sent_state)
