@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ MEMBERS = frozenset({MANIFEST, LOGS, CERT, *SECTIONS})
 #: What a reader accepts: a bundle is a few MiB; a ZIP bomb stops here.
 MAX_MEMBER = 64 * 1024 * 1024
 MAX_FILE = 64 * 1024 * 1024
+#: What a damaged ZIP raises as it is read (an unknown method, a member marked encrypted...).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError,
+            NotImplementedError, RuntimeError)
 
 
 class BundleError(RemoteProtocolError):
@@ -201,7 +205,7 @@ def read_bundle(data: bytes, hub_ed25519: bytes | None = None,
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         names = [i.filename for i in zf.infolist()]
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except _DAMAGED:
         raise BundleError("not a debug bundle (corrupt or truncated)", "corrupt") from None
     if len(names) != len(set(names)):
         raise BundleError("a member appears twice (tampered)", "tampered")
@@ -276,7 +280,7 @@ def _member(zf: zipfile.ZipFile, name: str) -> bytes:
     try:
         with zf.open(info) as f:
             body = f.read(MAX_MEMBER + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except _DAMAGED:
         raise BundleError(f"{name} is corrupt (a bad checksum or cut short)",
                           "corrupt") from None
     if len(body) > MAX_MEMBER:

@@ -4,6 +4,7 @@ tampered, forged, replayed, other-hub or revoked kiosk's bundle refused in one l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -53,6 +54,8 @@ def test_a_bundle_pulled_verified_and_reported_holds_no_patient_value(
         assert main(["tech", "bundle", *base, "--out", str(team_sealed), "--seal-to",
                      str(team) + ".pub"]) == 0
         capsys.readouterr()
+        assert main(["tech", "bundle", *base, "--out", str(tmp_path / "no" / "b.zip")]) == 2
+        assert "no directory" in _one_line(capsys.readouterr().err)
         hub_dir = k.hub.data
     assert [e["action"] for e in tech_log.read(tmp_path / "tech.log").entries] == ["bundle"] * 3
     data = plain.read_bytes()
@@ -155,6 +158,13 @@ def test_bad_bundles_are_refused_in_one_line(tmp_path: Path,
         assert main(["bundle", "verify", str(tmp_path / argv[0]), *argv[1:]]) == 1, what
         line = _one_line(capsys.readouterr().err)
         assert "refused" in line and words in line, (what, line)
+    # Any byte changed: refused, or (a ZIP header's date, say) the same signed members.
+    original = fmt.read_bundle(data).members
+    for at in range(0, len(data), max(1, len(data) // 200)):
+        bad = bytearray(data)
+        bad[at] ^= 0x5A
+        with contextlib.suppress(fmt.BundleError):
+            assert fmt.read_bundle(bytes(bad)).members == original, at
     assert main(["bundle", "verify", str(good)]) == 2  # nothing to check it against
     assert "--hub DIR" in _one_line(capsys.readouterr().err)
     assert main(["bundle", "verify", str(good), "--kiosk-cert", str(cert)]) == 0

@@ -113,6 +113,8 @@ def run_tech(args: argparse.Namespace, client_for: Callable[[argparse.Namespace]
             raise UsageError(f"--seal-to {exc}") from None
     if args.out.is_dir():
         raise UsageError(f"--out {args.out} is a directory: name the bundle's file")
+    if not args.out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: no directory {args.out.parent}")
     nonce = secrets.token_hex(16)
     parts = args.out.parent / f".{args.out.name}.parts"
     with tech_log.logged("bundle", port=args.port) as entry:
