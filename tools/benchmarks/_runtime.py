@@ -221,8 +221,9 @@ def dirty_expire_s() -> float:
 
 def write_back(data: Path) -> None:
     """Write out every dirty page of the data directory's files, the kiosk's own log
-    (``logs/``) and our log."""
-    paths = [p for d in (data, data / "logs") if d.is_dir() for p in d.iterdir() if p.is_file()]
+    (``logs/``), its metrics (``metrics/``) and our log."""
+    paths = [p for d in (data, data / "logs", data / "metrics") if d.is_dir()
+             for p in d.iterdir() if p.is_file()]
     for path in paths:
         with contextlib.suppress(OSError):
             fd = os.open(path, os.O_RDONLY)
