@@ -32,7 +32,11 @@ DAY_MS = 86_400_000
 
 
 def _sec(bundle: fmt.Bundle, name: str) -> Any:
-    return bundle.section(name) if name in bundle.members else None
+    """A section's data; None if the bundle lacks it or it is not JSON (left out)."""
+    try:
+        return bundle.section(name) if name in bundle.members else None
+    except ValueError:
+        return None
 
 
 def report_data(bundle: fmt.Bundle, checked_against: str) -> dict[str, Any]:
