@@ -29,6 +29,9 @@ from protocol import debug_bundle as fmt
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import parse_public_key
 
+#: Beyond the tool's --timeout: a month of logs and metrics takes a Pi some seconds.
+BUILD_WAIT = 60.0
+
 
 def add_parsers(sub: Any) -> None:
     bundle = sub.add_parser("bundle", help="check a kiosk's debug bundle",
@@ -119,6 +122,7 @@ def run_tech(args: argparse.Namespace, client_for: Callable[[argparse.Namespace]
     parts = args.out.parent / f".{args.out.name}.parts"
     with tech_log.logged("bundle", port=args.port) as entry:
         with session(args, client_for, entry) as client:
+            client.timeout = args.timeout + BUILD_WAIT  # the kiosk builds before it sends
             r = client.fetch("bundle", {"nonce": nonce, "seal_to": seal}, parts, args.progress)
             hub = client.cred.hub_ed25519
         got = Path(r["path"])
