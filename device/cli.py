@@ -378,9 +378,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
         with _open(args, keep_passphrase=True) as store:
             try:
                 with hold(args.data):  # no runtime: the walk is done here, now
-                    if not rotation.under_way(store):
+                    if rotation.under_way(store):
+                        print("a rotation cut short resumes (no new key): re-sealing every "
+                              "value under its new key...", flush=True)
+                    else:
                         rotation.start(store)
-                    print("new store key made; re-sealing every value under it...", flush=True)
+                        print("new store key made; re-sealing every value under it...",
+                              flush=True)
                     rotation.run(store, report=_rotation_report())
             except RunLockHeld:
                 rotation.start(store)

@@ -184,7 +184,8 @@ print("done", flush=True)
 """
 
 
-def test_a_rotation_killed_mid_walk_resumes_with_the_command(tmp_path: Path) -> None:
+def test_a_rotation_killed_mid_walk_resumes_with_the_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = 3  # killed after two slices (right after the next key: the test above)
     data = tmp_path / "k"
     kiosk(data, checkins=150).close()
@@ -200,7 +201,10 @@ def test_a_rotation_killed_mid_walk_resumes_with_the_command(tmp_path: Path) -> 
     with Store(data) as cut:
         expected = cut.dump()  # every value opens
     assert expected.count(b"Walk-in") >= 2 * (lines - 1)  # its patient and check-in
+    capsys.readouterr()
     assert cli.main(["keys", "rotate", "--data", str(data)]) == 0  # resumes, no new key
+    said = capsys.readouterr().out
+    assert "resumes" in said and "new store key made" not in said, said
     assert (data / "store.key").read_bytes() == new
     assert_rotated(data, old, new)
     with Store(data) as after:
