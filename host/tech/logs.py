@@ -27,6 +27,7 @@ from typing import Any
 
 from host import tech_log
 from host.errors import HavenError, UsageError
+from host.tech.cli import SUBCOMMANDS, session
 from protocol.driver.secret_files import write_whole
 
 LINES = "haven-logs.jsonl"
@@ -134,14 +135,8 @@ def run(args: argparse.Namespace, client_for: Callable[[argparse.Namespace], Any
     if args.since is not None and args.since < 0:
         raise UsageError("--since takes an entry index, 0 or more")
     with tech_log.logged("logs", port=args.port) as entry:
-        try:
-            with client_for(args) as client:
-                w = client.welcome
-                if w is not None:
-                    entry.kiosk, entry.serial = w.device, w.serial
-                r = pull_logs(client, args.out, args.since, args.progress)
-        finally:
-            args.progress.end()
+        with session(args, client_for, entry) as client:
+            r = pull_logs(client, args.out, args.since, args.progress)
         entry.detail = {"entries": r["entries"], "next": r["next"]}
     if args.json:
         print(json.dumps(r, sort_keys=True))
@@ -155,7 +150,5 @@ def run(args: argparse.Namespace, client_for: Callable[[argparse.Namespace], Any
 
 
 def register() -> None:
-    from host.tech.cli import SUBCOMMANDS
-
     SUBCOMMANDS["logs"] = (add_arguments, run, "pull the kiosk's log, what is new since "
                            "the last pull into the same folder")
