@@ -2,7 +2,8 @@
 actions, errors and a crash; ``haven tech logs`` pulls over the console (a pty pair); the
 runtime restarts, keeps its logs, and the next pull goes on from the last index; no name,
 passport number, year or note reaches any log file, pulled or kept. A pull folder of
-another kiosk, a broken record and a bad ``--since`` get one line each."""
+another kiosk, a broken record and a bad ``--since`` get one line each; bad arguments to the
+kiosk's ``logs`` command are refused."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from host import tech_log
 from host.cli import main
 from host.hub import technician
 from host.hub.hub import Hub
+from host.tech.client import CommandRefused, TechClient
 from host.tech.logs import LINES, STATE
 from protocol.sync import credential as c
 
@@ -168,8 +170,16 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
         codes.append(_logs(cable.b, cred, tmp_path / "junk"))
         codes.append(_logs(cable.b, cred, out2, "--since", "-4"))
         errors = capsys.readouterr().err
+        refused = []
+        with TechClient(cable.b, c.load_file(cred.read_bytes()), timeout=5) as tool:
+            for args in ({"since": -1}, {"since": "0"}, {"since": 1.5}, {"max": 1 << 30},
+                         {"max": 10}):
+                with pytest.raises(CommandRefused) as e:
+                    tool.fetch("logs", args, tmp_path / "refused")
+                refused.append(e.value.code)
         _restart(cable.b, cred)
-        return {"codes": codes, "again": again, "text": text, "errors": errors}
+        return {"codes": codes, "again": again, "text": text, "errors": errors,
+                "refused": refused}
 
     try:
         got = run_beside_technician(rt, second_visit, BOUND)
@@ -178,6 +188,7 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
     assert "failed" not in got, got
     again = got["again"]
     assert got["codes"] == [0, 0, 2, 2, 2], got
+    assert got["refused"] == ["bad-args"] * 5
     assert again["from"] == first["next"] and again["entries"] > 0
     lines = [json.loads(line) for line in (out / LINES).read_bytes().splitlines()]
     indexes = [e["i"] for e in lines]
