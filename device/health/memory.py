@@ -27,6 +27,7 @@ from typing import Any
 
 from device.exc import DeviceError
 from device.health.levels import LevelWatch, past
+from device.logs.fields import fields
 
 OK, SOFT, HARD = 0, 1, 2
 NAMES = ("ok", "soft", "hard")
@@ -97,14 +98,22 @@ class MemoryMonitor:
                     high_is_bad=False)
         old, new = self.watch.observe(max(rss[0], free[0]), max(rss[1], free[1]))
         if new < old:
-            log.info("memory back to %s: %s", NAMES[new], self._describe(reading))
+            log.info("memory back to %s: %s", NAMES[new], self._describe(reading),
+                     extra=self._fields(reading, new))
         elif new == SOFT and old == OK:
-            log.warning("memory %s: %s; caches dropped", NAMES[new], self._describe(reading))
+            log.warning("memory %s: %s; caches dropped", NAMES[new], self._describe(reading),
+                        extra=self._fields(reading, new))
         return reading
 
     def _hard(self) -> None:
         assert self.last is not None
-        log.error("memory hard limit: %s", self._describe(self.last))
+        log.error("memory hard limit: %s", self._describe(self.last),
+                  extra=self._fields(self.last, HARD))
+
+    @staticmethod
+    def _fields(r: Reading, level: int) -> dict[str, Any]:
+        return fields(level=NAMES[level], rss_kib=r.rss // 1024,
+                      available_kib=r.available // 1024)
 
     @staticmethod
     def _describe(r: Reading) -> str:

@@ -105,6 +105,8 @@ FIELDS: dict[str, Field] = {
                     "identifies a staff credential, not a patient", _int()),
     "rss_kib": Field("int", "the runtime's resident memory", "kiosk health", _int()),
     "free_kib": Field("int", "free space on the data disk", "kiosk health", _int()),
+    "available_kib": Field("int", "the system's available memory (MemAvailable)",
+                           "kiosk health", _int()),
     "exc": Field("pattern", "an exception's type (module and class), never its message",
                  "a type is code's name for an error; messages may quote values, so "
                  "they are dropped", _pattern(_TYPE)),

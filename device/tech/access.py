@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.exc import DeviceError
+from device.logs.fields import fields
 from device.store import Store
 from device.tech.revocations import RevocationList
 from device.tech.trusted_time import Trusted, TrustedClock
@@ -107,7 +108,7 @@ class Technicians:
         self.audit(str(tech.serial), "tech.auth", "ok:presence" if now is None else "ok",
                    detail, now)
         log.info("technician %s (certificate %d) accepted on the console (%s)", tech.name,
-                 tech.serial, how)
+                 tech.serial, how, extra=fields(serial=tech.serial))
         return Accepted(tech, how)
 
     def still_good(self, tech: credential.Technician, action: str) -> bool:
@@ -115,7 +116,8 @@ class Technicians:
         try:
             self._check(tech, self.clock.now(), action, bound=True)
         except Refused as exc:
-            log.info("technician certificate %d: %s", tech.serial, exc)
+            log.info("technician certificate %d: %s", tech.serial, exc,
+                     extra=fields(serial=tech.serial, code=exc.code))
             return False
         return True
 
