@@ -542,3 +542,28 @@ def test_a_kiosks_write_to_an_erasure_record_is_quarantined_before_or_after_it(
             assert b"Squatted Sam" not in hub.dump() and b"squat" not in hub.dump()
         finally:
             a.close()
+
+
+def test_an_id_from_before_a_fleet_key_rotation_erases_the_patient_it_became(
+        tmp_path: Path) -> None:
+    """An id from a dump or a receipt older than a rotation names the patient the
+    migration moved: erasing it said "0 records deleted" and left the patient whole."""
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        writer = Replica(0x77)
+        old = patient_id(hub.fleet_key, PASSPORT).bytes
+        hub.store.add_local(*ops_of([
+            writer.put(old, "patient", now, {"name": NAME}),
+            writer.put(uuid.uuid4().bytes, "prescription", now, {
+                "subject": str(uuid.UUID(bytes=old)), "medication": MEDICATION})]))
+        for _ in range(2):
+            hub.rotate_fleet(now)
+            while hub.fleet_slice():
+                pass
+        new = hub.fleet.patient_id(PASSPORT).bytes
+        done = hub.erase(old, "dr.amina", "patient-request", now + 1)
+        assert done.patient == str(uuid.UUID(bytes=new)) and done.deleted == 2
+        assert NAME.encode() not in hub.dump() and MEDICATION.encode() not in hub.dump()
+        with hub.store.writing() as (db, _):
+            assert {old, new} <= husking.erased(db)

@@ -12,7 +12,9 @@ context is every head held, so it overtakes every write the hub holds. Kiosks
 pull them like any other write (an erasure is in every scope) and purge by them.
 After a rotation of the fleet key the patient's ids of earlier generations
 (``former_ids``: deleted by the migration, their writes still holding what
-they carried) are erased with it, an erasure record each.
+they carried) are erased with it, an erasure record each; an id of an
+earlier generation given (from a dump or a receipt older than the rotation)
+is first carried to the patient's id now (``current_id``).
 
 ``_purge`` then takes the patient's values out of everything the hub keeps,
 in one transaction:
@@ -198,6 +200,19 @@ def former_ids(hub: Hub, pid: bytes) -> set[bytes]:
     return out
 
 
+def current_id(hub: Hub, pid: bytes) -> bytes:
+    """The id patient ``pid`` (of any generation of the fleet key: an id from a dump or
+    a receipt older than a rotation) has in the generation in effect, if the hub holds
+    records under it (the migration moved them there); else ``pid``."""
+    fleet = hub.fleet
+    fleet.refresh()
+    for generation in range(1, fleet.generation):
+        now_id = fleet.forward(pid, generation)
+        if _held_of(hub.store, now_id) or view_of(hub.store, erasure_record_id(now_id)):
+            return now_id
+    return pid
+
+
 def _held_of(store: HubStore, pid: bytes) -> set[bytes]:
     """The patient's records the hub holds writes of."""
     with store.writing() as (db, _):
@@ -218,8 +233,9 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
     what arrived since. ``UsageError`` for a patient the hub holds nothing of, or an id
     of a record that is not a patient's own (a check-in's), with nothing written."""
     by, reason = _words(by, "--by", MAX_REQUESTER), _words(reason, "--reason", MAX_REASON)
-    store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
     with _lock:
+        pid = current_id(hub, pid)
+        store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
         own = view_of(store, pid)
         if own is not None and own.type != PATIENT.number:
             kind = spec.name if (spec := TYPES.get(own.type)) else "record"
