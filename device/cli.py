@@ -50,7 +50,7 @@ def _data(p: argparse.ArgumentParser, required: bool = True) -> None:
     config.add_flags(p, ("data",), required=("data",) if required else ())
 
 
-def _quarantine_data(p: argparse.ArgumentParser) -> None:
+def _action_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, metavar="DIR", default=argparse.SUPPRESS,
                    help="the kiosk's data directory (here or before the action)")
 
@@ -256,12 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p, required=False)
     qs = p.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
     q = qs.add_parser("list", help="list them with their ids", description="List them.")
-    _quarantine_data(q)
+    _action_data(q)
     q.add_argument("--json", action="store_true", help="print them as JSON")
     for verb, what in (("release", "merge one if it passes the checks now"),
                        ("drop", "delete one")):
         q = qs.add_parser(verb, help=what, description=f"{what[0].upper()}{what[1:]}.")
-        _quarantine_data(q)
+        _action_data(q)
         q.add_argument("id", metavar="ID", help="its id (haven-kiosk quarantine list)")
         q.add_argument("--who", default="local", metavar="OPERATOR",
                        help="who does it, for the audit (default local)")
@@ -272,15 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "after haven hub relay import, import applies the hub's answers. "
                        "Each is applied once, whatever is copied or carried twice. "
                        "Refused while haven-kiosk run holds the data.")
+    _data(p, required=False)
     rs = p.add_subparsers(dest="relay_command", metavar="ACTION", required=True)
     r = rs.add_parser("export", help="write this kiosk's bundles to the stick",
                       description="Write this kiosk's bundles to the stick.")
-    _data(r)
+    _action_data(r)
     r.add_argument("--to", type=Path, required=True, metavar="DIR",
                    help="the folder on the stick (one stick carries many kiosks')")
     r = rs.add_parser("import", help="apply the hub's answers on the stick",
                       description="Apply the hub's answers on the stick, and remove them.")
-    _data(r)
+    _action_data(r)
     r.add_argument("directory", type=Path, metavar="DIR", help="the folder on the stick")
 
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
@@ -900,6 +901,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
     from device.run_lock import hold
     from device.sync.state import SyncState
 
+    if args.data is None:
+        print("haven-kiosk relay: give --data DIR", file=sys.stderr)
+        return 2
     with hold(args.data), _open(args) as store:
         state = SyncState(args.data)
         try:
