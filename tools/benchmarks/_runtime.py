@@ -213,6 +213,11 @@ def simulated_day(data: Path, hub: str, port: int, log: IO[bytes], *, rounds: in
     return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
 
 
+def log_size(data: Path) -> int:
+    """The size of the kiosk's own log (``device.logs``: ``logs/`` in its data folder)."""
+    return sum(p.stat().st_size for p in (data / "logs").glob("haven.log*"))
+
+
 def dirty_expire_s() -> float:
     with contextlib.suppress(OSError, ValueError):
         return int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text()) / 100
@@ -252,6 +257,7 @@ class SimDay:
         self.before: dict[str, int] = {}
         self.after: dict[str, int] = {}
         self.t0 = self.t1 = 0.0
+        self.log0 = self.log1 = 0  #: the kiosk's journal (``logs/``), bytes
         self.finished = threading.Event()
 
     def clock(self) -> float:
@@ -272,6 +278,7 @@ class SimDay:
             if self.warm == 0:
                 self.now += WARMUP_S
                 self.before, self.t0 = proc_io(os.getpid()), time.monotonic()
+                self.log0 = log_size(self.data)
             return wake.is_set()
         if self.done in self.checkin_at:
             checkin(self.url, *patient(self.tag, self.checked_in))
@@ -279,6 +286,7 @@ class SimDay:
         self.done += 1
         if self.done >= self.rounds:
             self.after, self.t1 = proc_io(os.getpid()), time.monotonic()
+            self.log1 = log_size(self.data)
             self.finished.set()
         return wake.is_set()
 
@@ -309,7 +317,8 @@ async def _day(ns: argparse.Namespace) -> dict[str, Any]:
         await runtime.stop()
     diff = {k: day.after[k] - day.before[k] for k in day.before}
     return {"rounds": day.done, "checkins": day.checked_in, "seconds": day.t1 - day.t0,
-            "simulated_s": ns.rounds * cfg.interval, "io": diff}
+            "simulated_s": ns.rounds * cfg.interval, "io": diff,
+            "log_bytes": day.log1 - day.log0}
 
 
 def _main(argv: list[str]) -> int:

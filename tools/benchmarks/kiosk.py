@@ -94,23 +94,18 @@ def page_loads(url: str, loads: int) -> tuple[list[dict[str, float]], list[dict[
     return out, [asdict(f) for f in paths]
 
 
-def log_bytes(data: Path) -> int:
-    """The size of the kiosk's own log (``device.logs``: ``logs/`` in its data folder)."""
-    return sum(p.stat().st_size for p in (data / "logs").glob("haven.log*"))
-
-
 def written(pid: int, count: int, one: Any, trace: Path, data: Path) -> dict[str, float]:
     """Bytes written and fsyncs per call of ``one(i)``, over ``count`` calls, and the
     bytes of log lines among them."""
     strace = rt.SyscallCount(pid, FSYNCS, trace)
-    before, logged = rt.proc_io(pid), log_bytes(data)
+    before, logged = rt.proc_io(pid), rt.log_size(data)
     for i in range(count):
         one(i)
     after = rt.proc_io(pid)
     fsyncs = sum(strace.finish().values())
     return {"write_bytes": (after["write_bytes"] - before["write_bytes"]) / count,
             "wchar": (after["wchar"] - before["wchar"]) / count, "fsyncs": fsyncs / count,
-            "log": (log_bytes(data) - logged) / count}
+            "log": (rt.log_size(data) - logged) / count}
 
 
 def rss_samples(pid: int, seconds: float) -> list[int]:
@@ -215,13 +210,15 @@ def _day_rows(r: dict[str, Any], day_rounds: int) -> list[dict[str, Any]]:
            f"; {idle['seconds']:.0f} s real")
     return [
         _row("bytes written, idle simulated day, MiB", round(idle_mib, 2),
-             f"{how}; wchar {idle['io']['wchar'] * scale / MIB / MIB:.2f} MiB",
+             f"{how}; wchar {idle['io']['wchar'] * scale / MIB / MIB:.2f} MiB; journal lines "
+             f"{idle['log_bytes'] * scale / MIB:.1f} KiB",
              "<= 1", idle_mib <= 1),
         _row(f"bytes written, simulated day with {DAY_CHECKINS} check-ins, MiB",
              round(busy_mib, 2),
              f"{busy['checkins']} check-ins in {day_rounds:,} rounds" +
              (f", x {scale:g}" if scale != 1 else "") +
-             f"; wchar {busy['io']['wchar'] * scale / MIB / MIB:.2f} MiB", "report", None),
+             f"; wchar {busy['io']['wchar'] * scale / MIB / MIB:.2f} MiB; journal lines "
+             f"{busy['log_bytes'] * scale / MIB:.1f} KiB", "report", None),
     ]
 
 
