@@ -59,6 +59,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -134,15 +135,19 @@ class Erased:
         raise BadRequest("this patient was erased too many times to register again",
                          "erased")
 
-    def registered_id(self, fleet: FleetKey, gave: tuple[str, str]) -> bytes:
+    def registered_id(self, fleet: FleetKey, gave: tuple[str, str],
+                      given: uuid.UUID) -> bytes:
         """The id a patient who gave ``gave`` (("passport", number) or ("code", code))
-        is registered under at generation ``fleet``: their first generation's id carried
-        through the rotations, an erased one followed to its successor at each
-        (``ids_across``)."""
-        first = fleet.generations()[-1]
-        pid = (first.patient_id(gave[1]) if gave[0] == "passport"
-               else first.code_patient_id(gave[1]))
-        return ids_across(pid.bytes, fleet.rotations(), self.live_id)[-1]
+        is registered under at generation ``fleet``, whose id of it is ``given``: their
+        first generation's id carried through the rotations, an erased one followed to
+        its successor at each (``ids_across``). A TPM's key takes a command per id:
+        none more before a rotation."""
+        rotations = fleet.rotations()
+        if rotations:
+            first = fleet.generations()[-1]
+            given = (first.patient_id(gave[1]) if gave[0] == "passport"
+                     else first.code_patient_id(gave[1]))
+        return ids_across(given.bytes, rotations, self.live_id)[-1]
 
     def holds(self, rid: bytes) -> bool:
         """Whether record ``rid`` is an erased patient's."""

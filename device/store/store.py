@@ -704,8 +704,10 @@ class Store:
 
         # A key in a TPM takes a command per id (tens of ms): made before the writer's
         # job, so the writer is not held meanwhile (made in it if the key changed since).
-        fleet = self.fleet
+        fleet, erased = self.fleet, self.erased
         early = None if gave is None or self.fleet_pending else _given_id(fleet, gave)
+        early_again = (None if early is None or gave is None or not erased.patients
+                       else erased.registered_id(fleet, gave, early))
 
         def fn(db: sqlite_utils.Database) -> CheckinResult:
             conn = db.conn
@@ -726,7 +728,9 @@ class Store:
             if known is not None and gave is not None and self.erased.patients:
                 # erased, in this generation or before a rotation: registered anew
                 # (``erasure``), under one id whichever generation a kiosk is at
-                now_id = uuid.UUID(bytes=self.erased.registered_id(self.fleet, gave))
+                now_id = uuid.UUID(bytes=early_again if early_again is not None
+                                   and self.erased is erased and self.fleet is fleet
+                                   else self.erased.registered_id(self.fleet, gave, known))
                 again, known = now_id != known or known.bytes in self.erased.patients, now_id
             given = None if gave is not None or pending is not None else self._next_code(conn)
             pid = (known if known is not None
