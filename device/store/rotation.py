@@ -24,8 +24,8 @@ walk lets the WAL be checkpointed once it has grown. A slice commits without
 an fsync, so the next check-in's commit writes out what the slices before it
 wrote: while check-ins come, the walk rests ``BUSY_PAUSE_S`` after each
 slice, so that a check-in carries a few slices' pages, not a stream of them
-(at 50 check-ins a second, p99 stayed at its value at rest and the walk took
-about five times as long: ``key_rotation`` in BENCHMARKS.md). A slice counts
+(``key_rotation`` in BENCHMARKS.md: at 50 check-ins a second, p99 1.6 times
+its value at rest, the walk about five times as long as alone). A slice counts
 as one commit toward the next checkpoint, as a GC slice does: counted by the
 values it re-sealed, the walk checkpointed every few MiB and a check-in's
 commit often waited behind one. A value that opens
