@@ -1,12 +1,11 @@
 """Where the Log group (4) reads from: a small interface, and an in-memory source.
 
-The field-team issue fills a ``LogSource`` from the kiosk's own logs; until then
-the runtime hands the console a ``MemoryLog`` that a logging handler feeds.
+The runtime hands the console its journal on disk (``device.logs.journal.Journal``);
+a ``MemoryLog`` is what a console without one (tests, benchmarks) serves.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -53,23 +52,3 @@ class MemoryLog:
     def entries(self, min_index: int) -> Iterable[LogEntry]:
         with self._lock:
             return [e for e in self._entries if e.index >= min_index]
-
-
-_LEVELS = ((logging.CRITICAL, 4), (logging.ERROR, 3), (logging.WARNING, 2),
-           (logging.INFO, 1), (logging.DEBUG, 0))
-
-
-class MemoryLogHandler(logging.Handler):
-    """Feeds a ``MemoryLog`` from Python's logging."""
-
-    def __init__(self, log: MemoryLog, level: int = logging.INFO) -> None:
-        super().__init__(level)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = f"{record.name}: {record.getMessage()}"
-        except Exception:  # a bad format string in someone's log call
-            msg = f"{record.name}: {record.msg!r}"
-        level = next(m for lv, m in _LEVELS if record.levelno >= lv or lv == logging.DEBUG)
-        self.log.append(msg, level=level, ts=record.created)

@@ -16,7 +16,6 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from device.console.env import ConsoleEnv
-from device.console.logsource import LogSource, MemoryLog, MemoryLogHandler
 from device.console.server import ConsoleServer
 from device.store import StoreError
 from device.tech.access import Technicians, for_kiosk
@@ -82,12 +81,8 @@ def _set_wall(when: float) -> None:
 def env_for(runtime: Runtime) -> ConsoleEnv:
     cfg = runtime.cfg
     version = _version()
-    log_source: LogSource
-    if runtime.logs is not None:  # the journal on disk (device.logs)
-        log_source = runtime.logs.journal
-    else:
-        log_source = MemoryLog("haven")
-        logging.getLogger().addHandler(MemoryLogHandler(log_source))
+    assert runtime.logs is not None  # the journal on disk (device.logs), open from start
+    journal = runtime.logs.journal
 
     def status_text() -> str:
         s = runtime_stats(runtime)
@@ -97,8 +92,8 @@ def env_for(runtime: Runtime) -> ConsoleEnv:
     return ConsoleEnv(export_dir=runtime.data / cfg.console_export,
                       import_dir=runtime.data / cfg.console_import,
                       stats=lambda: runtime_stats(runtime), restart=runtime.restart,
-                      version=version, log=log_source, set_wall=_set_wall,
-                      log_dir=runtime.logs.journal.directory if runtime.logs else None,
+                      version=version, log=journal, set_wall=_set_wall,
+                      log_dir=journal.directory,
                       shell={"status": status_text,
                              "version": lambda: f"haven-kiosk {version}\n"},
                       technicians=technicians_of(runtime))
