@@ -414,23 +414,30 @@ def ops_of(deltas: list[bytes]) -> list[Op]:
     return [Op(d.record_id, d.stamp, d.node, data) for data in deltas for d in [decode(data)]]
 
 
+def rotated_patient(hub: Hub, now: int, rotations: int, **fields: str) -> bytes:
+    """A patient (``PASSPORT``) with a prescription, then the fleet key rotated and the
+    ids migrated ``rotations`` times; returns the patient's first id."""
+    writer = Replica(0x77)
+    old = patient_id(hub.fleet_key, PASSPORT).bytes
+    hub.store.add_local(*ops_of([
+        writer.put(old, "patient", now, {"name": NAME, **fields}),
+        writer.put(uuid.uuid4().bytes, "prescription", now, {
+            "subject": str(uuid.UUID(bytes=old)), "medication": MEDICATION})]))
+    for _ in range(rotations):
+        hub.rotate_fleet(now)
+        for _ in range(100):
+            if not hub.fleet_slice():
+                break
+    return old
+
+
 def test_an_erasure_after_a_fleet_key_rotation_erases_the_former_id_too(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The migration moved the patient to a new id and deleted the old one, whose writes
     still hold what it had: erasing by passport erases both."""
     init_hub(tmp_path / "hub")
-    now = wall_ms()
     with Hub(tmp_path / "hub") as hub:
-        writer = Replica(0x77)
-        old = patient_id(hub.fleet_key, PASSPORT).bytes
-        hub.store.add_local(*ops_of([
-            writer.put(old, "patient", now, {"name": NAME, "birthDate": "1970-03-04"}),
-            writer.put(uuid.uuid4().bytes, "prescription", now, {
-                "subject": str(uuid.UUID(bytes=old)), "medication": MEDICATION})]))
-        hub.rotate_fleet(now)
-        for _ in range(100):
-            if not hub.fleet_slice():
-                break
+        old = rotated_patient(hub, wall_ms(), 1, birthDate="1970-03-04")
         new = hub.fleet.patient_id(PASSPORT).bytes
         moved = verifiers.view_of(hub.store, new)
         assert new != old and moved is not None and NAME in moved.fields.values()
@@ -551,16 +558,7 @@ def test_an_id_from_before_a_fleet_key_rotation_erases_the_patient_it_became(
     init_hub(tmp_path / "hub")
     now = wall_ms()
     with Hub(tmp_path / "hub") as hub:
-        writer = Replica(0x77)
-        old = patient_id(hub.fleet_key, PASSPORT).bytes
-        hub.store.add_local(*ops_of([
-            writer.put(old, "patient", now, {"name": NAME}),
-            writer.put(uuid.uuid4().bytes, "prescription", now, {
-                "subject": str(uuid.UUID(bytes=old)), "medication": MEDICATION})]))
-        for _ in range(2):
-            hub.rotate_fleet(now)
-            while hub.fleet_slice():
-                pass
+        old = rotated_patient(hub, now, 2)
         new = hub.fleet.patient_id(PASSPORT).bytes
         done = hub.erase(old, "dr.amina", "patient-request", now + 1)
         assert done.patient == str(uuid.UUID(bytes=new)) and done.deleted == 2
