@@ -565,3 +565,27 @@ def test_an_id_from_before_a_fleet_key_rotation_erases_the_patient_it_became(
         assert NAME.encode() not in hub.dump() and MEDICATION.encode() not in hub.dump()
         with hub.store.writing() as (db, _):
             assert {old, new} <= husking.erased(db)
+
+
+def test_an_erasure_during_a_fleet_key_migration_erases_the_id_the_patient_is_moving_to(
+        tmp_path: Path) -> None:
+    """A kiosk that took the new key before the migration reached the patient checks
+    them in under the new id: erased under the old one only, that check-in (the name
+    typed on it) stayed on the hub and the kiosks."""
+    init_hub(tmp_path / "hub")
+    now = wall_ms()
+    with Hub(tmp_path / "hub") as hub:
+        a = Kiosk(tmp_path, "a", hub, "A")
+        try:
+            old = rotated_patient(hub, now, 0)
+            hub.rotate_fleet(now)  # its migration not run yet
+            new = hub.fleet.patient_id(PASSPORT).bytes
+            assert not hub.erase(old, "dr.amina", "patient-request", now + 1).already
+            checkin = uuid.uuid4().bytes
+            Session(hub, a, now).push([Replica(a.store.node).put(checkin, "checkin", now + 2, {
+                "subject": str(uuid.UUID(bytes=new)), "claimName": NAME})])
+            assert [decode(op.data).set for op in hub.store.record_ops(checkin)] == [{}]
+            with hub.store.writing() as (db, _):
+                assert husking.erased(db) == {old, new}
+        finally:
+            a.close()

@@ -14,7 +14,8 @@ After a rotation of the fleet key the patient's ids of earlier generations
 (``former_ids``: deleted by the migration, their writes still holding what
 they carried) are erased with it, an erasure record each; an id of an
 earlier generation given (from a dump or a receipt older than the rotation)
-is first carried to the patient's id now (``current_id``).
+is first carried to the patient's id now (``current_id``). During a migration
+the id the patient is moving to is erased too (``moving_ids``).
 
 ``_purge`` then takes the patient's values out of everything the hub keeps,
 in one transaction:
@@ -74,7 +75,7 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 
 from host.errors import UsageError
-from host.hub import at_rest, husking
+from host.hub import at_rest, fleet_rotation, husking
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks
 from host.hub.storage import HubStore, Op
@@ -90,7 +91,6 @@ from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync import batches
 
 if TYPE_CHECKING:
-    from host.hub.fleet_rotation import FleetKeys
     from host.hub.hub import Hub
 
 #: The hub log's code for an erasure.
@@ -127,7 +127,7 @@ class Receipt:
                 f"record {self.record}")
 
 
-def patient_of(fleet: FleetKeys, patient: str | None, passport: str | None,
+def patient_of(fleet: fleet_rotation.FleetKeys, patient: str | None, passport: str | None,
                code: str | None) -> bytes:
     """The patient id named by exactly one of an id, a passport number or a short
     code (the last two: the fleet key's first generation's id, which ``live_id`` takes);
@@ -150,7 +150,7 @@ def patient_of(fleet: FleetKeys, patient: str | None, passport: str | None,
                          ) from None
 
 
-def live_id(store: HubStore, fleet: FleetKeys, first: bytes) -> bytes:
+def live_id(store: HubStore, fleet: fleet_rotation.FleetKeys, first: bytes) -> bytes:
     """The id a patient named by passport or code is held under now, from their first
     generation's id: of the ids they were registered under in each generation
     (``registered_id``), erased ones too, the last the hub holds anything of (the
@@ -162,7 +162,7 @@ def live_id(store: HubStore, fleet: FleetKeys, first: bytes) -> bytes:
     return (held or seen)[-1]
 
 
-def registered_id(store: HubStore, fleet: FleetKeys, first: bytes,
+def registered_id(store: HubStore, fleet: fleet_rotation.FleetKeys, first: bytes,
                   seen: list[bytes] | None = None) -> bytes:
     """The id a patient checking in is registered under, from their first generation's
     id: carried through the fleet key's rotations, and while an id is erased, followed
@@ -213,6 +213,18 @@ def current_id(hub: Hub, pid: bytes) -> bytes:
     return pid
 
 
+def moving_ids(hub: Hub, pids: set[bytes]) -> set[bytes]:
+    """While the migration to the fleet key's newest generation is under way, the ids
+    ``pids`` take in it: a kiosk that took the new key before the migration reached the
+    patient writes there. (A patient first written in the newest generation gets an id
+    nobody holds: its erasure record names nobody.)"""
+    state = fleet_rotation.state_of(hub.store)
+    if state is None or state["done"]:
+        return set()
+    before = hub.fleet.generation - 1
+    return {hub.fleet.forward(p, before) for p in pids}
+
+
 def _held_of(store: HubStore, pid: bytes) -> set[bytes]:
     """The patient's records the hub holds writes of."""
     with store.writing() as (db, _):
@@ -243,6 +255,7 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
                              "patient: give the patient's id (the subject haven hub dump shows on "
                              "it), --passport N or --code C")
         pids = {pid, *former_ids(hub, pid)}
+        pids |= moving_ids(hub, pids)
         rids = {r for p in pids for r in _held_of(store, p)} - {
             erasure_record_id(p) for p in pids}  # one a kiosk wrote there: _erasure_put
         held = _erasure_of(store, pid)
