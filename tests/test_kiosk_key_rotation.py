@@ -336,6 +336,24 @@ def test_passphrase_change_during_a_rotation_keeps_the_next_key(passphrase_kiosk
     assert (after.fleet_key, after.fleet_later) == (held.fleet_key, (later,))
 
 
+def test_passphrase_swap_cut_short_is_finished(passphrase_kiosk: Path) -> None:
+    data = passphrase_kiosk
+    old = unlock.unwrap(data, PASS)
+    unlock.add_next_key(data, PASS)
+    upcoming = unlock.next_store_key(data, old.store_key)
+    # a swap cut after it wrote the new file beside and linked the old one aside
+    (data / "passphrase.keys.new").write_bytes(b"half a file")
+    (data / "passphrase.keys.new").chmod(0o600)
+    os.link(data / "passphrase.keys", data / "passphrase.keys.old")
+    keys = unlock.PassphraseKeys(data, unlock.unwrap(data, PASS))
+    with Store(data, keys, fleet=keys) as store:
+        store.checkin(name="Ann Lee")
+        walk(store)
+    after = unlock.unwrap(data, PASS)
+    assert after.store_key == upcoming and after.fleet_key == old.fleet_key
+    assert_rotated(data, old.store_key, upcoming)
+
+
 @pytest.fixture(scope="module")
 def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftTpm]:
     with soft_tpm(tmp_path_factory.mktemp("swtpm")) as t:
