@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,17 @@ def _restart(port: str, cred: Path) -> None:
     assert main(["tech", "restart", port, "--credential", str(cred), "--timeout", "5"]) == 0
 
 
+def _visit(rt: Runtime, cable: Cable, technician: Callable[[], dict[str, Any]]
+           ) -> dict[str, Any]:
+    """The runtime run while ``technician`` works at its console, which it ends."""
+    try:
+        got = run_beside_technician(rt, technician, BOUND)
+    finally:
+        cable.close()
+    assert "failed" not in got, got
+    return got
+
+
 def _runtime(kiosk_dir: Path, cable: Cable) -> Runtime:
     cfg = KioskConfig(data=kiosk_dir, hub=[f"tcp://127.0.0.1:{free_port()}"],
                       ui="127.0.0.1:0", retry_max=0.5, interval=0.5, hardware="simulated",
@@ -141,11 +153,7 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
         _restart(cable.b, cred)
         return {"code": code, "first": first}
 
-    try:
-        got = run_beside_technician(rt, first_visit, BOUND)
-    finally:
-        cable.close()
-    assert "failed" not in got, got
+    got = _visit(rt, cable, first_visit)
     first = got["first"]
     assert got["code"] == 0 and first["entries"] > 5 and first["gaps"] == []
     state = json.loads((out / STATE).read_bytes())
@@ -181,11 +189,7 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
         return {"codes": codes, "again": again, "text": text, "errors": errors,
                 "refused": refused}
 
-    try:
-        got = run_beside_technician(rt, second_visit, BOUND)
-    finally:
-        cable.close()
-    assert "failed" not in got, got
+    got = _visit(rt, cable, second_visit)
     again = got["again"]
     assert got["codes"] == [0, 0, 2, 2, 2], got
     assert got["refused"] == ["bad-args"] * 5

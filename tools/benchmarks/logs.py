@@ -25,7 +25,7 @@ from typing import Any
 from . import Context, Result, benchmark
 from ._link import emulator
 from .console import RATE, Everyone
-from .tech import BAUD, _kiosk
+from .tech import BAUD, _kiosk, line_figures
 
 _TEMPLATES: list[tuple[int, str, str, dict[str, Any]]] = [
     (1, "haven.kiosk", "synced via %s: %d up, %d down", {"outcome": "ok"}),
@@ -130,14 +130,10 @@ def run_case(ctx: Context, tool: str, logs_dir: Path, corrupt: float, seed: int,
             service.stop()
             store.close()
             journal.close()
+    line_figures(row, len(expected), seconds, emu.stats)
     if seconds is not None:
-        rate = len(expected) / seconds
-        row.update(seconds=round(seconds, 1), rate=round(rate),
-                   of_line_rate=round(rate / RATE, 3))
-    ab = emu.stats.get("ab", {})  # a is the console: its bytes to the tool
-    row["wire_per_byte"] = round(ab.get("bytes_in", 0) / len(expected), 3)
-    if seconds is not None:
-        row["line_busy"] = round(ab.get("bytes_in", 0) / (seconds * RATE), 3)
+        wire = emu.stats.get("ab", {}).get("bytes_in", 0)  # the console's bytes to the tool
+        row["line_busy"] = round(wire / (seconds * RATE), 3)
     return row
 
 

@@ -119,13 +119,20 @@ def pull_case(ctx: Context, data: bytes, corrupt: float, seed: int,
             server.stop()
             service.stop()
             store.close()
+    line_figures(row, len(data), seconds, emu.stats)
+    return row
+
+
+def line_figures(row: dict[str, Any], size: int, seconds: float | None,
+                 stats: dict[str, Any]) -> None:
+    """A pull's rate (``size`` bytes in ``seconds``) against the line's, and the console's
+    bytes on the line per byte (the emulator's ``stats``), into ``row``."""
     if seconds is not None:
-        rate = len(data) / seconds
+        rate = size / seconds
         row.update(seconds=round(seconds, 1), rate=round(rate),
                    of_line_rate=round(rate / RATE, 3))
-    ab = emu.stats.get("ab", {})  # a is the console: its bytes to the tool
-    row["wire_per_byte"] = round(ab.get("bytes_in", 0) / len(data), 3)
-    return row
+    ab = stats.get("ab", {})  # a is the console: its bytes to the tool
+    row["wire_per_byte"] = round(ab.get("bytes_in", 0) / size, 3)
 
 
 @benchmark("tech", "haven tech pull vs smpclient and smpmgr at 115200 baud, clean and 1e-4")
