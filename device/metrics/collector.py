@@ -1,14 +1,15 @@
 """The runtime's metrics: rounds, health minutes and usage, in memory for the hour,
-on the card once an hour, and to the hub as telemetry records.
+on the card every few hours, and to the hub as telemetry records.
 
 Theory of operation
 -------------------
 ``Metrics`` is told of each sync round (``round``), each check-in and each
 abandoned flow (``checkin``, ``abandoned``: the page's language and screen,
 never what was typed), and takes a health sample a minute (``sample_due``,
-``sample``). Everything goes into two ``Period`` counts: the hour, which is
-appended to the card (``ring.MetricsFile``) when the next hour starts or
-the runtime stops, and the period since the last telemetry record.
+``sample``). Everything goes into two ``Period`` counts: the hour, which
+goes to the card (``ring.MetricsFile``) once over, ``WRITE_EVERY_HOURS``
+hours in one write (a power cut loses those, as metrics, not records), or
+when the runtime stops; and the period since the last telemetry record.
 
 A telemetry record (``take_telemetry``: levels and extremes, then the
 period's sync and usage as JSON text) is due every ``telemetry_every_s``,
@@ -40,7 +41,10 @@ from protocol.sync.telemetry import compact_json
 
 HOUR_MS = 3_600_000
 SAMPLE_EVERY_S = 60.0
-TELEMETRY_EVERY_S = 6 * 3600.0
+TELEMETRY_EVERY_S = 24 * 3600.0
+#: Hours kept in memory before they are appended in one write: each write costs the
+#: card a page or two however short (172 KiB a day an hour at a time, 84 KiB by 4).
+WRITE_EVERY_HOURS = 4
 MIN_GAP_S = 600.0
 #: The state the hub alerts on, by name, and its value when nothing was read yet.
 WATCHED = ("storage", "memory", "printer", "thermal")
@@ -82,6 +86,7 @@ class Metrics:
         self._sent_state: dict[str, str] | None = None
         self.state: dict[str, str] = dict.fromkeys(WATCHED, "unknown")
         self.disk_free_mib: float | None = None
+        self._waiting: list[dict[str, Any]] = []  #: hours over, not on the card yet
 
     def now_ms(self) -> int:
         return self._base_ms + int((self._clock() - self._base_s) * 1000)
@@ -166,29 +171,36 @@ class Metrics:
     # The card --------------------------------------------------------------------------
 
     def _roll(self) -> int:
-        """The time now, the hour appended to the card first if it is over."""
+        """The time now, the hour finished first if it is over."""
         now = self.now_ms()
         if now - self.hour.start_ms >= HOUR_MS:
-            self._append(self.hour.start_ms + HOUR_MS)
+            self._finish(self.hour.start_ms + HOUR_MS)
             self.hour = Period(now - now % HOUR_MS)
+            if len(self._waiting) >= WRITE_EVERY_HOURS:
+                self._write()
         return now
 
-    def _append(self, end_ms: int) -> None:
+    def _finish(self, end_ms: int) -> None:
         h = self.hour
-        if not (h.rounds or h.minutes or h.checkins or h.abandoned):
-            return
-        with contextlib.suppress(OSError):  # a full card: the hour is lost, the kiosk goes on
-            self.file.append(h.line(end_ms))
+        if h.rounds or h.minutes or h.checkins or h.abandoned:
+            self._waiting.append(h.line(end_ms))
+
+    def _write(self) -> None:
+        with contextlib.suppress(OSError):  # a full card: the hours are lost, the kiosk goes on
+            if self._waiting:
+                self.file.append(self._waiting)
+        self._waiting = []
 
     def flush(self) -> None:
-        """The hour so far to the card (the runtime stops); the next starts now."""
+        """The hours so far to the card (the runtime stops); the next starts now."""
         with self._lock:
             now = self.now_ms()
-            self._append(now)
+            self._finish(now)
+            self._write()
             self.hour = Period(now)
 
     def read(self, since_ms: int | None = None) -> dict[str, Any]:
-        """What the card holds and the hour in memory (``reader.read``'s form)."""
+        """What the card holds and the hours in memory (``reader.read``'s form)."""
         with self._lock:
-            current = self.hour.line(self.now_ms())
-        return reader.from_lines([*self.file.lines(), current], since_ms)
+            held = [*self._waiting, self.hour.line(self.now_ms())]
+        return reader.from_lines([*self.file.lines(), *held], since_ms)

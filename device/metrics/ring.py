@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-``MetricsFile`` appends one line an hour to ``DATA/metrics/metrics.jsonl``.
+``MetricsFile`` appends lines, one an hour, to ``DATA/metrics/metrics.jsonl``.
 Once that file passes half of ``max_bytes`` it becomes ``metrics.jsonl.1``
 (the one before is dropped), so the two never hold much more than
 ``max_bytes``, oldest hours first to go. An append is one ``write`` with no
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ class MetricsFile:
         self.older = self.directory / (NAME + ".1")
         self.max_bytes = max_bytes
 
-    def append(self, line: dict[str, Any]) -> None:
-        text = json.dumps(line, separators=(",", ":"), sort_keys=True, allow_nan=False)
-        data = (text + "\n").encode()
+    def append(self, lines: Sequence[dict[str, Any]]) -> None:
+        """``lines`` in one write."""
+        data = b"".join(json.dumps(line, separators=(",", ":"), sort_keys=True,
+                                   allow_nan=False).encode() + b"\n" for line in lines)
         self.directory.mkdir(mode=0o700, exist_ok=True)
         try:
             size = self.path.stat().st_size

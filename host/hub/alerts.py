@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from host.hub.hub import Hub
     from host.hub.storage import Device
 
-DEFAULT_CONTACT_S = 6 * 3600
+DEFAULT_CONTACT_S = 24 * 3600
 CONFLICT_WAIT_MS = 86_400_000
 HOT_C = 80.0
 #: Printer states that stop tickets (``device.hardware.escpos.STATES``), with what to do.
