@@ -259,27 +259,41 @@ def test_full_read_only_pulled_stick_and_foreign_files(
         usb = tmp_path / "usb"
         usb.mkdir()
         assert kiosk_main(["relay", "export", "--data", data, "--to", str(usb)]) == 0
-        (usb / "photo.jpg").write_bytes(b"\xff\xd8 not ours")
-        (usb / "1f.hvr").write_bytes(os.urandom(5000))
-        (usb / ".2e.hvr.part").write_bytes(b"HAVEN-RELAY\x01\x00 cut")
-        subprocess.run(["mount", "-o", "remount,rw,size=64k", str(small)], check=True, timeout=20.0)
-        for path in usb.iterdir():
-            shutil.copy(path, small)
-        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True, timeout=20.0)
+        bundle = next(usb.iterdir())
+        remount(small, "rw,size=64k")
+        shutil.copy(bundle, small)
+        remount(small, "ro")
         capsys.readouterr()
         assert hub_import(hub, small) == 1  # read-only: nothing applied
         err = capsys.readouterr().err
         assert "read-only" in err and len(err.strip().splitlines()) == 1
         assert _once(hub) == 0
-        assert hub_import(hub, usb) == 3  # applied; the strangers each get one line
-        lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
-        assert len(lines) == 3 and "half-written" in lines[0]
-        assert {line.split(": ")[1] for line in lines[1:]} == {"1f.hvr", "photo.jpg"}
+        remount(small, "rw,size=8k")  # room for the bundle, none for the answer
+        assert hub_import(hub, small) == 1
+        err = capsys.readouterr().err
+        assert "the stick is full" in err and len(err.strip().splitlines()) == 1
+        assert _once(hub) == 300 and [p.name for p in small.iterdir()] == [bundle.name]
+        remount(small, "size=64k")
+        assert hub_import(hub, small) == 0  # acknowledged again, not applied; answered
         assert _once(hub) == 300
-        assert kiosk_main(["relay", "import", "--data", data, str(usb)]) == 3
-        assert "1 answer(s) applied" in capsys.readouterr().out
-        assert kiosk_main(["relay", "export", "--data", data, "--to", str(usb)]) == 0
+        (usb / "photo.jpg").write_bytes(b"\xff\xd8 not ours")
+        (usb / "1f.hvr").write_bytes(os.urandom(5000))
+        (usb / ".2e.hvr.part").write_bytes(b"HAVEN-RELAY\x01\x00 cut")
+        capsys.readouterr()
+        assert hub_import(hub, usb) == 3  # the copy and the strangers: one line each
+        lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
+        assert len(lines) == 4 and "half-written" in lines[0]
+        assert {line.split(": ")[1] for line in lines[1:3]} == {"1f.hvr", "photo.jpg"}
+        assert "applied already" in lines[3] and _once(hub) == 300
+        assert kiosk_main(["relay", "import", "--data", data, str(small)]) == 0
+        assert "1 answer(s) applied: 1 batches acknowledged" in capsys.readouterr().out
+        assert kiosk_main(["relay", "export", "--data", data, "--to", str(small)]) == 0
         assert "0 batches" in capsys.readouterr().out  # everything was acknowledged
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True,
+                   timeout=20.0)
 
 
 def test_relay_and_live_sync_mix(tmp_path: Path) -> None:

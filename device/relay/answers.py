@@ -55,8 +55,8 @@ def import_answers(store: Store, state: SyncState, ident: Identity,
     out = Imported()
     groups = _opened(ident, directory, out)
     window = down_window(state)
-    for answers in sorted(groups):
-        got = groups[answers]
+    for answers, first in sorted(groups):
+        got = groups[answers, first]
         paths = [p for _, p in got]
         try:
             for b, _ in got:
@@ -69,6 +69,11 @@ def import_answers(store: Store, state: SyncState, ident: Identity,
         pieces = {b.piece: b for b, _ in got}
         want = got[0][0].pieces
         if sorted(pieces) != list(range(1, want + 1)):
+            if any(a == answers and f > first for a, f in groups):
+                out.problems.append(f"an incomplete answer to bundle {answers}, written "
+                                    "again since: removed")
+                _remove(paths, out)
+                continue
             missing = sorted(set(range(1, want + 1)) - set(pieces))
             out.problems.append(f"the answer to bundle {answers} lacks piece(s) {missing} "
                                 f"of {want}: nothing of it applied; bring the rest")
@@ -87,13 +92,14 @@ def import_answers(store: Store, state: SyncState, ident: Identity,
 
 
 def _opened(ident: Identity, directory: Path,
-            out: Imported) -> dict[int, list[tuple[Bundle, Path]]]:
-    """This kiosk's answers on the stick, by the bundle they answer (one copy of each
-    piece; the other copies removed)."""
+            out: Imported) -> dict[tuple[int, int], list[tuple[Bundle, Path]]]:
+    """This kiosk's answers on the stick, by the bundle they answer and their first
+    piece's sequence (an answer the hub wrote again, after a stick that filled, is
+    another), one copy of each piece; the other copies removed."""
     files, parts, foreign = relay_stick.listing(directory)
     out.problems += [f"{p.name}: half-written (a write was cut): ignored" for p in parts]
     out.problems += [f"{p.name}: not a relay file: ignored" for p in foreign]
-    groups: dict[int, list[tuple[Bundle, Path]]] = {}
+    groups: dict[tuple[int, int], list[tuple[Bundle, Path]]] = {}
     seen: set[int] = set()
     cert = ident.cert
     for path in files:
@@ -116,7 +122,8 @@ def _opened(ident: Identity, directory: Path,
                 _remove([path], out)
                 continue
             seen.add(bundle.seq)
-            groups.setdefault(bundle.answers, []).append((bundle, path))
+            first = bundle.seq - bundle.piece + 1
+            groups.setdefault((bundle.answers, first), []).append((bundle, path))
         elif direction is None:
             out.problems.append(f"{path.name}: not a relay file: ignored")
         else:

@@ -27,6 +27,7 @@ another hub is refused. Every problem is one line of ``Imported.problems``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,13 +199,21 @@ def _apply(hub: Hub, bundle: Bundle, path: Path, kiosk: _Kiosk, out: Imported,
     pieces = _pieces([*control, *pages], piece_bytes)
     first = _next_down(hub, bundle.device, len(pieces))
     now = clock()
-    for i, piece in enumerate(pieces):
-        answer = Bundle(DOWN, bundle.device, hub.x_public, first + i, now, piece,
-                        bundle.seq, i + 1, len(pieces))
-        data, pad = seal_bundle(answer, hub.ed_key, kiosk.x25519)
-        out.answers.append(relay_stick.write(path.parent, data))
-        out.bytes += len(data)
-        out.padding += pad
+    written: list[Path] = []
+    try:
+        for i, piece in enumerate(pieces):
+            answer = Bundle(DOWN, bundle.device, hub.x_public, first + i, now, piece,
+                            bundle.seq, i + 1, len(pieces))
+            data, pad = seal_bundle(answer, hub.ed_key, kiosk.x25519)
+            written.append(relay_stick.write(path.parent, data))
+            out.bytes += len(data)
+            out.padding += pad
+    except relay_stick.StickError:
+        for done in written:  # an answer is whole or not there (the kiosk checks too)
+            with contextlib.suppress(relay_stick.StickError):
+                relay_stick.remove(done)
+        raise
+    out.answers += written
     _applied(hub, bundle.device, bundle.seq)
     relay_stick.remove(path)
     out.bundles += 1
