@@ -208,17 +208,20 @@ def test_bad_bundles_change_nothing_and_are_reported(
         forged = Bundle(UP, a.ident.cert.device_id, hub.x_public, 9, 0, [])
         (usb / "0d.hvr").write_bytes(seal_bundle(forged, Ed25519PrivateKey.generate(),
                                                  hub.x_public)[0])
+        junk = Bundle(UP, a.ident.cert.device_id, hub.x_public, 50, 0, [b"\x00junk"])
+        (usb / "0e.hvr").write_bytes(seal_bundle(junk, a.ident.ed_key, hub.x_public)[0])
         capsys.readouterr()
         # Another hub refuses it all, and leaves it there for the right one.
         assert hub_main(["hub", "relay", "import", "--data", str(tmp_path / "other"),
                          str(usb)]) == 3
         lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
-        assert sum("made for another hub" in line for line in lines) == 5
-        assert len(list(usb.iterdir())) == 5
+        assert sum("made for another hub" in line for line in lines) == 6
+        assert len(list(usb.iterdir())) == 6
         assert hub_import(hub, usb) == 3
         lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
         said = {line.split(": ")[1]: line for line in lines}
-        assert len(said) == 4 and "0d.hvr" in said and "not signed" in said["0d.hvr"]
+        assert len(said) == 5 and "0d.hvr" in said and "not signed" in said["0d.hvr"]
+        assert "bundle 50 refused" in said["0e.hvr"]  # signed, but not sync messages
         assert all("truncated or altered" in said[n] for n in ("0a.hvr", "0b.hvr"))
         assert sum("second copy" in line for line in lines) == 1  # either copy, once
         assert _once(hub) == 20

@@ -79,7 +79,12 @@ def import_answers(store: Store, state: SyncState, ident: Identity,
                                 f"of {want}: nothing of it applied; bring the rest")
             continue
         msgs = [m for i in range(1, want + 1) for m in pieces[i].messages]
-        if _overtaken(state, answers, msgs):
+        try:
+            stale = _overtaken(state, answers, msgs)
+        except ProtocolError as exc:  # signed by the hub, yet not sync messages
+            out.problems.append(f"the answer to bundle {answers} was refused: {exc}")
+            continue
+        if stale:
             out.problems.append(f"the answer to bundle {answers} was overtaken (live sync or "
                                 "a later answer brought more): nothing changed; removed")
         else:

@@ -104,7 +104,13 @@ def import_dir(hub: Hub, directory: Path, *, clock: Callable[[], int] = wall_ms,
             out.problems.append(f"{path.name}: kiosk {bundle.device}: bundle {bundle.seq} "
                                 f"came after bundle {window.top}: its batches the hub holds "
                                 "are acknowledged again, not applied")
-        _apply(hub, bundle, path, kiosk, out, clock, piece_bytes)
+        try:
+            _apply(hub, bundle, path, kiosk, out, clock, piece_bytes)
+        except relay_stick.StickError:
+            raise
+        except ProtocolError as exc:  # signed by the kiosk, yet not sync messages
+            out.problems.append(f"{path.name}: kiosk {bundle.device}: bundle {bundle.seq} "
+                                f"refused: {exc}")
     return out
 
 
