@@ -9,10 +9,10 @@ turns it into a level: ``ok``, ``low`` (under ``low_mib``) or ``critical``
 ``low`` it applies the retention policy: the reclaimers registered with
 ``add_reclaimer``, each of which frees only what is already safe elsewhere.
 Today that is the write-ahead logs (``PRAGMA wal_checkpoint(TRUNCATE)``:
-their pages are in the databases already); the kiosk keeps no log or
-telemetry files in ``--data`` (logs go to the journal, in memory), and
-records and outbox entries are never touched: an unsynced one is the only
-copy. The runtime shows an error on the LED and a warning on the staff
+their pages are in the databases already); the kiosk's log and metrics
+files in ``--data`` (``device.logs``, ``device.metrics``) are bounded by
+their own limits and left as they are, and records and outbox entries are
+never touched: an unsynced one is the only copy. The runtime shows an error on the LED and a warning on the staff
 screen while the level is not ``ok``; ``haven-kiosk status`` shows it too
 (``space_status``).
 
