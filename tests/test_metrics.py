@@ -147,7 +147,10 @@ def test_telemetry_reaches_the_hub_never_a_kiosk_and_leaves_the_card(tmp_path: P
         assert rid is not None and kiosk_telemetry.write_due(m, a.store) is None
         lanes = a.store.status()["outbox"]["lanes"]
         assert any(int(k) == 5 and v["entries"] for k, v in lanes.items())
-        assert a.sync(url).pushed == 2 + 1
+        first = a.sync(url)
+        assert first.pushed == 2 + 1
+        # what a round tells the metrics: its time and the session's round trip too
+        assert first.seconds > 0 and first.rtt_ms is not None and first.frames_sent > 0
         for k in (b, door, a):
             k.sync(url)
             k.sync(url)  # a second round: the scope sums agreed (no rebase asked)
