@@ -37,8 +37,11 @@ from protocol.errors import ProtocolError
 from protocol.sync import telemetry
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from host.hub.hub import Hub
     from host.hub.storage import Device
+    from protocol.crdt.record import RecordView
 
 DEFAULT_CONTACT_S = 24 * 3600
 CONFLICT_WAIT_MS = 86_400_000
@@ -140,8 +143,10 @@ def kiosk_alerts(hub: Hub, dev: Device, now: int) -> list[dict[str, Any]]:
     return out
 
 
-def alerts(hub: Hub, now_ms: int | None = None) -> list[dict[str, Any]]:
-    """Every alert, most severe first, then by kiosk."""
+def alerts(hub: Hub, now_ms: int | None = None,
+           views: Iterable[RecordView] | None = None) -> list[dict[str, Any]]:
+    """Every alert, most severe first, then by kiosk (``views``: the state, if the caller
+    read it already)."""
     from host.hub import audit
 
     now = wall_ms() if now_ms is None else now_ms
@@ -172,7 +177,7 @@ def alerts(hub: Hub, now_ms: int | None = None) -> list[dict[str, Any]]:
                 f"haven hub audit {k['device']}; entries still missing after the kiosk "
                 "synced mean its card was restored or tampered with: call a technician"))
     waiting = []
-    for view in hub.views():
+    for view in hub.views() if views is None else views:
         for c in view.conflicts:
             if c.severity == "info":
                 continue

@@ -440,8 +440,10 @@ class Hub:
     def dump(self) -> bytes:
         return canonical_json(self.views())
 
-    def conflicts(self) -> list[dict[str, Any]]:
-        out = [conflict_json(c, v.type) for v in self.views() for c in v.conflicts]
+    def conflicts(self, views: list[RecordView] | None = None) -> list[dict[str, Any]]:
+        """Every current conflict (of ``views``, already read: the state's by default)."""
+        out = [conflict_json(c, v.type) for v in (self.views() if views is None else views)
+               for c in v.conflicts]
         return sorted(out, key=lambda c: str(c["id"]))
 
     def resolve(self, conflict_id: str, *, keep: str | None = None,
@@ -565,7 +567,8 @@ class Hub:
                    "reached_hub_by": cursor_text(cursor)}
                   for role, site in groups
                   for cursor in [self.store.stable_point(role, site)]]
-        conflicts = self.conflicts()
+        views = self.views()  # read once: the conflicts and the alerts
+        conflicts = self.conflicts(views)
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
                 "deltas": self.store.count(),
                 "kiosks": kiosks, "stable_points": stable, "conflicts": conflicts,
@@ -575,7 +578,7 @@ class Hub:
                 "documents": held(self.data / DOCUMENTS_DIR, self.store.sealer),
                 "keys": self.store.keyring(),
                 "held_batches": self.held_batches(),
-                "alerts": alerts.alerts(self, now_ms),
+                "alerts": alerts.alerts(self, now_ms, views),
                 "fleet_rotation": fleet_rotation.progress(self.store)}
 
     def _backlog(self, dev: Device, head: int) -> int:
