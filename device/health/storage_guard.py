@@ -12,9 +12,9 @@ Today that is the write-ahead logs (``PRAGMA wal_checkpoint(TRUNCATE)``:
 their pages are in the databases already); the kiosk's log and metrics
 files in ``--data`` (``device.logs``, ``device.metrics``) are bounded by
 their own limits and left as they are, and records and outbox entries are
-never touched: an unsynced one is the only copy. The runtime shows an error on the LED and a warning on the staff
-screen while the level is not ``ok``; ``haven-kiosk status`` shows it too
-(``space_status``).
+never touched: an unsynced one is the only copy. The runtime shows an
+error on the LED and a warning on the staff screen while the level is not
+``ok``; ``haven-kiosk status`` shows it too (``space_status``).
 
 ``admit`` reads the space afresh before each check-in and refuses with
 ``StorageFull`` under the critical threshold, so a check-in is refused
