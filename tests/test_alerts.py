@@ -162,3 +162,29 @@ def test_a_suspected_clone_raises_an_alert_until_cleared(tmp_path: Path) -> None
         assert found["kiosk"] == device and "clear-clone" in found["action"]
         hub.clear_clone(device)
         assert "suspected-clone" not in kinds(hub)
+
+
+def test_a_hostile_kiosks_telemetry_is_its_own_and_breaks_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Absurd values (a list for the printer's state, a time past year 9999) and a record
+    on another kiosk's ids: alerts about the writer at most, never a traceback."""
+    import uuid
+
+    from protocol.sync.telemetry import telemetry_id
+
+    with served_hub(tmp_path) as (hub, url):
+        bad, other = Kiosk(tmp_path, "bad", hub, "A"), Kiosk(tmp_path, "ok", hub, "B")
+        other.sync(url)
+        for node, minute in ((bad.store.node, 1), (other.store.node, 2)):
+            bad.store.put("telemetry", str(uuid.UUID(bytes=telemetry_id(node, minute))), {
+                "start": 0, "end": 2**63 - 1, "storage": "critical", "memory": "hard",
+                "devices": '{"printer": ["paper-out"], "thermal": {"x": 1}}',
+                "summary": '{"contact_s": 99999999999999}'})
+        bad.sync(url)
+        assert kinds(hub, kiosk=other.device) == set()
+        assert kinds(hub, kiosk=bad.device) == {"low-disk", "low-memory"}
+        capsys.readouterr()
+        assert haven_main(["hub", "alerts", "--data", str(hub.data)]) == 1
+        assert "low-disk" in capsys.readouterr().out
+        bad.close()
+        other.close()

@@ -129,7 +129,7 @@ def kiosk_alerts(hub: Hub, dev: Device, now: int) -> list[dict[str, Any]]:
             "for the developers", at))
     devices = tel.get("devices", {})
     printer = devices.get("printer")
-    if printer in PRINTER_ACTIONS:
+    if isinstance(printer, str) and printer in PRINTER_ACTIONS:
         out.append(_alert("printer", WARNING, name, f"ticket printer {printer}",
                           PRINTER_ACTIONS[printer], at))
     if devices.get("thermal") == "failing":
@@ -194,12 +194,20 @@ def alerts(hub: Hub, now_ms: int | None = None,
     return sorted(out, key=lambda a: (order[a["severity"]], str(a["kiosk"]), a["kind"]))
 
 
+def _stamp(ms: int) -> str:
+    """A time a kiosk reported, as UTC; one no calendar holds (a kiosk's absurd clock)
+    said as it came."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000)) + "Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms since 1970 (not a date)"
+
+
 def lines(found: list[dict[str, Any]]) -> list[str]:
     """The alerts as text, two lines each: what, then what to do."""
     out = []
     for a in found:
-        since = ("" if a["since_ms"] is None else "  since " + time.strftime(
-            "%Y-%m-%d %H:%M", time.gmtime(a["since_ms"] / 1000)) + "Z")
+        since = "" if a["since_ms"] is None else "  since " + _stamp(a["since_ms"])
         who = f"kiosk {a['kiosk']}: " if a["kiosk"] else ""
         out.append(f"{a['severity'].upper()} {a['kind']}  {who}{a['what']}{since}")
         out.append(f"  do: {a['action']}")
