@@ -182,7 +182,10 @@ class Bundle:
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return dict(self.section(MANIFEST))
+        value = self.section(MANIFEST)
+        if not isinstance(value, dict):
+            raise ValueError("the manifest is not a JSON object")
+        return dict(value)
 
     def section(self, name: str) -> Any:
         return json.loads(self.members[name])
@@ -256,7 +259,7 @@ def read_bundle(data: bytes, hub_ed25519: bytes | None = None,
     try:
         manifest = bundle.manifest
     except ValueError:
-        raise BundleError("its manifest is not JSON (corrupt)", "corrupt") from None
+        raise BundleError("its manifest is not a JSON object (corrupt)", "corrupt") from None
     if manifest.get("kiosk") != cert.device_id:
         raise BundleError("its manifest names another kiosk than its certificate (forged)",
                           "forged")

@@ -177,3 +177,49 @@ def test_bad_bundles_are_refused_in_one_line(tmp_path: Path,
 def _write(path: Path, data: bytes) -> str:
     path.write_bytes(data)
     return path.name
+
+
+def test_a_signed_bundle_of_values_no_kiosk_writes_is_refused_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Signed is not sound: a hostile (or broken) kiosk signs what it likes. Its strings
+    where numbers go, lists where maps go, a time past any calendar and a manifest that is
+    not an object: one line from verify and report, never a traceback."""
+    from device import enrol
+    from device.store import init_store
+
+    init_hub(tmp_path / "hub")
+    with Hub(tmp_path / "hub") as hub:
+        store = init_store(tmp_path / "kiosk", "North", "A")
+        enrol.install(store, hub.enroll(enrol.write_request(store).read_bytes(),
+                                        now_ms=1_767_225_600_000))
+        store.close()
+    ident = enrol.load(tmp_path / "kiosk")
+    good = {"format": 1, "kiosk": ident.cert.device_id, "made_ms": 1_767_225_600_000}
+
+    def signed(name: str, manifest: object, sections: dict[str, object]) -> str:
+        with (tmp_path / name).open("wb") as f:
+            w = fmt.BundleWriter(f)
+            for member, value in sections.items():
+                w.add(member, fmt.dumps(value))
+            w.add(fmt.MANIFEST, fmt.dumps(manifest))
+            w.finish(ident.ed_key, ident.cert.raw)
+        return str(tmp_path / name)
+
+    hostile = {
+        "strings": signed("s.zip", good, {"metrics.json": {"hours": [
+            {"start_ms": "x", "health": [{"t_ms": 5, "disk_free_mib": "full"}]}]}}),
+        "lists": signed("l.zip", {**good, "logs": [1]}, {"status.json": [3],
+                                                         "audit.json": {"gaps": 5}}),
+        "far": signed("f.zip", good, {"metrics.json": {"rounds": [
+            {"t_ms": 10**30, "outcome": "synced"}]}}),
+    }
+    capsys.readouterr()
+    for what, path in hostile.items():
+        for how in (["--json"], ["--html", str(tmp_path / "r.html")]):
+            assert main(["report", path, *how]) == 1, what
+            assert "values no kiosk writes" in _one_line(capsys.readouterr().err), what
+    assert main(["bundle", "verify", hostile["lists"], "--hub", str(tmp_path / "hub")]) == 0
+    assert "log entries None" in capsys.readouterr().out
+    assert main(["bundle", "verify", signed("m.zip", [["kiosk", "x"]], {}), "--hub",
+                 str(tmp_path / "hub")]) == 1
+    assert "manifest is not a JSON object" in _one_line(capsys.readouterr().err)

@@ -29,6 +29,10 @@ from protocol import debug_bundle as fmt
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import parse_public_key
 
+#: What laying out a section of the wrong shape raises (a string where a number goes, a
+#: list where a map, a time past any calendar, JSON nested past the parser's depth).
+_UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError,
+               RecursionError)
 #: Beyond the tool's --timeout: a month of logs and metrics takes a Pi some seconds.
 BUILD_WAIT = 60.0
 
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result, sort_keys=True))
         else:
-            logs = result["logs"] or {}
+            logs = result["logs"] if isinstance(result["logs"], dict) else {}
             print(f"{args.file}: good: kiosk {result['kiosk']} ({result['site']}), signed, "
                   f"checked against {a.against}; log entries {logs.get('first')}–"
                   f"{logs.get('last')}")
@@ -70,11 +74,19 @@ def run(args: argparse.Namespace) -> int:
     from host.bundle.report import render_html, report_data
 
     a = verify.anchors(args, required=False)
-    data = report_data(verify.read_file(args.bundle, a), a.against)
+    bundle = verify.read_file(args.bundle, a)
+    try:
+        data = report_data(bundle, a.against)
+        page = json.dumps(data, sort_keys=True) if args.json else render_html(data)
+    except _UNREADABLE as exc:
+        # Signed is not sound: a kiosk's bug or a hostile kiosk can sign any values.
+        raise verify.BundleRefused(
+            f"{args.bundle}: signed by kiosk {bundle.certificate.device_id}, but it holds "
+            f"values no kiosk writes ({type(exc).__name__}): no report made") from None
     if args.json:
-        print(json.dumps(data, sort_keys=True))
+        print(page)
         return 0
-    _write(args.html, render_html(data).encode())
+    _write(args.html, page.encode())
     print(f"{args.html}: report of kiosk {data['kiosk']}: " + " ".join(data["summary"][:1]))
     return 0
 
