@@ -100,7 +100,15 @@ def pull_logs(client: Any, out: Path, since: int | None = None,
     held = state["next"] if state is not None else 0
     lines_path = out / LINES
     with open(lines_path, "ab") as f:  # a pull killed after appending, before its record
-        f.truncate(state["bytes"] if state is not None else 0)
+        kept, size = (state["bytes"] if state is not None else 0), os.fstat(f.fileno()).st_size
+        if size < kept or (state is None and size):
+            # Cut back or padded with zeros, lines pulled before (some perhaps rotated away
+            # on the kiosk since) would be lost or spoiled: the field worker decides.
+            raise UsageError(
+                f"{lines_path} holds {size} bytes, its record {out / STATE} says "
+                + (f"{kept}" if state is not None else "nothing (it is missing)")
+                + ": move the folder's files away, or use another --out")
+        f.truncate(kept)
     start = max(held, since or 0)
     summary: dict[str, Any] = {"kiosk": kiosk, "path": str(lines_path), "entries": 0,
                                "from": start, "next": start, "gaps": []}
