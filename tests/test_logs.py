@@ -69,6 +69,22 @@ def test_rotation_bounds_the_files_and_indexes_go_on_after_a_reopen(tmp_path: Pa
     again.close()
 
 
+def test_a_damaged_last_line_never_makes_an_index_used_again(tmp_path: Path) -> None:
+    """A card can end the newest file with a line of zeros or junk after a power cut:
+    the index goes on from the last entry before it, in this file or the one before."""
+    j = Journal(tmp_path / "logs", 512 * 1024)
+    for _ in range(40):
+        j.append({"ev": "x"})
+    j.close()
+    for junk, after in ((b"\x00" * 300 + b"\n", 40), (b"not json\n", 41)):
+        with (tmp_path / "logs" / "haven.log").open("ab") as f:
+            f.write(junk)
+        again = Journal(tmp_path / "logs", 512 * 1024)
+        assert again.append({"ev": "after"}) == after
+        again.close()
+    assert [index_of(line) for line in Journal(tmp_path / "logs").lines(38)] == [38, 39, 40, 41]
+
+
 @settings(max_examples=20, deadline=None)
 @given(count=st.integers(0, 1500), start=st.integers(0, 1600))
 def test_lines_from_any_index_are_exactly_those_kept(tmp_path_factory: Any, count: int,

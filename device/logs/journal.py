@@ -106,10 +106,10 @@ class Journal:
             f.seek(max(0, size - 64 * 1024))
             tail = f.read()
             end = tail.rfind(b"\n")
-            last = None
-            if end >= 0:
-                start = tail.rfind(b"\n", 0, end) + 1
-                last = index_of(tail[start:end])
+            # The last line that is an entry: a damaged card can end a file with a line of
+            # zeros or junk, and an index read as missing there would be reused.
+            last = next((i for i in map(index_of, reversed(tail[:max(end, 0)].split(b"\n")))
+                         if i is not None), first)
             if newest and end + 1 < len(tail):  # a line the power cut short
                 size -= len(tail) - end - 1
                 f.truncate(size)
