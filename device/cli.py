@@ -498,11 +498,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     import errno
     import logging
 
+    from device.logs.stderr import RedactedStderr
     from device.run_lock import hold
     from device.runtime import Runtime
 
     cfg = config.load(args.config, config.flags_of(args))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO)
+    for handler in logging.getLogger().handlers:  # stderr: no argument a patient typed
+        handler.setFormatter(RedactedStderr())
     try:
         assert cfg.data is not None  # config.load refuses a config without it
         with hold(cfg.data):  # one runtime per data folder, for as long as it runs

@@ -221,3 +221,29 @@ def test_a_piece_is_checked_and_bad_pieces_are_refused(tmp_path: Path) -> None:
         with pytest.raises(HavenError):
             check_piece(bad, 0, r)
     j.close()
+
+
+def test_stderr_shows_numbers_and_links_never_what_a_patient_typed() -> None:
+    """``haven-kiosk run``'s stderr (kept by the service manager's journal): a log
+    call's string arguments and exception messages are hidden, numbers and the link's
+    address shown."""
+    from device.logs.stderr import RedactedStderr
+
+    def line(msg: str, *args: object, exc: BaseException | None = None) -> str:
+        record = logging.LogRecord("haven.kiosk", logging.ERROR, __file__, 1, msg, args,
+                                   None if exc is None else (type(exc), exc, None))
+        return RedactedStderr().format(record)
+
+    assert line("synced via %s: %d up", "tcp://127.0.0.1:4100", 2) == (
+        "ERROR haven.kiosk: synced via tcp://127.0.0.1:4100: 2 up")
+    assert line("link down: %s", "/dev/ttyUSB0").endswith("link down: /dev/ttyUSB0")
+    assert line("page at http://%s:%d", "127.0.0.1", 80).endswith("http://127.0.0.1:80")
+    assert line("RSS %s MiB", "85.3").endswith("RSS 85.3 MiB")
+    assert "1984" not in line("year %s", "1984") and "ab12" not in line("id %s", "ab12")
+    refused = line("check-in refused: %s", ValueError("Amina Okafor, born 1984, P4471923"))
+    assert refused.endswith("check-in refused: ValueError") and "Amina" not in refused
+    for value in ("Amina Okafor", "P4471923", "tcp://x:1 Amina", "/dev/../Amina Okafor"):
+        assert value not in line("name %s", value)
+    crashed = line("failed", exc=RuntimeError("P4471923"))
+    assert "exc=RuntimeError" in crashed and "P4471923" not in crashed
+    assert "P4471923" not in line("two %s %s", "P4471923")  # a broken call: nothing shown

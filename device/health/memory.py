@@ -98,17 +98,17 @@ class MemoryMonitor:
                     high_is_bad=False)
         old, new = self.watch.observe(max(rss[0], free[0]), max(rss[1], free[1]))
         if new < old:
-            log.info("memory back to %s: %s", NAMES[new], self._describe(reading),
-                     extra=self._fields(reading, new))
+            log.info("memory back to %s: RSS %.1f MiB, system available %.1f MiB",
+                     NAMES[new], *self._mib(reading), extra=self._fields(reading, new))
         elif new == SOFT and old == OK:
-            log.warning("memory %s: %s; caches dropped", NAMES[new], self._describe(reading),
-                        extra=self._fields(reading, new))
+            log.warning("memory %s: RSS %.1f MiB, system available %.1f MiB; caches dropped",
+                        NAMES[new], *self._mib(reading), extra=self._fields(reading, new))
         return reading
 
     def _hard(self) -> None:
         assert self.last is not None
-        log.error("memory hard limit: %s", self._describe(self.last),
-                  extra=self._fields(self.last, HARD))
+        log.error("memory hard limit: RSS %.1f MiB, system available %.1f MiB",
+                  *self._mib(self.last), extra=self._fields(self.last, HARD))
 
     @staticmethod
     def _fields(r: Reading, level: int) -> dict[str, Any]:
@@ -116,8 +116,9 @@ class MemoryMonitor:
                       available_kib=r.available // 1024)
 
     @staticmethod
-    def _describe(r: Reading) -> str:
-        return f"RSS {r.rss / MIB:.1f} MiB, system available {r.available / MIB:.1f} MiB"
+    def _mib(r: Reading) -> tuple[float, float]:
+        """RSS and the system's available memory, in MiB (numbers: stderr shows them)."""
+        return r.rss / MIB, r.available / MIB
 
     @property
     def level(self) -> int:
