@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from protocol.driver.errors import DriverError
@@ -121,10 +122,20 @@ def listing(directory: Path) -> tuple[list[Path], list[Path], list[Path]]:
         entries = sorted(directory.iterdir())
     except OSError as exc:
         raise _said(exc, directory) from None
-    ours = [p for p in entries if p.name.endswith(SUFFIX) and not p.name.startswith(".")]
+    ours = [p for p in entries if p.name.endswith(SUFFIX) and not p.name.startswith(".")
+            and _plain_file(p)]
     parts = [p for p in entries if p.name.startswith(".") and p.name.endswith(PART)]
     foreign = [p for p in entries if p not in ours and p not in parts]
     return ours, parts, foreign
+
+
+def _plain_file(path: Path) -> bool:
+    """A regular file, not a link: a pipe under a relay file's name would block its reader
+    for good, and a link would read a file of the machine's."""
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 def remove(path: Path) -> None:
