@@ -85,6 +85,38 @@ def test_a_damaged_last_line_never_makes_an_index_used_again(tmp_path: Path) -> 
     assert [index_of(line) for line in Journal(tmp_path / "logs").lines(38)] == [38, 39, 40, 41]
 
 
+_FULL_CARD = """
+import resource, signal, sys
+from pathlib import Path
+from device.logs.journal import Journal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG, part written
+j = Journal(Path(sys.argv[1]))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))
+failed = 0
+for n in range(40):
+    try:
+        j.append({"ev": "entry %d", "count": n})
+    except OSError:
+        failed += 1
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+j.append({"ev": "room again"})
+print(failed)
+"""
+
+
+def test_a_full_card_leaves_no_part_of_a_line(tmp_path: Path) -> None:
+    """A write the card takes only part of (full) is cut back: every line stays an entry,
+    and the indexes go on with no gap. Run apart: a file size limit stands for the card."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FULL_CARD, str(tmp_path)], check=True,
+                          capture_output=True, timeout=60, cwd=Path(__file__).parents[1])
+    assert int(done.stdout) > 0
+    entries = [json.loads(line) for line in (tmp_path / "haven.log").read_bytes().splitlines()]
+    assert [e["i"] for e in entries] == list(range(len(entries)))
+    assert entries[-1]["ev"] == "room again"
+
+
 @settings(max_examples=20, deadline=None)
 @given(count=st.integers(0, 1500), start=st.integers(0, 1600))
 def test_lines_from_any_index_are_exactly_those_kept(tmp_path_factory: Any, count: int,

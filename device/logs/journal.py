@@ -23,6 +23,7 @@ has); fsyncs are few: at rotation, for an error or worse (at most one per
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -140,7 +141,15 @@ class Journal:
             line = (head + ("," + body if body != "}" else "}") + "\n").encode()
             if self._size and self._size + len(line) > self.file_bytes:
                 self._rotate()
-            os.write(self._fd, line)
+            try:
+                if os.write(self._fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "the disk took part of a log line")
+            except OSError:
+                # A full card writes part of a line: cut it, so the next line is whole
+                # (else the two make one line no reader can parse, and an entry is lost).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                raise
             self._size += len(line)
             self.next_index = index + 1
             self._dirty = True
