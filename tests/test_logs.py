@@ -117,6 +117,27 @@ def test_a_full_card_leaves_no_part_of_a_line(tmp_path: Path) -> None:
     assert entries[-1]["ev"] == "room again"
 
 
+def test_a_rotation_that_fails_is_tried_again(tmp_path: Path) -> None:
+    """The rotation's renames or its new file fail (a card with no room for a file, here
+    a folder in the way): the journal goes on once they can be done, not dead until a
+    restart."""
+    j = Journal(tmp_path, 256 * 1024)
+    (tmp_path / "haven.log.1").mkdir()
+    (tmp_path / "haven.log.1" / "in the way").touch()
+    failed = 0
+    for _ in range(2500):  # past a file's 64 KiB
+        try:
+            j.append({"ev": "entry"})
+        except OSError:
+            failed += 1
+    assert failed > 0
+    (tmp_path / "haven.log.1" / "in the way").unlink()
+    (tmp_path / "haven.log.1").rmdir()
+    after = j.append({"ev": "after"})
+    assert [index_of(line) for line in j.lines(0)] == list(range(after + 1))
+    j.close()
+
+
 @settings(max_examples=20, deadline=None)
 @given(count=st.integers(0, 1500), start=st.integers(0, 1600))
 def test_lines_from_any_index_are_exactly_those_kept(tmp_path_factory: Any, count: int,

@@ -86,8 +86,9 @@ class Journal:
         self.next_index = found or 0
         if self._firsts[0] == -1:
             self._firsts[0] = self.next_index
-        self._fd = os.open(directory / NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._size = os.fstat(self._fd).st_size
+        self._fd = -1
+        self._closed = False
+        self._open()
         self._synced = monotonic()
         self._dirty = False
 
@@ -139,6 +140,8 @@ class Journal:
             index = self.next_index
             head = f'{{"i":{index},"t":{int(self.clock() * 1e6)}'
             line = (head + ("," + body if body != "}" else "}") + "\n").encode()
+            if self._fd < 0 and not self._closed:
+                self._open()  # a rotation could not make the new file: try again
             if self._size and self._size + len(line) > self.file_bytes:
                 self._rotate()
             try:
@@ -185,9 +188,7 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(src, self._path(k))
         self._firsts = [self.next_index, *self._firsts][:keep]
-        self._fd = os.open(self.directory / NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                           0o640)
-        self._size = 0
+        self._open()
         with contextlib.suppress(OSError):
             dfd = os.open(self.directory, os.O_RDONLY)
             try:
@@ -195,8 +196,16 @@ class Journal:
             finally:
                 os.close(dfd)
 
+    def _open(self) -> None:
+        """``haven.log`` opened for appending (``OSError`` if the card will not: a full
+        one can have no room for a new file; the next append tries again)."""
+        self._fd = os.open(self.directory / NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                           0o640)
+        self._size = os.fstat(self._fd).st_size
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._fd >= 0:
                 self._sync(self.monotonic())
                 os.close(self._fd)
