@@ -111,6 +111,11 @@ class Receipt:
 
     patient: str
     record: str  #: the erasure record's id
+    data: str  #: the hub's data directory
+    #: The patient's id of the earliest generation of the fleet key the hub knows of: a
+    #: hub restored from a backup older than a rotation holds that one, and a later hub
+    #: carries it forward (``current_id``).
+    earliest: str
     at_ms: int  #: when it was recorded (the first time)
     by: str
     reason: str
@@ -122,9 +127,9 @@ class Receipt:
     def line(self) -> str:
         """The receipt: the command that erases the patient again (after a restore of a
         backup older than this), with when and which erasure record."""
-        return (f"haven hub erase {self.patient} --by {shlex.quote(self.by)} --reason "
-                f"{shlex.quote(self.reason)}  # erased {utc_text(self.at_ms)}, erasure "
-                f"record {self.record}")
+        return (f"haven hub erase {self.earliest} --by {shlex.quote(self.by)} --reason "
+                f"{shlex.quote(self.reason)} --data {shlex.quote(self.data)}  # erased "
+                f"{utc_text(self.at_ms)}, erasure record {self.record}")
 
 
 def patient_of(fleet: fleet_rotation.FleetKeys, patient: str | None, passport: str | None,
@@ -200,6 +205,15 @@ def former_ids(hub: Hub, pid: bytes) -> set[bytes]:
     return out
 
 
+def earliest_id(hub: Hub, pid: bytes, formers: set[bytes]) -> bytes:
+    """Of ``pid`` and its ``formers`` (``former_ids``), the one of the earliest generation."""
+    for generation in range(1, hub.fleet.generation):
+        for former in sorted(formers):
+            if hub.fleet.forward(former, generation) == pid:
+                return former
+    return pid
+
+
 def current_id(hub: Hub, pid: bytes) -> bytes:
     """The id patient ``pid`` (of any generation of the fleet key: an id from a dump or
     a receipt older than a rotation) has in the generation in effect, if the hub holds
@@ -254,8 +268,8 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
             raise UsageError(f"{name} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a "
                              "patient: give the patient's id (the subject haven hub dump shows on "
                              "it), --passport N or --code C")
-        pids = {pid, *former_ids(hub, pid)}
-        pids |= moving_ids(hub, pids)
+        formers = former_ids(hub, pid)
+        pids = {pid, *formers} | moving_ids(hub, {pid, *formers})
         rids = {r for p in pids for r in _held_of(store, p)} - {
             erasure_record_id(p) for p in pids}  # one a kiosk wrote there: _erasure_put
         held = _erasure_of(store, pid)
@@ -274,7 +288,8 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
         assert first is not None
         recorded, requester, why = (first.fields.get(ERASURE.field(f).number)
                                     for f in ("recorded", "requester", "reason"))
-        receipt = Receipt(name, str(uuid.UUID(bytes=eid)),
+        receipt = Receipt(name, str(uuid.UUID(bytes=eid)), str(hub.data),
+                          str(uuid.UUID(bytes=earliest_id(hub, pid, formers))),
                           _ms(recorded) if isinstance(recorded, str) else now,
                           requester if isinstance(requester, str) else by,
                           why if isinstance(why, str) else reason,
