@@ -177,12 +177,14 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
         (tmp_path / "junk" / STATE).write_text("{not json")
         codes.append(_logs(cable.b, cred, tmp_path / "junk"))
         codes.append(_logs(cable.b, cred, out2, "--since", "-4"))
-        for name, files in (("cut", {STATE: json.loads((out / STATE).read_bytes()), LINES: 9}),
-                            ("unrecorded", {LINES: 9})):  # what an earlier pull got: kept
+        record = json.loads((out / STATE).read_bytes())
+        lines = b"{}\n" * 9  # what an earlier pull got: kept
+        for name, files in (("cut", {STATE: json.dumps(record).encode(), LINES: lines}),
+                            ("unrecorded", {LINES: lines}),
+                            ("negative", {STATE: json.dumps({**record, "bytes": -1}).encode()})):
             (tmp_path / name).mkdir()
-            for file, held in files.items():
-                (tmp_path / name / file).write_bytes(
-                    json.dumps(held).encode() if file == STATE else b"{}\n" * held)
+            for file, data in files.items():
+                (tmp_path / name / file).write_bytes(data)
             codes.append(_logs(cable.b, cred, tmp_path / name))
         errors = capsys.readouterr().err
         refused = []
@@ -198,7 +200,7 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
 
     got = _visit(rt, cable, second_visit)
     again = got["again"]
-    assert got["codes"] == [0, 0, 2, 2, 2, 2, 2], got
+    assert got["codes"] == [0, 0, 2, 2, 2, 2, 2, 2], got
     assert got["refused"] == ["bad-args"] * 5
     assert again["from"] == first["next"] and again["entries"] > 0
     lines = [json.loads(line) for line in (out / LINES).read_bytes().splitlines()]
@@ -213,6 +215,7 @@ def test_logs_survive_a_restart_pull_on_from_the_last_index_and_hold_no_patient_
     assert "kiosk ffffffff, not" in errors[0] and "unreadable" in errors[1] \
         and "--since" in errors[2], errors
     assert "says " in errors[3] and "(it is missing)" in errors[4], errors
+    assert "not a log pull's record" in errors[5], errors
     for name in ("cut", "unrecorded"):
         assert (tmp_path / name / LINES).read_bytes() == b"{}\n" * 9
     recent = [json.loads(x) for x in (out2 / LINES).read_bytes().splitlines()]

@@ -53,7 +53,8 @@ def load_state(out: Path) -> dict[str, Any] | None:
         raise UsageError(f"{out / STATE}: unreadable ({exc}); move it away to start over") \
             from None
     if not (isinstance(state, dict) and isinstance(state.get("kiosk"), str)
-            and type(state.get("next")) is int and type(state.get("bytes")) is int):
+            and type(state.get("next")) is int and type(state.get("bytes")) is int
+            and state["next"] >= 0 and state["bytes"] >= 0):
         raise UsageError(f"{out / STATE}: not a log pull's record; move it away to start over")
     return state
 
