@@ -223,3 +223,29 @@ def test_a_signed_bundle_of_values_no_kiosk_writes_is_refused_in_one_line(
     assert main(["bundle", "verify", signed("m.zip", [["kiosk", "x"]], {}), "--hub",
                  str(tmp_path / "hub")]) == 1
     assert "manifest is not a JSON object" in _one_line(capsys.readouterr().err)
+
+
+def test_a_command_that_fails_on_the_kiosk_sends_no_exception_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception's message may quote a patient's value: the technician's tool (its
+    stderr and its log on the laptop) gets the command and the exception's type only."""
+    from device.bundle.build import Sources
+
+    from .bundle_helpers import NAME, PASSPORT
+
+    monkeypatch.setenv(tech_log.ENV, str(tmp_path / "tech.log"))
+
+    def store() -> None:
+        raise ValueError(f"bad claim {NAME} {PASSPORT}")
+
+    with tech_kiosk(tmp_path) as k:
+        k.env.extra["bundle"] = Sources(data=k.store.data, store=store)
+        cred = tmp_path / "amina.cred"
+        cred.write_bytes(c.dump_file(k.credential()))
+        capsys.readouterr()
+        assert main(["tech", "bundle", k.port, "--credential", str(cred), "--timeout", "5",
+                     "--out", str(tmp_path / "b.zip")]) != 0
+    err = capsys.readouterr().err
+    assert "bundle failed on the kiosk" in err and "ValueError" in err
+    assert leaks(err.encode()) == [] and leaks((tmp_path / "tech.log").read_bytes()) == []

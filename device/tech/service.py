@@ -414,8 +414,11 @@ class TechService:
         except Exception as exc:
             log.exception("technician command %s failed", cmd.name)
             self._finish(ctx, "error")
-            self._later_send(tm.reply_error(ctx.request, "failed",
-                                            f"{cmd.name} failed on the kiosk: {exc}"))
+            # The type only: a message may quote a value a patient typed (the log keeps
+            # the frames, device.logs).
+            self._later_send(tm.reply_error(
+                ctx.request, "failed", f"{cmd.name} failed on the kiosk "
+                f"({type(exc).__name__}); its log says where (haven tech logs)"))
             return
         if isinstance(result, Outgoing):
             self._later_do(lambda: self._start_transfer(ctx, result, peer))
