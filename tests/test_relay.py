@@ -378,12 +378,15 @@ def test_an_approved_kiosk_is_enrolled_by_stick_and_once_revoked_refused(
             store.close()
 
 
-def test_a_pipe_or_link_under_a_relay_files_name_is_passed_over(
+def test_a_pipe_link_or_huge_file_under_a_relay_files_name_is_passed_over(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A courier's stick (one that is not FAT) with a pipe, a link and a folder named as
-    relay files: each reported as not a relay file, none opened (a pipe would block the
-    reader for good)."""
+    """A courier's stick (one that is not FAT) with a pipe, a link, a folder and a file
+    of 3 GiB (sparse, a relay file's header first) named as relay files: each reported as
+    not a relay file, none opened (a pipe would block the reader for good, the large file
+    would be read whole into memory)."""
     import threading
+
+    from protocol.sync.relay import MAGIC, UP
 
     init_hub(tmp_path / "hub")
     usb = tmp_path / "usb"
@@ -391,6 +394,9 @@ def test_a_pipe_or_link_under_a_relay_files_name_is_passed_over(
     os.mkfifo(usb / "5c.hvr")
     (usb / "6d.hvr").symlink_to(tmp_path / "hub" / "hub.db")
     (usb / "7e.hvr").mkdir()
+    with (usb / "8f.hvr").open("wb") as f:
+        f.write(MAGIC + bytes((UP,)))
+        f.truncate(3 << 30)
     codes: list[int] = []
     with Hub(tmp_path / "hub") as hub:
         worker = threading.Thread(target=lambda: codes.append(hub_import(hub, usb)),
@@ -400,7 +406,7 @@ def test_a_pipe_or_link_under_a_relay_files_name_is_passed_over(
         if worker.is_alive():  # let the blocked reader go before failing
             os.close(os.open(usb / "5c.hvr", os.O_WRONLY | os.O_NONBLOCK))
             worker.join(5.0)
-        assert codes == [3]
+        assert codes == [3]  # problems reported
     lines = _lines(capsys.readouterr().err, "haven hub relay import: ")
-    assert {line.split(": ")[1] for line in lines} == {"5c.hvr", "6d.hvr", "7e.hvr"}
+    assert {line.split(": ")[1] for line in lines} == {"5c.hvr", "6d.hvr", "7e.hvr", "8f.hvr"}
     assert all("not a relay file" in line for line in lines)

@@ -26,6 +26,9 @@ from protocol.driver.secret_files import fsync_dir
 
 SUFFIX = ".hvr"
 PART = ".part"
+#: Far above any relay file (a piece of 64 MiB, padded by an eighth at most): a larger
+#: file under a relay file's name is not read into memory.
+MAX_FILE = 128 << 20
 
 
 class StickError(DriverError, OSError):
@@ -123,19 +126,21 @@ def listing(directory: Path) -> tuple[list[Path], list[Path], list[Path]]:
     except OSError as exc:
         raise _said(exc, directory) from None
     ours = [p for p in entries if p.name.endswith(SUFFIX) and not p.name.startswith(".")
-            and _plain_file(p)]
+            and _relay_sized_file(p)]
     parts = [p for p in entries if p.name.startswith(".") and p.name.endswith(PART)]
     foreign = [p for p in entries if p not in ours and p not in parts]
     return ours, parts, foreign
 
 
-def _plain_file(path: Path) -> bool:
-    """A regular file, not a link: a pipe under a relay file's name would block its reader
-    for good, and a link would read a file of the machine's."""
+def _relay_sized_file(path: Path) -> bool:
+    """A regular file, not a link, of a relay file's size at most: a pipe under a relay
+    file's name would block its reader for good, a link would read a file of the
+    machine's, and a huge file would be read whole."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
+        st = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE
 
 
 def remove(path: Path) -> None:
