@@ -27,7 +27,7 @@ from device.config import KioskConfig
 from device.hardware import panel as hw
 from device.run_lock import hold
 from device.runtime import Runtime
-from device.store import Store, init_store, rotation, unlock
+from device.store import Store, collect, init_store, rotation, unlock
 from device.store.keys import FieldCipher
 from device.store.locked import LockableStore
 from device.store.tpm_key import TpmKey
@@ -127,9 +127,15 @@ def snapshot(data: Path, into: Path) -> None:
     shutil.copytree(data, into, ignore=shutil.ignore_patterns("*-shm", "run.lock"))
 
 
-def test_a_rotation_cut_at_every_step_opens_everything_and_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("slice_s", [0.0, 60.0], ids=["a-chunk-a-slice", "one-slice"])
+def test_a_rotation_cut_at_every_step_opens_everything_and_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slice_s: float) -> None:
+    # Where the slices end is set here, not by the machine's load: a slice of one chunk
+    # (many steps), or the whole walk in one slice (the step before it is the start).
+    monkeypatch.setattr(collect, "SLICE_S", slice_s)
+    monkeypatch.setattr(collect, "BUSY_SLICE_S", slice_s)
     data = tmp_path / "k"
-    store = kiosk(data, checkins=40)
+    store = kiosk(data)
     expected = store.dump()
     old = (data / "store.key").read_bytes()
     cuts = [tmp_path / "cut-0"]
@@ -146,8 +152,12 @@ def test_a_rotation_cut_at_every_step_opens_everything_and_resumes(tmp_path: Pat
             if not more:
                 break
     store.close()
-    # and inside the swap: the old key linked aside; then the new one renamed over it
+    # and inside the swap: the old key linked aside; then the new one renamed over it.
+    # The swap begins only once the walk's end is durable (every value found under the
+    # new key), a step of its own: a swap cut from an earlier cut is no state a power
+    # cut leaves (values under the old key, the old key gone).
     last_walked = cuts[-2]
+    assert (rotation.progress(last_walked) or {}).get("swapping"), last_walked.name
     for name, steps in (("swap-linked", 1), ("swap-renamed", 2)):
         cut = tmp_path / name
         snapshot(last_walked, cut)

@@ -43,11 +43,11 @@ checks that every value opens under the new key, and goes again until a
 whole pass had nothing left to re-seal (a value sealed under the old key
 while the first pass ran, by a process that opened the store before the
 rotation began). Then the walk's end is committed with an fsync, and only
-then the provider swaps the keys (``promote_next``: the new key takes the
-old one's name, the folder is synced, and the old key is overwritten and
-unlinked as a wipe does), and the cipher forgets the old key. A cut during
-the swap leaves one of the two keys under the provider's name, each able to
-open every value, and the next ``step`` finishes it.
+then, at the next ``step``, the provider swaps the keys (``promote_next``:
+the new key takes the old one's name, the folder is synced, and the old key
+is overwritten and unlinked as a wipe does), and the cipher forgets the old
+key. A cut during the swap leaves one of the two keys under the provider's
+name, each able to open every value, and the next ``step`` finishes it.
 
 Writes: a rotation writes every sealed page once more (the WAL, then the
 database at a checkpoint); a kiosk at rest writes nothing more for it (the
@@ -343,8 +343,9 @@ def step(store: Store, files: _Files) -> bool:
     """One step of a rotation under way: a slice of the walk, or the swap; True while
     more remain."""
     provider = rotating_key(store)
+    state = _progress(store.reader)
     if not provider.has_next():  # none, or swapped already (cut before the walk's end went)
-        if _progress(store.reader) is not None or store.cipher.rotating:
+        if state is not None or store.cipher.rotating:
             _finish(store, provider)
         return False
     if not store.cipher.rotating:  # the store was opened before the rotation began
@@ -356,10 +357,13 @@ def step(store: Store, files: _Files) -> bool:
             raise StoreError("the store seals under the next key and holds no other: the "
                              "rotation cannot tell what is left under the old one; reopen "
                              "the store", "rotation-broken")
-    if not store.writer.call(lambda db: _slice(store, files, db), BULK):
-        return True
-    _finish(store, provider)
-    return False
+    if state is not None and state["swap"]:  # the walk's end is durable: the swap
+        _finish(store, provider)
+        return False
+    # The slice that reaches the walk's end leaves the swap to the next step: a step
+    # boundary (where ``stop`` or a power cut may fall) between the two.
+    store.writer.call(lambda db: _slice(store, files, db), BULK)
+    return True
 
 
 def run(store: Store, stop: threading.Event | None = None,
