@@ -300,3 +300,40 @@ def test_stderr_shows_numbers_and_links_never_what_a_patient_typed() -> None:
     crashed = line("failed", exc=RuntimeError("P4471923"))
     assert "exc=RuntimeError" in crashed and "P4471923" not in crashed
     assert "P4471923" not in line("two %s %s", "P4471923")  # a broken call: nothing shown
+
+
+def test_stderr_hides_a_message_built_from_values() -> None:
+    """A message that is not a template of the code (asyncio's report of a task's
+    exception quotes its repr; an exception or an f-string passed as the message) shows
+    as the marker and where it was logged, never the values."""
+    import asyncio
+
+    from device.logs.stderr import RedactedStderr
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    keep = Keep()
+    keep.setFormatter(RedactedStderr())
+    log = logging.getLogger("haven.test.stderr")
+    for logger in (logging.getLogger("asyncio"), log):
+        logger.addHandler(keep)
+    try:
+        loop = asyncio.new_event_loop()
+        task = loop.create_future()  # its repr quotes the exception's message
+        task.set_exception(ValueError(f"claim {PHI[0]} {PHI[1]}"))
+        loop.call_exception_handler({"message": "Task exception was never retrieved",
+                                     "exception": task.exception(), "future": task})
+        loop.close()
+        log.error(ValueError(PHI[1]))
+        log.error(f"refused {PHI[0]}")
+        log.error("a literal without arguments")
+    finally:
+        for logger in (logging.getLogger("asyncio"), log):
+            logger.removeHandler(keep)
+    assert len(lines) == 4 and lines[-1].endswith("a literal without arguments")
+    for line in lines[:3]:
+        assert NOT_LITERAL in line and PHI[0] not in line and PHI[1] not in line, line

@@ -111,6 +111,12 @@ def exception_fields(kind: type[BaseException] | None,
 _LITERALS = _Literals()  #: one parse of each source file for every handler
 
 
+def is_literal(record: logging.LogRecord) -> bool:
+    """Whether the record's message is a string literal of its calling code."""
+    msg = record.msg
+    return isinstance(msg, str) and _LITERALS.has(record.pathname, record.lineno, msg)
+
+
 def entry_of(record: logging.LogRecord) -> dict[str, Any]:
     """The journal entry of ``record`` (without its index and time)."""
     msg = record.msg
@@ -118,7 +124,7 @@ def entry_of(record: logging.LogRecord) -> dict[str, Any]:
         "lvl": level_of(record.levelno),
         "mod": record.name if _MOD.fullmatch(record.name) else "?",
     }
-    if isinstance(msg, str) and _LITERALS.has(record.pathname, record.lineno, msg):
+    if is_literal(record):
         entry["ev"] = msg
     else:
         entry["ev"] = NOT_LITERAL

@@ -13,7 +13,8 @@ the kiosk syncs, named so a technician reading the console sees which link),
 an IP address, and a decimal with a point (a size in MiB: a year of birth has
 none). Any other argument shows as ``<hidden>``; an exception shows as its
 type, never its message; the traceback as its frames
-(``handler.exception_fields``).
+(``handler.exception_fields``). A message with no arguments is shown only if it
+is a literal of the calling code (the journal's check): one built from values is not.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import re
 from typing import Any
 
-from device.logs.handler import as_text, exception_fields
+from device.logs.handler import NOT_LITERAL, as_text, exception_fields, is_literal, where
 
 HIDDEN = "<hidden>"
 #: What a string argument may be to be shown: a link's address (a pyserial or TCP URL,
@@ -52,10 +53,15 @@ class RedactedStderr(logging.Formatter):
             safe: Any = {k: shown(v) for k, v in args.items()}
         else:
             safe = tuple(shown(a) for a in (args or ()))
-        try:
-            message = str(record.msg) % safe if args else str(record.msg)
-        except (TypeError, ValueError):
-            message = f"{record.msg} ({len(args or ())} arguments not shown)"
+        if not isinstance(record.msg, str) or not (args or is_literal(record)):
+            # A message with no template: an exception, an f-string, asyncio's report of
+            # a task's exception (its repr, message and all).
+            message = f"{NOT_LITERAL} at {where(record.pathname)}:{record.lineno}"
+        else:
+            try:
+                message = record.msg % safe if args else record.msg
+            except (TypeError, ValueError):
+                message = f"{record.msg} ({len(args or ())} arguments not shown)"
         line = f"{record.levelname} {record.name}: {message}"
         if record.exc_info and record.exc_info[0] is not None:
             kind, _, tb = record.exc_info
