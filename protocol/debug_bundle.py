@@ -220,7 +220,7 @@ def read_bundle(data: bytes, hub_ed25519: bytes | None = None,
         if listed.get("format") != FORMAT:
             raise BundleError(f"format {listed.get('format')!r}: not one this tool reads",
                               "format")
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         raise BundleError("its index is not readable (corrupt)", "corrupt") from None
     extra = set(names) - set(members) - {INDEX, SIGNATURE}
     if extra or not set(members) <= MEMBERS or not {MANIFEST, CERT} <= set(members):
@@ -258,7 +258,7 @@ def read_bundle(data: bytes, hub_ed25519: bytes | None = None,
     bundle = Bundle(cert, out)
     try:
         manifest = bundle.manifest
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth: not a kiosk's
         raise BundleError("its manifest is not a JSON object (corrupt)", "corrupt") from None
     if manifest.get("kiosk") != cert.device_id:
         raise BundleError("its manifest names another kiosk than its certificate (forged)",

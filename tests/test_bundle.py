@@ -201,7 +201,7 @@ def test_a_signed_bundle_of_values_no_kiosk_writes_is_refused_in_one_line(
             w = fmt.BundleWriter(f)
             for member, value in sections.items():
                 w.add(member, fmt.dumps(value))
-            w.add(fmt.MANIFEST, fmt.dumps(manifest))
+            w.add(fmt.MANIFEST, manifest if isinstance(manifest, bytes) else fmt.dumps(manifest))
             w.finish(ident.ed_key, ident.cert.raw)
         return str(tmp_path / name)
 
@@ -220,9 +220,11 @@ def test_a_signed_bundle_of_values_no_kiosk_writes_is_refused_in_one_line(
             assert "values no kiosk writes" in _one_line(capsys.readouterr().err), what
     assert main(["bundle", "verify", hostile["lists"], "--hub", str(tmp_path / "hub")]) == 0
     assert "log entries None" in capsys.readouterr().out
-    assert main(["bundle", "verify", signed("m.zip", [["kiosk", "x"]], {}), "--hub",
-                 str(tmp_path / "hub")]) == 1
-    assert "manifest is not a JSON object" in _one_line(capsys.readouterr().err)
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # past the parser's depth
+    for manifest in (fmt.dumps([["kiosk", "x"]]), deep):
+        path = signed("m.zip", manifest, {})
+        assert main(["bundle", "verify", path, "--hub", str(tmp_path / "hub")]) == 1
+        assert "manifest is not a JSON object" in _one_line(capsys.readouterr().err)
 
 
 def test_a_command_that_fails_on_the_kiosk_sends_no_exception_message(
