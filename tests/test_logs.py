@@ -270,7 +270,8 @@ def test_a_piece_is_checked_and_bad_pieces_are_refused(tmp_path: Path) -> None:
     end, r3 = piece(j, 10_000, 16 * 1024)
     assert r3["entries"] == 0 and not r3["more"] and zlib.decompress(end) == b""
     swapped = b"".join(reversed(raw.splitlines(keepends=True)))
-    for bad in (swapped, raw[:-10], b"not json\n" + raw, raw + raw[:200]):
+    deep = b"[" * 100_000 + b"]" * 100_000 + b"\n"  # JSON past the parser's depth
+    for bad in (swapped, raw[:-10], b"not json\n" + raw, raw + raw[:200], deep + raw):
         with pytest.raises(HavenError):
             check_piece(bad, 0, r)
     j.close()

@@ -68,7 +68,7 @@ def check_piece(raw: bytes, since: int, result: dict[str, Any]) -> list[bytes]:
         try:
             entry = json.loads(line)
             index = entry["i"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise HavenError("logs: the kiosk sent a line that is not a log entry") from None
         if type(index) is not int or index <= last or index >= result["next"]:
             raise HavenError(f"logs: entry {index} out of order (after {last})")
