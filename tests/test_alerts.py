@@ -175,11 +175,13 @@ def test_a_hostile_kiosks_telemetry_is_its_own_and_breaks_nothing(
     with served_hub(tmp_path) as (hub, url):
         bad, other = Kiosk(tmp_path, "bad", hub, "A"), Kiosk(tmp_path, "ok", hub, "B")
         other.sync(url)
-        for node, minute in ((bad.store.node, 1), (other.store.node, 2)):
+        deep = "[" * 2000 + "]" * 2000  # JSON past the parser's depth
+        for node, minute, devices in (
+                (bad.store.node, 1, '{"printer": ["paper-out"], "thermal": {"x": 1}}'),
+                (bad.store.node, 3, deep), (other.store.node, 2, deep)):
             bad.store.put("telemetry", str(uuid.UUID(bytes=telemetry_id(node, minute))), {
-                "start": 0, "end": 2**63 - 1, "storage": "critical", "memory": "hard",
-                "devices": '{"printer": ["paper-out"], "thermal": {"x": 1}}',
-                "summary": '{"contact_s": 99999999999999}'})
+                "start": 0, "end": 2**63 - minute, "storage": "critical", "memory": "hard",
+                "devices": devices, "summary": '{"contact_s": 99999999999999}'})
         bad.sync(url)
         assert kinds(hub, kiosk=other.device) == set()
         assert kinds(hub, kiosk=bad.device) == {"low-disk", "low-memory"}

@@ -76,7 +76,7 @@ def from_fields(fields: Mapping[int, Any]) -> dict[str, Any]:
         if spec.name in ("devices", "summary"):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested past json's depth
                 continue
             if not isinstance(value, dict):
                 continue
