@@ -166,10 +166,12 @@ def test_a_suspected_clone_raises_an_alert_until_cleared(tmp_path: Path) -> None
 
 def test_a_hostile_kiosks_telemetry_is_its_own_and_breaks_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Absurd values (a list for the printer's state, a time past year 9999) and a record
-    on another kiosk's ids: alerts about the writer at most, never a traceback."""
+    """Absurd values (a list for the printer's state, a time past year 9999, JSON nested
+    past the parser's depth in telemetry and in an audit entry's detail) and a record on
+    another kiosk's ids: alerts about the writer at most, never a traceback."""
     import uuid
 
+    from device.audit.chain import HEAD_KEY, _keys
     from protocol.sync.telemetry import telemetry_id
 
     with served_hub(tmp_path) as (hub, url):
@@ -182,6 +184,14 @@ def test_a_hostile_kiosks_telemetry_is_its_own_and_breaks_nothing(
             bad.store.put("telemetry", str(uuid.UUID(bytes=telemetry_id(node, minute))), {
                 "start": 0, "end": 2**63 - minute, "storage": "critical", "memory": "hard",
                 "devices": devices, "summary": '{"contact_s": 99999999999999}'})
+        entry = chain.Entry(1, 0, "17", "config.set", "ok", deep)  # past make_entry's checks
+
+        def link(held: Any) -> tuple[bytes, str, dict[str, Any], bytes, int]:
+            rid, signed, head = chain.next_link(
+                _keys(bad.store)[1], bad.store.node, None if held is None else bytes(held),
+                entry)
+            return rid, "audit", signed.values(), head, signed.entry.seq
+        bad.store.put_chained(HEAD_KEY, link)
         bad.sync(url)
         assert kinds(hub, kiosk=other.device) == set()
         assert kinds(hub, kiosk=bad.device) == {"low-disk", "low-memory"}

@@ -294,7 +294,7 @@ def _detail(text: str | None) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past json's depth
         return text
 
 
