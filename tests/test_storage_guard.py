@@ -293,8 +293,9 @@ def test_runtime_on_a_filling_disk(tmp_path: Path) -> None:
                     break
                 numbers.append(body["queue_number"])
             assert (status, body["error"]) == (507, "storage-full")
-            # the kiosk logs before it answers, but its log is read by another thread
-            assert wait_until(lambda: any("check-in refused: the disk holding" in line
+            # the kiosk logs before it answers, but its log is read by another thread; its
+            # stderr names the exception's type, never its message (device.logs.stderr)
+            assert wait_until(lambda: any("check-in refused: StorageFull" in line
                                           for line in proc.log), BOUND)
 
             filler.unlink()
