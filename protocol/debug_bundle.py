@@ -27,6 +27,7 @@ a clock; ``BundleError`` carries a one-line reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -103,6 +104,12 @@ class BundleWriter:
         self._zip.writestr(_info(INDEX), index)
         self._zip.writestr(_info(SIGNATURE), ed_key.sign(LABEL + index).hex())
         self._zip.close()
+
+    def abandon(self) -> None:
+        """A build that failed: the ZIP closed now, while ``out`` is open (else its
+        finaliser writes to a closed file), what it holds left to the caller to drop."""
+        with contextlib.suppress(Exception):
+            self._zip.close()
 
 
 def _info(name: str) -> zipfile.ZipInfo:

@@ -29,11 +29,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from device.bundle import redaction
 from device.bundle.redaction import Dropped
 from protocol import debug_bundle as fmt
+
+if TYPE_CHECKING:
+    from device.enrol import Identity
 
 log = logging.getLogger("haven.bundle")
 
@@ -66,9 +69,18 @@ def build(out: IO[bytes], src: Sources, *, nonce: str,
     from device.enrol import load
 
     identity = load(src.data)
+    writer = fmt.BundleWriter(out)
+    try:
+        return _build(out, src, writer, identity, nonce, seal_to)
+    except BaseException:
+        writer.abandon()
+        raise
+
+
+def _build(out: IO[bytes], src: Sources, writer: fmt.BundleWriter, identity: Identity,
+           nonce: str, seal_to: bytes | None) -> dict[str, Any]:
     dropped = Dropped()
     missing: list[str] = []
-    writer = fmt.BundleWriter(out)
     fields = redaction.log_fields()
     crashes: deque[dict[str, Any]] = deque(maxlen=MAX_CRASHES)
     with writer.stream(fmt.LOGS) as f:
