@@ -235,7 +235,9 @@ def test_statuses_name_their_units_and_give_times_in_utc(
             assert {k: v["window_days"] for k, v in kiosks.items()} == {
                 door.device: None, clinic.device: 30, gone.device: None}
             d = kiosks[door.device]
-            assert d["last_seen"] and d["acked_cursor"] == d["pull_cursor"] > 0
+            # what it said it holds lags what it was sent by a round when the hub wrote
+            # after its batch (the door's verifiers) while the round pulled
+            assert d["last_seen"] and 0 < d["acked_cursor"] <= d["pull_cursor"]
             assert {"kiosk_number", "last_batch", "backlog_deltas"} <= d.keys()
             assert not {"number", "batches", "backlog", "acked", "cursor"} & d.keys()
             (point,) = [g for g in st["stable_points"] if g["role"] == "door"]
