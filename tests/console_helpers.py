@@ -157,3 +157,20 @@ def wait_for_reset(kiosk: Kiosk, bound: float = 5.0) -> list[int]:
     while not kiosk.resets and time.monotonic() < end:
         time.sleep(0.01)
     return list(kiosk.resets)
+
+
+def console_runtime(kiosk_dir: Path, cable: Cable, **extra: Any) -> Any:
+    """A kiosk runtime with simulated hardware whose console is ``cable``'s kiosk end,
+    its hub a closed port (``extra``: more of its ``KioskConfig``)."""
+    from gpiozero.pins.mock import MockFactory
+
+    from device.config import KioskConfig
+    from device.hardware import panel as hw
+    from device.runtime import Runtime
+
+    from .test_ui_helpers import free_port
+
+    cfg = KioskConfig(data=kiosk_dir, hub=[f"tcp://127.0.0.1:{free_port()}"],
+                      ui="127.0.0.1:0", retry_max=0.5, interval=0.5, hardware="simulated",
+                      console=cable.a, console_baud=1_000_000, **extra)
+    return Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))

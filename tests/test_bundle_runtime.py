@@ -7,11 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpiozero.pins.mock import MockFactory
-
-from device.config import KioskConfig
-from device.hardware import panel as hw
-from device.runtime import Runtime
 from device.store import Store
 from device.tech.trusted_time import SYNC, TrustedClock
 from host.hub import technician
@@ -21,8 +16,8 @@ from protocol import debug_bundle as fmt
 from protocol.sync import credential as c
 
 from .bundle_helpers import NAME, NOTE, PASSPORT, YEAR, leaks
-from .console_helpers import Cable, run_beside_technician
-from .test_ui_helpers import free_port, make_kiosk
+from .console_helpers import Cable, console_runtime, run_beside_technician
+from .test_ui_helpers import make_kiosk
 
 BOUND = 20.0
 
@@ -38,10 +33,7 @@ def test_a_bundle_of_the_running_kiosk(tmp_path: Path) -> None:
         hub_key = hub.ed_key.public_key().public_bytes_raw()
     cred = c.load_file(doc)
     cable = Cable()
-    cfg = KioskConfig(data=kiosk_dir, hub=[f"tcp://127.0.0.1:{free_port()}"],
-                      ui="127.0.0.1:0", retry_max=0.5, interval=0.5, hardware="simulated",
-                      console=cable.a, console_baud=1_000_000)
-    rt = Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
+    rt = console_runtime(kiosk_dir, cable)
 
     def technician_at_the_port() -> dict[str, Any]:
         with TechClient(cable.b, cred, timeout=5.0) as t:

@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gpiozero.pins.mock import MockFactory
 
-from device.config import KioskConfig
-from device.hardware import panel as hw
 from device.runtime import Runtime
 from device.tech.trusted_time import SYNC, TrustedClock
 from host import tech_log
@@ -32,8 +29,8 @@ from host.tech.client import CommandRefused, TechClient
 from host.tech.logs import LINES, STATE
 from protocol.sync import credential as c
 
-from .console_helpers import Cable, run_beside_technician
-from .test_ui_helpers import free_port, make_kiosk
+from .console_helpers import Cable, console_runtime, run_beside_technician
+from .test_ui_helpers import make_kiosk
 
 BOUND = 30.0
 PIN = "482915"
@@ -120,11 +117,8 @@ def _visit(rt: Runtime, cable: Cable, technician: Callable[[], dict[str, Any]]
 
 
 def _runtime(kiosk_dir: Path, cable: Cable) -> Runtime:
-    cfg = KioskConfig(data=kiosk_dir, hub=[f"tcp://127.0.0.1:{free_port()}"],
-                      ui="127.0.0.1:0", retry_max=0.5, interval=0.5, hardware="simulated",
-                      console=cable.a, console_baud=1_000_000, staff_pin=PIN,
-                      log_max_mib=1.0)
-    return Runtime(cfg, hardware=hw.Hardware(pin_factory=MockFactory()))
+    rt: Runtime = console_runtime(kiosk_dir, cable, staff_pin=PIN, log_max_mib=1.0)
+    return rt
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
