@@ -47,3 +47,16 @@ def served_hub(tmp: Path) -> Iterator[tuple[Hub, str]]:
     finally:
         server.shutdown()
         hub.close()
+
+
+def held_prescription(a: Kiosk, b: Kiosk, url: str) -> str:
+    """A prescription ``a`` wrote and both then changed apart, synced (a, b, a): held on
+    the hub for review. Its record id."""
+    rx = a.store.put("prescription", values={"medication": "amoxicillin", "status": "active"})
+    a.sync(url)
+    b.sync(url)
+    a.store.put("prescription", rx, {"dosageInstruction": "500 mg twice daily"})
+    b.store.put("prescription", rx, {"dosageInstruction": "250 mg three times daily"})
+    for k in (a, b, a):
+        k.sync(url)
+    return rx

@@ -12,7 +12,7 @@ from pathlib import Path
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 
-from .test_sync_helpers import Kiosk
+from .test_sync_helpers import Kiosk, held_prescription
 
 
 @contextmanager
@@ -90,13 +90,7 @@ def test_a_kiosk_that_saw_a_write_the_restored_hub_lost_is_not_stuck(tmp_path: P
     init_hub(data)
     with serving(data) as (hub, url):
         a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
-        rx = a.store.put("prescription", values={"medication": "amoxicillin"})
-        a.sync(url)
-        b.sync(url)
-        a.store.put("prescription", rx, {"dosageInstruction": "500 mg twice daily"})
-        b.store.put("prescription", rx, {"dosageInstruction": "250 mg three times daily"})
-        for k in (a, b, a):
-            k.sync(url)
+        rx = held_prescription(a, b, url)
         [held] = hub.conflicts()
     shutil.copytree(data, backup)  # the night's backup: the conflict still held
     with serving(data) as (hub, url):

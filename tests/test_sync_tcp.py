@@ -10,7 +10,7 @@ import pytest
 from device.sync.state import last_sync_of
 from host.cli import main as hub_main
 
-from .test_sync_helpers import Kiosk, served_hub
+from .test_sync_helpers import Kiosk, held_prescription, served_hub
 
 
 def test_checkins_arrive_once_and_replicas_converge(tmp_path: Path) -> None:
@@ -52,13 +52,7 @@ def test_concurrent_prescription_edit_is_held_until_review(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with served_hub(tmp_path) as (hub, url):
         a, b = Kiosk(tmp_path, "a", hub, "A"), Kiosk(tmp_path, "b", hub, "B")
-        rx = a.store.put("prescription", values={"medication": "amoxicillin", "status": "active"})
-        a.sync(url)
-        b.sync(url)
-        a.store.put("prescription", rx, {"dosageInstruction": "500 mg twice daily"})
-        b.store.put("prescription", rx, {"dosageInstruction": "250 mg three times daily"})
-        for k in (a, b, a):
-            k.sync(url)
+        rx = held_prescription(a, b, url)
         held = [c for c in hub.conflicts() if c["severity"] == "hold"]
         assert len(held) == 1
         assert all(k.store.view(rx).held for k in (a, b))  # type: ignore[union-attr]
