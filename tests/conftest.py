@@ -14,6 +14,10 @@ A machine that cannot have something even as root (a container without the
 capability to mount) names it in ``HAVEN_MAY_LACK`` (comma-separated, e.g.
 ``HAVEN_MAY_LACK=tmpfs,netns``); those tests then skip, and their reason says
 that the variable allowed it.
+
+PostgreSQL is such a thing (``postgresql``): ``postgres`` starts one cluster
+per test process (per xdist worker) for the session, and ``pg_database`` gives
+a test a fresh database in it.
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.postgres_cluster import Cluster, postgres_available, start_cluster
 
 MAY_LACK = "HAVEN_MAY_LACK"
 
@@ -72,3 +80,28 @@ def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "--lazy", str(where)], timeout=20.0, check=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A PostgreSQL cluster for this test process, stopped and removed at the end."""
+    reason = postgres_available()
+    require(reason is None, "postgresql", f"needs PostgreSQL: {reason}")
+    # Not under pytest's base temp: that stays 0700, and the server runs as another user.
+    root = Path(tempfile.mkdtemp(prefix="haven-pg-"))
+    try:
+        with start_cluster(root) as cluster:
+            yield cluster
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_database(postgres: Cluster) -> Iterator[str]:
+    """The URL of a fresh, empty database for this test, dropped after it."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres.drop_database(name)
