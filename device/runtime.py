@@ -588,7 +588,7 @@ class Runtime:
                     self._link = LINK_UP
                 wait = wait if left == 0 else 0.0
             else:
-                self._result = ERROR if result == ERROR else OFFLINE
+                self._result = result if result in (ERROR, PENDING) else OFFLINE
                 if settled and self._link == LINK_RECONNECTING:
                     self._link = LINK_UP  # the round after the link's return is over
             self._show()
@@ -635,7 +635,8 @@ class Runtime:
         if self.metrics is None:
             return
         summary = self._round_summary
-        outcome = {SYNCED: "synced", OFFLINE: "offline", REVOKED: "refused"}.get(result, "error")
+        outcome = {SYNCED: "synced", OFFLINE: "offline", PENDING: "offline",  # hub busy
+                   REVOKED: "refused"}.get(result, "error")
         self.metrics.round(outcome, summary,
                            summary.seconds if summary is not None else self.clock() - started)
         if self.metrics.sample_due():
@@ -668,6 +669,9 @@ class Runtime:
                         bytes_sent=summary.bytes_sent, bytes_received=summary.bytes_received,
                         ms=int(summary.seconds * 1000)))
             return SYNCED, out.wait
+        if out.busy is not None:  # not an error: the link is fine, the hub asks for time
+            self.live.update(detail=f"the hub is busy: the next try in {out.wait:.0f} s")
+            return PENDING, out.wait
         if out.failures or not self.cfg.hub:
             detail = "; ".join(out.failures) or "no hub URL configured"
         else:

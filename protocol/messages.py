@@ -135,4 +135,11 @@ def _is_type(value: Any, ftype: FieldType) -> bool:
 # The link-level messages every peer understands (SPEC.md, "Messages").
 PING = register(MessageSpec(1, "ping", {1: ("nonce", int)}))
 PONG = register(MessageSpec(2, "pong", {1: ("nonce", int)}))
-CLOSE = register(MessageSpec(3, "close", {1: ("reason", str)}, {2: ("detail", str)}))
+def _uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+#: ``retry_ms``: with reason ``busy``, how long the peer asks to be left alone (SPEC.md
+#: "Busy"); a peer that does not know the field keeps it unread and backs off its own way.
+CLOSE = register(MessageSpec(3, "close", {1: ("reason", str)},
+                             {2: ("detail", str), 3: ("retry_ms", _uint)}))

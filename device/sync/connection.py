@@ -62,6 +62,7 @@ from device.sync.engine import (
     REPLY_TIMEOUT,
     STALL,
     Summary,
+    SyncBusy,
     SyncFailed,
     SyncRefused,
     drive_round,
@@ -147,7 +148,7 @@ class HubConnection:
                                    limit=max(0.0, limit - (self.clock() - start)), docs=docs,
                                    reopen=self._reopen, stall=self.stall,
                                    reply_timeout=self.reply_timeout, pending=pending)
-            except SyncRefused:
+            except (SyncRefused, SyncBusy):  # a busy hub is not asked again at once
                 self.close()
                 raise
             except SyncFailed as exc:

@@ -25,7 +25,9 @@ last page said no more. ``drive_round`` runs a round over a session driver
 (``protocol.driver``), which may outlive it (``device.sync.connection``);
 ``run_round`` opens a link and a session for one round and closes them
 after. A refusal by the hub (revoked, unknown, wrong certificate) raises
-``SyncRefused``: retrying will not help.
+``SyncRefused``: retrying will not help. The hub's busy answer (SPEC.md
+"Busy": it serves as many rounds as it can) raises ``SyncBusy`` with the
+wait it asked for; the loop of rounds obeys it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from protocol.transfer import transfer_id
 log = logging.getLogger("haven.sync")
 
 BATCH_BYTES = 48 * 1024
+BUSY = "busy"  #: the hub's close reason when it serves as many rounds as it can
 REFUSALS = ("unknown-device", "revoked", "wrong-certificate", "bad-certificate", "unapproved",
             "auth", "bad-approval")
 
@@ -93,6 +96,27 @@ DOCUMENT_SHARE = 0.75
 
 class SyncFailed(DeviceError):
     """This round failed; another may succeed."""
+
+
+class SyncBusy(SyncFailed):
+    """The hub is busy and asked us to come back in ``retry_after`` seconds (SPEC.md
+    "Busy"): the link is fine, and nothing of the round was lost."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def closed_error(event: Closed, url: str) -> SyncFailed:
+    """What a round raises for its session's ``Closed``: ``SyncRefused`` for a refusal,
+    ``SyncBusy`` for the hub's busy answer with its wait, else ``SyncFailed``."""
+    what = f"{event.reason}: {event.detail}" if event.detail else event.reason
+    if event.reason in REFUSALS:
+        return SyncRefused(f"{refuser(event.by_peer)} ({what})", event.reason)
+    if event.reason == BUSY and event.by_peer and event.retry_ms is not None:
+        return SyncBusy(f"the hub at {url} is busy; it asks for {event.retry_ms / 1000:g} s",
+                        event.retry_ms / 1000)
+    return SyncFailed(f"session closed {'by the hub' if event.by_peer else 'here'} ({what})")
 
 
 class SyncRefused(SyncFailed):
@@ -557,11 +581,7 @@ def drive_round(driver: SessionDriver, store: Store, state: SyncState, ident: Id
                 elif isinstance(event, MessageReceived):
                     replies = rnd.on_message(event.data)
                 elif isinstance(event, Closed):
-                    what = f"{event.reason}: {event.detail}" if event.detail else event.reason
-                    if event.reason in REFUSALS:
-                        raise SyncRefused(f"{refuser(event.by_peer)} ({what})", event.reason)
-                    raise SyncFailed(f"session closed {'by the hub' if event.by_peer else 'here'}"
-                                     f" ({what})")
+                    raise closed_error(event, url)
                 elif isinstance(event, LinkClosed) and reopen is not None:
                     reopen()
                     since, quick = clock(), False

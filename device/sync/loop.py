@@ -16,11 +16,15 @@ the backoff with jitter, never longer than until a resting URL may be
 probed (``retry_wait``). ``idle(seconds, wake)`` is that wait, servicing
 the open session and ending at once when ``wake`` is set or the hub
 speaks. A link that comes back (``link_returned``) lets its breaker probe
-at once. After a round that worked, garbage is collected at the hub's
-stable point (``device.sync.collect``), off the round: the round's
-acknowledgements are in, and a pass is bounded in time. ``SyncRefused``
-passes through: retrying will not help. A
-revocation is kept in ``sync.db`` (``SyncState.mark_revoked``), so that the
+at once. The hub's busy answer (``SyncBusy``, SPEC.md "Busy") is no failure:
+no breaker counts it and no other URL is tried (it is the same hub); the
+loop waits what the hub asked times a jitter of its own (``busy_wait``:
+1 to 1.5 times, so a herd told alike does not come back at one instant),
+and a round asked for sooner (a check-in) only says how long is left.
+After a round that worked, garbage is collected at the hub's stable point
+(``device.sync.collect``), off the round: the round's acknowledgements are
+in, and a pass is bounded in time. ``SyncRefused`` passes through: retrying
+will not help. A revocation is kept in ``sync.db`` (``SyncState.mark_revoked``), so that the
 loop refuses to run again for this certificate, even after a restart.
 
 ``run_sync`` is ``haven-kiosk sync``'s loop on top of it; the runtime
@@ -44,7 +48,14 @@ from device.sync.circuit import Breakers, hub_breakers
 from device.sync.collect import Collector
 from device.sync.connection import KEEPALIVE, HubConnection, Waiter, wait_readable
 from device.sync.document_store import DocumentStore
-from device.sync.engine import REPLY_TIMEOUT, Summary, SyncFailed, SyncRefused, run_round
+from device.sync.engine import (
+    REPLY_TIMEOUT,
+    Summary,
+    SyncBusy,
+    SyncFailed,
+    SyncRefused,
+    run_round,
+)
 from device.sync.link_monitor import LinkMonitor, link_monitor_for
 from device.sync.state import SyncState
 from device.sync.wake import Wake
@@ -58,6 +69,9 @@ BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 #: connect again without a reason of our own (see ``device.sync.connection``).
 SUPERSEDED_WAIT = 300.0
 REVOKED = "revoked"  #: the close reason of a revoked kiosk's session
+#: The hub's busy answer: its wait times 1 to 1 + BUSY_JITTER, and never more than
+#: BUSY_CAP seconds whatever a hub asks.
+BUSY_JITTER, BUSY_CAP = 0.5, 900.0
 
 
 class SyncGaveUp(SyncFailed, TimeoutError):
@@ -69,6 +83,7 @@ class Outcome:
     summary: Summary | None  #: the round that worked, or None
     failures: list[str]  #: what each URL that failed said
     wait: float  #: seconds until the next round
+    busy: float | None = None  #: the hub was busy and asked for this many seconds
 
 
 def sync_first(breakers: Breakers, run: Callable[[str, float], Summary],
@@ -86,7 +101,7 @@ def sync_first(breakers: Breakers, run: Callable[[str, float], Summary],
             break
         try:
             summary = run(url, left)
-        except SyncRefused:
+        except (SyncRefused, SyncBusy):
             raise
         except failed as exc:
             breakers[url].failure()
@@ -108,6 +123,12 @@ def retry_wait(attempt: int, breakers: Breakers, rng: random.Random,
     ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 20))
     wait = min(cap, ceiling / 2 + rng.random() * ceiling / 2)
     return wait if probe is None else min(wait, probe)
+
+
+def busy_wait(asked: float, rng: random.Random, cap: float = BUSY_CAP) -> float:
+    """Seconds to wait after the hub asked for ``asked``: never less, up to half more
+    at random, at most ``cap``."""
+    return min(cap, max(0.0, asked) * (1.0 + BUSY_JITTER * rng.random()))
 
 
 class SyncLoop:
@@ -136,6 +157,8 @@ class SyncLoop:
         self.conn: HubConnection | None = None  #: the kept-open session
         self.attempt = 0  #: rounds in a row in which a URL was tried and none worked
         self.contact: float | None = None  #: ``clock`` at the end of the last round that worked
+        #: ``clock`` before which the hub's busy answer keeps rounds off it, and its ask
+        self.busy_until, self.busy_asked = -math.inf, 0.0
         self.collector = Collector()
 
     @property
@@ -156,6 +179,8 @@ class SyncLoop:
         if (why := self.revoked) is not None:
             raise SyncRefused(f"this kiosk was revoked ({why})", REVOKED)
         self._enrolled()  # a round that failed after its welcome may have enrolled it
+        if (left := self.busy_until - self.clock()) > 0:
+            return Outcome(None, [], left, self.busy_asked)
         try:
             summary, failures = sync_first(self.breakers, self._round, limit, self.failed)
         except SyncRefused as exc:
@@ -163,6 +188,11 @@ class SyncLoop:
                 self.close()
                 self.state.mark_revoked(self.ident.cert.raw, str(exc))
             raise
+        except SyncBusy as exc:
+            wait = busy_wait(exc.retry_after, self.rng)
+            self.busy_until, self.busy_asked = self.clock() + wait, exc.retry_after
+            log.info("%s: the next round in %.1f s", exc, wait)
+            return Outcome(None, [], wait, exc.retry_after)
         if summary is not None:
             self._enrolled()
             self.attempt = 0

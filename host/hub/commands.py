@@ -534,6 +534,15 @@ SERVE_LIMITS = [
      "exists, as haven hub promote does (0: none)"),
     ("--fd-reserve", "fd_reserve", int, "N",
      "descriptors kept back from connections for the store and documents"),
+    ("--max-rounds", "max_rounds", int, "N",
+     "sync rounds served at once; a kiosk starting one more is told busy, to come back "
+     "when the rounds ahead have drained (default here: 16 a processor, 32 to 256)"),
+    ("--round-quiet", "round_quiet", float, "S",
+     "seconds without a kiosk's message or store work that end its round"),
+    ("--busy-retry-min", "busy_retry_min", float, "S",
+     "the least a busy answer asks a kiosk to wait"),
+    ("--busy-retry-max", "busy_retry_max", float, "S",
+     "the most a busy answer asks a kiosk to wait"),
 ]
 
 
@@ -556,6 +565,8 @@ def serve_limits(args: argparse.Namespace) -> Limits:
         if values[name] < 0 or (values[name] == 0
                                 and name not in ("fd_reserve", "promote_interval")):
             raise UsageError(f"{flag} must be above 0")
+    if values["busy_retry_min"] > values["busy_retry_max"]:
+        raise UsageError("--busy-retry-min must not be above --busy-retry-max")
     return Limits(**values)
 
 

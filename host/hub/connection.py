@@ -109,6 +109,11 @@ class PeerSlot:
     def idle(self) -> bool:
         return not (self._busy or self._queue or self.peer.owed)
 
+    @property
+    def gone(self) -> bool:
+        """Its session ended: no more of its messages will come."""
+        return self.session is None or self.session.state == SESSION_CLOSED
+
     def attach(self, conn: Connection, session: Session) -> None:
         self.conn, self.session = conn, session
 
@@ -305,7 +310,7 @@ class Connection(asyncio.Protocol):
                     self.server.authenticated(self)
                 self.server.connected(self, event)
             elif isinstance(event, MessageReceived):
-                if self.slot is not None:
+                if self.slot is not None and self.server.round_message(self, self.slot):
                     self.notified = False
                     self._enqueue(self.slot, event.data)
             elif isinstance(event, Closed | Restarted):
@@ -375,14 +380,15 @@ class Connection(asyncio.Protocol):
             self.step()
 
     def refuse(self, reason: str, detail: str, *, abort: bool = False,
-               goodbye: tuple[str, str] | None = None) -> None:
-        """Count the refusal and end the session (``goodbye``: the CLOSE it gets)."""
+               goodbye: tuple[str, str] | None = None, retry_ms: int | None = None) -> None:
+        """Count the refusal and end the session (``goodbye``: the CLOSE it gets, with
+        ``retry_ms`` when the kiosk is to come back after that long)."""
         if not self.live:
             return
         self.kiosk = False  # a refused kiosk's session end does not keep its address known
         self.server.refused(reason, detail)
         if goodbye is not None:
-            self.driver.close(*goodbye)
+            self.driver.close(*goodbye, retry_ms=retry_ms)
             self.step()  # writes the CLOSE; a TCP connection then closes
             if self.persistent or not self.live:
                 return

@@ -10,6 +10,9 @@ DH the hub does, and no more DH a second than the hub can spare. Who may
 take which tokens (a share per address, a bucket reserved for addresses
 kiosks were accepted from) is ``admission.HandshakeBudget``'s.
 
+``max_rounds`` and the ``busy_*`` bounds are ``shedding.Shedder``'s: sync
+rounds at once, and how long a kiosk turned away is told to wait.
+
 ``Refusals`` counts what the server turned away, by reason, since start (the
 health socket reports it), and logs each reason at most once per
 ``log_interval`` with how many there were: a flood of strangers writes one
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from host.hub.shedding import default_max_rounds
 
 
 @dataclass
@@ -50,6 +55,12 @@ class Limits:
     fd_reserve: int = 64  #: descriptors kept back from connections (store, documents)
     accept_batch: int = 64  #: connections accepted per wakeup
     listener_retries: int = 10  #: reopening a failed listener, before the process gives up
+    #: Sync rounds in progress at once; the next ones are told to come back later
+    #: (``shedding``: 16 a processor, 32 to 256).
+    max_rounds: int = field(default_factory=default_max_rounds)
+    round_quiet: float = 1.0  #: seconds without a kiosk's message or work that end its round
+    busy_retry_min: float = 1.0  #: seconds: the least a busy answer asks a kiosk to wait
+    busy_retry_max: float = 300.0  #: seconds: the most it asks
 
 
 class TokenBucket:

@@ -85,6 +85,7 @@ from host.hub.limits import Limits, Refusals
 from host.hub.listener import Listener, bind
 from host.hub.peer import HubPeer
 from host.hub.serial_port import SerialPort
+from host.hub.shedding import Shedder
 from host.hub.watch import Look, StoreWatch
 from protocol import messages
 from protocol.driver.errors import LinkError
@@ -163,6 +164,8 @@ class Server:
                                  lim.log_interval)
         #: Takeovers and superseded connections: logged like refusals, at most a row an interval.
         self.notes = Refusals(self.log, lim.log_interval)
+        self.shedder = Shedder(lim.max_rounds, lim.round_quiet, lim.busy_retry_min,
+                               lim.busy_retry_max)
         self.listeners: list[Listener] = []
         self.ports: list[SerialPort] = []
         self.watch = StoreWatch(self, hub.data / DB)
@@ -354,6 +357,18 @@ class Server:
                                  f"from {conn.url}", time.monotonic())
             older.supersede()
 
+    def round_message(self, conn: Connection, slot: PeerSlot) -> bool:
+        """A kiosk's message for ``slot`` (loop thread): True if it goes on to the pool;
+        False if it would begin a round over ``max_rounds``, and ``conn`` was told busy
+        (``shedding``)."""
+        wait_ms = self.shedder.message(slot, time.monotonic())
+        if wait_ms is None:
+            return True
+        conn.refuse("busy", f"{conn.url}: {self.shedder.in_progress} sync rounds in "
+                    f"progress; told to come back in {wait_ms / 1000:g} s",
+                    goodbye=("busy", "sync rounds at the bound"), retry_ms=wait_ms)
+        return False
+
     def _uncount(self, conn: Connection) -> None:
         addr = conn.address
         if addr is not None:
@@ -393,6 +408,7 @@ class Server:
         now = time.monotonic()
         self.refusals.flush(now)
         self.notes.flush(now)
+        self.shedder.sweep(now, lambda slot: slot.idle, lambda slot: slot.gone)
         idle = self.limits.idle_limit
         for key, sid in list(self._kept_by_key.items()):
             kept = self._kept.get(sid)
@@ -506,6 +522,7 @@ class Server:
             "workers": {"size": self.limits.workers, "running": self.running,
                         "queued": max(0, self.pending - self.running)},
             "refusals": self.refusals.totals(),
+            "rounds": self.shedder.report(time.monotonic()),
             "handshakes": self.budget.report(time.monotonic()),
             "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
             "serial": [p.url for p in self.ports],

@@ -257,11 +257,13 @@ class SessionDriver:
         if self.link is not None and (out := self.output(self.clock())):
             self.link.write(out)
 
-    def close(self, reason: str = "done", detail: str = "", linger: float = 0.0) -> None:
+    def close(self, reason: str = "done", detail: str = "", linger: float = 0.0,
+              retry_ms: int | None = None) -> None:
         """Say goodbye; over an attached link, write the CLOSE and then keep reading
-        (and dropping) for ``linger`` seconds so it can leave."""
+        (and dropping) for ``linger`` seconds so it can leave. ``retry_ms``: see
+        ``Session.close``."""
         self._closing = True
-        self.session.close(reason, detail)
+        self.session.close(reason, detail, retry_ms)
         self.flush()
         link = self.link
         if link is None:

@@ -159,13 +159,16 @@ class Session(Handshaking):
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
-    def close(self, reason: str = "shutdown", detail: str = "") -> None:
-        """Say goodbye; the CLOSE goes out with the next ``data_to_send``."""
+    def close(self, reason: str = "shutdown", detail: str = "",
+              retry_ms: int | None = None) -> None:
+        """Say goodbye; the CLOSE goes out with the next ``data_to_send``. ``retry_ms``:
+        how long the peer should wait before it comes back (reason ``busy``)."""
         if self.state == CLOSED:
             return
         if self._sealer is not None:
-            self._control.append(messages.make("close", reason=reason, detail=detail or None))
-        self._finish(Closed(reason, detail), "close")
+            self._control.append(messages.make("close", reason=reason, detail=detail or None,
+                                               retry_ms=retry_ms))
+        self._finish(Closed(reason, detail, retry_ms=retry_ms), "close")
 
     def reconnect(self, now: float) -> None:
         """The link was replaced: handshake again and resume (initiator only)."""
@@ -353,10 +356,11 @@ class Session(Handshaking):
         try:
             msg = messages.decode(body)
             reason, detail = str(msg.get("reason")), str(msg.get("detail", ""))
+            retry_ms = msg.get("retry_ms")
         except ProtocolError:
             self.stats.bad_handshake += 1
             return
-        self._finish(Closed(reason, detail, by_peer=True), "fail")
+        self._finish(Closed(reason, detail, by_peer=True, retry_ms=retry_ms), "fail")
 
     def _on_control(self, plain: bytes, now: float) -> None:
         try:
@@ -385,7 +389,8 @@ class Session(Handshaking):
             self._tx.rtt.sample(now - sent)
 
     def _on_close(self, msg: Message, now: float) -> None:
-        self._finish(Closed(msg.get("reason"), msg.get("detail", ""), by_peer=True), "close")
+        self._finish(Closed(msg.get("reason"), msg.get("detail", ""), by_peer=True,
+                            retry_ms=msg.get("retry_ms")), "close")
 
     def _on_resume(self, msg: Message, now: float) -> None:
         if self._resumed_msg is not None and not self.initiator:

@@ -86,6 +86,7 @@ class Closed:
     reason: str
     detail: str = ""
     by_peer: bool = False
+    retry_ms: int | None = None  #: the peer's ``close`` asked us to wait this long (busy)
 
 
 Event = Connected | MessageReceived | Closed

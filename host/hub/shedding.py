@@ -1,0 +1,149 @@
+"""Surviving the herd: sync rounds in progress up to a bound, the rest told when to come back.
+
+Theory of operation
+-------------------
+After a regional outage every kiosk of the region comes back within seconds.
+Served all at once, each round waits behind all the others for the store,
+every round runs past its time limit and is tried again: the hub slows down
+for everyone and never catches up. So the hub serves at most ``max_rounds``
+sync rounds at once and answers the others "busy, come back in N s" (SPEC.md
+"Busy"): a ``close`` with reason ``busy`` and ``retry_ms``. A kiosk waits
+that long times a jitter of its own (``device.sync.loop.busy_wait``) and
+comes back with a new session.
+
+**What a round is, on the hub.** The kiosk's first message on a
+conversation that is not in a round (its ``sync-hello``, or on a session kept
+open the first ``sync-pull`` or ``sync-batch`` of its next round) begins
+one; every later message keeps it going. The hub cannot see a kiosk's round
+end (its outbox is the kiosk's), so a round ends once its conversation has
+had no work queued or running and no message for ``quiet`` seconds (a
+kiosk sends its next batch as soon as the ack of the last arrives, so a
+gap of a round trip is not an end), or once its session is gone. Only a
+round's first message is ever refused: a kiosk mid-round, resumed on a new
+link included, is never cut off.
+
+**Cheap to refuse.** ``begin`` is a few arithmetic operations on the loop
+thread: no store access, no worker job. A busy answer costs the key exchange
+that came before the message (which ``admission.HandshakeBudget`` already
+rations) and one ``close`` frame; refusals are counted and logged at most a
+row an interval (``limits.Refusals``).
+
+**How long to wait.** The hub frees about ``max_rounds / (round + quiet)``
+rounds a second, ``round`` being the mean time its rounds took lately (an
+exponential average, ``round_guess`` before the first). A kiosk turned away
+is told to wait until the rounds ahead of it have drained: those in progress
+beyond the bound, plus the kiosks told to come back before it whose time has
+not yet come (``promised``), at that rate. So each refusal in a herd is told
+a little later than the one before, the returns spread out at the rate the
+hub serves them, and the wait grows with the queue. It is bounded by
+``min_retry`` and ``max_retry``.
+
+The clock is the caller's (``now`` in seconds), so tests drive it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Weight of the latest round in the mean round time.
+ROUND_WEIGHT = 0.2
+
+
+def default_max_rounds(cpus: int | None = None) -> int:
+    """Rounds at once for a hub with ``cpus`` processors (this machine's by default):
+    16 a processor, 32 to 256. A Pi-class hub (4 cores, an SD card) gets 64, so a
+    commit waits behind at most a few dozen others; a server-class one 256."""
+    return max(32, min(256, 16 * (cpus or os.cpu_count() or 1)))
+
+
+@dataclass
+class _Round:
+    started: float
+    last: float  #: the round's latest message
+
+
+@dataclass
+class Shedder:
+    """Rounds in progress by conversation (any hashable key). See the module docstring."""
+
+    max_rounds: int
+    quiet: float = 1.0  #: seconds without a message or work that end a round
+    min_retry: float = 1.0  #: seconds: the least a busy answer asks
+    max_retry: float = 300.0  #: seconds: the most a busy answer asks
+    round_guess: float = 1.0  #: seconds a round is taken to last before one was measured
+    rounds: dict[Hashable, _Round] = field(default_factory=dict)
+    promised: deque[float] = field(default_factory=deque)  #: when refused kiosks are due
+    mean_round: float = -1.0  #: seconds (negative: none measured yet)
+    peak: int = 0  #: the most rounds in progress at once
+    admitted: int = 0  #: rounds begun since start
+    busy: int = 0  #: busy answers given since start
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            raise ValueError("max_rounds must be at least 1")
+        if not 0 < self.min_retry <= self.max_retry:
+            raise ValueError("a busy answer needs 0 < min_retry <= max_retry")
+
+    @property
+    def in_progress(self) -> int:
+        return len(self.rounds)
+
+    def in_round(self, key: Hashable) -> bool:
+        return key in self.rounds
+
+    def message(self, key: Hashable, now: float) -> int | None:
+        """A kiosk's message on conversation ``key``: None if it may be handled (its round
+        goes on, or a new one begins), else the milliseconds it is told to wait."""
+        current = self.rounds.get(key)
+        if current is not None:
+            current.last = now
+            return None
+        return self.begin(key, now)
+
+    def begin(self, key: Hashable, now: float) -> int | None:
+        """A new round on ``key``: None if admitted, else the busy answer's wait (ms)."""
+        if len(self.rounds) < self.max_rounds:
+            self.rounds[key] = _Round(now, now)
+            self.admitted += 1
+            self.peak = max(self.peak, len(self.rounds))
+            return None
+        self.busy += 1
+        wait = self.retry_after(now)
+        self.promised.append(now + wait)
+        return math.ceil(wait * 1000)
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until the rounds ahead of one more kiosk have drained (bounded)."""
+        while self.promised and self.promised[0] <= now:
+            self.promised.popleft()
+        ahead = len(self.rounds) + len(self.promised) - self.max_rounds + 1
+        round_time = self.mean_round if self.mean_round >= 0 else self.round_guess
+        rate = self.max_rounds / max(1e-3, round_time + self.quiet)  #: rounds freed a second
+        return min(self.max_retry, max(self.min_retry, ahead / rate))
+
+    def end(self, key: Hashable) -> None:
+        """The round on ``key`` is over (its session is gone, or it went quiet)."""
+        r = self.rounds.pop(key, None)
+        if r is not None:
+            took = r.last - r.started
+            self.mean_round = took if self.mean_round < 0 else (
+                (1 - ROUND_WEIGHT) * self.mean_round + ROUND_WEIGHT * took)
+
+    def sweep(self, now: float, idle: Callable[[Any], bool],
+              gone: Callable[[Any], bool]) -> None:
+        """End the rounds whose conversation has no work (``idle``) and either heard
+        nothing for ``quiet`` seconds or lost its session (``gone``)."""
+        for key, r in list(self.rounds.items()):
+            if idle(key) and (now - r.last >= self.quiet or gone(key)):
+                self.end(key)
+
+    def report(self, now: float) -> dict[str, float | int]:
+        return {"in_progress": len(self.rounds), "bound": self.max_rounds, "peak": self.peak,
+                "admitted": self.admitted, "busy": self.busy,
+                "mean_round_s": round(max(0.0, self.mean_round), 3),
+                "next_retry_s": round(self.retry_after(now), 3)}
