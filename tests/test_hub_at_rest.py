@@ -277,13 +277,25 @@ def test_a_sealed_value_altered_or_moved_does_not_open(tmp_path: Path) -> None:
         (a, da), (b, db) = hub.store._q("SELECT hseq, data FROM ops ORDER BY hseq")
         hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [db, a])  # moved
         with pytest.raises(SealBroken, match="does not open"):
-            hub.dump()
+            list(hub.store.all_ops())
         flipped = bytearray(da)
         flipped[-1] ^= 1
         hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [bytes(flipped), a])
         with pytest.raises(SealBroken):
-            hub.dump()
+            list(hub.store.all_ops())
         hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [da, a])
+        assert b"Patient 0" in b"".join(op.data for op in hub.store.all_ops())
+        # the current records' values (what dump reads): moved to another record or
+        # field, or altered, they do not open either
+        (a, va), (b, vb) = hub.store._q("SELECT id, value FROM record_fields WHERE kind = 0"
+                                        " ORDER BY rid, field LIMIT 2")
+        hub.store._q("UPDATE record_fields SET value = ? WHERE id = ?", [vb, a])
+        with pytest.raises(SealBroken):
+            hub.dump()
+        hub.store._q("UPDATE record_fields SET value = ? WHERE id = ?", [va[:-1], a])
+        with pytest.raises(SealBroken):
+            hub.dump()
+        hub.store._q("UPDATE record_fields SET value = ? WHERE id = ?", [va, a])
         assert b"Patient 0" in hub.dump()
 
 

@@ -177,7 +177,7 @@ def alerts(hub: Hub, now_ms: int | None = None,
                 f"haven hub audit {k['device']}; entries still missing after the kiosk "
                 "synced mean its card was restored or tampered with: call a technician"))
     waiting = []
-    for view in hub.views() if views is None else views:
+    for view in hub.conflicted() if views is None else views:
         for c in view.conflicts:
             if c.severity == "info":
                 continue

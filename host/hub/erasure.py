@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING
 import sqlite_utils
 
 from host.errors import UsageError
-from host.hub import at_rest, fleet_rotation, husking
+from host.hub import at_rest, current, fleet_rotation, husking
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks
 from host.hub.storage import HubStore, Op
@@ -413,6 +413,7 @@ def _husk_ops(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: set[bytes
             if bare is not delta:
                 db.execute("UPDATE ops SET data = ? WHERE hseq = ?",
                            [sealer.seal_ops([(rid, stamp, node, encode(bare))])[0], hseq])
+    current.refresh(db, sealer, sorted(rids))
 
 
 def _husked(db: sqlite_utils.Database, patients: set[bytes], needles: list[bytes],

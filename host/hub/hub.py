@@ -429,20 +429,19 @@ class Hub:
     # State ------------------------------------------------------------------------
 
     def views(self) -> list[RecordView]:
-        logs: dict[bytes, RecordLog] = {}
-        for op in self.store.all_ops():
-            log = logs.get(op.rid)
-            if log is None:
-                log = logs[op.rid] = RecordLog(op.rid)
-            log.add(decode(op.data))
-        return [log.view() for log in logs.values()]
+        """Every record's merged state, from the current records (``current``)."""
+        return [view for view, _ in self.store.current_records()]
+
+    def conflicted(self) -> list[RecordView]:
+        """The records in conflict (what review, status and the alerts read)."""
+        return [view for view, _ in self.store.current_records("r.conflicts > 0")]
 
     def dump(self) -> bytes:
         return canonical_json(self.views())
 
     def conflicts(self, views: list[RecordView] | None = None) -> list[dict[str, Any]]:
         """Every current conflict (of ``views``, already read: the state's by default)."""
-        out = [conflict_json(c, v.type) for v in (self.views() if views is None else views)
+        out = [conflict_json(c, v.type) for v in (self.conflicted() if views is None else views)
                for c in v.conflicts]
         return sorted(out, key=lambda c: str(c["id"]))
 
@@ -450,7 +449,7 @@ class Hub:
                 assignments: list[str] | None = None, now_ms: int | None = None) -> str:
         """The kiosk's ``resolve``, written by the hub's node; returns the record id."""
         now = wall_ms() if now_ms is None else now_ms
-        view = next((v for v in self.views() if any(c.id == conflict_id for c in v.conflicts)),
+        view = next((v for v in self.conflicted() if any(c.id == conflict_id for c in v.conflicts)),
                     None)
         if view is None:
             raise UsageError(f"no current conflict {conflict_id}")
@@ -567,7 +566,7 @@ class Hub:
                    "reached_hub_by": cursor_text(cursor)}
                   for role, site in groups
                   for cursor in [self.store.stable_point(role, site)]]
-        views = self.views()  # read once: the conflicts and the alerts
+        views = self.conflicted()  # read once: the conflicts and the alerts
         conflicts = self.conflicts(views)
         return {"node": f"{self.node:08x}", "public_key": self.x_public.hex(),
                 "deltas": self.store.count(),

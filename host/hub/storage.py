@@ -47,7 +47,7 @@ from typing import Any
 
 import sqlite_utils
 
-from host.hub import at_rest, husking, scopes
+from host.hub import at_rest, current, husking, scopes
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
 from protocol.driver.database import Migrations, immediate, open_database
@@ -190,6 +190,11 @@ def _m008_at_rest(db: sqlite_utils.Database) -> None:
         if scopes.is_delete_head(bytes(head))])
 
 
+#: 9: the current records (``current``): each record's merged state, its values sealed
+#: one by one, kept in the transaction of every write to ``ops``; filled from ``ops`` at
+#: the store's first open after this (it needs the keys: ``current.resume``).
+MIGRATIONS.sql(9, *current.TABLES)
+
 #: SQL: a delta's bytes, opened (``at_rest``).
 OPENED = at_rest.opened()
 #: The next kiosk number: one past every number a kiosk or an approval was given.
@@ -248,6 +253,7 @@ class HubStore:
             self._db.execute("PRAGMA secure_delete = ON")
             with self._tx() as db:
                 self._sealer = at_rest.load(db, self._keys)
+                current.resume(db, self._sealer)
             at_rest.register(self._db, self._sealer)
         except BaseException:
             self._db.close()
@@ -496,6 +502,7 @@ class HubStore:
                     added.append((hseq, delta))
                 hseq += cur.rowcount
             scopes.note_commit(db, added)
+            current.apply(db, sealer, current.as_stored(db, added, good))
             arrived = hseq - 1 if hseq > first else None
             for code, reason, data in bad:
                 qid = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM quarantine"
@@ -624,7 +631,9 @@ class HubStore:
                               [hseq, op.rid, op.stamp, op.node, blob,
                                scopes.is_delete_head(op.data)]).rowcount:
                     added.append((hseq, op.data))
-            scopes.note_commit(db, scopes.decoded(added))
+            decoded = scopes.decoded(added)
+            scopes.note_commit(db, decoded)
+            current.apply(db, self._sealer, decoded)
 
     def changes_since(self, cursor: int, exclude_node: int | None, max_bytes: int,
                       scope: Scope | None = None, split: PageSplit | None = None,
@@ -704,6 +713,12 @@ class HubStore:
     def all_ops(self) -> Iterator[Op]:
         for rid, stamp, node, data in self._q(f"SELECT rid, stamp, node, {OPENED} FROM ops"):
             yield Op(bytes(rid), stamp, node, bytes(data))
+
+    def current_records(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Any]:
+        """The current records (``current.rows``: each view and the arrival number of its
+        last change), ``where`` an SQL condition on ``records r``."""
+        with self._lock:
+            return list(current.rows(self._db, self._sealer, where, args))
 
     def ops_in(self, first: bytes, last: bytes) -> list[Op]:
         """Every delta held for the records ``first`` to ``last`` (ids in byte order: a
@@ -847,6 +862,8 @@ class HubStore:
                           [hseq, delta.record_id, delta.stamp, delta.node, blob,
                            row[0] or "hub", delta.is_delete]).rowcount:
                 scopes.note_commit(db, [(hseq, delta)])
+                current.apply(db, self._sealer,
+                              current.as_stored(db, [(hseq, delta)], [(delta, data)]))
             db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
                        [now, row[0], "quarantine-released", detail[:500]])
             return True
@@ -937,6 +954,7 @@ _RESEAL: dict[str, tuple[str, str, Callable[..., bytes], bool]] = {
     "held_batches": ("SELECT rowid, device_id, hash, payload FROM held_batches WHERE rowid > ?"
                      " ORDER BY rowid LIMIT ?", "payload",
                      lambda device_id, hash_: at_rest.held_ad(device_id, bytes(hash_)), False),
+    "record_fields": (current.RESEAL_SELECT, "value", current.value_ad, False),
 }
 
 

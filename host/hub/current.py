@@ -1,0 +1,304 @@
+"""The hub's current records: every record's merged state, kept in step with ``ops``.
+
+Theory of operation
+-------------------
+``records`` holds one row per record the hub holds a delta of: its type, whether it
+is deleted, whether a conflict holds it (a held prescription, a schema clash), how
+many conflicts it has, its heads (dots: no patient value) and ``hseq``, the arrival
+number of the last delta that changed it (``haven hub export --since``).
+``record_fields`` holds its values, each sealed on its own (``at_rest``) under the
+current data key, the associated data binding the record id, the kind of value and
+the field (``value_ad``), so a value moved to another row or field does not open.
+A row is a register (kind 0: its value, ``None`` too, with the dot that wrote it), a
+set (kind 1: its elements, sorted) or the record's conflicts (kind 2: every
+conflict with its versions, as the reference merge makes them).
+
+Every write to ``ops`` calls ``apply`` (new deltas) or ``refresh`` (deltas
+rewritten in place: an erasure's husks) in the same transaction, so the table
+always equals what the reference merge (``protocol.crdt.record``) gives over
+``ops``; ``views`` reads ``RecordView``s back from it, equal to the replayed ones,
+so ``dump``, review and status print what they printed when they replayed.
+
+``apply`` takes one of three paths per record:
+
+* a record new to the hub: its view from the deltas just written, which are all
+  there is of it;
+* a put that saw the record's one head (in its context, or the head is the same
+  node's earlier write) on a record neither deleted nor in any conflict, with no
+  set change: its dot is past every dot held (a context names only older writes),
+  so it becomes the one head and its assignments win; the other fields and the
+  conflicts (none) stay. Nothing is opened;
+* anything else: the record's deltas are read from ``ops`` and merged again.
+
+``resume`` fills the table from ``ops`` when it is empty and ``ops`` is not (migration
+9 makes the tables; the keys it needs come with the store's first open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import cbor2
+import sqlite_utils
+
+from host.hub import at_rest, husking
+from protocol.crdt.clock import Dot
+from protocol.crdt.delta import Delta, decode
+from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
+from protocol.errors import RemoteProtocolError
+
+REGISTER, SET, CONFLICTS = 0, 1, 2  #: ``record_fields.kind``
+#: Migration 9's tables (``storage``).
+TABLES = (
+    """CREATE TABLE records (
+        rid BLOB PRIMARY KEY, type INTEGER NOT NULL, hseq INTEGER NOT NULL,
+        deleted INTEGER NOT NULL, held INTEGER NOT NULL, conflicts INTEGER NOT NULL,
+        heads BLOB NOT NULL)""",
+    "CREATE INDEX records_by_hseq ON records (hseq)",
+    """CREATE TABLE record_fields (
+        id INTEGER PRIMARY KEY, rid BLOB NOT NULL, kind INTEGER NOT NULL,
+        field INTEGER NOT NULL, stamp INTEGER, node INTEGER, value BLOB NOT NULL,
+        UNIQUE (rid, kind, field))""",
+)
+#: What the re-sealer walks of this module's rows (``storage._RESEAL``'s shape).
+RESEAL_SELECT = ("SELECT id, rid, kind, field, value FROM record_fields WHERE id > ?"
+                 " ORDER BY id LIMIT ?")
+_UPSERT_RECORD = (
+    "INSERT INTO records (rid, type, hseq, deleted, held, conflicts, heads)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rid) DO UPDATE SET type = excluded.type,"
+    " hseq = excluded.hseq, deleted = excluded.deleted, held = excluded.held,"
+    " conflicts = excluded.conflicts, heads = excluded.heads")
+_UPSERT_FIELD = (
+    "INSERT INTO record_fields (rid, kind, field, stamp, node, value) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (rid, kind, field) DO UPDATE SET stamp = excluded.stamp,"
+    " node = excluded.node, value = excluded.value")
+_AD = struct.Struct(">BH")
+
+
+def value_ad(rid: bytes, kind: int, field: int) -> bytes:
+    """The associated data of one sealed value: its record, kind and field."""
+    return b"record" + bytes(rid) + _AD.pack(kind, field)
+
+
+def _cbor(value: Any) -> bytes:
+    return cbor2.dumps(value, canonical=True)
+
+
+def _heads(dots: Iterable[Dot]) -> bytes:
+    return _cbor([x for d in dots for x in d])
+
+
+def _dots(blob: bytes) -> tuple[Dot, ...]:
+    flat = cbor2.loads(blob)
+    return tuple(Dot(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+
+
+def _version_item(v: Version) -> list[Any]:
+    return [v.dot.stamp, v.dot.node, v.type, v.deleted, dict(v.fields),
+            {k: sorted(e) for k, e in v.sets.items()}]
+
+
+def _conflict_item(c: Conflict) -> list[Any]:
+    return [c.id, c.cls, c.severity, c.field, [_version_item(v) for v in c.versions]]
+
+
+def _conflict(rid: bytes, item: list[Any]) -> Conflict:
+    cid, cls, severity, field, versions = item
+    return Conflict(cid, rid, cls, severity, field, tuple(
+        Version(Dot(stamp, node), rtype, deleted, fields,
+                {k: frozenset(e) for k, e in sets.items()})
+        for stamp, node, rtype, deleted, fields, sets in versions))
+
+
+# Writing ---------------------------------------------------------------------------
+
+
+def apply(db: sqlite_utils.Database, sealer: at_rest.Sealer,
+          added: Sequence[tuple[int, Delta]]) -> None:
+    """Bring the records of ``added`` (arrival number, delta as ``ops`` now holds it),
+    just written to ``ops`` in the caller's transaction, up to date."""
+    by_record: dict[bytes, list[tuple[int, Delta]]] = {}
+    for item in added:
+        by_record.setdefault(item[1].record_id, []).append(item)
+    for rid, items in by_record.items():
+        hseq = max(h for h, _ in items)
+        row = db.execute("SELECT deleted, conflicts, heads FROM records WHERE rid = ?",
+                         [rid]).fetchone()
+        if row is None:
+            log = RecordLog(rid)
+            for _, delta in items:
+                log.add(delta)
+            _write(db, sealer, log.view(), hseq, fresh=True)
+        elif not (row[0] or row[1]) and _fast(db, sealer, rid, _dots(bytes(row[2])),
+                                               [d for _, d in items], hseq):
+            continue
+        else:
+            view = replayed(db, sealer, rid)
+            if view is not None:
+                _write(db, sealer, view, hseq)
+
+
+def as_stored(db: sqlite_utils.Database, added: Sequence[tuple[int, Delta]],
+              kept: Sequence[tuple[Delta, bytes]]) -> Sequence[tuple[int, Delta]]:
+    """``added`` (arrival number, delta as it came) as ``ops`` holds them: an erased
+    patient's write is kept as its husk (``kept``: each delta with the bytes written)."""
+    if not husking.erased(db):
+        return added
+    written = {(d.record_id, d.dot): data for d, data in kept}
+    return [(hseq, decode(written[d.record_id, d.dot])) for hseq, d in added]
+
+
+def _fast(db: sqlite_utils.Database, sealer: at_rest.Sealer, rid: bytes,
+          heads: tuple[Dot, ...], deltas: list[Delta], hseq: int) -> bool:
+    """The second path above, for ``deltas`` in turn; False (nothing written) if one of
+    them does not take it."""
+    head = heads[0] if len(heads) == 1 else None
+    values: dict[int, tuple[Dot, Any]] = {}
+    for delta in deltas:
+        if (head is None or delta.is_delete or delta.add or delta.remove
+                or not (head in delta.ctx or head.node == delta.node and head < delta.dot)):
+            return False
+        head = delta.dot
+        values.update((k, (delta.dot, v)) for k, v in delta.set.items())
+    db.execute("UPDATE records SET type = ?, hseq = ?, heads = ? WHERE rid = ?",
+               [deltas[-1].type, hseq, _heads([deltas[-1].dot]), rid])
+    _put_fields(db, sealer, rid, [(REGISTER, k, dot, v) for k, (dot, v) in values.items()])
+    return True
+
+
+def _write(db: sqlite_utils.Database, sealer: at_rest.Sealer, view: RecordView,
+           hseq: int | None, fresh: bool = False) -> None:
+    """The record's row and values as ``view`` has them (``hseq`` None: kept)."""
+    rid = view.record_id
+    if hseq is None:
+        hseq = int(db.execute("SELECT hseq FROM records WHERE rid = ?", [rid]).fetchone()[0])
+    db.execute(_UPSERT_RECORD, [rid, view.type, hseq, int(view.deleted), int(view.held),
+                                len(view.conflicts), _heads(view.heads)])
+    if not fresh:
+        db.execute("DELETE FROM record_fields WHERE rid = ?", [rid])
+    values: list[tuple[int, int, Dot | None, Any]] = [
+        (REGISTER, k, dot, view.fields.get(k)) for k, dot in view.field_dots.items()]
+    values += [(SET, k, None, sorted(e)) for k, e in view.sets.items()]
+    if view.conflicts:
+        values.append((CONFLICTS, 0, None, [_conflict_item(c) for c in view.conflicts]))
+    _put_fields(db, sealer, rid, values)
+
+
+def _put_fields(db: sqlite_utils.Database, sealer: at_rest.Sealer, rid: bytes,
+                values: list[tuple[int, int, Dot | None, Any]]) -> None:
+    sealed = sealer.seal_values([(value_ad(rid, kind, field), _cbor(value))
+                                 for kind, field, _, value in values])
+    db.conn.executemany(_UPSERT_FIELD, [
+        (rid, kind, field, None if dot is None else dot.stamp,
+         None if dot is None else dot.node, blob)
+        for (kind, field, dot, _), blob in zip(values, sealed, strict=True)])
+
+
+def replayed(db: sqlite_utils.Database, sealer: at_rest.Sealer,
+             rid: bytes) -> RecordView | None:
+    """The reference merge of every delta ``ops`` holds of ``rid`` (None: none)."""
+    log = RecordLog(rid)
+    for stamp, node, blob in db.execute("SELECT stamp, node, data FROM ops WHERE rid = ?",
+                                        [rid]).fetchall():
+        _add(log, sealer.open_op(rid, stamp, node, bytes(blob)))
+    return log.view() if log.ops else None
+
+
+def _add(log: RecordLog, data: bytes) -> None:
+    with contextlib.suppress(RemoteProtocolError):  # one held as it came, undecodable
+        log.add(decode(data))
+
+
+def refresh(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: Iterable[bytes]) -> None:
+    """Merge ``rids`` again after their deltas were rewritten in place (an erasure's
+    husks), each keeping its arrival number: no delta arrived."""
+    for rid in rids:
+        view = replayed(db, sealer, rid)
+        if view is not None and db.execute("SELECT 1 FROM records WHERE rid = ?",
+                                           [rid]).fetchone():
+            _write(db, sealer, view, None)
+
+
+def resume(db: sqlite_utils.Database, sealer: at_rest.Sealer) -> int:
+    """Fill the tables from ``ops`` if they are empty and ``ops`` is not (a hub from
+    before migration 9), in the caller's transaction; returns the records written."""
+    if (db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
+            or db.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is None):
+        return 0
+    return rebuild(db, sealer)
+
+
+def rebuild(db: sqlite_utils.Database, sealer: at_rest.Sealer) -> int:
+    """Every record's row made anew from ``ops``; returns how many."""
+    db.execute("DELETE FROM record_fields")
+    db.execute("DELETE FROM records")
+    count = 0
+    log: RecordLog | None = None
+    last = 0
+    for rid, stamp, node, hseq, blob in db.execute(
+            "SELECT rid, stamp, node, hseq, data FROM ops ORDER BY rid, hseq"):
+        rid = bytes(rid)
+        if log is None or log.record_id != rid:
+            count += _flush(db, sealer, log, last)
+            log = RecordLog(rid)
+        _add(log, sealer.open_op(rid, stamp, node, bytes(blob)))
+        last = hseq
+    return count + _flush(db, sealer, log, last)
+
+
+def _flush(db: sqlite_utils.Database, sealer: at_rest.Sealer, log: RecordLog | None,
+           hseq: int) -> int:
+    if log is None or not log.ops:
+        return 0
+    _write(db, sealer, log.view(), hseq, fresh=True)
+    return 1
+
+
+# Reading ---------------------------------------------------------------------------
+
+
+def views(db: sqlite_utils.Database, sealer: at_rest.Sealer, where: str = "",
+          args: Sequence[Any] = ()) -> list[RecordView]:
+    """The records (``where``: an SQL condition on ``records r`` with ``args``) as the
+    reference merge makes them, in record id order."""
+    return [view for view, _ in rows(db, sealer, where, args)]
+
+
+def rows(db: sqlite_utils.Database, sealer: at_rest.Sealer, where: str = "",
+         args: Sequence[Any] = ()) -> Iterator[tuple[RecordView, int]]:
+    """Each record's view and the arrival number of its last change (see ``views``),
+    read in one statement (one snapshot)."""
+    cursor = db.execute(
+        "SELECT r.rid, r.type, r.deleted, r.heads, r.hseq, f.kind, f.field, f.stamp, f.node,"
+        " f.value FROM records r LEFT JOIN record_fields f ON f.rid = r.rid"
+        + (f" WHERE {where}" if where else "") + " ORDER BY r.rid", list(args))
+    record: list[Any] | None = None
+    for rid, rtype, deleted, heads, hseq, kind, field, stamp, node, blob in cursor:
+        rid = bytes(rid)
+        if record is None or record[0] != rid:
+            if record is not None:
+                yield _view(*record)
+            record = [rid, rtype, deleted, heads, hseq, {}, {}, {}, ()]
+        if kind is None:
+            continue
+        value = cbor2.loads(sealer.open_value(value_ad(rid, kind, field), bytes(blob)))
+        if kind == REGISTER:
+            record[6][field] = Dot(stamp, node)
+            if value is not None:
+                record[5][field] = value
+        elif kind == SET:
+            record[7][field] = frozenset(value)
+        else:
+            record[8] = tuple(_conflict(rid, c) for c in value)
+    if record is not None:
+        yield _view(*record)
+
+
+def _view(rid: bytes, rtype: int, deleted: int, heads: bytes, hseq: int,
+          fields: dict[int, Any], dots: dict[int, Dot], sets: dict[int, frozenset[str]],
+          conflicts: tuple[Conflict, ...]) -> tuple[RecordView, int]:
+    return RecordView(rid, rtype, bool(deleted), fields, sets, _dots(bytes(heads)), conflicts,
+                      dots), int(hseq)
