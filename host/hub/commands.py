@@ -543,6 +543,9 @@ SERVE_LIMITS = [
      "the least a busy answer asks a kiosk to wait"),
     ("--busy-retry-max", "busy_retry_max", float, "S",
      "the most a busy answer asks a kiosk to wait"),
+    ("--round-guess", "round_guess", float, "S",
+     "seconds a sync round is taken to last until the hub has measured some (the busy "
+     "answers' waits follow the rounds' mean time)"),
 ]
 
 

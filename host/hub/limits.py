@@ -61,6 +61,7 @@ class Limits:
     round_quiet: float = 1.0  #: seconds without a kiosk's message or work that end its round
     busy_retry_min: float = 1.0  #: seconds: the least a busy answer asks a kiosk to wait
     busy_retry_max: float = 300.0  #: seconds: the most it asks
+    round_guess: float = 1.0  #: seconds a round is taken to last until some were measured
 
 
 class TokenBucket:

@@ -165,7 +165,7 @@ class Server:
         #: Takeovers and superseded connections: logged like refusals, at most a row an interval.
         self.notes = Refusals(self.log, lim.log_interval)
         self.shedder = Shedder(lim.max_rounds, lim.round_quiet, lim.busy_retry_min,
-                               lim.busy_retry_max)
+                               lim.busy_retry_max, lim.round_guess)
         self.listeners: list[Listener] = []
         self.ports: list[SerialPort] = []
         self.watch = StoreWatch(self, hub.data / DB)

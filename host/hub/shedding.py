@@ -16,9 +16,10 @@ conversation that is not in a round (its ``sync-hello``, or on a session kept
 open the first ``sync-pull`` or ``sync-batch`` of its next round) begins
 one; every later message keeps it going. The hub cannot see a kiosk's round
 end (its outbox is the kiosk's), so a round ends once its conversation has
-had no work queued or running and no message for ``quiet`` seconds (a
+had no message and no work queued or running for ``quiet`` seconds (a
 kiosk sends its next batch as soon as the ack of the last arrives, so a
-gap of a round trip is not an end), or once its session is gone. Only a
+gap of a round trip is not an end), or once its session is gone and its
+work is done. Only a
 round's first message is ever refused: a kiosk mid-round, resumed on a new
 link included, is never cut off.
 
@@ -28,9 +29,10 @@ that came before the message (which ``admission.HandshakeBudget`` already
 rations) and one ``close`` frame; refusals are counted and logged at most a
 row an interval (``limits.Refusals``).
 
-**How long to wait.** The hub frees about ``max_rounds / (round + quiet)``
-rounds a second, ``round`` being the mean time its rounds took lately (an
-exponential average, ``round_guess`` before the first). A kiosk turned away
+**How long to wait.** The hub frees about ``max_rounds / held`` rounds a
+second, ``held`` being the mean time its rounds held their place lately,
+from their first message to their end (an exponential average;
+``round_guess + quiet`` before any ended). A kiosk turned away
 is told to wait until the rounds ahead of it have drained: those in progress
 beyond the bound, plus the kiosks told to come back before it whose time has
 not yet come (``promised``), at that rate. So each refusal in a herd is told
@@ -64,7 +66,7 @@ def default_max_rounds(cpus: int | None = None) -> int:
 @dataclass
 class _Round:
     started: float
-    last: float  #: the round's latest message
+    last: float  #: the round's latest message, or work seen in progress
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Shedder:
     round_guess: float = 1.0  #: seconds a round is taken to last before one was measured
     rounds: dict[Hashable, _Round] = field(default_factory=dict)
     promised: deque[float] = field(default_factory=deque)  #: when refused kiosks are due
-    mean_round: float = -1.0  #: seconds (negative: none measured yet)
+    mean_held: float = -1.0  #: seconds a round held its place (negative: none ended yet)
     peak: int = 0  #: the most rounds in progress at once
     admitted: int = 0  #: rounds begun since start
     busy: int = 0  #: busy answers given since start
@@ -122,28 +124,32 @@ class Shedder:
         while self.promised and self.promised[0] <= now:
             self.promised.popleft()
         ahead = len(self.rounds) + len(self.promised) - self.max_rounds + 1
-        round_time = self.mean_round if self.mean_round >= 0 else self.round_guess
-        rate = self.max_rounds / max(1e-3, round_time + self.quiet)  #: rounds freed a second
+        held = self.mean_held if self.mean_held >= 0 else self.round_guess + self.quiet
+        rate = self.max_rounds / max(1e-3, held)  #: rounds freed a second
         return min(self.max_retry, max(self.min_retry, ahead / rate))
 
-    def end(self, key: Hashable) -> None:
+    def end(self, key: Hashable, now: float) -> None:
         """The round on ``key`` is over (its session is gone, or it went quiet)."""
         r = self.rounds.pop(key, None)
         if r is not None:
-            took = r.last - r.started
-            self.mean_round = took if self.mean_round < 0 else (
-                (1 - ROUND_WEIGHT) * self.mean_round + ROUND_WEIGHT * took)
+            held = now - r.started
+            self.mean_held = held if self.mean_held < 0 else (
+                (1 - ROUND_WEIGHT) * self.mean_held + ROUND_WEIGHT * held)
 
     def sweep(self, now: float, idle: Callable[[Any], bool],
               gone: Callable[[Any], bool]) -> None:
-        """End the rounds whose conversation has no work (``idle``) and either heard
-        nothing for ``quiet`` seconds or lost its session (``gone``)."""
+        """End the rounds whose conversation has no work (``idle``) and either lost its
+        session (``gone``) or has been quiet for ``quiet`` seconds: no message and no
+        work, so that the time the kiosk takes to answer the hub's last reply counts,
+        not the time the hub took to make it."""
         for key, r in list(self.rounds.items()):
-            if idle(key) and (now - r.last >= self.quiet or gone(key)):
-                self.end(key)
+            if not idle(key):
+                r.last = now
+            elif gone(key) or now - r.last >= self.quiet:
+                self.end(key, now)
 
     def report(self, now: float) -> dict[str, float | int]:
         return {"in_progress": len(self.rounds), "bound": self.max_rounds, "peak": self.peak,
                 "admitted": self.admitted, "busy": self.busy,
-                "mean_round_s": round(max(0.0, self.mean_round), 3),
+                "mean_held_s": round(max(0.0, self.mean_held), 3),
                 "next_retry_s": round(self.retry_after(now), 3)}

@@ -90,6 +90,8 @@ class Kiosk:
     device_id: str
     x_key: X25519PrivateKey
     cert: bytes
+    ed_key: Ed25519PrivateKey | None = None  #: signs its batches
+    node: int = 0
 
 
 def enrol_many(hub_dir: Path, count: int, first_node: int = 0x40000000) -> list[Kiosk]:
@@ -109,7 +111,7 @@ def enrol_many(hub_dir: Path, count: int, first_node: int = 0x40000000) -> list[
                                    i + 1)
             hub.store.add_device(Device(req.device_id, req.node, req.site, "A", req.x25519,
                                         req.ed25519, APPROVED, 0, b"\x00" * 32, 0, None), now)
-            out.append(Kiosk(req.device_id, x, cert))
+            out.append(Kiosk(req.device_id, x, cert, ed, req.node))
         hub.store.set_meta("serial", count)
     return out
 
