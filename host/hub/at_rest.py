@@ -44,10 +44,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import sqlite_utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from host.errors import UsageError
+from host.hub.database import Db, meta_get, meta_set, register_function
 from protocol.driver.errors import DriverError
 from protocol.driver.sealing import (
     KEY_SIZE,
@@ -214,11 +214,11 @@ class _Plain:
 PLAIN = _Plain()
 
 
-def register(db: sqlite_utils.Database, sealer: Sealer | _Plain) -> None:
+def register(db: Db, sealer: Sealer | _Plain) -> None:
     """``hub_open(rid, stamp, node, data)`` in SQL on this connection: a delta's bytes."""
     def hub_open(rid: bytes, stamp: int, node: int, data: bytes) -> bytes:
-        return sealer.open_op(rid, stamp, node, data)
-    db.conn.create_function("hub_open", 4, hub_open, deterministic=True)
+        return sealer.open_op(bytes(rid), stamp, node, bytes(data))
+    register_function(db, "hub_open", 4, hub_open)
 
 
 #: SQL: a delta's plaintext, from the columns of ``ops`` (prefix: its table alias).
@@ -233,7 +233,7 @@ def _kek(provider: KeyProvider) -> bytes:
         raise UsageError(f"the hub's store key: {exc}") from None
 
 
-def load(db: sqlite_utils.Database, provider: KeyProvider) -> Sealer:
+def load(db: Db, provider: KeyProvider) -> Sealer:
     """The keyring opened with the provider's KEK, in the caller's transaction. An empty
     keyring (a new hub, or one from before sealing) is filled first: the name key and
     data key 1, made current; a ``KeyFile`` that does not exist yet is created then (and
@@ -246,9 +246,9 @@ def load(db: sqlite_utils.Database, provider: KeyProvider) -> Sealer:
         now = int(time.time() * 1000)
         for version in (NAME_KEY, 1):
             _add(db, wrap, version, now)
-        db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)", [CURRENT])
+        meta_set(db, CURRENT, 1)
         # a hub from before sealing: its rows (and documents) are sealed in the background
-        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [PROGRESS, "ops 0"])
+        meta_set(db, PROGRESS, "ops 0")
         rows = db.execute("SELECT version, wrapped FROM keyring").fetchall()
     keys = {}
     for version, wrapped in rows:
@@ -258,21 +258,20 @@ def load(db: sqlite_utils.Database, provider: KeyProvider) -> Sealer:
             raise UsageError("the hub's store key does not open its keyring: a key file from "
                              "another hub, or a lost key (restore it from the key backup)"
                              ) from None
-    sealed = db.execute("SELECT 1 FROM meta WHERE key = ?", [ALL_SEALED]).fetchone()
-    return Sealer(keys, current_version(db), plain_ok=sealed is None)
+    return Sealer(keys, current_version(db), plain_ok=meta_get(db, ALL_SEALED) is None)
 
 
-def _add(db: sqlite_utils.Database, wrap: AESGCM, version: int, now: int) -> None:
+def _add(db: Db, wrap: AESGCM, version: int, now: int) -> None:
     nonce = os.urandom(NONCE_SIZE)
     wrapped = nonce + wrap.encrypt(nonce, os.urandom(KEY_SIZE), _wrap_ad(version))
     db.execute("INSERT INTO keyring (version, wrapped, created) VALUES (?, ?, ?)",
                [version, wrapped, now])
 
 
-def rotate(db: sqlite_utils.Database, provider: KeyProvider, now: int) -> int:
+def rotate(db: Db, provider: KeyProvider, now: int) -> int:
     """Add the next data key and make it current, in the caller's transaction; the
     re-sealer starts over. Returns the new version."""
-    current = int(db.execute("SELECT value FROM meta WHERE key = ?", [CURRENT]).fetchone()[0])
+    current = current_version(db)
     held = {int(v) for (v,) in db.execute("SELECT version FROM keyring")}
     version: int | None = next((v for v in [*range(current + 1, MAX_VERSION + 1),
                                             *range(1, current)] if v not in held), None)
@@ -281,11 +280,10 @@ def rotate(db: sqlite_utils.Database, provider: KeyProvider, now: int) -> int:
                          "rotation finish first (haven hub status)")
     _add(db, _wrapper(_kek(provider)), version, now)
     db.execute("UPDATE keyring SET retired = ? WHERE version = ?", [now, current])
-    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?), (?, ?)",
-               [CURRENT, version, PROGRESS, "ops 0"])
+    meta_set(db, CURRENT, version)
+    meta_set(db, PROGRESS, "ops 0")
     return version
 
 
-def current_version(db: sqlite_utils.Database) -> int:
-    row = db.execute("SELECT value FROM meta WHERE key = ?", [CURRENT]).fetchone()
-    return int(row[0]) if row else 0
+def current_version(db: Db) -> int:
+    return int(meta_get(db, CURRENT) or 0)

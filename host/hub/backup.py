@@ -69,9 +69,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from host.errors import UsageError
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.fleet_rotation import is_later_key_name
-from host.hub.hub import DB, ED_KEY, HUB_ID, SECRET_FILES
+from host.hub.hub import DATABASE_URL, DB, ED_KEY, HUB_ID, SECRET_FILES
 from host.hub.sealed_documents import OBJECTS
-from host.hub.storage import MIGRATIONS, NEXT_NUMBER, NUMBER_FLOOR
+from host.hub.storage import MIGRATIONS, NUMBER_FLOOR, next_number
 from protocol.driver.errors import SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_at_most, read_secret, write_whole
 from protocol.driver.wall_clock import utc_text, wall_ms
@@ -130,6 +130,10 @@ def backup(data: Path, to: Path, *, force: bool = False, step_pages: int = STEP_
     data, to = Path(data), Path(to)
     if not data.is_dir():
         raise _no_directory(data, "give the hub's data directory")
+    if (data / DATABASE_URL).exists():
+        raise UsageError("this hub's database is on PostgreSQL: back it up with PostgreSQL's "
+                         "own tools (pg_basebackup, or pg_dump; deploy/postgresql.md), and its "
+                         "keys with haven hub keys backup")
     if not (data / DB).exists():
         raise UsageError(f"{data} holds no hub database ({DB})")
     ed_key = _ed_key(data)
@@ -518,6 +522,6 @@ def _skip_numbers(db_path: Path) -> None:
     code, so a number given twice could give two patients one id. New kiosks are
     numbered past ``RESTORE_NUMBER_GAP`` more than the backup knew of."""
     with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as db:
-        top = db.execute(NEXT_NUMBER).fetchone()[0] - 1
+        top = next_number(db) - 1  # type: ignore[arg-type]
         db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                    [NUMBER_FLOOR, top + RESTORE_NUMBER_GAP])

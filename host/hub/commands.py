@@ -109,6 +109,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    "TPM loses the data at rest with it)")
     p.add_argument("--tpm-tcti", metavar="TCTI",
                    help="the TPM, as tpm2-tools name it (default device:/dev/tpmrm0)")
+    p.add_argument("--db", metavar="URL",
+                   help="keep the hub's store in PostgreSQL at URL (postgresql://...; several "
+                   "hosts with target_session_attrs=read-write for a standby that takes "
+                   "over; default $HAVEN_HUB_DATABASE, else hub.db in the data folder)")
     p = hs.add_parser("enroll", help="approve a kiosk's enrolment request",
                       description="Approve REQUEST (a kiosk's enrolment.req) and write its "
                       "certificate to CERT. A request without a letter gets the first "
@@ -594,15 +598,15 @@ def _approve(hub: Hub, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from host.hub import backup_commands
-    from host.hub.hub import DB, X_KEY, Hub, init_hub
+    from host.hub.hub import X_KEY, Hub, has_database, init_hub
 
     if args.command == "hub" and args.hub_command == "init":
         print(f"hub ready in {args.data}; public key "
-              f"{init_hub(args.data, args.key_provider, args.tpm_tcti)}")
+              f"{init_hub(args.data, args.key_provider, args.tpm_tcti, args.db)}")
         return 0
     if args.command == "hub" and backup_commands.handles(args):
         return backup_commands.run(args)
-    if (args.data / X_KEY).exists() and not (args.data / DB).exists():
+    if (args.data / X_KEY).exists() and not has_database(args.data):
         # keys restored first: opening the hub would make an empty database there,
         # which haven hub restore then refuses to overwrite
         raise UsageError(f"{args.data} holds a hub's keys but no database: bring its data "

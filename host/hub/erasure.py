@@ -72,10 +72,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import sqlite_utils
-
 from host.errors import UsageError
 from host.hub import at_rest, current, fleet_rotation, husking
+from host.hub.database import Db, meta_get
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks
 from host.hub.storage import HubStore, Op
@@ -363,13 +362,13 @@ def after_batch(hub: Hub, now: int, hlc_of: Callable[[], HLC]) -> int:
             patients = husking.erased(db)
             if not patients:
                 return 0
-            row = db.execute("SELECT value FROM meta WHERE key = ?", [PASS]).fetchone()
-            place: dict[str, int] = json.loads(row[0]) if row else {}
+            held = meta_get(db, PASS)
+            place: dict[str, int] = json.loads(held) if held else {}
             top = int(db.execute("SELECT COALESCE(MAX(hseq), 0) FROM ops").fetchone()[0])
             touched = {bytes(r) for (r,) in db.execute(
                 "SELECT DISTINCT o.rid FROM ops o LEFT JOIN record_facts f ON f.rid = o.rid"
                 f" WHERE o.hseq > ? AND (o.rid IN ({husking.ERASED}) OR f.subject IN"
-                f" ({husking.ERASED})) AND f.type IS NOT {ERASURE.number}",
+                f" ({husking.ERASED})) AND f.type IS DISTINCT FROM {ERASURE.number}",
                 [place.get("ops", 0)])}
         last = _purge(hub, patients, touched, now, place)
         hlc = hlc_of()
@@ -404,7 +403,7 @@ def _purge(hub: Hub, patients: set[bytes], rids: set[bytes], now: int,
     return last
 
 
-def _husk_ops(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: set[bytes]) -> None:
+def _husk_ops(db: Db, sealer: at_rest.Sealer, rids: set[bytes]) -> None:
     for rid in sorted(rids):
         for hseq, stamp, node, blob in db.execute(
                 "SELECT hseq, stamp, node, data FROM ops WHERE rid = ?", [rid]).fetchall():
@@ -416,7 +415,7 @@ def _husk_ops(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: set[bytes
     current.refresh(db, sealer, sorted(rids))
 
 
-def _husked(db: sqlite_utils.Database, patients: set[bytes], needles: list[bytes],
+def _husked(db: Db, patients: set[bytes], needles: list[bytes],
             data: bytes) -> bytes | None:
     """A delta as the hub keeps it once ``patients`` are erased: itself, its husk, or
     None (it does not decode and holds one of ``needles``, their records' ids)."""
@@ -427,13 +426,13 @@ def _husked(db: sqlite_utils.Database, patients: set[bytes], needles: list[bytes
     return encode(husk(delta)) if husking.covered(db, patients, delta) else data
 
 
-def _log(db: sqlite_utils.Database, now: int, device: str | None, code: str,
+def _log(db: Db, now: int, device: str | None, code: str,
          detail: str) -> None:
     db.execute("INSERT INTO log (at, device_id, code, detail) VALUES (?, ?, ?, ?)",
                [now, device, code, detail])
 
 
-def _purge_quarantine(db: sqlite_utils.Database, sealer: at_rest.Sealer, patients: set[bytes],
+def _purge_quarantine(db: Db, sealer: at_rest.Sealer, patients: set[bytes],
                       needles: list[bytes], after: int, now: int) -> int:
     for qid, device, blob in db.execute("SELECT id, device_id, data FROM quarantine"
                                         " WHERE id > ? ORDER BY id", [after]).fetchall():
@@ -449,7 +448,7 @@ def _purge_quarantine(db: sqlite_utils.Database, sealer: at_rest.Sealer, patient
     return after
 
 
-def _purge_held(db: sqlite_utils.Database, sealer: at_rest.Sealer, patients: set[bytes],
+def _purge_held(db: Db, sealer: at_rest.Sealer, patients: set[bytes],
                 needles: list[bytes], after: int, now: int) -> int:
     for rowid, device, seq, hash_, blob in db.execute(
             "SELECT rowid, device_id, seq, hash, payload FROM held_batches WHERE rowid > ?"

@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.errors import HavenError, UsageError
 from host.hub import alerts, claims, erasure, fleet_rotation, verifiers
-from host.hub.at_rest import STORE_KEY, create_provider
+from host.hub.at_rest import STORE_KEY, create_provider, default_provider
+from host.hub.database import is_url
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.sealed_documents import SealedChunks, held, owner_only, reseal_files
 from host.hub.storage import Device, HubStore, Op
@@ -67,6 +68,11 @@ from protocol.sync.fleet_chain import generation_of
 from protocol.sync.scope import DEFAULT_WINDOW_DAYS, MAX_WINDOW_DAYS, ScopeError, parse_role
 
 X_KEY, ED_KEY, FLEET_KEY, DB = "hub_x25519.key", "hub_ed25519.key", "fleet.key", "hub.db"
+#: The hub's database when it is not ``hub.db``: a PostgreSQL URL, in an owner-only file
+#: (it may hold a password). ``haven hub init --db URL`` writes it.
+DATABASE_URL = "database.url"
+#: The database ``haven hub init`` makes the hub's when ``--db`` is not given.
+DATABASE_ENV = "HAVEN_HUB_DATABASE"
 #: The hub's secrets: what ``haven hub keys backup`` saves and ``keys restore`` brings back
 #: (``host.hub.key_backup``); never in a data backup (``host.hub.backup``).
 SECRET_FILES = (X_KEY, ED_KEY, FLEET_KEY, STORE_KEY)  # the last: the key of the data at rest
@@ -79,7 +85,7 @@ def _read_secret(path: Path) -> bytes:
     try:
         return read_secret(path, "hub key", 32)
     except SecretMissing:
-        if (path.parent / DB).exists():  # a hub's data without its keys: restored?
+        if has_database(path.parent):  # a hub's data without its keys: restored?
             raise UsageError(f"{path} is missing: bring this hub's keys back with haven hub "
                              f"keys restore --data {path.parent} --from KEY_BACKUP") from None
         raise UsageError(f"{path} is missing; run: haven hub init --data {path.parent}") from None
@@ -103,15 +109,34 @@ def _role(text: str, window_days: int | None) -> tuple[str, int]:
     return role, window_days
 
 
-def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None) -> str:
+def database_of(data: Path) -> Path | str:
+    """The hub's database: ``DATA/hub.db``, or the PostgreSQL URL ``init`` recorded."""
+    url = data / DATABASE_URL
+    return url.read_text().strip() if url.exists() else data / DB
+
+
+def has_database(data: Path) -> bool:
+    return (data / DB).exists() or (data / DATABASE_URL).exists()
+
+
+def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None,
+             database: str | None = None) -> str:
     """Create the hub's keys and store in ``data``; returns its X25519 public key (hex).
-    ``key_provider``: where the key of the data at rest is kept (``at_rest``)."""
+    ``key_provider``: where the key of the data at rest is kept (``at_rest``);
+    ``database``: a PostgreSQL URL (default ``$HAVEN_HUB_DATABASE``, else ``hub.db``)."""
+    database = database or os.environ.get(DATABASE_ENV) or None
+    if database is not None and not is_url(database):
+        raise UsageError(f"--db takes a postgresql:// URL, not {database!r} (without --db "
+                         "the hub keeps hub.db in its data folder)")
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data / X_KEY).exists():
         raise UsageError(f"{data} already holds a hub; not overwriting its keys")
-    if (data / DB).exists():  # new keys would belong to no hub its database knows
+    if has_database(data):  # new keys would belong to no hub its database knows
         raise UsageError(f"{data} holds a hub's database without its keys; restore them "
                          f"(haven hub keys restore --data {data} --from KEY_BACKUP)")
+    if database is not None:
+        _check_empty(database)  # before any key is made: a refusal leaves no hub
+        write_secret(data / DATABASE_URL, database.encode())
     create_provider(data, key_provider, tpm_tcti)  # first: a TPM refusing leaves no hub
     write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
     write_secret(data / ED_KEY, Ed25519PrivateKey.generate().private_bytes_raw())
@@ -121,13 +146,26 @@ def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None
         return hub.x_key.public_key().public_bytes_raw().hex()
 
 
+def _check_empty(url: str) -> None:
+    """A PostgreSQL database a new hub may take: reachable, writable, holding no hub."""
+    from host.hub.database.postgres import PgDb
+    db = PgDb(url)
+    try:
+        if db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0] and \
+                db.execute("SELECT 1 FROM meta WHERE key = ?", [HUB_ID]).fetchone():
+            raise UsageError("that database holds a hub already; give each hub a database "
+                             "of its own (or restore this hub's keys to serve it)")
+    finally:
+        db.close()
+
+
 class Hub:
     def __init__(self, data: Path) -> None:
         self.data = Path(data)
         self.x_key = X25519PrivateKey.from_private_bytes(_read_secret(self.data / X_KEY))
         self.ed_key = Ed25519PrivateKey.from_private_bytes(_read_secret(self.data / ED_KEY))
         self.fleet_key = _read_secret(self.data / FLEET_KEY)
-        self.store = HubStore(self.data / DB)
+        self.store = HubStore(database_of(self.data), default_provider(self.data))
         self._own_database()
         #: The fleet key's generations (``fleet_rotation``): patient ids are the newest's.
         try:
@@ -146,7 +184,7 @@ class Hub:
             self.store.set_meta(HUB_ID, mine)
         elif held != mine:
             self.store.close()
-            raise UsageError(f"{self.data / DB} belongs to hub {held}, but the keys in "
+            raise UsageError(f"{database_of(self.data)} belongs to hub {held}, but the keys in "
                              f"{self.data} are hub {mine}'s: restore the keys and the data "
                              "of the same hub")
 

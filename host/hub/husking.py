@@ -21,8 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import sqlite_utils
-
+from host.hub.database import Db
 from protocol.crdt.delta import Delta, encode
 from protocol.crdt.erasure import husk, subject_of
 from protocol.crdt.schema import ERASURE
@@ -31,12 +30,12 @@ from protocol.crdt.schema import ERASURE
 ERASED = f"SELECT subject FROM record_facts WHERE location IS NULL AND type = {ERASURE.number}"
 
 
-def erased(db: sqlite_utils.Database) -> set[bytes]:
+def erased(db: Db) -> set[bytes]:
     """The patients the hub holds an erasure of."""
     return {bytes(s) for (s,) in db.execute(ERASED) if s is not None}
 
 
-def records_of(db: sqlite_utils.Database, patients: Iterable[bytes]) -> set[bytes]:
+def records_of(db: Db, patients: Iterable[bytes]) -> set[bytes]:
     """The records of ``patients``: their own, and every record naming one as its
     subject (the erasure records aside)."""
     out: set[bytes] = set()
@@ -48,7 +47,7 @@ def records_of(db: sqlite_utils.Database, patients: Iterable[bytes]) -> set[byte
     return out
 
 
-def covered(db: sqlite_utils.Database, patients: set[bytes], delta: Delta,
+def covered(db: Db, patients: set[bytes], delta: Delta,
             theirs: set[bytes] | None = None) -> bool:
     """Whether ``delta`` writes a record of one of ``patients``: by the record's facts
     held (``theirs``: the erased patients' records among those asked, if known), or by
@@ -61,18 +60,18 @@ def covered(db: sqlite_utils.Database, patients: set[bytes], delta: Delta,
     return delta.record_id in (_theirs(db, [delta.record_id]) if theirs is None else theirs)
 
 
-def _theirs(db: sqlite_utils.Database, rids: list[bytes]) -> set[bytes]:
+def _theirs(db: Db, rids: list[bytes]) -> set[bytes]:
     """Those of ``rids`` whose facts name an erased patient."""
     return _facts_match(db, rids, f"subject IN ({ERASED})")
 
 
-def erasure_records(db: sqlite_utils.Database, rids: list[bytes]) -> set[bytes]:
+def erasure_records(db: Db, rids: list[bytes]) -> set[bytes]:
     """Those of ``rids`` that are erasure records held: a kiosk's write to one, whatever
     type it says, is the hub's to refuse (its facts would name another patient)."""
     return _facts_match(db, rids, f"type = {ERASURE.number} AND location IS NULL")
 
 
-def _facts_match(db: sqlite_utils.Database, rids: list[bytes], where: str) -> set[bytes]:
+def _facts_match(db: Db, rids: list[bytes], where: str) -> set[bytes]:
     out: set[bytes] = set()
     for at in range(0, len(rids), 500):
         part = rids[at:at + 500]
@@ -82,7 +81,7 @@ def _facts_match(db: sqlite_utils.Database, rids: list[bytes], where: str) -> se
     return out
 
 
-def husked(db: sqlite_utils.Database, good: list[tuple[Delta, bytes]],
+def husked(db: Db, good: list[tuple[Delta, bytes]],
            ) -> list[tuple[Delta, bytes]]:
     """``good`` (delta, bytes), each write to an erased patient's record with its husk's
     bytes instead (the delta stays whole: its facts are noted as they came)."""

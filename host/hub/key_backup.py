@@ -50,8 +50,9 @@ from host.errors import UsageError
 from host.hub import fleet_rotation, recovery_key
 from host.hub.at_rest import STORE_KEY, default_provider
 from host.hub.backup import check_directory
+from host.hub.database import meta_get
 from host.hub.fleet_rotation import is_later_key_name, later_key_names
-from host.hub.hub import DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
+from host.hub.hub import DATABASE_URL, DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
 from protocol import strict_cbor
 from protocol.driver.errors import DriverError, SecretFileError
 from protocol.driver.secret_files import fsync_dir, read_at_most, read_secret, write_secret
@@ -156,6 +157,15 @@ def database_hub_id(data: Path) -> str | None:
 
 
 def _database_meta(data: Path, key: str) -> str | None:
+    if (data / DATABASE_URL).exists():
+        from host.hub.database.postgres import PgDb
+        db = PgDb((data / DATABASE_URL).read_text().strip())
+        try:
+            value = meta_get(db, key) if db.execute(
+                "SELECT to_regclass('meta') IS NOT NULL").fetchone()[0] else None
+        finally:
+            db.close()
+        return None if value is None else str(value)
     path = data / DB
     if not path.exists():
         return None

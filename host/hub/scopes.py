@@ -65,9 +65,9 @@ from itertools import groupby
 from typing import Any
 
 import cbor2
-import sqlite_utils
 
 from host.hub.at_rest import opened
+from host.hub.database import Db, is_postgres
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import KEY_CTX, Delta, decode, encode
 from protocol.errors import RemoteProtocolError
@@ -108,13 +108,14 @@ def _dot(delta: Delta) -> bytes:
 
 def _taken(fact: str) -> str:
     """SQL: a fact and its dot, each taken from the delta when its dot is greater."""
-    newer = f"excluded.{fact}_dot > COALESCE(record_facts.{fact}_dot, x'')"
+    newer = (f"(record_facts.{fact}_dot IS NULL OR excluded.{fact}_dot >"
+             f" record_facts.{fact}_dot)")
     return (f"{fact} = CASE WHEN {newer} THEN excluded.{fact} ELSE record_facts.{fact} END,"
             f" {fact}_dot = CASE WHEN {newer} THEN excluded.{fact}_dot"
             f" ELSE record_facts.{fact}_dot END")
 
 
-def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
+def note_facts(db: Db, deltas: Iterable[Delta]) -> None:
     """Upsert the facts of the deltas' records, in the caller's transaction: each fact
     kept with the dot that set it, and taken from a delta only when its dot is greater
     (the merge's rule for a register: whatever order they arrive in, the facts are the
@@ -138,7 +139,7 @@ def note_facts(db: sqlite_utils.Database, deltas: Iterable[Delta]) -> None:
             f" WHERE record_facts.type != {ERASURE}", rows)
 
 
-def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]],
+def note_late(db: Db, added: Iterable[tuple[int, Delta]],
               deleted: str = "del") -> None:
     """Mark, in the caller's transaction, each write (arrival, delta) to a record that
     held, when it arrived, a delete the write did not see (its context does not name
@@ -154,10 +155,11 @@ def note_late(db: sqlite_utils.Database, added: Iterable[tuple[int, Delta]],
         if any(flag and Dot(stamp, node) not in seen for stamp, node, flag in db.execute(
                 f"SELECT stamp, node, {deleted} FROM ops WHERE rid = ?"
                 " AND node != ? AND hseq < ?", [delta.record_id, delta.node, hseq])):
-            db.execute("INSERT OR IGNORE INTO late_writes (hseq) VALUES (?)", [hseq])
+            db.execute("INSERT INTO late_writes (hseq) VALUES (?) ON CONFLICT DO NOTHING",
+                       [hseq])
 
 
-def note_commit(db: sqlite_utils.Database, added: list[tuple[int, Delta]]) -> None:
+def note_commit(db: Db, added: list[tuple[int, Delta]]) -> None:
     """What the hub keeps beside each delta it commits (arrival, delta): the facts of
     its record and whether it came late to a deleted one."""
     note_facts(db, (d for _, d in added))
@@ -176,10 +178,13 @@ def decoded(held: Iterable[tuple[int, bytes]]) -> list[tuple[int, Delta]]:
     return out
 
 
-def fill_facts(db: sqlite_utils.Database) -> None:
+def fill_facts(db: Db) -> None:
     """The facts of every delta held, and the late writes among them (migration 7): only
     records with a delete can have one. Deltas are read through ``hub_open``, which the
-    caller registers (``at_rest.register``; in migration 7 every delta is plain)."""
+    caller registers (``at_rest.register``; in migration 7 every delta is plain). A hub
+    on PostgreSQL began at a later release: nothing to fill."""
+    if is_postgres(db):
+        return
     db.conn.create_function("is_delete_head", 1, lambda data: is_delete_head(bytes(data)))
     note_facts(db, (d for _, d in decoded(db.execute(f"SELECT hseq, {_DATA} FROM ops"))))
     deleted = {bytes(rid) for rid, data in db.execute(f"SELECT rid, {_DATA} FROM ops").fetchall()
@@ -214,7 +219,7 @@ def _facts(rid: bytes, row: Iterable[Any], data: bytes | None = None) -> Facts:
     return Facts(rid, rtype, location, None if subject is None else bytes(subject), day)
 
 
-def head(db: sqlite_utils.Database) -> int:
+def head(db: Db) -> int:
     return int(db.execute("SELECT COALESCE(MAX(hseq), 0) FROM ops").fetchone()[0])
 
 
@@ -223,7 +228,7 @@ class _Patients:
     scope that has a write that arrived by ``cursor`` (or one by ``node``), and those
     that ``enter`` later. A container, asked one patient at a time."""
 
-    def __init__(self, db: sqlite_utils.Database, scope: Scope, cursor: int,
+    def __init__(self, db: Db, scope: Scope, cursor: int,
                  node: int | None = None) -> None:
         self.db, self.scope, self.cursor, self.node = db, scope, cursor, node
         self.known: dict[bytes, bool] = {}
@@ -258,14 +263,14 @@ class _Patients:
             self.db, self.scope, pid, "o.hseq < ?", [before]))
 
 
-def _older(db: sqlite_utils.Database, rid: bytes, before: int) -> list[tuple[int, bytes]]:
+def _older(db: Db, rid: bytes, before: int) -> list[tuple[int, bytes]]:
     """(arrival, delta) of every delta of a record that arrived before ``before``."""
     return [(hseq, bytes(data)) for hseq, data in db.execute(
         f"SELECT hseq, {_DATA} FROM ops WHERE rid = ? AND hseq < ? ORDER BY hseq",
         [rid, before])]
 
 
-def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | None,
+def changes_full(db: Db, cursor: int, exclude_node: int | None,
                  max_bytes: int, split: PageSplit | None = None,
                  ) -> tuple[list[bytes], int, bool]:
     """The unfiltered pull: the deltas after ``cursor`` not ``exclude_node``'s (a
@@ -284,7 +289,7 @@ def changes_full(db: sqlite_utils.Database, cursor: int, exclude_node: int | Non
     return paged(groups(), cursor, cursor, max_bytes, split)
 
 
-def changes_in_scope(db: sqlite_utils.Database, scope: Scope, cursor: int,
+def changes_in_scope(db: Db, scope: Scope, cursor: int,
                      exclude_node: int | None, max_bytes: int,
                      split: PageSplit | None = None) -> tuple[list[bytes], int, bool]:
     """A pull in a door or clinician scope: the deltas after ``cursor`` of records in
@@ -332,7 +337,7 @@ def _rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[Row]:
         yield bytes(rid), stamp, node, hseq, bytes(data), _facts(bytes(rid), fact, data)
 
 
-def _patient_ops(db: sqlite_utils.Database, scope: Scope, pid: bytes, held: str,
+def _patient_ops(db: Db, scope: Scope, pid: bytes, held: str,
                  args: list[Any]) -> Iterator[Row]:
     """The deltas (``held``: which) of a patient's record and of their records in scope
     but check-ins, through the indexes on ``rid`` and ``subject``."""
@@ -344,7 +349,7 @@ def _patient_ops(db: sqlite_utils.Database, scope: Scope, pid: bytes, held: str,
             if r[5].type not in (CHECKIN, ERASURE) and in_scope(scope, r[5], {pid}))
 
 
-def _held_ops(db: sqlite_utils.Database, scope: Scope, cursor: int,
+def _held_ops(db: Db, scope: Scope, cursor: int,
               node: int | None = None) -> Iterator[Row]:
     """Every delta that arrived by ``cursor`` (or is ``node``'s) of the door or clinician
     scope's records."""
@@ -402,18 +407,18 @@ def _heads_by_record(rows: Iterable[tuple[bytes, int, int, bytes]]) -> Iterator[
                                 for _, stamp, n, data in held)
 
 
-def scope_heads(db: sqlite_utils.Database, scope: Scope, cursor: int,
+def scope_heads(db: Db, scope: Scope, cursor: int,
                 node: int | None = None) -> Iterator[Head]:
     """Every head of every record of ``scope`` as a kiosk holds it with every write that
     arrived by ``cursor`` and its own (``node``'s)."""
     if scope.role == "full":
         held = "(hseq <= :cursor OR node = :node)"
         args = {"cursor": cursor, "node": node}
-        # a record one node wrote: its last write (with one MIN() or MAX() aggregate,
-        # SQLite takes a group's bare columns from the row with it)
+        # a record one node wrote: its last write ((rid, stamp) is unique there)
         for rid, stamp, n, head in db.execute(
-                f"SELECT rid, MAX(stamp), node, del FROM ops WHERE {held}"
-                " GROUP BY rid HAVING COUNT(DISTINCT node) = 1", args):
+                "SELECT o.rid, o.stamp, o.node, o.del FROM ops o JOIN (SELECT rid, MAX(stamp)"
+                f" AS last FROM ops WHERE {held} GROUP BY rid HAVING COUNT(DISTINCT node) = 1)"
+                " m ON o.rid = m.rid AND o.stamp = m.last", args):
             if not _kiosk_only(rid):
                 yield rid, stamp, n, bool(head)
         yield from _heads_by_record(db.execute(  # the others, by their deltas' contexts
@@ -425,7 +430,7 @@ def scope_heads(db: sqlite_utils.Database, scope: Scope, cursor: int,
                                    in _held_ops(db, scope, cursor, node)))
 
 
-def _held_writes(db: sqlite_utils.Database, scope: Scope, cursor: int,
+def _held_writes(db: Db, scope: Scope, cursor: int,
                  node: int | None) -> Iterator[Head]:
     """Every write of ``scope`` a kiosk holds with what arrived by ``cursor`` and its own,
     without its context: what ``scope_checksum_v1`` needs (the greatest of each)."""
@@ -440,7 +445,7 @@ def _held_writes(db: sqlite_utils.Database, scope: Scope, cursor: int,
             yield rid, stamp, n, is_delete_head(data)
 
 
-def scope_sums(db: sqlite_utils.Database, scope: Scope, cursor: int, node: int | None = None,
+def scope_sums(db: Db, scope: Scope, cursor: int, node: int | None = None,
                versions: Iterable[int] = (2, 1)) -> dict[int, bytes]:
     """The checksums of ``scope`` as a kiosk holds it with every write that arrived by
     ``cursor`` and its own (``node``'s), by version: 2 ``scope_checksum``, 1
@@ -455,7 +460,7 @@ def scope_sums(db: sqlite_utils.Database, scope: Scope, cursor: int, node: int |
     return sums
 
 
-def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: int,
+def snapshot_page(db: Db, scope: Scope, cursor: int, upto: int,
                   rids: list[bytes] | None, max_bytes: int) -> tuple[list[bytes], int, bool]:
     """A page of the snapshot cut at ``upto``: every delta after ``cursor`` of the records
     in scope (of ``rids``, those in scope; None: the whole scope); (deltas, cursor, more)."""
@@ -488,7 +493,7 @@ def snapshot_page(db: sqlite_utils.Database, scope: Scope, cursor: int, upto: in
     return out, upto, False
 
 
-def stable_point(db: sqlite_utils.Database, role: str, site: str) -> int:
+def stable_point(db: Db, role: str, site: str) -> int:
     """The smallest cursor every live kiosk of the scope group acknowledged."""
     row = db.execute("SELECT MIN(acked) FROM devices WHERE state = 'approved' AND role = ?"
                      " AND (role = 'full' OR site = ?)", [role, site]).fetchone()

@@ -80,7 +80,7 @@ from host.hub import provisioning
 from host.hub.admission import HandshakeBudget
 from host.hub.connection import AUTHENTICATED, HANDSHAKING, Connection, PeerSlot
 from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
-from host.hub.hub import DB, Hub
+from host.hub.hub import Hub, database_of
 from host.hub.limits import Limits, Refusals
 from host.hub.listener import Listener, bind
 from host.hub.peer import HubPeer
@@ -168,7 +168,7 @@ class Server:
                                lim.busy_retry_max, lim.round_guess)
         self.listeners: list[Listener] = []
         self.ports: list[SerialPort] = []
-        self.watch = StoreWatch(self, hub.data / DB)
+        self.watch = StoreWatch(self, database_of(hub.data))
         self.failure: str | None = None
         self.stopped = threading.Event()
         self._health: asyncio.AbstractServer | None = None

@@ -48,9 +48,18 @@ from typing import Any
 import sqlite_utils
 
 from host.hub import at_rest, current, husking, scopes
+from host.hub.database import (
+    Db,
+    is_postgres,
+    meta_delete,
+    meta_get,
+    meta_set,
+    open_hub_database,
+    writing,
+)
 from protocol.crdt import short_code
 from protocol.crdt.delta import Delta, decode
-from protocol.driver.database import Migrations, immediate, open_database
+from protocol.driver.database import Migrations, open_database
 from protocol.driver.sealing import KeyProvider
 from protocol.errors import RemoteProtocolError
 from protocol.sync.approval import LETTERS
@@ -197,18 +206,42 @@ MIGRATIONS.sql(9, *current.TABLES)
 
 #: SQL: a delta's bytes, opened (``at_rest``).
 OPENED = at_rest.opened()
-#: The next kiosk number: one past every number a kiosk or an approval was given.
 #: ``meta`` key: a kiosk number no new kiosk is given at or below (set by a restore).
 NUMBER_FLOOR = "kiosk_number_floor"
-NEXT_NUMBER = ("SELECT MAX(COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
-               " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0),"
-               f" COALESCE((SELECT value FROM meta WHERE key = '{NUMBER_FLOOR}'), 0)) + 1")
 
 
-def next_hseq(db: sqlite_utils.Database) -> int:
-    """The next arrival number: after the last one, and not below the clock (in µs)."""
-    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
-    return max((row[0] if row else 0) + 1, time.time_ns() // 1000)
+def next_number(db: Db) -> int:
+    """The next kiosk number: one past every number a kiosk or an approval was given,
+    and past the floor a restore set."""
+    held = db.execute("SELECT COALESCE((SELECT MAX(kiosk_number) FROM devices), 0),"
+                      " COALESCE((SELECT MAX(kiosk_number) FROM approvals), 0)").fetchone()
+    return max(int(held[0]), int(held[1]), int(meta_get(db, NUMBER_FLOOR) or 0)) + 1
+
+
+#: ``meta`` key: the last arrival number given.
+LAST_HSEQ = "last_hseq"
+
+
+def next_hseq(db: Db) -> int:
+    """The next arrival number: after the last one given, and not below the clock (in
+    µs). It locks the counter until the transaction ends, so that arrival numbers are
+    given in the order their transactions commit: with several writers (hub processes
+    on PostgreSQL), a number is never visible before a smaller one that is still to
+    commit, and a pull's cursor never passes a delta that commits late. The caller
+    records the last number it used (``used_hseq``), in the same transaction."""
+    last = meta_get(db, LAST_HSEQ, lock=True)
+    if last is None:  # a hub from before the counter: the greatest number ever given
+        last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone() \
+            if not is_postgres(db) else db.execute("SELECT MAX(hseq) FROM ops").fetchone()
+        last = (last[0] if last else None) or 0
+        meta_set(db, LAST_HSEQ, int(last), replace=False)
+        meta_get(db, LAST_HSEQ, lock=True)
+    return max(int(last) + 1, time.time_ns() // 1000)
+
+
+def used_hseq(db: Db, last: int) -> None:
+    """Arrival numbers up to ``last`` were given (``next_hseq``)."""
+    meta_set(db, LAST_HSEQ, last)
 
 
 @dataclass(frozen=True)
@@ -245,12 +278,15 @@ class Op:
 class HubStore:
     """The hub's database. Thread-safe: one lock around one connection."""
 
-    def __init__(self, path: Path, keys: KeyProvider | None = None) -> None:
+    def __init__(self, target: Path | str, keys: KeyProvider | None = None) -> None:
+        """The store in ``target``: an SQLite file's path, or a PostgreSQL URL (then
+        ``keys`` must be given: there is no folder beside it to find them in)."""
         self._lock = threading.RLock()
-        self._db = open_database(path, MIGRATIONS, synchronous="FULL")
-        self._keys = at_rest.default_provider(Path(path).parent) if keys is None else keys
+        if keys is None and not isinstance(target, Path):
+            raise ValueError("a hub database given by URL needs its key provider")
+        self._db: Db = open_hub_database(target, MIGRATIONS)
+        self._keys = at_rest.default_provider(Path(target).parent) if keys is None else keys
         try:
-            self._db.execute("PRAGMA secure_delete = ON")
             with self._tx() as db:
                 self._sealer = at_rest.load(db, self._keys)
                 current.resume(db, self._sealer)
@@ -263,7 +299,7 @@ class HubStore:
     def sealer(self) -> at_rest.Sealer:
         return self._sealer
 
-    def _sealing(self, db: sqlite_utils.Database) -> at_rest.Sealer:
+    def _sealing(self, db: Db) -> at_rest.Sealer:
         """The sealer, in a write transaction: the keyring again if another process
         rotated the key meanwhile (nothing is sealed under a key about to go)."""
         if at_rest.current_version(db) != self._sealer.current:
@@ -272,8 +308,8 @@ class HubStore:
         return self._sealer
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite_utils.Database]:
-        with self._lock, immediate(self._db):
+    def _tx(self) -> Iterator[Db]:
+        with self._lock, writing(self._db):
             yield self._db
 
     def _q(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> list[Any]:
@@ -293,7 +329,7 @@ class HubStore:
             self._db.close()
 
     @contextmanager
-    def writing(self) -> Iterator[tuple[sqlite_utils.Database, at_rest.Sealer]]:
+    def writing(self) -> Iterator[tuple[Db, at_rest.Sealer]]:
         """One write transaction and the sealer, for work that rewrites sealed rows
         across tables at once (``erasure``)."""
         with self._tx() as db:
@@ -302,12 +338,12 @@ class HubStore:
     # Meta and devices -------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
-        rows = self._q("SELECT value FROM meta WHERE key = ?", [key])
-        return rows[0][0] if rows else None
+        with self._lock:
+            return meta_get(self._db, key)
 
     def set_meta(self, key: str, value: Any) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+            meta_set(db, key, value)
 
     def own_node(self) -> int:
         """The hub's own node (``meta.node``, drawn at ``init``), which its writes carry."""
@@ -319,14 +355,14 @@ class HubStore:
         returns it. ``ValueError`` past ``max_number``, or when an approved kiosk holds
         its letter at its site (checked in the same transaction: two enrolments at once)."""
         with self._tx() as db:
-            number = int(db.execute(NEXT_NUMBER).fetchone()[0])
+            number = next_number(db)
             if number > max_number:
                 raise ValueError(f"every kiosk number up to {max_number} is taken")
             self._insert_device(db, dev, now, number)
             return number
 
     @staticmethod
-    def _insert_device(db: sqlite_utils.Database, dev: Device, now: int, number: int) -> None:
+    def _insert_device(db: Db, dev: Device, now: int, number: int) -> None:
         holder = db.execute("SELECT device_id FROM devices WHERE site = ? AND letter = ?"
                             " AND state = 'approved'", [dev.site, dev.letter]).fetchone()
         if holder is not None and dev.state == "approved":
@@ -360,7 +396,7 @@ class HubStore:
             if len(free) < count:
                 raise ValueError(f"{len(free)} letters are free at site {site!r} (kiosks and "
                                  "live approvals hold the others)")
-            number = int(db.execute(NEXT_NUMBER).fetchone()[0])
+            number = next_number(db)
             if number + count - 1 > max_number:
                 raise ValueError(f"every kiosk number up to {max_number} would be taken")
             out = []
@@ -368,12 +404,12 @@ class HubStore:
                 node = next(n for n in nodes if not db.execute(
                     "SELECT 1 FROM devices WHERE node = ? UNION SELECT 1 FROM approvals"
                     " WHERE node = ?", [n, n]).fetchone())
-                cur = db.execute("INSERT INTO approvals (site, letter, node, kiosk_number,"
-                                 " issued_at, expires, role, window_days)"
-                                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 [site, letter, node, number, issued, expires, role,
-                                  window_days])
-                out.append((int(cur.lastrowid or 0), letter, node, number))
+                serial = db.execute("INSERT INTO approvals (site, letter, node, kiosk_number,"
+                                    " issued_at, expires, role, window_days)"
+                                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING serial",
+                                    [site, letter, node, number, issued, expires, role,
+                                     window_days]).fetchone()[0]
+                out.append((int(serial), letter, node, number))
                 number += 1
             return out
 
@@ -402,7 +438,7 @@ class HubStore:
         ``now``, by an approval neither used nor expired), each with what holds it."""
         out = {letter: f"kiosk {device_id}" for letter, device_id in self._q(
             "SELECT letter, device_id FROM devices WHERE site = ? AND state = 'approved'"
-            " AND device_id IS NOT ?", [site, but])}
+            " AND device_id IS DISTINCT FROM ?", [site, but])}
         if now is not None:
             for letter, serial in self._q("SELECT letter, serial FROM approvals WHERE site = ?"
                                           " AND used_by IS NULL AND expires > ?", [site, now]):
@@ -490,20 +526,18 @@ class HubStore:
         with self._tx() as db:
             sealer = self._sealing(db)
             good = husking.husked(db, good)  # an erased patient's: no value kept
-            hseq = first = next_hseq(db)
             added: list[tuple[int, Delta]] = []
             sealed = sealer.seal_ops([(d.record_id, d.stamp, d.node, data) for d, data in good])
+            hseq = first = next_hseq(db)  # the arrival lock, held to commit: take it last
             for (delta, _), blob in zip(good, sealed, strict=True):
-                cur = db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin,"
-                                 " del) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 [hseq, delta.record_id, delta.stamp, delta.node, blob, device_id,
-                                  delta.is_delete])
-                if cur.rowcount:
+                if insert_op(db, hseq, _sealed(delta, blob), device_id, delta.is_delete):
                     added.append((hseq, delta))
-                hseq += cur.rowcount
+                    hseq += 1
             scopes.note_commit(db, added)
             current.apply(db, sealer, current.as_stored(db, added, good))
             arrived = hseq - 1 if hseq > first else None
+            if arrived is not None:
+                used_hseq(db, arrived)
             for code, reason, data in bad:
                 qid = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM quarantine"
                                      ).fetchone()[0])
@@ -624,13 +658,13 @@ class HubStore:
             added = []
             sealed = self._sealing(db).seal_ops([(op.rid, op.stamp, op.node, op.data)
                                                  for op in ops])
+            hseq = next_hseq(db)
             for op, blob in zip(ops, sealed, strict=True):
-                hseq = next_hseq(db)
-                if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin,"
-                              " del) VALUES (?, ?, ?, ?, ?, 'hub', ?)",
-                              [hseq, op.rid, op.stamp, op.node, blob,
-                               scopes.is_delete_head(op.data)]).rowcount:
+                if insert_op(db, hseq, Op(op.rid, op.stamp, op.node, blob), "hub",
+                             scopes.is_delete_head(op.data)):
                     added.append((hseq, op.data))
+                    used_hseq(db, hseq)
+                    hseq += 1
             decoded = scopes.decoded(added)
             scopes.note_commit(db, decoded)
             current.apply(db, self._sealer, decoded)
@@ -784,34 +818,33 @@ class HubStore:
         on from its last slice; a rotation meanwhile starts it over."""
         with self._tx() as db:
             sealer = self._sealing(db)
-            row = db.execute("SELECT value FROM meta WHERE key = ?", [at_rest.PROGRESS]
-                             ).fetchone()
-            if row is None:
+            progress = meta_get(db, at_rest.PROGRESS)
+            if progress is None:
                 return False
-            table, after = str(row[0]).split()
+            table, after = str(progress).split()
             if table in _RESEAL:
                 select, column, ad_of, ops = _RESEAL[table]
                 rows = db.execute(select, [int(after), limit]).fetchall()
-                db.conn.executemany(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [
+                key = select.split()[1].rstrip(",")  # the walk's key: its first column
+                db.conn.executemany(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [
                     (sealer.reseal(ad_of(*r[1:-1]), bytes(r[-1]), ops), r[0])
                     for r in rows if not sealer.is_current(ad_of(*r[1:-1]), bytes(r[-1]), ops)])
                 tables = list(_RESEAL)
                 place = (f"{table} {rows[-1][0]}" if len(rows) == limit else
                          f"{tables[tables.index(table) + 1]} 0" if table != tables[-1] else
                          "files 0")
-                db.execute("UPDATE meta SET value = ? WHERE key = ?", [place, at_rest.PROGRESS])
+                meta_set(db, at_rest.PROGRESS, place)
                 return True
-            place = str(row[0])
+            place = str(progress)
         # files (document chunks) are re-sealed outside the store's lock: syncs go on
         if files is not None and not files(sealer):
             return True
         with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", [at_rest.PROGRESS]
-                             ).fetchone()
-            if row is None or str(row[0]) != place or self._sealing(db) is not sealer:
+            progress = meta_get(db, at_rest.PROGRESS)
+            if progress is None or str(progress) != place or self._sealing(db) is not sealer:
                 return True  # a rotation meanwhile: the walk starts over
-            db.execute("DELETE FROM meta WHERE key = ?", [at_rest.PROGRESS])
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, 1)", [at_rest.ALL_SEALED])
+            meta_delete(db, at_rest.PROGRESS)
+            meta_set(db, at_rest.ALL_SEALED, 1)
             db.execute("DELETE FROM keyring WHERE version NOT IN (?, ?)",
                        [at_rest.NAME_KEY, sealer.current])
             self._sealer = at_rest.load(db, self._keys)
@@ -822,6 +855,8 @@ class HubStore:
     def checkpoint(self) -> bool:
         """Everything in the main file, and the write-ahead log emptied; False if a reader
         (another connection) kept it from being emptied whole."""
+        if is_postgres(self._db):
+            return True  # the server's own checkpoints
         with self._lock:
             return not self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
 
@@ -853,14 +888,12 @@ class HubStore:
                              [qid]).fetchone()
             if row is None:
                 return False
-            hseq = next_hseq(db)
             (_, data), = husking.husked(db, [(delta, data)])
             blob = self._sealing(db).seal_ops([(delta.record_id, delta.stamp, delta.node,
                                                 data)])[0]
-            if db.execute("INSERT OR IGNORE INTO ops (hseq, rid, stamp, node, data, origin, del)"
-                          " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [hseq, delta.record_id, delta.stamp, delta.node, blob,
-                           row[0] or "hub", delta.is_delete]).rowcount:
+            hseq = next_hseq(db)
+            if insert_op(db, hseq, _sealed(delta, blob), row[0] or "hub", delta.is_delete):
+                used_hseq(db, hseq)
                 scopes.note_commit(db, [(hseq, delta)])
                 current.apply(db, self._sealer,
                               current.as_stored(db, [(hseq, delta)], [(delta, data)]))
@@ -931,8 +964,8 @@ class HubStore:
 
     def set_technician_revocations(self, number: int, doc: bytes) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?), (?, ?)",
-                       [REVOCATIONS_NUMBER, number, REVOCATIONS_LIST, doc])
+            meta_set(db, REVOCATIONS_NUMBER, number)
+            meta_set(db, REVOCATIONS_LIST, doc)
 
     def revoked_technicians(self) -> list[int]:
         return [int(s) for (s,) in self._q(
@@ -943,8 +976,8 @@ class HubStore:
                                            ["revoked"])}
 
 
-#: What the re-sealer walks: table -> (rows after a rowid, as (rowid, what the associated
-#: data is made of..., sealed column); that column; the associated data; a delta?).
+#: What the re-sealer walks: table -> (rows after a key, as (key, what the associated data
+#: is made of..., sealed column); that column; the associated data; a delta?).
 _RESEAL: dict[str, tuple[str, str, Callable[..., bytes], bool]] = {
     "ops": ("SELECT hseq, rid, stamp, node, data FROM ops WHERE hseq > ? ORDER BY hseq"
             " LIMIT ?", "data", lambda rid, stamp, node: at_rest.op_ad(bytes(rid), stamp, node),
@@ -958,7 +991,20 @@ _RESEAL: dict[str, tuple[str, str, Callable[..., bytes], bool]] = {
 }
 
 
-def drop_superseded(db: sqlite_utils.Database, sealer: at_rest.Sealer, device_id: str,
+def insert_op(db: Db, hseq: int, sealed: Op, origin: str, deleted: bool) -> bool:
+    """Keep a delta (``sealed.data``: sealed) under arrival number ``hseq``; False if the
+    hub held it already (the number stays free)."""
+    return db.execute("INSERT INTO ops (hseq, rid, stamp, node, data, origin, del) VALUES"
+                      " (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                      [hseq, sealed.rid, sealed.stamp, sealed.node, sealed.data, origin,
+                       int(deleted)]).rowcount > 0
+
+
+def _sealed(delta: Delta, blob: bytes) -> Op:
+    return Op(delta.record_id, delta.stamp, delta.node, blob)
+
+
+def drop_superseded(db: Db, sealer: at_rest.Sealer, device_id: str,
                     accepted: list[Delta], now: int) -> None:
     """Drop the kiosk's quarantined ``clock-ahead`` deltas that a delta just accepted
     from it issues again (``protocol.sync.reissue``), and log each, in the caller's
@@ -986,12 +1032,22 @@ def drop_superseded(db: sqlite_utils.Database, sealer: at_rest.Sealer, device_id
 
 
 class HubReader(HubStore):
-    """A read-only connection of its own to ``hub.db``, for a watcher beside the store.
-    ``data_version`` moves whenever another connection (any process) commits."""
+    """A connection of its own to the hub's database (read-only for ``hub.db``), for a
+    watcher beside the store. ``data_version`` moves whenever another connection (any
+    process) commits a change the watcher reports (arrivals, revocations)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, target: Path | str) -> None:
         self._lock = threading.RLock()
-        self._db = open_database(path, readonly=True)
+        if isinstance(target, Path):
+            self._db = open_database(target, readonly=True)
+        else:
+            from host.hub.database.postgres import PgDb
+            self._db = PgDb(target)
 
     def data_version(self) -> int:
-        return int(self._q("PRAGMA data_version")[0][0])
+        if not is_postgres(self._db):
+            return int(self._q("PRAGMA data_version")[0][0])
+        # what a look reports: the last arrival and the kiosks revoked
+        return hash(tuple(self._q(
+            "SELECT (SELECT num FROM meta WHERE key = ?), (SELECT COUNT(*) FROM devices"
+            " WHERE state = 'revoked')", [LAST_HSEQ])[0]))

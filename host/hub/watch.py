@@ -38,7 +38,7 @@ class Look:
 
 
 class StoreWatch:
-    def __init__(self, server: Server, path: Path) -> None:
+    def __init__(self, server: Server, path: Path | str) -> None:
         self.server, self.path = server, path
         self._reader: HubReader | None = None
         self._version: int | None = None
