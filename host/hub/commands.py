@@ -196,6 +196,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
                    help="quarantine deltas stamped more than S seconds ahead (default 300)")
     _serve_limits(p)
+    p = hs.add_parser("export", help="export the records as FHIR R4 (Bulk Data NDJSON)",
+                      description="Write the current records as FHIR R4 resources, one NDJSON "
+                      "file per type, and manifest.json (Bulk Data's manifest; its "
+                      "extension.cursor is what --since takes next time). DIR must be new or "
+                      "empty: the export is written whole or not at all.")
+    _data(p)
+    p.add_argument("--fhir", type=Path, required=True, metavar="DIR",
+                   help="the folder to write (new, or empty)")
+    p.add_argument("--since", metavar="CURSOR",
+                   help="only records changed after an earlier export's cursor")
+    p.add_argument("--patient-system", metavar="URI", help="the system URI of the fleet's "
+                   "patient ids in Patient.identifier (default urn:haven:HUB_ID:patient)")
+    p.add_argument("--document-url", metavar="URL", help="what a large document's url "
+                   "begins with, its record id after it (default haven://HUB_TAG/documents/, "
+                   "HUB_TAG the first 16 hex digits of the hub id)")
     p = hs.add_parser("dump", help="print the merged state as canonical JSON",
                       description="Print every record as canonical JSON (the kiosk's format).")
     _data(p)
@@ -654,6 +669,15 @@ def run(args: argparse.Namespace) -> int:
         elif cmd == "revoke":
             hub.revoke(args.device)
             print(f"kiosk {args.device} revoked")
+        elif cmd == "export":
+            from host.hub.fhir import export
+
+            manifest = export(hub, args.fhir, args.since, args.patient_system,
+                              args.document_url)
+            for item in manifest["output"] + manifest["deleted"]:
+                print(f"{item['count']:8d} {item['type']} ({item['url']})")
+            print(f"written to {args.fhir}; next time: --since "
+                  f"{manifest['extension']['cursor']}")
         elif cmd == "dump":
             data = hub.dump()
             sys.stdout.flush()

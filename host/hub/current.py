@@ -39,16 +39,27 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import cbor2
-import sqlite_utils
 
 from host.hub import at_rest, husking
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
 from protocol.errors import RemoteProtocolError
+
+
+class Db(Protocol):
+    """What this module runs its SQL on: the hub's connection, either engine (the
+    statements are in the portable subset: ``?``, ``ON CONFLICT``, no engine's own
+    functions)."""
+
+    @property
+    def conn(self) -> Any: ...
+
+    def execute(self, sql: str, parameters: Any = None) -> Any: ...
+
 
 REGISTER, SET, CONFLICTS = 0, 1, 2  #: ``record_fields.kind``
 #: Migration 9's tables (``storage``).
@@ -116,7 +127,7 @@ def _conflict(rid: bytes, item: list[Any]) -> Conflict:
 # Writing ---------------------------------------------------------------------------
 
 
-def apply(db: sqlite_utils.Database, sealer: at_rest.Sealer,
+def apply(db: Db, sealer: at_rest.Sealer,
           added: Sequence[tuple[int, Delta]]) -> None:
     """Bring the records of ``added`` (arrival number, delta as ``ops`` now holds it),
     just written to ``ops`` in the caller's transaction, up to date."""
@@ -141,17 +152,17 @@ def apply(db: sqlite_utils.Database, sealer: at_rest.Sealer,
                 _write(db, sealer, view, hseq)
 
 
-def as_stored(db: sqlite_utils.Database, added: Sequence[tuple[int, Delta]],
+def as_stored(db: Db, added: Sequence[tuple[int, Delta]],
               kept: Sequence[tuple[Delta, bytes]]) -> Sequence[tuple[int, Delta]]:
     """``added`` (arrival number, delta as it came) as ``ops`` holds them: an erased
     patient's write is kept as its husk (``kept``: each delta with the bytes written)."""
-    if not husking.erased(db):
+    if not husking.erased(cast(Any, db)):  # (typed for the engine layer's Db)
         return added
     written = {(d.record_id, d.dot): data for d, data in kept}
     return [(hseq, decode(written[d.record_id, d.dot])) for hseq, d in added]
 
 
-def _fast(db: sqlite_utils.Database, sealer: at_rest.Sealer, rid: bytes,
+def _fast(db: Db, sealer: at_rest.Sealer, rid: bytes,
           heads: tuple[Dot, ...], deltas: list[Delta], hseq: int) -> bool:
     """The second path above, for ``deltas`` in turn; False (nothing written) if one of
     them does not take it."""
@@ -169,7 +180,7 @@ def _fast(db: sqlite_utils.Database, sealer: at_rest.Sealer, rid: bytes,
     return True
 
 
-def _write(db: sqlite_utils.Database, sealer: at_rest.Sealer, view: RecordView,
+def _write(db: Db, sealer: at_rest.Sealer, view: RecordView,
            hseq: int | None, fresh: bool = False) -> None:
     """The record's row and values as ``view`` has them (``hseq`` None: kept)."""
     rid = view.record_id
@@ -187,7 +198,7 @@ def _write(db: sqlite_utils.Database, sealer: at_rest.Sealer, view: RecordView,
     _put_fields(db, sealer, rid, values)
 
 
-def _put_fields(db: sqlite_utils.Database, sealer: at_rest.Sealer, rid: bytes,
+def _put_fields(db: Db, sealer: at_rest.Sealer, rid: bytes,
                 values: list[tuple[int, int, Dot | None, Any]]) -> None:
     sealed = sealer.seal_values([(value_ad(rid, kind, field), _cbor(value))
                                  for kind, field, _, value in values])
@@ -197,7 +208,7 @@ def _put_fields(db: sqlite_utils.Database, sealer: at_rest.Sealer, rid: bytes,
         for (kind, field, dot, _), blob in zip(values, sealed, strict=True)])
 
 
-def replayed(db: sqlite_utils.Database, sealer: at_rest.Sealer,
+def replayed(db: Db, sealer: at_rest.Sealer,
              rid: bytes) -> RecordView | None:
     """The reference merge of every delta ``ops`` holds of ``rid`` (None: none)."""
     log = RecordLog(rid)
@@ -212,7 +223,7 @@ def _add(log: RecordLog, data: bytes) -> None:
         log.add(decode(data))
 
 
-def refresh(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: Iterable[bytes]) -> None:
+def refresh(db: Db, sealer: at_rest.Sealer, rids: Iterable[bytes]) -> None:
     """Merge ``rids`` again after their deltas were rewritten in place (an erasure's
     husks), each keeping its arrival number: no delta arrived."""
     for rid in rids:
@@ -222,7 +233,7 @@ def refresh(db: sqlite_utils.Database, sealer: at_rest.Sealer, rids: Iterable[by
             _write(db, sealer, view, None)
 
 
-def resume(db: sqlite_utils.Database, sealer: at_rest.Sealer) -> int:
+def resume(db: Db, sealer: at_rest.Sealer) -> int:
     """Fill the tables from ``ops`` if they are empty and ``ops`` is not (a hub from
     before migration 9), in the caller's transaction; returns the records written."""
     if (db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
@@ -231,7 +242,7 @@ def resume(db: sqlite_utils.Database, sealer: at_rest.Sealer) -> int:
     return rebuild(db, sealer)
 
 
-def rebuild(db: sqlite_utils.Database, sealer: at_rest.Sealer) -> int:
+def rebuild(db: Db, sealer: at_rest.Sealer) -> int:
     """Every record's row made anew from ``ops``; returns how many."""
     db.execute("DELETE FROM record_fields")
     db.execute("DELETE FROM records")
@@ -249,7 +260,7 @@ def rebuild(db: sqlite_utils.Database, sealer: at_rest.Sealer) -> int:
     return count + _flush(db, sealer, log, last)
 
 
-def _flush(db: sqlite_utils.Database, sealer: at_rest.Sealer, log: RecordLog | None,
+def _flush(db: Db, sealer: at_rest.Sealer, log: RecordLog | None,
            hseq: int) -> int:
     if log is None or not log.ops:
         return 0
@@ -260,14 +271,14 @@ def _flush(db: sqlite_utils.Database, sealer: at_rest.Sealer, log: RecordLog | N
 # Reading ---------------------------------------------------------------------------
 
 
-def views(db: sqlite_utils.Database, sealer: at_rest.Sealer, where: str = "",
+def views(db: Db, sealer: at_rest.Sealer, where: str = "",
           args: Sequence[Any] = ()) -> list[RecordView]:
     """The records (``where``: an SQL condition on ``records r`` with ``args``) as the
     reference merge makes them, in record id order."""
     return [view for view, _ in rows(db, sealer, where, args)]
 
 
-def rows(db: sqlite_utils.Database, sealer: at_rest.Sealer, where: str = "",
+def rows(db: Db, sealer: at_rest.Sealer, where: str = "",
          args: Sequence[Any] = ()) -> Iterator[tuple[RecordView, int]]:
     """Each record's view and the arrival number of its last change (see ``views``),
     read in one statement (one snapshot)."""

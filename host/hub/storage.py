@@ -751,8 +751,13 @@ class HubStore:
     def current_records(self, where: str = "", args: tuple[Any, ...] = ()) -> list[Any]:
         """The current records (``current.rows``: each view and the arrival number of its
         last change), ``where`` an SQL condition on ``records r``."""
+        return list(self.iter_current(where, args))
+
+    def iter_current(self, where: str = "", args: tuple[Any, ...] = ()) -> Iterator[Any]:
+        """``current_records`` one at a time, read in one statement (the store's lock held
+        until the last)."""
         with self._lock:
-            return list(current.rows(self._db, self._sealer, where, args))
+            yield from current.rows(self._db, self._sealer, where, args)
 
     def ops_in(self, first: bytes, last: bytes) -> list[Op]:
         """Every delta held for the records ``first`` to ``last`` (ids in byte order: a

@@ -1,0 +1,432 @@
+"""FHIR R4 export of the hub's current records, as Bulk Data NDJSON.
+
+Theory of operation
+-------------------
+``haven hub export --fhir DIR [--since CURSOR]`` reads the current records
+(``current``), never the log of deltas, and writes one NDJSON file per
+resource type, a resource a line, and ``manifest.json`` in the shape of the
+Bulk Data export manifest (``transactionTime``, ``request``, ``output``:
+type, url, count; ``deleted``; ``extension.cursor``). Record types map to
+resources as their schema says (``protocol.crdt.schema``: field names follow
+FHIR already):
+
+* patient -> Patient. ``identifier`` carries the fleet's patient id (the
+  record id) under the deployment's system URI (``--patient-system``, by
+  default ``urn:haven:<hub id>:patient``). Passport numbers are never stored,
+  so never exported. Allergies and conditions, sets of words, go in
+  extensions (they are not coded);
+* checkin -> Encounter (class ambulatory; the queue number an identifier; the
+  kiosk's identity verdict an extension; what the patient typed, and the
+  identity sealed to the hub, stay on the hub);
+* prescription -> MedicationRequest (intent ``order``);
+* lab_result -> Observation;
+* appointment -> Appointment (the patient its one participant);
+* document -> DocumentReference: content held whole and at most
+  ``INLINE_MAX`` bytes is an attachment (base64 data, size, SHA-1 hash, as R4
+  defines ``Attachment.hash``); larger, or not held whole, a reference: the url
+  of the hub's document (``--document-url`` + the record id; by default
+  ``haven://<hub tag>/documents/<id>``: R4 wants a URL, and the hub serves no
+  documents over HTTP), with its size and our SHA-256 in an
+  extension.
+
+Other types (notes, audit entries, verifiers, erasures, telemetry) are not
+exported.
+
+Conflicts. A record is exported once, with its current value (the merge's).
+Every conflict it holds goes in an extension (``CONFLICT``: id, class,
+severity, field, and each version in conflict as its canonical JSON). A
+record a conflict *holds* (a prescription changed apart, a type clash) is
+marked unconfirmed: ``meta.tag`` ``UNCONFIRMED``, and where the resource has
+a status that says so, that status (MedicationRequest ``on-hold``,
+Observation ``preliminary``, Appointment ``pending``, DocumentReference
+``docStatus`` ``preliminary``); the status the record holds is then kept in
+the conflict extension (``recordedStatus``).
+
+Deleted records are not resources: an incremental export lists those deleted
+since the cursor in ``deleted.ndjson``, one Bundle of DELETE entries (Bulk
+Data's convention for deleted resources), named in the manifest's ``deleted``.
+
+The cursor is ``<hub>.<arrival number>``: the greatest arrival number of the
+records read, in the one statement that read them, so the next export with
+``--since`` gets every record changed after it and none before (a record
+changed again is exported again, once, as it is then). It names the hub
+(the first 16 hex digits of its id), so another hub's cursor is refused.
+
+Nothing is half-written: the files go to a hidden folder beside DIR, which is
+renamed to DIR at the end (DIR absent, or an empty folder).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from host.errors import UsageError
+from protocol.crdt.record import HOLD, Conflict, RecordView, version_json
+from protocol.crdt.schema import (
+    APPOINTMENT,
+    CHECKIN,
+    DOCUMENT,
+    LAB_RESULT,
+    PATIENT,
+    PRESCRIPTION,
+    TypeSpec,
+)
+
+if TYPE_CHECKING:
+    from host.hub.hub import Hub
+
+INLINE_MAX = 64 * 1024  #: bytes: a document up to this is exported inline
+EXT = "urn:haven:fhir:"  #: our extensions' URLs begin so
+CONFLICT = EXT + "conflict"
+UNCONFIRMED = {"system": EXT + "review", "code": "unconfirmed",
+               "display": "held for review: versions in conflict"}
+#: Each exported record type: its resource, and the status a held record is given
+#: (element, code; None: the resource has none that says unconfirmed).
+RESOURCES: dict[int, tuple[str, tuple[str, str] | None]] = {
+    PATIENT.number: ("Patient", None),
+    CHECKIN.number: ("Encounter", None),
+    PRESCRIPTION.number: ("MedicationRequest", ("status", "on-hold")),
+    LAB_RESULT.number: ("Observation", ("status", "preliminary")),
+    APPOINTMENT.number: ("Appointment", ("status", "pending")),
+    DOCUMENT.number: ("DocumentReference", ("docStatus", "preliminary")),
+}
+#: What a resource that requires a status gets when the record holds none.
+DEFAULT_STATUS = {"Encounter": "unknown", "MedicationRequest": "unknown",
+                  "Observation": "unknown", "Appointment": "proposed",
+                  "DocumentReference": "current"}
+
+
+@dataclass
+class Deployment:
+    """What the export needs beyond the records: URIs and the document reader."""
+
+    hub_id: str
+    patient_system: str
+    document_url: str
+    document: Callable[[bytes], bytes | None]  #: content held whole, or None
+    inline_max: int = INLINE_MAX
+
+    @property
+    def tag(self) -> str:
+        return self.hub_id[:16]
+
+
+def deployment_of(hub: Hub, patient_system: str | None = None,
+                  document_url: str | None = None) -> Deployment:
+    from host.hub.document_inbox import DOCUMENTS_DIR
+    from host.hub.hub import HUB_ID
+    from host.hub.sealed_documents import SealedChunks
+
+    hub_id = str(hub.store.get_meta(HUB_ID))
+    chunks = SealedChunks(hub.data / DOCUMENTS_DIR, hub.store.sealer)
+    return Deployment(hub_id, patient_system or f"urn:haven:{hub_id}:patient",
+                      document_url or f"haven://{hub_id[:16]}/documents/", chunks.read)
+
+
+# Cursors ---------------------------------------------------------------------------
+
+
+def parse_cursor(text: str, deployment: Deployment, head: int) -> int:
+    """The arrival number of a cursor this hub gave; ``UsageError`` for anything else."""
+    tag, dot, number = text.strip().partition(".")
+    if not dot or not number.isdigit() or len(number) > 20 or not tag:
+        raise UsageError(f"--since takes a cursor an earlier export gave (its manifest's "
+                         f"extension.cursor, like {deployment.tag}.123), not {text!r}")
+    if tag != deployment.tag:
+        raise UsageError(f"cursor {text!r} is another hub's (this hub's cursors begin "
+                         f"{deployment.tag}.)")
+    if int(number) > head:
+        raise UsageError(f"cursor {text!r} is past everything this hub holds (arrival "
+                         f"{head}): from a hub restored from an older backup? Export without "
+                         "--since")
+    return int(number)
+
+
+# Resources -------------------------------------------------------------------------
+
+
+def _ref(value: Any) -> dict[str, str] | None:
+    return ({"reference": f"Patient/{uuid.UUID(bytes=value)}"}
+            if isinstance(value, bytes) and len(value) == 16 else None)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _put(out: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None and value != [] and value != {}:
+        out[key] = value
+
+
+def _patient(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    out: dict[str, Any] = {"resourceType": "Patient", "id": rid, "identifier": [
+        {"system": dep.patient_system, "value": rid}]}
+    if (other := _text(f.get(7))) is not None:
+        out["identifier"].append({"type": {"text": "identifier recorded at the kiosk"},
+                                  "value": other})
+    _put(out, "name", [{"text": name}] if (name := _text(f.get(1))) else None)
+    _put(out, "telecom", [{"system": "other", "value": t}] if (t := _text(f.get(4))) else None)
+    _put(out, "gender", _text(f.get(3)))
+    _put(out, "birthDate", _text(f.get(2)))
+    _put(out, "address", [{"text": a}] if (a := _text(f.get(5))) else None)
+    _put(out, "communication", [{"language": {"coding": [
+        {"system": "urn:ietf:bcp:47", "code": c}]}}] if (c := _text(f.get(6))) else None)
+    _put(out, "extension", [{"url": EXT + name, "valueString": e}
+                            for number, name in ((8, "allergy"), (9, "condition"))
+                            for e in sorted(view.sets.get(number, ()))])
+    return out
+
+
+def _encounter(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    out: dict[str, Any] = {
+        "resourceType": "Encounter", "id": rid,
+        "status": _text(f.get(2)) or DEFAULT_STATUS["Encounter"],
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                  "code": "AMB", "display": "ambulatory"}}
+    _put(out, "identifier", [{"system": f"urn:haven:{dep.hub_id}:queue", "value": q}]
+         if (q := _text(f.get(6))) else None)
+    _put(out, "subject", _ref(f.get(1)))
+    _put(out, "period", {"start": s} if (s := _text(f.get(4))) else None)
+    _put(out, "reasonCode", [{"text": r}] if (r := _text(f.get(3))) else None)
+    _put(out, "location", [{"location": {"display": loc}}] if (loc := _text(f.get(5))) else None)
+    _put(out, "extension", [{"url": EXT + "identity", "valueCode": i}]
+         if (i := _text(f.get(9))) else None)
+    return out
+
+
+def _medication_request(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    out: dict[str, Any] = {
+        "resourceType": "MedicationRequest", "id": rid,
+        "status": _text(f.get(2)) or DEFAULT_STATUS["MedicationRequest"], "intent": "order",
+        "medicationCodeableConcept": {"text": _text(f.get(3)) or "not recorded"}}
+    _put(out, "subject", _ref(f.get(1)) or {"display": "not recorded"})
+    _put(out, "authoredOn", _text(f.get(6)))
+    _put(out, "requester", {"display": r} if (r := _text(f.get(7))) else None)
+    _put(out, "note", [{"text": n}] if (n := _text(f.get(8))) else None)
+    _put(out, "dosageInstruction", [{"text": d}] if (d := _text(f.get(4))) else None)
+    q = f.get(5)
+    _put(out, "dispenseRequest", {"quantity": {"value": q}}
+         if isinstance(q, int | float) and not isinstance(q, bool) else None)
+    return out
+
+
+def _observation(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    out: dict[str, Any] = {"resourceType": "Observation", "id": rid,
+                           "status": _text(f.get(2)) or DEFAULT_STATUS["Observation"],
+                           "code": {"text": _text(f.get(3)) or "not recorded"}}
+    _put(out, "subject", _ref(f.get(1)))
+    _put(out, "effectiveDateTime", _text(f.get(6)))
+    value = f.get(4)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        quantity: dict[str, Any] = {"value": value}
+        if (unit := _text(f.get(5))) is not None:
+            quantity.update(unit=unit, system="http://unitsofmeasure.org", code=unit)
+        out["valueQuantity"] = quantity
+    _put(out, "interpretation", [{"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+        "code": i}]}] if (i := _text(f.get(7))) else None)
+    _put(out, "note", [{"text": n}] if (n := _text(f.get(8))) else None)
+    return out
+
+
+def _appointment(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    participant: dict[str, Any] = {"status": "accepted"}
+    _put(participant, "actor", _ref(f.get(1)))
+    out: dict[str, Any] = {"resourceType": "Appointment", "id": rid,
+                           "status": _text(f.get(2)) or DEFAULT_STATUS["Appointment"],
+                           "participant": [participant]}
+    _put(out, "serviceType", [{"text": s}] if (s := _text(f.get(5))) else None)
+    _put(out, "description", _text(f.get(6)))
+    _put(out, "start", _text(f.get(3)))
+    _put(out, "end", _text(f.get(4)))
+    minutes = f.get(7)
+    _put(out, "minutesDuration", minutes if type(minutes) is int and minutes > 0 else None)
+    return out
+
+
+def _document_reference(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    attachment: dict[str, Any] = {}
+    _put(attachment, "contentType", _text(f.get(4)))
+    size = f.get(5)
+    content = (dep.document(view.record_id)
+               if type(size) is int and 0 <= size <= dep.inline_max else None)
+    if content is not None:
+        attachment.update(data=base64.b64encode(content).decode(), size=len(content),
+                          hash=base64.b64encode(hashlib.sha1(content).digest()).decode())
+    else:
+        attachment["url"] = dep.document_url + rid
+        _put(attachment, "size", size if type(size) is int and size >= 0 else None)
+    _put(attachment, "title", _text(f.get(3)))
+    _put(attachment, "creation", _text(f.get(7)))
+    out: dict[str, Any] = {"resourceType": "DocumentReference", "id": rid,
+                           "status": _text(f.get(2)) or DEFAULT_STATUS["DocumentReference"],
+                           "content": [{"attachment": attachment}]}
+    _put(out, "subject", _ref(f.get(1)))
+    _put(out, "extension", [{"url": EXT + "sha256", "valueString": h}]
+         if (h := _text(f.get(6))) else None)
+    return out
+
+
+MAPPERS: dict[int, Callable[[RecordView, Deployment, str], dict[str, Any]]] = {
+    PATIENT.number: _patient, CHECKIN.number: _encounter,
+    PRESCRIPTION.number: _medication_request, LAB_RESULT.number: _observation,
+    APPOINTMENT.number: _appointment, DOCUMENT.number: _document_reference,
+}
+
+
+def _conflict_extension(c: Conflict, spec: TypeSpec | None,
+                        recorded_status: str | None) -> dict[str, Any]:
+    parts: list[dict[str, Any]] = [{"url": "id", "valueString": c.id},
+                                   {"url": "class", "valueCode": c.cls},
+                                   {"url": "severity", "valueCode": c.severity}]
+    if c.field is not None:
+        name = spec.by_number[c.field].name if spec and c.field in spec.by_number else (
+            f"#{c.field}")
+        parts.append({"url": "field", "valueString": name})
+    if recorded_status is not None:
+        parts.append({"url": "recordedStatus", "valueString": recorded_status})
+    parts += [{"url": "version", "valueString": json.dumps(
+        version_json(v), sort_keys=True, separators=(",", ":"))} for v in c.versions]
+    return {"url": CONFLICT, "extension": parts}
+
+
+def resource(view: RecordView, dep: Deployment) -> dict[str, Any] | None:
+    """The record as an R4 resource (None: a type not exported, or deleted)."""
+    mapper = MAPPERS.get(view.type)
+    if mapper is None or view.deleted:
+        return None
+    out = mapper(view, dep, str(uuid.UUID(bytes=view.record_id)))
+    if view.conflicts:
+        name, held_status = RESOURCES[view.type]
+        recorded = None
+        if view.held:
+            out["meta"] = {"tag": [UNCONFIRMED]}
+            if held_status is not None:
+                element, code = held_status
+                recorded = out.get(element)
+                out[element] = code
+        spec = TYPES_OF[view.type]
+        out.setdefault("extension", []).extend(
+            _conflict_extension(c, spec, recorded if c.severity == HOLD else None)
+            for c in view.conflicts)
+    return out
+
+
+TYPES_OF: dict[int, TypeSpec] = {t.number: t for t in (
+    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, DOCUMENT)}
+
+
+# The export ------------------------------------------------------------------------
+
+
+@dataclass
+class Written:
+    counts: dict[str, int]
+    deleted: list[str]
+    cursor: int
+
+
+def write_records(rows: Iterable[tuple[RecordView, int]], dep: Deployment, out: Path,
+                  since: int | None) -> Written:
+    """Each record of ``rows`` as a line of its resource type's file in ``out``; the
+    deleted ones' references (with ``since``); the greatest arrival number read."""
+    files: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    deleted: list[str] = []
+    cursor = since or 0
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                             allow_nan=False).encode
+    with contextlib.ExitStack() as stack:
+        for view, hseq in rows:
+            cursor = max(cursor, hseq)
+            item = RESOURCES.get(view.type)
+            if item is None:
+                continue
+            if view.deleted:
+                if since is not None:
+                    deleted.append(f"{item[0]}/{uuid.UUID(bytes=view.record_id)}")
+                continue
+            res = resource(view, dep)
+            assert res is not None
+            name = item[0]
+            handle = files.get(name)
+            if handle is None:
+                handle = files[name] = stack.enter_context(
+                    open(out / f"{name}.ndjson", "w", encoding="utf-8"))
+            handle.write(dumps(res) + "\n")
+            counts[name] = counts.get(name, 0) + 1
+    return Written(counts, deleted, cursor)
+
+
+def _deleted_bundle(refs: list[str]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": ref}} for ref in refs]}
+
+
+def export(hub: Hub, target: Path, since: str | None = None,
+           patient_system: str | None = None, document_url: str | None = None,
+           now_ms: int | None = None) -> dict[str, Any]:
+    """Write the export into ``target`` (absent or an empty folder); its manifest."""
+    dep = deployment_of(hub, patient_system, document_url)
+    after = None if since is None else parse_cursor(since, dep, hub.store.head())
+    target = Path(target)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UsageError(f"{target} is not an empty folder: give a new folder for the export "
+                         "(it is written whole, or not at all)")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{parent} is not a folder: the export's folder goes in one")
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write in {parent}: {exc.strerror}") from None
+    try:
+        where, args = ("r.hseq > ?", (after,)) if after is not None else ("", ())
+        written = write_records(hub.store.iter_current(where, args), dep, work, after)
+        moment = datetime.datetime.fromtimestamp(
+            (now_ms if now_ms is not None else int(datetime.datetime.now().timestamp() * 1000))
+            / 1000, datetime.UTC)
+        manifest: dict[str, Any] = {
+            "transactionTime": moment.isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"),
+            "request": f"urn:haven:{dep.hub_id}:$export"
+                       + ("" if since is None else f"?_since={since}"),
+            "requiresAccessToken": False,
+            "output": [{"type": name, "url": f"{name}.ndjson", "count": count}
+                       for name, count in sorted(written.counts.items())],
+            "deleted": [], "error": [],
+            "extension": {"cursor": f"{dep.tag}.{written.cursor}",
+                          "since": since, "patientSystem": dep.patient_system}}
+        if written.deleted:
+            (work / "deleted.ndjson").write_text(json.dumps(
+                _deleted_bundle(written.deleted), separators=(",", ":")) + "\n")
+            manifest["deleted"] = [{"type": "Bundle", "url": "deleted.ndjson",
+                                    "count": len(written.deleted)}]
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        os.replace(work, target)  # an empty folder there is replaced (rename(2))
+    except OSError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise UsageError(f"cannot write the export to {target}: {exc.strerror}") from None
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
