@@ -39,27 +39,16 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol, cast
+from typing import Any
 
 import cbor2
 
 from host.hub import at_rest, husking
+from host.hub.database import Db
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
 from protocol.errors import RemoteProtocolError
-
-
-class Db(Protocol):
-    """What this module runs its SQL on: the hub's connection, either engine (the
-    statements are in the portable subset: ``?``, ``ON CONFLICT``, no engine's own
-    functions)."""
-
-    @property
-    def conn(self) -> Any: ...
-
-    def execute(self, sql: str, parameters: Any = None) -> Any: ...
-
 
 REGISTER, SET, CONFLICTS = 0, 1, 2  #: ``record_fields.kind``
 #: Migration 9's tables (``storage``).
@@ -156,7 +145,7 @@ def as_stored(db: Db, added: Sequence[tuple[int, Delta]],
               kept: Sequence[tuple[Delta, bytes]]) -> Sequence[tuple[int, Delta]]:
     """``added`` (arrival number, delta as it came) as ``ops`` holds them: an erased
     patient's write is kept as its husk (``kept``: each delta with the bytes written)."""
-    if not husking.erased(cast(Any, db)):  # (typed for the engine layer's Db)
+    if not husking.erased(db):
         return added
     written = {(d.record_id, d.dot): data for d, data in kept}
     return [(hseq, decode(written[d.record_id, d.dot])) for hseq, d in added]
