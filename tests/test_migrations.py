@@ -305,3 +305,32 @@ def test_two_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: 
     finally:
         db.close()
     assert user_version(tmp_path / "race.db") == 2
+
+
+def test_hub_migration_9_fills_the_current_records_from_the_deltas(tmp_path: Path) -> None:
+    """A hub at migration 8 (``fixtures/hub-307eacd``, ``make_hub_fixture.py``: held and
+    field conflicts, deletes, an erased patient, a type from a newer schema) opens with
+    its current records filled, each value sealed, and ``dump`` (read from them) is what
+    that release printed by replaying every delta."""
+    from protocol.crdt.delta import decode
+    from protocol.crdt.record import RecordLog, canonical_json
+
+    root = tmp_path / "hub"
+    shutil.copytree(FIXTURES / "hub-307eacd", root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    want = json.loads((root / "expected.json").read_text())
+    assert user_version(root / "hub.db") == 8
+    with Hub(root) as hub:
+        assert hub.dump().decode() == want["dump"]
+        logs: dict[bytes, RecordLog] = {}
+        for op in hub.store.all_ops():
+            logs.setdefault(op.rid, RecordLog(op.rid)).add(decode(op.data))
+        assert hub.views() == sorted((log.view() for log in logs.values()),
+                                     key=lambda v: v.record_id)
+        assert canonical_json(hub.views()) == hub.dump()
+        assert len(hub.views()) == want["records"]
+        assert sorted(c["severity"] for c in hub.conflicts()) == ["hold", "info"]
+        values = hub.store._q("SELECT value FROM record_fields")
+        assert values and all(bytes(v)[0] == hub.store.sealer.current for (v,) in values)
+    assert user_version(root / "hub.db") == HUB_MIGRATIONS.latest >= 9
