@@ -169,7 +169,7 @@ def server_user() -> ServerUser:
             time.sleep(0.2)
 
 
-def _make_traversable(path: Path) -> None:
+def make_traversable(path: Path) -> None:
     """Let another user reach ``path``: add o+x to each ancestor we own that lacks it."""
     for d in [path, *path.parents]:
         st = d.stat()
@@ -287,25 +287,28 @@ class Cluster:
         self.stop()
 
 
-def init_cluster(root: Path, bin_dir: Path, user: ServerUser) -> Path:
-    """Run initdb under ``root`` (once); return the data directory."""
+def server_home(root: Path, user: ServerUser) -> Path:
+    """``root/pg``, made and owned by the server's user, with ``root`` reachable."""
     root.mkdir(parents=True, exist_ok=True)
-    _make_traversable(root)
+    make_traversable(root)
     home = root / "pg"
     home.mkdir(mode=0o700, exist_ok=True)
     user.own(home)
-    data = home / "data"
+    return home
+
+
+def run_initdb(data: Path, bin_dir: Path, user: ServerUser) -> None:
+    """initdb ``data`` (once) as ``user``, with ``haven`` as its trusted superuser."""
     if (data / "PG_VERSION").exists():
-        return data
+        return
     r = subprocess.run(
         [str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
          "--encoding=UTF8", "--locale=C", "--no-sync"],
-        cwd=home, capture_output=True, text=True, timeout=INITDB_TIMEOUT,
+        cwd=data.parent, capture_output=True, text=True, timeout=INITDB_TIMEOUT,
         **user.popen_args())
     if r.returncode != 0:
         raise ClusterError(f"initdb failed (exit {r.returncode}) as {user.name} in {data}:\n"
                            f"{(r.stdout + r.stderr).strip()[-2000:]}")
-    return data
 
 
 def server_command(bin_dir: Path, data: Path, port: int, socket_dir: Path,
@@ -360,7 +363,8 @@ def start_cluster(root: Path, port: int | None = None, *, timeout: float = START
     assert bin_dir is not None
     user = server_user()
     root = root.resolve()
-    data = init_cluster(root, bin_dir, user)
+    data = server_home(root, user) / "data"
+    run_initdb(data, bin_dir, user)
     socket_dir = root / "pg" / "run"
     socket_dir.mkdir(mode=0o700, exist_ok=True)
     user.own(socket_dir)

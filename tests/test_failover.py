@@ -1,0 +1,175 @@
+"""The primary dies under load; pg_auto_failover promotes the standby; nothing acknowledged is lost.
+
+A writer commits numbered rows through the multi-host URL and records each
+number whose commit returned. The primary (its keeper and its postmaster) is
+SIGKILLed mid-load; nobody tells the standby: the monitor promotes it. The
+writer reconnects with the same URL, and every acknowledged number must be on
+the new primary. Only in ``./tools/test --long``: a formation takes seconds to
+build and the monitor's clocks make the failover last several more.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import require
+from tests.failover_cluster import DBNAME, Formation, failover_available, start_formation
+
+pytestmark = pytest.mark.long
+
+ROWS_BEFORE_KILL = 200
+ROWS_AFTER_PROMOTION = 200
+WRITER_TIMEOUT = 120.0
+
+
+@pytest.fixture
+def formation() -> Iterator[Formation]:
+    reason = failover_available()
+    require(reason is None, "pg_auto_failover", f"needs pg_auto_failover: {reason}")
+    # Not under pytest's base temp: that stays 0700, and the servers run as another user.
+    root = Path(tempfile.mkdtemp(prefix="haven-failover-"))
+    try:
+        with start_formation(root) as f:
+            yield f
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Writer:
+    """Commits row after row through ``url``; keeps the numbers acknowledged, and when."""
+
+    url: str
+    acked: list[tuple[int, float]] = field(default_factory=list)
+    failed: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + WRITER_TIMEOUT
+        n = 0
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    with psycopg.connect(self.url, autocommit=True) as conn:
+                        while not self.stop.is_set() and time.monotonic() < deadline:
+                            n += 1
+                            conn.execute("INSERT INTO acked (n) VALUES (%s)", (n,))
+                            self.acked.append((n, time.monotonic()))
+                except psycopg.OperationalError:
+                    # The commit of n may or may not have landed: it was not acknowledged.
+                    self.failed.append(time.monotonic())
+                    time.sleep(0.05)
+        except BaseException as e:  # surfaced by the test, not lost in the thread
+            self.error = e
+
+    def count_after(self, t: float) -> int:
+        return sum(1 for _, at in self.acked if at > t)
+
+    def resumed_after(self, t: float) -> float | None:
+        """When the first commit after the first failure past ``t`` was acknowledged.
+
+        (A commit in flight at the kill can still be acknowledged by the old primary.)"""
+        failed = next((at for at in self.failed if at > t), None)
+        if failed is None:
+            return None
+        return next((at for _, at in self.acked if at > failed), None)
+
+
+def wait_for(what: str, ok: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def test_acknowledged_rows_survive_the_primary_dying(formation: Formation) -> None:
+    primary = formation.node_in("primary")
+    assert primary is not None
+    # Synchronous: the monitor made the standby a quorum member, commits wait for it.
+    assert formation.synchronous_standby_names(primary).startswith("ANY 1 (")
+    with psycopg.connect(primary.url(DBNAME), autocommit=True) as conn:
+        conn.execute("CREATE TABLE acked (n BIGINT PRIMARY KEY)")
+
+    writer = Writer(formation.url)
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    try:
+        wait_for("rows before the kill", lambda: len(writer.acked) >= ROWS_BEFORE_KILL
+                 or writer.error is not None, 60.0)
+        with psycopg.connect(primary.url(DBNAME)) as conn:
+            sync = conn.execute("SELECT sync_state FROM pg_stat_replication").fetchall()
+        assert sync == [("quorum",)]
+        killed_at = time.monotonic()
+        assert formation.kill_primary() is primary
+        promoted = formation.wait_for_promotion(primary)
+        promoted_at = time.monotonic()
+        wait_for("rows after the promotion",
+                 lambda: writer.count_after(promoted_at) >= ROWS_AFTER_PROMOTION
+                 or writer.error is not None, 60.0)
+    finally:
+        writer.stop.set()
+        thread.join(timeout=30.0)
+    assert writer.error is None, writer.error
+    resumed = writer.resumed_after(killed_at)
+    assert resumed is not None
+
+    with psycopg.connect(promoted.url(DBNAME)) as conn:
+        present = {n for (n,) in conn.execute("SELECT n FROM acked")}
+    acknowledged = {n for n, _ in writer.acked}
+    assert acknowledged - present == set(), "acknowledged rows lost in the failover"
+    print(f"\nfailover: kill to promotion {promoted_at - killed_at:.2f} s, kill to first "
+          f"acknowledged write {resumed - killed_at:.2f} s; {len(acknowledged)} rows "
+          f"acknowledged, {len(writer.failed)} failed attempts while no primary took writes")
+
+
+def test_the_old_primary_rejoins_as_a_standby_and_takes_no_write(formation: Formation) -> None:
+    old = formation.node_in("primary")
+    assert old is not None
+    with psycopg.connect(old.url(DBNAME), autocommit=True) as conn:
+        conn.execute("CREATE TABLE acked (n BIGINT PRIMARY KEY)")
+        conn.execute("INSERT INTO acked VALUES (1)")
+    formation.kill_primary()
+    new = formation.wait_for_promotion(old)
+    with psycopg.connect(new.url(DBNAME), autocommit=True) as conn:
+        conn.execute("INSERT INTO acked VALUES (2)")
+
+    # The old primary's keeper starts again, with its data as it was at the kill. While
+    # it rejoins, writes aimed at it alone (no target_session_attrs) must all fail.
+    formation.start_node(old)
+    taken: list[int] = []
+    read_only = 0
+    deadline = time.monotonic() + 120.0
+    n = 1000
+    while time.monotonic() < deadline:
+        n += 1
+        try:
+            with psycopg.connect(old.url(DBNAME), autocommit=True, connect_timeout=2) as conn:
+                conn.execute("INSERT INTO acked VALUES (%s)", (n,))
+                taken.append(n)
+        except psycopg.errors.ReadOnlySqlTransaction:
+            read_only += 1
+        except psycopg.OperationalError:
+            pass
+        if formation.states().get(old.name) == ("secondary", "secondary"):
+            break
+        time.sleep(0.05)
+    formation.wait_for_states({old.name: "secondary", new.name: "primary"}, 60.0)
+    assert taken == [], "the old primary took writes after the failover (split brain)"
+    print(f"\nrejoin: {n - 1000} writes aimed at the old primary, {read_only} refused by it "
+          "as read-only, the rest found no server")
+    with psycopg.connect(old.url(DBNAME)) as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        wait_for("the new primary's row on the old one", lambda: conn.execute(
+            "SELECT count(*) FROM acked WHERE n = 2").fetchone() == (1,), 30.0)
