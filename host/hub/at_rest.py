@@ -44,6 +44,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from host.errors import UsageError
@@ -149,11 +150,15 @@ class Sealer:
         return seal_many(self._blobs[self.current], items, self._prefix)
 
     def open_value(self, ad: bytes, blob: bytes) -> bytes:
-        """A value ``seal_values`` sealed; never read as plain (none was ever plain)."""
-        aead = self._blobs.get(blob[0]) if blob else None
-        if aead is None:
-            raise SealBroken("a value sealed under a key version the keyring does not hold")
-        return open_sealed(aead, blob[1:], ad)
+        """A value ``seal_values`` sealed; never read as plain (none was ever plain). On
+        the hot path of every read of the current records: no layer between."""
+        try:
+            return self._blobs[blob[0]].decrypt(blob[1:13], blob[13:], ad)
+        except (KeyError, IndexError):
+            raise SealBroken("a value sealed under a key version the keyring does not "
+                             "hold") from None
+        except (InvalidTag, ValueError):
+            raise SealBroken("a value failed authentication (corrupted, or moved)") from None
 
     def open(self, ad: bytes, blob: bytes, ops: bool = False) -> bytes:
         """The plaintext of a stored value (a value from before sealing: itself)."""

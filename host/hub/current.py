@@ -92,8 +92,8 @@ def _heads(dots: Iterable[Dot]) -> bytes:
 
 
 def _dots(blob: bytes) -> tuple[Dot, ...]:
-    flat = cbor2.loads(blob)
-    return tuple(Dot(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+    flat = iter(cbor2.loads(blob))
+    return tuple(map(Dot._make, zip(flat, flat, strict=True)))
 
 
 def _version_item(v: Version) -> list[Any]:
@@ -275,30 +275,36 @@ def rows(db: Db, sealer: at_rest.Sealer, where: str = "",
         "SELECT r.rid, r.type, r.deleted, r.heads, r.hseq, f.kind, f.field, f.stamp, f.node,"
         " f.value FROM records r LEFT JOIN record_fields f ON f.rid = r.rid"
         + (f" WHERE {where}" if where else "") + " ORDER BY r.rid", list(args))
-    record: list[Any] | None = None
+    open_value, loads, pack, dot = sealer.open_value, cbor2.loads, _AD.pack, Dot._make
+    record: list[Any] = []
+    fields: dict[int, Any] = {}
+    dots: dict[int, Dot] = {}
+    sets: dict[int, frozenset[str]] = {}
+    prefix = b""
     for rid, rtype, deleted, heads, hseq, kind, field, stamp, node, blob in cursor:
-        rid = bytes(rid)
-        if record is None or record[0] != rid:
-            if record is not None:
+        if not record or rid != record[0]:
+            if record:
                 yield _view(*record)
-            record = [rid, rtype, deleted, heads, hseq, {}, {}, {}, ()]
+            fields, dots, sets = {}, {}, {}
+            record = [rid, rtype, deleted, heads, hseq, fields, dots, sets, ()]
+            prefix = b"record" + bytes(rid)
         if kind is None:
             continue
-        value = cbor2.loads(sealer.open_value(value_ad(rid, kind, field), bytes(blob)))
+        value = loads(open_value(prefix + pack(kind, field), bytes(blob)))
         if kind == REGISTER:
-            record[6][field] = Dot(stamp, node)
+            dots[field] = dot((stamp, node))
             if value is not None:
-                record[5][field] = value
+                fields[field] = value
         elif kind == SET:
-            record[7][field] = frozenset(value)
+            sets[field] = frozenset(value)
         else:
-            record[8] = tuple(_conflict(rid, c) for c in value)
-    if record is not None:
+            record[8] = tuple(_conflict(bytes(rid), c) for c in value)
+    if record:
         yield _view(*record)
 
 
 def _view(rid: bytes, rtype: int, deleted: int, heads: bytes, hseq: int,
           fields: dict[int, Any], dots: dict[int, Dot], sets: dict[int, frozenset[str]],
           conflicts: tuple[Conflict, ...]) -> tuple[RecordView, int]:
-    return RecordView(rid, rtype, bool(deleted), fields, sets, _dots(bytes(heads)), conflicts,
-                      dots), int(hseq)
+    return RecordView(bytes(rid), rtype, bool(deleted), fields, sets, _dots(bytes(heads)),
+                      conflicts, dots), int(hseq)

@@ -66,7 +66,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +156,14 @@ def parse_cursor(text: str, deployment: Deployment, head: int) -> int:
 # Resources -------------------------------------------------------------------------
 
 
+def uuid_text(rid: bytes) -> str:
+    """``str(uuid.UUID(bytes=rid))``, without making the UUID (the export's hot path)."""
+    h = rid.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _ref(value: Any) -> dict[str, str] | None:
-    return ({"reference": f"Patient/{uuid.UUID(bytes=value)}"}
+    return ({"reference": "Patient/" + uuid_text(value)}
             if isinstance(value, bytes) and len(value) == 16 else None)
 
 
@@ -314,7 +319,7 @@ def resource(view: RecordView, dep: Deployment) -> dict[str, Any] | None:
     mapper = MAPPERS.get(view.type)
     if mapper is None or view.deleted:
         return None
-    out = mapper(view, dep, str(uuid.UUID(bytes=view.record_id)))
+    out = mapper(view, dep, uuid_text(view.record_id))
     if view.conflicts:
         name, held_status = RESOURCES[view.type]
         recorded = None
@@ -363,7 +368,7 @@ def write_records(rows: Iterable[tuple[RecordView, int]], dep: Deployment, out: 
                 continue
             if view.deleted:
                 if since is not None:
-                    deleted.append(f"{item[0]}/{uuid.UUID(bytes=view.record_id)}")
+                    deleted.append(f"{item[0]}/{uuid_text(view.record_id)}")
                 continue
             res = resource(view, dep)
             assert res is not None
