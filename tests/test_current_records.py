@@ -155,3 +155,39 @@ def test_a_write_that_saw_every_head_settles_a_field_conflict(tmp_path: Path) ->
         assert materialised(store)[rid] == c.view(rid)
     finally:
         store.close()
+
+
+def test_a_record_new_to_the_hub_arriving_in_one_batch(tmp_path: Path) -> None:
+    """A record's first batch at the hub may hold several of its deltas: in turn (the
+    later saw the earlier), apart (a conflict), a delete and a write that did not see it,
+    or the later first: each gives what the merge gives."""
+    a, b = Replica(11), Replica(13)
+    t = 1_790_000_000_000
+    cases = []
+    for n in range(5):
+        rid = uuid.UUID(int=100 + n).bytes
+        first = a.put(rid, "prescription", t, {"medication": "m", "status": "active"},)
+        b.receive(first, t)
+        if n == 0:
+            cases.append([first, a.put(rid, "prescription", t + 1, {"status": "stopped"})])
+        elif n == 1:
+            cases.append([first, a.put(rid, "prescription", t + 1, {"note": "a"}),
+                          b.put(rid, "prescription", t + 1, {"note": "b"})])
+        elif n == 2:
+            gone = a.delete(rid, t + 1)
+            cases.append([first, gone, b.put(rid, "prescription", t + 2, {"note": "apart"})])
+        elif n == 3:
+            cases.append([a.put(rid, "prescription", t + 1, {"note": "x"}), first])
+        else:  # the hub never saw the put both had seen
+            cases.append([a.delete(rid, t + 1), b.put(rid, "prescription", t + 2, {"note": "b"})])
+    store = HubStore(tmp_path / "hub.db")
+    try:
+        for seq, batch in enumerate(cases, 1):
+            store.commit_batch("kiosk", seq, seq.to_bytes(32, "big"),
+                               [(decode(d), d) for d in batch], [], seq, [])
+            assert_same(store)
+        views = materialised(store)
+        assert views[uuid.UUID(int=101).bytes].held
+        assert not views[uuid.UUID(int=102).bytes].deleted
+    finally:
+        store.close()

@@ -116,29 +116,123 @@ def _conflict(rid: bytes, item: list[Any]) -> Conflict:
 # Writing ---------------------------------------------------------------------------
 
 
-def apply(db: Db, sealer: at_rest.Sealer,
-          added: Sequence[tuple[int, Delta]]) -> None:
+class _Writes:
+    """The rows one call writes, gathered into three statements (and one sealing)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, ...]] = []
+        self.values: list[tuple[bytes, int, int, Dot | None, Any]] = []
+        self.cleared: list[tuple[bytes]] = []
+
+    def record(self, rid: bytes, rtype: int, hseq: int, heads: Iterable[Dot],
+               deleted: bool = False, held: bool = False, conflicts: int = 0) -> None:
+        self.records.append((rid, rtype, hseq, int(deleted), int(held), conflicts,
+                             _heads(heads)))
+
+    def view(self, view: RecordView, hseq: int, fresh: bool) -> None:
+        """The record's row and every value as ``view`` has them (``fresh``: none held)."""
+        rid = view.record_id
+        self.record(rid, view.type, hseq, view.heads, view.deleted, view.held,
+                    len(view.conflicts))
+        if not fresh:
+            self.cleared.append((rid,))
+        self.values += [(rid, REGISTER, k, dot, view.fields.get(k))
+                        for k, dot in view.field_dots.items()]
+        self.values += [(rid, SET, k, None, sorted(e)) for k, e in view.sets.items()]
+        if view.conflicts:
+            self.values.append((rid, CONFLICTS, 0, None,
+                                [_conflict_item(c) for c in view.conflicts]))
+
+    def flush(self, db: Db, sealer: at_rest.Sealer) -> None:
+        if self.cleared:
+            db.conn.executemany("DELETE FROM record_fields WHERE rid = ?", self.cleared)
+        if self.records:
+            db.conn.executemany(_UPSERT_RECORD, self.records)
+        if self.values:
+            sealed = sealer.seal_values([(value_ad(rid, kind, field), _cbor(value))
+                                         for rid, kind, field, _, value in self.values])
+            db.conn.executemany(_UPSERT_FIELD, [
+                (rid, kind, field, None if dot is None else dot.stamp,
+                 None if dot is None else dot.node, blob)
+                for (rid, kind, field, dot, _), blob in zip(self.values, sealed, strict=True)])
+        self.__init__()  # type: ignore[misc]
+
+
+def apply(db: Db, sealer: at_rest.Sealer, added: Sequence[tuple[int, Delta]]) -> None:
     """Bring the records of ``added`` (arrival number, delta as ``ops`` now holds it),
     just written to ``ops`` in the caller's transaction, up to date."""
-    by_record: dict[bytes, list[tuple[int, Delta]]] = {}
-    for item in added:
-        by_record.setdefault(item[1].record_id, []).append(item)
-    for rid, items in by_record.items():
-        hseq = max(h for h, _ in items)
-        row = db.execute("SELECT deleted, conflicts, heads FROM records WHERE rid = ?",
-                         [rid]).fetchone()
+    by_record: dict[bytes, list[Delta]] = {}
+    last: dict[bytes, int] = {}
+    for hseq, delta in added:
+        by_record.setdefault(delta.record_id, []).append(delta)
+        last[delta.record_id] = max(hseq, last.get(delta.record_id, hseq))
+    held = _held(db, list(by_record))
+    out = _Writes()
+    for rid, deltas in by_record.items():
+        row = held.get(rid)
         if row is None:
-            log = RecordLog(rid)
-            for _, delta in items:
-                log.add(delta)
-            _write(db, sealer, log.view(), hseq, fresh=True)
-        elif not (row[0] or row[1]) and _fast(db, sealer, rid, _dots(bytes(row[2])),
-                                               [d for _, d in items], hseq):
-            continue
+            values = _fresh(deltas)
+            if values is None:
+                log = RecordLog(rid)
+                for delta in deltas:
+                    log.add(delta)
+                out.view(log.view(), last[rid], fresh=True)
+                continue
+        elif row[0] or row[1]:
+            values = None
         else:
+            heads = _dots(bytes(row[2]))
+            values = _chain(heads[0], deltas) if len(heads) == 1 else None
+        if values is None:
             view = replayed(db, sealer, rid)
             if view is not None:
-                _write(db, sealer, view, hseq)
+                out.view(view, last[rid], fresh=False)
+            continue
+        top = deltas[-1]
+        out.record(rid, top.type, last[rid], [top.dot], top.is_delete)
+        out.values += [(rid, kind, k, dot, v) for (kind, k), (dot, v) in values.items()]
+    out.flush(db, sealer)
+
+
+def _held(db: Db, rids: list[bytes]) -> dict[bytes, tuple[int, int, bytes]]:
+    """(deleted, conflicts, heads) of those of ``rids`` the table holds."""
+    out: dict[bytes, tuple[int, int, bytes]] = {}
+    for at in range(0, len(rids), 500):
+        part = rids[at:at + 500]
+        out.update((bytes(r), (d, c, h)) for r, d, c, h in db.execute(
+            "SELECT rid, deleted, conflicts, heads FROM records WHERE rid IN"
+            f" ({', '.join('?' * len(part))})", part))
+    return out
+
+
+def _fresh(deltas: list[Delta]) -> dict[tuple[int, int], tuple[Dot | None, Any]] | None:
+    """The values of a record new to the hub whose first delta the others follow in turn
+    (``_chain``); None: the merge must say."""
+    first = deltas[0]
+    if first.is_delete:
+        return {} if len(deltas) == 1 else None
+    more = _chain(first.dot, deltas[1:])
+    if more is None:
+        return None
+    values: dict[tuple[int, int], tuple[Dot | None, Any]] = {
+        (REGISTER, k): (first.dot, v) for k, v in first.set.items()}
+    values.update(((SET, k), (None, sorted(set(e)))) for k, e in first.add.items() if e)
+    values.update(more)
+    return values
+
+
+def _chain(head: Dot, deltas: list[Delta]) -> dict[tuple[int, int], tuple[Dot | None, Any]] | None:
+    """The second path above: the register values ``deltas`` set, each a put that saw
+    the one head before it (the record neither deleted nor in conflict); None if one of
+    them is not."""
+    values: dict[tuple[int, int], tuple[Dot | None, Any]] = {}
+    for delta in deltas:
+        if (delta.is_delete or delta.add or delta.remove
+                or not (head in delta.ctx or head.node == delta.node and head < delta.dot)):
+            return None
+        head = delta.dot
+        values.update(((REGISTER, k), (head, v)) for k, v in delta.set.items())
+    return values
 
 
 def as_stored(db: Db, added: Sequence[tuple[int, Delta]],
@@ -149,52 +243,6 @@ def as_stored(db: Db, added: Sequence[tuple[int, Delta]],
         return added
     written = {(d.record_id, d.dot): data for d, data in kept}
     return [(hseq, decode(written[d.record_id, d.dot])) for hseq, d in added]
-
-
-def _fast(db: Db, sealer: at_rest.Sealer, rid: bytes,
-          heads: tuple[Dot, ...], deltas: list[Delta], hseq: int) -> bool:
-    """The second path above, for ``deltas`` in turn; False (nothing written) if one of
-    them does not take it."""
-    head = heads[0] if len(heads) == 1 else None
-    values: dict[int, tuple[Dot, Any]] = {}
-    for delta in deltas:
-        if (head is None or delta.is_delete or delta.add or delta.remove
-                or not (head in delta.ctx or head.node == delta.node and head < delta.dot)):
-            return False
-        head = delta.dot
-        values.update((k, (delta.dot, v)) for k, v in delta.set.items())
-    db.execute("UPDATE records SET type = ?, hseq = ?, heads = ? WHERE rid = ?",
-               [deltas[-1].type, hseq, _heads([deltas[-1].dot]), rid])
-    _put_fields(db, sealer, rid, [(REGISTER, k, dot, v) for k, (dot, v) in values.items()])
-    return True
-
-
-def _write(db: Db, sealer: at_rest.Sealer, view: RecordView,
-           hseq: int | None, fresh: bool = False) -> None:
-    """The record's row and values as ``view`` has them (``hseq`` None: kept)."""
-    rid = view.record_id
-    if hseq is None:
-        hseq = int(db.execute("SELECT hseq FROM records WHERE rid = ?", [rid]).fetchone()[0])
-    db.execute(_UPSERT_RECORD, [rid, view.type, hseq, int(view.deleted), int(view.held),
-                                len(view.conflicts), _heads(view.heads)])
-    if not fresh:
-        db.execute("DELETE FROM record_fields WHERE rid = ?", [rid])
-    values: list[tuple[int, int, Dot | None, Any]] = [
-        (REGISTER, k, dot, view.fields.get(k)) for k, dot in view.field_dots.items()]
-    values += [(SET, k, None, sorted(e)) for k, e in view.sets.items()]
-    if view.conflicts:
-        values.append((CONFLICTS, 0, None, [_conflict_item(c) for c in view.conflicts]))
-    _put_fields(db, sealer, rid, values)
-
-
-def _put_fields(db: Db, sealer: at_rest.Sealer, rid: bytes,
-                values: list[tuple[int, int, Dot | None, Any]]) -> None:
-    sealed = sealer.seal_values([(value_ad(rid, kind, field), _cbor(value))
-                                 for kind, field, _, value in values])
-    db.conn.executemany(_UPSERT_FIELD, [
-        (rid, kind, field, None if dot is None else dot.stamp,
-         None if dot is None else dot.node, blob)
-        for (kind, field, dot, _), blob in zip(values, sealed, strict=True)])
 
 
 def replayed(db: Db, sealer: at_rest.Sealer,
@@ -215,11 +263,13 @@ def _add(log: RecordLog, data: bytes) -> None:
 def refresh(db: Db, sealer: at_rest.Sealer, rids: Iterable[bytes]) -> None:
     """Merge ``rids`` again after their deltas were rewritten in place (an erasure's
     husks), each keeping its arrival number: no delta arrived."""
+    out = _Writes()
     for rid in rids:
-        view = replayed(db, sealer, rid)
-        if view is not None and db.execute("SELECT 1 FROM records WHERE rid = ?",
-                                           [rid]).fetchone():
-            _write(db, sealer, view, None)
+        row = db.execute("SELECT hseq FROM records WHERE rid = ?", [rid]).fetchone()
+        view = replayed(db, sealer, rid) if row is not None else None
+        if view is not None:
+            out.view(view, int(row[0]), fresh=False)
+    out.flush(db, sealer)
 
 
 def resume(db: Db, sealer: at_rest.Sealer) -> int:
@@ -232,9 +282,11 @@ def resume(db: Db, sealer: at_rest.Sealer) -> int:
 
 
 def rebuild(db: Db, sealer: at_rest.Sealer) -> int:
-    """Every record's row made anew from ``ops``; returns how many."""
+    """Every record's row made anew from ``ops``, in the caller's transaction; returns
+    how many."""
     db.execute("DELETE FROM record_fields")
     db.execute("DELETE FROM records")
+    out = _Writes()
     count = 0
     log: RecordLog | None = None
     last = 0
@@ -242,19 +294,19 @@ def rebuild(db: Db, sealer: at_rest.Sealer) -> int:
             "SELECT rid, stamp, node, hseq, data FROM ops ORDER BY rid, hseq"):
         rid = bytes(rid)
         if log is None or log.record_id != rid:
-            count += _flush(db, sealer, log, last)
+            if log is not None and log.ops:
+                out.view(log.view(), last, fresh=True)
+                count += 1
+            if len(out.records) >= 1000:
+                out.flush(db, sealer)
             log = RecordLog(rid)
         _add(log, sealer.open_op(rid, stamp, node, bytes(blob)))
         last = hseq
-    return count + _flush(db, sealer, log, last)
-
-
-def _flush(db: Db, sealer: at_rest.Sealer, log: RecordLog | None,
-           hseq: int) -> int:
-    if log is None or not log.ops:
-        return 0
-    _write(db, sealer, log.view(), hseq, fresh=True)
-    return 1
+    if log is not None and log.ops:
+        out.view(log.view(), last, fresh=True)
+        count += 1
+    out.flush(db, sealer)
+    return count
 
 
 # Reading ---------------------------------------------------------------------------
