@@ -10,6 +10,7 @@ key rotation re-seals them; a value moved to another record or field does not op
 
 from __future__ import annotations
 
+import os
 import random
 import tempfile
 import uuid
@@ -98,6 +99,31 @@ def test_the_table_equals_the_replayed_merge(seed: int, n: int, steps: int) -> N
             assert store.current_records() == before  # arrival numbers too
         finally:
             store.close()
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_the_table_equals_the_replayed_merge_on_either_backend(
+        seed: int, hub_backend: str, tmp_path: Path) -> None:
+    """The same on PostgreSQL (its statements, its types) as on SQLite: a few seeds."""
+    from host.hub.database import is_url
+    from host.hub.hub import DATABASE_ENV
+    from protocol.driver.sealing import KeyFile
+
+    rng = random.Random(seed)
+    fleet = Fleet.make(rng, 3)
+    for _ in range(40):
+        fleet.step(rng)
+    url = os.environ.get(DATABASE_ENV)
+    target = url if url and is_url(url) else tmp_path / "hub.db"
+    store = HubStore(target, KeyFile(tmp_path / "hub_store.key", "hub store key file"))
+    try:
+        feed(store, rng, fleet.log)
+        before = store.current_records()
+        with store.writing() as (db, sealer):
+            assert current.rebuild(db, sealer) == len(before)
+        assert store.current_records() == before
+    finally:
+        store.close()
 
 
 def test_a_rotation_reseals_the_values_and_a_moved_value_does_not_open(

@@ -29,6 +29,8 @@ from protocol.crdt.replica import Replica
 
 from .fhir_r4 import fhir_version, validate
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 T = 1_790_000_000_000
 RESOURCE_FILES = ("Patient", "Encounter", "MedicationRequest", "Observation", "Appointment",
                   "DocumentReference")
