@@ -105,3 +105,28 @@ def pg_database(postgres: Cluster) -> Iterator[str]:
         yield url
     finally:
         postgres.drop_database(name)
+
+
+#: The hub's two backends: a hub test module runs on both with
+#: ``pytestmark = pytest.mark.usefixtures("hub_backend")``; a test of the SQLite file
+#: itself (read or altered behind the hub's back, backed up) is marked ``sqlite_only``.
+HUB_BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "hub_backend" in metafunc.fixturenames:
+        only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("hub_backend", HUB_BACKENDS[:1] if only else HUB_BACKENDS,
+                             indirect=True)
+
+
+@pytest.fixture
+def hub_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The backend the test's hubs are made on: for ``postgresql``, a fresh database
+    that ``haven hub init`` (and ``init_hub``) takes by ``HAVEN_HUB_DATABASE``."""
+    if request.param == "postgresql":
+        from host.hub.hub import DATABASE_ENV
+        monkeypatch.setenv(DATABASE_ENV, request.getfixturevalue("pg_database"))
+    else:
+        monkeypatch.delenv("HAVEN_HUB_DATABASE", raising=False)
+    return str(request.param)

@@ -7,7 +7,6 @@ disk) with limits set to trip; the hub's time is injected (``now_ms``)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,12 @@ from host.hub import alerts
 from host.hub.hub import Hub
 from protocol.driver.wall_clock import wall_ms
 from protocol.sync import audit as chain
+from tests.hub_db import connect_hub_db
 
 from .test_clones import caught, two_copies
 from .test_sync_helpers import Kiosk, served_hub
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 DAY = 86_400_000
 
@@ -133,7 +135,7 @@ def test_quarantine_audit_gaps_and_waiting_conflicts_raise_and_clear(tmp_path: P
         hub.resolve(conflict["id"], keep=conflict["versions"][0]["id"])
         assert kinds(hub, now + 2 * DAY) == {"not-seen"}
         # an audit entry missing: a gap, until it is there again
-        db = sqlite3.connect(hub.data / "hub.db")
+        db = connect_hub_db(hub.data)
         rid = chain.audit_id(a.store.node, 1)
         row: Any = db.execute("SELECT * FROM ops WHERE rid = ?", [rid]).fetchone()
         db.execute("DELETE FROM ops WHERE rid = ?", [rid])

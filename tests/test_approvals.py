@@ -36,6 +36,8 @@ from protocol.sync.conversation import SUSPECTED_CLONE, HubSync
 
 from .test_migrations import FIXTURES, user_version
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 NOW = 1_790_000_000_000
 HOUR = 3600 * 1000
 #: The hub.db migration that adds the approvals table.

@@ -27,8 +27,11 @@ from protocol.crdt.delta import Delta, decode, encode
 from protocol.crdt.schema import AUDIT
 from protocol.sync import audit as chain
 from protocol.sync.batches import GENESIS
+from tests.hub_db import connect_hub_db
 
 from .test_sync_helpers import Kiosk, served_hub
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 PATIENT = {"name": "Amina Wanjiru", "passport": "QZ7730141"}
 VECTORS = json.loads((Path(__file__).resolve().parents[1] / "protocol/vectors/audit.json")
@@ -46,8 +49,8 @@ def text_audit(hub_data: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int,
     return code, capsys.readouterr().out
 
 
-def hub_entry(hub: Hub, node: int, seq: int) -> tuple[sqlite3.Connection, Delta]:
-    db = sqlite3.connect(hub.data / "hub.db")
+def hub_entry(hub: Hub, node: int, seq: int) -> tuple[Any, Delta]:
+    db = connect_hub_db(hub.data)
     rid, stamp, writer, data = db.execute("SELECT rid, stamp, node, data FROM ops WHERE rid = ?",
                                           [chain.audit_id(node, seq)]).fetchone()
     return db, decode(hub.store.sealer.open_op(rid, stamp, writer, data))

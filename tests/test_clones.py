@@ -34,6 +34,8 @@ from protocol.crdt.schema import CHECKIN
 
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 ROUNDS = 6  #: at most this many turns for each copy before the hub must have caught it
 
 

@@ -30,9 +30,12 @@ from protocol import messages
 from protocol.crdt.delta import decode
 from protocol.transfer import Sender, build_manifest
 from tests.conftest import small_disk
+from tests.hub_db import hub_db
 
 from .test_storage_guard import fill
 from .test_sync_helpers import Kiosk
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 MARKER = b"Quintessa Marlowe-Abernathy, radiograph of the left tibia. "
 Tamper = Callable[[bytes], bytes]
@@ -324,7 +327,7 @@ def test_offers_the_hub_refuses(pair: tuple[Hub, Kiosk, str]) -> None:
     wrong = attach_file(kiosk, patient, content(20_000, seed=4), "wrong.pdf")
     kiosk.store.put("document", wrong, {"hash": "00" * 32})
     records_to_hub(hub, kiosk)
-    with sqlite3.connect(hub.data / "hub.db") as db:  # the hub never saw ``late``
+    with hub_db(hub.data) as db:  # the hub never saw ``late``
         db.execute("DELETE FROM ops WHERE rid = ?", [bytes.fromhex(late.replace("-", ""))])
     push = new_push(kiosk)
     before = kiosk.store.clock()

@@ -15,6 +15,8 @@ from host.hub.hub import Hub, init_hub
 from protocol.errors import ProtocolError
 from protocol.sync import certificate as sync_cert
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def test_sealed_fleet_key_opens_only_for_its_kiosk() -> None:
     key = X25519PrivateKey.generate()

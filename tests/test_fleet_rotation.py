@@ -42,6 +42,8 @@ from .swtpm_helpers import require_swtpm, soft_tpm
 from .test_hub_backup import key_backup
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 PASSPORT, OTHER = "XO1971555", "ZQ1990777"
 
 VECTORS = json.loads((Path(__file__).parent.parent / "protocol/vectors/fleet_rotation.json")
@@ -184,6 +186,7 @@ def _seed(hub: Hub, count: int) -> tuple[list[bytes], list[bytes], bytes]:
     return patients, checkins, erased
 
 
+@pytest.mark.sqlite_only  # haven hub backup: PostgreSQL's hubs use its own tools
 def test_a_rotation_cut_after_a_slice_resumes_with_nothing_lost(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / "hub"

@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 from protocol.driver.link import open_link
 from protocol.driver.session_driver import DriverEvent, LinkClosed, SessionDriver, session_config
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 DEADLINE = 20.0
 

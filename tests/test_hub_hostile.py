@@ -41,6 +41,8 @@ from protocol.sync.batches import NOTIFY
 from tests.conftest import require
 from tests.test_sync_helpers import Kiosk
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 20.0
 

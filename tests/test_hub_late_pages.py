@@ -28,6 +28,8 @@ from protocol.sync.paging import PageSplit, paged
 from .test_hub_scopes import NAMES, YEARS, Session, visit
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 EDITS = 280  #: edits of 4 KiB of text each that does not compress: the record's history
 #: is past 1 MiB even compressed
 

@@ -38,8 +38,11 @@ from protocol.sync.scope import (
     scope_checksum,
     scope_checksum_v1,
 )
+from tests.hub_db import hub_db
 
 from .test_sync_helpers import Kiosk
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-a84fa97" / "hub"
 DAY_MS = 86_400_000
@@ -387,6 +390,7 @@ def test_migration_7_upgrades_the_hub_of_the_release_before(tmp_path: Path) -> N
     conn.close()
 
 
+@pytest.mark.sqlite_only  # migration 7's fill, on the SQLite file
 def test_a_records_facts_are_the_greatest_writes_whatever_order_they_arrive_in(
         tmp_path: Path, hub: Hub) -> None:
     """Two desks attach one check-in to two patients at once: the facts are the merge's
@@ -423,7 +427,7 @@ def test_a_records_facts_are_the_greatest_writes_whatever_order_they_arrive_in(
 
 def tables(hub: Hub) -> tuple[list[Any], list[Any]]:
     """The hub's late writes and record facts, as rows."""
-    with sqlite3.connect(hub.data / "hub.db") as conn:
+    with hub_db(hub.data) as conn:
         return (conn.execute("SELECT * FROM late_writes ORDER BY hseq").fetchall(),
                 conn.execute("SELECT * FROM record_facts ORDER BY rid").fetchall())
 
@@ -446,6 +450,7 @@ def refilled(hub: Hub) -> tuple[list[Any], list[Any]]:
 
 
 @pytest.mark.parametrize("role", ["full", "door", "clinician"])
+@pytest.mark.sqlite_only  # migration 7's fill, on the SQLite file
 def test_a_write_late_to_a_deleted_record_comes_with_the_records_older_deltas(
         tmp_path: Path, hub: Hub, role: str) -> None:
     """X writes a check-in; Y deletes it; X, not having seen the delete, edits it. A kiosk

@@ -19,6 +19,8 @@ from host.errors import HavenError, UsageError
 from host.hub.hub import Hub, init_hub
 from protocol.sync import certificate as sync_cert
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 _nodes = itertools.count(0x1001, 2)
 
 

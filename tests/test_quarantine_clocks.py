@@ -27,6 +27,8 @@ from protocol.sync.reissue import is_reissue
 
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 HOUR = 3600_000
 DAY = 24 * HOUR
 

@@ -25,10 +25,12 @@ from device.tech.revocations import RevocationList
 from device.tech.trusted_time import SIGNED, TrustedClock
 from host.cli import main as hub_main
 from host.hub import technician
-from host.hub.hub import Hub, init_hub
+from host.hub.hub import DATABASE_ENV, Hub, init_hub
 from protocol.sync.relay import UP, Bundle, seal_bundle
 
 from .test_sync_helpers import Kiosk, served_hub
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 #: Fake patient data that must never be readable on the stick.
 PHI = ["Zelda Quixotic-Marrow", "ZQ7781234", "Unusual note: left ear tinnitus"]
@@ -193,9 +195,12 @@ def _lines(err: str, prefix: str) -> list[str]:
 
 
 def test_bad_bundles_change_nothing_and_are_reported(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     init_hub(tmp_path / "hub")
-    init_hub(tmp_path / "other")
+    with monkeypatch.context() as env:  # another hub: its own database, an SQLite file
+        env.delenv(DATABASE_ENV, raising=False)
+        init_hub(tmp_path / "other")
     with Hub(tmp_path / "hub") as hub, stick(tmp_path / "stick") as (usb, _):
         a = Kiosk(tmp_path, "a", hub, "A")
         for i in range(10):

@@ -22,6 +22,8 @@ from protocol.sync import certificate as sync_cert
 
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 DAY = 86_400_000
 FIXTURE = Path(__file__).parent / "fixtures" / "release-c3497bc"
 

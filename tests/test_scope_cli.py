@@ -24,6 +24,8 @@ from .test_hub_late_pages import deleted_elsewhere, late_edit
 from .test_hub_scopes import Session
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:

@@ -25,6 +25,8 @@ from .powercut import Replay, restore
 from .test_store_powercut import traced_run
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def request(tmp: Path, name: str, letter: str) -> tuple[Store, bytes]:
     store = init_store(tmp / name, "North", letter)

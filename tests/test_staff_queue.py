@@ -23,6 +23,8 @@ from protocol.crdt import schema
 
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def hub_status(hub: Hub, rid: str) -> Any:
     dump = json.loads(hub.dump())

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device import cli
@@ -38,6 +39,8 @@ from device.sync.state import last_sync_of
 
 from .test_sync_helpers import Kiosk, served_hub
 from .test_ui_helpers import runtime_in_thread
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 BOUND = 10.0
 WITHIN = 2.0  #: the page's header follows a change of the link within this

@@ -36,6 +36,8 @@ from .test_sync_helpers import Kiosk, served_hub
 from .test_sync_serial import enrolled
 from .test_sync_serial_helpers import DEADLINE, finish, hub_serving, kiosk_sync
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 IDLE = 10.0  #: the relay gives up on a link silent this long
 
 

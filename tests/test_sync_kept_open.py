@@ -21,12 +21,16 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from device.sync.connection import HubConnection
 from device.sync.engine import Summary
 from host.hub.hub import Hub, init_hub
 from host.hub.serve import Server
 
 from .test_sync_helpers import Kiosk, served_hub
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 BOUND = 20.0
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from gpiozero.pins.mock import MockFactory
 
 from device.config import KioskConfig
@@ -32,6 +33,8 @@ from protocol import messages
 from .test_sync_helpers import Kiosk, served_hub
 from .test_sync_kept_open import Relay
 from .test_ui_helpers import runtime_in_thread
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 BOUND = 10.0
 

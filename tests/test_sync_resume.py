@@ -17,6 +17,8 @@ from protocol import messages
 
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def test_crash_after_send_before_checkpoint(tmp_path: Path) -> None:
     with served_hub(tmp_path) as (hub, url):

@@ -47,6 +47,8 @@ from .test_sync_helpers import Kiosk as HelperKiosk
 from .test_sync_helpers import served_hub
 from .test_sync_roles import NOW, Fleet, Kiosk, KioskMemory
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 DOOR = Scope("door", "North", "2026-12-05")
 
 

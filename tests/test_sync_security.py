@@ -16,6 +16,8 @@ from protocol.sync import batches as sync
 
 from .test_sync_helpers import Kiosk, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def _peer(hub: object, k: Kiosk) -> HubPeer:
     from host.hub.hub import Hub

@@ -31,6 +31,8 @@ from tools.benchmarks._link import emulator
 from .test_sync_helpers import Kiosk
 from .test_sync_serial_helpers import DEADLINE, Lines, finish, hub_serving, kiosk_sync, start, stop
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def enrolled(tmp: Path, names: list[str]) -> tuple[Path, list[Path]]:
     init_hub(tmp / "hub")

@@ -12,6 +12,8 @@ from host.cli import main as hub_main
 
 from .test_sync_helpers import Kiosk, held_prescription, served_hub
 
+pytestmark = pytest.mark.usefixtures("hub_backend")
+
 
 def test_checkins_arrive_once_and_replicas_converge(tmp_path: Path) -> None:
     with served_hub(tmp_path) as (hub, url):

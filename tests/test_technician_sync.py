@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from device.tech.revocations import RevocationList
 from device.tech.trusted_time import SYNC, TrustedClock
 from host.hub import technician
@@ -12,6 +14,8 @@ from protocol.sync import credential as c
 from protocol.sync.conversation import HubSync
 
 from .test_sync_helpers import Kiosk, served_hub
+
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 
 def test_a_revocation_reaches_the_kiosk_at_its_next_sync_once(tmp_path: Path) -> None:
