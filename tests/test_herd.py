@@ -147,6 +147,7 @@ def test_rounds_are_bounded_and_the_wait_grows_with_the_queue() -> None:
     assert waits[0] == 1000 and waits[1] == 2000  # one slot of 2 frees a second (1 s + 1 s)
     assert shed.message("a", 0.5) is None  # a round in progress is never refused
     assert shed.in_progress == 2 and shed.peak == 2 and shed.busy == 4
+    shed.worked("a", 0.9)  # the hub's answer to a went out at 0.9: its quiet starts there
     shed.sweep(1.2, idle=lambda k: True, gone=lambda k: False)  # b quiet for 1 s: over
     assert not shed.in_round("b") and shed.in_round("a")
     shed.sweep(1.2, idle=lambda k: True, gone=lambda k: k == "a")  # a's session is gone
@@ -157,4 +158,5 @@ def test_rounds_are_bounded_and_the_wait_grows_with_the_queue() -> None:
     assert Shedder(1, max_retry=3.0).retry_after(0.0) <= 3.0
     with pytest.raises(ValueError):
         Shedder(0)
-    assert 32 <= default_max_rounds(1) <= default_max_rounds(64) == 256
+    assert default_max_rounds(1) == default_max_rounds(4) == 64
+    assert default_max_rounds(64) == 256

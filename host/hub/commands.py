@@ -555,7 +555,7 @@ SERVE_LIMITS = [
      "descriptors kept back from connections for the store and documents"),
     ("--max-rounds", "max_rounds", int, "N",
      "sync rounds served at once; a kiosk starting one more is told busy, to come back "
-     "when the rounds ahead have drained (default here: 16 a processor, 32 to 256)"),
+     "when the rounds ahead have drained (default here: 16 a processor, 64 to 256)"),
     ("--round-quiet", "round_quiet", float, "S",
      "seconds without a kiosk's message or store work that end its round"),
     ("--busy-retry-min", "busy_retry_min", float, "S",

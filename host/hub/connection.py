@@ -197,6 +197,7 @@ class PeerSlot:
     def _then(self) -> None:
         """A job is done: the next one, or the kiosk's next conversation once idle."""
         conn = self.conn
+        self.server.shedder.worked(self, time.monotonic())  # its round's quiet starts
         self._next()
         if self.idle and (after := self.after) is not None:
             self.after = None

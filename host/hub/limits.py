@@ -56,9 +56,11 @@ class Limits:
     accept_batch: int = 64  #: connections accepted per wakeup
     listener_retries: int = 10  #: reopening a failed listener, before the process gives up
     #: Sync rounds in progress at once; the next ones are told to come back later
-    #: (``shedding``: 16 a processor, 32 to 256).
+    #: (``shedding``: 16 a processor, 64 to 256).
     max_rounds: int = field(default_factory=default_max_rounds)
-    round_quiet: float = 1.0  #: seconds without a kiosk's message or work that end its round
+    #: Seconds without a kiosk's message or work that end its round: more than a kiosk
+    #: takes to answer the hub's reply (a round trip and its own work).
+    round_quiet: float = 1.0
     busy_retry_min: float = 1.0  #: seconds: the least a busy answer asks a kiosk to wait
     busy_retry_max: float = 300.0  #: seconds: the most it asks
     round_guess: float = 1.0  #: seconds a round is taken to last until some were measured

@@ -333,3 +333,79 @@ def landed(store: Any, kiosks: list[HerdKiosk]) -> dict[int, int]:
             if d.node in nodes and d.type == checkin:
                 counts[d.node] += 1
     return counts
+
+
+# The benchmark's part: 1,000 kiosks against ``haven hub serve`` --------------------------
+
+GOAL_KIB_PER_KIOSK = 40
+
+
+def measure(ctx: Any, count: int, checkins: int, serve_args: list[str] | None = None,
+            limit: float = 1800.0) -> dict[str, Any]:
+    """``count`` kiosks, each with ``checkins`` check-ins, back at once against ``haven
+    hub serve`` (a subprocess, its defaults unless ``serve_args``): the time until every
+    backlog is on the hub, round times, busy answers, the hub's peak rounds in
+    progress, its RSS per connected kiosk above the idle process, and each check-in
+    read back from the store."""
+    from host.hub.hub import Hub, init_hub
+
+    from . import _hub_proc as hp
+
+    hp.raise_nofile()
+    hub_dir = ctx.workdir / "herd-hub"
+    init_hub(hub_dir)
+    t0 = time.monotonic()
+    kiosks = herd_kiosks(hub_dir, count, checkins)
+    ctx.log(f"herd: {count:,} kiosks enrolled, {count * checkins:,} check-ins written, "
+            f"in {time.monotonic() - t0:.1f} s")
+    args = ["--max-connections", str(count + 1000), *(serve_args or [])]
+    with hp.hub_serving(hub_dir, ctx.workdir / "herd-hub.log", args) as hub:
+        time.sleep(1.0)
+        idle_kib = hub.rss_kib()
+        herd = Herd(hub.host, hub.port, hub.key, kiosks, keep_open=True)
+        t1, cpu1 = time.monotonic(), time.process_time()
+        finished = herd.run(limit)
+        took, herd_cpu = time.monotonic() - t1, time.process_time() - cpu1
+        herd.idle(3.0)  # every kiosk connected and idle: its rounds over on the hub
+        connected = len(herd.swarm.clients)
+        rss_kib = hub.rss_kib()
+        health = hp.health(hub_dir) or {}
+        ctx.log(f"herd: {'all' if finished else 'NOT all'} landed in {took:.1f} s; "
+                f"{herd.figures()}; hub rounds {health.get('rounds')}")
+        herd.close()
+    with Hub(hub_dir) as h:
+        counts = landed(h.store, kiosks)
+    once = sum(1 for k in kiosks if counts.get(k.node) == k.checkins)
+    return {**herd.figures(), "finished": finished, "seconds": round(took, 1),
+            "herd_cpu_s": round(herd_cpu, 1), "connected": connected,
+            "idle_rss_kib": idle_kib, "rss_kib": rss_kib,
+            "kib_per_kiosk": round((rss_kib - idle_kib) / max(1, connected), 1),
+            "exactly_once": once, "checkins": checkins, "early_returns": len(herd.early_returns()),
+            "rounds": health.get("rounds"), "refusals": health.get("refusals"),
+            "serve_args": args}
+
+
+def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """``measure``'s figures as benchmark rows (what, value, detail, goal, met)."""
+    n = r["kiosks"]
+    hub_rounds = r.get("rounds") or {}
+    return [
+        {"what": f"herd: {n:,} kiosks back at once, {r['checkins']} check-ins each, all on "
+                 "the hub (s)", "value": r["all_landed_s"],
+         "detail": f"{r['exactly_once']:,} of {n:,} kiosks' check-ins on the hub exactly "
+                   f"once; {r['attempts']:,} attempts, round p50 {r['round_p50_s']} s, p99 "
+                   f"{r['round_p99_s']} s; failed {r['failed'] or 'none'}",
+         "goal": "every check-in once", "met": r["finished"] and r["exactly_once"] == n},
+        {"what": "  busy answers given", "value": r["busy_answers"],
+         "detail": f"no kiosk back before its wait ({r['early_returns']} early), none cut "
+                   f"mid-round ({r['busy_mid_round']}); hub: {hub_rounds}",
+         "goal": "report", "met": r["early_returns"] == 0 and r["busy_mid_round"] == 0},
+        {"what": "  peak rounds in progress", "value": hub_rounds.get("peak"),
+         "detail": f"the hub's bound: {hub_rounds.get('bound')}",
+         "goal": "<= bound", "met": hub_rounds.get("peak", 0) <= hub_rounds.get("bound", 0)},
+        {"what": "  hub RSS per connected kiosk above the idle process, KiB",
+         "value": r["kib_per_kiosk"],
+         "detail": f"{r['connected']:,} kiosks connected; RSS {r['idle_rss_kib'] / 1024:.1f} "
+                   f"MiB idle, {r['rss_kib'] / 1024:.1f} MiB after the herd",
+         "goal": f"<= {GOAL_KIB_PER_KIOSK}", "met": r["kib_per_kiosk"] <= GOAL_KIB_PER_KIOSK},
+    ]
