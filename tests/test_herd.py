@@ -140,22 +140,27 @@ def test_the_busy_answer_is_read_by_reason_and_wait() -> None:
 
 def test_rounds_are_bounded_and_the_wait_grows_with_the_queue() -> None:
     shed = Shedder(max_rounds=2, quiet=1.0, min_retry=0.5, max_retry=30.0, round_guess=1.0)
-    assert shed.message("a", 0.0) is None and shed.message("b", 0.0) is None
-    waits = [w for k in "cdef" if (w := shed.message(k, 0.0)) is not None]
+    assert shed.message("a", 0.0, "A") is None and shed.message("b", 0.0, "B") is None
+    waits = [w for k in "cdef" if (w := shed.message(k, 0.0, k.upper())) is not None]
     assert len(waits) == 4
-    assert waits == sorted(waits) and waits[0] < waits[-1]  # ms: later ones wait longer
-    assert waits[0] == 1000 and waits[1] == 2000  # one slot of 2 frees a second (1 s + 1 s)
+    # One place of 2 frees a second (1 s a round, 1 s quiet): each later one waits a
+    # second more, and is asked for 0.8 of it (kiosks add up to half).
+    assert waits == [800, 1600, 2400, 3200]
     assert shed.message("a", 0.5) is None  # a round in progress is never refused
     assert shed.in_progress == 2 and shed.peak == 2 and shed.busy == 4
+    # E comes back early: it keeps its place (two ahead), not the end of the queue.
+    assert shed.message("e2", 0.6, "E") == 2400
+    assert shed.message("g", 0.6, "G") == 4000  # a newcomer: behind the four
     shed.worked("a", 0.9)  # the hub's answer to a went out at 0.9: its quiet starts there
     shed.sweep(1.2, idle=lambda k: True, gone=lambda k: False)  # b quiet for 1 s: over
     assert not shed.in_round("b") and shed.in_round("a")
     shed.sweep(1.2, idle=lambda k: True, gone=lambda k: k == "a")  # a's session is gone
     assert shed.in_progress == 0
-    assert shed.message("g", 1.3) is None
-    # The promises fall due: the wait no longer counts them.
-    assert shed.retry_after(100.0) == 0.5
-    assert Shedder(1, max_retry=3.0).retry_after(0.0) <= 3.0
+    assert shed.message("c2", 1.3, "C") is None  # C's turn: its ticket goes
+    assert shed.report()["waiting"] == 4
+    shed.sweep(100.0, idle=lambda k: True, gone=lambda k: True)  # the others never came
+    assert shed.report()["waiting"] == 0 and shed.retry_after() == 0.5
+    assert Shedder(1, max_retry=3.0).retry_after() <= 3.0
     with pytest.raises(ValueError):
         Shedder(0)
     assert default_max_rounds(1) == default_max_rounds(4) == 64

@@ -361,7 +361,7 @@ class Server:
         """A kiosk's message for ``slot`` (loop thread): True if it goes on to the pool;
         False if it would begin a round over ``max_rounds``, and ``conn`` was told busy
         (``shedding``)."""
-        wait_ms = self.shedder.message(slot, time.monotonic())
+        wait_ms = self.shedder.message(slot, time.monotonic(), conn.remote)
         if wait_ms is None:
             return True
         conn.refuse("busy", f"{conn.url}: {self.shedder.in_progress} sync rounds in "
@@ -522,7 +522,7 @@ class Server:
             "workers": {"size": self.limits.workers, "running": self.running,
                         "queued": max(0, self.pending - self.running)},
             "refusals": self.refusals.totals(),
-            "rounds": self.shedder.report(time.monotonic()),
+            "rounds": self.shedder.report(),
             "handshakes": self.budget.report(time.monotonic()),
             "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
             "serial": [p.url for p in self.ports],

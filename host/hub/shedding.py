@@ -29,31 +29,45 @@ that came before the message (which ``admission.HandshakeBudget`` already
 rations) and one ``close`` frame; refusals are counted and logged at most a
 row an interval (``limits.Refusals``).
 
-**How long to wait.** The hub frees about ``max_rounds / held`` rounds a
-second, ``held`` being the mean time its rounds held their place lately,
-from their first message to their end (an exponential average;
-``round_guess + quiet`` before any ended). A kiosk turned away
-is told to wait until the rounds ahead of it have drained: those in progress
-beyond the bound, plus the kiosks told to come back before it whose time has
-not yet come (``promised``), at that rate. So each refusal in a herd is told
-a little later than the one before, the returns spread out at the rate the
-hub serves them, and the wait grows with the queue. It is bounded by
-``min_retry`` and ``max_retry``.
+**How long to wait: a queue of tickets.** The hub frees about
+``max_rounds / held`` rounds a second, ``held`` being the mean time its
+rounds held their place lately, from their first message to their end (an
+exponential average; ``round_guess + quiet`` before any ended). A kiosk
+turned away takes a ticket, the next number, kept by its key; its wait is
+the time until the rounds ahead of it have drained at that rate: those in
+progress beyond the bound, and the kiosks holding a lower ticket. So each
+refusal in a herd is told a little later than the one before, the returns
+come back spread out at the rate the hub serves them, and the wait grows
+with the queue. A kiosk that comes back before a place is free is told
+again, with its own ticket: it keeps its place and is told the shorter wait
+left, instead of going to the back behind kiosks that were counted behind
+it (which would leave the hub idle later, when the ones pushed back are
+still away). A ticket goes when its kiosk begins a round, or when it has not
+come back long after its wait.
+
+The kiosk adds a jitter of half its wait at most (SPEC.md "Busy"), so the
+hub asks for ``EARLY`` of the expected wait: the returns fall around the
+kiosk's turn rather than all after it, and one that is early keeps its
+place. Waits are bounded by ``min_retry`` and ``max_retry``.
 
 The clock is the caller's (``now`` in seconds), so tests drive it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Weight of the latest round in the mean round time.
+#: Weight of the latest round in the mean time a round holds its place.
 ROUND_WEIGHT = 0.2
+#: The share of the expected wait a busy answer asks for (kiosks add up to half of it).
+EARLY = 0.8
+#: Seconds a ticket outlives twice its wait, for a kiosk slow to come back.
+TICKET_GRACE = 10.0
 
 
 def default_max_rounds(cpus: int | None = None) -> int:
@@ -72,8 +86,15 @@ class _Round:
 
 
 @dataclass
+class _Ticket:
+    number: int
+    expires: float
+
+
+@dataclass
 class Shedder:
-    """Rounds in progress by conversation (any hashable key). See the module docstring."""
+    """Rounds in progress by conversation (any hashable key), and the tickets of kiosks
+    told busy, by kiosk (any hashable key). See the module docstring."""
 
     max_rounds: int
     quiet: float = 1.0  #: seconds without a message or work that end a round
@@ -81,7 +102,9 @@ class Shedder:
     max_retry: float = 300.0  #: seconds: the most a busy answer asks
     round_guess: float = 1.0  #: seconds a round is taken to last before one was measured
     rounds: dict[Hashable, _Round] = field(default_factory=dict)
-    promised: deque[float] = field(default_factory=deque)  #: when refused kiosks are due
+    tickets: dict[Hashable, _Ticket] = field(default_factory=dict)
+    waiting: list[int] = field(default_factory=list)  #: the tickets' numbers, in order
+    issued: int = 0  #: tickets handed out since start
     mean_held: float = -1.0  #: seconds a round held its place (negative: none ended yet)
     peak: int = 0  #: the most rounds in progress at once
     admitted: int = 0  #: rounds begun since start
@@ -100,14 +123,14 @@ class Shedder:
     def in_round(self, key: Hashable) -> bool:
         return key in self.rounds
 
-    def message(self, key: Hashable, now: float) -> int | None:
-        """A kiosk's message on conversation ``key``: None if it may be handled (its round
-        goes on, or a new one begins), else the milliseconds it is told to wait."""
+    def message(self, key: Hashable, now: float, kiosk: Hashable | None = None) -> int | None:
+        """A message of ``kiosk`` on conversation ``key``: None if it may be handled (its
+        round goes on, or a new one begins), else the milliseconds it is told to wait."""
         current = self.rounds.get(key)
         if current is not None:
             current.last = now
             return None
-        return self.begin(key, now)
+        return self.begin(key, now, kiosk)
 
     def worked(self, key: Hashable, now: float) -> None:
         """A job of ``key``'s conversation finished at ``now``: its quiet starts here."""
@@ -115,26 +138,44 @@ class Shedder:
         if current is not None:
             current.last = now
 
-    def begin(self, key: Hashable, now: float) -> int | None:
-        """A new round on ``key``: None if admitted, else the busy answer's wait (ms)."""
+    def begin(self, key: Hashable, now: float, kiosk: Hashable | None = None) -> int | None:
+        """A new round on ``key`` (of ``kiosk``: None, one that cannot be told again):
+        None if admitted, else the busy answer's wait (ms)."""
         if len(self.rounds) < self.max_rounds:
             self.rounds[key] = _Round(now, now)
             self.admitted += 1
             self.peak = max(self.peak, len(self.rounds))
+            if kiosk is not None:
+                self._drop(kiosk)
             return None
         self.busy += 1
-        wait = self.retry_after(now)
-        self.promised.append(now + wait)
-        return math.ceil(wait * 1000)
+        ticket = self.tickets.get(kiosk) if kiosk is not None else None
+        if ticket is None:
+            ticket = _Ticket(self.issued, now)
+            self.issued += 1
+            self.waiting.append(ticket.number)  # the highest number yet: the end
+            self.tickets[kiosk if kiosk is not None else object()] = ticket
+        wait = self.retry_after(bisect.bisect_left(self.waiting, ticket.number))
+        ticket.expires = now + 2 * wait + TICKET_GRACE
+        return math.ceil(round(wait * 1000, 6))
 
-    def retry_after(self, now: float) -> float:
-        """Seconds until the rounds ahead of one more kiosk have drained (bounded)."""
-        while self.promised and self.promised[0] <= now:
-            self.promised.popleft()
-        ahead = len(self.rounds) + len(self.promised) - self.max_rounds + 1
+    def retry_after(self, position: int | None = None) -> float:
+        """Seconds (bounded) a busy answer asks of a kiosk with ``position`` tickets
+        ahead of it (None: behind every ticket): ``EARLY`` of the time until the rounds
+        ahead of it have drained."""
+        if position is None:
+            position = len(self.waiting)
+        ahead = len(self.rounds) - self.max_rounds + 1 + position
         held = self.mean_held if self.mean_held >= 0 else self.round_guess + self.quiet
         rate = self.max_rounds / max(1e-3, held)  #: rounds freed a second
-        return min(self.max_retry, max(self.min_retry, ahead / rate))
+        return min(self.max_retry, max(self.min_retry, EARLY * ahead / rate))
+
+    def _drop(self, kiosk: Hashable) -> None:
+        ticket = self.tickets.pop(kiosk, None)
+        if ticket is not None:
+            at = bisect.bisect_left(self.waiting, ticket.number)
+            if at < len(self.waiting) and self.waiting[at] == ticket.number:
+                del self.waiting[at]
 
     def end(self, key: Hashable, now: float) -> None:
         """The round on ``key`` is over (its session is gone, or it went quiet)."""
@@ -149,15 +190,19 @@ class Shedder:
         """End the rounds whose conversation has no work (``idle``) and either lost its
         session (``gone``) or has been quiet for ``quiet`` seconds: no message and no
         work, so that the time the kiosk takes to answer the hub's last reply counts,
-        not the time the hub took to make it."""
+        not the time the hub took to make it. Forget the tickets of kiosks that did not
+        come back."""
         for key, r in list(self.rounds.items()):
             if not idle(key):
                 r.last = now  # ``worked`` moves it again when the job ends
             elif gone(key) or now - r.last >= self.quiet:
                 self.end(key, now)
+        for kiosk, ticket in list(self.tickets.items()):
+            if now >= ticket.expires:
+                self._drop(kiosk)
 
-    def report(self, now: float) -> dict[str, float | int]:
+    def report(self) -> dict[str, float | int]:
         return {"in_progress": len(self.rounds), "bound": self.max_rounds, "peak": self.peak,
-                "admitted": self.admitted, "busy": self.busy,
+                "admitted": self.admitted, "busy": self.busy, "waiting": len(self.waiting),
                 "mean_held_s": round(max(0.0, self.mean_held), 3),
-                "next_retry_s": round(self.retry_after(now), 3)}
+                "next_retry_s": round(self.retry_after(), 3)}
