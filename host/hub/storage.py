@@ -50,6 +50,7 @@ import sqlite_utils
 from host.hub import at_rest, current, husking, scopes
 from host.hub.database import (
     Db,
+    for_update,
     is_postgres,
     meta_delete,
     meta_get,
@@ -64,6 +65,7 @@ from protocol.driver.sealing import KeyProvider
 from protocol.errors import RemoteProtocolError
 from protocol.sync.approval import LETTERS
 from protocol.sync.batches import Batch
+from protocol.sync.hub_round import CheckpointMoved
 from protocol.sync.paging import PageSplit
 from protocol.sync.reissue import is_reissue
 from protocol.sync.scope import Scope
@@ -519,11 +521,19 @@ class HubStore:
 
     def commit_batch(self, device_id: str, seq: int, hash_: bytes,
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
-                     now: int, quarantined: list[int]) -> int | None:
+                     now: int, quarantined: list[int], follows: bytes | None = None,
+                     ) -> int | None:
         """Apply one batch durably: the good deltas (each record's facts with them), the
         bad ones in quarantine (code, reason, bytes), and the kiosk's checkpoint moved to
-        it. Returns the greatest arrival number given (None: nothing new arrived)."""
+        it. Returns the greatest arrival number given (None: nothing new arrived).
+        ``follows``: the checkpoint the caller saw, checked under a lock on the kiosk's
+        row, held to commit (``CheckpointMoved``: another process moved it)."""
         with self._tx() as db:
+            if follows is not None:
+                held = db.execute("SELECT last_seq, last_hash FROM devices WHERE device_id = ?"
+                                  + for_update(db), [device_id]).fetchone()
+                if held is None or (held[0], bytes(held[1])) != (seq - 1, follows):
+                    raise CheckpointMoved(f"kiosk {device_id}'s checkpoint moved")
             sealer = self._sealing(db)
             good = husking.husked(db, good)  # an erased patient's: no value kept
             added: list[tuple[int, Delta]] = []

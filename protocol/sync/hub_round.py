@@ -76,6 +76,11 @@ STALE_CURSOR_US = 30 * 86_400 * 1_000_000
 _HUB_ONLY = {VERIFIER.number: "verifier", ERASURE.number: "erasure"}
 
 
+class CheckpointMoved(Exception):
+    """The kiosk's checkpoint is not the one the round read: another hub process
+    committed a batch of it meanwhile (``HubStorage.commit_batch``'s ``follows``)."""
+
+
 class KioskRecord(Protocol):
     """What the hub holds of an enrolled kiosk."""
 
@@ -130,10 +135,14 @@ class HubStorage(Protocol):
         """The indices quarantined in the kiosk's committed batch ``seq``."""
     def commit_batch(self, device_id: str, seq: int, hash_: bytes,
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
-                     now: int, quarantined: list[int]) -> int | None:
+                     now: int, quarantined: list[int], follows: bytes | None = None,
+                     ) -> int | None:
         """Keep the batch durably: the good deltas, the bad ones in quarantine
         (code, reason, bytes), and the kiosk's checkpoint moved to it. Returns the
-        greatest arrival number the good deltas were given (None: none was new)."""
+        greatest arrival number the good deltas were given (None: none was new).
+        ``follows``: the checkpoint the round saw (batch ``seq - 1``'s hash), checked
+        under a lock on the kiosk's row: ``CheckpointMoved`` if it is not the one held,
+        nothing written."""
     def erasure_records(self, rids: list[bytes]) -> set[bytes]:
         """Those of ``rids`` that are erasure records the hub holds."""
         ...
@@ -512,6 +521,14 @@ class HubSync:
         return None
 
     def _batch(self, msg: messages.Message, now: int) -> list[Reply]:
+        try:
+            return self._batch_once(msg, now)
+        except CheckpointMoved:  # another hub process committed for this kiosk: look again
+            assert self.device is not None
+            self.device = self.storage.device(self.device.device_id) or self.device
+            return self._batch_once(msg, now)
+
+    def _batch_once(self, msg: messages.Message, now: int) -> list[Reply]:
         dev = self.device
         assert dev is not None
         seq, given = msg.get("seq"), msg.get("prev")
@@ -603,7 +620,7 @@ class HubSync:
             else:
                 good.append((got, data))
         arrived = self.storage.commit_batch(dev.device_id, seq, batch.hash, good, bad, now,
-                                            quarantined)
+                                            quarantined, follows=batch.prev)
         if bad:
             self._log("quarantined", f"batch {seq}: {len(bad)} deltas ({bad[0][0]})", now)
         self.device = self.storage.device(dev.device_id) or dev
