@@ -140,6 +140,8 @@ def _failure(exc: Exception) -> tuple[str, int] | None:
         return str(exc), exc.exit_code
     if isinstance(exc, DriverError):  # a database from a newer release, say
         return str(exc), 1
+    if type(exc).__module__.startswith("psycopg"):  # the hub's PostgreSQL went away
+        return f"the hub's database: {(str(exc).strip().splitlines() or ['failed'])[0]}", 1
     return None
 
 

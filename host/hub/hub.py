@@ -128,14 +128,15 @@ def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None
     if database is not None and not is_url(database):
         raise UsageError(f"--db takes a postgresql:// URL, not {database!r} (without --db "
                          "the hub keeps hub.db in its data folder)")
-    data.mkdir(mode=0o700, parents=True, exist_ok=True)
     if (data / X_KEY).exists():
         raise UsageError(f"{data} already holds a hub; not overwriting its keys")
     if has_database(data):  # new keys would belong to no hub its database knows
         raise UsageError(f"{data} holds a hub's database without its keys; restore them "
                          f"(haven hub keys restore --data {data} --from KEY_BACKUP)")
     if database is not None:
-        _check_empty(database)  # before any key is made: a refusal leaves no hub
+        _check_empty(database)  # before anything is made: a refusal leaves nothing
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if database is not None:
         write_secret(data / DATABASE_URL, database.encode())
     create_provider(data, key_provider, tpm_tcti)  # first: a TPM refusing leaves no hub
     write_secret(data / X_KEY, X25519PrivateKey.generate().private_bytes_raw())
