@@ -22,7 +22,7 @@ from device.sync.document_store import attach
 from device.sync.state import scope_of
 from host.cli import main as haven
 from host.errors import UsageError
-from host.hub import at_rest, erasure, husking, quarantine, verifiers
+from host.hub import at_rest, current, erasure, husking, quarantine, verifiers
 from host.hub.document_inbox import DOCUMENTS_DIR
 from host.hub.hub import Hub, init_hub
 from host.hub.storage import Op
@@ -69,7 +69,8 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str]:
 
 def opened_values(data: Path) -> list[bytes]:
     """Every sealed value the hub's files hold, opened with the hub's keyring: each
-    delta, quarantined delta and held batch's deltas, and every document file."""
+    delta, quarantined delta and held batch's deltas, each value of the current records,
+    and every document file."""
     with Hub(data) as hub:
         sealer = hub.store.sealer
         db = connect_hub_db(data)
@@ -80,6 +81,9 @@ def opened_values(data: Path) -> list[bytes]:
                     for i, d in db.execute("SELECT id, data FROM quarantine")]
             for dev, h, p in db.execute("SELECT device_id, hash, payload FROM held_batches"):
                 out += sync.unpack(sealer.open(at_rest.held_ad(dev, bytes(h)), bytes(p)))
+            out += [sealer.open_value(current.value_ad(bytes(r), k, f), bytes(v))
+                    for r, k, f, v in db.execute("SELECT rid, kind, field, value"
+                                                 " FROM record_fields")]
             out += [bytes(v) for row in db.execute("SELECT detail FROM log")
                     for v in (str(row[0]).encode(),)]
         finally:
