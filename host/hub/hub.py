@@ -498,8 +498,7 @@ class Hub:
                 values, add, remove = parse_assignments(TYPES[view.type], assignments)
                 if add or remove:
                     raise UsageError("a resolution sets registers; keep a version to settle sets")
-            hlc = HLC(max(int(self.store.get_meta("hlc") or 0),
-                          max((op.stamp for op in self.store.all_ops()), default=0)))
+            hlc = self._hlc()  # past every stamp held, without opening a delta
             delta = build_resolve(view, conflict_id, self.node, hlc.now(now), keep=keep,
                                   values=values)
         except (ProtocolError, KeyError) as exc:
