@@ -29,16 +29,9 @@ from host.hub.fhir import export
 from host.hub.hub import Hub, init_hub
 from host.hub.sealed_documents import SealedChunks
 from protocol.chunking import chunk_id
+from protocol.crdt import schema
 from protocol.crdt.delta import Delta, encode
-from protocol.crdt.schema import (
-    APPOINTMENT,
-    CHECKIN,
-    DOCUMENT,
-    LAB_RESULT,
-    PATIENT,
-    PRESCRIPTION,
-    TypeSpec,
-)
+from protocol.crdt.schema import TypeSpec
 from protocol.crdt.writes import build_put
 
 BATCH = 500  #: deltas a batch
@@ -48,21 +41,21 @@ KIOSK_A, KIOSK_B = 0x1001, 0x2003
 
 def _values(spec: TypeSpec, i: int, patient: str) -> dict[str, Any]:
     day = f"2026-{1 + i % 12:02d}-{1 + i % 28:02d}"
-    if spec is PATIENT:
+    if spec is schema.PATIENT:
         return {"name": f"Patient {i}", "birthDate": f"{1940 + i % 70}-0{1 + i % 9}-1{i % 10}",
                 "gender": ("female", "male", "other")[i % 3], "telecom": f"+254 700 {i:06d}"}
-    if spec is CHECKIN:
+    if spec is schema.CHECKIN:
         return {"subject": patient, "status": "arrived", "reasonCode": "fever",
                 "periodStart": f"{day}T08:{i % 60:02d}:00Z", "location": f"Site {i % 40}",
                 "queueNumber": f"A{i % 1000:03d}", "identity": "match"}
-    if spec is PRESCRIPTION:
+    if spec is schema.PRESCRIPTION:
         return {"subject": patient, "status": "active", "medication": "amoxicillin 500 mg",
                 "dosageInstruction": "one capsule three times daily", "quantity": 21,
                 "authoredOn": f"{day}T09:00:00Z"}
-    if spec is LAB_RESULT:
+    if spec is schema.LAB_RESULT:
         return {"subject": patient, "status": "final", "code": "718-7", "value": 10 + i % 7,
                 "unit": "g/dL", "effectiveDateTime": f"{day}T10:00:00Z"}
-    if spec is APPOINTMENT:
+    if spec is schema.APPOINTMENT:
         return {"subject": patient, "status": "booked", "start": f"{day}T11:00:00Z",
                 "minutesDuration": 15, "serviceType": "follow-up"}
     return {"subject": patient, "status": "current", "title": f"scan {i}.pdf",
@@ -73,23 +66,24 @@ def _values(spec: TypeSpec, i: int, patient: str) -> dict[str, Any]:
 
 def _writes(count: int) -> tuple[list[Delta], list[bytes]]:
     """The kiosks' deltas for ``count`` records, and the small documents' record ids."""
-    kinds = [PATIENT] + [CHECKIN] * 2 + [PRESCRIPTION, LAB_RESULT] + [APPOINTMENT, DOCUMENT]
+    kinds = [schema.PATIENT, schema.CHECKIN, schema.CHECKIN, schema.PRESCRIPTION,
+             schema.LAB_RESULT, schema.APPOINTMENT, schema.DOCUMENT]
     stamp = T0 << 16
     out: list[Delta] = []
     patients: list[str] = []
     inline: list[bytes] = []
     for i in range(count):
-        spec = kinds[i % len(kinds)] if patients else PATIENT
+        spec = kinds[i % len(kinds)] if patients else schema.PATIENT
         rid = uuid.UUID(int=(i + 1) << 64 | 0x4000_8000_0000_0000).bytes
         stamp += 1
         node = KIOSK_A if i % 2 else KIOSK_B
         out.append(build_put(None, rid, spec, node, stamp,
                              _values(spec, i, patients[-1] if patients else "")))
-        if spec is PATIENT:
+        if spec is schema.PATIENT:
             patients.append(str(uuid.UUID(bytes=rid)))
-        if spec is DOCUMENT and i % 10 == 0:
+        if spec is schema.DOCUMENT and i % 10 == 0:
             inline.append(rid)
-        if spec is PRESCRIPTION and i % 50 == 3:  # both kiosks change it apart: held
+        if spec is schema.PRESCRIPTION and i % 50 == 3:  # both kiosks change it apart: held
             first = out[-1].dot
             for n, dose in ((KIOSK_A, "twice daily"), (KIOSK_B, "three times daily")):
                 stamp += 1
