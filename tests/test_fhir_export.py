@@ -88,7 +88,8 @@ def fill(hub: Hub) -> dict[str, bytes]:
     fleet = Fleet(hub)
     a, b = fleet.a, fleet.b
     ids = {name: uuid.uuid4().bytes for name in (
-        "patient", "checkin", "gone", "rx", "lab", "appointment", "small", "large", "note")}
+        "patient", "checkin", "gone", "rx", "lab", "appointment", "small", "large", "note",
+        "odd")}
     pid = str(uuid.UUID(bytes=ids["patient"]))
     fleet.put(a, ids["patient"], "patient", {"name": "Ada Lovelace", "birthDate": "1970-03-01",
                                              "gender": "female", "telecom": "+44 20 0000",
@@ -120,6 +121,7 @@ def fill(hub: Hub) -> dict[str, bytes]:
                                              "hash": hashlib.sha256(content).hexdigest()})
         put_document(hub, ids[name], content)
     fleet.put(a, ids["note"], "note", {"subject": pid, "text": "not exported"})
+    fleet.put(b, ids["odd"], "checkin", {"subject": pid, "status": "called"})  # no R4 code
     return ids
 
 
@@ -138,7 +140,7 @@ def test_every_type_exports_valid_r4_and_a_held_conflict_once(hub: Hub, tmp_path
         for res in found[kind]:
             validate(res)  # resource by resource
     every = [r["id"] for kind in RESOURCE_FILES for r in found[kind]]
-    assert len(every) == len(set(every)) == 7  # once each; the deleted one and the note not
+    assert len(every) == len(set(every)) == 8  # once each; the deleted one and the note not
     assert name["gone"] not in every and name["note"] not in every
     patient, = found["Patient"]
     assert patient["identifier"][0] == {"system": manifest["extension"]["patientSystem"],
@@ -162,6 +164,9 @@ def test_every_type_exports_valid_r4_and_a_held_conflict_once(hub: Hub, tmp_path
     assert "data" not in large and large["url"].endswith(name["large"]) and large[
         "size"] == 70_000
     assert found["Observation"][0]["valueQuantity"]["value"] == 13.5
+    odd, = [e for e in found["Encounter"] if e["id"] == name["odd"]]
+    assert odd["status"] == "unknown" and odd["extension"] == [
+        {"url": "urn:haven:fhir:recorded-status", "valueString": "called"}]
     assert b"Ada Lovelace" not in b"".join(p.read_bytes() for p in (tmp_path / "hub").rglob(
         "*") if p.is_file())  # the export is where the plaintext is, not the hub's files
 

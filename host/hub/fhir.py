@@ -30,7 +30,10 @@ FHIR already):
   extension.
 
 Other types (notes, audit entries, verifiers, erasures, telemetry) are not
-exported.
+exported. A code field whose R4 element takes only the codes of a value set
+(gender, each status) gets the value held when it is one of them; else the
+element's "unknown" (or is left out where it has none and is optional), and the
+value held goes in an extension (``recorded-<element>``).
 
 Conflicts. A record is exported once, with its current value (the merge's).
 Every conflict it holds goes in an extension (``CONFLICT``: id, class,
@@ -101,10 +104,39 @@ RESOURCES: dict[int, tuple[str, tuple[str, str] | None]] = {
     APPOINTMENT.number: ("Appointment", ("status", "pending")),
     DOCUMENT.number: ("DocumentReference", ("docStatus", "preliminary")),
 }
-#: What a resource that requires a status gets when the record holds none.
-DEFAULT_STATUS = {"Encounter": "unknown", "MedicationRequest": "unknown",
-                  "Observation": "unknown", "Appointment": "proposed",
-                  "DocumentReference": "current"}
+#: The codes R4 binds (required) for the elements mapped from a record's code fields,
+#: and the code given when the record holds none, or one outside them (then the value
+#: held goes in ``EXT + "recorded-" + element``: nothing is dropped silently).
+CODES: dict[tuple[str, str], tuple[frozenset[str], str | None]] = {
+    ("Patient", "gender"): (frozenset({"male", "female", "other", "unknown"}), None),
+    ("Encounter", "status"): (frozenset({
+        "planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+        "entered-in-error", "unknown"}), "unknown"),
+    ("MedicationRequest", "status"): (frozenset({
+        "active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft",
+        "unknown"}), "unknown"),
+    ("Observation", "status"): (frozenset({
+        "registered", "preliminary", "final", "amended", "corrected", "cancelled",
+        "entered-in-error", "unknown"}), "unknown"),
+    ("Appointment", "status"): (frozenset({
+        "proposed", "pending", "booked", "arrived", "fulfilled", "cancelled", "noshow",
+        "entered-in-error", "checked-in", "waitlist"}), "proposed"),
+    ("DocumentReference", "status"): (frozenset({
+        "current", "superseded", "entered-in-error"}), "current"),
+}
+
+
+def _code(out: dict[str, Any], element: str, value: Any) -> None:
+    """``out[element]`` from a record's code (``CODES``)."""
+    allowed, fallback = CODES[out["resourceType"], element]
+    text = _text(value)
+    if text in allowed:
+        out[element] = text
+        return
+    if fallback is not None:
+        out[element] = fallback
+    if text is not None:
+        _extend(out, [{"url": f"{EXT}recorded-{element}", "valueString": text}])
 
 
 @dataclass
@@ -176,6 +208,11 @@ def _put(out: dict[str, Any], key: str, value: Any) -> None:
         out[key] = value
 
 
+def _extend(out: dict[str, Any], extensions: list[dict[str, Any]] | None) -> None:
+    if extensions:
+        out.setdefault("extension", []).extend(extensions)
+
+
 def _patient(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     f = view.fields
     out: dict[str, Any] = {"resourceType": "Patient", "id": rid, "identifier": [
@@ -185,12 +222,12 @@ def _patient(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
                                   "value": other})
     _put(out, "name", [{"text": name}] if (name := _text(f.get(1))) else None)
     _put(out, "telecom", [{"system": "other", "value": t}] if (t := _text(f.get(4))) else None)
-    _put(out, "gender", _text(f.get(3)))
+    _code(out, "gender", f.get(3))
     _put(out, "birthDate", _text(f.get(2)))
     _put(out, "address", [{"text": a}] if (a := _text(f.get(5))) else None)
     _put(out, "communication", [{"language": {"coding": [
         {"system": "urn:ietf:bcp:47", "code": c}]}}] if (c := _text(f.get(6))) else None)
-    _put(out, "extension", [{"url": EXT + name, "valueString": e}
+    _extend(out, [{"url": EXT + name, "valueString": e}
                             for number, name in ((8, "allergy"), (9, "condition"))
                             for e in sorted(view.sets.get(number, ()))])
     return out
@@ -199,17 +236,16 @@ def _patient(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
 def _encounter(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     f = view.fields
     out: dict[str, Any] = {
-        "resourceType": "Encounter", "id": rid,
-        "status": _text(f.get(2)) or DEFAULT_STATUS["Encounter"],
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+        "resourceType": "Encounter", "id": rid, "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                   "code": "AMB", "display": "ambulatory"}}
+    _code(out, "status", f.get(2))
     _put(out, "identifier", [{"system": f"urn:haven:{dep.hub_id}:queue", "value": q}]
          if (q := _text(f.get(6))) else None)
     _put(out, "subject", _ref(f.get(1)))
     _put(out, "period", {"start": s} if (s := _text(f.get(4))) else None)
     _put(out, "reasonCode", [{"text": r}] if (r := _text(f.get(3))) else None)
     _put(out, "location", [{"location": {"display": loc}}] if (loc := _text(f.get(5))) else None)
-    _put(out, "extension", [{"url": EXT + "identity", "valueCode": i}]
+    _extend(out, [{"url": EXT + "identity", "valueCode": i}]
          if (i := _text(f.get(9))) else None)
     return out
 
@@ -217,9 +253,9 @@ def _encounter(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
 def _medication_request(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     f = view.fields
     out: dict[str, Any] = {
-        "resourceType": "MedicationRequest", "id": rid,
-        "status": _text(f.get(2)) or DEFAULT_STATUS["MedicationRequest"], "intent": "order",
+        "resourceType": "MedicationRequest", "id": rid, "intent": "order",
         "medicationCodeableConcept": {"text": _text(f.get(3)) or "not recorded"}}
+    _code(out, "status", f.get(2))
     _put(out, "subject", _ref(f.get(1)) or {"display": "not recorded"})
     _put(out, "authoredOn", _text(f.get(6)))
     _put(out, "requester", {"display": r} if (r := _text(f.get(7))) else None)
@@ -234,15 +270,17 @@ def _medication_request(view: RecordView, dep: Deployment, rid: str) -> dict[str
 def _observation(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     f = view.fields
     out: dict[str, Any] = {"resourceType": "Observation", "id": rid,
-                           "status": _text(f.get(2)) or DEFAULT_STATUS["Observation"],
                            "code": {"text": _text(f.get(3)) or "not recorded"}}
+    _code(out, "status", f.get(2))
     _put(out, "subject", _ref(f.get(1)))
     _put(out, "effectiveDateTime", _text(f.get(6)))
     value = f.get(4)
     if isinstance(value, int | float) and not isinstance(value, bool):
         quantity: dict[str, Any] = {"value": value}
         if (unit := _text(f.get(5))) is not None:
-            quantity.update(unit=unit, system="http://unitsofmeasure.org", code=unit)
+            quantity["unit"] = unit
+            if not any(c.isspace() for c in unit):  # a UCUM code has no spaces
+                quantity.update(system="http://unitsofmeasure.org", code=unit)
         out["valueQuantity"] = quantity
     _put(out, "interpretation", [{"coding": [{
         "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
@@ -256,8 +294,8 @@ def _appointment(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     participant: dict[str, Any] = {"status": "accepted"}
     _put(participant, "actor", _ref(f.get(1)))
     out: dict[str, Any] = {"resourceType": "Appointment", "id": rid,
-                           "status": _text(f.get(2)) or DEFAULT_STATUS["Appointment"],
                            "participant": [participant]}
+    _code(out, "status", f.get(2))
     _put(out, "serviceType", [{"text": s}] if (s := _text(f.get(5))) else None)
     _put(out, "description", _text(f.get(6)))
     _put(out, "start", _text(f.get(3)))
@@ -283,10 +321,10 @@ def _document_reference(view: RecordView, dep: Deployment, rid: str) -> dict[str
     _put(attachment, "title", _text(f.get(3)))
     _put(attachment, "creation", _text(f.get(7)))
     out: dict[str, Any] = {"resourceType": "DocumentReference", "id": rid,
-                           "status": _text(f.get(2)) or DEFAULT_STATUS["DocumentReference"],
                            "content": [{"attachment": attachment}]}
+    _code(out, "status", f.get(2))
     _put(out, "subject", _ref(f.get(1)))
-    _put(out, "extension", [{"url": EXT + "sha256", "valueString": h}]
+    _extend(out, [{"url": EXT + "sha256", "valueString": h}]
          if (h := _text(f.get(6))) else None)
     return out
 
