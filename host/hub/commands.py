@@ -195,6 +195,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--baud", type=int, help="serial line speed (pacing)")
     p.add_argument("--max-ahead", type=float, default=300.0, metavar="S",
                    help="quarantine deltas stamped more than S seconds ahead (default 300)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share the --listen ports with other haven hub serve processes of "
+                   "this hub (SO_REUSEPORT: the kernel spreads kiosks over them); the hub "
+                   "must be on PostgreSQL")
     _serve_limits(p)
     p = hs.add_parser("export", help="export the records as FHIR R4 (Bulk Data NDJSON)",
                       description="Write the current records as FHIR R4 resources, one NDJSON "
@@ -546,6 +550,9 @@ SERVE_LIMITS = [
     ("--workers", "workers", int, "N", "threads doing the store's work"),
     ("--watch-interval", "watch_interval", float, "S",
      "seconds between looks at the store (push, revocation)"),
+    ("--watch-backstop", "watch_backstop", float, "S",
+     "on PostgreSQL, which notifies the store's changes: seconds between looks when "
+     "none was notified"),
     ("--log-interval", "log_interval", float, "S",
      "at most one log row per refusal reason per interval, with a count"),
     ("--promote-interval", "promote_interval", float, "S",
@@ -633,7 +640,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 serve(hub, listen=args.listen, serial=args.serial, baud=args.baud,
                       max_ahead_ms=int(args.max_ahead * 1000), limits=serve_limits(args),
-                      ready=lambda line: print(line, flush=True))
+                      reuse_port=args.reuse_port, ready=lambda line: print(line, flush=True))
             except KeyboardInterrupt:
                 print("stopping", file=sys.stderr)
         return 0

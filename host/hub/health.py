@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-``haven hub serve`` answers on ``<data>/serve.sock`` (owner only): whoever
+``haven hub serve`` answers on ``<data>/serve.sock`` (owner only; each of
+several processes sharing a port, on ``<data>/serve-PID.sock``): whoever
 connects gets one JSON object and the end of the stream (``Server.health``:
 connections by state and link, descriptors in use against the limit, the
 worker pool, refusals by reason since start, uptime). ``read_health`` is the
@@ -45,10 +46,9 @@ class _Answer(asyncio.Protocol):
         transport.close()
 
 
-async def open_health(loop: asyncio.AbstractEventLoop, data: Path,
+async def open_health(loop: asyncio.AbstractEventLoop, path: Path,
                       report: Callable[[], dict[str, Any]]) -> asyncio.AbstractServer | None:
-    """Answer on ``data/serve.sock``; None when the path cannot be bound (too long)."""
-    path = data / SOCKET
+    """Answer on ``path``; None when it cannot be bound (too long)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a server that died left it behind, or we take over from one
     old = os.umask(0o177)
@@ -62,9 +62,10 @@ async def open_health(loop: asyncio.AbstractEventLoop, data: Path,
     return server
 
 
-def read_health(data: Path, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The running server's health report, or None when none answers."""
-    path = Path(data) / SOCKET
+def read_health(data: Path, timeout: float = 2.0, name: str = SOCKET) -> dict[str, Any] | None:
+    """The running server's health report (``name``: that process's), or None when none
+    answers."""
+    path = Path(data) / name
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)

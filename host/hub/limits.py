@@ -48,6 +48,9 @@ class Limits:
     output_cap: int = 4 << 20  #: bytes queued for one peer (unacknowledged + unwritten)
     workers: int = 4  #: threads that run the store's work
     watch_interval: float = 0.25  #: seconds between looks at the store (push, revocation)
+    #: On PostgreSQL, where the store's changes are notified: seconds between looks when
+    #: none was (``change_feed``).
+    watch_backstop: float = 5.0
     log_interval: float = 60.0  #: at most one log row per refusal reason per interval
     #: Seconds between passes that make check-ins' claims records where none exists
     #: (0: none; ``haven hub promote`` does a pass by hand).

@@ -8,8 +8,12 @@ sides share (``protocol.driver.accept.AcceptLoop``): at most
 (``EMFILE``...), a backoff with one log row for the whole burst and one at
 its end; each failed accept is counted as a ``descriptors`` refusal.
 
+With ``--reuse-port`` several hub processes (of one hub on PostgreSQL) bind
+the same address with ``SO_REUSEPORT``, and the kernel gives each new
+connection to one of them, by a hash of its addresses and ports.
+
 Any other accept error means the listening socket itself is broken: it is
-closed and opened again on the same address; after ``listener_retries``
+closed and opened again on the same address (shared again, if it was); after ``listener_retries``
 failed tries the server gives up (``Server.fatal``), and the process exits
 non-zero so that systemd restarts it.
 """
@@ -27,13 +31,14 @@ if TYPE_CHECKING:
 REOPEN_WAIT = 0.5
 
 
-def bind(host: str, port: int) -> socket.socket:
-    return listen(host, port, backlog=1024)
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    return listen(host, port, backlog=1024, reuse_port=reuse_port)
 
 
 class Listener:
-    def __init__(self, server: Server, sock: socket.socket) -> None:
+    def __init__(self, server: Server, sock: socket.socket, reuse_port: bool = False) -> None:
         self.server = server
+        self.reuse_port = reuse_port
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self.reopen_tries = 0
         self.closed = False
@@ -62,7 +67,7 @@ class Listener:
         if self.closed:
             return
         try:
-            sock = bind(*self.address)
+            sock = bind(*self.address, reuse_port=self.reuse_port)
         except OSError as exc:
             self.reopen_tries += 1
             if self.reopen_tries >= self.server.limits.listener_retries:

@@ -55,22 +55,43 @@ hub ends one silent for ``idle_limit``.
 
 If the loop dies, or a listener cannot be opened again, ``serve`` raises
 ``ServerFailed``: the process exits non-zero and systemd restarts it.
+
+Several processes, one database: a hub on PostgreSQL may run N ``haven hub
+serve`` processes on one port (``--reuse-port``: ``SO_REUSEPORT``, the
+kernel spreading connections over them; each a systemd unit of its own,
+restarted alone), or behind HAProxy in TCP mode. What must hold across
+processes lives in the database: a kiosk's chain and checkpoint (its row
+locked by each batch's commit: ``HubStore.commit_batch``), clone evidence
+(held batches, the flag), revocations, arrivals; the watch hears of them
+at commit (``watch``, ``change_feed``), and one process at a time runs the
+background walks (``StoreWatch.leads``). The rest is this process's own, by
+design: its connections and sessions, the kept sessions for a resume (a
+kiosk that comes back on another process gets a fresh session there), the
+one-connection-per-key takeover (a kiosk's stale connection on another
+process ends at its idle limit), the handshake budget and the per-address
+caps (they guard this process's CPU and descriptors), the rounds bound
+(``--max-rounds`` is per process: give each its share), refusal counts, and
+the health report, on ``serve-PID.sock`` for each process. An SQLite hub
+has one writer file: a second ``haven hub serve`` on it is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import math
+import os
 import resource
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,6 +100,7 @@ from host.hub import health as health_socket
 from host.hub import provisioning
 from host.hub.admission import HandshakeBudget
 from host.hub.connection import AUTHENTICATED, HANDSHAKING, Connection, PeerSlot
+from host.hub.database import is_url
 from host.hub.document_inbox import DOCUMENTS_DIR, DocumentInbox
 from host.hub.hub import Hub, database_of
 from host.hub.limits import Limits, Refusals
@@ -133,8 +155,16 @@ class Server:
     #: Seconds between two re-seal slices, and between two looks when nothing is to do.
     RESEAL_PAUSE, RESEAL_IDLE = 0.05, 10.0
 
-    def __init__(self, hub: Hub, max_ahead_ms: int, limits: Limits | None = None) -> None:
+    def __init__(self, hub: Hub, max_ahead_ms: int, limits: Limits | None = None,
+                 reuse_port: bool = False) -> None:
+        """``reuse_port``: listen beside other processes of this hub (PostgreSQL only)."""
+        if reuse_port and not is_url(database_of(hub.data)):
+            raise UsageError(SQLITE_ALONE + "; --reuse-port needs the hub on PostgreSQL")
         self.hub = hub
+        self.reuse_port = reuse_port
+        #: Where the health report answers: one socket per process when they share ports.
+        self.health_path = hub.data / (f"serve-{os.getpid()}.sock" if reuse_port
+                                       else health_socket.SOCKET)
         self._resealing: asyncio.Task[None] | None = None
         self.max_ahead_ms = max_ahead_ms
         self.limits = lim = limits or Limits()
@@ -195,9 +225,10 @@ class Server:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
 
     async def _start_health(self) -> None:
-        self._health = await health_socket.open_health(self.loop, self.hub.data, self.health)
+        self._health = await health_socket.open_health(self.loop, self.health_path,
+                                                       self.health)
         if self._health is None:
-            self.log("health", f"cannot answer on {self.hub.data / health_socket.SOCKET}: "
+            self.log("health", f"cannot answer on {self.health_path}: "
                      "no health report for haven hub status")
 
     def _start(self) -> None:
@@ -211,7 +242,7 @@ class Server:
         """Seal what is not under the current data key, a slice at a time, in the pool."""
         while True:
             try:
-                more = await self.submit(self._background_slice)
+                more = self.watch.leads and await self.submit(self._background_slice)
             except RuntimeError:  # the pool is shut down
                 return
             except Exception as exc:  # noqa: BLE001 - logged; the next look tries again
@@ -224,6 +255,8 @@ class Server:
         (``Hub.promote_claims``, in the pool: it reads only what arrived since)."""
         while True:
             await asyncio.sleep(self.limits.promote_interval)
+            if not self.watch.leads:
+                continue
             try:
                 await self.submit(self.hub.promote_claims)
             except RuntimeError:  # the pool is shut down
@@ -451,10 +484,10 @@ class Server:
         if parts.scheme != "tcp" or not parts.hostname or port is None:
             raise UsageError(f"--listen wants tcp://HOST:PORT, not {url!r}")
         try:
-            sock = bind(parts.hostname, port)
+            sock = bind(parts.hostname, port, reuse_port=self.reuse_port)
         except OSError as exc:
             raise UsageError(f"cannot listen on {url}: {exc.strerror or exc}") from None
-        listener = self.call(Listener, self, sock)
+        listener = self.call(Listener, self, sock, self.reuse_port)
         self.listeners.append(listener)
         host, bound = listener.address
         return str(host), int(bound)
@@ -512,7 +545,9 @@ class Server:
         for conn in self.connections:
             if conn.state in by[conn.kind]:
                 by[conn.kind][conn.state] += 1
+        feed = self.watch.feed
         return {
+            "pid": os.getpid(),
             "uptime": round(time.monotonic() - self.started, 3),
             "connections": {**by, "total": len(self.connections), "cap": self.connection_cap,
                             "accepted": self.accepted_total,
@@ -527,6 +562,8 @@ class Server:
             "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
             "serial": [p.url for p in self.ports],
             "store_looks": self.watch.looks,
+            "store_feed": None if feed is None else {
+                "listening": feed.listening, "leads": feed.leads, "failures": feed.failures},
         }
 
     def _background_slice(self) -> bool:
@@ -571,20 +608,58 @@ class Server:
         if not self._thread.is_alive():
             self.loop.close()
         with contextlib.suppress(OSError):
-            sock = self.hub.data / health_socket.SOCKET
-            if self._health is not None and sock.exists():
-                sock.unlink()
+            if self._health is not None and self.health_path.exists():
+                self.health_path.unlink()
+
+
+#: Why an SQLite hub has one serving process.
+SQLITE_ALONE = ("the hub's store is an SQLite file, which takes one haven hub serve process "
+                "(one writer); to run several, put the hub on PostgreSQL (haven hub init "
+                "--db postgresql://...)")
+#: On SQLite: the file ``haven hub serve`` holds locked while it runs, with its pid.
+SERVE_LOCK = "serve.lock"
+
+
+def sole_server(hub: Hub) -> contextlib.AbstractContextManager[None]:
+    """On SQLite: this process is the hub's only server while in the context
+    (``UsageError`` if another one runs). Nothing on PostgreSQL."""
+    if is_url(database_of(hub.data)):
+        return contextlib.nullcontext()
+    return _locked(hub.data / SERVE_LOCK)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise UsageError(f"another haven hub serve (pid {pid}) serves this hub: "
+                             + SQLITE_ALONE) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def serve(hub: Hub, *, listen: list[str], serial: list[str], baud: int | None = None,
-          max_ahead_ms: int, limits: Limits | None = None,
+          max_ahead_ms: int, limits: Limits | None = None, reuse_port: bool = False,
           ready: Callable[[str], None] = lambda line: None) -> None:
     """Serve kiosks until interrupted; ``ready`` hears each address as it opens.
+    ``reuse_port``: share the ports with this hub's other processes (PostgreSQL).
     ``ServerFailed`` if the server cannot go on."""
     if not listen and not serial:
         raise UsageError("give at least one --listen tcp://HOST:PORT or --serial URL")
     raise_descriptor_limit()
-    server = Server(hub, max_ahead_ms, limits)
+    with sole_server(hub):
+        _serve(Server(hub, max_ahead_ms, limits, reuse_port), listen, serial, baud, ready)
+
+
+def _serve(server: Server, listen: list[str], serial: list[str], baud: int | None,
+           ready: Callable[[str], None]) -> None:
+    hub = server.hub
     try:
         for url in listen:
             host, port = server.listen(url)

@@ -50,6 +50,7 @@ import sqlite_utils
 from host.hub import at_rest, current, husking, scopes
 from host.hub.database import (
     Db,
+    changed,
     for_update,
     is_postgres,
     meta_delete,
@@ -244,6 +245,7 @@ def next_hseq(db: Db) -> int:
 def used_hseq(db: Db, last: int) -> None:
     """Arrival numbers up to ``last`` were given (``next_hseq``)."""
     meta_set(db, LAST_HSEQ, last)
+    changed(db)  # every hub process pushes them at commit
 
 
 @dataclass(frozen=True)
@@ -462,6 +464,7 @@ class HubStore:
             db.execute("INSERT INTO replacements VALUES (?, ?, ?, ?, ?, ?)",
                        [old_id, new_id, site, letter, from_day, now])
             db.execute("UPDATE devices SET state = 'revoked' WHERE device_id = ?", [old_id])
+            changed(db)
             db.execute("UPDATE devices SET letter = ? WHERE device_id = ?", [letter, new_id])
 
     def replacement(self, old_id: str) -> dict[str, Any] | None:
@@ -486,6 +489,7 @@ class HubStore:
 
     def set_state(self, device_id: str, state: str) -> bool:
         with self._tx() as db:
+            changed(db)  # a revocation ends the kiosk's sessions on every hub process
             return db.execute("UPDATE devices SET state = ? WHERE device_id = ?",
                               [state, device_id]).rowcount > 0
 
@@ -833,13 +837,13 @@ class HubStore:
         on from its last slice; a rotation meanwhile starts it over."""
         with self._tx() as db:
             sealer = self._sealing(db)
-            progress = meta_get(db, at_rest.PROGRESS)
+            progress = meta_get(db, at_rest.PROGRESS, lock=True)  # one walker at a time
             if progress is None:
                 return False
             table, after = str(progress).split()
             if table in _RESEAL:
                 select, column, ad_of, ops = _RESEAL[table]
-                rows = db.execute(select, [int(after), limit]).fetchall()
+                rows = db.execute(select + for_update(db), [int(after), limit]).fetchall()
                 key = select.split()[1].rstrip(",")  # the walk's key: its first column
                 db.conn.executemany(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", [
                     (sealer.reseal(ad_of(*r[1:-1]), bytes(r[-1]), ops), r[0])

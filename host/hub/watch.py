@@ -14,15 +14,28 @@ hears the result on the loop (``Server.store_changed``): it pushes
 kiosk is not the only node that wrote since, and ends the sessions of
 revoked kiosks. A session holds at most one unanswered notify: the kiosk
 answers by pulling, and any message from it arms the next one.
+
+On PostgreSQL, where several hub processes may share the database, the
+store's writers notify at commit (``host.hub.database.changed``) and
+``change_feed.ChangeFeed`` listens: a notification looks at once (``poke``),
+so a revocation or a batch committed through any process reaches every
+process's sessions within a look's time. The tick goes on every
+``watch_interval`` for the server's housekeeping, but looks only when
+notified, every ``watch_backstop`` (the feed's slow poll), or at every tick
+while the feed is not listening. What the store tells is the same on every
+process; what each process does with it (its own sessions) is its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from host.hub.change_feed import ChangeFeed
+from host.hub.database import is_url
 from host.hub.storage import HubReader
 
 if TYPE_CHECKING:
@@ -46,21 +59,52 @@ class StoreWatch:
         self.looks = 0
         self.failures = 0
         self._stopped = False
+        self._wanted = True  #: notified (or never looked): the next tick looks
+        self._timer: asyncio.Handle | None = None  #: the next tick, while none runs
+        self.feed = ChangeFeed(str(path), self.poke, lambda text: server.log("watch", text),
+                               server.limits.watch_backstop) if is_url(path) else None
+
+    @property
+    def leads(self) -> bool:
+        """This process runs the hub's background walks (``change_feed``); on SQLite,
+        whose hub has one serving process, always."""
+        return self.feed is None or self.feed.leads
 
     def start(self) -> None:
-        self.server.loop.call_soon(self._tick)
+        if self.feed is not None:
+            self.feed.start(self.server.loop)
+        self._timer = self.server.loop.call_soon(self._tick)
 
     def stop(self) -> None:
         self._stopped = True
+        if self.feed is not None:
+            self.feed.stop()
+
+    def poke(self) -> None:
+        """The store changed (loop thread): look now, or after the look under way."""
+        self._wanted = True
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            self._tick()
 
     def _tick(self) -> None:
+        self._timer = None
         if self._stopped:
             return
+        if self.feed is not None and self.feed.listening and not self._wanted:
+            self.server.housekeeping()  # nothing was notified: no look
+            self._next(self.server.limits.watch_interval)
+            return
+        self._wanted = False
         try:
             fut = self.server.submit(self.look)
         except RuntimeError:  # the pool is shut down: the server is stopping
             return
         fut.add_done_callback(self._looked)
+
+    def _next(self, delay: float) -> None:
+        self._timer = self.server.loop.call_later(delay, self._tick)
 
     def look(self) -> Look | None:
         """In the pool: what changed since the last look (None: nothing)."""
@@ -95,7 +139,7 @@ class StoreWatch:
         elif (look := fut.result()) is not None:
             self.server.store_changed(look)
         self.server.housekeeping()
-        self.server.loop.call_later(self.server.limits.watch_interval, self._tick)
+        self._next(0.0 if self._wanted else self.server.limits.watch_interval)
 
     def close(self) -> None:
         """In the pool, or once the pool is done."""

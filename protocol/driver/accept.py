@@ -46,9 +46,11 @@ SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESE
                   errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH, errno.ETIMEDOUT})
 
 
-def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """A non-blocking listening TCP socket on ``host:port`` (port 0 picks one)."""
-    sock = socket.create_server((host, port), backlog=backlog)
+def listen(host: str, port: int, backlog: int = 128, reuse_port: bool = False,
+           ) -> socket.socket:
+    """A non-blocking listening TCP socket on ``host:port`` (port 0 picks one);
+    ``reuse_port``: shared with other processes' sockets on it (``SO_REUSEPORT``)."""
+    sock = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
 

@@ -13,8 +13,11 @@ the same numbered migrations make both.
 Where the engines differ the difference lives here, one function each:
 opening a target (a path or a ``postgresql://`` URL, ``open_hub_database``),
 a write transaction (``writing``), a row lock held to commit (``for_update``),
-``meta`` (PostgreSQL has no column of any type: ``meta_get``/``meta_set``)
-and the integrity error a clash raises (``IntegrityError``).
+``meta`` (PostgreSQL has no column of any type: ``meta_get``/``meta_set``),
+the integrity error a clash raises (``IntegrityError``), and telling every
+hub process that something they push or enforce changed (``changed``: a
+``NOTIFY`` sent at commit on PostgreSQL, which ``host.hub.change_feed``
+listens for; SQLite's watchers see ``PRAGMA data_version`` move instead).
 
 Deltas are sealed at rest (``host.hub.at_rest``) and opened by the SQL
 function ``hub_open(rid, stamp, node, data)``: on SQLite a Python function of
@@ -105,6 +108,18 @@ def for_update(db: Db) -> str:
     """SQL to append to a SELECT whose rows stay locked until commit (SQLite's write
     transaction holds the whole file already)."""
     return " FOR UPDATE" if is_postgres(db) else ""
+
+
+#: The channel ``changed`` notifies on and every hub process's watch listens on.
+CHANGES_CHANNEL = "haven_changes"
+
+
+def changed(db: Db) -> None:
+    """In a write transaction that gave arrival numbers or revoked a kiosk: every hub
+    process looks at the store when it commits (PostgreSQL delivers a ``NOTIFY`` at
+    commit, once per transaction, and never if it rolls back). Nothing on SQLite."""
+    if is_postgres(db):
+        db.execute(f"NOTIFY {CHANGES_CHANNEL}")
 
 
 def meta_get(db: Db, key: str, *, lock: bool = False) -> Any:
