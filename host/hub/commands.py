@@ -917,8 +917,11 @@ def _server_line(st: dict[str, Any]) -> str:
     tcp, serial = conns["tcp"], conns["serial"]
     refused = sum(srv["refusals"].values())
     ports = sum(serial.values())
+    rounds = srv.get("rounds") or {}
+    busy = (f"sync rounds {rounds['in_progress']}/{rounds['bound']}, {rounds['busy']} told "
+            f"busy; " if rounds else "")
     return (f"server: {conns['total']} connections ({tcp['authenticated']} tcp sessions, "
             f"{tcp['handshaking']} handshaking; {ports} serial ports, "
             f"{serial['authenticated']} in session); "
-            f"descriptors {fds['in_use']}/{fds['limit']}; {refused} refused; "
+            f"descriptors {fds['in_use']}/{fds['limit']}; {busy}{refused} refused; "
             f"up {srv['uptime_s'] / 3600:.1f} h")
