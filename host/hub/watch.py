@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host.hub.change_feed import ChangeFeed
 from host.hub.database import is_url
 from host.hub.storage import HubReader
 
 if TYPE_CHECKING:
+    from host.hub.change_feed import ChangeFeed
     from host.hub.serve import Server
 
 
@@ -61,8 +61,11 @@ class StoreWatch:
         self._stopped = False
         self._wanted = True  #: notified (or never looked): the next tick looks
         self._timer: asyncio.Handle | None = None  #: the next tick, while none runs
-        self.feed = ChangeFeed(str(path), self.poke, lambda text: server.log("watch", text),
-                               server.limits.watch_backstop) if is_url(path) else None
+        self.feed: ChangeFeed | None = None
+        if is_url(path):  # psycopg is imported only for a hub on PostgreSQL
+            from host.hub.change_feed import ChangeFeed
+            self.feed = ChangeFeed(str(path), self.poke, lambda text: server.log("watch", text),
+                                   server.limits.watch_backstop)
 
     @property
     def leads(self) -> bool:
