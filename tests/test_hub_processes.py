@@ -18,6 +18,7 @@ kiosks of its own.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import signal
 import socket
@@ -34,8 +35,10 @@ from typing import Any
 import pytest
 
 from device.sync.connection import HubConnection
+from host.cli import main as haven_main
 from host.hub.health import read_health
-from host.hub.hub import Hub, init_hub
+from host.hub.hub import DATABASE_ENV, Hub, init_hub
+from host.hub.serve import sole_server
 from protocol import messages
 from protocol.crdt.schema import CHECKIN
 
@@ -282,3 +285,26 @@ def test_copies_of_a_kiosk_on_two_processes_are_caught(
     finally:
         for copy, _ in copies:
             copy.close()
+
+
+def test_status_reports_each_process(pair: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    assert haven_main(["hub", "status", "--data", str(pair.hub.data)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("server (pid ")]
+    assert sorted(int(x.split()[2].rstrip("):")) for x in lines) == sorted(
+        p.proc.pid for p in pair.procs)
+
+
+def test_an_sqlite_hub_takes_one_serving_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv(DATABASE_ENV, raising=False)
+    init_hub(tmp_path / "hub")
+    serve = ["hub", "serve", "--data", str(tmp_path / "hub"), "--listen", "tcp://127.0.0.1:0"]
+    assert haven_main([*serve, "--reuse-port"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "SQLite file" in err and "PostgreSQL" in err and len(err.splitlines()) == 1
+    with Hub(tmp_path / "hub") as hub, sole_server(hub):
+        assert haven_main(serve) == 2  # a second server, while this one holds the hub
+        err = capsys.readouterr().err.strip()
+        assert f"another haven hub serve (pid {os.getpid()})" in err, err
+        assert len(err.splitlines()) == 1

@@ -803,7 +803,10 @@ def _status(hub: Hub, as_json: bool, server: dict[str, Any]) -> None:
     if (fleet := st["fleet_rotation"]) is not None:
         print(f"fleet key: generation {fleet['generation']}, {fleet['patients']} patients "
               f"migrated" + ("" if fleet["done"] else " so far (migration under way)"))
-    print(_server_line(st))
+    servers = st.get("servers")
+    for srv in servers or [st.get("server")]:
+        line = _server_line({"server": srv})
+        print(line.replace("server:", f"server (pid {srv['pid']}):", 1) if servers else line)
     held = st["held_batches"]
     print(f"held batches: {len(held)} (haven hub held lists what they carry)")
     for b in held:
@@ -899,14 +902,16 @@ def _review(hub: Hub, args: argparse.Namespace) -> int:
 
 def _server_status(data: Path) -> dict[str, Any]:
     """The running server's health (its unix socket), or null with a note."""
-    from host.hub.health import SOCKET, read_health
+    from host.hub.health import SOCKET, read_all
 
-    report = read_health(data)
-    if report is None:
+    reports = read_all(data)
+    if not reports:
         return {"server": None,
                 "server_note": f"no haven hub serve answers on {data / SOCKET}"}
-    report["uptime_s"] = report.pop("uptime", None)
-    return {"server": report}
+    for report in reports:
+        report["uptime_s"] = report.pop("uptime", None)
+    # several processes sharing a port: each one's report ("server": the first)
+    return {"server": reports[0], **({"servers": reports} if len(reports) > 1 else {})}
 
 
 def _server_line(st: dict[str, Any]) -> str:

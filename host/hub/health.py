@@ -62,6 +62,14 @@ async def open_health(loop: asyncio.AbstractEventLoop, path: Path,
     return server
 
 
+def read_all(data: Path, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """Every running server's health report: the lone one's, or each process's when
+    several share their ports (``serve-PID.sock``; one that does not answer is left
+    out: a process that died)."""
+    names = [SOCKET, *sorted(p.name for p in Path(data).glob("serve-*.sock"))]
+    return [r for name in names if (r := read_health(data, timeout, name)) is not None]
+
+
 def read_health(data: Path, timeout: float = 2.0, name: str = SOCKET) -> dict[str, Any] | None:
     """The running server's health report (``name``: that process's), or None when none
     answers."""
