@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.postgres_cluster import Cluster, postgres_available, start_cluster
+from tests.postgres_cluster import Cluster, postgres_available, server_root, start_cluster
 
 MAY_LACK = "HAVEN_MAY_LACK"
 
@@ -87,13 +86,8 @@ def postgres() -> Iterator[Cluster]:
     """A PostgreSQL cluster for this test process, stopped and removed at the end."""
     reason = postgres_available()
     require(reason is None, "postgresql", f"needs PostgreSQL: {reason}")
-    # Not under pytest's base temp: that stays 0700, and the server runs as another user.
-    root = Path(tempfile.mkdtemp(prefix="haven-pg-"))
-    try:
-        with start_cluster(root) as cluster:
-            yield cluster
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with server_root("haven-pg-") as root, start_cluster(root) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -62,8 +62,7 @@ from tests.postgres_cluster import (
     postgres_available,
     run_initdb,
     server_bin_dir,
-    server_home,
-    server_user,
+    set_up,
     wait_until_ready,
 )
 
@@ -332,17 +331,11 @@ def _prepare(home: Path, name: str, bin_dir: Path, user: ServerUser,
 
 def start_formation(root: Path, timeout: float = READY_TIMEOUT) -> Formation:
     """Start the monitor, a primary and a standby in sync; bounded by ``timeout``."""
-    reason = failover_available()
-    if reason is not None:
-        raise ClusterError(reason)
-    bin_dir = server_bin_dir()
-    assert bin_dir is not None
-    user = server_user()
-    root = root.resolve()
-    home = server_home(root, user)
+    setup = set_up(root, failover_available())
+    bin_dir, user, home = setup.bin_dir, setup.user, setup.home
+    root = home.parent
     for sub in ("run", "home"):
-        (home / sub).mkdir(mode=0o700, exist_ok=True)
-        user.own(home / sub)
+        setup.subdir(sub)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home / "home"),
            "XDG_CONFIG_HOME": str(home / "home" / "config"),
            "XDG_DATA_HOME": str(home / "home" / "data"),

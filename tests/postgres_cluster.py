@@ -42,7 +42,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -350,24 +353,54 @@ def wait_until_ready(url: str, timeout: float,
     return f"not ready after {timeout:.0f} s: {last}"
 
 
+@contextmanager
+def server_root(prefix: str) -> Iterator[Path]:
+    """A fresh directory for servers run as another user, removed after. Not under
+    pytest's base temp: that stays 0700 (pytest resets it), out of that user's reach."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where the server's programs are, who runs them, and their home under root."""
+
+    bin_dir: Path
+    user: ServerUser
+    home: Path
+
+    def subdir(self, name: str) -> Path:
+        """``home/name``, made and owned by the server's user."""
+        path = self.home / name
+        path.mkdir(mode=0o700, exist_ok=True)
+        self.user.own(path)
+        return path
+
+
+def set_up(root: Path, reason: str | None) -> Setup:
+    """The programs, the user and ``root/pg``; ``reason``: why it cannot be had here."""
+    if reason is not None:
+        raise ClusterError(reason)
+    bin_dir = server_bin_dir()
+    assert bin_dir is not None
+    user = server_user()
+    return Setup(bin_dir, user, server_home(root.resolve(), user))
+
+
 def start_cluster(root: Path, port: int | None = None, *, timeout: float = START_TIMEOUT,
                   **settings: object) -> Cluster:
     """initdb (first time) and start a server under ``root``; ``settings`` are GUCs.
 
     Raises ``ClusterError`` with the server's log tail if it does not come up within
     ``timeout`` seconds."""
-    reason = postgres_available()
-    if reason is not None:
-        raise ClusterError(reason)
-    bin_dir = server_bin_dir()
-    assert bin_dir is not None
-    user = server_user()
-    root = root.resolve()
-    data = server_home(root, user) / "data"
+    setup = set_up(root, postgres_available())
+    bin_dir, user, root = setup.bin_dir, setup.user, setup.home.parent
+    data = setup.home / "data"
     run_initdb(data, bin_dir, user)
-    socket_dir = root / "pg" / "run"
-    socket_dir.mkdir(mode=0o700, exist_ok=True)
-    user.own(socket_dir)
+    socket_dir = setup.subdir("run")
     attempts = 1 if port is not None else 3
     for attempt in range(attempts):
         cluster = Cluster(root, port if port is not None else free_port(), bin_dir, user)

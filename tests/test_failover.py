@@ -16,9 +16,7 @@ are printed (``-s``), not asserted.
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +37,7 @@ from protocol.crdt.delta import decode
 from protocol.crdt.schema import type_by_name
 from tests.conftest import require
 from tests.failover_cluster import DBNAME, Formation, failover_available, start_formation
+from tests.postgres_cluster import server_root
 from tests.test_sync_helpers import Kiosk
 
 pytestmark = pytest.mark.long
@@ -52,13 +51,8 @@ WRITER_TIMEOUT = 120.0
 def formation() -> Iterator[Formation]:
     reason = failover_available()
     require(reason is None, "pg_auto_failover", f"needs pg_auto_failover: {reason}")
-    # Not under pytest's base temp: that stays 0700, and the servers run as another user.
-    root = Path(tempfile.mkdtemp(prefix="haven-failover-"))
-    try:
-        with start_formation(root) as f:
-            yield f
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with server_root("haven-failover-") as root, start_formation(root) as f:
+        yield f
 
 
 @dataclass
