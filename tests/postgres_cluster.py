@@ -293,7 +293,8 @@ class Cluster:
 def server_home(root: Path, user: ServerUser) -> Path:
     """``root/pg``, made and owned by the server's user, with ``root`` reachable."""
     root.mkdir(parents=True, exist_ok=True)
-    make_traversable(root)
+    if user.uid is not None:
+        make_traversable(root)
     home = root / "pg"
     home.mkdir(mode=0o700, exist_ok=True)
     user.own(home)
