@@ -95,14 +95,16 @@ def test_a_kiosk_told_busy_waits_and_counts_no_failure(tmp_path: Path) -> None:
         holder = SyncLoop(first.store, first.state, first.ident, [url])
         loops.append(holder)
         assert holder.round(lambda: 20.0).summary is not None  # its round holds the bound
-        loop = SyncLoop(second.store, second.state, second.ident, [url, "tcp://127.0.0.1:9"],
+        other = "tcp://127.0.0.1:9"  # nothing listens: tried, it would count a failure
+        loop = SyncLoop(second.store, second.state, second.ident, [url, other],
                         clock=clock, rng=random.Random(1))
         loops.append(loop)
         second.store.put("checkin", values={"status": "arrived", "location": "North"})
         out = loop.round(lambda: 20.0)
         assert out.summary is None and out.failures == [] and out.busy is not None
         assert out.busy >= 2.0 and out.busy <= out.wait <= 1.5 * out.busy
-        assert loop.attempt == 0 and loop.breakers[url].failures == 0
+        assert loop.attempt == 0
+        assert loop.breakers[url].failures == loop.breakers[other].failures == 0
         assert server.call(lambda: server.shedder.busy) == 1
         again = loop.round(lambda: 20.0)  # a check-in wakes the loop early
         assert again.summary is None and 0 < again.wait <= out.wait

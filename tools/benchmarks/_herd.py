@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
 import statistics
 import time
 import uuid
@@ -341,7 +342,7 @@ GOAL_KIB_PER_KIOSK = 40
 
 
 def measure(ctx: Any, count: int, checkins: int, serve_args: list[str] | None = None,
-            limit: float = 1800.0) -> dict[str, Any]:
+            limit: float = 1800.0, name: str = "herd") -> dict[str, Any]:
     """``count`` kiosks, each with ``checkins`` check-ins, back at once against ``haven
     hub serve`` (a subprocess, its defaults unless ``serve_args``): the time until every
     backlog is on the hub, round times, busy answers, the hub's peak rounds in
@@ -352,14 +353,14 @@ def measure(ctx: Any, count: int, checkins: int, serve_args: list[str] | None = 
     from . import _hub_proc as hp
 
     hp.raise_nofile()
-    hub_dir = ctx.workdir / "herd-hub"
+    hub_dir = ctx.workdir / f"{name}-hub"
     init_hub(hub_dir)
     t0 = time.monotonic()
     kiosks = herd_kiosks(hub_dir, count, checkins)
     ctx.log(f"herd: {count:,} kiosks enrolled, {count * checkins:,} check-ins written, "
             f"in {time.monotonic() - t0:.1f} s")
     args = ["--max-connections", str(count + 1000), *(serve_args or [])]
-    with hp.hub_serving(hub_dir, ctx.workdir / "herd-hub.log", args) as hub:
+    with hp.hub_serving(hub_dir, ctx.workdir / f"{name}-hub.log", args) as hub:
         time.sleep(1.0)
         idle_kib = hub.rss_kib()
         herd = Herd(hub.host, hub.port, hub.key, kiosks, keep_open=True)
@@ -375,6 +376,7 @@ def measure(ctx: Any, count: int, checkins: int, serve_args: list[str] | None = 
         herd.close()
     with Hub(hub_dir) as h:
         counts = landed(h.store, kiosks)
+    shutil.rmtree(hub_dir, ignore_errors=True)
     once = sum(1 for k in kiosks if counts.get(k.node) == k.checkins)
     return {**herd.figures(), "finished": finished, "seconds": round(took, 1),
             "herd_cpu_s": round(herd_cpu, 1), "connected": connected,
@@ -385,10 +387,22 @@ def measure(ctx: Any, count: int, checkins: int, serve_args: list[str] | None = 
             "serve_args": args}
 
 
-def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
-    """``measure``'s figures as benchmark rows (what, value, detail, goal, met)."""
+def rows(r: dict[str, Any], peer: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``measure``'s figures as benchmark rows (what, value, detail, goal, met); ``peer``:
+    the same herd against a hub that sheds nothing, in the same run."""
     n = r["kiosks"]
     hub_rounds = r.get("rounds") or {}
+    versus = []
+    if peer is not None:
+        timeouts = peer["failed"].get("timeout", 0)
+        versus = [{
+            "what": "  the same herd, the hub shedding nothing (--max-rounds "
+                    f"{10 * n:,}), all on the hub (s)", "value": peer["all_landed_s"],
+            "detail": f"round p50 {peer['round_p50_s']} s, p99 {peer['round_p99_s']} s; "
+                      f"{timeouts:,} rounds past their time limit, tried again; "
+                      f"{peer['exactly_once']:,} of {n:,} exactly once; peak "
+                      f"{(peer.get('rounds') or {}).get('peak')} rounds at once",
+            "goal": "report", "met": None}]
     return [
         {"what": f"herd: {n:,} kiosks back at once, {r['checkins']} check-ins each, all on "
                  "the hub (s)", "value": r["all_landed_s"],
@@ -396,6 +410,7 @@ def rows(r: dict[str, Any]) -> list[dict[str, Any]]:
                    f"once; {r['attempts']:,} attempts, round p50 {r['round_p50_s']} s, p99 "
                    f"{r['round_p99_s']} s; failed {r['failed'] or 'none'}",
          "goal": "every check-in once", "met": r["finished"] and r["exactly_once"] == n},
+        *versus,
         {"what": "  busy answers given", "value": r["busy_answers"],
          "detail": f"no kiosk back before its wait ({r['early_returns']} early), none cut "
                    f"mid-round ({r['busy_mid_round']}); hub: {hub_rounds}",
