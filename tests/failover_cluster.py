@@ -28,10 +28,11 @@ and stay small: pg_autoctl would otherwise size ``shared_buffers`` to a quarter
 of RAM); our settings go in ``postgresql.auto.conf``, which PostgreSQL reads
 last and which ``pg_basebackup`` copies to the standby.
 
-The monitor's clocks are shortened for tests (``MONITOR_SETTINGS``); the
-fencing rule is kept: the monitor waits ``primary_demote_timeout`` before the
-standby takes writes, longer than the keeper's ``network_partition_timeout``
-after which a primary cut off from both monitor and standby stops itself.
+The monitor's clocks are shortened for tests (``SHORT_CLOCKS``; the benchmark
+keeps pg_auto_failover's defaults, as in production); the fencing rule is
+kept: the monitor waits ``primary_demote_timeout`` before the standby takes
+writes, longer than the keeper's ``network_partition_timeout`` after which a
+primary cut off from both monitor and standby stops itself.
 
 Layout under ``root``::
 
@@ -84,9 +85,10 @@ NODE_SETTINGS: dict[str, object] = {
     # pg_basebackup (the standby's clone) waits for a checkpoint: not a spread one.
     "checkpoint_completion_target": 0,
 }
-MONITOR_SETTINGS: dict[str, object] = {
-    **NODE_SETTINGS,
-    "max_connections": 100,
+MONITOR_SETTINGS: dict[str, object] = {**NODE_SETTINGS, "max_connections": 100}
+#: The monitor's clocks for tests, in ms (pg_auto_failover's defaults: a health check
+#: every 5 s, unhealthy after 20 s, 30 s for the old primary to demote).
+SHORT_CLOCKS: dict[str, object] = {
     "pgautofailover.health_check_period": 1000,
     "pgautofailover.health_check_timeout": 1000,
     "pgautofailover.health_check_retry_delay": 500,
@@ -329,8 +331,10 @@ def _prepare(home: Path, name: str, bin_dir: Path, user: ServerUser,
     return Node(name, data, free_port(), home.parent / f"{name}.log")
 
 
-def start_formation(root: Path, timeout: float = READY_TIMEOUT) -> Formation:
-    """Start the monitor, a primary and a standby in sync; bounded by ``timeout``."""
+def start_formation(root: Path, timeout: float = READY_TIMEOUT,
+                    short_clocks: bool = True) -> Formation:
+    """Start the monitor, a primary and a standby in sync; bounded by ``timeout``.
+    ``short_clocks``: the monitor's and keepers' timeouts shortened (see above)."""
     setup = set_up(root, failover_available())
     bin_dir, user, home = setup.bin_dir, setup.user, setup.home
     root = home.parent
@@ -341,7 +345,8 @@ def start_formation(root: Path, timeout: float = READY_TIMEOUT) -> Formation:
            "XDG_DATA_HOME": str(home / "home" / "data"),
            "XDG_RUNTIME_DIR": str(home / "run"), "TMPDIR": str(home / "run"),
            "PGHOST": str(home / "run"), "PGUSER": SUPERUSER, "LANG": "C.UTF-8"}
-    monitor = _prepare(home, "monitor", bin_dir, user, MONITOR_SETTINGS)
+    monitor = _prepare(home, "monitor", bin_dir, user,
+                       {**MONITOR_SETTINGS, **(SHORT_CLOCKS if short_clocks else {})})
     # The standby is cloned from the primary (pg_basebackup), settings and all.
     nodes = [_prepare(home, "node1", bin_dir, user, NODE_SETTINGS),
              _prepare(home, "node2", bin_dir, user, None)]
@@ -365,7 +370,8 @@ def start_formation(root: Path, timeout: float = READY_TIMEOUT) -> Formation:
                               deadline - time.monotonic())
         f.wait_for_states({nodes[0].name: "primary", nodes[1].name: "secondary"},
                           deadline - time.monotonic())
-        _shorten_keeper_timeouts(f)
+        if short_clocks:
+            _shorten_keeper_timeouts(f)
     except BaseException:
         f.stop()
         raise

@@ -8,11 +8,15 @@ Parts (each a module of its own, called from here):
   the same herd against a hub that sheds nothing (``--max-rounds`` ten times the
   kiosks), in the same run: the time until all is on the hub and the round times
   beside each other.
+* the failover (``_failover.measure``): real kiosks syncing to a hub (``haven hub
+  serve``) whose store is on a pg_auto_failover formation (a monitor, a primary
+  and a synchronous standby, on this machine), the primary killed mid-load, with
+  pg_auto_failover's default clocks (``--quick``: the tests' short ones).
 """
 
 from __future__ import annotations
 
-from . import Context, Result, _herd, benchmark
+from . import Context, Result, _failover, _herd, benchmark
 
 
 @benchmark("hub-scale", "The hub at national scale: a thousand kiosks back at once")
@@ -23,13 +27,22 @@ def hub_scale(ctx: Context) -> Result:
     ctx.log("the same herd, the hub shedding nothing")
     peer = _herd.measure(ctx, count, checkins, ["--max-rounds", str(10 * count)],
                          name="unshed")
-    return Result(rows=_herd.rows(herd, peer),
+    failover_kiosks = 3 if ctx.quick else 12
+    ctx.log(f"the failover: {failover_kiosks} kiosks syncing, the primary killed")
+    failover = _failover.measure(ctx, failover_kiosks, short_clocks=ctx.quick)
+    return Result(rows=_herd.rows(herd, peer) + _failover.rows(failover),
                   columns=["what", "value", "detail", "goal", "met"],
                   notes=["The herd: real enrolled kiosks (their own keys and certificates) "
                          "from one process (tools/benchmarks/_herd.py), each pushing its "
                          "backlog as signed batches and keeping its session open after; "
                          "the hub (SQLite, on disk) as a subprocess with its default "
                          "bounds for this machine. Kiosks told busy come back after the "
-                         "hub's wait times 1 to 1.5."],
+                         "hub's wait times 1 to 1.5.",
+                         "The failover: a pg_auto_failover monitor, primary and synchronous "
+                         "standby on this machine (tests/failover_cluster.py); real kiosks "
+                         "driven as their runtime drives them (tests/failover_kiosks.py) "
+                         "check patients in every 0.3 s and sync to haven hub serve on the "
+                         "multi-host URL; the primary's keeper and postmaster are SIGKILLed "
+                         "mid-load."],
                   params={"kiosks": count, "checkins": checkins, "herd": herd,
-                          "unshed": peer})
+                          "unshed": peer, "failover": failover})
