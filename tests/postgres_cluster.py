@@ -250,6 +250,10 @@ class Cluster:
         sql = f'CREATE DATABASE "{check_name(name)}"'
         if template is not None:
             sql += f' TEMPLATE "{check_name(template)}"'
+        if self.bin_dir.parent.name.isdigit() and int(self.bin_dir.parent.name) >= 15:
+            # Copy the files, not their WAL: with fsync off its checkpoint is cheap, and
+            # a test's database is made two to three times faster.
+            sql += " STRATEGY FILE_COPY"
         self._admin(sql)
         return self.database_url(name)
 
