@@ -211,12 +211,12 @@ class Formation:
     def _failures(self) -> str:
         return "\n".join(n.describe_failure() for n in [self.monitor, *self.nodes])
 
-    def synchronous_standby_names(self, node: Node) -> str:
+    def setting(self, node: Node, name: str) -> str:
+        """A setting of the node's server as it is now (``synchronous_standby_names``...)."""
         with psycopg.connect(node.url(DBNAME), connect_timeout=5) as conn:
-            row = conn.execute("SELECT current_setting('synchronous_standby_names'), "
-                               "current_setting('synchronous_commit')").fetchone()
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
         assert row is not None
-        return f"{row[0]} (synchronous_commit={row[1]})"
+        return str(row[0])
 
     def kill(self, node: Node) -> None:
         """SIGKILL the node's keeper (its whole session) and its postmaster."""

@@ -1,7 +1,8 @@
 """The primary dies under load; pg_auto_failover promotes the standby; nothing acknowledged is lost.
 
 First with a plain writer: it commits numbered rows through the multi-host URL
-and records each number whose commit returned. Then with the hub: real kiosks,
+and records each number whose commit returned. The standby lost instead: the
+primary goes on committing alone, and waits for the standby again once it is back. Then with the hub: real kiosks,
 run as their runtime runs them (a check-in wakes the sync loop, which keeps its
 session open, its breakers and its backoff), sync to a hub whose store is on the
 multi-host URL. Each time the primary (its keeper and its postmaster) is
@@ -93,7 +94,8 @@ def test_acknowledged_rows_survive_the_primary_dying(formation: Formation) -> No
     primary = formation.node_in("primary")
     assert primary is not None
     # Synchronous: the monitor made the standby a quorum member, commits wait for it.
-    assert formation.synchronous_standby_names(primary).startswith("ANY 1 (")
+    assert formation.setting(primary, "synchronous_standby_names").startswith("ANY 1 (")
+    assert formation.setting(primary, "synchronous_commit") == "on"
     with psycopg.connect(primary.url(DBNAME), autocommit=True) as conn:
         conn.execute("CREATE TABLE acked (n BIGINT PRIMARY KEY)")
 
@@ -168,6 +170,34 @@ def test_the_old_primary_rejoins_as_a_standby_and_takes_no_write(formation: Form
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
         wait_for("the new primary's row on the old one", lambda: conn.execute(
             "SELECT count(*) FROM acked WHERE n = 2").fetchone() == (1,), 30.0)
+
+
+def test_the_primary_keeps_committing_while_its_standby_is_down(formation: Formation) -> None:
+    """A primary waiting for its only synchronous standby would stop committing: the
+    monitor moves it to wait_primary and clears the standby list. The standby, back,
+    catches up and commits wait for it again."""
+    primary, standby = formation.node_in("primary"), formation.node_in("secondary")
+    assert primary is not None and standby is not None
+    with psycopg.connect(primary.url(DBNAME), autocommit=True) as conn:
+        conn.execute("CREATE TABLE acked (n BIGINT PRIMARY KEY)")
+        formation.kill(standby)
+        # This commit waits for the standby until the monitor gives up on it: bounded.
+        conn.execute("SET statement_timeout = '120s'")
+        started = time.monotonic()
+        conn.execute("INSERT INTO acked VALUES (1)")
+        waited = time.monotonic() - started
+    formation.wait_for_states({primary.name: "wait_primary"}, 60.0)
+    assert formation.setting(primary, "synchronous_standby_names") == ""
+    with psycopg.connect(primary.url(DBNAME), autocommit=True) as conn:
+        conn.execute("INSERT INTO acked VALUES (2)")  # alone, at once
+
+    formation.start_node(standby)
+    formation.wait_for_states({primary.name: "primary", standby.name: "secondary"}, 120.0)
+    assert formation.setting(primary, "synchronous_standby_names").startswith("ANY 1 (")
+    with psycopg.connect(standby.url(DBNAME)) as conn:
+        wait_for("the rows on the standby", lambda: conn.execute(
+            "SELECT count(*) FROM acked").fetchone() == (2,), 30.0)
+    print(f"\nstandby lost: the commit that waited for it returned after {waited:.2f} s")
 
 
 # The hub on the formation: real kiosks through the failover -------------------------------
