@@ -1,14 +1,16 @@
 """The primary dies under load; pg_auto_failover promotes the standby; nothing acknowledged is lost.
 
-First with a plain writer: it commits numbered rows through the multi-host URL
-and records each number whose commit returned. The standby lost instead: the
-primary goes on committing alone, and waits for the standby again once it is back. Then with the hub: real kiosks,
-run as their runtime runs them (a check-in wakes the sync loop, which keeps its
-session open, its breakers and its backoff), sync to a hub whose store is on the
-multi-host URL. Each time the primary (its keeper and its postmaster) is
-SIGKILLed mid-load and nobody tells the standby: the monitor promotes it. What
-was acknowledged must be on the new primary, and the load must carry on by
-itself. Lastly the old primary comes back: as a standby, taking no write.
+- A plain writer commits numbered rows through the multi-host URL and records
+  each number whose commit returned; the primary (its keeper and its
+  postmaster) is SIGKILLed mid-load and nobody tells the standby: the monitor
+  promotes it, and every acknowledged number is on it.
+- The old primary comes back: as a standby, taking no write.
+- The standby dies instead: the primary goes on committing alone, and waits
+  for the standby again once it is back.
+- Real kiosks, run as their runtime runs them (``tests/failover_kiosks.py``),
+  sync to a hub whose store is on the multi-host URL while the primary is
+  killed: what was acknowledged is on the new primary, every kiosk pushes
+  again, and each check-in is on the hub once.
 
 Only in ``./tools/test --long``: a formation takes seconds to build and the
 monitor's clocks make each failover last several more. The seconds measured
