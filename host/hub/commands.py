@@ -569,6 +569,9 @@ SERVE_LIMITS = [
      "the least a busy answer asks a kiosk to wait"),
     ("--busy-retry-max", "busy_retry_max", float, "S",
      "the most a busy answer asks a kiosk to wait"),
+    ("--busy-hold", "busy_hold", float, "S",
+     "seconds a round's first message may wait for a place, when one is that close, "
+     "before its kiosk is told busy (0: told at once)"),
     ("--round-guess", "round_guess", float, "S",
      "seconds a sync round is taken to last until the hub has measured some (the busy "
      "answers' waits follow the rounds' mean time)"),
@@ -592,7 +595,8 @@ def serve_limits(args: argparse.Namespace) -> Limits:
     values = {name: getattr(args, name) for _, name, *_ in SERVE_LIMITS}
     for flag, name, *_ in SERVE_LIMITS:
         if values[name] < 0 or (values[name] == 0
-                                and name not in ("fd_reserve", "promote_interval")):
+                                and name not in ("fd_reserve", "promote_interval",
+                                                 "busy_hold")):
             raise UsageError(f"{flag} must be above 0")
     if values["busy_retry_min"] > values["busy_retry_max"]:
         raise UsageError("--busy-retry-min must not be above --busy-retry-max")

@@ -311,9 +311,9 @@ class Connection(asyncio.Protocol):
                     self.server.authenticated(self)
                 self.server.connected(self, event)
             elif isinstance(event, MessageReceived):
-                if self.slot is not None and self.server.round_message(self, self.slot):
-                    self.notified = False
-                    self._enqueue(self.slot, event.data)
+                if self.slot is not None and self.server.round_message(self, self.slot,
+                                                                       event.data):
+                    self.deliver(self.slot, event.data)
             elif isinstance(event, Closed | Restarted):
                 reason = event.reason if isinstance(event, Closed) else event.reason.split(":")[0]
                 refusal = CLOSE_REFUSAL.get(reason)
@@ -342,6 +342,12 @@ class Connection(asyncio.Protocol):
         self._resume()
 
     # -- input waiting for the worker pool ----------------------------------------
+
+    def deliver(self, slot: PeerSlot, data: bytes) -> None:
+        """A message of the kiosk for its conversation (now, or once its round found a
+        place: ``Server.round_message``)."""
+        self.notified = False
+        self._enqueue(slot, data)
 
     def _enqueue(self, slot: PeerSlot, data: bytes) -> None:
         slot.enqueue(data)

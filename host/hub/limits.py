@@ -67,6 +67,8 @@ class Limits:
     busy_retry_min: float = 1.0  #: seconds: the least a busy answer asks a kiosk to wait
     busy_retry_max: float = 300.0  #: seconds: the most it asks
     round_guess: float = 1.0  #: seconds a round is taken to last until some were measured
+    #: Seconds a round's first message may wait for a place before the kiosk is told busy.
+    busy_hold: float = 2.0
 
 
 class TokenBucket:

@@ -109,7 +109,7 @@ from host.hub.limits import Limits, Refusals
 from host.hub.listener import Listener, bind
 from host.hub.peer import HubPeer
 from host.hub.serial_port import SerialPort
-from host.hub.shedding import Shedder
+from host.hub.shedding import GO, HOLD, Shedder
 from host.hub.watch import Look, StoreWatch
 from protocol import messages
 from protocol.driver.errors import LinkError
@@ -210,7 +210,9 @@ class Server:
         #: Takeovers and superseded connections: logged like refusals, at most a row an interval.
         self.notes = Refusals(self.log, lim.log_interval)
         self.shedder = Shedder(lim.max_rounds, lim.round_quiet, lim.busy_retry_min,
-                               lim.busy_retry_max, lim.round_guess)
+                               lim.busy_retry_max, lim.round_guess, lim.busy_hold)
+        #: Conversations whose round's first messages wait for a place (``shedding``).
+        self._holding: dict[PeerSlot, tuple[Connection, list[bytes]]] = {}
         self.listeners: list[Listener] = []
         self.ports: list[SerialPort] = []
         self.watch = StoreWatch(self, database_of(hub.data))
@@ -405,17 +407,40 @@ class Server:
                                  f"from {conn.url}", time.monotonic())
             older.supersede()
 
-    def round_message(self, conn: Connection, slot: PeerSlot) -> bool:
+    def round_message(self, conn: Connection, slot: PeerSlot, data: bytes) -> bool:
         """A kiosk's message for ``slot`` (loop thread): True if it goes on to the pool;
-        False if it would begin a round over ``max_rounds``, and ``conn`` was told busy
-        (``shedding``)."""
-        wait_ms = self.shedder.message(slot, time.monotonic(), conn.remote)
-        if wait_ms is None:
+        False if it would begin a round over ``max_rounds`` and waits for a place (kept
+        here), or ``conn`` was told busy (``shedding``)."""
+        verdict = self.shedder.message(slot, time.monotonic(), conn.remote)
+        if verdict == GO:
             return True
+        if verdict == HOLD:
+            self._holding.setdefault(slot, (conn, []))[1].append(data)
+        else:
+            self._busy(conn, int(verdict))
+        return False
+
+    def _busy(self, conn: Connection, wait_ms: int) -> None:
         conn.refuse("busy", f"{conn.url}: {self.shedder.in_progress} sync rounds in "
                     f"progress; told to come back in {wait_ms / 1000:g} s",
                     goodbye=("busy", "sync rounds at the bound"), retry_ms=wait_ms)
-        return False
+
+    def _rounds_swept(self, now: float) -> None:
+        """Rounds ended; places free go to the rounds held, first come first; those held
+        too long are told busy; those whose session ended are forgotten."""
+        go, told = self.shedder.sweep(now, lambda slot: slot.idle, lambda slot: slot.gone)
+        slots: list[PeerSlot] = go
+        for slot in slots:
+            conn, held = self._holding.pop(slot)
+            if conn.live and conn.slot is slot:
+                for data in held:
+                    conn.deliver(slot, data)
+        for slot, wait_ms in told:
+            conn, _ = self._holding.pop(slot)
+            if conn.slot is slot:
+                self._busy(conn, wait_ms)
+        for slot in [s for s in self._holding if not self.shedder.is_holding(s)]:
+            del self._holding[slot]
 
     def _uncount(self, conn: Connection) -> None:
         addr = conn.address
@@ -456,7 +481,7 @@ class Server:
         now = time.monotonic()
         self.refusals.flush(now)
         self.notes.flush(now)
-        self.shedder.sweep(now, lambda slot: slot.idle, lambda slot: slot.gone)
+        self._rounds_swept(now)
         idle = self.limits.idle_limit
         for key, sid in list(self._kept_by_key.items()):
             kept = self._kept.get(sid)

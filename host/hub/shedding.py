@@ -19,12 +19,13 @@ end (its outbox is the kiosk's), so a round ends once its conversation has
 had no message and no work queued or running for ``quiet`` seconds (a
 kiosk sends its next batch as soon as the ack of the last arrives, so a
 gap of a round trip is not an end), or once its session is gone and its
-work is done. Only a
-round's first message is ever refused: a kiosk mid-round, resumed on a new
-link included, is never cut off.
+work is done. Only a round's first message is ever refused: a kiosk that
+answers within ``quiet``, resumed on a new link or not, is never cut off
+mid-round (one slower than that may be told busy at its next message; it
+sends it again after its wait, and nothing is lost).
 
-**Cheap to refuse.** ``begin`` is a few arithmetic operations on the loop
-thread: no store access, no worker job. A busy answer costs the key exchange
+**Cheap to refuse.** ``begin`` is a few dictionary and list operations on
+the loop thread: no store access, no worker job. A busy answer costs the key exchange
 that came before the message (which ``admission.HandshakeBudget`` already
 rations) and one ``close`` frame; refusals are counted and logged at most a
 row an interval (``limits.Refusals``).
@@ -58,6 +59,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +67,10 @@ from typing import Any
 #: Weight of the latest round in the mean time a round holds its place.
 ROUND_WEIGHT = 0.2
 #: The share of the expected wait a busy answer asks for (kiosks add up to half of it).
-EARLY = 0.8
+EARLY = 1.0
+GO, HOLD = "go", "hold"  #: ``Shedder.message``'s verdicts, besides a busy answer's wait
+#: Round ends the hub's pace is measured over.
+ENDS = 64
 #: Seconds a ticket outlives twice its wait, for a kiosk slow to come back.
 TICKET_GRACE = 10.0
 
@@ -92,6 +97,13 @@ class _Ticket:
 
 
 @dataclass
+class _Hold:
+    since: float
+    kiosk: Hashable | None
+    number: int  #: its ticket's number, should it be told busy after all
+
+
+@dataclass
 class Shedder:
     """Rounds in progress by conversation (any hashable key), and the tickets of kiosks
     told busy, by kiosk (any hashable key). See the module docstring."""
@@ -101,14 +113,20 @@ class Shedder:
     min_retry: float = 1.0  #: seconds: the least a busy answer asks
     max_retry: float = 300.0  #: seconds: the most a busy answer asks
     round_guess: float = 1.0  #: seconds a round is taken to last before one was measured
+    hold: float = 2.0  #: seconds a first message may wait for a place (0: none waits)
     rounds: dict[Hashable, _Round] = field(default_factory=dict)
+    #: Conversations whose first message waits for a place, first come first.
+    holding: dict[Hashable, _Hold] = field(default_factory=dict)
     tickets: dict[Hashable, _Ticket] = field(default_factory=dict)
     waiting: list[int] = field(default_factory=list)  #: the tickets' numbers, in order
     issued: int = 0  #: tickets handed out since start
     mean_held: float = -1.0  #: seconds a round held its place (negative: none ended yet)
+    #: When the latest rounds ended while kiosks waited their turn.
+    ends: deque[float] = field(default_factory=lambda: deque(maxlen=ENDS))
     peak: int = 0  #: the most rounds in progress at once
     admitted: int = 0  #: rounds begun since start
     busy: int = 0  #: busy answers given since start
+    held: int = 0  #: first messages that waited for a place since start
 
     def __post_init__(self) -> None:
         if self.max_rounds < 1:
@@ -123,13 +141,19 @@ class Shedder:
     def in_round(self, key: Hashable) -> bool:
         return key in self.rounds
 
-    def message(self, key: Hashable, now: float, kiosk: Hashable | None = None) -> int | None:
-        """A message of ``kiosk`` on conversation ``key``: None if it may be handled (its
-        round goes on, or a new one begins), else the milliseconds it is told to wait."""
+    def is_holding(self, key: Hashable) -> bool:
+        return key in self.holding
+
+    def message(self, key: Hashable, now: float, kiosk: Hashable | None = None) -> str | int:
+        """A message of ``kiosk`` on conversation ``key``: ``GO`` if it may be handled (its
+        round goes on, or a new one begins), ``HOLD`` if it waits for a place (``sweep``
+        lets it go, or tells it busy), else the milliseconds it is told to wait."""
         current = self.rounds.get(key)
         if current is not None:
             current.last = now
-            return None
+            return GO
+        if key in self.holding:
+            return HOLD  # a later message of a round that waits: after the first
         return self.begin(key, now, kiosk)
 
     def worked(self, key: Hashable, now: float) -> None:
@@ -138,37 +162,69 @@ class Shedder:
         if current is not None:
             current.last = now
 
-    def begin(self, key: Hashable, now: float, kiosk: Hashable | None = None) -> int | None:
+    def begin(self, key: Hashable, now: float, kiosk: Hashable | None = None) -> str | int:
         """A new round on ``key`` (of ``kiosk``: None, one that cannot be told again):
-        None if admitted, else the busy answer's wait (ms)."""
-        if len(self.rounds) < self.max_rounds:
-            self.rounds[key] = _Round(now, now)
-            self.admitted += 1
-            self.peak = max(self.peak, len(self.rounds))
-            if kiosk is not None:
+        ``GO``, ``HOLD`` or the busy answer's wait (ms), as ``message``."""
+        if len(self.rounds) < self.max_rounds and not self.holding:
+            self._admit(key, kiosk, now)
+            return GO
+        ticket = self.tickets.get(kiosk) if kiosk is not None else None
+        number = ticket.number if ticket is not None else self.issued
+        position = bisect.bisect_left(self.waiting, number)
+        if self.hold > 0 and len(self.holding) < self.max_rounds \
+                and self.expected(position) <= self.hold:
+            if ticket is None:
+                self.issued += 1
+            else:
                 self._drop(kiosk)
-            return None
+            self.holding[key] = _Hold(now, kiosk, number)
+            self.held += 1
+            return HOLD
+        return self._busy(kiosk, number, now)
+
+    def _admit(self, key: Hashable, kiosk: Hashable | None, now: float) -> None:
+        self.rounds[key] = _Round(now, now)
+        self.admitted += 1
+        self.peak = max(self.peak, len(self.rounds))
+        if kiosk is not None:
+            self._drop(kiosk)
+
+    def _busy(self, kiosk: Hashable | None, number: int, now: float) -> int:
+        """The busy answer's wait (ms) for ``kiosk``, holding ticket ``number`` from now
+        on (``issued``: a new one, at the end)."""
         self.busy += 1
         ticket = self.tickets.get(kiosk) if kiosk is not None else None
         if ticket is None:
-            ticket = _Ticket(self.issued, now)
-            self.issued += 1
-            self.waiting.append(ticket.number)  # the highest number yet: the end
+            ticket = _Ticket(number, now)
+            self.issued = max(self.issued, number + 1)
+            bisect.insort(self.waiting, number)
             self.tickets[kiosk if kiosk is not None else object()] = ticket
         wait = self.retry_after(bisect.bisect_left(self.waiting, ticket.number))
         ticket.expires = now + 2 * wait + TICKET_GRACE
         return math.ceil(round(wait * 1000, 6))
 
-    def retry_after(self, position: int | None = None) -> float:
-        """Seconds (bounded) a busy answer asks of a kiosk with ``position`` tickets
-        ahead of it (None: behind every ticket): ``EARLY`` of the time until the rounds
-        ahead of it have drained."""
+    def rate(self) -> float:
+        """Rounds the hub frees a second: measured over its last ``ENDS`` round ends
+        while rounds were being turned away (the rate the queue drains at); before
+        that, ``max_rounds`` over the mean time a round held its place."""
+        ends = self.ends
+        if len(ends) >= 2 and ends[-1] > ends[0]:
+            return (len(ends) - 1) / (ends[-1] - ends[0])
+        held = self.mean_held if self.mean_held >= 0 else self.round_guess + self.quiet
+        return self.max_rounds / max(1e-3, held)
+
+    def expected(self, position: int | None = None) -> float:
+        """Seconds until a place is free for a kiosk with ``position`` tickets ahead of it
+        (None: behind every ticket): the rounds in progress beyond the bound, the first
+        messages held and those tickets drained at ``rate``."""
         if position is None:
             position = len(self.waiting)
-        ahead = len(self.rounds) - self.max_rounds + 1 + position
-        held = self.mean_held if self.mean_held >= 0 else self.round_guess + self.quiet
-        rate = self.max_rounds / max(1e-3, held)  #: rounds freed a second
-        return min(self.max_retry, max(self.min_retry, EARLY * ahead / rate))
+        ahead = len(self.rounds) - self.max_rounds + 1 + len(self.holding) + position
+        return max(0.0, ahead / self.rate())
+
+    def retry_after(self, position: int | None = None) -> float:
+        """Seconds (bounded) a busy answer asks: ``EARLY`` of ``expected``."""
+        return min(self.max_retry, max(self.min_retry, EARLY * self.expected(position)))
 
     def _drop(self, kiosk: Hashable) -> None:
         ticket = self.tickets.pop(kiosk, None)
@@ -184,25 +240,45 @@ class Shedder:
             held = now - r.started
             self.mean_held = held if self.mean_held < 0 else (
                 (1 - ROUND_WEIGHT) * self.mean_held + ROUND_WEIGHT * held)
+            if self.tickets or self.holding:  # kiosks wait: at the bound, ends are its pace
+                self.ends.append(now)
 
-    def sweep(self, now: float, idle: Callable[[Any], bool],
-              gone: Callable[[Any], bool]) -> None:
+    def sweep(self, now: float, idle: Callable[[Any], bool], gone: Callable[[Any], bool],
+              ) -> tuple[list[Any], list[tuple[Any, int]]]:
         """End the rounds whose conversation has no work (``idle``) and either lost its
         session (``gone``) or has been quiet for ``quiet`` seconds: no message and no
         work, so that the time the kiosk takes to answer the hub's last reply counts,
-        not the time the hub took to make it. Forget the tickets of kiosks that did not
-        come back."""
+        not the time the hub took to make it. Then the places free go to the first
+        messages held, first come first; those held ``hold`` seconds are told busy
+        (keeping their place in the queue). Forget the tickets of kiosks that did not
+        come back. Returns the held conversations let go now, and those told busy with
+        their wait (ms); a held one whose session is gone is forgotten."""
         for key, r in list(self.rounds.items()):
             if not idle(key):
                 r.last = now  # ``worked`` moves it again when the job ends
             elif gone(key) or now - r.last >= self.quiet:
                 self.end(key, now)
+        go: list[Any] = []
+        told: list[tuple[Any, int]] = []
+        for key, h in list(self.holding.items()):
+            if gone(key):
+                del self.holding[key]
+            elif len(self.rounds) < self.max_rounds:
+                del self.holding[key]
+                self._admit(key, h.kiosk, now)
+                go.append(key)
+            elif now - h.since >= self.hold:
+                del self.holding[key]
+                told.append((key, self._busy(h.kiosk, h.number, now)))
         for kiosk, ticket in list(self.tickets.items()):
             if now >= ticket.expires:
                 self._drop(kiosk)
+        return go, told
 
     def report(self) -> dict[str, float | int]:
         return {"in_progress": len(self.rounds), "bound": self.max_rounds, "peak": self.peak,
                 "admitted": self.admitted, "busy": self.busy, "waiting": len(self.waiting),
+                "held": self.held, "holding": len(self.holding),
                 "mean_held_s": round(max(0.0, self.mean_held), 3),
+                "rate_per_s": round(self.rate(), 2),
                 "next_retry_s": round(self.retry_after(), 3)}
