@@ -16,10 +16,11 @@ hub's statements.
   each kiosk's check-ins read back once, RSS per connected kiosk), the
   database is read after: the herd's rows of ``ops``, their distinct dots
   and the current records they made, against the counts written. While the
-  herd runs, ``_Watch`` samples the CPU time of the hub's process and of
+  herd runs, ``Watch`` samples the CPU time of the hub's process and of
   the cluster's processes (the postmaster's own, its reaped children's and
-  its live ones') and resets the statement counts when the hub starts, so
-  that they are the serving hub's alone.
+  its live ones') from the moment the hub has started (its CPU time stands
+  still), and resets the statement counts then, so that they are the
+  serving hub's alone.
 * The floor (``floor``): what the hub does with each delta in Python, with
   no database, in this process: the batch message decoded, its signature
   verified, its deltas unpacked, decoded and checked
@@ -56,6 +57,7 @@ GOAL_VS_SQLITE = 0.5
 GOAL_VS_FLOOR = 0.4
 FIRST_NODE = 0x40000000  #: ``_hub_proc.enrol_many``'s first node
 _TICK = os.sysconf("SC_CLK_TCK")
+IDLE_SAMPLES = 3  #: a hub whose CPU time stands still this many tenths of a second: started
 
 
 @contextlib.contextmanager
@@ -84,9 +86,8 @@ def herd(ctx: Any, cluster: Any, count: int, checkins: int) -> dict[str, Any]:
     with what the database holds after and where the time went."""
     name = "pg-herd"
     url = cluster.create_database("herd")
-    watch = _Watch(f"--data\0{ctx.workdir / f'{name}-hub'}\0", cluster.process.pid,
-                   lambda: _sql(cluster.url, "SELECT pg_stat_statements_reset()"))
-    with _database(url), watch:
+    with _database(url), watching(ctx, name, cluster.process.pid, lambda: _sql(
+            cluster.url, "SELECT pg_stat_statements_reset()")) as watch:
         figures = _herd.measure(ctx, count, checkins, name=name)
     statements = _sql(cluster.url, "SELECT query, calls, total_exec_time, rows"
                       " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
@@ -133,18 +134,27 @@ def on_hub(url: str, count: int) -> dict[str, int]:
     return {"ops": ops, "distinct": dots, "records": records}
 
 
-class _Watch:
-    """While a hub process (its command line holding ``marker``) runs: its CPU time, and
-    the cluster's (``postmaster`` and its children), in seconds from its start;
-    ``started`` is called once it is seen."""
+def watching(ctx: Any, name: str, postmaster: int | None = None,
+             started: Callable[[], Any] = lambda: None) -> Watch:
+    """A ``Watch`` of the hub that ``_herd.measure(..., name=name)`` serves (its data
+    folder is ``WORKDIR/NAME-hub``)."""
+    return Watch(f"--data\0{ctx.workdir / f'{name}-hub'}\0", postmaster, started)
 
-    def __init__(self, marker: str, postmaster: int, started: Callable[[], Any]) -> None:
+
+class Watch:
+    """While a hub process (its command line holding ``marker``) runs: its CPU time, and
+    the cluster's (``postmaster`` and its children; None: no cluster), in seconds from
+    the end of its start (the first time it is idle, as ``_herd.measure`` leaves it a
+    second before the herd); ``started`` is called then."""
+
+    def __init__(self, marker: str, postmaster: int | None, started: Callable[[], Any]
+                 ) -> None:
         self.marker, self.postmaster, self.started = marker.encode(), postmaster, started
         self.hub_cpu = self.server_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> _Watch:
+    def __enter__(self) -> Watch:
         self._thread.start()
         return self
 
@@ -156,15 +166,24 @@ class _Watch:
         pid = None
         while pid is None and not self._stop.wait(0.1):
             pid = _find(self.marker)
-        if pid is None:
+        idle, last = 0, -1.0
+        while pid is not None and idle < IDLE_SAMPLES and not self._stop.wait(0.1):
+            now = _cpu(pid)
+            if now is None:
+                return
+            idle, last = idle + 1 if now == last else 0, now
+        if pid is None or idle < IDLE_SAMPLES:
             return
         self.started()
-        server0 = _server_cpu(self.postmaster)
+        hub0, server0 = last, self._server()
         while not self._stop.wait(0.5):
             hub = _cpu(pid)
             if hub is None:  # stopped: the last sample stands
                 return
-            self.hub_cpu, self.server_cpu = hub, _server_cpu(self.postmaster) - server0
+            self.hub_cpu, self.server_cpu = hub - hub0, self._server() - server0
+
+    def _server(self) -> float:
+        return 0.0 if self.postmaster is None else _server_cpu(self.postmaster)
 
 
 def _find(marker: bytes) -> int | None:
@@ -290,10 +309,12 @@ def _per_s(r: dict[str, Any]) -> float:
     return 2 * r["kiosks"] * r["checkins"] / r["all_landed_s"] if r["all_landed_s"] else 0.0
 
 
-def rows(r: dict[str, Any], sqlite: dict[str, Any]) -> list[dict[str, Any]]:
+def rows(r: dict[str, Any], sqlite: dict[str, Any], sqlite_cpu: float
+         ) -> list[dict[str, Any]]:
     """``measure``'s figures as benchmark rows; ``sqlite``: ``_herd.measure``'s figures
-    for the same herd on SQLite, in the same run."""
+    for the same herd on SQLite, in the same run, and its hub's CPU seconds."""
     pg, alone, copied = r["herd"], r["floor"], r["copy"]
+    us = 1e6 / pg["deltas"]  # seconds in all -> µs per delta
     n, held = pg["kiosks"], pg["on_hub"]
     rate, peer = _per_s(pg), _per_s(sqlite)
     vs_sqlite = rate / peer if peer else 0.0
@@ -312,13 +333,17 @@ def rows(r: dict[str, Any], sqlite: dict[str, Any]) -> list[dict[str, Any]]:
                    f"busy answers; failed {pg['failed'] or 'none'}",
          "goal": "every check-in once", "met": once},
         {"what": "  deltas/s on PostgreSQL, beside SQLite's (the herd above, same run)",
-         "value": round(rate), "detail": f"SQLite {round(peer):,} deltas/s; PostgreSQL "
-                                         f"{vs_sqlite:.2f}x",
+         "value": round(rate),
+         "detail": f"SQLite {round(peer):,} deltas/s; PostgreSQL {vs_sqlite:.2f}x. The hub's "
+                   f"CPU per delta: {pg['hub_cpu_s'] * us:.0f} µs on PostgreSQL (and the "
+                   f"server's {pg['server_cpu_s'] * us:.0f} µs), {sqlite_cpu * us:.0f} µs on "
+                   "SQLite",
          "goal": f">= {GOAL_VS_SQLITE}x SQLite", "met": vs_sqlite >= GOAL_VS_SQLITE},
         {"what": "  the hub's Python alone, no database: decode, verify, check, seal the same "
                  "deltas in one process, deltas/s", "value": alone["deltas_per_s"],
          "detail": f"{alone['deltas']:,} deltas in {alone['seconds']} s ({alone['cpu_s']} s "
-                   f"CPU); the herd on PostgreSQL {vs_floor:.2f}x this",
+                   f"CPU, {alone['cpu_s'] * us:.0f} µs a delta); the herd on PostgreSQL "
+                   f"{vs_floor:.2f}x this",
          "goal": f"PostgreSQL >= {GOAL_VS_FLOOR}x", "met": vs_floor >= GOAL_VS_FLOOR},
         {"what": "  where the PostgreSQL herd's time went: statements per batch",
          "value": pg["statements_per_batch"],

@@ -28,7 +28,8 @@ from . import Context, Result, _failover, _herd, _hub_pg, benchmark
 def hub_scale(ctx: Context) -> Result:
     count, checkins = (200, 10) if ctx.quick else (1000, 50)
     ctx.log(f"the herd: {count:,} kiosks, {checkins} check-ins each")
-    herd = _herd.measure(ctx, count, checkins)
+    with _hub_pg.watching(ctx, "herd") as sqlite_hub:  # its CPU, beside PostgreSQL's
+        herd = _herd.measure(ctx, count, checkins)
     ctx.log("the same herd, the hub shedding nothing")
     peer = _herd.measure(ctx, count, checkins, ["--max-rounds", str(10 * count)],
                          name="unshed")
@@ -37,7 +38,7 @@ def hub_scale(ctx: Context) -> Result:
     failover_kiosks = 3 if ctx.quick else 12
     ctx.log(f"the failover: {failover_kiosks} kiosks syncing, the primary killed")
     failover = _failover.measure(ctx, failover_kiosks, short_clocks=ctx.quick)
-    return Result(rows=_herd.rows(herd, peer) + _hub_pg.rows(on_pg, herd)
+    return Result(rows=_herd.rows(herd, peer) + _hub_pg.rows(on_pg, herd, sqlite_hub.hub_cpu)
                   + _failover.rows(failover),
                   columns=["what", "value", "detail", "goal", "met"],
                   notes=["The herd: real enrolled kiosks (their own keys and certificates) "
