@@ -148,15 +148,22 @@ def note_late(db: Db, added: Iterable[tuple[int, Delta]],
     (``_older``). A write that saw the delete through another write is marked too: one
     more copy of deltas the kiosk counts as duplicates, never a loss. ``deleted``: SQL
     for whether a held delta is a delete (before migration 8, its head)."""
-    for hseq, delta in added:
-        if delta.is_delete:
-            continue
-        seen = set(delta.ctx)
-        if any(flag and Dot(stamp, node) not in seen for stamp, node, flag in db.execute(
-                f"SELECT stamp, node, {deleted} FROM ops WHERE rid = ?"
-                " AND node != ? AND hseq < ?", [delta.record_id, delta.node, hseq])):
-            db.execute("INSERT INTO late_writes (hseq) VALUES (?) ON CONFLICT DO NOTHING",
-                       [hseq])
+    writes = [(hseq, d) for hseq, d in added if not d.is_delete]
+    rids = sorted({d.record_id for _, d in writes})
+    deletes: dict[bytes, list[tuple[int, int, int]]] = {}  # record -> (arrival, stamp, node)
+    for at in range(0, len(rids), 500):  # the records written that hold a delete
+        part = rids[at:at + 500]
+        for rid, hseq, stamp, node, flag in db.execute(
+                f"SELECT rid, hseq, stamp, node, {deleted} FROM ops WHERE rid IN"
+                f" ({', '.join('?' * len(part))})", part):
+            if flag:
+                deletes.setdefault(bytes(rid), []).append((hseq, stamp, node))
+    late = [(hseq,) for hseq, d in writes if any(
+        before < hseq and node != d.node and Dot(stamp, node) not in set(d.ctx)
+        for before, stamp, node in deletes.get(d.record_id, ()))]
+    if late:
+        db.conn.executemany("INSERT INTO late_writes (hseq) VALUES (?) ON CONFLICT DO NOTHING",
+                            late)
 
 
 def note_commit(db: Db, added: list[tuple[int, Delta]]) -> None:

@@ -49,6 +49,7 @@ import sqlite_utils
 
 from host.hub import at_rest, current, husking, scopes
 from host.hub.database import (
+    ConnectionLost,
     Db,
     changed,
     for_update,
@@ -223,6 +224,8 @@ def next_number(db: Db) -> int:
 
 #: ``meta`` key: the last arrival number given.
 LAST_HSEQ = "last_hseq"
+#: Values bound in one ``IN (...)`` list at most (SQLite's limit is far above).
+CHUNK = 500
 
 
 def next_hseq(db: Db) -> int:
@@ -531,7 +534,21 @@ class HubStore:
         bad ones in quarantine (code, reason, bytes), and the kiosk's checkpoint moved to
         it. Returns the greatest arrival number given (None: nothing new arrived).
         ``follows``: the checkpoint the caller saw, checked under a lock on the kiosk's
-        row, held to commit (``CheckpointMoved``: another process moved it)."""
+        row, held to commit (``CheckpointMoved``: another process moved it). A database
+        lost mid-commit (a failover) is waited for and the batch tried once more: with
+        ``follows``, a first try that did commit shows as ``CheckpointMoved``."""
+        args = (device_id, seq, hash_, good, bad, now, quarantined, follows)
+        try:
+            return self._commit_batch(*args)
+        except ConnectionLost:
+            if follows is None:
+                raise
+            return self._commit_batch(*args)
+
+    def _commit_batch(self, device_id: str, seq: int, hash_: bytes,
+                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
+                      now: int, quarantined: list[int], follows: bytes | None,
+                      ) -> int | None:
         with self._tx() as db:
             if follows is not None:
                 held = db.execute("SELECT last_seq, last_hash FROM devices WHERE device_id = ?"
@@ -540,18 +557,15 @@ class HubStore:
                     raise CheckpointMoved(f"kiosk {device_id}'s checkpoint moved")
             sealer = self._sealing(db)
             good = husking.husked(db, good)  # an erased patient's: no value kept
-            added: list[tuple[int, Delta]] = []
             sealed = sealer.seal_ops([(d.record_id, d.stamp, d.node, data) for d, data in good])
-            hseq = first = next_hseq(db)  # the arrival lock, held to commit: take it last
-            for (delta, _), blob in zip(good, sealed, strict=True):
-                if insert_op(db, hseq, _sealed(delta, blob), device_id, delta.is_delete):
-                    added.append((hseq, delta))
-                    hseq += 1
+            given = insert_ops(db, [(_sealed(d, blob), device_id, d.is_delete)
+                                    for (d, _), blob in zip(good, sealed, strict=True)])
+            added = [(hseq, d) for hseq, (d, _) in zip(given, good, strict=True)
+                     if hseq is not None]
             scopes.note_commit(db, added)
             current.apply(db, sealer, current.as_stored(db, added, good))
-            arrived = hseq - 1 if hseq > first else None
-            if arrived is not None:
-                used_hseq(db, arrived)
+            arrived = added[-1][0] if added else None
+            first = added[0][0] if added else next_hseq(db)
             for code, reason, data in bad:
                 qid = int(db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM quarantine"
                                      ).fetchone()[0])
@@ -669,17 +683,13 @@ class HubStore:
     def add_local(self, *ops: Op) -> None:
         """The hub's own writes, in one transaction."""
         with self._tx() as db:
-            added = []
             sealed = self._sealing(db).seal_ops([(op.rid, op.stamp, op.node, op.data)
                                                  for op in ops])
-            hseq = next_hseq(db)
-            for op, blob in zip(ops, sealed, strict=True):
-                if insert_op(db, hseq, Op(op.rid, op.stamp, op.node, blob), "hub",
-                             scopes.is_delete_head(op.data)):
-                    added.append((hseq, op.data))
-                    used_hseq(db, hseq)
-                    hseq += 1
-            decoded = scopes.decoded(added)
+            given = insert_ops(db, [(Op(op.rid, op.stamp, op.node, blob), "hub",
+                                     scopes.is_delete_head(op.data))
+                                    for op, blob in zip(ops, sealed, strict=True)])
+            decoded = scopes.decoded([(hseq, op.data) for hseq, op in zip(given, ops, strict=True)
+                                      if hseq is not None])
             scopes.note_commit(db, decoded)
             current.apply(db, self._sealer, decoded)
 
@@ -910,9 +920,8 @@ class HubStore:
             (_, data), = husking.husked(db, [(delta, data)])
             blob = self._sealing(db).seal_ops([(delta.record_id, delta.stamp, delta.node,
                                                 data)])[0]
-            hseq = next_hseq(db)
-            if insert_op(db, hseq, _sealed(delta, blob), row[0] or "hub", delta.is_delete):
-                used_hseq(db, hseq)
+            hseq, = insert_ops(db, [(_sealed(delta, blob), row[0] or "hub", delta.is_delete)])
+            if hseq is not None:
                 scopes.note_commit(db, [(hseq, delta)])
                 current.apply(db, self._sealer,
                               current.as_stored(db, [(hseq, delta)], [(delta, data)]))
@@ -1010,13 +1019,37 @@ _RESEAL: dict[str, tuple[str, str, Callable[..., bytes], bool]] = {
 }
 
 
-def insert_op(db: Db, hseq: int, sealed: Op, origin: str, deleted: bool) -> bool:
-    """Keep a delta (``sealed.data``: sealed) under arrival number ``hseq``; False if the
-    hub held it already (the number stays free)."""
-    return db.execute("INSERT INTO ops (hseq, rid, stamp, node, data, origin, del) VALUES"
-                      " (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                      [hseq, sealed.rid, sealed.stamp, sealed.node, sealed.data, origin,
-                       int(deleted)]).rowcount > 0
+def insert_ops(db: Db, rows: list[tuple[Op, str, bool]]) -> list[int | None]:
+    """Keep deltas (each: its row, ``data`` sealed; where it came from; a delete?) under
+    the next arrival numbers, in order; returns each one's number, None for a delta the
+    hub held already (or twice in ``rows``). Every writer of ``ops`` comes here: under
+    the arrival lock (``next_hseq``), no other writer adds a delta meanwhile, so the
+    look for those held and the inserts, one statement for all, agree."""
+    if not rows:
+        return []
+    hseq = next_hseq(db)
+    held: set[tuple[bytes, int, int]] = set()
+    rids = sorted({op.rid for op, _, _ in rows})
+    for at in range(0, len(rids), CHUNK):
+        part = rids[at:at + CHUNK]
+        held.update((bytes(r), s, n) for r, s, n in db.execute(
+            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({', '.join('?' * len(part))})",
+            part))
+    given: list[int | None] = []
+    new = []
+    for op, origin, deleted in rows:
+        if (op.rid, op.stamp, op.node) in held:
+            given.append(None)
+            continue
+        held.add((op.rid, op.stamp, op.node))
+        new.append((hseq, op.rid, op.stamp, op.node, op.data, origin, int(deleted)))
+        given.append(hseq)
+        hseq += 1
+    if new:
+        db.conn.executemany("INSERT INTO ops (hseq, rid, stamp, node, data, origin, del)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)", new)
+        used_hseq(db, hseq - 1)
+    return given
 
 
 def _sealed(delta: Delta, blob: bytes) -> Op:

@@ -66,6 +66,12 @@ class Db(Protocol):
     def close(self) -> None: ...
 
 
+class ConnectionLost(Exception):
+    """The connection to the database broke in a transaction (the server went, or a
+    failover): the transaction may or may not have committed. The next statement waits
+    for a primary (``postgres.PgDb``)."""
+
+
 #: The error a statement that breaks a constraint raises, on either engine (the
 #: PostgreSQL adapter raises this one too: ``postgres.PgDb``).
 IntegrityError = sqlite3.IntegrityError

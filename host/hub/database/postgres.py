@@ -43,15 +43,19 @@ import psycopg
 from psycopg.types.composite import CompositeInfo, register_composite
 
 from host.errors import UsageError
-from host.hub.database import Cursor
+from host.hub.database import ConnectionLost, Cursor
 from protocol.driver.database import DatabaseTooNew, Migrations
 
 #: The advisory lock (any 64-bit number of ours) that migrations run under.
 MIGRATION_LOCK = 0x6861_7665_6E00_0001
 #: How long a running hub waits for a primary after losing its connection.
-WAIT_PRIMARY = 60.0
+WAIT_PRIMARY = 120.0  # pg_auto_failover's default clocks promote in about 50 s
 CONNECT_TIMEOUT = 10
 _STRINGS = re.compile(r"('(?:[^']|'')*')")
+#: An INSERT of one row of placeholders, and an upsert's conflict key if it updates.
+_INSERT = re.compile(r"INSERT INTO (?P<table>\w+) \((?P<columns>[\w, ]+)\) VALUES "
+                     r"(?P<one>\([?, ]+\))(?P<tail>(?: ON CONFLICT(?: \((?P<key>[\w, ]+)\)"
+                     r" DO UPDATE .*| DO NOTHING))?)$", re.S)
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _BOOTSTRAP = (
     "CREATE TABLE IF NOT EXISTS haven_schema (name TEXT PRIMARY KEY, version BIGINT NOT NULL)",
@@ -105,6 +109,7 @@ class PgDb:
         self.opener: Callable[[bytes, int, int, bytes], bytes] | None = None
         self._conn = self._connect(first=True)
         self._depth = 0
+        self._types: dict[str, dict[str, str]] = {}
 
     @classmethod
     def open(cls, url: str, migrations: Migrations) -> PgDb:
@@ -175,9 +180,13 @@ class PgDb:
 
     def execute(self, sql: str,
                 parameters: Sequence[Any] | dict[str, Any] | None = None) -> Cursor:
+        return self._run(translate(sql), _params(parameters))
+
+    def _run(self, query: str, parameters: Any) -> Cursor:
+        """A statement in psycopg's own placeholders."""
         conn = self._live()
         try:
-            return conn.execute(translate(sql), _params(parameters))
+            return conn.execute(query, parameters)
         except psycopg.errors.IntegrityError as exc:
             raise sqlite3.IntegrityError(_first_line(exc)) from exc
         except psycopg.errors.ReadOnlySqlTransaction:
@@ -185,12 +194,35 @@ class PgDb:
             raise
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run ``sql`` for each row: an INSERT as one statement over arrays of its columns
+        (one round trip, one short statement prepared once), unless an upsert's rows share
+        a key (each must see the one before it); anything else pipelined."""
+        params = [_params(r) for r in rows]
+        insert = _INSERT.match(sql)
+        if insert is not None and len(params) > 1 and _keys_distinct(insert, params):
+            table, columns = insert.group("table"), insert.group("columns")
+            types = self._column_types(table)
+            # arrays bound in binary (%b): psycopg dumps them in C, not as escaped text
+            arrays = ", ".join(f"%b::{types[c.strip()]}[]" for c in columns.split(","))
+            self._run(f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"
+                      + translate(insert.group("tail")),
+                      [list(column) for column in zip(*params, strict=True)])
+            return
         conn = self._live()
         try:
             with conn.cursor() as cur:
-                cur.executemany(translate(sql), [_params(r) for r in rows])
+                cur.executemany(translate(sql), params)
         except psycopg.errors.IntegrityError as exc:
             raise sqlite3.IntegrityError(_first_line(exc)) from exc
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        """Each column's type in SQL, to bind a column of rows as one array."""
+        if table not in self._types:
+            self._types[table] = dict(self.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+                " WHERE attrelid = ?::regclass AND attnum > 0 AND NOT attisdropped",
+                [table]).fetchall())
+        return self._types[table]
 
     @contextmanager
     def transaction(self) -> Iterator[PgDb]:
@@ -199,6 +231,10 @@ class PgDb:
         try:
             with conn.transaction():
                 yield self
+        except psycopg.OperationalError as exc:
+            if conn.broken or conn.closed:  # the server went (a failover?) mid-transaction
+                raise ConnectionLost(_first_line(exc)) from exc
+            raise
         finally:
             self._depth -= 1
 
@@ -230,6 +266,17 @@ class PgDb:
                              " CONFLICT (name) DO UPDATE SET version = excluded.version",
                              [migrations.name, version + 1])
                 applied.append(version + 1)
+
+
+def _keys_distinct(insert: re.Match[str], rows: list[Any]) -> bool:
+    """Whether no two rows of an upsert share its conflict key (an INSERT without DO
+    UPDATE: always)."""
+    key = insert.group("key")
+    if key is None:
+        return True
+    columns = [c.strip() for c in insert.group("columns").split(",")]
+    at = [columns.index(c.strip()) for c in key.split(",")]
+    return len({tuple(row[i] for i in at) for row in rows}) == len(rows)
 
 
 def _params(parameters: Any) -> Any:
