@@ -21,8 +21,9 @@ so ``dump``, review and status print what they printed when they replayed.
 
 ``apply`` takes one of three paths per record:
 
-* a record new to the hub: its view from the deltas just written, which are all
-  there is of it;
+* a record new to the hub: its first delta's values, and each later one's that saw
+  the one before (the second path), else the merge of the deltas just written,
+  which are all there is of it;
 * a put that saw the record's one head (in its context, or the head is the same
   node's earlier write) on a record neither deleted nor in any conflict, with no
   set change: its dot is past every dot held (a context names only older writes),
@@ -30,8 +31,10 @@ so ``dump``, review and status print what they printed when they replayed.
   conflicts (none) stay. Nothing is opened;
 * anything else: the record's deltas are read from ``ops`` and merged again.
 
-``resume`` fills the table from ``ops`` when it is empty and ``ops`` is not (migration
-9 makes the tables; the keys it needs come with the store's first open).
+A call's rows are written in three statements (rows, values cleared, values) and
+its values sealed in one call. ``resume`` fills the table from ``ops`` when it is
+empty and ``ops`` is not (migration 9 makes the tables; the keys it needs come with
+the store's first open, in that transaction: a fill cut short is made again).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any
 import cbor2
 
 from host.hub import at_rest, husking
-from host.hub.database import Db
+from host.hub.database import Db, meta_get
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
@@ -263,6 +266,7 @@ def _add(log: RecordLog, data: bytes) -> None:
 def refresh(db: Db, sealer: at_rest.Sealer, rids: Iterable[bytes]) -> None:
     """Merge ``rids`` again after their deltas were rewritten in place (an erasure's
     husks), each keeping its arrival number: no delta arrived."""
+    _one_committer(db)
     out = _Writes()
     for rid in rids:
         row = db.execute("SELECT hseq FROM records WHERE rid = ?", [rid]).fetchone()
@@ -272,13 +276,26 @@ def refresh(db: Db, sealer: at_rest.Sealer, rids: Iterable[bytes]) -> None:
     out.flush(db, sealer)
 
 
+def _one_committer(db: Db) -> None:
+    """Wait for, and hold to commit, the lock every write to ``ops`` holds
+    (``storage.next_hseq``): with several hub processes (PostgreSQL), a record is
+    merged again only when no other transaction is writing its rows from what it read
+    before."""
+    from host.hub.storage import LAST_HSEQ  # (storage imports this module)
+
+    meta_get(db, LAST_HSEQ, lock=True)
+
+
 def resume(db: Db, sealer: at_rest.Sealer) -> int:
     """Fill the tables from ``ops`` if they are empty and ``ops`` is not (a hub from
     before migration 9), in the caller's transaction; returns the records written."""
-    if (db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
-            or db.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is None):
+    def filled() -> bool:
+        return db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
+
+    if db.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is None or filled():
         return 0
-    return rebuild(db, sealer)
+    _one_committer(db)
+    return 0 if filled() else rebuild(db, sealer)  # (another process may have, meanwhile)
 
 
 def rebuild(db: Db, sealer: at_rest.Sealer) -> int:
