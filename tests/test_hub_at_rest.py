@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,7 @@ from protocol.errors import RemoteProtocolError
 from protocol.sync import batches as sync
 from protocol.sync.batches import Batch
 from protocol.sync.checks import check_remote_deltas
+from tests.hub_db import hub_db
 
 from .swtpm_helpers import soft_tpm
 from .test_documents import content
@@ -43,6 +45,7 @@ from .test_sync_helpers import Kiosk, served_hub
 FIXTURE = Path(__file__).parent / "fixtures" / "release-a84fa97"
 SECRETS = ["Zebulon Quixotic-Farnsworth", "QX7731904", "Periwinkle Mansions",
            "Xanthoxylum cordifolium 40mg", "twice daily with food, Ozymandias"]
+pytestmark = pytest.mark.usefixtures("hub_backend")
 
 
 def files_under(root: Path) -> list[Path]:
@@ -64,6 +67,7 @@ def windows(data: bytes, size: int = 48, count: int = 16) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data) - size, step)]
 
 
+@pytest.mark.sqlite_only  # the SQLite file's bytes
 def test_nothing_distinctive_in_any_hub_file(tmp_path: Path) -> None:
     name, passport, address, medication, dosage = SECRETS
     scan = content(150_000, seed=7)
@@ -131,6 +135,7 @@ def fixture_hub(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.sqlite_only  # the SQLite file's bytes
 def test_an_older_hub_is_readable_at_once_and_sealed_by_the_resealer(tmp_path: Path) -> None:
     root = fixture_hub(tmp_path)
     want = json.loads((FIXTURE / "expected.json").read_text())["hub"]
@@ -270,32 +275,38 @@ def test_keys_rotate_while_the_hub_serves_kiosks(tmp_path: Path,
             kiosk.close()
 
 
+def alter(hub: Hub, sql: str, args: list[Any]) -> None:
+    """Change the hub's database behind its back."""
+    with hub_db(hub.data) as db:
+        db.execute(sql, args)
+
+
 def test_a_sealed_value_altered_or_moved_does_not_open(tmp_path: Path) -> None:
     init_hub(tmp_path / "hub")
     with Hub(tmp_path / "hub") as hub:
         many_ops(hub, 2)
         (a, da), (b, db) = hub.store._q("SELECT hseq, data FROM ops ORDER BY hseq")
-        hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [db, a])  # moved
+        alter(hub, "UPDATE ops SET data = ? WHERE hseq = ?", [db, a])  # moved
         with pytest.raises(SealBroken, match="does not open"):
             list(hub.store.all_ops())
         flipped = bytearray(da)
         flipped[-1] ^= 1
-        hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [bytes(flipped), a])
+        alter(hub, "UPDATE ops SET data = ? WHERE hseq = ?", [bytes(flipped), a])
         with pytest.raises(SealBroken):
             list(hub.store.all_ops())
-        hub.store._q("UPDATE ops SET data = ? WHERE hseq = ?", [da, a])
+        alter(hub, "UPDATE ops SET data = ? WHERE hseq = ?", [da, a])
         assert b"Patient 0" in b"".join(op.data for op in hub.store.all_ops())
         # the current records' values (what dump reads): moved to another record or
         # field, or altered, they do not open either
         (a, va), (b, vb) = hub.store._q("SELECT id, value FROM record_fields WHERE kind = 0"
                                         " ORDER BY rid, field LIMIT 2")
-        hub.store._q("UPDATE record_fields SET value = ? WHERE id = ?", [vb, a])
+        alter(hub, "UPDATE record_fields SET value = ? WHERE id = ?", [vb, a])
         with pytest.raises(SealBroken):
             hub.dump()
-        hub.store._q("UPDATE record_fields SET value = ? WHERE id = ?", [va[:-1], a])
+        alter(hub, "UPDATE record_fields SET value = ? WHERE id = ?", [va[:-1], a])
         with pytest.raises(SealBroken):
             hub.dump()
-        hub.store._q("UPDATE record_fields SET value = ? WHERE id = ?", [va, a])
+        alter(hub, "UPDATE record_fields SET value = ? WHERE id = ?", [va, a])
         assert b"Patient 0" in hub.dump()
 
 

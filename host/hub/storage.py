@@ -323,9 +323,11 @@ class HubStore:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                # SQLite reports only that hub_open raised; say what that means
-                if "user-defined function" not in str(exc):
+            except (sqlite3.OperationalError, at_rest.SealBroken) as exc:
+                # SQLite reports only that hub_open raised; say what that means (and the
+                # same where the client opened it: PostgreSQL)
+                if isinstance(exc, sqlite3.OperationalError) and \
+                        "user-defined function" not in str(exc):
                     raise
                 raise at_rest.SealBroken("a delta held does not open: altered, moved to "
                                          "another row, or sealed under a key this keyring "
