@@ -30,26 +30,30 @@ that came before the message (which ``admission.HandshakeBudget`` already
 rations) and one ``close`` frame; refusals are counted and logged at most a
 row an interval (``limits.Refusals``).
 
-**How long to wait: a queue of tickets.** The hub frees about
-``max_rounds / held`` rounds a second, ``held`` being the mean time its
-rounds held their place lately, from their first message to their end (an
-exponential average; ``round_guess + quiet`` before any ended). A kiosk
-turned away takes a ticket, the next number, kept by its key; its wait is
-the time until the rounds ahead of it have drained at that rate: those in
-progress beyond the bound, and the kiosks holding a lower ticket. So each
-refusal in a herd is told a little later than the one before, the returns
-come back spread out at the rate the hub serves them, and the wait grows
-with the queue. A kiosk that comes back before a place is free is told
-again, with its own ticket: it keeps its place and is told the shorter wait
-left, instead of going to the back behind kiosks that were counted behind
-it (which would leave the hub idle later, when the ones pushed back are
-still away). A ticket goes when its kiosk begins a round, or when it has not
-come back long after its wait.
+**How long to wait: a queue of tickets.** The hub's pace (``rate``) is the
+rate rounds ended lately while kiosks waited their turn (the last ``ENDS``
+ends); before that, ``max_rounds`` over the mean time a round held its
+place (``round_guess + quiet`` before any ended). A kiosk turned away takes
+a ticket, the next number, kept by its key; its wait is the time until the
+rounds ahead of it have drained at that pace: those in progress beyond the
+bound, the first messages held (below) and the kiosks holding a lower
+ticket. So each refusal in a herd is told a little later than the one
+before, the returns come back spread out at the pace the hub serves them,
+and the wait grows with the queue. A kiosk that comes back before a place
+is free keeps its place and is told the shorter wait left, instead of
+going to the back behind kiosks that were counted behind it (which would
+leave the hub idle later, when the ones pushed back are still away). A
+ticket goes when its kiosk begins a round, or when it has not come back
+long after its wait. Waits are bounded by ``min_retry`` and ``max_retry``;
+the kiosk adds a jitter of up to half (SPEC.md "Busy").
 
-The kiosk adds a jitter of half its wait at most (SPEC.md "Busy"), so the
-hub asks for ``EARLY`` of the expected wait: the returns fall around the
-kiosk's turn rather than all after it, and one that is early keeps its
-place. Waits are bounded by ``min_retry`` and ``max_retry``.
+**Held, not bounced.** Each busy answer costs both ends a key exchange, and
+a kiosk whose turn is near would be bounced again and again. So a first
+message whose place is expected within ``hold`` seconds, while fewer than
+``max_rounds`` are held, waits on the loop (``HOLD``: the server keeps its
+bytes, nothing reaches the store) and goes, first come first, as soon as a
+round ends (``sweep``); held ``hold`` seconds, it is told busy after all,
+keeping its place in the queue.
 
 The clock is the caller's (``now`` in seconds), so tests drive it.
 """
