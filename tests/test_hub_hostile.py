@@ -662,7 +662,7 @@ def test_a_listener_that_will_not_open_again_stops_the_server(
     """The process then exits non-zero (``ServerFailed``), for systemd to restart it."""
     hub = served(listener_retries=2)
 
-    def no_address(host: str, port: int) -> socket.socket:
+    def no_address(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         raise OSError(errno.EADDRNOTAVAIL, "the address went away")
 
     monkeypatch.setattr(listener_module, "bind", no_address)

@@ -70,7 +70,7 @@ class ChangeFeed:
         while True:
             try:
                 await self._listen()
-            except (psycopg.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - logged; polling meanwhile, then again
                 self.failures += 1
                 if self.failures == 1 or self.failures % 100 == 0:
                     self.note(f"listening for the store's changes failed ({self.failures} "

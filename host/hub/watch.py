@@ -19,7 +19,8 @@ On PostgreSQL, where several hub processes may share the database, the
 store's writers notify at commit (``host.hub.database.changed``) and
 ``change_feed.ChangeFeed`` listens: a notification looks at once (``poke``),
 so a revocation or a batch committed through any process reaches every
-process's sessions within a look's time. The tick goes on every
+process's sessions within a look's time (looks at most every ``MIN_GAP``
+seconds, however many commits notify). The tick goes on every
 ``watch_interval`` for the server's housekeeping, but looks only when
 notified, every ``watch_backstop`` (the feed's slow poll), or at every tick
 while the feed is not listening. What the store tells is the same on every
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from host.hub.serve import Server
 
 
+#: Seconds from the end of a look to the next one a notification calls for.
+MIN_GAP = 0.05
+
+
 @dataclass(frozen=True)
 class Look:
     head: int
@@ -61,6 +66,7 @@ class StoreWatch:
         self._stopped = False
         self._wanted = True  #: notified (or never looked): the next tick looks
         self._timer: asyncio.Handle | None = None  #: the next tick, while none runs
+        self._looked_at = -MIN_GAP  #: when the last look ended (the loop's clock)
         self.feed: ChangeFeed | None = None
         if is_url(path):  # psycopg is imported only for a hub on PostgreSQL
             from host.hub.change_feed import ChangeFeed
@@ -84,12 +90,13 @@ class StoreWatch:
             self.feed.stop()
 
     def poke(self) -> None:
-        """The store changed (loop thread): look now, or after the look under way."""
+        """The store changed (loop thread): look now (``MIN_GAP`` after the last look at
+        the soonest), or after the look under way."""
         self._wanted = True
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-            self._tick()
+            self._next(self._looked_at + MIN_GAP - self.server.loop.time())
 
     def _tick(self) -> None:
         self._timer = None
@@ -107,7 +114,7 @@ class StoreWatch:
         fut.add_done_callback(self._looked)
 
     def _next(self, delay: float) -> None:
-        self._timer = self.server.loop.call_later(delay, self._tick)
+        self._timer = self.server.loop.call_later(max(0.0, delay), self._tick)
 
     def look(self) -> Look | None:
         """In the pool: what changed since the last look (None: nothing)."""
@@ -142,7 +149,8 @@ class StoreWatch:
         elif (look := fut.result()) is not None:
             self.server.store_changed(look)
         self.server.housekeeping()
-        self._next(0.0 if self._wanted else self.server.limits.watch_interval)
+        self._looked_at = self.server.loop.time()
+        self._next(MIN_GAP if self._wanted else self.server.limits.watch_interval)
 
     def close(self) -> None:
         """In the pool, or once the pool is done."""
