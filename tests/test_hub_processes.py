@@ -287,7 +287,9 @@ def test_copies_of_a_kiosk_on_two_processes_are_caught(
             copy.close()
 
 
-def test_status_reports_each_process(pair: Served, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_reports_each_process_and_one_runs_the_background_walks(
+        pair: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    assert [p.health()["store_feed"]["leads"] for p in pair.procs].count(True) == 1
     assert haven_main(["hub", "status", "--data", str(pair.hub.data)]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("server (pid ")]
     assert sorted(int(x.split()[2].rstrip("):")) for x in lines) == sorted(
