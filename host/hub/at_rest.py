@@ -252,8 +252,13 @@ def load(db: Db, provider: KeyProvider) -> Sealer:
         for version in (NAME_KEY, 1):
             _add(db, wrap, version, now)
         meta_set(db, CURRENT, 1)
-        # a hub from before sealing: its rows (and documents) are sealed in the background
-        meta_set(db, PROGRESS, "ops 0")
+        if any(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+               for table in ("ops", "quarantine", "held_batches")):
+            # a hub from before sealing: its rows (and documents) are sealed in the
+            # background
+            meta_set(db, PROGRESS, "ops 0")
+        else:  # a new hub: nothing to walk
+            meta_set(db, ALL_SEALED, 1)
         rows = db.execute("SELECT version, wrapped FROM keyring").fetchall()
     keys = {}
     for version, wrapped in rows:

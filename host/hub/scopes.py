@@ -60,7 +60,7 @@ of its scope group: the same role at the same site, or every ``full`` kiosk.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import groupby
 from typing import Any
 
@@ -277,6 +277,20 @@ def _older(db: Db, rid: bytes, before: int) -> list[tuple[int, bytes]]:
         [rid, before])]
 
 
+def _after(db: Db, select: str, args: Callable[[int], list[Any]], cursor: int,
+           rows: int = 500) -> Iterator[Any]:
+    """The rows of ``select`` (its first column an arrival number, its condition taking
+    ``args(after)``) in arrival order, read ``rows`` at a time: a pull stops at a page,
+    and a server that hands a statement's whole result at once (PostgreSQL) is asked
+    for no more than that."""
+    while True:
+        got = db.execute(f"{select} ORDER BY o.hseq LIMIT ?", [*args(cursor), rows]).fetchall()
+        yield from got
+        if len(got) < rows:
+            return
+        cursor = got[-1][0]
+
+
 def changes_full(db: Db, cursor: int, exclude_node: int | None,
                  max_bytes: int, split: PageSplit | None = None,
                  ) -> tuple[list[bytes], int, bool]:
@@ -284,10 +298,10 @@ def changes_full(db: Db, cursor: int, exclude_node: int | None,
     kiosk's: no audit entries), a late write's record whole (``note_late``; a group
     larger than a page goes over the pages of the session's ``split``)."""
     def groups() -> Iterator[tuple[int, list[bytes]]]:
-        for hseq, node, rid, data, late in db.execute(
-                f"SELECT o.hseq, o.node, o.rid, {_O_DATA}, l.hseq IS NOT NULL FROM ops o"
-                " LEFT JOIN late_writes l ON l.hseq = o.hseq WHERE o.hseq > ?"
-                " ORDER BY o.hseq", [cursor]):
+        for hseq, node, rid, data, late in _after(
+                db, f"SELECT o.hseq, o.node, o.rid, {_O_DATA}, l.hseq IS NOT NULL FROM ops o"
+                " LEFT JOIN late_writes l ON l.hseq = o.hseq WHERE o.hseq > ?",
+                lambda after: [after], cursor):
             if exclude_node is not None and _kiosk_only(rid):
                 yield hseq, []
                 continue
@@ -308,14 +322,14 @@ def changes_in_scope(db: Db, scope: Scope, cursor: int,
             " FROM ops o LEFT JOIN late_writes l ON l.hseq = o.hseq")
     # Driven by what arrived after the cursor (ops first), never by what the site holds.
     if scope.role == "door":  # only check-ins and verifiers of its site can be in scope
-        rows = db.execute(f"{late} CROSS JOIN record_facts f WHERE f.rid = o.rid"
-                          " AND o.hseq > ? AND o.hseq <= ? AND (f.location = ?"
-                          " AND f.type IN (?, ?) OR f.location IS NULL AND f.type = ?)"
-                          " ORDER BY o.hseq",
-                          [cursor, top, scope.site, CHECKIN, VERIFIER, ERASURE])
+        rows = _after(db, f"{late} CROSS JOIN record_facts f WHERE f.rid = o.rid"
+                      " AND o.hseq > ? AND o.hseq <= ? AND (f.location = ?"
+                      " AND f.type IN (?, ?) OR f.location IS NULL AND f.type = ?)",
+                      lambda after: [after, top, scope.site, CHECKIN, VERIFIER, ERASURE],
+                      cursor)
     else:
-        rows = db.execute(f"{late} LEFT JOIN record_facts f ON f.rid = o.rid"
-                          " WHERE o.hseq > ? AND o.hseq <= ? ORDER BY o.hseq", [cursor, top])
+        rows = _after(db, f"{late} LEFT JOIN record_facts f ON f.rid = o.rid"
+                      " WHERE o.hseq > ? AND o.hseq <= ?", lambda after: [after, top], cursor)
 
     def groups() -> Iterator[tuple[int, list[bytes]]]:
         for hseq, node, rid, data, is_late, *fact in rows:

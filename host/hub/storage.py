@@ -289,6 +289,8 @@ class HubStore:
         """The store in ``target``: an SQLite file's path, or a PostgreSQL URL (then
         ``keys`` must be given: there is no folder beside it to find them in)."""
         self._lock = threading.RLock()
+        self._vv: dict[int, int] = {}  # ``version_vector`` by arrival ``_vv_at``
+        self._vv_at = 0
         if keys is None and not isinstance(target, Path):
             raise ValueError("a hub database given by URL needs its key provider")
         self._db: Db = open_hub_database(target, MIGRATIONS)
@@ -821,7 +823,15 @@ class HubStore:
             [hseq, limit])]
 
     def version_vector(self) -> dict[int, int]:
-        return {n: s for n, s in self._q("SELECT node, MAX(stamp) FROM ops GROUP BY node")}
+        """The greatest stamp held of each node. Deltas are never deleted and arrive in
+        number order (``next_hseq``), so what arrived after the last look is added to
+        the vector held: one look through the arrival index, not through every delta."""
+        with self._lock:
+            for node, stamp, last in self._q("SELECT node, MAX(stamp), MAX(hseq) FROM ops"
+                                             " WHERE hseq > ? GROUP BY node", [self._vv_at]):
+                self._vv[node] = max(self._vv.get(node, 0), stamp)
+                self._vv_at = max(self._vv_at, last)
+            return dict(self._vv)
 
     # Keys at rest (``at_rest``) -----------------------------------------------------
 
