@@ -378,7 +378,7 @@ def measure(ctx: Any, count: int, checkins: int, serve_args: list[str] | None = 
         counts = landed(h.store, kiosks)
     shutil.rmtree(hub_dir, ignore_errors=True)
     once = sum(1 for k in kiosks if counts.get(k.node) == k.checkins)
-    return {**herd.figures(), "finished": finished, "seconds": round(took, 1),
+    return {**herd.figures(), "finished": finished, "seconds": round(took, 1), "limit_s": limit,
             "herd_cpu_s": round(herd_cpu, 1), "connected": connected,
             "idle_rss_kib": idle_kib, "rss_kib": rss_kib,
             "kib_per_kiosk": round((rss_kib - idle_kib) / max(1, connected), 1),
@@ -395,10 +395,13 @@ def rows(r: dict[str, Any], peer: dict[str, Any] | None = None) -> list[dict[str
     versus = []
     if peer is not None:
         timeouts = peer["failed"].get("timeout", 0)
+        late = "" if peer["finished"] else (
+            f"only {peer['landed']:,} of {n:,} landed within {peer['limit_s']:g} s; ")
         versus = [{
             "what": "  the same herd, the hub shedding nothing (--max-rounds "
-                    f"{10 * n:,}), all on the hub (s)", "value": peer["all_landed_s"],
-            "detail": f"round p50 {peer['round_p50_s']} s, p99 {peer['round_p99_s']} s; "
+                    f"{10 * n:,}), all on the hub (s)",
+            "value": peer["all_landed_s"] if peer["finished"] else None,
+            "detail": f"{late}round p50 {peer['round_p50_s']} s, p99 {peer['round_p99_s']} s; "
                       f"{timeouts:,} rounds past their time limit, tried again; "
                       f"{peer['exactly_once']:,} of {n:,} exactly once; peak "
                       f"{(peer.get('rounds') or {}).get('peak')} rounds at once",
