@@ -310,3 +310,22 @@ def test_an_sqlite_hub_takes_one_serving_process(
         err = capsys.readouterr().err.strip()
         assert f"another haven hub serve (pid {os.getpid()})" in err, err
         assert len(err.splitlines()) == 1
+
+
+def test_a_data_key_rotated_elsewhere_is_taken_by_every_process(
+        tmp_path: Path, pair: Served) -> None:
+    """What one process seals under the new key, another opens for a kiosk's pull."""
+    hub, (a, b) = pair.hub, pair.procs[:2]
+    writer, reader = Kiosk(tmp_path, "w", hub, "W"), Kiosk(tmp_path, "r", hub, "R")
+    try:
+        reader.sync(b.own_url)
+        version = hub.rotate_key()
+        wait_until(lambda: all(p.health()["data_key"] == version for p in (a, b)),
+                   f"every process on data key {version}")
+        rid = uuid.UUID(writer.store.checkin(name="Sealed anew").record_id).bytes
+        assert writer.sync(a.own_url).pushed == 2
+        assert reader.sync(b.own_url).pulled >= 2
+        assert rid in {v.record_id for v in reader.store.views()}
+    finally:
+        writer.close()
+        reader.close()

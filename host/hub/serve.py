@@ -492,6 +492,8 @@ class Server:
     # -- the store's changes -----------------------------------------------------------
 
     def store_changed(self, look: Look) -> None:
+        if look.data_key != self.hub.store.sealer.current:
+            self.submit(self._take_keys)
         for conn in list(self.connections):
             slot = conn.slot
             dev = slot.device if slot is not None else None
@@ -602,9 +604,18 @@ class Server:
             "listeners": [f"tcp://{h}:{p}" for h, p in (x.address for x in self.listeners)],
             "serial": [p.url for p in self.ports],
             "store_looks": self.watch.looks,
+            "data_key": self.hub.store.sealer.current,
             "store_feed": None if feed is None else {
                 "listening": feed.listening, "leads": feed.leads, "failures": feed.failures},
         }
+
+    def _take_keys(self) -> None:
+        """The keyring as another process left it (a write transaction reloads it)."""
+        try:
+            with self.hub.store.writing():
+                pass
+        except Exception as exc:  # noqa: BLE001 - the next look tries again
+            self.log_threadsafe("keys", f"taking the new data key failed: {exc}")
 
     def _background_slice(self) -> bool:
         """A re-seal slice, then one of a fleet key rotation's migration: True while

@@ -840,6 +840,7 @@ class HubStore:
         with self._tx() as db:
             version = at_rest.rotate(db, self._keys, now)
             self._sealing(db)
+            changed(db)  # every hub process takes the new key, to open what it seals
             return version
 
     def keyring(self) -> dict[str, Any]:
@@ -1111,7 +1112,8 @@ class HubReader(HubStore):
     def data_version(self) -> int:
         if not is_postgres(self._db):
             return int(self._q("PRAGMA data_version")[0][0])
-        # what a look reports: the last arrival and the kiosks revoked
+        # what a look reports: the last arrival, the kiosks revoked, the data key
         return hash(tuple(self._q(
             "SELECT (SELECT num FROM meta WHERE key = ?), (SELECT COUNT(*) FROM devices"
-            " WHERE state = 'revoked')", [LAST_HSEQ])[0]))
+            " WHERE state = 'revoked'), (SELECT num FROM meta WHERE key = ?)",
+            [LAST_HSEQ, at_rest.CURRENT])[0]))

@@ -13,7 +13,10 @@ hears the result on the loop (``Server.store_changed``): it pushes
 ``sync-notify`` (its cursor: the new head) to every welcomed session whose
 kiosk is not the only node that wrote since, and ends the sessions of
 revoked kiosks. A session holds at most one unanswered notify: the kiosk
-answers by pulling, and any message from it arms the next one.
+answers by pulling, and any message from it arms the next one. A data key
+rotated by another process (``haven hub keys rotate``, or another server
+process) is taken into this process's store at once: the rows that process
+seals under it are read here too.
 
 On PostgreSQL, where several hub processes may share the database, the
 store's writers notify at commit (``host.hub.database.changed``) and
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from host.hub.at_rest import CURRENT
 from host.hub.database import is_url
 from host.hub.storage import HubReader
 
@@ -53,6 +57,7 @@ class Look:
     previous: int | None  #: the head at the last look (None: the first look)
     writers: set[int]  #: nodes that wrote after ``previous``
     revoked: set[str]
+    data_key: int  #: the data key's version sealing new rows
 
 
 class StoreWatch:
@@ -130,7 +135,7 @@ class StoreWatch:
             else set()
         revoked = reader.revoked_devices()
         self._version, self._head = version, head
-        return Look(head, previous, writers, revoked)
+        return Look(head, previous, writers, revoked, int(reader.get_meta(CURRENT) or 0))
 
     def _looked(self, fut: Any) -> None:
         self.looks += 1
