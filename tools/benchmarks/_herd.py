@@ -415,8 +415,9 @@ def rows(r: dict[str, Any], peer: dict[str, Any] | None = None) -> list[dict[str
          "goal": "every check-in once", "met": r["finished"] and r["exactly_once"] == n},
         *versus,
         {"what": "  busy answers given", "value": r["busy_answers"],
-         "detail": f"no kiosk back before its wait ({r['early_returns']} early), none cut "
-                   f"mid-round ({r['busy_mid_round']}); hub: {hub_rounds}",
+         "detail": f"kiosks back before their wait: {r['early_returns']}; rounds told busy "
+                   f"after their welcome: {r['busy_mid_round']} (the kiosk answered the hub "
+                   f"after --round-quiet); hub: {hub_rounds}",
          "goal": "report", "met": r["early_returns"] == 0 and r["busy_mid_round"] == 0},
         {"what": "  peak rounds in progress", "value": hub_rounds.get("peak"),
          "detail": f"the hub's bound: {hub_rounds.get('bound')}",
