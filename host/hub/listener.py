@@ -10,7 +10,10 @@ its end; each failed accept is counted as a ``descriptors`` refusal.
 
 With ``--reuse-port`` several hub processes (of one hub on PostgreSQL) bind
 the same address with ``SO_REUSEPORT``, and the kernel gives each new
-connection to one of them, by a hash of its addresses and ports.
+connection to one of them, by a hash of its addresses and ports. It is a
+flag, not the default on PostgreSQL: without it a second server started on
+a port in use (another hub's, by mistake) fails at once instead of taking
+half of that hub's kiosks.
 
 Any other accept error means the listening socket itself is broken: it is
 closed and opened again on the same address (shared again, if it was); after ``listener_retries``
