@@ -280,7 +280,8 @@ class HubMemory:
 
     def commit_batch(self, device_id: str, seq: int, hash_: bytes,
                      good: list[tuple[Delta, bytes]], bad: list[tuple[str, str, bytes]],
-                     now: int, quarantined: list[int]) -> int | None:
+                     now: int, quarantined: list[int], follows: bytes | None = None,
+                     ) -> int | None:
         self.commits += 1
         self.batch_writes[(device_id, seq)] = [(d.record_id, d.stamp, d.node) for d, _ in good
                                                if (d.node, d.stamp, d.record_id) not in self.ops]

@@ -76,7 +76,7 @@ STALE_CURSOR_US = 30 * 86_400 * 1_000_000
 _HUB_ONLY = {VERIFIER.number: "verifier", ERASURE.number: "erasure"}
 
 
-class CheckpointMoved(Exception):
+class CheckpointMoved(ProtocolError):
     """The kiosk's checkpoint is not the one the round read: another hub process
     committed a batch of it meanwhile (``HubStorage.commit_batch``'s ``follows``)."""
 

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from host.errors import HavenError
 from protocol.driver.database import Migrations, immediate, open_database
 
 #: The schemes a database URL may have (anything else is a path to an SQLite file).
@@ -66,7 +67,7 @@ class Db(Protocol):
     def close(self) -> None: ...
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(HavenError):
     """The connection to the database broke in a transaction (the server went, or a
     failover): the transaction may or may not have committed. The next statement waits
     for a primary (``postgres.PgDb``)."""
