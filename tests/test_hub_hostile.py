@@ -669,5 +669,6 @@ def test_a_listener_that_will_not_open_again_stops_the_server(
     listener = hub.server.listeners[0]
     assert listener.sock is not None
     listener.sock.shutdown(socket.SHUT_RDWR)
+    assert hub.server.stopped.wait(60), "the server went on without its listener"
     with pytest.raises(ServerFailed, match="cannot listen on"):
         hub.server.wait()
