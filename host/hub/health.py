@@ -62,6 +62,15 @@ async def open_health(loop: asyncio.AbstractEventLoop, path: Path,
     return server
 
 
+def sweep(data: Path) -> None:
+    """Remove the sockets of serving processes that are gone (killed, they leave them)."""
+    for path in Path(data).glob("serve-*.sock"):
+        pid = path.name[len("serve-"):-len(".sock")]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def read_all(data: Path, timeout: float = 2.0) -> list[dict[str, Any]]:
     """Every running server's health report: the lone one's, or each process's when
     several share their ports (``serve-PID.sock``; one that does not answer is left

@@ -242,6 +242,8 @@ class Server:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
 
     async def _start_health(self) -> None:
+        if self.reuse_port:
+            health_socket.sweep(self.hub.data)
         self._health = await health_socket.open_health(self.loop, self.health_path,
                                                        self.health)
         if self._health is None:
