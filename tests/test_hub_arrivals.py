@@ -153,3 +153,33 @@ def test_a_batch_whose_checkpoint_moved_under_it_writes_nothing(
             one.commit_batch("kiosk", 1, b"9" * 32, good, [], NOW, [], follows=b"0" * 32)
         assert one.batch_hash("kiosk", 1) == b"1" * 32
         assert len(list(one.all_ops())) == len(good)
+
+
+def test_the_hubs_own_writes_are_one_pass_at_a_time_across_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_database: str) -> None:
+    """Two passes at once would give two of the hub's writes one stamp."""
+    monkeypatch.setenv(DATABASE_ENV, pg_database)
+    data = tmp_path / "hub"
+    init_hub(data)
+    order: list[str] = []
+    inside = threading.Event()
+    errors: list[BaseException] = []
+    with stores(data, 2) as (one, two):
+        def first() -> None:
+            with one.own_writes():
+                order.append("first in")
+                inside.set()
+                two_waiting.join(0.3)  # the other process is kept out meanwhile
+                order.append("first out")
+
+        def second() -> None:
+            assert inside.wait(WAIT)
+            with two.own_writes():
+                order.append("second in")
+        two_waiting = thread("second", second, errors)
+        t1 = thread("first", first, errors)
+        for t in (t1, two_waiting):
+            t.join(WAIT)
+            assert not t.is_alive()
+    assert errors == []
+    assert order == ["first in", "first out", "second in"]

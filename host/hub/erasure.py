@@ -65,7 +65,6 @@ from __future__ import annotations
 import datetime
 import json
 import shlex
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -101,7 +100,6 @@ MAX_REQUESTER = 100  #: characters of ``--by``
 MAX_REASON = 64  #: characters of ``--reason``
 CHECKPOINT_TRIES = 50  #: tries to empty the write-ahead log, 0.1 s apart
 MAX_RETURNS = 100  #: erasures of one passport's successive ids followed at most
-_lock = threading.Lock()  #: one pass at a time (sessions commit batches in parallel)
 
 
 @dataclass(frozen=True)
@@ -258,7 +256,7 @@ def erase(hub: Hub, pid: bytes, by: str, reason: str, now: int,
     what arrived since. ``UsageError`` for a patient the hub holds nothing of, or an id
     of a record that is not a patient's own (a check-in's), with nothing written."""
     by, reason = _words(by, "--by", MAX_REQUESTER), _words(reason, "--reason", MAX_REASON)
-    with _lock:
+    with hub.store.own_writes():
         pid = current_id(hub, pid)
         store, eid, name = hub.store, erasure_record_id(pid), str(uuid.UUID(bytes=pid))
         own = view_of(store, pid)
@@ -357,7 +355,7 @@ def _delete(view: RecordView, node: int, stamp: int) -> Delta:
 def after_batch(hub: Hub, now: int, hlc_of: Callable[[], HLC]) -> int:
     """The pass after each batch (see above); returns how many records it deleted again."""
     store = hub.store
-    with _lock:
+    with store.own_writes():
         with store.writing() as (db, _):
             patients = husking.erased(db)
             if not patients:

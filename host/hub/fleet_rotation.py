@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 import json
 import secrets
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -83,7 +82,6 @@ SLICE = 500
 #: Arrivals the late-write pass reads at a time.
 LATE_PAGE = 2000
 FIRST_KEY = "fleet.key"
-_lock = threading.Lock()  #: one pass at a time (sessions commit batches in parallel)
 
 
 def later_key_names(data: Path) -> list[str]:
@@ -231,7 +229,7 @@ def _write_key(data: Path, generation: int) -> None:
 
 def migrate_slice(hub: Hub, now: int, hlc_of: Callable[[], HLC], limit: int = SLICE) -> bool:
     """One slice of the migration under way, its place kept; True while it goes on."""
-    with _lock:
+    with hub.store.own_writes():
         state = state_of(hub.store)
         if state is None or state["done"]:
             return False
@@ -263,7 +261,7 @@ def migrate_slice(hub: Hub, now: int, hlc_of: Callable[[], HLC], limit: int = SL
 def after_batch(hub: Hub, now: int, hlc_of: Callable[[], HLC]) -> int:
     """The writes of kiosks at an older generation that arrived since the last pass,
     remapped (see above); returns how many records were written."""
-    with _lock:
+    with hub.store.own_writes():
         state = state_of(hub.store)
         if state is None:
             return 0

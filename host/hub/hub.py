@@ -498,13 +498,17 @@ class Hub:
                 values, add, remove = parse_assignments(TYPES[view.type], assignments)
                 if add or remove:
                     raise UsageError("a resolution sets registers; keep a version to settle sets")
-            hlc = self._hlc()  # past every stamp held, without opening a delta
-            delta = build_resolve(view, conflict_id, self.node, hlc.now(now), keep=keep,
-                                  values=values)
         except (ProtocolError, KeyError) as exc:
             raise UsageError(str(exc)) from None
-        self.store.set_meta("hlc", hlc.last)
-        self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
+        with self.store.own_writes():
+            hlc = self._hlc()  # past every stamp held, without opening a delta
+            try:
+                delta = build_resolve(view, conflict_id, self.node, hlc.now(now), keep=keep,
+                                      values=values)
+            except (ProtocolError, KeyError) as exc:
+                raise UsageError(str(exc)) from None
+            self.store.set_meta("hlc", hlc.last)
+            self.store.add_local(Op(delta.record_id, delta.stamp, delta.node, encode(delta)))
         self.store.log(None, "resolved", f"conflict {conflict_id}", now)
         return str(uuid.UUID(bytes=view.record_id))
 
@@ -513,7 +517,10 @@ class Hub:
         check-in's identity (``claims``); returns what was done to each. Only check-ins
         written since the last pass are looked at (a cursor in the hub's meta), with
         their patients: a pass costs what arrived, not what the hub holds."""
-        now = wall_ms() if now_ms is None else now_ms
+        with self.store.own_writes():
+            return self._promote_claims(wall_ms() if now_ms is None else now_ms)
+
+    def _promote_claims(self, now: int) -> list[dict[str, Any]]:
         cursor = int(self.store.get_meta("claims_cursor") or 0)
         checkins: set[bytes] = set()
         more = True

@@ -34,6 +34,7 @@ with ``secure_delete`` so the pages a re-seal frees hold no old bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -224,6 +225,9 @@ def next_number(db: Db) -> int:
 
 #: ``meta`` key: the last arrival number given.
 LAST_HSEQ = "last_hseq"
+#: The advisory lock (a number of ours) of the hub's own writes (``own_writes``), and how
+#: long a process waits for another's pass.
+OWN_WRITES, OWN_WRITES_WAIT = 0x6861_7665_6E00_0002, 120.0
 #: Values bound in one ``IN (...)`` list at most (SQLite's limit is far above).
 CHUNK = 500
 
@@ -289,6 +293,7 @@ class HubStore:
         """The store in ``target``: an SQLite file's path, or a PostgreSQL URL (then
         ``keys`` must be given: there is no folder beside it to find them in)."""
         self._lock = threading.RLock()
+        self._own = threading.RLock()  # ``own_writes``
         self._vv: dict[int, int] = {}  # ``version_vector`` by arrival ``_vv_at``
         self._vv_at = 0
         if keys is None and not isinstance(target, Path):
@@ -338,6 +343,31 @@ class HubStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def own_writes(self) -> Iterator[None]:
+        """A pass of the hub's own writes (its clock in ``meta`` 'hlc': claims,
+        resolutions, verifiers, erasures, the fleet key's migration), one at a time across
+        threads and, on PostgreSQL, across the hub's processes (an advisory lock of the
+        connection, tried outside the store's lock until had): two passes at once would
+        give two writes one stamp."""
+        with self._own:
+            if is_postgres(self._db):
+                deadline = time.monotonic() + OWN_WRITES_WAIT
+                while True:
+                    with self._lock:
+                        if self._q("SELECT pg_try_advisory_lock(?)", [OWN_WRITES])[0][0]:
+                            break
+                    if time.monotonic() > deadline:
+                        raise ConnectionLost("another hub process held its own writes' lock "
+                                             f"for {OWN_WRITES_WAIT:.0f} s")
+                    time.sleep(0.01)
+            try:
+                yield
+            finally:
+                if is_postgres(self._db):
+                    with self._lock, contextlib.suppress(Exception):  # a lost one is gone
+                        self._q("SELECT pg_advisory_unlock(?)", [OWN_WRITES])
 
     @contextmanager
     def writing(self) -> Iterator[tuple[Db, at_rest.Sealer]]:

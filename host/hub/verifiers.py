@@ -21,7 +21,6 @@ a pass with nothing new writes nothing.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable
 
@@ -37,7 +36,6 @@ from protocol.crdt.writes import build_put
 PASS = "verifiers_pass"
 BIRTH_DATE = PATIENT.field("birthDate").number
 _V = {f.name: f.number for f in VERIFIER.fields}
-_lock = threading.Lock()  #: one pass at a time (sessions commit batches in parallel)
 
 
 def view_of(store: HubStore, rid: bytes) -> RecordView | None:
@@ -51,7 +49,7 @@ def view_of(store: HubStore, rid: bytes) -> RecordView | None:
 def write(store: HubStore, fleet_key: bytes, node: int, now_ms: int,
           hlc_of: Callable[[], HLC]) -> int:
     """One pass: the verifiers that are missing or stale, written; returns how many."""
-    with _lock:
+    with store.own_writes():
         sites = store.door_sites()
         if not sites:
             return 0  # a site that gains a door kiosk is done whole at the next pass
