@@ -160,4 +160,4 @@ def test_corruption_yields_only_sent_frames_or_counted_drops(payloads, damage):
     assert all(p in sent for p in got)
     received_or_dropped = decoder.stats.frames + decoder.stats.dropped
     assert decoder.stats.frames == len(got)
-    assert received_or_dropped >= 1
+    assert received_or_dropped >= 1 or not wire.strip(b"\x00")  # all of it dropped: none
