@@ -36,10 +36,8 @@ from typing import Any
 
 import psycopg
 
-from host.hub.database import CHANGES_CHANNEL
+from host.hub.database import BACKGROUND_LOCK, CHANGES_CHANNEL
 
-#: The session advisory lock (a 64-bit number of ours) the background walks' leader holds.
-BACKGROUND_LOCK = 0x6861_7665_6E00_0002
 #: Seconds between two tries to connect while the database cannot be reached.
 RETRY = 0.5
 CONNECT_TIMEOUT = 10

@@ -50,6 +50,7 @@ import sqlite_utils
 
 from host.hub import at_rest, current, husking, scopes
 from host.hub.database import (
+    OWN_WRITES_LOCK,
     ConnectionLost,
     Db,
     changed,
@@ -225,9 +226,8 @@ def next_number(db: Db) -> int:
 
 #: ``meta`` key: the last arrival number given.
 LAST_HSEQ = "last_hseq"
-#: The advisory lock (a number of ours) of the hub's own writes (``own_writes``), and how
-#: long a process waits for another's pass.
-OWN_WRITES, OWN_WRITES_WAIT = 0x6861_7665_6E00_0002, 120.0
+#: How long a process waits for another's pass of the hub's own writes (``own_writes``).
+OWN_WRITES_WAIT = 120.0
 #: Values bound in one ``IN (...)`` list at most (SQLite's limit is far above).
 CHUNK = 500
 
@@ -356,7 +356,7 @@ class HubStore:
                 deadline = time.monotonic() + OWN_WRITES_WAIT
                 while True:
                     with self._lock:
-                        if self._q("SELECT pg_try_advisory_lock(?)", [OWN_WRITES])[0][0]:
+                        if self._q("SELECT pg_try_advisory_lock(?)", [OWN_WRITES_LOCK])[0][0]:
                             break
                     if time.monotonic() > deadline:
                         raise ConnectionLost("another hub process held its own writes' lock "
@@ -367,7 +367,7 @@ class HubStore:
             finally:
                 if is_postgres(self._db):
                     with self._lock, contextlib.suppress(Exception):  # a lost one is gone
-                        self._q("SELECT pg_advisory_unlock(?)", [OWN_WRITES])
+                        self._q("SELECT pg_advisory_unlock(?)", [OWN_WRITES_LOCK])
 
     @contextmanager
     def writing(self) -> Iterator[tuple[Db, at_rest.Sealer]]:

@@ -67,6 +67,12 @@ class Db(Protocol):
     def close(self) -> None: ...
 
 
+#: PostgreSQL advisory locks of the hub (64-bit numbers of ours), each a number of its own:
+#: migrations run under the first; the leader of the background walks holds the second
+#: (``change_feed``); the hub's own writes take the third (``HubStore.own_writes``).
+MIGRATION_LOCK, BACKGROUND_LOCK, OWN_WRITES_LOCK = (0x6861_7665_6E00_0001 + i for i in range(3))
+
+
 class ConnectionLost(HavenError):
     """The connection to the database broke in a transaction (the server went, or a
     failover): the transaction may or may not have committed. The next statement waits

@@ -43,11 +43,9 @@ import psycopg
 from psycopg.types.composite import CompositeInfo, register_composite
 
 from host.errors import UsageError
-from host.hub.database import ConnectionLost, Cursor
+from host.hub.database import MIGRATION_LOCK, ConnectionLost, Cursor
 from protocol.driver.database import DatabaseTooNew, Migrations
 
-#: The advisory lock (any 64-bit number of ours) that migrations run under.
-MIGRATION_LOCK = 0x6861_7665_6E00_0001
 #: How long a running hub waits for a primary after losing its connection.
 WAIT_PRIMARY = 120.0  # pg_auto_failover's default clocks promote in about 50 s
 CONNECT_TIMEOUT = 10
