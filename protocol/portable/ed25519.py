@@ -46,8 +46,9 @@ def _double(p: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
 
 
 def _multiply(n: int, p: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """[n]p for 0 <= n < 2**255 (MicroPython's int has no bit_length())."""
     acc = _IDENTITY
-    for i in range(n.bit_length() - 1, -1, -1):
+    for i in range(254, -1, -1):
         acc = _double(acc)
         if (n >> i) & 1:
             acc = _add(acc, p)
@@ -136,7 +137,7 @@ def verify(public: bytes, message: bytes, signature: bytes) -> bool:
     both = _add(_B, minus_a)
     # [s]B + [k](-A), one doubling a bit for both scalars (Shamir's trick)
     acc = _IDENTITY
-    for i in range(max(s.bit_length(), k.bit_length()) - 1, -1, -1):
+    for i in range(252, -1, -1):  # s and k are below L < 2**253
         acc = _double(acc)
         bits = (s >> i) & 1, (k >> i) & 1
         if bits == (1, 1):

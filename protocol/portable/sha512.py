@@ -23,8 +23,10 @@ def _primes(count: int) -> list[int]:
 
 
 def _iroot(n: int, k: int) -> int:
-    """The largest r with r ** k <= n (Newton's method on integers)."""
-    r = 1 << ((n.bit_length() + k - 1) // k)
+    """The largest r with r ** k <= n (Newton's method on integers, from above)."""
+    r = 1
+    while r**k <= n:
+        r <<= 1
     while True:
         s = ((k - 1) * r + n // r ** (k - 1)) // k
         if s >= r:
