@@ -47,7 +47,7 @@ from typing import Any
 import cbor2
 
 from host.hub import at_rest, husking
-from host.hub.database import Db, meta_get
+from host.hub.database import Db, meta_get, rows_in
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta, decode
 from protocol.crdt.record import Conflict, RecordLog, RecordView, Version
@@ -199,13 +199,8 @@ def apply(db: Db, sealer: at_rest.Sealer, added: Sequence[tuple[int, Delta]]) ->
 
 def _held(db: Db, rids: list[bytes]) -> dict[bytes, tuple[int, int, bytes]]:
     """(deleted, conflicts, heads) of those of ``rids`` the table holds."""
-    out: dict[bytes, tuple[int, int, bytes]] = {}
-    for at in range(0, len(rids), 500):
-        part = rids[at:at + 500]
-        out.update((bytes(r), (d, c, h)) for r, d, c, h in db.execute(
-            "SELECT rid, deleted, conflicts, heads FROM records WHERE rid IN"
-            f" ({', '.join('?' * len(part))})", part))
-    return out
+    return {bytes(r): (d, c, h) for r, d, c, h in rows_in(
+        db, "SELECT rid, deleted, conflicts, heads FROM records WHERE rid IN ({marks})", rids)}
 
 
 def _fresh(deltas: list[Delta]) -> dict[tuple[int, int], tuple[Dot | None, Any]] | None:

@@ -149,15 +149,10 @@ def init_hub(data: Path, key_provider: str = "file", tpm_tcti: str | None = None
 
 def _check_empty(url: str) -> None:
     """A PostgreSQL database a new hub may take: reachable, writable, holding no hub."""
-    from host.hub.database.postgres import PgDb
-    db = PgDb(url)
-    try:
-        if db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0] and \
-                db.execute("SELECT 1 FROM meta WHERE key = ?", [HUB_ID]).fetchone():
-            raise UsageError("that database holds a hub already; give each hub a database "
-                             "of its own (or restore this hub's keys to serve it)")
-    finally:
-        db.close()
+    from host.hub.database.postgres import read_meta
+    if read_meta(url, HUB_ID) is not None:
+        raise UsageError("that database holds a hub already; give each hub a database "
+                         "of its own (or restore this hub's keys to serve it)")
 
 
 class Hub:

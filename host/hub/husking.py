@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from host.hub.database import Db
+from host.hub.database import Db, rows_in
 from protocol.crdt.delta import Delta, encode
 from protocol.crdt.erasure import husk, subject_of
 from protocol.crdt.schema import ERASURE
@@ -72,13 +72,8 @@ def erasure_records(db: Db, rids: list[bytes]) -> set[bytes]:
 
 
 def _facts_match(db: Db, rids: list[bytes], where: str) -> set[bytes]:
-    out: set[bytes] = set()
-    for at in range(0, len(rids), 500):
-        part = rids[at:at + 500]
-        out.update(bytes(r) for (r,) in db.execute(
-            f"SELECT rid FROM record_facts WHERE rid IN ({', '.join('?' * len(part))})"
-            f" AND {where}", part))
-    return out
+    return {bytes(r) for (r,) in rows_in(
+        db, f"SELECT rid FROM record_facts WHERE rid IN ({{marks}}) AND {where}", rids)}
 
 
 def husked(db: Db, good: list[tuple[Delta, bytes]],

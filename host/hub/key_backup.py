@@ -50,7 +50,6 @@ from host.errors import UsageError
 from host.hub import fleet_rotation, recovery_key
 from host.hub.at_rest import STORE_KEY, default_provider
 from host.hub.backup import check_directory
-from host.hub.database import meta_get
 from host.hub.fleet_rotation import is_later_key_name, later_key_names
 from host.hub.hub import DATABASE_URL, DB, ED_KEY, FLEET_KEY, HUB_ID, SECRET_FILES, X_KEY
 from protocol import strict_cbor
@@ -158,13 +157,8 @@ def database_hub_id(data: Path) -> str | None:
 
 def _database_meta(data: Path, key: str) -> str | None:
     if (data / DATABASE_URL).exists():
-        from host.hub.database.postgres import PgDb
-        db = PgDb((data / DATABASE_URL).read_text().strip())
-        try:
-            value = meta_get(db, key) if db.execute(
-                "SELECT to_regclass('meta') IS NOT NULL").fetchone()[0] else None
-        finally:
-            db.close()
+        from host.hub.database.postgres import read_meta
+        value = read_meta((data / DATABASE_URL).read_text().strip(), key)
         return None if value is None else str(value)
     path = data / DB
     if not path.exists():

@@ -67,7 +67,7 @@ from typing import Any
 import cbor2
 
 from host.hub.at_rest import opened
-from host.hub.database import Db, is_postgres
+from host.hub.database import Db, is_postgres, rows_in
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import KEY_CTX, Delta, decode, encode
 from protocol.errors import RemoteProtocolError
@@ -151,13 +151,11 @@ def note_late(db: Db, added: Iterable[tuple[int, Delta]],
     writes = [(hseq, d) for hseq, d in added if not d.is_delete]
     rids = sorted({d.record_id for _, d in writes})
     deletes: dict[bytes, list[tuple[int, int, int]]] = {}  # record -> (arrival, stamp, node)
-    for at in range(0, len(rids), 500):  # the records written that hold a delete
-        part = rids[at:at + 500]
-        for rid, hseq, stamp, node, flag in db.execute(
-                f"SELECT rid, hseq, stamp, node, {deleted} FROM ops WHERE rid IN"
-                f" ({', '.join('?' * len(part))})", part):
-            if flag:
-                deletes.setdefault(bytes(rid), []).append((hseq, stamp, node))
+    for rid, hseq, stamp, node, flag in rows_in(  # the records written that hold a delete
+            db, f"SELECT rid, hseq, stamp, node, {deleted} FROM ops WHERE rid IN ({{marks}})",
+            rids):
+        if flag:
+            deletes.setdefault(bytes(rid), []).append((hseq, stamp, node))
     late = [(hseq,) for hseq, d in writes if any(
         before < hseq and node != d.node and Dot(stamp, node) not in set(d.ctx)
         for before, stamp, node in deletes.get(d.record_id, ()))]

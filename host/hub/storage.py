@@ -53,6 +53,7 @@ from host.hub.database import (
     OWN_WRITES_LOCK,
     ConnectionLost,
     Db,
+    IntegrityError,
     changed,
     for_update,
     is_postgres,
@@ -60,6 +61,7 @@ from host.hub.database import (
     meta_get,
     meta_set,
     open_hub_database,
+    rows_in,
     writing,
 )
 from protocol.crdt import short_code
@@ -228,8 +230,6 @@ def next_number(db: Db) -> int:
 LAST_HSEQ = "last_hseq"
 #: How long a process waits for another's pass of the hub's own writes (``own_writes``).
 OWN_WRITES_WAIT = 120.0
-#: Values bound in one ``IN (...)`` list at most (SQLite's limit is far above).
-CHUNK = 500
 
 
 def next_hseq(db: Db) -> int:
@@ -240,13 +240,18 @@ def next_hseq(db: Db) -> int:
     commit, and a pull's cursor never passes a delta that commits late. The caller
     records the last number it used (``used_hseq``), in the same transaction."""
     last = meta_get(db, LAST_HSEQ, lock=True)
-    if last is None:  # a hub from before the counter: the greatest number ever given
-        last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone() \
-            if not is_postgres(db) else db.execute("SELECT MAX(hseq) FROM ops").fetchone()
-        last = (last[0] if last else None) or 0
-        meta_set(db, LAST_HSEQ, int(last), replace=False)
-        meta_get(db, LAST_HSEQ, lock=True)
+    if last is None:  # a hub from before the counter: from the greatest number given
+        meta_set(db, LAST_HSEQ, _greatest_given(db), replace=False)
+        last = meta_get(db, LAST_HSEQ, lock=True)  # another writer's, if it was first
     return max(int(last) + 1, time.time_ns() // 1000)
+
+
+def _greatest_given(db: Db) -> int:
+    """The greatest arrival number ever given (SQLite's AUTOINCREMENT remembers one whose
+    row went; a hub on PostgreSQL began with the counter)."""
+    row = db.execute("SELECT MAX(hseq) FROM ops" if is_postgres(db) else
+                     "SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
+    return int((row[0] if row else None) or 0)
 
 
 def used_hseq(db: Db, last: int) -> None:
@@ -415,7 +420,7 @@ class HubStore:
                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [dev.device_id, dev.node, dev.site, dev.letter, dev.x25519, dev.ed25519,
                         dev.state, now, dev.last_hash, number, dev.role, dev.window_days])
-        except sqlite3.IntegrityError as exc:
+        except IntegrityError as exc:
             raise ValueError(f"kiosk {dev.device_id} clashes with a kiosk known: {exc}") from None
 
     # Offline approvals (SPEC.md "Offline approvals") ---------------------------------------
@@ -1071,13 +1076,9 @@ def insert_ops(db: Db, rows: list[tuple[Op, str, bool]]) -> list[int | None]:
     if not rows:
         return []
     hseq = next_hseq(db)
-    held: set[tuple[bytes, int, int]] = set()
-    rids = sorted({op.rid for op, _, _ in rows})
-    for at in range(0, len(rids), CHUNK):
-        part = rids[at:at + CHUNK]
-        held.update((bytes(r), s, n) for r, s, n in db.execute(
-            f"SELECT rid, stamp, node FROM ops WHERE rid IN ({', '.join('?' * len(part))})",
-            part))
+    held = {(bytes(r), s, n) for r, s, n in rows_in(
+        db, "SELECT rid, stamp, node FROM ops WHERE rid IN ({marks})",
+        sorted({op.rid for op, _, _ in rows}))}
     given: list[int | None] = []
     new = []
     for op, origin, deleted in rows:

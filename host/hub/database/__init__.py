@@ -29,7 +29,7 @@ the key never leaves the hub's process.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,10 +50,6 @@ class Cursor(Protocol):
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
     def __iter__(self) -> Iterator[Any]: ...
-
-
-class Connection(Protocol):
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Any: ...
 
 
 class Db(Protocol):
@@ -160,6 +156,14 @@ def meta_set(db: Db, key: str, value: Any, *, replace: bool = True) -> None:
         return
     db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO "
                + ("UPDATE SET value = excluded.value" if replace else "NOTHING"), [key, value])
+
+
+def rows_in(db: Db, select: str, values: Sequence[Any], size: int = 500) -> Iterator[Any]:
+    """The rows of ``select`` with ``values`` bound in its ``IN ({marks})`` list, ``size``
+    of them a statement."""
+    for at in range(0, len(values), size):
+        part = list(values[at:at + size])
+        yield from db.execute(select.replace("{marks}", ", ".join("?" * len(part))), part)
 
 
 def meta_delete(db: Db, key: str) -> None:

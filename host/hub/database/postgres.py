@@ -32,7 +32,6 @@ the transaction it cut fails, and the kiosk whose round it was tries again.
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +42,13 @@ import psycopg
 from psycopg.types.composite import CompositeInfo, register_composite
 
 from host.errors import UsageError
-from host.hub.database import MIGRATION_LOCK, ConnectionLost, Cursor
+from host.hub.database import (
+    MIGRATION_LOCK,
+    ConnectionLost,
+    Cursor,
+    IntegrityError,
+    meta_get,
+)
 from protocol.driver.database import DatabaseTooNew, Migrations
 
 #: How long a running hub waits for a primary after losing its connection.
@@ -183,13 +188,8 @@ class PgDb:
     def _run(self, query: str, parameters: Any) -> Cursor:
         """A statement in psycopg's own placeholders."""
         conn = self._live()
-        try:
+        with _errors(conn):
             return conn.execute(query, parameters)
-        except psycopg.errors.IntegrityError as exc:
-            raise sqlite3.IntegrityError(_first_line(exc)) from exc
-        except psycopg.errors.ReadOnlySqlTransaction:
-            conn.close()  # a primary that became a standby: the next call finds the new one
-            raise
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run ``sql`` for each row: an INSERT as one statement over arrays of its columns
@@ -207,11 +207,8 @@ class PgDb:
                       [list(column) for column in zip(*params, strict=True)])
             return
         conn = self._live()
-        try:
-            with conn.cursor() as cur:
-                cur.executemany(translate(sql), params)
-        except psycopg.errors.IntegrityError as exc:
-            raise sqlite3.IntegrityError(_first_line(exc)) from exc
+        with _errors(conn), conn.cursor() as cur:
+            cur.executemany(translate(sql), params)
 
     def _column_types(self, table: str) -> dict[str, str]:
         """Each column's type in SQL, to bind a column of rows as one array."""
@@ -264,6 +261,32 @@ class PgDb:
                              " CONFLICT (name) DO UPDATE SET version = excluded.version",
                              [migrations.name, version + 1])
                 applied.append(version + 1)
+
+
+@contextmanager
+def _errors(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """A statement's errors as the hub takes them: a clash is ``IntegrityError`` on
+    either engine; a primary that became a standby closes the connection, so that the
+    next statement finds the new one."""
+    try:
+        yield
+    except psycopg.errors.IntegrityError as exc:
+        raise IntegrityError(_first_line(exc)) from exc
+    except psycopg.errors.ReadOnlySqlTransaction:
+        conn.close()
+        raise
+
+
+def read_meta(url: str, key: str) -> Any:
+    """A value of ``meta`` in the database at ``url`` without migrating it (None: no
+    such value, or no hub's tables there yet)."""
+    db = PgDb(url)
+    try:
+        if not db.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
+            return None
+        return meta_get(db, key)
+    finally:
+        db.close()
 
 
 def _keys_distinct(insert: re.Match[str], rows: list[Any]) -> bool:
