@@ -349,6 +349,11 @@ class HubStore:
         with self._lock:
             self._db.close()
 
+    def take_keys(self) -> None:
+        """The keyring as another process left it, if it rotated the key meanwhile."""
+        with self._tx() as db:
+            self._sealing(db)
+
     @contextmanager
     def own_writes(self) -> Iterator[None]:
         """A pass of the hub's own writes (its clock in ``meta`` 'hlc': claims,
