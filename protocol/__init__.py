@@ -7,5 +7,10 @@ exception is ``protocol.driver``, the I/O that the kiosk and the hub share
 (links, the session driver, key files, the clock); the core never imports it.
 """
 
+import sys
+
 WIRE_VERSION = 2
+#: Under MicroPython (a sensor node), protocol.portable stands in for cryptography
+#: and cbor2; see protocol/portable/.
+MICROPYTHON = sys.implementation.name == "micropython"
 __version__ = "0.1.0"

@@ -9,7 +9,10 @@ the same values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _POLY = 0x82F63B78
 

@@ -6,7 +6,19 @@ branch of it). In the core, ``LocalProtocolError`` means the caller misused
 the API and ``RemoteProtocolError`` means the peer (or the line) sent
 something we refuse; both are also ``ValueError``, so callers can catch
 either. Each leaf of the tree also inherits the matching built-in.
+
+MicroPython lets a class have one built-in base at most, so there the two
+leaves are ``ProtocolError`` alone: catch them as such in code meant for both.
 """
+
+from typing import TYPE_CHECKING
+
+from protocol import MICROPYTHON
+
+if TYPE_CHECKING or not MICROPYTHON:  # noqa: SIM108 (mypy takes a base from a plain assignment)
+    _ValueError = ValueError
+else:
+    _ValueError = object
 
 
 class ProtocolError(Exception):
@@ -21,13 +33,13 @@ class ProtocolError(Exception):
             self.code = code
 
 
-class LocalProtocolError(ProtocolError, ValueError):
+class LocalProtocolError(ProtocolError, _ValueError):
     """We were asked to do something the protocol does not allow."""
 
     code = "local-error"
 
 
-class RemoteProtocolError(ProtocolError, ValueError):
+class RemoteProtocolError(ProtocolError, _ValueError):
     """The peer sent bytes or a message we refuse."""
 
     code = "remote-error"

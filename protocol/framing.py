@@ -46,6 +46,7 @@ def wire_size(payload_size: int, *, crc: bool = True) -> int:
 class FrameStats:
     """What a ``FrameDecoder`` has seen. Every dropped run is in one count."""
 
+    __match_args__ = ("frames", "bad_crc", "bad_cobs", "runts", "oversized")
     frames: int = 0  #: good frames handed to the caller
     bad_crc: int = 0  #: frames whose CRC did not match
     bad_cobs: int = 0  #: runs that were not valid COBS
@@ -92,7 +93,7 @@ class FrameDecoder:
         start = 0
         n = len(data)
         while start < n:
-            end = data.find(0, start)
+            end = data.find(b"\x00", start)
             if end < 0:
                 self._hold(data[start:])
                 break
@@ -103,7 +104,7 @@ class FrameDecoder:
                 payload = self._decode(bytes(self._buf))
                 if payload is not None:
                     out.append(payload)
-            self._buf.clear()
+            self._buf = bytearray()
             start = end + 1
         return out
 
@@ -112,7 +113,7 @@ class FrameDecoder:
             return
         if len(self._buf) + len(chunk) > self._max_run:
             self.stats.oversized += 1
-            self._buf.clear()
+            self._buf = bytearray()
             self._discarding = True
             return
         self._buf += chunk

@@ -11,33 +11,38 @@ Later layers register their message types here with ``register``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import strict_cbor
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    #: What a field may be declared with: CBOR types, or a check of the whole value for a
+    #: field whose shape a type alone does not say (a list of record ids, 32 bytes).
+    FieldType = type | tuple[type, ...] | Callable[[Any], bool]
+
 TYPE_KEY = 0
 
-#: What a field may be declared with: CBOR types, or a check of the whole value for a
-#: field whose shape a type alone does not say (a list of record ids, 32 bytes).
-FieldType = type | tuple[type, ...] | Callable[[Any], bool]
 
 
 @dataclass(frozen=True)
 class MessageSpec:
     """One message type: its number, its name and its known fields."""
 
+    __match_args__ = ("number", "name", "required", "optional")
     number: int
     name: str
     required: dict[int, tuple[str, FieldType]] = field(default_factory=dict)
     optional: dict[int, tuple[str, FieldType]] = field(default_factory=dict)
 
     def field_key(self, name: str) -> int:
-        for key, (fname, _) in {**self.required, **self.optional}.items():
-            if fname == name:
-                return key
+        for fields in (self.required, self.optional):
+            for key, (fname, _) in fields.items():
+                if fname == name:
+                    return key
         raise LocalProtocolError(f"message {self.name} has no field {name!r}")
 
 
@@ -45,6 +50,7 @@ class MessageSpec:
 class Message:
     """A decoded message. ``fields`` maps integer keys to values, unknown ones included."""
 
+    __match_args__ = ("type", "fields")
     type: int
     fields: dict[int, Any]
 
@@ -94,7 +100,9 @@ def encode(msg: Message) -> bytes:
     """Deterministic CBOR bytes of ``msg``."""
     if TYPE_KEY in msg.fields:
         raise LocalProtocolError("field key 0 is the message type")
-    return strict_cbor.dumps({TYPE_KEY: msg.type, **msg.fields})
+    whole = dict(msg.fields)
+    whole[TYPE_KEY] = msg.type
+    return strict_cbor.dumps(whole)
 
 
 def decode(data: bytes, *, max_size: int = strict_cbor.DEFAULT_MAX_SIZE) -> Message:
@@ -118,13 +126,15 @@ def _validate(msg: Message, spec: MessageSpec, error: type[Exception]) -> None:
     for key, (fname, _) in spec.required.items():
         if key not in msg.fields:
             raise error(f"{spec.name}: missing field {fname} ({key})", "missing-field")
-    for key, (fname, ftype) in {**spec.required, **spec.optional}.items():
-        if key in msg.fields and not _is_type(msg.fields[key], ftype):
-            raise error(f"{spec.name}: field {fname} ({key}) has the wrong type", "field-type")
+    for fields in (spec.required, spec.optional):
+        for key, (fname, ftype) in fields.items():
+            if key in msg.fields and not _is_type(msg.fields[key], ftype):
+                raise error(f"{spec.name}: field {fname} ({key}) has the wrong type",
+                            "field-type")
 
 
 def _is_type(value: Any, ftype: FieldType) -> bool:
-    if not isinstance(ftype, type | tuple):
+    if not isinstance(ftype, (type, tuple)):
         return bool(ftype(value))
     # bool is an int in Python but not in CBOR.
     if isinstance(value, bool):

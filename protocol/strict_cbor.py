@@ -21,15 +21,27 @@ and refuses (with ``RemoteProtocolError``):
   cbor2 would otherwise follow.
 
 Only then does cbor2 build the objects, with duplicate keys refused.
+
+Under MicroPython, which has no cbor2, ``protocol.portable.cbor`` encodes and
+builds instead, to the same bytes and objects; the walk above is the same code.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import cbor2
-
+from protocol import MICROPYTHON
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+_ENCODE_ERRORS: tuple[type[Exception], ...]
+if MICROPYTHON:
+    from protocol.portable import cbor as _portable
+
+    _ENCODE_ERRORS = (TypeError, ValueError)
+else:
+    import cbor2
+
+    _ENCODE_ERRORS = (TypeError, ValueError, cbor2.CBOREncodeError)
 
 DEFAULT_MAX_SIZE = 64 * 1024
 DEFAULT_MAX_DEPTH = 16
@@ -42,8 +54,10 @@ _SIMPLE_OK = {20, 21, 22}  # false, true, null
 def dumps(obj: Any) -> bytes:
     """Encode ``obj`` deterministically (RFC 8949 section 4.2.1)."""
     try:
+        if MICROPYTHON:
+            return _portable.dumps(obj)
         return cbor2.dumps(obj, canonical=True)
-    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+    except _ENCODE_ERRORS as exc:
         raise LocalProtocolError(f"cannot encode as CBOR: {exc}", "encode") from None
 
 
@@ -120,6 +134,11 @@ def check(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
 def loads(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Any:
     """Decode one CBOR item after ``check`` has accepted it."""
     check(data, max_size=max_size)
+    if MICROPYTHON:
+        try:
+            return _portable.build(data)
+        except (ValueError, UnicodeError) as exc:
+            raise RemoteProtocolError(f"invalid CBOR: {exc}", "invalid") from None
     try:
         return cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False,
                            max_depth=DEFAULT_MAX_DEPTH + 1)

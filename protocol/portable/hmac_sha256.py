@@ -4,28 +4,41 @@ MicroPython's hashlib has sha256 but no hmac module, and its hash objects have
 no copy(), so each MAC hashes its padded key afresh.
 """
 
+from __future__ import annotations
+
 import hashlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BLOCK_SIZE = 64
 DIGEST_SIZE = 32
 
 
-def _xor_pad(key: bytes, pad: int) -> bytes:
-    out = bytearray(BLOCK_SIZE)
-    for i in range(BLOCK_SIZE):
+def _xor_pad(key: bytes, pad: int, block_size: int) -> bytes:
+    out = bytearray(block_size)
+    for i in range(block_size):
         out[i] = (key[i] if i < len(key) else 0) ^ pad
     return bytes(out)
 
 
+def hmac_with(digest: Callable[[bytes], bytes], block_size: int, key: bytes,
+              message: bytes) -> bytes:
+    """RFC 2104 HMAC over any hash given as ``digest(data) -> bytes``."""
+    if len(key) > block_size:
+        key = digest(key)
+    inner = digest(_xor_pad(key, 0x36, block_size) + message)
+    return digest(_xor_pad(key, 0x5C, block_size) + inner)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
     """HMAC-SHA256(key, message), 32 bytes."""
-    if len(key) > BLOCK_SIZE:
-        key = hashlib.sha256(key).digest()
-    inner = hashlib.sha256(_xor_pad(key, 0x36))
-    inner.update(message)
-    outer = hashlib.sha256(_xor_pad(key, 0x5C))
-    outer.update(inner.digest())
-    return outer.digest()
+    return hmac_with(_sha256, BLOCK_SIZE, key, message)
 
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:

@@ -214,6 +214,10 @@ class FrameSizer:
     a line so bad that no frame of the current size gets through.
     """
 
+    __match_args__ = (
+        "min_size", "max_size", "overhead", "memory_frames", "prior_bytes", "prior_error_rate",
+        "initial_size"
+    )
     min_size: int = 48
     max_size: int = 4096
     overhead: int = 28

@@ -46,7 +46,7 @@ Every state change goes through ``events.TRANSITIONS``.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from protocol import messages, varint
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -67,6 +67,9 @@ from protocol.session.events import (
 )
 from protocol.session.handshakes import HandshakeRun, Handshaking, resume_token
 from protocol.session.noise import FrameOpener
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "Closed", "Connected", "Event", "MessageReceived", "Session", "SessionConfig", "SessionStats",

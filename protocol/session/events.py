@@ -46,6 +46,12 @@ def next_state(state: str, trigger: str) -> str:
 
 @dataclass
 class SessionConfig:
+    __match_args__ = (
+        "pattern", "stream", "rate", "max_frame", "frame_size", "min_frame", "window",
+        "send_buffer", "max_inflight", "lanes", "max_message", "initial_rto", "min_rto", "max_rto",
+        "max_probe_interval", "max_frame_time", "ack_delay", "keepalive", "dead_timeout",
+        "flood_limit"
+    )
     pattern: str = "XX"  #: "XX", "IK" or "NN"
     stream: bool = False  #: the link is reliable (TCP): no retransmission timers
     rate: float | None = None  #: line rate in bytes/s, for pacing; None: unpaced
@@ -70,6 +76,7 @@ class SessionConfig:
 
 @dataclass(frozen=True)
 class Connected:
+    __match_args__ = ("session_id", "remote_static", "resumed")
     session_id: bytes
     remote_static: bytes | None
     resumed: bool
@@ -77,12 +84,14 @@ class Connected:
 
 @dataclass(frozen=True)
 class MessageReceived:
+    __match_args__ = ("lane", "data")
     lane: int
     data: bytes
 
 
 @dataclass(frozen=True)
 class Closed:
+    __match_args__ = ("reason", "detail", "by_peer", "retry_ms")
     reason: str
     detail: str = ""
     by_peer: bool = False
@@ -94,6 +103,12 @@ Event = Connected | MessageReceived | Closed
 
 @dataclass
 class SessionStats:
+    __match_args__ = (
+        "bytes_sent", "bytes_received", "frames_sent", "frames_received", "data_bytes_sent",
+        "retransmitted_bytes", "lost_frames", "timeouts", "early_frames", "bad_handshake",
+        "takeovers", "handshakes_dropped", "handshakes_throttled", "bad_messages",
+        "unknown_messages", "clamped", "extra"
+    )
     bytes_sent: int = 0
     bytes_received: int = 0
     frames_sent: int = 0
@@ -117,6 +132,7 @@ class SessionStats:
 class _Sent:
     """A frame in flight: the lane ranges ``(lane, start, end)`` it carries."""
 
+    __match_args__ = ("segments", "time", "size")
     segments: list[tuple[int, int, int]]
     time: float
     size: int

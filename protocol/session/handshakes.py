@@ -44,8 +44,8 @@ import hashlib
 import hmac
 import secrets
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -68,6 +68,9 @@ from protocol.session.noise import FrameOpener, FrameSealer, Handshake
 from protocol.session.receiver import SessionReceiver
 from protocol.session.sender import SessionSender, check_peer_limits
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 PROLOGUE = b"haven-session"
 SUPPORTED_VERSIONS = [WIRE_VERSION]
 MAX_URGENT = 4  #: handshake and refusal frames waiting to go out; older ones give way
@@ -75,6 +78,10 @@ MAX_URGENT = 4  #: handshake and refusal frames waiting to go out; older ones gi
 
 @dataclass
 class HandshakeRun:
+    __match_args__ = (
+        "sent_at", "rto", "heard_at", "hs", "frames", "seen", "new_secret", "resume_request",
+        "limits", "sealer", "opener", "read_last"
+    )
     sent_at: float  #: when our latest handshake frame was queued
     rto: float  #: wait this long for the peer's next step before sending ours again
     heard_at: float  #: when the peer's latest handshake frame arrived

@@ -48,16 +48,18 @@ Sans-I/O: no clock, no socket. Ephemeral keys are generated unless injected
 from __future__ import annotations
 
 import hmac as _consttime
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as _hmac
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
+from protocol.crypto import (
+    HASHES,
+    ChaCha20Poly1305,
+    InvalidTag,
+    X25519PrivateKey,
+    X25519PublicKey,
+    hash_digest,
+    hmac_digest,
+)
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.session.replay import DEFAULT_WINDOW, ReplayWindow
 
@@ -68,14 +70,9 @@ TAG_SIZE: Final = 16  #: Poly1305 tag: the per-frame overhead besides the nonce
 MAX_MESSAGE: Final = 65535  #: Noise section 3: the largest handshake message
 MAX_NONCE: Final = 2**64 - 2  #: the last usable nonce; 2**64-1 is reserved (section 5.1)
 
-_HASHES: Final[dict[str, Callable[[], hashes.HashAlgorithm]]] = {
-    "SHA256": hashes.SHA256,
-    "BLAKE2s": lambda: hashes.BLAKE2s(32),
-}
-
-
 @dataclass(frozen=True)
 class _Pattern:
+    __match_args__ = ("pre_initiator", "pre_responder", "messages")
     pre_initiator: tuple[str, ...]
     pre_responder: tuple[str, ...]
     messages: tuple[tuple[str, ...], ...]  # even index: initiator writes
@@ -91,23 +88,11 @@ PATTERNS: Final[dict[str, _Pattern]] = {
 # -- Section 4: hash functions and HKDF ---------------------------------------
 
 
-def _hash(name: str, data: bytes) -> bytes:
-    h = hashes.Hash(_HASHES[name]())
-    h.update(data)
-    return h.finalize()
-
-
-def _hmac_hash(name: str, key: bytes, data: bytes) -> bytes:
-    m = _hmac.HMAC(key, _HASHES[name]())
-    m.update(data)
-    return m.finalize()
-
-
 def hkdf(name: str, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
     """Noise section 4.3 ``HKDF(chaining_key, ikm, 2)`` (not RFC 5869's API)."""
-    temp_key = _hmac_hash(name, chaining_key, ikm)
-    out1 = _hmac_hash(name, temp_key, b"\x01")
-    out2 = _hmac_hash(name, temp_key, out1 + b"\x02")
+    temp_key = hmac_digest(name, chaining_key, ikm)
+    out1 = hmac_digest(name, temp_key, b"\x01")
+    out2 = hmac_digest(name, temp_key, out1 + b"\x02")
     return out1, out2
 
 
@@ -179,7 +164,7 @@ class SymmetricState:
         if len(protocol_name) <= HASHLEN:
             self.h = protocol_name.ljust(HASHLEN, b"\x00")
         else:
-            self.h = _hash(hash_name, protocol_name)
+            self.h = hash_digest(hash_name, protocol_name)
         self.ck = self.h
         self.cipher = CipherState()
 
@@ -188,7 +173,7 @@ class SymmetricState:
         self.cipher.initialize_key(temp_k[:KEY_SIZE])
 
     def mix_hash(self, data: bytes) -> None:
-        self.h = _hash(self.hash_name, self.h + data)
+        self.h = hash_digest(self.hash_name, self.h + data)
 
     def encrypt_and_hash(self, plaintext: bytes) -> bytes:
         ciphertext = self.cipher.encrypt_with_ad(self.h, plaintext)
@@ -245,7 +230,7 @@ class Handshake:
     ) -> None:
         if pattern not in PATTERNS:
             raise LocalProtocolError(f"unknown pattern {pattern!r}", "config")
-        if hash not in _HASHES:
+        if hash not in HASHES:
             raise LocalProtocolError(f"unknown hash {hash!r}", "config")
         p = PATTERNS[pattern]
         self._pattern = p
@@ -456,6 +441,7 @@ class FrameSealer:
 class OpenerStats:
     """What a ``FrameOpener`` refused, by reason. Every refused frame is in one count."""
 
+    __match_args__ = ("opened", "bad_tag", "replayed", "too_old")
     opened: int = 0  #: frames that authenticated and were fresh
     bad_tag: int = 0  #: forged or damaged frames (and impossible nonces)
     replayed: int = 0  #: nonces already accepted

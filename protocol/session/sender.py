@@ -15,7 +15,7 @@ pings, and ends for us within one probe interval of the line's return.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from protocol import varint
 from protocol.errors import RemoteProtocolError
@@ -24,8 +24,12 @@ from protocol.session import frames as w
 from protocol.session.arq import PACKET_THRESHOLD, FrameSizer, RttEstimator, SendLane
 from protocol.session.events import SessionConfig, SessionStats, _Sent
 
-#: Seals ``(kind, plaintext)`` into a frame; returns its packet number and the frame.
-Seal = Callable[[int, bytes], tuple[int, bytes]]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    #: Seals ``(kind, plaintext)`` into a frame; returns its packet number and the frame.
+    Seal = Callable[[int, bytes], tuple[int, bytes]]
+
 #: Most a part of a mixed frame adds to its lane bytes: kind, length and offset varints.
 PART_RESERVE = 1 + 4 + 8
 #: Fewer free bytes than this in a frame are not worth another part.

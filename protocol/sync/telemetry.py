@@ -23,10 +23,12 @@ Everything here is pure.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.crdt.schema import TELEMETRY
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: The record id's first 8 bytes; then node (u32) and the period's first minute (u32).
 ID_PREFIX = b"hAvTel\x80\x00"

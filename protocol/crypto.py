@@ -1,0 +1,86 @@
+"""The primitives the session and signed batches use, behind one interface.
+
+On CPython these are `cryptography`'s (OpenSSL): the classes themselves,
+re-exported. MicroPython has none of them, so there, and only there, the
+pure-Python ones in ``protocol.portable`` stand in under the same names and
+methods. Callers import from here, never from either side directly, and run
+unchanged on both. Nothing on a CPython path imports ``protocol.portable``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from protocol import MICROPYTHON
+
+#: Noise's hash functions by name: both have 32-byte digests and 64-byte blocks.
+HASHES = ("SHA256", "BLAKE2s")
+
+if TYPE_CHECKING or not MICROPYTHON:
+    from cryptography.exceptions import InvalidSignature, InvalidTag
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as _hmac
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    def _algorithm(name: str) -> hashes.HashAlgorithm:
+        if name == "SHA256":
+            return hashes.SHA256()
+        if name == "BLAKE2s":
+            return hashes.BLAKE2s(32)
+        raise ValueError(f"unknown hash {name!r}")
+
+    def hash_digest(name: str, data: bytes) -> bytes:
+        """``name`` ("SHA256" or "BLAKE2s") of ``data``."""
+        h = hashes.Hash(_algorithm(name))
+        h.update(data)
+        return h.finalize()
+
+    def hmac_digest(name: str, key: bytes, data: bytes) -> bytes:
+        """HMAC-``name`` of ``data`` under ``key``."""
+        m = _hmac.HMAC(key, _algorithm(name))
+        m.update(data)
+        return m.finalize()
+
+else:  # MicroPython
+    import hashlib
+
+    from protocol.portable.blake2s import blake2s, hmac_blake2s
+    from protocol.portable.hmac_sha256 import hmac_sha256
+    from protocol.portable.keys import (  # noqa: F401  (the interface's names)
+        ChaCha20Poly1305,
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+        InvalidSignature,
+        InvalidTag,
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+
+    def hash_digest(name, data):
+        if name == "SHA256":
+            return hashlib.sha256(data).digest()
+        if name == "BLAKE2s":
+            return blake2s(data)
+        raise ValueError(f"unknown hash {name!r}")
+
+    def hmac_digest(name, key, data):
+        if name == "SHA256":
+            return hmac_sha256(key, data)
+        if name == "BLAKE2s":
+            return hmac_blake2s(key, data)
+        raise ValueError(f"unknown hash {name!r}")
+
+
+__all__ = [
+    "HASHES", "ChaCha20Poly1305", "Ed25519PrivateKey", "Ed25519PublicKey",
+    "InvalidSignature", "InvalidTag", "X25519PrivateKey", "X25519PublicKey", "hash_digest",
+    "hmac_digest",
+]
