@@ -97,14 +97,14 @@ def code(binding: bytes, nonce_i: bytes, nonce_r: bytes) -> str:
         _binding(binding), _nonce(nonce_i, "the initiator's nonce"),
         _nonce(nonce_r, "the responder's nonce"))).digest()
     # 8 bytes reduced mod 10^6: the bias is below 2^-40
-    return str(int.from_bytes(digest[:8], "big") % 10**DIGITS).zfill(DIGITS)
+    return ("0" * DIGITS + str(int.from_bytes(digest[:8], "big") % 10**DIGITS))[-DIGITS:]
 
 
 def normalise(typed: str) -> str:
     """A code as a person types it ("123 456", "123-456") -> its digits;
     ``SasError`` (``bad-code``) if it is not ``DIGITS`` digits."""
     digits = "".join(ch for ch in typed if ch not in " -\t")
-    if len(digits) != DIGITS or not digits.isascii() or not digits.isdigit():
+    if len(digits) != DIGITS or not all("0" <= ch <= "9" for ch in digits):
         raise SasError(f"a code is {DIGITS} digits", "bad-code")
     return digits
 
