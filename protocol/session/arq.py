@@ -27,6 +27,15 @@ from dataclasses import dataclass
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.ranges import RangeSet
 
+
+def _log1p(x: float) -> float:
+    """``log(1 + x)``, exact for tiny ``x`` too: math.log1p where it exists (MicroPython
+    lacks it), else log(1 + x) corrected for the rounding of 1 + x (Goldberg, 1991)."""
+    if hasattr(math, "log1p"):
+        return math.log1p(x)
+    u = 1.0 + x
+    return x if u == 1.0 else math.log(u) * x / (u - 1.0)
+
 MAX_SACK_RANGES = 16
 PACKET_THRESHOLD = 3
 
@@ -91,7 +100,7 @@ class SendLane:
         if cum > self.next_new or any(e > self.next_new for _, e in ranges):
             raise RemoteProtocolError("acknowledgement of data never sent", "bad-ack")
         if cum > self.base:
-            del self._buf[: cum - self.base]
+            self._buf[: cum - self.base] = b""
             self.base = cum
         for s, e in ranges:
             self.sacked.add(max(s, self.base), e)
@@ -117,7 +126,7 @@ class SendLane:
             raise RemoteProtocolError("resume position outside the send buffer", "bad-resume")
         self.on_ack(min(offset, self.next_new), [])
         if offset > self.base:  # acknowledged data we thought unsent: drop it too
-            del self._buf[: offset - self.base]
+            self._buf[: offset - self.base] = b""
             self.base = offset
         self.next_new = self.base
         self.sacked = RangeSet()
@@ -241,7 +250,7 @@ class FrameSizer:
         lost = self._lost + self.prior_bytes * self.prior_error_rate
         size = (self._bytes + self.prior_bytes) / frames
         loss = min(lost / frames, 0.99)
-        return -math.log1p(-loss) / size
+        return -_log1p(-loss) / size
 
     @property
     def size(self) -> int:

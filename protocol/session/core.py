@@ -160,7 +160,7 @@ class Session(Handshaking):
         return self._decoder.buffered
 
     def next_event(self) -> Event | None:
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def close(self, reason: str = "shutdown", detail: str = "",
               retry_ms: int | None = None) -> None:

@@ -22,7 +22,9 @@ but closed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from protocol import MICROPYTHON
 from protocol.errors import LocalProtocolError
 
 HANDSHAKE, RESUMING, OPEN, CLOSED = "handshake", "resuming", "open", "closed"
@@ -98,7 +100,10 @@ class Closed:
     retry_ms: int | None = None  #: the peer's ``close`` asked us to wait this long (busy)
 
 
-Event = Connected | MessageReceived | Closed
+if TYPE_CHECKING or not MICROPYTHON:  # noqa: SIM108 (mypy needs the alias as a plain assignment)
+    Event = Connected | MessageReceived | Closed
+else:  # MicroPython has no runtime union of types; only annotations name Event there
+    Event = object
 
 
 @dataclass

@@ -140,7 +140,7 @@ def unpack_parts(plaintext: bytes) -> list[tuple[int, bytes]]:
 
 def encode_ack_lanes(states: list[tuple[int, int, list[tuple[int, int]]]]) -> list[Any]:
     """``[[lane, cum, start, end, start, end...], ...]``"""
-    return [[lane, cum, *[x for r in ranges for x in r]] for lane, cum, ranges in states]
+    return [[lane, cum] + [x for r in ranges for x in r] for lane, cum, ranges in states]
 
 
 def decode_ack_lanes(value: list[Any]) -> list[tuple[int, int, list[tuple[int, int]]]]:
@@ -153,7 +153,7 @@ def decode_ack_lanes(value: list[Any]) -> list[tuple[int, int, list[tuple[int, i
             or not all(type(x) is int and x >= 0 for x in entry)
         ):
             raise RemoteProtocolError("malformed ack lane entry", "bad-ack")
-        lane, cum, *flat = entry
+        lane, cum, flat = entry[0], entry[1], entry[2:]
         ranges = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         if lane >= MAX_LANES or any(not cum < s < e for s, e in ranges):
             raise RemoteProtocolError("ack ranges out of order", "bad-ack")

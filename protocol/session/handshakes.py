@@ -43,13 +43,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from protocol import WIRE_VERSION, messages
+from protocol.crypto import X25519PrivateKey
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from protocol.framing import FrameDecoder
 from protocol.messages import Message
@@ -139,7 +137,7 @@ class Handshaking:
         self._accept_static = accept_static
         self._admit = admit_handshake
         self._resume_secret: bytes | None = None
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # a list: MicroPython's deque is bounded
         self._tx = SessionSender(cfg, self.stats, now)  # send lanes, frames in flight
         self._rx = SessionReceiver(cfg, self._events)  # receive lanes, acknowledgements
         self._start_link(now)

@@ -162,7 +162,7 @@ class SymmetricState:
     def __init__(self, protocol_name: bytes, hash_name: str) -> None:
         self.hash_name = hash_name
         if len(protocol_name) <= HASHLEN:
-            self.h = protocol_name.ljust(HASHLEN, b"\x00")
+            self.h = protocol_name + bytes(HASHLEN - len(protocol_name))
         else:
             self.h = hash_digest(hash_name, protocol_name)
         self.ck = self.h
@@ -236,12 +236,12 @@ class Handshake:
         self._pattern = p
         self.initiator = initiator
         self.protocol_name = f"Noise_{pattern}_25519_ChaChaPoly_{hash}"
-        mine, theirs = (0, 1) if initiator else (1, 0)
+        mine = 0 if initiator else 1  # the initiator writes the even messages
         sends_s = "s" in (p.pre_initiator if initiator else p.pre_responder) or any(
-            "s" in m for m in p.messages[mine::2]
+            "s" in m for i, m in enumerate(p.messages) if i % 2 == mine
         )
         peer_pre_s = "s" in (p.pre_responder if initiator else p.pre_initiator)
-        peer_sends_s = any("s" in m for m in p.messages[theirs::2])
+        peer_sends_s = any("s" in m for i, m in enumerate(p.messages) if i % 2 != mine)
         if sends_s and static_key is None:
             raise LocalProtocolError(f"{pattern} needs our static key", "config")
         if not sends_s and static_key is not None:

@@ -9,8 +9,6 @@ frame not yet acknowledged.
 
 from __future__ import annotations
 
-from collections import deque
-
 from protocol import messages, varint
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Message
@@ -26,7 +24,7 @@ class SessionReceiver:
     the acknowledgement owed on the old one.
     """
 
-    def __init__(self, config: SessionConfig, events: deque[Event]) -> None:
+    def __init__(self, config: SessionConfig, events: list[Event]) -> None:
         self.config = config
         self.events = events
         self.lanes = [RecvLane(config.window) for _ in range(config.lanes)]
@@ -73,7 +71,7 @@ class SessionReceiver:
                 break
             self.events.append(MessageReceived(lane, bytes(buf[pos + start : pos + start + size])))
             pos += start + size
-        del buf[:pos]
+        buf[:pos] = b""  # not del: MicroPython deletes no bytearray slice
 
     def note_eliciting(self, pn: int, now: float, urgent: bool) -> None:
         """A frame with lane data arrived: schedule its acknowledgement."""
