@@ -37,15 +37,15 @@ Nothing here reads a clock or a file. Every decoder refuses with a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from protocol import strict_cbor
+from protocol.crypto import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 TECH_LABEL = b"haven/technician-certificate/v1\x00"
 TIME_LABEL = b"haven/hub-time/v1\x00"
@@ -81,7 +81,7 @@ def sign_document(key: Ed25519PrivateKey, label: bytes, fields: dict[int, Any]) 
 def open_document(doc: bytes, label: bytes, hub_ed25519: bytes, what: str,
                   max_size: int = MAX_DOC) -> dict[int, Any]:
     """The body's map of a signed document, once its signature is checked."""
-    if not isinstance(doc, bytes | bytearray):
+    if not isinstance(doc, (bytes, bytearray)):
         raise CredentialError(f"{what} is not bytes", "bad-shape")
     if len(doc) > max_size:
         raise CredentialError(f"{what} is {len(doc)} bytes, more than {max_size}", "too-large")
@@ -133,6 +133,9 @@ def _nonce(nonce: bytes, what: str) -> bytes:
 @dataclass(frozen=True)
 class Technician:
     """A technician certificate, as signed by the hub."""
+
+    __match_args__ = ("name", "serial", "sites", "kiosks", "actions", "not_before", "expires",
+                      "ed25519", "raw")
 
     name: str
     serial: int
@@ -275,6 +278,7 @@ def read_time(doc: bytes, hub_ed25519: bytes, nonce: bytes) -> int:
 
 @dataclass(frozen=True)
 class Revocations:
+    __match_args__ = ("number", "issued", "serials", "raw")
     number: int  #: grows with every list the hub makes
     issued: int  #: ms since 1970
     serials: frozenset[int]
@@ -310,6 +314,7 @@ def newer(held: Revocations | None, offered: Revocations) -> bool:
 
 @dataclass(frozen=True)
 class CredentialFile:
+    __match_args__ = ("key", "certificate", "hub_ed25519", "revocations")
     key: Ed25519PrivateKey
     certificate: bytes
     hub_ed25519: bytes
@@ -317,11 +322,11 @@ class CredentialFile:
 
 
 def dump_file(cred: CredentialFile) -> bytes:
-    fields: dict[int, Any] = {1: cred.key.private_bytes_raw(), 2: cred.certificate,
-                              3: cred.hub_ed25519}
+    fields: dict[int, Any] = {0: "haven-technician-credential", 1: cred.key.private_bytes_raw(),
+                              2: cred.certificate, 3: cred.hub_ed25519}
     if cred.revocations is not None:
         fields[4] = cred.revocations
-    return strict_cbor.dumps({0: "haven-technician-credential", **fields})
+    return strict_cbor.dumps(fields)
 
 
 def load_file(data: bytes) -> CredentialFile:
