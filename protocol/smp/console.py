@@ -18,6 +18,8 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass
 
+from protocol import MICROPYTHON
+
 START = b"\x06\x09"
 CONTINUE = b"\x04\x14"
 END = b"\n"
@@ -26,6 +28,7 @@ LINE_LENGTH = 128  #: smpclient's and mcumgr's convention, markers and newline i
 #: The largest packet we take (header + body); the MCUmgr params advertise it (+ 4).
 DEFAULT_MAX_PACKET = 4096
 B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_B64_BYTES = frozenset(B64_ALPHABET)
 
 
 def _crc16_table() -> list[int]:
@@ -71,6 +74,8 @@ def encode(packet: bytes, *, line_length: int = LINE_LENGTH) -> bytes:
 
 def in_alphabet(text: bytes) -> bool:
     """Whether ``text`` holds only base64's characters (what an SMP line carries)."""
+    if MICROPYTHON:  # its bytes have no translate()
+        return all(c in _B64_BYTES for c in text)
     return not text.translate(None, B64_ALPHABET)
 
 
@@ -84,6 +89,7 @@ def is_base64(text: bytes) -> bool:
 
 @dataclass
 class LineStats:
+    __match_args__ = ("packets", "bad_base64", "bad_length", "bad_crc", "orphans", "abandoned")
     packets: int = 0  #: good packets handed out
     bad_base64: int = 0  #: lines whose text was not base64
     bad_length: int = 0  #: a length too small, too large, or exceeded by the data
@@ -135,7 +141,7 @@ class SmpLines:
             return None
         try:
             raw = binascii.a2b_base64(text)
-        except (binascii.Error, ValueError):
+        except ValueError:  # binascii.Error is one (MicroPython has no binascii.Error)
             self.stats.bad_base64 += 1
             self.reset()
             return None

@@ -31,10 +31,10 @@ sends it again; a technician's tool never interleaves the two itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from protocol import cobs
+from protocol import MICROPYTHON, cobs
 from protocol.errors import RemoteProtocolError
 from protocol.smp.console import (
     CONTINUE,
@@ -46,6 +46,9 @@ from protocol.smp.console import (
     in_alphabet,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 DEFAULT_MAX_RUN = 8192  #: the longest line or COBS run kept, in bytes
 MAX_FRAME_STARTS = 16  #: line starts tried as a frame's start at each 0x00
 MAX_TEXT = 512  #: text goes out in pieces of at most this many bytes
@@ -55,6 +58,7 @@ MAX_TEXT = 512  #: text goes out in pieces of at most this many bytes
 class SmpPacket:
     """A whole SMP packet (header + CBOR body) whose CRC matched."""
 
+    __match_args__ = ("data",)
     data: bytes
 
 
@@ -62,6 +66,7 @@ class SmpPacket:
 class HavenFrame:
     """One COBS frame as it was on the wire, its 0x00 delimiter included."""
 
+    __match_args__ = ("wire",)
     wire: bytes
 
     def payload(self) -> bytes:
@@ -72,14 +77,18 @@ class HavenFrame:
 class Text:
     """Bytes that were neither an SMP line nor a frame (a shell's lines, noise)."""
 
+    __match_args__ = ("data",)
     data: bytes
 
 
-Event = SmpPacket | HavenFrame | Text
+if TYPE_CHECKING or not MICROPYTHON:  # MicroPython has no runtime union of types
+    Event = SmpPacket | HavenFrame | Text
 
 
 @dataclass
 class DemuxStats:
+    __match_args__ = ("smp_lines", "haven_frames", "text_bytes", "oversized", "oversized_bytes",
+                      "padding")
     smp_lines: int = 0
     haven_frames: int = 0
     text_bytes: int = 0
@@ -149,7 +158,7 @@ class Demux:
         if self._starts:
             cut = self._starts[-1]
             self._text(bytes(self._run[:cut]), out)
-            del self._run[:cut]
+            self._run = self._run[cut:]
             self._starts = []
         return out
 

@@ -29,6 +29,7 @@ VERSION_2 = 1
 
 @dataclass(frozen=True)
 class Header:
+    __match_args__ = ("op", "version", "flags", "length", "group", "seq", "command")
     op: int
     version: int
     flags: int
