@@ -35,10 +35,12 @@ if TYPE_CHECKING or not MICROPYTHON:
             return hashes.SHA256()
         if name == "BLAKE2s":
             return hashes.BLAKE2s(32)
+        if name == "SHA512":
+            return hashes.SHA512()
         raise ValueError(f"unknown hash {name!r}")
 
     def hash_digest(name: str, data: bytes) -> bytes:
-        """``name`` ("SHA256" or "BLAKE2s") of ``data``."""
+        """``name`` ("SHA256", "BLAKE2s" or "SHA512") of ``data``."""
         h = hashes.Hash(_algorithm(name))
         h.update(data)
         return h.finalize()
@@ -63,12 +65,15 @@ else:  # MicroPython
         X25519PrivateKey,
         X25519PublicKey,
     )
+    from protocol.portable.sha512 import sha512
 
     def hash_digest(name, data):
         if name == "SHA256":
             return hashlib.sha256(data).digest()
         if name == "BLAKE2s":
             return blake2s(data)
+        if name == "SHA512":
+            return sha512(data)
         raise ValueError(f"unknown hash {name!r}")
 
     def hmac_digest(name, key, data):
