@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol.portable import chacha20poly1305, hmac_sha256, x25519
+from tests.portable_cases import CASES
 
-RANDOM_CASES = 200
 h = bytes.fromhex
 
 # RFC 7748 §5.2: (scalar, u, output).
@@ -190,9 +190,10 @@ def test_x25519_refuses_wrong_lengths() -> None:
         x25519.x25519(bytes(32), bytes(33))
 
 
-def test_x25519_agrees_with_cryptography() -> None:
+@pytest.mark.parametrize("cases", CASES)
+def test_x25519_agrees_with_cryptography(cases: int) -> None:
     rng = random.Random(7748)
-    for _ in range(RANDOM_CASES):
+    for _ in range(cases):
         private = rng.randbytes(32)
         peer = rng.randbytes(32)
         theirs = X25519PrivateKey.from_private_bytes(private)
@@ -200,6 +201,23 @@ def test_x25519_agrees_with_cryptography() -> None:
         assert x25519.x25519(private, peer) == theirs.exchange(
             X25519PublicKey.from_public_bytes(peer)
         )
+
+
+def test_x25519_edge_coordinates_agree_with_cryptography() -> None:
+    # u >= p (not canonical: taken mod p), the top bit set (masked), small-order points
+    # (cryptography refuses their all-zero result; the portable function returns it)
+    p = 2**255 - 19
+    edges = [0, 1, 2, p - 1, p, p + 1, 2**255 - 1, 2**256 - 1, 9 | 1 << 255]
+    private = random.Random(25519).randbytes(32)
+    theirs = X25519PrivateKey.from_private_bytes(private)
+    for u in edges:
+        peer = u.to_bytes(32, "little")
+        ours = x25519.x25519(private, peer)
+        try:
+            expected = theirs.exchange(X25519PublicKey.from_public_bytes(peer))
+        except ValueError:
+            expected = bytes(32)
+        assert ours == expected, hex(u)
 
 
 def test_chacha20_rfc8439_encryption_vector() -> None:
@@ -235,9 +253,10 @@ def test_aead_refuses_tampering() -> None:
         chacha20poly1305.seal(h(key)[:31], h(nonce), plaintext, h(aad))
 
 
-def test_chacha20_agrees_with_cryptography() -> None:
+@pytest.mark.parametrize("cases", CASES)
+def test_chacha20_agrees_with_cryptography(cases: int) -> None:
     rng = random.Random(8439)
-    for _ in range(RANDOM_CASES):
+    for _ in range(cases):
         key, nonce = rng.randbytes(32), rng.randbytes(12)
         counter = rng.randrange(0, 2**32 - 8)
         data = rng.randbytes(rng.randrange(0, 300))
@@ -246,9 +265,10 @@ def test_chacha20_agrees_with_cryptography() -> None:
         assert chacha20poly1305.chacha20_xor(key, counter, nonce, data) == theirs.update(data)
 
 
-def test_aead_agrees_with_cryptography() -> None:
+@pytest.mark.parametrize("cases", CASES)
+def test_aead_agrees_with_cryptography(cases: int) -> None:
     rng = random.Random(8439)
-    for _ in range(RANDOM_CASES):
+    for _ in range(cases):
         key, nonce = rng.randbytes(32), rng.randbytes(12)
         plaintext = rng.randbytes(rng.randrange(0, 300))
         aad = rng.randbytes(rng.randrange(0, 40))
@@ -276,9 +296,10 @@ def test_hkdf_refuses_too_long_output() -> None:
         hmac_sha256.hkdf_expand(bytes(32), b"", 255 * 32 + 1)
 
 
-def test_hmac_and_hkdf_agree_with_cryptography() -> None:
+@pytest.mark.parametrize("cases", CASES)
+def test_hmac_and_hkdf_agree_with_cryptography(cases: int) -> None:
     rng = random.Random(5869)
-    for _ in range(RANDOM_CASES):
+    for _ in range(cases):
         key = rng.randbytes(rng.randrange(0, 150))
         message = rng.randbytes(rng.randrange(0, 300))
         theirs = hmac.HMAC(key, hashes.SHA256())

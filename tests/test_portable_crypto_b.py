@@ -1,10 +1,12 @@
-"""The portable SHA-512 and Ed25519 held to FIPS 180-4's and RFC 8032's vectors, to hashlib
-and to `cryptography`."""
+"""The portable SHA-512, Ed25519 and BLAKE2s held to FIPS 180-4's, RFC 8032's and RFC 7693's
+vectors, to hashlib and to `cryptography`."""
 
 import hashlib
+import hmac
 import random
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -12,7 +14,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from protocol.portable import ed25519
+from protocol.portable.blake2s import blake2s, hmac_blake2s
 from protocol.portable.sha512 import SHA512, sha512
+from tests.portable_cases import CASES
 
 _L = 2**252 + 27742317777372353535851937790883648493
 
@@ -113,10 +117,12 @@ def test_sha512_nist_examples(message: bytes, expected: str) -> None:
     assert sha512(message).hex() == expected
 
 
-def test_sha512_incremental_matches_one_shot_and_hashlib() -> None:
+@pytest.mark.parametrize("cases", CASES)
+def test_sha512_incremental_matches_one_shot_and_hashlib(cases: int) -> None:
     rng = random.Random(512)
-    for _ in range(300):
-        data = rng.randbytes(rng.randrange(301))
+    for _ in range(cases):
+        # around the 112-byte padding limit and the 128-byte block as often as not
+        data = rng.randbytes(rng.choice((rng.randrange(301), rng.randrange(108, 132))))
         assert sha512(data) == hashlib.sha512(data).digest()
         h = SHA512()
         cut = rng.randrange(len(data) + 1)
@@ -142,9 +148,10 @@ def _raw_public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def test_ed25519_agrees_with_cryptography() -> None:
+@pytest.mark.parametrize("cases", CASES)
+def test_ed25519_agrees_with_cryptography(cases: int) -> None:
     rng = random.Random(25519)
-    for _ in range(50):
+    for _ in range(cases):
         secret = rng.randbytes(32)
         message = rng.randbytes(rng.randrange(200))
         theirs = Ed25519PrivateKey.from_private_bytes(secret)
@@ -154,6 +161,17 @@ def test_ed25519_agrees_with_cryptography() -> None:
         assert ours == theirs.sign(message)  # deterministic: equal, not only valid
         Ed25519PublicKey.from_public_bytes(public).verify(ours, message)
         assert ed25519.verify(public, message, theirs.sign(message))
+        # one bit flipped in the message, the signature or the key: both refuse
+        which = rng.randrange(3)
+        parts = [bytearray(message), bytearray(ours), bytearray(public)]
+        if not parts[which]:
+            continue
+        bit = rng.randrange(len(parts[which]) * 8)
+        parts[which][bit // 8] ^= 1 << (bit % 8)
+        msg, sig, key = (bytes(p) for p in parts)
+        assert not ed25519.verify(key, msg, sig)
+        with pytest.raises(InvalidSignature):
+            Ed25519PublicKey.from_public_bytes(key).verify(sig, msg)
 
 
 def test_ed25519_refuses_tampering() -> None:
@@ -194,3 +212,22 @@ def test_ed25519_refuses_public_keys_that_do_not_decode() -> None:
         assert not ed25519.verify(y.to_bytes(32, "little"), message, signature)
     # x = 0 (y = 1) with the sign bit set
     assert not ed25519.verify((1 | 1 << 255).to_bytes(32, "little"), message, signature)
+
+
+# RFC 7693 Appendix B
+BLAKE2S_ABC = "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982"
+
+
+def test_blake2s_rfc7693_vector() -> None:
+    assert blake2s(b"abc").hex() == BLAKE2S_ABC
+
+
+@pytest.mark.parametrize("cases", CASES)
+def test_blake2s_and_its_hmac_agree_with_hashlib(cases: int) -> None:
+    rng = random.Random(7693)
+    for _ in range(cases):
+        # empty, one block exactly and its neighbours as often as not
+        data = rng.randbytes(rng.choice((rng.randrange(300), rng.randrange(62, 67), 0, 128)))
+        assert blake2s(data) == hashlib.blake2s(data).digest()
+        key = rng.randbytes(rng.randrange(100))
+        assert hmac_blake2s(key, data) == hmac.new(key, data, hashlib.blake2s).digest()
