@@ -38,10 +38,10 @@ raises ``RemoteProtocolError`` for anything else. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-from protocol import messages
+from protocol import MICROPYTHON, messages
+from protocol.crypto import hash_digest
 from protocol.errors import RemoteProtocolError
 from protocol.messages import Message, MessageSpec, register
 
@@ -87,7 +87,7 @@ def _check(msg: Message) -> None:
             raise RemoteProtocolError(f"{name}: id {ident} out of range", "bad-field")
     if name == "tech-request":
         command = msg.get("command")
-        if not 0 < len(command) <= MAX_COMMAND or not command.isprintable():
+        if not 0 < len(command) <= MAX_COMMAND or not _printable(command):
             raise RemoteProtocolError("tech-request: a bad command name", "bad-field")
         _text_keys(msg.get("args", {}), name)
     elif name == "tech-reply":
@@ -98,6 +98,12 @@ def _check(msg: Message) -> None:
         value = msg.fields.get(_key(msg, field))
         if isinstance(value, str) and len(value) > MAX_TEXT:
             raise RemoteProtocolError(f"{name}: {field} longer than {MAX_TEXT}", "bad-field")
+
+
+def _printable(text: str) -> bool:
+    if MICROPYTHON:  # no str.isprintable (no Unicode tables): printable ASCII only there
+        return all(" " <= c <= "~" for c in text)
+    return text.isprintable()
 
 
 def _key(msg: Message, field: str) -> int:
@@ -113,7 +119,7 @@ def _text_keys(value: dict[Any, Any], what: str) -> None:
         raise RemoteProtocolError(f"{what}: keys must be text", "bad-field")
 
 
-def encode(kind: str, /, **values: Any) -> bytes:
+def encode(kind: str, **values: Any) -> bytes:
     """The bytes of one ``tech-*`` message (``LocalProtocolError`` for a bad field)."""
     return messages.encode(messages.make(kind, **values))
 
@@ -147,4 +153,4 @@ def x25519_private(ed25519_seed: bytes) -> bytes:
     the first half of SHA-512(seed), Ed25519's own secret scalar."""
     if len(ed25519_seed) != 32:
         raise RemoteProtocolError("an Ed25519 seed is 32 bytes", "bad-key")
-    return hashlib.sha512(ed25519_seed).digest()[:32]
+    return hash_digest("SHA512", ed25519_seed)[:32]
