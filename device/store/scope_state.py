@@ -29,6 +29,7 @@ from protocol import strict_cbor
 from protocol.crdt.clock import Dot
 from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, VERIFIER
 from protocol.sync.scope import CLINICAL_OF_PATIENT, Facts, Head, Scope, facts_of, in_scope
+from protocol.sync.sensor_records import is_sensor_id
 from protocol.sync.telemetry import is_telemetry_id
 
 #: The fields facts are read from: subject, a verifier's site, a check-in's start and site.
@@ -70,7 +71,7 @@ class ScopeReader:
     def holds(self, rid: bytes, rtype: int) -> bool:
         """Whether the record is in the scope."""
         if self.scope.role == "full":
-            return rtype != AUDIT.number and not is_telemetry_id(rid)
+            return rtype != AUDIT.number and not is_telemetry_id(rid) and not is_sensor_id(rid)
         if self.scope.role == "door" and rtype not in (CHECKIN.number, VERIFIER.number,
                                                        ERASURE.number):
             return False

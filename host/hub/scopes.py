@@ -85,6 +85,7 @@ from protocol.sync.scope import (
     scope_checksum,
     scope_checksum_v1,
 )
+from protocol.sync.sensor_records import is_sensor_id
 from protocol.sync.telemetry import is_telemetry_id
 
 CHECKIN, VERIFIER, ERASURE = 2, 9, 10
@@ -97,8 +98,9 @@ _DATA, _O_DATA = opened(), opened("o.")
 
 
 def _kiosk_only(rid: bytes) -> bool:
-    """A record only its kiosk writes and no kiosk holds: an audit entry or telemetry."""
-    return is_audit_id(rid) or is_telemetry_id(rid)
+    """A record only its kiosk writes and no kiosk holds: an audit entry, telemetry, or a
+    sensor node's record (``protocol.sync.sensor_records``)."""
+    return is_audit_id(rid) or is_telemetry_id(rid) or is_sensor_id(rid)
 
 
 def _dot(delta: Delta) -> bytes:

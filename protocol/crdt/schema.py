@@ -14,8 +14,12 @@ FHIR has one), a value kind and a merge policy:
 
 Lanes (ARCHITECTURE.md "Priority lanes"): 0 prescription; 1 lab_result;
 2 checkin and appointment; 3 note and document metadata; 4 document content;
-5 telemetry. A patient travels in the lane of whatever needs it first, so its
-own lane (2, the check-in's) is only the default.
+5 telemetry. Lane 0 also carries what must overtake everything: a patient's
+erasure, and a vaccine fridge's temperature alarm (small, rare, and urgent: a
+cold chain broken for hours spoils the vaccines). A fridge's readings and its
+device record go in lane 5, with the kiosk's own telemetry. A patient travels
+in the lane of whatever needs it first, so its own lane (2, the check-in's) is
+only the default.
 
 ``held`` types are never merged automatically: concurrent edits put the
 record on hold until a resolution. ``clinical`` types flag a concurrent
@@ -276,6 +280,38 @@ TELEMETRY = TypeSpec(11, "telemetry", 1, LANE_TELEMETRY, (
     _f(7, "tempMaxC", "decimal"), _f(8, "devices"), _f(9, "summary"),
 ), clinical=False, fhir="Observation")
 
+#: A sensor node a kiosk serves (SPEC.md "Sensor nodes"): a vaccine fridge's temperature
+#: node, written by its kiosk at enrolment, on a record named by (kiosk, slot)
+#: (``protocol.sync.sensor_records``). ``identifier`` is the node's key fingerprint.
+#: As telemetry, hub-only: in no kiosk's scope.
+DEVICE = TypeSpec(12, "device", 1, LANE_TELEMETRY, (
+    _f(1, "deviceName"), _f(2, "modelNumber"), _f(3, "identifier"), _f(4, "location"),
+    _f(5, "status", "code"),
+), clinical=False, fhir="Device")
+#: One reading of a fridge's temperature, on a record named by (device, the node's
+#: sequence number), so a reading sent twice is one record. ``device`` is the device
+#: record (FHIR's ``subject``; not named ``subject``: no patient's erasure or fleet
+#: key rotation is about it); ``effectiveDateTime`` absent when the node's clock was
+#: not set; ``valueCenti`` hundredths of a degree Celsius, or ``dataAbsentReason`` a
+#: fault code (``protocol.sensor.FAULTS``). Telemetry's lane, behind all that is clinical.
+TEMPERATURE = TypeSpec(13, "temperature", 1, LANE_TELEMETRY, (
+    _f(1, "device", "ref"), _f(2, "effectiveDateTime", "datetime"),
+    _f(3, "valueCenti", "integer"),
+    _f(4, "dataAbsentReason", "code"), _f(5, "sequence", "integer"),
+), clinical=False, fhir="Observation")
+#: A fridge's alarm raised or cleared (``protocol.sensor`` ``alarm``), on a record named by
+#: (device, the node's alarm number). ``interpretation`` is ``high``, ``low`` or
+#: ``sensor``; ``state`` ``raised`` or ``cleared``. Lane 0, the most urgent, with
+#: prescriptions and erasures: vaccines spoil within hours of an excursion, and an
+#: alarm is one small record per edge, so it overtakes a backlog of readings and
+#: everything clinical but costs a prescription no more than one frame's wait.
+TEMPERATURE_ALARM = TypeSpec(14, "temperature_alarm", 1, LANE_PRESCRIPTION, (
+    _f(1, "device", "ref"), _f(2, "interpretation", "code"), _f(3, "state", "code"),
+    _f(4, "effectiveStart", "datetime"), _f(5, "minutes", "integer"),
+    _f(6, "extremeCenti", "integer"), _f(7, "sequence", "integer"),
+    _f(8, "issued", "datetime"),
+), clinical=False, fhir="Observation")
+
 #: A check-in's ``identity``: the kiosk's verdict on the claim (``match``: the record it
 #: holds agrees; ``mismatch``: it disagrees; ``unknown``: the kiosk holds no record;
 #: ``new``: a patient without documents, registered here), then staff's (``confirmed``,
@@ -305,7 +341,7 @@ def checkin_status_allowed(held: Any, new: str) -> bool:
 
 TYPES: dict[int, TypeSpec] = {t.number: t for t in (
     PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, NOTE, DOCUMENT, AUDIT,
-    VERIFIER, ERASURE, TELEMETRY)}
+    VERIFIER, ERASURE, TELEMETRY, DEVICE, TEMPERATURE, TEMPERATURE_ALARM)}
 TYPES_BY_NAME: dict[str, TypeSpec] = {t.name: t for t in TYPES.values()}
 
 

@@ -1,0 +1,106 @@
+"""The records a kiosk writes for its sensor nodes: their ids and their values (SPEC.md
+"Sensor nodes").
+
+Theory of operation
+-------------------
+A kiosk enrols each fridge node in a slot of its own (0-255) and writes a
+``device`` record for it; each reading becomes a ``temperature`` record and
+each alarm message a ``temperature_alarm`` record (``protocol.crdt.schema``).
+Their ids are made, not drawn: ``ID_PREFIX``, the kind (device, reading,
+alarm), the kiosk's node (u32), the slot (u8) and the node's sequence number
+(u32; 0 for the device record). So a reading the node sends again (its
+acknowledgement was lost) lands on the record it already has, and one
+kiosk's fridge records are one range of ids.
+
+As telemetry's, these records are the hub's alone: the hub never sends one
+to a kiosk and leaves them out of every scope checksum, by the id's first
+six bytes (``is_sensor_id``), and the kiosk drops each once the hub
+acknowledged it. Sequence numbers past 32 bits (some 8,000 years of a
+reading a minute) are refused.
+
+Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import uuid
+from typing import Any
+
+ID_PREFIX = b"hAvSns"
+DEVICE_KIND, READING_KIND, ALARM_KIND = 0, 1, 2
+MAX_SLOT = 255
+MAX_SEQ = (1 << 32) - 1
+
+
+def device_id(node: int, slot: int) -> bytes:
+    """The device record of the node in ``slot`` of kiosk ``node``."""
+    if not (0 <= node < 1 << 32 and 0 <= slot <= MAX_SLOT):
+        raise ValueError("a sensor device id is a 32-bit kiosk node and an 8-bit slot")
+    return ID_PREFIX + bytes((DEVICE_KIND,)) + node.to_bytes(4, "big") + bytes((slot,)) + (
+        b"\x00" * 4)
+
+
+def _entry_id(device: bytes, kind: int, seq: int) -> bytes:
+    if not is_sensor_id(device) or device[6] != DEVICE_KIND:
+        raise ValueError("not a sensor device record id")
+    if not 0 <= seq <= MAX_SEQ:
+        raise ValueError(f"a sensor sequence number is 0 to {MAX_SEQ}, not {seq}")
+    return ID_PREFIX + bytes((kind,)) + device[7:12] + seq.to_bytes(4, "big")
+
+
+def reading_id(device: bytes, seq: int) -> bytes:
+    """The record of reading ``seq`` of the node whose device record is ``device``."""
+    return _entry_id(device, READING_KIND, seq)
+
+
+def alarm_id(device: bytes, seq: int) -> bytes:
+    """The record of alarm message ``seq`` of that node."""
+    return _entry_id(device, ALARM_KIND, seq)
+
+
+def is_sensor_id(rid: bytes) -> bool:
+    return rid[:6] == ID_PREFIX
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A node's key fingerprint: the first 16 bytes of SHA-256 of its X25519 public key,
+    hex, in groups of four for reading aloud."""
+    digest = hashlib.sha256(public_key).hexdigest()[:32]
+    return "-".join(digest[i:i + 4] for i in range(0, 32, 4))
+
+
+def iso_time(seconds: int | float | None) -> str | None:
+    """Unix seconds as an R4 dateTime in UTC (None stays None)."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(int(seconds), datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def device_values(name: str, model: str, key: bytes, location: str,
+                  status: str = "active") -> dict[str, Any]:
+    return {"deviceName": name, "modelNumber": model or None,
+            "identifier": fingerprint(key), "location": location or None, "status": status}
+
+
+def reading_values(device: bytes, seq: int, time: int | None, value: int | str
+                   ) -> dict[str, Any]:
+    """A ``temperature`` record's values from one checked reading
+    (``protocol.sensor.check_reading``)."""
+    out: dict[str, Any] = {"device": str(uuid.UUID(bytes=device)), "sequence": seq,
+                           "effectiveDateTime": iso_time(time)}
+    if type(value) is int:
+        out["valueCenti"] = value
+    else:
+        out["dataAbsentReason"] = value
+    return out
+
+
+def alarm_values(device: bytes, alarm: Any, received: float) -> dict[str, Any]:
+    """A ``temperature_alarm`` record's values from one checked ``alarm`` message."""
+    return {"device": str(uuid.UUID(bytes=device)), "sequence": alarm.get("seq"),
+            "interpretation": alarm.get("kind"), "state": alarm.get("state"),
+            "effectiveStart": iso_time(alarm.get("since")), "minutes": alarm.get("minutes"),
+            "extremeCenti": alarm.get("extreme"), "issued": iso_time(received)}
