@@ -1,4 +1,4 @@
-"""The primitives the session and signed batches use, behind one interface.
+"""The primitives the session, signed batches and sealed documents use, behind one interface.
 
 On CPython these are `cryptography`'s (OpenSSL): the classes themselves,
 re-exported. MicroPython has none of them, so there, and only there, the
@@ -18,7 +18,7 @@ HASHES = ("SHA256", "BLAKE2s")
 
 if TYPE_CHECKING or not MICROPYTHON:
     from cryptography.exceptions import InvalidSignature, InvalidTag
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hashes, hpke
     from cryptography.hazmat.primitives import hmac as _hmac
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -83,9 +83,18 @@ else:  # MicroPython
             return hmac_blake2s(key, data)
         raise ValueError(f"unknown hash {name!r}")
 
+    def __getattr__(name):
+        # HPKE (RFC 9180, for sealed documents) loads on first use: a sensor node that
+        # never opens one keeps its RAM.
+        if name == "hpke":
+            from protocol.portable import hpke
+
+            return hpke
+        raise AttributeError(name)
+
 
 __all__ = [
     "HASHES", "ChaCha20Poly1305", "Ed25519PrivateKey", "Ed25519PublicKey",
     "InvalidSignature", "InvalidTag", "X25519PrivateKey", "X25519PublicKey", "hash_digest",
-    "hmac_digest",
+    "hmac_digest", "hpke",
 ]
