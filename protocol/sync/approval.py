@@ -31,17 +31,18 @@ Nothing here reads a clock or a file. Every decoder refuses with an
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from protocol import strict_cbor
 from protocol.crdt.short_code import MAX_KIOSK
+from protocol.crypto import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 from protocol.errors import LocalProtocolError, RemoteProtocolError
-from protocol.sync.certificate import Request
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from protocol.sync.certificate import Request
 
 APPROVAL_LABEL = b"haven/enrolment-approval/v1\x00"
 HOUR_MS = 3600 * 1000
@@ -66,6 +67,8 @@ class ApprovalError(RemoteProtocolError):
 
 @dataclass(frozen=True)
 class Approval:
+    __match_args__ = ("serial", "site", "letter", "node", "kiosk_number", "issued", "expires",
+                      "hub_x25519", "hub_ed25519", "raw")
     serial: int  #: the hub's number for this reservation
     site: str
     letter: str

@@ -17,7 +17,8 @@ the first part of its short patient codes: SPEC.md "Short patient codes");
 one issued before has none, and is still read.
 
 Sealing is HPKE base mode (RFC 9180) with DHKEM(X25519, HKDF-SHA256),
-HKDF-SHA256 and AES-256-GCM, from ``cryptography``'s ``hpke`` module.
+HKDF-SHA256 and AES-256-GCM, from ``cryptography``'s ``hpke`` module
+(``protocol.crypto``'s, the same under MicroPython).
 Nothing here reads a clock or a file.
 """
 
@@ -26,13 +27,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hpke
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-
 from protocol import strict_cbor
 from protocol.crdt import short_code
+from protocol.crypto import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+    InvalidSignature,
+    InvalidTag,
+    X25519PrivateKey,
+    X25519PublicKey,
+    hpke,
+)
 from protocol.errors import RemoteProtocolError
 
 SEAL_INFO = b"haven/fleet-key/v1"
@@ -74,9 +79,9 @@ _REQ_FIELDS = {1: ("node", int), 2: ("site", str), 4: ("x25519", bytes),
                5: ("ed25519", bytes)}
 #: A request without a letter leaves it to the hub.
 _REQ_OPTIONAL: dict[int, tuple[str, type]] = {3: ("letter", str)}
-_CERT_FIELDS = {**_REQ_FIELDS, 3: ("letter", str), 6: ("hub_x25519", bytes),
-                7: ("hub_ed25519", bytes), 8: ("fleet_sealed", bytes), 9: ("issued_ms", int),
-                10: ("serial", int)}
+_CERT_FIELDS = dict(_REQ_FIELDS)
+_CERT_FIELDS.update({3: ("letter", str), 6: ("hub_x25519", bytes), 7: ("hub_ed25519", bytes),
+                     8: ("fleet_sealed", bytes), 9: ("issued_ms", int), 10: ("serial", int)})
 #: Fields a certificate may lack: one issued before kiosks were numbered has no number.
 _CERT_OPTIONAL: dict[int, tuple[str, type]] = {11: ("kiosk_number", int)}
 
@@ -123,6 +128,7 @@ def device_id(node: int) -> str:
 
 @dataclass(frozen=True)
 class Request:
+    __match_args__ = ("node", "site", "letter", "x25519", "ed25519")
     node: int
     site: str
     #: The queue letter asked for; None leaves it to the hub (the first free at the site).
@@ -155,6 +161,8 @@ def read_request(doc: bytes) -> Request:
 
 @dataclass(frozen=True)
 class Certificate:
+    __match_args__ = ("node", "site", "letter", "x25519", "ed25519", "hub_x25519", "hub_ed25519",
+                      "fleet_sealed", "issued_ms", "serial", "kiosk_number", "raw")
     node: int
     site: str
     letter: str
