@@ -36,6 +36,7 @@ def _log1p(x: float) -> float:
     u = 1.0 + x
     return x if u == 1.0 else math.log(u) * x / (u - 1.0)
 
+
 MAX_SACK_RANGES = 16
 PACKET_THRESHOLD = 3
 

@@ -100,7 +100,7 @@ class SessionSender:
         for lane, cum, ranges in w.decode_ack_lanes(msg.get("lanes")):
             if lane < self.config.lanes:
                 self.lanes[lane].on_ack(cum, ranges)
-        for spn, sent in list(self.inflight.items()):
+        for spn, sent in sorted(self.inflight.items()):
             if all(self.lanes[lane].is_acked(start, end) for lane, start, end in sent.segments):
                 del self.inflight[spn]
                 self.sizer.on_frame(sent.size, lost=False)
@@ -117,7 +117,8 @@ class SessionSender:
 
     def _detect_losses(self, now: float) -> None:
         srtt = self.rtt.srtt or self.config.initial_rto
-        for spn, sent in list(self.inflight.items()):
+        # Oldest first, sorted: a MicroPython dict keeps no insertion order.
+        for spn, sent in sorted(self.inflight.items()):
             if spn >= self.largest_acked:
                 break
             if self.largest_acked - spn >= PACKET_THRESHOLD or now - sent.time > 1.125 * srtt:
@@ -148,7 +149,7 @@ class SessionSender:
         if deadline is None or now < deadline:
             return False
         self.stats.timeouts += 1
-        for sent in self.inflight.values():
+        for _, sent in sorted(self.inflight.items()):
             self._lose(sent)
         self.inflight.clear()
         self.rtt.on_timeout()
