@@ -18,13 +18,14 @@ field (``host.hub.claims.complete``). Nothing here reads a clock or a file.
 from __future__ import annotations
 
 import base64
-import binascii
-
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from typing import TYPE_CHECKING
 
 from protocol import strict_cbor
 from protocol.errors import ProtocolError, RemoteProtocolError
 from protocol.sync.certificate import open_sealed, seal
+
+if TYPE_CHECKING:
+    from protocol.crypto import X25519PrivateKey
 
 INFO = b"haven/sealed-identity/v1"
 KINDS = ("passport", "code")
@@ -50,7 +51,7 @@ def open_identity(text: str, checkin_id: bytes, hub_x: X25519PrivateKey) -> tupl
     if it is not base64, not sealed to this hub, or sealed for another check-in."""
     try:
         sealed = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
+    except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
         raise SealedIdentityError("a sealed identity is not base64") from None
     if len(sealed) > MAX_SEALED:
         raise SealedIdentityError("a sealed identity is too long")
