@@ -911,6 +911,32 @@ class Store:
             not (add or remove))]))
         return str(rid)
 
+    def put_many(self, puts: Sequence[tuple[str, bytes, Mapping[str, Any]]],
+                 meta: Mapping[str, str] | None = None, now_ms: int | None = None) -> None:
+        """Several puts (type name, record id, values) and settings in ``meta``, in one
+        transaction, durable before it returns: what a sensor node sent, and how far it
+        is stored (``device.fridges``), commit together or not at all."""
+        now = self.clock() if now_ms is None else now_ms
+        try:
+            specs = [crdt_schema.type_by_name(name) for name, _, _ in puts]
+        except LocalProtocolError as exc:
+            raise BadRequest(str(exc), exc.code) from None
+
+        def put(rid: bytes, spec: crdt_schema.TypeSpec, values: Mapping[str, Any]) -> Write:
+            return (rid, lambda view, stamp: build_put(view, rid, spec, self.node, stamp,
+                                                       values), True)
+
+        def job(db: sqlite_utils.Database) -> None:
+            self._write(db, now, [put(rid, spec, values)
+                                  for spec, (_, rid, values) in zip(specs, puts, strict=True)])
+            for key, value in (meta or {}).items():
+                db.execute(SET_META, [key, value])
+        self._run(job)
+
+    def setting(self, key: str) -> Any:
+        """A value kept in ``meta`` (``put_many``), or None."""
+        return self._meta(key)
+
     def put_chained(self, key: str,
                     step: Callable[[Any], tuple[bytes, str, Mapping[str, Any], Any, Any]],
                     now_ms: int | None = None) -> Any:
