@@ -40,17 +40,21 @@ The fingerprint is a function of the stream, so the cuts do not depend on
 how the input was split: ``Chunker.feed`` takes one byte or a gigabyte at a
 time. Memory stays bounded: a piece is consumed in ``BLOCK``-sized slices;
 the chunker holds at most ``max_size + BLOCK`` bytes plus two bytes of mask
-tests for each, and hashing uses integers of at most ``2 * BLOCK`` bytes.
+tests for each, and hashing uses integers of at most ``2 * BLOCK`` bytes
+(16 KiB under MicroPython, whose heap is a few hundred KiB to 2 MiB).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from protocol import MICROPYTHON
 from protocol.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 
 def _gear_key(value: int) -> bytes:
@@ -96,17 +100,20 @@ def make_mask(bits: int) -> int:
     return mask
 
 
+def _log2(power_of_two: int) -> int:
+    return len(bin(power_of_two)) - 3  # MicroPython's int has no bit_length()
+
+
 @dataclass(frozen=True)
 class ChunkParams:
     """Chunk size bounds. ``avg_size`` is a power of two; ``level`` is FastCDC's
     normalization level (0 turns normalized chunking off)."""
 
+    __match_args__ = ("min_size", "avg_size", "max_size", "level")
     min_size: int = 2 * 1024
     avg_size: int = 8 * 1024
     max_size: int = 64 * 1024
     level: int = 2
-    mask_s: int = field(init=False, repr=False, compare=False)
-    mask_l: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_size < self.avg_size < self.max_size <= MAX_CHUNK_LIMIT:
@@ -115,30 +122,52 @@ class ChunkParams:
             )
         if self.avg_size & (self.avg_size - 1):
             raise LocalProtocolError("avg_size must be a power of two", "chunk-params")
-        bits = self.avg_size.bit_length() - 1
+        bits = _log2(self.avg_size)
         if not 0 <= self.level < bits or bits + self.level > len(BIT_ORDER):
             raise LocalProtocolError("normalization level out of range", "chunk-params")
-        object.__setattr__(self, "mask_s", make_mask(bits + self.level))
-        object.__setattr__(self, "mask_l", make_mask(bits - self.level))
+
+    @property
+    def mask_s(self) -> int:
+        """The mask before ``avg_size``: ``log2(avg) + level`` bits."""
+        return make_mask(_log2(self.avg_size) + self.level)
+
+    @property
+    def mask_l(self) -> int:
+        """The mask from ``avg_size`` on: ``log2(avg) - level`` bits."""
+        return make_mask(_log2(self.avg_size) - self.level)
 
 
 DEFAULT_PARAMS = ChunkParams()
 
 
-#: Largest run of bytes hashed in one go (bounds the temporary integers).
-_HASH_SPAN = 2 * BLOCK
+#: Largest run of bytes hashed in one go (bounds the temporary integers; a device's
+#: heap is smaller). The cuts do not depend on it.
+_HASH_SPAN = _HASH_BATCH if MICROPYTHON else 2 * BLOCK
 #: Bytes by which H (and the masked tests) can outgrow its input.
 _SPILL = (TAP_SHIFT * TAPS) // 8 + FP_BYTES
+_MASK_INTS: dict[int, tuple[int, ...]] = {}
 
 
-@functools.lru_cache(maxsize=16)
 def _mask_ints(mask: int) -> tuple[int, ...]:
     """For each fingerprint byte k: mask byte k repeated over a whole span."""
-    width = _HASH_SPAN + HISTORY + _SPILL
-    return tuple(
-        int.from_bytes(bytes([(mask >> (8 * k)) & 0xFF]) * width, "little")
-        for k in range(FP_BYTES)
-    )
+    ints = _MASK_INTS.get(mask)
+    if ints is None:
+        if len(_MASK_INTS) >= 16:
+            _MASK_INTS.clear()
+        width = _HASH_SPAN + HISTORY + _SPILL
+        ints = _MASK_INTS[mask] = tuple(
+            int.from_bytes(bytes([(mask >> (8 * k)) & 0xFF]) * width, "little")
+            for k in range(FP_BYTES)
+        )
+    return ints
+
+
+def _translate(data: bytes | bytearray) -> bytes | bytearray:
+    """``data``'s bytes through ``GEAR`` (rule 1)."""
+    if MICROPYTHON:  # its bytes have no translate()
+        gear = GEAR
+        return bytes(gear[b] for b in data)
+    return data.translate(GEAR)
 
 
 def _candidates(tx: bytes, mask_s: int, mask_l: int) -> tuple[bytes, bytes]:
@@ -190,7 +219,9 @@ class Chunker:
         if self._finished:
             raise LocalProtocolError("feed() after finish()", "finished")
         out: list[bytes] = []
-        view = memoryview(data).cast("B")
+        view = memoryview(data)
+        if not MICROPYTHON:  # MicroPython's memoryview has no cast(); its views are bytes
+            view = view.cast("B")
         max_size = self.params.max_size
         for start in range(0, len(view), BLOCK):
             self._buf += view[start : start + BLOCK]
@@ -212,7 +243,7 @@ class Chunker:
     def _hash_pending(self) -> None:
         p = self.params
         while (done := len(self._zs)) < len(self._buf):
-            tx = self._history + self._buf[done : done + _HASH_SPAN].translate(GEAR)
+            tx = self._history + _translate(self._buf[done : done + _HASH_SPAN])
             zs, zl = _candidates(tx, p.mask_s, p.mask_l)
             self._zs += zs
             self._zl += zl
@@ -221,25 +252,28 @@ class Chunker:
     def _cut(self, out: list[bytes], *, final: bool) -> None:
         p = self.params
         buf, zs, zl = self._buf, self._zs, self._zl
-        while buf:
-            hashed = len(zs)  # == len(buf) when final
+        s = 0  # the chunk in progress starts at buf[s]
+        while s < len(buf):
+            hashed = len(zs) - s  # == len(buf) - s when final
             size = 0
             if hashed >= p.min_size:
-                i = zs.find(0, p.min_size - 1, min(p.avg_size - 1, hashed))
+                i = zs.find(0, s + p.min_size - 1, s + min(p.avg_size - 1, hashed))
                 if i >= 0:
-                    size = i + 1
+                    size = i + 1 - s
             if not size and hashed >= p.avg_size:
-                i = zl.find(0, p.avg_size - 1, min(p.max_size - 1, hashed))
+                i = zl.find(0, s + p.avg_size - 1, s + min(p.max_size - 1, hashed))
                 if i >= 0:
-                    size = i + 1
+                    size = i + 1 - s
                 elif hashed >= p.max_size:
                     size = p.max_size
             if not size:
                 if not final:
-                    return
-                size = len(buf)
-            out.append(bytes(buf[:size]))
-            del buf[:size], zs[:size], zl[:size]
+                    break
+                size = len(buf) - s
+            out.append(bytes(buf[s : s + size]))
+            s += size
+        if s:  # one copy a call (MicroPython cannot delete a slice of a bytearray)
+            self._buf, self._zs, self._zl = buf[s:], zs[s:], zl[s:]
 
 
 def iter_chunks(pieces: Iterable[bytes | bytearray | memoryview],

@@ -9,12 +9,14 @@ a receiver keeps chunks by hash; ``MemoryStore`` is one in a dict.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from protocol.chunking import DEFAULT_PARAMS, ChunkParams, chunk_id, iter_chunks
 from protocol.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 HASH_SIZE = 32
 LENGTH_SIZE = 3
@@ -23,7 +25,7 @@ MAX_NAME = 255
 
 #: Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): in a name
 #: they make ``invoice\u202efdp.exe`` read as ``invoiceexe.pdf``.
-BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+BIDI_CONTROLS = frozenset(map(chr, list(range(0x202A, 0x202F)) + list(range(0x2066, 0x206A))))
 
 
 def _control(c: str) -> bool:
@@ -44,6 +46,7 @@ def check_name(name: str) -> None:
 class Manifest:
     """What an object is made of. ``hashes`` and ``lengths`` are the wire forms."""
 
+    __match_args__ = ("object_hash", "size", "name", "hashes", "lengths")
     object_hash: bytes
     size: int
     name: str

@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
-from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from protocol import messages
 from protocol.chunking import chunk_id
@@ -73,6 +72,9 @@ from protocol.transfer_types import (
     TransferComplete,
     TransferStats,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "ABORT", "DATA", "DEFAULT_PART_SIZE", "DONE", "HASH_SIZE", "LENGTH_SIZE", "MANIFEST",
@@ -141,7 +143,7 @@ class _Endpoint:
         self._xfer_hint = 0  # for an abort before we know our transfer id
         self._outbox: list[bytes] = []
 
-    def _send(self, kind: str, /, **values: object) -> None:
+    def _send(self, kind: str, **values: object) -> None:
         xfer = self.xfer if self.xfer is not None else self._xfer_hint
         self._outbox.append(messages.encode(messages.make(kind, xfer=xfer, **values)))
 
