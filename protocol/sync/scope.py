@@ -50,16 +50,19 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+from protocol import MICROPYTHON
 from protocol.crdt.ids import verifier_record_id, year_verifier
 from protocol.crdt.schema import AUDIT, CHECKIN, ERASURE, PATIENT, TELEMETRY, VERIFIER
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.sync.credential import CredentialError, open_document, sign_document
+
+if TYPE_CHECKING:
+    from collections.abc import Container, Iterable, Mapping
+
+    from protocol.crypto import Ed25519PrivateKey
 
 __all__ = [
     "CLINICAL_OF_PATIENT", "DEFAULT_WINDOW_DAYS", "ROLES", "STABLE_LABEL", "Facts", "Head",
@@ -106,6 +109,8 @@ class Scope:
     """What one kiosk holds: its role, its site, the day (``YYYY-MM-DD``, UTC, the hub's)
     and a clinician's window in days."""
 
+    __match_args__ = ("role", "site", "day", "window_days")
+
     role: str
     site: str
     day: str
@@ -150,6 +155,8 @@ class Scope:
 @dataclass(frozen=True)
 class Facts:
     """What scope needs to know of one record."""
+
+    __match_args__ = ("rid", "type", "location", "subject", "day")
 
     rid: bytes
     type: int
@@ -202,7 +209,8 @@ def in_scope(scope: Scope, facts: Facts, patients: Container[bytes] = ()) -> boo
             and facts.subject in patients)
 
 
-Head = tuple[bytes, int, int, bool]  #: (rid, stamp, node, is_delete) of one write
+if TYPE_CHECKING or not MICROPYTHON:  # a subscripted type is no value under MicroPython
+    Head = tuple[bytes, int, int, bool]  #: (rid, stamp, node, is_delete) of one write
 
 
 def _checked(rid: Any, stamp: Any, node: Any) -> None:
@@ -332,6 +340,11 @@ def _text(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
+def _ascii(text: str) -> bool:
+    """``str.isascii``, which MicroPython lacks."""
+    return all(ord(ch) < 128 for ch in text)
+
+
 # Days as numbers (days since 1970-01-01), proleptic Gregorian, without datetime.
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -339,7 +352,7 @@ _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 def _day_number(day: Any) -> int:
     if not (type(day) is str and len(day) == 10 and day[4] == "-" and day[7] == "-"
-            and (day[:4] + day[5:7] + day[8:]).isdigit() and day.isascii()):
+            and (day[:4] + day[5:7] + day[8:]).isdigit() and _ascii(day)):
         raise ScopeError(f"a scope's day is YYYY-MM-DD, not {day!r}")
     y, m, d = int(day[:4]), int(day[5:7]), int(day[8:])
     leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
