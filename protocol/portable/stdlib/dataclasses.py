@@ -84,6 +84,15 @@ def _build(cls, frozen):
     return cls
 
 
+def replace(obj, **changes):
+    """A copy of ``obj`` with ``changes`` to its fields (through ``__init__``)."""
+    names = obj.__class__.__match_args__
+    for name in changes:
+        if name not in names:
+            raise TypeError(f"{obj.__class__.__name__} has no field {name}")
+    return obj.__class__(*[changes[n] if n in changes else getattr(obj, n) for n in names])
+
+
 def dataclass(cls=None, frozen=False, **_options):
     if cls is None:
         return lambda c: _build(c, frozen)
