@@ -29,10 +29,27 @@ This module is pure: the caller passes the time in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
+from protocol import MICROPYTHON
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING or not MICROPYTHON:
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import NamedTuple
+
+    class _DotFields(NamedTuple):
+        stamp: int
+        node: int
+
+    _VersionMap = Mapping[int, int]
+else:  # MicroPython: no typing.NamedTuple, no collections.abc
+    from collections import namedtuple
+
+    from protocol.portable.mapping import Mapping
+
+    _DotFields = namedtuple("Dot", ("stamp", "node"))
+    _VersionMap = Mapping
 
 LOGICAL_BITS = 16
 LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
@@ -94,11 +111,10 @@ class HLC:
             self.last = stamp
 
 
-class Dot(NamedTuple):
+class Dot(_DotFields):
     """One write: the node that made it and its stamp. Orders by (stamp, node)."""
 
-    stamp: int
-    node: int
+    __slots__ = ()
 
     def version_id(self) -> str:
         """The printable id of the version this write made (same on every replica)."""
@@ -108,12 +124,12 @@ class Dot(NamedTuple):
         return self.node.to_bytes(4, "big") + self.stamp.to_bytes(8, "big")
 
 
-class VersionVector(Mapping[int, int]):
+class VersionVector(_VersionMap):
     """node -> greatest stamp seen from it."""
 
     def __init__(self, entries: Mapping[int, int] | Iterable[tuple[int, int]] = ()) -> None:
         self._v: dict[int, int] = {}
-        items = entries.items() if isinstance(entries, Mapping) else entries
+        items = entries.items() if isinstance(entries, (dict, Mapping)) else entries
         for node, stamp in items:
             self.add(Dot(stamp, node))
 

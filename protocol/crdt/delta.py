@@ -44,16 +44,19 @@ goes through ``decode`` one by one, so the errors and codes are the same.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cbor2
-
-from protocol import strict_cbor
+from protocol import MICROPYTHON, strict_cbor
 from protocol.crdt.clock import MAX_NODE, MAX_STAMP, Dot
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING or not MICROPYTHON:  # the batch path's C codec (none under MicroPython)
+    import functools
+
+    import cbor2
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 PUT = 0
 DELETE = 1
@@ -76,6 +79,10 @@ class DeltaError(RemoteProtocolError):
 class Delta:
     """One write. Values are in wire form (see ``schema.FieldSpec.to_wire``)."""
 
+    __match_args__ = (
+        "record_id", "type", "node", "stamp", "kind", "set", "add", "remove", "ctx", "schema",
+        "resolves", "extra"
+    )
     record_id: bytes
     type: int
     node: int
@@ -218,7 +225,7 @@ def _check(delta: Delta, error: type[LocalProtocolError] | type[RemoteProtocolEr
         raise error("causal context names the writer's own write", "delta-ctx")
     if delta.kind == DELETE and (delta.set or delta.add or delta.remove):
         raise error("a delete carries no field changes", "delta-kind")
-    for key in (*delta.set, *delta.add, *delta.remove):
+    for key in list(delta.set) + list(delta.add) + list(delta.remove):
         if not 0 <= key <= MAX_FIELD:
             raise error(f"field number {key} out of range", "delta-key")
     for key in delta.extra:
@@ -231,7 +238,7 @@ def _check(delta: Delta, error: type[LocalProtocolError] | type[RemoteProtocolEr
             raise error("an element is both added and removed", "delta-set")
     if sorted(set(delta.ctx)) != sorted(delta.ctx):
         raise error("causal context repeats a dot", "delta-ctx")
-    for values in (*delta.add.values(), *delta.remove.values()):
+    for values in list(delta.add.values()) + list(delta.remove.values()):
         if not values or list(values) != sorted(set(values)):
             raise error("set elements are sorted and distinct", "delta-set")
 
@@ -247,7 +254,8 @@ _INT_MAX = (1 << 64) - 1
 _SCALAR_TYPES = frozenset({str, bytes, bool, float, type(None)})
 _MAX_HEAD = MAX_TYPE << 1 | 1
 _NEGATIVE_RANK = MAX_FIELD + 1  # negative keys sort after every field number
-_canonical: Callable[[Any], bytes] = functools.partial(cbor2.dumps, canonical=True)
+if not MICROPYTHON:
+    _canonical: Callable[[Any], bytes] = functools.partial(cbor2.dumps, canonical=True)
 
 
 def _plain(value: Any, depth: int) -> bool:
@@ -394,7 +402,7 @@ def decode_many(items: Sequence[bytes]) -> list[Delta | RemoteProtocolError]:
     """``decode`` each item: the delta, or the ``RemoteProtocolError`` it raised."""
     out: list[Delta | RemoteProtocolError | None] = [None] * len(items)
     batch = [i for i, data in enumerate(items)
-             if type(data) is bytes and 0 < len(data) <= FAST_MAX_SIZE]
+             if type(data) is bytes and 0 < len(data) <= FAST_MAX_SIZE and not MICROPYTHON]
     objs: Any = None
     if batch:
         blob = _array_header(len(batch)) + b"".join([items[i] for i in batch])
