@@ -51,11 +51,17 @@ if TYPE_CHECKING or not MICROPYTHON:
         m.update(data)
         return m.finalize()
 
+    def hkdf_sha256(ikm: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:
+        """RFC 5869 HKDF-SHA256 of ``ikm`` (no salt: 32 zero bytes)."""
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
 else:  # MicroPython
     import hashlib
 
     from protocol.portable.blake2s import blake2s, hmac_blake2s
-    from protocol.portable.hmac_sha256 import hmac_sha256
+    from protocol.portable.hmac_sha256 import hkdf, hmac_sha256
     from protocol.portable.keys import (  # noqa: F401  (the interface's names)
         ChaCha20Poly1305,
         Ed25519PrivateKey,
@@ -83,6 +89,9 @@ else:  # MicroPython
             return hmac_blake2s(key, data)
         raise ValueError(f"unknown hash {name!r}")
 
+    def hkdf_sha256(ikm, info, length=32, salt=None):
+        return hkdf(salt or b"", ikm, info, length)
+
     def __getattr__(name):
         # HPKE (RFC 9180, for sealed documents) loads on first use: a sensor node that
         # never opens one keeps its RAM.
@@ -96,5 +105,5 @@ else:  # MicroPython
 __all__ = [
     "HASHES", "ChaCha20Poly1305", "Ed25519PrivateKey", "Ed25519PublicKey",
     "InvalidSignature", "InvalidTag", "X25519PrivateKey", "X25519PublicKey", "hash_digest",
-    "hmac_digest", "hpke",
+    "hkdf_sha256", "hmac_digest", "hpke",
 ]

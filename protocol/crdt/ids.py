@@ -55,13 +55,15 @@ import hashlib
 import hmac
 import unicodedata
 import uuid
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from protocol import MICROPYTHON
 from protocol.crdt import short_code
+from protocol.crypto import hkdf_sha256
 from protocol.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MIN_KEY_SIZE = 32
 PATIENT_LABEL = b"haven/patient-id/v1\x00"
@@ -70,15 +72,24 @@ VERIFIER_ID_LABEL = b"haven/verifier-id\x00"
 ROTATE_LABEL = b"haven/patient-id/rotate\x00"
 YEAR_VERIFIER_INFO = b"haven/year-verifier/v1\x00"
 
-#: HMAC-SHA256 under one key: message in, 32-byte digest out.
-Mac = Callable[[bytes], bytes]
+if TYPE_CHECKING or not MICROPYTHON:
+    from collections.abc import Callable
+
+    #: HMAC-SHA256 under one key: message in, 32-byte digest out.
+    Mac = Callable[[bytes], bytes]
+
+
+def _alnum(ch: str) -> bool:
+    # MicroPython's str has no isalnum; its unicodedata stand-in lets ASCII through only,
+    # where the two agree.
+    return ch.isalnum() if hasattr(ch, "isalnum") else ch.isalpha() or ch.isdigit()
 
 
 def normalise_passport(text: str) -> str:
     norm = unicodedata.normalize("NFKC", text).upper().strip()
     country, sep, number = norm.rpartition(":")
-    number = "".join(ch for ch in number if ch.isalnum())
-    country = "".join(ch for ch in country if ch.isalnum())
+    number = "".join(ch for ch in number if _alnum(ch))
+    country = "".join(ch for ch in country if _alnum(ch))
     if not 4 <= len(number) <= 20:
         raise LocalProtocolError("a passport number has 4 to 20 letters and digits",
                                  "bad-passport")
@@ -189,13 +200,13 @@ def year_verifier(fleet_key: bytes, site: str, pid: bytes, year: str) -> str:
 def site_key(fleet_key: bytes, site: str) -> bytes:
     """``K_site`` of ``year_verifier``: HKDF-SHA256 of the fleet key for ``site``."""
     _check_key(fleet_key)
-    return _hkdf_sha256(fleet_key, YEAR_VERIFIER_INFO + site.encode())
+    return hkdf_sha256(fleet_key, YEAR_VERIFIER_INFO + site.encode())
 
 
 def year_verifier_by(site_mac: Mac, pid: bytes, year: str) -> str:
     """``year_verifier`` with the site key's HMAC given as ``site_mac``."""
     _check_pid(pid)
-    if type(year) is not str or len(year) != 4 or not year.isascii() or not year.isdigit():
+    if type(year) is not str or len(year) != 4 or not all("0" <= ch <= "9" for ch in year):
         raise LocalProtocolError(f"a year of birth is 4 digits, not {year!r}", "bad-year")
     return site_mac(pid + year.encode())[:16].hex()
 
@@ -209,8 +220,3 @@ def hmac_of(key: bytes) -> Mac:
 def _check_pid(pid: bytes) -> None:
     if type(pid) is not bytes or len(pid) != 16:
         raise LocalProtocolError("a patient id is 16 bytes", "bad-id")
-
-
-def _hkdf_sha256(key: bytes, info: bytes) -> bytes:
-    """32 bytes of HKDF-SHA256 (RFC 5869) without salt."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(key)
