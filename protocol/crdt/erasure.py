@@ -28,13 +28,14 @@ Everything here is pure.
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.crdt.delta import Delta
 from protocol.crdt.schema import ERASURE, PATIENT, SUBJECT, TYPES
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 _ID_LABEL = b"haven/erasure-id/v1\x00"
 #: The erasure record's fields, by name.
@@ -57,7 +58,7 @@ def _hashed_id(label: bytes, patient: bytes) -> bytes:
     raw = bytearray(hashlib.sha256(label + patient).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x80
     raw[8] = (raw[8] & 0x3F) | 0x80
-    return uuid.UUID(bytes=bytes(raw)).bytes
+    return bytes(raw)
 
 
 def husk(delta: Delta) -> Delta:
