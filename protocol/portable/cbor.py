@@ -42,6 +42,12 @@ def _head(major: int, n: int) -> bytes:
 def _float(x: float) -> bytes:
     if x != x:  # NaN: cbor2's canonical form
         return b"\xf9\x7e\x00"
+    # MicroPython's struct packs a half-precision subnormal wrongly (0x0374 as 0x02e8):
+    # below 2**-14 a half is k * 2**-24, k < 1024, made here.
+    if 0 < abs(x) < 2.0**-14:
+        k = abs(x) * 2.0**24
+        if k == int(k):
+            return b"\xf9" + (int(k) | (0x8000 if x < 0 else 0)).to_bytes(2, "big")
     for code, fmt in ((0xF9, ">e"), (0xFA, ">f")):
         try:
             packed = struct.pack(fmt, x)

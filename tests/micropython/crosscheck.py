@@ -1,8 +1,9 @@
 """Computes crypto cases under MicroPython for tests/test_portable_crypto_c.py.
 
 Reads a file of cases, one a line: an operation's name and its arguments in
-hex, separated by one space each (an empty argument is an empty word). Prints one line a case: the result in hex, or
-``refused`` when the interface raised (an AEAD tag, a signature, a key).
+hex, one space between words (an empty argument is an empty word). Prints one
+line a case: the result in hex, or ``refused`` when the interface raised (an
+AEAD tag, a signature, a key).
 Goes through ``protocol.crypto``, the interface the session calls, where it
 names the operation, and to the portable module otherwise.
 """
