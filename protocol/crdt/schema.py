@@ -33,11 +33,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from protocol import MICROPYTHON
 from protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 LWW = "lww"
 ADD_WINS = "add-wins"
@@ -56,8 +59,12 @@ LANES = {
     5: "telemetry",
 }
 
-_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$")
+# ASCII digits, no counted repetition, and the whole text (``_whole``): MicroPython's re
+# has no {m,n} (it silently never matches) and its \d is ASCII only.
+_D2 = "[0-9][0-9]"
+_DATE = re.compile(f"^{_D2}{_D2}(-{_D2}(-{_D2})?)?$")
+_DATETIME = re.compile(f"^{_D2}{_D2}-{_D2}-{_D2}T{_D2}:{_D2}(:{_D2}"
+                       f"(\\.[0-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?)?)?(Z|[+-]{_D2}:{_D2})$")
 MAX_TEXT = 4096
 
 
@@ -70,6 +77,7 @@ class FieldValueError(LocalProtocolError):
 
 @dataclass(frozen=True)
 class FieldSpec:
+    __match_args__ = ("number", "name", "kind", "policy")
     number: int
     name: str
     kind: str = "string"
@@ -129,6 +137,12 @@ def _element(value: Any, name: str) -> str:
     return value
 
 
+def _whole(pattern: re.Pattern[str], text: str) -> bool:
+    """``pattern`` matches all of ``text`` (its ``$`` would let a final newline by)."""
+    found = pattern.match(text)
+    return found is not None and found.group(0) == text
+
+
 def _to_wire(kind: str, value: Any, name: str) -> Any:
     if kind in ("string", "code"):
         if type(value) is not str or len(value) > MAX_TEXT:
@@ -149,7 +163,7 @@ def _to_wire(kind: str, value: Any, name: str) -> Any:
         return value
     if kind in ("date", "datetime"):
         pattern = _DATE if kind == "date" else _DATETIME
-        if type(value) is not str or not pattern.match(value):
+        if type(value) is not str or not _whole(pattern, value):
             # the value is not echoed: a quarantined delta's reason is kept in the clear
             raise FieldValueError(f"{name}: expected an ISO 8601 {kind}")
         return value
@@ -163,6 +177,7 @@ def _to_wire(kind: str, value: Any, name: str) -> Any:
 
 @dataclass(frozen=True)
 class TypeSpec:
+    __match_args__ = ("number", "name", "version", "lane", "fields", "held", "clinical", "fhir")
     number: int
     name: str
     version: int
@@ -171,8 +186,9 @@ class TypeSpec:
     held: bool = False
     clinical: bool = True
     fhir: str = ""
-    by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
-    by_number: Mapping[int, FieldSpec] = field(init=False, repr=False, compare=False)
+    if TYPE_CHECKING or not MICROPYTHON:  # MicroPython's dataclass: __post_init__ sets them
+        by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
+        by_number: Mapping[int, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
