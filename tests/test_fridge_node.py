@@ -11,16 +11,19 @@ CPython too, where a test can reach inside them.
 
 from __future__ import annotations
 
+import ast
 from collections import deque
 from pathlib import Path
 
 import pytest
 
+from device.fridge_node import monitor, ring, sensors
 from protocol import sensor
 from protocol.crypto import X25519PrivateKey
 from protocol.messages import Message
-from protocol.session.core import Event, MessageReceived, Session, SessionConfig
+from protocol.session.core import Connected, Event, MessageReceived, Session, SessionConfig
 from tests.fridge_node_proc import NodeProcess, provision
+from tests.micropython_port import ROOT
 from tools.linksim import Line, LinkSim
 
 KIOSK_KEY = X25519PrivateKey.from_private_bytes(bytes(range(32, 64)))
@@ -56,13 +59,13 @@ class FakeKiosk:
         return max(self.readings, default=-1) + 1 if n == len(self.readings) else n
 
     def receive_data(self, data: bytes, now: float) -> None:
+        if self.session.state == "closed":  # its last words (a refusal) went out: a new one
+            self.session = self._new(now)
         self.session.receive_data(data, now)
         while (event := self.session.next_event()) is not None:
             self._events.append(event)
             if isinstance(event, MessageReceived):
                 self._on_message(sensor.decode(event.data), now)
-        if self.session.state == "closed":
-            self.session = self._new(now)  # ready for the node's next handshake
 
     def _on_message(self, msg: Message, now: float) -> None:
         send = self.session.send_message
@@ -133,3 +136,183 @@ def test_readings_alarms_and_faults_reach_the_kiosk_in_order(folder: Path) -> No
                       ("sensor", "raised", EPOCH + 1320, 5, None),
                       ("sensor", "cleared", EPOCH + 1320, 6, None)]
     assert status["faults"] == 6 and status["dropped"] == 0 and status["link"] == "open"
+
+
+def test_a_full_ring_drops_the_oldest_readings_and_counts_them(folder: Path) -> None:
+    public = provision(folder, KIOSK_PUBLIC, NODE_KEY, capacity=10)
+    kiosk = FakeKiosk({public})
+    with NodeProcess(folder) as node:
+        sim = joined(node, kiosk, outages=[(0.0, 15 * MINUTE + 30)])
+        run_until(sim, 15 * MINUTE + 1)
+        assert node.status(sim.now)["dropped"] == 6 and kiosk.readings == {}
+        run_until(sim, 20 * MINUTE + 1)
+        status = node.status(sim.now)
+    assert sorted(kiosk.readings) == list(range(6, 21))
+    assert status["dropped"] == 6 and status["readings"] == 0 and status["first"] == 21
+
+
+def test_a_power_cut_keeps_committed_readings_alarms_and_their_numbers(folder: Path) -> None:
+    public = provision(folder, KIOSK_PUBLIC, NODE_KEY, alarm_after=300, commit_every=600)
+    kiosk = FakeKiosk({public})
+    profile = "steady:5.0,high:10.0:30"
+    with NodeProcess(folder, profile=profile) as node:
+        # The line is out: nothing is acknowledged. The alarm at 300 s commits at once,
+        # then readings every 600 s after it: at 900 s, readings 0 to 15.
+        sim = joined(node, kiosk, outages=[(0.0, 1e9)])
+        run_until(sim, 1450.0)
+        before = node.status(sim.now)
+        node.kill()
+        node.start(1460.0)
+        after = node.status(1460.0)
+        sim = joined(node, kiosk, now=1460.0)
+        run_until(sim, 1460.0 + 6 * MINUTE + 1)
+    assert (before["next"], before["next_alarm"], before["boot"]) == (25, 1, 1)
+    assert (after["first"], after["next"], after["next_alarm"], after["boot"]) == (0, 17, 1, 2)
+    assert after["torn"] == 0
+    assert sorted(kiosk.readings) == list(range(23))
+    # Taken before the kiosk told the time, then a reboot lost the node's clock: unknown.
+    assert {kiosk.readings[n][0] for n in range(16)} == {None}
+    assert [kiosk.readings[n][1] for n in (0, 5, 6, 15)] == [1000] * 4
+    assert kiosk.readings[16][0] == EPOCH + 1460
+    # The excursion goes on after the boot: a new alarm, numbered after the committed one.
+    assert sorted(kiosk.alarms) == [0, 1] and kiosk.alarms[1][:2] == ("high", "raised")
+
+
+def test_a_reboot_that_lost_delivered_readings_numbers_new_ones_after_them(
+        folder: Path) -> None:
+    public = provision(folder, KIOSK_PUBLIC, NODE_KEY)
+    kiosk = FakeKiosk({public})
+    with NodeProcess(folder) as node:
+        sim = joined(node, kiosk)
+        run_until(sim, 10 * MINUTE + 30)
+        assert sorted(kiosk.readings) == list(range(11))
+        node.kill()  # nothing committed since the boot: readings 0 to 10 are lost here
+        node.start(11 * MINUTE)
+        sim = joined(node, kiosk, now=11 * MINUTE)
+        run_until(sim, 15 * MINUTE + 1)
+        status = node.status(sim.now)
+    assert kiosk.clashes == []
+    assert sorted(kiosk.readings) == list(range(16))
+    times = [kiosk.readings[n][0] or 0 for n in range(16)]
+    assert times == sorted(times) and times[11] == EPOCH + 11 * 60
+    assert status["next"] == 16 and kiosk.hellos[-1]["boot"] == 2
+
+
+def test_a_kiosk_refuses_a_node_key_it_was_not_given(folder: Path) -> None:
+    provision(folder, KIOSK_PUBLIC, NODE_KEY)
+    kiosk = FakeKiosk(set())
+    with NodeProcess(folder) as node:
+        sim = joined(node, kiosk)
+        run_until(sim, 2 * MINUTE)
+        status = node.status(sim.now)
+    assert status["last_close"] == "unknown-key" and status["link"] == "down"
+    assert kiosk.readings == {} and kiosk.hellos == []
+
+
+def test_a_node_with_the_wrong_kiosk_key_never_opens(folder: Path) -> None:
+    other = X25519PrivateKey.from_private_bytes(bytes(32 * [7])).public_key()
+    public = provision(folder, other.public_bytes_raw(), NODE_KEY)
+    kiosk = FakeKiosk({public})
+    with NodeProcess(folder) as node:
+        sim = joined(node, kiosk)
+        run_until(sim, 2 * MINUTE)
+        status = node.status(sim.now)
+    assert status["link"] == "handshake" and status["readings"] == 3
+    assert kiosk.readings == {} and kiosk.hellos == []
+    assert not any(isinstance(event, Connected) for event in sim.events[1])
+
+
+def test_a_failing_request_in_step_mode_is_refused_and_changes_nothing(folder: Path) -> None:
+    provision(folder, KIOSK_PUBLIC, NODE_KEY)
+    with NodeProcess(folder) as node:
+        with pytest.raises(RuntimeError, match="unknown request"):
+            node._ask("jump", 10.0)
+        assert node.console("set low 9", 10.0).startswith("error: the range's low end")
+        assert node.console("kiosk 12", 10.0) == "error: a key is 64 hex digits"
+        assert node.console("set low 2.5", 10.0) == "ok"
+        assert "low 250" in node.console("config", 10.0).splitlines()
+
+
+# -- the pure parts, on CPython ----------------------------------------------------
+
+
+def test_a_torn_commit_leaves_the_one_before(tmp_path: Path) -> None:
+    files, kept = ring.RingFiles(str(tmp_path)), ring.Ring(capacity=4)
+    for n in range(6):  # wraps around: readings 2 to 5 stay
+        kept.add(ring.stamp_of(60.0 * n, 1_700_000_000.0), 400 + n)
+    kept.add_alarm("high", "raised", ring.stamp_of(5.0, None), 31, 900)
+    files.commit(kept)
+    kept.add(ring.stamp_of(400.0, None), "crc")
+    files.commit(kept)
+    newest = tmp_path / "ring.0"  # generation 2
+    for damage in (newest.read_bytes()[:-3], newest.read_bytes()[:-1] + b"\x00", b""):
+        newest.write_bytes(damage)
+        back = ring.RingFiles(str(tmp_path))
+        restored = ring.Ring(capacity=4)
+        assert back.load(restored) and back.torn == 1 and restored.generation == 1
+        assert (restored.first, restored.count, restored.dropped) == (2, 4, 2)
+        assert [restored.reading(n)[1] for n in range(2, 6)] == [402, 403, 404, 405]
+        assert ring.unix_time(restored.reading(2)[0]) == 1_700_000_120
+        # A reading or alarm stamped on the lost monotonic clock is written as unknown.
+        assert restored.alarms == [[0, "high", "raised", ring.UNKNOWN, 31, 900]]
+
+
+def test_the_ring_drops_acknowledged_readings_and_renumbers() -> None:
+    r = ring.Ring(capacity=3)
+    for value in ("no-sensor", -5500, 12500):
+        r.add(ring.stamp_of(1.0, None), value)
+    r.drop_below(2)
+    assert (r.first, r.count, r.reading(2)[1]) == (2, 1, 12500)
+    r.set_clock(1_800_000_000.0)
+    assert ring.unix_time(r.reading(2)[0]) == 1_800_000_001
+    r.renumber(40)
+    assert (r.first, r.next_seq, r.reading(40)[1]) == (40, 41, 12500)
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    (0x0191, 2506), (0xFF5E, -1013), (0xFC90, -5500), (0x07D0, 12500),  # halves: away from 0
+    (sensors.RESET_RAW, "reset-value"), (sensors.RANGE_RAW, "out-of-range"),
+])
+def test_a_scratchpad_is_a_temperature_or_a_fault(raw: int, want: int | str) -> None:
+    assert sensors.decode(sensors.scratchpad(raw)) == want
+
+
+def test_no_answer_and_a_bad_crc_are_faults() -> None:
+    pad = sensors.scratchpad(0x0191)
+    assert sensors.decode(None) == "no-sensor" and sensors.decode(pad[:5]) == "no-sensor"
+    assert sensors.decode(pad[:8] + bytes([pad[8] ^ 1])) == "crc"
+    # The CRC of a real DS18B20 scratchpad (its datasheet's example ROM code's CRC is 0xA2).
+    assert sensors.crc8(bytes.fromhex("02 1C B8 01 00 00 00")) == 0xA2
+
+
+def test_a_bad_profile_says_why() -> None:
+    for text in ("warm:3", "high:9", "none:x", "steady:4:5:6"):
+        with pytest.raises(ValueError, match="bad profile segment"):
+            sensors.parse_profile(text)
+
+
+def test_an_excursion_from_high_to_low_clears_one_alarm_and_raises_the_other() -> None:
+    m = monitor.Monitor(low=200, high=800, alarm_after=120)
+    seen = []
+    values: list[int | str] = [900, 950, "crc", 920, 100, 150, 50, 500]
+    for minute, value in enumerate(values):
+        seen += m.reading(60.0 * minute, value)
+    assert seen == [("high", "raised", 0.0, 3, 950), ("high", "cleared", 0.0, 4, 950),
+                    ("low", "raised", 240.0, 2, 50), ("low", "cleared", 240.0, 3, 50)]
+
+
+def test_the_node_imports_only_protocol_and_itself() -> None:
+    allowed = {"protocol", "__future__", "typing", "binascii", "json", "os", "select", "struct",
+               "sys", "time", "machine", "onewire", "ds18x20",
+               "collections"}  # collections.abc: for the type checker only
+    for path in (ROOT / "device/fridge_node").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                ok = name.split(".")[0] in allowed or (name + ".").startswith("device.fridge_node.")
+                assert ok, f"{path.name} imports {name}"

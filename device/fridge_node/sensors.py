@@ -57,7 +57,9 @@ def decode(pad: bytes | None) -> int | str:
         return "reset-value"
     if raw & 0x8000:
         raw -= 0x10000
-    centi = (raw * 100 + (8 if raw >= 0 else -8)) // 16
+    centi = (abs(raw) * 100 + 8) // 16  # sixteenths to hundredths, halves away from zero
+    if raw < 0:
+        centi = -centi
     if not sensor.MIN_CENTI <= centi <= sensor.MAX_CENTI:
         return "out-of-range"
     return centi
