@@ -78,7 +78,7 @@ def from_fields(fields: Mapping[int, Any]) -> dict[str, Any]:
         if spec.name in ("devices", "summary"):
             try:
                 value = json.loads(value)
-            except (ValueError, RecursionError):  # RecursionError: nested past json's depth
+            except (ValueError, RuntimeError):  # nested past json's depth (RecursionError)
                 continue
             if not isinstance(value, dict):
                 continue
