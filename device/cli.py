@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from device import config
+from device.fridges import command as fridge_command
 from protocol.crdt import schema as crdt_schema
 from protocol.driver.command_line import (
     TerseParser,
@@ -283,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Apply the hub's answers on the stick, and remove them.")
     _action_data(r)
     r.add_argument("directory", type=Path, metavar="DIR", help="the folder on the stick")
+
+    fridge_command.add_parser(sub, _data, _action_data)
 
     p = sub.add_parser("schema", help="record types, fields, lanes and merge policies",
                        description="List each record type with its fields, lane and policies.")
@@ -928,6 +931,14 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return 3 if got.problems else 0
 
 
+def cmd_fridge(args: argparse.Namespace) -> int:
+    from device.enrol import ensure_keys
+
+    kiosk_public = ensure_keys(args.data)[0].public_key().public_bytes_raw()
+    with _open(args) as store:
+        return fridge_command.run(args, store, kiosk_public)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "init": cmd_init, "enroll": cmd_enroll, "sync": cmd_sync, "run": cmd_run,
     "checkin": cmd_checkin, "attach": cmd_attach,
@@ -935,7 +946,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "resolve": cmd_resolve, "dump": cmd_dump, "status": cmd_status, "hw": cmd_hw,
     "schema": cmd_schema, "staff-pin": cmd_staff_pin, "wipe": cmd_wipe,
     "quarantine": cmd_quarantine, "passphrase": cmd_passphrase, "keys": cmd_keys,
-    "relay": cmd_relay,
+    "relay": cmd_relay, "fridge": cmd_fridge,
 }
 
 

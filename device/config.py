@@ -217,6 +217,12 @@ class KioskConfig:
     console_import: str = option("import", "the folder, inside the data directory, that "
                                  "the console's file uploads go to (nothing in it is ever "
                                  "installed or run)", metavar="DIR", check=_inside_data)
+    fridges: list[str] = option([], "serial lines of vaccine fridges' sensor nodes (a serial "
+                                "device or a pyserial URL), one node each; the node's key, "
+                                "enrolled with haven-kiosk fridge add, says which fridge it "
+                                "is", metavar="URL")
+    fridge_baud: int = option(115200, "the fridge nodes' line speed", metavar="BAUD",
+                              positive=True)
     log_max_mib: float = option(8.0, "the kiosk's own log (JSON lines in logs/ inside the "
                                 "data directory, kept across restarts): its files' size in "
                                 "all, the oldest dropped past it", unit="MiB", positive=True)

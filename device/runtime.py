@@ -58,6 +58,11 @@ simulated clock in benchmarks) and the page's usage are counted, an hour at
 a time on the card; a telemetry record goes into the outbox when one is due
 (``Metrics.telemetry_due``), once the kiosk is enrolled.
 
+The fridge nodes' serial lines (``fridges``, ``device.fridges.port``) are
+served by a thread each once the store is open; while a node's alarm is
+raised, the LED blinks ``fridge-alarm`` over every status but those that
+need a technician, and the staff screen says which fridge.
+
 The LED, button and buzzer are the Pi's pins; the runtime refuses to start
 on simulated pins (``HardwareError``, one line) unless the configuration
 asks for them (``hardware = "simulated"``). Once the page is served,
@@ -104,8 +109,9 @@ from device import wipe as kiosk_wipe
 from device.config import KioskConfig, memory_limits, storage_limits
 from device.console.runtime_env import start_console
 from device.console.server import ConsoleServer
-from device.enrol import NotEnrolled, load
+from device.enrol import NotEnrolled, ensure_keys, load
 from device.exc import HardwareError
+from device.fridges.port import Fridges
 from device.hardware import panel as hw
 from device.hardware import remote as hw_remote
 from device.hardware.printer import Printer
@@ -115,7 +121,15 @@ from device.health.storage_guard import StorageGuard, truncate_wal_file
 from device.metrics import samples as metric_samples
 from device.metrics import telemetry as metric_telemetry
 from device.metrics.collector import Metrics
-from device.status import ERROR, OFFLINE, PENDING, REVOKED, SUSPECTED_CLONE, SYNCED
+from device.status import (
+    ERROR,
+    FRIDGE_ALARM,
+    OFFLINE,
+    PENDING,
+    REVOKED,
+    SUSPECTED_CLONE,
+    SYNCED,
+)
 from device.store import Store, StoreError, rotation, unlock
 from device.store.locked import LockableStore
 from device.store.providers import open_keys
@@ -199,6 +213,9 @@ class Runtime:
         self._thread: threading.Thread | None = None
         self._links: threading.Thread | None = None
         self._rotating: threading.Thread | None = None  #: walks a key rotation
+        self._fridges_thread: threading.Thread | None = None
+        #: The fridge nodes' lines (``fridges`` in the configuration), once the store opens.
+        self.fridges: Fridges | None = None
         #: URLs whose link came back, for the sync thread
         self._returned: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._server: http.HttpServer | None = None
@@ -271,6 +288,10 @@ class Runtime:
         self._rotating = threading.Thread(target=self._keep_rotating, name="key-rotation",
                                           daemon=True)
         self._rotating.start()
+        if self.cfg.fridges:
+            self._fridges_thread = threading.Thread(target=self._fridge_lines,
+                                                    name="fridges", daemon=True)
+            self._fridges_thread.start()
         monitor = link_monitor_for(self.cfg.hub, self.cfg.link_interval,
                                    carrier=self.cfg.link_carrier, when_up=self._link_returned,
                                    when_down=self._link_lost, clock=self.clock,
@@ -387,6 +408,8 @@ class Runtime:
             await asyncio.to_thread(self._links.join, STOP_BOUND)
         if self._rotating is not None:  # a slice in progress ends (it resumes at start)
             await asyncio.to_thread(self._rotating.join, STOP_BOUND)
+        if self._fridges_thread is not None:  # a message being stored is stored
+            await asyncio.to_thread(self._fridges_thread.join, STOP_BOUND)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.flush)
         if self._thread is None or not self._thread.is_alive():
@@ -482,15 +505,37 @@ class Runtime:
 
     # The sync thread --------------------------------------------------------------------
 
-    def _keep_rotating(self) -> None:
-        """The key rotation's thread: once the store is open (a locked one: unlocked)."""
+    def _store_opened(self) -> bool:
+        """Wait until the store is open (a locked one: unlocked); False: revoked, or the
+        runtime stops first."""
         if self._keys_gone is not None or self.store is None:
-            return  # revoked: no key to rotate
+            return False
         if isinstance(self.store, LockableStore):
             while not self.store.opened.wait(0.5):
                 if self._stop.is_set():
-                    return
-        rotation.keep_rotating(self.store, self._stop)
+                    return False
+        return True
+
+    def _keep_rotating(self) -> None:
+        """The key rotation's thread: once the store is open (a locked one: unlocked)."""
+        if self._store_opened():
+            assert self.store is not None
+            rotation.keep_rotating(self.store, self._stop)
+
+    def _fridge_lines(self) -> None:
+        """The fridge nodes' lines (``device.fridges.port``), once the store is open."""
+        if not self._store_opened():
+            return
+        store = self.store
+        assert store is not None
+        fridges = Fridges(store, ensure_keys(self.data)[0], self.cfg.fridges,
+                          self.cfg.fridge_baud, wall=lambda: store.clock() / 1000,
+                          on_change=self._show)
+        self.fridges = fridges
+        self._show()  # an alarm raised before a restart shows at once
+        fridges.start()
+        self._stop.wait()
+        fridges.stop()
 
     def _contact_age(self) -> float | None:
         """Seconds since the hub was last heard (None: not yet); any thread."""
@@ -511,13 +556,22 @@ class Runtime:
             return PENDING
         return SYNCED
 
+    def led_pattern(self, shown: str) -> str:
+        """The LED's pattern for the status ``shown``: a fridge's alarm over everything but
+        what needs a technician (the staff screen says which fridge)."""
+        fridges = self.fridges
+        if fridges is not None and fridges.alarm_raised and shown not in (
+                REVOKED, SUSPECTED_CLONE):
+            return FRIDGE_ALARM
+        return shown
+
     def _show(self) -> None:
         """Decide the status and show it on the LED and the page; any thread."""
         with self._showing:
             shown = self.status()
             if self.hardware is not None:  # the LED first: the page is told right after
                 with contextlib.suppress(Exception):
-                    self.hardware.led.show(shown)
+                    self.hardware.led.show(self.led_pattern(shown))
             self.live.update(state=shown, link=self._link)
 
     def _sync_loop(self) -> None:

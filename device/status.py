@@ -17,3 +17,6 @@ REVOKED = "revoked"  #: the hub revoked this kiosk: it no longer syncs
 SUSPECTED_CLONE = "suspected-clone"  #: another kiosk runs with this one's identity
 
 STATUSES = (SYNCED, PENDING, OFFLINE, ERROR, REVOKED, SUSPECTED_CLONE)
+#: The LED only (the page's header keeps the sync status): a fridge node's alarm is raised
+#: (``device.fridges``); the staff screen says which fridge and why.
+FRIDGE_ALARM = "fridge-alarm"

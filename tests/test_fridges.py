@@ -9,19 +9,33 @@ SQLite, and the hub is served over TCP on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from device.cli import main as kiosk_cli
+from device.config import KioskConfig
 from device.fridges.link import FridgeLink
+from device.fridges.port import Fridges
 from device.fridges.records import EnrolmentError, FridgeRecords
+from device.hardware import panel as hw
+from device.runtime import Runtime
+from device.ui.live import LiveStatus
+from device.ui.pin import PinSource
+from device.ui.request import Request
+from device.ui.staff import Staff
+from host.hub.fhir import export
 from protocol import messages, sensor
 from protocol.crdt.schema import TEMPERATURE
 from protocol.session.core import Closed
 from protocol.sync import sensor_records as ids
+from protocol.sync.scope import Scope
 
+from .fhir_r4 import validate
 from .fridge_helpers import NodeStandIn, joined
 from .test_sync_helpers import Kiosk, served_hub
 
@@ -143,3 +157,125 @@ def test_enrolment_refuses_what_does_not_fit(setup) -> None:
     again = s.records.enrol("fridge-1", public(s.node_key))
     assert again.slot == gone.slot + 1 and again.device != gone.device  # never reused
     assert [e.name for e in s.records.enrolments()] == ["fridge-1"]
+
+
+def staff_overview(store: object, data: Path) -> dict:
+    """The staff screen's overview, as the page asks for it (PIN, then token)."""
+    staff = Staff(store, LiveStatus(), PinSource(data, "246810"))
+
+    async def ask() -> dict:
+        token = (await staff.login({"pin": "246810"}))["token"]
+        return await staff.overview(Request("GET", "/api/staff/overview", {},
+                                            {"x-staff-token": token}))
+    return asyncio.run(ask())
+
+
+def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
+        setup, tmp_path: Path) -> None:
+    s = setup
+    kit = hw.Hardware(simulated=True)
+    rt = Runtime(KioskConfig(data=tmp_path / "rt", hardware="simulated"), hardware=kit)
+    rt.fridges = Fridges(s.kiosk.store, s.kiosk.ident.x_key, [], 115200,
+                         wall=lambda: T0, on_change=rt._show)
+    s.link = rt.fridges.link(s.sim.now)
+    s.sim = joined(s.node, s.link, s.sim.now)
+    rt._show()
+    calm = kit.led.pattern
+    assert calm != hw.FRIDGE_ALARM
+    s.node.readings(0, [[T0 - 60 * i, 850 + i] for i in range(30, 0, -1)])
+    s.node.send(sensor.ALARM_LANE, sensor.ALARM, seq=0, kind="high", state="raised",
+                since=T0 - 1800, minutes=30, extreme=879)
+    s.until(lambda: s.node.acks(sensor.ALARM_ACK) == [1]
+            and s.node.acks(sensor.READINGS_ACK) == [30])
+    # the staff screen, the LED
+    alarm = {"fridge": "fridge-1", "location": "pharmacy", "kind": "high",
+             "since": T0 - 1800, "minutes": 30, "extreme": 879, "seq": 0}
+    assert staff_overview(s.kiosk.store, s.kiosk.store.data)["fridges"] == [alarm]
+    assert kit.led.pattern == hw.FRIDGE_ALARM
+    # the alarm waits in lane 0, ahead of everything; the readings in lane 5
+    lanes = s.kiosk.store.status()["outbox"]["lanes"]
+    assert lanes["0"]["entries"] == 1 and lanes["5"]["entries"] == 30 + 1
+    # the hub: every record once; no other kiosk is sent any
+    other = Kiosk(tmp_path, "b", s.hub, "B")
+    s.kiosk.sync(s.url)
+    for k in (other, s.kiosk):
+        k.sync(s.url)
+        k.sync(s.url)
+        assert k.state.rebase_owed is False  # the scope sums agree
+    lo, hi = ids.device_id(s.kiosk.store.node, 0), ids.alarm_id(s.fridge.device, ids.MAX_SEQ)
+    held = s.hub.store.ops_in(lo, hi)
+    assert len(held) == len({op.rid for op in held}) == 1 + 30 + 1
+    assert all(other.store.view(str(uuid.UUID(bytes=op.rid))) is None for op in held)
+    # acknowledged, the kiosk's collection drops them (no scope holds them)
+    s.kiosk.store.flush_acks()
+    s.kiosk.store.collect(Scope("full", "North", "2027-01-15"), stable=1 << 40, budget_s=5)
+    assert s.stored() == []
+    # cleared: off the staff screen and the LED; the hub gets the clearing too
+    s.node.send(sensor.ALARM_LANE, sensor.ALARM, seq=1, kind="high", state="cleared",
+                since=T0 - 1800, minutes=45, extreme=912)
+    s.until(lambda: s.node.acks(sensor.ALARM_ACK) == [1, 2])
+    assert staff_overview(s.kiosk.store, s.kiosk.store.data)["fridges"] == []
+    assert kit.led.pattern == calm
+    s.kiosk.sync(s.url)
+    other.close()
+    kit.close()
+    # the FHIR export: a Device, and Observations of it, valid R4
+    manifest = export(s.hub, tmp_path / "fhir")
+    found = {item["type"]: [json.loads(line) for line in (
+        tmp_path / "fhir" / item["url"]).read_text().splitlines()]
+        for item in manifest["output"]}
+    (device,) = found["Device"]
+    assert device["deviceName"][0]["name"] == "fridge-1"
+    assert device["identifier"][0]["value"] == ids.fingerprint(public(s.node_key))
+    observations = found["Observation"]
+    assert len(observations) == 30 + 2
+    for res in [device, *observations]:
+        validate(res)
+    assert all(o["subject"] == {"reference": f"Device/{device['id']}"} for o in observations)
+    alarms = [o for o in observations if "interpretation" in o]
+    assert {o["extension"][0]["valueCode"] for o in alarms} == {"raised", "cleared"}
+    cleared = next(o for o in alarms if o["extension"][0]["valueCode"] == "cleared")
+    assert cleared["effectivePeriod"] == {"start": ids.iso_time(T0 - 1800),
+                                          "end": ids.iso_time(T0 + 900)}
+    assert cleared["valueQuantity"]["value"] == 9.12
+
+
+def test_the_fhir_export_of_a_fault_has_no_value_and_validates(setup, tmp_path: Path) -> None:
+    s = setup
+    s.node.readings(0, [[None, "no-sensor"]])
+    s.node.send(sensor.ALARM_LANE, sensor.ALARM, seq=0, kind="sensor", state="raised",
+                since=T0, minutes=10)
+    s.until(lambda: s.node.acks(sensor.ALARM_ACK) == [1]
+            and s.node.acks(sensor.READINGS_ACK) == [1])
+    s.kiosk.sync(s.url)
+    export(s.hub, tmp_path / "fhir")
+    lines = (tmp_path / "fhir" / "Observation.ndjson").read_text().splitlines()
+    for res in map(json.loads, lines):
+        validate(res)
+        assert "valueQuantity" not in res and res["dataAbsentReason"]["coding"][0]["code"] == (
+            "error")
+        assert "interpretation" not in res
+
+
+def test_the_cli_enrols_lists_and_removes_a_fridge(setup, capsys) -> None:
+    s = setup
+    data = str(s.kiosk.store.data)
+    assert kiosk_cli(["fridge", "add", "fridge-2", "--generate", "--location", "ward",
+                      "--data", data]) == 0
+    out = capsys.readouterr().out
+    private = bytes.fromhex(next(line.split()[1] for line in out.splitlines()
+                                 if line.strip().startswith("key ")))
+    assert f"kiosk {public(s.kiosk.ident.x_key).hex()}" in out
+    node = X25519PrivateKey.from_private_bytes(private)
+    assert s.records.by_key(public(node)).name == "fridge-2"
+    assert private.hex() not in all_bytes(Path(data))  # printed once, kept nowhere
+    assert kiosk_cli(["fridge", "add", "fridge-3", "--key", "abcd", "--data", data]) == 1
+    assert "64 hex digits" in capsys.readouterr().err
+    assert kiosk_cli(["fridge", "list", "--json", "--data", data]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["fridge-1", "fridge-2"]
+    assert kiosk_cli(["fridge", "remove", "fridge-2", "--data", data]) == 0
+    assert s.records.by_key(public(node)) is None
+
+
+def all_bytes(folder: Path) -> str:
+    return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file()).hex()

@@ -94,7 +94,7 @@ def test_synced_is_steady_on(kit: hw.Hardware, factory: MockFactory) -> None:
 
 
 @pytest.mark.parametrize("pattern", [hw.PENDING, hw.OFFLINE, hw.ERROR, hw.REVOKED,
-                                     hw.SUSPECTED_CLONE])
+                                     hw.SUSPECTED_CLONE, hw.FRIDGE_ALARM])
 def test_blinking_patterns_toggle_the_pin(kit: hw.Hardware, factory: MockFactory,
                                           pattern: str) -> None:
     pin = factory.pin(hw.LED_PIN)
@@ -115,8 +115,8 @@ def test_blinking_patterns_toggle_the_pin(kit: hw.Hardware, factory: MockFactory
     assert spans and all(0.5 * on_time <= t <= on_time + 0.4 for t in spans), spans
 
 
-def test_the_led_has_a_pattern_for_every_status_and_no_other() -> None:
-    assert set(hw.PATTERNS) == set(status.STATUSES)
+def test_the_led_has_a_pattern_for_every_status_and_a_fridge_alarm() -> None:
+    assert set(hw.PATTERNS) == {*status.STATUSES, status.FRIDGE_ALARM}
     assert hw.SYNCED is status.SYNCED and LiveStatus().state in status.STATUSES
 
 

@@ -114,8 +114,16 @@ class FridgeLink:
         return Session(initiator=False, config=dataclasses.replace(self.config),
                        static_key=self.static_key, accept_static=self._accept, now=now)
 
+    def _enrolment(self, key: bytes) -> Enrolment | None:
+        try:
+            return self.records.by_key(key)
+        except Exception as exc:  # noqa: BLE001 - a store that cannot be read: refuse, retry
+            self.counts.store_failures += 1
+            log.error("fridge enrolments unreadable (%s: %s)", type(exc).__name__, exc)
+            return None
+
     def _accept(self, key: bytes) -> bool:
-        if self.records.by_key(key) is not None:
+        if self._enrolment(key) is not None:
             return True
         self.counts.refused_keys += 1
         log.warning("fridge node refused: key %s is not enrolled", key.hex()[:16])
@@ -125,7 +133,7 @@ class FridgeLink:
         while (ev := self.session.next_event()) is not None:
             self._events.append(ev)
             if isinstance(ev, Connected):
-                self.node = self.records.by_key(ev.remote_static or b"")
+                self.node = self._enrolment(ev.remote_static or b"")
                 if self.node is None:  # removed while its handshake ran
                     self.session.close("unknown-key")
                 else:

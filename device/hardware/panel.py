@@ -14,7 +14,9 @@ line that says what to do: a kiosk never runs on simulated pins by accident
 pattern, each a (on, off) period: ``synced`` steady on, ``pending`` slow
 blink, ``offline`` a short blip, ``error`` fast blink; the two that need a
 technician differ from all of these: ``revoked`` mostly lit with a short dark
-wink, ``suspected-clone`` a brisk even blink, between pending and error.
+wink, ``suspected-clone`` a brisk even blink, between pending and error;
+``fridge-alarm`` (not a sync status: a fridge node's alarm is raised) a short
+flash every 0.8 s.
 ``ServiceButton`` calls ``when_sync_now`` after a long press (``hold_time``) and exposes
 ``is_held`` and ``wait_for_press`` for provisioning's physical-presence
 check. ``Chime`` beeps the buzzer once per check-in. ``Hardware`` bundles the
@@ -37,6 +39,7 @@ from device.exc import HardwareError, UnknownPattern
 
 # Re-exported: callers may name the statuses through the module that shows them.
 from device.status import ERROR as ERROR
+from device.status import FRIDGE_ALARM as FRIDGE_ALARM
 from device.status import OFFLINE as OFFLINE
 from device.status import PENDING as PENDING
 from device.status import REVOKED as REVOKED
@@ -51,6 +54,7 @@ PATTERNS: dict[str, tuple[float, float] | None] = {
     ERROR: (0.1, 0.1),
     REVOKED: (1.5, 0.25),
     SUSPECTED_CLONE: (0.4, 0.4),
+    FRIDGE_ALARM: (0.2, 0.6),
 }
 LED_PIN, BUTTON_PIN, BUZZER_PIN = 17, 27, 22
 HOLD_TIME = 3.0

@@ -20,6 +20,9 @@ listed with the claim beside the record held, for staff only; ``identity``
 confirms one, attaches it to the right patient, or records a correction, each
 ``Store.settle_identity``, a replicated write.
 
+A fridge node's alarm raised and not yet cleared (``fridges``) is shown first
+among the warnings, until the node says it cleared.
+
 Today's queue lists the check-ins still waiting first; staff call one, mark it
 seen or a no-show, or undo that (``queue``), each ``Store.set_checkin_status``,
 a replicated write of the check-in's Encounter status.
@@ -36,6 +39,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from device.fridges.records import FridgeRecords
 from device.status import REVOKED, SUSPECTED_CLONE
 from device.sync.state import last_sync_of
 from device.ui import checkin as ci
@@ -133,6 +137,13 @@ def identity_to_confirm(store: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def fridge_alarms(store: Any) -> list[dict[str, Any]]:
+    """The fridge nodes' alarms raised and not yet cleared (``device.fridges``): fridge,
+    location, kind (high, low, sensor), since (Unix seconds), minutes, extreme (hundredths
+    of °C, None for a sensor alarm), as each node last said."""
+    return FridgeRecords(store, time.time).raised()
+
+
 class Staff:
     def __init__(self, store: Any, live: LiveStatus, pins: PinSource,
                  session_seconds: float = 120.0,
@@ -199,7 +210,8 @@ class Staff:
                                                    self.live.status()["last_sync"])),
                                      default=None),  # every round's, kept in memory
                     "site": st["site"],
-                    "letter": st["letter"]}
+                    "letter": st["letter"],
+                    "fridges": fridge_alarms(self.store)}
         data = await asyncio.to_thread(read)
         data["sync"] = {k: v for k, v in self.live.snapshot().items() if k != "version"}
         state = data["sync"]["state"]

@@ -21,6 +21,16 @@ FHIR already):
 * prescription -> MedicationRequest (intent ``order``);
 * lab_result -> Observation;
 * appointment -> Appointment (the patient its one participant);
+* device (a fridge's sensor node) -> Device: its name, model, location,
+  and its key's fingerprint an identifier (``urn:haven:<hub id>:sensor-key``);
+* temperature -> Observation whose subject (and device) is the Device: the
+  value in °C (UCUM ``Cel``), or a sensor fault as ``dataAbsentReason``
+  ``error`` with the node's code as its text; no time when the node's clock was
+  not set;
+* temperature_alarm -> Observation of the Device over the excursion
+  (``effectivePeriod``: its start, and its end once cleared), the furthest
+  value, ``interpretation`` H or L (none for a sensor alarm), and whether it
+  was raised or cleared in an extension (``alarm-state``);
 * document -> DocumentReference: content held whole and at most
   ``INLINE_MAX`` bytes is an attachment (base64 data, size, SHA-1 hash, as R4
   defines ``Attachment.hash``); larger, or not held whole, a reference: the url
@@ -79,10 +89,13 @@ from protocol.crdt.record import HOLD, Conflict, RecordView, version_json
 from protocol.crdt.schema import (
     APPOINTMENT,
     CHECKIN,
+    DEVICE,
     DOCUMENT,
     LAB_RESULT,
     PATIENT,
     PRESCRIPTION,
+    TEMPERATURE,
+    TEMPERATURE_ALARM,
     TypeSpec,
 )
 
@@ -103,6 +116,9 @@ RESOURCES: dict[int, tuple[str, tuple[str, str] | None]] = {
     LAB_RESULT.number: ("Observation", ("status", "preliminary")),
     APPOINTMENT.number: ("Appointment", ("status", "pending")),
     DOCUMENT.number: ("DocumentReference", ("docStatus", "preliminary")),
+    DEVICE.number: ("Device", None),
+    TEMPERATURE.number: ("Observation", ("status", "preliminary")),
+    TEMPERATURE_ALARM.number: ("Observation", ("status", "preliminary")),
 }
 #: The codes R4 binds (required) for the elements mapped from a record's code fields,
 #: and the code given when the record holds none, or one outside them (then the value
@@ -123,6 +139,8 @@ CODES: dict[tuple[str, str], tuple[frozenset[str], str | None]] = {
         "entered-in-error", "checked-in", "waitlist"}), "proposed"),
     ("DocumentReference", "status"): (frozenset({
         "current", "superseded", "entered-in-error"}), "current"),
+    ("Device", "status"): (frozenset({
+        "active", "inactive", "entered-in-error", "unknown"}), "unknown"),
 }
 
 
@@ -289,6 +307,88 @@ def _observation(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     return out
 
 
+def _device(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    out: dict[str, Any] = {"resourceType": "Device", "id": rid,
+                           "type": {"text": "vaccine fridge temperature node"}}
+    _put(out, "identifier", [{"system": f"urn:haven:{dep.hub_id}:sensor-key", "value": k}]
+         if (k := _text(f.get(3))) else None)
+    _code(out, "status", f.get(5))
+    _put(out, "deviceName", [{"name": n, "type": "user-friendly-name"}]
+         if (n := _text(f.get(1))) else None)
+    _put(out, "modelNumber", _text(f.get(2)))
+    _put(out, "location", {"display": loc} if (loc := _text(f.get(4))) else None)
+    return out
+
+
+def _device_ref(value: Any) -> dict[str, str] | None:
+    return ({"reference": "Device/" + uuid_text(value)}
+            if isinstance(value, bytes) and len(value) == 16 else None)
+
+
+def _celsius(centi: Any) -> dict[str, Any] | None:
+    if type(centi) is not int:
+        return None
+    return {"value": centi / 100, "unit": "°C", "system": "http://unitsofmeasure.org",
+            "code": "Cel"}
+
+
+def _of_device(view: RecordView, rid: str, code: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"resourceType": "Observation", "id": rid, "code": {"text": code}}
+    out["status"] = "final"
+    _put(out, "subject", _device_ref(view.fields.get(1)))
+    _put(out, "device", _device_ref(view.fields.get(1)))
+    return out
+
+
+def _absent(text: str) -> dict[str, Any]:
+    return {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                        "code": "error"}], "text": text}
+
+
+def _temperature(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    out = _of_device(view, rid, "vaccine fridge temperature")
+    _put(out, "effectiveDateTime", _text(f.get(2)))
+    if (quantity := _celsius(f.get(3))) is not None:
+        out["valueQuantity"] = quantity
+    else:
+        out["dataAbsentReason"] = _absent(_text(f.get(4)) or "no value recorded")
+    return out
+
+
+#: An alarm's kind as R4's ObservationInterpretation code (a sensor alarm has none).
+INTERPRETATION = {"high": ("H", "High"), "low": ("L", "Low")}
+
+
+def _temperature_alarm(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
+    f = view.fields
+    kind, state = _text(f.get(2)), _text(f.get(3))
+    out = _of_device(view, rid, f"vaccine fridge temperature alarm: {kind or 'unknown'}")
+    period: dict[str, Any] = {}
+    start = _text(f.get(4))
+    _put(period, "start", start)
+    minutes = f.get(5)
+    if state == "cleared" and start is not None and type(minutes) is int:
+        with contextlib.suppress(ValueError, OverflowError):  # another writer's junk
+            begun = datetime.datetime.fromisoformat(start)
+            end = begun + datetime.timedelta(minutes=minutes)
+            period["end"] = end.isoformat().replace("+00:00", "Z")
+    _put(out, "effectivePeriod", period)
+    _put(out, "issued", _text(f.get(8)))
+    if (quantity := _celsius(f.get(6))) is not None:
+        out["valueQuantity"] = quantity
+    else:
+        out["dataAbsentReason"] = _absent("no temperature: the sensor failed")
+    if kind in INTERPRETATION:
+        code, display = INTERPRETATION[kind]
+        out["interpretation"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+            "code": code, "display": display}]}]
+    _extend(out, [{"url": EXT + "alarm-state", "valueCode": state}] if state else None)
+    return out
+
+
 def _appointment(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     f = view.fields
     participant: dict[str, Any] = {"status": "accepted"}
@@ -333,6 +433,8 @@ MAPPERS: dict[int, Callable[[RecordView, Deployment, str], dict[str, Any]]] = {
     PATIENT.number: _patient, CHECKIN.number: _encounter,
     PRESCRIPTION.number: _medication_request, LAB_RESULT.number: _observation,
     APPOINTMENT.number: _appointment, DOCUMENT.number: _document_reference,
+    DEVICE.number: _device, TEMPERATURE.number: _temperature,
+    TEMPERATURE_ALARM.number: _temperature_alarm,
 }
 
 
@@ -375,7 +477,8 @@ def resource(view: RecordView, dep: Deployment) -> dict[str, Any] | None:
 
 
 TYPES_OF: dict[int, TypeSpec] = {t.number: t for t in (
-    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, DOCUMENT)}
+    PATIENT, CHECKIN, PRESCRIPTION, LAB_RESULT, APPOINTMENT, DOCUMENT, DEVICE, TEMPERATURE,
+    TEMPERATURE_ALARM)}
 
 
 # The export ------------------------------------------------------------------------

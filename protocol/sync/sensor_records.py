@@ -79,28 +79,32 @@ def iso_time(seconds: int | float | None) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _set(values: dict[str, Any]) -> dict[str, Any]:
+    """The values that are there (an absent one is not written, not cleared)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def device_values(name: str, model: str, key: bytes, location: str,
                   status: str = "active") -> dict[str, Any]:
-    return {"deviceName": name, "modelNumber": model or None,
-            "identifier": fingerprint(key), "location": location or None, "status": status}
+    return _set({"deviceName": name, "modelNumber": model or None,
+                 "identifier": fingerprint(key), "location": location or None,
+                 "status": status})
 
 
 def reading_values(device: bytes, seq: int, time: int | None, value: int | str
                    ) -> dict[str, Any]:
     """A ``temperature`` record's values from one checked reading
     (``protocol.sensor.check_reading``)."""
-    out: dict[str, Any] = {"device": str(uuid.UUID(bytes=device)), "sequence": seq,
-                           "effectiveDateTime": iso_time(time)}
-    if type(value) is int:
-        out["valueCenti"] = value
-    else:
-        out["dataAbsentReason"] = value
-    return out
+    number = type(value) is int
+    return _set({"device": str(uuid.UUID(bytes=device)), "sequence": seq,
+                 "effectiveDateTime": iso_time(time), "valueCenti": value if number else None,
+                 "dataAbsentReason": None if number else value})
 
 
 def alarm_values(device: bytes, alarm: Any, received: float) -> dict[str, Any]:
     """A ``temperature_alarm`` record's values from one checked ``alarm`` message."""
-    return {"device": str(uuid.UUID(bytes=device)), "sequence": alarm.get("seq"),
-            "interpretation": alarm.get("kind"), "state": alarm.get("state"),
-            "effectiveStart": iso_time(alarm.get("since")), "minutes": alarm.get("minutes"),
-            "extremeCenti": alarm.get("extreme"), "issued": iso_time(received)}
+    return _set({"device": str(uuid.UUID(bytes=device)), "sequence": alarm.get("seq"),
+                 "interpretation": alarm.get("kind"), "state": alarm.get("state"),
+                 "effectiveStart": iso_time(alarm.get("since")),
+                 "minutes": alarm.get("minutes"), "extremeCenti": alarm.get("extreme"),
+                 "issued": iso_time(received)})

@@ -75,6 +75,13 @@ async function refreshStaff() {
   }
   if (health.memory && health.memory.level === "hard") warnings.push(t("staff_memory_hard"));
   if (r.data.pin_alert) warnings.push(t("staff_pin_alert", r.data.pin_alert.misses));
+  const fridge = { high: t("staff_fridge_high"), low: t("staff_fridge_low"),
+                   sensor: t("staff_fridge_sensor") };
+  for (const a of r.data.fridges || []) {  // alarms raised and not cleared, first of all
+    const extreme = a.extreme == null ? "" : ` ${(a.extreme / 100).toFixed(1)} °C`;
+    const since = new Date(a.since * 1000).toTimeString().slice(0, 5);
+    warnings.unshift(`${fridge[a.kind] || a.kind}: ${a.fridge}${extreme} (${since})`);
+  }
   $("staff-health").textContent = warnings.join(" ");
   const box = $("staff-conflicts");
   const before = [...box.children].map(rowKey);
