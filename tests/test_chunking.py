@@ -30,65 +30,10 @@ from protocol.chunking import (
     chunk_id,
 )
 from protocol.errors import LocalProtocolError, ProtocolError
+from tests.micropython.chunk_inputs import counter_stream, ends, make_input, reference_cuts
 
 VECTORS = Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "chunking.json"
 SMALL = ChunkParams(256, 1024, 8192)
-
-
-def counter_stream(seed: bytes, n: int) -> bytes:
-    """SHA-256(seed || k as 8 bytes big-endian) for k = 0, 1, ..., cut to n bytes."""
-    blocks = (n + 31) // 32
-    return b"".join(hashlib.sha256(seed + k.to_bytes(8, "big")).digest()
-                    for k in range(blocks))[:n]
-
-
-def make_input(spec: dict) -> bytes:
-    if spec["kind"] == "sha256-counter":
-        return counter_stream(spec["seed"].encode(), spec["length"])
-    if spec["kind"] == "sha256-counter-hex":
-        return counter_stream(spec["seed"].encode(), spec["length"] // 2).hex().encode()
-    if spec["kind"] == "zeros":
-        return bytes(spec["length"])
-    raise AssertionError(spec)
-
-
-def reference_cuts(data: bytes, p: ChunkParams) -> list[int]:
-    """The module docstring's rules 2-4, literally, over the whole input at once."""
-    x = int.from_bytes(bytes(GEAR[b] for b in data), "little")
-    h = 0
-    for j in range(31):
-        h ^= x << (9 * j)
-    hb = bytes(2) + h.to_bytes(len(data) + 40, "little")  # H bytes -2, -1, 0, 1, ...
-
-    def f(i: int) -> int:  # bits 8i-16 .. 8i+7 of H
-        return hb[i] | hb[i + 1] << 8 | hb[i + 2] << 16
-
-    cuts: list[int] = []
-    s, n = 0, len(data)
-    while s < n:
-        end = None
-        for i in range(s + p.min_size - 1, min(s + p.avg_size - 1, n)):
-            if f(i) & p.mask_s == 0:
-                end = i + 1
-                break
-        if end is None:
-            for i in range(s + p.avg_size - 1, min(s + p.max_size - 1, n)):
-                if f(i) & p.mask_l == 0:
-                    end = i + 1
-                    break
-        if end is None:
-            end = min(s + p.max_size, n)
-        cuts.append(end)
-        s = end
-    return cuts
-
-
-def ends(chunks: list[bytes]) -> list[int]:
-    out, acc = [], 0
-    for c in chunks:
-        acc += len(c)
-        out.append(acc)
-    return out
 
 
 def feed_pieces(data: bytes, sizes, params: ChunkParams = SMALL) -> list[bytes]:

@@ -20,23 +20,13 @@ from device.console.service import SmpService
 from protocol.framing import encode_frame
 from protocol.smp import console, demux
 from protocol.smp import header as smph
-from protocol.smp.demux import Demux, HavenFrame, SmpPacket, Text
+from protocol.smp.demux import Demux, HavenFrame, Text
 
 from .console_helpers import fake_stats
+from .micropython.smp_feed import feed_bytewise, packets_of
 
 VECTORS = json.loads((Path(__file__).resolve().parent.parent / "protocol" / "vectors"
                       / "smp.json").read_text())
-
-
-def packets_of(events: list[demux.Event]) -> list[bytes]:
-    return [e.data for e in events if isinstance(e, SmpPacket)]
-
-
-def feed_bytewise(d: Demux, data: bytes) -> list[demux.Event]:
-    out: list[demux.Event] = []
-    for i in range(len(data)):
-        out += d.feed(data[i : i + 1])
-    return out
 
 
 def test_crc16_xmodem_vectors() -> None:

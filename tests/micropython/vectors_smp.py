@@ -3,24 +3,13 @@ the demultiplexer all at once, a byte at a time and between text), SMP headers, 
 headers of the kiosk's answers (their bodies are the console service's, a kiosk's part)."""
 
 from check import done, equal, hexed, vectors
+from smp_feed import feed_bytewise, packets_of
 
-from protocol.smp import console, demux
+from protocol.smp import console
 from protocol.smp import header as smph
-from protocol.smp.demux import Demux, SmpPacket
+from protocol.smp.demux import Demux
 
 V = vectors("smp")
-
-
-def packets_of(events: list[demux.Event]) -> list[bytes]:
-    return [e.data for e in events if isinstance(e, SmpPacket)]
-
-
-def feed_bytewise(d: Demux, data: bytes) -> list[demux.Event]:
-    out: list[demux.Event] = []
-    for i in range(len(data)):
-        out += d.feed(data[i : i + 1])
-    return out
-
 
 for v in V["crc16_xmodem"]:
     equal(console.crc16_xmodem(hexed(v["data"])), v["crc"], "crc16")
