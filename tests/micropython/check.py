@@ -22,6 +22,18 @@ def hexed(text):
     return bytes.fromhex(text)
 
 
+def edn(value):
+    """A vector's value: ``h'..'`` text is a byte string (CBOR diagnostic notation), and a
+    map's keys are field numbers."""
+    if isinstance(value, str) and value.startswith("h'") and value.endswith("'"):
+        return hexed(value[2:-1])
+    if isinstance(value, list):
+        return [edn(v) for v in value]
+    if isinstance(value, dict):
+        return {int(k): edn(v) for k, v in value.items()}
+    return value
+
+
 def equal(got, want, what=""):
     _count[0] += 1
     if got != want:

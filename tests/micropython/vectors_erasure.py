@@ -4,7 +4,7 @@ erased patient's writes, and which records an erasure covers."""
 
 from typing import TYPE_CHECKING
 
-from check import done, equal, hexed, true, vectors
+from check import done, edn, equal, hexed, true, vectors
 
 from protocol.crdt.delta import decode, encode
 from protocol.crdt.erasure import covers, erasure_record_id, husk, successor_id
@@ -14,17 +14,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 V = vectors("erasure")
-
-
-def edn(value: object) -> object:
-    """A vector's value: ``h'..'`` text is a byte string (CBOR diagnostic notation)."""
-    if isinstance(value, str) and value.startswith("h'") and value.endswith("'"):
-        return hexed(value[2:-1])
-    if isinstance(value, list):
-        return [edn(v) for v in value]
-    if isinstance(value, dict):
-        return {int(k): edn(v) for k, v in value.items()}
-    return value
 
 
 def refused(derive: "Callable[[bytes], bytes]", patient: bytes) -> bool:
