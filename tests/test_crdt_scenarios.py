@@ -121,11 +121,13 @@ def test_time_ordered_ids_sort_by_time_and_follow_rfc_9562() -> None:
 def test_schema_lanes_and_policies() -> None:
     desc = schema.describe()
     assert set(desc) == {"patient", "checkin", "prescription", "lab_result", "appointment",
-                         "note", "document", "audit", "verifier", "erasure", "telemetry"}
+                         "note", "document", "audit", "verifier", "erasure", "telemetry",
+                         "device", "temperature", "temperature_alarm"}
     lanes = {name: t["lane"] for name, t in desc.items()}
     assert lanes == {"prescription": 0, "lab_result": 1, "checkin": 2, "appointment": 2,
                      "note": 3, "document": 3, "patient": 2, "audit": 3, "verifier": 2,
-                     "erasure": 0, "telemetry": 5}
+                     "erasure": 0, "telemetry": 5, "device": 5, "temperature": 5,
+                     "temperature_alarm": 0}
     assert desc["patient"]["fields"]["allergies"]["policy"] == "add-wins"
     assert desc["patient"]["fields"]["name"]["policy"] == "lww"
     assert desc["prescription"]["held_on_conflict"] is True
