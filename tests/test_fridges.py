@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
+import time
+import tty
 import uuid
 from pathlib import Path
 
@@ -279,3 +283,42 @@ def test_the_cli_enrols_lists_and_removes_a_fridge(setup, capsys) -> None:
 
 def all_bytes(folder: Path) -> str:
     return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file()).hex()
+
+
+def test_several_fridges_on_serial_lines_in_the_runtime_s_threads(setup) -> None:
+    """``Fridges``: a thread for each line (a pty here, as a USB serial device is), each
+    node on its own, whichever line it is on."""
+    s = setup
+    second_key = X25519PrivateKey.generate()
+    s.records.enrol("fridge-2", public(second_key))
+    lines = []
+    for _ in range(2):
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        lines.append((master, slave))
+    fridges = Fridges(s.kiosk.store, s.kiosk.ident.x_key,
+                      [os.ttyname(slave) for _, slave in lines], 115200)
+    nodes = [NodeStandIn(key, public(s.kiosk.ident.x_key), name, now=time.monotonic())
+             for key, name in ((second_key, "fridge-2"), (s.node_key, "fridge-1"))]
+    for i, node in enumerate(nodes):
+        node.readings(0, [[T0, 400 + i], [T0 + 60, 410 + i]])
+    fridges.start()
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(n.acks(sensor.READINGS_ACK) != [2] for n in nodes):
+            for node, (master, _) in zip(nodes, lines, strict=True):
+                now = time.monotonic()
+                out = node.data_to_send(now)
+                if out:
+                    os.write(master, out)
+                while node.next_event() is not None:
+                    pass
+                if select.select([master], [], [], 0.005)[0]:
+                    node.receive_data(os.read(master, 4096), time.monotonic())
+    finally:
+        fridges.stop()
+        for fd in (fd for pair in lines for fd in pair):
+            os.close(fd)
+    assert [n.acks(sensor.READINGS_ACK) for n in nodes] == [[2], [2]]
+    assert [fridges.records.cursor(e).acked for e in fridges.records.enrolments()] == [2, 2]
