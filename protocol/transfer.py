@@ -468,15 +468,13 @@ class Sender(_Endpoint):
         start, count, bitmap = _uint(msg, "start"), _uint(msg, "count"), msg.get("bitmap")
         if count == 0 or start + count > self.manifest.count or len(bitmap) != (count + 7) // 8:
             raise RemoteProtocolError("need outside the manifest", "need-range")
-        bits = int.from_bytes(bitmap, "little")
-        if bits >> count:
+        if int.from_bytes(bitmap, "little") >> count:
             raise RemoteProtocolError("need bitmap has bits past its count", "need-range")
-        while bits:
-            low = bits & -bits
-            index = start + low.bit_length() - 1
-            self._need[index] = self._asked[index] = 1
-            self._cursor = min(self._cursor, index)
-            bits ^= low
+        for j in range(count):
+            if bitmap[j >> 3] >> (j & 7) & 1:
+                index = start + j
+                self._need[index] = self._asked[index] = 1
+                self._cursor = min(self._cursor, index)
         return []
 
     def _on_done(self, msg: Message) -> list[Event]:
