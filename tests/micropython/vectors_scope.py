@@ -2,7 +2,7 @@
 the signed stable point, which records each role's scope holds, bad scopes, and the sync
 messages that carry scopes, byte for byte."""
 
-from check import done, equal, hexed, raises, true, vectors
+from check import done, edn, equal, hexed, raises, true, vectors
 
 from protocol import messages
 from protocol.crypto import Ed25519PrivateKey
@@ -22,17 +22,6 @@ from protocol.sync.scope import (
 )
 
 V = vectors("scope")
-
-
-def edn(value):
-    """A vector's value: ``h'..'`` text is a byte string (CBOR diagnostic notation)."""
-    if isinstance(value, str) and value.startswith("h'") and value.endswith("'"):
-        return hexed(value[2:-1])
-    if isinstance(value, list):
-        return [edn(v) for v in value]
-    if isinstance(value, dict):
-        return {int(k): edn(v) for k, v in value.items()}
-    return value
 
 
 key = hexed(V["fleet_key"])
