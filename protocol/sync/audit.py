@@ -29,26 +29,35 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from protocol import strict_cbor
+from protocol import MICROPYTHON, strict_cbor
 from protocol.crdt.delta import PUT, Delta
 from protocol.crdt.schema import AUDIT
 from protocol.errors import LocalProtocolError, RemoteProtocolError
 from protocol.sync.batches import GENESIS, chain_hash, head_bytes, head_signed
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from protocol.crypto import Ed25519PrivateKey
+if TYPE_CHECKING or not MICROPYTHON:
+    from collections.abc import Mapping
+else:  # MicroPython has no collections.abc; a detail is a dict there
+    Mapping = dict
+
 ENTRY_LABEL = b"haven-audit\x00"
 HEAD_LABEL = b"haven-audit-head\x00"
 PRESENCE = "presence"
-#: ``who``: a certificate serial (or ``presence``); ``what`` and ``result``: short codes.
-_WHO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_CODE = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,63}$")
-_KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: ``who``: a certificate serial (or ``presence``); ``what`` and ``result``: short codes;
+#: detail keys: names. Each is (its first character, the others, the longest).
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+_DIGITS = "0123456789"
+_WHO = (frozenset(_LOWER.upper() + _LOWER + _DIGITS),
+        frozenset(_LOWER.upper() + _LOWER + _DIGITS + "._:-"), 64)
+_CODE = (frozenset(_LOWER + _DIGITS), frozenset(_LOWER + _DIGITS + "._:-"), 64)
+_KEY = (frozenset(_LOWER), frozenset(_LOWER + _DIGITS + "_"), 32)
 MAX_DETAIL_ITEMS = 16
 MAX_DETAIL_TEXT = 200
 MAX_DETAIL_JSON = 2048
@@ -78,6 +87,7 @@ class AuditValueError(LocalProtocolError):
 
 @dataclass(frozen=True)
 class Entry:
+    __match_args__ = ("seq", "time", "who", "what", "result", "detail")
     seq: int
     time: int
     who: str
@@ -98,6 +108,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class Signed:
+    __match_args__ = ("entry", "prev", "sig")
     entry: Entry
     prev: bytes
     sig: bytes
@@ -139,6 +150,32 @@ def is_audit_id(rid: bytes) -> bool:
     return rid[:8] == ID_PREFIX
 
 
+def _is(rule: tuple[frozenset[str], frozenset[str], int], text: object) -> bool:
+    """Whether ``text`` is a string that ``rule`` allows (a regular expression's work,
+    without MicroPython's ``re``, which has no counted repetition)."""
+    first, rest, longest = rule
+    return (isinstance(text, str) and 0 < len(text) <= longest and text[0] in first
+            and all(c in rest for c in text[1:]))
+
+
+_JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+                 "\b": "\\b", "\f": "\\f"}
+
+
+def _json_value(value: str | int | bool | None) -> str:
+    """``value`` as ``json.dumps(value, ensure_ascii=False)`` writes it. (MicroPython's
+    json writes \\b and \\f otherwise, and knows no ``sort_keys``.)"""
+    if type(value) is not str:
+        return json.dumps(value)
+    out = []
+    for c in value:
+        escaped = _JSON_ESCAPES.get(c)
+        if escaped is None and c < " ":
+            escaped = f"\\u{ord(c):04x}"
+        out.append(escaped or c)
+    return '"' + "".join(out) + '"'
+
+
 def detail_text(detail: Mapping[str, Any] | None) -> str | None:
     """``detail`` as canonical JSON; ``AuditValueError`` if it is not a small flat map of
     codes to short values, or names a patient's field."""
@@ -147,7 +184,7 @@ def detail_text(detail: Mapping[str, Any] | None) -> str | None:
     if not isinstance(detail, Mapping) or len(detail) > MAX_DETAIL_ITEMS:
         raise AuditValueError(f"an audit detail is a map of at most {MAX_DETAIL_ITEMS} items")
     for key, value in detail.items():
-        if not isinstance(key, str) or not _KEY.match(key):
+        if not _is(_KEY, key):
             raise AuditValueError(f"audit detail key {key!r}: lower-case letters, digits, _")
         if key in PATIENT_WORDS:
             raise AuditValueError(f"audit detail key {key!r} names a patient's value; "
@@ -156,7 +193,8 @@ def detail_text(detail: Mapping[str, Any] | None) -> str | None:
             raise AuditValueError(f"audit detail {key}: text, a number, true/false or null")
         if type(value) is str and len(value) > MAX_DETAIL_TEXT:
             raise AuditValueError(f"audit detail {key}: at most {MAX_DETAIL_TEXT} characters")
-    text = json.dumps(dict(detail), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # canonical: keys sorted, no spaces (the keys need no escapes)
+    text = "{" + ",".join(f'"{key}":{_json_value(detail[key])}' for key in sorted(detail)) + "}"
     if len(text) > MAX_DETAIL_JSON:
         raise AuditValueError(f"audit detail: at most {MAX_DETAIL_JSON} characters of JSON")
     return text
@@ -165,10 +203,10 @@ def detail_text(detail: Mapping[str, Any] | None) -> str | None:
 def make_entry(seq: int, time: int, who: str, what: str, result: str,
                detail: Mapping[str, Any] | None = None) -> Entry:
     """A checked entry; ``AuditValueError`` names what is wrong."""
-    if not isinstance(who, str) or not _WHO.match(who):
+    if not _is(_WHO, who):
         raise AuditValueError(f"audit who {who!r}: a certificate serial or {PRESENCE!r}")
     for label, text in (("what", what), ("result", result)):
-        if not isinstance(text, str) or not _CODE.match(text):
+        if not _is(_CODE, text):
             raise AuditValueError(f"audit {label} {text!r}: a code of at most 64 lower-case"
                                   " letters, digits and . _ : -")
     if type(time) is not int or time < 0:
@@ -278,15 +316,18 @@ def _row(seq: int, node: int, public: bytes,
     delta, signed, problem = held[0]
     row: dict[str, Any] = {"seq": seq, "stamp": delta.stamp}
     if signed is None:
-        return {**row, "status": MALFORMED, "problem": problem}
+        row.update(status=MALFORMED, problem=problem)
+        return row
     e = signed.entry
     row.update({"time": e.time, "who": e.who, "what": e.what, "result": e.result,
                 "detail": _detail(e.detail), "prev": signed.prev.hex()})
     if len(held) > 1:
-        return {**row, "status": REWRITTEN, "writes": len(held)}
-    if not is_signed(public, node, signed):
-        return {**row, "status": BAD_SIGNATURE}
-    return {**row, "status": VERIFIED}
+        row.update(status=REWRITTEN, writes=len(held))
+    elif not is_signed(public, node, signed):
+        row["status"] = BAD_SIGNATURE
+    else:
+        row["status"] = VERIFIED
+    return row
 
 
 def _detail(text: str | None) -> Any:
@@ -294,7 +335,7 @@ def _detail(text: str | None) -> Any:
         return None
     try:
         return json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: nested past json's depth
+    except (ValueError, RuntimeError):  # RecursionError (a RuntimeError): nested too deep
         return text
 
 
