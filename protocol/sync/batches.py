@@ -34,14 +34,12 @@ Everything here is pure: encoding, decoding, hashing and signing.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
-from protocol import strict_cbor
+from protocol import MICROPYTHON, strict_cbor
 from protocol.crdt.clock import MAX_NODE
+from protocol.crypto import Ed25519PrivateKey, Ed25519PublicKey, InvalidSignature
 from protocol.errors import RemoteProtocolError
 from protocol.messages import MessageSpec, register
 from protocol.sync.fleet_chain import valid_moves
@@ -162,13 +160,45 @@ def head_signed(public: bytes, sig: bytes, head: bytes) -> bool:
     return True
 
 
+if TYPE_CHECKING or not MICROPYTHON:
+    import zlib
+
+    def _deflate(plain: bytes) -> bytes:
+        squeezer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        return squeezer.compress(plain) + squeezer.flush()
+
+    def _inflate(body: bytes) -> bytes:
+        """Raw deflate, never more than ``MAX_BATCH_PLAIN`` bytes out."""
+        try:
+            d = zlib.decompressobj(-15)
+            plain = d.decompress(body, MAX_BATCH_PLAIN)
+            if d.unconsumed_tail or not d.eof or d.unused_data:
+                raise BatchError("batch payload too large, truncated or trailed", "batch-size")
+        except zlib.error:
+            raise BatchError("batch payload is not deflate data", "batch-compress") from None
+        return plain
+
+else:  # MicroPython: its deflate module cannot compress, nor tell these errors apart
+    from protocol.portable import deflate
+
+    _deflate = deflate.compress
+
+    def _inflate(body):
+        try:
+            return deflate.decompress(body, MAX_BATCH_PLAIN)
+        except (deflate.Truncated, deflate.Trailing, deflate.TooLarge):
+            raise BatchError("batch payload too large, truncated or trailed",
+                             "batch-size") from None
+        except deflate.DeflateError:
+            raise BatchError("batch payload is not deflate data", "batch-compress") from None
+
+
 def pack(deltas: list[bytes]) -> bytes:
     """Deltas as one payload: the CBOR array of byte strings, raw-deflated
     (RFC 1951) after a ``DEFLATED`` byte, or as it is after a ``STORED`` byte
     when deflate would not make it smaller (one small delta)."""
     plain = strict_cbor.dumps(deltas)
-    squeezer = zlib.compressobj(6, zlib.DEFLATED, -15)
-    packed = squeezer.compress(plain) + squeezer.flush()
+    packed = _deflate(plain)
     if len(packed) < len(plain):
         return bytes((DEFLATED,)) + packed
     return bytes((STORED,)) + plain
@@ -192,20 +222,9 @@ def unpack(payload: bytes) -> list[bytes]:
     return obj
 
 
-def _inflate(body: bytes) -> bytes:
-    """Raw deflate, never more than ``MAX_BATCH_PLAIN`` bytes out."""
-    try:
-        d = zlib.decompressobj(-15)
-        plain = d.decompress(body, MAX_BATCH_PLAIN)
-        if d.unconsumed_tail or not d.eof or d.unused_data:
-            raise BatchError("batch payload too large, truncated or trailed", "batch-size")
-    except zlib.error:
-        raise BatchError("batch payload is not deflate data", "batch-compress") from None
-    return plain
-
-
 @dataclass(frozen=True)
 class Batch:
+    __match_args__ = ("seq", "prev", "payload", "sig", "lane")
     seq: int
     prev: bytes
     payload: bytes
