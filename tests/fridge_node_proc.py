@@ -51,6 +51,7 @@ class NodeProcess:
         self.folder, self.profile, self.micropython = folder, profile, micropython
         self._events: deque[Event] = deque()
         self._deadline: float | None = None
+        self._quiet_until: float | None = None  #: no bytes to take before this (see take)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start(now)
 
@@ -76,7 +77,7 @@ class NodeProcess:
             self.proc.wait()
             self._close_pipes()
             self.proc = None
-        self._deadline = None
+        self._deadline = self._quiet_until = None
 
     def close(self, now: float) -> None:
         """Shut the node down cleanly (it commits first)."""
@@ -99,9 +100,10 @@ class NodeProcess:
             self._ask("feed", now, data)
 
     def data_to_send(self, now: float) -> bytes:
-        if self.proc is None:
-            return b""
+        if self.proc is None or self._quiet_until is not None and now < self._quiet_until:
+            return b""  # nothing arrived and nothing is due: the node would say nothing
         out: bytes = self._ask("take", now)[0]
+        self._quiet_until = self._deadline
         return out
 
     def next_event(self) -> Event | None:
@@ -124,6 +126,7 @@ class NodeProcess:
         proc = self.proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         body = strict_cbor.dumps([op, round(now * US), *args])
+        self._quiet_until = None
         try:
             proc.stdin.write(struct.pack(">I", len(body)) + body)
             size = struct.unpack(">I", self._read(4))[0]

@@ -12,6 +12,12 @@ CPython too, where a test can reach inside them.
 from __future__ import annotations
 
 import ast
+import os
+import pty
+import select
+import subprocess
+import time
+import tty
 from collections import deque
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from protocol import sensor
 from protocol.crypto import X25519PrivateKey
 from protocol.messages import Message
 from protocol.session.core import Connected, Event, MessageReceived, Session, SessionConfig
+from tests import micropython_port
 from tests.fridge_node_proc import NodeProcess, provision
 from tests.micropython_port import ROOT
 from tools.linksim import Line, LinkSim
@@ -316,3 +323,41 @@ def test_the_node_imports_only_protocol_and_itself() -> None:
             for name in names:
                 ok = name.split(".")[0] in allowed or (name + ".").startswith("device.fridge_node.")
                 assert ok, f"{path.name} imports {name}"
+
+
+def test_the_node_in_real_time_on_a_pty_with_its_console_on_stdin(folder: Path) -> None:
+    """The unix port's own driver: a serial device (a pty), the real clock, stdin."""
+    public = provision(folder, KIOSK_PUBLIC, NODE_KEY, interval=1)
+    kiosk = FakeKiosk({public}, now=time.monotonic())
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    proc = subprocess.Popen(
+        [micropython_port.interpreter(), "-m", "device.fridge_node.unix", "--data", str(folder),
+         "--serial", os.ttyname(slave), "--profile", "steady:4.0"],
+        cwd=ROOT, env=dict(os.environ, MICROPYPATH=micropython_port.path()), bufsize=0,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    said = b""
+    try:
+        end = time.monotonic() + 60  # a bound, far beyond the few seconds this takes
+        while time.monotonic() < end and b"link open" not in said:
+            kiosk_out = kiosk.data_to_send(time.monotonic())
+            if kiosk_out:
+                os.write(master, kiosk_out)
+            out = proc.stdout.fileno()
+            ready, _, _ = select.select([master, out], [], [], 0.05)
+            if master in ready:
+                kiosk.receive_data(os.read(master, 4096), time.monotonic())
+            if out in ready:
+                said += os.read(out, 4096)
+            if len(kiosk.readings) >= 2 and b"status" not in said:
+                proc.stdin.write(b"status\n")
+                said += b"status asked\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+    assert b"link open" in said, said
+    assert kiosk.hellos[0]["device"] == "fridge-1"
+    assert [kiosk.readings[n][1] for n in sorted(kiosk.readings)][:2] == [400, 400]

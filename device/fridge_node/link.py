@@ -43,10 +43,13 @@ MODEL = "haven-fridge-node/1"
 
 
 def session_config(baud: int) -> SessionConfig:
-    """A quiet serial line's session: small buffers, a ping a minute."""
+    """A quiet serial line's session: small buffers, a ping a minute, and through an
+    outage a probe or a handshake every few seconds rather than every second (each
+    wakes a board that has nothing else to do)."""
     return SessionConfig(pattern="IK", lanes=sensor.LANES, rate=baud / 10, max_frame=1024,
                          window=8192, send_buffer=16384, max_inflight=4096,
-                         max_message=4096, keepalive=60.0, dead_timeout=300.0)
+                         max_message=4096, keepalive=60.0, dead_timeout=300.0, max_rto=8.0,
+                         max_probe_interval=5.0)
 
 
 class Link:
