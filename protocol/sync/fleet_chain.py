@@ -26,14 +26,17 @@ Nothing here reads a clock or a file.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from typing import TYPE_CHECKING
 
 from protocol import strict_cbor
 from protocol.crdt import ids
 from protocol.errors import RemoteProtocolError
 from protocol.sync.certificate import open_sealed, seal
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from protocol.crypto import X25519PrivateKey
 
 CHAIN_INFO = b"haven/fleet-chain/v1"
 #: The passport whose patient id is a fleet key's fingerprint (a kiosk's ``FleetKey``).
