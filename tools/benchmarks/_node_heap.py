@@ -1,0 +1,85 @@
+"""The fridge node's heap, under MicroPython: ``micropython _node_heap.py FOLDER [READINGS]``.
+
+Run with MICROPYPATH at a board's ``lib`` (tools/build_node_mpy.py), so the
+modules load as .mpy. Prints one JSON object: ``gc.mem_alloc()`` after a
+collection at each step (bytes), and what the kiosk received.
+
+1. ``start``: nothing of ours imported; ``imported``: the node's modules;
+2. ``node``: a provisioned ``Node`` (its ring preallocated), no kiosk key yet;
+3. ``readings``: READINGS readings taken, one a minute, none sent;
+4. ``open``: the kiosk's key given, the Noise IK handshake done against a
+   responder ``Session`` in this process, the welcome taken, and the first
+   batches sent and not acknowledged (the node's window);
+5. ``node_open``: the same with the responder and its bytes dropped: what the
+   node holds with a session open and READINGS readings queued.
+"""
+
+import gc
+import json
+import sys
+
+import micropython
+
+gc.collect()
+START = gc.mem_alloc()
+
+from device.fridge_node.link import WINDOW, session_config  # noqa: E402
+from device.fridge_node.node import Node  # noqa: E402
+from device.fridge_node.sensors import SimulatedSensor  # noqa: E402
+from protocol import sensor  # noqa: E402
+from protocol.crypto import X25519PrivateKey  # noqa: E402
+from protocol.session.core import Connected, MessageReceived, Session  # noqa: E402
+
+
+def used():
+    gc.collect()
+    return gc.mem_alloc()
+
+
+heap = {"start": START, "imported": used()}
+folder = sys.argv[1]
+readings = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+NODE_KEY = bytes(range(1, 33))
+KIOSK_KEY = bytes(range(33, 65))
+with open(folder + "/node.key", "wb") as f:
+    f.write(NODE_KEY)
+with open(folder + "/config.json", "w") as f:
+    json.dump({"name": "fridge-1", "values": {}}, f)
+
+node = Node(folder, SimulatedSensor("steady:5.0"), 0.0)
+heap["node"] = used()
+now = 60.0 * (readings - 1)
+node.advance(now)
+heap["readings"] = used()
+kiosk_key = X25519PrivateKey.from_private_bytes(KIOSK_KEY)
+node.settings.kiosk_public = kiosk_key.public_key().public_bytes_raw()
+node_public = X25519PrivateKey.from_private_bytes(NODE_KEY).public_key().public_bytes_raw()
+kiosk = Session(initiator=False, config=session_config(115200), static_key=kiosk_key,
+                accept_static=lambda key: key == node_public, now=now)
+received = []
+connected = False
+for _ in range(200):  # a handful of round trips; bounded
+    kiosk.receive_data(node.output(now), now)
+    while (event := kiosk.next_event()) is not None:
+        if isinstance(event, Connected):
+            connected = True
+        elif isinstance(event, MessageReceived):
+            msg = sensor.decode(event.data)
+            if msg.spec is sensor.HELLO:
+                kiosk.send_message(sensor.ALARM_LANE, sensor.encode(
+                    sensor.WELCOME, time=1_800_000_000, acked=0, alarms_acked=0))
+            elif msg.spec is sensor.READINGS:
+                got = msg.get("readings")
+                received.append([msg.get("first"), len(got), got[0][1], got[-1][1]])
+    node.receive(kiosk.data_to_send(now), now)
+    if sum(r[1] for r in received) >= min(WINDOW, readings):
+        break
+    now += 0.05
+heap["open"] = used()
+state = node.link.state
+del kiosk, event, msg
+heap["node_open"] = used()
+print(json.dumps({"heap": heap, "loaded_from": sys.modules["device.fridge_node.node"].__file__,
+                  "connected": connected, "state": state, "received": received,
+                  "ring": node.ring.count, "capacity": node.ring.capacity, "window": WINDOW}))
+micropython.mem_info()
