@@ -189,6 +189,21 @@ def test_vectors_byte_for_byte() -> None:
     assert chain.verify(node, public, deltas)["ok"]
 
 
+def test_details_are_json_dumps_canonical_text_and_codes_are_whole() -> None:
+    """detail_text writes its JSON itself (it runs under MicroPython too): the text is
+    json.dumps's, keys sorted, no spaces, non-ASCII as is, every escape as CPython's."""
+    odd = "".join(map(chr, range(0x20))) + '"\\/\x7f\u00e9\u2028\U0001f600\ud800'
+    for detail in ({}, {"b": odd, "a": None, "c": True, "d": -(10**20), "e": False},
+                   {"key": "console", "restart": True}):
+        assert chain.detail_text(detail) == json.dumps(
+            detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for who, what in (("7\n", "status"), ("7", "status\n"), ("x" * 65, "status"),
+                      ("7", "a" * 65), ("-7", "status"), ("7", "Status")):
+        with pytest.raises(chain.AuditValueError):
+            chain.make_entry(1, 0, who, what, "ok")
+    assert chain.make_entry(1, 0, "A" * 64, "a" * 64, "ok:1.2_3-4").who == "A" * 64
+
+
 def _signed(key: Ed25519PrivateKey, node: int, seq: int, prev: bytes,
             what: str = "status") -> tuple[chain.Signed, Delta]:
     signed = chain.sign(key, node, prev, chain.make_entry(seq, 1000 + seq, "9", what, "ok"))
