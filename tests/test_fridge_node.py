@@ -246,7 +246,7 @@ def test_a_failing_request_in_step_mode_is_refused_and_changes_nothing(folder: P
 def test_a_torn_commit_leaves_the_one_before(tmp_path: Path) -> None:
     files, kept = ring.RingFiles(str(tmp_path)), ring.Ring(capacity=4)
     for n in range(6):  # wraps around: readings 2 to 5 stay
-        kept.add(ring.stamp_of(60.0 * n, 1_700_000_000.0), 400 + n)
+        kept.add(ring.stamp_of(60.0 * n, 1_700_000_000), 400 + n)
     kept.add_alarm("high", "raised", ring.stamp_of(5.0, None), 31, 900)
     files.commit(kept)
     kept.add(ring.stamp_of(400.0, None), "crc")
@@ -270,7 +270,7 @@ def test_the_ring_drops_acknowledged_readings_and_renumbers() -> None:
         r.add(ring.stamp_of(1.0, None), value)
     r.drop_below(2)
     assert (r.first, r.count, r.reading(2)[1]) == (2, 1, 12500)
-    r.set_clock(1_800_000_000.0)
+    r.set_clock(1_800_000_000)
     assert ring.unix_time(r.reading(2)[0]) == 1_800_000_001
     r.renumber(40)
     assert (r.first, r.next_seq, r.reading(40)[1]) == (40, 41, 12500)

@@ -48,7 +48,9 @@ class Node:
         self.files.commit(self.ring)  # the boot count
         self.monitor = Monitor()
         self.apply_settings()
-        self.offset: float | None = None  #: Unix time minus monotonic time, once known
+        #: Unix time minus monotonic time in whole seconds, once known: an int, since a
+        #: board's floats are single precision (a Unix time as one is 128 s grained)
+        self.offset: int | None = None
         self.next_reading = now
         self.last_commit = now
         self.dirty = False
@@ -98,7 +100,7 @@ class Node:
     def welcome(self, time: int, acked: int, alarms_acked: int, now: float) -> None:
         """The kiosk told the time and what it holds (module doc: numbers across reboots)."""
         ring = self.ring
-        self.offset = time - now
+        self.offset = time - round(now)
         ring.set_clock(self.offset)
         if not self.welcomed and acked > self.boot_seq:
             ring.drop_below(self.boot_seq)

@@ -114,7 +114,7 @@ class Ring:
         readings the kiosk has, so their numbers are taken)."""
         self.first = first
 
-    def set_clock(self, offset: float) -> None:
+    def set_clock(self, offset: int) -> None:
         """The clock is known: Unix time = monotonic + ``offset``."""
         for i in range(self.count):
             at = (self._head + i) % self.capacity * RECORD
@@ -173,11 +173,12 @@ class Ring:
             at += struct.calcsize(_ALARM)
 
 
-def stamp_of(mono: float, offset: float | None) -> int:
-    """A record's time for monotonic ``mono`` given the clock's ``offset`` (None: unknown)."""
+def stamp_of(mono: float, offset: int | None) -> int:
+    """A record's time for monotonic ``mono`` given the clock's ``offset`` (None: unknown),
+    in integers: a board's floats would lose the seconds of a Unix time."""
     if offset is None:
         return UNCLOCKED | (int(mono) & 0x7FFFFFFF)
-    return max(round(mono + offset) - EPOCH, 0) & 0x7FFFFFFF
+    return max(round(mono) + offset - EPOCH, 0) & 0x7FFFFFFF
 
 
 class RingFiles:
