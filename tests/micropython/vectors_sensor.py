@@ -7,19 +7,16 @@ from protocol import messages, sensor
 V = vectors("sensor")
 
 for v in V["messages"]:
-    data = hexed(v["cbor"])
+    data, spec = hexed(v["cbor"]), messages.REGISTRY[v["type"]]
     msg = sensor.decode(data)
-    equal(msg.type, v["type"], v["name"])
-    equal(msg.name, v["name"], v["name"])
-    equal(msg.fields, {int(k): x for k, x in v["fields"].items()}, v["name"])
-    equal(messages.encode(msg), data, v["name"])
+    fields = {int(k): x for k, x in v["fields"].items()}
+    equal((msg.name, msg.fields, messages.encode(msg)), (v["name"], fields, data), v["name"])
     # Built from its fields by name, checked as the peer checks it: the same bytes.
-    spec = messages.REGISTRY[v["type"]]
     named = {}
-    for fields in (spec.required, spec.optional):
-        for key, (name, _) in fields.items():
-            if str(key) in v["fields"]:
-                named[name] = v["fields"][str(key)]
+    for declared in (spec.required, spec.optional):
+        for key, (name, _) in declared.items():
+            if key in fields:
+                named[name] = fields[key]
     equal(sensor.encode(spec, **named), data, v["name"])
 
 for v in V["bad_messages"]:
