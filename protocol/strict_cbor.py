@@ -39,9 +39,13 @@ if MICROPYTHON:
 
     _ENCODE_ERRORS = (TypeError, ValueError)
 else:
+    import re
+
     import cbor2
 
     _ENCODE_ERRORS = (TypeError, ValueError, cbor2.CBOREncodeError)
+    #: A byte that may start a tag (major type 6); only then is the output walked.
+    _MAYBE_TAG = re.compile(rb"[\xc0-\xdb]")
 
 DEFAULT_MAX_SIZE = 64 * 1024
 DEFAULT_MAX_DEPTH = 16
@@ -56,12 +60,22 @@ def dumps(obj: Any) -> bytes:
     try:
         if MICROPYTHON:
             return _portable.dumps(obj)
-        return cbor2.dumps(obj, canonical=True)
+        data: bytes = cbor2.dumps(obj, canonical=True)
     except _ENCODE_ERRORS as exc:
         raise LocalProtocolError(f"cannot encode as CBOR: {exc}", "encode") from None
+    if _MAYBE_TAG.search(data):
+        # cbor2 tags what has no plain CBOR form (an int beyond 64 bits, a datetime), and
+        # every decoder of ours refuses tags: refuse it here, as the portable encoder does.
+        # Only tags: what we send may be larger than what we accept.
+        try:
+            check(data, max_size=len(data), max_items=len(data), max_depth=len(data))
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(f"cannot encode as CBOR: {exc}", "encode") from None
+    return data
 
 
-def check(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
+def check(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, max_items: int = DEFAULT_MAX_ITEMS,
+          max_depth: int = DEFAULT_MAX_DEPTH) -> None:
     """Raise ``RemoteProtocolError`` unless ``data`` is one acceptable item."""
     n = len(data)
     if n > max_size:
@@ -91,8 +105,8 @@ def check(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
         else:
             raise RemoteProtocolError(f"reserved CBOR header 0x{initial:02x}", "malformed")
         items += 1
-        if items > DEFAULT_MAX_ITEMS:
-            raise RemoteProtocolError(f"more than {DEFAULT_MAX_ITEMS} CBOR items", "too-many-items")
+        if items > max_items:
+            raise RemoteProtocolError(f"more than {max_items} CBOR items", "too-many-items")
         owed = 0
         if major in (_MT_BYTES, _MT_TEXT):
             if arg > n - pos:
@@ -114,8 +128,8 @@ def check(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
                 raise RemoteProtocolError(
                     f"CBOR container claims {owed} items, {n - pos} bytes remain", "bad-length"
                 )
-            if len(stack) >= DEFAULT_MAX_DEPTH:
-                raise RemoteProtocolError(f"CBOR nesting deeper than {DEFAULT_MAX_DEPTH}",
+            if len(stack) >= max_depth:
+                raise RemoteProtocolError(f"CBOR nesting deeper than {max_depth}",
                                           "too-deep")
             stack.append(owed)
             continue

@@ -113,8 +113,6 @@ def test_floats_of_every_width_decode_as_cbor2_does(width: tuple[int, str], data
     assert portable.dumps(value) == cbor2.dumps(value, canonical=True)
 
 
-@pytest.mark.xfail(strict=True, reason="cbor2 encodes a bignum tag that our own decoder "
-                   "refuses; the portable encoder refuses the int (told to the codec's owner)")
 def test_ints_beyond_64_bits_are_refused_on_both_sides() -> None:
     for n in (2**64, -(2**64) - 1):
         with pytest.raises(ValueError):
