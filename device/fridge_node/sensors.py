@@ -143,5 +143,5 @@ class Ds18b20:
             pad = bytearray(9)
             ow.readinto(pad)
             return bytes(pad)
-        except OSError:
+        except Exception:  # onewire.OneWireError (no presence pulse) or OSError: no answer
             return None
