@@ -130,3 +130,21 @@ def test_a_node_whose_key_the_kiosk_does_not_know_is_refused() -> None:
     assert [c.reason for c in run.events if isinstance(c, Closed)] == ["unknown-key"]
     assert run.node_said("connected") == [] and run.node_said("message") == []
     assert run.node_said("closed") == [["unknown-key", "True"]]
+
+
+def test_a_lossy_run_goes_the_same_under_both_interpreters() -> None:
+    """The same simulated run (lost frames, an outage, timers) under MicroPython and
+    CPython: the same events at the same simulated times, the same counters."""
+    script = micropython_port.SCRIPTS / "session_sim.py"
+    on_cpython = micropython_port.run_cpython(script, timeout=LIMIT)
+    assert on_cpython.returncode == 0, on_cpython.stderr
+    on_micropython = micropython_port.run(script, timeout=LIMIT)
+    assert on_micropython.returncode == 0, on_micropython.stdout + on_micropython.stderr
+    assert on_micropython.stdout.splitlines() == on_cpython.stdout.splitlines()
+    *events, node, kiosk = on_cpython.stdout.splitlines()
+    assert events[:2] == ["50000 kiosk connected resumed=False",
+                          "101000 node connected resumed=False"]
+    assert not [e for e in events if " closed " in e]
+    assert node.startswith("node open") and node.endswith("acked True")
+    assert kiosk.startswith("kiosk open") and kiosk.endswith("acked True")
+    assert " timeouts 0 " not in node  # the outage was felt
