@@ -38,10 +38,11 @@ def run(args: argparse.Namespace, store: Any, kiosk_public: bytes) -> int:
     records = FridgeRecords(store, clock=lambda: store.clock() / 1000)
     action = args.fridge_command
     if action == "list":
-        rows: list[dict[str, Any]] = [{"slot": e.slot, "name": e.name, "model": e.model, "location": e.location,
-                 "fingerprint": fingerprint(e.key), "key": e.key.hex(),
-                 "stored": records.cursor(e).acked,
-                 "alarms": sorted(records.cursor(e).raised)} for e in records.enrolments()]
+        rows: list[dict[str, Any]] = [{
+            "slot": e.slot, "name": e.name, "model": e.model, "location": e.location,
+            "fingerprint": fingerprint(e.key), "key": e.key.hex(),
+            "stored": records.cursor(e).acked, "alarms": sorted(records.cursor(e).raised),
+        } for e in records.enrolments()]
         if args.json:
             print(json.dumps(rows, sort_keys=True))
         for r in [] if args.json else rows:
