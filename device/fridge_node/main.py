@@ -9,8 +9,6 @@ import select
 import sys
 import time
 
-import machine
-
 from device.fridge_node import console
 from device.fridge_node.node import Node
 from device.fridge_node.sensors import Ds18b20
@@ -34,6 +32,8 @@ class Monotonic:
 
 
 def run() -> None:
+    import machine  # a board's: this module imports anywhere, it runs on a board only
+
     clock = Monotonic()
     node = Node(FOLDER, Ds18b20(SENSOR_PIN), clock())
     uart = machine.UART(0, baudrate=node.settings["baud"], timeout=0)
@@ -59,4 +59,5 @@ def run() -> None:
         time.sleep_ms(max(0, min(int((node.deadline() - clock()) * 1000), 20)))  # type: ignore[attr-defined]
 
 
-run()
+if __name__ == "__main__":  # as a board runs /main.py
+    run()
