@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from device.fridge_node import monitor, ring, sensors
+from device.fridge_node import monitor, ring, sensors, settings
 from protocol import sensor
 from protocol.crypto import X25519PrivateKey
 from protocol.messages import Message
@@ -234,6 +234,10 @@ def test_a_failing_request_in_step_mode_is_refused_and_changes_nothing(folder: P
     with NodeProcess(folder) as node:
         with pytest.raises(RuntimeError, match="unknown request"):
             node._ask("jump", 10.0)
+        with pytest.raises(RuntimeError, match="bad request 'feed'"):
+            node._ask("feed", 10.0, "text, not bytes")
+        assert node.status(10.0)["taken"] == 1  # still there, and took its first reading
+        assert node.console("set capacity 50", 10.0) == "ok (from the next boot)"
         assert node.console("set low 9", 10.0).startswith("error: the range's low end")
         assert node.console("kiosk 12", 10.0) == "error: a key is 64 hex digits"
         assert node.console("set low 2.5", 10.0) == "ok"
@@ -361,3 +365,15 @@ def test_the_node_in_real_time_on_a_pty_with_its_console_on_stdin(folder: Path) 
     assert b"link open" in said, said
     assert kiosk.hellos[0]["device"] == "fridge-1"
     assert [kiosk.readings[n][1] for n in sorted(kiosk.readings)][:2] == [400, 400]
+
+
+def test_settings_that_do_not_fit_keep_their_defaults(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(
+        '{"values": {"low": "cold", "high": 99999, "interval": 30, "speed": 3}, "name": "f"}')
+    s = settings.Settings(str(tmp_path))
+    assert (s["low"], s["high"], s["interval"], s.name) == (200, 800, 30, "f")
+    (tmp_path / "config.json").write_text("{not json")
+    assert settings.Settings(str(tmp_path))["interval"] == 60
+    with pytest.raises(ValueError, match="unknown setting"):
+        s.set_value("speed", "3")
+    assert "speed" not in (tmp_path / "config.json").read_text()

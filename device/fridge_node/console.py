@@ -27,6 +27,9 @@ HELP = """commands:
   status             readings held, dropped, faults, alarms and the link"""
 
 
+NEXT_BOOT = ("capacity",)  #: settings the running node does not take (its ring is allocated)
+
+
 def _hex_key(text: str) -> bytes:
     try:
         key = bytes.fromhex(text)
@@ -64,7 +67,7 @@ def handle(node: Node, line: str) -> str:
         if command == "set" and len(args) == 2:
             s.set_value(args[0], args[1])
             node.apply_settings()
-            return "ok"
+            return "ok (from the next boot)" if args[0] in NEXT_BOOT else "ok"
         if command == "config":
             kiosk = s.kiosk_public.hex() if s.kiosk_public else "none"
             lines = [f"{name} {s[name]}" for name in sorted(LIMITS)]
@@ -74,4 +77,6 @@ def handle(node: Node, line: str) -> str:
             return "\n".join(f"{name} {status[name]}" for name in sorted(status))
     except ValueError as exc:
         return f"error: {exc}"
+    except OSError as exc:  # the flash is full or read-only: nothing was changed
+        return f"error: cannot save: {exc}"
     return f"error: unknown command {line.strip()!r} (help lists them)"

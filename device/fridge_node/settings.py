@@ -42,8 +42,9 @@ class Settings:
         except (OSError, ValueError):
             saved = {}
         for name, value in saved.get("values", {}).items():
-            if name in LIMITS:
-                self.values[name] = value
+            limit = LIMITS.get(name)
+            if limit is not None and type(value) is int and limit[1] <= value <= limit[2]:
+                self.values[name] = value  # anything else keeps its default
         self.name = saved.get("name", "")
         kiosk = saved.get("kiosk_public")
         self.kiosk_public = bytes.fromhex(kiosk) if kiosk else None

@@ -102,7 +102,10 @@ def serve(node: Node) -> None:
         if not isinstance(request, list) or len(request) < 2 or type(request[1]) is not int:
             write_answer(stdout, ["error", "a request is [op, now, ...]"])
             continue
-        reply, more = answer(node, request)
+        try:
+            reply, more = answer(node, request)
+        except (IndexError, TypeError, ValueError, ProtocolError) as exc:
+            reply, more = ["error", f"bad request {request[0]!r}: {exc}"], True
         write_answer(stdout, reply)
         if not more:
             return
