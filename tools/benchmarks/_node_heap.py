@@ -36,6 +36,33 @@ def used():
     return gc.mem_alloc()
 
 
+def contents(root):
+    """What ``root`` holds, walked through instances' attributes and containers:
+    (bytes of byte and text strings, ints of 2**30 or more, objects seen). A
+    32-bit board keeps the bytes as they are, boxes those ints (31-bit small
+    ints) and halves the rest (pointer-sized words)."""
+    seen = set()
+    payload = big = 0
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (bytes, bytearray, str)):
+            payload += len(obj)
+        elif isinstance(obj, int) and not isinstance(obj, bool):
+            big += not -(2**30) <= obj < 2**30
+        elif isinstance(obj, (list, tuple)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.keys())
+            todo.extend(obj.values())
+        elif hasattr(obj, "__dict__") and not callable(obj) and type(obj) is not type:
+            todo.extend(obj.__dict__.values())
+    return payload, big, len(seen)
+
+
 heap = {"start": START, "imported": used()}
 folder = sys.argv[1]
 readings = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
@@ -79,7 +106,9 @@ heap["open"] = used()
 state = node.link.state
 del kiosk, event, msg
 heap["node_open"] = used()
+payload, big, objects = contents(node)
 print(json.dumps({"heap": heap, "loaded_from": sys.modules["device.fridge_node.node"].__file__,
                   "connected": connected, "state": state, "received": received,
-                  "ring": node.ring.count, "capacity": node.ring.capacity, "window": WINDOW}))
+                  "ring": node.ring.count, "capacity": node.ring.capacity, "window": WINDOW,
+                  "payload": payload, "big_ints": big, "objects": objects}))
 micropython.mem_info()
