@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hmac
 
-from cryptolib import aes
-
 _ECB = 1
 #: GF(2^128)'s reduction, x^128 + x^7 + x^2 + x + 1, in GCM's reflected bit order.
 _R = 0xE1 << 120
@@ -57,6 +55,8 @@ def _keystream(key: bytes, nonce: bytes, length: int) -> tuple[bytes, bytes, int
     counters = bytearray(bytes(16))
     for i in range(1 + blocks):
         counters.extend(nonce + (i + 1).to_bytes(4, "big"))
+    from cryptolib import aes  # MicroPython's; imported here so CPython can read the module
+
     out = aes(key, _ECB).encrypt(bytes(counters))
     return out[16:32], out[32:32 + length], int.from_bytes(out[:16], "big")
 
