@@ -23,4 +23,16 @@ real time, and under the unix port stepped on a simulated clock:
   command line), ``main`` (a board's entry).
 
 It imports only ``protocol`` and its own modules, never the kiosk's runtime.
+
+Running it under the unix port (from the repository's root; ``--data`` is
+where its files go, as a board's flash)::
+
+    export MICROPYPATH=protocol/portable/stdlib:.
+    M=".venv/bin/micropython -m device.fridge_node.unix --data /var/lib/fridge"
+    $M console keygen                  # the node's key; give the public key to the kiosk
+    $M console kiosk <kiosk's public key, 64 hex digits>
+    $M console set alarm_after 1800    # see `$M console help`
+    $M --serial /dev/ttyUSB0 --profile "steady:4.5,high:12.0:45"
+
+On a board: ``tools/build_node_mpy.py`` writes ``main.py`` and ``lib/``.
 """

@@ -98,7 +98,11 @@ def main(argv: list[str]) -> int:
     except OSError:
         os.mkdir(folder)
     start = int(options.get("start", "0")) / stepper.US if "step" in options else now_seconds()
-    sensor = SimulatedSensor(options.get("profile", "steady:5.0"), start)
+    try:
+        sensor = SimulatedSensor(options.get("profile", "steady:5.0"), start)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
     node = Node(folder, sensor, start)
     if rest[:1] == ["console"]:
         print(console.handle(node, " ".join(rest[1:])))
@@ -106,7 +110,11 @@ def main(argv: list[str]) -> int:
     if "step" in options:
         stepper.serve(node)
     else:
-        run_serial(node, options.get("serial"))
+        try:
+            run_serial(node, options.get("serial"))
+        except OSError as exc:
+            print(f"error: {exc}")
+            return 1
     return 0
 
 
