@@ -148,7 +148,6 @@ CALIBRATION = {
     "int_add_100000": lambda: int_add([100000, 12345678, 56781234]),
     "int_mul_100000": lambda: int_mul([100000, 12345678, 56781234]),
     "pi_1000": lambda: pi_digits(1000),
-    "pi_5000": lambda: pi_digits(5000),
 }
 
 

@@ -107,7 +107,8 @@ def _speed_rows(mp: dict[str, Any], cp: dict[str, Any]) -> tuple[list[dict[str, 
         goal = "report" if key == "handshake_initiator" else ""
         rows.append({
             "what": what, "value": round(ms_here, 3), "unit": "ms CPU, MicroPython",
-            "detail": f"CPython + cryptography {ms_cpython:.3f} ms, MicroPython "
+            "detail": f"CPython (cryptography; hashlib for SHA-512) {ms_cpython:.3f} ms, "
+                      f"MicroPython "
                       f"{ms_here / ms_cpython:,.0f}x that; RP2040 @ {BOARD_MHZ} MHz, "
                       f"ESTIMATE {central:.2g} s (basis '{kind}', range {spread})",
             "goal": goal, "met": None,
@@ -194,10 +195,12 @@ def micropython_node(ctx: Context) -> Result:
         "here but boxed on a board's 31-bit small ints; 'interp': dispatch), then x125/133 "
         "for the clock. The range uses the smallest and largest ratio. Flash-cache misses "
         "are not modelled.",
-        "If too slow for the node: a Noise handshake of a few seconds on the board blocks its "
-        "loop (readings, console) while it runs, once a session; signing is not done on the "
-        "node. The remedy is native code for the primitives: a dynamic native module (.mpy "
-        "with C compiled for armv6m, MicroPython's natmod build with mpy_ld.py) or a "
+        "Verdict: usable, not fast. The node sends a few hundred bytes a minute and "
+        "handshakes once a session: an estimated few seconds of handshake on the board "
+        "blocks its loop (readings, console) that long, once a session; it signs nothing. "
+        "Where that is too slow (frequent reconnections, or a watchdog shorter than a "
+        "handshake), the remedy is native code for the primitives: a dynamic native module "
+        "(.mpy with C compiled for armv6m, MicroPython's natmod build with mpy_ld.py) or a "
         "firmware with a C user module (USER_C_MODULES), wrapping a compact C X25519 and "
         "ChaCha20-Poly1305 (e.g. Monocypher); published Cortex-M0 X25519 runs in about "
         "3.6 million cycles (Duell et al., 2015), ~27 ms at 133 MHz. protocol.crypto is the "
