@@ -56,7 +56,8 @@ def now_seconds() -> float:
 
 
 def run_serial(node: Node, path: str | None) -> None:
-    """Real time: the serial line, the console on stdin, the node's deadlines."""
+    """Real time: the serial line, the console on stdin, the node's deadlines. Runs
+    until the process is stopped."""
     line = None
     poll = select.poll()
     if path is not None:
@@ -81,9 +82,10 @@ def run_serial(node: Node, path: str | None) -> None:
                     node.receive(bytes(buf[:n]), now)
             else:
                 text = sys.stdin.readline()
-                if not text:
-                    return
-                print(console.handle(node, text))
+                if text:
+                    print(console.handle(node, text))
+                else:  # no console (stdin is closed): the node goes on without one
+                    poll.unregister(sys.stdin)
 
 
 def main(argv: list[str]) -> int:
@@ -115,6 +117,8 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"error: {exc}")
             return 1
+        except KeyboardInterrupt:  # Ctrl-C: keep what was taken since the last commit
+            node.commit(now_seconds())
     return 0
 
 
