@@ -74,7 +74,9 @@ BAD: list[tuple[str, bytes, str]] = [
                                                  "5": 30, "6": "hot"}), "field-type"),
     ("an acknowledgement up to -1", raw(123, **{"1": -1}), "field-value"),
     ("an alarm acknowledgement up to 2^63", raw(125, **{"1": 1 << 63}), "field-value"),
-    ("an alarm acknowledgement up to 2^64: a bignum", raw(125, **{"1": 1 << 64}), "tag"),
+    # {0: 125, 1: 2^64}: tag 2 over 9 bytes (our encoder refuses to write it)
+    ("an alarm acknowledgement up to 2^64: a bignum",
+     bytes.fromhex("a200187d01c249010000000000000000"), "tag"),
     ("a ping is not a sensor message", raw(1, **{"1": 7}), "unexpected"),
     ("a message type no one knows", raw(126, **{"1": 7}), "unexpected"),
 ]
