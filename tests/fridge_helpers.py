@@ -8,6 +8,10 @@ and keeps what the kiosk acknowledges. It has the session's surface, so
 
 from __future__ import annotations
 
+import os
+import select
+import time
+import tty
 from collections.abc import Callable
 from typing import Any
 
@@ -88,3 +92,30 @@ class NodeStandIn:
 def joined(node: Any, link: Any, now: float = 0.0) -> LinkSim:
     """The two ends on a clean 115200-baud line."""
     return LinkSim(node, link, Line(name="ab"), Line(name="ba"), now=now)
+
+
+def pty_pair() -> tuple[int, int]:
+    """A raw pty: the node's end (master) and the kiosk's (its slave's path opens)."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    return master, slave
+
+
+def drive(nodes: list[NodeStandIn], masters: list[int], done: Callable[[], bool],
+          bound: float = 30.0) -> bool:
+    """Run each node on its pty in real time until ``done()`` (True) or ``bound``
+    seconds pass (False)."""
+    end = time.monotonic() + bound
+    while time.monotonic() < end:
+        if done():
+            return True
+        for node, master in zip(nodes, masters, strict=True):
+            out = node.data_to_send(time.monotonic())
+            if out:
+                os.write(master, out)
+            while node.next_event() is not None:
+                pass
+            if select.select([master], [], [], 0.005)[0]:
+                node.receive_data(os.read(master, 4096), time.monotonic())
+    return done()

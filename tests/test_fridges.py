@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import select
 import time
-import tty
 import uuid
 from pathlib import Path
 
@@ -23,15 +21,17 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.cli import main as kiosk_cli
 from device.config import KioskConfig
+from device.enrol import ensure_keys
 from device.fridges.link import FridgeLink
 from device.fridges.port import Fridges
 from device.fridges.records import EnrolmentError, FridgeRecords
 from device.hardware import panel as hw
 from device.runtime import Runtime
+from device.store import Store
 from device.ui.live import LiveStatus
 from device.ui.pin import PinSource
 from device.ui.request import Request
-from device.ui.staff import Staff
+from device.ui.staff import Staff, fridge_alarms
 from host.hub.fhir import export
 from protocol import messages, sensor
 from protocol.crdt.schema import TEMPERATURE
@@ -40,8 +40,9 @@ from protocol.sync import sensor_records as ids
 from protocol.sync.scope import Scope
 
 from .fhir_r4 import validate
-from .fridge_helpers import NodeStandIn, joined
+from .fridge_helpers import NodeStandIn, drive, joined, pty_pair
 from .test_sync_helpers import Kiosk, served_hub
+from .test_ui_helpers import make_kiosk, runtime_in_thread
 
 T0 = 1_800_000_000  #: the kiosk's clock, Unix seconds
 
@@ -291,12 +292,7 @@ def test_several_fridges_on_serial_lines_in_the_runtime_s_threads(setup) -> None
     s = setup
     second_key = X25519PrivateKey.generate()
     s.records.enrol("fridge-2", public(second_key))
-    lines = []
-    for _ in range(2):
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        lines.append((master, slave))
+    lines = [pty_pair() for _ in range(2)]
     fridges = Fridges(s.kiosk.store, s.kiosk.ident.x_key,
                       [os.ttyname(slave) for _, slave in lines], 115200)
     nodes = [NodeStandIn(key, public(s.kiosk.ident.x_key), name, now=time.monotonic())
@@ -305,20 +301,40 @@ def test_several_fridges_on_serial_lines_in_the_runtime_s_threads(setup) -> None
         node.readings(0, [[T0, 400 + i], [T0 + 60, 410 + i]])
     fridges.start()
     try:
-        end = time.monotonic() + 30
-        while time.monotonic() < end and any(n.acks(sensor.READINGS_ACK) != [2] for n in nodes):
-            for node, (master, _) in zip(nodes, lines, strict=True):
-                now = time.monotonic()
-                out = node.data_to_send(now)
-                if out:
-                    os.write(master, out)
-                while node.next_event() is not None:
-                    pass
-                if select.select([master], [], [], 0.005)[0]:
-                    node.receive_data(os.read(master, 4096), time.monotonic())
+        drive(nodes, [master for master, _ in lines],
+              lambda: all(n.acks(sensor.READINGS_ACK) == [2] for n in nodes))
     finally:
         fridges.stop()
         for fd in (fd for pair in lines for fd in pair):
             os.close(fd)
     assert [n.acks(sensor.READINGS_ACK) for n in nodes] == [[2], [2]]
     assert [fridges.records.cursor(e).acked for e in fridges.records.enrolments()] == [2, 2]
+
+
+def test_the_runtime_serves_a_fridge_line_and_its_alarm_lights_the_led(tmp_path: Path) -> None:
+    """``haven-kiosk run``'s runtime with ``fridges``: the line is served once the store
+    is open, and an alarm the node raises blinks the LED until it is cleared."""
+    _, data = make_kiosk(tmp_path)
+    node_key = X25519PrivateKey.generate()
+    with Store(data) as store:
+        FridgeRecords(store, time.time).enrol("fridge-1", public(node_key))
+    kiosk_public = public(ensure_keys(data)[0])
+    master, slave = pty_pair()
+    kit = hw.Hardware(simulated=True)
+    rt = Runtime(KioskConfig(data=data, ui="127.0.0.1:0", retry_max=3600,
+                             hardware="simulated", fridges=[os.ttyname(slave)]),
+                 hardware=kit)
+    node = NodeStandIn(node_key, kiosk_public, now=time.monotonic())
+    try:
+        with runtime_in_thread(rt):
+            node.send(sensor.ALARM_LANE, sensor.ALARM, seq=0, kind="low", state="raised",
+                      since=T0, minutes=30, extreme=-150)
+            assert drive([node], [master], lambda: kit.led.pattern == hw.FRIDGE_ALARM)
+            assert [a["kind"] for a in fridge_alarms(rt.store)] == ["low"]
+            node.send(sensor.ALARM_LANE, sensor.ALARM, seq=1, kind="low", state="cleared",
+                      since=T0, minutes=42, extreme=-180)
+            assert drive([node], [master], lambda: kit.led.pattern != hw.FRIDGE_ALARM)
+            assert fridge_alarms(rt.store) == []
+    finally:
+        os.close(master)
+        os.close(slave)
