@@ -51,8 +51,13 @@ def _options(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     return options, rest
 
 
+_STARTED_NS = time.time_ns()
+
+
 def now_seconds() -> float:
-    return time.time_ns() / 1e9
+    """Seconds since the process started: the node's clock is relative, as on a board
+    (whose single-precision floats could not hold a Unix time to the second)."""
+    return (time.time_ns() - _STARTED_NS) / 1e9
 
 
 def run_serial(node: Node, path: str | None) -> None:
