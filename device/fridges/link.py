@@ -173,9 +173,9 @@ class FridgeLink:
 
     def _welcome(self, node: Enrolment, hello: Any) -> None:
         cur = self.records.cursor(node)
-        if hello.get("next") < cur.acked:
-            log.warning("fridge %s: its next reading is %d, below the %d stored (its "
-                        "memory was wiped?)", node.name, hello.get("next"), cur.acked)
+        if hello.get("next") < cur.acked:  # readings it had not committed: it renumbers
+            log.info("fridge %s: its next reading is %d, below the %d stored: it numbers "
+                     "its new ones from there", node.name, hello.get("next"), cur.acked)
         self._send(sensor.WELCOME, time=int(self.clock()), acked=cur.acked,
                    alarms_acked=cur.alarms_acked)
 

@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from device.exc import DeviceError
 from protocol import sensor
 from protocol.crdt.schema import DEVICE, TEMPERATURE, TEMPERATURE_ALARM
-from protocol.errors import LocalProtocolError
 from protocol.messages import Message
 from protocol.sync import sensor_records as ids
 
@@ -40,7 +40,9 @@ ENROLMENTS = "fridges"
 MAX_NAME = sensor.MAX_DEVICE
 
 
-class EnrolmentError(LocalProtocolError):
+class EnrolmentError(DeviceError, ValueError):
+    """An enrolment refused: a name or key that does not fit, or is taken."""
+
     code = "fridge-enrolment"
 
 
