@@ -256,7 +256,8 @@ def test_a_torn_commit_leaves_the_one_before(tmp_path: Path) -> None:
     kept.add(ring.stamp_of(400.0, None), "crc")
     files.commit(kept)
     newest = tmp_path / "ring.0"  # generation 2
-    for damage in (newest.read_bytes()[:-3], newest.read_bytes()[:-1] + b"\x00", b""):
+    whole = newest.read_bytes()
+    for damage in (whole[:-3], whole[:-1] + b"\x00", bytes(16) + whole[16:], b""):
         newest.write_bytes(damage)
         back = ring.RingFiles(str(tmp_path))
         restored = ring.Ring(capacity=4)
@@ -266,6 +267,19 @@ def test_a_torn_commit_leaves_the_one_before(tmp_path: Path) -> None:
         assert ring.unix_time(restored.reading(2)[0]) == 1_700_000_120
         # A reading or alarm stamped on the lost monotonic clock is written as unknown.
         assert restored.alarms == [[0, "high", "raised", ring.UNKNOWN, 31, 900]]
+
+
+def test_a_ring_of_many_chunks_comes_back_whole(tmp_path: Path) -> None:
+    files, kept = ring.RingFiles(str(tmp_path)), ring.Ring(capacity=300)
+    for n in range(333):
+        kept.add(ring.stamp_of(60.0 * n, 1_700_000_000 if n % 2 else None), n - 100)
+    files.commit(kept)
+    back = ring.Ring(capacity=300)
+    assert ring.RingFiles(str(tmp_path)).load(back)
+    assert (back.first, back.count, back.dropped) == (33, 300, 33)
+    assert [back.reading(n)[1] for n in range(33, 333)] == list(range(-67, 233))
+    assert ring.unix_time(back.reading(33)[0]) == 1_700_000_000 + 33 * 60
+    assert ring.unix_time(back.reading(34)[0]) is None
 
 
 def test_the_ring_drops_acknowledged_readings_and_renumbers() -> None:

@@ -20,7 +20,9 @@ temperature a DS18B20 reads).
 
 **Files.** ``commit`` writes the whole state to one of two files, ``ring.0``
 and ``ring.1``, alternately: a header (magic, generation, body length, the
-body's CRC-32) and the body. ``load`` takes the newest file whose CRC holds.
+body's CRC-32) and the body, streamed a chunk at a time (a board has no RAM
+for a copy of the ring), the header written last. ``load`` takes the newest
+file whose CRC holds.
 A power cut during a write tears only the file being written, and the other
 still holds the previous commit: nothing committed is lost. The node commits
 readings at most hourly (flash wear) and alarms at once, so a power cut loses
@@ -32,9 +34,12 @@ from __future__ import annotations
 import binascii
 import os
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import sensor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 RECORD = 6  #: bytes of a reading: time (uint32), value (int16)
 EPOCH = 1577836800  #: 2020-01-01 00:00 UTC: record times count from here
@@ -44,6 +49,8 @@ FAULT_BASE = 0x7F00
 MAX_ALARMS = 32
 MAGIC = b"HFR1"
 _HEADER = ">4sIII"  # magic, generation, body length, CRC-32 of the body
+HEADER_SIZE = 16
+CHUNK = 64  #: readings a file is written and read in at a time
 _STATE = ">IIIIIIH"  # first, count, dropped, next alarm, boot, alarms dropped, alarms
 _ALARM = ">IBBIIh"  # seq, kind, state, since, minutes, extreme
 NO_EXTREME = -0x8000
@@ -143,34 +150,45 @@ class Ring:
 
     # -- files -----------------------------------------------------------------
 
-    def body(self) -> bytes:
-        out = bytearray(struct.pack(_STATE, self.first, self.count, self.dropped,
-                                    self.next_alarm, self.boot, self.alarms_dropped,
-                                    len(self.alarms)))
-        for i in range(self.count):
-            stamp, value = self.reading(self.first + i)
-            out += struct.pack(">Ih", UNKNOWN if stamp & UNCLOCKED else stamp, pack_value(value))
+    def parts(self) -> Iterator[bytes | memoryview]:
+        """The ring as a file body, a piece at a time (a board has no RAM for it whole);
+        each piece is valid until the next is asked for."""
+        yield struct.pack(_STATE, self.first, self.count, self.dropped, self.next_alarm,
+                          self.boot, self.alarms_dropped, len(self.alarms))
+        chunk = bytearray(CHUNK * RECORD)
+        done = 0
+        while done < self.count:
+            n = min(CHUNK, self.count - done)
+            for i in range(n):
+                at = (self._head + done + i) % self.capacity * RECORD
+                stamp, raw = struct.unpack_from(">Ih", self._buf, at)
+                struct.pack_into(">Ih", chunk, i * RECORD,
+                                 UNKNOWN if stamp & UNCLOCKED else stamp, raw)
+            done += n
+            yield memoryview(chunk)[: n * RECORD]
         for seq, kind, state, since, minutes, extreme in self.alarms:
-            out += struct.pack(_ALARM, seq, sensor.KINDS.index(kind), sensor.STATES.index(state),
-                               UNKNOWN if since & UNCLOCKED else since, minutes,
-                               NO_EXTREME if extreme is None else extreme)
-        return bytes(out)
+            yield struct.pack(_ALARM, seq, sensor.KINDS.index(kind), sensor.STATES.index(state),
+                              UNKNOWN if since & UNCLOCKED else since, minutes,
+                              NO_EXTREME if extreme is None else extreme)
 
-    def restore(self, body: bytes) -> None:
+    def restore(self, read: Callable[[int], bytes]) -> None:
+        """Take the state ``parts`` wrote; ``read(n)`` gives its next ``n`` bytes."""
         first, count, self.dropped, self.next_alarm, self.boot, self.alarms_dropped, n = \
-            struct.unpack_from(_STATE, body, 0)
-        at = struct.calcsize(_STATE)
+            struct.unpack(_STATE, read(struct.calcsize(_STATE)))
         self._head, self.count, self.first = 0, 0, first
-        for _ in range(count):
-            stamp, raw = struct.unpack_from(">Ih", body, at)
-            self.add(stamp, unpack_value(raw))
-            at += RECORD
+        while count:
+            records = min(CHUNK, count)
+            data = read(records * RECORD)
+            for i in range(records):
+                stamp, raw = struct.unpack_from(">Ih", data, i * RECORD)
+                self.add(stamp, unpack_value(raw))  # a smaller ring drops and counts
+            count -= records
         self.alarms = []
         for _ in range(n):
-            seq, kind, state, since, minutes, extreme = struct.unpack_from(_ALARM, body, at)
+            seq, kind, state, since, minutes, extreme = struct.unpack(
+                _ALARM, read(struct.calcsize(_ALARM)))
             self.alarms.append([seq, sensor.KINDS[kind], sensor.STATES[state], since, minutes,
                                 None if extreme == NO_EXTREME else extreme])
-            at += struct.calcsize(_ALARM)
 
 
 def stamp_of(mono: float, offset: int | None) -> int:
@@ -191,47 +209,63 @@ class RingFiles:
 
     def load(self, ring: Ring) -> bool:
         """Restore the newest good commit into ``ring``; False if there is none."""
-        best: tuple[int, bytes] | None = None
+        best: tuple[int, str] | None = None
         for path in self.paths:
-            found = self._read(path)
-            if found is None:
-                continue
-            if best is None or found[0] > best[0]:
-                best = found
+            generation = self._check(path)
+            if generation is not None and (best is None or generation > best[0]):
+                best = (generation, path)
         if best is None:
             return False
         ring.generation = best[0]
-        ring.restore(best[1])
+        with open(best[1], "rb") as f:
+            f.read(HEADER_SIZE)
+            ring.restore(f.read)
         return True
 
     def commit(self, ring: Ring) -> None:
-        """Write the ring to the file that does not hold the newest commit."""
-        body = ring.body()
+        """Write the ring to the file that does not hold the newest commit. The header
+        goes last: a write cut short leaves a file whose header is zeros or whose CRC
+        fails, never one that passes."""
         ring.generation += 1
-        header = struct.pack(_HEADER, MAGIC, ring.generation, len(body),
-                             binascii.crc32(body) & 0xFFFFFFFF)
         with open(self.paths[ring.generation % 2], "wb") as f:
-            f.write(header)
-            f.write(body)
+            f.write(bytes(HEADER_SIZE))
+            crc = length = 0
+            for part in ring.parts():
+                f.write(part)
+                crc = binascii.crc32(part, crc)
+                length += len(part)
+            f.seek(0)
+            f.write(struct.pack(_HEADER, MAGIC, ring.generation, length, crc & 0xFFFFFFFF))
             f.flush()
             fsync = getattr(os, "fsync", None)  # a board's file system commits on close
             if fsync is not None:
                 fsync(f.fileno())
         self.commits += 1
 
-    def _read(self, path: str) -> tuple[int, bytes] | None:
+    def _check(self, path: str) -> int | None:
+        """The generation in ``path`` if its header and CRC hold, else None."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            f = open(path, "rb")  # noqa: SIM115 (closed below; MicroPython has no ExitStack)
         except OSError:
             return None
-        size = struct.calcsize(_HEADER)
-        if len(data) < size:
+        try:
+            head = f.read(HEADER_SIZE)
+            if len(head) < HEADER_SIZE or head[:4] != MAGIC:
+                self.torn += 1
+                return None
+            _, generation, length, crc = struct.unpack(_HEADER, head)
+            found: int = generation
+            got = size = 0
+            buf = bytearray(CHUNK * RECORD)
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                got = binascii.crc32(memoryview(buf)[:n], got)
+                size += n
+        finally:
+            f.close()
+        if size != length or got & 0xFFFFFFFF != crc:
             self.torn += 1
             return None
-        magic, generation, length, crc = struct.unpack_from(_HEADER, data, 0)
-        body = data[size:]
-        if magic != MAGIC or len(body) != length or binascii.crc32(body) & 0xFFFFFFFF != crc:
-            self.torn += 1
-            return None
-        return generation, body
+        return found
