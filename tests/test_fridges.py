@@ -32,6 +32,7 @@ from device.ui.live import LiveStatus
 from device.ui.pin import PinSource
 from device.ui.request import Request
 from device.ui.staff import Staff, fridge_alarms
+from host.hub.alerts import alerts
 from host.hub.fhir import export
 from protocol import messages, sensor
 from protocol.crdt.schema import TEMPERATURE
@@ -211,6 +212,9 @@ def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
     held = s.hub.store.ops_in(lo, hi)
     assert len(held) == len({op.rid for op in held}) == 1 + 30 + 1
     assert all(other.store.view(str(uuid.UUID(bytes=op.rid))) is None for op in held)
+    (alert,) = [a for a in alerts(s.hub) if a["kind"] == "fridge-alarm"]
+    assert alert["kiosk"] == s.kiosk.device and alert["severity"] == "critical"
+    assert "fridge fridge-1: temperature alarm high, 8.79 °C" in alert["what"]
     # acknowledged, the kiosk's collection drops them (no scope holds them)
     s.kiosk.store.flush_acks()
     s.kiosk.store.collect(Scope("full", "North", "2027-01-15"), stable=1 << 40, budget_s=5)
@@ -222,6 +226,7 @@ def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
     assert staff_overview(s.kiosk.store, s.kiosk.store.data)["fridges"] == []
     assert kit.led.pattern == calm
     s.kiosk.sync(s.url)
+    assert [a for a in alerts(s.hub) if a["kind"] == "fridge-alarm"] == []
     other.close()
     kit.close()
     # the FHIR export: a Device, and Observations of it, valid R4

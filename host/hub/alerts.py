@@ -21,7 +21,10 @@ what to do. The kinds:
 * ``audit-gap``: a kiosk's audit chain has entries missing or failing
   their check (``host.hub.audit``);
 * ``conflict-waiting``: a conflict held or waiting for review for more than
-  ``CONFLICT_WAIT_MS``, by its newest version's time.
+  ``CONFLICT_WAIT_MS``, by its newest version's time;
+* ``fridge-alarm``: a vaccine fridge's node (``protocol.sync.sensor_records``)
+  raised an alarm its kiosk sent and no later message of it cleared: read
+  by the writer the session authenticated, as telemetry.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from protocol.crdt.clock import wall_of
 from protocol.crdt.delta import decode
-from protocol.crdt.schema import TELEMETRY
+from protocol.crdt.schema import DEVICE, TELEMETRY, TEMPERATURE_ALARM
 from protocol.driver.wall_clock import wall_ms
 from protocol.errors import ProtocolError
-from protocol.sync import telemetry
+from protocol.sync import sensor_records, telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -74,6 +77,46 @@ def latest_telemetry(hub: Hub, dev: Device) -> dict[str, Any] | None:
                 best is None or values["end"] > best["end"]):
             best = values
     return best
+
+
+def _kiosk_deltas(hub: Hub, dev: Device, first: bytes, last: bytes, rtype: int
+                  ) -> Iterable[Any]:
+    """The kiosk's own puts of type ``rtype`` on records ``first`` to ``last``, in id
+    order (another kiosk's write on these ids is not its word)."""
+    for op in hub.store.ops_in(first, last):
+        if op.node != dev.node:
+            continue
+        try:
+            delta = decode(op.data)
+        except ProtocolError:
+            continue
+        if delta.type == rtype and not delta.is_delete:
+            yield delta
+
+
+def fridge_alerts(hub: Hub, dev: Device) -> list[dict[str, Any]]:
+    """The kiosk's fridges whose latest alarm message of a kind says ``raised``."""
+    names = {sensor_records.slot_of(d.record_id): d.set.get(1) for d in _kiosk_deltas(
+        hub, dev, *sensor_records.kiosk_range(sensor_records.DEVICE_KIND, dev.node),
+        DEVICE.number)}
+    latest: dict[tuple[int, Any], Any] = {}
+    for d in _kiosk_deltas(hub, dev, *sensor_records.kiosk_range(
+            sensor_records.ALARM_KIND, dev.node), TEMPERATURE_ALARM.number):
+        latest[sensor_records.slot_of(d.record_id), d.set.get(2)] = d  # ids in seq order
+    out = []
+    for (slot, kind), d in sorted(latest.items(), key=lambda kv: str(kv[0])):
+        if d.set.get(3) != "raised":
+            continue
+        extreme = d.set.get(6)
+        reading = f", {extreme / 100:g} °C" if type(extreme) is int else ""
+        out.append(_alert(
+            "fridge-alarm", CRITICAL, dev.device_id,
+            f"fridge {names.get(slot) or slot}: temperature alarm {kind}{reading}, "
+            f"since {d.set.get(4)}",
+            "check the fridge now: its door, power and thermostat; move the vaccines to "
+            "a working fridge if it cannot hold 2-8 °C, and follow the cold-chain policy "
+            "for those exposed"))
+    return out
 
 
 def _alert(kind: str, severity: str, device: str | None, what: str, action: str,
@@ -154,6 +197,7 @@ def alerts(hub: Hub, now_ms: int | None = None,
     out: list[dict[str, Any]] = []
     for dev in devices:
         out += kiosk_alerts(hub, dev, now)
+        out += fridge_alerts(hub, dev)
         if dev.suspected_clone:
             out.append(_alert(
                 "suspected-clone", CRITICAL, dev.device_id,

@@ -60,6 +60,16 @@ def alarm_id(device: bytes, seq: int) -> bytes:
     return _entry_id(device, ALARM_KIND, seq)
 
 
+def kiosk_range(kind: int, node: int) -> tuple[bytes, bytes]:
+    """The first and last id of kiosk ``node``'s records of ``kind`` (every slot)."""
+    head = ID_PREFIX + bytes((kind,)) + node.to_bytes(4, "big")
+    return head + b"\x00" * 5, head + b"\xff" * 5
+
+
+def slot_of(rid: bytes) -> int:
+    return rid[11]
+
+
 def is_sensor_id(rid: bytes) -> bool:
     return rid[:6] == ID_PREFIX
 
