@@ -40,6 +40,7 @@ FIRST_BACKOFF = 2.0
 MAX_BACKOFF = 64.0
 REFUSED_BACKOFF = 300.0
 MODEL = "haven-fridge-node/1"
+MAX_EVENTS = 16
 
 
 def session_config(baud: int) -> SessionConfig:
@@ -133,7 +134,7 @@ class Link:
             if isinstance(event, Connected):
                 self.state = "hello"
                 session.send_message(sensor.ALARM_LANE, self._hello)
-                self.events.append(("connected",))
+                self._note(("connected",))
             elif isinstance(event, MessageReceived):
                 self._on_message(event.data, now)
             elif isinstance(event, Closed):
@@ -168,4 +169,10 @@ class Link:
         wait = REFUSED_BACKOFF if event.by_peer and event.reason == "unknown-key" else self.backoff
         self.retry_at = now + wait
         self.backoff = min(self.backoff * 2, MAX_BACKOFF)
-        self.events.append(("closed", event.reason))
+        self._note(("closed", event.reason))
+
+    def _note(self, event: tuple[str, ...]) -> None:
+        """Keep an event for step mode; only the latest few when nobody takes them."""
+        self.events.append(event)
+        if len(self.events) > MAX_EVENTS:
+            self.events.pop(0)
