@@ -36,7 +36,8 @@ def run() -> None:
 
     clock = Monotonic()
     node = Node(FOLDER, Ds18b20(SENSOR_PIN), clock())
-    uart = machine.UART(0, baudrate=node.settings["baud"], timeout=0)
+    # rxbuf: what the kiosk sends while a reading blocks for its 750 ms conversion
+    uart = machine.UART(0, baudrate=node.settings["baud"], timeout=0, rxbuf=1024)
     poll = select.poll()
     poll.register(sys.stdin, select.POLLIN)
     buf = bytearray(256)
