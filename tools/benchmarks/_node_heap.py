@@ -12,23 +12,16 @@ collection at each step (bytes), and what the kiosk received.
    batches sent and not acknowledged (the node's window);
 5. ``node_open``: the same with the responder and its bytes dropped: what the
    node holds with a session open and READINGS readings queued.
+
+The GC scans the C stack conservatively, and a frame's stale temporaries can
+keep an object alive: the responder lives in ``join``'s frame only, gone when
+it returns, so the last figure holds the node's data and the module state its
+first run created, and no more.
 """
 
 import gc
 import json
 import sys
-
-import micropython
-
-gc.collect()
-START = gc.mem_alloc()
-
-from device.fridge_node.link import WINDOW, session_config  # noqa: E402
-from device.fridge_node.node import Node  # noqa: E402
-from device.fridge_node.sensors import SimulatedSensor  # noqa: E402
-from protocol import sensor  # noqa: E402
-from protocol.crypto import X25519PrivateKey  # noqa: E402
-from protocol.session.core import Connected, MessageReceived, Session  # noqa: E402
 
 
 def used():
@@ -63,52 +56,80 @@ def contents(root):
     return payload, big, len(seen)
 
 
-heap = {"start": START, "imported": used()}
-folder = sys.argv[1]
-readings = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-NODE_KEY = bytes(range(1, 33))
-KIOSK_KEY = bytes(range(33, 65))
-with open(folder + "/node.key", "wb") as f:
-    f.write(NODE_KEY)
-with open(folder + "/config.json", "w") as f:
-    json.dump({"name": "fridge-1", "values": {}}, f)
+def join(node, now, readings, node_key, kiosk_seed, heap):
+    """Open the node's session to a responder made here, welcome it and take its first
+    batches; (connected, [[first, count, first value, last value], ...]). The responder
+    lives in this frame only, so nothing of it outlives the call."""
+    from device.fridge_node.link import WINDOW, session_config
+    from protocol import sensor
+    from protocol.crypto import X25519PrivateKey
+    from protocol.session.core import Connected, MessageReceived, Session
 
-node = Node(folder, SimulatedSensor("steady:5.0"), 0.0)
-heap["node"] = used()
-now = 60.0 * (readings - 1)
-node.advance(now)
-heap["readings"] = used()
-kiosk_key = X25519PrivateKey.from_private_bytes(KIOSK_KEY)
-node.settings.kiosk_public = kiosk_key.public_key().public_bytes_raw()
-node_public = X25519PrivateKey.from_private_bytes(NODE_KEY).public_key().public_bytes_raw()
-kiosk = Session(initiator=False, config=session_config(115200), static_key=kiosk_key,
-                accept_static=lambda key: key == node_public, now=now)
-received = []
-connected = False
-for _ in range(200):  # a handful of round trips; bounded
-    kiosk.receive_data(node.output(now), now)
-    while (event := kiosk.next_event()) is not None:
-        if isinstance(event, Connected):
-            connected = True
-        elif isinstance(event, MessageReceived):
-            msg = sensor.decode(event.data)
-            if msg.spec is sensor.HELLO:
-                kiosk.send_message(sensor.ALARM_LANE, sensor.encode(
-                    sensor.WELCOME, time=1_800_000_000, acked=0, alarms_acked=0))
-            elif msg.spec is sensor.READINGS:
-                got = msg.get("readings")
-                received.append([msg.get("first"), len(got), got[0][1], got[-1][1]])
-    node.receive(kiosk.data_to_send(now), now)
-    if sum(r[1] for r in received) >= min(WINDOW, readings):
-        break
-    now += 0.05
-heap["open"] = used()
-state = node.link.state
-del kiosk, event, msg
-heap["node_open"] = used()
-payload, big, objects = contents(node)
-print(json.dumps({"heap": heap, "loaded_from": sys.modules["device.fridge_node.node"].__file__,
-                  "connected": connected, "state": state, "received": received,
-                  "ring": node.ring.count, "capacity": node.ring.capacity, "window": WINDOW,
-                  "payload": payload, "big_ints": big, "objects": objects}))
-micropython.mem_info()
+    kiosk_key = X25519PrivateKey.from_private_bytes(kiosk_seed)
+    node.settings.kiosk_public = kiosk_key.public_key().public_bytes_raw()
+    node_public = X25519PrivateKey.from_private_bytes(node_key).public_key()
+    node_public = node_public.public_bytes_raw()
+    kiosk = Session(initiator=False, config=session_config(115200), static_key=kiosk_key,
+                    accept_static=lambda key: key == node_public, now=now)
+    received = []
+    connected = False
+    for _ in range(200):  # a handful of round trips; bounded
+        kiosk.receive_data(node.output(now), now)
+        while (event := kiosk.next_event()) is not None:
+            if isinstance(event, Connected):
+                connected = True
+            elif isinstance(event, MessageReceived):
+                msg = sensor.decode(event.data)
+                if msg.spec is sensor.HELLO:
+                    kiosk.send_message(sensor.ALARM_LANE, sensor.encode(
+                        sensor.WELCOME, time=1_800_000_000, acked=0, alarms_acked=0))
+                elif msg.spec is sensor.READINGS:
+                    got = msg.get("readings")
+                    received.append([msg.get("first"), len(got), got[0][1], got[-1][1]])
+        node.receive(kiosk.data_to_send(now), now)
+        if sum(r[1] for r in received) >= min(WINDOW, readings):
+            break
+        now += 0.05
+    heap["open"] = used()
+    return connected, received
+
+
+def main():
+    heap = {"start": used()}
+    from device.fridge_node.link import WINDOW
+    from device.fridge_node.node import Node
+    from device.fridge_node.sensors import SimulatedSensor
+    from protocol import sensor  # noqa: F401  (join's imports, loaded before the figure)
+    from protocol.session import core  # noqa: F401
+
+    heap["imported"] = used()
+    folder = sys.argv[1]
+    readings = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+    node_key = bytes(range(1, 33))
+    kiosk_seed = bytes(range(33, 65))
+    with open(folder + "/node.key", "wb") as f:
+        f.write(node_key)
+    with open(folder + "/config.json", "w") as f:
+        json.dump({"name": "fridge-1", "values": {}}, f)
+
+    node = Node(folder, SimulatedSensor("steady:5.0"), 0.0)
+    heap["node"] = used()
+    now = 60.0 * (readings - 1)
+    node.advance(now)
+    heap["readings"] = used()
+    connected, received = join(node, now, readings, node_key, kiosk_seed, heap)
+    state = node.link.state
+    heap["node_open"] = used()
+    payload, big, objects = contents(node)
+    print(json.dumps({
+        "heap": heap, "loaded_from": sys.modules["device.fridge_node.node"].__file__,
+        "connected": connected, "state": state, "received": received,
+        "ring": node.ring.count, "capacity": node.ring.capacity, "window": WINDOW,
+        "payload": payload, "big_ints": big, "objects": objects}))
+    import micropython
+
+    micropython.mem_info()
+
+
+if __name__ == "__main__":
+    main()
