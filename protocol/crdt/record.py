@@ -50,14 +50,16 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from protocol import strict_cbor
+from protocol import MICROPYTHON, strict_cbor
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import Delta
 from protocol.crdt.schema import ADD_WINS, TYPES, field_name, type_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 UPDATE_UPDATE = "update-update"
 DELETE_UPDATE = "delete-update"
@@ -71,6 +73,7 @@ INFO = "info"
 class Version:
     """One concurrent version of a record: what the record was as its writer left it."""
 
+    __match_args__ = ("dot", "type", "deleted", "fields", "sets")
     dot: Dot
     type: int
     deleted: bool
@@ -84,6 +87,7 @@ class Version:
 
 @dataclass(frozen=True)
 class Conflict:
+    __match_args__ = ("id", "record_id", "cls", "severity", "field", "versions")
     id: str
     record_id: bytes
     cls: str
@@ -94,6 +98,9 @@ class Conflict:
 
 @dataclass(frozen=True)
 class RecordView:
+    __match_args__ = (
+        "record_id", "type", "deleted", "fields", "sets", "heads", "conflicts", "field_dots"
+    )
     record_id: bytes
     type: int
     deleted: bool
@@ -119,7 +126,7 @@ def conflict_id(record_id: bytes, cls: str, field: int | None, dots: Iterable[Do
     h.update(b"\xff\xff" if field is None else field.to_bytes(2, "big"))
     for dot in sorted(dots):
         h.update(dot.to_bytes())
-    return h.hexdigest()[:16]
+    return h.digest().hex()[:16]
 
 
 class RecordLog:
@@ -258,7 +265,7 @@ class _Graph:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return "hex:" + value.hex()
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -309,6 +316,11 @@ def record_json(view: RecordView) -> dict[str, Any]:
 def canonical_json(views: Iterable[RecordView]) -> bytes:
     """Sorted-key JSON of every record: identical bytes for identical write sets."""
     records = sorted((record_json(v) for v in views), key=lambda r: str(r["id"]))
-    text = json.dumps({"records": records}, sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, allow_nan=False)
+    if MICROPYTHON:
+        from protocol.portable import sorted_json
+
+        text = sorted_json.dumps({"records": records}, allow_nan=False)
+    else:
+        text = json.dumps({"records": records}, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=True, allow_nan=False)
     return text.encode() + b"\n"

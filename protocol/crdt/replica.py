@@ -16,8 +16,7 @@ Time and randomness are arguments; nothing here reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.crdt.clock import HLC, VersionVector
 from protocol.crdt.delta import Delta, decode, encode
@@ -25,6 +24,9 @@ from protocol.crdt.record import Conflict, RecordLog, RecordView, canonical_json
 from protocol.crdt.schema import ADD_WINS, MAX_TEXT, TYPES, type_by_name
 from protocol.crdt.writes import build_delete, build_put, build_resolve
 from protocol.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping
 
 
 def _plain_text_fields() -> dict[int, frozenset[int]]:

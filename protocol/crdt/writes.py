@@ -19,14 +19,16 @@ These functions are pure: the caller passes the stamp (from its ``HLC``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.crdt.clock import Dot
 from protocol.crdt.delta import CONFLICT_ID_SIZE, DELETE, PUT, Delta
 from protocol.crdt.record import HOLD, Conflict, RecordView, Version
 from protocol.crdt.schema import ADD_WINS, TYPES, TypeSpec
 from protocol.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 
 class RecordHeldError(LocalProtocolError):

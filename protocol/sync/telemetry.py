@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from protocol import MICROPYTHON
 from protocol.crdt.schema import TELEMETRY
 
 if TYPE_CHECKING:
@@ -57,7 +58,12 @@ def is_telemetry_id(rid: bytes) -> bool:
 
 def compact_json(value: Mapping[str, Any]) -> str:
     """``value`` as the short JSON text a field carries; ``ValueError`` past ``MAX_JSON``."""
-    text = json.dumps(dict(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    if MICROPYTHON:
+        from protocol.portable import sorted_json
+
+        text = sorted_json.dumps(dict(value))
+    else:
+        text = json.dumps(dict(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     if len(text) > MAX_JSON:
         raise ValueError(f"telemetry JSON of {len(text)} characters (at most {MAX_JSON})")
     return text

@@ -1,0 +1,58 @@
+"""``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)`` for
+MicroPython, whose json.dumps sorts nothing (its dicts keep no order) and writes text
+other than ASCII as it is.
+
+The same text as CPython's for what protocol/ writes this way (telemetry's JSON fields,
+a replica's canonical JSON): dicts with text keys, lists and tuples, text, integers,
+booleans, None and floats. A float is written as MicroPython's repr gives it, which
+can differ from CPython's in the last digits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
+            "\f": "\\f"}
+
+
+def _text(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        code = ord(ch)
+        if " " <= ch <= "~" and ch not in '"\\':
+            out.append(ch)
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif code > 0xFFFF:  # a surrogate pair, as CPython's ensure_ascii writes it
+            code -= 0x10000
+            out.append(f"\\u{0xD800 | code >> 10:04x}\\u{0xDC00 | code & 0x3FF:04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    out.append('"')
+    return "".join(out)
+
+
+def dumps(value: Any, allow_nan: bool = True) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            if not allow_nan:
+                raise ValueError("Out of range float values are not JSON compliant")
+            return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dumps(v, allow_nan) for v in value) + "]"
+    if isinstance(value, dict):
+        keys = sorted(value)
+        return "{" + ",".join(_text(k) + ":" + dumps(value[k], allow_nan) for k in keys) + "}"
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
