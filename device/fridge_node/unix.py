@@ -66,7 +66,8 @@ def run_serial(node: Node, path: str | None) -> None:
     line = None
     poll = select.poll()
     if path is not None:
-        if os.system(f"stty -F {path} raw -echo min 0 time 0") != 0:
+        # MicroPython has no termios: stty makes the line raw, and reads return what is there
+        if "'" in path or os.system(f"stty -F '{path}' raw -echo min 0 time 0") != 0:
             raise OSError(f"cannot set up the serial line {path}")
         line = open(path, "r+b")  # noqa: SIM115 (open for the process's life)
         poll.register(line, select.POLLIN)
