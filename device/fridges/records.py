@@ -15,6 +15,10 @@ transaction (``Store.put_many``):
   node's alarms raised and not yet cleared, by kind), written with the
   records they count.
 
+``meta`` is not sealed (a store key rotation walks sealed rows only): what it
+holds here is public (keys, names, counts). Whoever can write the card could
+add a node's key there, as they could edit the configuration.
+
 Both are read from the store at each use (a handshake, a message), so an
 enrolment made by ``haven-kiosk fridge add`` while the runtime runs counts at
 once. A reading below ``acked`` is stored already and is not written again:
