@@ -73,13 +73,13 @@ def _open(rng: random.Random) -> Case:
     return [key, nonce, bytes(sealed), aad], expected
 
 
-def _sign(rng: random.Random) -> Case:
+def _ed25519_sign(rng: random.Random) -> Case:
     seed, message = rng.randbytes(32), rng.randbytes(rng.randrange(200))
     key = Ed25519PrivateKey.from_private_bytes(seed)
     return [seed, message], (key.public_key().public_bytes_raw() + key.sign(message)).hex()
 
 
-def _verify(rng: random.Random) -> Case:
+def _ed25519_verify(rng: random.Random) -> Case:
     key = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
     message = rng.randbytes(rng.randrange(1, 200))
     parts = [bytearray(key.public_key().public_bytes_raw()), bytearray(message),
@@ -97,7 +97,7 @@ def _verify(rng: random.Random) -> Case:
     return [public, message, signature], expected
 
 
-def _hmac_sha256(rng: random.Random) -> Case:
+def _sha256_hmac(rng: random.Random) -> Case:
     key, data = rng.randbytes(rng.randrange(150)), rng.randbytes(rng.randrange(300))
     return [key, data], hmac.new(key, data, hashlib.sha256).hexdigest()
 
@@ -107,7 +107,7 @@ def _blake2s(rng: random.Random) -> Case:
     return [data], hashlib.blake2s(data).hexdigest()
 
 
-def _hmac_blake2s(rng: random.Random) -> Case:
+def _blake2s_hmac(rng: random.Random) -> Case:
     key, data = rng.randbytes(rng.randrange(100)), rng.randbytes(rng.randrange(300))
     return [key, data], hmac.new(key, data, hashlib.blake2s).hexdigest()
 
@@ -124,18 +124,11 @@ def _sha512(rng: random.Random) -> Case:
     return [data], hashlib.sha512(data).hexdigest()
 
 
+# Each maker's name, less its underscore and with dashes, is the script's operation.
 OPERATIONS: dict[str, Callable[[random.Random], Case]] = {
-    "x25519": _x25519,
-    "x25519-public": _x25519_public,
-    "seal": _seal,
-    "open": _open,
-    "ed25519-sign": _sign,
-    "ed25519-verify": _verify,
-    "sha256-hmac": _hmac_sha256,
-    "blake2s": _blake2s,
-    "blake2s-hmac": _hmac_blake2s,
-    "hkdf": _hkdf,
-    "sha512": _sha512,
+    maker.__name__[1:].replace("_", "-"): maker
+    for maker in (_x25519, _x25519_public, _seal, _open, _ed25519_sign, _ed25519_verify,
+                  _sha256_hmac, _blake2s, _blake2s_hmac, _hkdf, _sha512)
 }
 
 
