@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the private key file to create (never overwritten)")
     from host.bundle import cli as bundle_cli
     from host.hub.commands import add_parsers
+    from host.tech import fridge as tech_fridge
     from host.tech import logs as tech_logs
     from host.tech import provision
     from host.tech import wipe as tech_wipe
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     tech_wipe.register()  # and haven tech wipe
     tech_logs.register()  # and haven tech logs
     bundle_cli.register()  # and haven tech bundle
+    tech_fridge.register()  # and haven tech fridge
     add_tech_parsers(sub)
     bundle_cli.add_parsers(sub)  # haven bundle verify, haven report
     return parser

@@ -22,9 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from device.cli import main as kiosk_cli
 from device.config import KioskConfig
 from device.enrol import ensure_keys
+from device.enrol import load as enrol_keys
 from device.fridges.link import FridgeLink
 from device.fridges.port import Fridges
 from device.fridges.records import EnrolmentError, FridgeRecords
+from device.fridges.tech_command import EXTRA as TECH_EXTRA
 from device.hardware import panel as hw
 from device.runtime import Runtime
 from device.store import Store
@@ -32,16 +34,20 @@ from device.ui.live import LiveStatus
 from device.ui.pin import PinSource
 from device.ui.request import Request
 from device.ui.staff import Staff, fridge_alarms
+from host import tech_log
+from host.cli import main as haven_main
 from host.hub.alerts import alerts
 from host.hub.fhir import export
 from protocol import messages, sensor
 from protocol.crdt.schema import TEMPERATURE
 from protocol.session.core import Closed
+from protocol.sync import credential as c
 from protocol.sync import sensor_records as ids
 from protocol.sync.scope import Scope
 
 from .fhir_r4 import validate
 from .fridge_helpers import NodeStandIn, drive, joined, pty_pair
+from .tech_helpers import tech_kiosk
 from .test_sync_helpers import Kiosk, served_hub
 from .test_ui_helpers import make_kiosk, runtime_in_thread
 
@@ -343,3 +349,34 @@ def test_the_runtime_serves_a_fridge_line_and_its_alarm_lights_the_led(tmp_path:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_haven_tech_fridge_enrols_a_node_through_the_kiosk_s_console(
+        tmp_path: Path, capsys, monkeypatch) -> None:
+    """The technician's tool on the console: the node's key pair made on the kiosk, its
+    private key printed by the tool once and in no log, the audit entry without it."""
+    log = tmp_path / "tech.log"
+    monkeypatch.setenv(tech_log.ENV, str(log))
+    with tech_kiosk(tmp_path) as k:
+        kiosk_public = public(enrol_keys(k.store.data).x_key)
+        k.env.extra[TECH_EXTRA] = (k.store, kiosk_public)
+        cred = tmp_path / "amina.cred"
+        cred.write_bytes(c.dump_file(k.credential()))
+        base = [k.port, "--credential", str(cred), "--timeout", "5"]
+        assert haven_main(["tech", "fridge", *base, "add", "fridge-9", "--generate",
+                           "--location", "ward"]) == 0
+        out = capsys.readouterr().out
+        private = next(line.split()[1] for line in out.splitlines()
+                       if line.strip().startswith("key "))
+        assert f"kiosk {kiosk_public.hex()}" in out
+        node = X25519PrivateKey.from_private_bytes(bytes.fromhex(private))
+        records = FridgeRecords(k.store, time.time)
+        assert records.by_key(public(node)).location == "ward"
+        assert haven_main(["tech", "fridge", *base, "add", "fridge-9", "--key",
+                           public(node).hex()]) == 1  # taken
+        assert "already" in capsys.readouterr().err
+        assert haven_main(["tech", "fridge", *base, "list", "--json"]) == 0
+        assert [f["name"] for f in json.loads(capsys.readouterr().out)["fridges"]] == [
+            "fridge-9"]
+        assert private not in log.read_text()
+        assert private not in all_bytes(k.store.data)

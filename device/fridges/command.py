@@ -1,11 +1,5 @@
-"""``haven-kiosk fridge``: a technician enrols a fridge's sensor node, lists them, removes one.
-
-``add NAME --key HEX`` enrols the node whose public key its console's ``id``
-shows. ``add NAME --generate`` makes the node's key pair here instead and
-prints the lines to type on the node's console: the private key is printed
-once and never written to the kiosk's disk or log (the kiosk needs only the
-public key; what is on its card may be read by whoever takes the card). Both
-print the kiosk's public key, which the node must be given (``kiosk HEX``).
+"""``haven-kiosk fridge``: a technician enrols a fridge's sensor node, lists them, removes one
+(``device.fridges.actions`` does it; this is its command line at the kiosk).
 """
 
 from __future__ import annotations
@@ -15,55 +9,21 @@ import json
 from typing import Any
 
 
-def _public_hex(text: str) -> bytes:
-    from device.fridges.records import EnrolmentError
-
-    try:
-        key = bytes.fromhex(text.strip())
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise EnrolmentError("--key takes the node's public key: 64 hex digits, as its "
-                             "console's id command shows it")
-    return key
-
-
 def run(args: argparse.Namespace, store: Any, kiosk_public: bytes) -> int:
     """One ``haven-kiosk fridge`` action on the open ``store``."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
+    from device.fridges.actions import act
     from device.fridges.records import FridgeRecords
-    from protocol.sync.sensor_records import fingerprint
+    from protocol.sync.sensor_records import action_lines
 
-    records = FridgeRecords(store, clock=lambda: store.clock() / 1000)
-    action = args.fridge_command
-    if action == "list":
-        rows: list[dict[str, Any]] = [{
-            "slot": e.slot, "name": e.name, "model": e.model, "location": e.location,
-            "fingerprint": fingerprint(e.key), "key": e.key.hex(),
-            "stored": records.cursor(e).acked, "alarms": sorted(records.cursor(e).raised),
-        } for e in records.enrolments()]
-        if args.json:
-            print(json.dumps(rows, sort_keys=True))
-        for r in [] if args.json else rows:
-            alarms = f"  ALARM: {', '.join(r['alarms'])}" if r["alarms"] else ""
-            print(f"{r['slot']:3}  {r['name']}  {r['fingerprint']}  {r['stored']} readings"
-                  f"{alarms}")
-        return 0
-    if action == "remove":
-        gone = records.remove(args.name)
-        print(f"fridge {gone.name!r} removed: its node is refused from now on")
-        return 0
-    private = X25519PrivateKey.generate() if args.generate else None
-    key = (private.public_key().public_bytes_raw() if private is not None
-           else _public_hex(args.key or ""))
-    e = records.enrol(args.name, key, args.model or "", args.location or "")
-    print(f"fridge {e.name!r} enrolled (slot {e.slot}), node key {fingerprint(key)}")
-    print("On the node's console, type:")
-    if private is not None:
-        print(f"  key {private.private_bytes_raw().hex()}")
-    print(f"  kiosk {kiosk_public.hex()}")
-    print(f"  name {e.name}")
+    op = args.fridge_command
+    r = act(FridgeRecords(store, clock=lambda: store.clock() / 1000), kiosk_public, op,
+            getattr(args, "name", None), getattr(args, "key", None),
+            bool(getattr(args, "generate", False)), getattr(args, "model", None),
+            getattr(args, "location", None))
+    if getattr(args, "json", False):
+        print(json.dumps(r["fridges"] if op == "list" else r, sort_keys=True))
+    else:
+        print("\n".join(action_lines(op, r)))
     return 0
 
 

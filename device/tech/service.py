@@ -73,7 +73,8 @@ log = logging.getLogger("haven.tech")
 
 #: Modules whose ``@command``s the service serves (imported when it starts).
 COMMAND_MODULES = ["device.tech.commands", "device.tech.provision", "device.tech.wipe_command",
-                   "device.bundle.command", "device.logs.command"]
+                   "device.bundle.command", "device.logs.command",
+                   "device.fridges.tech_command"]
 NONCE_BYTES = 32
 #: A session with no frame for this long is over (the tool went away).
 DEAD_TIMEOUT = 30.0

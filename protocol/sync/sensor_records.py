@@ -18,6 +18,9 @@ six bytes (``is_sensor_id``), and the kiosk drops each once the hub
 acknowledged it. Sequence numbers past 32 bits (some 8,000 years of a
 reading a minute) are refused.
 
+``action_lines`` says what a technician's fridge action did, in the words
+``haven-kiosk fridge`` and ``haven tech fridge`` both print.
+
 Everything here is pure.
 """
 
@@ -118,3 +121,18 @@ def alarm_values(device: bytes, alarm: Any, received: float) -> dict[str, Any]:
                  "effectiveStart": iso_time(alarm.get("since")),
                  "minutes": alarm.get("minutes"), "extremeCenti": alarm.get("extreme"),
                  "issued": iso_time(received)})
+
+
+def action_lines(op: str, r: dict[str, Any]) -> list[str]:
+    """A technician's fridge action's result (``device.fridges.actions.act``, at the kiosk
+    or through ``haven tech fridge``) as the lines the technician reads."""
+    if op == "list":
+        return [f"{f['slot']:3}  {f['name']}  {f['fingerprint']}  {f['stored']} readings"
+                + (f"  ALARM: {', '.join(f['alarms'])}" if f["alarms"] else "")
+                for f in r["fridges"]] or ["no fridge enrolled"]
+    if op == "remove":
+        return [f"fridge {r['removed']!r} removed: its node is refused from now on"]
+    return [f"fridge {r['name']!r} enrolled (slot {r['slot']}), node key {r['fingerprint']}",
+            "On the node's console, type:",
+            *([f"  key {r['node_key']}"] if "node_key" in r else []),
+            f"  kiosk {r['kiosk']}", f"  name {r['name']}"]
