@@ -4,14 +4,16 @@ The same objects must encode to the same bytes, the same bytes must decode to th
 same objects, and what one refuses the other must refuse with the same error:
 invalid UTF-8 (MicroPython's own decoder lets some through), duplicate map keys,
 floats of every width with NaN, infinities and half-precision values. In this
-process with hypothesis; then under the real interpreter, through
-``protocol.strict_cbor`` on both sides (tests/micropython/cbor_cases.py), on items
-made at random and mutated: a few hundred by default, many thousands with --long.
+process with hypothesis (25 examples a property, thousands with --long); then under
+the real interpreter, through ``protocol.strict_cbor`` on both sides
+(tests/micropython/cbor_cases.py), on items made at random and mutated: a few
+hundred by default, many thousands with --long.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import struct
 from pathlib import Path
@@ -29,6 +31,8 @@ from tests import micropython_port
 from tests.micropython.cbor_cases import describe, outcome
 
 SCRIPT = micropython_port.SCRIPTS / "cbor_cases.py"
+#: hypothesis examples a property: 25 by default, thousands with ./tools/test --long
+EXAMPLES = 3000 if os.environ.get("HAVEN_LONG") else 25
 INT64 = st.integers(min_value=-(2**64), max_value=2**64 - 1)
 SPECIAL_FLOATS = [0.0, -0.0, 1.0, -2.5, 65504.0, 65520.0, 2.0**-24, 2.0**-25, 2.0**-14,
                   1.0e300, 5e-324, 3.4028234663852886e38, 1.1, math.inf, -math.inf, math.nan]
@@ -68,7 +72,7 @@ def _built(data: bytes) -> str:
         return "refused"
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(OBJECTS)
 def test_encodes_as_cbor2_does(obj: Any) -> None:
     data = portable.dumps(obj)
@@ -77,7 +81,7 @@ def test_encodes_as_cbor2_does(obj: Any) -> None:
     assert _built(data) == _decoded(data) == describe(obj)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.sampled_from(BAD_UTF8 + GOOD_UTF8), st.binary(max_size=4), st.binary(max_size=4))
 def test_text_refused_as_cpython_refuses_it(middle: bytes, before: bytes, after: bytes) -> None:
     raw = before + middle + after
@@ -90,7 +94,7 @@ def test_text_refused_as_cpython_refuses_it(middle: bytes, before: bytes, after:
     assert _built(data) == _decoded(data) == expected
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.lists(st.sampled_from([b"\x01", b"\x18\x01", b"\x20", b"\x61a", b"\x41a", b"\xf5",
                                  b"\xf9\x3c\x00", b"\xf6", b"\x80"]), min_size=1, max_size=4))
 def test_duplicate_keys_refused_as_cbor2_refuses_them(keys: list[bytes]) -> None:
@@ -102,7 +106,7 @@ def test_duplicate_keys_refused_as_cbor2_refuses_them(keys: list[bytes]) -> None
     assert _built(data) == _decoded(data)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.sampled_from([(0xF9, ">e"), (0xFA, ">f"), (0xFB, ">d")]), st.data())
 def test_floats_of_every_width_decode_as_cbor2_does(width: tuple[int, str], data: Any) -> None:
     code, fmt = width
