@@ -5,7 +5,8 @@ through ``tests.fridge_node_proc``) reads a temperature every minute and speaks 
 kiosk's ``FridgeLink`` (a real store) over ``tools.linksim``: 115200 baud, one byte in
 10,000 damaged, two 10-minute outages and a power cut of the node. After 24 simulated
 hours the kiosk syncs with a hub served on 127.0.0.1: the hub holds every reading the
-node took, once, in the order of their times, and the excursion's alarm.
+node took, once, in the order of their times, and the excursion's alarm, which the
+staff screen showed while it lasted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from device.fridges.port import Fridges
+from device.ui.staff import fridge_alarms
 from protocol.crdt.delta import decode
 from protocol.crdt.schema import TEMPERATURE, TEMPERATURE_ALARM
 from protocol.sync import sensor_records as ids
@@ -50,7 +52,10 @@ def test_a_day_of_readings_reaches_the_hub_once_each_in_time_order(tmp_path: Pat
         with NodeProcess(tmp_path / "node", profile="steady:4.5,high:12.0:45") as node:
             sim = LinkSim(node, link, line("ab"), line("ba"))
             sims.append(sim)
-            sim.run(lambda s: False, POWER_CUT)
+            sim.run(lambda s: False, 40 * 60)  # 40 minutes above 8 °C: raised at 30
+            assert [a["kind"] for a in fridge_alarms(kiosk.store)] == ["high"]
+            assert fridges.alarm_raised  # the LED's fridge-alarm
+            sim.run(lambda s: False, POWER_CUT - sim.now)
             node.kill()
             sim.run(lambda s: False, 60)
             node.start(sim.now)  # its sensor's script starts again: a second excursion
