@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,9 @@ class FridgeRecords:
     def __init__(self, store: Any, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
+        # A cursor is read, then written with the records: one line's thread at a time
+        # (two lines could carry one key: a copied node, or a mistake).
+        self._lock = threading.Lock()
 
     # -- enrolments --------------------------------------------------------------
 
@@ -164,38 +168,41 @@ class FridgeRecords:
                        ) -> tuple[int, int]:
         """Store a checked ``readings`` message's readings not stored yet; the new
         ``acked`` and how many were new. ``ValueError`` for numbers past 32 bits."""
-        cur = self.cursor(e)
-        end = first + len(readings)
-        if end <= cur.acked:
-            return cur.acked, 0
-        puts = []
-        for seq in range(max(first, cur.acked), end):
-            time, value = sensor.check_reading(readings[seq - first])
-            puts.append((TEMPERATURE.name, ids.reading_id(e.device, seq),
-                         ids.reading_values(e.device, seq, time, value)))
-        cur.acked = end
-        self.store.put_many(puts, {_cursor_key(e.slot): cur.to_text()})
-        return end, len(puts)
+        with self._lock:
+            cur = self.cursor(e)
+            end = first + len(readings)
+            if end <= cur.acked:
+                return cur.acked, 0
+            puts = []
+            for seq in range(max(first, cur.acked), end):
+                time, value = sensor.check_reading(readings[seq - first])
+                puts.append((TEMPERATURE.name, ids.reading_id(e.device, seq),
+                             ids.reading_values(e.device, seq, time, value)))
+            cur.acked = end
+            self.store.put_many(puts, {_cursor_key(e.slot): cur.to_text()})
+            return end, len(puts)
 
     def store_alarm(self, e: Enrolment, alarm: Message) -> tuple[int, bool]:
         """Store a checked ``alarm`` message unless it is stored; the new
         ``alarms_acked``, and whether it was new."""
-        cur = self.cursor(e)
-        seq = alarm.get("seq")
-        if seq < cur.alarms_acked:
-            return cur.alarms_acked, False
-        kind = alarm.get("kind")
-        if alarm.get("state") == "raised":
-            cur.raised[kind] = {"since": alarm.get("since"), "minutes": alarm.get("minutes"),
-                                "extreme": alarm.get("extreme"), "seq": seq}
-        else:
-            cur.raised.pop(kind, None)
-        cur.alarms_acked = seq + 1
-        self.store.put_many(
-            [(TEMPERATURE_ALARM.name, ids.alarm_id(e.device, seq),
-              ids.alarm_values(e.device, alarm, self.clock()))],
-            {_cursor_key(e.slot): cur.to_text()})
-        return seq + 1, True
+        with self._lock:
+            cur = self.cursor(e)
+            seq = alarm.get("seq")
+            if seq < cur.alarms_acked:
+                return cur.alarms_acked, False
+            kind = alarm.get("kind")
+            if alarm.get("state") == "raised":
+                cur.raised[kind] = {"since": alarm.get("since"),
+                                    "minutes": alarm.get("minutes"),
+                                    "extreme": alarm.get("extreme"), "seq": seq}
+            else:
+                cur.raised.pop(kind, None)
+            cur.alarms_acked = seq + 1
+            self.store.put_many(
+                [(TEMPERATURE_ALARM.name, ids.alarm_id(e.device, seq),
+                  ids.alarm_values(e.device, alarm, self.clock()))],
+                {_cursor_key(e.slot): cur.to_text()})
+            return seq + 1, True
 
     def raised(self) -> list[dict[str, Any]]:
         """Every enrolled node's alarms raised and not cleared, for the staff screen."""
