@@ -82,6 +82,7 @@ class FridgeLink:
         self.node: Enrolment | None = None  #: the enrolled node of the open session
         self._events: list[Event] = []
         self._flush = b""  # what an ended session still had to say (a refusal, a close)
+        self._refused = b""  # the last key refused
         self.session = self._new_session(now)
 
     # -- the session's surface --------------------------------------------------
@@ -126,7 +127,11 @@ class FridgeLink:
         if self._enrolment(key) is not None:
             return True
         self.counts.refused_keys += 1
-        log.warning("fridge node refused: key %s is not enrolled", key.hex()[:16])
+        # Once per key in a row: a node that retries every few seconds writes no log
+        # line each time to the card.
+        level = logging.DEBUG if key == self._refused else logging.WARNING
+        self._refused = key
+        log.log(level, "fridge node refused: key %s is not enrolled", key.hex()[:16])
         return False
 
     def _drain(self, now: float) -> None:
