@@ -34,22 +34,29 @@ def _raw(data: bytes, size: int, what: str) -> bytes:
     return data
 
 
-class X25519PublicKey:
+class _PublicKey:
+    """A public key's 32 raw bytes."""
+
+    KIND = "a public key"
+
     def __init__(self, raw: bytes) -> None:
         self._raw = raw
 
     @classmethod
     def from_public_bytes(cls, data: bytes) -> Self:
-        return cls(_raw(data, 32, "an X25519 public key"))
+        return cls(_raw(data, 32, cls.KIND))
 
     def public_bytes_raw(self) -> bytes:
         return self._raw
 
 
-class X25519PrivateKey:
+class _PrivateKey:
+    """A private key's (or seed's) 32 raw bytes."""
+
+    KIND = "a private key"
+
     def __init__(self, raw: bytes) -> None:
         self._raw = raw
-        self._public: X25519PublicKey | None = None
 
     @classmethod
     def generate(cls) -> Self:
@@ -57,10 +64,19 @@ class X25519PrivateKey:
 
     @classmethod
     def from_private_bytes(cls, data: bytes) -> Self:
-        return cls(_raw(data, 32, "an X25519 private key"))
+        return cls(_raw(data, 32, cls.KIND))
 
     def private_bytes_raw(self) -> bytes:
         return self._raw
+
+
+class X25519PublicKey(_PublicKey):
+    KIND = "an X25519 public key"
+
+
+class X25519PrivateKey(_PrivateKey):
+    KIND = "an X25519 private key"
+    _public: X25519PublicKey | None = None
 
     def public_key(self) -> X25519PublicKey:
         if self._public is None:
@@ -91,42 +107,22 @@ class ChaCha20Poly1305:
             raise InvalidTag("authentication tag did not verify", "auth") from None
 
 
-class Ed25519PublicKey:
-    def __init__(self, raw: bytes) -> None:
-        self._raw = raw
-
-    @classmethod
-    def from_public_bytes(cls, data: bytes) -> Self:
-        return cls(_raw(data, 32, "an Ed25519 public key"))
-
-    def public_bytes_raw(self) -> bytes:
-        return self._raw
+class Ed25519PublicKey(_PublicKey):
+    KIND = "an Ed25519 public key"
 
     def verify(self, signature: bytes, data: bytes) -> None:
         if not ed25519.verify(self._raw, bytes(data), bytes(signature)):
             raise InvalidSignature("signature did not verify", "signature")
 
 
-class Ed25519PrivateKey:
-    def __init__(self, seed: bytes) -> None:
-        self._seed = seed
-        self._public: Ed25519PublicKey | None = None
-
-    @classmethod
-    def generate(cls) -> Self:
-        return cls(os.urandom(32))
-
-    @classmethod
-    def from_private_bytes(cls, data: bytes) -> Self:
-        return cls(_raw(data, 32, "an Ed25519 seed"))
-
-    def private_bytes_raw(self) -> bytes:
-        return self._seed
+class Ed25519PrivateKey(_PrivateKey):
+    KIND = "an Ed25519 seed"
+    _public: Ed25519PublicKey | None = None
 
     def public_key(self) -> Ed25519PublicKey:
         if self._public is None:
-            self._public = Ed25519PublicKey(ed25519.public_key(self._seed))
+            self._public = Ed25519PublicKey(ed25519.public_key(self._raw))
         return self._public
 
     def sign(self, data: bytes) -> bytes:
-        return ed25519.sign(self._seed, bytes(data))
+        return ed25519.sign(self._raw, bytes(data))
