@@ -166,8 +166,9 @@ class FridgeLink:
             else:
                 raise ValueError(f"a node does not send {msg.name}")
         except (ProtocolError, ValueError) as exc:
-            self.counts.bad_messages += 1
-            log.warning("fridge %s: message dropped: %s", node.name, exc)
+            n = self.counts.bad_messages = self.counts.bad_messages + 1
+            log.log(logging.WARNING if n & (n - 1) == 0 else logging.DEBUG,  # 1, 2, 4, 8...
+                    "fridge %s: message dropped (%d so far): %s", node.name, n, exc)
         except Exception as exc:  # noqa: BLE001 - the store failed: no ack, sent again
             self.counts.store_failures += 1
             log.error("fridge %s: not stored (%s: %s); the node sends it again",
