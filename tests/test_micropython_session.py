@@ -133,8 +133,8 @@ def test_a_node_whose_key_the_kiosk_does_not_know_is_refused() -> None:
 
 
 def test_a_lossy_run_goes_the_same_under_both_interpreters() -> None:
-    """The same simulated run (lost frames, an outage, timers) under MicroPython and
-    CPython: the same events at the same simulated times, the same counters."""
+    """The same simulated run (lost frames, an outage, timers, a resume) under MicroPython
+    and CPython: the same events at the same simulated times, the same counters."""
     script = micropython_port.SCRIPTS / "session_sim.py"
     on_cpython = micropython_port.run_cpython(script, timeout=LIMIT)
     assert on_cpython.returncode == 0, on_cpython.stderr
@@ -145,6 +145,8 @@ def test_a_lossy_run_goes_the_same_under_both_interpreters() -> None:
     assert events[:2] == ["50000 kiosk connected resumed=False",
                           "101000 node connected resumed=False"]
     assert not [e for e in events if " closed " in e]
+    resumed = [e.split(" ", 1)[1] for e in events if "resumed=True" in e]
+    assert resumed == ["kiosk connected resumed=True", "node connected resumed=True"]
     assert node.startswith("node open") and node.endswith("acked True")
     assert kiosk.startswith("kiosk open") and kiosk.endswith("acked True")
     assert " timeouts 0 " not in node  # the outage was felt

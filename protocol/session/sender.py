@@ -89,8 +89,10 @@ class SessionSender:
 
     def rewind(self, peer_has: list[int]) -> None:
         """Resume: send again from where the peer says it is."""
-        for lane, offset in zip(self.lanes, peer_has, strict=True):
-            lane.rewind(offset)
+        if len(peer_has) != len(self.lanes):  # not zip(strict=): MicroPython has none
+            raise RemoteProtocolError("resume positions malformed", "bad-resume")
+        for i, lane in enumerate(self.lanes):
+            lane.rewind(peer_has[i])
         self.inflight.clear()
 
     # -- acknowledgements and losses -------------------------------------------

@@ -1,6 +1,7 @@
 """Two Sessions (IK, two lanes) on a simulated lossy line, the same run under either
 interpreter: prints what happened, which tests/test_micropython_session.py requires to be
-the same line for line under MicroPython and CPython.
+the same line for line under MicroPython and CPython. At ``RECONNECT`` the node
+handshakes again and resumes the session, which the open kiosk takes over with its lanes.
 
 The line: 50 ms each way; a frame is dropped by a seeded generator of our own (so both
 interpreters drop the same frames), and everything sent during an outage is lost. The
@@ -14,6 +15,7 @@ from protocol.session.core import Closed, Connected, MessageReceived, Session, S
 DELAY = 0.05
 LOSS = 0.1
 OUTAGE = (20.0, 45.0)
+RECONNECT = 70.0  #: the node handshakes again and resumes (a new link, say)
 END = 150.0
 
 
@@ -51,7 +53,11 @@ def main():
     sent_readings = 0
     now = 0.0
     out = []
+    reconnected = False
     while now < END:
+        if not reconnected and now >= RECONNECT:
+            node.reconnect(now)
+            reconnected = True
         # The node queues a reading every second and an alarm every 30 s.
         while sent_readings < int(now) + 1 and sent_readings < 100:
             size = 200 + data_rng.next() % 600
@@ -90,7 +96,7 @@ def main():
                     out.append(f"{stamp} {name} closed {event.reason}")
         times = [t for t in (node.next_deadline(), kiosk.next_deadline()) if t is not None]
         times += [in_flight[0][0]] if in_flight else []
-        times.append(float(int(now) + 1))  # the next reading
+        times.append(float(int(now) + 1))  # the next reading, or the reconnection
         later = min(times)
         now = later if later > now else now + 1e-3
     for line in out:
