@@ -1,7 +1,15 @@
-"""Two Sessions (IK, two lanes) on a simulated lossy line, the same run under either
-interpreter: prints what happened, which tests/test_micropython_session.py requires to be
-the same line for line under MicroPython and CPython. At ``RECONNECT`` the node
-handshakes again and resumes the session, which the open kiosk takes over with its lanes.
+"""Two Sessions on a simulated lossy line, the same run under either interpreter: prints
+what happened, which tests/test_micropython_session.py requires to be the same line for
+line under MicroPython and CPython.
+
+Usage: ``session_sim.py SCENARIO``, one of ``SCENARIOS``:
+
+* ``resume``: IK; at ``RECONNECT`` the node handshakes again and resumes the session,
+  which the open kiosk takes over with its lanes;
+* ``restart``: IK; at ``RECONNECT`` the node starts over (a new Session, as after a
+  reboot): the open kiosk takes the new session over, fresh lanes;
+* ``timeout``: XX; the outage outlasts ``dead_timeout``, both ends close (``timeout``),
+  and both start new sessions when the line is back.
 
 The line: 50 ms each way; a frame is dropped by a seeded generator of our own (so both
 interpreters drop the same frames), and everything sent during an outage is lost. The
@@ -9,13 +17,15 @@ ephemeral keys differ between runs, so nothing printed depends on a frame's byte
 when they happened (simulated time, microseconds), and the counters of both ends.
 """
 
+import sys
+
 from protocol.crypto import X25519PrivateKey
 from protocol.session.core import Closed, Connected, MessageReceived, Session, SessionConfig
 
+SCENARIOS = ("resume", "restart", "timeout")
 DELAY = 0.05
 LOSS = 0.1
-OUTAGE = (20.0, 45.0)
-RECONNECT = 70.0  #: the node handshakes again and resumes (a new link, say)
+RECONNECT = 70.0
 END = 150.0
 
 
@@ -37,75 +47,98 @@ def keys(seed):
     return X25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
 
 
-def main():
-    node_key, kiosk_key = keys(1), keys(2)
-    config = SessionConfig(pattern="IK", lanes=2, keepalive=5.0, dead_timeout=60.0)
-    node = Session(initiator=True, config=config, static_key=node_key,
-                   remote_static=kiosk_key.public_key().public_bytes_raw())
-    kiosk = Session(initiator=False, config=SessionConfig(pattern="IK", lanes=2, keepalive=5.0,
-                                                          dead_timeout=60.0),
-                    static_key=kiosk_key, accept_static=lambda key: True)
-    ends = (("node", node), ("kiosk", kiosk))
-    rng = Lcg(18)
-    data_rng = Lcg(7)
-    in_flight = []  # (arrival, seq, to, frame)
-    seq = 0
-    sent_readings = 0
-    now = 0.0
-    out = []
-    reconnected = False
-    while now < END:
-        if not reconnected and now >= RECONNECT:
-            node.reconnect(now)
-            reconnected = True
-        # The node queues a reading every second and an alarm every 30 s.
-        while sent_readings < int(now) + 1 and sent_readings < 100:
-            size = 200 + data_rng.next() % 600
-            node.send_message(1, bytes([sent_readings % 256]) * size)
-            if sent_readings % 30 == 0:
-                node.send_message(0, b"alarm %d" % sent_readings)
-            sent_readings += 1
-        for _, end in ends:
-            to = kiosk if end is node else node
-            blob = end.data_to_send(now)
-            for frame in blob.split(b"\x00"):
-                if not frame:
-                    continue
-                if OUTAGE[0] <= now < OUTAGE[1] or rng.below(LOSS):
-                    continue
-                seq += 1
-                in_flight.append((now + DELAY, seq, to, frame + b"\x00"))
-        in_flight.sort(key=lambda x: (x[0], x[1]))
-        while in_flight and in_flight[0][0] <= now:
-            _, _, to, frame = in_flight.pop(0)
-            to.receive_data(frame, now)
-        for name, end in ends:
+class Run:
+    def __init__(self, scenario):
+        self.scenario = scenario
+        self.pattern = "XX" if scenario == "timeout" else "IK"
+        self.outage = (20.0, 95.0) if scenario == "timeout" else (20.0, 45.0)
+        self.node_key, self.kiosk_key = keys(1), keys(2)
+        self.node = self.new_node(0.0)
+        self.kiosk = self.new_kiosk(0.0)
+        self.out = []
+
+    def config(self):
+        return SessionConfig(pattern=self.pattern, lanes=2, keepalive=5.0, dead_timeout=60.0)
+
+    def new_node(self, now):
+        pin = self.kiosk_key.public_key().public_bytes_raw() if self.pattern == "IK" else None
+        return Session(initiator=True, config=self.config(), static_key=self.node_key,
+                       remote_static=pin, now=now)
+
+    def new_kiosk(self, now):
+        return Session(initiator=False, config=self.config(), static_key=self.kiosk_key,
+                       accept_static=lambda key: True, now=now)
+
+    def ends(self):
+        return (("node", self.node), ("kiosk", self.kiosk))
+
+    def events(self, now):
+        for name, end in self.ends():
             while True:
                 event = end.next_event()
                 if event is None:
                     break
                 stamp = round(now * 1e6)
                 if isinstance(event, Connected):
-                    out.append(f"{stamp} {name} connected resumed={event.resumed}")
+                    self.out.append(f"{stamp} {name} connected resumed={event.resumed}")
                 elif isinstance(event, MessageReceived):
                     if event.lane == 0 or event.data[0] % 50 == 0:
-                        out.append(f"{stamp} {name} message {event.lane} {len(event.data)}")
-                    if end is kiosk and event.lane == 0:
-                        kiosk.send_message(0, b"ack " + event.data)
+                        self.out.append(f"{stamp} {name} message {event.lane} {len(event.data)}")
+                    if end is self.kiosk and event.lane == 0:
+                        self.kiosk.send_message(0, b"ack " + event.data)
                 elif isinstance(event, Closed):
-                    out.append(f"{stamp} {name} closed {event.reason}")
-        times = [t for t in (node.next_deadline(), kiosk.next_deadline()) if t is not None]
-        times += [in_flight[0][0]] if in_flight else []
-        times.append(float(int(now) + 1))  # the next reading, or the reconnection
-        later = min(times)
-        now = later if later > now else now + 1e-3
-    for line in out:
-        print(line)
-    for name, end in ends:
-        s = end.stats
-        print(name, end.state, "frames", s.frames_sent, s.frames_received, "lost", s.lost_frames,
-              "timeouts", s.timeouts, "retransmitted", s.retransmitted_bytes,
-              "data", s.data_bytes_sent, "acked", end.all_acked)
+                    self.out.append(f"{stamp} {name} closed {event.reason}")
+
+    def main(self):
+        rng, data_rng = Lcg(18), Lcg(7)
+        in_flight = []  # (arrival, seq, to, frame)
+        seq = sent_readings = 0
+        now = 0.0
+        moved = False
+        while now < END:
+            if self.scenario == "resume" and not moved and now >= RECONNECT:
+                self.node.reconnect(now)
+                moved = True
+            elif self.scenario == "restart" and not moved and now >= RECONNECT:
+                self.node = self.new_node(now)
+                moved = True
+            elif (self.scenario == "timeout" and now >= self.outage[1]
+                  and self.node.state == "closed" and self.kiosk.state == "closed"):
+                self.node, self.kiosk = self.new_node(now), self.new_kiosk(now)
+            # The node queues a reading every second and an alarm every 30 s.
+            while sent_readings < int(now) + 1 and sent_readings < 100:
+                if self.node.state != "closed":
+                    size = 200 + data_rng.next() % 600
+                    self.node.send_message(1, bytes([sent_readings % 256]) * size)
+                    if sent_readings % 30 == 0:
+                        self.node.send_message(0, b"alarm %d" % sent_readings)
+                sent_readings += 1
+            for _, end in self.ends():
+                to = self.kiosk if end is self.node else self.node
+                for frame in end.data_to_send(now).split(b"\x00"):
+                    if not frame or self.outage[0] <= now < self.outage[1] or rng.below(LOSS):
+                        continue
+                    seq += 1
+                    in_flight.append((now + DELAY, seq, to, frame + b"\x00"))
+            in_flight.sort(key=lambda x: (x[0], x[1]))
+            while in_flight and in_flight[0][0] <= now:
+                _, _, to, frame = in_flight.pop(0)
+                to.receive_data(frame, now)
+            self.events(now)
+            times = [t for t in (self.node.next_deadline(), self.kiosk.next_deadline())
+                     if t is not None]
+            times += [in_flight[0][0]] if in_flight else []
+            times.append(float(int(now) + 1))  # the next reading, or a scenario's step
+            later = min(times)
+            now = later if later > now else now + 1e-3
+        for line in self.out:
+            print(line)
+        for name, end in self.ends():
+            s = end.stats
+            print(name, end.state, "frames", s.frames_sent, s.frames_received, "lost",
+                  s.lost_frames, "timeouts", s.timeouts, "retransmitted",
+                  s.retransmitted_bytes, "data", s.data_bytes_sent, "takeovers", s.takeovers,
+                  "acked", end.all_acked)
 
 
-main()
+Run(sys.argv[1]).main()
