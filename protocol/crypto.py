@@ -71,7 +71,6 @@ else:  # MicroPython
         X25519PrivateKey,
         X25519PublicKey,
     )
-    from protocol.portable.sha512 import sha512
 
     def hash_digest(name, data):
         if name == "SHA256":
@@ -79,6 +78,8 @@ else:  # MicroPython
         if name == "BLAKE2s":
             return blake2s(data)
         if name == "SHA512":
+            from protocol.portable.sha512 import sha512  # on first use, as Ed25519 loads it
+
             return sha512(data)
         raise ValueError(f"unknown hash {name!r}")
 

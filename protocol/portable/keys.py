@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from protocol.errors import ProtocolError
-from protocol.portable import chacha20poly1305, ed25519, x25519
+from protocol.portable import chacha20poly1305, x25519
 
 if TYPE_CHECKING:
     from typing import Self
@@ -111,6 +111,8 @@ class Ed25519PublicKey(_PublicKey):
     KIND = "an Ed25519 public key"
 
     def verify(self, signature: bytes, data: bytes) -> None:
+        from protocol.portable import ed25519  # on first use: a node that signs nothing
+
         if not ed25519.verify(self._raw, bytes(data), bytes(signature)):
             raise InvalidSignature("signature did not verify", "signature")
 
@@ -120,9 +122,13 @@ class Ed25519PrivateKey(_PrivateKey):
     _public: Ed25519PublicKey | None = None
 
     def public_key(self) -> Ed25519PublicKey:
+        from protocol.portable import ed25519  # on first use: a node that signs nothing
+
         if self._public is None:
             self._public = Ed25519PublicKey(ed25519.public_key(self._raw))
         return self._public
 
     def sign(self, data: bytes) -> bytes:
+        from protocol.portable import ed25519
+
         return ed25519.sign(self._raw, bytes(data))
