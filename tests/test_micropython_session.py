@@ -142,21 +142,24 @@ SCENARIOS = {
     "timeout": ["node connected resumed=False", "kiosk connected resumed=False",
                 "node closed timeout", "kiosk closed timeout",
                 "node connected resumed=False", "kiosk connected resumed=False"],
+    "paced": ["kiosk connected resumed=False", "node connected resumed=False"],
 }
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_a_lossy_run_goes_the_same_under_both_interpreters(scenario: str) -> None:
     """The same simulated run (lost frames, an outage, timers; a resume, a restarted node,
-    or a dead line) under MicroPython and CPython: the same events at the same simulated
-    times, the same counters."""
+    a dead line, or a paced serial line) under MicroPython and CPython: the same bytes on
+    the line (keys and secrets seeded), the same events at the same simulated times, the
+    same counters."""
     script = micropython_port.SCRIPTS / "session_sim.py"
     on_cpython = micropython_port.run_cpython(script, scenario, timeout=LIMIT)
     assert on_cpython.returncode == 0, on_cpython.stderr
     on_micropython = micropython_port.run(script, scenario, timeout=LIMIT)
     assert on_micropython.returncode == 0, on_micropython.stdout + on_micropython.stderr
     assert on_micropython.stdout.splitlines() == on_cpython.stdout.splitlines()
-    *events, node, kiosk = on_cpython.stdout.splitlines()
+    *events, node, kiosk, node_wrote, kiosk_wrote = on_cpython.stdout.splitlines()
+    assert node_wrote.startswith("node wrote ") and kiosk_wrote.startswith("kiosk wrote ")
     steps = [e.split(" ", 1)[1] for e in events if " message " not in e]
     assert steps == SCENARIOS[scenario]
     assert any(" message 1 " in e for e in events)

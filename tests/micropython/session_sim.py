@@ -9,20 +9,24 @@ Usage: ``session_sim.py SCENARIO``, one of ``SCENARIOS``:
 * ``restart``: IK; at ``RECONNECT`` the node starts over (a new Session, as after a
   reboot): the open kiosk takes the new session over, fresh lanes;
 * ``timeout``: XX; the outage outlasts ``dead_timeout``, both ends close (``timeout``),
-  and both start new sessions when the line is back.
+  and both start new sessions when the line is back;
+* ``paced``: IK paced at 11,520 bytes/s (115,200 baud), as a node's serial line.
 
 The line: 50 ms each way; a frame is dropped by a seeded generator of our own (so both
 interpreters drop the same frames), and everything sent during an outage is lost. The
-ephemeral keys differ between runs, so nothing printed depends on a frame's bytes: events,
-when they happened (simulated time, microseconds), and the counters of both ends.
+ephemeral keys and resume secrets come from a seeded generator too, so every byte on the
+line is the same in every run: it prints the SHA-256 of what each end wrote, besides the
+events, when they happened (simulated time, microseconds), and the counters of both ends.
 """
 
+import hashlib
 import sys
 
 from protocol.crypto import X25519PrivateKey
+from protocol.session import handshakes
 from protocol.session.core import Closed, Connected, MessageReceived, Session, SessionConfig
 
-SCENARIOS = ("resume", "restart", "timeout")
+SCENARIOS = ("resume", "restart", "timeout", "paced")
 DELAY = 0.05
 LOSS = 0.1
 RECONNECT = 70.0
@@ -47,6 +51,18 @@ def keys(seed):
     return X25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
 
 
+_secrets = Lcg(99)
+
+
+def _secret(n=32):
+    return bytes(_secrets.next() & 0xFF for _ in range(n))
+
+
+# Seeded ephemeral keys and resume secrets: the same bytes on the line in every run.
+X25519PrivateKey.generate = classmethod(lambda cls: cls.from_private_bytes(_secret()))
+handshakes.secrets.token_bytes = _secret
+
+
 class Run:
     def __init__(self, scenario):
         self.scenario = scenario
@@ -56,9 +72,11 @@ class Run:
         self.node = self.new_node(0.0)
         self.kiosk = self.new_kiosk(0.0)
         self.out = []
+        self.wrote = {"node": hashlib.sha256(), "kiosk": hashlib.sha256()}
 
     def config(self):
-        return SessionConfig(pattern=self.pattern, lanes=2, keepalive=5.0, dead_timeout=60.0)
+        return SessionConfig(pattern=self.pattern, lanes=2, keepalive=5.0, dead_timeout=60.0,
+                             rate=11520.0 if self.scenario == "paced" else None)
 
     def new_node(self, now):
         pin = self.kiosk_key.public_key().public_bytes_raw() if self.pattern == "IK" else None
@@ -113,9 +131,11 @@ class Run:
                     if sent_readings % 30 == 0:
                         self.node.send_message(0, b"alarm %d" % sent_readings)
                 sent_readings += 1
-            for _, end in self.ends():
+            for name, end in self.ends():
                 to = self.kiosk if end is self.node else self.node
-                for frame in end.data_to_send(now).split(b"\x00"):
+                blob = end.data_to_send(now)
+                self.wrote[name].update(blob)
+                for frame in blob.split(b"\x00"):
                     if not frame or self.outage[0] <= now < self.outage[1] or rng.below(LOSS):
                         continue
                     seq += 1
@@ -139,6 +159,8 @@ class Run:
                   s.lost_frames, "timeouts", s.timeouts, "retransmitted",
                   s.retransmitted_bytes, "data", s.data_bytes_sent, "takeovers", s.takeovers,
                   "acked", end.all_acked)
+        for name in ("node", "kiosk"):
+            print(name, "wrote", self.wrote[name].digest().hex())
 
 
 Run(sys.argv[1]).main()
