@@ -60,7 +60,6 @@ if TYPE_CHECKING or not MICROPYTHON:
 else:  # MicroPython
     import hashlib
 
-    from protocol.portable.blake2s import blake2s, hmac_blake2s
     from protocol.portable.hmac_sha256 import hkdf, hmac_sha256
     from protocol.portable.keys import (  # noqa: F401  (the interface's names)
         ChaCha20Poly1305,
@@ -76,6 +75,8 @@ else:  # MicroPython
         if name == "SHA256":
             return hashlib.sha256(data).digest()
         if name == "BLAKE2s":
+            from protocol.portable.blake2s import blake2s  # on first use: a node's Noise is SHA256
+
             return blake2s(data)
         if name == "SHA512":
             from protocol.portable.sha512 import sha512  # on first use, as Ed25519 loads it
@@ -87,6 +88,8 @@ else:  # MicroPython
         if name == "SHA256":
             return hmac_sha256(key, data)
         if name == "BLAKE2s":
+            from protocol.portable.blake2s import hmac_blake2s
+
             return hmac_blake2s(key, data)
         raise ValueError(f"unknown hash {name!r}")
 
