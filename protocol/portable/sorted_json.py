@@ -4,8 +4,9 @@ other than ASCII as it is.
 
 The same text as CPython's for what protocol/ writes this way (telemetry's JSON fields,
 a replica's canonical JSON): dicts with text keys, lists and tuples, text, integers,
-booleans, None and floats. A float is written as MicroPython's repr gives it, which
-can differ from CPython's in the last digits.
+booleans, None and floats. A float is written as MicroPython's repr gives it, which is
+not always the shortest text that reads back (98.6 comes out as 98.59999999999999), so a
+float's text can differ from CPython's: what must match keeps no floats.
 """
 
 from __future__ import annotations
