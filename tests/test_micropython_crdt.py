@@ -28,7 +28,8 @@ def test_replicas_merge_alike_under_both_interpreters() -> None:
 
 
 values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(),
+    st.none() | st.booleans() | st.integers() | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
                                                                 max_size=4),
     max_leaves=12)
@@ -42,7 +43,8 @@ def test_sorted_json_is_cpythons(value: object) -> None:
 
 
 def test_sorted_json_floats_and_refusals() -> None:
-    for x in (0.0, -1.5, 7.25, 1e22, 1e-7):
+    for x in (0.0, -0.0, -1.5, 7.25, 98.6, 1e22, 1e16, 9999999999999998.0, 1e-4, 9.999e-5,
+              1e-7, 5e-324, 1.7976931348623157e308, 1 / 3):
         assert sorted_json.dumps([x]) == json.dumps([x], separators=(",", ":"))
     assert sorted_json.dumps(float("nan")) == "NaN"
     with pytest.raises(ValueError):

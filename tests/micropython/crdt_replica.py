@@ -36,7 +36,7 @@ log += [
     a.put(rid(2), "patient", T + 2, add={"allergies": ["latex"]}),
     a.delete(rid(3), T + 1),
     b.put(rid(3), "patient", T + 2, {"telecom": "555\n0100\t\"x\"\\"}),
-    c.put(rid(4), "lab_result", T + 4, {"value": 5.5, "unit": "mmol/L",
+    c.put(rid(4), "lab_result", T + 4, {"value": 98.6, "unit": "mmol/L",
                                          "subject": "02020202-0202-0202-0202-020202020202"}),
 ]
 sync(log, a, b)
