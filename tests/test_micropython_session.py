@@ -4,6 +4,10 @@ stdin and stdout, so real bytes in real frames cross a real pipe both ways.
 
 The MicroPython end is tests/micropython/session_initiator.py. Both ends run on the
 real clock (nothing is lost on a pipe, so no timer fires); every loop is bounded.
+
+Then the timers, losses, resumes and restarts: tests/micropython/session_sim.py runs two
+Sessions on a simulated lossy line, once under each interpreter, and both runs must put
+the same bytes on the line and see the same events at the same simulated times.
 """
 
 from __future__ import annotations
