@@ -10,13 +10,16 @@ Only the methods protocol/'s core calls are here.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from protocol.errors import ProtocolError
 from protocol.portable import chacha20poly1305, x25519
 
 if TYPE_CHECKING:
-    from typing import Self
+    from collections.abc import Callable
+    from typing import Self, TypeVar
+
+    P = TypeVar("P", bound="_PublicKey")
 
 
 class InvalidTag(ProtocolError):
@@ -51,12 +54,18 @@ class _PublicKey:
 
 
 class _PrivateKey:
-    """A private key's (or seed's) 32 raw bytes."""
+    """A private key's (or seed's) 32 raw bytes, and its public key once derived."""
 
     KIND = "a private key"
 
     def __init__(self, raw: bytes) -> None:
         self._raw = raw
+        self._public: Any = None
+
+    def _derived(self, kind: type[P], derive: Callable[[bytes], bytes]) -> P:
+        if self._public is None:
+            self._public = kind(derive(self._raw))
+        return self._public  # type: ignore[no-any-return]
 
     @classmethod
     def generate(cls) -> Self:
@@ -76,12 +85,9 @@ class X25519PublicKey(_PublicKey):
 
 class X25519PrivateKey(_PrivateKey):
     KIND = "an X25519 private key"
-    _public: X25519PublicKey | None = None
 
     def public_key(self) -> X25519PublicKey:
-        if self._public is None:
-            self._public = X25519PublicKey(x25519.public_key(self._raw))
-        return self._public
+        return self._derived(X25519PublicKey, x25519.public_key)
 
     def exchange(self, peer: X25519PublicKey) -> bytes:
         shared = x25519.x25519(self._raw, peer.public_bytes_raw())
@@ -119,14 +125,11 @@ class Ed25519PublicKey(_PublicKey):
 
 class Ed25519PrivateKey(_PrivateKey):
     KIND = "an Ed25519 seed"
-    _public: Ed25519PublicKey | None = None
 
     def public_key(self) -> Ed25519PublicKey:
         from protocol.portable import ed25519  # on first use: a node that signs nothing
 
-        if self._public is None:
-            self._public = Ed25519PublicKey(ed25519.public_key(self._raw))
-        return self._public
+        return self._derived(Ed25519PublicKey, ed25519.public_key)
 
     def sign(self, data: bytes) -> bytes:
         from protocol.portable import ed25519
