@@ -40,6 +40,7 @@ from host.hub.alerts import alerts
 from host.hub.fhir import export
 from protocol import messages, sensor
 from protocol.crdt.schema import TEMPERATURE
+from protocol.framing import encode_frame
 from protocol.session.core import Closed
 from protocol.sync import credential as c
 from protocol.sync import sensor_records as ids
@@ -146,6 +147,11 @@ def test_bad_frames_and_bad_messages_are_counted_and_dropped(setup) -> None:
     s.until(lambda: s.node.welcomed)
     s.link.receive_data(b"\x00\x17garbage\xff\xfe\x00" + bytes(range(1, 200)) + b"\x00", s.sim.now)
     assert s.link.frames_dropped > 0
+    # Well framed, but its tag fails: the session refuses it, and it is counted too.
+    before = s.link.frames_dropped
+    s.link.receive_data(encode_frame(b"\x10\x00\x05" + bytes(40), crc=False), s.sim.now)
+    assert s.link.frames_dropped == before + 1
+    assert s.link.session.stats.refused_frames == 1
     s.node.readings(0, [[T0, 450]])
     bad_value = messages.encode(messages.make("readings", first=1, readings=[[T0, 99999]]))
     s.node.send_raw(sensor.READINGS_LANE, bad_value)  # past what a sensor reads

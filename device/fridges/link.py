@@ -202,10 +202,8 @@ class FridgeLink:
 
 def _bad_frames(session: Session) -> int:
     """Frames a session dropped: garbled on the line (COBS), failing the handshake's
-    checks, refused (a failed tag, a replay: where the session counts them), or carrying
+    checks, refused (a failed tag, a replay, an unknown kind), or carrying
     a malformed control message."""
-    decoder = getattr(session, "_decoder", None)
-    garbled = decoder.stats.dropped if decoder is not None else 0
     stats = session.stats
-    return (garbled + stats.bad_handshake + stats.bad_messages
-            + getattr(stats, "refused_frames", 0))
+    return (session.garbled_frames + stats.bad_handshake + stats.bad_messages
+            + stats.refused_frames)

@@ -159,6 +159,11 @@ class Session(Handshaking):
         """Bytes read from the line that are not yet a whole frame."""
         return self._decoder.buffered
 
+    @property
+    def garbled_frames(self) -> int:
+        """Runs the framing dropped before the session saw them (bad COBS, runts, oversized)."""
+        return self._decoder.stats.dropped
+
     def next_event(self) -> Event | None:
         return self._events.pop(0) if self._events else None
 
@@ -351,6 +356,7 @@ class Session(Handshaking):
         return w.positions(msg.get("positions"), self.config.lanes)
 
     def _refused(self, now: float) -> None:
+        self.stats.refused_frames += 1
         self._refused_in_row += 1
         if self._refused_in_row >= self.config.flood_limit and self.state != CLOSED:
             self._finish(Closed("flood", f"{self._refused_in_row} bad frames in a row"), "fail")

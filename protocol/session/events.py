@@ -112,7 +112,7 @@ class SessionStats:
         "bytes_sent", "bytes_received", "frames_sent", "frames_received", "data_bytes_sent",
         "retransmitted_bytes", "lost_frames", "timeouts", "early_frames", "bad_handshake",
         "takeovers", "handshakes_dropped", "handshakes_throttled", "bad_messages",
-        "unknown_messages", "clamped", "extra"
+        "unknown_messages", "clamped", "refused_frames", "extra"
     )
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -130,6 +130,7 @@ class SessionStats:
     bad_messages: int = 0
     unknown_messages: int = 0
     clamped: int = 0  #: absurd values from the peer, clamped
+    refused_frames: int = 0  #: frames that failed authentication, replays, unknown kinds
     extra: dict[str, int] = field(default_factory=dict)
 
 
