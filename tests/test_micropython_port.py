@@ -136,3 +136,15 @@ def test_every_dataclass_micropython_loads_names_its_fields() -> None:
             if not _names_match_args(cls):
                 lacking.append(f"{name}.{cls.name}")
     assert lacking == []
+
+
+def test_the_stdlib_stand_ins_answer_as_cpythons_modules() -> None:
+    """base64, uuid, unicodedata (ASCII), hmac.compare_digest and dataclasses under
+    MicroPython print what CPython's own modules print for the same cases."""
+    script = micropython_port.SCRIPTS / "stdlib_cases.py"
+    on_cpython = micropython_port.run_cpython(script)
+    on_micropython = micropython_port.run(script)
+    assert on_cpython.returncode == 0, on_cpython.stderr
+    assert on_micropython.returncode == 0, on_micropython.stdout + on_micropython.stderr
+    assert on_micropython.stdout == on_cpython.stdout
+    assert on_cpython.stdout.count("\n") > 40

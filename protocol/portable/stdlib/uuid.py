@@ -27,6 +27,9 @@ class UUID:
 
     @property
     def version(self):
+        # As CPython: a version only for the RFC 4122 variant (bits 10 at 62-63).
+        if (self.int >> 62) & 3 != 2:
+            return None
         return (self.int >> 76) & 0xF
 
     def __str__(self):
