@@ -6,6 +6,8 @@ masking after every add; Poly1305 (§2.5) accumulates 16-byte blocks modulo
 encrypts from block 1, and MACs aad | pad | ciphertext | pad | lengths.
 """
 
+import hmac
+
 MASK32 = 0xFFFFFFFF
 P1305 = (1 << 130) - 5
 KEY_SIZE = 32
@@ -102,21 +104,12 @@ def seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
     return ciphertext + _tag(key, nonce, ciphertext, aad)
 
 
-def _equal(a: bytes, b: bytes) -> bool:
-    # Every byte is looked at, whatever the first difference.
-    if len(a) != len(b):
-        return False
-    diff = 0
-    for i in range(len(a)):
-        diff |= a[i] ^ b[i]
-    return diff == 0
-
-
 def open(key: bytes, nonce: bytes, data: bytes, aad: bytes) -> bytes:
     """RFC 8439 §2.8 decryption of ciphertext || tag; ValueError if the tag is wrong."""
     if len(data) < TAG_SIZE:
         raise ValueError("ChaCha20-Poly1305 data shorter than its tag")
     ciphertext = data[:-TAG_SIZE]
-    if not _equal(_tag(key, nonce, ciphertext, aad), data[-TAG_SIZE:]):
+    # hmac.compare_digest: constant time (the stdlib stand-in's under MicroPython)
+    if not hmac.compare_digest(_tag(key, nonce, ciphertext, aad), data[-TAG_SIZE:]):
         raise ValueError("ChaCha20-Poly1305 tag does not match")
     return chacha20_xor(key, 1, nonce, ciphertext)
