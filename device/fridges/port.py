@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from device.fridges.link import CONFIG, FridgeLink
+from device.fridges.link import COMMIT_EVERY, CONFIG, FridgeLink
 from device.fridges.records import Enrolment, FridgeRecords
 from protocol.crypto import X25519PrivateKey
 from protocol.driver.errors import LinkError
@@ -83,8 +83,10 @@ class Fridges:
 
     def __init__(self, store: Any, static_key: X25519PrivateKey, urls: list[str],
                  baud: int, *, wall: Callable[[], float] = time.time,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 commit_every: float = COMMIT_EVERY) -> None:
         self.records = FridgeRecords(store, wall)
+        self.commit_every = commit_every
         self.on_change = on_change
         self.alarm_raised = bool(self.records.raised())
         self.static_key, self.wall = static_key, wall
@@ -96,7 +98,7 @@ class Fridges:
     def link(self, now: float) -> FridgeLink:
         """A line's end, its alarms shown by this service."""
         return FridgeLink(self.records, self.static_key, config=self.config, clock=self.wall,
-                          on_alarm=self._alarm, now=now)
+                          on_alarm=self._alarm, commit_every=self.commit_every, now=now)
 
     def start(self) -> None:
         for i, port in enumerate(self.ports):
