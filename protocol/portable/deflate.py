@@ -18,6 +18,8 @@ does (``protocol.sync.batches``). So both directions are here, in Python:
 
 from __future__ import annotations
 
+from protocol.errors import RemoteProtocolError
+
 _MAX_BITS = 15
 _LEN_BASE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83,
              99, 115, 131, 163, 195, 227, 258)
@@ -31,8 +33,8 @@ _ORDER = (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15)
 WINDOW = 32768
 
 
-class DeflateError(ValueError):
-    """Not deflate data."""
+class DeflateError(RemoteProtocolError):
+    """Not deflate data (a ValueError on CPython, as every RemoteProtocolError)."""
 
 
 class Truncated(DeflateError):
