@@ -30,8 +30,9 @@ committed, synced, acknowledged and collected. It prints one JSON line:
 ``/proc/self/io`` over the day (``io``), the same split by what ran (the
 FridgeLink's commits, the sync rounds, the garbage collection, the ack
 flushes, and the store's checkpoint thread, read from its
-``/proc/self/task/TID/io``), the WAL frames each table and index of the store
-took (``frames``), and the fsyncs the write-backs made (to subtract).
+``/proc/self/task/TID/io``), the same by file (``WriteBack``), the WAL frames
+each table and index of ``store.db`` and ``sync.db`` took (``frames``), and
+the fsyncs the write-backs made (to subtract).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from device.store.acks import FLUSH_AFTER_S as ACK_FLUSH_S
 from device.sync.collect import Collector
 from device.sync.document_store import DocumentStore
 from device.sync.loop import ROUND_LIMIT, SyncLoop
+from device.sync.state import DB_NAME as SYNC_DB
 from device.sync.state import FLUSH_AFTER_S as STATE_FLUSH_S
 from device.sync.state import SyncState
 from protocol import sensor
@@ -249,7 +251,8 @@ class FridgeDay:
         self.docs = DocumentStore(data, self.store.cipher)
         self.loop = SyncLoop(self.store, self.state, ident, [url], docs=self.docs)
         self.collector = self.loop.collector = TalliedCollector(self.tally, self.clock)
-        self.wal = WalFrames(self.store.path)
+        self.wals = {"store.db": WalFrames(self.store.path),
+                     SYNC_DB: WalFrames(data / SYNC_DB)}
         self.expire = dirty_expire_s()
         self.write_back = WriteBack(data)
         self.rounds = 0
@@ -265,9 +268,13 @@ class FridgeDay:
         if out.summary is None:
             self.failed.append("; ".join(out.failures) or "no hub answered")
         self.rounds += 1
-        self.wal.read()
+        self.read_wals()
         self.flush_due = self.clock() + ACK_FLUSH_S
         self.state_due = self.clock() + STATE_FLUSH_S
+
+    def read_wals(self) -> None:
+        for wal in self.wals.values():
+            wal.read()
 
     def warm_up(self) -> None:
         """The node welcomed, the fridge's device record synced, everything written out."""
@@ -277,10 +284,11 @@ class FridgeDay:
         self.store.flush_acks()
         self.state.flush(force=True)
         write_back(self.data)
-        self.wal.read()
+        self.read_wals()
         self.write_back.by_file.clear()
         self.tally.by.clear()
-        self.wal.frames.clear()
+        for wal in self.wals.values():
+            wal.frames.clear()
         self.collector.passes, self.collector.dropped = 0, {}
         self.rounds, self.seen = 0, self.link.counts.commits
         self.written_out = self.clock()
@@ -294,14 +302,14 @@ class FridgeDay:
             self.tally.run("fridge commits", self.sim.run,
                            lambda s: self.link.counts.commits != self.seen,
                            max(0.0, nxt - self.clock()))
-            self.wal.read()
+            self.read_wals()
             if self.link.counts.commits != self.seen:
                 self.seen = self.link.counts.commits
                 self.sync()
             now = self.clock()
             if now >= self.flush_due:
                 self.tally.run("ack flushes", self.store.flush_acks)
-                self.wal.read()
+                self.read_wals()
                 self.flush_due = math.inf
             if now >= self.state_due:
                 self.tally.run("sync rounds", self.state.flush)
@@ -331,12 +339,12 @@ class FridgeDay:
                 break
         self.advance(self.clock() + max(ACK_FLUSH_S, STATE_FLUSH_S) + 1)
         self.write_back()
-        self.wal.read()
+        self.read_wals()
         after, t1, cpu1 = proc_io(os.getpid()), time.monotonic(), time.process_time()
         acks = self.node.acks(sensor.READINGS_ACK)
         return {
             "io": {k: after[k] - before[k] for k in after}, "by": self.tally.by,
-            "frames": self.wal.frames,
+            "frames": {name: wal.frames for name, wal in self.wals.items()},
             "page_size": self.store.reader.execute("PRAGMA page_size").fetchone()[0],
             "writeback_fsyncs": self.write_back.fsyncs, "by_file": self.write_back.by_file,
             "readings": self.link.counts.readings,

@@ -105,13 +105,16 @@ def _where(r: dict[str, Any]) -> str:
         return ", ".join(f"{name} {v / READINGS:,.0f} B ({100 * v / max(1, total):.0f} %)"
                          for name, v in sorted(parts.items(), key=lambda kv: -kv[1]))
 
-    frames = sum(r["frames"].values())
-    top = sorted(r["frames"].items(), key=lambda kv: -kv[1])[:6]
-    pages = ", ".join(f"{name} {n / READINGS:.2f}" for name, n in top)
+    tables = "; ".join(_pages(db, frames, r["page_size"]) for db, frames in r["frames"].items())
     return (f"a reading's bytes by file: {per(files)}; by what wrote them: "
             f"{per({k: v['write_bytes'] for k, v in r['by'].items() if v['write_bytes']})}; "
-            f"WAL pages ({r['page_size']:,} B) a reading {frames / READINGS:.2f}, by table "
-            f"or index: {pages}")
+            f"{tables}")
+
+
+def _pages(db: str, frames: dict[str, int], page_size: int) -> str:
+    top = sorted(frames.items(), key=lambda kv: -kv[1])[:6]
+    return (f"{db} WAL pages ({page_size:,} B) a reading {sum(frames.values()) / READINGS:.2f}"
+            f", by table or index: " + ", ".join(f"{n} {c / READINGS:.2f}" for n, c in top))
 
 
 def _row(what: str, r: dict[str, Any], goal: str, met: bool | None) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def _row(what: str, r: dict[str, Any], goal: str, met: bool | None) -> dict[str,
     collected = ", ".join(f"{k} {v}" for k, v in r["collected"].items() if v)
     return {"what": what, "MiB a fridge-day": round(day / MIB, 2),
             "B a reading": round(day / READINGS), "wchar MiB": round(r["io"]["wchar"] / MIB, 2),
-            "fsyncs a day": r["fsyncs"], "fsyncs a reading": round(r["fsyncs"] / READINGS, 2),
+            "fsyncs a day": r["fsyncs"], "fsyncs a reading": round(r["fsyncs"] / READINGS, 3),
             "commits": r["commits"], "sync rounds": r["rounds"],
             "checkpoints": r["checkpoints"],
             "detail": (f"{r['readings']:,} readings stored, {r['acked']:,} acknowledged to "
@@ -130,6 +133,23 @@ def _row(what: str, r: dict[str, Any], goal: str, met: bool | None) -> dict[str,
                        + (f"; rounds failed: {r['round_failures']}" if r["round_failures"]
                           else "")),
             "goal": goal, "met": met}
+
+
+def _fit(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """The bytes of a commit with what follows it (its round, collection, flushes) and
+    of a reading on top, from two runs of the same readings with different commits."""
+    per_commit = (b["io"]["write_bytes"] - a["io"]["write_bytes"]) / max(
+        1, b["commits"] - a["commits"])
+    per_reading = (a["io"]["write_bytes"] - per_commit * a["commits"]) / READINGS
+    hourly = (24 * per_commit + READINGS * per_reading) / MIB
+    return {"what": "fitted: a commit (with its round, collection, flushes) / a reading",
+            "B a reading": round(per_reading),
+            "detail": f"{per_commit:,.0f} B a commit with what follows it, {per_reading:,.0f} B "
+                      f"a reading on top (from the two rows above: bytes = commits x a + "
+                      f"readings x b); an hour's readings a commit would give {hourly:.1f} "
+                      f"MiB a day, and the readings alone "
+                      f"{READINGS * per_reading / MIB:.1f} MiB whatever the batching",
+            "goal": "report", "met": None}
 
 
 @benchmark("fridge", "SD-card bytes a kiosk writes for one fridge's day of readings")
@@ -156,6 +176,7 @@ def fridge_benchmark(ctx: Context) -> Result:
              batched, goal, mib <= IDLE_DAY_GOAL),
         _row("one by one: commit_every 0 (each message committed as it comes)", single,
              "report", None),
+        _fit(batched, single),
         {"what": "one by one / batched", "MiB a fridge-day": round(
             single["io"]["write_bytes"] / max(1, batched["io"]["write_bytes"]), 1),
          "fsyncs a day": round(single["fsyncs"] / max(1, batched["fsyncs"]), 1),
@@ -167,7 +188,9 @@ def fridge_benchmark(ctx: Context) -> Result:
         "through `tools/linksim` at 115200 baud on a simulated clock: "
         f"{READINGS:,} readings, one a minute, one a message, as the node sends them. "
         "After each commit a sync round on a kept-open TCP session to `haven hub serve` "
-        "(another process) takes the readings to the hub, and garbage collection follows it "
+        "(another process) takes the readings to the hub (as a kiosk whose rounds come at "
+        "least as often as commits: one polling, or busy with check-ins; the runtime starts "
+        "no round of its own for a readings commit), and garbage collection follows it "
         "(`device.sync.collect`, on the simulated clock); acknowledged outbox entries leave "
         f"{ACK_FLUSH_S:g} s after the round, `SyncState` flushes after {STATE_FLUSH_S:g} s; "
         "the documents database stays open, as in the runtime; every "
