@@ -391,3 +391,18 @@ def test_settings_that_do_not_fit_keep_their_defaults(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown setting"):
         s.set_value("speed", "3")
     assert "speed" not in (tmp_path / "config.json").read_text()
+
+
+def test_a_one_shot_console_command_that_fails_exits_non_zero(tmp_path: Path) -> None:
+    """Provisioning from a script: a refused command says why and exits 1."""
+    def console(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [micropython_port.interpreter(), "-m", "device.fridge_node.unix", "--data",
+             str(tmp_path), "console", *words], cwd=ROOT, capture_output=True, text=True,
+            env=dict(os.environ, MICROPYPATH=micropython_port.path()), timeout=60)
+
+    bad = console("kiosk", "zz")
+    assert bad.returncode == 1 and bad.stdout.strip() == "error: a key is 64 hex digits"
+    good = console("kiosk", "ab" * 32)
+    assert good.returncode == 0 and good.stdout.strip() == "ok"
+    assert f"kiosk {'ab' * 32}" in console("config").stdout.splitlines()

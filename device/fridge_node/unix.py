@@ -113,8 +113,9 @@ def main(argv: list[str]) -> int:
         return 2
     node = Node(folder, sensor, start)
     if rest[:1] == ["console"]:
-        print(console.handle(node, " ".join(rest[1:])))
-        return 0
+        answer = console.handle(node, " ".join(rest[1:]))
+        print(answer)
+        return 1 if answer.startswith("error:") else 0  # a provisioning script sees it
     if "step" in options:
         stepper.serve(node)
     else:
