@@ -46,7 +46,8 @@ def require(have: object, what: str, reason: str, *, allow_module_level: bool = 
     """Go on if ``have`` is true; else skip with ``reason``, or fail as root (see above).
 
     ``what`` names the missing thing (``strace``, ``tmpfs``, ``netns``,
-    ``chromium``, ``playwright``, ``descriptors``): the name ``HAVEN_MAY_LACK`` takes."""
+    ``chromium``, ``playwright``, ``descriptors``, ``micropython``): the name
+    ``HAVEN_MAY_LACK`` takes."""
     if have:
         return
     if os.geteuid() == 0:
