@@ -19,9 +19,10 @@ session.
   that fails (a full disk, a locked store) is not acknowledged: the node
   keeps the readings and sends them again in its next session.
 * Readings are committed in batches, not as they come: a reading a minute
-  committed alone would write about 17 KB of the SD card each (23 MiB a
-  day a fridge), one commit of a quarter of an hour's about 2.5 KB each.
-  Received readings wait in memory until ``commit_every`` seconds have
+  committed alone, with the sync round and the collection each commit
+  brings, writes 97 MiB of the SD card a fridge a day; an hour's in one
+  commit 4.5 MiB (``./tools/bench fridge``). Received readings wait in
+  memory (acknowledged only once committed) until ``commit_every`` seconds have
   passed since the first of them, ``COMMIT_READINGS`` wait, an alarm
   comes (the readings before it are committed first, so the hub gets them
   in order) or the session ends. Nothing is lost meanwhile: the node holds
@@ -55,7 +56,7 @@ from protocol.session.events import CLOSED, SessionConfig
 log = logging.getLogger("haven.fridges")
 
 #: Longest a received reading waits in memory for its commit (and its acknowledgement).
-COMMIT_EVERY = 900.0
+COMMIT_EVERY = 3600.0
 #: Readings that make a commit at once: half of the node's unacknowledged window.
 COMMIT_READINGS = 120
 #: The responder's session settings; the node's hello must agree on lanes.
