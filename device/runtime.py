@@ -530,7 +530,7 @@ class Runtime:
         assert store is not None
         fridges = Fridges(store, ensure_keys(self.data)[0], self.cfg.fridges,
                           self.cfg.fridge_baud, wall=lambda: store.clock() / 1000,
-                          on_change=self._show)
+                          on_change=self._show, on_stored=self.sync_now)
         self.fridges = fridges
         self._show()  # an alarm raised before a restart shows at once
         fridges.start()

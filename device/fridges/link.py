@@ -81,18 +81,20 @@ class LinkCounts:
 class FridgeLink:
     """One serial line's sensor sessions (see the module docstring). ``clock()`` gives
     Unix seconds (the welcome's time); ``on_alarm(enrolment)`` is called after an
-    alarm is stored. ``commit_every``: see the module docstring (0: each
-    readings message at once)."""
+    alarm is stored, ``on_stored()`` after each commit, readings' or an alarm's.
+    ``commit_every``: see the module docstring (0: each readings message at once)."""
 
     def __init__(self, records: FridgeRecords, static_key: X25519PrivateKey, *,
                  config: SessionConfig = CONFIG, clock: Callable[[], float] = time.time,
                  on_alarm: Callable[[Enrolment], None] | None = None,
+                 on_stored: Callable[[], None] | None = None,
                  commit_every: float = COMMIT_EVERY, now: float = 0.0) -> None:
         self.records = records
         self.static_key = static_key
         self.config = config
         self.clock = clock
         self.on_alarm = on_alarm
+        self.on_stored = on_stored
         self.counts = LinkCounts()
         self.node: Enrolment | None = None  #: the enrolled node of the open session
         self.commit_every = commit_every
@@ -201,6 +203,10 @@ class FridgeLink:
             log.error("fridge %s: not stored (%s: %s); the node sends it again",
                       node.name, type(exc).__name__, exc)
 
+    def _stored(self) -> None:
+        if self.on_stored is not None:
+            self.on_stored()
+
     def _send(self, spec: Any, **values: Any) -> None:
         if self.session.state == CLOSED:  # committed as the session ended: no one to tell
             return
@@ -243,6 +249,7 @@ class FridgeLink:
             self.counts.readings += new
             self.counts.commits += 1
             self._send(sensor.READINGS_ACK, upto=upto)
+            self._stored()
         self._pending, self._commit_due = [], None
 
     def _alarm(self, node: Enrolment, msg: Any, now: float) -> None:
@@ -253,6 +260,7 @@ class FridgeLink:
             log.warning("fridge %s: %s alarm %s", node.name, msg.get("kind"), msg.get("state"))
             if self.on_alarm is not None:
                 self.on_alarm(node)
+            self._stored()
         self._send(sensor.ALARM_ACK, upto=upto)
 
 

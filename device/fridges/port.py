@@ -13,7 +13,9 @@ holds everything already acknowledged. Which node is on which line does not
 matter: its key says which it is.
 
 The runtime shows a fridge alarm on the LED while any node's alarm is raised
-(``alarm_raised``); ``on_change`` is called after each alarm is stored.
+(``alarm_raised``); ``on_change`` is called after each alarm is stored, ``on_stored``
+after each commit of readings or an alarm (the runtime starts a sync round: an alarm
+must not wait for the next one).
 """
 
 from __future__ import annotations
@@ -84,10 +86,12 @@ class Fridges:
     def __init__(self, store: Any, static_key: X25519PrivateKey, urls: list[str],
                  baud: int, *, wall: Callable[[], float] = time.time,
                  on_change: Callable[[], None] | None = None,
+                 on_stored: Callable[[], None] | None = None,
                  commit_every: float = COMMIT_EVERY) -> None:
         self.records = FridgeRecords(store, wall)
         self.commit_every = commit_every
         self.on_change = on_change
+        self.on_stored = on_stored
         self.alarm_raised = bool(self.records.raised())
         self.static_key, self.wall = static_key, wall
         self.config = dataclasses.replace(CONFIG, rate=baud / 10)  # 8N1: ten bits a byte
@@ -98,7 +102,8 @@ class Fridges:
     def link(self, now: float) -> FridgeLink:
         """A line's end, its alarms shown by this service."""
         return FridgeLink(self.records, self.static_key, config=self.config, clock=self.wall,
-                          on_alarm=self._alarm, commit_every=self.commit_every, now=now)
+                          on_alarm=self._alarm, on_stored=self.on_stored,
+                          commit_every=self.commit_every, now=now)
 
     def start(self) -> None:
         for i, port in enumerate(self.ports):
