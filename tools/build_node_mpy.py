@@ -82,9 +82,10 @@ def target(source: Path) -> Path:
     return relative.with_suffix(".mpy")
 
 
-def build(out: Path) -> list[Path]:
+def build(out: Path, extra: tuple[str, ...] = ()) -> list[Path]:
     """Write the board's tree to ``out`` (a tree this wrote before is replaced; any other
-    folder that is not empty is refused); the .mpy files written."""
+    folder that is not empty is refused); the .mpy files written. ``extra``: modules to
+    add beside the node's (what it loads only on first use, for a benchmark)."""
     if out.exists():
         if not out.is_dir() or not {p.name for p in out.iterdir()} <= {"main.py", "lib"}:
             raise SystemExit(f"{out} holds more than a board's tree (main.py, lib/): "
@@ -104,7 +105,7 @@ def build(out: Path) -> list[Path]:
         return mpy
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        written = list(pool.map(compile_one, loaded_files(node_modules())))
+        written = list(pool.map(compile_one, loaded_files(node_modules() + list(extra))))
     shutil.copy(NODE / "main.py", out / "main.py")
     return written
 
