@@ -3,8 +3,11 @@
 Encoding follows RFC 8949 section 4.2.1 (core deterministic encoding):
 shortest integer and length forms, definite lengths only, map keys sorted.
 For the types the protocol uses (integers, byte and text strings, arrays,
-maps whose keys are all integers or all text, booleans, null) cbor2's
-``canonical=True`` output is exactly that, which the test vectors pin.
+maps whose keys are all unsigned integers or all text, booleans, null)
+cbor2's ``canonical=True`` output is exactly that, which the test vectors
+pin. (cbor2 sorts keys length-first, RFC 8949 section 4.2.3; that differs
+from 4.2.1's bytewise order only for keys of mixed kinds or signs, which no
+message has; the portable encoder sorts as cbor2 does.)
 Sign and hash the raw bytes you sent or received, never a re-encoding.
 
 Decoding walks the item headers in pure Python *before* anything is built,
