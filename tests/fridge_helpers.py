@@ -12,7 +12,7 @@ import os
 import select
 import time
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -21,6 +21,7 @@ from device.fridges.link import CONFIG
 from protocol import sensor
 from protocol.messages import Message
 from protocol.session.core import Connected, Event, MessageReceived, Session
+from protocol.sync import sensor_records as ids
 from tools.linksim import Line, LinkSim
 
 
@@ -119,3 +120,21 @@ def drive(nodes: list[NodeStandIn], masters: list[int], done: Callable[[], bool]
             if select.select([master], [], [], 0.005)[0]:
                 node.receive_data(os.read(master, 4096), time.monotonic())
     return done()
+
+
+def readings_held(records: Iterable[tuple[bytes, dict[int, Any]]], device: bytes
+                  ) -> list[tuple[str | None, int | str]]:
+    """Every reading of the node whose device record is ``device`` that ``records`` ((id,
+    fields by number) of its ``temperature`` records, hour and single) hold: (time, value),
+    in time order (an hour's slot's time is its minute's start; unknown times first)."""
+    held: list[tuple[str | None, int | str]] = []
+    hours = ids.hour_id(device, 0), ids.hour_id(device, ids.MAX_SEQ)
+    singles = ids.reading_id(device, 0), ids.reading_id(device, ids.MAX_SEQ)
+    for rid, f in records:
+        if hours[0] <= rid <= hours[1]:
+            start = int.from_bytes(rid[12:], "big") * ids.HOUR_S
+            held += [(ids.iso_time(start + n * ids.PERIOD_S), v)
+                     for n, v in ids.hour_slots(f[7], f[8], f.get(9)).items()]
+        elif singles[0] <= rid <= singles[1]:
+            held.append((f.get(2), f[3] if 3 in f else f[4]))
+    return sorted(held, key=lambda r: (r[0] is not None, r[0] or ""))

@@ -39,6 +39,7 @@ from host.cli import main as haven_main
 from host.hub.alerts import alerts
 from host.hub.fhir import export
 from protocol import messages, sensor
+from protocol.crdt.delta import decode
 from protocol.crdt.schema import TEMPERATURE
 from protocol.framing import encode_frame
 from protocol.session.core import Closed
@@ -47,7 +48,7 @@ from protocol.sync import sensor_records as ids
 from protocol.sync.scope import Scope
 
 from .fhir_r4 import validate
-from .fridge_helpers import NodeStandIn, drive, joined, pty_pair
+from .fridge_helpers import NodeStandIn, drive, joined, pty_pair, readings_held
 from .tech_helpers import tech_kiosk
 from .test_sync_helpers import Kiosk, served_hub
 from .test_ui_helpers import make_kiosk, runtime_in_thread
@@ -76,12 +77,11 @@ class Setup:
     def until(self, cond: object, limit: float = 60.0) -> None:
         assert self.sim.run(lambda s: bool(cond()), limit)  # type: ignore[operator]
 
-    def stored(self) -> list[int]:
-        """The sequence numbers of the fridge's readings held, in order."""
-        lo = ids.reading_id(self.fridge.device, 0)
-        hi = ids.reading_id(self.fridge.device, ids.MAX_SEQ)
-        return sorted(v.fields[5] for v in self.kiosk.store.views()
-                      if lo <= v.record_id <= hi and v.type == TEMPERATURE.number)
+    def stored(self) -> list[int | str]:
+        """The values of the fridge's readings held, in time order."""
+        return [v for _, v in readings_held(
+            ((v.record_id, v.fields) for v in self.kiosk.store.views()
+             if v.type == TEMPERATURE.number), self.fridge.device)]
 
 
 @pytest.fixture
@@ -100,30 +100,70 @@ def test_readings_are_stored_once_even_when_resent_and_acked_after_commit(setup)
         m.type == sensor.READINGS_ACK.number) else None
     s.node.readings(0, [[T0 + 60 * i, 450 + i] for i in range(10)])
     s.until(lambda: s.node.acks(sensor.READINGS_ACK) == [10])
-    assert seen_at_ack == [list(range(10))]  # the ack came after the commit
+    assert seen_at_ack == [[450 + i for i in range(10)]]  # the ack came after the commit
     # The link dropped before the ack reached the node: a new process sends 5..14 again.
     s.node.restart(s.sim.now)
     s.node.readings(5, [[T0 + 60 * i, 450 + i] for i in range(5, 15)] )
     s.until(lambda: s.node.acks(sensor.READINGS_ACK)[-1:] == [15])
     welcome = [m for m in s.node.received if m.type == sensor.WELCOME.number]
     assert [(w.get("time"), w.get("acked")) for w in welcome] == [(T0, 0), (T0, 10)]
-    assert s.stored() == list(range(15))
+    assert s.stored() == [450 + i for i in range(15)]
     assert s.link.counts.readings == 15 and s.link.counts.sessions == 2
-    # one write per reading: the resent ones cost nothing
+    # one write of the hour's record per commit: the resent ones cost nothing
     status = s.kiosk.store.status()["outbox"]["lanes"]
-    assert sum(v["entries"] for k, v in status.items() if int(k) == 5) == 15 + 1  # + device
-    view = s.kiosk.store.view(str(uuid.UUID(bytes=ids.reading_id(s.fridge.device, 3))))
-    assert view.fields[1] == s.fridge.device and view.fields[3] == 453
-    assert view.fields[2] == ids.iso_time(T0 + 180)
+    assert sum(v["entries"] for k, v in status.items() if int(k) == 5) == 2 + 1  # + device
+    view = s.kiosk.store.view(str(uuid.UUID(bytes=ids.hour_id(s.fridge.device, T0 // 3600))))
+    assert view.fields[1] == s.fridge.device and view.fields[2] == ids.iso_time(T0)
+    assert view.fields[6] == 60 and view.fields[8] == (1 << 15) - 1 and 9 not in view.fields
+    assert view.fields[7] == " ".join([str(450 + i) for i in range(15)] + 45 * ["E"])
 
 
 def test_a_fault_is_recorded_as_a_fault_and_an_unknown_time_as_none(setup) -> None:
     s = setup
-    s.node.readings(0, [[None, "reset-value"], [T0, 412]])
-    s.until(lambda: s.node.acks(sensor.READINGS_ACK) == [2])
+    s.node.readings(0, [[None, "reset-value"], [T0 + 60, "crc"], [T0 + 180, 412]])
+    s.until(lambda: s.node.acks(sensor.READINGS_ACK) == [3])
     fault = s.kiosk.store.view(str(uuid.UUID(bytes=ids.reading_id(s.fridge.device, 0))))
     assert fault.fields.get(4) == "reset-value" and 3 not in fault.fields
-    assert 2 not in fault.fields
+    assert 2 not in fault.fields and fault.fields[5] == 0
+    # In the hour's record, a fault's slot is told from one not received.
+    hour = s.kiosk.store.view(str(uuid.UUID(bytes=ids.hour_id(s.fridge.device, T0 // 3600))))
+    assert hour.fields[7].split()[:4] == ["E", "E", "E", "412"]
+    assert hour.fields[8] == 0b1010 and hour.fields[9] == "1=crc"
+    assert s.stored() == ["reset-value", "crc", 412]
+
+
+def test_an_hour_collected_before_it_is_over_is_completed_and_an_older_one_never_overwritten(
+        setup) -> None:
+    """The hub acknowledged an hour's record and the kiosk collected it mid-hour: the
+    hour's later readings are written with its earlier ones (the cursor's copy), so the
+    hub's last write holds them all; a reading for an older hour collected since (the
+    node's clock stepped back) or for a minute taken is a record of its own."""
+    s = setup
+    hour = T0 // 3600
+
+    def collected() -> None:
+        s.kiosk.sync(s.url)
+        s.kiosk.store.flush_acks()
+        s.kiosk.store.collect(Scope("full", "North", "2027-01-15"), stable=1 << 40,
+                              budget_s=5)
+
+    assert s.records.store_readings(s.fridge, 0, [[T0 - 60, 440], [T0, 450]]) == (2, 2)
+    collected()
+    assert s.stored() == []
+    later = [[T0 + 60, 451], [T0 + 90, 452], [T0 + 120, 453], [T0 - 120, 439]]
+    assert s.records.store_readings(s.fridge, 2, later) == (6, 4)
+    assert s.records.store_readings(s.fridge, 2, later) == (6, 0)  # sent again: no write
+    assert s.stored() == [439, 450, 451, 452, 453]  # 452 on a record of its own
+    s.kiosk.sync(s.url)
+    ops = s.hub.store.ops_in(ids.device_id(s.kiosk.store.node, 0),
+                             ids.hour_id(s.fridge.device, ids.MAX_SEQ))
+    latest = {op.rid: decode(op.data).set for op in ops}  # in stamp order: the last wins
+    on_hub = readings_held(latest.items(), s.fridge.device)
+    assert on_hub == [(ids.iso_time(T0 - 120), 439), (ids.iso_time(T0 - 60), 440),
+                      (ids.iso_time(T0), 450), (ids.iso_time(T0 + 60), 451),
+                      (ids.iso_time(T0 + 90), 452), (ids.iso_time(T0 + 120), 453)]
+    assert ids.hour_id(s.fridge.device, hour) in latest
+    assert s.records.cursor(s.fridge).latest_hour() == (hour, {0: 450, 1: 451, 2: 453})
 
 
 def test_readings_wait_for_a_batch_commit_and_an_alarm_or_a_close_commits_them(setup) -> None:
@@ -136,7 +176,7 @@ def test_readings_wait_for_a_batch_commit_and_an_alarm_or_a_close_commits_them(s
         s.sim.run(lambda sim: False, 60)
     assert s.stored() == [] and s.node.acks(sensor.READINGS_ACK) == []
     s.until(lambda: s.node.acks(sensor.READINGS_ACK) == [5], limit=900)
-    assert s.sim.now - start >= 900 and s.stored() == [0, 1, 2, 3, 4]
+    assert s.sim.now - start >= 900 and s.stored() == [450, 451, 452, 453, 454]
     assert s.link.counts.commits == 1  # one transaction for the five
     # An alarm commits the readings before it at once, then itself.
     s.node.readings(5, [[T0 + 300, 455]])
@@ -144,13 +184,14 @@ def test_readings_wait_for_a_batch_commit_and_an_alarm_or_a_close_commits_them(s
     s.node.send(sensor.ALARM_LANE, sensor.ALARM, seq=0, kind="high", state="raised",
                 since=T0, minutes=30, extreme=1200)
     s.until(lambda: s.node.acks(sensor.ALARM_ACK) == [1], limit=30)
-    assert s.stored() == [0, 1, 2, 3, 4, 5] and s.node.acks(sensor.READINGS_ACK) == [5, 6]
+    assert s.stored() == [450 + i for i in range(6)] and s.node.acks(
+        sensor.READINGS_ACK) == [5, 6]
     # A session that ends commits what waits: the node's next session finds it stored.
     s.node.readings(6, [[T0 + 360, 456]])
     s.sim.run(lambda sim: False, 5)
     s.link.session.close("done")
     s.sim.run(lambda sim: False, 5)
-    assert s.stored() == list(range(7))
+    assert s.stored() == [450 + i for i in range(7)]
 
 
 def test_a_node_with_a_key_not_enrolled_is_refused(setup) -> None:
@@ -167,7 +208,7 @@ def test_a_node_with_a_key_not_enrolled_is_refused(setup) -> None:
     s.node.restart(sim.now)
     s.node.readings(0, [[T0, 500]])
     s.until(lambda: s.node.acks(sensor.READINGS_ACK) == [1])
-    assert s.stored() == [0]
+    assert s.stored() == [500]
 
 
 def test_bad_frames_and_bad_messages_are_counted_and_dropped(setup) -> None:
@@ -187,7 +228,7 @@ def test_bad_frames_and_bad_messages_are_counted_and_dropped(setup) -> None:
     s.node.send(sensor.ALARM_LANE, sensor.WELCOME, time=1, acked=0, alarms_acked=0)
     s.node.readings(1, [[T0 + 60, 451]])
     s.until(lambda: s.node.acks(sensor.READINGS_ACK)[-1:] == [2])
-    assert s.link.counts.bad_messages == 3 and s.stored() == [0, 1]
+    assert s.link.counts.bad_messages == 3 and s.stored() == [450, 451]
     assert s.link.session.is_open
 
 
@@ -241,7 +282,7 @@ def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
     assert kit.led.pattern == hw.FRIDGE_ALARM
     # the alarm waits in lane 0, ahead of everything; the readings in lane 5
     lanes = s.kiosk.store.status()["outbox"]["lanes"]
-    assert lanes["0"]["entries"] == 1 and lanes["5"]["entries"] == 30 + 1
+    assert lanes["0"]["entries"] == 1 and lanes["5"]["entries"] == 1 + 1  # an hour, a device
     # the hub: every record once; no other kiosk is sent any
     other = Kiosk(tmp_path, "b", s.hub, "B")
     s.kiosk.sync(s.url)
@@ -249,9 +290,9 @@ def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
         k.sync(s.url)
         k.sync(s.url)
         assert k.state.rebase_owed is False  # the scope sums agree
-    lo, hi = ids.device_id(s.kiosk.store.node, 0), ids.alarm_id(s.fridge.device, ids.MAX_SEQ)
+    lo, hi = ids.device_id(s.kiosk.store.node, 0), ids.hour_id(s.fridge.device, ids.MAX_SEQ)
     held = s.hub.store.ops_in(lo, hi)
-    assert len(held) == len({op.rid for op in held}) == 1 + 30 + 1
+    assert len(held) == len({op.rid for op in held}) == 1 + 1 + 1
     assert all(other.store.view(str(uuid.UUID(bytes=op.rid))) is None for op in held)
     (alert,) = [a for a in alerts(s.hub) if a["kind"] == "fridge-alarm"]
     assert alert["kiosk"] == s.kiosk.device and alert["severity"] == "critical"
@@ -279,9 +320,17 @@ def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
     assert device["deviceName"][0]["name"] == "fridge-1"
     assert device["identifier"][0]["value"] == ids.fingerprint(public(s.node_key))
     observations = found["Observation"]
-    assert len(observations) == 30 + 2
+    assert len(observations) == 1 + 2
     for res in [device, *observations]:
         validate(res)
+    (hour,) = [o for o in observations if "valueSampledData" in o]
+    assert hour["effectiveDateTime"] == ids.iso_time(T0 - 3600)
+    assert hour["valueSampledData"] == {
+        "origin": {"value": 0, "unit": "°C", "system": "http://unitsofmeasure.org",
+                   "code": "Cel"}, "period": 60000, "factor": 0.01, "dimensions": 1,
+        "data": " ".join(30 * ["E"] + [str(880 - i) for i in range(30)])}
+    assert hour["extension"] == [{"url": "urn:haven:fhir:sampled-slots",
+                                  "valueString": "0" * 30 + "1" * 30}]
     assert all(o["subject"] == {"reference": f"Device/{device['id']}"} for o in observations)
     alarms = [o for o in observations if "interpretation" in o]
     assert {o["extension"][0]["valueCode"] for o in alarms} == {"raised", "cleared"}

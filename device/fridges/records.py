@@ -11,9 +11,9 @@ transaction (``Store.put_many``):
   public key (hex), model, location. Public keys only: a node's private key
   never touches the kiosk's disk (``device.fridges.command``);
 * ``meta`` ``fridge.<slot>``: JSON ``acked`` (every reading number below it
-  is stored), ``alarms_acked`` (the same for alarms) and ``raised`` (the
-  node's alarms raised and not yet cleared, by kind), written with the
-  records they count.
+  is stored), ``alarms_acked`` (the same for alarms), ``raised`` (the
+  node's alarms raised and not yet cleared, by kind) and ``hour`` (the
+  latest hour written and its slots), written with the records they count.
 
 ``meta`` is not sealed (a store key rotation walks sealed rows only): what it
 holds here is public (keys, names, counts). Whoever can write the card could
@@ -22,15 +22,29 @@ add a node's key there, as they could edit the configuration.
 Both are read from the store at each use (a handshake, a message), so an
 enrolment made by ``haven-kiosk fridge add`` while the runtime runs counts at
 once. A reading below ``acked`` is stored already and is not written again:
-a resent batch costs no write, and every reading is one write on one record.
+a resent batch costs no write.
+
+A reading goes in its minute's slot of its hour's record
+(``protocol.sync.sensor_records``): a batch's readings are merged into the
+slots each hour's record holds and each hour touched is written once, its
+whole ``data``. A record the hub acknowledged is collected from the kiosk
+(out of its scope), possibly before its hour is over, and the hub keeps the
+last ``data`` written: so the hour's slots are read from the store, or for
+the latest hour written from the cursor's copy (``hour``), which outlives
+the record. An older hour the store no longer holds may be on the hub with
+slots the kiosk has forgotten: a reading for it (the node's clock stepped
+back) is a single-reading record, as is a reading whose time is unknown or
+whose slot is taken. Every reading is so in one place, once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hmac
 import json
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,10 +98,19 @@ class Cursor:
     acked: int = 0
     alarms_acked: int = 0
     raised: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the latest hour written: its index and its slots (``{"<slot>": value}``)
+    hour: list[Any] | None = None
 
     def to_text(self) -> str:
         return json.dumps({"acked": self.acked, "alarms_acked": self.alarms_acked,
-                           "raised": self.raised}, sort_keys=True, separators=(",", ":"))
+                           "raised": self.raised, "hour": self.hour},
+                          sort_keys=True, separators=(",", ":"))
+
+    def latest_hour(self) -> tuple[int, dict[int, int | str]]:
+        """The latest hour written and its slots (-1 and none: no hour yet)."""
+        if self.hour is None:
+            return -1, {}
+        return self.hour[0], {int(n): v for n, v in self.hour[1].items()}
 
 
 def _cursor_key(slot: int) -> str:
@@ -173,14 +196,48 @@ class FridgeRecords:
             end = first + len(readings)
             if end <= cur.acked:
                 return cur.acked, 0
+            start = max(first, cur.acked)
+            hours: dict[int, dict[int, int | str] | None] = {}
+            touched: set[int] = set()
             puts = []
-            for seq in range(max(first, cur.acked), end):
+            for seq in range(start, end):
                 time, value = sensor.check_reading(readings[seq - first])
+                if time is not None:
+                    hour, slot = ids.hour_slot(time)
+                    if hour not in hours:
+                        hours[hour] = self._held_slots(e, hour, cur)
+                    slots = hours[hour]
+                    if slots is not None and slot not in slots:
+                        slots[slot] = value
+                        touched.add(hour)
+                        continue
                 puts.append((TEMPERATURE.name, ids.reading_id(e.device, seq),
                              ids.reading_values(e.device, seq, time, value)))
+            for hour in sorted(touched):
+                slots = hours[hour] or {}
+                puts.append((TEMPERATURE.name, ids.hour_id(e.device, hour),
+                             ids.hour_values(e.device, hour, slots)))
+                if hour >= cur.latest_hour()[0]:
+                    cur.hour = [hour, {str(n): v for n, v in sorted(slots.items())}]
             cur.acked = end
             self.store.put_many(puts, {_cursor_key(e.slot): cur.to_text()})
-            return end, len(puts)
+            return end, end - start
+
+    def _held_slots(self, e: Enrolment, hour: int, cur: Cursor
+                    ) -> dict[int, int | str] | None:
+        """The slots of ``hour`` already written, or None if they may not all be held
+        (an hour before the latest written, collected since)."""
+        latest, slots = cur.latest_hour()
+        if hour > latest:
+            return {}
+        view = self.store.view(str(uuid.UUID(bytes=ids.hour_id(e.device, hour))))
+        if view is not None and not view.deleted:
+            f = [view.fields.get(TEMPERATURE.field(n).number)
+                 for n in ("data", "received", "faults")]
+            with contextlib.suppress(ValueError):
+                return ids.hour_slots(*f)
+            return None  # not an hour's record as this kiosk writes them: left as it is
+        return slots if hour == latest else None
 
     def store_alarm(self, e: Enrolment, alarm: Message) -> tuple[int, bool]:
         """Store a checked ``alarm`` message unless it is stored; the new

@@ -23,10 +23,15 @@ FHIR already):
 * appointment -> Appointment (the patient its one participant);
 * device (a fridge's sensor node) -> Device: its name, model, location,
   and its key's fingerprint an identifier (``urn:haven:<hub id>:sensor-key``);
-* temperature -> Observation whose subject (and device) is the Device: the
-  value in °C (UCUM ``Cel``), or a sensor fault as ``dataAbsentReason``
-  ``error`` with the node's code as its text; no time when the node's clock was
-  not set;
+* temperature -> Observation whose subject (and device) is the Device. A
+  fridge-hour's record: ``effectiveDateTime`` the hour's start and
+  ``valueSampledData`` its 60 minute slots (origin 0 °C, UCUM ``Cel``; factor
+  0.01; period 60,000 ms; dimensions 1; ``E`` for a slot without a
+  temperature), with extensions ``sampled-slots`` (one character a slot:
+  ``1`` a reading received, ``0`` none) and ``sampled-faults`` (the slots'
+  fault codes, ``<slot>=<code>``). A single reading's record: the value in
+  °C (UCUM ``Cel``), or a sensor fault as ``dataAbsentReason`` ``error`` with
+  the node's code as its text; no time when the node's clock was not set;
 * temperature_alarm -> Observation of the Device over the excursion
   (``effectivePeriod``: its start, and its end once cleared), the furthest
   value, ``interpretation`` H or L (none for a sensor alarm), and whether it
@@ -98,6 +103,7 @@ from protocol.crdt.schema import (
     TEMPERATURE_ALARM,
     TypeSpec,
 )
+from protocol.sync import sensor_records
 
 if TYPE_CHECKING:
     from host.hub.hub import Hub
@@ -350,10 +356,33 @@ def _temperature(view: RecordView, dep: Deployment, rid: str) -> dict[str, Any]:
     f = view.fields
     out = _of_device(view, rid, "vaccine fridge temperature")
     _put(out, "effectiveDateTime", _text(f.get(2)))
-    if (quantity := _celsius(f.get(3))) is not None:
+    if (sampled := _sampled(f)) is not None:
+        out.update(sampled)
+    elif (quantity := _celsius(f.get(3))) is not None:
         out["valueQuantity"] = quantity
     else:
         out["dataAbsentReason"] = _absent(_text(f.get(4)) or "no value recorded")
+    return out
+
+
+def _sampled(f: dict[int, Any]) -> dict[str, Any] | None:
+    """A fridge-hour's ``valueSampledData`` and its slots' extensions (None: not an hour's
+    record, or one whose fields do not fit together)."""
+    try:
+        slots = sensor_records.hour_slots(f.get(7), f.get(8), f.get(9))
+    except ValueError:
+        return None
+    period = f.get(6)
+    if type(period) is not int or period <= 0:
+        period = sensor_records.PERIOD_S
+    origin = {"value": 0, "unit": "°C", "system": "http://unitsofmeasure.org", "code": "Cel"}
+    out: dict[str, Any] = {"valueSampledData": {
+        "origin": origin, "period": period * 1000, "factor": 0.01, "dimensions": 1,
+        "data": f[7]}}
+    received = "".join("1" if n in slots else "0" for n in range(sensor_records.SLOTS))
+    faults = " ".join(f"{n}={v}" for n, v in sorted(slots.items()) if type(v) is str)
+    _extend(out, [{"url": EXT + "sampled-slots", "valueString": received}]
+            + ([{"url": EXT + "sampled-faults", "valueString": faults}] if faults else []))
     return out
 
 

@@ -306,16 +306,28 @@ DEVICE = TypeSpec(20, "device", 1, LANE_TELEMETRY, (
     _f(1, "deviceName"), _f(2, "modelNumber"), _f(3, "identifier"), _f(4, "location"),
     _f(5, "status", "code"),
 ), clinical=False, fhir="Device")
-#: One reading of a fridge's temperature, on a record named by (device, the node's
-#: sequence number), so a reading sent twice is one record. ``device`` is the device
-#: record (FHIR's ``subject``; not named ``subject``: no patient's erasure or fleet
-#: key rotation is about it); ``effectiveDateTime`` absent when the node's clock was
-#: not set; ``valueCenti`` hundredths of a degree Celsius, or ``dataAbsentReason`` a
-#: fault code (``protocol.sensor.FAULTS``). Telemetry's lane, behind all that is clinical.
+#: A fridge's readings of one clock hour, on a record named by (device, the hour's index,
+#: Unix time // 3600) (``protocol.sync.sensor_records``): FHIR's Observation with
+#: ``valueSampledData``, rewritten whole as the hour's readings come. ``device`` is the
+#: device record (FHIR's ``subject``; not named ``subject``: no patient's erasure or fleet
+#: key rotation is about it); ``effectiveDateTime`` the hour's start; ``period`` the
+#: slots' length in seconds (60); ``data`` the 60 minute slots in SampledData's data
+#: syntax, hundredths of a degree Celsius (origin 0 °C, factor 0.01) or ``E`` for a slot
+#: without a temperature; ``received`` a bitmap of the slots that hold a reading (bit n:
+#: slot n), so a slot not received is told from a fault; ``faults`` the fault codes of
+#: the slots that hold one (``protocol.sensor.FAULTS``), ``"<slot>=<code>"``
+#: space-separated. A reading that fits no slot (its time unknown, its minute taken, its
+#: hour no longer held whole) is a record of its own, named by (device, the node's
+#: sequence number): ``effectiveDateTime`` its time, absent when the node's clock was not
+#: set; ``valueCenti`` hundredths of a degree Celsius, or ``dataAbsentReason`` a fault
+#: code; ``sequence``. So a reading sent twice is in one place. Telemetry's lane, behind
+#: all that is clinical.
 TEMPERATURE = TypeSpec(21, "temperature", 1, LANE_TELEMETRY, (
     _f(1, "device", "ref"), _f(2, "effectiveDateTime", "datetime"),
     _f(3, "valueCenti", "integer"),
     _f(4, "dataAbsentReason", "code"), _f(5, "sequence", "integer"),
+    _f(6, "period", "integer"), _f(7, "data"), _f(8, "received", "integer"),
+    _f(9, "faults"),
 ), clinical=False, fhir="Observation")
 #: A fridge's alarm raised or cleared (``protocol.sensor`` ``alarm``), on a record named by
 #: (device, the node's alarm number). ``interpretation`` is ``high``, ``low`` or

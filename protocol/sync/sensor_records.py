@@ -4,13 +4,29 @@
 Theory of operation
 -------------------
 A kiosk enrols each fridge node in a slot of its own (0-255) and writes a
-``device`` record for it; each reading becomes a ``temperature`` record and
-each alarm message a ``temperature_alarm`` record (``protocol.crdt.schema``).
-Their ids are made, not drawn: ``ID_PREFIX``, the kind (device, reading,
-alarm), the kiosk's node (u32), the slot (u8) and the node's sequence number
-(u32; 0 for the device record). So a reading the node sends again (its
-acknowledgement was lost) lands on the record it already has, and one
-kiosk's fridge records are one range of ids.
+``device`` record for it; a fridge-hour's readings become one ``temperature``
+record (a FHIR Observation with ``valueSampledData``) and each alarm message a
+``temperature_alarm`` record (``protocol.crdt.schema``). Their ids are made,
+not drawn: ``ID_PREFIX``, the kind (device, hour, single reading, alarm), the
+kiosk's node (u32), the slot (u8) and a number (u32): the hour's index (Unix
+time // 3600) for an hour, the node's sequence number for a single reading or
+an alarm, 0 for the device record. So a reading the node sends again (its
+acknowledgement was lost) lands where it already is, and one kiosk's fridge
+records are one range of ids.
+
+An hour's record holds the minute slots of one clock hour (``SLOTS``, each
+``PERIOD_S`` long; a reading's slot is its time's minute): ``data`` the 60
+slots in SampledData's data syntax (hundredths of °C, space-separated; ``E``
+for a slot without a temperature), ``received`` a bitmap of the slots that
+hold a reading (bit n: slot n), so a slot not received is told from a
+fault, and ``faults`` the fault codes of the slots that hold one
+(``"<slot>=<code>"``, space-separated). ``hour_slots`` reads those fields
+back into ``{slot: hundredths or fault code}``, ``hour_values`` writes them.
+A reading that cannot go in a slot is a single-reading record of its own
+(``reading_id``, by sequence number), as every reading was before: its time
+unknown (the node's clock not set), or its slot taken (two readings in one
+minute: the node's clock was stepped), or its hour no longer held whole
+(``device.fridges.records``).
 
 As telemetry's, these records are the hub's alone: the hub never sends one
 to a kiosk and leaves them out of every scope checksum, by the id's first
@@ -32,9 +48,14 @@ import uuid
 from typing import Any
 
 ID_PREFIX = b"hAvSns"
-DEVICE_KIND, READING_KIND, ALARM_KIND = 0, 1, 2
+DEVICE_KIND, READING_KIND, ALARM_KIND, HOUR_KIND = 0, 1, 2, 3
 MAX_SLOT = 255
 MAX_SEQ = (1 << 32) - 1
+HOUR_S = 3600
+PERIOD_S = 60  #: a minute slot
+SLOTS = HOUR_S // PERIOD_S
+#: SampledData's value for a slot without a temperature (a fault, or nothing received)
+NO_VALUE = "E"
 
 
 def device_id(node: int, slot: int) -> bytes:
@@ -56,6 +77,16 @@ def _entry_id(device: bytes, kind: int, seq: int) -> bytes:
 def reading_id(device: bytes, seq: int) -> bytes:
     """The record of reading ``seq`` of the node whose device record is ``device``."""
     return _entry_id(device, READING_KIND, seq)
+
+
+def hour_id(device: bytes, hour: int) -> bytes:
+    """The record of that node's readings in hour ``hour`` (Unix time // 3600)."""
+    return _entry_id(device, HOUR_KIND, hour)
+
+
+def hour_slot(time: int) -> tuple[int, int]:
+    """The hour's index and the minute slot of a reading taken at ``time``."""
+    return time // HOUR_S, time % HOUR_S // PERIOD_S
 
 
 def alarm_id(device: bytes, seq: int) -> bytes:
@@ -106,12 +137,38 @@ def device_values(name: str, model: str, key: bytes, location: str,
 
 def reading_values(device: bytes, seq: int, time: int | None, value: int | str
                    ) -> dict[str, Any]:
-    """A ``temperature`` record's values from one checked reading
+    """A single-reading ``temperature`` record's values from one checked reading
     (``protocol.sensor.check_reading``)."""
     number = type(value) is int
     return _set({"device": str(uuid.UUID(bytes=device)), "sequence": seq,
                  "effectiveDateTime": iso_time(time), "valueCenti": value if number else None,
                  "dataAbsentReason": None if number else value})
+
+
+def hour_values(device: bytes, hour: int, slots: dict[int, int | str]) -> dict[str, Any]:
+    """An hour's ``temperature`` record's values from its slots (``{slot: hundredths of
+    °C or a fault code}``)."""
+    data = " ".join(str(slots[n]) if type(slots.get(n)) is int else NO_VALUE
+                    for n in range(SLOTS))
+    faults = " ".join(f"{n}={v}" for n, v in sorted(slots.items()) if type(v) is str)
+    return _set({"device": str(uuid.UUID(bytes=device)),
+                 "effectiveDateTime": iso_time(hour * HOUR_S), "period": PERIOD_S,
+                 "data": data, "received": sum(1 << n for n in slots),
+                 "faults": faults or None})
+
+
+def hour_slots(data: Any, received: Any, faults: Any) -> dict[int, int | str]:
+    """The slots an hour's record holds, from its ``data``, ``received`` and ``faults``
+    fields; ``ValueError`` if they do not fit together."""
+    values = str(data).split(" ")
+    if len(values) != SLOTS or type(received) is not int or not 0 <= received < 1 << SLOTS:
+        raise ValueError("not an hour's temperature record")
+    codes = dict(item.split("=", 1) for item in str(faults or "").split())
+    slots: dict[int, int | str] = {}
+    for n in range(SLOTS):
+        if received >> n & 1:
+            slots[n] = int(values[n]) if values[n] != NO_VALUE else codes.get(str(n), NO_VALUE)
+    return slots
 
 
 def alarm_values(device: bytes, alarm: Any, received: float) -> dict[str, Any]:
