@@ -342,19 +342,25 @@ def test_an_excursion_alarm_reaches_the_staff_screen_the_led_and_the_hub(
 
 def test_the_fhir_export_of_a_fault_has_no_value_and_validates(setup, tmp_path: Path) -> None:
     s = setup
-    s.node.readings(0, [[None, "no-sensor"]])
+    s.node.readings(0, [[None, "no-sensor"], [T0 + 60, "crc"]])
     s.node.send(sensor.ALARM_LANE, sensor.ALARM, seq=0, kind="sensor", state="raised",
                 since=T0, minutes=10)
     s.until(lambda: s.node.acks(sensor.ALARM_ACK) == [1]
-            and s.node.acks(sensor.READINGS_ACK) == [1])
+            and s.node.acks(sensor.READINGS_ACK) == [2])
     s.kiosk.sync(s.url)
     export(s.hub, tmp_path / "fhir")
     lines = (tmp_path / "fhir" / "Observation.ndjson").read_text().splitlines()
-    for res in map(json.loads, lines):
+    found = [json.loads(line) for line in lines]
+    for res in found:
         validate(res)
-        assert "valueQuantity" not in res and res["dataAbsentReason"]["coding"][0]["code"] == (
-            "error")
-        assert "interpretation" not in res
+    (hour,) = [res for res in found if "valueSampledData" in res]
+    assert hour["valueSampledData"]["data"] == " ".join(60 * ["E"])
+    assert hour["extension"] == [
+        {"url": "urn:haven:fhir:sampled-slots", "valueString": "01" + "0" * 58},
+        {"url": "urn:haven:fhir:sampled-faults", "valueString": "1=crc"}]
+    for res in found:
+        assert "valueQuantity" not in res and "interpretation" not in res
+        assert res is hour or res["dataAbsentReason"]["coding"][0]["code"] == "error"
 
 
 def test_the_cli_enrols_lists_and_removes_a_fridge(setup, capsys) -> None:

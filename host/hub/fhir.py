@@ -380,7 +380,7 @@ def _sampled(f: dict[int, Any]) -> dict[str, Any] | None:
         "origin": origin, "period": period * 1000, "factor": 0.01, "dimensions": 1,
         "data": f[7]}}
     received = "".join("1" if n in slots else "0" for n in range(sensor_records.SLOTS))
-    faults = " ".join(f"{n}={v}" for n, v in sorted(slots.items()) if type(v) is str)
+    faults = _text(f.get(9))  # as hour_slots read it
     _extend(out, [{"url": EXT + "sampled-slots", "valueString": received}]
             + ([{"url": EXT + "sampled-faults", "valueString": faults}] if faults else []))
     return out
