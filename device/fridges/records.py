@@ -189,8 +189,10 @@ class FridgeRecords:
 
     def store_readings(self, e: Enrolment, first: int, readings: list[Any]
                        ) -> tuple[int, int]:
-        """Store a checked ``readings`` message's readings not stored yet; the new
-        ``acked`` and how many were new. ``ValueError`` for numbers past 32 bits."""
+        """Store a checked ``readings`` message's readings not stored yet, in their hours'
+        slots (each hour touched written once) or on records of their own, with the
+        cursor, in one transaction; the new ``acked`` and how many were new.
+        ``ValueError`` for numbers past 32 bits."""
         with self._lock:
             cur = self.cursor(e)
             end = first + len(readings)
