@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import ast
 import os
-import pty
 import select
 import subprocess
 import time
-import tty
 from collections import deque
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from protocol.crypto import X25519PrivateKey
 from protocol.messages import Message
 from protocol.session.core import Connected, Event, MessageReceived, Session, SessionConfig
 from tests import micropython_port
+from tests.fridge_helpers import pty_pair
 from tests.fridge_node_proc import NodeProcess, provision
 from tests.micropython_port import ROOT
 from tools.linksim import Line, LinkSim
@@ -347,8 +346,7 @@ def test_the_node_in_real_time_on_a_pty_with_its_console_on_stdin(folder: Path) 
     """The unix port's own driver: a serial device (a pty), the real clock, stdin."""
     public = provision(folder, KIOSK_PUBLIC, NODE_KEY, interval=1)
     kiosk = FakeKiosk({public}, now=time.monotonic())
-    master, slave = pty.openpty()
-    tty.setraw(master)
+    master, slave = pty_pair()
     proc = subprocess.Popen(
         [micropython_port.interpreter(), "-m", "device.fridge_node.unix", "--data", str(folder),
          "--serial", os.ttyname(slave), "--profile", "steady:4.0"],

@@ -340,11 +340,6 @@ def _text(value: Any) -> str | None:
     return value if type(value) is str else None
 
 
-def _ascii(text: str) -> bool:
-    """``str.isascii``, which MicroPython lacks."""
-    return all(ord(ch) < 128 for ch in text)
-
-
 # Days as numbers (days since 1970-01-01), proleptic Gregorian, without datetime.
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -352,7 +347,7 @@ _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 def _day_number(day: Any) -> int:
     if not (type(day) is str and len(day) == 10 and day[4] == "-" and day[7] == "-"
-            and (day[:4] + day[5:7] + day[8:]).isdigit() and _ascii(day)):
+            and all("0" <= ch <= "9" for ch in day[:4] + day[5:7] + day[8:])):
         raise ScopeError(f"a scope's day is YYYY-MM-DD, not {day!r}")
     y, m, d = int(day[:4]), int(day[5:7]), int(day[8:])
     leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
